@@ -1,0 +1,352 @@
+import { bitmapBytes, getBit, setBit } from '../wire/packet';
+
+/**
+ * Unit allocation for one release in one LAN group (000 claims 2–4, 8, 13;
+ * 004 claims 1, 6–8, 11). Pure: every method takes `now` (ms); no timers, no I/O.
+ *
+ * - A unit is leased to at most one member of the group at a time (no overlap),
+ *   and never while some live member already holds it verified.
+ * - Overhead (000 claim 4): for each unit the server registers when it starts
+ *   sending the unit to a member and when that member's receipt notice arrives;
+ *   (receipt − sent) / bytes is one sample of that member's overhead in ms per
+ *   byte, smoothed with an EWMA. Members are ranked by it after every notice.
+ * - Weighting: a member may hold `depth` unfinished leases, where depth grows as
+ *   its overhead shrinks relative to the group's median; near the end of the
+ *   release a member whose predicted finish is far behind the best member's is
+ *   told to wait, so the last units go to fast members.
+ * - Membership: a member silent for `memberTimeoutMs` is dropped and its leases
+ *   return to the pool; a lease past its deadline returns too. A late joiner is
+ *   leased from what is left and takes the rest from its LAN peers.
+ * - Soft state: everything here is rebuilt from heartbeats (`have` bitmaps) after
+ *   a server restart.
+ */
+export interface AllocatorOptions {
+  unitCount: number;
+  unitBytes: (unit: number) => number;
+  memberTimeoutMs: number;
+  /** Leases a member of median speed may hold unfinished. */
+  baseDepth: number;
+  maxDepth: number;
+  /** A lease is reclaimed when it runs this many times longer than predicted... */
+  leaseSlackFactor: number;
+  /** ...but never sooner than this. */
+  leaseMinMs: number;
+  /** Near the end, a member predicted to finish this many times later than the best waits. */
+  tailSlackFactor: number;
+  /** Weight of a new overhead sample in the EWMA. */
+  overheadAlpha: number;
+}
+
+export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
+  memberTimeoutMs: 6000,
+  baseDepth: 2,
+  maxDepth: 8,
+  leaseSlackFactor: 4,
+  leaseMinMs: 15000,
+  tailSlackFactor: 2,
+  overheadAlpha: 0.3,
+};
+
+export interface MemberView {
+  id: string;
+  /** 1 = lowest overhead. Members without a sample rank after those with one. */
+  rank: number;
+  /** Smoothed overhead in ms per MiB; null until the first receipt notice. */
+  overheadMsPerMiB: number | null;
+  verifiedUnits: number;
+  leases: number;
+  complete: boolean;
+  lastSeenMsAgo: number;
+  address: string | null;
+}
+
+export interface SplitMap {
+  members: MemberView[];
+  /** holders[u]: index into `members` of the member leased or holding unit u, -1 for none. */
+  holders: number[];
+  groupComplete: boolean;
+}
+
+interface Member {
+  id: string;
+  lastSeen: number;
+  joinedAt: number;
+  address: string | null;
+  have: Uint8Array;
+  verified: number;
+  leases: Set<number>;
+  /** ms per byte, EWMA; null until first sample. */
+  overhead: number | null;
+  complete: boolean;
+}
+
+interface Lease {
+  member: string;
+  grantedAt: number;
+  deadline: number;
+  /** When the server started sending the unit's bytes to the member. */
+  sentAt: number | null;
+}
+
+export interface LeaseGrant {
+  units: number[];
+  /** Set when nothing was granted but units remain: ask again after this long. */
+  retryAfterMs: number;
+  /** Nothing is left to lease in this group: every unit is leased or held. */
+  exhausted: boolean;
+}
+
+const MIB = 1024 * 1024;
+
+export class GroupAllocator {
+  private readonly members = new Map<string, Member>();
+  private readonly leases = new Map<number, Lease>();
+  /** holderCount[u]: live members holding u verified. */
+  private readonly holderCount: Uint32Array;
+  /** Lowest unit index that might still be free; a scan hint. */
+  private scanFrom = 0;
+  readonly opts: AllocatorOptions;
+  /** Leases reclaimed because their member left or they ran past the deadline. */
+  reclaimed = 0;
+
+  constructor(opts: Partial<AllocatorOptions> & Pick<AllocatorOptions, 'unitCount' | 'unitBytes'>) {
+    this.opts = { ...DEFAULT_ALLOCATOR_OPTIONS, ...opts };
+    this.holderCount = new Uint32Array(this.opts.unitCount);
+  }
+
+  /** Join or heartbeat. `have` is the member's verified-units bitmap (authoritative). */
+  heartbeat(id: string, now: number, info: { have?: Uint8Array | null; address?: string | null; fetching?: number[] } = {}): void {
+    let m = this.members.get(id);
+    if (!m) {
+      m = {
+        id,
+        lastSeen: now,
+        joinedAt: now,
+        address: null,
+        have: new Uint8Array(bitmapBytes(this.opts.unitCount)),
+        verified: 0,
+        leases: new Set(),
+        overhead: null,
+        complete: this.opts.unitCount === 0,
+      };
+      this.members.set(id, m);
+    }
+    m.lastSeen = now;
+    if (info.address !== undefined) m.address = info.address;
+    if (info.have) {
+      for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u)) this.markHeld(m, u);
+    }
+    // Units the member is still receiving keep their lease alive.
+    for (const u of info.fetching ?? []) {
+      const l = this.leases.get(u);
+      if (l && l.member === id) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
+    }
+  }
+
+  leave(id: string): void {
+    const m = this.members.get(id);
+    if (!m) return;
+    for (const u of m.leases) {
+      this.leases.delete(u);
+      this.reclaimed++;
+      if (u < this.scanFrom) this.scanFrom = u;
+    }
+    for (let u = 0; u < this.opts.unitCount; u++) {
+      if (getBit(m.have, u)) {
+        this.holderCount[u]--;
+        if (this.holderCount[u] === 0 && u < this.scanFrom) this.scanFrom = u;
+      }
+    }
+    this.members.delete(id);
+  }
+
+  /** Drop silent members and reclaim overdue leases. */
+  expire(now: number): string[] {
+    const gone: string[] = [];
+    for (const m of this.members.values()) {
+      if (now - m.lastSeen > this.opts.memberTimeoutMs) gone.push(m.id);
+    }
+    for (const id of gone) this.leave(id);
+    for (const [u, l] of this.leases) {
+      if (now > l.deadline) {
+        this.leases.delete(u);
+        this.members.get(l.member)?.leases.delete(u);
+        this.reclaimed++;
+        if (u < this.scanFrom) this.scanFrom = u;
+      }
+    }
+    return gone;
+  }
+
+  hasMember(id: string): boolean {
+    return this.members.has(id);
+  }
+
+  /** The server starts sending unit `u` to `id` (000 claim 8: register the send time). */
+  sending(id: string, u: number, now: number): boolean {
+    const l = this.leases.get(u);
+    if (!l || l.member !== id) return false;
+    if (l.sentAt === null) l.sentAt = now;
+    return true;
+  }
+
+  /** Receipt notice (000 claim 8): member verified unit u. Updates overhead and ranking. */
+  receipt(id: string, u: number, now: number): void {
+    const m = this.members.get(id);
+    if (!m || u < 0 || u >= this.opts.unitCount) return;
+    m.lastSeen = now;
+    const l = this.leases.get(u);
+    if (l && l.member === id && l.sentAt !== null) {
+      const bytes = Math.max(1, this.opts.unitBytes(u));
+      const sample = Math.max(0, now - l.sentAt) / bytes;
+      m.overhead = m.overhead === null ? sample : m.overhead + this.opts.overheadAlpha * (sample - m.overhead);
+    }
+    this.markHeld(m, u);
+  }
+
+  markComplete(id: string): void {
+    const m = this.members.get(id);
+    if (m) m.complete = true;
+  }
+
+  private markHeld(m: Member, u: number): void {
+    if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u)) return;
+    setBit(m.have, u);
+    m.verified++;
+    this.holderCount[u]++;
+    if (m.verified === this.opts.unitCount) m.complete = true;
+    const l = this.leases.get(u);
+    if (l) {
+      this.leases.delete(u);
+      this.members.get(l.member)?.leases.delete(u);
+    }
+  }
+
+  /** Reference overhead: the median of members with a sample, or null. */
+  private medianOverhead(): number | null {
+    const xs = [...this.members.values()].map((m) => m.overhead).filter((x): x is number => x !== null).sort((a, b) => a - b);
+    if (xs.length === 0) return null;
+    return xs[Math.floor(xs.length / 2)];
+  }
+
+  private overheadOf(m: Member): number | null {
+    return m.overhead ?? this.medianOverhead();
+  }
+
+  private depthFor(m: Member): number {
+    const med = this.medianOverhead();
+    if (m.overhead === null || med === null || m.overhead <= 0) return this.opts.baseDepth;
+    const d = Math.round((this.opts.baseDepth * med) / m.overhead);
+    return Math.max(1, Math.min(this.opts.maxDepth, d));
+  }
+
+  private leaseDuration(m: Member, u: number): number {
+    const oh = this.overheadOf(m);
+    const predicted = oh === null ? 0 : oh * this.opts.unitBytes(u) * (m.leases.size + 1);
+    return Math.max(this.opts.leaseMinMs, predicted * this.opts.leaseSlackFactor);
+  }
+
+  /** Predicted time for m to finish its queue plus one more unit of `bytes`. */
+  private predictedFinish(m: Member, bytes: number): number | null {
+    const oh = this.overheadOf(m);
+    if (oh === null) return null;
+    return oh * bytes * (m.leases.size + 1);
+  }
+
+  private freeUnits(limit: number): number[] {
+    const out: number[] = [];
+    let u = this.scanFrom;
+    let firstFree = -1;
+    for (; u < this.opts.unitCount && out.length < limit; u++) {
+      if (this.holderCount[u] === 0 && !this.leases.has(u)) {
+        if (firstFree < 0) firstFree = u;
+        out.push(u);
+      }
+    }
+    this.scanFrom = firstFree < 0 ? u : firstFree;
+    return out;
+  }
+
+  private freeCount(): number {
+    let n = 0;
+    for (let u = this.scanFrom; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0 && !this.leases.has(u)) n++;
+    return n;
+  }
+
+  /** Lease up to the member's depth of free units. The member must have joined. */
+  lease(id: string, now: number): LeaseGrant {
+    const m = this.members.get(id);
+    if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
+    m.lastSeen = now;
+    const want = this.depthFor(m) - m.leases.size;
+    if (want <= 0) return { units: [], retryAfterMs: 200, exhausted: false };
+    const free = this.freeUnits(want);
+    if (free.length === 0) return { units: [], retryAfterMs: 0, exhausted: true };
+    // Tail rule: with few units left, a slow member waits for a faster one.
+    const remaining = this.freeCount();
+    if (remaining <= this.members.size * this.opts.maxDepth) {
+      const mine = this.predictedFinish(m, this.opts.unitBytes(free[0]));
+      let best = Infinity;
+      for (const o of this.members.values()) {
+        if (o === m) continue;
+        const f = this.predictedFinish(o, this.opts.unitBytes(free[0]));
+        if (f !== null && f < best) best = f;
+      }
+      if (mine !== null && best !== Infinity && mine > best * this.opts.tailSlackFactor) {
+        return { units: [], retryAfterMs: Math.max(50, Math.min(2000, Math.round(best))), exhausted: false };
+      }
+    }
+    const units = remaining <= this.members.size ? free.slice(0, 1) : free;
+    for (const u of units) {
+      this.leases.set(u, { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null });
+      m.leases.add(u);
+    }
+    return { units, retryAfterMs: 0, exhausted: false };
+  }
+
+  leaseHolder(u: number): string | null {
+    return this.leases.get(u)?.member ?? null;
+  }
+
+  /** The split-download map (004 claim 11): who leases or holds each unit, and the ranking. */
+  map(now: number): SplitMap {
+    const ranked = [...this.members.values()].sort((a, b) => {
+      if (a.overhead === null && b.overhead === null) return a.joinedAt - b.joinedAt || (a.id < b.id ? -1 : 1);
+      if (a.overhead === null) return 1;
+      if (b.overhead === null) return -1;
+      return a.overhead - b.overhead;
+    });
+    const index = new Map<string, number>();
+    const members: MemberView[] = ranked.map((m, i) => {
+      index.set(m.id, i);
+      return {
+        id: m.id,
+        rank: i + 1,
+        overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
+        verifiedUnits: m.verified,
+        leases: m.leases.size,
+        complete: m.complete,
+        lastSeenMsAgo: Math.max(0, now - m.lastSeen),
+        address: m.address,
+      };
+    });
+    const holders = new Array<number>(this.opts.unitCount).fill(-1);
+    for (const [u, l] of this.leases) holders[u] = index.get(l.member) ?? -1;
+    for (const m of ranked) {
+      const i = index.get(m.id)!;
+      for (let u = 0; u < this.opts.unitCount; u++) if (holders[u] === -1 && getBit(m.have, u)) holders[u] = i;
+    }
+    return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete) };
+  }
+
+  /** Units no live member holds verified. */
+  missingInGroup(): number {
+    let n = 0;
+    for (let u = 0; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0) n++;
+    return n;
+  }
+
+  memberCount(): number {
+    return this.members.size;
+  }
+}

@@ -1,0 +1,283 @@
+import { createReadStream } from 'node:fs';
+import * as http from 'node:http';
+import { AddressInfo } from 'node:net';
+import { ReleaseStore, StoredRelease } from '../release/store';
+import { unitLength } from '../release/manifest';
+import { CompleteBody, HeartbeatBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
+import { bitmapBytes } from '../wire/packet';
+import { AllocatorOptions, GroupAllocator } from './allocator';
+import { Logger, silentLogger } from '../util/log';
+
+/**
+ * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
+ * lives in one GroupAllocator per (release, group) and is soft: it is rebuilt from
+ * the agents' heartbeats after a restart.
+ */
+export interface ServerOptions {
+  storeDir: string;
+  host: string;
+  port: number;
+  heartbeatMs?: number;
+  allocator?: Partial<Omit<AllocatorOptions, 'unitCount' | 'unitBytes'>>;
+  logger?: Logger;
+  /** Injected clock, for tests. */
+  now?: () => number;
+}
+
+export interface ServerStats {
+  /** Unit bytes written to agents, all releases and groups. */
+  unitBytesSent: number;
+  unitBytesSentByGroup: Record<string, number>;
+  unitRequests: number;
+  requests: number;
+  badRequests: number;
+}
+
+class HttpError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+export class FleetcastServer {
+  readonly store: ReleaseStore;
+  private readonly groups = new Map<string, GroupAllocator>();
+  private readonly http: http.Server;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private timer: NodeJS.Timeout | null = null;
+  readonly heartbeatMs: number;
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
+
+  constructor(private readonly opts: ServerOptions) {
+    this.store = new ReleaseStore(opts.storeDir);
+    this.log = opts.logger ?? silentLogger;
+    this.now = opts.now ?? Date.now;
+    this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.http = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => this.fail(res, err));
+    });
+    this.http.keepAliveTimeout = 30_000;
+  }
+
+  async start(): Promise<{ host: string; port: number; url: string }> {
+    await this.store.load();
+    for (const p of this.store.problems) this.log.warn(`store: ${p}`);
+    await new Promise<void>((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(this.opts.port, this.opts.host, () => {
+        this.http.off('error', reject);
+        resolve();
+      });
+    });
+    this.timer = setInterval(() => this.expire(), Math.max(100, Math.floor(this.heartbeatMs / 2)));
+    this.timer.unref();
+    const a = this.http.address() as AddressInfo;
+    const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return { host: a.address, port: a.port, url: `http://${host}:${a.port}` };
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await new Promise<void>((resolve) => {
+      this.http.close(() => resolve());
+      this.http.closeAllConnections();
+    });
+  }
+
+  private expire(): void {
+    const now = this.now();
+    for (const [key, g] of this.groups) {
+      for (const id of g.expire(now)) this.log.info(`${key}: member ${id} stopped heartbeating; its leases go to others`);
+    }
+  }
+
+  private async group(ref: MemberRef): Promise<{ rel: StoredRelease; g: GroupAllocator }> {
+    const rel = await this.store.get(ref.release);
+    if (!rel) throw new HttpError(404, 'NO_RELEASE', `release ${ref.release} is not on this server`);
+    const key = `${ref.release}/${ref.group}`;
+    let g = this.groups.get(key);
+    if (!g) {
+      const m = rel.manifest;
+      g = new GroupAllocator({ ...this.opts.allocator, unitCount: m.unitCount, unitBytes: (u) => unitLength(m, u) });
+      this.groups.set(key, g);
+    }
+    return { rel, g };
+  }
+
+  private member(g: GroupAllocator, ref: MemberRef): void {
+    if (!g.hasMember(ref.member)) throw new HttpError(409, 'NOT_JOINED', `member ${ref.member} has not joined group ${ref.group} (or timed out): send a heartbeat first`);
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    this.stats.requests++;
+    const url = new URL(req.url ?? '/', 'http://x');
+    const parts = url.pathname.split('/').filter(Boolean);
+    const route = `${req.method} /${parts.map((p, i) => (i >= 2 && (i === 2 || i === 4) && parts[1] === 'releases' ? ':' : p)).join('/')}`;
+    switch (route) {
+      case 'GET /v1/releases':
+        return this.json(res, 200, { releases: this.store.list().map((r) => ({ id: r.manifest.id, name: r.manifest.name, size: r.manifest.size, units: r.manifest.unitCount })) });
+      case 'GET /v1/releases/:/manifest': {
+        const rel = await this.store.get(parts[2]);
+        if (!rel) throw new HttpError(404, 'NO_RELEASE', `release ${parts[2]} is not on this server`);
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': rel.manifest.raw.length });
+        res.end(rel.manifest.raw);
+        return;
+      }
+      case 'GET /v1/releases/:/units/:':
+        return this.serveUnit(req, res, parts[2], parts[4], url.searchParams);
+      case 'POST /v1/join':
+      case 'POST /v1/heartbeat': {
+        const b = await this.body<HeartbeatBody>(req, SCHEMAS.heartbeat);
+        const { rel, g } = await this.group(b);
+        let have: Uint8Array | null = null;
+        if (b.have !== undefined) {
+          have = Buffer.from(b.have, 'base64');
+          if (have.length !== bitmapBytes(rel.manifest.unitCount)) throw new HttpError(400, 'BAD_BODY', `have must be ${bitmapBytes(rel.manifest.unitCount)} bytes for this release`);
+        }
+        const now = this.now();
+        const isNew = !g.hasMember(b.member);
+        g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching });
+        if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined`);
+        return this.json(res, 200, { heartbeatMs: this.heartbeatMs, ...g.map(now) });
+      }
+      case 'POST /v1/lease': {
+        const b = await this.body<MemberRef>(req, SCHEMAS.lease);
+        const { g } = await this.group(b);
+        this.member(g, b);
+        return this.json(res, 200, g.lease(b.member, this.now()));
+      }
+      case 'POST /v1/receipt': {
+        const b = await this.body<ReceiptBody>(req, SCHEMAS.receipt);
+        const { rel, g } = await this.group(b);
+        this.member(g, b);
+        if (b.unit >= rel.manifest.unitCount) throw new HttpError(400, 'BAD_UNIT', `unit ${b.unit} is out of range (release has ${rel.manifest.unitCount})`);
+        g.receipt(b.member, b.unit, this.now());
+        return this.json(res, 200, { ok: true });
+      }
+      case 'POST /v1/complete': {
+        const b = await this.body<CompleteBody>(req, SCHEMAS.complete);
+        const { rel, g } = await this.group(b);
+        this.member(g, b);
+        if (b.sha256 !== rel.manifest.sha256) throw new HttpError(409, 'WRONG_HASH', 'sha256 does not match the release');
+        g.markComplete(b.member);
+        this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} completed`);
+        return this.json(res, 200, { ok: true });
+      }
+      case 'POST /v1/leave': {
+        const b = await this.body<MemberRef>(req, SCHEMAS.leave);
+        const { g } = await this.group(b);
+        g.leave(b.member);
+        return this.json(res, 200, { ok: true });
+      }
+      case 'GET /v1/fleet':
+        return this.json(res, 200, this.fleet());
+      case 'GET /v1/stats':
+        return this.json(res, 200, this.stats);
+      default:
+        if (['GET', 'POST'].includes(req.method ?? '')) throw new HttpError(404, 'NOT_FOUND', `no such endpoint: ${req.method} ${url.pathname}`);
+        throw new HttpError(405, 'METHOD', `method ${req.method} is not allowed`);
+    }
+  }
+
+  fleet(): unknown {
+    const now = this.now();
+    return {
+      groups: [...this.groups.entries()].map(([key, g]) => {
+        const [release, group] = key.split('/');
+        return { release, group, missingUnits: g.missingInGroup(), ...g.map(now), holders: undefined };
+      }),
+    };
+  }
+
+  private async serveUnit(req: http.IncomingMessage, res: http.ServerResponse, id: string, unitStr: string, q: URLSearchParams): Promise<void> {
+    const ref = { release: id, group: q.get('group') ?? '', member: q.get('member') ?? '' };
+    const check = parseBody<MemberRef>(Buffer.from(JSON.stringify(ref)), SCHEMAS.lease);
+    if (!check.ok) throw new HttpError(400, 'BAD_QUERY', `query: ${check.error}`);
+    if (!/^\d{1,10}$/.test(unitStr)) throw new HttpError(400, 'BAD_UNIT', `unit "${unitStr}" is not a number`);
+    const unit = Number(unitStr);
+    const { rel, g } = await this.group(ref);
+    const m = rel.manifest;
+    if (unit >= m.unitCount) throw new HttpError(404, 'BAD_UNIT', `unit ${unit} is out of range (release has ${m.unitCount})`);
+    this.member(g, ref);
+    // No overlap: only the member holding the lease gets the bytes.
+    if (!g.sending(ref.member, unit, this.now())) {
+      throw new HttpError(409, 'NOT_LEASED', `unit ${unit} is not leased to ${ref.member}; take a lease first`);
+    }
+    const len = unitLength(m, unit);
+    let start = 0;
+    let end = len - 1;
+    const range = req.headers.range;
+    let status = 200;
+    if (range) {
+      const r = /^bytes=(\d+)-(\d*)$/.exec(range);
+      if (!r || Number(r[1]) >= len || (r[2] !== '' && Number(r[2]) < Number(r[1]))) {
+        res.writeHead(416, { 'content-range': `bytes */${len}` });
+        res.end();
+        return;
+      }
+      start = Number(r[1]);
+      end = r[2] === '' ? len - 1 : Math.min(len - 1, Number(r[2]));
+      status = 206;
+    }
+    this.stats.unitRequests++;
+    const headers: http.OutgoingHttpHeaders = {
+      'content-type': 'application/octet-stream',
+      'content-length': end - start + 1,
+      'x-fleetcast-unit': String(unit),
+      'x-fleetcast-sha256': m.units[unit],
+    };
+    if (status === 206) headers['content-range'] = `bytes ${start}-${end}/${len}`;
+    res.writeHead(status, headers);
+    const base = unit * m.unitSize;
+    const stream = createReadStream(rel.dataPath, { start: base + start, end: base + end, highWaterMark: 64 * 1024 });
+    const key = ref.group;
+    stream.on('data', (chunk) => {
+      this.stats.unitBytesSent += chunk.length;
+      this.stats.unitBytesSentByGroup[key] = (this.stats.unitBytesSentByGroup[key] ?? 0) + chunk.length;
+    });
+    await new Promise<void>((resolve) => {
+      stream.on('error', (err) => {
+        this.log.error(`reading ${rel.dataPath}: ${err.message}`);
+        res.destroy(err);
+        resolve();
+      });
+      res.on('close', () => {
+        stream.destroy();
+        resolve();
+      });
+      stream.pipe(res);
+    });
+  }
+
+  private async body<T>(req: http.IncomingMessage, schema: Record<string, unknown>): Promise<T> {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of req as AsyncIterable<Buffer>) {
+      n += c.length;
+      if (n > MAX_BODY_BYTES) throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
+      chunks.push(c);
+    }
+    const p = parseBody<T>(Buffer.concat(chunks), schema as never);
+    if (!p.ok) throw new HttpError(400, 'BAD_BODY', p.error);
+    return p.value;
+  }
+
+  private json(res: http.ServerResponse, status: number, v: unknown): void {
+    const body = Buffer.from(JSON.stringify(v));
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+  }
+
+  private fail(res: http.ServerResponse, err: unknown): void {
+    if (err instanceof HttpError) {
+      this.stats.badRequests++;
+      if (!res.headersSent) return this.json(res, err.status, { error: err.code, message: err.message });
+    } else {
+      this.log.error(`internal error: ${(err as Error)?.stack ?? String(err)}`);
+      if (!res.headersSent) return this.json(res, 500, { error: 'INTERNAL', message: 'internal server error' });
+    }
+    res.destroy();
+  }
+}

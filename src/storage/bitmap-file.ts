@@ -1,0 +1,49 @@
+import { crc32 } from 'node:zlib';
+import { bitmapBytes } from '../wire/packet';
+
+/**
+ * The persisted bitmap of verified units (docs/protocol.md, "Bitmap file").
+ *   0  magic 'FCBM'
+ *   4  version u8 (=1), 3 reserved bytes (0)
+ *   8  unit count u32 BE
+ *   12 release id (16 bytes)
+ *   28 bitmap, ceil(unitCount/8) bytes, bit i (MSB first) = unit i verified
+ *   .. CRC-32 (zlib) u32 BE of every byte before it
+ * Written to a temporary file, fsynced, then renamed over the old one, so a crash
+ * leaves either the old or the new bitmap, never a torn one.
+ */
+export const BITMAP_MAGIC = Buffer.from('FCBM', 'ascii');
+export const BITMAP_HEADER_BYTES = 28;
+
+export function encodeBitmapFile(releaseId: Uint8Array, unitCount: number, bits: Uint8Array): Buffer {
+  const n = bitmapBytes(unitCount);
+  const out = Buffer.alloc(BITMAP_HEADER_BYTES + n + 4);
+  BITMAP_MAGIC.copy(out, 0);
+  out[4] = 1;
+  out.writeUInt32BE(unitCount, 8);
+  out.set(releaseId.subarray(0, 16), 12);
+  out.set(bits.subarray(0, n), BITMAP_HEADER_BYTES);
+  out.writeUInt32BE(crc32(out.subarray(0, BITMAP_HEADER_BYTES + n)) >>> 0, BITMAP_HEADER_BYTES + n);
+  return out;
+}
+
+export type BitmapDecode = { ok: true; bits: Uint8Array } | { ok: false; reason: string };
+
+/** Parse untrusted bytes; the caller says which release and unit count it expects. */
+export function decodeBitmapFile(buf: Uint8Array, releaseId: Uint8Array, unitCount: number): BitmapDecode {
+  const n = bitmapBytes(unitCount);
+  if (buf.length !== BITMAP_HEADER_BYTES + n + 4) return { ok: false, reason: `size ${buf.length}, expected ${BITMAP_HEADER_BYTES + n + 4}` };
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (!b.subarray(0, 4).equals(BITMAP_MAGIC)) return { ok: false, reason: 'bad magic' };
+  if (b[4] !== 1) return { ok: false, reason: `unsupported version ${b[4]}` };
+  if (b[5] !== 0 || b[6] !== 0 || b[7] !== 0) return { ok: false, reason: 'reserved bytes set' };
+  if (b.readUInt32BE(8) !== unitCount) return { ok: false, reason: 'unit count differs from the manifest' };
+  if (!b.subarray(12, 28).equals(Buffer.from(releaseId))) return { ok: false, reason: 'belongs to another release' };
+  const crc = b.readUInt32BE(BITMAP_HEADER_BYTES + n);
+  if ((crc32(b.subarray(0, BITMAP_HEADER_BYTES + n)) >>> 0) !== crc) return { ok: false, reason: 'checksum mismatch' };
+  const bits = new Uint8Array(n);
+  bits.set(b.subarray(BITMAP_HEADER_BYTES, BITMAP_HEADER_BYTES + n));
+  const rem = unitCount & 7;
+  if (rem !== 0 && n > 0 && (bits[n - 1] & (0xff >>> rem)) !== 0) return { ok: false, reason: 'bits set past the last unit' };
+  return { ok: true, bits };
+}

@@ -1,0 +1,235 @@
+import { createHash } from 'node:crypto';
+import { promises as fs, createReadStream } from 'node:fs';
+import * as path from 'node:path';
+import { Manifest, unitLength } from '../release/manifest';
+import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
+import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
+import { decodeBitmapFile, encodeBitmapFile } from './bitmap-file';
+
+/**
+ * An agent's copy of one release, on disk under `<storage>/<release id>/`:
+ *   manifest      the signed manifest as received
+ *   data.part     the preallocated partial file, units written in place
+ *   data.bitmap   which units are verified (bitmap-file.ts)
+ *   <name>        the finished file, renamed from data.part once verified whole
+ * A unit's bytes are fsynced before its bit is persisted, so a crash loses at most
+ * the units in flight and never marks a unit that is not on disk.
+ */
+export class PartialStore {
+  readonly dir: string;
+  readonly finalPath: string;
+  private readonly partPath: string;
+  private readonly bitmapPath: string;
+  private fh: fs.FileHandle | null = null;
+  private bits: Uint8Array;
+  private verified = 0;
+  private complete = false;
+  /** Why a bitmap found on disk was discarded, for the log. */
+  discardedBitmapReason: string | null = null;
+
+  private constructor(readonly manifest: Manifest, storageDir: string) {
+    this.dir = path.join(storageDir, manifest.id);
+    this.partPath = path.join(this.dir, 'data.part');
+    this.bitmapPath = path.join(this.dir, 'data.bitmap');
+    this.finalPath = path.join(this.dir, manifest.name);
+    this.bits = new Uint8Array(bitmapBytes(manifest.unitCount));
+  }
+
+  static async open(storageDir: string, manifest: Manifest): Promise<PartialStore> {
+    const s = new PartialStore(manifest, storageDir);
+    await s.init();
+    return s;
+  }
+
+  private async init(): Promise<void> {
+    const m = this.manifest;
+    try {
+      await fs.mkdir(this.dir, { recursive: true });
+      await writeAtomic(path.join(this.dir, 'manifest'), m.raw);
+    } catch (err) {
+      throw fromSystemError(err, `preparing storage ${this.dir}`);
+    }
+    if (await exists(this.finalPath)) {
+      // Finished before: trust it only if it still hashes right.
+      if ((await sha256File(this.finalPath)) === m.sha256) {
+        this.bits.fill(0xff);
+        const rem = m.unitCount & 7;
+        if (rem && this.bits.length) this.bits[this.bits.length - 1] = (0xff << (8 - rem)) & 0xff;
+        this.verified = m.unitCount;
+        this.complete = true;
+        return;
+      }
+      await fs.rename(this.finalPath, this.partPath).catch(() => undefined);
+    }
+    try {
+      const buf = await fs.readFile(this.bitmapPath);
+      const d = decodeBitmapFile(buf, m.idBytes, m.unitCount);
+      if (d.ok) this.bits = d.bits;
+      else this.discardedBitmapReason = d.reason;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `reading ${this.bitmapPath}`);
+    }
+    let size = 0;
+    try {
+      size = (await fs.stat(this.partPath)).size;
+    } catch {
+      this.bits.fill(0); // no data file: any bitmap is stale
+    }
+    if (size < m.size) await this.checkFreeSpace(m.size - size);
+    try {
+      this.fh = await fs.open(this.partPath, size > 0 ? 'r+' : 'w+');
+      if (size !== m.size) await this.fh.truncate(m.size);
+    } catch (err) {
+      throw fromSystemError(err, `preallocating ${this.partPath} (${m.size} bytes)`);
+    }
+    this.verified = countBits(this.bits, m.unitCount);
+  }
+
+  private async checkFreeSpace(needed: number): Promise<void> {
+    let st: { bavail: number; bsize: number } | undefined;
+    try {
+      st = await fs.statfs(this.dir);
+    } catch {
+      return; // cannot tell; the write will say ENOSPC
+    }
+    const free = st.bavail * st.bsize;
+    if (free < needed) {
+      throw new FleetcastError(
+        'ENOSPC',
+        `release ${this.manifest.name} needs ${needed} more bytes in ${this.dir}, only ${free} are free`,
+        ExitCode.IOERR,
+      );
+    }
+  }
+
+  get unitCount(): number {
+    return this.manifest.unitCount;
+  }
+  get verifiedUnits(): number {
+    return this.verified;
+  }
+  get isComplete(): boolean {
+    return this.complete;
+  }
+  has(unit: number): boolean {
+    return unit >= 0 && unit < this.manifest.unitCount && getBit(this.bits, unit);
+  }
+  /** A copy of the verified-units bitmap. */
+  bitmap(): Uint8Array {
+    return this.bits.slice();
+  }
+
+  /** Caller has checked the unit's hash. Data reaches the disk before the bit does. */
+  async writeUnit(unit: number, bytes: Uint8Array): Promise<void> {
+    if (this.has(unit)) return;
+    if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+    const m = this.manifest;
+    if (bytes.length !== unitLength(m, unit)) throw new FleetcastError('BAD_UNIT', `unit ${unit} has wrong length`, ExitCode.SOFTWARE);
+    try {
+      await this.fh.write(bytes, 0, bytes.length, unit * m.unitSize);
+      await this.fh.datasync();
+      const next = this.bits.slice();
+      setBit(next, unit);
+      await writeAtomic(this.bitmapPath, encodeBitmapFile(m.idBytes, m.unitCount, next));
+      this.bits = next;
+      this.verified++;
+    } catch (err) {
+      throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
+    }
+  }
+
+  async readUnit(unit: number): Promise<Buffer> {
+    const m = this.manifest;
+    const len = unitLength(m, unit);
+    const buf = Buffer.allocUnsafe(len);
+    if (this.complete) {
+      const fh = await fs.open(this.finalPath, 'r');
+      try {
+        await fh.read(buf, 0, len, unit * m.unitSize);
+      } finally {
+        await fh.close();
+      }
+      return buf;
+    }
+    if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+    await this.fh.read(buf, 0, len, unit * m.unitSize);
+    return buf;
+  }
+
+  /**
+   * All units verified: hash the whole file, then rename it into place. A whole-file
+   * mismatch (which unit hashes should make impossible) clears the bitmap and throws.
+   */
+  async finish(): Promise<string> {
+    if (this.complete) return this.finalPath;
+    const m = this.manifest;
+    if (this.verified !== m.unitCount) throw new FleetcastError('INCOMPLETE', `${m.unitCount - this.verified} units missing`, ExitCode.SOFTWARE);
+    await this.fh?.datasync();
+    const digest = await sha256File(this.partPath);
+    if (digest !== m.sha256) {
+      this.bits.fill(0);
+      this.verified = 0;
+      await fs.rm(this.bitmapPath, { force: true });
+      throw new FleetcastError('WHOLE_HASH', `whole-file SHA-256 ${digest} does not match the manifest's ${m.sha256}; starting over`, ExitCode.DATAERR);
+    }
+    await this.fh?.close();
+    this.fh = null;
+    try {
+      await fs.rename(this.partPath, this.finalPath);
+      await fsyncDir(this.dir);
+      await fs.rm(this.bitmapPath, { force: true });
+    } catch (err) {
+      throw fromSystemError(err, `moving ${m.name} into place`);
+    }
+    this.complete = true;
+    return this.finalPath;
+  }
+
+  async close(): Promise<void> {
+    const fh = this.fh;
+    this.fh = null;
+    await fh?.close();
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch {
+    /* some file systems refuse fsync on directories */
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function writeAtomic(file: string, data: Uint8Array): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const fh = await fs.open(tmp, 'w');
+  try {
+    await fh.writeFile(data);
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+export function sha256File(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    createReadStream(file, { highWaterMark: 1 << 20 })
+      .on('data', (c) => h.update(c))
+      .on('error', reject)
+      .on('end', () => resolve(h.digest('hex')));
+  });
+}

@@ -1,0 +1,91 @@
+import { isReleaseId } from '../release/manifest';
+
+/**
+ * Request bodies of the control-plane HTTP API (docs/protocol.md, "HTTP API").
+ * Each parser takes untrusted bytes and returns a typed value or an error that
+ * names the offending field. Unknown fields are rejected, so typos surface.
+ */
+export const MAX_BODY_BYTES = 4 * 1024 * 1024;
+export const MAX_ID_CHARS = 128;
+const ID_RE = /^[A-Za-z0-9._:@-]+$/;
+
+export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
+
+export interface MemberRef {
+  release: string;
+  group: string;
+  member: string;
+}
+export interface HeartbeatBody extends MemberRef {
+  /** Base64 of the verified-units bitmap (MSB first). */
+  have?: string;
+  address?: string;
+  fetching?: number[];
+}
+export interface ReceiptBody extends MemberRef {
+  unit: number;
+}
+export interface CompleteBody extends MemberRef {
+  sha256: string;
+}
+
+type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256'; optional?: boolean; max?: number };
+
+const REF: Record<string, FieldSpec> = {
+  release: { kind: 'release' },
+  group: { kind: 'id' },
+  member: { kind: 'id' },
+};
+
+export const SCHEMAS = {
+  heartbeat: { ...REF, have: { kind: 'base64', optional: true, max: 2 * 1024 * 1024 }, address: { kind: 'string', optional: true, max: 256 }, fetching: { kind: 'uintArray', optional: true, max: 1024 } },
+  lease: REF,
+  leave: REF,
+  receipt: { ...REF, unit: { kind: 'uint' } },
+  complete: { ...REF, sha256: { kind: 'sha256' } },
+} satisfies Record<string, Record<string, FieldSpec>>;
+
+function checkField(name: string, v: unknown, spec: FieldSpec): string | null {
+  switch (spec.kind) {
+    case 'release':
+      return typeof v === 'string' && isReleaseId(v) ? null : `${name} must be a release id (32 hex characters)`;
+    case 'id':
+      return typeof v === 'string' && v.length > 0 && v.length <= MAX_ID_CHARS && ID_RE.test(v)
+        ? null
+        : `${name} must be 1–${MAX_ID_CHARS} characters of letters, digits and . _ : @ -`;
+    case 'string':
+      return typeof v === 'string' && v.length <= (spec.max ?? 1024) ? null : `${name} must be a string of at most ${spec.max ?? 1024} characters`;
+    case 'base64':
+      return typeof v === 'string' && v.length <= (spec.max ?? 1 << 20) && /^[A-Za-z0-9+/]*={0,2}$/.test(v) ? null : `${name} must be base64`;
+    case 'uint':
+      return Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff ? null : `${name} must be a non-negative integer`;
+    case 'uintArray':
+      if (!Array.isArray(v) || v.length > (spec.max ?? 1024)) return `${name} must be an array of at most ${spec.max ?? 1024} integers`;
+      for (const x of v) if (!Number.isSafeInteger(x) || x < 0 || x > 0xffffffff) return `${name} must hold non-negative integers`;
+      return null;
+    case 'sha256':
+      return typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? null : `${name} must be 64 lowercase hex characters`;
+  }
+}
+
+export function parseBody<T>(bytes: Uint8Array, schema: Record<string, FieldSpec>): Parsed<T> {
+  if (bytes.length > MAX_BODY_BYTES) return { ok: false, error: `body larger than ${MAX_BODY_BYTES} bytes` };
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch (err) {
+    return { ok: false, error: `body is not JSON: ${(err as Error).message}` };
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return { ok: false, error: 'body must be a JSON object' };
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!Object.prototype.hasOwnProperty.call(schema, k)) return { ok: false, error: `unknown field "${k}"` };
+  for (const [k, spec] of Object.entries(schema)) {
+    if (o[k] === undefined) {
+      if (spec.optional) continue;
+      return { ok: false, error: `missing field "${k}"` };
+    }
+    const e = checkField(k, o[k], spec);
+    if (e) return { ok: false, error: e };
+  }
+  return { ok: true, value: o as T };
+}

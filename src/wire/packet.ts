@@ -1,0 +1,242 @@
+/**
+ * LAN packet codec (docs/protocol.md, "Packets"). Pure: bytes in, objects out.
+ *
+ * Every parser here takes untrusted bytes: it checks bounds before every read,
+ * rejects unknown versions and types, and never allocates from a length field
+ * (payloads and bitmaps are views into the datagram).
+ *
+ * Common header (28 bytes, big-endian):
+ *   0  magic 'F''C' (0x46 0x43)
+ *   2  version u8 (=1)
+ *   3  type u8 (1 DATA, 2 NACK, 3 ANNOUNCE)
+ *   4  flags u8 (DATA: bit0 = repair)
+ *   5  reserved u8 (0)
+ *   6  reserved u16 (0)
+ *   8  sender id u32 (random per agent process; receivers drop their own)
+ *   12 release id, 16 bytes
+ */
+export const MAGIC0 = 0x46;
+export const MAGIC1 = 0x43;
+export const PROTOCOL_VERSION = 1;
+export const COMMON_HEADER_BYTES = 28;
+export const DATA_HEADER_BYTES = 40;
+export const NACK_HEADER_BYTES = 36;
+export const ANNOUNCE_HEADER_BYTES = 36;
+export const RELEASE_ID_BYTES = 16;
+/** Largest UDP payload over IPv4. */
+export const MAX_DATAGRAM_BYTES = 65507;
+/** Fragment payload may not exceed this (fits a 64 KiB loopback datagram with headers). */
+export const MAX_FRAGMENT_BYTES = MAX_DATAGRAM_BYTES - DATA_HEADER_BYTES;
+export const MIN_FRAGMENT_BYTES = 64;
+
+export const PacketType = { DATA: 1, NACK: 2, ANNOUNCE: 3 } as const;
+export const DataFlag = { REPAIR: 0x01 } as const;
+
+export interface DataPacket {
+  type: typeof PacketType.DATA;
+  sender: number;
+  releaseId: Uint8Array;
+  repair: boolean;
+  unit: number;
+  fragment: number;
+  fragmentCount: number;
+  fragmentBytes: number;
+  /** View into the datagram: valid only as long as the datagram is. */
+  payload: Uint8Array;
+}
+
+/** A request for the fragments whose bits are set in `missing` (bit i = fragment i, MSB first). */
+export interface NackPacket {
+  type: typeof PacketType.NACK;
+  sender: number;
+  releaseId: Uint8Array;
+  unit: number;
+  fragmentCount: number;
+  fragmentBytes: number;
+  missing: Uint8Array;
+}
+
+/** The sender's verified units, bits [firstUnit, firstUnit + unitCount). */
+export interface AnnouncePacket {
+  type: typeof PacketType.ANNOUNCE;
+  sender: number;
+  releaseId: Uint8Array;
+  firstUnit: number;
+  unitCount: number;
+  /** 1 when the sender holds the whole release verified. */
+  complete: boolean;
+  have: Uint8Array;
+}
+
+export type Packet = DataPacket | NackPacket | AnnouncePacket;
+
+export type DecodeResult = { ok: true; packet: Packet } | { ok: false; reason: DropReason };
+export type DropReason =
+  | 'short'
+  | 'magic'
+  | 'version'
+  | 'type'
+  | 'reserved'
+  | 'fragment-range'
+  | 'fragment-size'
+  | 'length'
+  | 'bitmap';
+
+export function bitmapBytes(bits: number): number {
+  return (bits + 7) >>> 3;
+}
+
+function writeCommon(buf: Uint8Array, view: DataView, type: number, flags: number, sender: number, releaseId: Uint8Array): void {
+  if (releaseId.length !== RELEASE_ID_BYTES) throw new RangeError('release id must be 16 bytes');
+  buf[0] = MAGIC0;
+  buf[1] = MAGIC1;
+  buf[2] = PROTOCOL_VERSION;
+  buf[3] = type;
+  buf[4] = flags;
+  buf[5] = 0;
+  view.setUint16(6, 0);
+  view.setUint32(8, sender >>> 0);
+  buf.set(releaseId, 12);
+}
+
+/** Number of fragments a unit of `unitBytes` has on a grid of `fragmentBytes`. */
+export function fragmentCountFor(unitBytes: number, fragmentBytes: number): number {
+  return Math.max(1, Math.ceil(unitBytes / fragmentBytes));
+}
+
+/**
+ * Writes a DATA header into `out` (at least DATA_HEADER_BYTES) so callers can
+ * place the payload right after it without another copy.
+ */
+export function writeDataHeader(
+  out: Uint8Array,
+  h: { sender: number; releaseId: Uint8Array; repair: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number },
+): void {
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  writeCommon(out, view, PacketType.DATA, h.repair ? DataFlag.REPAIR : 0, h.sender, h.releaseId);
+  view.setUint32(28, h.unit >>> 0);
+  view.setUint16(32, h.fragment);
+  view.setUint16(34, h.fragmentCount);
+  view.setUint16(36, h.fragmentBytes);
+  view.setUint16(38, 0);
+}
+
+export function encodeData(p: Omit<DataPacket, 'type'>): Uint8Array {
+  const out = new Uint8Array(DATA_HEADER_BYTES + p.payload.length);
+  writeDataHeader(out, p);
+  out.set(p.payload, DATA_HEADER_BYTES);
+  return out;
+}
+
+export function encodeNack(p: Omit<NackPacket, 'type'>): Uint8Array {
+  const n = bitmapBytes(p.fragmentCount);
+  if (p.missing.length < n) throw new RangeError('nack bitmap shorter than fragment count');
+  const out = new Uint8Array(NACK_HEADER_BYTES + n);
+  const view = new DataView(out.buffer);
+  writeCommon(out, view, PacketType.NACK, 0, p.sender, p.releaseId);
+  view.setUint32(28, p.unit >>> 0);
+  view.setUint16(32, p.fragmentCount);
+  view.setUint16(34, p.fragmentBytes);
+  out.set(p.missing.subarray(0, n), NACK_HEADER_BYTES);
+  clearTailBits(out.subarray(NACK_HEADER_BYTES), p.fragmentCount);
+  return out;
+}
+
+export function encodeAnnounce(p: Omit<AnnouncePacket, 'type'>): Uint8Array {
+  const n = bitmapBytes(p.unitCount);
+  if (p.have.length < n) throw new RangeError('announce bitmap shorter than unit count');
+  const out = new Uint8Array(ANNOUNCE_HEADER_BYTES + n);
+  const view = new DataView(out.buffer);
+  writeCommon(out, view, PacketType.ANNOUNCE, p.complete ? 1 : 0, p.sender, p.releaseId);
+  view.setUint32(28, p.firstUnit >>> 0);
+  view.setUint32(32, p.unitCount >>> 0);
+  out.set(p.have.subarray(0, n), ANNOUNCE_HEADER_BYTES);
+  clearTailBits(out.subarray(ANNOUNCE_HEADER_BYTES), p.unitCount);
+  return out;
+}
+
+function clearTailBits(bits: Uint8Array, count: number): void {
+  const rem = count & 7;
+  if (rem !== 0 && bits.length > 0) bits[bits.length - 1] &= (0xff << (8 - rem)) & 0xff;
+}
+
+function tailBitsClear(bits: Uint8Array, count: number): boolean {
+  const rem = count & 7;
+  if (rem === 0 || bits.length === 0) return true;
+  return (bits[bits.length - 1] & (0xff >>> rem)) === 0;
+}
+
+/** Decode one datagram. Never throws; a bad datagram yields the reason it was dropped. */
+export function decodePacket(buf: Uint8Array): DecodeResult {
+  if (buf.length < COMMON_HEADER_BYTES) return { ok: false, reason: 'short' };
+  if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) return { ok: false, reason: 'magic' };
+  if (buf[2] !== PROTOCOL_VERSION) return { ok: false, reason: 'version' };
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const type = buf[3];
+  const flags = buf[4];
+  if (buf[5] !== 0 || view.getUint16(6) !== 0) return { ok: false, reason: 'reserved' };
+  const sender = view.getUint32(8);
+  const releaseId = buf.subarray(12, 28);
+  switch (type) {
+    case PacketType.DATA: {
+      if (buf.length < DATA_HEADER_BYTES) return { ok: false, reason: 'short' };
+      if ((flags & ~DataFlag.REPAIR) !== 0 || view.getUint16(38) !== 0) return { ok: false, reason: 'reserved' };
+      const unit = view.getUint32(28);
+      const fragment = view.getUint16(32);
+      const fragmentCount = view.getUint16(34);
+      const fragmentBytes = view.getUint16(36);
+      if (fragmentBytes < MIN_FRAGMENT_BYTES || fragmentBytes > MAX_FRAGMENT_BYTES) return { ok: false, reason: 'fragment-size' };
+      if (fragmentCount === 0 || fragment >= fragmentCount) return { ok: false, reason: 'fragment-range' };
+      const payload = buf.subarray(DATA_HEADER_BYTES);
+      // Every fragment but the last fills the grid exactly; the last is 1..fragmentBytes.
+      if (fragment < fragmentCount - 1 ? payload.length !== fragmentBytes : payload.length < 1 || payload.length > fragmentBytes) {
+        return { ok: false, reason: 'length' };
+      }
+      return {
+        ok: true,
+        packet: { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, unit, fragment, fragmentCount, fragmentBytes, payload },
+      };
+    }
+    case PacketType.NACK: {
+      if (flags !== 0) return { ok: false, reason: 'reserved' };
+      if (buf.length < NACK_HEADER_BYTES) return { ok: false, reason: 'short' };
+      const unit = view.getUint32(28);
+      const fragmentCount = view.getUint16(32);
+      const fragmentBytes = view.getUint16(34);
+      if (fragmentCount === 0) return { ok: false, reason: 'fragment-range' };
+      if (fragmentBytes < MIN_FRAGMENT_BYTES || fragmentBytes > MAX_FRAGMENT_BYTES) return { ok: false, reason: 'fragment-size' };
+      const missing = buf.subarray(NACK_HEADER_BYTES);
+      if (missing.length !== bitmapBytes(fragmentCount)) return { ok: false, reason: 'length' };
+      if (!tailBitsClear(missing, fragmentCount)) return { ok: false, reason: 'bitmap' };
+      return { ok: true, packet: { type: PacketType.NACK, sender, releaseId, unit, fragmentCount, fragmentBytes, missing } };
+    }
+    case PacketType.ANNOUNCE: {
+      if ((flags & ~1) !== 0) return { ok: false, reason: 'reserved' };
+      if (buf.length < ANNOUNCE_HEADER_BYTES) return { ok: false, reason: 'short' };
+      const firstUnit = view.getUint32(28);
+      const unitCount = view.getUint32(32);
+      const have = buf.subarray(ANNOUNCE_HEADER_BYTES);
+      if (have.length !== bitmapBytes(unitCount)) return { ok: false, reason: 'length' };
+      if (firstUnit + unitCount > 0xffffffff) return { ok: false, reason: 'fragment-range' };
+      if (!tailBitsClear(have, unitCount)) return { ok: false, reason: 'bitmap' };
+      return { ok: true, packet: { type: PacketType.ANNOUNCE, sender, releaseId, firstUnit, unitCount, complete: (flags & 1) !== 0, have } };
+    }
+    default:
+      return { ok: false, reason: 'type' };
+  }
+}
+
+export function getBit(bits: Uint8Array, i: number): boolean {
+  return (bits[i >>> 3] & (0x80 >>> (i & 7))) !== 0;
+}
+export function setBit(bits: Uint8Array, i: number): void {
+  bits[i >>> 3] |= 0x80 >>> (i & 7);
+}
+export function clearBit(bits: Uint8Array, i: number): void {
+  bits[i >>> 3] &= ~(0x80 >>> (i & 7));
+}
+export function countBits(bits: Uint8Array, n: number): number {
+  let c = 0;
+  for (let i = 0; i < n; i++) if (getBit(bits, i)) c++;
+  return c;
+}
