@@ -119,8 +119,17 @@ export class PartialStore {
     return this.bits.slice();
   }
 
+  /** Serializes writes: each persists the bitmap, and bitmaps must not interleave. */
+  private writeChain: Promise<void> = Promise.resolve();
+
   /** Caller has checked the unit's hash. Data reaches the disk before the bit does. */
-  async writeUnit(unit: number, bytes: Uint8Array): Promise<void> {
+  writeUnit(unit: number, bytes: Uint8Array): Promise<void> {
+    const p = this.writeChain.then(() => this.writeUnitNow(unit, bytes));
+    this.writeChain = p.catch(() => undefined);
+    return p;
+  }
+
+  private async writeUnitNow(unit: number, bytes: Uint8Array): Promise<void> {
     if (this.has(unit)) return;
     if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
     const m = this.manifest;

@@ -1,0 +1,23 @@
+#!/usr/bin/env node
+'use strict';
+let main;
+try {
+  ({ main } = require('../dist/src/cli/main.js'));
+} catch (err) {
+  if (err && err.code === 'MODULE_NOT_FOUND') {
+    process.stderr.write('fleetcast: not built yet; run `npm install` (or `npm run build`) in the fleetcast directory first\n');
+    process.exit(70);
+  }
+  throw err;
+}
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+    // Agents and servers close their handles; anything left (keep-alive sockets) must not hold the exit.
+    setTimeout(() => process.exit(code), 200).unref();
+  },
+  (err) => {
+    process.stderr.write(`fleetcast: internal error: ${err && err.stack ? err.stack : err}\n`);
+    process.exit(70);
+  },
+);

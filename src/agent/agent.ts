@@ -1,0 +1,821 @@
+import { createHash, KeyObject, randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Manifest, parseManifest, unitLength } from '../release/manifest';
+import { PartialStore } from '../storage/partial-store';
+import { createTransport } from '../transport/binding';
+import { RecvBatch, Transport, TransportOptions } from '../transport/transport';
+import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
+import { Logger, silentLogger } from '../util/log';
+import {
+  bitmapBytes,
+  DATA_HEADER_BYTES,
+  decodePacket,
+  encodeAnnounce,
+  encodeNack,
+  fragmentCountFor,
+  getBit,
+  PacketType,
+  setBit,
+  writeDataHeader,
+} from '../wire/packet';
+import { ControlClient, ControlError, LeaseResponse, sleep, SplitMapResponse } from './control-client';
+import { NackRequest, NackScheduler } from './nack-scheduler';
+import { RepairScheduler } from './repair-scheduler';
+import { TokenBucket } from './token-bucket';
+
+/** Tuning knobs: one home, units in the names (STYLE.md). */
+export const AGENT_DEFAULTS = {
+  rateBytesPerSec: 60 * 1024 * 1024,
+  burstBytes: 256 * 1024,
+  fetchConcurrency: 2,
+  tickMs: 5,
+  announceMs: 400,
+  announceDebounceMs: 10,
+  /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
+  gapQuietMs: 25,
+  nackBackoffMs: 30,
+  nackHoldoffMs: 150,
+  nackMaxUnitsInFlight: 16,
+  repairAggregateMs: 3,
+  repairBackoffMs: 40,
+  repairDedupMs: 60,
+  maxAssemblies: 128,
+  repairCacheUnits: 16,
+  peerTimeoutMs: 5000,
+  lingerMs: 60_000,
+  fetchRetries: 3,
+  sendBatch: 64,
+};
+
+export interface AgentOptions {
+  serverUrl: string;
+  group: string;
+  /** Member id; default: read from (or created in) `<storage>/member-id`. */
+  member?: string;
+  /** Interface name (e.g. eth0, lo) or local IPv4/IPv6 address. */
+  interface: string;
+  multicast: { address: string; port: number };
+  storageDir: string;
+  trustedKeys: KeyObject[];
+  releaseId: string;
+  rateBytesPerSec?: number;
+  /** Fragment payload bytes; default from the interface MTU. Must match across the group. */
+  fragmentBytes?: number;
+  lossPct?: number;
+  /** After completing, keep serving repairs until the group is complete, at most this long. */
+  lingerMs?: number;
+  logger?: Logger;
+  random?: () => number;
+  transport?: (opts: TransportOptions) => Transport;
+  onProgress?: (a: Agent) => void;
+}
+
+export interface AgentStats {
+  member: string;
+  wanBytes: number;
+  lanBytes: number;
+  lanDuplicateBytes: number;
+  copyBytesSent: number;
+  repairBytesSent: number;
+  repairPacketsSent: number;
+  nacksSent: number;
+  nacksSuppressed: number;
+  nacksHeard: number;
+  unitsFromWan: number;
+  unitsFromLan: number;
+  unitsRejected: number;
+  unitsResumed: number;
+  drops: Record<string, number>;
+  seconds: number;
+  transport: string;
+}
+
+interface Assembly {
+  buf: Buffer;
+  got: Uint8Array;
+  count: number;
+  fragmentCount: number;
+  lastData: number;
+  verifying: boolean;
+}
+
+interface Peer {
+  lastSeen: number;
+  complete: boolean;
+}
+
+/** Resolve `--interface`: a name from os.networkInterfaces(), or an address. */
+export function resolveInterface(spec: string, family: 4 | 6): { name: string | null; address: string } {
+  const ifs = os.networkInterfaces();
+  const fam = family === 4 ? 'IPv4' : 'IPv6';
+  if (ifs[spec]) {
+    const a = ifs[spec]!.find((x) => x.family === fam);
+    if (!a) throw new FleetcastError('NO_ADDR', `interface ${spec} has no ${fam} address`, ExitCode.CONFIG);
+    return { name: spec, address: family === 6 && a.address.startsWith('fe80') ? `${a.address}%${spec}` : a.address };
+  }
+  for (const [name, list] of Object.entries(ifs)) {
+    if (list?.some((x) => x.address === spec)) return { name, address: spec };
+  }
+  const names = Object.keys(ifs).join(', ');
+  throw new FleetcastError('NO_IFACE', `--interface ${spec}: no interface has that name or address (interfaces: ${names})`, ExitCode.CONFIG);
+}
+
+async function readMtu(name: string | null): Promise<number> {
+  if (!name) return 1500;
+  try {
+    const n = Number((await fs.readFile(`/sys/class/net/${name}/mtu`, 'utf8')).trim());
+    return Number.isFinite(n) && n >= 576 ? n : 1500;
+  } catch {
+    return 1500;
+  }
+}
+
+/** Fragment payload for a link MTU: one datagram, no IP fragmentation, capped at 9000-byte frames. */
+export function fragmentBytesForMtu(mtu: number, ipv6: boolean): number {
+  const frame = Math.min(mtu, 9000);
+  return frame - (ipv6 ? 40 : 20) - 8 - DATA_HEADER_BYTES;
+}
+
+export class Agent {
+  readonly stats: AgentStats;
+  manifest!: Manifest;
+  store!: PartialStore;
+  finalPath: string | null = null;
+  private transport!: Transport;
+  private client!: ControlClient;
+  private readonly abort = new AbortController();
+  private readonly log: Logger;
+  private readonly random: () => number;
+  private readonly senderId: number;
+  private member = '';
+  private fragmentBytes = 0;
+  private interfaceAddress = '';
+  private readonly bucket: TokenBucket;
+  private nacks!: NackScheduler;
+  private readonly repairs: RepairScheduler;
+  private readonly assemblies = new Map<number, Assembly>();
+  private readonly fetching = new Set<number>();
+  private readonly leased: number[] = [];
+  private readonly peers = new Map<number, Peer>();
+  /** Units some peer announced verified that we lack. */
+  private readonly availableMissing = new Set<number>();
+  private readonly repairCache = new Map<number, Buffer>();
+  private readonly repairQueue: Uint8Array[] = [];
+  private readonly copyQueue: Uint8Array[] = [];
+  private map: SplitMapResponse | null = null;
+  private heartbeatMs = 1000;
+  private tickTimer: NodeJS.Timeout | null = null;
+  private drainTimer: NodeJS.Timeout | null = null;
+  private announceTimer: NodeJS.Timeout | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private waitingWritable = false;
+  private finishing = false;
+  private started = 0;
+  private completedAt = 0;
+  private lastNackHeard = 0;
+  private completion!: { resolve: (p: string) => void; reject: (e: Error) => void };
+  private readonly completed: Promise<string>;
+  private leaseWake: (() => void) | null = null;
+  private closed = false;
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.logger ?? silentLogger;
+    this.random = opts.random ?? Math.random;
+    this.senderId = randomBytes(4).readUInt32BE(0) || 1;
+    const rate = opts.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
+    this.bucket = new TokenBucket(rate, AGENT_DEFAULTS.burstBytes, Date.now());
+    this.repairs = new RepairScheduler({
+      aggregateMs: AGENT_DEFAULTS.repairAggregateMs,
+      backoffMs: AGENT_DEFAULTS.repairBackoffMs,
+      dedupMs: AGENT_DEFAULTS.repairDedupMs,
+      random: this.random,
+    });
+    this.stats = {
+      member: '',
+      wanBytes: 0,
+      lanBytes: 0,
+      lanDuplicateBytes: 0,
+      copyBytesSent: 0,
+      repairBytesSent: 0,
+      repairPacketsSent: 0,
+      nacksSent: 0,
+      nacksSuppressed: 0,
+      nacksHeard: 0,
+      unitsFromWan: 0,
+      unitsFromLan: 0,
+      unitsRejected: 0,
+      unitsResumed: 0,
+      drops: {},
+      seconds: 0,
+      transport: '',
+    };
+    this.completed = new Promise((resolve, reject) => {
+      this.completion = { resolve, reject };
+    });
+    this.completed.catch(() => undefined);
+  }
+
+  get memberId(): string {
+    return this.member;
+  }
+  get transportInfo() {
+    return this.transport?.info;
+  }
+  get progress(): { verified: number; total: number } {
+    return { verified: this.store?.verifiedUnits ?? 0, total: this.manifest?.unitCount ?? 0 };
+  }
+
+  /** Join, then resolve with the final file's path once the release is complete and verified. */
+  async run(): Promise<string> {
+    this.started = Date.now();
+    await this.setup();
+    return this.completed;
+  }
+
+  private async setup(): Promise<void> {
+    const o = this.opts;
+    try {
+      await fs.mkdir(o.storageDir, { recursive: true });
+    } catch (err) {
+      throw fromSystemError(err, `creating storage ${o.storageDir}`);
+    }
+    this.member = o.member ?? (await this.persistentMemberId());
+    this.stats.member = this.member;
+    this.client = new ControlClient(o.serverUrl, this.abort.signal, this.log);
+    this.manifest = await this.loadManifest();
+    this.store = await PartialStore.open(o.storageDir, this.manifest);
+    if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
+    this.stats.unitsResumed = this.store.verifiedUnits;
+    if (this.store.verifiedUnits > 0) this.log.info(`resuming: ${this.store.verifiedUnits} of ${this.manifest.unitCount} units already verified`);
+
+    const ipv6 = o.multicast.address.includes(':');
+    const iface = resolveInterface(o.interface, ipv6 ? 6 : 4);
+    this.interfaceAddress = iface.address;
+    this.fragmentBytes = o.fragmentBytes ?? fragmentBytesForMtu(await readMtu(iface.name), ipv6);
+    const topts: TransportOptions = {
+      group: o.multicast.address,
+      port: o.multicast.port,
+      interfaceAddress: iface.address,
+      loopback: true,
+      lossPct: o.lossPct ?? 0,
+      random: this.random,
+    };
+    this.transport = (o.transport ?? createTransport)(topts);
+    await this.transport.open();
+    this.stats.transport = this.transport.info.kind;
+    this.transport.onBatch((b) => this.onBatch(b));
+    this.transport.onWritable(() => {
+      this.waitingWritable = false;
+      this.drain();
+    });
+    this.nacks = new NackScheduler({
+      backoffMs: AGENT_DEFAULTS.nackBackoffMs,
+      holdoffMs: AGENT_DEFAULTS.nackHoldoffMs,
+      groupSize: 1,
+      maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight,
+      random: this.random,
+    });
+
+    await this.heartbeat();
+    this.heartbeatTimer = setInterval(() => {
+      this.heartbeat().catch((err) => this.log.debug(`heartbeat: ${(err as Error).message}`));
+    }, this.heartbeatMs);
+    this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);
+    this.announceTimer = setInterval(() => this.announce(), AGENT_DEFAULTS.announceMs);
+    this.announce();
+    if (this.store.isComplete) {
+      void this.complete();
+    } else {
+      for (let i = 0; i < AGENT_DEFAULTS.fetchConcurrency; i++) void this.fetchWorker();
+    }
+  }
+
+  private async persistentMemberId(): Promise<string> {
+    const file = path.join(this.opts.storageDir, 'member-id');
+    try {
+      const id = (await fs.readFile(file, 'utf8')).trim();
+      if (/^[A-Za-z0-9._:@-]{1,128}$/.test(id)) return id;
+    } catch {
+      /* first run */
+    }
+    const host = os.hostname().replace(/[^A-Za-z0-9.-]/g, '').slice(0, 48) || 'agent';
+    const id = `${host}-${randomBytes(4).toString('hex')}`;
+    await fs.writeFile(file, id + '\n');
+    return id;
+  }
+
+  private async loadManifest(): Promise<Manifest> {
+    const o = this.opts;
+    const local = path.join(o.storageDir, o.releaseId, 'manifest');
+    let raw: Buffer | null = null;
+    try {
+      raw = await fs.readFile(local);
+    } catch {
+      /* not fetched yet */
+    }
+    if (!raw) {
+      try {
+        raw = await this.client.getManifest(o.releaseId);
+      } catch (err) {
+        if (err instanceof ControlError && err.status === 404) {
+          throw new FleetcastError('NO_RELEASE', `server ${o.serverUrl} does not have release ${o.releaseId}`, ExitCode.DATAERR);
+        }
+        throw err;
+      }
+    }
+    const m = parseManifest(raw, o.trustedKeys);
+    if (m.id !== o.releaseId) {
+      throw new FleetcastError('WRONG_RELEASE', `the server sent manifest ${m.id} when asked for ${o.releaseId}`, ExitCode.DATAERR);
+    }
+    return m;
+  }
+
+  // ---------------------------------------------------------------- control plane
+
+  private async heartbeat(): Promise<void> {
+    if (this.closed) return;
+    const map = await this.client.post<SplitMapResponse>('/v1/heartbeat', {
+      release: this.manifest.id,
+      group: this.opts.group,
+      member: this.member,
+      have: Buffer.from(this.store.bitmap()).toString('base64'),
+      address: this.interfaceAddress,
+      fetching: [...this.fetching],
+    });
+    this.map = map;
+    this.nacks?.setGroupSize(map.members.length);
+    // Taken before the heartbeat timer starts; later changes apply on restart.
+    if (!this.heartbeatTimer) this.heartbeatMs = map.heartbeatMs;
+    this.leaseWake?.();
+  }
+
+  private async requestLease(): Promise<LeaseResponse> {
+    const ref = { release: this.manifest.id, group: this.opts.group, member: this.member };
+    try {
+      return await this.client.post<LeaseResponse>('/v1/lease', ref);
+    } catch (err) {
+      if (err instanceof ControlError && err.code === 'NOT_JOINED') {
+        await this.heartbeat(); // the server restarted or timed us out: join again
+        return { units: [], retryAfterMs: 0, exhausted: false };
+      }
+      throw err;
+    }
+  }
+
+  /** Takes leases and fetches their units over the WAN, `fetchConcurrency` at a time. */
+  private async fetchWorker(): Promise<void> {
+    while (!this.closed && !this.store.isComplete && !this.finishing) {
+      let unit = this.leased.shift();
+      if (unit === undefined) {
+        let grant: LeaseResponse;
+        try {
+          grant = await this.requestLease();
+        } catch (err) {
+          if (this.closed) return;
+          this.log.warn(`lease: ${(err as Error).message}`);
+          await sleep(this.heartbeatMs, this.abort.signal);
+          continue;
+        }
+        for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u)) this.leased.push(u);
+        unit = this.leased.shift();
+        if (unit === undefined) {
+          // Nothing to lease now: peers hold or lease the rest. Wait for the map to change.
+          const wait = grant.exhausted ? this.heartbeatMs : Math.max(20, grant.retryAfterMs);
+          await new Promise<void>((resolve) => {
+            const t = setTimeout(done, wait);
+            const self = this;
+            function done() {
+              clearTimeout(t);
+              if (self.leaseWake === done) self.leaseWake = null;
+              resolve();
+            }
+            if (grant.exhausted) this.leaseWake = done;
+          });
+          continue;
+        }
+      }
+      await this.fetchUnit(unit);
+    }
+  }
+
+  private async fetchUnit(unit: number): Promise<void> {
+    const m = this.manifest;
+    if (this.store.has(unit)) {
+      await this.sendReceipt(unit);
+      return;
+    }
+    this.fetching.add(unit);
+    // A unit we fetch ourselves needs no LAN copy of it.
+    this.assemblies.delete(unit);
+    this.nacks.done(unit);
+    const len = unitLength(m, unit);
+    const fb = this.fragmentBytes;
+    const fragmentCount = fragmentCountFor(len, fb);
+    try {
+      for (let attempt = 1; attempt <= AGENT_DEFAULTS.fetchRetries && !this.closed; attempt++) {
+        const buf = Buffer.allocUnsafe(len);
+        let off = 0;
+        let next = 0;
+        try {
+          await this.client.streamUnit(m.id, unit, this.opts.group, this.member, (chunk) => {
+            const take = Math.min(chunk.length, len - off);
+            buf.set(chunk.subarray(0, take), off);
+            off += take;
+            // Cut-through: every fragment goes out on the LAN as soon as its bytes are here.
+            while (next < fragmentCount && (off >= (next + 1) * fb || off === len)) {
+              this.queueFragment(this.copyQueue, unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), false);
+              next++;
+            }
+          });
+        } catch (err) {
+          if (this.closed) return;
+          if (err instanceof ControlError) {
+            this.log.warn(`unit ${unit}: ${err.message}`);
+            return; // lease gone; the server will lease it again to someone
+          }
+          this.log.warn(`unit ${unit}: download failed (${(err as Error).message}); attempt ${attempt} of ${AGENT_DEFAULTS.fetchRetries}`);
+          await sleep(200 * attempt, this.abort.signal);
+          continue;
+        }
+        this.stats.wanBytes += off;
+        if (off !== len || sha256(buf) !== m.units[unit]) {
+          this.stats.unitsRejected++;
+          this.log.warn(`unit ${unit} from the server failed verification (attempt ${attempt}); discarded`);
+          continue;
+        }
+        await this.acceptUnit(unit, buf, 'wan');
+        await this.sendReceipt(unit);
+        return;
+      }
+    } finally {
+      this.fetching.delete(unit);
+    }
+  }
+
+  private async sendReceipt(unit: number): Promise<void> {
+    try {
+      await this.client.post('/v1/receipt', { release: this.manifest.id, group: this.opts.group, member: this.member, unit });
+    } catch (err) {
+      if (!this.closed) this.log.warn(`receipt for unit ${unit}: ${(err as Error).message}`);
+    }
+  }
+
+  /** A verified unit: store it, tell the LAN, and finish when it was the last. */
+  private async acceptUnit(unit: number, buf: Buffer, from: 'wan' | 'lan'): Promise<void> {
+    if (this.store.has(unit)) return;
+    try {
+      await this.store.writeUnit(unit, buf);
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    if (from === 'wan') this.stats.unitsFromWan++;
+    else this.stats.unitsFromLan++;
+    this.availableMissing.delete(unit);
+    this.assemblies.delete(unit);
+    this.nacks.done(unit);
+    this.cacheForRepair(unit, buf);
+    this.announceSoon();
+    this.opts.onProgress?.(this);
+    if (this.store.verifiedUnits === this.manifest.unitCount) void this.complete();
+  }
+
+  private async complete(): Promise<void> {
+    if (this.finishing) return;
+    this.finishing = true;
+    try {
+      this.finalPath = await this.store.finish();
+    } catch (err) {
+      this.finishing = false;
+      if ((err as FleetcastError).code === 'WHOLE_HASH') {
+        this.log.error((err as Error).message);
+        for (let i = 0; i < AGENT_DEFAULTS.fetchConcurrency; i++) void this.fetchWorker();
+        return;
+      }
+      this.fail(err as Error);
+      return;
+    }
+    this.completedAt = Date.now();
+    this.stats.seconds = (this.completedAt - this.started) / 1000;
+    this.announce();
+    try {
+      await this.client.post('/v1/complete', { release: this.manifest.id, group: this.opts.group, member: this.member, sha256: this.manifest.sha256 });
+    } catch (err) {
+      this.log.warn(`completion notice: ${(err as Error).message}`);
+    }
+    this.log.info(`release ${this.manifest.name} complete and verified: ${this.finalPath}`);
+    this.completion.resolve(this.finalPath);
+  }
+
+  private fail(err: Error): void {
+    this.completion.reject(err);
+  }
+
+  /**
+   * After completing, keep answering NACKs until every member of the group is
+   * complete (per the server), or `lingerMs` passes.
+   */
+  async linger(): Promise<void> {
+    const limit = Date.now() + (this.opts.lingerMs ?? AGENT_DEFAULTS.lingerMs);
+    await this.heartbeat().catch(() => undefined);
+    while (!this.closed && Date.now() < limit) {
+      if (this.map?.groupComplete) return;
+      await sleep(Math.min(200, this.heartbeatMs), this.abort.signal);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of [this.tickTimer, this.heartbeatTimer, this.announceTimer]) if (t) clearInterval(t);
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    this.leaseWake?.();
+    this.abort.abort();
+    await this.transport?.close();
+    await this.store?.close();
+  }
+
+  /** Leave the group politely (the server hands our leases to others at once). */
+  async leave(): Promise<void> {
+    if (!this.manifest) return;
+    try {
+      await fetch(`${this.opts.serverUrl.replace(/\/+$/, '')}/v1/leave`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ release: this.manifest.id, group: this.opts.group, member: this.member }),
+        signal: AbortSignal.timeout(2000),
+      });
+    } catch {
+      /* the server will time us out */
+    }
+  }
+
+  // ---------------------------------------------------------------- data plane
+
+  private drop(reason: string): void {
+    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1;
+  }
+
+  private onBatch(b: RecvBatch): void {
+    const now = Date.now();
+    for (let i = 0; i < b.count; i++) this.onDatagram(b.data(i), now);
+  }
+
+  private onDatagram(buf: Uint8Array, now: number): void {
+    const r = decodePacket(buf);
+    if (!r.ok) return this.drop(r.reason);
+    const p = r.packet;
+    if (p.sender === this.senderId) return; // our own multicast, looped back
+    if (!bytesEqual(p.releaseId, this.manifest.idBytes)) return this.drop('other-release');
+    let peer = this.peers.get(p.sender);
+    if (!peer) {
+      peer = { lastSeen: now, complete: false };
+      this.peers.set(p.sender, peer);
+    }
+    peer.lastSeen = now;
+    switch (p.type) {
+      case PacketType.DATA: {
+        const u = p.unit;
+        if (u >= this.manifest.unitCount) return this.drop('unit-range');
+        if (p.fragmentBytes !== this.fragmentBytes) return this.drop('fragment-grid');
+        const len = unitLength(this.manifest, u);
+        const fc = fragmentCountFor(len, this.fragmentBytes);
+        if (p.fragmentCount !== fc) return this.drop('fragment-grid');
+        const expect = p.fragment === fc - 1 ? len - p.fragment * this.fragmentBytes : this.fragmentBytes;
+        if (p.payload.length !== expect) return this.drop('length');
+        this.repairs.sawFragment(u, p.fragment, fc, now);
+        if (this.store.has(u) || this.fetching.has(u)) {
+          this.stats.lanDuplicateBytes += p.payload.length;
+          return;
+        }
+        let a = this.assemblies.get(u);
+        if (!a) {
+          if (this.assemblies.size >= AGENT_DEFAULTS.maxAssemblies) this.evictAssembly();
+          a = { buf: Buffer.allocUnsafe(len), got: new Uint8Array(bitmapBytes(fc)), count: 0, fragmentCount: fc, lastData: now, verifying: false };
+          this.assemblies.set(u, a);
+        }
+        a.lastData = now;
+        if (a.verifying || getBit(a.got, p.fragment)) {
+          this.stats.lanDuplicateBytes += p.payload.length;
+          return;
+        }
+        a.buf.set(p.payload, p.fragment * this.fragmentBytes);
+        setBit(a.got, p.fragment);
+        a.count++;
+        this.stats.lanBytes += p.payload.length;
+        this.nacks.progress(u, now);
+        if (a.count === fc) this.verifyAssembly(u, a);
+        return;
+      }
+      case PacketType.NACK: {
+        this.stats.nacksHeard++;
+        this.lastNackHeard = now;
+        const u = p.unit;
+        if (u >= this.manifest.unitCount || p.fragmentBytes !== this.fragmentBytes) return this.drop('nack-invalid');
+        const fc = fragmentCountFor(unitLength(this.manifest, u), this.fragmentBytes);
+        if (p.fragmentCount !== fc) return this.drop('nack-invalid');
+        if (this.store.has(u)) {
+          this.repairs.onNack(u, fc, p.missing, this.isDesignated(u), now);
+        } else {
+          this.nacks.heardNack(u, fc, p.missing, now);
+        }
+        return;
+      }
+      case PacketType.ANNOUNCE: {
+        peer.complete = p.complete;
+        const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
+        for (let u = p.firstUnit; u < end; u++) {
+          if (getBit(p.have, u - p.firstUnit) && !this.store.has(u)) this.availableMissing.add(u);
+        }
+        return;
+      }
+    }
+  }
+
+  private isDesignated(unit: number): boolean {
+    const map = this.map;
+    if (!map) return true;
+    const h = map.holders[unit];
+    if (h === undefined || h < 0 || !map.members[h]) return true;
+    return map.members[h].id === this.member;
+  }
+
+  private evictAssembly(): void {
+    let oldest: number | null = null;
+    let t = Infinity;
+    for (const [u, a] of this.assemblies) {
+      if (!a.verifying && a.lastData < t) {
+        t = a.lastData;
+        oldest = u;
+      }
+    }
+    if (oldest !== null) this.assemblies.delete(oldest);
+  }
+
+  private verifyAssembly(unit: number, a: Assembly): void {
+    a.verifying = true;
+    if (sha256(a.buf) !== this.manifest.units[unit]) {
+      // Forged or corrupted copy: throw all of it away and ask again.
+      this.stats.unitsRejected++;
+      this.assemblies.delete(unit);
+      this.nacks.done(unit);
+      this.log.warn(`unit ${unit} from the LAN failed verification; discarded`);
+      return;
+    }
+    void this.acceptUnit(unit, a.buf, 'lan');
+  }
+
+  private *gaps(now: number): Generator<NackRequest> {
+    for (const u of this.availableMissing) {
+      if (this.store.has(u) || this.fetching.has(u)) continue;
+      const len = unitLength(this.manifest, u);
+      const fc = fragmentCountFor(len, this.fragmentBytes);
+      const a = this.assemblies.get(u);
+      if (a && (a.verifying || now - a.lastData < AGENT_DEFAULTS.gapQuietMs)) continue;
+      const missing = new Uint8Array(bitmapBytes(fc));
+      for (let i = 0; i < fc; i++) if (!a || !getBit(a.got, i)) missing[i >>> 3] |= 0x80 >>> (i & 7);
+      yield { unit: u, fragmentCount: fc, missing };
+    }
+  }
+
+  private tick(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    if (!this.store.isComplete) {
+      const before = this.nacks.suppressed;
+      for (const n of this.nacks.poll(now, this.gaps(now))) {
+        this.repairQueue.push(
+          encodeNack({ sender: this.senderId, releaseId: this.manifest.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fragmentBytes, missing: n.missing }),
+        );
+        this.stats.nacksSent++;
+      }
+      this.stats.nacksSuppressed += this.nacks.suppressed - before;
+    }
+    for (const job of this.repairs.due(now)) void this.sendRepair(job.unit, job.fragments);
+    this.drain();
+  }
+
+  private cacheForRepair(unit: number, buf: Buffer): void {
+    this.repairCache.delete(unit);
+    this.repairCache.set(unit, buf);
+    while (this.repairCache.size > AGENT_DEFAULTS.repairCacheUnits) this.repairCache.delete(this.repairCache.keys().next().value!);
+  }
+
+  private async sendRepair(unit: number, fragments: number[]): Promise<void> {
+    let buf = this.repairCache.get(unit);
+    if (!buf) {
+      try {
+        buf = await this.store.readUnit(unit);
+      } catch (err) {
+        this.log.warn(`reading unit ${unit} for repair: ${(err as Error).message}`);
+        return;
+      }
+      this.cacheForRepair(unit, buf);
+    }
+    const fb = this.fragmentBytes;
+    const fc = fragmentCountFor(buf.length, fb);
+    const now = Date.now();
+    for (const f of fragments) {
+      if (f >= fc) continue;
+      this.queueFragment(this.repairQueue, unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true);
+      this.repairs.sawFragment(unit, f, fc, now);
+      this.stats.repairPacketsSent++;
+    }
+    this.drain();
+  }
+
+  private queueFragment(q: Uint8Array[], unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean): void {
+    const d = new Uint8Array(DATA_HEADER_BYTES + payload.length);
+    writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, unit, fragment, fragmentCount, fragmentBytes: this.fragmentBytes });
+    d.set(payload, DATA_HEADER_BYTES);
+    q.push(d);
+    if (!repair) this.drain();
+  }
+
+  /** Send what the token bucket allows; repairs and NACKs before copies. */
+  private drain(): void {
+    if (this.closed || this.waitingWritable || this.drainTimer) return;
+    const batch: Uint8Array[] = [];
+    const now = Date.now();
+    let wait = 0;
+    while (batch.length < AGENT_DEFAULTS.sendBatch) {
+      const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
+      const d = q[0];
+      if (!d) break;
+      wait = this.bucket.take(d.length, now);
+      if (wait > 0) break;
+      q.shift();
+      batch.push(d);
+    }
+    if (batch.length) {
+      const n = this.transport.sendBatch(batch, this.transport.groupEndpoint);
+      for (let i = 0; i < n; i++) {
+        const d = batch[i];
+        const payload = d.length - DATA_HEADER_BYTES;
+        if (d[3] === PacketType.DATA) {
+          if (d[4] & 1) this.stats.repairBytesSent += payload;
+          else this.stats.copyBytesSent += payload;
+        }
+      }
+      if (n < batch.length) {
+        // Kernel queue full: put the rest back in front, in order, and wait.
+        const rest = batch.slice(n);
+        for (let i = rest.length - 1; i >= 0; i--) (rest[i][3] === PacketType.DATA && !(rest[i][4] & 1) ? this.copyQueue : this.repairQueue).unshift(rest[i]);
+        this.waitingWritable = true;
+        return;
+      }
+    }
+    if (wait > 0 || this.repairQueue.length || this.copyQueue.length) {
+      this.drainTimer = setTimeout(() => {
+        this.drainTimer = null;
+        this.drain();
+      }, Math.max(1, wait));
+    }
+  }
+
+  private announceSoon(): void {
+    if (this.closed) return;
+    setTimeout(() => this.announce(), AGENT_DEFAULTS.announceDebounceMs).unref();
+  }
+
+  private announce(): void {
+    if (this.closed || !this.store) return;
+    const bits = this.store.bitmap();
+    const n = this.manifest.unitCount;
+    const perPacket = Math.min(n, (this.fragmentBytes - 64) * 8);
+    for (let first = 0; first < n || first === 0; first += Math.max(1, perPacket)) {
+      const count = Math.min(perPacket, n - first);
+      const have = new Uint8Array(bitmapBytes(count));
+      for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
+      this.repairQueue.push(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have }));
+      if (n === 0) break;
+    }
+    this.drain();
+  }
+
+  /** Peers heard on the LAN in the last few seconds. */
+  peersSeen(): number {
+    const now = Date.now();
+    let n = 0;
+    for (const p of this.peers.values()) if (now - p.lastSeen < AGENT_DEFAULTS.peerTimeoutMs) n++;
+    return n;
+  }
+
+  /** Exposed for tests and the demo. */
+  get lastNackHeardAt(): number {
+    return this.lastNackHeard;
+  }
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+

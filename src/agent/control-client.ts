@@ -1,0 +1,125 @@
+import { ExitCode, FleetcastError } from '../util/errors';
+import { Logger, silentLogger } from '../util/log';
+
+/** An answer from the server that is final (4xx): retrying the same request will not help. */
+export class ControlError extends FleetcastError {
+  constructor(readonly status: number, code: string, message: string) {
+    super(code, message, ExitCode.UNAVAILABLE);
+  }
+}
+
+export interface SplitMapResponse {
+  heartbeatMs: number;
+  members: { id: string; rank: number; overheadMsPerMiB: number | null; verifiedUnits: number; complete: boolean; address: string | null }[];
+  holders: number[];
+  groupComplete: boolean;
+}
+export interface LeaseResponse {
+  units: number[];
+  retryAfterMs: number;
+  exhausted: boolean;
+}
+
+const MIN_RETRY_MS = 100;
+const MAX_RETRY_MS = 5000;
+const REQUEST_TIMEOUT_MS = 15000;
+
+/**
+ * HTTP client for the control plane. Network errors and 5xx are retried with
+ * exponential backoff (the server may be restarting) until `signal` aborts;
+ * 4xx answers throw ControlError at once.
+ */
+export class ControlClient {
+  private readonly base: string;
+  private failing = false;
+  constructor(baseUrl: string, private readonly signal: AbortSignal, private readonly log: Logger = silentLogger) {
+    this.base = baseUrl.replace(/\/+$/, '');
+  }
+
+  private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    let delay = MIN_RETRY_MS;
+    for (;;) {
+      try {
+        const v = await fn();
+        if (this.failing) this.log.info(`server reachable again (${what})`);
+        this.failing = false;
+        return v;
+      } catch (err) {
+        if (err instanceof ControlError || this.signal.aborted) throw err;
+        if (!this.failing) this.log.warn(`server unreachable (${what}): ${(err as Error).message}; retrying with backoff`);
+        this.failing = true;
+        await sleep(delay, this.signal);
+        delay = Math.min(MAX_RETRY_MS, delay * 2);
+      }
+    }
+  }
+
+  private async checkStatus(res: Response): Promise<void> {
+    if (res.ok) return;
+    let code = `HTTP_${res.status}`;
+    let message = res.statusText;
+    try {
+      const b = (await res.json()) as { error?: string; message?: string };
+      code = b.error ?? code;
+      message = b.message ?? message;
+    } catch {
+      /* not JSON */
+    }
+    if (res.status >= 500) throw new Error(`server error ${res.status}: ${message}`);
+    throw new ControlError(res.status, code, message);
+  }
+
+  post<T>(path: string, body: unknown): Promise<T> {
+    return this.retrying(path, async () => {
+      const res = await fetch(this.base + path, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]),
+      });
+      await this.checkStatus(res);
+      return (await res.json()) as T;
+    });
+  }
+
+  getManifest(id: string): Promise<Buffer> {
+    return this.retrying('manifest', async () => {
+      const res = await fetch(`${this.base}/v1/releases/${id}/manifest`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
+      await this.checkStatus(res);
+      return Buffer.from(await res.arrayBuffer());
+    });
+  }
+
+  /**
+   * Stream one unit's bytes; `onChunk` sees them as they arrive (cut-through).
+   * Not retried here: the caller decides whether the lease still holds.
+   */
+  async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void): Promise<number> {
+    const q = new URLSearchParams({ group, member });
+    const res = await fetch(`${this.base}/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal });
+    await this.checkStatus(res);
+    if (!res.body) return 0;
+    let n = 0;
+    const reader = res.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      n += value.length;
+      onChunk(value);
+    }
+    return n;
+  }
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,133 @@
+import { bitmapBytes, getBit } from '../wire/packet';
+
+/**
+ * Receiver-side NACK timing, after NORM (RFC 5740 §5.3): a receiver that finds
+ * gaps waits a random backoff drawn from a truncated exponential distribution
+ * before it NACKs; if during the backoff it hears another receiver's NACK that
+ * covers all its gaps it suppresses its own, so one NACK stands for everyone who
+ * misses the same fragments. After a NACK (sent or heard) it holds off for
+ * `holdoffMs` to let the repair arrive before asking again.
+ *
+ * Pure: the caller passes `now` and a random source, and says what is missing.
+ * The scheduler remembers only timers and what it heard; it never touches bytes.
+ */
+export interface NackSchedulerOptions {
+  /** Upper bound of the random backoff (NORM's T_maxBackoff). */
+  backoffMs: number;
+  /** How long to wait for repairs after a NACK before asking again. */
+  holdoffMs: number;
+  /** Estimated group size, for NORM's λ = ln(groupSize) + 1. */
+  groupSize: number;
+  /** Units NACKed at once at most (bounds what a late joiner asks for in one go). */
+  maxUnitsInFlight: number;
+  random: () => number;
+}
+
+interface Pending {
+  state: 'backoff' | 'holdoff';
+  until: number;
+  /** Fragments other receivers asked for during our backoff. */
+  heard: Uint8Array;
+}
+
+export interface NackRequest {
+  unit: number;
+  fragmentCount: number;
+  missing: Uint8Array;
+}
+
+/** NORM's truncated exponential backoff: t = T · ln((e^λ − 1)·U + 1) / λ. */
+export function normBackoff(maxMs: number, groupSize: number, u: number): number {
+  const lambda = Math.log(Math.max(1, groupSize)) + 1;
+  return (maxMs * Math.log((Math.exp(lambda) - 1) * u + 1)) / lambda;
+}
+
+export class NackScheduler {
+  private readonly pending = new Map<number, Pending>();
+  /** Stats. */
+  sent = 0;
+  suppressed = 0;
+
+  constructor(private readonly opts: NackSchedulerOptions) {}
+
+  setGroupSize(n: number): void {
+    this.opts.groupSize = Math.max(1, n);
+  }
+
+  /** Another receiver's NACK for `unit`. */
+  heardNack(unit: number, fragmentCount: number, missing: Uint8Array, now: number): void {
+    const p = this.pending.get(unit);
+    if (p && p.state === 'backoff') {
+      if (p.heard.length !== bitmapBytes(fragmentCount)) return;
+      for (let i = 0; i < p.heard.length; i++) p.heard[i] |= missing[i];
+    } else if (!p) {
+      // Someone asked already: give the repair time to arrive before we ask too.
+      this.pending.set(unit, { state: 'holdoff', until: now + this.opts.holdoffMs, heard: new Uint8Array(0) });
+    }
+  }
+
+  /** The unit is complete (or abandoned): forget its timers. */
+  done(unit: number): void {
+    this.pending.delete(unit);
+  }
+
+  /** New data arrived for the unit: a repair in progress, so extend any holdoff. */
+  progress(unit: number, now: number): void {
+    const p = this.pending.get(unit);
+    if (p && p.state === 'holdoff') p.until = Math.max(p.until, now + this.opts.holdoffMs / 2);
+  }
+
+  /**
+   * `gaps` lists units that are missing fragments and ripe for a NACK (their
+   * source has finished sending), with the missing-fragment bitmaps. Returns the
+   * NACKs to send now.
+   */
+  poll(now: number, gaps: Iterable<NackRequest>): NackRequest[] {
+    const out: NackRequest[] = [];
+    let inFlight = 0;
+    for (const p of this.pending.values()) if (p.state === 'holdoff' || p.state === 'backoff') inFlight++;
+    for (const g of gaps) {
+      const p = this.pending.get(g.unit);
+      if (!p) {
+        if (inFlight >= this.opts.maxUnitsInFlight) continue;
+        inFlight++;
+        const delay = normBackoff(this.opts.backoffMs, this.opts.groupSize, this.opts.random());
+        this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)) });
+        continue;
+      }
+      if (now < p.until) continue;
+      if (p.state === 'holdoff') {
+        // Repairs did not fill the gaps in time: back off again and ask.
+        const delay = normBackoff(this.opts.backoffMs, this.opts.groupSize, this.opts.random());
+        this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)) });
+        continue;
+      }
+      // Backoff expired: send what nobody else asked for.
+      const rest = new Uint8Array(g.missing.length);
+      let any = false;
+      for (let i = 0; i < rest.length; i++) {
+        rest[i] = g.missing[i] & ~(p.heard[i] ?? 0);
+        if (rest[i]) any = true;
+      }
+      if (any) {
+        out.push({ unit: g.unit, fragmentCount: g.fragmentCount, missing: rest });
+        this.sent++;
+      } else {
+        this.suppressed++;
+      }
+      this.pending.set(g.unit, { state: 'holdoff', until: now + this.opts.holdoffMs, heard: new Uint8Array(0) });
+    }
+    return out;
+  }
+
+  /** Units with a timer running. */
+  get active(): number {
+    return this.pending.size;
+  }
+}
+
+export function missingCount(missing: Uint8Array, fragmentCount: number): number {
+  let n = 0;
+  for (let i = 0; i < fragmentCount; i++) if (getBit(missing, i)) n++;
+  return n;
+}

@@ -1,0 +1,97 @@
+import { getBit } from '../wire/packet';
+
+/**
+ * Sender-side repair aggregation, after NORM (RFC 5740 §5.2, "repair
+ * aggregation"): NACKs for a unit are merged into one pending bitmap and
+ * answered together after a short aggregation delay. The member designated for a
+ * unit (its holder in the split-download map) answers at once; other members that
+ * hold the unit verified answer only after a random backoff, and drop the
+ * fragments they hear someone else repair first. A fragment repaired less than
+ * `dedupMs` ago is not repaired again: the NACK crossed the repair in flight.
+ *
+ * A single NACK can make this member send at most one unit's bytes (its bitmap
+ * covers one unit); the rate is bounded by the pacer the caller drains into.
+ */
+export interface RepairSchedulerOptions {
+  aggregateMs: number;
+  /** Non-designated repairers wait aggregateMs + U·backoffMs. */
+  backoffMs: number;
+  dedupMs: number;
+  random: () => number;
+}
+
+interface PendingRepair {
+  at: number;
+  fragmentCount: number;
+  want: Uint8Array;
+}
+
+export interface RepairJob {
+  unit: number;
+  fragments: number[];
+}
+
+export class RepairScheduler {
+  private readonly pending = new Map<number, PendingRepair>();
+  /** unit -> per-fragment time of last repair sent or heard */
+  private readonly recent = new Map<number, Float64Array>();
+  suppressedFragments = 0;
+
+  constructor(private readonly opts: RepairSchedulerOptions) {}
+
+  onNack(unit: number, fragmentCount: number, missing: Uint8Array, designated: boolean, now: number): void {
+    const recent = this.recent.get(unit);
+    let p = this.pending.get(unit);
+    if (!p) {
+      const delay = this.opts.aggregateMs + (designated ? 0 : this.opts.backoffMs * this.opts.random());
+      p = { at: now + delay, fragmentCount, want: new Uint8Array(missing.length) };
+      this.pending.set(unit, p);
+    } else if (p.fragmentCount !== fragmentCount) {
+      return;
+    }
+    for (let i = 0; i < fragmentCount; i++) {
+      if (!getBit(missing, i)) continue;
+      if (recent && now - recent[i] < this.opts.dedupMs) continue;
+      p.want[i >>> 3] |= 0x80 >>> (i & 7);
+    }
+  }
+
+  /** Someone (maybe we) sent this fragment as a repair or copy. */
+  sawFragment(unit: number, fragment: number, fragmentCount: number, now: number): void {
+    let r = this.recent.get(unit);
+    if (!r) {
+      r = new Float64Array(fragmentCount).fill(-Infinity);
+      this.recent.set(unit, r);
+    }
+    if (fragment < r.length) r[fragment] = now;
+    const p = this.pending.get(unit);
+    if (p && fragment < p.fragmentCount && getBit(p.want, fragment)) {
+      p.want[fragment >>> 3] &= ~(0x80 >>> (fragment & 7));
+      this.suppressedFragments++;
+    }
+  }
+
+  /** Repairs due now, removed from the pending set. */
+  due(now: number): RepairJob[] {
+    const out: RepairJob[] = [];
+    for (const [unit, p] of this.pending) {
+      if (now < p.at) continue;
+      this.pending.delete(unit);
+      const fragments: number[] = [];
+      for (let i = 0; i < p.fragmentCount; i++) if (getBit(p.want, i)) fragments.push(i);
+      if (fragments.length) out.push({ unit, fragments });
+    }
+    return out;
+  }
+
+  /** ms until the next repair is due, or null when none is pending. */
+  nextDueIn(now: number): number | null {
+    let best: number | null = null;
+    for (const p of this.pending.values()) best = best === null ? p.at - now : Math.min(best, p.at - now);
+    return best === null ? null : Math.max(0, best);
+  }
+
+  forget(unit: number): void {
+    this.recent.delete(unit);
+  }
+}

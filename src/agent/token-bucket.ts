@@ -1,0 +1,29 @@
+/**
+ * Token bucket pacing (pure: the caller passes `now` in ms). Tokens are bytes;
+ * they refill at `rateBytesPerSec` up to `burstBytes`.
+ */
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+  constructor(public rateBytesPerSec: number, public burstBytes: number, now: number) {
+    this.tokens = burstBytes;
+    this.last = now;
+  }
+
+  private refill(now: number): void {
+    if (now > this.last) {
+      this.tokens = Math.min(this.burstBytes, this.tokens + ((now - this.last) * this.rateBytesPerSec) / 1000);
+      this.last = now;
+    }
+  }
+
+  /** Take `bytes` if available now: returns 0. Otherwise takes nothing and returns ms to wait. */
+  take(bytes: number, now: number): number {
+    this.refill(now);
+    if (this.tokens >= bytes || (this.tokens >= this.burstBytes && bytes > this.burstBytes)) {
+      this.tokens -= bytes;
+      return 0;
+    }
+    return Math.max(1, Math.ceil(((bytes - this.tokens) * 1000) / this.rateBytesPerSec));
+  }
+}

@@ -1,0 +1,54 @@
+import { ExitCode, FleetcastError } from '../util/errors';
+import { didYouMean, formatHelp, parseArgs } from './args';
+import { agent, Command, keygen, publish, server } from './commands';
+import { demo } from './demo';
+
+const COMMANDS: Record<string, Command> = { keygen, publish, server, agent, demo };
+
+function topHelp(): string {
+  const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
+  return [
+    'Usage: fleetcast COMMAND [options]',
+    '',
+    'Deliver releases to fleets of edge boxes: each unit crosses the WAN once per LAN group, the rest travels as multicast.',
+    '',
+    'Commands:',
+    ...Object.values(COMMANDS).map((c) => `  ${c.spec.name.padEnd(w)}  ${c.spec.summary.split('. ')[0].replace(/\.$/, '')}`),
+    '',
+    "Run 'fleetcast COMMAND --help' for a command's options.",
+    '',
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(topHelp());
+    return name ? ExitCode.OK : ExitCode.USAGE;
+  }
+  if (name === '--version') {
+    process.stdout.write(`fleetcast ${require('../../../package.json').version}\n`);
+    return ExitCode.OK;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    const guess = didYouMean(name, Object.keys(COMMANDS));
+    process.stderr.write(`fleetcast: unknown command ${JSON.stringify(name)}${guess ? ` (did you mean ${guess}?)` : ''}\nRun 'fleetcast --help' for the list.\n`);
+    return ExitCode.USAGE;
+  }
+  try {
+    const args = parseArgs(cmd.spec, rest);
+    if (args.help) {
+      process.stdout.write(formatHelp(cmd.spec));
+      return ExitCode.OK;
+    }
+    return await cmd.run(args);
+  } catch (err) {
+    if (err instanceof FleetcastError) {
+      process.stderr.write(`fleetcast ${name}: error: ${err.message}\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`fleetcast ${name}: internal error (please report): ${(err as Error)?.stack ?? String(err)}\n`);
+    return ExitCode.SOFTWARE;
+  }
+}
