@@ -47,6 +47,8 @@ export const AGENT_DEFAULTS = {
   lingerMs: 60_000,
   fetchRetries: 3,
   sendBatch: 64,
+  /** Copy bytes queued for the LAN above which WAN downloads pause. */
+  copyQueueMaxBytes: 4 * 1024 * 1024,
 };
 
 export interface AgentOptions {
@@ -164,6 +166,8 @@ export class Agent {
   private readonly repairCache = new Map<number, Buffer>();
   private readonly repairQueue: Uint8Array[] = [];
   private readonly copyQueue: Uint8Array[] = [];
+  private copyQueueBytes = 0;
+  private copyQueueWaiters: (() => void)[] = [];
   private map: SplitMapResponse | null = null;
   private heartbeatMs = 1000;
   private tickTimer: NodeJS.Timeout | null = null;
@@ -428,6 +432,10 @@ export class Agent {
               this.queueFragment(this.copyQueue, unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), false);
               next++;
             }
+            if (this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
+              return new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
+            }
+            return undefined;
           });
         } catch (err) {
           if (this.closed) return;
@@ -532,6 +540,7 @@ export class Agent {
     for (const t of [this.tickTimer, this.heartbeatTimer, this.announceTimer]) if (t) clearInterval(t);
     if (this.drainTimer) clearTimeout(this.drainTimer);
     this.leaseWake?.();
+    for (const w of this.copyQueueWaiters.splice(0)) w();
     this.abort.abort();
     await this.transport?.close();
     await this.store?.close();
@@ -731,6 +740,7 @@ export class Agent {
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, unit, fragment, fragmentCount, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
     q.push(d);
+    if (q === this.copyQueue) this.copyQueueBytes += d.length;
     if (!repair) this.drain();
   }
 
@@ -747,7 +757,11 @@ export class Agent {
       wait = this.bucket.take(d.length, now);
       if (wait > 0) break;
       q.shift();
+      if (q === this.copyQueue) this.copyQueueBytes -= d.length;
       batch.push(d);
+    }
+    if (this.copyQueueWaiters.length && this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2) {
+      for (const w of this.copyQueueWaiters.splice(0)) w();
     }
     if (batch.length) {
       const n = this.transport.sendBatch(batch, this.transport.groupEndpoint);
@@ -762,7 +776,11 @@ export class Agent {
       if (n < batch.length) {
         // Kernel queue full: put the rest back in front, in order, and wait.
         const rest = batch.slice(n);
-        for (let i = rest.length - 1; i >= 0; i--) (rest[i][3] === PacketType.DATA && !(rest[i][4] & 1) ? this.copyQueue : this.repairQueue).unshift(rest[i]);
+        for (let i = rest.length - 1; i >= 0; i--) {
+          const isCopy = rest[i][3] === PacketType.DATA && !(rest[i][4] & 1);
+          (isCopy ? this.copyQueue : this.repairQueue).unshift(rest[i]);
+          if (isCopy) this.copyQueueBytes += rest[i].length;
+        }
         this.waitingWritable = true;
         return;
       }

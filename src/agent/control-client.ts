@@ -92,9 +92,10 @@ export class ControlClient {
 
   /**
    * Stream one unit's bytes; `onChunk` sees them as they arrive (cut-through).
+   * `onChunk` may return a promise to pause the download (backpressure).
    * Not retried here: the caller decides whether the lease still holds.
    */
-  async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void): Promise<number> {
+  async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>): Promise<number> {
     const q = new URLSearchParams({ group, member });
     const res = await fetch(`${this.base}/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal });
     await this.checkStatus(res);
@@ -105,7 +106,8 @@ export class ControlClient {
       const { done, value } = await reader.read();
       if (done) break;
       n += value.length;
-      onChunk(value);
+      const wait = onChunk(value);
+      if (wait) await wait; // backpressure: the LAN is slower than the WAN
     }
     return n;
   }

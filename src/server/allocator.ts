@@ -253,6 +253,18 @@ export class GroupAllocator {
     return oh * bytes * (m.leases.size + 1);
   }
 
+  /** Time the members other than `m` need for `bytes` plus their own queues, or null if unknown. */
+  private othersFinishTime(m: Member, bytes: number): number | null {
+    let rate = 0; // bytes per ms
+    let queued = 0;
+    for (const o of this.members.values()) {
+      if (o === m || o.overhead === null || o.overhead <= 0) continue;
+      rate += 1 / o.overhead;
+      for (const u of o.leases) queued += this.opts.unitBytes(u);
+    }
+    return rate > 0 ? (bytes + queued) / rate : null;
+  }
+
   private freeUnits(limit: number): number[] {
     const out: number[] = [];
     let u = this.scanFrom;
@@ -282,19 +294,13 @@ export class GroupAllocator {
     if (want <= 0) return { units: [], retryAfterMs: 200, exhausted: false };
     const free = this.freeUnits(want);
     if (free.length === 0) return { units: [], retryAfterMs: 0, exhausted: true };
-    // Tail rule: with few units left, a slow member waits for a faster one.
+    // Tail rule: a member whose next unit would land later than the rest of the
+    // group could finish everything left (times tailSlackFactor) waits instead.
     const remaining = this.freeCount();
-    if (remaining <= this.members.size * this.opts.maxDepth) {
-      const mine = this.predictedFinish(m, this.opts.unitBytes(free[0]));
-      let best = Infinity;
-      for (const o of this.members.values()) {
-        if (o === m) continue;
-        const f = this.predictedFinish(o, this.opts.unitBytes(free[0]));
-        if (f !== null && f < best) best = f;
-      }
-      if (mine !== null && best !== Infinity && mine > best * this.opts.tailSlackFactor) {
-        return { units: [], retryAfterMs: Math.max(50, Math.min(2000, Math.round(best))), exhausted: false };
-      }
+    const mine = this.predictedFinish(m, this.opts.unitBytes(free[0]));
+    const rest = this.othersFinishTime(m, remaining * this.opts.unitBytes(free[0]));
+    if (mine !== null && rest !== null && mine > rest * this.opts.tailSlackFactor) {
+      return { units: [], retryAfterMs: Math.max(50, Math.min(2000, Math.round(rest))), exhausted: false };
     }
     const units = remaining <= this.members.size ? free.slice(0, 1) : free;
     for (const u of units) {

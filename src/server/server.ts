@@ -46,6 +46,8 @@ export class FleetcastServer {
   private readonly log: Logger;
   private readonly now: () => number;
   private timer: NodeJS.Timeout | null = null;
+  /** How often each member was sent each unit, keyed "release/group/member/unit". */
+  private readonly fetches = new Map<string, number>();
   readonly heartbeatMs: number;
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
 
@@ -181,6 +183,11 @@ export class FleetcastServer {
     }
   }
 
+  /** Times `member` of `group` was sent `unit` of `release` (000 claim 8's send registrations). */
+  fetchCount(release: string, group: string, member: string, unit: number): number {
+    return this.fetches.get(`${release}/${group}/${member}/${unit}`) ?? 0;
+  }
+
   fleet(): unknown {
     const now = this.now();
     return {
@@ -222,6 +229,8 @@ export class FleetcastServer {
       status = 206;
     }
     this.stats.unitRequests++;
+    const fk = `${ref.release}/${ref.group}/${ref.member}/${unit}`;
+    this.fetches.set(fk, (this.fetches.get(fk) ?? 0) + 1);
     const headers: http.OutgoingHttpHeaders = {
       'content-type': 'application/octet-stream',
       'content-length': end - start + 1,

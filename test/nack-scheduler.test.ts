@@ -1,0 +1,69 @@
+import test from 'ava';
+import { NackScheduler, normBackoff } from '../src/agent/nack-scheduler';
+import { RepairScheduler } from '../src/agent/repair-scheduler';
+
+const all = (n: number) => {
+  const b = new Uint8Array(Math.ceil(n / 8));
+  for (let i = 0; i < n; i++) b[i >> 3] |= 0x80 >> (i & 7);
+  return b;
+};
+
+function sched(random: () => number) {
+  return new NackScheduler({ backoffMs: 100, holdoffMs: 300, groupSize: 8, maxUnitsInFlight: 4, random });
+}
+
+test('NORM backoff stays within [0, T] and grows with U', (t) => {
+  t.is(normBackoff(100, 8, 0), 0);
+  t.true(Math.abs(normBackoff(100, 8, 1) - 100) < 1e-9);
+  t.true(normBackoff(100, 8, 0.5) > normBackoff(100, 8, 0.2));
+});
+
+test('a gap is NACKed only after the random backoff', (t) => {
+  const s = sched(() => 0.5);
+  const gap = { unit: 3, fragmentCount: 10, missing: all(10) };
+  t.deepEqual(s.poll(0, [gap]), []);
+  const due = normBackoff(100, 8, 0.5);
+  t.deepEqual(s.poll(due - 1, [gap]), []);
+  const out = s.poll(due, [gap]);
+  t.is(out.length, 1);
+  t.is(out[0].unit, 3);
+  // then holds off: no second NACK before the holdoff ends
+  t.deepEqual(s.poll(due + 299, [gap]), []);
+});
+
+test('a NACK heard during backoff that covers our gaps suppresses ours', (t) => {
+  const s = sched(() => 0.9);
+  const gap = { unit: 1, fragmentCount: 16, missing: all(16) };
+  s.poll(0, [gap]);
+  s.heardNack(1, 16, all(16), 10);
+  t.deepEqual(s.poll(1000, [gap]), []);
+  t.is(s.suppressed, 1);
+  t.is(s.sent, 0);
+});
+
+test('a partial overlap sends only the fragments nobody asked for', (t) => {
+  const s = sched(() => 0.9);
+  s.poll(0, [{ unit: 1, fragmentCount: 16, missing: all(16) }]);
+  s.heardNack(1, 16, new Uint8Array([0xff, 0x00]), 10);
+  const out = s.poll(1000, [{ unit: 1, fragmentCount: 16, missing: all(16) }]);
+  t.deepEqual([...out[0].missing], [0x00, 0xff]);
+});
+
+test('at most maxUnitsInFlight units are requested at once', (t) => {
+  const s = sched(() => 0);
+  const gaps = Array.from({ length: 10 }, (_, u) => ({ unit: u, fragmentCount: 8, missing: all(8) }));
+  s.poll(0, gaps);
+  t.is(s.poll(0, gaps).length, 4);
+});
+
+test('repairs aggregate NACKs; a non-designated repairer yields to a repair it hears', (t) => {
+  const r = new RepairScheduler({ aggregateMs: 5, backoffMs: 50, dedupMs: 100, random: () => 1 });
+  r.onNack(7, 16, new Uint8Array([0xf0, 0x00]), false, 0);
+  r.onNack(7, 16, new Uint8Array([0x0f, 0x01]), false, 1);
+  r.sawFragment(7, 0, 16, 10); // someone else repaired fragment 0
+  t.deepEqual(r.due(54), []);
+  t.deepEqual(r.due(55), [{ unit: 7, fragments: [1, 2, 3, 4, 5, 6, 7, 15] }]);
+  // a NACK for fragments repaired a moment ago is not answered again
+  r.onNack(7, 16, new Uint8Array([0x80, 0x00]), true, 60);
+  t.deepEqual(r.due(100), []);
+});

@@ -1,0 +1,72 @@
+import test from 'ava';
+import { decodePacket, encodeAnnounce, encodeData, encodeNack, PacketType, DATA_HEADER_BYTES, setBit } from '../src/wire/packet';
+
+const rid = new Uint8Array(16).map((_, i) => i + 1);
+
+test('DATA round-trips and the payload is a view, not a copy', (t) => {
+  const payload = new Uint8Array(100).fill(7);
+  const buf = encodeData({ sender: 0xdeadbeef, releaseId: rid, repair: true, unit: 70000, fragment: 3, fragmentCount: 4, fragmentBytes: 128, payload });
+  const r = decodePacket(buf);
+  t.true(r.ok);
+  if (!r.ok || r.packet.type !== PacketType.DATA) return t.fail();
+  t.is(r.packet.sender, 0xdeadbeef);
+  t.is(r.packet.unit, 70000);
+  t.is(r.packet.fragment, 3);
+  t.true(r.packet.repair);
+  t.deepEqual([...r.packet.releaseId], [...rid]);
+  t.is(r.packet.payload.length, 100);
+  t.is(r.packet.payload.buffer, buf.buffer);
+});
+
+test('DATA: a middle fragment must fill the grid; the last may be short', (t) => {
+  const mk = (fragment: number, len: number) =>
+    decodePacket(encodeData({ sender: 1, releaseId: rid, repair: false, unit: 0, fragment, fragmentCount: 4, fragmentBytes: 128, payload: new Uint8Array(len) }));
+  t.true(mk(0, 128).ok);
+  t.deepEqual(mk(0, 127), { ok: false, reason: 'length' });
+  t.true(mk(3, 1).ok);
+  t.deepEqual(mk(3, 129), { ok: false, reason: 'length' });
+  t.deepEqual(mk(3, 0), { ok: false, reason: 'length' });
+});
+
+test('DATA: fragment index beyond the count is rejected', (t) => {
+  const buf = encodeData({ sender: 1, releaseId: rid, repair: false, unit: 0, fragment: 0, fragmentCount: 4, fragmentBytes: 128, payload: new Uint8Array(128) });
+  new DataView(buf.buffer).setUint16(32, 4);
+  t.deepEqual(decodePacket(buf), { ok: false, reason: 'fragment-range' });
+});
+
+test('NACK round-trips; stray bits past the count are rejected', (t) => {
+  const missing = new Uint8Array(2);
+  setBit(missing, 0);
+  setBit(missing, 9);
+  const buf = encodeNack({ sender: 5, releaseId: rid, unit: 9, fragmentCount: 10, fragmentBytes: 1000, missing });
+  const r = decodePacket(buf);
+  if (!r.ok || r.packet.type !== PacketType.NACK) return t.fail();
+  t.is(r.packet.unit, 9);
+  t.deepEqual([...r.packet.missing], [0x80, 0x40]);
+  buf[buf.length - 1] |= 0x01; // bit 15: past fragment 9
+  t.deepEqual(decodePacket(buf), { ok: false, reason: 'bitmap' });
+});
+
+test('ANNOUNCE round-trips with the complete flag', (t) => {
+  const have = new Uint8Array([0xff, 0x80]);
+  const r = decodePacket(encodeAnnounce({ sender: 2, releaseId: rid, firstUnit: 8, unitCount: 9, complete: true, have }));
+  if (!r.ok || r.packet.type !== PacketType.ANNOUNCE) return t.fail();
+  t.is(r.packet.firstUnit, 8);
+  t.is(r.packet.unitCount, 9);
+  t.true(r.packet.complete);
+});
+
+test('rejects short, bad magic, unknown version and unknown type', (t) => {
+  const good = encodeData({ sender: 1, releaseId: rid, repair: false, unit: 0, fragment: 0, fragmentCount: 1, fragmentBytes: 64, payload: new Uint8Array(10) });
+  t.deepEqual(decodePacket(good.subarray(0, 20)), { ok: false, reason: 'short' });
+  t.deepEqual(decodePacket(good.subarray(0, DATA_HEADER_BYTES - 1)), { ok: false, reason: 'short' });
+  const m = good.slice();
+  m[0] = 0;
+  t.deepEqual(decodePacket(m), { ok: false, reason: 'magic' });
+  const v = good.slice();
+  v[2] = 2;
+  t.deepEqual(decodePacket(v), { ok: false, reason: 'version' });
+  const ty = good.slice();
+  ty[3] = 9;
+  t.deepEqual(decodePacket(ty), { ok: false, reason: 'type' });
+});
