@@ -143,3 +143,13 @@ test('near the end a much slower member is told to wait so fast members take the
   t.true(r.retryAfterMs > 0);
   t.is(g.lease('fast', now).units.length, 1);
 });
+
+test('a restarted member gets its unfinished leases back in the pool at once', (t) => {
+  const g = mk(8, { baseDepth: 3 });
+  g.heartbeat('a', 0);
+  const first = g.lease('a', 0).units;
+  t.is(first.length, 3);
+  t.deepEqual(g.lease('a', 10).units, []); // depth reached
+  t.is(g.restart('a'), 3);
+  t.deepEqual(g.lease('a', 20).units, first);
+});

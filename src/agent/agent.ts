@@ -282,7 +282,7 @@ export class Agent {
       random: this.random,
     });
 
-    await this.heartbeat();
+    await this.heartbeat(true);
     this.heartbeatTimer = setInterval(() => {
       this.heartbeat().catch((err) => this.log.debug(`heartbeat: ${(err as Error).message}`));
     }, this.heartbeatMs);
@@ -338,9 +338,10 @@ export class Agent {
 
   // ---------------------------------------------------------------- control plane
 
-  private async heartbeat(): Promise<void> {
+  /** `join` on start (and after the server forgot us): the server drops leases we no longer have in flight. */
+  private async heartbeat(join = false): Promise<void> {
     if (this.closed) return;
-    const map = await this.client.post<SplitMapResponse>('/v1/heartbeat', {
+    const map = await this.client.post<SplitMapResponse>(join ? '/v1/join' : '/v1/heartbeat', {
       release: this.manifest.id,
       group: this.opts.group,
       member: this.member,

@@ -143,6 +143,22 @@ export class GroupAllocator {
     }
   }
 
+  /**
+   * A member (re)starts: whatever it had leased is not in flight any more, so
+   * those leases go back to the pool at once instead of waiting for deadlines.
+   */
+  restart(id: string): number {
+    const m = this.members.get(id);
+    if (!m) return 0;
+    const n = m.leases.size;
+    for (const u of m.leases) {
+      this.leases.delete(u);
+      if (u < this.scanFrom) this.scanFrom = u;
+    }
+    m.leases.clear();
+    return n;
+  }
+
   leave(id: string): void {
     const m = this.members.get(id);
     if (!m) return;

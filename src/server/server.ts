@@ -140,6 +140,7 @@ export class FleetcastServer {
         }
         const now = this.now();
         const isNew = !g.hasMember(b.member);
+        if (route === 'POST /v1/join') g.restart(b.member);
         g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching });
         if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined`);
         return this.json(res, 200, { heartbeatMs: this.heartbeatMs, ...g.map(now) });

@@ -1,0 +1,160 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { parseManifest, signManifest } from '../../src/release/manifest';
+import { decodeBitmapFile, encodeBitmapFile } from '../../src/storage/bitmap-file';
+import { FleetcastError } from '../../src/util/errors';
+import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
+import { decodePacket, encodeAnnounce, encodeData, encodeNack, PacketType } from '../../src/wire/packet';
+
+/**
+ * Fuzz targets: every parser of untrusted bytes. A target throws only when the
+ * parser broke its contract (threw something other than its documented error,
+ * or accepted bytes that do not round-trip).
+ */
+export interface Target {
+  name: string;
+  seeds: Uint8Array[];
+  run(input: Uint8Array): void;
+}
+
+/** xorshift32: deterministic, so a failing case can be replayed from its seed. */
+export function prng(seed: number): () => number {
+  let x = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 0x100000000;
+  };
+}
+
+export function mutate(seed: Uint8Array, rnd: () => number): Uint8Array {
+  const r = (n: number) => Math.floor(rnd() * n);
+  let b = Uint8Array.from(seed);
+  const ops = 1 + r(4);
+  for (let k = 0; k < ops; k++) {
+    switch (r(7)) {
+      case 0: // flip a bit
+        if (b.length) b[r(b.length)] ^= 1 << r(8);
+        break;
+      case 1: // set a byte to an interesting value
+        if (b.length) b[r(b.length)] = [0, 1, 0x7f, 0x80, 0xff, 0x30, 0x22][r(7)];
+        break;
+      case 2: // truncate
+        b = b.subarray(0, r(b.length + 1));
+        break;
+      case 3: {
+        // extend with random bytes
+        const ext = new Uint8Array(r(64)).map(() => r(256));
+        const n = new Uint8Array(b.length + ext.length);
+        n.set(b);
+        n.set(ext, b.length);
+        b = n;
+        break;
+      }
+      case 4: {
+        // overwrite a 16/32-bit field with an extreme value
+        if (b.length >= 4) {
+          const at = r(b.length - 3);
+          new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(at, [0, 0xffffffff, 0x7fffffff, 0x10000, 1][r(5)]);
+        }
+        break;
+      }
+      case 5: // duplicate a slice
+        if (b.length > 2) {
+          const a = r(b.length);
+          const c = a + r(b.length - a);
+          const n = new Uint8Array(b.length + (c - a));
+          n.set(b.subarray(0, c));
+          n.set(b.subarray(a, c), c);
+          n.set(b.subarray(c), c + (c - a));
+          b = n;
+        }
+        break;
+      default: // random bytes
+        b = new Uint8Array(r(200)).map(() => r(256));
+    }
+  }
+  return b;
+}
+
+const rid = new Uint8Array(16).map((_, i) => i * 7);
+
+const packet: Target = {
+  name: 'packet',
+  seeds: [
+    encodeData({ sender: 1, releaseId: rid, repair: false, unit: 3, fragment: 1, fragmentCount: 3, fragmentBytes: 64, payload: new Uint8Array(64).fill(5) }),
+    encodeData({ sender: 1, releaseId: rid, repair: true, unit: 3, fragment: 2, fragmentCount: 3, fragmentBytes: 64, payload: new Uint8Array(10) }),
+    encodeNack({ sender: 2, releaseId: rid, unit: 9, fragmentCount: 20, fragmentBytes: 1400, missing: new Uint8Array([0xff, 0x0f, 0xa0]) }),
+    encodeAnnounce({ sender: 3, releaseId: rid, firstUnit: 0, unitCount: 13, complete: false, have: new Uint8Array([0xff, 0xf8]) }),
+  ],
+  run(input) {
+    const r = decodePacket(input);
+    if (!r.ok) return;
+    // Anything accepted must re-encode to the same bytes.
+    const p = r.packet;
+    const again =
+      p.type === PacketType.DATA ? encodeData(p) : p.type === PacketType.NACK ? encodeNack(p) : encodeAnnounce(p);
+    if (Buffer.compare(Buffer.from(again), Buffer.from(input)) !== 0) throw new Error('accepted packet does not round-trip');
+  },
+};
+
+const keys = generateKeyPairSync('ed25519');
+const hex = (c: string) => c.repeat(64);
+const manifestSeed = signManifest(
+  { v: 1, name: 'fw.bin', size: 9000, unitSize: 4096, sha256: hex('a'), units: [hex('b'), hex('c'), hex('d')], created: '2026-01-01T00:00:00Z' },
+  keys.privateKey,
+).raw;
+
+const manifest: Target = {
+  name: 'manifest',
+  seeds: [manifestSeed, Buffer.from('{"fleetcast":"manifest","v":1,"body":"e30=","key":"","sig":""}')],
+  run(input) {
+    try {
+      parseManifest(input, [keys.publicKey]);
+    } catch (err) {
+      if (!(err instanceof FleetcastError)) throw err;
+    }
+  },
+};
+
+const httpBodies: Target = {
+  name: 'http-bodies',
+  seeds: [
+    Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', have: 'AAE=', fetching: [1, 2] })),
+    Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', unit: 5 })),
+    Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', sha256: 'c'.repeat(64) })),
+  ],
+  run(input) {
+    for (const schema of Object.values(SCHEMAS)) {
+      const r = parseBody(input, schema as never);
+      if (typeof r.ok !== 'boolean') throw new Error('no verdict');
+    }
+  },
+};
+
+const bitmapFile: Target = {
+  name: 'bitmap-file',
+  seeds: [encodeBitmapFile(rid, 21, new Uint8Array([0xff, 0x01, 0x80]))],
+  run(input) {
+    const r = decodeBitmapFile(input, rid, 21);
+    if (r.ok && r.bits.length !== 3) throw new Error('wrong bitmap length accepted');
+  },
+};
+
+export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile];
+
+/** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
+export function fuzz(t: Target, cases: number, seed: number): number {
+  const rnd = prng(seed);
+  for (let i = 0; i < cases; i++) {
+    const input = rnd() < 0.85 ? mutate(t.seeds[Math.floor(rnd() * t.seeds.length)], rnd) : new Uint8Array(Math.floor(rnd() * 300)).map(() => Math.floor(rnd() * 256));
+    try {
+      t.run(input);
+    } catch (err) {
+      throw new Error(`${t.name}: case ${i} (seed ${seed}) broke the parser: ${(err as Error).message}; input ${Buffer.from(input).toString('hex').slice(0, 400)}`);
+    }
+  }
+  return cases;
+}

@@ -1,0 +1,97 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes, randomInt } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { generateKeyPair, loadPrivateKey } from '../../src/release/keys';
+import { Manifest } from '../../src/release/manifest';
+import { publishRelease } from '../../src/release/publish';
+import { FleetcastServer } from '../../src/server/server';
+
+export const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'fleetcast.js');
+
+export interface Fleet {
+  dir: string;
+  pubPath: string;
+  keyPath: string;
+  manifest: Manifest;
+  source: Buffer;
+  server: FleetcastServer;
+  url: string;
+  multicast: string;
+  agentArgs(id: string, extra?: string[]): string[];
+  spawnAgent(id: string, extra?: string[]): AgentProc;
+}
+
+export interface AgentProc {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  exit: Promise<number | null>;
+}
+
+/** A temporary directory removed when the test ends, pass or fail. */
+export async function tmpdir(t: ExecutionContext): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-test-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * Keys, a random release of `size` bytes, a server on 127.0.0.1 and a random
+ * multicast group on lo. Every process and the server stop when the test ends.
+ */
+export async function startFleet(t: ExecutionContext, opts: { size: number; unitSize?: number; heartbeatMs?: number; memberTimeoutMs?: number }): Promise<Fleet> {
+  const dir = await tmpdir(t);
+  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  const source = randomBytes(opts.size);
+  const file = path.join(dir, 'release.bin');
+  await fs.writeFile(file, source);
+  const manifest = await publishRelease(file, path.join(dir, 'store'), await loadPrivateKey(keyPath), { name: 'release.bin', unitSize: opts.unitSize });
+  const server = new FleetcastServer({
+    storeDir: path.join(dir, 'store'),
+    host: '127.0.0.1',
+    port: 0,
+    heartbeatMs: opts.heartbeatMs ?? 200,
+    allocator: { memberTimeoutMs: opts.memberTimeoutMs ?? 2000 },
+  });
+  const { url } = await server.start();
+  const children: ChildProcess[] = [];
+  t.teardown(async () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await server.stop();
+  });
+  const multicast = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
+  const agentArgs = (id: string, extra: string[] = []) => [
+    'agent', '--server', url, '--group', 'g1', '--interface', '127.0.0.1', '--multicast', multicast,
+    '--storage', path.join(dir, id), '--trust', pubPath, '--release', manifest.id, '--once', '--member', id,
+    '--linger', '20', '--timeout', '100', '--log-level', 'warn', ...extra,
+  ];
+  const spawnAgent = (id: string, extra: string[] = []): AgentProc => {
+    const child = spawn(process.execPath, [BIN, ...agentArgs(id, extra)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (err += d));
+    const exit = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    return { child, stdout: () => out, stderr: () => err, exit };
+  };
+  return { dir, pubPath, keyPath, manifest, source, server, url, multicast, agentArgs, spawnAgent };
+}
