@@ -37,10 +37,12 @@ export const AGENT_DEFAULTS = {
   gapQuietMs: 25,
   nackBackoffMs: 30,
   nackHoldoffMs: 150,
-  nackMaxUnitsInFlight: 16,
+  nackMaxUnitsInFlight: 4,
   repairAggregateMs: 3,
   repairBackoffMs: 40,
   repairDedupMs: 60,
+  /** A NACK its designated repairer leaves unanswered this long is answered by any holder. */
+  orphanRepairMs: 1000,
   maxAssemblies: 128,
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
@@ -168,6 +170,12 @@ export class Agent {
   private readonly copyQueue: Uint8Array[] = [];
   private copyQueueBytes = 0;
   private copyQueueWaiters: (() => void)[] = [];
+  /** Copy datagrams still queued, per unit: such units are not announced or repaired yet. */
+  private readonly copying = new Map<number, number>();
+  /** Repair fragments queued but not sent, per unit (bitmap). */
+  private readonly repairQueued = new Map<number, Uint8Array>();
+  /** When we first heard a NACK for a unit its designated repairer has not answered. */
+  private readonly unanswered = new Map<number, number>();
   private map: SplitMapResponse | null = null;
   private heartbeatMs = 1000;
   private tickTimer: NodeJS.Timeout | null = null;
@@ -596,6 +604,7 @@ export class Agent {
         const expect = p.fragment === fc - 1 ? len - p.fragment * this.fragmentBytes : this.fragmentBytes;
         if (p.payload.length !== expect) return this.drop('length');
         this.repairs.sawFragment(u, p.fragment, fc, now);
+        if (p.repair) this.unanswered.delete(u);
         if (this.store.has(u) || this.fetching.has(u)) {
           this.stats.lanDuplicateBytes += p.payload.length;
           return;
@@ -626,11 +635,17 @@ export class Agent {
         if (u >= this.manifest.unitCount || p.fragmentBytes !== this.fragmentBytes) return this.drop('nack-invalid');
         const fc = fragmentCountFor(unitLength(this.manifest, u), this.fragmentBytes);
         if (p.fragmentCount !== fc) return this.drop('nack-invalid');
-        if (this.store.has(u)) {
-          this.repairs.onNack(u, fc, p.missing, this.isDesignated(u), now);
-        } else {
+        if (!this.store.has(u)) {
           this.nacks.heardNack(u, fc, p.missing, now);
+          return;
         }
+        if (this.copying.has(u)) return; // our copies of it are still on their way
+        const role = this.repairRole(u, now);
+        if (role === 'none') return;
+        const queued = this.repairQueued.get(u);
+        let missing = p.missing;
+        if (queued) missing = missing.map((b, i) => b & ~queued[i]);
+        this.repairs.onNack(u, fc, missing, role === 'designated', now);
         return;
       }
       case PacketType.ANNOUNCE: {
@@ -644,12 +659,23 @@ export class Agent {
     }
   }
 
-  private isDesignated(unit: number): boolean {
+  /**
+   * Who answers a NACK for a unit we hold: its holder in the split-download map
+   * answers at once; nobody else does, unless the map names no holder or the
+   * NACKs have gone unanswered for orphanRepairMs (holder gone, map stale) —
+   * then every holder answers after a random backoff, with suppression.
+   */
+  private repairRole(unit: number, now: number): 'designated' | 'fallback' | 'none' {
     const map = this.map;
-    if (!map) return true;
-    const h = map.holders[unit];
-    if (h === undefined || h < 0 || !map.members[h]) return true;
-    return map.members[h].id === this.member;
+    const h = map?.holders[unit];
+    if (!map || h === undefined || h < 0 || !map.members[h]) return 'fallback';
+    if (map.members[h].id === this.member) return 'designated';
+    const since = this.unanswered.get(unit);
+    if (since === undefined) {
+      this.unanswered.set(unit, now);
+      return 'none';
+    }
+    return now - since > AGENT_DEFAULTS.orphanRepairMs ? 'fallback' : 'none';
   }
 
   private evictAssembly(): void {
@@ -726,12 +752,15 @@ export class Agent {
     }
     const fb = this.fragmentBytes;
     const fc = fragmentCountFor(buf.length, fb);
-    const now = Date.now();
+    let queued = this.repairQueued.get(unit);
+    if (!queued) {
+      queued = new Uint8Array(bitmapBytes(fc));
+      this.repairQueued.set(unit, queued);
+    }
     for (const f of fragments) {
-      if (f >= fc) continue;
+      if (f >= fc || getBit(queued, f)) continue;
+      setBit(queued, f);
       this.queueFragment(this.repairQueue, unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true);
-      this.repairs.sawFragment(unit, f, fc, now);
-      this.stats.repairPacketsSent++;
     }
     this.drain();
   }
@@ -741,7 +770,10 @@ export class Agent {
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, unit, fragment, fragmentCount, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
     q.push(d);
-    if (q === this.copyQueue) this.copyQueueBytes += d.length;
+    if (q === this.copyQueue) {
+      this.copyQueueBytes += d.length;
+      this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
+    }
     if (!repair) this.drain();
   }
 
@@ -766,14 +798,7 @@ export class Agent {
     }
     if (batch.length) {
       const n = this.transport.sendBatch(batch, this.transport.groupEndpoint);
-      for (let i = 0; i < n; i++) {
-        const d = batch[i];
-        const payload = d.length - DATA_HEADER_BYTES;
-        if (d[3] === PacketType.DATA) {
-          if (d[4] & 1) this.stats.repairBytesSent += payload;
-          else this.stats.copyBytesSent += payload;
-        }
-      }
+      for (let i = 0; i < n; i++) this.sent(batch[i], now);
       if (n < batch.length) {
         // Kernel queue full: put the rest back in front, in order, and wait.
         const rest = batch.slice(n);
@@ -794,6 +819,31 @@ export class Agent {
     }
   }
 
+  /** Bookkeeping for a DATA datagram that left: stats, repair dedup, copy tracking. */
+  private sent(d: Uint8Array, now: number): void {
+    if (d[3] !== PacketType.DATA) return;
+    const view = new DataView(d.buffer, d.byteOffset, d.byteLength);
+    const unit = view.getUint32(28);
+    const fragment = view.getUint16(32);
+    const fc = view.getUint16(34);
+    const payload = d.length - DATA_HEADER_BYTES;
+    if (d[4] & 1) {
+      this.stats.repairBytesSent += payload;
+      this.stats.repairPacketsSent++;
+      this.repairs.sawFragment(unit, fragment, fc, now);
+      const q = this.repairQueued.get(unit);
+      if (q) q[fragment >>> 3] &= ~(0x80 >>> (fragment & 7));
+    } else {
+      this.stats.copyBytesSent += payload;
+      const left = (this.copying.get(unit) ?? 1) - 1;
+      if (left > 0) this.copying.set(unit, left);
+      else {
+        this.copying.delete(unit);
+        this.announceSoon(); // its last copy is out: peers may NACK it now
+      }
+    }
+  }
+
   private announceSoon(): void {
     if (this.closed) return;
     setTimeout(() => this.announce(), AGENT_DEFAULTS.announceDebounceMs).unref();
@@ -802,6 +852,9 @@ export class Agent {
   private announce(): void {
     if (this.closed || !this.store) return;
     const bits = this.store.bitmap();
+    // Units whose copies are still queued are not announced: peers would NACK
+    // fragments that are on their way.
+    for (const u of this.copying.keys()) bits[u >>> 3] &= ~(0x80 >>> (u & 7));
     const n = this.manifest.unitCount;
     const perPacket = Math.min(n, (this.fragmentBytes - 64) * 8);
     for (let first = 0; first < n || first === 0; first += Math.max(1, perPacket)) {
