@@ -144,3 +144,35 @@ test('a late joiner takes what its LAN already has from its peers', async (t) =>
   t.true(rep.lanBytes >= f.manifest.size / 2);
   t.true(f.server.stats.unitBytesSent <= 1.02 * f.manifest.size);
 });
+
+test('server restarted mid-transfer: agents retry, the rebuilt allocation never re-sends what they hold', async (t) => {
+  const f = await startFleet(t, { size: 12 * 1024 * 1024, unitSize: 256 * 1024 });
+  const ids = ['r1', 'r2', 'r3'];
+  const agents = ids.map((id) => f.spawnAgent(id, ['--rate', '40']));
+  const total = f.manifest.unitCount;
+  const heldUnits = async () => {
+    const held = new Set<number>();
+    for (const id of ids) {
+      const raw = await fs.readFile(path.join(f.dir, id, f.manifest.id, 'data.bitmap')).catch(() => null);
+      const d = raw && decodeBitmapFile(raw, f.manifest.idBytes, total);
+      if (d && d.ok) for (let u = 0; u < total; u++) if (getBit(d.bits, u)) held.add(u);
+    }
+    return held;
+  };
+  for (let i = 0; i < 400 && (await heldUnits()).size < total / 3; i++) await new Promise((r) => setTimeout(r, 25));
+  await f.server.stop();
+  const heldAtRestart = await heldUnits();
+  t.true(heldAtRestart.size < total, 'restarted before the end');
+  await new Promise((r) => setTimeout(r, 700));
+  const { FleetcastServer } = await import('../src/server/server');
+  const port = Number(new URL(f.url).port);
+  // Default rebuild grace: members report what they hold before anything is leased.
+  const again = new FleetcastServer({ storeDir: path.join(f.dir, 'store'), host: '127.0.0.1', port, heartbeatMs: 200, allocator: { memberTimeoutMs: 2000 } });
+  await again.start();
+  t.teardown(() => again.stop());
+  const codes = await Promise.all(agents.map((a) => a.exit));
+  t.deepEqual(codes, [0, 0, 0], agents.map((a) => a.stderr()).join('\n'));
+  for (const a of agents) t.is(await sha256File(a.stdout().trim().split('\n').pop()!), sha(f.source));
+  // Held anywhere in the group at the restart -> never sent again by the new server.
+  for (const u of heldAtRestart) for (const id of ids) t.is(again.fetchCount(f.manifest.id, 'g1', id, u), 0, `unit ${u} re-sent to ${id}`);
+});

@@ -18,6 +18,11 @@ export interface ServerOptions {
   host: string;
   port: number;
   heartbeatMs?: number;
+  /**
+   * After start, leases wait this long so that members that held units before a
+   * restart can report them first (soft state). Default max(3 heartbeats, 2 s).
+   */
+  rebuildGraceMs?: number;
   allocator?: Partial<Omit<AllocatorOptions, 'unitCount' | 'unitBytes'>>;
   logger?: Logger;
   /** Injected clock, for tests. */
@@ -49,6 +54,8 @@ export class FleetcastServer {
   /** How often each member was sent each unit, keyed "release/group/member/unit". */
   private readonly fetches = new Map<string, number>();
   readonly heartbeatMs: number;
+  private readonly rebuildGraceMs: number;
+  private startedAt = 0;
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
 
   constructor(private readonly opts: ServerOptions) {
@@ -56,6 +63,7 @@ export class FleetcastServer {
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
     this.http = http.createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
     });
@@ -72,6 +80,7 @@ export class FleetcastServer {
         resolve();
       });
     });
+    this.startedAt = this.now();
     this.timer = setInterval(() => this.expire(), Math.max(100, Math.floor(this.heartbeatMs / 2)));
     this.timer.unref();
     const a = this.http.address() as AddressInfo;
@@ -149,7 +158,10 @@ export class FleetcastServer {
         const b = await this.body<MemberRef>(req, SCHEMAS.lease);
         const { g } = await this.group(b);
         this.member(g, b);
-        return this.json(res, 200, g.lease(b.member, this.now()));
+        const now = this.now();
+        const wait = this.startedAt + this.rebuildGraceMs - now;
+        if (wait > 0) return this.json(res, 200, { units: [], retryAfterMs: wait, exhausted: false });
+        return this.json(res, 200, g.lease(b.member, now));
       }
       case 'POST /v1/receipt': {
         const b = await this.body<ReceiptBody>(req, SCHEMAS.receipt);
