@@ -42,7 +42,7 @@ async function main() {
   const runs = Number(runsArg);
   const size = 64 * 1024 * 1024;
   const rows = [
-    await bench('1 agent (baseline: all bytes over HTTP)', runs, () => runDemo({ agents: 1, sizeBytes: size, lossPct: 0 })),
+    await bench('baseline: 4 agents, each downloads all over HTTP', runs, () => runDemo({ agents: 4, sizeBytes: size, lossPct: 0, separateGroups: true })),
     await bench('4 agents, 0% loss', runs, () => runDemo({ agents: 4, sizeBytes: size, lossPct: 0 })),
     await bench('4 agents, 5% loss', runs, () => runDemo({ agents: 4, sizeBytes: size, lossPct: 5 })),
   ];
@@ -53,14 +53,11 @@ async function main() {
     `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}.`,
     `Command: \`npm run bench -- demo ${runs}\`. Release 64 MiB, unit 1 MiB, loopback multicast, per-agent LAN rate 500 Mbit/s.`,
     `Medians of ${runs} runs. "Server egress" is unit bytes the server sent divided by the release size (1.00 = each byte crossed the WAN once for the group).`,
-    `"Agent-seconds ratio" is (seconds x agents) of the row divided by the 1-agent baseline: how the cost of delivering to 4 boxes compares with delivering to 1 over HTTP. All agents share this machine's ${os.cpus().length} cores.`,
+    `The baseline puts each agent in a group of its own, so every agent fetches the whole release from the server over loopback HTTP (what per-device HTTP download does). "Time vs baseline" is the row's seconds over the baseline's, same run. All processes share this machine's ${os.cpus().length} cores, and loopback HTTP is far faster than any WAN: here the baseline's only cost is the server's egress (${base.egress.toFixed(2)}x).`,
     '',
-    '| setup | seconds (all verified) | server egress | goodput per agent (Mbit/s) | NACKs | repair MiB | agent-seconds ratio | transport |',
+    '| setup | seconds (all verified) | server egress | goodput per agent (Mbit/s) | NACKs | repair MiB | time vs baseline | transport |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
-    ...rows.map((r, i) => {
-      const agents = i === 0 ? 1 : 4;
-      return `| ${r.name} | ${r.seconds.toFixed(2)} | ${r.egress.toFixed(3)} | ${r.goodputMbit.toFixed(0)} | ${r.nacks} | ${r.repairMiB.toFixed(1)} | ${((r.seconds * agents) / base.seconds).toFixed(2)} | ${r.transport} |`;
-    }),
+    ...rows.map((r) => `| ${r.name} | ${r.seconds.toFixed(2)} | ${r.egress.toFixed(3)} | ${r.goodputMbit.toFixed(0)} | ${r.nacks} | ${r.repairMiB.toFixed(1)} | ${(r.seconds / base.seconds).toFixed(2)} | ${r.transport} |`),
     '',
     `Generated ${new Date().toISOString()}.`,
     '',

@@ -52,6 +52,8 @@ export interface DemoOptions {
   rateMbit?: number;
   timeoutS?: number;
   keepDir?: string;
+  /** Baseline: every agent in a group of its own, so each downloads everything over HTTP. */
+  separateGroups?: boolean;
   onProgress?: (verified: number, total: number) => void;
 }
 
@@ -82,14 +84,16 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const m = await publishRelease(src, path.join(dir, 'store'), await loadPrivateKey(keyPath), { name: 'demo.bin', unitSize: o.unitSize });
     srv = new FleetcastServer({ storeDir: path.join(dir, 'store'), host: '127.0.0.1', port: 0, heartbeatMs: 250, rebuildGraceMs: 0, allocator: { memberTimeoutMs: 3000 } });
     const addr = await srv.start();
-    const group = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
+    const mcast = () => `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
+    const shared = mcast();
     const started = Date.now();
     const results = await Promise.all(
       Array.from({ length: o.agents }, async (_, i): Promise<DemoAgentResult> => {
         const id = `agent-${i + 1}`;
         const report = path.join(dir, `${id}.json`);
         const args = [
-          BIN, 'agent', '--server', addr.url, '--group', 'demo', '--interface', '127.0.0.1', '--multicast', group,
+          BIN, 'agent', '--server', addr.url, '--group', o.separateGroups ? `demo-${i + 1}` : 'demo', '--interface', '127.0.0.1',
+          '--multicast', o.separateGroups ? mcast() : shared,
           '--storage', path.join(dir, id), '--trust', pubPath, '--release', m.id, '--once', '--member', id,
           '--loss', String(o.lossPct), '--report', report, '--linger', '30', '--timeout', String(o.timeoutS ?? 600),
           '--log-level', 'warn', '--rate', String(o.rateMbit ?? 500),
