@@ -87,6 +87,14 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const mcast = () => `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
     const shared = mcast();
     const started = Date.now();
+    const server = srv;
+    const progress = o.onProgress
+      ? setInterval(() => {
+          const fleet = server.fleet() as { groups: { members: { verifiedUnits: number }[] }[] };
+          const done = fleet.groups.reduce((s, g) => s + g.members.reduce((x, m) => x + m.verifiedUnits, 0), 0);
+          o.onProgress!(done, m.unitCount * o.agents);
+        }, 200)
+      : null;
     const results = await Promise.all(
       Array.from({ length: o.agents }, async (_, i): Promise<DemoAgentResult> => {
         const id = `agent-${i + 1}`;
@@ -129,6 +137,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         };
       }),
     );
+    if (progress) clearInterval(progress);
     const seconds = (Date.now() - started) / 1000;
     return {
       ok: results.every((r) => r.ok),
@@ -175,7 +184,15 @@ export const demo: Command = {
     if (!(loss >= 0 && loss < 100)) throw usageError(spec, '--loss must be from 0 to less than 100');
     const bar = new ProgressBar('demo');
     if (!a.flags.json) process.stderr.write(`demo: ${n} agents, ${formatBytes(size)} release, ${loss}% loss, on loopback multicast\n`);
-    const r = await runDemo({ agents: n, sizeBytes: size, lossPct: loss, unitSize: a.flags['unit-size'] as number, rateMbit: a.flags.rate as number, keepDir: a.flags.keep as string | undefined });
+    const r = await runDemo({
+      agents: n,
+      sizeBytes: size,
+      lossPct: loss,
+      unitSize: a.flags['unit-size'] as number,
+      rateMbit: a.flags.rate as number,
+      keepDir: a.flags.keep as string | undefined,
+      onProgress: a.flags.json ? undefined : (d, t) => bar.update(d, t, `${d}/${t} units`),
+    });
     bar.finish();
     if (a.flags.json) {
       process.stdout.write(JSON.stringify(r) + '\n');
