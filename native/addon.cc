@@ -1,15 +1,21 @@
-// fleetcast's native addon. Kept deliberately thin (STYLE.md): one function per OS
-// concern; validation, defaults and policy live in TypeScript (src/native/binding.ts).
+// fleetcast's native addon. Kept deliberately thin (STYLE.md): one ObjectWrap per OS
+// handle (UdpSocket) and sdNotify; validation, defaults and policy live in
+// TypeScript (src/transport/binding.ts, src/transport/native-transport.ts).
 #include <napi.h>
 #ifdef __linux__
 #include "sd_notify.h"
+#include "udp_socket.h"
 #endif
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #ifdef __linux__
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
+  exports.Set("UdpSocket", UdpSocket::Init(env));
+  exports.Set("ifNameToIndex", Napi::Function::New(env, IfNameToIndex, "ifNameToIndex"));
+  exports.Set("metaWords", Napi::Number::New(env, UdpSocket::kMetaWords));
+  exports.Set("counterCount", Napi::Number::New(env, kCounterCount));
 #endif
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 

@@ -1,13 +1,37 @@
 import test from 'ava';
 import { randomInt } from 'node:crypto';
+import * as os from 'node:os';
+import { readFileSync } from 'node:fs';
 import { DgramTransport } from '../src/transport/dgram-transport';
+import { NativeTransport, NativeUdpAddon } from '../src/transport/native-transport';
+import { loadNativeAddon, nativeAddonError } from '../src/transport/binding';
 import { Transport, TransportOptions } from '../src/transport/transport';
 
 /**
  * The transport contract. Written against the interface so the native transport
  * runs the same cases when it lands.
  */
+const addon = loadNativeAddon();
 const factories: [string, (o: TransportOptions) => Transport][] = [['dgram', (o) => new DgramTransport(o)]];
+if (addon?.UdpSocket) factories.push(['native', (o) => new NativeTransport(addon as NativeUdpAddon, o)]);
+else test('native transport suite', (t) => t.fail(`the native addon did not load: ${nativeAddonError()}`));
+
+/**
+ * IPv6 multicast on lo needs ::1 and lo's MULTICAST flag (IFF_MULTICAST, 0x1000): the
+ * kernel has no ff00::/8 route on lo otherwise. Some machines lack it; then the case
+ * is skipped, with the reason in its title.
+ */
+function ipv6LoopbackMulticast(): string | null {
+  if (!Object.values(os.networkInterfaces()).some((l) => l?.some((a) => a.address === '::1'))) return 'no ::1 on lo';
+  try {
+    const flags = parseInt(readFileSync('/sys/class/net/lo/flags', 'utf8'), 16);
+    if (!(flags & 0x1000)) return 'lo has no MULTICAST flag here, so IPv6 multicast cannot use it';
+  } catch {
+    return 'cannot read /sys/class/net/lo/flags';
+  }
+  return null;
+}
+const ipv6Missing = ipv6LoopbackMulticast();
 
 function group(): { group: string; port: number } {
   return { group: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
@@ -68,6 +92,69 @@ for (const [name, make] of factories) {
     const n = (await got).length;
     t.true(n > 550 && n < 850, `received ${n} of 1000 at 30% loss`);
     t.is(rx.stats.datagramsDroppedByLoss + n, rx.stats.datagramsReceived);
+  });
+
+  test(`${name}: batches larger than the receive ring arrive whole, across several callbacks`, async (t) => {
+    const g = group();
+    const tx = make({ ...g, interfaceAddress: '127.0.0.1' });
+    const rx = make({ ...g, interfaceAddress: '127.0.0.1', ringSlots: 8 });
+    t.teardown(() => Promise.all([tx.close(), rx.close()]));
+    await tx.open();
+    await rx.open();
+    let callbacks = 0;
+    const got: number[] = [];
+    const done = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      rx.onBatch((b) => {
+        callbacks++;
+        t.true(b.count <= 8);
+        for (let i = 0; i < b.count; i++) got.push(new DataView(b.data(i).buffer, b.data(i).byteOffset).getUint32(0));
+        if (got.length >= 500) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    const msgs = Array.from({ length: 500 }, (_, i) => {
+      const m = new Uint8Array(1000);
+      new DataView(m.buffer).setUint32(0, i);
+      return m;
+    });
+    let sent = 0;
+    while (sent < msgs.length) {
+      sent += tx.sendBatch(msgs.slice(sent, sent + 100), tx.groupEndpoint);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await done;
+    t.deepEqual(got, msgs.map((_, i) => i));
+    if (name === 'native') t.true(callbacks < 500, 'batched');
+  });
+
+  test(`${name}: a datagram longer than maxDatagramBytes is dropped and counted as truncated, never overflows`, async (t) => {
+    const g = group();
+    const tx = make({ ...g, interfaceAddress: '127.0.0.1' });
+    const rx = make({ ...g, interfaceAddress: '127.0.0.1', maxDatagramBytes: 2048 });
+    t.teardown(() => Promise.all([tx.close(), rx.close()]));
+    await tx.open();
+    await rx.open();
+    const got = collect(rx, 2, 1000);
+    tx.sendBatch([new Uint8Array(2048).fill(1), new Uint8Array(4000).fill(2), new Uint8Array(10).fill(3)], tx.groupEndpoint);
+    const r = await got;
+    t.deepEqual(r.map((b) => b.length), [2048, 10]);
+    t.is(rx.stats.datagramsTruncated, 1);
+  });
+
+  (ipv6Missing ? test.skip : test)(`${name}: IPv6 multicast on loopback${ipv6Missing ? ` (skipped: ${ipv6Missing})` : ''}`, async (t) => {
+    const port = randomInt(20000, 60000);
+    const grp = `ff15::${randomInt(1, 0xffff).toString(16)}`;
+    const tx = make({ group: grp, port, interfaceAddress: '::1' });
+    const rx = make({ group: grp, port, interfaceAddress: '::1' });
+    t.teardown(() => Promise.all([tx.close(), rx.close()]));
+    await tx.open();
+    await rx.open();
+    const got = collect(rx, 3);
+    tx.sendBatch([Buffer.from('one'), Buffer.from('two'), Buffer.from('three')], tx.groupEndpoint);
+    t.deepEqual((await got).map((b) => b.toString()), ['one', 'two', 'three']);
   });
 
   test(`${name}: a bad interface address is a clear error`, async (t) => {

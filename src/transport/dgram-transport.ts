@@ -1,6 +1,6 @@
 import * as dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
-import { Endpoint, RecvBatch, Transport, TransportInfo, TransportOptions, TransportStats } from './transport';
+import { DEFAULT_MAX_DATAGRAM_BYTES, Endpoint, RecvBatch, Transport, TransportInfo, TransportOptions, TransportStats } from './transport';
 import { ExitCode, FleetcastError } from '../util/errors';
 
 /** Datagrams a sender may have queued in libuv before sendBatch pushes back. */
@@ -14,7 +14,7 @@ export const DEFAULT_RECV_BUFFER_BYTES = 4 * 1024 * 1024;
  * native addon exists to do better.
  */
 export class DgramTransport implements Transport {
-  readonly stats: TransportStats = { datagramsReceived: 0, bytesReceived: 0, datagramsDroppedByLoss: 0, datagramsSent: 0, bytesSent: 0, sendErrors: 0 };
+  readonly stats: TransportStats = { datagramsReceived: 0, bytesReceived: 0, datagramsDroppedByLoss: 0, datagramsTruncated: 0, datagramsSent: 0, bytesSent: 0, sendErrors: 0 };
   readonly info: TransportInfo;
   readonly groupEndpoint: Endpoint;
   private rx: dgram.Socket | null = null;
@@ -64,9 +64,14 @@ export class DgramTransport implements Transport {
     this.info.recvBufferBytes = trySetBuffer(rx, 'recv', this.opts.recvBufferBytes ?? DEFAULT_RECV_BUFFER_BYTES);
     this.info.sendBufferBytes = trySetBuffer(tx, 'send', this.opts.sendBufferBytes ?? 1024 * 1024);
     const loss = (this.opts.lossPct ?? 0) / 100;
+    const maxBytes = this.opts.maxDatagramBytes ?? DEFAULT_MAX_DATAGRAM_BYTES;
     rx.on('message', (msg, rinfo) => {
       this.stats.datagramsReceived++;
       this.stats.bytesReceived += msg.length;
+      if (msg.length > maxBytes) {
+        this.stats.datagramsTruncated++; // same contract as the native ring's slot size
+        return;
+      }
       if (loss > 0 && this.random() < loss) {
         this.stats.datagramsDroppedByLoss++;
         return;

@@ -5,6 +5,9 @@
  * without per-packet objects: a RecvBatch and its views are valid only during the
  * callback that receives them.
  */
+/** Fits a 9000-byte jumbo frame's UDP payload with room to spare. */
+export const DEFAULT_MAX_DATAGRAM_BYTES = 9216;
+
 export interface Endpoint {
   address: string;
   port: number;
@@ -28,6 +31,12 @@ export interface TransportOptions {
   loopback?: boolean;
   recvBufferBytes?: number;
   sendBufferBytes?: number;
+  /** Datagrams longer than this are dropped and counted as truncated (both transports). */
+  maxDatagramBytes?: number;
+  /** Native: receive ring slots per batch. */
+  ringSlots?: number;
+  /** Native: use UDP GSO when the kernel has it (default true). */
+  gso?: boolean;
   /** Test aid: share (0–100) of received datagrams dropped inside the transport. */
   lossPct?: number;
   random?: () => number;
@@ -38,6 +47,8 @@ export interface TransportStats {
   bytesReceived: number;
   /** Dropped by the injected loss. */
   datagramsDroppedByLoss: number;
+  /** Longer than maxDatagramBytes: dropped. */
+  datagramsTruncated: number;
   datagramsSent: number;
   bytesSent: number;
   sendErrors: number;
