@@ -1,11 +1,10 @@
-// sd_notify(3) without libsystemd: one datagram to the AF_UNIX socket named by
-// $NOTIFY_SOCKET. A leading '@' names an abstract socket (Linux), as in
+// sd_notify(3) without libsystemd: one datagram to the AF_UNIX socket the caller
+// names (systemd's $NOTIFY_SOCKET). A leading '@' names an abstract socket (Linux), as in
 // systemd's own sd_notify implementation.
 #include "sd_notify.h"
 
 #include <cerrno>
 #include <cstddef>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <sys/socket.h>
@@ -14,13 +13,16 @@
 
 Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) {
-    Napi::TypeError::New(env, "sdNotify(state: string)").ThrowAsJavaScriptException();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "sdNotify(socket: string, state: string)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  std::string state = info[0].As<Napi::String>().Utf8Value();
-  const char* path = std::getenv("NOTIFY_SOCKET");
-  if (path == nullptr || path[0] == '\0') return Napi::Number::New(env, 0);
+  // The socket comes from JS (process.env.NOTIFY_SOCKET there): worker threads have
+  // their own copy of the environment, which getenv(3) would not see.
+  std::string socket_path = info[0].As<Napi::String>().Utf8Value();
+  std::string state = info[1].As<Napi::String>().Utf8Value();
+  const char* path = socket_path.c_str();
+  if (path[0] == '\0') return Napi::Number::New(env, 0);
 
   size_t len = std::strlen(path);
   sockaddr_un addr;

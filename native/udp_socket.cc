@@ -21,6 +21,9 @@
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -66,6 +69,7 @@ Napi::Function UdpSocket::Init(Napi::Env env) {
                          InstanceMethod("setPktInfo", &UdpSocket::SetPktInfo),
                          InstanceMethod("probeGso", &UdpSocket::ProbeGso),
                          InstanceMethod("setGso", &UdpSocket::SetGso),
+                         InstanceMethod("setGro", &UdpSocket::SetGro),
                          InstanceMethod("start", &UdpSocket::Start),
                          InstanceMethod("wantWritable", &UdpSocket::WantWritable),
                          InstanceMethod("sendBatch", &UdpSocket::SendBatch),
@@ -122,18 +126,46 @@ UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UdpSocke
   napi_value resource_name;
   napi_create_string_utf8(env, "fleetcast:UdpSocket", NAPI_AUTO_LENGTH, &resource_name);
   napi_async_init(env, nullptr, resource_name, &async_ctx_);
-  napi_add_env_cleanup_hook(env, CleanupHook, this);
+  // Async cleanup (N-API 8): closing a uv handle finishes on a later loop turn, and
+  // the environment (a worker's, say) must not unload this library before it does.
+  napi_add_async_cleanup_hook(env, AsyncCleanupHook, this, &cleanup_hook_);
 }
 
 UdpSocket::~UdpSocket() {
   DoClose();
-  if (env_) napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-  if (async_ctx_) napi_async_destroy(env_, async_ctx_);
+  if (!env_gone_) {
+    if (cleanup_hook_) napi_remove_async_cleanup_hook(cleanup_hook_);
+    if (async_ctx_) napi_async_destroy(env_, async_ctx_);
+  }
 }
 
-void UdpSocket::CleanupHook(void* arg) {
+// The environment (a worker thread, or the main one at exit) is being torn down
+// while the socket is open: close the OS handles and tell Node we are done only
+// once libuv has finished closing the poll handle. No other N-API calls after this.
+void UdpSocket::AsyncCleanupHook(napi_async_cleanup_hook_handle handle, void* arg) {
   auto* self = static_cast<UdpSocket*>(arg);
-  self->DoClose();
+  self->env_gone_ = true;
+  self->started_ = false;  // the self reference dies with the environment
+  self->cleanup_hook_ = nullptr;
+  if (self->poll_) {
+    uv_poll_t* p = self->poll_;
+    self->poll_ = nullptr;
+    uv_poll_stop(p);
+    p->data = handle;
+    uv_close(reinterpret_cast<uv_handle_t*>(p), OnClosedAfterTeardown);
+  } else {
+    napi_remove_async_cleanup_hook(handle);
+  }
+  if (self->fd_ >= 0) {
+    ::close(self->fd_);
+    self->fd_ = -1;
+  }
+}
+
+void UdpSocket::OnClosedAfterTeardown(uv_handle_t* handle) {
+  auto hook = static_cast<napi_async_cleanup_hook_handle>(handle->data);
+  delete reinterpret_cast<uv_poll_t*>(handle);
+  napi_remove_async_cleanup_hook(hook);
 }
 
 void UdpSocket::OnClosed(uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); }
@@ -329,6 +361,15 @@ Napi::Value UdpSocket::SetGso(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// setGro(on) -> whether the kernel took UDP_GRO. The caller must size slots for
+// 64 KiB coalesced reads first, or a coalesced read would be truncated.
+Napi::Value UdpSocket::SetGro(const Napi::CallbackInfo& info) {
+  int v = info[0].ToBoolean() ? 1 : 0;
+  bool ok = slot_bytes_ >= 65536 && setsockopt(fd_, SOL_UDP, UDP_GRO, &v, sizeof(v)) == 0;
+  gro_ = ok && v;
+  return Napi::Boolean::New(info.Env(), ok);
+}
+
 Napi::Value UdpSocket::LocalPort(const Napi::CallbackInfo& info) {
   sockaddr_storage ss;
   socklen_t len = sizeof(ss);
@@ -406,8 +447,9 @@ void UdpSocket::ReadAll() {
       h.msg_namelen = sizeof(sockaddr_storage);
       h.msg_iov = &rx_iov_[i];
       h.msg_iovlen = 1;
-      h.msg_control = pktinfo_ ? &rx_ctrl_[i * kCtrlBytes] : nullptr;
-      h.msg_controllen = pktinfo_ ? kCtrlBytes : 0;
+      bool ctrl = pktinfo_ || gro_;
+      h.msg_control = ctrl ? &rx_ctrl_[i * kCtrlBytes] : nullptr;
+      h.msg_controllen = ctrl ? kCtrlBytes : 0;
       h.msg_flags = 0;
       rx_msgs_[i].msg_len = 0;
     }
@@ -419,8 +461,18 @@ void UdpSocket::ReadAll() {
       const msghdr& h = rx_msgs_[i].msg_hdr;
       uint32_t len = rx_msgs_[i].msg_len;
       bool trunc = (h.msg_flags & MSG_TRUNC) != 0;
+      uint32_t seg = 0;
+      if (gro_) {
+        for (cmsghdr* c = CMSG_FIRSTHDR(const_cast<msghdr*>(&h)); c != nullptr; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
+          if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+            int gs = 0;
+            memcpy(&gs, CMSG_DATA(c), sizeof(gs));
+            seg = static_cast<uint32_t>(gs) & 0xffff;
+          }
+        }
+      }
       m[0] = std::min<uint32_t>(len, static_cast<uint32_t>(slot_bytes_));
-      m[1] = trunc ? 1 : 0;
+      m[1] = (trunc ? 1 : 0) | (seg < len ? seg << 16 : 0);
       const sockaddr_storage& ss = rx_addr_[i];
       if (ss.ss_family == AF_INET) {
         const auto* sa = reinterpret_cast<const sockaddr_in*>(&ss);

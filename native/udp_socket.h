@@ -12,7 +12,9 @@
 //
 // Receive: recvmmsg into a ring of `slots` slots of `slotBytes` in a slab the JS
 // side owns; per slot the meta array holds
-//   [len, flags(1=truncated), family, port, addr0, addr1, addr2, addr3]
+//   [len, flags, family, port, addr0, addr1, addr2, addr3]
+// flags: bit 0 = truncated; bits 16..31 = GRO segment size (0: one datagram), when
+// UDP_GRO coalesced several datagrams of that size (the last may be shorter) into the slot.
 // (addr words are the raw address bytes, IPv4 in addr0). One onBatch(count) per
 // batch; the slab views are valid only during that callback.
 //
@@ -39,6 +41,7 @@ class UdpSocket : public Napi::ObjectWrap<UdpSocket> {
   Napi::Value SetPktInfo(const Napi::CallbackInfo& info);
   Napi::Value ProbeGso(const Napi::CallbackInfo& info);
   Napi::Value SetGso(const Napi::CallbackInfo& info);
+  Napi::Value SetGro(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value WantWritable(const Napi::CallbackInfo& info);
   Napi::Value SendBatch(const Napi::CallbackInfo& info);
@@ -47,7 +50,8 @@ class UdpSocket : public Napi::ObjectWrap<UdpSocket> {
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
   static void OnClosed(uv_handle_t* handle);
-  static void CleanupHook(void* arg);
+  static void AsyncCleanupHook(napi_async_cleanup_hook_handle handle, void* arg);
+  static void OnClosedAfterTeardown(uv_handle_t* handle);
   void ReadAll();
   void UpdatePoll();
   void DoClose();
@@ -58,10 +62,15 @@ class UdpSocket : public Napi::ObjectWrap<UdpSocket> {
   int family_ = AF_INET;
   bool gso_ = false;
   bool pktinfo_ = false;
+  bool gro_ = false;
   bool want_writable_ = false;
   bool started_ = false;
+  // Set by the env cleanup hook: the environment is going away, so no more N-API
+  // calls (the hook is already removed, references are being torn down).
+  bool env_gone_ = false;
   uv_poll_t* poll_ = nullptr;
   napi_env env_ = nullptr;
+  napi_async_cleanup_hook_handle cleanup_hook_ = nullptr;
 
   // Receive ring (memory owned by JS; references keep it alive).
   Napi::ObjectReference slab_ref_;

@@ -189,7 +189,6 @@ export class Agent {
   private lastNackHeard = 0;
   private completion!: { resolve: (p: string) => void; reject: (e: Error) => void };
   private readonly completed: Promise<string>;
-  private leaseWake: (() => void) | null = null;
   private closed = false;
 
   constructor(private readonly opts: AgentOptions) {
@@ -361,7 +360,7 @@ export class Agent {
     this.nacks?.setGroupSize(map.members.length);
     // Taken before the heartbeat timer starts; later changes apply on restart.
     if (!this.heartbeatTimer) this.heartbeatMs = map.heartbeatMs;
-    this.leaseWake?.();
+    this.wake();
   }
 
   private async requestLease(): Promise<LeaseResponse> {
@@ -377,39 +376,62 @@ export class Agent {
     }
   }
 
+  /** One lease request at a time, shared by the fetch workers. */
+  private leaseRequest: Promise<LeaseResponse> | null = null;
+  private wakers: (() => void)[] = [];
+
+  private takeLeases(): Promise<LeaseResponse> {
+    if (!this.leaseRequest) {
+      this.leaseRequest = this.requestLease()
+        .then((grant) => {
+          for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u)) this.leased.push(u);
+          return grant;
+        })
+        .finally(() => {
+          this.leaseRequest = null;
+        });
+    }
+    return this.leaseRequest;
+  }
+
+  /** Wake workers waiting for a lease slot or a map change. */
+  private wake(): void {
+    for (const w of this.wakers.splice(0)) w();
+  }
+
+  private waitForWake(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.wakers.push(done);
+    });
+  }
+
   /** Takes leases and fetches their units over the WAN, `fetchConcurrency` at a time. */
   private async fetchWorker(): Promise<void> {
     while (!this.closed && !this.store.isComplete && !this.finishing) {
-      let unit = this.leased.shift();
-      if (unit === undefined) {
-        let grant: LeaseResponse;
-        try {
-          grant = await this.requestLease();
-        } catch (err) {
-          if (this.closed) return;
-          this.log.warn(`lease: ${(err as Error).message}`);
-          await sleep(this.heartbeatMs, this.abort.signal);
-          continue;
-        }
-        for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u)) this.leased.push(u);
-        unit = this.leased.shift();
-        if (unit === undefined) {
-          // Nothing to lease now: peers hold or lease the rest. Wait for the map to change.
-          const wait = grant.exhausted ? this.heartbeatMs : Math.max(20, grant.retryAfterMs);
-          await new Promise<void>((resolve) => {
-            const t = setTimeout(done, wait);
-            const self = this;
-            function done() {
-              clearTimeout(t);
-              if (self.leaseWake === done) self.leaseWake = null;
-              resolve();
-            }
-            if (grant.exhausted) this.leaseWake = done;
-          });
-          continue;
-        }
+      const unit = this.leased.shift();
+      if (unit !== undefined) {
+        await this.fetchUnit(unit);
+        this.wake(); // a lease slot is free again
+        continue;
       }
-      await this.fetchUnit(unit);
+      let grant: LeaseResponse;
+      try {
+        grant = await this.takeLeases();
+      } catch (err) {
+        if (this.closed) return;
+        this.log.warn(`lease: ${(err as Error).message}`);
+        await sleep(this.heartbeatMs, this.abort.signal);
+        continue;
+      }
+      if (this.leased.length) continue;
+      // Nothing for us now: peers hold or lease the rest, or our slots are full.
+      // Wait for one of our units to finish, the map to change, or the server's hint.
+      await this.waitForWake(grant.exhausted ? this.heartbeatMs : Math.max(20, grant.retryAfterMs));
     }
   }
 
@@ -548,7 +570,7 @@ export class Agent {
     this.closed = true;
     for (const t of [this.tickTimer, this.heartbeatTimer, this.announceTimer]) if (t) clearInterval(t);
     if (this.drainTimer) clearTimeout(this.drainTimer);
-    this.leaseWake?.();
+    this.wake();
     for (const w of this.copyQueueWaiters.splice(0)) w();
     this.abort.abort();
     await this.transport?.close();

@@ -11,6 +11,10 @@ import { ExitCode } from '../util/errors';
 import { Command } from './commands';
 import { usageError } from './args';
 import { formatBytes, ProgressBar } from './progress';
+import { fragmentBytesForMtu } from '../agent/agent';
+
+/** The demo models an Ethernet LAN: fragments sized for a 1500-byte MTU. */
+export const DEMO_MTU = 1500;
 
 const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'fleetcast.js');
 
@@ -50,6 +54,8 @@ export interface DemoOptions {
   lossPct: number;
   unitSize?: number;
   rateMbit?: number;
+  /** LAN MTU the agents size fragments for; loopback's own (64 KiB) is not what a LAN has. */
+  mtu?: number;
   timeoutS?: number;
   keepDir?: string;
   /** Baseline: every agent in a group of its own, so each downloads everything over HTTP. */
@@ -105,6 +111,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           '--storage', path.join(dir, id), '--trust', pubPath, '--release', m.id, '--once', '--member', id,
           '--loss', String(o.lossPct), '--report', report, '--linger', '30', '--timeout', String(o.timeoutS ?? 600),
           '--log-level', 'warn', '--rate', String(o.rateMbit ?? 500),
+          '--fragment-bytes', String(fragmentBytesForMtu(o.mtu ?? DEMO_MTU, false)),
         ];
         const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
         children.push(child);
@@ -170,6 +177,7 @@ export const demo: Command = {
       loss: { type: 'number', arg: 'PCT', help: 'share of received datagrams each agent drops', default: 0 },
       'unit-size': { type: 'number', arg: 'BYTES', help: 'unit size', default: 1048576 },
       rate: { type: 'number', arg: 'MBIT', help: 'per-agent LAN send rate in Mbit/s', default: 500 },
+      mtu: { type: 'number', arg: 'BYTES', help: 'LAN MTU to size fragments for (loopback itself has 65536)', default: DEMO_MTU },
       json: { type: 'boolean', help: 'print one JSON object instead of a table' },
       keep: { type: 'string', arg: 'DIR', help: 'work in DIR and keep it (default: a temporary directory, removed)' },
     },
@@ -182,6 +190,8 @@ export const demo: Command = {
     if (!Number.isInteger(n) || n < 1 || n > 32) throw usageError(spec, '--agents must be an integer from 1 to 32');
     if (!Number.isSafeInteger(size) || size < 0 || size > 16 * 1024 ** 3) throw usageError(spec, '--size must be an integer from 0 to 16 GiB');
     if (!(loss >= 0 && loss < 100)) throw usageError(spec, '--loss must be from 0 to less than 100');
+    const mtu = a.flags.mtu as number;
+    if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65536) throw usageError(spec, '--mtu must be an integer from 576 to 65536');
     const bar = new ProgressBar('demo');
     if (!a.flags.json) process.stderr.write(`demo: ${n} agents, ${formatBytes(size)} release, ${loss}% loss, on loopback multicast\n`);
     const r = await runDemo({
@@ -190,6 +200,7 @@ export const demo: Command = {
       lossPct: loss,
       unitSize: a.flags['unit-size'] as number,
       rateMbit: a.flags.rate as number,
+      mtu: a.flags.mtu as number,
       keepDir: a.flags.keep as string | undefined,
       onProgress: a.flags.json ? undefined : (d, t) => bar.update(d, t, `${d}/${t} units`),
     });

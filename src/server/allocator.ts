@@ -39,8 +39,8 @@ export interface AllocatorOptions {
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
   memberTimeoutMs: 6000,
-  baseDepth: 2,
-  maxDepth: 8,
+  baseDepth: 3,
+  maxDepth: 12,
   leaseSlackFactor: 4,
   leaseMinMs: 15000,
   tailSlackFactor: 2,

@@ -10,7 +10,7 @@ import * as path from 'node:path';
  * why, once. FLEETCAST_TRANSPORT=dgram|native forces one.
  */
 export interface NativeAddon extends Partial<NativeUdpAddon> {
-  sdNotify?: (state: string) => number;
+  sdNotify?: (socket: string, state: string) => number;
   abiVersion?: number;
 }
 

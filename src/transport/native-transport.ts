@@ -16,6 +16,7 @@ export interface NativeUdpSocket {
   setPktInfo(on: boolean): boolean;
   probeGso(): boolean;
   setGso(on: boolean): void;
+  setGro(on: boolean): boolean;
   start(): void;
   wantWritable(on: boolean): void;
   sendBatch(datagrams: readonly Uint8Array[], address: string, port: number): number;
@@ -40,6 +41,11 @@ export interface NativeUdpAddon {
 
 const C = { rxDatagrams: 0, rxBytes: 1, rxTruncated: 2, txDatagrams: 3, txBytes: 4, txErrors: 5, txEagain: 6, rxBatches: 7, rxSyscalls: 8, txSyscalls: 9, txGso: 10 };
 export const DEFAULT_RING_SLOTS = 256;
+/** With UDP_GRO a slot holds one coalesced read of up to 64 KiB; fewer slots then. */
+const GRO_SLOT_BYTES = 65536;
+const GRO_RING_SLOTS = 64;
+/** Datagrams one coalesced read can hold at most (64 KiB / 1 byte is the theory; the kernel caps at 64). */
+const MAX_SEGMENTS_PER_SLOT = 64;
 const EIO = 5;
 const EINVAL = 22;
 
@@ -74,8 +80,13 @@ export class NativeTransport implements Transport {
   private readonly meta: Uint32Array;
   private readonly rxCounters: Float64Array;
   private readonly txCounters: Float64Array;
-  private readonly kept: Int32Array;
+  /** Datagrams of the batch being delivered: slot offset into the slab and length. */
+  private readonly keptOff: Int32Array;
+  private readonly keptLen: Int32Array;
+  private keptSlot: Int32Array;
   private keptCount = 0;
+  private readonly maxDatagramBytes: number;
+  private readonly gro: boolean;
   private handler: (b: RecvBatch) => void = () => {};
   private writable: () => void = () => {};
   private gso = false;
@@ -85,13 +96,18 @@ export class NativeTransport implements Transport {
 
   constructor(private readonly addon: NativeUdpAddon, private readonly opts: TransportOptions) {
     this.groupEndpoint = { address: opts.group, port: opts.port };
-    this.slots = opts.ringSlots ?? DEFAULT_RING_SLOTS;
-    this.slotBytes = opts.maxDatagramBytes ?? DEFAULT_MAX_DATAGRAM_BYTES;
+    this.maxDatagramBytes = opts.maxDatagramBytes ?? DEFAULT_MAX_DATAGRAM_BYTES;
+    this.gro = opts.gro !== false;
+    this.slots = opts.ringSlots ?? (this.gro ? GRO_RING_SLOTS : DEFAULT_RING_SLOTS);
+    this.slotBytes = this.gro ? Math.max(GRO_SLOT_BYTES, this.maxDatagramBytes) : this.maxDatagramBytes;
     this.slab = new Uint8Array(this.slots * this.slotBytes);
     this.meta = new Uint32Array(this.slots * addon.metaWords);
     this.rxCounters = new Float64Array(addon.counterCount);
     this.txCounters = new Float64Array(addon.counterCount);
-    this.kept = new Int32Array(this.slots);
+    const cap = this.slots * (this.gro ? MAX_SEGMENTS_PER_SLOT : 1);
+    this.keptOff = new Int32Array(cap);
+    this.keptLen = new Int32Array(cap);
+    this.keptSlot = new Int32Array(cap);
     this.random = opts.random ?? Math.random;
     this.loss = (opts.lossPct ?? 0) / 100;
     const self = this;
@@ -101,12 +117,11 @@ export class NativeTransport implements Transport {
         return self.keptCount;
       },
       data(i: number) {
-        const s = self.kept[i];
-        const off = s * self.slotBytes;
-        return self.slab.subarray(off, off + self.meta[s * mw]);
+        const off = self.keptOff[i];
+        return self.slab.subarray(off, off + self.keptLen[i]);
       },
       address(i: number) {
-        const s = self.kept[i] * mw;
+        const s = self.keptSlot[i] * mw;
         const m = self.meta;
         if (m[s + 2] === 4) {
           const b = new Uint8Array(m.buffer, m.byteOffset + (s + 4) * 4, 4);
@@ -118,7 +133,7 @@ export class NativeTransport implements Transport {
         return parts.join(':');
       },
       port(i: number) {
-        return self.meta[self.kept[i] * mw + 3];
+        return self.meta[self.keptSlot[i] * mw + 3];
       },
     };
   }
@@ -153,6 +168,7 @@ export class NativeTransport implements Transport {
     if (rb.forced) f.push('SO_RCVBUFFORCE');
     if (sb.forced) f.push('SO_SNDBUFFORCE');
     if (this.rx.setPktInfo(true)) f.push(fam === 4 ? 'IP_PKTINFO' : 'IPV6_RECVPKTINFO');
+    if (this.gro && this.rx.setGro(true)) f.push('UDP_GRO');
     if (o.gso !== false && this.tx.probeGso()) {
       this.gso = true;
       this.tx.setGso(true);
@@ -164,20 +180,35 @@ export class NativeTransport implements Transport {
 
   private deliver(n: number): void {
     let k = 0;
+    const lossBefore = this.stats.datagramsDroppedByLoss;
+    const truncBefore = this.stats.datagramsTruncated;
     const mw = this.addon.metaWords;
     for (let i = 0; i < n; i++) {
-      if (this.meta[i * mw + 1] & 1) {
-        this.stats.datagramsTruncated++;
+      const len = this.meta[i * mw];
+      const flags = this.meta[i * mw + 1];
+      const seg = flags >>> 16; // UDP_GRO: several datagrams of `seg` bytes in this slot
+      const base = i * this.slotBytes;
+      if (flags & 1) {
+        this.stats.datagramsTruncated += seg ? Math.ceil(len / seg) : 1;
         continue;
       }
-      if (this.loss > 0 && this.random() < this.loss) {
-        this.stats.datagramsDroppedByLoss++;
-        continue;
+      const step = seg || len;
+      for (let off = 0; off < len || (len === 0 && off === 0); off += step || 1) {
+        const l = Math.min(step, len - off);
+        if (l > this.maxDatagramBytes) this.stats.datagramsTruncated++;
+        else if (this.loss > 0 && this.random() < this.loss) this.stats.datagramsDroppedByLoss++;
+        else {
+          this.keptOff[k] = base + off;
+          this.keptLen[k] = l;
+          this.keptSlot[k] = i;
+          k++;
+        }
+        if (len === 0) break;
       }
-      this.kept[k++] = i;
     }
     this.keptCount = k;
-    this.stats.datagramsReceived = this.rxCounters[C.rxDatagrams];
+    const dropped = this.stats.datagramsDroppedByLoss - lossBefore + this.stats.datagramsTruncated - truncBefore;
+    this.stats.datagramsReceived += k + dropped;
     this.stats.bytesReceived = this.rxCounters[C.rxBytes];
     if (k > 0) this.handler(this.batch);
   }

@@ -35,6 +35,8 @@ export interface TransportOptions {
   maxDatagramBytes?: number;
   /** Native: receive ring slots per batch. */
   ringSlots?: number;
+  /** Native: use UDP GRO on receive when the kernel has it (default true). */
+  gro?: boolean;
   /** Native: use UDP GSO when the kernel has it (default true). */
   gso?: boolean;
   /** Test aid: share (0–100) of received datagrams dropped inside the transport. */
