@@ -79,4 +79,6 @@ test('demo --json reports every agent verified, with the fields scripts rely on'
   // The loader's choice: native when the addon loads, unless forced.
   const expected = process.env.FLEETCAST_TRANSPORT ?? (loadNativeAddon()?.UdpSocket ? 'native' : 'dgram');
   t.is(j.transport, expected);
+  if (expected === 'native') t.true(j.transportFeatures.includes('recvmmsg') && j.transportFeatures.includes('sendmmsg'));
+  else t.deepEqual(j.transportFeatures, []);
 });

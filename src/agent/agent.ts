@@ -47,6 +47,7 @@ export const AGENT_DEFAULTS = {
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
   lingerMs: 60_000,
+  lingerPollMs: 50,
   fetchRetries: 3,
   sendBatch: 64,
   /** Copy bytes queued for the LAN above which WAN downloads pause. */
@@ -275,7 +276,12 @@ export class Agent {
     };
     this.transport = (o.transport ?? createTransport)(topts);
     await this.transport.open();
-    this.stats.transport = this.transport.info.kind;
+    const ti = this.transport.info;
+    this.stats.transport = ti.kind;
+    this.log.info(
+      `transport ${ti.kind}${ti.features.length ? ` (${ti.features.join(', ')})` : ''}, receive buffer ${ti.recvBufferBytes} bytes` +
+        `${ti.fallbackReason ? `; not native because ${ti.fallbackReason}` : ''}; fragments of ${this.fragmentBytes} bytes`,
+    );
     this.transport.onBatch((b) => this.onBatch(b));
     this.transport.onWritable(() => {
       this.waitingWritable = false;
@@ -554,15 +560,26 @@ export class Agent {
 
   /**
    * After completing, keep answering NACKs until every member of the group is
-   * complete (per the server), or `lingerMs` passes.
+   * complete, or `lingerMs` passes. Complete means: every other member in the
+   * split map announced `complete` on the LAN (fast), or the server says so.
    */
   async linger(): Promise<void> {
     const limit = Date.now() + (this.opts.lingerMs ?? AGENT_DEFAULTS.lingerMs);
     await this.heartbeat().catch(() => undefined);
     while (!this.closed && Date.now() < limit) {
-      if (this.map?.groupComplete) return;
-      await sleep(Math.min(200, this.heartbeatMs), this.abort.signal);
+      if (this.map?.groupComplete || this.lanPeersComplete()) return;
+      await sleep(AGENT_DEFAULTS.lingerPollMs, this.abort.signal);
     }
+  }
+
+  /** Every other member of the group (per the map) announced it holds everything. */
+  private lanPeersComplete(): boolean {
+    const others = (this.map?.members.length ?? 1) - 1;
+    if (others <= 0) return false; // alone, or no map: the server decides
+    const now = Date.now();
+    let complete = 0;
+    for (const p of this.peers.values()) if (p.complete && now - p.lastSeen < AGENT_DEFAULTS.peerTimeoutMs) complete++;
+    return complete >= others;
   }
 
   async close(): Promise<void> {
@@ -604,10 +621,12 @@ export class Agent {
   }
 
   private onDatagram(buf: Uint8Array, now: number): void {
+    // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip
+    // it before decoding. Sender id at bytes 8..11 (docs/protocol.md).
+    if (buf.length >= 12 && ((buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11]) >>> 0 === this.senderId) return;
     const r = decodePacket(buf);
     if (!r.ok) return this.drop(r.reason);
     const p = r.packet;
-    if (p.sender === this.senderId) return; // our own multicast, looped back
     if (!bytesEqual(p.releaseId, this.manifest.idBytes)) return this.drop('other-release');
     let peer = this.peers.get(p.sender);
     if (!peer) {
@@ -787,8 +806,22 @@ export class Agent {
     this.drain();
   }
 
+  /** Outgoing datagrams are carved from 1 MiB arenas: one allocation per ~700 fragments, not one each. */
+  private arena = new Uint8Array(0);
+  private arenaOff = 0;
+
+  private allocDatagram(bytes: number): Uint8Array {
+    if (this.arenaOff + bytes > this.arena.length) {
+      this.arena = new Uint8Array(Math.max(1 << 20, bytes));
+      this.arenaOff = 0;
+    }
+    const d = this.arena.subarray(this.arenaOff, this.arenaOff + bytes);
+    this.arenaOff += bytes;
+    return d;
+  }
+
   private queueFragment(q: Uint8Array[], unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean): void {
-    const d = new Uint8Array(DATA_HEADER_BYTES + payload.length);
+    const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, unit, fragment, fragmentCount, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
     q.push(d);

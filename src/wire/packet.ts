@@ -112,13 +112,32 @@ export function writeDataHeader(
   out: Uint8Array,
   h: { sender: number; releaseId: Uint8Array; repair: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number },
 ): void {
-  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  writeCommon(out, view, PacketType.DATA, h.repair ? DataFlag.REPAIR : 0, h.sender, h.releaseId);
-  view.setUint32(28, h.unit >>> 0);
-  view.setUint16(32, h.fragment);
-  view.setUint16(34, h.fragmentCount);
-  view.setUint16(36, h.fragmentBytes);
-  view.setUint16(38, 0);
+  // Byte by byte, no DataView: this runs once per outgoing fragment.
+  if (h.releaseId.length !== RELEASE_ID_BYTES) throw new RangeError('release id must be 16 bytes');
+  out[0] = MAGIC0;
+  out[1] = MAGIC1;
+  out[2] = PROTOCOL_VERSION;
+  out[3] = PacketType.DATA;
+  out[4] = h.repair ? DataFlag.REPAIR : 0;
+  out[5] = out[6] = out[7] = 0;
+  put32(out, 8, h.sender);
+  out.set(h.releaseId, 12);
+  put32(out, 28, h.unit);
+  put16(out, 32, h.fragment);
+  put16(out, 34, h.fragmentCount);
+  put16(out, 36, h.fragmentBytes);
+  out[38] = out[39] = 0;
+}
+
+function put32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = (v >>> 16) & 0xff;
+  b[at + 2] = (v >>> 8) & 0xff;
+  b[at + 3] = v & 0xff;
+}
+function put16(b: Uint8Array, at: number, v: number): void {
+  b[at] = (v >>> 8) & 0xff;
+  b[at + 1] = v & 0xff;
 }
 
 export function encodeData(p: Omit<DataPacket, 'type'>): Uint8Array {
