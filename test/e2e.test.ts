@@ -176,3 +176,14 @@ test('server restarted mid-transfer: agents retry, the rebuilt allocation never 
   // Held anywhere in the group at the restart -> never sent again by the new server.
   for (const u of heldAtRestart) for (const id of ids) t.is(again.fetchCount(f.manifest.id, 'g1', id, u), 0, `unit ${u} re-sent to ${id}`);
 });
+
+test('a fragment grid larger than the default datagram size still gets through (--fragment-bytes 20000)', async (t) => {
+  const f = await startFleet(t, { size: 3 * 1024 * 1024, unitSize: 256 * 1024 });
+  const agents = ['a', 'b'].map((id) => f.spawnAgent(id, ['--fragment-bytes', '20000', '--report', path.join(f.dir, `${id}.json`)]));
+  t.deepEqual(await Promise.all(agents.map((a) => a.exit)), [0, 0]);
+  for (const id of ['a', 'b']) {
+    const rep = JSON.parse(await fs.readFile(path.join(f.dir, `${id}.json`), 'utf8'));
+    t.is(await sha256File(rep.path), sha(f.source));
+    t.true(rep.lanBytes > 0, `${id} took nothing from the LAN`);
+  }
+});

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Manifest, parseManifest, unitLength } from '../release/manifest';
 import { PartialStore } from '../storage/partial-store';
 import { createTransport } from '../transport/binding';
-import { RecvBatch, Transport, TransportOptions } from '../transport/transport';
+import { DEFAULT_MAX_DATAGRAM_BYTES, RecvBatch, Transport, TransportOptions } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import {
@@ -271,6 +271,8 @@ export class Agent {
       port: o.multicast.port,
       interfaceAddress: iface.address,
       loopback: true,
+      // Room for our own grid's DATA packets, whatever --fragment-bytes says.
+      maxDatagramBytes: Math.max(DEFAULT_MAX_DATAGRAM_BYTES, this.fragmentBytes + DATA_HEADER_BYTES),
       lossPct: o.lossPct ?? 0,
       random: this.random,
     };

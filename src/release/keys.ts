@@ -30,33 +30,23 @@ async function readPem(file: string, what: string): Promise<string> {
   }
 }
 
-export async function loadPrivateKey(file: string): Promise<KeyObject> {
-  const pem = await readPem(file, 'private key');
+async function loadKey(file: string, kind: 'private' | 'public'): Promise<KeyObject> {
+  const pem = await readPem(file, `${kind} key`);
   let key: KeyObject;
   try {
-    key = createPrivateKey(pem);
+    key = kind === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
   } catch {
-    throw new FleetcastError('BAD_KEY', `${file} is not a PEM private key`, ExitCode.DATAERR);
+    throw new FleetcastError('BAD_KEY', `${file} is not a PEM ${kind} key`, ExitCode.DATAERR);
   }
   if (key.asymmetricKeyType !== 'ed25519') {
-    throw new FleetcastError('BAD_KEY', `${file} holds a ${key.asymmetricKeyType} key; fleetcast signs with Ed25519`, ExitCode.DATAERR);
+    const role = kind === 'private' ? 'signs with Ed25519' : 'trusts Ed25519 keys only';
+    throw new FleetcastError('BAD_KEY', `${file} holds a ${key.asymmetricKeyType} key; fleetcast ${role}`, ExitCode.DATAERR);
   }
   return key;
 }
 
-export async function loadPublicKey(file: string): Promise<KeyObject> {
-  const pem = await readPem(file, 'public key');
-  let key: KeyObject;
-  try {
-    key = createPublicKey(pem);
-  } catch {
-    throw new FleetcastError('BAD_KEY', `${file} is not a PEM public key`, ExitCode.DATAERR);
-  }
-  if (key.asymmetricKeyType !== 'ed25519') {
-    throw new FleetcastError('BAD_KEY', `${file} holds a ${key.asymmetricKeyType} key; fleetcast trusts Ed25519 keys only`, ExitCode.DATAERR);
-  }
-  return key;
-}
+export const loadPrivateKey = (file: string): Promise<KeyObject> => loadKey(file, 'private');
+export const loadPublicKey = (file: string): Promise<KeyObject> => loadKey(file, 'public');
 
 /** The 32 raw bytes of an Ed25519 public key (from its JWK form). */
 export function rawPublicKey(key: KeyObject): Buffer {
