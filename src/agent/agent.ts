@@ -36,8 +36,8 @@ export const AGENT_DEFAULTS = {
   /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
   gapQuietMs: 25,
   nackBackoffMs: 30,
-  nackHoldoffMs: 150,
-  nackMaxUnitsInFlight: 4,
+  nackHoldoffMs: 80,
+  nackMaxUnitsInFlight: 16,
   repairAggregateMs: 3,
   repairBackoffMs: 40,
   repairDedupMs: 60,
