@@ -67,3 +67,14 @@ test('repairs aggregate NACKs; a non-designated repairer yields to a repair it h
   r.onNack(7, 16, new Uint8Array([0x80, 0x00]), true, 60);
   t.deepEqual(r.due(100), []);
 });
+
+test('repair history is dropped once idle, so it does not grow with the release', (t) => {
+  const r = new RepairScheduler({ aggregateMs: 1, backoffMs: 1, dedupMs: 50, random: () => 0 });
+  for (let u = 0; u < 1000; u++) r.sawFragment(u, 0, 700, 0);
+  t.is(r.trackedUnits, 1000);
+  r.due(2000); // idle > 10 x dedupMs and past the prune interval
+  t.is(r.trackedUnits, 0);
+  r.sawFragment(5, 1, 700, 2800);
+  r.due(3100); // pruning runs, but 300 ms idle is inside 10 x dedupMs: kept
+  t.is(r.trackedUnits, 1);
+});

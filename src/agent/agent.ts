@@ -646,7 +646,8 @@ export class Agent {
         if (p.fragmentCount !== fc) return this.drop('fragment-grid');
         const expect = p.fragment === fc - 1 ? len - p.fragment * this.fragmentBytes : this.fragmentBytes;
         if (p.payload.length !== expect) return this.drop('length');
-        this.repairs.sawFragment(u, p.fragment, fc, now);
+        // Repair dedup matters only for units we could repair ourselves.
+        if (this.store.has(u)) this.repairs.sawFragment(u, p.fragment, fc, now);
         if (p.repair) this.unanswered.delete(u);
         if (this.store.has(u) || this.fetching.has(u)) {
           this.stats.lanDuplicateBytes += p.payload.length;
@@ -908,6 +909,9 @@ export class Agent {
 
   private announce(): void {
     if (this.closed || !this.store) return;
+    // Forget peers gone quiet: sender ids are cheap to invent, so the map must not grow forever.
+    const now = Date.now();
+    for (const [id, p] of this.peers) if (now - p.lastSeen > AGENT_DEFAULTS.peerTimeoutMs) this.peers.delete(id);
     const bits = this.store.bitmap();
     // Units whose copies are still queued are not announced: peers would NACK
     // fragments that are on their way.

@@ -33,14 +33,19 @@ export interface RepairJob {
 
 export class RepairScheduler {
   private readonly pending = new Map<number, PendingRepair>();
-  /** unit -> per-fragment time of last repair sent or heard */
-  private readonly recent = new Map<number, Float64Array>();
+  /**
+   * unit -> per-fragment time of the last repair sent or heard. Only units this
+   * member holds are tracked, and entries idle for 10 x dedupMs are dropped, so
+   * memory follows recent repair activity, not the release size.
+   */
+  private readonly recent = new Map<number, { times: Float64Array; last: number }>();
+  private lastPrune = 0;
   suppressedFragments = 0;
 
   constructor(private readonly opts: RepairSchedulerOptions) {}
 
   onNack(unit: number, fragmentCount: number, missing: Uint8Array, designated: boolean, now: number): void {
-    const recent = this.recent.get(unit);
+    const recent = this.recent.get(unit)?.times;
     let p = this.pending.get(unit);
     if (!p) {
       const delay = this.opts.aggregateMs + (designated ? 0 : this.opts.backoffMs * this.opts.random());
@@ -60,10 +65,11 @@ export class RepairScheduler {
   sawFragment(unit: number, fragment: number, fragmentCount: number, now: number): void {
     let r = this.recent.get(unit);
     if (!r) {
-      r = new Float64Array(fragmentCount).fill(-Infinity);
+      r = { times: new Float64Array(fragmentCount).fill(-Infinity), last: now };
       this.recent.set(unit, r);
     }
-    if (fragment < r.length) r[fragment] = now;
+    r.last = now;
+    if (fragment < r.times.length) r.times[fragment] = now;
     const p = this.pending.get(unit);
     if (p && fragment < p.fragmentCount && getBit(p.want, fragment)) {
       p.want[fragment >>> 3] &= ~(0x80 >>> (fragment & 7));
@@ -73,6 +79,10 @@ export class RepairScheduler {
 
   /** Repairs due now, removed from the pending set. */
   due(now: number): RepairJob[] {
+    if (now - this.lastPrune > 1000) {
+      this.lastPrune = now;
+      for (const [u, r] of this.recent) if (now - r.last > 10 * this.opts.dedupMs && !this.pending.has(u)) this.recent.delete(u);
+    }
     const out: RepairJob[] = [];
     for (const [unit, p] of this.pending) {
       if (now < p.at) continue;
@@ -91,7 +101,8 @@ export class RepairScheduler {
     return best === null ? null : Math.max(0, best);
   }
 
-  forget(unit: number): void {
-    this.recent.delete(unit);
+  /** Units with repair history kept (for tests and metrics). */
+  get trackedUnits(): number {
+    return this.recent.size;
   }
 }
