@@ -146,11 +146,34 @@ async function benchTransport(runs: number): Promise<void> {
   await writeResult('transport', lines);
 }
 
+async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks', runs: number): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    process.stderr.write(`bench ${what}: needs root for network namespaces; skipped\n`);
+    process.exit(77);
+  }
+  const { benchLan, benchSites, benchUplinks, versions } = await import('./netns');
+  // Namespaces and processes are removed in each benchmark's finally; a signal must get there too.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exitCode = 130);
+  const body = what === 'lan' ? await benchLan(runs) : what === 'sites' ? await benchSites(runs) : await benchUplinks(runs);
+  await writeResult(what, [
+    `# Namespace benchmark: ${what}`,
+    '',
+    `Machine: ${machine()}.`,
+    `Versions: ${versions()}.`,
+    `Command: \`npm run bench -- ${what} ${runs}\` (as root). Medians of ${runs} runs, every tool measured in the same run.`,
+    '',
+    ...body,
+    `Generated ${new Date().toISOString()}.`,
+    '',
+  ]);
+}
+
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
+  if (what === 'lan' || what === 'sites' || what === 'uplinks') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport\n`);
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, lan, sites, uplinks\n`);
     process.exit(64);
   }
   const runs = Number(runsArg ?? 5);

@@ -83,3 +83,24 @@ test('a heartbeat carries the split map: who leases or holds each unit, and the 
   t.deepEqual(members.map((m) => m.rank), [1, 2]);
   t.is(hb.body.groupComplete, false);
 });
+
+test('a fresh server leases at once; after a restart it waits for the members it saw, until they rejoin', async (t) => {
+  const f = await startFleet(t, { size: 64 * 1024, unitSize: 16384 });
+  const ref = { release: f.manifest.id, group: 'g', member: 'm1' };
+  await post(f.url, '/v1/join', ref);
+  await post(f.url, '/v1/join', { ...ref, member: 'm2' });
+  const first = await post(f.url, '/v1/lease', ref);
+  t.true((first.body.units as number[]).length > 0, 'fresh store: no rebuild wait');
+  await f.server.stop(); // saves members.json
+  const { FleetcastServer } = await import('../src/server/server');
+  const again = new FleetcastServer({ storeDir: `${f.dir}/store`, host: '127.0.0.1', port: 0, heartbeatMs: 200, rebuildGraceMs: 30_000 });
+  const { url } = await again.start();
+  t.teardown(() => again.stop());
+  await post(url, '/v1/join', ref);
+  const waiting = await post(url, '/v1/lease', ref);
+  t.deepEqual(waiting.body.units, [], 'm2 has not rejoined: nothing leased yet');
+  t.true((waiting.body.retryAfterMs as number) > 0);
+  await post(url, '/v1/join', { ...ref, member: 'm2' });
+  const after = await post(url, '/v1/lease', ref);
+  t.true((after.body.units as number[]).length > 0, 'everyone is back: leasing resumes before the grace ends');
+});

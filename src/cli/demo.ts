@@ -91,7 +91,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const src = path.join(dir, 'release.bin');
     await writeRandomFile(src, o.sizeBytes);
     const m = await publishRelease(src, path.join(dir, 'store'), await loadPrivateKey(keyPath), { name: 'demo.bin', unitSize: o.unitSize });
-    srv = new FleetcastServer({ storeDir: path.join(dir, 'store'), host: '127.0.0.1', port: 0, heartbeatMs: 250, rebuildGraceMs: 0, allocator: { memberTimeoutMs: 3000 } });
+    srv = new FleetcastServer({ storeDir: path.join(dir, 'store'), host: '127.0.0.1', port: 0, heartbeatMs: 250, allocator: { memberTimeoutMs: 3000 } });
     const addr = await srv.start();
     const mcast = () => `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
     const shared = mcast();

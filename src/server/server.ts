@@ -1,4 +1,6 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { writeAtomic } from '../storage/partial-store';
 import * as http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
@@ -19,8 +21,9 @@ export interface ServerOptions {
   port: number;
   heartbeatMs?: number;
   /**
-   * After start, leases wait this long so that members that held units before a
-   * restart can report them first (soft state). Default max(3 heartbeats, 2 s).
+   * After a restart, a group's leases wait until every member seen shortly before
+   * it has rejoined and reported what it holds (soft state), but at most this long.
+   * Default max(3 heartbeats, 2 s). A fresh store has nobody to wait for.
    */
   rebuildGraceMs?: number;
   allocator?: Partial<Omit<AllocatorOptions, 'unitCount' | 'unitBytes'>>;
@@ -37,6 +40,9 @@ export interface ServerStats {
   requests: number;
   badRequests: number;
 }
+
+/** How long the server remembers members across a restart (members.json). */
+const MEMBER_MEMORY_MS = 10 * 60 * 1000;
 
 class HttpError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
@@ -56,6 +62,9 @@ export class FleetcastServer {
   readonly heartbeatMs: number;
   private readonly rebuildGraceMs: number;
   private startedAt = 0;
+  /** "release/group" -> members seen before the restart that have not rejoined yet. */
+  private readonly awaited = new Map<string, Set<string>>();
+  private membersDirty = false;
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
 
   constructor(private readonly opts: ServerOptions) {
@@ -73,6 +82,7 @@ export class FleetcastServer {
   async start(): Promise<{ host: string; port: number; url: string }> {
     await this.store.load();
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
+    await this.loadMembers();
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -81,16 +91,72 @@ export class FleetcastServer {
       });
     });
     this.startedAt = this.now();
-    this.timer = setInterval(() => this.expire(), Math.max(100, Math.floor(this.heartbeatMs / 2)));
+    this.timer = setInterval(() => {
+      this.expire();
+      void this.saveMembers();
+    }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
     this.timer.unref();
     const a = this.http.address() as AddressInfo;
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
     return { host: a.address, port: a.port, url: `http://${host}:${a.port}` };
   }
 
+  /** Members seen in the last MEMBER_MEMORY_MS before the file was written are awaited after a restart. */
+  private get membersFile(): string {
+    return path.join(this.opts.storeDir, 'members.json');
+  }
+
+  private async loadMembers(): Promise<void> {
+    let raw: string;
+    try {
+      raw = await fs.readFile(this.membersFile, 'utf8');
+    } catch {
+      return; // fresh store
+    }
+    try {
+      const j = JSON.parse(raw) as { savedAt?: unknown; groups?: unknown };
+      if (typeof j.savedAt !== 'number' || typeof j.groups !== 'object' || j.groups === null) throw new Error('bad shape');
+      if (this.now() - j.savedAt > MEMBER_MEMORY_MS) return; // too old: those agents gave up or moved on
+      for (const [key, ids] of Object.entries(j.groups as Record<string, unknown>)) {
+        if (!Array.isArray(ids)) continue;
+        const set = new Set(ids.filter((x): x is string => typeof x === 'string').slice(0, 100_000));
+        if (set.size) this.awaited.set(key, set);
+      }
+      if (this.awaited.size) this.log.info(`rebuilding allocation: waiting for ${[...this.awaited.values()].reduce((a, s) => a + s.size, 0)} member(s) seen before the restart`);
+    } catch (err) {
+      this.log.warn(`ignoring ${this.membersFile}: ${(err as Error).message}`);
+    }
+  }
+
+  private async saveMembers(): Promise<void> {
+    if (!this.membersDirty) return;
+    this.membersDirty = false;
+    const groups: Record<string, string[]> = {};
+    const now = this.now();
+    for (const [key, g] of this.groups) groups[key] = g.map(now).members.map((m) => m.id);
+    try {
+      await writeAtomic(this.membersFile, Buffer.from(JSON.stringify({ savedAt: now, groups })));
+    } catch (err) {
+      this.log.warn(`cannot save ${this.membersFile}: ${(err as Error).message}`);
+    }
+  }
+
+  /** ms a lease request in `key` must still wait for the rebuild, or 0. */
+  private rebuildWait(key: string, now: number): number {
+    const waiting = this.awaited.get(key);
+    if (!waiting || waiting.size === 0) return 0;
+    const left = this.startedAt + this.rebuildGraceMs - now;
+    if (left <= 0) {
+      this.awaited.delete(key);
+      return 0;
+    }
+    return Math.min(left, this.heartbeatMs);
+  }
+
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    await this.saveMembers();
     await new Promise<void>((resolve) => {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
@@ -100,7 +166,10 @@ export class FleetcastServer {
   private expire(): void {
     const now = this.now();
     for (const [key, g] of this.groups) {
-      for (const id of g.expire(now)) this.log.info(`${key}: member ${id} stopped heartbeating; its leases go to others`);
+      for (const id of g.expire(now)) {
+        this.membersDirty = true;
+        this.log.info(`${key}: member ${id} stopped heartbeating; its leases go to others`);
+      }
     }
   }
 
@@ -150,6 +219,8 @@ export class FleetcastServer {
         const now = this.now();
         const isNew = !g.hasMember(b.member);
         if (route === 'POST /v1/join') g.restart(b.member);
+        if (isNew) this.membersDirty = true;
+        this.awaited.get(`${b.release}/${b.group}`)?.delete(b.member);
         g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching });
         if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined`);
         return this.json(res, 200, { heartbeatMs: this.heartbeatMs, ...g.map(now) });
@@ -159,7 +230,7 @@ export class FleetcastServer {
         const { g } = await this.group(b);
         this.member(g, b);
         const now = this.now();
-        const wait = this.startedAt + this.rebuildGraceMs - now;
+        const wait = this.rebuildWait(`${b.release}/${b.group}`, now);
         if (wait > 0) return this.json(res, 200, { units: [], retryAfterMs: wait, exhausted: false });
         return this.json(res, 200, g.lease(b.member, now));
       }
@@ -184,6 +255,7 @@ export class FleetcastServer {
         const b = await this.body<MemberRef>(req, SCHEMAS.leave);
         const { g } = await this.group(b);
         g.leave(b.member);
+        this.membersDirty = true;
         return this.json(res, 200, { ok: true });
       }
       case 'GET /v1/fleet':

@@ -69,7 +69,6 @@ export async function startFleet(t: ExecutionContext, opts: { size: number; unit
     host: '127.0.0.1',
     port: 0,
     heartbeatMs: opts.heartbeatMs ?? 200,
-    rebuildGraceMs: 0,
     allocator: { memberTimeoutMs: opts.memberTimeoutMs ?? 2000 },
   });
   const { url } = await server.start();

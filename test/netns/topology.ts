@@ -36,8 +36,8 @@ export interface Topology {
   serverUrl(agent: Host): string;
   exec(ns: string, cmd: string[], opts?: { env?: NodeJS.ProcessEnv }): ChildProcess;
   run(ns: string, cmd: string[]): Promise<{ code: number | null; stdout: string; stderr: string }>;
-  /** Drop `pct`% of UDP datagrams arriving at `port` in each agent (nftables numgen). */
-  setLoss(pct: number, port: number): Promise<void>;
+  /** Drop `pct`% of UDP datagrams arriving at `port` (all UDP without one) in each agent (nftables numgen). */
+  setLoss(pct: number, port?: number): Promise<void>;
   txBytes(host: Host): Promise<number>;
   destroy(): Promise<void>;
 }
@@ -139,18 +139,20 @@ function finish(bed: Bed, server: Host, sites: Host[][], urlFor: (agent: Host) =
     run: (ns, cmd) => bed.run(ns, cmd),
     async setLoss(pct, port) {
       const nft = systemTool('nft');
+      const match = port === undefined ? 'meta l4proto udp' : `udp dport ${port}`;
       for (const a of agents) {
+        spawnSync('ip', ['netns', 'exec', a.ns, nft, 'delete', 'table', 'inet', 'fcloss']);
         sh(`ip netns exec ${a.ns} ${nft} -f - <<'EOF'
 table inet fcloss {
   chain input {
     type filter hook input priority 0;
-    udp dport ${port} counter numgen random mod 10000 < ${Math.round(pct * 100)} counter drop
+    ${match} counter numgen random mod 10000 < ${Math.round(pct * 100)} counter drop
   }
 }
 EOF`);
         // Read it back: a loss injector that silently does nothing would pass every test.
         const check = spawnSync('ip', ['netns', 'exec', a.ns, nft, 'list', 'table', 'inet', 'fcloss'], { encoding: 'utf8' });
-        if (check.status !== 0 || !check.stdout.includes(`udp dport ${port}`)) throw new Error(`testbed: loss rule not installed in ${a.ns}: ${check.stderr}`);
+        if (check.status !== 0 || !check.stdout.includes(match)) throw new Error(`testbed: loss rule not installed in ${a.ns}: ${check.stderr}`);
       }
     },
     async txBytes(h) {

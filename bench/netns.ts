@@ -1,0 +1,366 @@
+import { ChildProcess, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
+import { publishRelease } from '../src/release/publish';
+import { Host, lan, sites, Topology, uplinks } from '../test/netns/topology';
+
+/**
+ * Namespace benchmarks (issue "Real topologies"): fleetcast against what users would
+ * pick instead, in the same run, on the testbed of test/netns/topology.ts.
+ *   lan      topology (a): 1 source, 4 receivers, 256 MiB, 0% and 2% loss:
+ *            fleetcast vs UFTP (best of several -R) vs udpcast
+ *   sites    topology (b): 2 sites x 4 agents, 100 Mbit/s WAN, 128 MiB:
+ *            fleetcast vs every agent downloading over HTTP (curl) vs ideal
+ *   uplinks  topology (c): uplinks of 10/20/40/80 Mbit/s, 128 MiB:
+ *            fleetcast vs an equal static split vs ideal
+ */
+const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
+const MIB = 1024 * 1024;
+const MCAST = '239.200.0.1';
+const PORT = 7601;
+
+export const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** CPU seconds of a live process (utime + stime), read just before we stop it. */
+async function cpuOfLive(pid: number | undefined): Promise<number> {
+  if (!pid) return 0;
+  try {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK; // fields 14 and 15 of stat(5)
+  } catch {
+    return 0;
+  }
+}
+
+interface Timed {
+  child: ChildProcess;
+  done: Promise<{ code: number | null; cpu: number; stdout: string; stderr: string; at: number }>;
+}
+
+/** Run a command that exits by itself; `times` reports its CPU (user + sys of children). */
+function timed(topo: Topology, ns: string, cmd: string[], env?: NodeJS.ProcessEnv): Timed {
+  const child = topo.exec(ns, ['sh', '-c', '"$@"; s=$?; times; exit $s', 'sh', ...cmd], { env });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  const done = new Promise<{ code: number | null; cpu: number; stdout: string; stderr: string; at: number }>((resolve) =>
+    child.on('exit', (code) => {
+      const at = Date.now();
+      const lines = stdout.trim().split('\n');
+      const last = lines[lines.length - 1] ?? '';
+      const secs = [...last.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
+      resolve({ code, cpu: secs.reduce((a, b) => a + b, 0), stdout: lines.slice(0, -2).join('\n'), stderr, at });
+    }),
+  );
+  return { child, done };
+}
+
+async function sha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(file)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+async function lanTx(topo: Topology, hosts: Host[]): Promise<number> {
+  let n = 0;
+  for (const h of hosts) n += await topo.txBytes(h);
+  return n;
+}
+
+async function ifTx(topo: Topology, ns: string, ifname: string): Promise<number> {
+  const r = await topo.run(ns, ['cat', `/sys/class/net/${ifname}/statistics/tx_bytes`]);
+  return Number(r.stdout.trim());
+}
+
+async function ifNames(topo: Topology, ns: string): Promise<string[]> {
+  const r = await topo.run(ns, ['ls', '/sys/class/net']);
+  return r.stdout.split(/\s+/).filter((x) => x && x !== 'lo');
+}
+
+export interface RunResult {
+  seconds: number;
+  cpu: number;
+  lanBytes: number;
+  serverBytes: number;
+  ok: boolean;
+}
+
+/** A work directory with a random release published for fleetcast. */
+async function workdir(size: number) {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-bench-'));
+  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  const file = path.join(dir, 'release.bin');
+  const fh = await fs.open(file, 'w');
+  for (let left = size; left > 0; left -= 4 * MIB) await fh.write(randomBytes(Math.min(left, 4 * MIB)));
+  await fh.close();
+  const m = await publishRelease(file, path.join(dir, 'store'), await loadPrivateKey(keyPath), { name: 'release.bin' });
+  return { dir, file, pubPath, manifest: m, sha: m.sha256 };
+}
+
+async function startServer(topo: Topology, dir: string): Promise<ChildProcess> {
+  const srv = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', '250', '--log-level', 'warn']);
+  for (let i = 0; i < 200; i++) {
+    const r = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/releases").then(r=>process.exit(r.ok?0:1),()=>process.exit(1))']);
+    if (r.code === 0) return srv;
+    await new Promise((r2) => setTimeout(r2, 50));
+  }
+  throw new Error('fleetcast server did not start');
+}
+
+/** fleetcast: server + agents (groups as the topology's sites); time to the last verified agent. */
+async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, rateMbit: number, measure: Host[], serverIfs: string[]): Promise<RunResult> {
+  const srv = await startServer(topo, w.dir);
+  const txBefore = await lanTx(topo, measure);
+  let srvBefore = 0;
+  for (const i of serverIfs) srvBefore += await ifTx(topo, topo.server.ns, i);
+  const runId = randomBytes(3).toString('hex');
+  const started = Date.now();
+  const agents = topo.sites.flatMap((hosts, k) =>
+    hosts.map((h, i) =>
+      timed(topo, h.ns, [
+        process.execPath, BIN, 'agent', '--server', topo.serverUrl(h), '--group', `site${k + 1}`, '--interface', h.lanAddress,
+        '--multicast', `${MCAST}:${PORT}`, '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
+        '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
+        '--timeout', '600', '--log-level', 'warn',
+      ]),
+    ),
+  );
+  const res = await Promise.all(agents.map((a) => a.done));
+  const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
+  const srvCpu = await cpuOfLive(srv.pid);
+  srv.kill('SIGKILL');
+  let srvAfter = 0;
+  for (const i of serverIfs) srvAfter += await ifTx(topo, topo.server.ns, i);
+  const lanBytes = (await lanTx(topo, measure)) - txBefore;
+  let ok = res.every((r) => r.code === 0);
+  for (const r of res) if (ok) ok = (await sha256(r.stdout.trim().split('\n').pop()!)) === w.sha;
+  if (!ok) process.stderr.write(`fleetcast run failed: ${res.map((r) => `${r.code} ${r.stderr}`).join(' | ')}\n`);
+  for (const d of await fs.readdir(w.dir)) if (d.startsWith(`fc-${runId}`)) await fs.rm(path.join(w.dir, d), { recursive: true, force: true });
+  return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok };
+}
+
+/** UFTP: uftpd on each receiver, uftp on the server host at `kbps`. */
+async function runUftp(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, kbps: number): Promise<RunResult> {
+  const runId = randomBytes(3).toString('hex');
+  const hosts = topo.agents;
+  const daemons = await Promise.all(
+    hosts.map(async (h, i) => {
+      const d = path.join(w.dir, `uftp-${runId}-${i}`);
+      await fs.mkdir(d);
+      return { d, p: topo.exec(h.ns, ['uftpd', '-d', '-I', h.lanIf, '-D', d, '-M', MCAST, '-L', path.join(w.dir, `uftpd-${runId}-${i}.log`)]) };
+    }),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  const all = [topo.server, ...hosts];
+  const txBefore = await lanTx(topo, all);
+  const started = Date.now();
+  const s = await timed(topo, topo.server.ns, ['uftp', '-I', topo.server.lanIf, '-M', MCAST, '-R', String(kbps), '-L', path.join(w.dir, `uftp-${runId}.log`), w.file]).done;
+  const seconds = (s.at - started) / 1000;
+  let cpu = s.cpu;
+  for (const d of daemons) {
+    cpu += await cpuOfLive(d.p.pid);
+    d.p.kill('SIGKILL');
+  }
+  const lanBytes = (await lanTx(topo, all)) - txBefore;
+  let ok = s.code === 0;
+  for (const d of daemons) if (ok) ok = (await sha256(path.join(d.d, 'release.bin')).catch(() => '')) === w.sha;
+  for (const d of daemons) await fs.rm(d.d, { recursive: true, force: true });
+  return { seconds, cpu, lanBytes, serverBytes: 0, ok };
+}
+
+/** udpcast: udp-receiver on each receiver, udp-sender on the server host. */
+async function runUdpcast(topo: Topology, w: Awaited<ReturnType<typeof workdir>>): Promise<RunResult> {
+  const runId = randomBytes(3).toString('hex');
+  const hosts = topo.agents;
+  const outs = hosts.map((_, i) => path.join(w.dir, `udpcast-${runId}-${i}.bin`));
+  const all = [topo.server, ...hosts];
+  const txBefore = await lanTx(topo, all);
+  const recv = hosts.map((h, i) => timed(topo, h.ns, ['udp-receiver', '--file', outs[i], '--interface', h.lanIf, '--nokbd', '--no-progress']));
+  await new Promise((r) => setTimeout(r, 300));
+  const started = Date.now();
+  const s = timed(topo, topo.server.ns, ['udp-sender', '--file', w.file, '--interface', topo.server.lanIf, '--nokbd', '--no-progress', '--min-receivers', String(hosts.length), '--max-wait', '30', '--mcast-data-address', '239.200.0.9']);
+  const res = await Promise.all([s.done, ...recv.map((r) => r.done)]);
+  const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
+  const lanBytes = (await lanTx(topo, all)) - txBefore;
+  let ok = res.every((r) => r.code === 0);
+  for (const o of outs) if (ok) ok = (await sha256(o).catch(() => '')) === w.sha;
+  for (const o of outs) await fs.rm(o, { force: true });
+  return { seconds, cpu: res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: 0, ok };
+}
+
+/** Every agent downloads the whole file (or its range) over HTTP with curl from bench/static-server. */
+async function runCurl(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, serverIfs: string[], ranges?: [number, number][]): Promise<RunResult> {
+  const http = topo.exec(topo.server.ns, [process.execPath, path.join(__dirname, 'static-server.js'), w.dir, '7700']);
+  for (let i = 0; i < 100; i++) {
+    const r = await topo.run(topo.server.ns, ['curl', '-sf', '-r', '0-0', '-o', '/dev/null', 'http://127.0.0.1:7700/release.bin']);
+    if (r.code === 0) break;
+    await new Promise((r2) => setTimeout(r2, 50));
+  }
+  let before = 0;
+  for (const i of serverIfs) before += await ifTx(topo, topo.server.ns, i);
+  const runId = randomBytes(3).toString('hex');
+  const started = Date.now();
+  const jobs = topo.agents.map((h, i) => {
+    const url = topo.serverUrl(h).replace(':7600', ':7700') + '/release.bin';
+    const out = path.join(w.dir, `curl-${runId}-${i}.bin`);
+    const range = ranges ? ['-r', `${ranges[i][0]}-${ranges[i][1]}`] : [];
+    return { out, t: timed(topo, h.ns, ['curl', '-sf', ...range, '-o', out, url]) };
+  });
+  const res = await Promise.all(jobs.map((j) => j.t.done));
+  const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
+  const httpCpu = await cpuOfLive(http.pid);
+  http.kill('SIGKILL');
+  let after = 0;
+  for (const i of serverIfs) after += await ifTx(topo, topo.server.ns, i);
+  let ok = res.every((r) => r.code === 0);
+  if (ok && !ranges) for (const j of jobs) if (ok) ok = (await sha256(j.out)) === w.sha;
+  if (ok && ranges) for (const [i, j] of jobs.entries()) if (ok) ok = (await fs.stat(j.out)).size === ranges[i][1] - ranges[i][0] + 1;
+  for (const j of jobs) await fs.rm(j.out, { force: true });
+  return { seconds, cpu: httpCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes: 0, serverBytes: after - before, ok };
+}
+
+function summarize(rs: RunResult[]) {
+  if (!rs.every((r) => r.ok)) throw new Error('a run did not deliver the verified file to every receiver');
+  return { seconds: median(rs.map((r) => r.seconds)), cpu: median(rs.map((r) => r.cpu)), lanBytes: median(rs.map((r) => r.lanBytes)), serverBytes: median(rs.map((r) => r.serverBytes)) };
+}
+
+const log = (s: string) => process.stderr.write(s + '\n');
+
+export async function benchLan(runs: number): Promise<string[]> {
+  const size = 256 * MIB;
+  const topo = lan(4);
+  const w = await workdir(size);
+  const rows: string[] = [];
+  try {
+    for (const loss of [0, 2]) {
+      if (loss) await topo.setLoss(loss);
+      const fc: RunResult[] = [];
+      const ud: RunResult[] = [];
+      const uf: Record<number, RunResult[]> = { 300000: [], 600000: [], 1000000: [] };
+      for (let i = 0; i < runs; i++) {
+        fc.push(await runFleetcast(topo, w, 1000, [topo.server, ...topo.agents], []));
+        log(`lan ${loss}% fleetcast run ${i + 1}: ${fc[i].seconds.toFixed(2)} s`);
+        for (const k of Object.keys(uf).map(Number)) {
+          uf[k].push(await runUftp(topo, w, k));
+          log(`lan ${loss}% uftp -R ${k} run ${i + 1}: ${uf[k][i].seconds.toFixed(2)} s ${uf[k][i].ok ? '' : 'FAILED'}`);
+        }
+        ud.push(await runUdpcast(topo, w));
+        log(`lan ${loss}% udpcast run ${i + 1}: ${ud[i].seconds.toFixed(2)} s ${ud[i].ok ? '' : 'FAILED'}`);
+      }
+      const uftpRows = Object.entries(uf).map(([k, rs]) => ({ k, s: rs.every((r) => r.ok) ? summarize(rs) : null }));
+      const best = uftpRows.filter((x) => x.s).sort((a, b) => a.s!.seconds - b.s!.seconds)[0];
+      const f = summarize(fc);
+      const line = (name: string, s: ReturnType<typeof summarize> | null, note = '') =>
+        s
+          ? `| ${loss}% | ${name} | ${s.seconds.toFixed(2)} | ${((size * 8) / s.seconds / 1e6).toFixed(0)} | ${s.cpu.toFixed(2)} | ${(s.lanBytes / MIB).toFixed(0)} | ${best ? (s.seconds / best.s!.seconds).toFixed(2) : '-'} |${note}`
+          : `| ${loss}% | ${name} | failed | | | | |${note}`;
+      rows.push(line('fleetcast (1 Gbit/s per agent)', f));
+      for (const u of uftpRows) rows.push(line(`UFTP -R ${u.k}${best && u.k === best.k ? ' (best)' : ''}`, u.s));
+      rows.push(line('udpcast', ud.every((r) => r.ok) ? summarize(ud) : null));
+    }
+  } finally {
+    await topo.destroy();
+    await fs.rm(w.dir, { recursive: true, force: true });
+  }
+  return [
+    '## lan: one LAN, 1 source, 4 receivers, 256 MiB',
+    '',
+    'Topology (a): a bridge with the source host and 4 receiver hosts (veths, unshaped). fleetcast: the server on the source host, 4 agents sharing over multicast. UFTP and udpcast: multicast from the source host. Loss: nftables drops that share of all UDP arriving at each receiver (so fleetcast\'s HTTP, which is TCP, is spared, but its NACKs, announces and copies are not). Seconds: from start until every receiver holds the file (verified by SHA-256 after each run). CPU: user+system seconds of all processes. LAN bytes: bytes transmitted on every host\'s LAN interface.',
+    '',
+    '| loss | tool | seconds | goodput per receiver (Mbit/s) | CPU s | LAN MiB | time vs best UFTP |',
+    '| ---: | --- | ---: | ---: | ---: | ---: | ---: |',
+    ...rows,
+    '',
+  ];
+}
+
+export async function benchSites(runs: number): Promise<string[]> {
+  const size = 128 * MIB;
+  const wan = 100;
+  const topo = sites(2, 4, wan);
+  const w = await workdir(size);
+  const srvIfs = await ifNames(topo, topo.server.ns);
+  const ideal = (size * 8) / (wan * 1e6);
+  try {
+    const fc: RunResult[] = [];
+    const cu: RunResult[] = [];
+    for (let i = 0; i < runs; i++) {
+      fc.push(await runFleetcast(topo, w, 1000, topo.agents, srvIfs));
+      log(`sites fleetcast run ${i + 1}: ${fc[i].seconds.toFixed(2)} s, server sent ${(fc[i].serverBytes / MIB).toFixed(1)} MiB`);
+      cu.push(await runCurl(topo, w, srvIfs));
+      log(`sites curl run ${i + 1}: ${cu[i].seconds.toFixed(2)} s`);
+    }
+    const f = summarize(fc);
+    const c = summarize(cu);
+    const perGroup = (s: ReturnType<typeof summarize>) => (s.serverBytes / 2 / size).toFixed(3);
+    return [
+      '## sites: 2 sites x 4 agents, site WAN 100 Mbit/s, 128 MiB',
+      '',
+      'Topology (b): a server namespace; per site a router namespace whose WAN link to the server is shaped with tc tbf (100 Mbit/s each way), and a LAN bridge with 4 agents. Bytes leaving the server: bytes transmitted on the server\'s WAN interfaces (headers included). Ideal: size / site WAN rate, the sites in parallel.',
+      '',
+      '| method | seconds | bytes leaving the server (MiB) | per group / release size | seconds / ideal |',
+      '| --- | ---: | ---: | ---: | ---: |',
+      `| fleetcast | ${f.seconds.toFixed(2)} | ${(f.serverBytes / MIB).toFixed(1)} | ${perGroup(f)} | ${(f.seconds / ideal).toFixed(2)} |`,
+      `| every agent over HTTP (curl) | ${c.seconds.toFixed(2)} | ${(c.serverBytes / MIB).toFixed(1)} | ${perGroup(c)} | ${(c.seconds / ideal).toFixed(2)} |`,
+      `| ideal | ${ideal.toFixed(2)} | ${((2 * size) / MIB).toFixed(1)} | 1.000 | 1.00 |`,
+      '',
+    ];
+  } finally {
+    await topo.destroy();
+    await fs.rm(w.dir, { recursive: true, force: true });
+  }
+}
+
+export async function benchUplinks(runs: number): Promise<string[]> {
+  const size = 128 * MIB;
+  const rates = [10, 20, 40, 80];
+  const topo = uplinks(rates);
+  const w = await workdir(size);
+  const srvIfs = await ifNames(topo, topo.server.ns);
+  const ideal = (size * 8) / (rates.reduce((a, b) => a + b, 0) * 1e6);
+  const quarter = Math.ceil(size / rates.length);
+  const ranges = rates.map((_, i) => [i * quarter, Math.min(size, (i + 1) * quarter) - 1] as [number, number]);
+  try {
+    const fc: RunResult[] = [];
+    const st: RunResult[] = [];
+    for (let i = 0; i < runs; i++) {
+      fc.push(await runFleetcast(topo, w, 1000, topo.agents, srvIfs));
+      log(`uplinks fleetcast run ${i + 1}: ${fc[i].seconds.toFixed(2)} s`);
+      st.push(await runCurl(topo, w, srvIfs, ranges));
+      log(`uplinks static split run ${i + 1}: ${st[i].seconds.toFixed(2)} s`);
+    }
+    const f = summarize(fc);
+    const s = summarize(st);
+    return [
+      '## uplinks: 4 agents with their own uplinks of 10, 20, 40 and 80 Mbit/s, 128 MiB',
+      '',
+      'Topology (c): every agent has its own link to the server, shaped with tc tbf, and all share one LAN. Equal static split: each agent downloads a quarter over its own uplink with curl (time until the slowest quarter is in; the LAN exchange that would follow is not counted, which favours the split). Ideal: size / sum of uplinks.',
+      '',
+      '| method | seconds | seconds / ideal |',
+      '| --- | ---: | ---: |',
+      `| fleetcast | ${f.seconds.toFixed(2)} | ${(f.seconds / ideal).toFixed(2)} |`,
+      `| equal static split | ${s.seconds.toFixed(2)} | ${(s.seconds / ideal).toFixed(2)} |`,
+      `| ideal | ${ideal.toFixed(2)} | 1.00 |`,
+      '',
+    ];
+  } finally {
+    await topo.destroy();
+    await fs.rm(w.dir, { recursive: true, force: true });
+  }
+}
+
+export function versions(): string {
+  const v = (cmd: string, args: string[]) => (spawnSync(cmd, args, { encoding: 'utf8' }).stdout + spawnSync(cmd, args, { encoding: 'utf8' }).stderr).split('\n')[0].trim();
+  const deb = (p: string) => spawnSync('dpkg-query', ['-W', '-f=${Version}', p], { encoding: 'utf8' }).stdout.trim() || 'not installed';
+  return `fleetcast ${require('../../package.json').version}, Node ${process.version}, uftp ${deb('uftp')}, udpcast ${deb('udpcast')}, curl ${deb('curl')}, ${v('tc', ['-V'])}`;
+}
