@@ -20,6 +20,10 @@ import { Host, lan, sites, Topology, uplinks } from '../test/netns/topology';
 const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
 const MIB = 1024 * 1024;
 const MCAST = '239.200.0.1';
+/** No external tool may hang a benchmark: each runs under timeout(1). */
+const TOOL_TIMEOUT_S = '300';
+/** FLEETCAST_BENCH_MIB=N scales the release sizes down for a quick look (results say so). */
+const scale = (mib: number) => Number(process.env.FLEETCAST_BENCH_MIB ?? mib) * MIB;
 const PORT = 7601;
 
 export const median = (xs: number[]) => {
@@ -95,9 +99,17 @@ export interface RunResult {
   ok: boolean;
 }
 
+const workdirs = new Set<string>();
+
+/** Remove the benchmarks' work directories (for signal handlers). */
+export async function removeWorkdirs(): Promise<void> {
+  await Promise.all([...workdirs].map((d) => fs.rm(d, { recursive: true, force: true })));
+}
+
 /** A work directory with a random release published for fleetcast. */
 async function workdir(size: number) {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-bench-'));
+  workdirs.add(dir);
   const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
   const file = path.join(dir, 'release.bin');
   const fh = await fs.open(file, 'w');
@@ -131,7 +143,8 @@ async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir
         process.execPath, BIN, 'agent', '--server', topo.serverUrl(h), '--group', `site${k + 1}`, '--interface', h.lanAddress,
         '--multicast', `${MCAST}:${PORT}`, '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
-        '--timeout', '600', '--log-level', 'warn',
+        '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
+        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn',
       ]),
     ),
   );
@@ -143,8 +156,19 @@ async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir
   for (const i of serverIfs) srvAfter += await ifTx(topo, topo.server.ns, i);
   const lanBytes = (await lanTx(topo, measure)) - txBefore;
   let ok = res.every((r) => r.code === 0);
-  for (const r of res) if (ok) ok = (await sha256(r.stdout.trim().split('\n').pop()!)) === w.sha;
-  if (!ok) process.stderr.write(`fleetcast run failed: ${res.map((r) => `${r.code} ${r.stderr}`).join(' | ')}\n`);
+  for (const r of res) {
+    const p = r.stdout.trim().split('\n').pop() ?? '';
+    if (ok) ok = p !== '' && (await sha256(p).catch(() => '')) === w.sha;
+  }
+  if (!ok) process.stderr.write(`fleetcast run failed: ${res.map((r) => `exit ${r.code}, stdout ${JSON.stringify(r.stdout.slice(-200))}, stderr ${r.stderr}`).join(' | ')}\n`);
+  const shares: string[] = [];
+  for (const [k, hosts] of topo.sites.entries()) {
+    for (let i = 0; i < hosts.length; i++) {
+      const rep = JSON.parse(await fs.readFile(path.join(w.dir, `fc-${runId}-${k}-${i}.json`), 'utf8').catch(() => '{}'));
+      shares.push(`${(Number(rep.wanBytes ?? 0) / MIB).toFixed(0)}MiB/${Number(rep.seconds ?? 0).toFixed(1)}s`);
+    }
+  }
+  log(`  fleetcast per agent (WAN MiB / seconds): ${shares.join(' ')}`);
   for (const d of await fs.readdir(w.dir)) if (d.startsWith(`fc-${runId}`)) await fs.rm(path.join(w.dir, d), { recursive: true, force: true });
   return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok };
 }
@@ -157,14 +181,14 @@ async function runUftp(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, k
     hosts.map(async (h, i) => {
       const d = path.join(w.dir, `uftp-${runId}-${i}`);
       await fs.mkdir(d);
-      return { d, p: topo.exec(h.ns, ['uftpd', '-d', '-I', h.lanIf, '-D', d, '-M', MCAST, '-L', path.join(w.dir, `uftpd-${runId}-${i}.log`)]) };
+      return { d, p: topo.exec(h.ns, ['timeout', TOOL_TIMEOUT_S, 'uftpd', '-d', '-I', h.lanIf, '-D', d, '-M', MCAST, '-L', path.join(w.dir, `uftpd-${runId}-${i}.log`)]) };
     }),
   );
   await new Promise((r) => setTimeout(r, 300));
   const all = [topo.server, ...hosts];
   const txBefore = await lanTx(topo, all);
   const started = Date.now();
-  const s = await timed(topo, topo.server.ns, ['uftp', '-I', topo.server.lanIf, '-M', MCAST, '-R', String(kbps), '-L', path.join(w.dir, `uftp-${runId}.log`), w.file]).done;
+  const s = await timed(topo, topo.server.ns, ['timeout', TOOL_TIMEOUT_S, 'uftp', '-I', topo.server.lanIf, '-M', MCAST, '-R', String(kbps), '-L', path.join(w.dir, `uftp-${runId}.log`), w.file]).done;
   const seconds = (s.at - started) / 1000;
   let cpu = s.cpu;
   for (const d of daemons) {
@@ -185,10 +209,10 @@ async function runUdpcast(topo: Topology, w: Awaited<ReturnType<typeof workdir>>
   const outs = hosts.map((_, i) => path.join(w.dir, `udpcast-${runId}-${i}.bin`));
   const all = [topo.server, ...hosts];
   const txBefore = await lanTx(topo, all);
-  const recv = hosts.map((h, i) => timed(topo, h.ns, ['udp-receiver', '--file', outs[i], '--interface', h.lanIf, '--nokbd', '--no-progress']));
+  const recv = hosts.map((h, i) => timed(topo, h.ns, ['timeout', TOOL_TIMEOUT_S, 'udp-receiver', '--file', outs[i], '--interface', h.lanIf, '--nokbd', '--no-progress']));
   await new Promise((r) => setTimeout(r, 300));
   const started = Date.now();
-  const s = timed(topo, topo.server.ns, ['udp-sender', '--file', w.file, '--interface', topo.server.lanIf, '--nokbd', '--no-progress', '--min-receivers', String(hosts.length), '--max-wait', '30', '--mcast-data-address', '239.200.0.9']);
+  const s = timed(topo, topo.server.ns, ['timeout', TOOL_TIMEOUT_S, 'udp-sender', '--file', w.file, '--interface', topo.server.lanIf, '--nokbd', '--no-progress', '--min-receivers', String(hosts.length), '--max-wait', '30', '--mcast-data-address', '239.200.0.9']);
   const res = await Promise.all([s.done, ...recv.map((r) => r.done)]);
   const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
   const lanBytes = (await lanTx(topo, all)) - txBefore;
@@ -214,7 +238,7 @@ async function runCurl(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, s
     const url = topo.serverUrl(h).replace(':7600', ':7700') + '/release.bin';
     const out = path.join(w.dir, `curl-${runId}-${i}.bin`);
     const range = ranges ? ['-r', `${ranges[i][0]}-${ranges[i][1]}`] : [];
-    return { out, t: timed(topo, h.ns, ['curl', '-sf', ...range, '-o', out, url]) };
+    return { out, t: timed(topo, h.ns, ['timeout', TOOL_TIMEOUT_S, 'curl', '-sf', ...range, '-o', out, url]) };
   });
   const res = await Promise.all(jobs.map((j) => j.t.done));
   const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
@@ -237,7 +261,7 @@ function summarize(rs: RunResult[]) {
 const log = (s: string) => process.stderr.write(s + '\n');
 
 export async function benchLan(runs: number): Promise<string[]> {
-  const size = 256 * MIB;
+  const size = scale(256);
   const topo = lan(4);
   const w = await workdir(size);
   const rows: string[] = [];
@@ -285,7 +309,7 @@ export async function benchLan(runs: number): Promise<string[]> {
 }
 
 export async function benchSites(runs: number): Promise<string[]> {
-  const size = 128 * MIB;
+  const size = scale(128);
   const wan = 100;
   const topo = sites(2, 4, wan);
   const w = await workdir(size);
@@ -322,7 +346,7 @@ export async function benchSites(runs: number): Promise<string[]> {
 }
 
 export async function benchUplinks(runs: number): Promise<string[]> {
-  const size = 128 * MIB;
+  const size = scale(128);
   const rates = [10, 20, 40, 80];
   const topo = uplinks(rates);
   const w = await workdir(size);

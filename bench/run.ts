@@ -151,9 +151,15 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks', runs: number):
     process.stderr.write(`bench ${what}: needs root for network namespaces; skipped\n`);
     process.exit(77);
   }
-  const { benchLan, benchSites, benchUplinks, versions } = await import('./netns');
-  // Namespaces and processes are removed in each benchmark's finally; a signal must get there too.
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exitCode = 130);
+  const { benchLan, benchSites, benchUplinks, versions, removeWorkdirs } = await import('./netns');
+  // Namespaces and processes go in each benchmark's finally; on a signal, here.
+  const { destroyAll } = await import('../test/netns/topology');
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`bench ${what}: ${sig}: removing namespaces and processes\n`);
+      void Promise.all([destroyAll(), removeWorkdirs()]).finally(() => process.exit(130));
+    });
+  }
   const body = what === 'lan' ? await benchLan(runs) : what === 'sites' ? await benchSites(runs) : await benchUplinks(runs);
   await writeResult(what, [
     `# Namespace benchmark: ${what}`,

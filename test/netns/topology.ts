@@ -59,11 +59,23 @@ function sh(cmd: string): void {
   if (r.status !== 0) throw new Error(`testbed: ${cmd.split('\n')[0]}…: ${r.stderr.trim()}`);
 }
 
+/** Testbeds not yet destroyed, so a signal handler can remove them all. */
+const live = new Set<Bed>();
+
+/** Destroy every testbed of this process (for SIGINT/SIGTERM in benchmarks). */
+export async function destroyAll(): Promise<void> {
+  await Promise.all([...live].map((b) => b.destroy()));
+}
+
 class Bed {
   readonly prefix = `fc${randomBytes(2).toString('hex')}`;
   readonly namespaces: string[] = [];
   readonly children = new Set<ChildProcess>();
   private n = 0;
+
+  constructor() {
+    live.add(this);
+  }
 
   ns(role: string): string {
     const name = `${this.prefix}-${role}`;
@@ -111,6 +123,7 @@ ip -n ${b} link set ${ib} up`);
   }
 
   async destroy(): Promise<void> {
+    live.delete(this);
     for (const c of this.children) c.kill('SIGKILL');
     for (const ns of this.namespaces) {
       const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
@@ -185,7 +198,7 @@ export function lan(n: number): Topology {
       const ns = bed.ns(role);
       const [inner, outer] = bed.link(ns, sw);
       const addr = `10.200.0.${i}`;
-      sh(`ip -n ${ns} addr add ${addr}/24 dev ${inner}\nip -n ${sw} link set ${outer} master br0`);
+      sh(`ip -n ${ns} addr add ${addr}/24 brd + dev ${inner}\nip -n ${sw} link set ${outer} master br0`);
       multicastVia(ns, inner);
       return { ns, address: addr, lanIf: inner, lanAddress: addr };
     };
@@ -217,13 +230,13 @@ ip netns exec ${r} sysctl -qw net.ipv4.ip_forward=1`);
       tbf(srvNs, srvIf, wanMbit);
       tbf(r, rWan, wanMbit);
       bed.bridge(r);
-      sh(`ip -n ${r} addr add 10.200.${k}.1/24 dev br0`);
+      sh(`ip -n ${r} addr add 10.200.${k}.1/24 brd + dev br0`);
       const agents: Host[] = [];
       for (let i = 1; i <= a; i++) {
         const ns = bed.ns(`s${k}a${i}`);
         const [inner, outer] = bed.link(ns, r);
         const addr = `10.200.${k}.${10 + i}`;
-        sh(`ip -n ${ns} addr add ${addr}/24 dev ${inner}
+        sh(`ip -n ${ns} addr add ${addr}/24 brd + dev ${inner}
 ip -n ${r} link set ${outer} master br0
 ip -n ${ns} route add default via 10.200.${k}.1`);
         multicastVia(ns, inner);
@@ -252,7 +265,7 @@ export function uplinks(uplinkMbit: number[]): Topology {
       const ns = bed.ns(`a${i}`);
       const [lanIf, swIf] = bed.link(ns, sw);
       const [wanIf, srvIf] = bed.link(ns, srvNs);
-      sh(`ip -n ${ns} addr add 10.200.0.${10 + i}/24 dev ${lanIf}
+      sh(`ip -n ${ns} addr add 10.200.0.${10 + i}/24 brd + dev ${lanIf}
 ip -n ${sw} link set ${swIf} master br0
 ip -n ${ns} addr add 10.200.${100 + i}.2/30 dev ${wanIf}
 ip -n ${srvNs} addr add 10.200.${100 + i}.1/30 dev ${srvIf}`);
