@@ -181,7 +181,9 @@ async function runUftp(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, k
     hosts.map(async (h, i) => {
       const d = path.join(w.dir, `uftp-${runId}-${i}`);
       await fs.mkdir(d);
-      return { d, p: topo.exec(h.ns, ['timeout', TOOL_TIMEOUT_S, 'uftpd', '-d', '-I', h.lanIf, '-D', d, '-M', MCAST, '-L', path.join(w.dir, `uftpd-${runId}-${i}.log`)]) };
+      // Not under timeout(1): we stop it ourselves, and SIGKILL to timeout would orphan
+      // uftpd (still bound to the UFTP port for the next run) and measure the wrong CPU.
+      return { d, p: topo.exec(h.ns, ['uftpd', '-d', '-I', h.lanIf, '-D', d, '-M', MCAST, '-L', path.join(w.dir, `uftpd-${runId}-${i}.log`)]) };
     }),
   );
   await new Promise((r) => setTimeout(r, 300));
