@@ -1,6 +1,7 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import test, { ExecutionContext } from 'ava';
+import { run, RunResult } from './run';
 
 /**
  * Network-namespace helpers. Namespace tests need root (CAP_SYS_ADMIN) and iproute2.
@@ -22,26 +23,7 @@ export function namespaceTest(title: string, fn: (t: ExecutionContext) => Promis
   else test.skip(`${title} (skipped: ${why})`, () => {});
 }
 
-export interface ExecResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-export function run(cmd: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<ExecResult> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d) => (stdout += d));
-    c.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => c.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
-    c.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+export type ExecResult = RunResult;
 
 /** Create a namespace, run `setup` (shell lines) inside it, delete it at teardown. */
 export async function netns(t: ExecutionContext, setup: string[]): Promise<string> {
