@@ -187,3 +187,10 @@ test('a fragment grid larger than the default datagram size still gets through (
     t.true(rep.lanBytes > 0, `${id} took nothing from the LAN`);
   }
 });
+
+test('an empty release (0 bytes, no units) completes on every agent', async (t) => {
+  const r = await runDemo({ agents: 2, sizeBytes: 0, lossPct: 0, timeoutS: 30 });
+  t.true(r.ok, JSON.stringify(r.agents));
+  t.is(r.units, 0);
+  for (const a of r.agents) t.is(a.sha256, r.releaseSha256);
+});

@@ -187,7 +187,6 @@ export class Agent {
   private finishing = false;
   private started = 0;
   private completedAt = 0;
-  private lastNackHeard = 0;
   private completion!: { resolve: (p: string) => void; reject: (e: Error) => void };
   private readonly completed: Promise<string>;
   private closed = false;
@@ -304,7 +303,8 @@ export class Agent {
     this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);
     this.announceTimer = setInterval(() => this.announce(), AGENT_DEFAULTS.announceMs);
     this.announce();
-    if (this.store.isComplete) {
+    // Already complete, or nothing to fetch at all (an empty release has no units).
+    if (this.store.isComplete || this.store.verifiedUnits === this.manifest.unitCount) {
       void this.complete();
     } else {
       for (let i = 0; i < AGENT_DEFAULTS.fetchConcurrency; i++) void this.fetchWorker();
@@ -674,7 +674,6 @@ export class Agent {
       }
       case PacketType.NACK: {
         this.stats.nacksHeard++;
-        this.lastNackHeard = now;
         const u = p.unit;
         if (u >= this.manifest.unitCount || p.fragmentBytes !== this.fragmentBytes) return this.drop('nack-invalid');
         const fc = fragmentCountFor(unitLength(this.manifest, u), this.fragmentBytes);
@@ -917,28 +916,17 @@ export class Agent {
     // fragments that are on their way.
     for (const u of this.copying.keys()) bits[u >>> 3] &= ~(0x80 >>> (u & 7));
     const n = this.manifest.unitCount;
-    const perPacket = Math.min(n, (this.fragmentBytes - 64) * 8);
-    for (let first = 0; first < n || first === 0; first += Math.max(1, perPacket)) {
+    // One packet per bitmap chunk that fits a fragment; at least one (an empty release).
+    const perPacket = (this.fragmentBytes - 64) * 8;
+    let first = 0;
+    do {
       const count = Math.min(perPacket, n - first);
       const have = new Uint8Array(bitmapBytes(count));
       for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
       this.repairQueue.push(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have }));
-      if (n === 0) break;
-    }
+      first += perPacket;
+    } while (first < n);
     this.drain();
-  }
-
-  /** Peers heard on the LAN in the last few seconds. */
-  peersSeen(): number {
-    const now = Date.now();
-    let n = 0;
-    for (const p of this.peers.values()) if (now - p.lastSeen < AGENT_DEFAULTS.peerTimeoutMs) n++;
-    return n;
-  }
-
-  /** Exposed for tests and the demo. */
-  get lastNackHeardAt(): number {
-    return this.lastNackHeard;
   }
 }
 
