@@ -1,5 +1,5 @@
 import test from 'ava';
-import { NackScheduler, normBackoff } from '../src/agent/nack-scheduler';
+import { NackRequest, NackScheduler, normBackoff } from '../src/agent/nack-scheduler';
 import { RepairScheduler } from '../src/agent/repair-scheduler';
 
 const all = (n: number) => {
@@ -9,7 +9,10 @@ const all = (n: number) => {
 };
 
 function sched(random: () => number) {
-  return new NackScheduler({ backoffMs: 100, holdoffMs: 300, groupSize: 8, maxUnitsInFlight: 4, random });
+  const s = new NackScheduler({ backoffMs: 100, holdoffMs: 300, groupSize: 8, maxUnitsInFlight: 4, random });
+  /** The gaps are the ripe units; their bitmaps are looked up only when the scheduler asks. */
+  const poll = (now: number, gaps: NackRequest[]) => s.poll(now, gaps.map((g) => g.unit), (u: number) => gaps.find((g) => g.unit === u) ?? null);
+  return Object.assign(s, { pollGaps: poll });
 }
 
 test('NORM backoff stays within [0, T] and grows with U', (t) => {
@@ -21,39 +24,45 @@ test('NORM backoff stays within [0, T] and grows with U', (t) => {
 test('a gap is NACKed only after the random backoff', (t) => {
   const s = sched(() => 0.5);
   const gap = { unit: 3, fragmentCount: 10, missing: all(10) };
-  t.deepEqual(s.poll(0, [gap]), []);
+  t.deepEqual(s.pollGaps(0, [gap]), []);
   const due = normBackoff(100, 8, 0.5);
-  t.deepEqual(s.poll(due - 1, [gap]), []);
-  const out = s.poll(due, [gap]);
+  t.deepEqual(s.pollGaps(due - 1, [gap]), []);
+  const out = s.pollGaps(due, [gap]);
   t.is(out.length, 1);
   t.is(out[0].unit, 3);
   // then holds off: no second NACK before the holdoff ends
-  t.deepEqual(s.poll(due + 299, [gap]), []);
+  t.deepEqual(s.pollGaps(due + 299, [gap]), []);
 });
 
 test('a NACK heard during backoff that covers our gaps suppresses ours', (t) => {
   const s = sched(() => 0.9);
   const gap = { unit: 1, fragmentCount: 16, missing: all(16) };
-  s.poll(0, [gap]);
+  s.pollGaps(0, [gap]);
   s.heardNack(1, 16, all(16), 10);
-  t.deepEqual(s.poll(1000, [gap]), []);
+  t.deepEqual(s.pollGaps(1000, [gap]), []);
   t.is(s.suppressed, 1);
   t.is(s.sent, 0);
 });
 
 test('a partial overlap sends only the fragments nobody asked for', (t) => {
   const s = sched(() => 0.9);
-  s.poll(0, [{ unit: 1, fragmentCount: 16, missing: all(16) }]);
+  s.pollGaps(0, [{ unit: 1, fragmentCount: 16, missing: all(16) }]);
   s.heardNack(1, 16, new Uint8Array([0xff, 0x00]), 10);
-  const out = s.poll(1000, [{ unit: 1, fragmentCount: 16, missing: all(16) }]);
+  const out = s.pollGaps(1000, [{ unit: 1, fragmentCount: 16, missing: all(16) }]);
   t.deepEqual([...out[0].missing], [0x00, 0xff]);
 });
 
-test('at most maxUnitsInFlight units are requested at once', (t) => {
+test('at most maxUnitsInFlight units are requested at once, and only their bitmaps are built', (t) => {
   const s = sched(() => 0);
   const gaps = Array.from({ length: 10 }, (_, u) => ({ unit: u, fragmentCount: 8, missing: all(8) }));
-  s.poll(0, gaps);
-  t.is(s.poll(0, gaps).length, 4);
+  s.pollGaps(0, gaps);
+  t.is(s.pollGaps(0, gaps).length, 4);
+  let built = 0;
+  s.poll(1, gaps.map((g) => g.unit), (u) => {
+    built++;
+    return gaps[u];
+  });
+  t.is(built, 0, 'units over the limit or on a timer cost no bitmap');
 });
 
 test('repairs aggregate NACKs; a non-designated repairer yields to a repair it hears', (t) => {

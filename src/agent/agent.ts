@@ -746,17 +746,24 @@ export class Agent {
     void this.acceptUnit(unit, a.buf, 'lan');
   }
 
-  private *gaps(now: number): Generator<NackRequest> {
+  /** Units a peer holds that we lack, not being fetched, and quiet for gapQuietMs: cheap checks only. */
+  private *ripeUnits(now: number): Generator<number> {
     for (const u of this.availableMissing) {
       if (this.store.has(u) || this.fetching.has(u)) continue;
-      const len = unitLength(this.manifest, u);
-      const fc = fragmentCountFor(len, this.fragmentBytes);
       const a = this.assemblies.get(u);
       if (a && (a.verifying || now - a.lastData < AGENT_DEFAULTS.gapQuietMs)) continue;
-      const missing = new Uint8Array(bitmapBytes(fc));
-      for (let i = 0; i < fc; i++) if (!a || !getBit(a.got, i)) missing[i >>> 3] |= 0x80 >>> (i & 7);
-      yield { unit: u, fragmentCount: fc, missing };
+      yield u;
     }
+  }
+
+  /** The missing-fragment bitmap of a unit, or null when nothing is missing any more. */
+  private gapOf(u: number): NackRequest | null {
+    if (this.store.has(u) || this.fetching.has(u)) return null;
+    const fc = fragmentCountFor(unitLength(this.manifest, u), this.fragmentBytes);
+    const a = this.assemblies.get(u);
+    const missing = new Uint8Array(bitmapBytes(fc));
+    for (let i = 0; i < fc; i++) if (!a || !getBit(a.got, i)) missing[i >>> 3] |= 0x80 >>> (i & 7);
+    return { unit: u, fragmentCount: fc, missing };
   }
 
   private tick(): void {
@@ -764,7 +771,7 @@ export class Agent {
     const now = Date.now();
     if (!this.store.isComplete) {
       const before = this.nacks.suppressed;
-      for (const n of this.nacks.poll(now, this.gaps(now))) {
+      for (const n of this.nacks.poll(now, this.ripeUnits(now), (u) => this.gapOf(u))) {
         this.repairQueue.push(
           encodeNack({ sender: this.senderId, releaseId: this.manifest.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fragmentBytes, missing: n.missing }),
         );

@@ -78,28 +78,34 @@ export class NackScheduler {
   }
 
   /**
-   * `gaps` lists units that are missing fragments and ripe for a NACK (their
-   * source has finished sending), with the missing-fragment bitmaps. Returns the
-   * NACKs to send now.
+   * `ripe` lists units that are missing fragments and ripe for a NACK (their source
+   * has finished sending); `gapOf` builds a unit's missing-fragment bitmap and is
+   * called only when the scheduler needs it (a new timer, or one that expired), so
+   * the many units waiting on a timer or on the in-flight limit cost nothing per poll.
+   * Returns the NACKs to send now.
    */
-  poll(now: number, gaps: Iterable<NackRequest>): NackRequest[] {
+  poll(now: number, ripe: Iterable<number>, gapOf: (unit: number) => NackRequest | null): NackRequest[] {
     const out: NackRequest[] = [];
-    let inFlight = 0;
-    for (const p of this.pending.values()) if (p.state === 'holdoff' || p.state === 'backoff') inFlight++;
-    for (const g of gaps) {
-      const p = this.pending.get(g.unit);
+    let inFlight = this.pending.size;
+    for (const unit of ripe) {
+      const p = this.pending.get(unit);
       if (!p) {
         if (inFlight >= this.opts.maxUnitsInFlight) continue;
+        const g = gapOf(unit);
+        if (!g) continue;
         inFlight++;
-        const delay = normBackoff(this.opts.backoffMs, this.opts.groupSize, this.opts.random());
-        this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)) });
+        this.startBackoff(g, now);
         continue;
       }
       if (now < p.until) continue;
+      const g = gapOf(unit);
+      if (!g) {
+        this.pending.delete(unit);
+        continue;
+      }
       if (p.state === 'holdoff') {
         // Repairs did not fill the gaps in time: back off again and ask.
-        const delay = normBackoff(this.opts.backoffMs, this.opts.groupSize, this.opts.random());
-        this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)) });
+        this.startBackoff(g, now);
         continue;
       }
       // Backoff expired: send what nobody else asked for.
@@ -110,14 +116,19 @@ export class NackScheduler {
         if (rest[i]) any = true;
       }
       if (any) {
-        out.push({ unit: g.unit, fragmentCount: g.fragmentCount, missing: rest });
+        out.push({ unit, fragmentCount: g.fragmentCount, missing: rest });
         this.sent++;
       } else {
         this.suppressed++;
       }
-      this.pending.set(g.unit, { state: 'holdoff', until: now + this.opts.holdoffMs, heard: new Uint8Array(0) });
+      this.pending.set(unit, { state: 'holdoff', until: now + this.opts.holdoffMs, heard: new Uint8Array(0) });
     }
     return out;
+  }
+
+  private startBackoff(g: NackRequest, now: number): void {
+    const delay = normBackoff(this.opts.backoffMs, this.opts.groupSize, this.opts.random());
+    this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)) });
   }
 
   /** Units with a timer running. */
