@@ -66,15 +66,20 @@ test('forged copy packets on the LAN are rejected by the unit hash and never sto
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   sock.setMulticastInterface('127.0.0.1');
   t.teardown(() => sock.close());
-  // As the agents start, flood well-formed DATA packets with garbage payloads for
-  // 1.5 s. (A flood that never stops can stall the units it targets, because the
-  // first fragment received wins; authenticating senders is the security issue's.)
+  // Agents paced slowly enough that the transfer outlasts the flood.
+  const agents = ['a', 'b'].map((id) => f.spawnAgent(id, ['--rate', '12', '--report', path.join(f.dir, `${id}.json`)]));
+  // Their sockets are open once they have joined (the transport opens first).
+  const joined = () => (f.server.fleet() as { groups: { members: unknown[] }[] }).groups[0]?.members.length ?? 0;
+  for (let i = 0; i < 400 && joined() < 2; i++) await new Promise((r) => setTimeout(r, 25));
+  // Flood well-formed DATA packets with garbage payloads for 1.5 s. (A flood that
+  // never stops can stall the units it targets, because the first fragment received
+  // wins; authenticating senders is the security issue's.)
   let stop = false;
   const floodEnd = Date.now() + 1500;
   const flood = (async () => {
     const garbage = Buffer.alloc(fb, 0xa5);
     while (!stop && Date.now() < floodEnd) {
-      for (let u = 0; u < f.manifest.unitCount; u += 3) {
+      for (let u = 0; u < f.manifest.unitCount; u++) {
         const fc = fragmentCountFor(f.manifest.unitSize, fb);
         for (let i = 0; i < fc; i++) {
           const len = i === fc - 1 ? f.manifest.unitSize - i * fb : fb;
@@ -84,7 +89,6 @@ test('forged copy packets on the LAN are rejected by the unit hash and never sto
       await new Promise((r) => setTimeout(r, 30));
     }
   })();
-  const agents = ['a', 'b'].map((id) => f.spawnAgent(id, ['--report', path.join(f.dir, `${id}.json`)]));
   const codes = await Promise.all(agents.map((a) => a.exit));
   stop = true;
   await flood;
