@@ -131,7 +131,7 @@ test('a tampered manifest on the server is refused: bad signature, exit 65', asy
 
 test('a late joiner takes what its LAN already has from its peers', async (t) => {
   const f = await startFleet(t, { size: 12 * 1024 * 1024, unitSize: 512 * 1024 });
-  const early = ['e1', 'e2'].map((id) => f.spawnAgent(id, ['--rate', '20', '--report', path.join(f.dir, `${id}.json`)]));
+  const early = ['e1', 'e2'].map((id) => f.spawnAgent(id, ['--rate', '12', '--report', path.join(f.dir, `${id}.json`)]));
   // Join once an early agent holds a third of the release.
   for (let i = 0; i < 400; i++) {
     await new Promise((r) => setTimeout(r, 25));
@@ -139,7 +139,7 @@ test('a late joiner takes what its LAN already has from its peers', async (t) =>
     const held = Math.max(0, ...(fleet.groups[0]?.members ?? []).map((m) => m.verifiedUnits));
     if (held >= f.manifest.unitCount / 3) break;
   }
-  const late = f.spawnAgent('late', ['--rate', '20', '--report', path.join(f.dir, 'late.json')]);
+  const late = f.spawnAgent('late', ['--rate', '12', '--report', path.join(f.dir, 'late.json')]);
   const codes = await Promise.all([...early, late].map((a) => a.exit));
   t.deepEqual(codes, [0, 0, 0], late.stderr());
   const rep = JSON.parse(await fs.readFile(path.join(f.dir, 'late.json'), 'utf8'));
