@@ -332,33 +332,36 @@ export class GroupAllocator {
 
   /** The split-download map (004 claim 11): who leases or holds each unit, and the ranking. */
   map(now: number): SplitMap {
+    const members = this.memberViews(now);
+    const index = new Map<string, number>(members.map((m, i) => [m.id, i]));
+    const holders = new Array<number>(this.opts.unitCount).fill(-1);
+    for (const [u, l] of this.leases) holders[u] = index.get(l.member) ?? -1;
+    for (const v of members) {
+      const m = this.members.get(v.id)!;
+      const i = index.get(v.id)!;
+      for (let u = 0; u < this.opts.unitCount; u++) if (holders[u] === -1 && getBit(m.have, u)) holders[u] = i;
+    }
+    return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete) };
+  }
+
+  /** The members, ranked by overhead: the split map without its O(units x members) holders. */
+  memberViews(now: number): MemberView[] {
     const ranked = [...this.members.values()].sort((a, b) => {
       if (a.overhead === null && b.overhead === null) return a.joinedAt - b.joinedAt || (a.id < b.id ? -1 : 1);
       if (a.overhead === null) return 1;
       if (b.overhead === null) return -1;
       return a.overhead - b.overhead;
     });
-    const index = new Map<string, number>();
-    const members: MemberView[] = ranked.map((m, i) => {
-      index.set(m.id, i);
-      return {
-        id: m.id,
-        rank: i + 1,
-        overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
-        verifiedUnits: m.verified,
-        leases: m.leases.size,
-        complete: m.complete,
-        lastSeenMsAgo: Math.max(0, now - m.lastSeen),
-        address: m.address,
-      };
-    });
-    const holders = new Array<number>(this.opts.unitCount).fill(-1);
-    for (const [u, l] of this.leases) holders[u] = index.get(l.member) ?? -1;
-    for (const m of ranked) {
-      const i = index.get(m.id)!;
-      for (let u = 0; u < this.opts.unitCount; u++) if (holders[u] === -1 && getBit(m.have, u)) holders[u] = i;
-    }
-    return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete) };
+    return ranked.map((m, i) => ({
+      id: m.id,
+      rank: i + 1,
+      overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
+      verifiedUnits: m.verified,
+      leases: m.leases.size,
+      complete: m.complete,
+      lastSeenMsAgo: Math.max(0, now - m.lastSeen),
+      address: m.address,
+    }));
   }
 
   /** Units no live member holds verified. */

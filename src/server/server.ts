@@ -133,7 +133,7 @@ export class FleetcastServer {
     this.membersDirty = false;
     const groups: Record<string, string[]> = {};
     const now = this.now();
-    for (const [key, g] of this.groups) groups[key] = g.map(now).members.map((m) => m.id);
+    for (const [key, g] of this.groups) groups[key] = g.memberViews(now).map((m) => m.id);
     try {
       await writeAtomic(this.membersFile, Buffer.from(JSON.stringify({ savedAt: now, groups })));
     } catch (err) {
@@ -278,7 +278,8 @@ export class FleetcastServer {
     return {
       groups: [...this.groups.entries()].map(([key, g]) => {
         const [release, group] = key.split('/');
-        return { release, group, missingUnits: g.missingInGroup(), ...g.map(now), holders: undefined };
+        const members = g.memberViews(now);
+        return { release, group, missingUnits: g.missingInGroup(), members, groupComplete: members.length > 0 && members.every((m) => m.complete) };
       }),
     };
   }
