@@ -588,6 +588,7 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     for (const t of [this.tickTimer, this.heartbeatTimer, this.announceTimer]) if (t) clearInterval(t);
+    if (this.announcePending) clearTimeout(this.announcePending);
     if (this.drainTimer) clearTimeout(this.drainTimer);
     this.wake();
     for (const w of this.copyQueueWaiters.splice(0)) w();
@@ -908,9 +909,16 @@ export class Agent {
     }
   }
 
+  /** One announce for everything that changed within announceDebounceMs, not one per change. */
+  private announcePending: NodeJS.Timeout | null = null;
+
   private announceSoon(): void {
-    if (this.closed) return;
-    setTimeout(() => this.announce(), AGENT_DEFAULTS.announceDebounceMs).unref();
+    if (this.closed || this.announcePending) return;
+    this.announcePending = setTimeout(() => {
+      this.announcePending = null;
+      this.announce();
+    }, AGENT_DEFAULTS.announceDebounceMs);
+    this.announcePending.unref();
   }
 
   private announce(): void {
