@@ -141,7 +141,7 @@ async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir
     hosts.map((h, i) =>
       timed(topo, h.ns, [
         process.execPath, BIN, 'agent', '--server', topo.serverUrl(h), '--group', `site${k + 1}`, '--interface', h.lanAddress,
-        '--multicast', `${MCAST}:${PORT}`, '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
+        '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
         '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn',

@@ -88,6 +88,8 @@ export interface AgentStats {
   nacksSent: number;
   nacksSuppressed: number;
   nacksHeard: number;
+  /** NACKed units we queued repair fragments for. */
+  nacksAnswered: number;
   unitsFromWan: number;
   unitsFromLan: number;
   unitsRejected: number;
@@ -214,6 +216,7 @@ export class Agent {
       nacksSent: 0,
       nacksSuppressed: 0,
       nacksHeard: 0,
+      nacksAnswered: 0,
       unitsFromWan: 0,
       unitsFromLan: 0,
       unitsRejected: 0,
@@ -236,6 +239,26 @@ export class Agent {
   }
   get progress(): { verified: number; total: number } {
     return { verified: this.store?.verifiedUnits ?? 0, total: this.manifest?.unitCount ?? 0 };
+  }
+
+  /** LAN send rate, changeable at run time (SIGHUP reload). */
+  setRate(bytesPerSec: number): void {
+    this.bucket.rateBytesPerSec = bytesPerSec;
+  }
+  get rateBytesPerSec(): number {
+    return this.bucket.rateBytesPerSec;
+  }
+
+  /** Other agents heard on the LAN for this release lately (sender ids are per process). */
+  peersSeen(): { sender: string; lastSeenMsAgo: number; complete: boolean }[] {
+    const now = Date.now();
+    return [...this.peers.entries()]
+      .filter(([, p]) => now - p.lastSeen < AGENT_DEFAULTS.peerTimeoutMs)
+      .map(([id, p]) => ({ sender: id.toString(16).padStart(8, '0'), lastSeenMsAgo: now - p.lastSeen, complete: p.complete }));
+  }
+
+  get isComplete(): boolean {
+    return this.finalPath !== null;
   }
 
   /** Join, then resolve with the final file's path once the release is complete and verified. */
@@ -808,11 +831,14 @@ export class Agent {
       queued = new Uint8Array(bitmapBytes(fc));
       this.repairQueued.set(unit, queued);
     }
+    let any = false;
     for (const f of fragments) {
       if (f >= fc || getBit(queued, f)) continue;
       setBit(queued, f);
+      any = true;
       this.queueFragment(this.repairQueue, unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true);
     }
+    if (any) this.stats.nacksAnswered++;
     this.drain();
   }
 

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { ExitCode, FleetcastError } from '../util/errors';
 
 /**
@@ -5,13 +6,29 @@ import { ExitCode, FleetcastError } from '../util/errors';
  * positionals. Unknown flags are errors with a "did you mean" (exit 64, EX_USAGE).
  */
 export interface FlagSpec {
-  type: 'string' | 'number' | 'boolean';
+  /** `list`: comma-separated on the command line, a string or a sequence in YAML. */
+  type: 'string' | 'number' | 'boolean' | 'list';
   help: string;
   /** Placeholder shown in help, e.g. DIR. */
   arg?: string;
   default?: string | number | boolean;
   required?: boolean;
+  /** Numbers: inclusive bounds, and whether only integers are allowed. */
+  min?: number;
+  max?: number;
+  /** Numbers: the value must be more than `min`, not equal to it. */
+  minExclusive?: boolean;
+  integer?: boolean;
+  choices?: readonly string[];
+  /** Strings: say what is wrong with `v` (completing "--flag ..."), or null when it is fine. */
+  check?: (v: string) => string | null;
+  /** Can change at run time (SIGHUP reload). */
+  reload?: boolean;
+  /** Only on the command line, never a config-file key (e.g. --config itself). */
+  cliOnly?: boolean;
 }
+
+export type FlagValue = string | number | boolean | string[] | undefined;
 
 export interface CommandSpec {
   name: string;
@@ -19,10 +36,12 @@ export interface CommandSpec {
   usage: string;
   flags: Record<string, FlagSpec>;
   positionals?: { name: string; required: boolean }[];
+  /** Rules across options (e.g. "--release or --channel"): the flag to blame and what is wrong. */
+  validate?: (flags: Record<string, FlagValue>) => { flag: string; problem: string } | null;
 }
 
 export interface ParsedArgs {
-  flags: Record<string, string | number | boolean | undefined>;
+  flags: Record<string, FlagValue>;
   positionals: string[];
   help: boolean;
 }
@@ -95,17 +114,13 @@ export function parseArgs(cmd: CommandSpec, argv: string[]): ParsedArgs {
       const n = Number(value);
       if (value.trim() === '' || !Number.isFinite(n)) throw usageError(cmd, `--${name} must be a number, not ${JSON.stringify(value)}`);
       flags[name] = n;
+    } else if (spec.type === 'list') {
+      flags[name] = value.split(',').map((x) => x.trim()).filter((x) => x !== '');
     } else {
       flags[name] = value;
     }
   }
   if (!help) {
-    for (const [name, spec] of Object.entries(cmd.flags)) {
-      if (flags[name] === undefined) {
-        if (spec.required) throw usageError(cmd, `--${name} is required`);
-        if (spec.default !== undefined) flags[name] = spec.default;
-      }
-    }
     const pos = cmd.positionals ?? [];
     const needed = pos.filter((p) => p.required).length;
     if (positionals.length < needed) throw usageError(cmd, `missing ${pos[positionals.length].name}`);
@@ -114,20 +129,144 @@ export function parseArgs(cmd: CommandSpec, argv: string[]): ParsedArgs {
   return { flags, positionals, help };
 }
 
+/** Where a config-file value came from, for messages: `file:line:col`. */
+export interface ValueSource {
+  file: string;
+  line: number;
+  col: number;
+}
+
+/** Values read from a config file, keyed by flag name, with where each one was. */
+export interface ConfigValues {
+  file: string;
+  values: Record<string, FlagValue>;
+  where: Record<string, ValueSource>;
+  /** Where the top-level mapping starts (named when a required key is missing). */
+  root: ValueSource;
+}
+
+export class ConfigError extends FleetcastError {
+  constructor(
+    readonly source: ValueSource,
+    message: string,
+  ) {
+    super('CONFIG', `${source.file}:${source.line}:${source.col}: ${message}`, ExitCode.CONFIG);
+  }
+}
+
+/** The YAML key for a flag: `fragment-bytes` → `fragment_bytes`. */
+export const configKey = (flag: string): string => flag.replace(/-/g, '_');
+
+/** What is wrong with `v` for `spec` (a phrase completing "--name ..."), or null. */
+export function checkValue(spec: FlagSpec, v: Exclude<FlagValue, undefined>): string | null {
+  if (spec.type === 'number') {
+    const n = v as number;
+    if (spec.integer && !Number.isInteger(n)) return `must be an integer, not ${n}`;
+    const lo = spec.min;
+    const hi = spec.max;
+    const tooLow = lo !== undefined && (spec.minExclusive ? n <= lo : n < lo);
+    if (tooLow || (hi !== undefined && n > hi)) {
+      const from = lo === undefined ? '' : spec.minExclusive ? `more than ${lo}` : `from ${lo}`;
+      const to = hi === undefined ? '' : spec.minExclusive ? `at most ${hi}` : `to ${hi}`;
+      return `must be ${[from, to].filter(Boolean).join(spec.minExclusive ? ' and ' : ' ')}, not ${n}`;
+    }
+    return null;
+  }
+  if (spec.type === 'string' && spec.choices && !spec.choices.includes(v as string)) {
+    return `must be one of ${spec.choices.join(', ')}, not ${JSON.stringify(v)}`;
+  }
+  if (spec.type === 'string' && spec.check) return spec.check(v as string);
+  if (spec.type === 'list' && spec.check) {
+    for (const x of v as string[]) {
+      const p = spec.check(x);
+      if (p) return p;
+    }
+  }
+  if (spec.type === 'list' && (v as string[]).length === 0) return 'needs at least one entry';
+  return null;
+}
+
+/**
+ * The command's final options: command-line flags override the config file, which
+ * overrides defaults. Every value, from either place, passes the same checks; an
+ * error names the flag (exit 64) or the file, line and column of the key (exit 78).
+ */
+export function resolveFlags(cmd: CommandSpec, cli: ParsedArgs['flags'], file?: ConfigValues): Record<string, FlagValue> {
+  const out: Record<string, FlagValue> = {};
+  for (const [name, spec] of Object.entries(cmd.flags)) {
+    const fromCli = cli[name];
+    const fromFile = spec.cliOnly ? undefined : file?.values[name];
+    const v = fromCli ?? fromFile;
+    if (v === undefined) {
+      if (spec.required) {
+        if (file) throw new ConfigError(file.root, `missing required key ${configKey(name)} (or give --${name})`);
+        throw usageError(cmd, `--${name} is required`);
+      }
+      out[name] = spec.default;
+      continue;
+    }
+    const problem = checkValue(spec, v);
+    if (problem) {
+      if (fromCli !== undefined) throw usageError(cmd, `--${name} ${problem}`);
+      throw new ConfigError(file!.where[name], `${configKey(name)} ${problem}`);
+    }
+    out[name] = v;
+  }
+  const bad = cmd.validate?.(out);
+  if (bad) {
+    if (cli[bad.flag] !== undefined || !file) throw usageError(cmd, `--${bad.flag} ${bad.problem}`);
+    throw new ConfigError(file.where[bad.flag] ?? file.root, `${configKey(bad.flag)} ${bad.problem}`);
+  }
+  return out;
+}
+
 export function formatHelp(cmd: CommandSpec): string {
   const lines = [`Usage: fleetcast ${cmd.usage}`, '', cmd.summary, '', 'Options:'];
-  const rows = Object.entries(cmd.flags).map(([n, s]) => [`--${n}${s.type === 'boolean' ? '' : ` ${s.arg ?? s.type.toUpperCase()}`}`, s.help + (s.default !== undefined && s.type !== 'boolean' ? ` (default ${s.default})` : '') + (s.required ? ' (required)' : '')]);
+  const rows = Object.entries(cmd.flags).map(([n, s]) => [
+    `--${n}${s.type === 'boolean' ? '' : ` ${s.arg ?? s.type.toUpperCase()}`}`,
+    s.help + (s.default !== undefined && s.type !== 'boolean' ? ` (default ${s.default})` : '') + (s.required ? ' (required)' : '') + (s.reload ? ' [reloads on SIGHUP]' : ''),
+  ]);
   rows.push(['--help', 'show this help']);
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [a, b] of rows) lines.push(`  ${a.padEnd(w)}  ${b}`);
+  if (cmd.flags.config) lines.push('', 'Every option except --config is also a key of the YAML config file, with _ for - (fragment-bytes: fragment_bytes).', 'Flags given on the command line override the file.');
   return lines.join('\n') + '\n';
 }
 
-/** "HOST:PORT", "[v6]:PORT" → parts; throws a usage error naming the flag. */
-export function parseHostPort(cmd: CommandSpec, flag: string, s: string): { host: string; port: number } {
+/** "HOST:PORT", "[v6]:PORT" → parts, or what is wrong (a phrase completing "--flag ..."). */
+export function splitHostPort(s: string): { host: string; port: number } | string {
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:]+):(\d+)$/.exec(s);
-  if (!m) throw usageError(cmd, `--${flag} must be HOST:PORT (or [IPv6]:PORT), not ${JSON.stringify(s)}`);
+  if (!m) return `must be HOST:PORT (or [IPv6]:PORT), not ${JSON.stringify(s)}`;
   const port = Number(m[2]);
-  if (port > 65535) throw usageError(cmd, `--${flag}: port ${port} is out of range`);
+  if (port > 65535) return `has port ${port}, which is out of range`;
   return { host: m[1], port };
 }
+
+/** Checks shared by flags and config keys; each says what is wrong or returns null. */
+export const checks = {
+  hostPort: (s: string): string | null => {
+    const r = splitHostPort(s);
+    return typeof r === 'string' ? r : null;
+  },
+  multicast: (s: string): string | null => {
+    const r = splitHostPort(s);
+    if (typeof r === 'string') return r;
+    const v = isIP(r.host);
+    const first = Number(r.host.split('.')[0]);
+    const ok = v === 4 ? first >= 224 && first <= 239 : v === 6 && r.host.toLowerCase().startsWith('ff');
+    if (!ok) return `${r.host} is not a multicast address (224.0.0.0/4 or ff00::/8)`;
+    if (r.port === 0) return 'needs a non-zero port';
+    return null;
+  },
+  httpUrl: (s: string): string | null => {
+    try {
+      const u = new URL(s);
+      if (u.protocol === 'http:' || u.protocol === 'https:') return null;
+    } catch {
+      /* below */
+    }
+    return `must be a URL like http://HOST:PORT, not ${JSON.stringify(s)}`;
+  },
+  name: (s: string): string | null => (/^[A-Za-z0-9._:@-]{1,128}$/.test(s) ? null : `must be 1–128 letters, digits or . _ : @ -, not ${JSON.stringify(s)}`),
+  nonEmpty: (s: string): string | null => (s.trim() === '' ? 'must not be empty' : null),
+};

@@ -1,5 +1,4 @@
 import { promises as fs } from 'node:fs';
-import { isIP } from 'node:net';
 import * as path from 'node:path';
 import { Agent } from '../agent/agent';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../release/keys';
@@ -9,12 +8,19 @@ import { FleetcastServer } from '../server/server';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { createLogger, Level } from '../util/log';
 import { sdNotify } from '../util/sd-notify';
-import { CommandSpec, ParsedArgs, parseHostPort, usageError } from './args';
+import { checks, CommandSpec, FlagValue, ParsedArgs, resolveFlags, splitHostPort } from './args';
 import { formatBytes, ProgressBar } from './progress';
+import { loadConfigFile } from '../config/config';
+import { AgentDaemon } from '../agent/daemon';
+import { setChannel, CHANNEL_RE } from '../release/channels';
+import { serveMetrics } from '../util/metrics';
+import { startWatchdog, statusNotifier } from '../util/sd-notify';
+import { Logger } from '../util/log';
 
 export interface Command {
   spec: CommandSpec;
-  run(args: ParsedArgs): Promise<number>;
+  /** `args.flags` are resolved (file, flags, defaults); `cliFlags` are only what the command line gave. */
+  run(args: ParsedArgs & { cliFlags: Record<string, FlagValue> }): Promise<number>;
 }
 
 const out = (s: string) => process.stdout.write(s + '\n');
@@ -38,13 +44,14 @@ export const publish: Command = {
   spec: {
     name: 'publish',
     summary: 'Split FILE into units, hash and sign them, and store the release for the server. Prints the release id last.',
-    usage: 'publish FILE --store DIR --key KEYFILE [--name NAME] [--unit-size BYTES]',
+    usage: 'publish FILE --store DIR --key KEYFILE [--name NAME] [--unit-size BYTES] [--channel NAME]',
     positionals: [{ name: 'FILE', required: true }],
     flags: {
       store: { type: 'string', arg: 'DIR', help: "the server's store directory", required: true },
       key: { type: 'string', arg: 'KEYFILE', help: 'Ed25519 private key (from fleetcast keygen)', required: true },
       name: { type: 'string', arg: 'NAME', help: 'release name, also the file name on agents (default: the file name)' },
-      'unit-size': { type: 'number', arg: 'BYTES', help: 'unit size in bytes', default: 1048576 },
+      'unit-size': { type: 'number', arg: 'BYTES', help: 'unit size in bytes', default: 1048576, integer: true, min: 1024, max: 1 << 30 },
+      channel: { type: 'string', arg: 'NAME', help: "make the release this channel's current one (agents following it move to it)", check: channelCheck },
     },
   },
   async run(a) {
@@ -57,29 +64,82 @@ export const publish: Command = {
     });
     bar.finish();
     out(`published ${m.name}: ${formatBytes(m.size)} in ${m.unitCount} units of ${formatBytes(m.unitSize)}, sha256 ${m.sha256}`);
+    if (a.flags.channel) {
+      await setChannel(String(a.flags.store), { channel: String(a.flags.channel), release: m.id, name: m.name, publishedAt: Date.now() });
+      out(`channel ${a.flags.channel} now points at ${m.id}`);
+    }
     out(m.id);
     return ExitCode.OK;
   },
 };
 
+function channelCheck(s: string): string | null {
+  return CHANNEL_RE.test(s) ? null : `must be 1–64 letters, digits or . _ -, not ${JSON.stringify(s)}`;
+}
+
+const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+const configFlag = { type: 'string', arg: 'FILE', help: 'YAML config file (see systemd/*.yaml.example)', cliOnly: true } as const;
+const logLevelFlag = { type: 'string', arg: 'LEVEL', help: 'error, warn, info or debug', default: 'info', choices: LOG_LEVELS, reload: true } as const;
+const metricsFlag = { type: 'string', arg: 'HOST:PORT', help: 'serve Prometheus metrics at http://HOST:PORT/metrics', check: checks.hostPort } as const;
+
+async function startMetrics(spec: CommandSpec, addr: string | undefined, render: () => string, log: Logger): Promise<() => void> {
+  if (!addr) return () => undefined;
+  const hp = splitHostPort(addr) as { host: string; port: number };
+  try {
+    const srv = await serveMetrics(hp.host, hp.port, render, log);
+    log.info(`metrics at http://${addr}/metrics`);
+    return () => srv.close();
+  } catch (err) {
+    throw new FleetcastError('LISTEN', `${spec.name}: cannot serve metrics on ${addr}: ${(err as Error).message}`, ExitCode.UNAVAILABLE);
+  }
+}
+
+/**
+ * SIGHUP: read the config file again and hand the result to `apply`. A file that does
+ * not load or validate leaves the running config as it is and says why.
+ */
+function onReload(spec: CommandSpec, a: { flags: Record<string, FlagValue>; cliFlags: Record<string, FlagValue> }, log: Logger, apply: (f: Record<string, FlagValue>) => string[]): () => void {
+  const handler = () => {
+    const file = a.cliFlags.config;
+    if (file === undefined) {
+      log.warn('SIGHUP: no --config file to reload');
+      return;
+    }
+    sdNotify('RELOADING=1');
+    loadConfigFile(String(file), spec)
+      .then((cfg) => {
+        const next = resolveFlags(spec, a.cliFlags, cfg);
+        const changed = apply(next);
+        const fixed = Object.keys(spec.flags).filter((k) => !spec.flags[k].reload && !spec.flags[k].cliOnly && JSON.stringify(next[k]) !== JSON.stringify(a.flags[k]));
+        for (const k of Object.keys(spec.flags)) if (spec.flags[k].reload) a.flags[k] = next[k];
+        log.info(`reloaded ${file}: ${changed.length ? `changed ${changed.join(', ')}` : 'nothing to change'}`);
+        if (fixed.length) log.warn(`reloaded ${file}: ${fixed.join(', ')} changed but only take effect after a restart`);
+      })
+      .catch((err: Error) => log.error(`SIGHUP: ${err.message}; keeping the running config`))
+      .finally(() => sdNotify('READY=1'));
+  };
+  process.on('SIGHUP', handler);
+  return () => process.off('SIGHUP', handler);
+}
+
 export const server: Command = {
   spec: {
     name: 'server',
     summary: 'Run the origin server: serves manifests and unit bytes over HTTP and allocates units to agents.',
-    usage: 'server --store DIR --listen HOST:PORT',
+    usage: 'server [--config FILE] --store DIR [--listen HOST:PORT]',
     flags: {
+      config: configFlag,
       store: { type: 'string', arg: 'DIR', help: 'store directory (releases written by fleetcast publish)', required: true },
-      listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600' },
-      'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents', default: 1000 },
-      'log-level': { type: 'string', arg: 'LEVEL', help: 'error, warn, info or debug', default: 'info' },
+      listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600', check: checks.hostPort },
+      'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents', default: 1000, integer: true, min: 50, max: 60000 },
+      metrics: metricsFlag,
+      'log-level': logLevelFlag,
     },
   },
   async run(a) {
-    const { host, port } = parseHostPort(server.spec, 'listen', String(a.flags.listen));
-    const hb = a.flags['heartbeat-ms'] as number;
-    if (!Number.isInteger(hb) || hb < 50 || hb > 60000) throw usageError(server.spec, '--heartbeat-ms must be an integer from 50 to 60000');
-    const log = createLogger({ level: logLevel(server.spec, a) });
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: hb, logger: log });
+    const { host, port } = splitHostPort(String(a.flags.listen)) as { host: string; port: number };
+    const log = createLogger({ level: a.flags['log-level'] as Level });
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log });
     let addr;
     try {
       addr = await s.start();
@@ -87,20 +147,27 @@ export const server: Command = {
       const e = err as NodeJS.ErrnoException;
       throw new FleetcastError(e.code ?? 'LISTEN', `cannot listen on ${host}:${port}: ${e.message}`, ExitCode.UNAVAILABLE);
     }
+    const stopMetrics = await startMetrics(server.spec, a.flags.metrics as string | undefined, () => s.metrics(), log);
     log.info(`fleetcast server listening on ${addr.url} with ${s.store.list().length} release(s) from ${s.store.dir}`);
+    const stopReload = onReload(server.spec, a, log, (f) => {
+      const changed: string[] = [];
+      if (f['log-level'] !== a.flags['log-level']) {
+        log.setLevel(f['log-level'] as Level);
+        changed.push('log_level');
+      }
+      return changed;
+    });
     sdNotify(`READY=1\nSTATUS=serving ${s.store.list().length} release(s) on ${addr.url}`);
+    const stopWatchdog = startWatchdog();
     await waitForSignal();
     sdNotify('STOPPING=1');
+    stopWatchdog();
+    stopReload();
+    stopMetrics();
     await s.stop();
     return ExitCode.OK;
   },
 };
-
-function logLevel(spec: CommandSpec, a: ParsedArgs): Level {
-  const l = String(a.flags['log-level']);
-  if (!['error', 'warn', 'info', 'debug'].includes(l)) throw usageError(spec, `--log-level must be error, warn, info or debug, not ${JSON.stringify(l)}`);
-  return l as Level;
-}
 
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -114,122 +181,166 @@ function waitForSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-export function parseMulticast(spec: CommandSpec, s: string): { address: string; port: number } {
-  const { host, port } = parseHostPort(spec, 'multicast', s);
-  const v = isIP(host);
-  const ok = v === 4 ? Number(host.split('.')[0]) >= 224 && Number(host.split('.')[0]) <= 239 : v === 6 && host.toLowerCase().startsWith('ff');
-  if (!ok) throw usageError(spec, `--multicast ${host} is not a multicast address (224.0.0.0/4 or ff00::/8)`);
-  if (port === 0) throw usageError(spec, '--multicast needs a non-zero port');
-  return { address: host, port };
+/** Where `fleetcast status` finds the agent: systemd's RuntimeDirectory, else /run/fleetcast. */
+export function defaultStatusSocket(env: NodeJS.ProcessEnv = process.env): string {
+  const rt = env.RUNTIME_DIRECTORY?.split(':')[0];
+  return path.join(rt || '/run/fleetcast', 'agent.sock');
 }
 
 export const agent: Command = {
   spec: {
     name: 'agent',
     summary:
-      'Run an agent: join the group, fetch the units leased to it over the WAN, multicast them to the LAN, take peers\' copies, repair gaps with NACKs, verify and store the release.',
-    usage: 'agent --server URL --group NAME --interface NAME|ADDR --multicast ADDR:PORT --storage DIR --trust PUBFILE --release ID [--once]',
+      "Run an agent: join the group, fetch the units leased to it over the WAN, multicast them to the LAN, take peers' copies, repair gaps with NACKs, verify and store the release. Follows a channel, or stays on one release.",
+    usage: 'agent [--config FILE] --server URL --group NAME --interface NAME|ADDR --multicast ADDR:PORT --storage DIR --trust PUBFILE (--release ID | --channel NAME) [--once]',
     flags: {
-      server: { type: 'string', arg: 'URL', help: 'origin server, e.g. http://10.0.0.1:7600', required: true },
-      group: { type: 'string', arg: 'NAME', help: 'LAN group name (agents on one multicast LAN share it)', required: true },
-      interface: { type: 'string', arg: 'NAME|ADDR', help: 'LAN interface name or address', required: true },
-      multicast: { type: 'string', arg: 'ADDR:PORT', help: "the group's multicast address and port", required: true },
-      storage: { type: 'string', arg: 'DIR', help: 'where releases are stored', required: true },
-      trust: { type: 'string', arg: 'PUBFILE[,PUBFILE]', help: 'public key(s) whose signatures are trusted', required: true },
-      release: { type: 'string', arg: 'ID', help: 'release id (printed by fleetcast publish)', required: true },
+      config: configFlag,
+      server: { type: 'string', arg: 'URL', help: 'origin server, e.g. http://10.0.0.1:7600', required: true, check: checks.httpUrl },
+      group: { type: 'string', arg: 'NAME', help: 'LAN group name (agents on one multicast LAN share it)', required: true, check: checks.name },
+      interface: { type: 'string', arg: 'NAME|ADDR', help: 'LAN interface name or address', required: true, check: checks.nonEmpty },
+      multicast: { type: 'string', arg: 'ADDR:PORT', help: "the group's multicast address and port", required: true, check: checks.multicast },
+      storage: { type: 'string', arg: 'DIR', help: 'where releases are stored', required: true, check: checks.nonEmpty },
+      trust: { type: 'list', arg: 'PUBFILE[,PUBFILE]', help: 'public key(s) whose signatures are trusted', required: true },
+      release: { type: 'string', arg: 'ID', help: 'stay on this release id (printed by fleetcast publish)', check: (s) => (isReleaseId(s) ? null : `must be a release id (32 hex characters), not ${JSON.stringify(s)}`) },
+      channel: { type: 'string', arg: 'NAME', help: "follow this channel: move to each new current release by itself", check: channelCheck, reload: true },
+      keep: { type: 'number', arg: 'N', help: 'completed releases to keep on disk (older ones and superseded partials are removed)', default: 2, integer: true, min: 1, max: 1000, reload: true },
+      'on-complete': { type: 'string', arg: 'COMMAND', help: 'run COMMAND (via /bin/sh) once per verified release; FLEETCAST_FILE etc. in its environment', reload: true },
+      'hook-timeout': { type: 'number', arg: 'SECONDS', help: 'kill the hook after this long', default: 600, min: 1, max: 86400, reload: true },
       once: { type: 'boolean', help: 'exit 0 once the release is complete and verified, printing its path' },
-      member: { type: 'string', arg: 'ID', help: 'member id (default: kept in STORAGE/member-id)' },
-      rate: { type: 'number', arg: 'MBIT', help: 'LAN send rate limit in Mbit/s', default: 500 },
-      linger: { type: 'number', arg: 'SECONDS', help: 'with --once: keep answering NACKs until the group is complete, at most this long', default: 60 },
-      timeout: { type: 'number', arg: 'SECONDS', help: 'with --once: give up after this long (0 = never)', default: 0 },
+      member: { type: 'string', arg: 'ID', help: 'member id (default: kept in STORAGE/member-id)', check: checks.name },
+      rate: { type: 'number', arg: 'MBIT', help: 'LAN send rate limit in Mbit/s', default: 500, min: 0, minExclusive: true, max: 100000, reload: true },
+      linger: { type: 'number', arg: 'SECONDS', help: 'with --once: keep answering NACKs until the group is complete, at most this long', default: 60, min: 0, max: 86400 },
+      timeout: { type: 'number', arg: 'SECONDS', help: 'with --once: give up after this long (0 = never)', default: 0, min: 0 },
       report: { type: 'string', arg: 'FILE', help: 'with --once: write a JSON report of the transfer to FILE' },
-      loss: { type: 'number', arg: 'PCT', help: 'testing: drop this share of received datagrams', default: 0 },
-      'fragment-bytes': { type: 'number', arg: 'BYTES', help: 'fragment payload size (default: from the interface MTU)' },
-      'log-level': { type: 'string', arg: 'LEVEL', help: 'error, warn, info or debug', default: 'info' },
+      'channel-poll': { type: 'number', arg: 'SECONDS', help: 'how often to ask the server for the channel\'s current release', default: 10, min: 0.05, max: 3600 },
+      'status-socket': { type: 'string', arg: 'PATH', help: "unix socket for 'fleetcast status' (default: $RUNTIME_DIRECTORY/agent.sock or /run/fleetcast/agent.sock; 'none' to disable)" },
+      metrics: metricsFlag,
+      loss: { type: 'number', arg: 'PCT', help: 'testing: drop this share of received datagrams', default: 0, min: 0, max: 99.999 },
+      'fragment-bytes': { type: 'number', arg: 'BYTES', help: 'fragment payload size (default: from the interface MTU)', integer: true, min: 64, max: 65467 },
+      'log-level': logLevelFlag,
+    },
+    validate: (f) => {
+      if (f.release !== undefined && f.channel !== undefined) return { flag: 'channel', problem: 'and release are both set: follow a channel or stay on one release, not both' };
+      if (f.release === undefined && f.channel === undefined) return { flag: 'release', problem: 'or channel is required: which release to fetch' };
+      return null;
     },
   },
   async run(a) {
-    const spec = agent.spec;
     const f = a.flags;
-    const multicast = parseMulticast(spec, String(f.multicast));
-    if (!isReleaseId(String(f.release))) throw usageError(spec, `--release must be a release id (32 hex characters), not ${JSON.stringify(f.release)}`);
-    try {
-      new URL(String(f.server));
-    } catch {
-      throw usageError(spec, `--server must be a URL like http://HOST:PORT, not ${JSON.stringify(f.server)}`);
-    }
-    if (!/^[A-Za-z0-9._:@-]{1,128}$/.test(String(f.group))) throw usageError(spec, '--group must be 1–128 letters, digits or . _ : @ -');
-    if (f.member !== undefined && !/^[A-Za-z0-9._:@-]{1,128}$/.test(String(f.member))) throw usageError(spec, '--member must be 1–128 letters, digits or . _ : @ -');
-    const rate = f.rate as number;
-    if (!(rate > 0 && rate <= 100000)) throw usageError(spec, '--rate must be more than 0 and at most 100000 Mbit/s');
-    const loss = f.loss as number;
-    if (!(loss >= 0 && loss < 100)) throw usageError(spec, '--loss must be from 0 to less than 100');
-    const fb = f['fragment-bytes'] as number | undefined;
-    if (fb !== undefined && (!Number.isInteger(fb) || fb < 64 || fb > 65467)) throw usageError(spec, '--fragment-bytes must be an integer from 64 to 65467');
-    const log = createLogger({ level: logLevel(spec, a) });
-    const trustedKeys = await Promise.all(String(f.trust).split(',').map((p) => loadPublicKey(p.trim())));
+    const log = createLogger({ level: f['log-level'] as Level });
+    const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
+    const trustedKeys = await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p)));
     const bar = new ProgressBar('agent');
-    const ag = new Agent({
-      serverUrl: String(f.server),
-      group: String(f.group),
-      member: f.member as string | undefined,
-      interface: String(f.interface),
-      multicast,
-      storageDir: String(f.storage),
-      trustedKeys,
-      releaseId: String(f.release),
-      rateBytesPerSec: (rate * 1e6) / 8,
-      lossPct: loss,
-      fragmentBytes: fb,
-      lingerMs: (f.linger as number) * 1000,
+    const notifyStatus = statusNotifier();
+    let barRelease: string | null = null;
+    const daemon = new AgentDaemon({
+      agent: {
+        serverUrl: String(f.server),
+        group: String(f.group),
+        member: f.member as string | undefined,
+        interface: String(f.interface),
+        multicast: { address: mc.host, port: mc.port },
+        storageDir: String(f.storage),
+        trustedKeys,
+        rateBytesPerSec: ((f.rate as number) * 1e6) / 8,
+        lossPct: f.loss as number,
+        fragmentBytes: f['fragment-bytes'] as number | undefined,
+        lingerMs: (f.linger as number) * 1000,
+      },
+      release: f.release as string | undefined,
+      channel: f.channel as string | undefined,
+      keep: f.keep as number,
+      onComplete: f['on-complete'] as string | undefined,
+      hookTimeoutMs: (f['hook-timeout'] as number) * 1000,
+      channelPollMs: (f['channel-poll'] as number) * 1000,
       logger: log,
-      onProgress: (x) => {
-        const p = x.progress;
+      onProgress: (d) => {
+        const ag = d.current;
+        if (!ag) return;
+        const p = ag.progress;
+        if (barRelease !== d.currentRelease) {
+          bar.finish();
+          barRelease = d.currentRelease;
+        }
         bar.update(p.verified, p.total, `${p.verified}/${p.total} units`);
-        sdNotify(`STATUS=${p.verified}/${p.total} units verified`);
+        if (p.verified === p.total) bar.finish();
+        const pct = p.total ? Math.floor((100 * p.verified) / p.total) : 100;
+        notifyStatus(`${ag.manifest.name}: ${p.verified}/${p.total} units verified (${pct}%)`, p.verified === p.total);
+      },
+      onState: (d) => {
+        const name = d.current?.manifest?.name ?? d.currentRelease ?? '';
+        const line = { starting: 'starting', fetching: `fetching ${name}`, complete: `${name} complete; serving repairs to the group`, waiting: 'waiting for a release', retrying: `retrying: ${d.lastErrors.at(-1)?.message ?? ''}`, stopped: 'stopping' }[d.state];
+        notifyStatus(line, true);
       },
     });
+    const socketFlag = f['status-socket'] as string | undefined;
+    const socketPath = socketFlag === undefined ? defaultStatusSocket() : socketFlag === 'none' || socketFlag === '' ? null : socketFlag;
+    if (socketPath) {
+      await daemon.serveStatus(socketPath).then(
+        () => log.debug(`status on ${socketPath}`),
+        (err: Error) => log.warn(`no status socket at ${socketPath}: ${err.message} ('fleetcast status' will not reach this agent)`),
+      );
+    }
+    const stopMetrics = await startMetrics(agent.spec, f.metrics as string | undefined, () => daemon.metrics(), log);
+    const stopReload = onReload(agent.spec, a, log, (n) =>
+      daemon.reload({
+        rateBytesPerSec: ((n.rate as number) * 1e6) / 8,
+        channel: n.channel as string | undefined,
+        keep: n.keep as number,
+        onComplete: n['on-complete'] as string | undefined,
+        hookTimeoutMs: (n['hook-timeout'] as number) * 1000,
+        logLevel: n['log-level'] as Level,
+      }).concat(n['log-level'] !== f['log-level'] ? ['log_level'] : []),
+    );
+    const stopWatchdog = startWatchdog();
+    sdNotify('READY=1');
     let stopping = false;
     const onSignal = () => {
       if (stopping) return;
       stopping = true;
       sdNotify('STOPPING=1');
-      void ag.leave().finally(() => ag.close().finally(() => process.exit(ExitCode.OK)));
+      void daemon.stop().finally(() => process.exit(ExitCode.OK));
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+    const cleanup = () => {
+      stopWatchdog();
+      stopReload();
+      stopMetrics();
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    };
+    if (!f.once) {
+      await daemon.runForever();
+      cleanup();
+      return ExitCode.OK;
+    }
     const timeoutS = f.timeout as number;
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<never>((_, reject) => {
-      if (f.once && timeoutS > 0) {
+      if (timeoutS > 0) {
         timer = setTimeout(() => {
-          const p = ag.progress;
+          const p = daemon.current?.progress ?? { verified: 0, total: 0 };
           reject(new FleetcastError('TIMEOUT', `gave up after ${timeoutS} s: ${p.verified} of ${p.total} units verified`, ExitCode.TEMPFAIL));
         }, timeoutS * 1000);
       }
     });
     try {
-      const finalPath = await Promise.race([ag.run(), timedOut]);
+      const { agent: ag, path: finalPath } = await Promise.race([daemon.runOnce(), timedOut]);
       bar.finish();
-      sdNotify(`READY=1\nSTATUS=complete: ${finalPath}`);
-      if (!f.once) {
-        log.info('serving repairs to the group; Ctrl-C to stop');
-        await new Promise(() => undefined); // until a signal
-      }
       await Promise.race([ag.linger(), timedOut]);
       if (f.report) await writeReport(String(f.report), ag, finalPath, true);
-      await ag.close();
+      await daemon.stop();
       out(finalPath);
       return ExitCode.OK;
     } catch (err) {
       bar.finish();
-      if (f.report) await writeReport(String(f.report), ag, null, false).catch(() => undefined);
-      await ag.close();
+      if (f.report && daemon.current) await writeReport(String(f.report), daemon.current, null, false).catch(() => undefined);
+      await daemon.stop();
       throw err;
     } finally {
       if (timer) clearTimeout(timer);
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      cleanup();
     }
   },
 };
@@ -239,4 +350,3 @@ async function writeReport(file: string, ag: Agent, finalPath: string | null, ok
   await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true });
   await fs.writeFile(file, JSON.stringify(report, null, 2) + '\n');
 }
-

@@ -1,5 +1,6 @@
 import { ExitCode, FleetcastError } from '../util/errors';
-import { didYouMean, formatHelp, parseArgs } from './args';
+import { loadConfigFile } from '../config/config';
+import { didYouMean, formatHelp, parseArgs, resolveFlags } from './args';
 import { agent, Command, keygen, publish, server } from './commands';
 import { demo } from './demo';
 
@@ -42,7 +43,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(formatHelp(cmd.spec));
       return ExitCode.OK;
     }
-    return await cmd.run(args);
+    const file = cmd.spec.flags.config && args.flags.config !== undefined ? await loadConfigFile(String(args.flags.config), cmd.spec) : undefined;
+    return await cmd.run({ ...args, flags: resolveFlags(cmd.spec, args.flags, file), cliFlags: args.flags });
   } catch (err) {
     if (err instanceof FleetcastError) {
       process.stderr.write(`fleetcast ${name}: error: ${err.message}\n`);

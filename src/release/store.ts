@@ -61,6 +61,11 @@ export class ReleaseStore {
     }
   }
 
+  /** Only what is loaded already (no disk access). */
+  peek(id: string): StoredRelease | undefined {
+    return this.releases.get(id);
+  }
+
   list(): StoredRelease[] {
     return [...this.releases.values()];
   }

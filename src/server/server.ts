@@ -5,10 +5,12 @@ import * as http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
 import { unitLength } from '../release/manifest';
-import { CompleteBody, HeartbeatBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
+import { CompleteBody, HeartbeatBody, HookBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
 import { bitmapBytes } from '../wire/packet';
 import { AllocatorOptions, GroupAllocator } from './allocator';
 import { Logger, silentLogger } from '../util/log';
+import { listChannels, readChannel } from '../release/channels';
+import { MetricsRegistry } from '../util/metrics';
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -65,6 +67,8 @@ export class FleetcastServer {
   /** "release/group" -> members seen before the restart that have not rejoined yet. */
   private readonly awaited = new Map<string, Set<string>>();
   private membersDirty = false;
+  /** "release/group/member" -> what the member's on_complete hook did. */
+  private readonly hooks = new Map<string, HookBody & { at: number }>();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
 
   constructor(private readonly opts: ServerOptions) {
@@ -194,7 +198,7 @@ export class FleetcastServer {
     this.stats.requests++;
     const url = new URL(req.url ?? '/', 'http://x');
     const parts = url.pathname.split('/').filter(Boolean);
-    const route = `${req.method} /${parts.map((p, i) => (i >= 2 && (i === 2 || i === 4) && parts[1] === 'releases' ? ':' : p)).join('/')}`;
+    const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
     switch (route) {
       case 'GET /v1/releases':
         return this.json(res, 200, { releases: this.store.list().map((r) => ({ id: r.manifest.id, name: r.manifest.name, size: r.manifest.size, units: r.manifest.unitCount })) });
@@ -258,6 +262,23 @@ export class FleetcastServer {
         this.membersDirty = true;
         return this.json(res, 200, { ok: true });
       }
+      case 'GET /v1/channels':
+        return this.json(res, 200, { channels: await listChannels(this.opts.storeDir) });
+      case 'GET /v1/channels/:': {
+        const head = await readChannel(this.opts.storeDir, parts[2]);
+        if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${parts[2]} does not exist on this server`);
+        if (!(await this.store.get(head.release))) throw new HttpError(503, 'NO_RELEASE', `channel ${parts[2]} points at release ${head.release}, which this server cannot load`);
+        return this.json(res, 200, head);
+      }
+      case 'POST /v1/hook': {
+        const b = await this.body<HookBody>(req, SCHEMAS.hook);
+        const { g } = await this.group(b);
+        this.member(g, b);
+        this.hooks.set(`${b.release}/${b.group}/${b.member}`, { ...b, at: this.now() });
+        const how = b.exitCode !== undefined ? `exit ${b.exitCode}` : b.signal ? `signal ${b.signal}` : `failed: ${b.error ?? 'unknown'}`;
+        (b.exitCode === 0 ? this.log.info : this.log.warn)(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} hook ${how} after ${b.durationMs} ms`);
+        return this.json(res, 200, { ok: true });
+      }
       case 'GET /v1/fleet':
         return this.json(res, 200, this.fleet());
       case 'GET /v1/stats':
@@ -278,10 +299,43 @@ export class FleetcastServer {
     return {
       groups: [...this.groups.entries()].map(([key, g]) => {
         const [release, group] = key.split('/');
-        const members = g.memberViews(now);
-        return { release, group, missingUnits: g.missingInGroup(), members, groupComplete: members.length > 0 && members.every((m) => m.complete) };
+        const rel = this.store.peek(release);
+        const members = g.memberViews(now).map((m) => {
+          const h = this.hooks.get(`${release}/${group}/${m.id}`);
+          return { ...m, hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null };
+        });
+        return {
+          release,
+          name: rel?.manifest.name ?? null,
+          units: rel?.manifest.unitCount ?? null,
+          group,
+          missingUnits: g.missingInGroup(),
+          members,
+          groupComplete: members.length > 0 && members.every((m) => m.complete),
+        };
       }),
     };
+  }
+
+  /** Prometheus text format (version 0.0.4) for GET /metrics on the metrics address. */
+  metrics(): string {
+    const r = new MetricsRegistry('fleetcast_server');
+    r.counter('unit_bytes_sent_total', 'Unit bytes written to agents', [[{}, this.stats.unitBytesSent]]);
+    r.counter('unit_bytes_sent_by_group_total', 'Unit bytes written to agents, by LAN group', Object.entries(this.stats.unitBytesSentByGroup).map(([group, v]) => [{ group }, v]));
+    r.counter('unit_requests_total', 'Unit requests served', [[{}, this.stats.unitRequests]]);
+    r.counter('http_requests_total', 'HTTP API requests', [[{}, this.stats.requests]]);
+    r.counter('http_bad_requests_total', 'HTTP API requests refused with an error', [[{}, this.stats.badRequests]]);
+    r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
+    const members: [Record<string, string>, number][] = [];
+    const missing: [Record<string, string>, number][] = [];
+    for (const [key, g] of this.groups) {
+      const [release, group] = key.split('/');
+      members.push([{ release, group }, g.memberCount()]);
+      missing.push([{ release, group }, g.missingInGroup()]);
+    }
+    r.gauge('group_members', 'Live members per release and group', members);
+    r.gauge('group_missing_units', 'Units no live member of the group holds', missing);
+    return r.text();
   }
 
   private async serveUnit(req: http.IncomingMessage, res: http.ServerResponse, id: string, unitStr: string, q: URLSearchParams): Promise<void> {

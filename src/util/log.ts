@@ -12,15 +12,17 @@ export interface Logger {
   info(msg: string): void;
   debug(msg: string): void;
   child(prefix: string): Logger;
+  /** Change the level of this logger and every child (SIGHUP reload). */
+  setLevel(level: Level): void;
 }
 
-export function createLogger(opts: { level?: Level; prefix?: string; journald?: boolean; write?: (line: string) => void } = {}): Logger {
-  const level = opts.level ?? ((process.env.FLEETCAST_LOG_LEVEL as Level) || 'info');
+export function createLogger(opts: { level?: Level; prefix?: string; journald?: boolean; write?: (line: string) => void; shared?: { level: Level } } = {}): Logger {
+  const state = opts.shared ?? { level: opts.level ?? ((process.env.FLEETCAST_LOG_LEVEL as Level) || 'info') };
   const journald = opts.journald ?? Boolean(process.env.JOURNAL_STREAM);
   const write = opts.write ?? ((line: string) => process.stderr.write(line + '\n'));
   const prefix = opts.prefix ? `${opts.prefix}: ` : '';
   const emit = (l: Level, msg: string) => {
-    if (ORDER[l] > (ORDER[level] ?? 2)) return;
+    if (ORDER[l] > (ORDER[state.level] ?? 2)) return;
     write(journald ? `<${PRIORITY[l]}>${prefix}${msg}` : `${l === 'info' ? '' : l + ': '}${prefix}${msg}`);
   };
   return {
@@ -28,8 +30,11 @@ export function createLogger(opts: { level?: Level; prefix?: string; journald?: 
     warn: (m) => emit('warn', m),
     info: (m) => emit('info', m),
     debug: (m) => emit('debug', m),
-    child: (p) => createLogger({ level, journald, write, prefix: opts.prefix ? `${opts.prefix} ${p}` : p }),
+    child: (p) => createLogger({ shared: state, journald, write, prefix: opts.prefix ? `${opts.prefix} ${p}` : p }),
+    setLevel: (l) => {
+      state.level = l;
+    },
   };
 }
 
-export const silentLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}, child: () => silentLogger };
+export const silentLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}, child: () => silentLogger, setLevel() {} };

@@ -28,6 +28,15 @@ export interface ReceiptBody extends MemberRef {
 export interface CompleteBody extends MemberRef {
   sha256: string;
 }
+/** What an agent's on_complete hook did with a release. */
+export interface HookBody extends MemberRef {
+  /** Exit status, absent when the hook was killed by a signal or could not start. */
+  exitCode?: number;
+  signal?: string;
+  durationMs: number;
+  /** Why the hook could not run or was killed (timeout), short. */
+  error?: string;
+}
 
 type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256'; optional?: boolean; max?: number };
 
@@ -43,6 +52,7 @@ export const SCHEMAS = {
   leave: REF,
   receipt: { ...REF, unit: { kind: 'uint' } },
   complete: { ...REF, sha256: { kind: 'sha256' } },
+  hook: { ...REF, exitCode: { kind: 'uint', optional: true }, signal: { kind: 'string', optional: true, max: 32 }, durationMs: { kind: 'uint' }, error: { kind: 'string', optional: true, max: 512 } },
 } satisfies Record<string, Record<string, FieldSpec>>;
 
 function checkField(name: string, v: unknown, spec: FieldSpec): string | null {

@@ -47,7 +47,7 @@ export async function netFleet(topo: Topology, o: { sizeBytes: number; unitSize?
     const report = path.join(dir, `${id}.json`);
     const child = topo.exec(host.ns, [
       process.execPath, BIN, 'agent', '--server', topo.serverUrl(host), '--group', group, '--interface', host.lanAddress,
-      '--multicast', `239.200.0.1:${MCAST_PORT}`, '--storage', path.join(dir, id), '--trust', pubPath, '--release', manifest.id,
+      '--multicast', `239.200.0.1:${MCAST_PORT}`, '--status-socket', 'none', '--storage', path.join(dir, id), '--trust', pubPath, '--release', manifest.id,
       '--once', '--member', id, '--report', report, '--linger', '30', '--timeout', '300', '--log-level', 'warn', ...extra,
     ]);
     let err = '';

@@ -1,0 +1,475 @@
+import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { Agent, AgentOptions, AgentStats } from './agent';
+import { HookResult, runHook } from './hook';
+import { markCompleted, prune } from './retention';
+import { ChannelHead, parseChannelHead } from '../release/channels';
+import { Logger, Level } from '../util/log';
+import { MetricsRegistry } from '../util/metrics';
+import { FleetcastError } from '../util/errors';
+
+/**
+ * The long-running agent (`fleetcast agent` without --once): it follows a channel (or
+ * stays on one release), runs one Agent at a time, runs the on_complete hook once per
+ * release and reports its status to the server, prunes old releases, and answers
+ * `fleetcast status` on a unix socket and Prometheus on a metrics address.
+ */
+export interface DaemonOptions {
+  agent: Omit<AgentOptions, 'releaseId' | 'onProgress' | 'logger'>;
+  release?: string;
+  channel?: string;
+  keep: number;
+  onComplete?: string;
+  hookTimeoutMs: number;
+  channelPollMs: number;
+  logger: Logger;
+  onProgress?: (d: AgentDaemon) => void;
+  /** Called when the agent moves to a release (status line for systemd). */
+  onState?: (d: AgentDaemon) => void;
+}
+
+/** What can change on SIGHUP. */
+export interface Reloadable {
+  rateBytesPerSec: number;
+  channel?: string;
+  keep: number;
+  onComplete?: string;
+  hookTimeoutMs: number;
+  logLevel: Level;
+}
+
+type Totals = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'transport'>;
+const ZERO: Totals = {
+  wanBytes: 0,
+  lanBytes: 0,
+  lanDuplicateBytes: 0,
+  copyBytesSent: 0,
+  repairBytesSent: 0,
+  repairPacketsSent: 0,
+  nacksSent: 0,
+  nacksSuppressed: 0,
+  nacksHeard: 0,
+  nacksAnswered: 0,
+  unitsFromWan: 0,
+  unitsFromLan: 0,
+  unitsRejected: 0,
+  unitsResumed: 0,
+};
+
+const HOOK_FILE = 'hook.json';
+const MAX_ERRORS = 10;
+
+export class AgentDaemon {
+  current: Agent | null = null;
+  currentRelease: string | null = null;
+  state: 'starting' | 'fetching' | 'complete' | 'waiting' | 'retrying' | 'stopped' = 'starting';
+  readonly lastErrors: { at: string; message: string }[] = [];
+  lastHook: (HookResult & { release: string }) | null = null;
+  hooksRun = 0;
+  private readonly started = Date.now();
+  /** Counters of agents that have ended, so totals only grow. */
+  private readonly past: Totals = { ...ZERO };
+  private readonly pastDrops: Record<string, number> = {};
+  private rates = { wanBytesPerSec: 0, lanBytesPerSec: 0, sentBytesPerSec: 0 };
+  private lastSample = { at: Date.now(), wan: 0, lan: 0, sent: 0 };
+  private sampler: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private readonly abort = new AbortController();
+  private wakeLoop: (() => void) | null = null;
+  private pollBackoffMs = 0;
+  private failures = 0;
+  private retryAt = 0;
+  private readonly log: Logger;
+  private statusServer: http.Server | null = null;
+  private opts: DaemonOptions;
+
+  constructor(opts: DaemonOptions) {
+    this.opts = opts;
+    this.log = recordingLogger(opts.logger, (m) => this.noteError(m));
+  }
+
+  get channel(): string | undefined {
+    return this.opts.channel;
+  }
+
+  noteError(message: string): void {
+    this.lastErrors.push({ at: new Date().toISOString(), message });
+    if (this.lastErrors.length > MAX_ERRORS) this.lastErrors.shift();
+  }
+
+  /** Run until stop(): follow the channel (or stay on the one release). */
+  async runForever(): Promise<void> {
+    this.startSampling();
+    while (!this.stopped) {
+      try {
+        const target = await this.target();
+        if (target !== this.currentRelease && Date.now() >= this.retryAt) await this.switchTo(target);
+        this.pollBackoffMs = 0;
+      } catch (err) {
+        this.pollBackoffMs = Math.min(60_000, Math.max(1000, this.pollBackoffMs * 2));
+        this.log.warn(`${(err as Error).message}; asking again in ${this.pollBackoffMs / 1000} s`);
+        if (!this.current) this.setState('retrying');
+      }
+      await this.sleep(Math.max(this.pollBackoffMs, this.opts.channelPollMs));
+    }
+  }
+
+  /** --once: get the release to be on, fetch it, run the hook; resolves with its path. */
+  async runOnce(): Promise<{ agent: Agent; path: string }> {
+    this.startSampling();
+    let target: string | null = null;
+    while (!target) {
+      try {
+        target = await this.target();
+      } catch (err) {
+        if (err instanceof FleetcastError && err.code !== 'NO_CHANNEL' && err.code !== 'UNREACHABLE') throw err;
+        this.log.warn(`${(err as Error).message}; asking again in 1 s`);
+        await this.sleep(1000);
+        if (this.stopped) throw new FleetcastError('STOPPED', 'stopped');
+      }
+    }
+    this.currentRelease = target;
+    this.setState('fetching');
+    const ag = this.newAgent(target);
+    this.current = ag;
+    const finalPath = await ag.run();
+    this.setState('complete');
+    await this.completed(ag, finalPath);
+    return { agent: ag, path: finalPath };
+  }
+
+  private startSampling(): void {
+    this.sampler = setInterval(() => this.sample(), 1000);
+    this.sampler.unref();
+  }
+
+  /** The release to be on: the fixed one, or the channel's current one. */
+  private async target(): Promise<string> {
+    if (this.opts.release) return this.opts.release;
+    const head = await this.fetchChannel();
+    return head.release;
+  }
+
+  async fetchChannel(): Promise<ChannelHead> {
+    const ch = this.opts.channel!;
+    const url = `${this.opts.agent.serverUrl.replace(/\/+$/, '')}/v1/channels/${encodeURIComponent(ch)}`;
+    let res: Response;
+    try {
+      res = await fetch(url, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
+    } catch (err) {
+      throw new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${(err as Error).message}`);
+    }
+    const body = Buffer.from(await res.arrayBuffer());
+    if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
+    if (!res.ok) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
+    const head = parseChannelHead(body);
+    if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
+    return head;
+  }
+
+  private newAgent(id: string): Agent {
+    return new Agent({ ...this.opts.agent, releaseId: id, logger: this.log, onProgress: () => this.opts.onProgress?.(this) });
+  }
+
+  /** Leave the release we are on (a superseded partial is discarded) and start on `id` in the background. */
+  private async switchTo(id: string): Promise<void> {
+    const old = this.current;
+    if (old) {
+      this.log.info(`moving from release ${this.currentRelease} to ${id}`);
+      this.current = null;
+      await this.retire(old);
+    }
+    this.currentRelease = id;
+    this.setState('fetching');
+    // Superseded partials go now, before the new release takes their space.
+    await prune(this.opts.agent.storageDir, id, this.opts.keep, this.log).catch((err) => this.log.warn(`pruning: ${(err as Error).message}`));
+    const ag = this.newAgent(id);
+    this.current = ag;
+    ag.run().then(
+      (finalPath) => {
+        if (this.current !== ag) return;
+        this.failures = 0;
+        this.setState('complete');
+        this.completed(ag, finalPath).catch((err) => this.log.error(`after completing ${id}: ${(err as Error).message}`));
+      },
+      async (err: Error) => {
+        if (this.current !== ag) return;
+        this.current = null;
+        this.currentRelease = null;
+        this.failures++;
+        const wait = Math.min(60_000, 1000 * 2 ** Math.min(6, this.failures - 1));
+        this.retryAt = Date.now() + wait;
+        this.log.error(`release ${id}: ${err.message}; trying again in ${wait / 1000} s`);
+        this.setState('retrying');
+        await this.retire(ag).catch(() => undefined);
+        this.wakeLoop?.();
+      },
+    );
+  }
+
+  private async retire(ag: Agent): Promise<void> {
+    this.absorb(ag);
+    await ag.leave();
+    await ag.close();
+  }
+
+  /** Fold an ending agent's counters into the totals. */
+  private absorb(ag: Agent): void {
+    for (const k of Object.keys(ZERO) as (keyof Totals)[]) this.past[k] += ag.stats[k];
+    for (const [r, n] of Object.entries(ag.stats.drops)) this.pastDrops[r] = (this.pastDrops[r] ?? 0) + n;
+  }
+
+  /** Hook (once per release, remembered on disk), report to the server, prune. */
+  async completed(ag: Agent, finalPath: string): Promise<void> {
+    const m = ag.manifest;
+    const dir = path.join(this.opts.agent.storageDir, m.id);
+    await markCompleted(this.opts.agent.storageDir, m.id);
+    const cmd = this.opts.onComplete;
+    if (cmd) {
+      const hookFile = path.join(dir, HOOK_FILE);
+      const already = await fs.readFile(hookFile, 'utf8').then(
+        (t) => JSON.parse(t) as HookResult,
+        () => null,
+      );
+      let r: HookResult;
+      if (already) {
+        r = already;
+        this.log.info(`hook already ran for ${m.name} (${m.id}); not running it again`);
+      } else {
+        this.log.info(`running on_complete hook for ${m.name}`);
+        r = await runHook(
+          cmd,
+          {
+            FLEETCAST_FILE: finalPath,
+            FLEETCAST_RELEASE_ID: m.id,
+            FLEETCAST_RELEASE_NAME: m.name,
+            FLEETCAST_SHA256: m.sha256,
+            FLEETCAST_SIZE: String(m.size),
+            FLEETCAST_CHANNEL: this.opts.channel ?? '',
+            FLEETCAST_GROUP: this.opts.agent.group,
+            FLEETCAST_MEMBER: ag.memberId,
+          },
+          this.opts.hookTimeoutMs,
+          this.log.child('hook'),
+        );
+        await fs.writeFile(hookFile, JSON.stringify(r) + '\n');
+        this.hooksRun++;
+        const how = r.exitCode !== undefined ? `exit status ${r.exitCode}` : r.signal ? `signal ${r.signal}` : (r.error ?? 'unknown');
+        (r.exitCode === 0 ? this.log.info : this.log.error)(`hook for ${m.name}: ${how} after ${r.durationMs} ms`);
+      }
+      this.lastHook = { ...r, release: m.id };
+      await this.reportHook(ag, r);
+    }
+    await prune(this.opts.agent.storageDir, m.id, this.opts.keep, this.log);
+  }
+
+  private async reportHook(ag: Agent, r: HookResult): Promise<void> {
+    const body = { release: ag.manifest.id, group: this.opts.agent.group, member: ag.memberId, durationMs: r.durationMs, exitCode: r.exitCode, signal: r.signal, error: r.error?.slice(0, 512) };
+    for (let attempt = 0; attempt < 5 && !this.stopped; attempt++) {
+      try {
+        const res = await fetch(`${this.opts.agent.serverUrl.replace(/\/+$/, '')}/v1/hook`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(5000),
+        });
+        if (res.ok) return;
+        this.log.warn(`reporting the hook's result: server said ${res.status}`);
+      } catch (err) {
+        this.log.debug(`reporting the hook's result: ${(err as Error).message}`);
+      }
+      await this.sleep(1000 * 2 ** attempt);
+    }
+  }
+
+  /** Apply a reloaded config; returns what changed. */
+  reload(r: Reloadable): string[] {
+    const changed: string[] = [];
+    if (this.current && this.current.rateBytesPerSec !== r.rateBytesPerSec) {
+      this.current.setRate(r.rateBytesPerSec);
+      changed.push('rate');
+    }
+    if (this.opts.agent.rateBytesPerSec !== r.rateBytesPerSec && !changed.includes('rate')) changed.push('rate');
+    if (r.keep !== this.opts.keep) changed.push('keep');
+    if (r.onComplete !== this.opts.onComplete) changed.push('on_complete');
+    if (r.hookTimeoutMs !== this.opts.hookTimeoutMs) changed.push('hook_timeout');
+    const channelChanged = r.channel !== this.opts.channel;
+    if (channelChanged) changed.push('channel');
+    this.opts = {
+      ...this.opts,
+      agent: { ...this.opts.agent, rateBytesPerSec: r.rateBytesPerSec },
+      channel: r.channel,
+      keep: r.keep,
+      onComplete: r.onComplete,
+      hookTimeoutMs: r.hookTimeoutMs,
+    };
+    this.opts.logger.setLevel(r.logLevel);
+    if (channelChanged) this.wakeLoop?.();
+    return changed;
+  }
+
+  private setState(s: AgentDaemon['state']): void {
+    this.state = s;
+    this.opts.onState?.(this);
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wakeLoop = done;
+      this.abort.signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.setState('stopped');
+    this.abort.abort();
+    this.wakeLoop?.();
+    if (this.sampler) clearInterval(this.sampler);
+    if (this.current) await this.retire(this.current);
+    await new Promise<void>((resolve) => (this.statusServer ? this.statusServer.close(() => resolve()) : resolve()));
+  }
+
+  totals(): Totals & { drops: Record<string, number> } {
+    const t: Totals = { ...this.past };
+    const drops = { ...this.pastDrops };
+    if (this.current) {
+      for (const k of Object.keys(ZERO) as (keyof Totals)[]) t[k] += this.current.stats[k];
+      for (const [r, n] of Object.entries(this.current.stats.drops)) drops[r] = (drops[r] ?? 0) + n;
+    }
+    return { ...t, drops };
+  }
+
+  private sample(): void {
+    const t = this.totals();
+    const now = Date.now();
+    const dt = Math.max(1, now - this.lastSample.at) / 1000;
+    const sent = t.copyBytesSent + t.repairBytesSent;
+    this.rates = {
+      wanBytesPerSec: Math.max(0, (t.wanBytes - this.lastSample.wan) / dt),
+      lanBytesPerSec: Math.max(0, (t.lanBytes - this.lastSample.lan) / dt),
+      sentBytesPerSec: Math.max(0, (sent - this.lastSample.sent) / dt),
+    };
+    this.lastSample = { at: now, wan: t.wanBytes, lan: t.lanBytes, sent };
+  }
+
+  status(): Record<string, unknown> {
+    const ag = this.current;
+    const m = ag?.manifest;
+    const ti = ag?.transportInfo;
+    return {
+      version: 1,
+      pid: process.pid,
+      uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
+      state: this.state,
+      member: ag?.memberId || null,
+      group: this.opts.agent.group,
+      server: this.opts.agent.serverUrl,
+      channel: this.opts.channel ?? null,
+      // The gateway role comes with wide-area groups; until then every agent is a plain member.
+      role: 'member',
+      release: m
+        ? { id: m.id, name: m.name, size: m.size, units: m.unitCount, verifiedUnits: ag!.progress.verified, complete: ag!.isComplete, path: ag!.finalPath }
+        : this.currentRelease
+          ? { id: this.currentRelease, name: null, size: null, units: null, verifiedUnits: 0, complete: false, path: null }
+          : null,
+      rates: { ...this.rates, limitBytesPerSec: ag?.rateBytesPerSec ?? this.opts.agent.rateBytesPerSec ?? null },
+      totals: this.totals(),
+      peers: ag?.peersSeen() ?? [],
+      transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
+      hook: this.lastHook,
+      lastErrors: this.lastErrors,
+    };
+  }
+
+  metrics(): string {
+    const r = new MetricsRegistry('fleetcast_agent');
+    const t = this.totals();
+    r.counter('received_bytes_total', 'Verified-path payload bytes received, by source', [
+      [{ source: 'wan' }, t.wanBytes],
+      [{ source: 'lan' }, t.lanBytes],
+      // Cross-group copies come with wide-area groups; nothing arrives that way yet.
+      [{ source: 'cross_group' }, 0],
+    ]);
+    r.counter('duplicate_bytes_total', 'LAN payload bytes received that we already had', [[{}, t.lanDuplicateBytes]]);
+    r.counter('sent_bytes_total', 'Payload bytes multicast on the LAN, by kind', [
+      [{ kind: 'copy' }, t.copyBytesSent],
+      [{ kind: 'repair' }, t.repairBytesSent],
+    ]);
+    r.counter('nacks_sent_total', 'NACK packets sent', [[{}, t.nacksSent]]);
+    r.counter('nacks_suppressed_total', 'NACKs not sent because a peer asked first', [[{}, t.nacksSuppressed]]);
+    r.counter('nacks_heard_total', "NACK packets heard from peers", [[{}, t.nacksHeard]]);
+    r.counter('nacks_answered_total', 'NACKed units this agent queued repairs for', [[{}, t.nacksAnswered]]);
+    r.counter('repair_packets_sent_total', 'Repair datagrams sent', [[{}, t.repairPacketsSent]]);
+    r.counter('drops_total', 'Datagrams dropped, by reason', Object.entries(t.drops).map(([reason, n]) => [{ reason }, n]));
+    r.counter('units_verified_total', 'Units verified and stored, by source', [
+      [{ source: 'wan' }, t.unitsFromWan],
+      [{ source: 'lan' }, t.unitsFromLan],
+    ]);
+    r.counter('units_rejected_total', 'Units that failed their hash', [[{}, t.unitsRejected]]);
+    r.counter('hooks_run_total', 'on_complete hooks run', [[{}, this.hooksRun]]);
+    const p = this.current?.progress;
+    r.gauge('release_units', 'Units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.total]] : []);
+    r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);
+    r.gauge('progress_ratio', 'Share of the current release verified (0 to 1)', p ? [[{}, p.total === 0 ? 1 : p.verified / p.total]] : []);
+    r.gauge('peers', 'Peers heard on the LAN in the last 5 s', [[{}, this.current?.peersSeen().length ?? 0]]);
+    if (this.lastHook) r.gauge('hook_last_exit_code', 'Exit status of the last hook (-1: signal or failed to start)', [[{ release: this.lastHook.release }, this.lastHook.exitCode ?? -1]]);
+    return r.text();
+  }
+
+  /** `fleetcast status` answers: HTTP on a unix socket, GET /status → JSON. */
+  async serveStatus(socketPath: string): Promise<void> {
+    await fs.mkdir(path.dirname(socketPath), { recursive: true });
+    // Another agent answering there keeps its socket; a stale one from a crash goes.
+    const live = await new Promise<boolean>((resolve) => {
+      const c = net.connect(socketPath, () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.on('error', () => resolve(false));
+    });
+    if (live) throw new Error('another agent is answering on it');
+    await fs.rm(socketPath, { force: true });
+    const srv = http.createServer((req, res) => {
+      const body = req.method === 'GET' && req.url === '/status' ? JSON.stringify(this.status()) : null;
+      res.writeHead(body ? 200 : 404, { 'content-type': 'application/json' });
+      res.end(body ?? JSON.stringify({ error: 'NOT_FOUND', message: 'GET /status' }));
+    });
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(socketPath, () => {
+        srv.off('error', reject);
+        resolve();
+      });
+    });
+    await fs.chmod(socketPath, 0o660).catch(() => undefined);
+    srv.unref();
+    this.statusServer = srv;
+  }
+}
+
+/** A logger that also remembers warnings and errors for `fleetcast status`. */
+function recordingLogger(inner: Logger, note: (m: string) => void): Logger {
+  return {
+    error: (m) => {
+      note(m);
+      inner.error(m);
+    },
+    warn: (m) => {
+      note(m);
+      inner.warn(m);
+    },
+    info: (m) => inner.info(m),
+    debug: (m) => inner.debug(m),
+    child: (p) => recordingLogger(inner.child(p), (m) => note(`${p}: ${m}`)),
+    setLevel: (l) => inner.setLevel(l),
+  };
+}
