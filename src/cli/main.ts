@@ -3,8 +3,9 @@ import { loadConfigFile } from '../config/config';
 import { didYouMean, formatHelp, parseArgs, resolveFlags } from './args';
 import { agent, Command, keygen, publish, server } from './commands';
 import { demo } from './demo';
+import { config, fleet, status } from './ops';
 
-const COMMANDS: Record<string, Command> = { keygen, publish, server, agent, demo };
+const COMMANDS: Record<string, Command> = { keygen, publish, server, agent, status, fleet, config, demo };
 
 function topHelp(): string {
   const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));

@@ -1,0 +1,80 @@
+#!/bin/sh
+# Install fleetcast on this box as systemd services: the built package under
+# /opt/fleetcast, /usr/local/bin/fleetcast, the units, and example configs in
+# /etc/fleetcast (an existing config is never overwritten).
+#
+#   npm install && sudo npm run install-service [-- --igmp-querier] [-- --destdir DIR]
+#
+# --destdir DIR   install below DIR instead of / (packaging, tests); no systemctl
+# --igmp-querier  also install the drop-in that grants CAP_NET_RAW for igmp_querier
+# --enable        systemctl enable --now fleetcast-agent afterwards
+set -eu
+
+DESTDIR=""
+IGMP=0
+ENABLE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
+    --igmp-querier) IGMP=1; shift ;;
+    --enable) ENABLE=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install-service: unknown option $1 (try --help)" >&2; exit 64 ;;
+  esac
+done
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f "$SRC/dist/src/cli/main.js" ]; then
+  echo "install-service: $SRC is not built; run 'npm install' first" >&2
+  exit 66
+fi
+if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
+  echo "install-service: run as root (or give --destdir DIR)" >&2
+  exit 77
+fi
+
+OPT="$DESTDIR/opt/fleetcast"
+UNITS="$DESTDIR/etc/systemd/system"
+ETC="$DESTDIR/etc/fleetcast"
+
+echo "installing fleetcast from $SRC into ${DESTDIR:-/}"
+mkdir -p "$OPT" "$UNITS" "$ETC" "$DESTDIR/usr/local/bin"
+# The package itself, outside /home and /root (the units use ProtectHome=yes).
+rm -rf "$OPT.new"
+mkdir -p "$OPT.new"
+mkdir -p "$OPT.new/dist"
+cp -a "$SRC/package.json" "$SRC/bin" "$OPT.new/"
+cp -a "$SRC/dist/src" "$OPT.new/dist/"
+[ -d "$SRC/build/Release" ] && mkdir -p "$OPT.new/build" && cp -a "$SRC/build/Release" "$OPT.new/build/"
+mkdir -p "$OPT.new/node_modules"
+for dep in yaml raw-socket; do
+  [ -d "$SRC/node_modules/$dep" ] && cp -a "$SRC/node_modules/$dep" "$OPT.new/node_modules/"
+done
+rm -rf "$OPT.old"
+[ -d "$OPT" ] && mv "$OPT" "$OPT.old"
+mv "$OPT.new" "$OPT"
+rm -rf "$OPT.old"
+ln -sf /opt/fleetcast/bin/fleetcast.js "$DESTDIR/usr/local/bin/fleetcast"
+
+install -m 0644 "$SRC/systemd/fleetcast-agent.service" "$SRC/systemd/fleetcast-server.service" "$UNITS/"
+if [ "$IGMP" = 1 ]; then
+  mkdir -p "$UNITS/fleetcast-agent.service.d"
+  install -m 0644 "$SRC/systemd/fleetcast-agent.service.d/igmp-querier.conf.example" "$UNITS/fleetcast-agent.service.d/igmp-querier.conf"
+fi
+for kind in agent server; do
+  if [ -e "$ETC/$kind.yaml" ]; then
+    echo "kept your $ETC/$kind.yaml; the current example is $ETC/$kind.yaml.example"
+  else
+    install -m 0640 "$SRC/systemd/$kind.yaml.example" "$ETC/$kind.yaml"
+    echo "wrote $ETC/$kind.yaml: edit it, then check it with: fleetcast config check $ETC/$kind.yaml"
+  fi
+  install -m 0644 "$SRC/systemd/$kind.yaml.example" "$ETC/$kind.yaml.example"
+done
+
+if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  [ "$ENABLE" = 1 ] && systemctl enable --now fleetcast-agent
+  echo "start with: systemctl enable --now fleetcast-agent (or fleetcast-server on the origin)"
+else
+  echo "systemd is not running here (or --destdir was given): not reloading it"
+fi

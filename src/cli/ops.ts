@@ -1,0 +1,182 @@
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { loadConfigFile } from '../config/config';
+import { ExitCode, FleetcastError } from '../util/errors';
+import { checks, resolveFlags, usageError } from './args';
+import { agent, Command, defaultStatusSocket, server } from './commands';
+import { formatBytes } from './progress';
+
+const out = (s: string) => process.stdout.write(s + '\n');
+
+/** GET over a unix socket (the agent's status API). */
+function getUnix(socketPath: string, urlPath: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath, path: urlPath, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', reject);
+  });
+}
+
+const rate = (bytesPerSec: number) => `${((bytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s`;
+
+export const status: Command = {
+  spec: {
+    name: 'status',
+    summary: 'Show what the local agent is doing: release, progress, rates, peers on the LAN, role, transport and recent errors.',
+    usage: 'status [--socket PATH] [--json]',
+    flags: {
+      socket: { type: 'string', arg: 'PATH', help: "the agent's status socket (default: $RUNTIME_DIRECTORY/agent.sock or /run/fleetcast/agent.sock)" },
+      json: { type: 'boolean', help: 'print the raw JSON' },
+    },
+  },
+  async run(a) {
+    const sock = (a.flags.socket as string | undefined) ?? defaultStatusSocket();
+    let r;
+    try {
+      r = await getUnix(sock, '/status');
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const hint = e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? ' Is the agent running (systemctl status fleetcast-agent)?' : e.code === 'EACCES' ? ' Run as root or as the fleetcast user.' : '';
+      throw new FleetcastError('UNREACHABLE', `cannot reach the agent at ${sock}: ${e.code ?? e.message}.${hint}`, ExitCode.UNAVAILABLE);
+    }
+    if (r.status !== 200) throw new FleetcastError('BAD_RESPONSE', `the agent at ${sock} answered ${r.status}`, ExitCode.UNAVAILABLE);
+    if (a.flags.json) {
+      out(r.body);
+      return ExitCode.OK;
+    }
+    const s = JSON.parse(r.body) as StatusJson;
+    const rel = s.release;
+    out(`agent ${s.member ?? '(not joined yet)'} in group ${s.group}, role ${s.role}, state ${s.state}, up ${s.uptimeSeconds} s`);
+    out(`server   ${s.server}${s.channel ? `, following channel ${s.channel}` : ''}`);
+    if (rel) {
+      const pct = rel.units ? ((100 * rel.verifiedUnits) / rel.units).toFixed(1) : rel.units === 0 ? '100.0' : '?';
+      out(`release  ${rel.name ?? '?'} (${rel.id})${rel.size !== null ? `, ${formatBytes(rel.size)}` : ''}`);
+      out(`progress ${rel.verifiedUnits}/${rel.units ?? '?'} units (${pct}%)${rel.complete ? `, complete: ${rel.path}` : ''}`);
+    } else out('release  none yet');
+    out(`rates    WAN ${rate(s.rates.wanBytesPerSec)}, LAN in ${rate(s.rates.lanBytesPerSec)}, sending ${rate(s.rates.sentBytesPerSec)} (limit ${s.rates.limitBytesPerSec ? rate(s.rates.limitBytesPerSec) : '?'})`);
+    out(`peers    ${s.peers.length} heard on the LAN in the last 5 s${s.peers.length ? `: ${s.peers.map((p) => p.sender + (p.complete ? ' (complete)' : '')).join(', ')}` : ''}`);
+    out(`transport ${s.transport ? `${s.transport.kind}${s.transport.features.length ? ` (${s.transport.features.join(', ')})` : ''}` : 'not open'}`);
+    if (s.hook) out(`hook     release ${s.hook.release}: ${s.hook.exitCode !== undefined ? `exit ${s.hook.exitCode}` : (s.hook.signal ?? s.hook.error)} after ${s.hook.durationMs} ms`);
+    if (s.lastErrors.length) {
+      out('recent errors:');
+      for (const e of s.lastErrors.slice(-5)) out(`  ${e.at}  ${e.message}`);
+    }
+    return ExitCode.OK;
+  },
+};
+
+interface StatusJson {
+  uptimeSeconds: number;
+  state: string;
+  member: string | null;
+  group: string;
+  server: string;
+  channel: string | null;
+  role: string;
+  release: { id: string; name: string | null; size: number | null; units: number | null; verifiedUnits: number; complete: boolean; path: string | null } | null;
+  rates: { wanBytesPerSec: number; lanBytesPerSec: number; sentBytesPerSec: number; limitBytesPerSec: number | null };
+  peers: { sender: string; complete: boolean }[];
+  transport: { kind: string; features: string[] } | null;
+  hook: { release: string; exitCode?: number; signal?: string; error?: string; durationMs: number } | null;
+  lastErrors: { at: string; message: string }[];
+}
+
+interface FleetJson {
+  groups: {
+    release: string;
+    name: string | null;
+    units: number | null;
+    group: string;
+    missingUnits: number;
+    groupComplete: boolean;
+    members: {
+      id: string;
+      rank: number;
+      overheadMsPerMiB: number | null;
+      verifiedUnits: number;
+      complete: boolean;
+      lastSeenMsAgo: number;
+      hook: { exitCode: number | null; signal: string | null; error: string | null } | null;
+    }[];
+  }[];
+}
+
+export const fleet: Command = {
+  spec: {
+    name: 'fleet',
+    summary: 'Ask the server for every group and member: release, progress, overhead, role, hook result, last seen.',
+    usage: 'fleet [--server URL] [--json]',
+    flags: {
+      server: { type: 'string', arg: 'URL', help: 'origin server', default: 'http://127.0.0.1:7600', check: checks.httpUrl },
+      json: { type: 'boolean', help: 'print the raw JSON' },
+    },
+  },
+  async run(a) {
+    const url = `${String(a.flags.server).replace(/\/+$/, '')}/v1/fleet`;
+    let res: Response;
+    try {
+      res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+    } catch (err) {
+      throw new FleetcastError('UNREACHABLE', `cannot reach the server at ${a.flags.server}: ${(err as Error).message}`, ExitCode.UNAVAILABLE);
+    }
+    const body = await res.text();
+    if (!res.ok) throw new FleetcastError('BAD_RESPONSE', `the server answered ${res.status}: ${body.slice(0, 200)}`, ExitCode.UNAVAILABLE);
+    if (a.flags.json) {
+      out(body);
+      return ExitCode.OK;
+    }
+    const f = JSON.parse(body) as FleetJson;
+    if (f.groups.length === 0) out('no groups yet: no agent has joined');
+    for (const g of f.groups) {
+      out(`${g.name ?? '?'} (${g.release}) group ${g.group}: ${g.members.length} member(s), ${g.groupComplete ? 'complete' : `${g.missingUnits} unit(s) nobody holds yet`}`);
+      const rows = [['MEMBER', 'ROLE', 'PROGRESS', 'OVERHEAD', 'HOOK', 'LAST SEEN']];
+      for (const m of g.members) {
+        const hook = m.hook ? (m.hook.exitCode !== null ? `exit ${m.hook.exitCode}` : (m.hook.signal ?? m.hook.error ?? 'failed')) : '-';
+        rows.push([
+          m.id,
+          // Every member fetches its share; the gateway role arrives with wide-area groups.
+          `member #${m.rank}`,
+          `${m.verifiedUnits}/${g.units ?? '?'}${m.complete ? ' done' : ''}`,
+          m.overheadMsPerMiB === null ? '-' : `${m.overheadMsPerMiB.toFixed(1)} ms/MiB`,
+          hook,
+          `${(m.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
+        ]);
+      }
+      const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+      for (const r of rows) out('  ' + r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd());
+    }
+    return ExitCode.OK;
+  },
+};
+
+export const config: Command = {
+  spec: {
+    name: 'config',
+    summary: 'Check a YAML config file the way the agent or server would load it. Exits 0 when it is valid, 78 when not.',
+    usage: 'config check FILE [--kind agent|server]',
+    positionals: [
+      { name: 'ACTION', required: true },
+      { name: 'FILE', required: true },
+    ],
+    flags: {
+      kind: { type: 'string', arg: 'KIND', help: 'agent or server (default: from the file name)', choices: ['agent', 'server'] },
+    },
+  },
+  async run(a) {
+    const [action, file] = a.positionals;
+    if (action !== 'check') throw usageError(config.spec, `unknown action ${JSON.stringify(action)} (the only one is check)`);
+    const base = path.basename(file);
+    const kind = (a.flags.kind as string | undefined) ?? (base.includes('server') ? 'server' : base.includes('agent') ? 'agent' : undefined);
+    if (!kind) throw usageError(config.spec, `cannot tell from the name ${JSON.stringify(base)} whether this is an agent or server config: give --kind`);
+    const spec = kind === 'server' ? server.spec : agent.spec;
+    const values = await loadConfigFile(file, spec);
+    resolveFlags(spec, {}, values);
+    out(`${file}: valid ${kind} config (${Object.keys(values.values).length} key(s))`);
+    return ExitCode.OK;
+  },
+};
