@@ -1,4 +1,8 @@
 import { generateKeyPairSync } from 'node:crypto';
+import { ConfigError, resolveFlags } from '../../src/cli/args';
+import { agent, server } from '../../src/cli/commands';
+import { parseConfig } from '../../src/config/config';
+import { parseChannelHead } from '../../src/release/channels';
 import { parseManifest, signManifest } from '../../src/release/manifest';
 import { decodeBitmapFile, encodeBitmapFile } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
@@ -14,6 +18,8 @@ export interface Target {
   name: string;
   seeds: Uint8Array[];
   run(input: Uint8Array): void;
+  /** Share of the CI case count to run (slow parsers); `npm run fuzz` runs them all. */
+  ciShare?: number;
 }
 
 /** xorshift32: deterministic, so a failing case can be replayed from its seed. */
@@ -143,7 +149,40 @@ const bitmapFile: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile];
+const configSeeds = [
+  'server: http://127.0.0.1:7600\ngroup: lab\ninterface: lo\nmulticast: 239.1.2.3:7700\nstorage: /var/lib/fleetcast\ntrust: [/etc/k.pub]\nchannel: stable\nrate: 100\n',
+  '# comment\nserver: "http://x"\ntrust:\n  - a.pub\n  - b.pub\nrelease: 0123456789abcdef0123456789abcdef\nkeep: 3\non_complete: >\n  echo "$FLEETCAST_FILE"\n',
+  'store: /srv\nlisten: 0.0.0.0:7600\nheartbeat_ms: 1000\nmetrics: 127.0.0.1:9600\n',
+  'a: &x {b: [1, 2]}\nc: *x\n? complex\n: key\n--- \nsecond: doc\n',
+];
+
+const config: Target = {
+  name: 'config',
+  ciShare: 0.2,
+  seeds: configSeeds.map((s) => Buffer.from(s)),
+  run(input) {
+    const text = Buffer.from(input).toString('utf8');
+    for (const spec of [agent.spec, server.spec]) {
+      try {
+        resolveFlags(spec, {}, parseConfig(text, 'fuzz.yaml', spec));
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        if (!/^fuzz\.yaml:\d+:\d+: /.test(err.message)) throw new Error(`error without a location: ${err.message}`);
+      }
+    }
+  },
+};
+
+const channelHead: Target = {
+  name: 'channel-file',
+  seeds: [Buffer.from(JSON.stringify({ channel: 'stable', release: 'ab'.repeat(16), name: 'fw.bin', publishedAt: 1 }))],
+  run(input) {
+    const h = parseChannelHead(input);
+    if (typeof h !== 'string' && typeof h.release !== 'string') throw new Error('accepted without a release');
+  },
+};
+
+export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, config, channelHead];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
