@@ -84,6 +84,8 @@ export class AgentDaemon {
   private readonly log: Logger;
   private statusServer: http.Server | null = null;
   private opts: DaemonOptions;
+  /** More status fields from the command (e.g. the IGMP querier). */
+  statusExtras: () => Record<string, unknown> = () => ({});
 
   constructor(opts: DaemonOptions) {
     this.opts = opts;
@@ -387,6 +389,7 @@ export class AgentDaemon {
       transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
       hook: this.lastHook,
       lastErrors: this.lastErrors,
+      ...this.statusExtras(),
     };
   }
 

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { Agent } from '../agent/agent';
+import { Agent, resolveInterface } from '../agent/agent';
+import { IgmpQuerier } from '../net/igmp';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../release/keys';
 import { isReleaseId } from '../release/manifest';
 import { publishRelease } from '../release/publish';
@@ -215,6 +216,8 @@ export const agent: Command = {
       'channel-poll': { type: 'number', arg: 'SECONDS', help: 'how often to ask the server for the channel\'s current release', default: 10, min: 0.05, max: 3600 },
       'status-socket': { type: 'string', arg: 'PATH', help: "unix socket for 'fleetcast status' (default: $RUNTIME_DIRECTORY/agent.sock or /run/fleetcast/agent.sock; 'none' to disable)" },
       metrics: metricsFlag,
+      'igmp-querier': { type: 'boolean', help: 'send IGMP general queries on the LAN when no lower-addressed querier does (needs CAP_NET_RAW)' },
+      'igmp-interval': { type: 'number', arg: 'SECONDS', help: 'IGMP query interval', default: 125, min: 0.2, max: 3175 },
       loss: { type: 'number', arg: 'PCT', help: 'testing: drop this share of received datagrams', default: 0, min: 0, max: 99.999 },
       'fragment-bytes': { type: 'number', arg: 'BYTES', help: 'fragment payload size (default: from the interface MTU)', integer: true, min: 64, max: 65467 },
       'log-level': logLevelFlag,
@@ -282,6 +285,14 @@ export const agent: Command = {
       );
     }
     const stopMetrics = await startMetrics(agent.spec, f.metrics as string | undefined, () => daemon.metrics(), log);
+    const querier = f['igmp-querier'] ? startQuerier(String(f.interface), (f['igmp-interval'] as number) * 1000, log) : null;
+    if (querier) {
+      daemon.statusExtras = () => ({
+        igmpQuerier: querier.q
+          ? { querying: querier.q.querying, queriesSent: querier.q.queriesSent, queriesHeard: querier.q.queriesHeard, otherQuerier: querier.q.otherQuerier, error: null }
+          : { querying: false, error: querier.error },
+      });
+    }
     const stopReload = onReload(agent.spec, a, log, (n) =>
       daemon.reload({
         rateBytesPerSec: ((n.rate as number) * 1e6) / 8,
@@ -304,6 +315,7 @@ export const agent: Command = {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     const cleanup = () => {
+      querier?.q?.stop();
       stopWatchdog();
       stopReload();
       stopMetrics();
@@ -344,6 +356,21 @@ export const agent: Command = {
     }
   },
 };
+
+/** The IGMP querier, or why it is not running (the transfer goes on without it). */
+function startQuerier(iface: string, intervalMs: number, log: Logger): { q: IgmpQuerier | null; error: string | null } {
+  try {
+    const i = resolveInterface(iface, 4);
+    if (!i.name) throw new Error(`no interface has address ${iface}`);
+    const q = new IgmpQuerier({ interfaceName: i.name, interfaceAddress: i.address, intervalMs, log: log.child('igmp') });
+    q.start();
+    return { q, error: null };
+  } catch (err) {
+    const m = `igmp_querier is on but cannot run: ${(err as Error).message}`;
+    log.error(m);
+    return { q: null, error: m };
+  }
+}
 
 async function writeReport(file: string, ag: Agent, finalPath: string | null, ok: boolean): Promise<void> {
   const report = { ok, path: finalPath, sha256: ok ? ag.manifest.sha256 : null, ...ag.stats, transportInfo: ag.transportInfo ?? null };

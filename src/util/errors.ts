@@ -13,6 +13,7 @@ export const ExitCode = {
   CANTCREAT: 73, // cannot create output
   IOERR: 74, // disk full, read-only storage
   TEMPFAIL: 75, // try again later (e.g. --once gave up waiting)
+  NOPERM: 77, // missing permission or capability (CAP_NET_RAW)
   CONFIG: 78, // configuration error
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];

@@ -3,6 +3,7 @@ import { ConfigError, resolveFlags } from '../../src/cli/args';
 import { agent, server } from '../../src/cli/commands';
 import { parseConfig } from '../../src/config/config';
 import { parseChannelHead } from '../../src/release/channels';
+import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
 import { decodeBitmapFile, encodeBitmapFile } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
@@ -182,7 +183,18 @@ const channelHead: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, config, channelHead];
+const igmp: Target = {
+  name: 'igmp',
+  seeds: [
+    Buffer.concat([Buffer.from('46000028000000000102000a0a000005e000000194040000', 'hex'), buildGeneralQuery({ maxRespMs: 10_000, robustness: 2, intervalS: 125 })]),
+  ],
+  run(input) {
+    const m = parseIgmpPacket(input);
+    if (m && (m.version !== 2 && m.version !== 3)) throw new Error('bad version');
+  },
+};
+
+export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, config, channelHead, igmp];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
