@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { parseIgmpPacket } from '../src/net/igmp';
 import { namespaceTest } from './helpers/netns';
 import { BIN } from './netns/fleet';
-import { lan } from './netns/topology';
+import { lan, systemTool } from './netns/topology';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -91,6 +91,12 @@ namespaceTest('igmp_querier: well-formed general queries on schedule, silent whi
   for (const g of gaps.slice(2)) t.true(g > 700 && g < 1500, `steady gaps ${gaps.map((x) => x.toFixed(0)).join(', ')}`);
   t.true(first[0].at - started < 2500, 'the first query goes out right after start');
 
+  // fleetcast doctor on the other host hears the querier.
+  const doc = await topo.run(listenerHost.ns, [process.execPath, BIN, 'doctor', '--interface', listenerHost.lanIf, '--multicast', '239.200.0.1:7601', '--wait', '0.5', '--igmp-wait', '2.5', '--json']);
+  const igmpFinding = (JSON.parse(doc.stdout) as { findings: { check: string; verdict: string; detail: string }[] }).findings.find((x) => x.check === 'igmp querier')!;
+  t.is(igmpFinding.verdict, 'ok', igmpFinding.detail);
+  t.true(igmpFinding.detail.startsWith(`querier ${querierHost.lanAddress} (IGMPv3, every 1 s)`), igmpFinding.detail);
+
   // A lower-addressed querier appears: the agent stops.
   const rival = topo.exec(other.ns, ['python3', '-c', OTHER_QUERIER, other.lanAddress]);
   await new Promise<void>((resolve) => rival.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve()));
@@ -112,4 +118,24 @@ namespaceTest('igmp_querier: well-formed general queries on schedule, silent whi
   t.true(after[0].at - goneAt > 2000, `resumed ${after[0]?.at - goneAt} ms after the rival stopped, before its presence timed out`);
   agent.kill('SIGTERM');
   cap.kill('SIGKILL');
+});
+
+namespaceTest('doctor names a firewall that drops the port and strict rp_filter, and says how to fix them', async (t) => {
+  const topo = lan(1);
+  t.teardown(() => topo.destroy());
+  const h = topo.agents[0];
+  const nft = systemTool('nft');
+  const rules = 'table inet fcdoctor { chain input { type filter hook input priority 0; policy accept; udp dport 7601 drop; }; }';
+  const setup = await topo.run(h.ns, ['sh', '-ec', `${nft} '${rules}'; sysctl -qw net.ipv4.conf.all.rp_filter=1`]);
+  t.is(setup.code, 0, setup.stderr);
+  const r = await topo.run(h.ns, [process.execPath, BIN, 'doctor', '--interface', h.lanIf, '--multicast', '239.200.0.1:7601', '--wait', '0.5', '--igmp-wait', '0.5', '--json']);
+  t.is(r.code, 1, r.stderr);
+  const v = Object.fromEntries((JSON.parse(r.stdout) as { findings: { check: string; verdict: string; detail: string; fix?: string }[] }).findings.map((x) => [x.check, x]));
+  t.is(v.firewall.verdict, 'fail');
+  t.regex(v.firewall.detail, /nftables drops UDP port 7601: udp dport 7601 drop/);
+  t.regex(v.firewall.fix!, /udp dport 7601 accept/);
+  t.is(v.loopback.verdict, 'fail', 'the dropped probe never comes back');
+  t.is(v.rp_filter.verdict, 'warn');
+  t.regex(v.rp_filter.fix!, /rp_filter=2/);
+  t.is(v['igmp querier'].verdict, 'warn', 'nobody queries on this LAN');
 });

@@ -218,3 +218,28 @@ test('install-service puts the package, units and example configs in place and n
   r = spawnSync('sh', [script, '--bogus'], { encoding: 'utf8' });
   t.is(r.status, 64);
 });
+
+test('doctor on loopback: the probe comes back, a running agent is heard, the server answers; an unreachable server fails with a fix', async (t) => {
+  const f = await startFleet(t, { size: 8 * 1024 * 1024, unitSize: 256 * 1024 });
+  const a = f.spawnAgent('a', ['--rate', '10', '--linger', '30']);
+  await until('the agent to join', 20_000, async () => f.server.fleet() && (f.server.fleet() as { groups: unknown[] }).groups.length > 0);
+  const r = await runCli(['doctor', '--interface', '127.0.0.1', '--multicast', f.multicast, '--server', f.url, '--wait', '1.5', '--json']);
+  t.is(r.code, 0, r.stdout + r.stderr);
+  const j = JSON.parse(r.stdout) as { findings: { check: string; verdict: string; detail: string }[] };
+  const v = Object.fromEntries(j.findings.map((x) => [x.check, x]));
+  t.is(v.interface.verdict, 'ok');
+  t.is(v['join group'].verdict, 'ok');
+  t.is(v.loopback.verdict, 'ok');
+  t.is(v.peers.verdict, 'ok', v.peers.detail);
+  t.regex(v.peers.detail, /^1 fleetcast agent\(s\) heard .* on 1 release/);
+  t.regex(v.server.detail, /answers; round trip \d+\.\d ms/);
+  a.child.kill('SIGKILL');
+
+  const bad = await runCli(['doctor', '--interface', '127.0.0.1', '--multicast', f.multicast, '--server', 'http://127.0.0.1:1', '--wait', '0.3']);
+  t.is(bad.code, 1);
+  t.regex(bad.stdout, /FAIL\s+server\s+http:\/\/127\.0\.0\.1:1 does not answer/);
+  t.regex(bad.stdout, /fix: check the URL/);
+  const none = await runCli(['doctor', '--interface', 'nosuch0', '--multicast', f.multicast, '--wait', '0.3']);
+  t.is(none.code, 1);
+  t.regex(none.stdout, /FAIL\s+interface\s+--interface nosuch0: no interface has that name/);
+});

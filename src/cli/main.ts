@@ -4,8 +4,9 @@ import { didYouMean, formatHelp, parseArgs, resolveFlags } from './args';
 import { agent, Command, keygen, publish, server } from './commands';
 import { demo } from './demo';
 import { config, fleet, status } from './ops';
+import { doctor } from './doctor';
 
-const COMMANDS: Record<string, Command> = { keygen, publish, server, agent, status, fleet, config, demo };
+const COMMANDS: Record<string, Command> = { keygen, publish, server, agent, status, fleet, config, doctor, demo };
 
 function topHelp(): string {
   const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
