@@ -48,11 +48,13 @@ export async function main(argv: string[]): Promise<number> {
     const file = cmd.spec.flags.config && args.flags.config !== undefined ? await loadConfigFile(String(args.flags.config), cmd.spec) : undefined;
     return await cmd.run({ ...args, flags: resolveFlags(cmd.spec, args.flags, file), cliFlags: args.flags });
   } catch (err) {
+    // Under systemd (journald on stderr) the error gets the err priority, <3>.
+    const pri = process.env.JOURNAL_STREAM ? '<3>' : '';
     if (err instanceof FleetcastError) {
-      process.stderr.write(`fleetcast ${name}: error: ${err.message}\n`);
+      process.stderr.write(`${pri}fleetcast ${name}: error: ${err.message.replace(/\n/g, `\n${pri}`)}\n`);
       return err.exitCode;
     }
-    process.stderr.write(`fleetcast ${name}: internal error (please report): ${(err as Error)?.stack ?? String(err)}\n`);
+    process.stderr.write(`${pri}fleetcast ${name}: internal error (please report): ${((err as Error)?.stack ?? String(err)).replace(/\n/g, `\n${pri}`)}\n`);
     return ExitCode.SOFTWARE;
   }
 }
