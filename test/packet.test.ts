@@ -1,5 +1,7 @@
 import test from 'ava';
-import { decodePacket, encodeAnnounce, encodeData, encodeNack, PacketType, DATA_HEADER_BYTES, setBit } from '../src/wire/packet';
+import { randomBytes } from 'node:crypto';
+import { deriveGroupKey, sealControl, verifyControl } from '../src/wire/auth';
+import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeNack, PacketType, DATA_HEADER_BYTES, setBit } from '../src/wire/packet';
 
 const rid = new Uint8Array(16).map((_, i) => i + 1);
 
@@ -43,7 +45,7 @@ test('NACK round-trips; stray bits past the count are rejected', (t) => {
   if (!r.ok || r.packet.type !== PacketType.NACK) return t.fail();
   t.is(r.packet.unit, 9);
   t.deepEqual([...r.packet.missing], [0x80, 0x40]);
-  buf[buf.length - 1] |= 0x01; // bit 15: past fragment 9
+  buf[buf.length - 1 - AUTH_TRAILER_BYTES] |= 0x01; // bit 15: past fragment 9
   t.deepEqual(decodePacket(buf), { ok: false, reason: 'bitmap' });
 });
 
@@ -69,4 +71,25 @@ test('rejects short, bad magic, unknown version and unknown type', (t) => {
   const ty = good.slice();
   ty[3] = 9;
   t.deepEqual(decodePacket(ty), { ok: false, reason: 'type' });
+});
+
+test('control packets carry a MAC under the group key: it verifies, and fails on any change, another key or another release', (t) => {
+  const key = randomBytes(32);
+  const buf = sealControl(encodeNack({ sender: 5, releaseId: rid, unit: 9, fragmentCount: 10, fragmentBytes: 1000, missing: new Uint8Array([0x80, 0x40]) }), key, 42n);
+  const r = decodePacket(buf);
+  if (!r.ok || r.packet.type !== PacketType.NACK) return t.fail();
+  t.is(r.packet.auth!.seq, 42n);
+  t.true(verifyControl(r.packet.auth!, key));
+  t.false(verifyControl(r.packet.auth!, randomBytes(32)), 'another key');
+  for (let at = 0; at < buf.length; at++) {
+    const bad = buf.slice();
+    bad[at] ^= 0x10;
+    const d = decodePacket(bad);
+    const accepted = d.ok && d.packet.type !== PacketType.DATA && verifyControl(d.packet.auth!, key);
+    t.false(accepted, `byte ${at} changed and still accepted`);
+  }
+  const k1 = deriveGroupKey(Buffer.alloc(32, 1), 'a'.repeat(32), 'g');
+  t.notDeepEqual(k1, deriveGroupKey(Buffer.alloc(32, 1), 'b'.repeat(32), 'g'), 'a new release rotates the key');
+  t.notDeepEqual(k1, deriveGroupKey(Buffer.alloc(32, 1), 'a'.repeat(32), 'h'), 'each group has its own');
+  t.deepEqual(k1, deriveGroupKey(Buffer.alloc(32, 1), 'a'.repeat(32), 'g'), 'stable across server restarts');
 });

@@ -23,6 +23,7 @@ import {
 import { ControlClient, ControlError, LeaseResponse, sleep, SplitMapResponse } from './control-client';
 import { NackRequest, NackScheduler } from './nack-scheduler';
 import { RepairScheduler } from './repair-scheduler';
+import { sealControl, verifyControl } from '../wire/auth';
 import { TokenBucket } from './token-bucket';
 
 /** Tuning knobs: one home, units in the names (STYLE.md). */
@@ -46,6 +47,8 @@ export const AGENT_DEFAULTS = {
   maxAssemblies: 128,
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
+  /** Members heard with valid control packets that we track (bounded against abuse). */
+  maxPeers: 4096,
   lingerMs: 60_000,
   lingerPollMs: 50,
   fetchRetries: 3,
@@ -111,6 +114,8 @@ interface Assembly {
 interface Peer {
   lastSeen: number;
   complete: boolean;
+  /** Highest control-packet sequence number seen: anything not above it is a replay. */
+  lastSeq: bigint;
 }
 
 /** Resolve `--interface`: a name from os.networkInterfaces(), or an address. */
@@ -180,6 +185,10 @@ export class Agent {
   /** When we first heard a NACK for a unit its designated repairer has not answered. */
   private readonly unanswered = new Map<number, number>();
   private map: SplitMapResponse | null = null;
+  /** This release's group key, from the server (join/heartbeat answers). */
+  private groupKey: Buffer | null = null;
+  /** Control-packet sequence numbers start at the clock in µs, so a restart does not reuse them. */
+  private controlSeq = BigInt(Date.now()) * 1000n;
   private heartbeatMs = 1000;
   private tickTimer: NodeJS.Timeout | null = null;
   private drainTimer: NodeJS.Timeout | null = null;
@@ -388,6 +397,7 @@ export class Agent {
       fetching: [...this.fetching],
     });
     this.map = map;
+    if (map.groupKey) this.groupKey = Buffer.from(map.groupKey, 'base64');
     this.nacks?.setGroupSize(map.members.length);
     // Taken before the heartbeat timer starts; later changes apply on restart.
     if (!this.heartbeatTimer) this.heartbeatMs = map.heartbeatMs;
@@ -655,11 +665,19 @@ export class Agent {
     const p = r.packet;
     if (!bytesEqual(p.releaseId, this.manifest.idBytes)) return this.drop('other-release');
     let peer = this.peers.get(p.sender);
-    if (!peer) {
-      peer = { lastSeen: now, complete: false };
-      this.peers.set(p.sender, peer);
+    if (p.type !== PacketType.DATA) {
+      // Control packets make us send: only members holding the group key may.
+      if (!this.groupKey) return this.drop('no-key');
+      if (!verifyControl(p.auth!, this.groupKey)) return this.drop('bad-mac');
+      if (peer && p.auth!.seq <= peer.lastSeq) return this.drop('replayed');
+      if (!peer) {
+        if (this.peers.size >= AGENT_DEFAULTS.maxPeers) return this.drop('too-many-peers');
+        peer = { lastSeen: now, complete: false, lastSeq: 0n };
+        this.peers.set(p.sender, peer);
+      }
+      peer.lastSeq = p.auth!.seq;
     }
-    peer.lastSeen = now;
+    if (peer) peer.lastSeen = now;
     switch (p.type) {
       case PacketType.DATA: {
         const u = p.unit;
@@ -716,7 +734,7 @@ export class Agent {
         return;
       }
       case PacketType.ANNOUNCE: {
-        peer.complete = p.complete;
+        peer!.complete = p.complete;
         const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
         for (let u = p.firstUnit; u < end; u++) {
           if (getBit(p.have, u - p.firstUnit) && !this.store.has(u)) this.availableMissing.add(u);
@@ -797,7 +815,7 @@ export class Agent {
       const before = this.nacks.suppressed;
       for (const n of this.nacks.poll(now, this.ripeUnits(now), (u) => this.gapOf(u))) {
         this.repairQueue.push(
-          encodeNack({ sender: this.senderId, releaseId: this.manifest.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fragmentBytes, missing: n.missing }),
+          this.seal(encodeNack({ sender: this.senderId, releaseId: this.manifest.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fragmentBytes, missing: n.missing })),
         );
         this.stats.nacksSent++;
       }
@@ -805,6 +823,12 @@ export class Agent {
     }
     for (const job of this.repairs.due(now)) void this.sendRepair(job.unit, job.fragments);
     this.drain();
+  }
+
+  /** MAC a control packet under the group key, with the next sequence number. */
+  private seal(packet: Uint8Array): Uint8Array {
+    this.controlSeq++;
+    return this.groupKey ? sealControl(packet, this.groupKey, this.controlSeq) : packet;
   }
 
   private cacheForRepair(unit: number, buf: Buffer): void {
@@ -964,7 +988,7 @@ export class Agent {
       const count = Math.min(perPacket, n - first);
       const have = new Uint8Array(bitmapBytes(count));
       for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
-      this.repairQueue.push(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have }));
+      this.repairQueue.push(this.seal(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have })));
       first += perPacket;
     } while (first < n);
     this.drain();

@@ -13,6 +13,8 @@ export interface SplitMapResponse {
   members: { id: string; rank: number; overheadMsPerMiB: number | null; verifiedUnits: number; complete: boolean; address: string | null }[];
   holders: number[];
   groupComplete: boolean;
+  /** Base64 of this release's group key: MACs on NACK and ANNOUNCE packets. */
+  groupKey?: string;
 }
 export interface LeaseResponse {
   units: number[];

@@ -2,6 +2,8 @@ import { createReadStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { writeAtomic } from '../storage/partial-store';
 import * as http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { deriveGroupKey } from '../wire/auth';
 import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
 import { unitLength } from '../release/manifest';
@@ -46,6 +48,21 @@ export interface ServerStats {
 /** How long the server remembers members across a restart (members.json). */
 const MEMBER_MEMORY_MS = 10 * 60 * 1000;
 
+/** 32 random bytes kept in `<store>/secret` (mode 0600), made on first start. */
+async function loadOrCreateSecret(file: string): Promise<Buffer> {
+  try {
+    const b = await fs.readFile(file);
+    if (b.length === 32) return b;
+  } catch {
+    /* first start */
+  }
+  const s = randomBytes(32);
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await fs.writeFile(file + '.tmp', s, { mode: 0o600 });
+  await fs.rename(file + '.tmp', file);
+  return s;
+}
+
 class HttpError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
     super(message);
@@ -67,6 +84,8 @@ export class FleetcastServer {
   /** "release/group" -> members seen before the restart that have not rejoined yet. */
   private readonly awaited = new Map<string, Set<string>>();
   private membersDirty = false;
+  /** Derives each (release, group)'s key for MACs on LAN control packets. */
+  private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
   private readonly hooks = new Map<string, HookBody & { at: number }>();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
@@ -84,6 +103,7 @@ export class FleetcastServer {
   }
 
   async start(): Promise<{ host: string; port: number; url: string }> {
+    this.secret = await loadOrCreateSecret(path.join(this.opts.storeDir, 'secret'));
     await this.store.load();
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
     await this.loadMembers();
@@ -227,7 +247,7 @@ export class FleetcastServer {
         this.awaited.get(`${b.release}/${b.group}`)?.delete(b.member);
         g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching });
         if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined`);
-        return this.json(res, 200, { heartbeatMs: this.heartbeatMs, ...g.map(now) });
+        return this.json(res, 200, { heartbeatMs: this.heartbeatMs, groupKey: deriveGroupKey(this.secret, b.release, b.group).toString('base64'), ...g.map(now) });
       }
       case 'POST /v1/lease': {
         const b = await this.body<MemberRef>(req, SCHEMAS.lease);

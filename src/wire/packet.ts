@@ -14,6 +14,11 @@
  *   6  reserved u16 (0)
  *   8  sender id u32 (random per agent process; receivers drop their own)
  *   12 release id, 16 bytes
+ *
+ * NACK and ANNOUNCE (control packets: they make members send) end in a 24-byte
+ * authentication trailer: a u64 sequence number, per sender and increasing, then the
+ * first 16 bytes of HMAC-SHA256 under the group key over everything before the MAC
+ * (wire/auth.ts). The codec only frames it; the agent checks it.
  */
 export const MAGIC0 = 0x46;
 export const MAGIC1 = 0x43;
@@ -23,6 +28,9 @@ export const DATA_HEADER_BYTES = 40;
 export const NACK_HEADER_BYTES = 36;
 export const ANNOUNCE_HEADER_BYTES = 36;
 export const RELEASE_ID_BYTES = 16;
+export const AUTH_SEQ_BYTES = 8;
+export const AUTH_MAC_BYTES = 16;
+export const AUTH_TRAILER_BYTES = AUTH_SEQ_BYTES + AUTH_MAC_BYTES;
 /** Largest UDP payload over IPv4. */
 export const MAX_DATAGRAM_BYTES = 65507;
 /** Fragment payload may not exceed this (fits a 64 KiB loopback datagram with headers). */
@@ -54,6 +62,15 @@ export interface NackPacket {
   fragmentCount: number;
   fragmentBytes: number;
   missing: Uint8Array;
+  /** Set by decodePacket: the authentication trailer (views into the datagram). */
+  auth?: ControlAuth;
+}
+
+export interface ControlAuth {
+  /** The bytes the MAC covers: the whole packet up to the MAC. */
+  signed: Uint8Array;
+  seq: bigint;
+  mac: Uint8Array;
 }
 
 /** The sender's verified units, bits [firstUnit, firstUnit + unitCount). */
@@ -66,6 +83,7 @@ export interface AnnouncePacket {
   /** 1 when the sender holds the whole release verified. */
   complete: boolean;
   have: Uint8Array;
+  auth?: ControlAuth;
 }
 
 export type Packet = DataPacket | NackPacket | AnnouncePacket;
@@ -150,27 +168,27 @@ export function encodeData(p: Omit<DataPacket, 'type'>): Uint8Array {
 export function encodeNack(p: Omit<NackPacket, 'type'>): Uint8Array {
   const n = bitmapBytes(p.fragmentCount);
   if (p.missing.length < n) throw new RangeError('nack bitmap shorter than fragment count');
-  const out = new Uint8Array(NACK_HEADER_BYTES + n);
+  const out = new Uint8Array(NACK_HEADER_BYTES + n + AUTH_TRAILER_BYTES);
   const view = new DataView(out.buffer);
   writeCommon(out, view, PacketType.NACK, 0, p.sender, p.releaseId);
   view.setUint32(28, p.unit >>> 0);
   view.setUint16(32, p.fragmentCount);
   view.setUint16(34, p.fragmentBytes);
   out.set(p.missing.subarray(0, n), NACK_HEADER_BYTES);
-  clearTailBits(out.subarray(NACK_HEADER_BYTES), p.fragmentCount);
+  clearTailBits(out.subarray(NACK_HEADER_BYTES, NACK_HEADER_BYTES + n), p.fragmentCount);
   return out;
 }
 
 export function encodeAnnounce(p: Omit<AnnouncePacket, 'type'>): Uint8Array {
   const n = bitmapBytes(p.unitCount);
   if (p.have.length < n) throw new RangeError('announce bitmap shorter than unit count');
-  const out = new Uint8Array(ANNOUNCE_HEADER_BYTES + n);
+  const out = new Uint8Array(ANNOUNCE_HEADER_BYTES + n + AUTH_TRAILER_BYTES);
   const view = new DataView(out.buffer);
   writeCommon(out, view, PacketType.ANNOUNCE, p.complete ? 1 : 0, p.sender, p.releaseId);
   view.setUint32(28, p.firstUnit >>> 0);
   view.setUint32(32, p.unitCount >>> 0);
   out.set(p.have.subarray(0, n), ANNOUNCE_HEADER_BYTES);
-  clearTailBits(out.subarray(ANNOUNCE_HEADER_BYTES), p.unitCount);
+  clearTailBits(out.subarray(ANNOUNCE_HEADER_BYTES, ANNOUNCE_HEADER_BYTES + n), p.unitCount);
   return out;
 }
 
@@ -224,25 +242,30 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
       const fragmentBytes = view.getUint16(34);
       if (fragmentCount === 0) return { ok: false, reason: 'fragment-range' };
       if (fragmentBytes < MIN_FRAGMENT_BYTES || fragmentBytes > MAX_FRAGMENT_BYTES) return { ok: false, reason: 'fragment-size' };
-      const missing = buf.subarray(NACK_HEADER_BYTES);
-      if (missing.length !== bitmapBytes(fragmentCount)) return { ok: false, reason: 'length' };
+      if (buf.length !== NACK_HEADER_BYTES + bitmapBytes(fragmentCount) + AUTH_TRAILER_BYTES) return { ok: false, reason: 'length' };
+      const missing = buf.subarray(NACK_HEADER_BYTES, buf.length - AUTH_TRAILER_BYTES);
       if (!tailBitsClear(missing, fragmentCount)) return { ok: false, reason: 'bitmap' };
-      return { ok: true, packet: { type: PacketType.NACK, sender, releaseId, unit, fragmentCount, fragmentBytes, missing } };
+      return { ok: true, packet: { type: PacketType.NACK, sender, releaseId, unit, fragmentCount, fragmentBytes, missing, auth: trailer(buf, view) } };
     }
     case PacketType.ANNOUNCE: {
       if ((flags & ~1) !== 0) return { ok: false, reason: 'reserved' };
       if (buf.length < ANNOUNCE_HEADER_BYTES) return { ok: false, reason: 'short' };
       const firstUnit = view.getUint32(28);
       const unitCount = view.getUint32(32);
-      const have = buf.subarray(ANNOUNCE_HEADER_BYTES);
-      if (have.length !== bitmapBytes(unitCount)) return { ok: false, reason: 'length' };
+      if (buf.length !== ANNOUNCE_HEADER_BYTES + bitmapBytes(unitCount) + AUTH_TRAILER_BYTES) return { ok: false, reason: 'length' };
+      const have = buf.subarray(ANNOUNCE_HEADER_BYTES, buf.length - AUTH_TRAILER_BYTES);
       if (firstUnit + unitCount > 0xffffffff) return { ok: false, reason: 'fragment-range' };
       if (!tailBitsClear(have, unitCount)) return { ok: false, reason: 'bitmap' };
-      return { ok: true, packet: { type: PacketType.ANNOUNCE, sender, releaseId, firstUnit, unitCount, complete: (flags & 1) !== 0, have } };
+      return { ok: true, packet: { type: PacketType.ANNOUNCE, sender, releaseId, firstUnit, unitCount, complete: (flags & 1) !== 0, have, auth: trailer(buf, view) } };
     }
     default:
       return { ok: false, reason: 'type' };
   }
+}
+
+function trailer(buf: Uint8Array, view: DataView): ControlAuth {
+  const macAt = buf.length - AUTH_MAC_BYTES;
+  return { signed: buf.subarray(0, macAt), seq: view.getBigUint64(macAt - AUTH_SEQ_BYTES), mac: buf.subarray(macAt) };
 }
 
 export function getBit(bits: Uint8Array, i: number): boolean {
