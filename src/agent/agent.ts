@@ -23,6 +23,7 @@ import {
 import { ControlClient, ControlError, LeaseResponse, sleep, SplitMapResponse } from './control-client';
 import { NackRequest, NackScheduler } from './nack-scheduler';
 import { RepairScheduler } from './repair-scheduler';
+import { UnitSpool } from '../storage/spool';
 import { sealControl, verifyControl } from '../wire/auth';
 import { TokenBucket } from './token-bucket';
 
@@ -83,6 +84,8 @@ export interface AgentOptions {
 export interface AgentStats {
   member: string;
   wanBytes: number;
+  /** Bytes of partly downloaded units found in the spool at restart (not fetched again). */
+  wanBytesResumed: number;
   lanBytes: number;
   lanDuplicateBytes: number;
   copyBytesSent: number;
@@ -217,6 +220,7 @@ export class Agent {
     this.stats = {
       member: '',
       wanBytes: 0,
+      wanBytesResumed: 0,
       lanBytes: 0,
       lanDuplicateBytes: 0,
       copyBytesSent: 0,
@@ -489,43 +493,72 @@ export class Agent {
     const len = unitLength(m, unit);
     const fb = this.fragmentBytes;
     const fragmentCount = fragmentCountFor(len, fb);
+    const releaseDir = path.join(this.opts.storageDir, m.id);
     try {
       for (let attempt = 1; attempt <= AGENT_DEFAULTS.fetchRetries && !this.closed; attempt++) {
         const buf = Buffer.allocUnsafe(len);
-        let off = 0;
+        // What an earlier run (or attempt) of ours already downloaded: resume after it.
+        const { spool, bytes } = await UnitSpool.open(releaseDir, unit, len);
+        bytes.copy(buf);
+        let off = bytes.length;
         let next = 0;
+        const cutThrough = () => {
+          // Every fragment goes out on the LAN as soon as its bytes are here.
+          while (next < fragmentCount && (off >= (next + 1) * fb || off === len)) {
+            this.queueFragment(this.copyQueue, unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), false);
+            next++;
+          }
+        };
+        if (off > 0) {
+          this.log.debug(`unit ${unit}: resuming after ${off} bytes`);
+          this.stats.wanBytesResumed += off;
+          cutThrough();
+        }
         try {
-          await this.client.streamUnit(m.id, unit, this.opts.group, this.member, (chunk) => {
-            const take = Math.min(chunk.length, len - off);
-            buf.set(chunk.subarray(0, take), off);
-            off += take;
-            // Cut-through: every fragment goes out on the LAN as soon as its bytes are here.
-            while (next < fragmentCount && (off >= (next + 1) * fb || off === len)) {
-              this.queueFragment(this.copyQueue, unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), false);
-              next++;
-            }
-            if (this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
-              return new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
-            }
-            return undefined;
-          });
+          if (off < len) {
+            await this.client.streamUnit(
+              m.id,
+              unit,
+              this.opts.group,
+              this.member,
+              (chunk) => {
+                const take = Math.min(chunk.length, len - off);
+                buf.set(chunk.subarray(0, take), off);
+                spool.append(chunk.subarray(0, take));
+                off += take;
+                this.stats.wanBytes += take;
+                cutThrough();
+                if (this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
+                  return new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
+                }
+                return undefined;
+              },
+              off,
+            );
+          }
         } catch (err) {
-          if (this.closed) return;
+          if (this.closed) {
+            await spool.close();
+            return;
+          }
           if (err instanceof ControlError) {
             this.log.warn(`unit ${unit}: ${err.message}`);
+            await spool.discard();
             return; // lease gone; the server will lease it again to someone
           }
           this.log.warn(`unit ${unit}: download failed (${(err as Error).message}); attempt ${attempt} of ${AGENT_DEFAULTS.fetchRetries}`);
+          await spool.close(); // it keeps what arrived: the next attempt resumes
           await sleep(200 * attempt, this.abort.signal);
           continue;
         }
-        this.stats.wanBytes += off;
         if (off !== len || sha256(buf) !== m.units[unit]) {
           this.stats.unitsRejected++;
           this.log.warn(`unit ${unit} from the server failed verification (attempt ${attempt}); discarded`);
+          await spool.discard();
           continue;
         }
         await this.acceptUnit(unit, buf, 'wan');
+        await spool.discard();
         await this.sendReceipt(unit);
         return;
       }
@@ -579,6 +612,7 @@ export class Agent {
     }
     this.completedAt = Date.now();
     this.stats.seconds = (this.completedAt - this.started) / 1000;
+    await UnitSpool.removeAll(path.join(this.opts.storageDir, this.manifest.id)).catch(() => undefined);
     this.announce();
     try {
       await this.client.post('/v1/complete', { release: this.manifest.id, group: this.opts.group, member: this.member, sha256: this.manifest.sha256 });

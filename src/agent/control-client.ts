@@ -97,10 +97,11 @@ export class ControlClient {
    * `onChunk` may return a promise to pause the download (backpressure).
    * Not retried here: the caller decides whether the lease still holds.
    */
-  async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>): Promise<number> {
+  async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>, from = 0): Promise<number> {
     const q = new URLSearchParams({ group, member });
-    const res = await fetch(`${this.base}/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal });
+    const res = await fetch(`${this.base}/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
     await this.checkStatus(res);
+    if (from > 0 && res.status !== 206) throw new Error(`asked for bytes ${from}- of unit ${unit}, got status ${res.status}`);
     if (!res.body) return 0;
     let n = 0;
     const reader = res.body.getReader();

@@ -43,6 +43,7 @@ export interface Reloadable {
 type Totals = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'transport'>;
 const ZERO: Totals = {
   wanBytes: 0,
+  wanBytesResumed: 0,
   lanBytes: 0,
   lanDuplicateBytes: 0,
   copyBytesSent: 0,

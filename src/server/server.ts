@@ -78,6 +78,7 @@ export class FleetcastServer {
   private timer: NodeJS.Timeout | null = null;
   /** How often each member was sent each unit, keyed "release/group/member/unit". */
   private readonly fetches = new Map<string, number>();
+  private readonly memberBytes = new Map<string, number>();
   readonly heartbeatMs: number;
   private readonly rebuildGraceMs: number;
   private startedAt = 0;
@@ -314,6 +315,11 @@ export class FleetcastServer {
     return this.fetches.get(`${release}/${group}/${member}/${unit}`) ?? 0;
   }
 
+  /** Unit bytes written to `member`'s sockets for `release` (whole fetches and resumed ranges). */
+  bytesSentTo(release: string, group: string, member: string): number {
+    return this.memberBytes.get(`${release}/${group}/${member}`) ?? 0;
+  }
+
   fleet(): unknown {
     const now = this.now();
     return {
@@ -390,7 +396,9 @@ export class FleetcastServer {
     }
     this.stats.unitRequests++;
     const fk = `${ref.release}/${ref.group}/${ref.member}/${unit}`;
-    this.fetches.set(fk, (this.fetches.get(fk) ?? 0) + 1);
+    // A fetch is a request from the unit's first byte; a Range resuming it is not another one.
+    if (start === 0) this.fetches.set(fk, (this.fetches.get(fk) ?? 0) + 1);
+    const mk = `${ref.release}/${ref.group}/${ref.member}`;
     const headers: http.OutgoingHttpHeaders = {
       'content-type': 'application/octet-stream',
       'content-length': end - start + 1,
@@ -403,6 +411,7 @@ export class FleetcastServer {
     const stream = createReadStream(rel.dataPath, { start: base + start, end: base + end, highWaterMark: 64 * 1024 });
     const key = ref.group;
     stream.on('data', (chunk) => {
+      this.memberBytes.set(mk, (this.memberBytes.get(mk) ?? 0) + chunk.length);
       this.stats.unitBytesSent += chunk.length;
       this.stats.unitBytesSentByGroup[key] = (this.stats.unitBytesSentByGroup[key] ?? 0) + chunk.length;
     });

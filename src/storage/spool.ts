@@ -1,0 +1,64 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+
+/**
+ * Bytes of a unit being downloaded, appended as they arrive to
+ * `<storage>/<id>/spool/<unit>`, so a restart (SIGKILL, crash, lost connection)
+ * resumes the unit with an HTTP Range request instead of fetching it again. The spool
+ * is not fsynced: after a power loss a torn spool fails the unit hash and the unit is
+ * fetched whole. It goes once the unit is verified or given up.
+ */
+export class UnitSpool {
+  private chain: Promise<void> = Promise.resolve();
+  private failed = false;
+  private fh: fs.FileHandle | null = null;
+  private constructor(readonly file: string) {}
+
+  static dir(releaseDir: string): string {
+    return path.join(releaseDir, 'spool');
+  }
+
+  /** Open the spool of `unit`; `bytes` is what a previous run left (at most `len`). */
+  static async open(releaseDir: string, unit: number, len: number): Promise<{ spool: UnitSpool; bytes: Buffer }> {
+    const dir = UnitSpool.dir(releaseDir);
+    await fs.mkdir(dir, { recursive: true });
+    const file = path.join(dir, String(unit));
+    let bytes = await fs.readFile(file).catch(() => Buffer.alloc(0));
+    if (bytes.length > len) {
+      await fs.rm(file, { force: true });
+      bytes = Buffer.alloc(0);
+    }
+    return { spool: new UnitSpool(file), bytes };
+  }
+
+  /** Queue an append; failures (disk full) only stop spooling: the download goes on. */
+  append(chunk: Uint8Array): void {
+    if (this.failed) return;
+    // Chunks from the HTTP body are not reused, so no copy is needed.
+    this.chain = this.chain.then(async () => {
+      if (this.failed) return;
+      try {
+        this.fh ??= await fs.open(this.file, 'a');
+        await this.fh.write(chunk);
+      } catch {
+        this.failed = true;
+      }
+    });
+  }
+
+  /** Wait for queued appends and close; the bytes stay for the next attempt. */
+  async close(): Promise<void> {
+    await this.chain;
+    await this.fh?.close().catch(() => undefined);
+    this.fh = null;
+  }
+
+  async discard(): Promise<void> {
+    await this.close();
+    await fs.rm(this.file, { force: true });
+  }
+
+  static async removeAll(releaseDir: string): Promise<void> {
+    await fs.rm(UnitSpool.dir(releaseDir), { recursive: true, force: true });
+  }
+}
