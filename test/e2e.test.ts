@@ -71,9 +71,16 @@ test('forged copy packets on the LAN are rejected by the unit hash and never sto
   // Their sockets are open once they have joined (the transport opens first).
   const joined = () => (f.server.fleet() as { groups: { members: unknown[] }[] }).groups[0]?.members.length ?? 0;
   for (let i = 0; i < 400 && joined() < 2; i++) await new Promise((r) => setTimeout(r, 25));
-  // Flood well-formed DATA packets with garbage payloads for 1.5 s. (A flood that
-  // never stops can stall the units it targets, because the first fragment received
-  // wins; authenticating senders is the security issue's.)
+  // Learn a real member's sender id from the group, as an attacker on the LAN could.
+  const sniff = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  t.teardown(() => sniff.close());
+  const spoofed = await new Promise<number>((resolve) => {
+    sniff.on('message', (m) => m.length >= 12 && resolve(m.readUInt32BE(8)));
+    sniff.bind(port, () => sniff.addMembership(group, '127.0.0.1'));
+  });
+  // Flood well-formed DATA packets with garbage payloads for 1.5 s: half from an unknown
+  // sender (dropped before assembly), half under the spoofed member's id (they get into
+  // assemblies, and the unit hash rejects what they polluted).
   let stop = false;
   const floodEnd = Date.now() + 1500;
   const flood = (async () => {
@@ -83,7 +90,8 @@ test('forged copy packets on the LAN are rejected by the unit hash and never sto
         const fc = fragmentCountFor(f.manifest.unitSize, fb);
         for (let i = 0; i < fc; i++) {
           const len = i === fc - 1 ? f.manifest.unitSize - i * fb : fb;
-          sock.send(encodeData({ sender: 0x0badf00d, releaseId: f.manifest.idBytes, repair: false, unit: u, fragment: i, fragmentCount: fc, fragmentBytes: fb, payload: garbage.subarray(0, len) }), port, group);
+          const sender = i % 2 === 0 ? 0x0badf00d : spoofed;
+          sock.send(encodeData({ sender, releaseId: f.manifest.idBytes, repair: false, unit: u, fragment: i, fragmentCount: fc, fragmentBytes: fb, payload: garbage.subarray(0, len) }), port, group);
         }
       }
       await new Promise((r) => setTimeout(r, 30));
@@ -97,6 +105,7 @@ test('forged copy packets on the LAN are rejected by the unit hash and never sto
     t.is(codes[i], 0, a.stderr());
     const rep = JSON.parse(await fs.readFile(path.join(f.dir, `${['a', 'b'][i]}.json`), 'utf8'));
     rejected += rep.unitsRejected;
+    t.true((rep.drops['unknown-sender'] ?? 0) > 0, 'packets from a sender that never authenticated are dropped');
     t.is(await sha256File(rep.path), sha(f.source));
   }
   t.true(rejected > 0, 'the forged units reached verification and were rejected');

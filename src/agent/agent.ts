@@ -711,7 +711,11 @@ export class Agent {
       }
       peer.lastSeq = p.auth!.seq;
     }
-    if (peer) peer.lastSeen = now;
+    // Copies only from members heard with authenticated control packets (each announces
+    // as it joins): a forger without the key cannot even pollute an assembly, unless it
+    // spoofs a member's sender id, and then the unit hash rejects the result.
+    if (!peer) return this.drop('unknown-sender');
+    peer.lastSeen = now;
     switch (p.type) {
       case PacketType.DATA: {
         const u = p.unit;
@@ -768,7 +772,7 @@ export class Agent {
         return;
       }
       case PacketType.ANNOUNCE: {
-        peer!.complete = p.complete;
+        peer.complete = p.complete;
         const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
         for (let u = p.firstUnit; u < end; u++) {
           if (getBit(p.have, u - p.firstUnit) && !this.store.has(u)) this.availableMissing.add(u);
