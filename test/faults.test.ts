@@ -6,7 +6,11 @@ import * as path from 'node:path';
 import { decodeBitmapFile } from '../src/storage/bitmap-file';
 import { sha256File } from '../src/storage/partial-store';
 import { encodeData, encodeNack, getBit } from '../src/wire/packet';
-import { startFleet } from './helpers/fleet';
+import { spawn } from 'node:child_process';
+import { loadPrivateKey } from '../src/release/keys';
+import { publishRelease } from '../src/release/publish';
+import { setChannel } from '../src/release/channels';
+import { BIN, runCli, startFleet } from './helpers/fleet';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -97,4 +101,52 @@ test('a flood of 100,000 spoofed NACKs, forged copies and random datagrams: the 
   t.true((drops['bad-mac'] ?? 0) > 10_000, 'spoofed NACKs are counted');
   t.true((drops['unknown-sender'] ?? 0) > 5_000, 'forged copies are counted');
   t.true((drops.magic ?? 0) + (drops.short ?? 0) + (drops.version ?? 0) > 5_000, 'random datagrams are counted');
+});
+
+test('replay: a channel pointed back at an older signed release is refused, until allow_downgrade is set on purpose', async (t) => {
+  const f = await startFleet(t, { size: 600_000, unitSize: 256 * 1024 });
+  const store = path.join(f.dir, 'store');
+  await sleep(20);
+  const src2 = path.join(f.dir, 'newer.bin');
+  await fs.writeFile(src2, randomBytes(700_000));
+  const newer = await publishRelease(src2, store, await loadPrivateKey(f.keyPath), { name: 'newer.bin', unitSize: 256 * 1024 });
+  t.true(Date.parse(newer.created) > Date.parse(f.manifest.created));
+  await setChannel(store, { channel: 'stable', release: newer.id, name: newer.name, publishedAt: Date.now() });
+  const hooks = path.join(f.dir, 'hooks');
+  const cfg = path.join(f.dir, 'agent.yaml');
+  const yaml = (downgrade: boolean) =>
+    [
+      `server: ${f.url}`, 'group: g1', 'interface: 127.0.0.1', `multicast: ${f.multicast}`, `storage: ${path.join(f.dir, 'a')}`,
+      `trust: ${f.pubPath}`, 'channel: stable', 'channel_poll: 0.2', `status_socket: ${path.join(f.dir, 'a.sock')}`, 'log_level: warn',
+      `on_complete: echo "$FLEETCAST_RELEASE_ID" >> ${hooks}`, `allow_downgrade: ${downgrade}`, '',
+    ].join('\n');
+  await fs.writeFile(cfg, yaml(false));
+  const a = spawn(process.execPath, [BIN, 'agent', '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => {
+    if (a.exitCode === null) a.kill('SIGKILL');
+  });
+  let err = '';
+  a.stderr.on('data', (d) => (err += d));
+  const hookLines = async () => (await fs.readFile(hooks, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+  for (let i = 0; i < 300 && (await hookLines()).length < 1; i++) await sleep(100);
+  t.deepEqual(await hookLines(), [newer.id]);
+
+  // A hostile mirror (or a mistake) points the channel back at the older release.
+  await setChannel(store, { channel: 'stable', release: f.manifest.id, name: f.manifest.name, publishedAt: Date.now() });
+  for (let i = 0; i < 100 && !/refusing release/.test(err); i++) await sleep(100);
+  t.regex(err, new RegExp(`refusing release release\\.bin \\(${f.manifest.id}\\) from channel stable: created .* before newer\\.bin`));
+  await sleep(600);
+  const st = await runCli(['status', '--socket', path.join(f.dir, 'a.sock'), '--json']);
+  const s = JSON.parse(st.stdout) as { release: { id: string; complete: boolean }; lastErrors: { message: string }[] };
+  t.is(s.release.id, newer.id, 'still on the newer release, serving it');
+  t.true(s.release.complete);
+  t.true(s.lastErrors.some((e) => /A replay of an old release\?/.test(e.message)));
+  t.deepEqual(await hookLines(), [newer.id], 'the old release was not fetched or installed');
+
+  // Rolling back on purpose: allow_downgrade, applied with a reload.
+  await fs.writeFile(cfg, yaml(true));
+  a.kill('SIGHUP');
+  for (let i = 0; i < 300 && (await hookLines()).length < 2; i++) await sleep(100);
+  t.deepEqual(await hookLines(), [newer.id, f.manifest.id]);
+  a.kill('SIGTERM');
 });

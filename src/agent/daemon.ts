@@ -8,7 +8,10 @@ import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
 import { Logger, Level } from '../util/log';
 import { MetricsRegistry } from '../util/metrics';
-import { FleetcastError } from '../util/errors';
+import { ExitCode, FleetcastError } from '../util/errors';
+import { ControlClient } from './control-client';
+import { parseManifest } from '../release/manifest';
+import { writeAtomic } from '../storage/partial-store';
 
 /**
  * The long-running agent (`fleetcast agent` without --once): it follows a channel (or
@@ -24,6 +27,8 @@ export interface DaemonOptions {
   onComplete?: string;
   hookTimeoutMs: number;
   channelPollMs: number;
+  /** Follow a channel back to an older release (otherwise refused as a possible replay). */
+  allowDowngrade?: boolean;
   logger: Logger;
   onProgress?: (d: AgentDaemon) => void;
   /** Called when the agent moves to a release (status line for systemd). */
@@ -37,6 +42,7 @@ export interface Reloadable {
   keep: number;
   onComplete?: string;
   hookTimeoutMs: number;
+  allowDowngrade: boolean;
   logLevel: Level;
 }
 
@@ -80,6 +86,7 @@ export class AgentDaemon {
   private readonly abort = new AbortController();
   private wakeLoop: (() => void) | null = null;
   private pollBackoffMs = 0;
+  private readonly refused = new Set<string>();
   private failures = 0;
   private retryAt = 0;
   private readonly log: Logger;
@@ -177,7 +184,31 @@ export class AgentDaemon {
   }
 
   /** Leave the release we are on (a superseded partial is discarded) and start on `id` in the background. */
+  /**
+   * Before leaving the release we are on: the new one's manifest must be signed by a
+   * trusted key and, when following a channel, not older than the newest release this
+   * agent has had (a replayed old release from a hostile mirror is refused; set
+   * allow_downgrade to roll back on purpose). A refused release is not retried.
+   */
+  private async precheck(id: string): Promise<boolean> {
+    if (this.refused.has(id)) return false;
+    if (!this.opts.channel || this.opts.allowDowngrade) return true;
+    const newest = await readNewest(this.opts.agent.storageDir);
+    if (!newest || newest.release === id) return true;
+    const client = new ControlClient(this.opts.agent.serverUrl, AbortSignal.any([this.abort.signal, AbortSignal.timeout(30_000)]), this.log);
+    const m = parseManifest(await client.getManifest(id), this.opts.agent.trustedKeys);
+    if (m.id !== id) throw new FleetcastError('WRONG_RELEASE', `the server sent manifest ${m.id} when asked for ${id}`, ExitCode.DATAERR);
+    if (Date.parse(m.created) >= newest.created) return true;
+    this.refused.add(id);
+    this.log.error(
+      `refusing release ${m.name} (${id}) from channel ${this.opts.channel}: created ${m.created}, before ${newest.name} (${newest.release}, ${new Date(newest.created).toISOString()}) which this agent already has. ` +
+        'A replay of an old release? To roll back on purpose, set allow_downgrade: true.',
+    );
+    return false;
+  }
+
   private async switchTo(id: string): Promise<void> {
+    if (!(await this.precheck(id))) return;
     const old = this.current;
     if (old) {
       this.log.info(`moving from release ${this.currentRelease} to ${id}`);
@@ -229,6 +260,7 @@ export class AgentDaemon {
     const m = ag.manifest;
     const dir = path.join(this.opts.agent.storageDir, m.id);
     await markCompleted(this.opts.agent.storageDir, m.id);
+    await noteNewest(this.opts.agent.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) });
     const cmd = this.opts.onComplete;
     if (cmd) {
       const hookFile = path.join(dir, HOOK_FILE);
@@ -300,6 +332,10 @@ export class AgentDaemon {
     if (r.hookTimeoutMs !== this.opts.hookTimeoutMs) changed.push('hook_timeout');
     const channelChanged = r.channel !== this.opts.channel;
     if (channelChanged) changed.push('channel');
+    if (r.allowDowngrade !== Boolean(this.opts.allowDowngrade)) {
+      changed.push('allow_downgrade');
+      this.refused.clear();
+    }
     this.opts = {
       ...this.opts,
       agent: { ...this.opts.agent, rateBytesPerSec: r.rateBytesPerSec },
@@ -307,9 +343,10 @@ export class AgentDaemon {
       keep: r.keep,
       onComplete: r.onComplete,
       hookTimeoutMs: r.hookTimeoutMs,
+      allowDowngrade: r.allowDowngrade,
     };
     this.opts.logger.setLevel(r.logLevel);
-    if (channelChanged) this.wakeLoop?.();
+    if (channelChanged || changed.includes('allow_downgrade')) this.wakeLoop?.();
     return changed;
   }
 
@@ -458,6 +495,31 @@ export class AgentDaemon {
     srv.unref();
     this.statusServer = srv;
   }
+}
+
+interface Newest {
+  release: string;
+  name: string;
+  /** The manifest's `created`, ms since the epoch. */
+  created: number;
+}
+
+const NEWEST_FILE = 'newest.json';
+
+/** The newest release (by its signed `created` time) this agent has completed. */
+async function readNewest(storageDir: string): Promise<Newest | null> {
+  try {
+    const j = JSON.parse(await fs.readFile(path.join(storageDir, NEWEST_FILE), 'utf8')) as Newest;
+    return typeof j.created === 'number' && typeof j.release === 'string' ? j : null;
+  } catch {
+    return null;
+  }
+}
+
+async function noteNewest(storageDir: string, n: Newest): Promise<void> {
+  const cur = await readNewest(storageDir);
+  if (cur && cur.created >= n.created) return;
+  await writeAtomic(path.join(storageDir, NEWEST_FILE), Buffer.from(JSON.stringify(n) + '\n'));
 }
 
 /** A logger that also remembers warnings and errors for `fleetcast status`. */

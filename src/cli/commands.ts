@@ -204,6 +204,7 @@ export const agent: Command = {
       trust: { type: 'list', arg: 'PUBFILE[,PUBFILE]', help: 'public key(s) whose signatures are trusted', required: true },
       release: { type: 'string', arg: 'ID', help: 'stay on this release id (printed by fleetcast publish)', check: (s) => (isReleaseId(s) ? null : `must be a release id (32 hex characters), not ${JSON.stringify(s)}`) },
       channel: { type: 'string', arg: 'NAME', help: "follow this channel: move to each new current release by itself", check: channelCheck, reload: true },
+      'allow-downgrade': { type: 'boolean', help: 'follow the channel back to an older release (refused by default: it could be a replay)', reload: true },
       keep: { type: 'number', arg: 'N', help: 'completed releases to keep on disk (older ones and superseded partials are removed)', default: 2, integer: true, min: 1, max: 1000, reload: true },
       'on-complete': { type: 'string', arg: 'COMMAND', help: 'run COMMAND (via /bin/sh) once per verified release; FLEETCAST_FILE etc. in its environment', reload: true },
       'hook-timeout': { type: 'number', arg: 'SECONDS', help: 'kill the hook after this long', default: 600, min: 1, max: 86400, reload: true },
@@ -256,6 +257,7 @@ export const agent: Command = {
       onComplete: f['on-complete'] as string | undefined,
       hookTimeoutMs: (f['hook-timeout'] as number) * 1000,
       channelPollMs: (f['channel-poll'] as number) * 1000,
+      allowDowngrade: Boolean(f['allow-downgrade']),
       logger: log,
       onProgress: (d) => {
         const ag = d.current;
@@ -300,6 +302,7 @@ export const agent: Command = {
         keep: n.keep as number,
         onComplete: n['on-complete'] as string | undefined,
         hookTimeoutMs: (n['hook-timeout'] as number) * 1000,
+        allowDowngrade: Boolean(n['allow-downgrade']),
         logLevel: n['log-level'] as Level,
       }).concat(n['log-level'] !== f['log-level'] ? ['log_level'] : []),
     );
