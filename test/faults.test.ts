@@ -1,16 +1,17 @@
 import test from 'ava';
-import { randomBytes, randomInt } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { decodeBitmapFile } from '../src/storage/bitmap-file';
 import { sha256File } from '../src/storage/partial-store';
 import { encodeData, encodeNack, getBit } from '../src/wire/packet';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { loadPrivateKey } from '../src/release/keys';
 import { publishRelease } from '../src/release/publish';
 import { setChannel } from '../src/release/channels';
 import { BIN, runCli, startFleet } from './helpers/fleet';
+import { rootTest } from './helpers/netns';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -148,5 +149,66 @@ test('replay: a channel pointed back at an older signed release is refused, unti
   a.kill('SIGHUP');
   for (let i = 0; i < 300 && (await hookLines()).length < 2; i++) await sleep(100);
   t.deepEqual(await hookLines(), [newer.id, f.manifest.id]);
+  a.kill('SIGTERM');
+});
+
+rootTest('disk full mid-transfer (a small tmpfs): a clear error, the partial state stays sound, and the agent completes once space is freed', async (t) => {
+  const f = await startFleet(t, { size: 3 * 1024 * 1024 + 5, unitSize: 256 * 1024 });
+  const mnt = path.join(f.dir, 'small');
+  await fs.mkdir(mnt);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt], { encoding: 'utf8' });
+  t.is(m.status, 0, m.stderr);
+  t.teardown(() => {
+    spawnSync('umount', ['-l', mnt]);
+  });
+  const filler = path.join(mnt, 'filler');
+  const storage = path.join(mnt, 'a');
+  const sock = path.join(f.dir, 'a.sock');
+  const args = ['agent', '--server', f.url, '--group', 'g1', '--interface', '127.0.0.1', '--multicast', f.multicast, '--status-socket', sock, '--storage', storage, '--trust', f.pubPath, '--release', f.manifest.id, '--member', 'a', '--log-level', 'warn', '--rate', '4'];
+  const a = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => {
+    if (a.exitCode === null) a.kill('SIGKILL');
+  });
+  let err = '';
+  a.stderr!.on('data', (d) => (err += d));
+  a.stdout!.resume();
+  // Once a few units are stored, something else on the box fills the disk.
+  const bitmapFile = path.join(storage, f.manifest.id, 'data.bitmap');
+  for (let i = 0; i < 300; i++) {
+    const raw = await fs.readFile(bitmapFile).catch(() => null);
+    const d = raw && decodeBitmapFile(raw, f.manifest.idBytes, f.manifest.unitCount);
+    if (d && d.ok && [...Array(f.manifest.unitCount).keys()].filter((u) => getBit(d.bits, u)).length >= 2) break;
+    await sleep(50);
+  }
+  const st = await fs.statfs(mnt);
+  await fs.writeFile(filler, Buffer.alloc(Math.max(0, st.bavail * st.bsize - 64 * 1024))).catch(() => undefined);
+  for (let i = 0; i < 300 && !/no space left on device/.test(err); i++) await sleep(100);
+  t.regex(err, /storing unit \d+ of release\.bin: no space left on device; trying again in \d+ s/);
+  t.notRegex(err, /at .*\.js:\d+/, 'no stack trace');
+  // What is on disk is sound: every unit the bitmap marks holds its verified bytes.
+  const raw = await fs.readFile(path.join(storage, f.manifest.id, 'data.bitmap'));
+  const d = decodeBitmapFile(raw, f.manifest.idBytes, f.manifest.unitCount);
+  t.true(d.ok, 'the bitmap parses');
+  const part = await fs.readFile(path.join(storage, f.manifest.id, 'data.part'));
+  let marked = 0;
+  if (d.ok) {
+    for (let u = 0; u < f.manifest.unitCount; u++) {
+      if (!getBit(d.bits, u)) continue;
+      marked++;
+      const bytes = part.subarray(u * f.manifest.unitSize, Math.min(f.manifest.size, (u + 1) * f.manifest.unitSize));
+      t.is(createHash('sha256').update(bytes).digest('hex'), f.manifest.units[u], `unit ${u} on disk`);
+    }
+  }
+  t.true(marked < f.manifest.unitCount, 'the disk filled before the release was complete');
+  // Free the space: the agent retries by itself and completes.
+  await fs.rm(filler);
+  let state = '';
+  for (let i = 0; i < 400 && state !== 'complete'; i++) {
+    await sleep(100);
+    const r = await runCli(['status', '--socket', sock, '--json']);
+    if (r.code === 0) state = (JSON.parse(r.stdout) as { state: string }).state;
+  }
+  t.is(state, 'complete', err);
+  t.is(await sha256File(path.join(storage, f.manifest.id, 'release.bin')), f.manifest.sha256);
   a.kill('SIGTERM');
 });

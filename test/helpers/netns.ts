@@ -17,7 +17,11 @@ export function namespaceUnsupported(): string | null {
 }
 
 export function namespaceTest(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
-  const why = namespaceUnsupported();
+  rootTest(title, fn, namespaceUnsupported());
+}
+
+/** A test that needs root for something (mounts, namespaces): skipped without, failed under CI. */
+export function rootTest(title: string, fn: (t: ExecutionContext) => Promise<void>, why: string | null = process.getuid?.() !== 0 ? 'needs root' : null): void {
   if (!why) test(title, fn);
   else if (process.env.CI === 'true') test(`${title} (cannot run: ${why})`, (t) => t.fail(`namespace tests must run under CI: ${why}`));
   else test.skip(`${title} (skipped: ${why})`, () => {});
