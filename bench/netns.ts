@@ -120,7 +120,7 @@ async function workdir(size: number) {
 }
 
 async function startServer(topo: Topology, dir: string): Promise<ChildProcess> {
-  const srv = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', '250', '--log-level', 'warn']);
+  const srv = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--plain-http', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', '250', '--log-level', 'warn']);
   for (let i = 0; i < 200; i++) {
     const r = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/releases").then(r=>process.exit(r.ok?0:1),()=>process.exit(1))']);
     if (r.code === 0) return srv;
@@ -140,7 +140,7 @@ async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir
   const agents = topo.sites.flatMap((hosts, k) =>
     hosts.map((h, i) =>
       timed(topo, h.ns, [
-        process.execPath, BIN, 'agent', '--server', topo.serverUrl(h), '--group', `site${k + 1}`, '--interface', h.lanAddress,
+        process.execPath, BIN, 'agent', '--server', topo.serverUrl(h), '--plain-http', '--group', `site${k + 1}`, '--interface', h.lanAddress,
         '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),

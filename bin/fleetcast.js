@@ -4,7 +4,7 @@ let main;
 try {
   ({ main } = require('../dist/src/cli/main.js'));
 } catch (err) {
-  if (err && err.code === 'MODULE_NOT_FOUND') {
+  if (err && err.code === 'MODULE_NOT_FOUND' && /dist[\\/]src[\\/]cli[\\/]main\.js/.test(err.message)) {
     process.stderr.write('fleetcast: not built yet; run `npm install` (or `npm run build`) in the fleetcast directory first\n');
     process.exit(70);
   }

@@ -47,7 +47,8 @@ cp -a "$SRC/package.json" "$SRC/bin" "$OPT.new/"
 cp -a "$SRC/dist/src" "$OPT.new/dist/"
 [ -d "$SRC/build/Release" ] && mkdir -p "$OPT.new/build" && cp -a "$SRC/build/Release" "$OPT.new/build/"
 mkdir -p "$OPT.new/node_modules"
-for dep in yaml raw-socket; do
+# Run-time dependencies only (node-gyp and node-addon-api build the addon, already built).
+for dep in yaml undici raw-socket; do
   [ -d "$SRC/node_modules/$dep" ] && cp -a "$SRC/node_modules/$dep" "$OPT.new/node_modules/"
 done
 rm -rf "$OPT.old"

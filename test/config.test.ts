@@ -7,7 +7,7 @@ import { parseConfig } from '../src/config/config';
 import { runCli, tmpdir } from './helpers/fleet';
 
 const GOOD = [
-  'server: http://127.0.0.1:7600',
+  'server: https://127.0.0.1:7600',
   'group: lab',
   'interface: lo',
   'multicast: 239.1.2.3:7700',
@@ -28,7 +28,7 @@ function configError(t: import('ava').ExecutionContext, text: string): ConfigErr
 
 test('a valid agent config resolves; keys use _ for -, lists take a sequence or a comma string', (t) => {
   const f = resolveFlags(agent.spec, {}, parseConfig(GOOD + 'fragment_bytes: 1432\non_complete: /usr/bin/install-ab "$FLEETCAST_FILE"\n', 'agent.yaml', agent.spec));
-  t.is(f.server, 'http://127.0.0.1:7600');
+  t.is(f.server, 'https://127.0.0.1:7600');
   t.deepEqual(f.trust, ['/etc/fleetcast/server.pub']);
   t.is(f['fragment-bytes'], 1432);
   t.is(f.rate, 100);
@@ -87,10 +87,10 @@ test('duplicate keys and a top level that is not a mapping are errors too', (t) 
 });
 
 test('the server config has its own keys', (t) => {
-  const f = resolveFlags(server.spec, {}, parseConfig('store: /var/lib/fleetcast\nlisten: 0.0.0.0:7600\nmetrics: 127.0.0.1:9600\n', 'server.yaml', server.spec));
+  const f = resolveFlags(server.spec, {}, parseConfig('store: /var/lib/fleetcast\nlisten: 0.0.0.0:7600\nmetrics: 127.0.0.1:9600\nplain_http: true\n', 'server.yaml', server.spec));
   t.is(f.listen, '0.0.0.0:7600');
   t.is(f['heartbeat-ms'], 1000);
-  const e = t.throws(() => resolveFlags(server.spec, {}, parseConfig('store: s\nlisten: nowhere\n', 'server.yaml', server.spec)));
+  const e = t.throws(() => resolveFlags(server.spec, {}, parseConfig('store: s\nlisten: nowhere\nplain_http: true\n', 'server.yaml', server.spec)));
   t.is(e?.message, 'server.yaml:2:9: listen must be HOST:PORT (or [IPv6]:PORT), not "nowhere"');
 });
 
@@ -112,7 +112,7 @@ test('fleetcast config check exits 0 for a valid file and 78 with the location f
   r = await runCli(['config', 'check', path.join(dir, 'x.yaml')]);
   t.is(r.code, 64, 'no way to tell agent from server: a usage error');
   const srv = path.join(dir, 'fleet.yaml');
-  await fs.writeFile(srv, 'store: /srv\n');
+  await fs.writeFile(srv, 'store: /srv\ntls_cert: /etc/fleetcast/cert.pem\ntls_key: /etc/fleetcast/key.pem\n');
   r = await runCli(['config', 'check', srv, '--kind', 'server']);
   t.is(r.code, 0, r.stderr);
 });

@@ -29,9 +29,9 @@ test('setLevel changes the level of a logger and its children (SIGHUP reload)', 
 });
 
 test('under systemd a fatal error is logged at priority err (<3>); on a terminal without it', async (t) => {
-  const r = await runCli(['server', '--store', '/tmp', '--heartbeat-ms', '1'], { env: { JOURNAL_STREAM: '8:1234' } });
+  const r = await runCli(['server', '--plain-http', '--store', '/tmp', '--heartbeat-ms', '1'], { env: { JOURNAL_STREAM: '8:1234' } });
   t.is(r.code, 64);
   t.regex(r.stderr, /^<3>fleetcast server: error: server: --heartbeat-ms must be from 50 to 60000, not 1\n<3>Run 'fleetcast server --help'/);
-  const plain = await runCli(['server', '--store', '/tmp', '--heartbeat-ms', '1'], { env: { JOURNAL_STREAM: '' } });
+  const plain = await runCli(['server', '--plain-http', '--store', '/tmp', '--heartbeat-ms', '1'], { env: { JOURNAL_STREAM: '' } });
   t.regex(plain.stderr, /^fleetcast server: error: /);
 });

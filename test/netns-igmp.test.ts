@@ -71,7 +71,7 @@ namespaceTest('igmp_querier: well-formed general queries on schedule, silent whi
   const { generateKeyPair } = await import('../src/release/keys');
   const { pubPath } = await generateKeyPair(path.join(dir, 'keys'));
   const agent = topo.exec(querierHost.ns, [
-    process.execPath, BIN, 'agent', '--server', topo.serverUrl(querierHost), '--group', 'g', '--interface', querierHost.lanIf,
+    process.execPath, BIN, 'agent', '--server', topo.serverUrl(querierHost), '--plain-http', '--group', 'g', '--interface', querierHost.lanIf,
     '--multicast', '239.200.0.1:7601', '--storage', path.join(dir, 's'), '--trust', pubPath, '--release', randomBytes(16).toString('hex'),
     '--igmp-querier', '--igmp-interval', '1', '--status-socket', sock, '--log-level', 'info',
   ]);

@@ -41,7 +41,7 @@ test('agents follow a channel to each new release; the hook runs once per releas
   await setChannel(store, { channel: 'stable', release: f.manifest.id, name: f.manifest.name, publishedAt: Date.now() });
   const hookLog = (id: string) => path.join(f.dir, `${id}.hooks`);
   const args = (id: string) => [
-    'agent', '--server', f.url, '--group', 'g1', '--interface', '127.0.0.1', '--multicast', f.multicast,
+    'agent', '--server', f.url, '--plain-http', '--group', 'g1', '--interface', '127.0.0.1', '--multicast', f.multicast,
     '--storage', path.join(f.dir, id), '--trust', f.pubPath, '--channel', 'stable', '--channel-poll', '0.2',
     '--member', id, '--keep', '1', '--status-socket', path.join(f.dir, `${id}.sock`), '--log-level', 'warn',
     '--on-complete', `printf '%s %s %s %s\\n' "$FLEETCAST_RELEASE_ID" "$FLEETCAST_SHA256" "$FLEETCAST_CHANNEL" "$FLEETCAST_FILE" >> ${hookLog(id)}`,
@@ -76,14 +76,14 @@ test('agents follow a channel to each new release; the hook runs once per releas
   }
 
   // The server knows each member's hook result; `fleetcast fleet` shows it.
-  const fleet = await runCli(['fleet', '--server', f.url, '--json']);
+  const fleet = await runCli(['fleet', '--server', f.url, '--plain-http', '--json']);
   t.is(fleet.code, 0, fleet.stderr);
   const g = (JSON.parse(fleet.stdout) as { groups: { release: string; members: { id: string; hook: { exitCode: number } | null }[] }[] }).groups.find((x) => x.release === id2)!;
   t.deepEqual(g.members.map((m) => [m.id, m.hook?.exitCode]).sort(), [
     ['a', 0],
     ['b', 0],
   ]);
-  const table = await runCli(['fleet', '--server', f.url]);
+  const table = await runCli(['fleet', '--server', f.url, '--plain-http']);
   t.regex(table.stdout, /second\.bin .*group g1: 2 member\(s\), complete/);
   t.regex(table.stdout, /\ba\s+member #\d\s+13\/13 done\s+.*exit 0/);
 
@@ -122,6 +122,7 @@ test('under systemd: READY, STATUS with progress, WATCHDOG, reload on SIGHUP (a 
   const yaml = (rate: number, group = 'g1') =>
     [
       `server: ${f.url}`,
+      'plain_http: true',
       `group: ${group}`,
       'interface: 127.0.0.1',
       `multicast: ${f.multicast}`,
@@ -178,7 +179,7 @@ test('the server under systemd: READY with what it serves, STOPPING on SIGTERM; 
   const port = randomInt(20000, 60000);
   const metricsPort = port + 1;
   const cfg = path.join(dir, 'server.yaml');
-  await fs.writeFile(cfg, `store: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);
+  await fs.writeFile(cfg, `plain_http: true\nstore: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);
   const p = spawnBin(t, ['server', '--config', cfg], { NOTIFY_SOCKET: sd.socket });
   t.regex(await sd.waitFor(/READY=1/), /STATUS=serving 0 release\(s\) on http:\/\/127\.0\.0\.1:\d+/);
   const m = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();

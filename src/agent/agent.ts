@@ -23,6 +23,7 @@ import {
 import { ControlClient, ControlError, LeaseResponse, sleep, SplitMapResponse } from './control-client';
 import { NackRequest, NackScheduler } from './nack-scheduler';
 import { RepairScheduler } from './repair-scheduler';
+import { ServerAccess } from '../net/server-access';
 import { UnitSpool } from '../storage/spool';
 import { sealControl, verifyControl } from '../wire/auth';
 import { TokenBucket } from './token-bucket';
@@ -59,7 +60,7 @@ export const AGENT_DEFAULTS = {
 };
 
 export interface AgentOptions {
-  serverUrl: string;
+  server: ServerAccess;
   group: string;
   /** Member id; default: read from (or created in) `<storage>/member-id`. */
   member?: string;
@@ -290,7 +291,7 @@ export class Agent {
     }
     this.member = o.member ?? (await this.persistentMemberId());
     this.stats.member = this.member;
-    this.client = new ControlClient(o.serverUrl, this.abort.signal, this.log);
+    this.client = new ControlClient(o.server, this.abort.signal, this.log);
     this.manifest = await this.loadManifest();
     this.store = await PartialStore.open(o.storageDir, this.manifest);
     if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
@@ -375,7 +376,7 @@ export class Agent {
         raw = await this.client.getManifest(o.releaseId);
       } catch (err) {
         if (err instanceof ControlError && err.status === 404) {
-          throw new FleetcastError('NO_RELEASE', `server ${o.serverUrl} does not have release ${o.releaseId}`, ExitCode.DATAERR);
+          throw new FleetcastError('NO_RELEASE', `server ${o.server.url} does not have release ${o.releaseId}`, ExitCode.DATAERR);
         }
         throw err;
       }
@@ -668,7 +669,7 @@ export class Agent {
   async leave(): Promise<void> {
     if (!this.manifest) return;
     try {
-      await fetch(`${this.opts.serverUrl.replace(/\/+$/, '')}/v1/leave`, {
+      await this.opts.server.fetch('/v1/leave', {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ release: this.manifest.id, group: this.opts.group, member: this.member }),

@@ -1,5 +1,6 @@
 import { ExitCode, FleetcastError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
+import { ServerAccess } from '../net/server-access';
 
 /** An answer from the server that is final (4xx): retrying the same request will not help. */
 export class ControlError extends FleetcastError {
@@ -32,11 +33,8 @@ const REQUEST_TIMEOUT_MS = 15000;
  * 4xx answers throw ControlError at once.
  */
 export class ControlClient {
-  private readonly base: string;
   private failing = false;
-  constructor(baseUrl: string, private readonly signal: AbortSignal, private readonly log: Logger = silentLogger) {
-    this.base = baseUrl.replace(/\/+$/, '');
-  }
+  constructor(private readonly server: ServerAccess, private readonly signal: AbortSignal, private readonly log: Logger = silentLogger) {}
 
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     let delay = MIN_RETRY_MS;
@@ -68,12 +66,13 @@ export class ControlClient {
       /* not JSON */
     }
     if (res.status >= 500) throw new Error(`server error ${res.status}: ${message}`);
+    if (res.status === 401) throw new ControlError(401, 'UNAUTHORIZED', 'the server refused our token (401): check token or token_file');
     throw new ControlError(res.status, code, message);
   }
 
   post<T>(path: string, body: unknown): Promise<T> {
     return this.retrying(path, async () => {
-      const res = await fetch(this.base + path, {
+      const res = await this.server.fetch(path, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify(body),
@@ -86,7 +85,7 @@ export class ControlClient {
 
   getManifest(id: string): Promise<Buffer> {
     return this.retrying('manifest', async () => {
-      const res = await fetch(`${this.base}/v1/releases/${id}/manifest`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
+      const res = await this.server.fetch(`/v1/releases/${id}/manifest`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
       await this.checkStatus(res);
       return Buffer.from(await res.arrayBuffer());
     });
@@ -99,7 +98,7 @@ export class ControlClient {
    */
   async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>, from = 0): Promise<number> {
     const q = new URLSearchParams({ group, member });
-    const res = await fetch(`${this.base}/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
+    const res = await this.server.fetch(`/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
     await this.checkStatus(res);
     if (from > 0 && res.status !== 206) throw new Error(`asked for bytes ${from}- of unit ${unit}, got status ${res.status}`);
     if (!res.body) return 0;

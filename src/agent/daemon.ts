@@ -164,15 +164,15 @@ export class AgentDaemon {
 
   async fetchChannel(): Promise<ChannelHead> {
     const ch = this.opts.channel!;
-    const url = `${this.opts.agent.serverUrl.replace(/\/+$/, '')}/v1/channels/${encodeURIComponent(ch)}`;
     let res: Response;
     try {
-      res = await fetch(url, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
+      res = await this.opts.agent.server.fetch(`/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
     } catch (err) {
       throw new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${(err as Error).message}`);
     }
     const body = Buffer.from(await res.arrayBuffer());
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
+    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file');
     if (!res.ok) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
     const head = parseChannelHead(body);
     if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
@@ -195,7 +195,7 @@ export class AgentDaemon {
     if (!this.opts.channel || this.opts.allowDowngrade) return true;
     const newest = await readNewest(this.opts.agent.storageDir);
     if (!newest || newest.release === id) return true;
-    const client = new ControlClient(this.opts.agent.serverUrl, AbortSignal.any([this.abort.signal, AbortSignal.timeout(30_000)]), this.log);
+    const client = new ControlClient(this.opts.agent.server, AbortSignal.any([this.abort.signal, AbortSignal.timeout(30_000)]), this.log);
     const m = parseManifest(await client.getManifest(id), this.opts.agent.trustedKeys);
     if (m.id !== id) throw new FleetcastError('WRONG_RELEASE', `the server sent manifest ${m.id} when asked for ${id}`, ExitCode.DATAERR);
     if (Date.parse(m.created) >= newest.created) return true;
@@ -304,7 +304,7 @@ export class AgentDaemon {
     const body = { release: ag.manifest.id, group: this.opts.agent.group, member: ag.memberId, durationMs: r.durationMs, exitCode: r.exitCode, signal: r.signal, error: r.error?.slice(0, 512) };
     for (let attempt = 0; attempt < 5 && !this.stopped; attempt++) {
       try {
-        const res = await fetch(`${this.opts.agent.serverUrl.replace(/\/+$/, '')}/v1/hook`, {
+        const res = await this.opts.agent.server.fetch('/v1/hook', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify(body),
@@ -412,7 +412,7 @@ export class AgentDaemon {
       state: this.state,
       member: ag?.memberId || null,
       group: this.opts.agent.group,
-      server: this.opts.agent.serverUrl,
+      server: this.opts.agent.server.url,
       channel: this.opts.channel ?? null,
       // The gateway role comes with wide-area groups; until then every agent is a plain member.
       role: 'member',

@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { Agent, resolveInterface } from '../agent/agent';
 import { IgmpQuerier } from '../net/igmp';
+import { ServerAccess } from '../net/server-access';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../release/keys';
 import { isReleaseId } from '../release/manifest';
 import { publishRelease } from '../release/publish';
@@ -99,7 +100,13 @@ async function startMetrics(spec: CommandSpec, addr: string | undefined, render:
  * SIGHUP: read the config file again and hand the result to `apply`. A file that does
  * not load or validate leaves the running config as it is and says why.
  */
-function onReload(spec: CommandSpec, a: { flags: Record<string, FlagValue>; cliFlags: Record<string, FlagValue> }, log: Logger, apply: (f: Record<string, FlagValue>) => string[]): () => void {
+function onReload(
+  spec: CommandSpec,
+  a: { flags: Record<string, FlagValue>; cliFlags: Record<string, FlagValue> },
+  log: Logger,
+  apply: (f: Record<string, FlagValue>) => string[],
+  prepare?: (f: Record<string, FlagValue>) => Promise<string>,
+): () => void {
   const handler = () => {
     const file = a.cliFlags.config;
     if (file === undefined) {
@@ -108,9 +115,11 @@ function onReload(spec: CommandSpec, a: { flags: Record<string, FlagValue>; cliF
     }
     sdNotify('RELOADING=1');
     loadConfigFile(String(file), spec)
-      .then((cfg) => {
+      .then(async (cfg) => {
         const next = resolveFlags(spec, a.cliFlags, cfg);
+        const prepared = prepare ? await prepare(next) : null;
         const changed = apply(next);
+        if (prepared) changed.push(prepared);
         const fixed = Object.keys(spec.flags).filter((k) => !spec.flags[k].reload && !spec.flags[k].cliOnly && JSON.stringify(next[k]) !== JSON.stringify(a.flags[k]));
         for (const k of Object.keys(spec.flags)) if (spec.flags[k].reload) a.flags[k] = next[k];
         log.info(`reloaded ${file}: ${changed.length ? `changed ${changed.join(', ')}` : 'nothing to change'}`);
@@ -133,14 +142,28 @@ export const server: Command = {
       store: { type: 'string', arg: 'DIR', help: 'store directory (releases written by fleetcast publish)', required: true },
       listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600', check: checks.hostPort },
       'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents', default: 1000, integer: true, min: 50, max: 60000 },
+      'tls-cert': { type: 'string', arg: 'PEMFILE', help: 'serve HTTPS with this certificate (chain)' },
+      'tls-key': { type: 'string', arg: 'PEMFILE', help: "the certificate's private key" },
+      'plain-http': { type: 'boolean', help: 'serve plain HTTP (tokens and unencrypted releases cross the network in the clear)' },
+      tokens: { type: 'list', arg: 'NAME:TOKEN[,...]', help: 'bearer tokens allowed in, per fleet or per device (none: anyone may join)', check: tokenEntryCheck, reload: true },
+      'tokens-file': { type: 'string', arg: 'FILE', help: 'more tokens, one "NAME TOKEN" per line (# comments)', reload: true },
       metrics: metricsFlag,
       'log-level': logLevelFlag,
+    },
+    validate: (f) => {
+      if ((f['tls-cert'] === undefined) !== (f['tls-key'] === undefined)) return { flag: f['tls-cert'] === undefined ? 'tls-key' : 'tls-cert', problem: 'needs tls_cert and tls_key together' };
+      if (f['tls-cert'] !== undefined && f['plain-http']) return { flag: 'plain-http', problem: 'and tls_cert are both set: serve HTTPS or plain HTTP, not both' };
+      if (f['tls-cert'] === undefined && !f['plain-http']) return { flag: 'tls-cert', problem: 'is required (with tls_key) to serve HTTPS; set plain_http: true (--plain-http) to serve plain HTTP on purpose' };
+      return null;
     },
   },
   async run(a) {
     const { host, port } = splitHostPort(String(a.flags.listen)) as { host: string; port: number };
     const log = createLogger({ level: a.flags['log-level'] as Level });
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log });
+    const tls = a.flags['tls-cert'] ? { cert: await readConfigFile(String(a.flags['tls-cert']), 'tls_cert'), key: await readConfigFile(String(a.flags['tls-key']), 'tls_key') } : undefined;
+    const tokens = await loadTokens(a.flags);
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens });
+    if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     let addr;
     try {
       addr = await s.start();
@@ -157,6 +180,11 @@ export const server: Command = {
         changed.push('log_level');
       }
       return changed;
+    }, async (f) => {
+      // Tokens are read before anything changes: a bad tokens file keeps the old ones.
+      const next = await loadTokens(f);
+      s.setTokens(next);
+      return `${Object.keys(next ?? {}).length} token(s)`;
     });
     sdNotify(`READY=1\nSTATUS=serving ${s.store.list().length} release(s) on ${addr.url}`);
     const stopWatchdog = startWatchdog();
@@ -169,6 +197,39 @@ export const server: Command = {
     return ExitCode.OK;
   },
 };
+
+function tokenEntryCheck(s: string): string | null {
+  return /^[A-Za-z0-9._@-]{1,64}:[\x21-\x7e]{16,512}$/.test(s) ? null : 'entries must be NAME:TOKEN, the token 16-512 printable characters';
+}
+
+async function readConfigFile(file: string, key: string): Promise<string> {
+  try {
+    return await fs.readFile(file, 'utf8');
+  } catch (err) {
+    throw new FleetcastError('CONFIG', `${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, ExitCode.CONFIG);
+  }
+}
+
+/** tokens (NAME:TOKEN entries) and tokens_file ("NAME TOKEN" lines) as name -> token; undefined when none. */
+export async function loadTokens(f: Record<string, FlagValue>): Promise<Record<string, string> | undefined> {
+  const out: Record<string, string> = {};
+  for (const e of (f.tokens as string[] | undefined) ?? []) {
+    const i = e.indexOf(':');
+    out[e.slice(0, i)] = e.slice(i + 1);
+  }
+  if (f['tokens-file']) {
+    const file = String(f['tokens-file']);
+    const text = await readConfigFile(file, 'tokens_file');
+    for (const [i, raw] of text.split('\n').entries()) {
+      const line = raw.trim();
+      if (!line || line.startsWith('#')) continue;
+      const m = /^([A-Za-z0-9._@-]{1,64})\s+([\x21-\x7e]{16,512})$/.exec(line);
+      if (!m) throw new FleetcastError('CONFIG', `${file}:${i + 1}:1: expected "NAME TOKEN" (token of 16-512 printable characters)`, ExitCode.CONFIG);
+      out[m[1]] = m[2];
+    }
+  }
+  return Object.keys(out).length ? out : undefined;
+}
 
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -196,7 +257,11 @@ export const agent: Command = {
     usage: 'agent [--config FILE] --server URL --group NAME --interface NAME|ADDR --multicast ADDR:PORT --storage DIR --trust PUBFILE (--release ID | --channel NAME) [--once]',
     flags: {
       config: configFlag,
-      server: { type: 'string', arg: 'URL', help: 'origin server, e.g. http://10.0.0.1:7600', required: true, check: checks.httpUrl },
+      server: { type: 'string', arg: 'URL', help: 'origin server, e.g. https://origin.example:7600', required: true, check: checks.httpUrl },
+      token: { type: 'string', arg: 'TOKEN', help: 'bearer token for the server (prefer token_file)' },
+      'token-file': { type: 'string', arg: 'FILE', help: 'file holding the bearer token' },
+      ca: { type: 'string', arg: 'PEMFILE', help: "CA certificate(s) the server's HTTPS certificate must chain to (default: the system's)" },
+      'plain-http': { type: 'boolean', help: 'allow a plain http:// server URL (the token and release metadata travel in the clear)' },
       group: { type: 'string', arg: 'NAME', help: 'LAN group name (agents on one multicast LAN share it)', required: true, check: checks.name },
       interface: { type: 'string', arg: 'NAME|ADDR', help: 'LAN interface name or address', required: true, check: checks.nonEmpty },
       multicast: { type: 'string', arg: 'ADDR:PORT', help: "the group's multicast address and port", required: true, check: checks.multicast },
@@ -224,6 +289,8 @@ export const agent: Command = {
       'log-level': logLevelFlag,
     },
     validate: (f) => {
+      if (String(f.server).startsWith('http:') && !f['plain-http']) return { flag: 'server', problem: 'is plain HTTP: use https://, or set plain_http: true (--plain-http) on purpose' };
+      if (f.token !== undefined && f['token-file'] !== undefined) return { flag: 'token', problem: 'and token_file are both set: give one' };
       if (f.release !== undefined && f.channel !== undefined) return { flag: 'channel', problem: 'and release are both set: follow a channel or stay on one release, not both' };
       if (f.release === undefined && f.channel === undefined) return { flag: 'release', problem: 'or channel is required: which release to fetch' };
       return null;
@@ -239,7 +306,7 @@ export const agent: Command = {
     let barRelease: string | null = null;
     const daemon = new AgentDaemon({
       agent: {
-        serverUrl: String(f.server),
+        server: ServerAccess.fromFiles({ url: String(f.server), token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
         group: String(f.group),
         member: f.member as string | undefined,
         interface: String(f.interface),

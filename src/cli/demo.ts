@@ -112,7 +112,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         const id = `agent-${i + 1}`;
         const report = path.join(dir, `${id}.json`);
         const args = [
-          BIN, 'agent', '--server', addr.url, '--group', o.separateGroups ? `demo-${i + 1}` : 'demo', '--interface', '127.0.0.1',
+          BIN, 'agent', '--server', addr.url, '--plain-http', '--group', o.separateGroups ? `demo-${i + 1}` : 'demo', '--interface', '127.0.0.1',
           '--multicast', o.separateGroups ? mcast() : shared, '--status-socket', 'none',
           '--storage', path.join(dir, id), '--trust', pubPath, '--release', m.id, '--once', '--member', id,
           '--loss', String(o.lossPct), '--report', report, '--linger', '30', '--timeout', String(o.timeoutS ?? 600),

@@ -9,6 +9,7 @@ import { createTransport } from '../transport/binding';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { decodePacket } from '../wire/packet';
 import { checks, splitHostPort } from './args';
+import { ServerAccess } from '../net/server-access';
 import { agent, Command } from './commands';
 
 /**
@@ -53,7 +54,7 @@ function guessInterface(): string {
 export interface DoctorOptions {
   interface: string;
   multicast: { address: string; port: number };
-  server?: string;
+  server?: ServerAccess;
   waitMs: number;
   igmpWaitMs: number;
   fragmentBytes?: number;
@@ -166,16 +167,17 @@ export async function diagnose(o: DoctorOptions): Promise<Finding[]> {
     for (let i = 0; i < 3; i++) {
       const t0 = performance.now();
       try {
-        const res = await fetch(`${o.server.replace(/\/+$/, '')}/v1/releases`, { signal: AbortSignal.timeout(5000) });
+        const res = await o.server.fetch('/v1/releases', { signal: AbortSignal.timeout(5000) });
         await res.arrayBuffer();
+        if (res.status === 401) throw new Error('answered 401: the token is missing or not among the server\'s tokens');
         if (!res.ok) throw new Error(`answered ${res.status}`);
         rtts.push(performance.now() - t0);
       } catch (err) {
         error = (err as Error).message;
       }
     }
-    if (rtts.length) add({ check: 'server', verdict: 'ok', detail: `${o.server} answers; round trip ${rtts.sort((a, b) => a - b)[Math.floor(rtts.length / 2)].toFixed(1)} ms (median of ${rtts.length})` });
-    else add({ check: 'server', verdict: 'fail', detail: `${o.server} does not answer: ${error}`, fix: 'check the URL, the route to the origin, and that fleetcast-server runs there' });
+    if (rtts.length) add({ check: 'server', verdict: 'ok', detail: `${o.server.url} answers; round trip ${rtts.sort((a, b) => a - b)[Math.floor(rtts.length / 2)].toFixed(1)} ms (median of ${rtts.length})` });
+    else add({ check: 'server', verdict: 'fail', detail: `${o.server.url} does not answer: ${error}`, fix: /401/.test(error) ? 'check token or token_file against the server\'s tokens' : /certificate|self.signed|CERT/i.test(error) ? "the server's certificate does not chain to the CA: check ca" : 'check the URL, the route to the origin, and that fleetcast-server runs there' });
   } else add({ check: 'server', verdict: 'skip', detail: 'no --server given' });
 
   // 8. An IGMP querier on the LAN (raw socket: CAP_NET_RAW).
@@ -224,10 +226,14 @@ export const doctor: Command = {
     const mcProblem = checks.multicast(mcStr);
     if (mcProblem) throw new FleetcastError('CONFIG', `multicast ${mcProblem}`, ExitCode.CONFIG);
     const hp = splitHostPort(mcStr) as { host: string; port: number };
+    const serverUrl = (f.server as string | undefined) ?? (fromFile.server as string | undefined);
     const findings = await diagnose({
       interface: iface,
       multicast: { address: hp.host, port: hp.port },
-      server: (f.server as string | undefined) ?? (fromFile.server as string | undefined),
+      // A diagnosis may look at a plain-HTTP server; the agent itself would need plain_http.
+      server: serverUrl
+        ? ServerAccess.fromFiles({ url: serverUrl, token: fromFile.token as string | undefined, tokenFile: fromFile['token-file'] as string | undefined, caFile: fromFile.ca as string | undefined, plainHttp: true })
+        : undefined,
       waitMs: (f.wait as number) * 1000,
       igmpWaitMs: (f['igmp-wait'] as number) * 1000,
       fragmentBytes: fromFile['fragment-bytes'] as number | undefined,

@@ -5,6 +5,7 @@ import { ExitCode, FleetcastError } from '../util/errors';
 import { checks, resolveFlags, usageError } from './args';
 import { agent, Command, defaultStatusSocket, server } from './commands';
 import { formatBytes } from './progress';
+import { ServerAccess } from '../net/server-access';
 
 const out = (s: string) => process.stdout.write(s + '\n');
 
@@ -112,19 +113,23 @@ export const fleet: Command = {
     summary: 'Ask the server for every group and member: release, progress, overhead, role, hook result, last seen.',
     usage: 'fleet [--server URL] [--json]',
     flags: {
-      server: { type: 'string', arg: 'URL', help: 'origin server', default: 'http://127.0.0.1:7600', check: checks.httpUrl },
+      server: { type: 'string', arg: 'URL', help: 'origin server', default: 'https://127.0.0.1:7600', check: checks.httpUrl },
+      'token-file': { type: 'string', arg: 'FILE', help: 'bearer token for the server' },
+      ca: { type: 'string', arg: 'PEMFILE', help: "CA the server's certificate must chain to" },
+      'plain-http': { type: 'boolean', help: 'allow a plain http:// server URL' },
       json: { type: 'boolean', help: 'print the raw JSON' },
     },
   },
   async run(a) {
-    const url = `${String(a.flags.server).replace(/\/+$/, '')}/v1/fleet`;
+    const access = ServerAccess.fromFiles({ url: String(a.flags.server), tokenFile: a.flags['token-file'] as string | undefined, caFile: a.flags.ca as string | undefined, plainHttp: Boolean(a.flags['plain-http']) });
     let res: Response;
     try {
-      res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+      res = await access.fetch('/v1/fleet', { signal: AbortSignal.timeout(10_000) });
     } catch (err) {
       throw new FleetcastError('UNREACHABLE', `cannot reach the server at ${a.flags.server}: ${(err as Error).message}`, ExitCode.UNAVAILABLE);
     }
     const body = await res.text();
+    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused the token (401): give --token-file', ExitCode.NOPERM);
     if (!res.ok) throw new FleetcastError('BAD_RESPONSE', `the server answered ${res.status}: ${body.slice(0, 200)}`, ExitCode.UNAVAILABLE);
     if (a.flags.json) {
       out(body);

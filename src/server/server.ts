@@ -2,7 +2,8 @@ import { createReadStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { writeAtomic } from '../storage/partial-store';
 import * as http from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import * as https from 'node:https';
 import { deriveGroupKey } from '../wire/auth';
 import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
@@ -34,6 +35,10 @@ export interface ServerOptions {
   logger?: Logger;
   /** Injected clock, for tests. */
   now?: () => number;
+  /** Serve HTTPS with this certificate chain and key (PEM); plain HTTP without. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Bearer tokens allowed in, by name (per fleet or per device). None: anyone may. */
+  tokens?: Record<string, string>;
 }
 
 export interface ServerStats {
@@ -43,10 +48,16 @@ export interface ServerStats {
   unitRequests: number;
   requests: number;
   badRequests: number;
+  /** Requests refused for a missing or unknown token. */
+  unauthorized: number;
 }
 
 /** How long the server remembers members across a restart (members.json). */
 const MEMBER_MEMORY_MS = 10 * 60 * 1000;
+
+function tokenDigest(token: string): string {
+  return createHash('sha256').update(token).digest('base64');
+}
 
 /** 32 random bytes kept in `<store>/secret` (mode 0600), made on first start. */
 async function loadOrCreateSecret(file: string): Promise<Buffer> {
@@ -72,7 +83,7 @@ class HttpError extends Error {
 export class FleetcastServer {
   readonly store: ReleaseStore;
   private readonly groups = new Map<string, GroupAllocator>();
-  private readonly http: http.Server;
+  private readonly http: http.Server | https.Server;
   private readonly log: Logger;
   private readonly now: () => number;
   private timer: NodeJS.Timeout | null = null;
@@ -89,7 +100,9 @@ export class FleetcastServer {
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
   private readonly hooks = new Map<string, HookBody & { at: number }>();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0 };
+  /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
+  private tokenNames = new Map<string, string>();
 
   constructor(private readonly opts: ServerOptions) {
     this.store = new ReleaseStore(opts.storeDir);
@@ -97,9 +110,11 @@ export class FleetcastServer {
     this.now = opts.now ?? Date.now;
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
-    this.http = http.createServer((req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
-    });
+    };
+    this.http = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, onRequest) : http.createServer(onRequest);
+    this.setTokens(opts.tokens);
     this.http.keepAliveTimeout = 30_000;
   }
 
@@ -123,7 +138,7 @@ export class FleetcastServer {
     this.timer.unref();
     const a = this.http.address() as AddressInfo;
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
-    return { host: a.address, port: a.port, url: `http://${host}:${a.port}` };
+    return { host: a.address, port: a.port, url: `${this.opts.tls ? 'https' : 'http'}://${host}:${a.port}` };
   }
 
   /** Members seen in the last MEMBER_MEMORY_MS before the file was written are awaited after a restart. */
@@ -215,8 +230,23 @@ export class FleetcastServer {
     if (!g.hasMember(ref.member)) throw new HttpError(409, 'NOT_JOINED', `member ${ref.member} has not joined group ${ref.group} (or timed out): send a heartbeat first`);
   }
 
+  /** Replace the allowed tokens (SIGHUP reload); undefined or empty lets anyone in. */
+  setTokens(tokens: Record<string, string> | undefined): void {
+    this.tokenNames = new Map(Object.entries(tokens ?? {}).map(([name, tok]) => [tokenDigest(tok), name]));
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     this.stats.requests++;
+    if (this.tokenNames.size > 0) {
+      const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '');
+      if (!m || !this.tokenNames.has(tokenDigest(m[1]))) {
+        this.stats.unauthorized++;
+        res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' });
+        res.end('{"error":"UNAUTHORIZED"}');
+        req.resume();
+        return;
+      }
+    }
     const url = new URL(req.url ?? '/', 'http://x');
     const parts = url.pathname.split('/').filter(Boolean);
     const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
@@ -351,6 +381,7 @@ export class FleetcastServer {
     r.counter('unit_requests_total', 'Unit requests served', [[{}, this.stats.unitRequests]]);
     r.counter('http_requests_total', 'HTTP API requests', [[{}, this.stats.requests]]);
     r.counter('http_bad_requests_total', 'HTTP API requests refused with an error', [[{}, this.stats.badRequests]]);
+    r.counter('http_unauthorized_total', 'HTTP API requests refused for a missing or unknown token', [[{}, this.stats.unauthorized]]);
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
     const members: [Record<string, string>, number][] = [];
     const missing: [Record<string, string>, number][] = [];

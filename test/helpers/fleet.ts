@@ -69,7 +69,7 @@ export async function startFleet(t: ExecutionContext, opts: { size: number; unit
   });
   const multicast = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
   const agentArgs = (id: string, extra: string[] = []) => [
-    'agent', '--server', url, '--group', 'g1', '--interface', '127.0.0.1', '--multicast', multicast, '--status-socket', 'none',
+    'agent', '--server', url, '--plain-http', '--group', 'g1', '--interface', '127.0.0.1', '--multicast', multicast, '--status-socket', 'none',
     '--storage', path.join(dir, id), '--trust', pubPath, '--release', manifest.id, '--once', '--member', id,
     '--linger', '20', '--timeout', '100', '--log-level', 'warn', ...extra,
   ];

@@ -33,7 +33,7 @@ export async function netFleet(topo: Topology, o: { sizeBytes: number; unitSize?
   const manifest: Manifest = await publishRelease(path.join(dir, 'release.bin'), path.join(dir, 'store'), await loadPrivateKey(keyPath), { name: 'release.bin', unitSize: o.unitSize });
   const sourceSha = createHash('sha256').update(source).digest('hex');
   let serverErr = '';
-  const server = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', String(o.heartbeatMs ?? 250), '--log-level', 'warn']);
+  const server = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--plain-http', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', String(o.heartbeatMs ?? 250), '--log-level', 'warn']);
   server.stderr!.on('data', (d) => (serverErr += d));
   // Wait until the server answers inside its namespace.
   for (let i = 0; ; i++) {
@@ -46,7 +46,7 @@ export async function netFleet(topo: Topology, o: { sizeBytes: number; unitSize?
   const startAgent = (host: Host, id: string, group: string, extra: string[] = []): NetAgent => {
     const report = path.join(dir, `${id}.json`);
     const child = topo.exec(host.ns, [
-      process.execPath, BIN, 'agent', '--server', topo.serverUrl(host), '--group', group, '--interface', host.lanAddress,
+      process.execPath, BIN, 'agent', '--server', topo.serverUrl(host), '--plain-http', '--group', group, '--interface', host.lanAddress,
       '--multicast', `239.200.0.1:${MCAST_PORT}`, '--status-socket', 'none', '--storage', path.join(dir, id), '--trust', pubPath, '--release', manifest.id,
       '--once', '--member', id, '--report', report, '--linger', '30', '--timeout', '300', '--log-level', 'warn', ...extra,
     ]);
