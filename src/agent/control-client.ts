@@ -46,7 +46,7 @@ export class ControlClient {
         return v;
       } catch (err) {
         if (err instanceof ControlError || this.signal.aborted) throw err;
-        if (!this.failing) this.log.warn(`server unreachable (${what}): ${(err as Error).message}; retrying with backoff`);
+        if (!this.failing) this.log.warn(`server unreachable (${what}): ${describeFetchError(err)}; retrying with backoff`);
         this.failing = true;
         await sleep(delay, this.signal);
         delay = Math.min(MAX_RETRY_MS, delay * 2);
@@ -113,6 +113,14 @@ export class ControlClient {
     }
     return n;
   }
+}
+
+/** fetch() says only "fetch failed"; the reason (refused, certificate, DNS) is in its cause. */
+export function describeFetchError(err: unknown): string {
+  const e = err as Error & { cause?: { code?: string; message?: string } };
+  const c = e?.cause;
+  if (!c) return e?.message ?? String(err);
+  return `${e.message}: ${c.message ?? ''}${c.code && !String(c.message).includes(c.code) ? ` (${c.code})` : ''}`;
 }
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -9,7 +9,7 @@ import { ChannelHead, parseChannelHead } from '../release/channels';
 import { Logger, Level } from '../util/log';
 import { MetricsRegistry } from '../util/metrics';
 import { ExitCode, FleetcastError } from '../util/errors';
-import { ControlClient } from './control-client';
+import { ControlClient, describeFetchError } from './control-client';
 import { parseManifest } from '../release/manifest';
 import { writeAtomic } from '../storage/partial-store';
 
@@ -168,7 +168,7 @@ export class AgentDaemon {
     try {
       res = await this.opts.agent.server.fetch(`/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
     } catch (err) {
-      throw new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${(err as Error).message}`);
+      throw new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
     const body = Buffer.from(await res.arrayBuffer());
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);

@@ -10,6 +10,7 @@ import { ExitCode, FleetcastError } from '../util/errors';
 import { decodePacket } from '../wire/packet';
 import { checks, splitHostPort } from './args';
 import { ServerAccess } from '../net/server-access';
+import { describeFetchError } from '../agent/control-client';
 import { agent, Command } from './commands';
 
 /**
@@ -173,7 +174,7 @@ export async function diagnose(o: DoctorOptions): Promise<Finding[]> {
         if (!res.ok) throw new Error(`answered ${res.status}`);
         rtts.push(performance.now() - t0);
       } catch (err) {
-        error = (err as Error).message;
+        error = describeFetchError(err);
       }
     }
     if (rtts.length) add({ check: 'server', verdict: 'ok', detail: `${o.server.url} answers; round trip ${rtts.sort((a, b) => a - b)[Math.floor(rtts.length / 2)].toFixed(1)} ms (median of ${rtts.length})` });

@@ -6,6 +6,7 @@ import { checks, resolveFlags, usageError } from './args';
 import { agent, Command, defaultStatusSocket, server } from './commands';
 import { formatBytes } from './progress';
 import { ServerAccess } from '../net/server-access';
+import { describeFetchError } from '../agent/control-client';
 
 const out = (s: string) => process.stdout.write(s + '\n');
 
@@ -126,7 +127,7 @@ export const fleet: Command = {
     try {
       res = await access.fetch('/v1/fleet', { signal: AbortSignal.timeout(10_000) });
     } catch (err) {
-      throw new FleetcastError('UNREACHABLE', `cannot reach the server at ${a.flags.server}: ${(err as Error).message}`, ExitCode.UNAVAILABLE);
+      throw new FleetcastError('UNREACHABLE', `cannot reach the server at ${a.flags.server}: ${describeFetchError(err)}`, ExitCode.UNAVAILABLE);
     }
     const body = await res.text();
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused the token (401): give --token-file', ExitCode.NOPERM);

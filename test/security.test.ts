@@ -1,0 +1,114 @@
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes, randomInt } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as https from 'node:https';
+import * as path from 'node:path';
+import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
+import { publishRelease } from '../src/release/publish';
+import { sha256File } from '../src/storage/partial-store';
+import { BIN, runCli, tmpdir } from './helpers/fleet';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A CA and a certificate for 127.0.0.1 signed by it, made with openssl. */
+async function makeCerts(dir: string): Promise<{ ca: string; cert: string; key: string; otherCa: string }> {
+  const sh = (cmd: string) => {
+    const r = spawnSync('sh', ['-ec', cmd], { cwd: dir, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+  };
+  sh('openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=fleetcast-test-ca 2>/dev/null');
+  sh('openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -out other-ca.pem -days 2 -subj /CN=someone-else 2>/dev/null');
+  sh('openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null');
+  await fs.writeFile(path.join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+  sh('openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null');
+  return { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key'), otherCa: path.join(dir, 'other-ca.pem') };
+}
+
+test('HTTPS with tokens: an agent with the CA and a token completes; no token, a wrong one or a wrong CA gets nowhere; revoking a token by reload locks it out', async (t) => {
+  if (spawnSync('openssl', ['version']).status !== 0) return t.fail('openssl is needed to make test certificates');
+  const dir = await tmpdir(t);
+  const certs = await makeCerts(dir);
+  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  const src = path.join(dir, 'fw.bin');
+  await fs.writeFile(src, randomBytes(1024 * 1024 + 3));
+  const m = await publishRelease(src, path.join(dir, 'store'), await loadPrivateKey(keyPath), { unitSize: 256 * 1024 });
+  const goodToken = randomBytes(24).toString('hex');
+  const otherToken = randomBytes(24).toString('hex');
+  const tokensFile = path.join(dir, 'tokens');
+  await fs.writeFile(tokensFile, `# per device\nbox-1 ${goodToken}\nbox-2 ${otherToken}\n`);
+  const port = randomInt(20000, 60000);
+  const cfg = path.join(dir, 'server.yaml');
+  await fs.writeFile(cfg, `store: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\ntls_cert: ${certs.cert}\ntls_key: ${certs.key}\ntokens_file: ${tokensFile}\nheartbeat_ms: 200\n`);
+  const srv = spawn(process.execPath, [BIN, 'server', '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => {
+    if (srv.exitCode === null) srv.kill('SIGKILL');
+  });
+  let srvErr = '';
+  srv.stderr.on('data', (d) => (srvErr += d));
+  const url = `https://127.0.0.1:${port}`;
+  const ca = await fs.readFile(certs.ca);
+  const get = (p: string, headers: Record<string, string> = {}) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      https.get(`${url}${p}`, { ca, headers }, (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      }).on('error', reject);
+    });
+  for (let i = 0; i < 100; i++) {
+    if (await get('/v1/releases').then(() => true, () => false)) break;
+    await sleep(50);
+  }
+  // No token, a wrong one: 401 and nothing else, whatever the path.
+  for (const p of ['/v1/releases', `/v1/releases/${m.id}/manifest`, '/v1/fleet', '/v1/nosuch']) {
+    const r = await get(p);
+    t.is(r.status, 401, p);
+    t.is(r.body, '{"error":"UNAUTHORIZED"}', p);
+    t.is((await get(p, { authorization: `Bearer ${'x'.repeat(40)}` })).status, 401, `${p} with a wrong token`);
+  }
+  t.is((await get('/v1/releases', { authorization: `Bearer ${goodToken}` })).status, 200);
+
+  const tokenFile = path.join(dir, 'box-1.token');
+  await fs.writeFile(tokenFile, goodToken + '\n');
+  const agentArgs = (id: string, extra: string[]) => [
+    'agent', '--server', url, '--group', 'g', '--interface', '127.0.0.1', '--multicast', `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`,
+    '--storage', path.join(dir, id), '--trust', pubPath, '--release', m.id, '--once', '--member', id, '--linger', '0', '--timeout', '60', '--status-socket', 'none', ...extra,
+  ];
+  const ok = await runCli(agentArgs('a', ['--ca', certs.ca, '--token-file', tokenFile]));
+  t.is(ok.code, 0, ok.stderr);
+  t.is(await sha256File(ok.stdout.trim()), m.sha256);
+
+  const noToken = await runCli(agentArgs('b', ['--ca', certs.ca]));
+  t.is(noToken.code, 69);
+  t.regex(noToken.stderr, /the server refused our token \(401\)/);
+
+  const wrongCa = await runCli(agentArgs('c', ['--ca', certs.otherCa, '--token-file', tokenFile, '--timeout', '3']));
+  t.not(wrongCa.code, 0);
+  t.regex(wrongCa.stderr, /certificate|self.signed|unable to verify/i);
+
+  const plain = await runCli(agentArgs('d', []).map((x) => (x === url ? `http://127.0.0.1:${port}` : x)));
+  t.is(plain.code, 64, "a usage error on the command line (78 from a config file)");
+  t.regex(plain.stderr, /--server is plain HTTP: use https:\/\/, or set plain_http: true/);
+
+  // Revoke box-1: edit the tokens file, reload. Its token no longer opens anything.
+  await fs.writeFile(tokensFile, `box-2 ${otherToken}\n`);
+  srv.kill('SIGHUP');
+  for (let i = 0; i < 50 && !/reloaded .*1 token\(s\)/.test(srvErr); i++) await sleep(100);
+  t.regex(srvErr, /reloaded .*1 token\(s\)/);
+  t.is((await get('/v1/releases', { authorization: `Bearer ${goodToken}` })).status, 401);
+  t.is((await get('/v1/releases', { authorization: `Bearer ${otherToken}` })).status, 200);
+  // A broken tokens file on reload keeps the tokens in force.
+  await fs.writeFile(tokensFile, 'just-a-name\n');
+  srv.kill('SIGHUP');
+  for (let i = 0; i < 50 && !/keeping the running config/.test(srvErr); i++) await sleep(100);
+  t.regex(srvErr, /tokens:1:1: expected "NAME TOKEN".*keeping the running config/);
+  t.is((await get('/v1/releases', { authorization: `Bearer ${otherToken}` })).status, 200);
+  srv.kill('SIGTERM');
+});
+
+test('the server will not serve plain HTTP unless told to', async (t) => {
+  const r = await runCli(['server', '--store', '/tmp/x']);
+  t.is(r.code, 64);
+  t.regex(r.stderr, /--tls-cert is required \(with tls_key\) to serve HTTPS; set plain_http: true \(--plain-http\) to serve plain HTTP on purpose/);
+});
