@@ -1,6 +1,7 @@
 import test from 'ava';
-import { createHash } from 'node:crypto';
-import { parseManifest, signManifest, ManifestBody } from '../src/release/manifest';
+import { createHash, randomBytes } from 'node:crypto';
+import { decryptUnit, encryptUnit } from '../src/release/content-crypto';
+import { parseManifest, signManifest, ManifestBody, validateBody } from '../src/release/manifest';
 import { FleetcastError } from '../src/util/errors';
 import { ed25519 } from './helpers/keys';
 
@@ -50,4 +51,21 @@ test('body validation names the field', (t) => {
   t.throws(() => signManifest({ ...body, units: body.units.slice(0, 2) }, k.privateKey), { message: /units lists 2 hashes, size and unitSize need 3/ });
   t.throws(() => signManifest({ ...body, name: '../etc/passwd' }, k.privateKey), { message: /name/ });
   t.throws(() => signManifest({ ...body, unitSize: 100 }, k.privateKey), { message: /unitSize/ });
+});
+
+test('content encryption: units decrypt with their key and index only; a tampered unit or another key fails; the manifest fields must agree', (t) => {
+  const key = randomBytes(32);
+  const plain = randomBytes(1000);
+  const ct = encryptUnit(key, 3, plain);
+  t.is(ct.length, 1016);
+  t.deepEqual(decryptUnit(key, 3, ct), plain);
+  t.throws(() => decryptUnit(key, 4, ct), { message: /does not decrypt/ }, 'the index is the nonce');
+  t.throws(() => decryptUnit(randomBytes(32), 3, ct), { message: /does not decrypt/ });
+  const bad = Buffer.from(ct);
+  bad[10] ^= 1;
+  t.throws(() => decryptUnit(key, 3, bad), { message: /does not decrypt/ });
+  const body = { v: 1, name: 'x.bin', size: 1016, unitSize: 4096, sha256: 'a'.repeat(64), units: ['b'.repeat(64)], created: '2026-01-01T00:00:00Z', enc: 'aes-256-gcm', plainSize: 1000, plainSha256: 'c'.repeat(64) };
+  t.notThrows(() => validateBody(body));
+  t.throws(() => validateBody({ ...body, plainSize: 999 }), { message: /plainSize does not match/ });
+  t.throws(() => validateBody({ ...body, enc: 'rot13' }), { message: /enc must be/ });
 });

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
+import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
 import * as https from 'node:https';
 import * as path from 'node:path';
@@ -111,4 +112,74 @@ test('the server will not serve plain HTTP unless told to', async (t) => {
   const r = await runCli(['server', '--store', '/tmp/x']);
   t.is(r.code, 64);
   t.regex(r.stderr, /--tls-cert is required \(with tls_key\) to serve HTTPS; set plain_http: true \(--plain-http\) to serve plain HTTP on purpose/);
+});
+
+test('an encrypted release: ciphertext in the store and on the LAN, the key only for token holders, plaintext on the agents', async (t) => {
+  const dir = await tmpdir(t);
+  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  const marker = Buffer.from('FLEETCAST-PLAINTEXT-MARKER-0123456789');
+  const plain = Buffer.concat(Array.from({ length: 30_000 }, (_, i) => (i % 7 === 0 ? marker : randomBytes(40))));
+  const src = path.join(dir, 'secret.img');
+  await fs.writeFile(src, plain);
+  const store = path.join(dir, 'store');
+  const keys = path.join(dir, 'content-keys');
+  const pub = await runCli(['publish', src, '--store', store, '--key', keyPath, '--unit-size', '131072', '--encrypt', '--content-keys', keys]);
+  t.is(pub.code, 0, pub.stderr);
+  const id = pub.stdout.trim().split('\n').at(-1)!;
+  t.regex(pub.stdout, /\(encrypted; plaintext sha256 [0-9a-f]{64}, key in /);
+  const stored = await fs.readFile(path.join(store, 'releases', id, 'data'));
+  t.is(stored.indexOf(marker), -1, 'the store holds no plaintext');
+  t.is((await fs.readdir(store)).includes('content-keys'), false);
+  t.is((await fs.stat(path.join(keys, `${id}.key`))).mode & 0o077, 0, 'the key file is private');
+
+  const token = randomBytes(20).toString('hex');
+  const port = randomInt(20000, 60000);
+  const startServer = (extra: string[]) => {
+    const s = spawn(process.execPath, [BIN, 'server', '--plain-http', '--store', store, '--listen', `127.0.0.1:${port}`, '--heartbeat-ms', '200', ...extra], { stdio: 'ignore' });
+    t.teardown(() => {
+      if (s.exitCode === null) s.kill('SIGKILL');
+    });
+    return s;
+  };
+  const waitUp = async () => {
+    for (let i = 0; i < 100; i++) {
+      const ok = await fetch(`http://127.0.0.1:${port}/v1/releases`).then(() => true, () => false);
+      if (ok) return;
+      await sleep(50);
+    }
+  };
+  // Without tokens the server will not hand out content keys at all.
+  let srv = startServer(['--content-keys', keys]);
+  await waitUp();
+  const noAuth = await fetch(`http://127.0.0.1:${port}/v1/releases/${id}/key`);
+  t.is(noAuth.status, 403);
+  srv.kill('SIGTERM');
+  await new Promise((r) => srv.on('exit', r));
+  srv = startServer(['--content-keys', keys, '--tokens', `fleet:${token}`]);
+  await waitUp();
+  t.is((await fetch(`http://127.0.0.1:${port}/v1/releases/${id}/key`)).status, 401);
+
+  // Listen on the LAN while two agents fetch it.
+  const group = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`;
+  const mport = randomInt(20000, 60000);
+  const sniff = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  const seen: Buffer[] = [];
+  sniff.on('message', (m) => seen.push(m));
+  await new Promise<void>((r) => sniff.bind(mport, () => (sniff.addMembership(group, '127.0.0.1'), r())));
+  t.teardown(() => sniff.close());
+  const tokenFile = path.join(dir, 'token');
+  await fs.writeFile(tokenFile, token);
+  const agent = (mid: string) =>
+    runCli(['agent', '--server', `http://127.0.0.1:${port}`, '--plain-http', '--token-file', tokenFile, '--group', 'g', '--interface', '127.0.0.1', '--multicast', `${group}:${mport}`,
+      '--storage', path.join(dir, mid), '--trust', pubPath, '--release', id, '--once', '--member', mid, '--linger', '5', '--timeout', '60', '--status-socket', 'none']);
+  const results = await Promise.all([agent('a'), agent('b')]);
+  const plainSha = createHash('sha256').update(plain).digest('hex');
+  for (const r of results) {
+    t.is(r.code, 0, r.stderr);
+    t.is(await sha256File(r.stdout.trim()), plainSha, 'the agent holds the plaintext');
+    t.true(r.stdout.trim().endsWith('/secret.img'));
+  }
+  const lan = Buffer.concat(seen);
+  t.true(lan.length > plain.length / 2, `the LAN carried ${lan.length} bytes`);
+  t.is(lan.indexOf(marker), -1, 'no plaintext on the LAN');
 });

@@ -23,6 +23,7 @@ import {
 import { ControlClient, ControlError, LeaseResponse, sleep, SplitMapResponse } from './control-client';
 import { NackRequest, NackScheduler } from './nack-scheduler';
 import { RepairScheduler } from './repair-scheduler';
+import { decryptFile } from '../release/content-crypto';
 import { ServerAccess } from '../net/server-access';
 import { UnitSpool } from '../storage/spool';
 import { sealControl, verifyControl } from '../wire/auth';
@@ -600,7 +601,8 @@ export class Agent {
     if (this.finishing) return;
     this.finishing = true;
     try {
-      this.finalPath = await this.store.finish();
+      const stored = await this.store.finish();
+      this.finalPath = this.manifest.enc ? await this.decrypt(stored) : stored;
     } catch (err) {
       this.finishing = false;
       if ((err as FleetcastError).code === 'WHOLE_HASH') {
@@ -622,6 +624,16 @@ export class Agent {
     }
     this.log.info(`release ${this.manifest.name} complete and verified: ${this.finalPath}`);
     this.completion.resolve(this.finalPath);
+  }
+
+  /** The ciphertext verified: get the release key from the server and write the plaintext. */
+  private async decrypt(ciphertextPath: string): Promise<string> {
+    const m = this.manifest;
+    const key = await this.client.getContentKey(m.id);
+    const out = path.join(this.opts.storageDir, m.id, m.name);
+    await decryptFile(key, m, ciphertextPath, out);
+    this.log.info(`decrypted ${m.name}; plaintext SHA-256 matches the manifest`);
+    return out;
   }
 
   private fail(err: Error): void {

@@ -91,6 +91,17 @@ export class ControlClient {
     });
   }
 
+  /** The content key of an encrypted release (only for authenticated agents). */
+  getContentKey(id: string): Promise<Buffer> {
+    return this.retrying('content key', async () => {
+      const res = await this.server.fetch(`/v1/releases/${id}/key`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
+      await this.checkStatus(res);
+      const j = (await res.json()) as { key?: unknown };
+      if (typeof j.key !== 'string' || !/^[0-9a-f]{64}$/.test(j.key)) throw new ControlError(200, 'BAD_KEY', 'the server sent a malformed content key');
+      return Buffer.from(j.key, 'hex');
+    });
+  }
+
   /**
    * Stream one unit's bytes; `onChunk` sees them as they arrive (cut-through).
    * `onChunk` may return a promise to pause the download (backpressure).

@@ -54,6 +54,13 @@ export const publish: Command = {
       name: { type: 'string', arg: 'NAME', help: 'release name, also the file name on agents (default: the file name)' },
       'unit-size': { type: 'number', arg: 'BYTES', help: 'unit size in bytes', default: 1048576, integer: true, min: 1024, max: 1 << 30 },
       channel: { type: 'string', arg: 'NAME', help: "make the release this channel's current one (agents following it move to it)", check: channelCheck },
+      encrypt: { type: 'boolean', help: 'encrypt the content (AES-256-GCM per unit); the key goes to --content-keys, never into the store' },
+      'content-keys': { type: 'string', arg: 'DIR', help: "with --encrypt: directory for the release's key (the server's content_keys)" },
+    },
+    validate: (f) => {
+      if (f.encrypt && f['content-keys'] === undefined) return { flag: 'content-keys', problem: 'is required with --encrypt: where the key is kept, outside the store' };
+      if (!f.encrypt && f['content-keys'] !== undefined) return { flag: 'content-keys', problem: 'only goes with --encrypt' };
+      return null;
     },
   },
   async run(a) {
@@ -63,9 +70,10 @@ export const publish: Command = {
       name: a.flags.name as string | undefined,
       unitSize: a.flags['unit-size'] as number,
       onProgress: (d, t) => bar.update(d, t, formatBytes(d)),
+      contentKeysDir: a.flags.encrypt ? String(a.flags['content-keys']) : undefined,
     });
     bar.finish();
-    out(`published ${m.name}: ${formatBytes(m.size)} in ${m.unitCount} units of ${formatBytes(m.unitSize)}, sha256 ${m.sha256}`);
+    out(`published ${m.name}: ${formatBytes(m.size)} in ${m.unitCount} units of ${formatBytes(m.unitSize)}, sha256 ${m.sha256}${m.enc ? ` (encrypted; plaintext sha256 ${m.plainSha256}, key in ${a.flags['content-keys']})` : ''}`);
     if (a.flags.channel) {
       await setChannel(String(a.flags.store), { channel: String(a.flags.channel), release: m.id, name: m.name, publishedAt: Date.now() });
       out(`channel ${a.flags.channel} now points at ${m.id}`);
@@ -147,6 +155,7 @@ export const server: Command = {
       'plain-http': { type: 'boolean', help: 'serve plain HTTP (tokens and unencrypted releases cross the network in the clear)' },
       tokens: { type: 'list', arg: 'NAME:TOKEN[,...]', help: 'bearer tokens allowed in, per fleet or per device (none: anyone may join)', check: tokenEntryCheck, reload: true },
       'tokens-file': { type: 'string', arg: 'FILE', help: 'more tokens, one "NAME TOKEN" per line (# comments)', reload: true },
+      'content-keys': { type: 'string', arg: 'DIR', help: 'keys of encrypted releases (from publish --encrypt), released only to token holders' },
       metrics: metricsFlag,
       'log-level': logLevelFlag,
     },
@@ -162,7 +171,7 @@ export const server: Command = {
     const log = createLogger({ level: a.flags['log-level'] as Level });
     const tls = a.flags['tls-cert'] ? { cert: await readConfigFile(String(a.flags['tls-cert']), 'tls_cert'), key: await readConfigFile(String(a.flags['tls-key']), 'tls_key') } : undefined;
     const tokens = await loadTokens(a.flags);
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens });
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, contentKeysDir: a.flags['content-keys'] as string | undefined });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     let addr;
     try {

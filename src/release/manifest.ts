@@ -18,6 +18,11 @@ export interface ManifestBody {
   sha256: string;
   units: string[];
   created: string;
+  /** Content encryption (content-crypto.ts): units are ciphertext; absent for plain releases. */
+  enc?: 'aes-256-gcm';
+  /** Encrypted releases: the plaintext file's size and SHA-256. */
+  plainSize?: number;
+  plainSha256?: string;
 }
 
 export interface Manifest extends ManifestBody {
@@ -66,7 +71,7 @@ function bad(msg: string): never {
 export function validateBody(b: unknown): ManifestBody {
   if (typeof b !== 'object' || b === null || Array.isArray(b)) bad('body is not an object');
   const o = b as Record<string, unknown>;
-  const known = new Set(['v', 'name', 'size', 'unitSize', 'sha256', 'units', 'created']);
+  const known = new Set(['v', 'name', 'size', 'unitSize', 'sha256', 'units', 'created', 'enc', 'plainSize', 'plainSha256']);
   for (const k of Object.keys(o)) if (!known.has(k)) bad(`unknown field "${k}"`);
   if (o.v !== 1) bad(`unsupported body version ${JSON.stringify(o.v)}`);
   const nameErr = checkReleaseName(o.name as string);
@@ -85,6 +90,12 @@ export function validateBody(b: unknown): ManifestBody {
     if (typeof h !== 'string' || !HEX64.test(h)) bad(`units[${i}] is not 64 lowercase hex characters`);
   }
   if (typeof o.created !== 'string' || o.created.length > 64 || Number.isNaN(Date.parse(o.created))) bad('created is not a timestamp');
+  if (o.enc !== undefined || o.plainSize !== undefined || o.plainSha256 !== undefined) {
+    if (o.enc !== 'aes-256-gcm') bad('enc must be "aes-256-gcm"');
+    if (typeof o.plainSha256 !== 'string' || !HEX64.test(o.plainSha256)) bad('plainSha256 is not 64 lowercase hex characters');
+    // Each unit is its plaintext plus a 16-byte tag.
+    if (!Number.isSafeInteger(o.plainSize) || (o.plainSize as number) < 0 || (o.plainSize as number) + 16 * count !== o.size) bad('plainSize does not match size less 16 bytes per unit');
+  }
   return o as unknown as ManifestBody;
 }
 

@@ -13,6 +13,7 @@ import { bitmapBytes } from '../wire/packet';
 import { AllocatorOptions, GroupAllocator } from './allocator';
 import { Logger, silentLogger } from '../util/log';
 import { listChannels, readChannel } from '../release/channels';
+import { readContentKey } from '../release/content-crypto';
 import { MetricsRegistry } from '../util/metrics';
 
 /**
@@ -39,6 +40,8 @@ export interface ServerOptions {
   tls?: { cert: string | Buffer; key: string | Buffer };
   /** Bearer tokens allowed in, by name (per fleet or per device). None: anyone may. */
   tokens?: Record<string, string>;
+  /** Where `publish --encrypt` put the content keys; released only to token holders. */
+  contentKeysDir?: string;
 }
 
 export interface ServerStats {
@@ -259,6 +262,15 @@ export class FleetcastServer {
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': rel.manifest.raw.length });
         res.end(rel.manifest.raw);
         return;
+      }
+      case 'GET /v1/releases/:/key': {
+        const rel = await this.store.get(parts[2]);
+        if (!rel) throw new HttpError(404, 'NO_RELEASE', `release ${parts[2]} is not on this server`);
+        if (!rel.manifest.enc) throw new HttpError(404, 'NOT_ENCRYPTED', 'this release is not encrypted');
+        if (this.tokenNames.size === 0) throw new HttpError(403, 'NO_AUTH', 'content keys go only to agents with a token, and this server has no tokens configured');
+        const key = this.opts.contentKeysDir ? await readContentKey(this.opts.contentKeysDir, rel.manifest.id) : null;
+        if (!key) throw new HttpError(503, 'NO_KEY', 'this server does not hold the key of that release (content_keys)');
+        return this.json(res, 200, { key: key.toString('hex') });
       }
       case 'GET /v1/releases/:/units/:':
         return this.serveUnit(req, res, parts[2], parts[4], url.searchParams);

@@ -31,7 +31,8 @@ export class PartialStore {
     this.dir = path.join(storageDir, manifest.id);
     this.partPath = path.join(this.dir, 'data.part');
     this.bitmapPath = path.join(this.dir, 'data.bitmap');
-    this.finalPath = path.join(this.dir, manifest.name);
+    // An encrypted release's ciphertext keeps a name of its own: the plaintext goes to <name>.
+    this.finalPath = path.join(this.dir, manifest.enc ? `${manifest.name}.fcenc` : manifest.name);
     this.bits = new Uint8Array(bitmapBytes(manifest.unitCount));
   }
 
