@@ -107,6 +107,29 @@ export interface AgentStats {
   transport: string;
 }
 
+/** The counters of AgentStats (what a daemon sums across releases). */
+export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'transport'>;
+
+export function zeroCounters(): AgentCounters {
+  return {
+    wanBytes: 0,
+    wanBytesResumed: 0,
+    lanBytes: 0,
+    lanDuplicateBytes: 0,
+    copyBytesSent: 0,
+    repairBytesSent: 0,
+    repairPacketsSent: 0,
+    nacksSent: 0,
+    nacksSuppressed: 0,
+    nacksHeard: 0,
+    nacksAnswered: 0,
+    unitsFromWan: 0,
+    unitsFromLan: 0,
+    unitsRejected: 0,
+    unitsResumed: 0,
+  };
+}
+
 interface Assembly {
   buf: Buffer;
   got: Uint8Array;
@@ -219,27 +242,7 @@ export class Agent {
       dedupMs: AGENT_DEFAULTS.repairDedupMs,
       random: this.random,
     });
-    this.stats = {
-      member: '',
-      wanBytes: 0,
-      wanBytesResumed: 0,
-      lanBytes: 0,
-      lanDuplicateBytes: 0,
-      copyBytesSent: 0,
-      repairBytesSent: 0,
-      repairPacketsSent: 0,
-      nacksSent: 0,
-      nacksSuppressed: 0,
-      nacksHeard: 0,
-      nacksAnswered: 0,
-      unitsFromWan: 0,
-      unitsFromLan: 0,
-      unitsRejected: 0,
-      unitsResumed: 0,
-      drops: {},
-      seconds: 0,
-      transport: '',
-    };
+    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, transport: '' };
     this.completed = new Promise((resolve, reject) => {
       this.completion = { resolve, reject };
     });

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Agent, AgentOptions, AgentStats } from './agent';
+import { Agent, AgentCounters, AgentOptions, zeroCounters } from './agent';
 import { HookResult, runHook } from './hook';
 import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
@@ -46,24 +46,8 @@ export interface Reloadable {
   logLevel: Level;
 }
 
-type Totals = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'transport'>;
-const ZERO: Totals = {
-  wanBytes: 0,
-  wanBytesResumed: 0,
-  lanBytes: 0,
-  lanDuplicateBytes: 0,
-  copyBytesSent: 0,
-  repairBytesSent: 0,
-  repairPacketsSent: 0,
-  nacksSent: 0,
-  nacksSuppressed: 0,
-  nacksHeard: 0,
-  nacksAnswered: 0,
-  unitsFromWan: 0,
-  unitsFromLan: 0,
-  unitsRejected: 0,
-  unitsResumed: 0,
-};
+type Totals = AgentCounters;
+const ZERO: Totals = zeroCounters();
 
 const HOOK_FILE = 'hook.json';
 const MAX_ERRORS = 10;
