@@ -35,6 +35,17 @@ export interface AllocatorOptions {
   tailSlackFactor: number;
   /** Weight of a new overhead sample in the EWMA. */
   overheadAlpha: number;
+  /**
+   * Hedging (004 claim 5): a lease running this many times longer than its member's
+   * overhead predicts (and at least hedgeMinMs) is also given to another member; the
+   * first verified copy wins.
+   */
+  hedgeFactor: number;
+  hedgeMinMs: number;
+  /** `representative` policy: only each LAN group's gateway (its best member) takes leases. */
+  representativeOnly: boolean;
+  /** A gateway keeps its role until its overhead is this many times the best in its group. */
+  gatewaySlackFactor: number;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -45,6 +56,10 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   leaseMinMs: 15000,
   tailSlackFactor: 2,
   overheadAlpha: 0.3,
+  hedgeFactor: 3,
+  hedgeMinMs: 2000,
+  representativeOnly: false,
+  gatewaySlackFactor: 1.5,
 };
 
 export interface MemberView {
@@ -58,6 +73,12 @@ export interface MemberView {
   complete: boolean;
   lastSeenMsAgo: number;
   address: string | null;
+  /** The member's LAN group (several in a wide-area group). */
+  group: string;
+  /** UDP port of its unicast socket (cross-group copies and NACKs), when it has one. */
+  dataPort: number | null;
+  /** `gateway`: the member of its LAN group that receives and re-multicasts other groups' copies. */
+  role: 'gateway' | 'member';
 }
 
 export interface SplitMap {
@@ -65,6 +86,8 @@ export interface SplitMap {
   /** holders[u]: index into `members` of the member leased or holding unit u, -1 for none. */
   holders: number[];
   groupComplete: boolean;
+  /** Every unit is held by some member (the `all-fetched` start policy waits for this). */
+  allHeld: boolean;
 }
 
 interface Member {
@@ -72,6 +95,8 @@ interface Member {
   lastSeen: number;
   joinedAt: number;
   address: string | null;
+  lanGroup: string;
+  dataPort: number | null;
   have: Uint8Array;
   verified: number;
   leases: Set<number>;
@@ -90,6 +115,10 @@ interface Lease {
 
 export interface LeaseGrant {
   units: number[];
+  /** Of `units`, those that are hedges of another member's overdue lease. */
+  hedged?: number[];
+  /** Units leased again for a LAN group that could not get them from the wide-area group. */
+  relayed?: number[];
   /** Set when nothing was granted but units remain: ask again after this long. */
   retryAfterMs: number;
   /** Nothing is left to lease in this group: every unit is leased or held. */
@@ -108,6 +137,11 @@ export class GroupAllocator {
   readonly opts: AllocatorOptions;
   /** Leases reclaimed because their member left or they ran past the deadline. */
   reclaimed = 0;
+  /** Second leases of overdue units (hedging), by unit; the first verified copy wins. */
+  private readonly hedges = new Map<number, Lease>();
+  hedgedUnits = 0;
+  /** Each LAN group's gateway (member id), kept until it leaves or slows (hysteresis). */
+  private readonly gatewayOf = new Map<string, string>();
 
   constructor(opts: Partial<AllocatorOptions> & Pick<AllocatorOptions, 'unitCount' | 'unitBytes'>) {
     this.opts = { ...DEFAULT_ALLOCATOR_OPTIONS, ...opts };
@@ -115,7 +149,7 @@ export class GroupAllocator {
   }
 
   /** Join or heartbeat. `have` is the member's verified-units bitmap (authoritative). */
-  heartbeat(id: string, now: number, info: { have?: Uint8Array | null; address?: string | null; fetching?: number[] } = {}): void {
+  heartbeat(id: string, now: number, info: { have?: Uint8Array | null; address?: string | null; fetching?: number[]; lanGroup?: string; dataPort?: number | null } = {}): void {
     let m = this.members.get(id);
     if (!m) {
       m = {
@@ -123,6 +157,8 @@ export class GroupAllocator {
         lastSeen: now,
         joinedAt: now,
         address: null,
+        lanGroup: info.lanGroup ?? '',
+        dataPort: null,
         have: new Uint8Array(bitmapBytes(this.opts.unitCount)),
         verified: 0,
         leases: new Set(),
@@ -133,6 +169,8 @@ export class GroupAllocator {
     }
     m.lastSeen = now;
     if (info.address !== undefined) m.address = info.address;
+    if (info.lanGroup !== undefined) m.lanGroup = info.lanGroup;
+    if (info.dataPort !== undefined) m.dataPort = info.dataPort;
     if (info.have) {
       for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u)) this.markHeld(m, u);
     }
@@ -152,7 +190,8 @@ export class GroupAllocator {
     if (!m) return 0;
     const n = m.leases.size;
     for (const u of m.leases) {
-      this.leases.delete(u);
+      if (this.hedges.get(u)?.member === id) this.hedges.delete(u);
+      else if (this.leases.get(u)?.member === id) this.leases.delete(u);
       if (u < this.scanFrom) this.scanFrom = u;
     }
     m.leases.clear();
@@ -163,8 +202,17 @@ export class GroupAllocator {
     const m = this.members.get(id);
     if (!m) return;
     for (const u of m.leases) {
-      this.leases.delete(u);
-      this.reclaimed++;
+      if (this.hedges.get(u)?.member === id) this.hedges.delete(u);
+      else if (this.leases.get(u)?.member === id) {
+        this.leases.delete(u);
+        this.reclaimed++;
+        // Its hedge, if any, becomes the lease.
+        const h = this.hedges.get(u);
+        if (h) {
+          this.hedges.delete(u);
+          this.leases.set(u, h);
+        }
+      }
       if (u < this.scanFrom) this.scanFrom = u;
     }
     for (let u = 0; u < this.opts.unitCount; u++) {
@@ -188,7 +236,18 @@ export class GroupAllocator {
         this.leases.delete(u);
         this.members.get(l.member)?.leases.delete(u);
         this.reclaimed++;
+        const h = this.hedges.get(u);
+        if (h) {
+          this.hedges.delete(u);
+          this.leases.set(u, h);
+        }
         if (u < this.scanFrom) this.scanFrom = u;
+      }
+    }
+    for (const [u, h] of this.hedges) {
+      if (now > h.deadline) {
+        this.hedges.delete(u);
+        this.members.get(h.member)?.leases.delete(u);
       }
     }
     return gone;
@@ -199,11 +258,18 @@ export class GroupAllocator {
   }
 
   /** The server starts sending unit `u` to `id` (000 claim 8: register the send time). */
-  sending(id: string, u: number, now: number): boolean {
+  sending(id: string, u: number, now: number): 'lease' | 'hedge' | null {
     const l = this.leases.get(u);
-    if (!l || l.member !== id) return false;
-    if (l.sentAt === null) l.sentAt = now;
-    return true;
+    if (l && l.member === id) {
+      if (l.sentAt === null) l.sentAt = now;
+      return 'lease';
+    }
+    const h = this.hedges.get(u);
+    if (h && h.member === id) {
+      if (h.sentAt === null) h.sentAt = now;
+      return 'hedge';
+    }
+    return null;
   }
 
   /** Receipt notice (000 claim 8): member verified unit u. Updates overhead and ranking. */
@@ -211,8 +277,8 @@ export class GroupAllocator {
     const m = this.members.get(id);
     if (!m || u < 0 || u >= this.opts.unitCount) return;
     m.lastSeen = now;
-    const l = this.leases.get(u);
-    if (l && l.member === id && l.sentAt !== null) {
+    const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+    if (l && l.sentAt !== null) {
       const bytes = Math.max(1, this.opts.unitBytes(u));
       const sample = Math.max(0, now - l.sentAt) / bytes;
       m.overhead = m.overhead === null ? sample : m.overhead + this.opts.overheadAlpha * (sample - m.overhead);
@@ -235,6 +301,11 @@ export class GroupAllocator {
     if (l) {
       this.leases.delete(u);
       this.members.get(l.member)?.leases.delete(u);
+    }
+    const h = this.hedges.get(u);
+    if (h) {
+      this.hedges.delete(u);
+      this.members.get(h.member)?.leases.delete(u);
     }
   }
 
@@ -301,15 +372,38 @@ export class GroupAllocator {
     return n;
   }
 
+  /** An overdue lease of another member that `m` may hedge, or null. */
+  private hedgeable(m: Member, now: number): number | null {
+    if (m.overhead === null) return null; // only members with a measured overhead hedge
+    for (const [u, l] of this.leases) {
+      if (l.member === m.id || this.hedges.has(u) || l.sentAt === null) continue;
+      const owner = this.members.get(l.member);
+      const oh = owner ? this.overheadOf(owner) : null;
+      const predicted = oh === null ? 0 : oh * this.opts.unitBytes(u);
+      if (now - l.sentAt > Math.max(this.opts.hedgeMinMs, this.opts.hedgeFactor * predicted)) return u;
+    }
+    return null;
+  }
+
   /** Lease up to the member's depth of free units. The member must have joined. */
   lease(id: string, now: number): LeaseGrant {
     const m = this.members.get(id);
     if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
     m.lastSeen = now;
+    if (this.opts.representativeOnly && this.gatewayFor(m.lanGroup, now) !== id) return { units: [], retryAfterMs: 0, exhausted: true };
     const want = this.depthFor(m) - m.leases.size;
     if (want <= 0) return { units: [], retryAfterMs: 200, exhausted: false };
     const free = this.freeUnits(want);
-    if (free.length === 0) return { units: [], retryAfterMs: 0, exhausted: true };
+    if (free.length === 0) {
+      const h = this.hedgeable(m, now);
+      if (h !== null) {
+        this.hedges.set(h, { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, h), sentAt: null });
+        m.leases.add(h);
+        this.hedgedUnits++;
+        return { units: [h], hedged: [h], retryAfterMs: 0, exhausted: false };
+      }
+      return { units: [], retryAfterMs: 0, exhausted: true };
+    }
     // Tail rule: a member whose next unit would land later than the rest of the
     // group could finish everything left (times tailSlackFactor) waits instead.
     const remaining = this.freeCount();
@@ -324,6 +418,82 @@ export class GroupAllocator {
       m.leases.add(u);
     }
     return { units, retryAfterMs: 0, exhausted: false };
+  }
+
+  /**
+   * Relay fallback: `id`'s LAN group needs `want` and no member of it holds or leases
+   * them (the holder in another group did not answer the gateway's forwarded NACK).
+   * Lease them to `id` even though they are held elsewhere.
+   */
+  relay(id: string, want: number[], now: number): LeaseGrant {
+    const m = this.members.get(id);
+    if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
+    const units: number[] = [];
+    for (const u of want) {
+      if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u) || m.leases.has(u)) continue;
+      const inGroup = [...this.members.values()].some((o) => o.lanGroup === m.lanGroup && (getBit(o.have, u) || o.leases.has(u)));
+      if (inGroup) continue;
+      const lease = { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null };
+      if (this.leases.has(u)) {
+        if (this.hedges.has(u)) continue;
+        this.hedges.set(u, lease);
+      } else this.leases.set(u, lease);
+      m.leases.add(u);
+      units.push(u);
+    }
+    return { units, relayed: units, retryAfterMs: 0, exhausted: false };
+  }
+
+  /**
+   * The gateway of a LAN group: the member with the lowest overhead, kept until it
+   * leaves or its overhead exceeds gatewaySlackFactor times the group's best.
+   */
+  gatewayFor(lanGroup: string, now: number): string | null {
+    void now;
+    const ms = [...this.members.values()].filter((x) => x.lanGroup === lanGroup);
+    if (ms.length === 0) {
+      this.gatewayOf.delete(lanGroup);
+      return null;
+    }
+    const best = ms.reduce((a, b) => {
+      if (a.overhead === null && b.overhead === null) return a.joinedAt <= b.joinedAt ? a : b;
+      if (a.overhead === null) return b;
+      if (b.overhead === null) return a;
+      return a.overhead <= b.overhead ? a : b;
+    });
+    const cur = this.members.get(this.gatewayOf.get(lanGroup) ?? '');
+    if (cur && cur.lanGroup === lanGroup) {
+      const slow = cur.overhead !== null && best.overhead !== null && cur.overhead > this.opts.gatewaySlackFactor * best.overhead;
+      if (!slow) return cur.id;
+    }
+    this.gatewayOf.set(lanGroup, best.id);
+    return best.id;
+  }
+
+  /** Gateways of every LAN group present: group -> member id. */
+  gateways(now: number): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const g of new Set([...this.members.values()].map((m) => m.lanGroup))) {
+      const id = this.gatewayFor(g, now);
+      if (id) out.set(g, id);
+    }
+    return out;
+  }
+
+  /** Address and unicast port of a member, for copy destinations and NACK forwarding. */
+  endpointOf(id: string): { address: string; port: number; group: string } | null {
+    const m = this.members.get(id);
+    return m && m.address && m.dataPort ? { address: m.address, port: m.dataPort, group: m.lanGroup } : null;
+  }
+
+  lanGroupOf(id: string): string | null {
+    return this.members.get(id)?.lanGroup ?? null;
+  }
+
+  /** Every unit is held verified by some live member. */
+  allHeld(): boolean {
+    for (let u = 0; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0) return false;
+    return true;
   }
 
   leaseHolder(u: number): string | null {
@@ -341,7 +511,7 @@ export class GroupAllocator {
       const i = index.get(v.id)!;
       for (let u = 0; u < this.opts.unitCount; u++) if (holders[u] === -1 && getBit(m.have, u)) holders[u] = i;
     }
-    return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete) };
+    return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete), allHeld: this.allHeld() };
   }
 
   /** The members, ranked by overhead: the split map without its O(units x members) holders. */
@@ -352,8 +522,12 @@ export class GroupAllocator {
       if (b.overhead === null) return -1;
       return a.overhead - b.overhead;
     });
+    const gw = this.gateways(now);
     return ranked.map((m, i) => ({
       id: m.id,
+      group: m.lanGroup,
+      dataPort: m.dataPort,
+      role: gw.get(m.lanGroup) === m.id ? ('gateway' as const) : ('member' as const),
       rank: i + 1,
       overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
       verifiedUnits: m.verified,

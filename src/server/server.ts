@@ -8,12 +8,13 @@ import { deriveGroupKey } from '../wire/auth';
 import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
 import { unitLength } from '../release/manifest';
-import { CompleteBody, HeartbeatBody, HookBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
+import { CompleteBody, HeartbeatBody, HookBody, LeaseBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
 import { bitmapBytes } from '../wire/packet';
 import { AllocatorOptions, GroupAllocator } from './allocator';
 import { Logger, silentLogger } from '../util/log';
 import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
+import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry } from '../util/metrics';
 
 /**
@@ -42,6 +43,9 @@ export interface ServerOptions {
   tokens?: Record<string, string>;
   /** Where `publish --encrypt` put the content keys; released only to token holders. */
   contentKeysDir?: string;
+  /** Defaults for releases without their own distribution.json. */
+  policy?: Policy;
+  start?: StartPolicy;
 }
 
 export interface ServerStats {
@@ -53,6 +57,10 @@ export interface ServerStats {
   badRequests: number;
   /** Requests refused for a missing or unknown token. */
   unauthorized: number;
+  /** Unit bytes sent under hedge leases (a second member fetching a straggler's unit). */
+  hedgedBytes: number;
+  /** Units leased again because a LAN group could not get them from its wide-area group. */
+  relayedUnits: number;
 }
 
 /** How long the server remembers members across a restart (members.json). */
@@ -99,11 +107,14 @@ export class FleetcastServer {
   /** "release/group" -> members seen before the restart that have not rejoined yet. */
   private readonly awaited = new Map<string, Set<string>>();
   private membersDirty = false;
+  /** "release/member" -> the key of the allocator the member joined. */
+  private readonly memberKeys = new Map<string, string>();
+  private readonly dists = new Map<string, Distribution>();
   /** Derives each (release, group)'s key for MACs on LAN control packets. */
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
   private readonly hooks = new Map<string, HookBody & { at: number }>();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0 };
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
 
@@ -216,17 +227,39 @@ export class FleetcastServer {
     }
   }
 
-  private async group(ref: MemberRef): Promise<{ rel: StoredRelease; g: GroupAllocator }> {
+  /**
+   * The allocator a member belongs to. Policy `wide`: one per (release, wide-area
+   * group), keyed "release/*wide"; `group` and `representative`: one per (release, LAN
+   * group). A heartbeat names the wide-area group; other requests find the member's
+   * allocator from its last heartbeat.
+   */
+  private async group(ref: MemberRef, heartbeat?: { wideGroup?: string }): Promise<{ rel: StoredRelease; g: GroupAllocator; key: string; dist: Distribution }> {
     const rel = await this.store.get(ref.release);
     if (!rel) throw new HttpError(404, 'NO_RELEASE', `release ${ref.release} is not on this server`);
-    const key = `${ref.release}/${ref.group}`;
+    const dist = await this.distribution(rel);
+    const mk = `${ref.release}/${ref.member}`;
+    let key: string;
+    if (heartbeat) {
+      key = dist.policy === 'wide' && heartbeat.wideGroup ? `${ref.release}/*${heartbeat.wideGroup}` : `${ref.release}/${ref.group}`;
+      this.memberKeys.set(mk, key);
+    } else key = this.memberKeys.get(mk) ?? `${ref.release}/${ref.group}`;
     let g = this.groups.get(key);
     if (!g) {
       const m = rel.manifest;
-      g = new GroupAllocator({ ...this.opts.allocator, unitCount: m.unitCount, unitBytes: (u) => unitLength(m, u) });
+      g = new GroupAllocator({ ...this.opts.allocator, unitCount: m.unitCount, unitBytes: (u) => unitLength(m, u), representativeOnly: dist.policy === 'representative' });
       this.groups.set(key, g);
     }
-    return { rel, g };
+    return { rel, g, key, dist };
+  }
+
+  /** The release's distribution policy: `<store>/releases/<id>/distribution.json`, else the server's defaults. */
+  private async distribution(rel: StoredRelease): Promise<Distribution> {
+    const cached = this.dists.get(rel.manifest.id);
+    if (cached) return cached;
+    const d = await readDistribution(path.dirname(rel.dataPath)).catch(() => null);
+    const dist: Distribution = { policy: d?.policy ?? this.opts.policy ?? 'wide', start: d?.start ?? this.opts.start ?? 'immediate' };
+    this.dists.set(rel.manifest.id, dist);
+    return dist;
   }
 
   private member(g: GroupAllocator, ref: MemberRef): void {
@@ -277,7 +310,7 @@ export class FleetcastServer {
       case 'POST /v1/join':
       case 'POST /v1/heartbeat': {
         const b = await this.body<HeartbeatBody>(req, SCHEMAS.heartbeat);
-        const { rel, g } = await this.group(b);
+        const { rel, g, key, dist } = await this.group(b, { wideGroup: b.wideGroup });
         let have: Uint8Array | null = null;
         if (b.have !== undefined) {
           have = Buffer.from(b.have, 'base64');
@@ -287,19 +320,31 @@ export class FleetcastServer {
         const isNew = !g.hasMember(b.member);
         if (route === 'POST /v1/join') g.restart(b.member);
         if (isNew) this.membersDirty = true;
-        this.awaited.get(`${b.release}/${b.group}`)?.delete(b.member);
-        g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching });
-        if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined`);
-        return this.json(res, 200, { heartbeatMs: this.heartbeatMs, groupKey: deriveGroupKey(this.secret, b.release, b.group).toString('base64'), ...g.map(now) });
+        this.awaited.get(key)?.delete(b.member);
+        g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching, lanGroup: b.group, dataPort: b.dataPort ?? null });
+        if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${key.includes('/*') ? ` (wide-area group ${key.split('/*')[1]})` : ''}`);
+        const map = g.map(now);
+        return this.json(res, 200, {
+          heartbeatMs: this.heartbeatMs,
+          // One key per allocator: every member of a wide-area group shares it.
+          groupKey: deriveGroupKey(this.secret, b.release, key.split('/')[1]).toString('base64'),
+          policy: dist.policy,
+          start: dist.start,
+          // all-fetched: LAN exchange waits until every unit is held by some member.
+          lanStart: dist.start === 'immediate' || map.allHeld,
+          ...map,
+        });
       }
       case 'POST /v1/lease': {
-        const b = await this.body<MemberRef>(req, SCHEMAS.lease);
-        const { g } = await this.group(b);
+        const b = await this.body<LeaseBody>(req, SCHEMAS.lease);
+        const { g, key, dist } = await this.group(b);
         this.member(g, b);
         const now = this.now();
-        const wait = this.rebuildWait(`${b.release}/${b.group}`, now);
-        if (wait > 0) return this.json(res, 200, { units: [], retryAfterMs: wait, exhausted: false });
-        return this.json(res, 200, g.lease(b.member, now));
+        const wait = this.rebuildWait(key, now);
+        if (wait > 0) return this.json(res, 200, { units: [], retryAfterMs: wait, exhausted: false, copyTo: [] });
+        const grant = b.want?.length ? g.relay(b.member, b.want, now) : g.lease(b.member, now);
+        if (grant.relayed?.length) this.stats.relayedUnits += grant.relayed.length;
+        return this.json(res, 200, { ...grant, copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [] });
       }
       case 'POST /v1/receipt': {
         const b = await this.body<ReceiptBody>(req, SCHEMAS.receipt);
@@ -352,6 +397,18 @@ export class FleetcastServer {
     }
   }
 
+  /** Where a member of a wide-area group sends copies besides its LAN: the other LAN groups' gateways. */
+  private copyDestinations(g: GroupAllocator, member: string, now: number): { group: string; member: string; address: string; port: number }[] {
+    const mine = g.lanGroupOf(member);
+    const out: { group: string; member: string; address: string; port: number }[] = [];
+    for (const [group, gw] of g.gateways(now)) {
+      if (group === mine) continue;
+      const ep = g.endpointOf(gw);
+      if (ep) out.push({ group, member: gw, address: ep.address, port: ep.port });
+    }
+    return out;
+  }
+
   /** Times `member` of `group` was sent `unit` of `release` (000 claim 8's send registrations). */
   fetchCount(release: string, group: string, member: string, unit: number): number {
     return this.fetches.get(`${release}/${group}/${member}/${unit}`) ?? 0;
@@ -366,7 +423,9 @@ export class FleetcastServer {
     const now = this.now();
     return {
       groups: [...this.groups.entries()].map(([key, g]) => {
-        const [release, group] = key.split('/');
+        const [release, scope] = key.split('/');
+        // A wide-area group's allocator is "release/*name"; a LAN group's "release/name".
+        const group = scope.startsWith('*') ? scope.slice(1) : scope;
         const rel = this.store.peek(release);
         const members = g.memberViews(now).map((m) => {
           const h = this.hooks.get(`${release}/${group}/${m.id}`);
@@ -377,6 +436,7 @@ export class FleetcastServer {
           name: rel?.manifest.name ?? null,
           units: rel?.manifest.unitCount ?? null,
           group,
+          wide: scope.startsWith('*'),
           missingUnits: g.missingInGroup(),
           members,
           groupComplete: members.length > 0 && members.every((m) => m.complete),
@@ -417,8 +477,9 @@ export class FleetcastServer {
     const m = rel.manifest;
     if (unit >= m.unitCount) throw new HttpError(404, 'BAD_UNIT', `unit ${unit} is out of range (release has ${m.unitCount})`);
     this.member(g, ref);
-    // No overlap: only the member holding the lease gets the bytes.
-    if (!g.sending(ref.member, unit, this.now())) {
+    // No overlap: only the member holding the lease (or its hedge) gets the bytes.
+    const how = g.sending(ref.member, unit, this.now());
+    if (!how) {
       throw new HttpError(409, 'NOT_LEASED', `unit ${unit} is not leased to ${ref.member}; take a lease first`);
     }
     const len = unitLength(m, unit);
@@ -454,6 +515,7 @@ export class FleetcastServer {
     const stream = createReadStream(rel.dataPath, { start: base + start, end: base + end, highWaterMark: 64 * 1024 });
     const key = ref.group;
     stream.on('data', (chunk) => {
+      if (how === 'hedge') this.stats.hedgedBytes += chunk.length;
       this.memberBytes.set(mk, (this.memberBytes.get(mk) ?? 0) + chunk.length);
       this.stats.unitBytesSent += chunk.length;
       this.stats.unitBytesSentByGroup[key] = (this.stats.unitBytesSentByGroup[key] ?? 0) + chunk.length;

@@ -21,6 +21,14 @@ export interface HeartbeatBody extends MemberRef {
   have?: string;
   address?: string;
   fetching?: number[];
+  /** The wide-area group the member's LAN group belongs to. */
+  wideGroup?: string;
+  /** UDP port of the member's unicast socket (cross-group copies and NACKs). */
+  dataPort?: number;
+}
+export interface LeaseBody extends MemberRef {
+  /** Units the member's LAN group needs and the wide-area group could not deliver (relay fallback). */
+  want?: number[];
 }
 export interface ReceiptBody extends MemberRef {
   unit: number;
@@ -47,8 +55,15 @@ const REF: Record<string, FieldSpec> = {
 };
 
 export const SCHEMAS = {
-  heartbeat: { ...REF, have: { kind: 'base64', optional: true, max: 2 * 1024 * 1024 }, address: { kind: 'string', optional: true, max: 256 }, fetching: { kind: 'uintArray', optional: true, max: 1024 } },
-  lease: REF,
+  heartbeat: {
+    ...REF,
+    have: { kind: 'base64', optional: true, max: 2 * 1024 * 1024 },
+    address: { kind: 'string', optional: true, max: 256 },
+    fetching: { kind: 'uintArray', optional: true, max: 1024 },
+    wideGroup: { kind: 'id', optional: true },
+    dataPort: { kind: 'uint', optional: true },
+  },
+  lease: { ...REF, want: { kind: 'uintArray', optional: true, max: 64 } },
   leave: REF,
   receipt: { ...REF, unit: { kind: 'uint' } },
   complete: { ...REF, sha256: { kind: 'sha256' } },
