@@ -1,4 +1,5 @@
 import { createHash, KeyObject, randomBytes } from 'node:crypto';
+import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -50,6 +51,10 @@ export const AGENT_DEFAULTS = {
   maxAssemblies: 128,
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
+  /** A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered this long. */
+  relayAfterMs: 3000,
+  /** The same unit is repaired to the same cross-group requester at most this often. */
+  unicastRepairDedupMs: 100,
   /** Members heard with valid control packets that we track (bounded against abuse). */
   maxPeers: 4096,
   lingerMs: 60_000,
@@ -71,6 +76,8 @@ export interface AgentOptions {
   storageDir: string;
   trustedKeys: KeyObject[];
   releaseId: string;
+  /** The wide-area group this LAN group belongs to (policy `wide` spans LAN groups). */
+  wideGroup?: string;
   rateBytesPerSec?: number;
   /** Fragment payload bytes; default from the interface MTU. Must match across the group. */
   fragmentBytes?: number;
@@ -98,6 +105,12 @@ export interface AgentStats {
   nacksHeard: number;
   /** NACKed units we queued repair fragments for. */
   nacksAnswered: number;
+  /** Payload bytes sent by unicast to other LAN groups (copies and repairs). */
+  crossGroupBytesSent: number;
+  /** Payload bytes received from other LAN groups (forwarded copies). */
+  crossGroupBytes: number;
+  /** Fragments this gateway re-multicast on its LAN. */
+  fragmentsForwarded: number;
   unitsFromWan: number;
   unitsFromLan: number;
   unitsRejected: number;
@@ -123,6 +136,9 @@ export function zeroCounters(): AgentCounters {
     nacksSuppressed: 0,
     nacksHeard: 0,
     nacksAnswered: 0,
+    crossGroupBytesSent: 0,
+    crossGroupBytes: 0,
+    fragmentsForwarded: 0,
     unitsFromWan: 0,
     unitsFromLan: 0,
     unitsRejected: 0,
@@ -213,6 +229,20 @@ export class Agent {
   /** When we first heard a NACK for a unit its designated repairer has not answered. */
   private readonly unanswered = new Map<number, number>();
   private map: SplitMapResponse | null = null;
+  /** Cross-group socket (unicast): copies to other LAN groups' gateways, forwarded NACKs and their repairs. */
+  private unicast: dgram.Socket | null = null;
+  private dataPort = 0;
+  /** Where copies go besides the LAN: the other LAN groups' gateways (from the lease answers). */
+  private copyTo: { member: string; address: string; port: number }[] = [];
+  private readonly unicastQueue: { d: Uint8Array; to: { address: string; port: number } }[] = [];
+  private unicastQueueBytes = 0;
+  /** `all-fetched` start policy: false until every unit is held somewhere; copies wait. */
+  private lanStart = true;
+  private readonly deferred: number[] = [];
+  /** Units whose NACK this gateway forwarded to another group: when it first did. */
+  private readonly forwarded = new Map<number, number>();
+  private readonly relayAsked = new Set<number>();
+  private readonly unicastRepairs = new Map<string, number>();
   /** This release's group key, from the server (join/heartbeat answers). */
   private groupKey: Buffer | null = null;
   /** Control-packet sequence numbers start at the clock in µs, so a restart does not reuse them. */
@@ -325,6 +355,7 @@ export class Agent {
         `${ti.fallbackReason ? `; not native because ${ti.fallbackReason}` : ''}; fragments of ${this.fragmentBytes} bytes`,
     );
     this.transport.onBatch((b) => this.onBatch(b));
+    await this.openUnicast(ipv6);
     this.transport.onWritable(() => {
       this.waitingWritable = false;
       this.drain();
@@ -350,6 +381,36 @@ export class Agent {
     } else {
       for (let i = 0; i < AGENT_DEFAULTS.fetchConcurrency; i++) void this.fetchWorker();
     }
+  }
+
+  private async openUnicast(ipv6: boolean): Promise<void> {
+    const s = dgram.createSocket({ type: ipv6 ? 'udp6' : 'udp4' });
+    await new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.bind({ port: 0, address: this.interfaceAddress }, () => {
+        s.off('error', reject);
+        resolve();
+      });
+    });
+    s.on('error', (err) => this.log.debug(`unicast: ${err.message}`));
+    s.on('message', (msg, rinfo) => {
+      if (!this.closed) this.onDatagram(msg, Date.now(), { address: rinfo.address, port: rinfo.port });
+    });
+    this.unicast = s;
+    this.dataPort = s.address().port;
+  }
+
+  /** This member's role from the latest map. */
+  get role(): 'gateway' | 'member' {
+    return this.map?.members.find((m) => m.id === this.member)?.role ?? 'member';
+  }
+
+  /** The LAN group of the holder of unit u in the map, or null. */
+  private holderOf(u: number): { id: string; group: string; address: string | null; dataPort: number | null } | null {
+    const h = this.map?.holders[u];
+    if (h === undefined || h < 0) return null;
+    const m = this.map!.members[h];
+    return m ? { id: m.id, group: m.group ?? this.opts.group, address: m.address, dataPort: m.dataPort ?? null } : null;
   }
 
   private async persistentMemberId(): Promise<string> {
@@ -404,8 +465,16 @@ export class Agent {
       have: Buffer.from(this.store.bitmap()).toString('base64'),
       address: this.interfaceAddress,
       fetching: [...this.fetching],
+      ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
+      ...(this.dataPort ? { dataPort: this.dataPort } : {}),
     });
     this.map = map;
+    const start = map.lanStart ?? true;
+    if (start && !this.lanStart) {
+      this.log.info(`every unit is held in the group: LAN exchange starts (${this.deferred.length} units to copy)`);
+      this.lanStart = true;
+      void this.sendDeferred();
+    } else this.lanStart = start;
     if (map.groupKey) this.groupKey = Buffer.from(map.groupKey, 'base64');
     this.nacks?.setGroupSize(map.members.length);
     // Taken before the heartbeat timer starts; later changes apply on restart.
@@ -426,6 +495,17 @@ export class Agent {
     }
   }
 
+  /** Units the server leased us because the wide-area group could not deliver them: LAN copies only. */
+  private readonly relayed = new Set<number>();
+
+  /** New copy destinations: announce ourselves to them first, so they accept our copies. */
+  private setCopyTo(dests: { member: string; address: string; port: number }[]): void {
+    const key = (d: { address: string; port: number }) => `${d.address}:${d.port}`;
+    const before = new Set(this.copyTo.map(key));
+    this.copyTo = dests;
+    if (dests.some((d) => !before.has(key(d)))) this.announce();
+  }
+
   /** One lease request at a time, shared by the fetch workers. */
   private leaseRequest: Promise<LeaseResponse> | null = null;
   private wakers: (() => void)[] = [];
@@ -435,6 +515,8 @@ export class Agent {
       this.leaseRequest = this.requestLease()
         .then((grant) => {
           for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u)) this.leased.push(u);
+          for (const u of grant.relayed ?? []) this.relayed.add(u);
+          this.setCopyTo(grant.copyTo ?? []);
           return grant;
         })
         .finally(() => {
@@ -507,10 +589,12 @@ export class Agent {
         bytes.copy(buf);
         let off = bytes.length;
         let next = 0;
+        const crossGroup = !this.relayed.has(unit);
         const cutThrough = () => {
-          // Every fragment goes out on the LAN as soon as its bytes are here.
+          // Every fragment goes out on the LAN (and to the other groups' gateways) as soon
+          // as its bytes are here; under `all-fetched` the copies wait for lanStart.
           while (next < fragmentCount && (off >= (next + 1) * fb || off === len)) {
-            this.queueFragment(this.copyQueue, unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), false);
+            if (this.lanStart) this.copyFragment(unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), crossGroup);
             next++;
           }
         };
@@ -533,7 +617,7 @@ export class Agent {
                 off += take;
                 this.stats.wanBytes += take;
                 cutThrough();
-                if (this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
+                if (this.copyQueueBytes + this.unicastQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
                   return new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
                 }
                 return undefined;
@@ -563,6 +647,7 @@ export class Agent {
           continue;
         }
         await this.acceptUnit(unit, buf, 'wan');
+        if (!this.lanStart) this.deferred.push(unit);
         await spool.discard();
         await this.sendReceipt(unit);
         return;
@@ -676,6 +761,8 @@ export class Agent {
     this.wake();
     for (const w of this.copyQueueWaiters.splice(0)) w();
     this.abort.abort();
+    this.unicast?.close();
+    this.unicast = null;
     await this.transport?.close();
     await this.store?.close();
   }
@@ -706,7 +793,7 @@ export class Agent {
     for (let i = 0; i < b.count; i++) this.onDatagram(b.data(i), now);
   }
 
-  private onDatagram(buf: Uint8Array, now: number): void {
+  private onDatagram(buf: Uint8Array, now: number, via?: { address: string; port: number }): void {
     // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip
     // it before decoding. Sender id at bytes 8..11 (docs/protocol.md).
     if (buf.length >= 12 && ((buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11]) >>> 0 === this.senderId) return;
@@ -763,7 +850,13 @@ export class Agent {
         a.buf.set(p.payload, p.fragment * this.fragmentBytes);
         setBit(a.got, p.fragment);
         a.count++;
-        this.stats.lanBytes += p.payload.length;
+        if (via) this.stats.crossGroupBytes += p.payload.length;
+        else this.stats.lanBytes += p.payload.length;
+        if (p.forward && via) {
+          // A copy from another LAN group: we are this group's gateway; send it on as our own.
+          this.queueFragment(this.copyQueue, u, p.fragment, fc, p.payload, false);
+          this.stats.fragmentsForwarded++;
+        }
         this.nacks.progress(u, now);
         if (a.count === fc) this.verifyAssembly(u, a);
         return;
@@ -774,6 +867,11 @@ export class Agent {
         if (u >= this.manifest.unitCount || p.fragmentBytes !== this.fragmentBytes) return this.drop('nack-invalid');
         const fc = fragmentCountFor(unitLength(this.manifest, u), this.fragmentBytes);
         if (p.fragmentCount !== fc) return this.drop('nack-invalid');
+        if (via) {
+          // Another group's gateway forwarded its LAN's NACK to us, the unit's holder.
+          if (this.store.has(u)) void this.repairUnicast(u, p.missing, via, now);
+          return;
+        }
         if (!this.store.has(u)) {
           this.nacks.heardNack(u, fc, p.missing, now);
           return;
@@ -809,6 +907,8 @@ export class Agent {
     const h = map?.holders[unit];
     if (!map || h === undefined || h < 0 || !map.members[h]) return 'fallback';
     if (map.members[h].id === this.member) return 'designated';
+    // Held only in another LAN group: this group's gateway (which re-multicast it) answers.
+    if ((map.members[h].group ?? this.opts.group) !== this.opts.group) return this.role === 'gateway' ? 'designated' : 'fallback';
     const since = this.unanswered.get(unit);
     if (since === undefined) {
       this.unanswered.set(unit, now);
@@ -868,9 +968,9 @@ export class Agent {
     if (!this.store.isComplete) {
       const before = this.nacks.suppressed;
       for (const n of this.nacks.poll(now, this.ripeUnits(now), (u) => this.gapOf(u))) {
-        this.repairQueue.push(
-          this.seal(encodeNack({ sender: this.senderId, releaseId: this.manifest.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fragmentBytes, missing: n.missing })),
-        );
+        const nack = this.seal(encodeNack({ sender: this.senderId, releaseId: this.manifest.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fragmentBytes, missing: n.missing }));
+        this.repairQueue.push(nack);
+        this.forwardNack(nack, n.unit, now);
         this.stats.nacksSent++;
       }
       this.stats.nacksSuppressed += this.nacks.suppressed - before;
@@ -889,6 +989,54 @@ export class Agent {
     this.repairCache.delete(unit);
     this.repairCache.set(unit, buf);
     while (this.repairCache.size > AGENT_DEFAULTS.repairCacheUnits) this.repairCache.delete(this.repairCache.keys().next().value!);
+  }
+
+  /** Repair fragments by unicast to another group's gateway, flagged to be re-multicast there. */
+  private async repairUnicast(unit: number, missing: Uint8Array, to: { address: string; port: number }, now: number): Promise<void> {
+    const k = `${unit}/${to.address}/${to.port}`;
+    if (now - (this.unicastRepairs.get(k) ?? -Infinity) < AGENT_DEFAULTS.unicastRepairDedupMs) return;
+    this.unicastRepairs.set(k, now);
+    if (this.unicastRepairs.size > 4096) this.unicastRepairs.clear();
+    let buf = this.repairCache.get(unit);
+    if (!buf) {
+      try {
+        buf = await this.store.readUnit(unit);
+      } catch (err) {
+        this.log.warn(`reading unit ${unit} for a cross-group repair: ${(err as Error).message}`);
+        return;
+      }
+      this.cacheForRepair(unit, buf);
+    }
+    const fb = this.fragmentBytes;
+    const fc = fragmentCountFor(buf.length, fb);
+    for (let f = 0; f < fc; f++) if (getBit(missing, f)) this.queueUnicast(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true, to);
+    this.stats.nacksAnswered++;
+  }
+
+  /**
+   * A gateway whose LAN lacks a unit held only in another group forwards its NACK to
+   * the holder by unicast; if that has not brought the unit within relayAfterMs, it
+   * asks the server for the unit itself (relay).
+   */
+  private forwardNack(packet: Uint8Array, unit: number, now: number): void {
+    if (this.role !== 'gateway') return;
+    const h = this.holderOf(unit);
+    if (!h || h.group === this.opts.group || !h.address || !h.dataPort || h.id === this.member) return;
+    this.unicast?.send(packet, h.dataPort, h.address);
+    const first = this.forwarded.get(unit);
+    if (first === undefined) this.forwarded.set(unit, now);
+    else if (now - first > AGENT_DEFAULTS.relayAfterMs && !this.relayAsked.has(unit)) {
+      this.relayAsked.add(unit);
+      this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group}; asking the server for it`);
+      void this.client
+        .post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want: [unit] })
+        .then((grant) => {
+          for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
+          for (const u of grant.relayed ?? []) this.relayed.add(u);
+          this.wake();
+        })
+        .catch((err) => this.log.warn(`relay lease for unit ${unit}: ${(err as Error).message}`));
+    }
   }
 
   private async sendRepair(unit: number, fragments: number[]): Promise<void> {
@@ -934,6 +1082,39 @@ export class Agent {
     return d;
   }
 
+  /** A copy of one fragment: multicast on the LAN, and unicast to each other group's gateway to be re-multicast there. */
+  private copyFragment(unit: number, fragment: number, fc: number, payload: Uint8Array, crossGroup: boolean): void {
+    this.queueFragment(this.copyQueue, unit, fragment, fc, payload, false);
+    if (crossGroup) for (const to of this.copyTo) this.queueUnicast(unit, fragment, fc, payload, false, to);
+  }
+
+  private queueUnicast(unit: number, fragment: number, fc: number, payload: Uint8Array, repair: boolean, to: { address: string; port: number }): void {
+    const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
+    writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, forward: true, unit, fragment, fragmentCount: fc, fragmentBytes: this.fragmentBytes });
+    d.set(payload, DATA_HEADER_BYTES);
+    this.unicastQueue.push({ d, to });
+    this.unicastQueueBytes += d.length;
+    this.drain();
+  }
+
+  /** `all-fetched`: the group holds everything now; copy what we fetched while waiting. */
+  private async sendDeferred(): Promise<void> {
+    const fb = this.fragmentBytes;
+    while (this.deferred.length && !this.closed) {
+      const unit = this.deferred.shift()!;
+      let buf: Buffer;
+      try {
+        buf = await this.store.readUnit(unit);
+      } catch (err) {
+        this.log.warn(`reading unit ${unit} to copy: ${(err as Error).message}`);
+        continue;
+      }
+      const fc = fragmentCountFor(buf.length, fb);
+      for (let f = 0; f < fc; f++) this.copyFragment(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), !this.relayed.has(unit));
+      if (this.copyQueueBytes + this.unicastQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) await new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
+    }
+  }
+
   private queueFragment(q: Uint8Array[], unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean): void {
     const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, unit, fragment, fragmentCount, fragmentBytes: this.fragmentBytes });
@@ -962,7 +1143,18 @@ export class Agent {
       if (q === this.copyQueue) this.copyQueueBytes -= d.length;
       batch.push(d);
     }
-    if (this.copyQueueWaiters.length && this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2) {
+    // Cross-group copies and repairs share the bucket, after the LAN's.
+    while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch && !this.repairQueue.length && !this.copyQueue.length && this.unicastQueue.length) {
+      const u = this.unicastQueue[0];
+      wait = this.bucket.take(u.d.length, now);
+      if (wait > 0) break;
+      this.unicastQueue.shift();
+      this.unicastQueueBytes -= u.d.length;
+      this.unicast?.send(u.d, u.to.port, u.to.address);
+      const payload = u.d.length - DATA_HEADER_BYTES;
+      if (u.d[3] === PacketType.DATA) this.stats.crossGroupBytesSent += payload;
+    }
+    if (this.copyQueueWaiters.length && this.copyQueueBytes + this.unicastQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2) {
       for (const w of this.copyQueueWaiters.splice(0)) w();
     }
     if (batch.length) {
@@ -980,7 +1172,7 @@ export class Agent {
         return;
       }
     }
-    if (wait > 0 || this.repairQueue.length || this.copyQueue.length) {
+    if (wait > 0 || this.repairQueue.length || this.copyQueue.length || this.unicastQueue.length) {
       this.drainTimer = setTimeout(() => {
         this.drainTimer = null;
         this.drain();
@@ -1042,7 +1234,10 @@ export class Agent {
       const count = Math.min(perPacket, n - first);
       const have = new Uint8Array(bitmapBytes(count));
       for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
-      this.repairQueue.push(this.seal(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have })));
+      const pkt = this.seal(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have }));
+      this.repairQueue.push(pkt);
+      // The gateways we copy to must know us before our copies arrive.
+      for (const to of this.copyTo) this.unicast?.send(pkt, to.port, to.address);
       first += perPacket;
     } while (first < n);
     this.drain();

@@ -11,16 +11,33 @@ export class ControlError extends FleetcastError {
 
 export interface SplitMapResponse {
   heartbeatMs: number;
-  members: { id: string; rank: number; overheadMsPerMiB: number | null; verifiedUnits: number; complete: boolean; address: string | null }[];
+  members: {
+    id: string;
+    rank: number;
+    overheadMsPerMiB: number | null;
+    verifiedUnits: number;
+    complete: boolean;
+    address: string | null;
+    group?: string;
+    dataPort?: number | null;
+    role?: 'gateway' | 'member';
+  }[];
   holders: number[];
   groupComplete: boolean;
   /** Base64 of this release's group key: MACs on NACK and ANNOUNCE packets. */
   groupKey?: string;
+  policy?: 'wide' | 'group' | 'representative';
+  /** false under the `all-fetched` start policy until every unit is held somewhere. */
+  lanStart?: boolean;
 }
 export interface LeaseResponse {
   units: number[];
   retryAfterMs: number;
   exhausted: boolean;
+  hedged?: number[];
+  relayed?: number[];
+  /** Policy `wide`: the other LAN groups' gateways, where copies go besides the LAN. */
+  copyTo?: { group: string; member: string; address: string; port: number }[];
 }
 
 const MIN_RETRY_MS = 100;

@@ -398,8 +398,9 @@ export class AgentDaemon {
       group: this.opts.agent.group,
       server: this.opts.agent.server.url,
       channel: this.opts.channel ?? null,
-      // The gateway role comes with wide-area groups; until then every agent is a plain member.
-      role: 'member',
+      wideGroup: this.opts.agent.wideGroup ?? null,
+      // gateway: receives the other LAN groups' copies and re-multicasts them here.
+      role: ag?.role ?? 'member',
       release: m
         ? { id: m.id, name: m.name, size: m.size, units: m.unitCount, verifiedUnits: ag!.progress.verified, complete: ag!.isComplete, path: ag!.finalPath }
         : this.currentRelease
@@ -421,14 +422,15 @@ export class AgentDaemon {
     r.counter('received_bytes_total', 'Verified-path payload bytes received, by source', [
       [{ source: 'wan' }, t.wanBytes],
       [{ source: 'lan' }, t.lanBytes],
-      // Cross-group copies come with wide-area groups; nothing arrives that way yet.
-      [{ source: 'cross_group' }, 0],
+      [{ source: 'cross_group' }, t.crossGroupBytes],
     ]);
     r.counter('duplicate_bytes_total', 'LAN payload bytes received that we already had', [[{}, t.lanDuplicateBytes]]);
-    r.counter('sent_bytes_total', 'Payload bytes multicast on the LAN, by kind', [
+    r.counter('sent_bytes_total', 'Payload bytes sent, by kind (copy and repair on the LAN, cross_group by unicast to other groups)', [
       [{ kind: 'copy' }, t.copyBytesSent],
       [{ kind: 'repair' }, t.repairBytesSent],
+      [{ kind: 'cross_group' }, t.crossGroupBytesSent],
     ]);
+    r.counter('fragments_forwarded_total', "Other groups' fragments this gateway re-multicast on its LAN", [[{}, t.fragmentsForwarded]]);
     r.counter('nacks_sent_total', 'NACK packets sent', [[{}, t.nacksSent]]);
     r.counter('nacks_suppressed_total', 'NACKs not sent because a peer asked first', [[{}, t.nacksSuppressed]]);
     r.counter('nacks_heard_total', "NACK packets heard from peers", [[{}, t.nacksHeard]]);

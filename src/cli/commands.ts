@@ -15,6 +15,7 @@ import { formatBytes, ProgressBar } from './progress';
 import { loadConfigFile } from '../config/config';
 import { AgentDaemon } from '../agent/daemon';
 import { setChannel, CHANNEL_RE } from '../release/channels';
+import { Policy, POLICIES, StartPolicy, START_POLICIES, writeDistribution } from '../release/distribution';
 import { serveMetrics } from '../util/metrics';
 import { startWatchdog, statusNotifier } from '../util/sd-notify';
 import { Logger } from '../util/log';
@@ -55,6 +56,8 @@ export const publish: Command = {
       'unit-size': { type: 'number', arg: 'BYTES', help: 'unit size in bytes', default: 1048576, integer: true, min: 1024, max: 1 << 30 },
       channel: { type: 'string', arg: 'NAME', help: "make the release this channel's current one (agents following it move to it)", check: channelCheck },
       encrypt: { type: 'boolean', help: 'encrypt the content (AES-256-GCM per unit); the key goes to --content-keys, never into the store' },
+      policy: { type: 'string', arg: 'POLICY', help: 'distribution: wide (one copy per wide-area group), group (one per LAN group) or representative (each group\'s best member fetches all)', choices: POLICIES },
+      start: { type: 'string', arg: 'WHEN', help: 'LAN exchange: immediate (as units arrive) or all-fetched (once every unit is held)', choices: START_POLICIES },
       'content-keys': { type: 'string', arg: 'DIR', help: "with --encrypt: directory for the release's key (the server's content_keys)" },
     },
     validate: (f) => {
@@ -74,6 +77,10 @@ export const publish: Command = {
     });
     bar.finish();
     out(`published ${m.name}: ${formatBytes(m.size)} in ${m.unitCount} units of ${formatBytes(m.unitSize)}, sha256 ${m.sha256}${m.enc ? ` (encrypted; plaintext sha256 ${m.plainSha256}, key in ${a.flags['content-keys']})` : ''}`);
+    if (a.flags.policy || a.flags.start) {
+      await writeDistribution(path.join(String(a.flags.store), 'releases', m.id), { policy: a.flags.policy as Policy | undefined, start: a.flags.start as StartPolicy | undefined });
+      out(`distribution: policy ${a.flags.policy ?? '(server default)'}, start ${a.flags.start ?? '(server default)'}`);
+    }
     if (a.flags.channel) {
       await setChannel(String(a.flags.store), { channel: String(a.flags.channel), release: m.id, name: m.name, publishedAt: Date.now() });
       out(`channel ${a.flags.channel} now points at ${m.id}`);
@@ -156,6 +163,8 @@ export const server: Command = {
       tokens: { type: 'list', arg: 'NAME:TOKEN[,...]', help: 'bearer tokens allowed in, per fleet or per device (none: anyone may join)', check: tokenEntryCheck, reload: true },
       'tokens-file': { type: 'string', arg: 'FILE', help: 'more tokens, one "NAME TOKEN" per line (# comments)', reload: true },
       'content-keys': { type: 'string', arg: 'DIR', help: 'keys of encrypted releases (from publish --encrypt), released only to token holders' },
+      policy: { type: 'string', arg: 'POLICY', help: 'default distribution policy: wide, group or representative (publish --policy sets one per release)', default: 'wide', choices: POLICIES },
+      start: { type: 'string', arg: 'WHEN', help: 'default start policy: immediate or all-fetched', default: 'immediate', choices: START_POLICIES },
       metrics: metricsFlag,
       'log-level': logLevelFlag,
     },
@@ -171,7 +180,7 @@ export const server: Command = {
     const log = createLogger({ level: a.flags['log-level'] as Level });
     const tls = a.flags['tls-cert'] ? { cert: await readConfigFile(String(a.flags['tls-cert']), 'tls_cert'), key: await readConfigFile(String(a.flags['tls-key']), 'tls_key') } : undefined;
     const tokens = await loadTokens(a.flags);
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, contentKeysDir: a.flags['content-keys'] as string | undefined });
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     let addr;
     try {
@@ -272,6 +281,7 @@ export const agent: Command = {
       ca: { type: 'string', arg: 'PEMFILE', help: "CA certificate(s) the server's HTTPS certificate must chain to (default: the system's)" },
       'plain-http': { type: 'boolean', help: 'allow a plain http:// server URL (the token and release metadata travel in the clear)' },
       group: { type: 'string', arg: 'NAME', help: 'LAN group name (agents on one multicast LAN share it)', required: true, check: checks.name },
+      'wide-group': { type: 'string', arg: 'NAME', help: 'wide-area group of several LAN groups: each unit leaves the server once for all of them (policy wide)', check: checks.name },
       interface: { type: 'string', arg: 'NAME|ADDR', help: 'LAN interface name or address', required: true, check: checks.nonEmpty },
       multicast: { type: 'string', arg: 'ADDR:PORT', help: "the group's multicast address and port", required: true, check: checks.multicast },
       storage: { type: 'string', arg: 'DIR', help: 'where releases are stored', required: true, check: checks.nonEmpty },
@@ -317,6 +327,7 @@ export const agent: Command = {
       agent: {
         server: ServerAccess.fromFiles({ url: String(f.server), token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
         group: String(f.group),
+        wideGroup: f['wide-group'] as string | undefined,
         member: f.member as string | undefined,
         interface: String(f.interface),
         multicast: { address: mc.host, port: mc.port },

@@ -38,13 +38,20 @@ export const MAX_FRAGMENT_BYTES = MAX_DATAGRAM_BYTES - DATA_HEADER_BYTES;
 export const MIN_FRAGMENT_BYTES = 64;
 
 export const PacketType = { DATA: 1, NACK: 2, ANNOUNCE: 3 } as const;
-export const DataFlag = { REPAIR: 0x01 } as const;
+/**
+ * DATA flags. FORWARD marks a copy sent by unicast to another LAN group's gateway:
+ * "re-multicast this on your LAN" (the gateway sends it on as its own copy, without
+ * the flag, so nothing is forwarded twice).
+ */
+export const DataFlag = { REPAIR: 0x01, FORWARD: 0x02 } as const;
 
 export interface DataPacket {
   type: typeof PacketType.DATA;
   sender: number;
   releaseId: Uint8Array;
   repair: boolean;
+  /** A cross-group copy the receiving gateway re-multicasts on its LAN. */
+  forward?: boolean;
   unit: number;
   fragment: number;
   fragmentCount: number;
@@ -128,7 +135,7 @@ export function fragmentCountFor(unitBytes: number, fragmentBytes: number): numb
  */
 export function writeDataHeader(
   out: Uint8Array,
-  h: { sender: number; releaseId: Uint8Array; repair: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number },
+  h: { sender: number; releaseId: Uint8Array; repair: boolean; forward?: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number },
 ): void {
   // Byte by byte, no DataView: this runs once per outgoing fragment.
   if (h.releaseId.length !== RELEASE_ID_BYTES) throw new RangeError('release id must be 16 bytes');
@@ -136,7 +143,7 @@ export function writeDataHeader(
   out[1] = MAGIC1;
   out[2] = PROTOCOL_VERSION;
   out[3] = PacketType.DATA;
-  out[4] = h.repair ? DataFlag.REPAIR : 0;
+  out[4] = (h.repair ? DataFlag.REPAIR : 0) | (h.forward ? DataFlag.FORWARD : 0);
   out[5] = out[6] = out[7] = 0;
   put32(out, 8, h.sender);
   out.set(h.releaseId, 12);
@@ -217,7 +224,7 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
   switch (type) {
     case PacketType.DATA: {
       if (buf.length < DATA_HEADER_BYTES) return { ok: false, reason: 'short' };
-      if ((flags & ~DataFlag.REPAIR) !== 0 || view.getUint16(38) !== 0) return { ok: false, reason: 'reserved' };
+      if ((flags & ~(DataFlag.REPAIR | DataFlag.FORWARD)) !== 0 || view.getUint16(38) !== 0) return { ok: false, reason: 'reserved' };
       const unit = view.getUint32(28);
       const fragment = view.getUint16(32);
       const fragmentCount = view.getUint16(34);
@@ -231,7 +238,7 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
       }
       return {
         ok: true,
-        packet: { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, unit, fragment, fragmentCount, fragmentBytes, payload },
+        packet: { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, forward: (flags & DataFlag.FORWARD) !== 0, unit, fragment, fragmentCount, fragmentBytes, payload },
       };
     }
     case PacketType.NACK: {
