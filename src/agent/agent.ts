@@ -82,6 +82,8 @@ export interface AgentOptions {
   /** Fragment payload bytes; default from the interface MTU. Must match across the group. */
   fragmentBytes?: number;
   lossPct?: number;
+  /** Testing: cap this agent's WAN download rate (a slow uplink, a straggler). */
+  wanRateBytesPerSec?: number;
   /** After completing, keep serving repairs until the group is complete, at most this long. */
   lingerMs?: number;
   logger?: Logger;
@@ -242,6 +244,8 @@ export class Agent {
   /** Units whose NACK this gateway forwarded to another group: when it first did. */
   private readonly forwarded = new Map<number, number>();
   private readonly relayAsked = new Set<number>();
+  /** --wan-rate (testing): paces our own downloads. */
+  private readonly wanPace: { take(bytes: number, now: number): number } | null = null;
   private readonly unicastRepairs = new Map<string, number>();
   /** This release's group key, from the server (join/heartbeat answers). */
   private groupKey: Buffer | null = null;
@@ -273,6 +277,17 @@ export class Agent {
       random: this.random,
     });
     this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, transport: '' };
+    if (opts.wanRateBytesPerSec) {
+      // Debt-based: take always succeeds and says how long to sleep to stay at the rate.
+      const rate = opts.wanRateBytesPerSec;
+      let next = 0;
+      this.wanPace = {
+        take: (bytes, now) => {
+          next = Math.max(next, now) + (bytes * 1000) / rate;
+          return Math.max(0, Math.floor(next - now));
+        },
+      };
+    }
     this.completed = new Promise((resolve, reject) => {
       this.completion = { resolve, reject };
     });
@@ -469,6 +484,14 @@ export class Agent {
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),
     });
     this.map = map;
+    if (map.copyTo) this.setCopyTo(map.copyTo);
+    if (this.role === 'gateway' && this.store) {
+      // Units held only in other LAN groups: the gateway NACKs them (forwarded to the holder).
+      for (let u = 0; u < map.holders.length; u++) {
+        const h = map.holders[u];
+        if (h >= 0 && (map.members[h]?.group ?? this.opts.group) !== this.opts.group && !this.store.has(u) && !this.fetching.has(u)) this.availableMissing.add(u);
+      }
+    }
     const start = map.lanStart ?? true;
     if (start && !this.lanStart) {
       this.log.info(`every unit is held in the group: LAN exchange starts (${this.deferred.length} units to copy)`);
@@ -617,6 +640,10 @@ export class Agent {
                 off += take;
                 this.stats.wanBytes += take;
                 cutThrough();
+                if (this.wanPace) {
+                  const ms = this.wanPace.take(take, Date.now());
+                  if (ms > 0) return sleep(ms, this.abort.signal);
+                }
                 if (this.copyQueueBytes + this.unicastQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
                   return new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
                 }

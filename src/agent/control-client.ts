@@ -29,6 +29,7 @@ export interface SplitMapResponse {
   policy?: 'wide' | 'group' | 'representative';
   /** false under the `all-fetched` start policy until every unit is held somewhere. */
   lanStart?: boolean;
+  copyTo?: { group: string; member: string; address: string; port: number }[];
 }
 export interface LeaseResponse {
   units: number[];

@@ -332,6 +332,8 @@ export class FleetcastServer {
           start: dist.start,
           // all-fetched: LAN exchange waits until every unit is held by some member.
           lanStart: dist.start === 'immediate' || map.allHeld,
+          // Gateways move: members learn the new copy destinations within a heartbeat.
+          copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [],
           ...map,
         });
       }

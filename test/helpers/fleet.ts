@@ -8,7 +8,8 @@ import { run, RunResult } from './run';
 import { generateKeyPair, loadPrivateKey } from '../../src/release/keys';
 import { Manifest } from '../../src/release/manifest';
 import { publishRelease } from '../../src/release/publish';
-import { FleetcastServer } from '../../src/server/server';
+import { FleetcastServer, ServerOptions } from '../../src/server/server';
+import { AllocatorOptions } from '../../src/server/allocator';
 
 export const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'fleetcast.js');
 
@@ -47,7 +48,10 @@ export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutM
  * Keys, a random release of `size` bytes, a server on 127.0.0.1 and a random
  * multicast group on lo. Every process and the server stop when the test ends.
  */
-export async function startFleet(t: ExecutionContext, opts: { size: number; unitSize?: number; heartbeatMs?: number; memberTimeoutMs?: number }): Promise<Fleet> {
+export async function startFleet(
+  t: ExecutionContext,
+  opts: { size: number; unitSize?: number; heartbeatMs?: number; memberTimeoutMs?: number; server?: Partial<ServerOptions>; allocator?: Partial<AllocatorOptions> },
+): Promise<Fleet> {
   const dir = await tmpdir(t);
   const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
   const source = randomBytes(opts.size);
@@ -59,7 +63,8 @@ export async function startFleet(t: ExecutionContext, opts: { size: number; unit
     host: '127.0.0.1',
     port: 0,
     heartbeatMs: opts.heartbeatMs ?? 200,
-    allocator: { memberTimeoutMs: opts.memberTimeoutMs ?? 2000 },
+    allocator: { memberTimeoutMs: opts.memberTimeoutMs ?? 2000, ...opts.allocator },
+    ...opts.server,
   });
   const { url } = await server.start();
   const children: ChildProcess[] = [];

@@ -1,0 +1,129 @@
+import test, { ExecutionContext } from 'ava';
+import { randomInt } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { sha256File } from '../src/storage/partial-store';
+import { AgentProc, Fleet, startFleet } from './helpers/fleet';
+
+/**
+ * Wide-area groups on loopback: three LAN groups, each its own multicast group on lo,
+ * three agents each, one wide-area group. (docs/wide-area.md)
+ */
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const GROUPS = ['east', 'west', 'north'];
+
+interface FleetView {
+  groups: { release: string; group: string; wide: boolean; members: { id: string; group: string; role: string; complete: boolean }[] }[];
+}
+
+function startGroups(f: Fleet, extra: (id: string, group: string) => string[] = () => []): { id: string; group: string; a: AgentProc }[] {
+  const base = randomInt(20000, 50000);
+  const out: { id: string; group: string; a: AgentProc }[] = [];
+  for (const [gi, group] of GROUPS.entries()) {
+    const mc = `239.254.${randomInt(0, 256)}.${gi + 1}:${base + gi}`;
+    for (let i = 1; i <= 3; i++) {
+      const id = `${group}${i}`;
+      const args = ['--group', group, '--multicast', mc, '--wide-group', 'fleet', '--report', path.join(f.dir, `${id}.json`), ...extra(id, group)];
+      out.push({ id, group, a: f.spawnAgent(id, args) });
+    }
+  }
+  return out;
+}
+
+async function reports(f: Fleet, ids: string[]) {
+  return Promise.all(ids.map(async (id) => JSON.parse(await fs.readFile(path.join(f.dir, `${id}.json`), 'utf8')) as Record<string, number> & { path: string }));
+}
+
+async function allVerify(t: ExecutionContext, f: Fleet, agents: { id: string; a: AgentProc }[]): Promise<void> {
+  const codes = await Promise.all(agents.map((x) => x.a.exit));
+  t.deepEqual(codes, agents.map(() => 0), agents.map((x) => `${x.id}: ${x.a.stderr().slice(-400)}`).join('\n'));
+  for (const r of await reports(f, agents.map((x) => x.id))) t.is(await sha256File(r.path), f.manifest.sha256);
+}
+
+test('policy wide: 3 LAN groups x 3 agents get every unit from the server once for the whole wide-area group', async (t) => {
+  const f = await startFleet(t, { size: 8 * 1024 * 1024 + 11, unitSize: 256 * 1024 });
+  const agents = startGroups(f, () => ['--rate', '100']);
+  let view: FleetView | null = null;
+  for (let i = 0; i < 100; i++) {
+    view = f.server.fleet() as FleetView;
+    if (view.groups[0]?.members.length === 9) break;
+    await sleep(50);
+  }
+  await allVerify(t, f, agents);
+  const g = view!.groups.find((x) => x.release === f.manifest.id)!;
+  t.true(g.wide, 'one allocation for the wide-area group');
+  t.is(g.group, 'fleet');
+  t.deepEqual([...new Set(g.members.map((m) => m.group))].sort(), [...GROUPS].sort());
+  for (const lg of GROUPS) t.is(g.members.filter((m) => m.group === lg && m.role === 'gateway').length, 1, `one gateway in ${lg}`);
+  const sent = f.server.stats.unitBytesSent;
+  t.true(sent <= 1.05 * f.manifest.size, `server sent ${sent} bytes for ${f.manifest.size} (${(sent / f.manifest.size).toFixed(3)}x) to 3 LAN groups`);
+  const reps = await reports(f, agents.map((x) => x.id));
+  t.true(reps.reduce((s, r) => s + r.crossGroupBytesSent, 0) > 0, 'copies crossed to other groups');
+  t.true(reps.reduce((s, r) => s + r.fragmentsForwarded, 0) > 0, 'gateways re-multicast them');
+});
+
+test('policies: group fetches once per LAN group, representative only through each group\'s best member, all-fetched waits for the whole release before the LAN exchange', async (t) => {
+  for (const [policy, start] of [
+    ['group', 'immediate'],
+    ['representative', 'immediate'],
+    ['wide', 'all-fetched'],
+  ] as const) {
+    const f = await startFleet(t, { size: 3 * 1024 * 1024 + 5, unitSize: 256 * 1024, server: { policy, start } });
+    const agents = startGroups(f, () => ['--rate', '100']);
+    await allVerify(t, f, agents);
+    const sent = f.server.stats.unitBytesSent;
+    const ratio = sent / f.manifest.size;
+    if (policy === 'wide') {
+      t.true(ratio <= 1.05, `${policy}/${start}: ${ratio.toFixed(3)}x`);
+    } else {
+      t.true(ratio >= 2.95 && ratio <= 3.15, `${policy}: ${ratio.toFixed(3)}x for 3 LAN groups`);
+      const reps = await reports(f, agents.map((x) => x.id));
+      t.is(reps.reduce((s, r) => s + r.crossGroupBytesSent, 0), 0, `${policy}: nothing crosses between groups`);
+    }
+    if (policy === 'representative') {
+      // Exactly one member per LAN group took bytes from the server.
+      for (const lg of GROUPS) {
+        const fetched = agents.filter((x) => x.group === lg && f.server.bytesSentTo(f.manifest.id, lg, x.id) > 0);
+        t.is(fetched.length, 1, `${lg}: ${fetched.map((x) => x.id).join(', ')} fetched`);
+      }
+    }
+  }
+});
+
+test('the gateway of a LAN group is killed mid-transfer: the role moves within a heartbeat of its timeout and every other agent completes', async (t) => {
+  const f = await startFleet(t, { size: 12 * 1024 * 1024, unitSize: 256 * 1024, memberTimeoutMs: 1500 });
+  const agents = startGroups(f, () => ['--rate', '24', '--linger', '30']);
+  let gw: string | null = null;
+  for (let i = 0; i < 200 && !gw; i++) {
+    const g = (f.server.fleet() as FleetView).groups[0];
+    if (g?.members.length === 9) gw = g.members.find((m) => m.group === 'west' && m.role === 'gateway')?.id ?? null;
+    await sleep(50);
+  }
+  t.truthy(gw, 'west has a gateway');
+  await sleep(800);
+  const victim = agents.find((x) => x.id === gw)!;
+  victim.a.child.kill('SIGKILL');
+  const killedAt = Date.now();
+  let next: string | null = null;
+  while (!next && Date.now() - killedAt < 10_000) {
+    const g = (f.server.fleet() as FleetView).groups[0];
+    const w = g.members.find((m) => m.group === 'west' && m.role === 'gateway');
+    if (w && w.id !== gw) next = w.id;
+    else await sleep(50);
+  }
+  t.truthy(next, 'a new gateway for west');
+  t.true(Date.now() - killedAt < 1500 + 2 * 200 + 1000, `the role moved ${Date.now() - killedAt} ms after the kill`);
+  await allVerify(t, f, agents.filter((x) => x !== victim));
+});
+
+test('a straggler: its overdue leases are hedged to another member, the first verified copy wins, and the hedged bytes are counted', async (t) => {
+  const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 256 * 1024, allocator: { hedgeMinMs: 800, hedgeFactor: 3 } });
+  const ids = ['fast1', 'fast2', 'slow'];
+  const agents = ids.map((id) => ({ id, a: f.spawnAgent(id, ['--report', path.join(f.dir, `${id}.json`), ...(id === 'slow' ? ['--wan-rate', '0.5'] : ['--rate', '200'])]) }));
+  await allVerify(t, f, agents);
+  t.true(f.server.stats.hedgedBytes > 0, 'hedged bytes are counted');
+  const g = (f.server as unknown as { groups: Map<string, { hedgedUnits: number }> }).groups;
+  const hedged = [...g.values()].reduce((s, a) => s + a.hedgedUnits, 0);
+  t.true(hedged >= 1, `${hedged} hedged unit(s)`);
+  t.log(`hedged ${hedged} unit(s), ${f.server.stats.hedgedBytes} bytes`);
+});
