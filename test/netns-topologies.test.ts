@@ -66,3 +66,21 @@ namespaceTest('lan: one agent joins late and one is killed mid-transfer and rest
   const stats = await f.serverStats();
   t.true(stats.unitBytesSent <= 1.1 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size}`);
 });
+
+namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1% loss, 32 MiB: all verify, <= 1.05x from the server for the whole group', async (t) => {
+  const topo = sites(3, 3, 50, { interSite: true });
+  t.teardown(() => topo.destroy());
+  await topo.setLoss(1, MCAST_PORT);
+  const f = await netFleet(topo, { sizeBytes: 32 * MIB });
+  t.teardown(() => f.cleanup());
+  const agents = topo.sites.flatMap((hosts, k) => hosts.map((h, i) => f.startAgent(h, `w${k + 1}a${i + 1}`, `site${k + 1}`, ['--wide-group', 'fleet', '--rate', '40'])));
+  const codes = await Promise.all(agents.map((a) => a.exit));
+  t.deepEqual(codes, agents.map(() => 0), agents.map((a) => `${a.id}: ${a.stderr()}`).join('\n'));
+  for (const a of agents) t.is(await sha256File((await a.report()).path), f.sourceSha, a.id);
+  const stats = await f.serverStats();
+  t.true(stats.unitBytesSent <= 1.05 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size} (${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x) to 3 sites; ${JSON.stringify(stats)}`);
+  const reps = await Promise.all(agents.map((a) => a.report()));
+  const cross = reps.reduce((s, r) => s + Number(r.crossGroupBytesSent), 0);
+  t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
+  t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release`);
+});

@@ -52,7 +52,7 @@ export const AGENT_DEFAULTS = {
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
   /** A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered this long. */
-  relayAfterMs: 3000,
+  relayAfterMs: 5000,
   /** The same unit is repaired to the same cross-group requester at most this often. */
   unicastRepairDedupMs: 100,
   /** Members heard with valid control packets that we track (bounded against abuse). */
@@ -237,6 +237,8 @@ export class Agent {
   /** Where copies go besides the LAN: the other LAN groups' gateways (from the lease answers). */
   private copyTo: { member: string; address: string; port: number }[] = [];
   private readonly unicastQueue: { d: Uint8Array; to: { address: string; port: number } }[] = [];
+  /** Cross-group repairs: they go before copies, as LAN repairs do. */
+  private readonly unicastRepairQueue: { d: Uint8Array; to: { address: string; port: number } }[] = [];
   private unicastQueueBytes = 0;
   /** `all-fetched` start policy: false until every unit is held somewhere; copies wait. */
   private lanStart = true;
@@ -484,14 +486,9 @@ export class Agent {
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),
     });
     this.map = map;
+    // Gateways move: a new one starts getting our copies and announces within a heartbeat
+    // (it NACKs what our announces show it lacks, and those NACKs come to us by unicast).
     if (map.copyTo) this.setCopyTo(map.copyTo);
-    if (this.role === 'gateway' && this.store) {
-      // Units held only in other LAN groups: the gateway NACKs them (forwarded to the holder).
-      for (let u = 0; u < map.holders.length; u++) {
-        const h = map.holders[u];
-        if (h >= 0 && (map.members[h]?.group ?? this.opts.group) !== this.opts.group && !this.store.has(u) && !this.fetching.has(u)) this.availableMissing.add(u);
-      }
-    }
     const start = map.lanStart ?? true;
     if (start && !this.lanStart) {
       this.log.info(`every unit is held in the group: LAN exchange starts (${this.deferred.length} units to copy)`);
@@ -1119,8 +1116,11 @@ export class Agent {
     const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, forward: true, unit, fragment, fragmentCount: fc, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
-    this.unicastQueue.push({ d, to });
-    this.unicastQueueBytes += d.length;
+    if (repair) this.unicastRepairQueue.push({ d, to });
+    else {
+      this.unicastQueue.push({ d, to });
+      this.unicastQueueBytes += d.length;
+    }
     this.drain();
   }
 
@@ -1160,7 +1160,16 @@ export class Agent {
     const batch: Uint8Array[] = [];
     const now = Date.now();
     let wait = 0;
-    while (batch.length < AGENT_DEFAULTS.sendBatch) {
+    // Cross-group repairs first: a whole LAN group is waiting for each.
+    while (this.unicastRepairQueue.length) {
+      const u = this.unicastRepairQueue[0];
+      wait = this.bucket.take(u.d.length, now);
+      if (wait > 0) break;
+      this.unicastRepairQueue.shift();
+      this.unicast?.send(u.d, u.to.port, u.to.address);
+      this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
+    }
+    while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch) {
       const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
       const d = q[0];
       if (!d) break;
@@ -1199,7 +1208,7 @@ export class Agent {
         return;
       }
     }
-    if (wait > 0 || this.repairQueue.length || this.copyQueue.length || this.unicastQueue.length) {
+    if (wait > 0 || this.repairQueue.length || this.copyQueue.length || this.unicastQueue.length || this.unicastRepairQueue.length) {
       this.drainTimer = setTimeout(() => {
         this.drainTimer = null;
         this.drain();

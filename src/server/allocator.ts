@@ -56,8 +56,8 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   leaseMinMs: 15000,
   tailSlackFactor: 2,
   overheadAlpha: 0.3,
-  hedgeFactor: 3,
-  hedgeMinMs: 2000,
+  hedgeFactor: 4,
+  hedgeMinMs: 10_000,
   representativeOnly: false,
   gatewaySlackFactor: 1.5,
 };

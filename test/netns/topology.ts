@@ -212,11 +212,13 @@ export function lan(n: number): Topology {
 }
 
 /** Topology (b): s sites of a agents, each site's WAN link shaped to `wanMbit` both ways. */
-export function sites(s: number, a: number, wanMbit: number): Topology {
+export function sites(s: number, a: number, wanMbit: number, opts: { interSite?: boolean } = {}): Topology {
   const bed = new Bed();
   try {
     const srvNs = bed.ns('srv');
-    sh(`ip netns exec ${srvNs} sysctl -qw net.ipv4.ip_forward=0`);
+    // interSite: the server's namespace is also the WAN core that routes between sites
+    // (wide-area groups send copies site to site over the shaped links).
+    sh(`ip netns exec ${srvNs} sysctl -qw net.ipv4.ip_forward=${opts.interSite ? 1 : 0}`);
     const groups: Host[][] = [];
     for (let k = 1; k <= s; k++) {
       const r = bed.ns(`r${k}`);
