@@ -86,6 +86,11 @@ async function ifTx(topo: Topology, ns: string, ifname: string): Promise<number>
   return Number(r.stdout.trim());
 }
 
+async function ifRx(topo: Topology, ns: string, ifname: string): Promise<number> {
+  const r = await topo.run(ns, ['cat', `/sys/class/net/${ifname}/statistics/rx_bytes`]);
+  return Number(r.stdout.trim()) || 0;
+}
+
 async function ifNames(topo: Topology, ns: string): Promise<string[]> {
   const r = await topo.run(ns, ['ls', '/sys/class/net']);
   return r.stdout.split(/\s+/).filter((x) => x && x !== 'lo');
@@ -97,6 +102,10 @@ export interface RunResult {
   lanBytes: number;
   serverBytes: number;
   ok: boolean;
+  /** fleetcast: unit bytes the server sent (application level, from /v1/stats). */
+  unitBytes?: number;
+  /** Bytes on the site WAN links, both directions (the server namespace's interfaces; it also routes between sites). */
+  siteLinkBytes?: number;
 }
 
 const workdirs = new Set<string>();
@@ -119,8 +128,8 @@ async function workdir(size: number) {
   return { dir, file, pubPath, manifest: m, sha: m.sha256 };
 }
 
-async function startServer(topo: Topology, dir: string): Promise<ChildProcess> {
-  const srv = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--plain-http', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', '250', '--log-level', 'warn']);
+async function startServer(topo: Topology, dir: string, extra: string[] = []): Promise<ChildProcess> {
+  const srv = topo.exec(topo.server.ns, [process.execPath, BIN, 'server', '--plain-http', '--store', path.join(dir, 'store'), '--listen', '0.0.0.0:7600', '--heartbeat-ms', '250', '--log-level', 'warn', ...extra]);
   for (let i = 0; i < 200; i++) {
     const r = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/releases").then(r=>process.exit(r.ok?0:1),()=>process.exit(1))']);
     if (r.code === 0) return srv;
@@ -130,8 +139,17 @@ async function startServer(topo: Topology, dir: string): Promise<ChildProcess> {
 }
 
 /** fleetcast: server + agents (groups as the topology's sites); time to the last verified agent. */
-async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir>>, rateMbit: number, measure: Host[], serverIfs: string[]): Promise<RunResult> {
-  const srv = await startServer(topo, w.dir);
+async function runFleetcast(
+  topo: Topology,
+  w: Awaited<ReturnType<typeof workdir>>,
+  rateMbit: number,
+  measure: Host[],
+  serverIfs: string[],
+  dist: { policy?: string; wide?: boolean } = {},
+): Promise<RunResult> {
+  const srv = await startServer(topo, w.dir, dist.policy ? ['--policy', dist.policy] : []);
+  let rxBefore = 0;
+  for (const i of serverIfs) rxBefore += await ifRx(topo, topo.server.ns, i);
   const txBefore = await lanTx(topo, measure);
   let srvBefore = 0;
   for (const i of serverIfs) srvBefore += await ifTx(topo, topo.server.ns, i);
@@ -144,16 +162,20 @@ async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir
         '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
-        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn',
+        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn', ...(dist.wide ? ['--wide-group', 'fleet'] : []),
       ]),
     ),
   );
   const res = await Promise.all(agents.map((a) => a.done));
   const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
+  const statsRun = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/stats").then(r=>r.text()).then(t=>process.stdout.write(t))']);
+  const unitBytes = Number((JSON.parse(statsRun.stdout || '{}') as { unitBytesSent?: number }).unitBytesSent ?? 0);
   const srvCpu = await cpuOfLive(srv.pid);
   srv.kill('SIGKILL');
   let srvAfter = 0;
   for (const i of serverIfs) srvAfter += await ifTx(topo, topo.server.ns, i);
+  let rxAfter = 0;
+  for (const i of serverIfs) rxAfter += await ifRx(topo, topo.server.ns, i);
   const lanBytes = (await lanTx(topo, measure)) - txBefore;
   let ok = res.every((r) => r.code === 0);
   for (const r of res) {
@@ -170,7 +192,7 @@ async function runFleetcast(topo: Topology, w: Awaited<ReturnType<typeof workdir
   }
   log(`  fleetcast per agent (WAN MiB / seconds): ${shares.join(' ')}`);
   for (const d of await fs.readdir(w.dir)) if (d.startsWith(`fc-${runId}`)) await fs.rm(path.join(w.dir, d), { recursive: true, force: true });
-  return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok };
+  return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok, unitBytes, siteLinkBytes: srvAfter - srvBefore + (rxAfter - rxBefore) };
 }
 
 /** UFTP: uftpd on each receiver, uftp on the server host at `kbps`. */
@@ -339,6 +361,49 @@ export async function benchSites(runs: number): Promise<string[]> {
       `| fleetcast | ${f.seconds.toFixed(2)} | ${(f.serverBytes / MIB).toFixed(1)} | ${perGroup(f)} | ${(f.seconds / ideal).toFixed(2)} |`,
       `| every agent over HTTP (curl) | ${c.seconds.toFixed(2)} | ${(c.serverBytes / MIB).toFixed(1)} | ${perGroup(c)} | ${(c.seconds / ideal).toFixed(2)} |`,
       `| ideal | ${ideal.toFixed(2)} | ${((2 * size) / MIB).toFixed(1)} | 1.000 | 1.00 |`,
+      '',
+    ];
+  } finally {
+    await topo.destroy();
+    await fs.rm(w.dir, { recursive: true, force: true });
+  }
+}
+
+/** `bench sites`: the 2-site comparison, then the wide-area policies on 3 sites. */
+export async function benchSitesAndPolicies(runs: number): Promise<string[]> {
+  const a = await benchSites(runs);
+  return [...a, ...(await benchPolicies(runs))];
+}
+
+/** Policies on 3 sites x 4 agents in one wide-area group: bytes from the server, seconds, bytes on site links. */
+export async function benchPolicies(runs: number): Promise<string[]> {
+  const size = scale(64);
+  const wan = 100;
+  const topo = sites(3, 4, wan, { interSite: true });
+  const w = await workdir(size);
+  const srvIfs = await ifNames(topo, topo.server.ns);
+  try {
+    const rows: string[] = [];
+    for (const policy of ['wide', 'group', 'representative']) {
+      const rs: RunResult[] = [];
+      for (let i = 0; i < runs; i++) {
+        rs.push(await runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy, wide: true }));
+        log(`policies ${policy} run ${i + 1}: ${rs[i].seconds.toFixed(2)} s, server sent ${((rs[i].unitBytes ?? 0) / MIB).toFixed(1)} MiB, site links ${((rs[i].siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
+      }
+      const okRuns = rs.filter((r) => r.ok);
+      const s = summarize(okRuns.length ? okRuns : rs);
+      const unit = median(rs.map((r) => r.unitBytes ?? 0));
+      const links = median(rs.map((r) => r.siteLinkBytes ?? 0));
+      rows.push(`| ${policy} | ${s.seconds.toFixed(2)} | ${(unit / MIB).toFixed(1)} | ${(unit / size).toFixed(3)} | ${(links / MIB).toFixed(1)} | ${okRuns.length}/${rs.length} |`);
+    }
+    return [
+      '## policies: 3 sites x 4 agents in one wide-area group, site WAN 100 Mbit/s, 64 MiB',
+      '',
+      "Topology (b) with the server's namespace also routing between sites, so cross-site copies use the same shaped links as downloads. Bytes from the server: unit bytes it sent (application level). Site links: bytes on all site WAN links, both directions (headers included): downloads, uploads and cross-site copies. `wide`: each unit leaves the server once for the three sites and crosses to the other sites' gateways; `group`: once per site; `representative`: once per site, all to its best member.",
+      '',
+      '| policy | seconds | bytes from the server (MiB) | / release size | bytes on site links (MiB) | runs verified |',
+      '| --- | ---: | ---: | ---: | ---: | ---: |',
+      ...rows,
       '',
     ];
   } finally {

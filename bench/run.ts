@@ -146,12 +146,12 @@ async function benchTransport(runs: number): Promise<void> {
   await writeResult('transport', lines);
 }
 
-async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks', runs: number): Promise<void> {
+async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', runs: number): Promise<void> {
   if (process.getuid?.() !== 0) {
     process.stderr.write(`bench ${what}: needs root for network namespaces; skipped\n`);
     process.exit(77);
   }
-  const { benchLan, benchSites, benchUplinks, versions, removeWorkdirs } = await import('./netns');
+  const { benchLan, benchSitesAndPolicies, benchPolicies, benchUplinks, versions, removeWorkdirs } = await import('./netns');
   // Namespaces and processes go in each benchmark's finally; on a signal, here.
   const { destroyAll } = await import('../test/netns/topology');
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -160,7 +160,8 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks', runs: number):
       void Promise.all([destroyAll(), removeWorkdirs()]).finally(() => process.exit(130));
     });
   }
-  const body = what === 'lan' ? await benchLan(runs) : what === 'sites' ? await benchSites(runs) : await benchUplinks(runs);
+  const body =
+    what === 'lan' ? await benchLan(runs) : what === 'sites' ? await benchSitesAndPolicies(runs) : what === 'policies' ? await benchPolicies(runs) : await benchUplinks(runs);
   await writeResult(what, [
     `# Namespace benchmark: ${what}`,
     '',
@@ -177,9 +178,9 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks', runs: number):
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
-  if (what === 'lan' || what === 'sites' || what === 'uplinks') return benchNamespaces(what, Number(runsArg ?? 3));
+  if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, lan, sites, uplinks\n`);
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, lan, sites, policies, uplinks\n`);
     process.exit(64);
   }
   const runs = Number(runsArg ?? 5);
