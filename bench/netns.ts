@@ -145,7 +145,7 @@ async function runFleetcast(
   rateMbit: number,
   measure: Host[],
   serverIfs: string[],
-  dist: { policy?: string; wide?: boolean } = {},
+  dist: { policy?: string; wide?: boolean; crossRateMbit?: number } = {},
 ): Promise<RunResult> {
   const srv = await startServer(topo, w.dir, dist.policy ? ['--policy', dist.policy] : []);
   let rxBefore = 0;
@@ -162,7 +162,7 @@ async function runFleetcast(
         '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
-        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn', ...(dist.wide ? ['--wide-group', 'fleet'] : []),
+        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn', ...(dist.wide ? ['--wide-group', 'fleet', '--cross-rate', String(dist.crossRateMbit ?? 20)] : []),
       ]),
     ),
   );
@@ -184,13 +184,20 @@ async function runFleetcast(
   }
   if (!ok) process.stderr.write(`fleetcast run failed: ${res.map((r) => `exit ${r.code}, stdout ${JSON.stringify(r.stdout.slice(-200))}, stderr ${r.stderr}`).join(' | ')}\n`);
   const shares: string[] = [];
+  let cross = 0;
+  let crossIn = 0;
+  let repairs = 0;
   for (const [k, hosts] of topo.sites.entries()) {
     for (let i = 0; i < hosts.length; i++) {
       const rep = JSON.parse(await fs.readFile(path.join(w.dir, `fc-${runId}-${k}-${i}.json`), 'utf8').catch(() => '{}'));
       shares.push(`${(Number(rep.wanBytes ?? 0) / MIB).toFixed(0)}MiB/${Number(rep.seconds ?? 0).toFixed(1)}s`);
+      cross += Number(rep.crossGroupBytesSent ?? 0);
+      crossIn += Number(rep.crossGroupBytes ?? 0);
+      repairs += Number(rep.repairBytesSent ?? 0);
     }
   }
   log(`  fleetcast per agent (WAN MiB / seconds): ${shares.join(' ')}`);
+  if (cross) log(`  cross-group: sent ${(cross / MIB).toFixed(1)} MiB, new bytes received ${(crossIn / MIB).toFixed(1)} MiB; LAN repairs ${(repairs / MIB).toFixed(1)} MiB`);
   for (const d of await fs.readdir(w.dir)) if (d.startsWith(`fc-${runId}`)) await fs.rm(path.join(w.dir, d), { recursive: true, force: true });
   return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok, unitBytes, siteLinkBytes: srvAfter - srvBefore + (rxAfter - rxBefore) };
 }
@@ -387,7 +394,8 @@ export async function benchPolicies(runs: number): Promise<string[]> {
     for (const policy of ['wide', 'group', 'representative']) {
       const rs: RunResult[] = [];
       for (let i = 0; i < runs; i++) {
-        rs.push(await runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy, wide: true }));
+        // Cross-site pace: each site's 100 Mbit/s downlink takes copies from 2 sites x 4 agents.
+        rs.push(await runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy, wide: true, crossRateMbit: 10 }));
         log(`policies ${policy} run ${i + 1}: ${rs[i].seconds.toFixed(2)} s, server sent ${((rs[i].unitBytes ?? 0) / MIB).toFixed(1)} MiB, site links ${((rs[i].siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
       }
       const okRuns = rs.filter((r) => r.ok);
@@ -399,7 +407,7 @@ export async function benchPolicies(runs: number): Promise<string[]> {
     return [
       '## policies: 3 sites x 4 agents in one wide-area group, site WAN 100 Mbit/s, 64 MiB',
       '',
-      "Topology (b) with the server's namespace also routing between sites, so cross-site copies use the same shaped links as downloads. Bytes from the server: unit bytes it sent (application level). Site links: bytes on all site WAN links, both directions (headers included): downloads, uploads and cross-site copies. `wide`: each unit leaves the server once for the three sites and crosses to the other sites' gateways; `group`: once per site; `representative`: once per site, all to its best member.",
+      "Topology (b) with the server's namespace also routing between sites, so cross-site copies use the same shaped links as downloads. Agents run with `--cross-rate 10` (Mbit/s each: a site's downlink takes copies from 2 sites x 4 agents). Bytes from the server: unit bytes it sent (application level). Site links: bytes on all site WAN links, both directions (headers included): downloads, uploads and cross-site copies. `wide`: each unit leaves the server once for the three sites and crosses to the other sites' gateways; `group`: once per site; `representative`: once per site, all to its best member.",
       '',
       '| policy | seconds | bytes from the server (MiB) | / release size | bytes on site links (MiB) | runs verified |',
       '| --- | ---: | ---: | ---: | ---: | ---: |',

@@ -60,6 +60,8 @@ test('policy wide: 3 LAN groups x 3 agents get every unit from the server once f
   const reps = await reports(f, agents.map((x) => x.id));
   t.true(reps.reduce((s, r) => s + r.crossGroupBytesSent, 0) > 0, 'copies crossed to other groups');
   t.true(reps.reduce((s, r) => s + r.fragmentsForwarded, 0) > 0, 'gateways re-multicast them');
+  const sum = (k: string) => reps.reduce((s, r) => s + Number(r[k] ?? 0), 0);
+  t.log(`cross-group sent ${(sum('crossGroupBytesSent') / f.manifest.size).toFixed(2)}x the release, received ${(sum('crossGroupBytes') / f.manifest.size).toFixed(2)}x; LAN repairs ${(sum('repairBytesSent') / f.manifest.size).toFixed(2)}x; copies ${(sum('copyBytesSent') / f.manifest.size).toFixed(2)}x`);
 });
 
 test('policies: group fetches once per LAN group, representative only through each group\'s best member, all-fetched waits for the whole release before the LAN exchange', async (t) => {

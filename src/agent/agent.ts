@@ -33,6 +33,7 @@ import { TokenBucket } from './token-bucket';
 /** Tuning knobs: one home, units in the names (STYLE.md). */
 export const AGENT_DEFAULTS = {
   rateBytesPerSec: 60 * 1024 * 1024,
+  crossRateBytesPerSec: (20 * 1e6) / 8,
   burstBytes: 256 * 1024,
   fetchConcurrency: 2,
   tickMs: 5,
@@ -53,6 +54,8 @@ export const AGENT_DEFAULTS = {
   peerTimeoutMs: 5000,
   /** A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered this long. */
   relayAfterMs: 5000,
+  /** A unit another site announced is NACKed only after this long without any of its data. */
+  crossGapQuietMs: 1000,
   /** The same unit is repaired to the same cross-group requester at most this often. */
   unicastRepairDedupMs: 100,
   /** Members heard with valid control packets that we track (bounded against abuse). */
@@ -63,6 +66,8 @@ export const AGENT_DEFAULTS = {
   sendBatch: 64,
   /** Copy bytes queued for the LAN above which WAN downloads pause. */
   copyQueueMaxBytes: 4 * 1024 * 1024,
+  /** Cross-group copies queued above which WAN downloads pause (~0.2 s at 10 Mbit/s). */
+  crossQueueMaxBytes: 256 * 1024,
 };
 
 export interface AgentOptions {
@@ -82,6 +87,11 @@ export interface AgentOptions {
   /** Fragment payload bytes; default from the interface MTU. Must match across the group. */
   fragmentBytes?: number;
   lossPct?: number;
+  /**
+   * Pace of what this member sends to other LAN groups (copies and repairs to their
+   * gateways), which crosses the site's WAN uplink: keep the members' sum under it.
+   */
+  crossRateBytesPerSec?: number;
   /** Testing: cap this agent's WAN download rate (a slow uplink, a straggler). */
   wanRateBytesPerSec?: number;
   /** After completing, keep serving repairs until the group is complete, at most this long. */
@@ -211,6 +221,8 @@ export class Agent {
   private fragmentBytes = 0;
   private interfaceAddress = '';
   private readonly bucket: TokenBucket;
+  /** Cross-group sends have their own pace: they leave through the site's uplink. */
+  private readonly crossBucket: TokenBucket;
   private nacks!: NackScheduler;
   private readonly repairs: RepairScheduler;
   private readonly assemblies = new Map<number, Assembly>();
@@ -246,9 +258,13 @@ export class Agent {
   /** Units whose NACK this gateway forwarded to another group: when it first did. */
   private readonly forwarded = new Map<number, number>();
   private readonly relayAsked = new Set<number>();
+  /** Units first announced to us by another site (unicast): when. */
+  private readonly crossSince = new Map<number, number>();
   /** --wan-rate (testing): paces our own downloads. */
   private readonly wanPace: { take(bytes: number, now: number): number } | null = null;
   private readonly unicastRepairs = new Map<string, number>();
+  /** "unit/address/port" -> fragments queued for that cross-group requester, not yet sent. */
+  private readonly unicastRepairQueued = new Map<string, Uint8Array>();
   /** This release's group key, from the server (join/heartbeat answers). */
   private groupKey: Buffer | null = null;
   /** Control-packet sequence numbers start at the clock in µs, so a restart does not reuse them. */
@@ -272,6 +288,7 @@ export class Agent {
     this.senderId = randomBytes(4).readUInt32BE(0) || 1;
     const rate = opts.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
     this.bucket = new TokenBucket(rate, AGENT_DEFAULTS.burstBytes, Date.now());
+    this.crossBucket = new TokenBucket(opts.crossRateBytesPerSec ?? AGENT_DEFAULTS.crossRateBytesPerSec, AGENT_DEFAULTS.burstBytes / 4, Date.now());
     this.repairs = new RepairScheduler({
       aggregateMs: AGENT_DEFAULTS.repairAggregateMs,
       backoffMs: AGENT_DEFAULTS.repairBackoffMs,
@@ -641,7 +658,7 @@ export class Agent {
                   const ms = this.wanPace.take(take, Date.now());
                   if (ms > 0) return sleep(ms, this.abort.signal);
                 }
-                if (this.copyQueueBytes + this.unicastQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) {
+                if (this.copyBacklogged()) {
                   return new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
                 }
                 return undefined;
@@ -892,8 +909,9 @@ export class Agent {
         const fc = fragmentCountFor(unitLength(this.manifest, u), this.fragmentBytes);
         if (p.fragmentCount !== fc) return this.drop('nack-invalid');
         if (via) {
-          // Another group's gateway forwarded its LAN's NACK to us, the unit's holder.
-          if (this.store.has(u)) void this.repairUnicast(u, p.missing, via, now);
+          // Another group's gateway forwarded its LAN's NACK to us, the unit's holder
+          // (unless our copies of it, to that gateway too, are still on their way).
+          if (this.store.has(u) && !this.copying.has(u)) void this.repairUnicast(u, p.missing, via, now);
           return;
         }
         if (!this.store.has(u)) {
@@ -913,7 +931,10 @@ export class Agent {
         peer.complete = p.complete;
         const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
         for (let u = p.firstUnit; u < end; u++) {
-          if (getBit(p.have, u - p.firstUnit) && !this.store.has(u)) this.availableMissing.add(u);
+          if (!getBit(p.have, u - p.firstUnit) || this.store.has(u) || this.availableMissing.has(u)) continue;
+          this.availableMissing.add(u);
+          // Heard from another site: its paced cross-group copy may still be on the way.
+          if (via) this.crossSince.set(u, now);
         }
         return;
       }
@@ -972,6 +993,8 @@ export class Agent {
       if (this.store.has(u) || this.fetching.has(u)) continue;
       const a = this.assemblies.get(u);
       if (a && (a.verifying || now - a.lastData < AGENT_DEFAULTS.gapQuietMs)) continue;
+      const since = this.crossSince.get(u);
+      if (since !== undefined && !a && now - since < AGENT_DEFAULTS.crossGapQuietMs) continue;
       yield u;
     }
   }
@@ -1033,8 +1056,21 @@ export class Agent {
     }
     const fb = this.fragmentBytes;
     const fc = fragmentCountFor(buf.length, fb);
-    for (let f = 0; f < fc; f++) if (getBit(missing, f)) this.queueUnicast(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true, to);
-    this.stats.nacksAnswered++;
+    // Fragments still queued for this requester are not queued again: the cross-group
+    // pace is slow, and a gateway NACKs again before the first answer has left.
+    let queued = this.unicastRepairQueued.get(k);
+    if (!queued) {
+      queued = new Uint8Array(bitmapBytes(fc));
+      this.unicastRepairQueued.set(k, queued);
+    }
+    let any = false;
+    for (let f = 0; f < fc; f++) {
+      if (!getBit(missing, f) || getBit(queued, f)) continue;
+      setBit(queued, f);
+      any = true;
+      this.queueUnicast(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true, to);
+    }
+    if (any) this.stats.nacksAnswered++;
   }
 
   /**
@@ -1106,6 +1142,15 @@ export class Agent {
     return d;
   }
 
+  /**
+   * Downloads pause while copies wait: LAN copies beyond copyQueueMaxBytes, or
+   * cross-group copies beyond crossQueueMaxBytes (small: the cross-group pace is slow,
+   * and a long queue there only delays copies until the receiving gateway NACKs them).
+   */
+  private copyBacklogged(): boolean {
+    return this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes || this.unicastQueueBytes > AGENT_DEFAULTS.crossQueueMaxBytes;
+  }
+
   /** A copy of one fragment: multicast on the LAN, and unicast to each other group's gateway to be re-multicast there. */
   private copyFragment(unit: number, fragment: number, fc: number, payload: Uint8Array, crossGroup: boolean): void {
     this.queueFragment(this.copyQueue, unit, fragment, fc, payload, false);
@@ -1120,6 +1165,8 @@ export class Agent {
     else {
       this.unicastQueue.push({ d, to });
       this.unicastQueueBytes += d.length;
+      // Not announced until its cross-group copies are out too: a gateway would NACK them.
+      this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
     }
     this.drain();
   }
@@ -1138,7 +1185,7 @@ export class Agent {
       }
       const fc = fragmentCountFor(buf.length, fb);
       for (let f = 0; f < fc; f++) this.copyFragment(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), !this.relayed.has(unit));
-      if (this.copyQueueBytes + this.unicastQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes) await new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
+      if (this.copyBacklogged()) await new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
     }
   }
 
@@ -1161,13 +1208,18 @@ export class Agent {
     const now = Date.now();
     let wait = 0;
     // Cross-group repairs first: a whole LAN group is waiting for each.
+    let crossWait = 0;
     while (this.unicastRepairQueue.length) {
       const u = this.unicastRepairQueue[0];
-      wait = this.bucket.take(u.d.length, now);
-      if (wait > 0) break;
+      crossWait = this.crossBucket.take(u.d.length, now);
+      if (crossWait > 0) break;
       this.unicastRepairQueue.shift();
       this.unicast?.send(u.d, u.to.port, u.to.address);
       this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
+      const unit = (u.d[28] << 24) | (u.d[29] << 16) | (u.d[30] << 8) | u.d[31];
+      const q = this.unicastRepairQueued.get(`${unit >>> 0}/${u.to.address}/${u.to.port}`);
+      const frag = (u.d[32] << 8) | u.d[33];
+      if (q) q[frag >>> 3] &= ~(0x80 >>> (frag & 7));
     }
     while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch) {
       const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
@@ -1179,18 +1231,24 @@ export class Agent {
       if (q === this.copyQueue) this.copyQueueBytes -= d.length;
       batch.push(d);
     }
-    // Cross-group copies and repairs share the bucket, after the LAN's.
-    while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch && !this.repairQueue.length && !this.copyQueue.length && this.unicastQueue.length) {
+    // Cross-group copies: their own bucket (the uplink), interleaved with the LAN's sends.
+    while (crossWait === 0 && !this.unicastRepairQueue.length && this.unicastQueue.length) {
       const u = this.unicastQueue[0];
-      wait = this.bucket.take(u.d.length, now);
-      if (wait > 0) break;
+      crossWait = this.crossBucket.take(u.d.length, now);
+      if (crossWait > 0) break;
       this.unicastQueue.shift();
       this.unicastQueueBytes -= u.d.length;
       this.unicast?.send(u.d, u.to.port, u.to.address);
-      const payload = u.d.length - DATA_HEADER_BYTES;
-      if (u.d[3] === PacketType.DATA) this.stats.crossGroupBytesSent += payload;
+      this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
+      const unit = (u.d[28] << 24) | (u.d[29] << 16) | (u.d[30] << 8) | u.d[31];
+      const left = (this.copying.get(unit) ?? 1) - 1;
+      if (left > 0) this.copying.set(unit, left);
+      else {
+        this.copying.delete(unit);
+        this.announceSoon();
+      }
     }
-    if (this.copyQueueWaiters.length && this.copyQueueBytes + this.unicastQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2) {
+    if (this.copyQueueWaiters.length && this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.unicastQueueBytes <= AGENT_DEFAULTS.crossQueueMaxBytes / 2) {
       for (const w of this.copyQueueWaiters.splice(0)) w();
     }
     if (batch.length) {
@@ -1208,11 +1266,14 @@ export class Agent {
         return;
       }
     }
-    if (wait > 0 || this.repairQueue.length || this.copyQueue.length || this.unicastQueue.length || this.unicastRepairQueue.length) {
+    if (wait > 0 || crossWait > 0 || this.repairQueue.length || this.copyQueue.length || this.unicastQueue.length || this.unicastRepairQueue.length) {
+      const lanPending = this.repairQueue.length || this.copyQueue.length;
+      const crossPending = this.unicastQueue.length || this.unicastRepairQueue.length;
+      const next = Math.min(lanPending ? Math.max(1, wait) : Infinity, crossPending ? Math.max(1, crossWait) : Infinity);
       this.drainTimer = setTimeout(() => {
         this.drainTimer = null;
         this.drain();
-      }, Math.max(1, wait));
+      }, Number.isFinite(next) ? next : 1);
     }
   }
 
