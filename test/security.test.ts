@@ -57,7 +57,7 @@ test('HTTPS with tokens: an agent with the CA and a token completes; no token, a
         res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
       }).on('error', reject);
     });
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 600; i++) {
     if (await get('/v1/releases').then(() => true, () => false)) break;
     await sleep(50);
   }
@@ -142,11 +142,13 @@ test('an encrypted release: ciphertext in the store and on the LAN, the key only
     return s;
   };
   const waitUp = async () => {
-    for (let i = 0; i < 100; i++) {
+    // A loaded CI box can take seconds to start a node process.
+    for (let i = 0; i < 600; i++) {
       const ok = await fetch(`http://127.0.0.1:${port}/v1/releases`).then(() => true, () => false);
       if (ok) return;
       await sleep(50);
     }
+    throw new Error(`the server on port ${port} did not start in 30 s`);
   };
   // Without tokens the server will not hand out content keys at all.
   let srv = startServer(['--content-keys', keys]);

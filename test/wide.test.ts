@@ -75,6 +75,9 @@ test('policies: group fetches once per LAN group, representative only through ea
     await allVerify(t, f, agents);
     const sent = f.server.stats.unitBytesSent;
     const ratio = sent / f.manifest.size;
+    const deferred = (await reports(f, agents.map((x) => x.id))).reduce((s, r) => s + r.unitsDeferred, 0);
+    if (start === 'all-fetched') t.true(deferred > 0, 'units fetched before the whole release was held waited for the LAN exchange');
+    else t.is(deferred, 0, `${policy}: copies go out as units arrive`);
     if (policy === 'wide') {
       t.true(ratio <= 1.05, `${policy}/${start}: ${ratio.toFixed(3)}x`);
     } else {

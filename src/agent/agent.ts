@@ -123,6 +123,8 @@ export interface AgentStats {
   crossGroupBytes: number;
   /** Fragments this gateway re-multicast on its LAN. */
   fragmentsForwarded: number;
+  /** `all-fetched`: units fetched while the LAN exchange waited, copied once it started. */
+  unitsDeferred: number;
   unitsFromWan: number;
   unitsFromLan: number;
   unitsRejected: number;
@@ -151,6 +153,7 @@ export function zeroCounters(): AgentCounters {
     crossGroupBytesSent: 0,
     crossGroupBytes: 0,
     fragmentsForwarded: 0,
+    unitsDeferred: 0,
     unitsFromWan: 0,
     unitsFromLan: 0,
     unitsRejected: 0,
@@ -688,7 +691,10 @@ export class Agent {
           continue;
         }
         await this.acceptUnit(unit, buf, 'wan');
-        if (!this.lanStart) this.deferred.push(unit);
+        if (!this.lanStart) {
+          this.deferred.push(unit);
+          this.stats.unitsDeferred++;
+        }
         await spool.discard();
         await this.sendReceipt(unit);
         return;

@@ -96,8 +96,11 @@ interface FleetJson {
     group: string;
     missingUnits: number;
     groupComplete: boolean;
+    wide?: boolean;
     members: {
       id: string;
+      group?: string;
+      role?: string;
       rank: number;
       overheadMsPerMiB: number | null;
       verifiedUnits: number;
@@ -139,14 +142,14 @@ export const fleet: Command = {
     const f = JSON.parse(body) as FleetJson;
     if (f.groups.length === 0) out('no groups yet: no agent has joined');
     for (const g of f.groups) {
-      out(`${g.name ?? '?'} (${g.release}) group ${g.group}: ${g.members.length} member(s), ${g.groupComplete ? 'complete' : `${g.missingUnits} unit(s) nobody holds yet`}`);
-      const rows = [['MEMBER', 'ROLE', 'PROGRESS', 'OVERHEAD', 'HOOK', 'LAST SEEN']];
+      out(`${g.name ?? '?'} (${g.release}) ${g.wide ? 'wide-area group' : 'group'} ${g.group}: ${g.members.length} member(s), ${g.groupComplete ? 'complete' : `${g.missingUnits} unit(s) nobody holds yet`}`);
+      const rows = [['MEMBER', 'LAN GROUP', 'ROLE', 'PROGRESS', 'OVERHEAD', 'HOOK', 'LAST SEEN']];
       for (const m of g.members) {
         const hook = m.hook ? (m.hook.exitCode !== null ? `exit ${m.hook.exitCode}` : (m.hook.signal ?? m.hook.error ?? 'failed')) : '-';
         rows.push([
           m.id,
-          // Every member fetches its share; the gateway role arrives with wide-area groups.
-          `member #${m.rank}`,
+          m.group || g.group,
+          `${m.role ?? 'member'} #${m.rank}`,
           `${m.verifiedUnits}/${g.units ?? '?'}${m.complete ? ' done' : ''}`,
           m.overheadMsPerMiB === null ? '-' : `${m.overheadMsPerMiB.toFixed(1)} ms/MiB`,
           hook,

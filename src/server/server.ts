@@ -457,6 +457,8 @@ export class FleetcastServer {
     r.counter('http_bad_requests_total', 'HTTP API requests refused with an error', [[{}, this.stats.badRequests]]);
     r.counter('http_unauthorized_total', 'HTTP API requests refused for a missing or unknown token', [[{}, this.stats.unauthorized]]);
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
+    r.counter('hedged_bytes_total', 'Unit bytes sent under hedge leases (a second member fetching a straggler\'s unit)', [[{}, this.stats.hedgedBytes]]);
+    r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
     const members: [Record<string, string>, number][] = [];
     const missing: [Record<string, string>, number][] = [];
     for (const [key, g] of this.groups) {
