@@ -36,7 +36,7 @@ async function reports(f: Fleet, ids: string[]) {
 
 async function allVerify(t: ExecutionContext, f: Fleet, agents: { id: string; a: AgentProc }[]): Promise<void> {
   const codes = await Promise.all(agents.map((x) => x.a.exit));
-  t.deepEqual(codes, agents.map(() => 0), agents.map((x) => `${x.id}: ${x.a.stderr().slice(-400)}`).join('\n'));
+  t.deepEqual(codes, agents.map(() => 0), agents.map((x) => `${x.id}: ${x.a.stderr().slice(-400)}`).join("\n"));
   for (const r of await reports(f, agents.map((x) => x.id))) t.is(await sha256File(r.path), f.manifest.sha256);
 }
 

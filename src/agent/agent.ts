@@ -56,6 +56,8 @@ export const AGENT_DEFAULTS = {
   relayAfterMs: 5000,
   /** A unit another site announced is NACKed only after this long without any of its data. */
   crossGapQuietMs: 1000,
+  /** No unit verified for this long, nothing in flight: ask the server for what is missing. */
+  stallRelayMs: 8000,
   /** The same unit is repaired to the same cross-group requester at most this often. */
   unicastRepairDedupMs: 100,
   /** Members heard with valid control packets that we track (bounded against abuse). */
@@ -261,6 +263,9 @@ export class Agent {
   /** Units whose NACK this gateway forwarded to another group: when it first did. */
   private readonly forwarded = new Map<number, number>();
   private readonly relayAsked = new Set<number>();
+  private readonly crossNackLogged = new Set<number>();
+  /** When a unit was last verified (or the agent started): the stall check's clock. */
+  private lastProgressAt = Date.now();
   /** Units first announced to us by another site (unicast): when. */
   private readonly crossSince = new Map<number, number>();
   /** --wan-rate (testing): paces our own downloads. */
@@ -408,6 +413,7 @@ export class Agent {
     await this.heartbeat(true);
     this.heartbeatTimer = setInterval(() => {
       this.heartbeat().catch((err) => this.log.debug(`heartbeat: ${(err as Error).message}`));
+      this.checkStall();
     }, this.heartbeatMs);
     this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);
     this.announceTimer = setInterval(() => this.announce(), AGENT_DEFAULTS.announceMs);
@@ -721,6 +727,7 @@ export class Agent {
       this.fail(err as Error);
       return;
     }
+    this.lastProgressAt = Date.now();
     if (from === 'wan') this.stats.unitsFromWan++;
     else this.stats.unitsFromLan++;
     this.availableMissing.delete(unit);
@@ -917,6 +924,10 @@ export class Agent {
         if (via) {
           // Another group's gateway forwarded its LAN's NACK to us, the unit's holder
           // (unless our copies of it, to that gateway too, are still on their way).
+          if (!this.crossNackLogged.has(u)) {
+            this.crossNackLogged.add(u);
+            this.log.debug(`cross-group NACK for unit ${u} from ${via.address}:${via.port}: ${this.store.has(u) ? 'held' : 'not held'}, ${this.copying.get(u) ?? 0} copies queued`);
+          }
           if (this.store.has(u) && !this.copying.has(u)) void this.repairUnicast(u, p.missing, via, now);
           return;
         }
@@ -1087,6 +1098,7 @@ export class Agent {
   private forwardNack(packet: Uint8Array, unit: number, now: number): void {
     if (this.role !== 'gateway') return;
     const h = this.holderOf(unit);
+    if (!this.forwarded.has(unit)) this.log.debug(`NACK for unit ${unit}: holder ${h ? `${h.id} in ${h.group}` : 'none'}`);
     if (!h || h.group === this.opts.group || !h.address || !h.dataPort || h.id === this.member) return;
     this.unicast?.send(packet, h.dataPort, h.address);
     const first = this.forwarded.get(unit);
@@ -1099,10 +1111,45 @@ export class Agent {
         .then((grant) => {
           for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
           for (const u of grant.relayed ?? []) this.relayed.add(u);
+          if (!grant.units.includes(unit)) this.retryRelayLater(unit);
           this.wake();
         })
-        .catch((err) => this.log.warn(`relay lease for unit ${unit}: ${(err as Error).message}`));
+        .catch((err) => {
+          this.log.warn(`relay lease for unit ${unit}: ${(err as Error).message}`);
+          this.retryRelayLater(unit);
+        });
     }
+  }
+
+  /**
+   * Last resort: nothing verified for stallRelayMs, nothing leased or in flight, units
+   * still missing. Whatever went wrong (a holder that never answers, a lost copy no one
+   * announced), ask the server for the missing units; it grants those no member of our
+   * LAN group holds or leases, and our LAN repairs the rest.
+   */
+  private checkStall(): void {
+    const now = Date.now();
+    if (this.closed || this.finishing || !this.store || this.store.isComplete || this.fetching.size || this.leased.length) return;
+    if (now - this.lastProgressAt < AGENT_DEFAULTS.stallRelayMs) return;
+    this.lastProgressAt = now; // once per stall period
+    const want: number[] = [];
+    for (let u = 0; u < this.manifest.unitCount && want.length < 64; u++) if (!this.store.has(u)) want.push(u);
+    if (!want.length) return;
+    this.log.info(`no progress for ${AGENT_DEFAULTS.stallRelayMs / 1000} s with ${this.manifest.unitCount - this.store.verifiedUnits} unit(s) missing; asking the server`);
+    void this.client
+      .post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want })
+      .then((grant) => {
+        for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
+        for (const u of grant.relayed ?? []) this.relayed.add(u);
+        this.wake();
+      })
+      .catch((err) => this.log.debug(`stall relay: ${(err as Error).message}`));
+  }
+
+  /** Not granted now (someone in our group leases or holds it): ask again after another wait. */
+  private retryRelayLater(unit: number): void {
+    this.relayAsked.delete(unit);
+    this.forwarded.set(unit, Date.now());
   }
 
   private async sendRepair(unit: number, fragments: number[]): Promise<void> {
