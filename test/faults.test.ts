@@ -30,7 +30,7 @@ test('SIGKILL at random points, 20 times: the agent completes with the right has
   const fetchesOf = () => Array.from({ length: total }, (_, u) => f.server.fetchCount(f.manifest.id, 'g1', 'solo', u));
   let killed = 0;
   for (let i = 0; i < 20; i++) {
-    const a = f.spawnAgent('solo', ['--rate', '8']);
+    const a = f.spawnAgent('solo', ['--rate', '3']);
     await sleep(randomInt(300, 900));
     const before = await verifiedNow();
     const counts = fetchesOf();
