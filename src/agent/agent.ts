@@ -1061,25 +1061,13 @@ export class Agent {
     if (now - (this.unicastRepairs.get(k) ?? -Infinity) < AGENT_DEFAULTS.unicastRepairDedupMs) return;
     this.unicastRepairs.set(k, now);
     if (this.unicastRepairs.size > 4096) this.unicastRepairs.clear();
-    let buf = this.repairCache.get(unit);
-    if (!buf) {
-      try {
-        buf = await this.store.readUnit(unit);
-      } catch (err) {
-        this.log.warn(`reading unit ${unit} for a cross-group repair: ${(err as Error).message}`);
-        return;
-      }
-      this.cacheForRepair(unit, buf);
-    }
+    const buf = await this.repairSource(unit);
+    if (!buf) return;
     const fb = this.fragmentBytes;
     const fc = fragmentCountFor(buf.length, fb);
     // Fragments still queued for this requester are not queued again: the cross-group
     // pace is slow, and a gateway NACKs again before the first answer has left.
-    let queued = this.unicastRepairQueued.get(k);
-    if (!queued) {
-      queued = new Uint8Array(bitmapBytes(fc));
-      this.unicastRepairQueued.set(k, queued);
-    }
+    const queued = queuedBits(this.unicastRepairQueued, k, fc);
     let any = false;
     for (let f = 0; f < fc; f++) {
       if (!getBit(missing, f) || getBit(queued, f)) continue;
@@ -1152,24 +1140,26 @@ export class Agent {
     this.forwarded.set(unit, Date.now());
   }
 
-  private async sendRepair(unit: number, fragments: number[]): Promise<void> {
-    let buf = this.repairCache.get(unit);
-    if (!buf) {
-      try {
-        buf = await this.store.readUnit(unit);
-      } catch (err) {
-        this.log.warn(`reading unit ${unit} for repair: ${(err as Error).message}`);
-        return;
-      }
+  /** A verified unit's bytes for repairs: from the small cache, else from disk. */
+  private async repairSource(unit: number): Promise<Buffer | null> {
+    const cached = this.repairCache.get(unit);
+    if (cached) return cached;
+    try {
+      const buf = await this.store.readUnit(unit);
       this.cacheForRepair(unit, buf);
+      return buf;
+    } catch (err) {
+      this.log.warn(`reading unit ${unit} for repair: ${(err as Error).message}`);
+      return null;
     }
+  }
+
+  private async sendRepair(unit: number, fragments: number[]): Promise<void> {
+    const buf = await this.repairSource(unit);
+    if (!buf) return;
     const fb = this.fragmentBytes;
     const fc = fragmentCountFor(buf.length, fb);
-    let queued = this.repairQueued.get(unit);
-    if (!queued) {
-      queued = new Uint8Array(bitmapBytes(fc));
-      this.repairQueued.set(unit, queued);
-    }
+    const queued = queuedBits(this.repairQueued, unit, fc);
     let any = false;
     for (const f of fragments) {
       if (f >= fc || getBit(queued, f)) continue;
@@ -1392,6 +1382,16 @@ export class Agent {
     } while (first < n);
     this.drain();
   }
+}
+
+/** The bitmap of fragments queued for `key` (a unit, or a unit and requester), made on first use. */
+function queuedBits<K>(m: Map<K, Uint8Array>, key: K, fragmentCount: number): Uint8Array {
+  let q = m.get(key);
+  if (!q) {
+    q = new Uint8Array(bitmapBytes(fragmentCount));
+    m.set(key, q);
+  }
+  return q;
 }
 
 function sha256(b: Uint8Array): string {
