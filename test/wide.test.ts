@@ -40,7 +40,7 @@ async function allVerify(t: ExecutionContext, f: Fleet, agents: { id: string; a:
   for (const r of await reports(f, agents.map((x) => x.id))) t.is(await sha256File(r.path), f.manifest.sha256);
 }
 
-test('policy wide: 3 LAN groups x 3 agents get every unit from the server once for the whole wide-area group', async (t) => {
+test.serial('policy wide: 3 LAN groups x 3 agents get every unit from the server once for the whole wide-area group', async (t) => {
   const f = await startFleet(t, { size: 8 * 1024 * 1024 + 11, unitSize: 256 * 1024 });
   const agents = startGroups(f, () => ['--rate', '100']);
   let view: FleetView | null = null;
@@ -64,7 +64,7 @@ test('policy wide: 3 LAN groups x 3 agents get every unit from the server once f
   t.log(`cross-group sent ${(sum('crossGroupBytesSent') / f.manifest.size).toFixed(2)}x the release, received ${(sum('crossGroupBytes') / f.manifest.size).toFixed(2)}x; LAN repairs ${(sum('repairBytesSent') / f.manifest.size).toFixed(2)}x; copies ${(sum('copyBytesSent') / f.manifest.size).toFixed(2)}x`);
 });
 
-test('policies: group fetches once per LAN group, representative only through each group\'s best member, all-fetched waits for the whole release before the LAN exchange', async (t) => {
+test.serial('policies: group fetches once per LAN group, representative only through each group\'s best member, all-fetched waits for the whole release before the LAN exchange', async (t) => {
   for (const [policy, start] of [
     ['group', 'immediate'],
     ['representative', 'immediate'],
@@ -95,7 +95,7 @@ test('policies: group fetches once per LAN group, representative only through ea
   }
 });
 
-test('the gateway of a LAN group is killed mid-transfer: the role moves within a heartbeat of its timeout and every other agent completes', async (t) => {
+test.serial('the gateway of a LAN group is killed mid-transfer: the role moves within a heartbeat of its timeout and every other agent completes', async (t) => {
   const f = await startFleet(t, { size: 12 * 1024 * 1024, unitSize: 256 * 1024, memberTimeoutMs: 1500 });
   const agents = startGroups(f, () => ['--rate', '24', '--linger', '30']);
   let gw: string | null = null;
@@ -127,7 +127,7 @@ test('the gateway of a LAN group is killed mid-transfer: the role moves within a
   t.true(rep.fragmentsForwarded > 0, `${next} re-multicast ${rep.fragmentsForwarded} fragments as the new gateway`);
 });
 
-test('a straggler: its overdue leases are hedged to another member, the first verified copy wins, and the hedged bytes are counted', async (t) => {
+test.serial('a straggler: its overdue leases are hedged to another member, the first verified copy wins, and the hedged bytes are counted', async (t) => {
   const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 256 * 1024, allocator: { hedgeMinMs: 800, hedgeFactor: 3 } });
   const ids = ['fast1', 'fast2', 'slow'];
   const agents = ids.map((id) => ({ id, a: f.spawnAgent(id, ['--report', path.join(f.dir, `${id}.json`), ...(id === 'slow' ? ['--wan-rate', '0.5'] : ['--rate', '200'])]) }));
