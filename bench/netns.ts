@@ -57,9 +57,12 @@ function timed(topo: Topology, ns: string, cmd: string[], env?: NodeJS.ProcessEn
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
   child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  let exitedAt = 0;
+  child.on('exit', () => (exitedAt = Date.now()));
+  // 'close', not 'exit': the last stdout lines (the path, `times`) can arrive after 'exit'.
   const done = new Promise<{ code: number | null; cpu: number; stdout: string; stderr: string; at: number }>((resolve) =>
-    child.on('exit', (code) => {
-      const at = Date.now();
+    child.on('close', (code) => {
+      const at = exitedAt || Date.now();
       const lines = stdout.trim().split('\n');
       const last = lines[lines.length - 1] ?? '';
       const secs = [...last.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
