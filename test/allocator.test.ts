@@ -153,3 +153,46 @@ test('a restarted member gets its unfinished leases back in the pool at once', (
   t.is(g.restart('a'), 3);
   t.deepEqual(g.lease('a', 20).units, first);
 });
+
+test('relay leases: granted for units nobody in the LAN group holds or leases, never to a non-representative', (t) => {
+  const a = new GroupAllocator({ unitCount: 4, unitBytes: () => 1000 });
+  a.heartbeat('x1', 0, { lanGroup: 'x', dataPort: 1, address: '10.0.0.1' });
+  a.heartbeat('x2', 0, { lanGroup: 'x', dataPort: 2, address: '10.0.0.2' });
+  a.heartbeat('y1', 0, { lanGroup: 'y', dataPort: 3, address: '10.0.1.1' });
+  a.receipt('y1', 0, 10); // unit 0 held only in group y
+  a.receipt('x2', 1, 10); // unit 1 held in x
+  const g = a.relay('x1', [0, 1], 20);
+  t.deepEqual(g.units, [0], 'unit 1 is in the group already');
+  t.deepEqual(g.relayed, [0]);
+  const r = new GroupAllocator({ unitCount: 4, unitBytes: () => 1000, representativeOnly: true });
+  r.heartbeat('x1', 0, { lanGroup: 'x' });
+  r.heartbeat('x2', 0, { lanGroup: 'x' });
+  const gw = r.gatewayFor('x', 0);
+  const other = gw === 'x1' ? 'x2' : 'x1';
+  t.deepEqual(r.relay(other, [0, 1], 5).units, [], 'only the representative fetches');
+  t.deepEqual(r.lease(other, 5).units, []);
+  t.true(r.lease(gw!, 5).units.length > 0);
+});
+
+test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 1.5x slower than the best', (t) => {
+  const a = new GroupAllocator({ unitCount: 100, unitBytes: () => 1_000_000 });
+  for (const id of ['a', 'b']) a.heartbeat(id, 0, { lanGroup: 'x' });
+  const first = a.gatewayFor('x', 0)!;
+  const other = first === 'a' ? 'b' : 'a';
+  // Both get an overhead sample: `other` slightly faster, within the hysteresis.
+  const sample = (id: string, ms: number) => {
+    const u = a.lease(id, 0).units[0];
+    t.truthy(a.sending(id, u, 0));
+    a.receipt(id, u, ms);
+  };
+  sample(first, 100);
+  sample(other, 90);
+  t.is(a.gatewayFor('x', 200), first, 'a slightly faster member does not take the role');
+  sample(other, 10);
+  sample(other, 10);
+  sample(other, 10);
+  t.is(a.gatewayFor('x', 300), other, 'a member much faster than the gateway (beyond 1.5x) takes the role');
+  const now = a.gatewayFor('x', 300);
+  a.leave(now!);
+  t.is(a.gatewayFor('x', 400), first, 'the role moves when the gateway leaves');
+});

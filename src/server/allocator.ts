@@ -428,6 +428,8 @@ export class GroupAllocator {
   relay(id: string, want: number[], now: number): LeaseGrant {
     const m = this.members.get(id);
     if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
+    // `representative`: only the group's best member ever fetches, relays included.
+    if (this.opts.representativeOnly && this.gatewayFor(m.lanGroup, now) !== id) return { units: [], relayed: [], retryAfterMs: 0, exhausted: false };
     const units: number[] = [];
     for (const u of want) {
       if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u) || m.leases.has(u)) continue;
