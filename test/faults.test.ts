@@ -210,11 +210,17 @@ rootTest('disk full mid-transfer (a small tmpfs): a clear error, the partial sta
   // Free the space: the agent retries by itself and completes.
   await fs.rm(filler);
   let state = '';
+  let emptyStatus = 0;
   for (let i = 0; i < 400 && state !== 'complete'; i++) {
     await sleep(100);
     const r = await runCli(['status', '--socket', sock, '--json']);
-    if (r.code === 0) state = (JSON.parse(r.stdout) as { state: string }).state;
+    try {
+      if (r.code === 0) state = (JSON.parse(r.stdout) as { state: string }).state;
+    } catch {
+      emptyStatus++; // seen once under CI load: exit 0 with no output; counted, and polled again
+    }
   }
+  if (emptyStatus) t.log(`${emptyStatus} status answer(s) could not be parsed`);
   t.is(state, 'complete', err);
   t.is(await sha256File(path.join(storage, f.manifest.id, 'release.bin')), f.manifest.sha256);
   a.kill('SIGTERM');
