@@ -129,10 +129,16 @@ test.serial('the gateway of a LAN group is killed mid-transfer: the role moves w
 
 test.serial('a straggler: its overdue leases are hedged to another member, the first verified copy wins, and the hedged bytes are counted', async (t) => {
   const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 256 * 1024, allocator: { hedgeMinMs: 800, hedgeFactor: 3 } });
-  const ids = ['fast1', 'fast2', 'slow'];
-  const agents = ids.map((id) => ({ id, a: f.spawnAgent(id, ['--report', path.join(f.dir, `${id}.json`), ...(id === 'slow' ? ['--wan-rate', '0.5'] : ['--rate', '200'])]) }));
+  const args = (id: string) => ['--report', path.join(f.dir, `${id}.json`), ...(id === 'slow' ? ['--wan-rate', '0.2'] : ['--rate', '200'])];
+  // The straggler first, so it holds leases before the fast members take everything else.
+  const agents = [{ id: 'slow', a: f.spawnAgent('slow', args('slow')) }];
+  const leasesOfSlow = () => ((f.server.fleet() as { groups: { members: { id: string; leases: number }[] }[] }).groups[0]?.members.find((m) => m.id === 'slow')?.leases ?? 0);
+  for (let i = 0; i < 300 && leasesOfSlow() === 0; i++) await sleep(50);
+  t.true(leasesOfSlow() > 0, 'the straggler holds leases');
+  for (const id of ['fast1', 'fast2']) agents.push({ id, a: f.spawnAgent(id, args(id)) });
   await allVerify(t, f, agents);
-  t.true(f.server.stats.hedgedBytes > 0, 'hedged bytes are counted');
+  const hedgedUnitsNow = [...(f.server as unknown as { groups: Map<string, { hedgedUnits: number }> }).groups.values()].reduce((s, a) => s + a.hedgedUnits, 0);
+  t.true(f.server.stats.hedgedBytes > 0, `hedged bytes are counted: ${JSON.stringify(f.server.stats)}, ${hedgedUnitsNow} hedged unit(s)`);
   const g = (f.server as unknown as { groups: Map<string, { hedgedUnits: number }> }).groups;
   const hedged = [...g.values()].reduce((s, a) => s + a.hedgedUnits, 0);
   t.true(hedged >= 1, `${hedged} hedged unit(s)`);

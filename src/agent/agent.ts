@@ -53,11 +53,11 @@ export const AGENT_DEFAULTS = {
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
   /** A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered this long. */
-  relayAfterMs: 5000,
+  relayAfterMs: 10_000,
   /** A unit another site announced is NACKed only after this long without any of its data. */
   crossGapQuietMs: 1000,
   /** No unit verified for this long, nothing in flight: ask the server for what is missing. */
-  stallRelayMs: 8000,
+  stallRelayMs: 15_000,
   /** The same unit is repaired to the same cross-group requester at most this often. */
   unicastRepairDedupMs: 100,
   /** Members heard with valid control packets that we track (bounded against abuse). */

@@ -57,7 +57,7 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   tailSlackFactor: 2,
   overheadAlpha: 0.3,
   hedgeFactor: 4,
-  hedgeMinMs: 10_000,
+  hedgeMinMs: 20_000,
   representativeOnly: false,
   gatewaySlackFactor: 1.5,
 };
