@@ -38,7 +38,7 @@ test('HTTPS with tokens: an agent with the CA and a token completes; no token, a
   const otherToken = randomBytes(24).toString('hex');
   const tokensFile = path.join(dir, 'tokens');
   await fs.writeFile(tokensFile, `# per device\nbox-1 ${goodToken}\nbox-2 ${otherToken}\n`);
-  const port = randomInt(20000, 60000);
+  const port = randomInt(20000, 32000);
   const cfg = path.join(dir, 'server.yaml');
   await fs.writeFile(cfg, `store: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\ntls_cert: ${certs.cert}\ntls_key: ${certs.key}\ntokens_file: ${tokensFile}\nheartbeat_ms: 200\n`);
   const srv = spawn(process.execPath, [BIN, 'server', '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -133,7 +133,7 @@ test('an encrypted release: ciphertext in the store and on the LAN, the key only
   t.is((await fs.stat(path.join(keys, `${id}.key`))).mode & 0o077, 0, 'the key file is private');
 
   const token = randomBytes(20).toString('hex');
-  const port = randomInt(20000, 60000);
+  const port = randomInt(20000, 32000);
   const startServer = (extra: string[]) => {
     const s = spawn(process.execPath, [BIN, 'server', '--plain-http', '--store', store, '--listen', `127.0.0.1:${port}`, '--heartbeat-ms', '200', ...extra], { stdio: 'ignore' });
     t.teardown(() => {

@@ -117,7 +117,7 @@ test('under systemd: READY, STATUS with progress, WATCHDOG, reload on SIGHUP (a 
   if (spawnSync('python3', ['--version']).status !== 0) return t.fail('python3 is needed to stand in for systemd');
   const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 256 * 1024 });
   const sd = await fakeSystemd(t, path.join(f.dir, 'notify.sock'));
-  const metricsPort = randomInt(20000, 60000);
+  const metricsPort = randomInt(20000, 32000); // below the ephemeral range (32768+), where a client socket may hold the port
   const cfg = path.join(f.dir, 'agent.yaml');
   const yaml = (rate: number, group = 'g1') =>
     [
@@ -136,7 +136,9 @@ test('under systemd: READY, STATUS with progress, WATCHDOG, reload on SIGHUP (a 
     ].join('\n');
   await fs.writeFile(cfg, yaml(200));
   const p = spawnBin(t, ['agent', '--config', cfg], { NOTIFY_SOCKET: sd.socket, WATCHDOG_USEC: '400000' });
-  await sd.waitFor(/^READY=1$/);
+  await sd.waitFor(/^READY=1$/, 60_000).catch((err: Error) => {
+    throw new Error(`${err.message}; agent exit ${p.child.exitCode}, stderr: ${p.stderr()}`);
+  });
   await sd.waitFor(/^STATUS=release\.bin: \d+\/16 units verified/);
   await sd.waitFor(/^STATUS=release\.bin complete; serving repairs/);
   await until('two watchdog pings', 5000, async () => sd.messages().filter((m) => m === 'WATCHDOG=1').length >= 2);
@@ -176,7 +178,7 @@ test('the server under systemd: READY with what it serves, STOPPING on SIGTERM; 
   if (spawnSync('python3', ['--version']).status !== 0) return t.fail('python3 is needed to stand in for systemd');
   const dir = await tmpdir(t);
   const sd = await fakeSystemd(t, path.join(dir, 'notify.sock'));
-  const port = randomInt(20000, 60000);
+  const port = randomInt(20000, 32000);
   const metricsPort = port + 1;
   const cfg = path.join(dir, 'server.yaml');
   await fs.writeFile(cfg, `plain_http: true\nstore: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);

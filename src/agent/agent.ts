@@ -1117,7 +1117,11 @@ export class Agent {
    */
   private checkStall(): void {
     const now = Date.now();
-    if (this.closed || this.finishing || !this.store || this.store.isComplete || this.fetching.size || this.leased.length) return;
+    // Waiting for the all-fetched start is not a stall.
+    if (this.closed || this.finishing || !this.store || this.store.isComplete || this.fetching.size || this.leased.length || !this.lanStart) {
+      if (!this.lanStart) this.lastProgressAt = Date.now();
+      return;
+    }
     if (now - this.lastProgressAt < AGENT_DEFAULTS.stallRelayMs) return;
     this.lastProgressAt = now; // once per stall period
     const want: number[] = [];
