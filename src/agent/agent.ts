@@ -11,6 +11,7 @@ import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import {
   bitmapBytes,
+  clearBit,
   DATA_HEADER_BYTES,
   decodePacket,
   encodeAnnounce,
@@ -1094,19 +1095,25 @@ export class Agent {
     else if (now - first > AGENT_DEFAULTS.relayAfterMs && !this.relayAsked.has(unit)) {
       this.relayAsked.add(unit);
       this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group}; asking the server for it`);
-      void this.client
-        .post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want: [unit] })
-        .then((grant) => {
-          for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
-          for (const u of grant.relayed ?? []) this.relayed.add(u);
-          if (!grant.units.includes(unit)) this.retryRelayLater(unit);
-          this.wake();
-        })
-        .catch((err) => {
-          this.log.warn(`relay lease for unit ${unit}: ${(err as Error).message}`);
+      void this.requestRelay([unit]).then(
+        (granted) => {
+          if (!granted.includes(unit)) this.retryRelayLater(unit);
+        },
+        (err: Error) => {
+          this.log.warn(`relay lease for unit ${unit}: ${err.message}`);
           this.retryRelayLater(unit);
-        });
+        },
+      );
     }
+  }
+
+  /** Ask the server for `want` (relay, docs/protocol.md); queue what it grants. Resolves with the granted units. */
+  private async requestRelay(want: number[]): Promise<number[]> {
+    const grant = await this.client.post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want });
+    for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
+    for (const u of grant.relayed ?? []) this.relayed.add(u);
+    this.wake();
+    return grant.units;
   }
 
   /**
@@ -1119,7 +1126,7 @@ export class Agent {
     const now = Date.now();
     // Waiting for the all-fetched start is not a stall.
     if (this.closed || this.finishing || !this.store || this.store.isComplete || this.fetching.size || this.leased.length || !this.lanStart) {
-      if (!this.lanStart) this.lastProgressAt = Date.now();
+      if (!this.lanStart) this.lastProgressAt = now;
       return;
     }
     if (now - this.lastProgressAt < AGENT_DEFAULTS.stallRelayMs) return;
@@ -1128,14 +1135,7 @@ export class Agent {
     for (let u = 0; u < this.manifest.unitCount && want.length < 64; u++) if (!this.store.has(u)) want.push(u);
     if (!want.length) return;
     this.log.info(`no progress for ${AGENT_DEFAULTS.stallRelayMs / 1000} s with ${this.manifest.unitCount - this.store.verifiedUnits} unit(s) missing; asking the server`);
-    void this.client
-      .post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want })
-      .then((grant) => {
-        for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
-        for (const u of grant.relayed ?? []) this.relayed.add(u);
-        this.wake();
-      })
-      .catch((err) => this.log.debug(`stall relay: ${(err as Error).message}`));
+    this.requestRelay(want).catch((err: Error) => this.log.debug(`stall relay: ${err.message}`));
   }
 
   /** Not granted now (someone in our group leases or holds it): ask again after another wait. */
@@ -1261,12 +1261,9 @@ export class Agent {
       crossWait = this.crossBucket.take(u.d.length, now);
       if (crossWait > 0) break;
       this.unicastRepairQueue.shift();
-      this.unicast?.send(u.d, u.to.port, u.to.address);
-      this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
-      const unit = (u.d[28] << 24) | (u.d[29] << 16) | (u.d[30] << 8) | u.d[31];
-      const q = this.unicastRepairQueued.get(`${unit >>> 0}/${u.to.address}/${u.to.port}`);
-      const frag = (u.d[32] << 8) | u.d[33];
-      if (q) q[frag >>> 3] &= ~(0x80 >>> (frag & 7));
+      const unit = this.sendCross(u);
+      const q = this.unicastRepairQueued.get(`${unit}/${u.to.address}/${u.to.port}`);
+      if (q) clearBit(q, (u.d[32] << 8) | u.d[33]);
     }
     while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch) {
       const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
@@ -1285,15 +1282,7 @@ export class Agent {
       if (crossWait > 0) break;
       this.unicastQueue.shift();
       this.unicastQueueBytes -= u.d.length;
-      this.unicast?.send(u.d, u.to.port, u.to.address);
-      this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
-      const unit = (u.d[28] << 24) | (u.d[29] << 16) | (u.d[30] << 8) | u.d[31];
-      const left = (this.copying.get(unit) ?? 1) - 1;
-      if (left > 0) this.copying.set(unit, left);
-      else {
-        this.copying.delete(unit);
-        this.announceSoon();
-      }
+      this.copyLeft(this.sendCross(u));
     }
     if (this.copyQueueWaiters.length && this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.unicastQueueBytes <= AGENT_DEFAULTS.crossQueueMaxBytes / 2) {
       for (const w of this.copyQueueWaiters.splice(0)) w();
@@ -1340,13 +1329,25 @@ export class Agent {
       if (q) q[fragment >>> 3] &= ~(0x80 >>> (fragment & 7));
     } else {
       this.stats.copyBytesSent += payload;
-      const left = (this.copying.get(unit) ?? 1) - 1;
-      if (left > 0) this.copying.set(unit, left);
-      else {
-        this.copying.delete(unit);
-        this.announceSoon(); // its last copy is out: peers may NACK it now
-      }
+      this.copyLeft(unit);
     }
+  }
+
+  /** One copy of `unit` left (LAN or cross-group); after its last, peers may NACK it. */
+  private copyLeft(unit: number): void {
+    const left = (this.copying.get(unit) ?? 1) - 1;
+    if (left > 0) this.copying.set(unit, left);
+    else {
+      this.copying.delete(unit);
+      this.announceSoon();
+    }
+  }
+
+  /** Send one queued cross-group datagram; returns its unit. */
+  private sendCross(u: { d: Uint8Array; to: { address: string; port: number } }): number {
+    this.unicast?.send(u.d, u.to.port, u.to.address);
+    this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
+    return ((u.d[28] << 24) | (u.d[29] << 16) | (u.d[30] << 8) | u.d[31]) >>> 0;
   }
 
   /** One announce for everything that changed within announceDebounceMs, not one per change. */

@@ -284,23 +284,11 @@ export class AgentDaemon {
     await prune(this.opts.agent.storageDir, m.id, this.opts.keep, this.log);
   }
 
+  /** To the server, with the control client's retries (backoff on network errors and 5xx) for up to a minute. */
   private async reportHook(ag: Agent, r: HookResult): Promise<void> {
     const body = { release: ag.manifest.id, group: this.opts.agent.group, member: ag.memberId, durationMs: r.durationMs, exitCode: r.exitCode, signal: r.signal, error: r.error?.slice(0, 512) };
-    for (let attempt = 0; attempt < 5 && !this.stopped; attempt++) {
-      try {
-        const res = await this.opts.agent.server.fetch('/v1/hook', {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify(body),
-          signal: AbortSignal.timeout(5000),
-        });
-        if (res.ok) return;
-        this.log.warn(`reporting the hook's result: server said ${res.status}`);
-      } catch (err) {
-        this.log.debug(`reporting the hook's result: ${(err as Error).message}`);
-      }
-      await this.sleep(1000 * 2 ** attempt);
-    }
+    const client = new ControlClient(this.opts.agent.server, AbortSignal.any([this.abort.signal, AbortSignal.timeout(60_000)]), this.log);
+    await client.post('/v1/hook', body).catch((err: Error) => this.log.warn(`reporting the hook's result: ${err.message}`));
   }
 
   /** Apply a reloaded config; returns what changed. */

@@ -66,6 +66,17 @@ export interface ServerStats {
 /** How long the server remembers members across a restart (members.json). */
 const MEMBER_MEMORY_MS = 10 * 60 * 1000;
 
+/** Allocators are keyed "release/group" for a LAN group, "release/*name" for a wide-area group. */
+function allocatorKey(release: string, scope: { group: string } | { wide: string }): string {
+  return 'wide' in scope ? `${release}/*${scope.wide}` : `${release}/${scope.group}`;
+}
+
+function parseAllocatorKey(key: string): { release: string; scope: string; group: string; wide: boolean } {
+  const [release, scope] = key.split('/');
+  const wide = scope.startsWith('*');
+  return { release, scope, group: wide ? scope.slice(1) : scope, wide };
+}
+
 function tokenDigest(token: string): string {
   return createHash('sha256').update(token).digest('base64');
 }
@@ -240,9 +251,9 @@ export class FleetcastServer {
     const mk = `${ref.release}/${ref.member}`;
     let key: string;
     if (heartbeat) {
-      key = dist.policy === 'wide' && heartbeat.wideGroup ? `${ref.release}/*${heartbeat.wideGroup}` : `${ref.release}/${ref.group}`;
+      key = allocatorKey(ref.release, dist.policy === 'wide' && heartbeat.wideGroup ? { wide: heartbeat.wideGroup } : { group: ref.group });
       this.memberKeys.set(mk, key);
-    } else key = this.memberKeys.get(mk) ?? `${ref.release}/${ref.group}`;
+    } else key = this.memberKeys.get(mk) ?? allocatorKey(ref.release, { group: ref.group });
     let g = this.groups.get(key);
     if (!g) {
       const m = rel.manifest;
@@ -322,12 +333,13 @@ export class FleetcastServer {
         if (isNew) this.membersDirty = true;
         this.awaited.get(key)?.delete(b.member);
         g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching, lanGroup: b.group, dataPort: b.dataPort ?? null });
-        if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${key.includes('/*') ? ` (wide-area group ${key.split('/*')[1]})` : ''}`);
+        const scope = parseAllocatorKey(key);
+        if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${scope.wide ? ` (wide-area group ${scope.group})` : ''}`);
         const map = g.map(now);
         return this.json(res, 200, {
           heartbeatMs: this.heartbeatMs,
           // One key per allocator: every member of a wide-area group shares it.
-          groupKey: deriveGroupKey(this.secret, b.release, key.split('/')[1]).toString('base64'),
+          groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'),
           policy: dist.policy,
           start: dist.start,
           // all-fetched: LAN exchange waits until every unit is held by some member.
@@ -425,9 +437,7 @@ export class FleetcastServer {
     const now = this.now();
     return {
       groups: [...this.groups.entries()].map(([key, g]) => {
-        const [release, scope] = key.split('/');
-        // A wide-area group's allocator is "release/*name"; a LAN group's "release/name".
-        const group = scope.startsWith('*') ? scope.slice(1) : scope;
+        const { release, group, wide } = parseAllocatorKey(key);
         const rel = this.store.peek(release);
         const members = g.memberViews(now).map((m) => {
           const h = this.hooks.get(`${release}/${group}/${m.id}`);
@@ -438,7 +448,7 @@ export class FleetcastServer {
           name: rel?.manifest.name ?? null,
           units: rel?.manifest.unitCount ?? null,
           group,
-          wide: scope.startsWith('*'),
+          wide,
           missingUnits: g.missingInGroup(),
           members,
           groupComplete: members.length > 0 && members.every((m) => m.complete),
@@ -462,7 +472,7 @@ export class FleetcastServer {
     const members: [Record<string, string>, number][] = [];
     const missing: [Record<string, string>, number][] = [];
     for (const [key, g] of this.groups) {
-      const [release, group] = key.split('/');
+      const { release, group } = parseAllocatorKey(key);
       members.push([{ release, group }, g.memberCount()]);
       missing.push([{ release, group }, g.missingInGroup()]);
     }
