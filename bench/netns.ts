@@ -25,6 +25,8 @@ const TOOL_TIMEOUT_S = '300';
 /** FLEETCAST_BENCH_MIB=N scales the release sizes down for a quick look (results say so). */
 const scale = (mib: number) => Number(process.env.FLEETCAST_BENCH_MIB ?? mib) * MIB;
 const PORT = 7601;
+/** FLEETCAST_BENCH_ONLY=fleetcast runs only fleetcast's rows, for a quick look while tuning (nothing is written to bench/results). */
+export const fleetcastOnly = process.env.FLEETCAST_BENCH_ONLY === 'fleetcast';
 
 export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -308,6 +310,7 @@ export async function benchLan(runs: number): Promise<string[]> {
       for (let i = 0; i < runs; i++) {
         fc.push(await runFleetcast(topo, w, 1000, [topo.server, ...topo.agents], []));
         log(`lan ${loss}% fleetcast run ${i + 1}: ${fc[i].seconds.toFixed(2)} s`);
+        if (fleetcastOnly) continue;
         for (const k of Object.keys(uf).map(Number)) {
           uf[k].push(await runUftp(topo, w, k));
           log(`lan ${loss}% uftp -R ${k} run ${i + 1}: ${uf[k][i].seconds.toFixed(2)} s ${uf[k][i].ok ? '' : 'FAILED'}`);
@@ -315,7 +318,7 @@ export async function benchLan(runs: number): Promise<string[]> {
         ud.push(await runUdpcast(topo, w));
         log(`lan ${loss}% udpcast run ${i + 1}: ${ud[i].seconds.toFixed(2)} s ${ud[i].ok ? '' : 'FAILED'}`);
       }
-      const uftpRows = Object.entries(uf).map(([k, rs]) => ({ k, s: rs.every((r) => r.ok) ? summarize(rs) : null }));
+      const uftpRows = fleetcastOnly ? [] : Object.entries(uf).map(([k, rs]) => ({ k, s: rs.every((r) => r.ok) ? summarize(rs) : null }));
       const best = uftpRows.filter((x) => x.s).sort((a, b) => a.s!.seconds - b.s!.seconds)[0];
       const f = summarize(fc);
       const line = (name: string, s: ReturnType<typeof summarize> | null, note = '') =>
@@ -324,7 +327,7 @@ export async function benchLan(runs: number): Promise<string[]> {
           : `| ${loss}% | ${name} | failed | | | | |${note}`;
       rows.push(line('fleetcast (1 Gbit/s per agent)', f));
       for (const u of uftpRows) rows.push(line(`UFTP -R ${u.k}${best && u.k === best.k ? ' (best)' : ''}`, u.s));
-      rows.push(line('udpcast', ud.every((r) => r.ok) ? summarize(ud) : null));
+      if (!fleetcastOnly) rows.push(line('udpcast', ud.every((r) => r.ok) ? summarize(ud) : null));
     }
   } finally {
     await topo.destroy();

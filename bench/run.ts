@@ -40,6 +40,10 @@ function machine(): string {
 }
 
 async function writeResult(name: string, lines: string[]): Promise<void> {
+  if (process.env.FLEETCAST_BENCH_ONLY) {
+    process.stdout.write(lines.join('\n') + '\n(FLEETCAST_BENCH_ONLY is set: not written to bench/results)\n');
+    return;
+  }
   const out = path.join(__dirname, '..', '..', 'bench', 'results', `${name}.md`);
   await fs.mkdir(path.dirname(out), { recursive: true });
   await fs.writeFile(out, lines.join('\n'));
