@@ -28,6 +28,7 @@ import { RepairScheduler } from './repair-scheduler';
 import { decryptFile } from '../release/content-crypto';
 import { ServerAccess } from '../net/server-access';
 import { UnitSpool } from '../storage/spool';
+import { BufferPool } from '../util/buffer-pool';
 import { sealControl, verifyControl } from '../wire/auth';
 import { TokenBucket } from './token-bucket';
 
@@ -238,6 +239,8 @@ export class Agent {
   /** Units some peer announced verified that we lack. */
   private readonly availableMissing = new Set<number>();
   private readonly repairCache = new Map<number, Buffer>();
+  /** Unit-sized buffers for downloads and assemblies, handed back when the repair cache or an assembly lets go. */
+  private units!: BufferPool;
   private readonly repairQueue: Uint8Array[] = [];
   private readonly copyQueue: Uint8Array[] = [];
   private copyQueueBytes = 0;
@@ -371,6 +374,7 @@ export class Agent {
     this.client = new ControlClient(o.server, this.abort.signal, this.log);
     this.manifest = await this.loadManifest();
     this.store = await PartialStore.open(o.storageDir, this.manifest);
+    this.units = new BufferPool(this.manifest.unitSize, AGENT_DEFAULTS.repairCacheUnits + 16);
     if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
     this.stats.unitsResumed = this.store.verifiedUnits;
     if (this.store.verifiedUnits > 0) this.log.info(`resuming: ${this.store.verifiedUnits} of ${this.manifest.unitCount} units already verified`);
@@ -383,7 +387,7 @@ export class Agent {
       group: o.multicast.address,
       port: o.multicast.port,
       interfaceAddress: iface.address,
-      loopback: true,
+      loopback: process.env.FC_LOOP !== "0",
       // Room for our own grid's DATA packets, whatever --fragment-bytes says.
       maxDatagramBytes: Math.max(DEFAULT_MAX_DATAGRAM_BYTES, this.fragmentBytes + DATA_HEADER_BYTES),
       lossPct: o.lossPct ?? 0,
@@ -622,7 +626,7 @@ export class Agent {
     }
     this.fetching.add(unit);
     // A unit we fetch ourselves needs no LAN copy of it.
-    this.assemblies.delete(unit);
+    this.dropAssembly(unit);
     this.nacks.done(unit);
     const len = unitLength(m, unit);
     const fb = this.fragmentBytes;
@@ -630,7 +634,7 @@ export class Agent {
     const releaseDir = path.join(this.opts.storageDir, m.id);
     try {
       for (let attempt = 1; attempt <= AGENT_DEFAULTS.fetchRetries && !this.closed; attempt++) {
-        const buf = Buffer.allocUnsafe(len);
+        const buf = this.units.take(len);
         // What an earlier run (or attempt) of ours already downloaded: resume after it.
         const { spool, bytes } = await UnitSpool.open(releaseDir, unit, len);
         bytes.copy(buf);
@@ -681,6 +685,7 @@ export class Agent {
             await spool.close();
             return;
           }
+          this.units.give(buf); // nothing went out of it unless copied into a datagram
           if (err instanceof ControlError) {
             this.log.warn(`unit ${unit}: ${err.message}`);
             await spool.discard();
@@ -694,6 +699,7 @@ export class Agent {
         if (off !== len || sha256(buf) !== m.units[unit]) {
           this.stats.unitsRejected++;
           this.log.warn(`unit ${unit} from the server failed verification (attempt ${attempt}); discarded`);
+          this.units.give(buf);
           await spool.discard();
           continue;
         }
@@ -894,7 +900,7 @@ export class Agent {
         let a = this.assemblies.get(u);
         if (!a) {
           if (this.assemblies.size >= AGENT_DEFAULTS.maxAssemblies) this.evictAssembly();
-          a = { buf: Buffer.allocUnsafe(len), got: new Uint8Array(bitmapBytes(fc)), count: 0, fragmentCount: fc, lastData: now, verifying: false };
+          a = { buf: this.units.take(len), got: new Uint8Array(bitmapBytes(fc)), count: 0, fragmentCount: fc, lastData: now, verifying: false };
           this.assemblies.set(u, a);
         }
         a.lastData = now;
@@ -989,7 +995,15 @@ export class Agent {
         oldest = u;
       }
     }
-    if (oldest !== null) this.assemblies.delete(oldest);
+    if (oldest !== null) this.dropAssembly(oldest);
+  }
+
+  /** Forget a partial assembly (not one being verified or stored) and reuse its buffer. */
+  private dropAssembly(unit: number): void {
+    const a = this.assemblies.get(unit);
+    if (!a || a.verifying) return;
+    this.assemblies.delete(unit);
+    this.units.give(a.buf);
   }
 
   private verifyAssembly(unit: number, a: Assembly): void {
@@ -998,6 +1012,7 @@ export class Agent {
       // Forged or corrupted copy: throw all of it away and ask again.
       this.stats.unitsRejected++;
       this.assemblies.delete(unit);
+      this.units.give(a.buf);
       this.nacks.done(unit);
       this.log.warn(`unit ${unit} from the LAN failed verification; discarded`);
       return;
@@ -1053,7 +1068,11 @@ export class Agent {
   private cacheForRepair(unit: number, buf: Buffer): void {
     this.repairCache.delete(unit);
     this.repairCache.set(unit, buf);
-    while (this.repairCache.size > AGENT_DEFAULTS.repairCacheUnits) this.repairCache.delete(this.repairCache.keys().next().value!);
+    while (this.repairCache.size > AGENT_DEFAULTS.repairCacheUnits) {
+      const [u, b] = this.repairCache.entries().next().value!;
+      this.repairCache.delete(u);
+      this.units.give(b);
+    }
   }
 
   /** Repair fragments by unicast to another group's gateway, flagged to be re-multicast there. */
@@ -1062,21 +1081,21 @@ export class Agent {
     if (now - (this.unicastRepairs.get(k) ?? -Infinity) < AGENT_DEFAULTS.unicastRepairDedupMs) return;
     this.unicastRepairs.set(k, now);
     if (this.unicastRepairs.size > 4096) this.unicastRepairs.clear();
-    const buf = await this.repairSource(unit);
-    if (!buf) return;
-    const fb = this.fragmentBytes;
-    const fc = fragmentCountFor(buf.length, fb);
-    // Fragments still queued for this requester are not queued again: the cross-group
-    // pace is slow, and a gateway NACKs again before the first answer has left.
-    const queued = queuedBits(this.unicastRepairQueued, k, fc);
-    let any = false;
-    for (let f = 0; f < fc; f++) {
-      if (!getBit(missing, f) || getBit(queued, f)) continue;
-      setBit(queued, f);
-      any = true;
-      this.queueUnicast(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true, to);
-    }
-    if (any) this.stats.nacksAnswered++;
+    await this.withRepairBytes(unit, (buf) => {
+      const fb = this.fragmentBytes;
+      const fc = fragmentCountFor(buf.length, fb);
+      // Fragments still queued for this requester are not queued again: the cross-group
+      // pace is slow, and a gateway NACKs again before the first answer has left.
+      const queued = queuedBits(this.unicastRepairQueued, k, fc);
+      let any = false;
+      for (let f = 0; f < fc; f++) {
+        if (!getBit(missing, f) || getBit(queued, f)) continue;
+        setBit(queued, f);
+        any = true;
+        this.queueUnicast(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true, to);
+      }
+      if (any) this.stats.nacksAnswered++;
+    });
   }
 
   /**
@@ -1144,34 +1163,39 @@ export class Agent {
     this.forwarded.set(unit, Date.now());
   }
 
-  /** A verified unit's bytes for repairs: from the small cache, else from disk. */
-  private async repairSource(unit: number): Promise<Buffer | null> {
+  /**
+   * Run `use` on a verified unit's bytes, from the small cache or else from disk. `use`
+   * must be synchronous and keep no reference: a buffer that leaves the cache goes back
+   * to the pool, and the next download or assembly overwrites it.
+   */
+  private async withRepairBytes(unit: number, use: (buf: Buffer) => void): Promise<void> {
     const cached = this.repairCache.get(unit);
-    if (cached) return cached;
+    if (cached) return use(cached);
+    let buf: Buffer;
     try {
-      const buf = await this.store.readUnit(unit);
-      this.cacheForRepair(unit, buf);
-      return buf;
+      buf = await this.store.readUnit(unit);
     } catch (err) {
       this.log.warn(`reading unit ${unit} for repair: ${(err as Error).message}`);
-      return null;
+      return;
     }
+    use(buf);
+    this.cacheForRepair(unit, buf);
   }
 
   private async sendRepair(unit: number, fragments: number[]): Promise<void> {
-    const buf = await this.repairSource(unit);
-    if (!buf) return;
-    const fb = this.fragmentBytes;
-    const fc = fragmentCountFor(buf.length, fb);
-    const queued = queuedBits(this.repairQueued, unit, fc);
-    let any = false;
-    for (const f of fragments) {
-      if (f >= fc || getBit(queued, f)) continue;
-      setBit(queued, f);
-      any = true;
-      this.queueFragment(this.repairQueue, unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true);
-    }
-    if (any) this.stats.nacksAnswered++;
+    await this.withRepairBytes(unit, (buf) => {
+      const fb = this.fragmentBytes;
+      const fc = fragmentCountFor(buf.length, fb);
+      const queued = queuedBits(this.repairQueued, unit, fc);
+      let any = false;
+      for (const f of fragments) {
+        if (f >= fc || getBit(queued, f)) continue;
+        setBit(queued, f);
+        any = true;
+        this.queueFragment(this.repairQueue, unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true);
+      }
+      if (any) this.stats.nacksAnswered++;
+    });
     this.drain();
   }
 

@@ -26,6 +26,15 @@ export class PartialStore {
   private complete = false;
   /** Why a bitmap found on disk was discarded, for the log. */
   discardedBitmapReason: string | null = null;
+  /**
+   * The whole-file SHA-256, advanced over the stored prefix as units land (from the
+   * bytes just written, or read back into `scratch` for units that came out of order),
+   * so finish() need not read the whole file again at the end. `wholeUnits` is how many
+   * leading units it covers; -1 after a read failed (finish then hashes the file).
+   */
+  private whole = createHash('sha256');
+  private wholeUnits = 0;
+  private scratch: Buffer | null = null;
 
   private constructor(readonly manifest: Manifest, storageDir: string) {
     this.dir = path.join(storageDir, manifest.id);
@@ -146,6 +155,29 @@ export class PartialStore {
     } catch (err) {
       throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
     }
+    await this.hashPrefix(unit, bytes);
+  }
+
+  /** Advance the whole-file hash over stored units in order; `bytes` are unit `unit`'s, already in hand. */
+  private async hashPrefix(unit = -1, bytes: Uint8Array | null = null): Promise<void> {
+    const m = this.manifest;
+    try {
+      while (this.wholeUnits >= 0 && this.wholeUnits < m.unitCount && getBit(this.bits, this.wholeUnits)) {
+        const u = this.wholeUnits;
+        const len = unitLength(m, u);
+        if (u === unit && bytes) this.whole.update(bytes);
+        else {
+          if (!this.fh) return;
+          this.scratch ??= Buffer.allocUnsafeSlow(m.unitSize);
+          const { bytesRead } = await this.fh.read(this.scratch, 0, len, u * m.unitSize);
+          if (bytesRead !== len) throw new Error(`short read of unit ${u}`);
+          this.whole.update(this.scratch.subarray(0, len));
+        }
+        this.wholeUnits = u + 1;
+      }
+    } catch {
+      this.wholeUnits = -1; // finish() hashes the file instead
+    }
   }
 
   async readUnit(unit: number): Promise<Buffer> {
@@ -167,15 +199,21 @@ export class PartialStore {
   }
 
   /**
-   * All units verified: hash the whole file, then rename it into place. A whole-file
+   * All units verified: check the whole-file hash (mostly computed while units landed,
+   * see hashPrefix), then rename the file into place. A whole-file
    * mismatch (which unit hashes should make impossible) clears the bitmap and throws.
    */
   async finish(): Promise<string> {
     if (this.complete) return this.finalPath;
     const m = this.manifest;
     if (this.verified !== m.unitCount) throw new FleetcastError('INCOMPLETE', `${m.unitCount - this.verified} units missing`, ExitCode.SOFTWARE);
+    await this.writeChain;
     await this.fh?.datasync();
-    const digest = await sha256File(this.partPath);
+    await this.hashPrefix();
+    const digest = this.wholeUnits === m.unitCount ? this.whole.digest('hex') : await sha256File(this.partPath);
+    this.whole = createHash('sha256');
+    this.wholeUnits = 0;
+    this.scratch = null;
     if (digest !== m.sha256) {
       this.bits.fill(0);
       this.verified = 0;

@@ -1,0 +1,86 @@
+import test from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { signManifest, unitCountFor, unitLength } from '../src/release/manifest';
+import { PartialStore } from '../src/storage/partial-store';
+import { BufferPool } from '../src/util/buffer-pool';
+import { FleetcastError } from '../src/util/errors';
+import { ed25519 } from './helpers/keys';
+
+const UNIT = 4096;
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** A signed manifest for random bytes, and the units to write. */
+function release(size: number) {
+  const data = randomBytes(size);
+  const n = unitCountFor(size, UNIT);
+  const units = Array.from({ length: n }, (_, u) => data.subarray(u * UNIT, u * UNIT + unitLength({ size, unitSize: UNIT }, u)));
+  const m = signManifest({ v: 1, name: 'fw.img', size, unitSize: UNIT, sha256: sha(data), units: units.map(sha), created: '2026-01-01T00:00:00.000Z' }, ed25519().privateKey);
+  return { data, units, m };
+}
+
+async function tmp(t: { teardown(f: () => Promise<void>): void }) {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fc-store-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('units written in any order finish as the release, hashed as they land', async (t) => {
+  const dir = await tmp(t);
+  const r = release(37 * UNIT + 123);
+  const s = await PartialStore.open(dir, r.m);
+  const order = r.units.map((_, u) => u).sort(() => Math.random() - 0.5);
+  for (const u of order) await s.writeUnit(u, r.units[u]);
+  const file = await s.finish();
+  t.deepEqual(await fs.readFile(file), r.data);
+  t.true(s.isComplete);
+});
+
+test('a store reopened after a restart resumes and still checks the whole file', async (t) => {
+  const dir = await tmp(t);
+  const r = release(20 * UNIT);
+  const first = await PartialStore.open(dir, r.m);
+  for (const u of [0, 1, 2, 9, 15]) await first.writeUnit(u, r.units[u]);
+  await first.close();
+  const again = await PartialStore.open(dir, r.m);
+  t.is(again.verifiedUnits, 5);
+  for (let u = 0; u < r.units.length; u++) if (!again.has(u)) await again.writeUnit(u, r.units[u]);
+  t.deepEqual(await fs.readFile(await again.finish()), r.data);
+});
+
+test('bytes changed on disk before the whole-file hash reaches them fail finish and clear the bitmap', async (t) => {
+  const dir = await tmp(t);
+  const r = release(8 * UNIT);
+  const s = await PartialStore.open(dir, r.m);
+  // Unit 0 last: the hash cannot pass it, so units 1..7 are read back from disk later.
+  for (let u = r.units.length - 1; u >= 1; u--) await s.writeUnit(u, r.units[u]);
+  const part = path.join(dir, r.m.id, 'data.part');
+  const fh = await fs.open(part, 'r+');
+  await fh.write(Buffer.from([0xde, 0xad]), 0, 2, 5 * UNIT + 7);
+  await fh.close();
+  await s.writeUnit(0, r.units[0]);
+  const e = await t.throwsAsync(s.finish(), { instanceOf: FleetcastError });
+  t.is(e!.code, 'WHOLE_HASH');
+  t.is(s.verifiedUnits, 0);
+  t.false(s.has(3));
+});
+
+test('the buffer pool hands back what it was given, only at its size, once', (t) => {
+  const pool = new BufferPool(1024, 2);
+  const a = pool.take(1024);
+  t.is(a.length, 1024);
+  pool.give(a);
+  pool.give(a); // twice: still one entry
+  t.is(pool.available, 1);
+  t.is(pool.take(1024), a);
+  t.is(pool.available, 0);
+  const short = pool.take(100);
+  t.is(short.length, 100);
+  pool.give(short);
+  pool.give(a.subarray(0, 1024 - 1));
+  t.is(pool.available, 0, 'other sizes and views are not pooled');
+  for (const b of [pool.take(1024), pool.take(1024), pool.take(1024)]) pool.give(b);
+  t.is(pool.available, 2, 'at most max buffers are kept');
+});
