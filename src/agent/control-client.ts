@@ -72,10 +72,10 @@ export class ControlClient {
     }
   }
 
-  private async checkStatus(res: Response): Promise<void> {
-    if (res.ok) return;
+  private async checkStatus(res: { status: number; statusText?: string; json(): Promise<unknown> }): Promise<void> {
+    if (res.status >= 200 && res.status < 300) return;
     let code = `HTTP_${res.status}`;
-    let message = res.statusText;
+    let message = res.statusText || `status ${res.status}`;
     try {
       const b = (await res.json()) as { error?: string; message?: string };
       code = b.error ?? code;
@@ -127,17 +127,16 @@ export class ControlClient {
    */
   async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>, from = 0): Promise<number> {
     const q = new URLSearchParams({ group, member });
-    const res = await this.server.fetch(`/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
-    await this.checkStatus(res);
-    if (from > 0 && res.status !== 206) throw new Error(`asked for bytes ${from}- of unit ${unit}, got status ${res.status}`);
-    if (!res.body) return 0;
+    const res = await this.server.get(`/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
+    await this.checkStatus({ status: res.status, json: () => res.body.json() });
+    if (from > 0 && res.status !== 206) {
+      await res.body.dump();
+      throw new Error(`asked for bytes ${from}- of unit ${unit}, got status ${res.status}`);
+    }
     let n = 0;
-    const reader = res.body.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      n += value.length;
-      const wait = onChunk(value);
+    for await (const chunk of res.body) {
+      n += chunk.length;
+      const wait = onChunk(chunk);
       if (wait) await wait; // backpressure: the LAN is slower than the WAN
     }
     return n;

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { Agent as Dispatcher, fetch as undiciFetch } from 'undici';
+import { Agent as Dispatcher, fetch as undiciFetch, request as undiciRequest } from 'undici';
 import { ExitCode, FleetcastError } from '../util/errors';
 
 /**
@@ -54,8 +54,21 @@ export class ServerAccess {
   }
 
   fetch(path: string, init: FetchInit = {}): Promise<Response> {
-    const headers: Record<string, string> = { ...init.headers };
+    return undiciFetch(this.url + path, { ...init, headers: this.headers(init.headers), dispatcher: this.dispatcher }) as unknown as Promise<Response>;
+  }
+
+  /**
+   * A GET whose body is a Node stream: for unit downloads, the bulk of the bytes, where
+   * fetch()'s web streams cost a promise and several objects per chunk.
+   */
+  async get(path: string, init: { headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<{ status: number; body: AsyncIterable<Uint8Array> & { json(): Promise<unknown>; dump(): Promise<void> } }> {
+    const r = await undiciRequest(this.url + path, { method: 'GET', headers: this.headers(init.headers), signal: init.signal, dispatcher: this.dispatcher });
+    return { status: r.statusCode, body: r.body };
+  }
+
+  private headers(extra: Record<string, string> = {}): Record<string, string> {
+    const headers: Record<string, string> = { ...extra };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
-    return undiciFetch(this.url + path, { ...init, headers, dispatcher: this.dispatcher }) as unknown as Promise<Response>;
+    return headers;
   }
 }
