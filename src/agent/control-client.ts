@@ -128,9 +128,9 @@ export class ControlClient {
   async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>, from = 0): Promise<number> {
     const q = new URLSearchParams({ group, member });
     const res = await this.server.get(`/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
-    await this.checkStatus({ status: res.status, json: () => res.body.json() });
+    await this.checkStatus(res);
     if (from > 0 && res.status !== 206) {
-      await res.body.dump();
+      res.dump();
       throw new Error(`asked for bytes ${from}- of unit ${unit}, got status ${res.status}`);
     }
     let n = 0;

@@ -1,5 +1,5 @@
 import { promises as fs } from 'node:fs';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, Node as YamlNode } from 'yaml';
+import type { Node as YamlNode } from 'yaml';
 import { CommandSpec, ConfigError, ConfigValues, configKey, didYouMean, FlagValue, ValueSource } from '../cli/args';
 
 /**
@@ -23,7 +23,12 @@ export async function loadConfigFile(file: string, spec: CommandSpec): Promise<C
 }
 
 /** Parse config text (pure; also the fuzz target). Throws ConfigError, nothing else. */
+/** Loaded on first use: an agent started without --config never pays for the parser's ~70 modules. */
+let yamlLib: typeof import('yaml') | null = null;
+const yaml = () => (yamlLib ??= require('yaml') as typeof import('yaml'));
+
 export function parseConfig(text: string, file: string, spec: CommandSpec): ConfigValues {
+  const { LineCounter, parseDocument, isMap, isScalar } = yaml();
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, strict: true });
   const at = (offset: number | undefined): ValueSource => {
@@ -63,6 +68,7 @@ export function parseConfig(text: string, file: string, spec: CommandSpec): Conf
 }
 
 function describe(n: YamlNode | null): string {
+  const { isMap, isScalar, isSeq } = yaml();
   if (n === null || (isScalar(n) && n.value === null)) return 'nothing';
   if (isMap(n)) return 'a mapping';
   if (isSeq(n)) return 'a list';
@@ -77,6 +83,7 @@ let lineCounterOf: ((offset: number) => ValueSource) | null = null;
 const atNode = (n: YamlNode, fallback: ValueSource): ValueSource => (lineCounterOf && n.range ? lineCounterOf(n.range[0]) : fallback);
 
 function convert(key: string, type: 'string' | 'number' | 'boolean' | 'list', n: YamlNode | null, loc: ValueSource): FlagValue {
+  const { isMap, isScalar, isSeq } = yaml();
   const v = isScalar(n) ? n.value : undefined;
   switch (type) {
     case 'number':

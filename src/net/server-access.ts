@@ -1,12 +1,16 @@
 import { readFileSync } from 'node:fs';
-import { Agent as Dispatcher, fetch as undiciFetch, request as undiciRequest } from 'undici';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { Agent as Dispatcher } from 'undici';
 import { ExitCode, FleetcastError } from '../util/errors';
 
 /**
  * How an agent (or `fleetcast fleet`, `doctor`) reaches the origin: its URL, the bearer
  * token it authenticates with, and the CA its HTTPS certificate must chain to. Plain
- * HTTP only when `plainHttp` says so. Uses the `undici` package's fetch, whose
- * dispatcher takes a CA (Node's global fetch cannot be given one).
+ * HTTP only when `plainHttp` says so. Control requests use Node's global fetch, or the
+ * `undici` package's when a CA is given (its dispatcher takes one; the global fetch
+ * cannot), loaded only then: it is ~100 modules an agent would parse at every start.
+ * Unit downloads use node:http(s) (see get()).
  */
 export interface ServerAccessOptions {
   url: string;
@@ -16,12 +20,23 @@ export interface ServerAccessOptions {
   plainHttp?: boolean;
 }
 
+export interface HttpGet {
+  status: number;
+  body: AsyncIterable<Uint8Array>;
+  json(): Promise<unknown>;
+  /** Discard the body. */
+  dump(): void;
+}
+
 export type FetchInit = { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal };
 
 export class ServerAccess {
   readonly url: string;
-  private readonly dispatcher: Dispatcher | undefined;
+  private readonly ca: string | Buffer | undefined;
+  private dispatcher: Dispatcher | undefined;
   private readonly token: string | undefined;
+  /** Keep-alive connections for unit downloads. */
+  private readonly agent: http.Agent;
 
   constructor(o: ServerAccessOptions) {
     let u: URL;
@@ -36,7 +51,8 @@ export class ServerAccess {
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new FleetcastError('CONFIG', `server must be http:// or https://, not ${u.protocol}`, ExitCode.CONFIG);
     this.url = o.url.replace(/\/+$/, '');
     this.token = o.token;
-    this.dispatcher = u.protocol === 'https:' && o.ca ? new Dispatcher({ connect: { ca: o.ca } }) : undefined;
+    this.ca = u.protocol === 'https:' ? o.ca : undefined;
+    this.agent = u.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
   }
 
   /** Load token and CA files named in a config. */
@@ -54,16 +70,41 @@ export class ServerAccess {
   }
 
   fetch(path: string, init: FetchInit = {}): Promise<Response> {
-    return undiciFetch(this.url + path, { ...init, headers: this.headers(init.headers), dispatcher: this.dispatcher }) as unknown as Promise<Response>;
+    const req = { ...init, headers: this.headers(init.headers) };
+    if (!this.ca) return fetch(this.url + path, req);
+    const undici = require('undici') as typeof import('undici');
+    this.dispatcher ??= new undici.Agent({ connect: { ca: this.ca } });
+    return undici.fetch(this.url + path, { ...req, dispatcher: this.dispatcher }) as unknown as Promise<Response>;
   }
 
   /**
    * A GET whose body is a Node stream: for unit downloads, the bulk of the bytes, where
    * fetch()'s web streams cost a promise and several objects per chunk.
    */
-  async get(path: string, init: { headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<{ status: number; body: AsyncIterable<Uint8Array> & { json(): Promise<unknown>; dump(): Promise<void> } }> {
-    const r = await undiciRequest(this.url + path, { method: 'GET', headers: this.headers(init.headers), signal: init.signal, dispatcher: this.dispatcher });
-    return { status: r.statusCode, body: r.body };
+  get(path: string, init: { headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<HttpGet> {
+    const mod = this.url.startsWith('https:') ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = mod.request(this.url + path, { method: 'GET', headers: this.headers(init.headers), agent: this.agent, signal: init.signal }, (res) =>
+        resolve({
+          status: res.statusCode ?? 0,
+          body: res,
+          json: async () => {
+            const parts: Buffer[] = [];
+            for await (const c of res) parts.push(c as Buffer);
+            return JSON.parse(Buffer.concat(parts).toString('utf8')) as unknown;
+          },
+          dump: () => void res.resume(),
+        }),
+      );
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  /** Close idle keep-alive connections (an agent that is done). */
+  close(): void {
+    this.agent.destroy();
+    void this.dispatcher?.close();
   }
 
   private headers(extra: Record<string, string> = {}): Record<string, string> {
