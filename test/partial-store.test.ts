@@ -5,6 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { signManifest, unitCountFor, unitLength } from '../src/release/manifest';
 import { PartialStore } from '../src/storage/partial-store';
+import { SPOOL_AFTER_MS, UnitSpool } from '../src/storage/spool';
 import { BufferPool } from '../src/util/buffer-pool';
 import { FleetcastError } from '../src/util/errors';
 import { ed25519 } from './helpers/keys';
@@ -86,4 +87,25 @@ test('the buffer pool hands back what it was given, only at its size, once', (t)
   t.is(pool.available, 0, 'other sizes and views are not pooled');
   for (const b of [pool.take(1024), pool.take(1024), pool.take(1024)]) pool.give(b);
   t.is(pool.available, 2, 'at most max buffers are kept');
+});
+
+test('a unit download is spooled only once it has been slow, then resumes from the spool', async (t) => {
+  const dir = await tmp(t);
+  const bytes = randomBytes(10_000);
+  const first = await UnitSpool.open(dir, 3, bytes.length);
+  t.is(first.bytes.length, 0);
+  first.spool.update(bytes, 4000); // fast so far: nothing written
+  await first.spool.close();
+  t.is((await UnitSpool.open(dir, 3, bytes.length)).bytes.length, 0);
+  const slow = await UnitSpool.open(dir, 3, bytes.length);
+  slow.spool.update(bytes, 4000, Date.now() + SPOOL_AFTER_MS);
+  slow.spool.update(bytes, 6500, Date.now() + SPOOL_AFTER_MS);
+  await slow.spool.close();
+  const again = await UnitSpool.open(dir, 3, bytes.length);
+  t.deepEqual(again.bytes, bytes.subarray(0, 6500));
+  again.spool.update(bytes, 10_000, Date.now() + SPOOL_AFTER_MS);
+  await again.spool.close();
+  t.deepEqual((await UnitSpool.open(dir, 3, bytes.length)).bytes, bytes);
+  await again.spool.discard();
+  t.is((await UnitSpool.open(dir, 3, bytes.length)).bytes.length, 0);
 });

@@ -664,8 +664,8 @@ export class Agent {
               (chunk) => {
                 const take = Math.min(chunk.length, len - off);
                 buf.set(chunk.subarray(0, take), off);
-                spool.append(chunk.subarray(0, take));
                 off += take;
+                spool.update(buf, off);
                 this.stats.wanBytes += take;
                 cutThrough();
                 if (this.wanPace) {
