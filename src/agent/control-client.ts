@@ -90,8 +90,7 @@ export class ControlClient {
 
   post<T>(path: string, body: unknown): Promise<T> {
     return this.retrying(path, async () => {
-      const res = await this.server.fetch(path, {
-        method: 'POST',
+      const res = await this.server.request('POST', path, {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify(body),
         signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]),
@@ -103,16 +102,16 @@ export class ControlClient {
 
   getManifest(id: string): Promise<Buffer> {
     return this.retrying('manifest', async () => {
-      const res = await this.server.fetch(`/v1/releases/${id}/manifest`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
+      const res = await this.server.request('GET', `/v1/releases/${id}/manifest`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
       await this.checkStatus(res);
-      return Buffer.from(await res.arrayBuffer());
+      return await res.bytes();
     });
   }
 
   /** The content key of an encrypted release (only for authenticated agents). */
   getContentKey(id: string): Promise<Buffer> {
     return this.retrying('content key', async () => {
-      const res = await this.server.fetch(`/v1/releases/${id}/key`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
+      const res = await this.server.request('GET', `/v1/releases/${id}/key`, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) });
       await this.checkStatus(res);
       const j = (await res.json()) as { key?: unknown };
       if (typeof j.key !== 'string' || !/^[0-9a-f]{64}$/.test(j.key)) throw new ControlError(200, 'BAD_KEY', 'the server sent a malformed content key');
@@ -127,7 +126,7 @@ export class ControlClient {
    */
   async streamUnit(id: string, unit: number, group: string, member: string, onChunk: (chunk: Uint8Array) => void | Promise<void>, from = 0): Promise<number> {
     const q = new URLSearchParams({ group, member });
-    const res = await this.server.get(`/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
+    const res = await this.server.request('GET', `/v1/releases/${id}/units/${unit}?${q}`, { signal: this.signal, headers: from > 0 ? { range: `bytes=${from}-` } : {} });
     await this.checkStatus(res);
     if (from > 0 && res.status !== 206) {
       res.dump();
