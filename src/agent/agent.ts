@@ -1239,7 +1239,7 @@ export class Agent {
       // Not announced until its cross-group copies are out too: a gateway would NACK them.
       this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
     }
-    this.drain();
+    this.drainSoon();
   }
 
   /** `all-fetched`: the group holds everything now; copy what we fetched while waiting. */
@@ -1269,7 +1269,22 @@ export class Agent {
       this.copyQueueBytes += d.length;
       this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
     }
-    if (!repair) this.drain();
+    if (!repair) this.drainSoon();
+  }
+
+  private drainQueued = false;
+  /**
+   * Drain once the current run of queueing is over: the fragments of one HTTP chunk (or
+   * one receive batch) leave in one sendmmsg, as GSO super-datagrams, instead of one
+   * syscall each.
+   */
+  private drainSoon(): void {
+    if (this.drainQueued) return;
+    this.drainQueued = true;
+    queueMicrotask(() => {
+      this.drainQueued = false;
+      this.drain();
+    });
   }
 
   /** Send what the token bucket allows; repairs and NACKs before copies. */
