@@ -172,7 +172,7 @@ async function runFleetcast(
     ),
   );
   const res = await Promise.all(agents.map((a) => a.done));
-  const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
+  const exitSeconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
   const statsRun = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/stats").then(r=>r.text()).then(t=>process.stdout.write(t))']);
   const unitBytes = Number((JSON.parse(statsRun.stdout || '{}') as { unitBytesSent?: number }).unitBytesSent ?? 0);
   const srvCpu = await cpuOfLive(srv.pid);
@@ -189,6 +189,9 @@ async function runFleetcast(
   }
   if (!ok) process.stderr.write(`fleetcast run failed: ${res.map((r) => `exit ${r.code}, stdout ${JSON.stringify(r.stdout.slice(-200))}, stderr ${r.stderr}`).join(' | ')}\n`);
   const shares: string[] = [];
+  // Seconds until the last agent held its verified file (its report says when; each
+  // then lingers to serve repairs until its LAN peers are done, and exits).
+  let lastComplete = 0;
   let cross = 0;
   let crossIn = 0;
   let repairs = 0;
@@ -196,12 +199,14 @@ async function runFleetcast(
     for (let i = 0; i < hosts.length; i++) {
       const rep = JSON.parse(await fs.readFile(path.join(w.dir, `fc-${runId}-${k}-${i}.json`), 'utf8').catch(() => '{}'));
       shares.push(`${(Number(rep.wanBytes ?? 0) / MIB).toFixed(0)}MiB/${Number(rep.seconds ?? 0).toFixed(1)}s`);
+      lastComplete = Math.max(lastComplete, Number(rep.completedAtMs ?? 0));
       cross += Number(rep.crossGroupBytesSent ?? 0);
       crossIn += Number(rep.crossGroupBytes ?? 0);
       repairs += Number(rep.repairBytesSent ?? 0);
     }
   }
-  log(`  fleetcast per agent (WAN MiB / seconds): ${shares.join(' ')}`);
+  const seconds = lastComplete > 0 ? (lastComplete - started) / 1000 : exitSeconds;
+  log(`  fleetcast per agent (WAN MiB / seconds): ${shares.join(' ')}; all verified at ${seconds.toFixed(2)} s, all exited at ${exitSeconds.toFixed(2)} s`);
   if (cross) log(`  cross-group: sent ${(cross / MIB).toFixed(1)} MiB, new bytes received ${(crossIn / MIB).toFixed(1)} MiB; LAN repairs ${(repairs / MIB).toFixed(1)} MiB`);
   for (const d of await fs.readdir(w.dir)) if (d.startsWith(`fc-${runId}`)) await fs.rm(path.join(w.dir, d), { recursive: true, force: true });
   return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok, unitBytes, siteLinkBytes: srvAfter - srvBefore + (rxAfter - rxBefore) };
@@ -253,7 +258,13 @@ async function runUdpcast(topo: Topology, w: Awaited<ReturnType<typeof workdir>>
   const seconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
   const lanBytes = (await lanTx(topo, all)) - txBefore;
   let ok = res.every((r) => r.code === 0);
-  for (const o of outs) if (ok) ok = (await sha256(o).catch(() => '')) === w.sha;
+  const why = res.map((r, i) => (r.code !== 0 ? `${i === 0 ? 'udp-sender' : `udp-receiver ${i}`} exit ${r.code}: ${r.stderr.trim().split('\n').slice(-2).join(' / ')}` : '')).filter(Boolean);
+  for (const [i, o] of outs.entries()) {
+    const digest = await sha256(o).catch(() => 'missing');
+    if (digest !== w.sha) why.push(`receiver ${i + 1}: file ${digest === 'missing' ? 'missing' : 'differs'}`);
+  }
+  ok = ok && why.length === 0;
+  if (why.length) log(`  udpcast failed: ${why.join('; ')}`);
   for (const o of outs) await fs.rm(o, { force: true });
   return { seconds, cpu: res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: 0, ok };
 }
@@ -336,7 +347,7 @@ export async function benchLan(runs: number): Promise<string[]> {
   return [
     '## lan: one LAN, 1 source, 4 receivers, 256 MiB',
     '',
-    'Topology (a): a bridge with the source host and 4 receiver hosts (veths, unshaped). fleetcast: the server on the source host, 4 agents sharing over multicast. UFTP and udpcast: multicast from the source host. Loss: nftables drops that share of all UDP arriving at each receiver (so fleetcast\'s HTTP, which is TCP, is spared, but its NACKs, announces and copies are not). Seconds: from start until every receiver holds the file (verified by SHA-256 after each run). CPU: user+system seconds of all processes. LAN bytes: bytes transmitted on every host\'s LAN interface.',
+    'Topology (a): a bridge with the source host and 4 receiver hosts (veths, unshaped). fleetcast: the server on the source host, 4 agents sharing over multicast. UFTP and udpcast: multicast from the source host. Loss: nftables drops that share of all UDP arriving at each receiver (so fleetcast\'s HTTP, which is TCP, is spared, but its NACKs, announces and copies are not). Seconds: from start until every receiver holds the file: for fleetcast from spawning the agents (their start-up counts) to the last agent\'s completion time in its report (each then lingers for its peers and exits); for UFTP from starting `uftp` (its `uftpd` receivers already running) until it exits, which it does once every receiver has confirmed; for udpcast until the last process exits. Every file is checked by SHA-256 after each run. CPU: user+system seconds of all processes. LAN bytes: bytes transmitted on every host\'s LAN interface.',
     '',
     '| loss | tool | seconds | goodput per receiver (Mbit/s) | CPU s | LAN MiB | time vs best UFTP |',
     '| ---: | --- | ---: | ---: | ---: | ---: | ---: |',

@@ -135,11 +135,13 @@ export interface AgentStats {
   unitsResumed: number;
   drops: Record<string, number>;
   seconds: number;
+  /** When the verified file was in place (ms since the epoch); 0 until then. */
+  completedAtMs: number;
   transport: string;
 }
 
 /** The counters of AgentStats (what a daemon sums across releases). */
-export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'transport'>;
+export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport'>;
 
 export function zeroCounters(): AgentCounters {
   return {
@@ -307,7 +309,7 @@ export class Agent {
       dedupMs: AGENT_DEFAULTS.repairDedupMs,
       random: this.random,
     });
-    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, transport: '' };
+    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, completedAtMs: 0, transport: '' };
     if (opts.wanRateBytesPerSec) {
       // Debt-based: take always succeeds and says how long to sleep to stay at the rate.
       const rate = opts.wanRateBytesPerSec;
@@ -764,6 +766,7 @@ export class Agent {
     }
     this.completedAt = Date.now();
     this.stats.seconds = (this.completedAt - this.started) / 1000;
+    this.stats.completedAtMs = this.completedAt;
     await UnitSpool.removeAll(path.join(this.opts.storageDir, this.manifest.id)).catch(() => undefined);
     this.announce();
     try {
