@@ -389,7 +389,7 @@ export class Agent {
       group: o.multicast.address,
       port: o.multicast.port,
       interfaceAddress: iface.address,
-      loopback: process.env.FC_LOOP !== "0",
+      loopback: true,
       // Room for our own grid's DATA packets, whatever --fragment-bytes says.
       maxDatagramBytes: Math.max(DEFAULT_MAX_DATAGRAM_BYTES, this.fragmentBytes + DATA_HEADER_BYTES),
       lossPct: o.lossPct ?? 0,
