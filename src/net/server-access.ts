@@ -10,7 +10,8 @@ import { ExitCode, FleetcastError } from '../util/errors';
  * HTTP only when `plainHttp` says so. Control requests use Node's global fetch, or the
  * `undici` package's when a CA is given (its dispatcher takes one; the global fetch
  * cannot), loaded only then: it is ~100 modules an agent would parse at every start.
- * Unit downloads use node:http(s) (see get()).
+ * The agent's own frequent calls (unit downloads, receipts, leases) use node:http(s)
+ * with keep-alive instead (see request()).
  */
 export interface ServerAccessOptions {
   url: string;
@@ -106,12 +107,6 @@ export class ServerAccess {
       req.on('error', reject);
       req.end(init.body);
     });
-  }
-
-  /** Close idle keep-alive connections (an agent that is done). */
-  close(): void {
-    this.agent.destroy();
-    void this.dispatcher?.close();
   }
 
   private headers(extra: Record<string, string> = {}): Record<string, string> {
