@@ -384,7 +384,7 @@ export async function benchSites(runs: number): Promise<string[]> {
     return [
       '## sites: 2 sites x 4 agents, site WAN 100 Mbit/s, 128 MiB',
       '',
-      'Topology (b): a server namespace; per site a router namespace whose WAN link to the server is shaped with tc tbf (100 Mbit/s each way), and a LAN bridge with 4 agents. Bytes leaving the server: bytes transmitted on the server\'s WAN interfaces, TCP/IP headers included (so even one plain HTTP download of the release is about 1.02x: see curl per download). Unit bytes: what the fleetcast server sent of the release itself (application level, from its /v1/stats). Ideal: size / site WAN rate, the sites in parallel, headers not counted.',
+      'Topology (b): a server namespace; per site a router namespace whose WAN link to the server is shaped with tc tbf (100 Mbit/s each way), and a LAN bridge with 4 agents. Bytes leaving the server: bytes transmitted on the server\'s WAN interfaces, TCP/IP headers included (so even one plain HTTP download of the release is about 1.02x: see curl per download). Unit bytes: what the fleetcast server sent of the release itself (application level, from its /v1/stats). Ideal: size / site WAN rate, the sites in parallel, headers not counted. Seconds for fleetcast: from spawning the agents to the last agent\'s completion time in its report; for curl: until the last download ends.',
       '',
       '| method | seconds | bytes leaving the server (MiB) | per group / release size | unit bytes per group / release size | seconds / ideal |',
       '| --- | ---: | ---: | ---: | ---: | ---: |',
@@ -466,7 +466,7 @@ export async function benchUplinks(runs: number): Promise<string[]> {
     return [
       '## uplinks: 4 agents with their own uplinks of 10, 20, 40 and 80 Mbit/s, 128 MiB',
       '',
-      'Topology (c): every agent has its own link to the server, shaped with tc tbf, and all share one LAN. Equal static split: each agent downloads a quarter over its own uplink with curl (time until the slowest quarter is in; the LAN exchange that would follow is not counted, which favours the split). Ideal: size / sum of uplinks.',
+      'Topology (c): every agent has its own link to the server, shaped with tc tbf, and all share one LAN. Equal static split: each agent downloads a quarter over its own uplink with curl (time until the slowest quarter is in; the LAN exchange that would follow is not counted, which favours the split). Ideal: size / sum of uplinks. fleetcast\'s seconds: from spawning the agents to the last agent\'s completion time in its report.',
       '',
       '| method | seconds | seconds / ideal |',
       '| --- | ---: | ---: |',
