@@ -6,6 +6,9 @@ import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
 import { decodeBitmapFile, encodeBitmapFile } from './bitmap-file';
 
+/** At most this many units per commit (one fdatasync and one bitmap write for all). */
+const MAX_COMMIT_UNITS = 64;
+
 /**
  * An agent's copy of one release, on disk under `<storage>/<release id>/`:
  *   manifest      the signed manifest as received
@@ -15,9 +18,6 @@ import { decodeBitmapFile, encodeBitmapFile } from './bitmap-file';
  * A unit's bytes are fsynced before its bit is persisted, so a crash loses at most
  * the units in flight and never marks a unit that is not on disk.
  */
-/** At most this many units per commit (one fdatasync and one bitmap write for all). */
-const MAX_COMMIT_UNITS = 64;
-
 export class PartialStore {
   readonly dir: string;
   readonly finalPath: string;
