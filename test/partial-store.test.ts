@@ -65,6 +65,7 @@ test('bytes changed on disk before the whole-file hash reaches them fail finish 
   await fh.write(Buffer.from([0xde, 0xad]), 0, 2, 5 * UNIT + 7);
   await fh.close();
   await s.writeUnit(0, r.units[0]);
+  t.teardown(() => s.close());
   const e = await t.throwsAsync(s.finish(), { instanceOf: FleetcastError });
   t.is(e!.code, 'WHOLE_HASH');
   t.is(s.verifiedUnits, 0);
