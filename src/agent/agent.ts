@@ -1174,15 +1174,20 @@ export class Agent {
   private async withRepairBytes(unit: number, use: (buf: Buffer) => void): Promise<void> {
     const cached = this.repairCache.get(unit);
     if (cached) return use(cached);
-    let buf: Buffer;
-    try {
-      buf = await this.store.readUnit(unit);
-    } catch (err) {
-      this.log.warn(`reading unit ${unit} for repair: ${(err as Error).message}`);
-      return;
-    }
+    const buf = await this.readStored(unit, 'for repair');
+    if (!buf) return;
     use(buf);
     this.cacheForRepair(unit, buf);
+  }
+
+  /** A verified unit's bytes from disk, or null (logged) when they cannot be read. */
+  private async readStored(unit: number, purpose: string): Promise<Buffer | null> {
+    try {
+      return await this.store.readUnit(unit);
+    } catch (err) {
+      this.log.warn(`reading unit ${unit} ${purpose}: ${(err as Error).message}`);
+      return null;
+    }
   }
 
   private async sendRepair(unit: number, fragments: number[]): Promise<void> {
@@ -1250,13 +1255,8 @@ export class Agent {
     const fb = this.fragmentBytes;
     while (this.deferred.length && !this.closed) {
       const unit = this.deferred.shift()!;
-      let buf: Buffer;
-      try {
-        buf = await this.store.readUnit(unit);
-      } catch (err) {
-        this.log.warn(`reading unit ${unit} to copy: ${(err as Error).message}`);
-        continue;
-      }
+      const buf = await this.readStored(unit, 'to copy');
+      if (!buf) continue;
       const fc = fragmentCountFor(buf.length, fb);
       for (let f = 0; f < fc; f++) this.copyFragment(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), !this.relayed.has(unit));
       if (this.copyBacklogged()) await new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
