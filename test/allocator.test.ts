@@ -176,9 +176,10 @@ test('relay leases: granted for units nobody in the LAN group holds or leases, n
 
 test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 1.5x slower than the best', (t) => {
   const a = new GroupAllocator({ unitCount: 100, unitBytes: () => 1_000_000 });
-  for (const id of ['a', 'b']) a.heartbeat(id, 0, { lanGroup: 'x' });
-  const first = a.gatewayFor('x', 0)!;
-  const other = first === 'a' ? 'b' : 'a';
+  for (const [i, id] of ['a', 'b'].entries()) a.heartbeat(id, 0, { lanGroup: 'x', address: `10.0.0.${i + 1}`, dataPort: 7000 });
+  t.is(a.gatewayFor('x', 0), null, 'no gateway before a member has a measured overhead');
+  const first = 'a';
+  const other = 'b';
   // Both get an overhead sample: `other` slightly faster, within the hysteresis.
   const sample = (id: string, ms: number) => {
     const u = a.lease(id, 0).units[0];
@@ -186,6 +187,7 @@ test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 
     a.receipt(id, u, ms);
   };
   sample(first, 100);
+  t.is(a.gatewayFor('x', 100), first, 'the first measured member is the gateway');
   sample(other, 90);
   t.is(a.gatewayFor('x', 200), first, 'a slightly faster member does not take the role');
   sample(other, 10);
@@ -195,4 +197,98 @@ test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 
   const now = a.gatewayFor('x', 300);
   a.leave(now!);
   t.is(a.gatewayFor('x', 400), first, 'the role moves when the gateway leaves');
+});
+
+test('gateway eligibility: only a member with a measured overhead and a unicast endpoint; one that never leases never takes the role', (t) => {
+  const a = new GroupAllocator({ unitCount: 8, unitBytes: () => 1000 });
+  a.heartbeat('idle', 0, { lanGroup: 'x', address: '10.0.0.1' }); // joined first, no dataPort, never leases
+  a.heartbeat('noport', 0, { lanGroup: 'x', address: '10.0.0.2' });
+  a.heartbeat('ok', 0, { lanGroup: 'x', address: '10.0.0.3', dataPort: 7001 });
+  t.is(a.gatewayFor('x', 0), null, 'nobody measured yet');
+  for (const id of ['noport', 'ok']) {
+    const u = a.lease(id, 1).units[0];
+    a.sending(id, u, 1);
+    a.receipt(id, u, id === 'noport' ? 5 : 50); // noport is faster but unreachable
+  }
+  t.is(a.gatewayFor('x', 100), 'ok');
+  t.is(a.memberViews(100).find((m) => m.id === 'idle')!.role, 'member');
+});
+
+test('a gateway that forwards nothing while its group lacks units held elsewhere loses the role for a while', (t) => {
+  const a = new GroupAllocator({ unitCount: 8, unitBytes: () => 1000, gatewayIdleMs: 1000, gatewayDemoteMs: 5000 });
+  const join = (id: string, lan: string, i: number) => a.heartbeat(id, 0, { lanGroup: lan, address: `10.0.0.${i}`, dataPort: 7000 + i });
+  join('x1', 'x', 1);
+  join('x2', 'x', 2);
+  join('y1', 'y', 3);
+  const measure = (id: string, ms: number, now: number) => {
+    const u = a.lease(id, now).units[0];
+    a.sending(id, u, now);
+    a.receipt(id, u, now + ms);
+    return u;
+  };
+  measure('x1', 10, 0); // x1 fastest: gateway of x
+  measure('x2', 40, 0);
+  measure('y1', 20, 0); // y holds a unit x lacks
+  t.is(a.gatewayFor('x', 100), 'x1');
+  // x1 forwards: it keeps the role past the idle time.
+  a.heartbeat('x1', 900, { forwarded: 10 });
+  t.is(a.gatewayFor('x', 1500), 'x1', 'it forwarded within the idle time');
+  // Then nothing more while y's unit is still missing in x.
+  t.is(a.gatewayFor('x', 2000), 'x2', 'the silent gateway is replaced');
+  t.is(a.memberViews(2000).find((m) => m.id === 'x1')!.gatewayDemotions, 1);
+  t.is(a.gatewayFor('x', 2500), 'x2', 'the new gateway keeps the role: its idle clock started when it took it');
+  // Once x holds everything y has, a quiet gateway is fine: nothing is left to forward.
+  const y = a.map(2600);
+  for (let u = 0; u < 8; u++) if (y.holders[u] >= 0 && y.members[y.holders[u]].group === 'y') a.receipt('x2', u, 2600);
+  t.is(a.gatewayFor('x', 4000), 'x2');
+  t.is(a.gatewayFor('x', 20_000), 'x1', 'the demotion ends; the fastest member is gateway again');
+  t.deepEqual(a.memberViews(20_000).filter((m) => m.group === 'x').map((m) => [m.id, m.gatewayDemotions]).sort(), [['x1', 1], ['x2', 0]]);
+});
+
+test('hedging looks at progress: a holder still receiving at a fair pace is left alone, a stalled one is hedged', (t) => {
+  const mk = () => {
+    const a = new GroupAllocator({ unitCount: 4, unitBytes: () => 1_000_000, hedgeMinMs: 1000, hedgeFactor: 2 });
+    for (const id of ['slow', 'fast']) a.heartbeat(id, 0, { lanGroup: 'x' });
+    // fast gets a measured overhead of 1 ms per 1000 bytes (1 s a unit), then takes nothing else.
+    const f = a.lease('fast', 0).units;
+    for (const u of f) {
+      a.sending('fast', u, 0);
+      a.receipt('fast', u, 1000);
+    }
+    const s = a.lease('slow', 1000).units;
+    for (const u of s) a.sending('slow', u, 1000);
+    return { a, s };
+  };
+  // Busy box: after 4 s `slow` has half of each unit and its heartbeats say so: 4 s more to go,
+  // a hedge would take 2 x 1 s. Overdue by time, but progressing: not hedged.
+  {
+    const { a, s } = mk();
+    a.heartbeat('slow', 4900, { fetching: s, fetchingBytes: s.map(() => 900_000) });
+    const g = a.lease('fast', 5000);
+    t.deepEqual(g.hedged ?? [], [], 'progressing fast enough: no hedge');
+    t.is(a.resentUnits.hedged, 0);
+  }
+  // Stalled: its heartbeats show no byte of the units for longer than hedgeMinMs.
+  {
+    const { a, s } = mk();
+    a.heartbeat('slow', 1500, { fetching: s, fetchingBytes: s.map(() => 10_000) });
+    a.heartbeat('slow', 4900, { fetching: s, fetchingBytes: s.map(() => 10_000) });
+    const g = a.lease('fast', 5000);
+    t.is(g.hedged?.length, 1, 'a stalled download is hedged');
+    t.is(a.resentUnits.hedged, 1);
+    t.is(a.sending('fast', g.hedged![0], 5000), 'hedged', 'the send is counted as a hedge');
+  }
+});
+
+test('re-sends are counted by reason: relayed and stalled only for units another group already holds', (t) => {
+  const a = new GroupAllocator({ unitCount: 4, unitBytes: () => 1000 });
+  a.heartbeat('x1', 0, { lanGroup: 'x' });
+  a.heartbeat('y1', 0, { lanGroup: 'y' });
+  a.receipt('y1', 0, 1);
+  a.receipt('y1', 1, 1);
+  t.deepEqual(a.relay('x1', [0], 2, 'relayed').units, [0]);
+  t.deepEqual(a.relay('x1', [1, 2], 3, 'stalled').units, [1, 2]);
+  t.deepEqual(a.resentUnits, { hedged: 0, relayed: 1, stalled: 1 }, 'unit 2 was nobody\'s yet: a first send, not a re-send');
+  t.is(a.sending('x1', 1, 4), 'stalled');
+  t.is(a.sending('x1', 2, 4), 'lease');
 });

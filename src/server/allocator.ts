@@ -46,6 +46,17 @@ export interface AllocatorOptions {
   representativeOnly: boolean;
   /** A gateway keeps its role until its overhead is this many times the best in its group. */
   gatewaySlackFactor: number;
+  /**
+   * A gateway that re-multicast nothing for this long, while its LAN group lacked units
+   * held verified in other groups, loses the role for gatewayDemoteMs.
+   */
+  gatewayIdleMs: number;
+  gatewayDemoteMs: number;
+  /**
+   * `all-fetched` start: nothing crosses between groups until every unit is held, so a
+   * quiet gateway is judged only after that.
+   */
+  deferredStart: boolean;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -60,6 +71,9 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   hedgeMinMs: 20_000,
   representativeOnly: false,
   gatewaySlackFactor: 1.5,
+  gatewayIdleMs: 8000,
+  gatewayDemoteMs: 30_000,
+  deferredStart: false,
 };
 
 export interface MemberView {
@@ -79,6 +93,10 @@ export interface MemberView {
   dataPort: number | null;
   /** `gateway`: the member of its LAN group that receives and re-multicasts other groups' copies. */
   role: 'gateway' | 'member';
+  /** Fragments it re-multicast as a gateway (its own count, from heartbeats). */
+  forwarded: number;
+  /** Times it lost the gateway role for forwarding nothing while its group lacked units held elsewhere. */
+  gatewayDemotions: number;
 }
 
 export interface SplitMap {
@@ -103,7 +121,23 @@ interface Member {
   /** ms per byte, EWMA; null until first sample. */
   overhead: number | null;
   complete: boolean;
+  /** Fragments re-multicast as a gateway (the member's own cumulative count) and when it last grew. */
+  forwarded: number;
+  forwardedAt: number;
+  /** Not eligible as a gateway before this (it held the role and forwarded nothing). */
+  demotedUntil: number;
+  gatewayDemotions: number;
 }
+
+/** Why the server sends a unit to a member: its first lease, or one of the re-sends. */
+export type SendReason = 'lease' | ResendReason;
+/**
+ * Re-sends of a unit that some member of the group already holds or leases:
+ * `hedged` (a straggler's overdue lease, 004 claim 5), `relayed` (a gateway's forwarded
+ * NACK went unanswered), `stalled` (an agent made no progress at all).
+ */
+export type ResendReason = 'hedged' | 'relayed' | 'stalled';
+export const RESEND_REASONS: readonly ResendReason[] = ['hedged', 'relayed', 'stalled'];
 
 interface Lease {
   member: string;
@@ -111,6 +145,10 @@ interface Lease {
   deadline: number;
   /** When the server started sending the unit's bytes to the member. */
   sentAt: number | null;
+  reason: SendReason;
+  /** Bytes of the unit written to the member so far, and when the last of them left. */
+  bytesSent: number;
+  lastByteAt: number;
 }
 
 export interface LeaseGrant {
@@ -139,9 +177,13 @@ export class GroupAllocator {
   reclaimed = 0;
   /** Second leases of overdue units (hedging), by unit; the first verified copy wins. */
   private readonly hedges = new Map<number, Lease>();
-  hedgedUnits = 0;
+  get hedgedUnits(): number {
+    return this.resentUnits.hedged;
+  }
+  /** Units sent again to a group that already had them held or leased, by reason. */
+  readonly resentUnits: Record<ResendReason, number> = { hedged: 0, relayed: 0, stalled: 0 };
   /** Each LAN group's gateway (member id), kept until it leaves or slows (hysteresis). */
-  private readonly gatewayOf = new Map<string, string>();
+  private readonly gatewayOf = new Map<string, { id: string; since: number }>();
 
   constructor(opts: Partial<AllocatorOptions> & Pick<AllocatorOptions, 'unitCount' | 'unitBytes'>) {
     this.opts = { ...DEFAULT_ALLOCATOR_OPTIONS, ...opts };
@@ -149,7 +191,11 @@ export class GroupAllocator {
   }
 
   /** Join or heartbeat. `have` is the member's verified-units bitmap (authoritative). */
-  heartbeat(id: string, now: number, info: { have?: Uint8Array | null; address?: string | null; fetching?: number[]; lanGroup?: string; dataPort?: number | null } = {}): void {
+  heartbeat(
+    id: string,
+    now: number,
+    info: { have?: Uint8Array | null; address?: string | null; fetching?: number[]; fetchingBytes?: number[]; lanGroup?: string; dataPort?: number | null; forwarded?: number } = {},
+  ): void {
     let m = this.members.get(id);
     if (!m) {
       m = {
@@ -164,6 +210,10 @@ export class GroupAllocator {
         leases: new Set(),
         overhead: null,
         complete: this.opts.unitCount === 0,
+        forwarded: 0,
+        forwardedAt: now,
+        demotedUntil: 0,
+        gatewayDemotions: 0,
       };
       this.members.set(id, m);
     }
@@ -171,13 +221,25 @@ export class GroupAllocator {
     if (info.address !== undefined) m.address = info.address;
     if (info.lanGroup !== undefined) m.lanGroup = info.lanGroup;
     if (info.dataPort !== undefined) m.dataPort = info.dataPort;
+    if (info.forwarded !== undefined && info.forwarded !== m.forwarded) {
+      m.forwarded = info.forwarded;
+      m.forwardedAt = now;
+    }
     if (info.have) {
       for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u)) this.markHeld(m, u);
     }
-    // Units the member is still receiving keep their lease alive.
-    for (const u of info.fetching ?? []) {
-      const l = this.leases.get(u);
-      if (l && l.member === id) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
+    // Units the member is still receiving keep their lease alive, and say how far they got.
+    const fetching = info.fetching ?? [];
+    for (let i = 0; i < fetching.length; i++) {
+      const u = fetching[i];
+      const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+      if (!l) continue;
+      if (this.leases.get(u) === l) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
+      const b = info.fetchingBytes?.[i];
+      if (b !== undefined && b > l.bytesSent) {
+        l.bytesSent = b;
+        l.lastByteAt = now;
+      }
     }
   }
 
@@ -257,19 +319,23 @@ export class GroupAllocator {
     return this.members.has(id);
   }
 
-  /** The server starts sending unit `u` to `id` (000 claim 8: register the send time). */
-  sending(id: string, u: number, now: number): 'lease' | 'hedge' | null {
-    const l = this.leases.get(u);
-    if (l && l.member === id) {
-      if (l.sentAt === null) l.sentAt = now;
-      return 'lease';
+  /**
+   * The server starts sending unit `u` to `id` (000 claim 8: register the send time).
+   * Returns why `id` gets it (its lease, or a re-send), or null when it holds no lease.
+   */
+  sending(id: string, u: number, now: number): SendReason | null {
+    const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+    if (!l) return null;
+    if (l.sentAt === null) {
+      l.sentAt = now;
+      l.lastByteAt = now;
     }
-    const h = this.hedges.get(u);
-    if (h && h.member === id) {
-      if (h.sentAt === null) h.sentAt = now;
-      return 'hedge';
-    }
-    return null;
+    return l.reason;
+  }
+
+  private newLease(id: string, m: Member, u: number, now: number, reason: SendReason): Lease {
+    if (reason !== 'lease') this.resentUnits[reason]++;
+    return { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null, reason, bytesSent: 0, lastByteAt: now };
   }
 
   /** Receipt notice (000 claim 8): member verified unit u. Updates overhead and ranking. */
@@ -372,15 +438,28 @@ export class GroupAllocator {
     return n;
   }
 
-  /** An overdue lease of another member that `m` may hedge, or null. */
+  /**
+   * An overdue lease of another member that `m` may hedge, or null. Overdue is not
+   * enough: a holder whose heartbeats show the unit still arriving, at a pace that ends
+   * sooner than `m` could fetch it (times hedgeFactor), is left alone. A busy box is
+   * slow for everyone; only a straggler, or a holder whose download stopped, is hedged.
+   */
   private hedgeable(m: Member, now: number): number | null {
     if (m.overhead === null) return null; // only members with a measured overhead hedge
     for (const [u, l] of this.leases) {
       if (l.member === m.id || this.hedges.has(u) || l.sentAt === null) continue;
+      const bytes = this.opts.unitBytes(u);
       const owner = this.members.get(l.member);
       const oh = owner ? this.overheadOf(owner) : null;
-      const predicted = oh === null ? 0 : oh * this.opts.unitBytes(u);
-      if (now - l.sentAt > Math.max(this.opts.hedgeMinMs, this.opts.hedgeFactor * predicted)) return u;
+      const predicted = oh === null ? 0 : oh * bytes;
+      const elapsed = now - l.sentAt;
+      if (elapsed <= Math.max(this.opts.hedgeMinMs, this.opts.hedgeFactor * predicted)) continue;
+      if (l.bytesSent > 0 && now - l.lastByteAt < this.opts.hedgeMinMs) {
+        const rate = l.bytesSent / Math.max(1, l.lastByteAt - l.sentAt); // bytes per ms
+        const remainingMs = (bytes - l.bytesSent) / rate;
+        if (remainingMs <= this.opts.hedgeFactor * m.overhead * bytes) continue;
+      }
+      return u;
     }
     return null;
   }
@@ -397,9 +476,8 @@ export class GroupAllocator {
     if (free.length === 0) {
       const h = this.hedgeable(m, now);
       if (h !== null) {
-        this.hedges.set(h, { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, h), sentAt: null });
+        this.hedges.set(h, this.newLease(id, m, h, now, 'hedged'));
         m.leases.add(h);
-        this.hedgedUnits++;
         return { units: [h], hedged: [h], retryAfterMs: 0, exhausted: false };
       }
       return { units: [], retryAfterMs: 0, exhausted: true };
@@ -414,7 +492,7 @@ export class GroupAllocator {
     }
     const units = remaining <= this.members.size ? free.slice(0, 1) : free;
     for (const u of units) {
-      this.leases.set(u, { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null });
+      this.leases.set(u, this.newLease(id, m, u, now, 'lease'));
       m.leases.add(u);
     }
     return { units, retryAfterMs: 0, exhausted: false };
@@ -425,7 +503,7 @@ export class GroupAllocator {
    * them (the holder in another group did not answer the gateway's forwarded NACK).
    * Lease them to `id` even though they are held elsewhere.
    */
-  relay(id: string, want: number[], now: number): LeaseGrant {
+  relay(id: string, want: number[], now: number, reason: 'relayed' | 'stalled' = 'relayed'): LeaseGrant {
     const m = this.members.get(id);
     if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
     // `representative`: only the group's best member ever fetches, relays included.
@@ -435,11 +513,11 @@ export class GroupAllocator {
       if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u) || m.leases.has(u)) continue;
       const inGroup = [...this.members.values()].some((o) => o.lanGroup === m.lanGroup && (getBit(o.have, u) || o.leases.has(u)));
       if (inGroup) continue;
-      const lease = { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null };
-      if (this.leases.has(u)) {
-        if (this.hedges.has(u)) continue;
-        this.hedges.set(u, lease);
-      } else this.leases.set(u, lease);
+      if (this.leases.has(u) && this.hedges.has(u)) continue;
+      // Held (not just leased) by another group: this is a second send of the unit.
+      const lease = this.newLease(id, m, u, now, this.holderCount[u] > 0 || this.leases.has(u) ? reason : 'lease');
+      if (this.leases.has(u)) this.hedges.set(u, lease);
+      else this.leases.set(u, lease);
       m.leases.add(u);
       units.push(u);
     }
@@ -447,29 +525,70 @@ export class GroupAllocator {
   }
 
   /**
-   * The gateway of a LAN group: the member with the lowest overhead, kept until it
-   * leaves or its overhead exceeds gatewaySlackFactor times the group's best.
+   * A gateway must have a measured overhead and a unicast endpoint other groups can reach.
+   * A representative (its group's only fetcher, nothing crosses groups) needs neither:
+   * someone must fetch first for anyone to be measured.
+   */
+  private eligibleGateway(m: Member, now: number): boolean {
+    if (now < m.demotedUntil) return false;
+    return this.opts.representativeOnly || (m.overhead !== null && m.address !== null && m.dataPort !== null);
+  }
+
+  /** Lower overhead first; unmeasured members after measured ones, earliest joined first. */
+  private static faster(a: Member, b: Member): boolean {
+    if (a.overhead === null || b.overhead === null) return a.overhead !== null || (b.overhead === null && a.joinedAt < b.joinedAt);
+    return a.overhead < b.overhead;
+  }
+
+  /**
+   * The gateway of a LAN group: the eligible member with the lowest overhead, kept until
+   * it leaves, slows past gatewaySlackFactor times the group's best (hysteresis), or
+   * forwards nothing for gatewayIdleMs while its group lacks units that other groups hold
+   * (then it may not be gateway for gatewayDemoteMs). Null while no member is eligible:
+   * no other group copies to this one until a member has fetched a unit of its own.
    */
   gatewayFor(lanGroup: string, now: number): string | null {
-    void now;
-    const ms = [...this.members.values()].filter((x) => x.lanGroup === lanGroup);
-    if (ms.length === 0) {
+    const prev = this.gatewayOf.get(lanGroup);
+    const cur = prev ? this.members.get(prev.id) : undefined;
+    if (cur && prev && cur.lanGroup === lanGroup && this.forwardsNothing(cur, prev.since, now)) {
+      cur.demotedUntil = now + this.opts.gatewayDemoteMs;
+      cur.gatewayDemotions++;
+    }
+    let best: Member | null = null;
+    for (const m of this.members.values()) {
+      if (m.lanGroup !== lanGroup || !this.eligibleGateway(m, now)) continue;
+      if (!best || GroupAllocator.faster(m, best)) best = m;
+    }
+    if (!best) {
       this.gatewayOf.delete(lanGroup);
       return null;
     }
-    const best = ms.reduce((a, b) => {
-      if (a.overhead === null && b.overhead === null) return a.joinedAt <= b.joinedAt ? a : b;
-      if (a.overhead === null) return b;
-      if (b.overhead === null) return a;
-      return a.overhead <= b.overhead ? a : b;
-    });
-    const cur = this.members.get(this.gatewayOf.get(lanGroup) ?? '');
-    if (cur && cur.lanGroup === lanGroup) {
+    if (cur && prev && cur.lanGroup === lanGroup && this.eligibleGateway(cur, now)) {
       const slow = cur.overhead !== null && best.overhead !== null && cur.overhead > this.opts.gatewaySlackFactor * best.overhead;
-      if (!slow) return cur.id;
+      if (!slow && (cur.overhead !== null || best.overhead === null)) return cur.id;
     }
-    this.gatewayOf.set(lanGroup, best.id);
+    this.gatewayOf.set(lanGroup, { id: best.id, since: now });
     return best.id;
+  }
+
+  /**
+   * The gateway has re-multicast nothing for gatewayIdleMs (nor since it took the role)
+   * while its LAN group lacks a unit that another group holds verified.
+   */
+  private forwardsNothing(gw: Member, since: number, now: number): boolean {
+    if (now - Math.max(since, gw.forwardedAt) < this.opts.gatewayIdleMs) return false;
+    if (this.opts.deferredStart && !this.allHeld()) return false;
+    const groups = new Set<string>();
+    for (const m of this.members.values()) groups.add(m.lanGroup);
+    if (groups.size < 2) return false;
+    const mine = [...this.members.values()].filter((m) => m.lanGroup === gw.lanGroup);
+    for (let u = 0; u < this.opts.unitCount; u++) {
+      if (this.holderCount[u] === 0) continue;
+      let inGroup = 0;
+      for (const m of mine) if (getBit(m.have, u)) inGroup++;
+      if (inGroup === 0) return true;
+    }
+    return false;
   }
 
   /** Gateways of every LAN group present: group -> member id. */
@@ -530,6 +649,8 @@ export class GroupAllocator {
       group: m.lanGroup,
       dataPort: m.dataPort,
       role: gw.get(m.lanGroup) === m.id ? ('gateway' as const) : ('member' as const),
+      forwarded: m.forwarded,
+      gatewayDemotions: m.gatewayDemotions,
       rank: i + 1,
       overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
       verifiedUnits: m.verified,

@@ -10,7 +10,7 @@ import { ReleaseStore, StoredRelease } from '../release/store';
 import { unitLength } from '../release/manifest';
 import { CompleteBody, HeartbeatBody, HookBody, LeaseBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
 import { bitmapBytes } from '../wire/packet';
-import { AllocatorOptions, GroupAllocator } from './allocator';
+import { AllocatorOptions, GroupAllocator, RESEND_REASONS, ResendReason } from './allocator';
 import { Logger, silentLogger } from '../util/log';
 import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
@@ -61,6 +61,11 @@ export interface ServerStats {
   hedgedBytes: number;
   /** Units leased again because a LAN group could not get them from its wide-area group. */
   relayedUnits: number;
+  /**
+   * Every re-send from the origin, by reason: units sent again to a group that already
+   * held or leased them, and their bytes (docs/wide-area.md, "Re-sends").
+   */
+  resent: Record<ResendReason, { units: number; bytes: number }>;
 }
 
 /** How long the server remembers members across a restart (members.json). */
@@ -125,7 +130,7 @@ export class FleetcastServer {
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
   private readonly hooks = new Map<string, HookBody & { at: number }>();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } } };
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
 
@@ -257,7 +262,13 @@ export class FleetcastServer {
     let g = this.groups.get(key);
     if (!g) {
       const m = rel.manifest;
-      g = new GroupAllocator({ ...this.opts.allocator, unitCount: m.unitCount, unitBytes: (u) => unitLength(m, u), representativeOnly: dist.policy === 'representative' });
+      g = new GroupAllocator({
+        ...this.opts.allocator,
+        unitCount: m.unitCount,
+        unitBytes: (u) => unitLength(m, u),
+        representativeOnly: dist.policy === 'representative',
+        deferredStart: dist.start === 'all-fetched',
+      });
       this.groups.set(key, g);
     }
     return { rel, g, key, dist };
@@ -332,7 +343,15 @@ export class FleetcastServer {
         if (route === 'POST /v1/join') g.restart(b.member);
         if (isNew) this.membersDirty = true;
         this.awaited.get(key)?.delete(b.member);
-        g.heartbeat(b.member, now, { have, address: b.address ?? req.socket.remoteAddress ?? null, fetching: b.fetching, lanGroup: b.group, dataPort: b.dataPort ?? null });
+        g.heartbeat(b.member, now, {
+          have,
+          address: b.address ?? req.socket.remoteAddress ?? null,
+          fetching: b.fetching,
+          fetchingBytes: b.fetchingBytes,
+          lanGroup: b.group,
+          dataPort: b.dataPort ?? null,
+          forwarded: b.forwarded,
+        });
         const scope = parseAllocatorKey(key);
         if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${scope.wide ? ` (wide-area group ${scope.group})` : ''}`);
         const map = g.map(now);
@@ -356,8 +375,11 @@ export class FleetcastServer {
         const now = this.now();
         const wait = this.rebuildWait(key, now);
         if (wait > 0) return this.json(res, 200, { units: [], retryAfterMs: wait, exhausted: false, copyTo: [] });
-        const grant = b.want?.length ? g.relay(b.member, b.want, now) : g.lease(b.member, now);
+        if (b.reason !== undefined && b.reason !== 'relayed' && b.reason !== 'stalled') throw new HttpError(400, 'BAD_BODY', `reason must be "relayed" or "stalled", not "${b.reason}"`);
+        const before = { ...g.resentUnits };
+        const grant = b.want?.length ? g.relay(b.member, b.want, now, b.reason ?? 'relayed') : g.lease(b.member, now);
         if (grant.relayed?.length) this.stats.relayedUnits += grant.relayed.length;
+        for (const r of RESEND_REASONS) this.stats.resent[r].units += g.resentUnits[r] - before[r];
         return this.json(res, 200, { ...grant, copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [] });
       }
       case 'POST /v1/receipt': {
@@ -450,6 +472,7 @@ export class FleetcastServer {
           group,
           wide,
           missingUnits: g.missingInGroup(),
+          resentUnits: { ...g.resentUnits },
           members,
           groupComplete: members.length > 0 && members.every((m) => m.complete),
         };
@@ -469,6 +492,8 @@ export class FleetcastServer {
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
     r.counter('hedged_bytes_total', 'Unit bytes sent under hedge leases (a second member fetching a straggler\'s unit)', [[{}, this.stats.hedgedBytes]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
+    r.counter('resent_units_total', 'Units the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].units]));
+    r.counter('resent_bytes_total', 'Unit bytes the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].bytes]));
     const members: [Record<string, string>, number][] = [];
     const missing: [Record<string, string>, number][] = [];
     for (const [key, g] of this.groups) {
@@ -529,7 +554,8 @@ export class FleetcastServer {
     const stream = createReadStream(rel.dataPath, { start: base + start, end: base + end, highWaterMark: 64 * 1024 });
     const key = ref.group;
     stream.on('data', (chunk) => {
-      if (how === 'hedge') this.stats.hedgedBytes += chunk.length;
+      if (how === 'hedged') this.stats.hedgedBytes += chunk.length;
+      if (how !== 'lease') this.stats.resent[how].bytes += chunk.length;
       this.memberBytes.set(mk, (this.memberBytes.get(mk) ?? 0) + chunk.length);
       this.stats.unitBytesSent += chunk.length;
       this.stats.unitBytesSentByGroup[key] = (this.stats.unitBytesSentByGroup[key] ?? 0) + chunk.length;

@@ -21,6 +21,10 @@ export interface HeartbeatBody extends MemberRef {
   have?: string;
   address?: string;
   fetching?: number[];
+  /** Bytes received so far of each unit in `fetching`, same order (progress for hedging). */
+  fetchingBytes?: number[];
+  /** Fragments the member re-multicast as its LAN group's gateway, since it started. */
+  forwarded?: number;
   /** The wide-area group the member's LAN group belongs to. */
   wideGroup?: string;
   /** UDP port of the member's unicast socket (cross-group copies and NACKs). */
@@ -29,6 +33,8 @@ export interface HeartbeatBody extends MemberRef {
 export interface LeaseBody extends MemberRef {
   /** Units the member's LAN group needs and the wide-area group could not deliver (relay fallback). */
   want?: number[];
+  /** Why `want` is asked: `relayed` (a forwarded NACK went unanswered, the default) or `stalled` (no progress at all). */
+  reason?: string;
 }
 export interface ReceiptBody extends MemberRef {
   unit: number;
@@ -60,10 +66,12 @@ export const SCHEMAS = {
     have: { kind: 'base64', optional: true, max: 2 * 1024 * 1024 },
     address: { kind: 'string', optional: true, max: 256 },
     fetching: { kind: 'uintArray', optional: true, max: 1024 },
+    fetchingBytes: { kind: 'uintArray', optional: true, max: 1024 },
+    forwarded: { kind: 'uint', optional: true },
     wideGroup: { kind: 'id', optional: true },
     dataPort: { kind: 'uint', optional: true },
   },
-  lease: { ...REF, want: { kind: 'uintArray', optional: true, max: 64 } },
+  lease: { ...REF, want: { kind: 'uintArray', optional: true, max: 64 }, reason: { kind: 'string', optional: true, max: 16 } },
   leave: REF,
   receipt: { ...REF, unit: { kind: 'uint' } },
   complete: { ...REF, sha256: { kind: 'sha256' } },
