@@ -1,7 +1,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { deriveGroupKey, sealControl, verifyControl } from '../src/wire/auth';
-import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeNack, PacketType, DATA_HEADER_BYTES, setBit } from '../src/wire/packet';
+import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, FEEDBACK_BYTES, PacketType, DATA_HEADER_BYTES, setBit } from '../src/wire/packet';
 
 const rid = new Uint8Array(16).map((_, i) => i + 1);
 
@@ -56,6 +56,22 @@ test('ANNOUNCE round-trips with the complete flag', (t) => {
   t.is(r.packet.firstUnit, 8);
   t.is(r.packet.unitCount, 9);
   t.true(r.packet.complete);
+});
+
+test('FEEDBACK round-trips its counters and echo, and refuses any other length or flags', (t) => {
+  const f = encodeFeedback({ sender: 5, releaseId: rid, receivedDatagrams: 0xffffffff, receivedBytes: 7, echoSeq: 1_700_000_000_000_000n, echoHoldMs: 42 });
+  t.is(f.length, FEEDBACK_BYTES);
+  const r = decodePacket(f);
+  if (!r.ok || r.packet.type !== PacketType.FEEDBACK) return t.fail(JSON.stringify(r));
+  t.is(r.packet.receivedDatagrams, 0xffffffff);
+  t.is(r.packet.receivedBytes, 7);
+  t.is(r.packet.echoSeq, 1_700_000_000_000_000n);
+  t.is(r.packet.echoHoldMs, 42);
+  t.truthy(r.packet.auth, 'a control packet: it carries the authentication trailer');
+  t.deepEqual(decodePacket(f.subarray(0, f.length - 1)), { ok: false, reason: 'length' });
+  const flagged = f.slice();
+  flagged[4] = 1;
+  t.deepEqual(decodePacket(flagged), { ok: false, reason: 'reserved' });
 });
 
 test('rejects short, bad magic, unknown version and unknown type', (t) => {

@@ -8,14 +8,14 @@
  * Common header (28 bytes, big-endian):
  *   0  magic 'F''C' (0x46 0x43)
  *   2  version u8 (=1)
- *   3  type u8 (1 DATA, 2 NACK, 3 ANNOUNCE)
+ *   3  type u8 (1 DATA, 2 NACK, 3 ANNOUNCE, 4 FEEDBACK)
  *   4  flags u8 (DATA: bit0 = repair)
  *   5  reserved u8 (0)
  *   6  reserved u16 (0)
  *   8  sender id u32 (random per agent process; receivers drop their own)
  *   12 release id, 16 bytes
  *
- * NACK and ANNOUNCE (control packets: they make members send) end in a 24-byte
+ * NACK, ANNOUNCE and FEEDBACK (control packets: they make members send) end in a 24-byte
  * authentication trailer: a u64 sequence number, per sender and increasing, then the
  * first 16 bytes of HMAC-SHA256 under the group key over everything before the MAC
  * (wire/auth.ts). The codec only frames it; the agent checks it.
@@ -27,6 +27,8 @@ export const COMMON_HEADER_BYTES = 28;
 export const DATA_HEADER_BYTES = 40;
 export const NACK_HEADER_BYTES = 36;
 export const ANNOUNCE_HEADER_BYTES = 36;
+export const FEEDBACK_BODY_BYTES = 48;
+export const FEEDBACK_BYTES = FEEDBACK_BODY_BYTES + 24;
 export const RELEASE_ID_BYTES = 16;
 export const AUTH_SEQ_BYTES = 8;
 export const AUTH_MAC_BYTES = 16;
@@ -37,7 +39,7 @@ export const MAX_DATAGRAM_BYTES = 65507;
 export const MAX_FRAGMENT_BYTES = MAX_DATAGRAM_BYTES - DATA_HEADER_BYTES;
 export const MIN_FRAGMENT_BYTES = 64;
 
-export const PacketType = { DATA: 1, NACK: 2, ANNOUNCE: 3 } as const;
+export const PacketType = { DATA: 1, NACK: 2, ANNOUNCE: 3, FEEDBACK: 4 } as const;
 /**
  * DATA flags. FORWARD marks a copy sent by unicast to another LAN group's gateway:
  * "re-multicast this on your LAN" (the gateway sends it on as its own copy, without
@@ -93,7 +95,27 @@ export interface AnnouncePacket {
   auth?: ControlAuth;
 }
 
-export type Packet = DataPacket | NackPacket | AnnouncePacket;
+/**
+ * Receiver feedback on a cross-group path (docs/protocol.md, "FEEDBACK"): a gateway tells
+ * a member sending it copies what arrived, so the sender paces to what the path delivers
+ * (after TFMCC's receiver reports, RFC 4654 §3, and LEDBAT's delay signal, RFC 6817).
+ */
+export interface FeedbackPacket {
+  type: typeof PacketType.FEEDBACK;
+  sender: number;
+  releaseId: Uint8Array;
+  /** DATA datagrams received from the addressee's unicast socket since the sender started, mod 2^32. */
+  receivedDatagrams: number;
+  /** Their bytes (whole datagrams), mod 2^32. */
+  receivedBytes: number;
+  /** Authentication sequence number of the latest ANNOUNCE received from the addressee by unicast (0: none). */
+  echoSeq: bigint;
+  /** Milliseconds between that ANNOUNCE's arrival and this packet. */
+  echoHoldMs: number;
+  auth?: ControlAuth;
+}
+
+export type Packet = DataPacket | NackPacket | AnnouncePacket | FeedbackPacket;
 
 export type DecodeResult = { ok: true; packet: Packet } | { ok: false; reason: DropReason };
 export type DropReason =
@@ -199,6 +221,17 @@ export function encodeAnnounce(p: Omit<AnnouncePacket, 'type'>): Uint8Array {
   return out;
 }
 
+export function encodeFeedback(p: Omit<FeedbackPacket, 'type' | 'auth'>): Uint8Array {
+  const out = new Uint8Array(FEEDBACK_BYTES);
+  const view = new DataView(out.buffer);
+  writeCommon(out, view, PacketType.FEEDBACK, 0, p.sender, p.releaseId);
+  view.setUint32(28, p.receivedDatagrams >>> 0);
+  view.setUint32(32, p.receivedBytes >>> 0);
+  view.setBigUint64(36, BigInt.asUintN(64, p.echoSeq));
+  view.setUint32(44, Math.max(0, Math.min(0xffffffff, Math.round(p.echoHoldMs))));
+  return out;
+}
+
 function clearTailBits(bits: Uint8Array, count: number): void {
   const rem = count & 7;
   if (rem !== 0 && bits.length > 0) bits[bits.length - 1] &= (0xff << (8 - rem)) & 0xff;
@@ -264,6 +297,23 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
       if (firstUnit + unitCount > 0xffffffff) return { ok: false, reason: 'fragment-range' };
       if (!tailBitsClear(have, unitCount)) return { ok: false, reason: 'bitmap' };
       return { ok: true, packet: { type: PacketType.ANNOUNCE, sender, releaseId, firstUnit, unitCount, complete: (flags & 1) !== 0, have, auth: trailer(buf, view) } };
+    }
+    case PacketType.FEEDBACK: {
+      if (flags !== 0) return { ok: false, reason: 'reserved' };
+      if (buf.length !== FEEDBACK_BYTES) return { ok: false, reason: 'length' };
+      return {
+        ok: true,
+        packet: {
+          type: PacketType.FEEDBACK,
+          sender,
+          releaseId,
+          receivedDatagrams: view.getUint32(28),
+          receivedBytes: view.getUint32(32),
+          echoSeq: view.getBigUint64(36),
+          echoHoldMs: view.getUint32(44),
+          auth: trailer(buf, view),
+        },
+      };
     }
     default:
       return { ok: false, reason: 'type' };

@@ -8,7 +8,7 @@ import { parseManifest, signManifest } from '../../src/release/manifest';
 import { decodeBitmapFile, encodeBitmapFile } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
-import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeNack, PacketType } from '../../src/wire/packet';
+import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
  * Fuzz targets: every parser of untrusted bytes. A target throws only when the
@@ -95,6 +95,7 @@ const packet: Target = {
     encodeData({ sender: 1, releaseId: rid, repair: true, unit: 3, fragment: 2, fragmentCount: 3, fragmentBytes: 64, payload: new Uint8Array(10) }),
     encodeNack({ sender: 2, releaseId: rid, unit: 9, fragmentCount: 20, fragmentBytes: 1400, missing: new Uint8Array([0xff, 0x0f, 0xa0]) }),
     encodeAnnounce({ sender: 3, releaseId: rid, firstUnit: 0, unitCount: 13, complete: false, have: new Uint8Array([0xff, 0xf8]) }),
+    encodeFeedback({ sender: 4, releaseId: rid, receivedDatagrams: 0xfffffff0, receivedBytes: 123456, echoSeq: 1n << 60n, echoHoldMs: 17 }),
   ],
   run(input) {
     const r = decodePacket(input);
@@ -102,7 +103,7 @@ const packet: Target = {
     // Anything accepted must re-encode to the same bytes.
     const p = r.packet;
     const again =
-      p.type === PacketType.DATA ? encodeData(p) : p.type === PacketType.NACK ? encodeNack(p) : encodeAnnounce(p);
+      p.type === PacketType.DATA ? encodeData(p) : p.type === PacketType.NACK ? encodeNack(p) : p.type === PacketType.ANNOUNCE ? encodeAnnounce(p) : encodeFeedback(p);
     // Control packets carry an authentication trailer the codec frames but does not make.
     if (p.type !== PacketType.DATA) again.set(input.subarray(input.length - AUTH_TRAILER_BYTES), again.length - AUTH_TRAILER_BYTES);
     if (Buffer.compare(Buffer.from(again), Buffer.from(input)) !== 0) throw new Error('accepted packet does not round-trip');

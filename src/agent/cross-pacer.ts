@@ -1,0 +1,165 @@
+import { TokenBucket } from './token-bucket';
+
+/**
+ * The pace of copies to one other LAN group's gateway, learned from that gateway's
+ * FEEDBACK (docs/protocol.md). Pure: every method takes `now` (ms).
+ *
+ * The path to another site crosses two shaped uplinks that other traffic shares, so no
+ * fixed rate fits. After TFMCC (RFC 4654) the receiver reports what arrived; after
+ * LEDBAT (RFC 6817) the sender also watches the queueing delay it adds:
+ * - every report closes a window: loss = 1 − received/sent datagrams in it (the copies
+ *   still in flight cancel out between windows at a steady rate);
+ * - congestion is loss well above the path's background loss (random loss is not
+ *   congestion): above the median loss of the last 8 windows by 3 points, or by three
+ *   standard deviations of a window that size, and at least 5%; or two round-trip times
+ *   in a row (echoed ANNOUNCEs) more than `delayTargetMs` above the lowest seen;
+ * - on congestion the rate drops to what the window delivered, times 0.85 (and at
+ *   least by a quarter); without it the rate doubles per window until the first
+ *   congestion (slow start), then grows by `capBytesPerSec / 40` per window;
+ * - it never exceeds `capBytesPerSec` (the operator's cross_rate) nor twice what was
+ *   actually sent in the last window (no credit for idle time), and never goes under
+ *   `minBytesPerSec`;
+ * - no report for `silenceMs` while sending: halve (the path or the gateway is gone).
+ */
+export interface CrossPacerOptions {
+  capBytesPerSec: number;
+  initialBytesPerSec: number;
+  minBytesPerSec: number;
+  burstBytes: number;
+  /** Queueing delay above the path's lowest round trip that counts as congestion. */
+  delayTargetMs: number;
+  silenceMs: number;
+}
+
+export const CROSS_PACER_DEFAULTS: Omit<CrossPacerOptions, 'capBytesPerSec'> = {
+  initialBytesPerSec: (4 * 1e6) / 8,
+  minBytesPerSec: (0.5 * 1e6) / 8,
+  burstBytes: 64 * 1024,
+  delayTargetMs: 60,
+  silenceMs: 2000,
+};
+
+/** Windows with fewer datagrams sent than this say nothing about loss. */
+const MIN_WINDOW_DATAGRAMS = 16;
+
+export class CrossPacer {
+  readonly bucket: TokenBucket;
+  private readonly o: CrossPacerOptions;
+  private sentDatagrams = 0;
+  private sentBytes = 0;
+  /** At the last report: our sent counters and the receiver's cumulative counters. */
+  private win: { at: number; sentDatagrams: number; sentBytes: number; recvDatagrams: number; recvBytes: number } | null = null;
+  private slowStart = true;
+  /** Loss of the last windows: their median is the path's background loss. */
+  private readonly losses: number[] = [];
+  private delayedProbes = 0;
+  private minRttMs = Infinity;
+  lastRttMs: number | null = null;
+  lastLoss = 0;
+  /** Windows judged congested (loss or delay), for stats. */
+  congestionEvents = 0;
+  /** When the first datagram no report has covered yet left, or null. */
+  private unreportedSince: number | null = null;
+  /** Sent ANNOUNCE sequence numbers (to this gateway) and when: the round-trip probe. */
+  private readonly probes: { seq: bigint; at: number }[] = [];
+
+  constructor(opts: Partial<CrossPacerOptions> & Pick<CrossPacerOptions, 'capBytesPerSec'>, now: number) {
+    this.o = { ...CROSS_PACER_DEFAULTS, ...opts };
+    const start = Math.max(this.o.minBytesPerSec, Math.min(this.o.capBytesPerSec, this.o.initialBytesPerSec));
+    this.bucket = new TokenBucket(start, this.o.burstBytes, now);
+  }
+
+  get rateBytesPerSec(): number {
+    return this.bucket.rateBytesPerSec;
+  }
+
+  /** The operator's cap changed (reload). */
+  setCap(capBytesPerSec: number): void {
+    this.o.capBytesPerSec = capBytesPerSec;
+    this.setRate(this.bucket.rateBytesPerSec);
+  }
+
+  /** A DATA datagram of `bytes` left for this gateway. */
+  sent(bytes: number, now: number): void {
+    if (this.unreportedSince === null) this.unreportedSince = now;
+    this.sentDatagrams++;
+    this.sentBytes += bytes;
+  }
+
+  /** An ANNOUNCE with authentication sequence `seq` left for this gateway. */
+  probe(seq: bigint, now: number): void {
+    this.probes.push({ seq, at: now });
+    if (this.probes.length > 16) this.probes.shift();
+  }
+
+  /** The gateway's FEEDBACK: cumulative counters (mod 2^32) and the echo of our latest ANNOUNCE. */
+  report(recvDatagrams: number, recvBytes: number, echoSeq: bigint, echoHoldMs: number, now: number): void {
+    this.unreportedSince = null;
+    const probe = this.probes.find((p) => p.seq === echoSeq);
+    let delayed = false;
+    if (probe) {
+      const rtt = Math.max(0, now - probe.at - echoHoldMs);
+      this.lastRttMs = rtt;
+      this.minRttMs = Math.min(this.minRttMs, rtt);
+      this.delayedProbes = rtt - this.minRttMs > this.o.delayTargetMs ? this.delayedProbes + 1 : 0;
+      delayed = this.delayedProbes >= 2;
+      this.probes.splice(0, this.probes.indexOf(probe) + 1);
+    }
+    const w = this.win;
+    this.win = { at: now, sentDatagrams: this.sentDatagrams, sentBytes: this.sentBytes, recvDatagrams, recvBytes };
+    if (!w) return;
+    const sent = this.sentDatagrams - w.sentDatagrams;
+    const got = (recvDatagrams - w.recvDatagrams) >>> 0;
+    const gotBytes = (recvBytes - w.recvBytes) >>> 0;
+    const ms = Math.max(1, now - w.at);
+    if (sent < MIN_WINDOW_DATAGRAMS) {
+      // Too little sent to judge loss; a long queue still says slow down.
+      if (delayed) this.congested(gotBytes, ms);
+      return;
+    }
+    const loss = Math.max(0, Math.min(1, 1 - got / sent));
+    this.lastLoss = loss;
+    const floor = median(this.losses);
+    this.losses.push(loss);
+    if (this.losses.length > 8) this.losses.shift();
+    const p = Math.max(floor, 0.01);
+    const threshold = Math.max(0.05, floor + 0.03, floor + 3 * Math.sqrt((p * (1 - p)) / sent));
+    if (delayed || loss > threshold) {
+      this.congested(gotBytes, ms);
+      return;
+    }
+    const sentRate = ((this.sentBytes - w.sentBytes) * 1000) / ms;
+    const grown = this.slowStart ? this.rate * 2 : this.rate + this.o.capBytesPerSec / 40;
+    // No credit for idle time: a pace never used is not known to fit.
+    this.setRate(Math.min(grown, Math.max(this.rate, 2 * sentRate)));
+  }
+
+  /** No FEEDBACK for silenceMs while we sent: back off (called on the sender's timer). */
+  checkSilence(now: number): void {
+    if (this.unreportedSince === null || now - this.unreportedSince < this.o.silenceMs) return;
+    this.unreportedSince = now;
+    this.win = null;
+    this.setRate(this.rate / 2);
+  }
+
+  private get rate(): number {
+    return this.bucket.rateBytesPerSec;
+  }
+
+  private congested(gotBytes: number, ms: number): void {
+    this.congestionEvents++;
+    this.slowStart = false;
+    const delivered = (gotBytes * 1000) / ms;
+    this.setRate(Math.min(this.rate * 0.75, delivered * 0.85));
+  }
+
+  private setRate(r: number): void {
+    this.bucket.rateBytesPerSec = Math.max(this.o.minBytesPerSec, Math.min(this.o.capBytesPerSec, r));
+  }
+}
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1];
+}

@@ -1,0 +1,123 @@
+import test from 'ava';
+import { CrossPacer } from '../src/agent/cross-pacer';
+
+/**
+ * The cross-group pacer against a simulated path (1 ms steps, no sockets, no sleeps):
+ * a bottleneck of `capacity` bytes/s with a drop-tail queue of 60 ms (as tc tbf drops
+ * past its latency), a one-way base delay, random background loss, and a receiving
+ * gateway that reports every 200 ms (docs/protocol.md, FEEDBACK).
+ */
+interface PathOpts {
+  capacity: number;
+  senders: number;
+  cap: number;
+  randomLoss: number;
+  seconds: number;
+  seed?: number;
+}
+
+function simulate(o: PathOpts) {
+  let seed = o.seed ?? 7;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const D = 1400;
+  const baseMs = 10;
+  const queueLimit = o.capacity * 0.06;
+  let queued = 0; // bytes in the bottleneck queue
+  const pacers = Array.from({ length: o.senders }, () => new CrossPacer({ capBytesPerSec: o.cap }, 0));
+  const recv = pacers.map(() => ({ datagrams: 0, bytes: 0, echo: 0n, echoAt: 0 }));
+  const arrivals: { at: number; s: number; probe?: bigint }[] = [];
+  const reports: { at: number; s: number; d: number; b: number; echo: bigint; hold: number }[] = [];
+  const sentBytes = pacers.map(() => 0);
+  const deliveredBytes = pacers.map(() => 0);
+  let dropped = 0;
+  let seq = 1n;
+  const tail = o.seconds * 1000 - 3000; // the last 3 s are measured
+  for (let now = 0; now < o.seconds * 1000; now++) {
+    queued = Math.max(0, queued - o.capacity / 1000);
+    const enqueue = (s: number, bytes: number, probe?: bigint) => {
+      if (queued + bytes > queueLimit) {
+        dropped++;
+        return;
+      }
+      queued += bytes;
+      arrivals.push({ at: now + baseMs + (queued / o.capacity) * 1000, s, probe });
+    };
+    pacers.forEach((p, s) => {
+      // Always something to send: the sender is limited by its pace alone.
+      for (let k = 0; k < 64 && p.bucket.take(D, now) === 0; k++) {
+        p.sent(D, now);
+        if (now >= tail) sentBytes[s] += D;
+        enqueue(s, D);
+      }
+      if (now % 400 === 0) {
+        p.probe(seq, now);
+        enqueue(s, 100, seq++);
+      }
+      p.checkSilence(now);
+    });
+    for (let i = arrivals.length - 1; i >= 0; i--) {
+      const a = arrivals[i];
+      if (a.at > now) continue;
+      arrivals.splice(i, 1);
+      if (rnd() < o.randomLoss) continue;
+      if (a.probe !== undefined) {
+        recv[a.s].echo = a.probe;
+        recv[a.s].echoAt = now;
+      } else {
+        recv[a.s].datagrams++;
+        recv[a.s].bytes += D;
+        if (now >= tail) deliveredBytes[a.s] += D;
+      }
+    }
+    if (now % 200 === 0) recv.forEach((r, s) => reports.push({ at: now + baseMs, s, d: r.datagrams >>> 0, b: r.bytes >>> 0, echo: r.echo, hold: now - r.echoAt }));
+    for (let i = reports.length - 1; i >= 0; i--) {
+      const r = reports[i];
+      if (r.at > now) continue;
+      reports.splice(i, 1);
+      pacers[r.s].report(r.d, r.b, r.echo, r.hold, now);
+    }
+  }
+  const secs = 3;
+  return {
+    goodput: deliveredBytes.map((b) => b / secs),
+    sendRate: sentBytes.map((b) => b / secs),
+    dropped,
+    congestion: pacers.map((p) => p.congestionEvents),
+    rtt: pacers.map((p) => p.lastRttMs),
+  };
+}
+
+const MBIT = 1e6 / 8;
+
+test('one sender finds a 40 Mbit/s path under a 100 Mbit/s cap, with 1% random loss, and does not overrun it', (t) => {
+  const r = simulate({ capacity: 40 * MBIT, senders: 1, cap: 100 * MBIT, randomLoss: 0.01, seconds: 15 });
+  t.log(`goodput ${(r.goodput[0] / MBIT).toFixed(1)} Mbit/s, sending ${(r.sendRate[0] / MBIT).toFixed(1)}, congestion windows ${r.congestion[0]}`);
+  t.true(r.goodput[0] > 0.6 * 40 * MBIT, 'uses most of the path');
+  t.true(r.sendRate[0] < 1.15 * 40 * MBIT, 'sends little more than the path delivers');
+});
+
+test('a path wider than the cap: the cap holds, and 3% random loss is not taken for congestion', (t) => {
+  const r = simulate({ capacity: 200 * MBIT, senders: 1, cap: 30 * MBIT, randomLoss: 0.03, seconds: 10 });
+  t.log(`sending ${(r.sendRate[0] / MBIT).toFixed(1)} Mbit/s, congestion windows ${r.congestion[0]}`);
+  t.true(r.sendRate[0] <= 30 * MBIT * 1.02, 'never above the cap');
+  t.true(r.sendRate[0] > 0.8 * 30 * MBIT, 'random loss does not hold the rate down');
+});
+
+test('three senders sharing a 50 Mbit/s bottleneck split it without overrunning it, each getting a fair part', (t) => {
+  const r = simulate({ capacity: 50 * MBIT, senders: 3, cap: 100 * MBIT, randomLoss: 0.01, seconds: 20 });
+  const total = r.goodput.reduce((a, b) => a + b, 0);
+  const sent = r.sendRate.reduce((a, b) => a + b, 0);
+  t.log(`goodput ${r.goodput.map((g) => (g / MBIT).toFixed(1)).join(' / ')} Mbit/s, total sent ${(sent / MBIT).toFixed(1)}`);
+  t.true(total > 0.6 * 50 * MBIT, 'the bottleneck is used');
+  t.true(sent < 1.15 * 50 * MBIT, 'together they do not overrun it');
+  for (const g of r.goodput) t.true(g > 0.12 * 50 * MBIT, 'nobody is starved');
+});
+
+test('no feedback at all (gateway gone): the pace halves down to its floor instead of pushing on', (t) => {
+  const p = new CrossPacer({ capBytesPerSec: 100 * MBIT, initialBytesPerSec: 40 * MBIT, minBytesPerSec: 1 * MBIT }, 0);
+  for (let now = 0; now < 20_000; now += 10) {
+    p.sent(1400, now);
+    p.checkSilence(now);
+  }
+  t.is(p.rateBytesPerSec, 1 * MBIT);
+});
