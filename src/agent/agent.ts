@@ -15,6 +15,7 @@ import {
   DATA_HEADER_BYTES,
   decodePacket,
   encodeAnnounce,
+  encodeFeedback,
   encodeNack,
   fragmentCountFor,
   getBit,
@@ -31,11 +32,17 @@ import { UnitSpool } from '../storage/spool';
 import { BufferPool } from '../util/buffer-pool';
 import { sealControl, verifyControl } from '../wire/auth';
 import { TokenBucket } from './token-bucket';
+import { CrossPaths, Endpoint } from './cross-paths';
 
 /** Tuning knobs: one home, units in the names (STYLE.md). */
 export const AGENT_DEFAULTS = {
   rateBytesPerSec: 60 * 1024 * 1024,
-  crossRateBytesPerSec: (20 * 1e6) / 8,
+  /** Cap on what one member sends to other LAN groups; the pace under it is learned per path (CrossPacer). */
+  crossRateBytesPerSec: (100 * 1e6) / 8,
+  /** A gateway reports to each member sending it copies this often (FEEDBACK). */
+  crossFeedbackMs: 200,
+  /** Cross-group paths and sources tracked (bounded against abuse). */
+  maxCrossPaths: 256,
   burstBytes: 256 * 1024,
   fetchConcurrency: 2,
   tickMs: 5,
@@ -54,11 +61,18 @@ export const AGENT_DEFAULTS = {
   maxAssemblies: 128,
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
-  /** A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered this long. */
+  /**
+   * A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered
+   * this long, no data of the unit arrived for that long either, and the holder has sent
+   * us nothing for relayHolderQuietMs (a holder still sending is busy, not gone)...
+   */
   relayAfterMs: 10_000,
+  relayHolderQuietMs: 3000,
+  /** ...unless the unit itself has seen no data for this long: then a live holder that never answers is passed over. */
+  relayUnitQuietMs: 30_000,
   /** A unit another site announced is NACKed only after this long without any of its data. */
   crossGapQuietMs: 1000,
-  /** No unit verified for this long, nothing in flight: ask the server for what is missing. */
+  /** No unit verified and no data of a missing unit arrived for this long, nothing in flight: ask the server. */
   stallRelayMs: 15_000,
   /** The same unit is repaired to the same cross-group requester at most this often. */
   unicastRepairDedupMs: 100,
@@ -230,8 +244,8 @@ export class Agent {
   private fragmentBytes = 0;
   private interfaceAddress = '';
   private readonly bucket: TokenBucket;
-  /** Cross-group sends have their own pace: they leave through the site's uplink. */
-  private readonly crossBucket: TokenBucket;
+  /** Cross-group sends: one learned pace per other group's gateway, under the member's cap. */
+  private readonly cross: CrossPaths;
   private nacks!: NackScheduler;
   private readonly repairs: RepairScheduler;
   private readonly assemblies = new Map<number, Assembly>();
@@ -259,10 +273,6 @@ export class Agent {
   private dataPort = 0;
   /** Where copies go besides the LAN: the other LAN groups' gateways (from the lease answers). */
   private copyTo: { member: string; address: string; port: number }[] = [];
-  private readonly unicastQueue: { d: Uint8Array; to: { address: string; port: number } }[] = [];
-  /** Cross-group repairs: they go before copies, as LAN repairs do. */
-  private readonly unicastRepairQueue: { d: Uint8Array; to: { address: string; port: number } }[] = [];
-  private unicastQueueBytes = 0;
   /** `all-fetched` start policy: false until every unit is held somewhere; copies wait. */
   private lanStart = true;
   private readonly deferred: number[] = [];
@@ -270,8 +280,12 @@ export class Agent {
   private readonly forwarded = new Map<number, number>();
   private readonly relayAsked = new Set<number>();
   private readonly crossNackLogged = new Set<number>();
-  /** When a unit was last verified (or the agent started): the stall check's clock. */
+  /** When a unit was last verified, or data of a missing unit last arrived (or the agent started): the stall check's clock. */
   private lastProgressAt = Date.now();
+  /** "address:port" of a member of another group -> when it last sent us anything (relays wait while the holder sends). */
+  private readonly crossHeardAt = new Map<string, number>();
+  /** Bytes received so far of each unit being fetched (reported in heartbeats: the server's hedging looks at it). */
+  private readonly fetchedBytes = new Map<number, number>();
   /** Units first announced to us by another site (unicast): when. */
   private readonly crossSince = new Map<number, number>();
   /** --wan-rate (testing): paces our own downloads. */
@@ -302,7 +316,11 @@ export class Agent {
     this.senderId = randomBytes(4).readUInt32BE(0) || 1;
     const rate = opts.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
     this.bucket = new TokenBucket(rate, AGENT_DEFAULTS.burstBytes, Date.now());
-    this.crossBucket = new TokenBucket(opts.crossRateBytesPerSec ?? AGENT_DEFAULTS.crossRateBytesPerSec, AGENT_DEFAULTS.burstBytes / 4, Date.now());
+    this.cross = new CrossPaths(opts.crossRateBytesPerSec ?? AGENT_DEFAULTS.crossRateBytesPerSec, Date.now(), {
+      feedbackMs: AGENT_DEFAULTS.crossFeedbackMs,
+      maxPaths: AGENT_DEFAULTS.maxCrossPaths,
+      burstBytes: AGENT_DEFAULTS.burstBytes / 4,
+    });
     this.repairs = new RepairScheduler({
       aggregateMs: AGENT_DEFAULTS.repairAggregateMs,
       backoffMs: AGENT_DEFAULTS.repairBackoffMs,
@@ -515,6 +533,8 @@ export class Agent {
       have: Buffer.from(this.store.bitmap()).toString('base64'),
       address: this.interfaceAddress,
       fetching: [...this.fetching],
+      fetchingBytes: [...this.fetching].map((u) => this.fetchedBytes.get(u) ?? 0),
+      forwarded: this.stats.fragmentsForwarded,
       ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),
     });
@@ -667,6 +687,7 @@ export class Agent {
                 const take = Math.min(chunk.length, len - off);
                 buf.set(chunk.subarray(0, take), off);
                 off += take;
+                this.fetchedBytes.set(unit, off);
                 spool.update(buf, off);
                 this.stats.wanBytes += take;
                 cutThrough();
@@ -716,6 +737,7 @@ export class Agent {
       }
     } finally {
       this.fetching.delete(unit);
+      this.fetchedBytes.delete(unit);
     }
   }
 
@@ -883,8 +905,11 @@ export class Agent {
     // spoofs a member's sender id, and then the unit hash rejects the result.
     if (!peer) return this.drop('unknown-sender');
     peer.lastSeen = now;
+    if (via) this.heardCross(via, now);
     switch (p.type) {
       case PacketType.DATA: {
+        // What arrived from another group's member, duplicates too: its pacer counts what it sent.
+        if (via) this.cross.received(via, buf.length);
         const u = p.unit;
         if (u >= this.manifest.unitCount) return this.drop('unit-range');
         if (p.fragmentBytes !== this.fragmentBytes) return this.drop('fragment-grid');
@@ -914,6 +939,7 @@ export class Agent {
         a.buf.set(p.payload, p.fragment * this.fragmentBytes);
         setBit(a.got, p.fragment);
         a.count++;
+        this.lastProgressAt = now; // data of a missing unit: not a stall
         if (via) this.stats.crossGroupBytes += p.payload.length;
         else this.stats.lanBytes += p.payload.length;
         if (p.forward && via) {
@@ -954,7 +980,12 @@ export class Agent {
         this.repairs.onNack(u, fc, missing, role === 'designated', now);
         return;
       }
+      case PacketType.FEEDBACK: {
+        if (via) this.cross.feedback(via, p, now);
+        return;
+      }
       case PacketType.ANNOUNCE: {
+        if (via) this.cross.announced(via, p.auth!.seq, now);
         peer.complete = p.complete;
         const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
         for (let u = p.firstUnit; u < end; u++) {
@@ -966,6 +997,13 @@ export class Agent {
         return;
       }
     }
+  }
+
+  /** Another group's member sent us something: its path is alive (relays wait), and its copies are counted for FEEDBACK. */
+  private heardCross(via: Endpoint, now: number): void {
+    const k = `${via.address}:${via.port}`;
+    if (!this.crossHeardAt.has(k) && this.crossHeardAt.size >= AGENT_DEFAULTS.maxCrossPaths) this.crossHeardAt.clear();
+    this.crossHeardAt.set(k, now);
   }
 
   /**
@@ -1059,7 +1097,17 @@ export class Agent {
       this.stats.nacksSuppressed += this.nacks.suppressed - before;
     }
     for (const job of this.repairs.due(now)) void this.sendRepair(job.unit, job.fragments);
+    this.crossFeedback(now);
     this.drain();
+  }
+
+  /** As a gateway: report to each member of another group that sent us copies lately; slow paths that went silent. */
+  private crossFeedback(now: number): void {
+    this.cross.tick(now);
+    for (const f of this.cross.feedbackDue(now)) {
+      const pkt = this.seal(encodeFeedback({ sender: this.senderId, releaseId: this.manifest.idBytes, ...f }));
+      this.unicast?.send(pkt, f.to.port, f.to.address);
+    }
   }
 
   /** MAC a control packet under the group key, with the next sequence number. */
@@ -1113,11 +1161,20 @@ export class Agent {
     if (!h || h.group === this.opts.group || !h.address || !h.dataPort || h.id === this.member) return;
     this.unicast?.send(packet, h.dataPort, h.address);
     const first = this.forwarded.get(unit);
-    if (first === undefined) this.forwarded.set(unit, now);
-    else if (now - first > AGENT_DEFAULTS.relayAfterMs && !this.relayAsked.has(unit)) {
+    if (first === undefined) {
+      this.forwarded.set(unit, now);
+      return;
+    }
+    if (this.relayAsked.has(unit)) return;
+    // Progress, not time alone: no data of the unit since the NACK went out, and the
+    // holder silent too (a holder still sending us copies is busy, its answer queued
+    // behind them), unless the unit itself has been quiet far longer.
+    const unitQuiet = now - Math.max(first, this.assemblies.get(unit)?.lastData ?? 0);
+    const holderQuiet = now - (this.crossHeardAt.get(`${h.address}:${h.dataPort}`) ?? 0);
+    if (unitQuiet > AGENT_DEFAULTS.relayAfterMs && (holderQuiet > AGENT_DEFAULTS.relayHolderQuietMs || unitQuiet > AGENT_DEFAULTS.relayUnitQuietMs)) {
       this.relayAsked.add(unit);
-      this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group}; asking the server for it`);
-      void this.requestRelay([unit]).then(
+      this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group} (unit quiet ${Math.round(unitQuiet / 1000)} s, holder ${Math.round(holderQuiet / 1000)} s); asking the server for it`);
+      void this.requestRelay([unit], 'relayed').then(
         (granted) => {
           if (!granted.includes(unit)) this.retryRelayLater(unit);
         },
@@ -1130,8 +1187,8 @@ export class Agent {
   }
 
   /** Ask the server for `want` (relay, docs/protocol.md); queue what it grants. Resolves with the granted units. */
-  private async requestRelay(want: number[]): Promise<number[]> {
-    const grant = await this.client.post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want });
+  private async requestRelay(want: number[], reason: 'relayed' | 'stalled'): Promise<number[]> {
+    const grant = await this.client.post<LeaseResponse>('/v1/lease', { release: this.manifest.id, group: this.opts.group, member: this.member, want, reason });
     for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !this.store.has(u)) this.leased.push(u);
     for (const u of grant.relayed ?? []) this.relayed.add(u);
     this.wake();
@@ -1139,8 +1196,8 @@ export class Agent {
   }
 
   /**
-   * Last resort: nothing verified for stallRelayMs, nothing leased or in flight, units
-   * still missing. Whatever went wrong (a holder that never answers, a lost copy no one
+   * Last resort: nothing verified and no data of a missing unit for stallRelayMs, nothing
+   * leased or in flight, units still missing. Whatever went wrong (a holder that never answers, a lost copy no one
    * announced), ask the server for the missing units; it grants those no member of our
    * LAN group holds or leases, and our LAN repairs the rest.
    */
@@ -1157,7 +1214,7 @@ export class Agent {
     for (let u = 0; u < this.manifest.unitCount && want.length < 64; u++) if (!this.store.has(u)) want.push(u);
     if (!want.length) return;
     this.log.info(`no progress for ${AGENT_DEFAULTS.stallRelayMs / 1000} s with ${this.manifest.unitCount - this.store.verifiedUnits} unit(s) missing; asking the server`);
-    this.requestRelay(want).catch((err: Error) => this.log.debug(`stall relay: ${err.message}`));
+    this.requestRelay(want, 'stalled').catch((err: Error) => this.log.debug(`stall relay: ${err.message}`));
   }
 
   /** Not granted now (someone in our group leases or holds it): ask again after another wait. */
@@ -1227,7 +1284,7 @@ export class Agent {
    * and a long queue there only delays copies until the receiving gateway NACKs them).
    */
   private copyBacklogged(): boolean {
-    return this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes || this.unicastQueueBytes > AGENT_DEFAULTS.crossQueueMaxBytes;
+    return this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes || this.cross.copyBytesQueued > AGENT_DEFAULTS.crossQueueMaxBytes;
   }
 
   /** A copy of one fragment: multicast on the LAN, and unicast to each other group's gateway to be re-multicast there. */
@@ -1240,10 +1297,8 @@ export class Agent {
     const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, forward: true, unit, fragment, fragmentCount: fc, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
-    if (repair) this.unicastRepairQueue.push({ d, to });
-    else {
-      this.unicastQueue.push({ d, to });
-      this.unicastQueueBytes += d.length;
+    this.cross.queue(d, to, repair, Date.now());
+    if (!repair) {
       // Not announced until its cross-group copies are out too: a gateway would NACK them.
       this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
     }
@@ -1296,17 +1351,14 @@ export class Agent {
     const batch: Uint8Array[] = [];
     const now = Date.now();
     let wait = 0;
-    // Cross-group repairs first: a whole LAN group is waiting for each.
-    let crossWait = 0;
-    while (this.unicastRepairQueue.length) {
-      const u = this.unicastRepairQueue[0];
-      crossWait = this.crossBucket.take(u.d.length, now);
-      if (crossWait > 0) break;
-      this.unicastRepairQueue.shift();
-      const unit = this.sendCross(u);
-      const q = this.unicastRepairQueued.get(`${unit}/${u.to.address}/${u.to.port}`);
-      if (q) clearBit(q, (u.d[32] << 8) | u.d[33]);
-    }
+    // Cross-group sends: each other group's gateway at the pace its path delivers
+    // (FEEDBACK), repairs first: a whole LAN group is waiting for each.
+    const crossWait = this.cross.drain(now, (d, to, repair) => {
+      const unit = this.sendCross(d, to);
+      if (!repair) return this.copyLeft(unit);
+      const q = this.unicastRepairQueued.get(`${unit}/${to.address}/${to.port}`);
+      if (q) clearBit(q, (d[32] << 8) | d[33]);
+    });
     while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch) {
       const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
       const d = q[0];
@@ -1317,16 +1369,7 @@ export class Agent {
       if (q === this.copyQueue) this.copyQueueBytes -= d.length;
       batch.push(d);
     }
-    // Cross-group copies: their own bucket (the uplink), interleaved with the LAN's sends.
-    while (crossWait === 0 && !this.unicastRepairQueue.length && this.unicastQueue.length) {
-      const u = this.unicastQueue[0];
-      crossWait = this.crossBucket.take(u.d.length, now);
-      if (crossWait > 0) break;
-      this.unicastQueue.shift();
-      this.unicastQueueBytes -= u.d.length;
-      this.copyLeft(this.sendCross(u));
-    }
-    if (this.copyQueueWaiters.length && this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.unicastQueueBytes <= AGENT_DEFAULTS.crossQueueMaxBytes / 2) {
+    if (this.copyQueueWaiters.length && this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.cross.copyBytesQueued <= AGENT_DEFAULTS.crossQueueMaxBytes / 2) {
       for (const w of this.copyQueueWaiters.splice(0)) w();
     }
     if (batch.length) {
@@ -1344,9 +1387,9 @@ export class Agent {
         return;
       }
     }
-    if (wait > 0 || crossWait > 0 || this.repairQueue.length || this.copyQueue.length || this.unicastQueue.length || this.unicastRepairQueue.length) {
+    const crossPending = this.cross.pending;
+    if (wait > 0 || crossWait > 0 || this.repairQueue.length || this.copyQueue.length || crossPending) {
       const lanPending = this.repairQueue.length || this.copyQueue.length;
-      const crossPending = this.unicastQueue.length || this.unicastRepairQueue.length;
       const next = Math.min(lanPending ? Math.max(1, wait) : Infinity, crossPending ? Math.max(1, crossWait) : Infinity);
       this.drainTimer = setTimeout(() => {
         this.drainTimer = null;
@@ -1386,10 +1429,10 @@ export class Agent {
   }
 
   /** Send one queued cross-group datagram; returns its unit. */
-  private sendCross(u: { d: Uint8Array; to: { address: string; port: number } }): number {
-    this.unicast?.send(u.d, u.to.port, u.to.address);
-    this.stats.crossGroupBytesSent += u.d.length - DATA_HEADER_BYTES;
-    return ((u.d[28] << 24) | (u.d[29] << 16) | (u.d[30] << 8) | u.d[31]) >>> 0;
+  private sendCross(d: Uint8Array, to: Endpoint): number {
+    this.unicast?.send(d, to.port, to.address);
+    this.stats.crossGroupBytesSent += d.length - DATA_HEADER_BYTES;
+    return ((d[28] << 24) | (d[29] << 16) | (d[30] << 8) | d[31]) >>> 0;
   }
 
   /** One announce for everything that changed within announceDebounceMs, not one per change. */
@@ -1423,8 +1466,12 @@ export class Agent {
       for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
       const pkt = this.seal(encodeAnnounce({ sender: this.senderId, releaseId: this.manifest.idBytes, firstUnit: first, unitCount: count, complete: this.store.isComplete, have }));
       this.repairQueue.push(pkt);
-      // The gateways we copy to must know us before our copies arrive.
-      for (const to of this.copyTo) this.unicast?.send(pkt, to.port, to.address);
+      // The gateways we copy to must know us before our copies arrive; each announce is
+      // also the round-trip probe of that path's pacer (the gateway echoes its sequence).
+      for (const to of this.copyTo) {
+        this.unicast?.send(pkt, to.port, to.address);
+        this.cross.probe(to, this.controlSeq, now);
+      }
       first += perPacket;
     } while (first < n);
     this.drain();

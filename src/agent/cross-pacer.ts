@@ -112,6 +112,8 @@ export class CrossPacer {
     const got = (recvDatagrams - w.recvDatagrams) >>> 0;
     const gotBytes = (recvBytes - w.recvBytes) >>> 0;
     const ms = Math.max(1, now - w.at);
+    // More arrived than we sent: the gateway's counters restarted (it forgot us). A new window.
+    if (got > sent + MIN_WINDOW_DATAGRAMS) return;
     if (sent < MIN_WINDOW_DATAGRAMS) {
       // Too little sent to judge loss; a long queue still says slow down.
       if (delayed) this.congested(gotBytes, ms);

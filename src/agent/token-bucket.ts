@@ -17,13 +17,17 @@ export class TokenBucket {
     }
   }
 
+  /** What take() would answer, without taking: 0, or ms to wait. */
+  wait(bytes: number, now: number): number {
+    this.refill(now);
+    if (this.tokens >= bytes || (this.tokens >= this.burstBytes && bytes > this.burstBytes)) return 0;
+    return Math.max(1, Math.ceil(((bytes - this.tokens) * 1000) / this.rateBytesPerSec));
+  }
+
   /** Take `bytes` if available now: returns 0. Otherwise takes nothing and returns ms to wait. */
   take(bytes: number, now: number): number {
-    this.refill(now);
-    if (this.tokens >= bytes || (this.tokens >= this.burstBytes && bytes > this.burstBytes)) {
-      this.tokens -= bytes;
-      return 0;
-    }
-    return Math.max(1, Math.ceil(((bytes - this.tokens) * 1000) / this.rateBytesPerSec));
+    const w = this.wait(bytes, now);
+    if (w === 0) this.tokens -= bytes;
+    return w;
   }
 }

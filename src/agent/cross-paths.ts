@@ -1,0 +1,205 @@
+import { CrossPacer } from './cross-pacer';
+import { TokenBucket } from './token-bucket';
+
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+interface Path {
+  to: Endpoint;
+  pacer: CrossPacer;
+  /** Repairs first (a whole LAN group waits for each), then copies. */
+  repairs: Uint8Array[];
+  copies: Uint8Array[];
+}
+
+interface Source {
+  to: Endpoint;
+  datagrams: number;
+  bytes: number;
+  /** Heard since our last FEEDBACK to it. */
+  fresh: boolean;
+  echoSeq: bigint;
+  echoAt: number;
+}
+
+/**
+ * Cross-group traffic of one agent (docs/wide-area.md): what it sends to other LAN
+ * groups' gateways, one queue and one learned pace per gateway (CrossPacer) under the
+ * member's overall cap, and, as a gateway, what it receives from other groups' members,
+ * reported back to them in FEEDBACK packets. Pure: every method takes `now` (ms); the
+ * agent owns the socket.
+ */
+export class CrossPaths {
+  private readonly paths = new Map<string, Path>();
+  private readonly sources = new Map<string, Source>();
+  /** The member's overall cap on cross-group sends (cross_rate): the site's uplink. */
+  readonly total: TokenBucket;
+  private lastFeedbackAt = 0;
+  /** Copy bytes queued on every path (repairs are few and not counted). */
+  copyBytesQueued = 0;
+  /** Sources forgotten because the table was full. */
+  sourcesDropped = 0;
+
+  constructor(
+    private capBytesPerSec: number,
+    now: number,
+    private readonly opts: { feedbackMs: number; maxPaths: number; burstBytes: number },
+  ) {
+    this.total = new TokenBucket(capBytesPerSec, opts.burstBytes, now);
+  }
+
+  setCap(capBytesPerSec: number): void {
+    this.capBytesPerSec = capBytesPerSec;
+    this.total.rateBytesPerSec = capBytesPerSec;
+    for (const p of this.paths.values()) p.pacer.setCap(capBytesPerSec);
+  }
+
+  private path(to: Endpoint, now: number): Path {
+    const k = key(to);
+    let p = this.paths.get(k);
+    if (!p) {
+      if (this.paths.size >= this.opts.maxPaths) {
+        // Forget an idle path; a busy table keeps sending on what it has.
+        for (const [k2, q] of this.paths) {
+          if (!q.repairs.length && !q.copies.length) {
+            this.paths.delete(k2);
+            break;
+          }
+        }
+      }
+      p = { to, pacer: new CrossPacer({ capBytesPerSec: this.capBytesPerSec }, now), repairs: [], copies: [] };
+      this.paths.set(k, p);
+    }
+    return p;
+  }
+
+  queue(d: Uint8Array, to: Endpoint, repair: boolean, now: number): void {
+    const p = this.path(to, now);
+    if (repair) p.repairs.push(d);
+    else {
+      p.copies.push(d);
+      this.copyBytesQueued += d.length;
+    }
+  }
+
+  get pending(): boolean {
+    for (const p of this.paths.values()) if (p.repairs.length || p.copies.length) return true;
+    return false;
+  }
+
+  /**
+   * Send what every path's pace and the overall cap allow now, repairs before copies.
+   * Returns ms until more may leave (0: nothing waits).
+   */
+  drain(now: number, send: (d: Uint8Array, to: Endpoint, repair: boolean) => void): number {
+    let wait = Infinity;
+    for (const p of this.paths.values()) {
+      for (;;) {
+        const repair = p.repairs.length > 0;
+        const d = repair ? p.repairs[0] : p.copies[0];
+        if (!d) break;
+        const w = Math.max(p.pacer.bucket.wait(d.length, now), this.total.wait(d.length, now));
+        if (w > 0) {
+          wait = Math.min(wait, w);
+          break;
+        }
+        p.pacer.bucket.take(d.length, now);
+        this.total.take(d.length, now);
+        if (repair) p.repairs.shift();
+        else {
+          p.copies.shift();
+          this.copyBytesQueued -= d.length;
+        }
+        p.pacer.sent(d.length, now);
+        send(d, p.to, repair);
+      }
+    }
+    return Number.isFinite(wait) ? wait : 0;
+  }
+
+  /** An ANNOUNCE with sequence `seq` left for `to`: the pacer's round-trip probe. */
+  probe(to: Endpoint, seq: bigint, now: number): void {
+    this.path(to, now).pacer.probe(seq, now);
+  }
+
+  /** A FEEDBACK from the gateway at `from`. */
+  feedback(from: Endpoint, f: { receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number }, now: number): boolean {
+    const p = this.paths.get(key(from));
+    if (!p) return false;
+    p.pacer.report(f.receivedDatagrams, f.receivedBytes, f.echoSeq, f.echoHoldMs, now);
+    return true;
+  }
+
+  /** As a gateway: a DATA datagram of `bytes` arrived from another group's member at `from`. */
+  received(from: Endpoint, bytes: number): void {
+    const s = this.source(from);
+    if (!s) return;
+    s.datagrams = (s.datagrams + 1) >>> 0;
+    s.bytes = (s.bytes + bytes) >>> 0;
+    s.fresh = true;
+  }
+
+  /** As a gateway: an authenticated ANNOUNCE with sequence `seq` arrived from `from`. */
+  announced(from: Endpoint, seq: bigint, now: number): void {
+    const s = this.source(from);
+    if (!s) return;
+    s.echoSeq = seq;
+    s.echoAt = now;
+    s.fresh = true;
+  }
+
+  private source(from: Endpoint): Source | null {
+    const k = key(from);
+    let s = this.sources.get(k);
+    if (!s) {
+      if (this.sources.size >= this.opts.maxPaths) {
+        this.sourcesDropped++;
+        return null;
+      }
+      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0 };
+      this.sources.set(k, s);
+    }
+    return s;
+  }
+
+  /** Every feedbackMs: the reports owed to the members heard since the last ones. */
+  feedbackDue(now: number): { to: Endpoint; receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number }[] {
+    if (now - this.lastFeedbackAt < this.opts.feedbackMs) return [];
+    this.lastFeedbackAt = now;
+    const out = [];
+    for (const [k, s] of this.sources) {
+      if (!s.fresh) {
+        // Silent for a whole period: forget it (its counters restart if it comes back,
+        // and its sender starts a new window).
+        this.sources.delete(k);
+        continue;
+      }
+      s.fresh = false;
+      out.push({ to: s.to, receivedDatagrams: s.datagrams, receivedBytes: s.bytes, echoSeq: s.echoSeq, echoHoldMs: s.echoSeq ? now - s.echoAt : 0 });
+    }
+    return out;
+  }
+
+  /** Paths whose gateway stopped reporting slow down (CrossPacer.checkSilence). */
+  tick(now: number): void {
+    for (const p of this.paths.values()) p.pacer.checkSilence(now);
+  }
+
+  /** Per gateway: the learned pace and what the last reports said. */
+  view(): { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; queued: number }[] {
+    return [...this.paths.entries()].map(([k, p]) => ({
+      to: k,
+      rateBytesPerSec: Math.round(p.pacer.rateBytesPerSec),
+      lastLoss: p.pacer.lastLoss,
+      lastRttMs: p.pacer.lastRttMs,
+      congestionEvents: p.pacer.congestionEvents,
+      queued: p.copies.length + p.repairs.length,
+    }));
+  }
+}
+
+function key(e: Endpoint): string {
+  return `${e.address}:${e.port}`;
+}
