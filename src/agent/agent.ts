@@ -152,10 +152,12 @@ export interface AgentStats {
   /** When the verified file was in place (ms since the epoch); 0 until then. */
   completedAtMs: number;
   transport: string;
+  /** Per other group's gateway we sent to: the learned pace and what its reports said. */
+  crossPaths: ReturnType<CrossPaths['view']>;
 }
 
 /** The counters of AgentStats (what a daemon sums across releases). */
-export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport'>;
+export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'crossPaths'>;
 
 export function zeroCounters(): AgentCounters {
   return {
@@ -327,7 +329,7 @@ export class Agent {
       dedupMs: AGENT_DEFAULTS.repairDedupMs,
       random: this.random,
     });
-    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, completedAtMs: 0, transport: '' };
+    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
     if (opts.wanRateBytesPerSec) {
       // Debt-based: take always succeeds and says how long to sleep to stay at the rate.
       const rate = opts.wanRateBytesPerSec;
@@ -789,6 +791,7 @@ export class Agent {
     this.completedAt = Date.now();
     this.stats.seconds = (this.completedAt - this.started) / 1000;
     this.stats.completedAtMs = this.completedAt;
+    this.stats.crossPaths = this.cross.view();
     await UnitSpool.removeAll(path.join(this.opts.storageDir, this.manifest.id)).catch(() => undefined);
     this.announce();
     try {
