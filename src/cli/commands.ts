@@ -295,7 +295,7 @@ export const agent: Command = {
       once: { type: 'boolean', help: 'exit 0 once the release is complete and verified, printing its path' },
       member: { type: 'string', arg: 'ID', help: 'member id (default: kept in STORAGE/member-id)', check: checks.name },
       rate: { type: 'number', arg: 'MBIT', help: 'LAN send rate limit in Mbit/s', default: 500, min: 0, minExclusive: true, max: 100000, reload: true },
-      'cross-rate': { type: 'number', arg: 'MBIT', help: "wide-area groups: pace of copies to other sites' gateways (they cross the site uplink; keep members x this under it)", default: 20, min: 0, minExclusive: true, max: 100000 },
+      'cross-rate': { type: 'number', arg: 'MBIT', help: "wide-area groups: cap on copies to other sites' gateways; under it the pace of each path is learned from the receiving gateway's feedback", default: 100, min: 0, minExclusive: true, max: 100000 },
       linger: { type: 'number', arg: 'SECONDS', help: 'with --once: keep answering NACKs until the group is complete, at most this long', default: 60, min: 0, max: 86400 },
       timeout: { type: 'number', arg: 'SECONDS', help: 'with --once: give up after this long (0 = never)', default: 0, min: 0 },
       report: { type: 'string', arg: 'FILE', help: 'with --once: write a JSON report of the transfer to FILE' },

@@ -96,6 +96,8 @@ interface FleetJson {
     group: string;
     missingUnits: number;
     groupComplete: boolean;
+    /** Units the origin sent again to this group, by reason (absent from older servers). */
+    resentUnits?: Record<string, number>;
     wide?: boolean;
     members: {
       id: string;
@@ -142,7 +144,11 @@ export const fleet: Command = {
     const f = JSON.parse(body) as FleetJson;
     if (f.groups.length === 0) out('no groups yet: no agent has joined');
     for (const g of f.groups) {
-      out(`${g.name ?? '?'} (${g.release}) ${g.wide ? 'wide-area group' : 'group'} ${g.group}: ${g.members.length} member(s), ${g.groupComplete ? 'complete' : `${g.missingUnits} unit(s) nobody holds yet`}`);
+      const resent = Object.entries(g.resentUnits ?? {}).filter(([, n]) => n > 0);
+      out(
+        `${g.name ?? '?'} (${g.release}) ${g.wide ? 'wide-area group' : 'group'} ${g.group}: ${g.members.length} member(s), ${g.groupComplete ? 'complete' : `${g.missingUnits} unit(s) nobody holds yet`}` +
+          `; origin re-sends: ${resent.length ? resent.map(([r, n]) => `${n} ${r}`).join(', ') : 'none'}`,
+      );
       const rows = [['MEMBER', 'LAN GROUP', 'ROLE', 'PROGRESS', 'OVERHEAD', 'HOOK', 'LAST SEEN']];
       for (const m of g.members) {
         const hook = m.hook ? (m.hook.exitCode !== null ? `exit ${m.hook.exitCode}` : (m.hook.signal ?? m.hook.error ?? 'failed')) : '-';
