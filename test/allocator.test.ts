@@ -292,3 +292,18 @@ test('re-sends are counted by reason: relayed and stalled only for units another
   t.is(a.sending('x1', 1, 4), 'stalled');
   t.is(a.sending('x1', 2, 4), 'lease');
 });
+
+test('all-fetched: a gateway idle while members fetch their shares is not demoted the moment copies may start', (t) => {
+  const a = new GroupAllocator({ unitCount: 2, unitBytes: () => 1000, gatewayIdleMs: 1000, deferredStart: true });
+  a.heartbeat('x1', 0, { lanGroup: 'x', address: '10.0.0.1', dataPort: 7001 });
+  a.heartbeat('y1', 0, { lanGroup: 'y', address: '10.0.0.2', dataPort: 7002 });
+  for (const id of ['x1', 'y1']) {
+    const u = a.lease(id, 0).units[0];
+    a.sending(id, u, 0);
+    a.receipt(id, u, 10);
+  }
+  t.is(a.gatewayFor('x', 100), 'x1');
+  // Every unit is held now, 5 s after x1 took the role without forwarding (nothing could cross).
+  t.is(a.gatewayFor('x', 5000), 'x1', 'the idle clock starts when copies may cross');
+  t.is(a.gatewayFor('x', 7000), null, 'still nothing forwarded 2 s after that: demoted');
+});

@@ -182,6 +182,8 @@ export class GroupAllocator {
   }
   /** Units sent again to a group that already had them held or leased, by reason. */
   readonly resentUnits: Record<ResendReason, number> = { hedged: 0, relayed: 0, stalled: 0 };
+  /** `all-fetched`: when every unit was first seen held (copies cross from then on). */
+  private allHeldAt: number | null = null;
   /** Each LAN group's gateway (member id), kept until it leaves or slows (hysteresis). */
   private readonly gatewayOf = new Map<string, { id: string; since: number }>();
 
@@ -576,8 +578,12 @@ export class GroupAllocator {
    * while its LAN group lacks a unit that another group holds verified.
    */
   private forwardsNothing(gw: Member, since: number, now: number): boolean {
-    if (now - Math.max(since, gw.forwardedAt) < this.opts.gatewayIdleMs) return false;
-    if (this.opts.deferredStart && !this.allHeld()) return false;
+    if (this.opts.deferredStart && this.allHeldAt === null) {
+      // `all-fetched`: nothing crosses until every unit is held; the idle clock starts then.
+      if (!this.allHeld()) return false;
+      this.allHeldAt = now;
+    }
+    if (now - Math.max(since, gw.forwardedAt, this.allHeldAt ?? 0) < this.opts.gatewayIdleMs) return false;
     const groups = new Set<string>();
     for (const m of this.members.values()) groups.add(m.lanGroup);
     if (groups.size < 2) return false;
