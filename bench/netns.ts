@@ -1,4 +1,4 @@
-import { ChildProcess, spawnSync } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -111,6 +111,8 @@ export interface RunResult {
   unitBytes?: number;
   /** Bytes on the site WAN links, both directions (the server namespace's interfaces; it also routes between sites). */
   siteLinkBytes?: number;
+  /** fleetcast: units the origin sent again, by reason (/v1/stats `resent`). */
+  resent?: Record<string, number>;
 }
 
 const workdirs = new Set<string>();
@@ -167,14 +169,17 @@ async function runFleetcast(
         '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
-        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn', ...(dist.wide ? ['--wide-group', 'fleet', '--cross-rate', String(dist.crossRateMbit ?? 20)] : []),
+        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn', ...(dist.wide ? ['--wide-group', 'fleet'] : []),
+        ...(dist.crossRateMbit ? ['--cross-rate', String(dist.crossRateMbit)] : []),
       ]),
     ),
   );
   const res = await Promise.all(agents.map((a) => a.done));
   const exitSeconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
   const statsRun = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/stats").then(r=>r.text()).then(t=>process.stdout.write(t))']);
-  const unitBytes = Number((JSON.parse(statsRun.stdout || '{}') as { unitBytesSent?: number }).unitBytesSent ?? 0);
+  const srvStats = JSON.parse(statsRun.stdout || '{}') as { unitBytesSent?: number; resent?: Record<string, { units: number }> };
+  const unitBytes = Number(srvStats.unitBytesSent ?? 0);
+  const resent = Object.fromEntries(Object.entries(srvStats.resent ?? {}).map(([k, v]) => [k, v.units]));
   const srvCpu = await cpuOfLive(srv.pid);
   srv.kill('SIGKILL');
   let srvAfter = 0;
@@ -209,7 +214,7 @@ async function runFleetcast(
   log(`  fleetcast per agent (WAN MiB / seconds): ${shares.join(' ')}; all verified at ${seconds.toFixed(2)} s, all exited at ${exitSeconds.toFixed(2)} s`);
   if (cross) log(`  cross-group: sent ${(cross / MIB).toFixed(1)} MiB, new bytes received ${(crossIn / MIB).toFixed(1)} MiB; LAN repairs ${(repairs / MIB).toFixed(1)} MiB`);
   for (const d of await fs.readdir(w.dir)) if (d.startsWith(`fc-${runId}`)) await fs.rm(path.join(w.dir, d), { recursive: true, force: true });
-  return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok, unitBytes, siteLinkBytes: srvAfter - srvBefore + (rxAfter - rxBefore) };
+  return { seconds, cpu: srvCpu + res.reduce((a, r) => a + r.cpu, 0), lanBytes, serverBytes: srvAfter - srvBefore, ok, unitBytes, siteLinkBytes: srvAfter - srvBefore + (rxAfter - rxBefore), resent };
 }
 
 /** UFTP: uftpd on each receiver, uftp on the server host at `kbps`. */
@@ -405,35 +410,67 @@ export async function benchSitesAndPolicies(runs: number): Promise<string[]> {
   return [...a, ...(await benchPolicies(runs))];
 }
 
-/** Policies on 3 sites x 4 agents in one wide-area group: bytes from the server, seconds, bytes on site links. */
+/**
+ * One core kept busy by an unrelated CPU-bound process in the root namespace (a shell
+ * loop), for the rows that ask how the policies hold on a loaded box. Stopped by PID.
+ */
+async function withBusyCore<T>(fn: () => Promise<T>): Promise<T> {
+  const hog = spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' });
+  try {
+    return await fn();
+  } finally {
+    hog.kill('SIGKILL');
+    await new Promise((r) => (hog.exitCode !== null || hog.signalCode !== null ? r(null) : hog.once('exit', r)));
+  }
+}
+
+/**
+ * Policies on 3 sites x 4 agents in one wide-area group: seconds, bytes from the server,
+ * its re-sends by reason, bytes on site links; then `wide` and `group` again with one core
+ * kept busy. Each run goes through every row in turn, so drift hits them alike.
+ */
 export async function benchPolicies(runs: number): Promise<string[]> {
   const size = scale(64);
   const wan = 100;
   const topo = sites(3, 4, wan, { interSite: true });
   const w = await workdir(size);
   const srvIfs = await ifNames(topo, topo.server.ns);
+  const rowsSpec = [
+    { name: 'wide', policy: 'wide', busy: false },
+    { name: 'group', policy: 'group', busy: false },
+    { name: 'representative', policy: 'representative', busy: false },
+    { name: 'wide, one core busy', policy: 'wide', busy: true },
+    { name: 'group, one core busy', policy: 'group', busy: true },
+  ];
   try {
-    const rows: string[] = [];
-    for (const policy of ['wide', 'group', 'representative']) {
-      const rs: RunResult[] = [];
-      for (let i = 0; i < runs; i++) {
-        // Cross-site pace: each site's 100 Mbit/s downlink takes copies from 2 sites x 4 agents.
-        rs.push(await runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy, wide: true, crossRateMbit: 10 }));
-        log(`policies ${policy} run ${i + 1}: ${rs[i].seconds.toFixed(2)} s, server sent ${((rs[i].unitBytes ?? 0) / MIB).toFixed(1)} MiB, site links ${((rs[i].siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
+    const results = new Map<string, RunResult[]>(rowsSpec.map((r) => [r.name, []]));
+    for (let i = 0; i < runs; i++) {
+      for (const spec of rowsSpec) {
+        const run = () => runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy: spec.policy, wide: true });
+        const r = spec.busy ? await withBusyCore(run) : await run();
+        results.get(spec.name)!.push(r);
+        log(`policies ${spec.name} run ${i + 1}: ${r.seconds.toFixed(2)} s, server sent ${((r.unitBytes ?? 0) / MIB).toFixed(1)} MiB (re-sends ${JSON.stringify(r.resent)}), site links ${((r.siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
       }
+    }
+    const secondsOf = (name: string) => median(results.get(name)!.map((r) => r.seconds));
+    const rows = rowsSpec.map((spec) => {
+      const rs = results.get(spec.name)!;
       const okRuns = rs.filter((r) => r.ok);
-      const s = summarize(okRuns.length ? okRuns : rs);
+      const secs = median((okRuns.length ? okRuns : rs).map((r) => r.seconds));
       const unit = median(rs.map((r) => r.unitBytes ?? 0));
       const links = median(rs.map((r) => r.siteLinkBytes ?? 0));
-      rows.push(`| ${policy} | ${s.seconds.toFixed(2)} | ${(unit / MIB).toFixed(1)} | ${(unit / size).toFixed(3)} | ${(links / MIB).toFixed(1)} | ${okRuns.length}/${rs.length} |`);
-    }
+      const perGroup = spec.policy === 'wide' ? unit / size : unit / size / 3;
+      const vsGroup = secs / secondsOf(spec.busy ? 'group, one core busy' : 'group');
+      const resent = ['hedged', 'relayed', 'stalled'].map((k) => median(rs.map((r) => r.resent?.[k] ?? 0))).join(' / ');
+      return `| ${spec.name} | ${secs.toFixed(2)} | ${vsGroup.toFixed(2)} | ${(unit / MIB).toFixed(1)} | ${perGroup.toFixed(3)} | ${resent} | ${(links / MIB).toFixed(1)} | ${okRuns.length}/${rs.length} |`;
+    });
     return [
       '## policies: 3 sites x 4 agents in one wide-area group, site WAN 100 Mbit/s, 64 MiB',
       '',
-      "Topology (b) with the server's namespace also routing between sites, so cross-site copies use the same shaped links as downloads. Agents run with `--cross-rate 10` (Mbit/s each: a site's downlink takes copies from 2 sites x 4 agents). Bytes from the server: unit bytes it sent (application level). Site links: bytes on all site WAN links, both directions (headers included): downloads, uploads and cross-site copies. `wide`: each unit leaves the server once for the three sites and crosses to the other sites' gateways; `group`: once per site; `representative`: once per site, all to its best member.",
+      "Topology (b) with the server's namespace also routing between sites, so cross-site copies use the same shaped links as downloads. Agents run with the default `cross_rate` cap (100 Mbit/s); each path's pace is learned from the receiving gateway's FEEDBACK. Bytes from the server: unit bytes it sent (application level); per group: / release size for `wide` (one wide-area group), / 3 x release size for the others (one per site). Re-sends: units the origin sent again to a group that already held or leased them, by reason (medians). Site links: bytes on all site WAN links, both directions (headers included): downloads, uploads and cross-site copies. `wide`: each unit leaves the server once for the three sites and crosses to the other sites' gateways; `group`: once per site; `representative`: once per site, all to its best member. One core busy: an unrelated `sh -c 'while :; do :; done'` runs beside the testbed for the whole run; its rows compare with `group` under the same load. Each run goes through all rows in turn.",
       '',
-      '| policy | seconds | bytes from the server (MiB) | / release size | bytes on site links (MiB) | runs verified |',
-      '| --- | ---: | ---: | ---: | ---: | ---: |',
+      '| policy | seconds | / group (same load) | bytes from the server (MiB) | per group / release size | re-sends hedged / relayed / stalled | bytes on site links (MiB) | runs verified |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
       ...rows,
       '',
     ];

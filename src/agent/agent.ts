@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { Manifest, parseManifest, unitLength } from '../release/manifest';
 import { PartialStore } from '../storage/partial-store';
 import { createTransport } from '../transport/binding';
+import { trySetBuffer } from '../transport/dgram-transport';
 import { DEFAULT_MAX_DATAGRAM_BYTES, RecvBatch, Transport, TransportOptions } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
@@ -41,6 +42,8 @@ export const AGENT_DEFAULTS = {
   crossRateBytesPerSec: (100 * 1e6) / 8,
   /** A gateway reports to each member sending it copies this often (FEEDBACK). */
   crossFeedbackMs: 200,
+  unicastRecvBufferBytes: 4 * 1024 * 1024,
+  unicastSendBufferBytes: 1024 * 1024,
   /** Cross-group paths and sources tracked (bounded against abuse). */
   maxCrossPaths: 256,
   burstBytes: 256 * 1024,
@@ -462,6 +465,11 @@ export class Agent {
         resolve();
       });
     });
+    // Copies from every member of every other site land here in bursts while our event
+    // loop may be busy with the LAN: a default-sized buffer overflows, and the senders'
+    // pacers would read that as congestion.
+    trySetBuffer(s, 'recv', AGENT_DEFAULTS.unicastRecvBufferBytes);
+    trySetBuffer(s, 'send', AGENT_DEFAULTS.unicastSendBufferBytes);
     s.on('error', (err) => this.log.debug(`unicast: ${err.message}`));
     s.on('message', (msg, rinfo) => {
       if (!this.closed) this.onDatagram(msg, Date.now(), { address: rinfo.address, port: rinfo.port });
@@ -536,6 +544,8 @@ export class Agent {
       address: this.interfaceAddress,
       fetching: [...this.fetching],
       fetchingBytes: [...this.fetching].map((u) => this.fetchedBytes.get(u) ?? 0),
+      // Downloads paused while our own copies to other sites drain: alive and sending, not a straggler.
+      ...(this.cross.copyBytesQueued > AGENT_DEFAULTS.crossQueueMaxBytes / 2 ? { copying: true } : {}),
       forwarded: this.stats.fragmentsForwarded,
       ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),

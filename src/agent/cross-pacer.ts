@@ -11,8 +11,9 @@ import { TokenBucket } from './token-bucket';
  *   still in flight cancel out between windows at a steady rate);
  * - congestion is loss well above the path's background loss (random loss is not
  *   congestion): above the median loss of the last 8 windows by 3 points, or by three
- *   standard deviations of a window that size, and at least 5%; or two round-trip times
- *   in a row (echoed ANNOUNCEs) more than `delayTargetMs` above the lowest seen;
+ *   standard deviations of a window that size, and at least 5%; or the least of the last
+ *   4 round-trip times (echoed ANNOUNCEs, at least 3) more than `delayTargetMs` above the
+ *   lowest seen;
  * - on congestion the rate drops to what the window delivered, times 0.85 (and at
  *   least by a quarter); without it the rate doubles per window until the first
  *   congestion (slow start), then grows by `capBytesPerSec / 40` per window;
@@ -52,7 +53,8 @@ export class CrossPacer {
   private slowStart = true;
   /** Loss of the last windows: their median is the path's background loss. */
   private readonly losses: number[] = [];
-  private delayedProbes = 0;
+  /** The last round-trip samples (the current-delay filter). */
+  private readonly rtts: number[] = [];
   private minRttMs = Infinity;
   lastRttMs: number | null = null;
   lastLoss = 0;
@@ -101,8 +103,11 @@ export class CrossPacer {
       const rtt = Math.max(0, now - probe.at - echoHoldMs);
       this.lastRttMs = rtt;
       this.minRttMs = Math.min(this.minRttMs, rtt);
-      this.delayedProbes = rtt - this.minRttMs > this.o.delayTargetMs ? this.delayedProbes + 1 : 0;
-      delayed = this.delayedProbes >= 2;
+      // LEDBAT's current-delay filter (RFC 6817 §3.4.2): the least of the last few
+      // samples, so a busy event loop at either end (one late sample) is not a queue.
+      this.rtts.push(rtt);
+      if (this.rtts.length > 4) this.rtts.shift();
+      delayed = this.rtts.length >= 3 && Math.min(...this.rtts) - this.minRttMs > this.o.delayTargetMs;
       this.probes.splice(0, this.probes.indexOf(probe) + 1);
     }
     const w = this.win;
@@ -149,6 +154,7 @@ export class CrossPacer {
   }
 
   private congested(gotBytes: number, ms: number): void {
+    if (process.env.FC_PACER_DEBUG) process.stderr.write(`pacer congested: loss ${this.lastLoss.toFixed(3)} rtt ${this.lastRttMs} min ${this.minRttMs} rtts ${this.rtts.join(',')} rate ${(this.rate * 8e-6).toFixed(1)} got ${((gotBytes * 8e-3) / ms).toFixed(1)} Mbit/s\n`);
     this.congestionEvents++;
     this.slowStart = false;
     const delivered = (gotBytes * 1000) / ms;

@@ -149,6 +149,8 @@ interface Lease {
   /** Bytes of the unit written to the member so far, and when the last of them left. */
   bytesSent: number;
   lastByteAt: number;
+  /** The member's last heartbeat said its downloads wait for its own cross-group copies. */
+  copying?: boolean;
 }
 
 export interface LeaseGrant {
@@ -196,7 +198,16 @@ export class GroupAllocator {
   heartbeat(
     id: string,
     now: number,
-    info: { have?: Uint8Array | null; address?: string | null; fetching?: number[]; fetchingBytes?: number[]; lanGroup?: string; dataPort?: number | null; forwarded?: number } = {},
+    info: {
+      have?: Uint8Array | null;
+      address?: string | null;
+      fetching?: number[];
+      fetchingBytes?: number[];
+      copying?: boolean;
+      lanGroup?: string;
+      dataPort?: number | null;
+      forwarded?: number;
+    } = {},
   ): void {
     let m = this.members.get(id);
     if (!m) {
@@ -238,6 +249,9 @@ export class GroupAllocator {
       if (!l) continue;
       if (this.leases.get(u) === l) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
       const b = info.fetchingBytes?.[i];
+      // Paused for its own copies to other groups: alive and sending, as good as progress.
+      l.copying = info.copying === true;
+      if (l.copying) l.lastByteAt = now;
       if (b !== undefined && b > l.bytesSent) {
         l.bytesSent = b;
         l.lastByteAt = now;
@@ -456,6 +470,7 @@ export class GroupAllocator {
       const predicted = oh === null ? 0 : oh * bytes;
       const elapsed = now - l.sentAt;
       if (elapsed <= Math.max(this.opts.hedgeMinMs, this.opts.hedgeFactor * predicted)) continue;
+      if (l.copying && now - l.lastByteAt < this.opts.hedgeMinMs) continue;
       if (l.bytesSent > 0 && now - l.lastByteAt < this.opts.hedgeMinMs) {
         const rate = l.bytesSent / Math.max(1, l.lastByteAt - l.sentAt); // bytes per ms
         const remainingMs = (bytes - l.bytesSent) / rate;

@@ -348,6 +348,7 @@ export class FleetcastServer {
           address: b.address ?? req.socket.remoteAddress ?? null,
           fetching: b.fetching,
           fetchingBytes: b.fetchingBytes,
+          copying: b.copying,
           lanGroup: b.group,
           dataPort: b.dataPort ?? null,
           forwarded: b.forwarded,

@@ -147,7 +147,8 @@ function bind(s: dgram.Socket, port: number, address: string): Promise<void> {
   });
 }
 
-function trySetBuffer(s: dgram.Socket, which: 'recv' | 'send', bytes: number): number {
+/** Ask for a socket buffer size; returns what the kernel gave (capped by net.core.[rw]mem_max). */
+export function trySetBuffer(s: dgram.Socket, which: 'recv' | 'send', bytes: number): number {
   try {
     if (which === 'recv') s.setRecvBufferSize(bytes);
     else s.setSendBufferSize(bytes);

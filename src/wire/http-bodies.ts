@@ -23,6 +23,8 @@ export interface HeartbeatBody extends MemberRef {
   fetching?: number[];
   /** Bytes received so far of each unit in `fetching`, same order (progress for hedging). */
   fetchingBytes?: number[];
+  /** Its downloads wait for its own copies to other groups to leave (it is sending, not straggling). */
+  copying?: boolean;
   /** Fragments the member re-multicast as its LAN group's gateway, since it started. */
   forwarded?: number;
   /** The wide-area group the member's LAN group belongs to. */
@@ -52,7 +54,7 @@ export interface HookBody extends MemberRef {
   error?: string;
 }
 
-type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256'; optional?: boolean; max?: number };
+type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256' | 'bool'; optional?: boolean; max?: number };
 
 const REF: Record<string, FieldSpec> = {
   release: { kind: 'release' },
@@ -68,6 +70,7 @@ export const SCHEMAS = {
     fetching: { kind: 'uintArray', optional: true, max: 1024 },
     fetchingBytes: { kind: 'uintArray', optional: true, max: 1024 },
     forwarded: { kind: 'uint', optional: true },
+    copying: { kind: 'bool', optional: true },
     wideGroup: { kind: 'id', optional: true },
     dataPort: { kind: 'uint', optional: true },
   },
@@ -96,6 +99,8 @@ function checkField(name: string, v: unknown, spec: FieldSpec): string | null {
       if (!Array.isArray(v) || v.length > (spec.max ?? 1024)) return `${name} must be an array of at most ${spec.max ?? 1024} integers`;
       for (const x of v) if (!Number.isSafeInteger(x) || x < 0 || x > 0xffffffff) return `${name} must hold non-negative integers`;
       return null;
+    case 'bool':
+      return typeof v === 'boolean' ? null : `${name} must be true or false`;
     case 'sha256':
       return typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? null : `${name} must be 64 lowercase hex characters`;
   }
