@@ -121,3 +121,17 @@ test('no feedback at all (gateway gone): the pace halves down to its floor inste
   }
   t.is(p.rateBytesPerSec, 1 * MBIT);
 });
+
+test('a path that recovers: from the floor pace (fewer datagrams per report than a window needs) the pace climbs again', (t) => {
+  const p = new CrossPacer({ capBytesPerSec: 100 * MBIT, initialBytesPerSec: 0.5 * MBIT, minBytesPerSec: 0.5 * MBIT }, 0);
+  let sent = 0;
+  for (let now = 0; now < 30_000; now += 10) {
+    // Send what the pace allows; everything arrives; the gateway reports every 200 ms.
+    while (p.bucket.take(1400, now) === 0) {
+      p.sent(1400, now);
+      sent++;
+    }
+    if (now % 200 === 0) p.report(sent, sent * 1400, 0n, 0, now);
+  }
+  t.true(p.rateBytesPerSec > 20 * MBIT, `pace ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s`);
+});

@@ -75,7 +75,6 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   t.teardown(() => f.cleanup());
   const agents = topo.sites.flatMap((hosts, k) => hosts.map((h, i) => f.startAgent(h, `w${k + 1}a${i + 1}`, `site${k + 1}`, ['--wide-group', 'fleet', '--rate', '40'])));
   const codes = await Promise.all(agents.map((a) => a.exit));
-  for (const a of agents) require('fs').writeFileSync(`/tmp/pacer-${a.id}.log`, a.stderr());
   t.deepEqual(codes, agents.map(() => 0), agents.map((a) => `${a.id}: ${a.stderr()}`).join('\n'));
   for (const a of agents) t.is(await sha256File((await a.report()).path), f.sourceSha, a.id);
   const stats = await f.serverStats();

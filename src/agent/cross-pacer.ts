@@ -11,12 +11,15 @@ import { TokenBucket } from './token-bucket';
  *   still in flight cancel out between windows at a steady rate);
  * - congestion is loss well above the path's background loss (random loss is not
  *   congestion): above the median loss of the last 8 windows by 3 points, or by three
- *   standard deviations of a window that size, and at least 5%; or the least of the last
- *   4 round-trip times (echoed ANNOUNCEs, at least 3) more than `delayTargetMs` above the
- *   lowest seen;
+ *   standard deviations of a window that size, and at least 5% (20% until 3 windows have
+ *   been judged);
+ * - a standing queue is the least of the last 4 round-trip times (echoed ANNOUNCEs, at
+ *   least 3) more than `delayTargetMs` above the lowest seen;
  * - on congestion the rate drops to what the window delivered, times 0.85 (and at
- *   least by a quarter); without it the rate doubles per window until the first
- *   congestion (slow start), then grows by `capBytesPerSec / 40` per window;
+ *   least by a quarter); under a standing queue it holds; otherwise it doubles per
+ *   window until the first congestion or queue (slow start), then grows by
+ *   `capBytesPerSec / 100` per window (5 Mbit/s a second at a 100 Mbit/s cap: several
+ *   senders share a bottleneck, and their increases add up);
  * - it never exceeds `capBytesPerSec` (the operator's cross_rate) nor twice what was
  *   actually sent in the last window (no credit for idle time), and never goes under
  *   `minBytesPerSec`;
@@ -111,32 +114,43 @@ export class CrossPacer {
       this.probes.splice(0, this.probes.indexOf(probe) + 1);
     }
     const w = this.win;
-    this.win = { at: now, sentDatagrams: this.sentDatagrams, sentBytes: this.sentBytes, recvDatagrams, recvBytes };
-    if (!w) return;
+    const next = { at: now, sentDatagrams: this.sentDatagrams, sentBytes: this.sentBytes, recvDatagrams, recvBytes };
+    if (!w) {
+      this.win = next;
+      return;
+    }
     const sent = this.sentDatagrams - w.sentDatagrams;
     const got = (recvDatagrams - w.recvDatagrams) >>> 0;
     const gotBytes = (recvBytes - w.recvBytes) >>> 0;
     const ms = Math.max(1, now - w.at);
     // More arrived than we sent: the gateway's counters restarted (it forgot us). A new window.
-    if (got > sent + MIN_WINDOW_DATAGRAMS) return;
-    if (sent < MIN_WINDOW_DATAGRAMS) {
-      // Too little sent to judge loss; a long queue still says slow down.
-      if (delayed) this.congested(gotBytes, ms);
+    if (got > sent + MIN_WINDOW_DATAGRAMS) {
+      this.win = next;
       return;
     }
+    // Too little sent to judge: the window stays open until enough has gone (a slow
+    // pace must still be able to learn that the path recovered).
+    if (sent < MIN_WINDOW_DATAGRAMS) return;
+    this.win = next;
     const loss = Math.max(0, Math.min(1, 1 - got / sent));
     this.lastLoss = loss;
     const floor = median(this.losses);
     this.losses.push(loss);
     if (this.losses.length > 8) this.losses.shift();
     const p = Math.max(floor, 0.01);
-    const threshold = Math.max(0.05, floor + 0.03, floor + 3 * Math.sqrt((p * (1 - p)) / sent));
-    if (delayed || loss > threshold) {
+    // Until 3 windows have shown the path's background loss, only heavy loss counts.
+    const threshold = Math.max(this.losses.length > 3 ? 0.05 : 0.2, floor + 0.03, floor + 3 * Math.sqrt((p * (1 - p)) / sent));
+    if (loss > threshold) {
       this.congested(gotBytes, ms);
       return;
     }
+    // A standing queue on the path (ours or other traffic's): hold the pace, do not push more into it.
+    if (delayed) {
+      this.slowStart = false;
+      return;
+    }
     const sentRate = ((this.sentBytes - w.sentBytes) * 1000) / ms;
-    const grown = this.slowStart ? this.rate * 2 : this.rate + this.o.capBytesPerSec / 40;
+    const grown = this.slowStart ? this.rate * 2 : this.rate + this.o.capBytesPerSec / 100;
     // No credit for idle time: a pace never used is not known to fit.
     this.setRate(Math.min(grown, Math.max(this.rate, 2 * sentRate)));
   }
@@ -154,7 +168,6 @@ export class CrossPacer {
   }
 
   private congested(gotBytes: number, ms: number): void {
-    if (process.env.FC_PACER_DEBUG) process.stderr.write(`pacer congested: loss ${this.lastLoss.toFixed(3)} rtt ${this.lastRttMs} min ${this.minRttMs} rtts ${this.rtts.join(',')} rate ${(this.rate * 8e-6).toFixed(1)} got ${((gotBytes * 8e-3) / ms).toFixed(1)} Mbit/s\n`);
     this.congestionEvents++;
     this.slowStart = false;
     const delivered = (gotBytes * 1000) / ms;

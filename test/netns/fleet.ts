@@ -51,7 +51,7 @@ export async function netFleet(topo: Topology, o: { sizeBytes: number; unitSize?
       '--once', '--member', id, '--report', report, '--linger', '30', '--timeout', '300', '--log-level', 'warn', ...extra,
     ]);
     let err = '';
-    child.stderr!.on('data', (d) => (err = (err + d).slice(-400000)));
+    child.stderr!.on('data', (d) => (err = (err + d).slice(-4000)));
     child.stdout!.resume();
     const exit = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
     return { host, id, child, exit, stderr: () => err, report: async () => JSON.parse(await fs.readFile(report, 'utf8')) };
