@@ -177,7 +177,7 @@ test('relay leases: granted for units nobody in the LAN group holds or leases, n
 test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 1.5x slower than the best', (t) => {
   const a = new GroupAllocator({ unitCount: 100, unitBytes: () => 1_000_000 });
   for (const [i, id] of ['a', 'b'].entries()) a.heartbeat(id, 0, { lanGroup: 'x', address: `10.0.0.${i + 1}`, dataPort: 7000 });
-  t.is(a.gatewayFor('x', 0), null, 'no gateway before a member has a measured overhead');
+  t.is(a.gatewayFor('x', 0), 'a', 'before any measurement: the earliest member with an endpoint, provisionally');
   const first = 'a';
   const other = 'b';
   // Both get an overhead sample: `other` slightly faster, within the hysteresis.
@@ -199,19 +199,22 @@ test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 
   t.is(a.gatewayFor('x', 400), first, 'the role moves when the gateway leaves');
 });
 
-test('gateway eligibility: only a member with a measured overhead and a unicast endpoint; one that never leases never takes the role', (t) => {
+test('gateway eligibility: a unicast endpoint always, a measured overhead over none; a member that never leases gives way at once', (t) => {
   const a = new GroupAllocator({ unitCount: 8, unitBytes: () => 1000 });
-  a.heartbeat('idle', 0, { lanGroup: 'x', address: '10.0.0.1' }); // joined first, no dataPort, never leases
+  a.heartbeat('idle', 0, { lanGroup: 'x', address: '10.0.0.1', dataPort: 7000 }); // joined first, never leases
   a.heartbeat('noport', 0, { lanGroup: 'x', address: '10.0.0.2' });
   a.heartbeat('ok', 0, { lanGroup: 'x', address: '10.0.0.3', dataPort: 7001 });
-  t.is(a.gatewayFor('x', 0), null, 'nobody measured yet');
+  t.is(a.gatewayFor('x', 0), 'idle', 'nobody measured yet: the earliest member with an endpoint, provisionally');
   for (const id of ['noport', 'ok']) {
     const u = a.lease(id, 1).units[0];
     a.sending(id, u, 1);
     a.receipt(id, u, id === 'noport' ? 5 : 50); // noport is faster but unreachable
   }
-  t.is(a.gatewayFor('x', 100), 'ok');
+  t.is(a.gatewayFor('x', 100), 'ok', 'the first measured member with an endpoint takes over, no hysteresis for an unmeasured gateway');
   t.is(a.memberViews(100).find((m) => m.id === 'idle')!.role, 'member');
+  const lone = new GroupAllocator({ unitCount: 8, unitBytes: () => 1000 });
+  lone.heartbeat('noport', 0, { lanGroup: 'x', address: '10.0.0.2' });
+  t.is(lone.gatewayFor('x', 0), null, 'a member without a unicast endpoint is never gateway');
 });
 
 test('a gateway that forwards nothing while its group lacks units held elsewhere loses the role for a while', (t) => {

@@ -977,7 +977,9 @@ export class Agent {
             this.crossNackLogged.add(u);
             this.log.debug(`cross-group NACK for unit ${u} from ${via.address}:${via.port}: ${this.store.has(u) ? 'held' : 'not held'}, ${this.copying.get(u) ?? 0} copies queued`);
           }
-          if (this.store.has(u) && !this.copying.has(u)) void this.repairUnicast(u, p.missing, via, now);
+          // Copies still queued for that gateway will arrive: answer once they have left
+          // (copies of the unit to other groups may be slower; they are no reason to wait).
+          if (this.store.has(u) && this.cross.copiesQueuedTo(via) === 0) void this.repairUnicast(u, p.missing, via, now);
           return;
         }
         if (!this.store.has(u)) {

@@ -84,6 +84,11 @@ export class CrossPaths {
     }
   }
 
+  /** Copies (not repairs) still queued for the gateway at `to`. */
+  copiesQueuedTo(to: Endpoint): number {
+    return this.paths.get(key(to))?.copies.length ?? 0;
+  }
+
   get pending(): boolean {
     for (const p of this.paths.values()) if (p.repairs.length || p.copies.length) return true;
     return false;

@@ -542,13 +542,15 @@ export class GroupAllocator {
   }
 
   /**
-   * A gateway must have a measured overhead and a unicast endpoint other groups can reach.
-   * A representative (its group's only fetcher, nothing crosses groups) needs neither:
-   * someone must fetch first for anyone to be measured.
+   * A gateway needs a unicast endpoint other groups can reach (a representative, its
+   * group's only fetcher with nothing crossing groups, does not). Measured members come
+   * first (faster()); an unmeasured one serves only while its group has no measured one
+   * with an endpoint (a late joiner whose LAN peers have left still gets other groups'
+   * repairs through it), and gives way as soon as there is one.
    */
   private eligibleGateway(m: Member, now: number): boolean {
     if (now < m.demotedUntil) return false;
-    return this.opts.representativeOnly || (m.overhead !== null && m.address !== null && m.dataPort !== null);
+    return this.opts.representativeOnly || (m.address !== null && m.dataPort !== null);
   }
 
   /** Lower overhead first; unmeasured members after measured ones, earliest joined first. */
@@ -559,10 +561,10 @@ export class GroupAllocator {
 
   /**
    * The gateway of a LAN group: the eligible member with the lowest overhead, kept until
-   * it leaves, slows past gatewaySlackFactor times the group's best (hysteresis), or
-   * forwards nothing for gatewayIdleMs while its group lacks units that other groups hold
-   * (then it may not be gateway for gatewayDemoteMs). Null while no member is eligible:
-   * no other group copies to this one until a member has fetched a unit of its own.
+   * it leaves, slows past gatewaySlackFactor times the group's best (hysteresis), an
+   * unmeasured gateway is outranked by a measured member, or it forwards nothing for
+   * gatewayIdleMs while its group lacks units that other groups hold (then it may not be
+   * gateway for gatewayDemoteMs). Null while no member is eligible.
    */
   gatewayFor(lanGroup: string, now: number): string | null {
     const prev = this.gatewayOf.get(lanGroup);
