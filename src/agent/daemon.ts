@@ -440,19 +440,38 @@ export class AgentDaemon {
     return r.text();
   }
 
-  /** `fleetcast status` answers: HTTP on a unix socket, GET /status → JSON. */
+  /**
+   * `fleetcast status` answers: HTTP on a unix socket, GET /status → JSON. Agents that
+   * share a file system (namespaces, containers) may share the path: bind() is the claim,
+   * so exactly one agent serves it and the others are refused (the caller warns). Probing
+   * and removing the path before binding let agents starting at once each remove the
+   * others' socket and bind their own.
+   */
   async serveStatus(socketPath: string): Promise<void> {
     await fs.mkdir(path.dirname(socketPath), { recursive: true });
-    // Another agent answering there keeps its socket; a stale one from a crash goes.
-    const live = await new Promise<boolean>((resolve) => {
-      const c = net.connect(socketPath, () => {
-        c.destroy();
-        resolve(true);
+    const inUse = () => new Error('another agent is answering on it');
+    let srv: http.Server;
+    try {
+      srv = await this.listenStatus(socketPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+      // Taken. A stale socket from a crash (nobody answers) goes, unless it was replaced meanwhile.
+      const before = await fs.stat(socketPath).catch(() => null);
+      if (await statusSocketAnswers(socketPath)) throw inUse();
+      const after = await fs.stat(socketPath).catch(() => null);
+      if (before && after && before.ino === after.ino) await fs.rm(socketPath, { force: true });
+      srv = await this.listenStatus(socketPath).catch((e: NodeJS.ErrnoException) => {
+        throw e.code === 'EADDRINUSE' ? inUse() : e;
       });
-      c.on('error', () => resolve(false));
-    });
-    if (live) throw new Error('another agent is answering on it');
-    await fs.rm(socketPath, { force: true });
+    }
+    await fs.chmod(socketPath, 0o660).catch(() => undefined);
+    srv.unref();
+    // Served in the background (the agent's start does not wait for it): stopped meanwhile?
+    if (this.stopped) srv.close();
+    else this.statusServer = srv;
+  }
+
+  private async listenStatus(socketPath: string): Promise<http.Server> {
     const srv = http.createServer((req, res) => {
       const body = req.method === 'GET' && req.url === '/status' ? JSON.stringify(this.status()) : null;
       res.writeHead(body ? 200 : 404, { 'content-type': 'application/json' });
@@ -465,10 +484,23 @@ export class AgentDaemon {
         resolve();
       });
     });
-    await fs.chmod(socketPath, 0o660).catch(() => undefined);
-    srv.unref();
-    this.statusServer = srv;
+    return srv;
   }
+}
+
+/** Whether an agent answers on the unix socket at `socketPath` (a connect is local: 2 s is plenty). */
+function statusSocketAnswers(socketPath: string): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const c = net.connect(socketPath, () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.setTimeout(2000, () => {
+      c.destroy();
+      resolve(true); // something holds it: leave it alone
+    });
+    c.on('error', () => resolve(false));
+  });
 }
 
 interface Newest {

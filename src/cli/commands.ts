@@ -371,8 +371,9 @@ export const agent: Command = {
     });
     const socketFlag = f['status-socket'] as string | undefined;
     const socketPath = socketFlag === undefined ? defaultStatusSocket() : socketFlag === 'none' || socketFlag === '' ? null : socketFlag;
+    // In the background: the agent's start waits on nothing but its config and the server.
     if (socketPath) {
-      await daemon.serveStatus(socketPath).then(
+      void daemon.serveStatus(socketPath).then(
         () => log.debug(`status on ${socketPath}`),
         (err: Error) => log.warn(`no status socket at ${socketPath}: ${err.message} ('fleetcast status' will not reach this agent)`),
       );
