@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -327,16 +328,29 @@ export class AgentDaemon {
     this.opts.onState?.(this);
   }
 
+  /**
+   * Wait `ms`, or until woken (reload, a failed agent) or stopped. The abort listener
+   * goes when the wait ends however it ends: one left per poll piled up on the
+   * long-lived signal (MaxListenersExceededWarning after a few minutes of polling).
+   */
   private sleep(ms: number): Promise<void> {
+    const signal = this.abort.signal;
     return new Promise((resolve) => {
+      if (signal.aborted) return resolve();
       const t = setTimeout(done, ms);
       function done() {
         clearTimeout(t);
+        signal.removeEventListener('abort', done);
         resolve();
       }
       this.wakeLoop = done;
-      this.abort.signal.addEventListener('abort', done, { once: true });
+      signal.addEventListener('abort', done, { once: true });
     });
+  }
+
+  /** Listeners on the daemon's own abort signal (a leak shows as a growing count). */
+  abortListenerCount(): number {
+    return getEventListeners(this.abort.signal, 'abort').length;
   }
 
   async stop(): Promise<void> {

@@ -1,0 +1,63 @@
+import test from 'ava';
+import * as path from 'node:path';
+import { AgentDaemon } from '../src/agent/daemon';
+import { ServerAccess } from '../src/net/server-access';
+import { loadPublicKey } from '../src/release/keys';
+import { splitHostPort } from '../src/cli/args';
+import { silentLogger } from '../src/util/log';
+import { startFleet } from './helpers/fleet';
+
+const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+// Issue 14: a long-running agent logged MaxListenersExceededWarning after a minute or two,
+// because every poll's sleep left an abort listener on the daemon's signal.
+test('a daemon holding a complete release polls without piling up abort listeners', async (t) => {
+  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024 });
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+  process.on('warning', onWarning);
+  const daemon = new AgentDaemon({
+    agent: {
+      server: new ServerAccess({ url: fleet.url, plainHttp: true }),
+      group: 'g1',
+      member: 'poller',
+      interface: '127.0.0.1',
+      multicast: { address: mc.host, port: mc.port },
+      storageDir: path.join(fleet.dir, 'poller'),
+      trustedKeys: [await loadPublicKey(fleet.pubPath)],
+      lingerMs: 0,
+    },
+    release: fleet.manifest.id,
+    keep: 2,
+    hookTimeoutMs: 1000,
+    channelPollMs: 5,
+    logger: silentLogger,
+  });
+  t.teardown(() => {
+    process.off('warning', onWarning);
+    return daemon.stop();
+  });
+  let polls = 0;
+  const sleeping = (daemon as unknown as { sleep(ms: number): Promise<void> }).sleep.bind(daemon);
+  (daemon as unknown as { sleep(ms: number): Promise<void> }).sleep = (ms) => {
+    polls++;
+    return sleeping(ms);
+  };
+  const running = daemon.runForever();
+  await until(() => daemon.state === 'complete', 'the release completes');
+  const before = polls;
+  await until(() => polls >= before + 50, '50 more polls');
+  t.true(polls - before >= 50);
+  // At most the one listener of the sleep in progress.
+  t.true(daemon.abortListenerCount() <= 1, `${daemon.abortListenerCount()} abort listeners after ${polls} polls`);
+  t.deepEqual(warnings.filter((w) => w.includes('MaxListeners')), []);
+  await daemon.stop();
+  await running;
+});
