@@ -36,6 +36,11 @@ export interface CommandSpec {
   usage: string;
   flags: Record<string, FlagSpec>;
   positionals?: { name: string; required: boolean }[];
+  /**
+   * The command reads --config itself, against another command's keys (doctor reads the
+   * agent's file); the generic loader leaves it alone.
+   */
+  configOf?: string;
   /** Rules across options (e.g. "--release or --channel"): the flag to blame and what is wrong. */
   validate?: (flags: Record<string, FlagValue>) => { flag: string; problem: string } | null;
 }

@@ -45,7 +45,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(formatHelp(cmd.spec));
       return ExitCode.OK;
     }
-    const file = cmd.spec.flags.config && args.flags.config !== undefined ? await loadConfigFile(String(args.flags.config), cmd.spec) : undefined;
+    const file = cmd.spec.flags.config && !cmd.spec.configOf && args.flags.config !== undefined ? await loadConfigFile(String(args.flags.config), cmd.spec) : undefined;
     return await cmd.run({ ...args, flags: resolveFlags(cmd.spec, args.flags, file), cliFlags: args.flags });
   } catch (err) {
     // Under systemd (journald on stderr) the error gets the err priority, <3>.
