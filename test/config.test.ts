@@ -107,7 +107,7 @@ test('fleetcast config check exits 0 for a valid file and 78 with the location f
   t.is(r.code, 78);
   t.regex(r.stderr, /agent-bad\.yaml:9:1: unknown key rat \(did you mean rate\?\)/);
   r = await runCli(['config', 'check', path.join(dir, 'missing-agent.yaml')]);
-  t.is(r.code, 78);
+  t.is(r.code, 66, 'a missing file is missing input');
   t.regex(r.stderr, /cannot read config file: no such file/);
   r = await runCli(['config', 'check', path.join(dir, 'x.yaml')]);
   t.is(r.code, 64, 'no way to tell agent from server: a usage error');

@@ -181,7 +181,7 @@ test('the server under systemd: READY with what it serves, STOPPING on SIGTERM; 
   const port = randomInt(20000, 32000);
   const metricsPort = port + 1;
   const cfg = path.join(dir, 'server.yaml');
-  await fs.writeFile(cfg, `plain_http: true\nstore: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);
+  await fs.writeFile(cfg, `plain_http: true\ncreate: true\nstore: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);
   const p = spawnBin(t, ['server', '--config', cfg], { NOTIFY_SOCKET: sd.socket });
   t.regex(await sd.waitFor(/READY=1/), /STATUS=serving 0 release\(s\) on http:\/\/127\.0\.0\.1:\d+/);
   const m = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();

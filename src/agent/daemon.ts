@@ -10,7 +10,7 @@ import { ChannelHead, parseChannelHead } from '../release/channels';
 import { Logger, Level } from '../util/log';
 import { MetricsRegistry } from '../util/metrics';
 import { ExitCode, FleetcastError } from '../util/errors';
-import { ControlClient, describeFetchError } from './control-client';
+import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import { parseManifest } from '../release/manifest';
 import { writeAtomic } from '../storage/partial-store';
 
@@ -51,6 +51,9 @@ type Totals = AgentCounters;
 const ZERO: Totals = zeroCounters();
 
 const HOOK_FILE = 'hook.json';
+
+/** Errors that end the daemon instead of being retried: the config must change first. */
+const isFatal = (err: unknown): boolean => err instanceof FleetcastError && err.code === 'TLS_UNTRUSTED';
 const MAX_ERRORS = 10;
 
 export class AgentDaemon {
@@ -73,6 +76,8 @@ export class AgentDaemon {
   private pollBackoffMs = 0;
   private readonly refused = new Set<string>();
   private failures = 0;
+  /** An error no retry can fix (an untrusted certificate): runForever ends with it. */
+  private fatal: Error | null = null;
   private retryAt = 0;
   private readonly log: Logger;
   private statusServer: http.Server | null = null;
@@ -103,11 +108,13 @@ export class AgentDaemon {
         if (target !== this.currentRelease && Date.now() >= this.retryAt) await this.switchTo(target);
         this.pollBackoffMs = 0;
       } catch (err) {
+        if (isFatal(err)) throw err;
         this.pollBackoffMs = Math.min(60_000, Math.max(1000, this.pollBackoffMs * 2));
         this.log.warn(`${(err as Error).message}; asking again in ${this.pollBackoffMs / 1000} s`);
         if (!this.current) this.setState('retrying');
       }
       await this.sleep(Math.max(this.pollBackoffMs, this.opts.channelPollMs));
+      if (this.fatal) throw this.fatal;
     }
   }
 
@@ -153,11 +160,11 @@ export class AgentDaemon {
     try {
       res = await this.opts.agent.server.fetch(`/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
     } catch (err) {
-      throw new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
+      throw tlsTrustProblem(err, this.opts.agent.server.url) ?? new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
     const body = Buffer.from(await res.arrayBuffer());
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
-    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file');
+    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);
     if (!res.ok) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
     const head = parseChannelHead(body);
     if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
@@ -217,6 +224,12 @@ export class AgentDaemon {
         if (this.current !== ag) return;
         this.current = null;
         this.currentRelease = null;
+        if (isFatal(err)) {
+          this.fatal = err;
+          await this.retire(ag).catch(() => undefined);
+          this.wakeLoop?.();
+          return;
+        }
         this.failures++;
         const wait = Math.min(60_000, 1000 * 2 ** Math.min(6, this.failures - 1));
         this.retryAt = Date.now() + wait;

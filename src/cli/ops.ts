@@ -6,7 +6,7 @@ import { checks, resolveFlags, usageError } from './args';
 import { agent, Command, defaultStatusSocket, server } from './commands';
 import { formatBytes } from './progress';
 import { ServerAccess } from '../net/server-access';
-import { describeFetchError } from '../agent/control-client';
+import { describeFetchError, tlsTrustProblem } from '../agent/control-client';
 
 const out = (s: string) => process.stdout.write(s + '\n');
 
@@ -125,6 +125,8 @@ export const fleet: Command = {
       'plain-http': { type: 'boolean', help: 'allow a plain http:// server URL' },
       json: { type: 'boolean', help: 'print the raw JSON' },
     },
+    // The same rule, and exit status (64), as the agent's.
+    validate: (f) => (String(f.server).startsWith('http:') && !f['plain-http'] ? { flag: 'server', problem: 'is plain HTTP: use https://, or give --plain-http on purpose' } : null),
   },
   async run(a) {
     const access = ServerAccess.fromFiles({ url: String(a.flags.server), tokenFile: a.flags['token-file'] as string | undefined, caFile: a.flags.ca as string | undefined, plainHttp: Boolean(a.flags['plain-http']) });
@@ -132,10 +134,10 @@ export const fleet: Command = {
     try {
       res = await access.fetch('/v1/fleet', { signal: AbortSignal.timeout(10_000) });
     } catch (err) {
-      throw new FleetcastError('UNREACHABLE', `cannot reach the server at ${a.flags.server}: ${describeFetchError(err)}`, ExitCode.UNAVAILABLE);
+      throw tlsTrustProblem(err, String(a.flags.server)) ?? new FleetcastError('UNREACHABLE', `cannot reach the server at ${a.flags.server}: ${describeFetchError(err)}`, ExitCode.UNAVAILABLE);
     }
     const body = await res.text();
-    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused the token (401): give --token-file', ExitCode.NOPERM);
+    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused the token (401): check --token-file', ExitCode.NOPERM);
     if (!res.ok) throw new FleetcastError('BAD_RESPONSE', `the server answered ${res.status}: ${body.slice(0, 200)}`, ExitCode.UNAVAILABLE);
     if (a.flags.json) {
       out(body);
