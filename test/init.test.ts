@@ -26,11 +26,12 @@ test('init server makes keys, a CA, a server certificate for its names, tokens a
   t.regex(text, /TLS Web Server Authentication/);
   t.is(spawnSync('openssl', ['verify', '-CAfile', path.join(pki, 'ca.pem'), path.join(pki, 'tls.pem')]).status, 0);
   // Secrets are private; what agents get is readable.
-  for (const f of ['server.key', 'ca.key', 'tls.key', 'tokens', 'devices/box1/token']) t.is((await fs.stat(path.join(pki, f))).mode & 0o077, 0, f);
+  for (const f of ['server.key', 'ca.key', 'tls.key', 'tokens', 'operator.token', 'devices/box1/token']) t.is((await fs.stat(path.join(pki, f))).mode & 0o077, 0, f);
 
   // One "NAME TOKEN" line per device, the same token as in the device's folder.
   const tokens = (await fs.readFile(path.join(pki, 'tokens'), 'utf8')).split('\n').filter((l) => l && !l.startsWith('#'));
-  t.is(tokens.length, 2);
+  t.is(tokens.length, 3);
+  t.true(tokens.includes(`operator ${(await fs.readFile(path.join(pki, 'operator.token'), 'utf8')).trim()}`));
   for (const n of ['box1', 'box2']) t.true(tokens.includes(`${n} ${(await fs.readFile(path.join(dev(n), 'token'), 'utf8')).trim()}`), n);
   const a2 = await fs.readFile(path.join(dev('box2'), 'agent.yaml'), 'utf8');
   t.regex(a2, /^server: https:\/\/127\.0\.0\.1:\d+$/m);
@@ -67,8 +68,8 @@ test('init server makes keys, a CA, a server certificate for its names, tokens a
   t.is(ag.code, 0, ag.stderr);
   t.is(await sha256File(ag.stdout.trim()), spawnSync('sha256sum', [path.join(dir, 'fw.img')], { encoding: 'utf8' }).stdout.split(' ')[0]);
 
-  // fleet with the CA and a device token sees the group box1 was in; without the CA: 78 and the hint.
-  const fl = await runCli(['fleet', '--server', `https://127.0.0.1:${port}`, '--ca', path.join(pki, 'ca.pem'), '--token-file', path.join(dev('box2'), 'token')]);
+  // fleet with the CA and the operator token sees the group box1 was in; without the CA: 78 and the hint.
+  const fl = await runCli(['fleet', '--server', `https://127.0.0.1:${port}`, '--ca', path.join(pki, 'ca.pem'), '--token-file', path.join(pki, 'operator.token')]);
   t.is(fl.code, 0, fl.stderr);
   t.regex(fl.stdout, /^fw\.img \([0-9a-f]{32}\) group site-a:/m);
   const noCa = await runCli(['fleet', '--server', `https://127.0.0.1:${port}`, '--token-file', path.join(dev('box2'), 'token')]);

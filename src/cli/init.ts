@@ -18,7 +18,8 @@ import { Command } from './commands';
  *   ca.key, ca.pem           a self-signed CA (keep ca.key offline; agents trust ca.pem)
  *   tls.key, tls.pem         the server's certificate, signed by the CA, with every --name
  *                            as a subjectAltName (DNS or IP)
- *   tokens                   one "NAME TOKEN" line per device (the server's tokens_file)
+ *   tokens                   one "NAME TOKEN" line per device (the server's tokens_file),
+ *                            and one for operator.token (fleetcast fleet --token-file)
  *   server.yaml              a ready config: fleetcast server --config DIR/server.yaml
  *   init.json                what `init device` needs to make more devices like these
  *   devices/NAME/            per device: agent.yaml, token, ca.pem, server.pub; copy the
@@ -29,6 +30,8 @@ import { Command } from './commands';
  */
 
 const INIT_FILE = 'init.json';
+/** The token name of operator.token, for fleetcast fleet. */
+const OPERATOR = 'operator';
 
 interface DeviceDefaults {
   url: string;
@@ -101,7 +104,7 @@ async function readTokens(file: string): Promise<Map<string, string>> {
 async function addDevices(dir: string, names: string[], d: DeviceDefaults): Promise<string[]> {
   const tokensFile = path.join(dir, 'tokens');
   const have = await readTokens(tokensFile);
-  const dup = names.find((n, i) => have.has(n) || names.indexOf(n) !== i);
+  const dup = names.find((n, i) => have.has(n) || n === OPERATOR || names.indexOf(n) !== i);
   if (dup) throw new FleetcastError('EEXIST', `device ${dup} already has a token in ${tokensFile}; pick another name (or remove its line to replace it)`, ExitCode.CANTCREAT);
   const made: string[] = [];
   const ca = await fs.readFile(path.join(dir, 'ca.pem'), 'utf8').catch((err) => Promise.reject(fromSystemError(err, `reading ${path.join(dir, 'ca.pem')} (run fleetcast init server ${dir} first)`)));
@@ -217,7 +220,10 @@ export const init: Command = {
       ].join('\n'),
       0o644,
     );
-    await writeNew(path.join(dir, 'tokens'), '# NAME TOKEN: one line per device (fleetcast init device adds more)\n', 0o600);
+    // The operator's own token (fleetcast fleet), apart from every device's.
+    const operatorToken = newToken();
+    await writeNew(path.join(dir, 'operator.token'), operatorToken + '\n', 0o600);
+    await writeNew(path.join(dir, 'tokens'), `# NAME TOKEN: one line per device (fleetcast init device adds more)\n${OPERATOR} ${operatorToken}\n`, 0o600);
     const d: DeviceDefaults = {
       url: `https://${urlHost(hostNames[0])}:${port}`,
       group: String(f.group),
@@ -233,7 +239,7 @@ export const init: Command = {
     o(`signing key:  ${path.join(dir, 'server.key')} (keep; publish --key), ${path.join(dir, 'server.pub')} (agents' trust)`);
     o(`CA:           ${path.join(dir, 'ca.pem')} (agents' ca), ${path.join(dir, 'ca.key')} (keep offline)`);
     o(`server cert:  ${path.join(dir, 'tls.pem')} for ${hostNames.join(', ')}`);
-    o(`tokens:       ${path.join(dir, 'tokens')} (${devices.length} device(s))`);
+    o(`tokens:       ${path.join(dir, 'tokens')} (${devices.length} device(s)); ${path.join(dir, 'operator.token')} for fleetcast fleet`);
     o(`server:       fleetcast server --config ${path.join(dir, 'server.yaml')}`);
     for (const dev of made) o(`device:       ${dev}/ (copy to ${d.etc} on the box)`);
     return ExitCode.OK;
