@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { realpathSync } from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { loadConfigFile } from '../config/config';
@@ -5,6 +7,7 @@ import { ExitCode, FleetcastError } from '../util/errors';
 import { checks, resolveFlags, usageError } from './args';
 import { agent, Command, defaultStatusSocket, server } from './commands';
 import { formatBytes } from './progress';
+import { checkReferences } from './config-check';
 import { ServerAccess } from '../net/server-access';
 import { describeFetchError, tlsTrustProblem } from '../agent/control-client';
 
@@ -71,6 +74,26 @@ export const status: Command = {
     return ExitCode.OK;
   },
 };
+
+/**
+ * `config check --as`: the same check in a child process with the user's uid and
+ * groups (setpriv from util-linux), so a file the service cannot read shows up here.
+ */
+function checkAs(as: string, file: string, kind: string): number {
+  if (process.getuid?.() !== 0) throw new FleetcastError('NOPERM', 'config check --as needs root (to take the user\'s uid)', ExitCode.NOPERM);
+  const [user, groupList] = as.split(':');
+  const groups = groupList?.split(',');
+  const known = spawnSync('id', ['-u', user]).status === 0;
+  const ids = groups ? ['--regid', groups[0], '--groups', groups.join(',')] : known ? ['--regid', String(spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout.trim()), '--init-groups'] : ['--regid', user, '--clear-groups'];
+  if (!known && !/^\d+$/.test(user)) throw usageError(config.spec, `--as: no user ${JSON.stringify(user)} (give a name from /etc/passwd or a numeric uid)`);
+  const bin = realpathSync(process.argv[1]);
+  const r = spawnSync('setpriv', ['--reuid', user, ...ids, '--', process.execPath, bin, 'config', 'check', file, '--kind', kind], { stdio: 'inherit', cwd: '/' });
+  if (r.error) throw new FleetcastError('NO_SETPRIV', `config check --as needs setpriv (util-linux): ${r.error.message}`, ExitCode.UNAVAILABLE);
+  if (r.status === null) throw new FleetcastError('SIGNAL', `the check as ${as} ended by ${r.signal}`, ExitCode.SOFTWARE);
+  // setpriv's own failures (an unknown group) exit 1; the check's are sysexits.
+  if (r.status === 1) throw usageError(config.spec, `--as ${as}: setpriv could not take that user and groups`);
+  return r.status;
+}
 
 interface StatusJson {
   uptimeSeconds: number;
@@ -174,14 +197,16 @@ export const fleet: Command = {
 export const config: Command = {
   spec: {
     name: 'config',
-    summary: 'Check a YAML config file the way the agent or server would load it. Exits 0 when it is valid, 78 when not.',
-    usage: 'config check FILE [--kind agent|server]',
+    summary:
+      'Check a YAML config file the way the agent or server would load it, and what it names: the trust, CA and token files, the interface, the TLS certificate and key (a pair?), the tokens file, the store. Exits 0 when all is well, 78 when not (77 when only permissions are wrong, 66 when the file is missing).',
+    usage: 'config check FILE [--kind agent|server] [--as USER[:GROUP,...]]',
     positionals: [
       { name: 'ACTION', required: true },
       { name: 'FILE', required: true },
     ],
     flags: {
       kind: { type: 'string', arg: 'KIND', help: 'agent or server (default: from the file name)', choices: ['agent', 'server'] },
+      as: { type: 'string', arg: 'USER[:GROUP,...]', help: "check as this user (name or uid) with these groups (the first is the primary; default: the user's own), as the service will read the files: e.g. nobody:nogroup,fleetcast for a unit with DynamicUser= and SupplementaryGroups=fleetcast (needs root)", check: (v) => (/^[A-Za-z0-9._-]+(:[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*)?$/.test(v) ? null : `must be USER or USER:GROUP[,GROUP...], not ${JSON.stringify(v)}`) },
     },
   },
   async run(a) {
@@ -190,10 +215,19 @@ export const config: Command = {
     const base = path.basename(file);
     const kind = (a.flags.kind as string | undefined) ?? (base.includes('server') ? 'server' : base.includes('agent') ? 'agent' : undefined);
     if (!kind) throw usageError(config.spec, `cannot tell from the name ${JSON.stringify(base)} whether this is an agent or server config: give --kind`);
+    if (a.flags.as !== undefined) return checkAs(String(a.flags.as), path.resolve(file), kind);
     const spec = kind === 'server' ? server.spec : agent.spec;
     const values = await loadConfigFile(file, spec);
-    resolveFlags(spec, {}, values);
-    out(`${file}: valid ${kind} config (${Object.keys(values.values).length} key(s))`);
+    const flags = resolveFlags(spec, {}, values);
+    const { problems, notes } = await checkReferences(kind as 'agent' | 'server', flags, values);
+    const at = (w: { file: string; line: number; col: number }) => `${w.file}:${w.line}:${w.col}`;
+    for (const n of notes) out(`${at(n.at)}: note: ${n.message}`);
+    for (const p of problems) process.stderr.write(`${at(p.at)}: ${p.message}\n`);
+    if (problems.length) {
+      const perms = problems.every((p) => p.permission);
+      throw new FleetcastError(perms ? 'NOPERM' : 'CONFIG', `${file}: ${problems.length} problem(s) with what the config names (above)${perms ? '; fix the owner or mode of those files' : ''}`, perms ? ExitCode.NOPERM : ExitCode.CONFIG);
+    }
+    out(`${file}: valid ${kind} config (${Object.keys(values.values).length} key(s)); the files it names, the ${kind === 'agent' ? 'interface' : 'TLS pair and store'} check out${process.getuid?.() === 0 ? ' (as root: give --as to check as the service user)' : ''}`);
     return ExitCode.OK;
   },
 };
