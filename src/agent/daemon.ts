@@ -8,7 +8,7 @@ import { HookResult, runHook } from './hook';
 import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
 import { Logger, Level } from '../util/log';
-import { MetricsRegistry } from '../util/metrics';
+import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import { parseManifest } from '../release/manifest';
@@ -62,6 +62,8 @@ export class AgentDaemon {
   state: 'starting' | 'fetching' | 'complete' | 'waiting' | 'retrying' | 'stopped' = 'starting';
   readonly lastErrors: { at: string; message: string }[] = [];
   lastHook: (HookResult & { release: string }) | null = null;
+  /** The last release this agent completed: when, and how long it took. */
+  lastCompletion: { release: string; atMs: number; seconds: number } | null = null;
   hooksRun = 0;
   private readonly started = Date.now();
   /** Counters of agents that have ended, so totals only grow. */
@@ -256,6 +258,7 @@ export class AgentDaemon {
   /** Hook (once per release, remembered on disk), report to the server, prune. */
   async completed(ag: Agent, finalPath: string): Promise<void> {
     const m = ag.manifest;
+    this.lastCompletion = { release: m.id, atMs: ag.stats.completedAtMs || Date.now(), seconds: ag.stats.seconds };
     const dir = path.join(this.opts.agent.storageDir, m.id);
     await markCompleted(this.opts.agent.storageDir, m.id);
     await noteNewest(this.opts.agent.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) });
@@ -463,8 +466,16 @@ export class AgentDaemon {
     r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);
     r.gauge('progress_ratio', 'Share of the current release verified (0 to 1)', p ? [[{}, p.total === 0 ? 1 : p.verified / p.total]] : []);
     r.gauge('peers', 'Peers heard on the LAN in the last 5 s', [[{}, this.current?.peersSeen().length ?? 0]]);
-    if (this.lastHook) r.gauge('hook_last_exit_code', 'Exit status of the last hook (-1: signal or failed to start)', [[{ release: this.lastHook.release }, this.lastHook.exitCode ?? -1]]);
-    return r.text();
+    if (this.lastHook) {
+      r.gauge('hook_last_exit_code', 'Exit status of the last hook (-1: signal or failed to start)', [[{ release: this.lastHook.release }, this.lastHook.exitCode ?? -1]]);
+      r.gauge('hook_last_duration_seconds', 'How long the last hook ran', [[{ release: this.lastHook.release }, this.lastHook.durationMs / 1000]]);
+    }
+    const c = this.lastCompletion;
+    if (c) {
+      r.gauge('last_completion_timestamp_seconds', 'When the last release was complete and verified (unix time; alert on time() minus this)', [[{}, c.atMs / 1000]]);
+      r.gauge('last_completion_duration_seconds', 'How long the last completed release took, from the agent starting on it to verified', [[{}, c.seconds]]);
+    }
+    return r.text() + processMetrics('fleetcast');
   }
 
   /** `fleetcast status` answers: HTTP on a unix socket, GET /status → JSON. */

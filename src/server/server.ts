@@ -15,7 +15,7 @@ import { Logger, silentLogger } from '../util/log';
 import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
-import { MetricsRegistry } from '../util/metrics';
+import { MetricsRegistry, processMetrics } from '../util/metrics';
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -130,6 +130,8 @@ export class FleetcastServer {
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
   private readonly hooks = new Map<string, HookBody & { at: number }>();
+  /** Answers sent, by HTTP status code (the metrics' code label). */
+  private readonly httpStatus = new Map<number, number>();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } } };
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
@@ -141,6 +143,7 @@ export class FleetcastServer {
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
     };
     this.http = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, onRequest) : http.createServer(onRequest);
@@ -484,12 +487,11 @@ export class FleetcastServer {
   /** Prometheus text format (version 0.0.4) for GET /metrics on the metrics address. */
   metrics(): string {
     const r = new MetricsRegistry('fleetcast_server');
-    r.counter('unit_bytes_sent_total', 'Unit bytes written to agents', [[{}, this.stats.unitBytesSent]]);
-    r.counter('unit_bytes_sent_by_group_total', 'Unit bytes written to agents, by LAN group', Object.entries(this.stats.unitBytesSentByGroup).map(([group, v]) => [{ group }, v]));
+    // One family per quantity: the total is sum() over the group label (a separate
+    // unlabelled total counted the same bytes twice), refusals are codes 4xx (401: no token).
+    r.counter('unit_bytes_sent_total', 'Unit bytes written to agents, by LAN group', Object.entries(this.stats.unitBytesSentByGroup).map(([group, v]) => [{ group }, v]));
     r.counter('unit_requests_total', 'Unit requests served', [[{}, this.stats.unitRequests]]);
-    r.counter('http_requests_total', 'HTTP API requests', [[{}, this.stats.requests]]);
-    r.counter('http_bad_requests_total', 'HTTP API requests refused with an error', [[{}, this.stats.badRequests]]);
-    r.counter('http_unauthorized_total', 'HTTP API requests refused for a missing or unknown token', [[{}, this.stats.unauthorized]]);
+    r.counter('http_requests_total', 'HTTP API answers, by status code', [...this.httpStatus].sort((a, b) => a[0] - b[0]).map(([code, n]) => [{ code: String(code) }, n]));
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
     r.counter('hedged_bytes_total', 'Unit bytes sent under hedge leases (a second member fetching a straggler\'s unit)', [[{}, this.stats.hedgedBytes]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
@@ -498,13 +500,16 @@ export class FleetcastServer {
     const members: [Record<string, string>, number][] = [];
     const missing: [Record<string, string>, number][] = [];
     for (const [key, g] of this.groups) {
+      // A group nobody is in any more (its members moved to a newer release, or left)
+      // has no series: an alert on missing units clears when the release is superseded.
+      if (g.memberCount() === 0) continue;
       const { release, group } = parseAllocatorKey(key);
       members.push([{ release, group }, g.memberCount()]);
       missing.push([{ release, group }, g.missingInGroup()]);
     }
-    r.gauge('group_members', 'Live members per release and group', members);
-    r.gauge('group_missing_units', 'Units no live member of the group holds', missing);
-    return r.text();
+    r.gauge('group_members', 'Live members per release and group (groups with members only)', members);
+    r.gauge('group_missing_units', 'Units no live member of the group holds (groups with members only)', missing);
+    return r.text() + processMetrics('fleetcast');
   }
 
   private async serveUnit(req: http.IncomingMessage, res: http.ServerResponse, id: string, unitStr: string, q: URLSearchParams): Promise<void> {
