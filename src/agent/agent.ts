@@ -478,6 +478,11 @@ export class Agent {
     this.dataPort = s.address().port;
   }
 
+  /** The group's other members from the latest map: the server's ids and what each holds. */
+  groupMembers(): { id: string; group: string; verifiedUnits: number; complete: boolean }[] {
+    return (this.map?.members ?? []).filter((m) => m.id !== this.member).map((m) => ({ id: m.id, group: m.group ?? this.opts.group, verifiedUnits: m.verifiedUnits, complete: m.complete }));
+  }
+
   /** This member's role from the latest map. */
   get role(): 'gateway' | 'member' {
     return this.map?.members.find((m) => m.id === this.member)?.role ?? 'member';

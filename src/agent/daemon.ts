@@ -9,6 +9,7 @@ import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
 import { Logger, Level } from '../util/log';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
+import { RateMeter, verifiedBytes } from '../util/rate';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import { parseManifest } from '../release/manifest';
@@ -72,6 +73,8 @@ export class AgentDaemon {
   private rates = { wanBytesPerSec: 0, lanBytesPerSec: 0, sentBytesPerSec: 0 };
   private lastSample = { at: Date.now(), wan: 0, lan: 0, sent: 0 };
   private sampler: NodeJS.Timeout | null = null;
+  /** Verified bytes of the current release over time: `status`'s rate and ETA. */
+  private verifiedRate = new RateMeter(10_000);
   private stopped = false;
   private readonly abort = new AbortController();
   private wakeLoop: (() => void) | null = null;
@@ -401,6 +404,8 @@ export class AgentDaemon {
       sentBytesPerSec: Math.max(0, (sent - this.lastSample.sent) / dt),
     };
     this.lastSample = { at: now, wan: t.wanBytes, lan: t.lanBytes, sent };
+    const ag = this.current;
+    if (ag?.manifest) this.verifiedRate.add(verifiedBytes(ag.progress, ag.manifest.size, ag.manifest.unitSize));
   }
 
   status(): Record<string, unknown> {
@@ -420,18 +425,39 @@ export class AgentDaemon {
       // gateway: receives the other LAN groups' copies and re-multicasts them here.
       role: ag?.role ?? 'member',
       release: m
-        ? { id: m.id, name: m.name, size: m.size, units: m.unitCount, verifiedUnits: ag!.progress.verified, complete: ag!.isComplete, path: ag!.finalPath }
+        ? {
+            id: m.id,
+            name: m.name,
+            size: m.size,
+            units: m.unitCount,
+            verifiedUnits: ag!.progress.verified,
+            ...this.transfer(ag!),
+            complete: ag!.isComplete,
+            path: ag!.finalPath,
+          }
         : this.currentRelease
           ? { id: this.currentRelease, name: null, size: null, units: null, verifiedUnits: 0, complete: false, path: null }
           : null,
       rates: { ...this.rates, limitBytesPerSec: ag?.rateBytesPerSec ?? this.opts.agent.rateBytesPerSec ?? null },
       totals: this.totals(),
+      // The group's other members as the server knows them: the ids `fleetcast fleet` shows.
+      members: ag?.groupMembers() ?? [],
+      // Senders heard on the LAN (per-release sender ids: the packets carry no member id).
       peers: ag?.peersSeen() ?? [],
       transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
       hook: this.lastHook,
       lastErrors: this.lastErrors,
       ...this.statusExtras(),
     };
+  }
+
+  /** Bytes verified, the rate they grow at, and the time left at that rate (null: unknown). */
+  private transfer(ag: Agent): { verifiedBytes: number; bytesPerSec: number | null; etaSeconds: number | null } {
+    const m = ag.manifest;
+    const done = verifiedBytes(ag.progress, m.size, m.unitSize);
+    const rate = ag.isComplete ? null : this.verifiedRate.rate();
+    const left = m.size - done;
+    return { verifiedBytes: done, bytesPerSec: rate, etaSeconds: left <= 0 ? 0 : rate ? Math.ceil(left / rate) : null };
   }
 
   metrics(): string {

@@ -12,7 +12,7 @@ import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { createLogger, Level } from '../util/log';
 import { sdNotify } from '../util/sd-notify';
 import { checks, CommandSpec, FlagValue, ParsedArgs, resolveFlags, splitHostPort } from './args';
-import { formatBytes, ProgressBar } from './progress';
+import { formatBytes, ProgressBar, RateMeter, transferLine, verifiedBytes } from './progress';
 import { loadConfigFile } from '../config/config';
 import { AgentDaemon } from '../agent/daemon';
 import { setChannel, CHANNEL_RE } from '../release/channels';
@@ -352,6 +352,7 @@ export const agent: Command = {
     const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
     const trustedKeys = await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p)));
     const bar = new ProgressBar('agent');
+    const meter = new RateMeter();
     const notifyStatus = statusNotifier();
     let barRelease: string | null = null;
     const daemon = new AgentDaemon({
@@ -383,11 +384,14 @@ export const agent: Command = {
         const ag = d.current;
         if (!ag) return;
         const p = ag.progress;
+        const m = ag.manifest;
         if (barRelease !== d.currentRelease) {
-          bar.finish();
+          bar.relabel(m.name);
           barRelease = d.currentRelease;
         }
-        bar.update(p.verified, p.total, `${p.verified}/${p.total} units`);
+        const done = verifiedBytes(p, m.size, m.unitSize);
+        meter.add(done);
+        bar.update(done, m.size, transferLine({ done, total: m.size, bytesPerSec: meter.rate() }));
         if (p.verified === p.total) bar.finish();
         const pct = p.total ? Math.floor((100 * p.verified) / p.total) : 100;
         notifyStatus(`${ag.manifest.name}: ${p.verified}/${p.total} units verified (${pct}%)`, p.verified === p.total);

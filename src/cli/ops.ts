@@ -6,7 +6,7 @@ import { loadConfigFile } from '../config/config';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { checks, resolveFlags, usageError } from './args';
 import { agent, Command, defaultStatusSocket, server } from './commands';
-import { formatBytes } from './progress';
+import { formatBytes, transferLine } from './progress';
 import { checkReferences } from './config-check';
 import { ServerAccess } from '../net/server-access';
 import { describeFetchError, tlsTrustProblem } from '../agent/control-client';
@@ -56,15 +56,19 @@ export const status: Command = {
     }
     const s = JSON.parse(r.body) as StatusJson;
     const rel = s.release;
-    out(`agent ${s.member ?? '(not joined yet)'} in group ${s.group}, role ${s.role}, state ${s.state}, up ${s.uptimeSeconds} s`);
+    // The role only where it means something: a gateway of a wide-area group takes the other groups' copies.
+    out(`agent ${s.member ?? '(not joined yet)'} in group ${s.group}${s.wideGroup ? ` of wide-area group ${s.wideGroup}, role ${s.role}` : ''}, state ${s.state}, up ${s.uptimeSeconds} s`);
     out(`server   ${s.server}${s.channel ? `, following channel ${s.channel}` : ''}`);
     if (rel) {
       const pct = rel.units ? ((100 * rel.verifiedUnits) / rel.units).toFixed(1) : rel.units === 0 ? '100.0' : '?';
       out(`release  ${rel.name ?? '?'} (${rel.id})${rel.size !== null ? `, ${formatBytes(rel.size)}` : ''}`);
       out(`progress ${rel.verifiedUnits}/${rel.units ?? '?'} units (${pct}%)${rel.complete ? `, complete: ${rel.path}` : ''}`);
+      if (rel.verifiedBytes !== undefined && rel.size !== null && !rel.complete) out(`         ${transferLine({ done: rel.verifiedBytes, total: rel.size, bytesPerSec: rel.bytesPerSec ?? null })}`);
     } else out('release  none yet');
     out(`rates    WAN ${rate(s.rates.wanBytesPerSec)}, LAN in ${rate(s.rates.lanBytesPerSec)}, sending ${rate(s.rates.sentBytesPerSec)} (limit ${s.rates.limitBytesPerSec ? rate(s.rates.limitBytesPerSec) : '?'})`);
-    out(`peers    ${s.peers.length} heard on the LAN in the last 5 s${s.peers.length ? `: ${s.peers.map((p) => p.sender + (p.complete ? ' (complete)' : '')).join(', ')}` : ''}`);
+    const members = s.members ?? [];
+    out(`members  ${members.length ? members.map((m) => `${m.id}${m.group !== s.group ? ` (${m.group})` : ''} ${m.complete ? 'done' : `${m.verifiedUnits}/${rel?.units ?? '?'}`}`).join(', ') : 'none besides this one'} (the server's view, as in fleetcast fleet)`);
+    out(`peers    ${s.peers.length} heard on the LAN in the last 5 s`);
     out(`transport ${s.transport ? `${s.transport.kind}${s.transport.features.length ? ` (${s.transport.features.join(', ')})` : ''}` : 'not open'}`);
     if (s.hook) out(`hook     release ${s.hook.release}: ${s.hook.exitCode !== undefined ? `exit ${s.hook.exitCode}` : (s.hook.signal ?? s.hook.error)} after ${s.hook.durationMs} ms`);
     if (s.lastErrors.length) {
@@ -103,7 +107,9 @@ interface StatusJson {
   server: string;
   channel: string | null;
   role: string;
-  release: { id: string; name: string | null; size: number | null; units: number | null; verifiedUnits: number; complete: boolean; path: string | null } | null;
+  wideGroup: string | null;
+  release: { id: string; name: string | null; size: number | null; units: number | null; verifiedUnits: number; verifiedBytes?: number; bytesPerSec?: number | null; etaSeconds?: number | null; complete: boolean; path: string | null } | null;
+  members?: { id: string; group: string; verifiedUnits: number; complete: boolean }[];
   rates: { wanBytesPerSec: number; lanBytesPerSec: number; sentBytesPerSec: number; limitBytesPerSec: number | null };
   peers: { sender: string; complete: boolean }[];
   transport: { kind: string; features: string[] } | null;
@@ -174,13 +180,15 @@ export const fleet: Command = {
         `${g.name ?? '?'} (${g.release}) ${g.wide ? 'wide-area group' : 'group'} ${g.group}: ${g.members.length} member(s), ${g.groupComplete ? 'complete' : `${g.missingUnits} unit(s) nobody holds yet`}` +
           `; origin re-sends: ${resent.length ? resent.map(([r, n]) => `${n} ${r}`).join(', ') : 'none'}`,
       );
-      const rows = [['MEMBER', 'LAN GROUP', 'ROLE', 'PROGRESS', 'OVERHEAD', 'HOOK', 'LAST SEEN']];
+      // LAN group and role mean something only in a wide-area group (the gateway takes
+      // the other groups' copies); in a plain group every member is alike but for rank.
+      const rows = [['MEMBER', ...(g.wide ? ['LAN GROUP', 'ROLE'] : []), 'RANK', 'UNITS', 'OVERHEAD', 'HOOK', 'LAST SEEN']];
       for (const m of g.members) {
         const hook = m.hook ? (m.hook.exitCode !== null ? `exit ${m.hook.exitCode}` : (m.hook.signal ?? m.hook.error ?? 'failed')) : '-';
         rows.push([
           m.id,
-          m.group || g.group,
-          `${m.role ?? 'member'} #${m.rank}`,
+          ...(g.wide ? [m.group || g.group, m.role ?? 'member'] : []),
+          `#${m.rank}`,
           `${m.verifiedUnits}/${g.units ?? '?'}${m.complete ? ' done' : ''}`,
           m.overheadMsPerMiB === null ? '-' : `${m.overheadMsPerMiB.toFixed(1)} ms/MiB`,
           hook,
@@ -189,6 +197,12 @@ export const fleet: Command = {
       }
       const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
       for (const r of rows) out('  ' + r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd());
+    }
+    if (f.groups.length) {
+      out('');
+      out('UNITS: verified / all units of the release. OVERHEAD: how long the member takes per MiB, from the');
+      out("server sending a unit to the member's receipt of it (ms/MiB, smoothed; lower is faster; - until measured).");
+      out('RANK: by overhead, #1 lowest; faster members get more units. HOOK: the on_complete exit status.');
     }
     return ExitCode.OK;
   },

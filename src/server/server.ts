@@ -16,6 +16,7 @@ import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
+import { HookResults } from './hook-results';
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -129,7 +130,7 @@ export class FleetcastServer {
   /** Derives each (release, group)'s key for MACs on LAN control packets. */
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
-  private readonly hooks = new Map<string, HookBody & { at: number }>();
+  private readonly hooks: HookResults;
   /** Answers sent, by HTTP status code (the metrics' code label). */
   private readonly httpStatus = new Map<number, number>();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } } };
@@ -141,6 +142,7 @@ export class FleetcastServer {
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.hooks = new HookResults(path.join(opts.storeDir, 'hooks.json'), this.log);
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
       res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
@@ -156,6 +158,7 @@ export class FleetcastServer {
     await this.store.load();
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
     await this.loadMembers();
+    await this.hooks.load((id) => this.store.peek(id) !== undefined);
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -167,6 +170,7 @@ export class FleetcastServer {
     this.timer = setInterval(() => {
       this.expire();
       void this.saveMembers();
+      void this.hooks.save();
     }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
     this.timer.unref();
     const a = this.http.address() as AddressInfo;
@@ -230,6 +234,7 @@ export class FleetcastServer {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.saveMembers();
+    await this.hooks.save();
     await new Promise<void>((resolve) => {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
@@ -462,7 +467,8 @@ export class FleetcastServer {
   fleet(): unknown {
     const now = this.now();
     return {
-      groups: [...this.groups.entries()].map(([key, g]) => {
+      // Groups nobody is in any more (moved to a newer release, or left) are not shown.
+      groups: [...this.groups.entries()].filter(([, g]) => g.memberCount() > 0).map(([key, g]) => {
         const { release, group, wide } = parseAllocatorKey(key);
         const rel = this.store.peek(release);
         const members = g.memberViews(now).map((m) => {
