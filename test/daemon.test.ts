@@ -5,7 +5,7 @@ import { ServerAccess } from '../src/net/server-access';
 import { loadPublicKey } from '../src/release/keys';
 import { splitHostPort } from '../src/cli/args';
 import { silentLogger } from '../src/util/log';
-import { startFleet } from './helpers/fleet';
+import { runCli, startFleet } from './helpers/fleet';
 
 const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
   const t0 = Date.now();
@@ -60,4 +60,36 @@ test('a daemon holding a complete release polls without piling up abort listener
   t.deepEqual(warnings.filter((w) => w.includes('MaxListeners')), []);
   await daemon.stop();
   await running;
+});
+
+// Issue 14: `storage: /proc/fc` was retried without a word (Node's recursive mkdir never
+// settled there, so the agent waited forever).
+test('storage that cannot be created is a warning on each retry, and --once exits with the reason', async (t) => {
+  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024 });
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  const warnings: string[] = [];
+  const log = { ...silentLogger, warn: (m: string) => void warnings.push(m), child: () => log };
+  const daemon = new AgentDaemon({
+    agent: {
+      server: new ServerAccess({ url: fleet.url, plainHttp: true }),
+      group: 'g1',
+      interface: '127.0.0.1',
+      multicast: { address: mc.host, port: mc.port },
+      storageDir: '/proc/fleetcast-no-such-dir',
+      trustedKeys: [await loadPublicKey(fleet.pubPath)],
+    },
+    release: fleet.manifest.id,
+    keep: 2,
+    hookTimeoutMs: 1000,
+    channelPollMs: 50,
+    logger: log,
+  });
+  t.teardown(() => daemon.stop());
+  void daemon.runForever();
+  await until(() => warnings.some((w) => w.includes('creating storage /proc/fleetcast-no-such-dir')), 'a warning about the storage', 20_000);
+  t.regex(warnings.find((w) => w.includes('storage'))!, /no such file or directory; trying again in \d+ s/);
+
+  const once = await runCli(fleet.agentArgs('x', ['--timeout', '20']).map((a) => (a === path.join(fleet.dir, 'x') ? '/proc/fleetcast-no-such-dir' : a)));
+  t.is(once.code, 66, once.stderr);
+  t.regex(once.stderr, /creating storage \/proc\/fleetcast-no-such-dir: no such file or directory/);
 });

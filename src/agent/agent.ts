@@ -1,6 +1,7 @@
 import { createHash, KeyObject, randomBytes } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
+import { makeDir } from '../storage/make-dir';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Manifest, parseManifest, unitLength } from '../release/manifest';
@@ -390,7 +391,7 @@ export class Agent {
   private async setup(): Promise<void> {
     const o = this.opts;
     try {
-      await fs.mkdir(o.storageDir, { recursive: true });
+      await makeDir(o.storageDir);
     } catch (err) {
       throw fromSystemError(err, `creating storage ${o.storageDir}`);
     }

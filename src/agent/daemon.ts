@@ -238,7 +238,10 @@ export class AgentDaemon {
         this.failures++;
         const wait = Math.min(60_000, 1000 * 2 ** Math.min(6, this.failures - 1));
         this.retryAt = Date.now() + wait;
-        this.log.error(`release ${id}: ${err.message}; trying again in ${wait / 1000} s`);
+        // Storage that cannot be written (read-only, missing, full) waits for someone to fix
+        // it: a warning each retry, not silence.
+        const storage = /storage/.test(err.message);
+        (storage ? this.log.warn : this.log.error)(`release ${id}: ${err.message}; trying again in ${wait / 1000} s`);
         this.setState('retrying');
         await this.retire(ag).catch(() => undefined);
         this.wakeLoop?.();
