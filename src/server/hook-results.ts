@@ -38,27 +38,9 @@ export class HookResults {
     } catch {
       return; // none yet
     }
-    try {
-      const j = JSON.parse(raw) as { results?: unknown };
-      if (!Array.isArray(j.results)) throw new Error('bad shape');
-      for (const x of j.results.slice(-MAX_RESULTS) as Partial<HookResult>[]) {
-        if (typeof x !== 'object' || x === null) continue;
-        if (typeof x.release !== 'string' || typeof x.group !== 'string' || typeof x.member !== 'string' || typeof x.at !== 'number' || typeof x.durationMs !== 'number') continue;
-        if (!known(x.release)) continue;
-        this.byKey.set(`${x.release}/${x.group}/${x.member}`, {
-          release: x.release,
-          group: x.group,
-          member: x.member,
-          at: x.at,
-          durationMs: x.durationMs,
-          ...(typeof x.exitCode === 'number' ? { exitCode: x.exitCode } : {}),
-          ...(typeof x.signal === 'string' ? { signal: x.signal.slice(0, 32) } : {}),
-          ...(typeof x.error === 'string' ? { error: x.error.slice(0, 512) } : {}),
-        });
-      }
-    } catch (err) {
-      this.log.warn(`ignoring ${this.file}: ${(err as Error).message}`);
-    }
+    const r = parseHookResults(raw);
+    if (typeof r === 'string') return this.log.warn(`ignoring ${this.file}: ${r}`);
+    for (const x of r) if (known(x.release)) this.byKey.set(`${x.release}/${x.group}/${x.member}`, x);
   }
 
   async save(): Promise<void> {
@@ -70,4 +52,37 @@ export class HookResults {
       this.log.warn(`cannot save ${this.file}: ${(err as Error).message}`);
     }
   }
+}
+
+/**
+ * hooks.json: `{"results": [{release, group, member, at, durationMs, exitCode?, signal?,
+ * error?}, ...]}`. Pure and total (a fuzz target): the results it could read, or what is
+ * wrong with the whole file. Malformed entries are skipped, strings capped as the
+ * endpoint caps them.
+ */
+export function parseHookResults(text: string): HookResult[] | string {
+  let j: unknown;
+  try {
+    j = JSON.parse(text);
+  } catch (err) {
+    return `not JSON: ${(err as Error).message}`;
+  }
+  const list = (j as { results?: unknown } | null)?.results;
+  if (!Array.isArray(list)) return 'no results list';
+  const out: HookResult[] = [];
+  for (const x of list.slice(-MAX_RESULTS) as Partial<HookResult>[]) {
+    if (typeof x !== 'object' || x === null) continue;
+    if (typeof x.release !== 'string' || typeof x.group !== 'string' || typeof x.member !== 'string' || typeof x.at !== 'number' || typeof x.durationMs !== 'number') continue;
+    out.push({
+      release: x.release.slice(0, 64),
+      group: x.group.slice(0, 256),
+      member: x.member.slice(0, 256),
+      at: x.at,
+      durationMs: x.durationMs,
+      ...(typeof x.exitCode === 'number' ? { exitCode: x.exitCode } : {}),
+      ...(typeof x.signal === 'string' ? { signal: x.signal.slice(0, 32) } : {}),
+      ...(typeof x.error === 'string' ? { error: x.error.slice(0, 512) } : {}),
+    });
+  }
+  return out;
 }
