@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import { isIP } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { CHANNEL_RE } from '../release/channels';
 import { generateKeyPair } from '../release/keys';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { checks, splitHostPort, usageError } from './args';
@@ -134,7 +135,7 @@ const deviceFlags = {
   interface: { type: 'string', arg: 'NAME', help: "the devices' LAN interface", default: 'eth0', check: checks.nonEmpty },
   multicast: { type: 'string', arg: 'ADDR:PORT', help: "the group's multicast address and port", default: '239.192.0.1:7601', check: checks.multicast },
   storage: { type: 'string', arg: 'DIR', help: 'where the devices keep releases', default: '/var/lib/fleetcast' },
-  channel: { type: 'string', arg: 'NAME', help: 'the channel the devices follow', default: 'stable', check: checks.name },
+  channel: { type: 'string', arg: 'NAME', help: 'the channel the devices follow', default: 'stable', check: (v: string) => (CHANNEL_RE.test(v) ? null : `must be 1–64 letters, digits or . _ -, not ${JSON.stringify(v)}`) },
   etc: { type: 'string', arg: 'DIR', help: "where the device's folder will be on the box (agent.yaml names its files there)", default: '/etc/fleetcast' },
 } as const;
 
