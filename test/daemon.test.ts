@@ -1,11 +1,14 @@
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { AgentDaemon } from '../src/agent/daemon';
 import { ServerAccess } from '../src/net/server-access';
 import { loadPublicKey } from '../src/release/keys';
 import { splitHostPort } from '../src/cli/args';
 import { silentLogger } from '../src/util/log';
-import { runCli, startFleet } from './helpers/fleet';
+import { runCli, startFleet, tmpdir } from './helpers/fleet';
+import { FleetcastError } from '../src/util/errors';
 
 const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
   const t0 = Date.now();
@@ -92,4 +95,29 @@ test('storage that cannot be created is a warning on each retry, and --once exit
   const once = await runCli(fleet.agentArgs('x', ['--timeout', '20']).map((a) => (a === path.join(fleet.dir, 'x') ? '/proc/fleetcast-no-such-dir' : a)));
   t.is(once.code, 66, once.stderr);
   t.regex(once.stderr, /creating storage \/proc\/fleetcast-no-such-dir: no such file or directory/);
+});
+
+// Issue 14: an untrusted certificate was retried forever ("self-signed certificate; retrying").
+test('a service agent whose server certificate is not trusted stops with 78 and says to set ca', async (t) => {
+  if (spawnSync('openssl', ['version']).status !== 0) return t.fail('openssl is needed to make a test certificate');
+  const dir = await tmpdir(t);
+  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'k.pem', '-out', 'c.pem', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { cwd: dir });
+  t.is(r.status, 0);
+  const fleet = await startFleet(t, { size: 4096, server: { tls: { cert: await fs.readFile(path.join(dir, 'c.pem')), key: await fs.readFile(path.join(dir, 'k.pem')) } } });
+  t.regex(fleet.url, /^https:/);
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  for (const follow of [{ release: fleet.manifest.id }, { channel: 'stable' }]) {
+    const daemon = new AgentDaemon({
+      agent: { server: new ServerAccess({ url: fleet.url }), group: 'g1', interface: '127.0.0.1', multicast: { address: mc.host, port: mc.port }, storageDir: path.join(dir, 'a'), trustedKeys: [await loadPublicKey(fleet.pubPath)] },
+      ...follow,
+      keep: 2,
+      hookTimeoutMs: 1000,
+      channelPollMs: 50,
+      logger: silentLogger,
+    });
+    t.teardown(() => daemon.stop());
+    const e = await t.throwsAsync(daemon.runForever());
+    t.is((e as FleetcastError).exitCode, 78, e?.message);
+    t.regex(e!.message, /not trusted: .*\(DEPTH_ZERO_SELF_SIGNED_CERT\); set ca: \(--ca\)/);
+  }
 });
