@@ -450,8 +450,13 @@ export const agent: Command = {
       process.off('SIGTERM', onSignal);
     };
     if (!f.once) {
-      await daemon.runForever();
-      cleanup();
+      try {
+        await daemon.runForever();
+      } finally {
+        // An error no retry fixes (an untrusted certificate) ends the service here too.
+        await daemon.stop();
+        cleanup();
+      }
       return ExitCode.OK;
     }
     const timeoutS = f.timeout as number;
