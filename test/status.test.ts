@@ -53,6 +53,10 @@ test('status and fleet: the same member ids, role only where it means something,
   t.regex(st.stdout, /^agent box1 in group g1, state complete/m);
   t.notRegex(st.stdout, /role/, 'a plain group: no role');
   await until(async () => /^members +box2 done/m.test((await runCli(['status', '--socket', sock])).stdout), 'status names box2 as fleet does');
+  const json = JSON.parse((await runCli(['status', '--socket', sock, '--json'])).stdout) as { release: { verifiedBytes: number; etaSeconds: number | null; size: number }; members: { id: string }[] };
+  t.is(json.release.verifiedBytes, f.manifest.size);
+  t.is(json.release.etaSeconds, 0);
+  t.deepEqual(json.members.map((m) => m.id), ['box2']);
 
   const fleet = async () => runCli(['fleet', '--server', f.url, '--plain-http']);
   let fl = await fleet();
