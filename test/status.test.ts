@@ -84,5 +84,9 @@ test('status and fleet: the same member ids, role only where it means something,
   t.teardown(() => again.stop());
   await again.start();
   await until(async () => /^ {2}box2 .*exit 0/m.test((await fleet()).stdout) && /^ {2}box1 .*exit 0/m.test((await fleet()).stdout), 'both rejoin with their hook results');
-  t.pass();
+  // Overheads measured before the restart are shown (marked) until measured again.
+  const view = JSON.parse((await runCli(['fleet', '--server', f.url, '--plain-http', '--json'])).stdout) as { groups: { release: string; members: { id: string; overheadMsPerMiB: number | null; overheadBeforeRestart?: boolean }[] }[] };
+  const g2 = view.groups.find((g) => g.release === m2.id)!;
+  t.true(g2.members.some((m) => m.overheadMsPerMiB !== null && m.overheadBeforeRestart === true), JSON.stringify(g2.members));
+  for (const m of g2.members) if (m.overheadBeforeRestart) t.is(typeof m.overheadMsPerMiB, 'number');
 });

@@ -134,6 +134,8 @@ interface FleetJson {
       role?: string;
       rank: number;
       overheadMsPerMiB: number | null;
+      /** The overhead was measured before the server restarted (not measured again yet). */
+      overheadBeforeRestart?: boolean;
       verifiedUnits: number;
       complete: boolean;
       lastSeenMsAgo: number;
@@ -190,7 +192,7 @@ export const fleet: Command = {
           ...(g.wide ? [m.group || g.group, m.role ?? 'member'] : []),
           `#${m.rank}`,
           `${m.verifiedUnits}/${g.units ?? '?'}${m.complete ? ' done' : ''}`,
-          m.overheadMsPerMiB === null ? '-' : `${m.overheadMsPerMiB.toFixed(1)} ms/MiB`,
+          m.overheadMsPerMiB === null ? '-' : `${m.overheadMsPerMiB.toFixed(1)} ms/MiB${m.overheadBeforeRestart ? '*' : ''}`,
           hook,
           `${(m.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
         ]);
@@ -203,6 +205,7 @@ export const fleet: Command = {
       out('UNITS: verified / all units of the release. OVERHEAD: how long the member takes per MiB, from the');
       out("server sending a unit to the member's receipt of it (ms/MiB, smoothed; lower is faster; - until measured).");
       out('RANK: by overhead, #1 lowest; faster members get more units. HOOK: the on_complete exit status.');
+      if (f.groups.some((g) => g.members.some((m) => m.overheadBeforeRestart))) out('*: measured before the server restarted; not measured again yet.');
     }
     return ExitCode.OK;
   },

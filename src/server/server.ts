@@ -16,7 +16,7 @@ import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
-import { HookResults } from './hook-results';
+import { FleetMemory } from './fleet-memory';
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -68,6 +68,9 @@ export interface ServerStats {
    */
   resent: Record<ResendReason, { units: number; bytes: number }>;
 }
+
+/** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
+const OVERHEAD_NOTE_TICKS = 10;
 
 /** How long the server remembers members across a restart (members.json). */
 const MEMBER_MEMORY_MS = 10 * 60 * 1000;
@@ -130,7 +133,9 @@ export class FleetcastServer {
   /** Derives each (release, group)'s key for MACs on LAN control packets. */
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
-  private readonly hooks: HookResults;
+  /** Hook results and last overheads, kept across restarts for the fleet view. */
+  private readonly memory: FleetMemory;
+  private ticks = 0;
   /** Answers sent, by HTTP status code (the metrics' code label). */
   private readonly httpStatus = new Map<number, number>();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } } };
@@ -142,7 +147,7 @@ export class FleetcastServer {
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
-    this.hooks = new HookResults(path.join(opts.storeDir, 'hooks.json'), this.log);
+    this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
       res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
@@ -158,7 +163,7 @@ export class FleetcastServer {
     await this.store.load();
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
     await this.loadMembers();
-    await this.hooks.load((id) => this.store.peek(id) !== undefined);
+    await this.memory.load((id) => this.store.peek(id) !== undefined);
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -170,7 +175,8 @@ export class FleetcastServer {
     this.timer = setInterval(() => {
       this.expire();
       void this.saveMembers();
-      void this.hooks.save();
+      if (++this.ticks % OVERHEAD_NOTE_TICKS === 0) this.noteOverheads();
+      void this.memory.save();
     }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
     this.timer.unref();
     const a = this.http.address() as AddressInfo;
@@ -234,7 +240,8 @@ export class FleetcastServer {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.saveMembers();
-    await this.hooks.save();
+    this.noteOverheads();
+    await this.memory.save();
     await new Promise<void>((resolve) => {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
@@ -427,7 +434,7 @@ export class FleetcastServer {
         const b = await this.body<HookBody>(req, SCHEMAS.hook);
         const { g } = await this.group(b);
         this.member(g, b);
-        this.hooks.set(`${b.release}/${b.group}/${b.member}`, { ...b, at: this.now() });
+        this.memory.setHook(`${b.release}/${b.group}/${b.member}`, { ...b, at: this.now() });
         const how = b.exitCode !== undefined ? `exit ${b.exitCode}` : b.signal ? `signal ${b.signal}` : `failed: ${b.error ?? 'unknown'}`;
         (b.exitCode === 0 ? this.log.info : this.log.warn)(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} hook ${how} after ${b.durationMs} ms`);
         return this.json(res, 200, { ok: true });
@@ -464,6 +471,16 @@ export class FleetcastServer {
     return this.memberBytes.get(`${release}/${group}/${member}`) ?? 0;
   }
 
+  /** Members' measured overheads into the fleet memory (the fleet view after a restart). */
+  private noteOverheads(): void {
+    const now = this.now();
+    for (const [key, g] of this.groups) {
+      if (g.memberCount() === 0) continue;
+      const { release, group } = parseAllocatorKey(key);
+      for (const m of g.memberViews(now)) if (m.overheadMsPerMiB !== null) this.memory.noteOverhead(`${release}/${group}/${m.id}`, m.overheadMsPerMiB);
+    }
+  }
+
   fleet(): unknown {
     const now = this.now();
     return {
@@ -472,8 +489,15 @@ export class FleetcastServer {
         const { release, group, wide } = parseAllocatorKey(key);
         const rel = this.store.peek(release);
         const members = g.memberViews(now).map((m) => {
-          const h = this.hooks.get(`${release}/${group}/${m.id}`);
-          return { ...m, hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null };
+          const k = `${release}/${group}/${m.id}`;
+          const h = this.memory.hook(k);
+          // Until the allocator measures a member again, its overhead from before a restart.
+          const before = m.overheadMsPerMiB === null ? this.memory.overhead(k) : undefined;
+          return {
+            ...m,
+            ...(before !== undefined ? { overheadMsPerMiB: before, overheadBeforeRestart: true } : {}),
+            hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null,
+          };
         });
         return {
           release,
