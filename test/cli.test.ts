@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { runCli, tmpdir } from './helpers/fleet';
 import { loadNativeAddon } from '../src/transport/binding';
 
-for (const cmd of ['keygen', 'publish', 'server', 'agent', 'status', 'fleet', 'config', 'doctor', 'demo']) {
+for (const cmd of ['keygen', 'publish', 'server', 'agent', 'status', 'fleet', 'config', 'doctor', 'demo', 'version']) {
   test(`${cmd} --help prints usage and exits 0`, async (t) => {
     const r = await runCli([cmd, '--help']);
     t.is(r.code, 0);

@@ -1,10 +1,13 @@
 import test from 'ava';
-import { promises as fs } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { ConfigError, resolveFlags } from '../src/cli/args';
 import { agent, server } from '../src/cli/commands';
 import { parseConfig } from '../src/config/config';
 import { runCli, tmpdir } from './helpers/fleet';
+import { rootTest } from './helpers/netns';
+import { generateKeyPair } from '../src/release/keys';
 
 const GOOD = [
   'server: https://127.0.0.1:7600',
@@ -97,22 +100,24 @@ test('the server config has its own keys', (t) => {
 test('fleetcast config check exits 0 for a valid file and 78 with the location for a bad one', async (t) => {
   const dir = await tmpdir(t);
   const good = path.join(dir, 'agent.yaml');
-  await fs.writeFile(good, GOOD);
+  // config check also reads the files a config names: these exist.
+  const { pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  await fs.writeFile(good, GOOD.replace('/etc/fleetcast/server.pub', pubPath).replace('/var/lib/fleetcast', path.join(dir, 'storage')));
   let r = await runCli(['config', 'check', good]);
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, /valid agent config/);
   const bad = path.join(dir, 'agent-bad.yaml');
-  await fs.writeFile(bad, GOOD + 'rat: 5\n');
+  await fs.writeFile(bad, (await fs.readFile(good, 'utf8')) + 'rat: 5\n');
   r = await runCli(['config', 'check', bad]);
   t.is(r.code, 78);
   t.regex(r.stderr, /agent-bad\.yaml:9:1: unknown key rat \(did you mean rate\?\)/);
   r = await runCli(['config', 'check', path.join(dir, 'missing-agent.yaml')]);
-  t.is(r.code, 78);
+  t.is(r.code, 66, 'a missing file is missing input');
   t.regex(r.stderr, /cannot read config file: no such file/);
   r = await runCli(['config', 'check', path.join(dir, 'x.yaml')]);
   t.is(r.code, 64, 'no way to tell agent from server: a usage error');
   const srv = path.join(dir, 'fleet.yaml');
-  await fs.writeFile(srv, 'store: /srv\ntls_cert: /etc/fleetcast/cert.pem\ntls_key: /etc/fleetcast/key.pem\n');
+  await fs.writeFile(srv, `store: ${dir}\nplain_http: true\n`);
   r = await runCli(['config', 'check', srv, '--kind', 'server']);
   t.is(r.code, 0, r.stderr);
 });
@@ -133,11 +138,73 @@ test('the agent and server refuse a bad config file with exit 78 and no stack tr
 });
 
 test('the example configs shipped in systemd/ are valid', async (t) => {
-  for (const [file, kind] of [
-    ['agent.yaml.example', 'agent'],
-    ['server.yaml.example', 'server'],
-  ]) {
-    const r = await runCli(['config', 'check', path.join(__dirname, '..', '..', 'systemd', file), '--kind', kind]);
-    t.is(r.code, 0, `${file}: ${r.stderr}`);
+  for (const [file, spec] of [
+    ['agent.yaml.example', agent.spec],
+    ['server.yaml.example', server.spec],
+  ] as const) {
+    const name = path.join(__dirname, '..', '..', 'systemd', file);
+    t.notThrows(() => resolveFlags(spec, {}, parseConfig(readFileSync(name, 'utf8'), name, spec)), file);
   }
+});
+
+// Issue 14: config check said "valid" for the unedited example, whose files do not exist.
+test('config check reads what the config names: missing trust, token and CA files and a missing interface are each named with their line', async (t) => {
+  const dir = await tmpdir(t);
+  const file = path.join(dir, 'agent.yaml');
+  const example = readFileSync(path.join(__dirname, '..', '..', 'systemd', 'agent.yaml.example'), 'utf8');
+  await fs.writeFile(file, example.replace('# ca: /etc/fleetcast/ca.pem', `ca: ${dir}/no-ca.pem`).replace('interface: eth0', 'interface: nosuch0').replace(/\/etc\/fleetcast\//g, `${dir}/`).replace('/var/lib/fleetcast', path.join(dir, 'storage')));
+  const r = await runCli(['config', 'check', file]);
+  t.is(r.code, 78, r.stdout);
+  t.regex(r.stderr, /agent\.yaml:\d+:\d+: token_file: the token: .*\/token does not exist/);
+  t.regex(r.stderr, /agent\.yaml:\d+:\d+: ca: the CA certificate: .*no-ca\.pem does not exist/);
+  t.regex(r.stderr, /agent\.yaml:\d+:\d+: trust: .*server\.pub does not exist/);
+  t.regex(r.stderr, /agent\.yaml:\d+:\d+: interface: nosuch0: no interface has that name/);
+  t.regex(r.stdout, /note: storage: .* does not exist yet/);
+  t.notRegex(r.stderr, /at .*\.js:\d+/);
+
+  // A CA that is not a certificate, a token file that holds no token.
+  await fs.writeFile(path.join(dir, 'no-ca.pem'), 'hello\n');
+  await fs.writeFile(path.join(dir, 'token'), 'short\n');
+  const r2 = await runCli(['config', 'check', file]);
+  t.regex(r2.stderr, /ca: .*no-ca\.pem is not a PEM certificate/);
+  t.regex(r2.stderr, /token_file: .*token does not hold a token/);
+});
+
+test('config check on a server config: a certificate and key that do not belong together, a missing store without create', async (t) => {
+  if (spawnSync('openssl', ['version']).status !== 0) return t.fail('openssl is needed to make test certificates');
+  const dir = await tmpdir(t);
+  for (const n of ['a', 'b']) t.is(spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.pem`, '-days', '1', '-subj', `/CN=${n}`], { cwd: dir }).status, 0);
+  const file = path.join(dir, 'server.yaml');
+  await fs.writeFile(file, `store: ${dir}/store\ntls_cert: ${dir}/a.pem\ntls_key: ${dir}/b.key\n`);
+  const r = await runCli(['config', 'check', file]);
+  t.is(r.code, 78);
+  t.regex(r.stderr, /server\.yaml:3:10: tls_key: the key .*b\.key does not belong to the certificate .*a\.pem/);
+  t.regex(r.stderr, /server\.yaml:1:8: store: .*store does not exist/);
+  await fs.writeFile(file, `store: ${dir}/store\ncreate: true\ntls_cert: ${dir}/a.pem\ntls_key: ${dir}/a.key\n`);
+  const ok = await runCli(['config', 'check', file]);
+  t.is(ok.code, 0, ok.stderr);
+  t.regex(ok.stdout, /note: store: .* does not exist yet; create: true makes it at start/);
+});
+
+rootTest('config check --as USER: a file the service user cannot read is found, exit 77', async (t) => {
+  const dir = await tmpdir(t);
+  await fs.chmod(dir, 0o755);
+  const { pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  await fs.chmod(path.join(dir, 'keys'), 0o755);
+  const token = path.join(dir, 'token');
+  await fs.writeFile(token, 'a-token-of-enough-length-123\n', { mode: 0o600 });
+  const file = path.join(dir, 'agent.yaml');
+  await fs.writeFile(file, GOOD.replace('/etc/fleetcast/server.pub', pubPath).replace('/var/lib/fleetcast', path.join(dir, 'storage')).replace('https://', 'http://') + `plain_http: true\ntoken_file: ${token}\n`, { mode: 0o644 });
+  const asRoot = await runCli(['config', 'check', file]);
+  t.is(asRoot.code, 0, asRoot.stderr);
+  const asNobody = await runCli(['config', 'check', file, '--as', 'nobody']);
+  t.is(asNobody.code, 77, asNobody.stderr);
+  t.regex(asNobody.stderr, /token_file: the token: .*token is not readable by uid 65534 \(permission denied\)/);
+  // Readable through a group, as the units read /etc/fleetcast (SupplementaryGroups=).
+  await fs.chmod(token, 0o640);
+  await fs.chown(token, 0, 65534);
+  const viaGroup = await runCli(['config', 'check', file, '--as', 'nobody:nogroup']);
+  t.is(viaGroup.code, 0, viaGroup.stderr);
+  const unknown = await runCli(['config', 'check', file, '--as', 'no-such-user-here']);
+  t.is(unknown.code, 64);
 });

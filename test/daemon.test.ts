@@ -1,84 +1,123 @@
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import * as http from 'node:http';
 import * as path from 'node:path';
 import { AgentDaemon } from '../src/agent/daemon';
 import { ServerAccess } from '../src/net/server-access';
+import { loadPublicKey } from '../src/release/keys';
+import { splitHostPort } from '../src/cli/args';
 import { silentLogger } from '../src/util/log';
-import { tmpdir } from './helpers/fleet';
+import { runCli, startFleet, tmpdir } from './helpers/fleet';
+import { FleetcastError } from '../src/util/errors';
 
-/** A daemon that never runs an agent: enough to serve `fleetcast status`. */
-function daemon(member: string): AgentDaemon {
-  return new AgentDaemon({
+const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+// Issue 14: a long-running agent logged MaxListenersExceededWarning after a minute or two,
+// because every poll's sleep left an abort listener on the daemon's signal.
+test('a daemon holding a complete release polls without piling up abort listeners', async (t) => {
+  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024 });
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+  process.on('warning', onWarning);
+  const daemon = new AgentDaemon({
     agent: {
-      server: new ServerAccess({ url: 'http://127.0.0.1:9', plainHttp: true }),
-      group: member,
+      server: new ServerAccess({ url: fleet.url, plainHttp: true }),
+      group: 'g1',
+      member: 'poller',
       interface: '127.0.0.1',
-      multicast: { address: '239.255.0.1', port: 7601 },
-      storageDir: '/nonexistent',
-      trustedKeys: [],
-      rateBytesPerSec: 1e6,
+      multicast: { address: mc.host, port: mc.port },
+      storageDir: path.join(fleet.dir, 'poller'),
+      trustedKeys: [await loadPublicKey(fleet.pubPath)],
+      lingerMs: 0,
     },
-    release: '0'.repeat(32),
-    keep: 1,
+    release: fleet.manifest.id,
+    keep: 2,
     hookTimeoutMs: 1000,
-    channelPollMs: 1000,
+    channelPollMs: 5,
     logger: silentLogger,
   });
-}
-
-function getStatus(socketPath: string): Promise<{ group: string }> {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ socketPath, path: '/status' }, (res) => {
-        let b = '';
-        res.on('data', (d) => (b += d));
-        res.on('end', () => resolve(JSON.parse(b) as { group: string }));
-      })
-      .on('error', reject);
+  t.teardown(() => {
+    process.off('warning', onWarning);
+    return daemon.stop();
   });
-}
-
-// Agents on one box (or in namespaces sharing a file system) may share one status socket
-// path. Exactly one of them may serve it; the others are told so and run without one.
-// Before, each probed, removed the path and bound its own socket, so several "won" and
-// removed each other's socket (and a loser's exit unlinked the winner's path).
-test('agents starting at once on one status socket path: exactly one serves it, the others are refused and remove nothing', async (t) => {
-  const dir = await tmpdir(t);
-  for (let round = 0; round < 20; round++) {
-    const sock = path.join(dir, `r${round}`, 'agent.sock');
-    const ds = Array.from({ length: 6 }, (_, i) => daemon(`m${i}`));
-    t.teardown(() => Promise.all(ds.map((d) => d.stop())).then(() => undefined));
-    const results = await Promise.allSettled(ds.map((d) => d.serveStatus(sock)));
-    const winners = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
-    t.is(winners.length, 1, `round ${round}: ${winners.length} daemons bound ${sock}`);
-    for (const r of results) if (r.status === 'rejected') t.regex((r.reason as Error).message, /another agent is answering on it/);
-    t.is((await getStatus(sock)).group, `m${winners[0]}`, 'the path answers for the one that bound it');
-    // The losers stopping must leave the winner's socket in place.
-    await Promise.all(ds.filter((_, i) => i !== winners[0]).map((d) => d.stop()));
-    t.is((await getStatus(sock)).group, `m${winners[0]}`, 'still answering after the others stopped');
-    await ds[winners[0]].stop();
-  }
+  let polls = 0;
+  const sleeping = (daemon as unknown as { sleep(ms: number): Promise<void> }).sleep.bind(daemon);
+  (daemon as unknown as { sleep(ms: number): Promise<void> }).sleep = (ms) => {
+    polls++;
+    return sleeping(ms);
+  };
+  const running = daemon.runForever();
+  await until(() => daemon.state === 'complete', 'the release completes');
+  const before = polls;
+  await until(() => polls >= before + 50, '50 more polls');
+  t.true(polls - before >= 50);
+  // At most the one listener of the sleep in progress.
+  t.true(daemon.abortListenerCount() <= 1, `${daemon.abortListenerCount()} abort listeners after ${polls} polls`);
+  t.deepEqual(warnings.filter((w) => w.includes('MaxListeners')), []);
+  await daemon.stop();
+  await running;
 });
 
-test('a stale status socket (its agent was killed) is replaced; a live one is left alone', async (t) => {
-  const dir = await tmpdir(t);
-  const sock = path.join(dir, 'agent.sock');
-  // A socket file nobody listens on any more, as SIGKILL leaves it.
-  const stale = http.createServer();
-  await new Promise<void>((r) => stale.listen(sock, r));
-  const a = daemon('a');
-  const b = daemon('b');
-  t.teardown(async () => {
-    await a.stop();
-    await b.stop();
+// Issue 14: `storage: /proc/fc` was retried without a word (Node's recursive mkdir never
+// settled there, so the agent waited forever).
+test('storage that cannot be created is a warning on each retry, and --once exits with the reason', async (t) => {
+  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024 });
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  const warnings: string[] = [];
+  const log = { ...silentLogger, warn: (m: string) => void warnings.push(m), child: () => log };
+  const daemon = new AgentDaemon({
+    agent: {
+      server: new ServerAccess({ url: fleet.url, plainHttp: true }),
+      group: 'g1',
+      interface: '127.0.0.1',
+      multicast: { address: mc.host, port: mc.port },
+      storageDir: '/proc/fleetcast-no-such-dir',
+      trustedKeys: [await loadPublicKey(fleet.pubPath)],
+    },
+    release: fleet.manifest.id,
+    keep: 2,
+    hookTimeoutMs: 1000,
+    channelPollMs: 50,
+    logger: log,
   });
-  // Close it and keep its file: libuv unlinks the path on close, so keep a second link.
-  await fs.link(sock, sock + '.keep');
-  await new Promise<void>((r) => stale.close(() => r()));
-  await fs.rename(sock + '.keep', sock);
-  await a.serveStatus(sock);
-  t.is((await getStatus(sock)).group, 'a');
-  await t.throwsAsync(b.serveStatus(sock), { message: /another agent is answering on it/ });
-  t.is((await getStatus(sock)).group, 'a');
+  t.teardown(() => daemon.stop());
+  void daemon.runForever();
+  await until(() => warnings.some((w) => w.includes('creating storage /proc/fleetcast-no-such-dir')), 'a warning about the storage', 20_000);
+  t.regex(warnings.find((w) => w.includes('storage'))!, /no such file or directory; trying again in \d+ s/);
+
+  const once = await runCli(fleet.agentArgs('x', ['--timeout', '20']).map((a) => (a === path.join(fleet.dir, 'x') ? '/proc/fleetcast-no-such-dir' : a)));
+  t.is(once.code, 66, once.stderr);
+  t.regex(once.stderr, /creating storage \/proc\/fleetcast-no-such-dir: no such file or directory/);
+});
+
+// Issue 14: an untrusted certificate was retried forever ("self-signed certificate; retrying").
+test('a service agent whose server certificate is not trusted stops with 78 and says to set ca', async (t) => {
+  if (spawnSync('openssl', ['version']).status !== 0) return t.fail('openssl is needed to make a test certificate');
+  const dir = await tmpdir(t);
+  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'k.pem', '-out', 'c.pem', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { cwd: dir });
+  t.is(r.status, 0);
+  const fleet = await startFleet(t, { size: 4096, server: { tls: { cert: await fs.readFile(path.join(dir, 'c.pem')), key: await fs.readFile(path.join(dir, 'k.pem')) } } });
+  t.regex(fleet.url, /^https:/);
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  for (const follow of [{ release: fleet.manifest.id }, { channel: 'stable' }]) {
+    const daemon = new AgentDaemon({
+      agent: { server: new ServerAccess({ url: fleet.url }), group: 'g1', interface: '127.0.0.1', multicast: { address: mc.host, port: mc.port }, storageDir: path.join(dir, 'a'), trustedKeys: [await loadPublicKey(fleet.pubPath)] },
+      ...follow,
+      keep: 2,
+      hookTimeoutMs: 1000,
+      channelPollMs: 50,
+      logger: silentLogger,
+    });
+    t.teardown(() => daemon.stop());
+    const e = await t.throwsAsync(daemon.runForever());
+    t.is((e as FleetcastError).exitCode, 78, e?.message);
+    t.regex(e!.message, /not trusted: .*\(DEPTH_ZERO_SELF_SIGNED_CERT\); set ca: \(--ca\)/);
+  }
 });

@@ -85,7 +85,7 @@ test('agents follow a channel to each new release; the hook runs once per releas
   ]);
   const table = await runCli(['fleet', '--server', f.url, '--plain-http']);
   t.regex(table.stdout, /second\.bin .*group g1: 2 member\(s\), complete/);
-  t.regex(table.stdout, /\ba\s+g1\s+(member|gateway) #\d\s+13\/13 done\s+.*exit 0/);
+  t.regex(table.stdout, /\ba\s+#\d\s+13\/13 done\s+.*exit 0/);
 
   // `fleetcast status` on the unix socket.
   const st = await runCli(['status', '--socket', path.join(f.dir, 'a.sock'), '--json']);
@@ -181,7 +181,7 @@ test('the server under systemd: READY with what it serves, STOPPING on SIGTERM; 
   const port = randomInt(20000, 32000);
   const metricsPort = port + 1;
   const cfg = path.join(dir, 'server.yaml');
-  await fs.writeFile(cfg, `plain_http: true\nstore: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);
+  await fs.writeFile(cfg, `plain_http: true\ncreate: true\nstore: ${path.join(dir, 'store')}\nlisten: 127.0.0.1:${port}\nmetrics: 127.0.0.1:${metricsPort}\n`);
   const p = spawnBin(t, ['server', '--config', cfg], { NOTIFY_SOCKET: sd.socket });
   t.regex(await sd.waitFor(/READY=1/), /STATUS=serving 0 release\(s\) on http:\/\/127\.0\.0\.1:\d+/);
   const m = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
@@ -210,8 +210,10 @@ test('install-service puts the package, units and example configs in place and n
     t.true(existsSync(path.join(dest, f)), f);
   }
   const installed = path.join(dest, 'opt', 'fleetcast', 'bin', 'fleetcast.js');
+  // The unedited example parses, but names files that are not there yet: config check says which.
   const check = spawnSync(process.execPath, [installed, 'config', 'check', path.join(dest, 'etc/fleetcast/agent.yaml')], { encoding: 'utf8' });
-  t.is(check.status, 0, check.stderr);
+  t.is(check.status, 78, check.stderr);
+  t.regex(check.stderr, /agent\.yaml:\d+:\d+: trust: \/etc\/fleetcast\/server\.pub does not exist/);
   await fs.writeFile(path.join(dest, 'etc/fleetcast/agent.yaml'), 'mine: true\n');
   r = spawnSync('sh', [script, '--destdir', dest, '--igmp-querier'], { encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);

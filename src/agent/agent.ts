@@ -1,6 +1,7 @@
 import { createHash, KeyObject, randomBytes } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
+import { makeDir } from '../storage/make-dir';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Manifest, parseManifest, unitLength } from '../release/manifest';
@@ -390,7 +391,7 @@ export class Agent {
   private async setup(): Promise<void> {
     const o = this.opts;
     try {
-      await fs.mkdir(o.storageDir, { recursive: true });
+      await makeDir(o.storageDir);
     } catch (err) {
       throw fromSystemError(err, `creating storage ${o.storageDir}`);
     }
@@ -476,6 +477,11 @@ export class Agent {
     });
     this.unicast = s;
     this.dataPort = s.address().port;
+  }
+
+  /** The group's other members from the latest map: the server's ids and what each holds. */
+  groupMembers(): { id: string; group: string; verifiedUnits: number; complete: boolean }[] {
+    return (this.map?.members ?? []).filter((m) => m.id !== this.member).map((m) => ({ id: m.id, group: m.group ?? this.opts.group, verifiedUnits: m.verifiedUnits, complete: m.complete }));
   }
 
   /** This member's role from the latest map. */

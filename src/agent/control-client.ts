@@ -5,7 +5,8 @@ import { ServerAccess } from '../net/server-access';
 /** An answer from the server that is final (4xx): retrying the same request will not help. */
 export class ControlError extends FleetcastError {
   constructor(readonly status: number, code: string, message: string) {
-    super(code, message, ExitCode.UNAVAILABLE);
+    // 401 is the one answer every command maps the same way: not permitted (77).
+    super(code, message, status === 401 ? ExitCode.NOPERM : ExitCode.UNAVAILABLE);
   }
 }
 
@@ -64,6 +65,8 @@ export class ControlClient {
         return v;
       } catch (err) {
         if (err instanceof ControlError || this.signal.aborted) throw err;
+        const untrusted = tlsTrustProblem(err, this.server.url);
+        if (untrusted) throw untrusted;
         if (!this.failing) this.log.warn(`server unreachable (${what}): ${describeFetchError(err)}; retrying with backoff`);
         this.failing = true;
         await sleep(delay, this.signal);
@@ -148,6 +151,36 @@ export function describeFetchError(err: unknown): string {
   const c = e?.cause;
   if (!c) return e?.message ?? String(err);
   return `${e.message}: ${c.message ?? ''}${c.code && !String(c.message).includes(c.code) ? ` (${c.code})` : ''}`;
+}
+
+/** Certificate checks that fail the same way on every retry: only a config change (ca:) helps. */
+const UNTRUSTED = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/**
+ * The server's certificate is not trusted (or not for this name): a FleetcastError that
+ * says what to set (exit 78), or null for anything else. An expired or not-yet-valid
+ * certificate is left to the retries: on a box without a battery clock, time is often
+ * wrong until NTP has run.
+ */
+export function tlsTrustProblem(err: unknown, url: string): FleetcastError | null {
+  const e = err as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
+  const code = [e?.code, e?.cause?.code].find((c) => c !== undefined && UNTRUSTED.has(c));
+  if (!code) return null;
+  const why = (e.cause?.code === code ? e.cause.message : e.message) ?? code;
+  const hint =
+    code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+      ? `use the host name the certificate is for in server:, or reissue it with this name in its subjectAltName`
+      : `set ca: (--ca) to the CA certificate that signed it (fleetcast init writes ca.pem), or use one the system trusts`;
+  return new FleetcastError('TLS_UNTRUSTED', `the server's certificate at ${url} is not trusted: ${why} (${code}); ${hint}`, ExitCode.CONFIG);
 }
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -7,9 +8,10 @@ import { HookResult, runHook } from './hook';
 import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
 import { Logger, Level } from '../util/log';
-import { MetricsRegistry } from '../util/metrics';
+import { MetricsRegistry, processMetrics } from '../util/metrics';
+import { RateMeter, verifiedBytes } from '../util/rate';
 import { ExitCode, FleetcastError } from '../util/errors';
-import { ControlClient, describeFetchError } from './control-client';
+import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import { parseManifest } from '../release/manifest';
 import { writeAtomic } from '../storage/partial-store';
 
@@ -50,6 +52,9 @@ type Totals = AgentCounters;
 const ZERO: Totals = zeroCounters();
 
 const HOOK_FILE = 'hook.json';
+
+/** Errors that end the daemon instead of being retried: the config must change first. */
+const isFatal = (err: unknown): boolean => err instanceof FleetcastError && err.code === 'TLS_UNTRUSTED';
 const MAX_ERRORS = 10;
 
 export class AgentDaemon {
@@ -58,6 +63,8 @@ export class AgentDaemon {
   state: 'starting' | 'fetching' | 'complete' | 'waiting' | 'retrying' | 'stopped' = 'starting';
   readonly lastErrors: { at: string; message: string }[] = [];
   lastHook: (HookResult & { release: string }) | null = null;
+  /** The last release this agent completed: when, and how long it took. */
+  lastCompletion: { release: string; atMs: number; seconds: number } | null = null;
   hooksRun = 0;
   private readonly started = Date.now();
   /** Counters of agents that have ended, so totals only grow. */
@@ -66,12 +73,16 @@ export class AgentDaemon {
   private rates = { wanBytesPerSec: 0, lanBytesPerSec: 0, sentBytesPerSec: 0 };
   private lastSample = { at: Date.now(), wan: 0, lan: 0, sent: 0 };
   private sampler: NodeJS.Timeout | null = null;
+  /** Verified bytes of the current release over time: `status`'s rate and ETA. */
+  private verifiedRate = new RateMeter(10_000);
   private stopped = false;
   private readonly abort = new AbortController();
   private wakeLoop: (() => void) | null = null;
   private pollBackoffMs = 0;
   private readonly refused = new Set<string>();
   private failures = 0;
+  /** An error no retry can fix (an untrusted certificate): runForever ends with it. */
+  private fatal: Error | null = null;
   private retryAt = 0;
   private readonly log: Logger;
   private statusServer: http.Server | null = null;
@@ -102,11 +113,13 @@ export class AgentDaemon {
         if (target !== this.currentRelease && Date.now() >= this.retryAt) await this.switchTo(target);
         this.pollBackoffMs = 0;
       } catch (err) {
+        if (isFatal(err)) throw err;
         this.pollBackoffMs = Math.min(60_000, Math.max(1000, this.pollBackoffMs * 2));
         this.log.warn(`${(err as Error).message}; asking again in ${this.pollBackoffMs / 1000} s`);
         if (!this.current) this.setState('retrying');
       }
       await this.sleep(Math.max(this.pollBackoffMs, this.opts.channelPollMs));
+      if (this.fatal) throw this.fatal;
     }
   }
 
@@ -152,11 +165,11 @@ export class AgentDaemon {
     try {
       res = await this.opts.agent.server.fetch(`/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
     } catch (err) {
-      throw new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
+      throw tlsTrustProblem(err, this.opts.agent.server.url) ?? new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
     const body = Buffer.from(await res.arrayBuffer());
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
-    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file');
+    if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);
     if (!res.ok) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
     const head = parseChannelHead(body);
     if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
@@ -216,10 +229,19 @@ export class AgentDaemon {
         if (this.current !== ag) return;
         this.current = null;
         this.currentRelease = null;
+        if (isFatal(err)) {
+          this.fatal = err;
+          await this.retire(ag).catch(() => undefined);
+          this.wakeLoop?.();
+          return;
+        }
         this.failures++;
         const wait = Math.min(60_000, 1000 * 2 ** Math.min(6, this.failures - 1));
         this.retryAt = Date.now() + wait;
-        this.log.error(`release ${id}: ${err.message}; trying again in ${wait / 1000} s`);
+        // Storage that cannot be written (read-only, missing, full) waits for someone to fix
+        // it: a warning each retry, not silence.
+        const storage = /storage/.test(err.message);
+        (storage ? this.log.warn : this.log.error)(`release ${id}: ${err.message}; trying again in ${wait / 1000} s`);
         this.setState('retrying');
         await this.retire(ag).catch(() => undefined);
         this.wakeLoop?.();
@@ -242,6 +264,7 @@ export class AgentDaemon {
   /** Hook (once per release, remembered on disk), report to the server, prune. */
   async completed(ag: Agent, finalPath: string): Promise<void> {
     const m = ag.manifest;
+    this.lastCompletion = { release: m.id, atMs: ag.stats.completedAtMs || Date.now(), seconds: ag.stats.seconds };
     const dir = path.join(this.opts.agent.storageDir, m.id);
     await markCompleted(this.opts.agent.storageDir, m.id);
     await noteNewest(this.opts.agent.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) });
@@ -327,16 +350,29 @@ export class AgentDaemon {
     this.opts.onState?.(this);
   }
 
+  /**
+   * Wait `ms`, or until woken (reload, a failed agent) or stopped. The abort listener
+   * goes when the wait ends however it ends: one left per poll piled up on the
+   * long-lived signal (MaxListenersExceededWarning after a few minutes of polling).
+   */
   private sleep(ms: number): Promise<void> {
+    const signal = this.abort.signal;
     return new Promise((resolve) => {
+      if (signal.aborted) return resolve();
       const t = setTimeout(done, ms);
       function done() {
         clearTimeout(t);
+        signal.removeEventListener('abort', done);
         resolve();
       }
       this.wakeLoop = done;
-      this.abort.signal.addEventListener('abort', done, { once: true });
+      signal.addEventListener('abort', done, { once: true });
     });
+  }
+
+  /** Listeners on the daemon's own abort signal (a leak shows as a growing count). */
+  abortListenerCount(): number {
+    return getEventListeners(this.abort.signal, 'abort').length;
   }
 
   async stop(): Promise<void> {
@@ -371,6 +407,8 @@ export class AgentDaemon {
       sentBytesPerSec: Math.max(0, (sent - this.lastSample.sent) / dt),
     };
     this.lastSample = { at: now, wan: t.wanBytes, lan: t.lanBytes, sent };
+    const ag = this.current;
+    if (ag?.manifest) this.verifiedRate.add(verifiedBytes(ag.progress, ag.manifest.size, ag.manifest.unitSize));
   }
 
   status(): Record<string, unknown> {
@@ -390,18 +428,39 @@ export class AgentDaemon {
       // gateway: receives the other LAN groups' copies and re-multicasts them here.
       role: ag?.role ?? 'member',
       release: m
-        ? { id: m.id, name: m.name, size: m.size, units: m.unitCount, verifiedUnits: ag!.progress.verified, complete: ag!.isComplete, path: ag!.finalPath }
+        ? {
+            id: m.id,
+            name: m.name,
+            size: m.size,
+            units: m.unitCount,
+            verifiedUnits: ag!.progress.verified,
+            ...this.transfer(ag!),
+            complete: ag!.isComplete,
+            path: ag!.finalPath,
+          }
         : this.currentRelease
           ? { id: this.currentRelease, name: null, size: null, units: null, verifiedUnits: 0, complete: false, path: null }
           : null,
       rates: { ...this.rates, limitBytesPerSec: ag?.rateBytesPerSec ?? this.opts.agent.rateBytesPerSec ?? null },
       totals: this.totals(),
+      // The group's other members as the server knows them: the ids `fleetcast fleet` shows.
+      members: ag?.groupMembers() ?? [],
+      // Senders heard on the LAN (per-release sender ids: the packets carry no member id).
       peers: ag?.peersSeen() ?? [],
       transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
       hook: this.lastHook,
       lastErrors: this.lastErrors,
       ...this.statusExtras(),
     };
+  }
+
+  /** Bytes verified, the rate they grow at, and the time left at that rate (null: unknown). */
+  private transfer(ag: Agent): { verifiedBytes: number; bytesPerSec: number | null; etaSeconds: number | null } {
+    const m = ag.manifest;
+    const done = verifiedBytes(ag.progress, m.size, m.unitSize);
+    const rate = ag.isComplete ? null : this.verifiedRate.rate();
+    const left = m.size - done;
+    return { verifiedBytes: done, bytesPerSec: rate, etaSeconds: left <= 0 ? 0 : rate ? Math.ceil(left / rate) : null };
   }
 
   metrics(): string {
@@ -436,8 +495,16 @@ export class AgentDaemon {
     r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);
     r.gauge('progress_ratio', 'Share of the current release verified (0 to 1)', p ? [[{}, p.total === 0 ? 1 : p.verified / p.total]] : []);
     r.gauge('peers', 'Peers heard on the LAN in the last 5 s', [[{}, this.current?.peersSeen().length ?? 0]]);
-    if (this.lastHook) r.gauge('hook_last_exit_code', 'Exit status of the last hook (-1: signal or failed to start)', [[{ release: this.lastHook.release }, this.lastHook.exitCode ?? -1]]);
-    return r.text();
+    if (this.lastHook) {
+      r.gauge('hook_last_exit_code', 'Exit status of the last hook (-1: signal or failed to start)', [[{ release: this.lastHook.release }, this.lastHook.exitCode ?? -1]]);
+      r.gauge('hook_last_duration_seconds', 'How long the last hook ran', [[{ release: this.lastHook.release }, this.lastHook.durationMs / 1000]]);
+    }
+    const c = this.lastCompletion;
+    if (c) {
+      r.gauge('last_completion_timestamp_seconds', 'When the last release was complete and verified (unix time; alert on time() minus this)', [[{}, c.atMs / 1000]]);
+      r.gauge('last_completion_duration_seconds', 'How long the last completed release took, from the agent starting on it to verified', [[{}, c.seconds]]);
+    }
+    return r.text() + processMetrics('fleetcast');
   }
 
   /**

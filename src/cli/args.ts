@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { ExitCode, FleetcastError } from '../util/errors';
+import { ExitCode, exitStatusHelp, FleetcastError } from '../util/errors';
 
 /**
  * A small command-line parser: `--flag value`, `--flag=value`, boolean flags and
@@ -36,6 +36,11 @@ export interface CommandSpec {
   usage: string;
   flags: Record<string, FlagSpec>;
   positionals?: { name: string; required: boolean }[];
+  /**
+   * The command reads --config itself, against another command's keys (doctor reads the
+   * agent's file); the generic loader leaves it alone.
+   */
+  configOf?: string;
   /** Rules across options (e.g. "--release or --channel"): the flag to blame and what is wrong. */
   validate?: (flags: Record<string, FlagValue>) => { flag: string; problem: string } | null;
 }
@@ -229,7 +234,8 @@ export function formatHelp(cmd: CommandSpec): string {
   rows.push(['--help', 'show this help']);
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [a, b] of rows) lines.push(`  ${a.padEnd(w)}  ${b}`);
-  if (cmd.flags.config) lines.push('', 'Every option except --config is also a key of the YAML config file, with _ for - (fragment-bytes: fragment_bytes).', 'Flags given on the command line override the file.');
+  if (cmd.flags.config && !cmd.configOf) lines.push('', 'Every option except --config is also a key of the YAML config file, with _ for - (fragment-bytes: fragment_bytes).', 'Flags given on the command line override the file.');
+  lines.push('', exitStatusHelp());
   return lines.join('\n') + '\n';
 }
 

@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { createSecureContext } from 'node:tls';
 import { Agent, resolveInterface } from '../agent/agent';
 import { IgmpQuerier } from '../net/igmp';
 import { ServerAccess } from '../net/server-access';
@@ -7,11 +8,11 @@ import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../release/keys'
 import { isReleaseId } from '../release/manifest';
 import { publishRelease } from '../release/publish';
 import { FleetcastServer } from '../server/server';
-import { ExitCode, FleetcastError } from '../util/errors';
+import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { createLogger, Level } from '../util/log';
 import { sdNotify } from '../util/sd-notify';
 import { checks, CommandSpec, FlagValue, ParsedArgs, resolveFlags, splitHostPort } from './args';
-import { formatBytes, ProgressBar } from './progress';
+import { formatBytes, ProgressBar, RateMeter, transferLine, verifiedBytes } from './progress';
 import { loadConfigFile } from '../config/config';
 import { AgentDaemon } from '../agent/daemon';
 import { setChannel, CHANNEL_RE } from '../release/channels';
@@ -154,7 +155,8 @@ export const server: Command = {
     usage: 'server [--config FILE] --store DIR [--listen HOST:PORT]',
     flags: {
       config: configFlag,
-      store: { type: 'string', arg: 'DIR', help: 'store directory (releases written by fleetcast publish)', required: true },
+      store: { type: 'string', arg: 'DIR', help: 'store directory (releases written by fleetcast publish); must exist unless --create', required: true },
+      create: { type: 'boolean', help: 'create the store directory when it does not exist (otherwise refused: a typo would serve 0 releases)' },
       listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600', check: checks.hostPort },
       'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents', default: 1000, integer: true, min: 50, max: 60000 },
       'tls-cert': { type: 'string', arg: 'PEMFILE', help: 'serve HTTPS with this certificate (chain)' },
@@ -179,6 +181,8 @@ export const server: Command = {
     const { host, port } = splitHostPort(String(a.flags.listen)) as { host: string; port: number };
     const log = createLogger({ level: a.flags['log-level'] as Level });
     const tls = a.flags['tls-cert'] ? { cert: await readConfigFile(String(a.flags['tls-cert']), 'tls_cert'), key: await readConfigFile(String(a.flags['tls-key']), 'tls_key') } : undefined;
+    if (tls) checkTlsPair(tls, String(a.flags['tls-cert']), String(a.flags['tls-key']));
+    await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
     const tokens = await loadTokens(a.flags);
     const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
@@ -215,6 +219,31 @@ export const server: Command = {
     return ExitCode.OK;
   },
 };
+
+/**
+ * The certificate and key must load and belong together: one line and exit 78, where
+ * Node's TLS layer would throw deep inside createServer.
+ */
+export function checkTlsPair(tls: { cert: string; key: string }, certFile: string, keyFile: string): void {
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { reason?: string };
+    const mismatch = e.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' || /key values mismatch/i.test(e.message);
+    const why = mismatch ? `the key ${keyFile} does not belong to the certificate ${certFile}` : `cannot use ${certFile} with ${keyFile}: ${e.reason ?? e.message}`;
+    throw new FleetcastError('TLS_PAIR', `${why}; give tls_cert and tls_key from the same pair`, ExitCode.CONFIG);
+  }
+}
+
+/** A store that is not there is refused (66) unless --create: a typo would serve nothing, quietly. */
+async function checkStore(dir: string, create: boolean, log: Logger): Promise<void> {
+  const st = await fs.stat(dir).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? null : Promise.reject(fromSystemError(err, `store ${dir}`))));
+  if (st && !st.isDirectory()) throw new FleetcastError('NOT_A_DIR', `store ${dir} is not a directory`, ExitCode.NOINPUT);
+  if (st) return;
+  if (!create) throw new FleetcastError('NO_STORE', `store ${dir} does not exist: check the path, publish a release into it (fleetcast publish --store ${dir}), or give --create (create: true) to start empty`, ExitCode.NOINPUT);
+  await fs.mkdir(dir, { recursive: true }).catch((err) => Promise.reject(fromSystemError(err, `creating store ${dir}`)));
+  log.info(`created an empty store at ${dir}`);
+}
 
 function tokenEntryCheck(s: string): string | null {
   return /^[A-Za-z0-9._@-]{1,64}:[\x21-\x7e]{16,512}$/.test(s) ? null : 'entries must be NAME:TOKEN, the token 16-512 printable characters';
@@ -323,6 +352,7 @@ export const agent: Command = {
     const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
     const trustedKeys = await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p)));
     const bar = new ProgressBar('agent');
+    const meter = new RateMeter();
     const notifyStatus = statusNotifier();
     let barRelease: string | null = null;
     const daemon = new AgentDaemon({
@@ -354,11 +384,14 @@ export const agent: Command = {
         const ag = d.current;
         if (!ag) return;
         const p = ag.progress;
+        const m = ag.manifest;
         if (barRelease !== d.currentRelease) {
-          bar.finish();
+          bar.relabel(m.name);
           barRelease = d.currentRelease;
         }
-        bar.update(p.verified, p.total, `${p.verified}/${p.total} units`);
+        const done = verifiedBytes(p, m.size, m.unitSize);
+        meter.add(done);
+        bar.update(done, m.size, transferLine({ done, total: m.size, bytesPerSec: meter.rate() }));
         if (p.verified === p.total) bar.finish();
         const pct = p.total ? Math.floor((100 * p.verified) / p.total) : 100;
         notifyStatus(`${ag.manifest.name}: ${p.verified}/${p.total} units verified (${pct}%)`, p.verified === p.total);
@@ -418,8 +451,13 @@ export const agent: Command = {
       process.off('SIGTERM', onSignal);
     };
     if (!f.once) {
-      await daemon.runForever();
-      cleanup();
+      try {
+        await daemon.runForever();
+      } finally {
+        // An error no retry fixes (an untrusted certificate) ends the service here too.
+        await daemon.stop();
+        cleanup();
+      }
       return ExitCode.OK;
     }
     const timeoutS = f.timeout as number;

@@ -8,7 +8,7 @@ import { listenForQueries } from '../net/igmp';
 import { createTransport } from '../transport/binding';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { decodePacket } from '../wire/packet';
-import { checks, splitHostPort } from './args';
+import { checks, resolveFlags, splitHostPort } from './args';
 import { ServerAccess } from '../net/server-access';
 import { describeFetchError } from '../agent/control-client';
 import { agent, Command } from './commands';
@@ -56,6 +56,8 @@ export interface DoctorOptions {
   interface: string;
   multicast: { address: string; port: number };
   server?: ServerAccess;
+  /** Why the server cannot be asked at all (an unreadable token or CA file). */
+  serverProblem?: { detail: string; fix: string };
   waitMs: number;
   igmpWaitMs: number;
   fragmentBytes?: number;
@@ -179,7 +181,8 @@ export async function diagnose(o: DoctorOptions): Promise<Finding[]> {
     }
     if (rtts.length) add({ check: 'server', verdict: 'ok', detail: `${o.server.url} answers; round trip ${rtts.sort((a, b) => a - b)[Math.floor(rtts.length / 2)].toFixed(1)} ms (median of ${rtts.length})` });
     else add({ check: 'server', verdict: 'fail', detail: `${o.server.url} does not answer: ${error}`, fix: /401/.test(error) ? 'check token or token_file against the server\'s tokens' : /certificate|self.signed|CERT/i.test(error) ? "the server's certificate does not chain to the CA: check ca" : 'check the URL, the route to the origin, and that fleetcast-server runs there' });
-  } else add({ check: 'server', verdict: 'skip', detail: 'no --server given' });
+  } else if (o.serverProblem) add({ check: 'server', verdict: 'fail', ...o.serverProblem });
+  else add({ check: 'server', verdict: 'skip', detail: 'no --server given' });
 
   // 8. An IGMP querier on the LAN (raw socket: CAP_NET_RAW).
   if (ifName === 'lo') add({ check: 'igmp querier', verdict: 'skip', detail: 'loopback has no switch to snoop' });
@@ -204,12 +207,15 @@ export const doctor: Command = {
   spec: {
     name: 'doctor',
     summary: 'Check what breaks multicast on this box and its LAN (interface, route, rp_filter, firewall, MTU, loopback, peers, server, IGMP querier) and say how to fix each finding.',
-    usage: 'doctor [--config AGENT.yaml] [--interface NAME] [--multicast ADDR:PORT] [--server URL] [--json]',
+    usage: 'doctor [--config AGENT.yaml] [--interface NAME] [--multicast ADDR:PORT] [--server URL] [--ca PEMFILE] [--token-file FILE] [--json]',
+    configOf: 'agent',
     flags: {
-      config: { type: 'string', arg: 'FILE', help: "take interface, multicast and server from the agent's config file" },
+      config: { type: 'string', arg: 'FILE', help: "take interface, multicast, server, ca and token from the agent's config file (any valid one)", cliOnly: true },
       interface: { type: 'string', arg: 'NAME|ADDR', help: 'the LAN interface (default: from --config, else the default route\'s)' },
       multicast: { type: 'string', arg: 'ADDR:PORT', help: 'the group to check (default: from --config, else 239.192.0.1:7601)', check: checks.multicast },
       server: { type: 'string', arg: 'URL', help: 'the origin server to reach (default: from --config)', check: checks.httpUrl },
+      ca: { type: 'string', arg: 'PEMFILE', help: "CA the server's HTTPS certificate must chain to (default: from --config, else the system's)" },
+      'token-file': { type: 'string', arg: 'FILE', help: 'file holding the bearer token for the server (default: from --config)' },
       wait: { type: 'number', arg: 'SECONDS', help: 'how long to listen for the probe and for peers', default: 3, min: 0.2, max: 600 },
       'igmp-wait': { type: 'number', arg: 'SECONDS', help: 'how long to listen for an IGMP querier', default: 3, min: 0.2, max: 600 },
       json: { type: 'boolean', help: 'print the findings as JSON' },
@@ -219,22 +225,33 @@ export const doctor: Command = {
     const f = a.flags;
     let fromFile: Record<string, unknown> = {};
     if (f.config !== undefined) {
-      const cfg = await loadConfigFile(String(f.config), agent.spec);
-      fromFile = cfg.values;
+      // The agent's own checks: a file the agent accepts is accepted here, and a bad one
+      // fails the same way (file:line:column, exit 78).
+      fromFile = resolveFlags(agent.spec, {}, await loadConfigFile(String(f.config), agent.spec));
     }
+    // A --token-file or --ca given here wins over the file's token/token_file/ca.
+    const tokenFile = (f['token-file'] as string | undefined) ?? (fromFile['token-file'] as string | undefined);
+    const token = f['token-file'] !== undefined ? undefined : (fromFile.token as string | undefined);
+    const caFile = (f.ca as string | undefined) ?? (fromFile.ca as string | undefined);
     const iface = (f.interface as string | undefined) ?? (fromFile.interface as string | undefined) ?? guessInterface();
     const mcStr = (f.multicast as string | undefined) ?? (fromFile.multicast as string | undefined) ?? '239.192.0.1:7601';
     const mcProblem = checks.multicast(mcStr);
     if (mcProblem) throw new FleetcastError('CONFIG', `multicast ${mcProblem}`, ExitCode.CONFIG);
     const hp = splitHostPort(mcStr) as { host: string; port: number };
     const serverUrl = (f.server as string | undefined) ?? (fromFile.server as string | undefined);
+    let access: ServerAccess | undefined;
+    let serverProblem: DoctorOptions['serverProblem'];
+    try {
+      // A diagnosis may look at a plain-HTTP server; the agent itself would need plain_http.
+      access = serverUrl ? ServerAccess.fromFiles({ url: serverUrl, token, tokenFile: token === undefined ? tokenFile : undefined, caFile, plainHttp: true }) : undefined;
+    } catch (err) {
+      serverProblem = { detail: `cannot ask ${serverUrl}: ${(err as Error).message}`, fix: 'check token_file and ca (or --token-file and --ca): the agent reads them as its service user' };
+    }
     const findings = await diagnose({
       interface: iface,
       multicast: { address: hp.host, port: hp.port },
-      // A diagnosis may look at a plain-HTTP server; the agent itself would need plain_http.
-      server: serverUrl
-        ? ServerAccess.fromFiles({ url: serverUrl, token: fromFile.token as string | undefined, tokenFile: fromFile['token-file'] as string | undefined, caFile: fromFile.ca as string | undefined, plainHttp: true })
-        : undefined,
+      server: access,
+      serverProblem,
       waitMs: (f.wait as number) * 1000,
       igmpWaitMs: (f['igmp-wait'] as number) * 1000,
       fragmentBytes: fromFile['fragment-bytes'] as number | undefined,

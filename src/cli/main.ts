@@ -1,12 +1,23 @@
-import { ExitCode, FleetcastError } from '../util/errors';
+import { ExitCode, exitStatusHelp, FleetcastError } from '../util/errors';
 import { loadConfigFile } from '../config/config';
+import { buildInfo } from '../util/build-info';
 import { didYouMean, formatHelp, parseArgs, resolveFlags } from './args';
 import { agent, Command, keygen, publish, server } from './commands';
 import { demo } from './demo';
 import { config, fleet, status } from './ops';
 import { doctor } from './doctor';
+import { init } from './init';
 
-const COMMANDS: Record<string, Command> = { keygen, publish, server, agent, status, fleet, config, doctor, demo };
+const version: Command = {
+  spec: { name: 'version', summary: 'Print the version of fleetcast and of the Node.js it runs on.', usage: 'version [--json]', flags: { json: { type: 'boolean', help: 'print it as JSON' } } },
+  async run(a) {
+    const b = buildInfo();
+    process.stdout.write(a.flags.json ? JSON.stringify(b) + '\n' : `fleetcast ${b.version} (node ${b.node})\n`);
+    return ExitCode.OK;
+  },
+};
+
+const COMMANDS: Record<string, Command> = { init, keygen, publish, server, agent, status, fleet, config, doctor, demo, version };
 
 function topHelp(): string {
   const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
@@ -20,6 +31,8 @@ function topHelp(): string {
     '',
     "Run 'fleetcast COMMAND --help' for a command's options.",
     '',
+    exitStatusHelp(),
+    '',
   ].join('\n');
 }
 
@@ -30,7 +43,7 @@ export async function main(argv: string[]): Promise<number> {
     return name ? ExitCode.OK : ExitCode.USAGE;
   }
   if (name === '--version') {
-    process.stdout.write(`fleetcast ${require('../../../package.json').version}\n`);
+    process.stdout.write(`fleetcast ${buildInfo().version}\n`);
     return ExitCode.OK;
   }
   const cmd = COMMANDS[name];
@@ -45,7 +58,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(formatHelp(cmd.spec));
       return ExitCode.OK;
     }
-    const file = cmd.spec.flags.config && args.flags.config !== undefined ? await loadConfigFile(String(args.flags.config), cmd.spec) : undefined;
+    const file = cmd.spec.flags.config && !cmd.spec.configOf && args.flags.config !== undefined ? await loadConfigFile(String(args.flags.config), cmd.spec) : undefined;
     return await cmd.run({ ...args, flags: resolveFlags(cmd.spec, args.flags, file), cliFlags: args.flags });
   } catch (err) {
     // Under systemd (journald on stderr) the error gets the err priority, <3>.

@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import type { Node as YamlNode } from 'yaml';
+import { ExitCode, FleetcastError } from '../util/errors';
 import { CommandSpec, ConfigError, ConfigValues, configKey, didYouMean, FlagValue, ValueSource } from '../cli/args';
 
 /**
@@ -16,7 +17,11 @@ export async function loadConfigFile(file: string, spec: CommandSpec): Promise<C
     text = await fs.readFile(file, 'utf8');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.code === 'EISDIR' ? 'is a directory' : e.message;
+    // A file that is not there is missing input (66); one the user may not read, 77 (as
+    // the service user: `config check --as USER` tells before the unit starts).
+    if (e.code === 'ENOENT') throw new FleetcastError('NOINPUT', `${file}: cannot read config file: no such file`, ExitCode.NOINPUT);
+    if (e.code === 'EACCES') throw new FleetcastError('NOPERM', `${file}: cannot read config file: permission denied (uid ${process.getuid?.()}); make it readable by the service user`, ExitCode.NOPERM);
+    const why = e.code === 'EISDIR' ? 'is a directory' : e.message;
     throw new ConfigError({ file, line: 1, col: 1 }, `cannot read config file: ${why}`);
   }
   return parseConfig(text, file, spec);

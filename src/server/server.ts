@@ -15,7 +15,8 @@ import { Logger, silentLogger } from '../util/log';
 import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
-import { MetricsRegistry } from '../util/metrics';
+import { MetricsRegistry, processMetrics } from '../util/metrics';
+import { FleetMemory } from './fleet-memory';
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -67,6 +68,9 @@ export interface ServerStats {
    */
   resent: Record<ResendReason, { units: number; bytes: number }>;
 }
+
+/** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
+const OVERHEAD_NOTE_TICKS = 10;
 
 /** How long the server remembers members across a restart (members.json). */
 const MEMBER_MEMORY_MS = 10 * 60 * 1000;
@@ -129,7 +133,11 @@ export class FleetcastServer {
   /** Derives each (release, group)'s key for MACs on LAN control packets. */
   private secret: Buffer = Buffer.alloc(0);
   /** "release/group/member" -> what the member's on_complete hook did. */
-  private readonly hooks = new Map<string, HookBody & { at: number }>();
+  /** Hook results and last overheads, kept across restarts for the fleet view. */
+  private readonly memory: FleetMemory;
+  private ticks = 0;
+  /** Answers sent, by HTTP status code (the metrics' code label). */
+  private readonly httpStatus = new Map<number, number>();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } } };
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
@@ -139,8 +147,10 @@ export class FleetcastServer {
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
     };
     this.http = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, onRequest) : http.createServer(onRequest);
@@ -153,6 +163,7 @@ export class FleetcastServer {
     await this.store.load();
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
     await this.loadMembers();
+    await this.memory.load((id) => this.store.peek(id) !== undefined);
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -164,6 +175,8 @@ export class FleetcastServer {
     this.timer = setInterval(() => {
       this.expire();
       void this.saveMembers();
+      if (++this.ticks % OVERHEAD_NOTE_TICKS === 0) this.noteOverheads();
+      void this.memory.save();
     }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
     this.timer.unref();
     const a = this.http.address() as AddressInfo;
@@ -227,6 +240,8 @@ export class FleetcastServer {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.saveMembers();
+    this.noteOverheads();
+    await this.memory.save();
     await new Promise<void>((resolve) => {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
@@ -419,7 +434,7 @@ export class FleetcastServer {
         const b = await this.body<HookBody>(req, SCHEMAS.hook);
         const { g } = await this.group(b);
         this.member(g, b);
-        this.hooks.set(`${b.release}/${b.group}/${b.member}`, { ...b, at: this.now() });
+        this.memory.setHook(`${b.release}/${b.group}/${b.member}`, { ...b, at: this.now() });
         const how = b.exitCode !== undefined ? `exit ${b.exitCode}` : b.signal ? `signal ${b.signal}` : `failed: ${b.error ?? 'unknown'}`;
         (b.exitCode === 0 ? this.log.info : this.log.warn)(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} hook ${how} after ${b.durationMs} ms`);
         return this.json(res, 200, { ok: true });
@@ -456,15 +471,33 @@ export class FleetcastServer {
     return this.memberBytes.get(`${release}/${group}/${member}`) ?? 0;
   }
 
+  /** Members' measured overheads into the fleet memory (the fleet view after a restart). */
+  private noteOverheads(): void {
+    const now = this.now();
+    for (const [key, g] of this.groups) {
+      if (g.memberCount() === 0) continue;
+      const { release, group } = parseAllocatorKey(key);
+      for (const m of g.memberViews(now)) if (m.overheadMsPerMiB !== null) this.memory.noteOverhead(`${release}/${group}/${m.id}`, m.overheadMsPerMiB);
+    }
+  }
+
   fleet(): unknown {
     const now = this.now();
     return {
-      groups: [...this.groups.entries()].map(([key, g]) => {
+      // Groups nobody is in any more (moved to a newer release, or left) are not shown.
+      groups: [...this.groups.entries()].filter(([, g]) => g.memberCount() > 0).map(([key, g]) => {
         const { release, group, wide } = parseAllocatorKey(key);
         const rel = this.store.peek(release);
         const members = g.memberViews(now).map((m) => {
-          const h = this.hooks.get(`${release}/${group}/${m.id}`);
-          return { ...m, hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null };
+          const k = `${release}/${group}/${m.id}`;
+          const h = this.memory.hook(k);
+          // Until the allocator measures a member again, its overhead from before a restart.
+          const before = m.overheadMsPerMiB === null ? this.memory.overhead(k) : undefined;
+          return {
+            ...m,
+            ...(before !== undefined ? { overheadMsPerMiB: before, overheadBeforeRestart: true } : {}),
+            hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null,
+          };
         });
         return {
           release,
@@ -484,12 +517,11 @@ export class FleetcastServer {
   /** Prometheus text format (version 0.0.4) for GET /metrics on the metrics address. */
   metrics(): string {
     const r = new MetricsRegistry('fleetcast_server');
-    r.counter('unit_bytes_sent_total', 'Unit bytes written to agents', [[{}, this.stats.unitBytesSent]]);
-    r.counter('unit_bytes_sent_by_group_total', 'Unit bytes written to agents, by LAN group', Object.entries(this.stats.unitBytesSentByGroup).map(([group, v]) => [{ group }, v]));
+    // One family per quantity: the total is sum() over the group label (a separate
+    // unlabelled total counted the same bytes twice), refusals are codes 4xx (401: no token).
+    r.counter('unit_bytes_sent_total', 'Unit bytes written to agents, by LAN group', Object.entries(this.stats.unitBytesSentByGroup).map(([group, v]) => [{ group }, v]));
     r.counter('unit_requests_total', 'Unit requests served', [[{}, this.stats.unitRequests]]);
-    r.counter('http_requests_total', 'HTTP API requests', [[{}, this.stats.requests]]);
-    r.counter('http_bad_requests_total', 'HTTP API requests refused with an error', [[{}, this.stats.badRequests]]);
-    r.counter('http_unauthorized_total', 'HTTP API requests refused for a missing or unknown token', [[{}, this.stats.unauthorized]]);
+    r.counter('http_requests_total', 'HTTP API answers, by status code', [...this.httpStatus].sort((a, b) => a[0] - b[0]).map(([code, n]) => [{ code: String(code) }, n]));
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
     r.counter('hedged_bytes_total', 'Unit bytes sent under hedge leases (a second member fetching a straggler\'s unit)', [[{}, this.stats.hedgedBytes]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
@@ -498,13 +530,16 @@ export class FleetcastServer {
     const members: [Record<string, string>, number][] = [];
     const missing: [Record<string, string>, number][] = [];
     for (const [key, g] of this.groups) {
+      // A group nobody is in any more (its members moved to a newer release, or left)
+      // has no series: an alert on missing units clears when the release is superseded.
+      if (g.memberCount() === 0) continue;
       const { release, group } = parseAllocatorKey(key);
       members.push([{ release, group }, g.memberCount()]);
       missing.push([{ release, group }, g.missingInGroup()]);
     }
-    r.gauge('group_members', 'Live members per release and group', members);
-    r.gauge('group_missing_units', 'Units no live member of the group holds', missing);
-    return r.text();
+    r.gauge('group_members', 'Live members per release and group (groups with members only)', members);
+    r.gauge('group_missing_units', 'Units no live member of the group holds (groups with members only)', missing);
+    return r.text() + processMetrics('fleetcast');
   }
 
   private async serveUnit(req: http.IncomingMessage, res: http.ServerResponse, id: string, unitStr: string, q: URLSearchParams): Promise<void> {

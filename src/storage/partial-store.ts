@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { promises as fs, createReadStream } from 'node:fs';
+import { makeDir } from './make-dir';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../release/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
@@ -57,7 +58,7 @@ export class PartialStore {
   private async init(): Promise<void> {
     const m = this.manifest;
     try {
-      await fs.mkdir(this.dir, { recursive: true });
+      await makeDir(this.dir);
       await writeAtomic(path.join(this.dir, 'manifest'), m.raw);
     } catch (err) {
       throw fromSystemError(err, `preparing storage ${this.dir}`);

@@ -18,6 +18,30 @@ export const ExitCode = {
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
+/**
+ * What each exit status means, for every command: printed by `--help` and copied into
+ * README.md (a test keeps the two the same).
+ */
+export const EXIT_STATUS_TABLE: readonly [ExitCodeValue, string][] = [
+  [ExitCode.OK, 'done (agent --once: the release is complete and verified)'],
+  [ExitCode.FAILURE, 'doctor: a check failed (its findings say how to fix it)'],
+  [ExitCode.USAGE, 'bad command line: unknown option, bad value, plain http:// without --plain-http'],
+  [ExitCode.DATAERR, 'bad data: a manifest not signed by a trusted key, a corrupt file'],
+  [ExitCode.NOINPUT, 'missing input: the config file, a file to publish, the store (server without --create)'],
+  [ExitCode.UNAVAILABLE, 'the server or network is unavailable, or answered an error'],
+  [ExitCode.SOFTWARE, 'internal error (a bug: please report it)'],
+  [ExitCode.CANTCREAT, 'cannot create an output file or directory'],
+  [ExitCode.IOERR, 'I/O error: disk full, read-only storage'],
+  [ExitCode.TEMPFAIL, 'gave up for now (--timeout)'],
+  [ExitCode.NOPERM, 'not permitted: the server refused the token (401), a file the service user cannot read, no CAP_NET_RAW'],
+  [ExitCode.CONFIG, "configuration error: a config value (file:line:column), a TLS certificate not trusted (set ca:), a certificate and key that do not match"],
+];
+
+/** The table as `--help` prints it. */
+export function exitStatusHelp(): string {
+  return ['Exit status (sysexits):', ...EXIT_STATUS_TABLE.map(([c, m]) => `  ${String(c).padStart(2)}  ${m}`)].join('\n');
+}
+
 export class FleetcastError extends Error {
   readonly exitCode: ExitCodeValue;
   readonly code: string;

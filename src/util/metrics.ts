@@ -1,4 +1,6 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import * as http from 'node:http';
+import { buildInfo } from './build-info';
 import { Logger } from './log';
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -20,7 +22,7 @@ export class MetricsRegistry {
   }
 
   private family(name: string, type: string, help: string, samples: Sample[]): void {
-    const full = `${this.prefix}_${name}`;
+    const full = this.prefix ? `${this.prefix}_${name}` : name;
     this.lines.push(`# HELP ${full} ${help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}`, `# TYPE ${full} ${type}`);
     for (const [labels, v] of samples) {
       const l = Object.entries(labels)
@@ -32,6 +34,43 @@ export class MetricsRegistry {
 
   text(): string {
     return this.lines.join('\n') + '\n';
+  }
+}
+
+/** When this process started, in seconds since the epoch. */
+const startTimeSeconds = (Date.now() - performance.now()) / 1000;
+
+/**
+ * The standard process metrics of Prometheus client libraries' process collector (the
+ * Go and Python clients use these names and units), and `PREFIX_build_info`: version and
+ * Node.js as labels, value 1.
+ */
+export function processMetrics(prefix: string): string {
+  const r = new MetricsRegistry('');
+  const cpu = process.cpuUsage();
+  r.counter('process_cpu_seconds_total', 'Total user and system CPU time spent in seconds.', [[{}, (cpu.user + cpu.system) / 1e6]]);
+  r.gauge('process_resident_memory_bytes', 'Resident memory size in bytes.', [[{}, process.memoryUsage.rss()]]);
+  let fds: number | null = null;
+  try {
+    fds = readdirSync('/proc/self/fd').length;
+  } catch {
+    /* not Linux: left out */
+  }
+  if (fds !== null) r.gauge('process_open_fds', 'Number of open file descriptors.', [[{}, fds]]);
+  const limit = maxFds();
+  if (limit !== null) r.gauge('process_max_fds', 'Maximum number of open file descriptors.', [[{}, limit]]);
+  r.gauge('process_start_time_seconds', 'Start time of the process since unix epoch in seconds.', [[{}, Math.round(startTimeSeconds * 1000) / 1000]]);
+  const b = buildInfo();
+  r.gauge(`${prefix}_build_info`, 'The running version of fleetcast and of Node.js (value 1)', [[{ version: b.version, node: b.node }, 1]]);
+  return r.text();
+}
+
+function maxFds(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
   }
 }
 

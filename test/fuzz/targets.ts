@@ -3,6 +3,7 @@ import { ConfigError, resolveFlags } from '../../src/cli/args';
 import { agent, server } from '../../src/cli/commands';
 import { parseConfig } from '../../src/config/config';
 import { parseChannelHead } from '../../src/release/channels';
+import { parseFleetMemory } from '../../src/server/fleet-memory';
 import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
 import { decodeBitmapFile, encodeBitmapFile } from '../../src/storage/bitmap-file';
@@ -197,7 +198,28 @@ const igmp: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, config, channelHead, igmp];
+const fleetFile: Target = {
+  name: 'fleet-file',
+  seeds: [
+    Buffer.from(
+      JSON.stringify({
+        hooks: [
+          { release: 'ab'.repeat(16), group: 'g1', member: 'box1', at: 1, durationMs: 12, exitCode: 0 },
+          { release: 'cd'.repeat(16), group: 'g', member: 'm', at: 2, durationMs: 1, signal: 'SIGKILL', error: 'x' },
+        ],
+        overheads: { [`${'ab'.repeat(16)}/g1/box1`]: 170.5 },
+      }),
+    ),
+  ],
+  run(input) {
+    const r = parseFleetMemory(Buffer.from(input).toString('utf8'));
+    if (typeof r === 'string') return;
+    for (const x of r.hooks) if (typeof x.release !== 'string' || typeof x.at !== 'number' || (x.error !== undefined && x.error.length > 512)) throw new Error('accepted a malformed hook result');
+    for (const [k, v] of r.overheads) if (typeof k !== 'string' || !Number.isFinite(v) || v < 0) throw new Error('accepted a malformed overhead');
+  },
+};
+
+export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, config, channelHead, igmp, fleetFile];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {

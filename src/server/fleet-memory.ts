@@ -1,0 +1,113 @@
+import { promises as fs } from 'node:fs';
+import { writeAtomic } from '../storage/partial-store';
+import { HookBody } from '../wire/http-bodies';
+import { Logger } from '../util/log';
+
+export type HookResult = HookBody & { at: number };
+
+/** At most this many hook results and overheads are kept (the newest), whatever the file says. */
+const MAX_ENTRIES = 100_000;
+
+/**
+ * What `fleetcast fleet` shows that the allocator's soft state loses in a server restart,
+ * kept in `<store>/fleet.json` (docs/protocol.md, section 7), keyed "release/group/member":
+ *   - the on_complete result each agent reported (POST /v1/hook): an agent reports it
+ *     once, and never again for that release;
+ *   - each member's last measured overhead (ms per MiB), shown until the member is
+ *     measured again. Allocation does not use it: the allocator measures afresh.
+ */
+export class FleetMemory {
+  private readonly hooks = new Map<string, HookResult>();
+  private readonly overheads = new Map<string, number>();
+  private dirty = false;
+
+  constructor(private readonly file: string, private readonly log: Logger) {}
+
+  hook(key: string): HookResult | undefined {
+    return this.hooks.get(key);
+  }
+
+  setHook(key: string, r: HookResult): void {
+    bounded(this.hooks, key, r);
+    this.dirty = true;
+  }
+
+  /** The overhead measured before the last restart, if the allocator has none yet. */
+  overhead(key: string): number | undefined {
+    return this.overheads.get(key);
+  }
+
+  noteOverhead(key: string, msPerMiB: number): void {
+    if (this.overheads.get(key) === msPerMiB) return;
+    bounded(this.overheads, key, msPerMiB);
+    this.dirty = true;
+  }
+
+  /** Read the file; entries of releases no longer in the store (`known` says) are dropped. */
+  async load(known: (release: string) => boolean): Promise<void> {
+    let raw: string;
+    try {
+      raw = await fs.readFile(this.file, 'utf8');
+    } catch {
+      return; // none yet
+    }
+    const r = parseFleetMemory(raw);
+    if (typeof r === 'string') return this.log.warn(`ignoring ${this.file}: ${r}`);
+    for (const x of r.hooks) if (known(x.release)) this.hooks.set(`${x.release}/${x.group}/${x.member}`, x);
+    for (const [k, v] of r.overheads) if (known(k.split('/')[0])) this.overheads.set(k, v);
+  }
+
+  async save(): Promise<void> {
+    if (!this.dirty) return;
+    this.dirty = false;
+    try {
+      await writeAtomic(this.file, Buffer.from(JSON.stringify({ hooks: [...this.hooks.values()], overheads: Object.fromEntries(this.overheads) })));
+    } catch (err) {
+      this.log.warn(`cannot save ${this.file}: ${(err as Error).message}`);
+    }
+  }
+}
+
+function bounded<V>(m: Map<string, V>, key: string, v: V): void {
+  m.delete(key);
+  m.set(key, v);
+  if (m.size > MAX_ENTRIES) m.delete(m.keys().next().value!);
+}
+
+/**
+ * fleet.json: `{"hooks": [{release, group, member, at, durationMs, exitCode?, signal?,
+ * error?}, ...], "overheads": {"release/group/member": msPerMiB, ...}}`. Pure and total
+ * (a fuzz target): what it could read, or what is wrong with the whole file. Malformed
+ * entries are skipped, strings capped as the endpoint caps them.
+ */
+export function parseFleetMemory(text: string): { hooks: HookResult[]; overheads: [string, number][] } | string {
+  let j: unknown;
+  try {
+    j = JSON.parse(text);
+  } catch (err) {
+    return `not JSON: ${(err as Error).message}`;
+  }
+  if (typeof j !== 'object' || j === null) return 'not an object';
+  const { hooks, overheads } = j as { hooks?: unknown; overheads?: unknown };
+  if (hooks !== undefined && !Array.isArray(hooks)) return 'hooks is not a list';
+  if (overheads !== undefined && (typeof overheads !== 'object' || overheads === null || Array.isArray(overheads))) return 'overheads is not an object';
+  const out: { hooks: HookResult[]; overheads: [string, number][] } = { hooks: [], overheads: [] };
+  for (const x of ((hooks ?? []) as Partial<HookResult>[]).slice(-MAX_ENTRIES)) {
+    if (typeof x !== 'object' || x === null) continue;
+    if (typeof x.release !== 'string' || typeof x.group !== 'string' || typeof x.member !== 'string' || typeof x.at !== 'number' || typeof x.durationMs !== 'number') continue;
+    out.hooks.push({
+      release: x.release.slice(0, 64),
+      group: x.group.slice(0, 256),
+      member: x.member.slice(0, 256),
+      at: x.at,
+      durationMs: x.durationMs,
+      ...(typeof x.exitCode === 'number' ? { exitCode: x.exitCode } : {}),
+      ...(typeof x.signal === 'string' ? { signal: x.signal.slice(0, 32) } : {}),
+      ...(typeof x.error === 'string' ? { error: x.error.slice(0, 512) } : {}),
+    });
+  }
+  for (const [k, v] of Object.entries((overheads ?? {}) as Record<string, unknown>).slice(-MAX_ENTRIES)) {
+    if (typeof v === 'number' && Number.isFinite(v) && v >= 0 && k.length <= 600 && k.split('/').length >= 3) out.overheads.push([k, v]);
+  }
+  return out;
+}

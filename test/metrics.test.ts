@@ -1,0 +1,119 @@
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { AgentDaemon } from '../src/agent/daemon';
+import { splitHostPort } from '../src/cli/args';
+import { ServerAccess } from '../src/net/server-access';
+import { setChannel } from '../src/release/channels';
+import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
+import { publishRelease } from '../src/release/publish';
+import { silentLogger } from '../src/util/log';
+import { startFleet } from './helpers/fleet';
+
+/** Debian's python3 with python3-prometheus-client (in .ci/run's apt-get line). */
+const PYTHON = '/usr/bin/python3';
+const TOKEN = 'metrics-test-token-0123456789';
+
+interface Family {
+  name: string;
+  type: string;
+  samples: { name: string; labels: Record<string, string>; value: number }[];
+}
+
+/** Parse with the Prometheus Python client's own parser; it raises on anything malformed. */
+function parse(text: string): Family[] {
+  const py = `
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"name": f.name, "type": f.type, "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
+print(json.dumps(out))
+`;
+  const r = spawnSync(PYTHON, ['-c', py], { input: text, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`the Prometheus parser refused the output: ${r.stderr}\n${text}`);
+  return JSON.parse(r.stdout) as Family[];
+}
+
+const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+test('agent and server metrics parse with the Prometheus client: build info, process metrics, seconds, status codes, no duplicates, nothing left of a superseded release', async (t) => {
+  if (spawnSync(PYTHON, ['-c', 'import prometheus_client']).status !== 0) return t.fail('needs python3-prometheus-client (apt-get install python3-prometheus-client)');
+  const f = await startFleet(t, { size: 200_000, unitSize: 65536, server: { tokens: { box1: TOKEN } } });
+  await setChannel(path.join(f.dir, 'store'), { channel: 'stable', release: f.manifest.id, name: f.manifest.name, publishedAt: Date.now() });
+  const mc = splitHostPort(f.multicast) as { host: string; port: number };
+  const daemon = new AgentDaemon({
+    agent: {
+      server: new ServerAccess({ url: f.url, plainHttp: true, token: TOKEN }),
+      group: 'g1',
+      member: 'box1',
+      interface: '127.0.0.1',
+      multicast: { address: mc.host, port: mc.port },
+      storageDir: path.join(f.dir, 'box1'),
+      trustedKeys: [await loadPublicKey(f.pubPath)],
+      lingerMs: 0,
+    },
+    channel: 'stable',
+    keep: 2,
+    hookTimeoutMs: 1000,
+    channelPollMs: 50,
+    logger: silentLogger,
+  });
+  t.teardown(() => daemon.stop());
+  void daemon.runForever();
+  await until(() => daemon.state === 'complete' && daemon.currentRelease === f.manifest.id, 'the first release completes');
+  // One refused request, for a 401 in the status-code label.
+  t.is((await fetch(`${f.url}/v1/releases`)).status, 401);
+
+  const now = Date.now() / 1000;
+  const pkg = JSON.parse(await fs.readFile(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+  for (const [who, text] of [['agent', daemon.metrics()], ['server', f.server.metrics()]] as const) {
+    const fams = parse(text);
+    const names = fams.map((x) => x.name);
+    t.deepEqual(names.filter((n, i) => names.indexOf(n) !== i), [], `${who}: each family once`);
+    const one = (n: string) => fams.find((x) => x.name === n)?.samples[0];
+    t.is(one('fleetcast_build_info')?.value, 1, who);
+    t.is(one('fleetcast_build_info')?.labels.version, pkg.version, who);
+    t.true((one('process_cpu_seconds')?.value ?? 0) > 0, `${who}: process_cpu_seconds_total`);
+    t.true((one('process_resident_memory_bytes')?.value ?? 0) > 1e6, who);
+    t.true((one('process_open_fds')?.value ?? 0) > 2, who);
+    const start = one('process_start_time_seconds')?.value ?? 0;
+    t.true(start > now - 3600 && start <= now + 1, `${who}: start time ${start}`);
+  }
+
+  const agent = parse(daemon.metrics());
+  const ag = (n: string) => agent.find((x) => x.name === n)?.samples[0]?.value;
+  const done = ag('fleetcast_agent_last_completion_timestamp_seconds') ?? 0;
+  t.true(done > now - 120 && done <= now + 1, `completed at ${done}`);
+  t.true((ag('fleetcast_agent_last_completion_duration_seconds') ?? -1) > 0);
+
+  const server = parse(f.server.metrics());
+  const http = server.find((x) => x.name === 'fleetcast_server_http_requests')!;
+  const codes = new Set(http.samples.map((s) => s.labels.code));
+  t.true(codes.has('200') && codes.has('401'), [...codes].join(','));
+  t.falsy(server.find((x) => x.name.endsWith('unit_bytes_sent_by_group')), 'the by-group duplicate is gone');
+  const bytes = server.find((x) => x.name === 'fleetcast_server_unit_bytes_sent')!.samples;
+  t.deepEqual(bytes.map((s) => s.labels.group), ['g1']);
+  t.true(bytes[0].value >= f.manifest.size);
+  const missingFor = (fams: Family[], id: string) => fams.find((x) => x.name === 'fleetcast_server_group_missing_units')?.samples.filter((s) => s.labels.release === id) ?? [];
+  t.is(missingFor(server, f.manifest.id).length, 1);
+
+  // A new release on the channel: the agent moves, and the old release's group series go.
+  await fs.writeFile(path.join(f.dir, 'v2.bin'), randomBytes(100_000));
+  const m2 = await publishRelease(path.join(f.dir, 'v2.bin'), path.join(f.dir, 'store'), await loadPrivateKey(f.keyPath), { unitSize: 65536 });
+  await setChannel(path.join(f.dir, 'store'), { channel: 'stable', release: m2.id, name: m2.name, publishedAt: Date.now() });
+  await until(() => daemon.state === 'complete' && daemon.currentRelease === m2.id, 'the second release completes');
+  const after = parse(f.server.metrics());
+  t.deepEqual(missingFor(after, f.manifest.id), [], 'nothing left for the superseded release');
+  t.is(missingFor(after, m2.id).length, 1);
+  const rel = parse(daemon.metrics()).find((x) => x.name === 'fleetcast_agent_release_units')!.samples;
+  t.deepEqual(rel.map((s) => s.labels.release), [m2.id]);
+});
