@@ -104,3 +104,21 @@ test('a fresh server leases at once; after a restart it waits for the members it
   const after = await post(url, '/v1/lease', ref);
   t.true((after.body.units as number[]).length > 0, 'everyone is back: leasing resumes before the grace ends');
 });
+
+test('a heartbeat that arrives after its member left does not bring it back (only a join does), and re-sends are refused an unknown reason', async (t) => {
+  const f = await startFleet(t, { size: 50_000, unitSize: 16384 });
+  const ref = { release: f.manifest.id, group: 'g', member: 'm1' };
+  const all = Buffer.from([0xf0]).toString('base64'); // every one of the 4 units
+  t.is((await post(f.url, '/v1/join', { ...ref, have: all })).status, 200);
+  t.is((await post(f.url, '/v1/leave', ref)).status, 200);
+  const late = await post(f.url, '/v1/heartbeat', { ...ref, have: all });
+  t.is(late.status, 409, 'the heartbeat that was in flight when m1 left');
+  t.is(late.body.error, 'NOT_JOINED');
+  const view = f.server.fleet() as { groups: { members: { id: string }[] }[] };
+  t.false(view.groups.some((g) => g.members.some((m) => m.id === 'm1')), 'no ghost holder in the split map');
+  t.is((await post(f.url, '/v1/join', ref)).status, 200, 'a join comes back at once');
+  t.is((await post(f.url, '/v1/heartbeat', ref)).status, 200);
+  const bad = await post(f.url, '/v1/lease', { ...ref, want: [0], reason: 'whim' });
+  t.is(bad.status, 400);
+  t.regex(String(bad.body.message), /reason must be/);
+});

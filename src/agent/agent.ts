@@ -443,7 +443,11 @@ export class Agent {
 
     await this.heartbeat(true);
     this.heartbeatTimer = setInterval(() => {
-      this.heartbeat().catch((err) => this.log.debug(`heartbeat: ${(err as Error).message}`));
+      this.heartbeat().catch((err) => {
+        // The server forgot us, or remembers that we left: join again.
+        if (err instanceof ControlError && err.code === 'NOT_JOINED') return this.heartbeat(true).catch(() => undefined);
+        this.log.debug(`heartbeat: ${(err as Error).message}`);
+      });
       this.checkStall();
     }, this.heartbeatMs);
     this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);

@@ -72,6 +72,10 @@ export interface ServerStats {
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
 const OVERHEAD_NOTE_TICKS = 10;
 
+/** A member that left is not re-created by a plain heartbeat for this long (only by a join). */
+const LEFT_MEMORY_MS = 30_000;
+const MAX_LEFT_REMEMBERED = 100_000;
+
 /** How long the server remembers members across a restart (members.json). */
 const MEMBER_MEMORY_MS = 10 * 60 * 1000;
 
@@ -126,6 +130,12 @@ export class FleetcastServer {
   private startedAt = 0;
   /** "release/group" -> members seen before the restart that have not rejoined yet. */
   private readonly awaited = new Map<string, Set<string>>();
+  /**
+   * "allocator key/member" -> when it left (POST /v1/leave). A heartbeat still in flight
+   * when a member left must not bring it back: the ghost would be listed as the holder of
+   * everything it had, and its LAN peers would wait on repairs from nobody.
+   */
+  private readonly leftAt = new Map<string, number>();
   private membersDirty = false;
   /** "release/member" -> the key of the allocator the member joined. */
   private readonly memberKeys = new Map<string, string>();
@@ -355,6 +365,11 @@ export class FleetcastServer {
         }
         const now = this.now();
         const isNew = !g.hasMember(b.member);
+        const left = this.leftAt.get(`${key}/${b.member}`);
+        if (left !== undefined && now - left < LEFT_MEMORY_MS) {
+          if (route === 'POST /v1/heartbeat') throw new HttpError(409, 'NOT_JOINED', `member ${b.member} left this group; send join to come back`);
+          this.leftAt.delete(`${key}/${b.member}`);
+        }
         if (route === 'POST /v1/join') g.restart(b.member);
         if (isNew) this.membersDirty = true;
         this.awaited.get(key)?.delete(b.member);
@@ -417,8 +432,11 @@ export class FleetcastServer {
       }
       case 'POST /v1/leave': {
         const b = await this.body<MemberRef>(req, SCHEMAS.leave);
-        const { g } = await this.group(b);
+        const { g, key } = await this.group(b);
         g.leave(b.member);
+        const now = this.now();
+        if (this.leftAt.size >= MAX_LEFT_REMEMBERED) for (const [k, at] of this.leftAt) if (now - at >= LEFT_MEMORY_MS) this.leftAt.delete(k);
+        if (this.leftAt.size < MAX_LEFT_REMEMBERED) this.leftAt.set(`${key}/${b.member}`, now);
         this.membersDirty = true;
         return this.json(res, 200, { ok: true });
       }
