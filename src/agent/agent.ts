@@ -377,6 +377,11 @@ export class Agent {
       .map(([id, p]) => ({ sender: id.toString(16).padStart(8, '0'), lastSeenMsAgo: now - p.lastSeen, complete: p.complete }));
   }
 
+  /** Per other group's gateway we send to: the learned pace and what its reports said. */
+  crossPaths(): AgentStats['crossPaths'] {
+    return this.cross.view();
+  }
+
   get isComplete(): boolean {
     return this.finalPath !== null;
   }
@@ -811,7 +816,7 @@ export class Agent {
     this.completedAt = Date.now();
     this.stats.seconds = (this.completedAt - this.started) / 1000;
     this.stats.completedAtMs = this.completedAt;
-    this.stats.crossPaths = this.cross.view();
+    this.stats.crossPaths = this.crossPaths();
     await UnitSpool.removeAll(path.join(this.opts.storageDir, this.manifest.id)).catch(() => undefined);
     this.announce();
     try {

@@ -447,6 +447,8 @@ export class AgentDaemon {
       members: ag?.groupMembers() ?? [],
       // Senders heard on the LAN (per-release sender ids: the packets carry no member id).
       peers: ag?.peersSeen() ?? [],
+      // Wide-area groups: the pace learned for each other site's gateway we copy to.
+      crossPaths: ag?.crossPaths() ?? [],
       transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
       hook: this.lastHook,
       lastErrors: this.lastErrors,
