@@ -158,7 +158,8 @@ test('an encrypted release: ciphertext in the store and on the LAN, the key only
   t.is(noAuth.status, 403);
   srv.kill('SIGTERM');
   await new Promise((r) => srv.on('exit', r));
-  srv = startServer(['--content-keys', keys, '--tokens', `fleet:${token}`]);
+  // One token for both boxes: a per-fleet token, which must be asked for.
+  srv = startServer(['--content-keys', keys, '--tokens', `fleet:${token}`, '--shared-tokens']);
   await waitUp();
   t.is((await fetch(`http://127.0.0.1:${port}/v1/releases/${id}/key`)).status, 401);
 

@@ -164,6 +164,7 @@ export const server: Command = {
       'plain-http': { type: 'boolean', help: 'serve plain HTTP (tokens and unencrypted releases cross the network in the clear)' },
       tokens: { type: 'list', arg: 'NAME:TOKEN[,...]', help: 'bearer tokens allowed in, per fleet or per device (none: anyone may join)', check: tokenEntryCheck, reload: true },
       'tokens-file': { type: 'string', arg: 'FILE', help: 'more tokens, one "NAME TOKEN" per line (# comments)', reload: true },
+      'shared-tokens': { type: 'boolean', help: 'let one token serve many member ids (per-fleet tokens); by default a token names one device' },
       'content-keys': { type: 'string', arg: 'DIR', help: 'keys of encrypted releases (from publish --encrypt), released only to token holders' },
       policy: { type: 'string', arg: 'POLICY', help: 'default distribution policy: wide, group or representative (publish --policy sets one per release)', default: 'wide', choices: POLICIES },
       start: { type: 'string', arg: 'WHEN', help: 'default start policy: immediate or all-fetched', default: 'immediate', choices: START_POLICIES },
@@ -184,8 +185,9 @@ export const server: Command = {
     if (tls) checkTlsPair(tls, String(a.flags['tls-cert']), String(a.flags['tls-key']));
     await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
     const tokens = await loadTokens(a.flags);
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
+    else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
     let addr;
     try {
       addr = await s.start();

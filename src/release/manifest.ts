@@ -35,7 +35,12 @@ export interface Manifest extends ManifestBody {
 }
 
 export const MAX_MANIFEST_BYTES = 96 * 1024 * 1024;
-export const MAX_UNITS = 1_000_000;
+/**
+ * Units a release may have. Server and agent state grow with it (bitmaps in every
+ * heartbeat, per-unit maps): 65,536 units is 64 GiB at the default unit size and
+ * 4 TiB at the largest. Issue 13 measured 583 MB on the server at 1M units.
+ */
+export const MAX_UNITS = 65_536;
 export const MIN_UNIT_BYTES = 4096;
 export const MAX_UNIT_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_UNIT_BYTES = 1024 * 1024;

@@ -8,7 +8,7 @@ import { deriveGroupKey } from '../wire/auth';
 import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
 import { unitLength } from '../release/manifest';
-import { CompleteBody, HeartbeatBody, HookBody, LeaseBody, MAX_BODY_BYTES, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
+import { BadUnitBody, CompleteBody, HeartbeatBody, HookBody, jsonDepthExceeds, LeaseBody, MAX_BODY_BYTES, MAX_JSON_DEPTH, maxBodyBytes, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
 import { bitmapBytes } from '../wire/packet';
 import { AllocatorOptions, GroupAllocator, RESEND_REASONS, ResendReason } from './allocator';
 import { Logger, silentLogger } from '../util/log';
@@ -17,6 +17,23 @@ import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { FleetMemory } from './fleet-memory';
+import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
+import { MAX_UNITS } from '../release/manifest';
+import type { Socket } from 'node:net';
+
+/**
+ * TLS 1.2 suites with forward secrecy (ECDHE) and AEAD (GCM, ChaCha20-Poly1305) only:
+ * no RSA key exchange, CBC, SHA-1, CCM8 or ARIA (issue 13, sslscan). TLS 1.3 suites are
+ * all forward-secret AEAD. After Mozilla's "intermediate" server configuration.
+ */
+export const TLS_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -42,6 +59,15 @@ export interface ServerOptions {
   tls?: { cert: string | Buffer; key: string | Buffer };
   /** Bearer tokens allowed in, by name (per fleet or per device). None: anyone may. */
   tokens?: Record<string, string>;
+  /**
+   * Let one token serve many member ids (a per-fleet token). Off by default: a token
+   * names one device, and the first member id it uses is the only one it may use.
+   */
+  sharedTokens?: boolean;
+  /** Override the limits of LIMIT_DEFAULTS (tests, unusual fleets). */
+  limits?: Partial<typeof LIMIT_DEFAULTS>;
+  /** Units a release may have to be served (at most MAX_UNITS). */
+  maxUnitsPerRelease?: number;
   /** Where `publish --encrypt` put the content keys; released only to token holders. */
   contentKeysDir?: string;
   /** Defaults for releases without their own distribution.json. */
@@ -67,6 +93,10 @@ export interface ServerStats {
    * held or leased them, and their bytes (docs/wide-area.md, "Re-sends").
    */
   resent: Record<ResendReason, { units: number; bytes: number }>;
+  /** Times each limit refused or cut something (docs/security.md, "Exhaustion"). */
+  limits: Record<LimitName, number>;
+  /** Units agents reported as failing verification again and again from this server. */
+  badUnitReports: number;
 }
 
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
@@ -109,6 +139,26 @@ async function loadOrCreateSecret(file: string): Promise<Buffer> {
   return s;
 }
 
+/**
+ * One byte range of a `len`-byte representation (RFC 9110 §14.1.2): `a-b`, `a-`, or a
+ * suffix `-n` (the last n bytes). Null when it is malformed or unsatisfiable (416).
+ */
+export function parseRange(header: string, len: number): { start: number; end: number } | null {
+  const r = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header);
+  if (!r || (r[1] === '' && r[2] === '')) return null;
+  if (r[1] === '') {
+    const n = Number(r[2]);
+    if (n === 0 || len === 0) return null;
+    return { start: Math.max(0, len - n), end: len - 1 };
+  }
+  const start = Number(r[1]);
+  if (start >= len) return null;
+  if (r[2] === '') return { start, end: len - 1 };
+  const end = Number(r[2]);
+  if (end < start) return null;
+  return { start, end: Math.min(len - 1, end) };
+}
+
 class HttpError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
     super(message);
@@ -148,7 +198,16 @@ export class FleetcastServer {
   private ticks = 0;
   /** Answers sent, by HTTP status code (the metrics' code label). */
   private readonly httpStatus = new Map<number, number>();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } } };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0 };
+  private readonly limits: typeof LIMIT_DEFAULTS;
+  private readonly connections: ConnectionCounter;
+  private readonly authThrottle: AuthThrottle;
+  private readonly identities: IdentityBindings;
+  /** "release/token" -> allocator keys its members are in. */
+  private readonly tokenGroups = new Map<string, Set<string>>();
+  /** "release/group/member" -> units it reported bad from this server, with counts. */
+  private readonly badUnits = new Map<string, Map<number, number>>();
+  private lastMembersWrite = -Infinity;
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
 
@@ -163,9 +222,44 @@ export class FleetcastServer {
       res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
     };
-    this.http = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, onRequest) : http.createServer(onRequest);
+    this.limits = { ...LIMIT_DEFAULTS, ...opts.limits };
+    const L = this.limits;
+    // Headers and whole requests are timed (slowloris); the check runs every second, not every 30.
+    const httpOpts: http.ServerOptions = { headersTimeout: L.headersTimeoutMs, requestTimeout: L.headersTimeoutMs + L.bodyTimeoutMs, connectionsCheckingInterval: 1000, keepAliveTimeout: L.keepAliveTimeoutMs };
+    this.http = opts.tls
+      ? https.createServer({ ...httpOpts, cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2', ciphers: TLS_CIPHERS, honorCipherOrder: true }, onRequest)
+      : http.createServer(httpOpts, onRequest);
     this.setTokens(opts.tokens);
-    this.http.keepAliveTimeout = 30_000;
+    this.http.keepAliveTimeout = L.keepAliveTimeoutMs;
+    this.connections = new ConnectionCounter(L.maxConnections, L.maxConnectionsPerClient);
+    this.authThrottle = new AuthThrottle(L.authFailuresPerMinute, L.authLogEveryMs, L.authClientsTracked);
+    this.identities = new IdentityBindings(!!opts.sharedTokens, L.maxMembersPerToken);
+    this.guardConnections();
+  }
+
+  private limitHit(name: LimitName): void {
+    this.stats.limits[name]++;
+  }
+
+  /** Connections in total and per client address are capped; over a cap, the socket is closed at once. */
+  private guardConnections(): void {
+    // TLS servers see the TCP connection before the handshake: count it there.
+    this.http.on('connection', (socket: Socket) => {
+      const client = socket.remoteAddress ?? '?';
+      const r = this.connections.open(client);
+      if (r !== 'ok') {
+        this.limitHit(r);
+        socket.destroy();
+        return;
+      }
+      socket.once('close', () => this.connections.close(client));
+    });
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      // Node answers 408 when headers (or the whole request) take too long.
+      if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.limitHit('header_timeout');
+      if (socket.writable && !socket.destroyed) socket.end(err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+      else socket.destroy();
+    });
   }
 
   async start(): Promise<{ host: string; port: number; url: string }> {
@@ -174,6 +268,7 @@ export class FleetcastServer {
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
     await this.loadMembers();
     await this.memory.load((id) => this.store.peek(id) !== undefined);
+    await this.loadIdentities();
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -184,7 +279,7 @@ export class FleetcastServer {
     this.startedAt = this.now();
     this.timer = setInterval(() => {
       this.expire();
-      void this.saveMembers();
+      void this.saveState();
       if (++this.ticks % OVERHEAD_NOTE_TICKS === 0) this.noteOverheads();
       void this.memory.save();
     }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
@@ -197,6 +292,44 @@ export class FleetcastServer {
   /** Members seen in the last MEMBER_MEMORY_MS before the file was written are awaited after a restart. */
   private get membersFile(): string {
     return path.join(this.opts.storeDir, 'members.json');
+  }
+
+  private get identitiesFile(): string {
+    return path.join(this.opts.storeDir, 'identities.json');
+  }
+
+  /** Member id -> token bindings survive a restart, so a restart opens no window to claim ids. */
+  private async loadIdentities(): Promise<void> {
+    let raw: string;
+    try {
+      raw = await fs.readFile(this.identitiesFile, 'utf8');
+    } catch {
+      return;
+    }
+    try {
+      this.identities.load(JSON.parse(raw), this.limits.maxMembersPerRelease * 16);
+    } catch (err) {
+      this.log.warn(`ignoring ${this.identitiesFile}: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * members.json and identities.json, at most once per membersWriteMinMs (a storm of
+   * joins must not turn into a storm of rewrites); `force` on stop.
+   */
+  private async saveState(force = false): Promise<void> {
+    if (!this.membersDirty && !this.identities.dirty) return;
+    const now = this.now();
+    if (!force && now - this.lastMembersWrite < this.limits.membersWriteMinMs) {
+      this.limitHit('members_file_writes_deferred');
+      return;
+    }
+    this.lastMembersWrite = now;
+    if (this.identities.dirty) {
+      this.identities.dirty = false;
+      await writeAtomic(this.identitiesFile, Buffer.from(JSON.stringify(this.identities.toJSON()))).catch((err: Error) => this.log.warn(`cannot save ${this.identitiesFile}: ${err.message}`));
+    }
+    await this.saveMembers();
   }
 
   private async loadMembers(): Promise<void> {
@@ -249,7 +382,7 @@ export class FleetcastServer {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.saveMembers();
+    await this.saveState(true);
     this.noteOverheads();
     await this.memory.save();
     await new Promise<void>((resolve) => {
@@ -274,18 +407,28 @@ export class FleetcastServer {
    * group). A heartbeat names the wide-area group; other requests find the member's
    * allocator from its last heartbeat.
    */
-  private async group(ref: MemberRef, heartbeat?: { wideGroup?: string }): Promise<{ rel: StoredRelease; g: GroupAllocator; key: string; dist: Distribution }> {
+  private async group(ref: MemberRef, heartbeat?: { wideGroup?: string }, token: string | null = null): Promise<{ rel: StoredRelease; g: GroupAllocator; key: string; dist: Distribution }> {
     const rel = await this.store.get(ref.release);
     if (!rel) throw new HttpError(404, 'NO_RELEASE', `release ${ref.release} is not on this server`);
+    const maxUnits = Math.min(MAX_UNITS, this.opts.maxUnitsPerRelease ?? MAX_UNITS);
+    if (rel.manifest.unitCount > maxUnits) {
+      this.limitHit('units_per_release');
+      throw new HttpError(413, 'TOO_MANY_UNITS', `release ${ref.release} has ${rel.manifest.unitCount} units; this server serves at most ${maxUnits} (republish with a larger --unit-size)`);
+    }
     const dist = await this.distribution(rel);
     const mk = `${ref.release}/${ref.member}`;
     let key: string;
     if (heartbeat) {
       key = allocatorKey(ref.release, dist.policy === 'wide' && heartbeat.wideGroup ? { wide: heartbeat.wideGroup } : { group: ref.group });
+      this.admit(ref, key, token);
+      const prev = this.memberKeys.get(mk);
+      // A member is in one group per release: moving leaves the old one (and its key).
+      if (prev !== undefined && prev !== key) this.groups.get(prev)?.leave(ref.member);
       this.memberKeys.set(mk, key);
     } else key = this.memberKeys.get(mk) ?? allocatorKey(ref.release, { group: ref.group });
     let g = this.groups.get(key);
     if (!g) {
+      if (!heartbeat) throw new HttpError(409, 'NOT_JOINED', `member ${ref.member} has not joined group ${ref.group} (or timed out): send a heartbeat first`);
       const m = rel.manifest;
       g = new GroupAllocator({
         ...this.opts.allocator,
@@ -297,6 +440,46 @@ export class FleetcastServer {
       this.groups.set(key, g);
     }
     return { rel, g, key, dist };
+  }
+
+  /**
+   * Caps on what heartbeats can make the server hold: groups per release, live members
+   * per release, and groups per token. Throws 429 naming the limit.
+   */
+  private admit(ref: MemberRef, key: string, token: string | null): void {
+    const L = this.limits;
+    const g = this.groups.get(key);
+    if (g?.hasMember(ref.member)) return;
+    let groups = 0;
+    let members = 0;
+    for (const [k, a] of this.groups) {
+      if (!k.startsWith(ref.release + '/')) continue;
+      groups++;
+      members += a.memberCount();
+    }
+    if (!g && groups >= L.maxGroupsPerRelease) {
+      this.limitHit('groups_per_release');
+      throw new HttpError(429, 'TOO_MANY_GROUPS', `release ${ref.release} has ${groups} groups, the most this server keeps for one release`);
+    }
+    const prev = this.memberKeys.get(`${ref.release}/${ref.member}`);
+    const moving = prev !== undefined && !!this.groups.get(prev)?.hasMember(ref.member);
+    if (members >= L.maxMembersPerRelease && !moving) {
+      this.limitHit('members_per_release');
+      throw new HttpError(429, 'TOO_MANY_MEMBERS', `release ${ref.release} has ${members} live members, the most this server keeps for one release`);
+    }
+    if (token === null) return;
+    const tk = `${ref.release}/${token}`;
+    let mine = this.tokenGroups.get(tk);
+    if (!mine) this.tokenGroups.set(tk, (mine = new Set()));
+    if (mine.has(key)) return;
+    if (mine.size >= L.maxGroupsPerToken) {
+      for (const k of mine) if (!this.groups.get(k)?.memberCount()) mine.delete(k);
+      if (mine.size >= L.maxGroupsPerToken) {
+        this.limitHit('groups_per_token');
+        throw new HttpError(429, 'TOO_MANY_GROUPS', `token ${token} has members in ${mine.size} groups of release ${ref.release}, the most one token may`);
+      }
+    }
+    mine.add(key);
   }
 
   /** The release's distribution policy: `<store>/releases/<id>/distribution.json`, else the server's defaults. */
@@ -318,18 +501,50 @@ export class FleetcastServer {
     this.tokenNames = new Map(Object.entries(tokens ?? {}).map(([name, tok]) => [tokenDigest(tok), name]));
   }
 
+  /**
+   * The request's token name; null when the server has no tokens (anyone may). Sends
+   * 401 (or 429 to a client that failed too often this minute) and returns false when
+   * the token is missing or unknown. Failures are logged once a minute per client.
+   */
+  private authenticate(req: http.IncomingMessage, res: http.ServerResponse): string | null | false {
+    if (this.tokenNames.size === 0) return null;
+    const client = req.socket.remoteAddress ?? '?';
+    const now = this.now();
+    if (this.authThrottle.blocked(client, now)) {
+      // Every request from a client past its failures is refused, valid token or not:
+      // otherwise the answer would still tell a guess right from wrong.
+      this.limitHit('auth_throttled');
+      res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '60', connection: 'close' });
+      res.end('{"error":"TOO_MANY_AUTH_FAILURES"}');
+      req.resume();
+      return false;
+    }
+    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '');
+    const name = m ? this.tokenNames.get(tokenDigest(m[1])) : undefined;
+    if (name !== undefined) return name;
+    this.stats.unauthorized++;
+    const n = this.authThrottle.fail(client, now);
+    if (n > 0) this.log.warn(`${client}: ${n} request(s) with a ${m ? 'wrong' : 'missing'} token (logged at most once a minute per client; ${this.limits.authFailuresPerMinute} a minute are allowed, then 429)`);
+    res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' });
+    res.end('{"error":"UNAUTHORIZED"}');
+    req.resume();
+    return false;
+  }
+
+  /** Device identity: a member id is usable only with the token that first used it. */
+  private authorize(ref: MemberRef, token: string | null): void {
+    if (token === null) return;
+    const r = this.identities.bind(token, ref.member);
+    if (!r.ok) {
+      this.limitHit(r.limit);
+      throw new HttpError(403, 'NOT_YOUR_MEMBER', r.message);
+    }
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     this.stats.requests++;
-    if (this.tokenNames.size > 0) {
-      const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '');
-      if (!m || !this.tokenNames.has(tokenDigest(m[1]))) {
-        this.stats.unauthorized++;
-        res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' });
-        res.end('{"error":"UNAUTHORIZED"}');
-        req.resume();
-        return;
-      }
-    }
+    const token = this.authenticate(req, res);
+    if (token === false) return;
     const url = new URL(req.url ?? '/', 'http://x');
     const parts = url.pathname.split('/').filter(Boolean);
     const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
@@ -353,11 +568,16 @@ export class FleetcastServer {
         return this.json(res, 200, { key: key.toString('hex') });
       }
       case 'GET /v1/releases/:/units/:':
-        return this.serveUnit(req, res, parts[2], parts[4], url.searchParams);
+        return this.serveUnit(req, res, parts[2], parts[4], url.searchParams, token);
       case 'POST /v1/join':
       case 'POST /v1/heartbeat': {
-        const b = await this.body<HeartbeatBody>(req, SCHEMAS.heartbeat);
-        const { rel, g, key, dist } = await this.group(b, { wideGroup: b.wideGroup });
+        const { value: b, bytes } = await this.bodyWithSize<HeartbeatBody>(req, SCHEMAS.heartbeat, MAX_BODY_BYTES);
+        this.authorize(b, token);
+        const { rel, g, key, dist } = await this.group(b, { wideGroup: b.wideGroup }, token);
+        if (bytes > maxBodyBytes(rel.manifest.unitCount)) {
+          this.limitHit('body_too_large');
+          throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBodyBytes(rel.manifest.unitCount)} bytes, the most a heartbeat for this release needs`);
+        }
         let have: Uint8Array | null = null;
         if (b.have !== undefined) {
           have = Buffer.from(b.have, 'base64');
@@ -401,6 +621,7 @@ export class FleetcastServer {
       }
       case 'POST /v1/lease': {
         const b = await this.body<LeaseBody>(req, SCHEMAS.lease);
+        this.authorize(b, token);
         const { g, key, dist } = await this.group(b);
         this.member(g, b);
         const now = this.now();
@@ -415,6 +636,7 @@ export class FleetcastServer {
       }
       case 'POST /v1/receipt': {
         const b = await this.body<ReceiptBody>(req, SCHEMAS.receipt);
+        this.authorize(b, token);
         const { rel, g } = await this.group(b);
         this.member(g, b);
         if (b.unit >= rel.manifest.unitCount) throw new HttpError(400, 'BAD_UNIT', `unit ${b.unit} is out of range (release has ${rel.manifest.unitCount})`);
@@ -423,6 +645,7 @@ export class FleetcastServer {
       }
       case 'POST /v1/complete': {
         const b = await this.body<CompleteBody>(req, SCHEMAS.complete);
+        this.authorize(b, token);
         const { rel, g } = await this.group(b);
         this.member(g, b);
         if (b.sha256 !== rel.manifest.sha256) throw new HttpError(409, 'WRONG_HASH', 'sha256 does not match the release');
@@ -432,6 +655,7 @@ export class FleetcastServer {
       }
       case 'POST /v1/leave': {
         const b = await this.body<MemberRef>(req, SCHEMAS.leave);
+        this.authorize(b, token);
         const { g, key } = await this.group(b);
         g.leave(b.member);
         const now = this.now();
@@ -450,11 +674,21 @@ export class FleetcastServer {
       }
       case 'POST /v1/hook': {
         const b = await this.body<HookBody>(req, SCHEMAS.hook);
+        this.authorize(b, token);
         const { g } = await this.group(b);
         this.member(g, b);
         this.memory.setHook(`${b.release}/${b.group}/${b.member}`, { ...b, at: this.now() });
         const how = b.exitCode !== undefined ? `exit ${b.exitCode}` : b.signal ? `signal ${b.signal}` : `failed: ${b.error ?? 'unknown'}`;
         (b.exitCode === 0 ? this.log.info : this.log.warn)(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} hook ${how} after ${b.durationMs} ms`);
+        return this.json(res, 200, { ok: true });
+      }
+      case 'POST /v1/bad-unit': {
+        const b = await this.body<BadUnitBody>(req, SCHEMAS.badUnit);
+        this.authorize(b, token);
+        const { rel, g } = await this.group(b);
+        this.member(g, b);
+        if (b.unit >= rel.manifest.unitCount) throw new HttpError(400, 'BAD_UNIT', `unit ${b.unit} is out of range (release has ${rel.manifest.unitCount})`);
+        this.recordBadUnit(b);
         return this.json(res, 200, { ok: true });
       }
       case 'GET /v1/fleet':
@@ -465,6 +699,20 @@ export class FleetcastServer {
         if (['GET', 'POST'].includes(req.method ?? '')) throw new HttpError(404, 'NOT_FOUND', `no such endpoint: ${req.method} ${url.pathname}`);
         throw new HttpError(405, 'METHOD', `method ${req.method} is not allowed`);
     }
+  }
+
+  /**
+   * An agent says a unit from us failed verification `failures` times in a row: our
+   * store (or something between us) is serving bad bytes. Logged, counted, and shown per
+   * member in /v1/fleet. A member keeps at most 64 such units.
+   */
+  private recordBadUnit(b: BadUnitBody): void {
+    this.stats.badUnitReports++;
+    const k = `${b.release}/${b.group}/${b.member}`;
+    let units = this.badUnits.get(k);
+    if (!units) this.badUnits.set(k, (units = new Map()));
+    if (units.has(b.unit) || units.size < 64) units.set(b.unit, Math.max(units.get(b.unit) ?? 0, b.failures));
+    this.log.error(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} got unit ${b.unit} from this server ${b.failures} times and it failed verification every time: check ${this.store.peek(b.release)?.dataPath ?? 'the store'}`);
   }
 
   /** Where a member of a wide-area group sends copies besides its LAN: the other LAN groups' gateways. */
@@ -509,11 +757,13 @@ export class FleetcastServer {
         const members = g.memberViews(now).map((m) => {
           const k = `${release}/${group}/${m.id}`;
           const h = this.memory.hook(k);
+          const bad = this.badUnits.get(`${release}/${m.group ?? group}/${m.id}`);
           // Until the allocator measures a member again, its overhead from before a restart.
           const before = m.overheadMsPerMiB === null ? this.memory.overhead(k) : undefined;
           return {
             ...m,
             ...(before !== undefined ? { overheadMsPerMiB: before, overheadBeforeRestart: true } : {}),
+            badUnits: bad ? [...bad].map(([unit, failures]) => ({ unit, failures })) : [],
             hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null,
           };
         });
@@ -542,6 +792,9 @@ export class FleetcastServer {
     r.counter('http_requests_total', 'HTTP API answers, by status code', [...this.httpStatus].sort((a, b) => a[0] - b[0]).map(([code, n]) => [{ code: String(code) }, n]));
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
     r.counter('hedged_bytes_total', 'Unit bytes sent under hedge leases (a second member fetching a straggler\'s unit)', [[{}, this.stats.hedgedBytes]]);
+    r.counter('limit_hits_total', 'Requests, connections or writes a limit refused or cut (docs/security.md)', Object.entries(this.stats.limits).map(([limit, v]) => [{ limit }, v]));
+    r.counter('bad_unit_reports_total', 'Agents\' reports of a unit from this server failing verification again and again', [[{}, this.stats.badUnitReports]]);
+    r.gauge('connections', 'Open HTTP connections', [[{}, this.connections.open_]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
     r.counter('resent_units_total', 'Units the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].units]));
     r.counter('resent_bytes_total', 'Unit bytes the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].bytes]));
@@ -560,10 +813,11 @@ export class FleetcastServer {
     return r.text() + processMetrics('fleetcast');
   }
 
-  private async serveUnit(req: http.IncomingMessage, res: http.ServerResponse, id: string, unitStr: string, q: URLSearchParams): Promise<void> {
+  private async serveUnit(req: http.IncomingMessage, res: http.ServerResponse, id: string, unitStr: string, q: URLSearchParams, token: string | null): Promise<void> {
     const ref = { release: id, group: q.get('group') ?? '', member: q.get('member') ?? '' };
     const check = parseBody<MemberRef>(Buffer.from(JSON.stringify(ref)), SCHEMAS.lease);
     if (!check.ok) throw new HttpError(400, 'BAD_QUERY', `query: ${check.error}`);
+    this.authorize(ref, token);
     if (!/^\d{1,10}$/.test(unitStr)) throw new HttpError(400, 'BAD_UNIT', `unit "${unitStr}" is not a number`);
     const unit = Number(unitStr);
     const { rel, g } = await this.group(ref);
@@ -581,14 +835,13 @@ export class FleetcastServer {
     const range = req.headers.range;
     let status = 200;
     if (range) {
-      const r = /^bytes=(\d+)-(\d*)$/.exec(range);
-      if (!r || Number(r[1]) >= len || (r[2] !== '' && Number(r[2]) < Number(r[1]))) {
+      const r = parseRange(range, len);
+      if (!r) {
         res.writeHead(416, { 'content-range': `bytes */${len}` });
         res.end();
         return;
       }
-      start = Number(r[1]);
-      end = r[2] === '' ? len - 1 : Math.min(len - 1, Number(r[2]));
+      ({ start, end } = r);
       status = 206;
     }
     this.stats.unitRequests++;
@@ -628,17 +881,45 @@ export class FleetcastServer {
     });
   }
 
+  /** A small body (every route but heartbeats): at most BODY_BASE_BYTES. */
   private async body<T>(req: http.IncomingMessage, schema: Record<string, unknown>): Promise<T> {
+    return (await this.bodyWithSize<T>(req, schema, maxBodyBytes(0))).value;
+  }
+
+  /**
+   * Read and parse a body of at most `maxBytes`, within bodyTimeoutMs of the headers;
+   * nesting is checked before JSON.parse runs. Each refusal counts against its limit.
+   */
+  private async bodyWithSize<T>(req: http.IncomingMessage, schema: Record<string, unknown>, maxBytes: number): Promise<{ value: T; bytes: number }> {
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > maxBytes) {
+      this.limitHit('body_too_large');
+      req.resume();
+      throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
+    }
     const chunks: Buffer[] = [];
     let n = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      n += c.length;
-      if (n > MAX_BODY_BYTES) throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
-      chunks.push(c);
+    const timer = setTimeout(() => {
+      this.limitHit('body_timeout');
+      req.destroy(new Error('body timeout'));
+    }, this.limits.bodyTimeoutMs);
+    try {
+      for await (const c of req as AsyncIterable<Buffer>) {
+        n += c.length;
+        if (n > maxBytes) {
+          this.limitHit('body_too_large');
+          throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
+        }
+        chunks.push(c);
+      }
+    } finally {
+      clearTimeout(timer);
     }
-    const p = parseBody<T>(Buffer.concat(chunks), schema as never);
+    const raw = Buffer.concat(chunks);
+    if (jsonDepthExceeds(raw, MAX_JSON_DEPTH)) this.limitHit('json_too_deep');
+    const p = parseBody<T>(raw, schema as never);
     if (!p.ok) throw new HttpError(400, 'BAD_BODY', p.error);
-    return p.value;
+    return { value: p.value, bytes: raw.length };
   }
 
   private json(res: http.ServerResponse, status: number, v: unknown): void {

@@ -1,12 +1,48 @@
-import { isReleaseId } from '../release/manifest';
+import { isReleaseId, MAX_UNITS } from '../release/manifest';
 
 /**
  * Request bodies of the control-plane HTTP API (docs/protocol.md, "HTTP API").
  * Each parser takes untrusted bytes and returns a typed value or an error that
  * names the offending field. Unknown fields are rejected, so typos surface.
  */
-export const MAX_BODY_BYTES = 4 * 1024 * 1024;
 export const MAX_ID_CHARS = 128;
+/**
+ * Every body but a heartbeat's `have` is small: ids, an address, at most 1024
+ * `fetching` units of 10 digits. A heartbeat may add the base64 of the release's
+ * bitmap. Caps are computed from these, not picked large (issue 13: a 4 MiB cap let
+ * one request cost 1.4 s of parsing).
+ */
+export const BODY_BASE_BYTES = 16 * 1024;
+/** Nesting allowed in a body: an object holding arrays of numbers is depth 2. */
+export const MAX_JSON_DEPTH = 4;
+
+/** The largest body a request may carry for a release of `unitCount` units. */
+export function maxBodyBytes(unitCount: number): number {
+  return BODY_BASE_BYTES + 4 * Math.ceil(Math.ceil(unitCount / 8) / 3);
+}
+/** The absolute cap, before the release is known: a body for the largest release allowed. */
+export const MAX_BODY_BYTES = maxBodyBytes(MAX_UNITS);
+
+/**
+ * Depth of the deepest `[` / `{` nesting, outside strings, stopping once it passes
+ * `limit`: a linear scan that runs before JSON.parse, so `[[[[…` costs one pass and
+ * no recursion.
+ */
+export function jsonDepthExceeds(bytes: Uint8Array, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i];
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > limit) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}
 const ID_RE = /^[A-Za-z0-9._:@-]+$/;
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
@@ -44,6 +80,11 @@ export interface ReceiptBody extends MemberRef {
 export interface CompleteBody extends MemberRef {
   sha256: string;
 }
+/** A unit from the server failed verification `failures` times in a row (protocol v1.1). */
+export interface BadUnitBody extends MemberRef {
+  unit: number;
+  failures: number;
+}
 /** What an agent's on_complete hook did with a release. */
 export interface HookBody extends MemberRef {
   /** Exit status, absent when the hook was killed by a signal or could not start. */
@@ -65,7 +106,7 @@ const REF: Record<string, FieldSpec> = {
 export const SCHEMAS = {
   heartbeat: {
     ...REF,
-    have: { kind: 'base64', optional: true, max: 2 * 1024 * 1024 },
+    have: { kind: 'base64', optional: true, max: 4 * Math.ceil(Math.ceil(MAX_UNITS / 8) / 3) },
     address: { kind: 'string', optional: true, max: 256 },
     fetching: { kind: 'uintArray', optional: true, max: 1024 },
     fetchingBytes: { kind: 'uintArray', optional: true, max: 1024 },
@@ -78,6 +119,7 @@ export const SCHEMAS = {
   leave: REF,
   receipt: { ...REF, unit: { kind: 'uint' } },
   complete: { ...REF, sha256: { kind: 'sha256' } },
+  badUnit: { ...REF, unit: { kind: 'uint' }, failures: { kind: 'uint' } },
   hook: { ...REF, exitCode: { kind: 'uint', optional: true }, signal: { kind: 'string', optional: true, max: 32 }, durationMs: { kind: 'uint' }, error: { kind: 'string', optional: true, max: 512 } },
 } satisfies Record<string, Record<string, FieldSpec>>;
 
@@ -108,6 +150,7 @@ function checkField(name: string, v: unknown, spec: FieldSpec): string | null {
 
 export function parseBody<T>(bytes: Uint8Array, schema: Record<string, FieldSpec>): Parsed<T> {
   if (bytes.length > MAX_BODY_BYTES) return { ok: false, error: `body larger than ${MAX_BODY_BYTES} bytes` };
+  if (jsonDepthExceeds(bytes, MAX_JSON_DEPTH)) return { ok: false, error: `body nests deeper than ${MAX_JSON_DEPTH} levels` };
   let v: unknown;
   try {
     v = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
