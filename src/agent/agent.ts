@@ -63,6 +63,15 @@ export const AGENT_DEFAULTS = {
   /** A NACK its designated repairer leaves unanswered this long is answered by any holder. */
   orphanRepairMs: 1000,
   maxAssemblies: 128,
+  /**
+   * Bytes of incomplete assemblies and pooled unit buffers, each: at large unit sizes the
+   * assembly count shrinks to fit (at least minAssemblies). Issue 13: 128 assemblies of
+   * 64 MiB units was 8 GiB.
+   */
+  assemblyMaxBytes: 128 * 1024 * 1024,
+  minAssemblies: 4,
+  /** An incomplete assembly that got no data for this long is dropped (its buffer freed). */
+  assemblyMaxIdleMs: 10_000,
   repairCacheUnits: 16,
   peerTimeoutMs: 5000,
   /**
@@ -85,6 +94,12 @@ export const AGENT_DEFAULTS = {
   lingerMs: 60_000,
   lingerPollMs: 50,
   fetchRetries: 3,
+  /** A unit from the server that fails verification is fetched again after this, doubling per failure... */
+  badUnitBackoffMs: 500,
+  /** ...up to this. */
+  badUnitBackoffMaxMs: 60_000,
+  /** After this many failures of one unit from the server (and every as many more), the agent reports it. */
+  badUnitReportAfter: 3,
   sendBatch: 64,
   /** Copy bytes queued for the LAN above which WAN downloads pause. */
   copyQueueMaxBytes: 4 * 1024 * 1024,
@@ -151,6 +166,8 @@ export interface AgentStats {
   unitsFromLan: number;
   unitsRejected: number;
   unitsResumed: number;
+  /** Reports sent to the server of a unit that kept failing verification from it. */
+  badUnitReports: number;
   drops: Record<string, number>;
   seconds: number;
   /** When the verified file was in place (ms since the epoch); 0 until then. */
@@ -183,6 +200,7 @@ export function zeroCounters(): AgentCounters {
     unitsFromWan: 0,
     unitsFromLan: 0,
     unitsRejected: 0,
+    badUnitReports: 0,
     unitsResumed: 0,
   };
 }
@@ -199,8 +217,6 @@ interface Assembly {
 interface Peer {
   lastSeen: number;
   complete: boolean;
-  /** Highest control-packet sequence number seen: anything not above it is a replay. */
-  lastSeq: bigint;
 }
 
 /** Resolve `--interface`: a name from os.networkInterfaces(), or an address. */
@@ -255,9 +271,19 @@ export class Agent {
   private nacks!: NackScheduler;
   private readonly repairs: RepairScheduler;
   private readonly assemblies = new Map<number, Assembly>();
+  /** maxAssemblies, lowered so they fit assemblyMaxBytes at this release's unit size. */
+  private maxAssemblies = AGENT_DEFAULTS.maxAssemblies;
   private readonly fetching = new Set<number>();
   private readonly leased: number[] = [];
   private readonly peers = new Map<number, Peer>();
+  /**
+   * Highest control-packet sequence number seen per sender, kept for the life of the
+   * release (not aged out with `peers`): anything not above it is a replay. When it is
+   * full, control packets from new senders are dropped; nothing is forgotten to make room,
+   * so no record can be evicted and re-created at 0 (issue 13: a 5 s window let captured
+   * NACKs replay).
+   */
+  private readonly replay = new Map<number, bigint>();
   /** Units some peer announced verified that we lack. */
   private readonly availableMissing = new Set<number>();
   private readonly repairCache = new Map<number, Buffer>();
@@ -405,7 +431,9 @@ export class Agent {
     this.client = new ControlClient(o.server, this.abort.signal, this.log);
     this.manifest = await this.loadManifest();
     this.store = await PartialStore.open(o.storageDir, this.manifest);
-    this.units = new BufferPool(this.manifest.unitSize, AGENT_DEFAULTS.repairCacheUnits + 16);
+    const budget = Math.max(AGENT_DEFAULTS.minAssemblies, Math.floor(AGENT_DEFAULTS.assemblyMaxBytes / Math.max(1, this.manifest.unitSize)));
+    this.maxAssemblies = Math.min(AGENT_DEFAULTS.maxAssemblies, budget);
+    this.units = new BufferPool(this.manifest.unitSize, Math.min(AGENT_DEFAULTS.repairCacheUnits + 16, budget));
     if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
     this.stats.unitsResumed = this.store.verifiedUnits;
     if (this.store.verifiedUnits > 0) this.log.info(`resuming: ${this.store.verifiedUnits} of ${this.manifest.unitCount} units already verified`);
@@ -446,7 +474,13 @@ export class Agent {
       random: this.random,
     });
 
-    await this.heartbeat(true);
+    try {
+      await this.heartbeat(true);
+    } catch (err) {
+      // Device identity (docs/security.md): this member id or token is bound elsewhere.
+      if (err instanceof ControlError && err.status === 403) throw new FleetcastError('IDENTITY', `the server refused member ${this.member}: ${err.message}`, ExitCode.NOPERM);
+      throw err;
+    }
     this.heartbeatTimer = setInterval(() => {
       this.heartbeat().catch((err) => {
         // The server forgot us, or remembers that we left: join again.
@@ -491,6 +525,19 @@ export class Agent {
   /** The group's other members from the latest map: the server's ids and what each holds. */
   groupMembers(): { id: string; group: string; verifiedUnits: number; complete: boolean }[] {
     return (this.map?.members ?? []).filter((m) => m.id !== this.member).map((m) => ({ id: m.id, group: m.group ?? this.opts.group, verifiedUnits: m.verifiedUnits, complete: m.complete }));
+  }
+
+  /**
+   * The endpoint another member registered with the server (split map: its address and
+   * unicast port) that `from` matches, or null when no member registered it.
+   */
+  private registeredEndpoint(from: { address: string; port: number }): { address: string; port: number } | null {
+    const bare = (a: string) => a.replace(/%.*$/, '').replace(/^::ffff:/, '');
+    for (const m of this.map?.members ?? []) {
+      if (m.id === this.member || !m.address || !m.dataPort) continue;
+      if (m.dataPort === from.port && bare(m.address) === bare(from.address)) return { address: m.address, port: m.dataPort };
+    }
+    return null;
   }
 
   /** This member's role from the latest map. */
@@ -667,6 +714,28 @@ export class Agent {
     }
   }
 
+  /** Units from the server that failed verification, and how often in a row. */
+  private readonly serverFailures = new Map<number, number>();
+
+  /**
+   * A unit from the server failed its hash: wait (exponential backoff, with jitter)
+   * before fetching it again, and every badUnitReportAfter failures tell the server,
+   * which logs it and shows it in `fleetcast fleet`. The count lasts across leases.
+   */
+  private async badFromServer(unit: number): Promise<void> {
+    const n = (this.serverFailures.get(unit) ?? 0) + 1;
+    this.serverFailures.set(unit, n);
+    const ms = Math.min(AGENT_DEFAULTS.badUnitBackoffMaxMs, AGENT_DEFAULTS.badUnitBackoffMs * 2 ** (n - 1)) * (0.75 + 0.5 * this.random());
+    this.log.warn(`unit ${unit} from the server failed verification (${n} time(s) in a row); discarded, fetching it again in ${Math.round(ms)} ms`);
+    if (n % AGENT_DEFAULTS.badUnitReportAfter === 0) {
+      this.stats.badUnitReports++;
+      await this.client
+        .post('/v1/bad-unit', { release: this.manifest.id, group: this.opts.group, member: this.member, unit, failures: n })
+        .catch((err: Error) => this.log.debug(`bad-unit report: ${err.message}`));
+    }
+    await sleep(ms, this.abort.signal);
+  }
+
   private async fetchUnit(unit: number): Promise<void> {
     const m = this.manifest;
     if (this.store.has(unit)) {
@@ -748,11 +817,12 @@ export class Agent {
         }
         if (off !== len || sha256(buf) !== m.units[unit]) {
           this.stats.unitsRejected++;
-          this.log.warn(`unit ${unit} from the server failed verification (attempt ${attempt}); discarded`);
           this.units.give(buf);
           await spool.discard();
+          await this.badFromServer(unit);
           continue;
         }
+        this.serverFailures.delete(unit);
         await this.acceptUnit(unit, buf, 'wan');
         if (!this.lanStart) {
           this.deferred.push(unit);
@@ -920,13 +990,14 @@ export class Agent {
       // Control packets make us send: only members holding the group key may.
       if (!this.groupKey) return this.drop('no-key');
       if (!verifyControl(p.auth!, this.groupKey)) return this.drop('bad-mac');
-      if (peer && p.auth!.seq <= peer.lastSeq) return this.drop('replayed');
+      const last = this.replay.get(p.sender);
+      if (last !== undefined && p.auth!.seq <= last) return this.drop('replayed');
+      if (last === undefined && this.replay.size >= AGENT_DEFAULTS.maxPeers) return this.drop('too-many-peers');
+      this.replay.set(p.sender, p.auth!.seq);
       if (!peer) {
-        if (this.peers.size >= AGENT_DEFAULTS.maxPeers) return this.drop('too-many-peers');
-        peer = { lastSeen: now, complete: false, lastSeq: 0n };
+        peer = { lastSeen: now, complete: false };
         this.peers.set(p.sender, peer);
       }
-      peer.lastSeq = p.auth!.seq;
     }
     // Copies only from members heard with authenticated control packets (each announces
     // as it joins): a forger without the key cannot even pollute an assembly, unless it
@@ -955,7 +1026,7 @@ export class Agent {
         }
         let a = this.assemblies.get(u);
         if (!a) {
-          if (this.assemblies.size >= AGENT_DEFAULTS.maxAssemblies) this.evictAssembly();
+          if (this.assemblies.size >= this.maxAssemblies) this.evictAssembly();
           a = { buf: this.units.take(len), got: new Uint8Array(bitmapBytes(fc)), count: 0, fragmentCount: fc, lastData: now, verifying: false };
           this.assemblies.set(u, a);
         }
@@ -994,7 +1065,12 @@ export class Agent {
           }
           // Copies still queued for that gateway will arrive: answer once they have left
           // (copies of the unit to other groups may be slower; they are no reason to wait).
-          if (this.store.has(u) && this.cross.copiesQueuedTo(via) === 0) void this.repairUnicast(u, p.missing, via, now);
+          if (!this.store.has(u) || this.cross.copiesQueuedTo(via) !== 0) return;
+          // Repairs go only to a member's registered endpoint, never to whatever source
+          // address a NACK carries: a spoofed source would make us reflect onto a third party.
+          const to = this.registeredEndpoint(via);
+          if (!to) return this.drop('unregistered-source');
+          void this.repairUnicast(u, p.missing, to, now);
           return;
         }
         if (!this.store.has(u)) {
@@ -1066,7 +1142,19 @@ export class Agent {
         oldest = u;
       }
     }
-    if (oldest !== null) this.dropAssembly(oldest);
+    if (oldest !== null) {
+      this.dropAssembly(oldest);
+      this.drop('assembly-evicted');
+    }
+  }
+
+  /** Drop incomplete assemblies that got no data for assemblyMaxIdleMs (forged or abandoned). */
+  private ageAssemblies(now: number): void {
+    for (const [u, a] of this.assemblies) {
+      if (a.verifying || now - a.lastData <= AGENT_DEFAULTS.assemblyMaxIdleMs) continue;
+      this.dropAssembly(u);
+      this.drop('assembly-aged');
+    }
   }
 
   /** Forget a partial assembly (not one being verified or stored) and reuse its buffer. */
@@ -1482,6 +1570,7 @@ export class Agent {
     // Forget peers gone quiet: sender ids are cheap to invent, so the map must not grow forever.
     const now = Date.now();
     for (const [id, p] of this.peers) if (now - p.lastSeen > AGENT_DEFAULTS.peerTimeoutMs) this.peers.delete(id);
+    this.ageAssemblies(now);
     const bits = this.store.bitmap();
     // Units whose copies are still queued are not announced: peers would NACK
     // fragments that are on their way.
