@@ -4,8 +4,7 @@ import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { runDemo } from '../src/cli/demo';
-import { decodeBitmapFile } from '../src/storage/bitmap-file';
-import { sha256File } from '../src/storage/partial-store';
+import { readPersistedBitmap, sha256File } from '../src/storage/partial-store';
 import { encodeData, fragmentCountFor, getBit } from '../src/wire/packet';
 import { fragmentBytesForMtu } from '../src/agent/agent';
 import { startFleet } from './helpers/fleet';
@@ -33,18 +32,15 @@ test('an agent SIGKILLed halfway resumes from its bitmap and fetches no verified
   let before: Uint8Array | null = null;
   for (let i = 0; i < 600 && !before; i++) {
     await new Promise((r) => setTimeout(r, 25));
-    const raw = await fs.readFile(bitmapPath).catch(() => null);
-    if (!raw) continue;
-    const d = decodeBitmapFile(raw, f.manifest.idBytes, total);
-    if (!d.ok) continue;
+    const bits = await readPersistedBitmap(path.dirname(bitmapPath), f.manifest.idBytes, total);
+    if (!bits) continue;
     let n = 0;
-    for (let u = 0; u < total; u++) if (getBit(d.bits, u)) n++;
+    for (let u = 0; u < total; u++) if (getBit(bits, u)) n++;
     if (n >= total / 3) {
       first.child.kill('SIGKILL');
       await first.exit;
       // Read again after the kill: the bitmap on disk is what the restart sees.
-      const after = decodeBitmapFile(await fs.readFile(bitmapPath), f.manifest.idBytes, total);
-      if (after.ok) before = after.bits;
+      before = await readPersistedBitmap(path.dirname(bitmapPath), f.manifest.idBytes, total);
     }
   }
   if (!before) return t.fail('agent never got a third of the way');
@@ -166,9 +162,8 @@ test('server restarted mid-transfer: agents retry, the rebuilt allocation never 
   const heldUnits = async () => {
     const held = new Set<number>();
     for (const id of ids) {
-      const raw = await fs.readFile(path.join(f.dir, id, f.manifest.id, 'data.bitmap')).catch(() => null);
-      const d = raw && decodeBitmapFile(raw, f.manifest.idBytes, total);
-      if (d && d.ok) for (let u = 0; u < total; u++) if (getBit(d.bits, u)) held.add(u);
+      const bits = await readPersistedBitmap(path.join(f.dir, id, f.manifest.id), f.manifest.idBytes, total);
+      if (bits) for (let u = 0; u < total; u++) if (getBit(bits, u)) held.add(u);
     }
     return held;
   };

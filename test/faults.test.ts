@@ -3,8 +3,7 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { decodeBitmapFile } from '../src/storage/bitmap-file';
-import { sha256File } from '../src/storage/partial-store';
+import { readPersistedBitmap, sha256File } from '../src/storage/partial-store';
 import { encodeData, encodeNack, getBit } from '../src/wire/packet';
 import { spawn, spawnSync } from 'node:child_process';
 import { loadPrivateKey } from '../src/release/keys';
@@ -20,11 +19,9 @@ test('SIGKILL at random points, 20 times: the agent completes with the right has
   const bitmapPath = path.join(f.dir, 'solo', f.manifest.id, 'data.bitmap');
   const total = f.manifest.unitCount;
   const verifiedNow = async (): Promise<Set<number>> => {
-    const raw = await fs.readFile(bitmapPath).catch(() => null);
+    const bits = await readPersistedBitmap(path.dirname(bitmapPath), f.manifest.idBytes, total);
     const s = new Set<number>();
-    if (!raw) return s;
-    const d = decodeBitmapFile(raw, f.manifest.idBytes, total);
-    if (d.ok) for (let u = 0; u < total; u++) if (getBit(d.bits, u)) s.add(u);
+    if (bits) for (let u = 0; u < total; u++) if (getBit(bits, u)) s.add(u);
     return s;
   };
   const fetchesOf = () => Array.from({ length: total }, (_, u) => f.server.fetchCount(f.manifest.id, 'g1', 'solo', u));
@@ -182,9 +179,8 @@ rootTest('disk full mid-transfer (a small tmpfs): a clear error, the partial sta
   // Once a few units are stored, something else on the box fills the disk.
   const bitmapFile = path.join(storage, f.manifest.id, 'data.bitmap');
   for (let i = 0; i < 300; i++) {
-    const raw = await fs.readFile(bitmapFile).catch(() => null);
-    const d = raw && decodeBitmapFile(raw, f.manifest.idBytes, f.manifest.unitCount);
-    if (d && d.ok && [...Array(f.manifest.unitCount).keys()].filter((u) => getBit(d.bits, u)).length >= 2) break;
+    const bits = await readPersistedBitmap(path.dirname(bitmapFile), f.manifest.idBytes, f.manifest.unitCount);
+    if (bits && [...Array(f.manifest.unitCount).keys()].filter((u) => getBit(bits, u)).length >= 2) break;
     await sleep(50);
   }
   const st = await fs.statfs(mnt);
@@ -193,9 +189,9 @@ rootTest('disk full mid-transfer (a small tmpfs): a clear error, the partial sta
   t.regex(err, /storing unit \d+ of release\.bin: no space left on device; trying again in \d+ s/);
   t.notRegex(err, /at .*\.js:\d+/, 'no stack trace');
   // What is on disk is sound: every unit the bitmap marks holds its verified bytes.
-  const raw = await fs.readFile(path.join(storage, f.manifest.id, 'data.bitmap'));
-  const d = decodeBitmapFile(raw, f.manifest.idBytes, f.manifest.unitCount);
-  t.true(d.ok, 'the bitmap parses');
+  const persisted = await readPersistedBitmap(path.join(storage, f.manifest.id), f.manifest.idBytes, f.manifest.unitCount);
+  t.truthy(persisted, 'the bitmap and its journal parse');
+  const d = { ok: !!persisted, bits: persisted ?? new Uint8Array(0) };
   const part = await fs.readFile(path.join(storage, f.manifest.id, 'data.part'));
   let marked = 0;
   if (d.ok) {

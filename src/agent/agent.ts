@@ -31,6 +31,7 @@ import { RepairScheduler } from './repair-scheduler';
 import { decryptFile } from '../release/content-crypto';
 import { ServerAccess } from '../net/server-access';
 import { UnitSpool } from '../storage/spool';
+import { DirLock, lockStorage } from '../storage/dir-lock';
 import { BufferPool } from '../util/buffer-pool';
 import { sealControl, verifyControl } from '../wire/auth';
 import { TokenBucket } from './token-bucket';
@@ -341,6 +342,7 @@ export class Agent {
   private completion!: { resolve: (p: string) => void; reject: (e: Error) => void };
   private readonly completed: Promise<string>;
   private closed = false;
+  private storageLock: DirLock | null = null;
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -426,6 +428,8 @@ export class Agent {
     } catch (err) {
       throw fromSystemError(err, `creating storage ${o.storageDir}`);
     }
+    // One agent process per storage directory: exit 73 with the holder's pid otherwise.
+    this.storageLock = await lockStorage(o.storageDir);
     this.member = o.member ?? (await this.persistentMemberId());
     this.stats.member = this.member;
     this.client = new ControlClient(o.server, this.abort.signal, this.log);
@@ -949,6 +953,7 @@ export class Agent {
     this.unicast = null;
     await this.transport?.close();
     await this.store?.close();
+    await this.storageLock?.release();
   }
 
   /** Leave the group politely (the server hands our leases to others at once). */

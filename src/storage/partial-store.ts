@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Manifest, unitLength } from '../release/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
-import { decodeBitmapFile, encodeBitmapFile } from './bitmap-file';
+import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords, JOURNAL_HEADER_BYTES } from './bitmap-file';
 
 /** At most this many units per commit (one fdatasync and one bitmap write for all). */
 const MAX_COMMIT_UNITS = 64;
@@ -14,7 +14,8 @@ const MAX_COMMIT_UNITS = 64;
  * An agent's copy of one release, on disk under `<storage>/<release id>/`:
  *   manifest      the signed manifest as received
  *   data.part     the preallocated partial file, units written in place
- *   data.bitmap   which units are verified (bitmap-file.ts)
+ *   data.bitmap   which units were verified when it was last folded (bitmap-file.ts)
+ *   data.journal  units verified since: one appended record per unit (bitmap-file.ts)
  *   <name>        the finished file, renamed from data.part once verified whole
  * A unit's bytes are fsynced before its bit is persisted, so a crash loses at most
  * the units in flight and never marks a unit that is not on disk.
@@ -24,7 +25,13 @@ export class PartialStore {
   readonly finalPath: string;
   private readonly partPath: string;
   private readonly bitmapPath: string;
+  private readonly journalPath: string;
   private fh: fs.FileHandle | null = null;
+  /** The open journal and its length; records are appended at `journalBytes`. */
+  private jfh: fs.FileHandle | null = null;
+  private journalBytes = 0;
+  /** Bitmap rewrites (fold of the journal), for tests and the bound in docs. */
+  bitmapRewrites = 0;
   private bits: Uint8Array;
   private verified = 0;
   private complete = false;
@@ -44,6 +51,7 @@ export class PartialStore {
     this.dir = path.join(storageDir, manifest.id);
     this.partPath = path.join(this.dir, 'data.part');
     this.bitmapPath = path.join(this.dir, 'data.bitmap');
+    this.journalPath = path.join(this.dir, 'data.journal');
     // An encrypted release's ciphertext keeps a name of its own: the plaintext goes to <name>.
     this.finalPath = path.join(this.dir, manifest.enc ? `${manifest.name}.fcenc` : manifest.name);
     this.bits = new Uint8Array(bitmapBytes(manifest.unitCount));
@@ -83,6 +91,12 @@ export class PartialStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `reading ${this.bitmapPath}`);
     }
+    // Units verified after the bitmap was last written; their data was synced first.
+    const journal = await fs.readFile(this.journalPath).catch(() => null);
+    if (journal) {
+      const j = decodeJournal(journal, m.idBytes, m.unitCount);
+      if (j.ok) for (const u of j.units) setBit(this.bits, u);
+    }
     let size = 0;
     try {
       size = (await fs.stat(this.partPath)).size;
@@ -97,6 +111,28 @@ export class PartialStore {
       throw fromSystemError(err, `preallocating ${this.partPath} (${m.size} bytes)`);
     }
     this.verified = countBits(this.bits, m.unitCount);
+    await this.foldJournal(this.bits);
+  }
+
+  /** Past this many journal bytes, the journal is folded into the bitmap: at least 4 KiB, or the bitmap's own size x4. */
+  private get journalCompactBytes(): number {
+    return JOURNAL_HEADER_BYTES + Math.max(4096, 4 * bitmapBytes(this.manifest.unitCount));
+  }
+
+  /** Write `bits` as the bitmap, then start an empty journal. A crash between leaves records the bitmap already has: harmless. */
+  private async foldJournal(bits: Uint8Array): Promise<void> {
+    const m = this.manifest;
+    try {
+      await writeAtomic(this.bitmapPath, encodeBitmapFile(m.idBytes, m.unitCount, bits));
+      this.bitmapRewrites++;
+      await this.jfh?.close();
+      this.jfh = null;
+      await writeAtomic(this.journalPath, encodeJournalHeader(m.idBytes));
+      this.jfh = await fs.open(this.journalPath, 'r+');
+      this.journalBytes = JOURNAL_HEADER_BYTES;
+    } catch (err) {
+      throw fromSystemError(err, `writing ${this.bitmapPath}`);
+    }
   }
 
   private async checkFreeSpace(needed: number): Promise<void> {
@@ -186,9 +222,15 @@ export class PartialStore {
       await this.fh.datasync();
       const next = this.bits.slice();
       for (const unit of fresh.keys()) setBit(next, unit);
-      await writeAtomic(this.bitmapPath, encodeBitmapFile(m.idBytes, m.unitCount, next));
+      // Incremental: 8 bytes per unit appended and synced, not the whole bitmap rewritten.
+      if (!this.jfh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+      const rec = encodeJournalRecords(m.idBytes, fresh.keys());
+      await this.jfh.write(rec, 0, rec.length, this.journalBytes);
+      await this.jfh.datasync();
+      this.journalBytes += rec.length;
       this.bits = next;
       this.verified += fresh.size;
+      if (this.journalBytes > this.journalCompactBytes) await this.foldJournal(next);
     } catch (err) {
       throw fromSystemError(err, `storing unit ${at} of ${m.name}`);
     }
@@ -256,6 +298,10 @@ export class PartialStore {
       this.bits.fill(0);
       this.verified = 0;
       await fs.rm(this.bitmapPath, { force: true });
+      await this.jfh?.close();
+      this.jfh = null;
+      await fs.rm(this.journalPath, { force: true });
+      await this.foldJournal(this.bits);
       throw new FleetcastError('WHOLE_HASH', `whole-file SHA-256 ${digest} does not match the manifest's ${m.sha256}; starting over`, ExitCode.DATAERR);
     }
     await this.fh?.close();
@@ -264,6 +310,9 @@ export class PartialStore {
       await fs.rename(this.partPath, this.finalPath);
       await fsyncDir(this.dir);
       await fs.rm(this.bitmapPath, { force: true });
+      await this.jfh?.close();
+      this.jfh = null;
+      await fs.rm(this.journalPath, { force: true });
     } catch (err) {
       throw fromSystemError(err, `moving ${m.name} into place`);
     }
@@ -273,9 +322,23 @@ export class PartialStore {
 
   async close(): Promise<void> {
     const fh = this.fh;
+    const jfh = this.jfh;
     this.fh = null;
+    this.jfh = null;
     await fh?.close();
+    await jfh?.close();
   }
+}
+
+/** The verified-units bitmap as a restart would see it (bitmap file plus journal), or null when there is none. */
+export async function readPersistedBitmap(releaseDir: string, releaseId: Uint8Array, unitCount: number): Promise<Uint8Array | null> {
+  const raw = await fs.readFile(path.join(releaseDir, 'data.bitmap')).catch(() => null);
+  const d = raw && decodeBitmapFile(raw, releaseId, unitCount);
+  if (!d || !d.ok) return null;
+  const journal = await fs.readFile(path.join(releaseDir, 'data.journal')).catch(() => null);
+  const j = journal && decodeJournal(journal, releaseId, unitCount);
+  if (j && j.ok) for (const u of j.units) setBit(d.bits, u);
+  return d.bits;
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -6,7 +6,7 @@ import { parseChannelHead } from '../../src/release/channels';
 import { parseFleetMemory } from '../../src/server/fleet-memory';
 import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
-import { decodeBitmapFile, encodeBitmapFile } from '../../src/storage/bitmap-file';
+import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
@@ -145,6 +145,15 @@ const httpBodies: Target = {
   },
 };
 
+const bitmapJournal: Target = {
+  name: 'bitmap-journal',
+  seeds: [Buffer.concat([encodeJournalHeader(rid), encodeJournalRecords(rid, [0, 20, 7])]), encodeJournalHeader(rid)],
+  run(input) {
+    const r = decodeJournal(input, rid, 21);
+    if (r.ok && r.units.some((u) => !Number.isInteger(u) || u < 0 || u >= 21)) throw new Error('a unit out of range accepted');
+  },
+};
+
 const bitmapFile: Target = {
   name: 'bitmap-file',
   seeds: [encodeBitmapFile(rid, 21, new Uint8Array([0xff, 0x01, 0x80]))],
@@ -219,7 +228,7 @@ const fleetFile: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, config, channelHead, igmp, fleetFile];
+export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
