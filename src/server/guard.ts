@@ -154,13 +154,24 @@ export class IdentityBindings {
   private readonly owner = new Map<string, string>();
   /** token name -> member ids bound to it. */
   private readonly members = new Map<string, Set<string>>();
+  /** Names of the configured tokens: a member id equal to one belongs to that token from the start. */
+  private tokenNames = new Set<string>();
   dirty = false;
+
+  /**
+   * Name per-device tokens after their member ids and no other token can claim those
+   * ids first (first-use binding alone would let any token holder squat the ids of
+   * devices not seen yet).
+   */
+  setTokenNames(names: Iterable<string>): void {
+    this.tokenNames = new Set(names);
+  }
 
   constructor(private readonly shared: boolean, private readonly maxMembersPerToken: number) {}
 
   /** Check (and on first use make) the binding of `member` to `token`. */
   bind(token: string, member: string): { ok: true } | { ok: false; limit: LimitName; message: string } {
-    const owner = this.owner.get(member);
+    const owner = this.owner.get(member) ?? (this.tokenNames.has(member) ? member : undefined);
     if (owner !== undefined) {
       if (owner === token) return { ok: true };
       return { ok: false, limit: 'member_of_other_token', message: `member id ${member} belongs to another token: use that device's own token` };

@@ -234,6 +234,7 @@ export class FleetcastServer {
     this.connections = new ConnectionCounter(L.maxConnections, L.maxConnectionsPerClient);
     this.authThrottle = new AuthThrottle(L.authFailuresPerMinute, L.authLogEveryMs, L.authClientsTracked);
     this.identities = new IdentityBindings(!!opts.sharedTokens, L.maxMembersPerToken);
+    this.identities.setTokenNames(Object.keys(opts.tokens ?? {}));
     this.guardConnections();
   }
 
@@ -499,6 +500,7 @@ export class FleetcastServer {
   /** Replace the allowed tokens (SIGHUP reload); undefined or empty lets anyone in. */
   setTokens(tokens: Record<string, string> | undefined): void {
     this.tokenNames = new Map(Object.entries(tokens ?? {}).map(([name, tok]) => [tokenDigest(tok), name]));
+    this.identities?.setTokenNames(Object.keys(tokens ?? {}));
   }
 
   /**

@@ -1,0 +1,165 @@
+import test from 'ava';
+import { randomBytes, randomInt } from 'node:crypto';
+import * as dgram from 'node:dgram';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { sha256File } from '../src/storage/partial-store';
+import { sealControl } from '../src/wire/auth';
+import { decodePacket, encodeNack, PacketType } from '../src/wire/packet';
+import { startFleet } from './helpers/fleet';
+
+/**
+ * Issue 13's attacks on the agents, each on loopback. After each: the transfer
+ * completes, bytes from the origin stay within the existing bound (1.02x the release
+ * per LAN group, as in e2e), and the agents' counters show the attack.
+ */
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Report {
+  path: string;
+  drops: Record<string, number>;
+  repairBytesSent: number;
+  crossGroupBytesSent: number;
+}
+
+type FleetView = { groups: { members: { id: string; address: string | null; dataPort: number | null; complete: boolean }[] }[] };
+
+test('replayed NACKs are refused for the life of the release (not only 5 s), and repairs never go to a NACK\'s unregistered source', async (t) => {
+  const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 256 * 1024 });
+  const [group, portStr] = f.multicast.split(':');
+  const port = Number(portStr);
+  // A compromised member ("blocker"): it holds the group key and keeps the group
+  // incomplete, so a and b stay to serve repairs while we attack them.
+  // Two of them: an agent counts a departed peer as complete for up to 5 s, and c leaves.
+  let groupKey: Buffer | null = null;
+  let beating = true;
+  const beat = async () => {
+    while (beating) {
+      for (const member of ['blocker1', 'blocker2']) {
+        const ref = { release: f.manifest.id, group: 'g1', member };
+        const r = await fetch(`${f.url}/v1/heartbeat`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(ref) }).catch(() => null);
+        if (r?.ok) groupKey = Buffer.from(((await r.json()) as { groupKey: string }).groupKey, 'base64');
+      }
+      await sleep(150);
+    }
+  };
+  const beater = beat();
+  t.teardown(async () => {
+    beating = false;
+    await beater;
+  });
+  // Capture every NACK on the LAN, and when each sender was last heard.
+  const sniff = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  const nacks: { sender: number; bytes: Buffer }[] = [];
+  const lastHeard = new Map<number, number>();
+  sniff.on('message', (m) => {
+    const d = decodePacket(m);
+    if (!d.ok) return;
+    lastHeard.set(d.packet.sender, Date.now());
+    if (d.packet.type === PacketType.NACK) nacks.push({ sender: d.packet.sender, bytes: Buffer.from(m) });
+  });
+  await new Promise<void>((r) => sniff.bind(port, () => (sniff.addMembership(group, '127.0.0.1'), r())));
+  t.teardown(() => sniff.close());
+  const attacker = dgram.createSocket({ type: 'udp4' });
+  let reflected = 0;
+  attacker.on('message', (m) => (reflected += m.length));
+  await new Promise<void>((r) => attacker.bind(0, '127.0.0.1', () => r()));
+  attacker.setMulticastInterface('127.0.0.1');
+  t.teardown(() => attacker.close());
+
+  const report = (id: string) => path.join(f.dir, `${id}.json`);
+  const a = f.spawnAgent('a', ['--linger', '60', '--report', report('a')]);
+  const b = f.spawnAgent('b', ['--linger', '60', '--report', report('b')]);
+  await sleep(300);
+  // c loses a fifth of what it receives, so it NACKs; it finishes and leaves.
+  const c = f.spawnAgent('c', ['--loss', '20', '--linger', '0', '--report', report('c')]);
+  t.is(await c.exit, 0, c.stderr());
+  const cLeft = Date.now();
+  t.true(nacks.length > 0, 'c sent NACKs');
+  // Replay them after c has been silent longer than the old 5 s peer timeout.
+  await sleep(Math.max(0, cLeft + 6500 - Date.now()));
+  const stale = nacks.filter((n) => Date.now() - (lastHeard.get(n.sender) ?? 0) > 6000);
+  t.true(stale.length > 0, 'NACKs of a sender silent for 6 s');
+  const view = f.server.fleet() as FleetView;
+  const endpoints = view.groups[0].members.filter((m) => (m.id === 'a' || m.id === 'b') && m.dataPort && m.address).map((m) => ({ address: m.address!, port: m.dataPort! }));
+  t.is(endpoints.length, 2, 'a and b are still serving');
+  for (const n of stale) {
+    attacker.send(n.bytes, port, group);
+    for (const e of endpoints) attacker.send(n.bytes, e.port, e.address);
+  }
+  // A fresh, properly sealed NACK (a compromised member) from an address no member registered:
+  // no repairs come back to it (no reflection onto a third party).
+  t.truthy(groupKey);
+  // The agents' fragment grid, from a captured NACK (every unit here is full-size).
+  const grid = decodePacket(nacks[0].bytes);
+  if (!grid.ok || grid.packet.type !== PacketType.NACK) return t.fail('captured NACK does not decode');
+  const { fragmentCount, fragmentBytes } = grid.packet;
+  const fresh = (unit: number) =>
+    sealControl(encodeNack({ sender: randomInt(1, 2 ** 32), releaseId: f.manifest.idBytes, unit, fragmentCount, fragmentBytes, missing: new Uint8Array(Math.ceil(fragmentCount / 8)).fill(0xff) }), groupKey!, BigInt(Date.now()) * 1000n + 1n);
+  for (let u = 0; u < f.manifest.unitCount; u++) for (const e of endpoints) attacker.send(fresh(u), e.port, e.address);
+  await sleep(1500);
+  t.is(reflected, 0, 'no repair bytes reached the spoofed source');
+  // Let the group finish: the blocker stops and d goes; both time out, and a and b end their linger.
+  beating = false;
+  const codes = await Promise.all([a.exit, b.exit]);
+  t.deepEqual(codes, [0, 0], a.stderr() + b.stderr());
+  let replayed = 0;
+  let unregistered = 0;
+  for (const id of ['a', 'b', 'c']) {
+    const rep = JSON.parse(await fs.readFile(report(id), 'utf8')) as Report;
+    t.is(await sha256File(rep.path), f.manifest.sha256, id);
+    replayed += rep.drops.replayed ?? 0;
+    unregistered += rep.drops['unregistered-source'] ?? 0;
+  }
+  t.log(`${stale.length} NACKs replayed to 2 agents by multicast and unicast: ${replayed} dropped as replays; ${unregistered} fresh NACKs from an unregistered source dropped`);
+  t.true(replayed >= 4 * stale.length, 'every replay (2 agents x multicast and unicast) was dropped');
+  t.true(unregistered >= f.manifest.unitCount, 'the unregistered source is counted');
+  t.true(f.server.stats.unitBytesSent <= 1.02 * f.manifest.size, `origin sent ${f.server.stats.unitBytesSent} bytes for a ${f.manifest.size}-byte release`);
+});
+
+test('a heartbeat under a real member\'s id with another token (a spoofed join, a lying have) is refused; the group completes', async (t) => {
+  const tokens: Record<string, string> = {};
+  for (const id of ['a', 'b', 'c', 'liar']) tokens[id] = randomBytes(16).toString('hex');
+  const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 128 * 1024, server: { tokens } });
+  const report = (id: string) => path.join(f.dir, `${id}.json`);
+  const agents = ['a', 'b', 'c'].map((id) => {
+    const tf = path.join(f.dir, `${id}.token`);
+    return { id, tf };
+  });
+  for (const x of agents) await fs.writeFile(x.tf, tokens[x.id]);
+  const procs = agents.map((x) => f.spawnAgent(x.id, ['--token-file', x.tf, '--linger', '5', '--report', report(x.id)]));
+  // The liar: every 100 ms, all ones under each real member's id, and a spoofed join.
+  const all = Buffer.alloc(Math.ceil(f.manifest.unitCount / 8), 0xff).toString('base64');
+  let lying = true;
+  let refused = 0;
+  const lie = (async () => {
+    while (lying) {
+      for (const victim of ['a', 'b', 'c']) {
+        for (const p of ['/v1/heartbeat', '/v1/join']) {
+          const r = await fetch(`${f.url}${p}`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.liar}` },
+            body: JSON.stringify({ release: f.manifest.id, group: 'g1', member: victim, have: all }),
+          }).catch(() => null);
+          if (r?.status === 403) refused++;
+        }
+      }
+      await sleep(100);
+    }
+  })();
+  t.teardown(async () => {
+    lying = false;
+    await lie;
+  });
+  const codes = await Promise.all(procs.map((p) => p.exit));
+  lying = false;
+  await lie;
+  for (const [i, x] of agents.entries()) {
+    t.is(codes[i], 0, procs[i].stderr());
+    const rep = JSON.parse(await fs.readFile(report(x.id), 'utf8')) as Report;
+    t.is(await sha256File(rep.path), f.manifest.sha256);
+  }
+  t.true(refused > 0);
+  t.is(f.server.stats.limits.member_of_other_token, refused, 'each refusal is counted');
+  t.true(f.server.stats.unitBytesSent <= 1.02 * f.manifest.size, `origin sent ${f.server.stats.unitBytesSent} bytes for a ${f.manifest.size}-byte release`);
+});
