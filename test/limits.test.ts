@@ -65,10 +65,12 @@ test('deeply nested JSON is refused by a linear scan before it is parsed, and co
 test('body caps follow the release: a heartbeat may carry its bitmap and a small constant, other bodies only the constant', async (t) => {
   const f = await startFleet(t, { size: 50_000, unitSize: 16384 });
   const ref = { release: f.manifest.id, group: 'g', member: 'm1' };
-  t.is(maxBodyBytes(f.manifest.unitCount), 16 * 1024 + 4);
-  const pad = { ...ref, address: 'x'.repeat(200), fetching: Array.from({ length: 1024 }, () => 4294967295) };
+  t.is(maxBodyBytes(f.manifest.unitCount), 32 * 1024 + 4);
+  const big = Array.from({ length: 1024 }, () => 4294967295);
+  const pad = { ...ref, member: 'm'.repeat(128), group: 'g'.repeat(128), address: 'x'.repeat(256), fetching: big, fetchingBytes: big, forwarded: 4294967295, wideGroup: 'w'.repeat(128), dataPort: 65535 };
   t.is((await post(f.url, '/v1/heartbeat', pad)).status, 200, 'the largest legitimate heartbeat passes');
-  const r = await post(f.url, '/v1/lease', { ...ref, pad: 'x'.repeat(20_000) });
+  t.true(JSON.stringify(pad).length > 22_000);
+  const r = await post(f.url, '/v1/lease', { ...ref, pad: 'x'.repeat(40_000) });
   t.is(r.status, 413);
   t.true(f.server.stats.limits.body_too_large >= 1);
 });

@@ -8,11 +8,12 @@ import { isReleaseId, MAX_UNITS } from '../release/manifest';
 export const MAX_ID_CHARS = 128;
 /**
  * Every body but a heartbeat's `have` is small: ids, an address, at most 1024
- * `fetching` units of 10 digits. A heartbeat may add the base64 of the release's
+ * `fetching` units and as many `fetchingBytes`, 10 digits each (22.5 KiB with the
+ * field names and commas). A heartbeat may add the base64 of the release's
  * bitmap. Caps are computed from these, not picked large (issue 13: a 4 MiB cap let
  * one request cost 1.4 s of parsing).
  */
-export const BODY_BASE_BYTES = 16 * 1024;
+export const BODY_BASE_BYTES = 32 * 1024;
 /** Nesting allowed in a body: an object holding arrays of numbers is depth 2. */
 export const MAX_JSON_DEPTH = 4;
 
