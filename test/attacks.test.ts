@@ -163,3 +163,42 @@ test('a heartbeat under a real member\'s id with another token (a spoofed join, 
   t.is(f.server.stats.limits.member_of_other_token, refused, 'each refusal is counted');
   t.true(f.server.stats.unitBytesSent <= 1.02 * f.manifest.size, `origin sent ${f.server.stats.unitBytesSent} bytes for a ${f.manifest.size}-byte release`);
 });
+
+test('a lying server: a unit that fails verification is fetched again with backoff, reported after 3 failures, logged and shown in `fleet`; it completes once the store is fixed', async (t) => {
+  const lines: string[] = [];
+  const logger = { debug: () => undefined, info: () => undefined, warn: (m: string) => lines.push(m), error: (m: string) => lines.push(m) };
+  const f = await startFleet(t, { size: 1024 * 1024, unitSize: 128 * 1024, server: { logger: logger as never } });
+  const data = path.join(f.dir, 'store', 'releases', f.manifest.id, 'data');
+  const bad = 3;
+  const fd = await fs.open(data, 'r+');
+  const good = Buffer.alloc(64);
+  await fd.read(good, 0, 64, bad * 128 * 1024);
+  await fd.write(randomBytes(64), 0, 64, bad * 128 * 1024);
+  const a = f.spawnAgent('a', ['--linger', '0', '--report', path.join(f.dir, 'a.json')]);
+  const fetches = () => f.server.fetchCount(f.manifest.id, 'g1', 'a', bad);
+  for (let i = 0; i < 400 && f.server.stats.badUnitReports === 0; i++) await sleep(25);
+  t.is(f.server.stats.badUnitReports, 1, 'reported after its third failure');
+  const atReport = fetches();
+  t.is(atReport, 3);
+  // Backoff: 0.5, 1, 2, 4 s (x0.75-1.25): within the next 3 s at most 2 more fetches (no backoff: dozens).
+  await sleep(3000);
+  t.true(fetches() - atReport <= 2, `${fetches() - atReport} fetches in 3 s after the report`);
+  t.regex(lines.join('\n'), new RegExp(`member a got unit ${bad} from this server 3 times and it failed verification every time`));
+  const view = await runCliJson(f.url);
+  t.regex(view, new RegExp(`! a: unit ${bad} from the server failed verification 3 times in a row`));
+  // The operator fixes the store: the next refetch verifies and the agent completes.
+  await fd.write(good, 0, 64, bad * 128 * 1024);
+  await fd.close();
+  t.is(await a.exit, 0, a.stderr());
+  const rep = JSON.parse(await fs.readFile(path.join(f.dir, 'a.json'), 'utf8')) as Report & { badUnitReports: number; unitsRejected: number };
+  t.is(await sha256File(rep.path), f.manifest.sha256);
+  t.true(rep.badUnitReports >= 1);
+  t.true(rep.unitsRejected >= 3);
+  t.true(f.server.stats.unitBytesSent <= f.manifest.size + fetches() * 128 * 1024, 'only the bad unit was sent again');
+});
+
+async function runCliJson(url: string): Promise<string> {
+  const { runCli } = await import('./helpers/fleet');
+  const r = await runCli(['fleet', '--server', url, '--plain-http']);
+  return r.stdout;
+}

@@ -140,6 +140,8 @@ interface FleetJson {
       complete: boolean;
       lastSeenMsAgo: number;
       hook: { exitCode: number | null; signal: string | null; error: string | null } | null;
+      /** Units that kept failing verification from the server (absent from older servers). */
+      badUnits?: { unit: number; failures: number }[];
     }[];
   }[];
 }
@@ -199,6 +201,7 @@ export const fleet: Command = {
       }
       const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
       for (const r of rows) out('  ' + r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd());
+      for (const m of g.members) for (const b of m.badUnits ?? []) out(`  ! ${m.id}: unit ${b.unit} from the server failed verification ${b.failures} times in a row (check the server's store)`);
     }
     if (f.groups.length) {
       out('');
