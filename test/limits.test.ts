@@ -266,3 +266,23 @@ test('TLS: only forward-secret AEAD suites; RSA key exchange, CBC and SHA-1 suit
   t.is(await handshake({ maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305' }), 'ECDHE-ECDSA-CHACHA20-POLY1305');
   t.regex(await handshake({}), /^TLS_(AES|CHACHA20)/, 'TLS 1.3 by default');
 });
+
+test('unit count per release: publish refuses more than MAX_UNITS, the server refuses releases above its own cap, counted', async (t) => {
+  const { MAX_UNITS } = await import('../src/release/manifest');
+  const { runCli, tmpdir } = await import('./helpers/fleet');
+  const dir = await tmpdir(t);
+  const big = path.join(dir, 'big.img');
+  await fs.writeFile(big, '');
+  await fs.truncate(big, (MAX_UNITS + 1) * 4096); // sparse
+  const keys = await runCli(['keygen', '--out', path.join(dir, 'keys')]);
+  t.is(keys.code, 0, keys.stderr);
+  const pub = await runCli(['publish', big, '--store', path.join(dir, 'store'), '--key', path.join(dir, 'keys', 'server.key'), '--unit-size', '4096']);
+  t.is(pub.code, 64);
+  t.regex(pub.stderr, new RegExp(`would have more than ${MAX_UNITS} units; raise --unit-size`));
+  // A server may set a lower cap: a release above it gets a clear refusal.
+  const f = await startFleet(t, { size: 50_000, unitSize: 4096, server: { maxUnitsPerRelease: 10 } });
+  const r = await post(f.url, '/v1/heartbeat', { release: f.manifest.id, group: 'g', member: 'a' });
+  t.is(r.status, 413);
+  t.regex(String(r.body.message), /has 13 units; this server serves at most 10/);
+  t.is(f.server.stats.limits.units_per_release, 1);
+});
