@@ -187,3 +187,30 @@ test('an encrypted release: ciphertext in the store and on the LAN, the key only
   t.true(lan.length > plain.length / 2, `the LAN carried ${lan.length} bytes`);
   t.is(lan.indexOf(marker), -1, 'no plaintext on the LAN');
 });
+
+test('one token for two boxes without shared_tokens: the second agent exits 77 saying what to do; with it, the server warns at start', async (t) => {
+  const { startFleet } = await import('./helpers/fleet');
+  const token = randomBytes(20).toString('hex');
+  const f = await startFleet(t, { size: 300_000, unitSize: 65536, server: { tokens: { fleet: token } } });
+  const tokenFile = path.join(f.dir, 'token');
+  await fs.writeFile(tokenFile, token);
+  const first = await runCli(f.agentArgs('a', ['--token-file', tokenFile, '--linger', '0']));
+  t.is(first.code, 0, first.stderr);
+  const second = await runCli(f.agentArgs('b', ['--token-file', tokenFile, '--linger', '0']));
+  t.is(second.code, 77, second.stderr);
+  t.regex(second.stderr, /the server refused member b: token fleet names device a: .*give this box its own token \(tokens_file\), or set shared_tokens: true/);
+  t.notRegex(second.stderr, /at .*\.js:\d+/, 'no stack trace');
+  t.true(f.server.stats.limits.token_bound_to_other_member >= 1, 'counted (the join, and the leave on the way out)');
+
+  const port = randomInt(20000, 32000);
+  const srv = spawn(process.execPath, [BIN, 'server', '--plain-http', '--store', path.join(f.dir, 'store'), '--listen', `127.0.0.1:${port}`, '--tokens', `fleet:${token}`, '--shared-tokens'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => {
+    if (srv.exitCode === null) srv.kill('SIGKILL');
+  });
+  let err = '';
+  srv.stderr.on('data', (d) => (err += d));
+  for (let i = 0; i < 600 && !/listening/.test(err); i++) await sleep(50);
+  t.regex(err, /shared_tokens: one token may serve many member ids/);
+  srv.kill('SIGTERM');
+  await new Promise((r) => srv.on('exit', r));
+});
