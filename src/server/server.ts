@@ -207,6 +207,7 @@ export class FleetcastServer {
   private readonly tokenGroups = new Map<string, Set<string>>();
   /** "release/group/member" -> units it reported bad from this server, with counts. */
   private readonly badUnits = new Map<string, Map<number, number>>();
+  private readonly badUnitLogged = new Map<string, number>();
   private lastMembersWrite = -Infinity;
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
@@ -712,10 +713,16 @@ export class FleetcastServer {
     this.stats.badUnitReports++;
     const k = `${b.release}/${b.group}/${b.member}`;
     let units = this.badUnits.get(k);
-    if (!units) this.badUnits.set(k, (units = new Map()));
-    if (units.has(b.unit) || units.size < 64) units.set(b.unit, Math.max(units.get(b.unit) ?? 0, b.failures));
+    if (!units && this.badUnits.size < this.limits.maxMembersPerRelease) this.badUnits.set(k, (units = new Map()));
+    if (units && (units.has(b.unit) || units.size < 64)) units.set(b.unit, Math.max(units.get(b.unit) ?? 0, b.failures));
+    // Logged at most once a minute per member: a member cannot flood the log with reports.
+    const now = this.now();
+    if (now - (this.badUnitLogged.get(k) ?? -Infinity) < 60_000) return;
+    if (this.badUnitLogged.size >= this.limits.maxMembersPerRelease) this.badUnitLogged.clear();
+    this.badUnitLogged.set(k, now);
     this.log.error(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} got unit ${b.unit} from this server ${b.failures} times and it failed verification every time: check ${this.store.peek(b.release)?.dataPath ?? 'the store'}`);
   }
+
 
   /** Where a member of a wide-area group sends copies besides its LAN: the other LAN groups' gateways. */
   private copyDestinations(g: GroupAllocator, member: string, now: number): { group: string; member: string; address: string; port: number }[] {
