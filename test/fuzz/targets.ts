@@ -9,6 +9,8 @@ import { parseManifest, signManifest } from '../../src/release/manifest';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
+import { parseRange } from '../../src/server/server';
+import { IdentityBindings } from '../../src/server/guard';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
@@ -187,6 +189,35 @@ const config: Target = {
   },
 };
 
+const rangeHeader: Target = {
+  name: 'range-header',
+  seeds: ['bytes=0-99', 'bytes=-10', 'bytes=5-', 'bytes=9-3'].map((x) => Buffer.from(x)),
+  run(input) {
+    const len = input.length ? input[0] * 131 : 0;
+    const r = parseRange(Buffer.from(input).toString('latin1'), len);
+    if (r && !(Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.start <= r.end && r.end < len)) throw new Error(`range ${JSON.stringify(r)} outside 0..${len - 1}`);
+  },
+};
+
+const identitiesFile: Target = {
+  name: 'identities-file',
+  seeds: [Buffer.from(JSON.stringify({ 'box-1': 'box-1', a: 'fleet' }))],
+  run(input) {
+    const b = new IdentityBindings(false, 10);
+    let j: unknown;
+    try {
+      j = JSON.parse(Buffer.from(input).toString('utf8'));
+    } catch {
+      return; // the server logs and ignores a file that is not JSON
+    }
+    try {
+      if (b.load(j, 100) > 100) throw new Error('cap ignored');
+    } catch (err) {
+      if ((err as Error).message === 'cap ignored') throw err;
+    }
+  },
+};
+
 const channelHead: Target = {
   name: 'channel-file',
   seeds: [Buffer.from(JSON.stringify({ channel: 'stable', release: 'ab'.repeat(16), name: 'fw.bin', publishedAt: 1 }))],
@@ -228,7 +259,7 @@ const fleetFile: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile];
+export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
