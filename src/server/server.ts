@@ -228,7 +228,7 @@ export class FleetcastServer {
     // Headers and whole requests are timed (slowloris); the check runs every second, not every 30.
     const httpOpts: http.ServerOptions = { headersTimeout: L.headersTimeoutMs, requestTimeout: L.headersTimeoutMs + L.bodyTimeoutMs, connectionsCheckingInterval: 1000, keepAliveTimeout: L.keepAliveTimeoutMs };
     this.http = opts.tls
-      ? https.createServer({ ...httpOpts, cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2', ciphers: TLS_CIPHERS, honorCipherOrder: true }, onRequest)
+      ? https.createServer({ ...httpOpts, cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2', ciphers: TLS_CIPHERS, honorCipherOrder: true, handshakeTimeout: L.headersTimeoutMs }, onRequest)
       : http.createServer(httpOpts, onRequest);
     this.setTokens(opts.tokens);
     this.http.keepAliveTimeout = L.keepAliveTimeoutMs;
