@@ -202,3 +202,99 @@ async function runCliJson(url: string): Promise<string> {
   const r = await runCli(['fleet', '--server', url, '--plain-http']);
   return r.stdout;
 }
+
+test('the server under slowloris, 4 MiB nested bodies, a group flood and token guessing at once: the transfer completes and every attack shows in a counter', async (t) => {
+  const net = await import('node:net');
+  const tokens: Record<string, string> = {};
+  for (const id of ['a', 'b', 'c', 'mallory']) tokens[id] = randomBytes(16).toString('hex');
+  const f = await startFleet(t, { size: 4 * 1024 * 1024, unitSize: 128 * 1024, server: { tokens, limits: { headersTimeoutMs: 2000, bodyTimeoutMs: 2000, maxGroupsPerRelease: 50 } } });
+  const { port } = new URL(f.url);
+  let attacking = true;
+  const socks: import('node:net').Socket[] = [];
+  t.teardown(() => {
+    attacking = false;
+    socks.forEach((s) => s.destroy());
+  });
+  // Slowloris from 127.0.0.2: connections that never finish their headers, replaced as they are cut.
+  const slow = (async () => {
+    while (attacking) {
+      while (socks.filter((s) => !s.destroyed).length < 200 && attacking) {
+        const s = net.connect({ port: Number(port), host: '127.0.0.1', localAddress: '127.0.0.2' });
+        s.on('error', () => undefined);
+        s.resume();
+        s.write('POST /v1/heartbeat HTTP/1.1\r\nhost: x\r\n');
+        socks.push(s);
+      }
+      await sleep(100);
+    }
+  })();
+  // mallory (a valid token) from 127.0.0.3: 4 MiB of nesting, heartbeats naming new groups, a second member id.
+  const { Agent: HttpAgent, request } = await import('node:http');
+  const viaAddr = new HttpAgent({ localAddress: '127.0.0.3', keepAlive: true } as import('node:http').AgentOptions);
+  t.teardown(() => viaAddr.destroy());
+  const postFrom = (p: string, body: string | Buffer, token: string) =>
+    new Promise<number>((resolve) => {
+      const req = request({ host: '127.0.0.1', port: Number(port), path: p, method: 'POST', agent: viaAddr, headers: { 'content-type': 'application/json', authorization: `Bearer ${token}`, 'content-length': Buffer.byteLength(body) } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', () => resolve(0));
+      req.end(body);
+    });
+  const deep = Buffer.from('['.repeat(2 << 20) + ']'.repeat(2 << 20));
+  let groupsAsked = 0;
+  const mallory = (async () => {
+    while (attacking) {
+      await postFrom('/v1/heartbeat', deep, tokens.mallory);
+      for (let i = 0; i < 20; i++) await postFrom('/v1/heartbeat', JSON.stringify({ release: f.manifest.id, group: `flood${groupsAsked++}`, member: 'mallory' }), tokens.mallory);
+      await postFrom('/v1/heartbeat', JSON.stringify({ release: f.manifest.id, group: 'g1', member: 'mallory2' }), tokens.mallory);
+      await sleep(50);
+    }
+  })();
+  // Token guessing from 127.0.0.4.
+  const guessAgent = new HttpAgent({ localAddress: '127.0.0.4', keepAlive: true } as import('node:http').AgentOptions);
+  t.teardown(() => guessAgent.destroy());
+  const guess = (async () => {
+    while (attacking) {
+      await new Promise<void>((resolve) => {
+        const req = request({ host: '127.0.0.1', port: Number(port), path: '/v1/releases', agent: guessAgent, headers: { authorization: `Bearer ${randomBytes(16).toString('hex')}` } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve());
+        });
+        req.on('error', () => resolve());
+        req.end();
+      });
+    }
+  })();
+  await sleep(500);
+  const procs = ['a', 'b', 'c'].map((id) => {
+    const tf = path.join(f.dir, `${id}.token`);
+    return { id, tf };
+  });
+  for (const p of procs) await fs.writeFile(p.tf, tokens[p.id]);
+  const agents = procs.map((p) => f.spawnAgent(p.id, ['--token-file', p.tf, '--linger', '5', '--report', path.join(f.dir, `${p.id}.json`)]));
+  const codes = await Promise.all(agents.map((a) => a.exit));
+  // Keep the slow connections past one header timeout before looking at the counters.
+  await sleep(2500);
+  attacking = false;
+  await Promise.all([slow, mallory, guess]);
+  for (const [i, p] of procs.entries()) {
+    t.is(codes[i], 0, agents[i].stderr());
+    const rep = JSON.parse(await fs.readFile(path.join(f.dir, `${p.id}.json`), 'utf8')) as Report;
+    t.is(await sha256File(rep.path), f.manifest.sha256);
+  }
+  const L = f.server.stats.limits;
+  t.log(JSON.stringify(Object.fromEntries(Object.entries(L).filter(([, v]) => v > 0))));
+  t.true(f.server.stats.unitBytesSent <= 1.02 * f.manifest.size, `origin sent ${f.server.stats.unitBytesSent} bytes for a ${f.manifest.size}-byte release`);
+  t.true(L.connections_per_client > 0, 'slowloris hit the per-client cap');
+  t.true(L.header_timeout > 0, 'slowloris connections were cut');
+  t.true(L.body_too_large > 0, 'nested bodies refused by size');
+  // mallory's one member moves from group to group (it is in one per release); the empty
+  // groups it leaves are reclaimed at the cap, so the flood never locks real groups out.
+  t.true(L.empty_groups_reclaimed > 0, 'the group flood made the server reclaim empty groups');
+  t.is(L.groups_per_release, 0, 'no real group was refused');
+  t.true(L.token_bound_to_other_member > 0, 'a second member id under mallory\'s token was refused');
+  t.true(L.auth_throttled > 0, 'token guessing was throttled');
+  const groups = (f.server.fleet() as { groups: unknown[] }).groups.length;
+  t.true(groups <= 50, `${groups} groups kept`);
+});

@@ -238,6 +238,12 @@ test('identity bindings are pure: first use binds, caps per token hold', (t) => 
   t.true(strict.bind('t', 'a').ok);
   t.false(strict.bind('t', 'b').ok);
   t.false(strict.bind('u', 'a').ok);
+  // A token named after its device: the id is reserved, and once used the token is bound to it.
+  const named = new IdentityBindings(false, 100);
+  named.setTokenNames(['box-1', 'box-2']);
+  t.false(named.bind('box-2', 'box-1').ok, 'nobody else may take box-1 first');
+  t.true(named.bind('box-1', 'box-1').ok);
+  t.false(named.bind('box-1', 'other').ok, 'box-1 names one device');
 });
 
 test('TLS: only forward-secret AEAD suites; RSA key exchange, CBC and SHA-1 suites are refused', async (t) => {

@@ -42,6 +42,7 @@ export type LimitName =
   | 'header_timeout'
   | 'body_timeout'
   | 'groups_per_release'
+  | 'empty_groups_reclaimed'
   | 'members_per_release'
   | 'members_per_token'
   | 'groups_per_token'
@@ -60,6 +61,7 @@ export function emptyLimitCounters(): Record<LimitName, number> {
     header_timeout: 0,
     body_timeout: 0,
     groups_per_release: 0,
+    empty_groups_reclaimed: 0,
     members_per_release: 0,
     members_per_token: 0,
     groups_per_token: 0,
@@ -173,7 +175,11 @@ export class IdentityBindings {
   bind(token: string, member: string): { ok: true } | { ok: false; limit: LimitName; message: string } {
     const owner = this.owner.get(member) ?? (this.tokenNames.has(member) ? member : undefined);
     if (owner !== undefined) {
-      if (owner === token) return { ok: true };
+      if (owner === token) {
+        // A reserved id in use for the first time: record it, so the token counts as bound.
+        if (!this.owner.has(member)) this.record(token, member);
+        return { ok: true };
+      }
       return { ok: false, limit: 'member_of_other_token', message: `member id ${member} belongs to another token: use that device's own token` };
     }
     const mine = this.members.get(token);
@@ -188,11 +194,16 @@ export class IdentityBindings {
     if (mine && mine.size >= this.maxMembersPerToken) {
       return { ok: false, limit: 'members_per_token', message: `token ${token} already has ${mine.size} member ids (the most one token may have)` };
     }
+    this.record(token, member);
+    return { ok: true };
+  }
+
+  private record(token: string, member: string): void {
     this.owner.set(member, token);
+    const mine = this.members.get(token);
     if (mine) mine.add(member);
     else this.members.set(token, new Set([member]));
     this.dirty = true;
-    return { ok: true };
   }
 
   /** Serialisable form (`<store>/identities.json`). */

@@ -459,6 +459,7 @@ export class FleetcastServer {
       groups++;
       members += a.memberCount();
     }
+    if (!g && groups >= L.maxGroupsPerRelease) groups -= this.reclaimEmptyGroups(ref.release);
     if (!g && groups >= L.maxGroupsPerRelease) {
       this.limitHit('groups_per_release');
       throw new HttpError(429, 'TOO_MANY_GROUPS', `release ${ref.release} has ${groups} groups, the most this server keeps for one release`);
@@ -482,6 +483,22 @@ export class FleetcastServer {
       }
     }
     mine.add(key);
+  }
+
+  /**
+   * At the group cap, groups with no live member go (their soft state with them): a
+   * member moving through new groups, or groups whose agents have all left, must not
+   * use up the release's groups. Groups still awaited after a restart stay.
+   */
+  private reclaimEmptyGroups(release: string): number {
+    let n = 0;
+    for (const [k, a] of this.groups) {
+      if (!k.startsWith(release + '/') || a.memberCount() > 0 || this.awaited.get(k)?.size) continue;
+      this.groups.delete(k);
+      n++;
+    }
+    this.stats.limits.empty_groups_reclaimed += n;
+    return n;
   }
 
   /** The release's distribution policy: `<store>/releases/<id>/distribution.json`, else the server's defaults. */
