@@ -1,5 +1,4 @@
-import { promises as fs } from 'node:fs';
-import { sha256File } from '../src/storage/partial-store';
+import { readPersistedBitmap, sha256File } from '../src/storage/partial-store';
 import { namespaceTest } from './helpers/netns';
 import { netFleet, MCAST_PORT } from './netns/fleet';
 import { lan, sites } from './netns/topology';
@@ -47,10 +46,11 @@ namespaceTest('lan: one agent joins late and one is killed mid-transfer and rest
   const a1 = f.startAgent(h1, 'a1', 'lan', rate);
   const a2 = f.startAgent(h2, 'a2', 'lan', rate);
   const victim = f.startAgent(h3, 'a3', 'lan', rate);
-  // Kill a3 once it holds some units (its bitmap exists), then start it again.
-  const bitmap = `${f.dir}/a3/${f.manifest.id}/data.bitmap`;
+  // Kill a3 once it holds some units (its bitmap and journal name one), then start it again.
+  const releaseDir = `${f.dir}/a3/${f.manifest.id}`;
   for (let i = 0; i < 400; i++) {
-    if (await fs.stat(bitmap).then(() => true, () => false)) break;
+    const bits = await readPersistedBitmap(releaseDir, f.manifest.idBytes, f.manifest.unitCount);
+    if (bits && bits.some((b) => b !== 0)) break;
     await new Promise((r) => setTimeout(r, 25));
   }
   victim.child.kill('SIGKILL');
