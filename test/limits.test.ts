@@ -60,6 +60,7 @@ test('deeply nested JSON is refused by a linear scan before it is parsed, and co
   t.is(r.status, 400);
   t.regex(String(r.body.message), /nests deeper than 4 levels/);
   t.is(f.server.stats.limits.json_too_deep, 1);
+  t.regex(f.server.metrics(), /^fleetcast_server_limit_hits_total\{limit="json_too_deep"\} 1$/m, 'in the metrics too');
 });
 
 test('body caps follow the release: a heartbeat may carry its bitmap and a small constant, other bodies only the constant', async (t) => {
