@@ -1228,8 +1228,14 @@ export class Agent {
   private crossFeedback(now: number): void {
     this.cross.tick(now);
     for (const f of this.cross.feedbackDue(now)) {
+      // Like repairs, only to a member's registered endpoint: a spoofed source gets nothing.
+      const to = this.registeredEndpoint(f.to);
+      if (!to) {
+        this.drop('unregistered-source');
+        continue;
+      }
       const pkt = this.seal(encodeFeedback({ sender: this.senderId, releaseId: this.manifest.idBytes, ...f }));
-      this.unicast?.send(pkt, f.to.port, f.to.address);
+      this.unicast?.send(pkt, to.port, to.address);
     }
   }
 
