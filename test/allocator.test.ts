@@ -310,3 +310,27 @@ test('all-fetched: a gateway idle while members fetch their shares is not demote
   t.is(a.gatewayFor('x', 5000), 'x1', 'the idle clock starts when copies may cross');
   t.is(a.gatewayFor('x', 7000), null, 'still nothing forwarded 2 s after that: demoted');
 });
+
+test('a claim is not proof: a member claiming units its group keeps asking for loses those claims, cannot renew them by heartbeat, and is counted', (t) => {
+  const a = new GroupAllocator({ unitCount: 8, unitBytes: () => 1000, claimExpireMs: 1000, claimReports: 2 });
+  a.heartbeat('liar', 0, { lanGroup: 'x', have: new Uint8Array([0xff]) }); // claims all 8
+  a.heartbeat('x1', 0, { lanGroup: 'x' });
+  t.deepEqual(a.lease('x1', 0).units, [], 'everything looks held');
+  t.deepEqual(a.relay('x1', [0, 1], 100, 'stalled').units, [], 'one ask is not enough');
+  t.deepEqual(a.relay('x1', [0, 1], 600, 'stalled').units, [], 'nor two within claimExpireMs');
+  const g = a.relay('x1', [0, 1], 1200, 'stalled');
+  t.deepEqual(g.units, [0, 1], 'asked again after claimExpireMs: the claims expire and the units are leased');
+  a.heartbeat('liar', 1300, { have: new Uint8Array([0xff]) }); // the liar repeats itself
+  t.true(a.lease('x1', 1400).units.length > 0, 'the rest is free to lease: its heartbeats no longer renew the claims');
+  const v = a.memberViews(1400).find((m) => m.id === 'liar')!;
+  t.is(v.undeliveredClaims, 8);
+  t.is(v.verifiedUnits, 0);
+  t.is(a.claimsExpired, 8);
+  // An honest holder is never asked for twice: a unit another member of the group holds and delivers is not re-leased.
+  const b = new GroupAllocator({ unitCount: 2, unitBytes: () => 1000, claimExpireMs: 1000 });
+  b.heartbeat('h', 0, { lanGroup: 'x', have: new Uint8Array([0x80]) });
+  b.heartbeat('y', 0, { lanGroup: 'x' });
+  t.deepEqual(b.relay('y', [0], 10, 'stalled').units, []);
+  b.receipt('y', 0, 20); // the LAN delivered it
+  t.is(b.memberViews(30).find((m) => m.id === 'h')!.undeliveredClaims, 0);
+});

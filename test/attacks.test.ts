@@ -298,3 +298,43 @@ test('the server under slowloris, 4 MiB nested bodies, a group flood and token g
   const groups = (f.server.fleet() as { groups: unknown[] }).groups.length;
   t.true(groups <= 50, `${groups} groups kept`);
 });
+
+test('a member that lies about what it holds (its own id and token, every unit claimed): its claims expire when the group keeps asking, the group completes, and fleet counts the undelivered claims', async (t) => {
+  const tokens: Record<string, string> = {};
+  for (const id of ['a', 'b', 'c', 'liar']) tokens[id] = randomBytes(16).toString('hex');
+  const f = await startFleet(t, { size: 2 * 1024 * 1024, unitSize: 128 * 1024, server: { tokens } });
+  const all = Buffer.alloc(Math.ceil(f.manifest.unitCount / 8), 0xff).toString('base64');
+  const lieOnce = () =>
+    fetch(`${f.url}/v1/heartbeat`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.liar}` },
+      body: JSON.stringify({ release: f.manifest.id, group: 'g1', member: 'liar', have: all }),
+    }).then((r) => r.status, () => 0);
+  t.is(await lieOnce(), 200, 'the liar is a member in good standing at first');
+  let lying = true;
+  const lie = (async () => {
+    while (lying) {
+      await lieOnce();
+      await sleep(300);
+    }
+  })();
+  t.teardown(async () => {
+    lying = false;
+    await lie;
+  });
+  const procs = [];
+  for (const id of ['a', 'b', 'c']) {
+    const tf = path.join(f.dir, `${id}.token`);
+    await fs.writeFile(tf, tokens[id]);
+    procs.push(f.spawnAgent(id, ['--token-file', tf, '--linger', '5', '--report', path.join(f.dir, `${id}.json`)]));
+  }
+  const codes = await Promise.all(procs.map((p) => p.exit));
+  const view = f.server.fleet() as { groups: { members: { id: string; undeliveredClaims: number }[] }[] };
+  lying = false;
+  await lie;
+  t.deepEqual(codes, [0, 0, 0], procs.map((p) => p.stderr()).join('\n'));
+  for (const id of ['a', 'b', 'c']) t.is(await sha256File((JSON.parse(await fs.readFile(path.join(f.dir, `${id}.json`), 'utf8')) as Report).path), f.manifest.sha256);
+  const liar = view.groups.flatMap((g) => g.members).find((m) => m.id === 'liar');
+  t.true((liar?.undeliveredClaims ?? 0) >= f.manifest.unitCount, `the liar's claims expired: ${JSON.stringify(liar)}`);
+  t.true(f.server.stats.unitBytesSent <= 1.02 * f.manifest.size, `origin sent ${f.server.stats.unitBytesSent} bytes for a ${f.manifest.size}-byte release`);
+});

@@ -142,6 +142,8 @@ interface FleetJson {
       hook: { exitCode: number | null; signal: string | null; error: string | null } | null;
       /** Units that kept failing verification from the server (absent from older servers). */
       badUnits?: { unit: number; failures: number }[];
+      /** Units it claimed to hold that its LAN group kept asking for (claims that expired undelivered). */
+      undeliveredClaims?: number;
     }[];
   }[];
 }
@@ -201,6 +203,9 @@ export const fleet: Command = {
       }
       const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
       for (const r of rows) out('  ' + r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd());
+      for (const m of g.members) {
+        if (m.undeliveredClaims) out(`  ! ${m.id}: ${m.undeliveredClaims} unit(s) it claimed to hold never reached its LAN group; the claims expired and the units were leased again`);
+      }
       for (const m of g.members) for (const b of m.badUnits ?? []) out(`  ! ${m.id}: unit ${b.unit} from the server failed verification ${b.failures} times in a row (check the server's store)`);
     }
     if (f.groups.length) {

@@ -1,4 +1,4 @@
-import { bitmapBytes, getBit, setBit } from '../wire/packet';
+import { bitmapBytes, clearBit, getBit, setBit } from '../wire/packet';
 
 /**
  * Unit allocation for one release in one LAN group (000 claims 2–4, 8, 13;
@@ -57,6 +57,13 @@ export interface AllocatorOptions {
    * quiet gateway is judged only after that.
    */
   deferredStart: boolean;
+  /**
+   * A claim is not proof: when members of a LAN group have asked for a unit (relay or stall
+   * requests) at least claimReports times over at least claimExpireMs while a member of
+   * that group claims to hold it, the claim expires and the unit is leased again.
+   */
+  claimExpireMs: number;
+  claimReports: number;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -74,6 +81,8 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   gatewayIdleMs: 8000,
   gatewayDemoteMs: 30_000,
   deferredStart: false,
+  claimExpireMs: 10_000,
+  claimReports: 2,
 };
 
 export interface MemberView {
@@ -97,6 +106,8 @@ export interface MemberView {
   forwarded: number;
   /** Times it lost the gateway role for forwarding nothing while its group lacked units held elsewhere. */
   gatewayDemotions: number;
+  /** Units it claimed to hold that its LAN group kept asking for: claims that did not deliver. */
+  undeliveredClaims: number;
 }
 
 export interface SplitMap {
@@ -127,6 +138,9 @@ interface Member {
   /** Not eligible as a gateway before this (it held the role and forwarded nothing). */
   demotedUntil: number;
   gatewayDemotions: number;
+  /** Units whose claim expired undelivered: its heartbeats' bits for them are ignored until it is sent them. */
+  distrust: Uint8Array | null;
+  undeliveredClaims: number;
 }
 
 /** Why the server sends a unit to a member: its first lease, or one of the re-sends. */
@@ -184,6 +198,10 @@ export class GroupAllocator {
   }
   /** Units sent again to a group that already had them held or leased, by reason. */
   readonly resentUnits: Record<ResendReason, number> = { hedged: 0, relayed: 0, stalled: 0 };
+  /** Units some member of a LAN group asked for while a member of that group claimed them: "group/unit" -> first ask, count. */
+  private readonly missingReports = new Map<string, { first: number; count: number }>();
+  /** Claims that expired undelivered (a lying or broken member), all members. */
+  claimsExpired = 0;
   /** `all-fetched`: when every unit was first seen held (copies cross from then on). */
   private allHeldAt: number | null = null;
   /** Each LAN group's gateway (member id), kept until it leaves or slows (hysteresis). */
@@ -227,6 +245,8 @@ export class GroupAllocator {
         forwardedAt: now,
         demotedUntil: 0,
         gatewayDemotions: 0,
+        distrust: null,
+        undeliveredClaims: 0,
       };
       this.members.set(id, m);
     }
@@ -239,7 +259,7 @@ export class GroupAllocator {
       m.forwardedAt = now;
     }
     if (info.have) {
-      for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u)) this.markHeld(m, u);
+      for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u) && !(m.distrust && getBit(m.distrust, u))) this.markHeld(m, u);
     }
     // Units the member is still receiving keep their lease alive, and say how far they got.
     const fetching = info.fetching ?? [];
@@ -365,6 +385,8 @@ export class GroupAllocator {
       const sample = Math.max(0, now - l.sentAt) / bytes;
       m.overhead = m.overhead === null ? sample : m.overhead + this.opts.overheadAlpha * (sample - m.overhead);
     }
+    // Sent the unit under a lease: its claim of it counts again.
+    if (l && m.distrust) clearBit(m.distrust, u);
     this.markHeld(m, u);
   }
 
@@ -528,8 +550,10 @@ export class GroupAllocator {
     const units: number[] = [];
     for (const u of want) {
       if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u) || m.leases.has(u)) continue;
-      const inGroup = [...this.members.values()].some((o) => o.lanGroup === m.lanGroup && (getBit(o.have, u) || o.leases.has(u)));
-      if (inGroup) continue;
+      const group = [...this.members.values()].filter((o) => o.lanGroup === m.lanGroup && o !== m);
+      if (group.some((o) => o.leases.has(u))) continue; // on its way to the group
+      const claimants = group.filter((o) => getBit(o.have, u));
+      if (claimants.length && !this.claimExpired(m, u, claimants, now)) continue;
       if (this.leases.has(u) && this.hedges.has(u)) continue;
       // Held (not just leased) by another group: this is a second send of the unit.
       const lease = this.newLease(id, m, u, now, this.holderCount[u] > 0 || this.leases.has(u) ? reason : 'lease');
@@ -539,6 +563,38 @@ export class GroupAllocator {
       units.push(u);
     }
     return { units, relayed: units, retryAfterMs: 0, exhausted: false };
+  }
+
+  /**
+   * `requester`'s group asks for `u` although `claimants` say they hold it verified.
+   * After claimReports asks over claimExpireMs the claims expire: a claimant that did not
+   * deliver one unit is not trusted for any other its group still lacks, so each of its
+   * claims to a unit the requester lacks is cleared, its later heartbeats' bits for those
+   * are ignored until it is sent them, and its undeliveredClaims counts each. Returns
+   * whether the claims expired now.
+   */
+  private claimExpired(requester: Member, u: number, claimants: Member[], now: number): boolean {
+    const k = `${requester.lanGroup}/${u}`;
+    const r = this.missingReports.get(k) ?? { first: now, count: 0 };
+    r.count++;
+    this.missingReports.set(k, r);
+    if (r.count < this.opts.claimReports || now - r.first < this.opts.claimExpireMs) return false;
+    this.missingReports.delete(k);
+    for (const o of claimants) {
+      o.distrust ??= new Uint8Array(bitmapBytes(this.opts.unitCount));
+      for (let v = 0; v < this.opts.unitCount; v++) {
+        if (!getBit(o.have, v) || getBit(requester.have, v)) continue;
+        clearBit(o.have, v);
+        o.verified--;
+        o.complete = false;
+        this.holderCount[v]--;
+        setBit(o.distrust, v);
+        o.undeliveredClaims++;
+        this.claimsExpired++;
+        if (v < this.scanFrom) this.scanFrom = v;
+      }
+    }
+    return true;
   }
 
   /**
@@ -674,6 +730,7 @@ export class GroupAllocator {
       role: gw.get(m.lanGroup) === m.id ? ('gateway' as const) : ('member' as const),
       forwarded: m.forwarded,
       gatewayDemotions: m.gatewayDemotions,
+      undeliveredClaims: m.undeliveredClaims,
       rank: i + 1,
       overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
       verifiedUnits: m.verified,

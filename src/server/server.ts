@@ -822,6 +822,7 @@ export class FleetcastServer {
     r.counter('bad_unit_reports_total', 'Agents\' reports of a unit from this server failing verification again and again', [[{}, this.stats.badUnitReports]]);
     r.gauge('connections', 'Open HTTP connections', [[{}, this.connections.open_]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
+    r.counter('claims_expired_total', "Units a member claimed to hold that its LAN group kept asking for: the claim expired and the unit was leased again", [[{}, [...this.groups.values()].reduce((n, g) => n + g.claimsExpired, 0)]]);
     r.counter('resent_units_total', 'Units the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].units]));
     r.counter('resent_bytes_total', 'Unit bytes the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].bytes]));
     const members: [Record<string, string>, number][] = [];
