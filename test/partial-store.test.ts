@@ -4,7 +4,10 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { signManifest, unitCountFor, unitLength } from '../src/release/manifest';
-import { PartialStore } from '../src/storage/partial-store';
+import { PartialStore, readPersistedBitmap } from '../src/storage/partial-store';
+import { getBit } from '../src/wire/packet';
+import { spawnSync } from 'node:child_process';
+import { rootTest } from './helpers/netns';
 import { SPOOL_AFTER_MS, UnitSpool } from '../src/storage/spool';
 import { BufferPool } from '../src/util/buffer-pool';
 import { FleetcastError } from '../src/util/errors';
@@ -148,4 +151,38 @@ test('journal records: round trip, a torn or corrupt record ends the journal, wr
   t.deepEqual(decodeJournal(bad, rid, 10), { ok: true, units: [5], torn: true });
   t.deepEqual(decodeJournal(j, rid, 9), { ok: true, units: [5, 0], torn: true }, 'a unit past the release ends it');
   t.false(decodeJournal(j, new Uint8Array(16), 10).ok);
+});
+
+rootTest('a disk that fills in the middle of a unit: the write is finished or refused with ENOSPC, never marked verified half-written', async (t) => {
+  // A write can be short without an error when the disk fills part-way (tmpfs here).
+  const dir = await tmp(t);
+  const mnt = path.join(dir, 'small');
+  await fs.mkdir(mnt);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt], { encoding: 'utf8' });
+  t.is(m.status, 0, m.stderr);
+  t.teardown(async () => {
+    spawnSync('umount', ['-l', mnt]);
+  });
+  const unit = 64 * 1024;
+  const data = randomBytes(8 * unit);
+  const units = Array.from({ length: 8 }, (_, u) => data.subarray(u * unit, (u + 1) * unit));
+  const man = signManifest({ v: 1, name: 'big.img', size: data.length, unitSize: unit, sha256: sha(data), units: units.map(sha), created: '2026-01-01T00:00:00.000Z' }, ed25519().privateKey);
+  const s = await PartialStore.open(mnt, man);
+  // Leave room for a little more than one unit, then write units until the disk refuses.
+  const st = await fs.statfs(mnt);
+  await fs.writeFile(path.join(mnt, 'filler'), Buffer.alloc(Math.max(0, st.bavail * st.bsize - unit - unit / 2))).catch(() => undefined);
+  let refused: NodeJS.ErrnoException | null = null;
+  for (let u = 0; u < 8 && !refused; u++) await s.writeUnit(u, units[u]).catch((e: NodeJS.ErrnoException) => (refused = e));
+  t.truthy(refused, 'the disk filled');
+  t.regex(String((refused as unknown as Error).message), /no space left on device/i);
+  const bits = await readPersistedBitmap(path.join(mnt, man.id), man.idBytes, man.unitCount);
+  const part = await fs.readFile(path.join(mnt, man.id, 'data.part'));
+  let marked = 0;
+  for (let u = 0; u < 8; u++) {
+    if (!bits || !getBit(bits, u)) continue;
+    marked++;
+    t.is(sha(part.subarray(u * unit, (u + 1) * unit)), man.units[u], `unit ${u} marked verified holds its bytes`);
+  }
+  t.true(marked < 8);
+  await s.close().catch(() => undefined);
 });

@@ -217,7 +217,7 @@ export class PartialStore {
     try {
       for (const [unit, bytes] of fresh) {
         at = unit;
-        await this.fh.write(bytes, 0, bytes.length, unit * m.unitSize);
+        await writeFully(this.fh, bytes, unit * m.unitSize);
       }
       await this.fh.datasync();
       const next = this.bits.slice();
@@ -225,7 +225,7 @@ export class PartialStore {
       // Incremental: 8 bytes per unit appended and synced, not the whole bitmap rewritten.
       if (!this.jfh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
       const rec = encodeJournalRecords(m.idBytes, fresh.keys());
-      await this.jfh.write(rec, 0, rec.length, this.journalBytes);
+      await writeFully(this.jfh, rec, this.journalBytes);
       await this.jfh.datasync();
       this.journalBytes += rec.length;
       this.bits = next;
@@ -381,4 +381,18 @@ export function sha256File(file: string): Promise<string> {
       .on('error', reject)
       .on('end', () => resolve(h.digest('hex')));
   });
+}
+
+/**
+ * Write all of `bytes` at `position`. A write may be short without an error (a disk that
+ * fills mid-write): the rest is written again, and a full disk then throws ENOSPC. Taking
+ * a short write for a whole one marked a unit verified over bytes that never landed.
+ */
+async function writeFully(fh: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, off, bytes.length - off, position + off);
+    if (bytesWritten <= 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
+    off += bytesWritten;
+  }
 }

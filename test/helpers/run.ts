@@ -15,7 +15,8 @@ export function run(cmd: string, args: string[], opts: { timeoutMs?: number; env
     c.stdout.on('data', (d) => (stdout += d));
     c.stderr.on('data', (d) => (stderr += d));
     const timer = setTimeout(() => c.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
-    c.on('exit', (code) => {
+    // 'close', not 'exit': after exit the last of stdout and stderr may still be unread.
+    c.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
