@@ -17,6 +17,7 @@ import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { FleetMemory } from './fleet-memory';
+import { ApiError, RolloutService } from './rollout-api';
 import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
 import { MAX_UNITS } from '../release/manifest';
 import type { Socket } from 'node:net';
@@ -211,11 +212,14 @@ export class FleetcastServer {
   private lastMembersWrite = -Infinity;
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
+  /** Rollouts and the fleet page (rollout-api.ts). */
+  readonly rollouts: RolloutService;
 
   constructor(private readonly opts: ServerOptions) {
     this.store = new ReleaseStore(opts.storeDir);
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
+    this.rollouts = new RolloutService({ storeDir: opts.storeDir, store: this.store, log: this.log, now: this.now });
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
@@ -271,6 +275,7 @@ export class FleetcastServer {
     await this.loadMembers();
     await this.memory.load((id) => this.store.peek(id) !== undefined);
     await this.loadIdentities();
+    await this.rollouts.load();
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -387,6 +392,7 @@ export class FleetcastServer {
     await this.saveState(true);
     this.noteOverheads();
     await this.memory.save();
+    await this.rollouts.stop();
     await new Promise<void>((resolve) => {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
@@ -566,6 +572,11 @@ export class FleetcastServer {
     const token = this.authenticate(req, res);
     if (token === false) return;
     const url = new URL(req.url ?? '/', 'http://x');
+    try {
+      if (await this.rollouts.handle(req, res, url)) return;
+    } catch (err) {
+      throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
+    }
     const parts = url.pathname.split('/').filter(Boolean);
     const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
     switch (route) {
@@ -776,6 +787,7 @@ export class FleetcastServer {
   fleet(): unknown {
     const now = this.now();
     return {
+      rollouts: this.rollouts.brief(),
       // Groups nobody is in any more (moved to a newer release, or left) are not shown.
       groups: [...this.groups.entries()].filter(([, g]) => g.memberCount() > 0).map(([key, g]) => {
         const { release, group, wide } = parseAllocatorKey(key);
@@ -836,6 +848,7 @@ export class FleetcastServer {
     }
     r.gauge('group_members', 'Live members per release and group (groups with members only)', members);
     r.gauge('group_missing_units', 'Units no live member of the group holds (groups with members only)', missing);
+    this.rollouts.metrics(r);
     return r.text() + processMetrics('fleetcast');
   }
 
