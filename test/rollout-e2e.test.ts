@@ -1,0 +1,137 @@
+import test from 'ava';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { readChannel } from '../src/release/channels';
+import { summary } from '../src/server/rollout';
+import { startRolloutFleet } from './helpers/rollout-fleet';
+
+type Summary = ReturnType<typeof summary>;
+
+/**
+ * Loopback end-to-end rollouts with real agent processes (run under the heavy lock:
+ * `flock /tmp/fleetcast-heavy.lock npx ava dist/test/rollout-e2e.test.js`).
+ */
+test.serial('a rollout halts after its first wave when 2 of its members fail; they roll back, nobody else installs, everyone keeps the release staged', async (t) => {
+  const f = await startRolloutFleet(t);
+  const ids = Array.from({ length: 8 }, (_, i) => `m${i}`);
+  ids.forEach((id, i) => f.spawnAgent(id, i < 4 ? 'site-a' : 'site-b'));
+  // Everyone on release A (installed once by on_complete) and known to the server as a channel member.
+  await f.until('8 installs of A', async () => (await f.lines('installs.log')).filter((l) => l.startsWith(f.a.id)).length === 8);
+  await f.until('8 channel members', async () => {
+    const r = await f.cli(['rollout', 'status', '--json']);
+    return (JSON.parse(r.stdout) as { channelMembers: Record<string, number> }).channelMembers.stable === 8;
+  });
+
+  const start = await f.cli(['rollout', 'start', '--channel', 'stable', '--release', f.b.id, '--waves', '25%,100%', '--max-failures', '1', '--json']);
+  t.is(start.code, 0, start.stderr);
+  const s0 = JSON.parse(start.stdout) as Summary;
+  t.deepEqual(s0.waves.map((w) => w.members), [2, 6]);
+  const first = Object.entries(s0.memberStates).filter(([, m]) => m.wave === 1).map(([id]) => id);
+  // Both members of the first wave fail their install hook.
+  for (const id of first) await fs.writeFile(path.join(f.dir, `fail-${id}`), '');
+  // Every agent pre-stages B at once, whatever its wave.
+  await f.until('all 8 staged B', async () => {
+    const s = JSON.parse((await f.cli(['rollout', 'status', s0.id, '--json'])).stdout) as Summary;
+    return Object.values(s.memberStates).filter((m) => m.state !== 'pending').length === 8;
+  });
+  await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
+
+  const halted = await f.until('halted with 2 rolled back', async () => {
+    const s = JSON.parse((await f.cli(['rollout', 'status', s0.id, '--json'])).stdout) as Summary;
+    return s.state === 'halted' && s.failures.length === 2 && s.failures.every((x) => x.state === 'rolled-back') ? s : null;
+  });
+  // Give the second wave a dozen polls to (wrongly) install.
+  await new Promise((r) => setTimeout(r, 3000));
+
+  t.is(halted.state, 'halted');
+  t.regex(halted.reason!, /wave 1 has 2 failure\(s\) of 2 member\(s\), more than the 1 allowed/);
+  t.deepEqual(halted.failures.map((x) => x.member).sort(), [...first].sort());
+  for (const x of halted.failures) t.is(x.reason, 'install hook: exit status 3');
+  t.false(halted.waves[1].open);
+  const installsOfB = (await f.lines('installs.log')).filter((l) => l.startsWith(f.b.id)).map((l) => l.split(' ')[1]);
+  t.deepEqual(installsOfB.sort(), [...first].sort(), 'only the first wave ran its install hook, once each');
+  const rollbacks = (await f.lines('rollbacks.log')).map((l) => l.split(' '));
+  t.deepEqual(rollbacks.map((r) => r[0]).sort(), [...first].sort());
+  for (const r of rollbacks) t.is(r[1], path.join(f.dir, 'agents', r[0], f.a.id, f.a.name), 'FLEETCAST_PREVIOUS_FILE is the kept release A');
+  // All 8 still hold B, verified, pre-staged.
+  for (const id of ids) t.true((await fs.readFile(path.join(f.dir, 'agents', id, f.b.id, f.b.name))).equals(f.bBytes), `${id} holds B`);
+  // The channel still installs A; the fleet, the metrics and the status say halted.
+  t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.a.id);
+  const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { rollouts: { id: string; state: string }[] };
+  t.deepEqual(fleet.rollouts.map((r) => [r.id, r.state]), [[s0.id, 'halted']]);
+  t.regex(f.server.metrics(), /fleetcast_server_rollouts\{state="halted"\} 1/);
+  const human = await f.cli(['rollout', 'status', s0.id]);
+  t.regex(human.stdout, /halted/);
+  t.regex(human.stdout, /install hook: exit status 3/);
+});
+
+test.serial('restarts: a server restarted mid-rollout and an agent killed between installed and committed continue; no hook runs twice', async (t) => {
+  const f = await startRolloutFleet(t);
+  const ids = ['n0', 'n1', 'n2', 'n3'];
+  // The health check waits for the test's "healthy" file: the agent sits between installed and committed.
+  const health = ['--health-check', `while [ ! -e ${f.dir}/healthy ]; do sleep 0.1; done`];
+  for (const id of ids) f.spawnAgent(id, 'site-a', health);
+  await f.until('4 installs of A', async () => (await f.lines('installs.log')).filter((l) => l.startsWith(f.a.id)).length === 4);
+  await f.until('4 channel members', async () => (JSON.parse((await f.cli(['rollout', 'status', '--json'])).stdout) as { channelMembers: Record<string, number> }).channelMembers.stable === 4);
+  const start = await f.cli(['rollout', 'start', '--channel', 'stable', '--release', f.b.id, '--waves', '50%,100%', '--json']);
+  t.is(start.code, 0, start.stderr);
+  const s0 = JSON.parse(start.stdout) as Summary;
+  await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
+  const first = Object.entries(s0.memberStates).filter(([, m]) => m.wave === 1).map(([id]) => id);
+  t.is(first.length, 2);
+  await f.until('first wave installed', async () => {
+    const s = JSON.parse((await f.cli(['rollout', 'status', s0.id, '--json'])).stdout) as Summary;
+    return first.every((id) => s.memberStates[id].state === 'installed');
+  });
+  // Kill one first-wave agent mid health check, restart the server, then let health pass.
+  const victim = first[0];
+  const c = f.agents.get(victim)!;
+  await new Promise<void>((resolve) => {
+    c.once('exit', () => resolve());
+    c.kill('SIGKILL');
+  });
+  await f.restartServer();
+  const after = JSON.parse((await f.cli(['rollout', 'status', s0.id, '--json'])).stdout) as Summary;
+  t.is(after.state, 'running', 'the rollout survived the restart');
+  t.is(after.memberStates[victim].wave, 1, 'and so did the waves');
+  t.is(after.memberStates[victim].state, 'installed');
+  await fs.writeFile(path.join(f.dir, 'healthy'), '');
+  f.spawnAgent(victim, 'site-a', health);
+  const done = await f.until('completed', async () => {
+    const s = JSON.parse((await f.cli(['rollout', 'status', s0.id, '--json'])).stdout) as Summary;
+    return s.state === 'completed' ? s : null;
+  }, 90_000);
+  t.is(done.totals.committed, 4);
+  const installs = (await f.lines('installs.log')).filter((l) => l.startsWith(f.b.id)).map((l) => l.split(' ')[1]);
+  t.deepEqual(installs.sort(), [...ids].sort(), 'each member ran the install hook for B exactly once');
+  t.deepEqual(await f.lines('rollbacks.log'), []);
+  t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.b.id, 'the channel moved to B on completion');
+});
+
+test.serial('bad input exits 64 or 65 with a clear message and changes nothing', async (t) => {
+  const f = await startRolloutFleet(t);
+  const cases: [string[], number, RegExp][] = [
+    [['--channel', 'nosuch', '--release', f.b.id], 65, /channel nosuch does not exist/],
+    [['--channel', 'stable', '--release', f.b.id, '--waves', '10%,50%'], 64, /--waves ends at 50%: the last wave must reach 100%/],
+    [['--channel', 'stable', '--release', f.b.id, '--waves', 'site-a,site-b'], 64, /does not reach 100%/],
+    [['--channel', 'stable', '--release', f.b.id, '--window', 'Mon-Fri 2-4'], 64, /--window "Mon-Fri 2-4" is not a window/],
+    [['--channel', 'stable', '--release', f.b.id, '--window', 'Funday 02:00-04:00'], 64, /not a day/],
+    [['--channel', 'stable', '--release', f.b.id, '--max-failures', 'lots'], 64, /--max-failures/],
+    [['--channel', 'stable', '--release', 'f'.repeat(32)], 65, /release f{32} is not on this server/],
+    [['--channel', 'stable', '--release', f.a.id], 65, /already on release/],
+  ];
+  for (const [args, code, msg] of cases) {
+    const r = await f.cli(['rollout', 'start', ...args]);
+    t.is(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, msg);
+    t.notRegex(r.stderr, /\n\s+at /, 'no stack trace');
+  }
+  const missing = await f.cli(['rollout', 'pause', 'r-000000000000']);
+  t.is(missing.code, 65);
+  t.regex(missing.stderr, /no rollout r-000000000000/);
+  t.is((await f.cli(['rollout', 'frobnicate'])).code, 64);
+  const list = JSON.parse((await f.cli(['rollout', 'status', '--json'])).stdout) as { rollouts: unknown[] };
+  t.deepEqual(list.rollouts, []);
+  t.deepEqual(await fs.readdir(path.join(f.dir, 'store', 'rollouts')).catch(() => []), [], 'no rollout file was written');
+  t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.a.id);
+});
