@@ -1,0 +1,67 @@
+import test, { ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import { summary } from '../src/server/rollout';
+import { run } from './helpers/run';
+import { startRolloutFleet } from './helpers/rollout-fleet';
+
+type Summary = ReturnType<typeof summary>;
+
+function findChromium(): string | null {
+  for (const c of ['chromium', 'chromium-browser']) {
+    try {
+      return execFileSync('sh', ['-c', `command -v ${c}`], { encoding: 'utf8' }).trim() || null;
+    } catch {
+      /* next */
+    }
+  }
+  return null;
+}
+
+const chromium = findChromium();
+const title = 'the fleet page at /ui/ loads in headless chromium and shows the numbers of rollout status --json';
+
+async function pageTest(t: ExecutionContext): Promise<void> {
+  const f = await startRolloutFleet(t);
+  const post = async (p: string, body: unknown) => {
+    const res = await fetch(f.url + p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    t.true(res.ok, `${p}: ${res.status}`);
+    return res.json() as Promise<unknown>;
+  };
+  // Eight members on the channel, as agents announce themselves by polling.
+  const members = Array.from({ length: 8 }, (_, i) => ({ member: `p${i}`, group: i < 4 ? 'site-a' : 'site-b' }));
+  for (const m of members) await post('/v1/rollouts/poll', { channel: 'stable', ...m });
+  const s0 = (await post('/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '25%,100%', maxFailures: '1' })) as Summary;
+  const first = Object.entries(s0.memberStates).filter(([, m]) => m.wave === 1).map(([id]) => id);
+  const second = Object.keys(s0.memberStates).filter((id) => !first.includes(id));
+  const group = (id: string) => members.find((m) => m.member === id)!.group;
+  const say = (id: string, state: string, reason?: string) => post('/v1/rollouts/poll', { channel: 'stable', member: id, group: group(id), release: f.b.id, state, ...(reason ? { reason } : {}) });
+  await say(first[0], 'committed');
+  await say(first[1], 'failed', 'health check: exit status 1');
+  for (const id of second.slice(0, 3)) await say(id, 'staged');
+
+  const cli = await f.cli(['rollout', 'status', s0.id, '--json']);
+  t.is(cli.code, 0, cli.stderr);
+  const s = JSON.parse(cli.stdout) as Summary;
+  // Chromium runs the page's script (virtual time lets its fetches finish) and prints the DOM.
+  const r = await run(chromium!, ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', `--user-data-dir=${f.dir}/chromium`, '--virtual-time-budget=8000', '--dump-dom', `${f.url}/ui/`], { timeoutMs: 90_000 });
+  t.is(r.code, 0, r.stderr.slice(-2000));
+  t.regex(r.stdout, /data-loaded="1"/, 'the page loaded its data');
+  const shown = new Map<string, string>();
+  for (const m of r.stdout.matchAll(/data-k="([^"]+)"[^>]*>([^<]*)</g)) shown.set(m[1], m[2].replace(/&amp;/g, '&'));
+  t.is(shown.get(`${s.id}/state`), s.state);
+  for (const w of s.waves) {
+    for (const k of ['members', 'pending', 'staged', 'installed', 'committed', 'failed', 'rolledBack'] as const) {
+      t.is(shown.get(`${s.id}/w${w.wave}/${k}`), String(w[k]), `wave ${w.wave} ${k}`);
+    }
+    t.is(shown.get(`${s.id}/w${w.wave}/open`), w.open ? 'open' : '—');
+  }
+  t.is(s.failures.length, 1);
+  for (const x of s.failures) t.is(shown.get(`${s.id}/reason/${x.member}`), x.reason!);
+  // The page pulls nothing from elsewhere.
+  const html = await (await fetch(`${f.url}/ui/`)).text();
+  t.notRegex(html, /(src|href)=["']?(https?:)?\/\//);
+}
+
+if (chromium) test(title, pageTest);
+else if (process.env.CI === 'true') test(`${title} (cannot run: no chromium)`, (t) => t.fail('install Debian\'s chromium (.ci/run does)'));
+else test.skip(`${title} (skipped: no chromium; apt-get install chromium)`, () => {});
