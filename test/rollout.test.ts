@@ -280,3 +280,10 @@ test('a wave with a silent member waits for it, or opens the next wave after --w
   t.true(waited.r.openedAt[1] - firstInstall >= hour, 'the wait counts from the first install in the wave');
   t.is(waited.installs.length, 199);
 });
+
+test('the state file parser refuses odd shapes without throwing', (t) => {
+  const r = createRollout(spec(), fleet(2), 0);
+  for (const waves of ['25%,100%', 42, null, [{ kind: 'share', upto: '100' }], [[1]]]) {
+    t.is(typeof parseRollout(Buffer.from(JSON.stringify({ ...r, waves }))), 'string', JSON.stringify(waves));
+  }
+});

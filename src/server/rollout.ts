@@ -416,7 +416,7 @@ export function parseRollout(bytes: Uint8Array): Rollout | string {
   if (typeof o.release !== 'string' || !isReleaseId(o.release)) return 'release must be a release id';
   if (typeof o.previous !== 'string' || !isReleaseId(o.previous)) return 'previous must be a release id';
   if (!['running', 'paused', 'halted', 'aborted', 'completed'].includes(o.state as string)) return 'state is not a rollout state';
-  if (typeof o.waves !== 'string' && !Array.isArray(o.waves)) return 'waves must be a list';
+  if (!Array.isArray(o.waves) || o.waves.length > MAX_WAVES) return `waves must be a list of at most ${MAX_WAVES}`;
   const wavesText = (o.waves as unknown[]).map((w) => {
     const x = w as Record<string, unknown>;
     return x && x.kind === 'share' && typeof x.upto === 'number' ? `${x.upto}%` : x && x.kind === 'groups' && Array.isArray(x.groups) ? (x.groups as unknown[]).join(',') : '?';
