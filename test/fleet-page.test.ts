@@ -65,3 +65,25 @@ async function pageTest(t: ExecutionContext): Promise<void> {
 if (chromium) test(title, pageTest);
 else if (process.env.CI === 'true') test(`${title} (cannot run: no chromium)`, (t) => t.fail('install Debian\'s chromium (.ci/run does)'));
 else test.skip(`${title} (skipped: no chromium; apt-get install chromium)`, () => {});
+
+test('the fleet page is under the API auth: a browser gives the token as the Basic password', async (t) => {
+  const { FleetcastServer } = await import('../src/server/server');
+  const { tmpdir } = await import('./helpers/fleet');
+  const dir = await tmpdir(t);
+  const token = 'page-test-token-0123456789';
+  const server = new FleetcastServer({ storeDir: dir, host: '127.0.0.1', port: 0, tokens: { ops: token } });
+  const { url } = await server.start();
+  t.teardown(() => server.stop());
+  const bare = await fetch(`${url}/ui/`);
+  t.is(bare.status, 401);
+  t.regex(bare.headers.get('www-authenticate') ?? '', /^Basic realm="fleetcast"/);
+  const wrong = await fetch(`${url}/ui/`, { headers: { authorization: `Basic ${Buffer.from('x:not-the-token-at-all').toString('base64')}` } });
+  t.is(wrong.status, 401);
+  const basic = { authorization: `Basic ${Buffer.from(`ops:${token}`).toString('base64')}` };
+  const page = await fetch(`${url}/ui/`, { headers: basic });
+  t.is(page.status, 200);
+  t.regex(page.headers.get('content-security-policy') ?? '', /default-src 'none'/);
+  t.is((await fetch(`${url}/v1/rollouts`, { headers: basic })).status, 200);
+  t.is((await fetch(`${url}/v1/rollouts`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+  t.is((await fetch(`${url}/v1/rollouts`)).status, 401);
+});

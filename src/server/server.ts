@@ -121,6 +121,15 @@ function parseAllocatorKey(key: string): { release: string; scope: string; group
   return { release, scope, group: wide ? scope.slice(1) : scope, wide };
 }
 
+/** The password of an HTTP Basic `authorization` header (the user name is ignored), as a match-like [_, token]. */
+function basicPassword(h: string | undefined): [string, string] | null {
+  const m = /^Basic ([A-Za-z0-9+/]{1,1400}={0,2})$/.exec(h ?? '');
+  if (!m) return null;
+  const text = Buffer.from(m[1], 'base64').toString('utf8');
+  const pw = text.slice(text.indexOf(':') + 1);
+  return text.includes(':') && /^[\x21-\x7e]{1,512}$/.test(pw) ? [h!, pw] : null;
+}
+
 function tokenDigest(token: string): string {
   return createHash('sha256').update(token).digest('base64');
 }
@@ -545,13 +554,15 @@ export class FleetcastServer {
       req.resume();
       return false;
     }
-    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '');
+    // A browser on the fleet page (/ui/) sends the token as the password of HTTP Basic auth.
+    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '') ?? basicPassword(req.headers.authorization);
     const name = m ? this.tokenNames.get(tokenDigest(m[1])) : undefined;
     if (name !== undefined) return name;
     this.stats.unauthorized++;
     const n = this.authThrottle.fail(client, now);
     if (n > 0) this.log.warn(`${client}: ${n} request(s) with a ${m ? 'wrong' : 'missing'} token (logged at most once a minute per client; ${this.limits.authFailuresPerMinute} a minute are allowed, then 429)`);
-    res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' });
+    const ui = (req.url ?? '').startsWith('/ui');
+    res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': ui ? 'Basic realm="fleetcast", charset="UTF-8"' : 'Bearer' });
     res.end('{"error":"UNAUTHORIZED"}');
     req.resume();
     return false;
