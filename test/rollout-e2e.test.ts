@@ -60,6 +60,7 @@ test.serial('a rollout halts after its first wave when 2 of its members fail; th
   const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { rollouts: { id: string; state: string }[] };
   t.deepEqual(fleet.rollouts.map((r) => [r.id, r.state]), [[s0.id, 'halted']]);
   t.regex(f.server.metrics(), /fleetcast_server_rollouts\{state="halted"\} 1/);
+  t.regex((await f.cli(['fleet'])).stdout, new RegExp(`rollout ${s0.id} on stable \\(${f.b.id}\\): halted, wave 1/2: wave 1 has 2 failure`));
   const human = await f.cli(['rollout', 'status', s0.id]);
   t.regex(human.stdout, /halted/);
   t.regex(human.stdout, /install hook: exit status 3/);

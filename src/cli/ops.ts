@@ -118,6 +118,7 @@ interface StatusJson {
 }
 
 interface FleetJson {
+  rollouts?: { id: string; channel: string; release: string; state: string; wave: string; reason: string | null }[];
   groups: {
     release: string;
     name: string | null;
@@ -177,6 +178,7 @@ export const fleet: Command = {
       return ExitCode.OK;
     }
     const f = JSON.parse(body) as FleetJson;
+    for (const r of f.rollouts ?? []) out(`rollout ${r.id} on ${r.channel} (${r.release}): ${r.state}, wave ${r.wave}${r.reason ? `: ${r.reason}` : ''}`);
     if (f.groups.length === 0) out('no groups yet: no agent has joined');
     for (const g of f.groups) {
       const resent = Object.entries(g.resentUnits ?? {}).filter(([, n]) => n > 0);
