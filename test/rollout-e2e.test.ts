@@ -104,6 +104,7 @@ test.serial('restarts: a server restarted mid-rollout and an agent killed betwee
   }, 90_000);
   t.is(done.totals.committed, 4);
   const installs = (await f.lines('installs.log')).filter((l) => l.startsWith(f.b.id)).map((l) => l.split(' ')[1]);
+  t.deepEqual(installs.slice(0, 2).sort(), [...first].sort(), 'the second wave installed only after the first committed');
   t.deepEqual(installs.sort(), [...ids].sort(), 'each member ran the install hook for B exactly once');
   t.deepEqual(await f.lines('rollbacks.log'), []);
   t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.b.id, 'the channel moved to B on completion');
@@ -135,4 +136,47 @@ test.serial('bad input exits 64 or 65 with a clear message and changes nothing',
   t.deepEqual(list.rollouts, []);
   t.deepEqual(await fs.readdir(path.join(f.dir, 'store', 'rollouts')).catch(() => []), [], 'no rollout file was written');
   t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.a.id);
+});
+
+test.serial("a closed window holds installs back, an agent's install_window overrides it, and abort --rollback rolls back who installed", async (t) => {
+  const f = await startRolloutFleet(t);
+  const open = ['w0', 'w1'];
+  const held = ['w2', 'w3'];
+  for (const id of open) f.spawnAgent(id, 'site-a', ['--install-window', '00:00-24:00']);
+  for (const id of held) f.spawnAgent(id, 'site-a');
+  await f.until('4 installs of A', async () => (await f.lines('installs.log')).filter((l) => l.startsWith(f.a.id)).length === 4);
+  await f.until('4 channel members', async () => (JSON.parse((await f.cli(['rollout', 'status', '--json'])).stdout) as { channelMembers: Record<string, number> }).channelMembers.stable === 4);
+  // A window three days from today (local time): closed now, whatever the hour.
+  const day = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'][(new Date().getDay() + 3) % 7];
+  await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
+  const start = await f.cli(['rollout', 'start', '--channel', 'stable', '--release', f.b.id, '--window', `${day} 00:00-24:00`, '--json']);
+  t.is(start.code, 0, start.stderr);
+  const id = (JSON.parse(start.stdout) as Summary).id;
+  const status = async () => JSON.parse((await f.cli(['rollout', 'status', id, '--json'])).stdout) as Summary;
+  await f.until('the overriding agents committed and the others staged', async () => {
+    const s = await status();
+    return open.every((m) => s.memberStates[m].state === 'committed') && held.every((m) => s.memberStates[m].state === 'staged');
+  });
+  await new Promise((r) => setTimeout(r, 2000)); // a dozen polls with the wave open and the window closed
+  const s1 = await status();
+  for (const m of held) t.is(s1.memberStates[m].state, 'staged', `${m} waits for its window`);
+  t.deepEqual((await f.lines('installs.log')).filter((l) => l.startsWith(f.b.id)).map((l) => l.split(' ')[1]).sort(), open);
+
+  const ab = await f.cli(['rollout', 'abort', id, '--rollback']);
+  t.is(ab.code, 0, ab.stderr);
+  await f.until('rolled back', async () => {
+    const s = await status();
+    return open.every((m) => s.memberStates[m].state === 'rolled-back');
+  });
+  const rollbacks = (await f.lines('rollbacks.log')).map((l) => l.split(' '));
+  t.deepEqual(rollbacks.map((r) => r[0]).sort(), open);
+  for (const r of rollbacks) t.is(r.slice(2).join(' '), 'rollout aborted with --rollback');
+  const s2 = await status();
+  t.is(s2.state, 'aborted');
+  for (const m of held) t.is(s2.memberStates[m].state, 'staged', `${m} never installed`);
+  t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.a.id);
+  t.is((await f.cli(['rollout', 'resume', id])).code, 65, 'an aborted rollout does not resume');
+  // Those that rolled back go back to A (not refused as a downgrade).
+  for (const m of open) await f.until(`${m} back on A`, async () => f.logs.get(m)!().includes(`moving from release ${f.b.id} to ${f.a.id}`));
+  for (const m of open) t.notRegex(f.logs.get(m)!(), /refusing release/);
 });

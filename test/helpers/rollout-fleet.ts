@@ -25,6 +25,8 @@ export interface RolloutFleet {
   url: string;
   port: number;
   agents: Map<string, ChildProcess>;
+  /** The last 20,000 characters each agent logged. */
+  logs: Map<string, () => string>;
   spawnAgent(id: string, group: string, extra?: string[]): ChildProcess;
   restartServer(): Promise<void>;
   cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }>;
@@ -57,6 +59,7 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
   let server = mk(0);
   const { url, port } = await server.start();
   const agents = new Map<string, ChildProcess>();
+  const logs = new Map<string, () => string>();
   const multicast = new Map<string, string>();
   const stopAll = async () => {
     await Promise.all(
@@ -83,6 +86,7 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
     url,
     port,
     agents,
+    logs,
     spawnAgent(id, group, extra = []) {
       if (!multicast.has(group)) multicast.set(group, `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`);
       const args = [
@@ -98,6 +102,7 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
         void sig;
       });
       agents.set(id, c);
+      logs.set(id, () => err);
       return c;
     },
     async restartServer() {
