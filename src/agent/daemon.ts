@@ -521,7 +521,7 @@ export class AgentDaemon {
       [{ source: 'lan' }, t.unitsFromLan],
     ]);
     r.counter('units_rejected_total', 'Units that failed their hash', [[{}, t.unitsRejected]]);
-    r.counter('hooks_run_total', 'on_complete hooks run', [[{}, this.hooksRun]]);
+    r.counter('hooks_run_total', 'on_complete hooks run (and rollout hooks and health checks)', [[{}, this.hooksRun + this.follower.hooksRun]]);
     const p = this.current?.progress;
     r.gauge('release_units', 'Units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.total]] : []);
     r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);

@@ -136,6 +136,7 @@ export class RolloutService {
   /** Write what changed; one writer at a time. */
   flush(): Promise<void> {
     this.saving = this.saving.then(async () => {
+      if (this.dirty.size === 0 && !this.seenDirty) return;
       try {
         await fs.mkdir(this.dir, { recursive: true });
         for (const id of [...this.dirty]) {

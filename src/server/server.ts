@@ -811,6 +811,7 @@ export class FleetcastServer {
           const before = m.overheadMsPerMiB === null ? this.memory.overhead(k) : undefined;
           return {
             ...m,
+            originBytes: this.bytesSentTo(release, m.group || group, m.id),
             ...(before !== undefined ? { overheadMsPerMiB: before, overheadBeforeRestart: true } : {}),
             badUnits: bad ? [...bad].map(([unit, failures]) => ({ unit, failures })) : [],
             hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null,
