@@ -58,6 +58,9 @@ test.serial('a rollout halts after its first wave when 2 of its members fail; th
   // The channel still installs A; the fleet, the metrics and the status say halted.
   t.is((await readChannel(path.join(f.dir, 'store'), 'stable'))!.release, f.a.id);
   const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { rollouts: { id: string; state: string }[] };
+  // Staging B everywhere cost about one copy per LAN group from the origin, not one per agent.
+  const fromOrigin = ids.reduce((n, id, i) => n + f.server.bytesSentTo(f.b.id, i < 4 ? 'site-a' : 'site-b', id), 0);
+  t.true(fromOrigin >= 2 * f.bBytes.length && fromOrigin <= 3 * f.bBytes.length, `origin sent ${fromOrigin} bytes of B for 2 LAN groups of a ${f.bBytes.length}-byte release`);
   t.deepEqual(fleet.rollouts.map((r) => [r.id, r.state]), [[s0.id, 'halted']]);
   t.regex(f.server.metrics(), /fleetcast_server_rollouts\{state="halted"\} 1/);
   t.regex((await f.cli(['fleet'])).stdout, new RegExp(`rollout ${s0.id} on stable \\(${f.b.id}\\): halted, wave 1/2: wave 1 has 2 failure`));
