@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { readChannel } from '../src/release/channels';
 import { summary } from '../src/server/rollout';
 import { startRolloutFleet } from './helpers/rollout-fleet';
+import { runCli } from './helpers/fleet';
 
 type Summary = ReturnType<typeof summary>;
 
@@ -146,7 +147,7 @@ test.serial("a closed window holds installs back, an agent's install_window over
   const open = ['w0', 'w1'];
   const held = ['w2', 'w3'];
   for (const id of open) f.spawnAgent(id, 'site-a', ['--install-window', '00:00-24:00']);
-  for (const id of held) f.spawnAgent(id, 'site-a');
+  for (const id of held) f.spawnAgent(id, 'site-a', ['--status-socket', path.join(f.dir, `${id}.sock`)]); // the last --status-socket wins
   await f.until('4 installs of A', async () => (await f.lines('installs.log')).filter((l) => l.startsWith(f.a.id)).length === 4);
   await f.until('4 channel members', async () => (JSON.parse((await f.cli(['rollout', 'status', '--json'])).stdout) as { channelMembers: Record<string, number> }).channelMembers.stable === 4);
   // A window three days from today (local time): closed now, whatever the hour.
@@ -164,6 +165,8 @@ test.serial("a closed window holds installs back, an agent's install_window over
   const s1 = await status();
   for (const m of held) t.is(s1.memberStates[m].state, 'staged', `${m} waits for its window`);
   t.deepEqual((await f.lines('installs.log')).filter((l) => l.startsWith(f.b.id)).map((l) => l.split(' ')[1]).sort(), open);
+  const st = await runCli(['status', '--socket', path.join(f.dir, 'w2.sock')]);
+  t.regex(st.stdout, new RegExp(`rollout  ${id} of ${f.b.id}: running, wave 1 open; here staged`), st.stderr);
 
   const ab = await f.cli(['rollout', 'abort', id, '--rollback']);
   t.is(ab.code, 0, ab.stderr);

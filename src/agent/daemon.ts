@@ -480,7 +480,7 @@ export class AgentDaemon {
       crossPaths: ag?.crossPaths() ?? [],
       transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
       hook: this.lastHook,
-      rollout: this.follower.directive,
+      rollout: this.follower.statusInfo(),
       lastErrors: this.lastErrors,
       ...this.statusExtras(),
     };

@@ -154,10 +154,22 @@ export class RolloutFollower {
       this.o.log.warn(`ignoring ${this.recordFile(release)}: ${r}`);
       return null;
     }
+    this.local = r;
     return r;
   }
 
+  /** For `fleetcast status`: the rollout as the server last described it, and our state of its release. */
+  statusInfo(): (Directive & { local: LocalState | null; reason: string | null }) | null {
+    const d = this.directive;
+    if (!d) return null;
+    const l = this.local?.release === d.release ? this.local : null;
+    return { ...d, local: l?.state ?? null, reason: l?.reason ?? null };
+  }
+
+  private local: InstallRecord | null = null;
+
   private async save(rec: InstallRecord): Promise<void> {
+    this.local = rec;
     await writeAtomic(this.recordFile(rec.release), Buffer.from(JSON.stringify(rec) + '\n'));
   }
 
