@@ -287,3 +287,31 @@ test('the state file parser refuses odd shapes without throwing', (t) => {
     t.is(typeof parseRollout(Buffer.from(JSON.stringify({ ...r, waves }))), 'string', JSON.stringify(waves));
   }
 });
+
+test('the agent follows the rollout while it runs, then the channel again', async (t) => {
+  const { promises: fs } = await import('node:fs');
+  const path = await import('node:path');
+  const { RolloutFollower } = await import('../src/agent/install');
+  const { ServerAccess } = await import('../src/net/server-access');
+  const { silentLogger } = await import('../src/util/log');
+  const { tmpdir } = await import('./helpers/fleet');
+  const dir = await tmpdir(t);
+  const fol = new RolloutFollower({ storageDir: dir, server: new ServerAccess({ url: 'http://127.0.0.1:1', plainHttp: true }), group: 'g', trustedKeys: [], hooks: () => ({ hookTimeoutMs: 1000, healthTimeoutMs: 1000 }), log: silentLogger, signal: new AbortController().signal });
+  const NEXT = 'c'.repeat(32);
+  t.is(await fol.target(PREV), PREV, 'no rollout: the channel');
+  const r = createRollout(spec({ waves: parseWaves('100%') as never }), fleet(1), 0);
+  fol.directive = directive(r, 'm0', 'site-a', 0);
+  t.is(await fol.target(PREV), REL, 'running: stage the new release at once');
+  t.true(fol.owns(REL));
+  r.state = 'halted';
+  fol.directive = directive(r, 'm0', 'site-a', 0);
+  t.is(await fol.target(PREV), PREV, 'halted before installing: stay on the previous release');
+  await fs.mkdir(path.join(dir, REL));
+  await fs.writeFile(path.join(dir, REL, 'install.json'), JSON.stringify({ version: 1, release: REL, rollout: r.id, state: 'committed', reason: null, rollbackRan: false, path: '/x' }));
+  t.is(await fol.target(PREV), REL, 'halted after committing: stay on the new release');
+  t.is(await fol.target(NEXT), NEXT, 'a channel moved on by a plain publish wins');
+  r.state = 'completed';
+  fol.directive = directive(r, 'm0', 'site-a', 0);
+  t.is(await fol.target(NEXT), NEXT, 'after completion the channel leads');
+  t.is(await fol.target(REL), REL);
+});

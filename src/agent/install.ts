@@ -237,7 +237,8 @@ export class RolloutFollower {
   /** The release to be on, given the channel's head: the rollout's while it runs (or once we installed it), else the head. */
   async target(head: string): Promise<string> {
     const d = this.directive;
-    if (!d) return head;
+    // No rollout, a completed one (the channel names its release now), or a channel moved on by a plain publish since.
+    if (!d || d.state === 'completed' || (head !== d.previous && head !== d.release)) return head;
     const rec = await this.record(d.release);
     if (rec && (rec.state === 'failed' || rec.state === 'rolling-back' || rec.state === 'rolled-back')) return d.previous;
     if (rec && rec.state !== 'staged') return d.release;
