@@ -110,7 +110,7 @@ export class AgentDaemon {
       log: this.log.child('rollout'),
       signal: this.abort.signal,
       onCommitted: (m) => noteNewest(a.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) }),
-      env: () => ({ FLEETCAST_CHANNEL: this.opts.channel ?? '', FLEETCAST_MEMBER: this.current?.memberId ?? '' }),
+      env: () => ({ FLEETCAST_CHANNEL: this.opts.channel ?? '' }),
     });
   }
 

@@ -305,7 +305,7 @@ export class RolloutFollower {
     return parseManifest(await fs.readFile(path.join(this.o.storageDir, id, 'manifest')), this.o.trustedKeys);
   }
 
-  private env(rec: InstallRecord, m: Manifest): Record<string, string> {
+  private async env(rec: InstallRecord, m: Manifest): Promise<Record<string, string>> {
     return {
       FLEETCAST_FILE: rec.path,
       FLEETCAST_RELEASE_ID: m.id,
@@ -315,6 +315,7 @@ export class RolloutFollower {
       FLEETCAST_GROUP: this.o.group,
       FLEETCAST_ROLLOUT: rec.rollout,
       ...this.o.env?.(),
+      FLEETCAST_MEMBER: (await this.memberId()) ?? '',
     };
   }
 
@@ -330,7 +331,7 @@ export class RolloutFollower {
     await this.save({ ...rec, state: 'installing' });
     let failure: string | null = null;
     if (hooks.onComplete) {
-      failure = await this.run('install hook', hooks.onComplete, this.env(rec, m), hooks.hookTimeoutMs);
+      failure = await this.run('install hook', hooks.onComplete, await this.env(rec, m), hooks.hookTimeoutMs);
       // The daemon's own once-per-release marker, so the plain on_complete path never runs it again either.
       await fs.writeFile(path.join(this.o.storageDir, m.id, 'hook.json'), JSON.stringify({ durationMs: 0, exitCode: failure ? 1 : 0, rollout: rec.rollout }) + '\n').catch(() => undefined);
     }
@@ -340,7 +341,7 @@ export class RolloutFollower {
   }
 
   private async health(rec: InstallRecord, m: Manifest, hooks: InstallHooks): Promise<void> {
-    const failure = hooks.healthCheck ? await this.run('health check', hooks.healthCheck, this.env(rec, m), hooks.healthTimeoutMs) : null;
+    const failure = hooks.healthCheck ? await this.run('health check', hooks.healthCheck, await this.env(rec, m), hooks.healthTimeoutMs) : null;
     const next: InstallRecord = failure ? { ...rec, state: 'failed', reason: failure } : { ...rec, state: 'committed' };
     await this.save(next);
     if (!failure) await this.o.onCommitted?.(m);
@@ -352,7 +353,7 @@ export class RolloutFollower {
     const prevPath = await this.releasePath(d.previous);
     if (!prevPath) this.o.log.warn(`rollback: the previous release ${d.previous} is not on this box; FLEETCAST_PREVIOUS_FILE is empty`);
     const why = rec.state === 'committed' ? 'rollout aborted with --rollback' : (rec.reason ?? 'failed');
-    const failure = await this.run('on_rollback', hooks.onRollback!, { ...this.env(rec, m), FLEETCAST_PREVIOUS_FILE: prevPath ?? '', FLEETCAST_PREVIOUS_RELEASE_ID: d.previous, FLEETCAST_ROLLBACK_REASON: why }, hooks.hookTimeoutMs);
+    const failure = await this.run('on_rollback', hooks.onRollback!, { ...(await this.env(rec, m)), FLEETCAST_PREVIOUS_FILE: prevPath ?? '', FLEETCAST_PREVIOUS_RELEASE_ID: d.previous, FLEETCAST_ROLLBACK_REASON: why }, hooks.hookTimeoutMs);
     const next: InstallRecord = failure ? { ...rec, state: 'failed', rollbackRan: true, reason: `${why}; ${failure}` } : { ...rec, state: 'rolled-back', rollbackRan: true, reason: rec.state === 'committed' ? why : rec.reason };
     await this.save(next);
     (failure ? this.o.log.error : this.o.log.info)(`rollout ${rec.rollout}: ${failure ? `rollback failed: ${failure}` : `rolled back to ${d.previous}`}`);
