@@ -125,6 +125,7 @@ test.serial('bad input exits 64 or 65 with a clear message and changes nothing',
     [['--channel', 'stable', '--release', f.b.id, '--max-failures', 'lots'], 64, /--max-failures/],
     [['--channel', 'stable', '--release', 'f'.repeat(32)], 65, /release f{32} is not on this server/],
     [['--channel', 'stable', '--release', f.a.id], 65, /already on release/],
+    [['--channel', 'stable', '--release', f.b.id], 65, /no agent has asked about channel stable/],
   ];
   for (const [args, code, msg] of cases) {
     const r = await f.cli(['rollout', 'start', ...args]);

@@ -274,8 +274,11 @@ export class RolloutService {
     if (head.release === release) throw new ApiError(409, 'SAME_RELEASE', `channel ${channel} is already on release ${release}`);
     const busy = [...this.rollouts.values()].find((r) => r.channel === channel && isActiveRollout(r));
     if (busy) throw new ApiError(409, 'ROLLOUT_ACTIVE', `rollout ${busy.id} is ${busy.state} on channel ${channel}: abort it first`);
+    const members = this.channelMembers(channel, now);
+    // Empty waves open at once: with nobody known, the rollout would complete (and move the channel) before anyone installed.
+    if (members.length === 0) throw new ApiError(409, 'NO_MEMBERS', `no agent has asked about channel ${channel} in the last ${CHANNEL_MEMBER_MEMORY_MS / 60_000} minutes: start the rollout once the agents follow it`);
     const id = `r-${randomBytes(6).toString('hex')}`;
-    const r = createRollout({ id, channel, release, previous: head.release, waves, maxFailures, waveWaitMs, window, createdAt: now }, this.channelMembers(channel, now), now);
+    const r = createRollout({ id, channel, release, previous: head.release, waves, maxFailures, waveWaitMs, window, createdAt: now }, members, now);
     this.rollouts.set(id, r);
     const s = summary(r, now);
     this.o.log.info(`rollout ${id} of ${release} on ${channel} started: ${s.members} member(s) in waves ${s.waves.map((w) => `${w.spec}=${w.members}`).join(', ')}; the channel stays on ${head.release} until it completes`);
