@@ -39,6 +39,14 @@ async function pageTest(t: ExecutionContext): Promise<void> {
   await say(first[1], 'failed', 'health check: exit status 1');
   for (const id of second.slice(0, 3)) await say(id, 'staged');
 
+  // Two members joined release B's transfer, as agents do by heartbeat.
+  for (const m of members.slice(0, 2)) await post('/v1/join', { release: f.b.id, group: m.group, member: m.member });
+  // ... and keep heartbeating while the browser looks (members that go quiet leave the view).
+  const beat = setInterval(() => {
+    for (const m of members.slice(0, 2)) void fetch(f.url + '/v1/heartbeat', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ release: f.b.id, group: m.group, member: m.member }) }).catch(() => undefined);
+  }, 300);
+  t.teardown(() => clearInterval(beat));
+  const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { groups: { release: string; units: number; members: { id: string; verifiedUnits: number; originBytes: number }[] }[] };
   const cli = await f.cli(['rollout', 'status', s0.id, '--json']);
   t.is(cli.code, 0, cli.stderr);
   const s = JSON.parse(cli.stdout) as Summary;
@@ -57,6 +65,13 @@ async function pageTest(t: ExecutionContext): Promise<void> {
   }
   t.is(s.failures.length, 1);
   for (const x of s.failures) t.is(shown.get(`${s.id}/reason/${x.member}`), x.reason!);
+  // Sites and members, as /v1/fleet has them.
+  const joined = fleet.groups.flatMap((g) => g.members.map((m) => ({ g, m })));
+  t.is(joined.length, 2);
+  for (const { g, m } of joined) {
+    t.is(shown.get(`${g.release}/${m.id}/verified`), `${m.verifiedUnits}/${g.units}`);
+    t.is(shown.get(`${g.release}/${m.id}/origin`), `${(m.originBytes / 1048576).toFixed(1)} MiB`);
+  }
   // The page pulls nothing from elsewhere.
   const html = await (await fetch(`${f.url}/ui/`)).text();
   t.notRegex(html, /(src|href)=["']?(https?:)?\/\//);
