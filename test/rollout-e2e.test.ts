@@ -61,6 +61,7 @@ test.serial('a rollout halts after its first wave when 2 of its members fail; th
   const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { rollouts: { id: string; state: string }[] };
   // Staging B everywhere cost about one copy per LAN group from the origin, not one per agent.
   const fromOrigin = ids.reduce((n, id, i) => n + f.server.bytesSentTo(f.b.id, i < 4 ? 'site-a' : 'site-b', id), 0);
+  t.log(`origin bytes for staging B on 8 agents in 2 LAN groups: ${fromOrigin} (${(fromOrigin / f.bBytes.length).toFixed(2)}x the release)`);
   t.true(fromOrigin >= 2 * f.bBytes.length && fromOrigin <= 3 * f.bBytes.length, `origin sent ${fromOrigin} bytes of B for 2 LAN groups of a ${f.bBytes.length}-byte release`);
   t.deepEqual(fleet.rollouts.map((r) => [r.id, r.state]), [[s0.id, 'halted']]);
   t.regex(f.server.metrics(), /fleetcast_server_rollouts\{state="halted"\} 1/);
@@ -169,6 +170,13 @@ test.serial("a closed window holds installs back, an agent's install_window over
   const st = await runCli(['status', '--socket', path.join(f.dir, 'w2.sock')]);
   t.regex(st.stdout, new RegExp(`rollout  ${id} of ${f.b.id}: running, wave 1 open; here staged`), st.stderr);
 
+  const pa = await f.cli(['rollout', 'pause', id]);
+  t.is(pa.code, 0, pa.stderr);
+  t.regex(pa.stdout, /is now paused/);
+  t.is((await status()).state, 'paused');
+  t.is((await f.cli(['rollout', 'pause', id])).code, 65, 'pausing twice is refused');
+  t.is((await f.cli(['rollout', 'resume', id])).code, 0);
+  t.is((await status()).state, 'running');
   const ab = await f.cli(['rollout', 'abort', id, '--rollback']);
   t.is(ab.code, 0, ab.stderr);
   await f.until('rolled back', async () => {
