@@ -222,7 +222,10 @@ export class RolloutService {
       return this.json(res, 200, { rollouts: this.list(now).filter((r) => !channel || r.channel === channel), channelMembers: members });
     }
     if (parts.length === 2 && req.method === 'POST') return this.json(res, 201, await this.start(await readJson(req), now));
-    if (parts.length === 3 && parts[2] === 'poll' && req.method === 'POST') return this.json(res, 200, await this.poll(await readJson(req), now));
+    if (parts.length === 3 && parts[2] === 'poll') {
+      if (req.method !== 'POST') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed on ${p}`);
+      return this.json(res, 200, await this.poll(await readJson(req), now));
+    }
     if (parts.length >= 3) {
       const r = this.rollouts.get(parts[2]);
       if (!r) throw new ApiError(404, 'NO_ROLLOUT', `no rollout ${parts[2]} on this server`);
