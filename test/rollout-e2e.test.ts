@@ -195,3 +195,32 @@ test.serial("a closed window holds installs back, an agent's install_window over
   for (const m of open) await f.until(`${m} back on A`, async () => f.logs.get(m)!().includes(`moving from release ${f.b.id} to ${f.a.id}`));
   for (const m of open) t.notRegex(f.logs.get(m)!(), /refusing release/);
 });
+
+test.serial('an agent killed while its install hook runs does not run it again: the install counts as failed and rolls back', async (t) => {
+  const f = await startRolloutFleet(t);
+  // For B the hook notes its start, then waits as long as the agent lives (so it ends with it).
+  const hook = `echo "$FLEETCAST_RELEASE_ID $FLEETCAST_MEMBER" >> ${f.dir}/started.log; if [ "$FLEETCAST_RELEASE_ID" = "${f.b.id}" ]; then while kill -0 $PPID 2>/dev/null; do sleep 0.1; done; fi`;
+  const args = ['--on-complete', hook];
+  f.spawnAgent('k0', 'site-a', args);
+  await f.until('A installed', async () => (await f.lines('started.log')).some((l) => l.startsWith(f.a.id)));
+  await f.until('1 channel member', async () => (JSON.parse((await f.cli(['rollout', 'status', '--json'])).stdout) as { channelMembers: Record<string, number> }).channelMembers.stable === 1);
+  const start = await f.cli(['rollout', 'start', '--channel', 'stable', '--release', f.b.id, '--json']);
+  t.is(start.code, 0, start.stderr);
+  const id = (JSON.parse(start.stdout) as Summary).id;
+  await f.until('the install hook of B started', async () => (await f.lines('started.log')).some((l) => l.startsWith(f.b.id)));
+  const c = f.agents.get('k0')!;
+  await new Promise<void>((resolve) => {
+    c.once('exit', () => resolve());
+    c.kill('SIGKILL');
+  });
+  f.spawnAgent('k0', 'site-a', args);
+  const s = await f.until('rolled back', async () => {
+    const x = JSON.parse((await f.cli(['rollout', 'status', id, '--json'])).stdout) as Summary;
+    return x.memberStates.k0.state === 'rolled-back' ? x : null;
+  });
+  t.regex(s.memberStates.k0.reason!, /install hook was interrupted/);
+  t.is(s.state, 'halted', '1 failure is more than --max-failures 0');
+  await new Promise((r) => setTimeout(r, 1000));
+  t.is((await f.lines('started.log')).filter((l) => l.startsWith(f.b.id)).length, 1, 'the install hook ran once');
+  t.is((await f.lines('rollbacks.log')).length, 1);
+});

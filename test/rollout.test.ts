@@ -148,6 +148,20 @@ test('reports only move forward: a re-sent or stale state changes nothing', (t) 
   t.is(r.members.m1.state, 'failed');
 });
 
+test('a rollback heard without its failure (both between two polls) counts as a failure; one after a commit does not', (t) => {
+  const r = createRollout(spec({ waves: parseWaves('100%') as never, maxFailures: { count: 1 } }), fleet(3), 0);
+  report(r, 'm0', 'site-a', 'staged', null, 1);
+  report(r, 'm0', 'site-a', 'rolled-back', 'install hook: exit status 2', 2);
+  t.true(r.members.m0.failed);
+  t.is(r.members.m0.reason, 'install hook: exit status 2');
+  report(r, 'm1', 'site-b', 'committed', null, 3);
+  report(r, 'm1', 'site-b', 'rolled-back', 'rollout aborted with --rollback', 4);
+  t.false(r.members.m1.failed);
+  t.is(r.state, 'running');
+  report(r, 'm2', 'site-a', 'rolled-back', 'health check: exit status 1', 5);
+  t.is(r.state, 'halted');
+});
+
 test('pause holds the next wave; abort --rollback tells members on the new release to roll back', (t) => {
   const r = createRollout(spec({ maxFailures: { percent: 50 } }), fleet(8), 0);
   const w0 = firstWave(r);

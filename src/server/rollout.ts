@@ -220,10 +220,12 @@ export function report(r: Rollout, member: string, group: string, state: Reporte
   const order: Record<MemberState, number> = { pending: 0, staged: 1, installed: 2, committed: 3, failed: 4, 'rolled-back': 5 };
   if (order[state] <= order[m.state]) return [];
   const lines: string[] = [];
+  const was = m.state;
   m.state = state;
   m.at = now;
   if (m.installedAt === null && state !== 'staged') m.installedAt = now;
-  if (state === 'failed') {
+  // A rollback heard before its failure (both happened between two polls) is a failure too; after a commit it is an abort's.
+  if (state === 'failed' || (state === 'rolled-back' && !m.failed && was !== 'committed')) {
     m.failed = true;
     m.reason = (reason ?? 'no reason given').slice(0, MAX_REASON_CHARS);
     lines.push(`rollout ${r.id}: member ${member} (${m.group}, wave ${m.wave + 1}) failed: ${m.reason}`);
