@@ -329,3 +329,15 @@ test('the agent follows the rollout while it runs, then the channel again', asyn
   t.is(await fol.target(NEXT), NEXT, 'after completion the channel leads');
   t.is(await fol.target(REL), REL);
 });
+
+test('member ids like __proto__ and constructor are plain ids', (t) => {
+  const r = createRollout(spec({ waves: parseWaves('100%') as never }), [{ id: 'constructor', group: 'g' }], 0);
+  t.is(directive(r, '__proto__', 'g', 1).wave, 0);
+  report(r, '__proto__', 'g', 'failed', 'x', 2);
+  t.is(r.members['__proto__' as string].state, 'failed');
+  t.is(r.members['constructor' as string].state, 'pending');
+  t.is(({} as Record<string, unknown>).state, undefined, 'Object.prototype is untouched');
+  const back = parseRollout(Buffer.from(JSON.stringify(r))) as Rollout;
+  t.is(back.members['__proto__' as string].state, 'failed');
+  t.is(Object.keys(back.members).length, 2);
+});

@@ -183,7 +183,8 @@ export function lateWave(spec: Pick<RolloutSpec, 'id' | 'waves'>, member: string
 // ---------------------------------------------------------------- the rollout
 
 export function createRollout(spec: RolloutSpec, members: { id: string; group: string }[], now: number): Rollout {
-  const r: Rollout = { version: 1, ...spec, state: 'running', openWave: 0, openedAt: [now], reason: null, rollback: false, endedAt: null, members: {} };
+  // Member ids come from the network: no prototype, so "__proto__" or "constructor" are just ids.
+  const r: Rollout = { version: 1, ...spec, state: 'running', openWave: 0, openedAt: [now], reason: null, rollback: false, endedAt: null, members: Object.create(null) as Record<string, MemberRecord> };
   for (const [id, wave] of assignWaves(spec, members.slice(0, MAX_ROLLOUT_MEMBERS))) {
     const group = members.find((m) => m.id === id)!.group;
     r.members[id] = { group, wave, state: 'pending', failed: false, reason: null, at: now, installedAt: null };
@@ -440,7 +441,7 @@ export function parseRollout(bytes: Uint8Array): Rollout | string {
   if (typeof o.rollback !== 'boolean') return 'rollback must be a boolean';
   if (o.endedAt !== null && !num(o.endedAt)) return 'endedAt must be a number or null';
   if (typeof o.members !== 'object' || o.members === null || Array.isArray(o.members)) return 'members must be an object';
-  const members: Record<string, MemberRecord> = {};
+  const members: Record<string, MemberRecord> = Object.create(null) as Record<string, MemberRecord>;
   const states: MemberState[] = ['pending', 'staged', 'installed', 'committed', 'failed', 'rolled-back'];
   let n = 0;
   for (const [id, x] of Object.entries(o.members as Record<string, unknown>)) {

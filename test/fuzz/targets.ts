@@ -14,6 +14,7 @@ import { IdentityBindings } from '../../src/server/guard';
 import { parsePollAnswer, parseWindow } from '../../src/wire/rollout';
 import { createRollout, parseRollout, parseWaves, report } from '../../src/server/rollout';
 import { parseInstallRecord } from '../../src/agent/install';
+import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-api';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
@@ -305,7 +306,26 @@ const rolloutPoll: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile, rolloutFile, rolloutPoll];
+/** Request bodies of the rollout endpoints: accepted, or refused with ApiError 400 and nothing else. */
+const rolloutBodies: Target = {
+  name: 'rollout-bodies',
+  seeds: [
+    Buffer.from(JSON.stringify({ channel: 'stable', group: 'site-a', member: 'm1', release: 'b'.repeat(32), state: 'failed', reason: 'exit 3' })),
+    Buffer.from(JSON.stringify({ channel: 'stable', release: 'b'.repeat(32), waves: '1%,10%,100%', maxFailures: '5%', waveWait: '1h30m', window: 'Mon-Fri 02:00-04:00' })),
+    Buffer.from(JSON.stringify({ channel: 'stable', release: 'b'.repeat(32), waves: 'site-a,*', maxFailures: '2' })),
+  ],
+  run(input) {
+    for (const parse of [parsePollBody, parseStartBody]) {
+      try {
+        parse(jsonObject(input));
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 400) throw err;
+      }
+    }
+  },
+};
+
+export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
