@@ -336,7 +336,7 @@ export function resume(r: Rollout, now: number): string | null {
   if (r.state !== 'paused') return `rollout ${r.id} is ${r.state}: only a paused rollout resumes${r.state === 'halted' ? ' (a halted one can be aborted, or a new rollout started)' : ''}`;
   r.state = 'running';
   r.reason = null;
-  // The time paused does not count against --wave-wait.
+  // Time spent paused counts toward --wave-wait: after a long pause the next tick may open the next wave at once.
   void now;
   return null;
 }
