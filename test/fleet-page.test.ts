@@ -102,3 +102,19 @@ test('the fleet page is under the API auth: a browser gives the token as the Bas
   t.is((await fetch(`${url}/v1/rollouts`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
   t.is((await fetch(`${url}/v1/rollouts`)).status, 401);
 });
+
+test('a rollout report speaks only for the token\'s own member', async (t) => {
+  const { FleetcastServer } = await import('../src/server/server');
+  const { tmpdir } = await import('./helpers/fleet');
+  const dir = await tmpdir(t);
+  const tokens = { box1: 'box1-token-0123456789abcdef', box2: 'box2-token-0123456789abcdef' };
+  const server = new FleetcastServer({ storeDir: dir, host: '127.0.0.1', port: 0, tokens });
+  const { url } = await server.start();
+  t.teardown(() => server.stop());
+  const poll = (token: string, member: string) =>
+    fetch(`${url}/v1/rollouts/poll`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ channel: 'stable', group: 'g', member }) });
+  t.is((await poll(tokens.box1, 'box1')).status, 200);
+  const other = await poll(tokens.box2, 'box1');
+  t.is(other.status, 403);
+  t.is(((await other.json()) as { error: string }).error, 'NOT_YOUR_MEMBER');
+});

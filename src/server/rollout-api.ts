@@ -197,7 +197,11 @@ export class RolloutService {
   // ------------------------------------------------------------------ HTTP
 
   /** Serve the request if it is ours (/v1/rollouts..., /ui/); false otherwise. Auth has been checked. */
-  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> {
+  /**
+   * `authorize` checks that the request's token may speak for a member id (device
+   * identity, docs/security.md); it throws when not.
+   */
+  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined): Promise<boolean> {
     const p = url.pathname;
     if (p === '/ui' || p === '/ui/' || p === '/ui/index.html') {
       if (req.method !== 'GET') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed`);
@@ -224,7 +228,7 @@ export class RolloutService {
     if (parts.length === 2 && req.method === 'POST') return this.json(res, 201, await this.start(await readJson(req), now));
     if (parts.length === 3 && parts[2] === 'poll') {
       if (req.method !== 'POST') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed on ${p}`);
-      return this.json(res, 200, await this.poll(await readJson(req), now));
+      return this.json(res, 200, await this.poll(await readJson(req), now, authorize));
     }
     if (parts.length >= 3) {
       const r = this.rollouts.get(parts[2]);
@@ -266,8 +270,9 @@ export class RolloutService {
     return summary(r, now);
   }
 
-  private async poll(raw: Record<string, unknown>, now: number): Promise<unknown> {
+  private async poll(raw: Record<string, unknown>, now: number, authorize: (member: string) => void): Promise<unknown> {
     const b = parsePollBody(raw);
+    authorize(b.member); // a box reports only for itself
     const channel = b.channel;
     let seen = this.seen.get(channel);
     if (!seen) this.seen.set(channel, (seen = new Map()));

@@ -584,7 +584,7 @@ export class FleetcastServer {
     if (token === false) return;
     const url = new URL(req.url ?? '/', 'http://x');
     try {
-      if (await this.rollouts.handle(req, res, url)) return;
+      if (await this.rollouts.handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token))) return;
     } catch (err) {
       throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
     }
