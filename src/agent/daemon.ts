@@ -14,6 +14,7 @@ import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import { parseManifest } from '../release/manifest';
 import { writeAtomic } from '../storage/partial-store';
+import { InstallHooks, RolloutFollower } from './install';
 
 /**
  * The long-running agent (`fleetcast agent` without --once): it follows a channel (or
@@ -35,6 +36,8 @@ export interface DaemonOptions {
   onProgress?: (d: AgentDaemon) => void;
   /** Called when the agent moves to a release (status line for systemd). */
   onState?: (d: AgentDaemon) => void;
+  /** Rollouts (install.ts): on_rollback, health_check, install_window. */
+  install?: Omit<InstallHooks, 'onComplete' | 'hookTimeoutMs'>;
 }
 
 /** What can change on SIGHUP. */
@@ -90,9 +93,25 @@ export class AgentDaemon {
   /** More status fields from the command (e.g. the IGMP querier). */
   statusExtras: () => Record<string, unknown> = () => ({});
 
+  /** Installs under a rollout of the channel: by wave and window, with health check and rollback. */
+  readonly follower: RolloutFollower;
+
   constructor(opts: DaemonOptions) {
     this.opts = opts;
     this.log = recordingLogger(opts.logger, (m) => this.noteError(m));
+    const a = opts.agent;
+    this.follower = new RolloutFollower({
+      storageDir: a.storageDir,
+      server: a.server,
+      group: a.group,
+      member: a.member,
+      trustedKeys: a.trustedKeys,
+      hooks: () => ({ onComplete: this.opts.onComplete, hookTimeoutMs: this.opts.hookTimeoutMs, healthTimeoutMs: this.opts.hookTimeoutMs, ...this.opts.install }),
+      log: this.log.child('rollout'),
+      signal: this.abort.signal,
+      onCommitted: (m) => noteNewest(a.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) }),
+      env: () => ({ FLEETCAST_CHANNEL: this.opts.channel ?? '' }),
+    });
   }
 
   get channel(): string | undefined {
@@ -111,6 +130,7 @@ export class AgentDaemon {
       try {
         const target = await this.target();
         if (target !== this.currentRelease && Date.now() >= this.retryAt) await this.switchTo(target);
+        if (this.opts.channel) await this.follower.step(this.opts.channel);
         this.pollBackoffMs = 0;
       } catch (err) {
         if (isFatal(err)) throw err;
@@ -156,7 +176,9 @@ export class AgentDaemon {
   private async target(): Promise<string> {
     if (this.opts.release) return this.opts.release;
     const head = await this.fetchChannel();
-    return head.release;
+    // A rollout on the channel: its release is staged at once, whatever our wave.
+    await this.follower.poll(this.opts.channel!);
+    return this.follower.target(head.release);
   }
 
   async fetchChannel(): Promise<ChannelHead> {
@@ -189,7 +211,7 @@ export class AgentDaemon {
    */
   private async precheck(id: string): Promise<boolean> {
     if (this.refused.has(id)) return false;
-    if (!this.opts.channel || this.opts.allowDowngrade) return true;
+    if (!this.opts.channel || this.opts.allowDowngrade || this.follower.allowsMoveTo(id)) return true;
     const newest = await readNewest(this.opts.agent.storageDir);
     if (!newest || newest.release === id) return true;
     const client = new ControlClient(this.opts.agent.server, AbortSignal.any([this.abort.signal, AbortSignal.timeout(30_000)]), this.log);
@@ -267,6 +289,13 @@ export class AgentDaemon {
     this.lastCompletion = { release: m.id, atMs: ag.stats.completedAtMs || Date.now(), seconds: ag.stats.seconds };
     const dir = path.join(this.opts.agent.storageDir, m.id);
     await markCompleted(this.opts.agent.storageDir, m.id);
+    if (this.opts.channel && this.follower.owns(m.id)) {
+      // Staged for a rollout: the install hook runs when the wave and window allow (install.ts).
+      await this.follower.staged(m, finalPath);
+      await prune(this.opts.agent.storageDir, m.id, this.opts.keep, this.log);
+      await this.follower.step(this.opts.channel);
+      return;
+    }
     await noteNewest(this.opts.agent.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) });
     const cmd = this.opts.onComplete;
     if (cmd) {
@@ -451,6 +480,7 @@ export class AgentDaemon {
       crossPaths: ag?.crossPaths() ?? [],
       transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
       hook: this.lastHook,
+      rollout: this.follower.statusInfo(),
       lastErrors: this.lastErrors,
       ...this.statusExtras(),
     };
@@ -491,7 +521,7 @@ export class AgentDaemon {
       [{ source: 'lan' }, t.unitsFromLan],
     ]);
     r.counter('units_rejected_total', 'Units that failed their hash', [[{}, t.unitsRejected]]);
-    r.counter('hooks_run_total', 'on_complete hooks run', [[{}, this.hooksRun]]);
+    r.counter('hooks_run_total', 'on_complete hooks run (and rollout hooks and health checks)', [[{}, this.hooksRun + this.follower.hooksRun]]);
     const p = this.current?.progress;
     r.gauge('release_units', 'Units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.total]] : []);
     r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);

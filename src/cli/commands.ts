@@ -20,6 +20,7 @@ import { Policy, POLICIES, StartPolicy, START_POLICIES, writeDistribution } from
 import { serveMetrics } from '../util/metrics';
 import { startWatchdog, statusNotifier } from '../util/sd-notify';
 import { Logger } from '../util/log';
+import { parseWindow } from '../wire/rollout';
 
 export interface Command {
   spec: CommandSpec;
@@ -323,6 +324,10 @@ export const agent: Command = {
       keep: { type: 'number', arg: 'N', help: 'completed releases to keep on disk (older ones and superseded partials are removed)', default: 2, integer: true, min: 1, max: 1000, reload: true },
       'on-complete': { type: 'string', arg: 'COMMAND', help: 'run COMMAND (via /bin/sh) once per verified release; FLEETCAST_FILE etc. in its environment', reload: true },
       'hook-timeout': { type: 'number', arg: 'SECONDS', help: 'kill the hook after this long', default: 600, min: 1, max: 86400, reload: true },
+      'on-rollback': { type: 'string', arg: 'COMMAND', help: 'rollouts: run COMMAND when an install or its health check fails (or on abort --rollback); FLEETCAST_PREVIOUS_FILE is the previous release' },
+      'health-check': { type: 'string', arg: 'COMMAND', help: 'rollouts: after the install hook, the release is committed once COMMAND exits 0 (it may run again after a reboot)' },
+      'health-timeout': { type: 'number', arg: 'SECONDS', help: 'rollouts: a health check running longer fails', default: 600, min: 1, max: 86400 },
+      'install-window': { type: 'string', arg: 'WINDOW', help: 'rollouts: install only inside this window, local time ("Mon-Fri 02:00-04:00"); overrides the rollout\'s --window', check: (s) => { const w = parseWindow(s); return typeof w === 'string' ? w : null; } },
       once: { type: 'boolean', help: 'exit 0 once the release is complete and verified, printing its path' },
       member: { type: 'string', arg: 'ID', help: 'member id (default: kept in STORAGE/member-id)', check: checks.name },
       rate: { type: 'number', arg: 'MBIT', help: 'LAN send rate limit in Mbit/s', default: 500, min: 0, minExclusive: true, max: 100000, reload: true },
@@ -381,6 +386,12 @@ export const agent: Command = {
       hookTimeoutMs: (f['hook-timeout'] as number) * 1000,
       channelPollMs: (f['channel-poll'] as number) * 1000,
       allowDowngrade: Boolean(f['allow-downgrade']),
+      install: {
+        onRollback: f['on-rollback'] as string | undefined,
+        healthCheck: f['health-check'] as string | undefined,
+        healthTimeoutMs: (f['health-timeout'] as number) * 1000,
+        installWindow: f['install-window'] as string | undefined,
+      },
       logger: log,
       onProgress: (d) => {
         const ag = d.current;

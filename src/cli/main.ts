@@ -7,6 +7,7 @@ import { demo } from './demo';
 import { config, fleet, status } from './ops';
 import { doctor } from './doctor';
 import { init } from './init';
+import { rollout } from './rollout';
 
 const version: Command = {
   spec: { name: 'version', summary: 'Print the version of fleetcast and of the Node.js it runs on.', usage: 'version [--json]', flags: { json: { type: 'boolean', help: 'print it as JSON' } } },
@@ -17,7 +18,7 @@ const version: Command = {
   },
 };
 
-const COMMANDS: Record<string, Command> = { init, keygen, publish, server, agent, status, fleet, config, doctor, demo, version };
+const COMMANDS: Record<string, Command> = { init, keygen, publish, server, agent, status, fleet, rollout, config, doctor, demo, version };
 
 function topHelp(): string {
   const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));

@@ -70,6 +70,7 @@ export const status: Command = {
     out(`members  ${members.length ? members.map((m) => `${m.id}${m.group !== s.group ? ` (${m.group})` : ''} ${m.complete ? 'done' : `${m.verifiedUnits}/${rel?.units ?? '?'}`}`).join(', ') : 'none besides this one'} (the server's view, as in fleetcast fleet)`);
     out(`peers    ${s.peers.length} heard on the LAN in the last 5 s`);
     out(`transport ${s.transport ? `${s.transport.kind}${s.transport.features.length ? ` (${s.transport.features.join(', ')})` : ''}` : 'not open'}`);
+    if (s.rollout) out(`rollout  ${s.rollout.rollout} of ${s.rollout.release}: ${s.rollout.state}, wave ${s.rollout.wave + 1} ${s.rollout.waveOpen ? 'open' : 'not open yet'}; here ${s.rollout.local ?? 'not staged yet'}${s.rollout.reason ? ` (${s.rollout.reason})` : ''}`);
     if (s.hook) out(`hook     release ${s.hook.release}: ${s.hook.exitCode !== undefined ? `exit ${s.hook.exitCode}` : (s.hook.signal ?? s.hook.error)} after ${s.hook.durationMs} ms`);
     if (s.lastErrors.length) {
       out('recent errors:');
@@ -114,10 +115,12 @@ interface StatusJson {
   peers: { sender: string; complete: boolean }[];
   transport: { kind: string; features: string[] } | null;
   hook: { release: string; exitCode?: number; signal?: string; error?: string; durationMs: number } | null;
+  rollout?: { rollout: string; release: string; state: string; wave: number; waveOpen: boolean; local: string | null; reason: string | null } | null;
   lastErrors: { at: string; message: string }[];
 }
 
 interface FleetJson {
+  rollouts?: { id: string; channel: string; release: string; state: string; wave: string; reason: string | null }[];
   groups: {
     release: string;
     name: string | null;
@@ -179,6 +182,7 @@ export const fleet: Command = {
       return ExitCode.OK;
     }
     const f = JSON.parse(body) as FleetJson;
+    for (const r of f.rollouts ?? []) out(`rollout ${r.id} on ${r.channel} (${r.release}): ${r.state}, wave ${r.wave}${r.reason ? `: ${r.reason}` : ''}`);
     if (f.groups.length === 0) out('no groups yet: no agent has joined');
     for (const g of f.groups) {
       const resent = Object.entries(g.resentUnits ?? {}).filter(([, n]) => n > 0);

@@ -17,6 +17,7 @@ import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { FleetMemory } from './fleet-memory';
+import { ApiError, RolloutService } from './rollout-api';
 import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
 import { MAX_UNITS } from '../release/manifest';
 import type { Socket } from 'node:net';
@@ -120,6 +121,15 @@ function parseAllocatorKey(key: string): { release: string; scope: string; group
   return { release, scope, group: wide ? scope.slice(1) : scope, wide };
 }
 
+/** The password of an HTTP Basic `authorization` header (the user name is ignored), as a match-like [_, token]. */
+function basicPassword(h: string | undefined): [string, string] | null {
+  const m = /^Basic ([A-Za-z0-9+/]{1,1400}={0,2})$/.exec(h ?? '');
+  if (!m) return null;
+  const text = Buffer.from(m[1], 'base64').toString('utf8');
+  const pw = text.slice(text.indexOf(':') + 1);
+  return text.includes(':') && /^[\x21-\x7e]{1,512}$/.test(pw) ? [h!, pw] : null;
+}
+
 function tokenDigest(token: string): string {
   return createHash('sha256').update(token).digest('base64');
 }
@@ -211,11 +221,14 @@ export class FleetcastServer {
   private lastMembersWrite = -Infinity;
   /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
   private tokenNames = new Map<string, string>();
+  /** Rollouts and the fleet page (rollout-api.ts). */
+  readonly rollouts: RolloutService;
 
   constructor(private readonly opts: ServerOptions) {
     this.store = new ReleaseStore(opts.storeDir);
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
+    this.rollouts = new RolloutService({ storeDir: opts.storeDir, store: this.store, log: this.log, now: this.now });
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
@@ -271,6 +284,7 @@ export class FleetcastServer {
     await this.loadMembers();
     await this.memory.load((id) => this.store.peek(id) !== undefined);
     await this.loadIdentities();
+    await this.rollouts.load();
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.opts.port, this.opts.host, () => {
@@ -387,6 +401,7 @@ export class FleetcastServer {
     await this.saveState(true);
     this.noteOverheads();
     await this.memory.save();
+    await this.rollouts.stop();
     await new Promise<void>((resolve) => {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
@@ -539,13 +554,15 @@ export class FleetcastServer {
       req.resume();
       return false;
     }
-    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '');
+    // A browser on the fleet page (/ui/) sends the token as the password of HTTP Basic auth.
+    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '') ?? basicPassword(req.headers.authorization);
     const name = m ? this.tokenNames.get(tokenDigest(m[1])) : undefined;
     if (name !== undefined) return name;
     this.stats.unauthorized++;
     const n = this.authThrottle.fail(client, now);
     if (n > 0) this.log.warn(`${client}: ${n} request(s) with a ${m ? 'wrong' : 'missing'} token (logged at most once a minute per client; ${this.limits.authFailuresPerMinute} a minute are allowed, then 429)`);
-    res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' });
+    const ui = (req.url ?? '').startsWith('/ui');
+    res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': ui ? 'Basic realm="fleetcast", charset="UTF-8"' : 'Bearer' });
     res.end('{"error":"UNAUTHORIZED"}');
     req.resume();
     return false;
@@ -566,6 +583,11 @@ export class FleetcastServer {
     const token = this.authenticate(req, res);
     if (token === false) return;
     const url = new URL(req.url ?? '/', 'http://x');
+    try {
+      if (await this.rollouts.handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token))) return;
+    } catch (err) {
+      throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
+    }
     const parts = url.pathname.split('/').filter(Boolean);
     const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
     switch (route) {
@@ -776,6 +798,7 @@ export class FleetcastServer {
   fleet(): unknown {
     const now = this.now();
     return {
+      rollouts: this.rollouts.brief(),
       // Groups nobody is in any more (moved to a newer release, or left) are not shown.
       groups: [...this.groups.entries()].filter(([, g]) => g.memberCount() > 0).map(([key, g]) => {
         const { release, group, wide } = parseAllocatorKey(key);
@@ -788,6 +811,7 @@ export class FleetcastServer {
           const before = m.overheadMsPerMiB === null ? this.memory.overhead(k) : undefined;
           return {
             ...m,
+            originBytes: this.bytesSentTo(release, m.group || group, m.id),
             ...(before !== undefined ? { overheadMsPerMiB: before, overheadBeforeRestart: true } : {}),
             badUnits: bad ? [...bad].map(([unit, failures]) => ({ unit, failures })) : [],
             hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null,
@@ -837,6 +861,7 @@ export class FleetcastServer {
     }
     r.gauge('group_members', 'Live members per release and group (groups with members only)', members);
     r.gauge('group_missing_units', 'Units no live member of the group holds (groups with members only)', missing);
+    this.rollouts.metrics(r);
     return r.text() + processMetrics('fleetcast');
   }
 

@@ -11,6 +11,10 @@ import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
 import { parseRange } from '../../src/server/server';
 import { IdentityBindings } from '../../src/server/guard';
+import { parsePollAnswer, parseWindow } from '../../src/wire/rollout';
+import { createRollout, parseRollout, parseWaves, report } from '../../src/server/rollout';
+import { parseInstallRecord } from '../../src/agent/install';
+import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-api';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
@@ -259,7 +263,69 @@ const fleetFile: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile];
+const rolloutSeed = (() => {
+  const r = createRollout(
+    { id: 'r-0123456789ab', channel: 'stable', release: 'b'.repeat(32), previous: 'a'.repeat(32), waves: parseWaves('25%,100%') as never, maxFailures: { count: 1 }, waveWaitMs: 60_000, window: 'Mon-Fri 02:00-04:00', createdAt: 1 },
+    [{ id: 'm0', group: 'g' }, { id: 'm1', group: 'h' }],
+    1,
+  );
+  report(r, 'm0', 'g', 'failed', 'exit 3', 2);
+  return Buffer.from(JSON.stringify(r));
+})();
+
+/** The server's rollout state file (<store>/rollouts/ID.json): what it accepts must hold together. */
+const rolloutFile: Target = {
+  name: 'rollout-file',
+  seeds: [rolloutSeed],
+  ciShare: 0.3,
+  run(input) {
+    const r = parseRollout(input);
+    if (typeof r === 'string') return;
+    if (r.openWave >= r.waves.length || r.openedAt.length !== r.openWave + 1) throw new Error('accepted an open wave out of range');
+    for (const m of Object.values(r.members)) if (m.wave >= r.waves.length) throw new Error('accepted a member wave out of range');
+  },
+};
+
+/** The server's answer to an agent's rollout poll, and the agent's install record. */
+const rolloutPoll: Target = {
+  name: 'rollout-poll',
+  seeds: [
+    Buffer.from(JSON.stringify({ rollout: { rollout: 'r-0123456789ab', release: 'b'.repeat(32), previous: 'a'.repeat(32), state: 'running', wave: 0, waveOpen: true, stage: true, install: true, rollback: false, window: 'Sat,Sun 22:00-02:00' } })),
+    Buffer.from(JSON.stringify({ version: 1, release: 'b'.repeat(32), rollout: 'r-0123456789ab', state: 'installed', reason: null, rollbackRan: false, path: '/x' })),
+  ],
+  run(input) {
+    const d = parsePollAnswer(input);
+    if (d && typeof d !== 'string' && (typeof d.install !== 'boolean' || !/^[0-9a-f]{32}$/.test(d.release))) throw new Error('accepted a malformed directive');
+    const rec = parseInstallRecord(input);
+    if (typeof rec !== 'string' && typeof rec.path !== 'string') throw new Error('accepted a record without a path');
+    const text = Buffer.from(input).toString('latin1').slice(0, 600);
+    const w = parseWindow(text);
+    if (typeof w !== 'string' && w.some((p) => p.start < 0 || p.start >= 1440 || p.end > 1440)) throw new Error('accepted a time out of range');
+    const waves = parseWaves(text);
+    if (typeof waves !== 'string' && waves.length === 0) throw new Error('accepted no waves');
+  },
+};
+
+/** Request bodies of the rollout endpoints: accepted, or refused with ApiError 400 and nothing else. */
+const rolloutBodies: Target = {
+  name: 'rollout-bodies',
+  seeds: [
+    Buffer.from(JSON.stringify({ channel: 'stable', group: 'site-a', member: 'm1', release: 'b'.repeat(32), state: 'failed', reason: 'exit 3' })),
+    Buffer.from(JSON.stringify({ channel: 'stable', release: 'b'.repeat(32), waves: '1%,10%,100%', maxFailures: '5%', waveWait: '1h30m', window: 'Mon-Fri 02:00-04:00' })),
+    Buffer.from(JSON.stringify({ channel: 'stable', release: 'b'.repeat(32), waves: 'site-a,*', maxFailures: '2' })),
+  ],
+  run(input) {
+    for (const parse of [parsePollBody, parseStartBody]) {
+      try {
+        parse(jsonObject(input));
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 400) throw err;
+      }
+    }
+  },
+};
+
+export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {

@@ -1,0 +1,377 @@
+import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { CHANNEL_RE, readChannel, setChannel } from '../release/channels';
+import { isReleaseId } from '../release/manifest';
+import { ReleaseStore } from '../release/store';
+import { writeAtomic } from '../storage/partial-store';
+import { Logger } from '../util/log';
+import { MetricsRegistry } from '../util/metrics';
+import { MAX_BODY_BYTES } from '../wire/http-bodies';
+import {
+  abort,
+  createRollout,
+  directive,
+  isActiveRollout,
+  isRolloutId,
+  parseDuration,
+  parseMaxFailures,
+  parseRollout,
+  parseWaves,
+  parseWindow,
+  pause,
+  report,
+  REPORTED_STATES,
+  ReportedState,
+  resume,
+  Rollout,
+  summary,
+  tick,
+} from './rollout';
+import { FLEET_PAGE } from './fleet-page';
+
+/**
+ * The rollout endpoints (docs/protocol.md, "Rollouts") and their durable state:
+ * `<store>/rollouts/<id>.json`, one file per rollout, and `<store>/rollouts/members.json`,
+ * the members seen following each channel. Every file is replaced atomically
+ * (write, fsync, rename). A state change (a wave opens, a halt, an operator's command)
+ * is written before the answer goes out; members' reports are written within
+ * SAVE_INTERVAL_MS, and agents repeat their state on every poll, so a restart loses
+ * nothing an agent cannot tell again.
+ */
+export interface RolloutServiceOptions {
+  storeDir: string;
+  store: ReleaseStore;
+  log: Logger;
+  now: () => number;
+}
+
+const SAVE_INTERVAL_MS = 500;
+/** A channel's members are those seen polling within this long (the same memory as members.json). */
+const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
+const MAX_CHANNEL_MEMBERS = 200_000;
+const NAME_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
+
+export class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+export class RolloutService {
+  private readonly rollouts = new Map<string, Rollout>();
+  /** channel -> member -> { group, lastSeen } */
+  private readonly seen = new Map<string, Map<string, { group: string; lastSeen: number }>>();
+  private readonly dirty = new Set<string>();
+  private seenDirty = false;
+  private timer: NodeJS.Timeout | null = null;
+  private saving: Promise<void> = Promise.resolve();
+  /** Counted for the metrics. */
+  readonly halts = { total: 0 };
+
+  constructor(private readonly o: RolloutServiceOptions) {}
+
+  private get dir(): string {
+    return path.join(this.o.storeDir, 'rollouts');
+  }
+
+  async load(): Promise<void> {
+    let names: string[] = [];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch {
+      /* no rollouts yet */
+    }
+    for (const n of names) {
+      if (!n.endsWith('.json') || !isRolloutId(n.slice(0, -5))) continue;
+      const file = path.join(this.dir, n);
+      const r = parseRollout(await fs.readFile(file));
+      if (typeof r === 'string') this.o.log.warn(`ignoring ${file}: ${r}`);
+      else this.rollouts.set(r.id, r);
+    }
+    try {
+      const j = JSON.parse(await fs.readFile(path.join(this.dir, 'members.json'), 'utf8')) as Record<string, Record<string, { group: string; lastSeen: number }>>;
+      for (const [ch, members] of Object.entries(j)) {
+        if (!CHANNEL_RE.test(ch) || typeof members !== 'object' || members === null) continue;
+        const m = new Map<string, { group: string; lastSeen: number }>();
+        for (const [id, v] of Object.entries(members)) if (NAME_RE.test(id) && v && typeof v.group === 'string' && NAME_RE.test(v.group) && typeof v.lastSeen === 'number') m.set(id, { group: v.group, lastSeen: v.lastSeen });
+        this.seen.set(ch, m);
+      }
+    } catch {
+      /* none yet, or damaged: members poll again within seconds */
+    }
+    const active = [...this.rollouts.values()].filter(isActiveRollout);
+    if (active.length) this.o.log.info(`rollouts: continuing ${active.map((r) => `${r.id} (${r.channel}, ${r.state}, wave ${r.openWave + 1}/${r.waves.length})`).join(', ')}`);
+    this.timer = setInterval(() => void this.periodic(), SAVE_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.flush();
+  }
+
+  /** --wave-wait passes with time, not only with reports. */
+  private async periodic(): Promise<void> {
+    const now = this.o.now();
+    for (const r of this.rollouts.values()) if (r.state === 'running') await this.after(r, tick(r, now));
+    await this.flush();
+  }
+
+  /** Log what happened; on a state change write the rollout now, and move the channel on completion. */
+  private async after(r: Rollout, lines: string[]): Promise<void> {
+    if (lines.length === 0) return;
+    for (const l of lines) (/halted|failed/.test(l) ? this.o.log.warn : this.o.log.info)(l);
+    if (r.state === 'halted' && lines.some((l) => l.includes(' halted: '))) this.halts.total++;
+    if (r.state === 'completed' && lines.some((l) => l.includes(' completed: '))) {
+      const rel = await this.o.store.get(r.release);
+      await setChannel(this.o.storeDir, { channel: r.channel, release: r.release, name: rel?.manifest.name ?? r.release, publishedAt: this.o.now() });
+    }
+    this.dirty.add(r.id);
+    await this.flush();
+  }
+
+  /** Write what changed; one writer at a time. */
+  flush(): Promise<void> {
+    this.saving = this.saving.then(async () => {
+      if (this.dirty.size === 0 && !this.seenDirty) return;
+      try {
+        await fs.mkdir(this.dir, { recursive: true });
+        for (const id of [...this.dirty]) {
+          this.dirty.delete(id);
+          const r = this.rollouts.get(id);
+          if (r) await writeAtomic(path.join(this.dir, `${id}.json`), Buffer.from(JSON.stringify(r) + '\n'));
+        }
+        if (this.seenDirty) {
+          this.seenDirty = false;
+          const out: Record<string, Record<string, { group: string; lastSeen: number }>> = {};
+          for (const [ch, m] of this.seen) out[ch] = Object.fromEntries(m);
+          await writeAtomic(path.join(this.dir, 'members.json'), Buffer.from(JSON.stringify(out)));
+        }
+      } catch (err) {
+        this.o.log.error(`cannot save rollout state in ${this.dir}: ${(err as Error).message}`);
+      }
+    });
+    return this.saving;
+  }
+
+  /** The latest rollout of a channel, if any. */
+  private latest(channel: string): Rollout | null {
+    let best: Rollout | null = null;
+    for (const r of this.rollouts.values()) if (r.channel === channel && (!best || r.createdAt > best.createdAt)) best = r;
+    return best;
+  }
+
+  private channelMembers(channel: string, now: number): { id: string; group: string }[] {
+    const m = this.seen.get(channel);
+    if (!m) return [];
+    return [...m.entries()].filter(([, v]) => now - v.lastSeen <= CHANNEL_MEMBER_MEMORY_MS).map(([id, v]) => ({ id, group: v.group }));
+  }
+
+  list(now = this.o.now()): ReturnType<typeof summary>[] {
+    return [...this.rollouts.values()].sort((a, b) => b.createdAt - a.createdAt).map((r) => summary(r, now));
+  }
+
+  /** One line per rollout for `fleetcast fleet` and GET /v1/fleet. */
+  brief(): { id: string; channel: string; release: string; state: string; wave: string; reason: string | null }[] {
+    return [...this.rollouts.values()]
+      .sort((a, b) => b.createdAt - a.createdAt)
+      .map((r) => ({ id: r.id, channel: r.channel, release: r.release, state: r.state, wave: `${r.openWave + 1}/${r.waves.length}`, reason: r.reason }));
+  }
+
+  metrics(reg: MetricsRegistry): void {
+    const states = ['running', 'paused', 'halted', 'aborted', 'completed'];
+    reg.gauge('rollouts', 'Rollouts by state', states.map((s) => [{ state: s }, [...this.rollouts.values()].filter((r) => r.state === s).length]));
+    const members: [Record<string, string>, number][] = [];
+    for (const r of this.rollouts.values()) {
+      if (!isActiveRollout(r) && r.state !== 'halted') continue;
+      const s = summary(r, this.o.now());
+      for (const [state, n] of Object.entries(s.totals)) members.push([{ rollout: r.id, channel: r.channel, state }, n]);
+    }
+    reg.gauge('rollout_members', 'Members of running, paused and halted rollouts by reported state', members);
+    reg.counter('rollout_halts_total', 'Rollouts halted by their failure threshold since the server started', [[{}, this.halts.total]]);
+  }
+
+  // ------------------------------------------------------------------ HTTP
+
+  /** Serve the request if it is ours (/v1/rollouts..., /ui/); false otherwise. Auth has been checked. */
+  /**
+   * `authorize` checks that the request's token may speak for a member id (device
+   * identity, docs/security.md); it throws when not.
+   */
+  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined): Promise<boolean> {
+    const p = url.pathname;
+    if (p === '/ui' || p === '/ui/' || p === '/ui/index.html') {
+      if (req.method !== 'GET') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed`);
+      const body = Buffer.from(FLEET_PAGE);
+      res.writeHead(200, {
+        'content-type': 'text/html; charset=utf-8',
+        'content-length': body.length,
+        // Nothing external: the page's script and style are inline, and it fetches only this origin.
+        'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+        'cache-control': 'no-store',
+      });
+      res.end(body);
+      return true;
+    }
+    if (!p.startsWith('/v1/rollouts')) return false;
+    const parts = p.split('/').filter(Boolean); // v1 rollouts [id] [action]
+    const now = this.o.now();
+    if (parts.length === 2 && req.method === 'GET') {
+      const channel = url.searchParams.get('channel');
+      const members: Record<string, number> = {};
+      for (const ch of this.seen.keys()) members[ch] = this.channelMembers(ch, now).length;
+      return this.json(res, 200, { rollouts: this.list(now).filter((r) => !channel || r.channel === channel), channelMembers: members });
+    }
+    if (parts.length === 2 && req.method === 'POST') return this.json(res, 201, await this.start(await readJson(req), now));
+    if (parts.length === 3 && parts[2] === 'poll') {
+      if (req.method !== 'POST') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed on ${p}`);
+      return this.json(res, 200, await this.poll(await readJson(req), now, authorize));
+    }
+    if (parts.length >= 3) {
+      const r = this.rollouts.get(parts[2]);
+      if (!r) throw new ApiError(404, 'NO_ROLLOUT', `no rollout ${parts[2]} on this server`);
+      if (parts.length === 3 && req.method === 'GET') return this.json(res, 200, summary(r, now));
+      if (parts.length === 4 && req.method === 'POST' && ['pause', 'resume', 'abort'].includes(parts[3])) {
+        const b = await readJson(req);
+        for (const k of Object.keys(b)) if (k !== 'rollback') throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
+        if (b.rollback !== undefined && typeof b.rollback !== 'boolean') throw new ApiError(400, 'BAD_BODY', 'rollback must be a boolean');
+        if (b.rollback && parts[3] !== 'abort') throw new ApiError(400, 'BAD_BODY', 'rollback goes only with abort');
+        const err = parts[3] === 'pause' ? pause(r, now) : parts[3] === 'resume' ? resume(r, now) : abort(r, Boolean(b.rollback), now);
+        if (err) throw new ApiError(409, 'BAD_STATE', err);
+        this.o.log.warn(`rollout ${r.id}: ${parts[3]}${b.rollback ? ' with rollback' : ''} by hand; now ${r.state}`);
+        await this.after(r, parts[3] === 'resume' ? [`rollout ${r.id} resumed`, ...tick(r, now)] : [`rollout ${r.id} ${r.state}`]);
+        return this.json(res, 200, summary(r, now));
+      }
+    }
+    if (req.method !== 'GET' && req.method !== 'POST') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed`);
+    throw new ApiError(404, 'NOT_FOUND', `no such endpoint: ${req.method} ${p}`);
+  }
+
+  private async start(b: Record<string, unknown>, now: number): Promise<unknown> {
+    const { channel, release, waves, maxFailures, waveWaitMs, window } = parseStartBody(b);
+    const head = await readChannel(this.o.storeDir, channel);
+    if (!head) throw new ApiError(404, 'NO_CHANNEL', `channel ${channel} does not exist on this server (publish a release to it first)`);
+    if (!(await this.o.store.get(release))) throw new ApiError(404, 'NO_RELEASE', `release ${release} is not on this server`);
+    if (head.release === release) throw new ApiError(409, 'SAME_RELEASE', `channel ${channel} is already on release ${release}`);
+    const busy = [...this.rollouts.values()].find((r) => r.channel === channel && isActiveRollout(r));
+    if (busy) throw new ApiError(409, 'ROLLOUT_ACTIVE', `rollout ${busy.id} is ${busy.state} on channel ${channel}: abort it first`);
+    const members = this.channelMembers(channel, now);
+    // Empty waves open at once: with nobody known, the rollout would complete (and move the channel) before anyone installed.
+    if (members.length === 0) throw new ApiError(409, 'NO_MEMBERS', `no agent has asked about channel ${channel} in the last ${CHANNEL_MEMBER_MEMORY_MS / 60_000} minutes: start the rollout once the agents follow it`);
+    const id = `r-${randomBytes(6).toString('hex')}`;
+    const r = createRollout({ id, channel, release, previous: head.release, waves, maxFailures, waveWaitMs, window, createdAt: now }, members, now);
+    this.rollouts.set(id, r);
+    const s = summary(r, now);
+    this.o.log.info(`rollout ${id} of ${release} on ${channel} started: ${s.members} member(s) in waves ${s.waves.map((w) => `${w.spec}=${w.members}`).join(', ')}; the channel stays on ${head.release} until it completes`);
+    await this.after(r, tick(r, now).concat([`rollout ${id} started`]));
+    return summary(r, now);
+  }
+
+  private async poll(raw: Record<string, unknown>, now: number, authorize: (member: string) => void): Promise<unknown> {
+    const b = parsePollBody(raw);
+    authorize(b.member); // a box reports only for itself
+    const channel = b.channel;
+    let seen = this.seen.get(channel);
+    if (!seen) this.seen.set(channel, (seen = new Map()));
+    const prev = seen.get(b.member);
+    if (!prev || prev.group !== b.group || now - prev.lastSeen > 60_000) this.seenDirty = true;
+    if (prev || seen.size < MAX_CHANNEL_MEMBERS) seen.set(b.member, { group: b.group, lastSeen: now });
+    const r = this.latest(channel);
+    if (!r) return { rollout: null };
+    if (b.state !== undefined && b.release === r.release) {
+      const before = JSON.stringify(r.members[b.member] ?? null);
+      const lines = report(r, b.member, b.group, b.state as ReportedState, (b.reason as string | undefined) ?? null, now);
+      if (JSON.stringify(r.members[b.member] ?? null) !== before) this.dirty.add(r.id);
+      await this.after(r, lines);
+    }
+    const known = r.members[b.member] !== undefined;
+    const d = directive(r, b.member, b.group, now);
+    if (!known && r.members[b.member]) this.dirty.add(r.id); // a member the start did not know: its wave is kept
+    return { rollout: d };
+  }
+
+  private json(res: http.ServerResponse, status: number, v: unknown): true {
+    const body = Buffer.from(JSON.stringify(v));
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+    return true;
+  }
+}
+
+async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > MAX_BODY_BYTES) throw new ApiError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(c);
+  }
+  return n === 0 ? {} : jsonObject(Buffer.concat(chunks));
+}
+
+/** A request body that must be one JSON object; ApiError 400 otherwise. */
+export function jsonObject(bytes: Uint8Array): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (err) {
+    throw new ApiError(400, 'BAD_BODY', `body is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ApiError(400, 'BAD_BODY', 'body must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
+/** The body of POST /v1/rollouts (untrusted: a fuzz target). Throws ApiError 400 naming the field. */
+export function parseStartBody(b: Record<string, unknown>) {
+  const allowed = ['channel', 'release', 'waves', 'maxFailures', 'waveWait', 'window'];
+  for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
+  const str = (k: string, optional = false): string | undefined => {
+    const v = b[k];
+    if (v === undefined && optional) return undefined;
+    if (typeof v !== 'string' || v.length > 1024) throw new ApiError(400, 'BAD_BODY', `${k} must be a string`);
+    return v;
+  };
+  const channel = str('channel')!;
+  const release = str('release')!;
+  if (!CHANNEL_RE.test(channel)) throw new ApiError(400, 'BAD_CHANNEL', `${JSON.stringify(channel)} is not a channel name`);
+  if (!isReleaseId(release)) throw new ApiError(400, 'BAD_RELEASE', `${JSON.stringify(release)} is not a release id (32 hex characters)`);
+  const waves = parseWaves(str('waves')!);
+  if (typeof waves === 'string') throw new ApiError(400, 'BAD_WAVES', `waves ${waves}`);
+  const maxFailures = parseMaxFailures(str('maxFailures')!);
+  if (typeof maxFailures === 'string') throw new ApiError(400, 'BAD_MAX_FAILURES', `maxFailures: ${maxFailures}`);
+  const ww = str('waveWait', true);
+  const waveWaitMs = ww === undefined ? null : parseDuration(ww);
+  if (typeof waveWaitMs === 'string') throw new ApiError(400, 'BAD_WAVE_WAIT', `waveWait: ${waveWaitMs}`);
+  const window = str('window', true) ?? null;
+  if (window !== null) {
+    const w = parseWindow(window);
+    if (typeof w === 'string') throw new ApiError(400, 'BAD_WINDOW', `window ${w}`);
+  }
+  return { channel, release, waves, maxFailures, waveWaitMs, window };
+}
+
+export interface PollBody {
+  channel: string;
+  group: string;
+  member: string;
+  release?: string;
+  state?: ReportedState;
+  reason?: string;
+}
+
+/** The body of POST /v1/rollouts/poll (untrusted: a fuzz target). Throws ApiError 400 naming the field. */
+export function parsePollBody(b: Record<string, unknown>): PollBody {
+  const allowed = ['channel', 'group', 'member', 'release', 'state', 'reason'];
+  for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
+  if (typeof b.channel !== 'string' || !CHANNEL_RE.test(b.channel)) throw new ApiError(400, 'BAD_BODY', 'channel must be a channel name');
+  if (typeof b.group !== 'string' || !NAME_RE.test(b.group)) throw new ApiError(400, 'BAD_BODY', 'group must be 1-128 characters of letters, digits and . _ : @ -');
+  if (typeof b.member !== 'string' || !NAME_RE.test(b.member)) throw new ApiError(400, 'BAD_BODY', 'member must be 1-128 characters of letters, digits and . _ : @ -');
+  if (b.release !== undefined && (typeof b.release !== 'string' || !isReleaseId(b.release))) throw new ApiError(400, 'BAD_BODY', 'release must be a release id');
+  if (b.state !== undefined && !REPORTED_STATES.includes(b.state as ReportedState)) throw new ApiError(400, 'BAD_BODY', `state must be one of ${REPORTED_STATES.join(', ')}`);
+  if ((b.state === undefined) !== (b.release === undefined)) throw new ApiError(400, 'BAD_BODY', 'release and state go together');
+  if (b.reason !== undefined && (typeof b.reason !== 'string' || b.reason.length > 512)) throw new ApiError(400, 'BAD_BODY', 'reason must be a string of at most 512 characters');
+  return b as unknown as PollBody;
+}
