@@ -43,10 +43,15 @@ async function pageTest(t: ExecutionContext): Promise<void> {
   for (const m of members.slice(0, 2)) await post('/v1/join', { release: f.b.id, group: m.group, member: m.member });
   // ... and keep heartbeating while the browser looks (members that go quiet leave the view).
   const beat = setInterval(() => {
-    for (const m of members.slice(0, 2)) void fetch(f.url + '/v1/heartbeat', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ release: f.b.id, group: m.group, member: m.member }) }).catch(() => undefined);
+    // Each reports what it took from its LAN and forwarded as a gateway (the page's columns).
+    for (const [i, m] of members.slice(0, 2).entries()) {
+      const body = { release: f.b.id, group: m.group, member: m.member, lanBytes: (i + 2) * 1048576, forwarded: 40 + i };
+      void fetch(f.url + '/v1/heartbeat', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }).catch(() => undefined);
+    }
   }, 300);
   t.teardown(() => clearInterval(beat));
-  const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { groups: { release: string; units: number; members: { id: string; verifiedUnits: number; originBytes: number }[] }[] };
+  await new Promise((r) => setTimeout(r, 700)); // a heartbeat or two with those numbers
+  const fleet = JSON.parse((await f.cli(['fleet', '--json'])).stdout) as { groups: { release: string; units: number; members: { id: string; verifiedUnits: number; originBytes: number; lanBytes: number; forwarded: number }[] }[] };
   const cli = await f.cli(['rollout', 'status', s0.id, '--json']);
   t.is(cli.code, 0, cli.stderr);
   const s = JSON.parse(cli.stdout) as Summary;
@@ -71,6 +76,9 @@ async function pageTest(t: ExecutionContext): Promise<void> {
   for (const { g, m } of joined) {
     t.is(shown.get(`${g.release}/${m.id}/verified`), `${m.verifiedUnits}/${g.units}`);
     t.is(shown.get(`${g.release}/${m.id}/origin`), `${(m.originBytes / 1048576).toFixed(1)} MiB`);
+    t.true(m.lanBytes >= 2 * 1048576, 'the heartbeats carried lanBytes');
+    t.is(shown.get(`${g.release}/${m.id}/lan`), `${(m.lanBytes / 1048576).toFixed(1)} MiB`);
+    t.is(shown.get(`${g.release}/${m.id}/forwarded`), `${m.forwarded} fragments`);
   }
   // The page pulls nothing from elsewhere.
   const html = await (await fetch(`${f.url}/ui/`)).text();

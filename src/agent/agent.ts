@@ -613,6 +613,7 @@ export class Agent {
       // Downloads paused while our own copies to other sites drain: alive and sending, not a straggler.
       ...(this.cross.copyBytesQueued > AGENT_DEFAULTS.crossQueueMaxBytes / 2 ? { copying: true } : {}),
       forwarded: this.stats.fragmentsForwarded,
+      lanBytes: this.stats.lanBytes,
       ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),
     });

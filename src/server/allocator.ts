@@ -104,6 +104,8 @@ export interface MemberView {
   role: 'gateway' | 'member';
   /** Fragments it re-multicast as a gateway (its own count, from heartbeats). */
   forwarded: number;
+  /** Release bytes it took from its LAN peers (its own count, from heartbeats). */
+  lanBytes: number;
   /** Times it lost the gateway role for forwarding nothing while its group lacked units held elsewhere. */
   gatewayDemotions: number;
   /** Units it claimed to hold that its LAN group kept asking for: claims that did not deliver. */
@@ -135,6 +137,8 @@ interface Member {
   /** Fragments re-multicast as a gateway (the member's own cumulative count) and when it last grew. */
   forwarded: number;
   forwardedAt: number;
+  /** Release bytes it took from its LAN peers (its own count, from heartbeats). */
+  lanBytes: number;
   /** Not eligible as a gateway before this (it held the role and forwarded nothing). */
   demotedUntil: number;
   gatewayDemotions: number;
@@ -225,6 +229,7 @@ export class GroupAllocator {
       lanGroup?: string;
       dataPort?: number | null;
       forwarded?: number;
+      lanBytes?: number;
     } = {},
   ): void {
     let m = this.members.get(id);
@@ -243,6 +248,7 @@ export class GroupAllocator {
         complete: this.opts.unitCount === 0,
         forwarded: 0,
         forwardedAt: now,
+        lanBytes: 0,
         demotedUntil: 0,
         gatewayDemotions: 0,
         distrust: null,
@@ -254,6 +260,7 @@ export class GroupAllocator {
     if (info.address !== undefined) m.address = info.address;
     if (info.lanGroup !== undefined) m.lanGroup = info.lanGroup;
     if (info.dataPort !== undefined) m.dataPort = info.dataPort;
+    if (info.lanBytes !== undefined) m.lanBytes = info.lanBytes;
     if (info.forwarded !== undefined && info.forwarded !== m.forwarded) {
       m.forwarded = info.forwarded;
       m.forwardedAt = now;
@@ -729,6 +736,7 @@ export class GroupAllocator {
       dataPort: m.dataPort,
       role: gw.get(m.lanGroup) === m.id ? ('gateway' as const) : ('member' as const),
       forwarded: m.forwarded,
+      lanBytes: m.lanBytes,
       gatewayDemotions: m.gatewayDemotions,
       undeliveredClaims: m.undeliveredClaims,
       rank: i + 1,

@@ -81,10 +81,12 @@ function renderFleet(f) {
   if (!f.groups.length) { box.appendChild(el('p', {}, 'No agent has joined.')); return; }
   for (const g of f.groups) {
     box.appendChild(el('h3', {}, (g.name || '?') + ' (' + g.release.slice(0, 12) + '…) ' + (g.wide ? 'wide-area group ' : 'group ') + g.group + ': ' + g.members.length + ' member(s), ' + (g.groupComplete ? 'complete' : g.missingUnits + ' unit(s) nobody holds yet')));
-    box.appendChild(table(['member', 'LAN group', 'role', 'progress', 'from origin', 'hook', 'last seen'], g.members.map((m) => [
+    box.appendChild(table(['member', 'LAN group', 'role', 'progress', 'from origin', 'from LAN', 'forwarded as gateway', 'hook', 'last seen'], g.members.map((m) => [
       m.id, m.group || g.group, (m.role || 'member') + ' #' + m.rank,
       num(g.release + '/' + m.id + '/verified', m.verifiedUnits + '/' + (g.units === null ? '?' : g.units) + (m.complete ? ' done' : '')),
       num(g.release + '/' + m.id + '/origin', m.originBytes === undefined ? '—' : MB(m.originBytes)),
+      num(g.release + '/' + m.id + '/lan', m.lanBytes === undefined ? '—' : MB(m.lanBytes)),
+      num(g.release + '/' + m.id + '/forwarded', m.forwarded === undefined ? '—' : m.forwarded + ' fragments'),
       m.hook ? (m.hook.exitCode !== null ? 'exit ' + m.hook.exitCode : (m.hook.signal || m.hook.error || 'failed')) : '—',
       (m.lastSeenMsAgo / 1000).toFixed(1) + ' s ago'])));
   }

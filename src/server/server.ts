@@ -644,6 +644,7 @@ export class FleetcastServer {
           lanGroup: b.group,
           dataPort: b.dataPort ?? null,
           forwarded: b.forwarded,
+          lanBytes: b.lanBytes,
         });
         const scope = parseAllocatorKey(key);
         if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${scope.wide ? ` (wide-area group ${scope.group})` : ''}`);

@@ -62,6 +62,8 @@ export interface HeartbeatBody extends MemberRef {
   fetchingBytes?: number[];
   /** Its downloads wait for its own copies to other groups to leave (it is sending, not straggling). */
   copying?: boolean;
+  /** Release bytes the member took from its LAN peers (copies and repairs), since it started on the release. */
+  lanBytes?: number;
   /** Fragments the member re-multicast as its LAN group's gateway, since it started. */
   forwarded?: number;
   /** The wide-area group the member's LAN group belongs to. */
@@ -96,7 +98,7 @@ export interface HookBody extends MemberRef {
   error?: string;
 }
 
-type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256' | 'bool'; optional?: boolean; max?: number };
+type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256' | 'bool' | 'count'; optional?: boolean; max?: number };
 
 const REF: Record<string, FieldSpec> = {
   release: { kind: 'release' },
@@ -112,6 +114,7 @@ export const SCHEMAS = {
     fetching: { kind: 'uintArray', optional: true, max: 1024 },
     fetchingBytes: { kind: 'uintArray', optional: true, max: 1024 },
     forwarded: { kind: 'uint', optional: true },
+    lanBytes: { kind: 'count', optional: true },
     copying: { kind: 'bool', optional: true },
     wideGroup: { kind: 'id', optional: true },
     dataPort: { kind: 'uint', optional: true },
@@ -142,6 +145,8 @@ function checkField(name: string, v: unknown, spec: FieldSpec): string | null {
       if (!Array.isArray(v) || v.length > (spec.max ?? 1024)) return `${name} must be an array of at most ${spec.max ?? 1024} integers`;
       for (const x of v) if (!Number.isSafeInteger(x) || x < 0 || x > 0xffffffff) return `${name} must hold non-negative integers`;
       return null;
+    case 'count':
+      return Number.isSafeInteger(v) && (v as number) >= 0 ? null : `${name} must be a non-negative integer`;
     case 'bool':
       return typeof v === 'boolean' ? null : `${name} must be true or false`;
     case 'sha256':
