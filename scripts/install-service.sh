@@ -67,6 +67,14 @@ rm -rf "$OPT.old"
 mv "$OPT.new" "$OPT"
 rm -rf "$OPT.old"
 ln -sf /opt/fleetcast/bin/fleetcast.js "$DESTDIR/usr/local/bin/fleetcast"
+# Man pages (the units' Documentation=) and bash completion, made from --help.
+MAN="$DESTDIR/usr/local/share/man/man1"
+mkdir -p "$MAN" "$DESTDIR/usr/local/share/bash-completion/completions"
+DOCS=$(mktemp -d)
+node "$SRC/scripts/gen-docs.js" "$DOCS" >/dev/null
+for m in "$DOCS"/man1/*.1; do gzip -9n < "$m" > "$MAN/$(basename "$m").gz"; done
+install -m 0644 "$DOCS/bash-completion/fleetcast" "$DESTDIR/usr/local/share/bash-completion/completions/fleetcast"
+rm -rf "$DOCS"
 
 install -m 0644 "$SRC/systemd/fleetcast-agent.service" "$SRC/systemd/fleetcast-server.service" "$UNITS/"
 if [ "$IGMP" = 1 ]; then
