@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { bootContainer, containerUnsupported, journal, ok, until } from './helpers/container';
 import { rootTest } from './helpers/netns';
+import { agentYaml, completedRelease, makeOrigin, serverYaml, writeFile } from './helpers/units';
 
 /**
  * The units as installed, under a real systemd booted in its own container
@@ -14,27 +15,6 @@ import { rootTest } from './helpers/netns';
 
 const root = path.join(__dirname, '..', '..');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-const serverYaml = `store: /var/lib/fleetcast-server
-listen: 127.0.0.1:7600
-plain_http: true
-tokens_file: /etc/fleetcast/tokens
-heartbeat_ms: 500
-log_level: info
-`;
-
-const agentYaml = (extra: string) => `server: http://127.0.0.1:7600
-plain_http: true
-token_file: /etc/fleetcast/token
-group: site-a
-interface: 127.0.0.1
-multicast: 239.192.0.1:7601
-storage: /var/lib/fleetcast
-trust:
-  - /etc/fleetcast/server.pub
-channel_poll: 1
-log_level: info
-${extra}`;
 
 // The units' watchdog is 30 s; a short one here shows within seconds that it is fed.
 const shortWatchdog = `[Service]
@@ -62,31 +42,14 @@ rootTest(
 
     step('install-service done');
     // The origin's key, a device token (0640: only root and the fleetcast group read them), a release on channel stable.
-    await ok(t, c, [
-      'set -e',
-      'fleetcast keygen --out /etc/fleetcast >/dev/null',
-      'tok=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n")',
-      'umask 027',
-      'printf "%s\\n" "$tok" > /etc/fleetcast/token',
-      'printf "box1 %s\\n" "$tok" > /etc/fleetcast/tokens',
-      'chmod 0640 /etc/fleetcast/token /etc/fleetcast/tokens /etc/fleetcast/server.pub',
-    ].join('\n'));
-    const modes = await ok(t, c, 'stat -c "%a %G" /etc/fleetcast/token /etc/fleetcast/server.pub');
-    t.is(modes.trim(), '640 fleetcast\n640 fleetcast', 'files put in /etc/fleetcast take its group');
-    const pub = await ok(t, c, [
-      'set -e',
-      'head -c 3000000 /dev/urandom > /root/fw.img',
-      'fleetcast publish /root/fw.img --store /var/lib/fleetcast-server --key /etc/fleetcast/server.key --unit-size 262144 --channel stable',
-    ].join('\n'));
-    const id = pub.trim().split('\n').at(-1)!;
-    const sha = (await ok(t, c, 'sha256sum /root/fw.img')).split(' ')[0];
+    const { id, sha } = await makeOrigin(t, c);
 
     step('publish done');
     // The agent starts on a channel that has nothing yet; a reload moves it to stable.
     await ok(t, c, [
       'set -e',
-      `cat > /etc/fleetcast/server.yaml <<'EOF'\n${serverYaml}EOF`,
-      `cat > /etc/fleetcast/agent.yaml <<'EOF'\n${agentYaml('channel: beta\n')}EOF`,
+      writeFile('/etc/fleetcast/server.yaml', serverYaml),
+      writeFile('/etc/fleetcast/agent.yaml', agentYaml('channel: beta\n')),
       'for u in agent server; do mkdir -p /etc/systemd/system/fleetcast-$u.service.d',
       `  printf '${shortWatchdog.replace(/\n/g, '\\n')}' > /etc/systemd/system/fleetcast-$u.service.d/watchdog.conf; done`,
       'systemctl daemon-reload',
@@ -115,16 +78,13 @@ rootTest(
 
     step('started done');
     // systemctl reload: the channel and the hook change in the running process.
-    await ok(t, c, `cat > /etc/fleetcast/agent.yaml <<'EOF'\n${agentYaml('channel: stable\non_complete: echo "$FLEETCAST_SHA256 $FLEETCAST_FILE" > /run/fleetcast/hook.out\n')}EOF`);
+    await ok(t, c, writeFile('/etc/fleetcast/agent.yaml', agentYaml('channel: stable\non_complete: echo "$FLEETCAST_SHA256 $FLEETCAST_FILE" > /run/fleetcast/hook.out\n')));
     await ok(t, c, 'systemctl reload fleetcast-agent');
     await until('the reload to be logged', 20_000, async () => /reloaded \/etc\/fleetcast\/agent\.yaml: changed .*channel/.test(await journal(c, 'fleetcast-agent')));
 
     step('reload done');
     // The agent completes the release from the server; the hook saw the verified file.
-    const done = await until('the agent to complete the release', 90_000, async () => {
-      const st = JSON.parse((await c.sh('fleetcast status --json')).stdout) as { release: { id: string; complete: boolean; path: string } | null };
-      return st.release?.complete ? st.release : null;
-    });
+    const done = await until('the agent to complete the release', 90_000, () => completedRelease(c));
     t.is(done.id, id);
     const [hookSha, hookFile] = (await until('the hook', 30_000, async () => (await c.sh('cat /run/fleetcast/hook.out')).stdout.trim())).split(' ');
     t.is(hookSha, sha);
