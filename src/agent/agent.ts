@@ -52,6 +52,11 @@ export const AGENT_DEFAULTS = {
   fetchConcurrency: 2,
   tickMs: 5,
   announceMs: 400,
+  /**
+   * Holding the whole release while every peer heard does too, announces go out this
+   * often instead (an idle agent's cost); under peerTimeoutMs so peers keep us listed.
+   */
+  idleAnnounceMs: 2000,
   announceDebounceMs: 10,
   /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
   gapQuietMs: 25,
@@ -334,6 +339,7 @@ export class Agent {
   private tickTimer: NodeJS.Timeout | null = null;
   private drainTimer: NodeJS.Timeout | null = null;
   private announceTimer: NodeJS.Timeout | null = null;
+  private lastAnnounceAt = -Infinity;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private waitingWritable = false;
   private finishing = false;
@@ -494,7 +500,7 @@ export class Agent {
       this.checkStall();
     }, this.heartbeatMs);
     this.ensureTicking();
-    this.announceTimer = setInterval(() => this.announce(), AGENT_DEFAULTS.announceMs);
+    this.announceTimer = setInterval(() => this.announceOnTimer(), AGENT_DEFAULTS.announceMs);
     this.announce();
     // Already complete, or nothing to fetch at all (an empty release has no units).
     if (this.store.isComplete || this.store.verifiedUnits === this.manifest.unitCount) {
@@ -1590,12 +1596,28 @@ export class Agent {
     this.announcePending.unref();
   }
 
+  /**
+   * The periodic announce. Idle (complete here and at every peer heard) it goes out every
+   * idleAnnounceMs; a joiner's first announce (incomplete) brings back the fast pace at
+   * the next timer. Announces for other reasons (a unit verified, new copy destinations)
+   * always go out.
+   */
+  private announceOnTimer(): void {
+    if (this.closed || !this.store) return;
+    if (this.store.isComplete && Date.now() - this.lastAnnounceAt < AGENT_DEFAULTS.idleAnnounceMs) {
+      for (const p of this.peers.values()) if (!p.complete) return this.announce();
+      return;
+    }
+    this.announce();
+  }
+
   private announce(): void {
     if (this.closed || !this.store) return;
     // Forget peers gone quiet: sender ids are cheap to invent, so the map must not grow forever.
     const now = Date.now();
     for (const [id, p] of this.peers) if (now - p.lastSeen > AGENT_DEFAULTS.peerTimeoutMs) this.peers.delete(id);
     this.ageAssemblies(now);
+    this.lastAnnounceAt = now;
     const bits = this.store.bitmap();
     // Units whose copies are still queued are not announced: peers would NACK
     // fragments that are on their way.
