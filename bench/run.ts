@@ -183,7 +183,10 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', r
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
-  if (what === 'idle') return writeResult('idle', idleReport(await benchIdle(Number(runsArg ?? 60)), machine()));
+  if (what === 'idle') {
+    const seconds = Number(runsArg ?? 60);
+    return writeResult('idle', idleReport([await benchIdle(seconds, 1000), await benchIdle(seconds, 5000)], machine()));
+  }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what !== 'demo') {
     process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, idle, lan, sites, policies, uplinks\n`);
