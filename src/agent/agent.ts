@@ -634,6 +634,7 @@ export class Agent {
     } else this.lanStart = start;
     if (map.groupKey) this.groupKey = Buffer.from(map.groupKey, 'base64');
     this.nacks?.setGroupSize(map.members.length);
+    this.ensureTicking(); // a new role or copy destinations may need the tick again
     // Taken before the heartbeat timer starts; later changes apply on restart.
     if (!this.heartbeatTimer) this.heartbeatMs = map.heartbeatMs;
     this.wake();
@@ -1229,18 +1230,28 @@ export class Agent {
     for (const job of this.repairs.due(now)) void this.sendRepair(job.unit, job.fragments);
     this.crossFeedback(now);
     this.drain();
-    // Holding the complete release with no repair pending, there is nothing to time:
-    // the tick stops until a NACK schedules a repair (an idle agent would otherwise wake
-    // 200 times a second, about 2% of a core).
-    if (this.store.isComplete && this.repairs.nextDueIn(now) === null && this.tickTimer) {
+    // An idle agent would otherwise wake 200 times a second (about 2% of a core).
+    if (this.tickTimer && !this.needsTick(now)) {
       clearInterval(this.tickTimer);
       this.tickTimer = null;
     }
   }
 
-  /** The tick runs while the release is incomplete (NACK timing) or a repair is pending. */
+  /**
+   * Whether the tick has anything to time: NACKs while units are missing, repairs
+   * pending, and cross-group pacing (a gateway's FEEDBACK reports, a path's silence
+   * check) while this agent is a gateway, copies to other sites or has unicast queued.
+   */
+  private needsTick(now: number): boolean {
+    if (!this.store.isComplete || this.repairs.nextDueIn(now) !== null) return true;
+    if (this.role === 'gateway' || this.copyTo.length > 0) return true;
+    return this.cross.view().some((p) => p.queued > 0);
+  }
+
+  /** Start the tick if it stopped and has something to time again. */
   private ensureTicking(): void {
     if (this.tickTimer || this.closed) return;
+    if (this.store && !this.needsTick(Date.now())) return;
     this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);
   }
 
@@ -1447,6 +1458,7 @@ export class Agent {
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, forward: true, unit, fragment, fragmentCount: fc, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
     this.cross.queue(d, to, repair, Date.now());
+    this.ensureTicking();
     if (!repair) {
       // Not announced until its cross-group copies are out too: a gateway would NACK them.
       this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
