@@ -1240,11 +1240,12 @@ export class Agent {
   /**
    * Whether the tick has anything to time: NACKs while units are missing, repairs
    * pending, and cross-group pacing (a gateway's FEEDBACK reports, a path's silence
-   * check) while this agent is a gateway, copies to other sites or has unicast queued.
+   * check) while this agent is a wide-area group's gateway, copies to other sites or has
+   * unicast queued. (A plain LAN group's gateway has no cross-group traffic.)
    */
   private needsTick(now: number): boolean {
     if (!this.store.isComplete || this.repairs.nextDueIn(now) !== null) return true;
-    if (this.role === 'gateway' || this.copyTo.length > 0) return true;
+    if ((this.opts.wideGroup && this.role === 'gateway') || this.copyTo.length > 0) return true;
     return this.cross.view().some((p) => p.queued > 0);
   }
 
