@@ -43,7 +43,8 @@ function parse(text) {
       section = null;
       continue;
     }
-    const head = /^([A-Z][A-Za-z -]*):\s*$/.exec(l);
+    // "Options:", "Exit status (sysexits):": a section title, with an optional note.
+    const head = /^([A-Z][A-Za-z -]*?)(?: \([^)]*\))?:\s*$/.exec(l);
     if (head) {
       flush();
       section = { kind: 'section', title: head[1], rows: [] };
