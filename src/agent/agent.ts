@@ -53,8 +53,8 @@ export const AGENT_DEFAULTS = {
   tickMs: 5,
   announceMs: 400,
   /**
-   * Holding the whole release while every peer heard does too, announces go out this
-   * often instead (an idle agent's cost); under peerTimeoutMs so peers keep us listed.
+   * Holding the whole release while every peer heard does too, the announce timer runs
+   * this often instead (an idle agent's wake-ups); under peerTimeoutMs so peers keep us listed.
    */
   idleAnnounceMs: 2000,
   announceDebounceMs: 10,
@@ -339,7 +339,8 @@ export class Agent {
   private tickTimer: NodeJS.Timeout | null = null;
   private drainTimer: NodeJS.Timeout | null = null;
   private announceTimer: NodeJS.Timeout | null = null;
-  private lastAnnounceAt = -Infinity;
+  /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
+  private announceEveryMs = 0;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private waitingWritable = false;
   private finishing = false;
@@ -500,7 +501,7 @@ export class Agent {
       this.checkStall();
     }, this.heartbeatMs);
     this.ensureTicking();
-    this.announceTimer = setInterval(() => this.announceOnTimer(), AGENT_DEFAULTS.announceMs);
+    this.setAnnouncePace(AGENT_DEFAULTS.announceMs);
     this.announce();
     // Already complete, or nothing to fetch at all (an empty release has no units).
     if (this.store.isComplete || this.store.verifiedUnits === this.manifest.unitCount) {
@@ -1106,6 +1107,8 @@ export class Agent {
       case PacketType.ANNOUNCE: {
         if (via) this.cross.announced(via, p.auth!.seq, now);
         peer.complete = p.complete;
+        // A peer that lacks units: back to the fast pace (we may be idle).
+        if (!p.complete) this.setAnnouncePace(AGENT_DEFAULTS.announceMs);
         const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
         for (let u = p.firstUnit; u < end; u++) {
           if (!getBit(p.have, u - p.firstUnit) || this.store.has(u) || this.availableMissing.has(u)) continue;
@@ -1610,18 +1613,24 @@ export class Agent {
   }
 
   /**
-   * The periodic announce. Idle (complete here and at every peer heard) it goes out every
-   * idleAnnounceMs; a joiner's first announce (incomplete) brings back the fast pace at
-   * the next timer. Announces for other reasons (a unit verified, new copy destinations)
-   * always go out.
+   * The periodic announce. Idle (complete here and at every peer heard) the timer runs
+   * every idleAnnounceMs instead of announceMs: fewer wake-ups. An announce from a peer
+   * that lacks units brings back the fast pace at once. Announces for other reasons (a
+   * unit verified, new copy destinations) go out whatever the pace.
    */
   private announceOnTimer(): void {
     if (this.closed || !this.store) return;
-    if (this.store.isComplete && Date.now() - this.lastAnnounceAt < AGENT_DEFAULTS.idleAnnounceMs) {
-      for (const p of this.peers.values()) if (!p.complete) return this.announce();
-      return;
-    }
     this.announce();
+    let idle = this.store.isComplete;
+    for (const p of this.peers.values()) if (!p.complete) idle = false;
+    this.setAnnouncePace(idle ? AGENT_DEFAULTS.idleAnnounceMs : AGENT_DEFAULTS.announceMs);
+  }
+
+  private setAnnouncePace(ms: number): void {
+    if (this.closed || (this.announceTimer && this.announceEveryMs === ms)) return;
+    if (this.announceTimer) clearInterval(this.announceTimer);
+    this.announceEveryMs = ms;
+    this.announceTimer = setInterval(() => this.announceOnTimer(), ms);
   }
 
   private announce(): void {
@@ -1630,7 +1639,6 @@ export class Agent {
     const now = Date.now();
     for (const [id, p] of this.peers) if (now - p.lastSeen > AGENT_DEFAULTS.peerTimeoutMs) this.peers.delete(id);
     this.ageAssemblies(now);
-    this.lastAnnounceAt = now;
     const bits = this.store.bitmap();
     // Units whose copies are still queued are not announced: peers would NACK
     // fragments that are on their way.
