@@ -64,10 +64,17 @@ function alive(pid: number): boolean {
   }
 }
 
-async function childOf(pid: number): Promise<number | null> {
-  const txt = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
-  const first = txt.trim().split(/\s+/).filter(Boolean)[0];
-  return first ? Number(first) : null;
+/**
+ * The container's init: the child of systemd-nspawn that is PID 1 in its own PID
+ * namespace. (nspawn's short-lived outer child is listed first for a moment.)
+ */
+async function containerInit(nspawnPid: number): Promise<number | null> {
+  const txt = await readFile(`/proc/${nspawnPid}/task/${nspawnPid}/children`, 'utf8').catch(() => '');
+  for (const c of txt.trim().split(/\s+/).filter(Boolean)) {
+    const status = await readFile(`/proc/${c}/status`, 'utf8').catch(() => '');
+    if (/^NSpid:\s+\d+\s+1\s*$/m.test(status)) return Number(c);
+  }
+  return null;
 }
 
 /** Boot a container; it is powered off (and, if it does not go, killed) at the test's teardown. */
@@ -91,6 +98,8 @@ export async function bootContainer(t: ExecutionContext, opts: BootOptions = {})
 
   t.teardown(async () => {
     reaper?.kill('SIGKILL');
+    // Booting may have failed before the init was known: look once more.
+    if ((!init || !alive(init)) && nspawn.pid && nspawn.exitCode === null) init = await containerInit(nspawn.pid);
     if (init && alive(init)) {
       try {
         process.kill(init, POWEROFF);
@@ -108,7 +117,7 @@ export async function bootContainer(t: ExecutionContext, opts: BootOptions = {})
 
   for (let i = 0; i < 200 && !init; i++) {
     if (nspawn.exitCode !== null) throw new Error(`systemd-nspawn exited with ${nspawn.exitCode}: ${out}`);
-    init = nspawn.pid ? await childOf(nspawn.pid) : null;
+    init = nspawn.pid ? await containerInit(nspawn.pid) : null;
     if (!init) await sleep(100);
   }
   if (!init) throw new Error(`the container's init did not appear: ${out}`);
