@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
+import { benchIdle, idleReport } from './idle';
 
 /**
  * `npm run bench -- demo [RUNS]`: the loopback demo at 0% and 5% loss, 64 MiB, 4 agents,
@@ -182,9 +183,13 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', r
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
+  if (what === 'idle') {
+    const seconds = Number(runsArg ?? 60);
+    return writeResult('idle', idleReport([await benchIdle(seconds, 1000), await benchIdle(seconds, 5000)], machine()));
+  }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, lan, sites, policies, uplinks\n`);
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, idle, lan, sites, policies, uplinks\n`);
     process.exit(64);
   }
   const runs = Number(runsArg ?? 5);

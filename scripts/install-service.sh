@@ -2,6 +2,9 @@
 # Install fleetcast on this box as systemd services: the built package under
 # /opt/fleetcast, /usr/local/bin/fleetcast, the units, and example configs in
 # /etc/fleetcast (an existing config is never overwritten).
+# The services run as a dynamic user (DynamicUser=yes) that reads /etc/fleetcast through
+# the system group fleetcast (SupplementaryGroups=fleetcast): the directory is 2750
+# root:fleetcast, so files put there later take the group too; keep them 0640.
 #
 #   npm install && sudo npm run install-service [-- --igmp-querier] [-- --destdir DIR]
 #
@@ -18,7 +21,7 @@ while [ $# -gt 0 ]; do
     --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
     --igmp-querier) IGMP=1; shift ;;
     --enable) ENABLE=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-service: unknown option $1 (try --help)" >&2; exit 64 ;;
   esac
 done
@@ -39,6 +42,14 @@ ETC="$DESTDIR/etc/fleetcast"
 
 echo "installing fleetcast from $SRC into ${DESTDIR:-/}"
 mkdir -p "$OPT" "$UNITS" "$ETC" "$DESTDIR/usr/local/bin"
+# The group the units' dynamic user reads /etc/fleetcast through (--destdir: the
+# package's own scripts create it on the target, so only the mode is set here).
+GROUP=fleetcast
+if [ -z "$DESTDIR" ]; then
+  getent group "$GROUP" >/dev/null || groupadd --system "$GROUP"
+  chgrp "$GROUP" "$ETC"
+fi
+chmod 2750 "$ETC"
 # The package itself, outside /home and /root (the units use ProtectHome=yes).
 rm -rf "$OPT.new"
 mkdir -p "$OPT.new"
@@ -56,6 +67,14 @@ rm -rf "$OPT.old"
 mv "$OPT.new" "$OPT"
 rm -rf "$OPT.old"
 ln -sf /opt/fleetcast/bin/fleetcast.js "$DESTDIR/usr/local/bin/fleetcast"
+# Man pages (the units' Documentation=) and bash completion, made from --help.
+MAN="$DESTDIR/usr/local/share/man/man1"
+mkdir -p "$MAN" "$DESTDIR/usr/local/share/bash-completion/completions"
+DOCS=$(mktemp -d)
+node "$SRC/scripts/gen-docs.js" "$DOCS" >/dev/null
+for m in "$DOCS"/man1/*.1; do gzip -9n < "$m" > "$MAN/$(basename "$m").gz"; done
+install -m 0644 "$DOCS/bash-completion/fleetcast" "$DESTDIR/usr/local/share/bash-completion/completions/fleetcast"
+rm -rf "$DOCS"
 
 install -m 0644 "$SRC/systemd/fleetcast-agent.service" "$SRC/systemd/fleetcast-server.service" "$UNITS/"
 if [ "$IGMP" = 1 ]; then
@@ -67,6 +86,7 @@ for kind in agent server; do
     echo "kept your $ETC/$kind.yaml; the current example is $ETC/$kind.yaml.example"
   else
     install -m 0640 "$SRC/systemd/$kind.yaml.example" "$ETC/$kind.yaml"
+    [ -z "$DESTDIR" ] && chgrp "$GROUP" "$ETC/$kind.yaml"
     echo "wrote $ETC/$kind.yaml: edit it, then check it with: fleetcast config check $ETC/$kind.yaml"
   fi
   install -m 0644 "$SRC/systemd/$kind.yaml.example" "$ETC/$kind.yaml.example"
@@ -76,6 +96,7 @@ if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   [ "$ENABLE" = 1 ] && systemctl enable --now fleetcast-agent
   echo "start with: systemctl enable --now fleetcast-agent (or fleetcast-server on the origin)"
+  echo "files the services read in $ETC (token, keys, certificates) must be readable by group $GROUP (0640 root:$GROUP)"
 else
   echo "systemd is not running here (or --destdir was given): not reloading it"
 fi

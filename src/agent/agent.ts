@@ -52,6 +52,11 @@ export const AGENT_DEFAULTS = {
   fetchConcurrency: 2,
   tickMs: 5,
   announceMs: 400,
+  /**
+   * Holding the whole release while every peer heard does too, the announce timer runs
+   * this often instead (an idle agent's wake-ups); under peerTimeoutMs so peers keep us listed.
+   */
+  idleAnnounceMs: 2000,
   announceDebounceMs: 10,
   /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
   gapQuietMs: 25,
@@ -334,6 +339,8 @@ export class Agent {
   private tickTimer: NodeJS.Timeout | null = null;
   private drainTimer: NodeJS.Timeout | null = null;
   private announceTimer: NodeJS.Timeout | null = null;
+  /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
+  private announceEveryMs = 0;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private waitingWritable = false;
   private finishing = false;
@@ -493,8 +500,8 @@ export class Agent {
       });
       this.checkStall();
     }, this.heartbeatMs);
-    this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);
-    this.announceTimer = setInterval(() => this.announce(), AGENT_DEFAULTS.announceMs);
+    this.ensureTicking();
+    this.setAnnouncePace(AGENT_DEFAULTS.announceMs);
     this.announce();
     // Already complete, or nothing to fetch at all (an empty release has no units).
     if (this.store.isComplete || this.store.verifiedUnits === this.manifest.unitCount) {
@@ -629,6 +636,7 @@ export class Agent {
     } else this.lanStart = start;
     if (map.groupKey) this.groupKey = Buffer.from(map.groupKey, 'base64');
     this.nacks?.setGroupSize(map.members.length);
+    this.ensureTicking(); // a new role or copy destinations may need the tick again
     // Taken before the heartbeat timer starts; later changes apply on restart.
     if (!this.heartbeatTimer) this.heartbeatMs = map.heartbeatMs;
     this.wake();
@@ -1090,6 +1098,7 @@ export class Agent {
         let missing = p.missing;
         if (queued) missing = missing.map((b, i) => b & ~queued[i]);
         this.repairs.onNack(u, fc, missing, role === 'designated', now);
+        this.ensureTicking();
         return;
       }
       case PacketType.FEEDBACK: {
@@ -1099,6 +1108,8 @@ export class Agent {
       case PacketType.ANNOUNCE: {
         if (via) this.cross.announced(via, p.auth!.seq, now);
         peer.complete = p.complete;
+        // A peer that lacks units: back to the fast pace (we may be idle).
+        if (!p.complete) this.setAnnouncePace(AGENT_DEFAULTS.announceMs);
         const end = Math.min(this.manifest.unitCount, p.firstUnit + p.unitCount);
         for (let u = p.firstUnit; u < end; u++) {
           if (!getBit(p.have, u - p.firstUnit) || this.store.has(u) || this.availableMissing.has(u)) continue;
@@ -1223,6 +1234,30 @@ export class Agent {
     for (const job of this.repairs.due(now)) void this.sendRepair(job.unit, job.fragments);
     this.crossFeedback(now);
     this.drain();
+    // An idle agent would otherwise wake 200 times a second (about 2% of a core).
+    if (this.tickTimer && !this.needsTick(now)) {
+      clearInterval(this.tickTimer);
+      this.tickTimer = null;
+    }
+  }
+
+  /**
+   * Whether the tick has anything to time: NACKs while units are missing, repairs
+   * pending, and cross-group pacing (a gateway's FEEDBACK reports, a path's silence
+   * check) while this agent is a wide-area group's gateway, copies to other sites or has
+   * unicast queued. (A plain LAN group's gateway has no cross-group traffic.)
+   */
+  private needsTick(now: number): boolean {
+    if (!this.store.isComplete || this.repairs.nextDueIn(now) !== null) return true;
+    if ((this.opts.wideGroup && this.role === 'gateway') || this.copyTo.length > 0) return true;
+    return this.cross.view().some((p) => p.queued > 0);
+  }
+
+  /** Start the tick if it stopped and has something to time again. */
+  private ensureTicking(): void {
+    if (this.tickTimer || this.closed) return;
+    if (this.store && !this.needsTick(Date.now())) return;
+    this.tickTimer = setInterval(() => this.tick(), AGENT_DEFAULTS.tickMs);
   }
 
   /** As a gateway: report to each member of another group that sent us copies lately; slow paths that went silent. */
@@ -1428,6 +1463,7 @@ export class Agent {
     writeDataHeader(d, { sender: this.senderId, releaseId: this.manifest.idBytes, repair, forward: true, unit, fragment, fragmentCount: fc, fragmentBytes: this.fragmentBytes });
     d.set(payload, DATA_HEADER_BYTES);
     this.cross.queue(d, to, repair, Date.now());
+    this.ensureTicking();
     if (!repair) {
       // Not announced until its cross-group copies are out too: a gateway would NACK them.
       this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
@@ -1575,6 +1611,27 @@ export class Agent {
       this.announce();
     }, AGENT_DEFAULTS.announceDebounceMs);
     this.announcePending.unref();
+  }
+
+  /**
+   * The periodic announce. Idle (complete here and at every peer heard) the timer runs
+   * every idleAnnounceMs instead of announceMs: fewer wake-ups. An announce from a peer
+   * that lacks units brings back the fast pace at once. Announces for other reasons (a
+   * unit verified, new copy destinations) go out whatever the pace.
+   */
+  private announceOnTimer(): void {
+    if (this.closed || !this.store) return;
+    this.announce();
+    let idle = this.store.isComplete;
+    for (const p of this.peers.values()) if (!p.complete) idle = false;
+    this.setAnnouncePace(idle ? AGENT_DEFAULTS.idleAnnounceMs : AGENT_DEFAULTS.announceMs);
+  }
+
+  private setAnnouncePace(ms: number): void {
+    if (this.closed || (this.announceTimer && this.announceEveryMs === ms)) return;
+    if (this.announceTimer) clearInterval(this.announceTimer);
+    this.announceEveryMs = ms;
+    this.announceTimer = setInterval(() => this.announceOnTimer(), ms);
   }
 
   private announce(): void {

@@ -12,6 +12,7 @@ import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { RateMeter, verifiedBytes } from '../util/rate';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
+import type { HttpAnswer } from '../net/server-access';
 import { parseManifest } from '../release/manifest';
 import { writeAtomic } from '../storage/partial-store';
 import { InstallHooks, RolloutFollower } from './install';
@@ -183,16 +184,19 @@ export class AgentDaemon {
 
   async fetchChannel(): Promise<ChannelHead> {
     const ch = this.opts.channel!;
-    let res: Response;
+    // node:http with keep-alive, not fetch(): a cold fetch() cost an idle agent ~6 ms of
+    // CPU per poll, a third of its idle cost at the default 10 s poll.
+    let res: HttpAnswer;
+    let body: Buffer;
     try {
-      res = await this.opts.agent.server.fetch(`/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
+      res = await this.opts.agent.server.request('GET', `/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
+      body = await res.bytes();
     } catch (err) {
       throw tlsTrustProblem(err, this.opts.agent.server.url) ?? new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
-    const body = Buffer.from(await res.arrayBuffer());
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);
-    if (!res.ok) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
+    if (res.status < 200 || res.status > 299) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
     const head = parseChannelHead(body);
     if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
     return head;
