@@ -37,9 +37,12 @@ function script(o: { tmp: string; work: string; lines: string[]; unit: string; a
   const execStart = /^ExecStart=(.*)$/m.exec(o.unit)![1];
   const steps = o.lines.map((line, i) => {
     const longRunning = /^(sudo )?fleetcast (server|agent)\b/.test(line) && !/ --once\b/.test(line);
+    // `fleet` right after the agent's service started may come before its first join (as
+    // for an operator, who looks again): as written, again each second until it lists a group.
+    const fleet = /^fleetcast fleet\b/.test(line);
     return [
       `echo ${q(`::cmd ${i} ${line}`)}`,
-      longRunning ? `${line} > ${q(`${o.tmp}/bg-${i}.log`)} 2>&1 &` : line,
+      longRunning ? `${line} > ${q(`${o.tmp}/bg-${i}.log`)} 2>&1 &` : fleet ? `for _ in $(seq 60); do out=$(${line}); grep -q ' group ' <<<"$out" && break; sleep 1; done; echo "$out"` : line,
       // A server in the background: wait until it listens (its port from its config).
       longRunning && /fleetcast server/.test(line) ? `wait_listen "$(sed -n 's/^listen: .*:\\([0-9]*\\)$/\\1/p' ${line.match(/--config (\S+)/)?.[1] ?? ''})"` : '',
     ].filter(Boolean).join('\n');

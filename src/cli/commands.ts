@@ -197,6 +197,9 @@ export const server: Command = {
       throw new FleetcastError(e.code ?? 'LISTEN', `cannot listen on ${host}:${port}: ${e.message}`, ExitCode.UNAVAILABLE);
     }
     const stopMetrics = await startMetrics(server.spec, a.flags.metrics as string | undefined, () => s.metrics(), log);
+    // Handlers first, then the line that says we listen: a SIGTERM sent on reading it
+    // must not find the default action (the process would die by the signal, not exit 0).
+    const signalled = waitForSignal();
     log.info(`fleetcast server listening on ${addr.url} with ${s.store.list().length} release(s) from ${s.store.dir}`);
     const stopReload = onReload(server.spec, a, log, (f) => {
       const changed: string[] = [];
@@ -213,7 +216,7 @@ export const server: Command = {
     });
     sdNotify(`READY=1\nSTATUS=serving ${s.store.list().length} release(s) on ${addr.url}`);
     const stopWatchdog = startWatchdog();
-    await waitForSignal();
+    await signalled;
     sdNotify('STOPPING=1');
     stopWatchdog();
     stopReload();
