@@ -8,6 +8,7 @@ import { parseManifest, Manifest } from '../release/manifest';
 import { Directive, parsePollAnswer, parseWindow, windowAllows, WindowPart } from '../wire/rollout';
 import { writeAtomic } from '../storage/partial-store';
 import { Logger } from '../util/log';
+import { parseJsonObject } from '../wire/json-object';
 
 /**
  * Installs under a rollout (docs/rollouts.md): the agent stages the rollout's release
@@ -80,14 +81,9 @@ export function afterRestart(rec: InstallRecord): InstallRecord {
 const STATES: LocalState[] = ['staged', 'installing', 'installed', 'committed', 'failed', 'rolling-back', 'rolled-back'];
 
 export function parseInstallRecord(bytes: Uint8Array): InstallRecord | string {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch (err) {
-    return `not JSON: ${(err as Error).message}`;
-  }
-  const o = v as Record<string, unknown>;
-  if (typeof o !== 'object' || o === null || Array.isArray(o) || o.version !== 1) return 'not an install record (version 1)';
+  const o = parseJsonObject(bytes);
+  if (typeof o === 'string') return o.startsWith('not JSON') ? o : 'not an install record (version 1)';
+  if (o.version !== 1) return 'not an install record (version 1)';
   if (typeof o.release !== 'string' || typeof o.rollout !== 'string' || typeof o.path !== 'string') return 'release, rollout and path must be strings';
   if (!STATES.includes(o.state as LocalState)) return 'state is not an install state';
   if (o.reason !== null && typeof o.reason !== 'string') return 'reason must be a string or null';

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { isReleaseId } from './manifest';
 import { writeAtomic } from '../storage/partial-store';
 import { fromSystemError } from '../util/errors';
+import { parseJsonObject } from '../wire/json-object';
 
 /**
  * Channels: a name (stable, beta, ...) pointing at one release, the channel's current
@@ -36,14 +37,8 @@ export async function setChannel(storeDir: string, head: ChannelHead): Promise<v
 
 /** Parse a channel file's bytes (untrusted: also a fuzz target). */
 export function parseChannelHead(bytes: Uint8Array): ChannelHead | string {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch (err) {
-    return `not JSON: ${(err as Error).message}`;
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a JSON object';
-  const o = v as Record<string, unknown>;
+  const o = parseJsonObject(bytes);
+  if (typeof o === 'string') return o;
   if (typeof o.channel !== 'string' || !CHANNEL_RE.test(o.channel)) return 'channel must be a channel name';
   if (typeof o.release !== 'string' || !isReleaseId(o.release)) return 'release must be a release id';
   if (typeof o.name !== 'string' || o.name.length > 255) return 'name must be a string';

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { CHANNEL_RE } from '../release/channels';
 import { isReleaseId } from '../release/manifest';
 import { Directive, parseWindow, RolloutState } from '../wire/rollout';
+import { parseJsonObject } from '../wire/json-object';
 
 export { Directive, parseWindow, RolloutState, windowAllows, windowAllowsAt, WindowPart } from '../wire/rollout';
 
@@ -405,14 +406,8 @@ export const isRolloutId = (s: string) => ROLLOUT_ID_RE.test(s);
 
 /** Parse `<store>/rollouts/<id>.json` (untrusted bytes: a fuzz target). Returns the rollout or what is wrong. */
 export function parseRollout(bytes: Uint8Array): Rollout | string {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch (err) {
-    return `not JSON: ${(err as Error).message}`;
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a JSON object';
-  const o = v as Record<string, unknown>;
+  const o = parseJsonObject(bytes);
+  if (typeof o === 'string') return o;
   if (o.version !== 1) return `unknown version ${JSON.stringify(o.version)}`;
   if (typeof o.id !== 'string' || !isRolloutId(o.id)) return 'id must be a rollout id (r- and 12 hex digits)';
   if (typeof o.channel !== 'string' || !CHANNEL_RE.test(o.channel)) return 'channel must be a channel name';

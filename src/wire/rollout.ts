@@ -2,6 +2,7 @@
  * What agent and server exchange about rollouts (docs/protocol.md, "Rollouts"), and the
  * install-window format both read. Pure and shared by both sides, so it lives below them.
  */
+import { parseJsonObject } from './json-object';
 export type RolloutState = 'running' | 'paused' | 'halted' | 'aborted' | 'completed';
 export const ROLLOUT_STATES: readonly RolloutState[] = ['running', 'paused', 'halted', 'aborted', 'completed'];
 
@@ -99,14 +100,9 @@ export function windowAllows(w: WindowPart[], nowMs: number): boolean {
 
 /** The server's answer to POST /v1/rollouts/poll (untrusted bytes: a fuzz target). Null: no rollout on the channel. */
 export function parsePollAnswer(bytes: Uint8Array): Directive | null | string {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch (err) {
-    return `not JSON: ${(err as Error).message}`;
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a JSON object';
-  const r = (v as Record<string, unknown>).rollout;
+  const o = parseJsonObject(bytes);
+  if (typeof o === 'string') return o;
+  const r = o.rollout;
   if (r === null) return null;
   if (typeof r !== 'object' || r === undefined || Array.isArray(r)) return 'rollout must be an object or null';
   const d = r as Record<string, unknown>;
