@@ -119,7 +119,10 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
       for (;;) {
         const v = await cond();
         if (v) return v as never;
-        if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+        if (Date.now() > end) {
+          const tails = [...logs.entries()].map(([id, log]) => `--- ${id}:\n${log().slice(-600)}`).join('\n');
+          throw new Error(`timed out waiting for ${what}; server limits hit: ${JSON.stringify(server.stats.limits)}\n${tails}`);
+        }
         await new Promise((r) => setTimeout(r, 200));
       }
     },
