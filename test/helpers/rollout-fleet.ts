@@ -55,7 +55,10 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
   const b = await publishRelease(path.join(dir, 'fw-2.img'), store, key, { name: 'fw-2.img', unitSize: 64 * 1024 });
   await setChannel(store, { channel: 'stable', release: a.id, name: a.name, publishedAt: Date.now() });
   await fs.writeFile(path.join(dir, `go-${a.id}`), ''); // release A installs at once
-  const mk = (port: number) => new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 200, allocator: { memberTimeoutMs: 3000 } });
+  // Every agent here, and the test's own CLI calls, come from 127.0.0.1: one "client" to
+  // the server's per-client connection cap (64), which guards against one real box.
+  const mk = (port: number) =>
+    new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 200, allocator: { memberTimeoutMs: 3000 }, limits: { maxConnectionsPerClient: 1024 } });
   let server = mk(0);
   const { url, port } = await server.start();
   const agents = new Map<string, ChildProcess>();
@@ -114,7 +117,7 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
     async lines(file) {
       return (await fs.readFile(path.join(dir, file), 'utf8').catch(() => '')).split('\n').filter(Boolean);
     },
-    async until(what, cond, ms = 60_000) {
+    async until(what, cond, ms = 90_000) {
       const end = Date.now() + ms;
       for (;;) {
         const v = await cond();
