@@ -64,6 +64,9 @@ export async function startFleet(
     port: 0,
     heartbeatMs: opts.heartbeatMs ?? 200,
     allocator: { memberTimeoutMs: opts.memberTimeoutMs ?? 2000, ...opts.allocator },
+    // Every agent of a loopback fleet comes from 127.0.0.1: one "client" to the per-client
+    // connection cap (64), which guards against one real box. Tests of the limits give theirs.
+    limits: { maxConnectionsPerClient: 1024 },
     ...opts.server,
   });
   const { url } = await server.start();
