@@ -7,16 +7,8 @@ import { ServerAccess } from '../src/net/server-access';
 import { loadPublicKey } from '../src/release/keys';
 import { splitHostPort } from '../src/cli/args';
 import { silentLogger } from '../src/util/log';
-import { runCli, startFleet, tmpdir } from './helpers/fleet';
+import { runCli, startFleet, tmpdir, until } from './helpers/fleet';
 import { FleetcastError } from '../src/util/errors';
-
-const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
 
 // Issue 14: a long-running agent logged MaxListenersExceededWarning after a minute or two,
 // because every poll's sleep left an abort listener on the daemon's signal.

@@ -10,7 +10,7 @@ import { setChannel } from '../src/release/channels';
 import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { publishRelease } from '../src/release/publish';
 import { silentLogger } from '../src/util/log';
-import { startFleet } from './helpers/fleet';
+import { startFleet, until } from './helpers/fleet';
 
 /** Debian's python3 with python3-prometheus-client (in .ci/run's apt-get line). */
 const PYTHON = '/usr/bin/python3';
@@ -36,14 +36,6 @@ print(json.dumps(out))
   if (r.status !== 0) throw new Error(`the Prometheus parser refused the output: ${r.stderr}\n${text}`);
   return JSON.parse(r.stdout) as Family[];
 }
-
-const until = async (cond: () => boolean, what: string, limitMs = 60_000): Promise<void> => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
 
 test('agent and server metrics parse with the Prometheus client: build info, process metrics, seconds, status codes, no duplicates, nothing left of a superseded release', async (t) => {
   if (spawnSync(PYTHON, ['-c', 'import prometheus_client']).status !== 0) return t.fail('needs python3-prometheus-client (apt-get install python3-prometheus-client)');

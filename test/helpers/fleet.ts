@@ -40,6 +40,15 @@ export async function tmpdir(t: ExecutionContext): Promise<string> {
   return dir;
 }
 
+/** Poll `cond` every 20 ms until it holds; a hang guard (not an assertion) after `limitMs`. */
+export async function until(cond: () => boolean, what: string, limitMs = 60_000): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
   return run(process.execPath, [BIN, ...args], { timeoutMs: 60_000, ...opts });
 }
