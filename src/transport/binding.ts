@@ -2,40 +2,23 @@ import { DgramTransport } from './dgram-transport';
 import { NativeTransport, NativeUdpAddon } from './native-transport';
 import { Transport, TransportOptions } from './transport';
 import { ExitCode, FleetcastError } from '../util/errors';
-import * as path from 'node:path';
+import { loadNativeAddon as loadAddon, NativeAddonExports, nativeAddonError } from '../util/native-addon';
 
 /**
  * The one loader (STYLE.md, after sharp's and ws's): loads the addon; when it
  * cannot, the node:dgram transport behind the same interface takes over and says
  * why, once. FLEETCAST_TRANSPORT=dgram|native forces one.
  */
-export interface NativeAddon extends Partial<NativeUdpAddon> {
-  sdNotify?: (socket: string, state: string) => number;
-  abiVersion?: number;
-}
+export interface NativeAddon extends NativeAddonExports, Partial<NativeUdpAddon> {}
 
-let addon: NativeAddon | null | undefined;
-let addonError = '';
 let warned = false;
 
+/** The addon as the transports see it; loaded once by src/util/native-addon.ts. */
 export function loadNativeAddon(): NativeAddon | null {
-  if (addon !== undefined) return addon;
-  // dist/src/transport -> repo root
-  const file = path.join(__dirname, '..', '..', '..', 'build', 'Release', 'fleetcast_native.node');
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    addon = require(file) as NativeAddon;
-  } catch (err) {
-    const msg = (err as Error).message.split('\n')[0];
-    addonError = (err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? `${file} is not built` : msg;
-    addon = null;
-  }
-  return addon;
+  return loadAddon() as NativeAddon | null;
 }
 
-export function nativeAddonError(): string {
-  return `${addonError || 'unknown error'} (rebuild it with \`npm rebuild\`, which needs g++, make and python3)`;
-}
+export { nativeAddonError };
 
 export type TransportChoice = 'native' | 'dgram';
 

@@ -1,4 +1,4 @@
-import { loadNativeAddon } from '../transport/binding';
+import { loadNativeAddon } from './native-addon';
 
 /** sd_notify(3) through the native addon; a no-op when there is no addon or no NOTIFY_SOCKET. */
 export function sdNotify(state: string, socket: string | undefined = process.env.NOTIFY_SOCKET): number {

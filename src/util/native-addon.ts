@@ -1,0 +1,34 @@
+import * as path from 'node:path';
+
+/**
+ * Loads the C++ addon (build/Release/fleetcast_native.node) once, for every layer: util's
+ * sd_notify uses it as well as the transports. The one loader with its fallback and the
+ * transport's view of the addon (its UdpSocket) stay in src/transport/binding.ts.
+ */
+export interface NativeAddonExports {
+  sdNotify?: (socket: string, state: string) => number;
+  abiVersion?: number;
+}
+
+let addon: NativeAddonExports | null | undefined;
+let addonError = '';
+
+export function loadNativeAddon(): NativeAddonExports | null {
+  if (addon !== undefined) return addon;
+  // dist/src/util -> repo root
+  const file = path.join(__dirname, '..', '..', '..', 'build', 'Release', 'fleetcast_native.node');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    addon = require(file) as NativeAddonExports;
+  } catch (err) {
+    const msg = (err as Error).message.split('\n')[0];
+    addonError = (err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? `${file} is not built` : msg;
+    addon = null;
+  }
+  return addon;
+}
+
+/** Why the addon did not load, and how to fix it. */
+export function nativeAddonError(): string {
+  return `${addonError || 'unknown error'} (rebuild it with \`npm rebuild\`, which needs g++, make and python3)`;
+}
