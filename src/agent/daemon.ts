@@ -14,7 +14,7 @@ import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import type { HttpAnswer } from '../net/server-access';
 import { parseManifest } from '../release/manifest';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 import { InstallHooks, RolloutFollower } from './install';
 
 /**

@@ -6,7 +6,7 @@ import { describeFetchError } from './control-client';
 import { ServerAccess } from '../net/server-access';
 import { parseManifest, Manifest } from '../release/manifest';
 import { Directive, parsePollAnswer, parseWindow, windowAllows, WindowPart } from '../wire/rollout';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 import { Logger } from '../util/log';
 import { parseJsonObject } from '../wire/json-object';
 

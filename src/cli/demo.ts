@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { generateKeyPair, loadPrivateKey } from '../release/keys';
 import { publishRelease } from '../release/publish';
-import { sha256File } from '../storage/partial-store';
+import { sha256File } from '../storage/files';
 import { FleetcastServer } from '../server/server';
 import { ExitCode } from '../util/errors';
 import { Command } from './commands';

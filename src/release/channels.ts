@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { isReleaseId } from './manifest';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 import { fromSystemError } from '../util/errors';
 import { parseJsonObject } from '../wire/json-object';
 

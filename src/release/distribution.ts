@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 
 /**
  * How a release is distributed (docs/wide-area.md), per release in

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { CONTENT_CIPHER, CONTENT_KEY_BYTES, contentKeyPath, encryptUnit, GCM_TAG_BYTES } from './content-crypto';
 import { checkReleaseName, DEFAULT_UNIT_BYTES, Manifest, ManifestBody, MAX_UNIT_BYTES, MAX_UNITS, MIN_UNIT_BYTES, signManifest, unitCountFor } from './manifest';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 
 export interface PublishOptions {
   name?: string;

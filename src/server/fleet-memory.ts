@@ -1,5 +1,5 @@
 import { promises as fs } from 'node:fs';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 import { HookBody } from '../wire/http-bodies';
 import { Logger } from '../util/log';
 

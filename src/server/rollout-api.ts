@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { CHANNEL_RE, readChannel, setChannel } from '../release/channels';
 import { isReleaseId } from '../release/manifest';
 import { ReleaseStore } from '../release/store';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 import { Logger } from '../util/log';
 import { MetricsRegistry } from '../util/metrics';
 import { MAX_BODY_BYTES } from '../wire/http-bodies';

@@ -1,6 +1,6 @@
 import { createReadStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { writeAtomic } from '../storage/partial-store';
+import { writeAtomic } from '../storage/files';
 import * as http from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
 import * as https from 'node:https';

@@ -1,11 +1,15 @@
 import { createHash } from 'node:crypto';
-import { promises as fs, createReadStream } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { makeDir } from './make-dir';
+import { sha256File, writeAtomic } from './files';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../release/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords, JOURNAL_HEADER_BYTES } from './bitmap-file';
+
+/** Their home is files.ts; still exported here for callers that import them with the store. */
+export { sha256File, writeAtomic } from './files';
 
 /** At most this many units per commit (one fdatasync and one bitmap write for all). */
 const MAX_COMMIT_UNITS = 64;
@@ -359,28 +363,6 @@ async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
-}
-
-export async function writeAtomic(file: string, data: Uint8Array): Promise<void> {
-  const tmp = `${file}.tmp`;
-  const fh = await fs.open(tmp, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-  await fs.rename(tmp, file);
-}
-
-export function sha256File(file: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(file, { highWaterMark: 1 << 20 })
-      .on('data', (c) => h.update(c))
-      .on('error', reject)
-      .on('end', () => resolve(h.digest('hex')));
-  });
 }
 
 /**
