@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import { makeDir } from './make-dir';
 import { sha256File, writeAtomic } from './files';
 import * as path from 'node:path';
-import { Manifest, unitLength } from '../release/manifest';
+import { Manifest, unitLength } from '../wire/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords, JOURNAL_HEADER_BYTES } from './bitmap-file';

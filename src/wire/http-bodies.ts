@@ -1,4 +1,4 @@
-import { isReleaseId, MAX_UNITS } from '../release/manifest';
+import { isReleaseId, MAX_UNITS } from './manifest';
 
 /**
  * Request bodies of the control-plane HTTP API (docs/protocol.md, "HTTP API").
