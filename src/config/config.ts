@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import type { Node as YamlNode } from 'yaml';
 import { ExitCode, FleetcastError } from '../util/errors';
-import { CommandSpec, ConfigError, ConfigValues, configKey, didYouMean, FlagValue, ValueSource } from '../cli/args';
+import { CommandSpec, ConfigError, ConfigValues, configKey, didYouMean, FlagValue, ValueSource } from './schema';
 
 /**
  * The YAML config file of `fleetcast agent|server --config FILE`: a flat mapping whose
