@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { runDemo } from '../src/cli/demo';
 import { readPersistedBitmap, sha256File } from '../src/storage/partial-store';
 import { encodeData, fragmentCountFor, getBit } from '../src/wire/packet';
-import { fragmentBytesForMtu } from '../src/agent/agent';
+import { fragmentBytesForMtu } from '../src/net/interface';
 import { startFleet } from './helpers/fleet';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');

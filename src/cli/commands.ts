@@ -1,7 +1,8 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { Agent, resolveInterface } from '../agent/agent';
+import { Agent } from '../agent/agent';
+import { resolveInterface } from '../net/interface';
 import { IgmpQuerier } from '../net/igmp';
 import { ServerAccess } from '../net/server-access';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../release/keys';

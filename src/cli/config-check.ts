@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { resolveInterface } from '../agent/agent';
+import { resolveInterface } from '../net/interface';
 import { loadPublicKey } from '../release/keys';
 import { ConfigValues, configKey, FlagValue, splitHostPort, ValueSource } from './args';
 import { checkTlsPair, loadTokens } from './commands';

@@ -11,7 +11,7 @@ import { ExitCode } from '../util/errors';
 import { Command } from './commands';
 import { usageError } from './args';
 import { formatBytes, ProgressBar } from './progress';
-import { fragmentBytesForMtu } from '../agent/agent';
+import { fragmentBytesForMtu } from '../net/interface';
 
 /** The demo models an Ethernet LAN: fragments sized for a 1500-byte MTU. */
 export const DEMO_MTU = 1500;

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import * as os from 'node:os';
-import { fragmentBytesForMtu, resolveInterface } from '../agent/agent';
+import { fragmentBytesForMtu, resolveInterface } from '../net/interface';
 import { loadConfigFile } from '../config/config';
 import { listenForQueries } from '../net/igmp';
 import { createTransport } from '../transport/binding';
