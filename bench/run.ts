@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdle, idleReport } from './idle';
+import { benchScale, scaleReport } from './scale';
 
 /**
  * `npm run bench -- demo [RUNS]`: the loopback demo at 0% and 5% loss, 64 MiB, 4 agents,
@@ -187,9 +188,26 @@ async function main() {
     const seconds = Number(runsArg ?? 60);
     return writeResult('idle', idleReport([await benchIdle(seconds, 1000), await benchIdle(seconds, 5000)], machine()));
   }
+  if (what === 'scale') {
+    // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]]
+    const counts = (runsArg ?? '1000,10000').split(',').map(Number);
+    const seconds = Number(process.argv[4] ?? 30);
+    const policies = (process.argv[5] ?? 'group,wide').split(',') as ('group' | 'wide')[];
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide')) {
+      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]]  (agents >= 10)\n');
+      process.exit(64);
+    }
+    const results = [];
+    for (const agents of counts)
+      for (const policy of policies) {
+        process.stderr.write(`scale: ${agents} agents, policy ${policy}, ${seconds} s window\n`);
+        results.push(await benchScale({ agents, perGroup: 10, policy, sitesPerWide: 20, seconds, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200 }));
+      }
+    return writeResult('scale', scaleReport(results, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
+  }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, idle, lan, sites, policies, uplinks\n`);
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, idle, scale, lan, sites, policies, uplinks\n`);
     process.exit(64);
   }
   const runs = Number(runsArg ?? 5);

@@ -1,0 +1,341 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { createPublicKey } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseManifest } from '../src/release/manifest';
+
+/**
+ * `npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS]`: what coordination costs the
+ * server (issue 17). A real `fleetcast server` process and N simulated agents in this
+ * process. The simulated agents do what an agent does on the control plane, at the
+ * protocol's rates, and nothing else: join, heartbeat every `heartbeatMs` the server
+ * answers (with their bitmap and the units they are fetching), lease, "fetch" a leased
+ * unit for as long as it takes at a simulated WAN rate (no unit bytes move), send its
+ * receipt, learn their LAN group's units after a LAN delay, and complete. Each LAN
+ * group has 10 members on its own loopback address (127.x.y.z), so the server's
+ * per-client limits see one box per simulated site, as in a real fleet.
+ *
+ * Measured over a window once every agent has joined: the server's CPU seconds
+ * (utime + stime from /proc/PID/stat; on 2 cores the simulator shares the machine, so
+ * only /proc says what the server itself spent), requests per second by kind, p50/p99
+ * of each kind (from the request's socket assignment to the last byte of the answer:
+ * the client's own queue is not counted), answer bytes, failures, and the server's
+ * peak RSS (VmHWM). The simulator may not reach the protocol's full rate; the table
+ * says what fraction of the intended heartbeats it sent.
+ */
+
+const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface ScaleOptions {
+  agents: number;
+  perGroup: number;
+  policy: 'group' | 'wide';
+  /** Policy wide: LAN groups (sites) per wide-area group. */
+  sitesPerWide: number;
+  /** Measurement window, seconds. */
+  seconds: number;
+  /** Simulated WAN rate per agent, bytes per second (how long a leased unit takes). */
+  wanBytesPerSec: number;
+  /**
+   * The origin's egress, bytes per second, shared by every fetching agent: what sets the
+   * fleet's unit rate (and so the rate of leases and receipts) at scale. 10k agents at
+   * 40 Mbit/s each would be 400 Gbit/s from one origin; no origin has that.
+   */
+  originBytesPerSec: number;
+  /** Simulated LAN delay before a group's members hold a unit one of them fetched. */
+  lanDelayMs: number;
+}
+
+interface Kind {
+  count: number;
+  failed: number;
+  bytes: number;
+  latencies: number[];
+}
+
+export interface ScaleResult {
+  opts: ScaleOptions;
+  units: number;
+  window: number;
+  serverCpu: number;
+  serverHwmMiB: number;
+  kinds: Record<string, Kind>;
+  intendedHeartbeats: number;
+  completed: number;
+  joinSeconds: number;
+}
+
+function clockTicks(): number {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  return Number(r.stdout.trim()) || 100;
+}
+async function cpuSeconds(pid: number, hz: number): Promise<number> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / hz;
+}
+async function hwmMiB(pid: number): Promise<number> {
+  const s = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/^VmHWM:\s+(\d+) kB/m.exec(s)?.[1] ?? NaN) / 1024;
+}
+
+function pct(a: number[], p: number): number {
+  if (a.length === 0) return NaN;
+  const s = [...a].sort((x, y) => x - y);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+class Client {
+  /** One keep-alive pool per simulated site address: the server sees each site as one box. */
+  private readonly pools = new Map<string, http.Agent>();
+  measuring = false;
+  readonly kinds: Record<string, Kind> = {};
+  constructor(private readonly port: number) {}
+
+  private pool(local: string): http.Agent {
+    let a = this.pools.get(local);
+    if (!a) this.pools.set(local, (a = new http.Agent({ keepAlive: true, maxSockets: 4 })));
+    return a;
+  }
+
+  post<T>(local: string, kind: string, p: string, body: unknown): Promise<T> {
+    const data = Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolve, reject) => {
+      let t0 = 0;
+      const k = (this.kinds[kind] ??= { count: 0, failed: 0, bytes: 0, latencies: [] });
+      const req = http.request(
+        { host: '127.0.0.1', port: this.port, path: p, method: 'POST', localAddress: local, agent: this.pool(local), headers: { 'content-type': 'application/json', 'content-length': data.length } },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const buf = Buffer.concat(chunks);
+            if (this.measuring) {
+              k.count++;
+              k.bytes += buf.length;
+              k.latencies.push(Number(process.hrtime.bigint() - BigInt(t0)) / 1e6);
+              if (res.statusCode !== 200) k.failed++;
+            }
+            if (res.statusCode !== 200) return reject(new Error(`${p}: ${res.statusCode} ${buf.toString().slice(0, 200)}`));
+            try {
+              resolve(JSON.parse(buf.toString()) as T);
+            } catch (err) {
+              reject(err);
+            }
+          });
+        },
+      );
+      req.on('socket', () => (t0 = Number(process.hrtime.bigint())));
+      req.on('error', (err) => {
+        if (this.measuring) k.failed++;
+        reject(err);
+      });
+      req.end(data);
+    });
+  }
+
+  close(): void {
+    for (const a of this.pools.values()) a.destroy();
+  }
+}
+
+/** A LAN group's shared state: which units its members hold (a unit fetched by one reaches the rest after the LAN delay). */
+class Site {
+  readonly held: Uint8Array;
+  heldCount = 0;
+  constructor(readonly name: string, readonly address: string, readonly wide: string | undefined, units: number) {
+    this.held = new Uint8Array(Math.ceil(units / 8));
+  }
+  hold(u: number): void {
+    if (this.held[u >> 3] & (0x80 >> (u & 7))) return;
+    this.held[u >> 3] |= 0x80 >> (u & 7);
+    this.heldCount++;
+  }
+}
+
+export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-scale-'));
+  let server: ReturnType<typeof spawn> | null = null;
+  let stopping = false;
+  const client = { c: null as Client | null };
+  try {
+    const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+    let r = run(['keygen', '--out', path.join(dir, 'keys')]);
+    if (r.status !== 0) throw new Error(`keygen: ${r.stderr}`);
+    // 2 GiB, sparse: only hashing reads it; no unit byte is ever served here.
+    const img = path.join(dir, 'fw.img');
+    await (await fs.open(img, 'w')).truncate(2 * 1024 ** 3).then(() => undefined);
+    r = run(['publish', img, '--store', path.join(dir, 'store'), '--key', path.join(dir, 'keys', 'server.key'), '--policy', o.policy]);
+    if (r.status !== 0) throw new Error(`publish: ${r.stderr}`);
+    const release = r.stdout.trim().split('\n').pop()!.trim();
+    const raw = await fs.readFile(path.join(dir, 'store', 'releases', release, 'manifest'));
+    const manifest = parseManifest(raw, [createPublicKey(await fs.readFile(path.join(dir, 'keys', 'server.pub')))]);
+    const units = manifest.unitCount;
+    const unitSize = manifest.unitSize;
+    const sha256 = manifest.sha256;
+
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    server = spawn(process.execPath, [BIN, 'server', '--store', path.join(dir, 'store'), '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    server.stdout!.on('data', (d) => (out = (out + d).slice(-20_000)));
+    server.stderr!.on('data', (d) => (out = (out + d).slice(-20_000)));
+    server.on('exit', (code, sig) => {
+      if (!stopping) process.stderr.write(`scale: the server exited early (${code ?? sig}):\n${out}\n`);
+    });
+    await sleep(1500);
+
+    const c = (client.c = new Client(port));
+    const sites: Site[] = [];
+    const nSites = Math.ceil(o.agents / o.perGroup);
+    for (let s = 0; s < nSites; s++) {
+      const address = `127.${1 + ((s >> 16) & 0xff)}.${(s >> 8) & 0xff}.${1 + (s & 0xff) === 256 ? 255 : 1 + (s & 0xff)}`;
+      sites.push(new Site(`site${s}`, address, o.policy === 'wide' ? `wide${Math.floor(s / o.sitesPerWide)}` : undefined, units));
+    }
+    let completed = 0;
+    /** The interval the server answered last (any agent): what the agents meant to keep. */
+    let answeredMs = 1000;
+    let stop = false;
+    // Each agent's share of the origin's egress, at most its own WAN rate (2 fetch workers each).
+    const rate = Math.min(o.wanBytesPerSec, o.originBytesPerSec / (o.agents * 2));
+    const unitMs = (unitSize / rate) * 1000;
+
+    const agent = async (i: number) => {
+      const site = sites[Math.floor(i / o.perGroup)];
+      const ref = { release, group: site.name, member: `m${i}` };
+      const extra = site.wide ? { wideGroup: site.wide } : {};
+      const fetching = new Set<number>();
+      let heartbeatMs = 1000;
+      const hb = (join: boolean) =>
+        c.post<{ heartbeatMs: number }>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
+          ...ref,
+          ...extra,
+          have: Buffer.from(site.held).toString('base64'),
+          address: site.address,
+          fetching: [...fetching],
+          dataPort: 40000 + (i % o.perGroup),
+        });
+      heartbeatMs = (await hb(true)).heartbeatMs;
+      const beat = (async () => {
+        // Spread the first beats over one interval, as agents started at different times would be.
+        await sleep(Math.random() * heartbeatMs);
+        while (!stop) {
+          try {
+            heartbeatMs = (await hb(false)).heartbeatMs || heartbeatMs;
+            answeredMs = heartbeatMs;
+          } catch {
+            /* counted */
+          }
+          await sleep(heartbeatMs);
+        }
+      })();
+      const worker = async () => {
+        while (!stop && site.heldCount < units) {
+          let g: { units: number[]; retryAfterMs: number; exhausted: boolean };
+          try {
+            g = await c.post(site.address, 'lease', '/v1/lease', { ...ref, ...extra });
+          } catch {
+            await sleep(1000);
+            continue;
+          }
+          if (g.units.length === 0) {
+            if (g.exhausted) break;
+            await sleep(Math.max(100, g.retryAfterMs));
+            continue;
+          }
+          for (const u of g.units) {
+            if (stop) return;
+            fetching.add(u);
+            await sleep(unitMs);
+            fetching.delete(u);
+            await c.post(site.address, 'receipt', '/v1/receipt', { ...ref, unit: u }).catch(() => undefined);
+            setTimeout(() => site.hold(u), o.lanDelayMs);
+          }
+        }
+      };
+      await Promise.all([worker(), worker()]);
+      while (!stop && site.heldCount < units) await sleep(500);
+      if (!stop) {
+        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }).catch(() => undefined);
+        completed++;
+      }
+      await beat;
+    };
+
+    // Joins ramp over a few seconds, like a fleet's boxes waking up.
+    const t0 = Date.now();
+    const all: Promise<void>[] = [];
+    for (let i = 0; i < o.agents; i++) {
+      all.push(agent(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
+      if (i % 200 === 199) await sleep(50);
+    }
+    const joinSeconds = (Date.now() - t0) / 1000;
+    await sleep(3000);
+    const hz = clockTicks();
+    const pid = server.pid!;
+    const cpu0 = await cpuSeconds(pid, hz);
+    const w0 = process.hrtime.bigint();
+    c.measuring = true;
+    await sleep(o.seconds * 1000);
+    c.measuring = false;
+    const window = Number(process.hrtime.bigint() - w0) / 1e9;
+    const serverCpu = (await cpuSeconds(pid, hz)) - cpu0;
+    const serverHwmMiB = await hwmMiB(pid);
+    stop = true;
+    await Promise.race([Promise.all(all), sleep(15_000)]);
+    return { opts: o, units, window, serverCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (o.agents * window * 1000) / answeredMs, completed, joinSeconds };
+  } finally {
+    stopping = true;
+    client.c?.close();
+    if (server && server.exitCode === null) {
+      server.kill('SIGTERM');
+      await sleep(1000);
+      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+    }
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+export function scaleReport(rs: ScaleResult[], machine: string, command: string): string[] {
+  const rows = rs.map((r) => {
+    const all = Object.values(r.kinds);
+    const reqs = all.reduce((s, k) => s + k.count, 0);
+    const failed = all.reduce((s, k) => s + k.failed, 0);
+    const hb = r.kinds.heartbeat ?? { count: 0, bytes: 0, latencies: [], failed: 0 };
+    const lat = all.flatMap((k) => k.latencies);
+    const agentSeconds = r.opts.agents * r.window;
+    const perKind = Object.entries(r.kinds)
+      .map(([n, k]) => `${n} ${(k.count / r.window).toFixed(0)}/s`)
+      .join(', ');
+    return (
+      `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
+      `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% | ` +
+      `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
+      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
+    );
+  });
+  return [
+    '# Control-plane scale',
+    '',
+    `Machine: ${machine}.`,
+    `Command: \`${command}\`. A real \`fleetcast server\` process (plain HTTP on loopback) and simulated agents in one Node process:`,
+    'they join, heartbeat at the heartbeatMs the server answers, lease, hold a leased unit for as long as it takes at the simulated',
+    `WAN rate (no unit bytes move; ${(rs[0].opts.wanBytesPerSec * 8 / 1e6).toFixed(0)} Mbit/s per agent, at most an equal share of an origin egress of ${(rs[0].opts.originBytesPerSec * 8 / 1e9).toFixed(0)} Gbit/s), send its receipt, learn their LAN group's units after a LAN delay, and complete. 10 agents per LAN`,
+    'group, each group on its own loopback address. Release: 2 GiB in 1 MiB units. Server CPU is utime + stime from /proc over the',
+    'window, so the simulator\'s own CPU (it shares the 2 cores) is not counted. Latency: from the request\'s socket assignment to the',
+    'last byte of the answer, every request kind together. "Heartbeats sent": the heartbeats the simulator managed to send over those',
+    'the agents meant to (below 100%, the simulator, not the server, set the pace: the server\'s figures are then for a lighter load).',
+    '',
+    '| agents | policy | units | server CPU per agent-second (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 (ms) | failed | server peak RSS (MiB) |',
+    '| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |',
+    ...rows,
+    '',
+    'Goal (issue 17): at most 20 µs of server CPU per active agent-second, p99 at most 250 ms, no failure, server RSS at most 2 GiB, at',
+    '100,000 agents.',
+    '',
+    `Generated ${new Date().toISOString()}.`,
+    '',
+  ];
+}
