@@ -1,4 +1,4 @@
-import { bitmapBytes, getBit } from '../wire/packet';
+import { bitmapBytes, getBit } from '../util/bits';
 
 /**
  * Receiver-side NACK timing, after NORM (RFC 5740 §5.3): a receiver that finds

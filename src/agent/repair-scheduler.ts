@@ -1,4 +1,4 @@
-import { getBit } from '../wire/packet';
+import { getBit } from '../util/bits';
 
 /**
  * Sender-side repair aggregation, after NORM (RFC 5740 §5.2, "repair

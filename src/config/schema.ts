@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { ExitCode, FleetcastError } from '../util/errors';
+import { isName } from '../wire/ids';
 
 /**
  * The options schema shared by the command line and the YAML config files: what a flag
@@ -200,6 +201,6 @@ export const checks = {
     }
     return `must be a URL like http://HOST:PORT, not ${JSON.stringify(s)}`;
   },
-  name: (s: string): string | null => (/^[A-Za-z0-9._:@-]{1,128}$/.test(s) ? null : `must be 1–128 letters, digits or . _ : @ -, not ${JSON.stringify(s)}`),
+  name: (s: string): string | null => (isName(s) ? null : `must be 1–128 letters, digits or . _ : @ -, not ${JSON.stringify(s)}`),
   nonEmpty: (s: string): string | null => (s.trim() === '' ? 'must not be empty' : null),
 };

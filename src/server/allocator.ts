@@ -1,4 +1,4 @@
-import { bitmapBytes, clearBit, getBit, setBit } from '../wire/packet';
+import { bitmapBytes, clearBit, getBit, setBit } from '../util/bits';
 
 /**
  * Unit allocation for one release in one LAN group (000 claims 2–4, 8, 13;

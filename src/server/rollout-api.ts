@@ -3,7 +3,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CHANNEL_RE, readChannel, setChannel } from '../release/channels';
-import { isReleaseId } from '../release/manifest';
+import { isName, isReleaseId, NAME_RULE } from '../wire/ids';
 import { ReleaseStore } from '../release/store';
 import { writeAtomic } from '../storage/files';
 import { Logger } from '../util/log';
@@ -51,7 +51,6 @@ const SAVE_INTERVAL_MS = 500;
 /** A channel's members are those seen polling within this long (the same memory as members.json). */
 const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
 const MAX_CHANNEL_MEMBERS = 200_000;
-const NAME_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
 
 export class ApiError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
@@ -95,7 +94,7 @@ export class RolloutService {
       for (const [ch, members] of Object.entries(j)) {
         if (!CHANNEL_RE.test(ch) || typeof members !== 'object' || members === null) continue;
         const m = new Map<string, { group: string; lastSeen: number }>();
-        for (const [id, v] of Object.entries(members)) if (NAME_RE.test(id) && v && typeof v.group === 'string' && NAME_RE.test(v.group) && typeof v.lastSeen === 'number') m.set(id, { group: v.group, lastSeen: v.lastSeen });
+        for (const [id, v] of Object.entries(members)) if (isName(id) && v && isName(v.group) && typeof v.lastSeen === 'number') m.set(id, { group: v.group, lastSeen: v.lastSeen });
         this.seen.set(ch, m);
       }
     } catch {
@@ -367,8 +366,8 @@ export function parsePollBody(b: Record<string, unknown>): PollBody {
   const allowed = ['channel', 'group', 'member', 'release', 'state', 'reason'];
   for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
   if (typeof b.channel !== 'string' || !CHANNEL_RE.test(b.channel)) throw new ApiError(400, 'BAD_BODY', 'channel must be a channel name');
-  if (typeof b.group !== 'string' || !NAME_RE.test(b.group)) throw new ApiError(400, 'BAD_BODY', 'group must be 1-128 characters of letters, digits and . _ : @ -');
-  if (typeof b.member !== 'string' || !NAME_RE.test(b.member)) throw new ApiError(400, 'BAD_BODY', 'member must be 1-128 characters of letters, digits and . _ : @ -');
+  if (!isName(b.group)) throw new ApiError(400, 'BAD_BODY', `group must be ${NAME_RULE}`);
+  if (!isName(b.member)) throw new ApiError(400, 'BAD_BODY', `member must be ${NAME_RULE}`);
   if (b.release !== undefined && (typeof b.release !== 'string' || !isReleaseId(b.release))) throw new ApiError(400, 'BAD_BODY', 'release must be a release id');
   if (b.state !== undefined && !REPORTED_STATES.includes(b.state as ReportedState)) throw new ApiError(400, 'BAD_BODY', `state must be one of ${REPORTED_STATES.join(', ')}`);
   if ((b.state === undefined) !== (b.release === undefined)) throw new ApiError(400, 'BAD_BODY', 'release and state go together');

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { CHANNEL_RE } from '../release/channels';
-import { isReleaseId } from '../release/manifest';
+import { isName, isReleaseId } from '../wire/ids';
 import { Directive, parseWindow, RolloutState } from '../wire/rollout';
 import { parseJsonObject } from '../wire/json-object';
 
@@ -85,8 +85,6 @@ export const MAX_ROLLOUT_MEMBERS = 200_000;
 
 // ---------------------------------------------------------------- parsing (CLI and API input)
 
-const GROUP_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
-
 /** "1%,10%,50%,100%" (cumulative shares) or "site-a,site-b,*" (LAN groups). Returns the waves or what is wrong. */
 export function parseWaves(s: string): WaveSpec[] | string {
   const items = s.split(',').map((x) => x.trim());
@@ -110,7 +108,7 @@ export function parseWaves(s: string): WaveSpec[] | string {
   }
   const seen = new Set<string>();
   for (const x of items) {
-    if (x !== '*' && !GROUP_RE.test(x)) return `${JSON.stringify(x)} is not a LAN group name (or * for every other group)`;
+    if (x !== '*' && !isName(x)) return `${JSON.stringify(x)} is not a LAN group name (or * for every other group)`;
     if (seen.has(x)) return `names ${x} twice`;
     seen.add(x);
   }
@@ -442,8 +440,8 @@ export function parseRollout(bytes: Uint8Array): Rollout | string {
   for (const [id, x] of Object.entries(o.members as Record<string, unknown>)) {
     if (++n > MAX_ROLLOUT_MEMBERS) return `more than ${MAX_ROLLOUT_MEMBERS} members`;
     const m = x as Record<string, unknown>;
-    if (!GROUP_RE.test(id) || typeof m !== 'object' || m === null) return `member ${JSON.stringify(id.slice(0, 64))} is malformed`;
-    if (typeof m.group !== 'string' || !GROUP_RE.test(m.group)) return `member ${id}: group must be a group name`;
+    if (!isName(id) || typeof m !== 'object' || m === null) return `member ${JSON.stringify(id.slice(0, 64))} is malformed`;
+    if (typeof m.group !== 'string' || !isName(m.group)) return `member ${id}: group must be a group name`;
     if (!Number.isSafeInteger(m.wave) || (m.wave as number) < 0 || (m.wave as number) >= waves.length) return `member ${id}: wave is out of range`;
     if (!states.includes(m.state as MemberState)) return `member ${id}: state is not a member state`;
     if (typeof m.failed !== 'boolean') return `member ${id}: failed must be a boolean`;

@@ -9,7 +9,7 @@ import { AddressInfo } from 'node:net';
 import { ReleaseStore, StoredRelease } from '../release/store';
 import { unitLength } from '../release/manifest';
 import { BadUnitBody, CompleteBody, HeartbeatBody, HookBody, jsonDepthExceeds, LeaseBody, MAX_BODY_BYTES, MAX_JSON_DEPTH, maxBodyBytes, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
-import { bitmapBytes } from '../wire/packet';
+import { bitmapBytes } from '../util/bits';
 import { AllocatorOptions, GroupAllocator, RESEND_REASONS, ResendReason } from './allocator';
 import { Logger, silentLogger } from '../util/log';
 import { listChannels, readChannel } from '../release/channels';

@@ -1,5 +1,5 @@
 import { crc32 } from 'node:zlib';
-import { bitmapBytes } from '../wire/packet';
+import { bitmapBytes } from '../util/bits';
 
 /**
  * The persisted bitmap of verified units (docs/protocol.md, "Bitmap file").

@@ -5,7 +5,7 @@ import { sha256File, writeAtomic } from './files';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../wire/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
-import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
+import { bitmapBytes, countBits, getBit, setBit } from '../util/bits';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords, JOURNAL_HEADER_BYTES } from './bitmap-file';
 
 /** Their home is files.ts; still exported here for callers that import them with the store. */

@@ -46,11 +46,7 @@ export const MIN_UNIT_BYTES = 4096;
 export const MAX_UNIT_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_UNIT_BYTES = 1024 * 1024;
 const HEX64 = /^[0-9a-f]{64}$/;
-const ID_HEX = /^[0-9a-f]{32}$/;
-
-export function isReleaseId(s: string): boolean {
-  return ID_HEX.test(s);
-}
+export { isReleaseId } from './ids';
 
 export function unitLength(m: Pick<ManifestBody, 'size' | 'unitSize'>, unit: number): number {
   const start = unit * m.unitSize;

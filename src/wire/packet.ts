@@ -20,6 +20,11 @@
  * first 16 bytes of HMAC-SHA256 under the group key over everything before the MAC
  * (wire/auth.ts). The codec only frames it; the agent checks it.
  */
+import { bitmapBytes } from '../util/bits';
+
+/** The bitmap helpers live in util/bits.ts; re-exported for the packet codec's users. */
+export { bitmapBytes, clearBit, countBits, getBit, setBit } from '../util/bits';
+
 export const MAGIC0 = 0x46;
 export const MAGIC1 = 0x43;
 export const PROTOCOL_VERSION = 1;
@@ -128,10 +133,6 @@ export type DropReason =
   | 'fragment-size'
   | 'length'
   | 'bitmap';
-
-export function bitmapBytes(bits: number): number {
-  return (bits + 7) >>> 3;
-}
 
 function writeCommon(buf: Uint8Array, view: DataView, type: number, flags: number, sender: number, releaseId: Uint8Array): void {
   if (releaseId.length !== RELEASE_ID_BYTES) throw new RangeError('release id must be 16 bytes');
@@ -323,19 +324,4 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
 function trailer(buf: Uint8Array, view: DataView): ControlAuth {
   const macAt = buf.length - AUTH_MAC_BYTES;
   return { signed: buf.subarray(0, macAt), seq: view.getBigUint64(macAt - AUTH_SEQ_BYTES), mac: buf.subarray(macAt) };
-}
-
-export function getBit(bits: Uint8Array, i: number): boolean {
-  return (bits[i >>> 3] & (0x80 >>> (i & 7))) !== 0;
-}
-export function setBit(bits: Uint8Array, i: number): void {
-  bits[i >>> 3] |= 0x80 >>> (i & 7);
-}
-export function clearBit(bits: Uint8Array, i: number): void {
-  bits[i >>> 3] &= ~(0x80 >>> (i & 7));
-}
-export function countBits(bits: Uint8Array, n: number): number {
-  let c = 0;
-  for (let i = 0; i < n; i++) if (getBit(bits, i)) c++;
-  return c;
 }
