@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
-import { benchIdle, idleReport } from './idle';
+import { benchIdleAll, idleReport } from './idle';
 import { benchScale, scaleReport } from './scale';
 
 /**
@@ -186,7 +186,7 @@ async function main() {
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
   if (what === 'idle') {
     const seconds = Number(runsArg ?? 60);
-    return writeResult('idle', idleReport([await benchIdle(seconds, 1000), await benchIdle(seconds, 5000)], machine()));
+    return writeResult('idle', idleReport(await benchIdleAll(seconds, Number(process.argv[4] ?? 3)), machine()));
   }
   if (what === 'scale') {
     // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]]

@@ -334,3 +334,56 @@ test('a claim is not proof: a member claiming units its group keeps asking for l
   b.receipt('y', 0, 20); // the LAN delivered it
   t.is(b.memberViews(30).find((m) => m.id === 'h')!.undeliveredClaims, 0);
 });
+
+// Issue 14: the server slows an idle member's heartbeat; its timeout must follow its own
+// interval, or it would be dropped between two of its beats.
+test('a member is idle only when the whole group is complete, and is timed out after three of its own intervals', (t) => {
+  const g = mk(4, { memberTimeoutMs: 3000 });
+  const all = new Uint8Array(bitmapBytes(4));
+  for (let u = 0; u < 4; u++) setBit(all, u);
+  g.heartbeat('a', 0, { have: all });
+  t.true(g.idle('a'), 'alone and complete: idle');
+  g.heartbeat('b', 0);
+  t.false(g.idle('a'), 'a member of its group still fetches: not idle');
+  t.false(g.idle('b'));
+  g.heartbeat('b', 0, { have: all });
+  t.true(g.idle('a') && g.idle('b'), 'all complete: both idle');
+  t.false(g.idle('nobody'));
+
+  // a beats every 5 s (idle), b every 200 ms: b's timeout is the floor, a's 3 x 5 s + 1 s.
+  g.setHeartbeatInterval('a', 5000);
+  g.setHeartbeatInterval('b', 200);
+  t.is(g.timeoutOf('a'), 16_000);
+  t.is(g.timeoutOf('b'), 3000);
+  t.deepEqual(g.expire(3001), ['b'], 'the fast member is dropped after the floor');
+  t.deepEqual(g.expire(15_999), [], 'the slow member survives 3 of its intervals');
+  t.true(g.hasMember('a'));
+  t.deepEqual(g.expire(16_001), ['a']);
+});
+
+// Issue 14: overheads measured before a server restart (fleet.json) weight allocation again.
+test('a remembered overhead ranks and weights a member until its first new sample', (t) => {
+  const g = mk(40);
+  for (const id of ['fast', 'slow', 'new']) g.heartbeat(id, 0);
+  g.rememberOverhead('fast', 10); // ms per MiB
+  g.rememberOverhead('slow', 40);
+  const views = g.memberViews(0);
+  t.deepEqual(views.map((v) => v.id), ['fast', 'slow', 'new'], 'ranked by the remembered overheads, unmeasured last');
+  t.is(views[0].overheadMsPerMiB, 10);
+  t.true(g.overheadRemembered('fast'));
+  t.false(g.overheadRemembered('new'));
+  // Depth grows as overhead shrinks against the median (here 40 ms/MiB): the fast member takes more.
+  const fast = g.lease('fast', 0).units.length;
+  const slow = g.lease('slow', 0).units.length;
+  t.true(fast > slow, `fast leased ${fast}, slow ${slow}`);
+  // A measurement replaces "remembered" and is smoothed from the remembered value.
+  const mine = [...Array(40).keys()].find((x) => g.leaseHolder(x) === 'fast')!;
+  g.sending('fast', mine, 0);
+  g.receipt('fast', mine, 20);
+  t.false(g.overheadRemembered('fast'));
+  const after = g.memberViews(20).find((v) => v.id === 'fast')!.overheadMsPerMiB!;
+  t.true(after > 10 && after < 20, `EWMA from the remembered 10 ms/MiB toward a 20 ms/MiB sample: ${after}`);
+  // Remembering never overwrites a measurement.
+  g.rememberOverhead('fast', 1000);
+  t.is(g.memberViews(20).find((v) => v.id === 'fast')!.overheadMsPerMiB, after);
+});

@@ -113,3 +113,58 @@ test('a service agent whose server certificate is not trusted stops with 78 and 
     t.regex(e!.message, /not trusted: .*\(DEPTH_ZERO_SELF_SIGNED_CERT\); set ca: \(--ca\)/);
   }
 });
+
+// Issue 14: an idle agent follows the server's slow heartbeat, and learns of a new release
+// from a held channel poll instead of sleeping channel_poll between polls.
+test('an idle daemon heartbeats at the interval of the latest answer and learns a new release from a held channel poll', async (t) => {
+  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024, heartbeatMs: 200, server: { idleHeartbeatMs: 1000 } });
+  const { setChannel } = await import('../src/release/channels');
+  const { publishRelease } = await import('../src/release/publish');
+  const { loadPrivateKey } = await import('../src/release/keys');
+  const store = path.join(fleet.dir, 'store');
+  await setChannel(store, { channel: 'stable', release: fleet.manifest.id, name: 'release.bin', publishedAt: 1 });
+  const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
+  const pollMs = 30_000;
+  const daemon = new AgentDaemon({
+    agent: {
+      server: new ServerAccess({ url: fleet.url, plainHttp: true }),
+      group: 'g1',
+      member: 'follower',
+      interface: '127.0.0.1',
+      multicast: { address: mc.host, port: mc.port },
+      storageDir: path.join(fleet.dir, 'follower'),
+      trustedKeys: [await loadPublicKey(fleet.pubPath)],
+      lingerMs: 0,
+    },
+    channel: 'stable',
+    keep: 2,
+    hookTimeoutMs: 1000,
+    channelPollMs: pollMs,
+    logger: silentLogger,
+  });
+  t.teardown(() => daemon.stop());
+  const sleeps: number[] = [];
+  const sleeping = (daemon as unknown as { sleep(ms: number): Promise<void> }).sleep.bind(daemon);
+  (daemon as unknown as { sleep(ms: number): Promise<void> }).sleep = (ms) => {
+    sleeps.push(ms);
+    return sleeping(ms);
+  };
+  const running = daemon.runForever();
+  await until(() => daemon.state === 'complete' && daemon.currentRelease === fleet.manifest.id, 'the first release completes');
+  const interval = () => (daemon.current as unknown as { heartbeatMs: number } | null)?.heartbeatMs;
+  await until(() => interval() === 1000, 'the agent takes the idle interval from an answer after the start');
+  // Beats in a window: at 200 ms there would be ~15 in 3 s; at 1 s about 3 (a busy box only delays timers).
+  const before = fleet.server.stats.requests;
+  await new Promise((r) => setTimeout(r, 3000));
+  const beats = fleet.server.stats.requests - before;
+  t.true(beats <= 5, `${beats} requests in 3 s while idle`);
+
+  await fs.writeFile(path.join(fleet.dir, 'v2.bin'), Buffer.alloc(50_000, 9));
+  const v2 = await publishRelease(path.join(fleet.dir, 'v2.bin'), store, await loadPrivateKey(fleet.keyPath), { name: 'v2.bin', unitSize: 16 * 1024 });
+  await setChannel(store, { channel: 'stable', release: v2.id, name: 'v2.bin', publishedAt: 2 });
+  await until(() => daemon.currentRelease === v2.id, 'the daemon moves to the new release', pollMs - 5000);
+  // The server held every poll: the daemon never slept channel_poll between them.
+  t.deepEqual(sleeps.filter((ms) => ms >= pollMs), [], `sleeps: ${sleeps.join(', ')}`);
+  await daemon.stop();
+  await running;
+});

@@ -461,14 +461,7 @@ export class Agent {
       if (err instanceof ControlError && err.status === 403) throw new FleetcastError('IDENTITY', `the server refused member ${this.member}: ${err.message}`, ExitCode.NOPERM);
       throw err;
     }
-    this.heartbeatTimer = setInterval(() => {
-      this.heartbeat().catch((err) => {
-        // The server forgot us, or remembers that we left: join again.
-        if (err instanceof ControlError && err.code === 'NOT_JOINED') return this.heartbeat(true).catch(() => undefined);
-        this.log.debug(`heartbeat: ${(err as Error).message}`);
-      });
-      this.checkStall();
-    }, this.heartbeatMs);
+    this.startHeartbeats();
     this.ensureTicking();
     this.setAnnouncePace(AGENT_DEFAULTS.announceMs);
     this.announce();
@@ -606,9 +599,26 @@ export class Agent {
     if (map.groupKey) this.groupKey = Buffer.from(map.groupKey, 'base64');
     this.nacks?.setGroupSize(map.members.length);
     this.ensureTicking(); // a new role or copy destinations may need the tick again
-    // Taken before the heartbeat timer starts; later changes apply on restart.
-    if (!this.heartbeatTimer) this.heartbeatMs = map.heartbeatMs;
+    // The server picks the interval by phase (fast while the group transfers, slow when
+    // all is done): every answer may change it.
+    const every = Math.min(60_000, Math.max(50, Number(map.heartbeatMs) || 1000));
+    if (every !== this.heartbeatMs) {
+      this.heartbeatMs = every;
+      if (this.heartbeatTimer && !this.closed) this.startHeartbeats();
+    }
     this.wake();
+  }
+
+  private startHeartbeats(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = setInterval(() => {
+      this.heartbeat().catch((err) => {
+        // The server forgot us, or remembers that we left: join again.
+        if (err instanceof ControlError && err.code === 'NOT_JOINED') return this.heartbeat(true).catch(() => undefined);
+        this.log.debug(`heartbeat: ${(err as Error).message}`);
+      });
+      this.checkStall();
+    }, this.heartbeatMs);
   }
 
   private async requestLease(): Promise<LeaseResponse> {

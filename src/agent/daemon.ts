@@ -82,6 +82,12 @@ export class AgentDaemon {
   private stopped = false;
   private readonly abort = new AbortController();
   private wakeLoop: (() => void) | null = null;
+  /** Aborts a held channel poll when the loop is woken (reload, a failed agent). */
+  private pollWake = new AbortController();
+  /** The release the channel named at the last poll: the next poll waits for it to change. */
+  private channelKnown: string | null = null;
+  /** The server holds channel polls until the channel moves (long poll): no sleep between them. Null: not asked yet. */
+  private serverHoldsPolls: boolean | null = null;
   private pollBackoffMs = 0;
   private readonly refused = new Set<string>();
   private failures = 0;
@@ -129,17 +135,21 @@ export class AgentDaemon {
     this.startSampling();
     while (!this.stopped) {
       try {
-        const target = await this.target();
+        const target = await this.target(true);
         if (target !== this.currentRelease && Date.now() >= this.retryAt) await this.switchTo(target);
         if (this.opts.channel) await this.follower.step(this.opts.channel);
         this.pollBackoffMs = 0;
       } catch (err) {
         if (isFatal(err)) throw err;
+        if (err instanceof FleetcastError && err.code === 'WOKEN') continue;
         this.pollBackoffMs = Math.min(60_000, Math.max(1000, this.pollBackoffMs * 2));
         this.log.warn(`${(err as Error).message}; asking again in ${this.pollBackoffMs / 1000} s`);
         if (!this.current) this.setState('retrying');
       }
-      await this.sleep(Math.max(this.pollBackoffMs, this.opts.channelPollMs));
+      // A held poll (long poll) already waited up to channelPollMs for the channel to move;
+      // after the first answer, the next poll finds out whether the server holds them.
+      const held = this.opts.channel && this.channelKnown !== null && this.serverHoldsPolls !== false;
+      await this.sleep(Math.max(this.pollBackoffMs, held ? 0 : this.opts.channelPollMs));
       if (this.fatal) throw this.fatal;
     }
   }
@@ -173,32 +183,46 @@ export class AgentDaemon {
     this.sampler.unref();
   }
 
-  /** The release to be on: the fixed one, or the channel's current one. */
-  private async target(): Promise<string> {
+  /** The release to be on: the fixed one, or the channel's current one (`wait`: a long poll). */
+  private async target(wait = false): Promise<string> {
     if (this.opts.release) return this.opts.release;
-    const head = await this.fetchChannel();
+    const head = await this.fetchChannel(wait);
     // A rollout on the channel: its release is staged at once, whatever our wave.
     await this.follower.poll(this.opts.channel!);
     return this.follower.target(head.release);
   }
 
-  async fetchChannel(): Promise<ChannelHead> {
+  /**
+   * The channel's head. `wait`: a long poll (docs/protocol.md, section 13) that the server
+   * holds up to channel_poll while the channel still names the release of our last poll,
+   * so a move is learned at once and an idle agent asks once per channel_poll.
+   */
+  async fetchChannel(wait = false): Promise<ChannelHead> {
     const ch = this.opts.channel!;
+    const known = this.channelKnown;
+    const holdMs = wait && known ? Math.round(this.opts.channelPollMs) : 0;
+    const query = holdMs > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(holdMs) })}` : '';
+    const woken = this.pollWake.signal;
     // node:http with keep-alive, not fetch(): a cold fetch() cost an idle agent ~6 ms of
     // CPU per poll, a third of its idle cost at the default 10 s poll.
     let res: HttpAnswer;
     let body: Buffer;
     try {
-      res = await this.opts.agent.server.request('GET', `/v1/channels/${encodeURIComponent(ch)}`, { signal: AbortSignal.any([AbortSignal.timeout(10_000), this.abort.signal]) });
+      const signals = [AbortSignal.timeout(10_000 + holdMs), this.abort.signal, ...(holdMs > 0 ? [woken] : [])];
+      res = await this.opts.agent.server.request('GET', `/v1/channels/${encodeURIComponent(ch)}${query}`, { signal: AbortSignal.any(signals) });
       body = await res.bytes();
     } catch (err) {
+      if (woken.aborted && !this.abort.signal.aborted) throw new FleetcastError('WOKEN', 'channel poll cut short');
       throw tlsTrustProblem(err, this.opts.agent.server.url) ?? new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
+    // An older server answers at once and ignores the query: then the loop sleeps between polls.
+    if (holdMs > 0 && res.status === 200) this.serverHoldsPolls = res.headers['x-fleetcast-long-poll'] !== undefined;
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);
     if (res.status < 200 || res.status > 299) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
     const head = parseChannelHead(body);
     if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
+    this.channelKnown = head.release;
     return head;
   }
 
@@ -258,7 +282,7 @@ export class AgentDaemon {
         if (isFatal(err)) {
           this.fatal = err;
           await this.retire(ag).catch(() => undefined);
-          this.wakeLoop?.();
+          this.wakeUp();
           return;
         }
         this.failures++;
@@ -270,7 +294,7 @@ export class AgentDaemon {
         (storage ? this.log.warn : this.log.error)(`release ${id}: ${err.message}; trying again in ${wait / 1000} s`);
         this.setState('retrying');
         await this.retire(ag).catch(() => undefined);
-        this.wakeLoop?.();
+        this.wakeUp();
       },
     );
   }
@@ -374,7 +398,8 @@ export class AgentDaemon {
       allowDowngrade: r.allowDowngrade,
     };
     this.opts.logger.setLevel(r.logLevel);
-    if (channelChanged || changed.includes('allow_downgrade')) this.wakeLoop?.();
+    if (channelChanged) this.channelKnown = null;
+    if (channelChanged || changed.includes('allow_downgrade')) this.wakeUp();
     return changed;
   }
 
@@ -401,6 +426,13 @@ export class AgentDaemon {
       this.wakeLoop = done;
       signal.addEventListener('abort', done, { once: true });
     });
+  }
+
+  /** End the loop's wait now: its sleep, or a channel poll the server is holding. */
+  private wakeUp(): void {
+    this.wakeLoop?.();
+    this.pollWake.abort();
+    this.pollWake = new AbortController();
   }
 
   /** Listeners on the daemon's own abort signal (a leak shows as a growing count). */

@@ -160,7 +160,8 @@ export const server: Command = {
       store: { type: 'string', arg: 'DIR', help: 'store directory (releases written by fleetcast publish); must exist unless --create', required: true },
       create: { type: 'boolean', help: 'create the store directory when it does not exist (otherwise refused: a typo would serve 0 releases)' },
       listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600', check: checks.hostPort },
-      'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents', default: 1000, integer: true, min: 50, max: 60000 },
+      'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents while their group transfers', default: 1000, integer: true, min: 50, max: 60000 },
+      'idle-heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents whose whole group holds the release (default 5 x heartbeat_ms)', integer: true, min: 50, max: 60000 },
       'tls-cert': { type: 'string', arg: 'PEMFILE', help: 'serve HTTPS with this certificate (chain)' },
       'tls-key': { type: 'string', arg: 'PEMFILE', help: "the certificate's private key" },
       'plain-http': { type: 'boolean', help: 'serve plain HTTP (tokens and unencrypted releases cross the network in the clear)' },
@@ -187,7 +188,7 @@ export const server: Command = {
     if (tls) checkTlsPair(tls, String(a.flags['tls-cert']), String(a.flags['tls-key']));
     await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
     const tokens = await loadTokens(a.flags);
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
     let addr;

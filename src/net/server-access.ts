@@ -24,6 +24,7 @@ export interface ServerAccessOptions {
 export interface HttpAnswer {
   status: number;
   statusText: string;
+  headers: http.IncomingHttpHeaders;
   body: AsyncIterable<Uint8Array>;
   bytes(): Promise<Buffer>;
   json(): Promise<unknown>;
@@ -98,6 +99,7 @@ export class ServerAccess {
         resolve({
           status: res.statusCode ?? 0,
           statusText: res.statusMessage ?? '',
+          headers: res.headers,
           body: res,
           bytes,
           json: async () => JSON.parse((await bytes()).toString('utf8')) as unknown,

@@ -14,8 +14,9 @@ import { bitmapBytes, clearBit, getBit, setBit } from '../util/bits';
  *   its overhead shrinks relative to the group's median; near the end of the
  *   release a member whose predicted finish is far behind the best member's is
  *   told to wait, so the last units go to fast members.
- * - Membership: a member silent for `memberTimeoutMs` is dropped and its leases
- *   return to the pool; a lease past its deadline returns too. A late joiner is
+ * - Membership: a member silent for `memberTimeoutMs`, or for three of the heartbeat
+ *   intervals the server asked of it plus a second if that is longer, is dropped and its
+ *   leases return to the pool; a lease past its deadline returns too. A late joiner is
  *   leased from what is left and takes the rest from its LAN peers.
  * - Soft state: everything here is rebuilt from heartbeats (`have` bitmaps) after
  *   a server restart.
@@ -133,6 +134,8 @@ interface Member {
   leases: Set<number>;
   /** ms per byte, EWMA; null until first sample. */
   overhead: number | null;
+  /** `overhead` is the one remembered from before a server restart, not measured since. */
+  overheadRemembered: boolean;
   complete: boolean;
   /** Fragments re-multicast as a gateway (the member's own cumulative count) and when it last grew. */
   forwarded: number;
@@ -145,6 +148,8 @@ interface Member {
   /** Units whose claim expired undelivered: its heartbeats' bits for them are ignored until it is sent them. */
   distrust: Uint8Array | null;
   undeliveredClaims: number;
+  /** The heartbeat interval the server last asked of it (ms), 0 before the first answer. */
+  heartbeatMs: number;
 }
 
 /** Why the server sends a unit to a member: its first lease, or one of the re-sends. */
@@ -184,6 +189,11 @@ export interface LeaseGrant {
 }
 
 const MIB = 1024 * 1024;
+
+/** A member is dropped after missing this many of its heartbeats (plus TIMEOUT_SLACK_MS)... */
+const MISSED_HEARTBEATS = 3;
+/** ...for a slow network or a busy box. */
+const TIMEOUT_SLACK_MS = 1000;
 
 export class GroupAllocator {
   private readonly members = new Map<string, Member>();
@@ -245,6 +255,7 @@ export class GroupAllocator {
         verified: 0,
         leases: new Set(),
         overhead: null,
+        overheadRemembered: false,
         complete: this.opts.unitCount === 0,
         forwarded: 0,
         forwardedAt: now,
@@ -253,6 +264,7 @@ export class GroupAllocator {
         gatewayDemotions: 0,
         distrust: null,
         undeliveredClaims: 0,
+        heartbeatMs: 0,
       };
       this.members.set(id, m);
     }
@@ -329,11 +341,43 @@ export class GroupAllocator {
     this.members.delete(id);
   }
 
+  /**
+   * The server asked `id` to heartbeat every `ms` from now on: it is timed out only after
+   * missing about three of those (memberTimeoutMs is the floor), so a member told to beat
+   * slowly while idle is not dropped between its beats.
+   */
+  setHeartbeatInterval(id: string, ms: number): void {
+    const m = this.members.get(id);
+    if (m) m.heartbeatMs = ms;
+  }
+
+  /** How long `id` may stay silent before it is dropped. */
+  timeoutOf(id: string): number | null {
+    const m = this.members.get(id);
+    return m ? this.memberTimeout(m) : null;
+  }
+
+  private memberTimeout(m: Member): number {
+    return Math.max(this.opts.memberTimeoutMs, MISSED_HEARTBEATS * m.heartbeatMs + TIMEOUT_SLACK_MS);
+  }
+
+  /**
+   * Nothing is left for `id` to do in this group: it holds every unit, leases none, and
+   * every member of the (wide-area) group is complete, so nobody fetches or copies. The
+   * server lets such a member heartbeat slowly.
+   */
+  idle(id: string): boolean {
+    const m = this.members.get(id);
+    if (!m || !m.complete || m.leases.size > 0) return false;
+    for (const o of this.members.values()) if (!o.complete) return false;
+    return true;
+  }
+
   /** Drop silent members and reclaim overdue leases. */
   expire(now: number): string[] {
     const gone: string[] = [];
     for (const m of this.members.values()) {
-      if (now - m.lastSeen > this.opts.memberTimeoutMs) gone.push(m.id);
+      if (now - m.lastSeen > this.memberTimeout(m)) gone.push(m.id);
     }
     for (const id of gone) this.leave(id);
     for (const [u, l] of this.leases) {
@@ -391,10 +435,28 @@ export class GroupAllocator {
       const bytes = Math.max(1, this.opts.unitBytes(u));
       const sample = Math.max(0, now - l.sentAt) / bytes;
       m.overhead = m.overhead === null ? sample : m.overhead + this.opts.overheadAlpha * (sample - m.overhead);
+      m.overheadRemembered = false;
     }
     // Sent the unit under a lease: its claim of it counts again.
     if (l && m.distrust) clearBit(m.distrust, u);
     this.markHeld(m, u);
+  }
+
+  /**
+   * The overhead `id` had before a server restart (fleet.json): it ranks, weights and may
+   * make the member a gateway as a measurement would, and new samples smooth from it.
+   * Ignored once the member has a measurement of its own.
+   */
+  rememberOverhead(id: string, msPerMiB: number): void {
+    const m = this.members.get(id);
+    if (!m || m.overhead !== null || !Number.isFinite(msPerMiB) || msPerMiB < 0) return;
+    m.overhead = msPerMiB / MIB;
+    m.overheadRemembered = true;
+  }
+
+  /** Whether `id`'s overhead is still the one from before a restart. */
+  overheadRemembered(id: string): boolean {
+    return this.members.get(id)?.overheadRemembered ?? false;
   }
 
   markComplete(id: string): void {

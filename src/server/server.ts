@@ -17,9 +17,10 @@ import { readContentKey } from '../release/content-crypto';
 import { Distribution, Policy, readDistribution, StartPolicy } from '../release/distribution';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { FleetMemory } from './fleet-memory';
+import { ChannelWatch, MAX_CHANNEL_WAIT_MS } from './channel-watch';
 import { ApiError, RolloutService } from './rollout-api';
 import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
-import { MAX_UNITS } from '../release/manifest';
+import { isReleaseId, MAX_UNITS } from '../release/manifest';
 import type { Socket } from 'node:net';
 
 /**
@@ -47,9 +48,15 @@ export interface ServerOptions {
   port: number;
   heartbeatMs?: number;
   /**
+   * The heartbeat interval asked of a member with nothing left to do: it holds the whole
+   * release and so does every member of its group (allocator.idle()). Default 5 x heartbeatMs.
+   */
+  idleHeartbeatMs?: number;
+  /**
    * After a restart, a group's leases wait until every member seen shortly before
    * it has rejoined and reported what it holds (soft state), but at most this long.
-   * Default max(3 heartbeats, 2 s). A fresh store has nobody to wait for.
+   * Default max(3 heartbeats, 2 s, an idle heartbeat + a heartbeat). A fresh store has
+   * nobody to wait for.
    */
   rebuildGraceMs?: number;
   allocator?: Partial<Omit<AllocatorOptions, 'unitCount' | 'unitBytes'>>;
@@ -186,7 +193,10 @@ export class FleetcastServer {
   private readonly fetches = new Map<string, number>();
   private readonly memberBytes = new Map<string, number>();
   readonly heartbeatMs: number;
+  readonly idleHeartbeatMs: number;
   private readonly rebuildGraceMs: number;
+  /** Held channel requests (long polls), answered when the channel moves. */
+  private readonly channelWatch: ChannelWatch;
   private startedAt = 0;
   /** "release/group" -> members seen before the restart that have not rejoined yet. */
   private readonly awaited = new Map<string, Set<string>>();
@@ -230,8 +240,11 @@ export class FleetcastServer {
     this.now = opts.now ?? Date.now;
     this.rollouts = new RolloutService({ storeDir: opts.storeDir, store: this.store, log: this.log, now: this.now });
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.idleHeartbeatMs = Math.max(this.heartbeatMs, opts.idleHeartbeatMs ?? 5 * this.heartbeatMs);
     this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
-    this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000);
+    this.channelWatch = new ChannelWatch(opts.storeDir);
+    // An idle member beats every idleHeartbeatMs: wait for one of its beats too.
+    this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000, this.idleHeartbeatMs + this.heartbeatMs);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
       res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
@@ -398,6 +411,7 @@ export class FleetcastServer {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    this.channelWatch.close();
     await this.saveState(true);
     this.noteOverheads();
     await this.memory.save();
@@ -647,10 +661,18 @@ export class FleetcastServer {
           lanBytes: b.lanBytes,
         });
         const scope = parseAllocatorKey(key);
-        if (isNew) this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${scope.wide ? ` (wide-area group ${scope.group})` : ''}`);
+        if (isNew) {
+          this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${scope.wide ? ` (wide-area group ${scope.group})` : ''}`);
+          // Its overhead from before a restart ranks and weights it until it is measured again.
+          const before = this.memory.overhead(`${b.release}/${scope.group}/${b.member}`);
+          if (before !== undefined) g.rememberOverhead(b.member, before);
+        }
+        // Fast while there is anything to fetch or copy in the group, slow once all is done.
+        const heartbeatMs = g.idle(b.member) && !b.fetching?.length && !b.copying ? this.idleHeartbeatMs : this.heartbeatMs;
+        g.setHeartbeatInterval(b.member, heartbeatMs);
         const map = g.map(now);
         return this.json(res, 200, {
-          heartbeatMs: this.heartbeatMs,
+          heartbeatMs,
           // One key per allocator: every member of a wide-area group shares it.
           groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'),
           policy: dist.policy,
@@ -709,12 +731,8 @@ export class FleetcastServer {
       }
       case 'GET /v1/channels':
         return this.json(res, 200, { channels: await listChannels(this.opts.storeDir) });
-      case 'GET /v1/channels/:': {
-        const head = await readChannel(this.opts.storeDir, parts[2]);
-        if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${parts[2]} does not exist on this server`);
-        if (!(await this.store.get(head.release))) throw new HttpError(503, 'NO_RELEASE', `channel ${parts[2]} points at release ${head.release}, which this server cannot load`);
-        return this.json(res, 200, head);
-      }
+      case 'GET /v1/channels/:':
+        return this.serveChannel(res, parts[2], url.searchParams);
       case 'POST /v1/hook': {
         const b = await this.body<HookBody>(req, SCHEMAS.hook);
         this.authorize(b, token);
@@ -764,6 +782,33 @@ export class FleetcastServer {
   }
 
 
+  /**
+   * A channel's head. With `release` (the one the agent knows) and `waitMs`, a long poll:
+   * held while the channel still names that release, at most waitMs (section 13).
+   */
+  private async serveChannel(res: http.ServerResponse, name: string, q: URLSearchParams): Promise<void> {
+    let head = await readChannel(this.opts.storeDir, name);
+    if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
+    const known = q.get('release');
+    const wait = q.get('waitMs');
+    if (known !== null || wait !== null) {
+      if (known === null || !isReleaseId(known)) throw new HttpError(400, 'BAD_QUERY', 'release must be a release id (32 hex characters) when waitMs is given');
+      if (wait === null || !/^\d{1,9}$/.test(wait)) throw new HttpError(400, 'BAD_QUERY', `waitMs must be a number of milliseconds (at most ${MAX_CHANNEL_WAIT_MS} are held)`);
+      if (head.release === known && Number(wait) > 0) {
+        const gone = new AbortController();
+        res.once('close', () => gone.abort());
+        await this.channelWatch.wait(name, known, Number(wait), gone.signal);
+        if (gone.signal.aborted) return;
+        head = await readChannel(this.opts.storeDir, name);
+        if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
+      }
+      // Tells the agent its wait was honoured, so it need not sleep between polls.
+      res.setHeader('x-fleetcast-long-poll', String(MAX_CHANNEL_WAIT_MS));
+    }
+    if (!(await this.store.get(head.release))) throw new HttpError(503, 'NO_RELEASE', `channel ${name} points at release ${head.release}, which this server cannot load`);
+    return this.json(res, 200, head);
+  }
+
   /** Where a member of a wide-area group sends copies besides its LAN: the other LAN groups' gateways. */
   private copyDestinations(g: GroupAllocator, member: string, now: number): { group: string; member: string; address: string; port: number }[] {
     const mine = g.lanGroupOf(member);
@@ -808,12 +853,12 @@ export class FleetcastServer {
           const k = `${release}/${group}/${m.id}`;
           const h = this.memory.hook(k);
           const bad = this.badUnits.get(`${release}/${m.group ?? group}/${m.id}`);
-          // Until the allocator measures a member again, its overhead from before a restart.
-          const before = m.overheadMsPerMiB === null ? this.memory.overhead(k) : undefined;
+          // Until the allocator measures a member again, it uses the overhead from before a restart.
+          const before = g.overheadRemembered(m.id);
           return {
             ...m,
             originBytes: this.bytesSentTo(release, m.group || group, m.id),
-            ...(before !== undefined ? { overheadMsPerMiB: before, overheadBeforeRestart: true } : {}),
+            ...(before ? { overheadBeforeRestart: true } : {}),
             badUnits: bad ? [...bad].map(([unit, failures]) => ({ unit, failures })) : [],
             hook: h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: now - h.at } : null,
           };

@@ -1,0 +1,94 @@
+import { ChannelHead, readChannel } from '../release/channels';
+
+/** How often a channel with waiting requests is read again (the most a move can go unseen). */
+export const CHANNEL_CHECK_MS = 500;
+/** The longest a channel request may be held (`waitMs` above this is cut to it). */
+export const MAX_CHANNEL_WAIT_MS = 60_000;
+
+interface Waiter {
+  known: string;
+  done: () => void;
+}
+
+/**
+ * Long polls of `GET /v1/channels/{name}?release=R&waitMs=N` (docs/protocol.md, section
+ * 13): a request that names the release the agent already knows is held until the channel
+ * moves off it or `waitMs` passes, so an idle agent asks once per wait and still learns of
+ * a new release within CHANNEL_CHECK_MS. `fleetcast publish` writes the channel file from
+ * another process, so the file of each channel someone waits on is read every
+ * CHANNEL_CHECK_MS (one small read for all its waiters; nothing while nobody waits).
+ */
+export class ChannelWatch {
+  private readonly waiting = new Map<string, Set<Waiter>>();
+  private timer: NodeJS.Timeout | null = null;
+  private checking = false;
+
+  constructor(private readonly storeDir: string) {}
+
+  /**
+   * Resolves when channel `name` no longer names release `known`, after `waitMs`, when
+   * `signal` aborts (the client went away) or on close(), whichever is first.
+   */
+  wait(name: string, known: string, waitMs: number, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      let set = this.waiting.get(name);
+      if (!set) this.waiting.set(name, (set = new Set()));
+      const w: Waiter = { known, done };
+      const t = setTimeout(done, Math.min(waitMs, MAX_CHANNEL_WAIT_MS));
+      const waiters = set;
+      function done() {
+        clearTimeout(t);
+        signal.removeEventListener('abort', done);
+        waiters.delete(w);
+        resolve();
+      }
+      if (signal.aborted) return done();
+      signal.addEventListener('abort', done, { once: true });
+      waiters.add(w);
+      this.schedule();
+    });
+  }
+
+  /** Requests held right now (all channels). */
+  held(): number {
+    let n = 0;
+    for (const s of this.waiting.values()) n += s.size;
+    return n;
+  }
+
+  private schedule(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.check(), CHANNEL_CHECK_MS);
+    this.timer.unref();
+  }
+
+  private async check(): Promise<void> {
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      for (const [name, set] of this.waiting) {
+        if (set.size === 0) {
+          this.waiting.delete(name);
+          continue;
+        }
+        const head: ChannelHead | null = await readChannel(this.storeDir, name).catch(() => null);
+        // A channel that vanished or cannot be read ends the wait too: the answer says why.
+        for (const w of [...set]) if (!head || head.release !== w.known) w.done();
+      }
+      if (this.waiting.size === 0 && this.timer) {
+        clearInterval(this.timer);
+        this.timer = null;
+      }
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  /** Answer every held request now (server stop). */
+  close(): void {
+    for (const set of this.waiting.values()) for (const w of [...set]) w.done();
+    this.waiting.clear();
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+}
