@@ -4,9 +4,10 @@
 //   cli  ->  agent | server  ->  config  ->  transport | net  ->  release  ->  storage  ->  wire  ->  util
 //
 // A file may import from its own folder and from any folder on a lower level. Folders on the same level
-// (agent and server, transport and net) are peers and do not import each other. Nothing in src/ imports
-// bench/ or test/; bench/ sits above cli and may use test/'s helpers. Type-only imports count like any other: a type that a lower
-// layer needs lives in that lower layer.
+// (agent and server, transport and net) are peers and do not import each other. release may import
+// storage, not the other way. Nothing in src/ imports bench/ or test/; bench/ sits above cli and may use
+// test/'s helpers. Type-only imports count like any other: a type that a lower layer needs lives in that
+// lower layer. CONTRIBUTING.md ("Layers") says what each level holds.
 //
 // Usage: node scripts/check-layers.mjs [ROOT]   (ROOT defaults to the repository this script is in;
 // `npm test` runs it after tsc, and test/check-layers.test.ts proves it fails on planted back-edges)

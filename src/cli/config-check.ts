@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { resolveInterface } from '../net/interface';
 import { loadPublicKey } from '../release/keys';
 import { ConfigValues, configKey, FlagValue, splitHostPort, ValueSource } from './args';
-import { checkTlsPair, loadTokens } from './commands';
+import { checkTlsPair, loadTokens } from './server-command';
 
 /**
  * What `fleetcast config check` looks at beyond the file itself, as `nginx -t` does: the

@@ -8,7 +8,7 @@ import { publishRelease } from '../release/publish';
 import { sha256File } from '../storage/files';
 import { FleetcastServer } from '../server/server';
 import { ExitCode } from '../util/errors';
-import { Command } from './commands';
+import { Command } from './command';
 import { usageError } from './args';
 import { formatBytes, ProgressBar } from './progress';
 import { fragmentBytesForMtu } from '../net/interface';

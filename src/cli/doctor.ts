@@ -11,7 +11,8 @@ import { decodePacket } from '../wire/packet';
 import { checks, resolveFlags, splitHostPort } from './args';
 import { ServerAccess } from '../net/server-access';
 import { describeFetchError } from '../agent/control-client';
-import { agent, Command } from './commands';
+import { agent } from './agent-command';
+import { Command } from './command';
 
 /**
  * `fleetcast doctor`: what breaks multicast in the field, each finding with how to fix

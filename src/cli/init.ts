@@ -8,7 +8,7 @@ import { CHANNEL_RE } from '../release/channels';
 import { generateKeyPair } from '../release/keys';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { checks, splitHostPort, usageError } from './args';
-import { Command } from './commands';
+import { Command } from './command';
 
 /**
  * `fleetcast init server DIR` and `fleetcast init device DIR NAME...`: everything TLS and

@@ -5,7 +5,7 @@ import { isReleaseId } from '../release/manifest';
 import { parseDuration, parseMaxFailures, parseWaves, parseWindow, summary } from '../server/rollout';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { checks, usageError } from './args';
-import { Command } from './commands';
+import { Command } from './command';
 
 /**
  * `fleetcast rollout start|status|pause|resume|abort`: the operator's side of rollouts

@@ -1,10 +1,11 @@
-import { createHash } from 'node:crypto';
-import { CHANNEL_RE } from '../release/channels';
-import { isName, isReleaseId } from '../wire/ids';
-import { Directive, parseWindow, RolloutState } from '../wire/rollout';
-import { parseJsonObject } from '../wire/json-object';
+import { Directive, RolloutState } from '../wire/rollout';
+import { MaxFailures, MAX_REASON_CHARS, MAX_ROLLOUT_MEMBERS, MemberRecord, MemberState, ReportedState, Rollout, RolloutSpec } from './rollout-model';
+import { assignWaves, lateWave } from './rollout-waves';
 
 export { Directive, parseWindow, RolloutState, windowAllows, windowAllowsAt, WindowPart } from '../wire/rollout';
+export * from './rollout-model';
+export * from './rollout-waves';
+export * from './rollout-file';
 
 /**
  * Rollouts: a release moves onto a channel's members wave by wave (docs/rollouts.md).
@@ -21,163 +22,11 @@ export { Directive, parseWindow, RolloutState, windowAllows, windowAllowsAt, Win
  * - Mender's ArtifactInstall -> ArtifactCommit / ArtifactRollback states become the
  *   member states installed -> committed, or failed -> rolled-back.
  *   https://docs.mender.io/artifacts/state-scripts
+ *
+ * This file is the state machine. The rollout's types and limits are in rollout-model.ts,
+ * the --waves syntax and wave assignment in rollout-waves.ts, the state file's parser in
+ * rollout-file.ts; all are re-exported here.
  */
-
-/** What a member reported last (`pending`: nothing yet). */
-export type MemberState = 'pending' | 'staged' | 'installed' | 'committed' | 'failed' | 'rolled-back';
-export const REPORTED_STATES = ['staged', 'installed', 'committed', 'failed', 'rolled-back'] as const;
-export type ReportedState = (typeof REPORTED_STATES)[number];
-
-/** One wave: members up to a cumulative share (`upto` percent), or the members of named LAN groups (`*`: every other group). */
-export type WaveSpec = { kind: 'share'; upto: number } | { kind: 'groups'; groups: string[] };
-
-export type MaxFailures = { count: number } | { percent: number };
-
-export interface RolloutSpec {
-  id: string;
-  channel: string;
-  release: string;
-  /** The channel's release when the rollout started: what the channel installs until it completes. */
-  previous: string;
-  waves: WaveSpec[];
-  maxFailures: MaxFailures;
-  /**
-   * Open the next wave (or complete after the last) this long after the first install
-   * in the open wave, even if not all of it has committed; null: wait for all of it.
-   */
-  waveWaitMs: number | null;
-  /** Install window (read in each agent's local time), e.g. "Mon-Fri 02:00-04:00"; null: any time. */
-  window: string | null;
-  createdAt: number;
-}
-
-export interface MemberRecord {
-  group: string;
-  wave: number;
-  state: MemberState;
-  /** Failed (and maybe rolled back since): counts against the threshold. */
-  failed: boolean;
-  reason: string | null;
-  at: number;
-  /** When it first reported an install attempt (installed, committed or failed); starts its wave's --wave-wait. */
-  installedAt: number | null;
-}
-
-export interface Rollout extends RolloutSpec {
-  version: 1;
-  state: RolloutState;
-  /** Waves 0..openWave are open. */
-  openWave: number;
-  /** When each open wave opened. */
-  openedAt: number[];
-  /** Why it halted, paused or was aborted. */
-  reason: string | null;
-  /** abort --rollback: members on the new release roll back. */
-  rollback: boolean;
-  endedAt: number | null;
-  members: Record<string, MemberRecord>;
-}
-
-export const MAX_WAVES = 32;
-export const MAX_REASON_CHARS = 512;
-/** Members per rollout the server keeps track of (a bound for a hostile or broken fleet). */
-export const MAX_ROLLOUT_MEMBERS = 200_000;
-
-// ---------------------------------------------------------------- parsing (CLI and API input)
-
-/** "1%,10%,50%,100%" (cumulative shares) or "site-a,site-b,*" (LAN groups). Returns the waves or what is wrong. */
-export function parseWaves(s: string): WaveSpec[] | string {
-  const items = s.split(',').map((x) => x.trim());
-  if (items.length === 0 || items.some((x) => x === '')) return 'must be a comma-separated list, e.g. 1%,10%,100% or site-a,site-b,*';
-  if (items.length > MAX_WAVES) return `has ${items.length} waves; at most ${MAX_WAVES}`;
-  const shares = items.filter((x) => x.endsWith('%'));
-  if (shares.length && shares.length !== items.length) return 'mixes shares (N%) and LAN group names: use one or the other';
-  if (shares.length) {
-    const out: WaveSpec[] = [];
-    let last = 0;
-    for (const x of items) {
-      const m = /^(\d{1,3}(?:\.\d{1,3})?)%$/.exec(x);
-      const v = m ? Number(m[1]) : NaN;
-      if (!(v > 0 && v <= 100)) return `${JSON.stringify(x)} is not a share between 0% and 100%`;
-      if (v <= last) return `shares are cumulative and must grow: ${x} after ${last}%`;
-      last = v;
-      out.push({ kind: 'share', upto: v });
-    }
-    if (last !== 100) return `ends at ${last}%: the last wave must reach 100%`;
-    return out;
-  }
-  const seen = new Set<string>();
-  for (const x of items) {
-    if (x !== '*' && !isName(x)) return `${JSON.stringify(x)} is not a LAN group name (or * for every other group)`;
-    if (seen.has(x)) return `names ${x} twice`;
-    seen.add(x);
-  }
-  if (!seen.has('*')) return 'does not reach 100%: end the list with * (every other LAN group)';
-  if (items.at(-1) !== '*') return '* (every other LAN group) must be the last wave';
-  return items.map((x) => ({ kind: 'groups', groups: [x] }));
-}
-
-/** "5%" or "3". */
-export function parseMaxFailures(s: string): MaxFailures | string {
-  const t = s.trim();
-  let m = /^(\d{1,3}(?:\.\d{1,3})?)%$/.exec(t);
-  if (m && Number(m[1]) <= 100) return { percent: Number(m[1]) };
-  m = /^\d{1,9}$/.exec(t);
-  if (m) return { count: Number(t) };
-  return `${JSON.stringify(s)} is neither a share (5%) nor a count (3)`;
-}
-
-/** "90s", "30m", "2h", "1d", "1h30m"; ms, or what is wrong. */
-export function parseDuration(s: string): number | string {
-  const t = s.trim();
-  if (!/^(\d{1,6}(ms|s|m|h|d))+$/.test(t)) return `${JSON.stringify(s)} is not a duration like 90s, 30m, 2h or 1h30m`;
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-  let ms = 0;
-  for (const m of t.matchAll(/(\d+)(ms|s|m|h|d)/g)) ms += Number(m[1]) * unit[m[2]];
-  return ms;
-}
-
-// ---------------------------------------------------------------- waves
-
-/** A point in [0, 1) from the member and rollout ids: the member's place, stable across restarts. */
-export function memberPoint(rolloutId: string, member: string): number {
-  const h = createHash('sha256').update(rolloutId).update('\0').update(member).digest();
-  return h.readUIntBE(0, 6) / 2 ** 48;
-}
-
-/**
- * Waves for the members known when the rollout starts. Shares: members sorted by their
- * point, the first ceil(share x n) of them up to each wave (so 25% of 8 is exactly 2).
- * Groups: the wave naming the member's LAN group, else the `*` wave.
- */
-export function assignWaves(spec: Pick<RolloutSpec, 'id' | 'waves'>, members: { id: string; group: string }[]): Map<string, number> {
-  const out = new Map<string, number>();
-  if (spec.waves[0]?.kind === 'share') {
-    const sorted = [...members].map((m) => ({ ...m, p: memberPoint(spec.id, m.id) })).sort((a, b) => a.p - b.p || (a.id < b.id ? -1 : 1));
-    const n = sorted.length;
-    let w = 0;
-    sorted.forEach((m, k) => {
-      while (w < spec.waves.length - 1 && k >= Math.ceil(((spec.waves[w] as { upto: number }).upto * n) / 100)) w++;
-      out.set(m.id, w);
-    });
-    return out;
-  }
-  for (const m of members) out.set(m.id, groupWave(spec.waves, m.group));
-  return out;
-}
-
-function groupWave(waves: WaveSpec[], group: string): number {
-  const i = waves.findIndex((w) => w.kind === 'groups' && w.groups.includes(group));
-  return i >= 0 ? i : waves.findIndex((w) => w.kind === 'groups' && w.groups.includes('*'));
-}
-
-/** The wave of a member that was not known at the start: by its point against the shares, or by its group. */
-export function lateWave(spec: Pick<RolloutSpec, 'id' | 'waves'>, member: string, group: string): number {
-  if (spec.waves[0]?.kind !== 'share') return groupWave(spec.waves, group);
-  const p = memberPoint(spec.id, member) * 100;
-  const i = spec.waves.findIndex((w) => w.kind === 'share' && p < w.upto);
-  return i >= 0 ? i : spec.waves.length - 1;
-}
 
 // ---------------------------------------------------------------- the rollout
 
@@ -394,79 +243,5 @@ export function summary(r: Rollout, now: number) {
       .map(([id, m]) => ({ member: id, group: m.group, wave: m.wave + 1, state: m.state, reason: m.reason, at: new Date(m.at).toISOString() })),
     memberStates: Object.fromEntries(Object.entries(r.members).map(([id, m]) => [id, { group: m.group, wave: m.wave + 1, state: m.state, reason: m.reason }])),
     asOf: new Date(now).toISOString(),
-  };
-}
-
-// ---------------------------------------------------------------- the state file
-
-const ROLLOUT_ID_RE = /^r-[0-9a-f]{12}$/;
-export const isRolloutId = (s: string) => ROLLOUT_ID_RE.test(s);
-
-/** Parse `<store>/rollouts/<id>.json` (untrusted bytes: a fuzz target). Returns the rollout or what is wrong. */
-export function parseRollout(bytes: Uint8Array): Rollout | string {
-  const o = parseJsonObject(bytes);
-  if (typeof o === 'string') return o;
-  if (o.version !== 1) return `unknown version ${JSON.stringify(o.version)}`;
-  if (typeof o.id !== 'string' || !isRolloutId(o.id)) return 'id must be a rollout id (r- and 12 hex digits)';
-  if (typeof o.channel !== 'string' || !CHANNEL_RE.test(o.channel)) return 'channel must be a channel name';
-  if (typeof o.release !== 'string' || !isReleaseId(o.release)) return 'release must be a release id';
-  if (typeof o.previous !== 'string' || !isReleaseId(o.previous)) return 'previous must be a release id';
-  if (!['running', 'paused', 'halted', 'aborted', 'completed'].includes(o.state as string)) return 'state is not a rollout state';
-  if (!Array.isArray(o.waves) || o.waves.length > MAX_WAVES) return `waves must be a list of at most ${MAX_WAVES}`;
-  const wavesText = (o.waves as unknown[]).map((w) => {
-    const x = w as Record<string, unknown>;
-    return x && x.kind === 'share' && typeof x.upto === 'number' ? `${x.upto}%` : x && x.kind === 'groups' && Array.isArray(x.groups) ? (x.groups as unknown[]).join(',') : '?';
-  });
-  const waves = parseWaves(wavesText.join(','));
-  if (typeof waves === 'string') return `waves: ${waves}`;
-  const mf = o.maxFailures as Record<string, unknown> | null;
-  let maxFailures: MaxFailures;
-  if (mf && typeof mf === 'object' && Number.isSafeInteger(mf.count) && (mf.count as number) >= 0) maxFailures = { count: mf.count as number };
-  else if (mf && typeof mf === 'object' && typeof mf.percent === 'number' && mf.percent >= 0 && mf.percent <= 100) maxFailures = { percent: mf.percent };
-  else return 'maxFailures must be {count} or {percent}';
-  const num = (x: unknown) => typeof x === 'number' && Number.isFinite(x) && x >= 0;
-  if (o.waveWaitMs !== null && !num(o.waveWaitMs)) return 'waveWaitMs must be a number or null';
-  if (o.window !== null && (typeof o.window !== 'string' || typeof parseWindow(o.window) === 'string')) return 'window must be a window or null';
-  if (!num(o.createdAt)) return 'createdAt must be a number';
-  if (!Number.isSafeInteger(o.openWave) || (o.openWave as number) < 0 || (o.openWave as number) >= waves.length) return 'openWave is out of range';
-  if (!Array.isArray(o.openedAt) || o.openedAt.length !== (o.openWave as number) + 1 || !o.openedAt.every(num)) return 'openedAt must hold a time per open wave';
-  if (o.reason !== null && typeof o.reason !== 'string') return 'reason must be a string or null';
-  if (typeof o.rollback !== 'boolean') return 'rollback must be a boolean';
-  if (o.endedAt !== null && !num(o.endedAt)) return 'endedAt must be a number or null';
-  if (typeof o.members !== 'object' || o.members === null || Array.isArray(o.members)) return 'members must be an object';
-  const members: Record<string, MemberRecord> = Object.create(null) as Record<string, MemberRecord>;
-  const states: MemberState[] = ['pending', 'staged', 'installed', 'committed', 'failed', 'rolled-back'];
-  let n = 0;
-  for (const [id, x] of Object.entries(o.members as Record<string, unknown>)) {
-    if (++n > MAX_ROLLOUT_MEMBERS) return `more than ${MAX_ROLLOUT_MEMBERS} members`;
-    const m = x as Record<string, unknown>;
-    if (!isName(id) || typeof m !== 'object' || m === null) return `member ${JSON.stringify(id.slice(0, 64))} is malformed`;
-    if (typeof m.group !== 'string' || !isName(m.group)) return `member ${id}: group must be a group name`;
-    if (!Number.isSafeInteger(m.wave) || (m.wave as number) < 0 || (m.wave as number) >= waves.length) return `member ${id}: wave is out of range`;
-    if (!states.includes(m.state as MemberState)) return `member ${id}: state is not a member state`;
-    if (typeof m.failed !== 'boolean') return `member ${id}: failed must be a boolean`;
-    if (m.reason !== null && (typeof m.reason !== 'string' || m.reason.length > MAX_REASON_CHARS)) return `member ${id}: reason must be a short string or null`;
-    if (!num(m.at)) return `member ${id}: at must be a number`;
-    if (m.installedAt !== null && !num(m.installedAt)) return `member ${id}: installedAt must be a number or null`;
-    members[id] = { group: m.group, wave: m.wave as number, state: m.state as MemberState, failed: m.failed, reason: m.reason as string | null, at: m.at as number, installedAt: m.installedAt as number | null };
-  }
-  return {
-    version: 1,
-    id: o.id,
-    channel: o.channel,
-    release: o.release,
-    previous: o.previous,
-    waves,
-    maxFailures,
-    waveWaitMs: o.waveWaitMs as number | null,
-    window: o.window as string | null,
-    createdAt: o.createdAt as number,
-    state: o.state as RolloutState,
-    openWave: o.openWave as number,
-    openedAt: o.openedAt as number[],
-    reason: o.reason as string | null,
-    rollback: o.rollback,
-    endedAt: o.endedAt as number | null,
-    members,
   };
 }

@@ -1,0 +1,146 @@
+import { promises as fs } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import { Policy, POLICIES, StartPolicy, START_POLICIES } from '../release/distribution';
+import { FleetcastServer } from '../server/server';
+import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
+import { createLogger, Level, Logger } from '../util/log';
+import { sdNotify, startWatchdog } from '../util/sd-notify';
+import { checks, FlagValue, splitHostPort } from './args';
+import { Command } from './command';
+import { configFlag, logLevelFlag, metricsFlag, onReload, startMetrics, waitForSignal } from './service';
+
+export const server: Command = {
+  spec: {
+    name: 'server',
+    summary: 'Run the origin server: serves manifests and unit bytes over HTTP and allocates units to agents.',
+    usage: 'server [--config FILE] --store DIR [--listen HOST:PORT]',
+    flags: {
+      config: configFlag,
+      store: { type: 'string', arg: 'DIR', help: 'store directory (releases written by fleetcast publish); must exist unless --create', required: true },
+      create: { type: 'boolean', help: 'create the store directory when it does not exist (otherwise refused: a typo would serve 0 releases)' },
+      listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600', check: checks.hostPort },
+      'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents while their group transfers', default: 1000, integer: true, min: 50, max: 60000 },
+      'idle-heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents whose whole group holds the release (default 5 x heartbeat_ms)', integer: true, min: 50, max: 60000 },
+      'tls-cert': { type: 'string', arg: 'PEMFILE', help: 'serve HTTPS with this certificate (chain)' },
+      'tls-key': { type: 'string', arg: 'PEMFILE', help: "the certificate's private key" },
+      'plain-http': { type: 'boolean', help: 'serve plain HTTP (tokens and unencrypted releases cross the network in the clear)' },
+      tokens: { type: 'list', arg: 'NAME:TOKEN[,...]', help: 'bearer tokens allowed in, per fleet or per device (none: anyone may join)', check: tokenEntryCheck, reload: true },
+      'tokens-file': { type: 'string', arg: 'FILE', help: 'more tokens, one "NAME TOKEN" per line (# comments)', reload: true },
+      'shared-tokens': { type: 'boolean', help: 'let one token serve many member ids (per-fleet tokens); by default a token names one device' },
+      'content-keys': { type: 'string', arg: 'DIR', help: 'keys of encrypted releases (from publish --encrypt), released only to token holders' },
+      policy: { type: 'string', arg: 'POLICY', help: 'default distribution policy: wide, group or representative (publish --policy sets one per release)', default: 'wide', choices: POLICIES },
+      start: { type: 'string', arg: 'WHEN', help: 'default start policy: immediate or all-fetched', default: 'immediate', choices: START_POLICIES },
+      metrics: metricsFlag,
+      'log-level': logLevelFlag,
+    },
+    validate: (f) => {
+      if ((f['tls-cert'] === undefined) !== (f['tls-key'] === undefined)) return { flag: f['tls-cert'] === undefined ? 'tls-key' : 'tls-cert', problem: 'needs tls_cert and tls_key together' };
+      if (f['tls-cert'] !== undefined && f['plain-http']) return { flag: 'plain-http', problem: 'and tls_cert are both set: serve HTTPS or plain HTTP, not both' };
+      if (f['tls-cert'] === undefined && !f['plain-http']) return { flag: 'tls-cert', problem: 'is required (with tls_key) to serve HTTPS; set plain_http: true (--plain-http) to serve plain HTTP on purpose' };
+      return null;
+    },
+  },
+  async run(a) {
+    const { host, port } = splitHostPort(String(a.flags.listen)) as { host: string; port: number };
+    const log = createLogger({ level: a.flags['log-level'] as Level });
+    const tls = a.flags['tls-cert'] ? { cert: await readConfigFile(String(a.flags['tls-cert']), 'tls_cert'), key: await readConfigFile(String(a.flags['tls-key']), 'tls_key') } : undefined;
+    if (tls) checkTlsPair(tls, String(a.flags['tls-cert']), String(a.flags['tls-key']));
+    await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
+    const tokens = await loadTokens(a.flags);
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy });
+    if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
+    else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
+    let addr;
+    try {
+      addr = await s.start();
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new FleetcastError(e.code ?? 'LISTEN', `cannot listen on ${host}:${port}: ${e.message}`, ExitCode.UNAVAILABLE);
+    }
+    const stopMetrics = await startMetrics(server.spec, a.flags.metrics as string | undefined, () => s.metrics(), log);
+    // Handlers first, then the line that says we listen: a SIGTERM sent on reading it
+    // must not find the default action (the process would die by the signal, not exit 0).
+    const signalled = waitForSignal();
+    log.info(`fleetcast server listening on ${addr.url} with ${s.store.list().length} release(s) from ${s.store.dir}`);
+    const stopReload = onReload(server.spec, a, log, (f) => {
+      const changed: string[] = [];
+      if (f['log-level'] !== a.flags['log-level']) {
+        log.setLevel(f['log-level'] as Level);
+        changed.push('log_level');
+      }
+      return changed;
+    }, async (f) => {
+      // Tokens are read before anything changes: a bad tokens file keeps the old ones.
+      const next = await loadTokens(f);
+      s.setTokens(next);
+      return `${Object.keys(next ?? {}).length} token(s)`;
+    });
+    sdNotify(`READY=1\nSTATUS=serving ${s.store.list().length} release(s) on ${addr.url}`);
+    const stopWatchdog = startWatchdog();
+    await signalled;
+    sdNotify('STOPPING=1');
+    stopWatchdog();
+    stopReload();
+    stopMetrics();
+    await s.stop();
+    return ExitCode.OK;
+  },
+};
+
+/**
+ * The certificate and key must load and belong together: one line and exit 78, where
+ * Node's TLS layer would throw deep inside createServer.
+ */
+export function checkTlsPair(tls: { cert: string; key: string }, certFile: string, keyFile: string): void {
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { reason?: string };
+    const mismatch = e.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' || /key values mismatch/i.test(e.message);
+    const why = mismatch ? `the key ${keyFile} does not belong to the certificate ${certFile}` : `cannot use ${certFile} with ${keyFile}: ${e.reason ?? e.message}`;
+    throw new FleetcastError('TLS_PAIR', `${why}; give tls_cert and tls_key from the same pair`, ExitCode.CONFIG);
+  }
+}
+
+/** A store that is not there is refused (66) unless --create: a typo would serve nothing, quietly. */
+async function checkStore(dir: string, create: boolean, log: Logger): Promise<void> {
+  const st = await fs.stat(dir).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? null : Promise.reject(fromSystemError(err, `store ${dir}`))));
+  if (st && !st.isDirectory()) throw new FleetcastError('NOT_A_DIR', `store ${dir} is not a directory`, ExitCode.NOINPUT);
+  if (st) return;
+  if (!create) throw new FleetcastError('NO_STORE', `store ${dir} does not exist: check the path, publish a release into it (fleetcast publish --store ${dir}), or give --create (create: true) to start empty`, ExitCode.NOINPUT);
+  await fs.mkdir(dir, { recursive: true }).catch((err) => Promise.reject(fromSystemError(err, `creating store ${dir}`)));
+  log.info(`created an empty store at ${dir}`);
+}
+
+function tokenEntryCheck(s: string): string | null {
+  return /^[A-Za-z0-9._@-]{1,64}:[\x21-\x7e]{16,512}$/.test(s) ? null : 'entries must be NAME:TOKEN, the token 16-512 printable characters';
+}
+
+async function readConfigFile(file: string, key: string): Promise<string> {
+  try {
+    return await fs.readFile(file, 'utf8');
+  } catch (err) {
+    throw new FleetcastError('CONFIG', `${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, ExitCode.CONFIG);
+  }
+}
+
+/** tokens (NAME:TOKEN entries) and tokens_file ("NAME TOKEN" lines) as name -> token; undefined when none. */
+export async function loadTokens(f: Record<string, FlagValue>): Promise<Record<string, string> | undefined> {
+  const out: Record<string, string> = {};
+  for (const e of (f.tokens as string[] | undefined) ?? []) {
+    const i = e.indexOf(':');
+    out[e.slice(0, i)] = e.slice(i + 1);
+  }
+  if (f['tokens-file']) {
+    const file = String(f['tokens-file']);
+    const text = await readConfigFile(file, 'tokens_file');
+    for (const [i, raw] of text.split('\n').entries()) {
+      const line = raw.trim();
+      if (!line || line.startsWith('#')) continue;
+      const m = /^([A-Za-z0-9._@-]{1,64})\s+([\x21-\x7e]{16,512})$/.exec(line);
+      if (!m) throw new FleetcastError('CONFIG', `${file}:${i + 1}:1: expected "NAME TOKEN" (token of 16-512 printable characters)`, ExitCode.CONFIG);
+      out[m[1]] = m[2];
+    }
+  }
+  return Object.keys(out).length ? out : undefined;
+}
