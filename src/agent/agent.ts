@@ -79,7 +79,18 @@ export const AGENT_DEFAULTS = {
   minAssemblies: 4,
   /** An incomplete assembly that got no data for this long is dropped (its buffer freed). */
   assemblyMaxIdleMs: 10_000,
-  repairCacheUnits: 16,
+  /**
+   * Verified units kept in memory to answer NACKs from. None: a repair reads the unit
+   * back from the store into a pooled buffer (the page cache holds recent units), so
+   * memory stays flat in release size (issue 16: 16 cached units were 16 MiB per agent).
+   */
+  repairCacheUnits: 0,
+  /**
+   * Free unit-sized buffers the pool keeps for the next download, assembly or repair
+   * read; also capped by assemblyMaxBytes. A buffer the pool drops is old by then and
+   * stays resident until a full GC, so the pool keeps what the caps let be in use.
+   */
+  unitPoolMaxFree: 16,
   peerTimeoutMs: 5000,
   /**
    * A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered
@@ -413,7 +424,7 @@ export class Agent {
     this.store = await PartialStore.open(o.storageDir, this.manifest);
     const budget = Math.max(AGENT_DEFAULTS.minAssemblies, Math.floor(AGENT_DEFAULTS.assemblyMaxBytes / Math.max(1, this.manifest.unitSize)));
     this.maxAssemblies = Math.min(AGENT_DEFAULTS.maxAssemblies, budget);
-    this.units = new BufferPool(this.manifest.unitSize, Math.min(AGENT_DEFAULTS.repairCacheUnits + 16, budget));
+    this.units = new BufferPool(this.manifest.unitSize, Math.min(AGENT_DEFAULTS.repairCacheUnits + AGENT_DEFAULTS.unitPoolMaxFree, budget));
     if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
     this.stats.unitsResumed = this.store.verifiedUnits;
     if (this.store.verifiedUnits > 0) this.log.info(`resuming: ${this.store.verifiedUnits} of ${this.manifest.unitCount} units already verified`);
@@ -1386,7 +1397,7 @@ export class Agent {
   /** A verified unit's bytes from disk, or null (logged) when they cannot be read. */
   private async readStored(unit: number, purpose: string): Promise<Buffer | null> {
     try {
-      return await this.store.readUnit(unit);
+      return await this.store.readUnit(unit, this.units.take(unitLength(this.manifest, unit)));
     } catch (err) {
       this.log.warn(`reading unit ${unit} ${purpose}: ${(err as Error).message}`);
       return null;
