@@ -119,8 +119,14 @@ export const AGENT_DEFAULTS = {
   /** After this many failures of one unit from the server (and every as many more), the agent reports it. */
   badUnitReportAfter: 3,
   sendBatch: 64,
-  /** Copy bytes queued for the LAN above which WAN downloads pause. */
-  copyQueueMaxBytes: 4 * 1024 * 1024,
+  /**
+   * Copy bytes queued for the LAN above which WAN downloads pause: ~16 ms at 500 Mbit/s.
+   * Was 4 MiB; each queued MiB is resident, and datagrams that wait long outlive two
+   * scavenges, so their arenas die old and stay until a full GC (issue 16).
+   */
+  copyQueueMaxBytes: 1024 * 1024,
+  /** Outgoing datagrams are carved from arenas of this size: one allocation per ~170 1.5 KB datagrams. */
+  datagramArenaBytes: 256 * 1024,
   /** Cross-group copies queued above which WAN downloads pause (~0.2 s at 10 Mbit/s). */
   crossQueueMaxBytes: 256 * 1024,
 };
@@ -1421,13 +1427,13 @@ export class Agent {
     this.drain();
   }
 
-  /** Outgoing datagrams are carved from 1 MiB arenas: one allocation per ~700 fragments, not one each. */
+  /** Outgoing datagrams are carved from arenas (datagramArenaBytes): one allocation per many fragments, not one each. */
   private arena = new Uint8Array(0);
   private arenaOff = 0;
 
   private allocDatagram(bytes: number): Uint8Array {
     if (this.arenaOff + bytes > this.arena.length) {
-      this.arena = new Uint8Array(Math.max(1 << 20, bytes));
+      this.arena = new Uint8Array(Math.max(AGENT_DEFAULTS.datagramArenaBytes, bytes));
       this.arenaOff = 0;
     }
     const d = this.arena.subarray(this.arenaOff, this.arenaOff + bytes);
