@@ -6,12 +6,15 @@ import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
 import { benchScale, scaleReport } from './scale';
+import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
 
 /**
  * `npm run bench -- demo [RUNS]`: the loopback demo at 0% and 5% loss, 64 MiB, 4 agents,
  * RUNS times each (default 5); medians to bench/results/demo.md. Baseline in the same
  * run: the time for one agent alone (every byte over loopback HTTP, no multicast), so
- * the table shows what the LAN exchange costs or saves on this machine.
+ * the table shows what the LAN exchange costs or saves on this machine. Then each
+ * agent's peak resident memory, from /proc, with 3 agents at 64 MiB and 2 GiB (issue 16;
+ * `npm run bench -- memory [RUNS]` prints that part alone, without writing the file).
  */
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -181,6 +184,94 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', r
   ]);
 }
 
+const MIB = 1024 * 1024;
+/** Issue 16: peak agent RSS at most this for a 2 GiB release, flat in release size. */
+const PEAK_RSS_TARGET_MIB = 64;
+const MEMORY_SIZES = (process.env.FLEETCAST_BENCH_MEMORY_MIB ?? '64,2048').split(',').map((x) => Number(x) * MIB);
+
+/** 3 agents on loopback, `runs` times: each agent's peak resident memory (VmHWM) and sampled VmRSS. */
+async function memoryRow(sizeBytes: number, runs: number) {
+  const peaks: number[] = [];
+  const medians: number[] = [];
+  const rssMax: number[] = [];
+  const secs: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const sampler = new AgentMemorySampler();
+    let mem: AgentMemory[] = [];
+    let r: DemoResult;
+    try {
+      r = await runDemo({ agents: 3, sizeBytes, lossPct: 0 });
+    } finally {
+      mem = sampler.stop();
+    }
+    const name = `memory ${sizeBytes / MIB} MiB`;
+    if (!r.ok) throw new Error(`${name}: run ${i + 1} did not verify: ${JSON.stringify(r.agents.filter((a) => !a.ok))}`);
+    if (mem.length !== 3 || mem.some((m) => m.samples === 0)) throw new Error(`${name}: sampled ${mem.length} agent(s) of 3 from /proc`);
+    const hwm = mem.map((m) => m.hwmKiB / 1024);
+    peaks.push(Math.max(...hwm));
+    medians.push(median(hwm));
+    rssMax.push(Math.max(...mem.map((m) => m.rssMaxKiB / 1024)));
+    secs.push(r.seconds);
+    process.stderr.write(`${name}: run ${i + 1}/${runs}: ${r.seconds.toFixed(2)} s, agent peaks ${hwm.map((x) => x.toFixed(1)).join(', ')} MiB\n`);
+  }
+  return { sizeBytes, runs, peak: median(peaks), peakMax: Math.max(...peaks), medianAgent: median(medians), rssMax: median(rssMax), seconds: median(secs) };
+}
+
+/** One more run with bench/mem-probe.js in every agent: where the memory is at its peak. */
+async function memoryBreakdown(sizeBytes: number) {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-memprobe-'));
+  const before = process.env.NODE_OPTIONS;
+  process.env.NODE_OPTIONS = `${before ?? ''} --require ${path.join(__dirname, 'mem-probe.js')}`.trim();
+  process.env.FLEETCAST_MEMPROBE_DIR = dir;
+  try {
+    const r = await runDemo({ agents: 3, sizeBytes, lossPct: 0 });
+    if (!r.ok) throw new Error(`memory breakdown ${sizeBytes / MIB} MiB: did not verify`);
+    const files = await fs.readdir(dir);
+    const ps = await Promise.all(files.map(async (f) => JSON.parse(await fs.readFile(path.join(dir, f), 'utf8')) as Record<string, number>));
+    if (ps.length !== 3) throw new Error(`memory breakdown: ${ps.length} probe file(s) of 3`);
+    const p = ps.sort((a, b) => b.rssKiB - a.rssKiB)[0]; // the agent with the highest sampled RSS
+    const heap = p.heapTotal / MIB;
+    const ab = p.arrayBuffers / MIB;
+    const anon = p.anonKiB / 1024;
+    return { sizeBytes, rss: p.rssKiB / 1024, hwm: p.hwmKiB / 1024, file: p.fileKiB / 1024, anon, heap, heapUsed: p.heapUsed / MIB, arrayBuffers: ab, otherExternal: (p.external - p.arrayBuffers) / MIB, rest: anon - heap - ab };
+  } finally {
+    if (before === undefined) delete process.env.NODE_OPTIONS;
+    else process.env.NODE_OPTIONS = before;
+    delete process.env.FLEETCAST_MEMPROBE_DIR;
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function memoryLines(runs: number): Promise<string[]> {
+  const rows = [];
+  for (const size of MEMORY_SIZES) rows.push(await memoryRow(size, runs));
+  const parts = [];
+  for (const size of MEMORY_SIZES) parts.push(await memoryBreakdown(size));
+  const base = nodeBaselineKiB();
+  const flat = rows[rows.length - 1].peak / rows[0].peak;
+  const f = (x: number) => x.toFixed(1);
+  const met = rows.every((r) => r.peakMax <= PEAK_RSS_TARGET_MIB);
+  return [
+    '## Agent memory (issue 16)',
+    '',
+    `3 agents on loopback, 0% loss, ${runs} run(s) per size. Each agent's VmHWM (the kernel's peak of its resident set) and VmRSS are read from /proc/PID/status every 20 ms until it exits (bench/proc-memory.ts).`,
+    `"Peak" is the highest agent's VmHWM in a run, median over runs (worst run beside it). Target: at most ${PEAK_RSS_TARGET_MIB} MiB at 2 GiB, flat in release size.`,
+    '',
+    '| release | seconds | peak RSS per agent (MiB) | worst run (MiB) | median agent (MiB) | highest sampled VmRSS (MiB) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...rows.map((r) => `| ${r.sizeBytes / MIB} MiB | ${r.seconds.toFixed(2)} | ${f(r.peak)} | ${f(r.peakMax)} | ${f(r.medianAgent)} | ${f(r.rssMax)} |`),
+    '',
+    `Peak at ${MEMORY_SIZES[MEMORY_SIZES.length - 1] / MIB} MiB over peak at ${MEMORY_SIZES[0] / MIB} MiB: ${flat.toFixed(2)}x. ${met ? `Target met: every run's peak is at most ${PEAK_RSS_TARGET_MIB} MiB.` : `Target NOT met: some run's peak is over ${PEAK_RSS_TARGET_MIB} MiB.`}`,
+    '',
+    `Where it goes, one more run per size with bench/mem-probe.js preloaded in every agent (the agent with the highest sampled VmRSS, at that sample; the probe's own cost included). A bare \`node -e\` on this machine: ${f(base.rss / 1024)} MiB resident, ${f(base.file / 1024)} MiB of it file-backed.`,
+    '',
+    '| release | VmRSS | file-backed (node binary, libraries) | anonymous | V8 heap (heapTotal / used) | ArrayBuffers | other anonymous (malloc, stacks, code) | VmHWM |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...parts.map((p) => `| ${p.sizeBytes / MIB} MiB | ${f(p.rss)} | ${f(p.file)} | ${f(p.anon)} | ${f(p.heap)} / ${f(p.heapUsed)} | ${f(p.arrayBuffers)} | ${f(p.rest)} | ${f(p.hwm)} |`),
+    '',
+  ];
+}
+
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
@@ -206,8 +297,13 @@ async function main() {
     return writeResult('scale', scaleReport(results, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
   }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
+  if (what === 'memory') {
+    process.stdout.write((await memoryLines(Number(runsArg ?? 3))).join('\n') + '\n');
+    return;
+  }
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, transport, idle, scale, lan, sites, policies, uplinks\n`);
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, lan, sites, policies, uplinks
+`);
     process.exit(64);
   }
   const runs = Number(runsArg ?? 5);
@@ -218,6 +314,7 @@ async function main() {
     await bench('4 agents, 5% loss', runs, () => runDemo({ agents: 4, sizeBytes: size, lossPct: 5 })),
   ];
   const base = rows[0];
+  const memory = await memoryLines(Math.min(runs, 3));
   const lines = [
     '# Loopback demo benchmark',
     '',
@@ -230,6 +327,7 @@ async function main() {
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
     ...rows.map((r) => `| ${r.name} | ${r.seconds.toFixed(2)} | ${r.egress.toFixed(3)} | ${r.goodputMbit.toFixed(0)} | ${r.nacks} | ${r.repairMiB.toFixed(1)} | ${(r.seconds / base.seconds).toFixed(2)} | ${r.transport} |`),
     '',
+    ...memory,
     `Generated ${new Date().toISOString()}.`,
     '',
   ];

@@ -10,6 +10,8 @@ try {
   }
   throw err;
 }
+// The agent's memory settings (issue 16; the reasons are in memory-tuning.ts).
+if (process.argv[2] === 'agent') require('../dist/src/util/memory-tuning.js').tuneAgentMemory();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -1,7 +1,8 @@
 // fleetcast's native addon. Kept deliberately thin (STYLE.md): one ObjectWrap per OS
-// handle (UdpSocket) and sdNotify; validation, defaults and policy live in
-// TypeScript (src/transport/binding.ts, src/transport/native-transport.ts).
+// handle (UdpSocket), sdNotify and one allocator setting (setMallocMmapThreshold);
+// validation, defaults and policy live in TypeScript (src/transport/binding.ts, src/transport/native-transport.ts).
 #include <napi.h>
+#include "malloc_tune.h"
 #ifdef __linux__
 #include "sd_notify.h"
 #include "udp_socket.h"
@@ -15,6 +16,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("metaWords", Napi::Number::New(env, UdpSocket::kMetaWords));
   exports.Set("counterCount", Napi::Number::New(env, kCounterCount));
 #endif
+  exports.Set("setMallocMmapThreshold", Napi::Function::New(env, SetMallocMmapThreshold, "setMallocMmapThreshold"));
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }

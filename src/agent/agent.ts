@@ -79,7 +79,18 @@ export const AGENT_DEFAULTS = {
   minAssemblies: 4,
   /** An incomplete assembly that got no data for this long is dropped (its buffer freed). */
   assemblyMaxIdleMs: 10_000,
-  repairCacheUnits: 16,
+  /**
+   * Verified units kept in memory to answer NACKs from. None: a repair reads the unit
+   * back from the store into a pooled buffer (the page cache holds recent units), so
+   * memory stays flat in release size (issue 16: 16 cached units were 16 MiB per agent).
+   */
+  repairCacheUnits: 0,
+  /**
+   * Free unit-sized buffers the pool keeps for the next download, assembly or repair
+   * read; also capped by assemblyMaxBytes. A buffer the pool drops is old by then and
+   * stays resident until a full GC, so the pool keeps what the caps let be in use.
+   */
+  unitPoolMaxFree: 16,
   peerTimeoutMs: 5000,
   /**
    * A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered
@@ -108,8 +119,14 @@ export const AGENT_DEFAULTS = {
   /** After this many failures of one unit from the server (and every as many more), the agent reports it. */
   badUnitReportAfter: 3,
   sendBatch: 64,
-  /** Copy bytes queued for the LAN above which WAN downloads pause. */
-  copyQueueMaxBytes: 4 * 1024 * 1024,
+  /**
+   * Copy bytes queued for the LAN above which WAN downloads pause: ~16 ms at 500 Mbit/s.
+   * Was 4 MiB; each queued MiB is resident, and datagrams that wait long outlive two
+   * scavenges, so their arenas die old and stay until a full GC (issue 16).
+   */
+  copyQueueMaxBytes: 1024 * 1024,
+  /** Outgoing datagrams are carved from arenas of this size: one allocation per ~170 1.5 KB datagrams. */
+  datagramArenaBytes: 256 * 1024,
   /** Cross-group copies queued above which WAN downloads pause (~0.2 s at 10 Mbit/s). */
   crossQueueMaxBytes: 256 * 1024,
 };
@@ -413,7 +430,7 @@ export class Agent {
     this.store = await PartialStore.open(o.storageDir, this.manifest);
     const budget = Math.max(AGENT_DEFAULTS.minAssemblies, Math.floor(AGENT_DEFAULTS.assemblyMaxBytes / Math.max(1, this.manifest.unitSize)));
     this.maxAssemblies = Math.min(AGENT_DEFAULTS.maxAssemblies, budget);
-    this.units = new BufferPool(this.manifest.unitSize, Math.min(AGENT_DEFAULTS.repairCacheUnits + 16, budget));
+    this.units = new BufferPool(this.manifest.unitSize, Math.min(AGENT_DEFAULTS.repairCacheUnits + AGENT_DEFAULTS.unitPoolMaxFree, budget));
     if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
     this.stats.unitsResumed = this.store.verifiedUnits;
     if (this.store.verifiedUnits > 0) this.log.info(`resuming: ${this.store.verifiedUnits} of ${this.manifest.unitCount} units already verified`);
@@ -948,12 +965,14 @@ export class Agent {
   async leave(): Promise<void> {
     if (!this.manifest) return;
     try {
-      await this.opts.server.fetch('/v1/leave', {
-        method: 'POST',
+      // node:http like every other call of ours: the first fetch() of a process compiles
+      // undici's WebAssembly HTTP parser, ~25 MiB of peak RSS on the way out (issue 16).
+      const res = await this.opts.server.request('POST', '/v1/leave', {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ release: this.manifest.id, group: this.opts.group, member: this.member }),
         signal: AbortSignal.timeout(2000),
       });
+      res.dump();
     } catch {
       /* the server will time us out */
     }
@@ -1384,7 +1403,7 @@ export class Agent {
   /** A verified unit's bytes from disk, or null (logged) when they cannot be read. */
   private async readStored(unit: number, purpose: string): Promise<Buffer | null> {
     try {
-      return await this.store.readUnit(unit);
+      return await this.store.readUnit(unit, this.units.take(unitLength(this.manifest, unit)));
     } catch (err) {
       this.log.warn(`reading unit ${unit} ${purpose}: ${(err as Error).message}`);
       return null;
@@ -1408,13 +1427,13 @@ export class Agent {
     this.drain();
   }
 
-  /** Outgoing datagrams are carved from 1 MiB arenas: one allocation per ~700 fragments, not one each. */
+  /** Outgoing datagrams are carved from arenas (datagramArenaBytes): one allocation per many fragments, not one each. */
   private arena = new Uint8Array(0);
   private arenaOff = 0;
 
   private allocDatagram(bytes: number): Uint8Array {
     if (this.arenaOff + bytes > this.arena.length) {
-      this.arena = new Uint8Array(Math.max(1 << 20, bytes));
+      this.arena = new Uint8Array(Math.max(AGENT_DEFAULTS.datagramArenaBytes, bytes));
       this.arenaOff = 0;
     }
     const d = this.arena.subarray(this.arenaOff, this.arenaOff + bytes);

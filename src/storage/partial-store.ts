@@ -264,21 +264,27 @@ export class PartialStore {
     }
   }
 
-  async readUnit(unit: number): Promise<Buffer> {
+  /**
+   * A stored unit's bytes, read into `into` when given (a reused buffer of the unit's
+   * length: the page cache holds recent units, so a read costs a copy, and the agent
+   * keeps no cache of its own), else into a new buffer.
+   */
+  async readUnit(unit: number, into?: Buffer): Promise<Buffer> {
     const m = this.manifest;
     const len = unitLength(m, unit);
-    const buf = Buffer.allocUnsafe(len);
+    if (into && into.length !== len) throw new FleetcastError('BAD_UNIT', `unit ${unit} is ${len} bytes, not ${into.length}`, ExitCode.SOFTWARE);
+    const buf = into ?? Buffer.allocUnsafe(len);
     if (this.complete) {
       const fh = await fs.open(this.finalPath, 'r');
       try {
-        await fh.read(buf, 0, len, unit * m.unitSize);
+        await readFully(fh, buf, unit * m.unitSize);
       } finally {
         await fh.close();
       }
       return buf;
     }
     if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
-    await this.fh.read(buf, 0, len, unit * m.unitSize);
+    await readFully(this.fh, buf, unit * m.unitSize);
     return buf;
   }
 
@@ -362,6 +368,16 @@ async function fsyncDir(dir: string): Promise<void> {
     /* some file systems refuse fsync on directories */
   } finally {
     await fh.close();
+  }
+}
+
+/** Fill `buf` from `position`; a stored unit read short (a truncated file) is an error, not stale bytes. */
+async function readFully(fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesRead } = await fh.read(buf, off, buf.length - off, position + off);
+    if (bytesRead <= 0) throw Object.assign(new Error(`short read at byte ${position + off}`), { code: 'EIO' });
+    off += bytesRead;
   }
 }
 

@@ -40,10 +40,16 @@ export interface NativeUdpAddon {
 }
 
 const C = { rxDatagrams: 0, rxBytes: 1, rxTruncated: 2, txDatagrams: 3, txBytes: 4, txErrors: 5, txEagain: 6, rxBatches: 7, rxSyscalls: 8, txSyscalls: 9, txGso: 10 };
-export const DEFAULT_RING_SLOTS = 256;
-/** With UDP_GRO a slot holds one coalesced read of up to 64 KiB; fewer slots then. */
+/**
+ * Receive ring: slots per recvmmsg. The ring is resident memory of every agent (issue 16),
+ * while the kernel's socket buffer (8 MiB, below) is what absorbs bursts; a batch
+ * only has to be large enough that one syscall drains many datagrams.
+ * Without GRO: 64 slots of 9 KiB (576 KiB; was 256, 2.25 MiB).
+ */
+export const DEFAULT_RING_SLOTS = 64;
+/** With UDP_GRO a slot holds one coalesced read of up to 64 KiB (~44 LAN datagrams): 16 slots, 1 MiB (was 64, 4 MiB). */
 const GRO_SLOT_BYTES = 65536;
-const GRO_RING_SLOTS = 64;
+const GRO_RING_SLOTS = 16;
 /** Datagrams one coalesced read can hold at most (64 KiB / 1 byte is the theory; the kernel caps at 64). */
 const MAX_SEGMENTS_PER_SLOT = 64;
 const EIO = 5;

@@ -7,6 +7,8 @@ import * as path from 'node:path';
  */
 export interface NativeAddonExports {
   sdNotify?: (socket: string, state: string) => number;
+  /** mallopt(M_MMAP_THRESHOLD) under glibc; see memory-tuning.ts. */
+  setMallocMmapThreshold?: (bytes: number) => boolean;
   abiVersion?: number;
 }
 
