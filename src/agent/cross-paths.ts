@@ -22,6 +22,9 @@ interface Source {
   fresh: boolean;
   echoSeq: bigint;
   echoAt: number;
+  /** Our counters when that ANNOUNCE arrived (FEEDBACK's at-echo counters, 1.2). */
+  echoDatagrams: number;
+  echoBytes: number;
 }
 
 /**
@@ -130,10 +133,10 @@ export class CrossPaths {
   }
 
   /** A FEEDBACK from the gateway at `from`. */
-  feedback(from: Endpoint, f: { receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number }, now: number): boolean {
+  feedback(from: Endpoint, f: { receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number; atEcho?: { datagrams: number; bytes: number } }, now: number): boolean {
     const p = this.paths.get(key(from));
     if (!p) return false;
-    p.pacer.report(f.receivedDatagrams, f.receivedBytes, f.echoSeq, f.echoHoldMs, now);
+    p.pacer.report(f.receivedDatagrams, f.receivedBytes, f.echoSeq, f.echoHoldMs, now, f.atEcho);
     return true;
   }
 
@@ -152,6 +155,8 @@ export class CrossPaths {
     if (!s) return;
     s.echoSeq = seq;
     s.echoAt = now;
+    s.echoDatagrams = s.datagrams;
+    s.echoBytes = s.bytes;
     s.fresh = true;
   }
 
@@ -163,14 +168,25 @@ export class CrossPaths {
         this.sourcesDropped++;
         return null;
       }
-      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0 };
+      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0, echoDatagrams: 0, echoBytes: 0 };
       this.sources.set(k, s);
     }
     return s;
   }
 
-  /** Every feedbackMs: the reports owed to the members heard since the last ones. */
-  feedbackDue(now: number): { to: Endpoint; receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number }[] {
+  /**
+   * Every feedbackMs: the reports owed to the members heard since the last ones, with
+   * the counters at the echo once an ANNOUNCE has been heard (1.2 senders judge by those;
+   * the agent also sends each without them, the 1.1 form, for 1.1 senders).
+   */
+  feedbackDue(now: number): {
+    to: Endpoint;
+    receivedDatagrams: number;
+    receivedBytes: number;
+    echoSeq: bigint;
+    echoHoldMs: number;
+    atEcho?: { datagrams: number; bytes: number };
+  }[] {
     if (now - this.lastFeedbackAt < this.opts.feedbackMs) return [];
     this.lastFeedbackAt = now;
     const out = [];
@@ -182,7 +198,14 @@ export class CrossPaths {
         continue;
       }
       s.fresh = false;
-      out.push({ to: s.to, receivedDatagrams: s.datagrams, receivedBytes: s.bytes, echoSeq: s.echoSeq, echoHoldMs: s.echoSeq ? now - s.echoAt : 0 });
+      out.push({
+        to: s.to,
+        receivedDatagrams: s.datagrams,
+        receivedBytes: s.bytes,
+        echoSeq: s.echoSeq,
+        echoHoldMs: s.echoSeq ? now - s.echoAt : 0,
+        ...(s.echoSeq ? { atEcho: { datagrams: s.echoDatagrams, bytes: s.echoBytes } } : {}),
+      });
     }
     return out;
   }
