@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
 import { publishRelease } from '../src/release/publish';
 import { Host, lan, sites, Topology, uplinks } from '../test/netns/topology';
+import { formatLinkTrace, startLinkTrace } from './link-trace';
 
 /**
  * Namespace benchmarks (issue "Real topologies"): fleetcast against what users would
@@ -27,6 +28,11 @@ const scale = (mib: number) => Number(process.env.FLEETCAST_BENCH_MIB ?? mib) * 
 const PORT = 7601;
 /** FLEETCAST_BENCH_ONLY=fleetcast runs only fleetcast's rows, for a quick look while tuning (nothing is written to bench/results). */
 export const fleetcastOnly = process.env.FLEETCAST_BENCH_ONLY === 'fleetcast';
+/**
+ * While tuning: FLEETCAST_BENCH_ROWS='wide;group' runs only those rows of the policies table
+ * (names as in the table, `;` between them), and nothing is written to bench/results.
+ */
+export const rowsOnly = process.env.FLEETCAST_BENCH_ROWS?.split(';').map((x) => x.trim());
 
 export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -152,7 +158,7 @@ async function runFleetcast(
   rateMbit: number,
   measure: Host[],
   serverIfs: string[],
-  dist: { policy?: string; wide?: boolean; crossRateMbit?: number } = {},
+  dist: { policy?: string; wide?: boolean; crossRateMbit?: number; linkMbit?: number } = {},
 ): Promise<RunResult> {
   const srv = await startServer(topo, w.dir, dist.policy ? ['--policy', dist.policy] : []);
   let rxBefore = 0;
@@ -161,6 +167,7 @@ async function runFleetcast(
   let srvBefore = 0;
   for (const i of serverIfs) srvBefore += await ifTx(topo, topo.server.ns, i);
   const runId = randomBytes(3).toString('hex');
+  const trace = process.env.FLEETCAST_BENCH_TRACE && dist.linkMbit ? startLinkTrace(topo) : null;
   const started = Date.now();
   const agents = topo.sites.flatMap((hosts, k) =>
     hosts.map((h, i) =>
@@ -175,6 +182,7 @@ async function runFleetcast(
     ),
   );
   const res = await Promise.all(agents.map((a) => a.done));
+  if (trace) log(formatLinkTrace(await trace.stop(), started, dist.linkMbit!));
   const exitSeconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
   const statsRun = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/stats").then(r=>r.text()).then(t=>process.stdout.write(t))']);
   const srvStats = JSON.parse(statsRun.stdout || '{}') as { unitBytesSent?: number; resent?: Record<string, { units: number }> };
@@ -208,6 +216,12 @@ async function runFleetcast(
       cross += Number(rep.crossGroupBytesSent ?? 0);
       crossIn += Number(rep.crossGroupBytes ?? 0);
       repairs += Number(rep.repairBytesSent ?? 0);
+      if (trace && Array.isArray(rep.crossPaths) && rep.crossPaths.length) {
+        const paths = (rep.crossPaths as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number }[])
+          .map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s, loss ${(p.lastLoss * 100).toFixed(0)}%, rtt ${p.lastRttMs ?? '-'} ms, ${p.congestionEvents} congested`)
+          .join('; ');
+        log(`  s${k + 1}a${i + 1} cross paths at the end: ${paths}`);
+      }
     }
   }
   const seconds = lastComplete > 0 ? (lastComplete - started) / 1000 : exitSeconds;
@@ -441,18 +455,18 @@ export async function benchPolicies(runs: number): Promise<string[]> {
     { name: 'representative', policy: 'representative', busy: false },
     { name: 'wide, one core busy', policy: 'wide', busy: true },
     { name: 'group, one core busy', policy: 'group', busy: true },
-  ];
+  ].filter((r) => !rowsOnly || rowsOnly.includes(r.name));
   try {
     const results = new Map<string, RunResult[]>(rowsSpec.map((r) => [r.name, []]));
     for (let i = 0; i < runs; i++) {
       for (const spec of rowsSpec) {
-        const run = () => runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy: spec.policy, wide: true });
+        const run = () => runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy: spec.policy, wide: true, linkMbit: wan });
         const r = spec.busy ? await withBusyCore(run) : await run();
         results.get(spec.name)!.push(r);
         log(`policies ${spec.name} run ${i + 1}: ${r.seconds.toFixed(2)} s, server sent ${((r.unitBytes ?? 0) / MIB).toFixed(1)} MiB (re-sends ${JSON.stringify(r.resent)}), site links ${((r.siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
       }
     }
-    const secondsOf = (name: string) => median(results.get(name)!.map((r) => r.seconds));
+    const secondsOf = (name: string) => median((results.get(name) ?? []).map((r) => r.seconds));
     const rows = rowsSpec.map((spec) => {
       const rs = results.get(spec.name)!;
       const okRuns = rs.filter((r) => r.ok);

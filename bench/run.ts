@@ -45,8 +45,8 @@ function machine(): string {
 }
 
 async function writeResult(name: string, lines: string[]): Promise<void> {
-  if (process.env.FLEETCAST_BENCH_ONLY) {
-    process.stdout.write(lines.join('\n') + '\n(FLEETCAST_BENCH_ONLY is set: not written to bench/results)\n');
+  if (process.env.FLEETCAST_BENCH_ONLY || process.env.FLEETCAST_BENCH_ROWS) {
+    process.stdout.write(lines.join('\n') + '\n(FLEETCAST_BENCH_ONLY or FLEETCAST_BENCH_ROWS is set: not written to bench/results)\n');
     return;
   }
   const out = path.join(__dirname, '..', '..', 'bench', 'results', `${name}.md`);

@@ -199,6 +199,37 @@ test('gateways: the lowest overhead per LAN group, kept until it leaves or gets 
   t.is(a.gatewayFor('x', 400), first, 'the role moves when the gateway leaves');
 });
 
+test('a gateway that is forwarding keeps the role up to 4x slower than the best (1.5x otherwise): moving it restarts every path to it', (t) => {
+  const a = new GroupAllocator({ unitCount: 100, unitBytes: () => 1_000_000 });
+  for (const [i, id] of ['a', 'b'].entries()) a.heartbeat(id, 0, { lanGroup: 'x', address: `10.0.0.${i + 1}`, dataPort: 7000 });
+  const sample = (id: string, at: number, ms: number) => {
+    const u = a.lease(id, at).units[0];
+    t.truthy(a.sending(id, u, at));
+    a.receipt(id, u, at + ms);
+  };
+  sample('a', 0, 100);
+  sample('b', 0, 100);
+  t.is(a.gatewayFor('x', 100), 'a');
+  a.heartbeat('a', 200, { forwarded: 50 });
+  for (let i = 0; i < 6; i++) sample('b', 300, 40); // b's overhead falls to ~2.5x better
+  t.is(a.gatewayFor('x', 1000), 'a', 'forwarding within the idle time: kept at 2.5x');
+  for (let i = 0; i < 10; i++) sample('b', 1000, 10); // ~10x better
+  t.is(a.gatewayFor('x', 2000), 'b', 'far slower than the best: the role moves even while forwarding');
+  // Without forwarding, 2.5x is enough to move it (the 1.5x hysteresis).
+  const c = new GroupAllocator({ unitCount: 100, unitBytes: () => 1_000_000 });
+  for (const [i, id] of ['a', 'b'].entries()) c.heartbeat(id, 0, { lanGroup: 'x', address: `10.0.0.${i + 1}`, dataPort: 7000 });
+  const sampleC = (id: string, at: number, ms: number) => {
+    const u = c.lease(id, at).units[0];
+    c.sending(id, u, at);
+    c.receipt(id, u, at + ms);
+  };
+  sampleC('a', 0, 100);
+  sampleC('b', 0, 100);
+  t.is(c.gatewayFor('x', 100), 'a');
+  for (let i = 0; i < 6; i++) sampleC('b', 300, 40);
+  t.is(c.gatewayFor('x', 1000), 'b', 'not forwarding: the 1.5x hysteresis');
+});
+
 test('gateway eligibility: a unicast endpoint always, a measured overhead over none; a member that never leases gives way at once', (t) => {
   const a = new GroupAllocator({ unitCount: 8, unitBytes: () => 1000 });
   a.heartbeat('idle', 0, { lanGroup: 'x', address: '10.0.0.1', dataPort: 7000 }); // joined first, never leases

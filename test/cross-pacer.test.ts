@@ -5,7 +5,11 @@ import { CrossPacer } from '../src/agent/cross-pacer';
  * The cross-group pacer against a simulated path (1 ms steps, no sockets, no sleeps):
  * a bottleneck of `capacity` bytes/s with a drop-tail queue of 60 ms (as tc tbf drops
  * past its latency), a one-way base delay, random background loss, and a receiving
- * gateway that reports every 200 ms (docs/protocol.md, FEEDBACK).
+ * gateway that reports every 200 ms (docs/protocol.md, FEEDBACK). `atEcho`: the gateway
+ * also reports its counters as they stood when the echoed ANNOUNCE arrived (1.2).
+ * `stall`: for `ms` of every `everyMs` the gateway is busy (a loaded box): it takes only
+ * one datagram a millisecond from its socket, the rest waits there, and its report timer
+ * still fires.
  */
 interface PathOpts {
   capacity: number;
@@ -14,6 +18,8 @@ interface PathOpts {
   randomLoss: number;
   seconds: number;
   seed?: number;
+  atEcho?: boolean;
+  stall?: { ms: number; everyMs: number };
 }
 
 function simulate(o: PathOpts) {
@@ -24,9 +30,9 @@ function simulate(o: PathOpts) {
   const queueLimit = o.capacity * 0.06;
   let queued = 0; // bytes in the bottleneck queue
   const pacers = Array.from({ length: o.senders }, () => new CrossPacer({ capBytesPerSec: o.cap }, 0));
-  const recv = pacers.map(() => ({ datagrams: 0, bytes: 0, echo: 0n, echoAt: 0 }));
+  const recv = pacers.map(() => ({ datagrams: 0, bytes: 0, echo: 0n, echoAt: 0, echoD: 0, echoB: 0 }));
   const arrivals: { at: number; s: number; probe?: bigint }[] = [];
-  const reports: { at: number; s: number; d: number; b: number; echo: bigint; hold: number }[] = [];
+  const reports: { at: number; s: number; d: number; b: number; echo: bigint; hold: number; atEcho?: { datagrams: number; bytes: number } }[] = [];
   const sentBytes = pacers.map(() => 0);
   const deliveredBytes = pacers.map(() => 0);
   let dropped = 0;
@@ -42,7 +48,10 @@ function simulate(o: PathOpts) {
       queued += bytes;
       arrivals.push({ at: now + baseMs + (queued / o.capacity) * 1000, s, probe });
     };
-    pacers.forEach((p, s) => {
+    // Senders take turns at the queue (the first each millisecond would never meet a full one).
+    pacers.forEach((_, i) => {
+      const s = (i + now) % pacers.length;
+      const p = pacers[s];
       // Always something to send: the sender is limited by its pace alone.
       for (let k = 0; k < 64 && p.bucket.take(D, now) === 0; k++) {
         p.sent(D, now);
@@ -55,26 +64,37 @@ function simulate(o: PathOpts) {
       }
       p.checkSilence(now);
     });
-    for (let i = arrivals.length - 1; i >= 0; i--) {
+    const stalled = o.stall !== undefined && now % o.stall.everyMs < o.stall.ms;
+    // In arrival order; a busy gateway takes one datagram a millisecond from its socket
+    // (the rest waits there) and still reports on its timer.
+    let taken = 0;
+    for (let i = 0; i < arrivals.length && !(stalled && taken >= 1); i++) {
       const a = arrivals[i];
       if (a.at > now) continue;
-      arrivals.splice(i, 1);
+      taken++;
+      arrivals.splice(i--, 1);
       if (rnd() < o.randomLoss) continue;
       if (a.probe !== undefined) {
         recv[a.s].echo = a.probe;
         recv[a.s].echoAt = now;
+        recv[a.s].echoD = recv[a.s].datagrams;
+        recv[a.s].echoB = recv[a.s].bytes;
       } else {
         recv[a.s].datagrams++;
         recv[a.s].bytes += D;
         if (now >= tail) deliveredBytes[a.s] += D;
       }
     }
-    if (now % 200 === 0) recv.forEach((r, s) => reports.push({ at: now + baseMs, s, d: r.datagrams >>> 0, b: r.bytes >>> 0, echo: r.echo, hold: now - r.echoAt }));
+    if (now % 200 === 0) {
+      recv.forEach((r, s) =>
+        reports.push({ at: now + baseMs, s, d: r.datagrams >>> 0, b: r.bytes >>> 0, echo: r.echo, hold: now - r.echoAt, ...(o.atEcho && r.echo ? { atEcho: { datagrams: r.echoD, bytes: r.echoB } } : {}) }),
+      );
+    }
     for (let i = reports.length - 1; i >= 0; i--) {
       const r = reports[i];
       if (r.at > now) continue;
       reports.splice(i, 1);
-      pacers[r.s].report(r.d, r.b, r.echo, r.hold, now);
+      pacers[r.s].report(r.d, r.b, r.echo, r.hold, now, r.atEcho);
     }
   }
   const secs = 3;
@@ -111,6 +131,29 @@ test('three senders sharing a 50 Mbit/s bottleneck split it without overrunning 
   t.true(total > 0.6 * 50 * MBIT, 'the bottleneck is used');
   t.true(sent < 1.15 * 50 * MBIT, 'together they do not overrun it');
   for (const g of r.goodput) t.true(g > 0.12 * 50 * MBIT, 'nobody is starved');
+});
+
+test('a gateway that falls behind now and then (300 ms of every 1.1 s busy): counters at the echo keep the pace, the 1.1 reports collapse it', (t) => {
+  const base = { capacity: 60 * MBIT, senders: 4, cap: 100 * MBIT, randomLoss: 0.01, seconds: 20, stall: { ms: 300, everyMs: 1100 } };
+  const exact = simulate({ ...base, atEcho: true });
+  const legacy = simulate(base);
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+  t.log(`counters at the echo: goodput ${(sum(exact.goodput) / MBIT).toFixed(1)} Mbit/s, congestion windows ${exact.congestion.join('/')}`);
+  t.log(`1.1 reports: goodput ${(sum(legacy.goodput) / MBIT).toFixed(1)} Mbit/s, congestion windows ${legacy.congestion.join('/')}`);
+  t.true(sum(exact.goodput) > 0.6 * 60 * MBIT, 'the stalls are not taken for loss: the path stays used');
+  t.true(sum(exact.sendRate) < 1.15 * 60 * MBIT, 'and not overrun');
+  t.true(sum(exact.goodput) > 1.5 * sum(legacy.goodput), 'the 1.1 window takes the backlog for loss');
+});
+
+test('the exact window still sees real congestion: four senders with counters at the echo share 50 Mbit/s without overrunning it', (t) => {
+  const r = simulate({ capacity: 50 * MBIT, senders: 4, cap: 100 * MBIT, randomLoss: 0.01, seconds: 20, atEcho: true });
+  const total = r.goodput.reduce((a, b) => a + b, 0);
+  const sent = r.sendRate.reduce((a, b) => a + b, 0);
+  t.log(`goodput ${r.goodput.map((g) => (g / MBIT).toFixed(1)).join(' / ')} Mbit/s, total sent ${(sent / MBIT).toFixed(1)}, congestion windows ${r.congestion.join('/')}`);
+  t.true(total > 0.6 * 50 * MBIT, 'the bottleneck is used');
+  t.true(sent < 1.15 * 50 * MBIT, 'together they do not overrun it');
+  t.true(r.congestion.every((c) => c > 0), 'each saw the bottleneck as congestion at least once');
+  for (const g of r.goodput) t.true(g > 0.1 * 50 * MBIT, 'nobody is starved');
 });
 
 test('no feedback at all (gateway gone): the pace halves down to its floor instead of pushing on', (t) => {

@@ -70,8 +70,26 @@ test('FEEDBACK round-trips its counters and echo, and refuses any other length o
   t.truthy(r.packet.auth, 'a control packet: it carries the authentication trailer');
   t.deepEqual(decodePacket(f.subarray(0, f.length - 1)), { ok: false, reason: 'length' });
   const flagged = f.slice();
-  flagged[4] = 1;
+  flagged[4] = 2;
   t.deepEqual(decodePacket(flagged), { ok: false, reason: 'reserved' });
+  // Flag AT_ECHO (1.2) says 8 more bytes: a 72-byte packet with it is refused.
+  flagged[4] = 1;
+  t.deepEqual(decodePacket(flagged), { ok: false, reason: 'length' });
+});
+
+test('FEEDBACK at the echo (1.2): flag 1, 80 bytes, the counters as of the echoed ANNOUNCE round-trip', (t) => {
+  const f = encodeFeedback({ sender: 5, releaseId: rid, receivedDatagrams: 900, receivedBytes: 9000, echoSeq: 77n, echoHoldMs: 3, atEcho: { datagrams: 0xfffffffe, bytes: 8000 } });
+  t.is(f.length, FEEDBACK_BYTES + 8);
+  t.is(f[4], 1);
+  const r = decodePacket(f);
+  if (!r.ok || r.packet.type !== PacketType.FEEDBACK) return t.fail(JSON.stringify(r));
+  t.is(r.packet.receivedDatagrams, 900);
+  t.deepEqual(r.packet.atEcho, { datagrams: 0xfffffffe, bytes: 8000 });
+  t.is(r.packet.echoSeq, 77n);
+  t.deepEqual(decodePacket(f.subarray(0, FEEDBACK_BYTES)), { ok: false, reason: 'length' });
+  const plain = f.slice();
+  plain[4] = 0;
+  t.deepEqual(decodePacket(plain), { ok: false, reason: 'length' });
 });
 
 test('rejects short, bad magic, unknown version and unknown type', (t) => {

@@ -1270,6 +1270,8 @@ export class Agent {
       }
       const pkt = this.seal(encodeFeedback({ sender: this.senderId, releaseId: this.manifest.idBytes, ...f }));
       this.unicast?.send(pkt, to.port, to.address);
+      // The 1.1 form too (1.1 senders drop the 1.2 one; a 1.2 sender ignores this copy).
+      if (f.atEcho) this.unicast?.send(this.seal(encodeFeedback({ sender: this.senderId, releaseId: this.manifest.idBytes, ...f, atEcho: undefined })), to.port, to.address);
     }
   }
 

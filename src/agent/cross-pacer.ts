@@ -7,8 +7,14 @@ import { TokenBucket } from './token-bucket';
  * The path to another site crosses two shaped uplinks that other traffic shares, so no
  * fixed rate fits. After TFMCC (RFC 4654) the receiver reports what arrived; after
  * LEDBAT (RFC 6817) the sender also watches the queueing delay it adds:
- * - every report closes a window: loss = 1 − received/sent datagrams in it (the copies
- *   still in flight cancel out between windows at a steady rate);
+ * - a report closes a window. Since 1.2 the gateway reports its counters as they stood
+ *   when our echoed ANNOUNCE arrived, and we compare them with what we had sent when that
+ *   ANNOUNCE left (the same socket, the same path, in order): loss = 1 − received/sent
+ *   datagrams between two echoed ANNOUNCEs, exact whatever is still in flight or waiting
+ *   in a busy gateway's socket. (Before, the counters at the report were compared with
+ *   what had been sent when it arrived: a gateway that fell behind for a moment looked
+ *   like a lossy path, and the pace collapsed on a busy box.) Reports without those
+ *   counters (1.1 gateways) are judged the old way;
  * - congestion is loss well above the path's background loss (random loss is not
  *   congestion): above the median loss of the last 8 windows by 3 points, or by three
  *   standard deviations of a window that size, and at least 5% (20% until 3 windows have
@@ -65,8 +71,12 @@ export class CrossPacer {
   congestionEvents = 0;
   /** When the first datagram no report has covered yet left, or null. */
   private unreportedSince: number | null = null;
-  /** Sent ANNOUNCE sequence numbers (to this gateway) and when: the round-trip probe. */
-  private readonly probes: { seq: bigint; at: number }[] = [];
+  /** Sent ANNOUNCE sequence numbers (to this gateway), when, and our counters then: the round-trip probe and window edge. */
+  private readonly probes: { seq: bigint; at: number; sentDatagrams: number; sentBytes: number }[] = [];
+  /** The gateway reports counters at the echo (1.2): legacy reports are then ignored. */
+  private exact = false;
+  /** At the last judged echo: our counters when that ANNOUNCE left, the gateway's when it arrived. */
+  private echoWin: { at: number; sentDatagrams: number; sentBytes: number; recvDatagrams: number; recvBytes: number } | null = null;
 
   constructor(opts: Partial<CrossPacerOptions> & Pick<CrossPacerOptions, 'capBytesPerSec'>, now: number) {
     this.o = { ...CROSS_PACER_DEFAULTS, ...opts };
@@ -93,13 +103,17 @@ export class CrossPacer {
 
   /** An ANNOUNCE with authentication sequence `seq` left for this gateway. */
   probe(seq: bigint, now: number): void {
-    this.probes.push({ seq, at: now });
+    this.probes.push({ seq, at: now, sentDatagrams: this.sentDatagrams, sentBytes: this.sentBytes });
     if (this.probes.length > 16) this.probes.shift();
   }
 
-  /** The gateway's FEEDBACK: cumulative counters (mod 2^32) and the echo of our latest ANNOUNCE. */
-  report(recvDatagrams: number, recvBytes: number, echoSeq: bigint, echoHoldMs: number, now: number): void {
+  /**
+   * The gateway's FEEDBACK: cumulative counters (mod 2^32), the echo of our latest
+   * ANNOUNCE and, since 1.2, the counters as they stood when that ANNOUNCE arrived.
+   */
+  report(recvDatagrams: number, recvBytes: number, echoSeq: bigint, echoHoldMs: number, now: number, atEcho?: { datagrams: number; bytes: number }): void {
     this.unreportedSince = null;
+    if (!atEcho && this.exact) return; // the legacy copy of a report we judge exactly
     const probe = this.probes.find((p) => p.seq === echoSeq);
     let delayed = false;
     if (probe) {
@@ -113,25 +127,35 @@ export class CrossPacer {
       delayed = this.rtts.length >= 3 && Math.min(...this.rtts) - this.minRttMs > this.o.delayTargetMs;
       this.probes.splice(0, this.probes.indexOf(probe) + 1);
     }
-    const w = this.win;
-    const next = { at: now, sentDatagrams: this.sentDatagrams, sentBytes: this.sentBytes, recvDatagrams, recvBytes };
-    if (!w) {
-      this.win = next;
+    if (atEcho) {
+      this.exact = true;
+      // A window per echoed ANNOUNCE (an echo seen before, or of a forgotten probe, is none).
+      if (probe) this.closeWindow('echoWin', { at: probe.at, sentDatagrams: probe.sentDatagrams, sentBytes: probe.sentBytes, recvDatagrams: atEcho.datagrams, recvBytes: atEcho.bytes }, delayed);
       return;
     }
-    const sent = this.sentDatagrams - w.sentDatagrams;
-    const got = (recvDatagrams - w.recvDatagrams) >>> 0;
-    const gotBytes = (recvBytes - w.recvBytes) >>> 0;
-    const ms = Math.max(1, now - w.at);
+    this.closeWindow('win', { at: now, sentDatagrams: this.sentDatagrams, sentBytes: this.sentBytes, recvDatagrams, recvBytes }, delayed);
+  }
+
+  /** Judge the window from the edge kept in `which` to `next` (our sent counters and the gateway's received ones there). */
+  private closeWindow(which: 'win' | 'echoWin', next: { at: number; sentDatagrams: number; sentBytes: number; recvDatagrams: number; recvBytes: number }, delayed: boolean): void {
+    const w = this[which];
+    if (!w) {
+      this[which] = next;
+      return;
+    }
+    const sent = next.sentDatagrams - w.sentDatagrams;
+    const got = (next.recvDatagrams - w.recvDatagrams) >>> 0;
+    const gotBytes = (next.recvBytes - w.recvBytes) >>> 0;
+    const ms = Math.max(1, next.at - w.at);
     // More arrived than we sent: the gateway's counters restarted (it forgot us). A new window.
     if (got > sent + MIN_WINDOW_DATAGRAMS) {
-      this.win = next;
+      this[which] = next;
       return;
     }
     // Too little sent to judge: the window stays open until enough has gone (a slow
     // pace must still be able to learn that the path recovered).
     if (sent < MIN_WINDOW_DATAGRAMS) return;
-    this.win = next;
+    this[which] = next;
     const loss = Math.max(0, Math.min(1, 1 - got / sent));
     this.lastLoss = loss;
     const floor = median(this.losses);
@@ -149,7 +173,7 @@ export class CrossPacer {
       this.slowStart = false;
       return;
     }
-    const sentRate = ((this.sentBytes - w.sentBytes) * 1000) / ms;
+    const sentRate = ((next.sentBytes - w.sentBytes) * 1000) / ms;
     const grown = this.slowStart ? this.rate * 2 : this.rate + this.o.capBytesPerSec / 100;
     // No credit for idle time: a pace never used is not known to fit.
     this.setRate(Math.min(grown, Math.max(this.rate, 2 * sentRate)));
@@ -160,6 +184,7 @@ export class CrossPacer {
     if (this.unreportedSince === null || now - this.unreportedSince < this.o.silenceMs) return;
     this.unreportedSince = now;
     this.win = null;
+    this.echoWin = null;
     this.setRate(this.rate / 2);
   }
 

@@ -1,6 +1,9 @@
 import { CrossPacer } from './cross-pacer';
 import { TokenBucket } from './token-bucket';
 
+/** Least wait between two cross-group send rounds (a pacer's burst covers it: 64 KiB is 5 ms at 100 Mbit/s). */
+export const CROSS_MIN_WAIT_MS = 4;
+
 export interface Endpoint {
   address: string;
   port: number;
@@ -22,6 +25,9 @@ interface Source {
   fresh: boolean;
   echoSeq: bigint;
   echoAt: number;
+  /** Our counters when that ANNOUNCE arrived (FEEDBACK's at-echo counters, 1.2). */
+  echoDatagrams: number;
+  echoBytes: number;
 }
 
 /**
@@ -45,7 +51,7 @@ export class CrossPaths {
   constructor(
     private capBytesPerSec: number,
     now: number,
-    private readonly opts: { feedbackMs: number; maxPaths: number; burstBytes: number },
+    private readonly opts: { feedbackMs: number; maxPaths: number; burstBytes: number; minWaitMs?: number },
   ) {
     this.total = new TokenBucket(capBytesPerSec, opts.burstBytes, now);
   }
@@ -121,7 +127,10 @@ export class CrossPaths {
         send(d, p.to, repair);
       }
     }
-    return Number.isFinite(wait) ? wait : 0;
+    // Not sooner than minWaitMs: the buckets hold a burst, so what accumulates meanwhile
+    // leaves together. Waking for every datagram's tokens (a timer each ~0.1-1 ms per
+    // path) cost more CPU than the sending on a busy box.
+    return Number.isFinite(wait) ? Math.max(wait, this.opts.minWaitMs ?? CROSS_MIN_WAIT_MS) : 0;
   }
 
   /** An ANNOUNCE with sequence `seq` left for `to`: the pacer's round-trip probe. */
@@ -130,10 +139,10 @@ export class CrossPaths {
   }
 
   /** A FEEDBACK from the gateway at `from`. */
-  feedback(from: Endpoint, f: { receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number }, now: number): boolean {
+  feedback(from: Endpoint, f: { receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number; atEcho?: { datagrams: number; bytes: number } }, now: number): boolean {
     const p = this.paths.get(key(from));
     if (!p) return false;
-    p.pacer.report(f.receivedDatagrams, f.receivedBytes, f.echoSeq, f.echoHoldMs, now);
+    p.pacer.report(f.receivedDatagrams, f.receivedBytes, f.echoSeq, f.echoHoldMs, now, f.atEcho);
     return true;
   }
 
@@ -152,6 +161,8 @@ export class CrossPaths {
     if (!s) return;
     s.echoSeq = seq;
     s.echoAt = now;
+    s.echoDatagrams = s.datagrams;
+    s.echoBytes = s.bytes;
     s.fresh = true;
   }
 
@@ -163,14 +174,25 @@ export class CrossPaths {
         this.sourcesDropped++;
         return null;
       }
-      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0 };
+      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0, echoDatagrams: 0, echoBytes: 0 };
       this.sources.set(k, s);
     }
     return s;
   }
 
-  /** Every feedbackMs: the reports owed to the members heard since the last ones. */
-  feedbackDue(now: number): { to: Endpoint; receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number }[] {
+  /**
+   * Every feedbackMs: the reports owed to the members heard since the last ones, with
+   * the counters at the echo once an ANNOUNCE has been heard (1.2 senders judge by those;
+   * the agent also sends each without them, the 1.1 form, for 1.1 senders).
+   */
+  feedbackDue(now: number): {
+    to: Endpoint;
+    receivedDatagrams: number;
+    receivedBytes: number;
+    echoSeq: bigint;
+    echoHoldMs: number;
+    atEcho?: { datagrams: number; bytes: number };
+  }[] {
     if (now - this.lastFeedbackAt < this.opts.feedbackMs) return [];
     this.lastFeedbackAt = now;
     const out = [];
@@ -182,7 +204,14 @@ export class CrossPaths {
         continue;
       }
       s.fresh = false;
-      out.push({ to: s.to, receivedDatagrams: s.datagrams, receivedBytes: s.bytes, echoSeq: s.echoSeq, echoHoldMs: s.echoSeq ? now - s.echoAt : 0 });
+      out.push({
+        to: s.to,
+        receivedDatagrams: s.datagrams,
+        receivedBytes: s.bytes,
+        echoSeq: s.echoSeq,
+        echoHoldMs: s.echoSeq ? now - s.echoAt : 0,
+        ...(s.echoSeq ? { atEcho: { datagrams: s.echoDatagrams, bytes: s.echoBytes } } : {}),
+      });
     }
     return out;
   }

@@ -48,6 +48,14 @@ export interface AllocatorOptions {
   /** A gateway keeps its role until its overhead is this many times the best in its group. */
   gatewaySlackFactor: number;
   /**
+   * ...or this many times, while it is forwarding other groups' copies (it re-multicast
+   * within gatewayIdleMs): moving it costs every sender a path learned anew and the copies
+   * queued for it, and the forwarding itself (and, under `wide`, downloads paced by the
+   * cross-group copies) inflates its overhead. On a loaded box the role flapped between
+   * members at 1.5x, each move making things worse.
+   */
+  gatewayForwardingSlackFactor: number;
+  /**
    * A gateway that re-multicast nothing for this long, while its LAN group lacked units
    * held verified in other groups, loses the role for gatewayDemoteMs.
    */
@@ -79,6 +87,7 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   hedgeMinMs: 20_000,
   representativeOnly: false,
   gatewaySlackFactor: 1.5,
+  gatewayForwardingSlackFactor: 4,
   gatewayIdleMs: 8000,
   gatewayDemoteMs: 30_000,
   deferredStart: false,
@@ -686,7 +695,8 @@ export class GroupAllocator {
 
   /**
    * The gateway of a LAN group: the eligible member with the lowest overhead, kept until
-   * it leaves, slows past gatewaySlackFactor times the group's best (hysteresis), an
+   * it leaves, slows past gatewaySlackFactor times the group's best (hysteresis;
+   * gatewayForwardingSlackFactor while it is forwarding), an
    * unmeasured gateway is outranked by a measured member, or it forwards nothing for
    * gatewayIdleMs while its group lacks units that other groups hold (then it may not be
    * gateway for gatewayDemoteMs). Null while no member is eligible.
@@ -708,7 +718,9 @@ export class GroupAllocator {
       return null;
     }
     if (cur && prev && cur.lanGroup === lanGroup && this.eligibleGateway(cur, now)) {
-      const slow = cur.overhead !== null && best.overhead !== null && cur.overhead > this.opts.gatewaySlackFactor * best.overhead;
+      const forwarding = cur.forwardedAt > prev.since && now - cur.forwardedAt < this.opts.gatewayIdleMs;
+      const slack = forwarding ? this.opts.gatewayForwardingSlackFactor : this.opts.gatewaySlackFactor;
+      const slow = cur.overhead !== null && best.overhead !== null && cur.overhead > slack * best.overhead;
       if (!slow && (cur.overhead !== null || best.overhead === null)) return cur.id;
     }
     this.gatewayOf.set(lanGroup, { id: best.id, since: now });

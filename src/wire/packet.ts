@@ -34,6 +34,9 @@ export const NACK_HEADER_BYTES = 36;
 export const ANNOUNCE_HEADER_BYTES = 36;
 export const FEEDBACK_BODY_BYTES = 48;
 export const FEEDBACK_BYTES = FEEDBACK_BODY_BYTES + 24;
+/** Since 1.2, flag AT_ECHO: 8 more body bytes, the counters as of the echoed ANNOUNCE's arrival. */
+export const FEEDBACK_AT_ECHO_BYTES = FEEDBACK_BYTES + 8;
+export const FEEDBACK_AT_ECHO = 0x01;
 export const RELEASE_ID_BYTES = 16;
 export const AUTH_SEQ_BYTES = 8;
 export const AUTH_MAC_BYTES = 16;
@@ -117,6 +120,12 @@ export interface FeedbackPacket {
   echoSeq: bigint;
   /** Milliseconds between that ANNOUNCE's arrival and this packet. */
   echoHoldMs: number;
+  /**
+   * Since 1.2 (flag AT_ECHO): the same two counters as they stood when that ANNOUNCE
+   * arrived. The sender compares them with what it had sent when it sent the ANNOUNCE:
+   * an exact window, whatever is still in flight or queued at the gateway.
+   */
+  atEcho?: { datagrams: number; bytes: number };
   auth?: ControlAuth;
 }
 
@@ -223,13 +232,17 @@ export function encodeAnnounce(p: Omit<AnnouncePacket, 'type'>): Uint8Array {
 }
 
 export function encodeFeedback(p: Omit<FeedbackPacket, 'type' | 'auth'>): Uint8Array {
-  const out = new Uint8Array(FEEDBACK_BYTES);
+  const out = new Uint8Array(p.atEcho ? FEEDBACK_AT_ECHO_BYTES : FEEDBACK_BYTES);
   const view = new DataView(out.buffer);
-  writeCommon(out, view, PacketType.FEEDBACK, 0, p.sender, p.releaseId);
+  writeCommon(out, view, PacketType.FEEDBACK, p.atEcho ? FEEDBACK_AT_ECHO : 0, p.sender, p.releaseId);
   view.setUint32(28, p.receivedDatagrams >>> 0);
   view.setUint32(32, p.receivedBytes >>> 0);
   view.setBigUint64(36, BigInt.asUintN(64, p.echoSeq));
   view.setUint32(44, Math.max(0, Math.min(0xffffffff, Math.round(p.echoHoldMs))));
+  if (p.atEcho) {
+    view.setUint32(48, p.atEcho.datagrams >>> 0);
+    view.setUint32(52, p.atEcho.bytes >>> 0);
+  }
   return out;
 }
 
@@ -300,8 +313,9 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
       return { ok: true, packet: { type: PacketType.ANNOUNCE, sender, releaseId, firstUnit, unitCount, complete: (flags & 1) !== 0, have, auth: trailer(buf, view) } };
     }
     case PacketType.FEEDBACK: {
-      if (flags !== 0) return { ok: false, reason: 'reserved' };
-      if (buf.length !== FEEDBACK_BYTES) return { ok: false, reason: 'length' };
+      if ((flags & ~FEEDBACK_AT_ECHO) !== 0) return { ok: false, reason: 'reserved' };
+      const atEcho = (flags & FEEDBACK_AT_ECHO) !== 0;
+      if (buf.length !== (atEcho ? FEEDBACK_AT_ECHO_BYTES : FEEDBACK_BYTES)) return { ok: false, reason: 'length' };
       return {
         ok: true,
         packet: {
@@ -312,6 +326,7 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
           receivedBytes: view.getUint32(32),
           echoSeq: view.getBigUint64(36),
           echoHoldMs: view.getUint32(44),
+          ...(atEcho ? { atEcho: { datagrams: view.getUint32(48), bytes: view.getUint32(52) } } : {}),
           auth: trailer(buf, view),
         },
       };

@@ -103,6 +103,7 @@ const packet: Target = {
     encodeNack({ sender: 2, releaseId: rid, unit: 9, fragmentCount: 20, fragmentBytes: 1400, missing: new Uint8Array([0xff, 0x0f, 0xa0]) }),
     encodeAnnounce({ sender: 3, releaseId: rid, firstUnit: 0, unitCount: 13, complete: false, have: new Uint8Array([0xff, 0xf8]) }),
     encodeFeedback({ sender: 4, releaseId: rid, receivedDatagrams: 0xfffffff0, receivedBytes: 123456, echoSeq: 1n << 60n, echoHoldMs: 17 }),
+    encodeFeedback({ sender: 4, releaseId: rid, receivedDatagrams: 9, receivedBytes: 9000, echoSeq: 5n, echoHoldMs: 2, atEcho: { datagrams: 8, bytes: 8000 } }),
   ],
   run(input) {
     const r = decodePacket(input);
