@@ -1,6 +1,7 @@
 import { ExitCode, FleetcastError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import { ServerAccess } from '../net/server-access';
+import type { CopyDestination, HeartbeatAnswer } from '../wire/http-bodies';
 
 /** An answer from the server that is final (4xx): retrying the same request will not help. */
 export class ControlError extends FleetcastError {
@@ -10,28 +11,8 @@ export class ControlError extends FleetcastError {
   }
 }
 
-export interface SplitMapResponse {
-  heartbeatMs: number;
-  members: {
-    id: string;
-    rank: number;
-    overheadMsPerMiB: number | null;
-    verifiedUnits: number;
-    complete: boolean;
-    address: string | null;
-    group?: string;
-    dataPort?: number | null;
-    role?: 'gateway' | 'member';
-  }[];
-  holders: number[];
-  groupComplete: boolean;
-  /** Base64 of this release's group key: MACs on NACK and ANNOUNCE packets. */
-  groupKey?: string;
-  policy?: 'wide' | 'group' | 'representative';
-  /** false under the `all-fetched` start policy until every unit is held somewhere. */
-  lanStart?: boolean;
-  copyTo?: { group: string; member: string; address: string; port: number }[];
-}
+/** The join and heartbeat answer (declared once, in the wire layer). */
+export type SplitMapResponse = HeartbeatAnswer;
 export interface LeaseResponse {
   units: number[];
   retryAfterMs: number;
@@ -39,7 +20,7 @@ export interface LeaseResponse {
   hedged?: number[];
   relayed?: number[];
   /** Policy `wide`: the other LAN groups' gateways, where copies go besides the LAN. */
-  copyTo?: { group: string; member: string; address: string; port: number }[];
+  copyTo?: CopyDestination[];
 }
 
 const MIN_RETRY_MS = 100;

@@ -12,6 +12,7 @@ import { formatBytes, transferLine } from './progress';
 import { checkReferences } from './config-check';
 import { ServerAccess } from '../net/server-access';
 import { describeFetchError, tlsTrustProblem } from '../agent/control-client';
+import type { FleetMemberRecord } from '../wire/http-bodies';
 
 const out = (s: string) => process.stdout.write(s + '\n');
 
@@ -121,6 +122,9 @@ interface StatusJson {
   lastErrors: { at: string; message: string }[];
 }
 
+/** Member fields a server before 1.1 (or before wide-area groups) does not send. */
+type OlderServersOmit = 'group' | 'role' | 'badUnits' | 'undeliveredClaims' | 'dataPort' | 'forwarded' | 'lanBytes' | 'gatewayDemotions' | 'originBytes' | 'leases';
+
 interface FleetJson {
   rollouts?: { id: string; channel: string; release: string; state: string; wave: string; reason: string | null }[];
   groups: {
@@ -133,23 +137,8 @@ interface FleetJson {
     /** Units the origin sent again to this group, by reason (absent from older servers). */
     resentUnits?: Record<string, number>;
     wide?: boolean;
-    members: {
-      id: string;
-      group?: string;
-      role?: string;
-      rank: number;
-      overheadMsPerMiB: number | null;
-      /** The overhead was measured before the server restarted (not measured again yet). */
-      overheadBeforeRestart?: boolean;
-      verifiedUnits: number;
-      complete: boolean;
-      lastSeenMsAgo: number;
-      hook: { exitCode: number | null; signal: string | null; error: string | null } | null;
-      /** Units that kept failing verification from the server (absent from older servers). */
-      badUnits?: { unit: number; failures: number }[];
-      /** Units it claimed to hold that its LAN group kept asking for (claims that expired undelivered). */
-      undeliveredClaims?: number;
-    }[];
+    /** The wire's member record; what older servers may leave out is optional here. */
+    members: (Omit<FleetMemberRecord, OlderServersOmit> & Partial<Pick<FleetMemberRecord, OlderServersOmit>>)[];
   }[];
 }
 

@@ -98,6 +98,84 @@ export interface HookBody extends MemberRef {
   error?: string;
 }
 
+// ---------------------------------------------------------------- answers
+
+/**
+ * One member as the server describes it: in the split map of every join and heartbeat
+ * answer, and (with more fields, FleetMemberRecord) in GET /v1/fleet. Fields marked
+ * "wide-area" came with protocol 1.0's wide-area groups; a reader of older servers should
+ * treat them as possibly absent.
+ */
+export interface MemberRecord {
+  id: string;
+  /** 1 = lowest overhead. Members without a sample rank after those with one. */
+  rank: number;
+  /** Smoothed overhead in ms per MiB; null until the first receipt notice. */
+  overheadMsPerMiB: number | null;
+  verifiedUnits: number;
+  leases: number;
+  complete: boolean;
+  lastSeenMsAgo: number;
+  address: string | null;
+  /** The member's LAN group (several in a wide-area group). */
+  group: string;
+  /** UDP port of its unicast socket (cross-group copies and NACKs), when it has one. */
+  dataPort: number | null;
+  /** `gateway`: the member of its LAN group that receives and re-multicasts other groups' copies. */
+  role: 'gateway' | 'member';
+  /** Fragments it re-multicast as a gateway (its own count, from heartbeats). */
+  forwarded: number;
+  /** Release bytes it took from its LAN peers (its own count, from heartbeats). */
+  lanBytes: number;
+  /** Times it lost the gateway role for forwarding nothing while its group lacked units held elsewhere. */
+  gatewayDemotions: number;
+  /** Units it claimed to hold that its LAN group kept asking for: claims that did not deliver. */
+  undeliveredClaims: number;
+}
+
+/** The split-download map (004 claim 11): who leases or holds each unit, and the ranking. */
+export interface SplitMap {
+  members: MemberRecord[];
+  /** holders[u]: index into `members` of the member leased or holding unit u, -1 for none. */
+  holders: number[];
+  groupComplete: boolean;
+  /** Every unit is held by some member (the `all-fetched` start policy waits for this). */
+  allHeld: boolean;
+}
+
+/** A gateway of another LAN group, where a member of a wide-area group sends copies besides its LAN. */
+export interface CopyDestination {
+  group: string;
+  member: string;
+  address: string;
+  port: number;
+}
+
+/** The answer to POST /v1/join and /v1/heartbeat. */
+export interface HeartbeatAnswer extends SplitMap {
+  /** Heartbeat at this interval from now on (1.3: chosen per member by phase). */
+  heartbeatMs: number;
+  /** Base64 of this release's group key: MACs on NACK and ANNOUNCE packets. */
+  groupKey?: string;
+  policy?: 'wide' | 'group' | 'representative';
+  start?: 'immediate' | 'all-fetched';
+  /** false under the `all-fetched` start policy until every unit is held somewhere. */
+  lanStart?: boolean;
+  copyTo?: CopyDestination[];
+}
+
+/** A member in GET /v1/fleet: its split-map record and what the server keeps about it. */
+export interface FleetMemberRecord extends MemberRecord {
+  /** Unit bytes the server wrote to it for this release. */
+  originBytes: number;
+  /** The overhead was measured before the server restarted (not measured again yet). */
+  overheadBeforeRestart?: boolean;
+  /** Units that kept failing verification from the server (1.1). */
+  badUnits: { unit: number; failures: number }[];
+  /** What its on_complete hook did, as it reported it. */
+  hook: { exitCode: number | null; signal: string | null; error: string | null; durationMs: number; msAgo: number } | null;
+}
+
 type FieldSpec = { kind: 'id' | 'release' | 'string' | 'base64' | 'uint' | 'uintArray' | 'sha256' | 'bool' | 'count'; optional?: boolean; max?: number };
 
 const REF: Record<string, FieldSpec> = {

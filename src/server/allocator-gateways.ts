@@ -1,0 +1,114 @@
+import { getBit } from '../wire/packet';
+import { Member } from './allocator-state';
+import { MemberTable } from './allocator-members';
+
+/**
+ * Gateways of a wide-area group (000 claims 29-31, 35-40): per LAN group, the member that
+ * receives the other groups' copies and re-multicasts them, chosen by overhead with
+ * hysteresis, and demoted when it forwards nothing while its group lacks units held
+ * elsewhere. Copy destinations (copyTo) are the other groups' gateways.
+ */
+export abstract class GatewayTable extends MemberTable {
+  /** `all-fetched`: when every unit was first seen held (copies cross from then on). */
+  protected allHeldAt: number | null = null;
+  /** Each LAN group's gateway (member id), kept until it leaves or slows (hysteresis). */
+  protected readonly gatewayOf = new Map<string, { id: string; since: number }>();
+
+
+  /**
+   * A gateway needs a unicast endpoint other groups can reach (a representative, its
+   * group's only fetcher with nothing crossing groups, does not). Measured members come
+   * first (faster()); an unmeasured one serves only while its group has no measured one
+   * with an endpoint (a late joiner whose LAN peers have left still gets other groups'
+   * repairs through it), and gives way as soon as there is one.
+   */
+  protected eligibleGateway(m: Member, now: number): boolean {
+    if (now < m.demotedUntil) return false;
+    return this.opts.representativeOnly || (m.address !== null && m.dataPort !== null);
+  }
+
+
+  /** Lower overhead first; unmeasured members after measured ones, earliest joined first. */
+  protected static faster(a: Member, b: Member): boolean {
+    if (a.overhead === null || b.overhead === null) return a.overhead !== null || (b.overhead === null && a.joinedAt < b.joinedAt);
+    return a.overhead < b.overhead;
+  }
+
+
+  /**
+   * The gateway of a LAN group: the eligible member with the lowest overhead, kept until
+   * it leaves, slows past gatewaySlackFactor times the group's best (hysteresis;
+   * gatewayForwardingSlackFactor while it is forwarding), an
+   * unmeasured gateway is outranked by a measured member, or it forwards nothing for
+   * gatewayIdleMs while its group lacks units that other groups hold (then it may not be
+   * gateway for gatewayDemoteMs). Null while no member is eligible.
+   */
+  gatewayFor(lanGroup: string, now: number): string | null {
+    const prev = this.gatewayOf.get(lanGroup);
+    const cur = prev ? this.members.get(prev.id) : undefined;
+    if (cur && prev && cur.lanGroup === lanGroup && this.forwardsNothing(cur, prev.since, now)) {
+      cur.demotedUntil = now + this.opts.gatewayDemoteMs;
+      cur.gatewayDemotions++;
+    }
+    let best: Member | null = null;
+    for (const m of this.members.values()) {
+      if (m.lanGroup !== lanGroup || !this.eligibleGateway(m, now)) continue;
+      if (!best || GatewayTable.faster(m, best)) best = m;
+    }
+    if (!best) {
+      this.gatewayOf.delete(lanGroup);
+      return null;
+    }
+    if (cur && prev && cur.lanGroup === lanGroup && this.eligibleGateway(cur, now)) {
+      const forwarding = cur.forwardedAt > prev.since && now - cur.forwardedAt < this.opts.gatewayIdleMs;
+      const slack = forwarding ? this.opts.gatewayForwardingSlackFactor : this.opts.gatewaySlackFactor;
+      const slow = cur.overhead !== null && best.overhead !== null && cur.overhead > slack * best.overhead;
+      if (!slow && (cur.overhead !== null || best.overhead === null)) return cur.id;
+    }
+    this.gatewayOf.set(lanGroup, { id: best.id, since: now });
+    return best.id;
+  }
+
+
+  /**
+   * The gateway has re-multicast nothing for gatewayIdleMs (nor since it took the role)
+   * while its LAN group lacks a unit that another group holds verified.
+   */
+  protected forwardsNothing(gw: Member, since: number, now: number): boolean {
+    if (this.opts.deferredStart && this.allHeldAt === null) {
+      // `all-fetched`: nothing crosses until every unit is held; the idle clock starts then.
+      if (!this.allHeld()) return false;
+      this.allHeldAt = now;
+    }
+    if (now - Math.max(since, gw.forwardedAt, this.allHeldAt ?? 0) < this.opts.gatewayIdleMs) return false;
+    const groups = new Set<string>();
+    for (const m of this.members.values()) groups.add(m.lanGroup);
+    if (groups.size < 2) return false;
+    const mine = [...this.members.values()].filter((m) => m.lanGroup === gw.lanGroup);
+    for (let u = 0; u < this.opts.unitCount; u++) {
+      if (this.holderCount[u] === 0) continue;
+      let inGroup = 0;
+      for (const m of mine) if (getBit(m.have, u)) inGroup++;
+      if (inGroup === 0) return true;
+    }
+    return false;
+  }
+
+
+  /** Gateways of every LAN group present: group -> member id. */
+  gateways(now: number): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const g of new Set([...this.members.values()].map((m) => m.lanGroup))) {
+      const id = this.gatewayFor(g, now);
+      if (id) out.set(g, id);
+    }
+    return out;
+  }
+
+
+  /** Every unit is held verified by some live member. */
+  allHeld(): boolean {
+    for (let u = 0; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0) return false;
+    return true;
+  }
+}

@@ -1,0 +1,235 @@
+import { bitmapBytes, getBit } from '../wire/packet';
+import { AllocatorState, MIB } from './allocator-state';
+
+/**
+ * The allocator's member table: joins and heartbeats (what each member holds, is
+ * fetching, and its endpoint), restarts and leaves, timeouts by each member's own
+ * heartbeat interval, completion, and overheads remembered across a server restart.
+ */
+export abstract class MemberTable extends AllocatorState {
+
+  /** Join or heartbeat. `have` is the member's verified-units bitmap (authoritative). */
+  heartbeat(
+    id: string,
+    now: number,
+    info: {
+      have?: Uint8Array | null;
+      address?: string | null;
+      fetching?: number[];
+      fetchingBytes?: number[];
+      copying?: boolean;
+      lanGroup?: string;
+      dataPort?: number | null;
+      forwarded?: number;
+      lanBytes?: number;
+    } = {},
+  ): void {
+    let m = this.members.get(id);
+    if (!m) {
+      m = {
+        id,
+        lastSeen: now,
+        joinedAt: now,
+        address: null,
+        lanGroup: info.lanGroup ?? '',
+        dataPort: null,
+        have: new Uint8Array(bitmapBytes(this.opts.unitCount)),
+        verified: 0,
+        leases: new Set(),
+        overhead: null,
+        overheadRemembered: false,
+        complete: this.opts.unitCount === 0,
+        forwarded: 0,
+        forwardedAt: now,
+        lanBytes: 0,
+        demotedUntil: 0,
+        gatewayDemotions: 0,
+        distrust: null,
+        undeliveredClaims: 0,
+        heartbeatMs: 0,
+      };
+      this.members.set(id, m);
+    }
+    m.lastSeen = now;
+    if (info.address !== undefined) m.address = info.address;
+    if (info.lanGroup !== undefined) m.lanGroup = info.lanGroup;
+    if (info.dataPort !== undefined) m.dataPort = info.dataPort;
+    if (info.lanBytes !== undefined) m.lanBytes = info.lanBytes;
+    if (info.forwarded !== undefined && info.forwarded !== m.forwarded) {
+      m.forwarded = info.forwarded;
+      m.forwardedAt = now;
+    }
+    if (info.have) {
+      for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u) && !(m.distrust && getBit(m.distrust, u))) this.markHeld(m, u);
+    }
+    // Units the member is still receiving keep their lease alive, and say how far they got.
+    const fetching = info.fetching ?? [];
+    for (let i = 0; i < fetching.length; i++) {
+      const u = fetching[i];
+      const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+      if (!l) continue;
+      if (this.leases.get(u) === l) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
+      const b = info.fetchingBytes?.[i];
+      // Paused for its own copies to other groups: alive and sending, as good as progress.
+      l.copying = info.copying === true;
+      if (l.copying) l.lastByteAt = now;
+      if (b !== undefined && b > l.bytesSent) {
+        l.bytesSent = b;
+        l.lastByteAt = now;
+      }
+    }
+  }
+
+
+  /**
+   * A member (re)starts: whatever it had leased is not in flight any more, so
+   * those leases go back to the pool at once instead of waiting for deadlines.
+   */
+  restart(id: string): number {
+    const m = this.members.get(id);
+    if (!m) return 0;
+    const n = m.leases.size;
+    for (const u of m.leases) {
+      if (this.hedges.get(u)?.member === id) this.hedges.delete(u);
+      else if (this.leases.get(u)?.member === id) this.leases.delete(u);
+      if (u < this.scanFrom) this.scanFrom = u;
+    }
+    m.leases.clear();
+    return n;
+  }
+
+
+  leave(id: string): void {
+    const m = this.members.get(id);
+    if (!m) return;
+    for (const u of m.leases) {
+      if (this.hedges.get(u)?.member === id) this.hedges.delete(u);
+      else if (this.leases.get(u)?.member === id) {
+        this.leases.delete(u);
+        this.reclaimed++;
+        // Its hedge, if any, becomes the lease.
+        const h = this.hedges.get(u);
+        if (h) {
+          this.hedges.delete(u);
+          this.leases.set(u, h);
+        }
+      }
+      if (u < this.scanFrom) this.scanFrom = u;
+    }
+    for (let u = 0; u < this.opts.unitCount; u++) {
+      if (getBit(m.have, u)) {
+        this.holderCount[u]--;
+        if (this.holderCount[u] === 0 && u < this.scanFrom) this.scanFrom = u;
+      }
+    }
+    this.members.delete(id);
+  }
+
+
+  /**
+   * The server asked `id` to heartbeat every `ms` from now on: it is timed out only after
+   * missing about three of those (memberTimeoutMs is the floor), so a member told to beat
+   * slowly while idle is not dropped between its beats.
+   */
+  setHeartbeatInterval(id: string, ms: number): void {
+    const m = this.members.get(id);
+    if (m) m.heartbeatMs = ms;
+  }
+
+
+  /** How long `id` may stay silent before it is dropped. */
+  timeoutOf(id: string): number | null {
+    const m = this.members.get(id);
+    return m ? this.memberTimeout(m) : null;
+  }
+
+
+  /**
+   * Nothing is left for `id` to do in this group: it holds every unit, leases none, and
+   * every member of the (wide-area) group is complete, so nobody fetches or copies. The
+   * server lets such a member heartbeat slowly.
+   */
+  idle(id: string): boolean {
+    const m = this.members.get(id);
+    if (!m || !m.complete || m.leases.size > 0) return false;
+    for (const o of this.members.values()) if (!o.complete) return false;
+    return true;
+  }
+
+
+  /** Drop silent members and reclaim overdue leases. */
+  expire(now: number): string[] {
+    const gone: string[] = [];
+    for (const m of this.members.values()) {
+      if (now - m.lastSeen > this.memberTimeout(m)) gone.push(m.id);
+    }
+    for (const id of gone) this.leave(id);
+    for (const [u, l] of this.leases) {
+      if (now > l.deadline) {
+        this.leases.delete(u);
+        this.members.get(l.member)?.leases.delete(u);
+        this.reclaimed++;
+        const h = this.hedges.get(u);
+        if (h) {
+          this.hedges.delete(u);
+          this.leases.set(u, h);
+        }
+        if (u < this.scanFrom) this.scanFrom = u;
+      }
+    }
+    for (const [u, h] of this.hedges) {
+      if (now > h.deadline) {
+        this.hedges.delete(u);
+        this.members.get(h.member)?.leases.delete(u);
+      }
+    }
+    return gone;
+  }
+
+
+  hasMember(id: string): boolean {
+    return this.members.has(id);
+  }
+
+
+  /**
+   * The overhead `id` had before a server restart (fleet.json): it ranks, weights and may
+   * make the member a gateway as a measurement would, and new samples smooth from it.
+   * Ignored once the member has a measurement of its own.
+   */
+  rememberOverhead(id: string, msPerMiB: number): void {
+    const m = this.members.get(id);
+    if (!m || m.overhead !== null || !Number.isFinite(msPerMiB) || msPerMiB < 0) return;
+    m.overhead = msPerMiB / MIB;
+    m.overheadRemembered = true;
+  }
+
+
+  /** Whether `id`'s overhead is still the one from before a restart. */
+  overheadRemembered(id: string): boolean {
+    return this.members.get(id)?.overheadRemembered ?? false;
+  }
+
+
+  markComplete(id: string): void {
+    const m = this.members.get(id);
+    if (m) m.complete = true;
+  }
+
+
+  /** Address and unicast port of a member, for copy destinations and NACK forwarding. */
+  endpointOf(id: string): { address: string; port: number; group: string } | null {
+    const m = this.members.get(id);
+    return m && m.address && m.dataPort ? { address: m.address, port: m.dataPort, group: m.lanGroup } : null;
+  }
+
+
+  lanGroupOf(id: string): string | null {
+    return this.members.get(id)?.lanGroup ?? null;
+  }
+
+
+  memberCount(): number {
+    return this.members.size;
+  }
+}

@@ -1,0 +1,262 @@
+import { getBit, setBit } from '../wire/packet';
+
+/*
+ * The state of one GroupAllocator (allocator.ts) and the helpers every part of it uses:
+ * its options, the member and lease records, overhead-based predictions (000 claims 3-4,
+ * 13), and marking a unit held. The allocator is layered: this state, the member table
+ * (allocator-members.ts), the gateways (allocator-gateways.ts), and leasing with the
+ * split map (allocator.ts). Pure: every method takes `now` (ms); no timers, no I/O.
+ */
+export interface AllocatorOptions {
+  unitCount: number;
+  unitBytes: (unit: number) => number;
+  memberTimeoutMs: number;
+  /** Leases a member of median speed may hold unfinished. */
+  baseDepth: number;
+  maxDepth: number;
+  /** A lease is reclaimed when it runs this many times longer than predicted... */
+  leaseSlackFactor: number;
+  /** ...but never sooner than this. */
+  leaseMinMs: number;
+  /** Near the end, a member predicted to finish this many times later than the best waits. */
+  tailSlackFactor: number;
+  /** Weight of a new overhead sample in the EWMA. */
+  overheadAlpha: number;
+  /**
+   * Hedging (004 claim 5): a lease running this many times longer than its member's
+   * overhead predicts (and at least hedgeMinMs) is also given to another member; the
+   * first verified copy wins.
+   */
+  hedgeFactor: number;
+  hedgeMinMs: number;
+  /** `representative` policy: only each LAN group's gateway (its best member) takes leases. */
+  representativeOnly: boolean;
+  /** A gateway keeps its role until its overhead is this many times the best in its group. */
+  gatewaySlackFactor: number;
+  /**
+   * ...or this many times, while it is forwarding other groups' copies (it re-multicast
+   * within gatewayIdleMs): moving it costs every sender a path learned anew and the copies
+   * queued for it, and the forwarding itself (and, under `wide`, downloads paced by the
+   * cross-group copies) inflates its overhead. On a loaded box the role flapped between
+   * members at 1.5x, each move making things worse.
+   */
+  gatewayForwardingSlackFactor: number;
+  /**
+   * A gateway that re-multicast nothing for this long, while its LAN group lacked units
+   * held verified in other groups, loses the role for gatewayDemoteMs.
+   */
+  gatewayIdleMs: number;
+  gatewayDemoteMs: number;
+  /**
+   * `all-fetched` start: nothing crosses between groups until every unit is held, so a
+   * quiet gateway is judged only after that.
+   */
+  deferredStart: boolean;
+  /**
+   * A claim is not proof: when members of a LAN group have asked for a unit (relay or stall
+   * requests) at least claimReports times over at least claimExpireMs while a member of
+   * that group claims to hold it, the claim expires and the unit is leased again.
+   */
+  claimExpireMs: number;
+  claimReports: number;
+}
+
+export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
+  memberTimeoutMs: 6000,
+  baseDepth: 3,
+  maxDepth: 12,
+  leaseSlackFactor: 4,
+  leaseMinMs: 15000,
+  tailSlackFactor: 2,
+  overheadAlpha: 0.3,
+  hedgeFactor: 4,
+  hedgeMinMs: 20_000,
+  representativeOnly: false,
+  gatewaySlackFactor: 1.5,
+  gatewayForwardingSlackFactor: 4,
+  gatewayIdleMs: 8000,
+  gatewayDemoteMs: 30_000,
+  deferredStart: false,
+  claimExpireMs: 10_000,
+  claimReports: 2,
+};
+
+export interface Member {
+  id: string;
+  lastSeen: number;
+  joinedAt: number;
+  address: string | null;
+  lanGroup: string;
+  dataPort: number | null;
+  have: Uint8Array;
+  verified: number;
+  leases: Set<number>;
+  /** ms per byte, EWMA; null until first sample. */
+  overhead: number | null;
+  /** `overhead` is the one remembered from before a server restart, not measured since. */
+  overheadRemembered: boolean;
+  complete: boolean;
+  /** Fragments re-multicast as a gateway (the member's own cumulative count) and when it last grew. */
+  forwarded: number;
+  forwardedAt: number;
+  /** Release bytes it took from its LAN peers (its own count, from heartbeats). */
+  lanBytes: number;
+  /** Not eligible as a gateway before this (it held the role and forwarded nothing). */
+  demotedUntil: number;
+  gatewayDemotions: number;
+  /** Units whose claim expired undelivered: its heartbeats' bits for them are ignored until it is sent them. */
+  distrust: Uint8Array | null;
+  undeliveredClaims: number;
+  /** The heartbeat interval the server last asked of it (ms), 0 before the first answer. */
+  heartbeatMs: number;
+}
+
+/** Why the server sends a unit to a member: its first lease, or one of the re-sends. */
+export type SendReason = 'lease' | ResendReason;
+/**
+ * Re-sends of a unit that some member of the group already holds or leases:
+ * `hedged` (a straggler's overdue lease, 004 claim 5), `relayed` (a gateway's forwarded
+ * NACK went unanswered), `stalled` (an agent made no progress at all).
+ */
+export type ResendReason = 'hedged' | 'relayed' | 'stalled';
+export const RESEND_REASONS: readonly ResendReason[] = ['hedged', 'relayed', 'stalled'];
+
+export interface Lease {
+  member: string;
+  grantedAt: number;
+  deadline: number;
+  /** When the server started sending the unit's bytes to the member. */
+  sentAt: number | null;
+  reason: SendReason;
+  /** Bytes of the unit written to the member so far, and when the last of them left. */
+  bytesSent: number;
+  lastByteAt: number;
+  /** The member's last heartbeat said its downloads wait for its own cross-group copies. */
+  copying?: boolean;
+}
+
+export interface LeaseGrant {
+  units: number[];
+  /** Of `units`, those that are hedges of another member's overdue lease. */
+  hedged?: number[];
+  /** Units leased again for a LAN group that could not get them from the wide-area group. */
+  relayed?: number[];
+  /** Set when nothing was granted but units remain: ask again after this long. */
+  retryAfterMs: number;
+  /** Nothing is left to lease in this group: every unit is leased or held. */
+  exhausted: boolean;
+}
+
+export const MIB = 1024 * 1024;
+
+/** A member is dropped after missing this many of its heartbeats (plus TIMEOUT_SLACK_MS)... */
+const MISSED_HEARTBEATS = 3;
+/** ...for a slow network or a busy box. */
+const TIMEOUT_SLACK_MS = 1000;
+
+export abstract class AllocatorState {
+  protected readonly members = new Map<string, Member>();
+  protected readonly leases = new Map<number, Lease>();
+  /** holderCount[u]: live members holding u verified. */
+  protected readonly holderCount: Uint32Array;
+  /** Lowest unit index that might still be free; a scan hint. */
+  protected scanFrom = 0;
+  readonly opts: AllocatorOptions;
+  /** Leases reclaimed because their member left or they ran past the deadline. */
+  reclaimed = 0;
+  /** Second leases of overdue units (hedging), by unit; the first verified copy wins. */
+  protected readonly hedges = new Map<number, Lease>();
+  get hedgedUnits(): number {
+    return this.resentUnits.hedged;
+  }
+  /** Units sent again to a group that already had them held or leased, by reason. */
+  readonly resentUnits: Record<ResendReason, number> = { hedged: 0, relayed: 0, stalled: 0 };
+  /** Units some member of a LAN group asked for while a member of that group claimed them: "group/unit" -> first ask, count. */
+  protected readonly missingReports = new Map<string, { first: number; count: number }>();
+  /** Claims that expired undelivered (a lying or broken member), all members. */
+  claimsExpired = 0;
+
+  constructor(opts: Partial<AllocatorOptions> & Pick<AllocatorOptions, 'unitCount' | 'unitBytes'>) {
+    this.opts = { ...DEFAULT_ALLOCATOR_OPTIONS, ...opts };
+    this.holderCount = new Uint32Array(this.opts.unitCount);
+  }
+
+
+  protected memberTimeout(m: Member): number {
+    return Math.max(this.opts.memberTimeoutMs, MISSED_HEARTBEATS * m.heartbeatMs + TIMEOUT_SLACK_MS);
+  }
+
+
+  protected newLease(id: string, m: Member, u: number, now: number, reason: SendReason): Lease {
+    if (reason !== 'lease') this.resentUnits[reason]++;
+    return { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null, reason, bytesSent: 0, lastByteAt: now };
+  }
+
+
+  protected markHeld(m: Member, u: number): void {
+    if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u)) return;
+    setBit(m.have, u);
+    m.verified++;
+    this.holderCount[u]++;
+    if (m.verified === this.opts.unitCount) m.complete = true;
+    const l = this.leases.get(u);
+    if (l) {
+      this.leases.delete(u);
+      this.members.get(l.member)?.leases.delete(u);
+    }
+    const h = this.hedges.get(u);
+    if (h) {
+      this.hedges.delete(u);
+      this.members.get(h.member)?.leases.delete(u);
+    }
+  }
+
+
+  /** Reference overhead: the median of members with a sample, or null. */
+  protected medianOverhead(): number | null {
+    const xs = [...this.members.values()].map((m) => m.overhead).filter((x): x is number => x !== null).sort((a, b) => a - b);
+    if (xs.length === 0) return null;
+    return xs[Math.floor(xs.length / 2)];
+  }
+
+
+  protected overheadOf(m: Member): number | null {
+    return m.overhead ?? this.medianOverhead();
+  }
+
+
+  protected depthFor(m: Member): number {
+    const med = this.medianOverhead();
+    if (m.overhead === null || med === null || m.overhead <= 0) return this.opts.baseDepth;
+    const d = Math.round((this.opts.baseDepth * med) / m.overhead);
+    return Math.max(1, Math.min(this.opts.maxDepth, d));
+  }
+
+
+  protected leaseDuration(m: Member, u: number): number {
+    const oh = this.overheadOf(m);
+    const predicted = oh === null ? 0 : oh * this.opts.unitBytes(u) * (m.leases.size + 1);
+    return Math.max(this.opts.leaseMinMs, predicted * this.opts.leaseSlackFactor);
+  }
+
+
+  /** Predicted time for m to finish its queue plus one more unit of `bytes`. */
+  protected predictedFinish(m: Member, bytes: number): number | null {
+    const oh = this.overheadOf(m);
+    if (oh === null) return null;
+    return oh * bytes * (m.leases.size + 1);
+  }
+
+
+  /** Time the members other than `m` need for `bytes` plus their own queues, or null if unknown. */
+  protected othersFinishTime(m: Member, bytes: number): number | null {
+    let rate = 0; // bytes per ms
+    let queued = 0;
+    for (const o of this.members.values()) {
+      if (o === m || o.overhead === null || o.overhead <= 0) continue;
+      rate += 1 / o.overhead;
+      for (const u of o.leases) queued += this.opts.unitBytes(u);
+    }
+    return rate > 0 ? (bytes + queued) / rate : null;
+  }
+}
