@@ -1,7 +1,7 @@
 import { describeFetchError } from '../agent/control-client';
 import { ServerAccess } from '../net/server-access';
 import { CHANNEL_RE } from '../release/channels';
-import { isReleaseId } from '../release/manifest';
+import { isReleaseId, isRolloutId } from '../wire/ids';
 import { parseDuration, parseMaxFailures, parseWaves, parseWindow, summary } from '../server/rollout';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { checks, usageError } from './args';
@@ -59,7 +59,7 @@ export const rollout: Command = {
       if (f.channel === undefined) throw usageError(rollout.spec, 'start needs --channel NAME');
       if (f.release === undefined) throw usageError(rollout.spec, 'start needs --release ID');
     } else if (action !== 'status' && id === undefined) throw usageError(rollout.spec, `${action} needs the rollout ID (see fleetcast rollout status)`);
-    if (id !== undefined && !/^r-[0-9a-f]{12}$/.test(id)) throw usageError(rollout.spec, `${JSON.stringify(id)} is not a rollout id (r- and 12 hex digits)`);
+    if (id !== undefined && !isRolloutId(id)) throw usageError(rollout.spec, `${JSON.stringify(id)} is not a rollout id (r- and 12 hex digits)`);
     if (f.rollback && action !== 'abort') throw usageError(rollout.spec, '--rollback goes only with abort');
     for (const k of ['channel', 'release', 'wave-wait', 'window'] as const) {
       if (action !== 'start' && a.cliFlags[k] !== undefined) throw usageError(rollout.spec, `--${k} goes only with start`);

@@ -1,5 +1,5 @@
 import { CHANNEL_RE } from '../release/channels';
-import { isName, isReleaseId } from '../wire/ids';
+import { isName, isReleaseId, isRolloutId } from '../wire/ids';
 import { parseJsonObject } from '../wire/json-object';
 import { parseWindow, RolloutState } from '../wire/rollout';
 import { MAX_REASON_CHARS, MAX_ROLLOUT_MEMBERS, MAX_WAVES, MaxFailures, MemberRecord, MemberState, Rollout } from './rollout-model';
@@ -7,8 +7,7 @@ import { parseWaves } from './rollout-waves';
 
 // ---------------------------------------------------------------- the state file
 
-const ROLLOUT_ID_RE = /^r-[0-9a-f]{12}$/;
-export const isRolloutId = (s: string) => ROLLOUT_ID_RE.test(s);
+export { isRolloutId };
 
 /** Parse `<store>/rollouts/<id>.json` (untrusted bytes: a fuzz target). Returns the rollout or what is wrong. */
 export function parseRollout(bytes: Uint8Array): Rollout | string {

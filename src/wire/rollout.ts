@@ -2,7 +2,7 @@
  * What agent and server exchange about rollouts (docs/protocol.md, "Rollouts"), and the
  * install-window format both read. Pure and shared by both sides, so it lives below them.
  */
-import { isReleaseId } from './ids';
+import { isReleaseId, isRolloutId } from './ids';
 import { parseJsonObject } from './json-object';
 export type RolloutState = 'running' | 'paused' | 'halted' | 'aborted' | 'completed';
 export const ROLLOUT_STATES: readonly RolloutState[] = ['running', 'paused', 'halted', 'aborted', 'completed'];
@@ -107,7 +107,7 @@ export function parsePollAnswer(bytes: Uint8Array): Directive | null | string {
   if (r === null) return null;
   if (typeof r !== 'object' || r === undefined || Array.isArray(r)) return 'rollout must be an object or null';
   const d = r as Record<string, unknown>;
-  if (typeof d.rollout !== 'string' || !/^r-[0-9a-f]{12}$/.test(d.rollout)) return 'rollout.rollout must be a rollout id';
+  if (!isRolloutId(d.rollout)) return 'rollout.rollout must be a rollout id';
   if (!isReleaseId(d.release) || !isReleaseId(d.previous)) return 'rollout.release and rollout.previous must be release ids';
   if (!ROLLOUT_STATES.includes(d.state as RolloutState)) return 'rollout.state is not a rollout state';
   if (!Number.isSafeInteger(d.wave) || (d.wave as number) < 0) return 'rollout.wave must be a wave number';
