@@ -5,7 +5,7 @@ import { parseWindow, RolloutState } from '../wire/rollout';
 import { MAX_REASON_CHARS, MAX_ROLLOUT_MEMBERS, MAX_WAVES, MaxFailures, MemberRecord, MemberState, Rollout } from './rollout-model';
 import { parseWaves } from './rollout-waves';
 
-// ---------------------------------------------------------------- the state file
+/** The rollout's state file, `<store>/rollouts/<id>.json` (rollout-api.ts writes it as JSON of a Rollout). */
 
 export { isRolloutId };
 
