@@ -9,9 +9,10 @@
 // test/'s helpers. Type-only imports count like any other: a type that a lower layer needs lives in that
 // lower layer. CONTRIBUTING.md ("Layers") says what each level holds.
 //
-// Usage: node scripts/check-layers.mjs [ROOT]   (ROOT defaults to the repository this script is in;
+// Usage: node scripts/check-layers.mjs [--graph] [ROOT]   (ROOT defaults to the repository this script is in;
 // `npm test` runs it after tsc, and test/check-layers.test.ts proves it fails on planted back-edges)
 // Prints every import that runs back up, as file:line, and exits 1 if there is one (2 on bad usage).
+// --graph also prints the folder-to-folder edges (for docs/architecture.md's picture).
 // Plain Node, no dependency: a small lexer drops comments and template text, then the import forms
 // (import/export ... from, import '...', import(...), require(...)) are read from what is left.
 
@@ -141,9 +142,13 @@ function listTs(root, dir, acc) {
   return acc;
 }
 
-/** Every import in ROOT that breaks the layer rule: [{ file, line, spec, from, to, why }]. */
+/**
+ * Every import in ROOT that breaks the layer rule, [{ file, line, spec, from, to, why }], and the
+ * folder-to-folder edges of the import graph with how many imports make each (`from -> to`).
+ */
 export function checkLayers(root) {
   const problems = [];
+  const edges = new Map();
   const files = SCANNED.flatMap((dir) => listTs(root, dir, []));
   for (const file of files) {
     const from = layerOf(file);
@@ -152,6 +157,7 @@ export function checkLayers(root) {
       // Only source files are layered: package.json and the like may be read from anywhere.
       if (/\.\w+$/.test(target) && !/\.(ts|mts|cts|js|mjs)$/.test(target)) continue;
       const to = layerOf(target);
+      if (to.key !== from.key) edges.set(`${from.key} -> ${to.key}`, (edges.get(`${from.key} -> ${to.key}`) ?? 0) + 1);
       let why = null;
       if (from.level === -1) why = `${from.key} has no layer: add it to LEVELS in scripts/check-layers.mjs`;
       else if (to.level === -1) why = `${to.key} has no layer: add it to LEVELS in scripts/check-layers.mjs`;
@@ -161,20 +167,23 @@ export function checkLayers(root) {
       if (why) problems.push({ file, line, spec, from: from.key, to: to.key, why });
     }
   }
-  return problems;
+  return { problems, edges };
 }
 
 function main(argv) {
-  if (argv.length > 1 || argv[0] === '--help' || argv[0] === '-h') {
-    console.error('usage: node scripts/check-layers.mjs [ROOT]');
+  const graph = argv[0] === '--graph';
+  const args = graph ? argv.slice(1) : argv;
+  if (args.length > 1 || (args[0] ?? '').startsWith('-')) {
+    console.error('usage: node scripts/check-layers.mjs [--graph] [ROOT]\n  --graph  also print the folder-to-folder import edges, with how many imports make each');
     return 2;
   }
-  const root = resolve(argv[0] ?? join(dirname(fileURLToPath(import.meta.url)), '..'));
+  const root = resolve(args[0] ?? join(dirname(fileURLToPath(import.meta.url)), '..'));
   if (!existsSync(join(root, 'src'))) {
     console.error(`check-layers: ${join(root, 'src')}: no such directory`);
     return 2;
   }
-  const problems = checkLayers(root);
+  const { problems, edges } = checkLayers(root);
+  if (graph) for (const [edge, n] of [...edges].sort()) console.log(`${edge} ${n}`);
   for (const p of problems) console.log(`${p.file}:${p.line}: imports '${p.spec}': ${p.why}`);
   if (problems.length > 0) {
     console.log(`check-layers: ${problems.length} import(s) run against the layers (see LEVELS in scripts/check-layers.mjs)`);

@@ -7,8 +7,8 @@ import * as path from 'node:path';
 const ROOT = path.join(__dirname, '..', '..');
 const SCRIPT = path.join(ROOT, 'scripts', 'check-layers.mjs');
 
-function check(root?: string): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, root ? [SCRIPT, root] : [SCRIPT], { encoding: 'utf8' });
+function check(root?: string, ...flags: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, [SCRIPT, ...flags, ...(root ? [root] : [])], { encoding: 'utf8' });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -42,6 +42,11 @@ test('an import that runs back up fails the check, named by file and line', asyn
   t.is(r.code, 1);
   t.true(r.out.includes(`src/util/log.ts:${line}: imports '../cli/args': src/util may not import src/cli, a higher layer`), r.out);
   t.regex(r.out, /1 import\(s\) run against the layers/);
+  const before = check(ROOT, '--graph').out;
+  const graph = check(dir, '--graph');
+  t.is(graph.code, 1);
+  t.false(before.includes('src/util -> src/cli'));
+  t.true(graph.out.split('\n').includes('src/util -> src/cli 1'), graph.out);
 });
 
 test('every import form counts: multi-line, type-only, export from, require, import()', async (t) => {
@@ -94,6 +99,9 @@ test('bad usage exits 2 with a message', async (t) => {
   const r = check(dir);
   t.is(r.code, 2);
   t.regex(r.err, /src: no such directory/);
+  const u = check(undefined, '--bogus');
+  t.is(u.code, 2);
+  t.regex(u.err, /^usage: /);
 });
 
 /** Files under these folders are still being split (issue 16); every other file in src/ keeps to the limit. */
