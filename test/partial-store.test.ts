@@ -186,3 +186,21 @@ rootTest('a disk that fills in the middle of a unit: the write is finished or re
   t.true(marked < 8);
   await s.close().catch(() => undefined);
 });
+
+test('readUnit fills a reused buffer with the unit (partial and finished), refuses a buffer of another length, and a short read throws', async (t) => {
+  const dir = await tmp(t);
+  const r = release(5 * UNIT + 100);
+  const s = await PartialStore.open(dir, r.m);
+  for (let u = 0; u < r.units.length; u++) await s.writeUnit(u, r.units[u]);
+  const buf = Buffer.alloc(UNIT, 0xaa); // stale bytes of "another unit"
+  t.is(await s.readUnit(2, buf), buf);
+  t.deepEqual(buf, Buffer.from(r.units[2]));
+  await t.throwsAsync(s.readUnit(5, Buffer.alloc(UNIT)), { message: /unit 5 is 100 bytes, not 4096/ });
+  t.deepEqual(await s.readUnit(5, Buffer.alloc(100)), Buffer.from(r.units[5]));
+  const file = await s.finish();
+  buf.fill(0xaa);
+  t.deepEqual(await s.readUnit(4, buf), Buffer.from(r.units[4]));
+  // The finished file cut short: the last units cannot be read whole.
+  await fs.truncate(file, 3 * UNIT + 10);
+  await t.throwsAsync(s.readUnit(3, buf), { message: /short read/ });
+});

@@ -1,0 +1,51 @@
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { loadNativeAddon } from '../src/util/native-addon';
+
+// Each check runs in a child process: the settings are process-wide.
+const TUNING = path.join(__dirname, '..', 'src', 'util', 'memory-tuning.js');
+
+function child(script: string, tune: boolean): Record<string, number> {
+  const pre = tune ? `require(${JSON.stringify(TUNING)}).tuneAgentMemory();` : '';
+  const r = spawnSync(process.execPath, ['--expose-gc', '-e', pre + script], { encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`child exited ${r.status}: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+const RSS_KIB = "const rss = () => Number(/VmRSS:\\s+(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'))[1]);";
+
+const addonLoads = loadNativeAddon()?.setMallocMmapThreshold !== undefined;
+
+(addonLoads ? test : test.skip)('agent tuning: freed unit-sized buffers leave the resident set (fixed mmap threshold)', (t) => {
+  // Buffers freed while others live: with glibc's sliding threshold they end up in holes
+  // of the heap that stay resident; each is its own mapping with the threshold fixed.
+  const script = `${RSS_KIB}
+    const keep = [];
+    const before = rss();
+    for (let round = 0; round < 8; round++) {
+      const bufs = [];
+      for (let i = 0; i < 24; i++) { const b = Buffer.allocUnsafeSlow(1 << 20); b.fill(i); bufs.push(b); }
+      keep.push(bufs[23]);
+      bufs.length = 0;
+      gc();
+    }
+    gc();
+    process.stdout.write(JSON.stringify({ before, after: rss() }));`;
+  const m = child(script, true);
+  // 8 buffers of 1 MiB stay live; the other 184 MiB that went through must not.
+  t.true(m.after - m.before < 24 * 1024, `RSS grew by ${m.after - m.before} KiB with 8 MiB live`);
+});
+
+test('agent tuning: the young generation stays at its initial size', (t) => {
+  const script = `
+    const keep = [];
+    for (let i = 0; i < 1e6; i++) { const o = { a: i, b: [i, i + 1] }; if (i % 10 === 0) keep.push(o); if (keep.length > 20000) keep.shift(); }
+    const ns = require('v8').getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+    process.stdout.write(JSON.stringify({ newSpace: ns.space_size }));`;
+  const tuned = child(script, true);
+  const plain = child(script, false);
+  t.true(tuned.newSpace <= 2 * 1024 * 1024, `new space ${tuned.newSpace} bytes`);
+  // The same load grows an untuned process's young generation: the setting is what holds it.
+  t.true(plain.newSpace > tuned.newSpace, `untuned ${plain.newSpace}, tuned ${tuned.newSpace}`);
+});
