@@ -32,6 +32,8 @@ export const fleetcastOnly = process.env.FLEETCAST_BENCH_ONLY === 'fleetcast';
  * While tuning: FLEETCAST_BENCH_ROWS='wide;group' runs only those rows of the policies table
  * (names as in the table, `;` between them), and nothing is written to bench/results.
  */
+/** FLEETCAST_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/p': extra node flags for the agents (profiling while tuning). */
+const nodeArgs = (process.env.FLEETCAST_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 export const rowsOnly = process.env.FLEETCAST_BENCH_ROWS?.split(';').map((x) => x.trim());
 
 export const median = (xs: number[]) => {
@@ -172,7 +174,7 @@ async function runFleetcast(
   const agents = topo.sites.flatMap((hosts, k) =>
     hosts.map((h, i) =>
       timed(topo, h.ns, [
-        process.execPath, BIN, 'agent', '--server', topo.serverUrl(h), '--plain-http', '--group', `site${k + 1}`, '--interface', h.lanAddress,
+        process.execPath, ...nodeArgs, BIN, 'agent', '--server', topo.serverUrl(h), '--plain-http', '--group', `site${k + 1}`, '--interface', h.lanAddress,
         '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
@@ -181,8 +183,32 @@ async function runFleetcast(
       ]),
     ),
   );
+  // While tracing: who is each site's gateway, every 2 s (role changes restart paths).
+  let roles = '';
+  let rolesDone = false;
+  const rolesLoop = trace
+    ? (async () => {
+        let last = '';
+        while (!rolesDone) {
+          const r = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/fleet").then(r=>r.text()).then(t=>process.stdout.write(t))']);
+          try {
+            const f = JSON.parse(r.stdout) as { groups?: { members?: { id: string; role: string; gatewayDemotions: number; overheadMsPerMiB: number | null; lastSeenMsAgo: number }[] }[] };
+            const gws = (f.groups ?? []).flatMap((g) => g.members ?? []).filter((m) => m.role === 'gateway');
+            const now = gws.map((m) => `${m.id}(oh ${Math.round(m.overheadMsPerMiB ?? -1)}, seen ${m.lastSeenMsAgo} ms ago, demoted ${m.gatewayDemotions})`).sort().join(' ');
+            const ids = gws.map((m) => m.id).sort().join(' ');
+            if (ids !== last) roles += `  ${((Date.now() - started) / 1000).toFixed(1)} s gateways: ${now}\n`;
+            last = ids;
+          } catch {
+            /* not up yet */
+          }
+          await new Promise((r2) => setTimeout(r2, 2000));
+        }
+      })()
+    : null;
   const res = await Promise.all(agents.map((a) => a.done));
-  if (trace) log(formatLinkTrace(await trace.stop(), started, dist.linkMbit!));
+  rolesDone = true;
+  await rolesLoop;
+  if (trace) log(formatLinkTrace(await trace.stop(), started, dist.linkMbit!) + '\n' + roles);
   const exitSeconds = (Math.max(...res.map((r) => r.at)) - started) / 1000;
   const statsRun = await topo.run(topo.server.ns, [process.execPath, '-e', 'fetch("http://127.0.0.1:7600/v1/stats").then(r=>r.text()).then(t=>process.stdout.write(t))']);
   const srvStats = JSON.parse(statsRun.stdout || '{}') as { unitBytesSent?: number; resent?: Record<string, { units: number }> };
@@ -463,7 +489,7 @@ export async function benchPolicies(runs: number): Promise<string[]> {
         const run = () => runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy: spec.policy, wide: true, linkMbit: wan });
         const r = spec.busy ? await withBusyCore(run) : await run();
         results.get(spec.name)!.push(r);
-        log(`policies ${spec.name} run ${i + 1}: ${r.seconds.toFixed(2)} s, server sent ${((r.unitBytes ?? 0) / MIB).toFixed(1)} MiB (re-sends ${JSON.stringify(r.resent)}), site links ${((r.siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
+        log(`policies ${spec.name} run ${i + 1}: ${r.seconds.toFixed(2)} s, CPU ${r.cpu.toFixed(1)} s (server and agents), server sent ${((r.unitBytes ?? 0) / MIB).toFixed(1)} MiB (re-sends ${JSON.stringify(r.resent)}), site links ${((r.siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);
       }
     }
     const secondsOf = (name: string) => median((results.get(name) ?? []).map((r) => r.seconds));

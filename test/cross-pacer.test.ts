@@ -1,5 +1,6 @@
 import test from 'ava';
 import { CrossPacer } from '../src/agent/cross-pacer';
+import { CrossPaths } from '../src/agent/cross-paths';
 
 /**
  * The cross-group pacer against a simulated path (1 ms steps, no sockets, no sleeps):
@@ -177,4 +178,28 @@ test('a path that recovers: from the floor pace (fewer datagrams per report than
     if (now % 200 === 0) p.report(sent, sent * 1400, 0n, 0, now);
   }
   t.true(p.rateBytesPerSec > 20 * MBIT, `pace ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s`);
+});
+
+test('a new gateway of a group already sent to starts at the pace learned on the old path; another group starts at 4 Mbit/s', (t) => {
+  const paths = new CrossPaths(100 * MBIT, 0, { feedbackMs: 200, maxPaths: 16, burstBytes: 64 * 1024 });
+  const old = { address: '10.0.2.11', port: 7000, group: 'site2' };
+  const d = new Uint8Array(1400);
+  let sent = 0;
+  // The old gateway's path learns a pace: everything arrives, reported at each echo.
+  for (let now = 0, seq = 1n; now < 3000; now += 10) {
+    for (let k = 0; k < 200; k++) paths.queue(d, old, false, now);
+    paths.drain(now, () => sent++);
+    if (now % 100 === 0) {
+      paths.probe(old, seq, now);
+      paths.feedback(old, { receivedDatagrams: sent, receivedBytes: sent * 1400, echoSeq: seq, echoHoldMs: 0, atEcho: { datagrams: sent, bytes: sent * 1400 } }, now + 5);
+      seq++;
+    }
+  }
+  const learned = paths.view().find((v) => v.to === '10.0.2.11:7000')!.rateBytesPerSec;
+  t.true(learned > 8 * MBIT, `the old path learned ${((learned * 8) / 1e6).toFixed(1)} Mbit/s`);
+  paths.queue(d, { address: '10.0.2.12', port: 7000, group: 'site2' }, false, 3000);
+  paths.queue(d, { address: '10.0.3.11', port: 7000, group: 'site3' }, false, 3000);
+  const rate = (to: string) => paths.view().find((v) => v.to === to)!.rateBytesPerSec;
+  t.is(rate('10.0.2.12:7000'), learned, 'same group: inherits');
+  t.is(rate('10.0.3.11:7000'), Math.round(4 * MBIT), 'another group: the initial pace');
 });

@@ -7,10 +7,13 @@ export const CROSS_MIN_WAIT_MS = 4;
 export interface Endpoint {
   address: string;
   port: number;
+  /** The LAN group of that gateway, when known (the lease answer's `copyTo` names it). */
+  group?: string;
 }
 
 interface Path {
   to: Endpoint;
+  group: string | undefined;
   pacer: CrossPacer;
   /** Repairs first (a whole LAN group waits for each), then copies. */
   repairs: Uint8Array[];
@@ -75,7 +78,14 @@ export class CrossPaths {
           }
         }
       }
-      p = { to, pacer: new CrossPacer({ capBytesPerSec: this.capBytesPerSec }, now), repairs: [], copies: [] };
+      // A new gateway of a group we already send to (the role moved: from the provisional
+      // first gateway to a measured one, or off a gateway that left) sits behind the same
+      // site links: start at the pace learned on the way there, not at 4 Mbit/s again.
+      const group = typeof to.group === 'string' ? to.group : undefined;
+      let learned = 0;
+      if (group !== undefined) for (const q of this.paths.values()) if (q.group === group) learned = Math.max(learned, q.pacer.rateBytesPerSec);
+      const pacer = new CrossPacer({ capBytesPerSec: this.capBytesPerSec, ...(learned > 0 ? { initialBytesPerSec: learned } : {}) }, now);
+      p = { to, group, pacer, repairs: [], copies: [] };
       this.paths.set(k, p);
     }
     return p;
