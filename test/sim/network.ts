@@ -81,6 +81,7 @@ export class Link {
     rng: Prng,
     private readonly sim: Sim,
     private readonly tracer: () => Tracer | undefined,
+    private readonly onLose?: (link: Link, data: Buffer) => void,
   ) {
     this.delayMs = spec.delayMs ?? 0;
     this.rate = spec.rateBytesPerSec ?? Infinity;
@@ -106,7 +107,8 @@ export class Link {
    * dropped (full queue) nor lost. `arrive` returns false when nobody took the
    * packet there (an endpoint that is down), which counts as a drop.
    */
-  transmit(bytes: number, arrive: () => boolean): void {
+  transmit(data: Buffer, arrive: () => boolean): void {
+    const bytes = data.length;
     const now = this.sim.now;
     const c = this.counters;
     const trace = this.tracer();
@@ -127,6 +129,7 @@ export class Link {
       c.lostPackets++;
       c.lostBytes += bytes;
       trace?.(now, this.name, 'lose', bytes);
+      this.onLose?.(this, data);
       return;
     }
     this.sim.at(done + this.delayMs, () => {
@@ -179,13 +182,13 @@ export class Endpoint {
   /** To every other member of this endpoint's LAN. */
   multicast(data: Uint8Array): void {
     if (!this.up_) return;
-    const copy = this.net.take(this, data);
-    this.up.transmit(copy.length, () => {
+    const copy = this.net.take(this, data, null);
+    this.up.transmit(copy, () => {
       // At the switch: one copy for every member attached now (a member that joins
       // later does not see packets already past the switch).
       for (const m of this.lan.members) {
         if (m === this) continue;
-        m.down.transmit(copy.length, () => m.receive(copy, this.name, 'lan'));
+        m.down.transmit(copy, () => m.receive(copy, this.name, 'lan'));
       }
       return true;
     });
@@ -195,15 +198,15 @@ export class Endpoint {
   unicast(to: string, data: Uint8Array): void {
     if (!this.up_) return;
     const dest = this.net.endpoint(to);
-    const copy = this.net.take(this, data);
+    const copy = this.net.take(this, data, to);
     if (!dest) {
       this.net.unroutable.sentPackets++;
       this.net.unroutable.sentBytes += copy.length;
       return;
     }
     if (dest.lan === this.lan) {
-      this.up.transmit(copy.length, () => {
-        dest.down.transmit(copy.length, () => dest.receive(copy, this.name, 'lan'));
+      this.up.transmit(copy, () => {
+        dest.down.transmit(copy, () => dest.receive(copy, this.name, 'lan'));
         return true;
       });
       return;
@@ -214,9 +217,9 @@ export class Endpoint {
       this.net.unroutable.sentBytes += copy.length;
       return;
     }
-    this.up.transmit(copy.length, () => {
-      path.transmit(copy.length, () => {
-        dest.down.transmit(copy.length, () => dest.receive(copy, this.name, 'cross'));
+    this.up.transmit(copy, () => {
+      path.transmit(copy, () => {
+        dest.down.transmit(copy, () => dest.receive(copy, this.name, 'cross'));
         return true;
       });
       return true;
@@ -249,6 +252,10 @@ export class Network {
   /** Unicasts to an unknown endpoint or a LAN without a route. */
   readonly unroutable = new EndpointCounters();
   tracer: Tracer | undefined;
+  /** Sees every datagram a link's loss model drops. */
+  lossTap: ((link: Link, data: Buffer) => void) | undefined;
+  /** Sees every datagram an endpoint sends (`to` null: multicast), before any link. */
+  tap: ((from: Endpoint, data: Buffer, to: string | null) => void) | undefined;
 
   constructor(
     readonly sim: Sim,
@@ -301,15 +308,17 @@ export class Network {
     return sum;
   }
 
-  /** @internal Copies an outgoing datagram and counts it against its sender. */
-  take(from: Endpoint, data: Uint8Array): Buffer {
+  /** @internal Copies an outgoing datagram, counts it against its sender and shows it to the tap. */
+  take(from: Endpoint, data: Uint8Array, to: string | null): Buffer {
     from.counters.sentPackets++;
     from.counters.sentBytes += data.length;
-    return Buffer.from(data);
+    const copy = Buffer.from(data);
+    this.tap?.(from, copy, to);
+    return copy;
   }
 
   private link(name: string, spec: LinkSpec): Link {
-    const l = new Link(name, spec, this.rng.fork(name), this.sim, () => this.tracer);
+    const l = new Link(name, spec, this.rng.fork(name), this.sim, () => this.tracer, (link, data) => this.lossTap?.(link, data));
     this.links.push(l);
     return l;
   }

@@ -1,0 +1,181 @@
+import test, { ExecutionContext } from 'ava';
+import { performance } from 'node:perf_hooks';
+import { sealControl } from '../../src/wire/auth';
+import { AnnouncePacket, PacketType, bitmapBytes, decodePacket, encodeAnnounce } from '../../src/wire/packet';
+import { loadCore } from './core-api';
+import { bernoulli, burstyLoss } from './loss';
+import { TraceDigest } from './trace';
+import { World, WorldOptions, groupKeyOf } from './world';
+
+// Issue 16's simulations: N protocol cores (src/agent/core) over the in-memory LAN,
+// each with an in-memory store, a static split map, and its own share "arriving from
+// the WAN" at a rate. Every bound is on counts, bytes or simulated time.
+
+const core = loadCore();
+const simTest = 'make' in core ? test : test.skip;
+const needs = 'make' in core ? '' : ` [skipped: ${core.missing}]`;
+
+function world(o: Partial<WorldOptions> & Pick<WorldOptions, 'groups'>): World {
+  if (!('make' in core)) throw new Error(core.missing);
+  return new World({ seed: 1, makeCore: core.make, unitCount: 32, unitSize: 16 * 1024, fragmentBytes: 1024, ...o });
+}
+
+const releaseBytes = (w: World) => w.release.manifest.size;
+const totalWan = (w: World) => w.members.reduce((s, m) => s + m.wanBytes, 0);
+
+function summary(w: World): string {
+  const p = w.wire.packets;
+  return (
+    `t=${w.sim.now.toFixed(0)} ms, WAN ${totalWan(w)} B for a ${releaseBytes(w)} B release, ` +
+    `packets data ${p.data} repair ${p.repair} forward ${p.forward} nack ${p.nack} announce ${p.announce} feedback ${p.feedback}, ` +
+    `relays ${w.server.relayRequests} (${w.server.relayedUnits} units)`
+  );
+}
+
+function assertComplete(t: ExecutionContext, w: World, done: boolean): void {
+  t.log(summary(w));
+  const late = w.members.filter((m) => m.alive && m.completedAt === null).map((m) => `${m.opts.id} (${m.store.size}/${w.release.manifest.unitCount})`);
+  t.true(done, `not complete by ${w.sim.now} ms: ${late.join(', ')}`);
+  for (const m of w.members) if (m.alive) t.true(m.storeEqualsRelease(), `${m.opts.id}'s store differs from the release`);
+}
+
+simTest(`4 members at 10% independent loss complete, taking each byte from the WAN about once${needs}`, (t) => {
+  const w = world({ groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } } });
+  assertComplete(t, w, w.runUntilComplete(60_000));
+  t.true(w.wire.packets.nack > 0, 'losses were repaired through NACKs');
+  t.true(w.wire.packets.repair > 0);
+  // The WAN carries each unit about once: relays of units the LAN could not repair stay few.
+  t.true(totalWan(w) <= releaseBytes(w) * 1.25, `WAN ${totalWan(w)} B`);
+});
+
+simTest(`4 members at 10% bursty loss (Gilbert-Elliott, bursts of 4) complete${needs}`, (t) => {
+  const w = world({ seed: 2, groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: burstyLoss(0.1, 4) } } });
+  assertComplete(t, w, w.runUntilComplete(60_000));
+  t.true(totalWan(w) <= releaseBytes(w) * 1.25, `WAN ${totalWan(w)} B`);
+});
+
+simTest(`the same seed gives the same run, packet for packet${needs}`, (t) => {
+  const run = (seed: number) => {
+    const w = world({ seed, unitCount: 8, groups: [{ name: 'g0', members: 4 }], lan: { down: { loss: bernoulli(0.1) } } });
+    const d = new TraceDigest(w.net);
+    w.runUntilComplete(30_000);
+    return { digest: d.digest(), events: d.events, done: w.members.map((m) => m.completedAt) };
+  };
+  const a = run(5);
+  const b = run(5);
+  t.true(a.events > 1000);
+  t.deepEqual(a, b);
+  t.not(run(6).digest, a.digest);
+});
+
+/**
+ * NACK suppression (after NORM, RFC 5740 §5.3: one NACK stands for all who miss
+ * the same fragments). Every receiver loses 10% of what reaches it, independently,
+ * so a fragment is lost at ~N/10 receivers; without suppression each would NACK it.
+ */
+simTest(`NACK suppression: fragment requests per lost fragment stay near 1 from 4 to 256 receivers${needs}`, (t) => {
+  t.timeout(600_000);
+  const rows: string[] = ['| receivers | lost fragments | receivers missing each (no suppression) | NACK packets | requests per lost fragment | repairs | wall s (64: whole run) |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |'];
+  const results: { n: number; perFragment: number; missing: number }[] = [];
+  for (const n of [4, 16, 64, 256]) {
+    const started = performance.now();
+    const w = world({ seed: 16, unitCount: 16, groups: [{ name: 'g0', members: n }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } } });
+    const done = w.runUntilComplete(120_000);
+    const wall = (performance.now() - started) / 1000;
+    assertComplete(t, w, done);
+    const perFragment = w.nackRequestsPerFragment();
+    const missing = w.receiversPerLostFragment();
+    results.push({ n, perFragment, missing });
+    rows.push(`| ${n} | ${w.wire.lostBy.size} | ${missing.toFixed(1)} | ${w.wire.packets.nack} | ${perFragment.toFixed(2)} | ${w.wire.packets.repair} | ${wall.toFixed(1)} |`);
+  }
+  t.log('\n' + rows.join('\n'));
+  for (const r of results) {
+    t.true(r.perFragment >= 1, 'every lost fragment was asked for at least once');
+    t.true(r.perFragment <= 3, `${r.n} receivers: ${r.perFragment.toFixed(2)} requests per lost fragment`);
+  }
+  const big = results[results.length - 1];
+  t.true(big.missing > 10 * big.perFragment, `at 256 receivers suppression saves most NACKs: ${big.missing.toFixed(1)} would ask, ${big.perFragment.toFixed(2)} did`);
+});
+
+simTest(`a gateway dies mid-transfer: its group still completes (two LAN groups, one wide-area download)${needs}`, (t) => {
+  const w = world({
+    seed: 3,
+    groups: [
+      { name: 'g0', members: 4 },
+      { name: 'g1', members: 4 },
+    ],
+    lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.02) } },
+  });
+  const gw = w.server.gatewayOf('g1')!;
+  const victim = w.member(gw.id);
+  // Mid-transfer: once a quarter of the release has crossed the WAN.
+  w.sim.run({ stopWhen: () => totalWan(w) >= releaseBytes(w) / 4, until: 60_000 });
+  t.true(w.members.every((m) => m.completedAt === null), 'nobody was complete when the gateway died');
+  victim.kill();
+  const diedAt = w.sim.now;
+  assertComplete(t, w, w.runUntilComplete(120_000));
+  t.not(w.server.gatewayOf('g1')!.id, gw.id, 'the group got a new gateway');
+  const g1 = w.members.filter((m) => m.opts.group === 'g1' && m.alive);
+  t.is(g1.length, 3);
+  t.true(g1.every((m) => m.completedAt !== null && m.completedAt > diedAt));
+  t.log(`gateway ${gw.id} died at ${diedAt.toFixed(0)} ms holding ${victim.store.size} units; units leased again: ${w.server.releasedUnits}`);
+});
+
+simTest(`a late joiner takes the release from its LAN peers${needs}`, (t) => {
+  const w = world({ seed: 4, groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.05) } } });
+  // One joins mid-transfer, one after everyone else is done.
+  w.sim.run({ stopWhen: () => totalWan(w) >= releaseBytes(w) / 2, until: 60_000 });
+  const mid = w.addMember('g0');
+  t.true(w.runUntilComplete(60_000));
+  const after = w.addMember('g0');
+  assertComplete(t, w, w.runUntilComplete(w.sim.now + 60_000));
+  for (const m of [mid, after]) {
+    t.true(m.storeEqualsRelease());
+    t.true(m.wanBytes <= releaseBytes(w) / 4, `${m.opts.id} took ${m.wanBytes} B from the WAN`);
+  }
+  t.is(after.wanBytes, 0, 'after the others completed, everything came from the LAN');
+});
+
+/** Rewrites a member's announces to claim every unit (and completion), sealed with the group key as a real member can. */
+function lyingAnnounces(key: Buffer) {
+  let lies = 0;
+  const mangle = (d: Uint8Array): Uint8Array => {
+    const r = decodePacket(d);
+    if (!r.ok || r.packet.type !== PacketType.ANNOUNCE) return d;
+    const p = r.packet as AnnouncePacket;
+    lies++;
+    const out = encodeAnnounce({ sender: p.sender, releaseId: p.releaseId, firstUnit: p.firstUnit, unitCount: p.unitCount, complete: true, have: new Uint8Array(bitmapBytes(p.unitCount)).fill(0xff) });
+    return sealControl(out, key, p.auth!.seq);
+  };
+  return { mangle, count: () => lies };
+}
+
+simTest(`a member that lies in its announces (claims every unit) does not stop the others, and costs a bounded number of packets${needs}`, (t) => {
+  const run = (lie: boolean) => {
+    // The liar is a member: it has the group key.
+    const liar = lyingAnnounces(groupKeyOf(7));
+    const w = world({
+      seed: 7,
+      groups: [{ name: 'g0', members: 4 }],
+      lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } },
+      // g0-m3 lies; it owns a share like the others
+      memberOverrides: (_g, i) => (lie && i === 3 ? { mangle: liar.mangle } : {}),
+    });
+    const done = w.runUntilComplete(60_000);
+    const sent = w.net.total((l) => l.name.endsWith('.up')).sentPackets;
+    return { w, done, sent, lies: liar.count() };
+  };
+  const honest = run(false);
+  const lying = run(true);
+  t.true(lying.lies > 0, 'the liar announced');
+  const liar = lying.w.members[3];
+  const others = lying.w.members.slice(0, 3);
+  t.log(`honest: ${summary(honest.w)}`);
+  t.log(`lying:  ${summary(lying.w)}`);
+  t.true(others.every((m) => m.completedAt !== null && m.storeEqualsRelease()), 'the honest members completed');
+  const extra = lying.sent - honest.sent;
+  const fragments = lying.w.release.manifest.unitCount * (lying.w.release.manifest.unitSize / 1024);
+  t.log(`packets: ${honest.sent} honest, ${lying.sent} with the liar (${extra} extra; the release is ${fragments} fragments)`);
+  t.true(extra <= fragments / 2, `the lies cost ${extra} extra packets`);
+  t.truthy(liar);
+});
