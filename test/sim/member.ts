@@ -15,7 +15,8 @@ import { SimServer } from './server';
  *   events until none, repeated until both are empty) and re-arms one timer at
  *   `pollTimeout()`.
  * - The store is a Map of unit -> bytes; 'store' and 'read' events are answered at
- *   once (an in-memory disk).
+ *   once (an in-memory disk). Buffers given to the core become the core's (its pool
+ *   reuses them), so the store only ever hands over copies, as a disk read would.
  * - The WAN: leased units "arrive" at `wanRateBytesPerSec` after `wanDelayMs`, in
  *   chunks (cut-through `fetchProgress`), `fetchConcurrency` at a time, paused while
  *   the core says it is backlogged.
@@ -172,9 +173,12 @@ export class SimMember {
             this.keep(e.unit, Buffer.from(e.bytes));
             this.core.unitStored(e.unit, now);
             break;
-          case 'read':
-            this.core.unitRead(e.unit, this.store.get(e.unit) ?? null, now);
+          case 'read': {
+            // The core owns what it is given (its buffer pool reuses it): hand over a copy, as a disk read would.
+            const b = this.store.get(e.unit);
+            this.core.unitRead(e.unit, b ? Buffer.from(b) : null, now);
             break;
+          }
           case 'relay': {
             this.relayEvents++;
             const asked = { units: [...e.units], reason: e.reason };
@@ -265,7 +269,8 @@ export class SimMember {
           this.core.fetchProgress(unit, got, received, now);
         } else {
           this.wanUnits++;
-          this.keep(unit, got);
+          // The store keeps its own copy: `got` now belongs to the core.
+          this.keep(unit, Buffer.from(got));
           this.core.fetchProgress(unit, got, received, now);
           this.core.unitFetched(unit, got, now);
           this.core.fetchEnded(unit, now);
