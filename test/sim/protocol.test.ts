@@ -1,5 +1,4 @@
 import test, { ExecutionContext } from 'ava';
-import { performance } from 'node:perf_hooks';
 import { sealControl } from '../../src/wire/auth';
 import { AnnouncePacket, PacketType, bitmapBytes, decodePacket, encodeAnnounce } from '../../src/wire/packet';
 import { loadCore } from './core-api';
@@ -68,35 +67,6 @@ simTest(`the same seed gives the same run, packet for packet${needs}`, (t) => {
   t.not(run(6).digest, a.digest);
 });
 
-/**
- * NACK suppression (after NORM, RFC 5740 §5.3: one NACK stands for all who miss
- * the same fragments). Every receiver loses 10% of what reaches it, independently,
- * so a fragment is lost at ~N/10 receivers; without suppression each would NACK it.
- */
-simTest(`NACK suppression: fragment requests per lost fragment stay near 1 from 4 to 256 receivers${needs}`, (t) => {
-  t.timeout(600_000);
-  const rows: string[] = ['| receivers | lost fragments | receivers missing each (no suppression) | NACK packets | requests per lost fragment | repairs | wall s (64: whole run) |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |'];
-  const results: { n: number; perFragment: number; missing: number }[] = [];
-  for (const n of [4, 16, 64, 256]) {
-    const started = performance.now();
-    const w = world({ seed: 16, unitCount: 16, groups: [{ name: 'g0', members: n }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } } });
-    const done = w.runUntilComplete(120_000);
-    const wall = (performance.now() - started) / 1000;
-    assertComplete(t, w, done);
-    const perFragment = w.nackRequestsPerFragment();
-    const missing = w.receiversPerLostFragment();
-    results.push({ n, perFragment, missing });
-    rows.push(`| ${n} | ${w.wire.lostBy.size} | ${missing.toFixed(1)} | ${w.wire.packets.nack} | ${perFragment.toFixed(2)} | ${w.wire.packets.repair} | ${wall.toFixed(1)} |`);
-  }
-  t.log('\n' + rows.join('\n'));
-  for (const r of results) {
-    t.true(r.perFragment >= 1, 'every lost fragment was asked for at least once');
-    t.true(r.perFragment <= 3, `${r.n} receivers: ${r.perFragment.toFixed(2)} requests per lost fragment`);
-  }
-  const big = results[results.length - 1];
-  t.true(big.missing > 10 * big.perFragment, `at 256 receivers suppression saves most NACKs: ${big.missing.toFixed(1)} would ask, ${big.perFragment.toFixed(2)} did`);
-});
-
 simTest(`a gateway dies mid-transfer: its group still completes (two LAN groups, one wide-area download)${needs}`, (t) => {
   const w = world({
     seed: 3,
@@ -105,20 +75,25 @@ simTest(`a gateway dies mid-transfer: its group still completes (two LAN groups,
       { name: 'g1', members: 4 },
     ],
     lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.02) } },
+    // a slow WAN, so the transfer lasts and the gateway dies in the middle of it
+    member: { wanRateBytesPerSec: 200_000 },
   });
   const gw = w.server.gatewayOf('g1')!;
   const victim = w.member(gw.id);
-  // Mid-transfer: once a quarter of the release has crossed the WAN.
-  w.sim.run({ stopWhen: () => totalWan(w) >= releaseBytes(w) / 4, until: 60_000 });
+  w.sim.run({ stopWhen: () => totalWan(w) >= releaseBytes(w) / 2, until: 60_000 });
   t.true(w.members.every((m) => m.completedAt === null), 'nobody was complete when the gateway died');
+  t.true(victim.stats.fragmentsForwarded > 0, 'the gateway was forwarding the other group\'s copies when it died');
   victim.kill();
   const diedAt = w.sim.now;
-  assertComplete(t, w, w.runUntilComplete(120_000));
-  t.not(w.server.gatewayOf('g1')!.id, gw.id, 'the group got a new gateway');
   const g1 = w.members.filter((m) => m.opts.group === 'g1' && m.alive);
+  const heldAtDeath = g1.map((m) => m.store.size);
+  assertComplete(t, w, w.runUntilComplete(120_000));
+  const next = w.server.gatewayOf('g1')!;
+  t.not(next.id, gw.id, 'the group got a new gateway');
+  t.true(w.member(next.id).stats.fragmentsForwarded > 0, 'the new gateway forwarded copies from the other group');
   t.is(g1.length, 3);
   t.true(g1.every((m) => m.completedAt !== null && m.completedAt > diedAt));
-  t.log(`gateway ${gw.id} died at ${diedAt.toFixed(0)} ms holding ${victim.store.size} units; units leased again: ${w.server.releasedUnits}`);
+  t.log(`gateway ${gw.id} died at ${diedAt.toFixed(0)} ms (its group held ${heldAtDeath.join(', ')} of ${w.release.manifest.unitCount} units); new gateway ${next.id}; units leased again: ${w.server.releasedUnits}`);
 });
 
 simTest(`a late joiner takes the release from its LAN peers${needs}`, (t) => {
@@ -150,14 +125,19 @@ function lyingAnnounces(key: Buffer) {
   return { mangle, count: () => lies };
 }
 
+/**
+ * The liar claims every unit before anyone has most of them (a slow WAN), so the
+ * others NACK units it does not have. What that may cost: NACKs, not data, and
+ * at most half a packet per fragment of the release over the whole run.
+ */
 simTest(`a member that lies in its announces (claims every unit) does not stop the others, and costs a bounded number of packets${needs}`, (t) => {
-  const run = (lie: boolean) => {
-    // The liar is a member: it has the group key.
-    const liar = lyingAnnounces(groupKeyOf(7));
+  const run = (seed: number, lie: boolean) => {
+    const liar = lyingAnnounces(groupKeyOf(seed)); // the liar is a member: it has the group key
     const w = world({
-      seed: 7,
+      seed,
       groups: [{ name: 'g0', members: 4 }],
       lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } },
+      member: { wanRateBytesPerSec: 100_000 },
       // g0-m3 lies; it owns a share like the others
       memberOverrides: (_g, i) => (lie && i === 3 ? { mangle: liar.mangle } : {}),
     });
@@ -165,17 +145,19 @@ simTest(`a member that lies in its announces (claims every unit) does not stop t
     const sent = w.net.total((l) => l.name.endsWith('.up')).sentPackets;
     return { w, done, sent, lies: liar.count() };
   };
-  const honest = run(false);
-  const lying = run(true);
-  t.true(lying.lies > 0, 'the liar announced');
-  const liar = lying.w.members[3];
-  const others = lying.w.members.slice(0, 3);
-  t.log(`honest: ${summary(honest.w)}`);
-  t.log(`lying:  ${summary(lying.w)}`);
-  t.true(others.every((m) => m.completedAt !== null && m.storeEqualsRelease()), 'the honest members completed');
-  const extra = lying.sent - honest.sent;
-  const fragments = lying.w.release.manifest.unitCount * (lying.w.release.manifest.unitSize / 1024);
-  t.log(`packets: ${honest.sent} honest, ${lying.sent} with the liar (${extra} extra; the release is ${fragments} fragments)`);
-  t.true(extra <= fragments / 2, `the lies cost ${extra} extra packets`);
-  t.truthy(liar);
+  for (const seed of [7, 8, 9]) {
+    const honest = run(seed, false);
+    const lying = run(seed, true);
+    t.true(honest.done);
+    t.true(lying.lies > 0, 'the liar announced');
+    const others = lying.w.members.slice(0, 3);
+    t.true(others.every((m) => m.completedAt !== null && m.storeEqualsRelease()), `seed ${seed}: the honest members completed`);
+    const m = lying.w.release.manifest;
+    const fragments = m.unitCount * Math.ceil(m.unitSize / 1024);
+    const extra = lying.sent - honest.sent;
+    const dataOf = (r: typeof honest) => r.w.wire.packets.data + r.w.wire.packets.repair;
+    t.log(`seed ${seed}: ${honest.sent} packets honest, ${lying.sent} with ${lying.lies} lying announces (${extra} extra, NACKs ${honest.w.wire.packets.nack} -> ${lying.w.wire.packets.nack}; the release is ${fragments} fragments)`);
+    t.true(extra <= fragments / 2, `seed ${seed}: the lies cost ${extra} extra packets`);
+    t.true(dataOf(lying) <= dataOf(honest) * 1.1, `seed ${seed}: lies cost no data: ${dataOf(honest)} -> ${dataOf(lying)} data and repair packets`);
+  }
 });

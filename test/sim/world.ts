@@ -47,6 +47,10 @@ export class WireCounts {
   bytes = { data: 0, repair: 0, forward: 0, nack: 0, announce: 0, feedback: 0, other: 0 };
   /** "unit/fragment" -> fragment requests in NACKs. */
   readonly requests = new Map<string, number>();
+  /** "unit/fragment" -> requests sent before the first repair of it left (the first round). */
+  readonly firstRoundRequests = new Map<string, number>();
+  /** "unit/fragment" -> repairs sent of it. */
+  readonly repairs = new Map<string, number>();
   /** "unit/fragment" -> receivers that lost a DATA packet of it on their link. */
   readonly lostBy = new Map<string, Set<string>>();
   /** Per sender endpoint: packets by kind. */
@@ -148,6 +152,24 @@ export class World {
     return this.wire.requests.size ? sum / this.wire.requests.size : 0;
   }
 
+  /**
+   * Requests per NACKed fragment before its first repair left: NORM's "NACKs per loss
+   * event" (1 = one receiver asked for everyone). Later rounds (a repair lost again at
+   * some receivers) are not counted here.
+   */
+  firstRoundRequestsPerFragment(): number {
+    let sum = 0;
+    for (const v of this.wire.firstRoundRequests.values()) sum += v;
+    return this.wire.firstRoundRequests.size ? sum / this.wire.firstRoundRequests.size : 0;
+  }
+
+  /** Repairs sent per NACKed fragment: the repair rounds it took (with repairs that crossed). */
+  repairsPerFragment(): number {
+    let sum = 0;
+    for (const k of this.wire.requests.keys()) sum += this.wire.repairs.get(k) ?? 0;
+    return this.wire.requests.size ? sum / this.wire.requests.size : 0;
+  }
+
   /** Receivers that lost the average lost fragment: the NACKs each would cost without suppression. */
   receiversPerLostFragment(): number {
     let sum = 0;
@@ -172,8 +194,11 @@ export class World {
         const kind = p.forward ? 'forward' : p.repair ? 'repair' : 'data';
         w.packets[kind]++;
         w.bytes[kind] += data.length;
-        if (p.repair) s.repair++;
-        else s.data++;
+        if (p.repair) {
+          s.repair++;
+          const k = `${p.unit}/${p.fragment}`;
+          w.repairs.set(k, (w.repairs.get(k) ?? 0) + 1);
+        } else s.data++;
         break;
       }
       case PacketType.NACK: {
@@ -185,6 +210,7 @@ export class World {
           if (!getBit(n.missing, f)) continue;
           const k = `${n.unit}/${f}`;
           w.requests.set(k, (w.requests.get(k) ?? 0) + 1);
+          if (!w.repairs.has(k)) w.firstRoundRequests.set(k, (w.firstRoundRequests.get(k) ?? 0) + 1);
         }
         break;
       }
