@@ -24,7 +24,7 @@ const needs = 'make' in core ? '' : ` [skipped: ${core.missing}]`;
 const rows: string[] = [];
 
 for (const n of [4, 16, 64, 256]) {
-  ('make' in core ? test : test.skip)(`NACK suppression with ${n} receivers at 10% loss: about one NACK per lost fragment per round${needs}`, (t) => {
+  ('make' in core ? test.serial : test.skip)(`NACK suppression with ${n} receivers at 10% loss: about one NACK per lost fragment per round${needs}`, async (t) => {
     if (!('make' in core)) return;
     t.timeout(600_000);
     const started = performance.now();
@@ -37,7 +37,7 @@ for (const n of [4, 16, 64, 256]) {
       groups: [{ name: 'g0', members: n }],
       lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } },
     });
-    const done = w.runUntilComplete(120_000);
+    const done = await w.runUntilCompleteAsync(120_000);
     const wallS = (performance.now() - started) / 1000;
     t.true(done, `not complete by ${w.sim.now} ms`);
     for (const m of w.members) t.true(m.storeEqualsRelease(), `${m.opts.id}'s store differs from the release`);

@@ -145,6 +145,18 @@ export class World {
     return done();
   }
 
+  /**
+   * The same, yielding to the event loop every `eventsPerSlice` events, so a long
+   * run does not hold the test worker's thread (ava's messages, its timeouts).
+   */
+  async runUntilCompleteAsync(limitMs: number, eventsPerSlice = 50_000): Promise<boolean> {
+    const done = (): boolean => this.members.every((m) => !m.alive || m.completedAt !== null);
+    while (this.sim.run({ until: limitMs, stopWhen: done, maxEvents: eventsPerSlice }) === 'maxEvents') {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return done();
+  }
+
   /** Fragment requests per NACKed fragment (1 = perfect suppression). */
   nackRequestsPerFragment(): number {
     let sum = 0;
