@@ -100,7 +100,7 @@ export type CoreEvent =
   | { type: 'store'; unit: number; bytes: Buffer }
   | { type: 'read'; unit: number }
   | { type: 'relay'; units: number[]; reason: 'relayed' | 'stalled' }
-  | { type: 'leased' }
+  | { type: 'wake' }
   | { type: 'complete' };
 
 export interface SimCore {
@@ -110,6 +110,8 @@ export interface SimCore {
   leaseGranted(grant: CoreLeaseGrant, now: number, asked?: { units: number[]; reason: 'relayed' | 'stalled' }): void;
   relayFailed(units: number[], now: number): void;
   takeLeased(): number | undefined;
+  takeBuffer(len: number): Buffer;
+  giveBuffer(buf: Buffer): void;
   fetchStarted(unit: number, now: number): void;
   fetchProgress(unit: number, bytes: Uint8Array, received: number, now: number): void;
   fetchEnded(unit: number, now: number): void;

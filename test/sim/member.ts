@@ -189,7 +189,7 @@ export class SimMember {
             });
             break;
           }
-          case 'leased':
+          case 'wake':
             this.startFetches();
             break;
           case 'complete':
@@ -246,7 +246,8 @@ export class SimMember {
   private fetch(unit: number): void {
     this.fetching++;
     const bytes = this.release.units[unit];
-    const got = Buffer.alloc(bytes.length);
+    // From the core's pool, as the real driver does: the core recycles what unitFetched hands it.
+    const got = this.core.takeBuffer(bytes.length);
     this.core.fetchStarted(unit, this.sim.now);
     let received = 0;
     let t = Math.max(this.sim.now + this.opts.wanDelayMs, this.wanBusyUntil);
