@@ -20,6 +20,12 @@ function world(o: Partial<WorldOptions> & Pick<WorldOptions, 'groups'>): World {
 }
 
 const releaseBytes = (w: World) => w.release.manifest.size;
+/**
+ * Simulated time the LAN runs are given: a few times what they take (under 2 s), and
+ * under the core's fallbacks (a unit leased again after 10 s without an answer), so
+ * that completing means the LAN repaired the losses.
+ */
+const LAN_LIMIT_MS = 5_000;
 const totalWan = (w: World) => w.members.reduce((s, m) => s + m.wanBytes, 0);
 
 function summary(w: World): string {
@@ -40,7 +46,7 @@ function assertComplete(t: ExecutionContext, w: World, done: boolean): void {
 
 simTest(`4 members at 10% independent loss complete, taking each byte from the WAN about once${needs}`, (t) => {
   const w = world({ groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } } });
-  assertComplete(t, w, w.runUntilComplete(60_000));
+  assertComplete(t, w, w.runUntilComplete(LAN_LIMIT_MS));
   t.true(w.wire.packets.nack > 0, 'losses were repaired through NACKs');
   t.true(w.wire.packets.repair > 0);
   // The WAN carries each unit about once: relays of units the LAN could not repair stay few.
@@ -49,7 +55,7 @@ simTest(`4 members at 10% independent loss complete, taking each byte from the W
 
 simTest(`4 members at 10% bursty loss (Gilbert-Elliott, bursts of 4) complete${needs}`, (t) => {
   const w = world({ seed: 2, groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: burstyLoss(0.1, 4) } } });
-  assertComplete(t, w, w.runUntilComplete(60_000));
+  assertComplete(t, w, w.runUntilComplete(LAN_LIMIT_MS));
   t.true(totalWan(w) <= releaseBytes(w) * 1.25, `WAN ${totalWan(w)} B`);
 });
 
@@ -87,7 +93,8 @@ simTest(`a gateway dies mid-transfer: its group still completes (two LAN groups,
   const diedAt = w.sim.now;
   const g1 = w.members.filter((m) => m.opts.group === 'g1' && m.alive);
   const heldAtDeath = g1.map((m) => m.store.size);
-  assertComplete(t, w, w.runUntilComplete(120_000));
+  // the server drops the dead gateway after 3 s of silence
+  assertComplete(t, w, w.runUntilComplete(diedAt + 3_000 + 2 * LAN_LIMIT_MS));
   const next = w.server.gatewayOf('g1')!;
   t.not(next.id, gw.id, 'the group got a new gateway');
   t.true(w.member(next.id).stats.fragmentsForwarded > 0, 'the new gateway forwarded copies from the other group');
@@ -101,9 +108,9 @@ simTest(`a late joiner takes the release from its LAN peers${needs}`, (t) => {
   // One joins mid-transfer, one after everyone else is done.
   w.sim.run({ stopWhen: () => totalWan(w) >= releaseBytes(w) / 2, until: 60_000 });
   const mid = w.addMember('g0');
-  t.true(w.runUntilComplete(60_000));
+  t.true(w.runUntilComplete(LAN_LIMIT_MS));
   const after = w.addMember('g0');
-  assertComplete(t, w, w.runUntilComplete(w.sim.now + 60_000));
+  assertComplete(t, w, w.runUntilComplete(w.sim.now + LAN_LIMIT_MS));
   for (const m of [mid, after]) {
     t.true(m.storeEqualsRelease());
     t.true(m.wanBytes <= releaseBytes(w) / 4, `${m.opts.id} took ${m.wanBytes} B from the WAN`);
@@ -141,7 +148,8 @@ simTest(`a member that lies in its announces (claims every unit) does not stop t
       // g0-m3 lies; it owns a share like the others
       memberOverrides: (_g, i) => (lie && i === 3 ? { mangle: liar.mangle } : {}),
     });
-    const done = w.runUntilComplete(60_000);
+    // the 100 kB/s WAN alone takes 1.3 s
+    const done = w.runUntilComplete(2 * LAN_LIMIT_MS);
     const sent = w.net.total((l) => l.name.endsWith('.up')).sentPackets;
     return { w, done, sent, lies: liar.count() };
   };
