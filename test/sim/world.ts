@@ -97,15 +97,16 @@ export class World {
     this.net.lossTap = (link, data) => this.lost(link.name, data);
     for (const g of opts.groups) for (let i = 0; i < g.members; i++) this.addMember(g.name, opts.memberOverrides?.(g.name, i) ?? {});
     const shares = this.server.assignShares();
+    // As an agent starts: join (the first split map and the group key), then take its leases.
+    for (const m of this.members) m.start();
     for (const m of this.members) m.lease(shares.get(m.opts.id) ?? []);
+    this.started = true;
     // The server's own clock: silent members are dropped every 500 ms.
     const expire = (): void => {
       this.server.expire(this.sim.now);
       if (this.members.some((m) => m.alive && m.completedAt === null)) this.sim.after(500, expire);
     };
     this.sim.after(500, expire);
-    for (const m of this.members) m.start();
-    this.started = true;
   }
 
   /** A new member of `group` (before the start, or later: a late joiner, which then joins at once). */
