@@ -3,6 +3,7 @@ import { Sim } from './clock';
 import { bernoulli, burstyLoss, gilbertElliott, makeLossModel, stationaryRate } from './loss';
 import { Network } from './network';
 import { Prng } from './prng';
+import { SimServer } from './server';
 import { TraceDigest } from './trace';
 
 // Tests of the simulator itself: its clock, PRNG, loss models and links. All
@@ -302,4 +303,45 @@ test('the same seed gives the identical trace; another seed another', (t) => {
   t.deepEqual(a.counters, b.counters);
   t.is(a.now, b.now);
   t.not(a.digest, c.digest);
+});
+
+test('the simulated server: static shares, gateways, copy destinations, expiry re-leases what only the dead held', (t) => {
+  const leases = new Map<string, number[][]>();
+  const s = new SimServer({ unitCount: 8, groupKey: Buffer.alloc(32, 7), memberTimeoutMs: 3000, wide: true });
+  const join = (id: string, group: string, n: number) =>
+    s.join({ id, group, address: `10.0.0.${n}`, port: 7700 }, 0, (g) => leases.set(id, [...(leases.get(id) ?? []), g.units]));
+  join('a', 'g0', 1);
+  join('b', 'g0', 2);
+  join('c', 'g1', 3);
+  join('d', 'g1', 4);
+  const shares = s.assignShares();
+  t.deepEqual(Object.fromEntries(shares), { a: [0, 4], b: [1, 5], c: [2, 6], d: [3, 7] });
+  const bits = (...units: number[]) => {
+    const b = new Uint8Array(1);
+    for (const u of units) b[0] |= 0x80 >>> u;
+    return b;
+  };
+  const map = s.heartbeat('a', 100, bits(0, 4), 2, false);
+  t.deepEqual(map.holders, [0, 1, 2, 3, 0, 1, 2, 3]);
+  t.deepEqual(
+    map.members.map((m) => `${m.id}:${m.role}`),
+    ['a:gateway', 'b:member', 'c:gateway', 'd:member'],
+  );
+  t.deepEqual(map.copyTo, [{ member: 'c', address: '10.0.0.3', port: 7700 }]);
+  t.is(map.groupKey, Buffer.alloc(32, 7).toString('base64'));
+  t.false(map.groupComplete);
+  // c (g1's gateway) falls silent holding unit 2; b has 6 from the LAN, so only 2 is leased again.
+  s.heartbeat('b', 3000, bits(1, 5, 6), 3, false);
+  s.heartbeat('d', 3000, bits(3, 7), 2, false);
+  s.heartbeat('a', 3000, bits(0, 4), 2, false);
+  t.deepEqual(s.expire(3000), [], 'silent for 3000 ms, not more');
+  t.deepEqual(s.expire(3101), ['c']);
+  t.is(s.releasedUnits, 1);
+  t.deepEqual(Object.fromEntries(leases), { a: [[2]] }, 'leased to the first live member');
+  const after = s.map('a');
+  t.deepEqual(after.members.map((m) => `${m.id}:${m.role}`), ['a:gateway', 'b:member', 'd:gateway']);
+  t.deepEqual(after.copyTo, [{ member: 'd', address: '10.0.0.4', port: 7700 }]);
+  t.is(after.holders[6], 1, 'unit 6 now held by b');
+  const grant = s.relay('d', [5], 'relayed');
+  t.deepEqual(grant, { units: [5], relayed: [5], copyTo: [{ member: 'a', address: '10.0.0.1', port: 7700 }] });
 });
