@@ -4,6 +4,8 @@ import { bernoulli, burstyLoss, gilbertElliott, makeLossModel, stationaryRate } 
 import { Network } from './network';
 import { Prng } from './prng';
 import { SimServer } from './server';
+import { CoreEvent, SimCore } from './core-api';
+import { World } from './world';
 import { TraceDigest } from './trace';
 
 // Tests of the simulator itself: its clock, PRNG, loss models and links. All
@@ -344,4 +346,66 @@ test('the simulated server: static shares, gateways, copy destinations, expiry r
   t.is(after.holders[6], 1, 'unit 6 now held by b');
   const grant = s.relay('d', [5], 'relayed');
   t.deepEqual(grant, { units: [5], relayed: [5], copyTo: [{ member: 'a', address: '10.0.0.1', port: 7700 }] });
+});
+
+/**
+ * A scripted stand-in for the protocol core, to check the driver alone: it records
+ * the calls it gets and answers from a script. (The real core is driven in
+ * protocol.test.ts.)
+ */
+function scriptedCore(script: { timeoutAt?: () => number | null; events?: CoreEvent[] }) {
+  const calls: string[] = [];
+  const events = [...(script.events ?? [])];
+  const core: SimCore = {
+    handleDatagram: (_b, now) => void calls.push(`datagram@${now}`),
+    handleTimeout: (now) => void calls.push(`timeout@${now}`),
+    setSplitMap: (_m, now) => void calls.push(`map@${now}`),
+    leaseGranted: (g, now) => void calls.push(`lease ${g.units.join(',')}@${now}`),
+    relayFailed: () => undefined,
+    takeLeased: () => undefined,
+    takeBuffer: (len) => Buffer.alloc(len),
+    giveBuffer: () => undefined,
+    fetchStarted: () => undefined,
+    fetchProgress: () => undefined,
+    fetchEnded: () => undefined,
+    unitFetched: () => undefined,
+    unitStored: (u, now) => void calls.push(`stored ${u}@${now}`),
+    unitRead: (u, b, now) => void calls.push(`read ${u} ${b ? b.length : 'null'}@${now}`),
+    fileComplete: (now) => void calls.push(`fileComplete@${now}`),
+    writable: () => undefined,
+    pollTransmit: () => null,
+    transmitted: () => undefined,
+    pollTimeout: () => script.timeoutAt?.() ?? null,
+    pollEvent: () => events.shift() ?? null,
+    backlogged: false,
+    drained: true,
+  };
+  return { core, calls };
+}
+
+test('the driver answers store, read and complete events at once and arms the core`s timer', (t) => {
+  let fired = false;
+  const { core, calls } = scriptedCore({
+    timeoutAt: () => (fired ? null : 250),
+    events: [{ type: 'store', unit: 1, bytes: Buffer.alloc(16, 1) }, { type: 'read', unit: 1 }, { type: 'read', unit: 0 }, { type: 'complete' }],
+  });
+  const w = new World({ seed: 1, makeCore: () => core, groups: [{ name: 'g0', members: 1 }], unitCount: 2, unitSize: 16, fragmentBytes: 64 });
+  const m = w.members[0];
+  const handle = core.handleTimeout;
+  core.handleTimeout = (now) => {
+    fired = true;
+    handle(now);
+  };
+  w.sim.run({ until: 500 });
+  t.deepEqual(calls.slice(0, 6), ['map@0', 'stored 1@0', 'read 1 16@0', 'read 0 null@0', 'fileComplete@0', 'lease 0,1@0']);
+  t.true(calls.includes('timeout@250'), calls.join(' '));
+  t.is(m.completedAt, 0);
+  t.deepEqual(m.store.get(1), Buffer.alloc(16, 1));
+});
+
+test('the driver stops a core whose timeout is always due, naming the member', (t) => {
+  const { core } = scriptedCore({ timeoutAt: () => 0 });
+  t.throws(() => new World({ seed: 1, makeCore: () => core, groups: [{ name: 'g0', members: 1 }], unitCount: 1, unitSize: 16, fragmentBytes: 64 }).sim.run({ until: 10 }), {
+    message: /member g0-m0 woke .* times at 0 ms without time moving/,
+  });
 });
