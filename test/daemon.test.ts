@@ -165,6 +165,8 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
   await until(() => daemon.currentRelease === v2.id, 'the daemon moves to the new release', pollMs - 5000);
   // The server held every poll: the daemon never slept channel_poll between them.
   t.deepEqual(sleeps.filter((ms) => ms >= pollMs), [], `sleeps: ${sleeps.join(', ')}`);
+  // Stopped only once done: an agent stopped mid-transfer may still be writing as the test's directory goes.
+  await until(() => daemon.state === 'complete', 'the new release completes');
   await daemon.stop();
   await running;
 });

@@ -1,21 +1,18 @@
 import { getEventListeners } from 'node:events';
 import { promises as fs } from 'node:fs';
-import * as http from 'node:http';
-import * as net from 'node:net';
 import * as path from 'node:path';
-import { Agent, AgentCounters, AgentOptions, zeroCounters } from './agent';
+import { Agent } from './agent';
 import { HookResult, runHook } from './hook';
 import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
-import { Logger, Level } from '../util/log';
-import { MetricsRegistry, processMetrics } from '../util/metrics';
-import { RateMeter, verifiedBytes } from '../util/rate';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, describeFetchError, tlsTrustProblem } from './control-client';
 import type { HttpAnswer } from '../net/server-access';
 import { parseManifest } from '../release/manifest';
-import { writeAtomic } from '../storage/files';
-import { InstallHooks, RolloutFollower } from './install';
+import { noteNewest, readNewest } from './daemon-files';
+import { DaemonState, HOOK_FILE, isFatal, Reloadable } from './daemon-state';
+
+export type { DaemonOptions, Reloadable } from './daemon-state';
 
 /**
  * The long-running agent (`fleetcast agent` without --once): it follows a channel (or
@@ -23,111 +20,9 @@ import { InstallHooks, RolloutFollower } from './install';
  * release and reports its status to the server, prunes old releases, and answers
  * `fleetcast status` on a unix socket and Prometheus on a metrics address.
  */
-export interface DaemonOptions {
-  agent: Omit<AgentOptions, 'releaseId' | 'onProgress' | 'logger'>;
-  release?: string;
-  channel?: string;
-  keep: number;
-  onComplete?: string;
-  hookTimeoutMs: number;
-  channelPollMs: number;
-  /** Follow a channel back to an older release (otherwise refused as a possible replay). */
-  allowDowngrade?: boolean;
-  logger: Logger;
-  onProgress?: (d: AgentDaemon) => void;
-  /** Called when the agent moves to a release (status line for systemd). */
-  onState?: (d: AgentDaemon) => void;
-  /** Rollouts (install.ts): on_rollback, health_check, install_window. */
-  install?: Omit<InstallHooks, 'onComplete' | 'hookTimeoutMs'>;
-}
-
-/** What can change on SIGHUP. */
-export interface Reloadable {
-  rateBytesPerSec: number;
-  channel?: string;
-  keep: number;
-  onComplete?: string;
-  hookTimeoutMs: number;
-  allowDowngrade: boolean;
-  logLevel: Level;
-}
-
-type Totals = AgentCounters;
-const ZERO: Totals = zeroCounters();
-
-const HOOK_FILE = 'hook.json';
-
-/** Errors that end the daemon instead of being retried: the config must change first. */
-const isFatal = (err: unknown): boolean => err instanceof FleetcastError && err.code === 'TLS_UNTRUSTED';
-const MAX_ERRORS = 10;
-
-export class AgentDaemon {
-  current: Agent | null = null;
-  currentRelease: string | null = null;
-  state: 'starting' | 'fetching' | 'complete' | 'waiting' | 'retrying' | 'stopped' = 'starting';
-  readonly lastErrors: { at: string; message: string }[] = [];
-  lastHook: (HookResult & { release: string }) | null = null;
-  /** The last release this agent completed: when, and how long it took. */
-  lastCompletion: { release: string; atMs: number; seconds: number } | null = null;
-  hooksRun = 0;
-  private readonly started = Date.now();
-  /** Counters of agents that have ended, so totals only grow. */
-  private readonly past: Totals = { ...ZERO };
-  private readonly pastDrops: Record<string, number> = {};
-  private rates = { wanBytesPerSec: 0, lanBytesPerSec: 0, sentBytesPerSec: 0 };
-  private lastSample = { at: Date.now(), wan: 0, lan: 0, sent: 0 };
-  private sampler: NodeJS.Timeout | null = null;
-  /** Verified bytes of the current release over time: `status`'s rate and ETA. */
-  private verifiedRate = new RateMeter(10_000);
-  private stopped = false;
-  private readonly abort = new AbortController();
-  private wakeLoop: (() => void) | null = null;
-  /** Aborts a held channel poll when the loop is woken (reload, a failed agent). */
-  private pollWake = new AbortController();
-  /** The release the channel named at the last poll: the next poll waits for it to change. */
-  private channelKnown: string | null = null;
-  /** The server holds channel polls until the channel moves (long poll): no sleep between them. Null: not asked yet. */
-  private serverHoldsPolls: boolean | null = null;
-  private pollBackoffMs = 0;
-  private readonly refused = new Set<string>();
-  private failures = 0;
-  /** An error no retry can fix (an untrusted certificate): runForever ends with it. */
-  private fatal: Error | null = null;
-  private retryAt = 0;
-  private readonly log: Logger;
-  private statusServer: http.Server | null = null;
-  private opts: DaemonOptions;
-  /** More status fields from the command (e.g. the IGMP querier). */
-  statusExtras: () => Record<string, unknown> = () => ({});
-
-  /** Installs under a rollout of the channel: by wave and window, with health check and rollback. */
-  readonly follower: RolloutFollower;
-
-  constructor(opts: DaemonOptions) {
-    this.opts = opts;
-    this.log = recordingLogger(opts.logger, (m) => this.noteError(m));
-    const a = opts.agent;
-    this.follower = new RolloutFollower({
-      storageDir: a.storageDir,
-      server: a.server,
-      group: a.group,
-      member: a.member,
-      trustedKeys: a.trustedKeys,
-      hooks: () => ({ onComplete: this.opts.onComplete, hookTimeoutMs: this.opts.hookTimeoutMs, healthTimeoutMs: this.opts.hookTimeoutMs, ...this.opts.install }),
-      log: this.log.child('rollout'),
-      signal: this.abort.signal,
-      onCommitted: (m) => noteNewest(a.storageDir, { release: m.id, name: m.name, created: Date.parse(m.created) }),
-      env: () => ({ FLEETCAST_CHANNEL: this.opts.channel ?? '' }),
-    });
-  }
-
+export class AgentDaemon extends DaemonState {
   get channel(): string | undefined {
     return this.opts.channel;
-  }
-
-  noteError(message: string): void {
-    this.lastErrors.push({ at: new Date().toISOString(), message });
-    if (this.lastErrors.length > MAX_ERRORS) this.lastErrors.shift();
   }
 
   /** Run until stop(): follow the channel (or stay on the one release). */
@@ -178,13 +73,8 @@ export class AgentDaemon {
     return { agent: ag, path: finalPath };
   }
 
-  private startSampling(): void {
-    this.sampler = setInterval(() => this.sample(), 1000);
-    this.sampler.unref();
-  }
-
   /** The release to be on: the fixed one, or the channel's current one (`wait`: a long poll). */
-  private async target(wait = false): Promise<string> {
+  protected async target(wait = false): Promise<string> {
     if (this.opts.release) return this.opts.release;
     const head = await this.fetchChannel(wait);
     // A rollout on the channel: its release is staged at once, whatever our wave.
@@ -226,7 +116,7 @@ export class AgentDaemon {
     return head;
   }
 
-  private newAgent(id: string): Agent {
+  protected newAgent(id: string): Agent {
     return new Agent({ ...this.opts.agent, releaseId: id, logger: this.log, onProgress: () => this.opts.onProgress?.(this) });
   }
 
@@ -237,7 +127,7 @@ export class AgentDaemon {
    * agent has had (a replayed old release from a hostile mirror is refused; set
    * allow_downgrade to roll back on purpose). A refused release is not retried.
    */
-  private async precheck(id: string): Promise<boolean> {
+  protected async precheck(id: string): Promise<boolean> {
     if (this.refused.has(id)) return false;
     if (!this.opts.channel || this.opts.allowDowngrade || this.follower.allowsMoveTo(id)) return true;
     const newest = await readNewest(this.opts.agent.storageDir);
@@ -254,7 +144,7 @@ export class AgentDaemon {
     return false;
   }
 
-  private async switchTo(id: string): Promise<void> {
+  protected async switchTo(id: string): Promise<void> {
     if (!(await this.precheck(id))) return;
     const old = this.current;
     if (old) {
@@ -299,16 +189,10 @@ export class AgentDaemon {
     );
   }
 
-  private async retire(ag: Agent): Promise<void> {
+  protected async retire(ag: Agent): Promise<void> {
     this.absorb(ag);
     await ag.leave();
     await ag.close();
-  }
-
-  /** Fold an ending agent's counters into the totals. */
-  private absorb(ag: Agent): void {
-    for (const k of Object.keys(ZERO) as (keyof Totals)[]) this.past[k] += ag.stats[k];
-    for (const [r, n] of Object.entries(ag.stats.drops)) this.pastDrops[r] = (this.pastDrops[r] ?? 0) + n;
   }
 
   /** Hook (once per release, remembered on disk), report to the server, prune. */
@@ -365,7 +249,7 @@ export class AgentDaemon {
   }
 
   /** To the server, with the control client's retries (backoff on network errors and 5xx) for up to a minute. */
-  private async reportHook(ag: Agent, r: HookResult): Promise<void> {
+  protected async reportHook(ag: Agent, r: HookResult): Promise<void> {
     const body = { release: ag.manifest.id, group: this.opts.agent.group, member: ag.memberId, durationMs: r.durationMs, exitCode: r.exitCode, signal: r.signal, error: r.error?.slice(0, 512) };
     const client = new ControlClient(this.opts.agent.server, AbortSignal.any([this.abort.signal, AbortSignal.timeout(60_000)]), this.log);
     await client.post('/v1/hook', body).catch((err: Error) => this.log.warn(`reporting the hook's result: ${err.message}`));
@@ -403,7 +287,7 @@ export class AgentDaemon {
     return changed;
   }
 
-  private setState(s: AgentDaemon['state']): void {
+  protected setState(s: AgentDaemon['state']): void {
     this.state = s;
     this.opts.onState?.(this);
   }
@@ -413,7 +297,7 @@ export class AgentDaemon {
    * goes when the wait ends however it ends: one left per poll piled up on the
    * long-lived signal (MaxListenersExceededWarning after a few minutes of polling).
    */
-  private sleep(ms: number): Promise<void> {
+  protected sleep(ms: number): Promise<void> {
     const signal = this.abort.signal;
     return new Promise((resolve) => {
       if (signal.aborted) return resolve();
@@ -429,7 +313,7 @@ export class AgentDaemon {
   }
 
   /** End the loop's wait now: its sleep, or a channel poll the server is holding. */
-  private wakeUp(): void {
+  protected wakeUp(): void {
     this.wakeLoop?.();
     this.pollWake.abort();
     this.pollWake = new AbortController();
@@ -450,233 +334,4 @@ export class AgentDaemon {
     if (this.current) await this.retire(this.current);
     await new Promise<void>((resolve) => (this.statusServer ? this.statusServer.close(() => resolve()) : resolve()));
   }
-
-  totals(): Totals & { drops: Record<string, number> } {
-    const t: Totals = { ...this.past };
-    const drops = { ...this.pastDrops };
-    if (this.current) {
-      for (const k of Object.keys(ZERO) as (keyof Totals)[]) t[k] += this.current.stats[k];
-      for (const [r, n] of Object.entries(this.current.stats.drops)) drops[r] = (drops[r] ?? 0) + n;
-    }
-    return { ...t, drops };
-  }
-
-  private sample(): void {
-    const t = this.totals();
-    const now = Date.now();
-    const dt = Math.max(1, now - this.lastSample.at) / 1000;
-    const sent = t.copyBytesSent + t.repairBytesSent;
-    this.rates = {
-      wanBytesPerSec: Math.max(0, (t.wanBytes - this.lastSample.wan) / dt),
-      lanBytesPerSec: Math.max(0, (t.lanBytes - this.lastSample.lan) / dt),
-      sentBytesPerSec: Math.max(0, (sent - this.lastSample.sent) / dt),
-    };
-    this.lastSample = { at: now, wan: t.wanBytes, lan: t.lanBytes, sent };
-    const ag = this.current;
-    if (ag?.manifest) this.verifiedRate.add(verifiedBytes(ag.progress, ag.manifest.size, ag.manifest.unitSize));
-  }
-
-  status(): Record<string, unknown> {
-    const ag = this.current;
-    const m = ag?.manifest;
-    const ti = ag?.transportInfo;
-    return {
-      version: 1,
-      pid: process.pid,
-      uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
-      state: this.state,
-      member: ag?.memberId || null,
-      group: this.opts.agent.group,
-      server: this.opts.agent.server.url,
-      channel: this.opts.channel ?? null,
-      wideGroup: this.opts.agent.wideGroup ?? null,
-      // gateway: receives the other LAN groups' copies and re-multicasts them here.
-      role: ag?.role ?? 'member',
-      release: m
-        ? {
-            id: m.id,
-            name: m.name,
-            size: m.size,
-            units: m.unitCount,
-            verifiedUnits: ag!.progress.verified,
-            ...this.transfer(ag!),
-            complete: ag!.isComplete,
-            path: ag!.finalPath,
-          }
-        : this.currentRelease
-          ? { id: this.currentRelease, name: null, size: null, units: null, verifiedUnits: 0, complete: false, path: null }
-          : null,
-      rates: { ...this.rates, limitBytesPerSec: ag?.rateBytesPerSec ?? this.opts.agent.rateBytesPerSec ?? null },
-      totals: this.totals(),
-      // The group's other members as the server knows them: the ids `fleetcast fleet` shows.
-      members: ag?.groupMembers() ?? [],
-      // Senders heard on the LAN (per-release sender ids: the packets carry no member id).
-      peers: ag?.peersSeen() ?? [],
-      // Wide-area groups: the pace learned for each other site's gateway we copy to.
-      crossPaths: ag?.crossPaths() ?? [],
-      transport: ti ? { kind: ti.kind, features: ti.features, recvBufferBytes: ti.recvBufferBytes, fallbackReason: ti.fallbackReason ?? null } : null,
-      hook: this.lastHook,
-      rollout: this.follower.statusInfo(),
-      lastErrors: this.lastErrors,
-      ...this.statusExtras(),
-    };
-  }
-
-  /** Bytes verified, the rate they grow at, and the time left at that rate (null: unknown). */
-  private transfer(ag: Agent): { verifiedBytes: number; bytesPerSec: number | null; etaSeconds: number | null } {
-    const m = ag.manifest;
-    const done = verifiedBytes(ag.progress, m.size, m.unitSize);
-    const rate = ag.isComplete ? null : this.verifiedRate.rate();
-    const left = m.size - done;
-    return { verifiedBytes: done, bytesPerSec: rate, etaSeconds: left <= 0 ? 0 : rate ? Math.ceil(left / rate) : null };
-  }
-
-  metrics(): string {
-    const r = new MetricsRegistry('fleetcast_agent');
-    const t = this.totals();
-    r.counter('received_bytes_total', 'Verified-path payload bytes received, by source', [
-      [{ source: 'wan' }, t.wanBytes],
-      [{ source: 'lan' }, t.lanBytes],
-      [{ source: 'cross_group' }, t.crossGroupBytes],
-    ]);
-    r.counter('duplicate_bytes_total', 'LAN payload bytes received that we already had', [[{}, t.lanDuplicateBytes]]);
-    r.counter('sent_bytes_total', 'Payload bytes sent, by kind (copy and repair on the LAN, cross_group by unicast to other groups)', [
-      [{ kind: 'copy' }, t.copyBytesSent],
-      [{ kind: 'repair' }, t.repairBytesSent],
-      [{ kind: 'cross_group' }, t.crossGroupBytesSent],
-    ]);
-    r.counter('fragments_forwarded_total', "Other groups' fragments this gateway re-multicast on its LAN", [[{}, t.fragmentsForwarded]]);
-    r.counter('nacks_sent_total', 'NACK packets sent', [[{}, t.nacksSent]]);
-    r.counter('nacks_suppressed_total', 'NACKs not sent because a peer asked first', [[{}, t.nacksSuppressed]]);
-    r.counter('nacks_heard_total', "NACK packets heard from peers", [[{}, t.nacksHeard]]);
-    r.counter('nacks_answered_total', 'NACKed units this agent queued repairs for', [[{}, t.nacksAnswered]]);
-    r.counter('repair_packets_sent_total', 'Repair datagrams sent', [[{}, t.repairPacketsSent]]);
-    r.counter('drops_total', 'Datagrams dropped, by reason', Object.entries(t.drops).map(([reason, n]) => [{ reason }, n]));
-    r.counter('units_verified_total', 'Units verified and stored, by source', [
-      [{ source: 'wan' }, t.unitsFromWan],
-      [{ source: 'lan' }, t.unitsFromLan],
-    ]);
-    r.counter('units_rejected_total', 'Units that failed their hash', [[{}, t.unitsRejected]]);
-    r.counter('hooks_run_total', 'on_complete hooks run (and rollout hooks and health checks)', [[{}, this.hooksRun + this.follower.hooksRun]]);
-    const p = this.current?.progress;
-    r.gauge('release_units', 'Units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.total]] : []);
-    r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);
-    r.gauge('progress_ratio', 'Share of the current release verified (0 to 1)', p ? [[{}, p.total === 0 ? 1 : p.verified / p.total]] : []);
-    r.gauge('peers', 'Peers heard on the LAN in the last 5 s', [[{}, this.current?.peersSeen().length ?? 0]]);
-    if (this.lastHook) {
-      r.gauge('hook_last_exit_code', 'Exit status of the last hook (-1: signal or failed to start)', [[{ release: this.lastHook.release }, this.lastHook.exitCode ?? -1]]);
-      r.gauge('hook_last_duration_seconds', 'How long the last hook ran', [[{ release: this.lastHook.release }, this.lastHook.durationMs / 1000]]);
-    }
-    const c = this.lastCompletion;
-    if (c) {
-      r.gauge('last_completion_timestamp_seconds', 'When the last release was complete and verified (unix time; alert on time() minus this)', [[{}, c.atMs / 1000]]);
-      r.gauge('last_completion_duration_seconds', 'How long the last completed release took, from the agent starting on it to verified', [[{}, c.seconds]]);
-    }
-    return r.text() + processMetrics('fleetcast');
-  }
-
-  /**
-   * `fleetcast status` answers: HTTP on a unix socket, GET /status → JSON. Agents that
-   * share a file system (namespaces, containers) may share the path: bind() is the claim,
-   * so exactly one agent serves it and the others are refused (the caller warns). Probing
-   * and removing the path before binding let agents starting at once each remove the
-   * others' socket and bind their own.
-   */
-  async serveStatus(socketPath: string): Promise<void> {
-    await fs.mkdir(path.dirname(socketPath), { recursive: true });
-    const inUse = () => new Error('another agent is answering on it');
-    let srv: http.Server;
-    try {
-      srv = await this.listenStatus(socketPath);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
-      // Taken. A stale socket from a crash (nobody answers) goes, unless it was replaced meanwhile.
-      const before = await fs.stat(socketPath).catch(() => null);
-      if (await statusSocketAnswers(socketPath)) throw inUse();
-      const after = await fs.stat(socketPath).catch(() => null);
-      if (before && after && before.ino === after.ino) await fs.rm(socketPath, { force: true });
-      srv = await this.listenStatus(socketPath).catch((e: NodeJS.ErrnoException) => {
-        throw e.code === 'EADDRINUSE' ? inUse() : e;
-      });
-    }
-    await fs.chmod(socketPath, 0o660).catch(() => undefined);
-    srv.unref();
-    // Served in the background (the agent's start does not wait for it): stopped meanwhile?
-    if (this.stopped) srv.close();
-    else this.statusServer = srv;
-  }
-
-  private async listenStatus(socketPath: string): Promise<http.Server> {
-    const srv = http.createServer((req, res) => {
-      const body = req.method === 'GET' && req.url === '/status' ? JSON.stringify(this.status()) : null;
-      res.writeHead(body ? 200 : 404, { 'content-type': 'application/json' });
-      res.end(body ?? JSON.stringify({ error: 'NOT_FOUND', message: 'GET /status' }));
-    });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(socketPath, () => {
-        srv.off('error', reject);
-        resolve();
-      });
-    });
-    return srv;
-  }
-}
-
-/** Whether an agent answers on the unix socket at `socketPath` (a connect is local: 2 s is plenty). */
-function statusSocketAnswers(socketPath: string): Promise<boolean> {
-  return new Promise<boolean>((resolve) => {
-    const c = net.connect(socketPath, () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.setTimeout(2000, () => {
-      c.destroy();
-      resolve(true); // something holds it: leave it alone
-    });
-    c.on('error', () => resolve(false));
-  });
-}
-
-interface Newest {
-  release: string;
-  name: string;
-  /** The manifest's `created`, ms since the epoch. */
-  created: number;
-}
-
-const NEWEST_FILE = 'newest.json';
-
-/** The newest release (by its signed `created` time) this agent has completed. */
-async function readNewest(storageDir: string): Promise<Newest | null> {
-  try {
-    const j = JSON.parse(await fs.readFile(path.join(storageDir, NEWEST_FILE), 'utf8')) as Newest;
-    return typeof j.created === 'number' && typeof j.release === 'string' ? j : null;
-  } catch {
-    return null;
-  }
-}
-
-async function noteNewest(storageDir: string, n: Newest): Promise<void> {
-  const cur = await readNewest(storageDir);
-  if (cur && cur.created >= n.created) return;
-  await writeAtomic(path.join(storageDir, NEWEST_FILE), Buffer.from(JSON.stringify(n) + '\n'));
-}
-
-/** A logger that also remembers warnings and errors for `fleetcast status`. */
-function recordingLogger(inner: Logger, note: (m: string) => void): Logger {
-  return {
-    error: (m) => {
-      note(m);
-      inner.error(m);
-    },
-    warn: (m) => {
-      note(m);
-      inner.warn(m);
-    },
-    info: (m) => inner.info(m),
-    debug: (m) => inner.debug(m),
-    child: (p) => recordingLogger(inner.child(p), (m) => note(`${p}: ${m}`)),
-    setLevel: (l) => inner.setLevel(l),
-  };
 }

@@ -13,8 +13,9 @@ const MAX_ENTRIES = 100_000;
  * kept in `<store>/fleet.json` (docs/protocol.md, section 7), keyed "release/group/member":
  *   - the on_complete result each agent reported (POST /v1/hook): an agent reports it
  *     once, and never again for that release;
- *   - each member's last measured overhead (ms per MiB), shown until the member is
- *     measured again. Allocation does not use it: the allocator measures afresh.
+ *   - each member's last measured overhead (ms per MiB): when the member joins again
+ *     after a restart, its allocator starts from it (GroupAllocator.rememberOverhead),
+ *     and `fleet` marks it until the member is measured again.
  */
 export class FleetMemory {
   private readonly hooks = new Map<string, HookResult>();

@@ -1,0 +1,330 @@
+import * as path from 'node:path';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { ReleaseStore } from '../release/store';
+import { jsonDepthExceeds, MAX_JSON_DEPTH, maxBodyBytes, MemberRef, parseBody } from '../wire/http-bodies';
+import { AllocatorOptions, GroupAllocator, ResendReason } from './allocator';
+import { Logger, silentLogger } from '../util/log';
+import { Distribution, Policy, StartPolicy } from '../release/distribution';
+import { FleetMemory } from './fleet-memory';
+import { ChannelWatch } from './channel-watch';
+import { RolloutService } from './rollout-api';
+import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
+import type { Socket } from 'node:net';
+import { basicPassword, HttpError, tokenDigest, TLS_CIPHERS } from './http-util';
+
+/**
+ * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
+ * lives in one GroupAllocator per (release, group) and is soft: it is rebuilt from
+ * the agents' heartbeats after a restart.
+ */
+export interface ServerOptions {
+  storeDir: string;
+  host: string;
+  port: number;
+  heartbeatMs?: number;
+  /**
+   * The heartbeat interval asked of a member with nothing left to do: it holds the whole
+   * release and so does every member of its group (allocator.idle()). Default 5 x heartbeatMs.
+   */
+  idleHeartbeatMs?: number;
+  /**
+   * After a restart, a group's leases wait until every member seen shortly before
+   * it has rejoined and reported what it holds (soft state), but at most this long.
+   * Default max(3 heartbeats, 2 s, an idle heartbeat + a heartbeat). A fresh store has
+   * nobody to wait for.
+   */
+  rebuildGraceMs?: number;
+  allocator?: Partial<Omit<AllocatorOptions, 'unitCount' | 'unitBytes'>>;
+  logger?: Logger;
+  /** Injected clock, for tests. */
+  now?: () => number;
+  /** Serve HTTPS with this certificate chain and key (PEM); plain HTTP without. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Bearer tokens allowed in, by name (per fleet or per device). None: anyone may. */
+  tokens?: Record<string, string>;
+  /**
+   * Let one token serve many member ids (a per-fleet token). Off by default: a token
+   * names one device, and the first member id it uses is the only one it may use.
+   */
+  sharedTokens?: boolean;
+  /** Override the limits of LIMIT_DEFAULTS (tests, unusual fleets). */
+  limits?: Partial<typeof LIMIT_DEFAULTS>;
+  /** Units a release may have to be served (at most MAX_UNITS). */
+  maxUnitsPerRelease?: number;
+  /** Where `publish --encrypt` put the content keys; released only to token holders. */
+  contentKeysDir?: string;
+  /** Defaults for releases without their own distribution.json. */
+  policy?: Policy;
+  start?: StartPolicy;
+}
+
+export interface ServerStats {
+  /** Unit bytes written to agents, all releases and groups. */
+  unitBytesSent: number;
+  unitBytesSentByGroup: Record<string, number>;
+  unitRequests: number;
+  requests: number;
+  badRequests: number;
+  /** Requests refused for a missing or unknown token. */
+  unauthorized: number;
+  /** Unit bytes sent under hedge leases (a second member fetching a straggler's unit). */
+  hedgedBytes: number;
+  /** Units leased again because a LAN group could not get them from its wide-area group. */
+  relayedUnits: number;
+  /**
+   * Every re-send from the origin, by reason: units sent again to a group that already
+   * held or leased them, and their bytes (docs/wide-area.md, "Re-sends").
+   */
+  resent: Record<ResendReason, { units: number; bytes: number }>;
+  /** Times each limit refused or cut something (docs/security.md, "Exhaustion"). */
+  limits: Record<LimitName, number>;
+  /** Units agents reported as failing verification again and again from this server. */
+  badUnitReports: number;
+}
+
+/** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
+export const OVERHEAD_NOTE_TICKS = 10;
+
+/** A member that left is not re-created by a plain heartbeat for this long (only by a join). */
+export const LEFT_MEMORY_MS = 30_000;
+export const MAX_LEFT_REMEMBERED = 100_000;
+
+/** How long the server remembers members across a restart (members.json). */
+export const MEMBER_MEMORY_MS = 10 * 60 * 1000;
+
+/** Allocators are keyed "release/group" for a LAN group, "release/*name" for a wide-area group. */
+export function allocatorKey(release: string, scope: { group: string } | { wide: string }): string {
+  return 'wide' in scope ? `${release}/*${scope.wide}` : `${release}/${scope.group}`;
+}
+
+export function parseAllocatorKey(key: string): { release: string; scope: string; group: string; wide: boolean } {
+  const [release, scope] = key.split('/');
+  const wide = scope.startsWith('*');
+  return { release, scope, group: wide ? scope.slice(1) : scope, wide };
+}
+
+/**
+ * The origin server's state and its HTTP plumbing: connections and their caps, tokens
+ * and device identity, request bodies and answers. The server is layered: this core, the
+ * member registry (server-members.ts), the routes (server-routes.ts), and
+ * FleetcastServer (server.ts: start, stop, the fleet view and metrics).
+ */
+export abstract class ServerCore {
+  readonly store: ReleaseStore;
+  protected readonly groups = new Map<string, GroupAllocator>();
+  protected readonly http: http.Server | https.Server;
+  protected readonly log: Logger;
+  protected readonly now: () => number;
+  protected timer: NodeJS.Timeout | null = null;
+  /** How often each member was sent each unit, keyed "release/group/member/unit". */
+  protected readonly fetches = new Map<string, number>();
+  protected readonly memberBytes = new Map<string, number>();
+  readonly heartbeatMs: number;
+  readonly idleHeartbeatMs: number;
+  protected readonly rebuildGraceMs: number;
+  /** Held channel requests (long polls), answered when the channel moves. */
+  protected readonly channelWatch: ChannelWatch;
+  protected startedAt = 0;
+  /** "release/group" -> members seen before the restart that have not rejoined yet. */
+  protected readonly awaited = new Map<string, Set<string>>();
+  /**
+   * "allocator key/member" -> when it left (POST /v1/leave). A heartbeat still in flight
+   * when a member left must not bring it back: the ghost would be listed as the holder of
+   * everything it had, and its LAN peers would wait on repairs from nobody.
+   */
+  protected readonly leftAt = new Map<string, number>();
+  protected membersDirty = false;
+  /** "release/member" -> the key of the allocator the member joined. */
+  protected readonly memberKeys = new Map<string, string>();
+  protected readonly dists = new Map<string, Distribution>();
+  /** Derives each (release, group)'s key for MACs on LAN control packets. */
+  protected secret: Buffer = Buffer.alloc(0);
+  /** "release/group/member" -> what the member's on_complete hook did. */
+  /** Hook results and last overheads, kept across restarts for the fleet view. */
+  protected readonly memory: FleetMemory;
+  protected ticks = 0;
+  /** Answers sent, by HTTP status code (the metrics' code label). */
+  protected readonly httpStatus = new Map<number, number>();
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0 };
+  protected readonly limits: typeof LIMIT_DEFAULTS;
+  protected readonly connections: ConnectionCounter;
+  protected readonly authThrottle: AuthThrottle;
+  protected readonly identities: IdentityBindings;
+  /** "release/token" -> allocator keys its members are in. */
+  protected readonly tokenGroups = new Map<string, Set<string>>();
+  /** "release/group/member" -> units it reported bad from this server, with counts. */
+  protected readonly badUnits = new Map<string, Map<number, number>>();
+  protected readonly badUnitLogged = new Map<string, number>();
+  protected lastMembersWrite = -Infinity;
+  /** sha256(token) -> token name. Digests, so lookups do not compare secrets byte by byte. */
+  protected tokenNames = new Map<string, string>();
+  /** Rollouts and the fleet page (rollout-api.ts). */
+  readonly rollouts: RolloutService;
+
+
+  constructor(protected readonly opts: ServerOptions) {
+    this.store = new ReleaseStore(opts.storeDir);
+    this.log = opts.logger ?? silentLogger;
+    this.now = opts.now ?? Date.now;
+    this.rollouts = new RolloutService({ storeDir: opts.storeDir, store: this.store, log: this.log, now: this.now });
+    this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.idleHeartbeatMs = Math.max(this.heartbeatMs, opts.idleHeartbeatMs ?? 5 * this.heartbeatMs);
+    this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
+    this.channelWatch = new ChannelWatch(opts.storeDir);
+    // An idle member beats every idleHeartbeatMs: wait for one of its beats too.
+    this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000, this.idleHeartbeatMs + this.heartbeatMs);
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
+      this.handle(req, res).catch((err: unknown) => this.fail(res, err));
+    };
+    this.limits = { ...LIMIT_DEFAULTS, ...opts.limits };
+    const L = this.limits;
+    // Headers and whole requests are timed (slowloris); the check runs every second, not every 30.
+    const httpOpts: http.ServerOptions = { headersTimeout: L.headersTimeoutMs, requestTimeout: L.headersTimeoutMs + L.bodyTimeoutMs, connectionsCheckingInterval: 1000, keepAliveTimeout: L.keepAliveTimeoutMs };
+    this.http = opts.tls
+      ? https.createServer({ ...httpOpts, cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2', ciphers: TLS_CIPHERS, honorCipherOrder: true, handshakeTimeout: L.headersTimeoutMs }, onRequest)
+      : http.createServer(httpOpts, onRequest);
+    this.setTokens(opts.tokens);
+    this.http.keepAliveTimeout = L.keepAliveTimeoutMs;
+    this.connections = new ConnectionCounter(L.maxConnections, L.maxConnectionsPerClient);
+    this.authThrottle = new AuthThrottle(L.authFailuresPerMinute, L.authLogEveryMs, L.authClientsTracked);
+    this.identities = new IdentityBindings(!!opts.sharedTokens, L.maxMembersPerToken);
+    this.identities.setTokenNames(Object.keys(opts.tokens ?? {}));
+    this.guardConnections();
+  }
+
+  /** Every request: the routes (server-routes.ts). */
+  protected abstract handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void>;
+
+  protected limitHit(name: LimitName): void {
+    this.stats.limits[name]++;
+  }
+
+  /** Connections in total and per client address are capped; over a cap, the socket is closed at once. */
+  protected guardConnections(): void {
+    // TLS servers see the TCP connection before the handshake: count it there.
+    this.http.on('connection', (socket: Socket) => {
+      const client = socket.remoteAddress ?? '?';
+      const r = this.connections.open(client);
+      if (r !== 'ok') {
+        this.limitHit(r);
+        socket.destroy();
+        return;
+      }
+      socket.once('close', () => this.connections.close(client));
+    });
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      // Node answers 408 when headers (or the whole request) take too long.
+      if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.limitHit('header_timeout');
+      if (socket.writable && !socket.destroyed) socket.end(err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+  }
+
+  /** Replace the allowed tokens (SIGHUP reload); undefined or empty lets anyone in. */
+  setTokens(tokens: Record<string, string> | undefined): void {
+    this.tokenNames = new Map(Object.entries(tokens ?? {}).map(([name, tok]) => [tokenDigest(tok), name]));
+    this.identities?.setTokenNames(Object.keys(tokens ?? {}));
+  }
+
+  /**
+   * The request's token name; null when the server has no tokens (anyone may). Sends
+   * 401 (or 429 to a client that failed too often this minute) and returns false when
+   * the token is missing or unknown. Failures are logged once a minute per client.
+   */
+  protected authenticate(req: http.IncomingMessage, res: http.ServerResponse): string | null | false {
+    if (this.tokenNames.size === 0) return null;
+    const client = req.socket.remoteAddress ?? '?';
+    const now = this.now();
+    if (this.authThrottle.blocked(client, now)) {
+      // Every request from a client past its failures is refused, valid token or not:
+      // otherwise the answer would still tell a guess right from wrong.
+      this.limitHit('auth_throttled');
+      res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '60', connection: 'close' });
+      res.end('{"error":"TOO_MANY_AUTH_FAILURES"}');
+      req.resume();
+      return false;
+    }
+    // A browser on the fleet page (/ui/) sends the token as the password of HTTP Basic auth.
+    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(req.headers.authorization ?? '') ?? basicPassword(req.headers.authorization);
+    const name = m ? this.tokenNames.get(tokenDigest(m[1])) : undefined;
+    if (name !== undefined) return name;
+    this.stats.unauthorized++;
+    const n = this.authThrottle.fail(client, now);
+    if (n > 0) this.log.warn(`${client}: ${n} request(s) with a ${m ? 'wrong' : 'missing'} token (logged at most once a minute per client; ${this.limits.authFailuresPerMinute} a minute are allowed, then 429)`);
+    const ui = (req.url ?? '').startsWith('/ui');
+    res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': ui ? 'Basic realm="fleetcast", charset="UTF-8"' : 'Bearer' });
+    res.end('{"error":"UNAUTHORIZED"}');
+    req.resume();
+    return false;
+  }
+
+  /** Device identity: a member id is usable only with the token that first used it. */
+  protected authorize(ref: MemberRef, token: string | null): void {
+    if (token === null) return;
+    const r = this.identities.bind(token, ref.member);
+    if (!r.ok) {
+      this.limitHit(r.limit);
+      throw new HttpError(403, 'NOT_YOUR_MEMBER', r.message);
+    }
+  }
+
+  /** A small body (every route but heartbeats): at most BODY_BASE_BYTES. */
+  protected async body<T>(req: http.IncomingMessage, schema: Record<string, unknown>): Promise<T> {
+    return (await this.bodyWithSize<T>(req, schema, maxBodyBytes(0))).value;
+  }
+
+  /**
+   * Read and parse a body of at most `maxBytes`, within bodyTimeoutMs of the headers;
+   * nesting is checked before JSON.parse runs. Each refusal counts against its limit.
+   */
+  protected async bodyWithSize<T>(req: http.IncomingMessage, schema: Record<string, unknown>, maxBytes: number): Promise<{ value: T; bytes: number }> {
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > maxBytes) {
+      this.limitHit('body_too_large');
+      req.resume();
+      throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
+    }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const timer = setTimeout(() => {
+      this.limitHit('body_timeout');
+      req.destroy(new Error('body timeout'));
+    }, this.limits.bodyTimeoutMs);
+    try {
+      for await (const c of req as AsyncIterable<Buffer>) {
+        n += c.length;
+        if (n > maxBytes) {
+          this.limitHit('body_too_large');
+          throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
+        }
+        chunks.push(c);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    const raw = Buffer.concat(chunks);
+    if (jsonDepthExceeds(raw, MAX_JSON_DEPTH)) this.limitHit('json_too_deep');
+    const p = parseBody<T>(raw, schema as never);
+    if (!p.ok) throw new HttpError(400, 'BAD_BODY', p.error);
+    return { value: p.value, bytes: raw.length };
+  }
+
+  protected json(res: http.ServerResponse, status: number, v: unknown): void {
+    const body = Buffer.from(JSON.stringify(v));
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+  }
+
+  protected fail(res: http.ServerResponse, err: unknown): void {
+    if (err instanceof HttpError) {
+      this.stats.badRequests++;
+      if (!res.headersSent) return this.json(res, err.status, { error: err.code, message: err.message });
+    } else {
+      this.log.error(`internal error: ${(err as Error)?.stack ?? String(err)}`);
+      if (!res.headersSent) return this.json(res, 500, { error: 'INTERNAL', message: 'internal server error' });
+    }
+    res.destroy();
+  }
+}
