@@ -21,7 +21,12 @@ import {
   encodeNack,
   fragmentCountFor,
   getBit,
+  fragmentPayloadBytes,
+  fragmentSlice,
+  isOwnCopy,
   PacketType,
+  peekOwnData,
+  peekSender,
   setBit,
   writeDataHeader,
 } from '../wire/packet';
@@ -772,7 +777,7 @@ export class Agent {
           // Every fragment goes out on the LAN (and to the other groups' gateways) as soon
           // as its bytes are here; under `all-fetched` the copies wait for lanStart.
           while (next < fragmentCount && (off >= (next + 1) * fb || off === len)) {
-            if (this.lanStart) this.copyFragment(unit, next, fragmentCount, buf.subarray(next * fb, Math.min(len, (next + 1) * fb)), crossGroup);
+            if (this.lanStart) this.copyFragment(unit, next, fragmentCount, fragmentSlice(buf.subarray(0, len), next, fb), crossGroup);
             next++;
           }
         };
@@ -991,8 +996,8 @@ export class Agent {
 
   private onDatagram(buf: Uint8Array, now: number, via?: { address: string; port: number }): void {
     // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip
-    // it before decoding. Sender id at bytes 8..11 (docs/protocol.md).
-    if (buf.length >= 12 && ((buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11]) >>> 0 === this.senderId) return;
+    // it before decoding.
+    if (peekSender(buf) === this.senderId) return;
     const r = decodePacket(buf);
     if (!r.ok) return this.drop(r.reason);
     const p = r.packet;
@@ -1027,8 +1032,7 @@ export class Agent {
         const len = unitLength(this.manifest, u);
         const fc = fragmentCountFor(len, this.fragmentBytes);
         if (p.fragmentCount !== fc) return this.drop('fragment-grid');
-        const expect = p.fragment === fc - 1 ? len - p.fragment * this.fragmentBytes : this.fragmentBytes;
-        if (p.payload.length !== expect) return this.drop('length');
+        if (p.payload.length !== fragmentPayloadBytes(len, p.fragment, this.fragmentBytes)) return this.drop('length');
         // Repair dedup matters only for units we could repair ourselves.
         if (this.store.has(u)) this.repairs.sawFragment(u, p.fragment, fc, now);
         if (p.repair) this.unanswered.delete(u);
@@ -1308,7 +1312,7 @@ export class Agent {
         if (!getBit(missing, f) || getBit(queued, f)) continue;
         setBit(queued, f);
         any = true;
-        this.queueUnicast(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true, to);
+        this.queueUnicast(unit, f, fc, fragmentSlice(buf, f, fb), true, to);
       }
       if (any) this.stats.nacksAnswered++;
     });
@@ -1422,7 +1426,7 @@ export class Agent {
         if (f >= fc || getBit(queued, f)) continue;
         setBit(queued, f);
         any = true;
-        this.queueFragment(this.repairQueue, unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), true);
+        this.queueFragment(this.repairQueue, unit, f, fc, fragmentSlice(buf, f, fb), true);
       }
       if (any) this.stats.nacksAnswered++;
     });
@@ -1479,7 +1483,7 @@ export class Agent {
       const buf = await this.readStored(unit, 'to copy');
       if (!buf) continue;
       const fc = fragmentCountFor(buf.length, fb);
-      for (let f = 0; f < fc; f++) this.copyFragment(unit, f, fc, buf.subarray(f * fb, Math.min(buf.length, (f + 1) * fb)), !this.relayed.has(unit));
+      for (let f = 0; f < fc; f++) this.copyFragment(unit, f, fc, fragmentSlice(buf, f, fb), !this.relayed.has(unit));
       if (this.copyBacklogged()) await new Promise<void>((resolve) => this.copyQueueWaiters.push(resolve));
     }
   }
@@ -1523,7 +1527,7 @@ export class Agent {
       const unit = this.sendCross(d, to);
       if (!repair) return this.copyLeft(unit);
       const q = this.unicastRepairQueued.get(`${unit}/${to.address}/${to.port}`);
-      if (q) clearBit(q, (d[32] << 8) | d[33]);
+      if (q) clearBit(q, peekOwnData(d)!.fragment);
     });
     while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch) {
       const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
@@ -1545,7 +1549,7 @@ export class Agent {
         // Kernel queue full: put the rest back in front, in order, and wait.
         const rest = batch.slice(n);
         for (let i = rest.length - 1; i >= 0; i--) {
-          const isCopy = rest[i][3] === PacketType.DATA && !(rest[i][4] & 1);
+          const isCopy = isOwnCopy(rest[i]);
           (isCopy ? this.copyQueue : this.repairQueue).unshift(rest[i]);
           if (isCopy) this.copyQueueBytes += rest[i].length;
         }
@@ -1566,18 +1570,15 @@ export class Agent {
 
   /** Bookkeeping for a DATA datagram that left: stats, repair dedup, copy tracking. */
   private sent(d: Uint8Array, now: number): void {
-    if (d[3] !== PacketType.DATA) return;
-    const view = new DataView(d.buffer, d.byteOffset, d.byteLength);
-    const unit = view.getUint32(28);
-    const fragment = view.getUint16(32);
-    const fc = view.getUint16(34);
-    const payload = d.length - DATA_HEADER_BYTES;
-    if (d[4] & 1) {
+    const h = peekOwnData(d);
+    if (!h) return;
+    const { unit, fragment, fragmentCount: fc, payloadBytes: payload } = h;
+    if (h.repair) {
       this.stats.repairBytesSent += payload;
       this.stats.repairPacketsSent++;
       this.repairs.sawFragment(unit, fragment, fc, now);
       const q = this.repairQueued.get(unit);
-      if (q) q[fragment >>> 3] &= ~(0x80 >>> (fragment & 7));
+      if (q) clearBit(q, fragment);
     } else {
       this.stats.copyBytesSent += payload;
       this.copyLeft(unit);
@@ -1597,8 +1598,9 @@ export class Agent {
   /** Send one queued cross-group datagram; returns its unit. */
   private sendCross(d: Uint8Array, to: Endpoint): number {
     this.unicast?.send(d, to.port, to.address);
-    this.stats.crossGroupBytesSent += d.length - DATA_HEADER_BYTES;
-    return ((d[28] << 24) | (d[29] << 16) | (d[30] << 8) | d[31]) >>> 0;
+    const h = peekOwnData(d)!;
+    this.stats.crossGroupBytesSent += h.payloadBytes;
+    return h.unit;
   }
 
   /** One announce for everything that changed within announceDebounceMs, not one per change. */
