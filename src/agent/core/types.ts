@@ -127,8 +127,8 @@ export type CoreEvent =
   | { type: 'read'; unit: number }
   /** Ask the server for units (POST /v1/lease with `want` and `reason`), then call relayAnswered(). */
   | { type: 'relay'; units: number[]; reason: 'relayed' | 'stalled' }
-  /** Units were queued to fetch (takeLeased() has more): wake the fetch workers. */
-  | { type: 'leased' }
+  /** Units were queued to fetch (takeLeased() may have more) or the map changed: wake the fetch workers. */
+  | { type: 'wake' }
   /** Every unit is verified and stored: finish the file, then call fileComplete(). */
   | { type: 'complete' };
 
@@ -161,6 +161,8 @@ export interface ProtocolCore {
   unitRead(unit: number, bytes: Buffer | null, now: number): void;
   /** The whole file is verified and in place: announces say complete. */
   fileComplete(now: number): void;
+  /** Finishing failed (the whole-file hash did not match): storage starts over holding `have`. */
+  fileFailed(have: Uint8Array, now: number): void;
   /** The LAN transport can take datagrams again after refusing some. */
   writable(now: number): void;
   setRate(bytesPerSec: number): void;
@@ -175,6 +177,10 @@ export interface ProtocolCore {
   pollEvent(): CoreEvent | null;
 
   // ---- getters
+  /** Whether the unit is verified and stored. */
+  has(unit: number): boolean;
+  /** Every unit verified and stored. */
+  readonly holdsAll: boolean;
   /** Copies queued beyond what the LAN/cross pace drains soon: pause WAN downloads. */
   readonly backlogged: boolean;
   /** Backlog drained below half: paused downloads may resume. */
