@@ -121,7 +121,7 @@ export interface Transmit {
 }
 
 export type CoreEvent =
-  /** A unit assembled from the LAN and verified: write it, then call unitStored() (or stop on an error). */
+  /** A unit assembled from the LAN and verified: write it, then call unitStored() (or stop on an error). The bytes stay the core's: do not keep them. */
   | { type: 'store'; unit: number; bytes: Buffer }
   /** Read a stored unit (for repairs or deferred copies), then call unitRead(). */
   | { type: 'read'; unit: number }
@@ -147,17 +147,26 @@ export interface ProtocolCore {
   relayFailed(units: number[], now: number): void;
   /** The next leased unit to fetch over the WAN, or undefined. */
   takeLeased(): number | undefined;
+  /** Units leased and not yet taken. */
+  readonly leasedCount: number;
+  /** A buffer for a download of `len` bytes, from the core's pool; giveBuffer() returns one not handed to unitFetched. */
+  takeBuffer(len: number): Buffer;
+  giveBuffer(buf: Buffer): void;
   /** The driver starts downloading `unit`: LAN assembly of it stops. */
   fetchStarted(unit: number, now: number): void;
   /** `bytes[0, received)` of the unit are here: fragments complete in it go out as copies (cut-through). */
   fetchProgress(unit: number, bytes: Uint8Array, received: number, now: number): void;
   /** The download ended (done, failed or abandoned). */
   fetchEnded(unit: number, now: number): void;
-  /** A unit from the WAN, verified and written to storage. The core keeps `bytes` (repair cache). */
+  /**
+   * A unit from the WAN, verified and written to storage. `bytes` become the core's: it
+   * serves repairs from them and later recycles them for other units' assemblies, so the
+   * caller must neither keep them nor take them from a pool of its own (use takeBuffer()).
+   */
   unitFetched(unit: number, bytes: Buffer, now: number): void;
   /** The unit of a 'store' event is written. */
   unitStored(unit: number, now: number): void;
-  /** The bytes of a 'read' event, or null when they could not be read. The core keeps them (repair cache). */
+  /** The bytes of a 'read' event, or null when they could not be read. They become the core's (see unitFetched): hand a fresh buffer. */
   unitRead(unit: number, bytes: Buffer | null, now: number): void;
   /** The whole file is verified and in place: announces say complete. */
   fileComplete(now: number): void;
