@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Manifest, parseManifest } from '../release/manifest';
+import { decryptFile } from '../release/content-crypto';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { ControlClient, ControlError } from './control-client';
 import type { AgentOptions } from './agent-types';
@@ -98,4 +99,13 @@ export async function openTransports(o: AgentOptions, interfaceAddress: string, 
     throw err;
   }
   return { lan, cross };
+}
+
+/** The ciphertext verified: get the release key from the server and write the plaintext next to it. */
+export async function decryptRelease(client: ControlClient, m: Manifest, storageDir: string, ciphertextPath: string, log: Logger): Promise<string> {
+  const key = await client.getContentKey(m.id);
+  const out = path.join(storageDir, m.id, m.name);
+  await decryptFile(key, m, ciphertextPath, out);
+  log.info(`decrypted ${m.name}; plaintext SHA-256 matches the manifest`);
+  return out;
 }

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../release/manifest';
-import { decryptFile } from '../release/content-crypto';
 import { DirLock, lockStorage } from '../storage/dir-lock';
 import { makeDir } from '../storage/make-dir';
 import { PartialStore } from '../storage/partial-store';
@@ -9,7 +8,7 @@ import { UnitSpool } from '../storage/spool';
 import { Transport } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
-import { loadManifest, openTransports, persistentMemberId } from './agent-setup';
+import { decryptRelease, loadManifest, openTransports, persistentMemberId } from './agent-setup';
 import type { AgentOptions, AgentStats } from './agent-types';
 import { zeroCounters } from './agent-types';
 import { ControlClient, ControlError, sleep, SplitMapResponse } from './control-client';
@@ -18,6 +17,7 @@ import { LanCore } from './core/lan-core';
 import { WanFetch } from './wan-fetch';
 import { fragmentBytesForMtu, readMtu, resolveInterface } from '../net/interface';
 import { CoreDriver } from './core-driver';
+import { Heartbeats } from './heartbeat';
 
 export { AGENT_DEFAULTS } from './core/defaults';
 export type { AgentCounters, AgentOptions, AgentStats } from './agent-types';
@@ -52,8 +52,7 @@ export class Agent {
   private cross: Transport | null = null;
   private driver: CoreDriver | null = null;
   private dataPort = 0;
-  private heartbeatMs = 1000;
-  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private heartbeats!: Heartbeats;
   private finishing = false;
   private started = 0;
   private completion!: { resolve: (p: string) => void; reject: (e: Error) => void };
@@ -144,26 +143,11 @@ export class Agent {
     const iface = resolveInterface(o.interface, ipv6 ? 6 : 4);
     this.interfaceAddress = iface.address;
     const fragmentBytes = o.fragmentBytes ?? fragmentBytesForMtu(await readMtu(iface.name), ipv6);
+    // Control-packet sequence numbers start at the clock in µs, so a restart does not reuse them.
     const now = Date.now();
-    this.core = new LanCore(
-      {
-        manifest: m,
-        member: this.member,
-        group: o.group,
-        wideGroup: o.wideGroup,
-        senderId: this.senderId,
-        fragmentBytes,
-        have: this.store.bitmap(),
-        rateBytesPerSec: this.rate,
-        crossRateBytesPerSec: o.crossRateBytesPerSec ?? AGENT_DEFAULTS.crossRateBytesPerSec,
-        // Control-packet sequence numbers start at the clock in µs, so a restart does not reuse them.
-        controlSeqStart: BigInt(now) * 1000n,
-        random: this.random,
-        logger: this.log,
-        stats: this.stats,
-      },
-      now,
-    );
+    const cross = o.crossRateBytesPerSec ?? AGENT_DEFAULTS.crossRateBytesPerSec;
+    const cfg = { manifest: m, member: this.member, group: o.group, wideGroup: o.wideGroup, senderId: this.senderId, fragmentBytes, have: this.store.bitmap() };
+    this.core = new LanCore({ ...cfg, rateBytesPerSec: this.rate, crossRateBytesPerSec: cross, controlSeqStart: BigInt(now) * 1000n, random: this.random, logger: this.log, stats: this.stats }, now);
     const t = await openTransports(o, iface.address, fragmentBytes, this.random, this.log);
     this.transport = t.lan;
     this.cross = t.cross;
@@ -181,50 +165,44 @@ export class Agent {
       afterFlush: () => this.wan?.resume(),
     });
     this.wan = new WanFetch({
-      client: this.client,
-      core: this.core,
-      store: this.store,
-      manifest: m,
-      log: this.log,
-      stats: this.stats,
-      signal: this.abort.signal,
-      random: this.random,
-      ref: { release: m.id, group: o.group, member: this.member },
-      storageDir: o.storageDir,
-      wanRateBytesPerSec: o.wanRateBytesPerSec,
+      ...{ client: this.client, core: this.core, store: this.store, manifest: m, log: this.log, stats: this.stats, signal: this.abort.signal, random: this.random },
+      ...{ ref: { release: m.id, group: o.group, member: this.member }, storageDir: o.storageDir, wanRateBytesPerSec: o.wanRateBytesPerSec },
       stopped: () => this.closed || this.store.isComplete || this.finishing,
-      heartbeatMs: () => this.heartbeatMs,
-      rejoin: () => this.heartbeat(),
+      heartbeatMs: () => this.heartbeats.ms,
+      rejoin: () => this.heartbeats.beat().then(() => undefined),
       kick: () => this.kick(),
       progressed: () => this.opts.onProgress?.(this),
       fail: (err) => this.completion.reject(err),
     });
+    this.heartbeats = new Heartbeats(this.client, this.log, () => this.heartbeatBody(), (map) => {
+      this.map = map;
+      this.core.setSplitMap(map, Date.now());
+      this.kick();
+    });
     try {
-      await this.heartbeat(true);
+      await this.heartbeats.beat(true);
     } catch (err) {
       // Device identity (docs/security.md): this member id or token is bound elsewhere.
       if (err instanceof ControlError && err.status === 403) throw new FleetcastError('IDENTITY', `the server refused member ${this.member}: ${err.message}`, ExitCode.NOPERM);
       throw err;
     }
-    this.startHeartbeats();
+    this.heartbeats.start();
     // Already complete, or nothing to fetch at all (an empty release has no units): the core says 'complete'.
     if (!this.core.holdsAll) this.wan.start();
     this.kick();
   }
 
-  // ---------------------------------------------------------------- the core's outputs
-
+  /** The core has new input: drain its outputs once this run of inputs is over. */
   private kick(): void {
     this.driver?.kick();
   }
 
   // ---------------------------------------------------------------- control plane
 
-  /** `join` on start (and after the server forgot us): the server drops leases we no longer have in flight. */
-  private async heartbeat(join = false): Promise<void> {
-    if (this.closed) return;
+  /** What each heartbeat tells the server (the server drops leases we no longer have in flight). */
+  private heartbeatBody(): Record<string, unknown> {
     const fetching = [...this.wan.inFlight.keys()];
-    const map = await this.client.post<SplitMapResponse>(join ? '/v1/join' : '/v1/heartbeat', {
+    return {
       release: this.manifest.id,
       group: this.opts.group,
       member: this.member,
@@ -238,28 +216,7 @@ export class Agent {
       lanBytes: this.stats.lanBytes,
       ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),
-    });
-    this.map = map;
-    // The server picks the interval by phase (fast while the group transfers, slow when
-    // all is done): every answer may change it.
-    const every = Math.min(60_000, Math.max(50, Number(map.heartbeatMs) || 1000));
-    if (every !== this.heartbeatMs) {
-      this.heartbeatMs = every;
-      if (this.heartbeatTimer && !this.closed) this.startHeartbeats();
-    }
-    this.core.setSplitMap(map, Date.now());
-    this.kick();
-  }
-
-  private startHeartbeats(): void {
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = setInterval(() => {
-      this.heartbeat().catch((err) => {
-        // The server forgot us, or remembers that we left: join again.
-        if (err instanceof ControlError && err.code === 'NOT_JOINED') return this.heartbeat(true).catch(() => undefined);
-        this.log.debug(`heartbeat: ${(err as Error).message}`);
-      });
-    }, this.heartbeatMs);
+    };
   }
 
   private async complete(): Promise<void> {
@@ -267,7 +224,7 @@ export class Agent {
     this.finishing = true;
     try {
       const stored = await this.store.finish();
-      this.finalPath = this.manifest.enc ? await this.decrypt(stored) : stored;
+      this.finalPath = this.manifest.enc ? await decryptRelease(this.client, this.manifest, this.opts.storageDir, stored, this.log) : stored;
     } catch (err) {
       this.finishing = false;
       if ((err as FleetcastError).code === 'WHOLE_HASH') {
@@ -295,16 +252,6 @@ export class Agent {
     this.completion.resolve(this.finalPath!);
   }
 
-  /** The ciphertext verified: get the release key from the server and write the plaintext. */
-  private async decrypt(ciphertextPath: string): Promise<string> {
-    const m = this.manifest;
-    const key = await this.client.getContentKey(m.id);
-    const out = path.join(this.opts.storageDir, m.id, m.name);
-    await decryptFile(key, m, ciphertextPath, out);
-    this.log.info(`decrypted ${m.name}; plaintext SHA-256 matches the manifest`);
-    return out;
-  }
-
   /**
    * After completing, keep answering NACKs until every member of the group is
    * complete, or `lingerMs` passes. Complete means: every other member in the
@@ -312,7 +259,7 @@ export class Agent {
    */
   async linger(): Promise<void> {
     const limit = Date.now() + (this.opts.lingerMs ?? AGENT_DEFAULTS.lingerMs);
-    await this.heartbeat().catch(() => undefined);
+    await this.heartbeats.beat().catch(() => undefined);
     while (!this.closed && Date.now() < limit) {
       if (this.map?.groupComplete || this.core.lanPeersComplete(Date.now())) return;
       await sleep(AGENT_DEFAULTS.lingerPollMs, this.abort.signal);
@@ -322,7 +269,7 @@ export class Agent {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeats?.stop();
     this.driver?.close();
     this.wan?.wake();
     this.wan?.resume(true);
