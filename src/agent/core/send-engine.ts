@@ -129,7 +129,7 @@ export class SendEngine {
 
   /** When the next round is due: null when nothing waits for one. */
   get nextRoundAt(): number | null {
-    if (this.blocked) return null;
+    if (this.blocked || !this.pending) return null;
     return this.roundAt;
   }
 
@@ -151,8 +151,9 @@ export class SendEngine {
 
   /** One round, as the agent's drain(): cross-group sends the pacers allow, then one LAN batch under the bucket. */
   private round(now: number): void {
-    if (this.blocked || !this.pending || (this.roundAt !== null && now < this.roundAt)) return;
+    if (this.blocked || (this.roundAt !== null && now < this.roundAt)) return;
     this.roundAt = null;
+    if (!this.pending) return;
     // Cross-group sends: each other group's gateway at the pace its path delivers
     // (FEEDBACK), repairs first: a whole LAN group is waiting for each.
     const crossWait = this.cross.drain(now, (d, to, repair) => {
