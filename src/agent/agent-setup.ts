@@ -89,6 +89,10 @@ export async function openTransports(o: AgentOptions, interfaceAddress: string, 
     recvBufferBytes: AGENT_DEFAULTS.unicastRecvBufferBytes,
     sendBufferBytes: AGENT_DEFAULTS.unicastSendBufferBytes,
     maxDatagramBytes,
+    // A small ring (16 slots of one datagram, ~150 KiB resident): cross-group traffic is
+    // paced to the sites' uplinks, and the kernel buffer above absorbs its bursts.
+    gro: false,
+    ringSlots: 16,
     lossPct: o.crossLossPct ?? 0,
     random,
   });
