@@ -1,7 +1,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { deriveGroupKey, sealControl, verifyControl } from '../src/wire/auth';
-import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, FEEDBACK_BYTES, PacketType, DATA_HEADER_BYTES, setBit } from '../src/wire/packet';
+import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, FEEDBACK_BYTES, fragmentPayloadBytes, fragmentSlice, isOwnCopy, PacketType, DATA_HEADER_BYTES, peekOwnData, peekSender, setBit } from '../src/wire/packet';
 
 const rid = new Uint8Array(16).map((_, i) => i + 1);
 
@@ -126,4 +126,24 @@ test('control packets carry a MAC under the group key: it verifies, and fails on
   t.notDeepEqual(k1, deriveGroupKey(Buffer.alloc(32, 1), 'b'.repeat(32), 'g'), 'a new release rotates the key');
   t.notDeepEqual(k1, deriveGroupKey(Buffer.alloc(32, 1), 'a'.repeat(32), 'h'), 'each group has its own');
   t.deepEqual(k1, deriveGroupKey(Buffer.alloc(32, 1), 'a'.repeat(32), 'g'), 'stable across server restarts');
+});
+
+test('peekSender and peekOwnData read back what writeDataHeader wrote; other bytes give null', (t) => {
+  const rel = new Uint8Array(16).fill(7);
+  const d = encodeData({ sender: 0xdeadbeef, releaseId: rel, repair: true, unit: 70000, fragment: 513, fragmentCount: 600, fragmentBytes: 100, payload: new Uint8Array(100) });
+  t.is(peekSender(d), 0xdeadbeef);
+  t.deepEqual(peekOwnData(d), { repair: true, unit: 70000, fragment: 513, fragmentCount: 600, payloadBytes: 100 });
+  t.false(isOwnCopy(d));
+  const copy = encodeData({ sender: 1, releaseId: rel, repair: false, forward: true, unit: 3, fragment: 0, fragmentCount: 1, fragmentBytes: 64, payload: new Uint8Array(5) });
+  t.true(isOwnCopy(copy));
+  t.is(peekSender(new Uint8Array(11)), null);
+  t.is(peekOwnData(encodeNack({ sender: 1, releaseId: rel, unit: 0, fragmentCount: 8, fragmentBytes: 64, missing: new Uint8Array(1) })), null);
+});
+
+test('fragmentSlice cuts the grid: full fragments, then a short last one, as views', (t) => {
+  const unit = new Uint8Array(250).map((_, i) => i);
+  t.deepEqual([0, 1, 2].map((f) => fragmentSlice(unit, f, 100).length), [100, 100, 50]);
+  t.deepEqual([0, 1, 2].map((f) => fragmentPayloadBytes(250, f, 100)), [100, 100, 50]);
+  t.is(fragmentSlice(unit, 2, 100)[0], 200);
+  t.is(fragmentSlice(unit, 1, 100).buffer, unit.buffer);
 });

@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import * as os from 'node:os';
 import { readFileSync } from 'node:fs';
 import { DgramTransport } from '../src/transport/dgram-transport';
-import { NativeTransport, NativeUdpAddon } from '../src/transport/native-transport';
+import { ipv6Text, NativeTransport, NativeUdpAddon } from '../src/transport/native-transport';
 import { loadNativeAddon, nativeAddonError } from '../src/transport/binding';
 import { Transport, TransportOptions } from '../src/transport/transport';
 
@@ -73,6 +73,45 @@ for (const [name, make] of factories) {
     }
     t.is(tx.stats.datagramsSent, msgs.length);
     t.true(tx.info.kind === name);
+  });
+
+  test(`${name}: a unicast transport (the cross-group socket) sends and receives on one port, with the sender's endpoint, stats and loss`, async (t) => {
+    let seed = 7;
+    const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+    const a = make({ group: '', port: 0, unicast: true, interfaceAddress: '127.0.0.1' });
+    const b = make({ group: '', port: 0, unicast: true, interfaceAddress: '127.0.0.1', lossPct: 20, random });
+    t.teardown(() => Promise.all([a.close(), b.close()]));
+    await a.open();
+    await b.open();
+    const pa = a.localPort!();
+    const pb = b.localPort!();
+    t.true(pa > 0 && pb > 0 && pa !== pb);
+    const from: string[] = [];
+    const got = new Promise<number>((resolve) => {
+      let n = 0;
+      const timer = setTimeout(() => resolve(n), 1500);
+      b.onBatch((batch) => {
+        for (let i = 0; i < batch.count; i++) from.push(`${batch.address(i)}:${batch.port(i)}`);
+        n += batch.count;
+        if (n >= 500) {
+          clearTimeout(timer);
+          resolve(n);
+        }
+      });
+    });
+    for (let i = 0; i < 500; i += 50) {
+      t.is(a.sendBatch(Array.from({ length: 50 }, () => Buffer.alloc(200, i)), { address: '127.0.0.1', port: pb }), 50);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const n = await got;
+    t.true(n > 300 && n < 480, `received ${n} of 500 at 20% loss`);
+    t.true(from.every((f) => f === `127.0.0.1:${pa}`), 'every datagram names the sender\'s unicast endpoint');
+    t.is(a.stats.datagramsSent, 500);
+    t.is(b.stats.datagramsDroppedByLoss + n, b.stats.datagramsReceived);
+    // And back: the same socket sends.
+    const back = collect(a, 1, 1500);
+    b.sendBatch([Buffer.from('pong')], { address: '127.0.0.1', port: pa });
+    t.is((await back)[0]?.toString(), 'pong');
   });
 
   test(`${name}: injected loss drops about the configured share`, async (t) => {
@@ -163,3 +202,11 @@ for (const [name, make] of factories) {
     t.regex(e!.message, /cannot join multicast .* on 192\.0\.2\.77/);
   });
 }
+
+test('IPv6 source addresses from the native ring read as node:dgram writes them (RFC 5952)', (t) => {
+  t.is(ipv6Text([0xfe80, 0, 0, 0, 0x1, 0, 0, 0x2]), 'fe80::1:0:0:2');
+  t.is(ipv6Text([0, 0, 0, 0, 0, 0, 0, 1]), '::1');
+  t.is(ipv6Text([0x2001, 0xdb8, 0, 1, 0, 0, 0, 0]), '2001:db8:0:1::');
+  t.is(ipv6Text([0x2001, 0xdb8, 0, 1, 1, 1, 1, 1]), '2001:db8:0:1:1:1:1:1');
+  t.is(ipv6Text([0, 0, 0, 0, 0, 0, 0, 0]), '::');
+});

@@ -39,6 +39,7 @@ export class DgramTransport implements Transport {
   }
 
   async open(): Promise<void> {
+    if (this.opts.unicast) return this.openUnicast();
     const type = isIPv6(this.opts.group) ? 'udp6' : 'udp4';
     const rx = dgram.createSocket({ type, reuseAddr: true });
     const tx = dgram.createSocket({ type });
@@ -61,6 +62,30 @@ export class DgramTransport implements Transport {
         ExitCode.UNAVAILABLE,
       );
     }
+    this.listen(rx, tx);
+  }
+
+  /** One socket that receives and sends unicast (TransportOptions.unicast). */
+  private async openUnicast(): Promise<void> {
+    const o = this.opts;
+    const s = dgram.createSocket({ type: isIPv6(o.interfaceAddress.replace(/%.*$/, '')) ? 'udp6' : 'udp4' });
+    this.rx = s;
+    try {
+      await bind(s, o.port, o.interfaceAddress);
+    } catch (err) {
+      await this.close();
+      const e = err as NodeJS.ErrnoException;
+      throw new FleetcastError(e.code ?? 'SOCKET', `cannot bind a unicast socket on ${o.interfaceAddress}: ${e.message}`, ExitCode.UNAVAILABLE);
+    }
+    this.tx = s;
+    this.listen(s, s);
+  }
+
+  localPort(): number {
+    return this.rx?.address().port ?? 0;
+  }
+
+  private listen(rx: dgram.Socket, tx: dgram.Socket): void {
     this.info.recvBufferBytes = trySetBuffer(rx, 'recv', this.opts.recvBufferBytes ?? DEFAULT_RECV_BUFFER_BYTES);
     this.info.sendBufferBytes = trySetBuffer(tx, 'send', this.opts.sendBufferBytes ?? 1024 * 1024);
     const loss = (this.opts.lossPct ?? 0) / 100;
@@ -84,9 +109,11 @@ export class DgramTransport implements Transport {
     rx.on('error', () => {
       this.stats.sendErrors++;
     });
-    tx.on('error', () => {
-      this.stats.sendErrors++;
-    });
+    if (tx !== rx) {
+      tx.on('error', () => {
+        this.stats.sendErrors++;
+      });
+    }
   }
 
   onBatch(handler: (batch: RecvBatch) => void): void {
@@ -124,7 +151,7 @@ export class DgramTransport implements Transport {
   }
 
   async close(): Promise<void> {
-    const socks = [this.rx, this.tx].filter((s): s is dgram.Socket => s !== null);
+    const socks = [...new Set([this.rx, this.tx])].filter((s): s is dgram.Socket => s !== null);
     this.rx = null;
     this.tx = null;
     await Promise.all(socks.map((s) => new Promise<void>((resolve) => {

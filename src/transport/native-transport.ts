@@ -85,7 +85,7 @@ export class NativeTransport implements Transport {
   private readonly slab: Uint8Array;
   private readonly meta: Uint32Array;
   private readonly rxCounters: Float64Array;
-  private readonly txCounters: Float64Array;
+  private txCounters: Float64Array;
   /** Datagrams of the batch being delivered: slot offset into the slab and length. */
   private readonly keptOff: Int32Array;
   private readonly keptLen: Int32Array;
@@ -134,9 +134,9 @@ export class NativeTransport implements Transport {
           return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
         }
         const b = new Uint8Array(m.buffer, m.byteOffset + (s + 4) * 4, 16);
-        const parts: string[] = [];
-        for (let k = 0; k < 16; k += 2) parts.push(((b[k] << 8) | b[k + 1]).toString(16));
-        return parts.join(':');
+        const groups: number[] = [];
+        for (let k = 0; k < 16; k += 2) groups.push((b[k] << 8) | b[k + 1]);
+        return ipv6Text(groups);
       },
       port(i: number) {
         return self.meta[self.keptSlot[i] * mw + 3];
@@ -145,6 +145,7 @@ export class NativeTransport implements Transport {
   }
 
   async open(): Promise<void> {
+    if (this.opts.unicast) return this.openUnicast();
     const o = this.opts;
     const fam = isIPv6(o.group) ? 6 : 4;
     const ifindex = interfaceIndex(this.addon, o.interfaceAddress);
@@ -164,24 +165,49 @@ export class NativeTransport implements Transport {
       await this.close();
       throw setupError(err, `cannot join ${where}`);
     }
-    // Probe the kernel and degrade (STYLE.md): report what took effect.
-    const rb = this.rx.setBufferSize('recv', o.recvBufferBytes ?? 8 * 1024 * 1024, true);
-    const sb = this.tx.setBufferSize('send', o.sendBufferBytes ?? 4 * 1024 * 1024, true);
+    this.probe(this.rx, this.tx, fam);
+  }
+
+  /** One socket that receives and sends unicast (TransportOptions.unicast): the same ring and batching. */
+  private async openUnicast(): Promise<void> {
+    const o = this.opts;
+    const fam = isIPv6(o.interfaceAddress.replace(/%.*$/, '')) ? 6 : 4;
+    try {
+      this.rx = new this.addon.UdpSocket(fam, this.slab, this.slots, this.slotBytes, this.meta, this.rxCounters, (n) => this.deliver(n), () => this.writable());
+      this.rx.bind(o.interfaceAddress, o.port, false);
+    } catch (err) {
+      await this.close();
+      throw setupError(err, `cannot bind a unicast socket on ${o.interfaceAddress}`);
+    }
+    this.tx = this.rx;
+    this.txCounters = this.rxCounters; // one socket: its counters hold both directions
+    this.probe(this.rx, this.tx, fam);
+  }
+
+  localPort(): number {
+    return this.rx ? this.rx.localPort() : 0;
+  }
+
+  /** Probe the kernel and degrade (STYLE.md): report what took effect. */
+  private probe(rx: NativeUdpSocket, tx: NativeUdpSocket, fam: 4 | 6): void {
+    const o = this.opts;
+    const rb = rx.setBufferSize('recv', o.recvBufferBytes ?? 8 * 1024 * 1024, true);
+    const sb = tx.setBufferSize('send', o.sendBufferBytes ?? 4 * 1024 * 1024, true);
     this.info.recvBufferBytes = rb.bytes;
     this.info.sendBufferBytes = sb.bytes;
     const f = this.info.features;
     f.push('recvmmsg', 'sendmmsg');
     if (rb.forced) f.push('SO_RCVBUFFORCE');
     if (sb.forced) f.push('SO_SNDBUFFORCE');
-    if (this.rx.setPktInfo(true)) f.push(fam === 4 ? 'IP_PKTINFO' : 'IPV6_RECVPKTINFO');
-    if (this.gro && this.rx.setGro(true)) f.push('UDP_GRO');
-    if (o.gso !== false && this.tx.probeGso()) {
+    if (rx.setPktInfo(true)) f.push(fam === 4 ? 'IP_PKTINFO' : 'IPV6_RECVPKTINFO');
+    if (this.gro && rx.setGro(true)) f.push('UDP_GRO');
+    if (o.gso !== false && tx.probeGso()) {
       this.gso = true;
-      this.tx.setGso(true);
+      tx.setGso(true);
       f.push('UDP_SEGMENT');
     }
-    this.rx.start();
-    this.tx.start();
+    rx.start();
+    if (tx !== rx) tx.start();
   }
 
   private deliver(n: number): void {
@@ -255,8 +281,26 @@ export class NativeTransport implements Transport {
 
   async close(): Promise<void> {
     this.rx?.close();
-    this.tx?.close();
+    if (this.tx !== this.rx) this.tx?.close();
     this.rx = null;
     this.tx = null;
   }
+}
+
+/** An IPv6 address's canonical text (RFC 5952: lower case, the longest run of two or more zero groups as ::), as node:dgram writes it. */
+export function ipv6Text(groups: number[]): string {
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j > i ? j : i + 1;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (best < 0) return hex.join(':');
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
 }

@@ -24,6 +24,12 @@ export interface TransportOptions {
   /** Multicast group address (IPv4 or IPv6) and port. */
   group: string;
   port: number;
+  /**
+   * Unicast only (the agent's cross-group socket): one socket bound to
+   * interfaceAddress:port (port 0: any) receives and sends; no group is joined and
+   * `group` is not used. localPort() says which port it got.
+   */
+  unicast?: boolean;
   /** Address of the local interface that joins the group and sends. */
   interfaceAddress: string;
   ttl?: number;
@@ -79,5 +85,7 @@ export interface Transport {
    */
   sendBatch(datagrams: readonly Uint8Array[], to: Endpoint): number;
   onWritable(handler: () => void): void;
+  /** The local port (after open): what a unicast transport registers with the server. */
+  localPort?(): number;
   close(): Promise<void>;
 }

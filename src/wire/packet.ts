@@ -340,3 +340,43 @@ function trailer(buf: Uint8Array, view: DataView): ControlAuth {
   const macAt = buf.length - AUTH_MAC_BYTES;
   return { signed: buf.subarray(0, macAt), seq: view.getBigUint64(macAt - AUTH_SEQ_BYTES), mac: buf.subarray(macAt) };
 }
+
+/**
+ * The sender id of a datagram (bytes 8..11), or null when it is too short to have one:
+ * a receiver skips its own multicast before decoding it.
+ */
+export function peekSender(buf: Uint8Array): number | null {
+  if (buf.length < COMMON_HEADER_BYTES) return null;
+  return ((buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11]) >>> 0;
+}
+
+/**
+ * Fields of a DATA datagram this process wrote with writeDataHeader (trusted bytes: a
+ * sender's bookkeeping of what left), or null when it is not one. Untrusted bytes go
+ * through decodePacket.
+ */
+export function peekOwnData(d: Uint8Array): { repair: boolean; unit: number; fragment: number; fragmentCount: number; payloadBytes: number } | null {
+  if (d.length < DATA_HEADER_BYTES || d[3] !== PacketType.DATA) return null;
+  return {
+    repair: (d[4] & DataFlag.REPAIR) !== 0,
+    unit: ((d[28] << 24) | (d[29] << 16) | (d[30] << 8) | d[31]) >>> 0,
+    fragment: (d[32] << 8) | d[33],
+    fragmentCount: (d[34] << 8) | d[35],
+    payloadBytes: d.length - DATA_HEADER_BYTES,
+  };
+}
+
+/** Whether a datagram this process wrote is a copy (DATA without the repair flag). */
+export function isOwnCopy(d: Uint8Array): boolean {
+  return d.length >= DATA_HEADER_BYTES && d[3] === PacketType.DATA && (d[4] & DataFlag.REPAIR) === 0;
+}
+
+/** Fragment `fragment` of a unit's bytes on a grid of `fragmentBytes` (a view, no copy; the last is short). */
+export function fragmentSlice(unit: Uint8Array, fragment: number, fragmentBytes: number): Uint8Array {
+  return unit.subarray(fragment * fragmentBytes, Math.min(unit.length, (fragment + 1) * fragmentBytes));
+}
+
+/** Payload bytes of fragment `fragment` of a unit of `unitBytes`: fragmentBytes but for the last. */
+export function fragmentPayloadBytes(unitBytes: number, fragment: number, fragmentBytes: number): number {
+  return Math.min(fragmentBytes, unitBytes - fragment * fragmentBytes);
+}

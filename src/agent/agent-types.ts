@@ -1,0 +1,107 @@
+import type { KeyObject } from 'node:crypto';
+import type { ServerAccess } from '../net/server-access';
+import type { Transport, TransportOptions } from '../transport/transport';
+import type { Logger } from '../util/log';
+import type { CrossPaths } from './cross-paths';
+import type { Agent } from './agent';
+
+/** What an Agent is built from and what it counts (agent.ts is the driver that uses them). */
+export interface AgentOptions {
+  server: ServerAccess;
+  group: string;
+  /** Member id; default: read from (or created in) `<storage>/member-id`. */
+  member?: string;
+  /** Interface name (e.g. eth0, lo) or local IPv4/IPv6 address. */
+  interface: string;
+  multicast: { address: string; port: number };
+  storageDir: string;
+  trustedKeys: KeyObject[];
+  releaseId: string;
+  /** The wide-area group this LAN group belongs to (policy `wide` spans LAN groups). */
+  wideGroup?: string;
+  rateBytesPerSec?: number;
+  /** Fragment payload bytes; default from the interface MTU. Must match across the group. */
+  fragmentBytes?: number;
+  lossPct?: number;
+  /** Testing: share (0–100) of received cross-group (unicast) datagrams dropped, like lossPct on the LAN. */
+  crossLossPct?: number;
+  /**
+   * Pace of what this member sends to other LAN groups (copies and repairs to their
+   * gateways), which crosses the site's WAN uplink: keep the members' sum under it.
+   */
+  crossRateBytesPerSec?: number;
+  /** Testing: cap this agent's WAN download rate (a slow uplink, a straggler). */
+  wanRateBytesPerSec?: number;
+  /** After completing, keep serving repairs until the group is complete, at most this long. */
+  lingerMs?: number;
+  logger?: Logger;
+  random?: () => number;
+  transport?: (opts: TransportOptions) => Transport;
+  onProgress?: (a: Agent) => void;
+}
+
+export interface AgentStats {
+  member: string;
+  wanBytes: number;
+  /** Bytes of partly downloaded units found in the spool at restart (not fetched again). */
+  wanBytesResumed: number;
+  lanBytes: number;
+  lanDuplicateBytes: number;
+  copyBytesSent: number;
+  repairBytesSent: number;
+  repairPacketsSent: number;
+  nacksSent: number;
+  nacksSuppressed: number;
+  nacksHeard: number;
+  /** NACKed units we queued repair fragments for. */
+  nacksAnswered: number;
+  /** Payload bytes sent by unicast to other LAN groups (copies and repairs). */
+  crossGroupBytesSent: number;
+  /** Payload bytes received from other LAN groups (forwarded copies). */
+  crossGroupBytes: number;
+  /** Fragments this gateway re-multicast on its LAN. */
+  fragmentsForwarded: number;
+  /** `all-fetched`: units fetched while the LAN exchange waited, copied once it started. */
+  unitsDeferred: number;
+  unitsFromWan: number;
+  unitsFromLan: number;
+  unitsRejected: number;
+  unitsResumed: number;
+  /** Reports sent to the server of a unit that kept failing verification from it. */
+  badUnitReports: number;
+  drops: Record<string, number>;
+  seconds: number;
+  /** When the verified file was in place (ms since the epoch); 0 until then. */
+  completedAtMs: number;
+  transport: string;
+  /** Per other group's gateway we sent to: the learned pace and what its reports said. */
+  crossPaths: ReturnType<CrossPaths['view']>;
+}
+
+/** The counters of AgentStats (what a daemon sums across releases). */
+export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'crossPaths'>;
+
+export function zeroCounters(): AgentCounters {
+  return {
+    wanBytes: 0,
+    wanBytesResumed: 0,
+    lanBytes: 0,
+    lanDuplicateBytes: 0,
+    copyBytesSent: 0,
+    repairBytesSent: 0,
+    repairPacketsSent: 0,
+    nacksSent: 0,
+    nacksSuppressed: 0,
+    nacksHeard: 0,
+    nacksAnswered: 0,
+    crossGroupBytesSent: 0,
+    crossGroupBytes: 0,
+    fragmentsForwarded: 0,
+    unitsDeferred: 0,
+    unitsFromWan: 0,
+    unitsFromLan: 0,
+    unitsRejected: 0,
+    badUnitReports: 0,
+    unitsResumed: 0,
+  };
+}

@@ -1,0 +1,75 @@
+import { AGENT_DEFAULTS } from './defaults';
+import type { Endpoint } from './types';
+
+/**
+ * What one member remembers about other LAN groups (docs/wide-area.md): when each of
+ * their members last sent us anything, which NACKs this gateway forwarded to a unit's
+ * holder in another group and when, which of those it asked the server to relay, which
+ * units another site announced (their paced copies may still be on the way), and the
+ * cross-group repairs it answered lately. Pure: the core asks it for decisions.
+ */
+export class CrossGroupState {
+  /** "address:port" of a member of another group -> when it last sent us anything (relays wait while the holder sends). */
+  private readonly heardAt = new Map<string, number>();
+  /** Units whose NACK this gateway forwarded to another group: when it first did. */
+  private readonly forwarded = new Map<number, number>();
+  private readonly relayAsked = new Set<number>();
+  /** Units first announced to us by another site (unicast): when. */
+  readonly announcedSince = new Map<number, number>();
+  /** "unit/address/port" -> when we last repaired that unit to that requester. */
+  private readonly repairedAt = new Map<string, number>();
+  private readonly nackLogged = new Set<number>();
+
+  /** Another group's member sent us something: its path is alive. */
+  heard(via: Endpoint, now: number): void {
+    const k = `${via.address}:${via.port}`;
+    if (!this.heardAt.has(k) && this.heardAt.size >= AGENT_DEFAULTS.maxCrossPaths) this.heardAt.clear();
+    this.heardAt.set(k, now);
+  }
+
+  /** First cross-group NACK for this unit (log it once). */
+  firstNack(unit: number): boolean {
+    if (this.nackLogged.has(unit)) return false;
+    this.nackLogged.add(unit);
+    return true;
+  }
+
+  /** The same unit is repaired to the same cross-group requester at most every unicastRepairDedupMs. */
+  mayRepair(unit: number, to: Endpoint, now: number): boolean {
+    const k = `${unit}/${to.address}/${to.port}`;
+    if (now - (this.repairedAt.get(k) ?? -Infinity) < AGENT_DEFAULTS.unicastRepairDedupMs) return false;
+    this.repairedAt.set(k, now);
+    if (this.repairedAt.size > 4096) this.repairedAt.clear();
+    return true;
+  }
+
+  /** Whether a forwarded NACK for the unit was seen before (the first only starts the clock). */
+  forwardedBefore(unit: number, now: number): number | undefined {
+    const first = this.forwarded.get(unit);
+    if (first === undefined) this.forwarded.set(unit, now);
+    return first;
+  }
+
+  /**
+   * Whether to ask the server to relay a unit whose forwarded NACK (first at `first`)
+   * brought nothing: progress, not time alone. No data of the unit since the NACK went
+   * out, and the holder silent too (a holder still sending us copies is busy, its answer
+   * queued behind them), unless the unit itself has been quiet far longer.
+   */
+  shouldRelay(unit: number, first: number, lastData: number, holder: Endpoint, now: number): { unitQuiet: number; holderQuiet: number } | null {
+    if (this.relayAsked.has(unit)) return null;
+    const unitQuiet = now - Math.max(first, lastData);
+    const holderQuiet = now - (this.heardAt.get(`${holder.address}:${holder.port}`) ?? 0);
+    if (unitQuiet > AGENT_DEFAULTS.relayAfterMs && (holderQuiet > AGENT_DEFAULTS.relayHolderQuietMs || unitQuiet > AGENT_DEFAULTS.relayUnitQuietMs)) {
+      this.relayAsked.add(unit);
+      return { unitQuiet, holderQuiet };
+    }
+    return null;
+  }
+
+  /** A relay not granted now (someone in our group leases or holds it), or failed: ask again after another wait. */
+  retryRelayLater(unit: number, now: number): void {
+    if (!this.relayAsked.delete(unit)) return;
+    this.forwarded.set(unit, now);
+  }
+}

@@ -1,0 +1,92 @@
+/** Tuning knobs: one home, units in the names (STYLE.md). */
+export const AGENT_DEFAULTS = {
+  rateBytesPerSec: 60 * 1024 * 1024,
+  /** Cap on what one member sends to other LAN groups; the pace under it is learned per path (CrossPacer). */
+  crossRateBytesPerSec: (100 * 1e6) / 8,
+  /** A gateway reports to each member sending it copies this often (FEEDBACK). */
+  crossFeedbackMs: 200,
+  unicastRecvBufferBytes: 4 * 1024 * 1024,
+  unicastSendBufferBytes: 1024 * 1024,
+  /** Cross-group paths and sources tracked (bounded against abuse). */
+  maxCrossPaths: 256,
+  burstBytes: 256 * 1024,
+  fetchConcurrency: 2,
+  tickMs: 5,
+  announceMs: 400,
+  /**
+   * Holding the whole release while every peer heard does too, the announce timer runs
+   * this often instead (an idle agent's wake-ups); under peerTimeoutMs so peers keep us listed.
+   */
+  idleAnnounceMs: 2000,
+  announceDebounceMs: 10,
+  /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
+  gapQuietMs: 25,
+  nackBackoffMs: 30,
+  nackHoldoffMs: 80,
+  nackMaxUnitsInFlight: 16,
+  repairAggregateMs: 3,
+  repairBackoffMs: 40,
+  repairDedupMs: 60,
+  /** A NACK its designated repairer leaves unanswered this long is answered by any holder. */
+  orphanRepairMs: 1000,
+  maxAssemblies: 128,
+  /**
+   * Bytes of incomplete assemblies and pooled unit buffers, each: at large unit sizes the
+   * assembly count shrinks to fit (at least minAssemblies). Issue 13: 128 assemblies of
+   * 64 MiB units was 8 GiB.
+   */
+  assemblyMaxBytes: 128 * 1024 * 1024,
+  minAssemblies: 4,
+  /** An incomplete assembly that got no data for this long is dropped (its buffer freed). */
+  assemblyMaxIdleMs: 10_000,
+  /**
+   * Verified units kept in memory to answer NACKs from. None: a repair reads the unit
+   * back from the store into a pooled buffer (the page cache holds recent units), so
+   * memory stays flat in release size (issue 16: 16 cached units were 16 MiB per agent).
+   */
+  repairCacheUnits: 0,
+  /**
+   * Free unit-sized buffers the pool keeps for the next download, assembly or repair
+   * read; also capped by assemblyMaxBytes. A buffer the pool drops is old by then and
+   * stays resident until a full GC, so the pool keeps what the caps let be in use.
+   */
+  unitPoolMaxFree: 16,
+  peerTimeoutMs: 5000,
+  /**
+   * A gateway asks the server for a unit (relay) when a forwarded NACK went unanswered
+   * this long, no data of the unit arrived for that long either, and the holder has sent
+   * us nothing for relayHolderQuietMs (a holder still sending is busy, not gone)...
+   */
+  relayAfterMs: 10_000,
+  relayHolderQuietMs: 3000,
+  /** ...unless the unit itself has seen no data for this long: then a live holder that never answers is passed over. */
+  relayUnitQuietMs: 30_000,
+  /** A unit another site announced is NACKed only after this long without any of its data. */
+  crossGapQuietMs: 1000,
+  /** No unit verified and no data of a missing unit arrived for this long, nothing in flight: ask the server. */
+  stallRelayMs: 15_000,
+  /** The same unit is repaired to the same cross-group requester at most this often. */
+  unicastRepairDedupMs: 100,
+  /** Members heard with valid control packets that we track (bounded against abuse). */
+  maxPeers: 4096,
+  lingerMs: 60_000,
+  lingerPollMs: 50,
+  fetchRetries: 3,
+  /** A unit from the server that fails verification is fetched again after this, doubling per failure... */
+  badUnitBackoffMs: 500,
+  /** ...up to this. */
+  badUnitBackoffMaxMs: 60_000,
+  /** After this many failures of one unit from the server (and every as many more), the agent reports it. */
+  badUnitReportAfter: 3,
+  sendBatch: 64,
+  /**
+   * Copy bytes queued for the LAN above which WAN downloads pause: ~16 ms at 500 Mbit/s.
+   * Was 4 MiB; each queued MiB is resident, and datagrams that wait long outlive two
+   * scavenges, so their arenas die old and stay until a full GC (issue 16).
+   */
+  copyQueueMaxBytes: 1024 * 1024,
+  /** Outgoing datagrams are carved from arenas of this size: one allocation per ~170 1.5 KB datagrams. */
+  datagramArenaBytes: 256 * 1024,
+  /** Cross-group copies queued above which WAN downloads pause (~0.2 s at 10 Mbit/s). */
+  crossQueueMaxBytes: 256 * 1024,
+};

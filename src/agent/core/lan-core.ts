@@ -1,0 +1,354 @@
+/**
+ * The agent's LAN protocol core (issue 16, docs/architecture.md): one member of one
+ * release's LAN group, as a state machine without I/O. Datagrams, timeouts, the split
+ * map, leases and storage answers come in with `now`; datagrams to send, units to store
+ * or read, requests to the server and completion go out through poll_* calls.
+ *
+ * After quinn-proto's `Connection` (handle_* inputs; poll_transmit, poll_timeout and
+ * poll for outputs, "none of the functions actually perform system-level I/O"; the
+ * driver, like quinn's endpoint driver, owns sockets and timers) and NORM's split
+ * (NRL norm, common/normSession.cpp and normNode.cpp: a NormSession for the local
+ * member, one NormSenderNode per remote sender with HandleObjectMessage/HandleNackMessage):
+ * here the session is LanCore, remote senders live in PeerTable, and the state is split
+ * by owner: Assembler (unit buffers), SendEngine (queues and pacing), NackScheduler and
+ * RepairScheduler (NORM's timers, RFC 5740), CrossGroupState (other LAN groups).
+ */
+import type { Logger } from '../../util/log';
+import { silentLogger } from '../../util/log';
+import { bitmapBytes, decodePacket, encodeAnnounce, encodeNack, fragmentCountFor, fragmentPayloadBytes, getBit, PacketType, peekSender, setBit } from '../../wire/packet';
+import type { AnnouncePacket } from '../../wire/packet';
+import { NackScheduler } from '../nack-scheduler';
+import { RepairScheduler } from '../repair-scheduler';
+import { Assembler } from './assembler';
+import { AGENT_DEFAULTS } from './defaults';
+import { PeerTable } from './peers';
+import { RepairFlow, emptyStats, drop } from './repair-flow';
+import { SendEngine } from './send-engine';
+import { SplitMapView } from './split-map';
+import type { CoreConfig, CoreEvent, CoreLeaseGrant, CoreSplitMap, CopyDestination, Endpoint, ProtocolCore, Transmit } from './types';
+
+/** How often the core looks for a stall (the heartbeat's pace). */
+const STALL_CHECK_MS = 1000;
+
+export class LanCore extends RepairFlow implements ProtocolCore {
+  protected readonly log: Logger;
+  readonly peers = new PeerTable();
+  protected readonly send: SendEngine;
+  protected readonly nacks: NackScheduler;
+  protected readonly repairs: RepairScheduler;
+  protected readonly view: SplitMapView;
+  /** Where copies go besides the LAN: the other LAN groups' gateways (from the map or lease answers). */
+  protected copyTo: CopyDestination[] = [];
+  protected controlSeq: bigint;
+  private started = false;
+  private tickAt: number | null = null;
+  private announceAt: number | null = null;
+  /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
+  private announceEveryMs = 0;
+  private announceSoonAt: number | null = null;
+  private stallAt: number | null = null;
+
+  constructor(cfg: CoreConfig, now: number) {
+    const stats = cfg.stats ?? emptyStats();
+    super(cfg, new Assembler(cfg.manifest.unitSize, (r) => drop(stats, r)), stats, now);
+    this.log = cfg.logger ?? silentLogger;
+    this.controlSeq = cfg.controlSeqStart;
+    this.view = new SplitMapView(cfg.member, cfg.group);
+    this.send = new SendEngine(cfg.rateBytesPerSec, cfg.crossRateBytesPerSec, now, { sender: cfg.senderId, releaseId: cfg.manifest.idBytes, fragmentBytes: cfg.fragmentBytes }, stats, {
+      copiesLeft: (_unit, t) => this.announceSoon(t),
+      repairSent: (unit, fragment, fc, t) => this.repairs.sawFragment(unit, fragment, fc, t),
+    });
+    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random });
+    this.repairs = new RepairScheduler({ aggregateMs: AGENT_DEFAULTS.repairAggregateMs, backoffMs: AGENT_DEFAULTS.repairBackoffMs, dedupMs: AGENT_DEFAULTS.repairDedupMs, random: cfg.random });
+    this.completeIfAll();
+  }
+
+  // ---------------------------------------------------------------- inputs
+
+  handleDatagram(buf: Uint8Array, now: number, via?: Endpoint): void {
+    // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip it before decoding.
+    if (peekSender(buf) === this.cfg.senderId) return;
+    const r = decodePacket(buf);
+    if (!r.ok) return this.drop(r.reason);
+    const p = r.packet;
+    if (!bytesEqual(p.releaseId, this.m.idBytes)) return this.drop('other-release');
+    const peer = this.peers.admit(p, now);
+    if (typeof peer === 'string') return this.drop(peer);
+    if (via) this.crossGroup.heard(via, now);
+    switch (p.type) {
+      case PacketType.DATA: {
+        // What arrived from another group's member, duplicates too: its pacer counts what it sent.
+        if (via) this.send.cross.received(via, buf.length);
+        const u = p.unit;
+        if (u >= this.m.unitCount) return this.drop('unit-range');
+        if (p.fragmentBytes !== this.fb) return this.drop('fragment-grid');
+        const len = this.unitBytes(u);
+        const fc = fragmentCountFor(len, this.fb);
+        if (p.fragmentCount !== fc) return this.drop('fragment-grid');
+        if (p.payload.length !== fragmentPayloadBytes(len, p.fragment, this.fb)) return this.drop('length');
+        // Repair dedup matters only for units we could repair ourselves.
+        if (this.has(u)) this.repairs.sawFragment(u, p.fragment, fc, now);
+        if (p.repair) this.unanswered.delete(u);
+        if (this.has(u) || this.fetching.has(u)) {
+          this.stats.lanDuplicateBytes += p.payload.length;
+          return;
+        }
+        const res = this.asm.add(u, len, fc, p.fragment, p.fragment * this.fb, p.payload, now);
+        if (res === 'dup') {
+          this.stats.lanDuplicateBytes += p.payload.length;
+          return;
+        }
+        this.lastProgressAt = now; // data of a missing unit: not a stall
+        if (via) this.stats.crossGroupBytes += p.payload.length;
+        else this.stats.lanBytes += p.payload.length;
+        if (p.forward && via) {
+          // A copy from another LAN group: we are this group's gateway; send it on as our own.
+          this.send.queueLan(u, p.fragment, fc, p.payload, false);
+          this.stats.fragmentsForwarded++;
+        }
+        this.nacks.progress(u, now);
+        if (res === 'complete') this.verifyAssembly(u);
+        return;
+      }
+      case PacketType.NACK:
+        return this.onNack(p, now, via);
+      case PacketType.FEEDBACK:
+        if (via) this.send.cross.feedback(via, p, now);
+        return;
+      case PacketType.ANNOUNCE:
+        if (via) this.send.cross.announced(via, p.auth!.seq, now);
+        peer.complete = p.complete;
+        // A peer that lacks units: back to the fast pace (we may be idle).
+        if (!p.complete) this.setAnnouncePace(AGENT_DEFAULTS.announceMs, now);
+        return this.onAnnounce(p, now, via);
+    }
+  }
+
+  private onAnnounce(p: AnnouncePacket, now: number, via?: Endpoint): void {
+    const end = Math.min(this.m.unitCount, p.firstUnit + p.unitCount);
+    for (let u = p.firstUnit; u < end; u++) {
+      if (!getBit(p.have, u - p.firstUnit) || this.has(u) || this.availableMissing.has(u)) continue;
+      this.availableMissing.add(u);
+      // Heard from another site: its paced cross-group copy may still be on the way.
+      if (via) this.crossGroup.announcedSince.set(u, now);
+    }
+  }
+
+  handleTimeout(now: number): void {
+    if (this.announceSoonAt !== null && now >= this.announceSoonAt) {
+      this.announceSoonAt = null;
+      this.announce(now);
+    }
+    if (this.announceAt !== null && now >= this.announceAt) {
+      this.announceAt = now + this.announceEveryMs;
+      this.announceOnTimer(now);
+    }
+    if (this.tickAt !== null && now >= this.tickAt) {
+      this.tick(now);
+      // An idle agent would otherwise wake 200 times a second (about 2% of a core).
+      this.tickAt = this.needsTick(now) ? now + AGENT_DEFAULTS.tickMs : null;
+    }
+    if (this.stallAt !== null && now >= this.stallAt) {
+      // Nothing to wait for once the file is in place: no wake-ups for it while idle.
+      this.stallAt = this.fileDone ? null : now + STALL_CHECK_MS;
+      this.checkStall(now);
+    }
+  }
+
+  setSplitMap(map: CoreSplitMap, now: number): void {
+    this.view.map = map;
+    // Gateways move: a new one starts getting our copies and announces within a heartbeat
+    // (it NACKs what our announces show it lacks, and those NACKs come to us by unicast).
+    if (map.copyTo) this.setCopyTo(map.copyTo, now);
+    const start = map.lanStart ?? true;
+    if (start && !this.lanStart) {
+      this.log.info(`every unit is held in the group: LAN exchange starts (${this.deferred.length} units to copy)`);
+      this.lanStart = true;
+      this.pumpDeferred();
+    } else this.lanStart = start;
+    if (map.groupKey) this.peers.groupKey = Buffer.from(map.groupKey, 'base64');
+    this.nacks.setGroupSize(map.members.length);
+    if (!this.started) {
+      // The first map brings the group key: from now on the core announces and ticks.
+      this.started = true;
+      this.stallAt = now + STALL_CHECK_MS;
+      this.setAnnouncePace(AGENT_DEFAULTS.announceMs, now);
+      this.announce(now);
+    }
+    this.ensureTicking(now); // a new role or copy destinations may need the tick again
+    this.events.push({ type: 'wake' });
+  }
+
+  /** New copy destinations: announce ourselves to them first, so they accept our copies. */
+  protected setCopyTo(dests: CopyDestination[], now: number): void {
+    const key = (d: Endpoint) => `${d.address}:${d.port}`;
+    const before = new Set(this.copyTo.map(key));
+    this.copyTo = dests;
+    if (this.started && dests.some((d) => !before.has(key(d)))) this.announce(now);
+  }
+
+  leaseGranted(grant: CoreLeaseGrant, now: number, asked?: { units: number[]; reason: 'relayed' | 'stalled' }): void {
+    for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !(asked && this.has(u))) this.leased.push(u);
+    for (const u of grant.relayed ?? []) this.relayed.add(u);
+    if (!asked) this.setCopyTo(grant.copyTo ?? [], now);
+    else if (asked.reason === 'relayed') for (const u of asked.units) if (!grant.units.includes(u)) this.crossGroup.retryRelayLater(u, now);
+    this.events.push({ type: 'wake' });
+  }
+
+  relayFailed(units: number[], now: number): void {
+    for (const u of units) this.crossGroup.retryRelayLater(u, now);
+  }
+
+  writable(now: number): void {
+    this.send.writable(now);
+  }
+
+  setRate(bytesPerSec: number): void {
+    this.send.setRate(bytesPerSec);
+  }
+
+  // ---------------------------------------------------------------- outputs
+
+  pollTransmit(now: number): Transmit | null {
+    if (this.deferred.length) this.pumpDeferred();
+    return this.send.pollTransmit(now);
+  }
+
+  transmitted(t: Transmit, accepted: number, now: number): void {
+    this.send.transmitted(t, accepted, now);
+  }
+
+  pollTimeout(): number | null {
+    let t: number | null = null;
+    for (const x of [this.tickAt, this.announceAt, this.announceSoonAt, this.stallAt, this.send.nextRoundAt]) if (x !== null && (t === null || x < t)) t = x;
+    return t;
+  }
+
+  pollEvent(): CoreEvent | null {
+    return this.events.shift() ?? null;
+  }
+
+  get backlogged(): boolean {
+    return this.send.backlogged;
+  }
+  get drained(): boolean {
+    return this.send.drained;
+  }
+  /** Cross-group copies queued past half their cap: downloads paused for them (the heartbeat says so). */
+  get crossBusy(): boolean {
+    return this.send.cross.copyBytesQueued > AGENT_DEFAULTS.crossQueueMaxBytes / 2;
+  }
+  /** Units being assembled from the LAN. */
+  get assemblies(): ReadonlyMap<number, unknown> {
+    return this.asm.assemblies;
+  }
+  get role(): 'gateway' | 'member' {
+    return this.view.role;
+  }
+  crossPaths() {
+    return this.send.cross.view();
+  }
+  peersSeen(now: number) {
+    return this.peers.seen(now);
+  }
+  /** Every other member of the group (per the map) announced it holds everything. */
+  lanPeersComplete(now: number): boolean {
+    const others = this.view.memberCount - 1;
+    if (others <= 0) return false; // alone, or no map: the server decides
+    return this.peers.completeCount(now) >= others;
+  }
+
+  // ---------------------------------------------------------------- timers
+
+  private tick(now: number): void {
+    if (!this.fileDone) {
+      const before = this.nacks.suppressed;
+      for (const n of this.nacks.poll(now, this.ripeUnits(now), (u) => this.gapOf(u))) {
+        const nack = this.seal(encodeNack({ sender: this.cfg.senderId, releaseId: this.m.idBytes, unit: n.unit, fragmentCount: n.fragmentCount, fragmentBytes: this.fb, missing: n.missing }));
+        this.send.queueControl(nack);
+        this.forwardNack(nack, n.unit, now);
+        this.stats.nacksSent++;
+      }
+      this.stats.nacksSuppressed += this.nacks.suppressed - before;
+    }
+    for (const job of this.repairs.due(now)) this.sendRepair(job.unit, job.fragments);
+    this.crossFeedback(now);
+  }
+
+  /**
+   * Whether the tick has anything to time: NACKs while units are missing, repairs
+   * pending, and cross-group pacing (a gateway's FEEDBACK reports, a path's silence
+   * check) while this agent is a wide-area group's gateway, copies to other sites or has
+   * unicast queued. (A plain LAN group's gateway has no cross-group traffic.)
+   */
+  private needsTick(now: number): boolean {
+    if (!this.fileDone || this.repairs.nextDueIn(now) !== null) return true;
+    if ((this.cfg.wideGroup && this.view.role === 'gateway') || this.copyTo.length > 0) return true;
+    return this.send.cross.view().some((p) => p.queued > 0);
+  }
+
+  protected ensureTicking(now: number): void {
+    if (this.started && !this.fileDone && this.stallAt === null) this.stallAt = now + STALL_CHECK_MS;
+    if (this.tickAt !== null || !this.started || !this.needsTick(now)) return;
+    this.tickAt = now + AGENT_DEFAULTS.tickMs;
+  }
+
+  // ---------------------------------------------------------------- announces
+
+  /** One announce for everything that changed within announceDebounceMs, not one per change. */
+  protected announceSoon(now: number): void {
+    if (!this.started || this.announceSoonAt !== null) return;
+    this.announceSoonAt = now + AGENT_DEFAULTS.announceDebounceMs;
+  }
+
+  /**
+   * The periodic announce. Idle (complete here and at every peer heard) the timer runs
+   * every idleAnnounceMs instead of announceMs: fewer wake-ups. An announce from a peer
+   * that lacks units brings back the fast pace at once. Announces for other reasons (a
+   * unit verified, new copy destinations) go out whatever the pace.
+   */
+  private announceOnTimer(now: number): void {
+    this.announce(now);
+    this.setAnnouncePace(this.fileDone && this.peers.allComplete ? AGENT_DEFAULTS.idleAnnounceMs : AGENT_DEFAULTS.announceMs, now);
+  }
+
+  private setAnnouncePace(ms: number, now: number): void {
+    if (!this.started || (this.announceAt !== null && this.announceEveryMs === ms)) return;
+    this.announceEveryMs = ms;
+    this.announceAt = now + ms;
+  }
+
+  protected announce(now: number): void {
+    if (!this.started) return;
+    this.peers.prune(now);
+    this.asm.age(now);
+    const bits = Uint8Array.from(this.have);
+    // Units whose copies are still queued are not announced: peers would NACK
+    // fragments that are on their way.
+    for (const u of this.send.copying.keys()) bits[u >>> 3] &= ~(0x80 >>> (u & 7));
+    const n = this.m.unitCount;
+    // One packet per bitmap chunk that fits a fragment; at least one (an empty release).
+    const perPacket = (this.fb - 64) * 8;
+    let first = 0;
+    do {
+      const count = Math.min(perPacket, n - first);
+      const have = new Uint8Array(bitmapBytes(count));
+      for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
+      const pkt = this.seal(encodeAnnounce({ sender: this.cfg.senderId, releaseId: this.m.idBytes, firstUnit: first, unitCount: count, complete: this.fileDone, have }));
+      this.send.queueControl(pkt);
+      // The gateways we copy to must know us before our copies arrive; each announce is
+      // also the round-trip probe of that path's pacer (the gateway echoes its sequence).
+      for (const to of this.copyTo) {
+        this.send.queueDirect(pkt, to);
+        this.send.cross.probe(to, this.controlSeq, now);
+      }
+      first += perPacket;
+    } while (first < n);
+  }
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -1,0 +1,187 @@
+import { encodeFeedback, fragmentCountFor } from '../../wire/packet';
+import type { NackPacket } from '../../wire/packet';
+import { sealControl } from '../../wire/auth';
+import type { NackRequest } from '../nack-scheduler';
+import type { RepairScheduler } from '../repair-scheduler';
+import { CoreUnits } from './core-units';
+import { CrossGroupState } from './cross-group';
+import { AGENT_DEFAULTS } from './defaults';
+import type { PeerTable } from './peers';
+import type { SplitMapView } from './split-map';
+import type { CoreStats, Endpoint } from './types';
+
+/**
+ * The repair path of the LAN core, after NORM (RFC 5740): as a receiver, which units are
+ * ripe for a NACK and what they miss (NackScheduler times them); as a sender, who answers
+ * a NACK (repair roles; RepairScheduler aggregates); across LAN groups, NACKs a gateway
+ * forwards to a unit's holder, the relays it asks the server for when they go unanswered,
+ * FEEDBACK to members sending it copies, and the stall check of last resort.
+ */
+export abstract class RepairFlow extends CoreUnits {
+  protected abstract readonly peers: PeerTable;
+  protected abstract readonly repairs: RepairScheduler;
+  protected abstract readonly view: SplitMapView;
+  protected readonly crossGroup = new CrossGroupState();
+  /** When we first heard a NACK for a unit its designated repairer has not answered. */
+  protected readonly unanswered = new Map<number, number>();
+  protected abstract controlSeq: bigint;
+
+  protected onNack(p: NackPacket, now: number, via?: Endpoint): void {
+    this.stats.nacksHeard++;
+    const u = p.unit;
+    if (u >= this.m.unitCount || p.fragmentBytes !== this.fb) return this.drop('nack-invalid');
+    const fc = fragmentCountFor(this.unitBytes(u), this.fb);
+    if (p.fragmentCount !== fc) return this.drop('nack-invalid');
+    // The bitmap is a view into the receive buffer: keep a copy if it is used later.
+    const missing = Uint8Array.from(p.missing);
+    if (via) {
+      // Another group's gateway forwarded its LAN's NACK to us, the unit's holder
+      // (unless our copies of it, to that gateway too, are still on their way).
+      if (this.crossGroup.firstNack(u)) {
+        this.log.debug(`cross-group NACK for unit ${u} from ${via.address}:${via.port}: ${this.has(u) ? 'held' : 'not held'}, ${this.send.copying.get(u) ?? 0} copies queued`);
+      }
+      // Copies still queued for that gateway will arrive: answer once they have left
+      // (copies of the unit to other groups may be slower; they are no reason to wait).
+      if (!this.has(u) || this.send.cross.copiesQueuedTo(via) !== 0) return;
+      // Repairs go only to a member's registered endpoint, never to whatever source
+      // address a NACK carries: a spoofed source would make us reflect onto a third party.
+      const to = this.view.registeredEndpoint(via);
+      if (!to) return this.drop('unregistered-source');
+      if (this.crossGroup.mayRepair(u, to, now)) this.repairUnicast(u, missing, to, now);
+      return;
+    }
+    if (!this.has(u)) return this.nacks.heardNack(u, fc, missing, now);
+    if (this.send.copying.has(u)) return; // our copies of it are still on their way
+    const role = this.repairRole(u, now);
+    if (role === 'none') return;
+    const queued = this.send.repairQueued.get(u);
+    const want = queued ? missing.map((b, i) => b & ~queued[i]) : missing;
+    this.repairs.onNack(u, fc, want, role === 'designated', now);
+    this.ensureTicking(now);
+  }
+
+  /**
+   * Who answers a NACK for a unit we hold: its holder in the split-download map
+   * answers at once; nobody else does, unless the map names no holder or the
+   * NACKs have gone unanswered for orphanRepairMs (holder gone, map stale) —
+   * then every holder answers after a random backoff, with suppression.
+   */
+  protected repairRole(unit: number, now: number): 'designated' | 'fallback' | 'none' {
+    const r = this.view.repairRole(unit);
+    if (r !== 'others') return r;
+    const since = this.unanswered.get(unit);
+    if (since === undefined) {
+      this.unanswered.set(unit, now);
+      return 'none';
+    }
+    return now - since > AGENT_DEFAULTS.orphanRepairMs ? 'fallback' : 'none';
+  }
+
+  /** Units a peer holds that we lack, not being fetched, and quiet for gapQuietMs: cheap checks only. */
+  protected *ripeUnits(now: number): Generator<number> {
+    for (const u of this.availableMissing) {
+      if (this.has(u) || this.fetching.has(u)) continue;
+      const a = this.asm.get(u);
+      if (a && (a.verifying || now - a.lastData < AGENT_DEFAULTS.gapQuietMs)) continue;
+      const since = this.crossGroup.announcedSince.get(u);
+      if (since !== undefined && !a && now - since < AGENT_DEFAULTS.crossGapQuietMs) continue;
+      yield u;
+    }
+  }
+
+  /** The missing-fragment bitmap of a unit, or null when nothing is missing any more. */
+  protected gapOf(u: number): NackRequest | null {
+    if (this.has(u) || this.fetching.has(u)) return null;
+    const fc = fragmentCountFor(this.unitBytes(u), this.fb);
+    return { unit: u, fragmentCount: fc, missing: this.asm.missing(u, fc) };
+  }
+
+  /**
+   * A gateway whose LAN lacks a unit held only in another group forwards its NACK to
+   * the holder by unicast; if that has not brought the unit within relayAfterMs, it
+   * asks the server for the unit itself (relay).
+   */
+  protected forwardNack(packet: Uint8Array, unit: number, now: number): void {
+    if (this.view.role !== 'gateway') return;
+    const h = this.view.holderOf(unit);
+    if (!h || h.group === this.cfg.group || !h.address || !h.dataPort || h.id === this.cfg.member) return;
+    const holder = { address: h.address, port: h.dataPort };
+    this.send.queueDirect(packet, holder);
+    const first = this.crossGroup.forwardedBefore(unit, now);
+    if (first === undefined) return this.log.debug(`NACK for unit ${unit}: holder ${h.id} in ${h.group}`);
+    const q = this.crossGroup.shouldRelay(unit, first, this.asm.get(unit)?.lastData ?? 0, holder, now);
+    if (!q) return;
+    this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group} (unit quiet ${Math.round(q.unitQuiet / 1000)} s, holder ${Math.round(q.holderQuiet / 1000)} s); asking the server for it`);
+    this.events.push({ type: 'relay', units: [unit], reason: 'relayed' });
+  }
+
+  /**
+   * Last resort: nothing verified and no data of a missing unit for stallRelayMs, nothing
+   * leased or in flight, units still missing. Whatever went wrong (a holder that never answers, a lost copy no one
+   * announced), ask the server for the missing units; it grants those no member of our
+   * LAN group holds or leases, and our LAN repairs the rest.
+   */
+  protected checkStall(now: number): void {
+    // Waiting for the all-fetched start is not a stall.
+    if (this.finishing || this.fileDone || this.fetching.size || this.leased.length || !this.lanStart) {
+      if (!this.lanStart) this.lastProgressAt = now;
+      return;
+    }
+    if (now - this.lastProgressAt < AGENT_DEFAULTS.stallRelayMs) return;
+    this.lastProgressAt = now; // once per stall period
+    const want: number[] = [];
+    for (let u = 0; u < this.m.unitCount && want.length < 64; u++) if (!this.has(u)) want.push(u);
+    if (!want.length) return;
+    this.log.info(`no progress for ${AGENT_DEFAULTS.stallRelayMs / 1000} s with ${this.m.unitCount - this.heldCount} unit(s) missing; asking the server`);
+    this.events.push({ type: 'relay', units: want, reason: 'stalled' });
+  }
+
+  /** As a gateway: report to each member of another group that sent us copies lately; slow paths that went silent. */
+  protected crossFeedback(now: number): void {
+    this.send.cross.tick(now);
+    for (const f of this.send.cross.feedbackDue(now)) {
+      // Like repairs, only to a member's registered endpoint: a spoofed source gets nothing.
+      const to = this.view.registeredEndpoint(f.to);
+      if (!to) {
+        this.drop('unregistered-source');
+        continue;
+      }
+      this.send.queueDirect(this.seal(encodeFeedback({ sender: this.cfg.senderId, releaseId: this.m.idBytes, ...f })), to);
+      // The 1.1 form too (1.1 senders drop the 1.2 one; a 1.2 sender ignores this copy).
+      if (f.atEcho) this.send.queueDirect(this.seal(encodeFeedback({ sender: this.cfg.senderId, releaseId: this.m.idBytes, ...f, atEcho: undefined })), to);
+    }
+  }
+
+  /** MAC a control packet under the group key, with the next sequence number. */
+  protected seal(packet: Uint8Array): Uint8Array {
+    this.controlSeq++;
+    return this.peers.groupKey ? sealControl(packet, this.peers.groupKey, this.controlSeq) : packet;
+  }
+}
+
+export function emptyStats(): CoreStats {
+  return {
+    lanBytes: 0,
+    lanDuplicateBytes: 0,
+    copyBytesSent: 0,
+    repairBytesSent: 0,
+    repairPacketsSent: 0,
+    nacksSent: 0,
+    nacksSuppressed: 0,
+    nacksHeard: 0,
+    nacksAnswered: 0,
+    crossGroupBytesSent: 0,
+    crossGroupBytes: 0,
+    fragmentsForwarded: 0,
+    unitsDeferred: 0,
+    unitsFromWan: 0,
+    unitsFromLan: 0,
+    unitsRejected: 0,
+    drops: {},
+  };
+}
+
+export function drop(stats: CoreStats, reason: string): void {
+  stats.drops[reason] = (stats.drops[reason] ?? 0) + 1;
+}
+

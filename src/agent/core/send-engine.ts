@@ -1,0 +1,243 @@
+import { bitmapBytes, clearBit, DATA_HEADER_BYTES, isOwnCopy, peekOwnData, writeDataHeader } from '../../wire/packet';
+import { CrossPaths } from '../cross-paths';
+import { TokenBucket } from '../token-bucket';
+import { AGENT_DEFAULTS } from './defaults';
+import type { CoreStats, Endpoint, Transmit } from './types';
+
+/** What the send engine tells its owner. */
+export interface SendEngineHooks {
+  /** The last queued copy of a unit left: peers may NACK it now (announce it). */
+  copiesLeft(unit: number, now: number): void;
+  /** A repair fragment left on the LAN (repair dedup). */
+  repairSent(unit: number, fragment: number, fragmentCount: number, now: number): void;
+}
+
+/**
+ * The send queues of one agent and their pacing, without sockets (issue 16): LAN repairs
+ * and control packets before copies, under one token bucket; cross-group sends to other
+ * groups' gateways, one learned pace per path (CrossPaths); unpaced unicast control
+ * packets. Sending happens in rounds, as the agent's drain() did: a round hands out one
+ * LAN batch and every cross-group datagram the pacers allow, then the next round waits
+ * for the bucket (at least 1 ms), so the pace and the batch sizes are what they were.
+ */
+export class SendEngine {
+  readonly bucket: TokenBucket;
+  /** Cross-group sends: one learned pace per other group's gateway, under the member's cap. */
+  readonly cross: CrossPaths;
+  /** Outgoing datagrams are carved from arenas (datagramArenaBytes): one allocation per many fragments, not one each. */
+  private arena = new Uint8Array(0);
+  private arenaOff = 0;
+  private readonly repairQueue: Uint8Array[] = [];
+  private readonly copyQueue: Uint8Array[] = [];
+  private copyQueueBytes = 0;
+  /** Unicast control packets (announces to gateways, forwarded NACKs, FEEDBACK): not paced. */
+  private readonly direct: { to: Endpoint; d: Uint8Array }[] = [];
+  /** What the current round let out to other groups, handed out one Transmit per datagram. */
+  private readonly crossOut: { to: Endpoint; d: Uint8Array }[] = [];
+  private lanBatch: Uint8Array[] | null = null;
+  /** Copy datagrams still queued, per unit: such units are not announced or repaired yet. */
+  readonly copying = new Map<number, number>();
+  /** Repair fragments queued but not sent, per unit (bitmap). */
+  readonly repairQueued = new Map<number, Uint8Array>();
+  /** "unit/address/port" -> fragments queued for that cross-group requester, not yet sent. */
+  readonly unicastRepairQueued = new Map<string, Uint8Array>();
+  /** The next round may not start before this (the bucket's or a pacer's wait); null: at once. */
+  private roundAt: number | null = null;
+  /** The LAN transport refused datagrams: no round until writable(). */
+  private blocked = false;
+
+  constructor(
+    rateBytesPerSec: number,
+    crossRateBytesPerSec: number,
+    now: number,
+    private readonly header: { sender: number; releaseId: Uint8Array; fragmentBytes: number },
+    private readonly stats: CoreStats,
+    private readonly hooks: SendEngineHooks,
+  ) {
+    this.bucket = new TokenBucket(rateBytesPerSec, AGENT_DEFAULTS.burstBytes, now);
+    this.cross = new CrossPaths(crossRateBytesPerSec, now, {
+      feedbackMs: AGENT_DEFAULTS.crossFeedbackMs,
+      maxPaths: AGENT_DEFAULTS.maxCrossPaths,
+      burstBytes: AGENT_DEFAULTS.burstBytes / 4,
+    });
+  }
+
+  private allocDatagram(bytes: number): Uint8Array {
+    if (this.arenaOff + bytes > this.arena.length) {
+      this.arena = new Uint8Array(Math.max(AGENT_DEFAULTS.datagramArenaBytes, bytes));
+      this.arenaOff = 0;
+    }
+    const d = this.arena.subarray(this.arenaOff, this.arenaOff + bytes);
+    this.arenaOff += bytes;
+    return d;
+  }
+
+  private data(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, forward: boolean): Uint8Array {
+    const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
+    writeDataHeader(d, { ...this.header, repair, forward, unit, fragment, fragmentCount });
+    d.set(payload, DATA_HEADER_BYTES);
+    return d;
+  }
+
+  /** A fragment for the LAN: a copy (ours, or forwarded as a gateway) or a repair. */
+  queueLan(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean): void {
+    const d = this.data(unit, fragment, fragmentCount, payload, repair, false);
+    if (repair) {
+      this.repairQueue.push(d);
+      return;
+    }
+    this.copyQueue.push(d);
+    this.copyQueueBytes += d.length;
+    this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
+  }
+
+  /** A fragment by unicast to another group's gateway, flagged to be re-multicast there. */
+  queueUnicast(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, to: Endpoint, now: number): void {
+    this.cross.queue(this.data(unit, fragment, fragmentCount, payload, repair, true), to, repair, now);
+    // Not announced until its cross-group copies are out too: a gateway would NACK them.
+    if (!repair) this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
+  }
+
+  /** A control packet (NACK, ANNOUNCE) for the LAN: ahead of copies. */
+  queueControl(packet: Uint8Array): void {
+    this.repairQueue.push(packet);
+  }
+
+  /** A control packet by unicast, unpaced. */
+  queueDirect(packet: Uint8Array, to: Endpoint): void {
+    this.direct.push({ to, d: packet });
+  }
+
+  setRate(bytesPerSec: number): void {
+    this.bucket.rateBytesPerSec = bytesPerSec;
+  }
+
+  /**
+   * Downloads pause while copies wait: LAN copies beyond copyQueueMaxBytes, or
+   * cross-group copies beyond crossQueueMaxBytes (small: the cross-group pace is slow,
+   * and a long queue there only delays copies until the receiving gateway NACKs them).
+   */
+  get backlogged(): boolean {
+    return this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes || this.cross.copyBytesQueued > AGENT_DEFAULTS.crossQueueMaxBytes;
+  }
+  get drained(): boolean {
+    return this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.cross.copyBytesQueued <= AGENT_DEFAULTS.crossQueueMaxBytes / 2;
+  }
+  get lanQueued(): boolean {
+    return this.repairQueue.length > 0 || this.copyQueue.length > 0;
+  }
+
+  /** When the next round is due: null when nothing waits for one. */
+  get nextRoundAt(): number | null {
+    if (this.blocked || !this.pending) return null;
+    return this.roundAt;
+  }
+
+  /** Something queued that a round would hand out now or later. */
+  private get pending(): boolean {
+    return this.lanQueued || this.cross.pending;
+  }
+
+  pollTransmit(now: number): Transmit | null {
+    const direct = this.direct.shift();
+    if (direct) return { to: direct.to, datagrams: [direct.d] };
+    if (!this.lanBatch && !this.crossOut.length) this.round(now);
+    const c = this.crossOut.shift();
+    if (c) return { to: c.to, datagrams: [c.d] };
+    const b = this.lanBatch;
+    this.lanBatch = null;
+    return b && b.length ? { to: null, datagrams: b } : null;
+  }
+
+  /** One round, as the agent's drain(): cross-group sends the pacers allow, then one LAN batch under the bucket. */
+  private round(now: number): void {
+    if (this.blocked || (this.roundAt !== null && now < this.roundAt)) return;
+    this.roundAt = null;
+    if (!this.pending) return;
+    // Cross-group sends: each other group's gateway at the pace its path delivers
+    // (FEEDBACK), repairs first: a whole LAN group is waiting for each.
+    const crossWait = this.cross.drain(now, (d, to, repair) => {
+      this.crossOut.push({ to, d });
+      const h = peekOwnData(d)!;
+      this.stats.crossGroupBytesSent += h.payloadBytes;
+      if (!repair) return this.copyLeft(h.unit, now);
+      const q = this.unicastRepairQueued.get(`${h.unit}/${to.address}/${to.port}`);
+      if (q) clearBit(q, h.fragment);
+    });
+    const batch: Uint8Array[] = [];
+    let wait = 0;
+    while (wait === 0 && batch.length < AGENT_DEFAULTS.sendBatch) {
+      const q = this.repairQueue.length ? this.repairQueue : this.copyQueue;
+      const d = q[0];
+      if (!d) break;
+      wait = this.bucket.take(d.length, now);
+      if (wait > 0) break;
+      q.shift();
+      if (q === this.copyQueue) this.copyQueueBytes -= d.length;
+      batch.push(d);
+    }
+    this.lanBatch = batch;
+    const crossPending = this.cross.pending;
+    const lanPending = this.lanQueued;
+    if (wait > 0 || crossWait > 0 || lanPending || crossPending) {
+      const next = Math.min(lanPending ? Math.max(1, wait) : Infinity, crossPending ? Math.max(1, crossWait) : Infinity);
+      this.roundAt = now + (Number.isFinite(next) ? next : 1);
+    }
+  }
+
+  /** The transport took `accepted` of a Transmit's datagrams. */
+  transmitted(t: Transmit, accepted: number, now: number): void {
+    if (t.to !== null) return; // unicast: counted when handed out; what the socket refused is lost, as UDP may
+    for (let i = 0; i < accepted; i++) this.sent(t.datagrams[i], now);
+    if (accepted >= t.datagrams.length) return;
+    // Kernel queue full: put the rest back in front, in order, and wait for writable().
+    for (let i = t.datagrams.length - 1; i >= accepted; i--) {
+      const d = t.datagrams[i];
+      const copy = isOwnCopy(d);
+      (copy ? this.copyQueue : this.repairQueue).unshift(d);
+      if (copy) this.copyQueueBytes += d.length;
+    }
+    this.blocked = true;
+  }
+
+  writable(now: number): void {
+    this.blocked = false;
+    if (this.roundAt === null && this.pending) this.roundAt = now;
+  }
+
+  /** Bookkeeping for a datagram that left on the LAN: stats, repair dedup, copy tracking. */
+  private sent(d: Uint8Array, now: number): void {
+    const h = peekOwnData(d);
+    if (!h) return;
+    if (h.repair) {
+      this.stats.repairBytesSent += h.payloadBytes;
+      this.stats.repairPacketsSent++;
+      this.hooks.repairSent(h.unit, h.fragment, h.fragmentCount, now);
+      const q = this.repairQueued.get(h.unit);
+      if (q) clearBit(q, h.fragment);
+    } else {
+      this.stats.copyBytesSent += h.payloadBytes;
+      this.copyLeft(h.unit, now);
+    }
+  }
+
+  /** One copy of `unit` left (LAN or cross-group); after its last, peers may NACK it. */
+  private copyLeft(unit: number, now: number): void {
+    const left = (this.copying.get(unit) ?? 1) - 1;
+    if (left > 0) this.copying.set(unit, left);
+    else {
+      this.copying.delete(unit);
+      this.hooks.copiesLeft(unit, now);
+    }
+  }
+}
+
+/** The bitmap of fragments queued for `key` (a unit, or a unit and requester), made on first use. */
+export function queuedBits<K>(m: Map<K, Uint8Array>, key: K, fragmentCount: number): Uint8Array {
+  let q = m.get(key);
+  if (!q) {
+    q = new Uint8Array(bitmapBytes(fragmentCount));
+    m.set(key, q);
+  }
+  return q;
+}

@@ -1,0 +1,243 @@
+import { createHash } from 'node:crypto';
+import * as path from 'node:path';
+import { Manifest, unitLength } from '../release/manifest';
+import { PartialStore } from '../storage/partial-store';
+import { UnitSpool } from '../storage/spool';
+import { Logger } from '../util/log';
+import { ControlClient, ControlError, LeaseResponse, sleep } from './control-client';
+import { AGENT_DEFAULTS } from './core/defaults';
+import { LanCore } from './core/lan-core';
+import type { AgentStats } from './agent-types';
+
+export interface WanFetchContext {
+  client: ControlClient;
+  core: LanCore;
+  store: PartialStore;
+  manifest: Manifest;
+  log: Logger;
+  stats: AgentStats;
+  signal: AbortSignal;
+  random: () => number;
+  ref: { release: string; group: string; member: string };
+  storageDir: string;
+  wanRateBytesPerSec?: number;
+  /** Whether fetch workers should stop (closed, complete, finishing). */
+  stopped(): boolean;
+  heartbeatMs(): number;
+  /** Join again (the server forgot us). */
+  rejoin(): Promise<void>;
+  /** The core has new input: drain its outputs. */
+  kick(): void;
+  /** A unit is stored (progress callbacks). */
+  progressed(): void;
+  fail(err: Error): void;
+}
+
+/**
+ * The agent's WAN side (the driver's, not the core's: it does HTTP and disk): lease
+ * requests, shared by `fetchConcurrency` workers; each leased unit streamed from the
+ * server into a spool (crash-safe resume), handed to the core chunk by chunk for
+ * cut-through copies, verified, stored and receipted; relay requests the core asks for.
+ */
+export class WanFetch {
+  /** Bytes received so far of each unit being fetched (reported in heartbeats: the server's hedging looks at it). */
+  readonly inFlight = new Map<number, number>();
+  /** Units from the server that failed verification, and how often in a row. */
+  private readonly serverFailures = new Map<number, number>();
+  /** One lease request at a time, shared by the fetch workers. */
+  private leaseRequest: Promise<LeaseResponse> | null = null;
+  private wakers: (() => void)[] = [];
+  private copyWaiters: (() => void)[] = [];
+  /** --wan-rate (testing): paces our own downloads. Debt-based: take says how long to sleep to stay at the rate. */
+  private wanNext = 0;
+
+  constructor(private readonly c: WanFetchContext) {}
+
+  start(): void {
+    for (let i = 0; i < AGENT_DEFAULTS.fetchConcurrency; i++) void this.worker();
+  }
+
+  /** Wake workers waiting for a lease slot or a map change. */
+  wake(): void {
+    for (const w of this.wakers.splice(0)) w();
+  }
+
+  /** Downloads paused for the copy backlog may go on once it drained (or the agent closes). */
+  resume(force = false): void {
+    if (this.copyWaiters.length && (force || this.c.core.drained)) for (const w of this.copyWaiters.splice(0)) w();
+  }
+
+  private waitForWake(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.wakers.push(done);
+    });
+  }
+
+  /** `want` set: a relay request (docs/protocol.md); the grant merges into the core's queue either way. */
+  private async lease(asked?: { units: number[]; reason: 'relayed' | 'stalled' }): Promise<LeaseResponse> {
+    const body = asked ? { ...this.c.ref, want: asked.units, reason: asked.reason } : this.c.ref;
+    let grant: LeaseResponse;
+    try {
+      grant = await this.c.client.post<LeaseResponse>('/v1/lease', body);
+    } catch (err) {
+      if (asked || !(err instanceof ControlError && err.code === 'NOT_JOINED')) throw err;
+      await this.c.rejoin(); // the server restarted or timed us out: join again
+      grant = { units: [], retryAfterMs: 0, exhausted: false };
+    }
+    this.c.core.leaseGranted(grant, Date.now(), asked);
+    this.c.kick();
+    return grant;
+  }
+
+  /** The core asked the server for units (relay or stall). */
+  relay(units: number[], reason: 'relayed' | 'stalled'): void {
+    this.lease({ units, reason }).catch((err: Error) => {
+      if (reason === 'relayed') this.c.log.warn(`relay lease for unit ${units.join(', ')}: ${err.message}`);
+      else this.c.log.debug(`stall relay: ${err.message}`);
+      this.c.core.relayFailed(units, Date.now());
+    });
+  }
+
+  private takeLeases(): Promise<LeaseResponse> {
+    if (!this.leaseRequest) this.leaseRequest = this.lease().finally(() => (this.leaseRequest = null));
+    return this.leaseRequest;
+  }
+
+  /** Takes leases and fetches their units over the WAN, `fetchConcurrency` at a time. */
+  private async worker(): Promise<void> {
+    while (!this.c.stopped()) {
+      const unit = this.c.core.takeLeased();
+      if (unit !== undefined) {
+        await this.fetchUnit(unit);
+        this.wake(); // a lease slot is free again
+        continue;
+      }
+      let grant: LeaseResponse;
+      try {
+        grant = await this.takeLeases();
+      } catch (err) {
+        if (this.c.signal.aborted) return;
+        this.c.log.warn(`lease: ${(err as Error).message}`);
+        await sleep(this.c.heartbeatMs(), this.c.signal);
+        continue;
+      }
+      if (this.c.core.leasedCount) continue;
+      // Nothing for us now: peers hold or lease the rest, or our slots are full.
+      // Wait for one of our units to finish, the map to change, or the server's hint.
+      await this.waitForWake(grant.exhausted ? this.c.heartbeatMs() : Math.max(20, grant.retryAfterMs));
+    }
+  }
+
+  /**
+   * A unit from the server failed its hash: wait (exponential backoff, with jitter)
+   * before fetching it again, and every badUnitReportAfter failures tell the server,
+   * which logs it and shows it in `fleetcast fleet`. The count lasts across leases.
+   */
+  private async badFromServer(unit: number): Promise<void> {
+    const n = (this.serverFailures.get(unit) ?? 0) + 1;
+    this.serverFailures.set(unit, n);
+    const ms = Math.min(AGENT_DEFAULTS.badUnitBackoffMaxMs, AGENT_DEFAULTS.badUnitBackoffMs * 2 ** (n - 1)) * (0.75 + 0.5 * this.c.random());
+    this.c.log.warn(`unit ${unit} from the server failed verification (${n} time(s) in a row); discarded, fetching it again in ${Math.round(ms)} ms`);
+    if (n % AGENT_DEFAULTS.badUnitReportAfter === 0) {
+      this.c.stats.badUnitReports++;
+      await this.c.client.post('/v1/bad-unit', { ...this.c.ref, unit, failures: n }).catch((err: Error) => this.c.log.debug(`bad-unit report: ${err.message}`));
+    }
+    await sleep(ms, this.c.signal);
+  }
+
+  private async fetchUnit(unit: number): Promise<void> {
+    const { core, manifest: m, log, stats } = this.c;
+    if (core.has(unit)) return this.sendReceipt(unit);
+    this.inFlight.set(unit, 0);
+    const len = unitLength(m, unit);
+    const releaseDir = path.join(this.c.storageDir, m.id);
+    try {
+      for (let attempt = 1; attempt <= AGENT_DEFAULTS.fetchRetries && !this.c.signal.aborted; attempt++) {
+        core.fetchStarted(unit, Date.now());
+        const buf = core.takeBuffer(len);
+        // What an earlier run (or attempt) of ours already downloaded: resume after it.
+        const { spool, bytes } = await UnitSpool.open(releaseDir, unit, len);
+        bytes.copy(buf);
+        const st = { off: bytes.length };
+        const off = st.off;
+        if (off > 0) {
+          log.debug(`unit ${unit}: resuming after ${off} bytes`);
+          stats.wanBytesResumed += off;
+          core.fetchProgress(unit, buf, off, Date.now());
+          this.c.kick();
+        }
+        try {
+          if (off < len) await this.c.client.streamUnit(m.id, unit, this.c.ref.group, this.c.ref.member, (chunk) => this.chunk(unit, buf, chunk, st, spool), off);
+        } catch (err) {
+          if (this.c.signal.aborted) return await spool.close();
+          core.giveBuffer(buf); // nothing went out of it unless copied into a datagram
+          if (err instanceof ControlError) {
+            log.warn(`unit ${unit}: ${err.message}`);
+            return await spool.discard(); // lease gone; the server will lease it again to someone
+          }
+          log.warn(`unit ${unit}: download failed (${(err as Error).message}); attempt ${attempt} of ${AGENT_DEFAULTS.fetchRetries}`);
+          await spool.close(); // it keeps what arrived: the next attempt resumes
+          await sleep(200 * attempt, this.c.signal);
+          continue;
+        }
+        if (st.off !== len || createHash('sha256').update(buf).digest('hex') !== m.units[unit]) {
+          stats.unitsRejected++;
+          core.giveBuffer(buf);
+          await spool.discard();
+          await this.badFromServer(unit);
+          continue;
+        }
+        this.serverFailures.delete(unit);
+        if (!core.has(unit)) {
+          try {
+            await this.c.store.writeUnit(unit, buf);
+          } catch (err) {
+            return this.c.fail(err as Error);
+          }
+        }
+        core.unitFetched(unit, buf, Date.now());
+        this.c.progressed();
+        this.c.kick();
+        await spool.discard();
+        await this.sendReceipt(unit);
+        return;
+      }
+    } finally {
+      core.fetchEnded(unit, Date.now());
+      this.inFlight.delete(unit);
+    }
+  }
+
+  /** One chunk of a unit's download: spool it, cut-through copies, pacing and backpressure. */
+  private chunk(unit: number, buf: Buffer, chunk: Uint8Array, st: { off: number }, spool: UnitSpool): Promise<void> | undefined {
+    const take = Math.min(chunk.length, buf.length - st.off);
+    buf.set(chunk.subarray(0, take), st.off);
+    st.off += take;
+    this.inFlight.set(unit, st.off);
+    spool.update(buf, st.off);
+    this.c.stats.wanBytes += take;
+    this.c.core.fetchProgress(unit, buf, st.off, Date.now());
+    this.c.kick();
+    if (this.c.wanRateBytesPerSec) {
+      const now = Date.now();
+      this.wanNext = Math.max(this.wanNext, now) + (take * 1000) / this.c.wanRateBytesPerSec;
+      const ms = Math.floor(this.wanNext - now);
+      if (ms > 0) return sleep(ms, this.c.signal);
+    }
+    if (this.c.core.backlogged) return new Promise<void>((resolve) => this.copyWaiters.push(resolve));
+    return undefined;
+  }
+
+  private async sendReceipt(unit: number): Promise<void> {
+    try {
+      await this.c.client.post('/v1/receipt', { ...this.c.ref, unit });
+    } catch (err) {
+      if (!this.c.signal.aborted) this.c.log.warn(`receipt for unit ${unit}: ${(err as Error).message}`);
+    }
+  }
+}
