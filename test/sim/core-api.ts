@@ -110,6 +110,7 @@ export interface SimCore {
   leaseGranted(grant: CoreLeaseGrant, now: number, asked?: { units: number[]; reason: 'relayed' | 'stalled' }): void;
   relayFailed(units: number[], now: number): void;
   takeLeased(): number | undefined;
+  readonly leasedCount: number;
   takeBuffer(len: number): Buffer;
   giveBuffer(buf: Buffer): void;
   fetchStarted(unit: number, now: number): void;
@@ -119,11 +120,15 @@ export interface SimCore {
   unitStored(unit: number, now: number): void;
   unitRead(unit: number, bytes: Buffer | null, now: number): void;
   fileComplete(now: number): void;
+  fileFailed(have: Uint8Array, now: number): void;
   writable(now: number): void;
+  setRate(bytesPerSec: number): void;
   pollTransmit(now: number): Transmit | null;
   transmitted(t: Transmit, accepted: number, now: number): void;
   pollTimeout(): number | null;
   pollEvent(): CoreEvent | null;
+  has(unit: number): boolean;
+  readonly holdsAll: boolean;
   readonly backlogged: boolean;
   readonly drained: boolean;
 }
