@@ -1,7 +1,7 @@
 import test, { ExecutionContext } from 'ava';
 import { sealControl } from '../../src/wire/auth';
 import { AnnouncePacket, PacketType, bitmapBytes, decodePacket, encodeAnnounce } from '../../src/wire/packet';
-import { loadCore } from './core-api';
+import { makeLanCore } from './core-api';
 import { bernoulli, burstyLoss } from './loss';
 import { TraceDigest } from './trace';
 import { World, WorldOptions, groupKeyOf } from './world';
@@ -10,13 +10,8 @@ import { World, WorldOptions, groupKeyOf } from './world';
 // each with an in-memory store, a static split map, and its own share "arriving from
 // the WAN" at a rate. Every bound is on counts, bytes or simulated time.
 
-const core = loadCore();
-const simTest = 'make' in core ? test : test.skip;
-const needs = 'make' in core ? '' : ` [skipped: ${core.missing}]`;
-
 function world(o: Partial<WorldOptions> & Pick<WorldOptions, 'groups'>): World {
-  if (!('make' in core)) throw new Error(core.missing);
-  return new World({ seed: 1, makeCore: core.make, unitCount: 32, unitSize: 16 * 1024, fragmentBytes: 1024, ...o });
+  return new World({ seed: 1, makeCore: makeLanCore, unitCount: 32, unitSize: 16 * 1024, fragmentBytes: 1024, ...o });
 }
 
 const releaseBytes = (w: World) => w.release.manifest.size;
@@ -44,7 +39,7 @@ function assertComplete(t: ExecutionContext, w: World, done: boolean): void {
   for (const m of w.members) if (m.alive) t.true(m.storeEqualsRelease(), `${m.opts.id}'s store differs from the release`);
 }
 
-simTest(`4 members at 10% independent loss complete, taking each byte from the WAN about once${needs}`, (t) => {
+test(`4 members at 10% independent loss complete, taking each byte from the WAN about once`, (t) => {
   const w = world({ groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.1) } } });
   assertComplete(t, w, w.runUntilComplete(LAN_LIMIT_MS));
   t.true(w.wire.packets.nack > 0, 'losses were repaired through NACKs');
@@ -53,13 +48,13 @@ simTest(`4 members at 10% independent loss complete, taking each byte from the W
   t.true(totalWan(w) <= releaseBytes(w) * 1.25, `WAN ${totalWan(w)} B`);
 });
 
-simTest(`4 members at 10% bursty loss (Gilbert-Elliott, bursts of 4) complete${needs}`, (t) => {
+test(`4 members at 10% bursty loss (Gilbert-Elliott, bursts of 4) complete`, (t) => {
   const w = world({ seed: 2, groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: burstyLoss(0.1, 4) } } });
   assertComplete(t, w, w.runUntilComplete(LAN_LIMIT_MS));
   t.true(totalWan(w) <= releaseBytes(w) * 1.25, `WAN ${totalWan(w)} B`);
 });
 
-simTest(`the same seed gives the same run, packet for packet${needs}`, (t) => {
+test(`the same seed gives the same run, packet for packet`, (t) => {
   const run = (seed: number) => {
     const w = world({ seed, unitCount: 8, groups: [{ name: 'g0', members: 4 }], lan: { down: { loss: bernoulli(0.1) } } });
     const d = new TraceDigest(w.net);
@@ -73,7 +68,7 @@ simTest(`the same seed gives the same run, packet for packet${needs}`, (t) => {
   t.not(run(6).digest, a.digest);
 });
 
-simTest(`a gateway dies mid-transfer: its group still completes (two LAN groups, one wide-area download)${needs}`, (t) => {
+test(`a gateway dies mid-transfer: its group still completes (two LAN groups, one wide-area download)`, (t) => {
   const w = world({
     seed: 3,
     groups: [
@@ -103,7 +98,7 @@ simTest(`a gateway dies mid-transfer: its group still completes (two LAN groups,
   t.log(`gateway ${gw.id} died at ${diedAt.toFixed(0)} ms (its group held ${heldAtDeath.join(', ')} of ${w.release.manifest.unitCount} units); new gateway ${next.id}; units leased again: ${w.server.releasedUnits}`);
 });
 
-simTest(`a late joiner takes the release from its LAN peers${needs}`, (t) => {
+test(`a late joiner takes the release from its LAN peers`, (t) => {
   const w = world({ seed: 4, groups: [{ name: 'g0', members: 4 }], lan: { down: { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: bernoulli(0.05) } } });
   // One joins mid-transfer, one after everyone else is done.
   w.sim.run({ stopWhen: () => totalWan(w) >= releaseBytes(w) / 2, until: 60_000 });
@@ -137,7 +132,7 @@ function lyingAnnounces(key: Buffer) {
  * others NACK units it does not have. What that may cost: NACKs, not data, and
  * at most half a packet per fragment of the release over the whole run.
  */
-simTest(`a member that lies in its announces (claims every unit) does not stop the others, and costs a bounded number of packets${needs}`, (t) => {
+test(`a member that lies in its announces (claims every unit) does not stop the others, and costs a bounded number of packets`, (t) => {
   const run = (seed: number, lie: boolean) => {
     const liar = lyingAnnounces(groupKeyOf(seed)); // the liar is a member: it has the group key
     const w = world({
