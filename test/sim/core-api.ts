@@ -1,5 +1,6 @@
 import { LanCore } from '../../src/agent/core/lan-core';
-import type { CoreConfig, CoreStats, ProtocolCore } from '../../src/agent/core/types';
+import { emptyStats } from '../../src/agent/core/repair-flow';
+import type { CoreConfig, ProtocolCore } from '../../src/agent/core/types';
 
 /**
  * The LAN protocol core as the simulator drives it: src/agent/core's own types (issue
@@ -12,24 +13,5 @@ export type MakeCore = (cfg: CoreConfig, now: number) => SimCore;
 
 export const makeLanCore: MakeCore = (cfg, now) => new LanCore(cfg, now);
 
-export function newStats(): CoreStats {
-  return {
-    lanBytes: 0,
-    lanDuplicateBytes: 0,
-    copyBytesSent: 0,
-    repairBytesSent: 0,
-    repairPacketsSent: 0,
-    nacksSent: 0,
-    nacksSuppressed: 0,
-    nacksHeard: 0,
-    nacksAnswered: 0,
-    crossGroupBytesSent: 0,
-    crossGroupBytes: 0,
-    fragmentsForwarded: 0,
-    unitsDeferred: 0,
-    unitsFromWan: 0,
-    unitsFromLan: 0,
-    unitsRejected: 0,
-    drops: {},
-  };
-}
+/** A fresh set of the core's counters (the core's own constructor of them). */
+export const newStats = emptyStats;
