@@ -6,7 +6,7 @@ import { SimRelease } from './release';
 import { SimServer } from './server';
 
 /**
- * One simulated agent: the driver around a protocol core, as src/agent/agent.ts is
+ * One simulated agent: the driver around a protocol core, as src/agent/core-driver.ts is
  * on a real box, with the simulator's clock, network endpoint, WAN and store in
  * place of the real ones.
  *
