@@ -109,6 +109,10 @@ export class Agent {
   get assemblies(): ReadonlyMap<number, unknown> {
     return this.core?.assemblies ?? new Map();
   }
+  /** The heartbeat interval the server asked for last: it changes with the phase (issue 14). */
+  get heartbeatMs(): number {
+    return this.heartbeats?.ms ?? 1000;
+  }
   /** This release's group key once the server gave it. */
   get groupKey(): Buffer | null {
     return this.core?.peers.groupKey ?? null;
@@ -138,7 +142,6 @@ export class Agent {
     if (this.store.discardedBitmapReason) this.log.warn(`discarded bitmap on disk: ${this.store.discardedBitmapReason}; starting this release over`);
     this.stats.unitsResumed = this.store.verifiedUnits;
     if (this.store.verifiedUnits > 0) this.log.info(`resuming: ${this.store.verifiedUnits} of ${m.unitCount} units already verified`);
-
     const ipv6 = o.multicast.address.includes(':');
     const iface = resolveInterface(o.interface, ipv6 ? 6 : 4);
     this.interfaceAddress = iface.address;
@@ -196,8 +199,6 @@ export class Agent {
   private kick(): void {
     this.driver?.kick();
   }
-
-  // ---------------------------------------------------------------- control plane
 
   /** What each heartbeat tells the server (the server drops leases we no longer have in flight). */
   private heartbeatBody(): Record<string, unknown> {
