@@ -37,16 +37,20 @@ function group(): { group: string; port: number } {
   return { group: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
 }
 
+/**
+ * What `tr` receives until it has `want` datagrams, or until nothing arrived for `ms`
+ * (an idle timeout, restarted by each batch: on a busy box the datagrams come late,
+ * not never, and a fixed deadline from the start cut them off).
+ */
 async function collect(tr: Transport, want: number, ms = 2000): Promise<Buffer[]> {
   const got: Buffer[] = [];
   return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(got), ms);
+    let timer = setTimeout(() => resolve(got), ms);
     tr.onBatch((b) => {
       for (let i = 0; i < b.count; i++) got.push(Buffer.from(b.data(i))); // copy: views die with the batch
-      if (got.length >= want) {
-        clearTimeout(timer);
-        resolve(got);
-      }
+      clearTimeout(timer);
+      if (got.length >= want) resolve(got);
+      else timer = setTimeout(() => resolve(got), ms);
     });
   });
 }
@@ -89,14 +93,14 @@ for (const [name, make] of factories) {
     const from: string[] = [];
     const got = new Promise<number>((resolve) => {
       let n = 0;
-      const timer = setTimeout(() => resolve(n), 1500);
+      // Idle timeout, as in collect(): restarted by each batch.
+      let timer = setTimeout(() => resolve(n), 1500);
       b.onBatch((batch) => {
         for (let i = 0; i < batch.count; i++) from.push(`${batch.address(i)}:${batch.port(i)}`);
         n += batch.count;
-        if (n >= 500) {
-          clearTimeout(timer);
-          resolve(n);
-        }
+        clearTimeout(timer);
+        if (n >= 500) resolve(n);
+        else timer = setTimeout(() => resolve(n), 1500);
       });
     });
     for (let i = 0; i < 500; i += 50) {
