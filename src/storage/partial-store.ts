@@ -179,14 +179,23 @@ export class PartialStore {
    * reaches the disk before its bit does, at two syncs per group instead of per unit
    * (the syncs set the pace on a slow disk). `writeChain` settles when the queue is empty.
    */
-  private queued: { unit: number; bytes: Uint8Array; resolve: () => void; reject: (e: Error) => void }[] = [];
+  private queued: { unit: number; written: Promise<void>; resolve: () => void; reject: (e: Error) => void }[] = [];
   private writeChain: Promise<void> = Promise.resolve();
   private committing = false;
 
-  /** Caller has checked the unit's hash. Data reaches the disk before the bit does. */
-  writeUnit(unit: number, bytes: Uint8Array): Promise<void> {
+  /**
+   * Caller has checked the unit's hash. Data reaches the disk before the bit does.
+   * The bytes are written (to the page cache) at once, not when their group commits:
+   * `released` runs as soon as the store needs `bytes` no more (written, skipped or
+   * failed), before the group's syncs, so a caller that reuses its buffers holds each
+   * one for a write, not for a commit behind a slow disk's fdatasync (issue 16: up to 17
+   * unit buffers per demo agent waited there).
+   */
+  writeUnit(unit: number, bytes: Uint8Array, released?: () => void): Promise<void> {
+    const written = this.writeNow(unit, bytes).finally(() => released?.());
+    written.catch(() => undefined); // awaited (and reported) by the commit
     return new Promise<void>((resolve, reject) => {
-      this.queued.push({ unit, bytes, resolve, reject });
+      this.queued.push({ unit, written, resolve, reject });
       if (!this.committing) {
         this.committing = true;
         this.writeChain = this.commitQueued();
@@ -207,28 +216,42 @@ export class PartialStore {
     this.committing = false; // in the same turn as the empty-queue check: no write is left behind
   }
 
-  private async commit(group: { unit: number; bytes: Uint8Array }[]): Promise<void> {
-    if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+  /**
+   * Write a unit's bytes in place; a unit that is next for the whole-file hash is hashed
+   * from them here (the others are read back by hashPrefix once committed). Its bytes
+   * match the manifest, so hashing them before the commit is as good as after.
+   */
+  private async writeNow(unit: number, bytes: Uint8Array): Promise<void> {
     const m = this.manifest;
-    const fresh = new Map<number, Uint8Array>();
-    for (const { unit, bytes } of group) {
-      if (this.has(unit) || fresh.has(unit)) continue;
-      if (bytes.length !== unitLength(m, unit)) throw new FleetcastError('BAD_UNIT', `unit ${unit} has wrong length`, ExitCode.SOFTWARE);
-      fresh.set(unit, bytes);
-    }
-    if (fresh.size === 0) return;
-    let at = fresh.keys().next().value!;
+    if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+    if (this.has(unit)) return;
+    if (bytes.length !== unitLength(m, unit)) throw new FleetcastError('BAD_UNIT', `unit ${unit} has wrong length`, ExitCode.SOFTWARE);
     try {
-      for (const [unit, bytes] of fresh) {
-        at = unit;
-        await writeFully(this.fh, bytes, unit * m.unitSize);
-      }
+      await writeFully(this.fh, bytes, unit * m.unitSize);
+    } catch (err) {
+      throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
+    }
+    if (unit === this.wholeUnits && !this.has(unit)) {
+      this.whole.update(bytes);
+      this.wholeUnits = unit + 1;
+    }
+  }
+
+  private async commit(group: { unit: number; written: Promise<void> }[]): Promise<void> {
+    const m = this.manifest;
+    for (const w of group) await w.written;
+    if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+    const fresh = new Set<number>();
+    for (const { unit } of group) if (!this.has(unit)) fresh.add(unit);
+    if (fresh.size === 0) return;
+    const at = fresh.values().next().value!;
+    try {
       await this.fh.datasync();
       const next = this.bits.slice();
       for (const unit of fresh.keys()) setBit(next, unit);
       // Incremental: 8 bytes per unit appended and synced, not the whole bitmap rewritten.
       if (!this.jfh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
-      const rec = encodeJournalRecords(m.idBytes, fresh.keys());
+      const rec = encodeJournalRecords(m.idBytes, fresh.values());
       await writeFully(this.jfh, rec, this.journalBytes);
       await this.jfh.datasync();
       this.journalBytes += rec.length;
@@ -238,25 +261,21 @@ export class PartialStore {
     } catch (err) {
       throw fromSystemError(err, `storing unit ${at} of ${m.name}`);
     }
-    await this.hashPrefix(fresh);
+    await this.hashPrefix();
   }
 
-  /** Advance the whole-file hash over stored units in order; `inHand` holds bytes of some of them, no read needed. */
-  private async hashPrefix(inHand?: Map<number, Uint8Array>): Promise<void> {
+  /** Advance the whole-file hash over stored units in order, reading back what writeNow could not hash. */
+  private async hashPrefix(): Promise<void> {
     const m = this.manifest;
     try {
       while (this.wholeUnits >= 0 && this.wholeUnits < m.unitCount && getBit(this.bits, this.wholeUnits)) {
         const u = this.wholeUnits;
         const len = unitLength(m, u);
-        const bytes = inHand?.get(u);
-        if (bytes) this.whole.update(bytes);
-        else {
-          if (!this.fh) return;
-          this.scratch ??= Buffer.allocUnsafeSlow(m.unitSize);
-          const { bytesRead } = await this.fh.read(this.scratch, 0, len, u * m.unitSize);
-          if (bytesRead !== len) throw new Error(`short read of unit ${u}`);
-          this.whole.update(this.scratch.subarray(0, len));
-        }
+        if (!this.fh) return;
+        this.scratch ??= Buffer.allocUnsafeSlow(m.unitSize);
+        const { bytesRead } = await this.fh.read(this.scratch, 0, len, u * m.unitSize);
+        if (bytesRead !== len) throw new Error(`short read of unit ${u}`);
+        this.whole.update(this.scratch.subarray(0, len));
         this.wholeUnits = u + 1;
       }
     } catch {
