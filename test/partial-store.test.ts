@@ -204,3 +204,28 @@ test('readUnit fills a reused buffer with the unit (partial and finished), refus
   await fs.truncate(file, 3 * UNIT + 10);
   await t.throwsAsync(s.readUnit(3, buf), { message: /short read/ });
 });
+
+test('writeUnit releases the caller\'s bytes once written, before the commit settles; also for a unit it skips or fails to write', async (t) => {
+  const dir = await tmp(t);
+  const r = release(6 * UNIT);
+  const s = await PartialStore.open(dir, r.m);
+  const order: string[] = [];
+  const p = s.writeUnit(0, r.units[0], () => order.push('released 0'));
+  await p.then(() => order.push('committed 0'));
+  t.deepEqual(order, ['released 0', 'committed 0']);
+  // Out of order, several at once: each released exactly once, and the file is the release.
+  const released = new Map<number, number>();
+  await Promise.all([3, 1, 5, 2, 4].map((u) => s.writeUnit(u, r.units[u], () => released.set(u, (released.get(u) ?? 0) + 1))));
+  t.deepEqual([...released.keys()].sort(), [1, 2, 3, 4, 5]);
+  t.true([...released.values()].every((n) => n === 1));
+  // Already stored: released at once, nothing written.
+  let again = 0;
+  await s.writeUnit(3, Buffer.alloc(UNIT), () => again++);
+  t.is(again, 1);
+  // Wrong length: refused, and still released.
+  const s2 = await PartialStore.open(await tmp(t), r.m);
+  let bad = 0;
+  await t.throwsAsync(s2.writeUnit(1, Buffer.alloc(10), () => bad++), { message: /wrong length/ });
+  t.is(bad, 1);
+  t.deepEqual(await fs.readFile(await s.finish()), r.data);
+});
