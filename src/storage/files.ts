@@ -3,7 +3,8 @@ import { promises as fs, createReadStream } from 'node:fs';
 
 /**
  * Whole-file helpers for every layer that keeps files (stores, channels, the server's
- * state): replace a file atomically, hash a file.
+ * state): replace a file atomically, hash a file, and positioned reads and writes that
+ * are whole or throw.
  */
 
 /** Write `data` to `file` through `file.tmp`, synced before the rename, so a crash leaves the old file or the new one. */
@@ -28,4 +29,50 @@ export function sha256File(file: string): Promise<string> {
       .on('error', reject)
       .on('end', () => resolve(h.digest('hex')));
   });
+}
+
+/** Whether `p` exists (any type). */
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** fsync a directory, so a rename in it is durable; file systems that refuse are let be. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch {
+    /* some file systems refuse fsync on directories */
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Fill `buf` from `position`; a stored unit read short (a truncated file) is an error, not stale bytes. */
+export async function readFully(fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesRead } = await fh.read(buf, off, buf.length - off, position + off);
+    if (bytesRead <= 0) throw Object.assign(new Error(`short read at byte ${position + off}`), { code: 'EIO' });
+    off += bytesRead;
+  }
+}
+
+/**
+ * Write all of `bytes` at `position`. A write may be short without an error (a disk that
+ * fills mid-write): the rest is written again, and a full disk then throws ENOSPC. Taking
+ * a short write for a whole one marked a unit verified over bytes that never landed.
+ */
+export async function writeFully(fh: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, off, bytes.length - off, position + off);
+    if (bytesWritten <= 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
+    off += bytesWritten;
+  }
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { makeDir } from './make-dir';
-import { sha256File, writeAtomic } from './files';
+import { exists, fsyncDir, readFully, sha256File, writeAtomic, writeFully } from './files';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../wire/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
@@ -368,48 +368,4 @@ export async function readPersistedBitmap(releaseDir: string, releaseId: Uint8Ar
   const j = journal && decodeJournal(journal, releaseId, unitCount);
   if (j && j.ok) for (const u of j.units) setBit(d.bits, u);
   return d.bits;
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
-  try {
-    await fh.sync();
-  } catch {
-    /* some file systems refuse fsync on directories */
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Fill `buf` from `position`; a stored unit read short (a truncated file) is an error, not stale bytes. */
-async function readFully(fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesRead } = await fh.read(buf, off, buf.length - off, position + off);
-    if (bytesRead <= 0) throw Object.assign(new Error(`short read at byte ${position + off}`), { code: 'EIO' });
-    off += bytesRead;
-  }
-}
-
-/**
- * Write all of `bytes` at `position`. A write may be short without an error (a disk that
- * fills mid-write): the rest is written again, and a full disk then throws ENOSPC. Taking
- * a short write for a whole one marked a unit verified over bytes that never landed.
- */
-async function writeFully(fh: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, off, bytes.length - off, position + off);
-    if (bytesWritten <= 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
-    off += bytesWritten;
-  }
 }
