@@ -117,7 +117,7 @@ test('a service agent whose server certificate is not trusted stops with 78 and 
 // Issue 14: an idle agent follows the server's slow heartbeat, and learns of a new release
 // from a held channel poll instead of sleeping channel_poll between polls.
 test('an idle daemon heartbeats at the interval of the latest answer and learns a new release from a held channel poll', async (t) => {
-  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024, heartbeatMs: 200, server: { idleHeartbeatMs: 1000 } });
+  const fleet = await startFleet(t, { size: 64 * 1024, unitSize: 16 * 1024, heartbeatMs: 200, server: { idleHeartbeatMs: 1500 } });
   const { setChannel } = await import('../src/release/channels');
   const { publishRelease } = await import('../src/release/publish');
   const { loadPrivateKey } = await import('../src/release/keys');
@@ -151,9 +151,11 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
   };
   const running = daemon.runForever();
   await until(() => daemon.state === 'complete' && daemon.currentRelease === fleet.manifest.id, 'the first release completes');
-  const interval = () => (daemon.current as unknown as { heartbeatMs: number } | null)?.heartbeatMs;
-  await until(() => interval() === 1000, 'the agent takes the idle interval from an answer after the start');
-  // Beats in a window: at 200 ms there would be ~15 in 3 s; at 1 s about 3 (a busy box only delays timers).
+  // The interval the agent's heartbeat timer runs at (src/agent/heartbeat.ts).
+  const interval = () => (daemon.current as unknown as { heartbeats?: { ms: number } } | null)?.heartbeats?.ms;
+  // 1500 ms is neither the agent's default (1000) nor the interval of its first answers (200).
+  await until(() => interval() === 1500, 'the agent takes the idle interval from an answer after the start');
+  // Beats in a window: at 200 ms there would be ~15 in 3 s; at 1.5 s about 2 (a busy box only delays timers).
   const before = fleet.server.stats.requests;
   await new Promise((r) => setTimeout(r, 3000));
   const beats = fleet.server.stats.requests - before;
