@@ -152,7 +152,7 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
   const running = daemon.runForever();
   await until(() => daemon.state === 'complete' && daemon.currentRelease === fleet.manifest.id, 'the first release completes');
   // The interval the agent's heartbeat timer runs at (src/agent/heartbeat.ts).
-  const interval = () => (daemon.current as unknown as { heartbeats?: { ms: number } } | null)?.heartbeats?.ms;
+  const interval = () => daemon.current?.heartbeatMs;
   // 1500 ms is neither the agent's default (1000) nor the interval of its first answers (200).
   await until(() => interval() === 1500, 'the agent takes the idle interval from an answer after the start');
   // Beats in a window: at 200 ms there would be ~15 in 3 s; at 1.5 s about 2 (a busy box only delays timers).
