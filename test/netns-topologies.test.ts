@@ -78,7 +78,9 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   t.deepEqual(codes, agents.map(() => 0), agents.map((a) => `${a.id}: ${a.stderr()}`).join('\n'));
   for (const a of agents) t.is(await sha256File((await a.report()).path), f.sourceSha, a.id);
   const stats = await f.serverStats();
-  t.true(stats.unitBytesSent <= 1.05 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size} (${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x) to 3 sites; ${JSON.stringify(stats)}`);
+  // On a failure, say why the origin sent again: each agent's last lines about stalls and relays.
+  const why = () => agents.map((a) => `${a.id}: ${a.stderr().split('\n').filter((l) => /no progress|relay|stall|gateway/i.test(l)).slice(-4).join(' | ')}`).join('\n');
+  t.true(stats.unitBytesSent <= 1.05 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size} (${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x) to 3 sites; ${JSON.stringify(stats)}\n${why()}`);
   const reps = await Promise.all(agents.map((a) => a.report()));
   const cross = reps.reduce((s, r) => s + Number(r.crossGroupBytesSent), 0);
   t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
