@@ -105,6 +105,19 @@ export class CrossPaths {
     return this.paths.get(key(to))?.copies.length ?? 0;
   }
 
+  /**
+   * How long a repair sent to `to` now may take to arrive and show in its gateway's
+   * next NACK: what waits before it on the path (repairs go first) at the path's pace,
+   * plus 1.5 round trips (the last echoed ANNOUNCE's). 0 for an unknown path.
+   */
+  repairWindowMs(to: Endpoint): number {
+    const p = this.paths.get(key(to));
+    if (!p) return 0;
+    let queued = 0;
+    for (const d of p.repairs) queued += d.length;
+    return (queued * 1000) / p.pacer.rateBytesPerSec + 1.5 * (p.pacer.lastRttMs ?? 0);
+  }
+
   get pending(): boolean {
     for (const p of this.paths.values()) if (p.repairs.length || p.copies.length) return true;
     return false;

@@ -1,3 +1,4 @@
+import { getBit } from '../../wire/packet';
 import { AGENT_DEFAULTS } from './defaults';
 import type { Endpoint } from './types';
 
@@ -16,8 +17,10 @@ export class CrossGroupState {
   private readonly relayAsked = new Set<number>();
   /** Units first announced to us by another site (unicast): when. */
   readonly announcedSince = new Map<number, number>();
-  /** "unit/address/port" -> when we last repaired that unit to that requester. */
-  private readonly repairedAt = new Map<string, number>();
+  /** "unit/address/port" -> when each fragment was last repaired to that requester (ms; -Infinity: never). */
+  private readonly repairedAt = new Map<string, Float64Array>();
+  /** Fragments tracked in repairedAt (bounded: cleared past maxRepairTracked). */
+  private repairTracked = 0;
   private readonly nackLogged = new Set<number>();
 
   /** Another group's member sent us something: its path is alive. */
@@ -34,13 +37,37 @@ export class CrossGroupState {
     return true;
   }
 
-  /** The same unit is repaired to the same cross-group requester at most every unicastRepairDedupMs. */
-  mayRepair(unit: number, to: Endpoint, now: number): boolean {
+  /**
+   * Of the fragments a cross-group requester NACKed, those to repair now: a fragment
+   * repaired to the same requester within `windowMs` is not sent again (that repair is
+   * still on its way; the path's round trip is in the window). Marks the chosen ones
+   * as sent. A gateway NACKs again every ~110 ms (holdoff and backoff) while nothing
+   * arrives, and a loaded site link holds a repair for longer than that (tbf queues
+   * of up to 100 ms each way): without this each re-NACK put the same fragments on the
+   * path again (issue 12: 9-55 MiB of 128 MiB cross-group bytes were such repeats).
+   * Returns null when nothing is left to send.
+   */
+  repairable(unit: number, to: Endpoint, missing: Uint8Array, fragmentCount: number, windowMs: number, now: number): number[] | null {
     const k = `${unit}/${to.address}/${to.port}`;
-    if (now - (this.repairedAt.get(k) ?? -Infinity) < AGENT_DEFAULTS.unicastRepairDedupMs) return false;
-    this.repairedAt.set(k, now);
-    if (this.repairedAt.size > 4096) this.repairedAt.clear();
-    return true;
+    let at = this.repairedAt.get(k);
+    if (!at) {
+      if (this.repairTracked + fragmentCount > AGENT_DEFAULTS.maxRepairTracked) {
+        this.repairedAt.clear();
+        this.repairTracked = 0;
+      }
+      at = new Float64Array(fragmentCount).fill(-Infinity);
+      this.repairedAt.set(k, at);
+      this.repairTracked += fragmentCount;
+    }
+    const window = Math.max(AGENT_DEFAULTS.unicastRepairDedupMs, windowMs);
+    const out: number[] = [];
+    for (let f = 0; f < fragmentCount && f < at.length; f++) {
+      if (!getBit(missing, f)) continue;
+      if (now - at[f] < window) continue;
+      at[f] = now;
+      out.push(f);
+    }
+    return out.length ? out : null;
   }
 
   /** Whether a forwarded NACK for the unit was seen before (the first only starts the clock). */

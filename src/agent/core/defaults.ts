@@ -67,6 +67,8 @@ export const AGENT_DEFAULTS = {
   stallRelayMs: 15_000,
   /** The same unit is repaired to the same cross-group requester at most this often. */
   unicastRepairDedupMs: 100,
+  /** Fragments whose last cross-group repair time is kept (8 bytes each), across units and requesters. */
+  maxRepairTracked: 1 << 20,
   /** Members heard with valid control packets that we track (bounded against abuse). */
   maxPeers: 4096,
   lingerMs: 60_000,

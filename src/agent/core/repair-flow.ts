@@ -1,4 +1,4 @@
-import { encodeFeedback, fragmentCountFor } from '../../wire/packet';
+import { encodeFeedback, fragmentCountFor, setBit } from '../../wire/packet';
 import type { NackPacket } from '../../wire/packet';
 import { sealControl } from '../../wire/auth';
 import type { NackRequest } from '../nack-scheduler';
@@ -47,7 +47,11 @@ export abstract class RepairFlow extends CoreUnits {
       // address a NACK carries: a spoofed source would make us reflect onto a third party.
       const to = this.view.registeredEndpoint(via);
       if (!to) return this.drop('unregistered-source');
-      if (this.crossGroup.mayRepair(u, to, now)) this.repairUnicast(u, missing, to, now);
+      const frags = this.crossGroup.repairable(u, to, missing, fc, this.send.cross.repairWindowMs(to), now);
+      if (!frags) return;
+      const want = new Uint8Array(missing.length);
+      for (const f of frags) setBit(want, f);
+      this.repairUnicast(u, want, to, now);
       return;
     }
     if (!this.has(u)) return this.nacks.heardNack(u, fc, missing, now);
