@@ -46,14 +46,17 @@ export class SendEngine {
   /** The LAN transport refused datagrams: no round until writable(). */
   private blocked = false;
 
+  private readonly h: { sender: number; releaseId: Uint8Array; repair: boolean; forward: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number };
+
   constructor(
     rateBytesPerSec: number,
     crossRateBytesPerSec: number,
     now: number,
-    private readonly header: { sender: number; releaseId: Uint8Array; fragmentBytes: number },
+    header: { sender: number; releaseId: Uint8Array; fragmentBytes: number },
     private readonly stats: CoreStats,
     private readonly hooks: SendEngineHooks,
   ) {
+    this.h = { sender: header.sender, releaseId: header.releaseId, repair: false, forward: false, unit: 0, fragment: 0, fragmentCount: 0, fragmentBytes: header.fragmentBytes };
     this.bucket = new TokenBucket(rateBytesPerSec, AGENT_DEFAULTS.burstBytes, now);
     this.cross = new CrossPaths(crossRateBytesPerSec, now, {
       feedbackMs: AGENT_DEFAULTS.crossFeedbackMs,
@@ -74,7 +77,15 @@ export class SendEngine {
 
   private data(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, forward: boolean): Uint8Array {
     const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
-    writeDataHeader(d, { ...this.header, repair, forward, unit, fragment, fragmentCount });
+    // One header object of a fixed shape, filled in per fragment: this runs for every
+    // datagram, and a fresh (spread) object each time cost more than the copy itself.
+    const h = this.h;
+    h.repair = repair;
+    h.forward = forward;
+    h.unit = unit;
+    h.fragment = fragment;
+    h.fragmentCount = fragmentCount;
+    writeDataHeader(d, h);
     d.set(payload, DATA_HEADER_BYTES);
     return d;
   }
