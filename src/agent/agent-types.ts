@@ -4,6 +4,8 @@ import type { Transport, TransportOptions } from '../transport/transport';
 import type { Logger } from '../util/log';
 import type { CrossPaths } from './cross-paths';
 import type { Agent } from './agent';
+import type { CoreStats } from './core/types';
+import { emptyStats } from './core/repair-flow';
 
 /** What an Agent is built from and what it counts (agent.ts is the driver that uses them). */
 export interface AgentOptions {
@@ -40,36 +42,15 @@ export interface AgentOptions {
   onProgress?: (a: Agent) => void;
 }
 
-export interface AgentStats {
+/** The core's counters (core/types.ts) and the driver's own: WAN bytes, resumes, reports, timing. */
+export interface AgentStats extends CoreStats {
   member: string;
   wanBytes: number;
   /** Bytes of partly downloaded units found in the spool at restart (not fetched again). */
   wanBytesResumed: number;
-  lanBytes: number;
-  lanDuplicateBytes: number;
-  copyBytesSent: number;
-  repairBytesSent: number;
-  repairPacketsSent: number;
-  nacksSent: number;
-  nacksSuppressed: number;
-  nacksHeard: number;
-  /** NACKed units we queued repair fragments for. */
-  nacksAnswered: number;
-  /** Payload bytes sent by unicast to other LAN groups (copies and repairs). */
-  crossGroupBytesSent: number;
-  /** Payload bytes received from other LAN groups (forwarded copies). */
-  crossGroupBytes: number;
-  /** Fragments this gateway re-multicast on its LAN. */
-  fragmentsForwarded: number;
-  /** `all-fetched`: units fetched while the LAN exchange waited, copied once it started. */
-  unitsDeferred: number;
-  unitsFromWan: number;
-  unitsFromLan: number;
-  unitsRejected: number;
   unitsResumed: number;
   /** Reports sent to the server of a unit that kept failing verification from it. */
   badUnitReports: number;
-  drops: Record<string, number>;
   seconds: number;
   /** When the verified file was in place (ms since the epoch); 0 until then. */
   completedAtMs: number;
@@ -82,26 +63,6 @@ export interface AgentStats {
 export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'crossPaths'>;
 
 export function zeroCounters(): AgentCounters {
-  return {
-    wanBytes: 0,
-    wanBytesResumed: 0,
-    lanBytes: 0,
-    lanDuplicateBytes: 0,
-    copyBytesSent: 0,
-    repairBytesSent: 0,
-    repairPacketsSent: 0,
-    nacksSent: 0,
-    nacksSuppressed: 0,
-    nacksHeard: 0,
-    nacksAnswered: 0,
-    crossGroupBytesSent: 0,
-    crossGroupBytes: 0,
-    fragmentsForwarded: 0,
-    unitsDeferred: 0,
-    unitsFromWan: 0,
-    unitsFromLan: 0,
-    unitsRejected: 0,
-    badUnitReports: 0,
-    unitsResumed: 0,
-  };
+  const { drops: _drops, ...core } = emptyStats();
+  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0 };
 }

@@ -99,10 +99,15 @@ export interface CoreStats {
   nacksSent: number;
   nacksSuppressed: number;
   nacksHeard: number;
+  /** NACKed units we queued repair fragments for. */
   nacksAnswered: number;
+  /** Payload bytes sent by unicast to other LAN groups (copies and repairs). */
   crossGroupBytesSent: number;
+  /** Payload bytes received from other LAN groups (forwarded copies). */
   crossGroupBytes: number;
+  /** Fragments this gateway re-multicast on its LAN. */
   fragmentsForwarded: number;
+  /** `all-fetched`: units fetched while the LAN exchange waited, copied once it started. */
   unitsDeferred: number;
   unitsFromWan: number;
   unitsFromLan: number;
