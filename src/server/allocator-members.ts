@@ -99,21 +99,24 @@ export abstract class MemberTable extends AllocatorState {
   }
 
 
+  /** A lease returns to the pool (its member left, or its deadline passed): its hedge, if any, becomes the lease. */
+  private reclaimLease(u: number): void {
+    this.leases.delete(u);
+    this.reclaimed++;
+    const h = this.hedges.get(u);
+    if (h) {
+      this.hedges.delete(u);
+      this.leases.set(u, h);
+    }
+    if (u < this.scanFrom) this.scanFrom = u;
+  }
+
   leave(id: string): void {
     const m = this.members.get(id);
     if (!m) return;
     for (const u of m.leases) {
       if (this.hedges.get(u)?.member === id) this.hedges.delete(u);
-      else if (this.leases.get(u)?.member === id) {
-        this.leases.delete(u);
-        this.reclaimed++;
-        // Its hedge, if any, becomes the lease.
-        const h = this.hedges.get(u);
-        if (h) {
-          this.hedges.delete(u);
-          this.leases.set(u, h);
-        }
-      }
+      else if (this.leases.get(u)?.member === id) this.reclaimLease(u);
       if (u < this.scanFrom) this.scanFrom = u;
     }
     for (let u = 0; u < this.opts.unitCount; u++) {
@@ -166,15 +169,8 @@ export abstract class MemberTable extends AllocatorState {
     for (const id of gone) this.leave(id);
     for (const [u, l] of this.leases) {
       if (now > l.deadline) {
-        this.leases.delete(u);
         this.members.get(l.member)?.leases.delete(u);
-        this.reclaimed++;
-        const h = this.hedges.get(u);
-        if (h) {
-          this.hedges.delete(u);
-          this.leases.set(u, h);
-        }
-        if (u < this.scanFrom) this.scanFrom = u;
+        this.reclaimLease(u);
       }
     }
     for (const [u, h] of this.hedges) {
