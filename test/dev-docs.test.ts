@@ -1,0 +1,54 @@
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { commandBlocks } from './helpers/doc-blocks';
+
+/**
+ * The developers' command blocks (CONTRIBUTING.md, docs/simulator.md) run as written, in
+ * a checkout of their own: a copy of the sources with this tree's node_modules and
+ * addon linked in, so their `tsc` writes that copy's dist/ and not the one this suite
+ * is running from. Nothing here depends on the transport: npm test's second pass
+ * (FLEETCAST_TRANSPORT=dgram) skips it rather than run the same commands again.
+ */
+
+const ROOT = path.join(__dirname, '..', '..');
+const dgramPass = process.env.FLEETCAST_TRANSPORT === 'dgram';
+
+async function checkout(t: { teardown(fn: () => Promise<void>): void }): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-devdocs-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  for (const f of ['src', 'test', 'bench', 'scripts', 'bin', 'docs', 'package.json', 'tsconfig.json', 'CONTRIBUTING.md', 'README.md']) {
+    await fs.cp(path.join(ROOT, f), path.join(dir, f), { recursive: true });
+  }
+  await fs.symlink(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+  await fs.symlink(path.join(ROOT, 'build'), path.join(dir, 'build')).catch(() => undefined);
+  return dir;
+}
+
+function bash(cwd: string, script: string): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const c = spawn('bash', ['-e', '-o', 'pipefail', '-c', script], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: '' } });
+    let out = '';
+    c.stdout.on('data', (d) => (out = (out + d).slice(-20_000)));
+    c.stderr.on('data', (d) => (out = (out + d).slice(-20_000)));
+    c.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+(dgramPass ? test.skip : test)('CONTRIBUTING.md and docs/simulator.md: every command block runs as written', async (t) => {
+  t.timeout(10 * 60_000);
+  const blocks = [
+    ...commandBlocks(await fs.readFile(path.join(ROOT, 'CONTRIBUTING.md'), 'utf8')),
+    ...commandBlocks(await fs.readFile(path.join(ROOT, 'docs', 'simulator.md'), 'utf8')),
+  ];
+  const lines = blocks.flat();
+  t.true(lines.includes('npm run check-layers'), lines.join('\n'));
+  t.true(lines.some((l) => l.includes('dist/test/sim/protocol.test.js')), lines.join('\n'));
+  const dir = await checkout(t);
+  for (const line of lines) {
+    const r = await bash(dir, line);
+    t.is(r.code, 0, `${line}\n${r.out}`);
+  }
+});
