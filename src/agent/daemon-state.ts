@@ -121,6 +121,8 @@ export abstract class DaemonState {
   }
 
   protected startSampling(): void {
+    if (this.sampler) return;
+    this.lastSample.at = Date.now();
     this.sampler = setInterval(() => this.sample(), 1000);
     this.sampler.unref();
   }
@@ -154,6 +156,12 @@ export abstract class DaemonState {
     this.lastSample = { at: now, wan: t.wanBytes, lan: t.lanBytes, sent };
     const ag = this.current;
     if (ag?.manifest) this.verifiedRate.add(verifiedBytes(ag.progress, ag.manifest.size, ag.manifest.unitSize));
+    // Idle (the release complete, nothing moving): no wake-up a second for rates that stay 0
+    // (issue 14: an idle agent's CPU); setState('fetching') starts sampling again.
+    if (ag?.isComplete && this.rates.wanBytesPerSec === 0 && this.rates.lanBytesPerSec === 0 && this.rates.sentBytesPerSec === 0 && this.sampler) {
+      clearInterval(this.sampler);
+      this.sampler = null;
+    }
   }
 
   status(): Record<string, unknown> {

@@ -289,6 +289,8 @@ export class AgentDaemon extends DaemonState {
 
   protected setState(s: AgentDaemon['state']): void {
     this.state = s;
+    // The rate sampler pauses while idle (sample()); a transfer brings it back.
+    if (s === 'fetching' && !this.stopped) this.startSampling();
     this.opts.onState?.(this);
   }
 
