@@ -105,7 +105,9 @@ export class CoreDriver {
     const { core, hooks } = this;
     switch (e.type) {
       case 'store':
-        hooks.store.writeUnit(e.unit, e.bytes).then(() => {
+        // The buffer goes back to the core once written, not after the commit's
+        // fdatasync: behind a slow disk, up to 17 unit buffers per agent waited there.
+        hooks.store.writeUnit(e.unit, e.bytes, () => core.unitWritten?.(e.unit, Date.now())).then(() => {
           core.unitStored(e.unit, Date.now());
           hooks.stored();
           this.kick();

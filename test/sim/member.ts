@@ -171,6 +171,8 @@ export class SimMember {
         switch (e.type) {
           case 'store':
             this.keep(e.unit, Buffer.from(e.bytes));
+            // Written (the bytes are the core's again), then committed, as PartialStore does.
+            this.core.unitWritten?.(e.unit, now);
             this.core.unitStored(e.unit, now);
             break;
           case 'read': {

@@ -11,6 +11,8 @@ export interface Assembly {
   lastData: number;
   /** Complete and verified, waiting to be stored: its buffer is the store's until then. */
   verifying: boolean;
+  /** The store is done with `buf` (written): it went to the repair cache or the pool already. */
+  released?: boolean;
 }
 
 /**
@@ -68,6 +70,18 @@ export class Assembler {
     this.assemblies.delete(unit);
     this.pool.give(a.buf);
     return null;
+  }
+
+  /**
+   * The store wrote a verified assembly's bytes and needs them no more: they go to the
+   * repair cache (or the pool) now, not after the commit's fdatasync. The assembly stays,
+   * verifying, until stored(), so nothing writes into the buffer through it.
+   */
+  release(unit: number): void {
+    const a = this.assemblies.get(unit);
+    if (!a || !a.verifying || a.released) return;
+    a.released = true;
+    this.cache(unit, a.buf);
   }
 
   /** The unit is stored: forget its assembly (its buffer now belongs to the repair cache). */

@@ -126,9 +126,13 @@ export abstract class CoreUnits {
     }
   }
 
+  unitWritten(unit: number, _now: number): void {
+    this.asm.release(unit);
+  }
+
   unitStored(unit: number, now: number): void {
     const a = this.asm.get(unit);
-    if (a?.verifying) this.accept(unit, a.buf, 'lan', now);
+    if (a?.verifying) this.accept(unit, a.released ? null : a.buf, 'lan', now);
   }
 
   protected verifyAssembly(unit: number): void {
@@ -143,7 +147,7 @@ export abstract class CoreUnits {
   }
 
   /** A verified unit is stored: tell the LAN, keep it for repairs, finish when it was the last. */
-  private accept(unit: number, buf: Buffer, from: 'wan' | 'lan', now: number): void {
+  private accept(unit: number, buf: Buffer | null, from: 'wan' | 'lan', now: number): void {
     if (this.has(unit)) return;
     setBit(this.have, unit);
     this.heldCount++;
@@ -153,7 +157,7 @@ export abstract class CoreUnits {
     this.availableMissing.delete(unit);
     this.asm.stored(unit);
     this.nacks.done(unit);
-    this.asm.cache(unit, buf);
+    if (buf) this.asm.cache(unit, buf); // null: released to the cache when written
     this.announceSoon(now);
     this.completeIfAll();
   }

@@ -169,6 +169,12 @@ export interface ProtocolCore {
    * caller must neither keep them nor take them from a pool of its own (use takeBuffer()).
    */
   unitFetched(unit: number, bytes: Buffer, now: number): void;
+  /**
+   * Optional, before unitStored: the store needs the bytes of a 'store' event no more
+   * (written or failed; PartialStore.writeUnit's `released`), though the unit is not yet
+   * committed. The core recycles them then instead of holding them through the commit.
+   */
+  unitWritten?(unit: number, now: number): void;
   /** The unit of a 'store' event is written. */
   unitStored(unit: number, now: number): void;
   /** The bytes of a 'read' event, or null when they could not be read. They become the core's (see unitFetched): hand a fresh buffer. */
