@@ -229,7 +229,7 @@ export function idleReport(runs: IdleResult[][], machine: string): string[] {
     'fetch() (~6 ms of CPU per cold call): 0.23-0.28%, most of it the heartbeat (an HTTP POST and its answer every second). Now the server',
     'asks an idle member for one every 5 s (docs/protocol.md, section 13) and holds channel polls, so the agent makes one heartbeat every',
     '5 s and one channel poll (plus the rollout poll) every 10 s, and still learns of a new release within the server\'s 500 ms check.',
-    'What is left is mostly timers that wake the process a few times a second (announce, rate sampler). Numbers move by a few clock ticks',
+    'What is left is mostly the announce every 2 s, and the daemon\'s 1 s rate sampler only until the release is complete and nothing moves (then it pauses). Numbers move by a few clock ticks',
     'between runs on a loaded machine.',
     '',
     `Generated ${new Date().toISOString()}.`,
