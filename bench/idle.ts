@@ -22,20 +22,20 @@ const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TARGET_PCT = 0.2;
 
-function clockTicks(): number {
+export function clockTicks(): number {
   const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
   return Number(r.stdout.trim()) || 100;
 }
 
 /** CPU seconds a process has used in user and system mode, from /proc/PID/stat. */
-async function cpuSeconds(pid: number, hz: number): Promise<{ user: number; system: number }> {
+export async function cpuSeconds(pid: number, hz: number): Promise<{ user: number; system: number }> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
   // Fields after the ")" that ends the command name: utime and stime are 14 and 15 (proc(5)).
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return { user: Number(f[11]) / hz, system: Number(f[12]) / hz };
 }
 
-async function memKiB(pid: number): Promise<{ rss: number; hwm: number }> {
+export async function memKiB(pid: number): Promise<{ rss: number; hwm: number }> {
   const s = await fs.readFile(`/proc/${pid}/status`, 'utf8');
   const kib = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? NaN);
   return { rss: kib('VmRSS'), hwm: kib('VmHWM') };

@@ -5,6 +5,7 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseManifest } from '../src/release/manifest';
+import { clockTicks, cpuSeconds, memKiB } from './idle';
 
 /**
  * `npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS]`: what coordination costs the
@@ -66,20 +67,6 @@ export interface ScaleResult {
   intendedHeartbeats: number;
   completed: number;
   joinSeconds: number;
-}
-
-function clockTicks(): number {
-  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
-  return Number(r.stdout.trim()) || 100;
-}
-async function cpuSeconds(pid: number, hz: number): Promise<number> {
-  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / hz;
-}
-async function hwmMiB(pid: number): Promise<number> {
-  const s = await fs.readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/^VmHWM:\s+(\d+) kB/m.exec(s)?.[1] ?? NaN) / 1024;
 }
 
 function pct(a: number[], p: number): number {
@@ -275,14 +262,16 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     await sleep(3000);
     const hz = clockTicks();
     const pid = server.pid!;
-    const cpu0 = await cpuSeconds(pid, hz);
+    const c0 = await cpuSeconds(pid, hz);
+    const cpu0 = c0.user + c0.system;
     const w0 = process.hrtime.bigint();
     c.measuring = true;
     await sleep(o.seconds * 1000);
     c.measuring = false;
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
-    const serverCpu = (await cpuSeconds(pid, hz)) - cpu0;
-    const serverHwmMiB = await hwmMiB(pid);
+    const c1 = await cpuSeconds(pid, hz);
+    const serverCpu = c1.user + c1.system - cpu0;
+    const serverHwmMiB = (await memKiB(pid)).hwm / 1024;
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
     return { opts: o, units, window, serverCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (o.agents * window * 1000) / answeredMs, completed, joinSeconds };
