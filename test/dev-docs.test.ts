@@ -1,9 +1,9 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { commandBlocks } from './helpers/doc-blocks';
+import { run } from './helpers/run';
 
 /**
  * The developers' command blocks (CONTRIBUTING.md, docs/simulator.md) run as written, in
@@ -27,16 +27,6 @@ async function checkout(t: { teardown(fn: () => Promise<void>): void }): Promise
   return dir;
 }
 
-function bash(cwd: string, script: string): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const c = spawn('bash', ['-e', '-o', 'pipefail', '-c', script], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: '' } });
-    let out = '';
-    c.stdout.on('data', (d) => (out = (out + d).slice(-20_000)));
-    c.stderr.on('data', (d) => (out = (out + d).slice(-20_000)));
-    c.on('close', (code) => resolve({ code, out }));
-  });
-}
-
 const title = 'CONTRIBUTING.md and docs/simulator.md: every command block runs as written';
 (dgramPass ? test.skip : test)(dgramPass ? `${title} [skipped: no transport involved; runs in the first pass of npm test]` : title, async (t) => {
   t.timeout(10 * 60_000);
@@ -49,7 +39,7 @@ const title = 'CONTRIBUTING.md and docs/simulator.md: every command block runs a
   t.true(lines.some((l) => l.includes('dist/test/sim/protocol.test.js')), lines.join('\n'));
   const dir = await checkout(t);
   for (const line of lines) {
-    const r = await bash(dir, line);
-    t.is(r.code, 0, `${line}\n${r.out}`);
+    const r = await run('bash', ['-e', '-o', 'pipefail', '-c', line], { cwd: dir, env: { CI: '' }, timeoutMs: 5 * 60_000 });
+    t.is(r.code, 0, `${line}\n${r.stdout.slice(-10_000)}${r.stderr.slice(-10_000)}`);
   }
 });
