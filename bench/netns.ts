@@ -1,6 +1,6 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
@@ -61,12 +61,17 @@ interface Timed {
 }
 
 /** Run a command that exits by itself; `times` reports its CPU (user + sys of children). */
-function timed(topo: Topology, ns: string, cmd: string[], env?: NodeJS.ProcessEnv): Timed {
+function timed(topo: Topology, ns: string, cmd: string[], env?: NodeJS.ProcessEnv, logFile?: string): Timed {
   const child = topo.exec(ns, ['sh', '-c', '"$@"; s=$?; times; exit $s', 'sh', ...cmd], { env });
   let stdout = '';
   let stderr = '';
+  const log = logFile ? createWriteStream(logFile) : null;
   child.stdout!.on('data', (d) => (stdout += d));
-  child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  child.stderr!.on('data', (d) => {
+    stderr = (stderr + d).slice(-4000);
+    log?.write(d);
+  });
+  child.on('close', () => log?.end());
   let exitedAt = 0;
   child.on('exit', () => (exitedAt = Date.now()));
   // 'close', not 'exit': the last stdout lines (the path, `times`) can arrive after 'exit'.
@@ -170,6 +175,9 @@ async function runFleetcast(
   for (const i of serverIfs) srvBefore += await ifTx(topo, topo.server.ns, i);
   const runId = randomBytes(3).toString('hex');
   const trace = process.env.FLEETCAST_BENCH_TRACE && dist.linkMbit ? startLinkTrace(topo) : null;
+  // FLEETCAST_BENCH_AGENT_LOGS=DIR: agents log at info, each to DIR/<member>.log (for reading a run afterwards).
+  const logDir = process.env.FLEETCAST_BENCH_AGENT_LOGS;
+  if (logDir) await fs.mkdir(logDir, { recursive: true });
   const started = Date.now();
   const agents = topo.sites.flatMap((hosts, k) =>
     hosts.map((h, i) =>
@@ -178,9 +186,9 @@ async function runFleetcast(
         '--multicast', `${MCAST}:${PORT}`, '--status-socket', 'none', '--storage', path.join(w.dir, `fc-${runId}-${k}-${i}`), '--trust', w.pubPath,
         '--release', w.manifest.id, '--once', '--member', `s${k + 1}a${i + 1}`, '--rate', String(rateMbit), '--linger', '30',
         '--report', path.join(w.dir, `fc-${runId}-${k}-${i}.json`),
-        '--timeout', TOOL_TIMEOUT_S, '--log-level', 'warn', ...(dist.wide ? ['--wide-group', 'fleet'] : []),
+        '--timeout', TOOL_TIMEOUT_S, '--log-level', logDir ? 'info' : 'warn', ...(dist.wide ? ['--wide-group', 'fleet'] : []),
         ...(dist.crossRateMbit ? ['--cross-rate', String(dist.crossRateMbit)] : []),
-      ]),
+      ], undefined, logDir ? path.join(logDir, `${dist.policy ?? 'group'}${dist.wide ? '-wide' : ''}-s${k + 1}a${i + 1}.log`) : undefined),
     ),
   );
   // While tracing: who is each site's gateway, every 2 s (role changes restart paths).
