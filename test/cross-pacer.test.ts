@@ -10,7 +10,9 @@ import { CrossPaths } from '../src/agent/cross-paths';
  * also reports its counters as they stood when the echoed ANNOUNCE arrived (1.2).
  * `stall`: for `ms` of every `everyMs` the gateway is busy (a loaded box): it takes only
  * one datagram a millisecond from its socket, the rest waits there, and its report timer
- * still fires.
+ * still fires. `gateway`: the receiving gateway handles at most `bytesPerSec` (a CPU-bound
+ * agent on a loaded box) and what it has not handled waits in its socket, up to
+ * `bufferBytes` (the kernel drops past that): the queue is at the receiver, not the link.
  */
 interface PathOpts {
   capacity: number;
@@ -21,6 +23,7 @@ interface PathOpts {
   seed?: number;
   atEcho?: boolean;
   stall?: { ms: number; everyMs: number };
+  gateway?: { bytesPerSec: number; bufferBytes: number };
 }
 
 function simulate(o: PathOpts) {
@@ -32,7 +35,10 @@ function simulate(o: PathOpts) {
   let queued = 0; // bytes in the bottleneck queue
   const pacers = Array.from({ length: o.senders }, () => new CrossPacer({ capBytesPerSec: o.cap }, 0));
   const recv = pacers.map(() => ({ datagrams: 0, bytes: 0, echo: 0n, echoAt: 0, echoD: 0, echoB: 0 }));
-  const arrivals: { at: number; s: number; probe?: bigint }[] = [];
+  const arrivals: { at: number; s: number; probe?: bigint; inSocket?: boolean }[] = [];
+  let socketBytes = 0;
+  let credit = 0;
+  let maxSocketBytes = 0;
   const reports: { at: number; s: number; d: number; b: number; echo: bigint; hold: number; atEcho?: { datagrams: number; bytes: number } }[] = [];
   const sentBytes = pacers.map(() => 0);
   const deliveredBytes = pacers.map(() => 0);
@@ -69,9 +75,26 @@ function simulate(o: PathOpts) {
     // In arrival order; a busy gateway takes one datagram a millisecond from its socket
     // (the rest waits there) and still reports on its timer.
     let taken = 0;
+    if (o.gateway) credit = Math.min(credit + o.gateway.bytesPerSec / 1000, 4 * D);
     for (let i = 0; i < arrivals.length && !(stalled && taken >= 1); i++) {
       const a = arrivals[i];
       if (a.at > now) continue;
+      if (o.gateway) {
+        const size = a.probe !== undefined ? 100 : D;
+        if (!a.inSocket) {
+          if (socketBytes + size > o.gateway.bufferBytes) {
+            arrivals.splice(i--, 1);
+            dropped++;
+            continue;
+          }
+          a.inSocket = true;
+          socketBytes += size;
+          maxSocketBytes = Math.max(maxSocketBytes, socketBytes);
+        }
+        if (credit < size) continue; // waits in the socket
+        credit -= size;
+        socketBytes -= size;
+      }
       taken++;
       arrivals.splice(i--, 1);
       if (rnd() < o.randomLoss) continue;
@@ -103,6 +126,8 @@ function simulate(o: PathOpts) {
     goodput: deliveredBytes.map((b) => b / secs),
     sendRate: sentBytes.map((b) => b / secs),
     dropped,
+    sentTotal: pacers.reduce((a, p) => a + (p as unknown as { sentDatagrams: number }).sentDatagrams, 0),
+    maxSocketBytes,
     congestion: pacers.map((p) => p.congestionEvents),
     rtt: pacers.map((p) => p.lastRttMs),
   };
@@ -155,6 +180,18 @@ test('the exact window still sees real congestion: four senders with counters at
   t.true(sent < 1.15 * 50 * MBIT, 'together they do not overrun it');
   t.true(r.congestion.every((c) => c > 0), 'each saw the bottleneck as congestion at least once');
   for (const g of r.goodput) t.true(g > 0.1 * 50 * MBIT, 'nobody is starved');
+});
+
+test('a gateway that handles only 30 Mbit/s behind a deep socket buffer: the senders drain the queue instead of filling it', (t) => {
+  // 4 senders, a 100 Mbit/s path, a gateway that keeps up with 30 Mbit/s and an 8 MiB
+  // socket: holding the pace under a standing queue would fill the socket (seconds of
+  // delay), then overflow it (loss, repairs).
+  const r = simulate({ capacity: 100 * MBIT, senders: 4, cap: 100 * MBIT, randomLoss: 0.01, seconds: 30, atEcho: true, gateway: { bytesPerSec: 30 * MBIT, bufferBytes: 8 * 1024 * 1024 } });
+  const total = r.goodput.reduce((a, b) => a + b, 0);
+  t.log(`goodput ${(total / MBIT).toFixed(1)} Mbit/s, dropped ${r.dropped} of ${r.sentTotal} datagrams, deepest socket ${(r.maxSocketBytes / 1024).toFixed(0)} KiB, last rtt ${r.rtt.join('/')} ms`);
+  t.true(total > 0.6 * 30 * MBIT, 'the gateway is kept busy');
+  t.true(r.dropped < 0.05 * r.sentTotal, 'the socket does not overflow');
+  t.true(Math.max(...r.rtt.map((x) => x ?? 0)) < 400, 'the queue in the socket stays short at the end');
 });
 
 test('no feedback at all (gateway gone): the pace halves down to its floor instead of pushing on', (t) => {

@@ -11,17 +11,24 @@ import { createTransport } from '../transport/binding';
 import { DEFAULT_MAX_DATAGRAM_BYTES, Transport } from '../transport/transport';
 import { Logger } from '../util/log';
 import { DATA_HEADER_BYTES } from '../wire/packet';
+import { isName } from '../wire/ids';
 import { AGENT_DEFAULTS } from './core/defaults';
+
+/** The member id kept in `<storage>/member-id`, or null before the first run (or if it is not a valid name). */
+export async function readMemberId(storageDir: string): Promise<string | null> {
+  try {
+    const id = (await fs.readFile(path.join(storageDir, 'member-id'), 'utf8')).trim();
+    return isName(id) ? id : null;
+  } catch {
+    return null; // the first run makes it
+  }
+}
 
 /** The member id kept in `<storage>/member-id` (made on the first run). */
 export async function persistentMemberId(storageDir: string): Promise<string> {
   const file = path.join(storageDir, 'member-id');
-  try {
-    const id = (await fs.readFile(file, 'utf8')).trim();
-    if (/^[A-Za-z0-9._:@-]{1,128}$/.test(id)) return id;
-  } catch {
-    /* first run */
-  }
+  const kept = await readMemberId(storageDir);
+  if (kept) return kept;
   const host = os.hostname().replace(/[^A-Za-z0-9.-]/g, '').slice(0, 48) || 'agent';
   const id = `${host}-${randomBytes(4).toString('hex')}`;
   await fs.writeFile(file, id + '\n');

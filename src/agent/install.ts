@@ -3,6 +3,7 @@ import { KeyObject } from 'node:crypto';
 import * as path from 'node:path';
 import { HookResult, runHook } from './hook';
 import { describeFetchError } from './control-client';
+import { readMemberId } from './agent-setup';
 import { ServerAccess } from '../net/server-access';
 import { parseManifest, Manifest } from '../release/manifest';
 import { Directive, parsePollAnswer, parseWindow, windowAllows, WindowPart } from '../wire/rollout';
@@ -171,12 +172,7 @@ export class RolloutFollower {
 
   private async memberId(): Promise<string | null> {
     if (this.o.member) return this.o.member;
-    try {
-      const id = (await fs.readFile(path.join(this.o.storageDir, 'member-id'), 'utf8')).trim();
-      return /^[A-Za-z0-9._:@-]{1,128}$/.test(id) ? id : null;
-    } catch {
-      return null; // the first Agent makes it
-    }
+    return readMemberId(this.o.storageDir); // null: the first Agent makes it
   }
 
   /** Ask the server about the channel's rollout, reporting our state of its release. Null: no rollout (or no rollout support). */
