@@ -418,3 +418,27 @@ test('a remembered overhead ranks and weights a member until its first new sampl
   g.rememberOverhead('fast', 1000);
   t.is(g.memberViews(20).find((v) => v.id === 'fast')!.overheadMsPerMiB, after);
 });
+
+test('start gate (min members, max wait): nothing is leased until 3 members joined, or until the first joined max-wait ago', (t) => {
+  const g = mk(30, { minMembers: 3, maxWaitMs: 5000 });
+  g.heartbeat('a', 0);
+  g.heartbeat('b', 100);
+  const held = g.lease('a', 200);
+  t.deepEqual(held.units, [], 'two of three members: held');
+  t.false(held.exhausted, 'held, not exhausted: the member asks again');
+  t.true(held.retryAfterMs > 0);
+  g.heartbeat('c', 300);
+  t.true(g.lease('a', 400).units.length > 0, 'the third member opens the gate');
+  t.true(g.lease('c', 400).units.length > 0);
+
+  const late = mk(30, { minMembers: 3, maxWaitMs: 5000 });
+  late.heartbeat('a', 1000);
+  t.deepEqual(late.lease('a', 5999).units, [], 'alone, before max-wait');
+  t.true(late.lease('a', 6000).units.length > 0, 'alone, at max-wait from its join: the gate opens anyway');
+  late.heartbeat('b', 6100);
+  t.true(late.lease('b', 6100).units.length > 0, 'and stays open');
+
+  const ungated = mk(30);
+  ungated.heartbeat('x', 0);
+  t.true(ungated.lease('x', 0).units.length > 0, 'off by default: one member leases at once');
+});

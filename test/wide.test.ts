@@ -72,7 +72,12 @@ test.serial('policies: group fetches once per LAN group, representative only thr
     ['representative', 'immediate'],
     ['wide', 'all-fetched'],
   ] as const) {
-    const f = await startFleet(t, { size: 3 * 1024 * 1024 + 5, unitSize: 256 * 1024, server: { policy, start } });
+    // The 3 MiB take well under a second: without the start gate, an agent that boots a
+    // few seconds late on a loaded box finds its LAN group done and gone and fetches the
+    // release again (a CI run saw group at exactly 4.000x). So each allocation waits for
+    // its members: 3 per LAN group, 9 for the wide-area group.
+    const gate = { minMembers: policy === 'wide' ? 9 : 3, maxWaitMs: 60_000 };
+    const f = await startFleet(t, { size: 3 * 1024 * 1024 + 5, unitSize: 256 * 1024, server: { policy, start }, allocator: gate });
     // info: a failure below quotes each agent's stall and relay lines.
     const agents = startGroups(f, () => ['--rate', '100', '--log-level', 'info']);
     await allVerify(t, f, agents);

@@ -59,6 +59,14 @@ export interface AllocatorOptions {
    */
   claimExpireMs: number;
   claimReports: number;
+  /**
+   * Start gate, after udp-sender's --min-receivers/--max-wait (udpcast): no lease is
+   * granted until this many members have joined the allocation, or until its first member
+   * joined maxWaitMs ago. 0: lease at once. Without it, members that boot a few seconds
+   * late find their group done and gone, and fetch the release again.
+   */
+  minMembers: number;
+  maxWaitMs: number;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -79,6 +87,8 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   deferredStart: false,
   claimExpireMs: 10_000,
   claimReports: 2,
+  minMembers: 0,
+  maxWaitMs: 30_000,
 };
 
 export interface Member {

@@ -114,12 +114,26 @@ export class GroupAllocator extends GatewayTable {
   }
 
 
+  /** When the start gate (minMembers / maxWaitMs) opened, or null while it holds. */
+  private startedAt: number | null = null;
+
+  /** The start gate is open: minMembers have joined, or the first of them joined maxWaitMs ago. */
+  started(now: number): boolean {
+    if (this.startedAt !== null || this.opts.minMembers <= 0) return true;
+    let first = Infinity;
+    for (const m of this.members.values()) first = Math.min(first, m.joinedAt);
+    if (this.members.size < this.opts.minMembers && now - first < this.opts.maxWaitMs) return false;
+    this.startedAt = now;
+    return true;
+  }
+
   /** Lease up to the member's depth of free units. The member must have joined. */
   lease(id: string, now: number): LeaseGrant {
     const m = this.members.get(id);
     if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
     m.lastSeen = now;
     if (this.opts.representativeOnly && this.gatewayFor(m.lanGroup, now) !== id) return { units: [], retryAfterMs: 0, exhausted: true };
+    if (!this.started(now)) return { units: [], retryAfterMs: 250, exhausted: false };
     const want = this.depthFor(m) - m.leases.size;
     if (want <= 0) return { units: [], retryAfterMs: 200, exhausted: false };
     const free = this.freeUnits(want);
