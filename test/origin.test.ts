@@ -7,6 +7,9 @@ import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
 import { publishRelease } from '../src/release/publish';
 import { unitLength } from '../src/release/manifest';
 import { nginxBinary, startNginx } from './helpers/nginx';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { originProblem, OriginError, RangeOrigins } from '../src/net/origin';
 
 /**
  * Unit bytes from any HTTP range origin (docs/scale-out.md): a store written by
@@ -36,4 +39,53 @@ originTest('nginx serving the store directory answers Range requests with exactl
   t.is(reqs.length, m.unitCount);
   t.is(reqs.reduce((s, r) => s + r.bytes, 0), m.size, 'the access log counts every byte served');
   t.deepEqual(reqs.map((r) => r.args.get('member')), Array.from({ length: m.unitCount }, (_, u) => `a${u}`));
+});
+
+test('streamRange takes exactly the asked range from nginx, and refuses what a broken or hostile origin sends', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-origin-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const data = randomBytes(200_000);
+  await fs.mkdir(path.join(dir, 'releases', 'r1'), { recursive: true });
+  await fs.writeFile(path.join(dir, 'releases', 'r1', 'data'), data);
+  const origins = new RangeOrigins({ plainHttp: true, stallMs: 500 });
+  t.teardown(() => origins.close());
+  const ac = new AbortController();
+  const take = async (origin: string, start: number, end: number) => {
+    const parts: Buffer[] = [];
+    const n = await origins.streamRange(origin, 'releases/r1/data', { group: 'g', member: 'm' }, start, end, (c) => void parts.push(Buffer.from(c)), ac.signal);
+    return { n, bytes: Buffer.concat(parts) };
+  };
+  if (hasNginx) {
+    const ngx = await startNginx(t, dir);
+    const got = await take(ngx.url + '/', 1000, 70_999);
+    t.is(got.n, 70_000);
+    t.true(got.bytes.equals(data.subarray(1000, 71_000)));
+    const logged = (await ngx.requests()).filter((r) => r.uri === '/releases/r1/data');
+    t.is(logged[0].range, 'bytes=1000-70999');
+    t.is(logged[0].args.get('member'), 'm', 'who asked is in the access log');
+  }
+  // Hostile or broken origins on loopback: ignores Range (sends the whole file), stalls, lies in Content-Range.
+  const srv = http.createServer((req, res) => {
+    if (req.url!.startsWith('/whole/')) {
+      res.writeHead(200, { 'content-length': data.length });
+      res.end(data);
+    } else if (req.url!.startsWith('/stall/')) {
+      res.writeHead(206, { 'content-range': 'bytes 0-99/200000', 'content-length': 100 });
+      res.write(data.subarray(0, 10)); // and nothing more
+    } else {
+      res.writeHead(206, { 'content-range': 'bytes 5-104/200000', 'content-length': 100 });
+      res.end(data.subarray(5, 105));
+    }
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { srv.closeAllConnections(); srv.close(() => r()); }));
+  const base = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+  await t.throwsAsync(take(base + '/whole', 0, 99), { instanceOf: OriginError, message: /got status 200/ });
+  await t.throwsAsync(take(base + '/stall', 0, 99), { instanceOf: OriginError, message: /no byte for 500 ms/ });
+  await t.throwsAsync(take(base + '/lies', 0, 99), { instanceOf: OriginError, message: /Content-Range/ });
+  const closed = await new Promise<number>((r) => { const s = http.createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => r(p)); }); });
+  await t.throwsAsync(take(`http://127.0.0.1:${closed}`, 0, 99), { instanceOf: OriginError, message: /ECONNREFUSED/ });
+  const strict = new RangeOrigins({ plainHttp: false });
+  await t.throwsAsync(strict.streamRange(base, 'releases/r1/data', {}, 0, 9, () => undefined, ac.signal), { instanceOf: OriginError, message: /plain HTTP/ });
+  t.is(originProblem('https://user:pw@cdn.example/x', false), 'must not carry credentials, a query or a fragment');
 });
