@@ -165,7 +165,9 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const sha256 = manifest.sha256;
 
     const port = 20000 + Math.floor(Math.random() * 20000);
-    server = spawn(process.execPath, [BIN, 'server', '--store', path.join(dir, 'store'), '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // FLEETCAST_SCALE_PROF=DIR: the server writes a CPU profile there (node --cpu-prof) on exit.
+    const prof = process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : [];
+    server = spawn(process.execPath, [...prof, BIN, 'server', '--store', path.join(dir, 'store'), '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     server.stdout!.on('data', (d) => (out = (out + d).slice(-20_000)));
     server.stderr!.on('data', (d) => (out = (out + d).slice(-20_000)));
