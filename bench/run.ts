@@ -280,20 +280,22 @@ async function main() {
     return writeResult('idle', idleReport(await benchIdleAll(seconds, Number(process.argv[4] ?? 3)), machine()));
   }
   if (what === 'scale') {
-    // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]]
+    // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]] [FORM[,FORM]]
     const counts = (runsArg ?? '1000,10000').split(',').map(Number);
     const seconds = Number(process.argv[4] ?? 30);
     const policies = (process.argv[5] ?? 'group,wide').split(',') as ('group' | 'wide')[];
-    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide')) {
-      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]]  (agents >= 10)\n');
+    const forms = (process.argv[6] ?? '1.4').split(',') as ('1.3' | '1.4')[];
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide') || forms.some((f) => f !== '1.3' && f !== '1.4')) {
+      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]] [1.3|1.4[,...]]  (agents >= 10)\n');
       process.exit(64);
     }
     const results = [];
     for (const agents of counts)
-      for (const policy of policies) {
-        process.stderr.write(`scale: ${agents} agents, policy ${policy}, ${seconds} s window\n`);
-        results.push(await benchScale({ agents, perGroup: 10, policy, sitesPerWide: 20, seconds, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200 }));
-      }
+      for (const policy of policies)
+        for (const form of forms) {
+          process.stderr.write(`scale: ${agents} agents, protocol ${form}, policy ${policy}, ${seconds} s window\n`);
+          results.push(await benchScale({ agents, perGroup: 10, policy, sitesPerWide: 20, seconds, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form }));
+        }
     return writeResult('scale', scaleReport(results, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
   }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));

@@ -48,6 +48,13 @@ export interface ScaleOptions {
   originBytesPerSec: number;
   /** Simulated LAN delay before a group's members hold a unit one of them fetched. */
   lanDelayMs: number;
+  /**
+   * Protocol form: '1.3' (whole map in every answer, POST /v1/lease and /v1/receipt) or
+   * '1.4' (map deltas, receipts and lease requests folded into heartbeats).
+   */
+  form: '1.3' | '1.4';
+  /** Server limits for large fleets (the defaults keep 16,384 members and 2,048 connections). */
+  serverArgs?: string[];
 }
 
 interface Kind {
@@ -62,6 +69,8 @@ export interface ScaleResult {
   units: number;
   window: number;
   serverCpu: number;
+  /** Of serverCpu, the kernel's (stime): on loopback, much of it is the TCP stack. */
+  serverSystemCpu: number;
   serverHwmMiB: number;
   kinds: Record<string, Kind>;
   intendedHeartbeats: number;
@@ -165,7 +174,9 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const sha256 = manifest.sha256;
 
     const port = 20000 + Math.floor(Math.random() * 20000);
-    server = spawn(process.execPath, [BIN, 'server', '--store', path.join(dir, 'store'), '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // FLEETCAST_SCALE_PROF=DIR: the server writes a CPU profile there (node --cpu-prof) on exit.
+    const prof = process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : [];
+    server = spawn(process.execPath, [...prof, BIN, 'server', '--store', path.join(dir, 'store'), '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn', '--max-members-per-release', String(o.agents * 2), '--max-groups-per-release', String(Math.ceil(o.agents / o.perGroup) * 2), '--max-connections', '16000', ...(o.serverArgs ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     server.stdout!.on('data', (d) => (out = (out + d).slice(-20_000)));
     server.stderr!.on('data', (d) => (out = (out + d).slice(-20_000)));
@@ -251,11 +262,116 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
       await beat;
     };
 
+    /**
+     * A 1.4 agent: one heartbeat per interval carrying its receipts and, when its queue
+     * runs dry, a request for more units (sent at once then: a "kick"); the answers are
+     * map deltas since the version it last saw.
+     */
+    const agent14 = async (i: number) => {
+      const site = sites[Math.floor(i / o.perGroup)];
+      const ref = { release, group: site.name, member: `m${i}` };
+      const extra = site.wide ? { wideGroup: site.wide } : {};
+      const fetching = new Set<number>();
+      const queue: number[] = [];
+      const receipts: { u: number; at: number }[] = [];
+      let epoch: number | undefined;
+      let version: number | undefined;
+      let heartbeatMs = 1000;
+      let exhausted = false;
+      let retryAt = 0;
+      let wakeBeat: (() => void) | null = null;
+      const wakers: (() => void)[] = [];
+      let asking = false;
+      const hb = async (join: boolean) => {
+        const want = !exhausted && Date.now() >= retryAt && queue.length + fetching.size < 2 ? 4 : 0;
+        const rs = receipts.splice(0);
+        const now = Date.now();
+        asking = want > 0;
+        type A = { heartbeatMs: number; mapEpoch: number; mapVersion: number; lease?: { units: number[]; retryAfterMs: number; exhausted: boolean } };
+        let a: A;
+        try {
+          a = await c.post<A>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
+            ...ref,
+            ...extra,
+            have: Buffer.from(site.held).toString('base64'),
+            address: site.address,
+            fetching: [...fetching],
+            dataPort: 40000 + (i % o.perGroup),
+            ...(epoch !== undefined ? { mapEpoch: epoch, mapVersion: version } : { mapVersion: 0 }),
+            ...(rs.length ? { receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => now - r.at) } : {}),
+            ...(want ? { lease: want } : {}),
+          });
+        } catch (err) {
+          receipts.unshift(...rs); // sent again with the next beat
+          throw err;
+        } finally {
+          asking = false;
+        }
+        epoch = a.mapEpoch;
+        version = a.mapVersion;
+        heartbeatMs = a.heartbeatMs || heartbeatMs;
+        answeredMs = heartbeatMs;
+        if (a.lease) {
+          queue.push(...a.lease.units);
+          exhausted = a.lease.exhausted;
+          retryAt = a.lease.units.length ? 0 : Date.now() + Math.max(100, a.lease.retryAfterMs);
+        }
+        for (const w of wakers.splice(0)) w();
+      };
+      await hb(true);
+      const beat = (async () => {
+        await sleep(Math.random() * heartbeatMs);
+        while (!stop) {
+          await hb(false).catch(() => undefined);
+          await new Promise<void>((resolve) => {
+            const t = setTimeout(done, heartbeatMs);
+            function done() {
+              clearTimeout(t);
+              wakeBeat = null;
+              resolve();
+            }
+            wakeBeat = done;
+          });
+        }
+      })();
+      const worker = async () => {
+        while (!stop && site.heldCount < units) {
+          const u = queue.shift();
+          if (u === undefined) {
+            if (exhausted) break;
+            // Out of units: beat now with a lease request (unless one is on its way).
+            if (!asking && Date.now() >= retryAt) wakeBeat?.();
+            await new Promise<void>((resolve) => {
+              const t = setTimeout(resolve, Math.max(100, retryAt - Date.now()));
+              wakers.push(() => {
+                clearTimeout(t);
+                resolve();
+              });
+            });
+            continue;
+          }
+          if (site.held[u >> 3] & (0x80 >> (u & 7))) continue;
+          fetching.add(u);
+          await sleep(unitMs);
+          fetching.delete(u);
+          receipts.push({ u, at: Date.now() });
+          setTimeout(() => site.hold(u), o.lanDelayMs);
+        }
+      };
+      await Promise.all([worker(), worker()]);
+      while (!stop && site.heldCount < units) await sleep(500);
+      if (!stop) {
+        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }).catch(() => undefined);
+        completed++;
+      }
+      await beat;
+    };
+
     // Joins ramp over a few seconds, like a fleet's boxes waking up.
     const t0 = Date.now();
     const all: Promise<void>[] = [];
     for (let i = 0; i < o.agents; i++) {
-      all.push(agent(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
+      all.push((o.form === '1.4' ? agent14 : agent)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
       if (i % 200 === 199) await sleep(50);
     }
     const joinSeconds = (Date.now() - t0) / 1000;
@@ -271,10 +387,11 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
     const c1 = await cpuSeconds(pid, hz);
     const serverCpu = c1.user + c1.system - cpu0;
+    const serverSystemCpu = c1.system - c0.system;
     const serverHwmMiB = (await memKiB(pid)).hwm / 1024;
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (o.agents * window * 1000) / answeredMs, completed, joinSeconds };
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (o.agents * window * 1000) / answeredMs, completed, joinSeconds };
   } finally {
     stopping = true;
     client.c?.close();
@@ -299,8 +416,8 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
       .map(([n, k]) => `${n} ${(k.count / r.window).toFixed(0)}/s`)
       .join(', ');
     return (
-      `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
-      `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% | ` +
+      `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
+      `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% (${r.serverCpu > 0 ? ((r.serverSystemCpu / r.serverCpu) * 100).toFixed(0) : '-'}% kernel) | ` +
       `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
       `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
     );
@@ -317,8 +434,8 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'last byte of the answer, every request kind together. "Heartbeats sent": the heartbeats the simulator managed to send over those',
     'the agents meant to (below 100%, the simulator, not the server, set the pace: the server\'s figures are then for a lighter load).',
     '',
-    '| agents | policy | units | server CPU per agent-second (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 (ms) | failed | server peak RSS (MiB) |',
-    '| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |',
+    '| agents | protocol | policy | units | server CPU per agent-second (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 (ms) | failed | server peak RSS (MiB) |',
+    '| ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
     'Goal (issue 17): at most 20 µs of server CPU per active agent-second, p99 at most 250 ms, no failure, server RSS at most 2 GiB, at',

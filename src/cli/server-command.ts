@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { Policy, POLICIES, StartPolicy, START_POLICIES } from '../release/distribution';
 import { FleetcastServer } from '../server/server';
+import { LIMIT_DEFAULTS } from '../server/guard';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { createLogger, Level, Logger } from '../util/log';
 import { sdNotify, startWatchdog } from '../util/sd-notify';
@@ -21,6 +22,11 @@ export const server: Command = {
       listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:7600', check: checks.hostPort },
       'heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents while their group transfers', default: 1000, integer: true, min: 50, max: 60000 },
       'idle-heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents whose whole group holds the release (default 5 x heartbeat_ms)', integer: true, min: 50, max: 60000 },
+      'heartbeats-per-sec': { type: 'number', arg: 'N', help: 'heartbeats a second the server aims at, all agents together: past it, agents (protocol 1.4) are asked to beat more slowly (default 5000)', integer: true, min: 1, max: 1000000 },
+      'max-members-per-release': { type: 'number', arg: 'N', help: 'live members one release may have, all groups together (default 16384; a 100,000-box fleet needs more)', integer: true, min: 1, max: 10000000 },
+      'max-groups-per-release': { type: 'number', arg: 'N', help: 'LAN groups one release may have (default 1024)', integer: true, min: 1, max: 1000000 },
+      'max-connections': { type: 'number', arg: 'N', help: 'open connections, all clients together (default 2048; keep it under the open-files limit)', integer: true, min: 1, max: 1000000 },
+      'max-connections-per-client': { type: 'number', arg: 'N', help: 'open connections from one client address (default 64)', integer: true, min: 1, max: 1000000 },
       'tls-cert': { type: 'string', arg: 'PEMFILE', help: 'serve HTTPS with this certificate (chain)' },
       'tls-key': { type: 'string', arg: 'PEMFILE', help: "the certificate's private key" },
       'plain-http': { type: 'boolean', help: 'serve plain HTTP (tokens and unencrypted releases cross the network in the clear)' },
@@ -49,7 +55,7 @@ export const server: Command = {
     if (tls) checkTlsPair(tls, String(a.flags['tls-cert']), String(a.flags['tls-key']));
     await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
     const tokens = await loadTokens(a.flags);
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy,
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy, heartbeatsPerSec: a.flags['heartbeats-per-sec'] as number | undefined, limits: serverLimits(a.flags),
       allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000) } });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
@@ -89,6 +95,14 @@ export const server: Command = {
     return ExitCode.OK;
   },
 };
+
+/** The limits set on the command line or in the config (the rest keep LIMIT_DEFAULTS). */
+function serverLimits(f: Record<string, FlagValue | undefined>): Partial<typeof LIMIT_DEFAULTS> {
+  const out: Partial<typeof LIMIT_DEFAULTS> = {};
+  const map = { 'max-members-per-release': 'maxMembersPerRelease', 'max-groups-per-release': 'maxGroupsPerRelease', 'max-connections': 'maxConnections', 'max-connections-per-client': 'maxConnectionsPerClient' } as const;
+  for (const [flag, key] of Object.entries(map)) if (f[flag] !== undefined) out[key] = f[flag] as number;
+  return out;
+}
 
 /**
  * The certificate and key must load and belong together: one line and exit 78, where

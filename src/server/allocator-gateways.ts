@@ -56,6 +56,7 @@ export abstract class GatewayTable extends MemberTable {
       if (!best || GatewayTable.faster(m, best)) best = m;
     }
     if (!best) {
+      if (prev) this.gatewayMoved(prev.id, null);
       this.gatewayOf.delete(lanGroup);
       return null;
     }
@@ -65,8 +66,34 @@ export abstract class GatewayTable extends MemberTable {
       const slow = cur.overhead !== null && best.overhead !== null && cur.overhead > slack * best.overhead;
       if (!slow && (cur.overhead !== null || best.overhead === null)) return cur.id;
     }
+    if (prev?.id !== best.id) this.gatewayMoved(prev?.id ?? null, best.id);
     this.gatewayOf.set(lanGroup, { id: best.id, since: now });
     return best.id;
+  }
+
+
+  /** Roles changed: both members' records, and every member's copy destinations, changed (1.4 change log). */
+  private gatewayMoved(from: string | null, to: string | null): void {
+    for (const id of [from, to]) {
+      const m = id === null ? undefined : this.members.get(id);
+      if (m) this.mapLog.member(m.slot);
+    }
+    this.copyToVersion = this.mapLog.version;
+  }
+
+
+  private rolesAt = -Infinity;
+  private rolesCache = new Map<string, string>();
+  /**
+   * gateways(now), computed at most every 250 ms: a 1.4 answer names roles and copy
+   * destinations, and a wide-area group's gateways cost O(groups x members) to work out.
+   */
+  rolesCached(now: number): Map<string, string> {
+    if (now - this.rolesAt >= 250 || now < this.rolesAt) {
+      this.rolesCache = this.gateways(now);
+      this.rolesAt = now;
+    }
+    return this.rolesCache;
   }
 
 

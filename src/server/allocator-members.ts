@@ -47,8 +47,13 @@ export abstract class MemberTable extends AllocatorState {
         distrust: null,
         undeliveredClaims: 0,
         heartbeatMs: 0,
+        slot: this.nextSlot++,
+        loggedShape: '',
+        loggedCounters: '',
+        loggedAt: now,
       };
       this.members.set(id, m);
+      this.bySlot.set(m.slot, m);
     }
     m.lastSeen = now;
     if (info.address !== undefined) m.address = info.address;
@@ -60,7 +65,13 @@ export abstract class MemberTable extends AllocatorState {
       m.forwardedAt = now;
     }
     if (info.have) {
-      for (let u = 0; u < this.opts.unitCount; u++) if (getBit(info.have, u) && !(m.distrust && getBit(m.distrust, u))) this.markHeld(m, u);
+      // Byte by byte: only bytes with a bit the server does not have yet cost more (a
+      // heartbeat's cost follows what changed, not the release's size).
+      const have = info.have;
+      for (let i = 0; i < have.length && i < m.have.length; i++) {
+        if ((have[i] & ~m.have[i]) === 0) continue;
+        for (let u = i * 8; u < i * 8 + 8 && u < this.opts.unitCount; u++) if (getBit(have, u) && !(m.distrust && getBit(m.distrust, u))) this.markHeld(m, u);
+      }
     }
     // Units the member is still receiving keep their lease alive, and say how far they got.
     const fetching = info.fetching ?? [];
@@ -78,6 +89,7 @@ export abstract class MemberTable extends AllocatorState {
         l.lastByteAt = now;
       }
     }
+    this.touch(m, now);
   }
 
 
@@ -94,7 +106,9 @@ export abstract class MemberTable extends AllocatorState {
       else if (this.leases.get(u)?.member === id) this.leases.delete(u);
       if (u < this.scanFrom) this.scanFrom = u;
     }
+    const was = [...m.leases];
     m.leases.clear();
+    for (const u of was) this.rename(u);
     return n;
   }
 
@@ -109,6 +123,7 @@ export abstract class MemberTable extends AllocatorState {
       this.leases.set(u, h);
     }
     if (u < this.scanFrom) this.scanFrom = u;
+    this.rename(u);
   }
 
   leave(id: string): void {
@@ -122,10 +137,17 @@ export abstract class MemberTable extends AllocatorState {
     for (let u = 0; u < this.opts.unitCount; u++) {
       if (getBit(m.have, u)) {
         this.holderCount[u]--;
-        if (this.holderCount[u] === 0 && u < this.scanFrom) this.scanFrom = u;
+        if (this.holderCount[u] === 0) {
+          this.missing++;
+          if (u < this.scanFrom) this.scanFrom = u;
+        }
       }
     }
     this.members.delete(id);
+    this.bySlot.delete(m.slot);
+    this.mapLog.member(m.slot);
+    this.copyToVersion = this.mapLog.version;
+    for (let u = 0; u < this.opts.unitCount; u++) if (this.named[u] === m.slot) this.rename(u);
   }
 
 
@@ -207,9 +229,11 @@ export abstract class MemberTable extends AllocatorState {
   }
 
 
-  markComplete(id: string): void {
+  markComplete(id: string, now = 0): void {
     const m = this.members.get(id);
-    if (m) m.complete = true;
+    if (!m) return;
+    m.complete = true;
+    this.touch(m, now);
   }
 
 

@@ -1,4 +1,5 @@
 import { getBit, setBit } from '../wire/packet';
+import { MapLog } from './allocator-log';
 
 /*
  * The state of one GroupAllocator (allocator.ts) and the helpers every part of it uses:
@@ -67,6 +68,13 @@ export interface AllocatorOptions {
    */
   minMembers: number;
   maxWaitMs: number;
+  /**
+   * Protocol 1.4 delta answers: changes kept per allocator (a member further behind gets
+   * the whole map), and how often a member's counters alone (verified units, leases,
+   * overhead, forwarded, LAN bytes) are sent again when nothing else about it changed.
+   */
+  mapLogEntries: number;
+  memberRefreshMs: number;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -89,6 +97,8 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   claimReports: 2,
   minMembers: 0,
   maxWaitMs: 30_000,
+  mapLogEntries: 2048,
+  memberRefreshMs: 5000,
 };
 
 export interface Member {
@@ -119,6 +129,12 @@ export interface Member {
   undeliveredClaims: number;
   /** The heartbeat interval the server last asked of it (ms), 0 before the first answer. */
   heartbeatMs: number;
+  /** Its number in this allocator's 1.4 answers: assigned at join, never reused. */
+  slot: number;
+  /** What the change log last recorded of it (MapLog): its shape, its counters, when. */
+  loggedShape: string;
+  loggedCounters: string;
+  loggedAt: number;
 }
 
 /** Why the server sends a unit to a member: its first lease, or one of the re-sends. */
@@ -185,10 +201,69 @@ export abstract class AllocatorState {
   protected readonly missingReports = new Map<string, { first: number; count: number }>();
   /** Claims that expired undelivered (a lying or broken member), all members. */
   claimsExpired = 0;
+  /** Members by slot (1.4 answers name members by slot). */
+  protected readonly bySlot = new Map<number, Member>();
+  protected nextSlot = 0;
+  /**
+   * named[u]: the slot of the member the 1.4 map names for unit u: its lessee, else a
+   * member holding it verified (kept while it holds it), else -1. Kept up to date on every
+   * change, so an answer costs what changed, not units x members.
+   */
+  protected readonly named: Int32Array;
+  /** Units no live member holds verified. */
+  protected missing: number;
+  readonly mapLog: MapLog;
+  /** Random per allocator: a member's version from another allocator (or server run) is not taken for ours. */
+  readonly mapEpoch = Math.floor(Math.random() * 0xffffffff);
+  /** Version of the last change to gateways or members' endpoints (copy destinations). */
+  protected copyToVersion = 0;
 
   constructor(opts: Partial<AllocatorOptions> & Pick<AllocatorOptions, 'unitCount' | 'unitBytes'>) {
     this.opts = { ...DEFAULT_ALLOCATOR_OPTIONS, ...opts };
     this.holderCount = new Uint32Array(this.opts.unitCount);
+    this.named = new Int32Array(this.opts.unitCount).fill(-1);
+    this.missing = this.opts.unitCount;
+    this.mapLog = new MapLog(this.opts.mapLogEntries);
+  }
+
+
+  /** Unit u's lessee or holders may have changed: name its holder again, logging a change. */
+  protected rename(u: number): void {
+    const l = this.leases.get(u);
+    let s = -1;
+    if (l) s = this.members.get(l.member)?.slot ?? -1;
+    else {
+      const cur = this.named[u] >= 0 ? this.bySlot.get(this.named[u]) : undefined;
+      if (cur && getBit(cur.have, u)) s = cur.slot;
+      else if (this.holderCount[u] > 0) {
+        for (const m of this.members.values()) {
+          if (getBit(m.have, u)) {
+            s = m.slot;
+            break;
+          }
+        }
+      }
+    }
+    if (s !== this.named[u]) {
+      this.named[u] = s;
+      this.mapLog.unit(u);
+    }
+  }
+
+
+  /**
+   * A member's record may have changed: log it when its shape did (group, endpoint,
+   * completion), or its counters did and it was last logged memberRefreshMs ago.
+   */
+  protected touch(m: Member, now: number): void {
+    const shape = `${m.lanGroup}|${m.address}|${m.dataPort}|${m.complete}`;
+    const counters = `${m.verified}|${m.leases.size}|${m.overhead}|${m.forwarded}|${m.lanBytes}|${m.gatewayDemotions}|${m.undeliveredClaims}`;
+    if (shape === m.loggedShape && (counters === m.loggedCounters || now - m.loggedAt < this.opts.memberRefreshMs)) return;
+    if (shape !== m.loggedShape) this.copyToVersion = this.mapLog.version + 1;
+    m.loggedShape = shape;
+    m.loggedCounters = counters;
+    m.loggedAt = now;
+    this.mapLog.member(m.slot);
   }
 
 
@@ -207,7 +282,7 @@ export abstract class AllocatorState {
     if (u < 0 || u >= this.opts.unitCount || getBit(m.have, u)) return;
     setBit(m.have, u);
     m.verified++;
-    this.holderCount[u]++;
+    if (this.holderCount[u]++ === 0) this.missing--;
     if (m.verified === this.opts.unitCount) m.complete = true;
     const l = this.leases.get(u);
     if (l) {
@@ -219,6 +294,7 @@ export abstract class AllocatorState {
       this.hedges.delete(u);
       this.members.get(h.member)?.leases.delete(u);
     }
+    this.rename(u);
   }
 
 
@@ -246,7 +322,8 @@ export abstract class AllocatorState {
   protected leaseDuration(m: Member, u: number): number {
     const oh = this.overheadOf(m);
     const predicted = oh === null ? 0 : oh * this.opts.unitBytes(u) * (m.leases.size + 1);
-    return Math.max(this.opts.leaseMinMs, predicted * this.opts.leaseSlackFactor);
+    // A member told to beat slowly (load, 1.4) keeps its lease alive with those beats: two fit in it.
+    return Math.max(this.opts.leaseMinMs, predicted * this.opts.leaseSlackFactor, 2 * m.heartbeatMs);
   }
 
 

@@ -1,5 +1,5 @@
 import { bitmapBytes, clearBit, getBit, setBit } from '../wire/packet';
-import type { MemberRecord, SplitMap } from '../wire/http-bodies';
+import type { MapDelta, MemberRecord, MemberRecord14, SplitMap } from '../wire/http-bodies';
 import { Member, MIB, SendReason, LeaseGrant } from './allocator-state';
 import { GatewayTable } from './allocator-gateways';
 
@@ -61,6 +61,7 @@ export class GroupAllocator extends GatewayTable {
     // Sent the unit under a lease: its claim of it counts again.
     if (l && m.distrust) clearBit(m.distrust, u);
     this.markHeld(m, u);
+    this.touch(m, now);
   }
 
 
@@ -127,14 +128,25 @@ export class GroupAllocator extends GatewayTable {
     return true;
   }
 
-  /** Lease up to the member's depth of free units. The member must have joined. */
-  lease(id: string, now: number): LeaseGrant {
+  /**
+   * Lease up to the member's depth of free units (at most `max`: a 1.4 heartbeat's
+   * `lease`). The member must have joined.
+   */
+  lease(id: string, now: number, max = Infinity): LeaseGrant {
     const m = this.members.get(id);
     if (!m) return { units: [], retryAfterMs: 0, exhausted: false };
+    const g = this.leaseFor(m, now, max);
+    this.touch(m, now);
+    return g;
+  }
+
+
+  private leaseFor(m: Member, now: number, max: number): LeaseGrant {
+    const id = m.id;
     m.lastSeen = now;
     if (this.opts.representativeOnly && this.gatewayFor(m.lanGroup, now) !== id) return { units: [], retryAfterMs: 0, exhausted: true };
     if (!this.started(now)) return { units: [], retryAfterMs: 250, exhausted: false };
-    const want = this.depthFor(m) - m.leases.size;
+    const want = Math.min(max, this.depthFor(m) - m.leases.size);
     if (want <= 0) return { units: [], retryAfterMs: 200, exhausted: false };
     const free = this.freeUnits(want);
     if (free.length === 0) {
@@ -142,6 +154,7 @@ export class GroupAllocator extends GatewayTable {
       if (h !== null) {
         this.hedges.set(h, this.newLease(id, m, h, now, 'hedged'));
         m.leases.add(h);
+        this.rename(h);
         return { units: [h], hedged: [h], retryAfterMs: 0, exhausted: false };
       }
       return { units: [], retryAfterMs: 0, exhausted: true };
@@ -158,6 +171,7 @@ export class GroupAllocator extends GatewayTable {
     for (const u of units) {
       this.leases.set(u, this.newLease(id, m, u, now, 'lease'));
       m.leases.add(u);
+      this.rename(u);
     }
     return { units, retryAfterMs: 0, exhausted: false };
   }
@@ -186,8 +200,10 @@ export class GroupAllocator extends GatewayTable {
       if (this.leases.has(u)) this.hedges.set(u, lease);
       else this.leases.set(u, lease);
       m.leases.add(u);
+      this.rename(u);
       units.push(u);
     }
+    this.touch(m, now);
     return { units, relayed: units, retryAfterMs: 0, exhausted: false };
   }
 
@@ -214,12 +230,14 @@ export class GroupAllocator extends GatewayTable {
         clearBit(o.have, v);
         o.verified--;
         o.complete = false;
-        this.holderCount[v]--;
+        if (--this.holderCount[v] === 0) this.missing++;
         setBit(o.distrust, v);
         o.undeliveredClaims++;
         this.claimsExpired++;
         if (v < this.scanFrom) this.scanFrom = v;
+        this.rename(v);
       }
+      this.touch(o, now);
     }
     return true;
   }
@@ -242,6 +260,58 @@ export class GroupAllocator extends GatewayTable {
       for (let u = 0; u < this.opts.unitCount; u++) if (holders[u] === -1 && getBit(m.have, u)) holders[u] = i;
     }
     return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete), allHeld: this.allHeld() };
+  }
+
+
+  /**
+   * The 1.4 map (docs/protocol.md section 14) for a member that last saw `since` of this
+   * allocator's `epoch`: only what changed after it, or the whole map (`full`) when it saw
+   * none, another allocator's, or one older than the change log holds. Costs what changed.
+   */
+  mapSince(now: number, epoch: number | undefined, since: number | undefined): MapDelta {
+    const roles = this.rolesCached(now);
+    const record = (m: Member): MemberRecord14 => ({
+      slot: m.slot,
+      id: m.id,
+      group: m.lanGroup,
+      address: m.address,
+      dataPort: m.dataPort,
+      role: roles.get(m.lanGroup) === m.id ? 'gateway' : 'member',
+      overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
+      verifiedUnits: m.verified,
+      leases: m.leases.size,
+      complete: m.complete,
+      forwarded: m.forwarded,
+      lanBytes: m.lanBytes,
+      gatewayDemotions: m.gatewayDemotions,
+      undeliveredClaims: m.undeliveredClaims,
+    });
+    let groupComplete = this.members.size > 0;
+    for (const m of this.members.values()) if (!m.complete) groupComplete = false;
+    const head = { mapEpoch: this.mapEpoch, mapVersion: this.mapLog.version, groupComplete, allHeld: this.missing === 0 };
+    if (epoch === this.mapEpoch && since !== undefined) {
+      const units = new Set<number>();
+      const slots = new Set<number>();
+      if (this.mapLog.since(since, (u) => units.add(u), (s) => slots.add(s))) {
+        const members: MemberRecord14[] = [];
+        const gone: number[] = [];
+        for (const s of slots) {
+          const m = this.bySlot.get(s);
+          if (m) members.push(record(m));
+          else gone.push(s);
+        }
+        const holderChanges: number[] = [];
+        for (const u of units) holderChanges.push(u, this.named[u]);
+        return { ...head, full: false, members, ...(gone.length ? { gone } : {}), ...(holderChanges.length ? { holderChanges } : {}) };
+      }
+    }
+    return { ...head, full: true, members: [...this.members.values()].map(record), holderSlots: Array.from(this.named) };
+  }
+
+
+  /** Whether copy destinations (gateways, their endpoints) changed after version `since` of `epoch`. */
+  copyToChangedSince(epoch: number | undefined, since: number | undefined): boolean {
+    return epoch !== this.mapEpoch || since === undefined || this.copyToVersion > since;
   }
 
 

@@ -48,6 +48,12 @@ export interface ServerOptions {
    * names one device, and the first member id it uses is the only one it may use.
    */
   sharedTokens?: boolean;
+  /**
+   * 1.4 agents: the heartbeats per second the server aims at, all members together. With
+   * more live members than this, each is asked to beat every members / rate seconds instead
+   * of every heartbeatMs (never slower than 60 s). Default 5,000.
+   */
+  heartbeatsPerSec?: number;
   /** Override the limits of LIMIT_DEFAULTS (tests, unusual fleets). */
   limits?: Partial<typeof LIMIT_DEFAULTS>;
   /** Units a release may have to be served (at most MAX_UNITS). */
@@ -81,7 +87,15 @@ export interface ServerStats {
   limits: Record<LimitName, number>;
   /** Units agents reported as failing verification again and again from this server. */
   badUnitReports: number;
+  /** 1.4: receipts and lease requests that came folded into heartbeats; whole and delta map answers. */
+  foldedReceipts: number;
+  foldedLeases: number;
+  fullMaps: number;
+  deltaMaps: number;
 }
+
+/** Heartbeats per second a server aims at, all 1.4 members together (ServerOptions.heartbeatsPerSec). */
+export const DEFAULT_HEARTBEATS_PER_SEC = 5000;
 
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
 export const OVERHEAD_NOTE_TICKS = 10;
@@ -122,6 +136,10 @@ export abstract class ServerCore {
   protected readonly memberBytes = new Map<string, number>();
   readonly heartbeatMs: number;
   readonly idleHeartbeatMs: number;
+  /** The interval asked of 1.4 agents: heartbeatMs, longer when the fleet is large (updateLoad). */
+  protected loadHeartbeatMs: number;
+  /** Live members, all releases, as of the last timer tick. */
+  protected liveMembers = 0;
   protected readonly rebuildGraceMs: number;
   /** Held channel requests (long polls), answered when the channel moves. */
   protected readonly channelWatch: ChannelWatch;
@@ -146,7 +164,7 @@ export abstract class ServerCore {
   protected ticks = 0;
   /** Answers sent, by HTTP status code (the metrics' code label). */
   protected readonly httpStatus = new Map<number, number>();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0 };
   protected readonly limits: typeof LIMIT_DEFAULTS;
   protected readonly connections: ConnectionCounter;
   protected readonly authThrottle: AuthThrottle;
@@ -170,6 +188,7 @@ export abstract class ServerCore {
     this.rollouts = new RolloutService({ storeDir: opts.storeDir, store: this.store, log: this.log, now: this.now });
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.idleHeartbeatMs = Math.max(this.heartbeatMs, opts.idleHeartbeatMs ?? 5 * this.heartbeatMs);
+    this.loadHeartbeatMs = this.heartbeatMs;
     this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
     this.channelWatch = new ChannelWatch(opts.storeDir);
     // An idle member beats every idleHeartbeatMs: wait for one of its beats too.
@@ -192,6 +211,19 @@ export abstract class ServerCore {
     this.identities = new IdentityBindings(!!opts.sharedTokens, L.maxMembersPerToken);
     this.identities.setTokenNames(Object.keys(opts.tokens ?? {}));
     this.guardConnections();
+  }
+
+  /**
+   * The interval for 1.4 agents by load: heartbeatMs, or as long as it takes for all live
+   * members to beat about heartbeatsPerSec times a second together (rounded up to 100 ms,
+   * at most 60 s). Called from the timer; counts members in O(allocators).
+   */
+  protected updateLoad(): void {
+    let n = 0;
+    for (const g of this.groups.values()) n += g.memberCount();
+    this.liveMembers = n;
+    const rate = Math.max(1, this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC);
+    this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000) / rate / 100) * 100));
   }
 
   /** Every request: the routes (server-routes.ts). */

@@ -111,6 +111,7 @@ export abstract class MemberRegistry extends ServerCore {
     for (const [key, g] of this.groups) {
       for (const id of g.expire(now)) {
         this.membersDirty = true;
+        this.counts.clear();
         this.log.info(`${key}: member ${id} stopped heartbeating; its leases go to others`);
       }
     }
@@ -165,14 +166,11 @@ export abstract class MemberRegistry extends ServerCore {
     const L = this.limits;
     const g = this.groups.get(key);
     if (g?.hasMember(ref.member)) return;
-    let groups = 0;
-    let members = 0;
-    for (const [k, a] of this.groups) {
-      if (!k.startsWith(ref.release + '/')) continue;
-      groups++;
-      members += a.memberCount();
-    }
-    if (!g && groups >= L.maxGroupsPerRelease) groups -= this.reclaimEmptyGroups(ref.release);
+    const counts = this.releaseCounts(ref.release);
+    let { groups } = counts;
+    const { members } = counts;
+    let reclaimed = 0;
+    if (!g && groups >= L.maxGroupsPerRelease) groups -= reclaimed = this.reclaimEmptyGroups(ref.release);
     if (!g && groups >= L.maxGroupsPerRelease) {
       this.limitHit('groups_per_release');
       throw new HttpError(429, 'TOO_MANY_GROUPS', `release ${ref.release} has ${groups} groups, the most this server keeps for one release`);
@@ -183,11 +181,16 @@ export abstract class MemberRegistry extends ServerCore {
       this.limitHit('members_per_release');
       throw new HttpError(429, 'TOO_MANY_MEMBERS', `release ${ref.release} has ${members} live members, the most this server keeps for one release`);
     }
-    if (token === null) return;
+    const admitted = () => {
+      if (reclaimed) return void this.counts.delete(ref.release);
+      if (!g) counts.groups++;
+      if (!moving) counts.members++;
+    };
+    if (token === null) return admitted();
     const tk = `${ref.release}/${token}`;
     let mine = this.tokenGroups.get(tk);
     if (!mine) this.tokenGroups.set(tk, (mine = new Set()));
-    if (mine.has(key)) return;
+    if (mine.has(key)) return admitted();
     if (mine.size >= L.maxGroupsPerToken) {
       for (const k of mine) if (!this.groups.get(k)?.memberCount()) mine.delete(k);
       if (mine.size >= L.maxGroupsPerToken) {
@@ -196,6 +199,26 @@ export abstract class MemberRegistry extends ServerCore {
       }
     }
     mine.add(key);
+    admitted();
+  }
+
+  /**
+   * Groups and live members of a release, kept by admissions and dropped on every removal
+   * (leave, expiry, reclaimed groups): a join costs O(1), not O(groups), while the fleet
+   * only grows.
+   */
+  protected readonly counts = new Map<string, { groups: number; members: number }>();
+  protected releaseCounts(release: string): { groups: number; members: number } {
+    let c = this.counts.get(release);
+    if (c) return c;
+    c = { groups: 0, members: 0 };
+    for (const [k, a] of this.groups) {
+      if (!k.startsWith(release + '/')) continue;
+      c.groups++;
+      c.members += a.memberCount();
+    }
+    this.counts.set(release, c);
+    return c;
   }
 
   /**
@@ -229,10 +252,10 @@ export abstract class MemberRegistry extends ServerCore {
   }
 
   /** Where a member of a wide-area group sends copies besides its LAN: the other LAN groups' gateways. */
-  protected copyDestinations(g: GroupAllocator, member: string, now: number): { group: string; member: string; address: string; port: number }[] {
+  protected copyDestinations(g: GroupAllocator, member: string, now: number, cached = false): { group: string; member: string; address: string; port: number }[] {
     const mine = g.lanGroupOf(member);
     const out: { group: string; member: string; address: string; port: number }[] = [];
-    for (const [group, gw] of g.gateways(now)) {
+    for (const [group, gw] of cached ? g.rolesCached(now) : g.gateways(now)) {
       if (group === mine) continue;
       const ep = g.endpointOf(gw);
       if (ep) out.push({ group, member: gw, address: ep.address, port: ep.port });

@@ -4,7 +4,9 @@ import { deriveGroupKey } from '../wire/auth';
 import { isReleaseId, unitLength } from '../release/manifest';
 import { BadUnitBody, CompleteBody, HeartbeatBody, HookBody, LeaseBody, MAX_BODY_BYTES, maxBodyBytes, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
 import { bitmapBytes } from '../util/bits';
-import { RESEND_REASONS } from './allocator';
+import { GroupAllocator, LeaseGrant, RESEND_REASONS } from './allocator';
+import type { Distribution } from '../release/distribution';
+import type { StoredRelease } from '../release/store';
 import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
 import { MAX_CHANNEL_WAIT_MS } from './channel-watch';
@@ -80,6 +82,7 @@ export abstract class ServerRoutes extends MemberRegistry {
         this.authorize(b, token);
         const { g, key } = await this.group(b);
         g.leave(b.member);
+        this.counts.clear();
         const now = this.now();
         if (this.leftAt.size >= MAX_LEFT_REMEMBERED) for (const [k, at] of this.leftAt) if (now - at >= LEFT_MEMORY_MS) this.leftAt.delete(k);
         if (this.leftAt.size < MAX_LEFT_REMEMBERED) this.leftAt.set(`${key}/${b.member}`, now);
@@ -143,6 +146,16 @@ export abstract class ServerRoutes extends MemberRegistry {
     if (route === 'POST /v1/join') g.restart(b.member);
     if (isNew) this.membersDirty = true;
     this.awaited.get(key)?.delete(b.member);
+    // 1.4: receipt notices folded in, each as POST /v1/receipt would be, at the time it says.
+    if (b.receipts?.length) {
+      if (b.receiptAgesMs !== undefined && b.receiptAgesMs.length !== b.receipts.length) throw new HttpError(400, 'BAD_BODY', 'receiptAgesMs must have one entry per unit in receipts');
+      for (let i = 0; i < b.receipts.length; i++) {
+        const u = b.receipts[i];
+        if (u >= rel.manifest.unitCount) throw new HttpError(400, 'BAD_UNIT', `receipts: unit ${u} is out of range (release has ${rel.manifest.unitCount})`);
+        g.receipt(b.member, u, now - Math.min(b.receiptAgesMs?.[i] ?? 0, 60_000));
+      }
+      this.stats.foldedReceipts += b.receipts.length;
+    }
     g.heartbeat(b.member, now, {
       have,
       address: b.address ?? req.socket.remoteAddress ?? null,
@@ -161,9 +174,13 @@ export abstract class ServerRoutes extends MemberRegistry {
       const before = this.memory.overhead(`${b.release}/${scope.group}/${b.member}`);
       if (before !== undefined) g.rememberOverhead(b.member, before);
     }
-    // Fast while there is anything to fetch or copy in the group, slow once all is done.
-    const heartbeatMs = g.idle(b.member) && !b.fetching?.length && !b.copying ? this.idleHeartbeatMs : this.heartbeatMs;
+    // Fast while there is anything to fetch or copy in the group, slow once all is done;
+    // 1.4 agents beat slower when the fleet is large (loadHeartbeatMs).
+    const v14 = b.mapVersion !== undefined || b.mapEpoch !== undefined || b.lease !== undefined;
+    const idle = g.idle(b.member) && !b.fetching?.length && !b.copying;
+    const heartbeatMs = idle ? Math.max(this.idleHeartbeatMs, v14 ? this.loadHeartbeatMs : 0) : v14 ? this.loadHeartbeatMs : this.heartbeatMs;
     g.setHeartbeatInterval(b.member, heartbeatMs);
+    if (v14) return this.heartbeat14(res, b, { g, key, dist, rel, now, heartbeatMs, isNew });
     const map = g.map(now);
     return this.json(res, 200, {
       heartbeatMs,
@@ -175,6 +192,40 @@ export abstract class ServerRoutes extends MemberRegistry {
       lanStart: dist.start === 'immediate' || map.allHeld,
       // Gateways move: members learn the new copy destinations within a heartbeat.
       copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [],
+      ...map,
+    });
+  }
+
+  /**
+   * A 1.4 heartbeat's answer (docs/protocol.md section 14): what changed in the map since
+   * the member's version, copy destinations only when they changed, and the lease it asked
+   * for. Work follows what changed, not units x members.
+   */
+  protected heartbeat14(res: http.ServerResponse, b: HeartbeatBody, c: { g: GroupAllocator; key: string; dist: Distribution; rel: StoredRelease; now: number; heartbeatMs: number; isNew: boolean }): void {
+    const { g, key, dist, now } = c;
+    let lease: LeaseGrant | undefined;
+    if (b.lease !== undefined && b.lease > 0) {
+      const wait = this.rebuildWait(key, now);
+      if (wait > 0) lease = { units: [], retryAfterMs: wait, exhausted: false };
+      else {
+        const before = g.resentUnits.hedged;
+        lease = g.lease(b.member, now, Math.min(b.lease, 1024));
+        this.stats.resent.hedged.units += g.resentUnits.hedged - before;
+      }
+      this.stats.foldedLeases++;
+    }
+    // A new member, or one whose map is from another allocator or server run, gets it all.
+    const map = g.mapSince(now, c.isNew ? undefined : b.mapEpoch, c.isNew ? undefined : b.mapVersion);
+    const scope = parseAllocatorKey(key);
+    const copyTo = dist.policy === 'wide' && (map.full || g.copyToChangedSince(b.mapEpoch, b.mapVersion)) ? this.copyDestinations(g, b.member, now, true) : undefined;
+    if (map.full) this.stats.fullMaps++;
+    else this.stats.deltaMaps++;
+    return this.json(res, 200, {
+      heartbeatMs: c.heartbeatMs,
+      ...(map.full ? { groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'), policy: dist.policy, start: dist.start } : {}),
+      lanStart: dist.start === 'immediate' || map.allHeld,
+      ...(copyTo ? { copyTo } : {}),
+      ...(lease ? { lease: { units: lease.units, ...(lease.hedged ? { hedged: lease.hedged } : {}), retryAfterMs: lease.retryAfterMs, exhausted: lease.exhausted } } : {}),
       ...map,
     });
   }

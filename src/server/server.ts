@@ -35,6 +35,7 @@ export class FleetcastServer extends ServerRoutes {
     this.startedAt = this.now();
     this.timer = setInterval(() => {
       this.expire();
+      this.updateLoad();
       void this.saveState();
       if (++this.ticks % OVERHEAD_NOTE_TICKS === 0) this.noteOverheads();
       void this.memory.save();

@@ -70,6 +70,14 @@ export interface HeartbeatBody extends MemberRef {
   wideGroup?: string;
   /** UDP port of the member's unicast socket (cross-group copies and NACKs). */
   dataPort?: number;
+  /** 1.4: the map the member last saw (`mapEpoch`, `mapVersion` of an answer); its presence asks for 1.4 answers. */
+  mapEpoch?: number;
+  mapVersion?: number;
+  /** 1.4: receipt notices folded in: units it verified, and how many ms ago each (same order). */
+  receipts?: number[];
+  receiptAgesMs?: number[];
+  /** 1.4: lease up to this many more units; the answer's `lease` grants them. */
+  lease?: number;
 }
 export interface LeaseBody extends MemberRef {
   /** Units the member's LAN group needs and the wide-area group could not deliver (relay fallback). */
@@ -164,6 +172,151 @@ export interface HeartbeatAnswer extends SplitMap {
   copyTo?: CopyDestination[];
 }
 
+/** Receipts one 1.4 heartbeat may carry. */
+export const MAX_FOLDED_RECEIPTS = 256;
+
+/**
+ * A member in a 1.4 answer (section 14): the 1.3 record without `rank` and
+ * `lastSeenMsAgo`, plus `slot`, its number in this allocator (holders name slots).
+ */
+export interface MemberRecord14 {
+  slot: number;
+  id: string;
+  group: string;
+  address: string | null;
+  dataPort: number | null;
+  role: 'gateway' | 'member';
+  overheadMsPerMiB: number | null;
+  verifiedUnits: number;
+  leases: number;
+  complete: boolean;
+  forwarded: number;
+  lanBytes: number;
+  gatewayDemotions: number;
+  undeliveredClaims: number;
+}
+
+/** The map part of a 1.4 join or heartbeat answer: all of it (`full`), or what changed since the member's version. */
+export interface MapDelta {
+  mapEpoch: number;
+  mapVersion: number;
+  full: boolean;
+  /** full: every member; else the members whose records changed (or joined). */
+  members: MemberRecord14[];
+  /** Slots of members that left since. */
+  gone?: number[];
+  /** full: the slot named for each unit (-1: none). */
+  holderSlots?: number[];
+  /** Not full: pairs [unit, slot] whose named holder changed (-1: none any more). */
+  holderChanges?: number[];
+  groupComplete: boolean;
+  allHeld: boolean;
+}
+
+/** The answer to a 1.4 join or heartbeat. */
+export interface HeartbeatAnswer14 extends MapDelta {
+  heartbeatMs: number;
+  /** Only in full answers (they do not change for an allocator). */
+  groupKey?: string;
+  policy?: 'wide' | 'group' | 'representative';
+  start?: 'immediate' | 'all-fetched';
+  lanStart: boolean;
+  /** Present when copy destinations changed since the member's version (and in full answers under `wide`). */
+  copyTo?: CopyDestination[];
+  /** The grant for the body's `lease` (absent when it asked for none). */
+  lease?: { units: number[]; hedged?: number[]; retryAfterMs: number; exhausted: boolean };
+}
+
+/**
+ * An agent's copy of its allocator's split map, kept from 1.4 answers: applies each
+ * answer (untrusted bytes from the network, so every index is checked) and gives the
+ * 1.3-shaped SplitMap the agent's core reads (members ranked by overhead, holders as
+ * indices into them). Throws an Error naming the field on a malformed answer; the
+ * caller then asks for the whole map again (mapVersion absent).
+ */
+export class MapMirror {
+  epoch: number | undefined;
+  version: number | undefined;
+  private readonly bySlot = new Map<number, MemberRecord14>();
+  private holders: Int32Array = new Int32Array(0);
+  private flags = { groupComplete: false, allHeld: false };
+
+  constructor(readonly unitCount: number) {}
+
+  /** Forget everything: the next heartbeat asks for the whole map. */
+  reset(): void {
+    this.epoch = this.version = undefined;
+    this.bySlot.clear();
+  }
+
+  apply(a: unknown): SplitMap {
+    const o = a as Record<string, unknown>;
+    if (typeof o !== 'object' || o === null) throw new Error('answer is not an object');
+    const uint = (v: unknown, name: string) => {
+      if (!Number.isSafeInteger(v) || (v as number) < 0) throw new Error(`${name} must be a non-negative integer`);
+      return v as number;
+    };
+    const epoch = uint(o.mapEpoch, 'mapEpoch');
+    const version = uint(o.mapVersion, 'mapVersion');
+    if (!Array.isArray(o.members)) throw new Error('members must be an array');
+    const full = o.full === true;
+    if (!full && (epoch !== this.epoch || this.version === undefined)) throw new Error('a delta for a map this agent does not have');
+    const slotOf = (v: unknown, name: string) => {
+      if (!Number.isSafeInteger(v) || (v as number) < -1) throw new Error(`${name} must be a slot (integer >= -1)`);
+      return v as number;
+    };
+    const records: MemberRecord14[] = [];
+    for (const r of o.members as unknown[]) {
+      const m = r as MemberRecord14;
+      if (typeof m !== 'object' || m === null || typeof m.id !== 'string') throw new Error('members[] must be member records with an id');
+      uint(m.slot, 'members[].slot');
+      records.push({ ...m, group: typeof m.group === 'string' ? m.group : '', role: m.role === 'gateway' ? 'gateway' : 'member', complete: m.complete === true, address: typeof m.address === 'string' ? m.address : null, dataPort: Number.isSafeInteger(m.dataPort) ? m.dataPort : null });
+    }
+    if (full) {
+      if (!Array.isArray(o.holderSlots) || o.holderSlots.length !== this.unitCount) throw new Error(`holderSlots must list ${this.unitCount} slots`);
+      this.bySlot.clear();
+      const h = new Int32Array(this.unitCount);
+      for (let u = 0; u < this.unitCount; u++) h[u] = slotOf(o.holderSlots[u], 'holderSlots[]');
+      this.holders = h;
+    } else {
+      if (o.gone !== undefined) {
+        if (!Array.isArray(o.gone)) throw new Error('gone must be an array');
+        for (const s of o.gone) this.bySlot.delete(uint(s, 'gone[]'));
+      }
+      if (o.holderChanges !== undefined) {
+        const c = o.holderChanges;
+        if (!Array.isArray(c) || c.length % 2 !== 0) throw new Error('holderChanges must be pairs of unit and slot');
+        for (let i = 0; i < c.length; i += 2) {
+          const u = uint(c[i], 'holderChanges[] unit');
+          if (u >= this.unitCount) throw new Error(`holderChanges names unit ${u}; the release has ${this.unitCount}`);
+          this.holders[u] = slotOf(c[i + 1], 'holderChanges[] slot');
+        }
+      }
+    }
+    for (const r of records) this.bySlot.set(r.slot, r);
+    this.epoch = epoch;
+    this.version = version;
+    this.flags = { groupComplete: o.groupComplete === true, allHeld: o.allHeld === true };
+    return this.view();
+  }
+
+  /** The 1.3 shape: members ranked by overhead (unmeasured last, by slot), holders as indices. */
+  view(): SplitMap {
+    const ranked = [...this.bySlot.values()].sort((a, b) => {
+      if (a.overheadMsPerMiB === null || b.overheadMsPerMiB === null) return a.overheadMsPerMiB !== null ? -1 : b.overheadMsPerMiB !== null ? 1 : a.slot - b.slot;
+      return a.overheadMsPerMiB - b.overheadMsPerMiB || a.slot - b.slot;
+    });
+    const index = new Map<number, number>();
+    const members: MemberRecord[] = ranked.map((m, i) => {
+      index.set(m.slot, i);
+      return { id: m.id, rank: i + 1, overheadMsPerMiB: m.overheadMsPerMiB, verifiedUnits: m.verifiedUnits, leases: m.leases, complete: m.complete, lastSeenMsAgo: 0, address: m.address, group: m.group, dataPort: m.dataPort, role: m.role, forwarded: m.forwarded, lanBytes: m.lanBytes, gatewayDemotions: m.gatewayDemotions, undeliveredClaims: m.undeliveredClaims };
+    });
+    const holders = new Array<number>(this.unitCount);
+    for (let u = 0; u < this.unitCount; u++) holders[u] = index.get(this.holders[u]) ?? -1;
+    return { members, holders, ...this.flags };
+  }
+}
+
 /** A member in GET /v1/fleet: its split-map record and what the server keeps about it. */
 export interface FleetMemberRecord extends MemberRecord {
   /** Unit bytes the server wrote to it for this release. */
@@ -187,6 +340,11 @@ const REF: Record<string, FieldSpec> = {
 export const SCHEMAS = {
   heartbeat: {
     ...REF,
+    mapEpoch: { kind: 'uint', optional: true },
+    mapVersion: { kind: 'count', optional: true },
+    receipts: { kind: 'uintArray', optional: true, max: MAX_FOLDED_RECEIPTS },
+    receiptAgesMs: { kind: 'uintArray', optional: true, max: MAX_FOLDED_RECEIPTS },
+    lease: { kind: 'uint', optional: true },
     have: { kind: 'base64', optional: true, max: 4 * Math.ceil(Math.ceil(MAX_UNITS / 8) / 3) },
     address: { kind: 'string', optional: true, max: 256 },
     fetching: { kind: 'uintArray', optional: true, max: 1024 },
