@@ -1,5 +1,5 @@
-import test from 'ava';
-import { createHash, randomBytes } from 'node:crypto';
+import test, { ExecutionContext } from 'ava';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -10,6 +10,11 @@ import { nginxBinary, startNginx } from './helpers/nginx';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { originProblem, OriginError, RangeOrigins } from '../src/net/origin';
+import { writeDistribution } from '../src/release/distribution';
+import { sha256File } from '../src/storage/partial-store';
+import { AgentProc, Fleet, startFleet } from './helpers/fleet';
+import { commandBlocks } from './helpers/doc-blocks';
+import { run } from './helpers/run';
 
 /**
  * Unit bytes from any HTTP range origin (docs/scale-out.md): a store written by
@@ -88,4 +93,76 @@ test('streamRange takes exactly the asked range from nginx, and refuses what a b
   const strict = new RangeOrigins({ plainHttp: false });
   await t.throwsAsync(strict.streamRange(base, 'releases/r1/data', {}, 0, 9, () => undefined, ac.signal), { instanceOf: OriginError, message: /plain HTTP/ });
   t.is(originProblem('https://user:pw@cdn.example/x', false), 'must not carry credentials, a query or a fragment');
+});
+
+/** Two LAN groups of 3 agents on loopback, each group its own multicast group, one allocation per LAN group. */
+function startTwoGroups(f: Fleet): { id: string; group: string; a: AgentProc }[] {
+  const base = randomInt(20000, 50000);
+  const out: { id: string; group: string; a: AgentProc }[] = [];
+  for (const [gi, group] of ['east', 'west'].entries()) {
+    const mc = `239.253.${randomInt(0, 256)}.${gi + 1}:${base + gi}`;
+    for (let i = 1; i <= 3; i++) {
+      const id = `${group}${i}`;
+      out.push({ id, group, a: f.spawnAgent(id, ['--group', group, '--multicast', mc, '--rate', '200', '--report', path.join(f.dir, `${id}.json`)]) });
+    }
+  }
+  return out;
+}
+
+async function allVerify(t: ExecutionContext, f: Fleet, agents: { id: string; a: AgentProc }[]): Promise<Record<string, number>[]> {
+  const codes = await Promise.all(agents.map((x) => x.a.exit));
+  t.deepEqual(codes, agents.map(() => 0), agents.map((x) => `${x.id}: ${x.a.stderr().slice(-400)}`).join('\n'));
+  const reps = await Promise.all(agents.map(async (x) => JSON.parse(await fs.readFile(path.join(f.dir, `${x.id}.json`), 'utf8')) as Record<string, number> & { path: string }));
+  for (const r of reps) t.is(await sha256File(r.path), f.manifest.sha256);
+  return reps;
+}
+
+originTest('unit bytes from nginx: 2 LAN groups x 3 agents, 32 MiB; all verify, the server sends no unit byte, nginx at most 1.02x per group', async (t) => {
+  const f = await startFleet(t, { size: 32 * 1024 * 1024, unitSize: 1024 * 1024, server: { policy: 'group' }, allocator: { minMembers: 3, maxWaitMs: 60_000 } });
+  const ngx = await startNginx(t, path.join(f.dir, 'store'));
+  // As `fleetcast publish --origin` writes it, before any agent joins.
+  await writeDistribution(path.join(f.dir, 'store', 'releases', f.manifest.id), { origins: [ngx.url] });
+  const agents = startTwoGroups(f);
+  const reps = await allVerify(t, f, agents);
+  t.is(f.server.stats.unitBytesSent, 0, 'the server sent no unit byte');
+  t.true(f.server.stats.originGrants >= f.manifest.unitCount * 2, `${f.server.stats.originGrants} units granted with the origin`);
+  const served = (await ngx.requests()).filter((r) => r.uri === `/releases/${f.manifest.id}/data`);
+  for (const group of ['east', 'west']) {
+    const bytes = served.filter((r) => r.args.get('group') === group).reduce((s, r) => s + r.bytes, 0);
+    t.log(`${group}: nginx served ${(bytes / f.manifest.size).toFixed(3)}x the release`);
+    t.true(bytes >= f.manifest.size && bytes <= 1.02 * f.manifest.size, `${group}: ${(bytes / f.manifest.size).toFixed(3)}x from nginx`);
+  }
+  t.is(reps.reduce((s, r) => s + r.originBytes, 0), served.reduce((s, r) => s + r.bytes, 0), "the agents' origin bytes are what nginx logged");
+  t.is(reps.reduce((s, r) => s + r.originFailures, 0), 0);
+});
+
+test('an origin that does not answer: agents fall back to the server and every one verifies', async (t) => {
+  const f = await startFleet(t, { size: 6 * 1024 * 1024 + 3, unitSize: 256 * 1024, server: { policy: 'group' }, allocator: { minMembers: 3, maxWaitMs: 60_000 } });
+  const dead = await new Promise<number>((r) => { const s = http.createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => r(p)); }); });
+  await writeDistribution(path.join(f.dir, 'store', 'releases', f.manifest.id), { origins: [`http://127.0.0.1:${dead}`] });
+  const agents = startTwoGroups(f);
+  const reps = await allVerify(t, f, agents);
+  t.true(reps.reduce((s, r) => s + r.originFailures, 0) > 0, 'the origin was tried');
+  t.is(reps.reduce((s, r) => s + r.originBytes, 0), 0);
+  for (const group of ['east', 'west']) {
+    const sent = f.server.stats.unitBytesSentByGroup[group] ?? 0;
+    t.true(sent >= f.manifest.size && sent <= 1.05 * f.manifest.size, `${group}: the server sent ${(sent / f.manifest.size).toFixed(3)}x`);
+  }
+});
+
+test('docs/scale-out.md: its command block runs as written and names the origin in distribution.json', async (t) => {
+  const root = path.join(__dirname, '..', '..');
+  const blocks = commandBlocks(await fs.readFile(path.join(root, 'docs', 'scale-out.md'), 'utf8'));
+  t.is(blocks.length, 1);
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-scaleout-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  await fs.mkdir(path.join(dir, '.bin'));
+  await fs.writeFile(path.join(dir, '.bin', 'fleetcast'), `#!/bin/sh\nexec "${process.execPath}" "${path.join(root, 'bin', 'fleetcast.js')}" "$@"\n`, { mode: 0o755 });
+  let last = '';
+  for (const line of blocks[0]) {
+    const r = await run('bash', ['-e', '-o', 'pipefail', '-c', line], { cwd: dir, env: { PATH: `${path.join(dir, '.bin')}:${process.env.PATH}` } });
+    t.is(r.code, 0, `${line}\n${r.stdout}${r.stderr}`);
+    last = r.stdout;
+  }
+  t.deepEqual(JSON.parse(last), { origins: ['https://cdn.example.com/fleet'] });
 });

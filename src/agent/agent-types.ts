@@ -51,6 +51,10 @@ export interface AgentStats extends CoreStats {
   unitsResumed: number;
   /** Reports sent to the server of a unit that kept failing verification from it. */
   badUnitReports: number;
+  /** Of wanBytes, those from an HTTP range origin rather than the server (docs/scale-out.md). */
+  originBytes: number;
+  /** Origin requests that failed (error, stall, bad range or bytes): the unit came from the server instead. */
+  originFailures: number;
   seconds: number;
   /** When the verified file was in place (ms since the epoch); 0 until then. */
   completedAtMs: number;
@@ -64,5 +68,5 @@ export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'c
 
 export function zeroCounters(): AgentCounters {
   const { drops: _drops, ...core } = emptyStats();
-  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0 };
+  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0, originBytes: 0, originFailures: 0 };
 }

@@ -272,8 +272,7 @@ export class Agent {
     this.closed = true;
     this.heartbeats?.stop();
     this.driver?.close();
-    this.wan?.wake();
-    this.wan?.resume(true);
+    this.wan?.close();
     this.abort.abort();
     await this.cross?.close();
     await this.transport?.close();

@@ -21,6 +21,8 @@ export interface LeaseResponse {
   relayed?: number[];
   /** Policy `wide`: the other LAN groups' gateways, where copies go besides the LAN. */
   copyTo?: CopyDestination[];
+  /** An HTTP range origin to fetch these units' bytes from instead of the server (docs/scale-out.md). */
+  origin?: string;
 }
 
 const MIN_RETRY_MS = 100;
@@ -35,6 +37,11 @@ const REQUEST_TIMEOUT_MS = 15000;
 export class ControlClient {
   private failing = false;
   constructor(private readonly server: ServerAccess, private readonly signal: AbortSignal, private readonly log: Logger = silentLogger) {}
+
+  /** How HTTP range origins may be reached (no token goes to them). */
+  get originAccess(): { plainHttp: boolean; ca?: string | Buffer } {
+    return this.server.originAccess;
+  }
 
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     let delay = MIN_RETRY_MS;

@@ -227,6 +227,8 @@ export abstract class DaemonState {
       [{ source: 'lan' }, t.lanBytes],
       [{ source: 'cross_group' }, t.crossGroupBytes],
     ]);
+    r.counter('origin_bytes_total', 'Of the WAN bytes, those from an HTTP range origin instead of the server (docs/scale-out.md)', [[{}, t.originBytes]]);
+    r.counter('origin_failures_total', 'Origin requests that failed (error, stall, wrong range or bytes); those units came from the server', [[{}, t.originFailures]]);
     r.counter('duplicate_bytes_total', 'LAN payload bytes received that we already had', [[{}, t.lanDuplicateBytes]]);
     r.counter('sent_bytes_total', 'Payload bytes sent, by kind (copy and repair on the LAN, cross_group by unicast to other groups)', [
       [{ kind: 'copy' }, t.copyBytesSent],

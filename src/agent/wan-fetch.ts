@@ -8,6 +8,10 @@ import { ControlClient, ControlError, LeaseResponse, sleep } from './control-cli
 import { AGENT_DEFAULTS } from './core/defaults';
 import { LanCore } from './core/lan-core';
 import type { AgentStats } from './agent-types';
+import { OriginError, RangeOrigins } from '../net/origin';
+
+/** After an origin fails, its units come from the server for this long. */
+const ORIGIN_BACKOFF_MS = 30_000;
 
 export interface WanFetchContext {
   client: ControlClient;
@@ -50,6 +54,10 @@ export class WanFetch {
   private copyWaiters: (() => void)[] = [];
   /** --wan-rate (testing): paces our own downloads. Debt-based: take says how long to sleep to stay at the rate. */
   private wanNext = 0;
+  /** Leased units whose bytes an HTTP range origin serves (the lease named it), and origins failing lately. */
+  private readonly originOf = new Map<number, string>();
+  private readonly originDownUntil = new Map<string, number>();
+  private originClient: RangeOrigins | null = null;
 
   constructor(private readonly c: WanFetchContext) {}
 
@@ -89,9 +97,24 @@ export class WanFetch {
       await this.c.rejoin(); // the server restarted or timed us out: join again
       grant = { units: [], retryAfterMs: 0, exhausted: false };
     }
+    this.noteOrigin(grant);
     this.c.core.leaseGranted(grant, Date.now(), asked);
     this.c.kick();
     return grant;
+  }
+
+  /** A grant that names an HTTP range origin: its units' bytes come from there (the server's, if it fails). */
+  noteOrigin(grant: { units: number[]; origin?: string }): void {
+    if (typeof grant.origin !== 'string') return;
+    for (const u of grant.units) this.originOf.set(u, grant.origin);
+    if (this.originOf.size > this.c.manifest.unitCount) this.originOf.clear(); // bounded: stale entries of units long done
+  }
+
+  /** Stop: wake every waiting worker (they see stopped()) and close the origins' keep-alive connections. */
+  close(): void {
+    this.wake();
+    this.resume(true);
+    this.originClient?.close();
   }
 
   /** The core asked the server for units (relay or stall). */
@@ -171,8 +194,9 @@ export class WanFetch {
           core.fetchProgress(unit, buf, off, Date.now());
           this.c.kick();
         }
+        let fromOrigin = false;
         try {
-          if (off < len) await this.c.client.streamUnit(m.id, unit, this.c.ref.group, this.c.ref.member, (chunk) => this.chunk(unit, buf, chunk, st, spool), off);
+          if (off < len) fromOrigin = await this.download(unit, len, buf, st, spool);
         } catch (err) {
           if (this.c.signal.aborted) return await spool.close();
           core.giveBuffer(buf); // nothing went out of it unless copied into a datagram
@@ -189,7 +213,8 @@ export class WanFetch {
           stats.unitsRejected++;
           core.giveBuffer(buf);
           await spool.discard();
-          await this.badFromServer(unit);
+          if (fromOrigin) this.originFailed(this.originOf.get(unit)!, unit, 'its bytes failed verification');
+          else await this.badFromServer(unit);
           continue;
         }
         this.serverFailures.delete(unit);
@@ -211,6 +236,38 @@ export class WanFetch {
       core.fetchEnded(unit, Date.now());
       this.inFlight.delete(unit);
     }
+  }
+
+  /**
+   * The rest of a unit's bytes (from st.off): from the origin its lease named, unless that
+   * origin failed lately, else (or when it fails now) from the server. True when the origin
+   * sent the last of them.
+   */
+  private async download(unit: number, len: number, buf: Buffer, st: { off: number }, spool: UnitSpool): Promise<boolean> {
+    const { manifest: m, ref } = this.c;
+    const origin = this.originOf.get(unit);
+    if (origin !== undefined && (this.originDownUntil.get(origin) ?? 0) <= Date.now()) {
+      this.originClient ??= new RangeOrigins(this.c.client.originAccess);
+      const base = unit * m.unitSize;
+      const before = st.off;
+      try {
+        await this.originClient.streamRange(origin, `releases/${m.id}/data`, { group: ref.group, member: ref.member, unit: String(unit) }, base + st.off, base + len - 1, (chunk) => this.chunk(unit, buf, chunk, st, spool), this.c.signal);
+        return true;
+      } catch (err) {
+        if (this.c.signal.aborted || !(err instanceof OriginError)) throw err;
+        this.originFailed(origin, unit, err.message);
+      } finally {
+        this.c.stats.originBytes += st.off - before;
+      }
+    }
+    await this.c.client.streamUnit(m.id, unit, ref.group, ref.member, (chunk) => this.chunk(unit, buf, chunk, st, spool), st.off);
+    return false;
+  }
+
+  private originFailed(origin: string, unit: number, why: string): void {
+    this.c.stats.originFailures++;
+    if ((this.originDownUntil.get(origin) ?? 0) <= Date.now()) this.c.log.warn(`unit ${unit}: ${why}; units come from the server instead for ${ORIGIN_BACKOFF_MS / 1000} s`);
+    this.originDownUntil.set(origin, Date.now() + ORIGIN_BACKOFF_MS);
   }
 
   /** One chunk of a unit's download: spool it, cut-through copies, pacing and backpressure. */

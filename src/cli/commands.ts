@@ -1,8 +1,9 @@
+import { checks } from './args';
 import * as path from 'node:path';
 import { generateKeyPair, loadPrivateKey } from '../release/keys';
 import { publishRelease } from '../release/publish';
 import { setChannel } from '../release/channels';
-import { Policy, POLICIES, StartPolicy, START_POLICIES, writeDistribution } from '../release/distribution';
+import { MAX_ORIGINS, Policy, POLICIES, StartPolicy, START_POLICIES, writeDistribution } from '../release/distribution';
 import { ExitCode } from '../util/errors';
 import { channelCheck, Command, out } from './command';
 import { formatBytes, ProgressBar } from './progress';
@@ -46,8 +47,10 @@ export const publish: Command = {
       policy: { type: 'string', arg: 'POLICY', help: 'distribution: wide (one copy per wide-area group), group (one per LAN group) or representative (each group\'s best member fetches all)', choices: POLICIES },
       start: { type: 'string', arg: 'WHEN', help: 'LAN exchange: immediate (as units arrive) or all-fetched (once every unit is held)', choices: START_POLICIES },
       'content-keys': { type: 'string', arg: 'DIR', help: "with --encrypt: directory for the release's key (the server's content_keys)" },
+      origin: { type: 'list', arg: 'URL[,URL]', help: `HTTP range origins that serve this release's unit bytes instead of the server: base URLs of a copy of the store (URL/releases/ID/data; docs/scale-out.md), at most ${MAX_ORIGINS}`, check: checks.originUrl },
     },
     validate: (f) => {
+      if (Array.isArray(f.origin) && f.origin.length > MAX_ORIGINS) return { flag: 'origin', problem: `names ${f.origin.length} origins; at most ${MAX_ORIGINS}` };
       if (f.encrypt && f['content-keys'] === undefined) return { flag: 'content-keys', problem: 'is required with --encrypt: where the key is kept, outside the store' };
       if (!f.encrypt && f['content-keys'] !== undefined) return { flag: 'content-keys', problem: 'only goes with --encrypt' };
       return null;
@@ -64,9 +67,10 @@ export const publish: Command = {
     });
     bar.finish();
     out(`published ${m.name}: ${formatBytes(m.size)} in ${m.unitCount} units of ${formatBytes(m.unitSize)}, sha256 ${m.sha256}${m.enc ? ` (encrypted; plaintext sha256 ${m.plainSha256}, key in ${a.flags['content-keys']})` : ''}`);
-    if (a.flags.policy || a.flags.start) {
-      await writeDistribution(path.join(String(a.flags.store), 'releases', m.id), { policy: a.flags.policy as Policy | undefined, start: a.flags.start as StartPolicy | undefined });
-      out(`distribution: policy ${a.flags.policy ?? '(server default)'}, start ${a.flags.start ?? '(server default)'}`);
+    const origins = a.flags.origin as string[] | undefined;
+    if (a.flags.policy || a.flags.start || origins?.length) {
+      await writeDistribution(path.join(String(a.flags.store), 'releases', m.id), { policy: a.flags.policy as Policy | undefined, start: a.flags.start as StartPolicy | undefined, ...(origins?.length ? { origins } : {}) });
+      out(`distribution: policy ${a.flags.policy ?? '(server default)'}, start ${a.flags.start ?? '(server default)'}${origins?.length ? `, unit bytes from ${origins.join(', ')}` : ''}`);
     }
     if (a.flags.channel) {
       await setChannel(String(a.flags.store), { channel: String(a.flags.channel), release: m.id, name: m.name, publishedAt: Date.now() });

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { Policy, POLICIES, StartPolicy, START_POLICIES } from '../release/distribution';
+import { MAX_ORIGINS, Policy, POLICIES, StartPolicy, START_POLICIES } from '../release/distribution';
 import { FleetcastServer } from '../server/server';
 import { LIMIT_DEFAULTS } from '../server/guard';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
@@ -36,12 +36,14 @@ export const server: Command = {
       'content-keys': { type: 'string', arg: 'DIR', help: 'keys of encrypted releases (from publish --encrypt), released only to token holders' },
       policy: { type: 'string', arg: 'POLICY', help: 'default distribution policy: wide, group or representative (publish --policy sets one per release)', default: 'wide', choices: POLICIES },
       start: { type: 'string', arg: 'WHEN', help: 'default start policy: immediate or all-fetched', default: 'immediate', choices: START_POLICIES },
+      origin: { type: 'list', arg: 'URL[,URL]', help: `HTTP range origins that serve unit bytes instead of this server (a copy of the store: URL/releases/ID/data; docs/scale-out.md), for releases whose publish --origin names none; at most ${MAX_ORIGINS}`, check: checks.originUrl },
       'min-members': { type: 'number', arg: 'N', help: 'lease nothing to a group (LAN or wide-area) until N members joined it, or until --max-wait after its first (0: start at once)', default: 0, integer: true, min: 0, max: 1_000_000 },
       'max-wait': { type: 'number', arg: 'SECONDS', help: 'how long --min-members holds a group after its first member joined', default: 30, min: 0, max: 86_400 },
       metrics: metricsFlag,
       'log-level': logLevelFlag,
     },
     validate: (f) => {
+      if (Array.isArray(f.origin) && f.origin.length > MAX_ORIGINS) return { flag: 'origin', problem: `names ${f.origin.length} origins; at most ${MAX_ORIGINS}` };
       if ((f['tls-cert'] === undefined) !== (f['tls-key'] === undefined)) return { flag: f['tls-cert'] === undefined ? 'tls-key' : 'tls-cert', problem: 'needs tls_cert and tls_key together' };
       if (f['tls-cert'] !== undefined && f['plain-http']) return { flag: 'plain-http', problem: 'and tls_cert are both set: serve HTTPS or plain HTTP, not both' };
       if (f['tls-cert'] === undefined && !f['plain-http']) return { flag: 'tls-cert', problem: 'is required (with tls_key) to serve HTTPS; set plain_http: true (--plain-http) to serve plain HTTP on purpose' };
@@ -56,6 +58,7 @@ export const server: Command = {
     await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
     const tokens = await loadTokens(a.flags);
     const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy, heartbeatsPerSec: a.flags['heartbeats-per-sec'] as number | undefined, limits: serverLimits(a.flags),
+      origins: (a.flags.origin as string[] | undefined) ?? [],
       allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000) } });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { isName } from '../wire/ids';
+import { originUrlProblem } from '../release/distribution';
 
 /**
  * The options schema shared by the command line and the YAML config files: what a flag
@@ -200,6 +201,11 @@ export const checks = {
       /* below */
     }
     return `must be a URL like http://HOST:PORT, not ${JSON.stringify(s)}`;
+  },
+  /** An HTTP range origin's base URL (docs/scale-out.md). */
+  originUrl: (s: string): string | null => {
+    const bad = originUrlProblem(s);
+    return bad ? `${JSON.stringify(s)} ${bad}` : null;
   },
   name: (s: string): string | null => (isName(s) ? null : `must be 1–128 letters, digits or . _ : @ -, not ${JSON.stringify(s)}`),
   nonEmpty: (s: string): string | null => (s.trim() === '' ? 'must not be empty' : null),

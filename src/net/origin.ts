@@ -1,6 +1,7 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { rootCertificates } from 'node:tls';
+import { originUrlProblem } from '../release/distribution';
 
 /**
  * Unit bytes from an HTTP range origin (docs/scale-out.md): nginx or any static web server
@@ -34,15 +35,9 @@ export interface OriginOptions {
 
 /** Checks an origin URL as the coordinator names it: the error says why it is not usable, or null. */
 export function originProblem(url: string, plainHttp: boolean): string | null {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return 'is not a URL';
-  }
-  if (u.protocol !== 'https:' && u.protocol !== 'http:') return `must be http:// or https://, not ${u.protocol}`;
-  if (u.protocol === 'http:' && !plainHttp) return 'is plain HTTP, and this agent does not run over plain HTTP (plain_http)';
-  if (u.username || u.password || u.search || u.hash) return 'must not carry credentials, a query or a fragment';
+  const bad = originUrlProblem(url);
+  if (bad) return bad;
+  if (url.startsWith('http:') && !plainHttp) return 'is plain HTTP, and this agent does not run over plain HTTP (plain_http)';
   return null;
 }
 

@@ -59,6 +59,11 @@ export class ServerAccess {
     this.agent = u.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
   }
 
+  /** What an HTTP range origin may be reached with: plain HTTP only if the server is, and the CA given for it (never the token). */
+  get originAccess(): { plainHttp: boolean; ca?: string | Buffer } {
+    return { plainHttp: this.url.startsWith('http:'), ...(this.ca ? { ca: this.ca } : {}) };
+  }
+
   /** Load token and CA files named in a config. */
   static fromFiles(o: { url: string; token?: string; tokenFile?: string; caFile?: string; plainHttp?: boolean }): ServerAccess {
     const read = (file: string, what: string) => {

@@ -54,6 +54,11 @@ export interface ServerOptions {
    * of every heartbeatMs (never slower than 60 s). Default 5,000.
    */
   heartbeatsPerSec?: number;
+  /**
+   * HTTP range origins that serve unit bytes instead of this server, for releases whose
+   * `publish --origin` names none (docs/scale-out.md).
+   */
+  origins?: string[];
   /** Override the limits of LIMIT_DEFAULTS (tests, unusual fleets). */
   limits?: Partial<typeof LIMIT_DEFAULTS>;
   /** Units a release may have to be served (at most MAX_UNITS). */
@@ -92,6 +97,8 @@ export interface ServerStats {
   foldedLeases: number;
   fullMaps: number;
   deltaMaps: number;
+  /** Units granted with an HTTP range origin to fetch them from (docs/scale-out.md). */
+  originGrants: number;
 }
 
 /** Heartbeats per second a server aims at, all 1.4 members together (ServerOptions.heartbeatsPerSec). */
@@ -164,7 +171,7 @@ export abstract class ServerCore {
   protected ticks = 0;
   /** Answers sent, by HTTP status code (the metrics' code label). */
   protected readonly httpStatus = new Map<number, number>();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0 };
   protected readonly limits: typeof LIMIT_DEFAULTS;
   protected readonly connections: ConnectionCounter;
   protected readonly authThrottle: AuthThrottle;

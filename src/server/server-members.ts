@@ -242,7 +242,8 @@ export abstract class MemberRegistry extends ServerCore {
     const cached = this.dists.get(rel.manifest.id);
     if (cached) return cached;
     const d = await readDistribution(path.dirname(rel.dataPath)).catch(() => null);
-    const dist: Distribution = { policy: d?.policy ?? this.opts.policy ?? 'wide', start: d?.start ?? this.opts.start ?? 'immediate' };
+    const origins = d?.origins ?? this.opts.origins ?? [];
+    const dist: Distribution = { policy: d?.policy ?? this.opts.policy ?? 'wide', start: d?.start ?? this.opts.start ?? 'immediate', ...(origins.length ? { origins } : {}) };
     this.dists.set(rel.manifest.id, dist);
     return dist;
   }

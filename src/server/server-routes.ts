@@ -225,7 +225,7 @@ export abstract class ServerRoutes extends MemberRegistry {
       ...(map.full ? { groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'), policy: dist.policy, start: dist.start } : {}),
       lanStart: dist.start === 'immediate' || map.allHeld,
       ...(copyTo ? { copyTo } : {}),
-      ...(lease ? { lease: { units: lease.units, ...(lease.hedged ? { hedged: lease.hedged } : {}), retryAfterMs: lease.retryAfterMs, exhausted: lease.exhausted } } : {}),
+      ...(lease ? { lease: { units: lease.units, ...(lease.hedged ? { hedged: lease.hedged } : {}), retryAfterMs: lease.retryAfterMs, exhausted: lease.exhausted, ...this.originFor(g, b.member, lease.units, dist, now) } } : {}),
       ...map,
     });
   }
@@ -244,7 +244,23 @@ export abstract class ServerRoutes extends MemberRegistry {
     const grant = b.want?.length ? g.relay(b.member, b.want, now, b.reason ?? 'relayed') : g.lease(b.member, now);
     if (grant.relayed?.length) this.stats.relayedUnits += grant.relayed.length;
     for (const r of RESEND_REASONS) this.stats.resent[r].units += g.resentUnits[r] - before[r];
-    return this.json(res, 200, { ...grant, copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [] });
+    return this.json(res, 200, { ...grant, ...this.originFor(g, b.member, grant.units, dist, now), copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [] });
+  }
+
+  /**
+   * Unit bytes from an HTTP range origin (docs/scale-out.md): a grant names one of the
+   * release's origins (by member, so members spread over them), and since the server will
+   * not see the bytes go, the grant is the send time its overhead measurement starts from.
+   * The agent falls back to GET .../units/N here when the origin fails.
+   */
+  protected originFor(g: GroupAllocator, member: string, units: number[], dist: Distribution, now: number): { origin?: string } {
+    const origins = dist.origins ?? [];
+    if (origins.length === 0 || units.length === 0) return {};
+    for (const u of units) g.sending(member, u, now);
+    this.stats.originGrants += units.length;
+    let h = 0;
+    for (let i = 0; i < member.length; i++) h = (h * 31 + member.charCodeAt(i)) >>> 0;
+    return { origin: origins[h % origins.length] };
   }
 
   /**

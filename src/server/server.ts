@@ -114,6 +114,7 @@ export class FleetcastServer extends ServerRoutes {
     // unlabelled total counted the same bytes twice), refusals are codes 4xx (401: no token).
     r.counter('unit_bytes_sent_total', 'Unit bytes written to agents, by LAN group', Object.entries(this.stats.unitBytesSentByGroup).map(([group, v]) => [{ group }, v]));
     r.counter('unit_requests_total', 'Unit requests served', [[{}, this.stats.unitRequests]]);
+    r.counter('origin_granted_units_total', 'Units leased with an HTTP range origin to fetch their bytes from (docs/scale-out.md)', [[{}, this.stats.originGrants]]);
     r.counter('http_requests_total', 'HTTP API answers, by status code', [...this.httpStatus].sort((a, b) => a[0] - b[0]).map(([code, n]) => [{ code: String(code) }, n]));
     r.gauge('releases', 'Releases in the store', [[{}, this.store.list().length]]);
     r.counter('hedged_bytes_total', 'Unit bytes sent under hedge leases (a second member fetching a straggler\'s unit)', [[{}, this.stats.hedgedBytes]]);

@@ -1,4 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
+import { MAX_ORIGINS, originUrlProblem, parseDistribution } from '../../src/release/distribution';
 import { ConfigError, resolveFlags } from '../../src/cli/args';
 import { agent, server } from '../../src/cli/commands';
 import { parseConfig } from '../../src/config/config';
@@ -232,6 +233,17 @@ const channelHead: Target = {
   },
 };
 
+const distributionFile: Target = {
+  name: 'distribution-file',
+  seeds: [Buffer.from(JSON.stringify({ policy: 'group', start: 'immediate', origins: ['https://cdn.example/fleet', 'http://10.0.0.1:8080'] }))],
+  run(input) {
+    const d = parseDistribution(Buffer.from(input).toString('utf8'));
+    if (d === null) return;
+    for (const o of d.origins ?? []) if (originUrlProblem(o) !== null) throw new Error(`accepted a bad origin ${o}`);
+    if ((d.origins?.length ?? 0) > MAX_ORIGINS) throw new Error('more origins than allowed');
+  },
+};
+
 const igmp: Target = {
   name: 'igmp',
   seeds: [
@@ -326,7 +338,7 @@ const rolloutBodies: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
