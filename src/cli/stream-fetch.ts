@@ -234,6 +234,8 @@ class Fetcher {
         /* not JSON */
       }
       if (res.status >= 500) {
+        if (!this.failing) process.stderr.write(`stream ${this.name}: the server answered ${msg}; retrying\n`);
+        this.failing = true;
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(RETRY_MAX_MS, delay * 2);
         continue;

@@ -3,7 +3,7 @@ import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { lockStorage, DirLock } from '../storage/dir-lock';
 import { DEFAULT_UNIT_BYTES, MAX_UNIT_BYTES, MIN_UNIT_BYTES } from '../wire/manifest';
 import { rawPublicKey } from './keys';
-import { batchBytes, batchSignerKey, MAX_BATCH_UNITS, signBatch, StreamBatch, StreamBatchBody, StreamHead, unitHash, ZERO_HASH } from './stream-manifest';
+import { batchBytes, batchSignerKey, MAX_BATCH_UNITS, parseBatch, signBatch, StreamBatch, StreamBatchBody, StreamHead, unitHash, ZERO_HASH } from './stream-manifest';
 import { advanceHead, StreamStore } from './stream-store';
 
 /** How much of a stream to keep: the last `units` units, or the units of batches younger than `ms`. */
@@ -74,6 +74,8 @@ export class StreamPublisher {
       if (!rawPublicKey(batchSignerKey(last.raw)).equals(rawPublicKey(createPublicKey(key)))) {
         throw new FleetcastError('OTHER_KEY', `stream ${name} is signed with another key than --key; continue it with the key that started it, or publish under a new name`, ExitCode.DATAERR);
       }
+      // The chain goes on from this batch: it must be ours as it was signed.
+      parseBatch(last.raw, [createPublicKey(key)]);
       if (head.ended) throw new FleetcastError('ENDED', `stream ${name} has ended (its last batch, ${last.batch}, is final); publish under a new name`, ExitCode.USAGE);
       if (opts.unitSize !== undefined && opts.unitSize !== head.unitSize) {
         throw new FleetcastError('BAD_UNIT_SIZE', `stream ${name} has units of ${head.unitSize} bytes; --unit-size ${opts.unitSize} cannot change that`, ExitCode.USAGE);

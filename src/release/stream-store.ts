@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { fsyncDir, writeAtomic } from '../storage/files';
-import { batchBytes, batchSignerKey, checkReleaseName, parseBatch, parseStreamHead, StreamBatch, StreamHead } from './stream-manifest';
+import { batchBytes, checkReleaseName, parseStreamHead, peekBatch, StreamBatch, StreamHead } from './stream-manifest';
 
 /**
  * A stream on disk, under `<store>/streams/<name>/` (docs/protocol.md, "Streams (1.4)"):
@@ -38,10 +38,10 @@ export class StreamStore {
     }
   }
 
-  /** A stored batch, checked against the key it names (the store's integrity, not trust). */
+  /** A stored batch, its signature unchecked (see peekBatch; the publisher checks the last one against its key). */
   async readBatch(i: number): Promise<StreamBatch | null> {
     const raw = await this.readBatchRaw(i);
-    return raw && parseBatch(raw, [batchSignerKey(raw)]);
+    return raw && peekBatch(raw);
   }
 
   /**
