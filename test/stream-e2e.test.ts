@@ -4,6 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { BIN, runCli, tmpdir, until } from './helpers/fleet';
+import { commandBlocks } from './helpers/doc-blocks';
+import { run } from './helpers/run';
 import { generateKeyPair } from '../src/release/keys';
 import { StreamStore } from '../src/release/stream-store';
 import { checkChain, StreamBatch, unitHash } from '../src/release/stream-manifest';
@@ -251,4 +253,33 @@ test('the stream endpoints: head, retention refusals, bad queries; publish error
   const help = await runCli(['stream', 'fetch', '--help']);
   t.is(help.code, 0);
   t.regex(help.stdout, /multicast sharing of streams is not there yet/);
+});
+
+test('docs/streams.md: every command block runs as written', async (t) => {
+  const dir = await tmpdir(t);
+  const lines = commandBlocks(await fs.readFile(path.join(__dirname, '..', '..', 'docs', 'streams.md'), 'utf8')).flat();
+  t.true(lines.some((l) => l.startsWith('fleetcast stream publish')) && lines.some((l) => l.startsWith('fleetcast stream fetch')), lines.join('\n'));
+  // `fleetcast` on PATH, as npm link would put it.
+  await fs.mkdir(path.join(dir, 'bin'));
+  await fs.writeFile(path.join(dir, 'bin', 'fleetcast'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} "$@"\n`, { mode: 0o755 });
+  const work = path.join(dir, 'work');
+  await fs.mkdir(work);
+  let stopped = false;
+  t.teardown(async () => {
+    // The block stops its server; if a line failed before that, this does.
+    if (stopped) return;
+    const pid = Number(await fs.readFile(path.join(work, 'server.pid'), 'utf8').catch(() => ''));
+    if (pid > 0) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  });
+  for (const line of lines) {
+    const r = await run('bash', ['-e', '-o', 'pipefail', '-c', line], { cwd: work, env: { PATH: `${path.join(dir, 'bin')}:${process.env.PATH}` }, timeoutMs: 60_000 });
+    t.is(r.code, 0, `${line}\n${r.stdout}${r.stderr}`);
+    if (line.startsWith('kill ') && r.code === 0) stopped = true;
+  }
 });

@@ -62,7 +62,11 @@ export async function main(argv: string[]): Promise<number> {
     const sub = cmd.subcommands[rest[0]];
     if (!sub) {
       const asked = rest[0] === undefined || rest[0] === '--help' || rest[0] === '-h';
-      (asked ? process.stdout : process.stderr).write(`${asked ? '' : `fleetcast ${name}: unknown subcommand ${JSON.stringify(rest[0])}\n`}Usage: fleetcast ${cmd.spec.usage}\n\n${cmd.spec.summary}\n\n${exitStatusHelp()}\n`);
+      const subs = Object.entries(cmd.subcommands);
+      const w = Math.max(...subs.map(([k]) => k.length));
+      const list = subs.map(([k, c]) => `  ${k.padEnd(w)}  ${c.spec.summary.split('. ')[0].replace(/\.$/, '')}`).join('\n');
+      const text = `Usage: fleetcast ${cmd.spec.usage}\n\n${cmd.spec.summary}\n\nCommands:\n${list}\n\nRun 'fleetcast ${name} COMMAND --help' for a command's options.\n\n${exitStatusHelp()}\n`;
+      (asked ? process.stdout : process.stderr).write(`${asked ? '' : `fleetcast ${name}: unknown subcommand ${JSON.stringify(rest[0])}\n`}${text}`);
       return asked && rest[0] !== undefined ? ExitCode.OK : ExitCode.USAGE;
     }
     return runCommand(sub, `${name} ${rest[0]}`, rest.slice(1));

@@ -124,7 +124,7 @@ export const stream: Command & { subcommands: Record<string, Command> } = {
   spec: {
     name: 'stream',
     summary: 'Publish a live stream (stream publish) or receive one over HTTP (stream fetch). Agents do not share streams on the LAN yet.',
-    usage: 'stream publish|fetch ... (fleetcast stream publish --help, fleetcast stream fetch --help)',
+    usage: 'stream publish|fetch ...',
     flags: {},
   },
   subcommands: { publish, fetch: streamFetch },
