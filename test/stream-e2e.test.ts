@@ -283,3 +283,34 @@ test('docs/streams.md: every command block runs as written', async (t) => {
     if (line.startsWith('kill ') && r.code === 0) stopped = true;
   }
 });
+
+test('with tokens the stream endpoints need one; a receiver asked to start past the live edge waits for that unit', async (t) => {
+  const dir = await tmpdir(t);
+  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+  const store = path.join(dir, 'store');
+  await fs.mkdir(store);
+  const token = randomBytes(16).toString('hex');
+  const server = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port: 0, tokens: { box1: token } });
+  const { url } = await server.start();
+  t.teardown(() => server.stop());
+  await fs.writeFile(path.join(dir, 'token'), token + '\n');
+  const source = randomBytes(40 * 4096);
+  const pub = spawnCli(t, ['stream', 'publish', 'cam', '--key', keyPath, '--store', store, '--unit-size', '4096'], 'pipe');
+  pub.child.stdin!.write(source.subarray(0, 10 * 4096));
+  const st = new StreamStore(store, 'cam');
+  for (let i = 0; i < 3000 && ((await st.head().catch(() => null))?.nextUnit ?? 0) < 10; i++) await new Promise((r) => setTimeout(r, 20));
+  t.is((await fetch(`${url}/v1/streams/cam`)).status, 401);
+  t.is((await fetch(`${url}/v1/streams/cam/units/0`)).status, 401);
+  t.is((await fetch(`${url}/v1/streams/cam`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+  const args = ['stream', 'fetch', 'cam', '--server', url, '--plain-http', '--trust', pubPath, '--sink', path.join(dir, 'out.bin'), '--token-file', path.join(dir, 'token'), '--start', '30'];
+  const noToken = await runCli(args.slice(0, -4).concat(['--start', '30']));
+  t.is(noToken.code, 77, noToken.stderr);
+  const rx = spawnCli(t, args);
+  // Unit 30 is not published yet: the receiver waits for it, then takes it and what follows.
+  await new Promise((r) => setTimeout(r, 300));
+  pub.child.stdin!.end(source.subarray(10 * 4096));
+  t.is(await pub.exit, 0, pub.stderr());
+  t.is(await rx.exit, 0, rx.stderr());
+  t.regex(rx.stderr(), /starting at unit 30 /);
+  t.true((await fs.readFile(path.join(dir, 'out.bin'))).equals(source.subarray(30 * 4096)));
+});

@@ -130,6 +130,8 @@ class Fetcher {
   private cur: StreamBatch | null = null;
   private nextUnit = 0;
   private failing = false;
+  /** The last batches answer said the stream has ended. */
+  private lastEnded = false;
 
   constructor(private readonly access: ServerAccess, private readonly name: string, private readonly trusted: KeyObject[], private readonly statePath: string | undefined) {}
 
@@ -143,8 +145,10 @@ class Fetcher {
     } else {
       const head = parseStreamHead(await (await this.get(base)).bytes());
       const q = start === 'live' ? `from=${head.lastBatch}` : `unit=${start === 'beginning' ? head.firstUnit : start}`;
-      const first = await this.batches(`${base}/batches?${q}`);
-      if (first.length === 0) throw new FleetcastError('NO_BATCH', `stream ${this.name}: the server has no batch to start from`, ExitCode.UNAVAILABLE);
+      // A start past the published units waits for them (the server holds each ask up to waitMs).
+      let first = await this.batches(`${base}/batches?${q}&waitMs=${BATCH_WAIT_MS}`);
+      while (first.length === 0 && !this.lastEnded) first = await this.batches(`${base}/batches?${q}&waitMs=${BATCH_WAIT_MS}`);
+      if (first.length === 0) throw new FleetcastError('NO_BATCH', `stream ${this.name} ended before unit ${start}`, ExitCode.DATAERR);
       this.cur = this.anchor(first[0]);
       this.nextUnit = start === 'live' ? this.cur.first : start === 'beginning' ? Math.max(head.firstUnit, this.cur.first) : Math.max(Number(start), this.cur.first);
       process.stderr.write(`stream ${this.name}: starting at unit ${this.nextUnit} (stream byte ${this.cur.offset + (this.nextUnit - this.cur.first) * this.cur.unitSize})\n`);
@@ -205,8 +209,9 @@ class Fetcher {
   }
 
   private async batches(path: string): Promise<unknown[]> {
-    const body = (await (await this.get(path)).json()) as { batches?: unknown };
+    const body = (await (await this.get(path)).json()) as { batches?: unknown; ended?: unknown };
     if (!Array.isArray(body.batches)) throw new FleetcastError('BAD_ANSWER', 'the server answered batches without a batches list', ExitCode.UNAVAILABLE);
+    this.lastEnded = body.ended === true;
     return body.batches;
   }
 
