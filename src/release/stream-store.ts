@@ -138,7 +138,9 @@ export class StreamStore {
       time: last.time,
       ended: last.final === true,
     };
-    for (const n of await this.listNumbers('units')) if (n >= head.nextUnit) await fs.rm(this.unitPath(n), { force: true });
+    // Past the last batch: written before a batch that never was. Before the first retained: a
+    // retention step that moved the head and died before it deleted them.
+    for (const n of await this.listNumbers('units')) if (n >= head.nextUnit || n < head.firstUnit) await fs.rm(this.unitPath(n), { force: true });
     for (const d of ['batches', 'units', '.']) {
       for (const f of await fs.readdir(path.join(this.dir, d)).catch(() => [] as string[])) if (f.endsWith('.tmp')) await fs.rm(path.join(this.dir, d, f), { force: true });
     }
