@@ -6,7 +6,8 @@ import * as path from 'node:path';
 import { BIN, runCli, tmpdir, until } from './helpers/fleet';
 import { commandBlocks } from './helpers/doc-blocks';
 import { run } from './helpers/run';
-import { generateKeyPair } from '../src/release/keys';
+import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
+import { StreamPublisher } from '../src/release/stream-publish';
 import { StreamStore } from '../src/release/stream-store';
 import { checkChain, StreamBatch, unitHash } from '../src/release/stream-manifest';
 import { FleetcastServer } from '../src/server/server';
@@ -313,4 +314,31 @@ test('with tokens the stream endpoints need one; a receiver asked to start past 
   t.is(await rx.exit, 0, rx.stderr());
   t.regex(rx.stderr(), /starting at unit 30 /);
   t.true((await fs.readFile(path.join(dir, 'out.bin'))).equals(source.subarray(30 * 4096)));
+});
+
+test('a batches request for the next batch is held until the publisher appends it (long poll)', async (t) => {
+  const dir = await tmpdir(t);
+  const keys = await generateKeyPair(path.join(dir, 'keys'));
+  const store = path.join(dir, 'store');
+  const server = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port: 0 });
+  const { url } = await server.start();
+  t.teardown(() => server.stop());
+  const pub = await StreamPublisher.open(store, 'cam', await loadPrivateKey(keys.keyPath), { unitSize: 4096 });
+  t.teardown(() => pub.close());
+  await pub.push(Buffer.alloc(4096, 1));
+  // Without waitMs: answered at once, with no batch.
+  const now = (await (await fetch(`${url}/v1/streams/cam/batches?from=1`)).json()) as { batches: unknown[] };
+  t.is(now.batches.length, 0);
+  let answered = false;
+  const held = fetch(`${url}/v1/streams/cam/batches?from=1&waitMs=60000`).then(async (r) => {
+    answered = true;
+    return { header: r.headers.get('x-fleetcast-long-poll'), body: (await r.json()) as { batches: { body: string }[]; lastBatch: number } };
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  t.false(answered, 'held while batch 1 does not exist');
+  await pub.push(Buffer.alloc(4096, 2));
+  const got = await held;
+  t.is(got.header, '60000');
+  t.is(got.body.batches.length, 1);
+  t.is(JSON.parse(Buffer.from(got.body.batches[0].body, 'base64').toString()).batch, 1);
 });

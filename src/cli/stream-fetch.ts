@@ -15,6 +15,8 @@ const RETRY_FIRST_MS = 100;
 const RETRY_MAX_MS = 5000;
 /** A unit whose bytes fail their hash this many times in a row stops the receiver (exit 65). */
 const UNIT_ATTEMPTS = 3;
+/** A progress line on stderr at most this often. */
+const PROGRESS_EVERY_MS = 5000;
 
 /** What `--state` keeps: where the sink is, and the last batch verified (the chain goes on from it). */
 interface FetchState {
@@ -130,6 +132,7 @@ class Fetcher {
   private cur: StreamBatch | null = null;
   private nextUnit = 0;
   private failing = false;
+  private reportedAt = Date.now();
   /** The last batches answer said the stream has ended. */
   private lastEnded = false;
 
@@ -188,6 +191,10 @@ class Fetcher {
         throw fromSystemError(err, 'writing the sink');
       });
       this.nextUnit = n + 1;
+      if (Date.now() - this.reportedAt >= PROGRESS_EVERY_MS) {
+        this.reportedAt = Date.now();
+        process.stderr.write(`stream ${this.name}: unit ${n} written, ${formatBytes(sink.bytes)} in the sink, batch ${b.batch} of ${b.time}\n`);
+      }
       if (this.statePath) {
         const s: FetchState = { v: 1, stream: b.stream, id: b.id, nextUnit: this.nextUnit, sinkBytes: sink.bytes, batch: b.raw.toString('utf8') };
         await writeAtomic(this.statePath, Buffer.from(JSON.stringify(s) + '\n')).catch((err) => {
