@@ -119,12 +119,18 @@ async function readState(p: string): Promise<FetchState | null> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw fromSystemError(err, `reading --state ${p}`);
   }
+  return parseFetchState(raw, p);
+}
+
+/** A `--state` file's text; BAD_STATE (exit 65) when it is not one. The batch in it is verified when used. */
+export function parseFetchState(raw: string, file: string): FetchState {
   try {
     const s = JSON.parse(raw) as FetchState;
-    if (s.v !== 1 || typeof s.stream !== 'string' || typeof s.batch !== 'string' || !Number.isSafeInteger(s.nextUnit) || !Number.isSafeInteger(s.sinkBytes)) throw new Error('fields');
+    if (typeof s !== 'object' || s === null || s.v !== 1 || typeof s.stream !== 'string' || typeof s.id !== 'string' || typeof s.batch !== 'string') throw new Error('fields');
+    if (!Number.isSafeInteger(s.nextUnit) || s.nextUnit < 0 || !Number.isSafeInteger(s.sinkBytes) || s.sinkBytes < 0) throw new Error('numbers');
     return s;
   } catch {
-    throw new FleetcastError('BAD_STATE', `--state ${p} is not a stream fetch state file (remove it to start over)`, ExitCode.DATAERR);
+    throw new FleetcastError('BAD_STATE', `--state ${file} is not a stream fetch state file (remove it to start over)`, ExitCode.DATAERR);
   }
 }
 

@@ -6,6 +6,7 @@ import { parseChannelHead } from '../../src/release/channels';
 import { parseFleetMemory } from '../../src/server/fleet-memory';
 import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
+import { parseFetchState } from '../../src/cli/stream-fetch';
 import { checkChain, parseBatch, parseStreamHead, signBatch, StreamBatchBody, validateBatchBody, ZERO_HASH } from '../../src/release/stream-manifest';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
@@ -148,6 +149,7 @@ const streamBatch: Target = {
     batchSeed.raw,
     Buffer.from(JSON.stringify(batchBody)),
     Buffer.from(JSON.stringify({ ...batchBody, batch: 1, first: 2, offset: 8292, prev: hex('e'), final: true })),
+    Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: batchSeed.raw.toString() })),
     Buffer.from(JSON.stringify({ stream: 'cam', id: 'ab'.repeat(16), unitSize: 4096, firstUnit: 0, firstBatch: 0, lastBatch: 3, nextUnit: 8, bytes: 32768, time: '2026-01-01T00:00:00Z', ended: false })),
   ],
   run(input) {
@@ -175,6 +177,13 @@ const streamBatch: Target = {
     }
     try {
       parseStreamHead(Buffer.from(input));
+    } catch (err) {
+      expected(err);
+    }
+    // A stream fetch --state file: its batch is verified as a batch file.
+    try {
+      const s = parseFetchState(Buffer.from(input).toString('utf8'), 'state');
+      parseBatch(Buffer.from(s.batch), [keys.publicKey]);
     } catch (err) {
       expected(err);
     }
