@@ -62,7 +62,7 @@ export const streamFetch: Command = {
     const f = new Fetcher(access, name, trusted, statePath);
     const state = statePath ? await readState(statePath) : null;
     if (state && state.stream !== name) throw usageError(streamFetch.spec, `--state ${statePath} belongs to stream ${state.stream}, not ${name}`);
-    const sink = await openSink(sinkPath, state?.sinkBytes ?? null);
+    const sink = await openSink(sinkPath, state?.sinkBytes ?? null, statePath !== undefined);
     try {
       await f.run(sink, state, String(a.flags.start));
     } finally {
@@ -78,7 +78,8 @@ interface Sink {
   close(): Promise<void>;
 }
 
-async function openSink(p: string, resumeAt: number | null): Promise<Sink> {
+/** `durable`: each unit is synced before the state names it (with --state); without, the page cache is enough. */
+async function openSink(p: string, resumeAt: number | null, durable: boolean): Promise<Sink> {
   if (p === '-') {
     const s: Sink = {
       bytes: resumeAt ?? 0,
@@ -103,7 +104,7 @@ async function openSink(p: string, resumeAt: number | null): Promise<Sink> {
     bytes: resumeAt ?? 0,
     async write(b) {
       await fh.write(b, 0, b.length, s.bytes);
-      await fh.datasync();
+      if (durable) await fh.datasync();
       s.bytes += b.length;
     },
     close: () => fh.close(),

@@ -1,4 +1,5 @@
-import { createReadStream, promises as fs } from 'node:fs';
+import { createReadStream, FSWatcher, promises as fs, watch } from 'node:fs';
+import * as path from 'node:path';
 import * as http from 'node:http';
 import { checkReleaseName, StreamHead } from '../release/stream-manifest';
 import { StreamStore } from '../release/stream-store';
@@ -6,7 +7,7 @@ import { HttpError } from './http-util';
 
 /** The longest a batches request may be held (`waitMs` above this is cut to it). */
 export const MAX_STREAM_WAIT_MS = 60_000;
-/** How often a held batches request looks for the batch it waits for (the publisher is another process). */
+/** How often a stream with held batches requests is checked besides fs.watch's events. */
 export const STREAM_CHECK_MS = 50;
 /** At most this many batches, and about this many bytes of them, in one answer. */
 export const MAX_BATCHES_PER_ANSWER = 64;
@@ -23,6 +24,7 @@ export const MAX_BATCH_ANSWER_BYTES = 4 * 1024 * 1024;
  * the server's too.
  */
 export class StreamRoutes {
+  private readonly watch = new BatchWatch();
   constructor(private readonly storeDir: string) {}
 
   /** Handles the request when it is a stream route; false otherwise. */
@@ -81,10 +83,7 @@ export class StreamRoutes {
     if (start > h.lastBatch && !h.ended && waitMs > 0) {
       const gone = new AbortController();
       res.once('close', () => gone.abort());
-      const until = Date.now() + waitMs;
-      while (!gone.signal.aborted && Date.now() < until && !(await exists(store.batchPath(start)))) {
-        await new Promise((r) => setTimeout(r, STREAM_CHECK_MS));
-      }
+      await this.watch.wait(store, start, waitMs, gone.signal);
       if (gone.signal.aborted) return;
       h = await this.head(store);
       res.setHeader('x-fleetcast-long-poll', String(MAX_STREAM_WAIT_MS));
@@ -126,6 +125,75 @@ export class StreamRoutes {
       });
       s.pipe(res);
     });
+  }
+}
+
+interface Waiter {
+  index: number;
+  done: () => void;
+}
+
+/**
+ * Held batches requests, by stream: each waits for one batch file to appear. The
+ * publisher is another process, so the stream's batches directory is watched (inotify,
+ * through fs.watch) and, in case a change goes unreported, checked every STREAM_CHECK_MS
+ * while anyone waits: one stat per stream and check, however many requests are held.
+ */
+class BatchWatch {
+  private readonly streams = new Map<string, { store: StreamStore; waiters: Set<Waiter>; timer: NodeJS.Timeout; watcher: FSWatcher | null; checking: boolean }>();
+
+  wait(store: StreamStore, index: number, waitMs: number, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      let s = this.streams.get(store.dir);
+      if (!s) {
+        const entry = { store, waiters: new Set<Waiter>(), timer: setInterval(() => void this.check(store.dir), STREAM_CHECK_MS), watcher: null as FSWatcher | null, checking: false };
+        try {
+          entry.watcher = watch(path.dirname(store.batchPath(0)), () => void this.check(store.dir));
+          entry.watcher.on('error', () => undefined);
+        } catch {
+          /* the interval alone */
+        }
+        this.streams.set(store.dir, (s = entry));
+      }
+      const waiters = s.waiters;
+      const t = setTimeout(done, Math.min(waitMs, MAX_STREAM_WAIT_MS));
+      const w: Waiter = { index, done };
+      const stop = () => this.stopIfIdle(store.dir);
+      function done() {
+        clearTimeout(t);
+        signal.removeEventListener('abort', done);
+        waiters.delete(w);
+        stop();
+        resolve();
+      }
+      if (signal.aborted) return done();
+      signal.addEventListener('abort', done, { once: true });
+      waiters.add(w);
+      void this.check(store.dir);
+    });
+  }
+
+  private async check(dir: string): Promise<void> {
+    const s = this.streams.get(dir);
+    if (!s || s.checking || s.waiters.size === 0) return;
+    s.checking = true;
+    try {
+      const indices = new Set([...s.waiters].map((w) => w.index));
+      for (const i of indices) {
+        if (!(await exists(s.store.batchPath(i)))) continue;
+        for (const w of [...s.waiters]) if (w.index === i) w.done();
+      }
+    } finally {
+      s.checking = false;
+    }
+  }
+
+  private stopIfIdle(dir: string): void {
+    const s = this.streams.get(dir);
+    if (!s || s.waiters.size > 0) return;
+    clearInterval(s.timer);
+    s.watcher?.close();
+    this.streams.delete(dir);
   }
 }
 
