@@ -342,3 +342,26 @@ test('a batches request for the next batch is held until the publisher appends i
   t.is(got.body.batches.length, 1);
   t.is(JSON.parse(Buffer.from(got.body.batches[0].body, 'base64').toString()).batch, 1);
 });
+
+test('SIGTERM stops a publish from stdin without ending the stream (its bytes so far in a batch); the next run continues and ends it', async (t) => {
+  const s = await setup(t);
+  const args = ['stream', 'publish', 'cam', '--key', s.keyPath, '--store', s.store, '--unit-size', '4096', '--flush-ms', '60000'];
+  const p1 = spawnCli(t, args, 'pipe');
+  const a = randomBytes(3 * 4096 + 500);
+  p1.child.stdin!.write(a);
+  const st = new StreamStore(s.store, 'cam');
+  for (let i = 0; i < 3000 && ((await st.head().catch(() => null))?.nextUnit ?? 0) < 3; i++) await new Promise((r) => setTimeout(r, 20));
+  p1.child.kill('SIGTERM');
+  t.is(await p1.exit, 0, p1.stderr());
+  t.regex(p1.stderr(), /stopped \(run again to continue it\)/);
+  const h1 = (await st.head())!;
+  t.false(h1.ended);
+  t.is(h1.bytes, a.length, 'the partial unit was flushed, not lost');
+  const b = randomBytes(5000);
+  const p2 = spawnCli(t, args, 'pipe');
+  p2.child.stdin!.end(b);
+  t.is(await p2.exit, 0, p2.stderr());
+  const r = await runCli(s.fetchArgs('cam', path.join(s.dir, 'out.bin'), ['--start', 'beginning']));
+  t.is(r.code, 0, r.stderr);
+  t.true((await fs.readFile(path.join(s.dir, 'out.bin'))).equals(Buffer.concat([a, b])));
+});
