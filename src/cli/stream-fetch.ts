@@ -160,7 +160,9 @@ class Fetcher {
       while (first.length === 0 && !this.lastEnded) first = await this.batches(`${base}/batches?${q}&waitMs=${BATCH_WAIT_MS}`);
       if (first.length === 0) throw new FleetcastError('NO_BATCH', `stream ${this.name} ended before unit ${start}`, ExitCode.DATAERR);
       this.cur = this.anchor(first[0]);
-      this.nextUnit = start === 'live' ? this.cur.first : start === 'beginning' ? Math.max(head.firstUnit, this.cur.first) : Math.max(Number(start), this.cur.first);
+      const wanted = start === 'live' ? this.cur.first : start === 'beginning' ? head.firstUnit : Number(start);
+      if (this.cur.first > wanted) throw new FleetcastError('GONE', `stream ${this.name}: units ${wanted} to ${this.cur.first - 1} were dropped (retention) before they could be fetched`, ExitCode.UNAVAILABLE);
+      this.nextUnit = wanted;
       process.stderr.write(`stream ${this.name}: starting at unit ${this.nextUnit} (stream byte ${this.cur.offset + (this.nextUnit - this.cur.first) * this.cur.unitSize})\n`);
       await this.deliver(sink, base);
       for (const b of first.slice(1)) await this.take(b, sink, base);

@@ -6,6 +6,8 @@ import { rawPublicKey } from './keys';
 import { batchBytes, batchSignerKey, MAX_BATCH_UNITS, parseBatch, signBatch, StreamBatch, StreamBatchBody, StreamHead, unitHash, ZERO_HASH } from './stream-manifest';
 import { advanceHead, StreamStore } from './stream-store';
 
+const LOCK_ATTEMPTS = 10;
+
 /** How much of a stream to keep: the last `units` units, or the units of batches younger than `ms`. */
 export type Retention = { units: number } | { ms: number } | null;
 
@@ -57,12 +59,17 @@ export class StreamPublisher {
     }
     const store = new StreamStore(storeDir, name);
     await store.create();
-    let lock: DirLock;
-    try {
-      lock = await lockStorage(store.dir);
-    } catch (err) {
-      if ((err as FleetcastError).code === 'LOCKED') throw new FleetcastError('LOCKED', `stream ${name} in ${storeDir} is being published by another process`, ExitCode.CANTCREAT);
-      throw err;
+    let lock: DirLock | null = null;
+    // A lock this process just released stays bound while a child it forked meanwhile has not
+    // yet exec'd (the child holds a copy of the socket until then): try again for a moment.
+    for (let attempt = 0; !lock; attempt++) {
+      try {
+        lock = await lockStorage(store.dir);
+      } catch (err) {
+        if ((err as FleetcastError).code !== 'LOCKED') throw err;
+        if (attempt >= LOCK_ATTEMPTS) throw new FleetcastError('LOCKED', `stream ${name} in ${storeDir} is being published by another process`, ExitCode.CANTCREAT);
+        await new Promise((r) => setTimeout(r, 50));
+      }
     }
     try {
       const found = await store.recover();

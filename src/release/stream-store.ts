@@ -119,7 +119,11 @@ export class StreamStore {
    */
   async recover(): Promise<{ last: StreamBatch; head: StreamHead } | null> {
     const indices = await this.listNumbers('batches');
-    if (indices.length === 0) return null;
+    if (indices.length === 0) {
+      // Started, but died before its first batch: its units are nobody's.
+      for (const n of await this.listNumbers('units')) await fs.rm(this.unitPath(n), { force: true });
+      return null;
+    }
     const lastIndex = indices[indices.length - 1];
     const last = await this.readBatch(lastIndex);
     if (!last) return null;

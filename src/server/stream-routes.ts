@@ -74,7 +74,13 @@ export class StreamRoutes {
     } else if (unit! < h.firstUnit) {
       start = -1;
     } else {
-      start = unit! >= h.nextUnit ? h.lastBatch + 1 : ((await store.batchFor(unit!, h)) ?? h.lastBatch + 1);
+      const found = unit! >= h.nextUnit ? h.lastBatch + 1 : await store.batchFor(unit!, h);
+      if (found === null) {
+        // Retention moved on while we searched: say so, or have the receiver ask again.
+        h = await this.head(store);
+        if (unit! >= h.firstUnit) throw new HttpError(503, 'BUSY', `stream ${store.name}: the batch of unit ${unit} moved while it was looked up; ask again`);
+      }
+      start = found ?? -1;
     }
     if (start < h.firstBatch || (unit !== null && unit < h.firstUnit)) {
       throw new HttpError(410, 'GONE', `stream ${store.name}: ${from !== null ? `batch ${from}` : `unit ${unit}`} was dropped (retention); the first retained are batch ${h.firstBatch}, unit ${h.firstUnit}`);
