@@ -163,7 +163,9 @@ class Fetcher {
       const wanted = start === 'live' ? this.cur.first : start === 'beginning' ? head.firstUnit : Number(start);
       if (this.cur.first > wanted) throw new FleetcastError('GONE', `stream ${this.name}: units ${wanted} to ${this.cur.first - 1} were dropped (retention) before they could be fetched`, ExitCode.UNAVAILABLE);
       this.nextUnit = wanted;
-      process.stderr.write(`stream ${this.name}: starting at unit ${this.nextUnit} (stream byte ${this.cur.offset + (this.nextUnit - this.cur.first) * this.cur.unitSize})\n`);
+      // Inside a batch every unit but the last is full, so the byte is known once the batch covering the unit is.
+      const at = coversUnit(this.cur, wanted) ? ` (stream byte ${this.cur.offset + (wanted - this.cur.first) * this.cur.unitSize})` : ', once it is published';
+      process.stderr.write(`stream ${this.name}: starting at unit ${wanted}${at}\n`);
       await this.deliver(sink, base);
       for (const b of first.slice(1)) await this.take(b, sink, base);
     }
