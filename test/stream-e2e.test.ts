@@ -366,3 +366,29 @@ test('SIGTERM stops a publish from stdin without ending the stream (its bytes so
   t.is(r.code, 0, r.stderr);
   t.true((await fs.readFile(path.join(s.dir, 'out.bin'))).equals(Buffer.concat([a, b])));
 });
+
+test('follow mode: a publisher killed and started again on the same file goes on from the byte the stream reached', async (t) => {
+  const s = await setup(t);
+  const file = path.join(s.dir, 'log.bin');
+  const source = randomBytes(12 * 4096);
+  await fs.writeFile(file, source.subarray(0, 5 * 4096));
+  const args = ['stream', 'publish', 'log', '--key', s.keyPath, '--store', s.store, '--unit-size', '4096', '--from', file];
+  const st = new StreamStore(s.store, 'log');
+  const reached = async (bytes: number) => {
+    for (let i = 0; i < 3000 && ((await st.head().catch(() => null))?.bytes ?? 0) < bytes; i++) await new Promise((r) => setTimeout(r, 10));
+  };
+  const p1 = spawnCli(t, args);
+  await reached(5 * 4096);
+  p1.child.kill('SIGKILL');
+  await p1.exit;
+  t.false((await st.head())!.ended);
+  await fs.appendFile(file, source.subarray(5 * 4096));
+  const p2 = spawnCli(t, args);
+  await reached(source.length);
+  p2.child.kill('SIGTERM');
+  t.is(await p2.exit, 0, p2.stderr());
+  t.regex(p2.stderr(), new RegExp(`continuing at batch \\d+, unit 5, byte ${5 * 4096}`));
+  const r = await runCli(s.fetchArgs('log', path.join(s.dir, 'out.bin'), ['--start', 'beginning']));
+  t.is(r.code, 0, r.stderr);
+  t.true((await fs.readFile(path.join(s.dir, 'out.bin'))).equals(source));
+});
