@@ -82,12 +82,12 @@ test('a stream published from stdin reaches an early and a late receiver, and a 
   let killed = false;
   const feeding = feed(pub, source.subarray(10_000), 10_000, async (sent) => {
     // The late joiner comes once a third is published; the other is killed, once it has written
-    // something from a quarter on, and restarted.
+    // a unit, from a quarter on, and restarted.
     sent += 10_000;
     if (!late && sent >= source.length / 3) late = spawnCli(t, s.fetchArgs('cam', path.join(s.dir, 'late.bin'), ['--start', 'live']));
     if (!killed && sent >= source.length / 4) {
-      const size = await fs.stat(restartedSink).then((st) => st.size, () => 0);
-      if (size === 0) return; // not started yet: kill it once it has written something
+      // Not started yet: kill it once it has recorded a unit written.
+      if (!(await fs.access(state).then(() => true, () => false))) return;
       killed = true;
       restarted.child.kill('SIGKILL');
       await restarted.exit;

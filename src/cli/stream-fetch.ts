@@ -15,6 +15,8 @@ const RETRY_FIRST_MS = 100;
 const RETRY_MAX_MS = 5000;
 /** A unit whose bytes fail their hash this many times in a row stops the receiver (exit 65). */
 const UNIT_ATTEMPTS = 3;
+/** Units of one batch fetched at once (the sink still gets them in order). */
+const FETCH_WINDOW = 4;
 /** A progress line on stderr at most this often. */
 const PROGRESS_EVERY_MS = 5000;
 
@@ -195,9 +197,18 @@ class Fetcher {
   /** Every unit of the current batch from nextUnit on: fetched, verified, written, recorded. */
   private async deliver(sink: Sink, base: string): Promise<void> {
     const b = this.cur!;
+    // Up to FETCH_WINDOW units of the batch in flight; they are written in order as they come.
+    const inflight = new Map<number, Promise<Buffer>>();
     while (coversUnit(b, this.nextUnit)) {
       const n = this.nextUnit;
-      const bytes = await this.unit(`${base}/units/${n}`, b, n);
+      for (let k = n; k < Math.min(b.first + b.count, n + FETCH_WINDOW); k++) {
+        if (inflight.has(k)) continue;
+        const p = this.unit(`${base}/units/${k}`, b, k);
+        p.catch(() => undefined); // awaited below in order; a unit after a failed one is let go
+        inflight.set(k, p);
+      }
+      const bytes = await inflight.get(n)!;
+      inflight.delete(n);
       await sink.write(bytes).catch((err) => {
         throw fromSystemError(err, 'writing the sink');
       });
