@@ -6,6 +6,8 @@ export interface Command {
   spec: CommandSpec;
   /** `args.flags` are resolved (file, flags, defaults); `cliFlags` are only what the command line gave. */
   run(args: ParsedArgs & { cliFlags: Record<string, FlagValue> }): Promise<number>;
+  /** A command made of subcommands (`stream publish`): main.ts runs the one named next. */
+  subcommands?: Record<string, Command>;
 }
 
 /** A line to stdout: results a script may read (paths, ids). */

@@ -11,6 +11,7 @@ import { config, fleet, status } from './ops';
 import { doctor } from './doctor';
 import { init } from './init';
 import { rollout } from './rollout';
+import { stream } from './stream';
 
 const version: Command = {
   spec: { name: 'version', summary: 'Print the version of fleetcast and of the Node.js it runs on.', usage: 'version [--json]', flags: { json: { type: 'boolean', help: 'print it as JSON' } } },
@@ -21,7 +22,7 @@ const version: Command = {
   },
 };
 
-const COMMANDS: Record<string, Command> = { init, keygen, publish, server, agent, status, fleet, rollout, config, doctor, demo, version };
+const COMMANDS: Record<string, Command> = { init, keygen, publish, server, agent, status, fleet, rollout, stream, config, doctor, demo, version };
 
 function topHelp(): string {
   const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
@@ -56,6 +57,24 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`fleetcast: unknown command ${JSON.stringify(name)}${guess ? ` (did you mean ${guess}?)` : ''}\nRun 'fleetcast --help' for the list.\n`);
     return ExitCode.USAGE;
   }
+  if (cmd.subcommands) {
+    // `fleetcast stream publish ...`: the word after the command picks the subcommand.
+    const sub = cmd.subcommands[rest[0]];
+    if (!sub) {
+      const asked = rest[0] === undefined || rest[0] === '--help' || rest[0] === '-h';
+      const subs = Object.entries(cmd.subcommands);
+      const w = Math.max(...subs.map(([k]) => k.length));
+      const list = subs.map(([k, c]) => `  ${k.padEnd(w)}  ${c.spec.summary.split('. ')[0].replace(/\.$/, '')}`).join('\n');
+      const text = `Usage: fleetcast ${cmd.spec.usage}\n\n${cmd.spec.summary}\n\nCommands:\n${list}\n\nRun 'fleetcast ${name} COMMAND --help' for a command's options.\n\n${exitStatusHelp()}\n`;
+      (asked ? process.stdout : process.stderr).write(`${asked ? '' : `fleetcast ${name}: unknown subcommand ${JSON.stringify(rest[0])}\n`}${text}`);
+      return asked && rest[0] !== undefined ? ExitCode.OK : ExitCode.USAGE;
+    }
+    return runCommand(sub, `${name} ${rest[0]}`, rest.slice(1));
+  }
+  return runCommand(cmd, name, rest);
+}
+
+async function runCommand(cmd: Command, name: string, rest: string[]): Promise<number> {
   try {
     const args = parseArgs(cmd.spec, rest);
     if (args.help) {

@@ -14,6 +14,7 @@ import { ApiError } from './rollout-api';
 import { HttpError, parseRange } from './http-util';
 import { LEFT_MEMORY_MS, MAX_LEFT_REMEMBERED, parseAllocatorKey } from './server-core';
 import { MemberRegistry } from './server-members';
+import { streamRoutes } from './stream-routes';
 
 /** The HTTP API's routes (docs/protocol.md, section 3): one method per route that needs more than a line. */
 export abstract class ServerRoutes extends MemberRegistry {
@@ -30,6 +31,7 @@ export abstract class ServerRoutes extends MemberRegistry {
     } catch (err) {
       throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
     }
+    if (await streamRoutes(this.opts.storeDir).handle(req, res, url)) return;
     const parts = url.pathname.split('/').filter(Boolean);
     const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
     switch (route) {

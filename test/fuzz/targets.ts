@@ -7,6 +7,8 @@ import { parseChannelHead } from '../../src/release/channels';
 import { parseFleetMemory } from '../../src/server/fleet-memory';
 import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
+import { parseFetchState } from '../../src/cli/stream-fetch';
+import { checkChain, parseBatch, parseStreamHead, signBatch, StreamBatchBody, validateBatchBody, ZERO_HASH } from '../../src/release/stream-manifest';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
@@ -134,6 +136,57 @@ const manifest: Target = {
       parseManifest(input, [keys.publicKey]);
     } catch (err) {
       if (!(err instanceof FleetcastError)) throw err;
+    }
+  },
+};
+
+const batchBody: StreamBatchBody = { v: 1, stream: 'cam', id: 'ab'.repeat(16), batch: 0, first: 0, offset: 0, count: 2, unitSize: 4096, units: [hex('b'), hex('c')], lastLength: 100, prev: ZERO_HASH, time: '2026-01-01T00:00:00Z' };
+const batchSeed = signBatch(batchBody, keys.privateKey);
+
+/** Stream batch files, their bodies (unsigned, to reach the validator) and stream heads (docs/protocol.md, "Streams (1.4)"). */
+const streamBatch: Target = {
+  name: 'stream-batch',
+  seeds: [
+    batchSeed.raw,
+    Buffer.from(JSON.stringify(batchBody)),
+    Buffer.from(JSON.stringify({ ...batchBody, batch: 1, first: 2, offset: 8292, prev: hex('e'), final: true })),
+    Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: batchSeed.raw.toString() })),
+    Buffer.from(JSON.stringify({ stream: 'cam', id: 'ab'.repeat(16), unitSize: 4096, firstUnit: 0, firstBatch: 0, lastBatch: 3, nextUnit: 8, bytes: 32768, time: '2026-01-01T00:00:00Z', ended: false })),
+  ],
+  run(input) {
+    const expected = (err: unknown) => {
+      if (!(err instanceof FleetcastError)) throw err;
+    };
+    try {
+      const b = parseBatch(input, [keys.publicKey]);
+      checkChain(batchSeed, b);
+    } catch (err) {
+      expected(err);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(Buffer.from(input).toString('utf8'));
+    } catch {
+      return;
+    }
+    try {
+      const body = validateBatchBody(json);
+      if (body.units.length !== body.count) throw new Error('accepted a body whose units do not match count');
+      checkChain(batchSeed, { ...body, hash: hex('0') });
+    } catch (err) {
+      expected(err);
+    }
+    try {
+      parseStreamHead(Buffer.from(input));
+    } catch (err) {
+      expected(err);
+    }
+    // A stream fetch --state file: its batch is verified as a batch file.
+    try {
+      const s = parseFetchState(Buffer.from(input).toString('utf8'), 'state');
+      parseBatch(Buffer.from(s.batch), [keys.publicKey]);
+    } catch (err) {
+      expected(err);
     }
   },
 };
@@ -338,7 +391,7 @@ const rolloutBodies: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [packet, manifest, streamBatch, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
