@@ -93,7 +93,7 @@ class Client {
 
   private pool(local: string): http.Agent {
     let a = this.pools.get(local);
-    if (!a) this.pools.set(local, (a = new http.Agent({ keepAlive: true, maxSockets: 4 })));
+    if (!a) this.pools.set(local, (a = new http.Agent({ keepAlive: true, maxSockets: 2 })));
     return a;
   }
 
@@ -163,7 +163,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     if (r.status !== 0) throw new Error(`keygen: ${r.stderr}`);
     // 2 GiB, sparse: only hashing reads it; no unit byte is ever served here.
     const img = path.join(dir, 'fw.img');
-    await (await fs.open(img, 'w')).truncate(2 * 1024 ** 3).then(() => undefined);
+    await fs.writeFile(img, '');
+    await fs.truncate(img, 2 * 1024 ** 3);
     r = run(['publish', img, '--store', path.join(dir, 'store'), '--key', path.join(dir, 'keys', 'server.key'), '--policy', o.policy]);
     if (r.status !== 0) throw new Error(`publish: ${r.stderr}`);
     const release = r.stdout.trim().split('\n').pop()!.trim();
@@ -318,7 +319,16 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         }
         for (const w of wakers.splice(0)) w();
       };
-      await hb(true);
+      // A join that fails (the server busy with the whole fleet joining) is tried again, as an agent would.
+      for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
+        try {
+          await hb(true);
+          break;
+        } catch (err) {
+          if (stop) throw err;
+          await sleep(delay * (0.5 + Math.random()));
+        }
+      }
       const beat = (async () => {
         await sleep(Math.random() * heartbeatMs);
         while (!stop) {
