@@ -398,8 +398,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
       all.push((o.form === '1.4' ? agent14 : agent)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
       if (i % 200 === 199) await sleep(50);
     }
-    // The window opens once every agent has joined (at most 10 minutes), and a few beats later.
-    while (joined < o.agents && Date.now() - t0 < 600_000) await sleep(200);
+    // The window opens once every agent has joined (at most 3 minutes), and a few beats later.
+    while (joined < o.agents && Date.now() - t0 < 180_000) await sleep(200);
     const joinSeconds = (Date.now() - t0) / 1000;
     const joinedAtWindow = joined;
     await sleep(3000);
