@@ -2,6 +2,7 @@ import { ExitCode, FleetcastError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import { ServerAccess } from '../net/server-access';
 import type { CopyDestination, HeartbeatAnswer } from '../wire/http-bodies';
+import type { HeartbeatFold } from './heartbeat';
 
 /** An answer from the server that is final (4xx): retrying the same request will not help. */
 export class ControlError extends FleetcastError {
@@ -36,6 +37,8 @@ const REQUEST_TIMEOUT_MS = 15000;
  */
 export class ControlClient {
   private failing = false;
+  /** Set by Heartbeats: receipts and lease requests that ride on heartbeats (protocol 1.4). */
+  fold: HeartbeatFold | null = null;
   constructor(private readonly server: ServerAccess, private readonly signal: AbortSignal, private readonly log: Logger = silentLogger) {}
 
   /** How HTTP range origins may be reached (no token goes to them). */

@@ -91,7 +91,9 @@ export class WanFetch {
     const body = asked ? { ...this.c.ref, want: asked.units, reason: asked.reason } : this.c.ref;
     let grant: LeaseResponse;
     try {
-      grant = await this.c.client.post<LeaseResponse>('/v1/lease', body);
+      // 1.4: a plain lease request rides on a heartbeat; relay requests keep their own.
+      const fold = this.c.client.fold;
+      grant = !asked && fold?.active ? await fold.lease() : await this.c.client.post<LeaseResponse>('/v1/lease', body);
     } catch (err) {
       if (asked || !(err instanceof ControlError && err.code === 'NOT_JOINED')) throw err;
       await this.c.rejoin(); // the server restarted or timed us out: join again
@@ -291,6 +293,8 @@ export class WanFetch {
   }
 
   private async sendReceipt(unit: number): Promise<void> {
+    const fold = this.c.client.fold;
+    if (fold?.active) return fold.receipt(unit); // 1.4: goes with the next heartbeat
     try {
       await this.c.client.post('/v1/receipt', { ...this.c.ref, unit });
     } catch (err) {

@@ -256,10 +256,12 @@ export abstract class AllocatorState {
    * completion), or its counters did and it was last logged memberRefreshMs ago.
    */
   protected touch(m: Member, now: number): void {
-    const shape = `${m.lanGroup}|${m.address}|${m.dataPort}|${m.complete}`;
+    const endpoint = `${m.lanGroup}|${m.address}|${m.dataPort}|`;
+    const shape = `${endpoint}${m.complete}`;
     const counters = `${m.verified}|${m.leases.size}|${m.overhead}|${m.forwarded}|${m.lanBytes}|${m.gatewayDemotions}|${m.undeliveredClaims}`;
     if (shape === m.loggedShape && (counters === m.loggedCounters || now - m.loggedAt < this.opts.memberRefreshMs)) return;
-    if (shape !== m.loggedShape) this.copyToVersion = this.mapLog.version + 1;
+    // A new endpoint or group may change where copies go (copy destinations).
+    if (!m.loggedShape.startsWith(endpoint)) this.copyToVersion = this.mapLog.version + 1;
     m.loggedShape = shape;
     m.loggedCounters = counters;
     m.loggedAt = now;

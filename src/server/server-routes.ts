@@ -178,7 +178,7 @@ export abstract class ServerRoutes extends MemberRegistry {
     }
     // Fast while there is anything to fetch or copy in the group, slow once all is done;
     // 1.4 agents beat slower when the fleet is large (loadHeartbeatMs).
-    const v14 = b.mapVersion !== undefined || b.mapEpoch !== undefined || b.lease !== undefined;
+    const v14 = b.mapVersion !== undefined || b.mapEpoch !== undefined || b.lease !== undefined || b.receipts !== undefined || b.receiptAgesMs !== undefined;
     const idle = g.idle(b.member) && !b.fetching?.length && !b.copying;
     const heartbeatMs = idle ? Math.max(this.idleHeartbeatMs, v14 ? this.loadHeartbeatMs : 0) : v14 ? this.loadHeartbeatMs : this.heartbeatMs;
     g.setHeartbeatInterval(b.member, heartbeatMs);

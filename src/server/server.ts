@@ -8,6 +8,9 @@ import { ServerRoutes } from './server-routes';
 import type { FleetMemberRecord } from '../wire/http-bodies';
 
 export { parseRange, TLS_CIPHERS } from './http-util';
+
+/** Connections the kernel queues before the server accepts them (capped by net.core.somaxconn). */
+export const LISTEN_BACKLOG = 4096;
 export type { ServerOptions, ServerStats } from './server-core';
 
 /**
@@ -27,7 +30,9 @@ export class FleetcastServer extends ServerRoutes {
     await this.rollouts.load();
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
-      this.http.listen(this.opts.port, this.opts.host, () => {
+      // A fleet reconnecting at once (a server restart under 100,000 agents) overflowed
+      // Node's default backlog of 511: connections were reset before the server saw them.
+      this.http.listen({ port: this.opts.port, host: this.opts.host, backlog: LISTEN_BACKLOG }, () => {
         this.http.off('error', reject);
         resolve();
       });

@@ -1,3 +1,4 @@
+import { MAX_UNITS } from './manifest';
 import type { MemberRecord, MemberRecord14, SplitMap } from './http-bodies';
 
 /**
@@ -13,8 +14,8 @@ export class MapMirror {
   private readonly bySlot = new Map<number, MemberRecord14>();
   private holders: Int32Array = new Int32Array(0);
   private flags = { groupComplete: false, allHeld: false };
-
-  constructor(readonly unitCount: number) {}
+  /** Units in the release: the length of the last full answer's holderSlots. */
+  unitCount = 0;
 
   /** Forget everything: the next heartbeat asks for the whole map. */
   reset(): void {
@@ -43,10 +44,27 @@ export class MapMirror {
       const m = r as MemberRecord14;
       if (typeof m !== 'object' || m === null || typeof m.id !== 'string') throw new Error('members[] must be member records with an id');
       uint(m.slot, 'members[].slot');
-      records.push({ ...m, group: typeof m.group === 'string' ? m.group : '', role: m.role === 'gateway' ? 'gateway' : 'member', complete: m.complete === true, address: typeof m.address === 'string' ? m.address : null, dataPort: Number.isSafeInteger(m.dataPort) ? m.dataPort : null });
+      const n = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0);
+      records.push({
+        slot: m.slot,
+        id: m.id,
+        group: typeof m.group === 'string' ? m.group : '',
+        address: typeof m.address === 'string' ? m.address : null,
+        dataPort: Number.isSafeInteger(m.dataPort) && (m.dataPort as number) > 0 && (m.dataPort as number) < 65536 ? m.dataPort : null,
+        role: m.role === 'gateway' ? 'gateway' : 'member',
+        overheadMsPerMiB: typeof m.overheadMsPerMiB === 'number' && Number.isFinite(m.overheadMsPerMiB) ? m.overheadMsPerMiB : null,
+        verifiedUnits: n(m.verifiedUnits),
+        leases: n(m.leases),
+        complete: m.complete === true,
+        forwarded: n(m.forwarded),
+        lanBytes: n(m.lanBytes),
+        gatewayDemotions: n(m.gatewayDemotions),
+        undeliveredClaims: n(m.undeliveredClaims),
+      });
     }
     if (full) {
-      if (!Array.isArray(o.holderSlots) || o.holderSlots.length !== this.unitCount) throw new Error(`holderSlots must list ${this.unitCount} slots`);
+      if (!Array.isArray(o.holderSlots) || o.holderSlots.length > MAX_UNITS) throw new Error(`holderSlots must be an array of at most ${MAX_UNITS} slots`);
+      this.unitCount = o.holderSlots.length;
       this.bySlot.clear();
       const h = new Int32Array(this.unitCount);
       for (let u = 0; u < this.unitCount; u++) h[u] = slotOf(o.holderSlots[u], 'holderSlots[]');

@@ -12,6 +12,7 @@ import { checkChain, parseBatch, parseStreamHead, signBatch, StreamBatchBody, va
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
+import { MapMirror } from '../../src/wire/map-mirror';
 import { parseRange } from '../../src/server/server';
 import { IdentityBindings } from '../../src/server/guard';
 import { parsePollAnswer, parseWindow } from '../../src/wire/rollout';
@@ -196,6 +197,7 @@ const httpBodies: Target = {
   seeds: [
     Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', have: 'AAE=', fetching: [1, 2] })),
     Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', unit: 5 })),
+    Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', mapEpoch: 9, mapVersion: 12, receipts: [3, 4], receiptAgesMs: [10, 250], lease: 64 })),
     Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'g', member: 'm1', sha256: 'c'.repeat(64) })),
   ],
   run(input) {
@@ -391,7 +393,40 @@ const rolloutBodies: Target = {
   },
 };
 
-export const TARGETS: Target[] = [packet, manifest, streamBatch, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+/**
+ * A 1.4 heartbeat answer as the agent applies it (MapMirror): a whole map first, then the
+ * input as the next answer. It is applied, or refused with a plain Error naming the field,
+ * and the map it leaves names only members it lists.
+ */
+const mapFull = { mapEpoch: 7, mapVersion: 3, full: true, groupComplete: false, allHeld: false, heartbeatMs: 1000, lanStart: true, holderSlots: [0, 1, -1, 0], members: [{ slot: 0, id: 'a', group: 'g', address: '10.0.0.1', dataPort: 4000, role: 'gateway', overheadMsPerMiB: 3.5, verifiedUnits: 2, leases: 1, complete: false, forwarded: 0, lanBytes: 0, gatewayDemotions: 0, undeliveredClaims: 0 }, { slot: 1, id: 'b', group: 'g', address: null, dataPort: null, role: 'member', overheadMsPerMiB: null, verifiedUnits: 0, leases: 1, complete: false, forwarded: 0, lanBytes: 0, gatewayDemotions: 0, undeliveredClaims: 0 }] };
+const mapAnswer: Target = {
+  name: 'map-answer',
+  seeds: [
+    Buffer.from(JSON.stringify(mapFull)),
+    Buffer.from(JSON.stringify({ mapEpoch: 7, mapVersion: 5, full: false, groupComplete: false, allHeld: true, members: [{ ...mapFull.members[1], slot: 2, id: 'c' }], gone: [1], holderChanges: [2, 2, 1, -1] })),
+    Buffer.from(JSON.stringify({ mapEpoch: 7, mapVersion: 3, full: false, groupComplete: false, allHeld: false, members: [] })),
+  ],
+  run(input) {
+    let answer: unknown;
+    try {
+      answer = JSON.parse(Buffer.from(input).toString('utf8'));
+    } catch {
+      return;
+    }
+    const mirror = new MapMirror();
+    mirror.apply(mapFull);
+    try {
+      mirror.apply(answer);
+    } catch (err) {
+      if ((err as Error).constructor !== Error) throw err;
+    }
+    const v = mirror.view();
+    if (v.holders.some((h) => !Number.isInteger(h) || h < -1 || h >= v.members.length)) throw new Error('a holder that is not a listed member');
+    if (v.members.some((m) => typeof m.id !== 'string' || (m.overheadMsPerMiB !== null && !Number.isFinite(m.overheadMsPerMiB)))) throw new Error('a malformed member record kept');
+  },
+};
+
+export const TARGETS: Target[] = [mapAnswer, packet, manifest, streamBatch, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
