@@ -58,7 +58,8 @@ export class HeartbeatFold {
           return;
         }
         const g = a.lease ?? { units: [], retryAfterMs: 0, exhausted: false };
-        for (const w of ws) w.resolve({ units: g.units, hedged: g.hedged, retryAfterMs: g.retryAfterMs, exhausted: g.exhausted, copyTo });
+        const origin = typeof g.origin === 'string' ? { origin: g.origin } : {}; // an HTTP range origin for the units (docs/scale-out.md)
+        for (const w of ws) w.resolve({ units: g.units, hedged: g.hedged, retryAfterMs: g.retryAfterMs, exhausted: g.exhausted, copyTo, ...origin });
       },
     };
   }

@@ -224,7 +224,7 @@ export interface HeartbeatAnswer14 extends MapDelta {
   /** Present when copy destinations changed since the member's version (and in full answers under `wide`). */
   copyTo?: CopyDestination[];
   /** The grant for the body's `lease` (absent when it asked for none). */
-  lease?: { units: number[]; hedged?: number[]; retryAfterMs: number; exhausted: boolean };
+  lease?: { units: number[]; hedged?: number[]; retryAfterMs: number; exhausted: boolean; origin?: string };
 }
 
 /** A member in GET /v1/fleet: its split-map record and what the server keeps about it. */
