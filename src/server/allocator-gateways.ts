@@ -72,8 +72,14 @@ export abstract class GatewayTable extends MemberTable {
   }
 
 
-  /** Roles changed: both members' records, and every member's copy destinations, changed (1.4 change log). */
+  /**
+   * Roles changed: both members' records, and every member's copy destinations, changed (1.4
+   * change log). The cached roles are stale from here: an answer built from them would log
+   * the new gateway's record as a plain member's, and no later change would correct it
+   * (the move can be seen first by an uncached gateways(), e.g. GET /v1/fleet).
+   */
   private gatewayMoved(from: string | null, to: string | null): void {
+    this.rolesAt = -Infinity;
     for (const id of [from, to]) {
       const m = id === null ? undefined : this.members.get(id);
       if (m) this.mapLog.member(m.slot);
