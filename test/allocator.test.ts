@@ -442,3 +442,32 @@ test('start gate (min members, max wait): nothing is leased until 3 members join
   ungated.heartbeat('x', 0);
   t.true(ungated.lease('x', 0).units.length > 0, 'off by default: one member leases at once');
 });
+
+test('origin leases (bytes from an HTTP range origin): one still queued at its member is not hedged however old its grant; the hedge clock starts when a heartbeat lists it', (t) => {
+  const mkO = () => {
+    const a = new GroupAllocator({ unitCount: 4, unitBytes: () => 1_000_000, hedgeMinMs: 1000, hedgeFactor: 2 });
+    for (const id of ['slow', 'fast']) a.heartbeat(id, 0, { lanGroup: 'x' });
+    const f = a.lease('fast', 0).units;
+    for (const u of f) {
+      a.originGranted('fast', u, 0);
+      a.receipt('fast', u, 1000); // overhead from the grant: 1 s a unit
+    }
+    const s = a.lease('slow', 1000).units;
+    for (const u of s) a.originGranted('slow', u, 1000);
+    return { a, s };
+  };
+  {
+    const { a } = mkO();
+    // 60 s after the grant, nothing listed in `fetching`: queued behind slow's other downloads.
+    a.heartbeat('slow', 60_000, {});
+    t.deepEqual(a.lease('fast', 60_000).hedged ?? [], [], 'not started: not hedged');
+  }
+  {
+    const { a, s } = mkO();
+    a.heartbeat('slow', 60_000, { fetching: [s[0]], fetchingBytes: [0] });
+    t.deepEqual(a.lease('fast', 60_500).hedged ?? [], [], 'just started: its clock runs from the heartbeat that listed it');
+    a.heartbeat('slow', 64_000, { fetching: [s[0]], fetchingBytes: [0] });
+    const g = a.lease('fast', 64_000);
+    t.deepEqual(g.hedged, [s[0]], 'started 4 s ago and no byte since: hedged');
+  }
+});

@@ -80,6 +80,10 @@ export abstract class MemberTable extends AllocatorState {
       const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
       if (!l) continue;
       if (this.leases.get(u) === l) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
+      if (l.origin && l.origin.startedAt === null) {
+        l.origin.startedAt = now; // the hedge clock runs from here, not from the grant
+        l.lastByteAt = now;
+      }
       const b = info.fetchingBytes?.[i];
       // Paused for its own copies to other groups: alive and sending, as good as progress.
       l.copying = info.copying === true;

@@ -159,6 +159,11 @@ export interface Lease {
   lastByteAt: number;
   /** The member's last heartbeat said its downloads wait for its own cross-group copies. */
   copying?: boolean;
+  /**
+   * The bytes come from an HTTP range origin (docs/scale-out.md): sentAt is the grant, and
+   * the server learns the download started only when a heartbeat lists the unit in `fetching`.
+   */
+  origin?: { startedAt: number | null };
 }
 
 export interface LeaseGrant {

@@ -46,6 +46,22 @@ export class GroupAllocator extends GatewayTable {
   }
 
 
+  /**
+   * Unit `u` was granted to `id` with an HTTP range origin: the grant is the send time
+   * (the server will not see the bytes go). Such a lease is hedged only once a heartbeat
+   * has listed it in `fetching`, and its hedge clock runs from then, as a server lease's
+   * runs from its first byte: a unit still queued behind the member's other downloads is
+   * not late.
+   */
+  originGranted(id: string, u: number, now: number): void {
+    const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+    if (!l || l.sentAt !== null) return;
+    l.sentAt = now;
+    l.lastByteAt = now;
+    l.origin = { startedAt: null };
+  }
+
+
   /** Receipt notice (000 claim 8): member verified unit u. Updates overhead and ranking. */
   receipt(id: string, u: number, now: number): void {
     const m = this.members.get(id);
@@ -96,16 +112,18 @@ export class GroupAllocator extends GatewayTable {
   private hedgeable(m: Member, now: number): number | null {
     if (m.overhead === null) return null; // only members with a measured overhead hedge
     for (const [u, l] of this.leases) {
-      if (l.member === m.id || this.hedges.has(u) || l.sentAt === null) continue;
+      // The hedge clock: from the first byte sent, or for an origin's bytes from the first heartbeat that listed the download.
+      const start = l.origin ? l.origin.startedAt : l.sentAt;
+      if (l.member === m.id || this.hedges.has(u) || start === null) continue;
       const bytes = this.opts.unitBytes(u);
       const owner = this.members.get(l.member);
       const oh = owner ? this.overheadOf(owner) : null;
       const predicted = oh === null ? 0 : oh * bytes;
-      const elapsed = now - l.sentAt;
+      const elapsed = now - start;
       if (elapsed <= Math.max(this.opts.hedgeMinMs, this.opts.hedgeFactor * predicted)) continue;
       if (l.copying && now - l.lastByteAt < this.opts.hedgeMinMs) continue;
       if (l.bytesSent > 0 && now - l.lastByteAt < this.opts.hedgeMinMs) {
-        const rate = l.bytesSent / Math.max(1, l.lastByteAt - l.sentAt); // bytes per ms
+        const rate = l.bytesSent / Math.max(1, l.lastByteAt - start); // bytes per ms
         const remainingMs = (bytes - l.bytesSent) / rate;
         if (remainingMs <= this.opts.hedgeFactor * m.overhead * bytes) continue;
       }

@@ -258,7 +258,7 @@ export abstract class ServerRoutes extends MemberRegistry {
   protected originFor(g: GroupAllocator, member: string, units: number[], dist: Distribution, now: number): { origin?: string } {
     const origins = dist.origins ?? [];
     if (origins.length === 0 || units.length === 0) return {};
-    for (const u of units) g.sending(member, u, now);
+    for (const u of units) g.originGranted(member, u, now);
     this.stats.originGrants += units.length;
     let h = 0;
     for (let i = 0; i < member.length; i++) h = (h * 31 + member.charCodeAt(i)) >>> 0;
