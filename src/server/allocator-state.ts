@@ -98,7 +98,7 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   minMembers: 0,
   maxWaitMs: 30_000,
   mapLogEntries: 2048,
-  memberRefreshMs: 5000,
+  memberRefreshMs: 30_000,
 };
 
 export interface Member {
