@@ -421,7 +421,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const serverHwmMiB = (await memKiB(pid)).hwm / 1024;
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (o.agents * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow };
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow };
   } finally {
     stopping = true;
     client.c?.close();
@@ -441,11 +441,12 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     const failed = all.reduce((s, k) => s + k.failed, 0);
     const hb = r.kinds.heartbeat ?? { count: 0, bytes: 0, latencies: [], failed: 0 };
     const lat = all.flatMap((k) => k.latencies);
-    const agentSeconds = r.opts.agents * r.window;
+    // Agents that had joined when the window opened: the rest were not yet active (a fleet still joining).
+    const agentSeconds = r.joined * r.window;
     const reached = r.intendedHeartbeats ? hb.count / r.intendedHeartbeats : 1;
     const cpuPerRequest = reqs ? (r.serverCpu / reqs) * 1e6 : NaN;
     // At the full rate: every request kind scaled up by the share of heartbeats the simulator missed.
-    const fullRate = reached < 0.95 ? ((cpuPerRequest * reqs) / r.window / Math.max(reached, 0.01) / r.opts.agents).toFixed(1) : '-';
+    const fullRate = reached < 0.95 ? ((cpuPerRequest * reqs) / r.window / Math.max(reached, 0.01) / Math.max(1, r.joined)).toFixed(1) : '-';
     const perKind = Object.entries(r.kinds)
       .map(([n, k]) => `${n} ${(k.count / r.window).toFixed(0)}/s`)
       .join(', ');
@@ -475,6 +476,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'Where the simulator sent fewer than 95% of the heartbeats its agents meant to, "at the full rate" extrapolates: the server CPU',
     'per request measured here times the requests per agent-second the agents meant to send (the measured rate divided by the share',
     'of heartbeats sent). The p50/p99 of such a row include the simulator\'s own event-loop delay (it was saturated), not only the server\'s.',
+    'Agent-seconds and intended heartbeats count the agents that had joined when the window opened (the line below).',
     `Joins before the window opened (joined of agents, in how long): ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
     '',
     'Goal (issue 17): at most 20 µs of server CPU per active agent-second, p99 at most 250 ms, no failure, server RSS at most 2 GiB, at',
