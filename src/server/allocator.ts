@@ -163,7 +163,7 @@ export class GroupAllocator extends GatewayTable {
     const id = m.id;
     m.lastSeen = now;
     if (this.opts.representativeOnly && this.gatewayFor(m.lanGroup, now) !== id) return { units: [], retryAfterMs: 0, exhausted: true };
-    if (!this.started(now)) return { units: [], retryAfterMs: 250, exhausted: false };
+    if (!this.started(now)) return { units: [], retryAfterMs: 1000, exhausted: false }; // ask again in a second: a gated fleet of 100,000 must not beat every 250 ms
     const want = Math.min(max, this.depthFor(m) - m.leases.size);
     if (want <= 0) return { units: [], retryAfterMs: 200, exhausted: false };
     const free = this.freeUnits(want);
