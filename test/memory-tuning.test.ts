@@ -49,3 +49,19 @@ test('agent tuning: the young generation stays at its initial size', (t) => {
   // The same load grows an untuned process's young generation: the setting is what holds it.
   t.true(plain.newSpace > tuned.newSpace, `untuned ${plain.newSpace}, tuned ${tuned.newSpace}`);
 });
+
+test('fleetcast agent loads no other command: not the server, rollouts, streams, the demo or the doctor', (t) => {
+  // main() looks commands up lazily (issue 16: the agent's resident set); `agent --help`
+  // goes through the same lookup as a real start and exits at once.
+  const main = path.join(__dirname, '..', 'src', 'cli', 'main.js');
+  const script = `require(${JSON.stringify(main)}).main(['agent', '--help']).then((code) => {
+    process.stdout.write(JSON.stringify({ code, loaded: Object.keys(require.cache).map((f) => require('path').relative(${JSON.stringify(path.join(__dirname, '..', 'src'))}, f)) }));
+  });`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+  t.is(r.status, 0, r.stderr);
+  const { code, loaded } = JSON.parse(r.stdout.slice(r.stdout.lastIndexOf('{"code"'))) as { code: number; loaded: string[] };
+  t.is(code, 0);
+  t.true(loaded.includes(path.join('cli', 'agent-command.js')), 'the agent command itself is loaded');
+  const others = loaded.filter((f) => /^(server|cli[\\/](server-command|demo|doctor|rollout|init|ops|commands|stream))[\\/.]/.test(f));
+  t.deepEqual(others, [], `modules of other commands loaded by \`fleetcast agent\``);
+});

@@ -2,16 +2,7 @@ import { ExitCode, exitStatusHelp, FleetcastError } from '../util/errors';
 import { loadConfigFile } from '../config/config';
 import { buildInfo } from '../util/build-info';
 import { didYouMean, formatHelp, parseArgs, resolveFlags } from './args';
-import { agent } from './agent-command';
-import { Command } from './command';
-import { keygen, publish } from './commands';
-import { server } from './server-command';
-import { demo } from './demo';
-import { config, fleet, status } from './ops';
-import { doctor } from './doctor';
-import { init } from './init';
-import { rollout } from './rollout';
-import { stream } from './stream';
+import type { Command } from './command';
 
 const version: Command = {
   spec: { name: 'version', summary: 'Print the version of fleetcast and of the Node.js it runs on.', usage: 'version [--json]', flags: { json: { type: 'boolean', help: 'print it as JSON' } } },
@@ -22,7 +13,39 @@ const version: Command = {
   },
 };
 
-const COMMANDS: Record<string, Command> = { init, keygen, publish, server, agent, status, fleet, rollout, stream, config, doctor, demo, version };
+/* eslint-disable @typescript-eslint/no-require-imports */
+/**
+ * Each command's module is loaded when the command is looked up, not at startup: the
+ * agent runs for months on boxes with little RAM and has no use for the server, the
+ * rollout engine, streams, the demo or the doctor (issue 16: ~2 MiB less resident, 72 modules
+ * instead of 108). `--help` lists them all, and loads them all.
+ */
+const COMMANDS: Record<string, Command> = lazyTable({
+  init: () => (require('./init') as typeof import('./init')).init,
+  keygen: () => (require('./commands') as typeof import('./commands')).keygen,
+  publish: () => (require('./commands') as typeof import('./commands')).publish,
+  server: () => (require('./server-command') as typeof import('./server-command')).server,
+  agent: () => (require('./agent-command') as typeof import('./agent-command')).agent,
+  status: () => (require('./ops') as typeof import('./ops')).status,
+  fleet: () => (require('./ops') as typeof import('./ops')).fleet,
+  rollout: () => (require('./rollout') as typeof import('./rollout')).rollout,
+  stream: () => (require('./stream') as typeof import('./stream')).stream,
+  config: () => (require('./ops') as typeof import('./ops')).config,
+  doctor: () => (require('./doctor') as typeof import('./doctor')).doctor,
+  demo: () => (require('./demo') as typeof import('./demo')).demo,
+  version: () => version,
+});
+/* eslint-enable @typescript-eslint/no-require-imports */
+
+/** An object whose properties are computed once, on first read; the keys are known without loading anything. */
+function lazyTable<T>(loaders: Record<string, () => T>): Record<string, T> {
+  const table: Record<string, T> = {};
+  for (const [name, load] of Object.entries(loaders)) {
+    let value: T | undefined;
+    Object.defineProperty(table, name, { enumerable: true, get: () => (value ??= load()) });
+  }
+  return table;
+}
 
 function topHelp(): string {
   const w = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
@@ -51,7 +74,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`fleetcast ${buildInfo().version}\n`);
     return ExitCode.OK;
   }
-  const cmd = COMMANDS[name];
+  const cmd = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (!cmd) {
     const guess = didYouMean(name, Object.keys(COMMANDS));
     process.stderr.write(`fleetcast: unknown command ${JSON.stringify(name)}${guess ? ` (did you mean ${guess}?)` : ''}\nRun 'fleetcast --help' for the list.\n`);
