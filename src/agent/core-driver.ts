@@ -44,6 +44,8 @@ export class CoreDriver {
     private readonly cross: Transport,
     private readonly hooks: DriverHooks,
   ) {
+    // sendmmsg copies before it returns; node:dgram holds each datagram until sent.
+    core.reuseSentDatagrams?.(lan.info.kind === 'native');
     lan.onBatch((b) => {
       if (this.closed) return;
       const now = Date.now();

@@ -89,6 +89,8 @@ export const AGENT_DEFAULTS = {
   copyQueueMaxBytes: 1024 * 1024,
   /** Outgoing datagrams are carved from arenas of this size: one allocation per ~170 1.5 KB datagrams. */
   datagramArenaBytes: 256 * 1024,
+  /** Emptied LAN arenas kept for reuse (native transport only): copyQueueMaxBytes' worth and a little more. */
+  datagramArenasFree: 8,
   /** Cross-group copies queued above which WAN downloads pause (~0.2 s at 10 Mbit/s). */
   crossQueueMaxBytes: 256 * 1024,
 };

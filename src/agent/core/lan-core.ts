@@ -207,6 +207,10 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.send.setRate(bytesPerSec);
   }
 
+  reuseSentDatagrams(on: boolean): void {
+    this.send.reuseSentDatagrams(on);
+  }
+
   // ---------------------------------------------------------------- outputs
 
   pollTransmit(now: number): Transmit | null {

@@ -25,8 +25,21 @@ export class SendEngine {
   /** Cross-group sends: one learned pace per other group's gateway, under the member's cap. */
   readonly cross: CrossPaths;
   /** Outgoing datagrams are carved from arenas (datagramArenaBytes): one allocation per many fragments, not one each. */
-  private arena = new Uint8Array(0);
+  private arena: Uint8Array = new Uint8Array(0);
   private arenaOff = 0;
+  /** Unicast datagrams come from arenas of their own, never reused: the driver may hold them after handing out (its backlog). */
+  private crossArena: Uint8Array = new Uint8Array(0);
+  private crossArenaOff = 0;
+  /**
+   * Reuse of LAN arenas once all their datagrams left (reuseSentDatagrams): datagrams not
+   * yet sent, per arena, and the emptied arenas kept for the next ones. Without it every
+   * arena is garbage once sent, and one that waited through two scavenges dies old and
+   * stays resident until a full GC: at 2 GiB, 10-15 MiB of dead arenas per demo agent
+   * (bench -- memory).
+   */
+  private reuse = false;
+  private readonly arenaLive = new Map<ArrayBufferLike, number>();
+  private readonly freeArenas: Uint8Array[] = [];
   private readonly repairQueue: Uint8Array[] = [];
   private readonly copyQueue: Uint8Array[] = [];
   private copyQueueBytes = 0;
@@ -65,18 +78,61 @@ export class SendEngine {
     });
   }
 
-  private allocDatagram(bytes: number): Uint8Array {
+  /**
+   * The LAN transport copies a datagram before sendBatch returns (the native one:
+   * sendmmsg), so an arena whose datagrams have all been sent may be written again. Not
+   * for the fallback transport on Node's datagram sockets, which holds each datagram
+   * until its send completes.
+   */
+  reuseSentDatagrams(on: boolean): void {
+    this.reuse = on;
+    if (!on) {
+      this.arenaLive.clear();
+      this.freeArenas.length = 0;
+    }
+  }
+
+  private allocDatagram(bytes: number, lan: boolean): Uint8Array {
+    if (!lan) {
+      if (this.crossArenaOff + bytes > this.crossArena.length) {
+        this.crossArena = new Uint8Array(Math.max(AGENT_DEFAULTS.datagramArenaBytes, bytes));
+        this.crossArenaOff = 0;
+      }
+      const d = this.crossArena.subarray(this.crossArenaOff, this.crossArenaOff + bytes);
+      this.crossArenaOff += bytes;
+      return d;
+    }
     if (this.arenaOff + bytes > this.arena.length) {
-      this.arena = new Uint8Array(Math.max(AGENT_DEFAULTS.datagramArenaBytes, bytes));
+      const old = this.arena;
+      if (this.reuse && old.length === AGENT_DEFAULTS.datagramArenaBytes && !this.arenaLive.has(old.buffer)) this.recycleArena(old);
+      const size = Math.max(AGENT_DEFAULTS.datagramArenaBytes, bytes);
+      this.arena = (size === AGENT_DEFAULTS.datagramArenaBytes && this.freeArenas.pop()) || new Uint8Array(size);
       this.arenaOff = 0;
     }
     const d = this.arena.subarray(this.arenaOff, this.arenaOff + bytes);
     this.arenaOff += bytes;
+    if (this.reuse) this.arenaLive.set(d.buffer, (this.arenaLive.get(d.buffer) ?? 0) + 1);
     return d;
   }
 
+  /** A LAN datagram left: its arena may be reused once it is no longer the current one and all its datagrams left. */
+  private datagramLeft(d: Uint8Array): void {
+    const left = this.arenaLive.get(d.buffer);
+    if (left === undefined) return; // not from a reused arena (reuse off, or a control packet)
+    if (left > 1) {
+      this.arenaLive.set(d.buffer, left - 1);
+      return;
+    }
+    this.arenaLive.delete(d.buffer);
+    if (d.buffer !== this.arena.buffer && d.buffer.byteLength === AGENT_DEFAULTS.datagramArenaBytes) this.recycleArena(new Uint8Array(d.buffer));
+  }
+
+  private recycleArena(a: Uint8Array): void {
+    if (this.freeArenas.length < AGENT_DEFAULTS.datagramArenasFree) this.freeArenas.push(a);
+  }
+
   private data(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, forward: boolean): Uint8Array {
-    const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length);
+    const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length, !forward);
     // One header object of a fixed shape, filled in per fragment: this runs for every
     // datagram, and a fresh (spread) object each time cost more than the copy itself.
     const h = this.h;
@@ -218,6 +274,7 @@ export class SendEngine {
 
   /** Bookkeeping for a datagram that left on the LAN: stats, repair dedup, copy tracking. */
   private sent(d: Uint8Array, now: number): void {
+    if (this.reuse) this.datagramLeft(d);
     const h = peekOwnData(d);
     if (!h) return;
     if (h.repair) {

@@ -186,6 +186,12 @@ export interface ProtocolCore {
   /** The LAN transport can take datagrams again after refusing some. */
   writable(now: number): void;
   setRate(bytesPerSec: number): void;
+  /**
+   * The LAN transport copies each datagram before sendBatch returns (native sendmmsg):
+   * the core may then write new datagrams where sent ones were. Off by default; the
+   * driver must not keep a LAN Transmit's datagrams past transmitted().
+   */
+  reuseSentDatagrams?(on: boolean): void;
 
   // ---- outputs (poll_*): what the driver must do
   /** Next datagrams to send, or null. Every Transmit must be answered by transmitted(). */
