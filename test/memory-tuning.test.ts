@@ -65,3 +65,30 @@ test('fleetcast agent loads no other command: not the server, rollouts, streams,
   const others = loaded.filter((f) => /^(server|cli[\\/](server-command|demo|doctor|rollout|init|ops|commands|stream))[\\/.]/.test(f));
   t.deepEqual(others, [], `modules of other commands loaded by \`fleetcast agent\``);
 });
+
+test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a large live heap instead of collecting at every check', (t) => {
+  // Objects that live through a few scavenges, then die old: what datagram views and HTTP
+  // chunks do in an agent. checkAgentHeap runs as the driver calls it, 50 ms of fake clock apart.
+  const MT = path.join(__dirname, '..', 'src', 'util', 'memory-tuning.js');
+  const script = (live: number) => `
+    const mt = require(${JSON.stringify(MT)});
+    const v8 = require('v8');
+    let maxUsed = 0, now = 0, checks = 0;
+    const ring = [];
+    for (let i = 0; i < 3000; i++) {
+      const a = []; for (let j = 0; j < 500; j++) a.push({ i, j, s: 'x' + j });
+      ring.push(a); if (ring.length > ${live}) ring.shift();
+      mt.checkAgentHeap(now += 50); checks++;
+      maxUsed = Math.max(maxUsed, v8.getHeapStatistics().used_heap_size);
+    }
+    process.stdout.write(JSON.stringify({ maxUsed, collections: mt.heapCollections.count, checks: Math.floor(now / 250) }));`;
+  const tuned = child(script(100), true);
+  const plain = child(script(100), false);
+  t.is(plain.collections, 0, 'no ceiling without tuneAgentMemory');
+  t.true(tuned.collections > 0);
+  t.true(tuned.maxUsed < 16 * 1024 * 1024, `tuned: heap used up to ${(tuned.maxUsed / 1048576).toFixed(1)} MiB`);
+  t.true(plain.maxUsed > 1.5 * tuned.maxUsed, `untuned ${(plain.maxUsed / 1048576).toFixed(1)} MiB, tuned ${(tuned.maxUsed / 1048576).toFixed(1)} MiB`);
+  // ~25 MiB live, above the ceiling: collections come as the heap grows by half, not at each check.
+  const big = child(script(1000), true);
+  t.true(big.collections < big.checks / 4, `${big.collections} collections in ${big.checks} checks`);
+});

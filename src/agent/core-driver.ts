@@ -1,6 +1,7 @@
 import type { PartialStore } from '../storage/partial-store';
 import type { Endpoint, Transport } from '../transport/transport';
 import type { Logger } from '../util/log';
+import { checkAgentHeap } from '../util/memory-tuning';
 import type { CoreEvent, ProtocolCore } from './core/types';
 
 /** What the driver does with the core's events besides storage. */
@@ -90,6 +91,7 @@ export class CoreDriver {
     }
     for (let e = core.pollEvent(); e; e = core.pollEvent()) this.onEvent(e);
     this.hooks.afterFlush();
+    checkAgentHeap(now);
     const at = core.pollTimeout();
     if (at === null || (this.timer && this.timerAt <= at)) return; // an earlier timer re-arms when it fires
     if (this.timer) clearTimeout(this.timer);

@@ -1,4 +1,5 @@
-import { setFlagsFromString } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { loadNativeAddon } from './native-addon';
 
 /**
@@ -17,12 +18,45 @@ import { loadNativeAddon } from './native-addon';
  *   any size, and a scavenge also frees young ArrayBuffers (HTTP chunks) sooner. The
  *   heap was ~16 MiB at the peak, ~10 MiB with this. (`--max-semi-space-size` would do
  *   the same but only on the command line; the growth factor is read at each growth.)
+ * - A ceiling on the V8 heap (checkAgentHeap, from the driver's data path): with
+ *   unit buffers and datagram arenas reused, little external memory is allocated, and
+ *   that was what made V8 run full GCs; promoted garbage (datagram views, chunks, promises
+ *   that outlived two 1 MiB scavenges) then grew the heap to 20+ MiB before V8's first
+ *   full GC of its own. Past the ceiling the agent runs one itself, at most every
+ *   HEAP_CHECK_MS; the ceiling follows what survives (x1.5), so a large live heap does
+ *   not make it collect at every check. (`--max-old-space-size` is read only at startup.)
  */
 export const AGENT_MALLOC_MMAP_THRESHOLD_BYTES = 128 * 1024;
 
+export const AGENT_HEAP_CEILING_BYTES = 12 * 1024 * 1024;
+const HEAP_CHECK_MS = 250;
+
+let collect: (() => void) | null = null;
+let ceiling = AGENT_HEAP_CEILING_BYTES;
+let lastCheck = 0;
+/** Full GCs run by checkAgentHeap (tests, logs). */
+export const heapCollections = { count: 0 };
+
 export function tuneAgentMemory(): { mallocMmapThreshold: boolean } {
   setFlagsFromString('--semi-space-growth-factor=1');
+  // gc() of a context made after the flag (the main one was made before); ~0.5 MiB.
+  setFlagsFromString('--expose-gc');
+  collect = runInNewContext('gc') as () => void;
   const addon = loadNativeAddon();
   const mallocMmapThreshold = typeof addon?.setMallocMmapThreshold === 'function' && addon.setMallocMmapThreshold(AGENT_MALLOC_MMAP_THRESHOLD_BYTES);
   return { mallocMmapThreshold };
+}
+
+/**
+ * The heap ceiling (see above): call it on the data path with the current time; it does
+ * nothing unless tuneAgentMemory ran (the agent command), or more often than every
+ * HEAP_CHECK_MS.
+ */
+export function checkAgentHeap(now: number): void {
+  if (!collect || now - lastCheck < HEAP_CHECK_MS) return;
+  lastCheck = now;
+  if (getHeapStatistics().used_heap_size < ceiling) return;
+  collect();
+  heapCollections.count++;
+  ceiling = Math.max(AGENT_HEAP_CEILING_BYTES, getHeapStatistics().used_heap_size * 1.5);
 }
