@@ -118,7 +118,7 @@ export abstract class CoreUnits {
     this.fetchNext.delete(unit);
   }
 
-  unitFetched(unit: number, bytes: Buffer, now: number): void {
+  unitFetched(unit: number, bytes: Buffer | null, now: number): void {
     this.accept(unit, bytes, 'wan', now);
     if (!this.lanStart) {
       this.deferred.push(unit);

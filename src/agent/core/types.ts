@@ -167,8 +167,9 @@ export interface ProtocolCore {
    * A unit from the WAN, verified and written to storage. `bytes` become the core's: it
    * serves repairs from them and later recycles them for other units' assemblies, so the
    * caller must neither keep them nor take them from a pool of its own (use takeBuffer()).
+   * null: the caller gave the buffer back with giveBuffer() already (once written).
    */
-  unitFetched(unit: number, bytes: Buffer, now: number): void;
+  unitFetched(unit: number, bytes: Buffer | null, now: number): void;
   /**
    * Optional, before unitStored: the store needs the bytes of a 'store' event no more
    * (written or failed; PartialStore.writeUnit's `released`), though the unit is not yet
