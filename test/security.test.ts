@@ -214,3 +214,28 @@ test('one token for two boxes without shared_tokens: the second agent exits 77 s
   srv.kill('SIGTERM');
   await new Promise((r) => srv.on('exit', r));
 });
+
+test('only an operator token changes rollouts: a device token is refused with 403 NOT_OPERATOR, may still read them; operator_tokens names others', async (t) => {
+  const { startFleet } = await import('./helpers/fleet');
+  const device = 'd'.repeat(32);
+  const op = 'o'.repeat(32);
+  const ops2 = 'p'.repeat(32);
+  for (const [operatorTokens, allowed] of [[undefined, op], [['ops-team'], ops2]] as const) {
+    const f = await startFleet(t, { size: 300_000, unitSize: 65536, server: { tokens: { 'box-1': device, operator: op, 'ops-team': ops2 }, ...(operatorTokens ? { operatorTokens: [...operatorTokens] } : {}) } });
+    const call = (token: string, p: string, body?: unknown) =>
+      fetch(f.url + p, { method: body === undefined ? 'GET' : 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const start = { channel: 'stable', release: f.manifest.id, waves: ['100%'] };
+    const refused = await call(device, '/v1/rollouts', start);
+    t.is(refused.status, 403);
+    t.regex(await refused.text(), /NOT_OPERATOR/);
+    const other = allowed === op ? ops2 : op;
+    t.is((await call(other, '/v1/rollouts', start)).status, 403, 'a token not named in operator_tokens is refused too');
+    t.is((await call(device, '/v1/rollouts')).status, 200, 'a device token may read the rollouts');
+    // The operator gets past the check, to the request's own checks (no channel "stable" here).
+    const r = await call(allowed, '/v1/rollouts', start);
+    const text = await r.text();
+    t.true(r.status === 400 || r.status === 404, `${r.status} ${text}`);
+    t.notRegex(text, /NOT_OPERATOR|UNAUTHORIZED/);
+    t.is((await call(device, '/v1/rollouts/r-000000000000/abort', { rollback: true })).status, 403, 'nor abort');
+  }
+});

@@ -198,9 +198,9 @@ export class RolloutService {
   /** Serve the request if it is ours (/v1/rollouts..., /ui/); false otherwise. Auth has been checked. */
   /**
    * `authorize` checks that the request's token may speak for a member id (device
-   * identity, docs/security.md); it throws when not.
+   * identity, docs/security.md); `operator` that it may change rollouts; both throw when not.
    */
-  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined): Promise<boolean> {
+  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined, operator: () => void = () => undefined): Promise<boolean> {
     const p = url.pathname;
     if (p === '/ui' || p === '/ui/' || p === '/ui/index.html') {
       if (req.method !== 'GET') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed`);
@@ -224,12 +224,16 @@ export class RolloutService {
       for (const ch of this.seen.keys()) members[ch] = this.channelMembers(ch, now).length;
       return this.json(res, 200, { rollouts: this.list(now).filter((r) => !channel || r.channel === channel), channelMembers: members });
     }
-    if (parts.length === 2 && req.method === 'POST') return this.json(res, 201, await this.start(await readJson(req), now));
+    if (parts.length === 2 && req.method === 'POST') {
+      operator(); // a device's token reads rollouts; only an operator's changes them
+      return this.json(res, 201, await this.start(await readJson(req), now));
+    }
     if (parts.length === 3 && parts[2] === 'poll') {
       if (req.method !== 'POST') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed on ${p}`);
       return this.json(res, 200, await this.poll(await readJson(req), now, authorize));
     }
     if (parts.length >= 3) {
+      if (parts.length === 4 && req.method === 'POST') operator(); // before the lookup: the answer says nothing about a rollout to a device
       const r = this.rollouts.get(parts[2]);
       if (!r) throw new ApiError(404, 'NO_ROLLOUT', `no rollout ${parts[2]} on this server`);
       if (parts.length === 3 && req.method === 'GET') return this.json(res, 200, summary(r, now));

@@ -49,6 +49,12 @@ export interface ServerOptions {
    */
   sharedTokens?: boolean;
   /**
+   * Names of the tokens that may start, pause, resume and abort rollouts (docs/security.md,
+   * "Operators"). Default: `operator` (the token `fleetcast init` writes to operator.token).
+   * A device's token may only report for itself. Without any token the server is open.
+   */
+  operatorTokens?: string[];
+  /**
    * 1.4 agents: the heartbeats per second the server aims at, all members together. With
    * more live members than this, each is asked to beat every members / rate seconds instead
    * of every heartbeatMs (never slower than 60 s). Default 5,000.

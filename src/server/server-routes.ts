@@ -27,7 +27,11 @@ export abstract class ServerRoutes extends MemberRegistry {
     if (token === false) return;
     const url = new URL(req.url ?? '/', 'http://x');
     try {
-      if (await this.rollouts.handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token))) return;
+      const operator = () => {
+        const names = this.opts.operatorTokens ?? ['operator'];
+        if (token !== null && !names.includes(token)) throw new HttpError(403, 'NOT_OPERATOR', `token ${token} may not change rollouts: only the operator tokens (${names.join(', ')}; server key operator_tokens) may`);
+      };
+      if (await this.rollouts.handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token), operator)) return;
     } catch (err) {
       throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
     }
