@@ -30,6 +30,18 @@ import { clockTicks, cpuSeconds, memKiB } from './idle';
 const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A join that fails (the server busy with the whole fleet joining) is tried again with backoff, as an agent would, until `stopped`. */
+async function joinWithBackoff<T>(join: () => Promise<T>, stopped: () => boolean): Promise<T> {
+  for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
+    try {
+      return await join();
+    } catch (err) {
+      if (stopped()) throw err;
+      await sleep(delay * (0.5 + Math.random()));
+    }
+  }
+}
+
 export interface ScaleOptions {
   agents: number;
   perGroup: number;
@@ -223,16 +235,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
           fetching: [...fetching],
           dataPort: 40000 + (i % o.perGroup),
         });
-      for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
-        try {
-          heartbeatMs = (await hb(true)).heartbeatMs;
-          joined++;
-          break;
-        } catch (err) {
-          if (stop) throw err;
-          await sleep(delay * (0.5 + Math.random()));
-        }
-      }
+      heartbeatMs = (await joinWithBackoff(() => hb(true), () => stop)).heartbeatMs;
+      joined++;
       const beat = (async () => {
         // Spread the first beats over one interval, as agents started at different times would be.
         await sleep(Math.random() * heartbeatMs);
@@ -335,17 +339,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         }
         for (const w of wakers.splice(0)) w();
       };
-      // A join that fails (the server busy with the whole fleet joining) is tried again, as an agent would.
-      for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
-        try {
-          await hb(true);
-          joined++;
-          break;
-        } catch (err) {
-          if (stop) throw err;
-          await sleep(delay * (0.5 + Math.random()));
-        }
-      }
+      await joinWithBackoff(() => hb(true), () => stop);
+      joined++;
       const beat = (async () => {
         await sleep(Math.random() * heartbeatMs);
         while (!stop) {
