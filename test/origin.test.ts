@@ -167,3 +167,25 @@ test('docs/scale-out.md: its command block runs as written and names the origin 
   }
   t.deepEqual(JSON.parse(last), { origins: ['https://cdn.example.com/fleet'] });
 });
+
+test('an origin that serves wrong bytes (right range, right length): they fail verification, the units come from the server, every agent verifies', async (t) => {
+  const f = await startFleet(t, { size: 4 * 1024 * 1024 + 3, unitSize: 256 * 1024, server: { policy: 'group' }, allocator: { minMembers: 3, maxWaitMs: 60_000 } });
+  let served = 0;
+  const liar = http.createServer((req, res) => {
+    const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ''));
+    if (!m) return void res.writeHead(400).end();
+    const [a, b] = [Number(m[1]), Number(m[2])];
+    served++;
+    res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${f.manifest.size}`, 'content-length': b - a + 1 });
+    res.end(randomBytes(b - a + 1));
+  });
+  await new Promise<void>((r) => liar.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { liar.closeAllConnections(); liar.close(() => r()); }));
+  await writeDistribution(path.join(f.dir, 'store', 'releases', f.manifest.id), { origins: [`http://127.0.0.1:${(liar.address() as AddressInfo).port}`] });
+  const agents = startTwoGroups(f);
+  const reps = await allVerify(t, f, agents);
+  t.true(served > 0, 'the origin was asked');
+  t.true(reps.reduce((s, r) => s + r.originFailures, 0) > 0, 'its bytes were counted as failures');
+  t.true(reps.reduce((s, r) => s + r.unitsRejected, 0) > 0, 'and rejected on their hash');
+  for (const group of ['east', 'west']) t.true((f.server.stats.unitBytesSentByGroup[group] ?? 0) >= f.manifest.size * 0.9, `${group}: the server sent the units instead`);
+});

@@ -215,8 +215,9 @@ export class WanFetch {
           stats.unitsRejected++;
           core.giveBuffer(buf);
           await spool.discard();
-          if (fromOrigin) this.originFailed(this.originOf.get(unit)!, unit, 'its bytes failed verification');
-          else await this.badFromServer(unit);
+          const origin = fromOrigin ? this.originOf.get(unit) : undefined;
+          if (origin !== undefined) this.originFailed(origin, unit, 'its bytes failed verification');
+          else if (!fromOrigin) await this.badFromServer(unit);
           continue;
         }
         this.serverFailures.delete(unit);
