@@ -220,6 +220,27 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const rate = Math.min(o.wanBytesPerSec, o.originBytesPerSec / (o.agents * 2));
     const unitMs = (unitSize / rate) * 1000;
 
+    /** What every simulated heartbeat says, 1.3 or 1.4: who, where, what its LAN group holds, what it fetches. */
+    const beatBody = (site: { address: string; held: Uint8Array }, ref: Record<string, string>, extra: { wideGroup?: string }, fetching: Set<number>, i: number) => ({
+      ...ref,
+      ...extra,
+      have: Buffer.from(site.held).toString('base64'),
+      address: site.address,
+      fetching: [...fetching],
+      dataPort: 40000 + (i % o.perGroup),
+    });
+
+    /** An agent's end: its fetch workers done, it waits until its LAN group holds every unit, says complete, and stops beating. */
+    const finish = async (site: { address: string; heldCount: number }, ref: { release: string; group: string; member: string }, workers: Promise<void>[], beat: Promise<void>) => {
+      await Promise.all(workers);
+      while (!stop && site.heldCount < units) await sleep(500);
+      if (!stop) {
+        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }).catch(() => undefined);
+        completed++;
+      }
+      await beat;
+    };
+
     const agent = async (i: number) => {
       const site = sites[Math.floor(i / o.perGroup)];
       const ref = { release, group: site.name, member: `m${i}` };
@@ -228,12 +249,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
       let heartbeatMs = 1000;
       const hb = (join: boolean) =>
         c.post<{ heartbeatMs: number }>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
-          ...ref,
-          ...extra,
-          have: Buffer.from(site.held).toString('base64'),
-          address: site.address,
-          fetching: [...fetching],
-          dataPort: 40000 + (i % o.perGroup),
+          ...beatBody(site, ref, extra, fetching, i),
         });
       heartbeatMs = (await joinWithBackoff(() => hb(true), () => stop)).heartbeatMs;
       joined++;
@@ -254,7 +270,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         while (!stop && site.heldCount < units) {
           let g: { units: number[]; retryAfterMs: number; exhausted: boolean };
           try {
-            g = await c.post(site.address, 'lease', '/v1/lease', { ...ref, ...extra });
+            g = await c.post(site.address, 'lease', '/v1/lease', ref); // a member reference, as an agent sends (wideGroup goes on heartbeats only)
           } catch {
             await sleep(1000);
             continue;
@@ -274,13 +290,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
           }
         }
       };
-      await Promise.all([worker(), worker()]);
-      while (!stop && site.heldCount < units) await sleep(500);
-      if (!stop) {
-        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }).catch(() => undefined);
-        completed++;
-      }
-      await beat;
+      await finish(site, ref, [worker(), worker()], beat);
     };
 
     /**
@@ -312,12 +322,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         let a: A;
         try {
           a = await c.post<A>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
-            ...ref,
-            ...extra,
-            have: Buffer.from(site.held).toString('base64'),
-            address: site.address,
-            fetching: [...fetching],
-            dataPort: 40000 + (i % o.perGroup),
+            ...beatBody(site, ref, extra, fetching, i),
             ...(epoch !== undefined ? { mapEpoch: epoch, mapVersion: version } : { mapVersion: 0 }),
             ...(rs.length ? { receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => now - r.at) } : {}),
             ...(want ? { lease: want } : {}),
@@ -380,13 +385,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
           setTimeout(() => site.hold(u), o.lanDelayMs);
         }
       };
-      await Promise.all([worker(), worker()]);
-      while (!stop && site.heldCount < units) await sleep(500);
-      if (!stop) {
-        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }).catch(() => undefined);
-        completed++;
-      }
-      await beat;
+      await finish(site, ref, [worker(), worker()], beat);
     };
 
     // Joins ramp over a few seconds, like a fleet's boxes waking up.
