@@ -77,7 +77,7 @@ export abstract class MemberTable extends AllocatorState {
     const fetching = info.fetching ?? [];
     for (let i = 0; i < fetching.length; i++) {
       const u = fetching[i];
-      const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+      const l = this.leaseOf(id, u);
       if (!l) continue;
       if (this.leases.get(u) === l) l.deadline = Math.max(l.deadline, now + this.leaseDuration(m, u));
       if (l.origin && l.origin.startedAt === null) {

@@ -197,6 +197,11 @@ export abstract class AllocatorState {
   reclaimed = 0;
   /** Second leases of overdue units (hedging), by unit; the first verified copy wins. */
   protected readonly hedges = new Map<number, Lease>();
+
+  /** `id`'s lease of unit `u`, or its hedge lease of it; undefined when it holds neither. */
+  protected leaseOf(id: string, u: number): Lease | undefined {
+    return this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+  }
   get hedgedUnits(): number {
     return this.resentUnits.hedged;
   }

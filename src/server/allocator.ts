@@ -36,7 +36,7 @@ export class GroupAllocator extends GatewayTable {
    * Returns why `id` gets it (its lease, or a re-send), or null when it holds no lease.
    */
   sending(id: string, u: number, now: number): SendReason | null {
-    const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+    const l = this.leaseOf(id, u);
     if (!l) return null;
     if (l.sentAt === null) {
       l.sentAt = now;
@@ -54,10 +54,9 @@ export class GroupAllocator extends GatewayTable {
    * not late.
    */
   originGranted(id: string, u: number, now: number): void {
-    const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+    const l = this.leaseOf(id, u);
     if (!l || l.sentAt !== null) return;
-    l.sentAt = now;
-    l.lastByteAt = now;
+    this.sending(id, u, now);
     l.origin = { startedAt: null };
   }
 
@@ -67,7 +66,7 @@ export class GroupAllocator extends GatewayTable {
     const m = this.members.get(id);
     if (!m || u < 0 || u >= this.opts.unitCount) return;
     m.lastSeen = now;
-    const l = this.leases.get(u)?.member === id ? this.leases.get(u) : this.hedges.get(u)?.member === id ? this.hedges.get(u) : undefined;
+    const l = this.leaseOf(id, u);
     if (l && l.sentAt !== null) {
       const bytes = Math.max(1, this.opts.unitBytes(u));
       const sample = Math.max(0, now - l.sentAt) / bytes;
