@@ -1,5 +1,5 @@
 // fleetcast's native addon. Kept deliberately thin (STYLE.md): one ObjectWrap per OS
-// handle (UdpSocket), sdNotify and one allocator setting (setMallocMmapThreshold);
+// handle (UdpSocket), sdNotify and allocator settings (setMallocMmapThreshold, setMallocArenaMax, mallocTrim);
 // validation, defaults and policy live in TypeScript (src/transport/binding.ts, src/transport/native-transport.ts).
 #include <napi.h>
 #include "malloc_tune.h"
@@ -17,6 +17,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("counterCount", Napi::Number::New(env, kCounterCount));
 #endif
   exports.Set("setMallocMmapThreshold", Napi::Function::New(env, SetMallocMmapThreshold, "setMallocMmapThreshold"));
+  exports.Set("setMallocArenaMax", Napi::Function::New(env, SetMallocArenaMax, "setMallocArenaMax"));
+  exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim, "mallocTrim"));
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }

@@ -8,3 +8,13 @@
 // where freed ones stay resident (issue 16). false where there is no glibc or the
 // value was refused. Policy (whether, how much) is the caller's, in TypeScript.
 Napi::Value SetMallocMmapThreshold(const Napi::CallbackInfo& info);
+
+// setMallocArenaMax(arenas: number): boolean — mallopt(M_ARENA_MAX, arenas) under glibc.
+// Threads that allocate (libuv's pool, V8's platform workers) otherwise get malloc arenas
+// of their own, each holding freed memory resident (issue 16). Call it before those
+// threads first allocate. false where there is no glibc or the value was refused.
+Napi::Value SetMallocArenaMax(const Napi::CallbackInfo& info);
+
+// mallocTrim(): boolean — malloc_trim(0) under glibc: gives the kernel back the free
+// pages of every arena. true when some memory was released.
+Napi::Value MallocTrim(const Napi::CallbackInfo& info);

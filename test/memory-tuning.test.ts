@@ -92,3 +92,44 @@ test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a 
   const big = child(script(1000), true);
   t.true(big.collections < big.checks / 4, `${big.collections} collections in ${big.checks} checks`);
 });
+
+(addonLoads ? test : test.skip)('agent tuning: memory freed through malloc between live blocks goes back to the kernel at the next heap check (malloc_trim)', (t) => {
+  // 64 MiB of 32 KiB buffers (under the mmap threshold: from the malloc heap, as socket
+  // reads and HTTP chunks are); one in 16 stays live, so the free memory is holes that
+  // glibc does not return by itself (only the heap's top).
+  const MT = path.join(__dirname, '..', 'src', 'util', 'memory-tuning.js');
+  const script = `${RSS_KIB}
+    const mt = require(${JSON.stringify(MT)});
+    const keep = [];
+    let bufs = [];
+    for (let i = 0; i < 2048; i++) { const b = Buffer.allocUnsafeSlow(32 * 1024); b.fill(i); (i % 16 === 15 ? keep : bufs).push(b); }
+    bufs = null;
+    gc(); gc();
+    setTimeout(() => {
+      gc();
+      const freed = rss();
+      mt.checkAgentHeap(1e6);
+      process.stdout.write(JSON.stringify({ freed, checked: rss(), keep: keep.length }));
+    }, 100);`;
+  const tuned = child(script, true);
+  const plain = child(script, false);
+  // 60 MiB are free in holes; the check gives most of them back, and only when tuned.
+  t.true(tuned.freed - tuned.checked > 40 * 1024, `tuned: ${tuned.freed} KiB before the check, ${tuned.checked} KiB after`);
+  t.true(plain.freed - plain.checked < 8 * 1024, `untuned: ${plain.freed} KiB before, ${plain.checked} KiB after`);
+});
+
+(addonLoads ? test : test.skip)('agent tuning: threads that start after it share the one malloc arena', (t) => {
+  // Each arena is a 64 MiB-aligned mapping (HEAP_MAX_SIZE); count them after libuv's pool
+  // (fs and crypto work on 4 threads) has run. Some of V8's threads made theirs before.
+  const script = `
+    const fs = require('fs');
+    (async () => {
+      await Promise.all(Array.from({ length: 200 }, () => fs.promises.readFile('/proc/self/stat')));
+      for (let i = 0; i < 40; i++) await new Promise((r) => require('crypto').pbkdf2('a', 'b', 1000, 32, 'sha256', r));
+      const arenas = fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => { const m = /^([0-9a-f]+)-[0-9a-f]+ rw-p 00000000 00:00 0\\s*$/.exec(l); return m && parseInt(m[1], 16) % (64 * 1024 * 1024) === 0; }).length;
+      process.stdout.write(JSON.stringify({ arenas }));
+    })();`;
+  const tuned = child(script, true);
+  const plain = child(script, false);
+  t.true(plain.arenas >= tuned.arenas + 3, `arenas: untuned ${plain.arenas}, tuned ${tuned.arenas}`);
+});

@@ -9,6 +9,10 @@ export interface NativeAddonExports {
   sdNotify?: (socket: string, state: string) => number;
   /** mallopt(M_MMAP_THRESHOLD) under glibc; see memory-tuning.ts. */
   setMallocMmapThreshold?: (bytes: number) => boolean;
+  /** mallopt(M_ARENA_MAX) under glibc; see memory-tuning.ts. */
+  setMallocArenaMax?: (arenas: number) => boolean;
+  /** malloc_trim(0) under glibc: true when memory went back to the kernel. */
+  mallocTrim?: () => boolean;
   abiVersion?: number;
 }
 
