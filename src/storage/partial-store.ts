@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { makeDir } from './make-dir';
 import { exists, fsyncDir, readFully, sha256File, writeAtomic, writeFully } from './files';
@@ -6,6 +5,7 @@ import * as path from 'node:path';
 import { Manifest, unitLength } from '../wire/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { bitmapBytes, countBits, getBit, setBit } from '../util/bits';
+import { PrefixHash } from './prefix-hash';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords, JOURNAL_HEADER_BYTES } from './bitmap-file';
 
 /** Their home is files.ts; still exported here for callers that import them with the store. */
@@ -41,15 +41,8 @@ export class PartialStore {
   private complete = false;
   /** Why a bitmap found on disk was discarded, for the log. */
   discardedBitmapReason: string | null = null;
-  /**
-   * The whole-file SHA-256, advanced over the stored prefix as units land (from the
-   * bytes just written, or read back into `scratch` for units that came out of order),
-   * so finish() need not read the whole file again at the end. `wholeUnits` is how many
-   * leading units it covers; -1 after a read failed (finish then hashes the file).
-   */
-  private whole = createHash('sha256');
-  private wholeUnits = 0;
-  private scratch: Buffer | null = null;
+  /** The whole-file SHA-256 over the stored prefix, so finish() need not read the file again. */
+  private readonly whole: PrefixHash;
 
   private constructor(readonly manifest: Manifest, storageDir: string) {
     this.dir = path.join(storageDir, manifest.id);
@@ -59,6 +52,7 @@ export class PartialStore {
     // An encrypted release's ciphertext keeps a name of its own: the plaintext goes to <name>.
     this.finalPath = path.join(this.dir, manifest.enc ? `${manifest.name}.fcenc` : manifest.name);
     this.bits = new Uint8Array(bitmapBytes(manifest.unitCount));
+    this.whole = new PrefixHash(manifest);
   }
 
   static async open(storageDir: string, manifest: Manifest): Promise<PartialStore> {
@@ -194,6 +188,10 @@ export class PartialStore {
   writeUnit(unit: number, bytes: Uint8Array, released?: () => void): Promise<void> {
     const written = this.writeNow(unit, bytes).finally(() => released?.());
     written.catch(() => undefined); // awaited (and reported) by the commit
+    return this.enqueue(unit, written);
+  }
+
+  private enqueue(unit: number, written: Promise<void>): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.queued.push({ unit, written, resolve, reject });
       if (!this.committing) {
@@ -201,6 +199,42 @@ export class PartialStore {
         this.writeChain = this.commitQueued();
       }
     });
+  }
+
+  /**
+   * Bytes of a unit that is not stored yet, put in place as a download streams in (issue
+   * 16: no unit-sized buffer per download). The unit's bit stays clear, so a crash leaves
+   * them as unverified bytes; the caller hashes them as they go and, when they match,
+   * commits them with commitInPlace. Nothing is written over a unit stored or queued
+   * for its commit (another copy of it, verified, got there first).
+   */
+  async writeRange(unit: number, offset: number, bytes: Uint8Array): Promise<void> {
+    const fh = this.rangeOf(unit, offset, bytes.length);
+    if (this.has(unit) || this.queued.some((q) => q.unit === unit)) return;
+    await writeFully(fh, bytes, unit * this.manifest.unitSize + offset).catch((err) => {
+      throw fromSystemError(err, `storing unit ${unit} of ${this.manifest.name}`);
+    });
+  }
+
+  /** `len` bytes of a unit from `offset`, as they are in the file (written by writeRange or stored). */
+  async readRange(unit: number, offset: number, len: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(len);
+    await readFully(this.rangeOf(unit, offset, len), buf, unit * this.manifest.unitSize + offset);
+    return buf;
+  }
+
+  private rangeOf(unit: number, offset: number, len: number): fs.FileHandle {
+    if (!this.fh) throw new FleetcastError('CLOSED', 'store is closed', ExitCode.SOFTWARE);
+    if (offset < 0 || len < 0 || offset + len > unitLength(this.manifest, unit)) throw new FleetcastError('BAD_UNIT', `bytes ${offset}+${len} are outside unit ${unit}`, ExitCode.SOFTWARE);
+    return this.fh;
+  }
+
+  /**
+   * Commit a unit whose bytes writeRange put in place, all of them, and whose hash the
+   * caller checked: like writeUnit, without the bytes (the whole-file hash reads them back).
+   */
+  commitInPlace(unit: number): Promise<void> {
+    return this.enqueue(unit, Promise.resolve());
   }
 
   private async commitQueued(): Promise<void> {
@@ -231,10 +265,7 @@ export class PartialStore {
     } catch (err) {
       throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
     }
-    if (unit === this.wholeUnits && !this.has(unit)) {
-      this.whole.update(bytes);
-      this.wholeUnits = unit + 1;
-    }
+    if (!this.has(unit)) this.whole.written(unit, bytes);
   }
 
   private async commit(group: { unit: number; written: Promise<void> }[]): Promise<void> {
@@ -266,21 +297,7 @@ export class PartialStore {
 
   /** Advance the whole-file hash over stored units in order, reading back what writeNow could not hash. */
   private async hashPrefix(): Promise<void> {
-    const m = this.manifest;
-    try {
-      while (this.wholeUnits >= 0 && this.wholeUnits < m.unitCount && getBit(this.bits, this.wholeUnits)) {
-        const u = this.wholeUnits;
-        const len = unitLength(m, u);
-        if (!this.fh) return;
-        this.scratch ??= Buffer.allocUnsafeSlow(m.unitSize);
-        const { bytesRead } = await this.fh.read(this.scratch, 0, len, u * m.unitSize);
-        if (bytesRead !== len) throw new Error(`short read of unit ${u}`);
-        this.whole.update(this.scratch.subarray(0, len));
-        this.wholeUnits = u + 1;
-      }
-    } catch {
-      this.wholeUnits = -1; // finish() hashes the file instead
-    }
+    if (this.fh) await this.whole.catchUp(this.fh, (u) => getBit(this.bits, u));
   }
 
   /**
@@ -319,10 +336,7 @@ export class PartialStore {
     await this.writeChain;
     await this.fh?.datasync();
     await this.hashPrefix();
-    const digest = this.wholeUnits === m.unitCount ? this.whole.digest('hex') : await sha256File(this.partPath);
-    this.whole = createHash('sha256');
-    this.wholeUnits = 0;
-    this.scratch = null;
+    const digest = this.whole.take() ?? (await sha256File(this.partPath));
     if (digest !== m.sha256) {
       this.bits.fill(0);
       this.verified = 0;

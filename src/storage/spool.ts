@@ -64,6 +64,29 @@ export class UnitSpool {
     });
   }
 
+  /**
+   * Like update, for a download that keeps no unit-sized buffer: `chunk` holds the unit's
+   * bytes up to `end`, and `head(from, to)` reads back earlier ones (from the partial file,
+   * where they were written in place) when spooling starts after them. The caller must not
+   * change `chunk` afterwards.
+   */
+  append(chunk: Uint8Array, end: number, head: (from: number, to: number) => Promise<Uint8Array>, now = Date.now()): void {
+    if (this.failed || end <= this.written || now - this.opened < SPOOL_AFTER_MS) return;
+    const start = end - chunk.length;
+    const from = this.written;
+    this.written = end;
+    this.chain = this.chain.then(async () => {
+      if (this.failed) return;
+      try {
+        this.fh ??= await fs.open(this.file, 'a');
+        if (from < start) await this.fh.write(await head(from, start));
+        await this.fh.write(chunk.subarray(Math.max(0, from - start)));
+      } catch {
+        this.failed = true;
+      }
+    });
+  }
+
   /** Wait for queued appends and close; the bytes stay for the next attempt. */
   async close(): Promise<void> {
     await this.chain;
