@@ -174,6 +174,9 @@ export class PartialStore {
    * (the syncs set the pace on a slow disk). `writeChain` settles when the queue is empty.
    */
   private queued: { unit: number; written: Promise<void>; resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Units queued or committing; and writeRange's writes in flight, per unit. */
+  private readonly storing = new Set<number>();
+  private readonly rangeWrites = new Map<number, Set<Promise<void>>>();
   private writeChain: Promise<void> = Promise.resolve();
   private committing = false;
 
@@ -192,6 +195,7 @@ export class PartialStore {
   }
 
   private enqueue(unit: number, written: Promise<void>): Promise<void> {
+    this.storing.add(unit);
     return new Promise<void>((resolve, reject) => {
       this.queued.push({ unit, written, resolve, reject });
       if (!this.committing) {
@@ -210,9 +214,15 @@ export class PartialStore {
    */
   async writeRange(unit: number, offset: number, bytes: Uint8Array): Promise<void> {
     const fh = this.rangeOf(unit, offset, bytes.length);
-    if (this.has(unit) || this.queued.some((q) => q.unit === unit)) return;
-    await writeFully(fh, bytes, unit * this.manifest.unitSize + offset).catch((err) => {
+    if (this.has(unit) || this.storing.has(unit)) return;
+    const w = writeFully(fh, bytes, unit * this.manifest.unitSize + offset);
+    const inFlight = this.rangeWrites.get(unit) ?? new Set<Promise<void>>();
+    this.rangeWrites.set(unit, inFlight.add(w));
+    await w.catch((err) => {
       throw fromSystemError(err, `storing unit ${unit} of ${this.manifest.name}`);
+    }).finally(() => {
+      inFlight.delete(w);
+      if (!inFlight.size && this.rangeWrites.get(unit) === inFlight) this.rangeWrites.delete(unit);
     });
   }
 
@@ -246,6 +256,7 @@ export class PartialStore {
       } catch (err) {
         for (const w of group) w.reject(err as Error);
       }
+      for (const w of group) this.storing.delete(w.unit);
     }
     this.committing = false; // in the same turn as the empty-queue check: no write is left behind
   }
@@ -261,6 +272,8 @@ export class PartialStore {
     if (this.has(unit)) return;
     if (bytes.length !== unitLength(m, unit)) throw new FleetcastError('BAD_UNIT', `unit ${unit} has wrong length`, ExitCode.SOFTWARE);
     try {
+      // Unverified bytes of a download still landing (writeRange) must not land over these.
+      await Promise.allSettled(this.rangeWrites.get(unit) ?? []);
       await writeFully(this.fh, bytes, unit * m.unitSize);
     } catch (err) {
       throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
