@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../release/manifest';
 import { PartialStore } from '../storage/partial-store';
@@ -9,6 +8,7 @@ import { AGENT_DEFAULTS } from './core/defaults';
 import { LanCore } from './core/lan-core';
 import type { AgentStats } from './agent-types';
 import { OriginError, RangeOrigins } from '../net/origin';
+import { downloadWindow, UnitDownload } from './unit-download';
 
 /** After an origin fails, its units come from the server for this long. */
 const ORIGIN_BACKOFF_MS = 30_000;
@@ -58,6 +58,8 @@ export class WanFetch {
   private readonly originOf = new Map<number, string>();
   private readonly originDownUntil = new Map<string, number>();
   private originClient: RangeOrigins | null = null;
+  /** Cut-through windows of finished downloads, for the next ones (one per fetch worker). */
+  private readonly windows: Buffer[] = [];
 
   constructor(private readonly c: WanFetchContext) {}
 
@@ -181,27 +183,28 @@ export class WanFetch {
     this.inFlight.set(unit, 0);
     const len = unitLength(m, unit);
     const releaseDir = path.join(this.c.storageDir, m.id);
+    const win = this.windows.pop() ?? downloadWindow(core.fragmentBytes);
+    let dl: UnitDownload | null = null;
     try {
       for (let attempt = 1; attempt <= AGENT_DEFAULTS.fetchRetries && !this.c.signal.aborted; attempt++) {
         core.fetchStarted(unit, Date.now());
-        const buf = core.takeBuffer(len);
         // What an earlier run (or attempt) of ours already downloaded: resume after it.
         const { spool, bytes } = await UnitSpool.open(releaseDir, unit, len);
-        bytes.copy(buf);
-        const st = { off: bytes.length };
-        const off = st.off;
-        if (off > 0) {
-          log.debug(`unit ${unit}: resuming after ${off} bytes`);
-          stats.wanBytesResumed += off;
-          core.fetchProgress(unit, buf, off, Date.now());
+        dl = new UnitDownload(unit, len, win, this.c.store, core, spool);
+        if (bytes.length > 0) {
+          log.debug(`unit ${unit}: resuming after ${bytes.length} bytes`);
+          stats.wanBytesResumed += bytes.length;
+          await dl.push(bytes, Date.now());
           this.c.kick();
         }
         let fromOrigin = false;
         try {
-          if (off < len) fromOrigin = await this.download(unit, len, buf, st, spool);
+          if (dl.off < len) fromOrigin = await this.download(dl);
+          await dl.settled();
         } catch (err) {
+          await dl.settled().catch(() => undefined); // no write of this attempt outlives it
           if (this.c.signal.aborted) return await spool.close();
-          core.giveBuffer(buf); // nothing went out of it unless copied into a datagram
+          if (dl.diskError) return this.c.fail(dl.diskError); // full, read-only: as a failed store
           if (err instanceof ControlError) {
             log.warn(`unit ${unit}: ${err.message}`);
             return await spool.discard(); // lease gone; the server will lease it again to someone
@@ -211,9 +214,8 @@ export class WanFetch {
           await sleep(200 * attempt, this.c.signal);
           continue;
         }
-        if (st.off !== len || createHash('sha256').update(buf).digest('hex') !== m.units[unit]) {
+        if (!dl.matches(m.units[unit])) {
           stats.unitsRejected++;
-          core.giveBuffer(buf);
           await spool.discard();
           const origin = fromOrigin ? this.originOf.get(unit) : undefined;
           if (origin !== undefined) this.originFailed(origin, unit, 'its bytes failed verification');
@@ -221,12 +223,9 @@ export class WanFetch {
           continue;
         }
         this.serverFailures.delete(unit);
-        // The buffer goes back to the core's pool once written, not after the commit's
-        // fdatasync (slow when the disk is busy: 2 GiB demo agents held theirs through it).
-        if (core.has(unit)) core.giveBuffer(buf);
-        else {
+        if (!core.has(unit)) {
           try {
-            await this.c.store.writeUnit(unit, buf, () => core.giveBuffer(buf));
+            await this.c.store.commitInPlace(unit);
           } catch (err) {
             return this.c.fail(err as Error);
           }
@@ -239,34 +238,37 @@ export class WanFetch {
         return;
       }
     } finally {
+      await dl?.settled().catch(() => undefined);
+      this.windows.push(win);
       core.fetchEnded(unit, Date.now());
       this.inFlight.delete(unit);
     }
   }
 
   /**
-   * The rest of a unit's bytes (from st.off): from the origin its lease named, unless that
+   * The rest of a unit's bytes (from dl.off): from the origin its lease named, unless that
    * origin failed lately, else (or when it fails now) from the server. True when the origin
    * sent the last of them.
    */
-  private async download(unit: number, len: number, buf: Buffer, st: { off: number }, spool: UnitSpool): Promise<boolean> {
+  private async download(dl: UnitDownload): Promise<boolean> {
     const { manifest: m, ref } = this.c;
+    const unit = dl.unit;
     const origin = this.originOf.get(unit);
     if (origin !== undefined && (this.originDownUntil.get(origin) ?? 0) <= Date.now()) {
       this.originClient ??= new RangeOrigins(this.c.client.originAccess);
       const base = unit * m.unitSize;
-      const before = st.off;
+      const before = dl.off;
       try {
-        await this.originClient.streamRange(origin, `releases/${m.id}/data`, { group: ref.group, member: ref.member, unit: String(unit) }, base + st.off, base + len - 1, (chunk) => this.chunk(unit, buf, chunk, st, spool), this.c.signal);
+        await this.originClient.streamRange(origin, `releases/${m.id}/data`, { group: ref.group, member: ref.member, unit: String(unit) }, base + dl.off, base + dl.len - 1, (chunk) => this.chunk(dl, chunk), this.c.signal);
         return true;
       } catch (err) {
         if (this.c.signal.aborted || !(err instanceof OriginError)) throw err;
         this.originFailed(origin, unit, err.message);
       } finally {
-        this.c.stats.originBytes += st.off - before;
+        this.c.stats.originBytes += dl.off - before;
       }
     }
-    await this.c.client.streamUnit(m.id, unit, ref.group, ref.member, (chunk) => this.chunk(unit, buf, chunk, st, spool), st.off);
+    await this.c.client.streamUnit(m.id, unit, ref.group, ref.member, (chunk) => this.chunk(dl, chunk), dl.off);
     return false;
   }
 
@@ -276,16 +278,15 @@ export class WanFetch {
     this.originDownUntil.set(origin, Date.now() + ORIGIN_BACKOFF_MS);
   }
 
-  /** One chunk of a unit's download: spool it, cut-through copies, pacing and backpressure. */
-  private chunk(unit: number, buf: Buffer, chunk: Uint8Array, st: { off: number }, spool: UnitSpool): Promise<void> | undefined {
-    const take = Math.min(chunk.length, buf.length - st.off);
-    buf.set(chunk.subarray(0, take), st.off);
-    st.off += take;
-    this.inFlight.set(unit, st.off);
-    spool.update(buf, st.off);
+  /** One chunk of a unit's download: in place, spooled, cut-through copies, pacing and backpressure. */
+  private chunk(dl: UnitDownload, chunk: Uint8Array): Promise<void> | undefined {
+    const before = dl.off;
+    const disk = dl.push(chunk, Date.now());
+    const take = dl.off - before;
+    this.inFlight.set(dl.unit, dl.off);
     this.c.stats.wanBytes += take;
-    this.c.core.fetchProgress(unit, buf, st.off, Date.now());
     this.c.kick();
+    if (disk) return disk;
     if (this.c.wanRateBytesPerSec) {
       const now = Date.now();
       this.wanNext = Math.max(this.wanNext, now) + (take * 1000) / this.c.wanRateBytesPerSec;

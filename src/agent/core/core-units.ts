@@ -99,7 +99,12 @@ export abstract class CoreUnits {
     this.fetchNext.set(unit, 0);
   }
 
-  fetchProgress(unit: number, bytes: Uint8Array, received: number, now: number): void {
+  /** Payload bytes per fragment (the LAN grid): a driver's download window holds whole fragments. */
+  get fragmentBytes(): number {
+    return this.fb;
+  }
+
+  fetchProgress(unit: number, bytes: Uint8Array, received: number, now: number, base = 0): void {
     const len = this.unitBytes(unit);
     const fc = fragmentCountFor(len, this.fb);
     const crossGroup = !this.relayed.has(unit);
@@ -107,7 +112,9 @@ export abstract class CoreUnits {
     // Every fragment goes out on the LAN (and to the other groups' gateways) as soon
     // as its bytes are here; under `all-fetched` the copies wait for lanStart.
     while (next < fc && (received >= (next + 1) * this.fb || received === len)) {
-      if (this.lanStart) this.copyFragment(unit, next, fc, fragmentSlice(bytes.subarray(0, len), next, this.fb), crossGroup, now);
+      const at = next - base / this.fb; // the fragment's index in the window
+      if (at < 0 || base % this.fb) throw new RangeError(`fetchProgress: fragment ${next} of unit ${unit} is not in the window at byte ${base}`);
+      if (this.lanStart) this.copyFragment(unit, next, fc, fragmentSlice(bytes.subarray(0, len - base), at, this.fb), crossGroup, now);
       next++;
     }
     this.fetchNext.set(unit, next);

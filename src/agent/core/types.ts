@@ -159,8 +159,12 @@ export interface ProtocolCore {
   giveBuffer(buf: Buffer): void;
   /** The driver starts downloading `unit`: LAN assembly of it stops. */
   fetchStarted(unit: number, now: number): void;
-  /** `bytes[0, received)` of the unit are here: fragments complete in it go out as copies (cut-through). */
-  fetchProgress(unit: number, bytes: Uint8Array, received: number, now: number): void;
+  /**
+   * The unit's bytes up to `received` are here: fragments complete in it go out as copies
+   * (cut-through). `bytes[0]` is the unit's byte `base` (a window that moves on by whole
+   * fragments; every fragment from the last call's end on must be in it).
+   */
+  fetchProgress(unit: number, bytes: Uint8Array, received: number, now: number, base?: number): void;
   /** The download ended (done, failed or abandoned). */
   fetchEnded(unit: number, now: number): void;
   /**
