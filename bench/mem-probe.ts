@@ -27,6 +27,14 @@ if (dir && process.argv.includes('agent')) {
   setInterval(sample, 20).unref();
   process.on('exit', () => {
     sample();
-    writeFileSync(path.join(dir, `${process.pid}.json`), JSON.stringify({ ...peak, hwmKiB: hwm }));
+    // The agent's own module instance (same path): the full GCs its heap ceiling forced.
+    let forcedGcs = -1;
+    try {
+      forcedGcs = (require(path.join(__dirname, '..', 'src', 'util', 'memory-tuning.js')) as { heapCollections: { count: number } }).heapCollections.count;
+    } catch {
+      /* not built alongside */
+    }
+    const cpu = process.cpuUsage();
+    writeFileSync(path.join(dir, `${process.pid}.json`), JSON.stringify({ ...peak, hwmKiB: hwm, forcedGcs, cpuSeconds: (cpu.user + cpu.system) / 1e6 }));
   });
 }
