@@ -93,7 +93,7 @@ test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a 
   t.true(big.collections < big.checks / 4, `${big.collections} collections in ${big.checks} checks`);
 });
 
-(addonLoads ? test : test.skip)('agent tuning: memory freed through malloc between live blocks goes back to the kernel at the next heap check (malloc_trim)', (t) => {
+(addonLoads ? test : test.skip)('agent tuning: memory freed through malloc between live blocks goes back to the kernel with the full GC the heap ceiling forces (malloc_trim)', (t) => {
   // 64 MiB of 32 KiB buffers (under the mmap threshold: from the malloc heap, as socket
   // reads and HTTP chunks are); one in 16 stays live, so the free memory is holes that
   // glibc does not return by itself (only the heap's top).
@@ -105,15 +105,18 @@ test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a 
     for (let i = 0; i < 2048; i++) { const b = Buffer.allocUnsafeSlow(32 * 1024); b.fill(i); (i % 16 === 15 ? keep : bufs).push(b); }
     bufs = null;
     gc(); gc();
+    // Over the 12 MiB ceiling, so the check collects (and trims).
+    const live = []; for (let i = 0; i < 200000; i++) live.push({ i, s: 'x' + i });
     setTimeout(() => {
       gc();
       const freed = rss();
       mt.checkAgentHeap(1e6);
-      process.stdout.write(JSON.stringify({ freed, checked: rss(), keep: keep.length }));
+      process.stdout.write(JSON.stringify({ freed, checked: rss(), keep: keep.length, live: live.length, collections: mt.heapCollections.count }));
     }, 100);`;
   const tuned = child(script, true);
   const plain = child(script, false);
   // 60 MiB are free in holes; the check gives most of them back, and only when tuned.
+  t.is(tuned.collections, 1);
   t.true(tuned.freed - tuned.checked > 40 * 1024, `tuned: ${tuned.freed} KiB before the check, ${tuned.checked} KiB after`);
   t.true(plain.freed - plain.checked < 8 * 1024, `untuned: ${plain.freed} KiB before, ${plain.checked} KiB after`);
 });
