@@ -2,7 +2,7 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { ConfigError, resolveFlags } from '../src/cli/args';
+import { ConfigError, parseArgs, resolveFlags } from '../src/cli/args';
 import { agent, server } from '../src/cli/commands';
 import { parseConfig } from '../src/config/config';
 import { runCli, tmpdir } from './helpers/fleet';
@@ -29,9 +29,18 @@ function configError(t: import('ava').ExecutionContext, text: string): ConfigErr
   return e as ConfigError;
 }
 
+test('several coordinators: server takes a YAML list, a comma string, or --server given again', (t) => {
+  const yaml = resolveFlags(agent.spec, {}, parseConfig(GOOD.replace('server: https://127.0.0.1:7600', 'server: [https://a.example:7600, https://b.example:7600]'), 'agent.yaml', agent.spec));
+  t.deepEqual(yaml.server, ['https://a.example:7600', 'https://b.example:7600']);
+  const cli = parseArgs(agent.spec, ['--server', 'https://a.example:7600', '--server=https://b.example:7600,https://c.example:7600']);
+  t.deepEqual(cli.flags.server, ['https://a.example:7600', 'https://b.example:7600', 'https://c.example:7600']);
+  const bad = configError(t, GOOD.replace('server: https://127.0.0.1:7600', 'server: [https://a.example:7600, ftp://b]'));
+  t.regex(bad.message, /server/);
+});
+
 test('a valid agent config resolves; keys use _ for -, lists take a sequence or a comma string', (t) => {
   const f = resolveFlags(agent.spec, {}, parseConfig(GOOD + 'fragment_bytes: 1432\non_complete: /usr/bin/install-ab "$FLEETCAST_FILE"\n', 'agent.yaml', agent.spec));
-  t.is(f.server, 'https://127.0.0.1:7600');
+  t.deepEqual(f.server, ['https://127.0.0.1:7600'], 'server is a list: one coordinator, or several');
   t.deepEqual(f.trust, ['/etc/fleetcast/server.pub']);
   t.is(f['fragment-bytes'], 1432);
   t.is(f.rate, 100);

@@ -12,6 +12,17 @@ export class ControlError extends FleetcastError {
   }
 }
 
+/**
+ * A 5xx answer: the server is up but cannot answer now (restarting, or one of several
+ * coordinators whose group's owner is moving). Retried on the same server, after the
+ * `retryAfterMs` it gave, if any.
+ */
+export class ServerBusy extends Error {
+  constructor(message: string, readonly retryAfterMs: number | null) {
+    super(message);
+  }
+}
+
 /** The join and heartbeat answer (declared once, in the wire layer). */
 export type SplitMapResponse = HeartbeatAnswer;
 export interface LeaseResponse {
@@ -46,21 +57,36 @@ export class ControlClient {
     return this.server.originAccess;
   }
 
+  /**
+   * Retry until it works. A connection that fails moves to the next server of the list at
+   * once (several coordinators, docs/scale-out.md; after Dragonfly's daemons, which take a
+   * list of schedulers and move on when one fails); the backoff grows only when a whole
+   * round failed, or when a server answered 5xx (it is up: we stay with it).
+   */
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     let delay = MIN_RETRY_MS;
+    let moves = 0;
     for (;;) {
       try {
         const v = await fn();
-        if (this.failing) this.log.info(`server reachable again (${what})`);
+        if (this.failing) this.log.info(`server ${this.server.url} reachable again (${what})`);
         this.failing = false;
         return v;
       } catch (err) {
         if (err instanceof ControlError || this.signal.aborted) throw err;
         const untrusted = tlsTrustProblem(err, this.server.url);
         if (untrusted) throw untrusted;
-        if (!this.failing) this.log.warn(`server unreachable (${what}): ${describeFetchError(err)}; retrying with backoff`);
+        const from = this.server.url;
+        const busy = err instanceof ServerBusy;
+        const next = busy ? null : this.server.failover();
+        if (!this.failing || next) this.log.warn(`server ${from} ${busy ? 'cannot answer' : 'unreachable'} (${what}): ${describeFetchError(err)}; ${next ? `moving to ${next}` : 'retrying with backoff'}`);
         this.failing = true;
-        await sleep(delay, this.signal);
+        if (next && ++moves % this.server.urls.length !== 0) {
+          await sleep(MIN_RETRY_MS, this.signal);
+          continue;
+        }
+        const wait = busy && err.retryAfterMs !== null ? Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, err.retryAfterMs)) : delay;
+        await sleep(wait, this.signal);
         delay = Math.min(MAX_RETRY_MS, delay * 2);
       }
     }
@@ -70,14 +96,16 @@ export class ControlClient {
     if (res.status >= 200 && res.status < 300) return;
     let code = `HTTP_${res.status}`;
     let message = res.statusText || `status ${res.status}`;
+    let retryAfterMs: number | null = null;
     try {
-      const b = (await res.json()) as { error?: string; message?: string };
+      const b = (await res.json()) as { error?: string; message?: string; retryAfterMs?: unknown };
       code = b.error ?? code;
       message = b.message ?? message;
+      if (typeof b.retryAfterMs === 'number' && Number.isFinite(b.retryAfterMs)) retryAfterMs = b.retryAfterMs;
     } catch {
       /* not JSON */
     }
-    if (res.status >= 500) throw new Error(`server error ${res.status}: ${message}`);
+    if (res.status >= 500) throw new ServerBusy(`server error ${res.status}: ${message}`, retryAfterMs);
     if (res.status === 401) throw new ControlError(401, 'UNAUTHORIZED', 'the server refused our token (401): check token or token_file');
     throw new ControlError(res.status, code, message);
   }

@@ -30,7 +30,7 @@ export const agent: Command = {
     usage: 'agent [--config FILE] --server URL --group NAME --interface NAME|ADDR --multicast ADDR:PORT --storage DIR --trust PUBFILE (--release ID | --channel NAME) [--once]',
     flags: {
       config: configFlag,
-      server: { type: 'string', arg: 'URL', help: 'origin server, e.g. https://origin.example:7600', required: true, check: checks.httpUrl },
+      server: { type: 'list', arg: 'URL[,URL]', help: 'origin server, e.g. https://origin.example:7600; several coordinators of one fleet as a list (or --server again): the next is tried when one fails', required: true, check: checks.httpUrl },
       token: { type: 'string', arg: 'TOKEN', help: 'bearer token for the server (prefer token_file)' },
       'token-file': { type: 'string', arg: 'FILE', help: 'file holding the bearer token' },
       ca: { type: 'string', arg: 'PEMFILE', help: "CA certificate(s) the server's HTTPS certificate must chain to (default: the system's)" },
@@ -69,7 +69,7 @@ export const agent: Command = {
       'log-level': logLevelFlag,
     },
     validate: (f) => {
-      if (String(f.server).startsWith('http:') && !f['plain-http']) return { flag: 'server', problem: 'is plain HTTP: use https://, or set plain_http: true (--plain-http) on purpose' };
+      if ((f.server as string[]).some((u) => u.startsWith('http:')) && !f['plain-http']) return { flag: 'server', problem: 'is plain HTTP: use https://, or set plain_http: true (--plain-http) on purpose' };
       if (f.token !== undefined && f['token-file'] !== undefined) return { flag: 'token', problem: 'and token_file are both set: give one' };
       if (f.release !== undefined && f.channel !== undefined) return { flag: 'channel', problem: 'and release are both set: follow a channel or stay on one release, not both' };
       if (f.release === undefined && f.channel === undefined) return { flag: 'release', problem: 'or channel is required: which release to fetch' };
@@ -87,7 +87,7 @@ export const agent: Command = {
     let barRelease: string | null = null;
     const daemon = new AgentDaemon({
       agent: {
-        server: ServerAccess.fromFiles({ url: String(f.server), token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
+        server: ServerAccess.fromFiles({ url: f.server as string[], token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
         group: String(f.group),
         wideGroup: f['wide-group'] as string | undefined,
         member: f.member as string | undefined,

@@ -55,7 +55,9 @@ export function parseArgs(cmd: CommandSpec, argv: string[]): ParsedArgs {
       if (value.trim() === '' || !Number.isFinite(n)) throw usageError(cmd, `--${name} must be a number, not ${JSON.stringify(value)}`);
       flags[name] = n;
     } else if (spec.type === 'list') {
-      flags[name] = value.split(',').map((x) => x.trim()).filter((x) => x !== '');
+      // A list flag given again adds to it (--server A --server B).
+      const before = Array.isArray(flags[name]) ? (flags[name] as string[]) : [];
+      flags[name] = [...before, ...value.split(',').map((x) => x.trim()).filter((x) => x !== '')];
     } else {
       flags[name] = value;
     }

@@ -239,7 +239,9 @@ export const doctor: Command = {
     const mcProblem = checks.multicast(mcStr);
     if (mcProblem) throw new FleetcastError('CONFIG', `multicast ${mcProblem}`, ExitCode.CONFIG);
     const hp = splitHostPort(mcStr) as { host: string; port: number };
-    const serverUrl = (f.server as string | undefined) ?? (fromFile.server as string | undefined);
+    const fileServer = fromFile.server as string | string[] | undefined;
+    // The agent's config may list several coordinators: the doctor asks the first.
+    const serverUrl = (f.server as string | undefined) ?? (Array.isArray(fileServer) ? fileServer[0] : fileServer);
     let access: ServerAccess | undefined;
     let serverProblem: DoctorOptions['serverProblem'];
     try {

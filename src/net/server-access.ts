@@ -14,7 +14,8 @@ import { ExitCode, FleetcastError } from '../util/errors';
  * with keep-alive instead (see request()).
  */
 export interface ServerAccessOptions {
-  url: string;
+  /** One server, or several coordinators of one fleet (tried in order, the next on failure; docs/scale-out.md). */
+  url: string | string[];
   token?: string;
   /** PEM of the CA(s) to trust for HTTPS instead of the system's. */
   ca?: string | Buffer;
@@ -35,7 +36,9 @@ export interface HttpAnswer {
 export type FetchInit = { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal };
 
 export class ServerAccess {
-  readonly url: string;
+  /** Every server URL given, in order; `url` is the one in use. */
+  readonly urls: string[];
+  private current = 0;
   private readonly ca: string | Buffer | undefined;
   private dispatcher: Dispatcher | undefined;
   private readonly token: string | undefined;
@@ -43,20 +46,43 @@ export class ServerAccess {
   private readonly agent: http.Agent;
 
   constructor(o: ServerAccessOptions) {
-    let u: URL;
-    try {
-      u = new URL(o.url);
-    } catch {
-      throw new FleetcastError('CONFIG', `server must be a URL like https://HOST:PORT, not ${JSON.stringify(o.url)}`, ExitCode.CONFIG);
+    const list = Array.isArray(o.url) ? o.url : [o.url];
+    if (list.length === 0) throw new FleetcastError('CONFIG', 'server needs at least one URL', ExitCode.CONFIG);
+    const protocols = new Set<string>();
+    for (const url of list) {
+      let u: URL;
+      try {
+        u = new URL(url);
+      } catch {
+        throw new FleetcastError('CONFIG', `server must be a URL like https://HOST:PORT, not ${JSON.stringify(url)}`, ExitCode.CONFIG);
+      }
+      if (u.protocol === 'http:' && !o.plainHttp) {
+        throw new FleetcastError('PLAIN_HTTP', `server ${url} is plain HTTP: use https://, or set plain_http: true (--plain-http) to send tokens and take releases unencrypted`, ExitCode.CONFIG);
+      }
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new FleetcastError('CONFIG', `server must be http:// or https://, not ${u.protocol}`, ExitCode.CONFIG);
+      protocols.add(u.protocol);
     }
-    if (u.protocol === 'http:' && !o.plainHttp) {
-      throw new FleetcastError('PLAIN_HTTP', `server ${o.url} is plain HTTP: use https://, or set plain_http: true (--plain-http) to send tokens and take releases unencrypted`, ExitCode.CONFIG);
-    }
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new FleetcastError('CONFIG', `server must be http:// or https://, not ${u.protocol}`, ExitCode.CONFIG);
-    this.url = o.url.replace(/\/+$/, '');
+    if (protocols.size > 1) throw new FleetcastError('CONFIG', `server: the URLs ${list.join(', ')} mix http:// and https://; give the fleet's coordinators one scheme`, ExitCode.CONFIG);
+    this.urls = list.map((x) => x.replace(/\/+$/, ''));
     this.token = o.token;
-    this.ca = u.protocol === 'https:' ? o.ca : undefined;
-    this.agent = u.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
+    const tls = protocols.has('https:');
+    this.ca = tls ? o.ca : undefined;
+    this.agent = tls ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
+  }
+
+  /** The server URL requests go to now. */
+  get url(): string {
+    return this.urls[this.current];
+  }
+
+  /**
+   * Move to the next URL of the list (after a connection failure): the URL now in use, or
+   * null when there is only one. A full round ends where it began.
+   */
+  failover(): string | null {
+    if (this.urls.length < 2) return null;
+    this.current = (this.current + 1) % this.urls.length;
+    return this.url;
   }
 
   /** What an HTTP range origin may be reached with: plain HTTP only if the server is, and the CA given for it (never the token). */
@@ -65,7 +91,7 @@ export class ServerAccess {
   }
 
   /** Load token and CA files named in a config. */
-  static fromFiles(o: { url: string; token?: string; tokenFile?: string; caFile?: string; plainHttp?: boolean }): ServerAccess {
+  static fromFiles(o: { url: string | string[]; token?: string; tokenFile?: string; caFile?: string; plainHttp?: boolean }): ServerAccess {
     const read = (file: string, what: string) => {
       try {
         return readFileSync(file, 'utf8');
