@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { MAX_ORIGINS, Policy, POLICIES, StartPolicy, START_POLICIES } from '../release/distribution';
-import { FleetcastServer } from '../server/server';
+import { FleetcastServer, ServerOptions } from '../server/server';
 import { LIMIT_DEFAULTS } from '../server/guard';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { createLogger, Level, Logger } from '../util/log';
@@ -38,6 +38,9 @@ export const server: Command = {
       policy: { type: 'string', arg: 'POLICY', help: 'default distribution policy: wide, group or representative (publish --policy sets one per release)', default: 'wide', choices: POLICIES },
       start: { type: 'string', arg: 'WHEN', help: 'default start policy: immediate or all-fetched', default: 'immediate', choices: START_POLICIES },
       origin: { type: 'list', arg: 'URL[,URL]', help: `HTTP range origins that serve unit bytes instead of this server (a copy of the store: URL/releases/ID/data; docs/scale-out.md), for releases whose publish --origin names none; at most ${MAX_ORIGINS}`, check: checks.originUrl },
+      engine: { type: 'string', arg: 'embedded|URL', help: 'where ownership of each (release, group) and the member registry live: embedded (this process, one server) or a PostgreSQL URL shared by several coordinators (docs/scale-out.md)', default: 'embedded', check: checks.engine },
+      'instance-url': { type: 'string', arg: 'URL', help: 'with --engine: the URL other instances reach this one at (requests for groups it owns are proxied there)', check: checks.httpUrl },
+      'peer-ca': { type: 'string', arg: 'PEMFILE', help: 'with --engine: CA certificate(s) the other instances\' HTTPS certificates chain to (default: the system\'s)' },
       'min-members': { type: 'number', arg: 'N', help: 'lease nothing to a group (LAN or wide-area) until N members joined it, or until --max-wait after its first (0: start at once)', default: 0, integer: true, min: 0, max: 1_000_000 },
       'max-wait': { type: 'number', arg: 'SECONDS', help: 'how long --min-members holds a group after its first member joined', default: 30, min: 0, max: 86_400 },
       metrics: metricsFlag,
@@ -48,6 +51,7 @@ export const server: Command = {
       if ((f['tls-cert'] === undefined) !== (f['tls-key'] === undefined)) return { flag: f['tls-cert'] === undefined ? 'tls-key' : 'tls-cert', problem: 'needs tls_cert and tls_key together' };
       if (f['tls-cert'] !== undefined && f['plain-http']) return { flag: 'plain-http', problem: 'and tls_cert are both set: serve HTTPS or plain HTTP, not both' };
       if (f['tls-cert'] === undefined && !f['plain-http']) return { flag: 'tls-cert', problem: 'is required (with tls_key) to serve HTTPS; set plain_http: true (--plain-http) to serve plain HTTP on purpose' };
+      if (f.engine !== undefined && f.engine !== 'embedded' && f['instance-url'] === undefined) return { flag: 'instance-url', problem: 'is required with a shared engine: the other instances proxy requests for the groups this one owns to it' };
       return null;
     },
   },
@@ -61,6 +65,7 @@ export const server: Command = {
     const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy, heartbeatsPerSec: a.flags['heartbeats-per-sec'] as number | undefined, limits: serverLimits(a.flags),
       origins: (a.flags.origin as string[] | undefined) ?? [],
       operatorTokens: a.flags['operator-tokens'] as string[],
+      cluster: await clusterOptions(a.flags, log),
       allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000) } });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
@@ -68,6 +73,7 @@ export const server: Command = {
     try {
       addr = await s.start();
     } catch (err) {
+      if (err instanceof FleetcastError) throw err;
       const e = err as NodeJS.ErrnoException;
       throw new FleetcastError(e.code ?? 'LISTEN', `cannot listen on ${host}:${port}: ${e.message}`, ExitCode.UNAVAILABLE);
     }
@@ -100,6 +106,16 @@ export const server: Command = {
     return ExitCode.OK;
   },
 };
+
+/** --engine URL: the shared engine and this instance's URL; undefined for embedded (one server). */
+async function clusterOptions(f: Record<string, FlagValue | undefined>, log: Logger): Promise<ServerOptions['cluster']> {
+  const engine = String(f.engine ?? 'embedded');
+  if (engine === 'embedded') return undefined;
+  const instanceUrl = String(f['instance-url']).replace(/\/+$/, '');
+  const { PostgresEngine } = require('../server/engine-postgres') as typeof import('../server/engine-postgres');
+  const pg = new PostgresEngine(engine, PostgresEngine.ownerId(instanceUrl), instanceUrl, (err) => log.warn(`shared engine: connection lost: ${err.message}`));
+  return { engine: pg, instanceUrl, ...(f['peer-ca'] ? { peerCa: await readConfigFile(String(f['peer-ca']), 'peer_ca') } : {}) };
+}
 
 /** The limits set on the command line or in the config (the rest keep LIMIT_DEFAULTS). */
 function serverLimits(f: Record<string, FlagValue | undefined>): Partial<typeof LIMIT_DEFAULTS> {

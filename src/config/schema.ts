@@ -202,6 +202,17 @@ export const checks = {
     }
     return `must be a URL like http://HOST:PORT, not ${JSON.stringify(s)}`;
   },
+  /** `embedded` (one server) or a PostgreSQL URL shared by several coordinators (docs/scale-out.md). */
+  engine: (s: string): string | null => {
+    if (s === 'embedded') return null;
+    try {
+      const u = new URL(s);
+      if ((u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.host) return null;
+    } catch {
+      /* below */
+    }
+    return `must be embedded or a PostgreSQL URL like postgres://USER@HOST:5432/DB, not ${JSON.stringify(s.replace(/:[^@/]*@/, ':***@'))}`;
+  },
   /** An HTTP range origin's base URL (docs/scale-out.md). */
   originUrl: (s: string): string | null => {
     const bad = originUrlProblem(s);

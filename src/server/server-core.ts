@@ -12,6 +12,7 @@ import { RolloutService } from './rollout-api';
 import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
 import type { Socket } from 'node:net';
 import { basicPassword, HttpError, tokenDigest, TLS_CIPHERS } from './http-util';
+import type { CoordinationEngine } from './engine';
 
 /**
  * The origin server's HTTP API (docs/protocol.md, "HTTP API"). Allocation state
@@ -74,6 +75,11 @@ export interface ServerOptions {
   /** Defaults for releases without their own distribution.json. */
   policy?: Policy;
   start?: StartPolicy;
+  /**
+   * Several coordinators on a shared engine (docs/scale-out.md): the engine, and the URL
+   * other instances reach this one at. Unset: one server, everything in this process.
+   */
+  cluster?: { engine: CoordinationEngine; instanceUrl: string; peerCa?: string | Buffer };
 }
 
 export interface ServerStats {
@@ -192,7 +198,8 @@ export abstract class ServerCore {
   protected tokenNames = new Map<string, string>();
   /** Rollouts and the fleet page (rollout-api.ts). */
   readonly rollouts: RolloutService;
-
+  /** Bodies read before their route ran (server-cluster.ts reads one to find the key's owner). */
+  protected readonly bodiesRead = new WeakMap<http.IncomingMessage, Buffer>();
 
   constructor(protected readonly opts: ServerOptions) {
     this.store = new ReleaseStore(opts.storeDir);
@@ -333,12 +340,20 @@ export abstract class ServerCore {
     }
     const chunks: Buffer[] = [];
     let n = 0;
-    const timer = setTimeout(() => {
+    const early = this.bodiesRead.get(req);
+    if (early) {
+      if (early.length > maxBytes) {
+        this.limitHit('body_too_large');
+        throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
+      }
+      chunks.push(early);
+    }
+    const timer = early ? undefined : setTimeout(() => {
       this.limitHit('body_timeout');
       req.destroy(new Error('body timeout'));
     }, this.limits.bodyTimeoutMs);
     try {
-      for await (const c of req as AsyncIterable<Buffer>) {
+      if (!early) for await (const c of req as AsyncIterable<Buffer>) {
         n += c.length;
         if (n > maxBytes) {
           this.limitHit('body_too_large');

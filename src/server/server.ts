@@ -4,7 +4,9 @@ import { RESEND_REASONS } from './allocator';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { loadOrCreateSecret } from './http-util';
 import { OVERHEAD_NOTE_TICKS, parseAllocatorKey } from './server-core';
-import { ServerRoutes } from './server-routes';
+import { ClusterRoutes } from './server-cluster';
+import { OWNER_RENEW_MS } from './ownership';
+import { ExitCode, FleetcastError } from '../util/errors';
 import type { FleetMemberRecord } from '../wire/http-bodies';
 
 export { parseRange, TLS_CIPHERS } from './http-util';
@@ -19,9 +21,17 @@ export type { ServerOptions, ServerStats } from './server-core';
  * lives in one GroupAllocator per (release, group) and is soft: it is rebuilt from the
  * agents' heartbeats after a restart.
  */
-export class FleetcastServer extends ServerRoutes {
+export class FleetcastServer extends ClusterRoutes {
+  private clusterTimer: NodeJS.Timeout | null = null;
+
   async start(): Promise<{ host: string; port: number; url: string }> {
     this.secret = await loadOrCreateSecret(path.join(this.opts.storeDir, 'secret'));
+    const c = this.opts.cluster;
+    if (c) {
+      // Every instance derives the same LAN group keys: a group keeps its key when its owner changes.
+      this.secret = await c.engine.open(this.secret).catch((err: Error) => Promise.reject(new FleetcastError('ENGINE', `cannot reach the shared engine: ${err.message}`, ExitCode.UNAVAILABLE)));
+      this.startCluster();
+    }
     await this.store.load();
     for (const p of this.store.problems) this.log.warn(`store: ${p}`);
     await this.loadMembers();
@@ -46,6 +56,11 @@ export class FleetcastServer extends ServerRoutes {
       void this.memory.save();
     }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
     this.timer.unref();
+    if (c) {
+      this.clusterTimer = setInterval(() => void this.clusterTick().catch((err: Error) => this.log.error(`shared engine: ${err.stack ?? err.message}`)), OWNER_RENEW_MS);
+      this.clusterTimer.unref();
+      this.log.info(`one of several coordinators: ${c.instanceUrl}, sharing ${c.engine.name}`);
+    }
     const a = this.http.address() as AddressInfo;
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
     return { host: a.address, port: a.port, url: `${this.opts.tls ? 'https' : 'http'}://${host}:${a.port}` };
@@ -54,6 +69,8 @@ export class FleetcastServer extends ServerRoutes {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (this.clusterTimer) clearInterval(this.clusterTimer);
+    this.clusterTimer = null;
     this.channelWatch.close();
     await this.saveState(true);
     this.noteOverheads();
@@ -63,6 +80,8 @@ export class FleetcastServer extends ServerRoutes {
       this.http.close(() => resolve());
       this.http.closeAllConnections();
     });
+    // After the last answer: another instance may take our keys at once.
+    await this.stopCluster();
   }
 
   /** Times `member` of `group` was sent `unit` of `release` (000 claim 8's send registrations). */

@@ -1,0 +1,264 @@
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { MAX_BODY_BYTES } from '../wire/http-bodies';
+import type { FleetMemberRecord } from '../wire/http-bodies';
+import { MemberRow } from './engine';
+import { HttpError } from './http-util';
+import { Ownership, OWNER_RENEW_MS } from './ownership';
+import { allocatorKey, MEMBER_MEMORY_MS, parseAllocatorKey } from './server-core';
+import { ServerRoutes } from './server-routes';
+
+/** Routes that act on one allocation: answered by the owner of its key (docs/protocol.md, section 16). */
+const KEYED = new Set(['POST /v1/join', 'POST /v1/heartbeat', 'POST /v1/lease', 'POST /v1/receipt', 'POST /v1/complete', 'POST /v1/leave', 'POST /v1/hook', 'POST /v1/bad-unit']);
+
+/** Set on requests one instance forwards to another: the owner answers them itself or refuses (no second hop). */
+export const PROXIED_HEADER = 'x-fleetcast-proxied-by';
+/** Set on a 503 from an instance that does not own the key it was forwarded. */
+export const NOT_OWNER_HEADER = 'x-fleetcast-not-owner';
+
+/**
+ * A new owner waits for the members its key had (the registry says who) to report what
+ * they hold, like a restarted server does, but longer: those agents were failing over,
+ * with backoffs up to the control client's 5 s.
+ */
+export const TAKEOVER_EXTRA_GRACE_MS = 5000;
+
+/** Proxied requests whose owner sends nothing for this long are cut (a 503 if nothing was answered yet). */
+const PROXY_IDLE_MS = 15_000;
+
+/** Answer headers passed back from the owner. */
+const PASSED = ['content-type', 'content-length', 'content-range', 'x-fleetcast-unit', 'x-fleetcast-sha256', 'retry-after'];
+
+/**
+ * Several coordinators on a shared engine (docs/scale-out.md). Each request that acts on
+ * one allocation (release + LAN or wide-area group) is answered by the instance that owns
+ * that key: here if we own it or can take it, otherwise proxied to its owner over HTTP, so
+ * agents need no protocol change and may talk to any instance. Without `cluster` in the
+ * options every request goes straight to the routes, as with one server.
+ */
+export abstract class ClusterRoutes extends ServerRoutes {
+  protected ownership: Ownership | null = null;
+  /** When this instance took each key it owns (its rebuild wait runs from there). */
+  private readonly gainedAt = new Map<string, number>();
+  /** "release/member" -> the key its last heartbeat routed to (for its other requests). */
+  private readonly routedKeys = new Map<string, string>();
+  private peerAgents: { http: http.Agent; https: https.Agent } | null = null;
+  private lastMembersPut = -Infinity;
+  readonly clusterStats = { proxied: 0, proxyFailures: 0, refused: 0, gained: 0, lost: 0 };
+
+  protected startCluster(): void {
+    const c = this.opts.cluster;
+    if (!c) return;
+    this.ownership = new Ownership(c.engine, this.log, this.now, { gained: (k) => this.gained(k), lost: (k) => this.lost(k) });
+    // Few sockets per owner, kept alive: the owner's per-client connection cap (64) sees one client.
+    this.peerAgents = { http: new http.Agent({ keepAlive: true, maxSockets: 32 }), https: new https.Agent({ keepAlive: true, maxSockets: 32, ca: c.peerCa }) };
+  }
+
+  /** The timer's part: renew leases, write the members of the keys we own to the registry. */
+  protected async clusterTick(): Promise<void> {
+    if (!this.ownership) return;
+    await this.ownership.renew();
+    const now = this.now();
+    if (now - this.lastMembersPut < 2 * OWNER_RENEW_MS || this.ownership.unavailable) return;
+    this.lastMembersPut = now;
+    const rows: Omit<MemberRow, 'msAgo'>[] = [];
+    for (const key of this.ownership.keys()) {
+      const g = this.groups.get(key);
+      if (!g) continue;
+      const { release, group } = parseAllocatorKey(key);
+      for (const m of g.memberViews(now)) rows.push({ release, member: m.id, group: m.group || group, key, instance: this.opts.cluster!.instanceUrl, complete: m.complete, verifiedUnits: m.verifiedUnits, address: m.address });
+    }
+    await this.opts.cluster!.engine.putMembers(rows).catch((err: Error) => this.log.warn(`member registry: cannot write ${rows.length} member(s): ${err.message}`));
+  }
+
+  protected async stopCluster(): Promise<void> {
+    if (!this.ownership) return;
+    await this.clusterTick().catch(() => {});
+    await this.ownership.releaseAll();
+    await this.opts.cluster!.engine.close();
+    this.peerAgents?.http.destroy();
+    this.peerAgents?.https.destroy();
+  }
+
+  /** A key became ours: start its allocation afresh, awaiting the members the registry knows. */
+  private async gained(key: string): Promise<void> {
+    this.clusterStats.gained++;
+    this.groups.delete(key);
+    this.counts.clear();
+    const ids = await this.opts.cluster!.engine.membersOf(key, MEMBER_MEMORY_MS).catch(() => [] as string[]);
+    if (!ids.length) return;
+    this.awaited.set(key, new Set(ids));
+    this.gainedAt.set(key, this.now());
+    this.log.info(`${key}: rebuilding its allocation: waiting for ${ids.length} member(s) to report what they hold`);
+  }
+
+  private lost(key: string): void {
+    this.clusterStats.lost++;
+    this.groups.delete(key);
+    this.awaited.delete(key);
+    this.gainedAt.delete(key);
+    this.counts.clear();
+  }
+
+  protected override rebuildWait(key: string, now: number): number {
+    const since = this.gainedAt.get(key);
+    if (since === undefined) return super.rebuildWait(key, now);
+    const left = since + this.rebuildGraceMs + TAKEOVER_EXTRA_GRACE_MS - now;
+    if (!this.awaited.get(key)?.size || left <= 0) {
+      this.awaited.delete(key);
+      this.gainedAt.delete(key);
+      return 0;
+    }
+    return Math.min(left, this.heartbeatMs);
+  }
+
+  protected override async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const own = this.ownership;
+    if (!own) return super.handle(req, res);
+    const url = new URL(req.url ?? '/', 'http://x');
+    const parts = url.pathname.split('/').filter(Boolean);
+    const route = `${req.method} ${url.pathname}`;
+    if (route === 'GET /v1/fleet' || route === 'GET /v1/stats') {
+      if (this.authenticate(req, res) === false) return;
+      return this.json(res, 200, route === 'GET /v1/fleet' ? await this.clusterFleet() : { ...this.stats, cluster: { ...this.clusterStats, owned: own.keys().length, engineUnavailable: own.unavailable } });
+    }
+    const unitGet = req.method === 'GET' && parts.length === 5 && parts[0] === 'v1' && parts[1] === 'releases' && parts[3] === 'units';
+    if (!KEYED.has(route) && !unitGet) return super.handle(req, res);
+    if (this.authenticate(req, res) === false) return;
+    let body: Buffer | null = null;
+    let ref: { release?: unknown; group?: unknown; member?: unknown; wideGroup?: unknown; address?: unknown };
+    if (unitGet) ref = { release: parts[2], group: url.searchParams.get('group'), member: url.searchParams.get('member') };
+    else {
+      body = await this.readBody(req);
+      this.bodiesRead.set(req, body);
+      try {
+        ref = JSON.parse(body.toString('utf8')) as typeof ref;
+      } catch {
+        return super.handle(req, res); // the route says what is wrong with it
+      }
+    }
+    const key = typeof ref === 'object' && ref !== null ? await this.keyOf(ref, route) : null;
+    if (key === null) return super.handle(req, res);
+    const r = await own.route(key);
+    if ('unavailable' in r) return this.refuse(res, 'ENGINE_UNAVAILABLE', r.unavailable, r.retryAfterMs);
+    if (r.mine) return super.handle(req, res);
+    if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
+    if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
+    // The owner learns the agent's address from the body, as it would from the socket.
+    if (body && (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') && ref.address === undefined) body = Buffer.from(JSON.stringify({ ...ref, address: req.socket.remoteAddress ?? null }));
+    return this.proxy(req, res, r.url, key, body);
+  }
+
+  /** The body of a keyed request, at most MAX_BODY_BYTES (each route checks its own, smaller limit). */
+  private async readBody(req: http.IncomingMessage): Promise<Buffer> {
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > MAX_BODY_BYTES) {
+      this.limitHit('body_too_large');
+      req.resume();
+      throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
+    }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const timer = setTimeout(() => {
+      this.limitHit('body_timeout');
+      req.destroy(new Error('body timeout'));
+    }, this.limits.bodyTimeoutMs);
+    try {
+      for await (const c of req as AsyncIterable<Buffer>) {
+        n += c.length;
+        if (n > MAX_BODY_BYTES) {
+          this.limitHit('body_too_large');
+          throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
+        }
+        chunks.push(c);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    return Buffer.concat(chunks);
+  }
+
+  /** The allocation key a request acts on, or null when the routes should answer it (bad fields, unknown release). */
+  private async keyOf(ref: { release?: unknown; group?: unknown; member?: unknown; wideGroup?: unknown }, route: string): Promise<string | null> {
+    const { release, group, member, wideGroup } = ref;
+    if (typeof release !== 'string' || typeof group !== 'string' || typeof member !== 'string' || release.includes('/') || group.includes('/')) return null;
+    const rel = await this.store.get(release).catch(() => undefined);
+    if (!rel) return null;
+    const mk = `${release}/${member}`;
+    if (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') {
+      const dist = await this.distribution(rel);
+      const key = allocatorKey(release, dist.policy === 'wide' && typeof wideGroup === 'string' && wideGroup ? { wide: wideGroup } : { group });
+      if (this.routedKeys.size >= this.limits.maxMembersPerRelease * 4) this.routedKeys.clear();
+      this.routedKeys.set(mk, key);
+      return key;
+    }
+    return this.memberKeys.get(mk) ?? this.routedKeys.get(mk) ?? allocatorKey(release, { group });
+  }
+
+  private refuse(res: http.ServerResponse, code: string, message: string, retryAfterMs: number, notOwner = false): void {
+    this.clusterStats.refused++;
+    if (notOwner) res.setHeader(NOT_OWNER_HEADER, '1');
+    res.setHeader('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
+    this.json(res, 503, { error: code, message, retryAfterMs });
+  }
+
+  /** Forward the request to the key's owner and stream its answer back. */
+  private proxy(req: http.IncomingMessage, res: http.ServerResponse, owner: string, key: string, body: Buffer | null): Promise<void> {
+    this.clusterStats.proxied++;
+    const target = new URL(owner + (req.url ?? '/'));
+    const headers: http.OutgoingHttpHeaders = { [PROXIED_HEADER]: this.opts.cluster!.instanceUrl };
+    for (const h of ['authorization', 'content-type', 'range']) if (req.headers[h] !== undefined) headers[h] = req.headers[h];
+    if (body) headers['content-length'] = body.length;
+    const https_ = target.protocol === 'https:';
+    return new Promise<void>((resolve) => {
+      const preq = (https_ ? https : http).request(target, { method: req.method, headers, agent: https_ ? this.peerAgents!.https : this.peerAgents!.http }, (pres) => {
+        if (pres.statusCode === 503 && pres.headers[NOT_OWNER_HEADER]) this.ownership!.forget(key);
+        else this.ownership!.confirmed(key, owner);
+        const out: http.OutgoingHttpHeaders = {};
+        for (const h of PASSED) if (pres.headers[h] !== undefined) out[h] = pres.headers[h];
+        res.writeHead(pres.statusCode ?? 502, out);
+        pres.pipe(res);
+        pres.on('error', () => res.destroy());
+        pres.on('close', () => resolve());
+      });
+      preq.setTimeout(PROXY_IDLE_MS, () => preq.destroy(new Error(`no answer for ${PROXY_IDLE_MS} ms`)));
+      preq.on('error', (err) => {
+        this.clusterStats.proxyFailures++;
+        this.ownership!.forget(key);
+        if (!res.headersSent) this.refuse(res, 'OWNER_UNREACHABLE', `the owner of ${key} at ${owner} did not answer (${err.message}); another instance takes the group once the owner's lease expires`, OWNER_RENEW_MS);
+        else res.destroy();
+        resolve();
+      });
+      res.on('close', () => {
+        if (!res.writableFinished) preq.destroy();
+      });
+      preq.end(body ?? undefined);
+    });
+  }
+
+  /** GET /v1/fleet on any instance: our groups in full, the others' members from the registry. */
+  private async clusterFleet(): Promise<unknown> {
+    const base = this.fleet() as { groups: { release: string; group: string; wide: boolean }[] };
+    const here = new Set(base.groups.map((g) => allocatorKey(g.release, g.wide ? { wide: g.group } : { group: g.group })));
+    let rows: MemberRow[];
+    try {
+      rows = await this.opts.cluster!.engine.members(MEMBER_MEMORY_MS, this.limits.maxMembersPerRelease);
+    } catch (err) {
+      return { ...base, registryError: (err as Error).message };
+    }
+    const byKey = new Map<string, MemberRow[]>();
+    for (const r of rows) {
+      if (here.has(r.key)) continue;
+      let l = byKey.get(r.key);
+      if (!l) byKey.set(r.key, (l = []));
+      l.push(r);
+    }
+    const more = [...byKey].map(([key, ms]) => {
+      const { release, group, wide } = parseAllocatorKey(key);
+      const rel = this.store.peek(release);
+      const members = ms.map((m): FleetMemberRecord => ({ id: m.member, group: m.group, rank: 0, overheadMsPerMiB: null, verifiedUnits: m.verifiedUnits, leases: 0, complete: m.complete, lastSeenMsAgo: m.msAgo, address: m.address, dataPort: null, role: 'member', forwarded: 0, lanBytes: 0, gatewayDemotions: 0, undeliveredClaims: 0, originBytes: 0, badUnits: [], hook: null }));
+      return { release, name: rel?.manifest.name ?? null, units: rel?.manifest.unitCount ?? null, group, wide, owner: ms[0].instance, missingUnits: null, resentUnits: {}, members, groupComplete: members.every((m) => m.complete) };
+    });
+    return { ...base, groups: [...base.groups, ...more] };
+  }
+}
