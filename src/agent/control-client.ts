@@ -18,10 +18,17 @@ export class ControlError extends FleetcastError {
  * `retryAfterMs` it gave, if any.
  */
 export class ServerBusy extends Error {
-  constructor(message: string, readonly retryAfterMs: number | null) {
+  constructor(message: string, readonly retryAfterMs: number | null, readonly code: string = '') {
     super(message);
   }
 }
+
+/**
+ * 5xx codes after which the next server of the list may do better: this coordinator
+ * cannot reach the shared engine, so it cannot find (or take) the group's owner, while
+ * another instance may know it (docs/scale-out.md).
+ */
+const TRY_NEXT = new Set(['ENGINE_UNAVAILABLE']);
 
 /** The join and heartbeat answer (declared once, in the wire layer). */
 export type SplitMapResponse = HeartbeatAnswer;
@@ -61,7 +68,8 @@ export class ControlClient {
    * Retry until it works. A connection that fails moves to the next server of the list at
    * once (several coordinators, docs/scale-out.md; after Dragonfly's daemons, which take a
    * list of schedulers and move on when one fails); the backoff grows only when a whole
-   * round failed, or when a server answered 5xx (it is up: we stay with it).
+   * round failed, or when a server answered 5xx (it is up: we stay with it, after its
+   * retryAfterMs, unless it says it cannot reach the shared engine: then the next may).
    */
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     let delay = MIN_RETRY_MS;
@@ -78,10 +86,10 @@ export class ControlClient {
         if (untrusted) throw untrusted;
         const from = this.server.url;
         const busy = err instanceof ServerBusy;
-        const next = busy ? null : this.server.failover();
+        const next = busy && !TRY_NEXT.has(err.code) ? null : this.server.failover();
         if (!this.failing || next) this.log.warn(`server ${from} ${busy ? 'cannot answer' : 'unreachable'} (${what}): ${describeFetchError(err)}; ${next ? `moving to ${next}` : 'retrying with backoff'}`);
         this.failing = true;
-        if (next && ++moves % this.server.urls.length !== 0) {
+        if (next && !busy && ++moves % this.server.urls.length !== 0) {
           await sleep(MIN_RETRY_MS, this.signal);
           continue;
         }
@@ -105,7 +113,7 @@ export class ControlClient {
     } catch {
       /* not JSON */
     }
-    if (res.status >= 500) throw new ServerBusy(`server error ${res.status}: ${message}`, retryAfterMs);
+    if (res.status >= 500) throw new ServerBusy(`server error ${res.status}: ${message}`, retryAfterMs, code);
     if (res.status === 401) throw new ControlError(401, 'UNAUTHORIZED', 'the server refused our token (401): check token or token_file');
     throw new ControlError(res.status, code, message);
   }
