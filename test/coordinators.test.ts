@@ -13,7 +13,7 @@ import { Manifest } from '../src/release/manifest';
 import { publishRelease } from '../src/release/publish';
 import { writeDistribution } from '../src/release/distribution';
 import { sha256File } from '../src/storage/partial-store';
-import { BIN, tmpdir } from './helpers/fleet';
+import { BIN, runCli, tmpdir } from './helpers/fleet';
 import { rootTest } from './helpers/netns';
 import { nginxBinary, Nginx, startNginx } from './helpers/nginx';
 import { Postgres, postgresUnsupported, startPostgres } from './helpers/postgres';
@@ -132,7 +132,7 @@ interface AgentProc {
 }
 
 /** 2 LAN groups x 3 agents; `servers(group, i)` is each agent's list of coordinator URLs, in order. */
-function spawnAgents(t: ExecutionContext, c: Cluster, servers: (group: string, i: number) => string[], wanMbit: number): AgentProc[] {
+function spawnAgents(t: ExecutionContext, c: Cluster, servers: (group: string, i: number) => string[], wanMbit: number, extra: string[] = []): AgentProc[] {
   const base = randomInt(20000, 50000);
   const out: AgentProc[] = [];
   for (const [gi, group] of ['east', 'west'].entries()) {
@@ -141,7 +141,7 @@ function spawnAgents(t: ExecutionContext, c: Cluster, servers: (group: string, i
       const id = `${group}${i}`;
       const args = ['agent', ...servers(group, i).flatMap((u) => ['--server', u]), '--plain-http', '--group', group, '--interface', '127.0.0.1', '--multicast', mc, '--status-socket', 'none',
         '--storage', path.join(c.dir, id), '--trust', c.pubPath, '--release', c.manifest.id, '--once', '--member', id, '--linger', '20', '--timeout', '150',
-        '--rate', '200', '--wan-rate', String(wanMbit), '--log-level', 'info', '--report', path.join(c.dir, `${id}.json`)];
+        '--rate', '200', '--wan-rate', String(wanMbit), '--log-level', 'info', '--report', path.join(c.dir, `${id}.json`), ...extra];
       const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       child.stderr!.on('data', (d) => (err = (err + d).slice(-20_000)));
@@ -172,7 +172,7 @@ async function getJson<T>(url: string): Promise<T> {
   return (await res.json()) as T;
 }
 
-type FleetView = { groups: { group: string; members: { id: string }[] }[] };
+type FleetView = { groups: { group: string; members: { id: string; hook: { exitCode: number | null } | null }[] }[] };
 const membersIn = (f: FleetView) => f.groups.flatMap((g) => g.members.map((m) => m.id)).sort();
 const ALL = ['east1', 'east2', 'east3', 'west1', 'west2', 'west3'];
 
@@ -188,7 +188,7 @@ type Stats = { unitBytesSent: number; cluster: { proxied: number; owned: number;
 rootTest('two coordinators on PostgreSQL, nginx origin, 2 LAN groups x 3 agents, 32 MiB: all verify, the coordinators send no unit byte, nginx at most 1.02x per group', oneAtATime(async (t) => {
   const c = await startCluster(t);
   // Each group has one agent whose first coordinator is not its group's owner: its requests are proxied.
-  const agents = spawnAgents(t, c, (group, i) => ((group === 'east') === (i !== 1) ? [c.a.url, c.b.url] : [c.b.url, c.a.url]), 400);
+  const agents = spawnAgents(t, c, (group, i) => ((group === 'east') === (i !== 1) ? [c.a.url, c.b.url] : [c.b.url, c.a.url]), 400, ['--on-complete', 'exit 3']);
   await allVerify(t, c, agents);
   const stats = await Promise.all([c.a, c.b].map((s) => getJson<Stats>(`${s.url}/v1/stats`)));
   t.deepEqual(stats.map((s) => s.unitBytesSent), [0, 0], 'the coordinators sent no unit byte');
@@ -199,11 +199,14 @@ rootTest('two coordinators on PostgreSQL, nginx origin, 2 LAN groups x 3 agents,
     t.log(`${g}: nginx served ${(served[g] / c.manifest.size).toFixed(3)}x the release`);
     t.true(served[g] >= c.manifest.size && served[g] <= 1.02 * c.manifest.size, `${g}: ${(served[g] / c.manifest.size).toFixed(3)}x from nginx`);
   }
-  // Either instance's fleet view shows every member: its own groups, and the other's from the registry.
+  // Either instance's fleet view shows every member, and the hook result each reported: its own
+  // groups from memory, the other's from the registry and the hook table.
   for (const s of [c.a, c.b]) {
     let seen: string[] = [];
     await hangGuard(async () => (seen = membersIn(await getJson<FleetView>(`${s.url}/v1/fleet`))).join() === ALL.join(), `${s.url}/v1/fleet shows all 6 members`, 30_000);
     t.deepEqual(seen, ALL);
+    const hooks = (await getJson<FleetView>(`${s.url}/v1/fleet`)).groups.flatMap((g) => g.members.map((m) => `${m.id}:${m.hook?.exitCode ?? 'none'}`)).sort();
+    t.deepEqual(hooks, ALL.map((id) => `${id}:3`), `${s.url}: every member's hook result`);
   }
 }), why);
 
@@ -233,12 +236,15 @@ rootTest('kill -9 the owner of a group mid-transfer: its group moves to the othe
 rootTest('engine stopped: owners keep serving their groups from memory, new ownership is refused with a clear error, and taken again once the engine returns', oneAtATime(async (t) => {
   const c = await startCluster(t);
   // east3 talks to B, which proxies to east's owner A from what it last knew.
-  const agents = spawnAgents(t, c, (group, i) => ((group === 'east') === (i !== 3) ? [c.a.url, c.b.url] : [c.b.url, c.a.url]), 48);
-  await hangGuard(async () => {
-    const s = await Promise.all([c.a, c.b].map((x) => getJson<Stats>(`${x.url}/v1/stats`)));
-    return s[0].cluster.owned + s[1].cluster.owned === 2 && s[0].cluster.proxied + s[1].cluster.proxied > 0;
-  }, 'both groups have an owner, and a non-owner proxies to one');
+  const agents = spawnAgents(t, c, (group, i) => ((group === 'east') === (i !== 3) ? [c.a.url, c.b.url] : [c.b.url, c.a.url]), 16);
+  // Every member joined through its first coordinator, each non-owner proxied to the owner it learnt from the engine.
+  for (const s of [c.a, c.b]) await hangGuard(async () => membersIn(await getJson<FleetView>(`${s.url}/v1/fleet`)).join() === ALL.join(), `${s.url} sees every member`);
+  const s0 = await Promise.all([c.a, c.b].map((x) => getJson<Stats>(`${x.url}/v1/stats`)));
+  t.is(s0[0].cluster.owned + s0[1].cluster.owned, 2, 'both groups have an owner');
+  t.true(s0[0].cluster.proxied + s0[1].cluster.proxied > 0, 'a non-owner proxies');
   await c.pg.stop();
+  const atStop = await originBytes(c.ngx, c.manifest.id);
+  t.true(atStop.east < 0.9 * c.manifest.size && atStop.west < 0.9 * c.manifest.size, `the engine stopped mid-transfer (${JSON.stringify(atStop)})`);
   const north = { release: c.manifest.id, group: 'north', member: 'n1' };
   const ask = () => fetch(`${c.a.url}/v1/join`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(north) });
   const refused = await ask();
@@ -256,6 +262,17 @@ rootTest('engine stopped: owners keep serving their groups from memory, new owne
   await hangGuard(async () => (status = (await ask()).status) === 200, 'north is taken once the engine is back', 30_000);
   t.is(status, 200);
   t.regex(c.a.log(), /shared engine .* reachable again/);
+  // Another instance took one of A's keys (as after an expiry in a partition): A's next renewal drops it.
+  const { Client } = require('pg') as typeof import('pg');
+  const db = new Client({ connectionString: c.pg.url });
+  await db.connect();
+  t.teardown(() => db.end());
+  const held = await db.query<{ key: string }>('SELECT key FROM fleetcast_leases WHERE url = $1 ORDER BY key', [c.a.url]);
+  t.true(held.rows.length >= 1, 'A owns north, at least');
+  const ownedBefore = (await getJson<Stats>(`${c.a.url}/v1/stats`)).cluster.owned;
+  await db.query(`UPDATE fleetcast_leases SET owner = 'elsewhere#1', url = $2, expires_at = now() + interval '1 hour' WHERE key = $1`, [held.rows[0].key, c.b.url]);
+  await hangGuard(() => c.a.log().includes(`${held.rows[0].key}: another instance took it`), 'A drops the key it lost', 30_000);
+  t.is((await getJson<Stats>(`${c.a.url}/v1/stats`)).cluster.owned, ownedBefore - 1, 'A no longer answers for it');
 }), why);
 
 test('an agent with several server URLs moves to the next when one refuses connections, and stays with one that answers 503 (after its retryAfterMs)', async (t) => {
@@ -281,4 +298,33 @@ test('an agent with several server URLs moves to the next when one refuses conne
   t.is(calls, 2, 'the 503 was retried on the same server');
   t.true(lines.some((l) => l.includes(`moving to ${live}`)), lines.join('\n'));
   t.throws(() => new ServerAccess({ url: ['http://a.example:1', 'https://b.example:2'], plainHttp: true }), { message: /mix http:\/\/ and https:\/\// });
+  // A coordinator that cannot reach the shared engine: the next one may know the group's owner.
+  const cut = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'ENGINE_UNAVAILABLE', message: 'no engine', retryAfterMs: 100 }));
+  });
+  await new Promise<void>((r) => cut.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { cut.closeAllConnections(); cut.close(() => r()); }));
+  const both = new ServerAccess({ url: [`http://127.0.0.1:${(cut.address() as net.AddressInfo).port}`, live], plainHttp: true });
+  t.deepEqual(await new ControlClient(both, ac.signal, log).post('/v1/heartbeat', {}), { ok: true });
+  t.is(both.url, live);
+});
+
+test('server --engine: a bad engine URL or a missing --instance-url is a usage error (64), an engine that does not answer is 69, each with a clear message', async (t) => {
+  const dir = await tmpdir(t);
+  const store = path.join(dir, 'store');
+  const port = await freePort();
+  const base = ['server', '--store', store, '--create', '--plain-http', '--listen', `127.0.0.1:${port}`];
+  const bad = await runCli([...base, '--engine', 'redis://127.0.0.1:6379', '--instance-url', `http://127.0.0.1:${port}`]);
+  t.is(bad.code, 64, bad.stderr);
+  t.regex(bad.stderr, /engine must be embedded or a PostgreSQL URL/);
+  const noUrl = await runCli([...base, '--engine', 'postgres://u@127.0.0.1:5432/db']);
+  t.is(noUrl.code, 64, noUrl.stderr);
+  t.regex(noUrl.stderr, /instance.url is required with a shared engine/);
+  const closed = await freePort();
+  const down = await runCli([...base, '--engine', `postgres://fleetcast:secret@127.0.0.1:${closed}/fleet`, '--instance-url', `http://127.0.0.1:${port}`]);
+  t.is(down.code, 69, down.stderr);
+  t.regex(down.stderr, new RegExp(`cannot reach the shared engine: postgres://127\\.0\\.0\\.1:${closed}/fleet: .*ECONNREFUSED`));
+  t.notRegex(down.stderr, /secret/, 'the password is not printed');
+  t.notRegex(down.stderr, /\n\s+at /, 'no stack trace');
 });

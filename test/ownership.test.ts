@@ -49,6 +49,10 @@ class FakeEngine implements CoordinationEngine {
   async members(): Promise<MemberRow[]> {
     return [];
   }
+  async putHook(): Promise<void> {}
+  async hooks(): Promise<[]> {
+    return [];
+  }
   async close(): Promise<void> {}
 }
 
@@ -112,6 +116,10 @@ test('a clean stop releases every key, so another instance takes them without wa
   const { engine, own } = setup();
   await own.route('r/a');
   await own.route('r/b');
+  await own.route('r/c');
+  await own.release(['r/c']); // no member left in it
+  t.false(engine.leases.has('r/c'));
+  t.deepEqual(own.keys().sort(), ['r/a', 'r/b']);
   await own.releaseAll();
   t.is(engine.leases.size, 0);
   t.deepEqual(own.keys(), []);

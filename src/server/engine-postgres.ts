@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Pool as PgPool } from 'pg';
-import { Claim, CoordinationEngine, EngineUnavailable, MemberRow } from './engine';
+import { Claim, CoordinationEngine, EngineUnavailable, HookRow, MemberRow } from './engine';
 
 /**
  * The shared engine on PostgreSQL (docs/scale-out.md says why PostgreSQL and not Redis).
@@ -12,6 +12,7 @@ import { Claim, CoordinationEngine, EngineUnavailable, MemberRow } from './engin
  * together do not race):
  *   fleetcast_leases(key PK, owner, url, expires_at, taken_at)
  *   fleetcast_members(release, member PK, grp, key, instance, last_seen, complete, verified, address)
+ *   fleetcast_hooks(release, grp, member PK, result jsonb, at): on_complete results
  *   fleetcast_secret(id PK = 1, secret): the fleet's secret for LAN group keys, so a group
  *     keeps its key when its owner changes.
  */
@@ -19,6 +20,7 @@ export const SCHEMA = [
   `CREATE TABLE IF NOT EXISTS fleetcast_leases (key text PRIMARY KEY, owner text NOT NULL, url text NOT NULL, expires_at timestamptz NOT NULL, taken_at timestamptz NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS fleetcast_members (release text NOT NULL, member text NOT NULL, grp text NOT NULL, key text NOT NULL, instance text NOT NULL, last_seen timestamptz NOT NULL, complete boolean NOT NULL, verified integer NOT NULL, address text, PRIMARY KEY (release, member))`,
   `CREATE INDEX IF NOT EXISTS fleetcast_members_key ON fleetcast_members (key, last_seen)`,
+  `CREATE TABLE IF NOT EXISTS fleetcast_hooks (release text NOT NULL, grp text NOT NULL, member text NOT NULL, result jsonb NOT NULL, at timestamptz NOT NULL, PRIMARY KEY (release, grp, member))`,
   `CREATE TABLE IF NOT EXISTS fleetcast_secret (id integer PRIMARY KEY CHECK (id = 1), secret bytea NOT NULL)`,
 ];
 
@@ -122,6 +124,30 @@ export class PostgresEngine implements CoordinationEngine {
       [withinMs, limit],
     );
     return rows.map((r) => ({ release: r.release, member: r.member, group: r.grp, key: r.key, instance: r.instance, complete: r.complete, verifiedUnits: r.verified, address: r.address, msAgo: Math.round(Number(r.ms_ago)) }));
+  }
+
+  async putHook(h: Omit<HookRow, 'at'>): Promise<void> {
+    const result = { durationMs: h.durationMs, ...(h.exitCode !== undefined ? { exitCode: h.exitCode } : {}), ...(h.signal !== undefined ? { signal: h.signal } : {}), ...(h.error !== undefined ? { error: h.error } : {}) };
+    await this.q(
+      `INSERT INTO fleetcast_hooks (release, grp, member, result, at) VALUES ($1, $2, $3, $4, now())
+       ON CONFLICT (release, grp, member) DO UPDATE SET result = EXCLUDED.result, at = now()`,
+      [h.release, h.group, h.member, JSON.stringify(result)],
+    );
+  }
+
+  async hooks(release: string, groups: string[] | null, limit: number): Promise<HookRow[]> {
+    const rows = await this.q<{ grp: string; member: string; result: { durationMs?: unknown; exitCode?: unknown; signal?: unknown; error?: unknown }; at_ms: number }>(
+      `SELECT grp, member, result, (EXTRACT(EPOCH FROM at) * 1000)::float8 AS at_ms FROM fleetcast_hooks
+       WHERE release = $1 AND ($2::text[] IS NULL OR grp = ANY($2::text[])) ORDER BY at DESC LIMIT $3`,
+      [release, groups, limit],
+    );
+    return rows.map((r) => ({
+      release, group: r.grp, member: r.member, at: Number(r.at_ms),
+      durationMs: typeof r.result.durationMs === 'number' ? r.result.durationMs : 0,
+      ...(typeof r.result.exitCode === 'number' ? { exitCode: r.result.exitCode } : {}),
+      ...(typeof r.result.signal === 'string' ? { signal: r.result.signal } : {}),
+      ...(typeof r.result.error === 'string' ? { error: r.result.error } : {}),
+    }));
   }
 
   async close(): Promise<void> {

@@ -25,6 +25,18 @@ export interface MemberRow {
   msAgo: number;
 }
 
+/** An on_complete hook's result as an agent reported it (POST /v1/hook), with when (engine clock, ms since the epoch). */
+export interface HookRow {
+  release: string;
+  group: string;
+  member: string;
+  exitCode?: number;
+  signal?: string;
+  error?: string;
+  durationMs: number;
+  at: number;
+}
+
 /** The engine could not be reached or answered an error: the message says which and why. */
 export class EngineUnavailable extends Error {
   constructor(message: string) {
@@ -50,5 +62,9 @@ export interface CoordinationEngine {
   membersOf(key: string, withinMs: number): Promise<string[]>;
   /** Every member heard from in the last `withinMs`, at most `limit`. */
   members(withinMs: number, limit: number): Promise<MemberRow[]>;
+  /** Keep a hook result (the instance that received it may die before anyone reads it). */
+  putHook(h: Omit<HookRow, 'at'>): Promise<void>;
+  /** Hook results of a release's LAN group (several groups of a wide-area key: call per group), newest first, at most `limit`. */
+  hooks(release: string, groups: string[] | null, limit: number): Promise<HookRow[]>;
   close(): Promise<void>;
 }

@@ -21,6 +21,8 @@ export class FleetMemory {
   private readonly hooks = new Map<string, HookResult>();
   private readonly overheads = new Map<string, number>();
   private dirty = false;
+  /** Told of every hook result an agent reports (several coordinators keep them in the shared engine too). */
+  onHook: ((r: HookResult) => void) | null = null;
 
   constructor(private readonly file: string, private readonly log: Logger) {}
 
@@ -28,9 +30,10 @@ export class FleetMemory {
     return this.hooks.get(key);
   }
 
-  setHook(key: string, r: HookResult): void {
+  setHook(key: string, r: HookResult, report = true): void {
     bounded(this.hooks, key, r);
     this.dirty = true;
+    if (report) this.onHook?.(r);
   }
 
   /** The overhead measured before the last restart, if the allocator has none yet. */

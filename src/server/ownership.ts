@@ -129,6 +129,12 @@ export class Ownership {
     }
   }
 
+  /** Give keys up (no member left in them): another instance may take them at once. */
+  async release(keys: string[]): Promise<void> {
+    for (const k of keys) this.owned.delete(k);
+    await this.engine.release(keys).catch((err: Error) => this.log.warn(`could not release ${keys.length} key(s) in ${this.engine.name}: ${err.message}; they move once their leases expire`));
+  }
+
   /** Clean shutdown: give every key up, so another instance takes it at once. */
   async releaseAll(): Promise<void> {
     const keys = this.keys();

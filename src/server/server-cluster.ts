@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { MAX_BODY_BYTES } from '../wire/http-bodies';
 import type { FleetMemberRecord } from '../wire/http-bodies';
-import { MemberRow } from './engine';
+import { HookRow, MemberRow } from './engine';
 import { HttpError } from './http-util';
 import { Ownership, OWNER_RENEW_MS } from './ownership';
 import { allocatorKey, MEMBER_MEMORY_MS, parseAllocatorKey } from './server-core';
@@ -22,6 +22,9 @@ export const NOT_OWNER_HEADER = 'x-fleetcast-not-owner';
  * with backoffs up to the control client's 5 s.
  */
 export const TAKEOVER_EXTRA_GRACE_MS = 5000;
+
+/** A key owned without a live member (nor one awaited) this long is given up: its allocation is over, or it was taken by a stray request. */
+export const IDLE_KEY_RELEASE_MS = 60_000;
 
 /** Proxied requests whose owner sends nothing for this long are cut (a 503 if nothing was answered yet). */
 const PROXY_IDLE_MS = 15_000;
@@ -44,12 +47,16 @@ export abstract class ClusterRoutes extends ServerRoutes {
   private readonly routedKeys = new Map<string, string>();
   private peerAgents: { http: http.Agent; https: https.Agent } | null = null;
   private lastMembersPut = -Infinity;
-  readonly clusterStats = { proxied: 0, proxyFailures: 0, refused: 0, gained: 0, lost: 0 };
+  /** Keys we own without a live member, and since when. */
+  private readonly idleSince = new Map<string, number>();
+  readonly clusterStats = { proxied: 0, proxyFailures: 0, refused: 0, gained: 0, lost: 0, released: 0 };
 
   protected startCluster(): void {
     const c = this.opts.cluster;
     if (!c) return;
     this.ownership = new Ownership(c.engine, this.log, this.now, { gained: (k) => this.gained(k), lost: (k) => this.lost(k) });
+    // Hook results go to the engine too: the fleet view of any instance, and a later owner, show them.
+    this.memory.onHook = (r) => void c.engine.putHook({ release: r.release, group: r.group, member: r.member, durationMs: r.durationMs, exitCode: r.exitCode, signal: r.signal, error: r.error }).catch((err: Error) => this.log.warn(`${r.release.slice(0, 8)}/${r.group}: cannot keep member ${r.member}'s hook result in the engine: ${err.message}`));
     // Few sockets per owner, kept alive: the owner's per-client connection cap (64) sees one client.
     this.peerAgents = { http: new http.Agent({ keepAlive: true, maxSockets: 32 }), https: new https.Agent({ keepAlive: true, maxSockets: 32, ca: c.peerCa }) };
   }
@@ -59,6 +66,7 @@ export abstract class ClusterRoutes extends ServerRoutes {
     if (!this.ownership) return;
     await this.ownership.renew();
     const now = this.now();
+    await this.releaseIdle(now);
     if (now - this.lastMembersPut < 2 * OWNER_RENEW_MS || this.ownership.unavailable) return;
     this.lastMembersPut = now;
     const rows: Omit<MemberRow, 'msAgo'>[] = [];
@@ -69,6 +77,25 @@ export abstract class ClusterRoutes extends ServerRoutes {
       for (const m of g.memberViews(now)) rows.push({ release, member: m.id, group: m.group || group, key, instance: this.opts.cluster!.instanceUrl, complete: m.complete, verifiedUnits: m.verifiedUnits, address: m.address });
     }
     await this.opts.cluster!.engine.putMembers(rows).catch((err: Error) => this.log.warn(`member registry: cannot write ${rows.length} member(s): ${err.message}`));
+  }
+
+  private async releaseIdle(now: number): Promise<void> {
+    // Without the engine a key given up could not be taken back: keep them all until it returns.
+    if (this.ownership!.unavailable) return;
+    const idle: string[] = [];
+    for (const key of this.ownership!.keys()) {
+      if (this.groups.get(key)?.memberCount() || this.awaited.get(key)?.size) {
+        this.idleSince.delete(key);
+        continue;
+      }
+      const since = this.idleSince.get(key);
+      if (since === undefined) this.idleSince.set(key, now);
+      else if (now - since >= IDLE_KEY_RELEASE_MS) idle.push(key);
+    }
+    if (!idle.length) return;
+    this.clusterStats.released += idle.length;
+    for (const key of idle) this.drop(key);
+    await this.ownership!.release(idle);
   }
 
   protected async stopCluster(): Promise<void> {
@@ -85,7 +112,14 @@ export abstract class ClusterRoutes extends ServerRoutes {
     this.clusterStats.gained++;
     this.groups.delete(key);
     this.counts.clear();
-    const ids = await this.opts.cluster!.engine.membersOf(key, MEMBER_MEMORY_MS).catch(() => [] as string[]);
+    const engine = this.opts.cluster!.engine;
+    const { release, group, wide } = parseAllocatorKey(key);
+    // The hook results its members reported to earlier owners.
+    for (const h of await engine.hooks(release, wide ? null : [group], this.limits.maxMembersPerRelease).catch(() => [])) {
+      const { at, ...rest } = h;
+      if (!this.memory.hook(`${release}/${h.group}/${h.member}`)) this.memory.setHook(`${release}/${h.group}/${h.member}`, { ...rest, at }, false);
+    }
+    const ids = await engine.membersOf(key, MEMBER_MEMORY_MS).catch(() => [] as string[]);
     if (!ids.length) return;
     this.awaited.set(key, new Set(ids));
     this.gainedAt.set(key, this.now());
@@ -94,6 +128,12 @@ export abstract class ClusterRoutes extends ServerRoutes {
 
   private lost(key: string): void {
     this.clusterStats.lost++;
+    this.drop(key);
+  }
+
+  /** Forget a key's allocation: this instance no longer answers for it. */
+  private drop(key: string): void {
+    this.idleSince.delete(key);
     this.groups.delete(key);
     this.awaited.delete(key);
     this.gainedAt.delete(key);
@@ -253,10 +293,19 @@ export abstract class ClusterRoutes extends ServerRoutes {
       if (!l) byKey.set(r.key, (l = []));
       l.push(r);
     }
+    const hooks = new Map<string, HookRow>();
+    const now = Date.now();
+    for (const release of new Set([...byKey.keys()].map((k) => parseAllocatorKey(k).release))) {
+      for (const h of await this.opts.cluster!.engine.hooks(release, null, this.limits.maxMembersPerRelease).catch(() => [])) hooks.set(`${release}/${h.group}/${h.member}`, h);
+    }
     const more = [...byKey].map(([key, ms]) => {
       const { release, group, wide } = parseAllocatorKey(key);
       const rel = this.store.peek(release);
-      const members = ms.map((m): FleetMemberRecord => ({ id: m.member, group: m.group, rank: 0, overheadMsPerMiB: null, verifiedUnits: m.verifiedUnits, leases: 0, complete: m.complete, lastSeenMsAgo: m.msAgo, address: m.address, dataPort: null, role: 'member', forwarded: 0, lanBytes: 0, gatewayDemotions: 0, undeliveredClaims: 0, originBytes: 0, badUnits: [], hook: null }));
+      const members = ms.map((m): FleetMemberRecord => {
+        const h = hooks.get(`${release}/${m.group}/${m.member}`);
+        const hook = h ? { exitCode: h.exitCode ?? null, signal: h.signal ?? null, error: h.error ?? null, durationMs: h.durationMs, msAgo: Math.max(0, now - h.at) } : null;
+        return { id: m.member, group: m.group, rank: 0, overheadMsPerMiB: null, verifiedUnits: m.verifiedUnits, leases: 0, complete: m.complete, lastSeenMsAgo: m.msAgo, address: m.address, dataPort: null, role: 'member', forwarded: 0, lanBytes: 0, gatewayDemotions: 0, undeliveredClaims: 0, originBytes: 0, badUnits: [], hook };
+      });
       return { release, name: rel?.manifest.name ?? null, units: rel?.manifest.unitCount ?? null, group, wide, owner: ms[0].instance, missingUnits: null, resentUnits: {}, members, groupComplete: members.every((m) => m.complete) };
     });
     return { ...base, groups: [...base.groups, ...more] };
