@@ -32,6 +32,36 @@ const PROXY_IDLE_MS = 15_000;
 /** Answer headers passed back from the owner. */
 const PASSED = ['content-type', 'content-length', 'content-range', 'x-fleetcast-unit', 'x-fleetcast-sha256', 'retry-after'];
 
+/** What routing needs from a keyed request's body: its member reference, or null when the routes should answer it. */
+export interface KeyedRef {
+  release: string;
+  group: string;
+  member: string;
+  wideGroup?: string;
+  /** The body has its own `address` (a proxied heartbeat then keeps it). */
+  hasAddress: boolean;
+}
+
+/**
+ * The member reference of a keyed request's body (untrusted bytes; a fuzz target). Null
+ * for anything the routes must refuse themselves (not JSON, missing or odd fields), so
+ * the agent gets the same error from any instance.
+ */
+export function keyedRef(body: Uint8Array): KeyedRef | null {
+  let j: unknown;
+  try {
+    j = JSON.parse(Buffer.from(body).toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (typeof j !== 'object' || j === null || Array.isArray(j)) return null;
+  const { release, group, member, wideGroup, address } = j as Record<string, unknown>;
+  if (typeof release !== 'string' || typeof group !== 'string' || typeof member !== 'string') return null;
+  if (!release || !group || !member || release.includes('/') || group.includes('/') || group.startsWith('*') || release.length > 64 || group.length > 256 || member.length > 256) return null;
+  if (wideGroup !== undefined && (typeof wideGroup !== 'string' || wideGroup.includes('/') || wideGroup.length > 256)) return null;
+  return { release, group, member, ...(typeof wideGroup === 'string' && wideGroup ? { wideGroup } : {}), hasAddress: address !== undefined };
+}
+
 /**
  * Several coordinators on a shared engine (docs/scale-out.md). Each request that acts on
  * one allocation (release + LAN or wide-area group) is answered by the instance that owns
@@ -166,26 +196,22 @@ export abstract class ClusterRoutes extends ServerRoutes {
     if (!KEYED.has(route) && !unitGet) return super.handle(req, res);
     if (this.authenticate(req, res) === false) return;
     let body: Buffer | null = null;
-    let ref: { release?: unknown; group?: unknown; member?: unknown; wideGroup?: unknown; address?: unknown };
-    if (unitGet) ref = { release: parts[2], group: url.searchParams.get('group'), member: url.searchParams.get('member') };
+    let ref: KeyedRef | null;
+    if (unitGet) ref = keyedRef(Buffer.from(JSON.stringify({ release: parts[2], group: url.searchParams.get('group'), member: url.searchParams.get('member') })));
     else {
       body = await this.readBody(req);
       this.bodiesRead.set(req, body);
-      try {
-        ref = JSON.parse(body.toString('utf8')) as typeof ref;
-      } catch {
-        return super.handle(req, res); // the route says what is wrong with it
-      }
+      ref = keyedRef(body);
     }
-    const key = typeof ref === 'object' && ref !== null ? await this.keyOf(ref, route) : null;
-    if (key === null) return super.handle(req, res);
+    const key = ref ? await this.keyOf(ref, route) : null;
+    if (key === null) return super.handle(req, res); // the route says what is wrong
     const r = await own.route(key);
     if ('unavailable' in r) return this.refuse(res, 'ENGINE_UNAVAILABLE', r.unavailable, r.retryAfterMs);
     if (r.mine) return super.handle(req, res);
     if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
     if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
     // The owner learns the agent's address from the body, as it would from the socket.
-    if (body && (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') && ref.address === undefined) body = Buffer.from(JSON.stringify({ ...ref, address: req.socket.remoteAddress ?? null }));
+    if (body && (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') && !ref!.hasAddress) body = Buffer.from(JSON.stringify({ ...(JSON.parse(body.toString('utf8')) as object), address: req.socket.remoteAddress ?? null }));
     return this.proxy(req, res, r.url, key, body);
   }
 
@@ -219,15 +245,14 @@ export abstract class ClusterRoutes extends ServerRoutes {
   }
 
   /** The allocation key a request acts on, or null when the routes should answer it (bad fields, unknown release). */
-  private async keyOf(ref: { release?: unknown; group?: unknown; member?: unknown; wideGroup?: unknown }, route: string): Promise<string | null> {
+  private async keyOf(ref: KeyedRef, route: string): Promise<string | null> {
     const { release, group, member, wideGroup } = ref;
-    if (typeof release !== 'string' || typeof group !== 'string' || typeof member !== 'string' || release.includes('/') || group.includes('/')) return null;
     const rel = await this.store.get(release).catch(() => undefined);
     if (!rel) return null;
     const mk = `${release}/${member}`;
     if (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') {
       const dist = await this.distribution(rel);
-      const key = allocatorKey(release, dist.policy === 'wide' && typeof wideGroup === 'string' && wideGroup ? { wide: wideGroup } : { group });
+      const key = allocatorKey(release, dist.policy === 'wide' && wideGroup ? { wide: wideGroup } : { group });
       if (this.routedKeys.size >= this.limits.maxMembersPerRelease * 4) this.routedKeys.clear();
       this.routedKeys.set(mk, key);
       return key;

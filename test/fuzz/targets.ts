@@ -19,6 +19,7 @@ import { parsePollAnswer, parseWindow } from '../../src/wire/rollout';
 import { createRollout, parseRollout, parseWaves, report } from '../../src/server/rollout';
 import { parseInstallRecord } from '../../src/agent/install';
 import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-api';
+import { keyedRef } from '../../src/server/server-cluster';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
@@ -299,6 +300,20 @@ const distributionFile: Target = {
   },
 };
 
+const keyedBody: Target = {
+  name: 'keyed-request',
+  seeds: [
+    Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'east', member: 'e1', wideGroup: 'eu', have: 'AA==' })),
+    Buffer.from(JSON.stringify({ release: 'ab'.repeat(16), group: 'east', member: 'e1', unit: 3, address: '10.0.0.1' })),
+  ],
+  run(input) {
+    const r = keyedRef(input);
+    if (r === null) return;
+    for (const v of [r.release, r.group, r.member, r.wideGroup ?? 'x']) if (typeof v !== 'string' || v === '' || v.includes('/')) throw new Error(`accepted a field an allocation key cannot hold: ${JSON.stringify(v)}`);
+    if (r.group.startsWith('*')) throw new Error('accepted a LAN group that reads as a wide-area key');
+  },
+};
+
 const igmp: Target = {
   name: 'igmp',
   seeds: [
@@ -426,7 +441,7 @@ const mapAnswer: Target = {
   },
 };
 
-export const TARGETS: Target[] = [mapAnswer, packet, manifest, streamBatch, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [keyedBody, mapAnswer, packet, manifest, streamBatch, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
