@@ -49,6 +49,8 @@ export interface CoreSplitMap {
   lanStart?: boolean;
   /** The other LAN groups' gateways, where copies go besides the LAN. */
   copyTo?: CopyDestination[];
+  /** 1.5: copies go down copy trees of this degree, derived from `members` (docs/protocol.md section 16). */
+  copyTree?: number;
 }
 
 export interface CopyDestination {
