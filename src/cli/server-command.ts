@@ -40,6 +40,7 @@ export const server: Command = {
       origin: { type: 'list', arg: 'URL[,URL]', help: `HTTP range origins that serve unit bytes instead of this server (a copy of the store: URL/releases/ID/data; docs/scale-out.md), for releases whose publish --origin names none; at most ${MAX_ORIGINS}`, check: checks.originUrl },
       'min-members': { type: 'number', arg: 'N', help: 'lease nothing to a group (LAN or wide-area) until N members joined it, or until --max-wait after its first (0: start at once)', default: 0, integer: true, min: 0, max: 1_000_000 },
       'max-wait': { type: 'number', arg: 'SECONDS', help: 'how long --min-members holds a group after its first member joined', default: 30, min: 0, max: 86_400 },
+      'copy-tree-degree': { type: 'number', arg: 'K', help: 'wide-area groups whose agents all speak protocol 1.5: each copy goes to at most K other sites\' gateways, which pass it on down a tree (0: every member copies to every other site\'s gateway)', default: 4, integer: true, min: 0, max: 64 },
       metrics: metricsFlag,
       'log-level': logLevelFlag,
     },
@@ -61,7 +62,7 @@ export const server: Command = {
     const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy, heartbeatsPerSec: a.flags['heartbeats-per-sec'] as number | undefined, limits: serverLimits(a.flags),
       origins: (a.flags.origin as string[] | undefined) ?? [],
       operatorTokens: a.flags['operator-tokens'] as string[],
-      allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000) } });
+      allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000), copyTreeDegree: a.flags['copy-tree-degree'] as number } });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
     let addr;
