@@ -62,9 +62,11 @@ export interface ScaleOptions {
   lanDelayMs: number;
   /**
    * Protocol form: '1.3' (whole map in every answer, POST /v1/lease and /v1/receipt) or
-   * '1.4' (map deltas, receipts and lease requests folded into heartbeats).
+   * '1.4' (map deltas, receipts and lease requests folded into heartbeats), or '1.5'
+   * (1.4 asking for copy trees: under policy wide, answers say `copyTree` instead of
+   * listing every other site's gateway in `copyTo`).
    */
-  form: '1.3' | '1.4';
+  form: '1.3' | '1.4' | '1.5';
   /** Server limits for large fleets (the defaults keep 16,384 members and 2,048 connections). */
   serverArgs?: string[];
 }
@@ -221,7 +223,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const unitMs = (unitSize / rate) * 1000;
 
     /** What every simulated heartbeat says, 1.3 or 1.4: who, where, what its LAN group holds, what it fetches. */
-    const beatBody = (site: { address: string; held: Uint8Array }, ref: Record<string, string>, extra: { wideGroup?: string }, fetching: Set<number>, i: number) => ({
+    const beatBody = (site: { address: string; held: Uint8Array }, ref: Record<string, string>, extra: { wideGroup?: string; copyTree?: boolean }, fetching: Set<number>, i: number) => ({
       ...ref,
       ...extra,
       have: Buffer.from(site.held).toString('base64'),
@@ -301,7 +303,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const agent14 = async (i: number) => {
       const site = sites[Math.floor(i / o.perGroup)];
       const ref = { release, group: site.name, member: `m${i}` };
-      const extra = site.wide ? { wideGroup: site.wide } : {};
+      const extra = site.wide ? { wideGroup: site.wide, ...(o.form === '1.5' ? { copyTree: true } : {}) } : {};
       const fetching = new Set<number>();
       const queue: number[] = [];
       const receipts: { u: number; at: number }[] = [];
@@ -392,7 +394,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const t0 = Date.now();
     const all: Promise<void>[] = [];
     for (let i = 0; i < o.agents; i++) {
-      all.push((o.form === '1.4' ? agent14 : agent)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
+      all.push((o.form === '1.3' ? agent : agent14)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
       if (i % 200 === 199) await sleep(50);
     }
     // The window opens once every agent has joined (at most 3 minutes), and a few beats later.
