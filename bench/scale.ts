@@ -76,6 +76,9 @@ interface Kind {
   failed: number;
   bytes: number;
   latencies: number[];
+  /** Answers that carried copy destinations (`copyTo`, and 1.5's `copyTree`), and those fields' bytes. */
+  copyAnswers?: number;
+  copyBytes?: number;
 }
 
 export interface ScaleResult {
@@ -136,7 +139,12 @@ class Client {
             }
             if (res.statusCode !== 200) return reject(new Error(`${p}: ${res.statusCode} ${buf.toString().slice(0, 200)}`));
             try {
-              resolve(JSON.parse(buf.toString()) as T);
+              const parsed = JSON.parse(buf.toString()) as T & { copyTo?: unknown; copyTree?: number };
+              if (this.measuring && parsed.copyTo !== undefined) {
+                k.copyAnswers = (k.copyAnswers ?? 0) + 1;
+                k.copyBytes = (k.copyBytes ?? 0) + JSON.stringify({ copyTo: parsed.copyTo, copyTree: parsed.copyTree }).length;
+              }
+              resolve(parsed);
             } catch (err) {
               reject(err);
             }
@@ -473,6 +481,13 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'per request measured here times the requests per agent-second the agents meant to send (the measured rate divided by the share',
     'of heartbeats sent). The p50/p99 of such a row include the simulator\'s own event-loop delay (it was saturated), not only the server\'s.',
     'Agent-seconds and intended heartbeats count the agents that had joined when the window opened (the line below).',
+    `Heartbeat answers that carried copy destinations (\`copyTo\`, 1.5 also \`copyTree\`), of all heartbeat answers, and those fields' average bytes: ${rs
+      .filter((r) => r.opts.policy === 'wide')
+      .map((r) => {
+        const hb = r.kinds.heartbeat;
+        return `${r.opts.agents.toLocaleString('en')} ${r.opts.form} wide: ${hb?.copyAnswers ?? 0} of ${hb?.count ?? 0}, ${hb?.copyAnswers ? ((hb.copyBytes ?? 0) / hb.copyAnswers).toFixed(0) : '-'} B`;
+      })
+      .join('; ') || 'no wide rows'}.`,
     `Joins before the window opened (joined of agents, in how long): ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
     '',
     'Goal (issue 17): at most 20 µs of server CPU per active agent-second, p99 at most 250 ms, no failure, server RSS at most 2 GiB, at',
