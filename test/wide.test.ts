@@ -66,6 +66,25 @@ test.serial('policy wide: 3 LAN groups x 3 agents get every unit from the server
   t.log(`cross-group sent ${(sum('crossGroupBytesSent') / f.manifest.size).toFixed(2)}x the release, received ${(sum('crossGroupBytes') / f.manifest.size).toFixed(2)}x; LAN repairs ${(sum('repairBytesSent') / f.manifest.size).toFixed(2)}x; copies ${(sum('copyBytesSent') / f.manifest.size).toFixed(2)}x`);
 });
 
+test.serial('copy tree of degree 1 (protocol 1.5, a chain over the 3 sites): gateways pass copies on, every unit from the server once, everyone verifies', async (t) => {
+  const f = await startFleet(t, { size: 6 * 1024 * 1024 + 3, unitSize: 256 * 1024, allocator: { copyTreeDegree: 1 } });
+  const agents = startGroups(f, () => ['--rate', '100']);
+  await allVerify(t, f, agents);
+  const sent = f.server.stats.unitBytesSent;
+  t.true(sent <= 1.05 * f.manifest.size, `server sent ${(sent / f.manifest.size).toFixed(3)}x the release`);
+  const reps = await reports(f, agents.map((x) => x.id));
+  const size = f.manifest.size;
+  // With k = 1 a member copies its own units to one gateway: what it sends across beyond
+  // its own WAN bytes is what it passed on (and repairs). The sites' gateways pass on a
+  // third of the release each (the units of the site two places before them in the ring).
+  const passedOn = reps.map((r) => r.crossGroupBytesSent - r.wanBytes);
+  t.true(passedOn.filter((b) => b > 0.2 * size).length >= 2, `bytes sent across beyond each one's own fetches: ${passedOn.map((b) => (b / size).toFixed(2)).join(', ')} x the release`);
+  const across = reps.reduce((s, r) => s + r.crossGroupBytesSent, 0) / size;
+  // each unit crosses to the 2 other sites once; repairs on loopback are few
+  t.true(across >= 1.9 && across < 2.6, `cross-group bytes ${across.toFixed(2)}x the release`);
+  t.log(`cross-group sent ${across.toFixed(2)}x the release; beyond own fetches per agent: ${passedOn.map((b) => (b / size).toFixed(2)).join(', ')}`);
+});
+
 test.serial('policies: group fetches once per LAN group, representative only through each group\'s best member, all-fetched waits for the whole release before the LAN exchange', async (t) => {
   for (const [policy, start] of [
     ['group', 'immediate'],
