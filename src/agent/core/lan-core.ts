@@ -343,7 +343,14 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.announceAt = now + ms;
   }
 
-  protected announce(now: number): void {
+  /** Repairs to a requester that never heard from us (trees: not our child) go after an announce, or it drops them. */
+  protected override repairUnicast(unit: number, missing: Uint8Array, to: Endpoint, now: number): void {
+    if (!this.announceTo.some((d) => d.address === to.address && d.port === to.port) && this.crossGroup.introduce(to, now)) this.announce(now, to);
+    super.repairUnicast(unit, missing, to, now);
+  }
+
+  /** Our announce on the LAN and to announceTo; `only`: to that endpoint alone. */
+  protected announce(now: number, only?: Endpoint): void {
     if (!this.started) return;
     this.peers.prune(now);
     this.asm.age(now);
@@ -360,6 +367,11 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       const have = new Uint8Array(bitmapBytes(count));
       for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
       const pkt = this.seal(encodeAnnounce({ sender: this.cfg.senderId, releaseId: this.m.idBytes, firstUnit: first, unitCount: count, complete: this.fileDone, have }));
+      first += perPacket;
+      if (only) {
+        this.send.queueDirect(pkt, only);
+        continue;
+      }
       this.send.queueControl(pkt);
       // The gateways we copy to must know us before our copies arrive; each announce is
       // also the round-trip probe of that path's pacer (the gateway echoes its sequence).
@@ -367,7 +379,6 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         this.send.queueDirect(pkt, to);
         this.send.cross.probe(to, this.controlSeq, now);
       }
-      first += perPacket;
     } while (first < n);
   }
 }
