@@ -1,4 +1,9 @@
 import test from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
+import { LanCore } from '../src/agent/core/lan-core';
+import { sealControl } from '../src/wire/auth';
+import { bitmapBytes, encodeAnnounce, encodeData, fragmentCountFor, fragmentSlice } from '../src/wire/packet';
 import { copyTreeChildren, copyTreeParent, copyTreeRing, copyTreeTargets } from '../src/wire/copy-tree';
 import { CopyTreeView } from '../src/agent/core/copy-tree-view';
 import type { CoreSplitMap } from '../src/agent/core/types';
@@ -98,4 +103,38 @@ test('an agent derives the ring from its map: sorted group names, gateways only;
   t.is(orphan.at, -1);
   t.is(orphan.own().origin, undefined);
   t.is(orphan.own().dests.length, 5);
+});
+
+test('a gateway passes forward copies on to its children in the origin\'s tree, and stops passing on once its uplink queue is past the cap', (t) => {
+  const UNIT = 64 * 1024;
+  const FB = 1200;
+  const units = 48;
+  const bytes = randomBytes(units * UNIT);
+  const manifest = { idBytes: randomBytes(16), size: bytes.length, unitSize: UNIT, unitCount: units, units: [...Array(units).keys()].map((u) => createHash('sha256').update(bytes.subarray(u * UNIT, (u + 1) * UNIT)).digest('hex')) };
+  const key = randomBytes(32);
+  const now = 1_000_000;
+  // gateway of site-b (ring position 1 of 6); k = 2: for origin site-a (0) it passes copies on to site-d and site-e
+  const gw = new LanCore({ manifest, member: 'site-b-m0', group: 'site-b', wideGroup: 'w', senderId: 77, fragmentBytes: FB, have: new Uint8Array(bitmapBytes(units)), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: () => 0.5 }, now);
+  gw.setSplitMap({ ...mapOf(['site-a', 'site-b', 'site-c', 'site-d', 'site-e', 'site-f'], 2), holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, now);
+  const from = { address: '10.0.0.2', port: 7700 }; // site-a-m1, the origin member
+  gw.handleDatagram(sealControl(encodeAnnounce({ sender: 5, releaseId: manifest.idBytes, firstUnit: 0, unitCount: units, complete: false, have: new Uint8Array(bitmapBytes(units)) }), key, 1n), now, from);
+  const queued = () => gw.crossPaths().reduce((s, p) => s + p.queued, 0);
+  const fc = fragmentCountFor(UNIT, FB);
+  let sent = 0;
+  for (let u = 0; u < units; u++) {
+    for (let f = 0; f < fc; f++) {
+      gw.handleDatagram(encodeData({ sender: 5, releaseId: manifest.idBytes, repair: false, forward: true, treeOrigin: 0, unit: u, fragment: f, fragmentCount: fc, fragmentBytes: FB, payload: fragmentSlice(bytes.subarray(u * UNIT, (u + 1) * UNIT), f, FB) }), now, from);
+      sent++;
+    }
+    if (u === 0) {
+      const to = gw.crossPaths().filter((p) => p.queued > 0).map((p) => p.to).sort();
+      t.deepEqual(to, ['10.3.0.1:7700', '10.4.0.1:7700'], 'the first unit goes on to site-d and site-e\'s gateways');
+      t.is(queued(), 2 * fc);
+    }
+  }
+  // nothing transmitted (the uplink never drains here): the queue stops near the cap, the rest is not passed on
+  const capDatagrams = Math.ceil(AGENT_DEFAULTS.treeForwardQueueMaxBytes / FB);
+  t.true(queued() < capDatagrams + 2 * fc, `${queued()} datagrams queued to other sites`);
+  t.true((gw.stats.drops['tree-forward-queue-full'] ?? 0) > 0);
+  t.is(gw.stats.fragmentsForwarded, sent, 'every fragment still re-multicast on its LAN');
 });

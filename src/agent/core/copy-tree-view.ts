@@ -21,7 +21,7 @@ export class CopyTreeView {
     for (const m of map.members) {
       const g = m.group ?? group;
       if (m.role !== 'gateway' || !m.address || !m.dataPort || gw.has(g)) continue;
-      gw.set(g, { member: m.id, address: m.address, port: m.dataPort });
+      gw.set(g, { member: m.id, address: m.address, port: m.dataPort, group: g });
     }
     const names = copyTreeRing(gw.keys()).slice(0, MAX_COPY_TREE_GROUPS);
     this.ring = names.map((n) => gw.get(n)!);

@@ -112,7 +112,11 @@ export class LanCore extends RepairFlow implements ProtocolCore {
           // and (1.5) down the origin's copy tree to our children in it, flagged again.
           this.send.queueLan(u, p.fragment, fc, p.payload, false);
           this.stats.fragmentsForwarded++;
-          if (p.treeOrigin !== undefined && !p.repair && this.tree) for (const to of this.tree.forwardTo(p.treeOrigin)) this.send.queueUnicast(u, p.fragment, fc, p.payload, false, to, now, p.treeOrigin);
+          if (p.treeOrigin !== undefined && !p.repair && this.tree) {
+            // Behind on our uplink: pass nothing more on rather than queue without bound (the sites below NACK the holder).
+            if (this.send.cross.copyBytesQueued > AGENT_DEFAULTS.treeForwardQueueMaxBytes) this.drop('tree-forward-queue-full');
+            else for (const to of this.tree.forwardTo(p.treeOrigin)) this.send.queueUnicast(u, p.fragment, fc, p.payload, false, to, now, p.treeOrigin);
+          }
         }
         this.nacks.progress(u, now);
         if (res === 'complete') this.verifyAssembly(u);

@@ -57,6 +57,8 @@ export interface CopyDestination {
   member: string;
   address: string;
   port: number;
+  /** Its LAN group, when known: a path to a group's new gateway starts at the pace learned to the old one. */
+  group?: string;
 }
 
 /** A lease answer (POST /v1/lease), merged into the core's queue of units to fetch. */
