@@ -27,11 +27,16 @@ async function fleetOfSites(t: Parameters<typeof startFleet>[0], copyTree: boole
 test('every member asks for copy trees: answers carry copyTree (the degree) and no list of gateways; a 1.4 member joining brings the list back to all', async (t) => {
   const { f, ref } = await fleetOfSites(t, true);
   const a = ref(3, 1);
-  const first = await post(f.url, '/v1/heartbeat', { ...a, mapVersion: 0, copyTree: true });
+  // Roles are worked out at most every 250 ms (rolesCached): a site that just joined gets its gateway in a later answer.
+  const gatewaySites = (r: { body: Record<string, unknown> }) => new Set((r.body.members as { role: string; group: string }[]).filter((m) => m.role === 'gateway').map((m) => m.group)).size;
+  let first = await post(f.url, '/v1/heartbeat', { ...a, mapVersion: 0, copyTree: true });
+  for (let i = 0; i < 100 && gatewaySites(first) < SITES; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    first = await post(f.url, '/v1/heartbeat', { ...a, mapVersion: 0, copyTree: true });
+  }
   t.is(first.body.copyTree, 4, 'the default degree');
   t.deepEqual(first.body.copyTo, []);
-  const gateways = (first.body.members as { role: string; group: string }[]).filter((m) => m.role === 'gateway');
-  t.is(new Set(gateways.map((g) => g.group)).size, SITES, 'the map names a gateway per site: agents derive the ring from it');
+  t.is(gatewaySites(first), SITES, 'the map names a gateway per site: agents derive the ring from it');
   let ver = { mapEpoch: first.body.mapEpoch, mapVersion: first.body.mapVersion };
 
   // A 1.4 agent (no copyTree) joins: every member's copy destinations change to the full list.
@@ -65,7 +70,12 @@ test('every member asks for copy trees: answers carry copyTree (the degree) and 
 
 test('copy_tree_degree 0 keeps the 1.4 list even when every member asks for trees', async (t) => {
   const { f, ref } = await fleetOfSites(t, true, 0);
-  const r = await post(f.url, '/v1/heartbeat', { ...ref(5, 0), mapVersion: 0, copyTree: true });
+  let r = await post(f.url, '/v1/heartbeat', { ...ref(5, 0), mapVersion: 0, copyTree: true });
+  // Roles are worked out at most every 250 ms: the sites that joined last get their gateways in a later answer.
+  for (let i = 0; i < 100 && (r.body.copyTo as unknown[]).length < SITES - 1; i++) {
+    await new Promise((res) => setTimeout(res, 50));
+    r = await post(f.url, '/v1/heartbeat', { ...ref(5, 0), mapVersion: 0, copyTree: true });
+  }
   t.is(r.body.copyTree, undefined);
   t.is((r.body.copyTo as unknown[]).length, SITES - 1);
 });
