@@ -294,9 +294,11 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
       if (fragment < fragmentCount - 1 ? payload.length !== fragmentBytes : payload.length < 1 || payload.length > fragmentBytes) {
         return { ok: false, reason: 'length' };
       }
-      const packet: DataPacket = { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, forward: (flags & DataFlag.FORWARD) !== 0, unit, fragment, fragmentCount, fragmentBytes, payload };
-      if (tree) packet.treeOrigin = tree - 1;
-      return { ok: true, packet };
+      // One object shape for every DATA packet (treeOrigin present, undefined without a tree): this runs per datagram.
+      return {
+        ok: true,
+        packet: { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, forward: (flags & DataFlag.FORWARD) !== 0, treeOrigin: tree ? tree - 1 : undefined, unit, fragment, fragmentCount, fragmentBytes, payload },
+      };
     }
     case PacketType.NACK: {
       if (flags !== 0) return { ok: false, reason: 'reserved' };
