@@ -75,13 +75,18 @@ test.serial('copy tree of degree 1 (protocol 1.5, a chain over the 3 sites): gat
   const reps = await reports(f, agents.map((x) => x.id));
   const size = f.manifest.size;
   // With k = 1 a member copies its own units to one gateway: what it sends across beyond
-  // its own WAN bytes is what it passed on (and repairs). The sites' gateways pass on a
-  // third of the release each (the units of the site two places before them in the ring).
+  // its own WAN bytes is what it passed on (and repairs). Each unit is passed on once, by
+  // the gateway of the site after its origin in the ring (how much each passes on follows
+  // how much the site before it fetched): about 1x the release in all, none without a tree.
   const passedOn = reps.map((r) => r.crossGroupBytesSent - r.wanBytes);
-  t.true(passedOn.filter((b) => b > 0.2 * size).length >= 2, `bytes sent across beyond each one's own fetches: ${passedOn.map((b) => (b / size).toFixed(2)).join(', ')} x the release`);
+  const shares = passedOn.map((b) => (b / size).toFixed(2)).join(', ');
+  t.true(Math.max(...passedOn) > 0.2 * size, `bytes sent across beyond each one's own fetches: ${shares} x the release`);
+  const total = passedOn.reduce((a, b) => a + b, 0) / size;
+  // (repairs on a loaded box add some; a unit passed on twice would make it 2x or more)
+  t.true(total > 0.8 && total < 1.9, `passed on ${total.toFixed(2)}x the release in all (${shares})`);
   const across = reps.reduce((s, r) => s + r.crossGroupBytesSent, 0) / size;
-  // each unit crosses to the 2 other sites once; repairs on loopback are few
-  t.true(across >= 1.9 && across < 2.6, `cross-group bytes ${across.toFixed(2)}x the release`);
+  // each unit crosses to the 2 other sites once, plus repairs
+  t.true(across >= 1.9 && across < 2.9, `cross-group bytes ${across.toFixed(2)}x the release`);
   t.log(`cross-group sent ${across.toFixed(2)}x the release; beyond own fetches per agent: ${passedOn.map((b) => (b / size).toFixed(2)).join(', ')}`);
 });
 
