@@ -165,9 +165,9 @@ async function runFleetcast(
   rateMbit: number,
   measure: Host[],
   serverIfs: string[],
-  dist: { policy?: string; wide?: boolean; crossRateMbit?: number; linkMbit?: number } = {},
+  dist: { policy?: string; wide?: boolean; crossRateMbit?: number; linkMbit?: number; serverArgs?: string[] } = {},
 ): Promise<RunResult> {
-  const srv = await startServer(topo, w.dir, dist.policy ? ['--policy', dist.policy] : []);
+  const srv = await startServer(topo, w.dir, [...(dist.policy ? ['--policy', dist.policy] : []), ...(dist.serverArgs ?? [])]);
   let rxBefore = 0;
   for (const i of serverIfs) rxBefore += await ifRx(topo, topo.server.ns, i);
   const txBefore = await lanTx(topo, measure);
@@ -483,8 +483,13 @@ export async function benchPolicies(runs: number): Promise<string[]> {
   const topo = sites(3, 4, wan, { interSite: true });
   const w = await workdir(size);
   const srvIfs = await ifNames(topo, topo.server.ns);
-  const rowsSpec = [
+  // `wide` uses copy trees (protocol 1.5) of the default degree 4, which over 3 sites is the
+  // full fan-out; the two rows after it are 1.4's list of every gateway, and a chain (k = 1)
+  // where every copy to the third site is passed on by the second site's gateway.
+  const rowsSpec: { name: string; policy: string; busy: boolean; serverArgs?: string[] }[] = [
     { name: 'wide', policy: 'wide', busy: false },
+    { name: 'wide, no copy tree (1.4)', policy: 'wide', busy: false, serverArgs: ['--copy-tree-degree', '0'] },
+    { name: 'wide, copy tree k = 1 (a chain)', policy: 'wide', busy: false, serverArgs: ['--copy-tree-degree', '1'] },
     { name: 'group', policy: 'group', busy: false },
     { name: 'representative', policy: 'representative', busy: false },
     { name: 'wide, one core busy', policy: 'wide', busy: true },
@@ -494,7 +499,7 @@ export async function benchPolicies(runs: number): Promise<string[]> {
     const results = new Map<string, RunResult[]>(rowsSpec.map((r) => [r.name, []]));
     for (let i = 0; i < runs; i++) {
       for (const spec of rowsSpec) {
-        const run = () => runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy: spec.policy, wide: true, linkMbit: wan });
+        const run = () => runFleetcast(topo, w, 1000, topo.agents, srvIfs, { policy: spec.policy, wide: true, linkMbit: wan, serverArgs: spec.serverArgs });
         const r = spec.busy ? await withBusyCore(run) : await run();
         results.get(spec.name)!.push(r);
         log(`policies ${spec.name} run ${i + 1}: ${r.seconds.toFixed(2)} s, CPU ${r.cpu.toFixed(1)} s (server and agents), server sent ${((r.unitBytes ?? 0) / MIB).toFixed(1)} MiB (re-sends ${JSON.stringify(r.resent)}), site links ${((r.siteLinkBytes ?? 0) / MIB).toFixed(1)} MiB`);

@@ -285,9 +285,9 @@ async function main() {
     const counts = (runsArg ?? '1000,10000').split(',').map(Number);
     const seconds = Number(process.argv[4] ?? 30);
     const policies = (process.argv[5] ?? 'group,wide').split(',') as ('group' | 'wide')[];
-    const forms = (process.argv[6] ?? '1.4').split(',') as ('1.3' | '1.4')[];
-    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide') || forms.some((f) => f !== '1.3' && f !== '1.4')) {
-      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]] [1.3|1.4[,...]]  (agents >= 10)\n');
+    const forms = (process.argv[6] ?? '1.4').split(',') as ('1.3' | '1.4' | '1.5')[];
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide') || forms.some((f) => f !== '1.3' && f !== '1.4' && f !== '1.5')) {
+      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]] [1.3|1.4|1.5[,...]]  (agents >= 10)\n');
       process.exit(64);
     }
     const results = [];

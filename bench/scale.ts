@@ -62,9 +62,11 @@ export interface ScaleOptions {
   lanDelayMs: number;
   /**
    * Protocol form: '1.3' (whole map in every answer, POST /v1/lease and /v1/receipt) or
-   * '1.4' (map deltas, receipts and lease requests folded into heartbeats).
+   * '1.4' (map deltas, receipts and lease requests folded into heartbeats), or '1.5'
+   * (1.4 asking for copy trees: under policy wide, answers say `copyTree` instead of
+   * listing every other site's gateway in `copyTo`).
    */
-  form: '1.3' | '1.4';
+  form: '1.3' | '1.4' | '1.5';
   /** Server limits for large fleets (the defaults keep 16,384 members and 2,048 connections). */
   serverArgs?: string[];
 }
@@ -74,6 +76,9 @@ interface Kind {
   failed: number;
   bytes: number;
   latencies: number[];
+  /** Answers that carried copy destinations (`copyTo`, and 1.5's `copyTree`), and those fields' bytes. */
+  copyAnswers?: number;
+  copyBytes?: number;
 }
 
 export interface ScaleResult {
@@ -134,7 +139,12 @@ class Client {
             }
             if (res.statusCode !== 200) return reject(new Error(`${p}: ${res.statusCode} ${buf.toString().slice(0, 200)}`));
             try {
-              resolve(JSON.parse(buf.toString()) as T);
+              const parsed = JSON.parse(buf.toString()) as T & { copyTo?: unknown; copyTree?: number };
+              if (this.measuring && parsed.copyTo !== undefined) {
+                k.copyAnswers = (k.copyAnswers ?? 0) + 1;
+                k.copyBytes = (k.copyBytes ?? 0) + JSON.stringify({ copyTo: parsed.copyTo, copyTree: parsed.copyTree }).length;
+              }
+              resolve(parsed);
             } catch (err) {
               reject(err);
             }
@@ -221,7 +231,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const unitMs = (unitSize / rate) * 1000;
 
     /** What every simulated heartbeat says, 1.3 or 1.4: who, where, what its LAN group holds, what it fetches. */
-    const beatBody = (site: { address: string; held: Uint8Array }, ref: Record<string, string>, extra: { wideGroup?: string }, fetching: Set<number>, i: number) => ({
+    const beatBody = (site: { address: string; held: Uint8Array }, ref: Record<string, string>, extra: { wideGroup?: string; copyTree?: boolean }, fetching: Set<number>, i: number) => ({
       ...ref,
       ...extra,
       have: Buffer.from(site.held).toString('base64'),
@@ -301,7 +311,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const agent14 = async (i: number) => {
       const site = sites[Math.floor(i / o.perGroup)];
       const ref = { release, group: site.name, member: `m${i}` };
-      const extra = site.wide ? { wideGroup: site.wide } : {};
+      const extra = site.wide ? { wideGroup: site.wide, ...(o.form === '1.5' ? { copyTree: true } : {}) } : {};
       const fetching = new Set<number>();
       const queue: number[] = [];
       const receipts: { u: number; at: number }[] = [];
@@ -392,7 +402,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const t0 = Date.now();
     const all: Promise<void>[] = [];
     for (let i = 0; i < o.agents; i++) {
-      all.push((o.form === '1.4' ? agent14 : agent)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
+      all.push((o.form === '1.3' ? agent : agent14)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
       if (i % 200 === 199) await sleep(50);
     }
     // The window opens once every agent has joined (at most 3 minutes), and a few beats later.
@@ -471,6 +481,13 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'per request measured here times the requests per agent-second the agents meant to send (the measured rate divided by the share',
     'of heartbeats sent). The p50/p99 of such a row include the simulator\'s own event-loop delay (it was saturated), not only the server\'s.',
     'Agent-seconds and intended heartbeats count the agents that had joined when the window opened (the line below).',
+    `Heartbeat answers that carried copy destinations (\`copyTo\`, 1.5 also \`copyTree\`), of all heartbeat answers, and those fields' average bytes: ${rs
+      .filter((r) => r.opts.policy === 'wide')
+      .map((r) => {
+        const hb = r.kinds.heartbeat;
+        return `${r.opts.agents.toLocaleString('en')} ${r.opts.form} wide: ${hb?.copyAnswers ?? 0} of ${hb?.count ?? 0}, ${hb?.copyAnswers ? ((hb.copyBytes ?? 0) / hb.copyAnswers).toFixed(0) : '-'} B`;
+      })
+      .join('; ') || 'no wide rows'}.`,
     `Joins before the window opened (joined of agents, in how long): ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
     '',
     'Goal (issue 17): at most 20 µs of server CPU per active agent-second, p99 at most 250 ms, no failure, server RSS at most 2 GiB, at',

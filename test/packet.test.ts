@@ -147,3 +147,26 @@ test('fragmentSlice cuts the grid: full fragments, then a short last one, as vie
   t.is(fragmentSlice(unit, 2, 100)[0], 200);
   t.is(fragmentSlice(unit, 1, 100).buffer, unit.buffer);
 });
+
+test('1.5: a forward copy carries its copy tree origin in bytes 38-39 (position + 1); elsewhere those bytes must be 0', (t) => {
+  const payload = new Uint8Array(64).fill(3);
+  const h = { sender: 9, releaseId: rid, repair: false, forward: true, unit: 5, fragment: 0, fragmentCount: 1, fragmentBytes: 64, payload };
+  for (const origin of [0, 1, 4095, 0xfffe]) {
+    const buf = encodeData({ ...h, treeOrigin: origin });
+    t.is((buf[38] << 8) | buf[39], origin + 1);
+    const r = decodePacket(buf);
+    if (!r.ok || r.packet.type !== PacketType.DATA) return t.fail();
+    t.is(r.packet.treeOrigin, origin);
+    t.true(r.packet.forward);
+  }
+  // no tree: 0, and the packet decodes without treeOrigin (1.4 bytes exactly)
+  const plain = encodeData(h);
+  t.is(plain[38] | plain[39], 0);
+  const r = decodePacket(plain);
+  t.true(r.ok && r.packet.type === PacketType.DATA && r.packet.treeOrigin === undefined);
+  // a tree origin on a copy that is not a forward copy is refused, and never written
+  const bad = encodeData({ ...h, treeOrigin: 2 });
+  bad[4] = 0;
+  t.deepEqual(decodePacket(bad), { ok: false, reason: 'reserved' });
+  t.is(encodeData({ ...h, forward: false, treeOrigin: 2 })[39], 0);
+});

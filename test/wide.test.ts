@@ -66,6 +66,30 @@ test.serial('policy wide: 3 LAN groups x 3 agents get every unit from the server
   t.log(`cross-group sent ${(sum('crossGroupBytesSent') / f.manifest.size).toFixed(2)}x the release, received ${(sum('crossGroupBytes') / f.manifest.size).toFixed(2)}x; LAN repairs ${(sum('repairBytesSent') / f.manifest.size).toFixed(2)}x; copies ${(sum('copyBytesSent') / f.manifest.size).toFixed(2)}x`);
 });
 
+test.serial('copy tree of degree 1 (protocol 1.5, a chain over the 3 sites): gateways pass copies on, every unit from the server once, everyone verifies', async (t) => {
+  const f = await startFleet(t, { size: 6 * 1024 * 1024 + 3, unitSize: 256 * 1024, allocator: { copyTreeDegree: 1 } });
+  const agents = startGroups(f, () => ['--rate', '100']);
+  await allVerify(t, f, agents);
+  const sent = f.server.stats.unitBytesSent;
+  t.true(sent <= 1.05 * f.manifest.size, `server sent ${(sent / f.manifest.size).toFixed(3)}x the release`);
+  const reps = await reports(f, agents.map((x) => x.id));
+  const size = f.manifest.size;
+  // With k = 1 a member copies its own units to one gateway: what it sends across beyond
+  // its own WAN bytes is what it passed on (and repairs). Each unit is passed on once, by
+  // the gateway of the site after its origin in the ring (how much each passes on follows
+  // how much the site before it fetched): about 1x the release in all, none without a tree.
+  const passedOn = reps.map((r) => r.crossGroupBytesSent - r.wanBytes);
+  const shares = passedOn.map((b) => (b / size).toFixed(2)).join(', ');
+  t.true(Math.max(...passedOn) > 0.2 * size, `bytes sent across beyond each one's own fetches: ${shares} x the release`);
+  const total = passedOn.reduce((a, b) => a + b, 0) / size;
+  // (repairs on a loaded box add some; a unit passed on twice would make it 2x or more)
+  t.true(total > 0.8 && total < 1.9, `passed on ${total.toFixed(2)}x the release in all (${shares})`);
+  const across = reps.reduce((s, r) => s + r.crossGroupBytesSent, 0) / size;
+  // each unit crosses to the 2 other sites once, plus repairs
+  t.true(across >= 1.9 && across < 2.9, `cross-group bytes ${across.toFixed(2)}x the release`);
+  t.log(`cross-group sent ${across.toFixed(2)}x the release; beyond own fetches per agent: ${passedOn.map((b) => (b / size).toFixed(2)).join(', ')}`);
+});
+
 test.serial('policies: group fetches once per LAN group, representative only through each group\'s best member, all-fetched waits for the whole release before the LAN exchange', async (t) => {
   for (const [policy, start] of [
     ['group', 'immediate'],

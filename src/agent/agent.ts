@@ -215,7 +215,8 @@ export class Agent {
       ...(this.core.crossBusy ? { copying: true } : {}),
       forwarded: this.stats.fragmentsForwarded,
       lanBytes: this.stats.lanBytes,
-      ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
+      // 1.5: in a wide-area group, this agent takes copy trees (docs/protocol.md section 17).
+      ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup, copyTree: true } : {}),
       ...(this.dataPort ? { dataPort: this.dataPort } : {}),
     };
   }

@@ -82,7 +82,9 @@ export class Heartbeats {
   private v14 = true;
   private mirror = new MapMirror();
   /** What 1.4 answers send only when they change. */
-  private kept: { groupKey?: string; policy?: HeartbeatAnswer14['policy']; start?: HeartbeatAnswer14['start']; copyTo: CopyDestination[] } = { copyTo: [] };
+  private kept: { groupKey?: string; policy?: HeartbeatAnswer14['policy']; start?: HeartbeatAnswer14['start']; copyTo: CopyDestination[]; copyTree?: number } = { copyTo: [] };
+  /** A 1.4 server refused `copyTree` (400, unknown field): no copy trees with it. */
+  private treeRefused = false;
   /** Beats run one at a time; a kick during one makes one more. */
   private running: Promise<unknown> = Promise.resolve();
   private kickTimer: NodeJS.Timeout | null = null;
@@ -118,14 +120,21 @@ export class Heartbeats {
   private async beatNow(join: boolean): Promise<SplitMapResponse | null> {
     if (this.stopped) return null;
     const path = join ? '/v1/join' : '/v1/heartbeat';
-    if (!this.v14) return this.took(await this.client.post<SplitMapResponse>(path, this.body()));
+    const body = this.body();
+    if (this.treeRefused) delete body.copyTree;
+    if (!this.v14) return this.took(await this.client.post<SplitMapResponse>(path, body));
     const fold = this.fold.take(Date.now());
     const version = this.mirror.epoch !== undefined && this.mirror.version !== undefined ? { mapEpoch: this.mirror.epoch, mapVersion: this.mirror.version } : { mapVersion: 0 };
     let raw: HeartbeatAnswer14;
     try {
-      raw = await this.client.post<HeartbeatAnswer14>(path, { ...this.body(), ...version, ...fold.fields });
+      raw = await this.client.post<HeartbeatAnswer14>(path, { ...body, ...version, ...fold.fields });
     } catch (err) {
       fold.settle(null, this.kept.copyTo, err);
+      if (err instanceof ControlError && err.status === 400 && /unknown field "copyTree"/.test(err.message) && !this.treeRefused) {
+        this.log.info(`the server speaks protocol 1.4 (${err.message}): copies to every other site's gateway, no copy trees`);
+        this.treeRefused = true;
+        return this.beatNow(join);
+      }
       if (err instanceof ControlError && err.status === 400 && /unknown field "(mapVersion|mapEpoch|receipts|receiptAgesMs|lease)"/.test(err.message)) {
         this.log.info(`the server speaks protocol 1.3 (${err.message}): whole maps and separate lease and receipt requests from now on`);
         this.v14 = false;
@@ -136,10 +145,10 @@ export class Heartbeats {
     }
     let map: SplitMapResponse;
     try {
-      if (raw.full) this.kept = { groupKey: raw.groupKey, policy: raw.policy, start: raw.start, copyTo: raw.copyTo ?? [] };
-      else if (raw.copyTo) this.kept.copyTo = raw.copyTo;
+      if (raw.full) this.kept = { groupKey: raw.groupKey, policy: raw.policy, start: raw.start, copyTo: raw.copyTo ?? [], copyTree: raw.copyTree };
+      else if (raw.copyTo) Object.assign(this.kept, { copyTo: raw.copyTo, copyTree: raw.copyTree }); // 1.5: copyTree goes with copyTo
       const view = this.mirror.apply(raw);
-      map = { ...view, heartbeatMs: raw.heartbeatMs, groupKey: this.kept.groupKey, policy: this.kept.policy, start: this.kept.start, lanStart: raw.lanStart !== false, copyTo: this.kept.copyTo };
+      map = { ...view, heartbeatMs: raw.heartbeatMs, groupKey: this.kept.groupKey, policy: this.kept.policy, start: this.kept.start, lanStart: raw.lanStart !== false, copyTo: this.kept.copyTo, ...(this.kept.copyTree ? { copyTree: this.kept.copyTree } : {}) };
     } catch (err) {
       // A malformed answer or a delta we cannot apply: ask for the whole map next time.
       this.mirror.reset();

@@ -43,6 +43,7 @@ export const server: Command = {
       'peer-ca': { type: 'string', arg: 'PEMFILE', help: 'with --engine: CA certificate(s) the other instances\' HTTPS certificates chain to (default: the system\'s)' },
       'min-members': { type: 'number', arg: 'N', help: 'lease nothing to a group (LAN or wide-area) until N members joined it, or until --max-wait after its first (0: start at once)', default: 0, integer: true, min: 0, max: 1_000_000 },
       'max-wait': { type: 'number', arg: 'SECONDS', help: 'how long --min-members holds a group after its first member joined', default: 30, min: 0, max: 86_400 },
+      'copy-tree-degree': { type: 'number', arg: 'K', help: 'wide-area groups whose agents all speak protocol 1.5: each copy goes to at most K other sites\' gateways, which pass it on down a tree (0: every member copies to every other site\'s gateway)', default: 4, integer: true, min: 0, max: 64 },
       metrics: metricsFlag,
       'log-level': logLevelFlag,
     },
@@ -66,7 +67,7 @@ export const server: Command = {
       origins: (a.flags.origin as string[] | undefined) ?? [],
       operatorTokens: a.flags['operator-tokens'] as string[],
       cluster: await clusterOptions(a.flags, log),
-      allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000) } });
+      allocator: { minMembers: a.flags['min-members'] as number, maxWaitMs: Math.round((a.flags['max-wait'] as number) * 1000), copyTreeDegree: a.flags['copy-tree-degree'] as number } });
     if (!tokens) log.warn('no tokens configured: any client that reaches the server can join and fetch releases');
     else if (a.flags['shared-tokens']) log.warn('shared_tokens: one token may serve many member ids, so any holder of a token can act as any member of that token (per-device tokens bind each member id to its own)');
     let addr;

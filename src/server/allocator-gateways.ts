@@ -1,4 +1,5 @@
 import { getBit } from '../wire/packet';
+import { MAX_COPY_TREE_DEGREE } from '../wire/copy-tree';
 import { Member } from './allocator-state';
 import { MemberTable } from './allocator-members';
 
@@ -6,7 +7,8 @@ import { MemberTable } from './allocator-members';
  * Gateways of a wide-area group (000 claims 29-31, 35-40): per LAN group, the member that
  * receives the other groups' copies and re-multicasts them, chosen by overhead with
  * hysteresis, and demoted when it forwards nothing while its group lacks units held
- * elsewhere. Copy destinations (copyTo) are the other groups' gateways.
+ * elsewhere. Copy destinations (copyTo) are the other groups' gateways, or (1.5, every
+ * member speaking it) a copy tree of bounded degree over them (wire/copy-tree.ts).
  */
 export abstract class GatewayTable extends MemberTable {
   /** `all-fetched`: when every unit was first seen held (copies cross from then on). */
@@ -138,6 +140,39 @@ export abstract class GatewayTable extends MemberTable {
     return out;
   }
 
+
+  /** Members that did not ask for copy trees (`copyTree` in their heartbeats): 1.4 agents. */
+  private readonly meshOnly = new Set<string>();
+
+  /**
+   * A member's heartbeat said whether it speaks 1.5 copy trees. A change of the group's
+   * mode (the first 1.4 member joins, or it leaves) changes every member's copy
+   * destinations; so does a member that changes its mind (restarted with another version).
+   */
+  noteCopyTree(id: string, on: boolean): void {
+    const m = this.members.get(id);
+    if (!m || on === !this.meshOnly.has(id)) return;
+    if (on) this.meshOnly.delete(id);
+    else this.meshOnly.add(id);
+    this.mapLog.member(m.slot);
+    this.copyToVersion = this.mapLog.version;
+  }
+
+  /**
+   * The copy tree's degree for this wide-area group: the configured one while every live
+   * member speaks 1.5, else 0 (every sender copies to every other group's gateway, as 1.4
+   * agents expect; a 1.4 gateway would neither forward down a tree nor accept its header).
+   * A member that left is dropped from meshOnly here (leaving already changed copyTo).
+   */
+  copyTreeDegree(): number {
+    const k = Math.min(MAX_COPY_TREE_DEGREE, Math.floor(this.opts.copyTreeDegree));
+    if (!(k >= 1)) return 0;
+    for (const id of this.meshOnly) {
+      if (this.members.has(id)) return 0;
+      this.meshOnly.delete(id);
+    }
+    return k;
+  }
 
   /** Every unit is held verified by some live member. */
   allHeld(): boolean {

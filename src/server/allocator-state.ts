@@ -75,6 +75,12 @@ export interface AllocatorOptions {
    */
   mapLogEntries: number;
   memberRefreshMs: number;
+  /**
+   * Protocol 1.5 copy trees (docs/protocol.md section 17): in a wide-area group whose every
+   * member speaks 1.5, each sender has at most this many copy destinations per unit; 0
+   * keeps every member sending to every other group's gateway.
+   */
+  copyTreeDegree: number;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -98,6 +104,7 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   minMembers: 0,
   maxWaitMs: 30_000,
   mapLogEntries: 2048,
+  copyTreeDegree: 4,
   memberRefreshMs: 30_000,
 };
 

@@ -252,6 +252,19 @@ export abstract class MemberRegistry extends ServerCore {
     if (!g.hasMember(ref.member)) throw new HttpError(409, 'NOT_JOINED', `member ${ref.member} has not joined group ${ref.group} (or timed out): send a heartbeat first`);
   }
 
+  /**
+   * What an answer says about copies to other groups (docs/protocol.md sections 8 and 16).
+   * Policy `wide` with every member speaking 1.5: `copyTree` (the degree k) and an empty
+   * `copyTo`; each agent derives its at most k destinations, and what it forwards as a
+   * gateway, from the member records of its map, so the answer does not grow with the
+   * number of sites. Otherwise `copyTo` lists every other group's gateway (1.4).
+   */
+  protected copyFields(g: GroupAllocator, member: string, wide: boolean, now: number, cached = false): { copyTo: { group: string; member: string; address: string; port: number }[]; copyTree?: number } {
+    if (!wide) return { copyTo: [] };
+    const k = g.copyTreeDegree();
+    return k > 0 ? { copyTo: [], copyTree: k } : { copyTo: this.copyDestinations(g, member, now, cached) };
+  }
+
   /** Where a member of a wide-area group sends copies besides its LAN: the other LAN groups' gateways. */
   protected copyDestinations(g: GroupAllocator, member: string, now: number, cached = false): { group: string; member: string; address: string; port: number }[] {
     const mine = g.lanGroupOf(member);

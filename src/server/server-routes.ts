@@ -173,6 +173,7 @@ export abstract class ServerRoutes extends MemberRegistry {
       forwarded: b.forwarded,
       lanBytes: b.lanBytes,
     });
+    g.noteCopyTree(b.member, b.copyTree === true); // 1.5: copy trees while every member speaks them
     const scope = parseAllocatorKey(key);
     if (isNew) {
       this.log.info(`${b.release.slice(0, 8)}/${b.group}: member ${b.member} joined${scope.wide ? ` (wide-area group ${scope.group})` : ''}`);
@@ -197,7 +198,7 @@ export abstract class ServerRoutes extends MemberRegistry {
       // all-fetched: LAN exchange waits until every unit is held by some member.
       lanStart: dist.start === 'immediate' || map.allHeld,
       // Gateways move: members learn the new copy destinations within a heartbeat.
-      copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [],
+      ...this.copyFields(g, b.member, dist.policy === 'wide', now),
       ...map,
     });
   }
@@ -223,14 +224,14 @@ export abstract class ServerRoutes extends MemberRegistry {
     // A new member, or one whose map is from another allocator or server run, gets it all.
     const map = g.mapSince(now, c.isNew ? undefined : b.mapEpoch, c.isNew ? undefined : b.mapVersion);
     const scope = parseAllocatorKey(key);
-    const copyTo = dist.policy === 'wide' && (map.full || g.copyToChangedSince(b.mapEpoch, b.mapVersion)) ? this.copyDestinations(g, b.member, now, true) : undefined;
+    const copy = dist.policy === 'wide' && (map.full || g.copyToChangedSince(b.mapEpoch, b.mapVersion)) ? this.copyFields(g, b.member, true, now, true) : undefined;
     if (map.full) this.stats.fullMaps++;
     else this.stats.deltaMaps++;
     return this.json(res, 200, {
       heartbeatMs: c.heartbeatMs,
       ...(map.full ? { groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'), policy: dist.policy, start: dist.start } : {}),
       lanStart: dist.start === 'immediate' || map.allHeld,
-      ...(copyTo ? { copyTo } : {}),
+      ...copy,
       ...(lease ? { lease: { units: lease.units, ...(lease.hedged ? { hedged: lease.hedged } : {}), retryAfterMs: lease.retryAfterMs, exhausted: lease.exhausted, ...this.originFor(g, b.member, lease.units, dist, now) } } : {}),
       ...map,
     });
@@ -250,7 +251,7 @@ export abstract class ServerRoutes extends MemberRegistry {
     const grant = b.want?.length ? g.relay(b.member, b.want, now, b.reason ?? 'relayed') : g.lease(b.member, now);
     if (grant.relayed?.length) this.stats.relayedUnits += grant.relayed.length;
     for (const r of RESEND_REASONS) this.stats.resent[r].units += g.resentUnits[r] - before[r];
-    return this.json(res, 200, { ...grant, ...this.originFor(g, b.member, grant.units, dist, now), copyTo: dist.policy === 'wide' ? this.copyDestinations(g, b.member, now) : [] });
+    return this.json(res, 200, { ...grant, ...this.originFor(g, b.member, grant.units, dist, now), ...this.copyFields(g, b.member, dist.policy === 'wide', now) });
   }
 
   /**

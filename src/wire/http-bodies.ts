@@ -78,6 +78,8 @@ export interface HeartbeatBody extends MemberRef {
   receiptAgesMs?: number[];
   /** 1.4: lease up to this many more units; the answer's `lease` grants them. */
   lease?: number;
+  /** 1.5: the member takes copy trees (docs/protocol.md section 17): derives its copy destinations and forwards down the tree. */
+  copyTree?: boolean;
 }
 export interface LeaseBody extends MemberRef {
   /** Units the member's LAN group needs and the wide-area group could not deliver (relay fallback). */
@@ -170,6 +172,8 @@ export interface HeartbeatAnswer extends SplitMap {
   /** false under the `all-fetched` start policy until every unit is held somewhere. */
   lanStart?: boolean;
   copyTo?: CopyDestination[];
+  /** 1.5: copies go down copy trees of this degree (section 17); `copyTo` is then empty. Absent: no tree. */
+  copyTree?: number;
 }
 
 /** Receipts one 1.4 heartbeat may carry. */
@@ -223,6 +227,8 @@ export interface HeartbeatAnswer14 extends MapDelta {
   lanStart: boolean;
   /** Present when copy destinations changed since the member's version (and in full answers under `wide`). */
   copyTo?: CopyDestination[];
+  /** 1.5: with `copyTo`, the copy trees' degree (section 17); absent with `copyTo`: no tree. */
+  copyTree?: number;
   /** The grant for the body's `lease` (absent when it asked for none). */
   lease?: { units: number[]; hedged?: number[]; retryAfterMs: number; exhausted: boolean; origin?: string };
 }
@@ -264,6 +270,7 @@ export const SCHEMAS = {
     copying: { kind: 'bool', optional: true },
     wideGroup: { kind: 'id', optional: true },
     dataPort: { kind: 'uint', optional: true },
+    copyTree: { kind: 'bool', optional: true },
   },
   lease: { ...REF, want: { kind: 'uintArray', optional: true, max: 64 }, reason: { kind: 'string', optional: true, max: 16 } },
   leave: REF,

@@ -9,7 +9,7 @@
  *   0  magic 'F''C' (0x46 0x43)
  *   2  version u8 (=1)
  *   3  type u8 (1 DATA, 2 NACK, 3 ANNOUNCE, 4 FEEDBACK)
- *   4  flags u8 (DATA: bit0 = repair)
+ *   4  flags u8 (DATA: bit0 = repair, bit1 = forward)
  *   5  reserved u8 (0)
  *   6  reserved u16 (0)
  *   8  sender id u32 (random per agent process; receivers drop their own)
@@ -62,6 +62,13 @@ export interface DataPacket {
   repair: boolean;
   /** A cross-group copy the receiving gateway re-multicasts on its LAN. */
   forward?: boolean;
+  /**
+   * Since 1.5 (bytes 38-39 of DATA, u16, position + 1; 0 = none): a forward copy that
+   * travels down a copy tree, and the ring position of the LAN group it started from.
+   * The receiving gateway also sends it on to its children in that origin's tree
+   * (wire/copy-tree.ts, docs/protocol.md section 17).
+   */
+  treeOrigin?: number;
   unit: number;
   fragment: number;
   fragmentCount: number;
@@ -167,7 +174,7 @@ export function fragmentCountFor(unitBytes: number, fragmentBytes: number): numb
  */
 export function writeDataHeader(
   out: Uint8Array,
-  h: { sender: number; releaseId: Uint8Array; repair: boolean; forward?: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number },
+  h: { sender: number; releaseId: Uint8Array; repair: boolean; forward?: boolean; treeOrigin?: number; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number },
 ): void {
   // Byte by byte, no DataView: this runs once per outgoing fragment.
   if (h.releaseId.length !== RELEASE_ID_BYTES) throw new RangeError('release id must be 16 bytes');
@@ -183,7 +190,8 @@ export function writeDataHeader(
   put16(out, 32, h.fragment);
   put16(out, 34, h.fragmentCount);
   put16(out, 36, h.fragmentBytes);
-  out[38] = out[39] = 0;
+  // 1.5: the copy tree's origin position + 1, only on forward copies; 0 otherwise.
+  put16(out, 38, h.forward && h.treeOrigin !== undefined && h.treeOrigin >= 0 && h.treeOrigin < 0xffff ? h.treeOrigin + 1 : 0);
 }
 
 function put32(b: Uint8Array, at: number, v: number): void {
@@ -271,7 +279,10 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
   switch (type) {
     case PacketType.DATA: {
       if (buf.length < DATA_HEADER_BYTES) return { ok: false, reason: 'short' };
-      if ((flags & ~(DataFlag.REPAIR | DataFlag.FORWARD)) !== 0 || view.getUint16(38) !== 0) return { ok: false, reason: 'reserved' };
+      if ((flags & ~(DataFlag.REPAIR | DataFlag.FORWARD)) !== 0) return { ok: false, reason: 'reserved' };
+      // 1.5: bytes 38-39 name a copy tree's origin (+1), and only on a forward copy.
+      const tree = view.getUint16(38);
+      if (tree !== 0 && ((flags & DataFlag.FORWARD) === 0)) return { ok: false, reason: 'reserved' };
       const unit = view.getUint32(28);
       const fragment = view.getUint16(32);
       const fragmentCount = view.getUint16(34);
@@ -283,9 +294,10 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
       if (fragment < fragmentCount - 1 ? payload.length !== fragmentBytes : payload.length < 1 || payload.length > fragmentBytes) {
         return { ok: false, reason: 'length' };
       }
+      // One object shape for every DATA packet (treeOrigin present, undefined without a tree): this runs per datagram.
       return {
         ok: true,
-        packet: { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, forward: (flags & DataFlag.FORWARD) !== 0, unit, fragment, fragmentCount, fragmentBytes, payload },
+        packet: { type: PacketType.DATA, sender, releaseId, repair: (flags & DataFlag.REPAIR) !== 0, forward: (flags & DataFlag.FORWARD) !== 0, treeOrigin: tree ? tree - 1 : undefined, unit, fragment, fragmentCount, fragmentBytes, payload },
       };
     }
     case PacketType.NACK: {

@@ -34,6 +34,8 @@ export interface ServerOptions {
   memberTimeoutMs: number;
   /** Several LAN groups share the download (copies cross to gateways). */
   wide: boolean;
+  /** 1.5 copy trees of this degree (docs/protocol.md section 17): maps say `copyTree`, `copyTo` is empty. */
+  copyTree?: number;
 }
 
 export class SimServer {
@@ -114,7 +116,7 @@ export class SimServer {
   }
 
   copyTo(id: string): CopyDestination[] {
-    if (!this.opts.wide) return [];
+    if (!this.opts.wide || this.opts.copyTree) return [];
     const mine = this.member(id).group;
     const out: CopyDestination[] = [];
     for (const g of new Set(this.members.map((m) => m.group))) {
@@ -144,6 +146,7 @@ export class SimServer {
       groupKey: this.opts.groupKey.toString('base64'),
       lanStart: true,
       copyTo: this.copyTo(id),
+      ...(this.opts.wide && this.opts.copyTree ? { copyTree: this.opts.copyTree } : {}),
     };
   }
 

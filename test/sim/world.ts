@@ -28,6 +28,8 @@ export interface WorldOptions {
   /** Per-member options of the members present at the start, by group and index in it. */
   memberOverrides?: (group: string, index: number) => Partial<MemberOptions>;
   memberTimeoutMs?: number;
+  /** 1.5 copy trees of this degree between the groups (default: none, every member copies to every gateway). */
+  copyTree?: number;
 }
 
 export const DEFAULT_MEMBER: Omit<MemberOptions, 'id' | 'group'> = {
@@ -80,6 +82,7 @@ export class World {
       groupKey: key,
       memberTimeoutMs: opts.memberTimeoutMs ?? 3000,
       wide: opts.groups.length > 1,
+      ...(opts.copyTree ? { copyTree: opts.copyTree } : {}),
     });
     const lanDefaults = {
       up: opts.lan?.up ?? { rateBytesPerSec: 12_500_000, delayMs: 0.1, loss: NO_LOSS },

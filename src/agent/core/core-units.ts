@@ -43,6 +43,8 @@ export abstract class CoreUnits {
   protected abstract readonly send: SendEngine;
   protected abstract readonly nacks: NackScheduler;
   protected abstract copyTo: CopyDestination[];
+  /** 1.5: our group's copy-tree position, carried by our own cross-group copies (undefined: no tree). */
+  protected abstract copyTreeOrigin: number | undefined;
   protected abstract announceSoon(now: number): void;
   protected abstract announce(now: number): void;
   protected abstract ensureTicking(now: number): void;
@@ -250,7 +252,7 @@ export abstract class CoreUnits {
   protected copyFragment(unit: number, fragment: number, fc: number, payload: Uint8Array, crossGroup: boolean, now: number): void {
     this.send.queueLan(unit, fragment, fc, payload, false);
     if (!crossGroup || !this.copyTo.length) return;
-    for (const to of this.copyTo) this.send.queueUnicast(unit, fragment, fc, payload, false, to, now);
+    for (const to of this.copyTo) this.send.queueUnicast(unit, fragment, fc, payload, false, to, now, this.copyTreeOrigin);
     this.ensureTicking(now);
   }
 

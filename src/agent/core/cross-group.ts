@@ -22,12 +22,28 @@ export class CrossGroupState {
   /** Fragments tracked in repairedAt (bounded: cleared past maxRepairTracked). */
   private repairTracked = 0;
   private readonly nackLogged = new Set<number>();
+  /** "address:port" of a requester we repair but do not announce to -> when we last announced ourselves to it (1.5 trees). */
+  private readonly introducedAt = new Map<string, number>();
 
   /** Another group's member sent us something: its path is alive. */
   heard(via: Endpoint, now: number): void {
     const k = `${via.address}:${via.port}`;
     if (!this.heardAt.has(k) && this.heardAt.size >= AGENT_DEFAULTS.maxCrossPaths) this.heardAt.clear();
     this.heardAt.set(k, now);
+  }
+
+  /**
+   * Whether to announce ourselves to a requester before repairing it: under copy trees a
+   * gateway below a dead or moved one NACKs a unit's holder that never copied to it, and
+   * takes DATA only from senders it heard announce (at most once per announceMs each).
+   */
+  introduce(to: Endpoint, now: number): boolean {
+    const k = `${to.address}:${to.port}`;
+    const at = this.introducedAt.get(k);
+    if (at !== undefined && now - at < AGENT_DEFAULTS.announceMs) return false;
+    if (at === undefined && this.introducedAt.size >= AGENT_DEFAULTS.maxCrossPaths) this.introducedAt.clear();
+    this.introducedAt.set(k, now);
+    return true;
   }
 
   /** First cross-group NACK for this unit (log it once). */

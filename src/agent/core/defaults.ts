@@ -9,6 +9,11 @@ export const AGENT_DEFAULTS = {
   unicastSendBufferBytes: 1024 * 1024,
   /** Cross-group paths and sources tracked (bounded against abuse). */
   maxCrossPaths: 256,
+  /**
+   * 1.5 copy trees: a gateway with this many copy bytes queued to other sites passes no
+   * more copies on (its uplink is behind); the sites below it NACK the units' holders.
+   */
+  treeForwardQueueMaxBytes: 4 * 1024 * 1024,
   burstBytes: 256 * 1024,
   fetchConcurrency: 2,
   tickMs: 5,

@@ -20,6 +20,7 @@ import type { AnnouncePacket } from '../../wire/packet';
 import { NackScheduler } from '../nack-scheduler';
 import { RepairScheduler } from '../repair-scheduler';
 import { Assembler } from './assembler';
+import { CopyTreeView } from './copy-tree-view';
 import { AGENT_DEFAULTS } from './defaults';
 import { PeerTable } from './peers';
 import { RepairFlow, emptyStats, drop } from './repair-flow';
@@ -39,6 +40,11 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   protected readonly view: SplitMapView;
   /** Where copies go besides the LAN: the other LAN groups' gateways (from the map or lease answers). */
   protected copyTo: CopyDestination[] = [];
+  /** 1.5 copy trees (docs/protocol.md section 17), null when copies go to every gateway; our own copies' origin. */
+  protected tree: CopyTreeView | null = null;
+  protected copyTreeOrigin: number | undefined;
+  /** Whom our announces go to by unicast: copyTo, and as a tree's gateway whatever we may forward to. */
+  private announceTo: CopyDestination[] = [];
   protected controlSeq: bigint;
   private started = false;
   private tickAt: number | null = null;
@@ -102,9 +108,15 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         if (via) this.stats.crossGroupBytes += p.payload.length;
         else this.stats.lanBytes += p.payload.length;
         if (p.forward && via) {
-          // A copy from another LAN group: we are this group's gateway; send it on as our own.
+          // A copy from another LAN group: we are this group's gateway; send it on as our own,
+          // and (1.5) down the origin's copy tree to our children in it, flagged again.
           this.send.queueLan(u, p.fragment, fc, p.payload, false);
           this.stats.fragmentsForwarded++;
+          if (p.treeOrigin !== undefined && !p.repair && this.tree) {
+            // Behind on our uplink: pass nothing more on rather than queue without bound (the sites below NACK the holder).
+            if (this.send.cross.copyBytesQueued > AGENT_DEFAULTS.treeForwardQueueMaxBytes) this.drop('tree-forward-queue-full');
+            else for (const to of this.tree.forwardTo(p.treeOrigin)) this.send.queueUnicast(u, p.fragment, fc, p.payload, false, to, now, p.treeOrigin);
+          }
         }
         this.nacks.progress(u, now);
         if (res === 'complete') this.verifyAssembly(u);
@@ -159,7 +171,16 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.view.map = map;
     // Gateways move: a new one starts getting our copies and announces within a heartbeat
     // (it NACKs what our announces show it lacks, and those NACKs come to us by unicast).
-    if (map.copyTo) this.setCopyTo(map.copyTo, now);
+    if (map.copyTree) {
+      this.tree = new CopyTreeView(map, this.cfg.group, map.copyTree);
+      const own = this.tree.own();
+      this.copyTreeOrigin = own.origin;
+      this.setCopyTo(own.dests, now, this.view.role === 'gateway' ? this.tree.gatewayTargets() : []);
+    } else if (map.copyTo) {
+      this.tree = null;
+      this.copyTreeOrigin = undefined;
+      this.setCopyTo(map.copyTo, now);
+    }
     const start = map.lanStart ?? true;
     if (start && !this.lanStart) {
       this.log.info(`every unit is held in the group: LAN exchange starts (${this.deferred.length} units to copy)`);
@@ -179,19 +200,23 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.events.push({ type: 'wake' });
   }
 
-  /** New copy destinations: announce ourselves to them first, so they accept our copies. */
-  protected setCopyTo(dests: CopyDestination[], now: number): void {
+  /** New copy destinations (and gateways we forward to): announce ourselves to them first, so they accept our copies. */
+  protected setCopyTo(dests: CopyDestination[], now: number, forwardTo: CopyDestination[] = []): void {
     const key = (d: Endpoint) => `${d.address}:${d.port}`;
-    const before = new Set(this.copyTo.map(key));
+    const before = new Set(this.announceTo.map(key));
+    const to = new Map(dests.map((d) => [key(d), d]));
+    for (const d of forwardTo) to.set(key(d), d);
     this.copyTo = dests;
-    if (this.started && dests.some((d) => !before.has(key(d)))) this.announce(now);
+    this.announceTo = [...to.values()];
+    if (this.started && this.announceTo.some((d) => !before.has(key(d)))) this.announce(now);
   }
 
   leaseGranted(grant: CoreLeaseGrant, now: number, asked?: { units: number[]; reason: 'relayed' | 'stalled' }): void {
     for (const u of grant.units) if (!this.leased.includes(u) && !this.fetching.has(u) && !(asked && this.has(u))) this.leased.push(u);
     for (const u of grant.relayed ?? []) this.relayed.add(u);
-    if (!asked) this.setCopyTo(grant.copyTo ?? [], now);
-    else if (asked.reason === 'relayed') for (const u of asked.units) if (!grant.units.includes(u)) this.crossGroup.retryRelayLater(u, now);
+    if (!asked) {
+      if (!this.tree) this.setCopyTo(grant.copyTo ?? [], now); // a tree's destinations come from the map
+    } else if (asked.reason === 'relayed') for (const u of asked.units) if (!grant.units.includes(u)) this.crossGroup.retryRelayLater(u, now);
     this.events.push({ type: 'wake' });
   }
 
@@ -287,7 +312,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
    */
   private needsTick(now: number): boolean {
     if (!this.fileDone || this.repairs.nextDueIn(now) !== null) return true;
-    if ((this.cfg.wideGroup && this.view.role === 'gateway') || this.copyTo.length > 0) return true;
+    if ((this.cfg.wideGroup && this.view.role === 'gateway') || this.announceTo.length > 0) return true;
     return this.send.cross.view().some((p) => p.queued > 0);
   }
 
@@ -322,7 +347,14 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.announceAt = now + ms;
   }
 
-  protected announce(now: number): void {
+  /** Repairs to a requester that never heard from us (trees: not our child) go after an announce, or it drops them. */
+  protected override repairUnicast(unit: number, missing: Uint8Array, to: Endpoint, now: number): void {
+    if (!this.announceTo.some((d) => d.address === to.address && d.port === to.port) && this.crossGroup.introduce(to, now)) this.announce(now, to);
+    super.repairUnicast(unit, missing, to, now);
+  }
+
+  /** Our announce on the LAN and to announceTo; `only`: to that endpoint alone. */
+  protected announce(now: number, only?: Endpoint): void {
     if (!this.started) return;
     this.peers.prune(now);
     this.asm.age(now);
@@ -339,14 +371,18 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       const have = new Uint8Array(bitmapBytes(count));
       for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
       const pkt = this.seal(encodeAnnounce({ sender: this.cfg.senderId, releaseId: this.m.idBytes, firstUnit: first, unitCount: count, complete: this.fileDone, have }));
+      first += perPacket;
+      if (only) {
+        this.send.queueDirect(pkt, only);
+        continue;
+      }
       this.send.queueControl(pkt);
       // The gateways we copy to must know us before our copies arrive; each announce is
       // also the round-trip probe of that path's pacer (the gateway echoes its sequence).
-      for (const to of this.copyTo) {
+      for (const to of this.announceTo) {
         this.send.queueDirect(pkt, to);
         this.send.cross.probe(to, this.controlSeq, now);
       }
-      first += perPacket;
     } while (first < n);
   }
 }

@@ -59,7 +59,7 @@ export class SendEngine {
   /** The LAN transport refused datagrams: no round until writable(). */
   private blocked = false;
 
-  private readonly h: { sender: number; releaseId: Uint8Array; repair: boolean; forward: boolean; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number };
+  private readonly h: { sender: number; releaseId: Uint8Array; repair: boolean; forward: boolean; treeOrigin: number | undefined; unit: number; fragment: number; fragmentCount: number; fragmentBytes: number };
 
   constructor(
     rateBytesPerSec: number,
@@ -69,7 +69,7 @@ export class SendEngine {
     private readonly stats: CoreStats,
     private readonly hooks: SendEngineHooks,
   ) {
-    this.h = { sender: header.sender, releaseId: header.releaseId, repair: false, forward: false, unit: 0, fragment: 0, fragmentCount: 0, fragmentBytes: header.fragmentBytes };
+    this.h = { sender: header.sender, releaseId: header.releaseId, repair: false, forward: false, treeOrigin: undefined, unit: 0, fragment: 0, fragmentCount: 0, fragmentBytes: header.fragmentBytes };
     this.bucket = new TokenBucket(rateBytesPerSec, AGENT_DEFAULTS.burstBytes, now);
     this.cross = new CrossPaths(crossRateBytesPerSec, now, {
       feedbackMs: AGENT_DEFAULTS.crossFeedbackMs,
@@ -131,13 +131,14 @@ export class SendEngine {
     if (this.freeArenas.length < AGENT_DEFAULTS.datagramArenasFree) this.freeArenas.push(a);
   }
 
-  private data(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, forward: boolean): Uint8Array {
+  private data(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, forward: boolean, treeOrigin?: number): Uint8Array {
     const d = this.allocDatagram(DATA_HEADER_BYTES + payload.length, !forward);
     // One header object of a fixed shape, filled in per fragment: this runs for every
     // datagram, and a fresh (spread) object each time cost more than the copy itself.
     const h = this.h;
     h.repair = repair;
     h.forward = forward;
+    h.treeOrigin = treeOrigin;
     h.unit = unit;
     h.fragment = fragment;
     h.fragmentCount = fragmentCount;
@@ -158,9 +159,9 @@ export class SendEngine {
     this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
   }
 
-  /** A fragment by unicast to another group's gateway, flagged to be re-multicast there. */
-  queueUnicast(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, to: Endpoint, now: number): void {
-    this.cross.queue(this.data(unit, fragment, fragmentCount, payload, repair, true), to, repair, now);
+  /** A fragment by unicast to another group's gateway, flagged to be re-multicast there (1.5: and down `treeOrigin`'s copy tree). */
+  queueUnicast(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, to: Endpoint, now: number, treeOrigin?: number): void {
+    this.cross.queue(this.data(unit, fragment, fragmentCount, payload, repair, true, treeOrigin), to, repair, now);
     // Not announced until its cross-group copies are out too: a gateway would NACK them.
     if (!repair) this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
   }

@@ -49,12 +49,16 @@ export interface CoreSplitMap {
   lanStart?: boolean;
   /** The other LAN groups' gateways, where copies go besides the LAN. */
   copyTo?: CopyDestination[];
+  /** 1.5: copies go down copy trees of this degree, derived from `members` (docs/protocol.md section 17). */
+  copyTree?: number;
 }
 
 export interface CopyDestination {
   member: string;
   address: string;
   port: number;
+  /** Its LAN group, when known: a path to a group's new gateway starts at the pace learned to the old one. */
+  group?: string;
 }
 
 /** A lease answer (POST /v1/lease), merged into the core's queue of units to fetch. */
