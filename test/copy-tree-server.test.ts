@@ -120,3 +120,14 @@ test('a 1.5 agent whose server refuses copyTree (a 1.4 server) drops the field a
   t.is(bodies.length, 3);
   t.is(bodies[2].copyTree, undefined);
 });
+
+test("the fleet view shows a wide-area member's hook result (kept by its LAN group, not the wide-area group)", async (t) => {
+  const { f, ref } = await fleetOfSites(t, false);
+  const a = ref(2, 0);
+  t.is((await post(f.url, '/v1/hook', { release: a.release, group: a.group, member: a.member, exitCode: 3, durationMs: 12 })).status, 200);
+  t.is((f.server.fleet() as { groups: unknown[] }).groups.length, 1, 'the hook made no group of its own');
+  const view = f.server.fleet() as { groups: { members: { id: string; hook: { exitCode: number } | null }[] }[] };
+  const members = view.groups.flatMap((g) => g.members);
+  t.is(members.find((m) => m.id === a.member)?.hook?.exitCode, 3);
+  t.is(members.find((m) => m.id === ref(2, 1).member)?.hook, null, 'a member that reported nothing has none');
+});

@@ -103,8 +103,8 @@ export class FleetcastServer extends ClusterRoutes {
         const { release, group, wide } = parseAllocatorKey(key);
         const rel = this.store.peek(release);
         const members = g.memberViews(now).map((m): FleetMemberRecord => {
-          const k = `${release}/${group}/${m.id}`;
-          const h = this.memory.hook(k);
+          // Hooks are kept by the member's LAN group (a wide-area group's key names the wide one).
+          const h = this.memory.hook(`${release}/${m.group || group}/${m.id}`);
           const bad = this.badUnits.get(`${release}/${m.group ?? group}/${m.id}`);
           // Until the allocator measures a member again, it uses the overhead from before a restart.
           const before = g.overheadRemembered(m.id);
