@@ -8,6 +8,7 @@ import { StreamPublisher } from '../src/release/stream-publish';
 import { FleetcastServer } from '../src/server/server';
 import { ServerAccess } from '../src/net/server-access';
 import { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
+import { createLogger } from '../src/util/log';
 
 /*
  * Streams on the LAN (issue 19): a stream published in this process at a few Mbit/s, the
@@ -45,6 +46,7 @@ async function setup(t: ExecutionContext) {
       trustedKeys: trusted,
       start: 'beginning',
       sink: path.join(dir, `${id}.bin`),
+      ...(process.env.STREAM_DEBUG ? { logger: createLogger({ level: 'debug', prefix: `${id} ` }) } : {}),
       ...extra,
     });
     agents.push(a);
@@ -86,4 +88,90 @@ test('a stream fed at ~4 Mbit/s reaches 4 agents of one LAN group: every sink eq
   t.log(`server unit bytes ${wan} for a ${source.length}-byte stream (${(wan / source.length).toFixed(3)}x); LAN bytes ${lan}`);
   t.true(wan <= 1.05 * source.length, `server unit bytes per group ${wan} <= 1.05 x ${source.length}`);
   t.true(lan > source.length, 'the agents shared units on the LAN');
+});
+
+test('at 3% loss a late joiner at the live edge, one from the beginning and a restarted agent each get the source from their start, no byte twice or missing', async (t) => {
+  const s = await setup(t);
+  const source = randomBytes(4_000_000);
+  const pub = await StreamPublisher.open(s.store, 'feed', s.key, { unitSize: UNIT, flushMs: 200 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  const lossy = { lossPct: 3 };
+  const a = s.agent('feed', 'a', lossy);
+  let b = s.agent('feed', 'b', lossy);
+  const runs = [a.run(), b.run().catch(() => undefined)];
+  let live: StreamAgent | null = null;
+  let late: StreamAgent | null = null;
+  let restarted = false;
+  await feed(pub, source.subarray(10_000), 10_000, async (sent) => {
+    if (!live && sent >= 1_500_000) {
+      live = s.agent('feed', 'c', { ...lossy, start: 'live' });
+      late = s.agent('feed', 'd', { ...lossy, start: 'beginning' });
+      runs.push(live.run(), late.run());
+    }
+    if (!restarted && sent >= 2_500_000) {
+      restarted = true;
+      t.true(b.delivery.next > 0, 'b delivered units before its restart');
+      await b.close();
+      b = s.agent('feed', 'b', lossy);
+      runs.push(b.run());
+    }
+  });
+  await Promise.all(runs);
+  const sink = (id: string) => fs.readFile(path.join(s.dir, `${id}.bin`));
+  t.true((await sink('a')).equals(source), 'a: the whole source');
+  t.true((await sink('d')).equals(source), 'd (joined late, --start beginning): the whole source');
+  const liveStart = live!.startedAt!.byte!;
+  t.true(liveStart > 0, 'c started at the live edge, not at the beginning');
+  t.true((await sink('c')).equals(source.subarray(liveStart)), `c (--start live): the source from byte ${liveStart}`);
+  t.true(b.startedAt!.unit > 0, 'the restarted b resumed from its position');
+  t.true((await sink('b')).equals(source), 'b (restarted): the whole source, no byte twice or missing');
+  const nacks = [a, b, live!, late!].reduce((n, x) => n + x.stats.nacksSent, 0);
+  t.true(nacks > 0, 'loss was repaired with NACKs');
+});
+
+/** A stream of `units` full units, in batches of 4, ended; its source bytes. */
+async function publishWhole(s: Awaited<ReturnType<typeof setup>>, name: string, units: number): Promise<Buffer> {
+  const source = randomBytes(units * UNIT);
+  const pub = await StreamPublisher.open(s.store, name, s.key, { unitSize: UNIT });
+  for (let off = 0; off < source.length; off += 4 * UNIT) await pub.push(source.subarray(off, off + 4 * UNIT));
+  await pub.end();
+  await pub.close();
+  return source;
+}
+
+async function until(cond: () => boolean, what: string, limitMs = 60_000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+test('units the server serves out of order (swapped in its store) are refused: nothing unverified reaches a sink', async (t) => {
+  const s = await setup(t);
+  const source = await publishWhole(s, 'swapped', 16);
+  const units = path.join(s.store, 'streams', 'swapped', 'units');
+  await fs.rename(path.join(units, '9'), path.join(units, 'x'));
+  await fs.rename(path.join(units, '10'), path.join(units, '9'));
+  await fs.rename(path.join(units, 'x'), path.join(units, '10'));
+  const agents = ['a', 'b'].map((id) => s.agent('swapped', id));
+  for (const a of agents) void a.run().catch(() => undefined);
+  await until(() => agents.every((a) => a.delivery?.next === 9) && agents.reduce((n, a) => n + a.stats.unitsRejected, 0) >= 2, 'both swapped units refused');
+  for (const id of ['a', 'b']) t.true((await fs.readFile(path.join(s.dir, `${id}.bin`))).equals(source.subarray(0, 9 * UNIT)), `${id}: the units before the swapped ones, and nothing else`);
+});
+
+test('batches the server serves out of order are refused (BAD_CHAIN, exit 65) before their units reach the sink', async (t) => {
+  const s = await setup(t);
+  const source = await publishWhole(s, 'reordered', 16);
+  const batches = path.join(s.store, 'streams', 'reordered', 'batches');
+  await fs.rename(path.join(batches, '2'), path.join(batches, 'x'));
+  await fs.rename(path.join(batches, '3'), path.join(batches, '2'));
+  await fs.rename(path.join(batches, 'x'), path.join(batches, '3'));
+  const a = s.agent('reordered', 'a');
+  const err = await t.throwsAsync(a.run());
+  t.is((err as { code?: string }).code, 'BAD_CHAIN');
+  t.is((err as { exitCode?: number }).exitCode, 65);
+  const got = await fs.readFile(path.join(s.dir, 'a.bin'));
+  t.true(got.length <= 8 * UNIT && got.equals(source.subarray(0, got.length)), 'at most the units of the batches before the swap');
 });

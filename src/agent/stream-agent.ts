@@ -75,12 +75,15 @@ export class StreamAgent {
   private address = '';
   private dataPort = 0;
   private beatWanted = false;
+  private joined = false;
   private beatWake: (() => void) | null = null;
   private fetchWake: (() => void) | null = null;
   private readonly inFlight = new Map<number, number>();
   private readonly receipts: { unit: number; at: number }[] = [];
   private done!: { resolve: () => void; reject: (e: Error) => void };
   private readonly finished: Promise<void>;
+  /** Where delivery started in this run: the unit, and its byte in the stream (null until its batch is known). */
+  startedAt: { unit: number; byte: number | null } | null = null;
   /** The last heartbeat answer (status, tests). */
   lastAnswer: StreamBeatAnswer | null = null;
 
@@ -91,7 +94,7 @@ export class StreamAgent {
     this.finished.catch(() => undefined);
   }
 
-  /** Resolves once the stream ended and every unit up to its end is delivered. */
+  /** Resolves once the stream ended and every unit up to its end is delivered, or the agent was closed. */
   async run(): Promise<void> {
     await this.setup();
     return this.finished;
@@ -121,6 +124,7 @@ export class StreamAgent {
       if (this.cur.stream !== o.stream || this.cur.id !== pos.id) throw new FleetcastError('BAD_POSITION', `${this.disk.positionFile}: its batch is not of stream ${o.stream}`, ExitCode.DATAERR);
       next = pos.nextUnit;
       this.log.info(`stream ${o.stream}: resuming at unit ${next} (sink byte ${pos.sinkBytes})`);
+      this.startedAt = { unit: next, byte: null };
     } else {
       const head = parseStreamHead(await this.http.get(''));
       const q = o.start === 'live' ? `from=${head.lastBatch}` : `unit=${o.start === 'beginning' ? head.firstUnit : o.start}`;
@@ -133,6 +137,7 @@ export class StreamAgent {
       if (this.cur.first > next) throw new FleetcastError('GONE', `stream ${o.stream}: units ${next} to ${this.cur.first - 1} were dropped (retention) before they could be taken`, ExitCode.UNAVAILABLE);
       const at = coversUnit(this.cur, next) ? ` (stream byte ${this.cur.offset + (next - this.cur.first) * this.cur.unitSize})` : ', once it is published';
       this.log.info(`stream ${o.stream}: starting at unit ${next}${at}`);
+      this.startedAt = { unit: next, byte: coversUnit(this.cur, next) ? this.cur.offset + (next - this.cur.first) * this.cur.unitSize : null };
     }
     const now = Date.now();
     const iface = resolveInterface(o.interface, o.multicast.address.includes(':') ? 6 : 4);
@@ -145,6 +150,7 @@ export class StreamAgent {
     this.core = new StreamCore({ member: this.member, group: o.group, wideGroup: o.wideGroup, senderId, fragmentBytes, rateBytesPerSec: rate, crossRateBytesPerSec: AGENT_DEFAULTS.crossRateBytesPerSec, controlSeqStart: BigInt(now) * 1000n, random, logger: this.log, stats: this.stats }, window, now);
     this.core.batchVerified(this.cur);
     this.core.skipBefore(next);
+    for (const u of this.disk.held) this.core.heldOnDisk(u);
     this.delivery = await StreamDelivery.open(o, this.disk, this.core, this.cur, next, pos?.sinkBytes ?? null, this.log);
     const t = await openTransports({ ...o, releaseId: '', multicast: o.multicast } as never, iface.address, fragmentBytes, random, this.log);
     this.lan = t.lan;
@@ -245,6 +251,7 @@ export class StreamAgent {
       fetching,
       fetchingBytes: fetching.map((u) => this.inFlight.get(u) ?? 0),
       lease: want,
+      ...(this.joined ? {} : { join: true }),
     };
     let a: StreamBeatAnswer;
     try {
@@ -257,6 +264,7 @@ export class StreamAgent {
       return null;
     }
     this.lastAnswer = a;
+    this.joined = true;
     const t = Date.now();
     // Holders by absolute unit; entries outside the window are left out (no holder).
     const holders: number[] = [];
@@ -337,6 +345,7 @@ export class StreamAgent {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.done.resolve(); // stopped: run() ends (a restart goes on from the saved position)
     this.beatWake?.();
     this.fetchWake?.();
     this.driver?.close();

@@ -97,6 +97,11 @@ export class StreamCore extends LanCore {
     }
   }
 
+  /** A unit an earlier run left on disk, verified then: held, not to be fetched or NACKed. */
+  heldOnDisk(v: number): void {
+    if (v < STREAM_UNIT_CAPACITY) this.markDone(v);
+  }
+
   private markDone(v: number): void {
     if (getBit(this.have, v)) return;
     setBit(this.have, v);

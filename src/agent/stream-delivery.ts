@@ -12,8 +12,6 @@ export interface StreamDeliveryOptions {
   /** FILE, -, unix:PATH or exec:CMD (stream-sink.ts). */
   sink: string;
   trustedKeys: KeyObject[];
-  /** Delivered units kept on disk for peers' repairs (default 64). */
-  keepUnits?: number;
 }
 
 /** Latency samples kept for the percentiles (the newest). */
@@ -142,9 +140,16 @@ export class StreamDelivery {
       if (this.latenciesMs.length > LATENCY_SAMPLES) this.latenciesMs.shift();
       this.lastDeliveredAt = now;
       await this.disk.savePosition({ v: 1, stream: b.stream, id: b.id, nextUnit: this.next, sinkBytes: this.sink.bytes, batch: b.raw.toString('utf8') });
-      const old = u - (this.o.keepUnits ?? 64);
-      for (const h of this.disk.held) if (h <= old || h < this.floor) await this.disk.drop(h);
+      await this.dropBelow(this.floor);
     }
+  }
+
+  /**
+   * Units stay on disk (peers' repairs, late joiners from the beginning) until the
+   * server's retention drops them: an agent keeps what the stream keeps.
+   */
+  private async dropBelow(floor: number): Promise<void> {
+    for (const h of this.disk.held) if (h < floor && h < this.next) await this.disk.drop(h);
   }
 
   async close(): Promise<void> {

@@ -48,14 +48,27 @@ export class StreamDisk {
     this.positionFile = path.join(dir, 'position');
   }
 
-  /** Open (creating) the stream's directory. Units left by an earlier run are deleted: the LAN and the server have them. */
+  /**
+   * Open (creating) the stream's directory. Units an earlier run left are kept (each was
+   * verified before it was written, and renamed into place whole); `*.tmp` files go.
+   */
   static async open(storageDir: string, name: string): Promise<StreamDisk> {
     const d = new StreamDisk(path.join(storageDir, 'streams', name));
     try {
-      await fs.rm(d.unitsDir, { recursive: true, force: true });
       await makeDir(d.unitsDir);
+      for (const f of await fs.readdir(d.unitsDir)) {
+        if (!/^(0|[1-9]\d{0,14})$/.test(f)) {
+          await fs.rm(path.join(d.unitsDir, f), { force: true });
+          continue;
+        }
+        const n = Number(f);
+        const size = (await fs.stat(path.join(d.unitsDir, f))).size;
+        d.held.add(n);
+        d.sizes.set(n, size);
+        d.bytesHeld += size;
+      }
     } catch (err) {
-      throw fromSystemError(err, `creating ${d.unitsDir}`);
+      throw fromSystemError(err, `opening ${d.unitsDir}`);
     }
     return d;
   }

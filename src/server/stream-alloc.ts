@@ -54,6 +54,7 @@ export class StreamAllocation {
     const n = head.nextUnit;
     const have = new Uint8Array(bitmapBytes(n));
     for (let i = 0; i < b.have.length * 8 && b.haveFrom + i < n; i++) if (getBit(b.have, i)) setBit(have, b.haveFrom + i);
+    if (b.join) g.restart(b.member); // a new run of the member: what it had leased is not in flight
     const fetching = b.fetching.filter((u) => u < n);
     g.heartbeat(b.member, now, { have, address: b.address ?? null, fetching, fetchingBytes: b.fetchingBytes.slice(0, fetching.length), lanGroup: b.group, dataPort: b.dataPort ?? null });
     g.setHeartbeatInterval(b.member, STREAM_HEARTBEAT_MS);

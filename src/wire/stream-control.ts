@@ -39,6 +39,8 @@ export interface StreamBeatBody {
   fetching: number[];
   fetchingBytes: number[];
   lease: number;
+  /** The member's first heartbeat of a run: leases it held before are returned to the pool. */
+  join: boolean;
 }
 
 export interface StreamBeatMember {
@@ -88,7 +90,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
   const o = parseJsonObject(bytes);
   if (typeof o === 'string') return o;
   try {
-    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'lease']);
+    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'lease', 'join']);
     if (o.v !== STREAM_CONTROL_V) fail(`v must be ${STREAM_CONTROL_V}`);
     if (typeof o.have !== 'string' || o.have.length > Math.ceil(MAX_STREAM_HAVE_BYTES / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.have)) fail(`have must be base64 of at most ${MAX_STREAM_HAVE_BYTES} bytes`);
     if (o.address !== undefined && o.address !== null && (typeof o.address !== 'string' || o.address.length > 64 || !/^[0-9A-Fa-f.:%a-z]+$/.test(o.address))) fail('address must be an IP address');
@@ -106,6 +108,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
       fetching: ints(o.fetching, 'fetching', MAX_STREAM_FETCHING),
       fetchingBytes: ints(o.fetchingBytes, 'fetchingBytes', MAX_STREAM_FETCHING),
       lease: o.lease === undefined ? 0 : int(o.lease, 'lease', MAX_STREAM_LEASE),
+      join: o.join === undefined ? false : o.join === true ? true : fail('join must be true when present'),
     };
     if (o.receiptAgesMs !== undefined && b.receiptAgesMs.length !== b.receipts.length) fail('receiptAgesMs must have one entry per unit in receipts');
     if (o.fetchingBytes !== undefined && b.fetchingBytes.length !== b.fetching.length) fail('fetchingBytes must have one entry per unit in fetching');
