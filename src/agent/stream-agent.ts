@@ -94,6 +94,19 @@ export class StreamAgent {
     this.finished.catch(() => undefined);
   }
 
+  get group(): string {
+    return this.opts.group;
+  }
+  get wideGroup(): string | undefined {
+    return this.opts.wideGroup;
+  }
+  get streamName(): string {
+    return this.opts.stream;
+  }
+  get serverUrl(): string {
+    return this.opts.server.url;
+  }
+
   /** Resolves once the stream ended and every unit up to its end is delivered, or the agent was closed. */
   async run(): Promise<void> {
     await this.setup();
@@ -236,7 +249,7 @@ export class StreamAgent {
     const receipts = this.receipts.splice(0, 256);
     const now = Date.now();
     const fetching = [...this.inFlight.keys()];
-    const want = this.ended && this.core.window.unitCount <= this.delivery.next ? 0 : Math.max(0, FETCH_WORKERS + 1 - this.inFlight.size - this.core.leasedCount);
+    const want = (this.ended && this.core.window.unitCount <= this.delivery.next) || this.delivery.full ? 0 : Math.max(0, FETCH_WORKERS + 1 - this.inFlight.size - this.core.leasedCount);
     const body = {
       v: 1,
       group: this.opts.group,

@@ -1,4 +1,6 @@
 import type { KeyObject } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import type { StreamBatch } from '../release/stream-manifest';
 import { coversUnit } from '../release/stream-manifest';
 import { fromSystemError } from '../util/errors';
@@ -12,7 +14,18 @@ export interface StreamDeliveryOptions {
   /** FILE, -, unix:PATH or exec:CMD (stream-sink.ts). */
   sink: string;
   trustedKeys: KeyObject[];
+  /**
+   * Undelivered bytes the agent buffers on disk for a slow sink (default 256 MiB). Past
+   * it, `block` (default): the agent takes no more leases (its share goes to its peers)
+   * and the sink catches up at its pace; `skip`: the oldest undelivered units are
+   * dropped down to half the cap, with a gap marker (a GAP log line and a line in
+   * `<storage>/streams/<name>/gaps`).
+   */
+  bufferMaxBytes?: number;
+  onFull?: 'block' | 'skip';
 }
+
+export const DEFAULT_SINK_BUFFER_BYTES = 256 * 1024 * 1024;
 
 /** Latency samples kept for the percentiles (the newest). */
 const LATENCY_SAMPLES = 4096;
@@ -35,7 +48,7 @@ export class StreamDelivery {
   private pumping = false;
   private again = false;
   private closed = false;
-  /** Units lost to retention before they arrived, and the runs they made. */
+  /** Units lost (retention, or skipped past the buffer cap) and the runs they made. */
   gapUnits = 0;
   gaps = 0;
   /** Publish-to-delivery latencies (ms): now minus the covering batch's signing time. */
@@ -117,6 +130,7 @@ export class StreamDelivery {
         return this.done.resolve();
       }
       const u = this.next;
+      if (this.o.onFull === 'skip' && this.pendingBytes() > this.bufferMax) await this.skip();
       if (!this.disk.held.has(u)) {
         if (u >= this.floor) return;
         // Dropped by the server before any member here had it: a gap, said as such.
@@ -124,8 +138,7 @@ export class StreamDelivery {
         while (end < this.floor && !this.disk.held.has(end)) end++;
         this.gaps++;
         this.gapUnits += end - u;
-        this.log.warn(`stream ${this.o.stream}: GAP units ${u} to ${end - 1} were dropped by retention before they arrived; delivery goes on at unit ${end}`);
-        this.next = end;
+        await this.gap(u, end, 'dropped by retention before they arrived');
         continue;
       }
       const bytes = await this.disk.readUnit(u);
@@ -142,6 +155,42 @@ export class StreamDelivery {
       await this.disk.savePosition({ v: 1, stream: b.stream, id: b.id, nextUnit: this.next, sinkBytes: this.sink.bytes, batch: b.raw.toString('utf8') });
       await this.dropBelow(this.floor);
     }
+  }
+
+  get bufferMax(): number {
+    return this.o.bufferMaxBytes ?? DEFAULT_SINK_BUFFER_BYTES;
+  }
+
+  /** Bytes of verified units on disk not yet delivered: the sink's buffer. */
+  pendingBytes(): number {
+    return this.disk.bytesFrom(this.next);
+  }
+
+  /** Past the cap under `block`: take no more leases. */
+  get full(): boolean {
+    return this.o.onFull !== 'skip' && this.pendingBytes() > this.bufferMax;
+  }
+
+  /** `skip`: drop the oldest undelivered units until the buffer is at half its cap. */
+  private async skip(): Promise<void> {
+    const from = this.next;
+    let end = from;
+    while (this.pendingBytes() > this.bufferMax / 2) {
+      await this.disk.drop(end);
+      end++;
+    }
+    // The units at the start of the skip may not have arrived: skip to one held, or to where the buffer starts.
+    await this.gap(from, end, 'skipped: the sink is slower than the stream and the buffer reached its cap');
+  }
+
+  /** Units [from, to) will not be delivered: say so (log, counters, the gaps file) and go on at `to`. */
+  private async gap(from: number, to: number, why: string): Promise<void> {
+    this.gaps++;
+    this.gapUnits += to - from;
+    this.log.warn(`stream ${this.o.stream}: GAP units ${from} to ${to - 1} ${why}; delivery goes on at unit ${to} (sink byte ${this.sink.bytes})`);
+    const line = JSON.stringify({ fromUnit: from, toUnit: to, sinkByte: this.sink.bytes, at: new Date().toISOString(), why }) + '\n';
+    await fs.appendFile(path.join(this.disk.dir, 'gaps'), line).catch(() => undefined);
+    this.next = to;
   }
 
   /**

@@ -120,6 +120,13 @@ export class StreamDisk {
     return into.subarray(0, b.length);
   }
 
+  /** Bytes of the units held from `unit` on. */
+  bytesFrom(unit: number): number {
+    let n = 0;
+    for (const [u, size] of this.sizes) if (u >= unit) n += size;
+    return n;
+  }
+
   /** Drop a unit from disk (delivered and past what repairs need, or retention). */
   async drop(unit: number): Promise<void> {
     if (!this.held.delete(unit)) return;
