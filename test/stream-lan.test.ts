@@ -2,7 +2,9 @@ import test, { ExecutionContext } from 'ava';
 import { randomBytes, randomInt } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { tmpdir } from './helpers/fleet';
+import { spawn } from 'node:child_process';
+import * as net from 'node:net';
+import { BIN, runCli, tmpdir } from './helpers/fleet';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { FleetcastServer } from '../src/server/server';
@@ -52,7 +54,7 @@ async function setup(t: ExecutionContext) {
     agents.push(a);
     return a;
   };
-  return { dir, store, key, agent };
+  return { dir, store, key, agent, url, pubPath, multicast };
 }
 
 /** Push `source` into a publisher at `bytesPerTick` every 20 ms, then end the stream. */
@@ -174,4 +176,78 @@ test('batches the server serves out of order are refused (BAD_CHAIN, exit 65) be
   t.is((err as { exitCode?: number }).exitCode, 65);
   const got = await fs.readFile(path.join(s.dir, 'a.bin'));
   t.true(got.length <= 8 * UNIT && got.equals(source.subarray(0, got.length)), 'at most the units of the batches before the swap');
+});
+
+test('agent --stream from the command line: sinks -, unix:PATH and exec:CMD get the stream; a slow sink past --sink-buffer skips with a GAP marker while the others finish; fleetcast status shows the stream', async (t) => {
+  const s = await setup(t);
+  const source = randomBytes(48 * UNIT);
+  const pub = await StreamPublisher.open(s.store, 'tv', s.key, { unitSize: UNIT });
+  await pub.push(source.subarray(0, 4 * UNIT));
+  const sockPath = path.join(s.dir, 'sink.sock');
+  const received: Buffer[] = [];
+  const slowGot: Buffer[] = [];
+  let slowConn: net.Socket | null = null;
+  const srv = net.createServer((c) => c.on('data', (d) => received.push(d)));
+  await new Promise<void>((r) => srv.listen(sockPath, r));
+  t.teardown(() => srv.close());
+  const slowSock = path.join(s.dir, 'slow.sock');
+  const slowSrv = net.createServer((c) => {
+    slowConn = c;
+    c.pause();
+    c.on('data', (d) => slowGot.push(d));
+  });
+  await new Promise<void>((r) => slowSrv.listen(slowSock, r));
+  t.teardown(() => slowSrv.close());
+  const base = ['agent', '--server', s.url, '--plain-http', '--group', 'g1', '--interface', '127.0.0.1', '--multicast', `${s.multicast.address}:${s.multicast.port}`, '--trust', s.pubPath, '--stream', 'tv', '--start', 'beginning'];
+  const spawnAgent = (id: string, sink: string, extra: string[] = []) => {
+    const child = spawn(process.execPath, [BIN, ...base, '--member', id, '--storage', path.join(s.dir, `cli-${id}`), '--sink', sink, '--status-socket', path.join(s.dir, `${id}.status`), ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout!.on('data', (d) => out.push(d));
+    child.stderr!.on('data', (d) => {
+      err += d;
+      if (process.env.STREAM_DEBUG) process.stderr.write(`${id}: ${d}`);
+    });
+    const exit = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    return { out, stderr: () => err, exit };
+  };
+  const std = spawnAgent('std', '-');
+  const unix = spawnAgent('unix', `unix:${sockPath}`);
+  const exec = spawnAgent('exec', `exec:cat > ${path.join(s.dir, 'exec.bin')}`);
+  const slow = spawnAgent('slow', `unix:${slowSock}`, ['--sink-buffer', '1', '--sink-full', 'skip']);
+  for (let off = 4 * UNIT; off < source.length; off += 4 * UNIT) {
+    await pub.push(source.subarray(off, off + 4 * UNIT));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  let st = await runCli(['status', '--socket', path.join(s.dir, 'std.status')]);
+  for (let i = 0; i < 100 && !/latency {2}publish to delivery p50 \d+ ms/.test(st.stdout); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    st = await runCli(['status', '--socket', path.join(s.dir, 'std.status')]);
+  }
+  t.is(st.code, 0, st.stderr);
+  t.regex(st.stdout, /stream {3}tv: next unit \d+ of \d+ published/);
+  t.regex(st.stdout, /latency {2}publish to delivery p50 \d+ ms/);
+  await pub.end();
+  await pub.close();
+  for (const [name, p] of Object.entries({ std, unix, exec })) t.is(await p.exit, 0, `${name}: ${p.stderr()}`);
+  t.true(Buffer.concat(std.out).equals(source), 'the - sink (stdout) got the stream');
+  t.true(Buffer.concat(received).equals(source), 'the unix: sink got the stream');
+  t.true((await fs.readFile(path.join(s.dir, 'exec.bin'))).equals(source), 'the exec: sink got the stream');
+  // The slow sink: read now. It skipped units with a marker, and what it got are whole units of the source in order.
+  (slowConn as net.Socket | null)?.resume();
+  t.is(await slow.exit, 0, slow.stderr());
+  t.regex(slow.stderr(), /GAP units \d+ to \d+ skipped: the sink is slower than the stream/);
+  const gaps = (await fs.readFile(path.join(s.dir, 'cli-slow', 'streams', 'tv', 'gaps'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { fromUnit: number; toUnit: number });
+  t.true(gaps.length >= 1);
+  const expect: Buffer[] = [];
+  let u = 0;
+  for (const g of gaps) {
+    expect.push(source.subarray(u * UNIT, g.fromUnit * UNIT));
+    u = g.toUnit;
+  }
+  expect.push(source.subarray(u * UNIT));
+  t.true(Buffer.concat(slowGot).equals(Buffer.concat(expect)), 'the slow sink got the source minus the units its gap markers name');
 });
