@@ -8,6 +8,7 @@ import type { Logger } from '../util/log';
 import type { StreamCore } from './stream-core';
 import type { StreamDisk } from './stream-disk';
 import { openStreamSink, StreamSink } from './stream-sink';
+import { percentile } from './stream-status';
 
 export interface StreamDeliveryOptions {
   stream: string;
@@ -126,7 +127,8 @@ export class StreamDelivery {
       this.again = false;
       if (this.closed) return;
       if (this.endUnit !== null && this.next >= this.endUnit) {
-        this.log.info(`stream ${this.o.stream}: ended; ${this.sink.bytes} bytes delivered`);
+        const p = (q: number) => percentile(this.latenciesMs, q) ?? NaN;
+        this.log.info(`stream ${this.o.stream}: ended; ${this.sink.bytes} bytes delivered; latency p50 ${p(50)} ms p99 ${p(99)} ms; gaps ${this.gaps} (${this.gapUnits} units)`);
         return this.done.resolve();
       }
       const u = this.next;

@@ -66,6 +66,8 @@ export async function runStreamAgent(spec: CommandSpec, f: Record<string, unknow
     const running = a.run();
     sdNotify('READY=1');
     await running;
+    const st = a.stats;
+    log.info(`stream ${a.streamName}: WAN ${st.wanBytes} bytes, LAN ${st.lanBytes} bytes, ${st.nacksSent} NACKs sent, ${st.repairBytesSent} repair bytes sent, ${st.unitsRejected} units rejected`);
     return ExitCode.OK;
   } finally {
     clearInterval(timer);
