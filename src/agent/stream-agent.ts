@@ -241,11 +241,16 @@ export class StreamAgent {
   }
 
   private async beat(): Promise<StreamBeatAnswer | null> {
-    const held = [...this.disk.held];
-    const from = held.length ? Math.min(...held) : this.delivery.next;
-    const to = Math.min(held.length ? Math.max(...held) + 1 : from, from + MAX_STREAM_HAVE_BYTES * 8);
+    let lo = Infinity;
+    let hi = -1;
+    for (const u of this.disk.held) {
+      if (u < lo) lo = u;
+      if (u > hi) hi = u;
+    }
+    const from = hi >= 0 ? lo : this.delivery.next;
+    const to = Math.min(hi >= 0 ? hi + 1 : from, from + MAX_STREAM_HAVE_BYTES * 8);
     const have = new Uint8Array(bitmapBytes(to - from));
-    for (const u of held) if (u < to) setBit(have, u - from);
+    for (const u of this.disk.held) if (u < to) setBit(have, u - from);
     const receipts = this.receipts.splice(0, 256);
     const now = Date.now();
     const fetching = [...this.inFlight.keys()];
@@ -263,6 +268,8 @@ export class StreamAgent {
       receiptAgesMs: receipts.map((r) => Math.max(0, now - r.at)),
       fetching,
       fetchingBytes: fetching.map((u) => this.inFlight.get(u) ?? 0),
+      forwarded: this.stats.fragmentsForwarded,
+      lanBytes: this.stats.lanBytes,
       lease: want,
       ...(this.joined ? {} : { join: true }),
     };

@@ -39,6 +39,9 @@ export interface StreamBeatBody {
   fetching: number[];
   fetchingBytes: number[];
   lease: number;
+  /** Fragments it re-multicast as a gateway, and unit bytes it took from its LAN (its own counts): gateway choice, as in section 3. */
+  forwarded: number;
+  lanBytes: number;
   /** The member's first heartbeat of a run: leases it held before are returned to the pool. */
   join: boolean;
 }
@@ -90,7 +93,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
   const o = parseJsonObject(bytes);
   if (typeof o === 'string') return o;
   try {
-    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'lease', 'join']);
+    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join']);
     if (o.v !== STREAM_CONTROL_V) fail(`v must be ${STREAM_CONTROL_V}`);
     if (typeof o.have !== 'string' || o.have.length > Math.ceil(MAX_STREAM_HAVE_BYTES / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.have)) fail(`have must be base64 of at most ${MAX_STREAM_HAVE_BYTES} bytes`);
     if (o.address !== undefined && o.address !== null && (typeof o.address !== 'string' || o.address.length > 64 || !/^[0-9A-Fa-f.:%a-z]+$/.test(o.address))) fail('address must be an IP address');
@@ -108,6 +111,8 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
       fetching: ints(o.fetching, 'fetching', MAX_STREAM_FETCHING),
       fetchingBytes: ints(o.fetchingBytes, 'fetchingBytes', MAX_STREAM_FETCHING),
       lease: o.lease === undefined ? 0 : int(o.lease, 'lease', MAX_STREAM_LEASE),
+      forwarded: o.forwarded === undefined ? 0 : int(o.forwarded, 'forwarded'),
+      lanBytes: o.lanBytes === undefined ? 0 : int(o.lanBytes, 'lanBytes'),
       join: o.join === undefined ? false : o.join === true ? true : fail('join must be true when present'),
     };
     if (o.receiptAgesMs !== undefined && b.receiptAgesMs.length !== b.receipts.length) fail('receiptAgesMs must have one entry per unit in receipts');
