@@ -8,6 +8,7 @@ import { BIN, runCli, tmpdir } from './helpers/fleet';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { FleetcastServer } from '../src/server/server';
+import { streamRoutes } from '../src/server/stream-routes';
 import { ServerAccess } from '../src/net/server-access';
 import { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
 import { createLogger } from '../src/util/log';
@@ -87,7 +88,10 @@ test('a stream fed at ~4 Mbit/s reaches 4 agents of one LAN group: every sink eq
     wan += a.stats.wanBytes;
     lan += a.stats.lanBytes;
   }
-  t.log(`server unit bytes ${wan} for a ${source.length}-byte stream (${(wan / source.length).toFixed(3)}x); LAN bytes ${lan}`);
+  const served = streamRoutes(s.store).alloc.unitBytesSent.get('cam') ?? 0;
+  t.true(served >= wan, 'the server counts at least what the agents received');
+  t.true(served <= 1.05 * source.length, `server unit bytes for the group ${served} <= 1.05 x ${source.length}`);
+  t.log(`server unit bytes ${served} (agents received ${wan}) for a ${source.length}-byte stream (${(wan / source.length).toFixed(3)}x); LAN bytes ${lan}`);
   t.true(wan <= 1.05 * source.length, `server unit bytes per group ${wan} <= 1.05 x ${source.length}`);
   t.true(lan > source.length, 'the agents shared units on the LAN');
 });

@@ -94,6 +94,9 @@ export class StreamAllocation {
     if (key) this.groups.get(key)?.g.sending(member, u, now);
   }
 
+  /** Unit bytes the server began to send, by stream (all unit downloads, members or not). */
+  readonly unitBytesSent = new Map<string, number>();
+
   /** Live members of a stream's allocators (tests, status). */
   memberCount(name: string): number {
     let n = 0;

@@ -130,6 +130,7 @@ export class StreamRoutes {
       throw new HttpError(410, 'GONE', `stream ${store.name}: unit ${n} was dropped (retention)`);
     }
     if (member) this.alloc.sending(store.name, member, n, Date.now());
+    this.alloc.unitBytesSent.set(store.name, (this.alloc.unitBytesSent.get(store.name) ?? 0) + size);
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size, 'x-fleetcast-unit': String(n) });
     await new Promise<void>((resolve) => {
       const s = createReadStream(store.unitPath(n));
