@@ -255,3 +255,38 @@ test('agent --stream from the command line: sinks -, unix:PATH and exec:CMD get 
   expect.push(source.subarray(u * UNIT));
   t.true(Buffer.concat(slowGot).equals(Buffer.concat(expect)), 'the slow sink got the source minus the units its gap markers name');
 });
+
+test('a sink that stops reading does not stall the LAN: past its buffer cap (block) its agent takes no leases, the others finish, and it delivers everything once the sink reads again', async (t) => {
+  const s = await setup(t);
+  const source = randomBytes(3_000_000);
+  const pub = await StreamPublisher.open(s.store, 'slow', s.key, { unitSize: UNIT, flushMs: 200 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  const sockPath = path.join(s.dir, 'stuck.sock');
+  const got: Buffer[] = [];
+  let conn: net.Socket | null = null;
+  const srv = net.createServer((c) => {
+    conn = c;
+    c.pause();
+    c.on('data', (d) => got.push(d));
+  });
+  await new Promise<void>((r) => srv.listen(sockPath, r));
+  t.teardown(() => srv.close());
+  const others = ['a', 'b', 'c'].map((id) => s.agent('slow', id));
+  const stuck = s.agent('slow', 'stuck', { sink: `unix:${sockPath}`, bufferMaxBytes: 512 * 1024, onFull: 'block' });
+  const runs = others.map((a) => a.run());
+  const stuckRun = stuck.run();
+  let fullSeen = false;
+  await feed(pub, source.subarray(10_000), 10_000, () => {
+    fullSeen ||= stuck.delivery?.full === true;
+  });
+  await Promise.all(runs);
+  for (const id of ['a', 'b', 'c']) t.true((await fs.readFile(path.join(s.dir, `${id}.bin`))).equals(source), `${id}: the whole source while one sink was stuck`);
+  t.true(fullSeen, 'the stuck agent reached its buffer cap');
+  const share = stuck.stats.wanBytes / source.length;
+  t.true(share < 0.25, `the stuck agent fetched ${(share * 100).toFixed(1)}% of the stream from the server (its peers took its share)`);
+  (conn as net.Socket | null)?.resume();
+  await stuckRun;
+  t.true(Buffer.concat(got).equals(source), 'block: once the sink reads again, every byte arrives, none skipped');
+  t.is(stuck.delivery.gaps, 0);
+});
