@@ -131,8 +131,11 @@ export class StreamDelivery {
         this.log.info(`stream ${this.o.stream}: ended; ${this.sink.bytes} bytes delivered; latency p50 ${p(50)} ms p99 ${p(99)} ms; gaps ${this.gaps} (${this.gapUnits} units)`);
         return this.done.resolve();
       }
+      if (this.o.onFull === 'skip' && this.pendingBytes() > this.bufferMax) {
+        await this.skip();
+        continue;
+      }
       const u = this.next;
-      if (this.o.onFull === 'skip' && this.pendingBytes() > this.bufferMax) await this.skip();
       if (!this.disk.held.has(u)) {
         if (u >= this.floor) return;
         // Dropped by the server before any member here had it: a gap, said as such.
@@ -181,7 +184,7 @@ export class StreamDelivery {
       await this.disk.drop(end);
       end++;
     }
-    // The units at the start of the skip may not have arrived: skip to one held, or to where the buffer starts.
+    // Units in the run that had not arrived are in the gap too: delivery goes on after it.
     await this.gap(from, end, 'skipped: the sink is slower than the stream and the buffer reached its cap');
   }
 
