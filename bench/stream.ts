@@ -35,6 +35,8 @@ export interface StreamBenchResult extends StreamBenchOptions {
   p99Ms: number[];
   gaps: number;
   allEqual: boolean;
+  /** The machine's 1-minute load average at the end (it is shared with other work). */
+  load: number;
 }
 
 export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchResult> {
@@ -87,6 +89,7 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
       p99Ms: errs.map((e) => num(/p99 (\d+) ms/, e)),
       gaps: errs.reduce((n, e) => n + num(/gaps (\d+)/, e), 0),
       allEqual,
+      load: os.loadavg()[0],
     };
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
@@ -106,9 +109,9 @@ export function streamReport(rows: StreamBenchResult[], machine: string, command
     'Latency is publish to delivery: from the signing time of the batch naming a unit (the publisher signs it when the unit closes: full, or --flush-ms after its first byte) to the agent\'s write of the unit to its sink, over every unit; per agent, then the median and worst agent. Target (issue 19): p99 at most 2x the unit fill time + 1 RTT + 100 ms (loopback RTT is under 1 ms).',
     '"Server bytes per group" is the unit bytes the agents downloaded from the server over the stream\'s bytes (1.00: each byte crossed the WAN once for the group). Target: at most 1.02.',
     '',
-    '| agents | rate (Mbit/s) | seconds | loss | unit | fill time (ms) | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 target (ms) | server bytes per group | LAN bytes per agent | NACKs | gaps | every sink equals the source |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
-    ...rows.map((r) => `| ${r.agents} | ${r.mbit} | ${r.seconds} | ${r.lossPct}% | ${r.unitBytes / 1024} KiB | ${fillMs(r).toFixed(0)} | ${med(r.p50Ms)}, ${Math.max(...r.p50Ms)} | ${med(r.p99Ms)}, ${Math.max(...r.p99Ms)} | ${(2 * fillMs(r) + 1 + 100).toFixed(0)} | ${(r.wanBytes / r.streamBytes).toFixed(3)} | ${(r.lanBytes / r.agents / r.streamBytes).toFixed(2)}x | ${r.nacks} | ${r.gaps} | ${r.allEqual ? 'yes' : 'NO'} |`),
+    '| agents | rate (Mbit/s) | seconds | loss | unit | fill time (ms) | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 target (ms) | server bytes per group | LAN bytes per agent | NACKs | gaps | every sink equals the source | load average (1 min) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |',
+    ...rows.map((r) => `| ${r.agents} | ${r.mbit} | ${r.seconds} | ${r.lossPct}% | ${r.unitBytes / 1024} KiB | ${fillMs(r).toFixed(0)} | ${med(r.p50Ms)}, ${Math.max(...r.p50Ms)} | ${med(r.p99Ms)}, ${Math.max(...r.p99Ms)} | ${(2 * fillMs(r) + 1 + 100).toFixed(0)} | ${(r.wanBytes / r.streamBytes).toFixed(3)} | ${(r.lanBytes / r.agents / r.streamBytes).toFixed(2)}x | ${r.nacks} | ${r.gaps} | ${r.allEqual ? 'yes' : 'NO'} | ${r.load.toFixed(1)} |`),
     '',
     `Generated ${new Date().toISOString()}.`,
     '',

@@ -28,6 +28,8 @@ export interface StreamDeliveryOptions {
 
 export const DEFAULT_SINK_BUFFER_BYTES = 256 * 1024 * 1024;
 
+/** The position is recorded (the sink synced first) at most this often while units flow. */
+const COMMIT_EVERY_MS = 50;
 /** Latency samples kept for the percentiles (the newest). */
 const LATENCY_SAMPLES = 4096;
 
@@ -36,7 +38,7 @@ const LATENCY_SAMPLES = 4096;
  * they are contiguous (NORM_OBJECT_STREAM's in-order read, RFC 5740 section 4.2.1.3). The
  * units wait on disk (stream-disk.ts) until their turn, so a slow sink never holds up the
  * LAN exchange. After each unit the position (next unit, sink bytes, the batch covering
- * it) is saved, so a restart goes on from there: a file sink is cut back to the recorded
+ * it) is saved (at most every COMMIT_EVERY_MS), so a restart goes on from there: a file sink is cut back to the recorded
  * bytes and nothing is written twice or left out.
  */
 export class StreamDelivery {
@@ -55,6 +57,9 @@ export class StreamDelivery {
   /** Publish-to-delivery latencies (ms): now minus the covering batch's signing time. */
   readonly latenciesMs: number[] = [];
   lastDeliveredAt = 0;
+  private uncommitted = false;
+  private committedAt = 0;
+  private commitTimer: NodeJS.Timeout | null = null;
   private done!: { resolve: () => void; reject: (e: Error) => void };
   readonly finished: Promise<void>;
 
@@ -129,6 +134,7 @@ export class StreamDelivery {
       if (this.endUnit !== null && this.next >= this.endUnit) {
         const p = (q: number) => percentile(this.latenciesMs, q) ?? NaN;
         this.log.info(`stream ${this.o.stream}: ended; ${this.sink.bytes} bytes delivered; latency p50 ${p(50)} ms p99 ${p(99)} ms; gaps ${this.gaps} (${this.gapUnits} units)`);
+        await this.commit();
         return this.done.resolve();
       }
       if (this.o.onFull === 'skip' && this.pendingBytes() > this.bufferMax) {
@@ -137,7 +143,11 @@ export class StreamDelivery {
       }
       const u = this.next;
       if (!this.disk.held.has(u)) {
-        if (u >= this.floor) return;
+        if (u >= this.floor) {
+          if (this.uncommitted && Date.now() - this.committedAt >= COMMIT_EVERY_MS) await this.commit();
+          else if (this.uncommitted) this.commitLater();
+          return;
+        }
         // Dropped by the server before any member here had it: a gap, said as such.
         let end = u;
         while (end < this.floor && !this.disk.held.has(end)) end++;
@@ -157,8 +167,9 @@ export class StreamDelivery {
       this.latenciesMs.push(Math.max(0, now - Date.parse(b.time)));
       if (this.latenciesMs.length > LATENCY_SAMPLES) this.latenciesMs.shift();
       this.lastDeliveredAt = now;
-      await this.disk.savePosition({ v: 1, stream: b.stream, id: b.id, nextUnit: this.next, sinkBytes: this.sink.bytes, batch: b.raw.toString('utf8') });
-      await this.dropBelow(this.floor);
+      this.uncommitted = true;
+      if (now - this.committedAt >= COMMIT_EVERY_MS) await this.commit();
+      else this.commitLater();
     }
   }
 
@@ -199,6 +210,31 @@ export class StreamDelivery {
   }
 
   /**
+   * Make what was delivered durable, then record it: the sink synced (a file), then the
+   * position. At most every COMMIT_EVERY_MS, so a unit's delivery never waits for a
+   * sync of its own; a restart goes on from the last position recorded (a file sink is
+   * cut back to it, so nothing is written twice there).
+   */
+  private commitLater(): void {
+    this.commitTimer ??= setTimeout(() => {
+      this.commitTimer = null;
+      this.pump();
+    }, COMMIT_EVERY_MS);
+  }
+
+  private async commit(): Promise<void> {
+    if (this.commitTimer) clearTimeout(this.commitTimer);
+    this.commitTimer = null;
+    if (!this.uncommitted) return;
+    this.uncommitted = false;
+    this.committedAt = Date.now();
+    await this.sink.sync();
+    const b = this.batches[0];
+    await this.disk.savePosition({ v: 1, stream: b.stream, id: b.id, nextUnit: this.next, sinkBytes: this.sink.bytes, batch: b.raw.toString('utf8') });
+    await this.dropBelow(this.floor);
+  }
+
+  /**
    * Units stay on disk (peers' repairs, late joiners from the beginning) until the
    * server's retention drops them: an agent keeps what the stream keeps.
    */
@@ -208,6 +244,10 @@ export class StreamDelivery {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.commitTimer) clearTimeout(this.commitTimer);
+    this.commitTimer = null;
+    // Stopped between units: record where the sink is (a unit being written is written again after a restart).
+    if (!this.pumping) await this.commit().catch(() => undefined);
     await this.sink.close();
   }
 }

@@ -18,6 +18,8 @@ export interface StreamSink {
   /** Bytes delivered (for a file: its length). */
   bytes: number;
   write(b: Uint8Array): Promise<void>;
+  /** Make what was written durable (a file: fdatasync; the others: nothing to do). */
+  sync(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -69,9 +71,9 @@ export async function openStreamSink(spec: string, resumeAt: number | null): Pro
     async write(b) {
       let off = 0;
       while (off < b.length) off += (await fh.write(b, off, b.length - off, s.bytes + off)).bytesWritten;
-      await fh.datasync();
       s.bytes += b.length;
     },
+    sync: () => fh.datasync(),
     close: () => fh.close(),
   };
   return s;
@@ -90,6 +92,7 @@ function streamSink(kind: StreamSink['kind'], w: Writable, bytes: number, close:
           resolve();
         });
       }),
+    sync: async () => undefined,
     close,
   };
   return s;
