@@ -6,6 +6,7 @@ import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
 import { benchScale, scaleReport } from './scale';
+import { benchStream, streamReport } from './stream';
 import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
 
 /**
@@ -299,13 +300,31 @@ async function main() {
         }
     return writeResult('scale', scaleReport(results, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
   }
+  if (what === 'stream') {
+    // npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB]
+    const agents = Number(runsArg ?? 4);
+    const mbit = Number(process.argv[4] ?? 20);
+    const seconds = Number(process.argv[5] ?? 20);
+    const losses = (process.argv[6] ?? '0,3').split(',').map(Number);
+    const unitBytes = Number(process.argv[7] ?? 64) * 1024;
+    if (!(agents >= 1 && mbit > 0 && seconds > 0 && losses.every((l) => l >= 0 && l < 100) && unitBytes >= 4096)) {
+      process.stderr.write('bench: usage: npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB]\n');
+      process.exit(64);
+    }
+    const rows = [];
+    for (const lossPct of losses) {
+      process.stderr.write(`stream: ${agents} agents, ${mbit} Mbit/s for ${seconds} s, ${lossPct}% loss\n`);
+      rows.push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
+    }
+    return writeResult('stream', streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
+  }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what === 'memory') {
     process.stdout.write((await memoryLines(Number(runsArg ?? 3))).join('\n') + '\n');
     return;
   }
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, lan, sites, policies, uplinks
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, stream, lan, sites, policies, uplinks
 `);
     process.exit(64);
   }

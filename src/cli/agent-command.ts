@@ -14,6 +14,8 @@ import { parseWindow } from '../wire/rollout';
 import { checks, splitHostPort } from './args';
 import { channelCheck, Command, out } from './command';
 import { ProgressBar, RateMeter, transferLine, verifiedBytes } from './progress';
+import { checkStreamStart, runStreamAgent } from './stream-agent';
+import { checkSinkSpec } from '../agent/stream-sink';
 import { configFlag, logLevelFlag, metricsFlag, onReload, startMetrics } from './service';
 
 /** Where `fleetcast status` finds the agent: systemd's RuntimeDirectory, else /run/fleetcast. */
@@ -27,7 +29,7 @@ export const agent: Command = {
     name: 'agent',
     summary:
       "Run an agent: join the group, fetch the units leased to it over the WAN, multicast them to the LAN, take peers' copies, repair gaps with NACKs, verify and store the release. Follows a channel, or stays on one release.",
-    usage: 'agent [--config FILE] --server URL --group NAME --interface NAME|ADDR --multicast ADDR:PORT --storage DIR --trust PUBFILE (--release ID | --channel NAME) [--once]',
+    usage: 'agent [--config FILE] --server URL --group NAME --interface NAME|ADDR --multicast ADDR:PORT --storage DIR --trust PUBFILE (--release ID | --channel NAME | --stream NAME --sink FILE|-|unix:PATH|exec:CMD [--start live|beginning|UNIT]) [--once]',
     flags: {
       config: configFlag,
       server: { type: 'list', arg: 'URL[,URL]', help: 'origin server, e.g. https://origin.example:7600; several coordinators of one fleet as a list (or --server again): the next is tried when one fails', required: true, check: checks.httpUrl },
@@ -52,6 +54,11 @@ export const agent: Command = {
       'health-timeout': { type: 'number', arg: 'SECONDS', help: 'rollouts: a health check running longer fails', default: 600, min: 1, max: 86400 },
       'install-window': { type: 'string', arg: 'WINDOW', help: 'rollouts: install only inside this window, local time ("Mon-Fri 02:00-04:00"); overrides the rollout\'s --window', check: (s) => { const w = parseWindow(s); return typeof w === 'string' ? w : null; } },
       once: { type: 'boolean', help: 'exit 0 once the release is complete and verified, printing its path' },
+      stream: { type: 'string', arg: 'NAME', help: 'take this live stream instead of a release, delivering its bytes to --sink in order (docs/streams.md); exits 0 after its end marker', check: checks.name },
+      sink: { type: 'string', arg: 'FILE|-|unix:PATH|exec:CMD', help: "with --stream: where the stream's bytes go", check: checkSinkSpec },
+      start: { type: 'string', arg: 'live|beginning|UNIT', help: 'with --stream: where a first run starts (a restart goes on from its saved position)', default: 'live', check: checkStreamStart },
+      'sink-buffer': { type: 'number', arg: 'MIB', help: 'with --stream: verified bytes buffered on disk for a slow sink', default: 256, min: 1, max: 1048576 },
+      'sink-full': { type: 'string', arg: 'block|skip', help: 'with --stream: past --sink-buffer, take no more leases and let the sink catch up (block), or skip the oldest units with a gap marker (skip)', default: 'block', check: (s) => (s === 'block' || s === 'skip' ? null : `must be block or skip, not ${JSON.stringify(s)}`) },
       member: { type: 'string', arg: 'ID', help: 'member id (default: kept in STORAGE/member-id)', check: checks.name },
       rate: { type: 'number', arg: 'MBIT', help: 'LAN send rate limit in Mbit/s', default: 500, min: 0, minExclusive: true, max: 100000, reload: true },
       'cross-rate': { type: 'number', arg: 'MBIT', help: "wide-area groups: cap on copies to other sites' gateways; under it the pace of each path is learned from the receiving gateway's feedback", default: 100, min: 0, minExclusive: true, max: 100000 },
@@ -71,6 +78,7 @@ export const agent: Command = {
     validate: (f) => {
       if ((f.server as string[]).some((u) => u.startsWith('http:')) && !f['plain-http']) return { flag: 'server', problem: 'is plain HTTP: use https://, or set plain_http: true (--plain-http) on purpose' };
       if (f.token !== undefined && f['token-file'] !== undefined) return { flag: 'token', problem: 'and token_file are both set: give one' };
+      if (f.stream !== undefined) return f.release !== undefined || f.channel !== undefined ? { flag: 'stream', problem: 'is set with release or channel: an agent takes a stream or a release' } : f.sink === undefined ? { flag: 'sink', problem: 'is required with stream: where its bytes go' } : null;
       if (f.release !== undefined && f.channel !== undefined) return { flag: 'channel', problem: 'and release are both set: follow a channel or stay on one release, not both' };
       if (f.release === undefined && f.channel === undefined) return { flag: 'release', problem: 'or channel is required: which release to fetch' };
       return null;
@@ -79,6 +87,8 @@ export const agent: Command = {
   async run(a) {
     const f = a.flags;
     const log = createLogger({ level: f['log-level'] as Level });
+    const sock = f['status-socket'] as string | undefined;
+    if (f.stream !== undefined) return runStreamAgent(agent.spec, f, log, sock === undefined ? defaultStatusSocket() : sock === 'none' || sock === '' ? null : sock);
     const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
     const trustedKeys = await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p)));
     const bar = new ProgressBar('agent');

@@ -67,6 +67,11 @@ export const status: Command = {
       out(`release  ${rel.name ?? '?'} (${rel.id})${rel.size !== null ? `, ${formatBytes(rel.size)}` : ''}`);
       out(`progress ${rel.verifiedUnits}/${rel.units ?? '?'} units (${pct}%)${rel.complete ? `, complete: ${rel.path}` : ''}`);
       if (rel.verifiedBytes !== undefined && rel.size !== null && !rel.complete) out(`         ${transferLine({ done: rel.verifiedBytes, total: rel.size, bytesPerSec: rel.bytesPerSec ?? null })}`);
+    } else if (s.stream) {
+      const st = s.stream;
+      const ms = (x: number | null) => (x === null ? '?' : `${Math.round(x)} ms`);
+      out(`stream   ${st.name}: next unit ${st.nextUnit} of ${st.publishedUnits ?? '?'} published${st.ended ? ' (ended)' : ''}, ${formatBytes(st.sinkBytes)} to the ${st.sinkKind} sink, ${formatBytes(st.bufferBytes)} buffered`);
+      out(`latency  publish to delivery p50 ${ms(st.latencyMsP50)}, p99 ${ms(st.latencyMsP99)}; gaps ${st.gaps} (${st.gapUnits} units)`);
     } else out('release  none yet');
     out(`rates    WAN ${rate(s.rates.wanBytesPerSec)}, LAN in ${rate(s.rates.lanBytesPerSec)}, sending ${rate(s.rates.sentBytesPerSec)} (limit ${s.rates.limitBytesPerSec ? rate(s.rates.limitBytesPerSec) : '?'})`);
     const members = s.members ?? [];
@@ -118,6 +123,8 @@ interface StatusJson {
   peers: { sender: string; complete: boolean }[];
   transport: { kind: string; features: string[] } | null;
   hook: { release: string; exitCode?: number; signal?: string; error?: string; durationMs: number } | null;
+  /** A stream agent (agent --stream): where its sink is, latency, gaps. */
+  stream?: { name: string; nextUnit: number; publishedUnits: number | null; ended: boolean; sinkKind: string; sinkBytes: number; bufferBytes: number; latencyMsP50: number | null; latencyMsP99: number | null; gaps: number; gapUnits: number } | null;
   rollout?: { rollout: string; release: string; state: string; wave: number; waveOpen: boolean; local: string | null; reason: string | null } | null;
   lastErrors: { at: string; message: string }[];
 }

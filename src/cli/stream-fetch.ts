@@ -37,7 +37,7 @@ export const streamFetch: Command = {
   spec: {
     name: 'stream fetch',
     summary:
-      "Receive a live stream from the server over HTTP: verify every unit against the stream's signed batches, and write the bytes to the sink in order, exactly once. With --state a restarted fetch resumes after the last unit written. Exits 0 after the stream's end marker. Units come from the server only: LAN multicast sharing of streams is not there yet.",
+      "Receive a live stream from the server over HTTP: verify every unit against the stream's signed batches, and write the bytes to the sink in order, exactly once. With --state a restarted fetch resumes after the last unit written. Exits 0 after the stream's end marker. Units come from the server only; `fleetcast agent --stream` shares a stream on the LAN.",
     usage: 'stream fetch NAME --server URL --trust PUBFILE --sink FILE|- [--start live|beginning|UNIT] [--state FILE]',
     positionals: [{ name: 'NAME', required: true }],
     flags: {

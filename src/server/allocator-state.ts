@@ -1,4 +1,4 @@
-import { getBit, setBit } from '../wire/packet';
+import { bitmapBytes, getBit, setBit } from '../wire/packet';
 import { MapLog } from './allocator-log';
 
 /*
@@ -196,7 +196,7 @@ export abstract class AllocatorState {
   protected readonly members = new Map<string, Member>();
   protected readonly leases = new Map<number, Lease>();
   /** holderCount[u]: live members holding u verified. */
-  protected readonly holderCount: Uint32Array;
+  protected holderCount: Uint32Array;
   /** Lowest unit index that might still be free; a scan hint. */
   protected scanFrom = 0;
   readonly opts: AllocatorOptions;
@@ -226,7 +226,7 @@ export abstract class AllocatorState {
    * member holding it verified (kept while it holds it), else -1. Kept up to date on every
    * change, so an answer costs what changed, not units x members.
    */
-  protected readonly named: Int32Array;
+  protected named: Int32Array;
   /** Units no live member holds verified. */
   protected missing: number;
   readonly mapLog: MapLog;
@@ -243,6 +243,34 @@ export abstract class AllocatorState {
     this.mapLog = new MapLog(this.opts.mapLogEntries);
   }
 
+
+  /**
+   * A stream's allocator (server/stream-alloc.ts) learns units as they are published:
+   * the unit count grows to `unitCount` (the arrays and every member's bitmap with it;
+   * members are not complete any more), and units before `firstUnit` (dropped by
+   * retention) are not leased again. A release's allocator never calls this.
+   */
+  growUnits(unitCount: number, firstUnit: number): void {
+    const old = this.opts.unitCount;
+    if (unitCount > old) {
+      const grow = <T extends Uint8Array | Uint32Array | Int32Array>(a: T, n: number, fill = 0): T => {
+        const b = new (a.constructor as new (n: number) => T)(n);
+        b.fill(fill);
+        b.set(a);
+        return b;
+      };
+      this.holderCount = grow(this.holderCount, unitCount);
+      this.named = grow(this.named, unitCount, -1);
+      for (const m of this.members.values()) {
+        m.have = grow(m.have, bitmapBytes(unitCount));
+        if (m.distrust) m.distrust = grow(m.distrust, bitmapBytes(unitCount));
+        m.complete = false;
+      }
+      this.missing += unitCount - old;
+      this.opts.unitCount = unitCount;
+    }
+    this.scanFrom = Math.max(this.scanFrom, Math.min(firstUnit, this.opts.unitCount));
+  }
 
   /** Unit u's lessee or holders may have changed: name its holder again, logging a change. */
   protected rename(u: number): void {

@@ -4,6 +4,8 @@ import * as http from 'node:http';
 import { checkReleaseName, StreamHead } from '../release/stream-manifest';
 import { StreamStore } from '../release/stream-store';
 import { HttpError } from './http-util';
+import { parseStreamBeat, MAX_STREAM_BODY_BYTES } from '../wire/stream-control';
+import { StreamAllocation } from './stream-alloc';
 
 /** The longest a batches request may be held (`waitMs` above this is cut to it). */
 export const MAX_STREAM_WAIT_MS = 60_000;
@@ -25,22 +27,31 @@ export const MAX_BATCH_ANSWER_BYTES = 4 * 1024 * 1024;
  */
 export class StreamRoutes {
   private readonly watch = new BatchWatch();
+  /** Allocation of stream units to agents (POST /v1/streams/{name}/heartbeat). */
+  readonly alloc = new StreamAllocation();
   constructor(private readonly storeDir: string) {}
 
   /** Handles the request when it is a stream route; false otherwise. */
   async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> {
     const parts = url.pathname.split('/').filter(Boolean);
     if (parts[0] !== 'v1' || parts[1] !== 'streams' || parts.length < 3) return false;
-    if (req.method !== 'GET') throw new HttpError(405, 'METHOD', `method ${req.method} is not allowed on streams`);
+    const beat = parts.length === 4 && parts[3] === 'heartbeat';
+    if (req.method !== (beat ? 'POST' : 'GET')) throw new HttpError(405, 'METHOD', `method ${req.method} is not allowed on ${beat ? 'a stream heartbeat' : 'streams'}`);
     const name = parts[2];
     if (checkReleaseName(name)) throw new HttpError(400, 'BAD_STREAM', `"${name.slice(0, 64)}" is not a stream name`);
     const store = new StreamStore(this.storeDir, name);
-    if (parts.length === 3) {
+    if (beat) {
+      const b = parseStreamBeat(await readBody(req));
+      if (typeof b === 'string') throw new HttpError(400, 'BAD_BODY', b);
+      json(res, 200, this.alloc.heartbeat(name, await this.head(store), b, Date.now()));
+    } else if (parts.length === 3) {
       json(res, 200, await this.head(store));
     } else if (parts.length === 4 && parts[3] === 'batches') {
       await this.batches(store, res, url.searchParams);
     } else if (parts.length === 5 && parts[3] === 'units') {
-      await this.unit(store, res, parts[4]);
+      const member = url.searchParams.get('member');
+      if (member !== null && !/^[A-Za-z0-9._:@-]{1,128}$/.test(member)) throw new HttpError(400, 'BAD_QUERY', 'member must be a member id');
+      await this.unit(store, res, parts[4], member);
     } else {
       throw new HttpError(404, 'NOT_FOUND', `no such endpoint: GET ${url.pathname}`);
     }
@@ -105,7 +116,7 @@ export class StreamRoutes {
     json(res, 200, { batches, firstBatch: h.firstBatch, lastBatch: Math.max(h.lastBatch, start + batches.length - 1), ended: h.ended });
   }
 
-  private async unit(store: StreamStore, res: http.ServerResponse, nStr: string): Promise<void> {
+  private async unit(store: StreamStore, res: http.ServerResponse, nStr: string, member: string | null): Promise<void> {
     if (!/^\d{1,15}$/.test(nStr)) throw new HttpError(400, 'BAD_UNIT', `unit "${nStr.slice(0, 32)}" is not a number`);
     const n = Number(nStr);
     const h = await this.head(store);
@@ -118,6 +129,8 @@ export class StreamRoutes {
       // Dropped between reading the head and here.
       throw new HttpError(410, 'GONE', `stream ${store.name}: unit ${n} was dropped (retention)`);
     }
+    if (member) this.alloc.sending(store.name, member, n, Date.now());
+    this.alloc.unitBytesSent.set(store.name, (this.alloc.unitBytesSent.get(store.name) ?? 0) + size);
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size, 'x-fleetcast-unit': String(n) });
     await new Promise<void>((resolve) => {
       const s = createReadStream(store.unitPath(n));
@@ -215,6 +228,18 @@ function json(res: http.ServerResponse, status: number, v: unknown): void {
   const body = Buffer.from(JSON.stringify(v));
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
   res.end(body);
+}
+
+/** A request body up to MAX_STREAM_BODY_BYTES (413 past it). */
+async function readBody(req: http.IncomingMessage): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > MAX_STREAM_BODY_BYTES) throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_STREAM_BODY_BYTES} bytes`);
+    parts.push(c as Buffer);
+  }
+  return Buffer.concat(parts);
 }
 
 async function exists(p: string): Promise<boolean> {

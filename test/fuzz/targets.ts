@@ -20,6 +20,9 @@ import { createRollout, parseRollout, parseWaves, report } from '../../src/serve
 import { parseInstallRecord } from '../../src/agent/install';
 import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-api';
 import { keyedRef } from '../../src/server/server-cluster';
+import { parseStreamBeat, parseStreamBeatAnswer } from '../../src/wire/stream-control';
+import { parseStreamPosition } from '../../src/agent/stream-disk';
+import { StreamAllocation } from '../../src/server/stream-alloc';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
@@ -189,6 +192,40 @@ const streamBatch: Target = {
       parseBatch(Buffer.from(s.batch), [keys.publicKey]);
     } catch (err) {
       expected(err);
+    }
+  },
+};
+
+/** The stream heartbeat's body (server side) and answer (agent side), and an agent's stream position file (docs/protocol.md, "Streams on the LAN"). */
+const streamAlloc = new StreamAllocation();
+const streamHead = { stream: 'cam', id: 'ab'.repeat(16), unitSize: 4096, firstUnit: 2, firstBatch: 1, lastBatch: 3, nextUnit: 40, bytes: 163840, time: '2026-01-01T00:00:00Z', ended: false };
+const streamControl: Target = {
+  name: 'stream-control',
+  seeds: [
+    Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm1', address: '10.0.0.5', dataPort: 4000, haveFrom: 3, have: '/wA=', receipts: [4, 5], receiptAgesMs: [1, 2], fetching: [6], fetchingBytes: [100], lease: 4, join: true })),
+    Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm2', wideGroup: 'w', haveFrom: 0, have: '' })),
+    Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, groupKey: Buffer.alloc(32, 7).toString('base64'), firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [38, 39], retryAfterMs: 0 }, members: [{ id: 'm1', group: 'g1', address: '10.0.0.5', dataPort: 4000, role: 'gateway', verifiedUnits: 3, complete: false }], holdersFrom: 2, holders: [0, -1, 0], copyTo: [{ group: 'g2', member: 'x', address: '10.0.2.1', port: 5000 }] })),
+    Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: '{}' })),
+  ],
+  run(input) {
+    const b = parseStreamBeat(input);
+    if (typeof b !== 'string') {
+      if (b.receipts.length !== b.receiptAgesMs.length && b.receiptAgesMs.length) throw new Error('accepted receipts and ages of different lengths');
+      // What the server does with an accepted body: never throws, and leases only published units.
+      const a = streamAlloc.heartbeat('cam', streamHead, b, 1_000_000);
+      for (const u of a.lease.units) if (u < streamHead.firstUnit || u >= streamHead.nextUnit) throw new Error(`leased unit ${u} outside the retained units`);
+      parseStreamBeatAnswer(Buffer.from(JSON.stringify(a)));
+    }
+    try {
+      const a = parseStreamBeatAnswer(input);
+      for (const h of a.holders) if (h >= a.members.length) throw new Error('accepted a holder index out of range');
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('stream heartbeat answer')) throw err;
+    }
+    try {
+      parseStreamPosition(Buffer.from(input).toString('utf8'), 'position');
+    } catch (err) {
+      if (!(err instanceof FleetcastError)) throw err;
     }
   },
 };
@@ -441,7 +478,7 @@ const mapAnswer: Target = {
   },
 };
 
-export const TARGETS: Target[] = [keyedBody, mapAnswer, packet, manifest, streamBatch, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [keyedBody, mapAnswer, packet, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {

@@ -57,7 +57,7 @@ export abstract class CoreUnits {
   ) {
     this.m = cfg.manifest;
     this.fb = cfg.fragmentBytes;
-    this.have = new Uint8Array(bitmapBytes(this.m.unitCount));
+    this.have = new Uint8Array(bitmapBytes(cfg.unitCapacity ?? this.m.unitCount));
     this.have.set(cfg.have.subarray(0, this.have.length));
     for (let u = 0; u < this.m.unitCount; u++) if (getBit(this.have, u)) this.heldCount++;
     this.lastProgressAt = now;

@@ -80,6 +80,8 @@ export interface CoreConfig {
   senderId: number;
   /** Fragment payload bytes: the grid, equal across the group. */
   fragmentBytes: number;
+  /** Bits kept for units: a stream's unit count grows up to this (agent/stream-core.ts); default the manifest's. */
+  unitCapacity?: number;
   /** Units verified at start (the store's bitmap, MSB first); copied. */
   have: Uint8Array;
   rateBytesPerSec: number;

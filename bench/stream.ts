@@ -1,0 +1,119 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes, randomInt } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
+import { StreamPublisher } from '../src/release/stream-publish';
+import { FleetcastServer } from '../src/server/server';
+
+/*
+ * `npm run bench -- stream`: a stream published at a fixed rate on loopback (the publisher
+ * and the server in this process), taken by N `fleetcast agent --stream` processes of one
+ * LAN group with file sinks, at a given LAN loss. Reports each agent's publish-to-delivery
+ * latency (p50, p99: the unit's batch signing time to its write to the sink, from the
+ * agent's end line) and the server's unit bytes for the group over the stream's bytes.
+ */
+
+const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
+
+export interface StreamBenchOptions {
+  agents: number;
+  mbit: number;
+  seconds: number;
+  lossPct: number;
+  unitBytes: number;
+  flushMs: number;
+}
+
+export interface StreamBenchResult extends StreamBenchOptions {
+  streamBytes: number;
+  wanBytes: number;
+  lanBytes: number;
+  nacks: number;
+  p50Ms: number[];
+  p99Ms: number[];
+  gaps: number;
+  allEqual: boolean;
+  /** The machine's 1-minute load average at the end (it is shared with other work). */
+  load: number;
+}
+
+export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchResult> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-bench-stream-'));
+  const children: ChildProcess[] = [];
+  const server = new FleetcastServer({ storeDir: path.join(dir, 'store'), host: '127.0.0.1', port: 0 });
+  try {
+    await fs.mkdir(path.join(dir, 'store'));
+    const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
+    const { url } = await server.start();
+    const source = randomBytes(Math.round((o.mbit * 1e6 * o.seconds) / 8));
+    const pub = await StreamPublisher.open(path.join(dir, 'store'), 'bench', await loadPrivateKey(keyPath), { unitSize: o.unitBytes, flushMs: o.flushMs });
+    const tickMs = 20;
+    const perTick = Math.round((o.mbit * 1e6 * tickMs) / 8 / 1000);
+    await pub.push(source.subarray(0, perTick));
+    await pub.flush();
+    const multicast = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
+    const runs = Array.from({ length: o.agents }, (_, i) => {
+      const args = ['agent', '--server', url, '--plain-http', '--group', 'g1', '--interface', '127.0.0.1', '--multicast', multicast, '--trust', pubPath, '--stream', 'bench', '--start', 'beginning', '--member', `m${i}`, '--storage', path.join(dir, `a${i}`), '--sink', path.join(dir, `sink${i}`), '--status-socket', 'none', '--loss', String(o.lossPct)];
+      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      children.push(child);
+      let err = '';
+      child.stderr!.on('data', (d) => (err += d));
+      return new Promise<string>((resolve, reject) => child.on('close', (c) => (c === 0 ? resolve(err) : reject(new Error(`agent m${i} exited ${c}: ${err.slice(-2000)}`)))));
+    });
+    // Fed on a clock, not after each push: a slow store would otherwise slow the stream down.
+    const start = Date.now();
+    let off = perTick;
+    while (off < source.length) {
+      const due = Math.min(source.length, Math.round(((Date.now() - start + tickMs) / 1000) * ((o.mbit * 1e6) / 8)) + perTick);
+      if (due > off) {
+        await pub.push(source.subarray(off, due));
+        off = due;
+      }
+      await new Promise((r) => setTimeout(r, tickMs));
+    }
+    await pub.end();
+    await pub.close();
+    const errs = await Promise.all(runs);
+    const num = (re: RegExp, s: string) => Number(re.exec(s)?.[1] ?? NaN);
+    let allEqual = true;
+    for (let i = 0; i < o.agents; i++) if (!(await fs.readFile(path.join(dir, `sink${i}`))).equals(source)) allEqual = false;
+    return {
+      ...o,
+      streamBytes: source.length,
+      wanBytes: errs.reduce((n, e) => n + num(/WAN (\d+) bytes/, e), 0),
+      lanBytes: errs.reduce((n, e) => n + num(/LAN (\d+) bytes/, e), 0),
+      nacks: errs.reduce((n, e) => n + num(/(\d+) NACKs sent/, e), 0),
+      p50Ms: errs.map((e) => num(/latency p50 (\d+) ms/, e)),
+      p99Ms: errs.map((e) => num(/p99 (\d+) ms/, e)),
+      gaps: errs.reduce((n, e) => n + num(/gaps (\d+)/, e), 0),
+      allEqual,
+      load: os.loadavg()[0],
+    };
+  } finally {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await server.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+export function streamReport(rows: StreamBenchResult[], machine: string, command: string): string[] {
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const fillMs = (r: StreamBenchResult) => (r.unitBytes * 8 * 1000) / (r.mbit * 1e6);
+  return [
+    '# Live stream on the LAN (issue 19)',
+    '',
+    `Machine: ${machine}.`,
+    `Command: \`${command}\`. One process publishes the stream (StreamPublisher, fed every 20 ms at the rate) and runs the server; each agent is a \`fleetcast agent --stream\` process of one LAN group on loopback multicast, with a file sink and \`--loss\` dropping that share of its received datagrams. All on this machine's ${os.cpus().length} cores.`,
+    'Latency is publish to delivery: from the signing time of the batch naming a unit (the publisher signs it when the unit closes: full, or --flush-ms after its first byte) to the agent\'s write of the unit to its sink, over every unit; per agent, then the median and worst agent. Target (issue 19): p99 at most 2x the unit fill time + 1 RTT + 100 ms (loopback RTT is under 1 ms).',
+    '"Server bytes per group" is the unit bytes the agents downloaded from the server over the stream\'s bytes (1.00: each byte crossed the WAN once for the group). Target: at most 1.02.',
+    '',
+    '| agents | rate (Mbit/s) | seconds | loss | unit | fill time (ms) | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 target (ms) | server bytes per group | LAN bytes per agent | NACKs | gaps | every sink equals the source | load average (1 min) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |',
+    ...rows.map((r) => `| ${r.agents} | ${r.mbit} | ${r.seconds} | ${r.lossPct}% | ${r.unitBytes / 1024} KiB | ${fillMs(r).toFixed(0)} | ${med(r.p50Ms)}, ${Math.max(...r.p50Ms)} | ${med(r.p99Ms)}, ${Math.max(...r.p99Ms)} | ${(2 * fillMs(r) + 1 + 100).toFixed(0)} | ${(r.wanBytes / r.streamBytes).toFixed(3)} | ${(r.lanBytes / r.agents / r.streamBytes).toFixed(2)}x | ${r.nacks} | ${r.gaps} | ${r.allEqual ? 'yes' : 'NO'} | ${r.load.toFixed(1)} |`),
+    '',
+    `Generated ${new Date().toISOString()}.`,
+    '',
+  ];
+}

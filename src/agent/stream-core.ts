@@ -1,0 +1,114 @@
+import { getBit, setBit } from '../wire/packet';
+import type { StreamBatchBody } from '../release/stream-manifest';
+import { streamUnitLength } from '../release/stream-manifest';
+import { LanCore } from './core/lan-core';
+import type { CoreConfig, CoreManifest } from './core/types';
+
+/**
+ * Unit numbers an agent keeps bits for in one run of a stream: 1,048,576 (64 GiB of a
+ * stream in 64 KiB units, 1 TiB in 1 MiB units). Past it the agent stops with a clear
+ * error; a restart goes on from its position with a fresh window.
+ */
+export const STREAM_UNIT_CAPACITY = 1 << 20;
+
+/**
+ * What the LAN core knows of a stream: its units' hashes and lengths, from the batches
+ * verified so far. It grows as batches arrive; `unitCount` is one past the last unit
+ * known. Units before the first batch taken are never known (a late joiner).
+ */
+export class StreamWindow implements CoreManifest {
+  readonly idBytes: Uint8Array;
+  readonly units: string[] = [];
+  readonly lengths: number[] = [];
+  unitCount = 0;
+  /** Not used by the stream core (lengths are per unit); a release's size. */
+  readonly size = Number.MAX_SAFE_INTEGER;
+
+  constructor(
+    id: string,
+    readonly unitSize: number,
+  ) {
+    this.idBytes = Buffer.from(id, 'hex');
+  }
+
+  /** A verified batch: its units become known. */
+  add(b: StreamBatchBody): void {
+    for (let i = 0; i < b.count; i++) {
+      const u = b.first + i;
+      this.units[u] = b.units[i];
+      this.lengths[u] = streamUnitLength(b, u);
+    }
+    this.unitCount = Math.max(this.unitCount, b.first + b.count);
+  }
+
+  known(u: number): boolean {
+    return this.units[u] !== undefined;
+  }
+
+  /** Forget units before `u` (retention): their hashes go. */
+  forget(from: number, u: number): void {
+    for (let v = from; v < u; v++) {
+      delete this.units[v];
+      delete this.lengths[v];
+    }
+  }
+}
+
+/**
+ * The LAN protocol core (core/lan-core.ts) for a stream: the same packets, NACKs and
+ * repairs, over a window of units that grows as batches are verified (StreamWindow).
+ * Units this member does not want (before its start point, or dropped by retention) are
+ * marked done, so it neither NACKs nor waits for them. The core's 'complete' event means
+ * nothing for a stream (every known unit held): the driver ignores it.
+ */
+export class StreamCore extends LanCore {
+  private skippedTo = 0;
+
+  constructor(
+    cfg: Omit<CoreConfig, 'manifest' | 'have' | 'unitCapacity'>,
+    readonly window: StreamWindow,
+    now: number,
+  ) {
+    super({ ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
+  }
+
+  protected override unitBytes(u: number): number {
+    return this.window.lengths[u] ?? 0;
+  }
+
+  /** A verified batch: its units can be assembled, NACKed, fetched. */
+  batchVerified(b: StreamBatchBody): void {
+    if (b.first + b.count > STREAM_UNIT_CAPACITY) throw new Error(`unit ${b.first + b.count} is past the ${STREAM_UNIT_CAPACITY} units one run of an agent keeps track of: restart the agent`);
+    this.window.add(b);
+  }
+
+  /** Units before `u` are not wanted here (before the start, or dropped by retention). */
+  skipBefore(u: number): void {
+    const to = Math.min(u, STREAM_UNIT_CAPACITY);
+    for (let v = this.skippedTo; v < to; v++) {
+      this.asm.dropAssembly(v);
+      this.availableMissing.delete(v);
+      this.nacks.done(v);
+      this.markDone(v);
+    }
+    if (to > this.skippedTo) {
+      this.window.forget(this.skippedTo, to);
+      this.skippedTo = to;
+    }
+  }
+
+  /** A unit an earlier run left on disk, verified then: held, not to be fetched or NACKed. */
+  heldOnDisk(v: number): void {
+    if (v < STREAM_UNIT_CAPACITY) this.markDone(v);
+  }
+
+  private markDone(v: number): void {
+    if (getBit(this.have, v)) return;
+    setBit(this.have, v);
+    this.heldCount++;
+  }
+
+  get skipped(): number {
+    return this.skippedTo;
+  }
+}

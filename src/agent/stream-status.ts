@@ -1,0 +1,82 @@
+import { MetricsRegistry, processMetrics } from '../util/metrics';
+import type { StreamAgent } from './stream-agent';
+
+/** The p-th percentile (0–100) of `xs`, nearest rank; null when empty. */
+export function percentile(xs: readonly number[], p: number): number | null {
+  if (!xs.length) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+}
+
+const started = Date.now();
+
+/**
+ * A stream agent's `fleetcast status` answer: the release agent's fields (status in
+ * cli/ops.ts reads them; `release` is null) and `stream`: position, publish-to-delivery
+ * latency, gaps and the sink's buffer.
+ */
+export function streamStatus(a: StreamAgent) {
+  const d = a.delivery;
+  const ans = a.lastAnswer;
+  const lat = d?.latenciesMs ?? [];
+  return {
+    uptimeSeconds: Math.round((Date.now() - started) / 1000),
+    state: d ? 'streaming' : 'starting',
+    member: a.member || null,
+    group: a.group,
+    wideGroup: a.wideGroup ?? null,
+    role: a.core?.role ?? 'member',
+    server: a.serverUrl,
+    channel: null,
+    release: null,
+    members: (ans?.members ?? []).filter((m) => m.id !== a.member).map((m) => ({ id: m.id, group: m.group, verifiedUnits: m.verifiedUnits, complete: false })),
+    rates: { wanBytesPerSec: 0, lanBytesPerSec: 0, sentBytesPerSec: 0, limitBytesPerSec: null },
+    peers: a.core?.peersSeen(Date.now()) ?? [],
+    transport: a.stats.transport ? { kind: a.stats.transport, features: [] } : null,
+    hook: null,
+    lastErrors: [],
+    stream: d
+      ? {
+          name: a.streamName,
+          nextUnit: d.next,
+          publishedUnits: ans?.nextUnit ?? null,
+          firstRetainedUnit: ans?.firstUnit ?? null,
+          ended: ans?.ended ?? false,
+          sinkKind: d.sink.kind,
+          sinkBytes: d.sink.bytes,
+          bufferBytes: d.pendingBytes(),
+          bufferMaxBytes: d.bufferMax,
+          latencyMsP50: percentile(lat, 50),
+          latencyMsP99: percentile(lat, 99),
+          gaps: d.gaps,
+          gapUnits: d.gapUnits,
+          wanBytes: a.stats.wanBytes,
+          lanBytes: a.stats.lanBytes,
+          nacksSent: a.stats.nacksSent,
+          unitsRejected: a.stats.unitsRejected,
+        }
+      : null,
+  };
+}
+
+/** Prometheus text for a stream agent (`metrics: HOST:PORT`). */
+export function streamMetrics(a: StreamAgent): string {
+  const s = streamStatus(a).stream;
+  const r = new MetricsRegistry('fleetcast_stream');
+  const l = { stream: a.streamName };
+  if (s) {
+    r.gauge('next_unit', 'the next unit to deliver to the sink', [[l, s.nextUnit]]);
+    r.counter('delivered_bytes_total', 'bytes delivered to the sink', [[l, s.sinkBytes]]);
+    r.gauge('buffer_bytes', 'verified bytes on disk waiting for the sink', [[l, s.bufferBytes]]);
+    r.gauge('latency_ms', 'publish-to-delivery latency of recent units (the batch signing time to the sink write)', [
+      [{ ...l, quantile: '0.5' }, s.latencyMsP50 ?? NaN],
+      [{ ...l, quantile: '0.99' }, s.latencyMsP99 ?? NaN],
+    ]);
+    r.counter('gaps_total', 'runs of units not delivered (retention, or skipped past the buffer cap)', [[l, s.gaps]]);
+    r.counter('gap_units_total', 'units not delivered', [[l, s.gapUnits]]);
+    r.counter('wan_bytes_total', 'unit bytes downloaded from the server', [[l, s.wanBytes]]);
+    r.counter('lan_bytes_total', 'unit bytes taken from LAN peers', [[l, s.lanBytes]]);
+    r.counter('units_rejected_total', 'units that failed their signed hash', [[l, s.unitsRejected]]);
+  }
+  return r.text() + processMetrics('fleetcast');
+}

@@ -1,0 +1,105 @@
+import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { StreamAgent } from '../agent/stream-agent';
+import { streamMetrics, streamStatus } from '../agent/stream-status';
+import { ServerAccess } from '../net/server-access';
+import { loadPublicKey } from '../release/keys';
+import { ExitCode } from '../util/errors';
+import type { Logger } from '../util/log';
+import { sdNotify, startWatchdog, statusNotifier } from '../util/sd-notify';
+import { splitHostPort } from './args';
+import type { CommandSpec } from './args';
+import { startMetrics } from './service';
+
+/** `--start`: live, beginning or a unit number. */
+export function checkStreamStart(s: string): string | null {
+  return /^(live|beginning|\d{1,15})$/.test(s) ? null : `must be live, beginning or a unit number, not ${JSON.stringify(s)}`;
+}
+
+/** How often the systemd status line is refreshed. */
+const STATUS_EVERY_MS = 2000;
+
+/**
+ * `fleetcast agent --stream NAME --sink SINK`: the agent for a stream instead of a
+ * release (agent/stream-agent.ts). Runs until the stream's end marker is delivered (exit
+ * 0), or until SIGTERM/SIGINT (exit 0; a restart goes on from the saved position).
+ */
+export async function runStreamAgent(spec: CommandSpec, f: Record<string, unknown>, log: Logger, statusSocket: string | null): Promise<number> {
+  const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
+  const start = String(f.start ?? 'live');
+  const a = new StreamAgent({
+    server: ServerAccess.fromFiles({ url: String(f.server), token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
+    stream: String(f.stream),
+    sink: String(f.sink),
+    start: start === 'live' || start === 'beginning' ? start : Number(start),
+    group: String(f.group),
+    wideGroup: f['wide-group'] as string | undefined,
+    member: f.member as string | undefined,
+    interface: String(f.interface),
+    multicast: { address: mc.host, port: mc.port },
+    storageDir: String(f.storage),
+    trustedKeys: await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p))),
+    rateBytesPerSec: ((f.rate as number) * 1e6) / 8,
+    lossPct: f.loss as number,
+    fragmentBytes: f['fragment-bytes'] as number | undefined,
+    bufferMaxBytes: f['sink-buffer'] !== undefined ? (f['sink-buffer'] as number) * 1024 * 1024 : undefined,
+    onFull: f['sink-full'] as 'block' | 'skip' | undefined,
+    logger: log,
+  });
+  const stopMetrics = await startMetrics(spec, f.metrics as string | undefined, () => streamMetrics(a), log);
+  const status = statusSocket ? await serveStreamStatus(statusSocket, a, log) : null;
+  const stopWatchdog = startWatchdog();
+  const notify = statusNotifier();
+  const timer = setInterval(() => {
+    const s = streamStatus(a);
+    if (s.stream) notify(`stream ${s.stream.name}: unit ${s.stream.nextUnit}, ${s.stream.sinkBytes} bytes delivered, ${s.stream.gaps} gaps`, true);
+  }, STATUS_EVERY_MS);
+  timer.unref();
+  const stop = () => {
+    sdNotify('STOPPING=1');
+    void a.close();
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  try {
+    const running = a.run();
+    sdNotify('READY=1');
+    await running;
+    const st = a.stats;
+    log.info(`stream ${a.streamName}: WAN ${st.wanBytes} bytes, LAN ${st.lanBytes} bytes, ${st.nacksSent} NACKs sent, ${st.repairBytesSent} repair bytes sent, ${st.unitsRejected} units rejected`);
+    return ExitCode.OK;
+  } finally {
+    clearInterval(timer);
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    await a.close();
+    stopWatchdog();
+    stopMetrics();
+    status?.close();
+  }
+}
+
+/** `fleetcast status` for a stream agent: GET /status on the unix socket. */
+async function serveStreamStatus(socketPath: string, a: StreamAgent, log: Logger): Promise<http.Server | null> {
+  try {
+    await fs.mkdir(path.dirname(socketPath), { recursive: true });
+    await fs.rm(socketPath, { force: true });
+    const srv = http.createServer((req, res) => {
+      const body = req.url === '/status' ? JSON.stringify(streamStatus(a)) : JSON.stringify({ error: 'NOT_FOUND' });
+      res.writeHead(req.url === '/status' ? 200 : 404, { 'content-type': 'application/json' });
+      res.end(body);
+    });
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(socketPath, resolve);
+    });
+    srv.unref();
+    await fs.chmod(socketPath, 0o660).catch(() => undefined);
+    return srv;
+  } catch (err) {
+    log.warn(`no status socket at ${socketPath}: ${(err as Error).message} ('fleetcast status' will not reach this agent)`);
+    return null;
+  }
+}
+

@@ -1,0 +1,74 @@
+import test from 'ava';
+import { StreamAllocation } from '../src/server/stream-alloc';
+import type { StreamHead } from '../src/release/stream-manifest';
+import { parseStreamBeat, parseStreamBeatAnswer, StreamBeatBody } from '../src/wire/stream-control';
+
+/*
+ * The stream allocator without sockets (server/stream-alloc.ts): a stream allocated as a
+ * release whose unit count grows, per LAN group.
+ */
+
+const head = (nextUnit: number, firstUnit = 0, ended = false): StreamHead => ({ stream: 'cam', id: 'ab'.repeat(16), unitSize: 65536, firstUnit, firstBatch: 0, lastBatch: nextUnit, nextUnit, bytes: nextUnit * 65536, time: '2026-01-01T00:00:00Z', ended });
+const body = (member: string, extra: Partial<StreamBeatBody> = {}): StreamBeatBody => ({ v: 1, group: 'g1', member, haveFrom: 0, have: new Uint8Array(0), receipts: [], receiptAgesMs: [], fetching: [], fetchingBytes: [], lease: 0, forwarded: 0, lanBytes: 0, join: false, ...extra });
+
+test('units are leased as they are published, each to one member of the group at a time, never past the head', (t) => {
+  const a = new StreamAllocation();
+  let now = 1000;
+  const leased = new Map<number, string>();
+  for (let n = 1; n <= 40; n++) {
+    for (const m of ['a', 'b', 'c']) {
+      const ans = a.heartbeat('cam', head(n), body(m, { lease: 4 }), (now += 10));
+      for (const u of ans.lease.units) {
+        t.true(u < n, `unit ${u} leased before it was published (head ${n})`);
+        t.false(leased.has(u), `unit ${u} leased to ${m} while ${leased.get(u)} holds its lease`);
+        leased.set(u, m);
+      }
+      t.is(ans.nextUnit, n);
+      t.true(ans.holders.length <= n);
+      // The answer is one a stream agent accepts.
+      parseStreamBeatAnswer(Buffer.from(JSON.stringify(ans)));
+    }
+    // Receipts free the lease slots: each lessee reports its units verified.
+    for (const [u, m] of leased) {
+      a.heartbeat('cam', head(n), body(m, { receipts: [u], receiptAgesMs: [0] }), (now += 1));
+      leased.delete(u);
+    }
+  }
+  t.is(a.memberCount('cam'), 3);
+});
+
+test('a unit some member holds is not leased again; units dropped by retention are not leased; a join returns the member\'s leases', (t) => {
+  const a = new StreamAllocation();
+  const have = new Uint8Array([0xff]); // units 0..7
+  a.heartbeat('cam', head(8), body('a', { have }), 1000);
+  const b = a.heartbeat('cam', head(16, 10), body('b', { lease: 64 }), 1001);
+  for (const u of b.lease.units) t.true(u >= 10 && u < 16, `unit ${u}: held by a, or dropped by retention`);
+  t.true(b.lease.units.length > 0);
+  // b restarts: its leases go back at once, and another member can take them.
+  const again = a.heartbeat('cam', head(16, 10), body('b', { join: true }), 1002);
+  t.deepEqual(again.lease.units, []);
+  const c = a.heartbeat('cam', head(16, 10), body('c', { lease: 64 }), 1003);
+  t.true(b.lease.units.some((u) => c.lease.units.includes(u)), 'the restarted member\'s leases were free again');
+});
+
+test('groups and wide-area groups get allocators of their own', (t) => {
+  const a = new StreamAllocation();
+  const g1 = a.heartbeat('cam', head(4), body('a', { lease: 4 }), 1000);
+  const g2 = a.heartbeat('cam', head(4), body('b', { group: 'g2', lease: 4 }), 1000);
+  t.deepEqual(g1.lease.units.length > 0 && g2.lease.units.length > 0, true, 'each LAN group leases the stream for itself');
+  t.not(g1.groupKey, g2.groupKey);
+  const w1 = a.heartbeat('cam', head(4), body('c', { group: 'g3', wideGroup: 'w', lease: 4 }), 1000);
+  const w2 = a.heartbeat('cam', head(4), body('d', { group: 'g4', wideGroup: 'w', lease: 4 }), 1000);
+  t.is(w1.groupKey, w2.groupKey, 'one allocator for the wide-area group');
+  for (const u of w1.lease.units) t.false(w2.lease.units.includes(u), 'no overlap across the wide-area group');
+});
+
+test('bad stream heartbeat bodies get a message naming the field', (t) => {
+  const p = (o: unknown) => parseStreamBeat(Buffer.from(JSON.stringify(o)));
+  t.is(p({ v: 2 }), 'v must be 1');
+  t.regex(p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '', extra: 1 }) as string, /unknown field "extra"/);
+  t.regex(p({ v: 1, group: 'g', member: 'm', haveFrom: -1, have: '' }) as string, /haveFrom must be a whole number/);
+  t.regex(p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '', lease: 65 }) as string, /lease must be a whole number 0…64/);
+  t.regex(p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '', receipts: [1], receiptAgesMs: [] }) as string, /one entry per unit/);
+  t.is(typeof p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '' }), 'object');
+});
