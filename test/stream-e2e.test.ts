@@ -254,7 +254,7 @@ test('the stream endpoints: head, retention refusals, bad queries; publish error
   t.notRegex(noFile.stderr + badRetain.stderr + noKey.stderr, /\n\s+at /, 'no stack traces');
   const help = await runCli(['stream', 'fetch', '--help']);
   t.is(help.code, 0);
-  t.regex(help.stdout, /multicast sharing of streams is not there yet/);
+  t.regex(help.stdout, /Units come from the server only; `fleetcast agent --stream` shares a stream on the LAN/);
 });
 
 test('docs/streams.md: every command block runs as written', async (t) => {
