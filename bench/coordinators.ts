@@ -2,13 +2,13 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs, readFileSync } from 'node:fs';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
 import { publishRelease } from '../src/release/publish';
 import { postgresUnsupported, startPostgres } from '../test/helpers/postgres';
+import { freePort } from '../test/helpers/ports';
 
 /**
  * `node dist/bench/coordinators.js [REQUESTS]` (root: it runs PostgreSQL as the postgres
@@ -28,17 +28,6 @@ function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
   return (Number(rest[11]) + Number(rest[12])) / TICK;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function main(): Promise<void> {

@@ -17,6 +17,7 @@ import { BIN, runCli, tmpdir } from './helpers/fleet';
 import { rootTest } from './helpers/netns';
 import { nginxBinary, Nginx, startNginx } from './helpers/nginx';
 import { Postgres, postgresUnsupported, startPostgres } from './helpers/postgres';
+import { freePort } from './helpers/ports';
 
 /**
  * Several coordinators on a shared engine (docs/scale-out.md, issue 18): two `fleetcast
@@ -63,17 +64,6 @@ interface Cluster {
   ngx: Nginx;
   a: Coordinator;
   b: Coordinator;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function hangGuard(cond: () => Promise<boolean> | boolean, what: string, limitMs = 90_000): Promise<void> {

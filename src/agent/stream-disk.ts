@@ -3,30 +3,13 @@ import * as path from 'node:path';
 import { writeAtomic } from '../storage/files';
 import { makeDir } from '../storage/make-dir';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
-
-/** What `<storage>/streams/<name>/position` keeps: where the sink is, and the batch the chain goes on from. */
-export interface StreamPosition {
-  v: 1;
-  stream: string;
-  id: string;
-  /** The next unit to deliver. */
-  nextUnit: number;
-  /** Bytes delivered to the sink when nextUnit was reached. */
-  sinkBytes: number;
-  /** The last verified batch (its file bytes) at or before nextUnit's. */
-  batch: string;
-}
+import { parsePositionText, StreamPosition } from '../wire/stream-position';
 
 /** A position file's text; BAD_POSITION (exit 65) when it is not one. The batch in it is verified when used. */
 export function parseStreamPosition(raw: string, file: string): StreamPosition {
-  try {
-    const s = JSON.parse(raw) as StreamPosition;
-    if (typeof s !== 'object' || s === null || s.v !== 1 || typeof s.stream !== 'string' || typeof s.id !== 'string' || !/^[0-9a-f]{32}$/.test(s.id) || typeof s.batch !== 'string') throw new Error('fields');
-    if (!Number.isSafeInteger(s.nextUnit) || s.nextUnit < 0 || !Number.isSafeInteger(s.sinkBytes) || s.sinkBytes < 0) throw new Error('numbers');
-    return s;
-  } catch {
-    throw new FleetcastError('BAD_POSITION', `${file} is not a stream position file (remove it to start the stream over)`, ExitCode.DATAERR);
-  }
+  const s = parsePositionText(raw);
+  if (!s) throw new FleetcastError('BAD_POSITION', `${file} is not a stream position file (remove it to start the stream over)`, ExitCode.DATAERR);
+  return s;
 }
 
 /**

@@ -8,6 +8,7 @@ import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { checks, usageError } from './args';
 import { Command } from './command';
 import { formatBytes } from './progress';
+import { parsePositionText, StreamPosition } from '../wire/stream-position';
 
 /** How long a batches request may be held by the server (it cuts longer waits to 60 s). */
 const BATCH_WAIT_MS = 30_000;
@@ -20,18 +21,8 @@ const FETCH_WINDOW = 4;
 /** A progress line on stderr at most this often. */
 const PROGRESS_EVERY_MS = 5000;
 
-/** What `--state` keeps: where the sink is, and the last batch verified (the chain goes on from it). */
-interface FetchState {
-  v: 1;
-  stream: string;
-  id: string;
-  /** The next unit to deliver. */
-  nextUnit: number;
-  /** Bytes in the sink when nextUnit was reached. */
-  sinkBytes: number;
-  /** The last verified batch, its file bytes. */
-  batch: string;
-}
+/** What `--state` keeps: the position format an agent's stream disk keeps too. */
+type FetchState = StreamPosition;
 
 export const streamFetch: Command = {
   spec: {
@@ -127,14 +118,9 @@ async function readState(p: string): Promise<FetchState | null> {
 
 /** A `--state` file's text; BAD_STATE (exit 65) when it is not one. The batch in it is verified when used. */
 export function parseFetchState(raw: string, file: string): FetchState {
-  try {
-    const s = JSON.parse(raw) as FetchState;
-    if (typeof s !== 'object' || s === null || s.v !== 1 || typeof s.stream !== 'string' || typeof s.id !== 'string' || typeof s.batch !== 'string') throw new Error('fields');
-    if (!Number.isSafeInteger(s.nextUnit) || s.nextUnit < 0 || !Number.isSafeInteger(s.sinkBytes) || s.sinkBytes < 0) throw new Error('numbers');
-    return s;
-  } catch {
-    throw new FleetcastError('BAD_STATE', `--state ${file} is not a stream fetch state file (remove it to start over)`, ExitCode.DATAERR);
-  }
+  const s = parsePositionText(raw);
+  if (!s) throw new FleetcastError('BAD_STATE', `--state ${file} is not a stream fetch state file (remove it to start over)`, ExitCode.DATAERR);
+  return s;
 }
 
 class Fetcher {

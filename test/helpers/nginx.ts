@@ -1,9 +1,9 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
+import { freePort } from './ports';
 
 /**
  * A real nginx (Debian's package; .ci/run installs it) serving a directory as a static
@@ -34,17 +34,6 @@ export function nginxBinary(): string | null {
     if (spawnSync(p, ['-v']).status === 0) return p;
   }
   return null;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startNginx(t: ExecutionContext, root: string): Promise<Nginx> {

@@ -4,6 +4,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
+import { freePort } from './ports';
 
 /**
  * A real PostgreSQL (Debian's package `postgresql`; .ci/run installs it) in a temporary
@@ -37,17 +38,6 @@ export function postgresUnsupported(): string | null {
   if (!postgresBinDir()) return 'needs PostgreSQL (apt-get install postgresql; .ci/run does)';
   if (spawnSync('id', ['-u', 'postgres']).status !== 0) return 'needs the postgres user (the postgresql package makes it)';
   return null;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function asPostgres(cmd: string, args: string[]): [string, string[]] {
