@@ -392,3 +392,21 @@ test('follow mode: a publisher killed and started again on the same file goes on
   t.is(r.code, 0, r.stderr);
   t.true((await fs.readFile(path.join(s.dir, 'out.bin'))).equals(source));
 });
+
+test("a stream heartbeat binds its member id to the token, as release heartbeats do: another device's token may not speak for it (403)", async (t) => {
+  const dir = await tmpdir(t);
+  const store = path.join(dir, 'store');
+  await fs.mkdir(store);
+  const tokens = { box1: randomBytes(16).toString('hex'), box2: randomBytes(16).toString('hex') };
+  const server = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port: 0, tokens });
+  const { url } = await server.start();
+  t.teardown(() => server.stop());
+  const beat = (token: string) =>
+    fetch(`${url}/v1/streams/cam/heartbeat`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ v: 1, group: 'g', member: 'm1', haveFrom: 0, have: '' }) });
+  const first = await beat(tokens.box1);
+  t.not(first.status, 403, 'the first token to use m1 may');
+  const other = await beat(tokens.box2);
+  t.is(other.status, 403);
+  t.regex(await other.text(), /NOT_YOUR_MEMBER/);
+  t.not((await beat(tokens.box1)).status, 403, 'm1 stays usable with its own token');
+});

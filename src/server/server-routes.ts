@@ -35,7 +35,7 @@ export abstract class ServerRoutes extends MemberRegistry {
     } catch (err) {
       throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
     }
-    if (await streamRoutes(this.opts.storeDir).handle(req, res, url)) return;
+    if (await streamRoutes(this.opts.storeDir).handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token))) return;
     const parts = url.pathname.split('/').filter(Boolean);
     const route = `${req.method} /${parts.map((p, i) => ((i === 2 && (parts[1] === 'releases' || parts[1] === 'channels')) || (i === 4 && parts[1] === 'releases') ? ':' : p)).join('/')}`;
     switch (route) {

@@ -32,7 +32,7 @@ export class StreamRoutes {
   constructor(private readonly storeDir: string) {}
 
   /** Handles the request when it is a stream route; false otherwise. */
-  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> {
+  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined): Promise<boolean> {
     const parts = url.pathname.split('/').filter(Boolean);
     if (parts[0] !== 'v1' || parts[1] !== 'streams' || parts.length < 3) return false;
     const beat = parts.length === 4 && parts[3] === 'heartbeat';
@@ -43,6 +43,7 @@ export class StreamRoutes {
     if (beat) {
       const b = parseStreamBeat(await readBody(req));
       if (typeof b === 'string') throw new HttpError(400, 'BAD_BODY', b);
+      authorize(b.member); // device identity, as for release heartbeats: a member id only with its own token
       json(res, 200, this.alloc.heartbeat(name, await this.head(store), b, Date.now()));
     } else if (parts.length === 3) {
       json(res, 200, await this.head(store));
