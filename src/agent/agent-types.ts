@@ -7,8 +7,8 @@ import type { Agent } from './agent';
 import type { CoreStats } from './core/types';
 import { emptyStats } from './core/repair-flow';
 
-/** What an Agent is built from and what it counts (agent.ts is the driver that uses them). */
-export interface AgentOptions {
+/** What any member on a LAN is built from: a release's Agent and a stream's StreamAgent. */
+export interface MemberOptions {
   server: ServerAccess;
   group: string;
   /** Member id; default: read from (or created in) `<storage>/member-id`. */
@@ -18,13 +18,20 @@ export interface AgentOptions {
   multicast: { address: string; port: number };
   storageDir: string;
   trustedKeys: KeyObject[];
-  releaseId: string;
   /** The wide-area group this LAN group belongs to (policy `wide` spans LAN groups). */
   wideGroup?: string;
   rateBytesPerSec?: number;
   /** Fragment payload bytes; default from the interface MTU. Must match across the group. */
   fragmentBytes?: number;
   lossPct?: number;
+  logger?: Logger;
+  random?: () => number;
+  transport?: (opts: TransportOptions) => Transport;
+}
+
+/** What an Agent is built from and what it counts (agent.ts is the driver that uses them). */
+export interface AgentOptions extends MemberOptions {
+  releaseId: string;
   /** Testing: share (0–100) of received cross-group (unicast) datagrams dropped, like lossPct on the LAN. */
   crossLossPct?: number;
   /**
@@ -36,9 +43,6 @@ export interface AgentOptions {
   wanRateBytesPerSec?: number;
   /** After completing, keep serving repairs until the group is complete, at most this long. */
   lingerMs?: number;
-  logger?: Logger;
-  random?: () => number;
-  transport?: (opts: TransportOptions) => Transport;
   onProgress?: (a: Agent) => void;
 }
 

@@ -1,19 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import type { KeyObject } from 'node:crypto';
 import * as path from 'node:path';
-import type { ServerAccess } from '../net/server-access';
 import { fragmentBytesForMtu, readMtu, resolveInterface } from '../net/interface';
 import { batchFromObject, checkChain, coversUnit, parseBatch, parseStreamHead, StreamBatch, unitHash } from '../release/stream-manifest';
 import { DirLock, lockStorage } from '../storage/dir-lock';
 import { makeDir } from '../storage/make-dir';
-import type { Transport, TransportOptions } from '../transport/transport';
+import type { Transport } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import { bitmapBytes, setBit } from '../wire/packet';
 import { parseStreamBeatAnswer, StreamBeatAnswer, MAX_STREAM_HAVE_BYTES } from '../wire/stream-control';
 import { openTransports, persistentMemberId } from './agent-setup';
 import { zeroCounters } from './agent-types';
-import type { AgentStats } from './agent-types';
+import type { AgentStats, MemberOptions } from './agent-types';
 import { sleep } from './control-client';
 import { CoreDriver } from './core-driver';
 import { AGENT_DEFAULTS } from './core/defaults';
@@ -22,24 +20,10 @@ import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
 import { StreamHttp } from './stream-http';
 
-export interface StreamAgentOptions extends StreamDeliveryOptions {
-  server: ServerAccess;
+export interface StreamAgentOptions extends StreamDeliveryOptions, MemberOptions {
   stream: string;
-  group: string;
-  member?: string;
-  interface: string;
-  multicast: { address: string; port: number };
-  storageDir: string;
-  trustedKeys: KeyObject[];
-  wideGroup?: string;
   /** live (the newest batch), beginning (the first unit retained) or a unit number; ignored when resuming. */
   start: 'live' | 'beginning' | number;
-  rateBytesPerSec?: number;
-  fragmentBytes?: number;
-  lossPct?: number;
-  logger?: Logger;
-  random?: () => number;
-  transport?: (opts: TransportOptions) => Transport;
 }
 
 /** Downloads of leased units at once. */
