@@ -4,15 +4,14 @@ import { Agent } from '../agent/agent';
 import { AgentDaemon } from '../agent/daemon';
 import { IgmpQuerier } from '../net/igmp';
 import { resolveInterface } from '../net/interface';
-import { ServerAccess } from '../net/server-access';
-import { loadPublicKey } from '../release/keys';
 import { isReleaseId } from '../release/manifest';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { createLogger, Level, Logger } from '../util/log';
 import { sdNotify, startWatchdog, statusNotifier } from '../util/sd-notify';
 import { parseWindow } from '../wire/rollout';
-import { checks, splitHostPort } from './args';
+import { checks } from './args';
 import { channelCheck, Command, out } from './command';
+import { memberOptions } from './member-flags';
 import { ProgressBar, RateMeter, transferLine, verifiedBytes } from './progress';
 import { checkStreamStart, runStreamAgent } from './stream-agent';
 import { checkSinkSpec } from '../agent/stream-sink';
@@ -89,27 +88,15 @@ export const agent: Command = {
     const log = createLogger({ level: f['log-level'] as Level });
     const sock = f['status-socket'] as string | undefined;
     if (f.stream !== undefined) return runStreamAgent(agent.spec, f, log, sock === undefined ? defaultStatusSocket() : sock === 'none' || sock === '' ? null : sock);
-    const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
-    const trustedKeys = await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p)));
     const bar = new ProgressBar('agent');
     const meter = new RateMeter();
     const notifyStatus = statusNotifier();
     let barRelease: string | null = null;
     const daemon = new AgentDaemon({
       agent: {
-        server: ServerAccess.fromFiles({ url: f.server as string[], token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
-        group: String(f.group),
-        wideGroup: f['wide-group'] as string | undefined,
-        member: f.member as string | undefined,
-        interface: String(f.interface),
-        multicast: { address: mc.host, port: mc.port },
-        storageDir: String(f.storage),
-        trustedKeys,
-        rateBytesPerSec: ((f.rate as number) * 1e6) / 8,
+        ...(await memberOptions(f, log)),
         crossRateBytesPerSec: ((f['cross-rate'] as number) * 1e6) / 8,
-        lossPct: f.loss as number,
         wanRateBytesPerSec: f['wan-rate'] ? ((f['wan-rate'] as number) * 1e6) / 8 : undefined,
-        fragmentBytes: f['fragment-bytes'] as number | undefined,
         lingerMs: (f.linger as number) * 1000,
       },
       release: f.release as string | undefined,

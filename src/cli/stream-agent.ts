@@ -3,13 +3,11 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import { StreamAgent } from '../agent/stream-agent';
 import { streamMetrics, streamStatus } from '../agent/stream-status';
-import { ServerAccess } from '../net/server-access';
-import { loadPublicKey } from '../release/keys';
 import { ExitCode } from '../util/errors';
 import type { Logger } from '../util/log';
 import { sdNotify, startWatchdog, statusNotifier } from '../util/sd-notify';
-import { splitHostPort } from './args';
 import type { CommandSpec } from './args';
+import { memberOptions } from './member-flags';
 import { startMetrics } from './service';
 
 /** `--start`: live, beginning or a unit number. */
@@ -26,26 +24,14 @@ const STATUS_EVERY_MS = 2000;
  * 0), or until SIGTERM/SIGINT (exit 0; a restart goes on from the saved position).
  */
 export async function runStreamAgent(spec: CommandSpec, f: Record<string, unknown>, log: Logger, statusSocket: string | null): Promise<number> {
-  const mc = splitHostPort(String(f.multicast)) as { host: string; port: number };
   const start = String(f.start ?? 'live');
   const a = new StreamAgent({
-    server: ServerAccess.fromFiles({ url: String(f.server), token: f.token as string | undefined, tokenFile: f['token-file'] as string | undefined, caFile: f.ca as string | undefined, plainHttp: Boolean(f['plain-http']) }),
+    ...(await memberOptions(f, log)),
     stream: String(f.stream),
     sink: String(f.sink),
     start: start === 'live' || start === 'beginning' ? start : Number(start),
-    group: String(f.group),
-    wideGroup: f['wide-group'] as string | undefined,
-    member: f.member as string | undefined,
-    interface: String(f.interface),
-    multicast: { address: mc.host, port: mc.port },
-    storageDir: String(f.storage),
-    trustedKeys: await Promise.all((f.trust as string[]).map((p) => loadPublicKey(p))),
-    rateBytesPerSec: ((f.rate as number) * 1e6) / 8,
-    lossPct: f.loss as number,
-    fragmentBytes: f['fragment-bytes'] as number | undefined,
     bufferMaxBytes: f['sink-buffer'] !== undefined ? (f['sink-buffer'] as number) * 1024 * 1024 : undefined,
     onFull: f['sink-full'] as 'block' | 'skip' | undefined,
-    logger: log,
   });
   const stopMetrics = await startMetrics(spec, f.metrics as string | undefined, () => streamMetrics(a), log);
   const status = statusSocket ? await serveStreamStatus(statusSocket, a, log) : null;
