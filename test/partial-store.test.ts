@@ -1,9 +1,8 @@
 import test from 'ava';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { signManifest, unitCountFor, unitLength } from '../src/release/manifest';
+import { signManifest } from '../src/release/manifest';
 import { PartialStore, readPersistedBitmap } from '../src/storage/partial-store';
 import { getBit } from '../src/wire/packet';
 import { spawnSync } from 'node:child_process';
@@ -12,24 +11,15 @@ import { SPOOL_AFTER_MS, UnitSpool } from '../src/storage/spool';
 import { BufferPool } from '../src/util/buffer-pool';
 import { FleetcastError } from '../src/util/errors';
 import { ed25519 } from './helpers/keys';
+import { randomRelease, scratchDir, sha } from './helpers/random-release';
 
 const UNIT = 4096;
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-/** A signed manifest for random bytes, and the units to write. */
 function release(size: number) {
-  const data = randomBytes(size);
-  const n = unitCountFor(size, UNIT);
-  const units = Array.from({ length: n }, (_, u) => data.subarray(u * UNIT, u * UNIT + unitLength({ size, unitSize: UNIT }, u)));
-  const m = signManifest({ v: 1, name: 'fw.img', size, unitSize: UNIT, sha256: sha(data), units: units.map(sha), created: '2026-01-01T00:00:00.000Z' }, ed25519().privateKey);
-  return { data, units, m };
+  return randomRelease(size, UNIT);
 }
 
-async function tmp(t: { teardown(f: () => Promise<void>): void }) {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fc-store-'));
-  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tmp = (t: { teardown(f: () => Promise<void>): void }) => scratchDir(t, 'fc-store-');
 
 test('units written in any order finish as the release, hashed as they land', async (t) => {
   const dir = await tmp(t);

@@ -1,35 +1,24 @@
 import test from 'ava';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { signManifest, unitCountFor, unitLength } from '../src/release/manifest';
 import { PartialStore } from '../src/storage/partial-store';
 import { SPOOL_AFTER_MS, UnitSpool } from '../src/storage/spool';
 import { downloadWindow, UnitDownload } from '../src/agent/unit-download';
 import { fragmentSlice } from '../src/wire/packet';
-import { ed25519 } from './helpers/keys';
+import { randomRelease, scratchDir } from './helpers/random-release';
 
 // Issue 16: a WAN download streams into the partial file and a small window, not into a
 // unit-sized buffer. These check what that must keep: the LAN copies, the hash, resume.
 
 const UNIT = 64 * 1024;
 const FB = 1432;
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 function release(size: number) {
-  const data = randomBytes(size);
-  const n = unitCountFor(size, UNIT);
-  const units = Array.from({ length: n }, (_, u) => data.subarray(u * UNIT, u * UNIT + unitLength({ size, unitSize: UNIT }, u)));
-  const m = signManifest({ v: 1, name: 'fw.img', size, unitSize: UNIT, sha256: sha(data), units: units.map(sha), created: '2026-01-01T00:00:00.000Z' }, ed25519().privateKey);
-  return { data, units, m };
+  return randomRelease(size, UNIT);
 }
 
-async function tmp(t: { teardown(f: () => Promise<void>): void }) {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fc-dl-'));
-  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tmp = (t: { teardown(f: () => Promise<void>): void }) => scratchDir(t, 'fc-dl-');
 
 /** A stand-in for the core's fetchProgress that cuts fragments as LanCore does, and records them. */
 function fragmentSink(len: number) {
