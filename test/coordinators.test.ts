@@ -318,3 +318,15 @@ test('server --engine: a bad engine URL or a missing --instance-url is a usage e
   t.notRegex(down.stderr, /secret/, 'the password is not printed');
   t.notRegex(down.stderr, /\n\s+at /, 'no stack trace');
 });
+
+rootTest('a member that joins and leaves between two registry writes is in the other instance\'s fleet view all the same', oneAtATime(async (t) => {
+  const c = await startCluster(t);
+  const post = (url: string, p: string, body: unknown) => fetch(url + p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const ref = { release: c.manifest.id, group: 'east', member: 'brief1' };
+  // Straight to A, which takes east; the member leaves at once, well within the 2 s between A's periodic writes.
+  t.is((await post(c.a.url, '/v1/join', { ...ref, mapVersion: 0 })).status, 200);
+  t.is((await post(c.a.url, '/v1/leave', ref)).status, 200);
+  // B does not own east, so its view of east comes from the registry only.
+  await hangGuard(async () => membersIn(await getJson<FleetView>(`${c.b.url}/v1/fleet`)).includes('brief1'), `${c.b.url}/v1/fleet shows brief1`, 30_000);
+  t.deepEqual(membersIn(await getJson<FleetView>(`${c.b.url}/v1/fleet`)), ['brief1']);
+}));

@@ -207,7 +207,17 @@ export abstract class ClusterRoutes extends ServerRoutes {
     if (key === null) return super.handle(req, res); // the route says what is wrong
     const r = await own.route(key);
     if ('unavailable' in r) return this.refuse(res, 'ENGINE_UNAVAILABLE', r.unavailable, r.retryAfterMs);
-    if (r.mine) return super.handle(req, res);
+    if (r.mine) {
+      await super.handle(req, res);
+      // A member is in the registry from its join, not from the next periodic write: one that
+      // joins and leaves within a write's interval (a small release on a fast LAN) is otherwise
+      // never in any other instance's fleet view. The periodic write brings its state up to date.
+      if (route === 'POST /v1/join' && res.statusCode === 200 && ref) {
+        const row = { release: ref.release, member: ref.member, group: ref.group, key, instance: this.opts.cluster!.instanceUrl, complete: false, verifiedUnits: 0, address: null };
+        void this.opts.cluster!.engine.putMembers([row]).catch((err: Error) => this.log.warn(`member registry: cannot write ${ref.member}: ${err.message}`));
+      }
+      return;
+    }
     if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
     if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
     // The owner learns the agent's address from the body, as it would from the socket.
