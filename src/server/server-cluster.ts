@@ -3,7 +3,6 @@ import * as https from 'node:https';
 import { MAX_BODY_BYTES } from '../wire/http-bodies';
 import type { FleetMemberRecord } from '../wire/http-bodies';
 import { HookRow, MemberRow } from './engine';
-import { HttpError } from './http-util';
 import { Ownership, OWNER_RENEW_MS } from './ownership';
 import { allocatorKey, MEMBER_MEMORY_MS, parseAllocatorKey } from './server-core';
 import { ServerRoutes } from './server-routes';
@@ -199,7 +198,7 @@ export abstract class ClusterRoutes extends ServerRoutes {
     let ref: KeyedRef | null;
     if (unitGet) ref = keyedRef(Buffer.from(JSON.stringify({ release: parts[2], group: url.searchParams.get('group'), member: url.searchParams.get('member') })));
     else {
-      body = await this.readBody(req);
+      body = await this.readBody(req, MAX_BODY_BYTES); // at most MAX_BODY_BYTES: each route checks its own, smaller limit
       this.bodiesRead.set(req, body);
       ref = keyedRef(body);
     }
@@ -223,35 +222,6 @@ export abstract class ClusterRoutes extends ServerRoutes {
     // The owner learns the agent's address from the body, as it would from the socket.
     if (body && (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') && !ref!.hasAddress) body = Buffer.from(JSON.stringify({ ...(JSON.parse(body.toString('utf8')) as object), address: req.socket.remoteAddress ?? null }));
     return this.proxy(req, res, r.url, key, body);
-  }
-
-  /** The body of a keyed request, at most MAX_BODY_BYTES (each route checks its own, smaller limit). */
-  private async readBody(req: http.IncomingMessage): Promise<Buffer> {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > MAX_BODY_BYTES) {
-      this.limitHit('body_too_large');
-      req.resume();
-      throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
-    }
-    const chunks: Buffer[] = [];
-    let n = 0;
-    const timer = setTimeout(() => {
-      this.limitHit('body_timeout');
-      req.destroy(new Error('body timeout'));
-    }, this.limits.bodyTimeoutMs);
-    try {
-      for await (const c of req as AsyncIterable<Buffer>) {
-        n += c.length;
-        if (n > MAX_BODY_BYTES) {
-          this.limitHit('body_too_large');
-          throw new HttpError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
-        }
-        chunks.push(c);
-      }
-    } finally {
-      clearTimeout(timer);
-    }
-    return Buffer.concat(chunks);
   }
 
   /** The allocation key a request acts on, or null when the routes should answer it (bad fields, unknown release). */

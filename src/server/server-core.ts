@@ -328,32 +328,33 @@ export abstract class ServerCore {
   }
 
   /**
-   * Read and parse a body of at most `maxBytes`, within bodyTimeoutMs of the headers;
-   * nesting is checked before JSON.parse runs. Each refusal counts against its limit.
+   * A body's bytes, at most `maxBytes` (declared or sent), within bodyTimeoutMs of the
+   * headers; each refusal counts against its limit. A body already read (to route it to
+   * another coordinator) is taken as it was read.
    */
-  protected async bodyWithSize<T>(req: http.IncomingMessage, schema: Record<string, unknown>, maxBytes: number): Promise<{ value: T; bytes: number }> {
+  protected async readBody(req: http.IncomingMessage, maxBytes: number): Promise<Buffer> {
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > maxBytes) {
       this.limitHit('body_too_large');
       req.resume();
       throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
     }
-    const chunks: Buffer[] = [];
-    let n = 0;
     const early = this.bodiesRead.get(req);
     if (early) {
       if (early.length > maxBytes) {
         this.limitHit('body_too_large');
         throw new HttpError(413, 'TOO_LARGE', `body larger than ${maxBytes} bytes`);
       }
-      chunks.push(early);
+      return early;
     }
-    const timer = early ? undefined : setTimeout(() => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const timer = setTimeout(() => {
       this.limitHit('body_timeout');
       req.destroy(new Error('body timeout'));
     }, this.limits.bodyTimeoutMs);
     try {
-      if (!early) for await (const c of req as AsyncIterable<Buffer>) {
+      for await (const c of req as AsyncIterable<Buffer>) {
         n += c.length;
         if (n > maxBytes) {
           this.limitHit('body_too_large');
@@ -364,7 +365,15 @@ export abstract class ServerCore {
     } finally {
       clearTimeout(timer);
     }
-    const raw = Buffer.concat(chunks);
+    return Buffer.concat(chunks);
+  }
+
+  /**
+   * Read and parse a body of at most `maxBytes`, within bodyTimeoutMs of the headers;
+   * nesting is checked before JSON.parse runs. Each refusal counts against its limit.
+   */
+  protected async bodyWithSize<T>(req: http.IncomingMessage, schema: Record<string, unknown>, maxBytes: number): Promise<{ value: T; bytes: number }> {
+    const raw = await this.readBody(req, maxBytes);
     if (jsonDepthExceeds(raw, MAX_JSON_DEPTH)) this.limitHit('json_too_deep');
     const p = parseBody<T>(raw, schema as never);
     if (!p.ok) throw new HttpError(400, 'BAD_BODY', p.error);
