@@ -3,6 +3,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { startStreamServer } from './helpers/stream-server';
 import { BIN, runCli, tmpdir, until } from './helpers/fleet';
 import { commandBlocks } from './helpers/doc-blocks';
 import { run } from './helpers/run';
@@ -39,13 +40,7 @@ function spawnCli(t: ExecutionContext, args: string[], stdin: 'pipe' | 'ignore' 
 }
 
 async function setup(t: ExecutionContext) {
-  const dir = await tmpdir(t);
-  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
-  const store = path.join(dir, 'store');
-  await fs.mkdir(store);
-  const server = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port: 0 });
-  const { url } = await server.start();
-  t.teardown(() => server.stop());
+  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
   const fetchArgs = (name: string, sink: string, extra: string[] = []) => ['stream', 'fetch', name, '--server', url, '--plain-http', '--trust', pubPath, '--sink', sink, ...extra];
   return { dir, keyPath, pubPath, store, url, fetchArgs };
 }

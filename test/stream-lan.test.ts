@@ -4,10 +4,10 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
-import { BIN, runCli, tmpdir } from './helpers/fleet';
-import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../src/release/keys';
+import { startStreamServer } from './helpers/stream-server';
+import { BIN, runCli } from './helpers/fleet';
+import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
-import { FleetcastServer } from '../src/server/server';
 import { streamRoutes } from '../src/server/stream-routes';
 import { ServerAccess } from '../src/net/server-access';
 import { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
@@ -23,13 +23,7 @@ import { createLogger } from '../src/util/log';
 const UNIT = 64 * 1024;
 
 async function setup(t: ExecutionContext) {
-  const dir = await tmpdir(t);
-  const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
-  const store = path.join(dir, 'store');
-  await fs.mkdir(store);
-  const server = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port: 0 });
-  const { url } = await server.start();
-  t.teardown(() => server.stop());
+  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
   const key = await loadPrivateKey(keyPath);
   const trusted = [await loadPublicKey(pubPath)];
   const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
