@@ -17,6 +17,7 @@ import { BIN, runCli, tmpdir } from './helpers/fleet';
 import { rootTest } from './helpers/netns';
 import { nginxBinary, Nginx, startNginx } from './helpers/nginx';
 import { Postgres, postgresUnsupported, startPostgres } from './helpers/postgres';
+import { Coordinator, hangGuard, startCoordinator } from './helpers/coordinators';
 import { freePort } from './helpers/ports';
 
 /**
@@ -49,13 +50,6 @@ function oneAtATime(fn: (t: ExecutionContext) => Promise<void>): (t: ExecutionCo
   };
 }
 
-interface Coordinator {
-  url: string;
-  child: ChildProcess;
-  log(): string;
-  exit: Promise<number | null>;
-}
-
 interface Cluster {
   dir: string;
   manifest: Manifest;
@@ -64,36 +58,6 @@ interface Cluster {
   ngx: Nginx;
   a: Coordinator;
   b: Coordinator;
-}
-
-async function hangGuard(cond: () => Promise<boolean> | boolean, what: string, limitMs = 90_000): Promise<void> {
-  const t0 = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - t0 > limitMs) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function startCoordinator(t: ExecutionContext, store: string, engine: string): Promise<Coordinator> {
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = spawn(process.execPath, [BIN, 'server', '--store', store, '--listen', `127.0.0.1:${port}`, '--plain-http', '--engine', engine, '--instance-url', url,
-    '--heartbeat-ms', '200', '--min-members', '3', '--max-wait', '60', '--max-connections-per-client', '1024', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout!.on('data', (d) => (log += d));
-  child.stderr!.on('data', (d) => (log += d));
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
-      await exit;
-    }
-  });
-  await hangGuard(() => {
-    if (child.exitCode !== null) throw new Error(`coordinator exited ${child.exitCode}: ${log}`);
-    return /listening on/.test(log);
-  }, `coordinator ${url} listening`, 30_000);
-  return { url, child, log: () => log, exit };
 }
 
 async function startCluster(t: ExecutionContext): Promise<Cluster> {

@@ -53,6 +53,14 @@ class FakeEngine implements CoordinationEngine {
   async hooks(): Promise<[]> {
     return [];
   }
+  async putChannel(): Promise<void> {}
+  async channels(): Promise<[]> {
+    return [];
+  }
+  async putRollouts(): Promise<void> {}
+  async rollouts(): Promise<[]> {
+    return [];
+  }
   async close(): Promise<void> {}
 }
 

@@ -1,4 +1,4 @@
-import { ChannelHead, readChannel } from '../release/channels';
+import type { ChannelHead } from '../release/channels';
 
 /** How often a channel with waiting requests is read again (the most a move can go unseen). */
 export const CHANNEL_CHECK_MS = 500;
@@ -15,15 +15,17 @@ interface Waiter {
  * 13): a request that names the release the agent already knows is held until the channel
  * moves off it or `waitMs` passes, so an idle agent asks once per wait and still learns of
  * a new release within CHANNEL_CHECK_MS. `fleetcast publish` writes the channel file from
- * another process, so the file of each channel someone waits on is read every
- * CHANNEL_CHECK_MS (one small read for all its waiters; nothing while nobody waits).
+ * another process (and another instance may move it, through the shared engine), so each
+ * channel someone waits on is read every CHANNEL_CHECK_MS (one small read for all its
+ * waiters; nothing while nobody waits).
  */
 export class ChannelWatch {
   private readonly waiting = new Map<string, Set<Waiter>>();
   private timer: NodeJS.Timeout | null = null;
   private checking = false;
 
-  constructor(private readonly storeDir: string) {}
+  /** `read`: a channel's head now (the server's ChannelBook). */
+  constructor(private readonly read: (name: string) => Promise<ChannelHead | null>) {}
 
   /**
    * Resolves when channel `name` no longer names release `known`, after `waitMs`, when
@@ -71,7 +73,7 @@ export class ChannelWatch {
           this.waiting.delete(name);
           continue;
         }
-        const head: ChannelHead | null = await readChannel(this.storeDir, name).catch(() => null);
+        const head: ChannelHead | null = await this.read(name).catch(() => null);
         // A channel that vanished or cannot be read ends the wait too: the answer says why.
         for (const w of [...set]) if (!head || head.release !== w.known) w.done();
       }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Pool as PgPool } from 'pg';
-import { Claim, CoordinationEngine, EngineUnavailable, HookRow, MemberRow } from './engine';
+import { ChannelHead, parseChannelHead } from '../release/channels';
+import { Claim, CoordinationEngine, EngineUnavailable, HookRow, MemberRow, RolloutRow } from './engine';
 
 /**
  * The shared engine on PostgreSQL (docs/scale-out.md says why PostgreSQL and not Redis).
@@ -15,6 +16,10 @@ import { Claim, CoordinationEngine, EngineUnavailable, HookRow, MemberRow } from
  *   fleetcast_hooks(release, grp, member PK, result jsonb, at): on_complete results
  *   fleetcast_secret(id PK = 1, secret): the fleet's secret for LAN group keys, so a group
  *     keeps its key when its owner changes.
+ *   fleetcast_channels(channel PK, head, published_at): each channel's head, as its file
+ *     in a store would hold it (parsed like one when read back).
+ *   fleetcast_rollouts(id PK, channel, created_at, doc, updated_at): each rollout's state,
+ *     its state file's JSON, written by the owner of its channel.
  */
 export const SCHEMA = [
   `CREATE TABLE IF NOT EXISTS fleetcast_leases (key text PRIMARY KEY, owner text NOT NULL, url text NOT NULL, expires_at timestamptz NOT NULL, taken_at timestamptz NOT NULL)`,
@@ -22,6 +27,9 @@ export const SCHEMA = [
   `CREATE INDEX IF NOT EXISTS fleetcast_members_key ON fleetcast_members (key, last_seen)`,
   `CREATE TABLE IF NOT EXISTS fleetcast_hooks (release text NOT NULL, grp text NOT NULL, member text NOT NULL, result jsonb NOT NULL, at timestamptz NOT NULL, PRIMARY KEY (release, grp, member))`,
   `CREATE TABLE IF NOT EXISTS fleetcast_secret (id integer PRIMARY KEY CHECK (id = 1), secret bytea NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS fleetcast_channels (channel text PRIMARY KEY, head text NOT NULL, published_at double precision NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS fleetcast_rollouts (id text PRIMARY KEY, channel text NOT NULL, doc text NOT NULL, updated_at timestamptz NOT NULL)`,
+  `CREATE INDEX IF NOT EXISTS fleetcast_rollouts_channel ON fleetcast_rollouts (channel)`,
 ];
 
 /** Time a query (or a connection) may take before the engine counts as unreachable. */
@@ -148,6 +156,33 @@ export class PostgresEngine implements CoordinationEngine {
       ...(typeof r.result.signal === 'string' ? { signal: r.result.signal } : {}),
       ...(typeof r.result.error === 'string' ? { error: r.result.error } : {}),
     }));
+  }
+
+  async putChannel(head: ChannelHead): Promise<void> {
+    await this.q(
+      `INSERT INTO fleetcast_channels AS c (channel, head, published_at) VALUES ($1, $2, $3)
+       ON CONFLICT (channel) DO UPDATE SET head = EXCLUDED.head, published_at = EXCLUDED.published_at WHERE c.published_at < EXCLUDED.published_at`,
+      [head.channel, JSON.stringify(head), head.publishedAt],
+    );
+  }
+
+  async channels(): Promise<ChannelHead[]> {
+    const rows = await this.q<{ head: string }>(`SELECT head FROM fleetcast_channels ORDER BY channel LIMIT 10000`);
+    // Parsed like a channel file: a row written by anything else is skipped, not trusted.
+    return rows.map((r) => parseChannelHead(Buffer.from(r.head))).filter((h): h is ChannelHead => typeof h !== 'string');
+  }
+
+  async putRollouts(rows: RolloutRow[]): Promise<void> {
+    if (!rows.length) return;
+    await this.q(
+      `INSERT INTO fleetcast_rollouts (id, channel, doc, updated_at) SELECT i, c, d, now() FROM unnest($1::text[], $2::text[], $3::text[]) AS t(i, c, d)
+       ON CONFLICT (id) DO UPDATE SET channel = EXCLUDED.channel, doc = EXCLUDED.doc, updated_at = now()`,
+      [rows.map((r) => r.id), rows.map((r) => r.channel), rows.map((r) => r.doc)],
+    );
+  }
+
+  async rollouts(channel: string | null, limit: number): Promise<RolloutRow[]> {
+    return this.q<RolloutRow>(`SELECT id, channel, doc FROM fleetcast_rollouts WHERE $1::text IS NULL OR channel = $1 ORDER BY id LIMIT $2`, [channel, limit]);
   }
 
   async close(): Promise<void> {

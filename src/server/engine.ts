@@ -1,7 +1,10 @@
+import type { ChannelHead } from '../release/channels';
+
 /**
  * The engine several `fleetcast server` instances share (docs/scale-out.md, "Several
  * coordinators"): who owns each allocation key (release + LAN or wide-area group), and the
- * durable fleet state every instance can read (the member registry). One server alone
+ * durable fleet state every instance can read (the member registry, hook results, channel
+ * heads and rollouts). One server alone
  * needs none: ServerOptions.engine unset keeps everything in the process, as before.
  */
 
@@ -37,6 +40,13 @@ export interface HookRow {
   at: number;
 }
 
+/** A rollout as the engine keeps it: its state file's JSON (rollout-file.ts parses it, untrusted), by id and channel. */
+export interface RolloutRow {
+  id: string;
+  channel: string;
+  doc: string;
+}
+
 /** The engine could not be reached or answered an error: the message says which and why. */
 export class EngineUnavailable extends Error {
   constructor(message: string) {
@@ -66,5 +76,13 @@ export interface CoordinationEngine {
   putHook(h: Omit<HookRow, 'at'>): Promise<void>;
   /** Hook results of a release's LAN group (several groups of a wide-area key: call per group), newest first, at most `limit`. */
   hooks(release: string, groups: string[] | null, limit: number): Promise<HookRow[]>;
+  /** Keep a channel's head unless the engine has one published later (a publish made on any instance's store wins by time). */
+  putChannel(head: ChannelHead): Promise<void>;
+  /** Every channel's head. */
+  channels(): Promise<ChannelHead[]>;
+  /** Keep rollouts' state (written by the instance that owns their channel). */
+  putRollouts(rows: RolloutRow[]): Promise<void>;
+  /** The rollouts of a channel, or of every channel (null), at most `limit`. */
+  rollouts(channel: string | null, limit: number): Promise<RolloutRow[]>;
   close(): Promise<void>;
 }

@@ -2,33 +2,16 @@ import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { CHANNEL_RE, readChannel, setChannel } from '../release/channels';
-import { isName, isReleaseId, NAME_RULE } from '../wire/ids';
+import { CHANNEL_RE } from '../release/channels';
+import { isName } from '../wire/ids';
 import { ReleaseStore } from '../release/store';
 import { writeAtomic } from '../storage/files';
 import { Logger } from '../util/log';
 import { MetricsRegistry } from '../util/metrics';
-import { MAX_BODY_BYTES } from '../wire/http-bodies';
-import {
-  abort,
-  createRollout,
-  directive,
-  isActiveRollout,
-  isRolloutId,
-  parseDuration,
-  parseMaxFailures,
-  parseRollout,
-  parseWaves,
-  parseWindow,
-  pause,
-  report,
-  REPORTED_STATES,
-  ReportedState,
-  resume,
-  Rollout,
-  summary,
-  tick,
-} from './rollout';
+import { abort, createRollout, directive, isActiveRollout, isRolloutId, parseRollout, pause, report, ReportedState, resume, Rollout, summary, tick } from './rollout';
+import { ApiError, parsePollBody, parseStartBody, readJson } from './rollout-bodies';
+import type { ChannelBook } from './channel-book';
+import type { SharedRollouts } from './rollout-shared';
 import { FLEET_PAGE } from './fleet-page';
 
 /**
@@ -45,18 +28,18 @@ export interface RolloutServiceOptions {
   store: ReleaseStore;
   log: Logger;
   now: () => number;
+  channels: ChannelBook;
+  /**
+   * Several coordinators: rollouts are kept in the shared engine too, and this instance
+   * holds (and moves along) only those of the channels it owns (server-cluster.ts).
+   */
+  shared?: SharedRollouts;
 }
 
 const SAVE_INTERVAL_MS = 500;
 /** A channel's members are those seen polling within this long (the same memory as members.json). */
 const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
 const MAX_CHANNEL_MEMBERS = 200_000;
-
-export class ApiError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
-    super(message);
-  }
-}
 
 export class RolloutService {
   private readonly rollouts = new Map<string, Rollout>();
@@ -82,13 +65,18 @@ export class RolloutService {
     } catch {
       /* no rollouts yet */
     }
+    const fromFiles: Rollout[] = [];
     for (const n of names) {
       if (!n.endsWith('.json') || !isRolloutId(n.slice(0, -5))) continue;
       const file = path.join(this.dir, n);
       const r = parseRollout(await fs.readFile(file));
       if (typeof r === 'string') this.o.log.warn(`ignoring ${file}: ${r}`);
-      else this.rollouts.set(r.id, r);
+      else fromFiles.push(r);
     }
+    // Several coordinators: the store's rollouts go to the engine (if it lacks them), and a
+    // channel's rollouts come back from there when this instance takes the channel (adopt).
+    if (this.o.shared) await this.o.shared.import(fromFiles);
+    else for (const r of fromFiles) this.rollouts.set(r.id, r);
     try {
       const j = JSON.parse(await fs.readFile(path.join(this.dir, 'members.json'), 'utf8')) as Record<string, Record<string, { group: string; lastSeen: number }>>;
       for (const [ch, members] of Object.entries(j)) {
@@ -126,7 +114,7 @@ export class RolloutService {
     if (r.state === 'halted' && lines.some((l) => l.includes(' halted: '))) this.halts.total++;
     if (r.state === 'completed' && lines.some((l) => l.includes(' completed: '))) {
       const rel = await this.o.store.get(r.release);
-      await setChannel(this.o.storeDir, { channel: r.channel, release: r.release, name: rel?.manifest.name ?? r.release, publishedAt: this.o.now() });
+      await this.o.channels.set({ channel: r.channel, release: r.release, name: rel?.manifest.name ?? r.release, publishedAt: this.o.now() });
     }
     this.dirty.add(r.id);
     await this.flush();
@@ -138,11 +126,14 @@ export class RolloutService {
       if (this.dirty.size === 0 && !this.seenDirty) return;
       try {
         await fs.mkdir(this.dir, { recursive: true });
+        const changed: Rollout[] = [];
         for (const id of [...this.dirty]) {
           this.dirty.delete(id);
           const r = this.rollouts.get(id);
           if (r) await writeAtomic(path.join(this.dir, `${id}.json`), Buffer.from(JSON.stringify(r) + '\n'));
+          if (r) changed.push(r);
         }
+        await this.o.shared?.put(changed);
         if (this.seenDirty) {
           this.seenDirty = false;
           const out: Record<string, Record<string, { group: string; lastSeen: number }>> = {};
@@ -169,13 +160,44 @@ export class RolloutService {
     return [...m.entries()].filter(([, v]) => now - v.lastSeen <= CHANNEL_MEMBER_MEMORY_MS).map(([id, v]) => ({ id, group: v.group }));
   }
 
+  /** This instance's rollouts and, with several coordinators, the others' (as the engine had them at the last refresh). */
+  private all(): Rollout[] {
+    const mine = [...this.rollouts.values()];
+    return this.o.shared ? mine.concat(this.o.shared.others().filter((r) => !this.rollouts.has(r.id) && !this.channels().has(r.channel))) : mine;
+  }
+
+  private channels(): Set<string> {
+    return new Set([...this.rollouts.values()].map((r) => r.channel));
+  }
+
+  /** The channel of a rollout held here or known from the engine (several coordinators route by it). */
+  channelOf(id: string): string | null {
+    return this.rollouts.get(id)?.channel ?? this.o.shared?.others().find((r) => r.id === id)?.channel ?? null;
+  }
+
+  /** This instance took `channel` (several coordinators): its rollouts, as the engine has them, are run from here now. */
+  adopt(channel: string, rollouts: Rollout[]): void {
+    this.forgetChannel(channel);
+    for (const r of rollouts) if (r.channel === channel) this.rollouts.set(r.id, r);
+  }
+
+  /** Another instance runs `channel`'s rollouts now. */
+  forgetChannel(channel: string): void {
+    for (const [id, r] of this.rollouts) if (r.channel === channel) this.rollouts.delete(id);
+  }
+
+  /** A rollout of `channel` is running or paused here (its channel is not given up while it is). */
+  runsOn(channel: string): boolean {
+    return [...this.rollouts.values()].some((r) => r.channel === channel && isActiveRollout(r));
+  }
+
   list(now = this.o.now()): ReturnType<typeof summary>[] {
-    return [...this.rollouts.values()].sort((a, b) => b.createdAt - a.createdAt).map((r) => summary(r, now));
+    return this.all().sort((a, b) => b.createdAt - a.createdAt).map((r) => summary(r, now));
   }
 
   /** One line per rollout for `fleetcast fleet` and GET /v1/fleet. */
   brief(): { id: string; channel: string; release: string; state: string; wave: string; reason: string | null }[] {
-    return [...this.rollouts.values()]
+    return this.all()
       .sort((a, b) => b.createdAt - a.createdAt)
       .map((r) => ({ id: r.id, channel: r.channel, release: r.release, state: r.state, wave: `${r.openWave + 1}/${r.waves.length}`, reason: r.reason }));
   }
@@ -199,8 +221,9 @@ export class RolloutService {
   /**
    * `authorize` checks that the request's token may speak for a member id (device
    * identity, docs/security.md); `operator` that it may change rollouts; both throw when not.
+   * `preRead`: the body, when the coordinators' routing read it to find the channel.
    */
-  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined, operator: () => void = () => undefined): Promise<boolean> {
+  async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined, operator: () => void = () => undefined, preRead?: Buffer): Promise<boolean> {
     const p = url.pathname;
     if (p === '/ui' || p === '/ui/' || p === '/ui/index.html') {
       if (req.method !== 'GET') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed`);
@@ -226,11 +249,11 @@ export class RolloutService {
     }
     if (parts.length === 2 && req.method === 'POST') {
       operator(); // a device's token reads rollouts; only an operator's changes them
-      return this.json(res, 201, await this.start(await readJson(req), now));
+      return this.json(res, 201, await this.start(await readJson(req, preRead), now));
     }
     if (parts.length === 3 && parts[2] === 'poll') {
       if (req.method !== 'POST') throw new ApiError(405, 'METHOD', `method ${req.method} is not allowed on ${p}`);
-      return this.json(res, 200, await this.poll(await readJson(req), now, authorize));
+      return this.json(res, 200, await this.poll(await readJson(req, preRead), now, authorize));
     }
     if (parts.length >= 3) {
       if (parts.length === 4 && req.method === 'POST') operator(); // before the lookup: the answer says nothing about a rollout to a device
@@ -238,7 +261,7 @@ export class RolloutService {
       if (!r) throw new ApiError(404, 'NO_ROLLOUT', `no rollout ${parts[2]} on this server`);
       if (parts.length === 3 && req.method === 'GET') return this.json(res, 200, summary(r, now));
       if (parts.length === 4 && req.method === 'POST' && ['pause', 'resume', 'abort'].includes(parts[3])) {
-        const b = await readJson(req);
+        const b = await readJson(req, preRead);
         for (const k of Object.keys(b)) if (k !== 'rollback') throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
         if (b.rollback !== undefined && typeof b.rollback !== 'boolean') throw new ApiError(400, 'BAD_BODY', 'rollback must be a boolean');
         if (b.rollback && parts[3] !== 'abort') throw new ApiError(400, 'BAD_BODY', 'rollback goes only with abort');
@@ -255,7 +278,7 @@ export class RolloutService {
 
   private async start(b: Record<string, unknown>, now: number): Promise<unknown> {
     const { channel, release, waves, maxFailures, waveWaitMs, window } = parseStartBody(b);
-    const head = await readChannel(this.o.storeDir, channel);
+    const head = await this.o.channels.read(channel);
     if (!head) throw new ApiError(404, 'NO_CHANNEL', `channel ${channel} does not exist on this server (publish a release to it first)`);
     if (!(await this.o.store.get(release))) throw new ApiError(404, 'NO_RELEASE', `release ${release} is not on this server`);
     if (head.release === release) throw new ApiError(409, 'SAME_RELEASE', `channel ${channel} is already on release ${release}`);
@@ -302,79 +325,4 @@ export class RolloutService {
     res.end(body);
     return true;
   }
-}
-
-async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > MAX_BODY_BYTES) throw new ApiError(413, 'TOO_LARGE', `body larger than ${MAX_BODY_BYTES} bytes`);
-    chunks.push(c);
-  }
-  return n === 0 ? {} : jsonObject(Buffer.concat(chunks));
-}
-
-/** A request body that must be one JSON object; ApiError 400 otherwise. */
-export function jsonObject(bytes: Uint8Array): Record<string, unknown> {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch (err) {
-    throw new ApiError(400, 'BAD_BODY', `body is not JSON: ${(err as Error).message}`);
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ApiError(400, 'BAD_BODY', 'body must be a JSON object');
-  return v as Record<string, unknown>;
-}
-
-/** The body of POST /v1/rollouts (untrusted: a fuzz target). Throws ApiError 400 naming the field. */
-export function parseStartBody(b: Record<string, unknown>) {
-  const allowed = ['channel', 'release', 'waves', 'maxFailures', 'waveWait', 'window'];
-  for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
-  const str = (k: string, optional = false): string | undefined => {
-    const v = b[k];
-    if (v === undefined && optional) return undefined;
-    if (typeof v !== 'string' || v.length > 1024) throw new ApiError(400, 'BAD_BODY', `${k} must be a string`);
-    return v;
-  };
-  const channel = str('channel')!;
-  const release = str('release')!;
-  if (!CHANNEL_RE.test(channel)) throw new ApiError(400, 'BAD_CHANNEL', `${JSON.stringify(channel)} is not a channel name`);
-  if (!isReleaseId(release)) throw new ApiError(400, 'BAD_RELEASE', `${JSON.stringify(release)} is not a release id (32 hex characters)`);
-  const waves = parseWaves(str('waves')!);
-  if (typeof waves === 'string') throw new ApiError(400, 'BAD_WAVES', `waves ${waves}`);
-  const maxFailures = parseMaxFailures(str('maxFailures')!);
-  if (typeof maxFailures === 'string') throw new ApiError(400, 'BAD_MAX_FAILURES', `maxFailures: ${maxFailures}`);
-  const ww = str('waveWait', true);
-  const waveWaitMs = ww === undefined ? null : parseDuration(ww);
-  if (typeof waveWaitMs === 'string') throw new ApiError(400, 'BAD_WAVE_WAIT', `waveWait: ${waveWaitMs}`);
-  const window = str('window', true) ?? null;
-  if (window !== null) {
-    const w = parseWindow(window);
-    if (typeof w === 'string') throw new ApiError(400, 'BAD_WINDOW', `window ${w}`);
-  }
-  return { channel, release, waves, maxFailures, waveWaitMs, window };
-}
-
-export interface PollBody {
-  channel: string;
-  group: string;
-  member: string;
-  release?: string;
-  state?: ReportedState;
-  reason?: string;
-}
-
-/** The body of POST /v1/rollouts/poll (untrusted: a fuzz target). Throws ApiError 400 naming the field. */
-export function parsePollBody(b: Record<string, unknown>): PollBody {
-  const allowed = ['channel', 'group', 'member', 'release', 'state', 'reason'];
-  for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError(400, 'BAD_BODY', `unknown field "${k}"`);
-  if (typeof b.channel !== 'string' || !CHANNEL_RE.test(b.channel)) throw new ApiError(400, 'BAD_BODY', 'channel must be a channel name');
-  if (!isName(b.group)) throw new ApiError(400, 'BAD_BODY', `group must be ${NAME_RULE}`);
-  if (!isName(b.member)) throw new ApiError(400, 'BAD_BODY', `member must be ${NAME_RULE}`);
-  if (b.release !== undefined && (typeof b.release !== 'string' || !isReleaseId(b.release))) throw new ApiError(400, 'BAD_BODY', 'release must be a release id');
-  if (b.state !== undefined && !REPORTED_STATES.includes(b.state as ReportedState)) throw new ApiError(400, 'BAD_BODY', `state must be one of ${REPORTED_STATES.join(', ')}`);
-  if ((b.state === undefined) !== (b.release === undefined)) throw new ApiError(400, 'BAD_BODY', 'release and state go together');
-  if (b.reason !== undefined && (typeof b.reason !== 'string' || b.reason.length > 512)) throw new ApiError(400, 'BAD_BODY', 'reason must be a string of at most 512 characters');
-  return b as unknown as PollBody;
 }

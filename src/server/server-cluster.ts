@@ -2,6 +2,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { MAX_BODY_BYTES } from '../wire/http-bodies';
 import type { FleetMemberRecord } from '../wire/http-bodies';
+import { CHANNEL_RE } from '../release/channels';
 import { HookRow, MemberRow } from './engine';
 import { Ownership, OWNER_RENEW_MS } from './ownership';
 import { allocatorKey, MEMBER_MEMORY_MS, parseAllocatorKey } from './server-core';
@@ -9,6 +10,21 @@ import { ServerRoutes } from './server-routes';
 
 /** Routes that act on one allocation: answered by the owner of its key (docs/protocol.md, section 16). */
 const KEYED = new Set(['POST /v1/join', 'POST /v1/heartbeat', 'POST /v1/lease', 'POST /v1/receipt', 'POST /v1/complete', 'POST /v1/leave', 'POST /v1/hook', 'POST /v1/bad-unit']);
+
+/** The key of a channel's rollouts (no allocation key has a colon: release ids are hex, and group names hold none). */
+export const channelKey = (channel: string) => `channel:${channel}`;
+const channelOfKey = (key: string): string | null => (key.startsWith('channel:') ? key.slice(8) : null);
+
+/** The channel a rollout request's body names (untrusted bytes), or null when the routes should answer it. */
+export function bodyChannel(body: Uint8Array): string | null {
+  try {
+    const j = JSON.parse(Buffer.from(body).toString('utf8')) as unknown;
+    const c = typeof j === 'object' && j !== null ? (j as Record<string, unknown>).channel : undefined;
+    return typeof c === 'string' && CHANNEL_RE.test(c) ? c : null;
+  } catch {
+    return null;
+  }
+}
 
 /** Set on requests one instance forwards to another: the owner answers them itself or refuses (no second hop). */
 export const PROXIED_HEADER = 'x-fleetcast-proxied-by';
@@ -98,6 +114,9 @@ export abstract class ClusterRoutes extends ServerRoutes {
     await this.releaseIdle(now);
     if (now - this.lastMembersPut < 2 * OWNER_RENEW_MS || this.ownership.unavailable) return;
     this.lastMembersPut = now;
+    // Channel heads published on this store go to the engine; the others' rollouts are listed from it.
+    await this.channels.sync?.();
+    await this.sharedRollouts?.refresh().catch((err: Error) => this.log.warn(`rollouts: cannot read the other instances' rollouts: ${err.message}`));
     const rows: Omit<MemberRow, 'msAgo'>[] = [];
     for (const key of this.ownership.keys()) {
       const g = this.groups.get(key);
@@ -113,7 +132,8 @@ export abstract class ClusterRoutes extends ServerRoutes {
     if (this.ownership!.unavailable) return;
     const idle: string[] = [];
     for (const key of this.ownership!.keys()) {
-      if (this.groups.get(key)?.memberCount() || this.awaited.get(key)?.size) {
+      const channel = channelOfKey(key);
+      if (channel !== null ? this.rollouts.runsOn(channel) : this.groups.get(key)?.memberCount() || this.awaited.get(key)?.size) {
         this.idleSince.delete(key);
         continue;
       }
@@ -139,6 +159,9 @@ export abstract class ClusterRoutes extends ServerRoutes {
   /** A key became ours: start its allocation afresh, awaiting the members the registry knows. */
   private async gained(key: string): Promise<void> {
     this.clusterStats.gained++;
+    const channel = channelOfKey(key);
+    // The channel's rollouts as their last owner left them in the engine (its polls and commands come here now).
+    if (channel !== null) return this.rollouts.adopt(channel, await this.sharedRollouts!.load(channel).catch(() => []));
     this.groups.delete(key);
     this.counts.clear();
     const engine = this.opts.cluster!.engine;
@@ -163,6 +186,8 @@ export abstract class ClusterRoutes extends ServerRoutes {
   /** Forget a key's allocation: this instance no longer answers for it. */
   private drop(key: string): void {
     this.idleSince.delete(key);
+    const channel = channelOfKey(key);
+    if (channel !== null) this.rollouts.forgetChannel(channel);
     this.groups.delete(key);
     this.awaited.delete(key);
     this.gainedAt.delete(key);
@@ -192,6 +217,7 @@ export abstract class ClusterRoutes extends ServerRoutes {
       return this.json(res, 200, route === 'GET /v1/fleet' ? await this.clusterFleet() : { ...this.stats, cluster: { ...this.clusterStats, owned: own.keys().length, engineUnavailable: own.unavailable } });
     }
     const unitGet = req.method === 'GET' && parts.length === 5 && parts[0] === 'v1' && parts[1] === 'releases' && parts[3] === 'units';
+    if (parts[0] === 'v1' && parts[1] === 'rollouts' && (parts.length >= 3 || req.method === 'POST')) return this.handleRollout(req, res, parts);
     if (!KEYED.has(route) && !unitGet) return super.handle(req, res);
     if (this.authenticate(req, res) === false) return;
     let body: Buffer | null = null;
@@ -221,6 +247,44 @@ export abstract class ClusterRoutes extends ServerRoutes {
     if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
     // The owner learns the agent's address from the body, as it would from the socket.
     if (body && (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') && !ref!.hasAddress) body = Buffer.from(JSON.stringify({ ...(JSON.parse(body.toString('utf8')) as object), address: req.socket.remoteAddress ?? null }));
+    return this.proxy(req, res, r.url, key, body);
+  }
+
+  /**
+   * A request about one channel's rollouts (start, poll, one rollout, its commands) is
+   * answered by the owner of the channel's key, like an allocation's. The list
+   * (GET /v1/rollouts) is answered by any instance, from the engine.
+   */
+  private async handleRollout(req: http.IncomingMessage, res: http.ServerResponse, parts: string[]): Promise<void> {
+    if (this.authenticate(req, res) === false) return;
+    let body: Buffer | null = null;
+    let channel: string | null;
+    if (parts.length <= 3 && req.method === 'POST') {
+      // POST /v1/rollouts (start) and POST /v1/rollouts/poll name the channel in their body.
+      body = await this.readBody(req, MAX_BODY_BYTES);
+      this.bodiesRead.set(req, body);
+      channel = bodyChannel(body);
+    } else {
+      channel = this.rollouts.channelOf(parts[2]);
+      if (channel === null) {
+        await this.sharedRollouts?.refresh().catch(() => undefined); // started on another instance since the last tick?
+        channel = this.rollouts.channelOf(parts[2]);
+      }
+      if (req.method === 'POST') {
+        body = await this.readBody(req, MAX_BODY_BYTES);
+        this.bodiesRead.set(req, body);
+      }
+    }
+    if (channel === null) return super.handle(req, res); // the routes say what is wrong (bad body, no such rollout)
+    const key = channelKey(channel);
+    const r = await this.ownership!.route(key);
+    if ('unavailable' in r) return this.refuse(res, 'ENGINE_UNAVAILABLE', r.unavailable, r.retryAfterMs);
+    if (r.mine) {
+      this.idleSince.delete(key);
+      return super.handle(req, res);
+    }
+    if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
+    if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
     return this.proxy(req, res, r.url, key, body);
   }
 

@@ -7,10 +7,9 @@ import { bitmapBytes } from '../util/bits';
 import { GroupAllocator, LeaseGrant, RESEND_REASONS } from './allocator';
 import type { Distribution } from '../release/distribution';
 import type { StoredRelease } from '../release/store';
-import { listChannels, readChannel } from '../release/channels';
 import { readContentKey } from '../release/content-crypto';
 import { MAX_CHANNEL_WAIT_MS } from './channel-watch';
-import { ApiError } from './rollout-api';
+import { ApiError } from './rollout-bodies';
 import { HttpError, parseRange } from './http-util';
 import { LEFT_MEMORY_MS, MAX_LEFT_REMEMBERED, parseAllocatorKey } from './server-core';
 import { MemberRegistry } from './server-members';
@@ -31,7 +30,7 @@ export abstract class ServerRoutes extends MemberRegistry {
         const names = this.opts.operatorTokens ?? ['operator'];
         if (token !== null && !names.includes(token)) throw new HttpError(403, 'NOT_OPERATOR', `token ${token} may not change rollouts: only the operator tokens (${names.join(', ')}; server key operator_tokens) may`);
       };
-      if (await this.rollouts.handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token), operator)) return;
+      if (await this.rollouts.handle(req, res, url, (member) => this.authorize({ release: '', group: '', member }, token), operator, this.bodiesRead.get(req))) return;
     } catch (err) {
       throw err instanceof ApiError ? new HttpError(err.status, err.code, err.message) : err;
     }
@@ -96,7 +95,7 @@ export abstract class ServerRoutes extends MemberRegistry {
         return this.json(res, 200, { ok: true });
       }
       case 'GET /v1/channels':
-        return this.json(res, 200, { channels: await listChannels(this.opts.storeDir) });
+        return this.json(res, 200, { channels: await this.channels.list() });
       case 'GET /v1/channels/:':
         return this.serveChannel(res, parts[2], url.searchParams);
       case 'POST /v1/hook': {
@@ -294,7 +293,7 @@ export abstract class ServerRoutes extends MemberRegistry {
    * held while the channel still names that release, at most waitMs (section 13).
    */
   protected async serveChannel(res: http.ServerResponse, name: string, q: URLSearchParams): Promise<void> {
-    let head = await readChannel(this.opts.storeDir, name);
+    let head = await this.channels.read(name);
     if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
     const known = q.get('release');
     const wait = q.get('waitMs');
@@ -306,7 +305,7 @@ export abstract class ServerRoutes extends MemberRegistry {
         res.once('close', () => gone.abort());
         await this.channelWatch.wait(name, known, Number(wait), gone.signal);
         if (gone.signal.aborted) return;
-        head = await readChannel(this.opts.storeDir, name);
+        head = await this.channels.read(name);
         if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
       }
       // Tells the agent its wait was honoured, so it need not sleep between polls.

@@ -18,8 +18,9 @@ import { IdentityBindings } from '../../src/server/guard';
 import { parsePollAnswer, parseWindow } from '../../src/wire/rollout';
 import { createRollout, parseRollout, parseWaves, report } from '../../src/server/rollout';
 import { parseInstallRecord } from '../../src/agent/install';
-import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-api';
-import { keyedRef } from '../../src/server/server-cluster';
+import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-bodies';
+import { bodyChannel, keyedRef } from '../../src/server/server-cluster';
+import { CHANNEL_RE } from '../../src/release/channels';
 import { parseStreamBeat, parseStreamBeatAnswer } from '../../src/wire/stream-control';
 import { parseStreamPosition } from '../../src/agent/stream-disk';
 import { StreamAllocation } from '../../src/server/stream-alloc';
@@ -351,6 +352,16 @@ const keyedBody: Target = {
   },
 };
 
+const rolloutRoute: Target = {
+  name: 'rollout-route',
+  seeds: [Buffer.from(JSON.stringify({ channel: 'stable', group: 'g', member: 'm1' })), Buffer.from(JSON.stringify({ channel: 'stable', release: 'ab'.repeat(16), waves: '10%,100%', maxFailures: '1' }))],
+  run(input) {
+    // The coordinators route a rollout request by its body's channel: the key it names must be a channel key.
+    const c = bodyChannel(input);
+    if (c !== null && !CHANNEL_RE.test(c)) throw new Error(`accepted a channel no key can hold: ${JSON.stringify(c)}`);
+  },
+};
+
 const igmp: Target = {
   name: 'igmp',
   seeds: [
@@ -478,7 +489,7 @@ const mapAnswer: Target = {
   },
 };
 
-export const TARGETS: Target[] = [keyedBody, mapAnswer, packet, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [keyedBody, rolloutRoute, mapAnswer, packet, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {
