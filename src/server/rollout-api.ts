@@ -105,6 +105,7 @@ export class RolloutService {
     const now = this.o.now();
     for (const r of this.rollouts.values()) if (r.state === 'running') await this.after(r, tick(r, now));
     await this.flush();
+    await this.o.shared?.put([]); // what the engine refused before (it was down)
   }
 
   /** Log what happened; on a state change write the rollout now, and move the channel on completion. */

@@ -19,6 +19,10 @@ export class SharedRollouts {
   private foreign: Rollout[] = [];
   /** Rollouts whose last write to the engine failed: written again with the next change. */
   private readonly unsent = new Map<string, Rollout>();
+  /** Changes handed to put() per rollout: a write covers those made before it started. */
+  private readonly changes = new Map<string, number>();
+  private warned = false;
+  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly engine: CoordinationEngine,
@@ -34,16 +38,30 @@ export class SharedRollouts {
     if (rows.length) this.log.info(`rollouts: ${rows.length} from this store passed on to ${this.engine.name}`);
   }
 
-  /** Write rollouts' state (the owner, after each change). A failure is logged and retried with the next change. */
-  async put(changed: Rollout[]): Promise<void> {
-    for (const r of changed) this.unsent.set(r.id, r);
+  /** Write rollouts' state (the owner, after each change, and with none every save interval: what failed is retried). */
+  put(changed: Rollout[]): Promise<void> {
+    // One write at a time, so an older state never lands after a newer one.
+    this.writing = this.writing.then(() => this.write(changed));
+    return this.writing;
+  }
+
+  private async write(changed: Rollout[]): Promise<void> {
+    for (const r of changed) {
+      this.unsent.set(r.id, r);
+      this.changes.set(r.id, (this.changes.get(r.id) ?? 0) + 1);
+    }
     if (!this.unsent.size) return;
+    const at = new Map([...this.unsent.keys()].map((id) => [id, this.changes.get(id)]));
     const rows = [...this.unsent.values()].map((r) => ({ id: r.id, channel: r.channel, doc: JSON.stringify(r) }));
     try {
       await this.engine.putRollouts(rows);
-      this.unsent.clear();
+      // A rollout changed again while this write ran stays for the next one.
+      for (const [id, n] of at) if (this.changes.get(id) === n) this.unsent.delete(id);
+      if (this.warned) this.log.info(`rollouts: ${rows.length} rollout(s) written to ${this.engine.name} again`);
+      this.warned = false;
     } catch (err) {
-      this.log.warn(`rollouts: cannot write ${rows.length} rollout(s) to ${this.engine.name} (${(err as Error).message}); kept here and written again`);
+      if (!this.warned) this.log.warn(`rollouts: cannot write ${rows.length} rollout(s) to ${this.engine.name} (${(err as Error).message}); kept here and written again until it answers`);
+      this.warned = true;
     }
   }
 
