@@ -5,6 +5,7 @@ import type { FleetMemberRecord } from '../wire/http-bodies';
 import { CHANNEL_RE } from '../release/channels';
 import { HookRow, MemberRow } from './engine';
 import { Ownership, OWNER_RENEW_MS } from './ownership';
+import { RegistryWriter } from './registry-writer';
 import { allocatorKey, MEMBER_MEMORY_MS, parseAllocatorKey } from './server-core';
 import { ServerRoutes } from './server-routes';
 
@@ -92,6 +93,8 @@ export abstract class ClusterRoutes extends ServerRoutes {
   private readonly routedKeys = new Map<string, string>();
   private peerAgents: { http: http.Agent; https: https.Agent } | null = null;
   private lastMembersPut = -Infinity;
+  /** Which members' rows are due at the registry's next write. */
+  private readonly registry = new RegistryWriter();
   /** Keys we own without a live member, and since when. */
   private readonly idleSince = new Map<string, number>();
   readonly clusterStats = { proxied: 0, proxyFailures: 0, refused: 0, gained: 0, lost: 0, released: 0 };
@@ -124,7 +127,11 @@ export abstract class ClusterRoutes extends ServerRoutes {
       const { release, group } = parseAllocatorKey(key);
       for (const m of g.memberViews(now)) rows.push({ release, member: m.id, group: m.group || group, key, instance: this.opts.cluster!.instanceUrl, complete: m.complete, verifiedUnits: m.verifiedUnits, address: m.address });
     }
-    await this.opts.cluster!.engine.putMembers(rows).catch((err: Error) => this.log.warn(`member registry: cannot write ${rows.length} member(s): ${err.message}`));
+    const due = this.registry.pick(rows, now);
+    await this.opts.cluster!.engine.putMembers(due).catch((err: Error) => {
+      this.registry.failed(due);
+      this.log.warn(`member registry: cannot write ${due.length} member(s): ${err.message}`);
+    });
   }
 
   private async releaseIdle(now: number): Promise<void> {
