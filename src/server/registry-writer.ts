@@ -9,8 +9,9 @@ type Row = Omit<MemberRow, 'msAgo'>;
 
 /**
  * Which of an owner's members go to the engine's registry at a write (every 2 s). Writing
- * all of them each time cost, at 100,000 members, 1.2-1.4 s of PostgreSQL CPU and 0.2-0.3 s
- * of the coordinator's per write, 1.4-2.0 s wall: the write took as long as its interval.
+ * all of them each time cost, at 100,000 members, 0.9-1.35 s of PostgreSQL CPU and
+ * 0.16-0.37 s of the coordinator's per write, 1.35-1.75 s wall: nearly its whole interval
+ * (bench/registry.ts).
  * Now a row is written when it is new, when what a reader acts on changed (its group, its
  * allocation key, completion, address: the new owner's wait list and the fleet view),
  * when its count of verified units changed and it was last written REGISTRY_PROGRESS_MS
