@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { promises as fs, createReadStream } from 'node:fs';
+import { promises as fs, createReadStream, writeSync } from 'node:fs';
 
 /**
  * Whole-file helpers for every layer that keeps files (stores, channels, the server's
@@ -74,5 +74,15 @@ export async function writeFully(fh: fs.FileHandle, bytes: Uint8Array, position:
     const { bytesWritten } = await fh.write(bytes, off, bytes.length - off, position + off);
     if (bytesWritten <= 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
     off += bytesWritten;
+  }
+}
+
+/** writeFully on the calling thread (see PartialStore.writeNow for when that is worth it). */
+export function writeFullySync(fd: number, bytes: Uint8Array, position: number): void {
+  let off = 0;
+  while (off < bytes.length) {
+    const n = writeSync(fd, bytes, off, bytes.length - off, position + off);
+    if (n <= 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
+    off += n;
   }
 }
