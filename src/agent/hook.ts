@@ -1,5 +1,8 @@
-import { spawn } from 'node:child_process';
 import { Logger } from '../util/log';
+
+/** Loaded when a hook first runs (issue 16): an agent without hooks does not pay for child_process. */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const childProcess = (): typeof import('node:child_process') => require('node:child_process') as typeof import('node:child_process');
 
 export interface HookResult {
   /** Exit status; absent when killed by a signal or it could not start. */
@@ -19,7 +22,7 @@ export function runHook(command: string, env: Record<string, string>, timeoutMs:
   return new Promise((resolve) => {
     let child;
     try {
-      child = spawn('/bin/sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      child = childProcess().spawn('/bin/sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (err) {
       resolve({ durationMs: 0, error: `cannot start: ${(err as Error).message}` });
       return;

@@ -1,8 +1,11 @@
-import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import type { Writable } from 'node:stream';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
+
+/** Loaded when an exec sink first starts (issue 16): an agent without one does not pay for child_process. */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const childProcess = (): typeof import('node:child_process') => require('node:child_process') as typeof import('node:child_process');
 
 /**
  * Where `agent --stream` delivers a stream's bytes, in order (docs/streams.md):
@@ -44,7 +47,7 @@ export async function openStreamSink(spec: string, resumeAt: number | null): Pro
   }
   if (spec.startsWith('exec:')) {
     const cmd = spec.slice(5);
-    const child = spawn('/bin/sh', ['-c', cmd], { stdio: ['pipe', 'inherit', 'inherit'] });
+    const child = childProcess().spawn('/bin/sh', ['-c', cmd], { stdio: ['pipe', 'inherit', 'inherit'] });
     const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
     child.once('error', () => undefined);
     child.stdin.on('error', () => undefined);

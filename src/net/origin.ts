@@ -1,7 +1,11 @@
 import * as http from 'node:http';
-import * as https from 'node:https';
-import { rootCertificates } from 'node:tls';
 import { originUrlProblem } from '../release/distribution';
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+/** Loaded on first https:// use (issue 16): an agent on plain http saves ~1 MiB of tls/https. */
+const https = (): typeof import('node:https') => require('node:https') as typeof import('node:https');
+const rootCertificates = (): readonly string[] => (require('node:tls') as typeof import('node:tls')).rootCertificates;
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 /**
  * Unit bytes from an HTTP range origin (docs/scale-out.md): nginx or any static web server
@@ -53,7 +57,7 @@ export class RangeOrigins {
     const key = url.origin;
     let a = this.agents.get(key);
     if (!a) {
-      a = url.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets: 8, ...(this.o.ca ? { ca: [...rootCertificates, String(this.o.ca)] } : {}) }) : new http.Agent({ keepAlive: true, maxSockets: 8 });
+      a = url.protocol === 'https:' ? new (https().Agent)({ keepAlive: true, maxSockets: 8, ...(this.o.ca ? { ca: [...rootCertificates(), String(this.o.ca)] } : {}) }) : new http.Agent({ keepAlive: true, maxSockets: 8 });
       this.agents.set(key, a);
     }
     return a;
@@ -69,7 +73,7 @@ export class RangeOrigins {
     if (problem) return Promise.reject(new OriginError(origin, problem));
     const url = new URL(origin.replace(/\/+$/, '') + '/' + path.replace(/^\/+/, ''));
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-    const mod = url.protocol === 'https:' ? https : http;
+    const mod = url.protocol === 'https:' ? https() : http;
     const want = end - start + 1;
     return new Promise<number>((resolve, reject) => {
       let settled = false;

@@ -1,8 +1,12 @@
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
-import * as https from 'node:https';
 import type { Agent as Dispatcher } from 'undici';
 import { ExitCode, FleetcastError } from '../util/errors';
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+/** Loaded on first https:// use (issue 16): an agent on plain http saves ~1 MiB of tls/https. */
+const https = (): typeof import('node:https') => require('node:https') as typeof import('node:https');
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 /**
  * How an agent (or `fleetcast fleet`, `doctor`) reaches the origin: its URL, the bearer
@@ -67,7 +71,7 @@ export class ServerAccess {
     this.token = o.token;
     const tls = protocols.has('https:');
     this.ca = tls ? o.ca : undefined;
-    this.agent = tls ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
+    this.agent = tls ? new (https().Agent)({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
   }
 
   /** The server URL requests go to now. */
@@ -119,7 +123,7 @@ export class ServerAccess {
    * unit, leases), where fetch() costs ~2 ms each on a busy small box.
    */
   request(method: 'GET' | 'POST', path: string, init: FetchInit = {}): Promise<HttpAnswer> {
-    const mod = this.url.startsWith('https:') ? https : http;
+    const mod = this.url.startsWith('https:') ? https() : http;
     return new Promise((resolve, reject) => {
       const req = mod.request(this.url + path, { method, headers: this.headers(init.headers), agent: this.agent, signal: init.signal }, (res) => {
         const bytes = async () => {
