@@ -235,7 +235,8 @@ async function memoryBreakdown(sizeBytes: number) {
     const ab = p.arrayBuffers / MIB;
     const anon = p.anonKiB / 1024;
     const gcs = ps.map((x) => x.forcedGcs ?? -1);
-    return { sizeBytes, rss: p.rssKiB / 1024, hwm: p.hwmKiB / 1024, file: p.fileKiB / 1024, anon, heap, heapUsed: p.heapUsed / MIB, arrayBuffers: ab, otherExternal: (p.external - p.arrayBuffers) / MIB, rest: anon - heap - ab, gcs: gcs.some((g) => g < 0) ? '-' : gcs.join(', ') };
+    const cpu = ps.map((x) => x.cpuSeconds).sort((a, b) => a - b).map((c) => c.toFixed(2)).join(', ');
+    return { cpu, sizeBytes, rss: p.rssKiB / 1024, hwm: p.hwmKiB / 1024, file: p.fileKiB / 1024, anon, heap, heapUsed: p.heapUsed / MIB, arrayBuffers: ab, otherExternal: (p.external - p.arrayBuffers) / MIB, rest: anon - heap - ab, gcs: gcs.some((g) => g < 0) ? '-' : gcs.join(', ') };
   } finally {
     if (before === undefined) delete process.env.NODE_OPTIONS;
     else process.env.NODE_OPTIONS = before;
@@ -267,9 +268,9 @@ async function memoryLines(runs: number): Promise<string[]> {
     '',
     `Where it goes, one more run per size with bench/mem-probe.js preloaded in every agent (the agent with the highest sampled VmRSS, at that sample; the probe's own cost included). A bare \`node -e\` on this machine: ${f(base.rss / 1024)} MiB resident, ${f(base.file / 1024)} MiB of it file-backed.`,
     '',
-    '| release | VmRSS | file-backed (node binary, libraries) | anonymous | V8 heap (heapTotal / used) | ArrayBuffers | other anonymous (malloc, stacks, code) | VmHWM | full GCs forced by the heap ceiling (each agent) |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...parts.map((p) => `| ${p.sizeBytes / MIB} MiB | ${f(p.rss)} | ${f(p.file)} | ${f(p.anon)} | ${f(p.heap)} / ${f(p.heapUsed)} | ${f(p.arrayBuffers)} | ${f(p.rest)} | ${f(p.hwm)} | ${p.gcs} |`),
+    '| release | VmRSS | file-backed (node binary, libraries) | anonymous | V8 heap (heapTotal / used) | ArrayBuffers | other anonymous (malloc, stacks, code) | VmHWM | full GCs forced by the heap ceiling (each agent) | CPU seconds (each agent) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...parts.map((p) => `| ${p.sizeBytes / MIB} MiB | ${f(p.rss)} | ${f(p.file)} | ${f(p.anon)} | ${f(p.heap)} / ${f(p.heapUsed)} | ${f(p.arrayBuffers)} | ${f(p.rest)} | ${f(p.hwm)} | ${p.gcs} | ${p.cpu} |`),
     '',
   ];
 }
