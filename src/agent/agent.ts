@@ -150,7 +150,7 @@ export class Agent {
     const now = Date.now();
     const cross = o.crossRateBytesPerSec ?? AGENT_DEFAULTS.crossRateBytesPerSec;
     const cfg = { manifest: m, member: this.member, group: o.group, wideGroup: o.wideGroup, senderId: this.senderId, fragmentBytes, have: this.store.bitmap() };
-    this.core = new LanCore({ ...cfg, rateBytesPerSec: this.rate, crossRateBytesPerSec: cross, controlSeqStart: BigInt(now) * 1000n, random: this.random, logger: this.log, stats: this.stats }, now);
+    this.core = new LanCore({ ...cfg, assembleInPlace: true, rateBytesPerSec: this.rate, crossRateBytesPerSec: cross, controlSeqStart: BigInt(now) * 1000n, random: this.random, logger: this.log, stats: this.stats }, now);
     const t = await openTransports(o, iface.address, fragmentBytes, this.random, this.log);
     this.transport = t.lan;
     this.cross = t.cross;

@@ -6,7 +6,8 @@ import type { CoreEvent, ProtocolCore } from './core/types';
 
 /** What the driver does with the core's events besides storage. */
 export interface DriverHooks {
-  store: Pick<PartialStore, 'writeUnit' | 'readUnit'>;
+  /** The in-place methods are needed only by a core with assembleInPlace. */
+  store: Pick<PartialStore, 'writeUnit' | 'readUnit'> & Partial<Pick<PartialStore, 'writeRangeSync' | 'readRangeSync' | 'commitInPlace' | 'landing'>>;
   /** A pooled buffer to read a unit into (it becomes the core's with unitRead). */
   readBuffer(unit: number): Buffer;
   log: Logger;
@@ -117,6 +118,32 @@ export class CoreDriver {
           this.kick();
         }, hooks.fail);
         return;
+      case 'write': {
+        // On the main thread: the chunk is the core's again at the next pollEvent(), and
+        // no byte of the assembly is in flight when it is verified (issue 16).
+        const w = hooks.store.writeRangeSync;
+        if (!w) return hooks.fail(new Error('the core assembles in place but the store cannot write ranges'));
+        try {
+          if (!w.call(hooks.store, e.unit, e.offset, e.bytes)) core.assemblyRefused?.(e.unit, Date.now());
+        } catch (err) {
+          hooks.fail(err as Error);
+        }
+        return;
+      }
+      case 'verify': {
+        const store = hooks.store;
+        if (!store.readRangeSync || !store.commitInPlace || !store.landing) return hooks.fail(new Error('the core assembles in place but the store cannot read ranges'));
+        const now = Date.now();
+        // A download of the unit still landing could put its bytes over the ones just read.
+        if (store.landing(e.unit)) return core.assemblyRefused?.(e.unit, now);
+        if (!core.verifyInPlace?.(e.unit, (offset, into) => store.readRangeSync!(e.unit, offset, into), now)) return;
+        store.commitInPlace(e.unit).then(() => {
+          core.unitStored(e.unit, Date.now());
+          hooks.stored();
+          this.kick();
+        }, hooks.fail);
+        return;
+      }
       case 'read':
         hooks.store
           .readUnit(e.unit, hooks.readBuffer(e.unit))

@@ -1,5 +1,7 @@
+import { readFile } from 'node:fs/promises';
+import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { bitmapBytes } from '../util/bits';
+import { bitmapBytes, setBit } from '../util/bits';
 
 /**
  * The persisted bitmap of verified units (docs/protocol.md, "Bitmap file").
@@ -110,4 +112,15 @@ export function decodeJournal(buf: Uint8Array, releaseId: Uint8Array, unitCount:
     units.push(u);
   }
   return { ok: true, units, torn: off !== b.length };
+}
+
+/** The verified-units bitmap as a restart would see it (bitmap file plus journal), or null when there is none. */
+export async function readPersistedBitmap(releaseDir: string, releaseId: Uint8Array, unitCount: number): Promise<Uint8Array | null> {
+  const raw = await readFile(path.join(releaseDir, 'data.bitmap')).catch(() => null);
+  const d = raw && decodeBitmapFile(raw, releaseId, unitCount);
+  if (!d || !d.ok) return null;
+  const journal = await readFile(path.join(releaseDir, 'data.journal')).catch(() => null);
+  const j = journal && decodeJournal(journal, releaseId, unitCount);
+  if (j && j.ok) for (const u of j.units) setBit(d.bits, u);
+  return d.bits;
 }

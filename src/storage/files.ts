@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { promises as fs, createReadStream, writeSync } from 'node:fs';
+import { ExitCode, FleetcastError } from '../util/errors';
+import { promises as fs, createReadStream, readSync, writeSync } from 'node:fs';
 
 /**
  * Whole-file helpers for every layer that keeps files (stores, channels, the server's
@@ -85,4 +86,26 @@ export function writeFullySync(fd: number, bytes: Uint8Array, position: number):
     if (n <= 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
     off += n;
   }
+}
+
+/** Fill `into` from `position` on the calling thread; a file that ends first is an error. */
+export function readFullySync(fd: number, into: Uint8Array, position: number): void {
+  let off = 0;
+  while (off < into.length) {
+    const n = readSync(fd, into, off, into.length - off, position + off);
+    if (n <= 0) throw Object.assign(new Error(`short read at byte ${position + off}`), { code: 'EIO' });
+    off += n;
+  }
+}
+
+/** Throws ENOSPC (exit 74) when `dir`'s file system has less than `needed` bytes free for `what`; quiet when it cannot tell. */
+export async function checkFreeSpace(dir: string, needed: number, what: string): Promise<void> {
+  let st: { bavail: number; bsize: number } | undefined;
+  try {
+    st = await fs.statfs(dir);
+  } catch {
+    return; // cannot tell; the write will say ENOSPC
+  }
+  const free = st.bavail * st.bsize;
+  if (free < needed) throw new FleetcastError('ENOSPC', `${what} needs ${needed} more bytes in ${dir}, only ${free} are free`, ExitCode.IOERR);
 }

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { makeDir } from './make-dir';
-import { exists, fsyncDir, readFully, sha256File, writeAtomic, writeFully, writeFullySync } from './files';
+import { checkFreeSpace, exists, fsyncDir, readFully, sha256File, writeAtomic, writeFully, readFullySync, writeFullySync } from './files';
 import * as path from 'node:path';
 import { Manifest, unitLength } from '../wire/manifest';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
@@ -10,6 +10,7 @@ import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader,
 
 /** Their home is files.ts; still exported here for callers that import them with the store. */
 export { sha256File, writeAtomic } from './files';
+export { readPersistedBitmap } from './bitmap-file';
 
 /** At most this many units per commit (one fdatasync and one bitmap write for all). */
 const MAX_COMMIT_UNITS = 64;
@@ -101,7 +102,7 @@ export class PartialStore {
     } catch {
       this.bits.fill(0); // no data file: any bitmap is stale
     }
-    if (size < m.size) await this.checkFreeSpace(m.size - size);
+    if (size < m.size) await checkFreeSpace(this.dir, m.size - size, `release ${m.name}`);
     try {
       this.fh = await fs.open(this.partPath, size > 0 ? 'r+' : 'w+');
       if (size !== m.size) await this.fh.truncate(m.size);
@@ -130,23 +131,6 @@ export class PartialStore {
       this.journalBytes = JOURNAL_HEADER_BYTES;
     } catch (err) {
       throw fromSystemError(err, `writing ${this.bitmapPath}`);
-    }
-  }
-
-  private async checkFreeSpace(needed: number): Promise<void> {
-    let st: { bavail: number; bsize: number } | undefined;
-    try {
-      st = await fs.statfs(this.dir);
-    } catch {
-      return; // cannot tell; the write will say ENOSPC
-    }
-    const free = st.bavail * st.bsize;
-    if (free < needed) {
-      throw new FleetcastError(
-        'ENOSPC',
-        `release ${this.manifest.name} needs ${needed} more bytes in ${this.dir}, only ${free} are free`,
-        ExitCode.IOERR,
-      );
     }
   }
 
@@ -226,6 +210,30 @@ export class PartialStore {
     });
   }
 
+  /** A download of the unit has writeRange writes in flight. */
+  landing(unit: number): boolean {
+    return this.rangeWrites.has(unit);
+  }
+  /**
+   * writeRange and readRange on the calling thread, for a LAN assembly built in place
+   * (issue 16): its chunk is free on return, and nothing of it is in flight, nor can land,
+   * between its read-back and its commit. false, nothing written: the unit is stored or
+   * committing, or a download of it is landing (the two must not land over each other).
+   */
+  writeRangeSync(unit: number, offset: number, bytes: Uint8Array): boolean {
+    const fh = this.rangeOf(unit, offset, bytes.length);
+    if (this.has(unit) || this.storing.has(unit) || this.rangeWrites.has(unit)) return false;
+    try {
+      writeFullySync(fh.fd, bytes, unit * this.manifest.unitSize + offset);
+    } catch (err) {
+      throw fromSystemError(err, `storing unit ${unit} of ${this.manifest.name}`);
+    }
+    return true;
+  }
+  readRangeSync(unit: number, offset: number, into: Uint8Array): void {
+    readFullySync(this.rangeOf(unit, offset, into.length).fd, into, unit * this.manifest.unitSize + offset);
+  }
+
   /** `len` bytes of a unit from `offset`, as they are in the file (written by writeRange or stored). */
   async readRange(unit: number, offset: number, len: number): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(len);
@@ -273,18 +281,13 @@ export class PartialStore {
     if (bytes.length !== unitLength(m, unit)) throw new FleetcastError('BAD_UNIT', `unit ${unit} has wrong length`, ExitCode.SOFTWARE);
     try {
       const landing = this.rangeWrites.get(unit);
-      if (landing) {
-        // Unverified bytes of a download still landing (writeRange) must not land over these.
-        await Promise.allSettled(landing);
-        await writeFully(this.fh, bytes, unit * m.unitSize);
-      } else {
-        // On the main thread, not through libuv's pool (issue 16): under the demo's load a
-        // pooled 1 MiB write took 8 ms on average and up to 108 ms, and the caller's unit
-        // buffer waited all that time (1-6 per agent, 9 MiB of its peak). Written here it
-        // is free when this returns; a 1 MiB write costs ~0.3-3 ms of the loop, at most
-        // 4-14 ms measured on ext4 while the pool fdatasyncs the same file in a loop.
-        writeFullySync(this.fh.fd, bytes, unit * m.unitSize);
-      }
+      // On the main thread unless a download of the unit is landing (issue 16): under the demo's
+      // load a pooled 1 MiB write took 8 ms on average, up to 108 ms, and the caller's buffer
+      // waited that long (1-6 per agent); a 1 MiB writeSync took at most 4-14 ms on ext4
+      // while the pool fdatasynced the same file in a loop.
+      if (!landing) writeFullySync(this.fh.fd, bytes, unit * m.unitSize);
+      // Unverified bytes of a download still landing (writeRange) must not land over these.
+      else await Promise.allSettled(landing).then(() => writeFully(this.fh!, bytes, unit * m.unitSize));
     } catch (err) {
       throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
     }
@@ -394,15 +397,4 @@ export class PartialStore {
     await fh?.close();
     await jfh?.close();
   }
-}
-
-/** The verified-units bitmap as a restart would see it (bitmap file plus journal), or null when there is none. */
-export async function readPersistedBitmap(releaseDir: string, releaseId: Uint8Array, unitCount: number): Promise<Uint8Array | null> {
-  const raw = await fs.readFile(path.join(releaseDir, 'data.bitmap')).catch(() => null);
-  const d = raw && decodeBitmapFile(raw, releaseId, unitCount);
-  if (!d || !d.ok) return null;
-  const journal = await fs.readFile(path.join(releaseDir, 'data.journal')).catch(() => null);
-  const j = journal && decodeJournal(journal, releaseId, unitCount);
-  if (j && j.ok) for (const u of j.units) setBit(d.bits, u);
-  return d.bits;
 }

@@ -17,6 +17,9 @@ import { SimServer } from './server';
  * - The store is a Map of unit -> bytes; 'store' and 'read' events are answered at
  *   once (an in-memory disk). Buffers given to the core become the core's (its pool
  *   reuses them), so the store only ever hands over copies, as a disk read would.
+ *   With assembleInPlace, 'write' puts unverified bytes in a unit's place (`partial`)
+ *   and 'verify' reads them back through verifyInPlace, then commits them, as
+ *   PartialStore's writeRangeSync, readRangeSync and commitInPlace do.
  * - The WAN: leased units "arrive" at `wanRateBytesPerSec` after `wanDelayMs`, in
  *   chunks (cut-through `fetchProgress`), `fetchConcurrency` at a time, paused while
  *   the core says it is backlogged.
@@ -37,6 +40,8 @@ export interface MemberOptions {
   /** Bytes per fetchProgress call. */
   wanChunkBytes: number;
   heartbeatMs: number;
+  /** The core builds LAN assemblies in the store ('write'/'verify' events), as the agent's does. */
+  assembleInPlace?: boolean;
   /** Rewrites each outgoing datagram (a lying member); null drops it. */
   mangle?: (datagram: Uint8Array) => Uint8Array | null;
 }
@@ -46,6 +51,11 @@ const MAX_WAKEUPS_AT_ONE_INSTANT = 100_000;
 
 export class SimMember {
   readonly store = new Map<number, Buffer>();
+  /** In place: units' unverified bytes as 'write' events left them. */
+  readonly partial = new Map<number, Buffer>();
+  /** In place: bytes written, and bytes read back to verify. */
+  inPlaceWritten = 0;
+  inPlaceReadBack = 0;
   readonly stats: CoreStats = newStats();
   readonly core: SimCore;
   readonly endpoint: Endpoint;
@@ -92,6 +102,7 @@ export class SimMember {
       controlSeqStart: 1n,
       random: rng.fork('core').random,
       stats: this.stats,
+      ...(opts.assembleInPlace ? { assembleInPlace: true } : {}),
     };
     this.core = makeCore(cfg, sim.now);
     this.endpoint.onReceive = (data, from, via, now) => {
@@ -175,6 +186,26 @@ export class SimMember {
             this.core.unitWritten?.(e.unit, now);
             this.core.unitStored(e.unit, now);
             break;
+          case 'write': {
+            const len = unitBytes(this.release, e.unit);
+            let p = this.partial.get(e.unit);
+            if (!p) this.partial.set(e.unit, (p = Buffer.alloc(len)));
+            p.set(e.bytes, e.offset);
+            this.inPlaceWritten += e.bytes.length;
+            break;
+          }
+          case 'verify': {
+            const p = this.partial.get(e.unit) ?? Buffer.alloc(unitBytes(this.release, e.unit));
+            const ok = this.core.verifyInPlace!(e.unit, (offset, into) => {
+              p.copy(into, 0, offset, offset + into.length);
+              this.inPlaceReadBack += into.length;
+            }, now);
+            if (!ok) break;
+            this.partial.delete(e.unit);
+            this.keep(e.unit, Buffer.from(p));
+            this.core.unitStored(e.unit, now);
+            break;
+          }
           case 'read': {
             // The core owns what it is given (its buffer pool reuses it): hand over a copy, as a disk read would.
             const b = this.store.get(e.unit);
@@ -292,4 +323,9 @@ export function epName(e: CoreEndpoint): string {
 function parseEp(name: string): CoreEndpoint {
   const i = name.lastIndexOf(':');
   return { address: name.slice(0, i), port: Number(name.slice(i + 1)) };
+}
+
+function unitBytes(release: SimRelease, unit: number): number {
+  const m = release.manifest;
+  return Math.max(0, Math.min(m.unitSize, m.size - unit * m.unitSize));
 }

@@ -37,6 +37,8 @@ export abstract class CoreUnits {
   protected finishing = false;
   protected fileDone = false;
   /** Reads asked of the driver: what to do with the bytes, and whether to keep them for repairs. */
+  /** The chunk of the last 'write' event polled: free again at the next poll. */
+  private written: Buffer | null = null;
   private readonly reads = new Map<number, { uses: ((buf: Buffer) => void)[]; cache: boolean; deferred: boolean }>();
 
   protected abstract readonly log: Logger;
@@ -55,6 +57,7 @@ export abstract class CoreUnits {
     readonly stats: CoreStats,
     now: number,
   ) {
+    asm.write = (unit, offset, bytes) => this.events.push({ type: 'write', unit, offset, bytes });
     this.m = cfg.manifest;
     this.fb = cfg.fragmentBytes;
     this.have = new Uint8Array(bitmapBytes(cfg.unitCapacity ?? this.m.unitCount));
@@ -83,6 +86,24 @@ export abstract class CoreUnits {
   }
   giveBuffer(buf: Buffer): void {
     this.asm.pool.give(buf);
+  }
+
+  pollEvent(): CoreEvent | null {
+    if (this.written) {
+      this.asm.chunkDone(Buffer.from(this.written.buffer, 0, this.written.buffer.byteLength));
+      this.written = null;
+    }
+    for (;;) {
+      const e = this.events.shift();
+      if (!e) return null;
+      if (e.type !== 'write') return e;
+      // Bytes of an assembly dropped since (a download of the unit started): not written.
+      if (this.asm.get(e.unit)) {
+        this.written = e.bytes;
+        return e;
+      }
+      this.asm.chunkDone(Buffer.from(e.bytes.buffer, 0, e.bytes.buffer.byteLength));
+    }
   }
 
   get leasedCount(): number {
@@ -145,6 +166,11 @@ export abstract class CoreUnits {
   }
 
   protected verifyAssembly(unit: number): void {
+    if (this.asm.inPlace) {
+      this.asm.completeInPlace(unit);
+      this.events.push({ type: 'verify', unit });
+      return;
+    }
     const buf = this.asm.verify(unit, this.m.units[unit]);
     if (buf) {
       this.events.push({ type: 'store', unit, bytes: buf });
@@ -153,6 +179,33 @@ export abstract class CoreUnits {
     this.stats.unitsRejected++;
     this.nacks.done(unit);
     this.log.warn(`unit ${unit} from the LAN failed verification; discarded`);
+  }
+
+  verifyInPlace(unit: number, read: (offset: number, into: Buffer) => void, _now: number): boolean {
+    const a = this.asm.get(unit);
+    if (!a?.verifying || this.has(unit)) return false;
+    let ok: boolean;
+    try {
+      ok = this.asm.verifyInPlace(unit, this.unitBytes(unit), this.m.units[unit], read);
+    } catch (err) {
+      this.log.warn(`reading back unit ${unit} to verify it: ${(err as Error).message}; asking for it again`);
+      this.asm.forget(unit);
+      this.nacks.done(unit);
+      this.drop('assembly-read-failed');
+      return false;
+    }
+    if (ok) return true;
+    this.stats.unitsRejected++;
+    this.nacks.done(unit);
+    this.log.warn(`unit ${unit} from the LAN failed verification; discarded`);
+    return false;
+  }
+
+  assemblyRefused(unit: number, _now: number): void {
+    if (!this.asm.get(unit)) return;
+    this.asm.forget(unit);
+    this.nacks.done(unit);
+    this.drop('assembly-refused');
   }
 
   /** A verified unit is stored: tell the LAN, keep it for repairs, finish when it was the last. */

@@ -38,10 +38,19 @@ export const AGENT_DEFAULTS = {
   /**
    * Bytes of incomplete assemblies and pooled unit buffers, each: at large unit sizes the
    * assembly count shrinks to fit (at least minAssemblies). Issue 13: 128 assemblies of
-   * 64 MiB units was 8 GiB.
+   * 64 MiB units was 8 GiB. An assembly built in place holds a chunk, not its unit, but
+   * counts as a unit here: what it holds on disk is unverified until it completes.
    */
   assemblyMaxBytes: 128 * 1024 * 1024,
   minAssemblies: 4,
+  /**
+   * In place (the agent's LAN assemblies, issue 16): consecutive fragments are gathered in a
+   * chunk of this size and written to the partial file when it is full or a gap breaks it,
+   * instead of a unit-sized buffer per assembly (4 filling at once in the demo: 4 MiB).
+   */
+  assemblyChunkBytes: 128 * 1024,
+  /** Free chunks kept for reuse. */
+  assemblyChunksFree: 8,
   /** An incomplete assembly that got no data for this long is dropped (its buffer freed). */
   assemblyMaxIdleMs: 10_000,
   /**
@@ -51,8 +60,8 @@ export const AGENT_DEFAULTS = {
    */
   repairCacheUnits: 0,
   /**
-   * Free unit-sized buffers the pool keeps for the next download, assembly or repair
-   * read; also capped by assemblyMaxBytes. A buffer the pool drops is old by then and
+   * Free unit-sized buffers the pool keeps for the next repair read or deferred copy
+   * (and a stream's downloads and assemblies); also capped by assemblyMaxBytes. A buffer the pool drops is old by then and
    * stays resident until a full GC, so the pool keeps what the caps let be in use.
    */
   unitPoolMaxFree: 16,

@@ -26,7 +26,7 @@ import { PeerTable } from './peers';
 import { RepairFlow, emptyStats, drop } from './repair-flow';
 import { SendEngine } from './send-engine';
 import { SplitMapView } from './split-map';
-import type { CoreConfig, CoreEvent, CoreLeaseGrant, CoreSplitMap, CopyDestination, Endpoint, ProtocolCore, Transmit } from './types';
+import type { CoreConfig, CoreLeaseGrant, CoreSplitMap, CopyDestination, Endpoint, ProtocolCore, Transmit } from './types';
 
 /** How often the core looks for a stall (the heartbeat's pace). */
 const STALL_CHECK_MS = 1000;
@@ -56,7 +56,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
 
   constructor(cfg: CoreConfig, now: number) {
     const stats = cfg.stats ?? emptyStats();
-    super(cfg, new Assembler(cfg.manifest.unitSize, (r) => drop(stats, r)), stats, now);
+    super(cfg, new Assembler(cfg.manifest.unitSize, (r) => drop(stats, r), cfg.assembleInPlace), stats, now);
     this.log = cfg.logger ?? silentLogger;
     this.controlSeq = cfg.controlSeqStart;
     this.view = new SplitMapView(cfg.member, cfg.group);
@@ -251,10 +251,6 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     let t: number | null = null;
     for (const x of [this.tickAt, this.announceAt, this.announceSoonAt, this.stallAt, this.send.nextRoundAt]) if (x !== null && (t === null || x < t)) t = x;
     return t;
-  }
-
-  pollEvent(): CoreEvent | null {
-    return this.events.shift() ?? null;
   }
 
   get backlogged(): boolean {

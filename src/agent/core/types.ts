@@ -93,6 +93,11 @@ export interface CoreConfig {
   logger?: Logger;
   /** Counters the core adds to (AgentCounters in agent.ts and `drops`); default: its own. */
   stats?: CoreStats;
+  /**
+   * LAN assemblies go to storage as they fill ('write' and 'verify' events) instead of
+   * being held whole in memory for a 'store' event (issue 16). Default off (streams).
+   */
+  assembleInPlace?: boolean;
 }
 
 /** The counters the core keeps (a subset of AgentStats; the driver passes its own object). */
@@ -134,6 +139,17 @@ export interface Transmit {
 export type CoreEvent =
   /** A unit assembled from the LAN and verified: write it, then call unitStored() (or stop on an error). The bytes stay the core's: do not keep them. */
   | { type: 'store'; unit: number; bytes: Buffer }
+  /**
+   * In place (CoreConfig.assembleInPlace): unverified bytes of a unit being assembled from
+   * the LAN; write them at once (they are valid until the next pollEvent()), with the unit's
+   * bit clear, or call assemblyRefused() when the store will not take them.
+   */
+  | { type: 'write'; unit: number; offset: number; bytes: Buffer }
+  /**
+   * In place: every fragment of the unit is written. Call verifyInPlace() at once, with a
+   * reader of the unit's bytes on disk; when it says so, commit the unit, then unitStored().
+   */
+  | { type: 'verify'; unit: number }
   /** Read a stored unit (for repairs or deferred copies), then call unitRead(). */
   | { type: 'read'; unit: number }
   /** Ask the server for units (POST /v1/lease with `want` and `reason`), then call relayAnswered(). */
@@ -186,6 +202,14 @@ export interface ProtocolCore {
    * committed. The core recycles them then instead of holding them through the commit.
    */
   unitWritten?(unit: number, now: number): void;
+  /**
+   * In place: the unit of a 'verify' event matches its hash, with `read(offset, into)`
+   * filling `into` from the unit's bytes on disk (synchronously: nothing may land on them
+   * between the read and the commit). false: dropped (bad copy, or no longer assembled).
+   */
+  verifyInPlace?(unit: number, read: (offset: number, into: Buffer) => void, now: number): boolean;
+  /** In place: the store refused a 'write' (a download of the unit is landing): the assembly is dropped. */
+  assemblyRefused?(unit: number, now: number): void;
   /** The unit of a 'store' event is written. */
   unitStored(unit: number, now: number): void;
   /** The bytes of a 'read' event, or null when they could not be read. They become the core's (see unitFetched): hand a fresh buffer. */
