@@ -105,7 +105,7 @@ test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a 
     for (let i = 0; i < 2048; i++) { const b = Buffer.allocUnsafeSlow(32 * 1024); b.fill(i); (i % 16 === 15 ? keep : bufs).push(b); }
     bufs = null;
     gc(); gc();
-    // Over the 12 MiB ceiling, so the check collects (and trims).
+    // Over the heap ceiling (AGENT_HEAP_CEILING_BYTES), so the check collects (and trims).
     const live = []; for (let i = 0; i < 200000; i++) live.push({ i, s: 'x' + i });
     setTimeout(() => {
       gc();
