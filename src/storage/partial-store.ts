@@ -280,14 +280,9 @@ export class PartialStore {
     if (this.has(unit)) return;
     if (bytes.length !== unitLength(m, unit)) throw new FleetcastError('BAD_UNIT', `unit ${unit} has wrong length`, ExitCode.SOFTWARE);
     try {
-      const landing = this.rangeWrites.get(unit);
-      // On the main thread unless a download of the unit is landing (issue 16): under the demo's
-      // load a pooled 1 MiB write took 8 ms on average, up to 108 ms, and the caller's buffer
-      // waited that long (1-6 per agent); a 1 MiB writeSync took at most 4-14 ms on ext4
-      // while the pool fdatasynced the same file in a loop.
-      if (!landing) writeFullySync(this.fh.fd, bytes, unit * m.unitSize);
       // Unverified bytes of a download still landing (writeRange) must not land over these.
-      else await Promise.allSettled(landing).then(() => writeFully(this.fh!, bytes, unit * m.unitSize));
+      await Promise.allSettled(this.rangeWrites.get(unit) ?? []);
+      await writeFully(this.fh, bytes, unit * m.unitSize);
     } catch (err) {
       throw fromSystemError(err, `storing unit ${unit} of ${m.name}`);
     }
