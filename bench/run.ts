@@ -6,6 +6,7 @@ import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
 import { benchScale, scaleReport } from './scale';
+import { clusterReport } from './scale-cluster';
 import { benchStream, streamReport } from './stream';
 import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
 
@@ -283,23 +284,29 @@ async function main() {
     return writeResult('idle', idleReport(await benchIdleAll(seconds, Number(process.argv[4] ?? 3)), machine()));
   }
   if (what === 'scale') {
-    // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]] [FORM[,FORM]]
-    const counts = (runsArg ?? '1000,10000').split(',').map(Number);
-    const seconds = Number(process.argv[4] ?? 30);
-    const policies = (process.argv[5] ?? 'group,wide').split(',') as ('group' | 'wide')[];
-    const forms = (process.argv[6] ?? '1.4').split(',') as ('1.3' | '1.4' | '1.5')[];
-    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide') || forms.some((f) => f !== '1.3' && f !== '1.4' && f !== '1.5')) {
-      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]] [1.3|1.4|1.5[,...]]  (agents >= 10)\n');
+    // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]] [FORM[,FORM]] [--instances N[,N]]
+    const args = process.argv.slice(3);
+    const flag = args.indexOf('--instances');
+    const instances = flag < 0 ? [1] : (args.splice(flag, 2)[1] ?? '').split(',').map(Number);
+    const counts = (args[0] ?? '1000,10000').split(',').map(Number);
+    const seconds = Number(args[1] ?? 30);
+    const policies = (args[2] ?? 'group,wide').split(',') as ('group' | 'wide')[];
+    const forms = (args[3] ?? '1.4').split(',') as ('1.3' | '1.4' | '1.5')[];
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || policies.some((p) => p !== 'group' && p !== 'wide') || forms.some((f) => f !== '1.3' && f !== '1.4' && f !== '1.5') || args.length > 4 || instances.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) {
+      process.stderr.write('bench: usage: npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [group|wide[,...]] [1.3|1.4|1.5[,...]] [--instances N[,N...]]  (agents >= 10; 1 to 8 instances: more than 1 share a PostgreSQL the bench starts, as root)\n');
       process.exit(64);
     }
     const results = [];
     for (const agents of counts)
       for (const policy of policies)
-        for (const form of forms) {
-          process.stderr.write(`scale: ${agents} agents, protocol ${form}, policy ${policy}, ${seconds} s window\n`);
-          results.push(await benchScale({ agents, perGroup: 10, policy, sitesPerWide: 20, seconds, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form }));
-        }
-    return writeResult('scale', scaleReport(results, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
+        for (const form of forms)
+          for (const n of instances) {
+            process.stderr.write(`scale: ${agents} agents, protocol ${form}, policy ${policy}, ${seconds} s window, ${n} server instance(s)\n`);
+            results.push(await benchScale({ agents, perGroup: 10, policy, sitesPerWide: 20, seconds, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form, instances: n }));
+          }
+    const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`;
+    const cluster = flag < 0 ? [] : clusterReport(results, command);
+    return writeResult('scale', [...scaleReport(results, machine(), command), ...cluster]);
   }
   if (what === 'stream') {
     // npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB]

@@ -1,11 +1,12 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createPublicKey } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseManifest } from '../src/release/manifest';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
+import { Client, InstanceCount, Kind, Route } from './scale-client';
+import { instanceCounters, postgresCpuSeconds, ScaleServers, startScaleServers } from './scale-cluster';
 
 /**
  * `npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS]`: what coordination costs the
@@ -67,18 +68,13 @@ export interface ScaleOptions {
    * listing every other site's gateway in `copyTo`).
    */
   form: '1.3' | '1.4' | '1.5';
+  /**
+   * `fleetcast server` processes (default 1). With more, they share a PostgreSQL the bench starts
+   * (`--engine`, issue 18), and agents list them in their allocation's order (bench/scale-cluster.ts).
+   */
+  instances?: number;
   /** Server limits for large fleets (the defaults keep 16,384 members and 2,048 connections). */
   serverArgs?: string[];
-}
-
-interface Kind {
-  count: number;
-  failed: number;
-  bytes: number;
-  latencies: number[];
-  /** Answers that carried copy destinations (`copyTo`, and 1.5's `copyTree`), and those fields' bytes. */
-  copyAnswers?: number;
-  copyBytes?: number;
 }
 
 export interface ScaleResult {
@@ -95,6 +91,23 @@ export interface ScaleResult {
   joinSeconds: number;
   /** Agents that had joined when the window opened. */
   joined: number;
+  /** Each server instance's share (one with a single server): what it answered, cost and forwarded. */
+  instances: InstanceResult[];
+  /** PostgreSQL's CPU seconds over the window (several instances), else null. */
+  postgresCpu: number | null;
+}
+
+/** One instance over the window: the client's attempts there, its CPU and peak RSS (/proc), requests it proxied (/v1/stats). */
+export interface InstanceResult extends InstanceCount {
+  cpu: number;
+  systemCpu: number;
+  hwmMiB: number;
+  /** Agents that list it first and had joined when the window opened. */
+  joined: number;
+  /** Requests it forwarded to another instance, the owner of their allocation. */
+  proxied: number;
+  /** Allocations it owned at the window's end. */
+  owned: number;
 }
 
 function pct(a: number[], p: number): number {
@@ -103,72 +116,12 @@ function pct(a: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
-class Client {
-  /**
-   * One keep-alive pool per simulated site address, one connection each: the server sees each site as one box, and
-   * 10,000 sites stay under the server's connection cap and open-files limit (with 2 each, 100,000 agents were refused).
-   */
-  private readonly pools = new Map<string, http.Agent>();
-  measuring = false;
-  readonly kinds: Record<string, Kind> = {};
-  constructor(private readonly port: number) {}
-
-  private pool(local: string): http.Agent {
-    let a = this.pools.get(local);
-    if (!a) this.pools.set(local, (a = new http.Agent({ keepAlive: true, maxSockets: 1 })));
-    return a;
-  }
-
-  post<T>(local: string, kind: string, p: string, body: unknown): Promise<T> {
-    const data = Buffer.from(JSON.stringify(body));
-    return new Promise<T>((resolve, reject) => {
-      let t0 = 0;
-      const k = (this.kinds[kind] ??= { count: 0, failed: 0, bytes: 0, latencies: [] });
-      const req = http.request(
-        { host: '127.0.0.1', port: this.port, path: p, method: 'POST', localAddress: local, agent: this.pool(local), headers: { 'content-type': 'application/json', 'content-length': data.length } },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const buf = Buffer.concat(chunks);
-            if (this.measuring) {
-              k.count++;
-              k.bytes += buf.length;
-              k.latencies.push(Number(process.hrtime.bigint() - BigInt(t0)) / 1e6);
-              if (res.statusCode !== 200) k.failed++;
-            }
-            if (res.statusCode !== 200) return reject(new Error(`${p}: ${res.statusCode} ${buf.toString().slice(0, 200)}`));
-            try {
-              const parsed = JSON.parse(buf.toString()) as T & { copyTo?: unknown; copyTree?: number };
-              if (this.measuring && parsed.copyTo !== undefined) {
-                k.copyAnswers = (k.copyAnswers ?? 0) + 1;
-                k.copyBytes = (k.copyBytes ?? 0) + JSON.stringify({ copyTo: parsed.copyTo, copyTree: parsed.copyTree }).length;
-              }
-              resolve(parsed);
-            } catch (err) {
-              reject(err);
-            }
-          });
-        },
-      );
-      req.on('socket', () => (t0 = Number(process.hrtime.bigint())));
-      req.on('error', (err) => {
-        if (this.measuring) k.failed++;
-        reject(err);
-      });
-      req.end(data);
-    });
-  }
-
-  close(): void {
-    for (const a of this.pools.values()) a.destroy();
-  }
-}
-
 /** A LAN group's shared state: which units its members hold (a unit fetched by one reaches the rest after the LAN delay). */
 class Site {
   readonly held: Uint8Array;
   heldCount = 0;
+  /** The server instances its agents try, in order (indexes into the servers started): the same for every agent of the site. */
+  order: number[] = [0];
   constructor(readonly name: string, readonly address: string, readonly wide: string | undefined, units: number) {
     this.held = new Uint8Array(Math.ceil(units / 8));
   }
@@ -181,8 +134,7 @@ class Site {
 
 export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-scale-'));
-  let server: ReturnType<typeof spawn> | null = null;
-  let stopping = false;
+  let started: ScaleServers | null = null;
   const client = { c: null as Client | null };
   try {
     const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
@@ -201,25 +153,26 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const unitSize = manifest.unitSize;
     const sha256 = manifest.sha256;
 
-    const port = 20000 + Math.floor(Math.random() * 20000);
     // FLEETCAST_SCALE_PROF=DIR: the server writes a CPU profile there (node --cpu-prof) on exit.
     const prof = process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : [];
-    server = spawn(process.execPath, [...prof, BIN, 'server', '--store', path.join(dir, 'store'), '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn', '--max-members-per-release', String(o.agents * 2), '--max-groups-per-release', String(Math.ceil(o.agents / o.perGroup) * 2), '--max-connections', String(Math.min(19_000, Math.ceil(o.agents / o.perGroup) + 1000)), ...(o.serverArgs ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    server.stdout!.on('data', (d) => (out = (out + d).slice(-20_000)));
-    server.stderr!.on('data', (d) => (out = (out + d).slice(-20_000)));
-    server.on('exit', (code, sig) => {
-      if (!stopping) process.stderr.write(`scale: the server exited early (${code ?? sig}):\n${out}\n`);
-    });
-    await sleep(1500);
+    const n = o.instances ?? 1;
+    started = await startScaleServers(n, path.join(dir, 'store'), ['--max-members-per-release', String(o.agents * 2), '--max-groups-per-release', String(Math.ceil(o.agents / o.perGroup) * 2), '--max-connections', String(Math.min(19_000, Math.ceil(o.agents / o.perGroup) + 1000)), ...(o.serverArgs ?? [])], prof);
+    const servers = started.servers;
 
-    const c = (client.c = new Client(port));
+    const c = (client.c = new Client(servers.map((x) => x.port)));
     const sites: Site[] = [];
     const nSites = Math.ceil(o.agents / o.perGroup);
     for (let s = 0; s < nSites; s++) {
       const address = `127.${1 + ((s >> 16) & 0xff)}.${(s >> 8) & 0xff}.${1 + (s & 0xff) === 256 ? 255 : 1 + (s & 0xff)}`;
-      sites.push(new Site(`site${s}`, address, o.policy === 'wide' ? `wide${Math.floor(s / o.sitesPerWide)}` : undefined, units));
+      const site = new Site(`site${s}`, address, o.policy === 'wide' ? `wide${Math.floor(s / o.sitesPerWide)}` : undefined, units);
+      // Every agent of an allocation (a LAN group; under policy wide, its wide-area group) lists the instances in the
+      // same order, alternating between allocations, so it mostly reaches its allocation's owner first (docs/scale-out.md).
+      const home = (o.policy === 'wide' ? Math.floor(s / o.sitesPerWide) : s) % n;
+      site.order = servers.map((_, k) => (home + k) % n);
+      sites.push(site);
     }
+    /** Joined agents per first-listed instance. */
+    const joinedBy = servers.map(() => 0);
     let completed = 0;
     /** Agents whose join was answered: the window opens once all have joined. */
     let joined = 0;
@@ -241,11 +194,11 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     });
 
     /** An agent's end: its fetch workers done, it waits until its LAN group holds every unit, says complete, and stops beating. */
-    const finish = async (site: { address: string; heldCount: number }, ref: { release: string; group: string; member: string }, workers: Promise<void>[], beat: Promise<void>) => {
+    const finish = async (site: { address: string; heldCount: number }, ref: { release: string; group: string; member: string }, route: Route, workers: Promise<void>[], beat: Promise<void>) => {
       await Promise.all(workers);
       while (!stop && site.heldCount < units) await sleep(500);
       if (!stop) {
-        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }).catch(() => undefined);
+        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }, route).catch(() => undefined);
         completed++;
       }
       await beat;
@@ -253,6 +206,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
 
     const agent = async (i: number) => {
       const site = sites[Math.floor(i / o.perGroup)];
+      const route: Route = { order: site.order, at: 0 };
       const ref = { release, group: site.name, member: `m${i}` };
       const extra = site.wide ? { wideGroup: site.wide } : {};
       const fetching = new Set<number>();
@@ -260,9 +214,10 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
       const hb = (join: boolean) =>
         c.post<{ heartbeatMs: number }>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
           ...beatBody(site, ref, extra, fetching, i),
-        });
+        }, route);
       heartbeatMs = (await joinWithBackoff(() => hb(true), () => stop)).heartbeatMs;
       joined++;
+      joinedBy[site.order[0]]++;
       const beat = (async () => {
         // Spread the first beats over one interval, as agents started at different times would be.
         await sleep(Math.random() * heartbeatMs);
@@ -280,7 +235,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         while (!stop && site.heldCount < units) {
           let g: { units: number[]; retryAfterMs: number; exhausted: boolean };
           try {
-            g = await c.post(site.address, 'lease', '/v1/lease', ref); // a member reference, as an agent sends (wideGroup goes on heartbeats only)
+            g = await c.post(site.address, 'lease', '/v1/lease', ref, route); // a member reference, as an agent sends (wideGroup goes on heartbeats only)
           } catch {
             await sleep(1000);
             continue;
@@ -295,12 +250,12 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
             fetching.add(u);
             await sleep(unitMs);
             fetching.delete(u);
-            await c.post(site.address, 'receipt', '/v1/receipt', { ...ref, unit: u }).catch(() => undefined);
+            await c.post(site.address, 'receipt', '/v1/receipt', { ...ref, unit: u }, route).catch(() => undefined);
             setTimeout(() => site.hold(u), o.lanDelayMs);
           }
         }
       };
-      await finish(site, ref, [worker(), worker()], beat);
+      await finish(site, ref, route, [worker(), worker()], beat);
     };
 
     /**
@@ -310,6 +265,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
      */
     const agent14 = async (i: number) => {
       const site = sites[Math.floor(i / o.perGroup)];
+      const route: Route = { order: site.order, at: 0 };
       const ref = { release, group: site.name, member: `m${i}` };
       const extra = site.wide ? { wideGroup: site.wide, ...(o.form === '1.5' ? { copyTree: true } : {}) } : {};
       const fetching = new Set<number>();
@@ -336,7 +292,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
             ...(epoch !== undefined ? { mapEpoch: epoch, mapVersion: version } : { mapVersion: 0 }),
             ...(rs.length ? { receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => now - r.at) } : {}),
             ...(want ? { lease: want } : {}),
-          });
+          }, route);
         } catch (err) {
           receipts.unshift(...rs); // sent again with the next beat
           throw err;
@@ -356,6 +312,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
       };
       await joinWithBackoff(() => hb(true), () => stop);
       joined++;
+      joinedBy[site.order[0]]++;
       const beat = (async () => {
         await sleep(Math.random() * heartbeatMs);
         while (!stop) {
@@ -395,7 +352,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
           setTimeout(() => site.hold(u), o.lanDelayMs);
         }
       };
-      await finish(site, ref, [worker(), worker()], beat);
+      await finish(site, ref, route, [worker(), worker()], beat);
     };
 
     // Joins ramp over a few seconds, like a fleet's boxes waking up.
@@ -410,30 +367,38 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const joinSeconds = (Date.now() - t0) / 1000;
     const joinedAtWindow = joined;
     await sleep(3000);
+    const joinedByAtWindow = [...joinedBy];
     const hz = clockTicks();
-    const pid = server.pid!;
-    const c0 = await cpuSeconds(pid, hz);
-    const cpu0 = c0.user + c0.system;
+    const cpuOf = async () => Promise.all(servers.map((x) => cpuSeconds(x.pid, hz)));
+    const pgPid = started.postgresPid;
+    const [c0, pg0, k0] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0, n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null]);
     const w0 = process.hrtime.bigint();
     c.measuring = true;
     await sleep(o.seconds * 1000);
     c.measuring = false;
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
-    const c1 = await cpuSeconds(pid, hz);
-    const serverCpu = c1.user + c1.system - cpu0;
-    const serverSystemCpu = c1.system - c0.system;
-    const serverHwmMiB = (await memKiB(pid)).hwm / 1024;
+    const [c1, pg1, k1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0, n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null]);
+    const instances: InstanceResult[] = [];
+    for (let k = 0; k < n; k++) {
+      instances.push({
+        ...c.instances[k],
+        cpu: c1[k].user + c1[k].system - (c0[k].user + c0[k].system),
+        systemCpu: c1[k].system - c0[k].system,
+        hwmMiB: (await memKiB(servers[k].pid)).hwm / 1024,
+        joined: joinedByAtWindow[k],
+        proxied: k0 && k1 ? k1[k].proxied - k0[k].proxied : 0,
+        owned: k1 ? k1[k].owned : 0,
+      });
+    }
+    const serverCpu = instances.reduce((x, i) => x + i.cpu, 0);
+    const serverSystemCpu = instances.reduce((x, i) => x + i.systemCpu, 0);
+    const serverHwmMiB = Math.max(...instances.map((i) => i.hwmMiB));
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow };
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null };
   } finally {
-    stopping = true;
     client.c?.close();
-    if (server && server.exitCode === null) {
-      server.kill('SIGTERM');
-      await sleep(1000);
-      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
-    }
+    await started?.stop();
     await fs.rm(dir, { recursive: true, force: true });
   }
 }
@@ -455,7 +420,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
       .map(([n, k]) => `${n} ${(k.count / r.window).toFixed(0)}/s`)
       .join(', ');
     return (
-      `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
+      `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form}${r.instances.length > 1 ? ` (${r.instances.length} instances: below)` : ''} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
       `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${fullRate} | ${cpuPerRequest.toFixed(0)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% (${r.serverCpu > 0 ? ((r.serverSystemCpu / r.serverCpu) * 100).toFixed(0) : '-'}% kernel) | ` +
       `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
       `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`

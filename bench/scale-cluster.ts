@@ -1,0 +1,195 @@
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { Postgres, postgresUnsupported, startPostgres } from '../test/helpers/postgres';
+import { freePort } from '../test/helpers/ports';
+import type { ScaleResult } from './scale';
+
+/**
+ * The scale bench's `fleetcast server` processes (bench/scale.ts): one, as before, or N
+ * coordinators on a shared PostgreSQL (issue 18, docs/scale-out.md), each on its own
+ * loopback port with its own copy of the store (hard links: the release files are only
+ * read). What they cost is read from /proc: each server's utime + stime and peak RSS, and
+ * PostgreSQL's CPU (the postmaster's own and its reaped children's, plus its live
+ * backends'), and from each instance's /v1/stats (requests it proxied to the owner).
+ */
+
+const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface ScaleServer {
+  port: number;
+  url: string;
+  pid: number;
+  proc: ChildProcess;
+}
+
+export interface ScaleServers {
+  servers: ScaleServer[];
+  /** The shared engine's postmaster PID, with several instances. */
+  postgresPid: number | null;
+  /** Stop every server (SIGTERM, then SIGKILL after 1 s) and PostgreSQL, by PID; safe to call twice. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Start `instances` servers on `store` (copies of it beyond the first), each with `args`.
+ * Everything started is stopped by stop(), also when this throws half-way (it stops what
+ * it started before throwing).
+ */
+export async function startScaleServers(instances: number, store: string, args: string[], prof: string[]): Promise<ScaleServers> {
+  const teardowns: (() => Promise<void> | void)[] = [];
+  let stopping = false;
+  const stop = async () => {
+    stopping = true;
+    for (const f of teardowns.splice(0).reverse()) await f();
+  };
+  try {
+    let pg: Postgres | null = null;
+    if (instances > 1) {
+      const why = postgresUnsupported();
+      if (why) throw new Error(`--instances ${instances} runs a PostgreSQL and cannot here: ${why}`);
+      // startPostgres stops it in t.teardown: here that is our own list.
+      const t = { teardown: (f: () => Promise<void> | void) => void teardowns.push(f) } as unknown as ExecutionContext;
+      pg = await startPostgres(t);
+    }
+    const servers: ScaleServer[] = [];
+    for (let i = 0; i < instances; i++) {
+      let dir = store;
+      if (i > 0) {
+        dir = `${store}-${i}`;
+        const cp = spawnSync('cp', ['-al', store, dir], { encoding: 'utf8' });
+        if (cp.status !== 0) throw new Error(`cannot copy the store for instance ${i + 1}: ${cp.stderr}`);
+      }
+      const port = await freePort();
+      const url = `http://127.0.0.1:${port}`;
+      const engine = pg ? ['--engine', pg.url, '--instance-url', url] : [];
+      const proc = spawn(process.execPath, [...prof, BIN, 'server', '--store', dir, '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn', ...engine, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
+      teardowns.push(async () => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return;
+        proc.kill('SIGTERM');
+        await Promise.race([exited, sleep(1000)]);
+        if (proc.exitCode === null && proc.signalCode === null) {
+          proc.kill('SIGKILL');
+          await exited;
+        }
+      });
+      let out = '';
+      proc.stdout!.on('data', (d) => (out = (out + d).slice(-20_000)));
+      proc.stderr!.on('data', (d) => (out = (out + d).slice(-20_000)));
+      proc.on('exit', (code, sig) => {
+        if (!stopping) process.stderr.write(`scale: server ${i + 1} exited early (${code ?? sig}):\n${out}\n`);
+      });
+      for (let tries = 0; !(await fetch(`${url}/v1/stats`).then((r) => r.ok, () => false)); tries++) {
+        if (proc.exitCode !== null || tries > 300) throw new Error(`server ${i + 1} did not start: ${out}`);
+        await sleep(100);
+      }
+      servers.push({ port, url, pid: proc.pid!, proc });
+    }
+    return { servers, postgresPid: pg?.pid() ?? null, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+function statFields(stat: string): string[] {
+  // Fields after the ")" that ends the command name (proc(5)): [1] ppid, [11] utime, [12] stime, [13] cutime, [14] cstime.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/**
+ * CPU seconds PostgreSQL has used: the postmaster's utime + stime, its reaped children's
+ * (cutime + cstime: backends that ended), and its live children's (backends, the
+ * checkpointer, the WAL writer...). A difference of two readings is what it spent between.
+ */
+export async function postgresCpuSeconds(postmaster: number, hz: number): Promise<number> {
+  let ticks = 0;
+  const own = statFields(await fs.readFile(`/proc/${postmaster}/stat`, 'utf8'));
+  ticks += Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+  for (const e of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    const s = await fs.readFile(`/proc/${e}/stat`, 'utf8').catch(() => null);
+    if (!s) continue;
+    const f = statFields(s);
+    if (Number(f[1]) === postmaster) ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks / hz;
+}
+
+/** An instance's request and proxy counters (GET /v1/stats: `requests` it answered itself, `cluster.proxied` it forwarded to an owner). */
+export async function instanceCounters(url: string): Promise<{ requests: number; proxied: number; owned: number }> {
+  const s = (await (await fetch(`${url}/v1/stats`)).json()) as { requests: number; cluster?: { proxied: number; owned: number } };
+  return { requests: s.requests, proxied: s.cluster?.proxied ?? 0, owned: s.cluster?.owned ?? 0 };
+}
+
+function pct(a: number[], p: number): number {
+  if (a.length === 0) return NaN;
+  const s = [...a].sort((x, y) => x - y);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+/**
+ * The section of bench/results/scale.md for several coordinators: per instance and in
+ * total, next to the single-instance rows of the same run. The extrapolation to the
+ * full rate is the main table's (bench/scale.ts): CPU per agent-second divided by the
+ * share of heartbeats the simulator sent, when below 95%; PostgreSQL's CPU is not
+ * extrapolated (its work follows members and allocations more than requests).
+ */
+export function clusterReport(rs: ScaleResult[], command: string): string[] {
+  const rows: string[] = [];
+  for (const r of rs) {
+    const hb = r.kinds.heartbeat;
+    const reached = r.intendedHeartbeats && hb ? hb.count / r.intendedHeartbeats : 1;
+    const full = (cpu: number, agents: number) => (reached < 0.95 ? ((cpu / r.window / Math.max(reached, 0.01) / Math.max(1, agents)) * 1e6).toFixed(1) : '-');
+    const n = r.instances.length;
+    const head = `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${n} |`;
+    const pg = r.postgresCpu === null ? '-' : `${((r.postgresCpu / r.window) * 100).toFixed(1)}% (${((r.postgresCpu / (r.joined * r.window)) * 1e6).toFixed(1)} µs per agent-second)`;
+    const line = (name: string, i: { cpu: number; systemCpu: number; joined: number; count: number; failed: number; failovers: number; latencies: number[]; proxied: number; hwmMiB: number }, last: string) =>
+      `${head} ${name} | ${((i.cpu / (Math.max(1, i.joined) * r.window)) * 1e6).toFixed(1)} | ${full(i.cpu, i.joined)} | ${((i.cpu / r.window) * 100).toFixed(0)}% (${i.cpu > 0 ? ((i.systemCpu / i.cpu) * 100).toFixed(0) : '-'}% kernel) | ` +
+      `${(i.count / r.window).toFixed(0)} | ${n > 1 ? `${i.count ? ((i.proxied / i.count) * 100).toFixed(1) : '-'}%` : '-'} | ${r.intendedHeartbeats && hb ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
+      `${pct(i.latencies, 50).toFixed(1)} / ${pct(i.latencies, 99).toFixed(1)} | ${i.failed}${i.failovers ? ` (${i.failovers} moved on)` : ''} | ${i.hwmMiB.toFixed(0)} | ${last} |`;
+    if (n === 1) {
+      rows.push(line('one server', r.instances[0], '-'));
+      continue;
+    }
+    r.instances.forEach((i, k) => rows.push(line(`instance ${String.fromCharCode(65 + k)} (${i.joined.toLocaleString('en')} agents list it first, owns ${i.owned.toLocaleString('en')})`, i, '-')));
+    const all = Object.values(r.kinds);
+    const total = {
+      cpu: r.serverCpu,
+      systemCpu: r.serverSystemCpu,
+      joined: r.joined,
+      count: r.instances.reduce((s, i) => s + i.count, 0),
+      // What the agents saw: requests that failed on every instance they tried.
+      failed: all.reduce((s, k) => s + k.failed, 0),
+      failovers: r.instances.reduce((s, i) => s + i.failovers, 0),
+      latencies: r.instances.flatMap((i) => i.latencies),
+      proxied: r.instances.reduce((s, i) => s + i.proxied, 0),
+      hwmMiB: r.instances.reduce((s, i) => s + i.hwmMiB, 0),
+    };
+    rows.push(line('**total**', total, pg));
+  }
+  return [
+    '## Two coordinator instances (issue 18)',
+    '',
+    `Command: \`${command}\` (as root: it runs PostgreSQL as the postgres user). The same simulator and release as above; with`,
+    '2 instances, two `fleetcast server` processes on loopback share a PostgreSQL the bench starts (`--engine`, `--instance-url`,',
+    'docs/scale-out.md), each with its own copy of the store. Every agent lists both instances, in the order its allocation\'s',
+    'agents share (its LAN group; under policy wide its wide-area group), alternating between allocations, so half start with A',
+    'and half with B; it moves to the next on a refused connection or an `ENGINE_UNAVAILABLE` 503, as an agent does. Each row',
+    'with one server was measured in the same run. Per instance: its CPU (utime + stime from /proc) per agent-second of the',
+    'agents that list it first, the requests the simulator sent it (all attempts), the share of those it proxied to the other',
+    'instance (its `/v1/stats` `cluster.proxied`), latency as above, failed attempts (and those after which the agent moved on),',
+    'its peak RSS. Total: both instances\' CPU over all agents, requests that failed on every instance tried, the sum of the peak',
+    'RSSs, and PostgreSQL\'s CPU (the postmaster\'s processes from /proc, not extrapolated).',
+    '',
+    '| agents | policy | instances | server | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU (of one core) | requests/s | proxied to the other instance | heartbeats sent | p50 / p99 (ms) | failed | peak RSS (MiB) | PostgreSQL CPU (of one core) |',
+    '| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
+    ...rows,
+    '',
+    `Joins before the window opened: ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.policy}, ${r.instances.length} instance(s): ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
+    '',
+  ];
+}
