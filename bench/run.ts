@@ -303,6 +303,8 @@ async function main() {
           for (const n of instances) {
             process.stderr.write(`scale: ${agents} agents, protocol ${form}, policy ${policy}, ${seconds} s window, ${n} server instance(s)\n`);
             results.push(await benchScale({ agents, perGroup: 10, policy, sitesPerWide: 20, seconds, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form, instances: n }));
+            // Each row as it is measured: a long run cut short keeps what it had.
+            if (flag >= 0) process.stderr.write(clusterReport(results.slice(-1), '').filter((l) => l.startsWith(`| ${agents.toLocaleString('en')} `)).join('\n') + '\n');
           }
     const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`;
     const cluster = flag < 0 ? [] : clusterReport(results, command);
