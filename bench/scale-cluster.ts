@@ -148,7 +148,7 @@ export function clusterReport(rs: ScaleResult[], command: string): string[] {
     const head = `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${n} |`;
     const pg = r.postgresCpu === null ? '-' : `${((r.postgresCpu / r.window) * 100).toFixed(1)}% (${((r.postgresCpu / (r.joined * r.window)) * 1e6).toFixed(1)} µs per agent-second)`;
     const line = (name: string, i: { cpu: number; systemCpu: number; joined: number; count: number; failed: number; failovers: number; latencies: number[]; proxied: number; hwmMiB: number }, last: string) =>
-      `${head} ${name} | ${((i.cpu / (Math.max(1, i.joined) * r.window)) * 1e6).toFixed(1)} | ${full(i.cpu, i.joined)} | ${((i.cpu / r.window) * 100).toFixed(0)}% (${i.cpu > 0 ? ((i.systemCpu / i.cpu) * 100).toFixed(0) : '-'}% kernel) | ` +
+      `${head} ${name} | ${((i.cpu / (Math.max(1, i.joined) * r.window)) * 1e6).toFixed(1)} | ${full(i.cpu, i.joined)} | ${i.count ? ((i.cpu / i.count) * 1e6).toFixed(0) : '-'} | ${((i.cpu / r.window) * 100).toFixed(0)}% (${i.cpu > 0 ? ((i.systemCpu / i.cpu) * 100).toFixed(0) : '-'}% kernel) | ` +
       `${(i.count / r.window).toFixed(0)} | ${n > 1 ? `${i.count ? ((i.proxied / i.count) * 100).toFixed(1) : '-'}%` : '-'} | ${r.intendedHeartbeats && hb ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
       `${pct(i.latencies, 50).toFixed(1)} / ${pct(i.latencies, 99).toFixed(1)} | ${i.failed}${i.failovers ? ` (${i.failovers} moved on)` : ''} | ${i.hwmMiB.toFixed(0)} | ${last} |`;
     if (n === 1) {
@@ -185,8 +185,8 @@ export function clusterReport(rs: ScaleResult[], command: string): string[] {
     'its peak RSS. Total: both instances\' CPU over all agents, requests that failed on every instance tried, the sum of the peak',
     'RSSs, and PostgreSQL\'s CPU (the postmaster\'s processes from /proc, not extrapolated).',
     '',
-    '| agents | policy | instances | server | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU (of one core) | requests/s | proxied to the other instance | heartbeats sent | p50 / p99 (ms) | failed | peak RSS (MiB) | PostgreSQL CPU (of one core) |',
-    '| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
+    '| agents | policy | instances | server | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | proxied to the other instance | heartbeats sent | p50 / p99 (ms) | failed | peak RSS (MiB) | PostgreSQL CPU (of one core) |',
+    '| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
     ...rows,
     '',
     `Joins before the window opened: ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.policy}, ${r.instances.length} instance(s): ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
