@@ -1,0 +1,88 @@
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import test, { ExecutionContext } from 'ava';
+import { benchScale } from '../bench/scale';
+import { Client, Route } from '../bench/scale-client';
+import { rootTest } from './helpers/netns';
+import { postgresUnsupported } from './helpers/postgres';
+import { freePort } from './helpers/ports';
+
+/**
+ * The scale bench's code paths (bench/scale.ts, issue 18's row with 2 coordinators): the
+ * simulator's client moves to the next instance as an agent does, and a tiny 2-instance
+ * run on a real PostgreSQL has every agent's allocation owned by the instance its
+ * agents list first, requests answered by both, and no failure.
+ */
+
+/** A loopback server answering every POST with `status` and `body`; closed in t.teardown. */
+async function answering(t: ExecutionContext, status: number, body: unknown): Promise<{ port: number; hits: () => number }> {
+  let hits = 0;
+  const s = http.createServer((req, res) => {
+    hits++;
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    });
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => s.close(() => r())));
+  return { port: (s.address() as AddressInfo).port, hits: () => hits };
+}
+
+test('scale client: a refused connection and an ENGINE_UNAVAILABLE 503 move the agent to the next instance, and it stays there; another 503 does not move it', async (t) => {
+  const dead = await freePort();
+  const live = await answering(t, 200, { heartbeatMs: 1000 });
+  const engineDown = await answering(t, 503, { error: 'ENGINE_UNAVAILABLE', message: 'engine down', retryAfterMs: 1000 });
+  const moving = await answering(t, 503, { error: 'OWNER_UNREACHABLE', message: 'owner gone', retryAfterMs: 1000 });
+  const c = new Client([dead, live.port, engineDown.port, moving.port]);
+  t.teardown(() => c.close());
+  c.measuring = true;
+
+  const refused: Route = { order: [0, 1], at: 0 };
+  t.deepEqual(await c.post('127.0.0.1', 'heartbeat', '/v1/heartbeat', {}, refused), { heartbeatMs: 1000 });
+  t.is(refused.at, 1, 'after a refused connection the agent uses the next instance');
+  await c.post('127.0.0.1', 'heartbeat', '/v1/heartbeat', {}, refused);
+  t.is(live.hits(), 2, 'and keeps using it');
+
+  const engine: Route = { order: [2, 1], at: 0 };
+  await c.post('127.0.0.1', 'heartbeat', '/v1/heartbeat', {}, engine);
+  t.is(engine.at, 1);
+  t.is(engineDown.hits(), 1);
+
+  const owner: Route = { order: [3, 1], at: 0 };
+  await t.throwsAsync(c.post('127.0.0.1', 'heartbeat', '/v1/heartbeat', {}, owner), { message: /503.*OWNER_UNREACHABLE/ });
+  t.is(owner.at, 0, 'a 503 other than ENGINE_UNAVAILABLE keeps the agent where it is, as an agent retries that server');
+  t.is(live.hits(), 3);
+
+  const all: Route = { order: [0, 2], at: 0 };
+  await t.throwsAsync(c.post('127.0.0.1', 'heartbeat', '/v1/heartbeat', {}, all), { message: /503/ }, 'one round at most');
+
+  // Every attempt is counted where it went; the agents saw 2 failures of 5 requests.
+  t.deepEqual(c.instances.map((i) => [i.count, i.failed, i.failovers]), [[2, 2, 2], [3, 0, 0], [2, 2, 1], [1, 1, 0]]);
+  t.is(c.kinds.heartbeat.count, 5);
+  t.is(c.kinds.heartbeat.failed, 2);
+});
+
+rootTest(
+  'scale bench with 2 instances: 200 agents in 20 LAN groups split across 2 coordinators on PostgreSQL, each group owned by the instance its agents list first',
+  async (t) => {
+    t.timeout(300_000);
+    const r = await benchScale({ agents: 200, perGroup: 10, policy: 'group', sitesPerWide: 20, seconds: 3, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form: '1.4', instances: 2, teardown: (f) => t.teardown(f) });
+    t.is(r.joined, 200);
+    t.is(r.instances.length, 2);
+    for (const [k, i] of r.instances.entries()) {
+      t.is(i.joined, 100, `instance ${k}: half the agents list it first`);
+      t.is(i.owned, 10, `instance ${k}: owns the 10 groups whose agents list it first`);
+      t.true(i.count > 100, `instance ${k} answered requests (${i.count})`);
+      t.is(i.failed, 0);
+      t.true(i.proxied <= i.count * 0.05, `instance ${k}: few requests proxied to the other (${i.proxied} of ${i.count}): agents reach their group's owner first`);
+      t.true(i.cpu > 0 && i.hwmMiB > 10);
+    }
+    t.is(Object.values(r.kinds).reduce((s, k) => s + k.failed, 0), 0);
+    t.is(r.instances[0].count + r.instances[1].count, Object.values(r.kinds).reduce((s, k) => s + k.count, 0), 'without failures, each request went to one instance');
+    // Read from /proc (clock ticks of 10 ms: 3 s of 200 agents' leases and registry writes may stay under one).
+    t.true(r.postgresCpu !== null && r.postgresCpu >= 0, 'PostgreSQL\'s CPU is measured');
+  },
+  postgresUnsupported(),
+);
