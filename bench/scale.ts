@@ -377,13 +377,18 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const hz = clockTicks();
     const cpuOf = async () => Promise.all(servers.map((x) => cpuSeconds(x.pid, hz)));
     const pgPid = started.postgresPid;
-    const [c0, pg0, k0] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0, n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null]);
+    // The instances' counters are asked over HTTP (slow when they are busy) just outside the window; the CPU readings
+    // (/proc, fast) are taken at its edges, so the CPU and the client's counts cover the same seconds.
+    const counters = () => (n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null);
+    const k0 = await counters();
+    const [c0, pg0] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const w0 = process.hrtime.bigint();
     c.measuring = true;
     await sleep(o.seconds * 1000);
     c.measuring = false;
+    const [c1, pg1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
-    const [c1, pg1, k1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0, n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null]);
+    const k1 = await counters();
     const instances: InstanceResult[] = [];
     for (let k = 0; k < n; k++) {
       instances.push({
