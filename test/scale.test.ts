@@ -30,7 +30,8 @@ async function answering(t: ExecutionContext, status: number, body: unknown): Pr
   return { port: (s.address() as AddressInfo).port, hits: () => hits };
 }
 
-test('scale client: a refused connection and an ENGINE_UNAVAILABLE 503 move the agent to the next instance, and it stays there; another 503 does not move it', async (t) => {
+// Serial: the "dead" port below is only free until something else takes it, and the 2-instance run starts 3 services.
+test.serial('scale client: a refused connection and an ENGINE_UNAVAILABLE 503 move the agent to the next instance, and it stays there; another 503 does not move it', async (t) => {
   const dead = await freePort();
   const live = await answering(t, 200, { heartbeatMs: 1000 });
   const engineDown = await answering(t, 503, { error: 'ENGINE_UNAVAILABLE', message: 'engine down', retryAfterMs: 1000 });
