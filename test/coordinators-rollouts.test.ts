@@ -10,7 +10,7 @@ import { rootTest } from './helpers/netns';
 import { postgresUnsupported, startPostgres } from './helpers/postgres';
 
 /**
- * Rollouts and channels with several coordinators (docs/scale-out.md, issue 18): two
+ * Rollouts, channels and the heartbeat rate with several coordinators (docs/scale-out.md, issue 18): two
  * `fleetcast server` processes on a real PostgreSQL, each with its own copy of the store.
  * The members are plain HTTP requests (the agent's rollout poll, docs/protocol.md), sent
  * to either instance. Time limits are hang guards, not assertions.
@@ -31,7 +31,7 @@ async function call<T>(url: string, method = 'GET', body?: unknown): Promise<{ s
   return { status: r.status, body: (await r.json()) as T };
 }
 
-async function setup(t: ExecutionContext) {
+async function setup(t: ExecutionContext, serverArgs: string[] = []) {
   t.timeout(180_000);
   const dir = await tmpdir(t);
   const { keyPath } = await generateKeyPair(path.join(dir, 'keys'));
@@ -47,8 +47,8 @@ async function setup(t: ExecutionContext) {
   t.is(pub.code, 0, pub.stderr);
   for (const s of ['store-a', 'store-b']) await fs.cp(store, path.join(dir, s), { recursive: true });
   const pg = await startPostgres(t);
-  const a = await startCoordinator(t, path.join(dir, 'store-a'), pg.url);
-  const b = await startCoordinator(t, path.join(dir, 'store-b'), pg.url);
+  const a = await startCoordinator(t, path.join(dir, 'store-a'), pg.url, serverArgs);
+  const b = await startCoordinator(t, path.join(dir, 'store-b'), pg.url, serverArgs);
   return { dir, keyPath, v2, pg, a, b };
 }
 
@@ -123,4 +123,17 @@ rootTest('two coordinators: a channel published on one instance\'s store reaches
   await hangGuard(async () => (await call<{ release?: string }>(`${a.url}/v1/channels/stable`)).body.release === stable, 'A serves the later stable', 30_000);
   const list = await call<{ channels: { channel: string; release: string }[] }>(`${a.url}/v1/channels`);
   t.deepEqual(list.body.channels.map((c) => [c.channel, c.release]), [['beta', beta], ['stable', stable]]);
+}, why);
+
+rootTest('two coordinators share heartbeats_per_sec: each asks its members to beat at the fleet\'s rate over the live instances, not its own', async (t) => {
+  const { v2, a, b } = await setup(t, ['--heartbeats-per-sec', '2']);
+  const join = (url: string, group: string, member: string) => call<{ heartbeatMs: number }>(`${url}/v1/join`, 'POST', { release: v2.id, group, member, mapVersion: 0 });
+  // Each instance takes one group of 2 members: 4 in the fleet, at 2 heartbeats a second in all, is one beat each every 2 s.
+  for (const m of ['e1', 'e2']) t.is((await join(a.url, 'east', m)).status, 200);
+  for (const m of ['w1', 'w2']) t.is((await join(b.url, 'west', m)).status, 200);
+  for (const s of [a, b]) await hangGuard(async () => (await call<{ cluster: { instances: number } }>(`${s.url}/v1/stats`)).body.cluster.instances === 2, `${s.url} counts 2 instances`, 30_000);
+  await new Promise((r) => setTimeout(r, 600)); // the interval follows within a few 100 ms timer turns
+  // Alone, each would ask 2 members for 2 beats a second: every 1,000 ms.
+  t.is((await join(a.url, 'east', 'e1')).body.heartbeatMs, 2000);
+  t.is((await join(b.url, 'west', 'w1')).body.heartbeatMs, 2000);
 }, why);

@@ -53,6 +53,9 @@ class FakeEngine implements CoordinationEngine {
   async hooks(): Promise<[]> {
     return [];
   }
+  async liveInstances(): Promise<number> {
+    return 1;
+  }
   async putChannel(): Promise<void> {}
   async channels(): Promise<[]> {
     return [];

@@ -106,6 +106,11 @@ export class PostgresEngine implements CoordinationEngine {
     return new Set(rows.map((r) => r.key));
   }
 
+  async liveInstances(): Promise<number> {
+    const r = await this.q<{ n: number }>(`SELECT count(DISTINCT owner)::int AS n FROM fleetcast_leases WHERE expires_at > now()`);
+    return Number(r[0]?.n ?? 0);
+  }
+
   async release(keys: string[]): Promise<void> {
     if (keys.length) await this.q(`DELETE FROM fleetcast_leases WHERE owner = $1 AND key = ANY($2::text[])`, [this.owner, keys]);
   }

@@ -64,6 +64,8 @@ export interface CoordinationEngine {
   claim(key: string, ttlMs: number): Promise<Claim>;
   /** Renew our leases; returns the keys we still hold (a key missing was taken by another instance). */
   renew(keys: string[], ttlMs: number): Promise<Set<string>>;
+  /** Instances holding an unexpired lease now (at least those serving members). */
+  liveInstances(): Promise<number>;
   /** Give the keys up (clean shutdown), so another instance takes them at once. */
   release(keys: string[]): Promise<void>;
   /** Write what the owner knows of its members (last_seen is the engine's now()). */

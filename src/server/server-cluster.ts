@@ -117,6 +117,8 @@ export abstract class ClusterRoutes extends ServerRoutes {
     await this.releaseIdle(now);
     if (now - this.lastMembersPut < 2 * OWNER_RENEW_MS || this.ownership.unavailable) return;
     this.lastMembersPut = now;
+    // heartbeats_per_sec is the fleet's: each instance serving members aims at its share (updateLoad).
+    this.instances = await this.opts.cluster!.engine.liveInstances().then((n) => Math.max(1, n), () => this.instances);
     // Channel heads published on this store go to the engine; the others' rollouts are listed from it.
     await this.channels.sync?.();
     await this.sharedRollouts?.refresh().catch((err: Error) => this.log.warn(`rollouts: cannot read the other instances' rollouts: ${err.message}`));
@@ -221,7 +223,7 @@ export abstract class ClusterRoutes extends ServerRoutes {
     const route = `${req.method} ${url.pathname}`;
     if (route === 'GET /v1/fleet' || route === 'GET /v1/stats') {
       if (this.authenticate(req, res) === false) return;
-      return this.json(res, 200, route === 'GET /v1/fleet' ? await this.clusterFleet() : { ...this.stats, cluster: { ...this.clusterStats, owned: own.keys().length, engineUnavailable: own.unavailable } });
+      return this.json(res, 200, route === 'GET /v1/fleet' ? await this.clusterFleet() : { ...this.stats, cluster: { ...this.clusterStats, owned: own.keys().length, engineUnavailable: own.unavailable, instances: this.instances } });
     }
     const unitGet = req.method === 'GET' && parts.length === 5 && parts[0] === 'v1' && parts[1] === 'releases' && parts[3] === 'units';
     if (parts[0] === 'v1' && parts[1] === 'rollouts' && (parts.length >= 3 || req.method === 'POST')) return this.handleRollout(req, res, parts);

@@ -62,6 +62,8 @@ export abstract class ServerCore {
   readonly idleHeartbeatMs: number;
   /** The interval asked of 1.4 agents: heartbeatMs, longer when the fleet is large (updateLoad). */
   protected loadHeartbeatMs: number;
+  /** Several coordinators: the instances sharing the fleet's heartbeat rate (server-cluster.ts counts them). */
+  protected instances = 1;
   /** Live members, all releases, as of the last timer tick. */
   protected liveMembers = 0;
   protected readonly rebuildGraceMs: number;
@@ -147,13 +149,14 @@ export abstract class ServerCore {
   /**
    * The interval for 1.4 agents by load: heartbeatMs, or as long as it takes for all live
    * members to beat about heartbeatsPerSec times a second together (rounded up to 100 ms,
-   * at most 60 s). Called from the timer; counts members in O(allocators).
+   * at most 60 s). With several coordinators the rate is the fleet's: each of the
+   * `instances` aims at its share. Called from the timer; counts members in O(allocators).
    */
   protected updateLoad(): void {
     let n = 0;
     for (const g of this.groups.values()) n += g.memberCount();
     this.liveMembers = n;
-    const rate = Math.max(1, this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC);
+    const rate = Math.max(1, (this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
     this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000) / rate / 100) * 100));
   }
 
