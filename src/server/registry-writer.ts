@@ -36,6 +36,11 @@ export class RegistryWriter {
     return out;
   }
 
+  /** The member was in the last write's views. */
+  knows(release: string, member: string): boolean {
+    return this.written.has(`${release}/${member}`);
+  }
+
   /** The engine refused the write: those rows are due again at the next. */
   failed(rows: Row[]): void {
     for (const r of rows) this.written.delete(`${r.release}/${r.member}`);

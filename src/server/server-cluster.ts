@@ -42,6 +42,9 @@ export const TAKEOVER_EXTRA_GRACE_MS = 5000;
 /** A key owned without a live member (nor one awaited) this long is given up: its allocation is over, or it was taken by a stray request. */
 export const IDLE_KEY_RELEASE_MS = 60_000;
 
+/** Joins kept for the registry's next write (a bound: past it the periodic write of live members covers them). */
+const JOIN_ROWS_MAX = 50_000;
+
 /** Proxied requests whose owner sends nothing for this long are cut (a 503 if nothing was answered yet). */
 const PROXY_IDLE_MS = 15_000;
 
@@ -93,6 +96,8 @@ export abstract class ClusterRoutes extends ServerRoutes {
   private readonly routedKeys = new Map<string, string>();
   private peerAgents: { http: http.Agent; https: https.Agent } | null = null;
   private lastMembersPut = -Infinity;
+  /** Members that joined since the last tick, for the registry (at most JOIN_ROWS_MAX; the periodic write has the rest). */
+  private joinRows: Omit<MemberRow, 'msAgo'>[] = [];
   /** Which members' rows are due at the registry's next write. */
   private readonly registry = new RegistryWriter();
   /** Keys we own without a live member, and since when. */
@@ -115,6 +120,8 @@ export abstract class ClusterRoutes extends ServerRoutes {
     await this.ownership.renew();
     const now = this.now();
     await this.releaseIdle(now);
+    const joined = this.joinRows.splice(0);
+    if (joined.length) await this.opts.cluster!.engine.putMembers(joined).catch((err: Error) => this.log.warn(`member registry: cannot write ${joined.length} member(s) that joined: ${err.message}`));
     if (now - this.lastMembersPut < 2 * OWNER_RENEW_MS || this.ownership.unavailable) return;
     this.lastMembersPut = now;
     // heartbeats_per_sec is the fleet's: each instance serving members aims at its share (updateLoad).
@@ -247,8 +254,9 @@ export abstract class ClusterRoutes extends ServerRoutes {
       // joins and leaves within a write's interval (a small release on a fast LAN) is otherwise
       // never in any other instance's fleet view. The periodic write brings its state up to date.
       if (route === 'POST /v1/join' && res.statusCode === 200 && ref) {
-        const row = { release: ref.release, member: ref.member, group: ref.group, key, instance: this.opts.cluster!.instanceUrl, complete: false, verifiedUnits: 0, address: null };
-        void this.opts.cluster!.engine.putMembers([row]).catch((err: Error) => this.log.warn(`member registry: cannot write ${ref.member}: ${err.message}`));
+        // Written with the others that joined this second (clusterTick): a query per join was 100,000 of them for a fleet's start.
+        // A member the periodic write has already written (it joined again) keeps its full row.
+        if (this.joinRows.length < JOIN_ROWS_MAX && !this.registry.knows(ref.release, ref.member)) this.joinRows.push({ release: ref.release, member: ref.member, group: ref.group, key, instance: this.opts.cluster!.instanceUrl, complete: false, verifiedUnits: 0, address: null });
       }
       return;
     }
