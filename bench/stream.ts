@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { FleetcastServer } from '../src/server/server';
+import { streamRoutes } from '../src/server/stream-routes';
 
 /*
  * `npm run bench -- stream`: a stream published at a fixed rate on loopback (the publisher
@@ -37,6 +38,60 @@ export interface StreamBenchResult extends StreamBenchOptions {
   allEqual: boolean;
   /** The machine's 1-minute load average at the end (it is shared with other work). */
   load: number;
+  /** Per stage, p50 and p99 (ms) over every unit of every agent (streamStages). */
+  stages: StageRow[];
+  /** The raw records (not in the report). */
+  units?: unknown[];
+}
+
+export interface StageRow {
+  stage: string;
+  n: number;
+  p50: number;
+  p99: number;
+  /** The stage's median over the units whose publish-to-delivery time is at or past its p99. */
+  tail: number;
+}
+
+/** A unit's stage times at one agent (src/agent/stream-stages.ts, FLEETCAST_STREAM_STAGES). */
+interface UnitStages {
+  unit: number;
+  signed: number;
+  known?: number;
+  leased?: number;
+  fetched?: number;
+  held?: number;
+  delivered?: number;
+  from?: 'wan' | 'lan';
+}
+
+const pct = (xs: number[], p: number) => {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+};
+
+/** The stages of publish-to-delivery, from the publisher's store times and the agents' unit records. */
+export function streamStages(storeMs: number[], units: UnitStages[]): StageRow[] {
+  const total = (u: UnitStages) => (u.delivered ?? NaN) - u.signed;
+  const cut = pct(units.map(total).filter(Number.isFinite), 99);
+  const d = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? NaN : Math.max(0, b - a));
+  const defs: [string, (u: UnitStages) => number][] = [
+    ['batch known to the agent (signed -> long poll answered, verified)', (u) => d(u.signed, u.known)],
+    ['lease granted (batch known -> lease; own units)', (u) => (u.from === 'wan' ? d(u.known, u.leased) : NaN)],
+    ['WAN fetch (lease -> downloaded, verified; own units)', (u) => (u.from === 'wan' ? d(u.leased, u.fetched) : NaN)],
+    ['stored (downloaded -> on disk; own units)', (u) => (u.from === 'wan' ? d(u.fetched, u.held) : NaN)],
+    ['LAN copies (batch known -> received, verified, on disk; peers\' units)', (u) => (u.from === 'lan' ? d(u.known, u.held) : NaN)],
+    ['sink (on disk -> written to the sink, in order)', (u) => d(u.held, u.delivered)],
+    ['total: publish to delivery', total],
+  ];
+  const rows: StageRow[] = [{ stage: 'publisher stores the batch (signed -> units, batch file, head synced)', n: storeMs.length, p50: pct(storeMs, 50), p99: pct(storeMs, 99), tail: NaN }];
+  for (const [stage, f] of defs) {
+    const xs = units.map(f).filter(Number.isFinite);
+    const tail = units.filter((u) => total(u) >= cut).map(f).filter(Number.isFinite);
+    rows.push({ stage, n: xs.length, p50: pct(xs, 50), p99: pct(xs, 99), tail: pct(tail, 50) });
+  }
+  return rows;
 }
 
 export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchResult> {
@@ -56,12 +111,20 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
     const multicast = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
     const runs = Array.from({ length: o.agents }, (_, i) => {
       const args = ['agent', '--server', url, '--plain-http', '--group', 'g1', '--interface', '127.0.0.1', '--multicast', multicast, '--trust', pubPath, '--stream', 'bench', '--start', 'beginning', '--member', `m${i}`, '--storage', path.join(dir, `a${i}`), '--sink', path.join(dir, `sink${i}`), '--status-socket', 'none', '--loss', String(o.lossPct)];
-      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FLEETCAST_STREAM_STAGES: path.join(dir, `stages${i}.jsonl`) } });
       children.push(child);
       let err = '';
       child.stderr!.on('data', (d) => (err += d));
       return new Promise<string>((resolve, reject) => child.on('close', (c) => (c === 0 ? resolve(err) : reject(new Error(`agent m${i} exited ${c}: ${err.slice(-2000)}`)))));
     });
+    // The stream runs once every agent has joined: a unit published before an agent's
+    // process was up (node's start took 0.6-0.8 s at load 8) measured that start, not the
+    // protocol, and made the whole p99 (bench/results/stream.md, "Where the tail went").
+    const alloc = streamRoutes(path.join(dir, 'store')).alloc;
+    for (let i = 0; alloc.memberCount('bench') < o.agents; i++) {
+      if (i >= 3000) throw new Error(`only ${alloc.memberCount('bench')} of ${o.agents} agents joined in 30 s`);
+      await Promise.race([...runs, new Promise((r) => setTimeout(r, 10))]);
+    }
     // Fed on a clock, not after each push: a slow store would otherwise slow the stream down.
     const start = Date.now();
     let off = perTick;
@@ -79,6 +142,11 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
     const num = (re: RegExp, s: string) => Number(re.exec(s)?.[1] ?? NaN);
     let allEqual = true;
     for (let i = 0; i < o.agents; i++) if (!(await fs.readFile(path.join(dir, `sink${i}`))).equals(source)) allEqual = false;
+    const units: UnitStages[] = [];
+    for (let i = 0; i < o.agents; i++) {
+      const text = await fs.readFile(path.join(dir, `stages${i}.jsonl`), 'utf8').catch(() => '');
+      for (const line of text.split('\n')) if (line) units.push(JSON.parse(line) as UnitStages);
+    }
     return {
       ...o,
       streamBytes: source.length,
@@ -90,6 +158,8 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
       gaps: errs.reduce((n, e) => n + num(/gaps (\d+)/, e), 0),
       allEqual,
       load: os.loadavg()[0],
+      stages: streamStages(pub.storeMs, units),
+      units,
     };
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');

@@ -19,6 +19,7 @@ import { StreamCore, StreamWindow } from './stream-core';
 import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
 import { StreamHttp } from './stream-http';
+import { StreamStages } from './stream-stages';
 
 export interface StreamAgentOptions extends StreamDeliveryOptions, MemberOptions {
   stream: string;
@@ -54,6 +55,8 @@ export class StreamAgent {
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private cur!: StreamBatch;
+  /** Per-unit stage times (stream-stages.ts). */
+  readonly stages = new StreamStages();
   private ended = false;
   private closed = false;
   private address = '';
@@ -146,9 +149,12 @@ export class StreamAgent {
     const rate = o.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
     this.core = new StreamCore({ member: this.member, group: o.group, wideGroup: o.wideGroup, senderId, fragmentBytes, rateBytesPerSec: rate, crossRateBytesPerSec: AGENT_DEFAULTS.crossRateBytesPerSec, controlSeqStart: BigInt(now) * 1000n, random, logger: this.log, stats: this.stats }, window, now);
     this.core.batchVerified(this.cur);
+    this.stages.known(this.cur.first, this.cur.count, Date.parse(this.cur.time), Date.now());
+    this.disk.onHeld = (u) => this.stages.held(u, Date.now());
     this.core.skipBefore(next);
     for (const u of this.disk.held) this.core.heldOnDisk(u);
     this.delivery = await StreamDelivery.open(o, this.disk, this.core, this.cur, next, pos?.sinkBytes ?? null, this.log);
+    this.delivery.onDelivered = (u) => this.stages.delivered(u, Date.now());
     const t = await openTransports({ ...o, releaseId: '', multicast: o.multicast } as never, iface.address, fragmentBytes, random, this.log);
     this.lan = t.lan;
     this.cross = t.cross;
@@ -165,7 +171,7 @@ export class StreamAgent {
       complete: () => undefined, // every known unit held: nothing to finish for a stream
       afterFlush: () => undefined,
     });
-    this.delivery.finished.then(() => this.done.resolve(), (err: Error) => this.fail(err));
+    this.delivery.finished.then(() => (this.stages.flush(), this.done.resolve()), (err: Error) => this.fail(err));
     for (const b of first) this.take(b);
     if (this.cur.final) this.endAt();
     void this.follow().catch((err: Error) => this.fail(err));
@@ -180,6 +186,7 @@ export class StreamAgent {
     checkChain(this.delivery.lastBatch, b);
     this.delivery.addBatch(b);
     this.core.batchVerified(b);
+    this.stages.known(b.first, b.count, Date.parse(b.time), Date.now());
     if (b.final) this.endAt();
     this.beatSoon();
     this.delivery.pump();
@@ -277,6 +284,7 @@ export class StreamAgent {
     if (a.firstUnit > this.core.skipped) this.delivery.retained(a.firstUnit);
     const units = a.lease.units.filter((u) => u >= this.delivery.next && !this.core.has(u));
     if (units.length) this.core.leaseGranted({ units }, t);
+    for (const u of units) this.stages.leased(u, t);
     this.driver?.kick();
     return a;
   }
@@ -327,6 +335,7 @@ export class StreamAgent {
         this.stats.unitsRejected++;
         this.log.warn(`stream ${this.opts.stream}: unit ${u} from the server does not match its signed hash; discarded`);
       } else {
+        this.stages.fetched(u, Date.now());
         await this.disk.writeUnit(u, buf.subarray(0, len));
         ok = true;
       }
@@ -354,6 +363,7 @@ export class StreamAgent {
     this.fetchWake?.();
     this.driver?.close();
     this.abort.abort();
+    this.stages.flush();
     await this.delivery?.close().catch(() => undefined);
     await this.cross?.close();
     await this.lan?.close();
