@@ -29,6 +29,11 @@ export interface StreamAgentOptions extends StreamDeliveryOptions, MemberOptions
 
 /** Downloads of leased units at once. */
 const FETCH_WORKERS = 3;
+/**
+ * After the end, how long an agent that holds every unit stays to answer its peers' NACKs
+ * while some LAN peer has not announced that it holds them all.
+ */
+const STREAM_LINGER_MS = 10_000;
 /** How long the batch follower's asks are held by the server. */
 const BATCH_WAIT_MS = 30_000;
 
@@ -171,13 +176,32 @@ export class StreamAgent {
       complete: () => undefined, // every known unit held: nothing to finish for a stream
       afterFlush: () => undefined,
     });
-    this.delivery.finished.then(() => (this.stages.flush(), this.done.resolve()), (err: Error) => this.fail(err));
+    this.delivery.finished.then(() => this.linger(), (err: Error) => this.fail(err));
     for (const b of first) this.take(b);
     if (this.cur.final) this.endAt();
     void this.follow().catch((err: Error) => this.fail(err));
     void this.beatLoop().catch((err: Error) => this.fail(err));
     for (let i = 0; i < FETCH_WORKERS; i++) void this.fetchLoop().catch((err: Error) => this.fail(err));
     this.driver.kick();
+  }
+
+  /**
+   * The stream ended and every unit up to its end is delivered: say so on the LAN (the
+   * announce's complete flag), then stay while a LAN peer still lacks units and may NACK
+   * them, up to STREAM_LINGER_MS. Without it, the last units' holders left at once and a
+   * peer that missed a fragment of one waited the core's orphanRepairMs (1 s) for another
+   * holder to answer: the stream's whole latency tail at 3% loss was its last units.
+   */
+  private async linger(): Promise<void> {
+    this.stages.flush();
+    if (this.ended && !this.closed) {
+      this.core.fileComplete(Date.now());
+      this.driver?.kick();
+      const limit = Date.now() + STREAM_LINGER_MS;
+      const alone = () => (this.lastAnswer?.members.filter((m) => m.group === this.opts.group).length ?? 0) <= 1;
+      while (!this.closed && Date.now() < limit && !alone() && !this.core.lanPeersComplete(Date.now())) await sleep(50, this.abort.signal).catch(() => undefined);
+    }
+    this.done.resolve();
   }
 
   /** A batch after the current one: verified, chained, its units known to the core. */
