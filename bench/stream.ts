@@ -168,22 +168,57 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
   }
 }
 
-export function streamReport(rows: StreamBenchResult[], machine: string, command: string): string[] {
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/**
+ * The report: one row per loss, the medians of its runs (each run's own numbers follow),
+ * then per loss the stage table (medians over the runs of each stage's p50 and p99).
+ */
+export function streamReport(runs: StreamBenchResult[][], machine: string, command: string, before: string[] = []): string[] {
+  const med = (xs: number[]) => {
+    const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
+    return s.length ? s[Math.floor(s.length / 2)] : NaN;
+  };
   const fillMs = (r: StreamBenchResult) => (r.unitBytes * 8 * 1000) / (r.mbit * 1e6);
-  return [
+  const target = (r: StreamBenchResult) => 2 * fillMs(r) + 1 + 100;
+  const rows = runs.map((rs) => {
+    const r = rs[0];
+    return {
+      r,
+      p50: med(rs.map((x) => med(x.p50Ms))),
+      p50w: med(rs.map((x) => Math.max(...x.p50Ms))),
+      p99: med(rs.map((x) => med(x.p99Ms))),
+      p99w: med(rs.map((x) => Math.max(...x.p99Ms))),
+      each: rs.map((x) => `${med(x.p99Ms)}/${Math.max(...x.p99Ms)}`).join(', '),
+      wan: med(rs.map((x) => x.wanBytes / x.streamBytes)),
+      lan: med(rs.map((x) => x.lanBytes / x.agents / x.streamBytes)),
+      nacks: med(rs.map((x) => x.nacks)),
+      gaps: rs.reduce((n, x) => n + x.gaps, 0),
+      equal: rs.every((x) => x.allEqual),
+      loads: rs.map((x) => x.load.toFixed(1)).join(', '),
+      rs,
+    };
+  });
+  const f = (x: number) => (Number.isFinite(x) ? String(Math.round(x)) : '-');
+  const out = [
     '# Live stream on the LAN (issue 19)',
     '',
     `Machine: ${machine}.`,
-    `Command: \`${command}\`. One process publishes the stream (StreamPublisher, fed every 20 ms at the rate) and runs the server; each agent is a \`fleetcast agent --stream\` process of one LAN group on loopback multicast, with a file sink and \`--loss\` dropping that share of its received datagrams. All on this machine's ${os.cpus().length} cores.`,
-    'Latency is publish to delivery: from the signing time of the batch naming a unit (the publisher signs it when the unit closes: full, or --flush-ms after its first byte) to the agent\'s write of the unit to its sink, over every unit; per agent, then the median and worst agent. Target (issue 19): p99 at most 2x the unit fill time + 1 RTT + 100 ms (loopback RTT is under 1 ms).',
+    `Command: \`${command}\` (arguments: agents, Mbit/s, seconds, losses, unit KiB, runs). One process publishes the stream (StreamPublisher, fed every 20 ms at the rate, from the moment every agent has joined) and runs the server; each agent is a \`fleetcast agent --stream\` process of one LAN group on loopback multicast, with a file sink and \`--loss\` dropping that share of its received datagrams. All on this machine's ${os.cpus().length} cores.`,
+    'Latency is publish to delivery: from the signing time of the batch naming a unit (the publisher signs it when the unit closes: full, or --flush-ms after its first byte) to the agent\'s write of the unit to its sink, over every unit; per agent, then the median and worst agent; each cell is the median over the runs (each run\'s median/worst agent p99 in the next column). Target (issue 19): p99 at most 2x the unit fill time + 1 RTT + 100 ms (loopback RTT is under 1 ms).',
     '"Server bytes per group" is the unit bytes the agents downloaded from the server over the stream\'s bytes (1.00: each byte crossed the WAN once for the group). Target: at most 1.02.',
     '',
-    '| agents | rate (Mbit/s) | seconds | loss | unit | fill time (ms) | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 target (ms) | server bytes per group | LAN bytes per agent | NACKs | gaps | every sink equals the source | load average (1 min) |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |',
-    ...rows.map((r) => `| ${r.agents} | ${r.mbit} | ${r.seconds} | ${r.lossPct}% | ${r.unitBytes / 1024} KiB | ${fillMs(r).toFixed(0)} | ${med(r.p50Ms)}, ${Math.max(...r.p50Ms)} | ${med(r.p99Ms)}, ${Math.max(...r.p99Ms)} | ${(2 * fillMs(r) + 1 + 100).toFixed(0)} | ${(r.wanBytes / r.streamBytes).toFixed(3)} | ${(r.lanBytes / r.agents / r.streamBytes).toFixed(2)}x | ${r.nacks} | ${r.gaps} | ${r.allEqual ? 'yes' : 'NO'} | ${r.load.toFixed(1)} |`),
+    '| agents | rate (Mbit/s) | seconds | loss | unit | fill time (ms) | runs | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 of each run (median/worst agent) | p99 target (ms) | met | server bytes per group | LAN bytes per agent | NACKs | gaps | every sink equals the source | load average (1 min) at each run\'s end |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |',
+    ...rows.map(({ r, ...x }) => `| ${r.agents} | ${r.mbit} | ${r.seconds} | ${r.lossPct}% | ${r.unitBytes / 1024} KiB | ${fillMs(r).toFixed(0)} | ${x.rs.length} | ${x.p50}, ${x.p50w} | ${x.p99}, ${x.p99w} | ${x.each} | ${target(r).toFixed(0)} | ${x.p99w <= target(r) ? 'yes' : x.p99 <= target(r) ? 'median agent only' : 'NO'} | ${x.wan.toFixed(3)} | ${x.lan.toFixed(2)}x | ${x.nacks} | ${x.gaps} | ${x.equal ? 'yes' : 'NO'} | ${x.loads} |`),
     '',
-    `Generated ${new Date().toISOString()}.`,
+    '## Where the time goes',
+    '',
+    'Per unit and agent, from `FLEETCAST_STREAM_STAGES` (src/agent/stream-stages.ts): each stage\'s p50 and p99 over every unit of every agent, and its median over the units whose total is at or past the total\'s p99 ("in the tail"); each cell is the median over the runs. "Own units" are those the agent was leased and downloaded; "peers\' units" came from the LAN (multicast copies and NACK repairs). Stages overlap: a unit\'s total is not their sum (a unit on disk waits in the sink stage for the units before it).',
     '',
   ];
+  for (const { r, rs } of rows) {
+    out.push(`${r.lossPct}% loss:`, '', '| stage | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |', '| --- | ---: | ---: | ---: | ---: |');
+    rs[0].stages.forEach((st, i) => out.push(`| ${st.stage} | ${st.n} | ${f(med(rs.map((x) => x.stages[i].p50)))} | ${f(med(rs.map((x) => x.stages[i].p99)))} | ${f(med(rs.map((x) => x.stages[i].tail)))} |`));
+    out.push('');
+  }
+  return [...out, ...before, `Generated ${new Date().toISOString()}.`, ''];
 }
