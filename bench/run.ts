@@ -311,21 +311,23 @@ async function main() {
     return writeResult('scale', [...scaleReport(results, machine(), command), ...cluster]);
   }
   if (what === 'stream') {
-    // npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB]
+    // npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB] [RUNS]
     const agents = Number(runsArg ?? 4);
     const mbit = Number(process.argv[4] ?? 20);
     const seconds = Number(process.argv[5] ?? 20);
     const losses = (process.argv[6] ?? '0,3').split(',').map(Number);
     const unitBytes = Number(process.argv[7] ?? 64) * 1024;
-    if (!(agents >= 1 && mbit > 0 && seconds > 0 && losses.every((l) => l >= 0 && l < 100) && unitBytes >= 4096)) {
-      process.stderr.write('bench: usage: npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB]\n');
+    const runs = Number(process.argv[8] ?? 3);
+    if (!(agents >= 1 && mbit > 0 && seconds > 0 && losses.every((l) => l >= 0 && l < 100) && unitBytes >= 4096 && Number.isInteger(runs) && runs >= 1)) {
+      process.stderr.write('bench: usage: npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB] [RUNS]\n');
       process.exit(64);
     }
-    const rows = [];
-    for (const lossPct of losses) {
-      process.stderr.write(`stream: ${agents} agents, ${mbit} Mbit/s for ${seconds} s, ${lossPct}% loss\n`);
-      rows.push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
-    }
+    const rows = losses.map(() => [] as Awaited<ReturnType<typeof benchStream>>[]);
+    for (let run = 0; run < runs; run++)
+      for (const [i, lossPct] of losses.entries()) {
+        process.stderr.write(`stream: ${agents} agents, ${mbit} Mbit/s for ${seconds} s, ${lossPct}% loss, run ${run + 1} of ${runs}\n`);
+        rows[i].push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
+      }
     return writeResult('stream', streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
   }
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));

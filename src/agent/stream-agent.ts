@@ -19,6 +19,7 @@ import { StreamCore, StreamWindow } from './stream-core';
 import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
 import { StreamHttp } from './stream-http';
+import { StreamStages } from './stream-stages';
 
 export interface StreamAgentOptions extends StreamDeliveryOptions, MemberOptions {
   stream: string;
@@ -28,6 +29,11 @@ export interface StreamAgentOptions extends StreamDeliveryOptions, MemberOptions
 
 /** Downloads of leased units at once. */
 const FETCH_WORKERS = 3;
+/**
+ * After the end, how long an agent that holds every unit stays to answer its peers' NACKs
+ * while some LAN peer has not announced that it holds them all.
+ */
+const STREAM_LINGER_MS = 10_000;
 /** How long the batch follower's asks are held by the server. */
 const BATCH_WAIT_MS = 30_000;
 
@@ -54,6 +60,8 @@ export class StreamAgent {
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private cur!: StreamBatch;
+  /** Per-unit stage times (stream-stages.ts). */
+  readonly stages = new StreamStages();
   private ended = false;
   private closed = false;
   private address = '';
@@ -146,9 +154,12 @@ export class StreamAgent {
     const rate = o.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
     this.core = new StreamCore({ member: this.member, group: o.group, wideGroup: o.wideGroup, senderId, fragmentBytes, rateBytesPerSec: rate, crossRateBytesPerSec: AGENT_DEFAULTS.crossRateBytesPerSec, controlSeqStart: BigInt(now) * 1000n, random, logger: this.log, stats: this.stats }, window, now);
     this.core.batchVerified(this.cur);
+    this.stages.known(this.cur.first, this.cur.count, Date.parse(this.cur.time), Date.now());
+    this.disk.onHeld = (u) => this.stages.held(u, Date.now());
     this.core.skipBefore(next);
     for (const u of this.disk.held) this.core.heldOnDisk(u);
     this.delivery = await StreamDelivery.open(o, this.disk, this.core, this.cur, next, pos?.sinkBytes ?? null, this.log);
+    this.delivery.onDelivered = (u) => this.stages.delivered(u, Date.now());
     const t = await openTransports({ ...o, releaseId: '', multicast: o.multicast } as never, iface.address, fragmentBytes, random, this.log);
     this.lan = t.lan;
     this.cross = t.cross;
@@ -165,7 +176,7 @@ export class StreamAgent {
       complete: () => undefined, // every known unit held: nothing to finish for a stream
       afterFlush: () => undefined,
     });
-    this.delivery.finished.then(() => this.done.resolve(), (err: Error) => this.fail(err));
+    this.delivery.finished.then(() => this.linger(), (err: Error) => this.fail(err));
     for (const b of first) this.take(b);
     if (this.cur.final) this.endAt();
     void this.follow().catch((err: Error) => this.fail(err));
@@ -174,12 +185,32 @@ export class StreamAgent {
     this.driver.kick();
   }
 
+  /**
+   * The stream ended and every unit up to its end is delivered: say so on the LAN (the
+   * announce's complete flag), then stay while a LAN peer still lacks units and may NACK
+   * them, up to STREAM_LINGER_MS. Without it, the last units' holders left at once and a
+   * peer that missed a fragment of one waited the core's orphanRepairMs (1 s) for another
+   * holder to answer: the stream's whole latency tail at 3% loss was its last units.
+   */
+  private async linger(): Promise<void> {
+    this.stages.flush();
+    if (this.ended && !this.closed) {
+      this.core.fileComplete(Date.now());
+      this.driver?.kick();
+      const limit = Date.now() + STREAM_LINGER_MS;
+      const alone = () => (this.lastAnswer?.members.filter((m) => m.group === this.opts.group).length ?? 0) <= 1;
+      while (!this.closed && Date.now() < limit && !alone() && !this.core.lanPeersComplete(Date.now())) await sleep(50, this.abort.signal).catch(() => undefined);
+    }
+    this.done.resolve();
+  }
+
   /** A batch after the current one: verified, chained, its units known to the core. */
   private take(o: unknown): void {
     const b = batchFromObject(o, this.opts.trustedKeys);
     checkChain(this.delivery.lastBatch, b);
     this.delivery.addBatch(b);
     this.core.batchVerified(b);
+    this.stages.known(b.first, b.count, Date.parse(b.time), Date.now());
     if (b.final) this.endAt();
     this.beatSoon();
     this.delivery.pump();
@@ -277,6 +308,7 @@ export class StreamAgent {
     if (a.firstUnit > this.core.skipped) this.delivery.retained(a.firstUnit);
     const units = a.lease.units.filter((u) => u >= this.delivery.next && !this.core.has(u));
     if (units.length) this.core.leaseGranted({ units }, t);
+    for (const u of units) this.stages.leased(u, t);
     this.driver?.kick();
     return a;
   }
@@ -327,6 +359,7 @@ export class StreamAgent {
         this.stats.unitsRejected++;
         this.log.warn(`stream ${this.opts.stream}: unit ${u} from the server does not match its signed hash; discarded`);
       } else {
+        this.stages.fetched(u, Date.now());
         await this.disk.writeUnit(u, buf.subarray(0, len));
         ok = true;
       }
@@ -354,6 +387,7 @@ export class StreamAgent {
     this.fetchWake?.();
     this.driver?.close();
     this.abort.abort();
+    this.stages.flush();
     await this.delivery?.close().catch(() => undefined);
     await this.cross?.close();
     await this.lan?.close();

@@ -57,6 +57,8 @@ export class StreamDelivery {
   /** Publish-to-delivery latencies (ms): now minus the covering batch's signing time. */
   readonly latenciesMs: number[] = [];
   lastDeliveredAt = 0;
+  /** Called after each unit's sink write (stage timing, stream-stages.ts). */
+  onDelivered: (unit: number) => void = () => undefined;
   private uncommitted = false;
   private committedAt = 0;
   private commitTimer: NodeJS.Timeout | null = null;
@@ -161,6 +163,7 @@ export class StreamDelivery {
         throw fromSystemError(err, `writing the sink ${this.o.sink}`);
       });
       this.next = u + 1;
+      this.onDelivered(u);
       const now = Date.now();
       while (this.batches.length > 1 && !coversUnit(this.batches[0], u)) this.batches.shift();
       const b = this.batches[0];

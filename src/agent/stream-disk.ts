@@ -24,6 +24,8 @@ export class StreamDisk {
   /** Units on disk, verified. */
   readonly held = new Set<number>();
   bytesHeld = 0;
+  /** Called when a unit is on disk (stage timing, stream-stages.ts). */
+  onHeld: (unit: number) => void = () => undefined;
   private readonly sizes = new Map<number, number>();
 
   private constructor(readonly dir: string) {
@@ -92,6 +94,7 @@ export class StreamDisk {
       this.held.add(unit);
       this.sizes.set(unit, bytes.length);
       this.bytesHeld += bytes.length;
+      this.onHeld(unit);
     }
   }
 

@@ -35,6 +35,8 @@ export class StreamPublisher {
   private failure: unknown = null;
   private readonly now: () => number;
   readonly unitSize: number;
+  /** Per batch written, ms from its signing to its batch file and head stored (the newest 4096). */
+  readonly storeMs: number[] = [];
 
   private constructor(
     readonly store: StreamStore,
@@ -193,6 +195,8 @@ export class StreamPublisher {
         advanceHead(next, batch);
         await this.store.appendBatch(batch, next);
         Object.assign(this.head, next);
+        this.storeMs.push(this.now() - Date.parse(body.time));
+        if (this.storeMs.length > 4096) this.storeMs.shift();
       } catch (err) {
         throw fromSystemError(err, `writing stream ${this.head.stream} to ${this.store.dir}`);
       }
