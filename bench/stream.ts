@@ -1,3 +1,4 @@
+import type { UnitStages } from '../src/agent/stream-stages';
 import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -53,17 +54,6 @@ export interface StageRow {
   tail: number;
 }
 
-/** A unit's stage times at one agent (src/agent/stream-stages.ts, FLEETCAST_STREAM_STAGES). */
-interface UnitStages {
-  unit: number;
-  signed: number;
-  known?: number;
-  leased?: number;
-  fetched?: number;
-  held?: number;
-  delivered?: number;
-  from?: 'wan' | 'lan';
-}
 
 const pct = (xs: number[], p: number) => {
   if (!xs.length) return NaN;
