@@ -78,7 +78,7 @@ export async function writeFully(fh: fs.FileHandle, bytes: Uint8Array, position:
   }
 }
 
-/** writeFully on the calling thread (see PartialStore.writeNow for when that is worth it). */
+/** writeFully on the calling thread: a LAN assembly's chunk (PartialStore.writeRangeSync), so its buffer is free at once. */
 export function writeFullySync(fd: number, bytes: Uint8Array, position: number): void {
   let off = 0;
   while (off < bytes.length) {
