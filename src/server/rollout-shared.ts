@@ -17,6 +17,7 @@ export const MAX_SHARED_ROLLOUTS = 1000;
  */
 export class SharedRollouts {
   private foreign: Rollout[] = [];
+  private readAt = -Infinity;
   /** Rollouts whose last write to the engine failed: written again with the next change. */
   private readonly unsent = new Map<string, Rollout>();
   /** Changes handed to put() per rollout: a write covers those made before it started. */
@@ -70,8 +71,14 @@ export class SharedRollouts {
     return this.parse(await this.engine.rollouts(channel, MAX_SHARED_ROLLOUTS));
   }
 
-  /** Read every channel's rollouts again (the cluster tick): what others() answers until the next refresh. */
-  async refresh(): Promise<void> {
+  /**
+   * Read every channel's rollouts again (the cluster tick; a request for an id not known
+   * here, with `minAgeMs`: not if the last read is younger, so unknown ids cannot make an
+   * instance read the table at their own rate): what others() answers until the next.
+   */
+  async refresh(minAgeMs = 0): Promise<void> {
+    if (Date.now() - this.readAt < minAgeMs) return;
+    this.readAt = Date.now();
     this.foreign = this.parse(await this.engine.rollouts(null, MAX_SHARED_ROLLOUTS));
   }
 

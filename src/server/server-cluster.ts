@@ -260,18 +260,19 @@ export abstract class ClusterRoutes extends ServerRoutes {
       }
       return;
     }
-    if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
-    if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
     // The owner learns the agent's address from the body, as it would from the socket.
     if (body && (route === 'POST /v1/heartbeat' || route === 'POST /v1/join') && !ref!.hasAddress) body = Buffer.from(JSON.stringify({ ...(JSON.parse(body.toString('utf8')) as object), address: req.socket.remoteAddress ?? null }));
+    return this.toOwner(req, res, key, r, body);
+  }
+
+  /** A request for a key another instance owns: proxied to it, unless it was proxied here already or the owner is an earlier run of this instance. */
+  private toOwner(req: http.IncomingMessage, res: http.ServerResponse, key: string, r: { url: string; msLeft: number }, body: Buffer | null): Promise<void> | void {
+    if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
+    if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
     return this.proxy(req, res, r.url, key, body);
   }
 
-  /**
-   * A request about one channel's rollouts (start, poll, one rollout, its commands) is
-   * answered by the owner of the channel's key, like an allocation's. The list
-   * (GET /v1/rollouts) is answered by any instance, from the engine.
-   */
+  /** A request about one channel's rollouts (start, poll, one rollout, its commands), answered by the owner of the channel's key; the list (GET /v1/rollouts) by any instance. */
   private async handleRollout(req: http.IncomingMessage, res: http.ServerResponse, parts: string[]): Promise<void> {
     if (this.authenticate(req, res) === false) return;
     let body: Buffer | null = null;
@@ -284,7 +285,7 @@ export abstract class ClusterRoutes extends ServerRoutes {
     } else {
       channel = this.rollouts.channelOf(parts[2]);
       if (channel === null) {
-        await this.sharedRollouts?.refresh().catch(() => undefined); // started on another instance since the last tick?
+        await this.sharedRollouts?.refresh(1000).catch(() => undefined); // started on another instance since the last read? (one read a second at most)
         channel = this.rollouts.channelOf(parts[2]);
       }
       if (req.method === 'POST') {
@@ -300,9 +301,7 @@ export abstract class ClusterRoutes extends ServerRoutes {
       this.idleSince.delete(key);
       return super.handle(req, res);
     }
-    if (req.headers[PROXIED_HEADER] !== undefined) return this.refuse(res, 'NOT_OWNER', `${key} is owned by ${r.url}, not this instance`, 100, true);
-    if (r.url === this.opts.cluster!.instanceUrl) return this.refuse(res, 'OWNER_RESTARTING', `${key} is still leased to an earlier run of this instance; it is taken again once that lease expires`, Math.max(100, r.msLeft));
-    return this.proxy(req, res, r.url, key, body);
+    return this.toOwner(req, res, key, r, body);
   }
 
   /** The allocation key a request acts on, or null when the routes should answer it (bad fields, unknown release). */
