@@ -1,36 +1,19 @@
-import { readdirSync, readFileSync } from 'node:fs';
 import type { ExecutionContext } from 'ava';
 import { PostgresEngine } from '../src/server/engine-postgres';
 import { RegistryWriter } from '../src/server/registry-writer';
 import { postgresUnsupported, startPostgres } from '../test/helpers/postgres';
+import { clockTicks } from './idle';
+import { postgresCpuSeconds } from './scale-cluster';
 
 /**
  * `node dist/bench/registry.js [MEMBERS]` (root: it runs PostgreSQL as the postgres user):
  * what the member registry costs an owner of MEMBERS members (docs/scale-out.md, "Durable
  * state in the engine"). 1. One `putMembers` of all MEMBERS rows, 4 times: wall time, the
- * PostgreSQL processes' CPU (utime + stime from /proc, every process named postgres) and
- * this process's. 2. Rows a RegistryWriter picks over 120 s of writes every 2 s, for a
+ * PostgreSQL's CPU (its postmaster and children, from /proc: postgresCpuSeconds of the
+ * scale bench) and this process's. 2. Rows a RegistryWriter picks over 120 s of writes every 2 s, for a
  * downloading fleet (every member's verified count grows at each write) and an idle one
  * (nothing changes), against writing every member at every write as before.
  */
-
-const TICK = 100; // USER_HZ on Linux
-
-function postgresCpu(): number {
-  let ticks = 0;
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const f = readFileSync(`/proc/${p}/stat`, 'utf8');
-      if (!f.slice(f.indexOf('(') + 1, f.lastIndexOf(')')).startsWith('postgres')) continue;
-      const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(rest[11]) + Number(rest[12]);
-    } catch {
-      /* gone */
-    }
-  }
-  return ticks / TICK;
-}
 
 const row = (i: number, verified: number) => ({
   release: 'ab'.repeat(16), member: `m${i}`, group: `g${Math.floor(i / 10)}`, key: `${'ab'.repeat(16)}/g${Math.floor(i / 10)}`, instance: 'http://coord1:7600', complete: false, verifiedUnits: verified, address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
@@ -49,13 +32,15 @@ async function main(): Promise<void> {
     await engine.open(Buffer.alloc(32));
     const rows = Array.from({ length: n }, (_, i) => row(i, i % 2048));
     process.stdout.write(`| putMembers of ${n.toLocaleString('en')} rows | wall (ms) | PostgreSQL CPU (s) | this process's CPU (s) |\n| --- | ---: | ---: | ---: |\n`);
+    const hz = clockTicks();
+    const pgCpu = () => postgresCpuSeconds(pg.pid(), hz);
     for (let k = 1; k <= 4; k++) {
-      const pg0 = postgresCpu();
+      const pg0 = await pgCpu();
       const u0 = process.cpuUsage();
       const t0 = Date.now();
       await engine.putMembers(rows);
       const u = process.cpuUsage(u0);
-      process.stdout.write(`| ${k} | ${Date.now() - t0} | ${(postgresCpu() - pg0).toFixed(2)} | ${((u.user + u.system) / 1e6).toFixed(2)} |\n`);
+      process.stdout.write(`| ${k} | ${Date.now() - t0} | ${((await pgCpu()) - pg0).toFixed(2)} | ${((u.user + u.system) / 1e6).toFixed(2)} |\n`);
     }
     for (const fleet of ['downloading', 'idle'] as const) {
       const w = new RegistryWriter();

@@ -164,11 +164,10 @@ export class RolloutService {
   /** This instance's rollouts and, with several coordinators, the others' (as the engine had them at the last refresh). */
   private all(): Rollout[] {
     const mine = [...this.rollouts.values()];
-    return this.o.shared ? mine.concat(this.o.shared.others().filter((r) => !this.rollouts.has(r.id) && !this.channels().has(r.channel))) : mine;
-  }
-
-  private channels(): Set<string> {
-    return new Set([...this.rollouts.values()].map((r) => r.channel));
+    if (!this.o.shared) return mine;
+    // The engine's copy of a channel run here is older than ours.
+    const here = new Set(mine.map((r) => r.channel));
+    return mine.concat(this.o.shared.others().filter((r) => !this.rollouts.has(r.id) && !here.has(r.channel)));
   }
 
   /** The channel of a rollout held here or known from the engine (several coordinators route by it). */
