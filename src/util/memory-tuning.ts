@@ -12,6 +12,10 @@ import { loadNativeAddon } from './native-addon';
  *   unit buffers come from the heap, and the freed ones stay resident: the demo agent's
  *   RSS crept up by ~20 MiB over a 64 MiB release while its live ArrayBuffers stayed
  *   at 10-20 MiB. Fixed, each large buffer is its own mapping, returned when freed.
+ *   Lower (32 and 64 KiB, so that 64 KiB socket reads get mappings too) was measured in
+ *   round 5 and not kept: at 2 GiB the peak did not move (the bytes left the malloc heap
+ *   and showed up as ArrayBuffers not yet collected), and at 32 KiB the agents' CPU rose
+ *   8-11% (bench/results/demo.md).
  *   Without the addon (node:dgram transport) this one is not applied.
  * - One malloc arena (mallopt(M_ARENA_MAX), through the addon, before libuv's pool and
  *   V8's platform threads first allocate; MALLOC_ARENA_MAX=1 without the environment):
