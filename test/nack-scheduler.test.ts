@@ -52,6 +52,29 @@ test('a partial overlap sends only the fragments nobody asked for', (t) => {
   t.deepEqual([...out[0].missing], [0x00, 0xff]);
 });
 
+test('a NACK heard before our own gap was ripe: we ask within one backoff, only for the fragments it did not name', (t) => {
+  const s = sched(() => 0.5);
+  const due = normBackoff(100, 8, 0.5);
+  s.heardNack(1, 16, new Uint8Array([0xff, 0x00]), 0);
+  const gap = { unit: 1, fragmentCount: 16, missing: all(16) };
+  t.deepEqual(s.pollGaps(due - 1, [gap]), []);
+  const out = s.pollGaps(due, [gap]);
+  t.is(out.length, 1, 'not after the holdoff (300 ms): within the backoff');
+  t.deepEqual([...out[0].missing], [0x00, 0xff]);
+});
+
+test('a NACK heard before our own gap was ripe that covers it: suppressed, then the holdoff', (t) => {
+  const s = sched(() => 0.5);
+  const due = normBackoff(100, 8, 0.5);
+  s.heardNack(1, 16, all(16), 0);
+  const gap = { unit: 1, fragmentCount: 16, missing: new Uint8Array([0x0f, 0x00]) };
+  t.deepEqual(s.pollGaps(due, [gap]), []);
+  t.is(s.suppressed, 1);
+  t.deepEqual(s.pollGaps(due + 299, [gap]), [], 'the repair gets its holdoff');
+  t.deepEqual(s.pollGaps(due + 300, [gap]), [], 'its end starts a new backoff');
+  t.is(s.pollGaps(due + 300 + due, [gap]).length, 1, 'and the gap is asked for again if the repair never came');
+});
+
 test('at most maxUnitsInFlight units are requested at once, and only their bitmaps are built', (t) => {
   const s = sched(() => 0);
   const gaps = Array.from({ length: 10 }, (_, u) => ({ unit: u, fragmentCount: 8, missing: all(8) }));
