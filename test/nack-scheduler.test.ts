@@ -110,3 +110,64 @@ test('repair history is dropped once idle, so it does not grow with the release'
   r.due(3100); // pruning runs, but 300 ms idle is inside 10 x dedupMs: kept
   t.is(r.trackedUnits, 1);
 });
+
+test('the holdoff follows the measured repair round trip, within its floor and ceiling', (t) => {
+  const s = new NackScheduler({ backoffMs: 0, holdoffMs: 300, minHoldoffMs: 20, groupSize: 1, maxUnitsInFlight: 4, random: () => 0 });
+  const gap = (unit: number) => ({ unit, fragmentCount: 8, missing: all(8) });
+  const poll = (now: number, u: number) => s.poll(now, [u], () => gap(u));
+  t.is(s.holdoffMs, 300, 'no repair timed yet: the ceiling');
+  // Unit 1: NACKed at 0 (the backoff is 0), its repair data arrives 4 ms later.
+  poll(0, 1);
+  t.is(poll(0, 1).length, 1);
+  s.progress(1, 4);
+  t.is(s.srttMs, 4);
+  t.is(s.holdoffMs, 20, '4 + 4 x 2 ms is under the floor');
+  // Unit 2: NACKed, and the repair is lost: asked again once the (short) holdoff ends.
+  poll(100, 2);
+  t.is(poll(100, 2).length, 1);
+  t.deepEqual(poll(119, 2), [], 'still holding off');
+  poll(120, 2); // the holdoff ended: a new backoff (0 ms)...
+  t.is(poll(120, 2).length, 1, '...and the gap is asked for again, 20 ms after the first NACK, not 300');
+  // Slow repairs raise it again, up to the ceiling.
+  for (let i = 0; i < 20; i++) {
+    const u = 10 + i;
+    const at = 1000 + i * 1000;
+    poll(at, u);
+    poll(at, u);
+    s.progress(u, at + 500);
+  }
+  t.is(s.holdoffMs, 300);
+});
+
+test('data arriving while holding off keeps the holdoff running (a repair in progress is not asked for again)', (t) => {
+  const s = new NackScheduler({ backoffMs: 0, holdoffMs: 80, minHoldoffMs: 20, groupSize: 1, maxUnitsInFlight: 4, random: () => 0 });
+  const poll = (now: number) => s.poll(now, [1], () => ({ unit: 1, fragmentCount: 8, missing: all(8) }));
+  poll(0);
+  t.is(poll(0).length, 1);
+  // Repair data trickles in every 30 ms, well past the 80 ms holdoff: no second NACK meanwhile.
+  for (let now = 30; now <= 300; now += 30) {
+    s.progress(1, now);
+    t.deepEqual(poll(now), [], `asked again at ${now} ms while the repair was arriving`);
+  }
+});
+
+test('a NACK that brings no data doubles the unit\'s next holdoff up to the ceiling; its first data resets it', (t) => {
+  const s = new NackScheduler({ backoffMs: 0, holdoffMs: 80, minHoldoffMs: 20, groupSize: 1, maxUnitsInFlight: 4, random: () => 0 });
+  const poll = (now: number, u: number) => s.poll(now, [u], () => ({ unit: u, fragmentCount: 8, missing: all(8) }));
+  // A repair timed at 4 ms: the holdoff is at its 20 ms floor.
+  poll(0, 9);
+  poll(0, 9);
+  s.progress(9, 4);
+  t.is(s.holdoffMs, 20);
+  // Unit 1's holder never answers: its NACKs are 20, 40, 80 and 80 ms apart (+ 1 ms each: a
+  // poll every ms ends the holdoff, the next one the 0 ms backoff).
+  const asked: number[] = [];
+  for (let now = 0; now <= 230; now++) if (poll(now, 1).length) asked.push(now);
+  t.deepEqual(asked.slice(1).map((a, i) => a - asked[i]), [21, 41, 81, 81], `asked at ${asked.join(', ')}`);
+  // Data of the unit arrives: the NACKs after it are the short holdoff apart again.
+  const last = asked[asked.length - 1];
+  s.progress(1, last + 5);
+  const next: number[] = [];
+  for (let now = last + 6; now <= last + 200; now++) if (poll(now, 1).length) next.push(now);
+  t.deepEqual(next.slice(1, 3).map((a, i) => a - next[i]), [21, 41], `asked at ${next.join(', ')}`);
+});

@@ -5,8 +5,20 @@ import { bitmapBytes, getBit } from '../util/bits';
  * gaps waits a random backoff drawn from a truncated exponential distribution
  * before it NACKs; if during the backoff it hears another receiver's NACK that
  * covers all its gaps it suppresses its own, so one NACK stands for everyone who
- * misses the same fragments. After a NACK (sent or heard) it holds off for
- * `holdoffMs` to let the repair arrive before asking again.
+ * misses the same fragments. After a NACK (sent or suppressed) it holds off to let
+ * the repair arrive before asking again.
+ *
+ * The holdoff follows the measured repair round trip, as NORM scales its holdoff to the
+ * group RTT (NORM's reference implementation holds off (K + 2) x GRTT): each NACK we send
+ * is timed to the first data of its unit that arrives after it, and the holdoff is
+ * srtt + 4 x rttvar of those samples (RFC 6298's estimator), kept within
+ * [minHoldoffMs, holdoffMs]. Until a sample exists it is holdoffMs. No wire change: the
+ * samples are our own NACKs and the repairs they bring. A LAN whose repairs come back in
+ * a few ms no longer waits a constant 80 ms before asking again for a lost repair.
+ * A NACK that brought no data at all by the end of its holdoff doubles the unit's next
+ * holdoff (up to holdoffMs), as a retransmission timer backs off (RFC 6298 §5.5): a
+ * holder that does not answer (gone, or lying about what it holds) is not asked every
+ * 20 ms; the unit's first data resets it.
  *
  * Pure: the caller passes `now` and a random source, and says what is missing.
  * The scheduler remembers only timers and what it heard; it never touches bytes.
@@ -14,8 +26,10 @@ import { bitmapBytes, getBit } from '../util/bits';
 export interface NackSchedulerOptions {
   /** Upper bound of the random backoff (NORM's T_maxBackoff). */
   backoffMs: number;
-  /** How long to wait for repairs after a NACK before asking again. */
+  /** How long to wait for repairs after a NACK before asking again, at most (and before any repair was timed). */
   holdoffMs: number;
+  /** The holdoff's floor however fast repairs come back (defaults to holdoffMs: a constant holdoff). */
+  minHoldoffMs?: number;
   /** Estimated group size, for NORM's λ = ln(groupSize) + 1. */
   groupSize: number;
   /** Units NACKed at once at most (bounds what a late joiner asks for in one go). */
@@ -28,6 +42,10 @@ interface Pending {
   until: number;
   /** Fragments other receivers asked for during our backoff. */
   heard: Uint8Array;
+  /** When we sent our NACK for the unit (holdoff after our own NACK, until its first repair data). */
+  askedAt?: number;
+  /** Our NACKs for the unit in a row that brought no data by the end of their holdoff. */
+  misses?: number;
 }
 
 export interface NackRequest {
@@ -47,6 +65,9 @@ export class NackScheduler {
   /** Stats. */
   sent = 0;
   suppressed = 0;
+  /** Repair round trip (our NACK -> the unit's next data), smoothed, and its mean deviation; ms. */
+  srttMs: number | null = null;
+  rttvarMs = 0;
 
   constructor(private readonly opts: NackSchedulerOptions) {}
 
@@ -80,7 +101,32 @@ export class NackScheduler {
   /** New data arrived for the unit: a repair in progress, so extend any holdoff. */
   progress(unit: number, now: number): void {
     const p = this.pending.get(unit);
-    if (p && p.state === 'holdoff') p.until = Math.max(p.until, now + this.opts.holdoffMs / 2);
+    if (!p || p.state !== 'holdoff') return;
+    if (p.askedAt !== undefined) {
+      this.sampleRtt(now - p.askedAt);
+      p.askedAt = undefined;
+    }
+    p.misses = 0;
+    p.until = Math.max(p.until, now + this.holdoffMs / 2);
+  }
+
+  /** The current holdoff: srtt + 4 rttvar of the repair round trips, within [minHoldoffMs, holdoffMs]. */
+  get holdoffMs(): number {
+    if (this.srttMs === null) return this.opts.holdoffMs;
+    const floor = Math.min(this.opts.minHoldoffMs ?? this.opts.holdoffMs, this.opts.holdoffMs);
+    return Math.min(this.opts.holdoffMs, Math.max(floor, this.srttMs + 4 * this.rttvarMs));
+  }
+
+  /** RFC 6298 §2: rttvar = 3/4 rttvar + 1/4 |srtt - r|, srtt = 7/8 srtt + 1/8 r. */
+  private sampleRtt(r: number): void {
+    if (!(r >= 0)) return;
+    if (this.srttMs === null) {
+      this.srttMs = r;
+      this.rttvarMs = r / 2;
+      return;
+    }
+    this.rttvarMs = 0.75 * this.rttvarMs + 0.25 * Math.abs(this.srttMs - r);
+    this.srttMs = 0.875 * this.srttMs + 0.125 * r;
   }
 
   /**
@@ -110,8 +156,9 @@ export class NackScheduler {
         continue;
       }
       if (p.state === 'holdoff') {
-        // Repairs did not fill the gaps in time: back off again and ask.
-        this.startBackoff(g, now);
+        // Repairs did not fill the gaps in time: back off again and ask (and if our NACK
+        // brought nothing at all, hold off longer after the next one).
+        this.startBackoff(g, now, (p.misses ?? 0) + (p.askedAt !== undefined ? 1 : 0));
         continue;
       }
       // Backoff expired: send what nobody else asked for.
@@ -127,14 +174,16 @@ export class NackScheduler {
       } else {
         this.suppressed++;
       }
-      this.pending.set(unit, { state: 'holdoff', until: now + this.opts.holdoffMs, heard: new Uint8Array(0) });
+      const misses = p.misses ?? 0;
+      const holdoff = Math.min(this.opts.holdoffMs, this.holdoffMs * 2 ** misses);
+      this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses });
     }
     return out;
   }
 
-  private startBackoff(g: NackRequest, now: number): void {
+  private startBackoff(g: NackRequest, now: number, misses = 0): void {
     const delay = normBackoff(this.opts.backoffMs, this.opts.groupSize, this.opts.random());
-    this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)) });
+    this.pending.set(g.unit, { state: 'backoff', until: now + delay, heard: new Uint8Array(bitmapBytes(g.fragmentCount)), misses });
   }
 
   /** Units with a timer running. */

@@ -27,7 +27,10 @@ export const AGENT_DEFAULTS = {
   /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
   gapQuietMs: 25,
   nackBackoffMs: 30,
+  /** The NACK holdoff's ceiling (and its value until a repair round trip was measured)... */
   nackHoldoffMs: 80,
+  /** ...and its floor: it follows the measured repair round trip in between (NackScheduler). */
+  nackHoldoffMinMs: 20,
   nackMaxUnitsInFlight: 16,
   repairAggregateMs: 3,
   repairBackoffMs: 40,

@@ -64,7 +64,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       copiesLeft: (_unit, t) => this.announceSoon(t),
       repairSent: (unit, fragment, fc, t) => this.repairs.sawFragment(unit, fragment, fc, t),
     });
-    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random });
+    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, minHoldoffMs: AGENT_DEFAULTS.nackHoldoffMinMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random });
     this.repairs = new RepairScheduler({ aggregateMs: AGENT_DEFAULTS.repairAggregateMs, backoffMs: AGENT_DEFAULTS.repairBackoffMs, dedupMs: AGENT_DEFAULTS.repairDedupMs, random: cfg.random });
     this.completeIfAll();
   }
