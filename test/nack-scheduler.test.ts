@@ -151,7 +151,7 @@ test('data arriving while holding off keeps the holdoff running (a repair in pro
   }
 });
 
-test('a NACK that brings no data doubles the unit\'s next holdoff up to the ceiling; its first data resets it', (t) => {
+test('a NACK that brings no data doubles the unit\'s next holdoff up to 4 x the ceiling; its first data resets it', (t) => {
   const s = new NackScheduler({ backoffMs: 0, holdoffMs: 80, minHoldoffMs: 20, groupSize: 1, maxUnitsInFlight: 4, random: () => 0 });
   const poll = (now: number, u: number) => s.poll(now, [u], () => ({ unit: u, fragmentCount: 8, missing: all(8) }));
   // A repair timed at 4 ms: the holdoff is at its 20 ms floor.
@@ -159,15 +159,15 @@ test('a NACK that brings no data doubles the unit\'s next holdoff up to the ceil
   poll(0, 9);
   s.progress(9, 4);
   t.is(s.holdoffMs, 20);
-  // Unit 1's holder never answers: its NACKs are 20, 40, 80 and 80 ms apart (+ 1 ms each: a
-  // poll every ms ends the holdoff, the next one the 0 ms backoff).
+  // Unit 1's holder never answers: its NACKs are 20, 40, 80, 160, 320 and 320 ms apart (+ 1 ms
+  // each: a poll every ms ends the holdoff, the next one the 0 ms backoff).
   const asked: number[] = [];
-  for (let now = 0; now <= 230; now++) if (poll(now, 1).length) asked.push(now);
-  t.deepEqual(asked.slice(1).map((a, i) => a - asked[i]), [21, 41, 81, 81], `asked at ${asked.join(', ')}`);
+  for (let now = 0; now <= 1000; now++) if (poll(now, 1).length) asked.push(now);
+  t.deepEqual(asked.slice(1).map((a, i) => a - asked[i]), [21, 41, 81, 161, 321, 321], `asked at ${asked.join(', ')}`);
   // Data of the unit arrives: the NACKs after it are the short holdoff apart again.
   const last = asked[asked.length - 1];
   s.progress(1, last + 5);
   const next: number[] = [];
-  for (let now = last + 6; now <= last + 200; now++) if (poll(now, 1).length) next.push(now);
+  for (let now = last + 6; now <= last + 800; now++) if (poll(now, 1).length) next.push(now);
   t.deepEqual(next.slice(1, 3).map((a, i) => a - next[i]), [21, 41], `asked at ${next.join(', ')}`);
 });

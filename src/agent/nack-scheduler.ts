@@ -16,9 +16,9 @@ import { bitmapBytes, getBit } from '../util/bits';
  * samples are our own NACKs and the repairs they bring. A LAN whose repairs come back in
  * a few ms no longer waits a constant 80 ms before asking again for a lost repair.
  * A NACK that brought no data at all by the end of its holdoff doubles the unit's next
- * holdoff (up to holdoffMs), as a retransmission timer backs off (RFC 6298 §5.5): a
+ * holdoff (up to 4 x holdoffMs), as a retransmission timer backs off (RFC 6298 §5.5): a
  * holder that does not answer (gone, or lying about what it holds) is not asked every
- * 20 ms; the unit's first data resets it.
+ * 20 ms while the other holders wait out orphanRepairMs; the unit's first data resets it.
  *
  * Pure: the caller passes `now` and a random source, and says what is missing.
  * The scheduler remembers only timers and what it heard; it never touches bytes.
@@ -175,7 +175,7 @@ export class NackScheduler {
         this.suppressed++;
       }
       const misses = p.misses ?? 0;
-      const holdoff = Math.min(this.opts.holdoffMs, this.holdoffMs * 2 ** misses);
+      const holdoff = Math.min(4 * this.opts.holdoffMs, this.holdoffMs * 2 ** Math.min(misses, 8));
       this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses });
     }
     return out;

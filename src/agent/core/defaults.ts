@@ -26,7 +26,12 @@ export const AGENT_DEFAULTS = {
   announceDebounceMs: 10,
   /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
   gapQuietMs: 25,
-  nackBackoffMs: 30,
+  /**
+   * NORM's T_maxBackoff. 15 ms, was 30: at 3% loss a stream unit's tail is two or three NACK
+   * rounds, each waiting a backoff (bench/results/stream.md); the suppression curve of
+   * test/sim/nack-suppression.test.ts holds at 15 ms up to 256 receivers (docs/simulator.md).
+   */
+  nackBackoffMs: 15,
   /** The NACK holdoff's ceiling (and its value until a repair round trip was measured)... */
   nackHoldoffMs: 80,
   /** ...and its floor: it follows the measured repair round trip in between (NackScheduler). */
