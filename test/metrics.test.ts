@@ -109,3 +109,48 @@ test('agent and server metrics parse with the Prometheus client: build info, pro
   const rel = parse(daemon.metrics()).find((x) => x.name === 'fleetcast_agent_release_units')!.samples;
   t.deepEqual(rel.map((s) => s.labels.release), [m2.id]);
 });
+
+test('server request latency by kind and event-loop delay are Prometheus histograms with fixed buckets: counts match the requests, a held long poll and a blocked loop land above 250 ms', async (t) => {
+  if (spawnSync(PYTHON, ['-c', 'import prometheus_client']).status !== 0) return t.fail('needs python3-prometheus-client (apt-get install python3-prometheus-client)');
+  const f = await startFleet(t, { size: 100_000, unitSize: 65536 });
+  await setChannel(path.join(f.dir, 'store'), { channel: 'stable', release: f.manifest.id, name: f.manifest.name, publishedAt: Date.now() });
+  const post = async (p: string, body: unknown) => {
+    const r = await fetch(`${f.url}${p}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    t.is(r.status, 200, `${p}: ${await r.text()}`);
+  };
+  for (let i = 0; i < 3; i++) await post('/v1/join', { release: f.manifest.id, group: 'g1', member: `m${i}` });
+  for (let i = 0; i < 7; i++) await post('/v1/heartbeat', { release: f.manifest.id, group: 'g1', member: `m${i % 3}` });
+  // A long poll the server holds for 300 ms: its own kind, above the 250 ms bucket.
+  t.is((await fetch(`${f.url}/v1/channels/stable?release=${f.manifest.id}&waitMs=300`)).status, 200);
+  // The event loop (the server's too: it runs in this process) blocked for 300 ms.
+  const until = Date.now() + 300;
+  while (Date.now() < until) {
+    /* busy */
+  }
+  await new Promise((r) => setTimeout(r, 50));
+
+  const fams = parse(f.server.metrics());
+  const family = (n: string) => fams.find((x) => x.name === n);
+  const req = family('fleetcast_server_request_duration_seconds');
+  t.is(req?.type, 'histogram');
+  const of = (kind: string, suffix: string, le?: string) => req!.samples.find((s) => s.name === `fleetcast_server_request_duration_seconds${suffix}` && s.labels.kind === kind && (le === undefined || s.labels.le === le))?.value;
+  t.is(of('join', '_count'), 3);
+  t.is(of('heartbeat', '_count'), 7);
+  t.is(of('heartbeat', '_bucket', '+Inf'), 7);
+  t.is(of('channel_wait', '_count'), 1);
+  t.is(of('channel_wait', '_bucket', '0.25'), 0, 'the held long poll took more than 250 ms');
+  t.true((of('channel_wait', '_sum') ?? 0) >= 0.29);
+  const kinds = new Set(req!.samples.map((s) => s.labels.kind));
+  t.deepEqual([...kinds].sort(), ['channel_wait', 'heartbeat', 'join'], 'a series per kind seen, none for the others');
+  // Buckets are cumulative and fixed: the same bounds for every kind.
+  const bounds = (kind: string) => req!.samples.filter((s) => s.labels.kind === kind && s.name.endsWith('_bucket'));
+  t.deepEqual(bounds('join').map((s) => s.labels.le), bounds('heartbeat').map((s) => s.labels.le));
+  const hb = bounds('heartbeat').map((s) => s.value);
+  t.deepEqual(hb, [...hb].sort((a, b) => a - b));
+
+  const loop = family('fleetcast_server_event_loop_delay_seconds');
+  t.is(loop?.type, 'histogram');
+  const lv = (suffix: string, le?: string) => loop!.samples.find((s) => s.name === `fleetcast_server_event_loop_delay_seconds${suffix}` && (le === undefined || s.labels.le === le))?.value ?? NaN;
+  t.true(lv('_count') > 0, 'the loop delay was sampled');
+  t.true(lv('_bucket', '0.1') < lv('_count'), `a sample above 100 ms: the loop was blocked for 300 ms (${lv('_bucket', '0.1')} of ${lv('_count')} at or below)`);
+});

@@ -14,6 +14,7 @@ import { SharedRollouts } from './rollout-shared';
 import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, LIMIT_DEFAULTS, LimitName } from './guard';
 import type { Socket } from 'node:net';
 import { basicPassword, HttpError, tokenDigest, TLS_CIPHERS } from './http-util';
+import { EventLoopDelay, Histogram } from '../util/metrics';
 
 import type { ServerOptions, ServerStats } from './server-options';
 export type { ServerOptions, ServerStats };
@@ -23,6 +24,47 @@ export const DEFAULT_HEARTBEATS_PER_SEC = 5000;
 
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
 export const OVERHEAD_NOTE_TICKS = 10;
+
+/**
+ * The kinds of request the server's latency histogram is kept by (a fixed set: the
+ * metric's series are bounded). `channel_wait` is a long poll (held by design), `unit` a
+ * unit's bytes (as long as the transfer takes): neither is a control request's latency.
+ */
+export const REQUEST_KINDS = ['join', 'heartbeat', 'lease', 'receipt', 'complete', 'leave', 'hook', 'bad_unit', 'manifest', 'channel', 'channel_wait', 'unit', 'stream', 'rollout', 'stats', 'other'] as const;
+export type RequestKind = (typeof REQUEST_KINDS)[number];
+
+/** A request's kind from its method and path, without parsing more than the path. */
+export function requestKind(method: string | undefined, url: string | undefined): RequestKind {
+  const u = url ?? '/';
+  const q = u.indexOf('?');
+  const p = q < 0 ? u : u.slice(0, q);
+  if (method === 'POST') {
+    switch (p) {
+      case '/v1/join':
+        return 'join';
+      case '/v1/heartbeat':
+        return 'heartbeat';
+      case '/v1/lease':
+        return 'lease';
+      case '/v1/receipt':
+        return 'receipt';
+      case '/v1/complete':
+        return 'complete';
+      case '/v1/leave':
+        return 'leave';
+      case '/v1/hook':
+        return 'hook';
+      case '/v1/bad-unit':
+        return 'bad_unit';
+    }
+  }
+  if (p.startsWith('/v1/releases/')) return p.endsWith('/manifest') ? 'manifest' : p.includes('/units/') ? 'unit' : 'other';
+  if (p.startsWith('/v1/channels')) return q >= 0 && /[?&]waitMs=/.test(u) ? 'channel_wait' : 'channel';
+  if (p.startsWith('/v1/streams/')) return 'stream';
+  if (p.startsWith('/v1/rollouts') || p.startsWith('/ui')) return 'rollout';
+  if (p === '/v1/stats' || p === '/v1/fleet') return 'stats';
+  return 'other';
+}
 
 /** A member that left is not re-created by a plain heartbeat for this long (only by a join). */
 export const LEFT_MEMORY_MS = 30_000;
@@ -90,6 +132,15 @@ export abstract class ServerCore {
   protected ticks = 0;
   /** Answers sent, by HTTP status code (the metrics' code label). */
   protected readonly httpStatus = new Map<number, number>();
+  /**
+   * Seconds from a request's headers being parsed to its answer's last byte handed to the
+   * kernel, by kind (fleetcast_server_request_duration_seconds): the server's own share of
+   * a request's latency. Time a request waits in the socket before the event loop reads it
+   * is in eventLoopDelay, not here.
+   */
+  protected readonly requestSeconds = new Map<RequestKind, Histogram>();
+  /** perf_hooks' event-loop delay, folded into fixed buckets on every timer tick (start() enables it). */
+  protected readonly eventLoopDelay = new EventLoopDelay();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0 };
   protected readonly limits: typeof LIMIT_DEFAULTS;
   protected readonly connections: ConnectionCounter;
@@ -127,7 +178,14 @@ export abstract class ServerCore {
     // An idle member beats every idleHeartbeatMs: wait for one of its beats too.
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000, this.idleHeartbeatMs + this.heartbeatMs);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
-      res.once('finish', () => this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1));
+      const t0 = process.hrtime.bigint();
+      res.once('finish', () => {
+        this.httpStatus.set(res.statusCode, (this.httpStatus.get(res.statusCode) ?? 0) + 1);
+        const kind = requestKind(req.method, req.url);
+        let h = this.requestSeconds.get(kind);
+        if (!h) this.requestSeconds.set(kind, (h = new Histogram()));
+        h.observe(Number(process.hrtime.bigint() - t0) / 1e9);
+      });
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
     };
     this.limits = { ...LIMIT_DEFAULTS, ...opts.limits };

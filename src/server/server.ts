@@ -3,7 +3,7 @@ import { AddressInfo } from 'node:net';
 import { RESEND_REASONS } from './allocator';
 import { MetricsRegistry, processMetrics } from '../util/metrics';
 import { loadOrCreateSecret } from './http-util';
-import { OVERHEAD_NOTE_TICKS, parseAllocatorKey } from './server-core';
+import { OVERHEAD_NOTE_TICKS, parseAllocatorKey, REQUEST_KINDS } from './server-core';
 import { ClusterRoutes } from './server-cluster';
 import { OWNER_RENEW_MS } from './ownership';
 import { ExitCode, FleetcastError } from '../util/errors';
@@ -48,7 +48,9 @@ export class FleetcastServer extends ClusterRoutes {
       });
     });
     this.startedAt = this.now();
+    this.eventLoopDelay.start();
     this.timer = setInterval(() => {
+      this.eventLoopDelay.fold();
       this.expire();
       this.updateLoad();
       void this.saveState();
@@ -69,6 +71,7 @@ export class FleetcastServer extends ClusterRoutes {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    this.eventLoopDelay.stop();
     if (this.clusterTimer) clearInterval(this.clusterTimer);
     this.clusterTimer = null;
     this.channelWatch.close();
@@ -161,6 +164,9 @@ export class FleetcastServer extends ClusterRoutes {
     }
     r.gauge('group_members', 'Live members per release and group (groups with members only)', members);
     r.gauge('group_missing_units', 'Units no live member of the group holds (groups with members only)', missing);
+    r.histogram('request_duration_seconds', "Seconds from a request's headers being parsed to the last byte of its answer, by kind (kinds seen so far; channel_wait is a long poll, unit a unit's bytes)", REQUEST_KINDS.filter((k) => this.requestSeconds.has(k)).map((kind) => [{ kind }, this.requestSeconds.get(kind)!]));
+    this.eventLoopDelay.fold();
+    r.histogram('event_loop_delay_seconds', "How late the event loop ran a 10 ms timer (perf_hooks.monitorEventLoopDelay): time every request waits on top of its own", [[{}, this.eventLoopDelay.histogram]]);
     this.rollouts.metrics(r);
     return r.text() + processMetrics('fleetcast');
   }
