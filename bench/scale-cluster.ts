@@ -1,5 +1,5 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { Postgres, postgresUnsupported, startPostgres } from '../test/helpers/postgres';
@@ -21,6 +21,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export interface ScaleServer {
   port: number;
   url: string;
+  /** Its Prometheus endpoint (`--metrics`), on a port of its own. */
+  metricsUrl: string;
   pid: number;
   proc: ChildProcess;
 }
@@ -64,8 +66,15 @@ export async function startScaleServers(instances: number, store: string, args: 
       }
       const port = await freePort();
       const url = `http://127.0.0.1:${port}`;
+      const metricsPort = await freePort();
       const engine = pg ? ['--engine', pg.url, '--instance-url', url] : [];
-      const proc = spawn(process.execPath, [...prof, BIN, 'server', '--store', dir, '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn', ...engine, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const proc = spawn(process.execPath, [...prof, BIN, 'server', '--store', dir, '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`, '--plain-http', '--log-level', 'warn', ...engine, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // FLEETCAST_SCALE_SERVER_LOG=FILE: everything the server prints (with --trace-gc in FLEETCAST_SCALE_NODE_ARGS, its GCs) goes there too.
+      if (process.env.FLEETCAST_SCALE_SERVER_LOG) {
+        const log = createWriteStream(`${process.env.FLEETCAST_SCALE_SERVER_LOG}${i ? `.${i}` : ''}`);
+        proc.stdout!.pipe(log);
+        proc.stderr!.pipe(log);
+      }
       const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
       teardowns.push(async () => {
         if (proc.exitCode !== null || proc.signalCode !== null) return;
@@ -86,7 +95,7 @@ export async function startScaleServers(instances: number, store: string, args: 
         if (proc.exitCode !== null || tries > 300) throw new Error(`server ${i + 1} did not start: ${out}`);
         await sleep(100);
       }
-      servers.push({ port, url, pid: proc.pid!, proc });
+      servers.push({ port, url, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, pid: proc.pid!, proc });
     }
     return { servers, postgresPid: pg?.pid() ?? null, stop };
   } catch (err) {
@@ -123,6 +132,70 @@ export async function postgresCpuSeconds(postmaster: number, hz: number): Promis
 export async function instanceCounters(url: string): Promise<{ requests: number; proxied: number; owned: number }> {
   const s = (await (await fetch(`${url}/v1/stats`)).json()) as { requests: number; cluster?: { proxied: number; owned: number } };
   return { requests: s.requests, proxied: s.cluster?.proxied ?? 0, owned: s.cluster?.owned ?? 0 };
+}
+
+/** Bucket counts (not cumulative, the last above every bound) of one histogram series, as read from /metrics. */
+export interface Buckets {
+  bounds: number[];
+  counts: number[];
+}
+
+/**
+ * An instance's latency histograms from its /metrics (Prometheus text): request seconds by
+ * kind (fleetcast_server_request_duration_seconds) and its event-loop delay. Two readings'
+ * difference (bucketsSince) is what happened between them.
+ */
+export async function serverHistograms(metricsUrl: string): Promise<{ kinds: Map<string, Buckets>; loop: Buckets }> {
+  const text = await (await fetch(metricsUrl)).text();
+  const cum = new Map<string, [number, number][]>();
+  const line = /^fleetcast_server_(request_duration|event_loop_delay)_seconds_bucket\{(?:kind="([^"]*)",)?le="([^"]+)"\} (\S+)$/;
+  for (const l of text.split('\n')) {
+    const m = line.exec(l);
+    if (!m) continue;
+    const key = m[1] === 'event_loop_delay' ? '' : m[2];
+    if (!cum.has(key)) cum.set(key, []);
+    cum.get(key)!.push([m[3] === '+Inf' ? Infinity : Number(m[3]), Number(m[4])]);
+  }
+  const toBuckets = (c: [number, number][] | undefined): Buckets => {
+    const s = (c ?? []).sort((a, b) => a[0] - b[0]);
+    return { bounds: s.filter(([le]) => le !== Infinity).map(([le]) => le), counts: s.map(([, v], i) => v - (i ? s[i - 1][1] : 0)) };
+  };
+  const kinds = new Map<string, Buckets>();
+  for (const [k, c] of cum) if (k !== '') kinds.set(k, toBuckets(c));
+  return { kinds, loop: toBuckets(cum.get('')) };
+}
+
+/** b1 - b0, bucket by bucket (b0 may be empty: a series that appeared in between). */
+export function bucketsSince(b1: Buckets, b0: Buckets | undefined): Buckets {
+  return { bounds: b1.bounds, counts: b1.counts.map((n, i) => n - (b0?.counts[i] ?? 0)) };
+}
+
+/** Buckets added up (same bounds). */
+export function addBuckets(all: Buckets[]): Buckets | null {
+  if (all.length === 0) return null;
+  return { bounds: all[0].bounds, counts: all[0].counts.map((_, i) => all.reduce((s, b) => s + (b.counts[i] ?? 0), 0)) };
+}
+
+/**
+ * The q-quantile of bucketed observations, interpolated linearly inside its bucket, as
+ * Prometheus' histogram_quantile: NaN without observations, Infinity when it falls above
+ * the last bound.
+ */
+export function bucketQuantile(b: Buckets | null, q: number): number {
+  if (!b) return NaN;
+  const total = b.counts.reduce((x, y) => x + y, 0);
+  if (total === 0) return NaN;
+  const rank = q * total;
+  let cum = 0;
+  for (let i = 0; i < b.counts.length; i++) {
+    if (cum + b.counts[i] >= rank && b.counts[i] > 0) {
+      if (i >= b.bounds.length) return Infinity;
+      const lo = i ? b.bounds[i - 1] : 0;
+      return lo + (b.bounds[i] - lo) * ((rank - cum) / b.counts[i]);
+    }
+    cum += b.counts[i];
+  }
+  return Infinity;
 }
 
 function pct(a: number[], p: number): number {

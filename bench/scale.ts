@@ -6,7 +6,8 @@ import * as path from 'node:path';
 import { parseManifest } from '../src/release/manifest';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
 import { Client, InstanceCount, Kind, Route } from './scale-client';
-import { instanceCounters, postgresCpuSeconds, ScaleServers, startScaleServers } from './scale-cluster';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { addBuckets, bucketQuantile, Buckets, bucketsSince, instanceCounters, postgresCpuSeconds, ScaleServers, serverHistograms, startScaleServers } from './scale-cluster';
 
 /**
  * `npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS]`: what coordination costs the
@@ -99,7 +100,12 @@ export interface ScaleResult {
   instances: InstanceResult[];
   /** PostgreSQL's CPU seconds over the window (several instances), else null. */
   postgresCpu: number | null;
+  /** The simulator's own event-loop delay over the window (ms): how late its timers and answers ran. */
+  simLoopMs: { p50: number; p99: number; max: number; mean: number };
 }
+
+/** Request kinds that are control requests (what issue 17's p99 is about): not long polls, unit bytes or the bench's reads. */
+export const CONTROL_KINDS = ['join', 'heartbeat', 'lease', 'receipt', 'complete', 'leave', 'hook', 'bad_unit', 'manifest', 'channel'];
 
 /** One instance over the window: the client's attempts there, its CPU and peak RSS (/proc), requests it proxied (/v1/stats). */
 export interface InstanceResult extends InstanceCount {
@@ -112,6 +118,9 @@ export interface InstanceResult extends InstanceCount {
   proxied: number;
   /** Allocations it owned at the window's end. */
   owned: number;
+  /** Its own request latency over the window, by kind (its /metrics histogram's buckets), and its event-loop delay. */
+  serverKinds: Map<string, Buckets>;
+  serverLoop: Buckets;
 }
 
 function pct(a: number[], p: number): number {
@@ -158,7 +167,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const sha256 = manifest.sha256;
 
     // FLEETCAST_SCALE_PROF=DIR: the server writes a CPU profile there (node --cpu-prof) on exit.
-    const prof = process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : [];
+    // FLEETCAST_SCALE_NODE_ARGS: more node flags for the server (--trace-gc, say; its output: FLEETCAST_SCALE_SERVER_LOG).
+    const prof = [...(process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : []), ...(process.env.FLEETCAST_SCALE_NODE_ARGS ?? '').split(' ').filter(Boolean)];
     const n = o.instances ?? 1;
     started = await startScaleServers(n, path.join(dir, 'store'), ['--max-members-per-release', String(o.agents * 2), '--max-groups-per-release', String(Math.ceil(o.agents / o.perGroup) * 2), '--max-connections', String(Math.min(19_000, Math.ceil(o.agents / o.perGroup) + 1000)), ...(o.serverArgs ?? [])], prof);
     o.teardown?.(started.stop);
@@ -381,13 +391,20 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     // (/proc, fast) are taken at its edges, so the CPU and the client's counts cover the same seconds.
     const counters = () => (n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null);
     const k0 = await counters();
+    // The servers' own latency and loop delay (their /metrics histograms) are read at the window's edges, outside the CPU readings.
+    const hists = () => Promise.all(servers.map((x) => serverHistograms(x.metricsUrl)));
+    const h0 = await hists();
     const [c0, pg0] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const w0 = process.hrtime.bigint();
+    const simLoop = monitorEventLoopDelay({ resolution: 10 });
+    simLoop.enable();
     c.measuring = true;
     await sleep(o.seconds * 1000);
     c.measuring = false;
+    simLoop.disable();
     const [c1, pg1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
+    const h1 = await hists();
     const k1 = await counters();
     const instances: InstanceResult[] = [];
     for (let k = 0; k < n; k++) {
@@ -399,6 +416,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         joined: joinedByAtWindow[k],
         proxied: k0 && k1 ? k1[k].proxied - k0[k].proxied : 0,
         owned: k1 ? k1[k].owned : 0,
+        serverKinds: new Map([...h1[k].kinds].map(([kind, b]) => [kind, bucketsSince(b, h0[k].kinds.get(kind))])),
+        serverLoop: bucketsSince(h1[k].loop, h0[k].loop),
       });
     }
     const serverCpu = instances.reduce((x, i) => x + i.cpu, 0);
@@ -406,12 +425,33 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const serverHwmMiB = Math.max(...instances.map((i) => i.hwmMiB));
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null };
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: { p50: simLoop.percentile(50) / 1e6, p99: simLoop.percentile(99) / 1e6, max: simLoop.max / 1e6, mean: simLoop.mean / 1e6 } };
   } finally {
     client.c?.close();
     await started?.stop();
     await fs.rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Milliseconds from bucketed seconds: '-' without observations, '>' the last bound above it. */
+function bucketMs(b: Buckets | null, q: number): string {
+  const v = bucketQuantile(b, q);
+  if (Number.isNaN(v)) return '-';
+  if (v === Infinity) return `>${((b?.bounds.at(-1) ?? 0) * 1000).toFixed(0)}`;
+  return (v * 1000).toFixed(1);
+}
+
+/** Every instance's control requests (CONTROL_KINDS) together, from the servers' own histograms; and one kind's. */
+export function serverControl(r: ScaleResult, kinds: string[] = CONTROL_KINDS): Buckets | null {
+  return addBuckets(r.instances.flatMap((i) => kinds.map((k) => i.serverKinds.get(k)).filter((b): b is Buckets => b !== undefined)));
+}
+
+/** The server's side and the simulator's side of a row's latency: server p50/p99, server loop delay p50/p99, simulator loop delay p50/p99/max (ms). */
+export function latencySides(r: ScaleResult): { server: string; serverLoop: string; simLoop: string } {
+  const c = serverControl(r);
+  const loop = addBuckets(r.instances.map((i) => i.serverLoop));
+  const f = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
+  return { server: `${bucketMs(c, 0.5)} / ${bucketMs(c, 0.99)}`, serverLoop: `${bucketMs(loop, 0.5)} / ${bucketMs(loop, 0.99)}`, simLoop: `${f(r.simLoopMs.p50)} / ${f(r.simLoopMs.p99)} / ${f(r.simLoopMs.max)}` };
 }
 
 export function scaleReport(rs: ScaleResult[], machine: string, command: string): string[] {
@@ -427,6 +467,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     const cpuPerRequest = reqs ? (r.serverCpu / reqs) * 1e6 : NaN;
     // At the full rate: every request kind scaled up by the share of heartbeats the simulator missed.
     const fullRate = reached < 0.95 ? ((cpuPerRequest * reqs) / r.window / Math.max(reached, 0.01) / Math.max(1, r.joined)).toFixed(1) : '-';
+    const sides = latencySides(r);
     const perKind = Object.entries(r.kinds)
       .map(([n, k]) => `${n} ${(k.count / r.window).toFixed(0)}/s`)
       .join(', ');
@@ -434,7 +475,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
       `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form}${r.instances.length > 1 ? ` (${r.instances.length} instances: below)` : ''} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
       `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${fullRate} | ${cpuPerRequest.toFixed(0)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% (${r.serverCpu > 0 ? ((r.serverSystemCpu / r.serverCpu) * 100).toFixed(0) : '-'}% kernel) | ` +
       `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
-      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
+      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${sides.server} | ${sides.serverLoop} | ${sides.simLoop} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
     );
   });
   return [
@@ -445,12 +486,18 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'they join, heartbeat at the heartbeatMs the server answers, lease, hold a leased unit for as long as it takes at the simulated',
     `WAN rate (no unit bytes move; ${(rs[0].opts.wanBytesPerSec * 8 / 1e6).toFixed(0)} Mbit/s per agent, at most an equal share of an origin egress of ${(rs[0].opts.originBytesPerSec * 8 / 1e9).toFixed(0)} Gbit/s), send its receipt, learn their LAN group's units after a LAN delay, and complete. 10 agents per LAN`,
     'group, each group on its own loopback address. Release: 2 GiB in 1 MiB units. Server CPU is utime + stime from /proc over the',
-    'window, so the simulator\'s own CPU (it shares the 2 cores) is not counted. Latency: from the request\'s socket assignment to the',
-    'last byte of the answer, every request kind together. "Heartbeats sent": the heartbeats the simulator managed to send over those',
-    'the agents meant to (below 100%, the simulator, not the server, set the pace: the server\'s figures are then for a lighter load).',
+    'window, so the simulator\'s own CPU (it shares the 2 cores) is not counted. "Heartbeats sent": the heartbeats the simulator managed',
+    'to send over those the agents meant to (below 100%, the simulator, not the server, set the pace: the server\'s figures are then for a',
+    'lighter load). Latency, four ways: "seen by the simulator", from the request\'s socket assignment in the simulator to the last byte',
+    'of the answer there, every request kind together (it includes the simulator\'s own event-loop delay); "server\'s own", the',
+    'server\'s `fleetcast_server_request_duration_seconds` histogram over the window (from the request\'s headers parsed to its answer\'s',
+    'last byte handed to the kernel; control requests: join, heartbeat, lease, receipt, complete and the like), quantiles interpolated',
+    'in its fixed buckets as Prometheus\' histogram_quantile does; "server event-loop delay", its',
+    '`fleetcast_server_event_loop_delay_seconds` over the window (how late its 10 ms timer ran: what a request waits in the socket',
+    'before the server reads it); "simulator event-loop delay", perf_hooks.monitorEventLoopDelay in the simulator over the window.',
     '',
-    '| agents | protocol | policy | units | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 (ms) | failed | server peak RSS (MiB) |',
-    '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |',
+    '| agents | protocol | policy | units | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 seen by the simulator (ms) | server\'s own p50 / p99 (ms) | server event-loop delay p50 / p99 (ms) | simulator event-loop delay p50 / p99 / max (ms) | failed | server peak RSS (MiB) |',
+    '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
     'Where the simulator sent fewer than 95% of the heartbeats its agents meant to, "at the full rate" extrapolates: the server CPU',
@@ -464,6 +511,12 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
         return `${r.opts.agents.toLocaleString('en')} ${r.opts.form} wide: ${hb?.copyAnswers ?? 0} of ${hb?.count ?? 0}, ${hb?.copyAnswers ? ((hb.copyBytes ?? 0) / hb.copyAnswers).toFixed(0) : '-'} B`;
       })
       .join('; ') || 'no wide rows'}.`,
+    `Server's own p50 / p99 by request kind (ms, count in the window): ${rs
+      .map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${[...new Set(r.instances.flatMap((i) => [...i.serverKinds.keys()]))].map((k) => {
+        const b = serverControl(r, [k]);
+        return `${k} ${bucketMs(b, 0.5)} / ${bucketMs(b, 0.99)} (${b ? b.counts.reduce((x, y) => x + y, 0) : 0})`;
+      }).join(', ')}`)
+      .join('; ')}.`,
     `Joins before the window opened (joined of agents, in how long): ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
     '',
     'Goal (issue 17): at most 20 µs of server CPU per active agent-second, p99 at most 250 ms, no failure, server RSS at most 2 GiB, at',

@@ -1,7 +1,8 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { ExecutionContext } from 'ava';
-import { benchScale } from '../bench/scale';
+import { benchScale, latencySides, serverControl } from '../bench/scale';
+import { bucketQuantile } from '../bench/scale-cluster';
 import { Client, Route } from '../bench/scale-client';
 import { rootTest } from './helpers/netns';
 import { postgresUnsupported } from './helpers/postgres';
@@ -87,3 +88,28 @@ rootTest(
   },
   postgresUnsupported(),
 );
+
+test('bucket quantiles interpolate inside their bucket as histogram_quantile does, and say when they fall above the last bound', (t) => {
+  const b = { bounds: [0.1, 0.2, 0.5], counts: [50, 40, 9, 1] };
+  t.is(bucketQuantile(b, 0.5), 0.1);
+  t.true(Math.abs(bucketQuantile(b, 0.7) - 0.15) < 1e-9);
+  t.true(Math.abs(bucketQuantile(b, 0.99) - 0.5) < 1e-9);
+  t.is(bucketQuantile(b, 0.995), Infinity);
+  t.true(Number.isNaN(bucketQuantile({ bounds: [0.1], counts: [0, 0] }, 0.5)));
+});
+
+test.serial('scale bench, one server: the server\'s own latency by kind and its event-loop delay come from its /metrics over the window, beside the simulator\'s', async (t) => {
+  t.timeout(120_000);
+  const r = await benchScale({ agents: 100, perGroup: 10, policy: 'group', sitesPerWide: 20, seconds: 3, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form: '1.4', teardown: (f) => t.teardown(f) });
+  t.is(r.joined, 100);
+  const served = serverControl(r, ['heartbeat']);
+  const servedCount = served ? served.counts.reduce((a, b) => a + b, 0) : 0;
+  const sent = r.kinds.heartbeat.count;
+  // The two counts cover nearly the same seconds (the server's is read just outside the window).
+  t.true(sent > 50 && servedCount >= sent * 0.8 && servedCount <= sent * 1.5, `server counted ${servedCount} heartbeats, the simulator ${sent}`);
+  const loop = r.instances[0].serverLoop.counts.reduce((a, b) => a + b, 0);
+  t.true(loop > 0, 'the server\'s loop delay was sampled in the window');
+  t.true(Number.isFinite(r.simLoopMs.p99) && r.simLoopMs.max >= r.simLoopMs.p50, JSON.stringify(r.simLoopMs));
+  const sides = latencySides(r);
+  t.regex(sides.server, /^\d+\.\d \/ \d+\.\d$/);
+});
