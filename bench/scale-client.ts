@@ -1,4 +1,4 @@
-import * as http from 'node:http';
+import * as net from 'node:net';
 
 /**
  * The scale bench's HTTP client (bench/scale.ts): one keep-alive connection per simulated
@@ -50,22 +50,15 @@ class Answer extends Error {
 
 export class Client {
   /**
-   * One keep-alive pool per simulated site address and server, one connection each: the server sees each site as one box, and
+   * One keep-alive connection per simulated site address and server: the server sees each site as one box, and
    * 10,000 sites stay under the server's connection cap and open-files limit (with 2 each, 100,000 agents were refused).
    */
-  private readonly pools = new Map<string, http.Agent>();
+  private readonly conns = new Map<string, Conn>();
   measuring = false;
   readonly kinds: Record<string, Kind> = {};
   readonly instances: InstanceCount[];
   constructor(private readonly ports: number[]) {
     this.instances = ports.map(() => ({ count: 0, failed: 0, latencies: [], failovers: 0 }));
-  }
-
-  private pool(local: string, port: number): http.Agent {
-    const key = `${local} ${port}`;
-    let a = this.pools.get(key);
-    if (!a) this.pools.set(key, (a = new http.Agent({ keepAlive: true, maxSockets: 1 })));
-    return a;
   }
 
   /** POST to the route's current server; on a refused connection or an engine 503, to the next one (one round at most). */
@@ -117,31 +110,16 @@ export class Client {
     }
   }
 
-  /** One request; its latency (from the socket assignment to the answer's last byte) goes to `took`. Rejects on a non-200 (Answer) or a socket error. */
+  /** One request; its latency (from when it is written to its connection to the answer's last byte) goes to `took`. Rejects on a non-200 (Answer) or a socket error. */
   private once(local: string, port: number, p: string, data: Buffer, took: (ms: number) => void): Promise<Buffer> {
-    return new Promise<Buffer>((resolve, reject) => {
-      let t0 = 0n;
-      const req = http.request(
-        { host: '127.0.0.1', port, path: p, method: 'POST', localAddress: local, agent: this.pool(local, port), headers: { 'content-type': 'application/json', 'content-length': data.length } },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const buf = Buffer.concat(chunks);
-            took(Number(process.hrtime.bigint() - t0) / 1e6);
-            if (res.statusCode !== 200) reject(new Answer(res.statusCode ?? 0, buf, p));
-            else resolve(buf);
-          });
-        },
-      );
-      req.on('socket', () => (t0 = process.hrtime.bigint()));
-      req.on('error', reject);
-      req.end(data);
-    });
+    const key = `${local} ${port}`;
+    let c = this.conns.get(key);
+    if (!c) this.conns.set(key, (c = new Conn(local, port)));
+    return c.request(p, data, took);
   }
 
   close(): void {
-    for (const a of this.pools.values()) a.destroy();
+    for (const c of this.conns.values()) c.close();
   }
 }
 
@@ -150,5 +128,144 @@ function errorCode(body: Buffer): string {
     return String((JSON.parse(body.toString()) as { error?: unknown }).error ?? '');
   } catch {
     return '';
+  }
+}
+
+interface Pending {
+  path: string;
+  data: Buffer;
+  took: (ms: number) => void;
+  resolve: (b: Buffer) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * One keep-alive HTTP/1.1 connection from a simulated site's address, one request at a
+ * time in order (what http.Agent with maxSockets 1 did), written and parsed by hand: at
+ * 100,000 agents the simulator, not the server, was the bottleneck, and node:http's
+ * client cost most of its CPU. It reads what `fleetcast server` sends: a status line,
+ * headers with content-length (or none: the body runs to the close). A connection the
+ * server closed is opened again for the next request; the request in flight fails.
+ */
+class Conn {
+  private sock: net.Socket | null = null;
+  private readonly queue: Pending[] = [];
+  private current: Pending | null = null;
+  private t0 = 0n;
+  private buf: Buffer = Buffer.alloc(0);
+  private closed = false;
+  constructor(private readonly local: string, private readonly port: number) {}
+
+  request(path: string, data: Buffer, took: (ms: number) => void): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      if (this.closed) return reject(new Error('client closed'));
+      this.queue.push({ path, data, took, resolve, reject });
+      if (!this.current) this.next();
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.sock?.destroy();
+    this.sock = null;
+  }
+
+  private open(): net.Socket {
+    const s = net.connect({ host: '127.0.0.1', port: this.port, localAddress: this.local });
+    s.setNoDelay(true);
+    s.on('data', (d: Buffer) => this.onData(d));
+    const gone = (err?: Error) => {
+      if (this.sock !== s) return;
+      this.sock = null;
+      this.buf = Buffer.alloc(0);
+      const cur = this.current;
+      this.current = null;
+      if (cur) {
+        cur.took(Number(process.hrtime.bigint() - this.t0) / 1e6);
+        // An answer without content-length ends with the connection.
+        if (!err && this.noLength) this.finish(cur, this.noLength.status, this.noLength.body);
+        else cur.reject(err ?? new Error('socket hang up'));
+      }
+      this.noLength = null;
+      if (this.closed) for (const q of this.queue.splice(0)) q.reject(new Error('client closed'));
+      else if (err && (err as NodeJS.ErrnoException).code === 'ECONNREFUSED') for (const q of this.queue.splice(0)) q.reject(err);
+      else this.next();
+    };
+    s.on('error', (err) => gone(err));
+    s.on('close', () => gone());
+    return s;
+  }
+
+  private noLength: { status: number; body: Buffer } | null = null;
+
+  private next(): void {
+    if (this.current || this.queue.length === 0) return;
+    const q = this.queue.shift()!;
+    this.current = q;
+    if (!this.sock || this.sock.destroyed) this.sock = this.open();
+    this.t0 = process.hrtime.bigint();
+    this.sock.write(`POST ${q.path} HTTP/1.1\r\nhost: 127.0.0.1:${this.port}\r\ncontent-type: application/json\r\ncontent-length: ${q.data.length}\r\n\r\n`);
+    this.sock.write(q.data);
+  }
+
+  private onData(d: Buffer): void {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    const cur = this.current;
+    if (!cur) return;
+    if (this.noLength) {
+      this.noLength.body = Buffer.concat([this.noLength.body, d]);
+      this.buf = Buffer.alloc(0);
+      return;
+    }
+    const end = this.buf.indexOf('\r\n\r\n');
+    if (end < 0) return;
+    const head = this.buf.subarray(0, end).toString('latin1');
+    const status = Number(head.slice(9, 12));
+    const m = /\r\ncontent-length: *(\d+)/i.exec(head);
+    if (!m && /\r\ntransfer-encoding: *chunked/i.test(head)) {
+      // Chunked (not what the server sends; a plain node:http answer without content-length): whole once the last chunk is in.
+      const chunks: Buffer[] = [];
+      let at = end + 4;
+      for (;;) {
+        const eol = this.buf.indexOf('\r\n', at);
+        if (eol < 0) return;
+        const size = parseInt(this.buf.subarray(at, eol).toString('latin1'), 16);
+        if (this.buf.length < eol + 2 + size + 2) return;
+        if (size === 0) {
+          at = eol + 4;
+          break;
+        }
+        chunks.push(this.buf.subarray(eol + 2, eol + 2 + size));
+        at = eol + 2 + size + 2;
+      }
+      this.buf = this.buf.subarray(at);
+      this.current = null;
+      cur.took(Number(process.hrtime.bigint() - this.t0) / 1e6);
+      this.finish(cur, status, Buffer.concat(chunks));
+      this.next();
+      return;
+    }
+    if (!m) {
+      this.noLength = { status, body: this.buf.subarray(end + 4) };
+      this.buf = Buffer.alloc(0);
+      return;
+    }
+    const len = Number(m[1]);
+    if (this.buf.length < end + 4 + len) return;
+    const body = this.buf.subarray(end + 4, end + 4 + len);
+    this.buf = this.buf.subarray(end + 4 + len);
+    this.current = null;
+    cur.took(Number(process.hrtime.bigint() - this.t0) / 1e6);
+    this.finish(cur, status, body);
+    if (/\r\nconnection: *close/i.test(head)) {
+      this.sock?.destroy();
+      this.sock = null;
+    }
+    this.next();
+  }
+
+  private finish(q: Pending, status: number, body: Buffer): void {
+    if (status !== 200) q.reject(new Answer(status, body, q.path));
+    else q.resolve(body);
   }
 }

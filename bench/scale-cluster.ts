@@ -1,5 +1,5 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, promises as fs } from 'node:fs';
+import { closeSync, openSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { Postgres, postgresUnsupported, startPostgres } from '../test/helpers/postgres';
@@ -68,13 +68,11 @@ export async function startScaleServers(instances: number, store: string, args: 
       const url = `http://127.0.0.1:${port}`;
       const metricsPort = await freePort();
       const engine = pg ? ['--engine', pg.url, '--instance-url', url] : [];
-      const proc = spawn(process.execPath, [...prof, BIN, 'server', '--store', dir, '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`, '--plain-http', '--log-level', 'warn', ...engine, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-      // FLEETCAST_SCALE_SERVER_LOG=FILE: everything the server prints (with --trace-gc in FLEETCAST_SCALE_NODE_ARGS, its GCs) goes there too.
-      if (process.env.FLEETCAST_SCALE_SERVER_LOG) {
-        const log = createWriteStream(`${process.env.FLEETCAST_SCALE_SERVER_LOG}${i ? `.${i}` : ''}`);
-        proc.stdout!.pipe(log);
-        proc.stderr!.pipe(log);
-      }
+      // FLEETCAST_SCALE_SERVER_LOG=FILE: the server prints there (with --trace-gc in FLEETCAST_SCALE_NODE_ARGS, its GCs), straight
+      // to the file: through a pipe the simulator reads, a busy simulator would block the server's writes (pipes are synchronous).
+      const logFile = process.env.FLEETCAST_SCALE_SERVER_LOG ? openSync(`${process.env.FLEETCAST_SCALE_SERVER_LOG}${i ? `.${i}` : ''}`, 'w') : null;
+      const proc = spawn(process.execPath, [...prof, BIN, 'server', '--store', dir, '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`, '--plain-http', '--log-level', 'warn', ...engine, ...args], { stdio: logFile === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', logFile, logFile] });
+      if (logFile !== null) closeSync(logFile);
       const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
       teardowns.push(async () => {
         if (proc.exitCode !== null || proc.signalCode !== null) return;
@@ -86,8 +84,8 @@ export async function startScaleServers(instances: number, store: string, args: 
         }
       });
       let out = '';
-      proc.stdout!.on('data', (d) => (out = (out + d).slice(-20_000)));
-      proc.stderr!.on('data', (d) => (out = (out + d).slice(-20_000)));
+      proc.stdout?.on('data', (d) => (out = (out + d).slice(-20_000)));
+      proc.stderr?.on('data', (d) => (out = (out + d).slice(-20_000)));
       proc.on('exit', (code, sig) => {
         if (!stopping) process.stderr.write(`scale: server ${i + 1} exited early (${code ?? sig}):\n${out}\n`);
       });

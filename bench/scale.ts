@@ -129,6 +129,9 @@ function pct(a: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
+/** ms late from monitorEventLoopDelay's nanoseconds (resolution 10 ms): Node records the time between two runs of its timer. */
+const late = (ns: number) => Math.max(0, ns / 1e6 - 10);
+
 /** A LAN group's shared state: which units its members hold (a unit fetched by one reaches the rest after the LAN delay). */
 class Site {
   readonly held: Uint8Array;
@@ -425,7 +428,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const serverHwmMiB = Math.max(...instances.map((i) => i.hwmMiB));
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: { p50: simLoop.percentile(50) / 1e6, p99: simLoop.percentile(99) / 1e6, max: simLoop.max / 1e6, mean: simLoop.mean / 1e6 } };
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: { p50: late(simLoop.percentile(50)), p99: late(simLoop.percentile(99)), max: late(simLoop.max), mean: late(simLoop.mean) } };
   } finally {
     client.c?.close();
     await started?.stop();

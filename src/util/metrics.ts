@@ -89,7 +89,7 @@ export class Histogram {
 
 /**
  * The process's event-loop delay (perf_hooks.monitorEventLoopDelay: how late a timer of
- * `resolutionMs` fired) as a fixed-bucket Histogram in seconds. Node keeps it in an HDR
+ * `resolutionMs` fired; Node records the time between two of its runs, the interval is taken off) as a fixed-bucket Histogram in seconds. Node keeps it in an HDR
  * histogram; fold() moves what it has recorded since the last fold into the buckets (from
  * its percentile ticks: a sample is counted in the bucket of the tick at or above it, so a
  * bucket may hold a sample that was a little lower, never higher) and resets it. Folded
@@ -99,7 +99,7 @@ export class Histogram {
 export class EventLoopDelay {
   readonly histogram = new Histogram();
   private readonly h: IntervalHistogram;
-  constructor(resolutionMs = 10) {
+  constructor(private readonly resolutionMs = 10) {
     this.h = monitorEventLoopDelay({ resolution: resolutionMs });
   }
   start(): void {
@@ -117,12 +117,16 @@ export class EventLoopDelay {
       const ticks = [...this.h.percentiles.entries()].sort((a, b) => a[0] - b[0]);
       for (const [p, ns] of ticks) {
         const upTo = Math.round((p / 100) * n);
-        if (upTo > before) this.histogram.observe(ns / 1e9, upTo - before);
+        if (upTo > before) this.histogram.observe(this.late(ns), upTo - before);
         before = Math.max(before, upTo);
       }
-      if (before < n) this.histogram.observe(this.h.max / 1e9, n - before);
+      if (before < n) this.histogram.observe(this.late(this.h.max), n - before);
     }
     this.h.reset();
+  }
+  /** Node records the time between two runs of its timer: the delay is what exceeds the timer's interval. */
+  private late(ns: number): number {
+    return Math.max(0, ns / 1e9 - this.resolutionMs / 1000);
   }
 }
 
