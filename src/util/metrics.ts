@@ -116,7 +116,9 @@ export class EventLoopDelay {
       // Ascending percentile ticks (0 ... 100) with the value at each, in nanoseconds.
       const ticks = [...this.h.percentiles.entries()].sort((a, b) => a[0] - b[0]);
       for (const [p, ns] of ticks) {
-        const upTo = Math.round((p / 100) * n);
+        // A tick (p, v) says at least p% of the samples are at or below v: ceil, so a fold never counts a sample in a
+        // higher bucket than it was (rounding counted each fold's highest sample twice, and a p99 read high).
+        const upTo = Math.min(n, Math.ceil((p / 100) * n - 1e-9));
         if (upTo > before) this.histogram.observe(this.late(ns), upTo - before);
         before = Math.max(before, upTo);
       }
