@@ -178,7 +178,7 @@ test('a channel request with release and waitMs is held until the channel moves 
   // A release the channel does not name: at once, with the header.
   const other = await fetch(url(`?release=${'ab'.repeat(16)}&waitMs=60000`));
   t.is(((await other.json()) as { release: string }).release, f.manifest.id);
-  t.is(other.headers.get('x-fleetcast-long-poll'), '60000');
+  t.is(other.headers.get('x-fleetcast-long-poll'), '300000');
   for (const q of ['?waitMs=100', `?release=${f.manifest.id}`, `?release=x&waitMs=100`, `?release=${f.manifest.id}&waitMs=-1`]) {
     const r = await fetch(url(q));
     t.is(r.status, 400, q);

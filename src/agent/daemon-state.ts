@@ -81,6 +81,10 @@ export abstract class DaemonState {
   protected channelKnown: string | null = null;
   /** The server holds channel polls until the channel moves (long poll): no sleep between them. Null: not asked yet. */
   protected serverHoldsPolls: boolean | null = null;
+  /** The longest hold the server grants (its `x-fleetcast-long-poll`), null before it said. */
+  protected serverMaxHoldMs: number | null = null;
+  /** 1.6: the channel's rollout token from the last answer, sent back so a rollout move ends the hold. */
+  protected rolloutToken: string | null = null;
   protected pollBackoffMs = 0;
   protected readonly refused = new Set<string>();
   protected failures = 0;

@@ -85,13 +85,19 @@ export class AgentDaemon extends DaemonState {
   /**
    * The channel's head. `wait`: a long poll (docs/protocol.md, section 13) that the server
    * holds up to channel_poll while the channel still names the release of our last poll,
-   * so a move is learned at once and an idle agent asks once per channel_poll.
+   * so a move is learned at once and an idle agent asks once per channel_poll. 1.6
+   * (section 18): while no rollout runs on the channel, as long as the server grants (5
+   * minutes), with the rollout token of its last answer, so that a rollout starting or
+   * moving ends the hold too: an idle agent then costs the server almost nothing.
    */
   async fetchChannel(wait = false): Promise<ChannelHead> {
     const ch = this.opts.channel!;
     const known = this.channelKnown;
-    const holdMs = wait && known ? Math.round(this.opts.channelPollMs) : 0;
-    const query = holdMs > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(holdMs) })}` : '';
+    const long = this.rolloutToken !== null && this.serverMaxHoldMs !== null && this.follower.quiet();
+    const holdMs = wait && known ? Math.round(long ? Math.max(this.opts.channelPollMs, this.serverMaxHoldMs!) : this.opts.channelPollMs) : 0;
+    const params: Record<string, string> = holdMs > 0 ? { release: known!, waitMs: String(holdMs) } : {};
+    if (holdMs > 0 && this.rolloutToken !== null) params.rollout = this.rolloutToken;
+    const query = holdMs > 0 ? `?${new URLSearchParams(params)}` : '';
     const woken = this.pollWake.signal;
     // node:http with keep-alive, not fetch(): a cold fetch() cost an idle agent ~6 ms of
     // CPU per poll, a third of its idle cost at the default 10 s poll.
@@ -106,7 +112,14 @@ export class AgentDaemon extends DaemonState {
       throw tlsTrustProblem(err, this.opts.agent.server.url) ?? new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
     // An older server answers at once and ignores the query: then the loop sleeps between polls.
-    if (holdMs > 0 && res.status === 200) this.serverHoldsPolls = res.headers['x-fleetcast-long-poll'] !== undefined;
+    if (holdMs > 0 && res.status === 200) {
+      const granted = res.headers['x-fleetcast-long-poll'];
+      this.serverHoldsPolls = granted !== undefined;
+      const ms = typeof granted === 'string' && /^\d{1,9}$/.test(granted) ? Number(granted) : NaN;
+      this.serverMaxHoldMs = ms >= 1000 ? Math.min(ms, 3_600_000) : null;
+      const token = res.headers['x-fleetcast-rollout'];
+      this.rolloutToken = typeof token === 'string' && /^[A-Za-z0-9._-]{1,128}$/.test(token) ? token : null;
+    }
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);
     if (res.status < 200 || res.status > 299) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);

@@ -226,6 +226,18 @@ export class RolloutFollower {
     return d;
   }
 
+  /**
+   * Nothing of a rollout can be due without the server saying so first: no rollout on the
+   * channel, or one that is no longer running or paused. Then the daemon holds its channel
+   * poll as long as the server grants (protocol 1.6), since a rollout that starts or moves
+   * ends the hold; while one runs, it polls every channel_poll as before (install windows
+   * open by the clock, not by the server).
+   */
+  quiet(): boolean {
+    const d = this.directive;
+    return this.unsupported || !d || (d.state !== 'running' && d.state !== 'paused');
+  }
+
   /** The release to be on, given the channel's head: the rollout's while it runs (or once we installed it), else the head. */
   async target(head: string): Promise<string> {
     const d = this.directive;

@@ -2,11 +2,19 @@ import type { ChannelHead } from '../release/channels';
 
 /** How often a channel with waiting requests is read again (the most a move can go unseen). */
 export const CHANNEL_CHECK_MS = 500;
-/** The longest a channel request may be held (`waitMs` above this is cut to it). */
-export const MAX_CHANNEL_WAIT_MS = 60_000;
+/**
+ * The longest a channel request may be held (`waitMs` above this is cut to it), and what
+ * the answer's `x-fleetcast-long-poll` says. 1.6 agents hold this long while no rollout
+ * asks anything of them (section 18): an idle agent then asks once per 5 minutes, so it
+ * costs the server well under 1 µs of CPU a second (issue 17), and still learns of a move
+ * within CHANNEL_CHECK_MS. Was 60 s.
+ */
+export const MAX_CHANNEL_WAIT_MS = 300_000;
 
 interface Waiter {
   known: string;
+  /** 1.6: the channel's rollout token the agent last got; the hold also ends when it changes. */
+  rollout: string | undefined;
   done: () => void;
 }
 
@@ -24,18 +32,25 @@ export class ChannelWatch {
   private timer: NodeJS.Timeout | null = null;
   private checking = false;
 
-  /** `read`: a channel's head now (the server's ChannelBook). */
-  constructor(private readonly read: (name: string) => Promise<ChannelHead | null>) {}
+  /**
+   * `read`: a channel's head now (the server's ChannelBook); `rolloutToken`: what the
+   * channel's rollouts look like now (RolloutService.token), compared with a waiter's.
+   */
+  constructor(
+    private readonly read: (name: string) => Promise<ChannelHead | null>,
+    private readonly rolloutToken: (name: string) => string = () => '',
+  ) {}
 
   /**
-   * Resolves when channel `name` no longer names release `known`, after `waitMs`, when
-   * `signal` aborts (the client went away) or on close(), whichever is first.
+   * Resolves when channel `name` no longer names release `known`, or (given `rollout`)
+   * its rollout token is no longer `rollout`, after `waitMs`, when `signal` aborts (the
+   * client went away) or on close(), whichever is first.
    */
-  wait(name: string, known: string, waitMs: number, signal: AbortSignal): Promise<void> {
+  wait(name: string, known: string, waitMs: number, signal: AbortSignal, rollout?: string): Promise<void> {
     return new Promise<void>((resolve) => {
       let set = this.waiting.get(name);
       if (!set) this.waiting.set(name, (set = new Set()));
-      const w: Waiter = { known, done };
+      const w: Waiter = { known, rollout, done };
       const t = setTimeout(done, Math.min(waitMs, MAX_CHANNEL_WAIT_MS));
       const waiters = set;
       function done() {
@@ -74,8 +89,9 @@ export class ChannelWatch {
           continue;
         }
         const head: ChannelHead | null = await this.read(name).catch(() => null);
+        const token = this.rolloutToken(name);
         // A channel that vanished or cannot be read ends the wait too: the answer says why.
-        for (const w of [...set]) if (!head || head.release !== w.known) w.done();
+        for (const w of [...set]) if (!head || head.release !== w.known || (w.rollout !== undefined && w.rollout !== token)) w.done();
       }
       if (this.waiting.size === 0 && this.timer) {
         clearInterval(this.timer);

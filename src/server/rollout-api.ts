@@ -155,6 +155,21 @@ export class RolloutService {
     return best;
   }
 
+  /**
+   * The channel's rollout token (protocol 1.6, docs/protocol.md section 18): changes
+   * whenever what a poll of the channel's rollout would answer may change for some member
+   * (a rollout starts; its state, open wave or rollback flag moves), so a held channel
+   * poll ends then and the agent asks about the rollout at once. '-' without a rollout.
+   * With several coordinators, a channel run elsewhere is read as the engine had it at the
+   * last cluster tick. Opaque to agents: they only send back the one they got.
+   */
+  token(channel: string): string {
+    let best: Rollout | null = null;
+    for (const r of this.all()) if (r.channel === channel && (!best || r.createdAt > best.createdAt)) best = r;
+    if (!best) return '-';
+    return `${best.id}.${best.state}.${best.openWave}.${best.rollback ? 1 : 0}`;
+  }
+
   private channelMembers(channel: string, now: number): { id: string; group: string }[] {
     const m = this.seen.get(channel);
     if (!m) return [];

@@ -21,6 +21,10 @@ export type { ServerOptions, ServerStats };
 
 /** Heartbeats per second a server aims at, all 1.4 members together (ServerOptions.heartbeatsPerSec). */
 export const DEFAULT_HEARTBEATS_PER_SEC = 5000;
+/** Heartbeats per second a server aims at from its idle members together (ServerOptions.idleHeartbeatsPerSec). */
+export const DEFAULT_IDLE_HEARTBEATS_PER_SEC = 100;
+/** The longest heartbeat interval the server asks for (an idle member of a large fleet). */
+export const MAX_IDLE_HEARTBEAT_MS = 900_000;
 
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
 export const OVERHEAD_NOTE_TICKS = 10;
@@ -104,6 +108,8 @@ export abstract class ServerCore {
   readonly idleHeartbeatMs: number;
   /** The interval asked of 1.4 agents: heartbeatMs, longer when the fleet is large (updateLoad). */
   protected loadHeartbeatMs: number;
+  /** The same for idle members (idleHeartbeatsPerSec), at least idleHeartbeatMs. */
+  protected idleLoadHeartbeatMs: number;
   /** Several coordinators: the instances sharing the fleet's heartbeat rate (server-cluster.ts counts them). */
   protected instances = 1;
   /** Live members, all releases, as of the last timer tick. */
@@ -173,8 +179,9 @@ export abstract class ServerCore {
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.idleHeartbeatMs = Math.max(this.heartbeatMs, opts.idleHeartbeatMs ?? 5 * this.heartbeatMs);
     this.loadHeartbeatMs = this.heartbeatMs;
+    this.idleLoadHeartbeatMs = this.idleHeartbeatMs;
     this.memory = new FleetMemory(path.join(opts.storeDir, 'fleet.json'), this.log);
-    this.channelWatch = new ChannelWatch((name) => this.channels.read(name));
+    this.channelWatch = new ChannelWatch((name) => this.channels.read(name), (name) => this.rollouts.token(name));
     // An idle member beats every idleHeartbeatMs: wait for one of its beats too.
     this.rebuildGraceMs = opts.rebuildGraceMs ?? Math.max(3 * this.heartbeatMs, 2000, this.idleHeartbeatMs + this.heartbeatMs);
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -216,6 +223,9 @@ export abstract class ServerCore {
     this.liveMembers = n;
     const rate = Math.max(1, (this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
     this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000) / rate / 100) * 100));
+    // Idle members are counted with the others: an upper bound, counted in O(allocators).
+    const idleRate = Math.max(1, (this.opts.idleHeartbeatsPerSec ?? DEFAULT_IDLE_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
+    this.idleLoadHeartbeatMs = Math.min(MAX_IDLE_HEARTBEAT_MS, Math.max(this.idleHeartbeatMs, this.loadHeartbeatMs, Math.ceil((n * 1000) / idleRate / 100) * 100));
   }
 
   /** Every request: the routes (server-routes.ts). */

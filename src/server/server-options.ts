@@ -52,6 +52,14 @@ export interface ServerOptions {
    */
   heartbeatsPerSec?: number;
   /**
+   * Idle members (their whole group holds the release): the heartbeats per second the
+   * server aims at from all of them together. With more idle members than
+   * idleHeartbeatMs allows at this rate, each is asked to beat every idle members / rate
+   * seconds (never slower than 900 s; 1.5 and older agents clamp it to 60 s). Default 100:
+   * 100,000 idle members beat every 900 s, 1 % of a core (issue 17).
+   */
+  idleHeartbeatsPerSec?: number;
+  /**
    * HTTP range origins that serve unit bytes instead of this server, for releases whose
    * `publish --origin` names none (docs/scale-out.md).
    */

@@ -181,10 +181,11 @@ export abstract class ServerRoutes extends MemberRegistry {
       if (before !== undefined) g.rememberOverhead(b.member, before);
     }
     // Fast while there is anything to fetch or copy in the group, slow once all is done;
-    // 1.4 agents beat slower when the fleet is large (loadHeartbeatMs).
+    // 1.4 agents beat slower when the fleet is large (loadHeartbeatMs), and idle ones by
+    // the idle rate (idleLoadHeartbeatMs, at most 900 s; older agents clamp it to 60 s).
     const v14 = b.mapVersion !== undefined || b.mapEpoch !== undefined || b.lease !== undefined || b.receipts !== undefined || b.receiptAgesMs !== undefined;
     const idle = g.idle(b.member) && !b.fetching?.length && !b.copying;
-    const heartbeatMs = idle ? Math.max(this.idleHeartbeatMs, v14 ? this.loadHeartbeatMs : 0) : v14 ? this.loadHeartbeatMs : this.heartbeatMs;
+    const heartbeatMs = idle ? (v14 ? this.idleLoadHeartbeatMs : this.idleHeartbeatMs) : v14 ? this.loadHeartbeatMs : this.heartbeatMs;
     g.setHeartbeatInterval(b.member, heartbeatMs);
     if (v14) return this.heartbeat14(res, b, { g, key, dist, rel, now, heartbeatMs, isNew });
     const map = g.map(now);
@@ -297,19 +298,24 @@ export abstract class ServerRoutes extends MemberRegistry {
     if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
     const known = q.get('release');
     const wait = q.get('waitMs');
+    const rollout = q.get('rollout');
     if (known !== null || wait !== null) {
       if (known === null || !isReleaseId(known)) throw new HttpError(400, 'BAD_QUERY', 'release must be a release id (32 hex characters) when waitMs is given');
       if (wait === null || !/^\d{1,9}$/.test(wait)) throw new HttpError(400, 'BAD_QUERY', `waitMs must be a number of milliseconds (at most ${MAX_CHANNEL_WAIT_MS} are held)`);
-      if (head.release === known && Number(wait) > 0) {
+      if (rollout !== null && !/^[A-Za-z0-9._-]{1,128}$/.test(rollout)) throw new HttpError(400, 'BAD_QUERY', 'rollout must be the x-fleetcast-rollout value of an earlier answer (1-128 of A-Z a-z 0-9 . _ -)');
+      // 1.6: a rollout token the agent got before ends the hold when the rollout moves (section 18).
+      if (head.release === known && Number(wait) > 0 && (rollout === null || rollout === this.rollouts.token(name))) {
         const gone = new AbortController();
         res.once('close', () => gone.abort());
-        await this.channelWatch.wait(name, known, Number(wait), gone.signal);
+        await this.channelWatch.wait(name, known, Number(wait), gone.signal, rollout ?? undefined);
         if (gone.signal.aborted) return;
         head = await this.channels.read(name);
         if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
       }
-      // Tells the agent its wait was honoured, so it need not sleep between polls.
+      // Tells the agent its wait was honoured, so it need not sleep between polls, and how
+      // long it may ask to be held; 1.6: what the channel's rollouts look like now.
       res.setHeader('x-fleetcast-long-poll', String(MAX_CHANNEL_WAIT_MS));
+      res.setHeader('x-fleetcast-rollout', this.rollouts.token(name));
     }
     if (!(await this.store.get(head.release))) throw new HttpError(503, 'NO_RELEASE', `channel ${name} points at release ${head.release}, which this server cannot load`);
     return this.json(res, 200, head);

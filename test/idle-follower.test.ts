@@ -1,0 +1,84 @@
+import test from 'ava';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { startFleet } from './helpers/fleet';
+import { startRolloutFleet } from './helpers/rollout-fleet';
+
+// Issue 17: an idle agent that follows a channel costs at most 1 µs of server CPU a second
+// and learns of a new release within 5 s. Protocol 1.6 (docs/protocol.md section 18): the
+// channel poll is held up to 5 minutes while no rollout runs, a rollout that starts or moves
+// ends the hold (the rollout token), and idle members beat at a rate the server chooses.
+
+async function post(url: string, p: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(url + p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+test('idle members beat at the idle rate the server aims at; 1.3 members and busy ones keep their intervals', async (t) => {
+  const f = await startFleet(t, { size: 64 * 1024, unitSize: 16384, heartbeatMs: 200, server: { idleHeartbeatMs: 1000, idleHeartbeatsPerSec: 1 } });
+  const all = Buffer.from([0xf0]).toString('base64'); // the 4 units
+  const ref = (member: string) => ({ release: f.manifest.id, group: 'g', member });
+  for (const m of ['m1', 'm2', 'm3']) t.is((await post(f.url, '/v1/join', { ...ref(m), have: all })).status, 200);
+  // 3 live members at 1 idle heartbeat a second: every 3 s (counted on the server's timer).
+  let ms = 0;
+  for (let i = 0; i < 500 && ms !== 3000; i++) {
+    const r = await post(f.url, '/v1/heartbeat', { ...ref('m1'), have: all, mapVersion: 0 });
+    t.is(r.status, 200, JSON.stringify(r.body));
+    ms = r.body.heartbeatMs as number;
+    if (ms !== 3000) await new Promise((res) => setTimeout(res, 20));
+  }
+  t.is(ms, 3000, 'idle, 1.4 fields: members x 1000 / idle_heartbeats_per_sec');
+  t.is((await post(f.url, '/v1/heartbeat', { ...ref('m2'), have: all })).body.heartbeatMs, 1000, 'a 1.3 heartbeat gets idle_heartbeat_ms');
+  t.is((await post(f.url, '/v1/heartbeat', { ...ref('m3'), have: all, fetching: [1], mapVersion: 0 })).body.heartbeatMs, 200, 'receiving a unit: fast');
+});
+
+test('a held channel poll ends when the channel rollout token moves, not only when the channel does', async (t) => {
+  const f = await startRolloutFleet(t);
+  const url = (q: string) => `${f.url}/v1/channels/stable${q}`;
+  const first = await fetch(url(`?release=${f.b.id}&waitMs=1`));
+  t.is(first.headers.get('x-fleetcast-long-poll'), '300000', 'the longest hold the server grants');
+  t.is(first.headers.get('x-fleetcast-rollout'), '-', 'no rollout on the channel');
+  t.is((await fetch(url(`?release=${f.a.id}&waitMs=100&rollout=a%20b`))).status, 400, 'a malformed token');
+  t.is((await post(f.url, '/v1/rollouts/poll', { channel: 'stable', member: 'p0', group: 'site-a' })).status, 200, 'a member follows the channel');
+  // Held with the token: a rollout start ends it (the test would wait 5 minutes otherwise).
+  const held = fetch(url(`?release=${f.a.id}&waitMs=300000&rollout=-`));
+  await new Promise((r) => setTimeout(r, 300));
+  const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
+  t.is(started.status, 201, JSON.stringify(started.body));
+  const res = await held;
+  t.is(res.status, 200);
+  t.is(((await res.json()) as { release: string }).release, f.a.id, 'the channel still names A');
+  const token = res.headers.get('x-fleetcast-rollout')!;
+  t.regex(token, new RegExp(`^${started.body.id as string}\\.running\\.`), 'the new token names the running rollout');
+  // A stale token is answered at once; without one (1.5 agents) the hold ignores rollouts.
+  const stale = await fetch(url(`?release=${f.a.id}&waitMs=300000&rollout=-`));
+  t.is(stale.headers.get('x-fleetcast-rollout'), token);
+  const t0 = Date.now();
+  const old = fetch(url(`?release=${f.a.id}&waitMs=1500`));
+  t.is((await post(f.url, `/v1/rollouts/${started.body.id as string}/pause`, {})).status, 200);
+  await old;
+  t.true(Date.now() - t0 >= 1400, 'held its whole wait: a pause does not end a poll without a token');
+});
+
+test('an idle agent holds its channel poll as long as the server grants, and still learns of a rollout at once', async (t) => {
+  const f = await startRolloutFleet(t);
+  // Record every hold the server starts (the agent's waitMs and token).
+  const watch = (f.server as unknown as { channelWatch: { wait: (...a: unknown[]) => Promise<void> } }).channelWatch;
+  const holds: { waitMs: number; rollout: unknown }[] = [];
+  const orig = watch.wait.bind(watch);
+  watch.wait = (name: unknown, known: unknown, waitMs: unknown, signal: unknown, rollout: unknown) => {
+    holds.push({ waitMs: waitMs as number, rollout });
+    return orig(name, known, waitMs, signal, rollout);
+  };
+  f.spawnAgent('k0', 'site-a');
+  await f.until('k0 installed A', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.a.id)));
+  await f.until('a hold of 5 minutes', async () => holds.some((h) => h.waitMs === 300_000 && h.rollout === '-'));
+  t.true(holds.every((h) => h.waitMs === 200 || h.waitMs === 300_000), `channel_poll (0.2 s) before the token is known, then the server's longest: ${JSON.stringify(holds.slice(0, 10))}`);
+  const n = holds.length;
+  await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
+  const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
+  t.is(started.status, 201, JSON.stringify(started.body));
+  // Learned from the ended hold, not 5 minutes later: the agent stages, installs and reports.
+  await f.until('k0 installed B', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.b.id)), 60_000);
+  t.true(holds.slice(n).some((h) => h.waitMs === 200), 'while the rollout runs it polls every channel_poll again');
+});
