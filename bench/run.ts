@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
+import { benchIdleFleet, IdleForm, idleFleetReport } from './idle-fleet';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
@@ -282,6 +283,20 @@ async function main() {
   if (what === 'idle') {
     const seconds = Number(runsArg ?? 60);
     return writeResult('idle', idleReport(await benchIdleAll(seconds, Number(process.argv[4] ?? 3)), machine()));
+  }
+  if (what === 'idle-fleet') {
+    // npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6[,...]]
+    const args = process.argv.slice(3);
+    const counts = (args[0] ?? '10000').split(',').map(Number);
+    const seconds = Number(args[1] ?? 120);
+    const forms = (args[2] ?? '1.5,1.6').split(',') as IdleForm[];
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => f !== '1.5' && f !== '1.6') || args.length > 3) {
+      process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6[,...]]  (followers >= 10; over ~8,000 needs root for the open-files limit)\n');
+      process.exit(64);
+    }
+    const results = [];
+    for (const n of counts) for (const form of forms) results.push(await benchIdleFleet(n, seconds, form));
+    return writeResult('idle-fleet', idleFleetReport(results, machine(), `npm run bench -- idle-fleet ${process.argv.slice(3).join(' ')}`.trim()));
   }
   if (what === 'scale') {
     // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]] [FORM[,FORM]] [--instances N[,N]]
