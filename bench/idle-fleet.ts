@@ -50,10 +50,9 @@ export interface IdleFleetResult {
   loadAverage: number;
 }
 
-/** Raise this process's open-files limit (root: CAP_SYS_RESOURCE); the number it has now. */
-function raiseFileLimit(want: number): number {
-  spawnSync('prlimit', ['--pid', String(process.pid), `--nofile=${want}:${want}`]);
-  const r = spawnSync('sh', ['-c', `prlimit --pid ${process.pid} --nofile --output SOFT --noheadings`], { encoding: 'utf8' });
+/** This process's open-files limit (soft), which its children inherit. */
+function fileLimit(): number {
+  const r = spawnSync('prlimit', ['--pid', String(process.pid), '--nofile', '--output', 'SOFT', '--noheadings'], { encoding: 'utf8' });
   return Number(r.stdout.trim()) || 1024;
 }
 
@@ -64,9 +63,12 @@ function pct(xs: number[], p: number): number {
 }
 
 export async function benchIdleFleet(followers: number, seconds: number, form: IdleForm): Promise<IdleFleetResult> {
-  // Two connections a follower (a held poll, and its posts) on each side.
-  const limit = raiseFileLimit(4 * followers + 4096);
-  if (limit < 2 * followers + 1024) throw new Error(`${followers} followers need ${2 * followers + 1024} open files; this process may have ${limit} (run as root, or fewer followers)`);
+  // A connection per follower for its held polls, and 2 per site for the posts (heartbeats and
+  // rollout polls of its 10 followers), on each side: a real agent has its own, but an idle
+  // connection costs the server no CPU, and one process may have only so many files.
+  const need = followers + Math.ceil(followers / PER_GROUP) * 2 + 1024;
+  const limit = fileLimit();
+  if (limit < need) throw new Error(`${followers} followers need ${need} open files; this process (and the server it starts) may have ${limit}`);
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-idle-fleet-'));
   let stopServers: (() => Promise<void>) | null = null;
   const pools: http.Agent[] = [];
@@ -86,10 +88,9 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     };
     const release = publish('fw-1.img');
     const groups = Math.ceil(followers / PER_GROUP);
-    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(2 * followers + 1000), '--max-connections-per-client', String(4 * PER_GROUP)], []);
+    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', String(2 * PER_GROUP)], []);
     stopServers = started.stop;
     const server = started.servers[0];
-    spawnSync('prlimit', ['--pid', String(server.pid), `--nofile=${4 * followers + 4096}:${4 * followers + 4096}`]);
     const base = `http://127.0.0.1:${server.port}`;
     const have = Buffer.from([0x80]).toString('base64'); // the one unit
 
@@ -123,11 +124,17 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
         req.end(data ?? undefined);
       });
 
+    const sitePools = new Map<number, http.Agent>();
     const follower = async (i: number) => {
       const site = Math.floor(i / PER_GROUP);
       const local = `127.${1 + ((site >> 16) & 0xff)}.${(site >> 8) & 0xff}.${1 + (site & 0xff) === 256 ? 255 : 1 + (site & 0xff)}`;
-      const pool = new http.Agent({ keepAlive: true });
-      pools.push(pool);
+      let pool = sitePools.get(site);
+      if (!pool) {
+        sitePools.set(site, (pool = new http.Agent({ keepAlive: true, maxSockets: 2 })));
+        pools.push(pool);
+      }
+      const polls = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      pools.push(polls);
       const ref = { release, group: `site${site}`, member: `m${i}` };
       let heartbeatMs = 1000;
       for (let tries = 0; ; tries++) {
@@ -173,7 +180,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
           }
         }
         const q: string = hold > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(hold), ...(form === '1.6' && token !== null ? { rollout: token } : {}) })}` : '';
-        const r: { status: number; headers: http.IncomingHttpHeaders; body: Buffer } | null = await request(pool, local, 'channel', 'GET', `/v1/channels/stable${q}`, undefined, hold + 30_000).catch(() => null);
+        const r: { status: number; headers: http.IncomingHttpHeaders; body: Buffer } | null = await request(polls, local, 'channel', 'GET', `/v1/channels/stable${q}`, undefined, hold + 30_000).catch(() => null);
         if (!r || r.status !== 200) {
           await sleep(1000);
           continue;

@@ -291,7 +291,7 @@ async function main() {
     const seconds = Number(args[1] ?? 120);
     const forms = (args[2] ?? '1.5,1.6').split(',') as IdleForm[];
     if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => f !== '1.5' && f !== '1.6') || args.length > 3) {
-      process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6[,...]]  (followers >= 10; over ~8,000 needs root for the open-files limit)\n');
+      process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6[,...]]  (followers >= 10; about 1.2 open files each, within this process limit)\n');
       process.exit(64);
     }
     const results = [];
