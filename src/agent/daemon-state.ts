@@ -85,6 +85,12 @@ export abstract class DaemonState {
   protected serverMaxHoldMs: number | null = null;
   /** 1.6: the channel's rollout token from the last answer, sent back so a rollout move ends the hold. */
   protected rolloutToken: string | null = null;
+  /**
+   * The last round of the loop left nothing to do: it stayed on its release (and has one),
+   * and no rollout action ran. Only then may the next channel poll be held long: a round
+   * that rolled back or switched must come round again at once to act on what it did.
+   */
+  protected settled = false;
   protected pollBackoffMs = 0;
   protected readonly refused = new Set<string>();
   protected failures = 0;

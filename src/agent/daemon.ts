@@ -30,11 +30,15 @@ export class AgentDaemon extends DaemonState {
     this.startSampling();
     while (!this.stopped) {
       try {
+        const acted = this.follower.actions;
         const target = await this.target(true);
+        const pending = target !== this.currentRelease || !this.current;
         if (target !== this.currentRelease && Date.now() >= this.retryAt) await this.switchTo(target);
         if (this.opts.channel) await this.follower.step(this.opts.channel);
+        this.settled = !pending && this.follower.actions === acted;
         this.pollBackoffMs = 0;
       } catch (err) {
+        this.settled = false;
         if (isFatal(err)) throw err;
         if (err instanceof FleetcastError && err.code === 'WOKEN') continue;
         this.pollBackoffMs = Math.min(60_000, Math.max(1000, this.pollBackoffMs * 2));
@@ -93,7 +97,7 @@ export class AgentDaemon extends DaemonState {
   async fetchChannel(wait = false): Promise<ChannelHead> {
     const ch = this.opts.channel!;
     const known = this.channelKnown;
-    const long = this.rolloutToken !== null && this.serverMaxHoldMs !== null && this.follower.quiet();
+    const long = this.settled && this.rolloutToken !== null && this.serverMaxHoldMs !== null && this.follower.quiet();
     const holdMs = wait && known ? Math.round(long ? Math.max(this.opts.channelPollMs, this.serverMaxHoldMs!) : this.opts.channelPollMs) : 0;
     const params: Record<string, string> = holdMs > 0 ? { release: known!, waitMs: String(holdMs) } : {};
     if (holdMs > 0 && this.rolloutToken !== null) params.rollout = this.rolloutToken;

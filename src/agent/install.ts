@@ -129,6 +129,8 @@ export class RolloutFollower {
   private unsupported = false;
   private readonly now: () => number;
   hooksRun = 0;
+  /** Install, health and rollback actions run so far (the daemon holds its polls long only after a round without one). */
+  actions = 0;
   private running: Promise<void> | null = null;
 
   constructor(private readonly o: FollowerOptions) {
@@ -297,6 +299,7 @@ export class RolloutFollower {
       const window = wtext ? parseWindow(wtext) : null;
       const action = nextAction(rec, d, typeof window === 'string' ? null : window, this.now(), Boolean(hooks.onRollback));
       if (action === 'none') return;
+      this.actions++;
       const m = await this.manifest(rec.release);
       if (action === 'install') await this.install(rec, m, hooks);
       else if (action === 'health') await this.health(rec, m, hooks);
