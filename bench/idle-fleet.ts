@@ -42,6 +42,8 @@ export interface IdleFleetResult {
   /** Requests per second the server answered, by kind, over the window. */
   rates: Record<string, number>;
   failed: number;
+  /** Failed requests by kind and status or error code. */
+  failures: Record<string, number>;
   /** Heartbeat interval the server answered last (ms). */
   heartbeatMs: number;
   holdMs: number;
@@ -88,7 +90,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     };
     const release = publish('fw-1.img');
     const groups = Math.ceil(followers / PER_GROUP);
-    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', String(2 * PER_GROUP)], []);
+    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', String(2 * PER_GROUP)], process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : []);
     stopServers = started.stop;
     const server = started.servers[0];
     const base = `http://127.0.0.1:${server.port}`;
@@ -97,6 +99,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     const measuring = { on: false };
     const counts: Record<string, number> = {};
     let failed = 0;
+    const failures: Record<string, number> = {};
     let answeredHeartbeatMs = 0;
     let answeredHoldMs = 0;
     /** When the new release was published (after the window), and when each follower learned it. */
@@ -112,13 +115,21 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
             if (measuring.on) counts[kind] = (counts[kind] ?? 0) + 1;
-            if (measuring.on && res.statusCode !== 200) failed++;
+            if (measuring.on && res.statusCode !== 200) {
+              failed++;
+              const k = `${kind} ${res.statusCode}`;
+              failures[k] = (failures[k] ?? 0) + 1;
+            }
             resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });
           });
         });
         req.on('timeout', () => req.destroy(new Error('timeout')));
-        req.on('error', (err) => {
-          if (measuring.on) failed++;
+        req.on('error', (err: NodeJS.ErrnoException) => {
+          if (measuring.on) {
+            failed++;
+            const k = `${kind} ${err.code ?? err.message}`;
+            failures[k] = (failures[k] ?? 0) + 1;
+          }
           reject(err);
         });
         req.end(data ?? undefined);
@@ -231,6 +242,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
       serverCpuSeconds: c1.user + c1.system - (c0.user + c0.system),
       rates,
       failed,
+      failures,
       heartbeatMs: answeredHeartbeatMs,
       holdMs: answeredHoldMs || CHANNEL_POLL_MS,
       learnedMs: { p50: pct(learned, 50), p99: pct(learned, 99), max: learned.length ? Math.max(...learned) : NaN, within5s: learned.filter((x) => x <= 5000).length, learned: learned.length },
@@ -261,7 +273,7 @@ export function idleFleetReport(rs: IdleFleetResult[], machine: string, command:
   for (const r of rs) {
     const rate = (k: string) => f(r.rates[k] ?? 0, 1);
     lines.push(
-      `| ${r.followers.toLocaleString('en-US')} | ${r.form} | ${f(r.seconds, 0)} | ${f((r.serverCpuSeconds / (r.followers * r.seconds)) * 1e6, 2)} | ${rate('channel')}, ${rate('rollout poll')}, ${rate('heartbeat')} | ${f(r.heartbeatMs / 1000, 0)} | ${f(r.holdMs / 1000, 0)} | ${r.failed} | ${f(r.learnedMs.p50 / 1000, 2)} / ${f(r.learnedMs.p99 / 1000, 2)} / ${f(r.learnedMs.max / 1000, 2)} | ${r.learnedMs.within5s.toLocaleString('en-US')} of ${r.followers.toLocaleString('en-US')} | ${f(r.serverRssMiB, 0)} | ${f(r.loadAverage, 1)} |`,
+      `| ${r.followers.toLocaleString('en-US')} | ${r.form} | ${f(r.seconds, 0)} | ${f((r.serverCpuSeconds / (r.followers * r.seconds)) * 1e6, 2)} | ${rate('channel')}, ${rate('rollout poll')}, ${rate('heartbeat')} | ${f(r.heartbeatMs / 1000, 0)} | ${f(r.holdMs / 1000, 0)} | ${r.failed}${r.failed ? ` (${Object.entries(r.failures).map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''} | ${f(r.learnedMs.p50 / 1000, 2)} / ${f(r.learnedMs.p99 / 1000, 2)} / ${f(r.learnedMs.max / 1000, 2)} | ${r.learnedMs.within5s.toLocaleString('en-US')} of ${r.followers.toLocaleString('en-US')} | ${f(r.serverRssMiB, 0)} | ${f(r.loadAverage, 1)} |`,
     );
   }
   lines.push('', `Generated ${new Date().toISOString()}.`, '');

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { ChannelHead, readChannel, setChannel } from '../src/release/channels';
-import { SharedChannels } from '../src/server/channel-book';
+import { CHANNEL_FILE_CACHE_MS, FileChannels, SharedChannels } from '../src/server/channel-book';
 import { CoordinationEngine } from '../src/server/engine';
 import { silentLogger } from '../src/util/log';
 import { tmpdir } from './helpers/fleet';
@@ -72,4 +72,20 @@ test('the engine is read once per cache period, however many reads; while it is 
   clock += 1000;
   await book.sync();
   t.is(f.heads.get('stable')?.release, R3, 'passed on once the engine is back');
+});
+
+test('one server reads a channel file at most once per cache period; its own moves and a new channel are seen at once', async (t) => {
+  const dir = await tmpdir(t);
+  let clock = 0;
+  const book = new FileChannels(dir, () => clock);
+  t.is(await book.read('stable'), null);
+  await setChannel(dir, head(R1, 100)); // `fleetcast publish --channel stable` from another process
+  t.is((await book.read('stable'))?.release, R1, 'a channel that did not exist is read again at once');
+  await setChannel(dir, head(R2, 200));
+  clock += CHANNEL_FILE_CACHE_MS - 1;
+  t.is((await book.read('stable'))?.release, R1, 'within the cache period: the head read before');
+  clock += 1;
+  t.is((await book.read('stable'))?.release, R2, 'after it: read again');
+  await book.set(head(R3, 300)); // a rollout completing moves it through the book
+  t.is((await book.read('stable'))?.release, R3, 'a move through the book is seen at once');
 });

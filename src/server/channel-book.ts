@@ -16,13 +16,36 @@ export interface ChannelBook {
   sync?(): Promise<void>;
 }
 
+/** A channel file is read again at most this often (every reader in between shares the read). */
+export const CHANNEL_FILE_CACHE_MS = 250;
+
+/**
+ * The store's channel files, each read at most every CHANNEL_FILE_CACHE_MS: `fleetcast
+ * publish --channel` writes them from another process, so they are read again rather than
+ * watched, but not once per request: at 10,000 idle agents the open/fstat/read/close of
+ * the file for every channel poll was a third of the server's CPU (bench/results/idle-fleet.md).
+ * A move is seen within CHANNEL_FILE_CACHE_MS (a held poll is checked every 500 ms anyway).
+ */
 export class FileChannels implements ChannelBook {
-  constructor(private readonly storeDir: string) {}
+  private readonly cache = new Map<string, { at: number; head: Promise<ChannelHead | null> }>();
+  constructor(
+    private readonly storeDir: string,
+    private readonly now: () => number = Date.now,
+  ) {}
   read(name: string): Promise<ChannelHead | null> {
-    return readChannel(this.storeDir, name);
+    const c = this.cache.get(name);
+    if (c && this.now() - c.at < CHANNEL_FILE_CACHE_MS) return c.head;
+    const head = readChannel(this.storeDir, name);
+    // Names come from requests: keep only channels that exist, and not without bound.
+    if (this.cache.size >= 1024) this.cache.clear();
+    this.cache.set(name, { at: this.now(), head });
+    head.then((h) => h === null && this.cache.delete(name), () => this.cache.delete(name));
+    return head;
   }
-  set(head: ChannelHead): Promise<void> {
-    return setChannel(this.storeDir, head);
+  async set(head: ChannelHead): Promise<void> {
+    this.cache.delete(head.channel);
+    await setChannel(this.storeDir, head);
+    this.cache.delete(head.channel);
   }
   list(): Promise<ChannelHead[]> {
     return listChannels(this.storeDir);
@@ -45,13 +68,16 @@ export class SharedChannels implements ChannelBook {
   private cache: { at: number; heads: Map<string, ChannelHead> } | null = null;
   private loading: Promise<Map<string, ChannelHead> | null> | null = null;
   private warned = false;
+  private readonly files: FileChannels;
 
   constructor(
     private readonly storeDir: string,
     private readonly engine: CoordinationEngine,
     private readonly log: Logger,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.files = new FileChannels(storeDir, now);
+  }
 
   /** The engine's heads (cached), or null while it cannot be reached. */
   private shared(): Promise<Map<string, ChannelHead> | null> {
@@ -84,12 +110,12 @@ export class SharedChannels implements ChannelBook {
   }
 
   async read(name: string): Promise<ChannelHead | null> {
-    const [local, heads] = await Promise.all([readChannel(this.storeDir, name), this.shared()]);
+    const [local, heads] = await Promise.all([this.files.read(name), this.shared()]);
     return this.pick(local, heads, name);
   }
 
   async set(head: ChannelHead): Promise<void> {
-    await setChannel(this.storeDir, head);
+    await this.files.set(head);
     await this.engine.putChannel(head).then(
       () => this.cache?.heads.set(head.channel, head),
       // The file has it: sync() passes it on once the engine is back.
