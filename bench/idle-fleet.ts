@@ -90,7 +90,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     };
     const release = publish('fw-1.img');
     const groups = Math.ceil(followers / PER_GROUP);
-    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', String(2 * PER_GROUP)], process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : []);
+    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', '64'], process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : []);
     stopServers = started.stop;
     const server = started.servers[0];
     const base = `http://127.0.0.1:${server.port}`;
@@ -148,10 +148,18 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
       pools.push(polls);
       const ref = { release, group: `site${site}`, member: `m${i}` };
       let heartbeatMs = 1000;
+      // The map version of the last answer, sent back as a 1.4 agent does: an idle member's
+      // answers then carry nothing (section 14).
+      let map: { mapEpoch?: number; mapVersion: number } = { mapVersion: 0 };
+      const took = (body: Buffer) => {
+        const a = JSON.parse(body.toString()) as { heartbeatMs: number; mapEpoch?: number; mapVersion?: number };
+        if (typeof a.mapVersion === 'number') map = { mapEpoch: a.mapEpoch, mapVersion: a.mapVersion };
+        return a.heartbeatMs;
+      };
       for (let tries = 0; ; tries++) {
         const r = await request(pool, local, 'join', 'POST', '/v1/join', { ...ref, have, address: local, dataPort: 40000 + (i % PER_GROUP), mapVersion: 0 }).catch(() => null);
         if (r?.status === 200) {
-          heartbeatMs = (JSON.parse(r.body.toString()) as { heartbeatMs: number }).heartbeatMs;
+          heartbeatMs = took(r.body);
           break;
         }
         if (stop) return;
@@ -165,9 +173,9 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
           await sleep(phase ? Math.random() * heartbeatMs : heartbeatMs);
           phase = false;
           if (stop) break;
-          const r = await request(pool, local, 'heartbeat', 'POST', '/v1/heartbeat', { ...ref, have, address: local, dataPort: 40000 + (i % PER_GROUP), mapVersion: 0 }).catch(() => null);
+          const r = await request(pool, local, 'heartbeat', 'POST', '/v1/heartbeat', { ...ref, have, address: local, dataPort: 40000 + (i % PER_GROUP), ...map }).catch(() => null);
           if (r?.status === 200) {
-            const ms = Math.min(form === '1.6' ? 900_000 : 60_000, Math.max(50, (JSON.parse(r.body.toString()) as { heartbeatMs: number }).heartbeatMs));
+            const ms = Math.min(form === '1.6' ? 900_000 : 60_000, Math.max(50, took(r.body)));
             phase = ms !== heartbeatMs;
             heartbeatMs = ms;
             answeredHeartbeatMs = heartbeatMs;
@@ -225,6 +233,9 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     const window = (Date.now() - t0) / 1000;
     const c1 = await cpuSeconds(server.pid, hz);
     const mem = await memKiB(server.pid);
+    const stats = (await (await fetch(`${base}/v1/stats`)).json()) as { limits?: Record<string, number> };
+    const limitsHit = Object.fromEntries(Object.entries(stats.limits ?? {}).filter(([, n]) => n > 0));
+    if (Object.keys(limitsHit).length) process.stderr.write(`idle-fleet: server limits hit: ${JSON.stringify(limitsHit)}\n`);
     const loadAverage = os.loadavg()[0];
     newRelease = publish('fw-2.img');
     published = Date.now();
