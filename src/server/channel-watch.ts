@@ -5,9 +5,10 @@ export const CHANNEL_CHECK_MS = 500;
 /**
  * The longest a channel request may be held (`waitMs` above this is cut to it), and what
  * the answer's `x-fleetcast-long-poll` says. 1.6 agents hold this long while no rollout
- * asks anything of them (section 18): an idle agent then asks once per 5 minutes, so it
- * costs the server well under 1 µs of CPU a second (issue 17), and still learns of a move
- * within CHANNEL_CHECK_MS. Was 60 s.
+ * asks anything of them (section 18): an idle agent then asks once per 5 minutes instead of
+ * every channel_poll, and still learns of a move within CHANNEL_CHECK_MS (issue 17; with
+ * the idle heartbeat rate, 10,000 idle followers cost 10.7 µs a second each instead of 26.9:
+ * bench/results/idle-fleet.md). Was 60 s.
  */
 export const MAX_CHANNEL_WAIT_MS = 300_000;
 
