@@ -221,6 +221,11 @@ export class AgentDaemon extends DaemonState {
     if (this.opts.channel && this.follower.owns(m.id)) {
       // Staged for a rollout: the install hook runs when the wave and window allow (install.ts).
       await this.follower.staged(m, finalPath);
+      // Say so now, before a step may start the install: the loop's own poll could come just
+      // before the record was written and then wait on that step, which reports only once the
+      // hook is done: a wave that waits for every member's staging waited on itself (the
+      // rollout-e2e halt test timed out "waiting for all 8 staged B" on a busy box).
+      await this.follower.poll(this.opts.channel);
       await prune(this.opts.agent.storageDir, m.id, this.opts.keep, this.log);
       await this.follower.step(this.opts.channel);
       return;
