@@ -1,6 +1,7 @@
 import { getEventListeners } from 'node:events';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { ROLLOUT_TOKEN_RE } from '../wire/ids';
 import { Agent } from './agent';
 import { HookResult, runHook } from './hook';
 import { markCompleted, prune } from './retention';
@@ -122,7 +123,7 @@ export class AgentDaemon extends DaemonState {
       const ms = typeof granted === 'string' && /^\d{1,9}$/.test(granted) ? Number(granted) : NaN;
       this.serverMaxHoldMs = ms >= 1000 ? Math.min(ms, 3_600_000) : null;
       const token = res.headers['x-fleetcast-rollout'];
-      this.rolloutToken = typeof token === 'string' && /^[A-Za-z0-9._-]{1,128}$/.test(token) ? token : null;
+      this.rolloutToken = typeof token === 'string' && ROLLOUT_TOKEN_RE.test(token) ? token : null;
     }
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);

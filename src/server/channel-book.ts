@@ -22,7 +22,7 @@ export const CHANNEL_FILE_CACHE_MS = 250;
 /**
  * The store's channel files, each read at most every CHANNEL_FILE_CACHE_MS: `fleetcast
  * publish --channel` writes them from another process, so they are read again rather than
- * watched, but not once per request: at 10,000 idle agents the open/fstat/read/close of
+ * watched, but not once per request: at 3,000 idle followers the open/fstat/read/close of
  * the file for every channel poll was about a fifth of the server's busy time (bench/results/idle-fleet.md).
  * A move is seen within CHANNEL_FILE_CACHE_MS (a held poll is checked every 500 ms anyway).
  */

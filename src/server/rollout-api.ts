@@ -148,10 +148,10 @@ export class RolloutService {
     return this.saving;
   }
 
-  /** The latest rollout of a channel, if any. */
-  private latest(channel: string): Rollout | null {
+  /** The latest rollout of a channel, if any (among this instance's, unless given others). */
+  private latest(channel: string, among: Iterable<Rollout> = this.rollouts.values()): Rollout | null {
     let best: Rollout | null = null;
-    for (const r of this.rollouts.values()) if (r.channel === channel && (!best || r.createdAt > best.createdAt)) best = r;
+    for (const r of among) if (r.channel === channel && (!best || r.createdAt > best.createdAt)) best = r;
     return best;
   }
 
@@ -164,8 +164,7 @@ export class RolloutService {
    * last cluster tick. Opaque to agents: they only send back the one they got.
    */
   token(channel: string): string {
-    let best: Rollout | null = null;
-    for (const r of this.all()) if (r.channel === channel && (!best || r.createdAt > best.createdAt)) best = r;
+    const best = this.latest(channel, this.all());
     if (!best) return '-';
     return `${best.id}.${best.state}.${best.openWave}.${best.rollback ? 1 : 0}`;
   }

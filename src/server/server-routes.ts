@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import * as http from 'node:http';
 import { deriveGroupKey } from '../wire/auth';
 import { isReleaseId, unitLength } from '../release/manifest';
+import { ROLLOUT_TOKEN_RE } from '../wire/ids';
 import { BadUnitBody, CompleteBody, HeartbeatBody, HookBody, LeaseBody, MAX_BODY_BYTES, maxBodyBytes, MemberRef, parseBody, ReceiptBody, SCHEMAS } from '../wire/http-bodies';
 import { bitmapBytes } from '../util/bits';
 import { GroupAllocator, LeaseGrant, RESEND_REASONS } from './allocator';
@@ -302,7 +303,7 @@ export abstract class ServerRoutes extends MemberRegistry {
     if (known !== null || wait !== null) {
       if (known === null || !isReleaseId(known)) throw new HttpError(400, 'BAD_QUERY', 'release must be a release id (32 hex characters) when waitMs is given');
       if (wait === null || !/^\d{1,9}$/.test(wait)) throw new HttpError(400, 'BAD_QUERY', `waitMs must be a number of milliseconds (at most ${MAX_CHANNEL_WAIT_MS} are held)`);
-      if (rollout !== null && !/^[A-Za-z0-9._-]{1,128}$/.test(rollout)) throw new HttpError(400, 'BAD_QUERY', 'rollout must be the x-fleetcast-rollout value of an earlier answer (1-128 of A-Z a-z 0-9 . _ -)');
+      if (rollout !== null && !ROLLOUT_TOKEN_RE.test(rollout)) throw new HttpError(400, 'BAD_QUERY', 'rollout must be the x-fleetcast-rollout value of an earlier answer (1-128 of A-Z a-z 0-9 . _ -)');
       // 1.6: a rollout token the agent got before ends the hold when the rollout moves (section 18).
       if (head.release === known && Number(wait) > 0 && (rollout === null || rollout === this.rollouts.token(name))) {
         const gone = new AbortController();

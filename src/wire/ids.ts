@@ -6,6 +6,8 @@
 
 /** A member, group or device name is at most this many characters. */
 export const MAX_ID_CHARS = 128;
+/** A channel's rollout token (`x-fleetcast-rollout`, `rollout=`; docs/protocol.md section 18). */
+export const ROLLOUT_TOKEN_RE = /^[A-Za-z0-9._-]{1,128}$/;
 const NAME_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
 const RELEASE_ID_RE = /^[0-9a-f]{32}$/;
 const ROLLOUT_ID_RE = /^r-[0-9a-f]{12}$/;
