@@ -19,6 +19,10 @@ import { startScaleServers } from './scale-cluster';
  * - 1.6: the same, but once the server has sent a rollout token and no rollout runs, each
  *   channel poll asks for the server's longest hold (`x-fleetcast-long-poll`) with the
  *   token, and heartbeat intervals up to 900 s are taken (docs/protocol.md section 18).
+ * - 1.7: the same long polls name the follower (member and group), which the server takes
+ *   as its rollout poll and as a sign of life: the rollout poll after an answer is left out
+ *   while the answer says `x-fleetcast-following: rollout` and the token is the one of the
+ *   follower's last rollout poll, and heartbeat intervals up to an hour are taken (section 19).
  * A real fleet's agents started at different times, so each follower's first hold and
  * first heartbeat are cut to a random part of a whole one: the window then sees the steady
  * rate. Measured over the window: the server's CPU (utime + stime from /proc) per
@@ -32,7 +36,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PER_GROUP = 10;
 const CHANNEL_POLL_MS = 10_000;
 
-export type IdleForm = '1.5' | '1.6';
+export type IdleForm = '1.5' | '1.6' | '1.7';
 
 export interface IdleFleetResult {
   followers: number;
@@ -175,7 +179,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
           if (stop) break;
           const r = await request(pool, local, 'heartbeat', 'POST', '/v1/heartbeat', { ...ref, have, address: local, dataPort: 40000 + (i % PER_GROUP), ...map }).catch(() => null);
           if (r?.status === 200) {
-            const ms = Math.min(form === '1.6' ? 900_000 : 60_000, Math.max(50, took(r.body)));
+            const ms = Math.min(form === '1.7' ? 3_600_000 : form === '1.6' ? 900_000 : 60_000, Math.max(50, took(r.body)));
             phase = ms !== heartbeatMs;
             heartbeatMs = ms;
             answeredHeartbeatMs = heartbeatMs;
@@ -184,10 +188,12 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
       })();
       let known: string | null = null;
       let token: string | null = null;
+      /** The token at our last rollout poll (1.7 leaves the next out while it stays). */
+      let polledToken: string | null = null;
       let maxHold: number | null = null;
       let phased = { short: false, long: false };
       while (!stop) {
-        const long: boolean = form === '1.6' && token !== null && maxHold !== null;
+        const long: boolean = form !== '1.5' && token !== null && maxHold !== null;
         let hold: number = known ? (long ? Math.max(CHANNEL_POLL_MS, maxHold!) : CHANNEL_POLL_MS) : 0;
         if (hold > 0) {
           if (long) answeredHoldMs = hold;
@@ -198,7 +204,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
             hold = Math.max(1, Math.round(Math.random() * hold));
           }
         }
-        const q: string = hold > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(hold), ...(form === '1.6' && token !== null ? { rollout: token } : {}) })}` : '';
+        const q: string = hold > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(hold), ...(form !== '1.5' && token !== null ? { rollout: token } : {}), ...(form === '1.7' && token !== null ? { member: ref.member, group: ref.group } : {}) })}` : '';
         const r: { status: number; headers: http.IncomingHttpHeaders; body: Buffer } | null = await request(polls, local, 'channel', 'GET', `/v1/channels/stable${q}`, undefined, hold + 30_000).catch(() => null);
         if (!r || r.status !== 200) {
           await sleep(1000);
@@ -216,14 +222,20 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
           const t: string | string[] | undefined = r.headers['x-fleetcast-rollout'];
           token = typeof t === 'string' ? t : null;
         }
-        await request(pool, local, 'rollout poll', 'POST', '/v1/rollouts/poll', { channel: 'stable', group: ref.group, member: ref.member }).catch(() => null);
+        // 1.7: a held poll that named us stood for the rollout poll while the token stayed.
+        const following = String(r.headers['x-fleetcast-following'] ?? '').split(',');
+        if (form === '1.7' && hold > 0 && following.includes('rollout') && token !== null && token === polledToken) continue;
+        const asked = await request(pool, local, 'rollout poll', 'POST', '/v1/rollouts/poll', { channel: 'stable', group: ref.group, member: ref.member }).catch(() => null);
+        if (asked?.status === 200) polledToken = token;
       }
       await beats;
     };
 
     const all = Array.from({ length: followers }, (_, i) => follower(i));
-    // Warm-up: every follower joined and past its first (short) hold.
-    await sleep(Math.max(15_000, followers / 2));
+    // Warm-up: every follower joined and past its first (short) hold; for 1.7 also past its
+    // first beat at the 1.6 idle interval (followers / 100 a second), after which it is asked
+    // for one an hour: the window then sees the steady rate, not the way into it.
+    await sleep(Math.max(15_000, followers / 2, form === '1.7' ? Math.min(900_000, followers * 10) + 15_000 : 0));
     const hz = clockTicks();
     const c0 = await cpuSeconds(server.pid, hz);
     measuring.on = true;

@@ -82,3 +82,75 @@ test('an idle agent holds its channel poll as long as the server grants, and sti
   await f.until('k0 installed B', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.b.id)), 60_000);
   t.true(holds.slice(n).some((h) => h.waitMs === 200), 'while the rollout runs it polls every channel_poll again');
 });
+
+// Protocol 1.7 (docs/protocol.md section 19): a held channel poll that names its member
+// stands for the member's rollout poll and keeps it alive, so an idle follower's only
+// request is that poll (and a heartbeat an hour).
+type Groups = Map<string, { hasMember: (id: string) => boolean }>;
+const member = (f: { server: unknown }, key: string, id: string) => !!(f.server as unknown as { groups: Groups }).groups.get(key)?.hasMember(id);
+
+test('a held channel poll naming its member keeps it alive and following; the member is asked to beat once an hour meanwhile', async (t) => {
+  const f = await startRolloutFleet(t);
+  const all = Buffer.from([0xe0]).toString('base64'); // A's 3 units
+  const ref = (m: string) => ({ release: f.a.id, group: 'site-a', member: m });
+  for (const m of ['p1', 'p2']) t.is((await post(f.url, '/v1/join', { ...ref(m), have: all, mapVersion: 0 })).status, 200);
+  const url = (q: string) => `${f.url}/v1/channels/stable${q}`;
+  t.is((await fetch(url(`?release=${f.a.id}&waitMs=100&member=p1`))).status, 400, 'member without group');
+  t.is((await fetch(url(`?release=${f.a.id}&waitMs=100&member=p%2F1&group=site-a`))).status, 400, 'a member id with a slash');
+  const held = fetch(url(`?release=${f.a.id}&waitMs=300000&rollout=-&member=p1&group=site-a`));
+  await new Promise((r) => setTimeout(r, 300));
+  const beat = await post(f.url, '/v1/heartbeat', { ...ref('p1'), have: all, mapVersion: 0 });
+  t.is(beat.body.heartbeatMs, 3_600_000, 'idle and seen through its held poll: once an hour');
+  t.not((await post(f.url, '/v1/heartbeat', { ...ref('p2'), have: all, mapVersion: 0 })).body.heartbeatMs, 3_600_000, 'p2 holds no poll');
+  // p2 stops beating and times out (3 of its intervals); p1, silent too, lives through its poll.
+  const key = `${f.a.id}/site-a`;
+  for (let i = 0; i < 300 && member(f, key, 'p2'); i++) await new Promise((r) => setTimeout(r, 100));
+  t.false(member(f, key, 'p2'), 'a silent member without a poll times out');
+  t.true(member(f, key, 'p1'), 'a silent member holding a poll does not');
+  // p1 never polled the rollout: its channel poll made it a follower the rollout counts.
+  const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
+  t.is(started.status, 201, JSON.stringify(started.body));
+  t.is(started.body.members, 1, 'p1 alone follows the channel');
+  const res = await held;
+  t.is(res.status, 200);
+  t.is(res.headers.get('x-fleetcast-following'), 'rollout,member', 'what the poll stood for');
+  // With no poll held it times out as if it beat at the 1.6 idle rate, not once an hour.
+  for (let i = 0; i < 300 && member(f, key, 'p1'); i++) await new Promise((r) => setTimeout(r, 100));
+  t.false(member(f, key, 'p1'), 'times out once its poll ended');
+  const other = await fetch(url(`?release=${f.a.id}&waitMs=1&member=p9&group=site-a`));
+  t.is(other.headers.get('x-fleetcast-following'), 'rollout', 'not a member of A here: following only');
+});
+
+test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood for it, and polls it when the token moves', async (t) => {
+  const f = await startRolloutFleet(t);
+  const srv = f.server as unknown as { channelWatch: { wait: (...a: unknown[]) => Promise<void>; close: () => void }; rollouts: { handle: (...a: unknown[]) => Promise<boolean> } };
+  const holds: { waitMs: number }[] = [];
+  const orig = srv.channelWatch.wait.bind(srv.channelWatch);
+  srv.channelWatch.wait = (name: unknown, known: unknown, waitMs: unknown, signal: unknown, rollout: unknown) => {
+    holds.push({ waitMs: waitMs as number });
+    return orig(name, known, waitMs, signal, rollout);
+  };
+  let rolloutPolls = 0;
+  const handle = srv.rollouts.handle.bind(srv.rollouts);
+  srv.rollouts.handle = (req: unknown, ...rest: unknown[]) => {
+    if ((req as { url?: string }).url === '/v1/rollouts/poll') rolloutPolls++;
+    return handle(req, ...rest);
+  };
+  f.spawnAgent('k0', 'site-a');
+  await f.until('k0 installed A', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.a.id)));
+  const longHolds = () => holds.filter((h) => h.waitMs === 300_000).length;
+  await f.until('a hold of 5 minutes', async () => longHolds() >= 1);
+  // Answer the hold as its 5 minutes would (same head, same token); the agent polls again.
+  for (let round = 0; round < 3; round++) {
+    const before = { polls: rolloutPolls, holds: longHolds() };
+    srv.channelWatch.close();
+    await f.until(`hold ${before.holds + 1}`, async () => longHolds() > before.holds);
+    // The first long hold's answer may be the first with the following header: one poll then at most.
+    if (round > 0) t.is(rolloutPolls, before.polls, `round ${round}: no rollout poll between two held polls`);
+  }
+  // A rollout start moves the token: the agent asks about it at once and installs B.
+  await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
+  const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
+  t.is(started.status, 201, JSON.stringify(started.body));
+  await f.until('k0 installed B', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.b.id)), 60_000);
+});

@@ -85,6 +85,8 @@ export abstract class DaemonState {
   protected serverMaxHoldMs: number | null = null;
   /** 1.6: the channel's rollout token from the last answer, sent back so a rollout move ends the hold. */
   protected rolloutToken: string | null = null;
+  /** 1.7: what the last held channel poll stood for (its `x-fleetcast-following`: rollout, member). */
+  protected following: ReadonlySet<string> = new Set();
   /**
    * The last round of the loop left nothing to do: it stayed on its release (and has one),
    * and no rollout action ran. Only then may the next channel poll be held long: a round
@@ -258,6 +260,7 @@ export abstract class DaemonState {
     ]);
     r.counter('units_rejected_total', 'Units that failed their hash', [[{}, t.unitsRejected]]);
     r.counter('hooks_run_total', 'on_complete hooks run (and rollout hooks and health checks)', [[{}, this.hooksRun + this.follower.hooksRun]]);
+    r.counter('rollout_polls_left_out_total', 'rollout polls left out because the held channel poll named this member and nothing moved (protocol 1.7)', [[{}, this.follower.pollsLeftOut]]);
     const p = this.current?.progress;
     r.gauge('release_units', 'Units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.total]] : []);
     r.gauge('release_verified_units', 'Verified units of the current release', p ? [[{ release: this.currentRelease ?? '' }, p.verified]] : []);

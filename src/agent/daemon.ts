@@ -82,8 +82,9 @@ export class AgentDaemon extends DaemonState {
   protected async target(wait = false): Promise<string> {
     if (this.opts.release) return this.opts.release;
     const head = await this.fetchChannel(wait);
-    // A rollout on the channel: its release is staged at once, whatever our wave.
-    await this.follower.poll(this.opts.channel!);
+    // A rollout on the channel: its release is staged at once, whatever our wave. 1.7: a
+    // held poll that named us stood for this poll while nothing moved (section 19).
+    await this.follower.poll(this.opts.channel!, { token: this.rolloutToken, following: this.following.has('rollout') });
     return this.follower.target(head.release);
   }
 
@@ -93,7 +94,9 @@ export class AgentDaemon extends DaemonState {
    * so a move is learned at once and an idle agent asks once per channel_poll. 1.6
    * (section 18): while no rollout runs on the channel, as long as the server grants (5
    * minutes), with the rollout token of its last answer, so that a rollout starting or
-   * moving ends the hold too: an idle agent then costs the server almost nothing.
+   * moving ends the hold too: an idle agent then costs the server almost nothing. 1.7
+   * (section 19): it names our member and group, so the server sees us follow the channel
+   * and live through it, and the rollout poll after it can be left out.
    */
   async fetchChannel(wait = false): Promise<ChannelHead> {
     const ch = this.opts.channel!;
@@ -101,7 +104,13 @@ export class AgentDaemon extends DaemonState {
     const long = this.settled && this.rolloutToken !== null && this.serverMaxHoldMs !== null && this.follower.quiet();
     const holdMs = wait && known ? Math.round(long ? Math.max(this.opts.channelPollMs, this.serverMaxHoldMs!) : this.opts.channelPollMs) : 0;
     const params: Record<string, string> = holdMs > 0 ? { release: known!, waitMs: String(holdMs) } : {};
-    if (holdMs > 0 && this.rolloutToken !== null) params.rollout = this.rolloutToken;
+    if (holdMs > 0 && this.rolloutToken !== null) {
+      params.rollout = this.rolloutToken;
+      // 1.7 (section 19): the poll names us, so it shows the server we follow and live.
+      const member = await this.follower.memberId();
+      if (member) Object.assign(params, { member, group: this.opts.agent.group });
+    }
+    this.following = new Set();
     const query = holdMs > 0 ? `?${new URLSearchParams(params)}` : '';
     const woken = this.pollWake.signal;
     // node:http with keep-alive, not fetch(): a cold fetch() cost an idle agent ~6 ms of
@@ -124,6 +133,8 @@ export class AgentDaemon extends DaemonState {
       this.serverMaxHoldMs = ms >= 1000 ? Math.min(ms, 3_600_000) : null;
       const token = res.headers['x-fleetcast-rollout'];
       this.rolloutToken = typeof token === 'string' && ROLLOUT_TOKEN_RE.test(token) ? token : null;
+      const following = res.headers['x-fleetcast-following'];
+      this.following = new Set(typeof following === 'string' && params.member ? following.split(',') : []);
     }
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);

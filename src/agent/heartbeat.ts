@@ -8,8 +8,8 @@ import { ControlClient, ControlError, LeaseResponse, SplitMapResponse } from './
 const FOLDED_LEASE_UNITS = 64;
 /** A kicked heartbeat (a lease request) waits this long for others to join it. */
 const KICK_DELAY_MS = 5;
-/** The longest heartbeat interval an answer can set (protocol 1.6, section 18). */
-export const MAX_HEARTBEAT_MS = 900_000;
+/** The longest heartbeat interval an answer can set (protocol 1.7, section 19: an idle member whose channel poll is held; 900 s in 1.6). */
+export const MAX_HEARTBEAT_MS = 3_600_000;
 
 /**
  * What rides on the next heartbeat (protocol 1.4, docs/protocol.md section 14): receipt
@@ -163,7 +163,7 @@ export class Heartbeats {
   }
 
   private took(map: SplitMapResponse): SplitMapResponse {
-    // 1.6: up to 900 s (an idle member of a large fleet); 50 … 60,000 before.
+    // 1.7: up to an hour (an idle member seen through its held channel poll); 1.6: 900 s; 50 … 60,000 before.
     const every = Math.min(MAX_HEARTBEAT_MS, Math.max(50, Number(map.heartbeatMs) || 1000));
     if (every !== this.ms) {
       this.ms = every;

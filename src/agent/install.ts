@@ -127,6 +127,12 @@ export class RolloutFollower {
   directive: Directive | null = null;
   /** The server does not know rollouts (an older one): follow the channel as before. */
   private unsupported = false;
+  /** The member id the first Agent made, once read. */
+  private madeMember: string | null = null;
+  /** What our last answered rollout poll sent, and the channel's rollout token then (1.7: an unchanged one may be left out). */
+  private lastPoll: { body: string; token: string | null } | null = null;
+  /** Rollout polls left out because a held channel poll stood for them (1.7). */
+  pollsLeftOut = 0;
   private readonly now: () => number;
   hooksRun = 0;
   /** Install, health and rollback actions run so far (the daemon holds its polls long only after a round without one). */
@@ -172,13 +178,15 @@ export class RolloutFollower {
     await writeAtomic(this.recordFile(rec.release), Buffer.from(JSON.stringify(rec) + '\n'));
   }
 
-  private async memberId(): Promise<string | null> {
+  /** Our member id: the configured one, or the one the first Agent made (null before). */
+  async memberId(): Promise<string | null> {
     if (this.o.member) return this.o.member;
-    return readMemberId(this.o.storageDir); // null: the first Agent makes it
+    if (this.madeMember === null) this.madeMember = await readMemberId(this.o.storageDir); // null: the first Agent makes it
+    return this.madeMember;
   }
 
   /** Ask the server about the channel's rollout, reporting our state of its release. Null: no rollout (or no rollout support). */
-  async poll(channel: string): Promise<Directive | null> {
+  async poll(channel: string, held?: { token: string | null; following: boolean }): Promise<Directive | null> {
     if (this.unsupported) return null;
     const member = await this.memberId();
     if (!member) return null;
@@ -192,12 +200,21 @@ export class RolloutFollower {
         if (rec.reason) body.reason = rec.reason.slice(0, 512);
       }
     }
+    // 1.7 (docs/protocol.md section 19): the held channel poll that named us noted us as
+    // following; with the rollout token what it was at our last poll, nothing running, and
+    // nothing new to report, this poll would be answered as the last one was.
+    const sent = JSON.stringify(body);
+    const token = held?.token ?? null;
+    if (held?.following && token !== null && this.lastPoll?.token === token && this.lastPoll.body === sent && this.quiet()) {
+      this.pollsLeftOut++;
+      return this.directive;
+    }
     let status: number;
     let bytes: Buffer;
     try {
       const res = await this.o.server.request('POST', '/v1/rollouts/poll', {
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
+        body: sent,
         signal: AbortSignal.any([this.o.signal, AbortSignal.timeout(POLL_TIMEOUT_MS)]),
       });
       status = res.status;
@@ -220,6 +237,7 @@ export class RolloutFollower {
       this.o.log.warn(`rollouts on ${channel}: bad answer from the server: ${d}`);
       return this.directive;
     }
+    this.lastPoll = { body: sent, token };
     const before = this.directive;
     this.directive = d;
     if (d && (!before || before.rollout !== d.rollout || before.state !== d.state || before.waveOpen !== d.waveOpen)) {

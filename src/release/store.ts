@@ -16,6 +16,8 @@ export interface StoredRelease {
  */
 export class ReleaseStore {
   private readonly releases = new Map<string, StoredRelease>();
+  /** Loads under way (get), so that requests asking at once share one. */
+  private readonly loading = new Map<string, Promise<StoredRelease | undefined>>();
   readonly problems: string[] = [];
   constructor(readonly dir: string) {}
 
@@ -49,16 +51,23 @@ export class ReleaseStore {
     return rel;
   }
 
-  /** Looks on disk too, so releases published while the server runs are found. */
+  /**
+   * Looks on disk too, so releases published while the server runs are found. Requests
+   * that ask at once share one load: every idle follower of a channel asks for its new
+   * release in the same half second, and each load reads and verifies the manifest.
+   */
   async get(id: string): Promise<StoredRelease | undefined> {
     if (!isReleaseId(id)) return undefined;
     const known = this.releases.get(id);
     if (known) return known;
-    try {
-      return await this.loadOne(id);
-    } catch {
-      return undefined;
+    let loading = this.loading.get(id);
+    if (!loading) {
+      loading = this.loadOne(id)
+        .catch(() => undefined)
+        .finally(() => this.loading.delete(id));
+      this.loading.set(id, loading);
     }
+    return loading;
   }
 
   /** Only what is loaded already (no disk access). */

@@ -47,6 +47,8 @@ export abstract class MemberTable extends AllocatorState {
         distrust: null,
         undeliveredClaims: 0,
         heartbeatMs: 0,
+        pollsHeld: 0,
+        pollFallbackMs: 0,
         slot: this.nextSlot++,
         loggedShape: '',
         loggedCounters: '',
@@ -163,6 +165,35 @@ export abstract class MemberTable extends AllocatorState {
   setHeartbeatInterval(id: string, ms: number): void {
     const m = this.members.get(id);
     if (m) m.heartbeatMs = ms;
+  }
+
+
+  /**
+   * 1.7 (docs/protocol.md section 19): a channel poll naming `id` is held from now. It is
+   * alive until the returned function is called with the time (the poll answered or its
+   * connection closed), and is seen then too. `fallbackMs`: the idle interval protocol 1.6 would ask
+   * of it; once no poll is held it times out after three of those, as if it beat at that
+   * rate. Null when `id` is not a member here.
+   */
+  holdPoll(id: string, now: number, fallbackMs: number): ((at: number) => void) | null {
+    const m = this.members.get(id);
+    if (!m) return null;
+    m.lastSeen = now;
+    m.pollsHeld++;
+    m.pollFallbackMs = fallbackMs;
+    let ended = false;
+    return (at: number) => {
+      if (ended) return;
+      ended = true;
+      m.pollsHeld--;
+      m.lastSeen = Math.max(m.lastSeen, at);
+    };
+  }
+
+
+  /** Whether `id` holds a channel poll right now (1.7): its heartbeats may then be rare. */
+  holdsPoll(id: string): boolean {
+    return (this.members.get(id)?.pollsHeld ?? 0) > 0;
   }
 
 

@@ -134,6 +134,13 @@ export interface Member {
   /** Units whose claim expired undelivered: its heartbeats' bits for them are ignored until it is sent them. */
   distrust: Uint8Array | null;
   undeliveredClaims: number;
+  /**
+   * 1.7 (docs/protocol.md section 19): channel polls that name it, held right now. While
+   * one is held the member is alive (the server sees the connection) and does not time out.
+   */
+  pollsHeld: number;
+  /** 1.7: the idle interval of protocol 1.6 when it last held a poll (ms), 0 if never: with no poll held it times out after three of these. */
+  pollFallbackMs: number;
   /** The heartbeat interval the server last asked of it (ms), 0 before the first answer. */
   heartbeatMs: number;
   /** Its number in this allocator's 1.4 answers: assigned at join, never reused. */
@@ -315,7 +322,9 @@ export abstract class AllocatorState {
 
 
   protected memberTimeout(m: Member): number {
-    return Math.max(this.opts.memberTimeoutMs, MISSED_HEARTBEATS * m.heartbeatMs + TIMEOUT_SLACK_MS);
+    if (m.pollsHeld > 0) return Infinity;
+    const every = m.pollFallbackMs > 0 ? Math.min(m.heartbeatMs, m.pollFallbackMs) : m.heartbeatMs;
+    return Math.max(this.opts.memberTimeoutMs, MISSED_HEARTBEATS * every + TIMEOUT_SLACK_MS);
   }
 
 

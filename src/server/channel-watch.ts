@@ -29,7 +29,11 @@ interface Waiter {
  * waiters; nothing while nobody waits).
  */
 export class ChannelWatch {
-  private readonly waiting = new Map<string, Set<Waiter>>();
+  /**
+   * Channel -> (known release, rollout token) -> its waiters: a check compares each such
+   * pair once, not every waiter (100,000 idle followers of one channel are one pair).
+   */
+  private readonly waiting = new Map<string, Map<string, Set<Waiter>>>();
   private timer: NodeJS.Timeout | null = null;
   private checking = false;
 
@@ -49,8 +53,11 @@ export class ChannelWatch {
    */
   wait(name: string, known: string, waitMs: number, signal: AbortSignal, rollout?: string): Promise<void> {
     return new Promise<void>((resolve) => {
-      let set = this.waiting.get(name);
-      if (!set) this.waiting.set(name, (set = new Set()));
+      let pairs = this.waiting.get(name);
+      if (!pairs) this.waiting.set(name, (pairs = new Map()));
+      const pair = rollout === undefined ? known : `${known} ${rollout}`;
+      let set = pairs.get(pair);
+      if (!set) pairs.set(pair, (set = new Set()));
       const w: Waiter = { known, rollout, done };
       const t = setTimeout(done, Math.min(waitMs, MAX_CHANNEL_WAIT_MS));
       const waiters = set;
@@ -70,7 +77,7 @@ export class ChannelWatch {
   /** Requests held right now (all channels). */
   held(): number {
     let n = 0;
-    for (const s of this.waiting.values()) n += s.size;
+    for (const pairs of this.waiting.values()) for (const s of pairs.values()) n += s.size;
     return n;
   }
 
@@ -84,15 +91,21 @@ export class ChannelWatch {
     if (this.checking) return;
     this.checking = true;
     try {
-      for (const [name, set] of this.waiting) {
-        if (set.size === 0) {
+      for (const [name, pairs] of this.waiting) {
+        for (const [pair, set] of pairs) if (set.size === 0) pairs.delete(pair);
+        if (pairs.size === 0) {
           this.waiting.delete(name);
           continue;
         }
         const head: ChannelHead | null = await this.read(name).catch(() => null);
         const token = this.rolloutToken(name);
         // A channel that vanished or cannot be read ends the wait too: the answer says why.
-        for (const w of [...set]) if (!head || head.release !== w.known || (w.rollout !== undefined && w.rollout !== token)) w.done();
+        for (const [pair, set] of pairs) {
+          const w0 = set.values().next().value as Waiter | undefined;
+          if (!w0 || (head && head.release === w0.known && (w0.rollout === undefined || w0.rollout === token))) continue;
+          pairs.delete(pair);
+          for (const w of set) w.done();
+        }
       }
       if (this.waiting.size === 0 && this.timer) {
         clearInterval(this.timer);
@@ -105,7 +118,7 @@ export class ChannelWatch {
 
   /** Answer every held request now (server stop). */
   close(): void {
-    for (const set of this.waiting.values()) for (const w of [...set]) w.done();
+    for (const pairs of this.waiting.values()) for (const set of pairs.values()) for (const w of [...set]) w.done();
     this.waiting.clear();
     if (this.timer) clearInterval(this.timer);
     this.timer = null;

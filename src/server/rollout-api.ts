@@ -40,6 +40,8 @@ const SAVE_INTERVAL_MS = 500;
 /** A channel's members are those seen polling within this long (the same memory as members.json). */
 const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
 const MAX_CHANNEL_MEMBERS = 200_000;
+/** members.json is rewritten for members' times alone at most this often (a restart's followers poll again within seconds). */
+const SEEN_REFRESH_MS = 60_000;
 
 export class RolloutService {
   private readonly rollouts = new Map<string, Rollout>();
@@ -47,6 +49,9 @@ export class RolloutService {
   private readonly seen = new Map<string, Map<string, { group: string; lastSeen: number }>>();
   private readonly dirty = new Set<string>();
   private seenDirty = false;
+  /** Only members' times moved since members.json was written (SEEN_REFRESH_MS), and when it was. */
+  private seenStale = false;
+  private seenSavedAt = -Infinity;
   private timer: NodeJS.Timeout | null = null;
   private saving: Promise<void> = Promise.resolve();
   /** Counted for the metrics. */
@@ -97,6 +102,7 @@ export class RolloutService {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (this.seenStale) this.seenDirty = true;
     await this.flush();
   }
 
@@ -104,6 +110,7 @@ export class RolloutService {
   private async periodic(): Promise<void> {
     const now = this.o.now();
     for (const r of this.rollouts.values()) if (r.state === 'running') await this.after(r, tick(r, now));
+    if (this.seenStale && now - this.seenSavedAt >= SEEN_REFRESH_MS) this.seenDirty = true;
     await this.flush();
     await this.o.shared?.put([]); // what the engine refused before (it was down)
   }
@@ -137,6 +144,8 @@ export class RolloutService {
         await this.o.shared?.put(changed);
         if (this.seenDirty) {
           this.seenDirty = false;
+          this.seenStale = false;
+          this.seenSavedAt = this.o.now();
           const out: Record<string, Record<string, { group: string; lastSeen: number }>> = {};
           for (const [ch, m] of this.seen) out[ch] = Object.fromEntries(m);
           await writeAtomic(path.join(this.dir, 'members.json'), Buffer.from(JSON.stringify(out)));
@@ -310,15 +319,26 @@ export class RolloutService {
     return summary(r, now);
   }
 
+  /**
+   * `member` of LAN group `group` follows `channel` (a rollout poll, or a 1.7 channel poll
+   * naming it: docs/protocol.md section 19). members.json is written at the next save when
+   * a member is new or changed group, and for times alone at most every SEEN_REFRESH_MS: at
+   * 100,000 followers a whole file for every save was most of an idle server's work.
+   */
+  noteFollowing(channel: string, member: string, group: string, now: number): void {
+    let seen = this.seen.get(channel);
+    if (!seen) this.seen.set(channel, (seen = new Map()));
+    const prev = seen.get(member);
+    if (!prev || prev.group !== group) this.seenDirty = true;
+    else if (now - prev.lastSeen > 60_000) this.seenStale = true;
+    if (prev || seen.size < MAX_CHANNEL_MEMBERS) seen.set(member, { group, lastSeen: now });
+  }
+
   private async poll(raw: Record<string, unknown>, now: number, authorize: (member: string) => void): Promise<unknown> {
     const b = parsePollBody(raw);
     authorize(b.member); // a box reports only for itself
     const channel = b.channel;
-    let seen = this.seen.get(channel);
-    if (!seen) this.seen.set(channel, (seen = new Map()));
-    const prev = seen.get(b.member);
-    if (!prev || prev.group !== b.group || now - prev.lastSeen > 60_000) this.seenDirty = true;
-    if (prev || seen.size < MAX_CHANNEL_MEMBERS) seen.set(b.member, { group: b.group, lastSeen: now });
+    this.noteFollowing(channel, b.member, b.group, now);
     const r = this.latest(channel);
     if (!r) return { rollout: null };
     if (b.state !== undefined && b.release === r.release) {

@@ -222,6 +222,11 @@ export abstract class ClusterRoutes extends ServerRoutes {
     return Math.min(left, this.heartbeatMs);
   }
 
+  /** A channel's followers are kept by the instance that owns its key (its rollout polls go there), not by whichever one a channel poll reaches. */
+  protected override notesFollowers(): boolean {
+    return !this.ownership;
+  }
+
   protected override async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const own = this.ownership;
     if (!own) return super.handle(req, res);

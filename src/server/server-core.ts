@@ -25,6 +25,8 @@ export const DEFAULT_HEARTBEATS_PER_SEC = 5000;
 export const DEFAULT_IDLE_HEARTBEATS_PER_SEC = 100;
 /** The longest heartbeat interval the server asks for (an idle member of a large fleet). */
 export const MAX_IDLE_HEARTBEAT_MS = 900_000;
+/** 1.7: the interval an idle member is asked to beat at while it holds a channel poll (docs/protocol.md section 19). */
+export const FOLLOWER_HEARTBEAT_MS = 3_600_000;
 
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
 export const OVERHEAD_NOTE_TICKS = 10;
