@@ -33,6 +33,7 @@ import { startScaleServers } from './scale-cluster';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleepUnref = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 const PER_GROUP = 10;
 const CHANNEL_POLL_MS = 10_000;
 
@@ -174,7 +175,8 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
         // interval (agents started at different times): the window sees the steady rate.
         let phase = true;
         while (!stop) {
-          await sleep(phase ? Math.random() * heartbeatMs : heartbeatMs);
+          // Unref'd: an hour's wait (1.7) must not keep the bench alive after its run.
+          await sleepUnref(phase ? Math.random() * heartbeatMs : heartbeatMs);
           phase = false;
           if (stop) break;
           const r = await request(pool, local, 'heartbeat', 'POST', '/v1/heartbeat', { ...ref, have, address: local, dataPort: 40000 + (i % PER_GROUP), ...map }).catch(() => null);
