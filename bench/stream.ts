@@ -1,4 +1,4 @@
-import type { UnitStages } from '../src/agent/stream-stages';
+import type { RepairEvent, UnitStages } from '../src/agent/stream-stages';
 import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -41,8 +41,20 @@ export interface StreamBenchResult extends StreamBenchOptions {
   load: number;
   /** Per stage, p50 and p99 (ms) over every unit of every agent (streamStages). */
   stages: StageRow[];
+  /** Per wait of a LAN unit's repair rounds (repairRounds). */
+  rounds: StageRow[];
   /** The raw records (not in the report). */
-  units?: unknown[];
+  units?: UnitStages[];
+  /** What the agents did as repairers, per unit (their repair lines). */
+  repairer?: Map<number, RepairerLine[]>;
+}
+
+/** A repairer's line in the stages file (stream-stages.ts). */
+export interface RepairerLine {
+  repairer: number;
+  ev: RepairEvent;
+  t: number;
+  n: number;
 }
 
 export interface StageRow {
@@ -82,6 +94,72 @@ export function streamStages(storeMs: number[], units: UnitStages[]): StageRow[]
     rows.push({ stage, n: xs.length, p50: pct(xs, 50), p99: pct(xs, 99), tail: pct(tail, 50) });
   }
   return rows;
+}
+
+/**
+ * The waits of a unit taken from the LAN, from its repair events (stream-stages.ts): each
+ * span between two of its events (from the batch known to the unit held) is put under the
+ * state the earlier event began. Returns, per wait, the ms a unit spent in it (0 if none).
+ */
+export function repairWaits(u: UnitStages): Record<string, number> | null {
+  if (u.from !== 'lan' || u.known === undefined || u.held === undefined) return null;
+  const w: Record<string, number> = {};
+  for (const k of WAITS) w[k] = 0;
+  const ev = [...(u.lan ?? [])].sort((a, b) => a[1] - b[1]);
+  let state = WAITS[0];
+  let at = u.known;
+  const to = (next: string, t: number) => {
+    w[state] += Math.max(0, Math.min(t, u.held!) - Math.max(at, u.known!));
+    at = Math.max(at, t);
+    state = next;
+  };
+  let asked = false;
+  for (const [e, t] of ev) {
+    if (e === 'copy') to(WAITS[1], t);
+    else if (e === 'copyEnd' || e === 'last') to(asked ? WAITS[5] : WAITS[2], t);
+    else if (e === 'ripe' || e === 'again') to(WAITS[3], t);
+    else if (e === 'heard' && !asked && state !== WAITS[3]) to(WAITS[3], t);
+    else if (e === 'nack' || e === 'suppressed') {
+      asked = true;
+      to(WAITS[4], t);
+    } else if (e === 'repair') to(WAITS[5], t);
+  }
+  to(WAITS[0], u.held);
+  return w;
+}
+
+const WAITS = [
+  'batch known -> first copy',
+  'copies arriving',
+  'quiet wait (last data -> gap noticed)',
+  'NACK backoff (gap noticed or holdoff over -> NACK sent or suppressed)',
+  'NACK -> first repair (or the holdoff running out)',
+  'repairs arriving, holdoff, verify, store (first repair -> held or next round)',
+];
+
+/** Per wait of repairWaits: p50 and p99 over the LAN units that were NACKed, and the median over the tail units. */
+export function repairRounds(units: UnitStages[]): StageRow[] {
+  const total = (u: UnitStages) => (u.delivered ?? NaN) - u.signed;
+  const cut = pct(units.map(total).filter(Number.isFinite), 99);
+  const nacked = units.filter((u) => u.lan?.some((e) => e[0] === 'ripe' || e[0] === 'heard'));
+  const waits = new Map(nacked.map((u) => [u, repairWaits(u)!] as const).filter(([, w]) => w));
+  const tail = [...waits.keys()].filter((u) => total(u) >= cut);
+  const rounds = (u: UnitStages) => (u.lan ?? []).filter((e) => e[0] === 'nack' || e[0] === 'suppressed').length;
+  const rows: StageRow[] = WAITS.map((stage) => {
+    const xs = [...waits.values()].map((w) => w[stage]);
+    return { stage, n: xs.length, p50: pct(xs, 50), p99: pct(xs, 99), tail: pct(tail.map((u) => waits.get(u)![stage]), 50) };
+  });
+  const r = [...waits.keys()].map(rounds);
+  rows.push({ stage: 'NACK rounds (our NACKs sent or suppressed)', n: r.length, p50: pct(r, 50), p99: pct(r, 99), tail: pct(tail.map(rounds), 50) });
+  return rows;
+}
+
+/** One unit's repair timeline, ms from its batch known: its events, then what the repairers did for it. */
+export function repairTimeline(u: UnitStages, repairer: Map<number, RepairerLine[]>): string {
+  const k = u.known ?? u.signed;
+  const ev = [...(u.lan ?? [])].sort((a, b) => a[1] - b[1]).map(([e, t, n]) => `${e}${n ? `(${n})` : ''} ${Math.round(t - k)}`);
+  const rep = (repairer.get(u.unit) ?? []).map((l) => `${l.ev}(${l.n}) ${Math.round(l.t - k)}`);
+  return `unit ${u.unit}: total ${Math.round((u.delivered ?? NaN) - u.signed)}, held ${Math.round((u.held ?? NaN) - k)}: ${ev.join(', ')} | repairers: ${rep.join(', ')}`;
 }
 
 export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchResult> {
@@ -133,9 +211,18 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
     let allEqual = true;
     for (let i = 0; i < o.agents; i++) if (!(await fs.readFile(path.join(dir, `sink${i}`))).equals(source)) allEqual = false;
     const units: UnitStages[] = [];
+    const repairer = new Map<number, RepairerLine[]>();
     for (let i = 0; i < o.agents; i++) {
       const text = await fs.readFile(path.join(dir, `stages${i}.jsonl`), 'utf8').catch(() => '');
-      for (const line of text.split('\n')) if (line) units.push(JSON.parse(line) as UnitStages);
+      for (const line of text.split('\n')) {
+        if (!line) continue;
+        const x = JSON.parse(line) as UnitStages | RepairerLine;
+        if ('repairer' in x) {
+          const l = repairer.get(x.repairer) ?? [];
+          l.push(x);
+          repairer.set(x.repairer, l);
+        } else units.push(x);
+      }
     }
     return {
       ...o,
@@ -149,7 +236,9 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
       allEqual,
       load: os.loadavg()[0],
       stages: streamStages(pub.storeMs, units),
+      rounds: repairRounds(units),
       units,
+      repairer,
     };
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
@@ -208,6 +297,15 @@ export function streamReport(runs: StreamBenchResult[][], machine: string, comma
   for (const { r, rs } of rows) {
     out.push(`${r.lossPct}% loss:`, '', '| stage | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |', '| --- | ---: | ---: | ---: | ---: |');
     rs[0].stages.forEach((st, i) => out.push(`| ${st.stage} | ${st.n} | ${f(med(rs.map((x) => x.stages[i].p50)))} | ${f(med(rs.map((x) => x.stages[i].p99)))} | ${f(med(rs.map((x) => x.stages[i].tail)))} |`));
+    out.push('');
+    if (!rs[0].rounds[0]?.n) continue;
+    out.push(
+      `${r.lossPct}% loss, the repair rounds of the peers' units that were NACKed (by this agent or another), per wait: ms a unit spent in it (0 if none), its p50 and p99 over those units and its median over the ones in the total's tail (repairWaits in bench/stream.ts):`,
+      '',
+      '| wait | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |',
+      '| --- | ---: | ---: | ---: | ---: |',
+    );
+    rs[0].rounds.forEach((st, i) => out.push(`| ${st.stage} | ${st.n} | ${f(med(rs.map((x) => x.rounds[i].p50)))} | ${f(med(rs.map((x) => x.rounds[i].p99)))} | ${f(med(rs.map((x) => x.rounds[i].tail)))} |`));
     out.push('');
   }
   return [...out, ...before, `Generated ${new Date().toISOString()}.`, ''];

@@ -35,6 +35,8 @@ export interface NackSchedulerOptions {
   /** Units NACKed at once at most (bounds what a late joiner asks for in one go). */
   maxUnitsInFlight: number;
   random: () => number;
+  /** Told of each decision, for tracing (stream-stages.ts); n: fragments missing or asked for. */
+  trace?: (unit: number, ev: 'ripe' | 'heard' | 'again' | 'nack' | 'suppressed', now: number, n: number) => void;
 }
 
 interface Pending {
@@ -77,6 +79,7 @@ export class NackScheduler {
 
   /** Another receiver's NACK for `unit`. */
   heardNack(unit: number, fragmentCount: number, missing: Uint8Array, now: number): void {
+    this.opts.trace?.(unit, 'heard', now, missingCount(missing, fragmentCount));
     const p = this.pending.get(unit);
     if (p && p.state === 'backoff') {
       if (p.heard.length !== bitmapBytes(fragmentCount)) return;
@@ -146,6 +149,7 @@ export class NackScheduler {
         const g = gapOf(unit);
         if (!g) continue;
         inFlight++;
+        this.opts.trace?.(unit, 'ripe', now, missingCount(g.missing, g.fragmentCount));
         this.startBackoff(g, now);
         continue;
       }
@@ -158,6 +162,7 @@ export class NackScheduler {
       if (p.state === 'holdoff') {
         // Repairs did not fill the gaps in time: back off again and ask (and if our NACK
         // brought nothing at all, hold off longer after the next one).
+        this.opts.trace?.(unit, 'again', now, missingCount(g.missing, g.fragmentCount));
         this.startBackoff(g, now, (p.misses ?? 0) + (p.askedAt !== undefined ? 1 : 0));
         continue;
       }
@@ -171,8 +176,10 @@ export class NackScheduler {
       if (any) {
         out.push({ unit, fragmentCount: g.fragmentCount, missing: rest });
         this.sent++;
+        this.opts.trace?.(unit, 'nack', now, missingCount(rest, g.fragmentCount));
       } else {
         this.suppressed++;
+        this.opts.trace?.(unit, 'suppressed', now, 0);
       }
       const misses = p.misses ?? 0;
       const holdoff = Math.min(4 * this.opts.holdoffMs, this.holdoffMs * 2 ** Math.min(misses, 8));

@@ -18,6 +18,8 @@ export interface RepairSchedulerOptions {
   backoffMs: number;
   dedupMs: number;
   random: () => number;
+  /** Told of each NACK taken (n: fragments asked), of fragments dropped by dedup, and of each repair due; for tracing. */
+  trace?: (unit: number, ev: 'nackIn' | 'dedup' | 'sent', now: number, n: number) => void;
 }
 
 interface PendingRepair {
@@ -54,10 +56,20 @@ export class RepairScheduler {
     } else if (p.fragmentCount !== fragmentCount) {
       return;
     }
+    let asked = 0;
+    let deduped = 0;
     for (let i = 0; i < fragmentCount; i++) {
       if (!getBit(missing, i)) continue;
-      if (recent && now - recent[i] < this.opts.dedupMs) continue;
+      asked++;
+      if (recent && now - recent[i] < this.opts.dedupMs) {
+        deduped++;
+        continue;
+      }
       p.want[i >>> 3] |= 0x80 >>> (i & 7);
+    }
+    if (this.opts.trace) {
+      this.opts.trace(unit, 'nackIn', now, asked);
+      if (deduped) this.opts.trace(unit, 'dedup', now, deduped);
     }
   }
 
@@ -89,7 +101,10 @@ export class RepairScheduler {
       this.pending.delete(unit);
       const fragments: number[] = [];
       for (let i = 0; i < p.fragmentCount; i++) if (getBit(p.want, i)) fragments.push(i);
-      if (fragments.length) out.push({ unit, fragments });
+      if (fragments.length) {
+        out.push({ unit, fragments });
+        this.opts.trace?.(unit, 'sent', now, fragments.length);
+      }
     }
     return out;
   }

@@ -153,6 +153,7 @@ export class StreamAgent {
     const senderId = randomBytes(4).readUInt32BE(0) || 1;
     const rate = o.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
     this.core = new StreamCore({ member: this.member, group: o.group, wideGroup: o.wideGroup, senderId, fragmentBytes, rateBytesPerSec: rate, crossRateBytesPerSec: AGENT_DEFAULTS.crossRateBytesPerSec, controlSeqStart: BigInt(now) * 1000n, random, logger: this.log, stats: this.stats }, window, now);
+    if (this.stages.enabled) this.core.repairTrace.sink = (u, ev, t, n) => this.stages.repair(u, ev, t, n);
     this.core.batchVerified(this.cur);
     this.stages.known(this.cur.first, this.cur.count, Date.parse(this.cur.time), Date.now());
     this.disk.onHeld = (u) => this.stages.held(u, Date.now());

@@ -14,6 +14,12 @@ import { appendFileSync } from 'node:fs';
  *
  * With FLEETCAST_STREAM_STAGES=FILE set, each delivered unit's record is appended to FILE
  * as a JSON line (the bench reads them); without it nothing is written.
+ *
+ * With it set, the LAN core's repair rounds are kept too (`lan`, RepairEvent): for a unit
+ * taken from the LAN, when its copies came, when its gap was noticed, its NACKs and the
+ * repairs that answered them. What this agent did as a repairer goes to FILE as lines of
+ * their own, `{"repairer":UNIT,"ev":...,"t":...,"n":...}` (the unit is delivered here long
+ * before a peer asks for it), so the bench can put both ends of a round side by side.
  */
 export interface UnitStages {
   unit: number;
@@ -25,7 +31,31 @@ export interface UnitStages {
   delivered?: number;
   /** Where the unit came from: this agent's WAN download, or its LAN peers. */
   from?: 'wan' | 'lan';
+  /** The LAN core's repair events for the unit, in order: [event, time, count]. */
+  lan?: [RepairEvent, number, number][];
 }
+
+/**
+ * What the LAN core reports of a unit's repair rounds (LanCore.repairTrace).
+ * As a receiver:
+ *   copy      the first copy fragment of the unit arrived
+ *   copyEnd   its last fragment arrived as a copy (the sender got to its end)
+ *   last      the last data of the unit before its gap was noticed (traced with 'ripe', at its own time)
+ *   ripe      its gap was noticed: the NACK backoff started (n: fragments missing)
+ *   heard     another receiver's NACK for it was heard (n: fragments it asked for)
+ *   again     a holdoff ended with fragments still missing: a new backoff (n: missing)
+ *   nack      our NACK went out (n: fragments asked for)
+ *   suppressed our backoff ended with every missing fragment asked for by others
+ *   repair    the first repair fragment after a NACK (ours or heard) arrived
+ * As a repairer (lines of their own in the file):
+ *   nackIn    a NACK for a unit we answer (n: fragments asked; deduped: see next)
+ *   dedup     fragments of that NACK dropped as repaired within dedupMs (n)
+ *   sent      a repair of n fragments queued
+ */
+export type RepairEvent = 'copy' | 'copyEnd' | 'last' | 'ripe' | 'heard' | 'again' | 'nack' | 'suppressed' | 'repair' | 'nackIn' | 'dedup' | 'sent';
+
+/** Repair events kept per unit at most. */
+const MAX_EVENTS = 64;
 
 const MAX_TRACKED = 8192;
 
@@ -33,6 +63,11 @@ export class StreamStages {
   private readonly units = new Map<number, UnitStages>();
   private readonly file = process.env.FLEETCAST_STREAM_STAGES || null;
   private lines: string[] = [];
+
+  /** Whether records are written at all (the core traces repair rounds only then). */
+  get enabled(): boolean {
+    return this.file !== null;
+  }
 
   private get(u: number): UnitStages {
     let s = this.units.get(u);
@@ -68,6 +103,18 @@ export class StreamStages {
     if (s.held !== undefined) return;
     s.held = now;
     s.from ??= 'lan';
+  }
+
+  /** A repair event of the LAN core (RepairEvent): on the unit's record, or a line of its own as a repairer. */
+  repair(u: number, ev: RepairEvent, now: number, n = 0): void {
+    if (!this.file) return;
+    if (ev === 'nackIn' || ev === 'dedup' || ev === 'sent') {
+      this.lines.push(JSON.stringify({ repairer: u, ev, t: now, n }));
+      return;
+    }
+    const s = this.get(u);
+    const l = (s.lan ??= []);
+    if (l.length < MAX_EVENTS) l.push([ev, now, n]);
   }
 
   delivered(u: number, now: number): void {

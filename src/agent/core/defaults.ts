@@ -24,8 +24,17 @@ export const AGENT_DEFAULTS = {
    */
   idleAnnounceMs: 2000,
   announceDebounceMs: 10,
-  /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long. */
+  /** A unit that a peer holds is ripe for NACKs once no data arrived for it this long... */
   gapQuietMs: 25,
+  /**
+   * ...or, once its last fragment arrived (its sender got to the end: what is missing before
+   * it is lost), this long after its last data. Not 0: NACKs sent while a busy LAN still
+   * carries copies reach the other receivers too late to suppress theirs. In the simulator's
+   * suppression curve (test/sim/nack-suppression.test.ts, 100 Mbit/s links, 10% loss), 0 and
+   * 5 ms gave 2.94 and 3.05 requests per lost fragment before its first repair at 64
+   * receivers and 4.06 and 4.33 at 256 (the bound is 3); 12 ms gave 2.31 and 2.58.
+   */
+  gapAfterLastFragmentMs: 12,
   /**
    * NORM's T_maxBackoff. 15 ms, was 30: at 3% loss a stream unit's tail is two or three NACK
    * rounds, each waiting a backoff (bench/results/stream.md); the suppression curve of
@@ -39,7 +48,16 @@ export const AGENT_DEFAULTS = {
   nackMaxUnitsInFlight: 16,
   repairAggregateMs: 3,
   repairBackoffMs: 40,
-  repairDedupMs: 60,
+  /**
+   * A fragment repaired less than this long ago is not repaired again for a NACK: that NACK
+   * crossed the repair in flight (a LAN round trip and a tick at each end). It must stay
+   * well under the soonest a receiver asks again after its own NACK (nackHoldoffMinMs, less
+   * repairAggregateMs), or a repair lost on the way is never re-sent for that re-ask: at
+   * 60 ms that was most of a stream's 3% loss tail (bench/results/stream.md, "Where the
+   * tail went": NACK, repair lost, the re-ask dropped as a duplicate, then a holdoff doubled
+   * for the NACK that brought nothing).
+   */
+  repairDedupMs: 10,
   /** A NACK its designated repairer leaves unanswered this long is answered by any holder. */
   orphanRepairMs: 1000,
   maxAssemblies: 128,

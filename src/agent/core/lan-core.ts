@@ -23,6 +23,7 @@ import { Assembler } from './assembler';
 import { CopyTreeView } from './copy-tree-view';
 import { AGENT_DEFAULTS } from './defaults';
 import { PeerTable } from './peers';
+import { RepairTrace } from './repair-trace';
 import { RepairFlow, emptyStats, drop } from './repair-flow';
 import { SendEngine } from './send-engine';
 import { SplitMapView } from './split-map';
@@ -53,6 +54,8 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   private announceEveryMs = 0;
   private announceSoonAt: number | null = null;
   private stallAt: number | null = null;
+  /** Each step of a unit's repair rounds, as receiver and repairer, once its sink is set (stream bench). */
+  readonly repairTrace: RepairTrace;
 
   constructor(cfg: CoreConfig, now: number) {
     const stats = cfg.stats ?? emptyStats();
@@ -64,8 +67,10 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       copiesLeft: (_unit, t) => this.announceSoon(t),
       repairSent: (unit, fragment, fc, t) => this.repairs.sawFragment(unit, fragment, fc, t),
     });
-    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, minHoldoffMs: AGENT_DEFAULTS.nackHoldoffMinMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random });
-    this.repairs = new RepairScheduler({ aggregateMs: AGENT_DEFAULTS.repairAggregateMs, backoffMs: AGENT_DEFAULTS.repairBackoffMs, dedupMs: AGENT_DEFAULTS.repairDedupMs, random: cfg.random });
+    this.repairTrace = new RepairTrace(this.asm);
+    const trace = this.repairTrace.event;
+    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, minHoldoffMs: AGENT_DEFAULTS.nackHoldoffMinMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random, trace });
+    this.repairs = new RepairScheduler({ aggregateMs: AGENT_DEFAULTS.repairAggregateMs, backoffMs: AGENT_DEFAULTS.repairBackoffMs, dedupMs: AGENT_DEFAULTS.repairDedupMs, random: cfg.random, trace });
     this.completeIfAll();
   }
 
@@ -105,6 +110,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
           return;
         }
         this.lastProgressAt = now; // data of a missing unit: not a stall
+        this.repairTrace.data(u, p.fragment, fc, p.repair, res === 'complete', now);
         if (via) this.stats.crossGroupBytes += p.payload.length;
         else this.stats.lanBytes += p.payload.length;
         if (p.forward && via) {

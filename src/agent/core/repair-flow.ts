@@ -1,4 +1,4 @@
-import { encodeFeedback, fragmentCountFor, setBit } from '../../wire/packet';
+import { encodeFeedback, fragmentCountFor, getBit, setBit } from '../../wire/packet';
 import type { NackPacket } from '../../wire/packet';
 import { sealControl } from '../../wire/auth';
 import type { NackRequest } from '../nack-scheduler';
@@ -81,12 +81,21 @@ export abstract class RepairFlow extends CoreUnits {
     return now - since > AGENT_DEFAULTS.orphanRepairMs ? 'fallback' : 'none';
   }
 
-  /** Units a peer holds that we lack, not being fetched, and quiet for gapQuietMs: cheap checks only. */
+  /**
+   * Units a peer holds that we lack, not being fetched, and whose sender is done with them:
+   * their last fragment arrived (a copy goes out in fragment order, so what is missing
+   * before it is lost) and gapAfterLastFragmentMs passed, or no data came for gapQuietMs
+   * (the last fragment itself lost). NORM detects gaps by order the same way:
+   * NormSenderNode::HandleObjectMessage runs RepairCheck on every data message for the
+   * blocks before it, and a NORM_CMD(FLUSH) checks through the segment it names (NRL norm,
+   * src/common/normNode.cpp; RFC 5740 §5.3), rather than waiting out a quiet time.
+   * Cheap checks only.
+   */
   protected *ripeUnits(now: number): Generator<number> {
     for (const u of this.availableMissing) {
       if (this.has(u) || this.fetching.has(u)) continue;
       const a = this.asm.get(u);
-      if (a && (a.verifying || now - a.lastData < AGENT_DEFAULTS.gapQuietMs)) continue;
+      if (a && (a.verifying || now - a.lastData < (getBit(a.got, a.fragmentCount - 1) ? AGENT_DEFAULTS.gapAfterLastFragmentMs : AGENT_DEFAULTS.gapQuietMs))) continue;
       const since = this.crossGroup.announcedSince.get(u);
       if (since !== undefined && !a && now - since < AGENT_DEFAULTS.crossGapQuietMs) continue;
       yield u;
