@@ -52,7 +52,7 @@ export class Agent {
   private cross: Transport | null = null;
   private driver: CoreDriver | null = null;
   private dataPort = 0;
-  private heartbeats!: Heartbeats;
+  heartbeats!: Heartbeats; // set in setup(): undefined before
   private finishing = false;
   private started = 0;
   private completion!: { resolve: (p: string) => void; reject: (e: Error) => void };

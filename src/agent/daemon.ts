@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ROLLOUT_TOKEN_RE } from '../wire/ids';
 import { Agent } from './agent';
+import type { Heartbeats } from './heartbeat';
 import { HookResult, runHook } from './hook';
 import { markCompleted, prune } from './retention';
 import { ChannelHead, parseChannelHead } from '../release/channels';
@@ -123,6 +124,7 @@ export class AgentDaemon extends DaemonState {
       body = await res.bytes();
     } catch (err) {
       if (woken.aborted && !this.abort.signal.aborted) throw new FleetcastError('WOKEN', 'channel poll cut short');
+      if (params.member) this.unheld();
       throw tlsTrustProblem(err, this.opts.agent.server.url) ?? new FleetcastError('UNREACHABLE', `asking the server for channel ${ch}: ${describeFetchError(err)}`);
     }
     // An older server answers at once and ignores the query: then the loop sleeps between polls.
@@ -136,6 +138,7 @@ export class AgentDaemon extends DaemonState {
       const following = res.headers['x-fleetcast-following'];
       this.following = new Set(typeof following === 'string' && params.member ? following.split(',') : []);
     }
+    if (params.member && !this.following.has('member')) this.unheld();
     if (res.status === 404) throw new FleetcastError('NO_CHANNEL', `the server has no channel ${ch} yet`);
     if (res.status === 401) throw new FleetcastError('UNAUTHORIZED', 'the server refused our token (401): check token or token_file', ExitCode.NOPERM);
     if (res.status < 200 || res.status > 299) throw new FleetcastError('HTTP', `channel ${ch}: server said ${res.status} ${body.toString('utf8').slice(0, 200)}`);
@@ -143,6 +146,11 @@ export class AgentDaemon extends DaemonState {
     if (typeof head === 'string') throw new FleetcastError('BAD_RESPONSE', `channel ${ch}: bad answer from the server: ${head}`);
     this.channelKnown = head.release;
     return head;
+  }
+
+  /** A poll that named us did not keep us alive (section 19): an hour-long heartbeat interval no longer holds. */
+  private unheld(): void {
+    (this.current?.heartbeats as Heartbeats | undefined)?.unheld();
   }
 
   protected newAgent(id: string): Agent {

@@ -10,6 +10,8 @@ const FOLDED_LEASE_UNITS = 64;
 const KICK_DELAY_MS = 5;
 /** The longest heartbeat interval an answer can set (protocol 1.7, section 19: an idle member whose channel poll is held; 900 s in 1.6). */
 export const MAX_HEARTBEAT_MS = 3_600_000;
+/** The longest interval an idle member is asked for without a held poll (section 18). */
+export const MAX_IDLE_HEARTBEAT_MS = 900_000;
 
 /**
  * What rides on the next heartbeat (protocol 1.4, docs/protocol.md section 14): receipt
@@ -181,6 +183,18 @@ export class Heartbeats {
     }
     this.log.debug(`heartbeat: ${(err as Error).message}`);
     return undefined;
+  }
+
+  /**
+   * 1.7 (section 19): the held channel poll that kept us alive ended without doing so (it
+   * failed, or its answer left out `member`, as after a server restart): an interval past
+   * the idle one of section 18 no longer holds, so beat within a second until an answer
+   * sets one again (a restarted server then has us join at once, not in an hour).
+   */
+  unheld(): void {
+    if (this.stopped || this.ms <= MAX_IDLE_HEARTBEAT_MS) return;
+    this.ms = 1000;
+    if (this.timer) this.start();
   }
 
   start(): void {
