@@ -3,8 +3,10 @@ import type { MapDelta, MemberRecord, MemberRecord14, SplitMap } from '../wire/h
 import { Member, MIB, SendReason, LeaseGrant } from './allocator-state';
 import { GatewayTable } from './allocator-gateways';
 
-export { DEFAULT_ALLOCATOR_OPTIONS, RESEND_REASONS } from './allocator-state';
-export type { AllocatorOptions, LeaseGrant, ResendReason, SendReason } from './allocator-state';
+export { RESEND_REASONS } from './allocator-state';
+export { DEFAULT_ALLOCATOR_OPTIONS } from './allocator-options';
+export type { AllocatorOptions } from './allocator-options';
+export type { LeaseGrant, ResendReason, SendReason } from './allocator-state';
 export type { SplitMap } from '../wire/http-bodies';
 /** A member's record in the split map (the wire's MemberRecord). */
 export type MemberView = MemberRecord;

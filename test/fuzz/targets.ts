@@ -19,7 +19,7 @@ import { parsePollAnswer, parseWindow } from '../../src/wire/rollout';
 import { createRollout, parseRollout, parseWaves, report } from '../../src/server/rollout';
 import { parseInstallRecord } from '../../src/agent/install';
 import { ApiError, jsonObject, parsePollBody, parseStartBody } from '../../src/server/rollout-bodies';
-import { bodyChannel, keyedRef } from '../../src/server/server-cluster';
+import { bodyChannel, keyedRef } from '../../src/server/cluster-keys';
 import { CHANNEL_RE } from '../../src/release/channels';
 import { parseStreamBeat, parseStreamBeatAnswer } from '../../src/wire/stream-control';
 import { parseStreamPosition } from '../../src/agent/stream-disk';
