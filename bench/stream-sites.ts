@@ -10,6 +10,7 @@ import { StreamPublisher } from '../src/release/stream-publish';
 import { FleetcastServer } from '../src/server/server';
 import { streamRoutes } from '../src/server/stream-routes';
 import { destroyAll, Host, sites, Topology } from '../test/netns/topology';
+import { run } from '../test/helpers/run';
 import { median } from './netns';
 import { agentEnd, AgentEnd, FEED_TICK_MS, feedStream, pct, readStages, StageRow, streamStages } from './stream';
 
@@ -46,7 +47,11 @@ export interface SitesShape {
   wanMbit: number;
 }
 
+/** group: one LAN group per site, each unit leased once per site; wide: the sites form one wide-area group (`--wide-group`), each unit leaves the server once and crosses to the other sites' gateways. */
+export type SitesPolicy = 'group' | 'wide';
+
 export interface SitesRun extends SitesShape {
+  policy: SitesPolicy;
   lossPct: number;
   streamBytes: number;
   /** Per site: unit bytes its agents downloaded from the server. */
@@ -68,9 +73,9 @@ export interface SitesRun extends SitesShape {
  * TCP connect times (ms) from namespace `ns` to `host:port`, `n` of them, `everyMs` apart: one
  * round trip each, SYN to SYN-ACK, or to the RST of a port nobody listens on yet (refused).
  */
-async function connectTimes(topo: Topology, ns: string, host: string, n: number, everyMs: number): Promise<number[]> {
+async function connectTimes(ns: string, host: string, n: number, everyMs: number): Promise<number[]> {
   const script = `const net=require('net');const out=[];(async()=>{for(let i=0;i<${n};i++){const t=process.hrtime.bigint();await new Promise((ok)=>{const s=net.connect(${PORT},'${host}');const end=(e)=>{if(!e||e.code==='ECONNREFUSED')out.push(Number(process.hrtime.bigint()-t)/1e6);s.destroy();ok()};s.on('connect',()=>end());s.on('error',end)});await new Promise((r)=>setTimeout(r,${everyMs}))}process.stdout.write(JSON.stringify(out))})()`;
-  const r = await topo.run(ns, [process.execPath, '-e', script]);
+  const r = await inNetns(ns, process.execPath, ['-e', script], { timeoutMs: n * (everyMs + 1000) + 10_000 });
   try {
     return JSON.parse(r.stdout) as number[];
   } catch {
@@ -78,20 +83,25 @@ async function connectTimes(topo: Topology, ns: string, host: string, n: number,
   }
 }
 
+/** A command in a namespace, its output read to the end ('close', not 'exit'). */
+const inNetns = (ns: string, cmd: string, args: string[], opts: { timeoutMs?: number } = {}) => run('ip', ['netns', 'exec', ns, cmd, ...args], opts);
+
 const serverHost = (topo: Topology, h: Host) => new URL(topo.serverUrl(h)).hostname;
 
 /** The server namespace's interface that carries `address` (a site's WAN link). */
-async function ifaceOf(topo: Topology, ns: string, address: string): Promise<string> {
-  const r = await topo.run(ns, ['ip', '-o', '-4', 'addr', 'show']);
+async function ifaceOf(ns: string, address: string): Promise<string> {
+  const r = await inNetns(ns, 'ip', ['-o', '-4', 'addr', 'show']);
   const line = r.stdout.split('\n').find((l) => l.includes(` ${address}/`));
   const name = line?.split(/\s+/)[1];
   if (!name) throw new Error(`stream-sites: no interface with ${address} in ${ns}`);
   return name;
 }
 
-async function txBytes(topo: Topology, ns: string, ifname: string): Promise<number> {
-  const r = await topo.run(ns, ['cat', `/sys/class/net/${ifname}/statistics/tx_bytes`]);
-  return Number(r.stdout.trim());
+async function txBytes(ns: string, ifname: string): Promise<number> {
+  const r = await inNetns(ns, 'cat', [`/sys/class/net/${ifname}/statistics/tx_bytes`]);
+  const n = Number(r.stdout.trim());
+  if (r.code !== 0 || !r.stdout.trim() || !Number.isFinite(n)) throw new Error(`stream-sites: reading ${ifname}'s tx_bytes in ${ns}: ${r.stderr.trim()}`);
+  return n;
 }
 
 /** Lines of JSON a child writes on stdout, as they come. */
@@ -129,26 +139,27 @@ function jsonLines(child: ChildProcess): { next: (what: string, ms: number) => P
 }
 
 /** One run: a fresh server, publisher and agents on the testbed `topo`. */
-async function runOnce(topo: Topology, dir: string, shape: SitesShape, lossPct: number, run: number): Promise<SitesRun> {
-  const runDir = path.join(dir, `run${run}-${lossPct}`);
+async function runOnce(topo: Topology, dir: string, shape: SitesShape, policy: SitesPolicy, lossPct: number, run: number): Promise<SitesRun> {
+  const runDir = path.join(dir, `run${run}-${policy}-${lossPct}`);
   await fs.mkdir(runDir);
   const source = path.join(dir, 'source.bin');
   const streamBytes = (await fs.stat(source)).size;
-  const srvIfs = await Promise.all(topo.sites.map((_, k) => ifaceOf(topo, topo.server.ns, `10.200.${101 + k}.1`)));
+  const srvIfs = await Promise.all(topo.sites.map((_, k) => ifaceOf(topo.server.ns, `10.200.${101 + k}.1`)));
   await topo.setLoss(lossPct);
   // Idle RTT before the publisher starts (the first batch is signed as it starts, so this wait would count in its units' latency).
-  const rttIdle = (await Promise.all(topo.sites.map((hs) => connectTimes(topo, hs[0].ns, serverHost(topo, hs[0]), 20, 50)))).flat();
+  const rttIdle = (await Promise.all(topo.sites.map((hs) => connectTimes(hs[0].ns, serverHost(topo, hs[0]), 20, 50)))).flat();
   const pubChild = topo.exec(topo.server.ns, [process.execPath, __filename, 'publisher', JSON.stringify({ dir: runDir, key: path.join(dir, 'keys', 'server.key'), source, mbit: shape.mbit, members: shape.sites * shape.agents })]);
   const pub = jsonLines(pubChild);
   const agents: ChildProcess[] = [];
   try {
     await pub.next('listening', 30_000);
-    const txBefore = await Promise.all(srvIfs.map((i) => txBytes(topo, topo.server.ns, i)));
+    const txBefore = await Promise.all(srvIfs.map((i) => txBytes(topo.server.ns, i)));
     const multicast = `239.200.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
     const ends = topo.sites.flatMap((hosts, k) =>
       hosts.map((h, i) => {
         const member = `s${k + 1}a${i + 1}`;
-        const args = ['agent', '--server', topo.serverUrl(h), '--plain-http', '--group', `site${k + 1}`, '--interface', h.lanAddress, '--multicast', multicast, '--trust', path.join(dir, 'keys', 'server.pub'), '--stream', STREAM, '--start', 'beginning', '--member', member, '--storage', path.join(runDir, member), '--sink', path.join(runDir, `${member}.sink`), '--status-socket', 'none'];
+        const wide = policy === 'wide' ? ['--wide-group', 'fleet'] : [];
+        const args = ['agent', '--server', topo.serverUrl(h), '--plain-http', '--group', `site${k + 1}`, '--interface', h.lanAddress, '--multicast', multicast, '--trust', path.join(dir, 'keys', 'server.pub'), '--stream', STREAM, '--start', 'beginning', '--member', member, '--storage', path.join(runDir, member), '--sink', path.join(runDir, `${member}.sink`), '--status-socket', 'none', ...wide];
         const child = topo.exec(h.ns, [process.execPath, BIN, ...args], { env: { FLEETCAST_STREAM_STAGES: path.join(runDir, `${member}.stages`) } });
         agents.push(child);
         let err = '';
@@ -161,7 +172,7 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, lossPct: 
     ends.forEach((e) => e.catch(() => undefined)); // awaited below; a failure before then is not unhandled
     await pub.next('joined', JOIN_TIMEOUT_MS);
     // While the stream runs: one probe per site, a connect every 250 ms.
-    const probes = topo.sites.map((hs) => connectTimes(topo, hs[0].ns, serverHost(topo, hs[0]), Math.max(4, Math.floor((shape.seconds * 1000) / 300)), 250));
+    const probes = topo.sites.map((hs) => connectTimes(hs[0].ns, serverHost(topo, hs[0]), Math.max(4, Math.floor((shape.seconds * 1000) / 300)), 250));
     const fed = await pub.next('fed', shape.seconds * 1000 + 60_000);
     let timer: NodeJS.Timeout | undefined;
     const done = await Promise.race([
@@ -171,7 +182,7 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, lossPct: 
     const rttLoaded = (await Promise.all(probes)).flat();
     pubChild.kill('SIGTERM');
     const counted = (await pub.next('bodyBytes', 10_000)).bodyBytes as Record<string, Record<BodyKind, number>>;
-    const txAfter = await Promise.all(srvIfs.map((i) => txBytes(topo, topo.server.ns, i)));
+    const txAfter = await Promise.all(srvIfs.map((i) => txBytes(topo.server.ns, i)));
     const src = await fs.readFile(source);
     const rows: SitesRun['ends'] = [];
     for (const d of done) {
@@ -181,6 +192,7 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, lossPct: 
     const units: UnitStages[] = await readStages(done.map((d) => path.join(runDir, `${d.member}.stages`)));
     return {
       ...shape,
+      policy,
       lossPct,
       streamBytes,
       unitBytes: topo.sites.map((_, k) => rows.filter((r) => r.site === k).reduce((n, r) => n + r.wanBytes, 0)),
@@ -198,22 +210,36 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, lossPct: 
   }
 }
 
-/** Every run of every loss on one testbed; the testbed and the work directory are removed however it ends. */
-export async function benchStreamSites(shape: SitesShape, losses: number[], runs: number): Promise<SitesRun[][]> {
+/**
+ * Every run of every policy and loss on one testbed, the cases taking turns in each round so
+ * drift hits them alike; the testbed and the work directory are removed however it ends.
+ */
+export async function benchStreamSites(shape: SitesShape, policies: SitesPolicy[], losses: number[], runs: number): Promise<SitesCase[]> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-bench-stream-sites-'));
   workdirs.add(dir);
   let topo: Topology | null = null;
   try {
     await generateKeyPair(path.join(dir, 'keys'));
     await fs.writeFile(path.join(dir, 'source.bin'), randomBytes(Math.round((shape.mbit * 1e6 * shape.seconds) / 8)));
-    topo = sites(shape.sites, shape.agents, shape.wanMbit);
-    const out = losses.map(() => [] as SitesRun[]);
+    // wide: the server's namespace also routes between the sites, so cross-site copies take the shaped links.
+    topo = sites(shape.sites, shape.agents, shape.wanMbit, { interSite: policies.includes('wide') });
+    const cases = policies.flatMap((policy) => losses.map((loss) => ({ policy, loss })));
+    const out: SitesCase[] = cases.map(({ policy, loss }) => ({ policy, lossPct: loss, runs: [], failures: [] }));
     for (let run = 0; run < runs; run++)
-      for (const [i, loss] of losses.entries()) {
-        process.stderr.write(`stream-sites: ${shape.sites} sites x ${shape.agents} agents, WAN ${shape.wanMbit} Mbit/s, stream ${shape.mbit} Mbit/s for ${shape.seconds} s, ${loss}% loss, run ${run + 1} of ${runs}\n`);
-        const r = await runOnce(topo, dir, shape, loss, run);
+      for (const [i, { policy, loss }] of cases.entries()) {
+        process.stderr.write(`stream-sites: ${shape.sites} sites x ${shape.agents} agents (${policy}), WAN ${shape.wanMbit} Mbit/s, stream ${shape.mbit} Mbit/s for ${shape.seconds} s, ${loss}% loss, run ${run + 1} of ${runs}\n`);
+        let r: SitesRun;
+        try {
+          r = await runOnce(topo, dir, shape, policy, loss, run);
+        } catch (err) {
+          // One failed run is a finding, not the end of the others: it is reported in its row.
+          const msg = (err as Error).message.replace(/\s+/g, ' ').slice(0, 600);
+          process.stderr.write(`  run failed: ${msg}\n`);
+          out[i].failures.push(msg);
+          continue;
+        }
         process.stderr.write(`  unit bytes per site / stream: ${r.unitBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; p99 per agent ${r.ends.map((e) => e.p99Ms).join(', ')} ms; sinks equal: ${r.ends.every((e) => e.equal)}; load ${r.load.toFixed(1)}\n`);
-        out[i].push(r);
+        out[i].runs.push(r);
       }
     return out;
   } finally {
@@ -225,28 +251,39 @@ export async function benchStreamSites(shape: SitesShape, losses: number[], runs
 
 const workdirs = new Set<string>();
 
+/** The runs of one policy and loss, and the messages of those that failed. */
+export interface SitesCase {
+  policy: SitesPolicy;
+  lossPct: number;
+  runs: SitesRun[];
+  failures: string[];
+}
+
 const f0 = (x: number) => (Number.isFinite(x) ? String(Math.round(x)) : '-');
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 
 /** The "Sites testbed" section of bench/results/stream.md: one row per loss, medians over its runs. */
-export function sitesSection(all: SitesRun[][], command: string): string[] {
-  const s = all[0][0];
+export function sitesSection(cases: SitesCase[], s: SitesShape, command: string): string[] {
+  const done = cases.filter((c) => c.runs.length > 0);
+  const all = done.map((c) => c.runs);
   const fillMs = (UNIT_BYTES * 8 * 1000) / (s.mbit * 1e6);
   const rttIdle = median(all.flat().flatMap((r) => r.rttIdleMs));
   const target = 2 * fillMs + rttIdle + 100;
   const lines = [
     '## Sites testbed (network namespaces, shaped WAN links)',
     '',
-    `Command: \`${command}\` (as root, under \`flock /tmp/fleetcast-heavy.lock\`; arguments: sites, agents per site, stream Mbit/s, seconds, losses, runs, WAN Mbit/s; bench/stream-sites.ts).`,
-    `Testbed: test/netns/topology.ts topology (b): a server namespace with the server and the publisher (StreamPublisher, ${UNIT_BYTES / 1024} KiB units, --flush-ms ${FLUSH_MS}, fed every ${FEED_TICK_MS} ms from the moment every agent has joined); ${s.sites} sites, each a router namespace whose WAN link to the server is shaped with tc tbf to ${s.wanMbit} Mbit/s each way, and a LAN bridge with ${s.agents} \`fleetcast agent --stream\` processes (one LAN group per site, multicast on the bridge, file sinks). Loss: nftables drops that share of the UDP datagrams arriving at each agent (multicast copies, NACKs, repairs; the WAN's TCP is spared). All on this machine's ${os.cpus().length} cores.`,
+    `Command: \`${command}\` (as root, under \`flock /tmp/fleetcast-heavy.lock\`; arguments: sites, agents per site, stream Mbit/s, seconds, losses, runs, WAN Mbit/s, policies; bench/stream-sites.ts).`,
+    `Testbed: test/netns/topology.ts topology (b): a server namespace with the server and the publisher (StreamPublisher, ${UNIT_BYTES / 1024} KiB units, --flush-ms ${FLUSH_MS}, fed every ${FEED_TICK_MS} ms from the moment every agent has joined); ${s.sites} sites, each a router namespace whose WAN link to the server is shaped with tc tbf to ${s.wanMbit} Mbit/s each way, and a LAN bridge with ${s.agents} \`fleetcast agent --stream\` processes (one LAN group per site, multicast on the bridge, file sinks). Policy \`group\`: each site's group takes every unit from the server once; \`wide\`: the sites are one wide-area group (\`--wide-group\`), each unit leaves the server once and its lessee's site copies it to the other sites' gateways, through the server's namespace (which routes between the sites over the same shaped links). Loss: nftables drops that share of the UDP datagrams arriving at each agent (multicast copies, NACKs, repairs; the WAN's TCP is spared). All on this machine's ${os.cpus().length} cores.`,
     `WAN RTT: TCP connect time from the first agent of each site to the server; idle (before the agents start) median ${rttIdle.toFixed(2)} ms, p99 ${pct(all.flat().flatMap((r) => r.rttIdleMs), 99).toFixed(2)} ms; while the stream runs median ${median(all.flat().flatMap((r) => r.rttLoadedMs)).toFixed(2)} ms, p99 ${pct(all.flat().flatMap((r) => r.rttLoadedMs), 99).toFixed(2)} ms. The links add no delay of their own (no netem here): the RTT is the namespaces' forwarding plus the tbf queues. p99 target (issue 19): 2 x ${fillMs.toFixed(0)} ms unit fill time + ${rttIdle.toFixed(2)} ms idle RTT + 100 ms = ${target.toFixed(0)} ms.`,
-    'Per site: "unit bytes" are the unit bytes the site\'s agents downloaded from the server over the stream\'s bytes (1.000: each unit crossed the site\'s WAN link once); "link bytes" are all bytes the server sent on the site\'s WAN link over the stream\'s bytes (TCP/IP headers, batch long polls and heartbeat answers included). Target: at most 1.02. Latency per agent as in the loopback table (signing of the batch naming a unit to the write to the sink); each cell the median over the runs.',
+    'Per site: "unit bytes" are the unit bytes the site\'s agents downloaded from the server over the stream\'s bytes (1.000: each unit crossed the site\'s WAN link once); "link bytes" are all bytes the server sent on the site\'s WAN link over the stream\'s bytes (TCP/IP headers, batch long polls and heartbeat answers included). Target: at most 1.02 per site (group); for \`wide\` the sum over the sites is the wide-area group\'s (target at most 1.02), and a site\'s link bytes include the copies routed through the server to it. Latency per agent as in the loopback table (signing of the batch naming a unit to the write to the sink); each cell the median over the runs.',
     '',
-    '| loss | runs | unit bytes per site (median run) | link bytes per site (median run) | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 of each run (median/worst agent) | p99 target (ms) | p99 met | bytes met | NACKs (all agents) | gaps | every sink equals the source | load average (1 min) at each run\'s end |',
-    '| ---: | ---: | --- | --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | --- | --- |',
+    '| policy | loss | runs | unit bytes per site (median run) | link bytes per site (median run) | p50 (ms): median agent, worst | p99 (ms): median agent, worst | p99 of each run (median/worst agent) | p99 target (ms) | p99 met | bytes met | NACKs (all agents) | gaps | every sink equals the source | load average (1 min) at each run\'s end |',
+    '| --- | ---: | ---: | --- | --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | --- | --- |',
   ];
+  for (const c of cases.filter((x) => x.runs.length === 0)) lines.push(`| ${c.policy} | ${c.lossPct}% | 0 of ${c.failures.length} | every run failed: ${c.failures[0].replace(/\|/g, '/')} | | | | | | | | | | | |`);
   for (const rs of all) {
     const r0 = rs[0];
+    const failed = cases.find((c) => c.runs === rs)!.failures;
     const perSite = (k: keyof Pick<SitesRun, 'unitBytes' | 'linkBytes'>) => r0[k].map((_, site) => median(rs.map((r) => r[k][site] / r.streamBytes)));
     const unit = perSite('unitBytes');
     const link = perSite('linkBytes');
@@ -255,19 +292,22 @@ export function sitesSection(all: SitesRun[][], command: string): string[] {
     const p99 = median(rs.map((r) => median(r.ends.map((e) => e.p99Ms))));
     const p99w = median(rs.map((r) => Math.max(...r.ends.map((e) => e.p99Ms))));
     const met = p99w <= target ? 'yes' : p99 <= target ? 'median agent only' : 'NO';
-    const bytesMet = unit.every((x) => x <= 1.02) ? (link.every((x) => x <= 1.02) ? 'yes' : 'unit bytes yes, link bytes NO') : 'NO';
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    const [u, l] = r0.policy === 'wide' ? [[sum(unit)], [sum(link)]] : [unit, link];
+    const bytesMet = u.every((x) => x <= 1.02) ? (l.every((x) => x <= 1.02) ? 'yes' : 'unit bytes yes, link bytes NO') : 'NO';
+    const total = r0.policy === 'wide' ? ` (sum ${sum(unit).toFixed(3)})` : '';
     lines.push(
-      `| ${r0.lossPct}% | ${rs.length} | ${unit.map((x) => x.toFixed(3)).join(', ')} | ${link.map((x) => x.toFixed(3)).join(', ')} | ${f0(p50)}, ${f0(p50w)} | ${f0(p99)}, ${f0(p99w)} | ${rs.map((r) => `${f0(median(r.ends.map((e) => e.p99Ms)))}/${f0(Math.max(...r.ends.map((e) => e.p99Ms)))}`).join(', ')} | ${target.toFixed(0)} | ${met} | ${bytesMet} | ${median(rs.map((r) => r.ends.reduce((n, e) => n + e.nacks, 0)))} | ${rs.reduce((n, r) => n + r.ends.reduce((m, e) => m + e.gaps, 0), 0)} | ${rs.every((r) => r.ends.every((e) => e.equal)) ? 'yes' : 'NO'} | ${rs.map((r) => f1(r.load)).join(', ')} |`,
+      `| ${r0.policy} | ${r0.lossPct}% | ${rs.length}${failed.length ? ` (${failed.length} failed: ${failed[0].replace(/\|/g, '/').slice(0, 200)})` : ''} | ${unit.map((x) => x.toFixed(3)).join(', ')}${total} | ${link.map((x) => x.toFixed(3)).join(', ')} | ${f0(p50)}, ${f0(p50w)} | ${f0(p99)}, ${f0(p99w)} | ${rs.map((r) => `${f0(median(r.ends.map((e) => e.p99Ms)))}/${f0(Math.max(...r.ends.map((e) => e.p99Ms)))}`).join(', ')} | ${target.toFixed(0)} | ${met} | ${bytesMet} | ${median(rs.map((r) => r.ends.reduce((n, e) => n + e.nacks, 0)))} | ${rs.reduce((n, r) => n + r.ends.reduce((m, e) => m + e.gaps, 0), 0)} | ${rs.every((r) => r.ends.every((e) => e.equal)) ? 'yes' : 'NO'} | ${rs.map((r) => f1(r.load)).join(', ')} |`,
     );
   }
-  lines.push('', 'Where the server\'s bytes to a site go: the body bytes of its HTTP answers to the site\'s agents, by request, over the stream\'s bytes (median over the runs; site by site), counted in the server\'s process (bench instrumentation). The rest of "link bytes" is HTTP headers, TCP/IP headers and TCP\'s ACKs of the agents\' requests.', '', '| loss | unit downloads | heartbeat answers | batches (long polls) | other |', '| ---: | --- | --- | --- | --- |');
+  lines.push('', 'Where the server\'s bytes to a site go: the body bytes of its HTTP answers to the site\'s agents, by request, over the stream\'s bytes (median over the runs; site by site), counted in the server\'s process (bench instrumentation). The rest of "link bytes" is HTTP headers, TCP/IP headers and TCP\'s ACKs of the agents\' requests.', '', '| policy | loss | unit downloads | heartbeat answers | batches (long polls) | other |', '| --- | ---: | --- | --- | --- | --- |');
   for (const rs of all) {
     const col = (k: BodyKind) => rs[0].bodyBytes.map((_, site) => median(rs.map((r) => r.bodyBytes[site][k] / r.streamBytes)).toFixed(3)).join(', ');
-    lines.push(`| ${rs[0].lossPct}% | ${BODY_KINDS.map(col).join(' | ')} |`);
+    lines.push(`| ${rs[0].policy} | ${rs[0].lossPct}% | ${BODY_KINDS.map(col).join(' | ')} |`);
   }
   lines.push('', 'Where the time goes on the testbed (stages as in "Where the time goes" above; median over the runs of each stage\'s p50, p99 and tail):', '');
   for (const rs of all) {
-    lines.push(`${rs[0].lossPct}% loss:`, '', '| stage | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |', '| --- | ---: | ---: | ---: | ---: |');
+    lines.push(`${rs[0].policy}, ${rs[0].lossPct}% loss:`, '', '| stage | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |', '| --- | ---: | ---: | ---: | ---: |');
     rs[0].stages.forEach((st, i) => lines.push(`| ${st.stage} | ${st.n} | ${f0(median(rs.map((r) => r.stages[i].p50)))} | ${f0(median(rs.map((r) => r.stages[i].p99)))} | ${f0(median(rs.map((r) => r.stages[i].tail)))} |`));
     lines.push('');
   }
@@ -289,16 +329,17 @@ export function placeSection(file: string, section: string[]): string {
   return [...lines.slice(0, gen), ...section, ...lines.slice(gen)].join('\n');
 }
 
-export const USAGE = 'bench: usage: npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]  (as root: a live stream of MBIT Mbit/s to SITES network-namespace sites of AGENTS agents each, WAN links shaped to WAN_MBIT; defaults 2 3 20 20 0,3 3 50)';
+export const USAGE = 'bench: usage: npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT] [group|wide[,...]]  (as root: a live stream of MBIT Mbit/s to SITES network-namespace sites of AGENTS agents each, WAN links shaped to WAN_MBIT, one LAN group per site and/or one wide-area group of all; defaults 2 2 20 20 0,3 3 50 group)';
 
 /** `npm run bench -- stream-sites ...` (bench/run.ts dispatches here with the arguments after the name). */
 export async function streamSitesMain(args: string[]): Promise<void> {
-  const [sitesN = 2, agents = 3, mbit = 20, seconds = 20] = args.slice(0, 4).map(Number);
+  const [sitesN = 2, agents = 2, mbit = 20, seconds = 20] = args.slice(0, 4).map(Number);
   const losses = (args[4] ?? '0,3').split(',').map(Number);
   const runs = Number(args[5] ?? 3);
   const wanMbit = Number(args[6] ?? 50);
+  const policies = (args[7] ?? 'group').split(',') as SitesPolicy[];
   const int = (x: number, lo: number, hi: number) => Number.isInteger(x) && x >= lo && x <= hi;
-  if (args.length > 7 || !int(sitesN, 1, 9) || !int(agents, 1, 9) || !(mbit > 0 && mbit < wanMbit) || !(seconds > 0) || !losses.every((l) => l >= 0 && l < 100) || !int(runs, 1, 99) || !(wanMbit > 0)) {
+  if (args.length > 8 || !policies.every((p) => p === 'group' || p === 'wide') || !int(sitesN, 1, 9) || !int(agents, 1, 9) || !(mbit > 0 && mbit < wanMbit) || !(seconds > 0) || !losses.every((l) => l >= 0 && l < 100) || !int(runs, 1, 99) || !(wanMbit > 0)) {
     process.stderr.write(`${USAGE}\n(sites and agents 1 to 9, the stream's rate below the WAN rate, loss under 100%)\n`);
     process.exit(64);
   }
@@ -312,8 +353,10 @@ export async function streamSitesMain(args: string[]): Promise<void> {
       void Promise.all([destroyAll(), ...[...workdirs].map((d) => fs.rm(d, { recursive: true, force: true }))]).finally(() => process.exit(130));
     });
   }
-  const all = await benchStreamSites({ sites: sitesN, agents, mbit, seconds, wanMbit }, losses, runs);
-  const section = sitesSection(all, `npm run bench -- stream-sites ${args.join(' ')}`.trim());
+ const shape = { sites: sitesN, agents, mbit, seconds, wanMbit };
+  const cases = await benchStreamSites(shape, policies, losses, runs);
+  if (cases.some((c) => c.failures.length)) process.exitCode = 1; // the section still says which runs failed and why
+  const section = sitesSection(cases, shape, `npm run bench -- stream-sites ${args.join(' ')}`.trim());
   if (process.env.FLEETCAST_BENCH_ONLY || process.env.FLEETCAST_BENCH_ROWS) {
     process.stdout.write(section.join('\n') + '\n(FLEETCAST_BENCH_ONLY or FLEETCAST_BENCH_ROWS is set: not written to bench/results)\n');
     return;
