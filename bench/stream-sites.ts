@@ -227,6 +227,8 @@ export async function benchStreamSites(shape: SitesShape, policies: SitesPolicy[
     const out: SitesCase[] = cases.map(({ policy, loss }) => ({ policy, lossPct: loss, runs: [], failures: [] }));
     for (let run = 0; run < runs; run++)
       for (const [i, { policy, loss }] of cases.entries()) {
+        // A case that failed without a single good run is not tried again (a hang costs AGENT_GRACE_MS each time).
+        if (out[i].failures.length && !out[i].runs.length) continue;
         process.stderr.write(`stream-sites: ${shape.sites} sites x ${shape.agents} agents (${policy}), WAN ${shape.wanMbit} Mbit/s, stream ${shape.mbit} Mbit/s for ${shape.seconds} s, ${loss}% loss, run ${run + 1} of ${runs}\n`);
         let r: SitesRun;
         try {
