@@ -64,6 +64,8 @@ export interface SitesRun extends SitesShape {
   rttIdleMs: number[];
   /** Per site: the body bytes of the server's answers, by kind of request (the publisher's countBodyBytes). */
   bodyBytes: Record<BodyKind, number>[];
+  /** Per site: the heartbeat answers the server sent its agents. */
+  heartbeats: number[];
   rttLoadedMs: number[];
   stages: StageRow[];
   load: number;
@@ -181,7 +183,7 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, policy: S
     ]).finally(() => clearTimeout(timer));
     const rttLoaded = (await Promise.all(probes)).flat();
     pubChild.kill('SIGTERM');
-    const counted = (await pub.next('bodyBytes', 10_000)).bodyBytes as Record<string, Record<BodyKind, number>>;
+    const counted = (await pub.next('bodyBytes', 10_000)).bodyBytes as ReturnType<typeof countBodyBytes>;
     const txAfter = await Promise.all(srvIfs.map((i) => txBytes(topo.server.ns, i)));
     const src = await fs.readFile(source);
     const rows: SitesRun['ends'] = [];
@@ -199,7 +201,8 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, policy: S
       linkBytes: txAfter.map((a, k) => a - txBefore[k]),
       ends: rows,
       rttIdleMs: rttIdle,
-      bodyBytes: topo.sites.map((_, k) => counted[String(k + 1)] ?? { units: 0, heartbeat: 0, batches: 0, other: 0 }),
+      bodyBytes: topo.sites.map((_, k) => counted.bytes[String(k + 1)] ?? { units: 0, heartbeat: 0, batches: 0, other: 0 }),
+      heartbeats: topo.sites.map((_, k) => counted.beats[String(k + 1)] ?? 0),
       rttLoadedMs: rttLoaded,
       stages: streamStages(fed.storeMs as number[], units),
       load: os.loadavg()[0],
@@ -302,10 +305,12 @@ export function sitesSection(cases: SitesCase[], s: SitesShape, command: string)
       `| ${r0.policy} | ${r0.lossPct}% | ${rs.length}${failed.length ? ` (${failed.length} failed: ${failed[0].replace(/\|/g, '/').slice(0, 200)})` : ''} | ${unit.map((x) => x.toFixed(3)).join(', ')}${total} | ${link.map((x) => x.toFixed(3)).join(', ')} | ${f0(p50)}, ${f0(p50w)} | ${f0(p99)}, ${f0(p99w)} | ${rs.map((r) => `${f0(median(r.ends.map((e) => e.p99Ms)))}/${f0(Math.max(...r.ends.map((e) => e.p99Ms)))}`).join(', ')} | ${target.toFixed(0)} | ${met} | ${bytesMet} | ${median(rs.map((r) => r.ends.reduce((n, e) => n + e.nacks, 0)))} | ${rs.reduce((n, r) => n + r.ends.reduce((m, e) => m + e.gaps, 0), 0)} | ${rs.every((r) => r.ends.every((e) => e.equal)) ? 'yes' : 'NO'} | ${rs.map((r) => f1(r.load)).join(', ')} |`,
     );
   }
-  lines.push('', 'Where the server\'s bytes to a site go: the body bytes of its HTTP answers to the site\'s agents, by request, over the stream\'s bytes (median over the runs; site by site), counted in the server\'s process (bench instrumentation). The rest of "link bytes" is HTTP headers, TCP/IP headers and TCP\'s ACKs of the agents\' requests.', '', '| policy | loss | unit downloads | heartbeat answers | batches (long polls) | other |', '| --- | ---: | --- | --- | --- | --- |');
+  lines.push('', 'Where the server\'s bytes to a site go: the body bytes of its HTTP answers to the site\'s agents, by request, over the stream\'s bytes (median over the runs; site by site), counted in the server\'s process (bench instrumentation). The rest of "link bytes" is HTTP headers, TCP/IP headers and TCP\'s ACKs of the agents\' requests.', '', '| policy | loss | unit downloads | heartbeat answers | batches (long polls) | other | heartbeat answers per agent | their mean size (bytes) |', '| --- | ---: | --- | --- | --- | --- | --- | --- |');
   for (const rs of all) {
     const col = (k: BodyKind) => rs[0].bodyBytes.map((_, site) => median(rs.map((r) => r.bodyBytes[site][k] / r.streamBytes)).toFixed(3)).join(', ');
-    lines.push(`| ${rs[0].policy} | ${rs[0].lossPct}% | ${BODY_KINDS.map(col).join(' | ')} |`);
+    const beats = rs[0].heartbeats.map((_, site) => median(rs.map((r) => r.heartbeats[site] / r.agents)));
+    const size = rs[0].heartbeats.map((_, site) => median(rs.map((r) => r.bodyBytes[site].heartbeat / r.heartbeats[site])));
+    lines.push(`| ${rs[0].policy} | ${rs[0].lossPct}% | ${BODY_KINDS.map(col).join(' | ')} | ${beats.map(f0).join(', ')} | ${size.map(f0).join(', ')} |`);
   }
   lines.push('', 'Where the time goes on the testbed (stages as in "Where the time goes" above; median over the runs of each stage\'s p50, p99 and tail):', '');
   for (const rs of all) {
@@ -379,15 +384,17 @@ type BodyKind = (typeof BODY_KINDS)[number];
  * on a site's WAN link go besides the units. Bench instrumentation: it wraps
  * http.ServerResponse's write and end.
  */
-function countBodyBytes(): Record<string, Record<BodyKind, number>> {
+function countBodyBytes(): { bytes: Record<string, Record<BodyKind, number>>; beats: Record<string, number> } {
   const n: Record<string, Record<BodyKind, number>> = {};
-  const add = (res: http.ServerResponse, chunk: unknown) => {
+  const beats: Record<string, number> = {};
+  const add = (res: http.ServerResponse, chunk: unknown, last = false) => {
     const bytes = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk instanceof Uint8Array ? chunk.length : 0;
     const parts = (res.req?.url ?? '').split('?')[0].split('/');
     const kind = parts[1] === 'v1' && parts[2] === 'streams' ? ((['units', 'heartbeat', 'batches'] as const).find((k) => k === parts[4]) ?? 'other') : 'other';
     const site = (res.req?.socket.remoteAddress ?? '').replace(/^::ffff:/, '').split('.')[2] ?? '?';
     const row = (n[site] ??= { units: 0, heartbeat: 0, batches: 0, other: 0 });
     row[kind] += bytes;
+    if (last && kind === 'heartbeat') beats[site] = (beats[site] ?? 0) + 1;
   };
   const proto = http.ServerResponse.prototype as unknown as { write: (...a: unknown[]) => boolean; end: (...a: unknown[]) => unknown };
   const write = proto.write;
@@ -397,10 +404,10 @@ function countBodyBytes(): Record<string, Record<BodyKind, number>> {
     return write.apply(this, a);
   };
   proto.end = function (this: http.ServerResponse, ...a: unknown[]) {
-    if (typeof a[0] !== 'function') add(this, a[0]);
+    add(this, typeof a[0] === 'function' ? null : a[0], true);
     return end.apply(this, a);
   };
-  return n;
+  return { bytes: n, beats };
 }
 
 /**
