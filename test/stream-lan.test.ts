@@ -284,3 +284,32 @@ test('a sink that stops reading does not stall the LAN: past its buffer cap (blo
   t.true(Buffer.concat(got).equals(source), 'block: once the sink reads again, every byte arrives, none skipped');
   t.is(stuck.delivery.gaps, 0);
 });
+
+test('a wide-area group of two LAN groups: each unit leaves the server once and its lessee copies it to the other group\'s gateway (no NACK per unit)', async (t) => {
+  const s = await setup(t);
+  const source = randomBytes(3_000_000); // ~6 s at 10 KB every 20 ms
+  const pub = await StreamPublisher.open(s.store, 'cam', s.key, { unitSize: UNIT, flushMs: 200 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  // Two LAN groups (multicast groups of their own on loopback), one agent each, one wide-area group.
+  const other = { address: s.multicast.address === '239.255.0.1' ? '239.255.0.2' : '239.255.0.1', port: s.multicast.port };
+  const a = s.agent('cam', 'a', { group: 'g1', wideGroup: 'w' });
+  const b = s.agent('cam', 'b', { group: 'g2', wideGroup: 'w', multicast: other });
+  const runs = [a.run(), b.run()];
+  // Both have joined the wide-area group's allocator before the stream runs, so neither takes everything at first.
+  while (streamRoutes(s.store).alloc.memberCount('cam') < 2) await new Promise((r) => setTimeout(r, 10));
+  await feed(pub, source.subarray(10_000), 10_000);
+  await Promise.all(runs);
+  for (const id of ['a', 'b']) t.true((await fs.readFile(path.join(s.dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
+  const units = Math.ceil(source.length / UNIT);
+  const served = streamRoutes(s.store).alloc.unitBytesSent.get('cam') ?? 0;
+  const wan = a.stats.wanBytes + b.stats.wanBytes;
+  const crossIn = a.stats.crossGroupBytes + b.stats.crossGroupBytes;
+  const nacks = a.stats.nacksSent + b.stats.nacksSent;
+  t.log(`server unit bytes ${served} for a ${source.length}-byte stream; WAN a ${a.stats.wanBytes} b ${b.stats.wanBytes}; cross-group sent ${a.stats.crossGroupBytesSent + b.stats.crossGroupBytesSent}, new bytes received ${crossIn}; NACKs ${nacks} for ${units} units`);
+  t.true(served <= 1.05 * source.length, `server unit bytes for the wide-area group ${served} <= 1.05 x ${source.length}`);
+  t.true(Math.min(a.stats.wanBytes, b.stats.wanBytes) > 0.1 * source.length, 'both groups took a share from the server');
+  t.true(crossIn >= 0.9 * (2 * source.length - wan), `the units each group did not download came across from the other group (${crossIn} bytes)`);
+  // Copies arrive without being asked for; a unit that had to be NACKed across groups costs at least one NACK.
+  t.true(nacks <= units / 4, `NACKs ${nacks} <= a quarter of the ${units} units: the other group's units came as copies, not by repair`);
+});

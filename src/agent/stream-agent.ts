@@ -307,7 +307,10 @@ export class StreamAgent {
     this.core.setSplitMap({ members: a.members, holders, groupComplete: false, groupKey: a.groupKey, lanStart: true, copyTo: a.copyTo }, t);
     if (a.firstUnit > this.core.skipped) this.delivery.retained(a.firstUnit);
     const units = a.lease.units.filter((u) => u >= this.delivery.next && !this.core.has(u));
-    if (units.length) this.core.leaseGranted({ units }, t);
+    // The copy destinations go with the grant too: leaseGranted sets them from it (as a release lease
+    // answer carries them), and without them every grant cleared the map's copyTo, so a wide-area
+    // group's units crossed to the other sites only by NACK repair, a second or more late.
+    if (units.length) this.core.leaseGranted({ units, copyTo: a.copyTo }, t);
     for (const u of units) this.stages.leased(u, t);
     this.driver?.kick();
     return a;
