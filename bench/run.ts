@@ -343,15 +343,18 @@ async function main() {
         process.stderr.write(`stream: ${agents} agents, ${mbit} Mbit/s for ${seconds} s, ${lossPct}% loss, run ${run + 1} of ${runs}\n`);
         rows[i].push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
       }
-    return writeResult('stream', streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`));
+    const previous = await fs.readFile(path.join(__dirname, '..', '..', 'bench', 'results', 'stream.md'), 'utf8').catch(() => '');
+    return writeResult('stream', (await import('./stream-sites')).keepSitesSection(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
   }
+  // npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]: the stream on the sites testbed (root)
+  if (what === 'stream-sites') return (await import('./stream-sites')).streamSitesMain(process.argv.slice(3));
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what === 'memory') {
     process.stdout.write((await memoryLines(Number(runsArg ?? 3))).join('\n') + '\n');
     return;
   }
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, stream, lan, sites, policies, uplinks
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, stream, stream-sites (the stream on the sites testbed, as root), lan, sites, policies, uplinks
 `);
     process.exit(64);
   }

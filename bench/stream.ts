@@ -67,7 +67,8 @@ export interface StageRow {
 }
 
 
-const pct = (xs: number[], p: number) => {
+/** The p-th percentile of xs (nearest rank); NaN for none. */
+export const pct = (xs: number[], p: number) => {
   if (!xs.length) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
@@ -162,6 +163,63 @@ export function repairTimeline(u: UnitStages, repairer: Map<number, RepairerLine
   return `unit ${u.unit}: total ${Math.round((u.delivered ?? NaN) - u.signed)}, held ${Math.round((u.held ?? NaN) - k)}: ${ev.join(', ')} | repairers: ${rep.join(', ')}`;
 }
 
+/** The stream's feed tick: the publisher is given the bytes due every this many ms. */
+export const FEED_TICK_MS = 20;
+
+/**
+ * Feeds `source` from byte `from` to the publisher at `mbit`, on a clock rather than after
+ * each push: a slow store would otherwise slow the stream down. Does not end the stream.
+ */
+export async function feedStream(pub: StreamPublisher, source: Buffer, mbit: number, from: number): Promise<void> {
+  const start = Date.now();
+  let off = from;
+  while (off < source.length) {
+    const due = Math.min(source.length, Math.round(((Date.now() - start + FEED_TICK_MS) / 1000) * ((mbit * 1e6) / 8)) + from);
+    if (due > off) {
+      await pub.push(source.subarray(off, due));
+      off = due;
+    }
+    await new Promise((r) => setTimeout(r, FEED_TICK_MS));
+  }
+}
+
+/** What a `fleetcast agent --stream` run says in its end lines (stderr, log level info). */
+export interface AgentEnd {
+  wanBytes: number;
+  lanBytes: number;
+  nacks: number;
+  p50Ms: number;
+  p99Ms: number;
+  gaps: number;
+}
+
+export function agentEnd(stderr: string): AgentEnd {
+  const num = (re: RegExp) => Number(re.exec(stderr)?.[1] ?? NaN);
+  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/) };
+}
+
+/**
+ * What the agents wrote to their FLEETCAST_STREAM_STAGES files (a missing file: none): the unit
+ * records, and the repairer lines by unit.
+ */
+export async function readStages(files: string[]): Promise<{ units: UnitStages[]; repairer: Map<number, RepairerLine[]> }> {
+  const units: UnitStages[] = [];
+  const repairer = new Map<number, RepairerLine[]>();
+  for (const f of files) {
+    const text = await fs.readFile(f, 'utf8').catch(() => '');
+    for (const line of text.split('\n')) {
+      if (!line) continue;
+      const x = JSON.parse(line) as UnitStages | RepairerLine;
+      if ('repairer' in x) {
+        const l = repairer.get(x.repairer) ?? [];
+        l.push(x);
+        repairer.set(x.repairer, l);
+      } else units.push(x);
+    }
+  }
+  return { units, repairer };
+}
+
 export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-bench-stream-'));
   const children: ChildProcess[] = [];
@@ -172,8 +230,7 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
     const { url } = await server.start();
     const source = randomBytes(Math.round((o.mbit * 1e6 * o.seconds) / 8));
     const pub = await StreamPublisher.open(path.join(dir, 'store'), 'bench', await loadPrivateKey(keyPath), { unitSize: o.unitBytes, flushMs: o.flushMs });
-    const tickMs = 20;
-    const perTick = Math.round((o.mbit * 1e6 * tickMs) / 8 / 1000);
+    const perTick = Math.round((o.mbit * 1e6 * FEED_TICK_MS) / 8 / 1000);
     await pub.push(source.subarray(0, perTick));
     await pub.flush();
     const multicast = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}:${randomInt(20000, 60000)}`;
@@ -193,46 +250,22 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
       if (i >= 3000) throw new Error(`only ${alloc.memberCount('bench')} of ${o.agents} agents joined in 30 s`);
       await Promise.race([...runs, new Promise((r) => setTimeout(r, 10))]);
     }
-    // Fed on a clock, not after each push: a slow store would otherwise slow the stream down.
-    const start = Date.now();
-    let off = perTick;
-    while (off < source.length) {
-      const due = Math.min(source.length, Math.round(((Date.now() - start + tickMs) / 1000) * ((o.mbit * 1e6) / 8)) + perTick);
-      if (due > off) {
-        await pub.push(source.subarray(off, due));
-        off = due;
-      }
-      await new Promise((r) => setTimeout(r, tickMs));
-    }
+    await feedStream(pub, source, o.mbit, perTick);
     await pub.end();
     await pub.close();
-    const errs = await Promise.all(runs);
-    const num = (re: RegExp, s: string) => Number(re.exec(s)?.[1] ?? NaN);
+    const ends = (await Promise.all(runs)).map(agentEnd);
     let allEqual = true;
     for (let i = 0; i < o.agents; i++) if (!(await fs.readFile(path.join(dir, `sink${i}`))).equals(source)) allEqual = false;
-    const units: UnitStages[] = [];
-    const repairer = new Map<number, RepairerLine[]>();
-    for (let i = 0; i < o.agents; i++) {
-      const text = await fs.readFile(path.join(dir, `stages${i}.jsonl`), 'utf8').catch(() => '');
-      for (const line of text.split('\n')) {
-        if (!line) continue;
-        const x = JSON.parse(line) as UnitStages | RepairerLine;
-        if ('repairer' in x) {
-          const l = repairer.get(x.repairer) ?? [];
-          l.push(x);
-          repairer.set(x.repairer, l);
-        } else units.push(x);
-      }
-    }
+    const { units, repairer } = await readStages(Array.from({ length: o.agents }, (_, i) => path.join(dir, `stages${i}.jsonl`)));
     return {
       ...o,
       streamBytes: source.length,
-      wanBytes: errs.reduce((n, e) => n + num(/WAN (\d+) bytes/, e), 0),
-      lanBytes: errs.reduce((n, e) => n + num(/LAN (\d+) bytes/, e), 0),
-      nacks: errs.reduce((n, e) => n + num(/(\d+) NACKs sent/, e), 0),
-      p50Ms: errs.map((e) => num(/latency p50 (\d+) ms/, e)),
-      p99Ms: errs.map((e) => num(/p99 (\d+) ms/, e)),
-      gaps: errs.reduce((n, e) => n + num(/gaps (\d+)/, e), 0),
+      wanBytes: ends.reduce((n, e) => n + e.wanBytes, 0),
+      lanBytes: ends.reduce((n, e) => n + e.lanBytes, 0),
+      nacks: ends.reduce((n, e) => n + e.nacks, 0),
+      p50Ms: ends.map((e) => e.p50Ms),
+      p99Ms: ends.map((e) => e.p99Ms),
+      gaps: ends.reduce((n, e) => n + e.gaps, 0),
       allEqual,
       load: os.loadavg()[0],
       stages: streamStages(pub.storeMs, units),
