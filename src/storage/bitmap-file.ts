@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { crc32 } from 'node:zlib';
+import { crc32 } from '../util/crc32';
 import { bitmapBytes, setBit } from '../util/bits';
 
 /**

@@ -1,4 +1,4 @@
-import { DgramTransport } from './dgram-transport';
+import type { DgramTransport } from './dgram-transport';
 import { NativeTransport, NativeUdpAddon } from './native-transport';
 import { Transport, TransportOptions } from './transport';
 import { ExitCode, FleetcastError } from '../util/errors';
@@ -12,6 +12,11 @@ import { loadNativeAddon as loadAddon, NativeAddonExports, nativeAddonError } fr
 export interface NativeAddon extends NativeAddonExports, Partial<NativeUdpAddon> {}
 
 let warned = false;
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+/** node:dgram is loaded only for the fallback (issue 16: an agent on the addon does not carry it). */
+const dgramTransport = (): typeof DgramTransport => (require('./dgram-transport') as typeof import('./dgram-transport')).DgramTransport;
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 /** The addon as the transports see it; loaded once by src/util/native-addon.ts. */
 export function loadNativeAddon(): NativeAddon | null {
@@ -27,7 +32,7 @@ export function createTransport(opts: TransportOptions, env: NodeJS.ProcessEnv =
   if (forced && forced !== 'dgram' && forced !== 'native') {
     throw new FleetcastError('BAD_ENV', `FLEETCAST_TRANSPORT must be "dgram" or "native", not ${JSON.stringify(forced)}`, ExitCode.CONFIG);
   }
-  if (forced === 'dgram') return new DgramTransport(opts);
+  if (forced === 'dgram') return new (dgramTransport())(opts);
   const a = loadNativeAddon();
   const usable = a && typeof a.UdpSocket === 'function';
   if (usable) return new NativeTransport(a as NativeUdpAddon, opts);
@@ -37,5 +42,5 @@ export function createTransport(opts: TransportOptions, env: NodeJS.ProcessEnv =
     warned = true;
     warn(`using the node:dgram transport because ${reason}`);
   }
-  return new DgramTransport(opts, reason);
+  return new (dgramTransport())(opts, reason);
 }

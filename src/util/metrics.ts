@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import * as http from 'node:http';
-import { IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
+import type { IntervalHistogram } from 'node:perf_hooks';
 import { buildInfo } from './build-info';
 import { Logger } from './log';
 
@@ -100,7 +100,9 @@ export class EventLoopDelay {
   readonly histogram = new Histogram();
   private readonly h: IntervalHistogram;
   constructor(private readonly resolutionMs = 10) {
-    this.h = monitorEventLoopDelay({ resolution: resolutionMs });
+    // node:perf_hooks on first use (issue 16): only the server measures its loop; agents do not load it.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    this.h = (require('node:perf_hooks') as typeof import('node:perf_hooks')).monitorEventLoopDelay({ resolution: resolutionMs });
   }
   start(): void {
     this.h.enable();
@@ -132,8 +134,8 @@ export class EventLoopDelay {
   }
 }
 
-/** When this process started, in seconds since the epoch. */
-const startTimeSeconds = (Date.now() - performance.now()) / 1000;
+/** When this process started, in seconds since the epoch (process.uptime(), not performance.now(): that global loads node:perf_hooks). */
+const startTimeSeconds = Date.now() / 1000 - process.uptime();
 
 /**
  * The standard process metrics of Prometheus client libraries' process collector (the
