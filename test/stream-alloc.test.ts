@@ -1,7 +1,7 @@
 import test from 'ava';
 import { StreamAllocation } from '../src/server/stream-alloc';
 import type { StreamHead } from '../src/release/stream-manifest';
-import { parseStreamBeat, parseStreamBeatAnswer, StreamBeatBody } from '../src/wire/stream-control';
+import { MAX_STREAM_HOLDERS, parseStreamBeat, parseStreamBeatAnswer, StreamBeatBody } from '../src/wire/stream-control';
 
 /*
  * The stream allocator without sockets (server/stream-alloc.ts): a stream allocated as a
@@ -71,4 +71,44 @@ test('bad stream heartbeat bodies get a message naming the field', (t) => {
   t.regex(p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '', lease: 65 }) as string, /lease must be a whole number 0…64/);
   t.regex(p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '', receipts: [1], receiptAgesMs: [] }) as string, /one entry per unit/);
   t.is(typeof p({ v: 1, group: 'g', member: 'm', haveFrom: 0, have: '' }), 'object');
+});
+
+test('answers name holders only from the first unit some member still lacks, not for the whole retained stream', (t) => {
+  const a = new StreamAllocation();
+  const n = 200;
+  const upTo = (k: number) => {
+    const have = new Uint8Array(Math.ceil(k / 8));
+    for (let u = 0; u < k; u++) have[u >> 3] |= 0x80 >> (u & 7);
+    return have;
+  };
+  a.heartbeat('cam', head(n), body('a', { have: upTo(190) }), 1000);
+  const withHole = upTo(190);
+  withHole[150 >> 3] &= ~(0x80 >> (150 & 7)); // b missed unit 150
+  a.heartbeat('cam', head(n), body('b', { have: withHole }), 1001);
+  let ans = a.heartbeat('cam', head(n), body('a', { have: upTo(190) }), 1002);
+  t.is(ans.holdersFrom, 150, 'from the unit b lacks');
+  t.is(ans.holders.length, n - 150);
+  t.true(ans.holders[0] >= 0, 'unit 150 names its holder (a), which b will NACK');
+  // b takes 150: every member holds 0..189, so the window starts at 190.
+  a.heartbeat('cam', head(n), body('b', { have: upTo(190) }), 1003);
+  ans = a.heartbeat('cam', head(n), body('a', { have: upTo(190) }), 1004);
+  t.is(ans.holdersFrom, 190);
+  t.is(ans.holders.length, 10);
+  // A late joiner that holds nothing yet, starting at the live edge (haveFrom = its start), widens nothing before it.
+  ans = a.heartbeat('cam', head(n), body('c', { haveFrom: 195 }), 1005);
+  t.is(ans.holdersFrom, 190);
+  // One that starts at the beginning needs every retained unit's holder; retention bounds it.
+  ans = a.heartbeat('cam', head(n, 40), body('d'), 1006);
+  t.is(ans.holdersFrom, 40);
+  t.is(ans.holders.length, n - 40);
+  parseStreamBeatAnswer(Buffer.from(JSON.stringify(ans)));
+  t.is(a.holdersCut, 0);
+});
+
+test('holders past the answer cap are counted as cut', (t) => {
+  const a = new StreamAllocation();
+  const ans = a.heartbeat('cam', head(MAX_STREAM_HOLDERS + 100), body('a'), 1000);
+  t.is(ans.holders.length, MAX_STREAM_HOLDERS);
+  t.is(ans.holdersFrom, 100);
+  t.is(a.holdersCut, 100);
 });

@@ -14,6 +14,18 @@ interface StreamGroup {
   g: GroupAllocator;
   /** The group key of this allocator's members: MACs on their NACKs and announces. */
   key: string;
+  /** Per member, the first unit it lacks, from its last heartbeat's `have` (firstMissing). */
+  need: Map<string, number>;
+}
+
+/**
+ * The first unit at or past `from` that a heartbeat's `have` does not show held: the
+ * start of what the member still needs (what it holds on is its disk, up to retention).
+ */
+export function firstMissing(b: Pick<StreamBeatBody, 'haveFrom' | 'have'>, from: number): number {
+  let u = Math.max(b.haveFrom, from);
+  while (u - b.haveFrom < b.have.length * 8 && getBit(b.have, u - b.haveFrom)) u++;
+  return u;
 }
 
 /**
@@ -46,7 +58,7 @@ export class StreamAllocation {
     let sg = this.groups.get(key);
     if (!sg) {
       const unitSize = head.unitSize;
-      sg = { g: new GroupAllocator({ ...this.allocator, unitCount: 0, unitBytes: () => unitSize }), key: randomBytes(32).toString('base64') };
+      sg = { g: new GroupAllocator({ ...this.allocator, unitCount: 0, unitBytes: () => unitSize }), key: randomBytes(32).toString('base64'), need: new Map() };
       this.groups.set(key, sg);
     }
     const g = sg.g;
@@ -64,7 +76,7 @@ export class StreamAllocation {
     const grant = b.lease > 0 && n > head.firstUnit ? g.lease(b.member, now, b.lease) : { units: [], retryAfterMs: 0 };
     for (const id of g.expire(now)) if (this.memberKeys.get(`${name}/${id}`) === key) this.memberKeys.delete(`${name}/${id}`);
     const map = g.map(now);
-    const from = Math.max(head.firstUnit, n - MAX_STREAM_HOLDERS);
+    const from = this.holdersFrom(sg, new Set(map.members.map((m) => m.id)), b, head);
     const mine = b.group;
     const copyTo: StreamBeatAnswer['copyTo'] = [];
     if (b.wideGroup) {
@@ -87,6 +99,28 @@ export class StreamAllocation {
       copyTo,
     };
   }
+
+  /**
+   * The first unit of an answer's holders window: the first unit some member of the
+   * allocator still lacks, as their last heartbeats said (a member's NACKs need the holders
+   * of what it lacks, and a holder's repair role needs them for what its peers lack), and
+   * at least `firstUnit` (retention). Units before it are held by every member, so naming
+   * their holders again in every answer only made answers grow with the stream. Past
+   * MAX_STREAM_HOLDERS units, the oldest are cut, and counted in holdersCut.
+   */
+  private holdersFrom(sg: StreamGroup, members: Set<string>, b: StreamBeatBody, head: StreamHead): number {
+    const n = head.nextUnit;
+    sg.need.set(b.member, firstMissing(b, head.firstUnit));
+    let need = n;
+    for (const id of sg.need.keys()) if (!members.has(id)) sg.need.delete(id); // left or expired
+    for (const u of sg.need.values()) if (u < need) need = u;
+    const from = Math.max(head.firstUnit, need, n - MAX_STREAM_HOLDERS);
+    if (from > Math.max(head.firstUnit, need)) this.holdersCut += from - Math.max(head.firstUnit, need);
+    return Math.min(from, n);
+  }
+
+  /** Holder entries some member still needed that answers left out (MAX_STREAM_HOLDERS), summed over answers. */
+  holdersCut = 0;
 
   /** The server starts sending unit `u` to `member` (the overhead's send time, 000 claim 8). */
   sending(name: string, member: string, u: number, now: number): void {
