@@ -313,3 +313,30 @@ test('a wide-area group of two LAN groups: each unit leaves the server once and 
   // Copies arrive without being asked for; a unit that had to be NACKed across groups costs at least one NACK.
   t.true(nacks <= units / 4, `NACKs ${nacks} <= a quarter of the ${units} units: the other group's units came as copies, not by repair`);
 });
+
+test('a heartbeat per batch, not one more per downloaded unit: the receipt rides the next beat', async (t) => {
+  const s = await setup(t);
+  const pub = await StreamPublisher.open(s.store, 'cam', s.key, { unitSize: UNIT, flushMs: 200 });
+  const source = randomBytes(24 * UNIT);
+  await pub.push(source.subarray(0, UNIT));
+  await pub.flush();
+  const a = s.agent('cam', 'a');
+  const run = a.run();
+  const alloc = streamRoutes(s.store).alloc;
+  while (alloc.memberCount('cam') < 1) await new Promise((r) => setTimeout(r, 10));
+  // One unit per batch, spaced so that each download ends well before the next batch.
+  for (let u = 1; u < 24; u++) {
+    await new Promise((r) => setTimeout(r, 150));
+    await pub.push(source.subarray(u * UNIT, (u + 1) * UNIT));
+    await pub.flush();
+  }
+  await pub.end();
+  await pub.close();
+  await run;
+  t.true((await fs.readFile(path.join(s.dir, 'a.bin'))).equals(source), 'the sink equals the source');
+  const beats = alloc.heartbeats.get('cam') ?? 0;
+  t.log(`${beats} heartbeats for 24 batches of one unit`);
+  // Per batch one beat (it asks for the new unit), plus the join, the end and the 1 s interval
+  // beats of a run of a few seconds; a beat after each download as well made it about 48 and more.
+  t.true(beats <= 24 + 12, `heartbeats ${beats} <= 36 for 24 one-unit batches`);
+});

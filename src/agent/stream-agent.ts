@@ -236,7 +236,7 @@ export class StreamAgent {
     this.beatWake?.();
   }
 
-  /** Heartbeats: at the interval the server asks, and at once on a new batch, a receipt or room for leases. */
+  /** Heartbeats: at the interval the server asks, and at once on a new batch, or a download that ended while a unit waits for a lessee. */
   private async beatLoop(): Promise<void> {
     let ms = 1000;
     while (!this.closed) {
@@ -335,12 +335,29 @@ export class StreamAgent {
       // Leased from the head the server read: our batch follower may be a moment behind it.
       for (let i = 0; i < 500 && !this.closed && !this.core.window.known(u) && u >= this.core.skipped; i++) await sleep(10, this.abort.signal).catch(() => undefined);
       if (this.core.has(u) || !this.core.window.known(u)) continue;
-      await this.fetchUnit(u);
-      this.beatSoon();
+      // The receipt rides the next beat (with its age, so the overhead sample is the same):
+      // a beat of its own is worth it only when a unit waits for a lessee, or the fetch failed.
+      // Beating after every download was a heartbeat per own unit on top of one per batch.
+      if (!(await this.fetchUnit(u)) || this.leaseWaiting()) this.beatSoon();
     }
   }
 
-  private async fetchUnit(u: number): Promise<void> {
+  /**
+   * Whether the last answer showed a unit we lack with no lessee or holder (−1), which a
+   * beat now could lease to us; no answer yet counts as yes.
+   */
+  private leaseWaiting(): boolean {
+    const a = this.lastAnswer;
+    if (!a) return true;
+    for (let i = 0; i < a.holders.length; i++) {
+      const u = a.holdersFrom + i;
+      if (a.holders[i] < 0 && u >= this.delivery.next && !this.core.has(u) && !this.inFlight.has(u)) return true;
+    }
+    return false;
+  }
+
+  /** Downloads, verifies and stores leased unit u; true when it is ours now. */
+  private async fetchUnit(u: number): Promise<boolean> {
     const w = this.core.window;
     const len = w.lengths[u];
     const buf = this.core.takeBuffer(len);
@@ -368,7 +385,7 @@ export class StreamAgent {
         ok = true;
       }
     } catch (err) {
-      if (this.closed) return;
+      if (this.closed) return false;
       if (err instanceof FleetcastError && err.exitCode !== ExitCode.UNAVAILABLE) throw err;
       this.log.warn(`stream ${this.opts.stream}: fetching unit ${u}: ${(err as Error).message}`);
     } finally {
@@ -381,6 +398,7 @@ export class StreamAgent {
       this.delivery.pump();
     } else this.core.giveBuffer(buf);
     this.driver?.kick();
+    return ok;
   }
 
   async close(): Promise<void> {

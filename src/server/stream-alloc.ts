@@ -50,6 +50,7 @@ export class StreamAllocation {
   constructor(private readonly allocator: Partial<AllocatorOptions> = {}) {}
 
   heartbeat(name: string, head: StreamHead, b: StreamBeatBody, now: number): StreamBeatAnswer {
+    this.heartbeats.set(name, (this.heartbeats.get(name) ?? 0) + 1);
     const key = `${name}/${b.wideGroup ? `*${b.wideGroup}` : b.group}`;
     const mk = `${name}/${b.member}`;
     const prev = this.memberKeys.get(mk);
@@ -127,6 +128,9 @@ export class StreamAllocation {
     const key = this.memberKeys.get(`${name}/${member}`);
     if (key) this.groups.get(key)?.g.sending(member, u, now);
   }
+
+  /** Heartbeats answered, by stream. */
+  readonly heartbeats = new Map<string, number>();
 
   /** Unit bytes the server began to send, by stream (all unit downloads, members or not). */
   readonly unitBytesSent = new Map<string, number>();
