@@ -163,6 +163,23 @@ export function repairTimeline(u: UnitStages, repairer: Map<number, RepairerLine
   return `unit ${u.unit}: total ${Math.round((u.delivered ?? NaN) - u.signed)}, held ${Math.round((u.held ?? NaN) - k)}: ${ev.join(', ')} | repairers: ${rep.join(', ')}`;
 }
 
+/**
+ * A stage or wait table over runs: its header, then per row the units of the first run and
+ * the medians over the runs of p50, p99 and the tail (`first` names the first column).
+ */
+export function stageTable(runs: StageRow[][], first: string): string[] {
+  const med = (xs: number[]) => {
+    const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
+    return s.length ? s[Math.floor(s.length / 2)] : NaN;
+  };
+  const f = (x: number) => (Number.isFinite(x) ? String(Math.round(x)) : '-');
+  return [
+    `| ${first} | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |`,
+    '| --- | ---: | ---: | ---: | ---: |',
+    ...runs[0].map((st, i) => `| ${st.stage} | ${st.n} | ${f(med(runs.map((x) => x[i].p50)))} | ${f(med(runs.map((x) => x[i].p99)))} | ${f(med(runs.map((x) => x[i].tail)))} |`),
+  ];
+}
+
 /** The stream's feed tick: the publisher is given the bytes due every this many ms. */
 export const FEED_TICK_MS = 20;
 
@@ -309,7 +326,6 @@ export function streamReport(runs: StreamBenchResult[][], machine: string, comma
       rs,
     };
   });
-  const f = (x: number) => (Number.isFinite(x) ? String(Math.round(x)) : '-');
   const out = [
     '# Live stream on the LAN (issue 19)',
     '',
@@ -328,18 +344,14 @@ export function streamReport(runs: StreamBenchResult[][], machine: string, comma
     '',
   ];
   for (const { r, rs } of rows) {
-    out.push(`${r.lossPct}% loss:`, '', '| stage | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |', '| --- | ---: | ---: | ---: | ---: |');
-    rs[0].stages.forEach((st, i) => out.push(`| ${st.stage} | ${st.n} | ${f(med(rs.map((x) => x.stages[i].p50)))} | ${f(med(rs.map((x) => x.stages[i].p99)))} | ${f(med(rs.map((x) => x.stages[i].tail)))} |`));
-    out.push('');
+    out.push(`${r.lossPct}% loss:`, '', ...stageTable(rs.map((x) => x.stages), 'stage'), '');
     if (!rs[0].rounds[0]?.n) continue;
     out.push(
       `${r.lossPct}% loss, the repair rounds of the peers' units that were NACKed (by this agent or another), per wait: ms a unit spent in it (0 if none), its p50 and p99 over those units and its median over the ones in the total's tail (repairWaits in bench/stream.ts):`,
       '',
-      '| wait | units (run 1) | p50 (ms) | p99 (ms) | in the tail (ms) |',
-      '| --- | ---: | ---: | ---: | ---: |',
+      ...stageTable(rs.map((x) => x.rounds), 'wait'),
+      '',
     );
-    rs[0].rounds.forEach((st, i) => out.push(`| ${st.stage} | ${st.n} | ${f(med(rs.map((x) => x.rounds[i].p50)))} | ${f(med(rs.map((x) => x.rounds[i].p99)))} | ${f(med(rs.map((x) => x.rounds[i].tail)))} |`));
-    out.push('');
   }
   return [...out, ...before, `Generated ${new Date().toISOString()}.`, ''];
 }

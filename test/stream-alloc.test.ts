@@ -105,6 +105,20 @@ test('answers name holders only from the first unit some member still lacks, not
   t.is(a.holdersCut, 0);
 });
 
+test('a member\'s need moves on only through units its have shows: a haveFrom past it says nothing of the units between', (t) => {
+  const a = new StreamAllocation();
+  const n = 100;
+  a.heartbeat('cam', head(n), body('a', { have: new Uint8Array(13).fill(0xff) }), 1000); // a holds 0..103: needs nothing
+  a.heartbeat('cam', head(n), body('b', { haveFrom: 20 }), 1001); // b starts at 20, holds nothing yet
+  // b holds 30 only (its own lease), with haveFrom at its lowest unit on disk, as agents before 2026-12-01 sent:
+  // it still lacks 20..29, whose holders it needs to NACK them.
+  const ans = a.heartbeat('cam', head(n), body('b', { haveFrom: 30, have: new Uint8Array([0x80]) }), 1002);
+  t.is(ans.holdersFrom, 20);
+  // Its have from 20 on shows 20..31 held: the need moves to 32.
+  const all = a.heartbeat('cam', head(n), body('b', { haveFrom: 20, have: new Uint8Array([0xff, 0xf0]) }), 1003);
+  t.is(all.holdersFrom, 32);
+});
+
 test('holders past the answer cap are counted as cut', (t) => {
   const a = new StreamAllocation();
   const ans = a.heartbeat('cam', head(MAX_STREAM_HOLDERS + 100), body('a'), 1000);

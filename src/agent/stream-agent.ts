@@ -263,7 +263,9 @@ export class StreamAgent {
       if (u < lo) lo = u;
       if (u > hi) hi = u;
     }
-    const from = hi >= 0 ? lo : this.delivery.next;
+    // From the next unit to deliver when it is below what we hold: the server names holders
+    // from the first unit some member lacks (stream-alloc.ts), which this bitmap shows.
+    const from = hi >= 0 ? Math.min(lo, this.delivery.next) : this.delivery.next;
     const to = Math.min(hi >= 0 ? hi + 1 : from, from + MAX_STREAM_HAVE_BYTES * 8);
     const have = new Uint8Array(bitmapBytes(to - from));
     for (const u of this.disk.held) if (u < to) setBit(have, u - from);

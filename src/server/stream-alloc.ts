@@ -111,7 +111,12 @@ export class StreamAllocation {
    */
   private holdersFrom(sg: StreamGroup, members: Set<string>, b: StreamBeatBody, head: StreamHead): number {
     const n = head.nextUnit;
-    sg.need.set(b.member, firstMissing(b, head.firstUnit));
+    // A member's need moves on only through units its `have` shows held: a beat whose haveFrom
+    // is past the need says nothing of the units between (an agent before 2026-12-01 sent its
+    // lowest unit on disk there, not the next it delivers), so the need stays.
+    const prev = b.join ? undefined : sg.need.get(b.member);
+    const start = Math.max(prev ?? b.haveFrom, head.firstUnit);
+    sg.need.set(b.member, b.haveFrom <= start ? firstMissing(b, start) : start);
     let need = n;
     for (const id of sg.need.keys()) if (!members.has(id)) sg.need.delete(id); // left or expired
     for (const u of sg.need.values()) if (u < need) need = u;
