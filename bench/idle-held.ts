@@ -16,16 +16,18 @@ import { clockTicks, cpuSeconds, memKiB } from './idle';
  * 3. those polls replaced by FOLLOWERS members: each joins (holding the release, so idle)
  *    and holds a 1.7 poll naming it (docs/protocol.md section 19), which stands for its
  *    heartbeats: the server then answers nothing in the window.
- * CPU is utime + stime of the server process from /proc, in ms per second and in µs per
- * follower-second. FLEETCAST_HELD_BIN=PATH runs another build's bin/fleetcast.js as the
- * server (an A/B against main's checkout); FLEETCAST_SCALE_PROF=DIR profiles it (--cpu-prof).
+ * Each window starts once the server has taken every poll (its /v1/stats request count) and
+ * a settling pause has passed. CPU is utime + stime of the server process from /proc, in ms
+ * per second and in µs per follower-second. FLEETCAST_HELD_BIN=PATH runs another build's bin/fleetcast.js as the
+ * server (an A/B against main's checkout); FLEETCAST_SCALE_PROF=DIR profiles it (--cpu-prof);
+ * FLEETCAST_SCALE_NODE_ARGS adds node options (--trace-gc: its GCs, with each window's start).
  */
 
 const BIN = process.env.FLEETCAST_HELD_BIN ?? path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PER_GROUP = 10;
 const HOLD_MS = 300_000;
-const SETTLE_MS = 5_000;
+const SETTLE_MS = 15_000;
 /** Joins in flight at once while row 3 is set up. */
 const JOINS_AT_ONCE = 200;
 
@@ -69,7 +71,9 @@ export async function benchIdleHeld(followers: number, seconds: number): Promise
     const groups = Math.ceil(followers / PER_GROUP);
     const port = await freePort();
     const prof = process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : [];
-    const p = spawn(process.execPath, [...prof, BIN, 'server', '--store', store, '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn', '--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(followers * 2 + 1024), '--max-connections-per-client', '64'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const nodeArgs = (process.env.FLEETCAST_SCALE_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const spawnedAt = Date.now();
+    const p = spawn(process.execPath, [...nodeArgs, ...prof, BIN, 'server', '--store', store, '--listen', `127.0.0.1:${port}`, '--plain-http', '--log-level', 'warn', '--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(followers * 2 + 1024), '--max-connections-per-client', '64'], { stdio: ['ignore', nodeArgs.length ? 'inherit' : 'ignore', 'inherit'] });
     proc = p;
     const base = `http://127.0.0.1:${port}`;
     for (let tries = 0; !(await fetch(`${base}/v1/stats`).then((r) => r.ok, () => false)); tries++) {
@@ -80,6 +84,7 @@ export async function benchIdleHeld(followers: number, seconds: number): Promise
     const rows: HeldRow[] = [];
     const measure = async (row: string) => {
       await sleep(SETTLE_MS);
+      if (nodeArgs.length) process.stderr.write(`idle-fleet held: ${row}: window from ${Date.now() - spawnedAt} ms after the server's start\n`);
       const a0 = answered;
       const c0 = await cpuSeconds(p.pid!, hz);
       const t0 = Date.now();
@@ -123,14 +128,37 @@ export async function benchIdleHeld(followers: number, seconds: number): Promise
       return agent;
     };
 
+    /** Requests the server has taken (its /v1/stats count, less the reads of it here). */
+    let statsReads = 0;
+    const served = async () => {
+      statsReads++;
+      const s = (await (await fetch(`${base}/v1/stats`)).json()) as { requests: number };
+      return s.requests - statsReads;
+    };
+    /** Until the server has taken `n` more requests than `from` (the polls are held, not still connecting). */
+    const untilServed = async (from: number, n: number, what: string) => {
+      for (let tries = 0; (await served()) < from + n; tries++) {
+        if (tries > 1200) throw new Error(`the server never took ${what}`);
+        await sleep(100);
+      }
+    };
     await measure('idle server');
     const anon = { on: false };
-    const anonAgents = Array.from({ length: followers }, (_, i) => holdPolls(i, false, anon));
+    const r0 = await served();
+    const anonAgents: http.Agent[] = [];
+    // 1,000 connections every 100 ms: a burst of 10,000 overflows the listen queue, and the retried
+    // connections would still be arriving in the window.
+    for (let i = 0; i < followers; i++) {
+      anonAgents.push(holdPolls(i, false, anon));
+      if (i % 1000 === 999) await sleep(100);
+    }
+    await untilServed(r0, followers, `${followers} polls`);
     await measure(`+ ${followers.toLocaleString('en-US')} held channel polls`);
     anon.on = true;
     for (const a of anonAgents) a.destroy();
     const named = { on: false };
     const have = Buffer.from([0x80]).toString('base64'); // the one unit: idle
+    const r1 = await served();
     const joinPools = new Map<number, http.Agent>();
     let next = 0;
     const joiner = async () => {
@@ -151,6 +179,7 @@ export async function benchIdleHeld(followers: number, seconds: number): Promise
       }
     };
     await Promise.all(Array.from({ length: JOINS_AT_ONCE }, joiner));
+    await untilServed(r1, 2 * followers, `${followers} joins and polls`);
     // The join connections close (idle keep-alive sockets are no part of what row 3 measures).
     for (const a of joinPools.values()) a.destroy();
     await measure(`+ ${followers.toLocaleString('en-US')} joined idle members, each holding a poll naming it (instead of row 2's)`);
