@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { benchIdleFleet, IdleForm, idleFleetReport } from './idle-fleet';
+import { benchIdleHeld, HeldRow, idleHeldReport } from './idle-held';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
@@ -289,6 +290,21 @@ async function main() {
     const args = process.argv.slice(3);
     const counts = (args[0] ?? '10000').split(',').map(Number);
     const seconds = Number(args[1] ?? 120);
+    if (args[2] === 'held') {
+      // npm run bench -- idle-fleet [FOLLOWERS] [SECONDS] held [RUNS]: the idle server's CPU by row (bench/idle-held.ts),
+      // medians of RUNS runs; printed, not written (bench/results/idle-fleet.md keeps it by hand).
+      const runs = Number(args[3] ?? 3);
+      if (counts.length !== 1 || !Number.isInteger(counts[0]) || counts[0] < 10 || !(seconds > 0) || !Number.isInteger(runs) || runs < 1 || args.length > 4) {
+        process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS] [SECONDS] held [RUNS]\n');
+        process.exit(64);
+      }
+      const all: HeldRow[][] = [];
+      for (let i = 0; i < runs; i++) all.push(await benchIdleHeld(counts[0], seconds));
+      const rows = all[0].map((r, k) => ({ ...r, cpuSeconds: r.seconds * median(all.map((rs) => rs[k].cpuSeconds / rs[k].seconds)), answered: median(all.map((rs) => rs[k].answered)), rssMiB: median(all.map((rs) => rs[k].rssMiB)) }));
+      const each = all.map((rs, i) => `run ${i + 1}: ${rs.map((r) => ((r.cpuSeconds / r.seconds) * 1000).toFixed(1)).join(' / ')} ms a second`);
+      process.stdout.write([`\`npm run bench -- ${process.argv.slice(2).join(' ')}\`, medians of ${runs} run(s) of ${seconds} s windows (${machine()}):`, '', ...idleHeldReport(rows), '', ...each, ''].join('\n'));
+      return;
+    }
     const forms = (args[2] ?? '1.5,1.6').split(',') as IdleForm[];
     if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => f !== '1.5' && f !== '1.6' && f !== '1.7') || args.length > 3) {
       process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6|1.7[,...]]  (followers >= 10; about 1.2 open files each, within this process limit)\n');

@@ -56,6 +56,8 @@ export abstract class MemberTable extends AllocatorState {
       };
       this.members.set(id, m);
       this.bySlot.set(m.slot, m);
+      if (this.census) this.census.members++;
+      this.dueMember(m);
     }
     m.lastSeen = now;
     if (info.address !== undefined) m.address = info.address;
@@ -150,6 +152,8 @@ export abstract class MemberTable extends AllocatorState {
       }
     }
     this.members.delete(id);
+    if (this.census) this.census.members--;
+    this.overheadsChanged.delete(id);
     this.bySlot.delete(m.slot);
     this.mapLog.member(m.slot);
     this.copyToVersion = this.mapLog.version;
@@ -164,7 +168,9 @@ export abstract class MemberTable extends AllocatorState {
    */
   setHeartbeatInterval(id: string, ms: number): void {
     const m = this.members.get(id);
-    if (m) m.heartbeatMs = ms;
+    if (!m || m.heartbeatMs === ms) return;
+    m.heartbeatMs = ms;
+    this.dueMember(m);
   }
 
 
@@ -187,6 +193,7 @@ export abstract class MemberTable extends AllocatorState {
       ended = true;
       m.pollsHeld--;
       m.lastSeen = Math.max(m.lastSeen, at);
+      if (this.members.get(m.id) === m) this.dueMember(m);
     };
   }
 
@@ -217,25 +224,34 @@ export abstract class MemberTable extends AllocatorState {
   }
 
 
-  /** Drop silent members and reclaim overdue leases. */
+  /**
+   * Drop silent members and reclaim overdue leases, walking them all; nextDue is then the
+   * earliest deadline left. The server calls it only once nextDue has passed (allocators.ts).
+   */
   expire(now: number): string[] {
     const gone: string[] = [];
+    let next = Infinity;
+    this.membersWalked += this.members.size;
     for (const m of this.members.values()) {
-      if (now - m.lastSeen > this.memberTimeout(m)) gone.push(m.id);
+      const at = m.lastSeen + this.memberTimeout(m);
+      if (now > at) gone.push(m.id);
+      else if (at < next) next = at;
     }
     for (const id of gone) this.leave(id);
     for (const [u, l] of this.leases) {
       if (now > l.deadline) {
         this.members.get(l.member)?.leases.delete(u);
         this.reclaimLease(u);
-      }
+      } else if (l.deadline < next) next = l.deadline;
     }
     for (const [u, h] of this.hedges) {
       if (now > h.deadline) {
         this.hedges.delete(u);
         this.members.get(h.member)?.leases.delete(u);
-      }
+      } else if (h.deadline < next) next = h.deadline;
     }
+    this.nextDue = next;
+    if (next < Infinity) this.onDue?.(next);
     return gone;
   }
 
@@ -255,6 +271,7 @@ export abstract class MemberTable extends AllocatorState {
     if (!m || m.overhead !== null || !Number.isFinite(msPerMiB) || msPerMiB < 0) return;
     m.overhead = msPerMiB / MIB;
     m.overheadRemembered = true;
+    this.overheadChanged(id);
   }
 
 
@@ -286,5 +303,23 @@ export abstract class MemberTable extends AllocatorState {
 
   memberCount(): number {
     return this.members.size;
+  }
+
+
+  /** Members' ids, in no order (members.json). */
+  memberIds(): string[] {
+    return [...this.members.keys()];
+  }
+
+
+  /** Overheads (ms per MiB) of the members whose overhead changed since the last call. */
+  takeOverheads(): [string, number][] {
+    const out: [string, number][] = [];
+    for (const id of this.overheadsChanged) {
+      const o = this.members.get(id)?.overhead;
+      if (o !== null && o !== undefined) out.push([id, o * MIB]);
+    }
+    this.overheadsChanged.clear();
+    return out;
   }
 }

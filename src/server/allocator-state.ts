@@ -142,6 +142,28 @@ export abstract class AllocatorState {
   readonly mapEpoch = Math.floor(Math.random() * 0xffffffff);
   /** Version of the last change to gateways or members' endpoints (copy destinations). */
   protected copyToVersion = 0;
+  /**
+   * No member times out and no lease or hedge passes its deadline before this (ms; a lower
+   * bound, Infinity when nothing can expire: every member holds a poll). expire() sets it
+   * from what it walked; a change that brings a deadline before it lowers it (due()), and
+   * a later deadline (a member seen again) leaves it: the walk at the old bound finds it.
+   */
+  nextDue = Infinity;
+  /** Told each new nextDue (the server keeps its allocators in a heap by it: allocators.ts). */
+  onDue: ((at: number) => void) | null = null;
+  /** The server's count of live members in all its allocators, kept by joins and leaves (allocators.ts). */
+  census: { members: number } | null = null;
+  /** Members expire() walked, all calls (the work of expiry: issue 17 counts it, never times it). */
+  membersWalked = 0;
+  /** Members whose overhead changed since takeOverheads() (the fleet memory notes only those). */
+  protected readonly overheadsChanged = new Set<string>();
+  /** Told when the first of them changed since takeOverheads(). */
+  onOverhead: (() => void) | null = null;
+
+  protected overheadChanged(id: string): void {
+    if (this.overheadsChanged.size === 0) this.onOverhead?.();
+    this.overheadsChanged.add(id);
+  }
 
   constructor(opts: Partial<AllocatorOptions> & Pick<AllocatorOptions, 'unitCount' | 'unitBytes'>) {
     this.opts = { ...DEFAULT_ALLOCATOR_OPTIONS, ...opts };
@@ -222,6 +244,18 @@ export abstract class AllocatorState {
   }
 
 
+  /** Something may expire at `at`: lower nextDue to it. */
+  protected due(at: number): void {
+    if (!(at < this.nextDue)) return;
+    this.nextDue = at;
+    this.onDue?.(at);
+  }
+
+  /** `m`'s timeout may have come nearer (a shorter interval, its poll ended, an older sighting). */
+  protected dueMember(m: Member): void {
+    this.due(m.lastSeen + this.memberTimeout(m));
+  }
+
   protected memberTimeout(m: Member): number {
     if (m.pollsHeld > 0) return Infinity;
     const every = m.pollFallbackMs > 0 ? Math.min(m.heartbeatMs, m.pollFallbackMs) : m.heartbeatMs;
@@ -231,7 +265,9 @@ export abstract class AllocatorState {
 
   protected newLease(id: string, m: Member, u: number, now: number, reason: SendReason): Lease {
     if (reason !== 'lease') this.resentUnits[reason]++;
-    return { member: id, grantedAt: now, deadline: now + this.leaseDuration(m, u), sentAt: null, reason, bytesSent: 0, lastByteAt: now };
+    const deadline = now + this.leaseDuration(m, u);
+    this.due(deadline);
+    return { member: id, grantedAt: now, deadline, sentAt: null, reason, bytesSent: 0, lastByteAt: now };
   }
 
 

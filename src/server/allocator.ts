@@ -68,12 +68,14 @@ export class GroupAllocator extends GatewayTable {
     const m = this.members.get(id);
     if (!m || u < 0 || u >= this.opts.unitCount) return;
     m.lastSeen = now;
+    this.dueMember(m); // a receipt's time may be older than the last heartbeat (receiptAgesMs)
     const l = this.leaseOf(id, u);
     if (l && l.sentAt !== null) {
       const bytes = Math.max(1, this.opts.unitBytes(u));
       const sample = Math.max(0, now - l.sentAt) / bytes;
       m.overhead = m.overhead === null ? sample : m.overhead + this.opts.overheadAlpha * (sample - m.overhead);
       m.overheadRemembered = false;
+      this.overheadChanged(id);
     }
     // Sent the unit under a lease: its claim of it counts again.
     if (l && m.distrust) clearBit(m.distrust, u);

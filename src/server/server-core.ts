@@ -3,7 +3,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { ReleaseStore } from '../release/store';
 import { jsonDepthExceeds, MAX_JSON_DEPTH, maxBodyBytes, MemberRef, parseBody } from '../wire/http-bodies';
-import { GroupAllocator } from './allocator';
+import { Allocators } from './allocators';
 import { Logger, silentLogger } from '../util/log';
 import { Distribution } from '../release/distribution';
 import { FleetMemory } from './fleet-memory';
@@ -98,7 +98,8 @@ export function parseAllocatorKey(key: string): { release: string; scope: string
  */
 export abstract class ServerCore {
   readonly store: ReleaseStore;
-  protected readonly groups = new Map<string, GroupAllocator>();
+  /** The allocators, with their live members counted and their expiry deadlines in a heap (allocators.ts). */
+  protected readonly groups = new Allocators();
   protected readonly http: http.Server | https.Server;
   protected readonly log: Logger;
   protected readonly now: () => number;
@@ -217,15 +218,15 @@ export abstract class ServerCore {
    * The interval for 1.4 agents by load: heartbeatMs, or as long as it takes for all live
    * members to beat about heartbeatsPerSec times a second together (rounded up to 100 ms,
    * at most 60 s). With several coordinators the rate is the fleet's: each of the
-   * `instances` aims at its share. Called from the timer; counts members in O(allocators).
+   * `instances` aims at its share. Called from the timer; the count is kept by joins and
+   * leaves (Allocators.members), so a tick costs O(1) here, not O(allocators).
    */
   protected updateLoad(): void {
-    let n = 0;
-    for (const g of this.groups.values()) n += g.memberCount();
+    const n = this.groups.members;
     this.liveMembers = n;
     const rate = Math.max(1, (this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
     this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000) / rate / 100) * 100));
-    // Idle members are counted with the others: an upper bound, counted in O(allocators).
+    // Idle members are counted with the others: an upper bound.
     const idleRate = Math.max(1, (this.opts.idleHeartbeatsPerSec ?? DEFAULT_IDLE_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
     this.idleLoadHeartbeatMs = Math.min(MAX_IDLE_HEARTBEAT_MS, Math.max(this.idleHeartbeatMs, this.loadHeartbeatMs, Math.ceil((n * 1000) / idleRate / 100) * 100));
   }

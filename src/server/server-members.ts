@@ -86,7 +86,7 @@ export abstract class MemberRegistry extends ServerCore {
     this.membersDirty = false;
     const groups: Record<string, string[]> = {};
     const now = this.now();
-    for (const [key, g] of this.groups) groups[key] = g.memberViews(now).map((m) => m.id);
+    for (const [key, g] of this.groups) groups[key] = g.memberIds();
     try {
       await writeAtomic(this.membersFile, Buffer.from(JSON.stringify({ savedAt: now, groups })));
     } catch (err) {
@@ -106,9 +106,14 @@ export abstract class MemberRegistry extends ServerCore {
     return Math.min(left, this.heartbeatMs);
   }
 
+  /**
+   * Drop the members that stopped heartbeating (and holding polls) and reclaim overdue
+   * leases: only in the allocators whose earliest deadline passed (Allocators.due), so a
+   * tick over an idle fleet visits none.
+   */
   protected expire(): void {
     const now = this.now();
-    for (const [key, g] of this.groups) {
+    for (const [key, g] of this.groups.due(now)) {
       for (const id of g.expire(now)) {
         this.membersDirty = true;
         this.counts.clear();
@@ -277,13 +282,14 @@ export abstract class MemberRegistry extends ServerCore {
     return out;
   }
 
-  /** Members' measured overheads into the fleet memory (the fleet view after a restart). */
+  /**
+   * Members' measured overheads into the fleet memory (the fleet view after a restart): those
+   * that changed since the last call (GroupAllocator.takeOverheads), not every member's.
+   */
   protected noteOverheads(): void {
-    const now = this.now();
-    for (const [key, g] of this.groups) {
-      if (g.memberCount() === 0) continue;
+    for (const [key, changed] of this.groups.takeOverheads()) {
       const { release, group } = parseAllocatorKey(key);
-      for (const m of g.memberViews(now)) if (m.overheadMsPerMiB !== null) this.memory.noteOverhead(`${release}/${group}/${m.id}`, m.overheadMsPerMiB);
+      for (const [id, msPerMiB] of changed) this.memory.noteOverhead(`${release}/${group}/${id}`, msPerMiB);
     }
   }
 }
