@@ -69,6 +69,15 @@ function pct(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
+/** Runs `fleetcast ARGS` of the build at `bin` to its end; its last line of output, or an error with its stderr. */
+export function fleetcastCli(bin: string): (args: string[]) => string {
+  return (args) => {
+    const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`fleetcast ${args[0]}: ${r.stderr}`);
+    return r.stdout.trim().split('\n').pop()!.trim();
+  };
+}
+
 export async function benchIdleFleet(followers: number, seconds: number, form: IdleForm): Promise<IdleFleetResult> {
   // A connection per follower for its held polls, and 2 per site for the posts (heartbeats and
   // rollout polls of its 10 followers), on each side: a real agent has its own, but an idle
@@ -81,11 +90,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
   const pools: http.Agent[] = [];
   let stop = false;
   try {
-    const cli = (args: string[]) => {
-      const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
-      if (r.status !== 0) throw new Error(`fleetcast ${args[0]}: ${r.stderr}`);
-      return r.stdout.trim().split('\n').pop()!.trim();
-    };
+    const cli = fleetcastCli(BIN);
     cli(['keygen', '--out', path.join(dir, 'keys')]);
     const store = path.join(dir, 'store');
     const publish = (name: string) => {

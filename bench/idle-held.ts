@@ -1,10 +1,11 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
+import { fleetcastCli } from './idle-fleet';
+import { freePort } from '../test/helpers/ports';
 
 /**
  * `npm run bench -- idle-fleet [FOLLOWERS] [SECONDS] held`: where an idle server's CPU goes
@@ -46,28 +47,13 @@ export interface HeldRow {
   rssMiB: number;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
 export async function benchIdleHeld(followers: number, seconds: number): Promise<HeldRow[]> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-idle-held-'));
   let proc: ReturnType<typeof spawn> | null = null;
   const pools: http.Agent[] = [];
   let answered = 0;
   try {
-    const cli = (args: string[]) => {
-      const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
-      if (r.status !== 0) throw new Error(`fleetcast ${args[0]}: ${r.stderr}`);
-      return r.stdout.trim().split('\n').pop()!.trim();
-    };
+    const cli = fleetcastCli(BIN);
     cli(['keygen', '--out', path.join(dir, 'keys')]);
     const file = path.join(dir, 'fw.img');
     await fs.writeFile(file, Buffer.alloc(1 << 20, 7));
