@@ -43,10 +43,17 @@ export interface ScaleServers {
 export async function startScaleServers(instances: number, store: string, args: string[], prof: string[]): Promise<ScaleServers> {
   const teardowns: (() => Promise<void> | void)[] = [];
   let stopping = false;
+  // A signal (Ctrl-C, `kill`) would end the bench before its finally: stop the servers and the engine first.
+  const onSignal = (sig: NodeJS.Signals) => {
+    process.stderr.write(`scale: ${sig}: stopping the servers\n`);
+    void stop().finally(() => process.exit(130));
+  };
   const stop = async () => {
     stopping = true;
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.off(sig, onSignal);
     for (const f of teardowns.splice(0).reverse()) await f();
   };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, onSignal);
   try {
     let pg: Postgres | null = null;
     if (instances > 1) {
