@@ -92,6 +92,8 @@ test('agent and server metrics parse with the Prometheus client: build info, pro
   const codes = new Set(http.samples.map((s) => s.labels.code));
   t.true(codes.has('200') && codes.has('401'), [...codes].join(','));
   t.falsy(server.find((x) => x.name.endsWith('unit_bytes_sent_by_group')), 'the by-group duplicate is gone');
+  // The stream holders' window cap (issue 19) is counted, 0 with no stream.
+  t.deepEqual(server.find((x) => x.name === 'fleetcast_server_stream_holders_cut')?.samples.map((s) => s.value), [0]);
   const bytes = server.find((x) => x.name === 'fleetcast_server_unit_bytes_sent')!.samples;
   t.deepEqual(bytes.map((s) => s.labels.group), ['g1']);
   t.true(bytes[0].value >= f.manifest.size);

@@ -8,6 +8,7 @@ import { ClusterRoutes } from './server-cluster';
 import { OWNER_RENEW_MS } from './ownership';
 import { ExitCode, FleetcastError } from '../util/errors';
 import type { FleetMemberRecord } from '../wire/http-bodies';
+import { streamRoutes } from './stream-routes';
 
 export { parseRange, TLS_CIPHERS } from './http-util';
 
@@ -155,6 +156,7 @@ export class FleetcastServer extends ClusterRoutes {
     r.counter('limit_hits_total', 'Requests, connections or writes a limit refused or cut (docs/security.md)', Object.entries(this.stats.limits).map(([limit, v]) => [{ limit }, v]));
     r.counter('bad_unit_reports_total', 'Agents\' reports of a unit from this server failing verification again and again', [[{}, this.stats.badUnitReports]]);
     r.gauge('connections', 'Open HTTP connections', [[{}, this.connections.open_]]);
+    r.counter('stream_holders_cut_total', 'Stream units left out of heartbeat answers\' holders because the window passed its cap (65,536 units; docs/protocol.md, streams)', [[{}, streamRoutes(this.opts.storeDir).alloc.holdersCut]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
     r.counter('claims_expired_total', "Units a member claimed to hold that its LAN group kept asking for: the claim expired and the unit was leased again", [[{}, [...this.groups.values()].reduce((n, g) => n + g.claimsExpired, 0)]]);
     r.counter('resent_units_total', 'Units the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].units]));
