@@ -7,14 +7,14 @@ import { makeDir } from '../storage/make-dir';
 import type { Transport } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
-import { bitmapBytes, setBit } from '../wire/packet';
-import { parseStreamBeatAnswer, StreamBeatAnswer, MAX_STREAM_HAVE_BYTES } from '../wire/stream-control';
+import { parseStreamBeatAnswer, StreamBeatAnswer } from '../wire/stream-control';
 import { openTransports, persistentMemberId } from './agent-setup';
 import { zeroCounters } from './agent-types';
 import type { AgentStats, MemberOptions } from './agent-types';
 import { sleep } from './control-client';
 import { CoreDriver } from './core-driver';
 import { AGENT_DEFAULTS } from './core/defaults';
+import { leaseWaiting, streamHave } from './stream-beat';
 import { StreamCore, StreamWindow } from './stream-core';
 import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
@@ -257,18 +257,7 @@ export class StreamAgent {
   }
 
   private async beat(): Promise<StreamBeatAnswer | null> {
-    let lo = Infinity;
-    let hi = -1;
-    for (const u of this.disk.held) {
-      if (u < lo) lo = u;
-      if (u > hi) hi = u;
-    }
-    // From the next unit to deliver when it is below what we hold: the server names holders
-    // from the first unit some member lacks (stream-alloc.ts), which this bitmap shows.
-    const from = hi >= 0 ? Math.min(lo, this.delivery.next) : this.delivery.next;
-    const to = Math.min(hi >= 0 ? hi + 1 : from, from + MAX_STREAM_HAVE_BYTES * 8);
-    const have = new Uint8Array(bitmapBytes(to - from));
-    for (const u of this.disk.held) if (u < to) setBit(have, u - from);
+    const { from, have } = streamHave(this.disk.held, this.delivery.next);
     const receipts = this.receipts.splice(0, 256);
     const now = Date.now();
     const fetching = [...this.inFlight.keys()];
@@ -340,22 +329,8 @@ export class StreamAgent {
       // The receipt rides the next beat (with its age, so the overhead sample is the same):
       // a beat of its own is worth it only when a unit waits for a lessee, or the fetch failed.
       // Beating after every download was a heartbeat per own unit on top of one per batch.
-      if (!(await this.fetchUnit(u)) || this.leaseWaiting()) this.beatSoon();
+      if (!(await this.fetchUnit(u)) || leaseWaiting(this.lastAnswer, this.delivery.next, (x) => !this.core.has(x) && !this.inFlight.has(x))) this.beatSoon();
     }
-  }
-
-  /**
-   * Whether the last answer showed a unit we lack with no lessee or holder (−1), which a
-   * beat now could lease to us; no answer yet counts as yes.
-   */
-  private leaseWaiting(): boolean {
-    const a = this.lastAnswer;
-    if (!a) return true;
-    for (let i = 0; i < a.holders.length; i++) {
-      const u = a.holdersFrom + i;
-      if (a.holders[i] < 0 && u >= this.delivery.next && !this.core.has(u) && !this.inFlight.has(u)) return true;
-    }
-    return false;
   }
 
   /** Downloads, verifies and stores leased unit u; true when it is ours now. */
