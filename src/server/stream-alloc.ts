@@ -120,8 +120,9 @@ export class StreamAllocation {
     let need = n;
     for (const id of sg.need.keys()) if (!members.has(id)) sg.need.delete(id); // left or expired
     for (const u of sg.need.values()) if (u < need) need = u;
-    const from = Math.max(head.firstUnit, need, n - MAX_STREAM_HOLDERS);
-    if (from > Math.max(head.firstUnit, need)) this.holdersCut += from - Math.max(head.firstUnit, need);
+    const wanted = Math.max(head.firstUnit, need);
+    const from = Math.max(wanted, n - MAX_STREAM_HOLDERS);
+    this.holdersCut += from - wanted;
     return Math.min(from, n);
   }
 
