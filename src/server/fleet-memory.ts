@@ -61,7 +61,16 @@ export class FleetMemory {
     for (const [k, v] of r.overheads) if (known(k.split('/')[0])) this.overheads.set(k, v);
   }
 
-  async save(): Promise<void> {
+  private saving: Promise<void> = Promise.resolve();
+
+  /** One write at a time: a save waits for the one in flight (stop must not return while the timer's write runs). */
+  save(): Promise<void> {
+    const next = this.saving.then(() => this.saveNow());
+    this.saving = next.catch(() => undefined);
+    return next;
+  }
+
+  private async saveNow(): Promise<void> {
     if (!this.dirty) return;
     this.dirty = false;
     try {

@@ -40,11 +40,22 @@ export abstract class MemberRegistry extends ServerCore {
     }
   }
 
+  private saving: Promise<void> = Promise.resolve();
+
   /**
    * members.json and identities.json, at most once per membersWriteMinMs (a storm of
-   * joins must not turn into a storm of rewrites); `force` on stop.
+   * joins must not turn into a storm of rewrites); `force` on stop. One write at a time:
+   * a save waits for the one in flight, so stop() returns only after the timer's write is
+   * done (it used to return while that write was still creating its temp file) and two
+   * writes never share a temp file.
    */
-  protected async saveState(force = false): Promise<void> {
+  protected saveState(force = false): Promise<void> {
+    const next = this.saving.then(() => this.saveStateNow(force));
+    this.saving = next.catch(() => undefined);
+    return next;
+  }
+
+  private async saveStateNow(force: boolean): Promise<void> {
     if (!this.membersDirty && !this.identities.dirty) return;
     const now = this.now();
     if (!force && now - this.lastMembersWrite < this.limits.membersWriteMinMs) {
