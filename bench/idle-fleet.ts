@@ -29,6 +29,9 @@ import { startScaleServers } from './scale-cluster';
  * follower-second, requests per second by kind, the server's RSS. Then the bench publishes
  * a new release to the channel and measures, per follower, the time from the publish
  * command's end to the answer naming it.
+ * FLEETCAST_IDLE_HOLD_MS=N caps the long holds at N ms (at least 1000): the same idle
+ * members, N times more often answered and asked again, so a window's extra CPU over an
+ * uncapped run, divided by its extra channel polls, is what one poll costs the server.
  */
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
@@ -36,6 +39,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sleepUnref = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 const PER_GROUP = 10;
 const CHANNEL_POLL_MS = 10_000;
+/** FLEETCAST_IDLE_HOLD_MS: a cap on the long holds (ms), to measure the cost of one poll. */
+const HOLD_CAP_MS = process.env.FLEETCAST_IDLE_HOLD_MS ? Math.max(1000, Number(process.env.FLEETCAST_IDLE_HOLD_MS)) : Infinity;
 
 export type IdleForm = '1.5' | '1.6' | '1.7';
 
@@ -201,7 +206,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
       let phased = { short: false, long: false };
       while (!stop) {
         const long: boolean = form !== '1.5' && token !== null && maxHold !== null;
-        let hold: number = known ? (long ? Math.max(CHANNEL_POLL_MS, maxHold!) : CHANNEL_POLL_MS) : 0;
+        let hold: number = known ? (long ? Math.min(HOLD_CAP_MS, Math.max(CHANNEL_POLL_MS, maxHold!)) : CHANNEL_POLL_MS) : 0;
         if (hold > 0) {
           if (long) answeredHoldMs = hold;
           // The first hold of each length is cut to a random part of it (a random phase).
