@@ -32,6 +32,8 @@ import { startScaleServers } from './scale-cluster';
  * FLEETCAST_IDLE_HOLD_MS=N caps the long holds at N ms (at least 1000): the same idle
  * members, N times more often answered and asked again, so a window's extra CPU over an
  * uncapped run, divided by its extra channel polls, is what one poll costs the server.
+ * FLEETCAST_SCALE_NODE_ARGS adds node options to the server's command line, as for
+ * `bench -- scale` (e.g. --perf-basic-prof, so `perf record -p PID` names JS functions).
  */
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'fleetcast.js');
@@ -105,7 +107,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     };
     const release = publish('fw-1.img');
     const groups = Math.ceil(followers / PER_GROUP);
-    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', '64'], process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : []);
+    const started = await startScaleServers(1, store, ['--max-members-per-release', String(followers * 2), '--max-groups-per-release', String(groups * 2), '--max-connections', String(need), '--max-connections-per-client', '64'], [...(process.env.FLEETCAST_SCALE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEETCAST_SCALE_PROF] : []), ...(process.env.FLEETCAST_SCALE_NODE_ARGS ?? '').split(' ').filter(Boolean)]);
     stopServers = started.stop;
     const server = started.servers[0];
     const base = `http://127.0.0.1:${server.port}`;
