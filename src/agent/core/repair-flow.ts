@@ -8,6 +8,7 @@ import type { CopyTreeView } from './copy-tree-view';
 import { CrossGroupState } from './cross-group';
 import { AGENT_DEFAULTS } from './defaults';
 import type { PeerTable } from './peers';
+import { sameEndpoint } from './split-map';
 import type { SplitMapView } from './split-map';
 import type { CoreStats, Endpoint } from './types';
 
@@ -126,8 +127,7 @@ export abstract class RepairFlow extends CoreUnits {
     if (!this.availableMissing.has(u)) this.crossGroup.announcedSince.set(u, now);
     if (this.crossGroup.copierAnnounced.has(u)) return;
     const copier = this.copierOf(u);
-    const from = copier && this.view.registeredEndpoint(via);
-    if (from && from.address === copier.address && from.port === copier.port) this.crossGroup.copierAnnounced.set(u, now);
+    if (copier && sameEndpoint(via, copier)) this.crossGroup.copierAnnounced.set(u, now);
   }
 
   /**
