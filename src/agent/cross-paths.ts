@@ -1,3 +1,4 @@
+import { peekOwnData } from '../wire/packet';
 import { CrossPacer } from './cross-pacer';
 import { TokenBucket } from './token-bucket';
 
@@ -103,6 +104,12 @@ export class CrossPaths {
   /** Copies (not repairs) still queued for the gateway at `to`. */
   copiesQueuedTo(to: Endpoint): number {
     return this.paths.get(key(to))?.copies.length ?? 0;
+  }
+
+  /** Whether copies (not repairs) of `unit` are still queued for the gateway at `to`. */
+  unitQueuedTo(to: Endpoint, unit: number): boolean {
+    for (const d of this.paths.get(key(to))?.copies ?? []) if (peekOwnData(d)?.unit === unit) return true;
+    return false;
   }
 
   /**

@@ -88,6 +88,7 @@ export class StreamCore extends LanCore {
     for (let v = this.skippedTo; v < to; v++) {
       this.asm.dropAssembly(v);
       this.availableMissing.delete(v);
+      this.unitHeld(v);
       this.nacks.done(v);
       this.markDone(v);
     }

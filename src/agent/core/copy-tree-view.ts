@@ -1,5 +1,5 @@
-import { copyTreeChildren, copyTreeRing, copyTreeTargets, MAX_COPY_TREE_DEGREE, MAX_COPY_TREE_GROUPS } from '../../wire/copy-tree';
-import type { CopyDestination, CoreSplitMap } from './types';
+import { copyTreeChildren, copyTreeParent, copyTreeRing, copyTreeTargets, MAX_COPY_TREE_DEGREE, MAX_COPY_TREE_GROUPS } from '../../wire/copy-tree';
+import type { CopyDestination, CoreSplitMap, Endpoint } from './types';
 
 /**
  * One member's view of its wide-area group's copy trees (1.5, docs/protocol.md section
@@ -46,6 +46,21 @@ export class CopyTreeView {
   forwardTo(origin: number): CopyDestination[] {
     if (this.at < 0 || origin >= this.size) return [];
     return copyTreeChildren(this.size, this.k, origin, this.at).map((p) => this.ring[p]);
+  }
+
+  /**
+   * Who sends this group the copies of a unit fetched by `holder`, a member of `group`:
+   * the holder when this group is its group's child in that group's tree, or when its
+   * group has no ring position (it copies to every gateway, own()); else the gateway of
+   * this group's parent in that tree. Null when this group is not in the ring, or is `group`.
+   */
+  copierOf(group: string, holder: Endpoint): Endpoint | null {
+    if (this.at < 0) return null;
+    const origin = this.ring.findIndex((g) => g.group === group);
+    if (origin < 0) return holder;
+    const parent = copyTreeParent(this.size, this.k, origin, this.at);
+    if (parent < 0) return null;
+    return parent === origin ? holder : this.ring[parent];
   }
 
   /** Every gateway this group's gateway may forward to, over all origins: it announces itself to them. */

@@ -217,12 +217,16 @@ export abstract class CoreUnits {
     if (from === 'wan') this.stats.unitsFromWan++;
     else this.stats.unitsFromLan++;
     this.availableMissing.delete(unit);
+    this.unitHeld(unit);
     this.asm.stored(unit);
     this.nacks.done(unit);
     if (buf) this.asm.cache(unit, buf); // null: released to the cache when written
     this.announceSoon(now);
     this.completeIfAll();
   }
+
+  /** A unit became held (for state kept per missing unit). */
+  protected unitHeld(_unit: number): void {}
 
   protected completeIfAll(): void {
     if (this.holdsAll && !this.finishing && !this.fileDone) {

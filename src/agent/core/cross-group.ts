@@ -17,6 +17,12 @@ export class CrossGroupState {
   private readonly relayAsked = new Set<number>();
   /** Units first announced to us by another site (unicast): when. */
   readonly announcedSince = new Map<number, number>();
+  /**
+   * Of those, units announced by the member whose copies of them reach us (their holder, or
+   * our parent gateway in a copy tree): when first. It announces a unit only once all its
+   * copies have left, so a copy not here by then is lost, not queued.
+   */
+  readonly copierAnnounced = new Map<number, number>();
   /** "unit/address/port" -> when each fragment was last repaired to that requester (ms; -Infinity: never). */
   private readonly repairedAt = new Map<string, Float64Array>();
   /** Fragments tracked in repairedAt (bounded: cleared past maxRepairTracked). */
@@ -24,6 +30,12 @@ export class CrossGroupState {
   private readonly nackLogged = new Set<number>();
   /** "address:port" of a requester we repair but do not announce to -> when we last announced ourselves to it (1.5 trees). */
   private readonly introducedAt = new Map<string, number>();
+
+  /** A unit is held (or no longer wanted): nothing to wait for. */
+  forgetUnit(unit: number): void {
+    this.announcedSince.delete(unit);
+    this.copierAnnounced.delete(unit);
+  }
 
   /** Another group's member sent us something: its path is alive. */
   heard(via: Endpoint, now: number): void {

@@ -101,7 +101,11 @@ export const AGENT_DEFAULTS = {
   relayHolderQuietMs: 3000,
   /** ...unless the unit itself has seen no data for this long: then a live holder that never answers is passed over. */
   relayUnitQuietMs: 30_000,
-  /** A unit another site announced is NACKed only after this long without any of its data. */
+  /**
+   * A unit another site announced is NACKed only after this long without any of its data
+   * (its paced copy may still be queued), unless the member whose copies of it reach us
+   * announced it: then gapQuietMs after that announce (docs/protocol.md section 8).
+   */
   crossGapQuietMs: 1000,
   /** No unit verified and no data of a missing unit arrived for this long, nothing in flight: ask the server. */
   stallRelayMs: 15_000,

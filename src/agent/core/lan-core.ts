@@ -145,10 +145,9 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   private onAnnounce(p: AnnouncePacket, now: number, via?: Endpoint): void {
     const end = Math.min(this.m.unitCount, p.firstUnit + p.unitCount);
     for (let u = p.firstUnit; u < end; u++) {
-      if (!getBit(p.have, u - p.firstUnit) || this.has(u) || this.availableMissing.has(u)) continue;
+      if (!getBit(p.have, u - p.firstUnit) || this.has(u)) continue;
+      if (via) this.crossAnnounced(u, via, now); // before it is added: first heard from another site?
       this.availableMissing.add(u);
-      // Heard from another site: its paced cross-group copy may still be on the way.
-      if (via) this.crossGroup.announcedSince.set(u, now);
     }
   }
 

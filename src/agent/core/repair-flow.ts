@@ -4,9 +4,11 @@ import { sealControl } from '../../wire/auth';
 import type { NackRequest } from '../nack-scheduler';
 import type { RepairScheduler } from '../repair-scheduler';
 import { CoreUnits } from './core-units';
+import type { CopyTreeView } from './copy-tree-view';
 import { CrossGroupState } from './cross-group';
 import { AGENT_DEFAULTS } from './defaults';
 import type { PeerTable } from './peers';
+import { sameEndpoint } from './split-map';
 import type { SplitMapView } from './split-map';
 import type { CoreStats, Endpoint } from './types';
 
@@ -21,6 +23,8 @@ export abstract class RepairFlow extends CoreUnits {
   protected abstract readonly peers: PeerTable;
   protected abstract readonly repairs: RepairScheduler;
   protected abstract readonly view: SplitMapView;
+  /** 1.5 copy trees: our wide-area group's trees, or null when every member copies to every gateway. */
+  protected abstract tree: CopyTreeView | null;
   protected readonly crossGroup = new CrossGroupState();
   /** When we first heard a NACK for a unit its designated repairer has not answered. */
   protected readonly unanswered = new Map<number, number>();
@@ -40,9 +44,12 @@ export abstract class RepairFlow extends CoreUnits {
       if (this.crossGroup.firstNack(u)) {
         this.log.debug(`cross-group NACK for unit ${u} from ${via.address}:${via.port}: ${this.has(u) ? 'held' : 'not held'}, ${this.send.copying.get(u) ?? 0} copies queued`);
       }
-      // Copies still queued for that gateway will arrive: answer once they have left
-      // (copies of the unit to other groups may be slower; they are no reason to wait).
-      if (!this.has(u) || this.send.cross.copiesQueuedTo(via) !== 0) return;
+      // Copies of the unit still queued for that gateway will arrive: answer once they have
+      // left (copies of it to other groups may be slower, and copies of other units to that
+      // gateway go behind our repairs: neither is a reason to wait). A stream's copies to a
+      // gateway are queued nearly all the time: waiting for that queue to empty left a lost
+      // copy's NACKs unanswered for rounds (sites testbed, issue 19).
+      if (!this.has(u) || this.send.cross.unitQueuedTo(via, u)) return;
       // Repairs go only to a member's registered endpoint, never to whatever source
       // address a NACK carries: a spoofed source would make us reflect onto a third party.
       const to = this.view.registeredEndpoint(via);
@@ -89,6 +96,9 @@ export abstract class RepairFlow extends CoreUnits {
    * NormSenderNode::HandleObjectMessage runs RepairCheck on every data message for the
    * blocks before it, and a NORM_CMD(FLUSH) checks through the segment it names (NRL norm,
    * src/common/normNode.cpp; RFC 5740 §5.3), rather than waiting out a quiet time.
+   * A unit another site announced, with none of its data here: crossGapQuietMs after that
+   * announce (its paced copy may still be queued at its sender), or gapQuietMs after the
+   * announce of the member whose copy it is (crossAnnounced): progress, not time alone.
    * Cheap checks only.
    */
   protected *ripeUnits(now: number): Generator<number> {
@@ -97,9 +107,44 @@ export abstract class RepairFlow extends CoreUnits {
       const a = this.asm.get(u);
       if (a && (a.verifying || now - a.lastData < (getBit(a.got, a.fragmentCount - 1) ? AGENT_DEFAULTS.gapAfterLastFragmentMs : AGENT_DEFAULTS.gapQuietMs))) continue;
       const since = this.crossGroup.announcedSince.get(u);
-      if (since !== undefined && !a && now - since < AGENT_DEFAULTS.crossGapQuietMs) continue;
+      if (since !== undefined && !a && now - since < AGENT_DEFAULTS.crossGapQuietMs) {
+        const copier = this.crossGroup.copierAnnounced.get(u);
+        if (copier === undefined || now - copier < AGENT_DEFAULTS.gapQuietMs) continue;
+      }
       yield u;
     }
+  }
+
+  /**
+   * Unit u, which we lack, announced by unicast from another site's member at `via`. The
+   * first such announce starts crossGapQuietMs (unless a LAN peer announced u first). An
+   * announce from the member whose copies of u come to us (copierOf) says they have all
+   * left (a member announces a unit only then, docs/protocol.md section 8): whatever of
+   * u has not arrived is lost (a copy never sent, a stale copyTo, a drop on the path), so
+   * u needs only the ordinary gap wait. Called before u joins availableMissing.
+   */
+  protected crossAnnounced(u: number, via: Endpoint, now: number): void {
+    if (!this.availableMissing.has(u)) this.crossGroup.announcedSince.set(u, now);
+    if (this.crossGroup.copierAnnounced.has(u)) return;
+    const copier = this.copierOf(u);
+    if (copier && sameEndpoint(via, copier)) this.crossGroup.copierAnnounced.set(u, now);
+  }
+
+  /**
+   * The registered endpoint whose copies of unit u reach us, per the map: u's holder, in
+   * another group; under copy trees the holder only when our group is its group's child
+   * in that tree, else our parent group's gateway. Null when the map does not say.
+   */
+  protected copierOf(u: number): Endpoint | null {
+    const h = this.view.holderOf(u);
+    if (!h || h.group === this.cfg.group || !h.address || !h.dataPort) return null;
+    const holder = { address: h.address, port: h.dataPort };
+    return this.tree ? this.tree.copierOf(h.group, holder) : holder;
+  }
+
+  /** A unit held, or not wanted any more: forget what other sites announced of it. */
+  protected override unitHeld(u: number): void {
+    this.crossGroup.forgetUnit(u);
   }
 
   /** The missing-fragment bitmap of a unit, or null when nothing is missing any more. */

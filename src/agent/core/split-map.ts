@@ -31,7 +31,6 @@ export class SplitMapView {
    * port) that `from` matches, or null when no member registered it.
    */
   registeredEndpoint(from: Endpoint): Endpoint | null {
-    const bare = (a: string) => a.replace(/%.*$/, '').replace(/^::ffff:/, '');
     for (const m of this.map?.members ?? []) {
       if (m.id === this.member || !m.address || !m.dataPort) continue;
       if (m.dataPort === from.port && bare(m.address) === bare(from.address)) return { address: m.address, port: m.dataPort };
@@ -54,4 +53,12 @@ export class SplitMapView {
     if ((map.members[h].group ?? this.group) !== this.group) return this.role === 'gateway' ? 'designated' : 'fallback';
     return 'others';
   }
+}
+
+/** An address as a socket reports it and as a member registered it: no zone index, no IPv4-mapped prefix. */
+const bare = (a: string) => a.replace(/%.*$/, '').replace(/^::ffff:/, '');
+
+/** Whether a datagram's source `from` is the endpoint `e` (a registered one, from the map). */
+export function sameEndpoint(from: Endpoint, e: Endpoint): boolean {
+  return from.port === e.port && bare(from.address) === bare(e.address);
 }
