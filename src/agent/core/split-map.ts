@@ -33,7 +33,8 @@ export class SplitMapView {
   registeredEndpoint(from: Endpoint): Endpoint | null {
     for (const m of this.map?.members ?? []) {
       if (m.id === this.member || !m.address || !m.dataPort) continue;
-      if (m.dataPort === from.port && bare(m.address) === bare(from.address)) return { address: m.address, port: m.dataPort };
+      const e = { address: m.address, port: m.dataPort };
+      if (sameEndpoint(from, e)) return e;
     }
     return null;
   }
