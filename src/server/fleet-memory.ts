@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import { writeAtomic } from '../storage/files';
 import { HookBody } from '../wire/http-bodies';
 import { Logger } from '../util/log';
+import { OneAtATime } from '../util/one-at-a-time';
 
 export type HookResult = HookBody & { at: number };
 
@@ -61,13 +62,11 @@ export class FleetMemory {
     for (const [k, v] of r.overheads) if (known(k.split('/')[0])) this.overheads.set(k, v);
   }
 
-  private saving: Promise<void> = Promise.resolve();
+  private readonly saving = new OneAtATime();
 
   /** One write at a time: a save waits for the one in flight (stop must not return while the timer's write runs). */
   save(): Promise<void> {
-    const next = this.saving.then(() => this.saveNow());
-    this.saving = next.catch(() => undefined);
-    return next;
+    return this.saving.run(() => this.saveNow());
   }
 
   private async saveNow(): Promise<void> {

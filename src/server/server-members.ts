@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { writeAtomic } from '../storage/files';
+import { OneAtATime } from '../util/one-at-a-time';
 import { StoredRelease } from '../release/store';
 import { MAX_UNITS, unitLength } from '../release/manifest';
 import { MemberRef } from '../wire/http-bodies';
@@ -40,7 +41,7 @@ export abstract class MemberRegistry extends ServerCore {
     }
   }
 
-  private saving: Promise<void> = Promise.resolve();
+  private readonly saving = new OneAtATime();
 
   /**
    * members.json and identities.json, at most once per membersWriteMinMs (a storm of
@@ -50,9 +51,7 @@ export abstract class MemberRegistry extends ServerCore {
    * writes never share a temp file.
    */
   protected saveState(force = false): Promise<void> {
-    const next = this.saving.then(() => this.saveStateNow(force));
-    this.saving = next.catch(() => undefined);
-    return next;
+    return this.saving.run(() => this.saveStateNow(force));
   }
 
   private async saveStateNow(force: boolean): Promise<void> {
