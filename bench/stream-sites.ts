@@ -353,19 +353,23 @@ export function placeSection(file: string, section: string[]): string {
   return [...lines.slice(0, gen), ...section, ...lines.slice(gen)].join('\n');
 }
 
-/** The "Sites testbed" section of a results file, as placeSection delimits it (none: empty). */
-export function sitesSectionOf(file: string): string[] {
+/**
+ * The "Sites testbed" section of a results file, as placeSection delimits it (none: empty):
+ * up to the next heading of any level, so the hand-written `###` notes that follow the
+ * generated tables survive a new run (`withNotes`: those notes too, up to the next `##`).
+ */
+export function sitesSectionOf(file: string, withNotes = false): string[] {
   const lines = file.split('\n');
   const at = lines.indexOf(SECTION_HEADING);
   if (at < 0) return [];
   let end = at + 1;
-  while (end < lines.length && !lines[end].startsWith('## ') && !lines[end].startsWith('Generated ')) end++;
+  while (end < lines.length && !lines[end].startsWith('## ') && (withNotes || !lines[end].startsWith('### ')) && !lines[end].startsWith('Generated ')) end++;
   return lines.slice(at, end);
 }
 
-/** The loopback report (bench/stream.ts) with the previous file's sites section kept: that bench does not measure it. */
+/** The loopback report (bench/stream.ts) with the previous file's sites section and its notes kept: that bench does not measure it. */
 export function keepSitesSection(previous: string, report: string[]): string[] {
-  const section = sitesSectionOf(previous);
+  const section = sitesSectionOf(previous, true);
   return section.length ? placeSection(report.join('\n'), section).split('\n') : report;
 }
 
@@ -400,6 +404,11 @@ export async function streamSitesMain(args: string[]): Promise<void> {
   const section = sitesSection(cases, shape, `npm run bench -- stream-sites ${args.join(' ')}`.trim());
   if (process.env.FLEETCAST_BENCH_ONLY || process.env.FLEETCAST_BENCH_ROWS) {
     process.stdout.write(section.join('\n') + '\n(FLEETCAST_BENCH_ONLY or FLEETCAST_BENCH_ROWS is set: not written to bench/results)\n');
+    return;
+  }
+  // A testbed that could not start (a missing package, not root) measured nothing: the last measurement stays.
+  if (cases.every((c) => c.runs.length === 0)) {
+    process.stdout.write(section.join('\n') + '\n(every run failed: bench/results/stream.md left as it was)\n');
     return;
   }
   const out = path.join(__dirname, '..', '..', 'bench', 'results', 'stream.md');
