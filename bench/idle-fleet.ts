@@ -205,11 +205,16 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
       /** The token at our last rollout poll (1.7 leaves the next out while it stays). */
       let polledToken: string | null = null;
       let maxHold: number | null = null;
+      /** Whether maxHold is what a poll naming us was granted (1.7: the server may grant those longer, section 19). */
+      let maxHoldNamed = false;
       let phased = { short: false, long: false };
       while (!stop) {
         const long: boolean = form !== '1.5' && token !== null && maxHold !== null;
         let hold: number = known ? (long ? Math.min(HOLD_CAP_MS, Math.max(CHANNEL_POLL_MS, maxHold!)) : CHANNEL_POLL_MS) : 0;
-        if (hold > 0) {
+        // 1.7: learn the hold granted to a poll that names us (a 1 ms one) before the first
+        // long hold, so that hold's random phase is cut from the steady length.
+        if (form === '1.7' && long && !maxHoldNamed) hold = 1;
+        else if (hold > 0) {
           if (long) answeredHoldMs = hold;
           // The first hold of each length is cut to a random part of it (a random phase).
           const kind = long ? 'long' : 'short';
@@ -233,6 +238,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
         if (hold > 0) {
           const granted = Number(r.headers['x-fleetcast-long-poll']);
           maxHold = granted >= 1000 ? granted : null;
+          maxHoldNamed = form === '1.7' && q.includes('member=');
           const t: string | string[] | undefined = r.headers['x-fleetcast-rollout'];
           token = typeof t === 'string' ? t : null;
         }

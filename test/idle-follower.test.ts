@@ -138,9 +138,12 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
   };
   f.spawnAgent('k0', 'site-a');
   await f.until('k0 installed A', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.a.id)));
-  const longHolds = () => holds.filter((h) => h.waitMs === 300_000).length;
-  await f.until('a hold of 5 minutes', async () => longHolds() >= 1);
-  // Answer the hold as its 5 minutes would (same head, same token); the agent polls again.
+  // The first long hold asks what a poll naming no member was granted (5 minutes); once
+  // its polls name it and this server notes it as following, the longest hold is 15 minutes.
+  const long = () => holds.filter((h) => h.waitMs >= 300_000);
+  const longHolds = () => long().length;
+  await f.until('a long hold', async () => longHolds() >= 1);
+  // Answer the hold as its time running out would (same head, same token); the agent polls again.
   for (let round = 0; round < 3; round++) {
     const before = { polls: rolloutPolls, holds: longHolds() };
     srv.channelWatch.close();
@@ -148,9 +151,37 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
     // The first long hold's answer may be the first with the following header: one poll then at most.
     if (round > 0) t.is(rolloutPolls, before.polls, `round ${round}: no rollout poll between two held polls`);
   }
+  t.deepEqual(long().slice(1).map((h) => h.waitMs), [900_000, 900_000, 900_000], 'after an answer that granted 15 minutes, it asks for them');
   // A rollout start moves the token: the agent asks about it at once and installs B.
   await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
   t.is(started.status, 201, JSON.stringify(started.body));
   await f.until('k0 installed B', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.b.id)), 60_000);
+});
+
+test('a 1.7 follower is held up to 15 minutes and counts as seen while held; one seen only by a rollout poll is forgotten after 10', async (t) => {
+  let skew = 0;
+  const f = await startRolloutFleet(t, { now: () => Date.now() + skew });
+  const srv = f.server as unknown as { channelWatch: { held: () => number } };
+  const url = (q: string) => `${f.url}/v1/channels/stable${q}`;
+  const plain = await fetch(url(`?release=${f.a.id}&waitMs=1&rollout=-`));
+  t.is(plain.headers.get('x-fleetcast-long-poll'), '300000', 'a poll that names no member: 5 minutes, within the memory of its rollout polls');
+  t.is((await post(f.url, '/v1/rollouts/poll', { channel: 'stable', member: 'p0', group: 'site-a' })).status, 200, 'p0 follows by rollout polls');
+  const held = fetch(url(`?release=${f.a.id}&waitMs=900000&rollout=-&member=p1&group=site-b`));
+  await f.until('p1\'s poll held', async () => srv.channelWatch.held() === 1);
+  skew = 11 * 60_000; // 11 minutes on: p0 has not polled since, p1's poll is still held
+  const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
+  t.is(started.status, 201, JSON.stringify(started.body));
+  const res = await held; // the rollout start ended the hold
+  t.is(res.headers.get('x-fleetcast-long-poll'), '900000', 'the longest hold of a follower this server notes');
+  t.is(res.headers.get('x-fleetcast-following'), 'rollout');
+  const file = path.join(f.dir, 'store', 'rollouts', `${started.body.id as string}.json`);
+  const r = await f.until('the rollout written', async () => JSON.parse(await fs.readFile(file, 'utf8').catch(() => 'null')) as { members: Record<string, unknown> } | null);
+  t.deepEqual(Object.keys(r.members), ['p1'], 'the held follower is in the waves, the one last seen 11 minutes ago is not');
+  // Once answered, p1 is seen at the answer: 11 minutes after that it is forgotten too.
+  t.is((await post(f.url, `/v1/rollouts/${started.body.id as string}/abort`, {})).status, 200);
+  skew += 11 * 60_000;
+  const again = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
+  t.is(again.status, 409, JSON.stringify(again.body));
+  t.regex(JSON.stringify(again.body), /NO_MEMBERS/, 'no follower seen in the last 10 minutes');
 });

@@ -1,7 +1,7 @@
 import * as http from 'node:http';
 import { isReleaseId } from '../release/manifest';
 import { isName, NAME_RULE, ROLLOUT_TOKEN_RE } from '../wire/ids';
-import { MAX_CHANNEL_WAIT_MS } from './channel-watch';
+import { MAX_CHANNEL_WAIT_MS, MAX_FOLLOWING_WAIT_MS } from './channel-watch';
 import { HttpError } from './http-util';
 import { MemberRegistry } from './server-members';
 
@@ -27,7 +27,7 @@ export abstract class ChannelRoutes extends MemberRegistry {
     const group = q.get('group');
     if (known !== null || wait !== null) {
       if (known === null || !isReleaseId(known)) throw new HttpError(400, 'BAD_QUERY', 'release must be a release id (32 hex characters) when waitMs is given');
-      if (wait === null || !/^\d{1,9}$/.test(wait)) throw new HttpError(400, 'BAD_QUERY', `waitMs must be a number of milliseconds (at most ${MAX_CHANNEL_WAIT_MS} are held)`);
+      if (wait === null || !/^\d{1,9}$/.test(wait)) throw new HttpError(400, 'BAD_QUERY', `waitMs must be a number of milliseconds (at most ${MAX_CHANNEL_WAIT_MS} are held, ${MAX_FOLLOWING_WAIT_MS} for a poll that names its member)`);
       if (rollout !== null && !ROLLOUT_TOKEN_RE.test(rollout)) throw new HttpError(400, 'BAD_QUERY', 'rollout must be the x-fleetcast-rollout value of an earlier answer (1-128 of A-Z a-z 0-9 . _ -)');
       if ((member === null) !== (group === null)) throw new HttpError(400, 'BAD_QUERY', 'member and group go together: the agent\'s member id and LAN group, as in its rollout polls');
       if (member !== null && (!isName(member) || !isName(group))) throw new HttpError(400, 'BAD_QUERY', `member and group must each be ${NAME_RULE}`);
@@ -38,6 +38,8 @@ export abstract class ChannelRoutes extends MemberRegistry {
         this.authorize({ release: '', group: '', member }, token);
         following = this.follow(name, known, member, group!);
       }
+      // A follower this server notes counts as seen while its poll is held: it may be held longer (section 19).
+      const longest = following?.what.includes('rollout') ? MAX_FOLLOWING_WAIT_MS : MAX_CHANNEL_WAIT_MS;
       // 1.6: a rollout token the agent got before ends the hold when the rollout moves (section 18).
       if (head.release === known && Number(wait) > 0 && (rollout === null || rollout === this.rollouts.token(name))) {
         const gone = new AbortController();
@@ -45,7 +47,7 @@ export abstract class ChannelRoutes extends MemberRegistry {
         // Only a connection closed before the answer is a client gone (abort's own reason: no DOMException each time).
         res.once('close', () => answered || gone.abort(null));
         try {
-          await this.channelWatch.wait(name, known, Number(wait), gone.signal, rollout ?? undefined);
+          await this.channelWatch.wait(name, known, Math.min(Number(wait), longest), gone.signal, rollout ?? undefined);
         } finally {
           answered = true;
           following?.end(this.now());
@@ -57,7 +59,7 @@ export abstract class ChannelRoutes extends MemberRegistry {
       // Tells the agent its wait was honoured, so it need not sleep between polls, and how
       // long it may ask to be held; 1.6: what the channel's rollouts look like now; 1.7:
       // what the poll stood for.
-      res.setHeader('x-fleetcast-long-poll', String(MAX_CHANNEL_WAIT_MS));
+      res.setHeader('x-fleetcast-long-poll', String(longest));
       res.setHeader('x-fleetcast-rollout', this.rollouts.token(name));
       if (following) res.setHeader('x-fleetcast-following', following.what.join(',') || '-');
     }
@@ -75,15 +77,22 @@ export abstract class ChannelRoutes extends MemberRegistry {
   protected follow(name: string, known: string, member: string, group: string): Following {
     const now = this.now();
     const what: string[] = [];
+    let unfollow: ((at: number) => void) | null = null;
     if (this.notesFollowers()) {
-      this.rollouts.noteFollowing(name, member, group, now);
+      unfollow = this.rollouts.holdFollowing(name, member, group, now);
       what.push('rollout');
     }
     const key = this.memberKeys.get(`${known}/${member}`);
     const g = key === undefined ? undefined : this.groups.get(key);
-    const end = g?.holdPoll(member, now, this.idleLoadHeartbeatMs) ?? null;
-    if (end) what.push('member');
-    return { what, end: end ?? (() => undefined) };
+    const unhold = g?.holdPoll(member, now, this.idleLoadHeartbeatMs) ?? null;
+    if (unhold) what.push('member');
+    return {
+      what,
+      end: (at) => {
+        unfollow?.(at);
+        unhold?.(at);
+      },
+    };
   }
 
   /** Whether this server keeps the channels' followers itself (several coordinators: the channel's owner does). */

@@ -8,9 +8,17 @@ export const CHANNEL_CHECK_MS = 500;
  * asks anything of them (section 18): an idle agent then asks once per 5 minutes instead of
  * every channel_poll, and still learns of a move within CHANNEL_CHECK_MS (issue 17; with
  * the idle heartbeat rate, 10,000 idle followers cost 10.7 µs a second each instead of 26.9:
- * bench/results/idle-fleet.md). Was 60 s.
+ * bench/results/idle-fleet.md). Was 60 s. Within the 10-minute memory of the channel's
+ * followers (section 12), which sees such an agent at each of its rollout polls.
  */
 export const MAX_CHANNEL_WAIT_MS = 300_000;
+/**
+ * The longest hold of a 1.7 poll that names its member when this server notes the
+ * follower itself (section 19: `x-fleetcast-following` includes `rollout`): the follower
+ * counts as seen for as long as its poll is held, so the hold need not fit in that
+ * memory, and an idle follower asks once per 15 minutes (issue 17).
+ */
+export const MAX_FOLLOWING_WAIT_MS = 900_000;
 
 interface Waiter {
   known: string;
@@ -59,7 +67,7 @@ export class ChannelWatch {
       let set = pairs.get(pair);
       if (!set) pairs.set(pair, (set = new Set()));
       const w: Waiter = { known, rollout, done };
-      const t = setTimeout(done, Math.min(waitMs, MAX_CHANNEL_WAIT_MS));
+      const t = setTimeout(done, Math.min(waitMs, MAX_FOLLOWING_WAIT_MS));
       const waiters = set;
       function done() {
         clearTimeout(t);

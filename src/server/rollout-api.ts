@@ -39,14 +39,21 @@ export interface RolloutServiceOptions {
 const SAVE_INTERVAL_MS = 500;
 /** A channel's members are those seen polling within this long (the same memory as members.json). */
 const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
+
+/** A member seen following a channel. */
+interface Seen {
+  group: string;
+  lastSeen: number;
+  held: number;
+}
 const MAX_CHANNEL_MEMBERS = 200_000;
 /** members.json is rewritten for members' times alone at most this often (a restart's followers poll again within seconds). */
 const SEEN_REFRESH_MS = 60_000;
 
 export class RolloutService {
   private readonly rollouts = new Map<string, Rollout>();
-  /** channel -> member -> { group, lastSeen } */
-  private readonly seen = new Map<string, Map<string, { group: string; lastSeen: number }>>();
+  /** channel -> member -> { group, lastSeen, held: its channel polls held now (1.7, not saved) } */
+  private readonly seen = new Map<string, Map<string, Seen>>();
   private readonly dirty = new Set<string>();
   private seenDirty = false;
   /** Only members' times moved since members.json was written (SEEN_REFRESH_MS), and when it was. */
@@ -86,8 +93,8 @@ export class RolloutService {
       const j = JSON.parse(await fs.readFile(path.join(this.dir, 'members.json'), 'utf8')) as Record<string, Record<string, { group: string; lastSeen: number }>>;
       for (const [ch, members] of Object.entries(j)) {
         if (!CHANNEL_RE.test(ch) || typeof members !== 'object' || members === null) continue;
-        const m = new Map<string, { group: string; lastSeen: number }>();
-        for (const [id, v] of Object.entries(members)) if (isName(id) && v && isName(v.group) && typeof v.lastSeen === 'number') m.set(id, { group: v.group, lastSeen: v.lastSeen });
+        const m = new Map<string, Seen>();
+        for (const [id, v] of Object.entries(members)) if (isName(id) && v && isName(v.group) && typeof v.lastSeen === 'number') m.set(id, { group: v.group, lastSeen: v.lastSeen, held: 0 });
         this.seen.set(ch, m);
       }
     } catch {
@@ -147,7 +154,7 @@ export class RolloutService {
           this.seenStale = false;
           this.seenSavedAt = this.o.now();
           const out: Record<string, Record<string, { group: string; lastSeen: number }>> = {};
-          for (const [ch, m] of this.seen) out[ch] = Object.fromEntries(m);
+          for (const [ch, m] of this.seen) out[ch] = Object.fromEntries([...m].map(([id, v]) => [id, { group: v.group, lastSeen: v.lastSeen }]));
           await writeAtomic(path.join(this.dir, 'members.json'), Buffer.from(JSON.stringify(out)));
         }
       } catch (err) {
@@ -181,7 +188,7 @@ export class RolloutService {
   private channelMembers(channel: string, now: number): { id: string; group: string }[] {
     const m = this.seen.get(channel);
     if (!m) return [];
-    return [...m.entries()].filter(([, v]) => now - v.lastSeen <= CHANNEL_MEMBER_MEMORY_MS).map(([id, v]) => ({ id, group: v.group }));
+    return [...m.entries()].filter(([, v]) => v.held > 0 || now - v.lastSeen <= CHANNEL_MEMBER_MEMORY_MS).map(([id, v]) => ({ id, group: v.group }));
   }
 
   /** This instance's rollouts and, with several coordinators, the others' (as the engine had them at the last refresh). */
@@ -325,13 +332,39 @@ export class RolloutService {
    * a member is new or changed group, and for times alone at most every SEEN_REFRESH_MS: at
    * 100,000 followers a whole file for every save was most of an idle server's work.
    */
-  noteFollowing(channel: string, member: string, group: string, now: number): void {
+  noteFollowing(channel: string, member: string, group: string, now: number): Seen | null {
     let seen = this.seen.get(channel);
     if (!seen) this.seen.set(channel, (seen = new Map()));
     const prev = seen.get(member);
     if (!prev || prev.group !== group) this.seenDirty = true;
     else if (now - prev.lastSeen > 60_000) this.seenStale = true;
-    if (prev || seen.size < MAX_CHANNEL_MEMBERS) seen.set(member, { group, lastSeen: now });
+    if (prev) {
+      prev.group = group;
+      prev.lastSeen = now;
+      return prev;
+    }
+    if (seen.size >= MAX_CHANNEL_MEMBERS) return null;
+    const v = { group, lastSeen: now, held: 0 };
+    seen.set(member, v);
+    return v;
+  }
+
+  /**
+   * A 1.7 channel poll naming `member` (section 19): noted as a rollout poll would be, and
+   * the member counts as seen until the returned end (the answer, or the connection
+   * closing), however long the poll is held.
+   */
+  holdFollowing(channel: string, member: string, group: string, now: number): (at: number) => void {
+    const v = this.noteFollowing(channel, member, group, now);
+    if (!v) return () => undefined;
+    v.held++;
+    let ended = false;
+    return (at) => {
+      if (ended) return;
+      ended = true;
+      v.held--;
+      v.lastSeen = Math.max(v.lastSeen, at);
+    };
   }
 
   private async poll(raw: Record<string, unknown>, now: number, authorize: (member: string) => void): Promise<unknown> {

@@ -41,7 +41,8 @@ export const HOOK = (dir: string) =>
   `if [ -e ${dir}/fail-$FLEETCAST_MEMBER ]; then echo "flash write failed" >&2; exit 3; fi`;
 export const ROLLBACK = (dir: string) => `echo "$FLEETCAST_MEMBER $FLEETCAST_PREVIOUS_FILE $FLEETCAST_ROLLBACK_REASON" >> ${dir}/rollbacks.log`;
 
-export async function startRolloutFleet(t: ExecutionContext, opts: { size?: number } = {}): Promise<RolloutFleet> {
+/** `now`: the server's clock (default Date.now), so a test can move it on. */
+export async function startRolloutFleet(t: ExecutionContext, opts: { size?: number; now?: () => number } = {}): Promise<RolloutFleet> {
   const dir = await tmpdir(t);
   const store = path.join(dir, 'store');
   const { keyPath, pubPath } = await generateKeyPair(path.join(dir, 'keys'));
@@ -58,7 +59,7 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
   // Every agent here, and the test's own CLI calls, come from 127.0.0.1: one "client" to
   // the server's per-client connection cap (64), which guards against one real box.
   const mk = (port: number) =>
-    new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 200, allocator: { memberTimeoutMs: 3000 }, limits: { maxConnectionsPerClient: 1024 } });
+    new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 200, allocator: { memberTimeoutMs: 3000 }, limits: { maxConnectionsPerClient: 1024 }, ...(opts.now ? { now: opts.now } : {}) });
   let server = mk(0);
   const { url, port } = await server.start();
   const agents = new Map<string, ChildProcess>();
