@@ -1,5 +1,5 @@
 import test from 'ava';
-import { CrossPacer } from '../src/agent/cross-pacer';
+import { CrossPacer, CrossPacerOptions } from '../src/agent/cross-pacer';
 import { CrossPaths } from '../src/agent/cross-paths';
 
 /**
@@ -13,6 +13,7 @@ import { CrossPaths } from '../src/agent/cross-paths';
  * still fires. `gateway`: the receiving gateway handles at most `bytesPerSec` (a CPU-bound
  * agent on a loaded box) and what it has not handled waits in its socket, up to
  * `bufferBytes` (the kernel drops past that): the queue is at the receiver, not the link.
+ * `pacer`: options of the senders' pacers (e.g. the slow start between windows off).
  */
 interface PathOpts {
   capacity: number;
@@ -24,6 +25,7 @@ interface PathOpts {
   atEcho?: boolean;
   stall?: { ms: number; everyMs: number };
   gateway?: { bytesPerSec: number; bufferBytes: number };
+  pacer?: Partial<CrossPacerOptions>;
 }
 
 function simulate(o: PathOpts) {
@@ -33,7 +35,7 @@ function simulate(o: PathOpts) {
   const baseMs = 10;
   const queueLimit = o.capacity * 0.06;
   let queued = 0; // bytes in the bottleneck queue
-  const pacers = Array.from({ length: o.senders }, () => new CrossPacer({ capBytesPerSec: o.cap }, 0));
+  const pacers = Array.from({ length: o.senders }, () => new CrossPacer({ capBytesPerSec: o.cap, ...o.pacer }, 0));
   const recv = pacers.map(() => ({ datagrams: 0, bytes: 0, echo: 0n, echoAt: 0, echoD: 0, echoB: 0 }));
   const arrivals: { at: number; s: number; probe?: bigint; inSocket?: boolean }[] = [];
   let socketBytes = 0;
@@ -42,6 +44,7 @@ function simulate(o: PathOpts) {
   const reports: { at: number; s: number; d: number; b: number; echo: bigint; hold: number; atEcho?: { datagrams: number; bytes: number } }[] = [];
   const sentBytes = pacers.map(() => 0);
   const deliveredBytes = pacers.map(() => 0);
+  let firstSecondBytes = 0; // delivered in the first second, all senders
   let dropped = 0;
   let seq = 1n;
   const tail = o.seconds * 1000 - 3000; // the last 3 s are measured
@@ -106,6 +109,7 @@ function simulate(o: PathOpts) {
       } else {
         recv[a.s].datagrams++;
         recv[a.s].bytes += D;
+        if (now < 1000) firstSecondBytes += D;
         if (now >= tail) deliveredBytes[a.s] += D;
       }
     }
@@ -126,6 +130,7 @@ function simulate(o: PathOpts) {
     goodput: deliveredBytes.map((b) => b / secs),
     sendRate: sentBytes.map((b) => b / secs),
     dropped,
+    firstSecondBytes,
     sentTotal: pacers.reduce((a, p) => a + (p as unknown as { sentDatagrams: number }).sentDatagrams, 0),
     maxSocketBytes,
     congestion: pacers.map((p) => p.congestionEvents),
@@ -239,4 +244,96 @@ test('a new gateway of a group already sent to starts at the pace learned on the
   const rate = (to: string) => paths.view().find((v) => v.to === to)!.rateBytesPerSec;
   t.is(rate('10.0.2.12:7000'), learned, 'same group: inherits');
   t.is(rate('10.0.3.11:7000'), Math.round(4 * MBIT), 'another group: the initial pace');
+});
+
+/** Sends 1400-byte datagrams whenever the pace allows, every ms of [from, to) (copies always wait): the datagrams sent. */
+function sendPaceLimited(p: CrossPacer, from: number, to: number): number {
+  let n = 0;
+  for (let now = from; now < to; now++) {
+    while (p.bucket.take(1400, now) === 0) {
+      p.sent(1400, now);
+      n++;
+    }
+  }
+  return n;
+}
+
+const mbit = (p: CrossPacer) => (p.rateBytesPerSec * 8) / 1e6;
+
+test('slow start between windows: once a round trip is measured the pace doubles per 50 ms while copies wait for it, up to 4x the start pace; a lossy window then cuts it and the doubling stops', (t) => {
+  const ramp = new CrossPacer({ capBytesPerSec: 100 * MBIT }, 0);
+  const windowsOnly = new CrossPacer({ capBytesPerSec: 100 * MBIT, rampStepMs: Infinity }, 0);
+  for (const p of [ramp, windowsOnly]) {
+    // An ANNOUNCE at 0 echoed at 20 ms: a round trip of 20 ms (the step is the 50 ms floor), and the first window edge.
+    p.probe(1n, 0);
+    p.report(0, 0, 1n, 0, 20, { datagrams: 0, bytes: 0 });
+  }
+  const rates: Record<number, number> = {};
+  let sent = 0;
+  let from = 20;
+  for (const to of [60, 80, 110, 140, 300]) {
+    sent += sendPaceLimited(ramp, from, to);
+    rates[to] = mbit(ramp);
+    from = to;
+  }
+  const sentWindowsOnly = sendPaceLimited(windowsOnly, 20, 300);
+  t.log(`pace (Mbit/s) at ${Object.entries(rates).map(([k, v]) => `${k} ms: ${v}`).join(', ')}; datagrams sent by 300 ms ${sent}, windows alone ${sentWindowsOnly}`);
+  // Doubles at the first sends 50 and 100 ms after the first (at 20 ms), to at most twice what each step sent, then holds at 4 x 4 Mbit/s.
+  t.deepEqual([rates[60], rates[80], rates[110]], [4, 8, 8]);
+  t.true(rates[140] > 15 && rates[140] <= 16, 'twice the 8 Mbit/s the second step sent');
+  t.is(rates[300], 16, 'no further than 4 x the start pace before a window is judged');
+  t.is(ramp.rampSteps, 3);
+  t.is(mbit(windowsOnly), 4, 'without it the pace waits for a judged window');
+  t.true(sent > 2 * sentWindowsOnly, 'more than twice the bytes leave in the first 300 ms');
+  // The window from the first echo to an ANNOUNCE sent at 300 ms: the gateway got half of it (50% loss, congestion).
+  ramp.probe(2n, 300);
+  ramp.report(Math.floor(sent / 2), Math.floor(sent / 2) * 1400, 2n, 0, 320, { datagrams: Math.floor(sent / 2), bytes: Math.floor(sent / 2) * 1400 });
+  const delivered = (Math.floor(sent / 2) * 1400 * 1000) / 300;
+  t.is(ramp.congestionEvents, 1);
+  t.is(ramp.rateBytesPerSec, Math.min(0.75 * 16 * MBIT, 0.85 * delivered), 'cut as any congested window: min(0.75 x pace, 0.85 x delivered)');
+  const cut = ramp.rateBytesPerSec;
+  sendPaceLimited(ramp, 320, 1000);
+  t.is(ramp.rateBytesPerSec, cut, 'no more doubling between windows after congestion');
+  t.is(ramp.rampSteps, 3);
+});
+
+test('slow start between windows gives no credit for idle time: nothing before a round trip is measured, nothing while copies do not fill the pace, nothing for a step that had idle time in it', (t) => {
+  const noEcho = new CrossPacer({ capBytesPerSec: 100 * MBIT }, 0);
+  sendPaceLimited(noEcho, 0, 1000);
+  t.is(mbit(noEcho), 4, 'no round trip measured: the start pace until a window is judged');
+
+  const trickle = new CrossPacer({ capBytesPerSec: 100 * MBIT }, 0);
+  trickle.probe(1n, 0);
+  trickle.report(0, 0, 1n, 0, 20, { datagrams: 0, bytes: 0 });
+  for (let now = 20; now < 1000; now += 10) if (trickle.bucket.take(1400, now) === 0) trickle.sent(1400, now); // 1.1 of 4 Mbit/s
+  t.is(mbit(trickle), 4, 'copies that never wait for the pace do not raise it');
+
+  const idle = new CrossPacer({ capBytesPerSec: 100 * MBIT, rampMaxFactor: 1000 }, 0);
+  idle.probe(1n, 0);
+  idle.report(0, 0, 1n, 0, 20, { datagrams: 0, bytes: 0 });
+  sendPaceLimited(idle, 20, 130);
+  const before = idle.rateBytesPerSec;
+  t.true(idle.rampSteps === 2 && mbit(idle) > 15, 'doubled twice while the copies waited');
+  // 900 ms idle, then copies again: the step since the last send had idle time (tokens lost to the burst limit).
+  t.is(idle.bucket.take(1400, 1030), 0);
+  idle.sent(1400, 1030);
+  t.is(idle.rateBytesPerSec, before, 'the idle step does not double the pace');
+  t.is(idle.rampSteps, 2);
+});
+
+test('slow start between windows on simulated paths: a 40 Mbit/s path carries more than twice as much in the first second; a 5 Mbit/s path is overrun until the first judged window, then cut', (t) => {
+  const wide = { capacity: 40 * MBIT, senders: 1, cap: 100 * MBIT, randomLoss: 0, seconds: 3, atEcho: true };
+  const fast = simulate(wide);
+  const fastWindowsOnly = simulate({ ...wide, pacer: { rampStepMs: Infinity } });
+  t.log(`40 Mbit/s: ${(fast.firstSecondBytes / 1e6).toFixed(2)} MB delivered in the first second, windows alone ${(fastWindowsOnly.firstSecondBytes / 1e6).toFixed(2)} MB`);
+  t.true(fast.firstSecondBytes > 2 * fastWindowsOnly.firstSecondBytes);
+  const narrow = { ...wide, capacity: 5 * MBIT };
+  const slow = simulate(narrow);
+  const slowWindowsOnly = simulate({ ...narrow, pacer: { rampStepMs: Infinity } });
+  t.log(`5 Mbit/s: dropped ${slow.dropped} of ${slow.sentTotal} datagrams in 3 s, windows alone ${slowWindowsOnly.dropped} of ${slowWindowsOnly.sentTotal}; congestion windows ${slow.congestion[0]}`);
+  t.true(slow.congestion[0] >= 1, 'the overrun is seen as congestion');
+  // The price: up to 4 x 4 Mbit/s into 5 Mbit/s until a window is judged (windows alone lose 20% of what leaves in these 3 s).
+  t.true(slow.dropped < 0.4 * slow.sentTotal, 'cut before 40% of what left was lost');
+  t.true(slow.dropped < 3 * slowWindowsOnly.dropped, 'less than three times the loss of the windows alone');
+  t.true(slow.goodput[0] > 0.8 * 5 * MBIT, 'the path stays used after the cut');
 });

@@ -26,6 +26,14 @@ import { TokenBucket } from './token-bucket';
  *   window until the first congestion or queue (slow start), then grows by
  *   `capBytesPerSec / 100` per window (5 Mbit/s a second at a 100 Mbit/s cap: several
  *   senders share a bottleneck, and their increases add up);
+ * - in slow start, once a round trip has been measured, it also doubles per round trip
+ *   between windows (after TCP's slow start, RFC 5681 §3.1, which doubles per round trip;
+ *   a window here takes 200-400 ms to be judged): each `rampStepMs` or round trip,
+ *   whichever is longer, in which the sender used the whole pace (no token of the bucket
+ *   was lost to its burst limit: copies waited for the pace), the pace doubles, but not
+ *   beyond twice what was sent in that step nor `rampMaxFactor` times what the last
+ *   judged window delivered (the start pace before the first): a path slower than that
+ *   is overrun by at most that factor until the next judged window cuts the pace as above;
  * - it never exceeds `capBytesPerSec` (the operator's cross_rate) nor twice what was
  *   actually sent in the last window (no credit for idle time), and never goes under
  *   `minBytesPerSec`;
@@ -39,6 +47,10 @@ export interface CrossPacerOptions {
   /** Queueing delay above the path's lowest round trip that counts as congestion. */
   delayTargetMs: number;
   silenceMs: number;
+  /** Slow start between windows: the least step of the per-round-trip doubling. */
+  rampStepMs: number;
+  /** ... and how far above what the last judged window delivered it may take the pace. */
+  rampMaxFactor: number;
 }
 
 export const CROSS_PACER_DEFAULTS: Omit<CrossPacerOptions, 'capBytesPerSec'> = {
@@ -47,6 +59,8 @@ export const CROSS_PACER_DEFAULTS: Omit<CrossPacerOptions, 'capBytesPerSec'> = {
   burstBytes: 64 * 1024,
   delayTargetMs: 60,
   silenceMs: 2000,
+  rampStepMs: 50,
+  rampMaxFactor: 4,
 };
 
 /** Windows with fewer datagrams sent than this say nothing about loss. */
@@ -69,6 +83,8 @@ export class CrossPacer {
   lastLoss = 0;
   /** Windows judged congested (loss or delay), for stats. */
   congestionEvents = 0;
+  /** Doublings between windows in slow start, for stats and tests. */
+  rampSteps = 0;
   /** When the first datagram no report has covered yet left, or null. */
   private unreportedSince: number | null = null;
   /** Sent ANNOUNCE sequence numbers (to this gateway), when, and our counters then: the round-trip probe and window edge. */
@@ -77,11 +93,15 @@ export class CrossPacer {
   private exact = false;
   /** At the last judged echo: our counters when that ANNOUNCE left, the gateway's when it arrived. */
   private echoWin: { at: number; sentDatagrams: number; sentBytes: number; recvDatagrams: number; recvBytes: number } | null = null;
+  /** The per-round-trip doubling in slow start: where its current step began, and its ceiling. */
+  private rampFrom: { at: number; sentBytes: number; wastedBytes: number } | null = null;
+  private rampCeiling: number;
 
   constructor(opts: Partial<CrossPacerOptions> & Pick<CrossPacerOptions, 'capBytesPerSec'>, now: number) {
     this.o = { ...CROSS_PACER_DEFAULTS, ...opts };
     const start = Math.max(this.o.minBytesPerSec, Math.min(this.o.capBytesPerSec, this.o.initialBytesPerSec));
     this.bucket = new TokenBucket(start, this.o.burstBytes, now);
+    this.rampCeiling = this.o.rampMaxFactor * start;
   }
 
   get rateBytesPerSec(): number {
@@ -99,6 +119,29 @@ export class CrossPacer {
     if (this.unreportedSince === null) this.unreportedSince = now;
     this.sentDatagrams++;
     this.sentBytes += bytes;
+    // Not once the last round trip shows a queue building (HyStart++, RFC 9406, leaves slow start on a rising round trip).
+    if (this.slowStart && this.lastRttMs !== null && this.lastRttMs - this.minRttMs <= this.o.delayTargetMs / 2) this.ramp(now);
+  }
+
+  /** Slow start between judged windows: double per round trip in which the whole pace was used (the class comment). */
+  private ramp(now: number): void {
+    const from = this.rampFrom;
+    const at = { at: now, sentBytes: this.sentBytes, wastedBytes: this.bucket.wastedBytes };
+    if (!from) {
+      this.rampFrom = at;
+      return;
+    }
+    const ms = now - from.at;
+    if (ms < Math.max(this.o.rampStepMs, this.lastRttMs ?? 0)) return;
+    this.rampFrom = at;
+    // Tokens lost to the burst limit: the sender did not use the whole pace (no credit for idle time).
+    if (this.bucket.wastedBytes > from.wastedBytes) return;
+    const sentRate = ((this.sentBytes - from.sentBytes) * 1000) / ms;
+    const next = Math.min(2 * this.rate, 2 * sentRate, this.rampCeiling);
+    if (next > this.rate) {
+      this.rampSteps++;
+      this.setRate(next);
+    }
   }
 
   /** An ANNOUNCE with authentication sequence `seq` left for this gateway. */
@@ -156,6 +199,7 @@ export class CrossPacer {
     // pace must still be able to learn that the path recovered).
     if (sent < MIN_WINDOW_DATAGRAMS) return;
     this[which] = next;
+    this.rampCeiling = this.o.rampMaxFactor * ((gotBytes * 1000) / ms);
     const loss = Math.max(0, Math.min(1, 1 - got / sent));
     this.lastLoss = loss;
     const floor = median(this.losses);
@@ -186,6 +230,9 @@ export class CrossPacer {
     this.win = null;
     this.echoWin = null;
     this.setRate(this.rate / 2);
+    // Nothing judged says the path still delivers: no doubling between windows above this until one is.
+    this.rampCeiling = Math.min(this.rampCeiling, this.rate);
+    this.rampFrom = null;
   }
 
   private get rate(): number {

@@ -5,6 +5,8 @@
 export class TokenBucket {
   private tokens: number;
   private last: number;
+  /** Tokens lost to the burst limit so far (the pace went unused): a sender that lost none used all of it. */
+  wastedBytes = 0;
   constructor(public rateBytesPerSec: number, public burstBytes: number, now: number) {
     this.tokens = burstBytes;
     this.last = now;
@@ -12,7 +14,9 @@ export class TokenBucket {
 
   private refill(now: number): void {
     if (now > this.last) {
-      this.tokens = Math.min(this.burstBytes, this.tokens + ((now - this.last) * this.rateBytesPerSec) / 1000);
+      const full = this.tokens + ((now - this.last) * this.rateBytesPerSec) / 1000;
+      if (full > this.burstBytes) this.wastedBytes += full - this.burstBytes;
+      this.tokens = Math.min(this.burstBytes, full);
       this.last = now;
     }
   }
