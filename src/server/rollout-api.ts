@@ -40,15 +40,16 @@ const SAVE_INTERVAL_MS = 500;
 /** A channel's members are those seen polling within this long (the same memory as members.json). */
 const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
 
+const MAX_CHANNEL_MEMBERS = 200_000;
+/** members.json is rewritten for members' times alone at most this often (a restart's followers poll again within seconds). */
+const SEEN_REFRESH_MS = 60_000;
+
 /** A member seen following a channel. */
 interface Seen {
   group: string;
   lastSeen: number;
   held: number;
 }
-const MAX_CHANNEL_MEMBERS = 200_000;
-/** members.json is rewritten for members' times alone at most this often (a restart's followers poll again within seconds). */
-const SEEN_REFRESH_MS = 60_000;
 
 export class RolloutService {
   private readonly rollouts = new Map<string, Rollout>();
