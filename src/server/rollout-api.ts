@@ -39,7 +39,6 @@ export interface RolloutServiceOptions {
 const SAVE_INTERVAL_MS = 500;
 /** A channel's members are those seen polling within this long (the same memory as members.json). */
 const CHANNEL_MEMBER_MEMORY_MS = 10 * 60 * 1000;
-
 const MAX_CHANNEL_MEMBERS = 200_000;
 /** members.json is rewritten for members' times alone at most this often (a restart's followers poll again within seconds). */
 const SEEN_REFRESH_MS = 60_000;
