@@ -51,7 +51,6 @@ export class FleetcastServer extends ClusterRoutes {
     this.startedAt = this.now();
     this.eventLoopDelay.start();
     this.timer = setInterval(() => {
-      this.eventLoopDelay.fold();
       this.expire();
       this.updateLoad();
       void this.saveState();

@@ -92,9 +92,11 @@ export class Histogram {
  * `resolutionMs` fired; Node records the time between two of its runs, the interval is taken off) as a fixed-bucket Histogram in seconds. Node keeps it in an HDR
  * histogram; fold() moves what it has recorded since the last fold into the buckets (from
  * its percentile ticks: a sample is counted in the bucket of the tick at or above it, so a
- * bucket may hold a sample that was a little lower, never higher) and resets it. Folded
- * once a second or so, the buckets' difference between two readings is the delay over
- * the time between them.
+ * bucket may hold a sample that was a little lower, never higher) and resets it. Node's
+ * reset also forgets when its timer last ran, so the interval in which a fold falls is not
+ * recorded, a blocked loop included: the server folds only when scraped (and on stop), not
+ * on its own timer (which folded twice a second and lost a block that began within one
+ * resolution after a tick: a rare failure of test/metrics.test.ts on a busy box).
  */
 export class EventLoopDelay {
   readonly histogram = new Histogram();
