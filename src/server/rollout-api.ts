@@ -8,6 +8,7 @@ import { ReleaseStore } from '../release/store';
 import { writeAtomic } from '../storage/files';
 import { Logger } from '../util/log';
 import { MetricsRegistry } from '../util/metrics';
+import { OneAtATime } from '../util/one-at-a-time';
 import { abort, createRollout, directive, isActiveRollout, isRolloutId, parseRollout, pause, report, ReportedState, resume, Rollout, summary, tick } from './rollout';
 import { ApiError, parsePollBody, parseStartBody, readJson } from './rollout-bodies';
 import type { ChannelBook } from './channel-book';
@@ -60,7 +61,7 @@ export class RolloutService {
   private seenStale = false;
   private seenSavedAt = -Infinity;
   private timer: NodeJS.Timeout | null = null;
-  private saving: Promise<void> = Promise.resolve();
+  private readonly saving = new OneAtATime();
   /** Counted for the metrics. */
   readonly halts = { total: 0 };
 
@@ -137,7 +138,7 @@ export class RolloutService {
 
   /** Write what changed; one writer at a time. */
   flush(): Promise<void> {
-    this.saving = this.saving.then(async () => {
+    return this.saving.run(async () => {
       if (this.dirty.size === 0 && !this.seenDirty) return;
       try {
         await fs.mkdir(this.dir, { recursive: true });
@@ -161,7 +162,6 @@ export class RolloutService {
         this.o.log.error(`cannot save rollout state in ${this.dir}: ${(err as Error).message}`);
       }
     });
-    return this.saving;
   }
 
   /** The latest rollout of a channel, if any (among this instance's, unless given others). */
