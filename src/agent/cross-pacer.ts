@@ -126,14 +126,11 @@ export class CrossPacer {
   /** Slow start between judged windows: double per round trip in which the whole pace was used (the class comment). */
   private ramp(now: number): void {
     const from = this.rampFrom;
-    const at = { at: now, sentBytes: this.sentBytes, wastedBytes: this.bucket.wastedBytes };
-    if (!from) {
-      this.rampFrom = at;
-      return;
-    }
+    // Called per datagram sent: the step's edge is only made when a step begins.
+    if (from && now - from.at < Math.max(this.o.rampStepMs, this.lastRttMs ?? 0)) return;
+    this.rampFrom = { at: now, sentBytes: this.sentBytes, wastedBytes: this.bucket.wastedBytes };
+    if (!from) return;
     const ms = now - from.at;
-    if (ms < Math.max(this.o.rampStepMs, this.lastRttMs ?? 0)) return;
-    this.rampFrom = at;
     // Tokens lost to the burst limit: the sender did not use the whole pace (no credit for idle time).
     if (this.bucket.wastedBytes > from.wastedBytes) return;
     const sentRate = ((this.sentBytes - from.sentBytes) * 1000) / ms;
