@@ -80,9 +80,23 @@ test('status and fleet: the same member ids, role only where it means something,
   // results (reported once, never again) are still there.
   const port = Number(new URL(f.url).port);
   await f.server.stop();
-  const again = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 100, allocator: { memberTimeoutMs: 2000 } });
+  // The agents keep connecting to the closed port meanwhile, and on loopback such a connect
+  // can take that very port as its own source (a TCP self-connect) until it fails: the
+  // listen is retried then, as an operator's restart would be.
+  let again!: FleetcastServer;
+  for (let attempt = 1; ; attempt++) {
+    const s = new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 100, allocator: { memberTimeoutMs: 2000 } });
+    try {
+      await s.start();
+      again = s;
+      break;
+    } catch (err) {
+      await s.stop().catch(() => undefined);
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 50) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
   t.teardown(() => again.stop());
-  await again.start();
   await until(async () => /^ {2}box2 .*exit 0/m.test((await fleet()).stdout) && /^ {2}box1 .*exit 0/m.test((await fleet()).stdout), 'both rejoin with their hook results');
   // Overheads measured before the restart are shown (marked) until measured again.
   const view = JSON.parse((await runCli(['fleet', '--server', f.url, '--plain-http', '--json'])).stdout) as { groups: { release: string; members: { id: string; overheadMsPerMiB: number | null; overheadBeforeRestart?: boolean }[] }[] };
