@@ -10,7 +10,7 @@ import { benchIdleAll, idleReport } from './idle';
 import { benchScale, scaleReport } from './scale';
 import { clusterReport } from './scale-cluster';
 import { benchStream, streamReport } from './stream';
-import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
+import { AgentMemory, AgentMemorySampler, keptNotes, nodeBaselineKiB } from './proc-memory';
 
 /**
  * `npm run bench -- demo [RUNS]`: the loopback demo at 0% and 5% loss, 64 MiB, 4 agents,
@@ -396,6 +396,7 @@ async function main() {
     ...rows.map((r) => `| ${r.name} | ${r.seconds.toFixed(2)} | ${r.egress.toFixed(3)} | ${r.goodputMbit.toFixed(0)} | ${r.nacks} | ${r.repairMiB.toFixed(1)} | ${(r.seconds / base.seconds).toFixed(2)} | ${r.transport} |`),
     '',
     ...memory,
+    ...keptNotes(await fs.readFile(path.join(__dirname, '..', '..', 'bench', 'results', 'demo.md'), 'utf8').catch(() => '')),
     `Generated ${new Date().toISOString()}.`,
     '',
   ];

@@ -1,5 +1,6 @@
 import test from 'ava';
 import { keepSitesSection, placeSection, sitesSectionOf } from '../bench/stream-sites';
+import { keptNotes } from '../bench/proc-memory';
 
 // bench/results/stream.md holds a generated "Sites testbed" section followed by hand-written
 // notes under ### headings; a new stream-sites run replaces the tables, never the notes.
@@ -20,4 +21,11 @@ test('a file without a sites section gets it before the Generated line; the loop
   t.deepEqual(placeSection(bare, [HEAD, 'x']).split('\n'), ['# Stream', 'table', HEAD, 'x', 'Generated 2026']);
   const report = keepSitesSection(file, ['# Stream', 'new loopback', 'Generated 2027']);
   t.deepEqual(report, ['# Stream', 'new loopback', HEAD, '', 'old table', '', '### Notes on a run', '', 'hand-written', '', 'Generated 2027']);
+});
+
+test('bench demo keeps the hand-written ### rounds of bench/results/demo.md, without the old Generated stamp', (t) => {
+  const demo = ['# Loopback demo', 'old table', '## Agent memory (issue 16)', 'old memory table', '', '### Round 5', 'notes', '', '### Round 7', 'more', 'Generated 2026', ''].join('\n');
+  t.deepEqual(keptNotes(demo), ['### Round 5', 'notes', '', '### Round 7', 'more', '']);
+  t.deepEqual(keptNotes('# Loopback demo\nold table\nGenerated 2026\n'), [], 'a file without notes keeps nothing');
+  t.deepEqual(keptNotes(''), []);
 });
