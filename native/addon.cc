@@ -1,5 +1,6 @@
 // fleetcast's native addon. Kept deliberately thin (STYLE.md): one ObjectWrap per OS
-// handle (UdpSocket), sdNotify and allocator settings (setMallocMmapThreshold, setMallocArenaMax, mallocTrim);
+// handle (UdpSocket), sdNotify and allocator settings (setMallocMmapThreshold, setMallocArenaMax, mallocTrim)
+// and dropCleanFilePages;
 // validation, defaults and policy live in TypeScript (src/transport/binding.ts, src/transport/native-transport.ts).
 #include <napi.h>
 #include "malloc_tune.h"
@@ -18,6 +19,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #endif
   exports.Set("setMallocMmapThreshold", Napi::Function::New(env, SetMallocMmapThreshold, "setMallocMmapThreshold"));
   exports.Set("setMallocArenaMax", Napi::Function::New(env, SetMallocArenaMax, "setMallocArenaMax"));
+  exports.Set("dropCleanFilePages", Napi::Function::New(env, DropCleanFilePages, "dropCleanFilePages"));
   exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim, "mallocTrim"));
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;

@@ -45,3 +45,49 @@ Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, false);
 #endif
 }
+
+#ifdef __linux__
+#include <sys/mman.h>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#endif
+
+Napi::Value DropCleanFilePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+#ifdef __linux__
+  FILE* f = fopen("/proc/self/smaps", "re");
+  if (!f) return Napi::Number::New(env, -1);
+  // Each mapping is a header line ("start-end perms offset dev inode path") followed by
+  // "Key: value" lines, Anonymous among them. A mapping is advised when its Anonymous
+  // line is read, so only what the kernel reported as holding no private page is.
+  char line[8192];
+  uint64_t start = 0, end = 0;
+  bool candidate = false;
+  double advised = 0;
+  while (fgets(line, sizeof line, f)) {
+    uint64_t s, e;
+    char perms[8];
+    unsigned long long offset;
+    char dev[16];
+    unsigned long inode;
+    int pathAt = 0;
+    if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %llx %15s %lu %n", &s, &e, perms, &offset, dev, &inode, &pathAt) == 6 && pathAt > 0) {
+      start = s;
+      end = e;
+      candidate = inode != 0 && perms[1] != 'w' && line[pathAt] == '/';
+    } else if (strncmp(line, "Anonymous:", 10) == 0) {
+      if (candidate && strtoull(line + 10, nullptr, 10) == 0 && end > start &&
+          madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) {
+        advised += double(end - start);
+      }
+      candidate = false;
+    }
+  }
+  fclose(f);
+  return Napi::Number::New(env, advised);
+#else
+  return Napi::Number::New(env, 0);
+#endif
+}

@@ -18,3 +18,12 @@ Napi::Value SetMallocArenaMax(const Napi::CallbackInfo& info);
 // mallocTrim(): boolean — malloc_trim(0) under glibc: gives the kernel back the free
 // pages of every arena. true when some memory was released.
 Napi::Value MallocTrim(const Napi::CallbackInfo& info);
+
+// dropCleanFilePages(): number — on Linux, madvise(MADV_DONTNEED) over every read-only,
+// file-backed mapping of this process whose smaps entry shows no Anonymous (private,
+// copied-on-write) pages: their resident pages leave the process's resident set, and any
+// page used again faults back in from the page cache. Writable mappings and those holding
+// private copies (relocated data, RELRO) are never touched. Returns the bytes of the
+// mappings advised (their length, not what was resident); -1 when smaps cannot be read.
+// When and how often is the caller's policy (memory-tuning.ts).
+Napi::Value DropCleanFilePages(const Napi::CallbackInfo& info);

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { loadNativeAddon } from '../src/util/native-addon';
@@ -135,4 +136,52 @@ test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a 
   const tuned = child(script, true);
   const plain = child(script, false);
   t.true(plain.arenas >= tuned.arenas + 3, `arenas: untuned ${plain.arenas}, tuned ${tuned.arenas}`);
+});
+
+(addonLoads ? test : test.skip)('agent tuning: the data path drops the clean pages of node\'s binary and libraries, keeps every private copy, and the process runs on', (t) => {
+  // What the agent touched of node's binary and shared libraries while starting (the
+  // loader, every builtin's compile, the CLI) stays resident until memory is short. The
+  // check unmaps read-only file mappings holding no page of their own; a page used again
+  // faults back in from the page cache. Relocated read-only data (RELRO) holds private
+  // copies: unmapping those would put unrelocated bytes back, so it must stay.
+  const MT = path.join(__dirname, '..', 'src', 'util', 'memory-tuning.js');
+  const MAIN = path.join(__dirname, '..', 'src', 'cli', 'main.js');
+  const script = `
+    const fs = require('fs');
+    const mt = require(${JSON.stringify(MT)});
+    require(${JSON.stringify(MAIN)});
+    const fileKiB = () => Number(/RssFile:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]);
+    const privateInFiles = () => {
+      let sum = 0, file = false;
+      for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\\n')) {
+        const head = /^[0-9a-f]+-[0-9a-f]+ \\S+ \\S+ \\S+ (\\d+)\\s*(.*)$/.exec(line);
+        if (head) file = head[1] !== '0' && head[2].startsWith('/');
+        else if (file && line.startsWith('Anonymous:')) sum += Number(/(\\d+)/.exec(line)[1]);
+      }
+      return sum;
+    };
+    const before = fileKiB(), privBefore = privateInFiles();
+    mt.checkAgentHeap(1e6);
+    const after = fileKiB(), privAfter = privateInFiles();
+    mt.checkAgentHeap(1e6 + mt.FILE_PAGES_DROP_MS - 250);
+    const drops = mt.filePageDrops.count;
+    mt.checkAgentHeap(1e6 + mt.FILE_PAGES_DROP_MS);
+    // Code that was unmapped runs again: hashing, JSON, a child's exit code through libuv.
+    const digest = require('crypto').createHash('sha256').update(Buffer.alloc(1 << 20, 7)).digest('hex');
+    const json = JSON.parse(JSON.stringify({ a: [1, 2, 3] })).a.length;
+    const status = require('child_process').spawnSync(process.execPath, ['-e', 'process.exit(3)']).status;
+    process.stdout.write(JSON.stringify({ before, after, privBefore, privAfter, drops, dropsLater: mt.filePageDrops.count, digest, json, status }));`;
+  const tuned = child(script, true);
+  const plain = child(script, false);
+  t.true(tuned.before - tuned.after > 8 * 1024, `tuned: file-backed ${tuned.before} KiB before the check, ${tuned.after} KiB after`);
+  t.true(tuned.privBefore > 0, 'node has relocated read-only data');
+  t.is(tuned.privAfter, tuned.privBefore, 'private copies in file mappings are kept');
+  t.is(tuned.drops, 1, 'no second drop within FILE_PAGES_DROP_MS');
+  t.is(tuned.dropsLater, 2);
+  const expected = createHash('sha256').update(Buffer.alloc(1 << 20, 7)).digest('hex');
+  t.is(String(tuned.digest), expected);
+  t.is(tuned.json, 3);
+  t.is(tuned.status, 3);
+  t.is(plain.drops, 0, 'nothing is dropped without tuneAgentMemory');
+  t.true(plain.before - plain.after < 2 * 1024, `untuned: ${plain.before} KiB before, ${plain.after} KiB after`);
 });

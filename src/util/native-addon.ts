@@ -13,6 +13,8 @@ export interface NativeAddonExports {
   setMallocArenaMax?: (arenas: number) => boolean;
   /** malloc_trim(0) under glibc: true when memory went back to the kernel. */
   mallocTrim?: () => boolean;
+  /** Unmaps the pages of read-only file mappings that hold no private copy; see memory-tuning.ts. */
+  dropCleanFilePages?: () => number;
   abiVersion?: number;
 }
 
