@@ -185,3 +185,27 @@ test('agent tuning: the heap ceiling keeps promoted garbage down, and follows a 
   t.is(plain.drops, 0, 'nothing is dropped without tuneAgentMemory');
   t.true(plain.before - plain.after < 2 * 1024, `untuned: ${plain.before} KiB before, ${plain.after} KiB after`);
 });
+
+(addonLoads ? test : test.skip)('agent tuning: the drop after start runs once on its timer, and the data path still drops at its first check', (t) => {
+  const MT = path.join(__dirname, '..', 'src', 'util', 'memory-tuning.js');
+  const script = `
+    const mt = require(${JSON.stringify(MT)});
+    const fileKiB = () => Number(/RssFile:\\s+(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'))[1]);
+    const before = fileKiB();
+    mt.dropFilePagesAfterStart(50);
+    const atOnce = mt.filePageDrops.count;
+    const keep = setInterval(() => {}, 1000);
+    setTimeout(() => {
+      const timed = mt.filePageDrops.count, after = fileKiB();
+      mt.checkAgentHeap(Date.now());
+      clearInterval(keep);
+      process.stdout.write(JSON.stringify({ before, after, atOnce, timed, firstCheck: mt.filePageDrops.count }));
+    }, 400);`;
+  const tuned = child(script, true);
+  t.is(tuned.atOnce, 0, 'not at once');
+  t.is(tuned.timed, 1);
+  t.true(tuned.before - tuned.after > 4 * 1024, `file-backed ${tuned.before} KiB before, ${tuned.after} KiB after`);
+  t.is(tuned.firstCheck, 2, 'the first check on the data path drops too');
+  const plain = child(script, false);
+  t.is(plain.timed, 0, 'nothing without tuneAgentMemory');
+});

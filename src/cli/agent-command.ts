@@ -8,7 +8,7 @@ import { isReleaseId } from '../release/manifest';
 import { ExitCode, FleetcastError } from '../util/errors';
 import { createLogger, Level, Logger } from '../util/log';
 import { sdNotify, startWatchdog, statusNotifier } from '../util/sd-notify';
-import { checkAgentHeap } from '../util/memory-tuning';
+import { dropFilePagesAfterStart, START_FILE_PAGES_DROP_MS } from '../util/memory-tuning';
 import { parseWindow } from '../wire/rollout';
 import { checks } from './args';
 import { channelCheck, Command, out } from './command';
@@ -167,9 +167,9 @@ export const agent: Command = {
     );
     const stopWatchdog = startWatchdog();
     sdNotify('READY=1');
-    // Started: what starting touched of node's files leaves the resident set now, not only
+    // Started: what starting touched of node's files leaves the resident set soon, not only
     // once a transfer's data path first checks (an idle follower may wait for days).
-    checkAgentHeap(Date.now());
+    dropFilePagesAfterStart(START_FILE_PAGES_DROP_MS);
     let stopping = false;
     const onSignal = () => {
       if (stopping) return;

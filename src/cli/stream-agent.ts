@@ -6,7 +6,7 @@ import { streamMetrics, streamStatus } from '../agent/stream-status';
 import { ExitCode } from '../util/errors';
 import type { Logger } from '../util/log';
 import { sdNotify, startWatchdog, statusNotifier } from '../util/sd-notify';
-import { checkAgentHeap } from '../util/memory-tuning';
+import { dropFilePagesAfterStart, START_FILE_PAGES_DROP_MS } from '../util/memory-tuning';
 import type { CommandSpec } from './args';
 import { memberOptions } from './member-flags';
 import { startMetrics } from './service';
@@ -52,7 +52,7 @@ export async function runStreamAgent(spec: CommandSpec, f: Record<string, unknow
   try {
     const running = a.run();
     sdNotify('READY=1');
-    checkAgentHeap(Date.now()); // started: see agent-command.ts
+    dropFilePagesAfterStart(START_FILE_PAGES_DROP_MS); // started: see agent-command.ts
     await running;
     const st = a.stats;
     log.info(`stream ${a.streamName}: WAN ${st.wanBytes} bytes, LAN ${st.lanBytes} bytes, ${st.nacksSent} NACKs sent, ${st.repairBytesSent} repair bytes sent, ${st.unitsRejected} units rejected`);

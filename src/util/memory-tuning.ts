@@ -49,7 +49,9 @@ import { loadNativeAddon } from './native-addon';
  *   ~72 MiB peak was file-backed, against 33 MiB for a bare `node -e`. The addon unmaps
  *   (madvise MADV_DONTNEED) the read-only file mappings that hold no private copy (no
  *   `Anonymous` pages in smaps, so never RELRO or anything written); a page used again
- *   faults back from the page cache, so what stays is what the transfer uses. The pages
+ *   faults back from the page cache, so what stays is what the transfer uses. An agent
+ *   that is up also drops them once START_FILE_PAGES_DROP_MS after READY, for an idle
+ *   follower that sees no datagram (dropFilePagesAfterStart). The pages
  *   stay in the page cache, where the kernel can now reclaim them first. Android's app
  *   compaction does the same to the file pages of cached apps (AppCompactor, "file"
  *   compaction). Issue 16, 3 agents, runs alternating: peak at 512 MiB 71.2-71.7 -> 55.2-55.3
@@ -62,6 +64,8 @@ export const AGENT_MALLOC_ARENAS = 1;
 export const AGENT_HEAP_CEILING_BYTES = 8 * 1024 * 1024;
 const HEAP_CHECK_MS = 250;
 export const FILE_PAGES_DROP_MS = 5000;
+/** How long after READY an agent drops the file pages of its start (dropFilePagesAfterStart). */
+export const START_FILE_PAGES_DROP_MS = 10_000;
 
 let collect: (() => void) | null = null;
 let trim: (() => boolean) | null = null;
@@ -85,6 +89,22 @@ export function tuneAgentMemory(): { mallocMmapThreshold: boolean; mallocArenas:
   if (typeof addon?.mallocTrim === 'function') trim = addon.mallocTrim;
   if (typeof addon?.dropCleanFilePages === 'function') dropFilePages = addon.dropCleanFilePages;
   return { mallocMmapThreshold, mallocArenas };
+}
+
+/**
+ * Node's clean file pages out of the resident set once, `afterMs` after the agent is up
+ * (READY), for an agent that may then wait idle for days without a datagram. It leaves
+ * the data path's first drop as it is: a transfer that begins meanwhile still drops at
+ * its first check what the lazy loads and the join touched (a start-up drop that delayed
+ * it cost ~5 MiB of peak at 2 GiB, bench/results/demo.md round 8).
+ */
+export function dropFilePagesAfterStart(afterMs: number): void {
+  if (!dropFilePages) return;
+  const drop = dropFilePages;
+  setTimeout(() => {
+    drop();
+    filePageDrops.count++;
+  }, afterMs).unref();
 }
 
 /**
