@@ -7,14 +7,14 @@ import { makeDir } from '../storage/make-dir';
 import type { Transport } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
-import { parseStreamBeatAnswer, StreamBeatAnswer } from '../wire/stream-control';
+import type { StreamBeatAnswer } from '../wire/stream-control';
 import { openTransports, persistentMemberId } from './agent-setup';
 import { zeroCounters } from './agent-types';
 import type { AgentStats, MemberOptions } from './agent-types';
 import { sleep } from './control-client';
 import { CoreDriver } from './core-driver';
 import { AGENT_DEFAULTS } from './core/defaults';
-import { leaseWaiting, streamHave } from './stream-beat';
+import { leaseWaiting, MapTokens, streamHave } from './stream-beat';
 import { StreamCore, StreamWindow } from './stream-core';
 import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
@@ -68,6 +68,7 @@ export class StreamAgent {
   private dataPort = 0;
   private beatWanted = false;
   private joined = false;
+  private readonly tokens = new MapTokens();
   private beatWake: (() => void) | null = null;
   private fetchWake: (() => void) | null = null;
   private readonly inFlight = new Map<number, number>();
@@ -279,13 +280,16 @@ export class StreamAgent {
       lanBytes: this.stats.lanBytes,
       lease: want,
       ...(this.joined ? {} : { join: true }),
+      ...this.tokens.field(),
     };
     let a: StreamBeatAnswer;
     try {
-      a = parseStreamBeatAnswer(await this.http.post('/heartbeat', body));
+      a = this.tokens.parse(await this.http.post('/heartbeat', body));
     } catch (err) {
-      if (err instanceof FleetcastError) throw err;
+      const again = this.tokens.refused(err, this.log);
+      if (err instanceof FleetcastError && !again) throw err;
       this.receipts.unshift(...receipts); // they go with the next one
+      if (again) return this.beat();
       this.log.warn(`stream heartbeat: ${(err as Error).message}`);
       await sleep(500, this.abort.signal).catch(() => undefined);
       return null;

@@ -1,5 +1,6 @@
+import type { Logger } from '../util/log';
 import { bitmapBytes, setBit } from '../wire/packet';
-import { MAX_STREAM_HAVE_BYTES, StreamBeatAnswer } from '../wire/stream-control';
+import { MAX_STREAM_HAVE_BYTES, parseStreamBeatAnswer, StreamBeatAnswer } from '../wire/stream-control';
 
 /*
  * What a stream agent's heartbeat says and when it beats (docs/protocol.md, streams), as
@@ -36,4 +37,43 @@ export function leaseWaiting(a: StreamBeatAnswer | null, next: number, lacks: (u
     if (a.holders[i] < 0 && u >= next && lacks(u)) return true;
   }
   return false;
+}
+
+/**
+ * The agent's side of map tokens (docs/protocol.md, "Map tokens"): every heartbeat sends
+ * the `mapToken` of the last answer applied ("" before the first), and an answer that
+ * leaves `members`, `groupKey` and `copyTo` out is completed from that answer. A server
+ * from before 2026-12-01 refuses the field (400, unknown field "mapToken"): from then on
+ * the agent leaves it out and takes whole answers, as before.
+ */
+export class MapTokens {
+  /** Whether heartbeats carry `mapToken` (false once the server refused it). */
+  on = true;
+  private kept: StreamBeatAnswer | null = null;
+
+  /** The field for the next body. */
+  field(): { mapToken?: string } {
+    return this.on ? { mapToken: this.kept?.mapToken ?? '' } : {};
+  }
+
+  /** The whole answer; a bad one throws, and the next body asks for everything again. */
+  parse(bytes: Uint8Array): StreamBeatAnswer {
+    try {
+      const a = parseStreamBeatAnswer(bytes, this.kept);
+      this.kept = a;
+      return a;
+    } catch (err) {
+      this.kept = null;
+      throw err;
+    }
+  }
+
+  /** True (and off from now on) when `err` is the server refusing the field: send the beat again without it. */
+  refused(err: unknown, log: Logger): boolean {
+    if (!this.on || !(err instanceof Error) || !/unknown field "mapToken"/.test(err.message)) return false;
+    this.on = false;
+    this.kept = null;
+    log.info('the server does not take mapToken in stream heartbeats (a server before 2026-12-01): whole answers from now on');
+    return true;
+  }
 }

@@ -1,12 +1,18 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { StreamHead } from '../release/stream-manifest';
 import { bitmapBytes, getBit, setBit } from '../wire/packet';
-import { MAX_STREAM_HOLDERS, StreamBeatAnswer, StreamBeatBody } from '../wire/stream-control';
+import { MAX_STREAM_HOLDERS, StreamBeatAnswer, StreamBeatBody, StreamBeatMember, StreamBeatReply } from '../wire/stream-control';
 import { GroupAllocator } from './allocator';
 import type { AllocatorOptions } from './allocator';
 
 /** The interval a stream member is asked to beat at; it beats sooner when it learns a new batch. */
 export const STREAM_HEARTBEAT_MS = 1000;
+/**
+ * A map token also changes at every multiple of this on the server's clock, so members
+ * that send it see the others' `verifiedUnits` (status only; not in the token) at most this
+ * old: the 30 s a 1.4 answer's counters may lag (docs/protocol.md section 14).
+ */
+export const MAP_TOKEN_REFRESH_MS = 30_000;
 /** Receipt ages are taken up to this (as in 1.4 heartbeats). */
 const MAX_RECEIPT_AGE_MS = 60_000;
 
@@ -49,7 +55,7 @@ export class StreamAllocation {
 
   constructor(private readonly allocator: Partial<AllocatorOptions> = {}) {}
 
-  heartbeat(name: string, head: StreamHead, b: StreamBeatBody, now: number): StreamBeatAnswer {
+  heartbeat(name: string, head: StreamHead, b: StreamBeatBody, now: number): StreamBeatReply {
     this.heartbeats.set(name, (this.heartbeats.get(name) ?? 0) + 1);
     const key = `${name}/${b.wideGroup ? `*${b.wideGroup}` : b.group}`;
     const mk = `${name}/${b.member}`;
@@ -86,7 +92,7 @@ export class StreamAllocation {
         if (e) copyTo.push({ group, member: gw, address: e.address, port: e.port });
       }
     }
-    return {
+    const answer: StreamBeatAnswer = {
       v: 1,
       heartbeatMs: STREAM_HEARTBEAT_MS,
       groupKey: sg.key,
@@ -99,7 +105,32 @@ export class StreamAllocation {
       holders: map.holders.slice(from, n),
       copyTo,
     };
+    return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now);
   }
+
+  /**
+   * The answer to a body with `mapToken` (docs/protocol.md, "Map tokens"): members by id,
+   * not ranked (ranks move with every overhead sample; ids only when members come or go),
+   * holders indexing that order, and `members`, `groupKey` and `copyTo` left out when the
+   * token the member sent is the one they make now. After HTTP's conditional requests
+   * (RFC 9110 section 13.1.2, If-None-Match): the agent echoes the validator of what it
+   * holds, and the server sends that part again only when it changed.
+   */
+  private tokened(a: StreamBeatAnswer, sent: string, now: number): StreamBeatReply {
+    const order = a.members.map((_, i) => i).sort((i, j) => (a.members[i].id < a.members[j].id ? -1 : 1));
+    const at: number[] = [];
+    order.forEach((old, k) => (at[old] = k));
+    const members = order.map((i) => a.members[i]);
+    const holders = a.holders.map((h) => (h < 0 ? h : at[h]));
+    const mapToken = mapTokenOf(a.groupKey, members, a.copyTo, Math.floor(now / MAP_TOKEN_REFRESH_MS));
+    if (sent !== mapToken) return { ...a, members, holders, mapToken };
+    this.tokenHits++;
+    const { members: _m, groupKey: _k, copyTo: _c, ...rest } = a;
+    return { ...rest, holders, mapToken };
+  }
+
+  /** Answers to a body with `mapToken` that left the unchanged parts out (tests, bench). */
+  tokenHits = 0;
 
   /**
    * The first unit of an answer's holders window: the first unit some member of the
@@ -147,4 +178,15 @@ export class StreamAllocation {
     for (const [k, sg] of this.groups) if (k.startsWith(name + '/')) n += sg.g.memberCount();
     return n;
   }
+}
+
+/**
+ * A map token: 16 base64url characters of the SHA-256 of what an answer may leave out
+ * (the group key, the members in answer order without `verifiedUnits`, `copyTo`) and the
+ * refresh period. Opaque to agents: only equality counts.
+ */
+export function mapTokenOf(groupKey: string, members: StreamBeatMember[], copyTo: StreamBeatAnswer['copyTo'], period: number): string {
+  const m = members.map((x) => [x.id, x.group, x.address, x.dataPort, x.role, x.complete]);
+  const c = copyTo.map((x) => [x.group, x.member, x.address, x.port]);
+  return createHash('sha256').update(JSON.stringify([groupKey, m, c, period])).digest('base64url').slice(0, 16);
 }

@@ -19,6 +19,8 @@ export const MAX_STREAM_LEASE = 64;
 /** Holder entries in one answer (a window from `holdersFrom`). */
 export const MAX_STREAM_HOLDERS = 65_536;
 export const MAX_STREAM_MEMBERS = 4096;
+/** Characters of a body's `mapToken` (the server's are 16). */
+export const MAX_MAP_TOKEN_CHARS = 64;
 /** Body and answer byte caps. */
 export const MAX_STREAM_BODY_BYTES = 128 * 1024;
 export const MAX_STREAM_ANSWER_BYTES = 4 * 1024 * 1024;
@@ -44,6 +46,12 @@ export interface StreamBeatBody {
   lanBytes: number;
   /** The member's first heartbeat of a run: leases it held before are returned to the pool. */
   join: boolean;
+  /**
+   * Opt-in (agents from 2026-12-01): the `mapToken` of the last answer the member applied, or
+   * "" for none yet. An answer to a body with it leaves out `members`, `groupKey` and `copyTo`
+   * when its own `mapToken` is this one (they did not change); absent: whole answers.
+   */
+  mapToken?: string;
 }
 
 export interface StreamBeatMember {
@@ -70,7 +78,12 @@ export interface StreamBeatAnswer {
   holdersFrom: number;
   holders: number[];
   copyTo: { group: string; member: string; address: string; port: number }[];
+  /** Only to a body with `mapToken`: what `members` (without `verifiedUnits`), `groupKey` and `copyTo` are now, opaque. */
+  mapToken?: string;
 }
+
+/** An answer as the server sends it: to a body whose `mapToken` is the answer's, without the parts that did not change. */
+export type StreamBeatReply = Omit<StreamBeatAnswer, 'members' | 'groupKey' | 'copyTo'> & Partial<Pick<StreamBeatAnswer, 'members' | 'groupKey' | 'copyTo'>>;
 
 class Bad extends Error {}
 const fail = (m: string): never => {
@@ -93,7 +106,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
   const o = parseJsonObject(bytes);
   if (typeof o === 'string') return o;
   try {
-    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join']);
+    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join', 'mapToken']);
     if (o.v !== STREAM_CONTROL_V) fail(`v must be ${STREAM_CONTROL_V}`);
     if (typeof o.have !== 'string' || o.have.length > Math.ceil(MAX_STREAM_HAVE_BYTES / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.have)) fail(`have must be base64 of at most ${MAX_STREAM_HAVE_BYTES} bytes`);
     if (o.address !== undefined && o.address !== null && (typeof o.address !== 'string' || o.address.length > 64 || !/^[0-9A-Fa-f.:%a-z]+$/.test(o.address))) fail('address must be an IP address');
@@ -114,6 +127,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
       forwarded: o.forwarded === undefined ? 0 : int(o.forwarded, 'forwarded'),
       lanBytes: o.lanBytes === undefined ? 0 : int(o.lanBytes, 'lanBytes'),
       join: o.join === undefined ? false : o.join === true ? true : fail('join must be true when present'),
+      ...(o.mapToken !== undefined ? { mapToken: typeof o.mapToken === 'string' && o.mapToken.length <= MAX_MAP_TOKEN_CHARS ? o.mapToken : fail(`mapToken must be a string of at most ${MAX_MAP_TOKEN_CHARS} characters`) } : {}),
     };
     if (o.receiptAgesMs !== undefined && b.receiptAgesMs.length !== b.receipts.length) fail('receiptAgesMs must have one entry per unit in receipts');
     if (o.fetchingBytes !== undefined && b.fetchingBytes.length !== b.fetching.length) fail('fetchingBytes must have one entry per unit in fetching');
@@ -124,13 +138,26 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
   }
 }
 
-/** A heartbeat answer from the server; throws an Error naming what is wrong. */
-export function parseStreamBeatAnswer(bytes: Uint8Array): StreamBeatAnswer {
+/**
+ * A heartbeat answer from the server; throws an Error naming what is wrong. `kept`: the
+ * last answer the agent applied, whose `members`, `groupKey` and `copyTo` an answer that
+ * leaves them out (its `mapToken` is the kept one's) stands for; the result is whole.
+ */
+export function parseStreamBeatAnswer(bytes: Uint8Array, kept: StreamBeatAnswer | null = null): StreamBeatAnswer {
   if (bytes.length > MAX_STREAM_ANSWER_BYTES) throw new Error(`stream heartbeat answer larger than ${MAX_STREAM_ANSWER_BYTES} bytes`);
   const o = parseJsonObject(bytes);
   if (typeof o === 'string') throw new Error(`stream heartbeat answer: ${o}`);
   try {
     if (o.v !== STREAM_CONTROL_V) fail(`v must be ${STREAM_CONTROL_V}`);
+    if (o.mapToken !== undefined && (typeof o.mapToken !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(o.mapToken))) fail('mapToken must be 1–64 characters of letters, digits, _ and -');
+    const left = ['members', 'groupKey', 'copyTo'].filter((k) => o[k] === undefined).length;
+    if (left === 3) {
+      // Unchanged since the answer we applied: only with its token (and never without one).
+      if (!kept || o.mapToken === undefined || kept.mapToken !== o.mapToken) fail('members, groupKey and copyTo left out, but the mapToken is not the one of the answer we hold');
+      o.members = kept!.members;
+      o.groupKey = kept!.groupKey;
+      o.copyTo = kept!.copyTo;
+    } else if (left !== 0) fail('members, groupKey and copyTo must all be given or all be left out');
     if (typeof o.groupKey !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(o.groupKey)) fail('groupKey must be base64 of 32 bytes');
     if (typeof o.ended !== 'boolean') fail('ended must be true or false');
     if (!Array.isArray(o.members) || o.members.length > MAX_STREAM_MEMBERS) fail(`members must be a list of at most ${MAX_STREAM_MEMBERS}`);
@@ -170,6 +197,7 @@ export function parseStreamBeatAnswer(bytes: Uint8Array): StreamBeatAnswer {
       holdersFrom: int(o.holdersFrom, 'holdersFrom'),
       holders,
       copyTo,
+      ...(o.mapToken !== undefined ? { mapToken: o.mapToken as string } : {}),
     };
     if (a.firstUnit > a.nextUnit) fail('firstUnit must not be past nextUnit');
     if (a.holdersFrom + a.holders.length > a.nextUnit) fail('holders must not name units past nextUnit');

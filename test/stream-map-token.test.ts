@@ -1,0 +1,237 @@
+import test from 'ava';
+import { randomBytes, randomInt } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { MapTokens } from '../src/agent/stream-beat';
+import { StreamAgent } from '../src/agent/stream-agent';
+import { ServerAccess } from '../src/net/server-access';
+import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
+import type { StreamHead } from '../src/release/stream-manifest';
+import { StreamPublisher } from '../src/release/stream-publish';
+import { MAP_TOKEN_REFRESH_MS, StreamAllocation } from '../src/server/stream-alloc';
+import { streamRoutes } from '../src/server/stream-routes';
+import { silentLogger } from '../src/util/log';
+import { parseStreamBeat, parseStreamBeatAnswer, StreamBeatAnswer, StreamBeatBody, StreamBeatReply } from '../src/wire/stream-control';
+import { startStreamServer } from './helpers/stream-server';
+
+/*
+ * Map tokens in stream heartbeats (docs/protocol.md, "Map tokens"): an agent that sends
+ * `mapToken` gets the member list, the group key and the copy destinations only when they
+ * changed since the answer it holds; one that does not send it gets today's whole answer.
+ * Bounds are on bytes, fields and counts.
+ */
+
+const head = (nextUnit: number, firstUnit = 0): StreamHead => ({ stream: 'cam', id: 'ab'.repeat(16), unitSize: 65536, firstUnit, firstBatch: 0, lastBatch: nextUnit, nextUnit, bytes: nextUnit * 65536, time: '2026-01-01T00:00:00Z', ended: false });
+const body = (member: string, extra: Partial<StreamBeatBody> = {}): StreamBeatBody => ({ v: 1, group: member.startsWith('x') ? 'g2' : 'g1', member, wideGroup: 'w', address: `10.0.${member.startsWith('x') ? 2 : 1}.${member.charCodeAt(member.length - 1)}`, dataPort: 4000, haveFrom: 0, have: new Uint8Array(0), receipts: [], receiptAgesMs: [], fetching: [], fetchingBytes: [], lease: 0, forwarded: 0, lanBytes: 0, join: false, ...extra });
+/** Holders by member id (what an index means is the list's business). */
+const holderIds = (a: StreamBeatAnswer) => a.holders.map((h) => (h < 0 ? null : a.members[h].id));
+
+/** Four members of a wide-area group (two LAN groups) beating against a growing stream. */
+function group() {
+  const alloc = new StreamAllocation();
+  let now = 1_000_000;
+  const tokens = new Map<string, MapTokens>();
+  const beat = (m: string, n: number, extra: Partial<StreamBeatBody> = {}, opt = true) => {
+    const t = tokens.get(m) ?? new MapTokens();
+    tokens.set(m, t);
+    const reply: StreamBeatReply = alloc.heartbeat('cam', head(n), body(m, { ...extra, ...(opt ? t.field() : {}) }), (now += 7));
+    const wire = Buffer.from(JSON.stringify(reply));
+    return { reply, wire, whole: opt ? t.parse(wire) : parseStreamBeatAnswer(wire) };
+  };
+  return { alloc, beat, tick: (ms: number) => (now += ms) };
+}
+
+test('an agent that echoes the map token gets members, groupKey and copyTo only when they changed; holders still name the right members', (t) => {
+  const g = group();
+  for (const m of ['a1', 'a2', 'x1', 'x2']) g.beat(m, 4, { lease: 2, join: true });
+  let full = 0;
+  let left = 0;
+  let sizeLeft = 0;
+  let sizeFull = 0;
+  for (let n = 5; n < 60; n++) {
+    for (const m of ['a1', 'a2', 'x1', 'x2']) {
+      const { reply, wire, whole } = g.beat(m, n, { lease: 2, receipts: n > 6 ? [n - 2] : [], receiptAgesMs: n > 6 ? [3] : [] });
+      t.truthy(reply.mapToken, 'every answer to a body with mapToken carries one');
+      if (reply.members === undefined) {
+        t.is(reply.groupKey, undefined);
+        t.is(reply.copyTo, undefined);
+        left++;
+        sizeLeft += wire.length;
+      } else {
+        full++;
+        sizeFull += wire.length;
+      }
+      // The whole answer the agent builds names the same holders as an answer to a body without a token.
+      t.is(whole.members.length, 4);
+      t.is(whole.copyTo.length, 1, 'one other LAN group: one gateway to copy to');
+      t.deepEqual(holderIds(whole), holderIds(g.beat(m, n, {}, false).whole));
+    }
+  }
+  t.log(`answers with the map: ${full} (mean ${Math.round(sizeFull / full)} B), without: ${left} (mean ${Math.round(sizeLeft / left)} B)`);
+  t.true(left >= 0.9 * (left + full), `most answers (${left} of ${left + full}) leave the unchanged map out`);
+  t.true(sizeLeft / left < 0.4 * (sizeFull / full), 'and are well under half the size');
+  t.is(g.alloc.tokenHits, left);
+});
+
+test('the map is sent again when it changes: a member joins, moves to another address or leaves, or the refresh period passes', (t) => {
+  const g = group();
+  for (const m of ['a1', 'x1', 'x2']) g.beat(m, 4, { join: true });
+  t.is(g.beat('a1', 5).reply.members?.length, 3, 'x1 and x2 joined after a1 first beat: the whole list');
+  t.is(g.beat('a1', 5).reply.members, undefined, 'unchanged: left out');
+  g.beat('a2', 5, { join: true }); // a member joins
+  const joined = g.beat('a1', 5);
+  t.is(joined.reply.members?.length, 4, 'a member joined: the whole list again');
+  t.is(g.beat('a1', 6).reply.members, undefined);
+  // A member comes back on another address (a new DHCP lease): its record and the copy destinations change.
+  g.beat('x1', 6, { address: '10.0.2.99' });
+  const moved = g.beat('a1', 6);
+  t.truthy(moved.reply.members, 'a member record changed: sent');
+  t.is(moved.whole.members.find((m) => m.id === 'x1')?.address, '10.0.2.99');
+  t.is(moved.whole.copyTo[0].address, '10.0.2.99', "the other group's gateway, at its new address");
+  t.is(g.beat('a1', 7).reply.members, undefined);
+  // A refresh period later the list comes again (other members' verifiedUnits are at most that old).
+  g.tick(MAP_TOKEN_REFRESH_MS);
+  t.truthy(g.beat('a1', 8).reply.members, 'refreshed');
+  t.is(g.beat('a1', 8).reply.members, undefined);
+  // A member that falls silent leaves at its timeout while the others beat: their lists lose it.
+  for (let i = 0; i < 60; i++) {
+    g.tick(500);
+    for (const m of ['a2', 'x1']) g.beat(m, 9);
+    g.beat('a1', 9);
+  }
+  t.deepEqual(g.beat('a1', 9).whole.members.map((m) => m.id), ['a1', 'a2', 'x1'], 'x2 left the list the agent holds, by id');
+});
+
+test('a body without mapToken gets the whole answer, ranked, with no token; a wrong or empty token gets the whole answer', (t) => {
+  const g = group();
+  for (const m of ['a1', 'a2', 'x1', 'x2']) g.beat(m, 4, { join: true, lease: 1 });
+  const plain = g.beat('a1', 5, {}, false).reply;
+  t.is(plain.mapToken, undefined);
+  t.is(plain.members?.length, 4);
+  t.truthy(plain.groupKey);
+  t.truthy(plain.copyTo);
+  t.deepEqual(Object.keys(plain), ['v', 'heartbeatMs', 'groupKey', 'firstUnit', 'nextUnit', 'ended', 'lease', 'members', 'holdersFrom', 'holders', 'copyTo'], 'exactly the fields of before');
+  // Fuzz-style: any token that is not the current one, well formed or not, gets everything.
+  const alloc = g.alloc;
+  for (let i = 0; i < 500; i++) {
+    const len = randomInt(0, 65);
+    const token = i % 3 === 0 ? randomBytes(len).toString('base64url').slice(0, len) : String.fromCharCode(...Array.from({ length: len }, () => randomInt(1, 0xd7ff)));
+    const raw = Buffer.from(JSON.stringify({ ...body('a1'), have: '', join: undefined, mapToken: token }));
+    const b = parseStreamBeat(raw);
+    if (typeof b === 'string') return t.fail(`a ${len}-character token was refused: ${b}`);
+    const reply = alloc.heartbeat('cam', head(5), b, 1_000_500);
+    t.is(reply.members?.length, 4);
+    t.truthy(reply.groupKey);
+    t.truthy(reply.copyTo);
+    parseStreamBeatAnswer(Buffer.from(JSON.stringify(reply)));
+  }
+  t.regex(parseStreamBeat(Buffer.from(JSON.stringify({ ...body('a1'), have: '', join: undefined, mapToken: 'x'.repeat(65) }))) as string, /mapToken must be a string of at most 64/);
+  t.regex(parseStreamBeat(Buffer.from(JSON.stringify({ ...body('a1'), have: '', join: undefined, mapToken: 7 }))) as string, /mapToken must be a string/);
+});
+
+test('the agent side: an answer without the map needs the token of the answer it holds; a bad one is dropped and the next beat asks for everything', (t) => {
+  const g = group();
+  g.beat('a1', 4, { join: true });
+  const full = g.beat('x1', 4, { join: true }).whole;
+  const tokenless: StreamBeatReply = { ...full, mapToken: full.mapToken };
+  delete tokenless.members;
+  delete tokenless.groupKey;
+  delete tokenless.copyTo;
+  const wire = Buffer.from(JSON.stringify(tokenless));
+  t.throws(() => parseStreamBeatAnswer(wire), { message: /left out, but the mapToken is not the one/ });
+  t.throws(() => parseStreamBeatAnswer(wire, { ...full, mapToken: 'other' }), { message: /not the one/ });
+  t.deepEqual(parseStreamBeatAnswer(wire, full), full);
+  const partial = { ...full } as Partial<StreamBeatAnswer>;
+  delete partial.copyTo;
+  t.throws(() => parseStreamBeatAnswer(Buffer.from(JSON.stringify(partial)), full), { message: /all be given or all be left out/ });
+  // MapTokens: "" first, then the held token; a bad answer forgets it.
+  const m = new MapTokens();
+  t.deepEqual(m.field(), { mapToken: '' });
+  m.parse(Buffer.from(JSON.stringify(full)));
+  t.deepEqual(m.field(), { mapToken: full.mapToken });
+  t.deepEqual(m.parse(wire), full);
+  t.throws(() => m.parse(Buffer.from('{"v":1}')));
+  t.deepEqual(m.field(), { mapToken: '' });
+  t.throws(() => m.parse(wire), { message: /not the one/ });
+  // A server from before refuses the field: off for good.
+  t.false(m.refused(new Error('stream cam: POST /v1/streams/cam/heartbeat: BAD_BODY: unknown field "lease"'), silentLogger));
+  t.true(m.refused(new Error('stream cam: POST /v1/streams/cam/heartbeat: BAD_BODY: unknown field "mapToken"'), silentLogger));
+  t.deepEqual(m.field(), {});
+});
+
+/** A server from before map tokens, as agents meet it: the real server behind a proxy that refuses bodies with mapToken as that server's parser does. */
+async function oldServer(url: string): Promise<{ url: string; refused: () => number; close: () => Promise<void> }> {
+  let refused = 0;
+  const target = new URL(url);
+  const proxy = http.createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (c: Buffer) => parts.push(c));
+    req.on('end', () => {
+      const data = Buffer.concat(parts);
+      if (req.url?.endsWith('/heartbeat') && data.includes('"mapToken"')) {
+        refused++;
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'BAD_BODY', message: 'unknown field "mapToken"' }));
+        return;
+      }
+      const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      up.end(data);
+    });
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  const port = (proxy.address() as { port: number }).port;
+  return { url: `http://127.0.0.1:${port}`, refused: () => refused, close: () => new Promise((r) => (proxy.closeAllConnections(), proxy.close(() => r()))) };
+}
+
+test('on the LAN: agents that opt in take most heartbeat answers without the map, and an agent of a server that refuses the field gets every byte with whole answers', async (t) => {
+  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
+  const key = await loadPrivateKey(keyPath);
+  const trusted = [await loadPublicKey(pubPath)];
+  const old = await oldServer(url);
+  t.teardown(() => old.close());
+  const UNIT = 64 * 1024;
+  const source = randomBytes(2_000_000);
+  const pub = await StreamPublisher.open(store, 'cam', key, { unitSize: UNIT, flushMs: 200 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
+  const agents = ['a', 'b', 'c'].map(
+    (id) =>
+      new StreamAgent({
+        server: new ServerAccess({ url: id === 'c' ? old.url : url, plainHttp: true }),
+        stream: 'cam',
+        group: 'g1',
+        member: id,
+        interface: '127.0.0.1',
+        multicast,
+        storageDir: path.join(dir, `agent-${id}`),
+        trustedKeys: trusted,
+        start: 'beginning',
+        sink: path.join(dir, `${id}.bin`),
+      }),
+  );
+  t.teardown(async () => {
+    for (const a of agents) await a.close();
+  });
+  const runs = agents.map((a) => a.run());
+  const alloc = streamRoutes(store).alloc;
+  while (alloc.memberCount('cam') < 3) await new Promise((r) => setTimeout(r, 10));
+  for (let off = 10_000; off < source.length; off += 10_000) {
+    await pub.push(source.subarray(off, off + 10_000));
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await pub.end();
+  await pub.close();
+  await Promise.all(runs);
+  for (const id of ['a', 'b', 'c']) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
+  const beats = alloc.heartbeats.get('cam') ?? 0;
+  t.log(`${beats} heartbeats, ${alloc.tokenHits} answered without the map; the old server refused mapToken ${old.refused()} time(s)`);
+  t.is(old.refused(), 1, 'the agent of the old server sent mapToken once, then whole-answer bodies');
+  t.false(agents[2]['tokens'].on);
+  // a and b beat about as often as c; with two of three opting in, well over half the answers leave the map out.
+  t.true(alloc.tokenHits >= 0.5 * beats, `answers without the map ${alloc.tokenHits} >= half of ${beats}`);
+});
