@@ -44,6 +44,9 @@ const MAX_CHANNEL_MEMBERS = 200_000;
 /** members.json is rewritten for members' times alone at most this often (a restart's followers poll again within seconds). */
 const SEEN_REFRESH_MS = 60_000;
 
+/** A member seen following a channel, as members.json keeps it: channel -> member -> this. */
+type SavedSeen = Pick<Seen, 'group' | 'lastSeen'>;
+
 /** A member seen following a channel. */
 interface Seen {
   group: string;
@@ -91,7 +94,7 @@ export class RolloutService {
     if (this.o.shared) await this.o.shared.import(fromFiles);
     else for (const r of fromFiles) this.rollouts.set(r.id, r);
     try {
-      const j = JSON.parse(await fs.readFile(path.join(this.dir, 'members.json'), 'utf8')) as Record<string, Record<string, { group: string; lastSeen: number }>>;
+      const j = JSON.parse(await fs.readFile(path.join(this.dir, 'members.json'), 'utf8')) as Record<string, Record<string, SavedSeen>>;
       for (const [ch, members] of Object.entries(j)) {
         if (!CHANNEL_RE.test(ch) || typeof members !== 'object' || members === null) continue;
         const m = new Map<string, Seen>();
@@ -154,7 +157,7 @@ export class RolloutService {
           this.seenDirty = false;
           this.seenStale = false;
           this.seenSavedAt = this.o.now();
-          const out: Record<string, Record<string, { group: string; lastSeen: number }>> = {};
+          const out: Record<string, Record<string, SavedSeen>> = {};
           for (const [ch, m] of this.seen) out[ch] = Object.fromEntries([...m].map(([id, v]) => [id, { group: v.group, lastSeen: v.lastSeen }]));
           await writeAtomic(path.join(this.dir, 'members.json'), Buffer.from(JSON.stringify(out)));
         }
