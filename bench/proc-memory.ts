@@ -115,17 +115,3 @@ export function nodeBaselineKiB(): { rss: number; file: number } {
   const [rss, file] = r.stdout.trim().split(' ').map(Number);
   return { rss, file };
 }
-
-/**
- * The hand-written notes of a results file that `npm run bench -- demo` regenerates: every
- * line from the first `### ` heading on (the rounds of issue 16's memory work), without the
- * old `Generated` stamp. The run writes its own tables above them.
- */
-export function keptNotes(previous: string): string[] {
-  const lines = previous.split('\n');
-  const at = lines.findIndex((l) => l.startsWith('### '));
-  if (at < 0) return [];
-  const notes = lines.slice(at).filter((l) => !l.startsWith('Generated '));
-  while (notes.length && notes[notes.length - 1] === '') notes.pop();
-  return [...notes, ''];
-}

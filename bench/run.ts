@@ -10,7 +10,8 @@ import { benchIdleAll, idleReport } from './idle';
 import { benchScale, scaleReport } from './scale';
 import { clusterReport } from './scale-cluster';
 import { benchStream, streamReport } from './stream';
-import { AgentMemory, AgentMemorySampler, keptNotes, nodeBaselineKiB } from './proc-memory';
+import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
+import { keptNotes, notesAfterGenerated } from './results-notes';
 
 /**
  * `npm run bench -- demo [RUNS]`: the loopback demo at 0% and 5% loss, 64 MiB, 4 agents,
@@ -175,6 +176,7 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', r
   }
   const body =
     what === 'lan' ? await benchLan(runs) : what === 'sites' ? await benchSitesAndPolicies(runs) : what === 'policies' ? await benchPolicies(runs) : await benchUplinks(runs);
+  const previous = await fs.readFile(path.join(__dirname, '..', '..', 'bench', 'results', `${what}.md`), 'utf8').catch(() => '');
   await writeResult(what, [
     `# Namespace benchmark: ${what}`,
     '',
@@ -184,6 +186,7 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', r
     '',
     ...body,
     `Generated ${new Date().toISOString()}.`,
+    ...notesAfterGenerated(previous),
     '',
   ]);
 }

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { keepSitesSection, placeSection, sitesSectionOf } from '../bench/stream-sites';
-import { keptNotes } from '../bench/proc-memory';
+import { keptNotes, notesAfterGenerated } from '../bench/results-notes';
 
 // bench/results/stream.md holds a generated "Sites testbed" section followed by hand-written
 // notes under ### headings; a new stream-sites run replaces the tables, never the notes.
@@ -28,4 +28,11 @@ test('bench demo keeps the hand-written ### rounds of bench/results/demo.md, wit
   t.deepEqual(keptNotes(demo), ['### Round 5', 'notes', '', '### Round 7', 'more', '']);
   t.deepEqual(keptNotes('# Loopback demo\nold table\nGenerated 2026\n'), [], 'a file without notes keeps nothing');
   t.deepEqual(keptNotes(''), []);
+});
+
+test('the namespace benches keep what follows the previous Generated stamp (lan.md\'s before/after checks)', (t) => {
+  const lan = ['# Namespace benchmark: lan', '', 'old table', '', 'Generated 2026-11-30.', '', '## Before and after (issue 16)', 'notes', '', '### Re-check', 'more', ''].join('\n');
+  t.deepEqual(notesAfterGenerated(lan), ['', '## Before and after (issue 16)', 'notes', '', '### Re-check', 'more', '']);
+  t.deepEqual(notesAfterGenerated('# x\ntable\nGenerated 2026.\n'), [], 'nothing after the stamp');
+  t.deepEqual(notesAfterGenerated('# x\ntable\n'), [], 'no stamp');
 });
