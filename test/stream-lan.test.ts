@@ -4,12 +4,11 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
-import { startStreamServer } from './helpers/stream-server';
+import { loopbackStreamAgent, startStreamServer } from './helpers/stream-server';
 import { BIN, runCli } from './helpers/fleet';
 import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { streamRoutes } from '../src/server/stream-routes';
-import { ServerAccess } from '../src/net/server-access';
 import { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
 import { createLogger } from '../src/util/log';
 
@@ -32,20 +31,10 @@ async function setup(t: ExecutionContext) {
     for (const a of agents) await a.close();
   });
   const agent = (name: string, id: string, extra: Partial<StreamAgentOptions> = {}) => {
-    const a = new StreamAgent({
-      server: new ServerAccess({ url, plainHttp: true }),
-      stream: name,
-      group: 'g1',
-      member: id,
-      interface: '127.0.0.1',
-      multicast,
-      storageDir: path.join(dir, `agent-${id}`),
-      trustedKeys: trusted,
-      start: 'beginning',
-      sink: path.join(dir, `${id}.bin`),
-      ...(process.env.STREAM_DEBUG ? { logger: createLogger({ level: 'debug', prefix: `${id} ` }) } : {}),
-      ...extra,
-    });
+    const a = loopbackStreamAgent(
+      { url, dir, stream: name, id, multicast, trusted },
+      { ...(process.env.STREAM_DEBUG ? { logger: createLogger({ level: 'debug', prefix: `${id} ` }) } : {}), ...extra },
+    );
     agents.push(a);
     return a;
   };

@@ -4,8 +4,6 @@ import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { MapTokens } from '../src/agent/stream-beat';
-import { StreamAgent } from '../src/agent/stream-agent';
-import { ServerAccess } from '../src/net/server-access';
 import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import type { StreamHead } from '../src/release/stream-manifest';
 import { StreamPublisher } from '../src/release/stream-publish';
@@ -13,7 +11,7 @@ import { MAP_TOKEN_REFRESH_MS, StreamAllocation } from '../src/server/stream-all
 import { streamRoutes } from '../src/server/stream-routes';
 import { silentLogger } from '../src/util/log';
 import { parseStreamBeat, parseStreamBeatAnswer, StreamBeatAnswer, StreamBeatBody, StreamBeatReply } from '../src/wire/stream-control';
-import { startStreamServer } from './helpers/stream-server';
+import { loopbackStreamAgent, startStreamServer } from './helpers/stream-server';
 
 /*
  * Map tokens in stream heartbeats (docs/protocol.md, "Map tokens"): an agent that sends
@@ -201,18 +199,7 @@ test('on the LAN: agents that opt in take most heartbeat answers without the map
   const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
   const agents = ['a', 'b', 'c'].map(
     (id) =>
-      new StreamAgent({
-        server: new ServerAccess({ url: id === 'c' ? old.url : url, plainHttp: true }),
-        stream: 'cam',
-        group: 'g1',
-        member: id,
-        interface: '127.0.0.1',
-        multicast,
-        storageDir: path.join(dir, `agent-${id}`),
-        trustedKeys: trusted,
-        start: 'beginning',
-        sink: path.join(dir, `${id}.bin`),
-      }),
+      loopbackStreamAgent({ url: id === 'c' ? old.url : url, dir, stream: 'cam', id, multicast, trusted }),
   );
   t.teardown(async () => {
     for (const a of agents) await a.close();
