@@ -99,12 +99,13 @@ export function tuneAgentMemory(): { mallocMmapThreshold: boolean; mallocArenas:
  * it cost ~5 MiB of peak at 2 GiB, bench/results/demo.md round 8).
  */
 export function dropFilePagesAfterStart(afterMs: number): void {
+  if (dropFilePages) setTimeout(dropFilePagesNow, afterMs).unref();
+}
+
+function dropFilePagesNow(): void {
   if (!dropFilePages) return;
-  const drop = dropFilePages;
-  setTimeout(() => {
-    drop();
-    filePageDrops.count++;
-  }, afterMs).unref();
+  dropFilePages();
+  filePageDrops.count++;
 }
 
 /**
@@ -117,8 +118,7 @@ export function checkAgentHeap(now: number): void {
   lastCheck = now;
   if (dropFilePages && now - lastFileDrop >= FILE_PAGES_DROP_MS) {
     lastFileDrop = now;
-    dropFilePages();
-    filePageDrops.count++;
+    dropFilePagesNow();
   }
   if (getHeapStatistics().used_heap_size < ceiling) return;
   collect();
