@@ -49,12 +49,21 @@ function machine(): string {
   return `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}`;
 }
 
+/** bench/results/NAME.md as it is now ('' when there is none): its notes go into the next run's file. */
+function previousResult(name: string): Promise<string> {
+  return fs.readFile(resultPath(name), 'utf8').catch(() => '');
+}
+
+function resultPath(name: string): string {
+  return path.join(__dirname, '..', '..', 'bench', 'results', `${name}.md`);
+}
+
 async function writeResult(name: string, lines: string[]): Promise<void> {
   if (process.env.FLEETCAST_BENCH_ONLY || process.env.FLEETCAST_BENCH_ROWS) {
     process.stdout.write(lines.join('\n') + '\n(FLEETCAST_BENCH_ONLY or FLEETCAST_BENCH_ROWS is set: not written to bench/results)\n');
     return;
   }
-  const out = path.join(__dirname, '..', '..', 'bench', 'results', `${name}.md`);
+  const out = resultPath(name);
   await fs.mkdir(path.dirname(out), { recursive: true });
   await fs.writeFile(out, lines.join('\n'));
   process.stdout.write(lines.join('\n'));
@@ -176,7 +185,7 @@ async function benchNamespaces(what: 'lan' | 'sites' | 'uplinks' | 'policies', r
   }
   const body =
     what === 'lan' ? await benchLan(runs) : what === 'sites' ? await benchSitesAndPolicies(runs) : what === 'policies' ? await benchPolicies(runs) : await benchUplinks(runs);
-  const previous = await fs.readFile(path.join(__dirname, '..', '..', 'bench', 'results', `${what}.md`), 'utf8').catch(() => '');
+  const previous = await previousResult(what);
   await writeResult(what, [
     `# Namespace benchmark: ${what}`,
     '',
@@ -362,7 +371,7 @@ async function main() {
         process.stderr.write(`stream: ${agents} agents, ${mbit} Mbit/s for ${seconds} s, ${lossPct}% loss, run ${run + 1} of ${runs}\n`);
         rows[i].push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
       }
-    const previous = await fs.readFile(path.join(__dirname, '..', '..', 'bench', 'results', 'stream.md'), 'utf8').catch(() => '');
+    const previous = await previousResult('stream');
     return writeResult('stream', (await import('./stream-sites')).keepSitesSection(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
   }
   // npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]: the stream on the sites testbed (root)
@@ -399,7 +408,7 @@ async function main() {
     ...rows.map((r) => `| ${r.name} | ${r.seconds.toFixed(2)} | ${r.egress.toFixed(3)} | ${r.goodputMbit.toFixed(0)} | ${r.nacks} | ${r.repairMiB.toFixed(1)} | ${(r.seconds / base.seconds).toFixed(2)} | ${r.transport} |`),
     '',
     ...memory,
-    ...keptNotes(await fs.readFile(path.join(__dirname, '..', '..', 'bench', 'results', 'demo.md'), 'utf8').catch(() => '')),
+    ...keptNotes(await previousResult('demo')),
     `Generated ${new Date().toISOString()}.`,
     '',
   ];

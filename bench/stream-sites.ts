@@ -251,7 +251,8 @@ export async function benchStreamSites(shape: SitesShape, policies: SitesPolicy[
           out[i].failures.push(msg);
           continue;
         }
-        process.stderr.write(`  unit bytes per site / stream: ${r.unitBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; HTTP bytes ${r.bodyBytes.map((b, k) => (BODY_KINDS.reduce((n, x) => n + b[x] + r.headerBytes[k][x], 0) / r.streamBytes).toFixed(3)).join(', ')} (sum ${(r.bodyBytes.reduce((n, b, k) => n + BODY_KINDS.reduce((m, x) => m + b[x] + r.headerBytes[k][x], 0), 0) / r.streamBytes).toFixed(4)}); link bytes ${r.linkBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; heartbeats per agent ${r.heartbeats.map((b) => (b / r.agents).toFixed(0)).join(', ')}; p99 per agent ${r.ends.map((e) => e.p99Ms).join(', ')} ms; sinks equal: ${r.ends.every((e) => e.equal)}; load ${r.load.toFixed(1)}\n`);
+        const http = r.bodyBytes.map((b, k) => BODY_KINDS.reduce((n, x) => n + b[x] + r.headerBytes[k][x], 0) / r.streamBytes);
+        process.stderr.write(`  unit bytes per site / stream: ${r.unitBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; HTTP bytes ${http.map((x) => x.toFixed(3)).join(', ')} (sum ${http.reduce((n, x) => n + x, 0).toFixed(4)}); link bytes ${r.linkBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; heartbeats per agent ${r.heartbeats.map((b) => (b / r.agents).toFixed(0)).join(', ')}; p99 per agent ${r.ends.map((e) => e.p99Ms).join(', ')} ms; sinks equal: ${r.ends.every((e) => e.equal)}; load ${r.load.toFixed(1)}\n`);
         out[i].runs.push(r);
       }
     return out;
