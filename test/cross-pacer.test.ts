@@ -337,3 +337,54 @@ test('slow start between windows on simulated paths: a 40 Mbit/s path carries mo
   t.true(slow.dropped < 3 * slowWindowsOnly.dropped, 'less than three times the loss of the windows alone');
   t.true(slow.goodput[0] > 0.8 * 5 * MBIT, 'the path stays used after the cut');
 });
+
+/**
+ * A stream's copies to a gateway: a 256 KiB unit every 200 ms (10 Mbit/s), sent as fast as
+ * the pace allows, from `from` to `to` ms. An ANNOUNCE leaves every 200 ms (after the unit's
+ * copies) and is echoed 5 ms later with the gateway's counters, `lossAt(now)` of the window's
+ * datagrams lost. `s` carries the sender's state from one call to the next.
+ */
+function streamBursts(p: CrossPacer, from: number, to: number, lossAt: (now: number) => number, s: { n: bigint; sent: number; backlog: number; sentAtProbe: number; got: number }): void {
+  for (let now = from; now < to; now++) {
+    if (now % 200 === 0) s.backlog += 256 * 1024;
+    while (s.backlog > 0 && p.bucket.take(1400, now) === 0) {
+      p.sent(1400, now);
+      s.backlog -= 1400;
+      s.sent++;
+    }
+    if (now % 200 === 100) {
+      // The window since the last echo: the gateway got all but lossAt(now) of it.
+      s.got += Math.round((s.sent - s.sentAtProbe) * (1 - lossAt(now)));
+      s.sentAtProbe = s.sent;
+      p.probe(s.n, now);
+      p.report(s.got, s.got * 1400, s.n, 0, now + 5, { datagrams: s.got, bytes: s.got * 1400 });
+      s.n++;
+    }
+  }
+}
+
+test('a lossy window of a stream, whose copies come in bursts under half the pace, cuts the pace by a quarter, not to the stream\'s average rate', (t) => {
+  const mbps = 80;
+  const stream = new CrossPacer({ capBytesPerSec: 100 * MBIT, initialBytesPerSec: mbps * MBIT }, 0);
+  const seq = { n: 1n, sent: 0, backlog: 0, sentAtProbe: 0, got: 0 };
+  // Eight windows at 3% background loss, then one at 12% (over its threshold: congestion, or a burst of random loss).
+  streamBursts(stream, 0, 1700, () => 0.03, seq);
+  t.is(stream.congestionEvents, 0, '3% background loss is not congestion');
+  t.is(mbit(stream), mbps, 'the pace the path was given');
+  streamBursts(stream, 1700, 1900, (now) => (now === 1700 ? 0.12 : 0.03), seq);
+  t.is(stream.congestionEvents, 1);
+  t.is(stream.appLimitedCuts, 1, 'the window was application-limited');
+  t.is(mbit(stream), 0.75 * mbps, 'a quarter off the pace: the 10 Mbit/s the window delivered is the stream, not the path');
+
+  // The same window from a sender whose copies always wait for the pace: cut to what it delivered.
+  const bulk = new CrossPacer({ capBytesPerSec: 100 * MBIT, initialBytesPerSec: mbps * MBIT }, 0);
+  bulk.probe(1n, 0);
+  bulk.report(0, 0, 1n, 0, 5, { datagrams: 0, bytes: 0 });
+  const sent = sendPaceLimited(bulk, 5, 205);
+  bulk.probe(2n, 205);
+  const got = Math.round(sent * 0.5);
+  bulk.report(got, got * 1400, 2n, 0, 210, { datagrams: got, bytes: got * 1400 });
+  t.is(bulk.congestionEvents, 1);
+  t.is(bulk.appLimitedCuts, 0);
+  t.is(bulk.rateBytesPerSec, (0.85 * got * 1400 * 1000) / 205, 'cut to 0.85 x what the window (0 to 205 ms) delivered');
+});

@@ -12,7 +12,8 @@ export class TokenBucket {
     this.last = now;
   }
 
-  private refill(now: number): void {
+  /** Brings the tokens (and wastedBytes) up to `now`. */
+  refill(now: number): void {
     if (now > this.last) {
       const full = this.tokens + ((now - this.last) * this.rateBytesPerSec) / 1000;
       if (full > this.burstBytes) this.wastedBytes += full - this.burstBytes;
