@@ -1,6 +1,6 @@
 import test from 'ava';
 import { AGENT_DEFAULTS } from '../../src/agent/core/defaults';
-import { decodePacket, PacketType } from '../../src/wire/packet';
+import { decodePacket, getBit, PacketType } from '../../src/wire/packet';
 import { makeLanCore } from './core-api';
 import type { MemberOptions } from './member';
 import { World } from './world';
@@ -18,7 +18,7 @@ import { World } from './world';
  */
 const LOST = 3; // held by g1-m1 (unit u goes to the u-th member in join order: g0-m0, g0-m1, g1-m0, g1-m1, ...)
 
-function run(groups: string[], copyTree?: number, holder: Partial<MemberOptions> = {}, unitCount = 24) {
+function run(groups: string[], copyTree?: number, holder: Partial<MemberOptions> = {}, unitCount = 24, site: Partial<MemberOptions> = {}) {
   const w = new World({
     seed: 19,
     makeCore: makeLanCore,
@@ -28,17 +28,19 @@ function run(groups: string[], copyTree?: number, holder: Partial<MemberOptions>
     groups: groups.map((name) => ({ name, members: 2 })),
     route: { rateBytesPerSec: 2_500_000, delayMs: 15 },
     member: { wanRateBytesPerSec: 400_000 },
-    // The holder's own copies of LOST to other sites never arrive (its repairs do).
+    // The holder's own copies of LOST to other sites never arrive (its repairs do), unless `holder` brings its own mangle.
     memberOverrides: (g, i) =>
       g === 'g1' && i === 1
         ? {
-            ...holder,
             mangle: (d) => {
               const p = decodePacket(d);
               return p.ok && p.packet.type === PacketType.DATA && p.packet.forward && !p.packet.repair && p.packet.unit === LOST ? null : d;
             },
+            ...holder,
           }
-        : {},
+        : g === 'g1'
+          ? site
+          : {},
     ...(copyTree ? { copyTree } : {}),
   });
   // When each member got LOST: the holder from the WAN, the others stored from their LAN.
@@ -99,4 +101,25 @@ test('the holder answers a lost copy NACK while copies of other units still wait
   const delay = gotAt.get('g0-m0')! - gotAt.get('g1-m1')!;
   t.log(`unit ${LOST}: the other site's gateway had it ${delay.toFixed(1)} ms after the holder`);
   t.true(delay < AGENT_DEFAULTS.crossGapQuietMs / 2, `the other site waited ${delay.toFixed(1)} ms for unit ${LOST}`);
+});
+
+test('a gateway NACKs a unit whose copy lost a fragment at the copy\'s last fragment, without the ANNOUNCE that would have said it is all sent', (t) => {
+  // The holder's site sends the other site's gateway no ANNOUNCE that lists LOST (each is one
+  // datagram: at 3% loss, one in 33 is lost, and the next came up to announceMs later), and
+  // one fragment of the holder's copy of LOST to the other site is lost on the way.
+  const noAnnounceOfLost = (d: Uint8Array, unicast: boolean): Uint8Array | null => {
+    const p = decodePacket(d);
+    if (!p.ok) return d;
+    const q = p.packet;
+    if (unicast && q.type === PacketType.ANNOUNCE && LOST >= q.firstUnit && LOST < q.firstUnit + q.unitCount && getBit(q.have, LOST - q.firstUnit)) return null;
+    if (q.type === PacketType.DATA && q.forward && !q.repair && q.unit === LOST && q.fragment === 5) return null;
+    return d;
+  };
+  const { w, done, gotAt } = run(['g0', 'g1'], undefined, { mangle: noAnnounceOfLost }, 24, { mangle: noAnnounceOfLost });
+  t.true(done, 'every member completes');
+  for (const m of w.members) t.true(m.storeEqualsRelease());
+  const delay = gotAt.get('g0-m0')! - gotAt.get('g1-m1')!;
+  t.log(`unit ${LOST}: the other site's gateway had it ${delay.toFixed(1)} ms after the holder (announceMs ${AGENT_DEFAULTS.announceMs})`);
+  t.true(delay < AGENT_DEFAULTS.announceMs / 2, `the other site waited ${delay.toFixed(1)} ms for unit ${LOST}`);
+  t.true(w.member('g0-m0').stats.nacksSent > 0, 'it came by NACK and repair');
 });

@@ -42,8 +42,8 @@ export interface MemberOptions {
   heartbeatMs: number;
   /** The core builds LAN assemblies in the store ('write'/'verify' events), as the agent's does. */
   assembleInPlace?: boolean;
-  /** Rewrites each outgoing datagram (a lying member); null drops it. */
-  mangle?: (datagram: Uint8Array) => Uint8Array | null;
+  /** Rewrites each outgoing datagram (a lying member); null drops it. `unicast`: sent to one endpoint, not the LAN. */
+  mangle?: (datagram: Uint8Array, unicast: boolean) => Uint8Array | null;
 }
 
 /** Two inputs at the same instant, over and over, mean the core is spinning. */
@@ -251,7 +251,7 @@ export class SimMember {
 
   private send(t: Transmit): void {
     for (const d of t.datagrams) {
-      const out = this.opts.mangle ? this.opts.mangle(d) : d;
+      const out = this.opts.mangle ? this.opts.mangle(d, t.to !== null) : d;
       if (!out) continue;
       if (t.to === null) this.endpoint.multicast(out);
       else this.endpoint.unicast(epName(t.to), out);
