@@ -1,5 +1,6 @@
 import test from 'ava';
 import { CrossGroupState } from '../src/agent/core/cross-group';
+import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
 import { bitmapBytes, setBit } from '../src/wire/packet';
 
 function bits(fc: number, fs: number[]): Uint8Array {
@@ -24,9 +25,14 @@ test('a cross-group requester NACKing the same fragments again within the window
   t.deepEqual(s.repairable(4, gw, bits(40, [2]), 40, 300, 1302), [2]);
 });
 
-test('the window is at least unicastRepairDedupMs, whatever the path says', (t) => {
+test('the window is at least unicastRepairDedupMs, whatever the path says, and under the soonest a gateway asks again', (t) => {
+  const d = AGENT_DEFAULTS.unicastRepairDedupMs;
   const s = new CrossGroupState();
   t.deepEqual(s.repairable(0, gw, bits(8, [0]), 8, 0, 0), [0]);
-  t.is(s.repairable(0, gw, bits(8, [0]), 8, 0, 50), null);
-  t.deepEqual(s.repairable(0, gw, bits(8, [0]), 8, 0, 101), [0]);
+  t.is(s.repairable(0, gw, bits(8, [0]), 8, 0, d / 2), null);
+  t.deepEqual(s.repairable(0, gw, bits(8, [0]), 8, 0, d + 1), [0]);
+  // A gateway's re-ask comes a holdoff (at least nackHoldoffMinMs) after its NACK: a repair
+  // lost on the way must be sent again for it, or the unit waits for a later round.
+  t.true(d < AGENT_DEFAULTS.nackHoldoffMinMs);
+  t.deepEqual(s.repairable(0, gw, bits(8, [0]), 8, 0, d + 1 + AGENT_DEFAULTS.nackHoldoffMinMs), [0]);
 });
