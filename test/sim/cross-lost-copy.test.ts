@@ -123,3 +123,55 @@ test('a gateway NACKs a unit whose copy lost a fragment at the copy\'s last frag
   t.true(delay < AGENT_DEFAULTS.announceMs / 2, `the other site waited ${delay.toFixed(1)} ms for unit ${LOST}`);
   t.true(w.member('g0-m0').stats.nacksSent > 0, 'it came by NACK and repair');
 });
+
+test('a LAN peer gets a unit repaired while the holder\'s copies of it to another site still wait for their pace', (t) => {
+  // The holder's cap to other sites is 50 kB/s (a 32 KiB unit's copies take ~0.65 s once the
+  // pacer's 64 KiB burst is spent), and its LAN peer lost one fragment of the LAN copy of
+  // the holder's fourth unit. Its LAN copies left long before: the unit is announced on the
+  // LAN and repaired there without waiting for the copies to the other site (before, both
+  // waited for them: on the sites testbed, 170 ms at a stream's start).
+  const unit = LOST + 4 * 3; // g1-m1's fourth unit: 3, 7, 11, 15
+  const lostOnLan = (d: Uint8Array, unicast: boolean): Uint8Array | null => {
+    const p = decodePacket(d);
+    return !unicast && p.ok && p.packet.type === PacketType.DATA && !p.packet.forward && !p.packet.repair && p.packet.unit === unit && p.packet.fragment === 5 ? null : d;
+  };
+  const w = new World({
+    seed: 19,
+    makeCore: makeLanCore,
+    unitCount: 24,
+    unitSize: 32 * 1024,
+    fragmentBytes: 1024,
+    groups: ['g0', 'g1'].map((name) => ({ name, members: 2 })),
+    route: { rateBytesPerSec: 2_500_000, delayMs: 15 },
+    member: { wanRateBytesPerSec: 400_000 },
+    memberOverrides: (g, i) => (g === 'g1' && i === 1 ? { mangle: lostOnLan, crossRateBytesPerSec: 50_000 } : {}),
+  });
+  const at = new Map<string, number>();
+  for (const m of w.members) {
+    const core = m.core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; unitStored(u: number, now: number): void };
+    const fetched = core.unitFetched.bind(core);
+    const stored = core.unitStored.bind(core);
+    core.unitFetched = (u, b, now) => {
+      if (u === unit) at.set(m.opts.id, now);
+      fetched(u, b, now);
+    };
+    core.unitStored = (u, now) => {
+      if (u === unit && !at.has(m.opts.id) && m.store.has(u)) at.set(m.opts.id, now);
+      stored(u, now);
+    };
+  }
+  const queuedAtFetch: number[] = [];
+  const holder = w.member('g1-m1').core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; send: { copying: Map<number, number> } };
+  const f = holder.unitFetched.bind(holder);
+  holder.unitFetched = (u, b, now) => {
+    f(u, b, now);
+    if (u === unit) queuedAtFetch.push(holder.send.copying.get(u) ?? 0);
+  };
+  t.true(w.runUntilComplete(60_000), 'every member completes');
+  for (const m of w.members) t.true(m.storeEqualsRelease());
+  const delay = at.get('g1-m0')! - at.get('g1-m1')!;
+  t.log(`unit ${unit}: ${queuedAtFetch[0]} of its copies queued when the holder had it; its LAN peer had it ${delay.toFixed(1)} ms later`);
+  t.true(queuedAtFetch[0] > 16, 'the copies to the other site were still waiting for their pace');
+  t.true(delay < 100, `the LAN peer waited ${delay.toFixed(1)} ms for unit ${unit}`);
+  t.true(w.member('g1-m0').stats.nacksSent > 0, 'it came by NACK and repair');
+});

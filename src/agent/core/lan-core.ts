@@ -25,7 +25,7 @@ import { AGENT_DEFAULTS } from './defaults';
 import { PeerTable } from './peers';
 import { RepairTrace } from './repair-trace';
 import { RepairFlow, emptyStats, drop } from './repair-flow';
-import { SendEngine } from './send-engine';
+import { SendEngine, withoutQueued } from './send-engine';
 import { SplitMapView } from './split-map';
 import type { CoreConfig, CoreLeaseGrant, CoreSplitMap, CopyDestination, Endpoint, ProtocolCore, Transmit } from './types';
 
@@ -358,36 +358,36 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     super.repairUnicast(unit, missing, to, now);
   }
 
-  /** Our announce on the LAN and to announceTo; `only`: to that endpoint alone. */
+  /** Our announce on the LAN and to announceTo; `only`: to that endpoint alone (another group's). */
   protected announce(now: number, only?: Endpoint): void {
     if (!this.started) return;
     this.peers.prune(now);
     this.asm.age(now);
-    const bits = Uint8Array.from(this.have);
-    // Units whose copies are still queued are not announced: peers would NACK
-    // fragments that are on their way.
-    for (const u of this.send.copying.keys()) bits[u >>> 3] &= ~(0x80 >>> (u & 7));
+    // Not announced while copies are queued (peers would NACK fragments on their way): on the LAN, LAN copies; to gateways, any.
+    const lan = withoutQueued(this.have, this.send.lanCopying);
+    const cross = withoutQueued(this.have, this.send.copying);
     const n = this.m.unitCount;
     // One packet per bitmap chunk that fits a fragment; at least one (an empty release).
     const perPacket = (this.fb - 64) * 8;
     let first = 0;
     do {
       const count = Math.min(perPacket, n - first);
-      const have = new Uint8Array(bitmapBytes(count));
-      for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
-      const pkt = this.seal(encodeAnnounce({ sender: this.cfg.senderId, releaseId: this.m.idBytes, firstUnit: first, unitCount: count, complete: this.fileDone, have }));
+      const pkt = (bits: Uint8Array) => {
+        const have = new Uint8Array(bitmapBytes(count));
+        for (let i = 0; i < count; i++) if (getBit(bits, first + i)) setBit(have, i);
+        return this.seal(encodeAnnounce({ sender: this.cfg.senderId, releaseId: this.m.idBytes, firstUnit: first, unitCount: count, complete: this.fileDone, have }));
+      };
+      if (only) this.send.queueDirect(pkt(cross), only);
+      else {
+        this.send.queueControl(pkt(lan));
+        // Gateways we copy to must know us before our copies arrive; each is a pacer's round-trip probe (echoed).
+        const toGateways = this.announceTo.length ? pkt(cross) : null;
+        for (const to of this.announceTo) {
+          this.send.queueDirect(toGateways!, to);
+          this.send.cross.probe(to, this.controlSeq, now);
+        }
+      }
       first += perPacket;
-      if (only) {
-        this.send.queueDirect(pkt, only);
-        continue;
-      }
-      this.send.queueControl(pkt);
-      // The gateways we copy to must know us before our copies arrive; each announce is
-      // also the round-trip probe of that path's pacer (the gateway echoes its sequence).
-      for (const to of this.announceTo) {
-        this.send.queueDirect(pkt, to);
-        this.send.cross.probe(to, this.controlSeq, now);
-      }
     } while (first < n);
   }
 }

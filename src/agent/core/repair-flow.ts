@@ -62,7 +62,7 @@ export abstract class RepairFlow extends CoreUnits {
       return;
     }
     if (!this.has(u)) return this.nacks.heardNack(u, fc, missing, now);
-    if (this.send.copying.has(u)) return; // our copies of it are still on their way
+    if (this.send.lanCopying.has(u)) return; // our LAN copies of it are still on their way
     const role = this.repairRole(u, now);
     if (role === 'none') return;
     const queued = this.send.repairQueued.get(u);

@@ -6,7 +6,7 @@ import type { CoreStats, Endpoint, Transmit } from './types';
 
 /** What the send engine tells its owner. */
 export interface SendEngineHooks {
-  /** The last queued copy of a unit left: peers may NACK it now (announce it). */
+  /** The last queued copy of a unit left, or the last for the LAN (its LAN peers may NACK it now): announce it. */
   copiesLeft(unit: number, now: number): void;
   /** A repair fragment left on the LAN (repair dedup). */
   repairSent(unit: number, fragment: number, fragmentCount: number, now: number): void;
@@ -48,8 +48,14 @@ export class SendEngine {
   /** What the current round let out to other groups, handed out one Transmit per datagram. */
   private readonly crossOut: { to: Endpoint; d: Uint8Array }[] = [];
   private lanBatch: Uint8Array[] | null = null;
-  /** Copy datagrams still queued, per unit: such units are not announced or repaired yet. */
+  /** Copy datagrams still queued, per unit (LAN and cross-group): such units are not announced to other groups yet. */
   readonly copying = new Map<number, number>();
+  /**
+   * Of those, the LAN copies: a unit whose LAN copies have left is announced on the LAN and
+   * repaired there, whatever still waits for another group's pace (a slow or new path's
+   * copies held the LAN peers' NACKs and repairs back: sites testbed, 170 ms at start).
+   */
+  readonly lanCopying = new Map<number, number>();
   /** Repair fragments queued but not sent, per unit (bitmap). */
   readonly repairQueued = new Map<number, Uint8Array>();
   /** "unit/address/port" -> fragments queued for that cross-group requester, not yet sent. */
@@ -157,6 +163,7 @@ export class SendEngine {
     this.copyQueue.push(d);
     this.copyQueueBytes += d.length;
     this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
+    this.lanCopying.set(unit, (this.lanCopying.get(unit) ?? 0) + 1);
   }
 
   /** A fragment by unicast to another group's gateway, flagged to be re-multicast there (1.5: and down `treeOrigin`'s copy tree). */
@@ -286,7 +293,12 @@ export class SendEngine {
       if (q) clearBit(q, h.fragment);
     } else {
       this.stats.copyBytesSent += h.payloadBytes;
+      const lanLeft = (this.lanCopying.get(h.unit) ?? 1) - 1;
+      if (lanLeft > 0) this.lanCopying.set(h.unit, lanLeft);
+      else this.lanCopying.delete(h.unit);
       this.copyLeft(h.unit, now);
+      // The last LAN copy, with copies for other groups still queued: the LAN may hear of it now.
+      if (lanLeft <= 0 && this.copying.has(h.unit)) this.hooks.copiesLeft(h.unit, now);
     }
   }
 
@@ -299,6 +311,13 @@ export class SendEngine {
       this.hooks.copiesLeft(unit, now);
     }
   }
+}
+
+/** The units of `have` (a bitmap), less those with datagrams in `queued` (copying, lanCopying). */
+export function withoutQueued(have: Uint8Array, queued: ReadonlyMap<number, number>): Uint8Array {
+  const bits = Uint8Array.from(have);
+  for (const u of queued.keys()) bits[u >>> 3] &= ~(0x80 >>> (u & 7));
+  return bits;
 }
 
 /** The bitmap of fragments queued for `key` (a unit, or a unit and requester), made on first use. */
