@@ -388,3 +388,35 @@ test('a lossy window of a stream, whose copies come in bursts under half the pac
   t.is(bulk.appLimitedCuts, 0);
   t.is(bulk.rateBytesPerSec, (0.85 * got * 1400 * 1000) / 205, 'cut to 0.85 x what the window (0 to 205 ms) delivered');
 });
+
+test('windows judged while a stream\'s copies trickle do not hold the slow-start ramp at the start pace', (t) => {
+  // A second of 20 datagrams per 200 ms (1.1 Mbit/s: windows judged, under half the 4 Mbit/s
+  // pace used), then a 256 KiB unit to copy at once: the ramp doubles toward 4 x the start
+  // pace, as it would had no window been judged yet. Before, each trickle window set the
+  // ceiling to 4 x its 1.1 Mbit/s and the unit crossed at the 4 Mbit/s start (sites testbed).
+  const p = new CrossPacer({ capBytesPerSec: 100 * MBIT }, 0);
+  let seq = 1n;
+  let sent = 0;
+  for (let now = 0; now < 1000; now++) {
+    if (now % 200 === 10) for (let k = 0; k < 20 && p.bucket.take(1400, now) === 0; k++, sent++) p.sent(1400, now);
+    if (now % 200 === 100) {
+      p.probe(seq, now);
+      p.report(sent, sent * 1400, seq, 0, now + 2, { datagrams: sent, bytes: sent * 1400 });
+      seq++;
+    }
+  }
+  t.is(p.congestionEvents, 0);
+  t.is(mbit(p), 4, 'the start pace: the trickle never waited for it');
+  let backlog = 256 * 1024;
+  let doneAt = -1;
+  for (let now = 1000; now < 2000 && doneAt < 0; now++) {
+    while (backlog > 0 && p.bucket.take(1400, now) === 0) {
+      p.sent(1400, now);
+      backlog -= 1400;
+    }
+    if (backlog <= 0) doneAt = now;
+  }
+  t.log(`the unit's copies left in ${doneAt - 1000} ms, pace ${mbit(p).toFixed(1)} Mbit/s, ${p.rampSteps} doublings`);
+  t.is(mbit(p), 16, 'doubled to 4 x the start pace while the copies waited');
+  t.true(doneAt - 1000 < 250, 'faster than at the start pace (524 ms)');
+});

@@ -39,7 +39,10 @@ import { TokenBucket } from './token-bucket';
  *   whichever is longer, in which the sender used the whole pace (no token of the bucket
  *   was lost to its burst limit: copies waited for the pace), the pace doubles, but not
  *   beyond twice what was sent in that step nor `rampMaxFactor` times what the last
- *   judged window delivered (the start pace before the first): a path slower than that
+ *   judged window delivered (the start pace before the first; an application-limited
+ *   window, as above, only raises that ceiling: a stream's first windows, judged while
+ *   its copies trickled, held a new path at its 4 Mbit/s start for over a second on the
+ *   sites testbed): a path slower than that
  *   is overrun by at most that factor until the next judged window cuts the pace as above;
  * - it never exceeds `capBytesPerSec` (the operator's cross_rate) nor twice what was
  *   actually sent in the last window (no credit for idle time), and never goes under
@@ -215,7 +218,11 @@ export class CrossPacer {
     // pace must still be able to learn that the path recovered).
     if (sent < MIN_WINDOW_DATAGRAMS) return;
     this[which] = next;
-    this.rampCeiling = this.o.rampMaxFactor * ((gotBytes * 1000) / ms);
+    // Application-limited: more tokens lost to the burst limit than bytes sent (under half the pace used).
+    const appLimited = next.wastedBytes - w.wastedBytes > next.sentBytes - w.sentBytes;
+    // What such a window delivered is the sender's demand: it may raise the ramp's ceiling, never lower it.
+    const ceiling = this.o.rampMaxFactor * ((gotBytes * 1000) / ms);
+    if (!appLimited || ceiling > this.rampCeiling) this.rampCeiling = ceiling;
     const loss = Math.max(0, Math.min(1, 1 - got / sent));
     this.lastLoss = loss;
     const floor = median(this.losses);
@@ -225,8 +232,7 @@ export class CrossPacer {
     // Until 3 windows have shown the path's background loss, only heavy loss counts.
     const threshold = Math.max(this.losses.length > 3 ? 0.05 : 0.2, floor + 0.03, floor + 3 * Math.sqrt((p * (1 - p)) / sent));
     if (loss > threshold) {
-      // Application-limited: more tokens lost to the burst limit than bytes sent (under half the pace used).
-      this.congested(gotBytes, ms, next.wastedBytes - w.wastedBytes > next.sentBytes - w.sentBytes);
+      this.congested(gotBytes, ms, appLimited);
       return;
     }
     // A standing queue on the path (ours or other traffic's): hold the pace, do not push more into it.
