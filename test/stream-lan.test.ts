@@ -10,6 +10,7 @@ import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { streamRoutes } from '../src/server/stream-routes';
 import { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
+import { streamStatus } from '../src/agent/stream-status';
 import { createLogger } from '../src/util/log';
 
 /*
@@ -301,6 +302,12 @@ test('a wide-area group of two LAN groups: each unit leaves the server once and 
   t.true(crossIn >= 0.9 * (2 * source.length - wan), `the units each group did not download came across from the other group (${crossIn} bytes)`);
   // Copies arrive without being asked for; a unit that had to be NACKed across groups costs at least one NACK.
   t.true(nacks <= units / 4, `NACKs ${nacks} <= a quarter of the ${units} units: the other group's units came as copies, not by repair`);
+  // fleetcast status shows each agent's pace to the other group's gateway.
+  for (const [id, ag] of [['a', a], ['b', b]] as const) {
+    const paths = streamStatus(ag).crossPaths;
+    t.log(`agent ${id}: ${JSON.stringify(paths)}`);
+    t.true(paths.length === 1 && paths[0].rateBytesPerSec > 0 && paths[0].congestionEvents >= paths[0].appLimitedCuts, `agent ${id}: one path to the other group's gateway in its status`);
+  }
 });
 
 test('a heartbeat per batch, not one more per downloaded unit: the receipt rides the next beat', async (t) => {

@@ -252,13 +252,14 @@ export class CrossPaths {
   }
 
   /** Per gateway: the learned pace and what the last reports said. */
-  view(): { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; queued: number }[] {
+  view(): { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; appLimitedCuts: number; queued: number }[] {
     return [...this.paths.entries()].map(([k, p]) => ({
       to: k,
       rateBytesPerSec: Math.round(p.pacer.rateBytesPerSec),
       lastLoss: p.pacer.lastLoss,
       lastRttMs: p.pacer.lastRttMs,
       congestionEvents: p.pacer.congestionEvents,
+      appLimitedCuts: p.pacer.appLimitedCuts,
       queued: p.copies.length + p.repairs.length,
     }));
   }

@@ -32,6 +32,8 @@ export function streamStatus(a: StreamAgent) {
     members: (ans?.members ?? []).filter((m) => m.id !== a.member).map((m) => ({ id: m.id, group: m.group, verifiedUnits: m.verifiedUnits, complete: false })),
     rates: { wanBytesPerSec: 0, lanBytesPerSec: 0, sentBytesPerSec: 0, limitBytesPerSec: null },
     peers: a.core?.peersSeen(Date.now()) ?? [],
+    /** The pace learned to each other group's gateway we copy to, as a release agent's status has it. */
+    crossPaths: a.core?.crossPaths() ?? [],
     transport: a.stats.transport ? { kind: a.stats.transport, features: [] } : null,
     hook: null,
     lastErrors: [],
