@@ -18,6 +18,25 @@ import { World } from './world';
  */
 const LOST = 3; // held by g1-m1 (unit u goes to the u-th member in join order: g0-m0, g0-m1, g1-m0, g1-m1, ...)
 
+/** When each member got `unit`: the holder from the WAN, the others stored from their LAN. */
+function watchUnit(w: World, unit: number): Map<string, number> {
+  const gotAt = new Map<string, number>();
+  for (const m of w.members) {
+    const core = m.core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; unitStored(u: number, now: number): void };
+    const fetched = core.unitFetched.bind(core);
+    const stored = core.unitStored.bind(core);
+    core.unitFetched = (u, b, now) => {
+      if (u === unit && !gotAt.has(m.opts.id)) gotAt.set(m.opts.id, now);
+      fetched(u, b, now);
+    };
+    core.unitStored = (u, now) => {
+      if (u === unit && !gotAt.has(m.opts.id) && m.store.has(u)) gotAt.set(m.opts.id, now);
+      stored(u, now);
+    };
+  }
+  return gotAt;
+}
+
 function run(groups: string[], copyTree?: number, holder: Partial<MemberOptions> = {}, unitCount = 24, site: Partial<MemberOptions> = {}) {
   const w = new World({
     seed: 19,
@@ -43,21 +62,7 @@ function run(groups: string[], copyTree?: number, holder: Partial<MemberOptions>
           : {},
     ...(copyTree ? { copyTree } : {}),
   });
-  // When each member got LOST: the holder from the WAN, the others stored from their LAN.
-  const gotAt = new Map<string, number>();
-  for (const m of w.members) {
-    const core = m.core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; unitStored(u: number, now: number): void };
-    const fetched = core.unitFetched.bind(core);
-    const stored = core.unitStored.bind(core);
-    core.unitFetched = (u, b, now) => {
-      if (u === LOST && !gotAt.has(m.opts.id)) gotAt.set(m.opts.id, now);
-      fetched(u, b, now);
-    };
-    core.unitStored = (u, now) => {
-      if (u === LOST && !gotAt.has(m.opts.id) && m.store.has(u)) gotAt.set(m.opts.id, now);
-      stored(u, now);
-    };
-  }
+  const gotAt = watchUnit(w, LOST);
   const done = w.runUntilComplete(60_000);
   return { w, done, gotAt };
 }
@@ -146,20 +151,7 @@ test('a LAN peer gets a unit repaired while the holder\'s copies of it to anothe
     member: { wanRateBytesPerSec: 400_000 },
     memberOverrides: (g, i) => (g === 'g1' && i === 1 ? { mangle: lostOnLan, crossRateBytesPerSec: 50_000 } : {}),
   });
-  const at = new Map<string, number>();
-  for (const m of w.members) {
-    const core = m.core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; unitStored(u: number, now: number): void };
-    const fetched = core.unitFetched.bind(core);
-    const stored = core.unitStored.bind(core);
-    core.unitFetched = (u, b, now) => {
-      if (u === unit) at.set(m.opts.id, now);
-      fetched(u, b, now);
-    };
-    core.unitStored = (u, now) => {
-      if (u === unit && !at.has(m.opts.id) && m.store.has(u)) at.set(m.opts.id, now);
-      stored(u, now);
-    };
-  }
+  const at = watchUnit(w, unit);
   const queuedAtFetch: number[] = [];
   const holder = w.member('g1-m1').core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; send: { copying: Map<number, number> } };
   const f = holder.unitFetched.bind(holder);
