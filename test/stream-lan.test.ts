@@ -118,6 +118,13 @@ test('at 3% loss a late joiner at the live edge, one from the beginning and a re
   t.true((await sink('b')).equals(source), 'b (restarted): the whole source, no byte twice or missing');
   const nacks = [a, b, live!, late!].reduce((n, x) => n + x.stats.nacksSent, 0);
   t.true(nacks > 0, 'loss was repaired with NACKs');
+  // Latency counts the units signed after an agent started: all but the first for a (its batch
+  // was signed before a started), not the ~37% of the stream d took from before it joined.
+  const units = Math.ceil(source.length / UNIT);
+  const counted = (x: StreamAgent) => x.delivery.latenciesMs.length;
+  t.log(`latency samples: a ${counted(a)}, d (from the beginning) ${counted(late!)}, of ${units} units`);
+  t.true(counted(a) >= units - 2, `a: latency of ${counted(a)} of ${units} units`);
+  t.true(counted(late!) < 0.8 * units, `d: latency of ${counted(late!)} units, not of the history it took`);
 });
 
 /** A stream of `units` full units, in batches of 4, ended; its source bytes. */

@@ -112,6 +112,7 @@ export class StreamAgent {
 
   private async setup(): Promise<void> {
     const o = this.opts;
+    const startedMs = Date.now();
     const dir = path.join(o.storageDir, 'streams', o.stream);
     await makeDir(dir).catch((err) => {
       throw fromSystemError(err, `creating ${dir}`);
@@ -162,6 +163,7 @@ export class StreamAgent {
     for (const u of this.disk.held) this.core.heldOnDisk(u);
     this.delivery = await StreamDelivery.open(o, this.disk, this.core, this.cur, next, pos?.sinkBytes ?? null, this.log);
     this.delivery.onDelivered = (u) => this.stages.delivered(u, Date.now());
+    this.delivery.latencyFrom = startedMs;
     const t = await openTransports({ ...o, releaseId: '', multicast: o.multicast } as never, iface.address, fragmentBytes, random, this.log);
     this.lan = t.lan;
     this.cross = t.cross;
@@ -303,9 +305,8 @@ export class StreamAgent {
     this.core.setSplitMap({ members: a.members, holders, groupComplete: false, groupKey: a.groupKey, lanStart: true, copyTo: a.copyTo }, t);
     if (a.firstUnit > this.core.skipped) this.delivery.retained(a.firstUnit);
     const units = a.lease.units.filter((u) => u >= this.delivery.next && !this.core.has(u));
-    // The copy destinations go with the grant too: leaseGranted sets them from it (as a release lease
-    // answer carries them), and without them every grant cleared the map's copyTo, so a wide-area
-    // group's units crossed to the other sites only by NACK repair, a second or more late.
+    // The copy destinations go with the grant (as a release lease answer carries them): without them every
+    // grant cleared the map's copyTo, and a wide-area group's units crossed only by NACK repair, a second late.
     if (units.length) this.core.leaseGranted({ units, copyTo: a.copyTo }, t);
     for (const u of units) this.stages.leased(u, t);
     this.driver?.kick();
@@ -330,9 +331,8 @@ export class StreamAgent {
       // Leased from the head the server read: our batch follower may be a moment behind it.
       for (let i = 0; i < 500 && !this.closed && !this.core.window.known(u) && u >= this.core.skipped; i++) await sleep(10, this.abort.signal).catch(() => undefined);
       if (this.core.has(u) || !this.core.window.known(u)) continue;
-      // The receipt rides the next beat (with its age, so the overhead sample is the same):
-      // a beat of its own is worth it only when a unit waits for a lessee, or the fetch failed.
-      // Beating after every download was a heartbeat per own unit on top of one per batch.
+      // The receipt rides the next beat (with its age, so the overhead sample is the same): a beat of its own
+      // only when a unit waits for a lessee, or the fetch failed (not a heartbeat per own unit on top of one per batch).
       if (!(await this.fetchUnit(u)) || leaseWaiting(this.lastAnswer, this.delivery.next, (x) => !this.core.has(x) && !this.inFlight.has(x))) this.beatSoon();
     }
   }

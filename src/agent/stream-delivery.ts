@@ -54,8 +54,16 @@ export class StreamDelivery {
   /** Units lost (retention, or skipped past the buffer cap) and the runs they made. */
   gapUnits = 0;
   gaps = 0;
-  /** Publish-to-delivery latencies (ms): now minus the covering batch's signing time. */
+  /**
+   * Publish-to-delivery latencies (ms): now minus the covering batch's signing time, of the
+   * units signed at or after `latencyFrom`. A unit published before the agent started (a
+   * late joiner's history, or the units a restarted agent missed) measures how late it
+   * started, not delivery: in the sites bench, unit 0 was signed before the agents were
+   * spawned and carried their ~300 ms start-up into every agent's p99.
+   */
   readonly latenciesMs: number[] = [];
+  /** When the agent started following the stream (ms since the epoch; 0: every unit counts). */
+  latencyFrom = 0;
   lastDeliveredAt = 0;
   /** Called after each unit's sink write (stage timing, stream-stages.ts). */
   onDelivered: (unit: number) => void = () => undefined;
@@ -167,7 +175,8 @@ export class StreamDelivery {
       const now = Date.now();
       while (this.batches.length > 1 && !coversUnit(this.batches[0], u)) this.batches.shift();
       const b = this.batches[0];
-      this.latenciesMs.push(Math.max(0, now - Date.parse(b.time)));
+      const signed = Date.parse(b.time);
+      if (signed >= this.latencyFrom) this.latenciesMs.push(Math.max(0, now - signed));
       if (this.latenciesMs.length > LATENCY_SAMPLES) this.latenciesMs.shift();
       this.lastDeliveredAt = now;
       this.uncommitted = true;
