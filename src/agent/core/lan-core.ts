@@ -365,7 +365,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.asm.age(now);
     // Not announced while copies are queued (peers would NACK fragments on their way): on the LAN, LAN copies; to gateways, any.
     const lan = withoutQueued(this.have, this.send.lanCopying);
-    const cross = withoutQueued(this.have, this.send.copying);
+    const cross = only || this.announceTo.length ? withoutQueued(this.have, this.send.copying) : lan;
     const n = this.m.unitCount;
     // One packet per bitmap chunk that fits a fragment; at least one (an empty release).
     const perPacket = (this.fb - 64) * 8;

@@ -162,15 +162,15 @@ export class SendEngine {
     }
     this.copyQueue.push(d);
     this.copyQueueBytes += d.length;
-    this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
-    this.lanCopying.set(unit, (this.lanCopying.get(unit) ?? 0) + 1);
+    countUp(this.copying, unit);
+    countUp(this.lanCopying, unit);
   }
 
   /** A fragment by unicast to another group's gateway, flagged to be re-multicast there (1.5: and down `treeOrigin`'s copy tree). */
   queueUnicast(unit: number, fragment: number, fragmentCount: number, payload: Uint8Array, repair: boolean, to: Endpoint, now: number, treeOrigin?: number): void {
     this.cross.queue(this.data(unit, fragment, fragmentCount, payload, repair, true, treeOrigin), to, repair, now);
     // Not announced until its cross-group copies are out too: a gateway would NACK them.
-    if (!repair) this.copying.set(unit, (this.copying.get(unit) ?? 0) + 1);
+    if (!repair) countUp(this.copying, unit);
   }
 
   /** A control packet (NACK, ANNOUNCE) for the LAN: ahead of copies. */
@@ -293,9 +293,7 @@ export class SendEngine {
       if (q) clearBit(q, h.fragment);
     } else {
       this.stats.copyBytesSent += h.payloadBytes;
-      const lanLeft = (this.lanCopying.get(h.unit) ?? 1) - 1;
-      if (lanLeft > 0) this.lanCopying.set(h.unit, lanLeft);
-      else this.lanCopying.delete(h.unit);
+      const lanLeft = countDown(this.lanCopying, h.unit);
       this.copyLeft(h.unit, now);
       // The last LAN copy, with copies for other groups still queued: the LAN may hear of it now.
       if (lanLeft <= 0 && this.copying.has(h.unit)) this.hooks.copiesLeft(h.unit, now);
@@ -304,13 +302,21 @@ export class SendEngine {
 
   /** One copy of `unit` left (LAN or cross-group); after its last, peers may NACK it. */
   private copyLeft(unit: number, now: number): void {
-    const left = (this.copying.get(unit) ?? 1) - 1;
-    if (left > 0) this.copying.set(unit, left);
-    else {
-      this.copying.delete(unit);
-      this.hooks.copiesLeft(unit, now);
-    }
+    if (countDown(this.copying, unit) <= 0) this.hooks.copiesLeft(unit, now);
   }
+}
+
+/** One more queued datagram of `unit` in `m` (copying, lanCopying). */
+function countUp(m: Map<number, number>, unit: number): void {
+  m.set(unit, (m.get(unit) ?? 0) + 1);
+}
+
+/** One fewer: the datagrams of `unit` still queued (the entry goes at 0). */
+function countDown(m: Map<number, number>, unit: number): number {
+  const left = (m.get(unit) ?? 1) - 1;
+  if (left > 0) m.set(unit, left);
+  else m.delete(unit);
+  return left;
 }
 
 /** The units of `have` (a bitmap), less those with datagrams in `queued` (copying, lanCopying). */
