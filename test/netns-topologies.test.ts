@@ -79,9 +79,10 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   for (const a of agents) t.is(await sha256File((await a.report()).path), f.sourceSha, a.id);
   const stats = await f.serverStats();
   // On a failure, say why the origin sent again: each agent's last lines about stalls and relays.
-  const why = () => agents.map((a) => `${a.id}: ${a.stderr().split('\n').filter((l) => /no progress|relay|stall|gateway/i.test(l)).slice(-4).join(' | ')}`).join('\n');
-  t.true(stats.unitBytesSent <= 1.05 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size} (${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x) to 3 sites; ${JSON.stringify(stats)}\n${why()}`);
+  // (An agent warns of a stall with what it knew of each missing unit: its holder, its forwarded NACKs, its data.)
   const reps = await Promise.all(agents.map((a) => a.report()));
+  const why = () => agents.map((a, i) => `${a.id}: ${a.stderr().split('\n').filter((l) => /no progress|relay|stall|gateway/i.test(l)).slice(-4).join(' | ')} drops ${JSON.stringify(reps[i].drops)}`).join('\n');
+  t.true(stats.unitBytesSent <= 1.05 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size} (${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x) to 3 sites; ${JSON.stringify(stats)}\n${why()}`);
   const cross = reps.reduce((s, r) => s + Number(r.crossGroupBytesSent), 0);
   t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
   t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release; re-sends ${JSON.stringify((stats as { resent?: unknown }).resent)}`);

@@ -4,6 +4,7 @@ import { Endpoint, Network } from './network';
 import { Prng } from './prng';
 import { SimRelease } from './release';
 import { SimServer } from './server';
+import type { Logger } from '../../src/util/log';
 
 /**
  * One simulated agent: the driver around a protocol core, as src/agent/core-driver.ts is
@@ -44,6 +45,8 @@ export interface MemberOptions {
   assembleInPlace?: boolean;
   /** Rewrites each outgoing datagram (a lying member); null drops it. `unicast`: sent to one endpoint, not the LAN. */
   mangle?: (datagram: Uint8Array, unicast: boolean) => Uint8Array | null;
+  /** The core's logger (default: the core's own, silent below warn). */
+  logger?: Logger;
 }
 
 /** Two inputs at the same instant, over and over, mean the core is spinning. */
@@ -103,6 +106,7 @@ export class SimMember {
       random: rng.fork('core').random,
       stats: this.stats,
       ...(opts.assembleInPlace ? { assembleInPlace: true } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
     };
     this.core = makeCore(cfg, sim.now);
     this.endpoint.onReceive = (data, from, via, now) => {

@@ -98,6 +98,11 @@ export class CrossGroupState {
     return out.length ? out : null;
   }
 
+  /** When a NACK for the unit was first forwarded to its holder (undefined: never). */
+  forwardedAt(unit: number): number | undefined {
+    return this.forwarded.get(unit);
+  }
+
   /** Whether a forwarded NACK for the unit was seen before (the first only starts the clock). */
   forwardedBefore(unit: number, now: number): number | undefined {
     const first = this.forwarded.get(unit);

@@ -190,8 +190,18 @@ export abstract class RepairFlow extends CoreUnits {
     const want: number[] = [];
     for (let u = 0; u < this.m.unitCount && want.length < 64; u++) if (!this.has(u)) want.push(u);
     if (!want.length) return;
-    this.log.info(`no progress for ${AGENT_DEFAULTS.stallRelayMs / 1000} s with ${this.m.unitCount - this.heldCount} unit(s) missing; asking the server`);
+    // Warn: a stall is a fault of the exchange (what every other path should have repaired), and says what we knew.
+    this.log.warn(`no progress for ${AGENT_DEFAULTS.stallRelayMs / 1000} s with ${this.m.unitCount - this.heldCount} unit(s) missing (as ${this.view.role}); asking the server; ${want.slice(0, 4).map((u) => this.stallOf(u, now)).join('; ')}`);
     this.events.push({ type: 'relay', units: want, reason: 'stalled' });
+  }
+
+  /** What we know of a missing unit, for the stall warning: its holder, our NACKs forwarded, its data. */
+  private stallOf(u: number, now: number): string {
+    const h = this.view.holderOf(u);
+    const a = this.asm.get(u);
+    const fwd = this.crossGroup.forwardedAt(u);
+    const ago = (t: number | undefined) => (t === undefined ? 'never' : `${Math.round(now - t)} ms ago`);
+    return `unit ${u}: holder ${h ? `${h.id} in ${h.group}` : 'none'}, forwarded ${ago(fwd)}, ${a ? `${a.count}/${a.fragmentCount} fragments, last data ${ago(a.lastData)}` : 'no data'}, announced ${ago(this.crossGroup.announcedSince.get(u))}, ${this.fetching.has(u) ? 'fetching' : 'not fetching'}`;
   }
 
   /** As a gateway: report to each member of another group that sent us copies lately; slow paths that went silent. */
