@@ -260,11 +260,11 @@ function sendPaceLimited(p: CrossPacer, from: number, to: number): number {
 
 const mbit = (p: CrossPacer) => (p.rateBytesPerSec * 8) / 1e6;
 
-test('slow start between windows: once a round trip is measured the pace doubles per 50 ms while copies wait for it, up to 4x the start pace; a lossy window then cuts it and the doubling stops', (t) => {
-  const ramp = new CrossPacer({ capBytesPerSec: 100 * MBIT }, 0);
+test('slow start between windows: once a round trip is measured the pace doubles per step (here 50 ms) while copies wait for it, up to 4x the start pace; a lossy window then cuts it and the doubling stops', (t) => {
+  const ramp = new CrossPacer({ capBytesPerSec: 100 * MBIT, rampStepMs: 50 }, 0);
   const windowsOnly = new CrossPacer({ capBytesPerSec: 100 * MBIT, rampStepMs: Infinity }, 0);
   for (const p of [ramp, windowsOnly]) {
-    // An ANNOUNCE at 0 echoed at 20 ms: a round trip of 20 ms (the step is the 50 ms floor), and the first window edge.
+    // An ANNOUNCE at 0 echoed at 20 ms: a round trip of 20 ms (the step is the 50 ms floor given), and the first window edge.
     p.probe(1n, 0);
     p.report(0, 0, 1n, 0, 20, { datagrams: 0, bytes: 0 });
   }
@@ -308,7 +308,7 @@ test('slow start between windows gives no credit for idle time: nothing before a
   for (let now = 20; now < 1000; now += 10) if (trickle.bucket.take(1400, now) === 0) trickle.sent(1400, now); // 1.1 of 4 Mbit/s
   t.is(mbit(trickle), 4, 'copies that never wait for the pace do not raise it');
 
-  const idle = new CrossPacer({ capBytesPerSec: 100 * MBIT, rampMaxFactor: 1000 }, 0);
+  const idle = new CrossPacer({ capBytesPerSec: 100 * MBIT, rampMaxFactor: 1000, rampStepMs: 50 }, 0);
   idle.probe(1n, 0);
   idle.report(0, 0, 1n, 0, 20, { datagrams: 0, bytes: 0 });
   sendPaceLimited(idle, 20, 130);
@@ -365,7 +365,8 @@ function streamBursts(p: CrossPacer, from: number, to: number, lossAt: (now: num
 
 test('a lossy window of a stream, whose copies come in bursts under half the pace, cuts the pace by a quarter, not to the stream\'s average rate', (t) => {
   const mbps = 80;
-  const stream = new CrossPacer({ capBytesPerSec: 100 * MBIT, initialBytesPerSec: mbps * MBIT }, 0);
+  // The windows alone (no doubling between them): the pace the path was given is what the windows judge.
+  const stream = new CrossPacer({ capBytesPerSec: 100 * MBIT, initialBytesPerSec: mbps * MBIT, rampStepMs: Infinity }, 0);
   const seq = { n: 1n, sent: 0, backlog: 0, sentAtProbe: 0, got: 0 };
   // Eight windows at 3% background loss, then one at 12% (over its threshold: congestion, or a burst of random loss).
   streamBursts(stream, 0, 1700, () => 0.03, seq);
@@ -386,7 +387,8 @@ test('a lossy window of a stream, whose copies come in bursts under half the pac
   bulk.report(got, got * 1400, 2n, 0, 210, { datagrams: got, bytes: got * 1400 });
   t.is(bulk.congestionEvents, 1);
   t.is(bulk.appLimitedCuts, 0);
-  t.is(bulk.rateBytesPerSec, (0.85 * got * 1400 * 1000) / 205, 'cut to 0.85 x what the window (0 to 205 ms) delivered');
+  const cutTo = (0.85 * got * 1400 * 1000) / 205;
+  t.true(Math.abs(bulk.rateBytesPerSec - cutTo) < 1e-6 * cutTo, `cut to 0.85 x what the window (0 to 205 ms) delivered: ${bulk.rateBytesPerSec} against ${cutTo}`);
 });
 
 test('windows judged while a stream\'s copies trickle do not hold the slow-start ramp at the start pace', (t) => {
@@ -419,4 +421,30 @@ test('windows judged while a stream\'s copies trickle do not hold the slow-start
   t.log(`the unit's copies left in ${doneAt - 1000} ms, pace ${mbit(p).toFixed(1)} Mbit/s, ${p.rampSteps} doublings`);
   t.is(mbit(p), 16, 'doubled to 4 x the start pace while the copies waited');
   t.true(doneAt - 1000 < 250, 'faster than at the start pace (524 ms)');
+});
+
+test('on a path with a 1 ms round trip the ramp doubles per 10 ms step, not per 50: a new path\'s first 256 KiB unit leaves a quarter sooner or more', (t) => {
+  // The sites testbed (issue 19): each member's first units to the other site crossed at
+  // 12-16 Mbit/s (130-200 ms for 256 KiB) while the pace doubled once per 50 ms, and they
+  // were the stream's p99. The step is max(rampStepMs, round trip); the ceiling (4 x the
+  // start pace until a window is judged) is unchanged, so a slow path is overrun no more.
+  const leave = (rampStepMs?: number) => {
+    const p = new CrossPacer({ capBytesPerSec: 100 * MBIT, ...(rampStepMs ? { rampStepMs } : {}) }, 0);
+    p.probe(1n, 0);
+    p.report(0, 0, 1n, 0, 1, { datagrams: 0, bytes: 0 });
+    let backlog = 256 * 1024;
+    for (let now = 1; now < 2000; now++) {
+      while (backlog > 0 && p.bucket.take(1400, now) === 0) {
+        p.sent(1400, now);
+        backlog -= 1400;
+      }
+      if (backlog <= 0) return { ms: now - 1, mbit: mbit(p) };
+    }
+    return { ms: Infinity, mbit: mbit(p) };
+  };
+  const now10 = leave();
+  const was50 = leave(50);
+  t.log(`a 256 KiB unit's copies left in ${now10.ms} ms (pace ${now10.mbit} Mbit/s), with a 50 ms step ${was50.ms} ms (${was50.mbit} Mbit/s)`);
+  t.true(now10.ms < 0.75 * was50.ms, `${now10.ms} ms against ${was50.ms} ms`);
+  t.is(now10.mbit, 16, 'no further than 4 x the start pace before a window is judged');
 });

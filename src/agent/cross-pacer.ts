@@ -69,7 +69,7 @@ export const CROSS_PACER_DEFAULTS: Omit<CrossPacerOptions, 'capBytesPerSec'> = {
   burstBytes: 64 * 1024,
   delayTargetMs: 60,
   silenceMs: 2000,
-  rampStepMs: 50,
+  rampStepMs: 10,
   rampMaxFactor: 4,
 };
 
