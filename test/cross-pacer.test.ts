@@ -448,3 +448,37 @@ test('on a path with a 1 ms round trip the ramp doubles per 10 ms step, not per 
   t.true(now10.ms < 0.75 * was50.ms, `${now10.ms} ms against ${was50.ms} ms`);
   t.is(now10.mbit, 16, 'no further than 4 x the start pace before a window is judged');
 });
+
+test('a gateway echoes a member\'s first ANNOUNCE at once, later ones at its 200 ms period; the sender then ramps from its first copies', (t) => {
+  const gw = new CrossPaths(100 * MBIT, 0, { feedbackMs: 200, maxPaths: 16, burstBytes: 64 * 1024 });
+  const a = { address: '10.0.1.11', port: 7000 };
+  const b = { address: '10.0.1.12', port: 7000 };
+  t.is(gw.feedbackDue(0).length, 0, 'nobody heard yet');
+  gw.received(a, 1400);
+  gw.announced(a, 5n, 10);
+  const first = gw.feedbackDue(11);
+  t.deepEqual(first.map((f) => [f.to.address, f.echoSeq, f.echoHoldMs]), [['10.0.1.11', 5n, 1]], 'the first echo goes out at once');
+  gw.announced(a, 6n, 20);
+  t.is(gw.feedbackDue(21).length, 0, 'a later ANNOUNCE waits for the period');
+  gw.announced(b, 1n, 30);
+  t.deepEqual(gw.feedbackDue(31).map((f) => f.to.address), ['10.0.1.12'], 'another member\'s first echo: only its own report, at once');
+  t.deepEqual(gw.feedbackDue(200).map((f) => [f.to.address, f.echoSeq]), [['10.0.1.11', 6n]], 'the period: whoever was heard since (b was not)');
+
+  // The sender's side: with the echo 1 ms after its ANNOUNCE, its pacer has a round trip
+  // before its first copy, and a 64 KiB unit queued behind another leaves at the ramped pace.
+  const sender = new CrossPacer({ capBytesPerSec: 100 * MBIT }, 0);
+  sender.probe(5n, 10);
+  sender.report(1, 1400, 5n, 0, 11, { datagrams: 1, bytes: 1400 });
+  t.is(sender.lastRttMs, 1);
+  let backlog = 2 * 64 * 1024;
+  let doneAt = -1;
+  for (let now = 11; now < 1000 && doneAt < 0; now++) {
+    while (backlog > 0 && sender.bucket.take(1400, now) === 0) {
+      sender.sent(1400, now);
+      backlog -= 1400;
+    }
+    if (backlog <= 0) doneAt = now;
+  }
+  t.log(`two 64 KiB units left in ${doneAt - 11} ms (at the 4 Mbit/s start pace alone: ${Math.round((64 * 1024 * 8) / 4000)} ms after the burst)`);
+  t.true(doneAt - 11 < 60, `${doneAt - 11} ms`);
+});

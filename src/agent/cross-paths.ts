@@ -32,6 +32,8 @@ interface Source {
   /** Our counters when that ANNOUNCE arrived (FEEDBACK's at-echo counters, 1.2). */
   echoDatagrams: number;
   echoBytes: number;
+  /** An echo went to it in a FEEDBACK already (its sender has a round trip). */
+  echoed: boolean;
 }
 
 /**
@@ -47,6 +49,8 @@ export class CrossPaths {
   /** The member's overall cap on cross-group sends (cross_rate): the site's uplink. */
   readonly total: TokenBucket;
   private lastFeedbackAt = 0;
+  /** A member's first ANNOUNCE arrived: its FEEDBACK is due now (feedbackDue). */
+  private firstEchoDue = false;
   /** Copy bytes queued on every path (repairs are few and not counted). */
   copyBytesQueued = 0;
   /** Sources forgotten because the table was full. */
@@ -194,6 +198,7 @@ export class CrossPaths {
     s.echoDatagrams = s.datagrams;
     s.echoBytes = s.bytes;
     s.fresh = true;
+    if (!s.echoed) this.firstEchoDue = true;
   }
 
   private source(from: Endpoint): Source | null {
@@ -204,7 +209,7 @@ export class CrossPaths {
         this.sourcesDropped++;
         return null;
       }
-      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0, echoDatagrams: 0, echoBytes: 0 };
+      s = { to: { address: from.address, port: from.port }, datagrams: 0, bytes: 0, fresh: false, echoSeq: 0n, echoAt: 0, echoDatagrams: 0, echoBytes: 0, echoed: false };
       this.sources.set(k, s);
     }
     return s;
@@ -213,7 +218,10 @@ export class CrossPaths {
   /**
    * Every feedbackMs: the reports owed to the members heard since the last ones, with
    * the counters at the echo once an ANNOUNCE has been heard (1.2 senders judge by those;
-   * the agent also sends each without them, the 1.1 form, for 1.1 senders).
+   * the agent also sends each without them, the 1.1 form, for 1.1 senders). A member's
+   * first ANNOUNCE is echoed at once, not at the next period: its pacer doubles only once
+   * it has a round trip, and a new path's first units crossed at the 4 Mbit/s start pace
+   * for up to a period (sites testbed, issue 19).
    */
   feedbackDue(now: number): {
     to: Endpoint;
@@ -223,10 +231,13 @@ export class CrossPaths {
     echoHoldMs: number;
     atEcho?: { datagrams: number; bytes: number };
   }[] {
-    if (now - this.lastFeedbackAt < this.opts.feedbackMs) return [];
-    this.lastFeedbackAt = now;
+    const periodic = now - this.lastFeedbackAt >= this.opts.feedbackMs;
+    if (!periodic && !this.firstEchoDue) return [];
+    this.firstEchoDue = false;
+    if (periodic) this.lastFeedbackAt = now;
     const out = [];
     for (const [k, s] of this.sources) {
+      if (!periodic && (s.echoed || !s.echoSeq)) continue;
       if (!s.fresh) {
         // Silent for a whole period: forget it (its counters restart if it comes back,
         // and its sender starts a new window).
@@ -234,6 +245,7 @@ export class CrossPaths {
         continue;
       }
       s.fresh = false;
+      if (s.echoSeq) s.echoed = true;
       out.push({
         to: s.to,
         receivedDatagrams: s.datagrams,
