@@ -166,7 +166,10 @@ test('an encrypted release: ciphertext in the store and on the LAN, the key only
   // Listen on the LAN while two agents fetch it.
   const group = `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`;
   const mport = randomInt(20000, 60000);
-  const sniff = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  // A socket buffer for the whole exchange (~2.4 MB on the wire): each agent multicasts its
+  // units in a burst, and a busy test process that is late to read drops what the default
+  // 208 KiB cannot hold (a CI run counted 520,524 bytes, one agent's share, and failed).
+  const sniff = dgram.createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: 4 * 1024 * 1024 });
   const seen: Buffer[] = [];
   sniff.on('message', (m) => seen.push(m));
   await new Promise<void>((r) => sniff.bind(mport, () => (sniff.addMembership(group, '127.0.0.1'), r())));
