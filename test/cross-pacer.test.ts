@@ -460,7 +460,10 @@ test('a gateway echoes a member\'s first ANNOUNCE at once, later ones at its 200
   t.is(gw.feedbackDue(21).length, 0, 'a later ANNOUNCE waits for the period');
   gw.announced(b, 1n, 30);
   t.deepEqual(gw.feedbackDue(31).map((f) => f.to.address), ['10.0.1.12'], 'another member\'s first echo: only its own report, at once');
-  t.deepEqual(gw.feedbackDue(200).map((f) => [f.to.address, f.echoSeq]), [['10.0.1.11', 6n]], 'the period: whoever was heard since (b was not)');
+  t.deepEqual(gw.feedbackDue(200).map((f) => [f.to.address, f.echoSeq]), [['10.0.1.11', 6n], ['10.0.1.12', 1n]], 'the period: everyone heard in it (a first echo does not take b out of it)');
+  t.deepEqual(gw.feedbackDue(400).map((f) => f.to.address), [], 'silent for a period since: nobody');
+  gw.announced(b, 2n, 410);
+  t.deepEqual(gw.feedbackDue(411).map((f) => f.to.address), ['10.0.1.12'], 'forgotten after a silent period: new again, echoed at once');
 
   // The sender's side: with the echo 1 ms after its ANNOUNCE, its pacer has a round trip
   // before its first copy, and a 64 KiB unit queued behind another leaves at the ramped pace.

@@ -237,7 +237,13 @@ export class CrossPaths {
     if (periodic) this.lastFeedbackAt = now;
     const out = [];
     for (const [k, s] of this.sources) {
-      if (!periodic && (s.echoed || !s.echoSeq)) continue;
+      if (!periodic) {
+        // A first echo alone: the source stays fresh, so the period neither forgets it nor skips its report.
+        if (s.echoed || !s.echoSeq) continue;
+        s.echoed = true;
+        out.push(this.report(s, now));
+        continue;
+      }
       if (!s.fresh) {
         // Silent for a whole period: forget it (its counters restart if it comes back,
         // and its sender starts a new window).
@@ -246,16 +252,20 @@ export class CrossPaths {
       }
       s.fresh = false;
       if (s.echoSeq) s.echoed = true;
-      out.push({
-        to: s.to,
-        receivedDatagrams: s.datagrams,
-        receivedBytes: s.bytes,
-        echoSeq: s.echoSeq,
-        echoHoldMs: s.echoSeq ? now - s.echoAt : 0,
-        ...(s.echoSeq ? { atEcho: { datagrams: s.echoDatagrams, bytes: s.echoBytes } } : {}),
-      });
+      out.push(this.report(s, now));
     }
     return out;
+  }
+
+  private report(s: Source, now: number): { to: Endpoint; receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number; atEcho?: { datagrams: number; bytes: number } } {
+    return {
+      to: s.to,
+      receivedDatagrams: s.datagrams,
+      receivedBytes: s.bytes,
+      echoSeq: s.echoSeq,
+      echoHoldMs: s.echoSeq ? now - s.echoAt : 0,
+      ...(s.echoSeq ? { atEcho: { datagrams: s.echoDatagrams, bytes: s.echoBytes } } : {}),
+    };
   }
 
   /** Paths whose gateway stopped reporting slow down (CrossPacer.checkSilence). */
