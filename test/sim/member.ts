@@ -45,7 +45,7 @@ export interface MemberOptions {
   assembleInPlace?: boolean;
   /** Rewrites each outgoing datagram (a lying member); null drops it. `unicast`: sent to one endpoint, not the LAN. */
   mangle?: (datagram: Uint8Array, unicast: boolean) => Uint8Array | null;
-  /** The core's logger (default: the core's own, silent below warn). */
+  /** The core's logger (default: silent). */
   logger?: Logger;
 }
 
