@@ -27,6 +27,9 @@ test('bad request bodies get 400 with a message naming the field', async (t) => 
   t.is(r.status, 404);
   t.is(r.body.error, 'NO_RELEASE');
   t.true(f.server.stats.badRequests >= 6);
+  // Counted by status and code too, so a test that sees a refusal can say which.
+  t.true(f.server.stats.badRequestCodes['400 BAD_BODY'] >= 5, JSON.stringify(f.server.stats.badRequestCodes));
+  t.is(f.server.stats.badRequestCodes['404 NO_RELEASE'], 1);
 });
 
 test('unit bytes go only to the lease holder, stream whole or by range, and are counted as egress', async (t) => {

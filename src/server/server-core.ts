@@ -150,7 +150,7 @@ export abstract class ServerCore {
   protected readonly requestSeconds = new Map<RequestKind, Histogram>();
   /** perf_hooks' event-loop delay, folded into fixed buckets on every timer tick (start() enables it). */
   protected readonly eventLoopDelay = new EventLoopDelay();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, badRequestCodes: {}, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0 };
   protected readonly limits: typeof LIMIT_DEFAULTS;
   protected readonly connections: ConnectionCounter;
   protected readonly authThrottle: AuthThrottle;
@@ -374,6 +374,8 @@ export abstract class ServerCore {
   protected fail(res: http.ServerResponse, err: unknown): void {
     if (err instanceof HttpError) {
       this.stats.badRequests++;
+      const k = `${err.status} ${err.code}`;
+      this.stats.badRequestCodes[k] = (this.stats.badRequestCodes[k] ?? 0) + 1;
       if (!res.headersSent) return this.json(res, err.status, { error: err.code, message: err.message });
     } else {
       this.log.error(`internal error: ${(err as Error)?.stack ?? String(err)}`);

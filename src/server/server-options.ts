@@ -87,6 +87,8 @@ export interface ServerStats {
   unitRequests: number;
   requests: number;
   badRequests: number;
+  /** Those by "status CODE" (e.g. "400 BAD_BODY"; codes are the server's own, a fixed set): what agents were refused. */
+  badRequestCodes: Record<string, number>;
   /** Requests refused for a missing or unknown token. */
   unauthorized: number;
   /** Unit bytes sent under hedge leases (a second member fetching a straggler's unit). */
