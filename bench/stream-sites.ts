@@ -217,6 +217,12 @@ async function runOnce(topo: Topology, dir: string, shape: SitesShape, policy: S
     };
   } finally {
     for (const c of [...agents, pubChild]) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    // FLEETCAST_BENCH_KEEP_STAGES=DIR: each agent's per-unit stage records (FLEETCAST_STREAM_STAGES) outlive the run.
+    const keep = process.env.FLEETCAST_BENCH_KEEP_STAGES;
+    if (keep) {
+      await fs.mkdir(keep, { recursive: true });
+      for (const f of await fs.readdir(runDir).catch(() => [] as string[])) if (f.endsWith('.stages')) await fs.copyFile(path.join(runDir, f), path.join(keep, `${path.basename(runDir)}.${f}`));
+    }
     await fs.rm(runDir, { recursive: true, force: true });
   }
 }
