@@ -1,4 +1,5 @@
 import { peekOwnData } from '../wire/packet';
+import type { FeedbackPacket } from '../wire/packet';
 import { CrossPacer } from './cross-pacer';
 import { TokenBucket } from './token-bucket';
 
@@ -20,6 +21,9 @@ interface Path {
   repairs: Uint8Array[];
   copies: Uint8Array[];
 }
+
+/** What a FEEDBACK reports (its counters and echo), as the gateway builds it and the sender takes it. */
+type FeedbackReport = Pick<FeedbackPacket, 'receivedDatagrams' | 'receivedBytes' | 'echoSeq' | 'echoHoldMs' | 'atEcho'>;
 
 interface Source {
   to: Endpoint;
@@ -173,7 +177,7 @@ export class CrossPaths {
   }
 
   /** A FEEDBACK from the gateway at `from`. */
-  feedback(from: Endpoint, f: { receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number; atEcho?: { datagrams: number; bytes: number } }, now: number): boolean {
+  feedback(from: Endpoint, f: FeedbackReport, now: number): boolean {
     const p = this.paths.get(key(from));
     if (!p) return false;
     p.pacer.report(f.receivedDatagrams, f.receivedBytes, f.echoSeq, f.echoHoldMs, now, f.atEcho);
@@ -223,14 +227,7 @@ export class CrossPaths {
    * it has a round trip, and a new path's first units crossed at the 4 Mbit/s start pace
    * for up to a period (sites testbed, issue 19).
    */
-  feedbackDue(now: number): {
-    to: Endpoint;
-    receivedDatagrams: number;
-    receivedBytes: number;
-    echoSeq: bigint;
-    echoHoldMs: number;
-    atEcho?: { datagrams: number; bytes: number };
-  }[] {
+  feedbackDue(now: number): (FeedbackReport & { to: Endpoint })[] {
     const periodic = now - this.lastFeedbackAt >= this.opts.feedbackMs;
     if (!periodic && !this.firstEchoDue) return [];
     this.firstEchoDue = false;
@@ -257,7 +254,7 @@ export class CrossPaths {
     return out;
   }
 
-  private report(s: Source, now: number): { to: Endpoint; receivedDatagrams: number; receivedBytes: number; echoSeq: bigint; echoHoldMs: number; atEcho?: { datagrams: number; bytes: number } } {
+  private report(s: Source, now: number): FeedbackReport & { to: Endpoint } {
     return {
       to: s.to,
       receivedDatagrams: s.datagrams,
