@@ -148,7 +148,7 @@ export abstract class ServerCore {
    * is in eventLoopDelay, not here.
    */
   protected readonly requestSeconds = new Map<RequestKind, Histogram>();
-  /** perf_hooks' event-loop delay, folded into fixed buckets on every timer tick (start() enables it). */
+  /** The event-loop delay, in fixed buckets: start() and the server's tick drive it, a scrape folds it. */
   protected readonly eventLoopDelay = new EventLoopDelay();
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, badRequestCodes: {}, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0 };
   protected readonly limits: typeof LIMIT_DEFAULTS;

@@ -50,13 +50,15 @@ export class FleetcastServer extends ClusterRoutes {
     });
     this.startedAt = this.now();
     this.eventLoopDelay.start();
+    const tickMs = Math.max(100, Math.floor(this.heartbeatMs / 2));
     this.timer = setInterval(() => {
+      this.eventLoopDelay.tick(tickMs);
       this.expire();
       this.updateLoad();
       void this.saveState();
       if (++this.ticks % OVERHEAD_NOTE_TICKS === 0) this.noteOverheads();
       void this.memory.save();
-    }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
+    }, tickMs);
     this.timer.unref();
     if (c) {
       this.clusterTimer = setInterval(() => void this.clusterTick().catch((err: Error) => this.log.error(`shared engine: ${err.stack ?? err.message}`)), OWNER_RENEW_MS);
@@ -174,7 +176,7 @@ export class FleetcastServer extends ClusterRoutes {
     r.gauge('group_missing_units', 'Units no live member of the group holds (groups with members only)', missing);
     r.histogram('request_duration_seconds', "Seconds from a request's headers being parsed to the last byte of its answer, by kind (kinds seen so far; channel_wait is a long poll, unit a unit's bytes)", REQUEST_KINDS.filter((k) => this.requestSeconds.has(k)).map((kind) => [{ kind }, this.requestSeconds.get(kind)!]));
     this.eventLoopDelay.fold();
-    r.histogram('event_loop_delay_seconds', "How late the event loop ran a 10 ms timer (perf_hooks.monitorEventLoopDelay): time every request waits on top of its own", [[{}, this.eventLoopDelay.histogram]]);
+    r.histogram('event_loop_delay_seconds', "How late the event loop ran a timer: a 10 ms one while the loop is busy (perf_hooks.monitorEventLoopDelay), the server's own tick while it is idle; time every request waits on top of its own", [[{}, this.eventLoopDelay.histogram]]);
     this.rollouts.metrics(r);
     return r.text() + processMetrics('fleetcast');
   }

@@ -1,8 +1,11 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import * as http from 'node:http';
-import type { IntervalHistogram } from 'node:perf_hooks';
+import type { EventLoopUtilization, IntervalHistogram, Performance } from 'node:perf_hooks';
 import { buildInfo } from './build-info';
 import { Logger } from './log';
+
+/** What EventLoopDelay reads of perf_hooks' performance. */
+export type LoopClock = Pick<Performance, 'now' | 'eventLoopUtilization'>;
 
 type Sample = [labels: Record<string, string>, value: number];
 
@@ -88,30 +91,97 @@ export class Histogram {
 }
 
 /**
- * The process's event-loop delay (perf_hooks.monitorEventLoopDelay: how late a timer of
- * `resolutionMs` fired; Node records the time between two of its runs, the interval is taken off) as a fixed-bucket Histogram in seconds. Node keeps it in an HDR
- * histogram; fold() moves what it has recorded since the last fold into the buckets (from
- * its percentile ticks: a sample is counted in the bucket of the tick at or above it, so a
- * bucket may hold a sample that was a little lower, never higher) and resets it. Node's
- * reset also forgets when its timer last ran, so the interval in which a fold falls is not
- * recorded, a blocked loop included: the server folds only when scraped (and on stop), not
+ * The process's event-loop delay (how late a timer ran, past its interval) as a
+ * fixed-bucket Histogram in seconds, sampled at two rates, with no timer of its own while
+ * the loop is idle (issue 17: a 10 ms timer woke an idle server 100 times a second, ~10 ms of
+ * CPU a second on this 2-core box: 1 µs per follower-second at 10,000 idle followers, most of
+ * an idle server's cost; a 100 ms JS interval still cost ~2.5 ms a second):
+ * - tick(), called by the owner's own periodic timer (the server's, every heartbeat_ms / 2,
+ *   at least 100 ms), records that timer's lateness and reads the loop's utilization since
+ *   the last tick (performance.eventLoopUtilization);
+ * - perf_hooks.monitorEventLoopDelay at `resolutionMs` (Node records the time between two
+ *   runs of its timer; the interval is taken off) runs only while the loop is busy: from a
+ *   tick that saw utilization at or above BUSY, or ran `resolutionMs` late, until IDLE_TICKS
+ *   ticks in a row below it. While it runs, the ticks' own lateness is not recorded (the
+ *   fine monitor has it).
+ * So a busy loop is sampled every `resolutionMs`, and an idle one at each tick, where a
+ * block that spans the tick's due time is recorded as late as it held the tick back.
+ * Node keeps the fine samples in an HDR histogram; fold() moves what it has recorded since
+ * the last fold into the buckets (from its percentile ticks: a sample is counted in the
+ * bucket of the tick at or above it, so a bucket may hold a sample that was a little lower,
+ * never higher) and resets it. Node's reset also forgets when its timer last ran, so the
+ * interval in which a fold falls is not recorded, a blocked loop included: the server folds
+ * only when scraped (and on stop), and when the fine monitor goes idle (on time, quiet), not
  * on its own timer (which folded twice a second and lost a block that began within one
  * resolution after a tick: a rare failure of test/metrics.test.ts on a busy box).
  */
 export class EventLoopDelay {
+  /** Loop utilization over one tick that turns the fine monitor on. */
+  static readonly BUSY = 0.05;
+  /** Ticks in a row below BUSY (and on time) that turn it off. */
+  static readonly IDLE_TICKS = 4;
   readonly histogram = new Histogram();
+  /** Ticks, and those the fine monitor ran through (tests, and what a scrape cannot show). */
+  readonly ticks = { all: 0, fine: 0 };
   private readonly h: IntervalHistogram;
-  constructor(private readonly resolutionMs = 10) {
+  private readonly perf: LoopClock;
+  private fine = false;
+  private quiet = 0;
+  private last = -1;
+  private elu: EventLoopUtilization | null = null;
+  /** `clock`: the loop's time and utilization (perf_hooks' performance; tests pass their own). */
+  constructor(
+    private readonly resolutionMs = 10,
+    clock?: LoopClock,
+  ) {
     // node:perf_hooks on first use (issue 16): only the server measures its loop; agents do not load it.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    this.h = (require('node:perf_hooks') as typeof import('node:perf_hooks')).monitorEventLoopDelay({ resolution: resolutionMs });
+    const ph = require('node:perf_hooks') as typeof import('node:perf_hooks');
+    this.h = ph.monitorEventLoopDelay({ resolution: resolutionMs });
+    this.perf = clock ?? ph.performance;
   }
+  /** Ticks are taken from now on; the fine monitor runs until the loop is seen quiet. */
   start(): void {
-    this.h.enable();
+    this.last = this.perf.now();
+    this.elu = this.perf.eventLoopUtilization();
+    this.quiet = 0;
+    this.setFine(true);
   }
   stop(): void {
-    this.fold();
-    this.h.disable();
+    this.last = -1;
+    this.setFine(false);
+  }
+  /** Whether the 10 ms monitor runs now. */
+  get sampling(): 'fine' | 'coarse' {
+    return this.fine ? 'fine' : 'coarse';
+  }
+  /** The owner's periodic timer ran; it was due `intervalMs` after its last run. */
+  tick(intervalMs: number): void {
+    if (this.last < 0) return;
+    const now = this.perf.now();
+    const late = Math.max(0, now - this.last - intervalMs);
+    this.last = now;
+    const elu = this.perf.eventLoopUtilization();
+    const busy = this.perf.eventLoopUtilization(elu, this.elu ?? undefined).utilization;
+    this.elu = elu;
+    this.ticks.all++;
+    if (this.fine) this.ticks.fine++;
+    else this.histogram.observe(late / 1000);
+    if (busy >= EventLoopDelay.BUSY || late >= this.resolutionMs) {
+      this.quiet = 0;
+      this.setFine(true);
+    } else if (this.fine && ++this.quiet >= EventLoopDelay.IDLE_TICKS) this.setFine(false);
+  }
+  private setFine(on: boolean): void {
+    if (on === this.fine) return;
+    this.fine = on;
+    if (on) {
+      this.h.reset();
+      this.h.enable();
+    } else {
+      this.fold();
+      this.h.disable();
+    }
   }
   fold(): void {
     const n = this.h.count;
