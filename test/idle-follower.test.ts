@@ -1,6 +1,10 @@
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
+import { ServerAccess, TCP_KEEPALIVE_MS } from '../src/net/server-access';
 import { startFleet } from './helpers/fleet';
 import { startRolloutFleet } from './helpers/rollout-fleet';
 
@@ -139,7 +143,7 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
   f.spawnAgent('k0', 'site-a');
   await f.until('k0 installed A', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.a.id)));
   // The first long hold asks what a poll naming no member was granted (5 minutes); once
-  // its polls name it and this server notes it as following, the longest hold is 15 minutes.
+  // its polls name it and this server notes it as following, the longest hold is an hour.
   const long = () => holds.filter((h) => h.waitMs >= 300_000);
   const longHolds = () => long().length;
   await f.until('a long hold', async () => longHolds() >= 1);
@@ -151,7 +155,7 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
     // The first long hold's answer may be the first with the following header: one poll then at most.
     if (round > 0) t.is(rolloutPolls, before.polls, `round ${round}: no rollout poll between two held polls`);
   }
-  t.deepEqual(long().slice(1).map((h) => h.waitMs), [900_000, 900_000, 900_000], 'after an answer that granted 15 minutes, it asks for them');
+  t.deepEqual(long().slice(1).map((h) => h.waitMs), [3_600_000, 3_600_000, 3_600_000], 'after an answer that granted an hour, it asks for it');
   // A rollout start moves the token: the agent asks about it at once and installs B.
   await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
@@ -159,7 +163,7 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
   await f.until('k0 installed B', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.b.id)), 60_000);
 });
 
-test('a 1.7 follower is held up to 15 minutes and counts as seen while held; one seen only by a rollout poll is forgotten after 10', async (t) => {
+test('a 1.7 follower is held up to an hour, with TCP keepalive on its connection, and counts as seen while held; one seen only by a rollout poll is forgotten after 10', async (t) => {
   let skew = 0;
   const f = await startRolloutFleet(t, { now: () => Date.now() + skew });
   const srv = f.server as unknown as { channelWatch: { held: () => number } };
@@ -167,13 +171,17 @@ test('a 1.7 follower is held up to 15 minutes and counts as seen while held; one
   const plain = await fetch(url(`?release=${f.a.id}&waitMs=1&rollout=-`));
   t.is(plain.headers.get('x-fleetcast-long-poll'), '300000', 'a poll that names no member: 5 minutes, within the memory of its rollout polls');
   t.is((await post(f.url, '/v1/rollouts/poll', { channel: 'stable', member: 'p0', group: 'site-a' })).status, 200, 'p0 follows by rollout polls');
-  const held = fetch(url(`?release=${f.a.id}&waitMs=900000&rollout=-&member=p1&group=site-b`));
+  const held = fetch(url(`?release=${f.a.id}&waitMs=3600000&rollout=-&member=p1&group=site-b`));
   await f.until('p1\'s poll held', async () => srv.channelWatch.held() === 1);
+  // The server's end of the held poll probes after 60 s idle (Linux: ss shows its keepalive timer).
+  const server = new URL(f.url);
+  const timers = execFileSync('ss', ['-tnoH', 'state', 'established', 'src', `${server.hostname}:${server.port}`]).toString();
+  t.regex(timers, /timer:\(keepalive,/, `the held poll's connection has keepalive on:\n${timers}`);
   skew = 11 * 60_000; // 11 minutes on: p0 has not polled since, p1's poll is still held
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
   t.is(started.status, 201, JSON.stringify(started.body));
   const res = await held; // the rollout start ended the hold
-  t.is(res.headers.get('x-fleetcast-long-poll'), '900000', 'the longest hold of a follower this server notes');
+  t.is(res.headers.get('x-fleetcast-long-poll'), '3600000', 'the longest hold of a follower this server notes');
   t.is(res.headers.get('x-fleetcast-following'), 'rollout');
   const file = path.join(f.dir, 'store', 'rollouts', `${started.body.id as string}.json`);
   const r = await f.until('the rollout written', async () => JSON.parse(await fs.readFile(file, 'utf8').catch(() => 'null')) as { members: Record<string, unknown> } | null);
@@ -184,4 +192,21 @@ test('a 1.7 follower is held up to 15 minutes and counts as seen while held; one
   const again = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
   t.is(again.status, 409, JSON.stringify(again.body));
   t.regex(JSON.stringify(again.body), /NO_MEMBERS/, 'no follower seen in the last 10 minutes');
+});
+
+test('an agent\'s request to the server has TCP keepalive after 60 s idle on its connection, so a NAT keeps a poll held for an hour', async (t) => {
+  const srv = http.createServer((_req, res) => setTimeout(() => res.end('{}'), 300));
+  const held = new Promise<void>((resolve) => srv.once('request', () => resolve()));
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => srv.close());
+  const port = (srv.address() as AddressInfo).port;
+  const access = new ServerAccess({ url: `http://127.0.0.1:${port}`, plainHttp: true });
+  const answer = access.request('GET', '/v1/channels/stable');
+  await held;
+  // While the request is held: Node's own keep-alive agent turns probes on only when a socket goes back to its pool.
+  const line = execFileSync('ss', ['-tnoH', 'state', 'established', 'dst', `127.0.0.1:${port}`]).toString();
+  const m = /timer:\(keepalive,(\d+)sec/.exec(line);
+  t.truthy(m, `a keepalive timer on the agent's end:\n${line}`);
+  t.true(Number(m![1]) <= TCP_KEEPALIVE_MS / 1000 && Number(m![1]) >= TCP_KEEPALIVE_MS / 1000 - 5, line);
+  t.is((await answer).status, 200);
 });

@@ -17,6 +17,14 @@ const https = (): typeof import('node:https') => require('node:https') as typeof
  * The agent's own frequent calls (unit downloads, receipts, leases) use node:http(s)
  * with keep-alive instead (see request()).
  */
+/**
+ * The idle time after which a request's connection sends TCP keepalive probes: below the
+ * idle timeouts of common NATs and load balancers (AWS NAT gateway 350 s, Azure's 4
+ * minutes), so a held channel poll (up to an hour) is not dropped silently, which would
+ * leave the agent waiting out the hold before it learns of a new release.
+ */
+export const TCP_KEEPALIVE_MS = 60_000;
+
 export interface ServerAccessOptions {
   /** One server, or several coordinators of one fleet (tried in order, the next on failure; docs/scale-out.md). */
   url: string | string[];
@@ -141,6 +149,9 @@ export class ServerAccess {
           dump: () => void res.resume(),
         });
       });
+      // Probes on an idle connection keep a NAT's mapping through a long poll held for up to an hour (docs/protocol.md
+      // section 19); Node's own keep-alive sets them only once a socket is back in the pool.
+      req.on('socket', (s) => s.setKeepAlive(true, TCP_KEEPALIVE_MS));
       req.on('error', reject);
       req.end(init.body);
     });

@@ -16,9 +16,19 @@ export const MAX_CHANNEL_WAIT_MS = 300_000;
  * The longest hold of a 1.7 poll that names its member when this server notes the
  * follower itself (section 19: `x-fleetcast-following` includes `rollout`): the follower
  * counts as seen for as long as its poll is held, so the hold need not fit in that
- * memory, and an idle follower asks once per 15 minutes (issue 17).
+ * memory, and an idle follower asks once an hour (issue 17; 15 minutes until 2026-12-01:
+ * 11 polls a second at 10,000 followers instead of 2.8). Such a poll's connection has TCP
+ * keepalive on at both ends (HELD_KEEPALIVE_MS), so a NAT keeps it and a dead follower's
+ * poll ends within minutes, not at the hour.
  */
-export const MAX_FOLLOWING_WAIT_MS = 900_000;
+export const MAX_FOLLOWING_WAIT_MS = 3_600_000;
+/**
+ * The idle time after which the server's end of a held following poll sends TCP keepalive
+ * probes (the agent sets the same on its own requests: src/net/server-access.ts): a follower
+ * that vanished without closing (power lost, cable pulled) fails them and its hold ends
+ * as a closed connection does, so it counts as seen no longer than this plus the probes.
+ */
+export const HELD_KEEPALIVE_MS = 60_000;
 
 interface Waiter {
   known: string;
