@@ -9,6 +9,14 @@ const https = (): typeof import('node:https') => require('node:https') as typeof
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 /**
+ * The idle time after which a request's connection sends TCP keepalive probes: below the
+ * idle timeouts of common NATs and load balancers (AWS NAT gateway 350 s, Azure's 4
+ * minutes), so a held channel poll (up to an hour) is not dropped silently, which would
+ * leave the agent waiting out the hold before it learns of a new release.
+ */
+export const TCP_KEEPALIVE_MS = 60_000;
+
+/**
  * How an agent (or `fleetcast fleet`, `doctor`) reaches the origin: its URL, the bearer
  * token it authenticates with, and the CA its HTTPS certificate must chain to. Plain
  * HTTP only when `plainHttp` says so. Control requests use Node's global fetch, or the
@@ -17,14 +25,6 @@ const https = (): typeof import('node:https') => require('node:https') as typeof
  * The agent's own frequent calls (unit downloads, receipts, leases) use node:http(s)
  * with keep-alive instead (see request()).
  */
-/**
- * The idle time after which a request's connection sends TCP keepalive probes: below the
- * idle timeouts of common NATs and load balancers (AWS NAT gateway 350 s, Azure's 4
- * minutes), so a held channel poll (up to an hour) is not dropped silently, which would
- * leave the agent waiting out the hold before it learns of a new release.
- */
-export const TCP_KEEPALIVE_MS = 60_000;
-
 export interface ServerAccessOptions {
   /** One server, or several coordinators of one fleet (tried in order, the next on failure; docs/scale-out.md). */
   url: string | string[];
