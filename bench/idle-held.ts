@@ -4,7 +4,7 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
-import { fleetcastCli } from './idle-fleet';
+import { fleetcastCli, SETTLE_MS } from './idle-fleet';
 import { freePort } from '../test/helpers/ports';
 
 /**
@@ -28,12 +28,6 @@ const BIN = process.env.FLEETCAST_HELD_BIN ?? path.join(__dirname, '..', '..', '
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PER_GROUP = 10;
 const HOLD_MS = 300_000;
-/**
- * Before each window: V8's memory reducer runs a few full GCs (`Mark-Compact (reduce)`) 30 to
- * 50 s after the setup's allocations stop (--trace-gc), about 150 ms of CPU each with 10,000
- * followers; they come once after a burst, not in an idle fleet's steady state.
- */
-const SETTLE_MS = 60_000;
 /** Joins in flight at once while row 3 is set up. */
 const JOINS_AT_ONCE = 200;
 
