@@ -262,10 +262,9 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     // Warm-up: every follower joined and past its first (short) hold; for 1.7 also past its
     // first beat at the 1.6 idle interval (followers / 100 a second), after which it is asked
     // for one an hour: the window then sees the steady rate, not the way into it. And then
-    // SETTLE_MS more: V8's memory reducer runs its full GCs (~130-170 ms of CPU each with 10,000
-    // followers, --trace-gc) 30-50 s after that first-beat burst ends; they fell in the window
-    // (2026-12-01: the server's main thread at 47 ms a second in the 10 s that held them, 9-13
-    // in the rest of the window).
+    // SETTLE_MS more, for the GCs that follow that first-beat burst (2026-12-01: they fell in
+    // the window, the server's main thread at 47 ms a second in the 10 s that held them, 9-13
+    // in the rest).
     await sleep(Math.max(15_000, followers / 2, form === '1.7' ? Math.min(900_000, followers * 10) + 15_000 + SETTLE_MS : 0));
     const hz = clockTicks();
     const c0 = await cpuSeconds(server.pid, hz);

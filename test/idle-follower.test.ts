@@ -203,7 +203,7 @@ test('an agent\'s request to the server has TCP keepalive after 60 s idle on its
   const access = new ServerAccess({ url: `http://127.0.0.1:${port}`, plainHttp: true });
   const answer = access.request('GET', '/v1/channels/stable');
   await held;
-  // While the request is held: Node's own keep-alive agent turns probes on only when a socket goes back to its pool.
+  // While the request is held (Node's keep-alive agent would probe after 1 s: its keepAliveMsecs default).
   const line = execFileSync('ss', ['-tnoH', 'state', 'established', 'dst', `127.0.0.1:${port}`]).toString();
   const m = /timer:\(keepalive,(\d+)sec/.exec(line);
   t.truthy(m, `a keepalive timer on the agent's end:\n${line}`);

@@ -79,7 +79,10 @@ export class ServerAccess {
     this.token = o.token;
     const tls = protocols.has('https:');
     this.ca = tls ? o.ca : undefined;
-    this.agent = tls ? new (https().Agent)({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
+    // keepAliveMsecs is the TCP keepalive idle time of the agent's sockets, from connect and again whenever one goes
+    // back to the pool (Node's default, 1000, probed every second of a held poll).
+    const keep = { keepAlive: true, keepAliveMsecs: TCP_KEEPALIVE_MS };
+    this.agent = tls ? new (https().Agent)({ ...keep, ca: this.ca }) : new http.Agent(keep);
   }
 
   /** The server URL requests go to now. */
@@ -149,9 +152,6 @@ export class ServerAccess {
           dump: () => void res.resume(),
         });
       });
-      // Probes on an idle connection keep a NAT's mapping through a long poll held for up to an hour (docs/protocol.md
-      // section 19); Node's own keep-alive sets them only once a socket is back in the pool.
-      req.on('socket', (s) => s.setKeepAlive(true, TCP_KEEPALIVE_MS));
       req.on('error', reject);
       req.end(init.body);
     });
