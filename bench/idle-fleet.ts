@@ -22,7 +22,9 @@ import { startScaleServers } from './scale-cluster';
  * - 1.7: the same long polls name the follower (member and group), which the server takes
  *   as its rollout poll and as a sign of life: the rollout poll after an answer is left out
  *   while the answer says `x-fleetcast-following: rollout` and the token is the one of the
- *   follower's last rollout poll, and heartbeat intervals up to an hour are taken (section 19).
+ *   follower's last rollout poll, and heartbeat intervals and holds up to an hour are taken
+ *   (section 19: a longer hold or interval in an answer is clamped to an hour).
+ * - 1.8: the same as 1.7, with heartbeat intervals and holds up to a day (section 20).
  * A real fleet's agents started at different times, so each follower's first hold and
  * first heartbeat are cut to a random part of a whole one: the window then sees the steady
  * rate. Measured over the window: the server's CPU (utime + stime from /proc) per
@@ -51,7 +53,12 @@ const HOLD_CAP_MS = process.env.FLEETCAST_IDLE_HOLD_MS ? Math.max(1000, Number(p
  */
 export const SETTLE_MS = 60_000;
 
-export type IdleForm = '1.5' | '1.6' | '1.7';
+export type IdleForm = '1.5' | '1.6' | '1.7' | '1.8';
+
+/** The longest heartbeat interval, and (1.7, 1.8) channel hold, a form takes (ms): longer ones are clamped to it. */
+const MAX_TAKEN_MS: Record<IdleForm, number> = { '1.5': 60_000, '1.6': 900_000, '1.7': 3_600_000, '1.8': 86_400_000 };
+/** Forms whose long polls name the follower (section 19). */
+const NAMES_ITSELF = (form: IdleForm) => form === '1.7' || form === '1.8';
 
 export interface IdleFleetResult {
   followers: number;
@@ -194,13 +201,13 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
         // interval (agents started at different times): the window sees the steady rate.
         let phase = true;
         while (!stop) {
-          // Unref'd: an hour's wait (1.7) must not keep the bench alive after its run.
+          // Unref'd: an hour's or a day's wait (1.7, 1.8) must not keep the bench alive after its run.
           await sleepUnref(phase ? Math.random() * heartbeatMs : heartbeatMs);
           phase = false;
           if (stop) break;
           const r = await request(pool, local, 'heartbeat', 'POST', '/v1/heartbeat', { ...ref, have, address: local, dataPort: 40000 + (i % PER_GROUP), ...map }).catch(() => null);
           if (r?.status === 200) {
-            const ms = Math.min(form === '1.7' ? 3_600_000 : form === '1.6' ? 900_000 : 60_000, Math.max(50, took(r.body)));
+            const ms = Math.min(MAX_TAKEN_MS[form], Math.max(50, took(r.body)));
             phase = ms !== heartbeatMs;
             heartbeatMs = ms;
             answeredHeartbeatMs = heartbeatMs;
@@ -220,7 +227,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
         let hold: number = known ? (long ? Math.min(HOLD_CAP_MS, Math.max(CHANNEL_POLL_MS, maxHold!)) : CHANNEL_POLL_MS) : 0;
         // 1.7: learn the hold granted to a poll that names us (a 1 ms one) before the first
         // long hold, so that hold's random phase is cut from the steady length.
-        if (form === '1.7' && long && !maxHoldNamed) hold = 1;
+        if (NAMES_ITSELF(form) && long && !maxHoldNamed) hold = 1;
         else if (hold > 0) {
           if (long) answeredHoldMs = hold;
           // The first hold of each length is cut to a random part of it (a random phase).
@@ -230,7 +237,7 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
             hold = Math.max(1, Math.round(Math.random() * hold));
           }
         }
-        const q: string = hold > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(hold), ...(form !== '1.5' && token !== null ? { rollout: token } : {}), ...(form === '1.7' && token !== null ? { member: ref.member, group: ref.group } : {}) })}` : '';
+        const q: string = hold > 0 ? `?${new URLSearchParams({ release: known!, waitMs: String(hold), ...(form !== '1.5' && token !== null ? { rollout: token } : {}), ...(NAMES_ITSELF(form) && token !== null ? { member: ref.member, group: ref.group } : {}) })}` : '';
         const r: { status: number; headers: http.IncomingHttpHeaders; body: Buffer } | null = await request(polls, local, 'channel', 'GET', `/v1/channels/stable${q}`, undefined, hold + 30_000).catch(() => null);
         if (!r || r.status !== 200) {
           await sleep(1000);
@@ -244,14 +251,14 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
         known = head.release;
         if (hold > 0) {
           const granted = Number(r.headers['x-fleetcast-long-poll']);
-          maxHold = granted >= 1000 ? granted : null;
-          maxHoldNamed = form === '1.7' && q.includes('member=');
+          maxHold = granted >= 1000 ? Math.min(granted, MAX_TAKEN_MS[form]) : null;
+          maxHoldNamed = NAMES_ITSELF(form) && q.includes('member=');
           const t: string | string[] | undefined = r.headers['x-fleetcast-rollout'];
           token = typeof t === 'string' ? t : null;
         }
         // 1.7: a held poll that named us stood for the rollout poll while the token stayed.
         const following = String(r.headers['x-fleetcast-following'] ?? '').split(',');
-        if (form === '1.7' && hold > 0 && following.includes('rollout') && token !== null && token === polledToken) continue;
+        if (NAMES_ITSELF(form) && hold > 0 && following.includes('rollout') && token !== null && token === polledToken) continue;
         const asked = await request(pool, local, 'rollout poll', 'POST', '/v1/rollouts/poll', { channel: 'stable', group: ref.group, member: ref.member }).catch(() => null);
         if (asked?.status === 200) polledToken = token;
       }
@@ -259,13 +266,13 @@ export async function benchIdleFleet(followers: number, seconds: number, form: I
     };
 
     const all = Array.from({ length: followers }, (_, i) => follower(i));
-    // Warm-up: every follower joined and past its first (short) hold; for 1.7 also past its
+    // Warm-up: every follower joined and past its first (short) hold; for 1.7 and 1.8 also past its
     // first beat at the 1.6 idle interval (followers / 100 a second), after which it is asked
-    // for one an hour: the window then sees the steady rate, not the way into it. And then
+    // for one a day (taken as an hour by 1.7): the window then sees the steady rate, not the way into it. And then
     // SETTLE_MS more, for the GCs that follow that first-beat burst (2026-12-01: they fell in
     // the window, the server's main thread at 47 ms a second in the 10 s that held them, 9-13
     // in the rest).
-    await sleep(Math.max(15_000, followers / 2, form === '1.7' ? Math.min(900_000, followers * 10) + 15_000 + SETTLE_MS : 0));
+    await sleep(Math.max(15_000, followers / 2, NAMES_ITSELF(form) ? Math.min(900_000, followers * 10) + 15_000 + SETTLE_MS : 0));
     const hz = clockTicks();
     const c0 = await cpuSeconds(server.pid, hz);
     measuring.on = true;
@@ -316,7 +323,7 @@ export function idleFleetReport(rs: IdleFleetResult[], machine: string, command:
     '# Idle followers (issue 17)',
     '',
     `Machine: ${machine}.`,
-    `Command: \`${command}\`. A real \`fleetcast server\` process (plain HTTP on loopback) and simulated idle agents in one Node process (bench/idle-fleet.ts): each holds the channel's release and does what an idle agent's daemon does on the control plane, as protocol 1.5 or 1.6 (docs/protocol.md section 18): channel long polls, a rollout poll after each answer, and heartbeats at the interval the server answers. First holds and heartbeats are cut to a random part of a whole one, as agents started at different times would be. Server CPU is utime + stime from /proc over the window, divided by followers x seconds: it includes the server's own timers. "Learned" is from the end of \`fleetcast publish --channel\` of a new release, after the window, to each follower's answer naming it.`,
+    `Command: \`${command}\`. A real \`fleetcast server\` process (plain HTTP on loopback) and simulated idle agents in one Node process (bench/idle-fleet.ts): each holds the channel's release and does what an idle agent's daemon does on the control plane, as protocol 1.5 to 1.8 (docs/protocol.md sections 18 to 20): channel long polls, a rollout poll after each answer (left out by 1.7 and 1.8 after a held poll that stood for it), and heartbeats at the interval the server answers. First holds and heartbeats are cut to a random part of a whole one, as agents started at different times would be. Server CPU is utime + stime from /proc over the window, divided by followers x seconds: it includes the server's own timers. "Learned" is from the end of \`fleetcast publish --channel\` of a new release, after the window, to each follower's answer naming it.`,
     '',
     'Goal: at most 1 µs of server CPU per idle agent-second; a new release learned within 5 s.',
     '',

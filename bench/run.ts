@@ -298,7 +298,7 @@ async function main() {
     return writeResult('idle', idleReport(await benchIdleAll(seconds, Number(process.argv[4] ?? 3)), machine()));
   }
   if (what === 'idle-fleet') {
-    // npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6|1.7[,...]]
+    // npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6|1.7|1.8[,...]]
     const args = process.argv.slice(3);
     const counts = (args[0] ?? '10000').split(',').map(Number);
     const seconds = Number(args[1] ?? 120);
@@ -318,8 +318,8 @@ async function main() {
       return;
     }
     const forms = (args[2] ?? '1.5,1.6').split(',') as IdleForm[];
-    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => f !== '1.5' && f !== '1.6' && f !== '1.7') || args.length > 3) {
-      process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6|1.7[,...]]  (followers >= 10; about 1.2 open files each, within this process limit)\n');
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => !['1.5', '1.6', '1.7', '1.8'].includes(f)) || args.length > 3) {
+      process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6|1.7|1.8[,...]]  (followers >= 10; about 1.2 open files each, within this process limit)\n');
       process.exit(64);
     }
     const results = [];

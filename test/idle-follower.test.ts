@@ -4,7 +4,10 @@ import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
+import { ControlClient } from '../src/agent/control-client';
+import { Heartbeats } from '../src/agent/heartbeat';
 import { ServerAccess, TCP_KEEPALIVE_MS } from '../src/net/server-access';
+import { silentLogger } from '../src/util/log';
 import { startFleet } from './helpers/fleet';
 import { startRolloutFleet } from './helpers/rollout-fleet';
 
@@ -93,7 +96,7 @@ test('an idle agent holds its channel poll as long as the server grants, and sti
 type Groups = Map<string, { hasMember: (id: string) => boolean }>;
 const member = (f: { server: unknown }, key: string, id: string) => !!(f.server as unknown as { groups: Groups }).groups.get(key)?.hasMember(id);
 
-test('a held channel poll naming its member keeps it alive and following; the member is asked to beat once an hour meanwhile', async (t) => {
+test('a held channel poll naming its member keeps it alive and following; the member is asked to beat once a day meanwhile', async (t) => {
   const f = await startRolloutFleet(t);
   const all = Buffer.from([0xe0]).toString('base64'); // A's 3 units
   const ref = (m: string) => ({ release: f.a.id, group: 'site-a', member: m });
@@ -104,8 +107,8 @@ test('a held channel poll naming its member keeps it alive and following; the me
   const held = fetch(url(`?release=${f.a.id}&waitMs=300000&rollout=-&member=p1&group=site-a`));
   await new Promise((r) => setTimeout(r, 300));
   const beat = await post(f.url, '/v1/heartbeat', { ...ref('p1'), have: all, mapVersion: 0 });
-  t.is(beat.body.heartbeatMs, 3_600_000, 'idle and seen through its held poll: once an hour');
-  t.not((await post(f.url, '/v1/heartbeat', { ...ref('p2'), have: all, mapVersion: 0 })).body.heartbeatMs, 3_600_000, 'p2 holds no poll');
+  t.is(beat.body.heartbeatMs, 86_400_000, 'idle and seen through its held poll: once a day (1.8; a 1.7 agent clamps it to an hour)');
+  t.not((await post(f.url, '/v1/heartbeat', { ...ref('p2'), have: all, mapVersion: 0 })).body.heartbeatMs, 86_400_000, 'p2 holds no poll');
   // p2 stops beating and times out (3 of its intervals); p1, silent too, lives through its poll.
   const key = `${f.a.id}/site-a`;
   for (let i = 0; i < 300 && member(f, key, 'p2'); i++) await new Promise((r) => setTimeout(r, 100));
@@ -118,14 +121,14 @@ test('a held channel poll naming its member keeps it alive and following; the me
   const res = await held;
   t.is(res.status, 200);
   t.is(res.headers.get('x-fleetcast-following'), 'rollout,member', 'what the poll stood for');
-  // With no poll held it times out as if it beat at the 1.6 idle rate, not once an hour.
+  // With no poll held it times out as if it beat at the 1.6 idle rate, not once a day.
   for (let i = 0; i < 300 && member(f, key, 'p1'); i++) await new Promise((r) => setTimeout(r, 100));
   t.false(member(f, key, 'p1'), 'times out once its poll ended');
   const other = await fetch(url(`?release=${f.a.id}&waitMs=1&member=p9&group=site-a`));
   t.is(other.headers.get('x-fleetcast-following'), 'rollout', 'not a member of A here: following only');
 });
 
-test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood for it, and polls it when the token moves', async (t) => {
+test('an idle 1.8 agent leaves out the rollout poll after a held poll that stood for it, and polls it when the token moves', async (t) => {
   const f = await startRolloutFleet(t);
   const srv = f.server as unknown as { channelWatch: { wait: (...a: unknown[]) => Promise<void>; close: () => void }; rollouts: { handle: (...a: unknown[]) => Promise<boolean> } };
   const holds: { waitMs: number }[] = [];
@@ -143,7 +146,7 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
   f.spawnAgent('k0', 'site-a');
   await f.until('k0 installed A', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.a.id)));
   // The first long hold asks what a poll naming no member was granted (5 minutes); once
-  // its polls name it and this server notes it as following, the longest hold is an hour.
+  // its polls name it and this server notes it as following, the longest hold is a day.
   const long = () => holds.filter((h) => h.waitMs >= 300_000);
   const longHolds = () => long().length;
   await f.until('a long hold', async () => longHolds() >= 1);
@@ -155,7 +158,7 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
     // The first long hold's answer may be the first with the following header: one poll then at most.
     if (round > 0) t.is(rolloutPolls, before.polls, `round ${round}: no rollout poll between two held polls`);
   }
-  t.deepEqual(long().slice(1).map((h) => h.waitMs), [3_600_000, 3_600_000, 3_600_000], 'after an answer that granted an hour, it asks for it');
+  t.deepEqual(long().slice(1).map((h) => h.waitMs), [86_400_000, 86_400_000, 86_400_000], 'after an answer that granted a day, it asks for it');
   // A rollout start moves the token: the agent asks about it at once and installs B.
   await fs.writeFile(path.join(f.dir, `go-${f.b.id}`), '');
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
@@ -163,7 +166,7 @@ test('an idle 1.7 agent leaves out the rollout poll after a held poll that stood
   await f.until('k0 installed B', async () => (await f.lines('installs.log')).some((l) => l.startsWith(f.b.id)), 60_000);
 });
 
-test('a 1.7 follower is held up to an hour, with TCP keepalive on its connection, and counts as seen while held; one seen only by a rollout poll is forgotten after 10', async (t) => {
+test('a 1.7 or later follower is held up to a day, with TCP keepalive on its connection, and counts as seen while held; one seen only by a rollout poll is forgotten after 10', async (t) => {
   let skew = 0;
   const f = await startRolloutFleet(t, { now: () => Date.now() + skew });
   const srv = f.server as unknown as { channelWatch: { held: () => number } };
@@ -171,7 +174,7 @@ test('a 1.7 follower is held up to an hour, with TCP keepalive on its connection
   const plain = await fetch(url(`?release=${f.a.id}&waitMs=1&rollout=-`));
   t.is(plain.headers.get('x-fleetcast-long-poll'), '300000', 'a poll that names no member: 5 minutes, within the memory of its rollout polls');
   t.is((await post(f.url, '/v1/rollouts/poll', { channel: 'stable', member: 'p0', group: 'site-a' })).status, 200, 'p0 follows by rollout polls');
-  const held = fetch(url(`?release=${f.a.id}&waitMs=3600000&rollout=-&member=p1&group=site-b`));
+  const held = fetch(url(`?release=${f.a.id}&waitMs=86400000&rollout=-&member=p1&group=site-b`));
   await f.until('p1\'s poll held', async () => srv.channelWatch.held() === 1);
   // The server's end of the held poll probes after 60 s idle (Linux: ss shows its keepalive timer).
   const server = new URL(f.url);
@@ -181,7 +184,7 @@ test('a 1.7 follower is held up to an hour, with TCP keepalive on its connection
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
   t.is(started.status, 201, JSON.stringify(started.body));
   const res = await held; // the rollout start ended the hold
-  t.is(res.headers.get('x-fleetcast-long-poll'), '3600000', 'the longest hold of a follower this server notes');
+  t.is(res.headers.get('x-fleetcast-long-poll'), '86400000', 'the longest hold of a follower this server notes (1.8: a day)');
   t.is(res.headers.get('x-fleetcast-following'), 'rollout');
   const file = path.join(f.dir, 'store', 'rollouts', `${started.body.id as string}.json`);
   const r = await f.until('the rollout written', async () => JSON.parse(await fs.readFile(file, 'utf8').catch(() => 'null')) as { members: Record<string, unknown> } | null);
@@ -194,7 +197,7 @@ test('a 1.7 follower is held up to an hour, with TCP keepalive on its connection
   t.regex(JSON.stringify(again.body), /NO_MEMBERS/, 'no follower seen in the last 10 minutes');
 });
 
-test('an agent\'s request to the server has TCP keepalive after 60 s idle on its connection, so a NAT keeps a poll held for an hour', async (t) => {
+test('an agent\'s request to the server has TCP keepalive after 60 s idle on its connection, so a NAT keeps a poll held for a day', async (t) => {
   const srv = http.createServer((_req, res) => setTimeout(() => res.end('{}'), 300));
   const held = new Promise<void>((resolve) => srv.once('request', () => resolve()));
   await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
@@ -209,4 +212,30 @@ test('an agent\'s request to the server has TCP keepalive after 60 s idle on its
   t.truthy(m, `a keepalive timer on the agent's end:\n${line}`);
   t.true(Number(m![1]) <= TCP_KEEPALIVE_MS / 1000 && Number(m![1]) >= TCP_KEEPALIVE_MS / 1000 - 5, line);
   t.is((await answer).status, 200);
+});
+
+test('a 1.8 agent beats once a day when asked, and clamps a longer interval to a day, a shorter one to 50 ms', async (t) => {
+  const asked = [86_400_000, 1_000_000_000, 20];
+  let beats = 0;
+  const srv = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json');
+      // A whole 1.4 map of no member (docs/protocol.md section 14), at the interval under test.
+      res.end(JSON.stringify({ heartbeatMs: asked[beats++], mapEpoch: 1, mapVersion: beats, full: true, members: [], holderSlots: [], groupComplete: true, allHeld: true }));
+    });
+  });
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => srv.close());
+  const abort = new AbortController();
+  t.teardown(() => abort.abort());
+  const client = new ControlClient(new ServerAccess({ url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`, plainHttp: true }), abort.signal, silentLogger);
+  const hb = new Heartbeats(client, silentLogger, () => ({ release: 'ab'.repeat(16), group: 'g', member: 'x' }), () => undefined);
+  t.teardown(() => hb.stop());
+  const took: number[] = [];
+  for (let i = 0; i < asked.length; i++) {
+    t.truthy(await hb.beat(i === 0), `answer ${i} taken`);
+    took.push(hb.ms);
+  }
+  t.deepEqual(took, [86_400_000, 86_400_000, 50], 'section 20: 50 … 86,400,000 ms');
 });

@@ -2,6 +2,7 @@ import { getEventListeners } from 'node:events';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ROLLOUT_TOKEN_RE } from '../wire/ids';
+import { FOLLOWING_MAX_MS } from '../wire/http-bodies';
 import { Agent } from './agent';
 import type { Heartbeats } from './heartbeat';
 import { HookResult, runHook } from './hook';
@@ -132,7 +133,7 @@ export class AgentDaemon extends DaemonState {
       const granted = res.headers['x-fleetcast-long-poll'];
       this.serverHoldsPolls = granted !== undefined;
       const ms = typeof granted === 'string' && /^\d{1,9}$/.test(granted) ? Number(granted) : NaN;
-      this.serverMaxHoldMs = ms >= 1000 ? Math.min(ms, 3_600_000) : null;
+      this.serverMaxHoldMs = ms >= 1000 ? Math.min(ms, FOLLOWING_MAX_MS) : null; // 1.8: a day (section 20)
       const token = res.headers['x-fleetcast-rollout'];
       this.rolloutToken = typeof token === 'string' && ROLLOUT_TOKEN_RE.test(token) ? token : null;
       const following = res.headers['x-fleetcast-following'];

@@ -1,5 +1,5 @@
 import { Logger } from '../util/log';
-import { MAX_FOLDED_RECEIPTS } from '../wire/http-bodies';
+import { FOLLOWING_MAX_MS, MAX_FOLDED_RECEIPTS } from '../wire/http-bodies';
 import { MapMirror } from '../wire/map-mirror';
 import type { CopyDestination, HeartbeatAnswer14 } from '../wire/http-bodies';
 import { ControlClient, ControlError, LeaseResponse, SplitMapResponse } from './control-client';
@@ -8,8 +8,8 @@ import { ControlClient, ControlError, LeaseResponse, SplitMapResponse } from './
 const FOLDED_LEASE_UNITS = 64;
 /** A kicked heartbeat (a lease request) waits this long for others to join it. */
 const KICK_DELAY_MS = 5;
-/** The longest heartbeat interval an answer can set (protocol 1.7, section 19: an idle member whose channel poll is held; 900 s in 1.6). */
-export const MAX_HEARTBEAT_MS = 3_600_000;
+/** The longest heartbeat interval an answer can set (protocol 1.8, section 20: an idle member whose channel poll is held; an hour in 1.7, 900 s in 1.6). */
+export const MAX_HEARTBEAT_MS = FOLLOWING_MAX_MS;
 /** The longest interval an idle member is asked for without a held poll (section 18). */
 export const MAX_IDLE_HEARTBEAT_MS = 900_000;
 
@@ -165,7 +165,7 @@ export class Heartbeats {
   }
 
   private took(map: SplitMapResponse): SplitMapResponse {
-    // 1.7: up to an hour (an idle member seen through its held channel poll); 1.6: 900 s; 50 … 60,000 before.
+    // 1.8: up to a day (an idle member seen through its held channel poll); 1.7: an hour; 1.6: 900 s; 50 … 60,000 before.
     const every = Math.min(MAX_HEARTBEAT_MS, Math.max(50, Number(map.heartbeatMs) || 1000));
     if (every !== this.ms) {
       this.ms = every;

@@ -43,7 +43,7 @@ export abstract class ChannelRoutes extends MemberRegistry {
       // 1.6: a rollout token the agent got before ends the hold when the rollout moves (section 18).
       if (head.release === known && Number(wait) > 0 && (rollout === null || rollout === this.rollouts.token(name))) {
         const gone = new AbortController();
-        // A follower held for up to an hour: probes find one that vanished without closing (HELD_KEEPALIVE_MS).
+        // A follower held for up to a day: probes find one that vanished without closing (HELD_KEEPALIVE_MS).
         if (longest === MAX_FOLLOWING_WAIT_MS) res.socket?.setKeepAlive(true, HELD_KEEPALIVE_MS);
         let answered = false;
         // Only a connection closed before the answer is a client gone (abort's own reason: no DOMException each time).

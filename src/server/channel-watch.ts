@@ -1,4 +1,5 @@
 import type { ChannelHead } from '../release/channels';
+import { FOLLOWING_MAX_MS } from '../wire/http-bodies';
 
 /** How often a channel with waiting requests is read again (the most a move can go unseen). */
 export const CHANNEL_CHECK_MS = 500;
@@ -16,12 +17,13 @@ export const MAX_CHANNEL_WAIT_MS = 300_000;
  * The longest hold of a 1.7 poll that names its member when this server notes the
  * follower itself (section 19: `x-fleetcast-following` includes `rollout`): the follower
  * counts as seen for as long as its poll is held, so the hold need not fit in that
- * memory, and an idle follower asks once an hour (issue 17; 15 minutes until 2026-12-01:
- * 11 polls a second at 10,000 followers instead of 2.8). Such a poll's connection has TCP
- * keepalive on at both ends (HELD_KEEPALIVE_MS), so a NAT keeps it and a dead follower's
- * poll ends within minutes, not at the hour.
+ * memory: a 1.8 follower asks once a day, a 1.7 one (which asks for an hour at most) once
+ * an hour (issue 17; 15 minutes until 2026-12-01: 11 polls a second at 10,000 followers,
+ * 2.8 with an hour; section 20). Such a poll's connection has TCP keepalive on at both
+ * ends (HELD_KEEPALIVE_MS), so a NAT keeps it and a dead follower's poll ends within
+ * minutes, not at the hold's end.
  */
-export const MAX_FOLLOWING_WAIT_MS = 3_600_000;
+export const MAX_FOLLOWING_WAIT_MS = FOLLOWING_MAX_MS;
 /**
  * The idle time after which the server's end of a held following poll sends TCP keepalive
  * probes (the agent sets the same on its own requests: src/net/server-access.ts): a follower

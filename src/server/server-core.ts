@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { ReleaseStore } from '../release/store';
-import { jsonDepthExceeds, MAX_JSON_DEPTH, maxBodyBytes, MemberRef, parseBody } from '../wire/http-bodies';
+import { FOLLOWING_MAX_MS, jsonDepthExceeds, MAX_JSON_DEPTH, maxBodyBytes, MemberRef, parseBody } from '../wire/http-bodies';
 import { Allocators } from './allocators';
 import { Logger, silentLogger } from '../util/log';
 import { Distribution } from '../release/distribution';
@@ -25,8 +25,11 @@ export const DEFAULT_HEARTBEATS_PER_SEC = 5000;
 export const DEFAULT_IDLE_HEARTBEATS_PER_SEC = 100;
 /** The longest heartbeat interval the server asks for (an idle member of a large fleet). */
 export const MAX_IDLE_HEARTBEAT_MS = 900_000;
-/** 1.7: the interval an idle member is asked to beat at while it holds a channel poll (docs/protocol.md section 19). */
-export const FOLLOWER_HEARTBEAT_MS = 3_600_000;
+/**
+ * The interval an idle member is asked to beat at while it holds a channel poll (docs/protocol.md
+ * sections 19 and 20): a day since 1.8 (an hour in 1.7; a 1.7 agent clamps a day to that).
+ */
+export const FOLLOWER_HEARTBEAT_MS = FOLLOWING_MAX_MS;
 
 /** Every this many timer ticks (half a heartbeat each), overheads go to the fleet memory. */
 export const OVERHEAD_NOTE_TICKS = 10;

@@ -178,6 +178,13 @@ export interface HeartbeatAnswer extends SplitMap {
 
 /** Receipts one 1.4 heartbeat may carry. */
 export const MAX_FOLDED_RECEIPTS = 256;
+/**
+ * 1.8 (docs/protocol.md section 20): the longest a follower's channel poll is held, and the
+ * longest heartbeat interval an idle member holding one is asked for, and what a 1.8 agent
+ * takes of either (a day; 1.7 takes an hour of both and clamps what is over). The held poll
+ * shows the server the member lives, so its beats need not.
+ */
+export const FOLLOWING_MAX_MS = 86_400_000;
 
 /**
  * A member in a 1.4 answer (section 14): the 1.3 record without `rank` and
