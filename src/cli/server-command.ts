@@ -24,6 +24,7 @@ export const server: Command = {
       'idle-heartbeat-ms': { type: 'number', arg: 'MS', help: 'heartbeat interval asked of agents whose whole group holds the release (default 5 x heartbeat_ms)', integer: true, min: 50, max: 60000 },
       'heartbeats-per-sec': { type: 'number', arg: 'N', help: 'heartbeats a second the server aims at, all agents together: past it, agents (protocol 1.4) are asked to beat more slowly (default 5000)', integer: true, min: 1, max: 1000000 },
       'idle-heartbeats-per-sec': { type: 'number', arg: 'N', help: 'heartbeats a second the server aims at from idle agents together: past it, they are asked to beat more slowly, at most every 900 s (default 100)', integer: true, min: 1, max: 1000000 },
+      'held-keepalive-ms': { type: 'number', arg: 'MS', help: "idle time before TCP keepalive probes on a follower's held channel poll: a follower gone without closing its connection ends its hold after this plus the kernel's probes (default 60000)", integer: true, min: 1000, max: 3_600_000 },
       'max-members-per-release': { type: 'number', arg: 'N', help: 'live members one release may have, all groups together (default 16384; a 100,000-box fleet needs more)', integer: true, min: 1, max: 10000000 },
       'max-groups-per-release': { type: 'number', arg: 'N', help: 'LAN groups one release may have (default 1024)', integer: true, min: 1, max: 1000000 },
       'max-connections': { type: 'number', arg: 'N', help: 'open connections, all clients together (default 2048; keep it under the open-files limit)', integer: true, min: 1, max: 1000000 },
@@ -64,7 +65,7 @@ export const server: Command = {
     if (tls) checkTlsPair(tls, String(a.flags['tls-cert']), String(a.flags['tls-key']));
     await checkStore(String(a.flags.store), Boolean(a.flags.create), log);
     const tokens = await loadTokens(a.flags);
-    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy, heartbeatsPerSec: a.flags['heartbeats-per-sec'] as number | undefined, idleHeartbeatsPerSec: a.flags['idle-heartbeats-per-sec'] as number | undefined, limits: serverLimits(a.flags),
+    const s = new FleetcastServer({ storeDir: String(a.flags.store), host, port, heartbeatMs: a.flags['heartbeat-ms'] as number, idleHeartbeatMs: a.flags['idle-heartbeat-ms'] as number | undefined, logger: log, tls, tokens, sharedTokens: Boolean(a.flags['shared-tokens']), contentKeysDir: a.flags['content-keys'] as string | undefined, policy: a.flags.policy as Policy, start: a.flags.start as StartPolicy, heartbeatsPerSec: a.flags['heartbeats-per-sec'] as number | undefined, idleHeartbeatsPerSec: a.flags['idle-heartbeats-per-sec'] as number | undefined, heldKeepaliveMs: a.flags['held-keepalive-ms'] as number | undefined, limits: serverLimits(a.flags),
       origins: (a.flags.origin as string[] | undefined) ?? [],
       operatorTokens: a.flags['operator-tokens'] as string[],
       cluster: await clusterOptions(a.flags, log),

@@ -13,6 +13,9 @@ interface Following {
 
 /** GET /v1/channels/{name}: a channel's head, and its long poll (sections 13, 18 and 19). */
 export abstract class ChannelRoutes extends MemberRegistry {
+  /** Channel long polls held now, a follower's (section 19) and other; and those whose connection closed while held. */
+  protected readonly polls = { following: 0, plain: 0, gone: 0 };
+
   /**
    * A channel's head. With `release` (the one the agent knows) and `waitMs`, a long poll:
    * held while the channel still names that release, at most waitMs (section 13).
@@ -44,17 +47,23 @@ export abstract class ChannelRoutes extends MemberRegistry {
       if (head.release === known && Number(wait) > 0 && (rollout === null || rollout === this.rollouts.token(name))) {
         const gone = new AbortController();
         // A follower held for up to a day: probes find one that vanished without closing (HELD_KEEPALIVE_MS).
-        if (longest === MAX_FOLLOWING_WAIT_MS) res.socket?.setKeepAlive(true, HELD_KEEPALIVE_MS);
+        const kind = longest === MAX_FOLLOWING_WAIT_MS ? 'following' : 'plain';
+        if (kind === 'following') res.socket?.setKeepAlive(true, this.opts.heldKeepaliveMs ?? HELD_KEEPALIVE_MS);
         let answered = false;
         // Only a connection closed before the answer is a client gone (abort's own reason: no DOMException each time).
         res.once('close', () => answered || gone.abort(null));
+        this.polls[kind]++;
         try {
           await this.channelWatch.wait(name, known, Math.min(Number(wait), longest), gone.signal, rollout ?? undefined);
         } finally {
+          this.polls[kind]--;
           answered = true;
           following?.end(this.now());
         }
-        if (gone.signal.aborted) return;
+        if (gone.signal.aborted) {
+          this.polls.gone++;
+          return;
+        }
         head = await this.channels.read(name);
         if (!head) throw new HttpError(404, 'NO_CHANNEL', `channel ${name} does not exist on this server`);
       } else following?.end(this.now());

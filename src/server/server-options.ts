@@ -60,6 +60,11 @@ export interface ServerOptions {
    */
   idleHeartbeatsPerSec?: number;
   /**
+   * Idle time (ms) before TCP keepalive probes on the connection of a follower's held
+   * channel poll (docs/protocol.md section 19, "Keepalive"). Default HELD_KEEPALIVE_MS (60 s).
+   */
+  heldKeepaliveMs?: number;
+  /**
    * HTTP range origins that serve unit bytes instead of this server, for releases whose
    * `publish --origin` names none (docs/scale-out.md).
    */
