@@ -114,6 +114,10 @@ test('a held channel poll naming its member keeps it alive and following; the me
   for (let i = 0; i < 300 && member(f, key, 'p2'); i++) await new Promise((r) => setTimeout(r, 100));
   t.false(member(f, key, 'p2'), 'a silent member without a poll times out');
   t.true(member(f, key, 'p1'), 'a silent member holding a poll does not');
+  // The fleet view (fleetcast status) shows it seen now, not at its last beat (a day apart with 1.8).
+  const fleet = (await (await fetch(`${f.url}/v1/fleet`)).json()) as { groups: { group: string; members: { id: string; lastSeenMsAgo: number }[] }[] };
+  const p1 = fleet.groups.flatMap((g) => g.members).find((m) => m.id === 'p1');
+  t.is(p1?.lastSeenMsAgo, 0, JSON.stringify(fleet));
   // p1 never polled the rollout: its channel poll made it a follower the rollout counts.
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
   t.is(started.status, 201, JSON.stringify(started.body));

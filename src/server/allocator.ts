@@ -359,7 +359,8 @@ export class GroupAllocator extends GatewayTable {
       verifiedUnits: m.verified,
       leases: m.leases.size,
       complete: m.complete,
-      lastSeenMsAgo: Math.max(0, now - m.lastSeen),
+      // Seen right now through a held channel poll (sections 19, 20), however long since its last beat.
+      lastSeenMsAgo: m.pollsHeld > 0 ? 0 : Math.max(0, now - m.lastSeen),
       address: m.address,
     }));
   }
