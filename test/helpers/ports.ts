@@ -1,3 +1,5 @@
+import { randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (for a service a test or bench starts). */
@@ -10,4 +12,25 @@ export function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * A TCP port on 127.0.0.1 below the kernel's ephemeral range, free a moment ago: for a
+ * server a test stops and starts again on the same port. An ephemeral one (listen on 0)
+ * can be taken while the server is down by any outgoing connection's local end, and the
+ * restart then fails with EADDRINUSE (rollout-e2e, CI of 2026-12-02); ports below the range
+ * are only ever bound on purpose.
+ */
+export async function restartablePort(): Promise<number> {
+  const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 32768;
+  for (let i = 0; i < 200; i++) {
+    const port = randomInt(Math.min(10000, low - 1), low);
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error(`no free TCP port on 127.0.0.1 below ${low}`);
 }

@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { BIN, runCli, tmpdir } from './fleet';
+import { restartablePort } from './ports';
 import { generateKeyPair, loadPrivateKey } from '../../src/release/keys';
 import { Manifest } from '../../src/release/manifest';
 import { publishRelease } from '../../src/release/publish';
@@ -60,7 +61,8 @@ export async function startRolloutFleet(t: ExecutionContext, opts: { size?: numb
   // the server's per-client connection cap (64), which guards against one real box.
   const mk = (port: number) =>
     new FleetcastServer({ storeDir: store, host: '127.0.0.1', port, heartbeatMs: 200, allocator: { memberTimeoutMs: 3000 }, limits: { maxConnectionsPerClient: 1024 }, ...(opts.now ? { now: opts.now } : {}) });
-  let server = mk(0);
+  // Below the ephemeral range: restartServer() listens on it again (restartablePort).
+  let server = mk(await restartablePort());
   const { url, port } = await server.start();
   const agents = new Map<string, ChildProcess>();
   const logs = new Map<string, () => string>();
