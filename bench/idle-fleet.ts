@@ -57,6 +57,8 @@ export type IdleForm = '1.5' | '1.6' | '1.7' | '1.8';
 
 /** The longest heartbeat interval, and (1.7, 1.8) channel hold, a form takes (ms): longer ones are clamped to it. */
 const MAX_TAKEN_MS: Record<IdleForm, number> = { '1.5': 60_000, '1.6': 900_000, '1.7': 3_600_000, '1.8': 86_400_000 };
+/** Every form the bench simulates. */
+export const IDLE_FORMS = Object.keys(MAX_TAKEN_MS) as IdleForm[];
 /** Forms whose long polls name the follower (section 19). */
 const NAMES_ITSELF = (form: IdleForm) => form === '1.7' || form === '1.8';
 

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { benchIdleFleet, IdleForm, idleFleetReport } from './idle-fleet';
+import { benchIdleFleet, IDLE_FORMS, IdleForm, idleFleetReport } from './idle-fleet';
 import { benchIdleHeld, HeldRow, idleHeldReport } from './idle-held';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
@@ -318,7 +318,7 @@ async function main() {
       return;
     }
     const forms = (args[2] ?? '1.5,1.6').split(',') as IdleForm[];
-    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => !['1.5', '1.6', '1.7', '1.8'].includes(f)) || args.length > 3) {
+    if (counts.some((n) => !Number.isInteger(n) || n < 10) || !(seconds > 0) || forms.some((f) => !IDLE_FORMS.includes(f)) || args.length > 3) {
       process.stderr.write('bench: usage: npm run bench -- idle-fleet [FOLLOWERS[,FOLLOWERS...]] [SECONDS] [1.5|1.6|1.7|1.8[,...]]  (followers >= 10; about 1.2 open files each, within this process limit)\n');
       process.exit(64);
     }

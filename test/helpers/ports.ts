@@ -2,16 +2,21 @@ import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 
-/** A TCP port on 127.0.0.1 that was free a moment ago (for a service a test or bench starts). */
-export function freePort(): Promise<number> {
+/** Listens on 127.0.0.1:`port` (0: any) and closes at once: the port it bound, or the listen error. */
+function bindOnce(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
+    s.listen(port, '127.0.0.1', () => {
+      const bound = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(bound));
     });
   });
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for a service a test or bench starts). */
+export function freePort(): Promise<number> {
+  return bindOnce(0);
 }
 
 /**
@@ -24,13 +29,8 @@ export function freePort(): Promise<number> {
 export async function restartablePort(): Promise<number> {
   const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 32768;
   for (let i = 0; i < 200; i++) {
-    const port = randomInt(Math.min(10000, low - 1), low);
-    const free = await new Promise<boolean>((resolve) => {
-      const s = net.createServer();
-      s.once('error', () => resolve(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-    });
-    if (free) return port;
+    const port = await bindOnce(randomInt(Math.min(10000, low - 1), low)).catch(() => null);
+    if (port !== null) return port;
   }
   throw new Error(`no free TCP port on 127.0.0.1 below ${low}`);
 }
