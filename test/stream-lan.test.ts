@@ -1,17 +1,15 @@
-import test, { ExecutionContext } from 'ava';
-import { randomBytes, randomInt } from 'node:crypto';
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
-import { loopbackStreamAgent, startStreamServer } from './helpers/stream-server';
+import { feed, streamSetup as setup } from './helpers/stream-server';
 import { BIN, runCli } from './helpers/fleet';
-import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { streamRoutes } from '../src/server/stream-routes';
-import { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
+import { StreamAgent } from '../src/agent/stream-agent';
 import { streamStatus } from '../src/agent/stream-status';
-import { createLogger } from '../src/util/log';
 
 /*
  * Streams on the LAN (issue 19): a stream published in this process at a few Mbit/s, the
@@ -21,37 +19,6 @@ import { createLogger } from '../src/util/log';
  */
 
 const UNIT = 64 * 1024;
-
-async function setup(t: ExecutionContext) {
-  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
-  const key = await loadPrivateKey(keyPath);
-  const trusted = [await loadPublicKey(pubPath)];
-  const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
-  const agents: StreamAgent[] = [];
-  t.teardown(async () => {
-    for (const a of agents) await a.close();
-  });
-  const agent = (name: string, id: string, extra: Partial<StreamAgentOptions> = {}) => {
-    const a = loopbackStreamAgent(
-      { url, dir, stream: name, id, multicast, trusted },
-      { ...(process.env.STREAM_DEBUG ? { logger: createLogger({ level: 'debug', prefix: `${id} ` }) } : {}), ...extra },
-    );
-    agents.push(a);
-    return a;
-  };
-  return { dir, store, key, agent, url, pubPath, multicast };
-}
-
-/** Push `source` into a publisher at `bytesPerTick` every 20 ms, then end the stream. */
-async function feed(p: StreamPublisher, source: Buffer, bytesPerTick: number, onProgress?: (sent: number) => void | Promise<void>): Promise<void> {
-  for (let off = 0; off < source.length; off += bytesPerTick) {
-    await p.push(source.subarray(off, off + bytesPerTick));
-    await onProgress?.(off + bytesPerTick);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  await p.end();
-  await p.close();
-}
 
 test('a stream fed at ~4 Mbit/s reaches 4 agents of one LAN group: every sink equals the source, and the server sends each unit about once', async (t) => {
   const s = await setup(t);

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { fragmentBytesForMtu, readMtu, resolveInterface } from '../net/interface';
 import { batchFromObject, checkChain, coversUnit, parseBatch, parseStreamHead, StreamBatch, unitHash } from '../release/stream-manifest';
+import { BatchFollower } from './stream-follow';
 import { DirLock, lockStorage } from '../storage/dir-lock';
 import { makeDir } from '../storage/make-dir';
 import type { Transport } from '../transport/transport';
@@ -34,13 +35,14 @@ const FETCH_WORKERS = 3;
  * while some LAN peer has not announced that it holds them all.
  */
 const STREAM_LINGER_MS = 10_000;
-/** How long the batch follower's asks are held by the server. */
+/** How long the first ask for batches is held by the server (stream-follow.ts holds the later ones). */
 const BATCH_WAIT_MS = 30_000;
 
 /**
  * `fleetcast agent --stream NAME`: takes a stream on its LAN as the release agent
  * (agent.ts) takes a release. A driver around the same LAN core (stream-core.ts): it
- * follows the stream's signed batches (long poll, each verified and chained), beats to the
+ * follows the stream's signed batches (stream-follow.ts: a long poll, or a LAN peer's
+ * BATCH packets; each verified and chained), beats to the
  * stream's allocator (server/stream-alloc.ts) for units to fetch and who holds what,
  * downloads its leased units (multicast on the LAN as they arrive, cut-through), and takes
  * the rest from its peers with NACK repair. Verified units go to disk (stream-disk.ts);
@@ -54,6 +56,7 @@ export class StreamAgent {
   private disk!: StreamDisk;
   private http!: StreamHttp;
   private driver: CoreDriver | null = null;
+  follower!: BatchFollower;
   private lan: Transport | null = null;
   private cross: Transport | null = null;
   private lock: DirLock | null = null;
@@ -181,9 +184,13 @@ export class StreamAgent {
       afterFlush: () => undefined,
     });
     this.delivery.finished.then(() => this.linger(), (err: Error) => this.fail(err));
-    for (const b of first) this.take(b);
+    for (const b of first) this.take(batchFromObject(b, o.trustedKeys));
     if (this.cur.final) this.endAt();
-    void this.follow().catch((err: Error) => this.fail(err));
+    this.follower = new BatchFollower(
+      { http: this.http, core: this.core, trusted: o.trustedKeys, log: this.log, last: () => this.delivery.lastBatch, take: (b) => this.take(b), finished: () => this.closed || this.ended, kick: () => this.driver?.kick() },
+      senderId,
+    );
+    void this.follower.run().catch((err: Error) => this.fail(err));
     void this.beatLoop().catch((err: Error) => this.fail(err));
     for (let i = 0; i < FETCH_WORKERS; i++) void this.fetchLoop().catch((err: Error) => this.fail(err));
     this.driver.kick();
@@ -208,9 +215,8 @@ export class StreamAgent {
     this.done.resolve();
   }
 
-  /** A batch after the current one: verified, chained, its units known to the core. */
-  private take(o: unknown): void {
-    const b = batchFromObject(o, this.opts.trustedKeys);
+  /** A verified batch after the current one: chained (BAD_CHAIN throws), its units known to the core. */
+  private take(b: StreamBatch): void {
     checkChain(this.delivery.lastBatch, b);
     this.delivery.addBatch(b);
     this.core.batchVerified(b);
@@ -223,15 +229,6 @@ export class StreamAgent {
   private endAt(): void {
     this.ended = true;
     this.delivery.endAt(this.core.window.unitCount);
-  }
-
-  /** Long-polls the stream's batches, one after the last verified. */
-  private async follow(): Promise<void> {
-    while (!this.closed && !this.ended) {
-      const batches = await this.http.batches(`from=${this.delivery.lastBatch.batch + 1}&waitMs=${BATCH_WAIT_MS}`);
-      for (const b of batches) this.take(b);
-      this.driver?.kick();
-    }
   }
 
   private beatSoon(): void {
@@ -298,6 +295,7 @@ export class StreamAgent {
     }
     this.lastAnswer = a;
     this.joined = true;
+    this.follower.answer(a);
     const t = Date.now();
     // Holders by absolute unit; entries outside the window are left out (no holder).
     const holders: number[] = [];
@@ -389,6 +387,7 @@ export class StreamAgent {
     this.beatWake?.();
     this.fetchWake?.();
     this.driver?.close();
+    this.follower?.close();
     this.abort.abort();
     this.stages.flush();
     await this.delivery?.close().catch(() => undefined);

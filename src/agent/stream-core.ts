@@ -1,4 +1,6 @@
-import { getBit, setBit } from '../wire/packet';
+import { DATA_HEADER_BYTES, getBit, PacketType, peekSender, setBit } from '../wire/packet';
+import { BATCH_HEADER_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../wire/stream-packet';
+import type { Endpoint } from '../transport/transport';
 import type { StreamBatchBody } from '../release/stream-manifest';
 import { streamUnitLength } from '../release/stream-manifest';
 import { LanCore } from './core/lan-core';
@@ -63,6 +65,8 @@ export class StreamWindow implements CoreManifest {
  */
 export class StreamCore extends LanCore {
   private skippedTo = 0;
+  /** BATCH packets (wire/stream-packet.ts) from the LAN, decoded but not verified: the batch follower takes them. */
+  onBatchPacket: ((p: BatchPacket, now: number) => void) | null = null;
 
   constructor(
     cfg: Omit<CoreConfig, 'manifest' | 'have' | 'unitCapacity'>,
@@ -70,6 +74,29 @@ export class StreamCore extends LanCore {
     now: number,
   ) {
     super({ ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
+  }
+
+  override handleDatagram(buf: Uint8Array, now: number, via?: Endpoint): void {
+    if (buf.length < 4 || buf[3] !== PacketType.BATCH) return super.handleDatagram(buf, now, via);
+    if (peekSender(buf) === this.cfg.senderId) return;
+    const r = decodeBatchPacket(buf);
+    if (!r.ok) return this.drop(r.reason);
+    // Batches go on the LAN only: a gateway's unicast port takes copies, never batches.
+    if (via) return this.drop('batch-unicast');
+    if (!Buffer.from(r.packet.releaseId).equals(this.window.idBytes)) return this.drop('other-release');
+    this.onBatchPacket?.(r.packet, now);
+  }
+
+  /**
+   * Multicast a batch file on the LAN, twice (against loss), when it fits a datagram no larger
+   * than this member's DATA packets (so no IP fragmentation); false when it does not.
+   */
+  relayBatch(batch: number, file: Uint8Array): boolean {
+    if (BATCH_HEADER_BYTES + file.length > this.fb + DATA_HEADER_BYTES) return false;
+    const p = encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, file });
+    this.send.queueControl(p);
+    this.send.queueControl(p);
+    return true;
   }
 
   protected override unitBytes(u: number): number {

@@ -29,16 +29,18 @@ export class StreamHttp {
     this.base = `/v1/streams/${encodeURIComponent(name)}`;
   }
 
-  async get(suffix: string): Promise<Buffer> {
+  /** `cancel`: ends this one request (and its retries) early, as closing the agent ends them all. */
+  async get(suffix: string, cancel?: AbortSignal): Promise<Buffer> {
+    const signal = cancel ? AbortSignal.any([this.signal, cancel]) : this.signal;
     let delay = RETRY_FIRST_MS;
     for (;;) {
       let res: HttpAnswer;
       try {
-        res = await this.server.request('GET', this.base + suffix, { signal: this.signal });
+        res = await this.server.request('GET', this.base + suffix, { signal });
       } catch (err) {
-        if (this.signal.aborted) throw err;
+        if (signal.aborted) throw err;
         this.warnOnce(`server unreachable (${(err as Error).message}); retrying`);
-        await sleep(delay, this.signal);
+        await sleep(delay, signal);
         delay = Math.min(RETRY_MAX_MS, delay * 2);
         continue;
       }
@@ -49,15 +51,15 @@ export class StreamHttp {
       const msg = await errorOf(res);
       if (res.status < 500) throw refused(this.name, `GET ${this.base}${suffix.split('?')[0]}`, res.status, msg);
       this.warnOnce(`the server answered ${msg}; retrying`);
-      await sleep(delay, this.signal);
+      await sleep(delay, signal);
       delay = Math.min(RETRY_MAX_MS, delay * 2);
     }
   }
 
-  async batches(query: string): Promise<unknown[]> {
+  async batches(query: string, cancel?: AbortSignal): Promise<unknown[]> {
     let body: { batches?: unknown; ended?: unknown };
     try {
-      body = JSON.parse((await this.get(`/batches?${query}`)).toString('utf8')) as typeof body;
+      body = JSON.parse((await this.get(`/batches?${query}`, cancel)).toString('utf8')) as typeof body;
     } catch (err) {
       if (err instanceof SyntaxError) throw new FleetcastError('BAD_ANSWER', 'the server answered batches that are not JSON', ExitCode.UNAVAILABLE);
       throw err;

@@ -56,6 +56,8 @@ export function streamStatus(a: StreamAgent) {
           lanBytes: a.stats.lanBytes,
           nacksSent: a.stats.nacksSent,
           unitsRejected: a.stats.unitsRejected,
+          /** Where batches came from (docs/protocol.md, "Batches on the LAN"); polling: this member long-polls the server. */
+          batches: a.follower ? { ...a.follower.counts, polling: !a.follower.passive } : null,
         }
       : null,
   };
@@ -79,6 +81,14 @@ export function streamMetrics(a: StreamAgent): string {
     r.counter('wan_bytes_total', 'unit bytes downloaded from the server', [[l, s.wanBytes]]);
     r.counter('lan_bytes_total', 'unit bytes taken from LAN peers', [[l, s.lanBytes]]);
     r.counter('units_rejected_total', 'units that failed their signed hash', [[l, s.unitsRejected]]);
+    if (s.batches) {
+      const b = s.batches;
+      r.counter('batches_total', 'batches taken, by where from (the server, or a LAN peer\'s BATCH packet)', [[{ ...l, from: 'server' }, b.fromServer], [{ ...l, from: 'lan' }, b.fromLan]]);
+      r.counter('batches_relayed_total', 'batches this member multicast on its LAN', [[l, b.relayed]]);
+      r.counter('batch_packets_refused_total', 'BATCH packets that did not parse, verify or chain', [[l, b.refused]]);
+      r.counter('batch_fallbacks_total', 'times the LAN did not bring a batch the server showed and this member polled the server again', [[l, b.fallbacks]]);
+      r.gauge('batch_polling', '1 while this member long-polls the server for batches, 0 while a LAN peer relays them', [[l, b.polling ? 1 : 0]]);
+    }
   }
   return r.text() + processMetrics('fleetcast');
 }

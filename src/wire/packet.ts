@@ -47,7 +47,7 @@ export const MAX_DATAGRAM_BYTES = 65507;
 export const MAX_FRAGMENT_BYTES = MAX_DATAGRAM_BYTES - DATA_HEADER_BYTES;
 export const MIN_FRAGMENT_BYTES = 64;
 
-export const PacketType = { DATA: 1, NACK: 2, ANNOUNCE: 3, FEEDBACK: 4 } as const;
+export const PacketType = { DATA: 1, NACK: 2, ANNOUNCE: 3, FEEDBACK: 4, BATCH: 5 } as const;
 /**
  * DATA flags. FORWARD marks a copy sent by unicast to another LAN group's gateway:
  * "re-multicast this on your LAN" (the gateway sends it on as its own copy, without
@@ -150,7 +150,7 @@ export type DropReason =
   | 'length'
   | 'bitmap';
 
-function writeCommon(buf: Uint8Array, view: DataView, type: number, flags: number, sender: number, releaseId: Uint8Array): void {
+export function writeCommon(buf: Uint8Array, view: DataView, type: number, flags: number, sender: number, releaseId: Uint8Array): void {
   if (releaseId.length !== RELEASE_ID_BYTES) throw new RangeError('release id must be 16 bytes');
   buf[0] = MAGIC0;
   buf[1] = MAGIC1;

@@ -8,7 +8,7 @@ import { parseFleetMemory } from '../../src/server/fleet-memory';
 import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
 import { parseFetchState } from '../../src/cli/stream-fetch';
-import { checkChain, parseBatch, parseStreamHead, signBatch, StreamBatchBody, validateBatchBody, ZERO_HASH } from '../../src/release/stream-manifest';
+import { checkChain, parseBatch, parseStreamHead, signBatch, StreamBatch, StreamBatchBody, validateBatchBody, ZERO_HASH } from '../../src/release/stream-manifest';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
@@ -24,6 +24,9 @@ import { CHANNEL_RE } from '../../src/release/channels';
 import { parseStreamBeat, parseStreamBeatAnswer } from '../../src/wire/stream-control';
 import { parseStreamPosition } from '../../src/agent/stream-disk';
 import { StreamAllocation } from '../../src/server/stream-alloc';
+import { BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../../src/wire/stream-packet';
+import { BatchFollower, FollowerHost } from '../../src/agent/stream-follow';
+import { silentLogger } from '../../src/util/log';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
 /**
@@ -194,6 +197,32 @@ const streamBatch: Target = {
     } catch (err) {
       expected(err);
     }
+  },
+};
+
+/** BATCH packets (docs/protocol.md, "Batches on the LAN"): the codec, then a batch follower that holds batch 0 takes them. */
+const batch1 = signBatch({ ...batchBody, batch: 1, first: 2, offset: 4196, count: 1, units: [hex('d')], prev: batchSeed.hash }, keys.privateKey);
+const streamRid = Buffer.from(batchBody.id, 'hex');
+const batchPacket: Target = {
+  name: 'batch-packet',
+  seeds: [
+    encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 1, file: batch1.raw }),
+    encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 0, file: batchSeed.raw }),
+    encodeBatchPacket({ sender: 9, releaseId: streamRid, batch: 7, file: batch1.raw }),
+  ],
+  run(input) {
+    const r = decodeBatchPacket(input);
+    if (!r.ok) return;
+    if (Buffer.compare(Buffer.from(encodeBatchPacket(r.packet)), Buffer.from(input)) !== 0) throw new Error('accepted BATCH packet does not round-trip');
+    let last = batchSeed;
+    const core = { onBatchPacket: null as null | ((p: BatchPacket, now: number) => void), window: { unitCount: 2 }, relayBatch: () => false };
+    const host = { http: null, core, trusted: [keys.publicKey], log: silentLogger, last: () => last, take: (b: StreamBatch) => (checkChain(last, b), (last = b)), finished: () => false, kick: () => undefined } as unknown as FollowerHost;
+    const f = new BatchFollower(host, 5);
+    core.onBatchPacket!(r.packet, 0); // never throws: a bad batch is counted, not fatal
+    f.close();
+    if (last !== batchSeed && (last.batch !== 1 || last.hash !== batch1.hash)) throw new Error(`took batch ${last.batch} that is not the one signed after batch 0`);
+    if (f.passive && r.packet.sender >= 5) throw new Error('a larger sender id made the follower passive');
+    if (f.counts.fromLan + f.counts.refused > 1) throw new Error('one packet counted twice');
   },
 };
 
@@ -491,7 +520,7 @@ const mapAnswer: Target = {
   },
 };
 
-export const TARGETS: Target[] = [keyedBody, rolloutRoute, mapAnswer, packet, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [keyedBody, rolloutRoute, mapAnswer, packet, batchPacket, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {

@@ -1,9 +1,12 @@
 import type { ExecutionContext } from 'ava';
+import { randomInt } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { StreamAgent, StreamAgentOptions } from '../../src/agent/stream-agent';
 import { ServerAccess } from '../../src/net/server-access';
-import { generateKeyPair } from '../../src/release/keys';
+import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../../src/release/keys';
+import type { StreamPublisher } from '../../src/release/stream-publish';
+import { createLogger } from '../../src/util/log';
 import { FleetcastServer } from '../../src/server/server';
 import { tmpdir } from './fleet';
 
@@ -37,4 +40,39 @@ export function loopbackStreamAgent(o: { url: string; dir: string; stream: strin
     sink: path.join(o.dir, `${o.id}.bin`),
     ...extra,
   });
+}
+
+/**
+ * A stream server (startStreamServer), its key, a random multicast group on loopback, and
+ * `agent(stream, id, extra)`: a loopback stream agent of that group, closed at the end.
+ */
+export async function streamSetup(t: ExecutionContext) {
+  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
+  const key = await loadPrivateKey(keyPath);
+  const trusted = [await loadPublicKey(pubPath)];
+  const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
+  const agents: StreamAgent[] = [];
+  t.teardown(async () => {
+    for (const a of agents) await a.close();
+  });
+  const agent = (name: string, id: string, extra: Partial<StreamAgentOptions> = {}) => {
+    const a = loopbackStreamAgent(
+      { url, dir, stream: name, id, multicast, trusted },
+      { ...(process.env.STREAM_DEBUG ? { logger: createLogger({ level: 'debug', prefix: `${id} ` }) } : {}), ...extra },
+    );
+    agents.push(a);
+    return a;
+  };
+  return { dir, store, key, agent, url, pubPath, multicast };
+}
+
+/** Push `source` into a publisher at `bytesPerTick` every 20 ms, then end the stream. */
+export async function feed(p: StreamPublisher, source: Buffer, bytesPerTick: number, onProgress?: (sent: number) => void | Promise<void>): Promise<void> {
+  for (let off = 0; off < source.length; off += bytesPerTick) {
+    await p.push(source.subarray(off, off + bytesPerTick));
+    await onProgress?.(off + bytesPerTick);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await p.end();
+  await p.close();
 }

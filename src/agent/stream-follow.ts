@@ -1,0 +1,187 @@
+import { createHash, KeyObject } from 'node:crypto';
+import { batchFromObject, parseBatch, parseBatchEnvelope, StreamBatch } from '../release/stream-manifest';
+import type { Logger } from '../util/log';
+import type { StreamBeatAnswer } from '../wire/stream-control';
+import type { BatchPacket } from '../wire/stream-packet';
+import type { StreamCore } from './stream-core';
+import type { StreamHttp } from './stream-http';
+
+/** How long the batch follower's asks are held by the server. */
+const BATCH_WAIT_MS = 30_000;
+/**
+ * How long a member that takes its batches from a LAN peer waits, once the server shows a
+ * batch it lacks, for the LAN to bring it before it fetches the batch itself. The wait is
+ * started again while batches keep arriving from the LAN (progress), so a relay that is
+ * slow but moving is not replaced.
+ */
+export const LAN_BATCH_GRACE_MS = 150;
+
+export interface FollowerHost {
+  readonly http: StreamHttp;
+  readonly core: StreamCore;
+  readonly trusted: readonly KeyObject[];
+  readonly log: Logger;
+  /** The last batch verified and chained. */
+  last(): StreamBatch;
+  /** A verified batch after last(): chained (throws BAD_CHAIN), its units made known. */
+  take(b: StreamBatch): void;
+  /** The stream's final batch was taken, or the agent closed. */
+  finished(): boolean;
+  kick(): void;
+}
+
+/** What the batch follower did (`fleetcast status`, metrics). */
+export interface FollowCounts {
+  /** Batches in the server's answers (those a LAN peer brought first too: each crossed the WAN). */
+  fromServer: number;
+  /** Batches taken from a LAN peer's BATCH packets. */
+  fromLan: number;
+  /** Batches this member multicast on its LAN (each sent twice). */
+  relayed: number;
+  /** BATCH packets refused: a batch that does not parse, verify or chain, or names another index. */
+  refused: number;
+  /** Times a member that took its batches from the LAN went back to the server for one it lacked. */
+  fallbacks: number;
+}
+
+/**
+ * A stream agent's batches (docs/protocol.md section 15, "Batches on the LAN"). Each member
+ * long-polls the server for the next batch and multicasts every batch it fetches on its LAN
+ * as a BATCH packet, twice; a member that hears a peer with a smaller sender id multicast
+ * the newest batch stops polling (passive) and takes its batches from the LAN. A passive
+ * member goes back to the server when it sees evidence of a batch it lacks (a heartbeat
+ * answer past its batches, or a BATCH packet past the next one) and the LAN brings no
+ * batch for LAN_BATCH_GRACE_MS. So in a steady state one member per LAN group polls, and
+ * a group takes each batch over the WAN about once, not once per member.
+ * (After NORM's suppression of redundant receiver feedback, RFC 5740: a receiver that
+ * hears a peer send what it would have sent holds its own. Here what is held is the
+ * request to the server, and the smaller sender id breaks the tie.)
+ */
+export class BatchFollower {
+  readonly counts: FollowCounts = { fromServer: 0, fromLan: 0, relayed: 0, refused: 0, fallbacks: 0 };
+  /** A peer with a smaller sender id relays batches: this member does not poll. */
+  passive = false;
+  private poll: AbortController | null = null;
+  private wake: (() => void) | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  /** What the server or the LAN showed exists: one past its last unit, whether it ended, the highest batch index. */
+  private seen = { unit: 0, ended: false, batch: -1 };
+
+  constructor(
+    private readonly h: FollowerHost,
+    private readonly senderId: number,
+  ) {
+    h.core.onBatchPacket = (p) => this.packet(p);
+  }
+
+  /** Polls while not passive, until the stream's end. */
+  async run(): Promise<void> {
+    while (!this.h.finished()) {
+      if (this.passive) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = null;
+        continue;
+      }
+      const ctrl = new AbortController();
+      this.poll = ctrl;
+      let got: unknown[];
+      try {
+        got = await this.h.http.batches(`from=${this.h.last().batch + 1}&waitMs=${BATCH_WAIT_MS}`, ctrl.signal);
+      } catch (err) {
+        if (ctrl.signal.aborted && !this.h.finished()) continue; // passive now: the LAN brings them
+        throw err;
+      } finally {
+        this.poll = null;
+      }
+      for (const o of got) {
+        const b = batchFromObject(o, this.h.trusted);
+        this.counts.fromServer++;
+        if (b.batch <= this.h.last().batch) continue; // a LAN peer's came first
+        this.h.take(b);
+        if (this.h.core.relayBatch(b.batch, b.raw)) this.counts.relayed++;
+      }
+      this.h.kick();
+    }
+  }
+
+  /** A heartbeat answer: what the server's head shows. */
+  answer(a: Pick<StreamBeatAnswer, 'nextUnit' | 'ended'>): void {
+    this.seen.unit = Math.max(this.seen.unit, a.nextUnit);
+    this.seen.ended ||= a.ended;
+    this.check();
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.poll?.abort();
+    this.wake?.();
+  }
+
+  private packet(p: BatchPacket): void {
+    const last = this.h.last();
+    if (p.batch < last.batch || this.h.finished()) return;
+    if (p.batch === last.batch) {
+      // A peer relays the batch we hold: the same one (its body's hash), not a replay of another.
+      if (p.sender < this.senderId && bodyHash(p.file) === last.hash) this.relayHeard();
+      return;
+    }
+    if (p.batch > last.batch + 1) {
+      // One or more batches before it were lost on the LAN: evidence, not a batch we can chain.
+      this.seen.batch = Math.max(this.seen.batch, p.batch);
+      return this.check();
+    }
+    let b: StreamBatch;
+    try {
+      b = parseBatch(p.file, this.h.trusted);
+      if (b.batch !== p.batch) throw new Error(`its header names batch ${p.batch}, its body ${b.batch}`);
+      this.h.take(b);
+    } catch (err) {
+      this.counts.refused++;
+      this.h.log.debug(`stream ${last.stream}: a BATCH packet from sender ${p.sender} refused: ${(err as Error).message}`);
+      return;
+    }
+    this.counts.fromLan++;
+    if (p.sender < this.senderId) this.relayHeard();
+    this.h.kick();
+    this.check();
+  }
+
+  private relayHeard(): void {
+    if (this.passive) return;
+    this.passive = true;
+    this.poll?.abort();
+    this.h.log.debug(`stream ${this.h.last().stream}: a LAN peer relays the batches; not polling the server`);
+  }
+
+  /** Whether the server or the LAN showed a batch this member lacks. */
+  private behind(): boolean {
+    const last = this.h.last();
+    return this.h.core.window.unitCount < this.seen.unit || (this.seen.ended && !last.final) || last.batch < this.seen.batch;
+  }
+
+  /** While passive and behind: wait for the LAN, with the wait started again on progress; then fetch. */
+  private check(): void {
+    if (!this.passive || this.timer || this.h.finished() || !this.behind()) return;
+    const mark = this.h.last().batch;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (!this.passive || this.h.finished() || !this.behind()) return;
+      if (this.h.last().batch > mark) return this.check(); // the LAN is bringing them
+      this.counts.fallbacks++;
+      this.passive = false;
+      this.h.log.debug(`stream ${this.h.last().stream}: no batch ${mark + 1} from the LAN within ${LAN_BATCH_GRACE_MS} ms; polling the server again`);
+      this.wake?.();
+    }, LAN_BATCH_GRACE_MS);
+    this.timer.unref?.();
+  }
+}
+
+/** SHA-256 of a batch file's body (its batch hash), or null when it does not parse. */
+function bodyHash(file: Uint8Array): string | null {
+  try {
+    return createHash('sha256').update(parseBatchEnvelope(file).body).digest('hex');
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,51 @@
+import { COMMON_HEADER_BYTES, MAGIC0, MAGIC1, MAX_DATAGRAM_BYTES, PacketType, PROTOCOL_VERSION, RELEASE_ID_BYTES, writeCommon } from './packet';
+
+/**
+ * BATCH (LAN packet type 5, stream control v1, agents from 2026-12-02; docs/protocol.md
+ * section 15, "Batches on the LAN"): one signed stream batch file, multicast by the member
+ * of a LAN group that fetched it from the server, so that the group's other members need
+ * not each long-poll the server for it. The packet carries no MAC: the batch is signed
+ * by the publisher, and a receiver verifies it (and its chain) as one from the server.
+ *
+ *   0   28  common header (type 5, flags 0, release id = the stream's id)
+ *   28   4  batch index, u32 (the batch body's `batch`; cheap to compare before parsing)
+ *   32   …  the batch file: one UTF-8 JSON line, section 15's "Batch file", 1 … 65,475 bytes
+ */
+export const BATCH_HEADER_BYTES = COMMON_HEADER_BYTES + 4;
+export const MAX_BATCH_PACKET_FILE_BYTES = MAX_DATAGRAM_BYTES - BATCH_HEADER_BYTES;
+
+export interface BatchPacket {
+  sender: number;
+  releaseId: Uint8Array;
+  batch: number;
+  /** The batch file's bytes, unverified. */
+  file: Uint8Array;
+}
+
+export type BatchDecodeResult = { ok: true; packet: BatchPacket } | { ok: false; reason: 'short' | 'magic' | 'version' | 'type' | 'reserved' | 'length' };
+
+export function encodeBatchPacket(p: BatchPacket): Uint8Array {
+  if (p.file.length < 1 || p.file.length > MAX_BATCH_PACKET_FILE_BYTES) throw new RangeError(`a batch file of ${p.file.length} bytes does not fit one BATCH packet`);
+  if (!Number.isInteger(p.batch) || p.batch < 0 || p.batch > 0xffffffff) throw new RangeError(`batch index ${p.batch} does not fit 32 bits`);
+  const buf = new Uint8Array(BATCH_HEADER_BYTES + p.file.length);
+  const view = new DataView(buf.buffer);
+  writeCommon(buf, view, PacketType.BATCH, 0, p.sender, p.releaseId);
+  view.setUint32(COMMON_HEADER_BYTES, p.batch);
+  buf.set(p.file, BATCH_HEADER_BYTES);
+  return buf;
+}
+
+/** Decode one datagram as a BATCH packet. Never throws; the file is neither parsed nor verified here. */
+export function decodeBatchPacket(buf: Uint8Array): BatchDecodeResult {
+  if (buf.length < BATCH_HEADER_BYTES + 1) return { ok: false, reason: buf.length > MAX_DATAGRAM_BYTES ? 'length' : 'short' };
+  if (buf.length > MAX_DATAGRAM_BYTES) return { ok: false, reason: 'length' };
+  if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) return { ok: false, reason: 'magic' };
+  if (buf[2] !== PROTOCOL_VERSION) return { ok: false, reason: 'version' };
+  if (buf[3] !== PacketType.BATCH) return { ok: false, reason: 'type' };
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (buf[4] !== 0 || buf[5] !== 0 || view.getUint16(6) !== 0) return { ok: false, reason: 'reserved' };
+  return {
+    ok: true,
+    packet: { sender: view.getUint32(8), releaseId: buf.subarray(12, 12 + RELEASE_ID_BYTES), batch: view.getUint32(COMMON_HEADER_BYTES), file: buf.subarray(BATCH_HEADER_BYTES) },
+  };
+}
