@@ -1,0 +1,96 @@
+import test from 'ava';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import * as dgram from 'node:dgram';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { feed, streamSetup } from './helpers/stream-server';
+import { signBatch, StreamBatch } from '../src/release/stream-manifest';
+import { StreamPublisher } from '../src/release/stream-publish';
+import type { StreamAgent } from '../src/agent/stream-agent';
+import { encodeBatchPacket } from '../src/wire/stream-packet';
+
+/*
+ * Batches on the LAN (docs/protocol.md section 15, "Batches on the LAN"): one member of a
+ * LAN group polls the server for the stream's signed batches and multicasts them; the
+ * others take them from the LAN. Bounds are on counts of batches, never on time.
+ */
+
+const UNIT = 64 * 1024;
+
+const sum = (agents: StreamAgent[], k: 'fromServer' | 'fromLan' | 'relayed' | 'refused' | 'fallbacks') => agents.reduce((n, a) => n + a.follower.counts[k], 0);
+
+async function sinksEqual(t: { true(c: boolean, m: string): void }, dir: string, ids: string[], source: Buffer): Promise<void> {
+  for (const id of ids) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
+}
+
+test('4 agents of one LAN group take each batch over the WAN about once, not 4 times; forged BATCH packets are refused and change nothing', async (t) => {
+  const s = await streamSetup(t);
+  const source = randomBytes(3_000_000);
+  const pub = await StreamPublisher.open(s.store, 'cam', s.key, { unitSize: UNIT, flushMs: 100 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  const ids = ['a', 'b', 'c', 'd'];
+  const agents = ids.map((id) => s.agent('cam', id));
+  const runs = agents.map((a) => a.run());
+  // A LAN attacker who sees the batches (not the key): sends the next batch signed by its own key,
+  // and junk, as sender 1 (smaller than any agent's id, so a batch it could pass off would make the agents stop polling).
+  const other = generateKeyPairSync('ed25519').privateKey;
+  const sock = dgram.createSocket({ type: 'udp4' });
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  sock.setMulticastInterface('127.0.0.1');
+  t.teardown(() => sock.close());
+  let forged = 0;
+  const forge = (last: StreamBatch) => {
+    const next = last.batch + 1;
+    const body = { ...last, batch: next, first: last.first + last.count, offset: last.offset + (last.count - 1) * last.unitSize + last.lastLength, count: 1, units: ['f'.repeat(64)], lastLength: 100, prev: last.hash, final: undefined };
+    const { hash: _h, raw: _r, ...b } = body;
+    const files = [signBatch(JSON.parse(JSON.stringify(b)), other).raw, Buffer.from('{"fleetcast":"stream-batch","v":1}'), randomBytes(200)];
+    for (const file of files) {
+      sock.send(encodeBatchPacket({ sender: 1, releaseId: Buffer.from(last.id, 'hex'), batch: next, file }), s.multicast.port, s.multicast.address);
+      forged++;
+    }
+  };
+  await feed(pub, source.subarray(10_000), 10_000, () => {
+    const d = agents[0].delivery;
+    if (d) forge(d.lastBatch);
+  });
+  await Promise.all(runs);
+  await sinksEqual(t, s.dir, ids, source);
+  const batches = agents[0].delivery.lastBatch.batch + 1;
+  const fromServer = sum(agents, 'fromServer');
+  const fromLan = sum(agents, 'fromLan');
+  t.log(`${batches} batches; from the server ${fromServer} (per agent ${agents.map((a) => a.follower.counts.fromServer).join(', ')}), from the LAN ${fromLan}, relayed ${sum(agents, 'relayed')}, fallbacks ${sum(agents, 'fallbacks')}, forged packets ${forged}, refused ${sum(agents, 'refused')}`);
+  // Polling each, the four took 4 x batches. Allowed: a first answer per agent, the batches before
+  // the others heard the relay, and a fetch per fallback.
+  t.true(fromServer <= 1.5 * batches + 12, `batches from the server ${fromServer} <= 1.5 x ${batches} + 12 (4 x ${batches} when each agent polls)`);
+  t.true(fromLan >= batches, `the others took batches from the LAN: ${fromLan} >= ${batches}`);
+  t.true(sum(agents, 'refused') > 0, 'forged batches were refused');
+  t.is(agents.filter((a) => !a.follower.passive).length >= 1, true, 'one member still polled at the end');
+});
+
+test('the member that polls for the group leaves mid-stream: the others go back to the server and every sink still equals the source', async (t) => {
+  const s = await streamSetup(t);
+  const source = randomBytes(2_500_000);
+  const pub = await StreamPublisher.open(s.store, 'feed', s.key, { unitSize: UNIT, flushMs: 100 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  const ids = ['a', 'b', 'c'];
+  const agents = ids.map((id) => s.agent('feed', id));
+  const runs = agents.map((a) => a.run());
+  let gone: StreamAgent | null = null;
+  await feed(pub, source.subarray(10_000), 10_000, async (sent) => {
+    if (gone || sent < 1_000_000) return;
+    const polling = agents.filter((a) => a.follower && !a.follower.passive);
+    if (polling.length !== 1) return; // not settled yet: try on the next tick
+    gone = polling[0];
+    await gone.close();
+  });
+  t.truthy(gone, 'one member polled for the group, and it left');
+  await Promise.all(runs);
+  const rest = agents.filter((a) => a !== gone);
+  await sinksEqual(t, s.dir, ids.filter((_, i) => agents[i] !== gone), source);
+  const fallbacks = sum(rest, 'fallbacks');
+  t.log(`fallbacks ${fallbacks}; from the server ${rest.map((a) => a.follower.counts.fromServer).join(', ')}, from the LAN ${rest.map((a) => a.follower.counts.fromLan).join(', ')}`);
+  t.true(fallbacks >= 1, 'a member went back to the server when the relay stopped');
+  t.true(rest.some((a) => a.follower.counts.fromLan > 0 && a.follower.counts.fromServer > 0), 'a member took batches from both');
+});
