@@ -96,9 +96,10 @@ export class BatchFollower {
       for (const o of got) {
         const b = batchFromObject(o, this.h.trusted);
         this.counts.fromServer++;
-        if (b.batch <= this.h.last().batch) continue; // a LAN peer's came first
-        this.h.take(b);
-        if (this.h.core.relayBatch(b.batch, b.raw)) this.counts.relayed++;
+        if (b.batch > this.h.last().batch) this.h.take(b);
+        // Relayed even when a LAN peer's came first, while it is the newest: else a poller whose
+        // answers lose the race to a larger sender's relay is never heard, and both poll on.
+        if (b.batch === this.h.last().batch && this.h.core.relayBatch(b.batch, b.raw)) this.counts.relayed++;
       }
       this.h.kick();
     }
