@@ -202,6 +202,9 @@ export async function feedStream(pub: StreamPublisher, source: Buffer, mbit: num
 
 /** What a `fleetcast agent --stream` run says in its end lines (stderr, log level info). */
 export interface AgentEnd {
+  /** Batches in the server's answers, and times a member that took them from the LAN polled again (NaN: an agent from before). */
+  batchesFromServer: number;
+  batchFallbacks: number;
   wanBytes: number;
   lanBytes: number;
   nacks: number;
@@ -212,7 +215,7 @@ export interface AgentEnd {
 
 export function agentEnd(stderr: string): AgentEnd {
   const num = (re: RegExp) => Number(re.exec(stderr)?.[1] ?? NaN);
-  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/) };
+  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/), batchesFromServer: num(/batches (\d+) from the server/), batchFallbacks: num(/(\d+) fallbacks/) };
 }
 
 /**

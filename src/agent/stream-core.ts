@@ -88,14 +88,13 @@ export class StreamCore extends LanCore {
   }
 
   /**
-   * Multicast a batch file on the LAN, twice (against loss), when it fits a datagram no larger
-   * than this member's DATA packets (so no IP fragmentation); false when it does not.
+   * Multicast a batch file on the LAN (one copy; stream-follow.ts sends the second), when it
+   * fits a datagram no larger than this member's DATA packets (so no IP fragmentation);
+   * false when it does not. Ahead of queued repairs, which can be many under loss.
    */
   relayBatch(batch: number, file: Uint8Array): boolean {
     if (BATCH_HEADER_BYTES + file.length > this.fb + DATA_HEADER_BYTES) return false;
-    const p = encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, file });
-    this.send.queueControl(p);
-    this.send.queueControl(p);
+    this.send.queueControl(encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, file }), true);
     return true;
   }
 

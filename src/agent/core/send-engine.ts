@@ -173,9 +173,10 @@ export class SendEngine {
     if (!repair) countUp(this.copying, unit);
   }
 
-  /** A control packet (NACK, ANNOUNCE) for the LAN: ahead of copies. */
-  queueControl(packet: Uint8Array): void {
-    this.repairQueue.push(packet);
+  /** A control packet (NACK, ANNOUNCE) for the LAN: ahead of copies; `first`: ahead of repairs too (a stream's BATCH). */
+  queueControl(packet: Uint8Array, first = false): void {
+    if (first) this.repairQueue.unshift(packet);
+    else this.repairQueue.push(packet);
   }
 
   /** A control packet by unicast, unpaced. */
