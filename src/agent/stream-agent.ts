@@ -15,7 +15,7 @@ import type { AgentStats, MemberOptions } from './agent-types';
 import { sleep } from './control-client';
 import { CoreDriver } from './core-driver';
 import { AGENT_DEFAULTS } from './core/defaults';
-import { leaseWaiting, MapTokens, streamHave } from './stream-beat';
+import { beatBody, HeldBeats, leaseWaiting, MapTokens } from './stream-beat';
 import { StreamCore, StreamWindow } from './stream-core';
 import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
@@ -72,6 +72,9 @@ export class StreamAgent {
   private beatWanted = false;
   private joined = false;
   private readonly tokens = new MapTokens();
+  private readonly held = new HeldBeats();
+  /** The last beat carried `waitMs`: the server held it until a lease, or for its hold; the next goes at once. */
+  private heldLast = false;
   private beatWake: (() => void) | null = null;
   private fetchWake: (() => void) | null = null;
   private readonly inFlight = new Map<number, number>();
@@ -236,14 +239,17 @@ export class StreamAgent {
     this.beatWake?.();
   }
 
-  /** Heartbeats: at the interval the server asks, and at once on a new batch, or a download that ended while a unit waits for a lessee. */
+  /**
+   * Heartbeats: a held one outstanding while we want leases (HeldBeats); else at the interval
+   * the server asks, and at once on a new batch, or a download that ended while a unit waits for a lessee.
+   */
   private async beatLoop(): Promise<void> {
     let ms = 1000;
     while (!this.closed) {
       this.beatWanted = false;
       const a = await this.beat();
       if (a) ms = a.heartbeatMs;
-      if (this.beatWanted) continue;
+      if (this.beatWanted || (a && this.heldLast)) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, ms);
         function done() {
@@ -257,35 +263,17 @@ export class StreamAgent {
   }
 
   private async beat(): Promise<StreamBeatAnswer | null> {
-    const { from, have } = streamHave(this.disk.held, this.delivery.next);
     const receipts = this.receipts.splice(0, 256);
-    const now = Date.now();
-    const fetching = [...this.inFlight.keys()];
     const want = (this.ended && this.core.window.unitCount <= this.delivery.next) || this.delivery.full ? 0 : Math.max(0, FETCH_WORKERS + 1 - this.inFlight.size - this.core.leasedCount);
-    const body = {
-      v: 1,
-      group: this.opts.group,
-      member: this.member,
-      ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
-      address: this.address,
-      ...(this.dataPort ? { dataPort: this.dataPort } : {}),
-      haveFrom: from,
-      have: Buffer.from(have).toString('base64'),
-      receipts: receipts.map((r) => r.unit),
-      receiptAgesMs: receipts.map((r) => Math.max(0, now - r.at)),
-      fetching,
-      fetchingBytes: fetching.map((u) => this.inFlight.get(u) ?? 0),
-      forwarded: this.stats.fragmentsForwarded,
-      lanBytes: this.stats.lanBytes,
-      lease: want,
-      ...(this.joined ? {} : { join: true }),
-      ...this.tokens.field(),
-    };
+    const o = this.opts;
+    const st = { group: o.group, member: this.member, wideGroup: o.wideGroup, address: this.address, dataPort: this.dataPort, held: this.disk.held, next: this.delivery.next, receipts, inFlight: this.inFlight, stats: this.stats, want, joined: this.joined };
+    const body = { ...beatBody(st, Date.now()), ...this.tokens.field(), ...this.held.field(want) };
+    this.heldLast = body.waitMs !== undefined;
     let a: StreamBeatAnswer;
     try {
       a = this.tokens.parse(await this.http.post('/heartbeat', body));
     } catch (err) {
-      const again = this.tokens.refused(err, this.log);
+      const again = this.tokens.refused(err, this.log) || this.held.refused(err, this.log);
       if (err instanceof FleetcastError && !again) throw err;
       this.receipts.unshift(...receipts); // they go with the next one
       if (again) return this.beat();
@@ -331,7 +319,8 @@ export class StreamAgent {
       if (this.core.has(u) || !this.core.window.known(u)) continue;
       // The receipt rides the next beat (with its age, so the overhead sample is the same): a beat of its own
       // only when a unit waits for a lessee, or the fetch failed (not a heartbeat per own unit on top of one per batch).
-      if (!(await this.fetchUnit(u)) || leaseWaiting(this.lastAnswer, this.delivery.next, (x) => !this.core.has(x) && !this.inFlight.has(x))) this.beatSoon();
+      // With held beats, a beat when the loop is idle (we wanted no lease): it holds again, with the receipt.
+      if (!(await this.fetchUnit(u)) || this.held.on || leaseWaiting(this.lastAnswer, this.delivery.next, (x) => !this.core.has(x) && !this.inFlight.has(x))) this.beatSoon();
     }
   }
 
