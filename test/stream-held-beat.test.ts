@@ -53,6 +53,8 @@ test('a held beat is answered with the unit of the next batch, leased to one of 
   t.is(a1.body.nextUnit, 2);
   t.is(a2.body.nextUnit, 2);
   t.deepEqual(alloc.held, { held: 2, leased: 1, timedOut: 1 });
+  const m = s.server.metrics();
+  for (const [outcome, n] of [['held', 2], ['leased', 1], ['timed_out', 1]] as const) t.regex(m, new RegExp(`^fleetcast_server_stream_heartbeats_held_total\\{outcome="${outcome}"\\} ${n}$`, 'm'));
   // A beat that wants nothing, or has no waitMs, is answered at once (not counted as held).
   await beat(s.url, 'm1', { lease: 0, waitMs: 1000 });
   await beat(s.url, 'm2', {});

@@ -48,7 +48,7 @@ export function loopbackStreamAgent(o: { url: string; dir: string; stream: strin
  * `agent(stream, id, extra)`: a loopback stream agent of that group, closed at the end.
  */
 export async function streamSetup(t: ExecutionContext) {
-  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
+  const { dir, keyPath, pubPath, store, url, server } = await startStreamServer(t);
   const key = await loadPrivateKey(keyPath);
   const trusted = [await loadPublicKey(pubPath)];
   const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
@@ -64,7 +64,7 @@ export async function streamSetup(t: ExecutionContext) {
     agents.push(a);
     return a;
   };
-  return { dir, store, key, agent, url, pubPath, multicast };
+  return { dir, store, key, agent, url, pubPath, multicast, server };
 }
 
 /** Push `source` into a publisher at `bytesPerTick` every 20 ms, then end the stream. */
