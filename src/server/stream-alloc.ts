@@ -106,8 +106,8 @@ export class StreamAllocation {
     const g = sg.g;
     const n = head.nextUnit;
     for (const id of g.expire(now)) if (this.memberKeys.get(`${name}/${id}`) === sg.keyOf) this.memberKeys.delete(`${name}/${id}`);
-    const map = g.map(now);
-    const from = this.holdersFrom(sg, new Set(map.members.map((m) => m.id)), b, head);
+    const members = g.memberViews(now);
+    const from = this.holdersFrom(sg, new Set(members.map((m) => m.id)), b, head);
     const mine = b.group;
     const copyTo: StreamBeatAnswer['copyTo'] = [];
     if (b.wideGroup) {
@@ -124,9 +124,11 @@ export class StreamAllocation {
       nextUnit: n,
       ended: head.ended,
       lease: { units: grant.units, retryAfterMs: grant.retryAfterMs },
-      members: map.members.map((m) => ({ id: m.id, group: m.group, address: m.address, dataPort: m.dataPort, role: m.role, verifiedUnits: m.verifiedUnits, complete: m.complete })),
+      members: members.map((m) => ({ id: m.id, group: m.group, address: m.address, dataPort: m.dataPort, role: m.role, verifiedUnits: m.verifiedUnits, complete: m.complete })),
       holdersFrom: from,
-      holders: map.holders.slice(from, n),
+      // Sticky holders: a held beat's answer is older than its peers', and a repairer that moved
+      // with overhead between two members' answers left a NACK to neither (the orphan wait, 1 s).
+      holders: g.namedHolders(members, from, n),
       copyTo,
     };
     return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now);
