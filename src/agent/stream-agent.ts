@@ -78,6 +78,7 @@ export class StreamAgent {
   private beatWake: (() => void) | null = null;
   private fetchWake: (() => void) | null = null;
   private readonly inFlight = new Map<number, number>();
+  private readonly batchWaiters: (() => void)[] = [];
   private readonly receipts: { unit: number; at: number }[] = [];
   private done!: { resolve: () => void; reject: (e: Error) => void };
   private readonly finished: Promise<void>;
@@ -226,7 +227,16 @@ export class StreamAgent {
     this.stages.known(b.first, b.count, Date.parse(b.time), Date.now());
     if (b.final) this.endAt();
     this.beatSoon();
+    for (const w of this.batchWaiters.splice(0)) w();
     this.delivery.pump();
+  }
+
+  /** A fetch worker waiting for the batch of its leased unit: take() ends the wait, or 10 ms. */
+  private batchOrTick(): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, 10);
+      this.batchWaiters.push(() => (clearTimeout(t), resolve()));
+    });
   }
 
   private endAt(): void {
@@ -314,8 +324,9 @@ export class StreamAgent {
         this.fetchWake = null;
         continue;
       }
-      // Leased from the head the server read: our batch follower may be a moment behind it.
-      for (let i = 0; i < 500 && !this.closed && !this.core.window.known(u) && u >= this.core.skipped; i++) await sleep(10, this.abort.signal).catch(() => undefined);
+      // Leased from the head the server read (a held beat: as the batch appeared): our batch follower may be a
+      // moment behind it. Woken by the batch (take), or every 10 ms, for up to 5 s.
+      for (let i = 0; i < 500 && !this.closed && !this.core.window.known(u) && u >= this.core.skipped; i++) await this.batchOrTick();
       if (this.core.has(u) || !this.core.window.known(u)) continue;
       // The receipt rides the next beat (with its age, so the overhead sample is the same): a beat of its own
       // only when a unit waits for a lessee, or the fetch failed (not a heartbeat per own unit on top of one per batch).
