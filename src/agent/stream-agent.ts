@@ -15,7 +15,7 @@ import type { AgentStats, MemberOptions } from './agent-types';
 import { sleep } from './control-client';
 import { CoreDriver } from './core-driver';
 import { AGENT_DEFAULTS } from './core/defaults';
-import { beatBody, HeldBeats, leaseWaiting, MapTokens } from './stream-beat';
+import { leaseWaiting, MapTokens, streamHave } from './stream-beat';
 import { StreamCore, StreamWindow } from './stream-core';
 import { StreamDisk } from './stream-disk';
 import { StreamDelivery, StreamDeliveryOptions } from './stream-delivery';
@@ -72,13 +72,9 @@ export class StreamAgent {
   private beatWanted = false;
   private joined = false;
   private readonly tokens = new MapTokens();
-  private readonly held = new HeldBeats();
-  /** The last beat carried `waitMs`: the server held it until a lease, or for its hold; the next goes at once. */
-  private heldLast = false;
   private beatWake: (() => void) | null = null;
   private fetchWake: (() => void) | null = null;
   private readonly inFlight = new Map<number, number>();
-  private readonly batchWaiters: (() => void)[] = [];
   private readonly receipts: { unit: number; at: number }[] = [];
   private done!: { resolve: () => void; reject: (e: Error) => void };
   private readonly finished: Promise<void>;
@@ -227,16 +223,7 @@ export class StreamAgent {
     this.stages.known(b.first, b.count, Date.parse(b.time), Date.now());
     if (b.final) this.endAt();
     this.beatSoon();
-    for (const w of this.batchWaiters.splice(0)) w();
     this.delivery.pump();
-  }
-
-  /** A fetch worker waiting for the batch of its leased unit: take() ends the wait, or 10 ms. */
-  private batchOrTick(): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, 10);
-      this.batchWaiters.push(() => (clearTimeout(t), resolve()));
-    });
   }
 
   private endAt(): void {
@@ -249,17 +236,14 @@ export class StreamAgent {
     this.beatWake?.();
   }
 
-  /**
-   * Heartbeats: a held one outstanding while we want leases (HeldBeats); else at the interval
-   * the server asks, and at once on a new batch, or a download that ended while a unit waits for a lessee.
-   */
+  /** Heartbeats: at the interval the server asks, and at once on a new batch, or a download that ended while a unit waits for a lessee. */
   private async beatLoop(): Promise<void> {
     let ms = 1000;
     while (!this.closed) {
       this.beatWanted = false;
       const a = await this.beat();
       if (a) ms = a.heartbeatMs;
-      if (this.beatWanted || (a && this.heldLast)) continue;
+      if (this.beatWanted) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, ms);
         function done() {
@@ -273,17 +257,35 @@ export class StreamAgent {
   }
 
   private async beat(): Promise<StreamBeatAnswer | null> {
+    const { from, have } = streamHave(this.disk.held, this.delivery.next);
     const receipts = this.receipts.splice(0, 256);
+    const now = Date.now();
+    const fetching = [...this.inFlight.keys()];
     const want = (this.ended && this.core.window.unitCount <= this.delivery.next) || this.delivery.full ? 0 : Math.max(0, FETCH_WORKERS + 1 - this.inFlight.size - this.core.leasedCount);
-    const o = this.opts;
-    const st = { group: o.group, member: this.member, wideGroup: o.wideGroup, address: this.address, dataPort: this.dataPort, held: this.disk.held, next: this.delivery.next, receipts, inFlight: this.inFlight, stats: this.stats, want, joined: this.joined };
-    const body = { ...beatBody(st, Date.now()), ...this.tokens.field(), ...this.held.field(want) };
-    this.heldLast = body.waitMs !== undefined;
+    const body = {
+      v: 1,
+      group: this.opts.group,
+      member: this.member,
+      ...(this.opts.wideGroup ? { wideGroup: this.opts.wideGroup } : {}),
+      address: this.address,
+      ...(this.dataPort ? { dataPort: this.dataPort } : {}),
+      haveFrom: from,
+      have: Buffer.from(have).toString('base64'),
+      receipts: receipts.map((r) => r.unit),
+      receiptAgesMs: receipts.map((r) => Math.max(0, now - r.at)),
+      fetching,
+      fetchingBytes: fetching.map((u) => this.inFlight.get(u) ?? 0),
+      forwarded: this.stats.fragmentsForwarded,
+      lanBytes: this.stats.lanBytes,
+      lease: want,
+      ...(this.joined ? {} : { join: true }),
+      ...this.tokens.field(),
+    };
     let a: StreamBeatAnswer;
     try {
       a = this.tokens.parse(await this.http.post('/heartbeat', body));
     } catch (err) {
-      const again = this.tokens.refused(err, this.log) || this.held.refused(err, this.log);
+      const again = this.tokens.refused(err, this.log);
       if (err instanceof FleetcastError && !again) throw err;
       this.receipts.unshift(...receipts); // they go with the next one
       if (again) return this.beat();
@@ -324,14 +326,12 @@ export class StreamAgent {
         this.fetchWake = null;
         continue;
       }
-      // Leased from the head the server read (a held beat: as the batch appeared): our batch follower may be a
-      // moment behind it. Woken by the batch (take), or every 10 ms, for up to 5 s.
-      for (let i = 0; i < 500 && !this.closed && !this.core.window.known(u) && u >= this.core.skipped; i++) await this.batchOrTick();
+      // Leased from the head the server read: our batch follower may be a moment behind it.
+      for (let i = 0; i < 500 && !this.closed && !this.core.window.known(u) && u >= this.core.skipped; i++) await sleep(10, this.abort.signal).catch(() => undefined);
       if (this.core.has(u) || !this.core.window.known(u)) continue;
       // The receipt rides the next beat (with its age, so the overhead sample is the same): a beat of its own
       // only when a unit waits for a lessee, or the fetch failed (not a heartbeat per own unit on top of one per batch).
-      // With held beats, a beat when the loop is idle (we wanted no lease): it holds again, with the receipt.
-      if (!(await this.fetchUnit(u)) || this.held.on || leaseWaiting(this.lastAnswer, this.delivery.next, (x) => !this.core.has(x) && !this.inFlight.has(x))) this.beatSoon();
+      if (!(await this.fetchUnit(u)) || leaseWaiting(this.lastAnswer, this.delivery.next, (x) => !this.core.has(x) && !this.inFlight.has(x))) this.beatSoon();
     }
   }
 

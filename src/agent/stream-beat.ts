@@ -26,48 +26,6 @@ export function streamHave(held: Iterable<number>, next: number): { from: number
   return { from, have };
 }
 
-/** What a stream agent's heartbeat body reports (stream-agent.ts's state). */
-export interface BeatState {
-  group: string;
-  member: string;
-  wideGroup?: string;
-  address: string;
-  dataPort: number;
-  /** Units on disk, and the next unit to deliver. */
-  held: Iterable<number>;
-  next: number;
-  receipts: { unit: number; at: number }[];
-  /** Units being downloaded, and their bytes so far. */
-  inFlight: Map<number, number>;
-  stats: { fragmentsForwarded: number; lanBytes: number };
-  want: number;
-  joined: boolean;
-}
-
-/** The heartbeat body (docs/protocol.md, "Streams on the LAN"), but for the opt-in fields. */
-export function beatBody(s: BeatState, now: number) {
-  const { from, have } = streamHave(s.held, s.next);
-  const fetching = [...s.inFlight.keys()];
-  return {
-    v: 1,
-    group: s.group,
-    member: s.member,
-    ...(s.wideGroup ? { wideGroup: s.wideGroup } : {}),
-    address: s.address,
-    ...(s.dataPort ? { dataPort: s.dataPort } : {}),
-    haveFrom: from,
-    have: Buffer.from(have).toString('base64'),
-    receipts: s.receipts.map((r) => r.unit),
-    receiptAgesMs: s.receipts.map((r) => Math.max(0, now - r.at)),
-    fetching,
-    fetchingBytes: fetching.map((u) => s.inFlight.get(u) ?? 0),
-    forwarded: s.stats.fragmentsForwarded,
-    lanBytes: s.stats.lanBytes,
-    lease: s.want,
-    ...(s.joined ? {} : { join: true }),
-  };
-}
-
 /**
  * Whether the last answer `a` showed a unit at or past `next` that we lack (`lacks`) with
  * no lessee or holder (−1), which a beat now could lease to us; no answer yet counts as yes.
@@ -112,40 +70,10 @@ export class MapTokens {
 
   /** True (and off from now on) when `err` is the server refusing the field: send the beat again without it. */
   refused(err: unknown, log: Logger): boolean {
-    if (!this.on || !refusesField(err, 'mapToken')) return false;
+    if (!this.on || !(err instanceof Error) || !/unknown field "mapToken"/.test(err.message)) return false;
     this.on = false;
     this.kept = null;
     log.info('the server does not take mapToken in stream heartbeats (a server before 2026-12-01): whole answers from now on');
-    return true;
-  }
-}
-
-/** Whether `err` is the server refusing body field `field` (400 BAD_BODY, unknown field): a server from before it. */
-function refusesField(err: unknown, field: string): boolean {
-  return err instanceof Error && err.message.includes(`unknown field "${field}"`);
-}
-
-/** How long a heartbeat that asks a lease may be held by the server (its heartbeatMs). */
-export const HELD_BEAT_MS = 1000;
-
-/**
- * The agent's side of held heartbeats (docs/protocol.md, "Held heartbeats"): a beat that
- * asks a lease carries `waitMs`, and the server holds it until it can lease the member a
- * unit, so the agent keeps one such beat outstanding instead of beating at each new batch.
- * A server from before 2026-12-02 refuses the field: from then on the agent leaves it out
- * and beats at each batch, as before.
- */
-export class HeldBeats {
-  on = true;
-
-  field(want: number): { waitMs?: number } {
-    return this.on && want > 0 ? { waitMs: HELD_BEAT_MS } : {};
-  }
-
-  refused(err: unknown, log: Logger): boolean {
-    if (!this.on || !refusesField(err, 'waitMs')) return false;
-    this.on = false;
-    log.info('the server does not hold stream heartbeats (a server before 2026-12-02): a heartbeat per batch from now on');
     return true;
   }
 }

@@ -336,19 +336,6 @@ export class GroupAllocator extends GatewayTable {
   }
 
 
-  /**
-   * Units from..to-1's holders as `members` (memberViews) index them: the member named[u] names
-   * (its lessee, else a holder kept while it holds it), so answers taken at different times
-   * name the same repairer; map() names the best-ranked holder, which moves with overhead.
-   */
-  namedHolders(members: readonly { id: string }[], from: number, to: number): number[] {
-    const at = new Map<number, number>();
-    members.forEach((v, i) => at.set(this.members.get(v.id)?.slot ?? -1, i));
-    const out: number[] = [];
-    for (let u = from; u < to; u++) out.push(u < this.named.length && this.named[u] >= 0 ? (at.get(this.named[u]) ?? -1) : -1);
-    return out;
-  }
-
   /** The members, ranked by overhead: the split map without its O(units x members) holders. */
   memberViews(now: number): MemberView[] {
     const ranked = [...this.members.values()].sort((a, b) => {

@@ -18,8 +18,6 @@ const MAX_RECEIPT_AGE_MS = 60_000;
 
 interface StreamGroup {
   g: GroupAllocator;
-  /** Its key in StreamAllocation's groups ("stream/group" or "stream/*wideGroup"). */
-  keyOf: string;
   /** The group key of this allocator's members: MACs on their NACKs and announces. */
   key: string;
   /** Per member, the first unit it lacks, from its last heartbeat's `have` (firstMissing). */
@@ -67,7 +65,7 @@ export class StreamAllocation {
     let sg = this.groups.get(key);
     if (!sg) {
       const unitSize = head.unitSize;
-      sg = { g: new GroupAllocator({ ...this.allocator, unitCount: 0, unitBytes: () => unitSize }), keyOf: key, key: randomBytes(32).toString('base64'), need: new Map() };
+      sg = { g: new GroupAllocator({ ...this.allocator, unitCount: 0, unitBytes: () => unitSize }), key: randomBytes(32).toString('base64'), need: new Map() };
       this.groups.set(key, sg);
     }
     const g = sg.g;
@@ -82,32 +80,10 @@ export class StreamAllocation {
     b.receipts.forEach((u, i) => {
       if (u < n) g.receipt(b.member, u, now - Math.min(b.receiptAgesMs[i] ?? 0, MAX_RECEIPT_AGE_MS));
     });
-    return this.reply(sg, name, head, b, this.grant(g, head, b, now), now);
-  }
-
-  /**
-   * A held heartbeat (a body with `waitMs`, docs/protocol.md "Held heartbeats"): the head grew
-   * or the hold ends (`last`); lease again. The answer when units were leased, or whatever it
-   * is at the hold's end; null while there is nothing to lease (hold on).
-   */
-  leaseHeld(name: string, head: StreamHead, b: StreamBeatBody, now: number, last: boolean): StreamBeatReply | null {
-    const sg = this.groups.get(this.memberKeys.get(`${name}/${b.member}`) ?? '');
-    if (!sg) return last ? this.heartbeat(name, head, { ...b, receipts: [], receiptAgesMs: [], join: false }, now) : null; // gone meanwhile: joins again
-    sg.g.growUnits(head.nextUnit, head.firstUnit);
-    const grant = this.grant(sg.g, head, b, now);
-    return grant.units.length || last ? this.reply(sg, name, head, b, grant, now) : null;
-  }
-
-  private grant(g: GroupAllocator, head: StreamHead, b: StreamBeatBody, now: number): { units: number[]; retryAfterMs: number } {
-    return b.lease > 0 && head.nextUnit > head.firstUnit ? g.lease(b.member, now, b.lease) : { units: [], retryAfterMs: 0 };
-  }
-
-  private reply(sg: StreamGroup, name: string, head: StreamHead, b: StreamBeatBody, grant: { units: number[]; retryAfterMs: number }, now: number): StreamBeatReply {
-    const g = sg.g;
-    const n = head.nextUnit;
-    for (const id of g.expire(now)) if (this.memberKeys.get(`${name}/${id}`) === sg.keyOf) this.memberKeys.delete(`${name}/${id}`);
-    const members = g.memberViews(now);
-    const from = this.holdersFrom(sg, new Set(members.map((m) => m.id)), b, head);
+    const grant = b.lease > 0 && n > head.firstUnit ? g.lease(b.member, now, b.lease) : { units: [], retryAfterMs: 0 };
+    for (const id of g.expire(now)) if (this.memberKeys.get(`${name}/${id}`) === key) this.memberKeys.delete(`${name}/${id}`);
+    const map = g.map(now);
+    const from = this.holdersFrom(sg, new Set(map.members.map((m) => m.id)), b, head);
     const mine = b.group;
     const copyTo: StreamBeatAnswer['copyTo'] = [];
     if (b.wideGroup) {
@@ -124,11 +100,9 @@ export class StreamAllocation {
       nextUnit: n,
       ended: head.ended,
       lease: { units: grant.units, retryAfterMs: grant.retryAfterMs },
-      members: members.map((m) => ({ id: m.id, group: m.group, address: m.address, dataPort: m.dataPort, role: m.role, verifiedUnits: m.verifiedUnits, complete: m.complete })),
+      members: map.members.map((m) => ({ id: m.id, group: m.group, address: m.address, dataPort: m.dataPort, role: m.role, verifiedUnits: m.verifiedUnits, complete: m.complete })),
       holdersFrom: from,
-      // Sticky holders: a held beat's answer is older than its peers', and a repairer that moved
-      // with overhead between two members' answers left a NACK to neither (the orphan wait, 1 s).
-      holders: g.namedHolders(members, from, n),
+      holders: map.holders.slice(from, n),
       copyTo,
     };
     return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now);
@@ -154,9 +128,6 @@ export class StreamAllocation {
     const { members: _m, groupKey: _k, copyTo: _c, ...rest } = a;
     return { ...rest, holders, mapToken };
   }
-
-  /** Held heartbeats (`waitMs`): held, then answered with a lease or at the hold's end (tests, bench, metrics). */
-  readonly held = { held: 0, leased: 0, timedOut: 0 };
 
   /** Answers to a body with `mapToken` that left the unchanged parts out (tests, bench). */
   tokenHits = 0;

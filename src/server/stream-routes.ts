@@ -4,8 +4,8 @@ import * as http from 'node:http';
 import { checkReleaseName, StreamHead } from '../release/stream-manifest';
 import { StreamStore } from '../release/stream-store';
 import { HttpError } from './http-util';
-import { parseStreamBeat, MAX_STREAM_BODY_BYTES, StreamBeatBody, StreamBeatReply } from '../wire/stream-control';
-import { StreamAllocation, STREAM_HEARTBEAT_MS } from './stream-alloc';
+import { parseStreamBeat, MAX_STREAM_BODY_BYTES } from '../wire/stream-control';
+import { StreamAllocation } from './stream-alloc';
 
 /** The longest a batches request may be held (`waitMs` above this is cut to it). */
 export const MAX_STREAM_WAIT_MS = 60_000;
@@ -31,32 +31,6 @@ export class StreamRoutes {
   readonly alloc = new StreamAllocation();
   constructor(private readonly storeDir: string) {}
 
-  /**
-   * A held heartbeat (docs/protocol.md, "Held heartbeats"): wait for the stream's next batch
-   * (BatchWatch, as a long poll on the batches) and lease again, until a unit is leased to
-   * the member or `hold` ms pass; null when the member hung up.
-   */
-  private async holdBeat(store: StreamStore, head: StreamHead, b: StreamBeatBody, hold: number, res: http.ServerResponse): Promise<StreamBeatReply | null> {
-    const gone = new AbortController();
-    res.once('close', () => gone.abort());
-    const until = Date.now() + hold;
-    this.alloc.held.held++;
-    for (;;) {
-      const next = head.lastBatch + 1;
-      if (Date.now() < until) await this.watch.wait(store, next, until - Date.now(), gone.signal);
-      if (gone.signal.aborted) return null;
-      head = await this.head(store);
-      const last = Date.now() >= until || head.ended;
-      const r = this.alloc.leaseHeld(store.name, head, b, Date.now(), last);
-      if (r) {
-        this.alloc.held[r.lease.units.length ? 'leased' : 'timedOut']++;
-        return r;
-      }
-      // The batch file is there but the head not yet (the publisher writes it after): a moment.
-      if (head.lastBatch < next) await new Promise((resolve) => setTimeout(resolve, 5));
-    }
-  }
-
   /** Handles the request when it is a stream route; false otherwise. */
   async handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, authorize: (member: string) => void = () => undefined): Promise<boolean> {
     const parts = url.pathname.split('/').filter(Boolean);
@@ -70,13 +44,7 @@ export class StreamRoutes {
       const b = parseStreamBeat(await readBody(req));
       if (typeof b === 'string') throw new HttpError(400, 'BAD_BODY', b);
       authorize(b.member); // device identity, as for release heartbeats: a member id only with its own token
-      const head = await this.head(store);
-      const reply = this.alloc.heartbeat(name, head, b, Date.now());
-      const hold = Math.min(b.waitMs ?? 0, STREAM_HEARTBEAT_MS);
-      if (hold > 0 && b.lease > 0 && reply.lease.units.length === 0 && !head.ended) {
-        const held = await this.holdBeat(store, head, b, hold, res);
-        if (held) json(res, 200, held);
-      } else json(res, 200, reply);
+      json(res, 200, this.alloc.heartbeat(name, await this.head(store), b, Date.now()));
     } else if (parts.length === 3) {
       json(res, 200, await this.head(store));
     } else if (parts.length === 4 && parts[3] === 'batches') {

@@ -21,8 +21,6 @@ export const MAX_STREAM_HOLDERS = 65_536;
 export const MAX_STREAM_MEMBERS = 4096;
 /** Characters of a body's `mapToken` (the server's are 16). */
 export const MAX_MAP_TOKEN_CHARS = 64;
-/** A body's `waitMs` may be up to this; the server holds a beat at most its `heartbeatMs`. */
-export const MAX_STREAM_BEAT_WAIT_MS = 60_000;
 /** Body and answer byte caps. */
 export const MAX_STREAM_BODY_BYTES = 128 * 1024;
 export const MAX_STREAM_ANSWER_BYTES = 4 * 1024 * 1024;
@@ -54,12 +52,6 @@ export interface StreamBeatBody {
    * when its own `mapToken` is this one (they did not change); absent: whole answers.
    */
   mapToken?: string;
-  /**
-   * Opt-in (agents and servers from 2026-12-02): a beat that asks a lease and gets none may be
-   * held this long (at most the server's `heartbeatMs`) until a unit can be leased to the
-   * member; absent or 0: answered at once.
-   */
-  waitMs?: number;
 }
 
 export interface StreamBeatMember {
@@ -114,7 +106,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
   const o = parseJsonObject(bytes);
   if (typeof o === 'string') return o;
   try {
-    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join', 'mapToken', 'waitMs']);
+    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join', 'mapToken']);
     if (o.v !== STREAM_CONTROL_V) fail(`v must be ${STREAM_CONTROL_V}`);
     if (typeof o.have !== 'string' || o.have.length > Math.ceil(MAX_STREAM_HAVE_BYTES / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.have)) fail(`have must be base64 of at most ${MAX_STREAM_HAVE_BYTES} bytes`);
     if (o.address !== undefined && o.address !== null && (typeof o.address !== 'string' || o.address.length > 64 || !/^[0-9A-Fa-f.:%a-z]+$/.test(o.address))) fail('address must be an IP address');
@@ -136,7 +128,6 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
       lanBytes: o.lanBytes === undefined ? 0 : int(o.lanBytes, 'lanBytes'),
       join: o.join === undefined ? false : o.join === true ? true : fail('join must be true when present'),
       ...(o.mapToken !== undefined ? { mapToken: typeof o.mapToken === 'string' && o.mapToken.length <= MAX_MAP_TOKEN_CHARS ? o.mapToken : fail(`mapToken must be a string of at most ${MAX_MAP_TOKEN_CHARS} characters`) } : {}),
-      ...(o.waitMs !== undefined ? { waitMs: int(o.waitMs, 'waitMs', MAX_STREAM_BEAT_WAIT_MS) } : {}),
     };
     if (o.receiptAgesMs !== undefined && b.receiptAgesMs.length !== b.receipts.length) fail('receiptAgesMs must have one entry per unit in receipts');
     if (o.fetchingBytes !== undefined && b.fetchingBytes.length !== b.fetching.length) fail('fetchingBytes must have one entry per unit in fetching');

@@ -235,7 +235,6 @@ const streamControl: Target = {
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm1', address: '10.0.0.5', dataPort: 4000, haveFrom: 3, have: '/wA=', receipts: [4, 5], receiptAgesMs: [1, 2], fetching: [6], fetchingBytes: [100], lease: 4, join: true })),
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm2', wideGroup: 'w', haveFrom: 0, have: '' })),
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm3', wideGroup: 'w', haveFrom: 0, have: '', mapToken: 'AAAAAAAAAAAAAAAA' })),
-    Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm4', haveFrom: 0, have: '', lease: 2, waitMs: 1000 })),
     Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [], retryAfterMs: 0 }, holdersFrom: 38, holders: [0, -1], mapToken: 'AAAAAAAAAAAAAAAA' })),
     Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, groupKey: Buffer.alloc(32, 7).toString('base64'), firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [38, 39], retryAfterMs: 0 }, members: [{ id: 'm1', group: 'g1', address: '10.0.0.5', dataPort: 4000, role: 'gateway', verifiedUnits: 3, complete: false }], holdersFrom: 2, holders: [0, -1, 0], copyTo: [{ group: 'g2', member: 'x', address: '10.0.2.1', port: 5000 }] })),
     Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: '{}' })),
@@ -248,10 +247,6 @@ const streamControl: Target = {
       const a = streamAlloc.heartbeat('cam', streamHead, b, 1_000_000);
       for (const u of a.lease.units) if (u < streamHead.firstUnit || u >= streamHead.nextUnit) throw new Error(`leased unit ${u} outside the retained units`);
       parseStreamBeatAnswer(Buffer.from(JSON.stringify(a)));
-      // Held (waitMs): the head grew by a unit; lease again, as the server's hold does.
-      const grown = { ...streamHead, nextUnit: streamHead.nextUnit + 1, lastBatch: streamHead.lastBatch + 1 };
-      const h = streamAlloc.leaseHeld('cam', grown, b, 1_000_100, true);
-      for (const u of h?.lease.units ?? []) if (u < grown.firstUnit || u >= grown.nextUnit) throw new Error(`held beat leased unit ${u} outside the retained units`);
     }
     try {
       const a = parseStreamBeatAnswer(input);

@@ -1,6 +1,5 @@
 import type { ExecutionContext } from 'ava';
 import { randomInt } from 'node:crypto';
-import * as http from 'node:http';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { StreamAgent, StreamAgentOptions } from '../../src/agent/stream-agent';
@@ -48,7 +47,7 @@ export function loopbackStreamAgent(o: { url: string; dir: string; stream: strin
  * `agent(stream, id, extra)`: a loopback stream agent of that group, closed at the end.
  */
 export async function streamSetup(t: ExecutionContext) {
-  const { dir, keyPath, pubPath, store, url, server } = await startStreamServer(t);
+  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
   const key = await loadPrivateKey(keyPath);
   const trusted = [await loadPublicKey(pubPath)];
   const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
@@ -64,7 +63,7 @@ export async function streamSetup(t: ExecutionContext) {
     agents.push(a);
     return a;
   };
-  return { dir, store, key, agent, url, pubPath, multicast, server };
+  return { dir, store, key, agent, url, pubPath, multicast };
 }
 
 /** Push `source` into a publisher at `bytesPerTick` every 20 ms, then end the stream. */
@@ -76,33 +75,4 @@ export async function feed(p: StreamPublisher, source: Buffer, bytesPerTick: num
   }
   await p.end();
   await p.close();
-}
-
-/** A server from before a heartbeat field, as agents meet it: the real server behind a proxy that refuses bodies with `field` as that server's parser does. */
-export async function oldServer(url: string, field: string): Promise<{ url: string; refused: () => number; beats: () => number; close: () => Promise<void> }> {
-  let refused = 0;
-  let beats = 0;
-  const target = new URL(url);
-  const proxy = http.createServer((req, res) => {
-    const parts: Buffer[] = [];
-    req.on('data', (c: Buffer) => parts.push(c));
-    req.on('end', () => {
-      const data = Buffer.concat(parts);
-      if (req.url?.endsWith('/heartbeat')) beats++;
-      if (req.url?.endsWith('/heartbeat') && data.includes(`"${field}"`)) {
-        refused++;
-        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'BAD_BODY', message: `unknown field "${field}"` }));
-        return;
-      }
-      const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (r) => {
-        res.writeHead(r.statusCode ?? 502, r.headers);
-        r.pipe(res);
-      });
-      up.on('error', () => res.destroy());
-      up.end(data);
-    });
-  });
-  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-  const port = (proxy.address() as { port: number }).port;
-  return { url: `http://127.0.0.1:${port}`, refused: () => refused, beats: () => beats, close: () => new Promise((r) => (proxy.closeAllConnections(), proxy.close(() => r()))) };
 }

@@ -31,30 +31,10 @@ export class CrossGroupState {
   /** "address:port" of a requester we repair but do not announce to -> when we last announced ourselves to it (1.5 trees). */
   private readonly introducedAt = new Map<string, number>();
 
-  /**
-   * Units we lack -> the endpoint in another group that sent us a copy of it (else one that
-   * announced it): where a gateway forwards NACKs for it while its map names no holder yet
-   * (a held stream heartbeat's map is up to heartbeatMs old). Bounded as heardAt.
-   */
-  private readonly sources = new Map<number, { via: Endpoint; data: boolean }>();
-
   /** A unit is held (or no longer wanted): nothing to wait for. */
   forgetUnit(unit: number): void {
     this.announcedSince.delete(unit);
     this.copierAnnounced.delete(unit);
-    this.sources.delete(unit);
-  }
-
-  /** Another group's member at `via` sent us a copy of `unit` (data) or announced it. */
-  sentUs(unit: number, via: Endpoint, data: boolean): void {
-    const had = this.sources.get(unit);
-    if (had && (had.data || !data)) return;
-    if (!had && this.sources.size >= AGENT_DEFAULTS.maxCrossPaths * 4) this.sources.clear();
-    this.sources.set(unit, { via, data });
-  }
-
-  sourceOf(unit: number): Endpoint | null {
-    return this.sources.get(unit)?.via ?? null;
   }
 
   /** Another group's member sent us something: its path is alive. */

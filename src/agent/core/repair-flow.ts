@@ -124,7 +124,6 @@ export abstract class RepairFlow extends CoreUnits {
    * u needs only the ordinary gap wait. Called before u joins availableMissing.
    */
   protected crossAnnounced(u: number, via: Endpoint, now: number): void {
-    this.crossGroup.sentUs(u, via, false);
     if (!this.availableMissing.has(u)) this.crossGroup.announcedSince.set(u, now);
     if (this.crossGroup.copierAnnounced.has(u)) return;
     const copier = this.copierOf(u);
@@ -163,23 +162,14 @@ export abstract class RepairFlow extends CoreUnits {
   protected forwardNack(packet: Uint8Array, unit: number, now: number): void {
     if (this.view.role !== 'gateway') return;
     const h = this.view.holderOf(unit);
-    let holder: Endpoint | null = null;
-    if (h) {
-      if (h.group === this.cfg.group || !h.address || !h.dataPort || h.id === this.cfg.member) return;
-      holder = { address: h.address, port: h.dataPort };
-    } else {
-      // The map names no holder yet (older than the unit): the registered member whose copy or announce of it came.
-      const s = this.crossGroup.sourceOf(unit);
-      holder = s && this.view.registeredEndpoint(s);
-      if (!holder) return;
-    }
-    const who = h ? `${h.id} in ${h.group}` : `${holder.address}:${holder.port}, which sent it`;
+    if (!h || h.group === this.cfg.group || !h.address || !h.dataPort || h.id === this.cfg.member) return;
+    const holder = { address: h.address, port: h.dataPort };
     this.send.queueDirect(packet, holder);
     const first = this.crossGroup.forwardedBefore(unit, now);
-    if (first === undefined) return this.log.debug(`NACK for unit ${unit}: holder ${who}`);
+    if (first === undefined) return this.log.debug(`NACK for unit ${unit}: holder ${h.id} in ${h.group}`);
     const q = this.crossGroup.shouldRelay(unit, first, this.asm.get(unit)?.lastData ?? 0, holder, now);
     if (!q) return;
-    this.log.info(`unit ${unit}: no answer from ${who} (unit quiet ${Math.round(q.unitQuiet / 1000)} s, holder ${Math.round(q.holderQuiet / 1000)} s); asking the server for it`);
+    this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group} (unit quiet ${Math.round(q.unitQuiet / 1000)} s, holder ${Math.round(q.holderQuiet / 1000)} s); asking the server for it`);
     this.events.push({ type: 'relay', units: [unit], reason: 'relayed' });
   }
 
