@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { ExecutionContext } from 'ava';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
@@ -23,15 +23,19 @@ async function sinksEqual(t: { true(c: boolean, m: string): void }, dir: string,
   for (const id of ids) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
 }
 
-test('4 agents of one LAN group take each batch over the WAN about once, not 4 times; forged BATCH packets are refused and change nothing', async (t) => {
+/** A stream of `bytes` random bytes whose first 10 KB are published, and agents `ids` running on it. */
+async function started(t: ExecutionContext, name: string, bytes: number, ids: string[]) {
   const s = await streamSetup(t);
-  const source = randomBytes(3_000_000);
-  const pub = await StreamPublisher.open(s.store, 'cam', s.key, { unitSize: UNIT, flushMs: 100 });
+  const source = randomBytes(bytes);
+  const pub = await StreamPublisher.open(s.store, name, s.key, { unitSize: UNIT, flushMs: 100 });
   await pub.push(source.subarray(0, 10_000));
-  await pub.flush();
-  const ids = ['a', 'b', 'c', 'd'];
-  const agents = ids.map((id) => s.agent('cam', id));
-  const runs = agents.map((a) => a.run());
+  await pub.flush(); // the stream exists (its head) before the agents ask for it
+  const agents = ids.map((id) => s.agent(name, id));
+  return { s, source, pub, ids, agents, runs: agents.map((a) => a.run()) };
+}
+
+test('4 agents of one LAN group take each batch over the WAN about once, not 4 times; forged BATCH packets are refused and change nothing', async (t) => {
+  const { s, source, pub, ids, agents, runs } = await started(t, 'cam', 3_000_000, ['a', 'b', 'c', 'd']);
   // A LAN attacker who sees the batches (not the key): sends the next batch signed by its own key,
   // and junk, as sender 1 (smaller than any agent's id, so a batch it could pass off would make the agents stop polling).
   const other = generateKeyPairSync('ed25519').privateKey;
@@ -69,14 +73,7 @@ test('4 agents of one LAN group take each batch over the WAN about once, not 4 t
 });
 
 test('the member that polls for the group leaves mid-stream: the others go back to the server and every sink still equals the source', async (t) => {
-  const s = await streamSetup(t);
-  const source = randomBytes(2_500_000);
-  const pub = await StreamPublisher.open(s.store, 'feed', s.key, { unitSize: UNIT, flushMs: 100 });
-  await pub.push(source.subarray(0, 10_000));
-  await pub.flush();
-  const ids = ['a', 'b', 'c'];
-  const agents = ids.map((id) => s.agent('feed', id));
-  const runs = agents.map((a) => a.run());
+  const { s, source, pub, ids, agents, runs } = await started(t, 'feed', 2_500_000, ['a', 'b', 'c']);
   let gone: StreamAgent | null = null;
   await feed(pub, source.subarray(10_000), 10_000, async (sent) => {
     if (gone || sent < 1_000_000) return;
