@@ -7,7 +7,9 @@ import { feed, streamSetup } from './helpers/stream-server';
 import { signBatch, StreamBatch } from '../src/release/stream-manifest';
 import { StreamPublisher } from '../src/release/stream-publish';
 import type { StreamAgent } from '../src/agent/stream-agent';
-import { encodeBatchPacket } from '../src/wire/stream-packet';
+import { BatchPacket, encodeBatchPacket } from '../src/wire/stream-packet';
+import { BatchFollower, FollowerHost, LAN_BATCH_VERIFIES_PER_S } from '../src/agent/stream-follow';
+import { silentLogger } from '../src/util/log';
 
 /*
  * Batches on the LAN (docs/protocol.md section 15, "Batches on the LAN"): one member of a
@@ -90,4 +92,25 @@ test('the member that polls for the group leaves mid-stream: the others go back 
   t.log(`fallbacks ${fallbacks}; from the server ${rest.map((a) => a.follower.counts.fromServer).join(', ')}, from the LAN ${rest.map((a) => a.follower.counts.fromLan).join(', ')}`);
   t.true(fallbacks >= 1, 'a member went back to the server when the relay stopped');
   t.true(rest.some((a) => a.follower.counts.fromLan > 0 && a.follower.counts.fromServer > 0), 'a member took batches from both');
+});
+
+test('BATCH packets past the signature-check budget are dropped unchecked and counted, and count as evidence of a missed batch', (t) => {
+  const key = generateKeyPairSync('ed25519');
+  const b0 = signBatch({ v: 1, stream: 'cam', id: 'ab'.repeat(16), batch: 0, first: 0, offset: 0, count: 1, units: ['c'.repeat(64)], lastLength: 100, unitSize: 4096, prev: '0'.repeat(64), time: '2026-12-02T00:00:00Z' }, key.privateKey);
+  const core = { onBatchPacket: null as null | ((p: BatchPacket, now: number) => void), window: { unitCount: 1 }, relayBatch: () => false };
+  const host = { http: null, core, trusted: [key.publicKey], log: silentLogger, last: () => b0, take: () => t.fail('nothing valid was sent'), finished: () => false, kick: () => undefined } as unknown as FollowerHost;
+  const f = new BatchFollower(host, 1000);
+  const junk = { sender: 7, releaseId: Buffer.from(b0.id, 'hex'), batch: 1, file: Buffer.from('{"fleetcast":"stream-batch","v":1}') };
+  for (let i = 0; i < 3 * LAN_BATCH_VERIFIES_PER_S; i++) core.onBatchPacket!(junk, 0);
+  f.close();
+  t.is(f.counts.refused, LAN_BATCH_VERIFIES_PER_S, 'checked in one moment: the budget, no more');
+  t.is(f.counts.refused + f.counts.limited, 3 * LAN_BATCH_VERIFIES_PER_S);
+  t.is(f.counts.limited, 2 * LAN_BATCH_VERIFIES_PER_S);
+  // A second later the budget is back.
+  const g = new BatchFollower(host, 1000);
+  for (let i = 0; i < LAN_BATCH_VERIFIES_PER_S; i++) core.onBatchPacket!(junk, 0);
+  core.onBatchPacket!(junk, 0);
+  core.onBatchPacket!(junk, 1000);
+  g.close();
+  t.deepEqual([g.counts.refused, g.counts.limited], [LAN_BATCH_VERIFIES_PER_S + 1, 1]);
 });

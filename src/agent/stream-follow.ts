@@ -26,6 +26,13 @@ export const LAN_BATCH_GAP_MS = 40;
  * passive member missed 2.5% of the batches, not 0.09%).
  */
 export const RELAY_REPEAT_MS = 20;
+/**
+ * BATCH packets whose signature is checked, at most this many a second (a token bucket,
+ * burst as many): each costs a parse and an Ed25519 verification, and anyone on the LAN can
+ * send them. A stream needs about one a batch. Past it they are dropped and counted; the
+ * member falls back to the server, as for a lost batch.
+ */
+export const LAN_BATCH_VERIFIES_PER_S = 200;
 
 export interface FollowerHost {
   readonly http: StreamHttp;
@@ -53,6 +60,8 @@ export interface FollowCounts {
   refused: number;
   /** Times a member that took its batches from the LAN went back to the server for one it lacked. */
   fallbacks: number;
+  /** BATCH packets dropped unchecked: past LAN_BATCH_VERIFIES_PER_S. */
+  limited: number;
 }
 
 /**
@@ -69,7 +78,8 @@ export interface FollowCounts {
  * request to the server, and the smaller sender id breaks the tie.)
  */
 export class BatchFollower {
-  readonly counts: FollowCounts = { fromServer: 0, fromLan: 0, relayed: 0, refused: 0, fallbacks: 0 };
+  readonly counts: FollowCounts = { fromServer: 0, fromLan: 0, relayed: 0, refused: 0, fallbacks: 0, limited: 0 };
+  private verifies = { tokens: LAN_BATCH_VERIFIES_PER_S, at: 0 };
   /** A peer with a smaller sender id relays batches: this member does not poll. */
   passive = false;
   private poll: AbortController | null = null;
@@ -84,7 +94,7 @@ export class BatchFollower {
     private readonly h: FollowerHost,
     private readonly senderId: number,
   ) {
-    h.core.onBatchPacket = (p) => this.packet(p);
+    h.core.onBatchPacket = (p, now) => this.packet(p, now);
   }
 
   /** Polls while not passive, until the stream's end. */
@@ -133,7 +143,7 @@ export class BatchFollower {
     this.wake?.();
   }
 
-  private packet(p: BatchPacket): void {
+  private packet(p: BatchPacket, now: number): void {
     const last = this.h.last();
     if (p.batch < last.batch || this.h.finished()) return;
     if (p.batch === last.batch) {
@@ -144,6 +154,11 @@ export class BatchFollower {
     if (p.batch > last.batch + 1) {
       // One or more batches before it were lost on the LAN: evidence, not a batch we can chain.
       this.seen.batch = Math.max(this.seen.batch, p.batch);
+      return this.check();
+    }
+    if (!this.mayVerify(now)) {
+      this.counts.limited++;
+      this.seen.batch = Math.max(this.seen.batch, p.batch); // evidence all the same: the fallback covers it
       return this.check();
     }
     let b: StreamBatch;
@@ -160,6 +175,15 @@ export class BatchFollower {
     if (p.sender < this.senderId) this.relayHeard();
     this.h.kick();
     this.check();
+  }
+
+  private mayVerify(now: number): boolean {
+    const v = this.verifies;
+    v.tokens = Math.min(LAN_BATCH_VERIFIES_PER_S, v.tokens + ((now - v.at) * LAN_BATCH_VERIFIES_PER_S) / 1000);
+    v.at = now;
+    if (v.tokens < 1) return false;
+    v.tokens--;
+    return true;
   }
 
   /** A batch on the LAN: a copy now, the second RELAY_REPEAT_MS later (the final batch's too). */

@@ -86,6 +86,7 @@ export function streamMetrics(a: StreamAgent): string {
       r.counter('batches_total', 'batches taken, by where from (the server, or a LAN peer\'s BATCH packet)', [[{ ...l, from: 'server' }, b.fromServer], [{ ...l, from: 'lan' }, b.fromLan]]);
       r.counter('batches_relayed_total', 'batches this member multicast on its LAN', [[l, b.relayed]]);
       r.counter('batch_packets_refused_total', 'BATCH packets that did not parse, verify or chain', [[l, b.refused]]);
+      r.counter('batch_packets_limited_total', 'BATCH packets dropped unchecked, past the signature checks allowed a second', [[l, b.limited]]);
       r.counter('batch_fallbacks_total', 'times the LAN did not bring a batch the server showed and this member polled the server again', [[l, b.fallbacks]]);
       r.gauge('batch_polling', '1 while this member long-polls the server for batches, 0 while a LAN peer relays them', [[l, b.polling ? 1 : 0]]);
     }
