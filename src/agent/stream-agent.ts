@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { fragmentBytesForMtu, readMtu, resolveInterface } from '../net/interface';
 import { batchFromObject, checkChain, coversUnit, parseBatch, parseStreamHead, StreamBatch, unitHash } from '../release/stream-manifest';
-import { BatchFollower } from './stream-follow';
+import { BATCH_WAIT_MS, BatchFollower } from './stream-follow';
 import { DirLock, lockStorage } from '../storage/dir-lock';
 import { makeDir } from '../storage/make-dir';
 import type { Transport } from '../transport/transport';
@@ -35,8 +35,6 @@ const FETCH_WORKERS = 3;
  * while some LAN peer has not announced that it holds them all.
  */
 const STREAM_LINGER_MS = 10_000;
-/** How long the first ask for batches is held by the server (stream-follow.ts holds the later ones). */
-const BATCH_WAIT_MS = 30_000;
 
 /**
  * `fleetcast agent --stream NAME`: takes a stream on its LAN as the release agent

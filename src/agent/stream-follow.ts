@@ -6,8 +6,8 @@ import type { BatchPacket } from '../wire/stream-packet';
 import type { StreamCore } from './stream-core';
 import type { StreamHttp } from './stream-http';
 
-/** How long the batch follower's asks are held by the server. */
-const BATCH_WAIT_MS = 30_000;
+/** How long the batch follower's asks (and the agent's first one) are held by the server. */
+export const BATCH_WAIT_MS = 30_000;
 /**
  * How long a member that takes its batches from a LAN peer waits, once the server shows a
  * batch it lacks, for the LAN to bring it before it fetches the batch itself. The wait is

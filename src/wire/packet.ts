@@ -265,15 +265,20 @@ function tailBitsClear(bits: Uint8Array, count: number): boolean {
   return (bits[bits.length - 1] & (0xff >>> rem)) === 0;
 }
 
+/** The common header's own checks, for every type: length, magic, version, reserved bytes 5-7; null when they pass. */
+export function commonHeaderProblem(buf: Uint8Array, view: DataView): 'short' | 'magic' | 'version' | 'reserved' | null {
+  if (buf.length < COMMON_HEADER_BYTES) return 'short';
+  if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) return 'magic';
+  return buf[2] !== PROTOCOL_VERSION ? 'version' : buf[5] !== 0 || view.getUint16(6) !== 0 ? 'reserved' : null;
+}
+
 /** Decode one datagram. Never throws; a bad datagram yields the reason it was dropped. */
 export function decodePacket(buf: Uint8Array): DecodeResult {
-  if (buf.length < COMMON_HEADER_BYTES) return { ok: false, reason: 'short' };
-  if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) return { ok: false, reason: 'magic' };
-  if (buf[2] !== PROTOCOL_VERSION) return { ok: false, reason: 'version' };
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const bad = commonHeaderProblem(buf, view);
+  if (bad) return { ok: false, reason: bad };
   const type = buf[3];
   const flags = buf[4];
-  if (buf[5] !== 0 || view.getUint16(6) !== 0) return { ok: false, reason: 'reserved' };
   const sender = view.getUint32(8);
   const releaseId = buf.subarray(12, 28);
   switch (type) {

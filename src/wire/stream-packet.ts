@@ -1,4 +1,4 @@
-import { COMMON_HEADER_BYTES, MAGIC0, MAGIC1, MAX_DATAGRAM_BYTES, PacketType, PROTOCOL_VERSION, RELEASE_ID_BYTES, writeCommon } from './packet';
+import { commonHeaderProblem, COMMON_HEADER_BYTES, MAX_DATAGRAM_BYTES, PacketType, RELEASE_ID_BYTES, writeCommon } from './packet';
 
 /**
  * BATCH (LAN packet type 5, stream control v1, agents from 2026-12-02; docs/protocol.md
@@ -37,13 +37,13 @@ export function encodeBatchPacket(p: BatchPacket): Uint8Array {
 
 /** Decode one datagram as a BATCH packet. Never throws; the file is neither parsed nor verified here. */
 export function decodeBatchPacket(buf: Uint8Array): BatchDecodeResult {
-  if (buf.length < BATCH_HEADER_BYTES + 1) return { ok: false, reason: buf.length > MAX_DATAGRAM_BYTES ? 'length' : 'short' };
+  if (buf.length < BATCH_HEADER_BYTES + 1) return { ok: false, reason: 'short' };
   if (buf.length > MAX_DATAGRAM_BYTES) return { ok: false, reason: 'length' };
-  if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) return { ok: false, reason: 'magic' };
-  if (buf[2] !== PROTOCOL_VERSION) return { ok: false, reason: 'version' };
-  if (buf[3] !== PacketType.BATCH) return { ok: false, reason: 'type' };
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  if (buf[4] !== 0 || buf[5] !== 0 || view.getUint16(6) !== 0) return { ok: false, reason: 'reserved' };
+  const bad = commonHeaderProblem(buf, view);
+  if (bad) return { ok: false, reason: bad };
+  if (buf[3] !== PacketType.BATCH) return { ok: false, reason: 'type' };
+  if (buf[4] !== 0) return { ok: false, reason: 'reserved' };
   return {
     ok: true,
     packet: { sender: view.getUint32(8), releaseId: buf.subarray(12, 12 + RELEASE_ID_BYTES), batch: view.getUint32(COMMON_HEADER_BYTES), file: buf.subarray(BATCH_HEADER_BYTES) },
