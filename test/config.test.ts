@@ -1,5 +1,5 @@
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from './helpers/sync';
 import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { ConfigError, parseArgs, resolveFlags } from '../src/cli/args';

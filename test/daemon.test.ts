@@ -1,5 +1,5 @@
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from './helpers/sync';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { AgentDaemon } from '../src/agent/daemon';

@@ -9,7 +9,7 @@ type Summary = ReturnType<typeof summary>;
 function findChromium(): string | null {
   for (const c of ['chromium', 'chromium-browser']) {
     try {
-      return execFileSync('sh', ['-c', `command -v ${c}`], { encoding: 'utf8' }).trim() || null;
+      return execFileSync('sh', ['-c', `command -v ${c}`], { encoding: 'utf8', timeout: 60_000 }).trim() || null;
     } catch {
       /* next */
     }

@@ -182,7 +182,7 @@ test('a 1.7 or later follower is held up to a day, with TCP keepalive on its con
   await f.until('p1\'s poll held', async () => srv.channelWatch.held() === 1);
   // The server's end of the held poll probes after 60 s idle (Linux: ss shows its keepalive timer).
   const server = new URL(f.url);
-  const timers = execFileSync('ss', ['-tnoH', 'state', 'established', 'src', `${server.hostname}:${server.port}`]).toString();
+  const timers = execFileSync('ss', ['-tnoH', 'state', 'established', 'src', `${server.hostname}:${server.port}`], { timeout: 60_000 }).toString();
   t.regex(timers, /timer:\(keepalive,/, `the held poll's connection has keepalive on:\n${timers}`);
   skew = 11 * 60_000; // 11 minutes on: p0 has not polled since, p1's poll is still held
   const started = await post(f.url, '/v1/rollouts', { channel: 'stable', release: f.b.id, waves: '100%', maxFailures: '1' });
@@ -211,7 +211,7 @@ test('an agent\'s request to the server has TCP keepalive after 60 s idle on its
   const answer = access.request('GET', '/v1/channels/stable');
   await held;
   // While the request is held (Node's keep-alive agent would probe after 1 s: its keepAliveMsecs default).
-  const line = execFileSync('ss', ['-tnoH', 'state', 'established', 'dst', `127.0.0.1:${port}`]).toString();
+  const line = execFileSync('ss', ['-tnoH', 'state', 'established', 'dst', `127.0.0.1:${port}`], { timeout: 60_000 }).toString();
   const m = /timer:\(keepalive,(\d+)sec/.exec(line);
   t.truthy(m, `a keepalive timer on the agent's end:\n${line}`);
   t.true(Number(m![1]) <= TCP_KEEPALIVE_MS / 1000 && Number(m![1]) >= TCP_KEEPALIVE_MS / 1000 - 5, line);

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from './helpers/sync';
 import * as path from 'node:path';
 import { loadNativeAddon } from '../src/util/native-addon';
 

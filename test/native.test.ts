@@ -1,5 +1,6 @@
 import test from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { spawnSync } from './helpers/sync';
 import { randomInt } from 'node:crypto';
 import * as path from 'node:path';
 import { loadNativeAddon, nativeAddonError } from '../src/transport/binding';

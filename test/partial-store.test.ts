@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { signManifest } from '../src/release/manifest';
 import { PartialStore, readPersistedBitmap } from '../src/storage/partial-store';
 import { getBit } from '../src/wire/packet';
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from './helpers/sync';
 import { rootTest } from './helpers/netns';
 import { SPOOL_AFTER_MS, UnitSpool } from '../src/storage/spool';
 import { BufferPool } from '../src/util/buffer-pool';

@@ -1,5 +1,6 @@
 import test from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { spawnSync } from './helpers/sync';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';

@@ -1,4 +1,5 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { spawnSync } from './sync';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -54,6 +55,15 @@ const SIGRTMIN = 34;
 const POWEROFF = SIGRTMIN + 4;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Whether `p` settles within `ms`; the timer is cleared either way, so it keeps no worker alive. */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 function alive(pid: number): boolean {
   try {
@@ -86,7 +96,10 @@ export async function bootContainer(t: ExecutionContext, opts: BootOptions = {})
     ...(opts.bindRo ?? []).map((p) => `--bind-ro=${p}`),
     ...(opts.bind ?? []).map((p) => `--bind=${p}`),
     ...(opts.extra ?? []),
-    '-b', '--', 'systemd.firstboot=off',
+    // systemd-networkd-wait-online waits 2 minutes for a link to come up, and the container's
+    // only link is lo: boot would not finish until it gives up (systemd reads its arguments
+    // in a container as the kernel command line: systemd.mask=, kernel-command-line(7)).
+    '-b', '--', 'systemd.firstboot=off', 'systemd.mask=systemd-networkd-wait-online.service',
   ];
   const nspawn = spawn('systemd-nspawn', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -106,12 +119,12 @@ export async function bootContainer(t: ExecutionContext, opts: BootOptions = {})
       } catch {
         /* gone */
       }
-      const done = await Promise.race([exited.then(() => true), sleep(60_000).then(() => false)]);
+      const done = await within(exited, 60_000);
       // A container that does not power off is killed through its init: SIGKILL to a
       // PID namespace's init ends every process in it.
       if (!done && alive(init)) process.kill(init, 'SIGKILL');
     }
-    const done = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
+    const done = await within(exited, 10_000);
     if (!done && nspawn.exitCode === null) nspawn.kill('SIGKILL');
   });
 

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from './sync';
 import { randomBytes } from 'node:crypto';
 import test, { ExecutionContext } from 'ava';
 import { run, RunResult } from './run';

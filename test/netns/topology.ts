@@ -1,4 +1,5 @@
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
+import { spawnSync } from '../helpers/sync';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 
