@@ -8,6 +8,7 @@ import { signBatch, StreamBatch } from '../src/release/stream-manifest';
 import { StreamPublisher } from '../src/release/stream-publish';
 import type { StreamAgent } from '../src/agent/stream-agent';
 import { BatchPacket, encodeBatchPacket } from '../src/wire/stream-packet';
+import { sealControl } from '../src/wire/auth';
 import { BatchFollower, FollowerHost, LAN_BATCH_VERIFIES_PER_S } from '../src/agent/stream-follow';
 import { silentLogger } from '../src/util/log';
 
@@ -38,39 +39,56 @@ async function started(t: ExecutionContext, name: string, bytes: number, ids: st
 
 test('4 agents of one LAN group take each batch over the WAN about once, not 4 times; forged BATCH packets are refused and change nothing', async (t) => {
   const { s, source, pub, ids, agents, runs } = await started(t, 'cam', 3_000_000, ['a', 'b', 'c', 'd']);
-  // A LAN attacker who sees the batches (not the key): sends the next batch signed by its own key,
-  // and junk, as sender 1 (smaller than any agent's id, so a batch it could pass off would make the agents stop polling).
+  // Two LAN attackers, as sender 1 (smaller than any agent's id, so a packet taken as a relay
+  // would make the agents stop polling). An outsider sees the batches but not the group key:
+  // it sends the newest batch again, the next batch signed by its own key, and junk; none has
+  // a MAC that verifies. An insider holds the group key (a lying member): it sends the same
+  // forged next batch and junk with a good MAC, which only the publisher's signature refuses.
   const other = generateKeyPairSync('ed25519').privateKey;
   const sock = dgram.createSocket({ type: 'udp4' });
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   sock.setMulticastInterface('127.0.0.1');
   t.teardown(() => sock.close());
-  let forged = 0;
-  const forge = (last: StreamBatch) => {
+  let seq = BigInt(Date.now()) * 1000n;
+  const sent = { outsider: 0, insider: 0 };
+  const send = (p: Uint8Array) => sock.send(p, s.multicast.port, s.multicast.address);
+  const forge = (last: StreamBatch, key: Buffer | null) => {
     const next = last.batch + 1;
     const body = { ...last, batch: next, first: last.first + last.count, offset: last.offset + (last.count - 1) * last.unitSize + last.lastLength, count: 1, units: ['f'.repeat(64)], lastLength: 100, prev: last.hash, final: undefined };
     const { hash: _h, raw: _r, ...b } = body;
     const files = [signBatch(JSON.parse(JSON.stringify(b)), other).raw, Buffer.from('{"fleetcast":"stream-batch","v":1}'), randomBytes(200)];
+    const rid = Buffer.from(last.id, 'hex');
+    send(encodeBatchPacket({ sender: 1, releaseId: rid, batch: last.batch, file: last.raw }));
+    sent.outsider++;
     for (const file of files) {
-      sock.send(encodeBatchPacket({ sender: 1, releaseId: Buffer.from(last.id, 'hex'), batch: next, file }), s.multicast.port, s.multicast.address);
-      forged++;
+      send(encodeBatchPacket({ sender: 1, releaseId: rid, batch: next, file }));
+      sent.outsider++;
+      if (!key) continue;
+      send(sealControl(encodeBatchPacket({ sender: 1, releaseId: rid, batch: next, file }), key, ++seq));
+      sent.insider++;
     }
   };
   await feed(pub, source.subarray(10_000), 10_000, () => {
     const d = agents[0].delivery;
-    if (d) forge(d.lastBatch);
+    if (d) forge(d.lastBatch, agents[0].core.peers.groupKey);
   });
   await Promise.all(runs);
   await sinksEqual(t, s.dir, ids, source);
   const batches = agents[0].delivery.lastBatch.batch + 1;
   const fromServer = sum(agents, 'fromServer');
   const fromLan = sum(agents, 'fromLan');
-  t.log(`${batches} batches; from the server ${fromServer} (per agent ${agents.map((a) => a.follower.counts.fromServer).join(', ')}), from the LAN ${fromLan}, relayed ${sum(agents, 'relayed')}, fallbacks ${sum(agents, 'fallbacks')}, forged packets ${forged}, refused ${sum(agents, 'refused')}`);
+  const badMac = agents.map((a) => a.core.stats.drops['bad-mac'] ?? 0);
+  t.log(
+    `${batches} batches; from the server ${fromServer} (per agent ${agents.map((a) => a.follower.counts.fromServer).join(', ')}), from the LAN ${fromLan}, relayed ${sum(agents, 'relayed')}, fallbacks ${sum(agents, 'fallbacks')}; ` +
+      `forged packets: outsider ${sent.outsider} (dropped for their MAC, per agent: ${badMac.join(', ')}), insider ${sent.insider} (refused ${sum(agents, 'refused')})`,
+  );
   // Polling each, the four took 4 x batches. Allowed: a first answer per agent, the batches before
   // the others heard the relay, and a fetch per fallback.
   t.true(fromServer <= 1.5 * batches + 12, `batches from the server ${fromServer} <= 1.5 x ${batches} + 12 (4 x ${batches} when each agent polls)`);
   t.true(fromLan >= batches, `the others took batches from the LAN: ${fromLan} >= ${batches}`);
-  t.true(sum(agents, 'refused') > 0, 'forged batches were refused');
+  t.true(sent.insider > 0 && sum(agents, 'refused') > 0, "the insider's forged batches were refused");
+  t.true(badMac.every((n) => n > 0), "every agent dropped the outsider's packets for their MAC");
+  t.true(badMac.every((n) => n <= sent.outsider), 'no packet of ours was dropped for its MAC');
   t.is(agents.filter((a) => !a.follower.passive).length >= 1, true, 'one member still polled at the end');
 });
 

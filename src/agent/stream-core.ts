@@ -1,5 +1,5 @@
 import { DATA_HEADER_BYTES, getBit, PacketType, peekSender, setBit } from '../wire/packet';
-import { BATCH_HEADER_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../wire/stream-packet';
+import { BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../wire/stream-packet';
 import type { Endpoint } from '../transport/transport';
 import type { StreamBatchBody } from '../release/stream-manifest';
 import { streamUnitLength } from '../release/stream-manifest';
@@ -84,17 +84,21 @@ export class StreamCore extends LanCore {
     // Batches go on the LAN only: a gateway's unicast port takes copies, never batches.
     if (via) return this.drop('batch-unicast');
     if (!Buffer.from(r.packet.releaseId).equals(this.window.idBytes)) return this.drop('other-release');
+    // Under the group key, as NACK and ANNOUNCE: a sender outside the group cannot make members passive.
+    const bad = this.peers.admitBatch(r.packet.sender, r.packet.auth!);
+    if (bad) return this.drop(bad);
     this.onBatchPacket?.(r.packet, now);
   }
 
   /**
    * Multicast a batch file on the LAN (one copy; stream-follow.ts sends the second), when it
-   * fits a datagram no larger than this member's DATA packets (so no IP fragmentation);
-   * false when it does not. Ahead of queued repairs, which can be many under loss.
+   * fits a datagram no larger than this member's DATA packets (so no IP fragmentation) and
+   * the group key is known (peers drop a BATCH packet without its MAC); false when not.
+   * Ahead of queued repairs, which can be many under loss.
    */
   relayBatch(batch: number, file: Uint8Array): boolean {
-    if (BATCH_HEADER_BYTES + file.length > this.fb + DATA_HEADER_BYTES) return false;
-    this.send.queueControl(encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, file }), true);
+    if (!this.peers.groupKey || BATCH_OVERHEAD_BYTES + file.length > this.fb + DATA_HEADER_BYTES) return false;
+    this.send.queueControl(this.seal(encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, file })), true);
     return true;
   }
 

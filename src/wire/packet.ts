@@ -353,7 +353,7 @@ export function decodePacket(buf: Uint8Array): DecodeResult {
   }
 }
 
-function trailer(buf: Uint8Array, view: DataView): ControlAuth {
+export function trailer(buf: Uint8Array, view: DataView): ControlAuth {
   const macAt = buf.length - AUTH_MAC_BYTES;
   return { signed: buf.subarray(0, macAt), seq: view.getBigUint64(macAt - AUTH_SEQ_BYTES), mac: buf.subarray(macAt) };
 }

@@ -26,6 +26,8 @@ import { parseStreamPosition } from '../../src/agent/stream-disk';
 import { StreamAllocation } from '../../src/server/stream-alloc';
 import { BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../../src/wire/stream-packet';
 import { BatchFollower, FollowerHost } from '../../src/agent/stream-follow';
+import { PeerTable } from '../../src/agent/core/peers';
+import { sealControl } from '../../src/wire/auth';
 import { silentLogger } from '../../src/util/log';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
 
@@ -203,17 +205,26 @@ const streamBatch: Target = {
 /** BATCH packets (docs/protocol.md, "Batches on the LAN"): the codec, then a batch follower that holds batch 0 takes them. */
 const batch1 = signBatch({ ...batchBody, batch: 1, first: 2, offset: 4196, count: 1, units: [hex('d')], prev: batchSeed.hash }, keys.privateKey);
 const streamRid = Buffer.from(batchBody.id, 'hex');
+const batchKey = Buffer.alloc(32, 7);
 const batchPacket: Target = {
   name: 'batch-packet',
   seeds: [
-    encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 1, file: batch1.raw }),
-    encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 0, file: batchSeed.raw }),
+    sealControl(encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 1, file: batch1.raw }), batchKey, 5n),
+    sealControl(encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 0, file: batchSeed.raw }), batchKey, 6n),
     encodeBatchPacket({ sender: 9, releaseId: streamRid, batch: 7, file: batch1.raw }),
   ],
   run(input) {
     const r = decodeBatchPacket(input);
     if (!r.ok) return;
-    if (Buffer.compare(Buffer.from(encodeBatchPacket(r.packet)), Buffer.from(input)) !== 0) throw new Error('accepted BATCH packet does not round-trip');
+    const again = encodeBatchPacket(r.packet);
+    again.set(input.subarray(input.length - AUTH_TRAILER_BYTES), again.length - AUTH_TRAILER_BYTES);
+    if (Buffer.compare(Buffer.from(again), Buffer.from(input)) !== 0) throw new Error('accepted BATCH packet does not round-trip');
+    // The MAC (its trailer): taken exactly when it is the group key's over the bytes before it.
+    const peers = new PeerTable();
+    peers.groupKey = batchKey;
+    const macOk = Buffer.from(sealControl(Uint8Array.from(input), batchKey, r.packet.auth!.seq)).equals(Buffer.from(input));
+    if ((peers.admitBatch(r.packet.sender, r.packet.auth!) === null) !== macOk) throw new Error(`a BATCH packet whose MAC is ${macOk ? 'good' : 'bad'} was ${macOk ? 'dropped' : 'taken'}`);
+    // The follower behind that check, fed every decoded packet (so that mutated batches reach it).
     let last = batchSeed;
     const core = { onBatchPacket: null as null | ((p: BatchPacket, now: number) => void), window: { unitCount: 2 }, relayBatch: () => false };
     const host = { http: null, core, trusted: [keys.publicKey], log: silentLogger, last: () => last, take: (b: StreamBatch) => (checkChain(last, b), (last = b)), finished: () => false, kick: () => undefined } as unknown as FollowerHost;

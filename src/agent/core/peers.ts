@@ -1,5 +1,5 @@
 import { verifyControl } from '../../wire/auth';
-import type { Packet } from '../../wire/packet';
+import type { ControlAuth, Packet } from '../../wire/packet';
 import { PacketType } from '../../wire/packet';
 import { AGENT_DEFAULTS } from './defaults';
 
@@ -25,8 +25,24 @@ export class PeerTable {
    * NACKs replay).
    */
   private readonly replay = new Map<number, bigint>();
+  /**
+   * The same for BATCH packets (streams), apart: a member sends its BATCH packets ahead of
+   * the control packets it queued earlier, so in one sequence they would read as replays.
+   */
+  private readonly batchReplay = new Map<number, bigint>();
   /** This release's group key, from the server (join/heartbeat answers). */
   groupKey: Buffer | null = null;
+
+  /** Null when a BATCH packet's trailer is good (and not a replay), else the reason to drop it. */
+  admitBatch(sender: number, auth: ControlAuth): string | null {
+    if (!this.groupKey) return 'no-key';
+    if (!verifyControl(auth, this.groupKey)) return 'bad-mac';
+    const last = this.batchReplay.get(sender);
+    if (last !== undefined && auth.seq <= last) return 'replayed';
+    if (last === undefined && this.batchReplay.size >= AGENT_DEFAULTS.maxPeers) return 'too-many-peers';
+    this.batchReplay.set(sender, auth.seq);
+    return null;
+  }
 
   /** The sender's record when the packet may be acted on, else the reason to drop it. */
   admit(p: Packet, now: number): Peer | string {
