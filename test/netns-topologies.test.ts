@@ -4,6 +4,13 @@ import { netFleet, MCAST_PORT } from './netns/fleet';
 import { lan, sites } from './netns/topology';
 
 const MIB = 1024 * 1024;
+/**
+ * One fleet at a time: three of them at once (24 agent processes and three servers on 2
+ * cores, beside the other test files) tripped the wide-area test's bytes bound twice in
+ * three CI passes, by the stall path (a group waited 15 s on a holder's units and asked
+ * the server), which says more about the box than about the protocol.
+ */
+const serial = { serial: true };
 
 namespaceTest('sites: 2 sites x 3 agents, 50 Mbit/s WAN, 2% loss, 16 MiB: all verify, <= 1.05x per group, LAN rate held', async (t) => {
   const topo = sites(2, 3, 50);
@@ -34,7 +41,7 @@ namespaceTest('sites: 2 sites x 3 agents, 50 Mbit/s WAN, 2% loss, 16 MiB: all ve
   }
   const reps = await Promise.all(agents.map((a) => a.report()));
   t.true(reps.some((r) => Number(r.nacksSent) > 0), 'the 2% loss was repaired with NACKs');
-});
+}, serial);
 
 namespaceTest('lan: one agent joins late and one is killed mid-transfer and restarted: all verify', async (t) => {
   const topo = lan(4);
@@ -65,7 +72,7 @@ namespaceTest('lan: one agent joins late and one is killed mid-transfer and rest
   t.true(Number(rep.unitsResumed) > 0, 'the restarted agent resumed from its bitmap');
   const stats = await f.serverStats();
   t.true(stats.unitBytesSent <= 1.1 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size}`);
-});
+}, serial);
 
 namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1% loss, 32 MiB: all verify, <= 1.05x from the server for the whole group', async (t) => {
   const topo = sites(3, 3, 50, { interSite: true });
@@ -91,4 +98,4 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
     const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number }[]) ?? [];
     t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested)`).join(', ')}`);
   }
-});
+}, serial);

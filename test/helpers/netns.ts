@@ -16,13 +16,13 @@ export function namespaceUnsupported(): string | null {
   return null;
 }
 
-export function namespaceTest(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
-  rootTest(title, fn, namespaceUnsupported());
+export function namespaceTest(title: string, fn: (t: ExecutionContext) => Promise<void>, opts: { serial?: boolean } = {}): void {
+  rootTest(title, fn, namespaceUnsupported(), opts.serial);
 }
 
 /** A test that needs root for something (mounts, namespaces): skipped without, failed under CI. */
-export function rootTest(title: string, fn: (t: ExecutionContext) => Promise<void>, why: string | null = process.getuid?.() !== 0 ? 'needs root' : null): void {
-  if (!why) test(title, fn);
+export function rootTest(title: string, fn: (t: ExecutionContext) => Promise<void>, why: string | null = process.getuid?.() !== 0 ? 'needs root' : null, serial = false): void {
+  if (!why) (serial ? test.serial : test)(title, fn);
   else if (process.env.CI === 'true') test(`${title} (cannot run: ${why})`, (t) => t.fail(`namespace tests must run under CI: ${why}`));
   else test.skip(`${title} (skipped: ${why})`, () => {});
 }
