@@ -59,6 +59,9 @@ export interface AgentStats extends CoreStats {
   originBytes: number;
   /** Origin requests that failed (error, stall, bad range or bytes): the unit came from the server instead. */
   originFailures: number;
+  /** Times a download in flight paused for the copy backlog (LAN or cross-group), and the milliseconds it spent so. */
+  downloadPauses: number;
+  downloadPausedMs: number;
   seconds: number;
   /** When the verified file was in place (ms since the epoch); 0 until then. */
   completedAtMs: number;
@@ -72,5 +75,5 @@ export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'c
 
 export function zeroCounters(): AgentCounters {
   const { drops: _drops, ...core } = emptyStats();
-  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0, originBytes: 0, originFailures: 0 };
+  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0, originBytes: 0, originFailures: 0, downloadPauses: 0, downloadPausedMs: 0 };
 }

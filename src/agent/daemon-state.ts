@@ -241,6 +241,8 @@ export abstract class DaemonState {
     ]);
     r.counter('origin_bytes_total', 'Of the WAN bytes, those from an HTTP range origin instead of the server (docs/scale-out.md)', [[{}, t.originBytes]]);
     r.counter('origin_failures_total', 'Origin requests that failed (error, stall, wrong range or bytes); those units came from the server', [[{}, t.originFailures]]);
+    r.counter('download_pauses_total', 'Times a download in flight paused because copies of its bytes waited to be sent (LAN or to other groups)', [[{}, t.downloadPauses]]);
+    r.counter('download_paused_seconds_total', 'Seconds downloads in flight spent so paused, summed over the downloads (several run at once)', [[{}, t.downloadPausedMs / 1000]]);
     r.counter('duplicate_bytes_total', 'LAN payload bytes received that we already had', [[{}, t.lanDuplicateBytes]]);
     r.counter('sent_bytes_total', 'Payload bytes sent, by kind (copy and repair on the LAN, cross_group by unicast to other groups)', [
       [{ kind: 'copy' }, t.copyBytesSent],

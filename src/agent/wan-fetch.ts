@@ -293,8 +293,10 @@ export class WanFetch {
       const ms = Math.floor(this.wanNext - now);
       if (ms > 0) return sleep(ms, this.c.signal);
     }
-    if (this.c.core.backlogged) return new Promise<void>((resolve) => this.copyWaiters.push(resolve));
-    return undefined;
+    if (!this.c.core.backlogged) return undefined;
+    const since = Date.now();
+    this.c.stats.downloadPauses++;
+    return new Promise<void>((resolve) => this.copyWaiters.push(resolve)).then(() => void (this.c.stats.downloadPausedMs += Date.now() - since));
   }
 
   private async sendReceipt(unit: number): Promise<void> {
