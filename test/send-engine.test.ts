@@ -84,3 +84,27 @@ test('send engine: datagrams the transport refused are not overwritten while the
   t.deepEqual(r.bad, []);
   t.is(r.sent, 400 * 16);
 });
+
+test('send engine: BATCH packets go ahead of repairs and NACKs, in the order they were queued (their sequence numbers)', (t) => {
+  const e = engine(false);
+  const rid = RELEASE;
+  const ctl = (type: number, tag: number) => {
+    const p = new Uint8Array(64);
+    p.set([0x46, 0x43, 1, type]);
+    p.set(rid, 12);
+    p[63] = tag;
+    return p;
+  };
+  e.queueLan(0, 0, 1, new Uint8Array(FB).fill(1), true); // a repair, queued first
+  e.queueControl(ctl(PacketType.NACK, 1));
+  e.queueControl(ctl(PacketType.BATCH, 2), true);
+  e.queueControl(ctl(PacketType.BATCH, 3), true);
+  e.queueControl(ctl(PacketType.NACK, 4));
+  e.queueControl(ctl(PacketType.BATCH, 5), true);
+  const out: string[] = [];
+  for (let now = 1, tx = e.pollTransmit(now); tx; tx = e.pollTransmit(++now)) {
+    for (const d of tx.datagrams) out.push(d[3] === PacketType.DATA ? 'repair' : `${d[3] === PacketType.BATCH ? 'batch' : 'nack'} ${d[63]}`);
+    e.transmitted(tx, tx.datagrams.length, now);
+  }
+  t.deepEqual(out, ['batch 2', 'batch 3', 'batch 5', 'repair', 'nack 1', 'nack 4']);
+});

@@ -1,4 +1,4 @@
-import { bitmapBytes, clearBit, DATA_HEADER_BYTES, isOwnCopy, peekOwnData, writeDataHeader } from '../../wire/packet';
+import { bitmapBytes, clearBit, DATA_HEADER_BYTES, isOwnCopy, PacketType, peekOwnData, writeDataHeader } from '../../wire/packet';
 import { CrossPaths } from '../cross-paths';
 import { TokenBucket } from '../token-bucket';
 import { AGENT_DEFAULTS } from './defaults';
@@ -173,10 +173,17 @@ export class SendEngine {
     if (!repair) countUp(this.copying, unit);
   }
 
-  /** A control packet (NACK, ANNOUNCE) for the LAN: ahead of copies; `first`: ahead of repairs too (a stream's BATCH). */
+  /**
+   * A control packet (NACK, ANNOUNCE) for the LAN: ahead of copies; `first`: ahead of repairs
+   * too (a stream's BATCH), but behind the BATCH packets queued so before it, so that they
+   * leave in the order of their sequence numbers (a receiver drops one numbered below the
+   * last it took from us).
+   */
   queueControl(packet: Uint8Array, first = false): void {
-    if (first) this.repairQueue.unshift(packet);
-    else this.repairQueue.push(packet);
+    if (!first) return void this.repairQueue.push(packet);
+    let i = 0;
+    while (i < this.repairQueue.length && this.repairQueue[i][3] === PacketType.BATCH) i++;
+    this.repairQueue.splice(i, 0, packet);
   }
 
   /** A control packet by unicast, unpaced. */
