@@ -18,7 +18,11 @@ async function post(url: string, path: string, body: unknown): Promise<{ status:
 const SITES = 12;
 
 async function fleetOfSites(t: Parameters<typeof startFleet>[0], copyTree: boolean, degree?: number) {
-  const f = await startFleet(t, { size: 64 * 4096, unitSize: 4096, server: { policy: 'wide' }, ...(degree !== undefined ? { allocator: { copyTreeDegree: degree } } : {}) });
+  // The members join once and (but one) never beat: they must not time out while a busy
+  // machine takes its seconds over the 24 joins and the test's requests (the fleet's
+  // default is 2 s, and a CI run saw two sites drop out of copyTo so).
+  const allocator = { memberTimeoutMs: 600_000, ...(degree !== undefined ? { copyTreeDegree: degree } : {}) };
+  const f = await startFleet(t, { size: 64 * 4096, unitSize: 4096, server: { policy: 'wide' }, allocator });
   const ref = (site: number, i: number) => ({ release: f.manifest.id, group: `site${String(site).padStart(2, '0')}`, member: `s${site}m${i}`, wideGroup: 'w', address: `10.0.${site}.${i + 1}`, dataPort: 40000 + i });
   for (let s = 0; s < SITES; s++) for (let i = 0; i < 2; i++) t.is((await post(f.url, '/v1/join', { ...ref(s, i), mapVersion: 0, ...(copyTree ? { copyTree: true } : {}) })).status, 200);
   return { f, ref };
