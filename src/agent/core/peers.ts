@@ -35,25 +35,15 @@ export class PeerTable {
 
   /** Null when a BATCH packet's trailer is good (and not a replay), else the reason to drop it. */
   admitBatch(sender: number, auth: ControlAuth): string | null {
-    if (!this.groupKey) return 'no-key';
-    if (!verifyControl(auth, this.groupKey)) return 'bad-mac';
-    const last = this.batchReplay.get(sender);
-    if (last !== undefined && auth.seq <= last) return 'replayed';
-    if (last === undefined && this.batchReplay.size >= AGENT_DEFAULTS.maxPeers) return 'too-many-peers';
-    this.batchReplay.set(sender, auth.seq);
-    return null;
+    return this.authentic(this.batchReplay, sender, auth);
   }
 
   /** The sender's record when the packet may be acted on, else the reason to drop it. */
   admit(p: Packet, now: number): Peer | string {
     let peer = this.peers.get(p.sender);
     if (p.type !== PacketType.DATA) {
-      if (!this.groupKey) return 'no-key';
-      if (!verifyControl(p.auth!, this.groupKey)) return 'bad-mac';
-      const last = this.replay.get(p.sender);
-      if (last !== undefined && p.auth!.seq <= last) return 'replayed';
-      if (last === undefined && this.replay.size >= AGENT_DEFAULTS.maxPeers) return 'too-many-peers';
-      this.replay.set(p.sender, p.auth!.seq);
+      const bad = this.authentic(this.replay, p.sender, p.auth!);
+      if (bad) return bad;
       if (!peer) {
         peer = { lastSeen: now, complete: false };
         this.peers.set(p.sender, peer);
@@ -65,6 +55,20 @@ export class PeerTable {
     if (!peer) return 'unknown-sender';
     peer.lastSeen = now;
     return peer;
+  }
+
+  /**
+   * Null when `auth` is the group key's MAC and its sequence number is above the last one
+   * `replay` took from `sender` (then it is recorded), else the reason to drop the packet.
+   */
+  private authentic(replay: Map<number, bigint>, sender: number, auth: ControlAuth): string | null {
+    if (!this.groupKey) return 'no-key';
+    if (!verifyControl(auth, this.groupKey)) return 'bad-mac';
+    const last = replay.get(sender);
+    if (last !== undefined && auth.seq <= last) return 'replayed';
+    if (last === undefined && replay.size >= AGENT_DEFAULTS.maxPeers) return 'too-many-peers';
+    replay.set(sender, auth.seq);
+    return null;
   }
 
   /** Forget peers gone quiet: sender ids are cheap to invent, so the map must not grow forever. */
