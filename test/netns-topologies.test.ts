@@ -74,6 +74,9 @@ namespaceTest('lan: one agent joins late and one is killed mid-transfer and rest
   t.true(stats.unitBytesSent <= 1.1 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size}`);
 }, serial);
 
+/** What held an agent's downloads for the copy backlog: in flight (the longest too), and before a new lease. */
+const holds = (r: Record<string, unknown>) => `downloads paused ${r.downloadPauses} times, ${r.downloadPausedMs} ms, longest ${r.downloadPauseMaxMs} ms; leases held ${r.leaseHolds} times, ${r.leaseHeldMs} ms`;
+
 namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1% loss, 32 MiB: all verify, <= 1.05x from the server for the whole group', async (t) => {
   const topo = sites(3, 3, 50, { interSite: true });
   t.teardown(() => topo.destroy());
@@ -89,13 +92,13 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   // (An agent warns of a stall with what it knew of each missing unit: its holder, its forwarded NACKs, its data.)
   const reps = await Promise.all(agents.map((a) => a.report()));
   // Every line: the agents log at warn, so each is a warning or an error (a run that failed so also counted one bad request).
-  const why = () => agents.map((a, i) => `${a.id}: ${a.stderr().split('\n').filter((l) => l.trim()).slice(-6).join(' | ')} drops ${JSON.stringify(reps[i].drops)}; downloads paused ${reps[i].downloadPauses} times, ${reps[i].downloadPausedMs} ms`).join('\n');
+  const why = () => agents.map((a, i) => `${a.id}: ${a.stderr().split('\n').filter((l) => l.trim()).slice(-6).join(' | ')} drops ${JSON.stringify(reps[i].drops)}; ${holds(reps[i])}`).join('\n');
   t.true(stats.unitBytesSent <= 1.05 * f.manifest.size, `server sent ${stats.unitBytesSent} for ${f.manifest.size} (${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x) to 3 sites; ${JSON.stringify(stats)}\n${why()}`);
   const cross = reps.reduce((s, r) => s + Number(r.crossGroupBytesSent), 0);
   t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
   t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release; re-sends ${JSON.stringify((stats as { resent?: unknown }).resent)}`);
   for (const r of reps) {
     const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number }[]) ?? [];
-    t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; downloads paused ${r.downloadPauses} times, ${r.downloadPausedMs} ms; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested)`).join(', ')}`);
+    t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; ${holds(r)}; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested)`).join(', ')}`);
   }
 }, serial);

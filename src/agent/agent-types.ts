@@ -59,9 +59,13 @@ export interface AgentStats extends CoreStats {
   originBytes: number;
   /** Origin requests that failed (error, stall, bad range or bytes): the unit came from the server instead. */
   originFailures: number;
-  /** Times a download in flight paused for the copy backlog (LAN or cross-group), and the milliseconds it spent so. */
+  /** Times a download in flight paused for the copy backlog (LAN or cross-group), the milliseconds it spent so, and the longest pause. */
   downloadPauses: number;
   downloadPausedMs: number;
+  downloadPauseMaxMs: number;
+  /** Times a fetch worker waited for the copy backlog before asking for a new lease, and the milliseconds it spent so. */
+  leaseHolds: number;
+  leaseHeldMs: number;
   seconds: number;
   /** When the verified file was in place (ms since the epoch); 0 until then. */
   completedAtMs: number;
@@ -71,9 +75,9 @@ export interface AgentStats extends CoreStats {
 }
 
 /** The counters of AgentStats (what a daemon sums across releases). */
-export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'crossPaths'>;
+export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'crossPaths' | 'downloadPauseMaxMs'>;
 
 export function zeroCounters(): AgentCounters {
   const { drops: _drops, ...core } = emptyStats();
-  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0, originBytes: 0, originFailures: 0, downloadPauses: 0, downloadPausedMs: 0 };
+  return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0, originBytes: 0, originFailures: 0, downloadPauses: 0, downloadPausedMs: 0, leaseHolds: 0, leaseHeldMs: 0 };
 }

@@ -64,7 +64,7 @@ export class Agent {
     this.log = opts.logger ?? silentLogger;
     this.random = opts.random ?? Math.random;
     this.rate = opts.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
-    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
+    this.stats = { member: '', ...zeroCounters(), downloadPauseMaxMs: 0, drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
     this.completed = new Promise((resolve, reject) => (this.completion = { resolve, reject }));
     this.completed.catch(() => undefined);
   }

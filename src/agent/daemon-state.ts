@@ -243,6 +243,8 @@ export abstract class DaemonState {
     r.counter('origin_failures_total', 'Origin requests that failed (error, stall, wrong range or bytes); those units came from the server', [[{}, t.originFailures]]);
     r.counter('download_pauses_total', 'Times a download in flight paused because copies of its bytes waited to be sent (LAN or to other groups)', [[{}, t.downloadPauses]]);
     r.counter('download_paused_seconds_total', 'Seconds downloads in flight spent so paused, summed over the downloads (several run at once)', [[{}, t.downloadPausedMs / 1000]]);
+    r.counter('lease_holds_total', 'Times a fetch worker waited for copies to other groups to drain before asking for a new lease', [[{}, t.leaseHolds]]);
+    r.counter('lease_held_seconds_total', 'Seconds fetch workers spent so waiting, summed over the workers', [[{}, t.leaseHeldMs / 1000]]);
     r.counter('duplicate_bytes_total', 'LAN payload bytes received that we already had', [[{}, t.lanDuplicateBytes]]);
     r.counter('sent_bytes_total', 'Payload bytes sent, by kind (copy and repair on the LAN, cross_group by unicast to other groups)', [
       [{ kind: 'copy' }, t.copyBytesSent],

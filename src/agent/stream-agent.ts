@@ -83,7 +83,7 @@ export class StreamAgent {
 
   constructor(private readonly opts: StreamAgentOptions) {
     this.log = opts.logger ?? silentLogger;
-    this.stats = { member: '', ...zeroCounters(), drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
+    this.stats = { member: '', ...zeroCounters(), downloadPauseMaxMs: 0, drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
     this.finished = new Promise((resolve, reject) => (this.done = { resolve, reject }));
     this.finished.catch(() => undefined);
   }

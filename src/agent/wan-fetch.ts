@@ -51,7 +51,8 @@ export class WanFetch {
   /** One lease request at a time, shared by the fetch workers. */
   private leaseRequest: Promise<LeaseResponse> | null = null;
   private wakers: (() => void)[] = [];
-  private copyWaiters: (() => void)[] = [];
+  /** Workers held for the copy backlog: before a new download (inFlight false) or in one. */
+  private copyWaiters: { inFlight: boolean; go: () => void }[] = [];
   /** --wan-rate (testing): paces our own downloads. Debt-based: take says how long to sleep to stay at the rate. */
   private wanNext = 0;
   /** Leased units whose bytes an HTTP range origin serves (the lease named it), and origins failing lately. */
@@ -74,7 +75,28 @@ export class WanFetch {
 
   /** Downloads paused for the copy backlog may go on once it drained (or the agent closes). */
   resume(force = false): void {
-    if (this.copyWaiters.length && (force || this.c.core.drained)) for (const w of this.copyWaiters.splice(0)) w();
+    if (this.copyWaiters.length) this.release((w) => force || this.c.core.drained(w.inFlight));
+  }
+
+  private release(which: (w: { inFlight: boolean }) => boolean): void {
+    const go = this.copyWaiters.filter(which);
+    this.copyWaiters = this.copyWaiters.filter((w) => !go.includes(w));
+    for (const w of go) w.go();
+  }
+
+  /** Hold until the copy backlog drained (SendEngine.backlogged); counted, with the longest hold. */
+  private hold(inFlight: boolean): Promise<void> {
+    const since = Date.now();
+    const s = this.c.stats;
+    if (inFlight) s.downloadPauses++;
+    else s.leaseHolds++;
+    return new Promise<void>((go) => this.copyWaiters.push({ inFlight, go })).then(() => {
+      const ms = Date.now() - since;
+      if (inFlight) {
+        s.downloadPausedMs += ms;
+        s.downloadPauseMaxMs = Math.max(s.downloadPauseMaxMs, ms);
+      } else s.leaseHeldMs += ms;
+    });
   }
 
   private waitForWake(ms: number): Promise<void> {
@@ -104,6 +126,7 @@ export class WanFetch {
     this.noteOrigin(grant);
     this.c.core.leaseGranted(grant, Date.now(), asked);
     this.c.kick();
+    if (asked && grant.units.length) this.release((w) => !w.inFlight); // a relay our LAN waits for does not wait for the backlog
     return grant;
   }
 
@@ -142,6 +165,11 @@ export class WanFetch {
       if (unit !== undefined) {
         await this.fetchUnit(unit);
         this.wake(); // a lease slot is free again
+        continue;
+      }
+      // A new download waits for the copy backlog (one in flight only for a larger one: chunk).
+      if (this.c.core.backlogged()) {
+        await this.hold(false);
         continue;
       }
       let grant: LeaseResponse;
@@ -293,10 +321,7 @@ export class WanFetch {
       const ms = Math.floor(this.wanNext - now);
       if (ms > 0) return sleep(ms, this.c.signal);
     }
-    if (!this.c.core.backlogged) return undefined;
-    const since = Date.now();
-    this.c.stats.downloadPauses++;
-    return new Promise<void>((resolve) => this.copyWaiters.push(resolve)).then(() => void (this.c.stats.downloadPausedMs += Date.now() - since));
+    return this.c.core.backlogged(true) ? this.hold(true) : undefined;
   }
 
   private async sendReceipt(unit: number): Promise<void> {

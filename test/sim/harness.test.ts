@@ -382,8 +382,8 @@ function scriptedCore(script: { timeoutAt?: () => number | null; events?: CoreEv
     pollEvent: () => events.shift() ?? null,
     has: () => false,
     holdsAll: false,
-    backlogged: false,
-    drained: true,
+    backlogged: () => false,
+    drained: () => true,
   };
   return { core, calls };
 }

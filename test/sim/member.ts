@@ -269,8 +269,8 @@ export class SimMember {
 
   private startFetches(): void {
     // Downloads pause while the core's copy queues are backlogged, until they drain.
-    if (this.core.backlogged) this.paused = true;
-    else if (this.paused && this.core.drained) this.paused = false;
+    if (this.core.backlogged()) this.paused = true;
+    else if (this.paused && this.core.drained()) this.paused = false;
     while (!this.dead && !this.paused && this.fetching < this.opts.fetchConcurrency) {
       const unit = this.core.takeLeased();
       if (unit === undefined) return;

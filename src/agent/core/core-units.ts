@@ -293,7 +293,7 @@ export abstract class CoreUnits {
 
   /** `all-fetched`: the group holds everything now; copy what we fetched while waiting, one unit at a time. */
   protected pumpDeferred(): void {
-    if (!this.lanStart || this.deferredReading || this.send.backlogged) return;
+    if (!this.lanStart || this.deferredReading || this.send.backlogged()) return;
     const unit = this.deferred.shift();
     if (unit === undefined) return;
     this.deferredReading = true;

@@ -144,6 +144,13 @@ export const AGENT_DEFAULTS = {
   datagramArenaBytes: 256 * 1024,
   /** Emptied LAN arenas kept for reuse (native transport only): copyQueueMaxBytes' worth and a little more. */
   datagramArenasFree: 8,
-  /** Cross-group copies queued above which WAN downloads pause (~0.2 s at 10 Mbit/s). */
+  /** Cross-group copies queued above which no new WAN download starts (~0.2 s at 10 Mbit/s). */
   crossQueueMaxBytes: 256 * 1024,
+  /**
+   * ... and above which even a download in flight pauses: the memory bound. Between the
+   * two a started unit is finished, so its LAN peers are not left holding part of it
+   * while a slow cross-site path drains (they drop it after assemblyMaxIdleMs and ask the
+   * server after stallRelayMs). Room for fetchConcurrency 1 MiB units to a few sites.
+   */
+  crossQueueHardMaxBytes: 8 * 1024 * 1024,
 };

@@ -262,11 +262,11 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     return t;
   }
 
-  get backlogged(): boolean {
-    return this.send.backlogged;
+  backlogged(inFlight = false): boolean {
+    return this.send.backlogged(inFlight);
   }
-  get drained(): boolean {
-    return this.send.drained;
+  drained(inFlight = false): boolean {
+    return this.send.drained(inFlight);
   }
   /** Cross-group copies queued past half their cap: downloads paused for them (the heartbeat says so). */
   get crossBusy(): boolean {

@@ -196,15 +196,20 @@ export class SendEngine {
   }
 
   /**
-   * Downloads pause while copies wait: LAN copies beyond copyQueueMaxBytes, or
-   * cross-group copies beyond crossQueueMaxBytes (small: the cross-group pace is slow,
-   * and a long queue there only delays copies until the receiving gateway NACKs them).
+   * Downloads pause while copies wait: LAN copies beyond copyQueueMaxBytes, or cross-group
+   * copies beyond crossQueueMaxBytes (small: the cross-group pace is slow, and a long
+   * queue there only delays copies until the receiving gateway NACKs them). A download
+   * already in flight (`inFlight`) pauses for cross-group copies only past
+   * crossQueueHardMaxBytes: paused mid-unit, its LAN peers would wait on half a unit.
    */
-  get backlogged(): boolean {
-    return this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes || this.cross.copyBytesQueued > AGENT_DEFAULTS.crossQueueMaxBytes;
+  backlogged(inFlight = false): boolean {
+    const cross = inFlight ? AGENT_DEFAULTS.crossQueueHardMaxBytes : AGENT_DEFAULTS.crossQueueMaxBytes;
+    return this.copyQueueBytes > AGENT_DEFAULTS.copyQueueMaxBytes || this.cross.copyBytesQueued > cross;
   }
-  get drained(): boolean {
-    return this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.cross.copyBytesQueued <= AGENT_DEFAULTS.crossQueueMaxBytes / 2;
+  /** Below half of those caps: paused downloads may go on. */
+  drained(inFlight = false): boolean {
+    const cross = inFlight ? AGENT_DEFAULTS.crossQueueHardMaxBytes : AGENT_DEFAULTS.crossQueueMaxBytes;
+    return this.copyQueueBytes <= AGENT_DEFAULTS.copyQueueMaxBytes / 2 && this.cross.copyBytesQueued <= cross / 2;
   }
   get lanQueued(): boolean {
     return this.repairQueue.length > 0 || this.copyQueue.length > 0;

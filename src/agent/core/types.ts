@@ -242,8 +242,8 @@ export interface ProtocolCore {
   has(unit: number): boolean;
   /** Every unit verified and stored. */
   readonly holdsAll: boolean;
-  /** Copies queued beyond what the LAN/cross pace drains soon: pause WAN downloads. */
-  readonly backlogged: boolean;
+  /** Copies queued beyond what the LAN/cross pace drains soon: start no WAN download (`inFlight`: pause one, SendEngine). */
+  backlogged(inFlight?: boolean): boolean;
   /** Backlog drained below half: paused downloads may resume. */
-  readonly drained: boolean;
+  drained(inFlight?: boolean): boolean;
 }
