@@ -60,6 +60,26 @@ test('a download in flight goes on past the soft backlog, holds past the hard on
   t.is(dl.off, 300);
 });
 
+test('a chunk that waits on its disk write still holds for the hard backlog once the write is done', async (t) => {
+  const { level, core } = backlog();
+  const s = stats();
+  const wf = new WanFetch({ core, stats: s, kick: () => undefined } as unknown as WanFetchContext);
+  const chunk = (wf as unknown as { chunk: Chunk }).chunk.bind(wf);
+  let written!: () => void;
+  const dl = { unit: 4, off: 0, push(c: Uint8Array) { this.off += c.length; return new Promise<void>((r) => (written = r)); } };
+  level.hard = level.soft = true;
+  let done = false;
+  void chunk(dl, new Uint8Array(10))!.then(() => (done = true));
+  written();
+  await tick(10);
+  t.false(done, 'written, and held for the backlog');
+  t.is(s.downloadPauses, 1);
+  level.hard = level.soft = false;
+  wf.resume();
+  await tick(0);
+  t.true(done);
+});
+
 /** A WanFetch whose worker loop runs against a stand-in core and server: lease requests are recorded. */
 function workerRig(grant: (body: { want?: number[] }) => { units: number[] }) {
   const { level, core: base } = backlog();

@@ -314,14 +314,16 @@ export class WanFetch {
     this.inFlight.set(dl.unit, dl.off);
     this.c.stats.wanBytes += take;
     this.c.kick();
-    if (disk) return disk;
+    // The backlog is checked after any other wait too: a download whose every chunk waits on the disk or the pace still holds.
+    const backlog = () => (this.c.core.backlogged(true) ? this.hold(true) : undefined);
+    if (disk) return disk.then(backlog);
     if (this.c.wanRateBytesPerSec) {
       const now = Date.now();
       this.wanNext = Math.max(this.wanNext, now) + (take * 1000) / this.c.wanRateBytesPerSec;
       const ms = Math.floor(this.wanNext - now);
-      if (ms > 0) return sleep(ms, this.c.signal);
+      if (ms > 0) return sleep(ms, this.c.signal).then(backlog);
     }
-    return this.c.core.backlogged(true) ? this.hold(true) : undefined;
+    return backlog();
   }
 
   private async sendReceipt(unit: number): Promise<void> {
