@@ -166,7 +166,7 @@ export class StreamDelivery {
         await this.gap(u, end, 'dropped by retention before they arrived');
         continue;
       }
-      const bytes = await this.disk.takeUnit(u);
+      const bytes = await this.disk.readUnit(u);
       await this.sink.write(bytes).catch((err) => {
         throw fromSystemError(err, `writing the sink ${this.o.sink}`);
       });

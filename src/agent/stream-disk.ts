@@ -5,9 +5,6 @@ import { makeDir } from '../storage/make-dir';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { parsePositionText, StreamPosition } from '../wire/stream-position';
 
-/** Bytes of just-written units StreamDisk keeps in memory for the sink (64 units of 64 KiB). */
-export const UNIT_CACHE_BYTES = 4 * 1024 * 1024;
-
 /** A position file's text; BAD_POSITION (exit 65) when it is not one. The batch in it is verified when used. */
 export function parseStreamPosition(raw: string, file: string): StreamPosition {
   const s = parsePositionText(raw);
@@ -30,17 +27,6 @@ export class StreamDisk {
   /** Called when a unit is on disk (stage timing, stream-stages.ts). */
   onHeld: (unit: number) => void = () => undefined;
   private readonly sizes = new Map<number, number>();
-  /**
-   * Units just written, kept in memory too (the lowest numbers, at most UNIT_CACHE_BYTES):
-   * the sink takes them from here instead of reading each back from disk. Every async file
-   * operation is a thread-pool round trip; on the 2-core bench box one costs 75-225 µs of
-   * CPU, and reading a unit back took four (open, fstat, read, close). The disk copy stays
-   * what a restart, a slow sink and most repairs read.
-   */
-  private readonly recent = new Map<number, Buffer>();
-  private recentBytes = 0;
-  /** Units the sink took from memory, and those it read back from disk. */
-  readonly reads = { memory: 0, disk: 0 };
 
   private constructor(readonly dir: string) {
     this.unitsDir = path.join(dir, 'units');
@@ -96,60 +82,28 @@ export class StreamDisk {
   /** The core's storage interface (PartialStore's shape): write a verified unit whole. */
   async writeUnit(unit: number, bytes: Uint8Array, released?: () => void): Promise<void> {
     const p = this.unitPath(unit);
-    // Our own copy: the caller's buffer is free at once (a pooled download or assembly buffer).
-    const copy = Buffer.from(bytes);
-    released?.();
     try {
-      await fs.writeFile(`${p}.tmp`, copy);
+      await fs.writeFile(`${p}.tmp`, bytes);
+      released?.();
       await fs.rename(`${p}.tmp`, p);
     } catch (err) {
+      released?.();
       throw fromSystemError(err, `writing ${p}`);
     }
     if (!this.held.has(unit)) {
       this.held.add(unit);
-      this.sizes.set(unit, copy.length);
-      this.bytesHeld += copy.length;
-      this.remember(unit, copy);
+      this.sizes.set(unit, bytes.length);
+      this.bytesHeld += bytes.length;
       this.onHeld(unit);
     }
   }
 
-  /** Keep a written unit in memory, unless the units kept already fill the cache and are all older. */
-  private remember(unit: number, bytes: Buffer): void {
-    this.recent.set(unit, bytes);
-    this.recentBytes += bytes.length;
-    while (this.recentBytes > UNIT_CACHE_BYTES) {
-      let newest = -1;
-      for (const u of this.recent.keys()) if (u > newest) newest = u;
-      this.forget(newest);
-    }
-  }
-
-  private forget(unit: number): void {
-    const b = this.recent.get(unit);
-    if (!b) return;
-    this.recent.delete(unit);
-    this.recentBytes -= b.length;
-  }
-
   async readUnit(unit: number, into?: Buffer): Promise<Buffer> {
     if (!this.held.has(unit)) throw new Error(`unit ${unit} is not on disk`);
-    const b = this.recent.get(unit) ?? (await fs.readFile(this.unitPath(unit)));
+    const b = await fs.readFile(this.unitPath(unit));
     if (!into || into.length < b.length) return b;
     b.copy(into);
     return into.subarray(0, b.length);
-  }
-
-  /** A unit for the sink: from memory when it is still there (and then no longer kept), else from disk. */
-  async takeUnit(unit: number): Promise<Buffer> {
-    const b = this.recent.get(unit);
-    if (b && this.held.has(unit)) {
-      this.forget(unit);
-      this.reads.memory++;
-      return b;
-    }
-    this.reads.disk++;
-    return this.readUnit(unit);
   }
 
   /** Bytes of the units held from `unit` on. */
@@ -162,7 +116,6 @@ export class StreamDisk {
   /** Drop a unit from disk (delivered and past what repairs need, or retention). */
   async drop(unit: number): Promise<void> {
     if (!this.held.delete(unit)) return;
-    this.forget(unit);
     this.bytesHeld -= this.sizes.get(unit) ?? 0;
     this.sizes.delete(unit);
     await fs.rm(this.unitPath(unit), { force: true }).catch(() => undefined);

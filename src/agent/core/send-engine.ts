@@ -334,7 +334,7 @@ function countDown(m: Map<number, number>, unit: number): number {
 
 /** The units of `have` (a bitmap), less those with datagrams in `queued` (copying, lanCopying). */
 export function withoutQueued(have: Uint8Array, queued: ReadonlyMap<number, number>): Uint8Array {
-  const bits = new Uint8Array(have); // a copy (Uint8Array.from iterates: ~40x slower)
+  const bits = new Uint8Array(have); // a copy (Uint8Array.from goes through the iterator)
   for (const u of queued.keys()) bits[u >>> 3] &= ~(0x80 >>> (u & 7));
   return bits;
 }
