@@ -246,6 +246,22 @@ test('a new gateway of a group already sent to starts at the pace learned on the
   t.is(rate('10.0.3.11:7000'), Math.round(4 * MBIT), 'another group: the initial pace');
 });
 
+test('each path counts the bytes it sent as copies and as repairs; what still waits is not counted', (t) => {
+  const paths = new CrossPaths(100 * MBIT, 0, { feedbackMs: 200, maxPaths: 16, burstBytes: 64 * 1024 });
+  const to = { address: '10.0.2.11', port: 7000, group: 'site2' };
+  for (let k = 0; k < 3; k++) paths.queue(new Uint8Array(1000), to, false, 0);
+  paths.queue(new Uint8Array(500), to, true, 0);
+  const sent: boolean[] = [];
+  paths.drain(0, (_d, _to, repair) => sent.push(repair));
+  t.deepEqual(sent, [true, false, false, false], 'the repair first');
+  for (let k = 0; k < 200; k++) paths.queue(new Uint8Array(1400), to, false, 0); // past the 64 KiB burst: most wait
+  paths.drain(0, () => undefined);
+  const v = paths.view()[0];
+  t.is(v.repairBytes, 500);
+  t.true(v.copyBytes >= 3000 && v.copyBytes < 3000 + 200 * 1400, `copies sent ${v.copyBytes}`);
+  t.is((v.copyBytes - 3000) / 1400 + v.queued, 200, 'sent and queued add up');
+});
+
 /** Sends 1400-byte datagrams whenever the pace allows, every ms of [from, to) (copies always wait): the datagrams sent. */
 function sendPaceLimited(p: CrossPacer, from: number, to: number): number {
   let n = 0;

@@ -20,6 +20,9 @@ interface Path {
   /** Repairs first (a whole LAN group waits for each), then copies. */
   repairs: Uint8Array[];
   copies: Uint8Array[];
+  /** Bytes sent on the path: copies, and repairs (what a gateway's forwarded NACKs cost). */
+  copyBytes: number;
+  repairBytes: number;
 }
 
 /** What a FEEDBACK reports (its counters and echo), as the gateway builds it and the sender takes it. */
@@ -94,7 +97,7 @@ export class CrossPaths {
       let learned = 0;
       if (group !== undefined) for (const q of this.paths.values()) if (q.group === group) learned = Math.max(learned, q.pacer.rateBytesPerSec);
       const pacer = new CrossPacer({ capBytesPerSec: this.capBytesPerSec, ...(learned > 0 ? { initialBytesPerSec: learned } : {}) }, now);
-      p = { to, group, pacer, repairs: [], copies: [] };
+      p = { to, group, pacer, repairs: [], copies: [], copyBytes: 0, repairBytes: 0 };
       this.paths.set(k, p);
     }
     return p;
@@ -162,6 +165,8 @@ export class CrossPaths {
           this.copyBytesQueued -= d.length;
         }
         p.pacer.sent(d.length, now);
+        if (repair) p.repairBytes += d.length;
+        else p.copyBytes += d.length;
         send(d, p.to, repair);
       }
     }
@@ -271,7 +276,7 @@ export class CrossPaths {
   }
 
   /** Per gateway: the learned pace and what the last reports said. */
-  view(): { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; appLimitedCuts: number; queued: number }[] {
+  view(): { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; appLimitedCuts: number; queued: number; copyBytes: number; repairBytes: number }[] {
     return [...this.paths.entries()].map(([k, p]) => ({
       to: k,
       rateBytesPerSec: Math.round(p.pacer.rateBytesPerSec),
@@ -280,6 +285,8 @@ export class CrossPaths {
       congestionEvents: p.pacer.congestionEvents,
       appLimitedCuts: p.pacer.appLimitedCuts,
       queued: p.copies.length + p.repairs.length,
+      copyBytes: p.copyBytes,
+      repairBytes: p.repairBytes,
     }));
   }
 }
