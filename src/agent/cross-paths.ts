@@ -23,6 +23,8 @@ interface Path {
   /** Bytes sent on the path: copies, and repairs (what a gateway's forwarded NACKs cost). */
   copyBytes: number;
   repairBytes: number;
+  /** Copies queued, by unit. */
+  units: Map<number, number>;
 }
 
 /** What a FEEDBACK reports (its counters and echo), as the gateway builds it and the sender takes it. */
@@ -97,7 +99,7 @@ export class CrossPaths {
       let learned = 0;
       if (group !== undefined) for (const q of this.paths.values()) if (q.group === group) learned = Math.max(learned, q.pacer.rateBytesPerSec);
       const pacer = new CrossPacer({ capBytesPerSec: this.capBytesPerSec, ...(learned > 0 ? { initialBytesPerSec: learned } : {}) }, now);
-      p = { to, group, pacer, repairs: [], copies: [], copyBytes: 0, repairBytes: 0 };
+      p = { to, group, pacer, repairs: [], copies: [], copyBytes: 0, repairBytes: 0, units: new Map() };
       this.paths.set(k, p);
     }
     return p;
@@ -109,6 +111,8 @@ export class CrossPaths {
     else {
       p.copies.push(d);
       this.copyBytesQueued += d.length;
+      const u = peekOwnData(d)?.unit;
+      if (u !== undefined) p.units.set(u, (p.units.get(u) ?? 0) + 1);
     }
   }
 
@@ -117,9 +121,14 @@ export class CrossPaths {
     return this.paths.get(key(to))?.copies.length ?? 0;
   }
 
-  /** Whether copies (not repairs) of `unit` are still queued for the gateway at `to`. */
+  /**
+   * Whether copies (not repairs) of `unit` are still queued for `to`, or, when its group is
+   * known, for any member of that group (its gateway, which passes them to its LAN).
+   */
   unitQueuedTo(to: Endpoint, unit: number): boolean {
-    for (const d of this.paths.get(key(to))?.copies ?? []) if (peekOwnData(d)?.unit === unit) return true;
+    if ((this.paths.get(key(to))?.units.get(unit) ?? 0) > 0) return true;
+    if (to.group === undefined) return false;
+    for (const p of this.paths.values()) if (p.group === to.group && (p.units.get(unit) ?? 0) > 0) return true;
     return false;
   }
 
@@ -163,6 +172,10 @@ export class CrossPaths {
         else {
           p.copies.shift();
           this.copyBytesQueued -= d.length;
+          const u = peekOwnData(d)?.unit;
+          const n = u === undefined ? 0 : (p.units.get(u) ?? 0) - 1;
+          if (n > 0) p.units.set(u!, n);
+          else if (u !== undefined) p.units.delete(u);
         }
         p.pacer.sent(d.length, now);
         if (repair) p.repairBytes += d.length;
