@@ -1,7 +1,6 @@
 import test from 'ava';
 import { CrossPacer, CrossPacerOptions } from '../src/agent/cross-pacer';
 import { CrossPaths } from '../src/agent/cross-paths';
-import { encodeData } from '../src/wire/packet';
 
 /**
  * The cross-group pacer against a simulated path (1 ms steps, no sockets, no sleeps):
@@ -261,26 +260,6 @@ test('each path counts the bytes it sent as copies and as repairs; what still wa
   t.is(v.repairBytes, 500);
   t.true(v.copyBytes >= 3000 && v.copyBytes < 3000 + 200 * 1400, `copies sent ${v.copyBytes}`);
   t.is((v.copyBytes - 3000) / 1400 + v.queued, 200, 'sent and queued add up');
-});
-
-test('a unit counts as queued for a group while its copies wait on the path to any member of it, until they leave', (t) => {
-  const paths = new CrossPaths(100 * MBIT, 0, { feedbackMs: 200, maxPaths: 16, burstBytes: 2 * 1400 });
-  const gateway = { address: '10.0.2.11', port: 7000, group: 'site2' };
-  const member = { address: '10.0.2.12', port: 7000, group: 'site2' };
-  const other = { address: '10.0.3.11', port: 7000, group: 'site3' };
-  const copy = (unit: number, fragment: number) => encodeData({ sender: 1, releaseId: new Uint8Array(16), repair: false, unit, fragment, fragmentCount: 3, fragmentBytes: 1360, payload: new Uint8Array(1360) });
-  for (let f = 0; f < 3; f++) paths.queue(copy(5, f), gateway, false, 0);
-  paths.queue(copy(6, 0), other, false, 0);
-  t.true(paths.unitQueuedTo(gateway, 5));
-  t.true(paths.unitQueuedTo(member, 5), "a NACK from the gateway's LAN: the copies to its gateway will reach it");
-  t.false(paths.unitQueuedTo({ address: '10.0.2.12', port: 7000 }, 5), 'group not known: only its own path');
-  t.false(paths.unitQueuedTo(other, 5), 'another group');
-  t.true(paths.unitQueuedTo(other, 6));
-  paths.drain(0, () => undefined); // a 2-datagram burst: unit 5's third copy still waits
-  t.true(paths.unitQueuedTo(member, 5), 'one copy of it still waits');
-  paths.drain(1000, () => undefined);
-  t.false(paths.unitQueuedTo(member, 5), 'all left');
-  t.false(paths.unitQueuedTo(other, 6));
 });
 
 /** Sends 1400-byte datagrams whenever the pace allows, every ms of [from, to) (copies always wait): the datagrams sent. */

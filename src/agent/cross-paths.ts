@@ -23,8 +23,6 @@ interface Path {
   /** Bytes sent on the path: copies, and repairs (what a gateway's forwarded NACKs cost). */
   copyBytes: number;
   repairBytes: number;
-  /** Copies queued, by unit. */
-  units: Map<number, number>;
 }
 
 /** What a FEEDBACK reports (its counters and echo), as the gateway builds it and the sender takes it. */
@@ -99,7 +97,7 @@ export class CrossPaths {
       let learned = 0;
       if (group !== undefined) for (const q of this.paths.values()) if (q.group === group) learned = Math.max(learned, q.pacer.rateBytesPerSec);
       const pacer = new CrossPacer({ capBytesPerSec: this.capBytesPerSec, ...(learned > 0 ? { initialBytesPerSec: learned } : {}) }, now);
-      p = { to, group, pacer, repairs: [], copies: [], copyBytes: 0, repairBytes: 0, units: new Map() };
+      p = { to, group, pacer, repairs: [], copies: [], copyBytes: 0, repairBytes: 0 };
       this.paths.set(k, p);
     }
     return p;
@@ -111,8 +109,6 @@ export class CrossPaths {
     else {
       p.copies.push(d);
       this.copyBytesQueued += d.length;
-      const u = peekOwnData(d)?.unit;
-      if (u !== undefined) p.units.set(u, (p.units.get(u) ?? 0) + 1);
     }
   }
 
@@ -121,14 +117,9 @@ export class CrossPaths {
     return this.paths.get(key(to))?.copies.length ?? 0;
   }
 
-  /**
-   * Whether copies (not repairs) of `unit` are still queued for `to`, or, when its group is
-   * known, for any member of that group (its gateway, which passes them to its LAN).
-   */
+  /** Whether copies (not repairs) of `unit` are still queued for the gateway at `to`. */
   unitQueuedTo(to: Endpoint, unit: number): boolean {
-    if ((this.paths.get(key(to))?.units.get(unit) ?? 0) > 0) return true;
-    if (to.group === undefined) return false;
-    for (const p of this.paths.values()) if (p.group === to.group && (p.units.get(unit) ?? 0) > 0) return true;
+    for (const d of this.paths.get(key(to))?.copies ?? []) if (peekOwnData(d)?.unit === unit) return true;
     return false;
   }
 
@@ -172,10 +163,6 @@ export class CrossPaths {
         else {
           p.copies.shift();
           this.copyBytesQueued -= d.length;
-          const u = peekOwnData(d)?.unit;
-          const n = u === undefined ? 0 : (p.units.get(u) ?? 0) - 1;
-          if (n > 0) p.units.set(u!, n);
-          else if (u !== undefined) p.units.delete(u);
         }
         p.pacer.sent(d.length, now);
         if (repair) p.repairBytes += d.length;

@@ -44,18 +44,16 @@ export abstract class RepairFlow extends CoreUnits {
       if (this.crossGroup.firstNack(u)) {
         this.log.debug(`cross-group NACK for unit ${u} from ${via.address}:${via.port}: ${this.has(u) ? 'held' : 'not held'}, ${this.send.copying.get(u) ?? 0} copies queued`);
       }
-      // Copies of the unit still queued for that member's group (to it, or to its group's
-      // gateway, which passes them to its LAN) will arrive: answer once they have left
-      // (copies of it to other groups may be slower, and copies of other units go behind
-      // our repairs: neither is a reason to wait). A stream's copies to a gateway are queued
-      // nearly all the time: waiting for that queue to empty left a lost copy's NACKs
-      // unanswered for rounds (sites testbed, issue 19).
-      if (!this.has(u)) return;
+      // Copies of the unit still queued for that gateway will arrive: answer once they have
+      // left (copies of it to other groups may be slower, and copies of other units to that
+      // gateway go behind our repairs: neither is a reason to wait). A stream's copies to a
+      // gateway are queued nearly all the time: waiting for that queue to empty left a lost
+      // copy's NACKs unanswered for rounds (sites testbed, issue 19).
+      if (!this.has(u) || this.send.cross.unitQueuedTo(via, u)) return;
       // Repairs go only to a member's registered endpoint, never to whatever source
       // address a NACK carries: a spoofed source would make us reflect onto a third party.
       const to = this.view.registeredEndpoint(via);
       if (!to) return this.drop('unregistered-source');
-      if (this.send.cross.unitQueuedTo(to, u)) return;
       const frags = this.crossGroup.repairable(u, to, missing, fc, this.send.cross.repairWindowMs(to), now);
       if (!frags) return;
       const want = new Uint8Array(missing.length);

@@ -33,7 +33,7 @@ export class SplitMapView {
   registeredEndpoint(from: Endpoint): Endpoint | null {
     for (const m of this.map?.members ?? []) {
       if (m.id === this.member || !m.address || !m.dataPort) continue;
-      const e = { address: m.address, port: m.dataPort, ...(m.group !== undefined ? { group: m.group } : {}) };
+      const e = { address: m.address, port: m.dataPort };
       if (sameEndpoint(from, e)) return e;
     }
     return null;
