@@ -98,7 +98,7 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
   t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release; re-sends ${JSON.stringify((stats as { resent?: unknown }).resent)}`);
   for (const r of reps) {
-    const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; copyBytes: number; repairBytes: number }[]) ?? [];
-    t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; ${holds(r)}; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested) copies ${(p.copyBytes / MIB).toFixed(1)} MiB repairs ${(p.repairBytes / MIB).toFixed(1)} MiB`).join(', ')}`);
+    const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; copyBytes: number; repairBytes: number; queued: number }[]) ?? [];
+    t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; ${holds(r)}; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested) copies ${(p.copyBytes / MIB).toFixed(1)} MiB repairs ${(p.repairBytes / MIB).toFixed(1)} MiB, ${p.queued} left queued`).join(', ')}`);
   }
 }, serial);
