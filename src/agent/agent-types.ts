@@ -70,14 +70,20 @@ export interface AgentStats extends CoreStats {
   /** When the verified file was in place (ms since the epoch); 0 until then. */
   completedAtMs: number;
   transport: string;
-  /** Per other group's gateway we sent to: the learned pace and what its reports said. */
-  crossPaths: ReturnType<CrossPaths['view']>;
 }
 
+/** Per other group's gateway we send to: the learned pace, what its reports said, what left and what waits (live: Agent.crossPaths()). */
+export type CrossPathView = ReturnType<CrossPaths['view']>;
+
 /** The counters of AgentStats (what a daemon sums across releases). */
-export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'crossPaths' | 'downloadPauseMaxMs'>;
+export type AgentCounters = Omit<AgentStats, 'member' | 'drops' | 'seconds' | 'completedAtMs' | 'transport' | 'downloadPauseMaxMs'>;
 
 export function zeroCounters(): AgentCounters {
   const { drops: _drops, ...core } = emptyStats();
   return { ...core, wanBytes: 0, wanBytesResumed: 0, unitsResumed: 0, badUnitReports: 0, originBytes: 0, originFailures: 0, downloadPauses: 0, downloadPausedMs: 0, leaseHolds: 0, leaseHeldMs: 0 };
+}
+
+/** A new agent's (or stream agent's) stats, all zero. */
+export function newAgentStats(): AgentStats {
+  return { member: '', ...zeroCounters(), downloadPauseMaxMs: 0, drops: {}, seconds: 0, completedAtMs: 0, transport: '' };
 }

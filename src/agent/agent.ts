@@ -9,8 +9,8 @@ import { Transport } from '../transport/transport';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import { decryptRelease, loadManifest, openTransports, persistentMemberId } from './agent-setup';
-import type { AgentOptions, AgentStats } from './agent-types';
-import { zeroCounters } from './agent-types';
+import type { AgentOptions, AgentStats, CrossPathView } from './agent-types';
+import { newAgentStats } from './agent-types';
 import { ControlClient, ControlError, sleep, SplitMapResponse } from './control-client';
 import { AGENT_DEFAULTS } from './core/defaults';
 import { LanCore } from './core/lan-core';
@@ -64,7 +64,7 @@ export class Agent {
     this.log = opts.logger ?? silentLogger;
     this.random = opts.random ?? Math.random;
     this.rate = opts.rateBytesPerSec ?? AGENT_DEFAULTS.rateBytesPerSec;
-    this.stats = { member: '', ...zeroCounters(), downloadPauseMaxMs: 0, drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
+    this.stats = newAgentStats();
     this.completed = new Promise((resolve, reject) => (this.completion = { resolve, reject }));
     this.completed.catch(() => undefined);
   }
@@ -91,7 +91,7 @@ export class Agent {
     return this.core?.peersSeen(Date.now()) ?? [];
   }
   /** Per other group's gateway we send to: the learned pace and what its reports said. */
-  crossPaths(): AgentStats['crossPaths'] {
+  crossPaths(): CrossPathView {
     return this.core?.crossPaths() ?? [];
   }
   get isComplete(): boolean {
@@ -241,7 +241,6 @@ export class Agent {
     const completedAt = Date.now();
     this.stats.seconds = (completedAt - this.started) / 1000;
     this.stats.completedAtMs = completedAt;
-    this.stats.crossPaths = this.crossPaths();
     await UnitSpool.removeAll(path.join(this.opts.storageDir, this.manifest.id)).catch(() => undefined);
     this.core.fileComplete(Date.now());
     this.kick();

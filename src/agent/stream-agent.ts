@@ -10,7 +10,7 @@ import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { Logger, silentLogger } from '../util/log';
 import type { StreamBeatAnswer } from '../wire/stream-control';
 import { openTransports, persistentMemberId } from './agent-setup';
-import { zeroCounters } from './agent-types';
+import { newAgentStats } from './agent-types';
 import type { AgentStats, MemberOptions } from './agent-types';
 import { sleep } from './control-client';
 import { CoreDriver } from './core-driver';
@@ -83,7 +83,7 @@ export class StreamAgent {
 
   constructor(private readonly opts: StreamAgentOptions) {
     this.log = opts.logger ?? silentLogger;
-    this.stats = { member: '', ...zeroCounters(), downloadPauseMaxMs: 0, drops: {}, seconds: 0, completedAtMs: 0, transport: '', crossPaths: [] };
+    this.stats = newAgentStats();
     this.finished = new Promise((resolve, reject) => (this.done = { resolve, reject }));
     this.finished.catch(() => undefined);
   }

@@ -243,7 +243,7 @@ function startQuerier(iface: string, intervalMs: number, log: Logger): { q: Igmp
 }
 
 async function writeReport(file: string, ag: Agent, finalPath: string | null, ok: boolean): Promise<void> {
-  // crossPaths as they stand now (the linger after completion still sends): what left, and what is still queued.
+  // crossPaths as they stand when the report is written (the linger after completion still sends).
   const report = { ok, path: finalPath, sha256: ok ? ag.manifest.sha256 : null, ...ag.stats, crossPaths: ag.crossPaths(), transportInfo: ag.transportInfo ?? null };
   await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true });
   await fs.writeFile(file, JSON.stringify(report, null, 2) + '\n');
