@@ -111,7 +111,8 @@ export class BatchFollower {
       try {
         got = await this.h.http.batches(`from=${this.h.last().batch + 1}&waitMs=${BATCH_WAIT_MS}`, ctrl.signal);
       } catch (err) {
-        if (ctrl.signal.aborted && !this.h.finished()) continue; // passive now: the LAN brings them
+        // We aborted it: passive now (the LAN brings them), or closing; the loop's test decides. Never a failure.
+        if (ctrl.signal.aborted) continue;
         throw err;
       } finally {
         this.poll = null;
