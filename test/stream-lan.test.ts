@@ -60,8 +60,12 @@ test('at 3% loss a late joiner at the live edge, one from the beginning and a re
   let live: StreamAgent | null = null;
   let late: StreamAgent | null = null;
   let restarted = false;
+  let signedBeforeLate = 0;
   await feed(pub, source.subarray(10_000), 10_000, async (sent) => {
     if (!live && sent >= 1_500_000) {
+      // Every push so far is signed and stored (push resolves then): d's history. A unit the
+      // flush timer cut during the last push may still wait for its batch: at most one.
+      signedBeforeLate = pub.position.unit;
       live = s.agent('feed', 'c', { ...lossy, start: 'live' });
       late = s.agent('feed', 'd', { ...lossy, start: 'beginning' });
       runs.push(live.run(), late.run());
@@ -87,11 +91,14 @@ test('at 3% loss a late joiner at the live edge, one from the beginning and a re
   t.true(nacks > 0, 'loss was repaired with NACKs');
   // Latency counts the units signed after an agent started: all but the first for a (its batch
   // was signed before a started), not the ~37% of the stream d took from before it joined.
-  const units = Math.ceil(source.length / UNIT);
+  // The count of units is the stream's own: on a loaded machine the 200 ms flush timer cuts
+  // short units between 20 ms ticks, so it is more than the source's length over UNIT.
+  const units = pub.position.unit;
   const counted = (x: StreamAgent) => x.delivery.latenciesMs.length;
-  t.log(`latency samples: a ${counted(a)}, d (from the beginning) ${counted(late!)}, of ${units} units`);
+  t.log(`latency samples: a ${counted(a)}, d (from the beginning) ${counted(late!)}, of ${units} units (${signedBeforeLate} signed before d started)`);
+  t.true(signedBeforeLate >= Math.floor(1_500_000 / UNIT), `${signedBeforeLate} units signed before d started`);
   t.true(counted(a) >= units - 2, `a: latency of ${counted(a)} of ${units} units`);
-  t.true(counted(late!) < 0.8 * units, `d: latency of ${counted(late!)} units, not of the history it took`);
+  t.true(counted(late!) <= units - signedBeforeLate + 1, `d: latency of ${counted(late!)} units, not of the ${signedBeforeLate} of history it took`);
 });
 
 /** A stream of `units` full units, in batches of 4, ended; its source bytes. */
@@ -265,7 +272,7 @@ test('a wide-area group of two LAN groups: each unit leaves the server once and 
   await feed(pub, source.subarray(10_000), 10_000);
   await Promise.all(runs);
   for (const id of ['a', 'b']) t.true((await fs.readFile(path.join(s.dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
-  const units = Math.ceil(source.length / UNIT);
+  const units = pub.position.unit; // the stream's own count: a loaded machine's flush timer cuts short units
   const served = streamRoutes(s.store).alloc.unitBytesSent.get('cam') ?? 0;
   const wan = a.stats.wanBytes + b.stats.wanBytes;
   const crossIn = a.stats.crossGroupBytes + b.stats.crossGroupBytes;
