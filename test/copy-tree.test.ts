@@ -138,3 +138,38 @@ test('a gateway passes forward copies on to its children in the origin\'s tree, 
   t.true((gw.stats.drops['tree-forward-queue-full'] ?? 0) > 0);
   t.is(gw.stats.fragmentsForwarded, sent, 'every fragment still re-multicast on its LAN');
 });
+
+test('a group\'s gateway moves: copies still queued for the old one go to the new one, in order, and nothing is queued twice', (t) => {
+  const UNIT = 64 * 1024;
+  const FB = 1200;
+  const units = 4;
+  const bytes = randomBytes(units * UNIT);
+  const manifest = { idBytes: randomBytes(16), size: bytes.length, unitSize: UNIT, unitCount: units, units: [...Array(units).keys()].map((u) => createHash('sha256').update(bytes.subarray(u * UNIT, (u + 1) * UNIT)).digest('hex')) };
+  const key = randomBytes(32);
+  const now = 1_000_000;
+  const groups = ['site-a', 'site-b', 'site-c', 'site-d', 'site-e', 'site-f'];
+  // As above: site-b's gateway passes origin site-a's copies on to site-d and site-e (site-d is also a child in its own tree, site-e only a forward target).
+  const gw = new LanCore({ manifest, member: 'site-b-m0', group: 'site-b', wideGroup: 'w', senderId: 77, fragmentBytes: FB, have: new Uint8Array(bitmapBytes(units)), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: () => 0.5 }, now);
+  gw.setSplitMap({ ...mapOf(groups, 2), holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, now);
+  const from = { address: '10.0.0.2', port: 7700 };
+  gw.handleDatagram(sealControl(encodeAnnounce({ sender: 5, releaseId: manifest.idBytes, firstUnit: 0, unitCount: units, complete: false, have: new Uint8Array(bitmapBytes(units)) }), key, 1n), now, from);
+  const fc = fragmentCountFor(UNIT, FB);
+  for (let u = 0; u < units; u++) {
+    for (let f = 0; f < fc; f++) gw.handleDatagram(encodeData({ sender: 5, releaseId: manifest.idBytes, repair: false, forward: true, treeOrigin: 0, unit: u, fragment: f, fragmentCount: fc, fragmentBytes: FB, payload: fragmentSlice(bytes.subarray(u * UNIT, (u + 1) * UNIT), f, FB) }), now, from);
+  }
+  const view = () => new Map(gw.crossPaths().map((p) => [p.to, p]));
+  const before = view();
+  t.is(before.get('10.3.0.1:7700')?.queued, units * fc, 'site-d\'s gateway has every fragment queued');
+  t.is(before.get('10.4.0.1:7700')?.queued, units * fc, 'and site-e\'s');
+  // site-d's and site-e's gateways move to their second members (the provisional first gateway gave way to a measured one)
+  const moved = mapOf(groups, 2);
+  for (const m of moved.members) if (m.group === 'site-d' || m.group === 'site-e') m.role = m.id.endsWith('-m1') ? 'gateway' : 'member';
+  gw.setSplitMap({ ...moved, holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, now + 10);
+  const after = view();
+  for (const [old, next] of [['10.3.0.1:7700', '10.3.0.2:7700'], ['10.4.0.1:7700', '10.4.0.2:7700']]) {
+    t.is(after.get(old)?.queued, 0, `nothing left for the old gateway ${old}`);
+    t.is(after.get(old)?.movedAway, units * fc, `${old}: every queued copy counted as moved`);
+    t.is(after.get(next)?.queued, units * fc, `the new gateway ${next} gets them, once`);
+  }
+  t.is(after.get('10.2.0.1:7700')?.movedAway ?? 0, 0, 'site-c\'s gateway did not move: its copies stay');
+});

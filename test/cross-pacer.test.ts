@@ -262,6 +262,34 @@ test('each path counts the bytes it sent as copies and as repairs; what still wa
   t.is((v.copyBytes - 3000) / 1400 + v.queued, 200, 'sent and queued add up');
 });
 
+test('retarget: a moved gateway\'s queued copies go to its successor ahead of what was queued there since; repairs stay', (t) => {
+  const paths = new CrossPaths(100 * MBIT, 0, { feedbackMs: 200, maxPaths: 16, burstBytes: 1 << 20 });
+  const old = { address: '10.0.2.11', port: 7000, group: 'site2' };
+  const next = { address: '10.0.2.12', port: 7000, group: 'site2' };
+  const other = { address: '10.0.3.11', port: 7000, group: 'site3' };
+  const tagged = (n: number) => Uint8Array.of(n);
+  for (const n of [1, 2, 3]) paths.queue(tagged(n), old, false, 0);
+  paths.queue(tagged(9), old, true, 0); // a repair the old gateway asked for
+  paths.queue(tagged(4), next, false, 0); // queued to the new one already
+  paths.queue(tagged(7), other, false, 0);
+  const queuedBefore = paths.copyBytesQueued;
+  paths.retargetMoved([old, other], [next, other], 0);
+  t.is(paths.copyBytesQueued, queuedBefore, 'nothing dropped or queued twice');
+  const sent: { n: number; to: string; repair: boolean }[] = [];
+  paths.drain(0, (d, to, repair) => sent.push({ n: d[0], to: to.address, repair }));
+  t.deepEqual(sent.filter((s) => s.to === '10.0.2.12').map((s) => s.n), [1, 2, 3, 4], 'the old queue first, in order');
+  t.deepEqual(sent.filter((s) => s.to === '10.0.2.11'), [{ n: 9, to: '10.0.2.11', repair: true }], 'only the repair goes to the old gateway');
+  t.deepEqual(sent.filter((s) => s.to === '10.0.3.11').map((s) => s.n), [7], 'another group: untouched');
+  const v = new Map(paths.view().map((p) => [p.to, p]));
+  t.is(v.get('10.0.2.11:7000')?.movedAway, 3);
+  t.is(v.get('10.0.3.11:7000')?.movedAway, 0);
+  // Without a group, or without a successor in that group, nothing moves.
+  paths.queue(tagged(5), other, false, 0);
+  paths.retargetMoved([other], [next], 0);
+  paths.retargetMoved([{ address: '10.0.3.11', port: 7000 }], [{ address: '10.0.3.12', port: 7000 }], 0);
+  t.is(paths.copiesQueuedTo(other), 1);
+});
+
 /** Sends 1400-byte datagrams whenever the pace allows, every ms of [from, to) (copies always wait): the datagrams sent. */
 function sendPaceLimited(p: CrossPacer, from: number, to: number): number {
   let n = 0;

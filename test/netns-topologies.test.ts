@@ -98,7 +98,9 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
   t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release; re-sends ${JSON.stringify((stats as { resent?: unknown }).resent)}`);
   for (const r of reps) {
-    const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; copyBytes: number; repairBytes: number; queued: number }[]) ?? [];
-    t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; ${holds(r)}; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested) copies ${(p.copyBytes / MIB).toFixed(1)} MiB repairs ${(p.repairBytes / MIB).toFixed(1)} MiB, ${p.queued} left queued`).join(', ')}`);
+    const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; copyBytes: number; repairBytes: number; queued: number; movedAway: number }[]) ?? [];
+    t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; ${holds(r)}; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested) copies ${(p.copyBytes / MIB).toFixed(1)} MiB repairs ${(p.repairBytes / MIB).toFixed(1)} MiB, ${p.queued} left queued${p.movedAway ? `, ${p.movedAway} moved to its group's next gateway` : ''}`).join(', ')}`);
   }
+  const sum = (k: 'copyBytes' | 'repairBytes') => reps.reduce((s, r) => s + ((r.crossPaths as unknown as Record<string, number>[]) ?? []).reduce((x, p) => x + p[k], 0), 0);
+  t.log(`to other sites: copies ${(sum('copyBytes') / MIB).toFixed(1)} MiB, repairs ${(sum('repairBytes') / MIB).toFixed(1)} MiB (every unit once to each other site: ${((2 * f.manifest.size) / MIB).toFixed(0)} MiB)`);
 }, serial);

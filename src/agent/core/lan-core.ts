@@ -178,8 +178,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
 
   setSplitMap(map: CoreSplitMap, now: number): void {
     this.view.map = map;
-    // Gateways move: a new one starts getting our copies and announces within a heartbeat
-    // (it NACKs what our announces show it lacks, and those NACKs come to us by unicast).
+    // Gateways move: a new one gets our copies (queued ones too) and announces within a heartbeat (setCopyTo).
     if (map.copyTree) {
       this.tree = new CopyTreeView(map, this.cfg.group, map.copyTree);
       const own = this.tree.own();
@@ -209,10 +208,11 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.events.push({ type: 'wake' });
   }
 
-  /** New copy destinations (and gateways we forward to): announce ourselves to them first, so they accept our copies. */
+  /** New copy destinations (and gateways we forward to): announce ourselves to them first, so they accept our copies; a moved gateway's queued copies follow it. */
   protected setCopyTo(dests: CopyDestination[], now: number, forwardTo: CopyDestination[] = []): void {
     const key = (d: Endpoint) => `${d.address}:${d.port}`;
     const before = new Set(this.announceTo.map(key));
+    this.send.cross.retargetMoved(this.announceTo, [...dests, ...forwardTo], now);
     const to = new Map(dests.map((d) => [key(d), d]));
     for (const d of forwardTo) to.set(key(d), d);
     this.copyTo = dests;
