@@ -376,13 +376,15 @@ async function main() {
   }
   // npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]: the stream on the sites testbed (root)
   if (what === 'stream-sites') return (await import('./stream-sites')).streamSitesMain(process.argv.slice(3));
+  // npm run bench -- stream-answer [UNITS[,UNITS...]] [MEMBERS] [RUNS]: the holders of a stream heartbeat answer, two ways (prints a table)
+  if (what === 'stream-answer') return (await import('./stream-answer')).streamAnswerMain(process.argv.slice(3));
   if (what === 'lan' || what === 'sites' || what === 'uplinks' || what === 'policies') return benchNamespaces(what, Number(runsArg ?? 3));
   if (what === 'memory') {
     process.stdout.write((await memoryLines(Number(runsArg ?? 3))).join('\n') + '\n');
     return;
   }
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, stream, stream-sites (the stream on the sites testbed, as root), lan, sites, policies, uplinks
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, stream, stream-sites (the stream on the sites testbed, as root), stream-answer, lan, sites, policies, uplinks
 `);
     process.exit(64);
   }

@@ -132,6 +132,29 @@ test('the split map names the lease holder of each unit', (t) => {
   for (const u of ub) t.is(map.members[map.holders[u]].id, 'b');
 });
 
+test('named holders (1.4, and stream answers): a unit stays with its lessee while it holds it, however the ranks move', (t) => {
+  const g = mk(4, { baseDepth: 1 });
+  g.heartbeat('a', 0);
+  g.heartbeat('b', 0);
+  const [u] = g.lease('a', 0).units;
+  finish(g, 'a', [u], 0, 50); // a: slow
+  const [v] = g.lease('b', 100).units;
+  finish(g, 'b', [v], 100, 5); // b: fast, first-ranked now
+  const have = new Uint8Array(bitmapBytes(4));
+  setBit(have, u);
+  setBit(have, v);
+  g.heartbeat('a', 200, { have });
+  g.heartbeat('b', 200, { have });
+  const map = g.map(200);
+  t.deepEqual(map.members.map((m) => m.id), ['b', 'a'], 'b ranks first');
+  t.is(map.members[map.holders[u]].id, 'b', 'the 1.3 map names the first-ranked holder of u');
+  const named = g.namedHolders(0, 4, map.members);
+  t.is(map.members[named[u]].id, 'a', 'the named holder of u is still its lessee, a');
+  t.is(map.members[named[v]].id, 'b');
+  t.deepEqual(g.namedHolders(u, u + 1, map.members), [named[u]], 'a window of units');
+  t.deepEqual(g.namedHolders(3, 9, map.members).length, 1, 'clipped to the units there are');
+});
+
 test('near the end a much slower member is told to wait so fast members take the tail', (t) => {
   const g = mk(6, { baseDepth: 1, maxDepth: 1, tailSlackFactor: 2 });
   g.heartbeat('fast', 0);

@@ -285,6 +285,22 @@ export class GroupAllocator extends GatewayTable {
 
 
   /**
+   * For units `from` to `to - 1`: the index into `members` of the member the 1.4 map names
+   * (named[]: the lessee, else a holder kept while it holds the unit), -1 none. Unlike map()'s
+   * first-ranked holder it does not move with every overhead sample, and it costs the units
+   * asked for, not units x members.
+   */
+  namedHolders(from: number, to: number, members: readonly { id: string }[]): number[] {
+    const index = new Map<string, number>(members.map((m, i) => [m.id, i]));
+    const out: number[] = [];
+    for (let u = Math.max(0, from); u < Math.min(to, this.opts.unitCount); u++) {
+      const m = this.named[u] >= 0 ? this.bySlot.get(this.named[u]) : undefined;
+      out.push(m ? (index.get(m.id) ?? -1) : -1);
+    }
+    return out;
+  }
+
+  /**
    * The 1.4 map (docs/protocol.md section 14) for a member that last saw `since` of this
    * allocator's `epoch`: only what changed after it, or the whole map (`full`) when it saw
    * none, another allocator's, or one older than the change log holds. Costs what changed.

@@ -82,8 +82,8 @@ export class StreamAllocation {
     });
     const grant = b.lease > 0 && n > head.firstUnit ? g.lease(b.member, now, b.lease) : { units: [], retryAfterMs: 0 };
     for (const id of g.expire(now)) if (this.memberKeys.get(`${name}/${id}`) === key) this.memberKeys.delete(`${name}/${id}`);
-    const map = g.map(now);
-    const from = this.holdersFrom(sg, new Set(map.members.map((m) => m.id)), b, head);
+    const members = g.memberViews(now);
+    const from = this.holdersFrom(sg, new Set(members.map((m) => m.id)), b, head);
     const mine = b.group;
     const copyTo: StreamBeatAnswer['copyTo'] = [];
     if (b.wideGroup) {
@@ -100,9 +100,9 @@ export class StreamAllocation {
       nextUnit: n,
       ended: head.ended,
       lease: { units: grant.units, retryAfterMs: grant.retryAfterMs },
-      members: map.members.map((m) => ({ id: m.id, group: m.group, address: m.address, dataPort: m.dataPort, role: m.role, verifiedUnits: m.verifiedUnits, complete: m.complete })),
+      members: members.map((m) => ({ id: m.id, group: m.group, address: m.address, dataPort: m.dataPort, role: m.role, verifiedUnits: m.verifiedUnits, complete: m.complete })),
       holdersFrom: from,
-      holders: map.holders.slice(from, n),
+      holders: g.namedHolders(from, n, members),
       copyTo,
     };
     return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now);

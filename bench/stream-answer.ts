@@ -1,0 +1,53 @@
+import { GroupAllocator } from '../src/server/allocator';
+import { bitmapBytes, setBit } from '../src/wire/packet';
+
+/**
+ * `npm run bench -- stream-answer [UNITS[,UNITS...]] [MEMBERS] [RUNS]`: the server's CPU for
+ * the holders of one stream heartbeat answer (src/server/stream-alloc.ts), in the same run
+ * both ways: the whole split map (GroupAllocator.map(): every unit x every member, then the
+ * answer's window cut out of it, as before 2026-12-02) and the named holders of the window
+ * alone (memberViews + namedHolders, now). A stream's allocator keeps every unit it has seen
+ * (retention drops them from the answers, not from the allocator), so the map's cost grew
+ * with the stream's age. Every member holds every unit but the last 64, the answer's window
+ * is those 64 (a live edge). Median over RUNS of the mean over 200 answers, µs.
+ */
+export function streamAnswerMain(args: string[]): void {
+  const unitsList = (args[0] ?? '1000,10000,100000').split(',').map(Number);
+  const members = Number(args[1] ?? 10);
+  const runs = Number(args[2] ?? 5);
+  if (!(unitsList.every((u) => Number.isInteger(u) && u >= 64) && Number.isInteger(members) && members >= 1 && Number.isInteger(runs) && runs >= 1)) {
+    process.stderr.write('bench: usage: npm run bench -- stream-answer [UNITS[,UNITS...]] [MEMBERS] [RUNS]  (units >= 64)\n');
+    process.exit(64);
+  }
+  const PER_RUN = 200;
+  const WINDOW = 64;
+  process.stdout.write(`| units | members | whole map, then the window (µs per answer) | named holders of the window (µs per answer) | ratio |\n| ---: | ---: | ---: | ---: | ---: |\n`);
+  for (const units of unitsList) {
+    const g = new GroupAllocator({ unitCount: units, unitBytes: () => 65536 });
+    const have = new Uint8Array(bitmapBytes(units));
+    for (let u = 0; u < units - WINDOW; u++) setBit(have, u);
+    for (let i = 0; i < members; i++) g.heartbeat(`m${i}`, 0, { have });
+    const time = (f: () => unknown): number => {
+      const t0 = process.hrtime.bigint();
+      for (let k = 0; k < PER_RUN; k++) f();
+      return Number(process.hrtime.bigint() - t0) / PER_RUN / 1e3;
+    };
+    const whole: number[] = [];
+    const named: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      // Alternating, so that drift and JIT warm-up fall on both.
+      whole.push(time(() => g.map(1).holders.slice(units - WINDOW, units)));
+      named.push(time(() => g.namedHolders(units - WINDOW, units, g.memberViews(1))));
+    }
+    // Both name nobody for the window's units (no member holds them): the same answer.
+    const check = JSON.stringify(g.map(1).holders.slice(units - WINDOW, units)) === JSON.stringify(g.namedHolders(units - WINDOW, units, g.memberViews(1))) ? '' : ' (the holders differ!)';
+    const a = median(whole);
+    const b = median(named);
+    process.stdout.write(`| ${units.toLocaleString('en')} | ${members} | ${a.toFixed(1)} | ${b.toFixed(1)} | ${(a / b).toFixed(0)}x${check} |\n`);
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
