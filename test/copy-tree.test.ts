@@ -105,27 +105,40 @@ test('an agent derives the ring from its map: sorted group names, gateways only;
   t.is(orphan.own().dests.length, 5);
 });
 
-test('a gateway passes forward copies on to its children in the origin\'s tree, and stops passing on once its uplink queue is past the cap', (t) => {
-  const UNIT = 64 * 1024;
-  const FB = 1200;
-  const units = 48;
-  const bytes = randomBytes(units * UNIT);
-  const manifest = { idBytes: randomBytes(16), size: bytes.length, unitSize: UNIT, unitCount: units, units: [...Array(units).keys()].map((u) => createHash('sha256').update(bytes.subarray(u * UNIT, (u + 1) * UNIT)).digest('hex')) };
+const TREE_UNIT = 64 * 1024;
+const TREE_FB = 1200;
+const TREE_GROUPS = ['site-a', 'site-b', 'site-c', 'site-d', 'site-e', 'site-f'];
+
+/**
+ * The gateway of site-b (ring position 1 of 6), k = 2, that heard site-a-m1 (the origin
+ * member, at 10.0.0.2) announce: for origin site-a (0) it passes copies on to site-d and
+ * site-e. `forward(u)` hands it every fragment of unit u as site-a-m1's forward copy.
+ */
+function treeGateway(units: number) {
+  const bytes = randomBytes(units * TREE_UNIT);
+  const manifest = { idBytes: randomBytes(16), size: bytes.length, unitSize: TREE_UNIT, unitCount: units, units: [...Array(units).keys()].map((u) => createHash('sha256').update(bytes.subarray(u * TREE_UNIT, (u + 1) * TREE_UNIT)).digest('hex')) };
   const key = randomBytes(32);
   const now = 1_000_000;
-  // gateway of site-b (ring position 1 of 6); k = 2: for origin site-a (0) it passes copies on to site-d and site-e
-  const gw = new LanCore({ manifest, member: 'site-b-m0', group: 'site-b', wideGroup: 'w', senderId: 77, fragmentBytes: FB, have: new Uint8Array(bitmapBytes(units)), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: () => 0.5 }, now);
-  gw.setSplitMap({ ...mapOf(['site-a', 'site-b', 'site-c', 'site-d', 'site-e', 'site-f'], 2), holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, now);
-  const from = { address: '10.0.0.2', port: 7700 }; // site-a-m1, the origin member
+  const gw = new LanCore({ manifest, member: 'site-b-m0', group: 'site-b', wideGroup: 'w', senderId: 77, fragmentBytes: TREE_FB, have: new Uint8Array(bitmapBytes(units)), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: () => 0.5 }, now);
+  const setMap = (map: CoreSplitMap, at: number) => gw.setSplitMap({ ...map, holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, at);
+  setMap(mapOf(TREE_GROUPS, 2), now);
+  const from = { address: '10.0.0.2', port: 7700 };
   gw.handleDatagram(sealControl(encodeAnnounce({ sender: 5, releaseId: manifest.idBytes, firstUnit: 0, unitCount: units, complete: false, have: new Uint8Array(bitmapBytes(units)) }), key, 1n), now, from);
+  const fc = fragmentCountFor(TREE_UNIT, TREE_FB);
+  const forward = (u: number) => {
+    for (let f = 0; f < fc; f++) gw.handleDatagram(encodeData({ sender: 5, releaseId: manifest.idBytes, repair: false, forward: true, treeOrigin: 0, unit: u, fragment: f, fragmentCount: fc, fragmentBytes: TREE_FB, payload: fragmentSlice(bytes.subarray(u * TREE_UNIT, (u + 1) * TREE_UNIT), f, TREE_FB) }), now, from);
+  };
+  return { gw, now, fc, forward, setMap };
+}
+
+test('a gateway passes forward copies on to its children in the origin\'s tree, and stops passing on once its uplink queue is past the cap', (t) => {
+  const units = 48;
+  const { gw, fc, forward } = treeGateway(units);
   const queued = () => gw.crossPaths().reduce((s, p) => s + p.queued, 0);
-  const fc = fragmentCountFor(UNIT, FB);
   let sent = 0;
   for (let u = 0; u < units; u++) {
-    for (let f = 0; f < fc; f++) {
-      gw.handleDatagram(encodeData({ sender: 5, releaseId: manifest.idBytes, repair: false, forward: true, treeOrigin: 0, unit: u, fragment: f, fragmentCount: fc, fragmentBytes: FB, payload: fragmentSlice(bytes.subarray(u * UNIT, (u + 1) * UNIT), f, FB) }), now, from);
-      sent++;
-    }
+    forward(u);
+    sent += fc;
     if (u === 0) {
       const to = gw.crossPaths().filter((p) => p.queued > 0).map((p) => p.to).sort();
       t.deepEqual(to, ['10.3.0.1:7700', '10.4.0.1:7700'], 'the first unit goes on to site-d and site-e\'s gateways');
@@ -133,38 +146,25 @@ test('a gateway passes forward copies on to its children in the origin\'s tree, 
     }
   }
   // nothing transmitted (the uplink never drains here): the queue stops near the cap, the rest is not passed on
-  const capDatagrams = Math.ceil(AGENT_DEFAULTS.treeForwardQueueMaxBytes / FB);
+  const capDatagrams = Math.ceil(AGENT_DEFAULTS.treeForwardQueueMaxBytes / TREE_FB);
   t.true(queued() < capDatagrams + 2 * fc, `${queued()} datagrams queued to other sites`);
   t.true((gw.stats.drops['tree-forward-queue-full'] ?? 0) > 0);
   t.is(gw.stats.fragmentsForwarded, sent, 'every fragment still re-multicast on its LAN');
 });
 
-test('a group\'s gateway moves: copies still queued for the old one go to the new one, in order, and nothing is queued twice', (t) => {
-  const UNIT = 64 * 1024;
-  const FB = 1200;
+test('a group\'s gateway moves: copies still queued for the old one go to the new one, and nothing is queued twice', (t) => {
   const units = 4;
-  const bytes = randomBytes(units * UNIT);
-  const manifest = { idBytes: randomBytes(16), size: bytes.length, unitSize: UNIT, unitCount: units, units: [...Array(units).keys()].map((u) => createHash('sha256').update(bytes.subarray(u * UNIT, (u + 1) * UNIT)).digest('hex')) };
-  const key = randomBytes(32);
-  const now = 1_000_000;
-  const groups = ['site-a', 'site-b', 'site-c', 'site-d', 'site-e', 'site-f'];
-  // As above: site-b's gateway passes origin site-a's copies on to site-d and site-e (site-d is also a child in its own tree, site-e only a forward target).
-  const gw = new LanCore({ manifest, member: 'site-b-m0', group: 'site-b', wideGroup: 'w', senderId: 77, fragmentBytes: FB, have: new Uint8Array(bitmapBytes(units)), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: () => 0.5 }, now);
-  gw.setSplitMap({ ...mapOf(groups, 2), holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, now);
-  const from = { address: '10.0.0.2', port: 7700 };
-  gw.handleDatagram(sealControl(encodeAnnounce({ sender: 5, releaseId: manifest.idBytes, firstUnit: 0, unitCount: units, complete: false, have: new Uint8Array(bitmapBytes(units)) }), key, 1n), now, from);
-  const fc = fragmentCountFor(UNIT, FB);
-  for (let u = 0; u < units; u++) {
-    for (let f = 0; f < fc; f++) gw.handleDatagram(encodeData({ sender: 5, releaseId: manifest.idBytes, repair: false, forward: true, treeOrigin: 0, unit: u, fragment: f, fragmentCount: fc, fragmentBytes: FB, payload: fragmentSlice(bytes.subarray(u * UNIT, (u + 1) * UNIT), f, FB) }), now, from);
-  }
+  // site-d is also a child in site-b's own tree, site-e only a forward target
+  const { gw, now, fc, forward, setMap } = treeGateway(units);
+  for (let u = 0; u < units; u++) forward(u);
   const view = () => new Map(gw.crossPaths().map((p) => [p.to, p]));
   const before = view();
   t.is(before.get('10.3.0.1:7700')?.queued, units * fc, 'site-d\'s gateway has every fragment queued');
   t.is(before.get('10.4.0.1:7700')?.queued, units * fc, 'and site-e\'s');
   // site-d's and site-e's gateways move to their second members (the provisional first gateway gave way to a measured one)
-  const moved = mapOf(groups, 2);
+  const moved = mapOf(TREE_GROUPS, 2);
   for (const m of moved.members) if (m.group === 'site-d' || m.group === 'site-e') m.role = m.id.endsWith('-m1') ? 'gateway' : 'member';
-  gw.setSplitMap({ ...moved, holders: Array(units).fill(0), groupKey: key.toString('base64'), copyTree: 2 }, now + 10);
+  setMap(moved, now + 10);
   const after = view();
   for (const [old, next] of [['10.3.0.1:7700', '10.3.0.2:7700'], ['10.4.0.1:7700', '10.4.0.2:7700']]) {
     t.is(after.get(old)?.queued, 0, `nothing left for the old gateway ${old}`);
