@@ -10,6 +10,12 @@ import { bitmapBytes, setBit } from '../src/wire/packet';
  * (retention drops them from the answers, not from the allocator), so the map's cost grew
  * with the stream's age. Every member holds every unit but the last 64, the answer's window
  * is those 64 (a live edge). Median over RUNS of the mean over 200 answers, µs.
+ *
+ * Then what a new unit costs the allocator (growUnits, once per published unit): now, its
+ * arrays and the members' bitmaps grow by doubling; the baseline is what it did before
+ * 2026-12-02, measured in the same run: a new array of the exact size for the holder
+ * counts, the named holders and every member's bitmap, the old one copied in. Mean over
+ * 20,000 new units from UNITS on, µs.
  */
 export function streamAnswerMain(args: string[]): void {
   const unitsList = (args[0] ?? '1000,10000,100000').split(',').map(Number);
@@ -45,6 +51,34 @@ export function streamAnswerMain(args: string[]): void {
     const b = median(named);
     process.stdout.write(`| ${units.toLocaleString('en')} | ${members} | ${a.toFixed(1)} | ${b.toFixed(1)} | ${(a / b).toFixed(0)}x${check} |\n`);
   }
+  const GROWN = 20_000;
+  process.stdout.write(`\n| units | members | a new unit, exact-size copies as before (µs) | a new unit, doubling (µs) | ratio |\n| ---: | ---: | ---: | ---: | ---: |\n`);
+  for (const units of unitsList) {
+    const g = new GroupAllocator({ unitCount: units, unitBytes: () => 65536 });
+    for (let i = 0; i < members; i++) g.heartbeat(`m${i}`, 0, {});
+    let t0 = process.hrtime.bigint();
+    for (let n = units + 1; n <= units + GROWN; n++) g.growUnits(n, 0);
+    const now = Number(process.hrtime.bigint() - t0) / GROWN / 1e3;
+    // The old growth, on arrays of the same shapes: holderCount (Uint32), named (Int32), a bitmap per member.
+    let holderCount = new Uint32Array(units);
+    let named = new Int32Array(units).fill(-1);
+    let haves = Array.from({ length: members }, () => new Uint8Array(bitmapBytes(units)));
+    t0 = process.hrtime.bigint();
+    for (let n = units + 1; n <= units + GROWN; n++) {
+      holderCount = copied(holderCount, n);
+      named = copied(named, n, -1);
+      haves = haves.map((h) => copied(h, bitmapBytes(n)));
+    }
+    const before = Number(process.hrtime.bigint() - t0) / GROWN / 1e3;
+    process.stdout.write(`| ${units.toLocaleString('en')} | ${members} | ${before.toFixed(1)} | ${now.toFixed(2)} | ${(before / now).toFixed(0)}x |\n`);
+  }
+}
+
+function copied<T extends Uint8Array | Uint32Array | Int32Array>(a: T, n: number, fill = 0): T {
+  const b = new (a.constructor as new (n: number) => T)(n);
+  b.fill(fill);
+  b.set(a);
+  return b;
 }
 
 function median(xs: number[]): number {

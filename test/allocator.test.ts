@@ -155,6 +155,31 @@ test('named holders (1.4, and stream answers): a unit stays with its lessee whil
   t.deepEqual(g.namedHolders(3, 9, map.members).length, 1, 'clipped to the units there are');
 });
 
+test('a stream\'s allocator grows a unit at a time past its arrays\' doublings: every unit is leased once, held bits and holders stay right', (t) => {
+  const g = mk(0, { baseDepth: 4 });
+  g.heartbeat('a', 0);
+  g.heartbeat('b', 0);
+  const leased = new Map<number, string>();
+  let now = 0;
+  for (let n = 1; n <= 300; n++) {
+    g.growUnits(n, 0);
+    for (const id of ['a', 'b']) {
+      for (const u of g.lease(id, now).units) {
+        t.false(leased.has(u), `unit ${u} leased twice`);
+        leased.set(u, id);
+        now = finish(g, id, [u], now, 1);
+      }
+    }
+  }
+  t.is(leased.size, 300, 'every unit leased once');
+  t.is(g.missingInGroup(), 0);
+  const map = g.mapSince(now, undefined, undefined);
+  t.is(map.holderSlots?.length, 300, 'the whole map names exactly the units there are');
+  const ids = new Map(map.members.map((m) => [m.slot, m.id]));
+  t.true([...leased].every(([u, id]) => ids.get(map.holderSlots![u]) === id), 'each unit named to its lessee');
+  t.deepEqual(g.namedHolders(295, 310, map.members).length, 5);
+});
+
 test('near the end a much slower member is told to wait so fast members take the tail', (t) => {
   const g = mk(6, { baseDepth: 1, maxDepth: 1, tailSlackFactor: 2 });
   g.heartbeat('fast', 0);

@@ -342,7 +342,7 @@ export class GroupAllocator extends GatewayTable {
         return { ...head, full: false, members, ...(gone.length ? { gone } : {}), ...(holderChanges.length ? { holderChanges } : {}) };
       }
     }
-    return { ...head, full: true, members: [...this.members.values()].map(record), holderSlots: Array.from(this.named) };
+    return { ...head, full: true, members: [...this.members.values()].map(record), holderSlots: Array.from(this.named.subarray(0, this.opts.unitCount)) };
   }
 
 
