@@ -16,6 +16,12 @@ import { bitmapBytes, setBit } from '../src/wire/packet';
  * 2026-12-02, measured in the same run: a new array of the exact size for the holder
  * counts, the named holders and every member's bitmap, the old one copied in. Mean over
  * 20,000 new units from UNITS on, µs.
+ *
+ * Last, a member's heartbeat in the allocator (GroupAllocator.heartbeat) with its bitmap
+ * over every unit of the stream (as the stream server built it before 2026-12-02) and
+ * with the bitmap from its `haveFrom` on (now): the member holds everything but the last
+ * 64 units and reports the newest one, bitmap building included. Median over RUNS of the
+ * mean of 200.
  */
 export function streamAnswerMain(args: string[]): void {
   const unitsList = (args[0] ?? '1000,10000,100000').split(',').map(Number);
@@ -71,6 +77,38 @@ export function streamAnswerMain(args: string[]): void {
     }
     const before = Number(process.hrtime.bigint() - t0) / GROWN / 1e3;
     process.stdout.write(`| ${units.toLocaleString('en')} | ${members} | ${before.toFixed(1)} | ${now.toFixed(2)} | ${(before / now).toFixed(0)}x |\n`);
+  }
+  process.stdout.write(`\n| units | members | a heartbeat, bitmap over every unit as before (µs) | a heartbeat, bitmap from haveFrom (µs) | ratio |\n| ---: | ---: | ---: | ---: | ---: |\n`);
+  for (const units of unitsList) {
+    const g = new GroupAllocator({ unitCount: units, unitBytes: () => 65536 });
+    const held = new Uint8Array(bitmapBytes(units));
+    for (let u = 0; u < units - WINDOW; u++) setBit(held, u);
+    for (let i = 0; i < members; i++) g.heartbeat(`m${i}`, 0, { have: held });
+    const from = units - WINDOW; // the member's haveFrom: its first unit not held
+    const whole: number[] = [];
+    const windowed: number[] = [];
+    const beat = (f: () => void) => {
+      const t0 = process.hrtime.bigint();
+      for (let k = 0; k < PER_RUN; k++) f();
+      return Number(process.hrtime.bigint() - t0) / PER_RUN / 1e3;
+    };
+    for (let r = 0; r < runs; r++) {
+      whole.push(beat(() => {
+        // The agent's bitmap starts at its haveFrom; the server copied it into one over every unit.
+        const have = new Uint8Array(bitmapBytes(units));
+        setBit(have, units - 1);
+        g.heartbeat('m0', 1, { have });
+      }));
+      windowed.push(beat(() => {
+        const base = from & ~7;
+        const have = new Uint8Array(bitmapBytes(units - base));
+        setBit(have, units - 1 - base);
+        g.heartbeat('m0', 1, { have, haveFrom: base });
+      }));
+    }
+    const a = median(whole);
+    const b = median(windowed);
+    process.stdout.write(`| ${units.toLocaleString('en')} | ${members} | ${a.toFixed(1)} | ${b.toFixed(2)} | ${(a / b).toFixed(0)}x |\n`);
   }
 }
 

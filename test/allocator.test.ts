@@ -178,6 +178,16 @@ test('a stream\'s allocator grows a unit at a time past its arrays\' doublings: 
   const ids = new Map(map.members.map((m) => [m.slot, m.id]));
   t.true([...leased].every(([u, id]) => ids.get(map.holderSlots![u]) === id), 'each unit named to its lessee');
   t.deepEqual(g.namedHolders(295, 310, map.members).length, 5);
+  // A bitmap of the units from haveFrom on (what a stream heartbeat hands over): its bit 0 is unit haveFrom.
+  g.growUnits(340, 0);
+  const tail = new Uint8Array(bitmapBytes(340 - 320));
+  setBit(tail, 3); // unit 323
+  g.heartbeat('c', now, { have: tail, haveFrom: 320 });
+  const held = g.mapSince(now, undefined, undefined);
+  const c = held.members.find((m) => m.id === 'c')!;
+  t.is(c.verifiedUnits, 1, 'c holds one unit');
+  t.is(held.holderSlots?.[323], c.slot, 'unit 323, named to c');
+  t.is(held.holderSlots?.[3], map.holderSlots![3], 'unit 3 named as before');
 });
 
 test('near the end a much slower member is told to wait so fast members take the tail', (t) => {

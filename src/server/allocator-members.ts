@@ -14,6 +14,8 @@ export abstract class MemberTable extends AllocatorState {
     now: number,
     info: {
       have?: Uint8Array | null;
+      /** The unit `have`'s first bit stands for (a multiple of 8; default 0): bits only add, so a bitmap of the units from there on is enough. */
+      haveFrom?: number;
       address?: string | null;
       fetching?: number[];
       fetchingBytes?: number[];
@@ -72,9 +74,13 @@ export abstract class MemberTable extends AllocatorState {
       // Byte by byte: only bytes with a bit the server does not have yet cost more (a
       // heartbeat's cost follows what changed, not the release's size).
       const have = info.have;
-      for (let i = 0; i < have.length && i < m.have.length; i++) {
-        if ((have[i] & ~m.have[i]) === 0) continue;
-        for (let u = i * 8; u < i * 8 + 8 && u < this.opts.unitCount; u++) if (getBit(have, u) && !(m.distrust && getBit(m.distrust, u))) this.markHeld(m, u);
+      const base = Math.floor((info.haveFrom ?? 0) / 8);
+      for (let i = 0; i < have.length && base + i < m.have.length; i++) {
+        if ((have[i] & ~m.have[base + i]) === 0) continue;
+        for (let b = 0; b < 8; b++) {
+          const u = (base + i) * 8 + b;
+          if (u < this.opts.unitCount && getBit(have, i * 8 + b) && !(m.distrust && getBit(m.distrust, u))) this.markHeld(m, u);
+        }
       }
     }
     // Units the member is still receiving keep their lease alive, and say how far they got.

@@ -71,11 +71,13 @@ export class StreamAllocation {
     const g = sg.g;
     g.growUnits(head.nextUnit, head.firstUnit);
     const n = head.nextUnit;
-    const have = new Uint8Array(bitmapBytes(n));
-    for (let i = 0; i < b.have.length * 8 && b.haveFrom + i < n; i++) if (getBit(b.have, i)) setBit(have, b.haveFrom + i);
+    // The member's bitmap from its haveFrom on (byte-aligned), not over every unit the stream had.
+    const base = Math.min(n, b.haveFrom) & ~7;
+    const have = new Uint8Array(bitmapBytes(n - base));
+    for (let i = 0; i < b.have.length * 8 && b.haveFrom + i < n; i++) if (getBit(b.have, i)) setBit(have, b.haveFrom + i - base);
     if (b.join) g.restart(b.member); // a new run of the member: what it had leased is not in flight
     const fetching = b.fetching.filter((u) => u < n);
-    g.heartbeat(b.member, now, { have, address: b.address ?? null, fetching, fetchingBytes: b.fetchingBytes.slice(0, fetching.length), lanGroup: b.group, dataPort: b.dataPort ?? null, forwarded: b.forwarded, lanBytes: b.lanBytes });
+    g.heartbeat(b.member, now, { have, haveFrom: base, address: b.address ?? null, fetching, fetchingBytes: b.fetchingBytes.slice(0, fetching.length), lanGroup: b.group, dataPort: b.dataPort ?? null, forwarded: b.forwarded, lanBytes: b.lanBytes });
     g.setHeartbeatInterval(b.member, STREAM_HEARTBEAT_MS);
     b.receipts.forEach((u, i) => {
       if (u < n) g.receipt(b.member, u, now - Math.min(b.receiptAgesMs[i] ?? 0, MAX_RECEIPT_AGE_MS));
