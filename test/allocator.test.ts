@@ -190,6 +190,24 @@ test('a stream\'s allocator grows a unit at a time past its arrays\' doublings: 
   t.is(held.holderSlots?.[3], map.holderSlots![3], 'unit 3 named as before');
 });
 
+test('a lessee\'s receipt still scores its overhead when a peer reported the unit first (it took the lessee\'s copies)', (t) => {
+  const g = mk(4, { baseDepth: 1 });
+  g.heartbeat('a', 0);
+  g.heartbeat('b', 0);
+  const [u] = g.lease('a', 0).units;
+  g.sending('a', u, 0);
+  const have = new Uint8Array(bitmapBytes(4));
+  setBit(have, u);
+  g.heartbeat('b', 40, { have }); // the lease ends here: the unit is held
+  g.receipt('a', u, 50);
+  const a = g.memberViews(50).find((m) => m.id === 'a')!;
+  t.not(a.overheadMsPerMiB, null, 'a measured from its own send and receipt');
+  t.true(Math.abs((a.overheadMsPerMiB ?? 0) - 50) < 1e-6, `50 ms for the 1 MiB unit: ${a.overheadMsPerMiB}`);
+  // Only the lessee's own receipt scores it, once.
+  g.receipt('a', u, 5000);
+  t.true(Math.abs((g.memberViews(5000).find((m) => m.id === 'a')!.overheadMsPerMiB ?? 0) - 50) < 1e-6, 'a second receipt of the unit is no sample');
+});
+
 test('near the end a much slower member is told to wait so fast members take the tail', (t) => {
   const g = mk(6, { baseDepth: 1, maxDepth: 1, tailSlackFactor: 2 });
   g.heartbeat('fast', 0);

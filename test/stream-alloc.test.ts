@@ -1,6 +1,7 @@
 import test from 'ava';
 import { StreamAllocation } from '../src/server/stream-alloc';
 import type { StreamHead } from '../src/release/stream-manifest';
+import { setBit } from '../src/util/bits';
 import { MAX_STREAM_HOLDERS, parseStreamBeat, parseStreamBeatAnswer, StreamBeatBody } from '../src/wire/stream-control';
 
 /*
@@ -125,4 +126,17 @@ test('holders past the answer cap are counted as cut', (t) => {
   t.is(ans.holders.length, MAX_STREAM_HOLDERS);
   t.is(ans.holdersFrom, 100);
   t.is(a.holdersCut, 100);
+});
+
+test('a receipt riding a beat whose have already shows the unit still scores the lessee\'s overhead (the stream weighting)', (t) => {
+  const a = new StreamAllocation();
+  a.heartbeat('cam', head(8), body('b'), 1000); // b joins first: unmeasured members rank by joining
+  const first = a.heartbeat('cam', head(8), body('a', { lease: 1 }), 1000);
+  const [u] = first.lease.units;
+  a.sending('cam', 'a', u, 1000);
+  // The agent's next beat: the unit in its have, and its receipt, together.
+  const have = new Uint8Array(1);
+  setBit(have, u);
+  const ans = a.heartbeat('cam', head(8), body('a', { have, receipts: [u], receiptAgesMs: [0] }), 1100);
+  t.deepEqual(ans.members?.map((m) => m.id), ['a', 'b'], 'a is measured, so it ranks before b, who joined first');
 });

@@ -19,6 +19,12 @@ export interface Member {
   have: Uint8Array;
   verified: number;
   leases: Set<number>;
+  /**
+   * Units whose lease another member's report of them ended while this member, their
+   * lessee, was sending them: when the server started sending (its receipt still scores
+   * the overhead). At most MAX_ENDED_SENDS, the oldest dropped; optional (most never have any).
+   */
+  endedSends?: Map<number, number>;
   /** ms per byte, EWMA; null until first sample. */
   overhead: number | null;
   /** `overhead` is the one remembered from before a server restart, not measured since. */
@@ -99,6 +105,8 @@ export const MIB = 1024 * 1024;
 const MISSED_HEARTBEATS = 3;
 /** ...for a slow network or a busy box. */
 const TIMEOUT_SLACK_MS = 1000;
+/** Per member: sends whose lease a peer's report ended, kept for the receipt (Member.endedSends). */
+export const MAX_ENDED_SENDS = 64;
 
 export abstract class AllocatorState {
   protected readonly members = new Map<string, Member>();
@@ -284,7 +292,16 @@ export abstract class AllocatorState {
     const l = this.leases.get(u);
     if (l) {
       this.leases.delete(u);
-      this.members.get(l.member)?.leases.delete(u);
+      const lessee = this.members.get(l.member);
+      lessee?.leases.delete(u);
+      // Its peers took the lessee's copies and said so before its receipt came: keep what
+      // the receipt needs to score the lessee's overhead (on a loaded LAN, every sample of
+      // a member could end so, leaving it unmeasured and unweighted).
+      if (lessee && lessee !== m && l.sentAt !== null) {
+        const e = (lessee.endedSends ??= new Map());
+        if (e.size >= MAX_ENDED_SENDS) e.delete(e.keys().next().value as number);
+        e.set(u, l.sentAt);
+      }
     }
     const h = this.hedges.get(u);
     if (h) {

@@ -70,9 +70,12 @@ export class GroupAllocator extends GatewayTable {
     m.lastSeen = now;
     this.dueMember(m); // a receipt's time may be older than the last heartbeat (receiptAgesMs)
     const l = this.leaseOf(id, u);
-    if (l && l.sentAt !== null) {
+    const ended = m.endedSends?.get(u);
+    if (ended !== undefined) m.endedSends!.delete(u);
+    const sentAt = l && l.sentAt !== null ? l.sentAt : (ended ?? null);
+    if (sentAt !== null) {
       const bytes = Math.max(1, this.opts.unitBytes(u));
-      const sample = Math.max(0, now - l.sentAt) / bytes;
+      const sample = Math.max(0, now - sentAt) / bytes;
       m.overhead = m.overhead === null ? sample : m.overhead + this.opts.overheadAlpha * (sample - m.overhead);
       m.overheadRemembered = false;
       this.overheadChanged(id);
