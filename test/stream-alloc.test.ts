@@ -140,3 +140,63 @@ test('a receipt riding a beat whose have already shows the unit still scores the
   const ans = a.heartbeat('cam', head(8), body('a', { have, receipts: [u], receiptAgesMs: [0] }), 1100);
   t.deepEqual(ans.members?.map((m) => m.id), ['a', 'b'], 'a is measured, so it ranks before b, who joined first');
 });
+
+/**
+ * A stream's units appear one at a time and both members ask at each, `order` first. Each
+ * lessee verifies its unit `ms(member, k)` after the server starts sending it (its k-th
+ * unit), and its receipt rides its next beat. `silent` members stop beating after the first
+ * unit but stay live. Three rounds of asks follow the last unit. Returns the units each
+ * member was leased and the asks held back.
+ */
+function share(order: string[], ms: (m: string, k: number) => number, units = 60, silent: string[] = []) {
+  const a = new StreamAllocation();
+  const got = new Map<string, number[]>(order.map((m) => [m, []]));
+  const pending = new Map<string, { u: number; at: number }[]>(order.map((m) => [m, []]));
+  let now = 1000;
+  // Three rounds after the last unit, with nothing new published: a unit is held back at
+  // most once, so asks take what is left.
+  for (let step = 1; step <= units + 3; step++) {
+    const n = Math.min(step, units);
+    now += 100;
+    for (const m of order) {
+      if (step > 1 && silent.includes(m)) continue;
+      const rs = pending.get(m)!.splice(0);
+      const ans = a.heartbeat('cam', head(n), body(m, { lease: 2, receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => Math.max(0, now - r.at)) }), now);
+      for (const u of ans.lease.units) {
+        a.sending('cam', m, u, now);
+        pending.get(m)!.push({ u, at: now + ms(m, got.get(m)!.length) });
+        got.get(m)!.push(u);
+      }
+    }
+  }
+  return { got, deferred: a.shareDeferrals };
+}
+
+test('a stream is shared by overhead, not by who asks first: two equal members each take about half though one always asks first', (t) => {
+  const { got, deferred } = share(['a', 'b'], () => 20);
+  const [na, nb] = [got.get('a')!.length, got.get('b')!.length];
+  t.log(`a ${na}, b ${nb} of 60 units; ${deferred} asks held back`);
+  t.is(na + nb, 60, 'every unit leased');
+  t.true(nb >= 24 && na >= 24, `a ${na}, b ${nb}: each about half (the first to ask took every unit before)`);
+});
+
+test('a stream member whose first sample was slow keeps a share, so it is measured again and its share comes back', (t) => {
+  // a's first unit took 50x its usual time (a loaded box at start); then a and b are as fast.
+  const { got } = share(['b', 'a'], (m, k) => (m === 'a' && k === 0 ? 1000 : 20));
+  const late = (m: string) => got.get(m)!.filter((u) => u >= 30).length;
+  t.log(`a ${got.get('a')!.length}, b ${got.get('b')!.length} of 60; of the last 30: a ${late('a')}, b ${late('b')}`);
+  // The release's tail rule held a back for good: its one slow sample was never replaced.
+  t.true(late('a') >= 10, `a took ${late('a')} of the last 30 units`);
+});
+
+test('a stream member twice as slow takes about a third; a unit is never held back for a member that does not ask', (t) => {
+  const slow = share(['a', 'b'], (m) => (m === 'a' ? 40 : 20));
+  const na = slow.got.get('a')!.length;
+  t.log(`a (40 ms) ${na}, b (20 ms) ${slow.got.get('b')!.length} of 60`);
+  t.true(na >= 12 && na <= 28, `the slower member took ${na} of 60 (a third is 20)`);
+  // b asks once and goes quiet (alive: within its timeout): a is held back at most once per unit, and takes them all.
+  const quiet = share(['a', 'b'], () => 20, 30, ['b']);
+  t.log(`b quiet: a ${quiet.got.get('a')!.length}, b ${quiet.got.get('b')!.length} of 30; ${quiet.deferred} asks held back`);
+  t.is(quiet.got.get('a')!.length + quiet.got.get('b')!.length, 30, 'every unit leased');
+  t.true(quiet.deferred <= 30, `${quiet.deferred} asks held back for 30 units: at most one per unit`);
+});

@@ -24,6 +24,8 @@ export abstract class MemberTable extends AllocatorState {
       dataPort?: number | null;
       forwarded?: number;
       lanBytes?: number;
+      /** It asks for a lease now (stream heartbeats with `lease` > 0): shares wait for it (allocator-share.ts). */
+      asking?: boolean;
     } = {},
   ): void {
     let m = this.members.get(id);
@@ -66,6 +68,7 @@ export abstract class MemberTable extends AllocatorState {
     if (info.lanGroup !== undefined) m.lanGroup = info.lanGroup;
     if (info.dataPort !== undefined) m.dataPort = info.dataPort;
     if (info.lanBytes !== undefined) m.lanBytes = info.lanBytes;
+    if (info.asking !== undefined) m.asking = info.asking;
     if (info.forwarded !== undefined && info.forwarded !== m.forwarded) {
       m.forwarded = info.forwarded;
       m.forwardedAt = now;

@@ -72,6 +72,11 @@ export interface AllocatorOptions {
    * keeps every member sending to every other group's gateway.
    */
   copyTreeDegree: number;
+  /**
+   * A stream's allocator: units are shared by overhead with credits (allocator-share.ts),
+   * not given to whoever asks first, and there is no tail rule (a stream has no tail).
+   */
+  shareWeighted: boolean;
 }
 
 export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'unitBytes'> = {
@@ -97,4 +102,5 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   mapLogEntries: 2048,
   copyTreeDegree: 4,
   memberRefreshMs: 30_000,
+  shareWeighted: false,
 };

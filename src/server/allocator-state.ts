@@ -1,6 +1,7 @@
 import { bitmapBytes, getBit, setBit } from '../wire/packet';
 import { MapLog } from './allocator-log';
 import { AllocatorOptions, DEFAULT_ALLOCATOR_OPTIONS } from './allocator-options';
+import { ShareLedger } from './allocator-share';
 
 /*
  * The state of one GroupAllocator (allocator.ts) and the helpers every part of it uses:
@@ -27,6 +28,9 @@ export interface Member {
   endedSends?: Map<number, number>;
   /** ms per byte, EWMA; null until first sample. */
   overhead: number | null;
+  /** Stream allocators (`shareWeighted`): its share credit in units, and whether its last heartbeat asked for a lease (allocator-share.ts). */
+  credit?: number;
+  asking?: boolean;
   /** `overhead` is the one remembered from before a server restart, not measured since. */
   overheadRemembered: boolean;
   complete: boolean;
@@ -107,6 +111,8 @@ const MISSED_HEARTBEATS = 3;
 const TIMEOUT_SLACK_MS = 1000;
 /** Per member: sends whose lease a peer's report ended, kept for the receipt (Member.endedSends). */
 export const MAX_ENDED_SENDS = 64;
+/** A member a stream's share rule held back asks again after this (it beats at the next batch anyway). */
+const SHARE_RETRY_MS = 50;
 
 export abstract class AllocatorState {
   protected readonly members = new Map<string, Member>();
@@ -120,6 +126,8 @@ export abstract class AllocatorState {
   reclaimed = 0;
   /** Second leases of overdue units (hedging), by unit; the first verified copy wins. */
   protected readonly hedges = new Map<number, Lease>();
+  /** Stream allocators (`shareWeighted`): the members' share credits. */
+  readonly share = new ShareLedger();
 
   /** `id`'s lease of unit `u`, or its hedge lease of it; undefined when it holds neither. */
   protected leaseOf(id: string, u: number): Lease | undefined {
@@ -340,6 +348,21 @@ export abstract class AllocatorState {
     return Math.max(this.opts.leaseMinMs, predicted * this.opts.leaseSlackFactor, 2 * m.heartbeatMs);
   }
 
+
+  /**
+   * Tail rule: a member whose next unit (of `bytes`) would land later than the rest of the
+   * group could finish the `remaining` free units (times tailSlackFactor) waits: how long, or null.
+   */
+  protected tailWait(m: Member, bytes: number, remaining: number): number | null {
+    const mine = this.predictedFinish(m, bytes);
+    const rest = this.othersFinishTime(m, remaining * bytes);
+    return mine !== null && rest !== null && mine > rest * this.opts.tailSlackFactor ? Math.max(50, Math.min(2000, Math.round(rest))) : null;
+  }
+
+  /** A stream's share rule (allocator-share.ts), while free units are scarce: how long `m` waits, or null. */
+  protected shareWait(m: Member, u: number, remaining: number): number | null {
+    return remaining <= this.members.size && this.share.defers(m, u, this.members.values(), (o) => this.depthFor(o)) ? SHARE_RETRY_MS : null;
+  }
 
   /** Predicted time for m to finish its queue plus one more unit of `bytes`. */
   protected predictedFinish(m: Member, bytes: number): number | null {

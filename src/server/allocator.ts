@@ -183,20 +183,16 @@ export class GroupAllocator extends GatewayTable {
       }
       return { units: [], retryAfterMs: 0, exhausted: true };
     }
-    // Tail rule: a member whose next unit would land later than the rest of the
-    // group could finish everything left (times tailSlackFactor) waits instead.
     const remaining = this.freeCount();
-    const mine = this.predictedFinish(m, this.opts.unitBytes(free[0]));
-    const rest = this.othersFinishTime(m, remaining * this.opts.unitBytes(free[0]));
-    if (mine !== null && rest !== null && mine > rest * this.opts.tailSlackFactor) {
-      return { units: [], retryAfterMs: Math.max(50, Math.min(2000, Math.round(rest))), exhausted: false };
-    }
+    const wait = this.opts.shareWeighted ? this.shareWait(m, free[0], remaining) : this.tailWait(m, this.opts.unitBytes(free[0]), remaining);
+    if (wait !== null) return { units: [], retryAfterMs: wait, exhausted: false };
     const units = remaining <= this.members.size ? free.slice(0, 1) : free;
     for (const u of units) {
       this.leases.set(u, this.newLease(id, m, u, now, 'lease'));
       m.leases.add(u);
       this.rename(u);
     }
+    if (this.opts.shareWeighted) this.share.leased(m, units, [...this.members.values()], this.medianOverhead());
     return { units, retryAfterMs: 0, exhausted: false };
   }
 

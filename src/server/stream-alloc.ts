@@ -65,7 +65,7 @@ export class StreamAllocation {
     let sg = this.groups.get(key);
     if (!sg) {
       const unitSize = head.unitSize;
-      sg = { g: new GroupAllocator({ ...this.allocator, unitCount: 0, unitBytes: () => unitSize }), key: randomBytes(32).toString('base64'), need: new Map() };
+      sg = { g: new GroupAllocator({ ...this.allocator, unitCount: 0, unitBytes: () => unitSize, shareWeighted: true }), key: randomBytes(32).toString('base64'), need: new Map() };
       this.groups.set(key, sg);
     }
     const g = sg.g;
@@ -77,7 +77,7 @@ export class StreamAllocation {
     for (let i = 0; i < b.have.length * 8 && b.haveFrom + i < n; i++) if (getBit(b.have, i)) setBit(have, b.haveFrom + i - base);
     if (b.join) g.restart(b.member); // a new run of the member: what it had leased is not in flight
     const fetching = b.fetching.filter((u) => u < n);
-    g.heartbeat(b.member, now, { have, haveFrom: base, address: b.address ?? null, fetching, fetchingBytes: b.fetchingBytes.slice(0, fetching.length), lanGroup: b.group, dataPort: b.dataPort ?? null, forwarded: b.forwarded, lanBytes: b.lanBytes });
+    g.heartbeat(b.member, now, { have, haveFrom: base, address: b.address ?? null, fetching, fetchingBytes: b.fetchingBytes.slice(0, fetching.length), lanGroup: b.group, dataPort: b.dataPort ?? null, forwarded: b.forwarded, lanBytes: b.lanBytes, asking: b.lease > 0 });
     g.setHeartbeatInterval(b.member, STREAM_HEARTBEAT_MS);
     b.receipts.forEach((u, i) => {
       if (u < n) g.receipt(b.member, u, now - Math.min(b.receiptAgesMs[i] ?? 0, MAX_RECEIPT_AGE_MS));
@@ -129,6 +129,13 @@ export class StreamAllocation {
     this.tokenHits++;
     const { members: _m, groupKey: _k, copyTo: _c, ...rest } = a;
     return { ...rest, holders, mapToken };
+  }
+
+  /** Lease asks a stream's share rule held back, all allocators (server/allocator-share.ts). */
+  get shareDeferrals(): number {
+    let n = 0;
+    for (const sg of this.groups.values()) n += sg.g.share.deferred;
+    return n;
   }
 
   /** Answers to a body with `mapToken` that left the unchanged parts out (tests, bench). */

@@ -1,0 +1,66 @@
+import type { Member } from './allocator-state';
+
+/** A member's share credit stays within ±this many units (one that stops asking does not bank more). */
+export const SHARE_CREDIT_CAP = 4;
+/** Units held back for a member behind its share, remembered at most this many (the oldest forgotten). */
+const MAX_HELD_BACK = 64;
+/** An overhead of 0 (a sample rounded to nothing) weighs as this, in ms per byte, not as infinity. */
+const MIN_OVERHEAD = 1e-6;
+
+/**
+ * Shares of a stream's units by overhead (docs/protocol.md, "Streams on the LAN").
+ *
+ * A stream's units appear a batch at a time and every member asks for them at once, so
+ * without this the member whose heartbeat lands first takes them: on a loaded box one of
+ * two sites took 9 % of a stream, the other 91 %, with the same overheads. And the
+ * release's tail rule, which holds back a member predicted slower, holds it back for good
+ * in a stream (every unit is the last one), so its overhead is never sampled again: one
+ * slow early sample starved a member for the whole stream.
+ *
+ * Instead each member has a credit, in units. Every unit first leased in the allocator
+ * adds to each member its fraction w / W of the unit, w = 1 / overhead (the median for an
+ * unmeasured member; all equal while none is measured), and takes one from the lessee. A
+ * member at −1 or below waits (nothing leased) when another member that asked at its last
+ * heartbeat, has room under its depth and is more than one unit above it could take the
+ * unit instead; a unit is held back once, and the next ask takes it, so a unit never waits
+ * for a member that does not come. Each member so takes a share in proportion to 1 /
+ * overhead, and a slow one keeps being measured.
+ *
+ * After Deficit Round Robin (Shreedhar and Varghese, "Efficient fair queuing using deficit
+ * round robin", SIGCOMM 1995): each flow's deficit counter grows by its quantum per round
+ * and pays for what it sends; here the quantum is the member's weight and the round a unit.
+ */
+export class ShareLedger {
+  private readonly heldBack = new Set<number>();
+  /** Asks answered with nothing because another member was behind its share (all members). */
+  deferred = 0;
+
+  /** Whether `m`, asking for free unit `u`, waits for a member behind its share. */
+  defers(m: Member, u: number, members: Iterable<Member>, depthOf: (o: Member) => number): boolean {
+    const mine = m.credit ?? 0;
+    if (mine > -1 || this.heldBack.has(u)) return false;
+    for (const o of members) {
+      if (o === m || !o.asking || o.leases.size >= depthOf(o) || (o.credit ?? 0) <= mine + 1) continue;
+      if (this.heldBack.size >= MAX_HELD_BACK) this.heldBack.delete(this.heldBack.values().next().value as number);
+      this.heldBack.add(u);
+      this.deferred++;
+      return true;
+    }
+    return false;
+  }
+
+  /** `units` were first leased to `m`: every member earns its fraction of them, and `m` pays for them. */
+  leased(m: Member, units: readonly number[], members: readonly Member[], median: number | null): void {
+    if (units.length === 0) return;
+    for (const u of units) this.heldBack.delete(u);
+    const w = members.map((o) => {
+      const oh = o.overhead ?? median;
+      return oh === null ? 1 : 1 / Math.max(oh, MIN_OVERHEAD);
+    });
+    const total = w.reduce((a, b) => a + b, 0);
+    members.forEach((o, i) => {
+      const c = (o.credit ?? 0) + (units.length * w[i]) / total - (o === m ? units.length : 0);
+      o.credit = Math.max(-SHARE_CREDIT_CAP, Math.min(SHARE_CREDIT_CAP, c));
+    });
+  }
+}
