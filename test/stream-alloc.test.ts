@@ -145,10 +145,10 @@ test('a receipt riding a beat whose have already shows the unit still scores the
  * A stream's units appear one at a time and both members ask at each, `order` first. Each
  * lessee verifies its unit `ms(member, k)` after the server starts sending it (its k-th
  * unit), and its receipt rides its next beat. `silent` members stop beating after the first
- * unit but stay live. Three rounds of asks follow the last unit. Returns the units each
+ * unit but stay live; `idle` ones beat but ask for no lease. Three rounds of asks follow the last unit. Returns the units each
  * member was leased and the asks held back.
  */
-function share(order: string[], ms: (m: string, k: number) => number, units = 60, silent: string[] = []) {
+function share(order: string[], ms: (m: string, k: number) => number, units = 60, silent: string[] = [], idle: string[] = []) {
   const a = new StreamAllocation();
   const got = new Map<string, number[]>(order.map((m) => [m, []]));
   const pending = new Map<string, { u: number; at: number }[]>(order.map((m) => [m, []]));
@@ -161,7 +161,7 @@ function share(order: string[], ms: (m: string, k: number) => number, units = 60
     for (const m of order) {
       if (step > 1 && silent.includes(m)) continue;
       const rs = pending.get(m)!.splice(0);
-      const ans = a.heartbeat('cam', head(n), body(m, { lease: 2, receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => Math.max(0, now - r.at)) }), now);
+      const ans = a.heartbeat('cam', head(n), body(m, { lease: idle.includes(m) ? 0 : 2, receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => Math.max(0, now - r.at)) }), now);
       for (const u of ans.lease.units) {
         a.sending('cam', m, u, now);
         pending.get(m)!.push({ u, at: now + ms(m, got.get(m)!.length) });
@@ -178,6 +178,11 @@ test('a stream is shared by overhead, not by who asks first: two equal members e
   t.log(`a ${na}, b ${nb} of 60 units; ${deferred} asks held back`);
   t.is(na + nb, 60, 'every unit leased');
   t.true(nb >= 24 && na >= 24, `a ${na}, b ${nb}: each about half (the first to ask took every unit before)`);
+  // A third member that asks for nothing (its sink is full) does not skew the two that do.
+  const withIdle = share(['a', 'b', 'c'], () => 20, 60, [], ['c']);
+  const [ia, ib] = [withIdle.got.get('a')!.length, withIdle.got.get('b')!.length];
+  t.log(`with an idle member: a ${ia}, b ${ib}, c ${withIdle.got.get('c')!.length}`);
+  t.true(ia >= 24 && ib >= 24 && withIdle.got.get('c')!.length === 0, `a ${ia}, b ${ib}: still about half each`);
 });
 
 test('a stream member whose first sample was slow keeps a share, so it is measured again and its share comes back', (t) => {

@@ -18,7 +18,7 @@ const MIN_OVERHEAD = 1e-6;
  * slow early sample starved a member for the whole stream.
  *
  * Instead each member has a credit, in units. Every unit first leased in the allocator
- * adds to each member its fraction w / W of the unit, w = 1 / overhead (the median for an
+ * adds to each member that asks for leases its fraction w / W of the unit, w = 1 / overhead (the median for an
  * unmeasured member; all equal while none is measured), and takes one from the lessee. A
  * member at −1 or below waits (nothing leased) when another member that asked at its last
  * heartbeat, has room under its depth and is more than one unit above it could take the
@@ -49,10 +49,16 @@ export class ShareLedger {
     return false;
   }
 
-  /** `units` were first leased to `m`: every member earns its fraction of them, and `m` pays for them. */
-  leased(m: Member, units: readonly number[], members: readonly Member[], median: number | null): void {
+  /**
+   * `units` were first leased to `m`: each member that asks (and `m`) earns its fraction of
+   * them, and `m` pays for them. A member that does not ask (its sink is full) earns nothing:
+   * it would only bank credit to its cap, and the askers' credits would all sink together
+   * to the floor, where no difference is left to share by.
+   */
+  leased(m: Member, units: readonly number[], all: Iterable<Member>, median: number | null): void {
     if (units.length === 0) return;
     for (const u of units) this.heldBack.delete(u);
+    const members = [...all].filter((o) => o === m || o.asking);
     const w = members.map((o) => {
       const oh = o.overhead ?? median;
       return oh === null ? 1 : 1 / Math.max(oh, MIN_OVERHEAD);

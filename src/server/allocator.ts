@@ -192,7 +192,7 @@ export class GroupAllocator extends GatewayTable {
       m.leases.add(u);
       this.rename(u);
     }
-    if (this.opts.shareWeighted) this.share.leased(m, units, [...this.members.values()], this.medianOverhead());
+    if (this.opts.shareWeighted) this.share.leased(m, units, this.members.values(), this.medianOverhead());
     return { units, retryAfterMs: 0, exhausted: false };
   }
 
