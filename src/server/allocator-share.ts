@@ -18,8 +18,9 @@ const MIN_OVERHEAD = 1e-6;
  * slow early sample starved a member for the whole stream.
  *
  * Instead each member has a credit, in units. Every unit first leased in the allocator
- * adds to each member that asks for leases its fraction w / W of the unit, w = 1 / overhead (the median for an
- * unmeasured member; all equal while none is measured), and takes one from the lessee. A
+ * adds to each member that asks for leases its fraction w / W of the unit, w = 1 /
+ * overhead (the median for an unmeasured member; all equal while none is measured), and
+ * takes one from the lessee. A
  * member at −1 or below waits (nothing leased) when another member that asked at its last
  * heartbeat, has room under its depth and is more than one unit above it could take the
  * unit instead; a unit is held back once, and the next ask takes it, so a unit never waits
