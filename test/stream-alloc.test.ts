@@ -142,11 +142,11 @@ test('a receipt riding a beat whose have already shows the unit still scores the
 });
 
 /**
- * A stream's units appear one at a time and both members ask at each, `order` first. Each
+ * A stream's units appear one at a time and every member asks at each, in `order`. Each
  * lessee verifies its unit `ms(member, k)` after the server starts sending it (its k-th
  * unit), and its receipt rides its next beat. `silent` members stop beating after the first
- * unit but stay live; `idle` ones beat but ask for no lease. Three rounds of asks follow the last unit. Returns the units each
- * member was leased and the asks held back.
+ * unit but stay live; `idle` ones beat but ask for no lease. Three rounds of asks follow
+ * the last unit. Returns the units each member was leased and the asks held back.
  */
 function share(order: string[], ms: (m: string, k: number) => number, units = 60, silent: string[] = [], idle: string[] = []) {
   const a = new StreamAllocation();
@@ -194,7 +194,7 @@ test('a stream member whose first sample was slow keeps a share, so it is measur
   t.true(late('a') >= 10, `a took ${late('a')} of the last 30 units`);
 });
 
-test('a stream member twice as slow takes about a third; a unit is never held back for a member that does not ask', (t) => {
+test('a stream member twice as slow takes about a third; a unit is held back at most once for a member that stopped beating', (t) => {
   const slow = share(['a', 'b'], (m) => (m === 'a' ? 40 : 20));
   const na = slow.got.get('a')!.length;
   t.log(`a (40 ms) ${na}, b (20 ms) ${slow.got.get('b')!.length} of 60`);
