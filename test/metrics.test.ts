@@ -94,6 +94,8 @@ test('agent and server metrics parse with the Prometheus client: build info, pro
   t.falsy(server.find((x) => x.name.endsWith('unit_bytes_sent_by_group')), 'the by-group duplicate is gone');
   // The stream holders' window cap (issue 19) is counted, 0 with no stream.
   t.deepEqual(server.find((x) => x.name === 'fleetcast_server_stream_holders_cut')?.samples.map((s) => s.value), [0]);
+  // So are the asks a stream's share rule held back (test/stream-alloc counts them through a stream).
+  t.deepEqual(server.find((x) => x.name === 'fleetcast_server_stream_share_deferrals')?.samples.map((s) => s.value), [0]);
   const bytes = server.find((x) => x.name === 'fleetcast_server_unit_bytes_sent')!.samples;
   t.deepEqual(bytes.map((s) => s.labels.group), ['g1']);
   t.true(bytes[0].value >= f.manifest.size);

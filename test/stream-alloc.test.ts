@@ -1,8 +1,10 @@
 import test from 'ava';
 import { StreamAllocation } from '../src/server/stream-alloc';
+import { streamRoutes } from '../src/server/stream-routes';
 import type { StreamHead } from '../src/release/stream-manifest';
 import { setBit } from '../src/util/bits';
 import { MAX_STREAM_HOLDERS, parseStreamBeat, parseStreamBeatAnswer, StreamBeatBody } from '../src/wire/stream-control';
+import { startStreamServer } from './helpers/stream-server';
 
 /*
  * The stream allocator without sockets (server/stream-alloc.ts): a stream allocated as a
@@ -146,10 +148,10 @@ test('a receipt riding a beat whose have already shows the unit still scores the
  * lessee verifies its unit `ms(member, k)` after the server starts sending it (its k-th
  * unit), and its receipt rides its next beat. `silent` members stop beating after the first
  * unit but stay live; `idle` ones beat but ask for no lease. Three rounds of asks follow
- * the last unit. Returns the units each member was leased and the asks held back.
+ * the last unit. Returns the units each member was leased and the asks held back. `a`: the
+ * allocation to drive (a server's, to read its metrics).
  */
-function share(order: string[], ms: (m: string, k: number) => number, units = 60, silent: string[] = [], idle: string[] = []) {
-  const a = new StreamAllocation();
+function share(order: string[], ms: (m: string, k: number) => number, units = 60, silent: string[] = [], idle: string[] = [], a = new StreamAllocation()) {
   const got = new Map<string, number[]>(order.map((m) => [m, []]));
   const pending = new Map<string, { u: number; at: number }[]>(order.map((m) => [m, []]));
   let now = 1000;
@@ -204,4 +206,14 @@ test('a stream member twice as slow takes about a third; a unit is held back at 
   t.log(`b quiet: a ${quiet.got.get('a')!.length}, b ${quiet.got.get('b')!.length} of 30; ${quiet.deferred} asks held back`);
   t.is(quiet.got.get('a')!.length + quiet.got.get('b')!.length, 30, 'every unit leased');
   t.true(quiet.deferred <= 30, `${quiet.deferred} asks held back for 30 units: at most one per unit`);
+});
+
+test('the asks a stream\'s share rule held back are in the server\'s metrics', async (t) => {
+  const { server, store } = await startStreamServer(t);
+  const metric = () => Number(/^fleetcast_server_stream_share_deferrals_total (\S+)$/m.exec(server.metrics())?.[1]);
+  t.is(metric(), 0);
+  // The first to ask takes units until it is a unit behind; then its asks wait for the other member.
+  const { deferred } = share(['a', 'b'], () => 20, 20, [], [], streamRoutes(store).alloc);
+  t.true(deferred > 0, `${deferred} asks held back`);
+  t.is(metric(), deferred);
 });

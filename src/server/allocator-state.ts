@@ -126,8 +126,11 @@ export abstract class AllocatorState {
   reclaimed = 0;
   /** Second leases of overdue units (hedging), by unit; the first verified copy wins. */
   protected readonly hedges = new Map<number, Lease>();
-  /** Stream allocators (`shareWeighted`): the members' share credits. */
-  readonly share = new ShareLedger();
+  private shareLedger?: ShareLedger;
+  /** Stream allocators (`shareWeighted`): the members' share credits (made at first use: releases never use them). */
+  get share(): ShareLedger {
+    return (this.shareLedger ??= new ShareLedger());
+  }
 
   /** `id`'s lease of unit `u`, or its hedge lease of it; undefined when it holds neither. */
   protected leaseOf(id: string, u: number): Lease | undefined {

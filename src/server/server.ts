@@ -159,7 +159,9 @@ export class FleetcastServer extends ClusterRoutes {
     r.gauge('connections', 'Open HTTP connections', [[{}, this.connections.open_]]);
     r.gauge('channel_polls_held', "Channel long polls held now: a follower's (held up to a day, docs/protocol.md sections 19 and 20) and others", [[{ kind: 'following' }, this.polls.following], [{ kind: 'plain' }, this.polls.plain]]);
     r.counter('channel_polls_gone_total', 'Held channel polls whose connection closed before their answer (the agent left, or keepalive probes found it gone)', [[{}, this.polls.gone]]);
-    r.counter('stream_holders_cut_total', 'Stream units left out of heartbeat answers\' holders because the window passed its cap (65,536 units; docs/protocol.md, streams)', [[{}, streamRoutes(this.opts.storeDir).alloc.holdersCut]]);
+    const streams = streamRoutes(this.opts.storeDir).alloc;
+    r.counter('stream_holders_cut_total', 'Stream units left out of heartbeat answers\' holders because the window passed its cap (65,536 units; docs/protocol.md, streams)', [[{}, streams.holdersCut]]);
+    r.counter('stream_share_deferrals_total', "Stream lease asks answered with nothing so that a member behind its share of the stream could take the unit (docs/protocol.md section 15, Shares)", [[{}, streams.shareDeferrals]]);
     r.counter('relayed_units_total', 'Units leased again for a LAN group its wide-area group could not serve', [[{}, this.stats.relayedUnits]]);
     r.counter('claims_expired_total', "Units a member claimed to hold that its LAN group kept asking for: the claim expired and the unit was leased again", [[{}, [...this.groups.values()].reduce((n, g) => n + g.claimsExpired, 0)]]);
     r.counter('resent_units_total', 'Units the origin sent again to a group that already held or leased them, by reason', RESEND_REASONS.map((reason) => [{ reason }, this.stats.resent[reason].units]));
