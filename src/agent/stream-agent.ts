@@ -220,8 +220,7 @@ export class StreamAgent {
     this.core.batchVerified(b);
     this.stages.known(b.first, b.count, Date.parse(b.time), Date.now());
     if (b.final) this.endAt();
-    // A batch wholly below our turn (askAt, docs/protocol.md section 15, "Turns") brings no lease for us.
-    if (b.final || b.first + b.count > (this.lastAnswer?.askAt ?? 0)) this.beatSoon();
+    this.beatSoon();
     this.delivery.pump();
   }
 

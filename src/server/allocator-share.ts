@@ -6,10 +6,6 @@ export const SHARE_CREDIT_CAP = 4;
 const MAX_HELD_BACK = 64;
 /** An overhead of 0 (a sample rounded to nothing) weighs as this, in ms per byte, not as infinity. */
 const MIN_OVERHEAD = 1e-6;
-/** A stream member's turn is looked for this many units ahead (turn()); past it, it asks at the last. */
-export const TURN_HORIZON = 64;
-/** A member's turn (turn()) is a unit at which its projected credit is within this of the most. */
-const TURN_SLACK = 0.1;
 
 /**
  * Shares of a stream's units by overhead (docs/protocol.md, "Streams on the LAN").
@@ -71,50 +67,14 @@ export class ShareLedger {
     if (units.length === 0) return;
     for (const u of units) this.heldBack.delete(u);
     const members = [...all].filter((o) => o === m || o.asking);
-    const w = weights(members, median);
+    const w = members.map((o) => {
+      const oh = o.overhead ?? median;
+      return oh === null ? 1 : 1 / Math.max(oh, MIN_OVERHEAD);
+    });
+    const total = w.reduce((a, b) => a + b, 0);
     members.forEach((o, i) => {
-      o.credit = step(o.credit ?? 0, units.length * w[i], o === m ? units.length : 0);
+      const c = (o.credit ?? 0) + (units.length * w[i]) / total - (o === m ? units.length : 0);
+      o.credit = Math.max(-SHARE_CREDIT_CAP, Math.min(SHARE_CREDIT_CAP, c));
     });
   }
-
-  /**
-   * Of the next `horizon` units to appear, the position (0 = the next one) of the first that
-   * could be `m`'s: each goes to the asking member with the most credit, credits moving as
-   * leased() moves them, and `m`'s turn is the first unit at which its credit is within
-   * TURN_SLACK of the most; `horizon` when none is. A member asking at its turn is not held
-   * back (no one is more than a unit above it), so members that ask only from their turns
-   * on still get their shares (docs/protocol.md section 15, "Turns").
-   */
-  turn(m: Member, all: Iterable<Member>, median: number | null, horizon: number): number {
-    const members = [...all].filter((o) => o === m || o.asking);
-    const w = weights(members, median);
-    const credit = members.map((o) => o.credit ?? 0);
-    const me = members.indexOf(m);
-    for (let k = 0; k < horizon; k++) {
-      let best = 0;
-      for (let i = 1; i < members.length; i++) if (credit[i] > credit[best]) best = i;
-      // Within TURN_SLACK of the top counts as a turn: the overheads move between two
-      // members' beats, and near a tie each must still see the unit as possibly its own.
-      // An exact tie (members that earned alike) goes to the first, as every projection
-      // of the same credits sees it.
-      if (best === me || (credit[me] !== credit[best] && credit[me] >= credit[best] - TURN_SLACK)) return k;
-      for (let i = 0; i < members.length; i++) credit[i] = step(credit[i], w[i], i === best ? 1 : 0);
-    }
-    return horizon;
-  }
-}
-
-/** Each member's share of a unit, w / W with w = 1 / overhead (the median for an unmeasured one; all equal while none is measured). */
-function weights(members: readonly Member[], median: number | null): number[] {
-  const w = members.map((o) => {
-    const oh = o.overhead ?? median;
-    return oh === null ? 1 : 1 / Math.max(oh, MIN_OVERHEAD);
-  });
-  const total = w.reduce((a, b) => a + b, 0);
-  return w.map((x) => x / total);
-}
-
-/** A credit after earning `earned` and paying `paid` units, within ±SHARE_CREDIT_CAP. */
-function step(credit: number, earned: number, paid: number): number {
-  return Math.max(-SHARE_CREDIT_CAP, Math.min(SHARE_CREDIT_CAP, credit + earned - paid));
 }

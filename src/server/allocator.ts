@@ -2,7 +2,6 @@ import { bitmapBytes, clearBit, getBit, setBit } from '../wire/packet';
 import type { MapDelta, MemberRecord, MemberRecord14, SplitMap } from '../wire/http-bodies';
 import { Member, MIB, SendReason, LeaseGrant } from './allocator-state';
 import { GatewayTable } from './allocator-gateways';
-import { TURN_HORIZON } from './allocator-share';
 
 export { RESEND_REASONS } from './allocator-state';
 export { DEFAULT_ALLOCATOR_OPTIONS } from './allocator-options';
@@ -48,6 +47,7 @@ export class GroupAllocator extends GatewayTable {
     return l.reason;
   }
 
+
   /**
    * Unit `u` was granted to `id` with an HTTP range origin: the grant is the send time
    * (the server will not see the bytes go). Such a lease is hedged only once a heartbeat
@@ -61,6 +61,7 @@ export class GroupAllocator extends GatewayTable {
     this.sending(id, u, now);
     l.origin = { startedAt: null };
   }
+
 
   /** Receipt notice (000 claim 8): member verified unit u. Updates overhead and ranking. */
   receipt(id: string, u: number, now: number): void {
@@ -85,6 +86,7 @@ export class GroupAllocator extends GatewayTable {
     this.touch(m, now);
   }
 
+
   private freeUnits(limit: number): number[] {
     const out: number[] = [];
     let u = this.scanFrom;
@@ -99,11 +101,13 @@ export class GroupAllocator extends GatewayTable {
     return out;
   }
 
+
   private freeCount(): number {
     let n = 0;
     for (let u = this.scanFrom; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0 && !this.leases.has(u)) n++;
     return n;
   }
+
 
   /**
    * An overdue lease of another member that `m` may hedge, or null. Overdue is not
@@ -134,6 +138,7 @@ export class GroupAllocator extends GatewayTable {
     return null;
   }
 
+
   /** When the start gate (minMembers / maxWaitMs) opened, or null while it holds. */
   private startedAt: number | null = null;
 
@@ -159,15 +164,6 @@ export class GroupAllocator extends GatewayTable {
     return g;
   }
 
-  /**
-   * A stream member's `askAt` (docs/protocol.md section 15, "Turns"), `next` being the head:
-   * `next` while a unit is free now, else the first unit from `next` on that may be its turn
-   * (ShareLedger.turn), at most TURN_HORIZON units on.
-   */
-  askAt(id: string, next: number): number {
-    const m = this.members.get(id);
-    return !m || this.freeCount() > 0 ? next : next + this.share.turn(m, this.members.values(), this.medianOverhead(), TURN_HORIZON);
-  }
 
   private leaseFor(m: Member, now: number, max: number): LeaseGrant {
     const id = m.id;
@@ -200,6 +196,7 @@ export class GroupAllocator extends GatewayTable {
     return { units, retryAfterMs: 0, exhausted: false };
   }
 
+
   /**
    * Relay fallback: `id`'s LAN group needs `want` and no member of it holds or leases
    * them (the holder in another group did not answer the gateway's forwarded NACK).
@@ -229,6 +226,7 @@ export class GroupAllocator extends GatewayTable {
     this.touch(m, now);
     return { units, relayed: units, retryAfterMs: 0, exhausted: false };
   }
+
 
   /**
    * `requester`'s group asks for `u` although `claimants` say they hold it verified.
@@ -264,9 +262,11 @@ export class GroupAllocator extends GatewayTable {
     return true;
   }
 
+
   leaseHolder(u: number): string | null {
     return this.leases.get(u)?.member ?? null;
   }
+
 
   /** The split-download map (004 claim 11): who leases or holds each unit, and the ranking. */
   map(now: number): SplitMap {
@@ -281,6 +281,7 @@ export class GroupAllocator extends GatewayTable {
     }
     return { members, holders, groupComplete: members.length > 0 && members.every((m) => m.complete), allHeld: this.allHeld() };
   }
+
 
   /**
    * For units `from` to `to - 1`: the index into `members` of the member the 1.4 map names
@@ -343,10 +344,12 @@ export class GroupAllocator extends GatewayTable {
     return { ...head, full: true, members: [...this.members.values()].map(record), holderSlots: Array.from(this.named.subarray(0, this.opts.unitCount)) };
   }
 
+
   /** Whether copy destinations (gateways, their endpoints) changed after version `since` of `epoch`. */
   copyToChangedSince(epoch: number | undefined, since: number | undefined): boolean {
     return epoch !== this.mapEpoch || since === undefined || this.copyToVersion > since;
   }
+
 
   /** The members, ranked by overhead: the split map without its O(units x members) holders. */
   memberViews(now: number): MemberView[] {
@@ -376,6 +379,7 @@ export class GroupAllocator extends GatewayTable {
       address: m.address,
     }));
   }
+
 
   /** Units no live member holds verified. */
   missingInGroup(): number {

@@ -106,8 +106,6 @@ export class StreamAllocation {
       holdersFrom: from,
       holders: g.namedHolders(from, n, members),
       copyTo,
-      // The unit from which this member's next ask may be granted (docs/protocol.md section 15, "Turns").
-      ...(b.lease > 0 ? { askAt: g.askAt(b.member, n) } : {}),
     };
     return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now);
   }

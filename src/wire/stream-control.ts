@@ -80,8 +80,6 @@ export interface StreamBeatAnswer {
   copyTo: { group: string; member: string; address: string; port: number }[];
   /** Only to a body with `mapToken`: what `members` (without `verifiedUnits`), `groupKey` and `copyTo` are now, opaque. */
   mapToken?: string;
-  /** Only to a body that asks (`lease` > 0), servers from 2026-12-03: a new batch whose units all lie below this need not bring a heartbeat. */
-  askAt?: number;
 }
 
 /** An answer as the server sends it: to a body whose `mapToken` is the answer's, without the parts that did not change. */
@@ -200,10 +198,8 @@ export function parseStreamBeatAnswer(bytes: Uint8Array, kept: StreamBeatAnswer 
       holders,
       copyTo,
       ...(o.mapToken !== undefined ? { mapToken: o.mapToken as string } : {}),
-      ...(o.askAt !== undefined ? { askAt: int(o.askAt, 'askAt') } : {}),
     };
     if (a.firstUnit > a.nextUnit) fail('firstUnit must not be past nextUnit');
-    if (a.askAt !== undefined && a.askAt < a.nextUnit) fail('askAt must not be before nextUnit');
     if (a.holdersFrom + a.holders.length > a.nextUnit) fail('holders must not name units past nextUnit');
     for (const u of a.lease.units) if (u >= a.nextUnit) fail(`lease unit ${u} is not published (nextUnit ${a.nextUnit})`);
     return a;

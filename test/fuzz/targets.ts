@@ -247,7 +247,6 @@ const streamControl: Target = {
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm2', wideGroup: 'w', haveFrom: 0, have: '' })),
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm3', wideGroup: 'w', haveFrom: 0, have: '', mapToken: 'AAAAAAAAAAAAAAAA' })),
     Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [], retryAfterMs: 0 }, holdersFrom: 38, holders: [0, -1], mapToken: 'AAAAAAAAAAAAAAAA' })),
-    Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, groupKey: Buffer.alloc(32, 7).toString('base64'), firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [39], retryAfterMs: 0 }, members: [], holdersFrom: 40, holders: [], copyTo: [], askAt: 43 })),
     Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, groupKey: Buffer.alloc(32, 7).toString('base64'), firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [38, 39], retryAfterMs: 0 }, members: [{ id: 'm1', group: 'g1', address: '10.0.0.5', dataPort: 4000, role: 'gateway', verifiedUnits: 3, complete: false }], holdersFrom: 2, holders: [0, -1, 0], copyTo: [{ group: 'g2', member: 'x', address: '10.0.2.1', port: 5000 }] })),
     Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: '{}' })),
   ],
