@@ -20,37 +20,30 @@ const MIN_OVERHEAD = 1e-6;
  * Instead each member has a credit, in units. Every unit first leased in the allocator
  * adds to each member that asks for leases its fraction w / W of the unit, w = 1 /
  * overhead (the median for an unmeasured member; all equal while none is measured), and
- * takes one from the lessee. A member at −1 or below waits (nothing leased) when another
- * member that asked at its last heartbeat, has room under its depth and is more than one
- * unit above it could take the unit instead. A unit is held back from each member's asks
- * once: a member's second ask for it takes it, so a unit never waits for a member that does
- * not come. (Held back once in all, the second asker took what the first was held back
- * from: with four members that always asked in the same order, the last two got nothing.)
- * Each member so takes a share in proportion to 1 / overhead, and a slow one keeps being
- * measured.
+ * takes one from the lessee. A
+ * member at −1 or below waits (nothing leased) when another member that asked at its last
+ * heartbeat, has room under its depth and is more than one unit above it could take the
+ * unit instead; a unit is held back once, and the next ask takes it, so a unit never waits
+ * for a member that does not come. Each member so takes a share in proportion to 1 /
+ * overhead, and a slow one keeps being measured.
  *
  * After Deficit Round Robin (Shreedhar and Varghese, "Efficient fair queuing using deficit
  * round robin", SIGCOMM 1995): each flow's deficit counter grows by its quantum per round
  * and pays for what it sends; here the quantum is the member's weight and the round a unit.
  */
 export class ShareLedger {
-  /** Units held back, and for each the members whose asks it was held back from. */
-  private readonly heldBack = new Map<number, Set<string>>();
+  private readonly heldBack = new Set<number>();
   /** Asks answered with nothing because another member was behind its share (all members). */
   deferred = 0;
 
   /** Whether `m`, asking for free unit `u`, waits for a member behind its share. */
   defers(m: Member, u: number, members: Iterable<Member>, depthOf: (o: Member) => number): boolean {
     const mine = m.credit ?? 0;
-    if (mine > -1 || this.heldBack.get(u)?.has(m.id)) return false;
+    if (mine > -1 || this.heldBack.has(u)) return false;
     for (const o of members) {
       if (o === m || !o.asking || o.leases.size >= depthOf(o) || (o.credit ?? 0) <= mine + 1) continue;
-      let from = this.heldBack.get(u);
-      if (!from) {
-        if (this.heldBack.size >= MAX_HELD_BACK) this.heldBack.delete(this.heldBack.keys().next().value as number);
-        this.heldBack.set(u, (from = new Set()));
-      }
-      from.add(m.id);
+      if (this.heldBack.size >= MAX_HELD_BACK) this.heldBack.delete(this.heldBack.values().next().value as number);
+      this.heldBack.add(u);
       this.deferred++;
       return true;
     }
