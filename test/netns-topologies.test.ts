@@ -98,9 +98,9 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   // progress at all: docs/wide-area.md), the designed fallback. Load beside this test triggers
   // it now and then: 2 and 3 units of 32 in two CI runs on 2026-12-03 that also had a busy loop
   // or other heavy tests beside them (the copies to other sites backed up for over a minute,
-  // "leases held" below), and earlier stops saw 1.06x. So the bytes
-  // besides those re-sends are bounded, and the re-sends by count: a wide-area group that did not
-  // work would send each unit to every site (3x), or relay most of them.
+  // "leases held" below), and earlier stops saw 1.06x. So the bytes besides those re-sends are
+  // bounded, and the re-sends by count: a wide-area group that did not work would send each unit
+  // to every site (3x), or relay most of them.
   const resent = (stats as unknown as { resent: Record<'relayed' | 'stalled', { units: number; bytes: number }> }).resent;
   const relayedUnits = resent.relayed.units + resent.stalled.units;
   const firstSends = stats.unitBytesSent - resent.relayed.bytes - resent.stalled.bytes;
@@ -108,7 +108,7 @@ namespaceTest('wide: 3 sites x 3 agents in one wide-area group, 50 Mbit/s WAN, 1
   t.true(relayedUnits <= 4, `${relayedUnits} of 32 units re-sent by relay; ${JSON.stringify(resent)}\n${why()}`);
   const cross = reps.reduce((s, r) => s + Number(r.crossGroupBytesSent), 0);
   t.true(cross > f.manifest.size, `cross-site copies: ${cross} bytes`);
-  t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release; re-sends ${JSON.stringify((stats as { resent?: unknown }).resent)}`);
+  t.log(`server ${(stats.unitBytesSent / f.manifest.size).toFixed(3)}x; cross-site ${(cross / f.manifest.size).toFixed(2)}x the release; re-sends ${JSON.stringify(resent)}`);
   for (const r of reps) {
     const paths = (r.crossPaths as unknown as { to: string; rateBytesPerSec: number; lastLoss: number; lastRttMs: number | null; congestionEvents: number; copyBytes: number; repairBytes: number; queued: number; movedAway: number }[]) ?? [];
     t.log(`${r.member}: ${Number(r.seconds).toFixed(1)} s; ${holds(r)}; paces ${paths.map((p) => `${p.to} ${((p.rateBytesPerSec * 8) / 1e6).toFixed(1)} Mbit/s loss ${(p.lastLoss * 100).toFixed(1)}% rtt ${p.lastRttMs} ms (${p.congestionEvents} congested) copies ${(p.copyBytes / MIB).toFixed(1)} MiB repairs ${(p.repairBytes / MIB).toFixed(1)} MiB, ${p.queued} left queued${p.movedAway ? `, ${p.movedAway} moved to its group's next gateway` : ''}`).join(', ')}`);

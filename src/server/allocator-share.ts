@@ -20,12 +20,11 @@ const MIN_OVERHEAD = 1e-6;
  * Instead each member has a credit, in units. Every unit first leased in the allocator
  * adds to each member that asks for leases its fraction w / W of the unit, w = 1 /
  * overhead (the median for an unmeasured member; all equal while none is measured), and
- * takes one from the lessee. A
- * member at −1 or below waits (nothing leased) when another member that asked at its last
- * heartbeat, has room under its depth and is more than one unit above it could take the
- * unit instead; a unit is held back once, and the next ask takes it, so a unit never waits
- * for a member that does not come. Each member so takes a share in proportion to 1 /
- * overhead, and a slow one keeps being measured.
+ * takes one from the lessee. A member at −1 or below waits (nothing leased) when another
+ * member that asked at its last heartbeat, has room under its depth and is more than one
+ * unit above it could take the unit instead; a unit is held back once, and the next ask
+ * takes it, so a unit never waits for a member that does not come. Each member so takes a
+ * share in proportion to 1 / overhead, and a slow one keeps being measured.
  *
  * After Deficit Round Robin (Shreedhar and Varghese, "Efficient fair queuing using deficit
  * round robin", SIGCOMM 1995): each flow's deficit counter grows by its quantum per round
