@@ -6,7 +6,7 @@ import { AgentDaemon } from '../src/agent/daemon';
 import { ServerAccess } from '../src/net/server-access';
 import { loadPublicKey } from '../src/release/keys';
 import { splitHostPort } from '../src/cli/args';
-import { silentLogger } from '../src/util/log';
+import { createLogger, silentLogger } from '../src/util/log';
 import { runCli, startFleet, tmpdir, until } from './helpers/fleet';
 import { FleetcastError } from '../src/util/errors';
 
@@ -125,6 +125,15 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
   await setChannel(store, { channel: 'stable', release: fleet.manifest.id, name: 'release.bin', publishedAt: 1 });
   const mc = splitHostPort(fleet.multicast) as { host: string; port: number };
   const pollMs = 30_000;
+  // The daemon's own account, shown when a wait below fails (it failed once in a CI run,
+  // beside a busy loop, with nothing to say why: a poll error and its backoff, or a held poll).
+  const lines: string[] = [];
+  const log = createLogger({ level: 'info', journald: false, write: (l) => void lines.push(`${new Date().toISOString().slice(11, 23)} ${l}`) });
+  const waitFor = (cond: () => boolean, what: string, ms?: number) =>
+    until(cond, what, ms).catch((err: Error) => {
+      t.log(`daemon log:\n${lines.slice(-60).join('\n')}`);
+      throw err;
+    });
   const daemon = new AgentDaemon({
     agent: {
       server: new ServerAccess({ url: fleet.url, plainHttp: true }),
@@ -140,7 +149,7 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
     keep: 2,
     hookTimeoutMs: 1000,
     channelPollMs: pollMs,
-    logger: silentLogger,
+    logger: log,
   });
   t.teardown(() => daemon.stop());
   const sleeps: number[] = [];
@@ -150,11 +159,11 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
     return sleeping(ms);
   };
   const running = daemon.runForever();
-  await until(() => daemon.state === 'complete' && daemon.currentRelease === fleet.manifest.id, 'the first release completes');
+  await waitFor(() => daemon.state === 'complete' && daemon.currentRelease === fleet.manifest.id, 'the first release completes');
   // The interval the agent's heartbeat timer runs at (src/agent/heartbeat.ts).
   const interval = () => daemon.current?.heartbeatMs;
   // 1500 ms is neither the agent's default (1000) nor the interval of its first answers (200).
-  await until(() => interval() === 1500, 'the agent takes the idle interval from an answer after the start');
+  await waitFor(() => interval() === 1500, 'the agent takes the idle interval from an answer after the start');
   // Beats in a window: at 200 ms there would be ~15 in 3 s; at 1.5 s about 2 (a busy box only delays timers).
   const before = fleet.server.stats.requests;
   await new Promise((r) => setTimeout(r, 3000));
@@ -164,11 +173,11 @@ test('an idle daemon heartbeats at the interval of the latest answer and learns 
   await fs.writeFile(path.join(fleet.dir, 'v2.bin'), Buffer.alloc(50_000, 9));
   const v2 = await publishRelease(path.join(fleet.dir, 'v2.bin'), store, await loadPrivateKey(fleet.keyPath), { name: 'v2.bin', unitSize: 16 * 1024 });
   await setChannel(store, { channel: 'stable', release: v2.id, name: 'v2.bin', publishedAt: 2 });
-  await until(() => daemon.currentRelease === v2.id, 'the daemon moves to the new release', pollMs - 5000);
+  await waitFor(() => daemon.currentRelease === v2.id, 'the daemon moves to the new release', pollMs - 5000);
   // The server held every poll: the daemon never slept channel_poll between them.
   t.deepEqual(sleeps.filter((ms) => ms >= pollMs), [], `sleeps: ${sleeps.join(', ')}`);
   // Stopped only once done: an agent stopped mid-transfer may still be writing as the test's directory goes.
-  await until(() => daemon.state === 'complete', 'the new release completes');
+  await waitFor(() => daemon.state === 'complete', 'the new release completes');
   await daemon.stop();
   await running;
 });
