@@ -205,6 +205,8 @@ export interface AgentEnd {
   /** Batches in the server's answers, and times a member that took them from the LAN polled again (NaN: an agent from before). */
   batchesFromServer: number;
   batchFallbacks: number;
+  /** Batches a gateway took from another site's member and multicast on its LAN (NaN: an agent from before 2026-12-03). */
+  batchesForwarded: number;
   wanBytes: number;
   lanBytes: number;
   nacks: number;
@@ -215,7 +217,7 @@ export interface AgentEnd {
 
 export function agentEnd(stderr: string): AgentEnd {
   const num = (re: RegExp) => Number(re.exec(stderr)?.[1] ?? NaN);
-  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/), batchesFromServer: num(/batches (\d+) from the server/), batchFallbacks: num(/(\d+) fallbacks/) };
+  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/), batchesFromServer: num(/batches (\d+) from the server/), batchFallbacks: num(/(\d+) fallbacks/), batchesForwarded: num(/(\d+) forwarded from other sites/) };
 }
 
 /**

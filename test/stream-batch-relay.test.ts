@@ -7,7 +7,7 @@ import { feed, streamSetup } from './helpers/stream-server';
 import { signBatch, StreamBatch } from '../src/release/stream-manifest';
 import { StreamPublisher } from '../src/release/stream-publish';
 import type { StreamAgent } from '../src/agent/stream-agent';
-import { BatchPacket, encodeBatchPacket } from '../src/wire/stream-packet';
+import { BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../src/wire/stream-packet';
 import { sealControl } from '../src/wire/auth';
 import { BatchFollower, FollowerHost, LAN_BATCH_VERIFIES_PER_S } from '../src/agent/stream-follow';
 import { silentLogger } from '../src/util/log';
@@ -20,7 +20,7 @@ import { silentLogger } from '../src/util/log';
 
 const UNIT = 64 * 1024;
 
-const sum = (agents: StreamAgent[], k: 'fromServer' | 'fromLan' | 'relayed' | 'refused' | 'fallbacks') => agents.reduce((n, a) => n + a.follower.counts[k], 0);
+const sum = (agents: StreamAgent[], k: 'fromServer' | 'fromLan' | 'relayed' | 'refused' | 'fallbacks' | 'across' | 'forwarded') => agents.reduce((n, a) => n + a.follower.counts[k], 0);
 
 async function sinksEqual(t: { true(c: boolean, m: string): void }, dir: string, ids: string[], source: Buffer): Promise<void> {
   for (const id of ids) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
@@ -112,6 +112,33 @@ test('the member that polls for the group leaves mid-stream: the others go back 
   t.true(rest.some((a) => a.follower.counts.fromLan > 0 && a.follower.counts.fromServer > 0), 'a member took batches from both');
 });
 
+// docs/protocol.md, "Batches across sites": the polling member also sends each batch to the
+// other LAN groups' gateways, which multicast it on their LANs, so a wide-area group of two
+// sites takes each batch over the WAN about once, not once per site.
+test('a wide-area group of two LAN groups of two: one member polls for both sites; the other site takes the batches from its gateway', async (t) => {
+  const s = await streamSetup(t);
+  const source = randomBytes(6_000_000);
+  const pub = await StreamPublisher.open(s.store, 'wide', s.key, { unitSize: UNIT, flushMs: 100 });
+  await pub.push(source.subarray(0, 10_000));
+  await pub.flush();
+  const other = { address: s.multicast.address === '239.255.0.1' ? '239.255.0.2' : '239.255.0.1', port: s.multicast.port };
+  const ids = ['a1', 'a2', 'b1', 'b2'];
+  const agents = ids.map((id) => s.agent('wide', id, id.startsWith('a') ? { group: 'g1', wideGroup: 'w' } : { group: 'g2', wideGroup: 'w', multicast: other }));
+  const runs = agents.map((a) => a.run());
+  await feed(pub, source.subarray(10_000), 10_000);
+  await Promise.all(runs);
+  await sinksEqual(t, s.dir, ids, source);
+  const batches = agents[0].delivery.lastBatch.batch + 1;
+  const fromServer = sum(agents, 'fromServer');
+  const c = (k: keyof BatchFollower['counts']) => agents.map((a) => a.follower.counts[k]).join(', ');
+  t.log(`${batches} batches; per agent (${ids.join(', ')}): from the server ${c('fromServer')}, from the LAN ${c('fromLan')}, sent to other sites ${c('across')}, forwarded ${c('forwarded')}, fallbacks ${c('fallbacks')}`);
+  // One poller per site took 2 x batches. Allowed: each agent's first answer, the batches before
+  // the election settled, and a fetch per fallback.
+  t.true(fromServer <= 1.4 * batches + 16, `batches from the server ${fromServer} <= 1.4 x ${batches} + 16 (2 x ${batches} with a poller per site)`);
+  t.true(agents.some((a) => a.follower.counts.forwarded >= batches / 2), 'a gateway multicast the other site\'s batches on its LAN');
+  t.true(agents.some((a) => a.follower.counts.across >= batches / 2), "a poller sent its batches to the other site's gateway");
+});
+
 test('BATCH packets past the signature-check budget are dropped unchecked and counted, and count as evidence of a missed batch', (t) => {
   const key = generateKeyPairSync('ed25519');
   const b0 = signBatch({ v: 1, stream: 'cam', id: 'ab'.repeat(16), batch: 0, first: 0, offset: 0, count: 1, units: ['c'.repeat(64)], lastLength: 100, unitSize: 4096, prev: '0'.repeat(64), time: '2026-12-02T00:00:00Z' }, key.privateKey);
@@ -131,4 +158,24 @@ test('BATCH packets past the signature-check budget are dropped unchecked and co
   core.onBatchPacket!(junk, 1000);
   g.close();
   t.deepEqual([g.counts.refused, g.counts.limited], [LAN_BATCH_VERIFIES_PER_S + 1, 1]);
+});
+
+test('a forwarded BATCH packet (flags 1) carries its origin before the file; other flags are refused, as agents from before refuse flags 1', (t) => {
+  const rid = Buffer.alloc(16, 0xab);
+  const file = Buffer.from('{"fleetcast":"stream-batch","v":1}');
+  const plain = encodeBatchPacket({ sender: 9, releaseId: rid, batch: 4, file });
+  const fwd = encodeBatchPacket({ sender: 9, releaseId: rid, batch: 4, origin: 0xfffffffe, file });
+  t.is(fwd.length, plain.length + 4);
+  t.deepEqual([plain[4], fwd[4]], [0, 1], 'flags');
+  t.is(Buffer.from(fwd).readUInt32BE(32), 0xfffffffe, 'the origin at offset 32');
+  const r = decodeBatchPacket(fwd);
+  t.true(r.ok && r.packet.origin === 0xfffffffe && r.packet.sender === 9 && Buffer.from(r.packet.file).equals(file));
+  const p = decodeBatchPacket(plain);
+  t.true(p.ok && p.packet.origin === undefined && Buffer.from(p.packet.file).equals(file));
+  const other = Uint8Array.from(fwd);
+  other[4] = 2;
+  t.deepEqual(decodeBatchPacket(other), { ok: false, reason: 'reserved' });
+  // Flags 1 with room for the origin but no file byte.
+  const short = Uint8Array.from(fwd.subarray(0, BATCH_OVERHEAD_BYTES + 4));
+  t.deepEqual(decodeBatchPacket(short), { ok: false, reason: 'short' });
 });

@@ -1,5 +1,5 @@
 import { DATA_HEADER_BYTES, getBit, PacketType, peekSender, setBit } from '../wire/packet';
-import { BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../wire/stream-packet';
+import { BATCH_ORIGIN_BYTES, BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../wire/stream-packet';
 import type { Endpoint } from '../transport/transport';
 import type { StreamBatchBody } from '../release/stream-manifest';
 import { streamUnitLength } from '../release/stream-manifest';
@@ -65,8 +65,11 @@ export class StreamWindow implements CoreManifest {
  */
 export class StreamCore extends LanCore {
   private skippedTo = 0;
-  /** BATCH packets (wire/stream-packet.ts) from the LAN, decoded but not verified: the batch follower takes them. */
-  onBatchPacket: ((p: BatchPacket, now: number) => void) | null = null;
+  /**
+   * BATCH packets (wire/stream-packet.ts), decoded but not verified: the batch follower takes
+   * them. `across`: by unicast from another site's member (its gateway role, "Batches across sites").
+   */
+  onBatchPacket: ((p: BatchPacket, now: number, across: boolean) => void) | null = null;
 
   constructor(
     cfg: Omit<CoreConfig, 'manifest' | 'have' | 'unitCapacity'>,
@@ -81,13 +84,33 @@ export class StreamCore extends LanCore {
     if (peekSender(buf) === this.cfg.senderId) return;
     const r = decodeBatchPacket(buf);
     if (!r.ok) return this.drop(r.reason);
-    // Batches go on the LAN only: a gateway's unicast port takes copies, never batches.
-    if (via) return this.drop('batch-unicast');
+    // By unicast only a batch another site's member fetched (docs/protocol.md, "Batches across
+    // sites"); a forwarded one (with an origin) is for a LAN, never sent on.
+    if (via && r.packet.origin !== undefined) return this.drop('batch-unicast');
     if (!Buffer.from(r.packet.releaseId).equals(this.window.idBytes)) return this.drop('other-release');
     // Under the group key, as NACK and ANNOUNCE: a sender outside the group cannot make members passive.
     const bad = this.peers.admitBatch(r.packet.sender, r.packet.auth!);
     if (bad) return this.drop(bad);
-    this.onBatchPacket?.(r.packet, now);
+    this.onBatchPacket?.(r.packet, now, via !== undefined);
+  }
+
+  /**
+   * Send a batch file by unicast to the other sites' gateways (this member's copy
+   * destinations, a wide-area group's), unpaced like an announce: their LANs need not poll
+   * the server for it. The number of gateways it went to (0: none, or it does not fit).
+   */
+  sendBatchAcross(batch: number, file: Uint8Array): number {
+    if (!this.copyTo.length || !this.peers.groupKey || BATCH_OVERHEAD_BYTES + file.length > this.fb + DATA_HEADER_BYTES) return 0;
+    const pkt = this.seal(encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, file }));
+    for (const to of this.copyTo) this.send.queueDirect(pkt, to);
+    return this.copyTo.length;
+  }
+
+  /** Multicast on this LAN a batch another site's member `origin` sent us (flags 1); false when it does not fit. */
+  forwardBatch(origin: number, batch: number, file: Uint8Array): boolean {
+    if (!this.peers.groupKey || BATCH_OVERHEAD_BYTES + BATCH_ORIGIN_BYTES + file.length > this.fb + DATA_HEADER_BYTES) return false;
+    this.send.queueControl(this.seal(encodeBatchPacket({ sender: this.cfg.senderId, releaseId: this.window.idBytes, batch, origin, file })), true);
+    return true;
   }
 
   /**

@@ -56,6 +56,10 @@ export interface FollowCounts {
   fromLan: number;
   /** Batches this member multicast on its LAN (each sent twice). */
   relayed: number;
+  /** Batches this member also sent to the other sites' gateways (each twice; a wide-area group). */
+  across: number;
+  /** BATCH packets another site's member sent this member (a gateway) that it multicast on its LAN. */
+  forwarded: number;
   /** BATCH packets refused: a batch that does not parse, verify or chain, or names another index. */
   refused: number;
   /** Times a member that took its batches from the LAN went back to the server for one it lacked. */
@@ -78,7 +82,7 @@ export interface FollowCounts {
  * request to the server, and the smaller sender id breaks the tie.)
  */
 export class BatchFollower {
-  readonly counts: FollowCounts = { fromServer: 0, fromLan: 0, relayed: 0, refused: 0, fallbacks: 0, limited: 0 };
+  readonly counts: FollowCounts = { fromServer: 0, fromLan: 0, relayed: 0, across: 0, forwarded: 0, refused: 0, fallbacks: 0, limited: 0 };
   private verifies = { tokens: LAN_BATCH_VERIFIES_PER_S, at: 0 };
   /** A peer with a smaller sender id relays batches: this member does not poll. */
   passive = false;
@@ -94,7 +98,7 @@ export class BatchFollower {
     private readonly h: FollowerHost,
     private readonly senderId: number,
   ) {
-    h.core.onBatchPacket = (p, now) => this.packet(p, now);
+    h.core.onBatchPacket = (p, now, across) => this.packet(p, now, across);
   }
 
   /** Polls while not passive, until the stream's end. */
@@ -144,23 +148,41 @@ export class BatchFollower {
     this.wake?.();
   }
 
-  private packet(p: BatchPacket, now: number): void {
+  /**
+   * A BATCH packet from the LAN, or (`across`) by unicast from another site's member: then,
+   * unless refused, multicast on this LAN too with that member as its origin, so that this
+   * site's members can stop polling (docs/protocol.md, "Batches across sites").
+   */
+  private packet(p: BatchPacket, now: number, across = false): void {
+    const newest = p.batch >= this.h.last().batch;
+    if (this.take(p, now, across) && across && newest && !this.closed && this.h.core.forwardBatch(p.sender, p.batch, p.file)) this.counts.forwarded++;
+  }
+
+  /** False when the packet was refused (it did not parse, verify or chain, or is not the batch we hold under its index). */
+  private take(p: BatchPacket, now: number, across: boolean): boolean {
     const last = this.h.last();
-    if (p.batch < last.batch || this.h.finished()) return;
+    // The member whose poll brought it: for a forwarded packet, its origin in another site.
+    const from = p.origin ?? p.sender;
+    if (p.batch < last.batch) return true;
     if (p.batch === last.batch) {
       // A peer relays the batch we hold: the same one (its body's hash), not a replay of another.
-      if (p.sender < this.senderId && bodyHash(p.file) === last.hash) this.relayHeard();
-      return;
+      if (from >= this.senderId && !across) return true;
+      const same = bodyHash(p.file) === last.hash;
+      if (same && from < this.senderId && !this.h.finished()) this.relayHeard();
+      return same;
     }
+    if (this.h.finished()) return false; // nothing comes after the final batch
     if (p.batch > last.batch + 1) {
       // One or more batches before it were lost on the LAN: evidence, not a batch we can chain.
       this.seen.batch = Math.max(this.seen.batch, p.batch);
-      return this.check();
+      this.check();
+      return true;
     }
     if (!this.mayVerify(now)) {
       this.counts.limited++;
       this.seen.batch = Math.max(this.seen.batch, p.batch); // evidence all the same: the fallback covers it
-      return this.check();
+      this.check();
+      return false;
     }
     let b: StreamBatch;
     try {
@@ -170,12 +192,13 @@ export class BatchFollower {
     } catch (err) {
       this.counts.refused++;
       this.h.log.debug(`stream ${last.stream}: a BATCH packet from sender ${p.sender} refused: ${(err as Error).message}`);
-      return;
+      return false;
     }
     this.counts.fromLan++;
-    if (p.sender < this.senderId) this.relayHeard();
+    if (from < this.senderId) this.relayHeard();
     this.h.kick();
     this.check();
+    return true;
   }
 
   private mayVerify(now: number): boolean {
@@ -187,13 +210,18 @@ export class BatchFollower {
     return true;
   }
 
-  /** A batch on the LAN: a copy now, the second RELAY_REPEAT_MS later (the final batch's too). */
+  /**
+   * A batch on the LAN, and to the other sites' gateways: a copy now, the second
+   * RELAY_REPEAT_MS later (the final batch's too).
+   */
   private relay(b: StreamBatch): void {
     if (!this.h.core.relayBatch(b.batch, b.raw)) return;
     this.counts.relayed++;
+    if (this.h.core.sendBatchAcross(b.batch, b.raw)) this.counts.across++;
     setTimeout(() => {
       if (this.closed) return;
       this.h.core.relayBatch(b.batch, b.raw);
+      this.h.core.sendBatchAcross(b.batch, b.raw);
       this.h.kick();
     }, RELAY_REPEAT_MS).unref?.();
   }

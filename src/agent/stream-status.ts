@@ -85,6 +85,8 @@ export function streamMetrics(a: StreamAgent): string {
       const b = s.batches;
       r.counter('batches_total', 'batches taken, by where from (the server, or a LAN peer\'s BATCH packet)', [[{ ...l, from: 'server' }, b.fromServer], [{ ...l, from: 'lan' }, b.fromLan]]);
       r.counter('batches_relayed_total', 'batches this member multicast on its LAN', [[l, b.relayed]]);
+      r.counter('batches_sent_across_total', 'batches this member also sent to the other sites\' gateways (a wide-area group)', [[l, b.across ?? 0]]);
+      r.counter('batch_packets_forwarded_total', 'BATCH packets from another site\'s member that this gateway multicast on its LAN', [[l, b.forwarded ?? 0]]);
       r.counter('batch_packets_refused_total', 'BATCH packets that did not parse, verify or chain', [[l, b.refused]]);
       r.counter('batch_packets_limited_total', 'BATCH packets dropped unchecked, past the signature checks allowed a second', [[l, b.limited]]);
       r.counter('batch_fallbacks_total', 'times the LAN did not bring a batch the server showed and this member polled the server again', [[l, b.fallbacks]]);

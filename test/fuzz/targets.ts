@@ -212,6 +212,8 @@ const batchPacket: Target = {
     sealControl(encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 1, file: batch1.raw }), batchKey, 5n),
     sealControl(encodeBatchPacket({ sender: 1, releaseId: streamRid, batch: 0, file: batchSeed.raw }), batchKey, 6n),
     encodeBatchPacket({ sender: 9, releaseId: streamRid, batch: 7, file: batch1.raw }),
+    // Forwarded by a gateway from another site's member 3 ("Batches across sites").
+    sealControl(encodeBatchPacket({ sender: 9, releaseId: streamRid, batch: 1, origin: 3, file: batch1.raw }), batchKey, 7n),
   ],
   run(input) {
     const r = decodeBatchPacket(input);
@@ -226,14 +228,25 @@ const batchPacket: Target = {
     if ((peers.admitBatch(r.packet.sender, r.packet.auth!) === null) !== macOk) throw new Error(`a BATCH packet whose MAC is ${macOk ? 'good' : 'bad'} was ${macOk ? 'dropped' : 'taken'}`);
     // The follower behind that check, fed every decoded packet (so that mutated batches reach it).
     let last = batchSeed;
-    const core = { onBatchPacket: null as null | ((p: BatchPacket, now: number) => void), window: { unitCount: 2 }, relayBatch: () => false };
+    // Half the inputs as if by unicast from another site (a gateway forwards what it takes).
+    const across = input.length % 2 === 0;
+    const forwarded: number[] = [];
+    const core = {
+      onBatchPacket: null as null | ((p: BatchPacket, now: number, across: boolean) => void),
+      window: { unitCount: 2 },
+      relayBatch: () => false,
+      forwardBatch: (origin: number) => forwarded.push(origin) > 0,
+    };
     const host = { http: null, core, trusted: [keys.publicKey], log: silentLogger, last: () => last, take: (b: StreamBatch) => (checkChain(last, b), (last = b)), finished: () => false, kick: () => undefined } as unknown as FollowerHost;
     const f = new BatchFollower(host, 5);
-    core.onBatchPacket!(r.packet, 0); // never throws: a bad batch is counted, not fatal
+    core.onBatchPacket!(r.packet, 0, across); // never throws: a bad batch is counted, not fatal
     f.close();
     if (last !== batchSeed && (last.batch !== 1 || last.hash !== batch1.hash)) throw new Error(`took batch ${last.batch} that is not the one signed after batch 0`);
-    if (f.passive && r.packet.sender >= 5) throw new Error('a larger sender id made the follower passive');
+    if (f.passive && (r.packet.origin ?? r.packet.sender) >= 5) throw new Error('a larger sender (or origin) id made the follower passive');
     if (f.counts.fromLan + f.counts.refused + f.counts.limited > 1) throw new Error('one packet counted twice');
+    if (forwarded.length > (across ? 1 : 0) || (forwarded.length && (forwarded[0] !== r.packet.sender || f.counts.refused + f.counts.limited > 0))) {
+      throw new Error(`forwarded ${JSON.stringify(forwarded)} (by unicast: ${across}; refused ${f.counts.refused}, limited ${f.counts.limited})`);
+    }
   },
 };
 
