@@ -160,7 +160,7 @@ test('BATCH packets past the signature-check budget are dropped unchecked and co
   t.deepEqual([g.counts.refused, g.counts.limited], [LAN_BATCH_VERIFIES_PER_S + 1, 1]);
 });
 
-test('a forwarded BATCH packet (flags 1) carries its origin before the file; other flags are refused, as agents from before refuse flags 1', (t) => {
+test('a forwarded BATCH packet (flags 1) carries its origin before the file; flags other than 0 and 1 are refused', (t) => {
   const rid = Buffer.alloc(16, 0xab);
   const file = Buffer.from('{"fleetcast":"stream-batch","v":1}');
   const plain = encodeBatchPacket({ sender: 9, releaseId: rid, batch: 4, file });

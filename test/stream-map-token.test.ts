@@ -222,3 +222,40 @@ test('on the LAN: agents that opt in take most heartbeat answers without the map
   // a and b beat about as often as c; with two of three opting in, well over half the answers leave the map out.
   t.true(alloc.tokenHits >= 0.5 * beats, `answers without the map ${alloc.tokenHits} >= half of ${beats}`);
 });
+
+// Issue 19: an answer's framing is as much as a heartbeat answer's body. On a connection that
+// stays open the stream routes leave out `Connection: keep-alive` and `Keep-Alive` (HTTP/1.1
+// persists by default), and the connection is still reused; one about to close says so.
+test('stream answers leave out Connection and Keep-Alive on a kept connection, which is reused; a request that asks to close is told close', async (t) => {
+  const { keyPath, store, url, server } = await startStreamServer(t);
+  const pub = await StreamPublisher.open(store, 'cam', await loadPrivateKey(keyPath), { unitSize: 4096, flushMs: 50 });
+  await pub.push(randomBytes(10_000));
+  await pub.flush();
+  let connections = 0;
+  (server as unknown as { http: http.Server }).http.on('connection', () => connections++);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (p: string, headers: http.OutgoingHttpHeaders = {}) =>
+    new Promise<{ raw: string[]; reused: boolean; status: number; body: Buffer }>((resolve, reject) => {
+      const req = http.get(`${url}/v1/streams/cam${p}`, { agent, headers }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('end', () => resolve({ raw: res.rawHeaders, reused: req.reusedSocket, status: res.statusCode!, body: Buffer.concat(parts) }));
+      });
+      req.on('error', reject);
+    });
+  const names = (raw: string[]) => raw.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
+  const answers = [await get(''), await get('/batches?from=0'), await get('/units/0'), await get('')];
+  for (const a of answers) {
+    t.is(a.status, 200);
+    t.false(names(a.raw).includes('connection'), `no Connection header: ${names(a.raw).join(', ')}`);
+    t.false(names(a.raw).includes('keep-alive'), 'no Keep-Alive header');
+  }
+  t.is(answers[2].body.length, 4096, 'a unit whole, without the headers');
+  t.deepEqual(answers.map((a) => a.reused), [false, true, true, true], 'one connection for the four');
+  t.is(connections, 1);
+  const closing = await get('', { connection: 'close' });
+  const i = closing.raw.findIndex((h) => h.toLowerCase() === 'connection');
+  t.is(i >= 0 ? closing.raw[i + 1] : null, 'close', 'asked to close: told close');
+  await pub.close();
+});

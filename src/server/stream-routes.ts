@@ -132,6 +132,7 @@ export class StreamRoutes {
     }
     if (member) this.alloc.sending(store.name, member, n, Date.now());
     this.alloc.unitBytesSent.set(store.name, (this.alloc.unitBytesSent.get(store.name) ?? 0) + size);
+    persistentByDefault(res);
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size, 'x-fleetcast-unit': String(n) });
     await new Promise<void>((resolve) => {
       const s = createReadStream(store.unitPath(n));
@@ -227,8 +228,22 @@ export function streamRoutes(storeDir: string): StreamRoutes {
 
 function json(res: http.ServerResponse, status: number, v: unknown): void {
   const body = Buffer.from(JSON.stringify(v));
+  persistentByDefault(res);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
   res.end(body);
+}
+
+/**
+ * Leave out `Connection: keep-alive` and `Keep-Alive: timeout=N` (47 bytes) from an answer
+ * on a connection that stays open: HTTP/1.1 connections persist unless either side says
+ * `close` (RFC 9112 section 9.3), and Node's client agent (what agents use) reads the
+ * timeout hint only to shorten a timeout it was given, which ours are not. A stream member
+ * gets about one heartbeat answer per batch, so at 64 KiB units those 47 bytes were ~0.3% of
+ * the stream's bytes per LAN group (issue 19; bench/results/stream.md). A connection about
+ * to close (the client asked, or the server is stopping) still says `Connection: close`.
+ */
+function persistentByDefault(res: http.ServerResponse): void {
+  if (res.shouldKeepAlive && res.req.httpVersion === '1.1') res.removeHeader('connection');
 }
 
 /** A request body up to MAX_STREAM_BODY_BYTES (413 past it). */
