@@ -234,13 +234,13 @@ function json(res: http.ServerResponse, status: number, v: unknown): void {
 }
 
 /**
- * Leave out `Connection: keep-alive` and `Keep-Alive: timeout=N` (47 bytes) from an answer
+ * Leave out `Connection: keep-alive` and `Keep-Alive: timeout=N` (48 bytes) from an answer
  * on a connection that stays open: HTTP/1.1 connections persist unless either side says
  * `close` (RFC 9112 section 9.3), and Node's client agent (what agents use) reads the
  * timeout hint only to shorten a timeout it was given, which ours are not. A stream member
- * gets about one heartbeat answer per batch, so at 64 KiB units those 47 bytes were ~0.3% of
- * the stream's bytes per LAN group (issue 19; bench/results/stream.md). A connection about
- * to close (the client asked, or the server is stopping) still says `Connection: close`.
+ * gets about one heartbeat answer per batch, so at 64 KiB units those bytes were ~0.2% of
+ * the stream's bytes per LAN group (issue 19; bench/results/stream.md). An answer to a
+ * request that asked to close, or from HTTP/1.0, keeps Node's headers.
  */
 function persistentByDefault(res: http.ServerResponse): void {
   if (res.shouldKeepAlive && res.req.httpVersion === '1.1') res.removeHeader('connection');
