@@ -4,6 +4,14 @@ import type { Member } from './allocator-state';
 export const SHARE_CREDIT_CAP = 4;
 /** Units held back for a member behind its share, remembered at most this many (the oldest forgotten). */
 const MAX_HELD_BACK = 64;
+/**
+ * In a wide-area group, how long a unit held back from one LAN group's asker stays held
+ * from the other askers of that LAN group, for a member of another LAN group (site) behind
+ * it. One member polls for the group's batches, so the other sites hear each batch a site
+ * hop later and ask later; held back once in all, the poller's site took 0.53-0.64 of the
+ * units on the sites testbed (bench/results/stream.md, "Batches across sites").
+ */
+export const SHARE_SITE_HOLD_MS = 100;
 /** An overhead of 0 (a sample rounded to nothing) weighs as this, in ms per byte, not as infinity. */
 const MIN_OVERHEAD = 1e-6;
 
@@ -31,18 +39,38 @@ const MIN_OVERHEAD = 1e-6;
  * and pays for what it sends; here the quantum is the member's weight and the round a unit.
  */
 export class ShareLedger {
-  private readonly heldBack = new Set<number>();
+  /** Units held back: the LAN group of the asker it was first held back from, and when. */
+  private readonly heldBack = new Map<number, { group: string; at: number }>();
+  /**
+   * LAN groups whose askers a unit is no longer held back from again: one such hold ran out
+   * with no other site's member taking the unit. Until one does (progress), a site that does
+   * not ask (alive, but slow or stuck) costs the others no more than one hold per unit.
+   */
+  private readonly siteHoldOff = new Set<string>();
   /** Asks answered with nothing because another member was behind its share (all members). */
   deferred = 0;
 
-  /** Whether `m`, asking for free unit `u`, waits for a member behind its share. */
-  defers(m: Member, u: number, members: Iterable<Member>, depthOf: (o: Member) => number): boolean {
+  /**
+   * Whether `m`, asking for free unit `u` at `now`, waits for a member behind its share. A unit
+   * is held back once; then, for SHARE_SITE_HOLD_MS, also from the other askers of the same LAN
+   * group when a member of another LAN group (a wide-area group's other site) is the one behind.
+   */
+  defers(m: Member, u: number, members: Iterable<Member>, depthOf: (o: Member) => number, now: number): boolean {
     const mine = m.credit ?? 0;
-    if (mine > -1 || this.heldBack.has(u)) return false;
+    if (mine > -1) return false;
+    const held = this.heldBack.get(u);
+    if (held && (held.group !== m.lanGroup || this.siteHoldOff.has(m.lanGroup))) return false;
+    if (held && now - held.at > SHARE_SITE_HOLD_MS) {
+      this.siteHoldOff.add(m.lanGroup);
+      return false;
+    }
     for (const o of members) {
       if (o === m || !o.asking || o.leases.size >= depthOf(o) || (o.credit ?? 0) <= mine + 1) continue;
-      if (this.heldBack.size >= MAX_HELD_BACK) this.heldBack.delete(this.heldBack.values().next().value as number);
-      this.heldBack.add(u);
+      if (held && o.lanGroup === m.lanGroup) continue;
+      if (!held) {
+        if (this.heldBack.size >= MAX_HELD_BACK) this.heldBack.delete(this.heldBack.keys().next().value as number);
+        this.heldBack.set(u, { group: m.lanGroup, at: now });
+      }
       this.deferred++;
       return true;
     }
@@ -58,6 +86,7 @@ export class ShareLedger {
   leased(m: Member, units: readonly number[], all: Iterable<Member>, median: number | null): void {
     if (units.length === 0) return;
     for (const u of units) this.heldBack.delete(u);
+    for (const g of this.siteHoldOff) if (g !== m.lanGroup) this.siteHoldOff.delete(g);
     const members = [...all].filter((o) => o === m || o.asking);
     const w = members.map((o) => {
       const oh = o.overhead ?? median;

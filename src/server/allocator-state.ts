@@ -363,8 +363,8 @@ export abstract class AllocatorState {
   }
 
   /** A stream's share rule (allocator-share.ts), while free units are scarce: how long `m` waits, or null. */
-  protected shareWait(m: Member, u: number, remaining: number): number | null {
-    return remaining <= this.members.size && this.share.defers(m, u, this.members.values(), (o) => this.depthFor(o)) ? SHARE_RETRY_MS : null;
+  protected shareWait(m: Member, u: number, remaining: number, now: number): number | null {
+    return remaining <= this.members.size && this.share.defers(m, u, this.members.values(), (o) => this.depthFor(o), now) ? SHARE_RETRY_MS : null;
   }
 
   /** Predicted time for m to finish its queue plus one more unit of `bytes`. */

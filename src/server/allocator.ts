@@ -184,7 +184,7 @@ export class GroupAllocator extends GatewayTable {
       return { units: [], retryAfterMs: 0, exhausted: true };
     }
     const remaining = this.freeCount();
-    const wait = this.opts.shareWeighted ? this.shareWait(m, free[0], remaining) : this.tailWait(m, this.opts.unitBytes(free[0]), remaining);
+    const wait = this.opts.shareWeighted ? this.shareWait(m, free[0], remaining, now) : this.tailWait(m, this.opts.unitBytes(free[0]), remaining);
     if (wait !== null) return { units: [], retryAfterMs: wait, exhausted: false };
     const units = remaining <= this.members.size ? free.slice(0, 1) : free;
     for (const u of units) {
