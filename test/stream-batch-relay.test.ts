@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { feed, streamSetup } from './helpers/stream-server';
 import { signBatch, StreamBatch } from '../src/release/stream-manifest';
 import { StreamPublisher } from '../src/release/stream-publish';
-import type { StreamAgent } from '../src/agent/stream-agent';
+import type { StreamAgent, StreamAgentOptions } from '../src/agent/stream-agent';
 import { BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../src/wire/stream-packet';
 import { sealControl } from '../src/wire/auth';
 import { BatchFollower, FollowerHost, LAN_BATCH_VERIFIES_PER_S } from '../src/agent/stream-follow';
@@ -26,14 +26,17 @@ async function sinksEqual(t: { true(c: boolean, m: string): void }, dir: string,
   for (const id of ids) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
 }
 
-/** A stream of `bytes` random bytes whose first 10 KB are published, and agents `ids` running on it. */
-async function started(t: ExecutionContext, name: string, bytes: number, ids: string[]) {
+/**
+ * A stream of `bytes` random bytes whose first 10 KB are published, and agents `ids` running
+ * on it, each with `opts(id, multicast)` (`multicast`: the setup's LAN group).
+ */
+async function started(t: ExecutionContext, name: string, bytes: number, ids: string[], opts: (id: string, multicast: { address: string; port: number }) => Partial<StreamAgentOptions> = () => ({})) {
   const s = await streamSetup(t);
   const source = randomBytes(bytes);
   const pub = await StreamPublisher.open(s.store, name, s.key, { unitSize: UNIT, flushMs: 100 });
   await pub.push(source.subarray(0, 10_000));
   await pub.flush(); // the stream exists (its head) before the agents ask for it
-  const agents = ids.map((id) => s.agent(name, id));
+  const agents = ids.map((id) => s.agent(name, id, opts(id, s.multicast)));
   return { s, source, pub, ids, agents, runs: agents.map((a) => a.run()) };
 }
 
@@ -116,15 +119,10 @@ test('the member that polls for the group leaves mid-stream: the others go back 
 // other LAN groups' gateways, which multicast it on their LANs, so a wide-area group of two
 // sites takes each batch over the WAN about once, not once per site.
 test('a wide-area group of two LAN groups of two: one member polls for both sites; the other site takes the batches from its gateway', async (t) => {
-  const s = await streamSetup(t);
-  const source = randomBytes(6_000_000);
-  const pub = await StreamPublisher.open(s.store, 'wide', s.key, { unitSize: UNIT, flushMs: 100 });
-  await pub.push(source.subarray(0, 10_000));
-  await pub.flush();
-  const other = { address: s.multicast.address === '239.255.0.1' ? '239.255.0.2' : '239.255.0.1', port: s.multicast.port };
-  const ids = ['a1', 'a2', 'b1', 'b2'];
-  const agents = ids.map((id) => s.agent('wide', id, id.startsWith('a') ? { group: 'g1', wideGroup: 'w' } : { group: 'g2', wideGroup: 'w', multicast: other }));
-  const runs = agents.map((a) => a.run());
+  // The second LAN group (b1, b2): a multicast group of its own on loopback.
+  const site = (id: string, mc: { address: string; port: number }) =>
+    id.startsWith('a') ? { group: 'g1', wideGroup: 'w' } : { group: 'g2', wideGroup: 'w', multicast: { address: mc.address === '239.255.0.1' ? '239.255.0.2' : '239.255.0.1', port: mc.port } };
+  const { s, source, pub, ids, agents, runs } = await started(t, 'wide', 6_000_000, ['a1', 'a2', 'b1', 'b2'], site);
   await feed(pub, source.subarray(10_000), 10_000);
   await Promise.all(runs);
   await sinksEqual(t, s.dir, ids, source);
