@@ -21,7 +21,7 @@ test('units are leased as they are published, each to one member of the group at
   for (let n = 1; n <= 40; n++) {
     for (const m of ['a', 'b', 'c']) {
       const ans = a.heartbeat('cam', head(n), body(m, { lease: 4 }), (now += 10));
-      for (const u of ans.lease.units) {
+      for (const u of ans.lease!.units) {
         t.true(u < n, `unit ${u} leased before it was published (head ${n})`);
         t.false(leased.has(u), `unit ${u} leased to ${m} while ${leased.get(u)} holds its lease`);
         leased.set(u, m);
@@ -45,25 +45,25 @@ test('a unit some member holds is not leased again; units dropped by retention a
   const have = new Uint8Array([0xff]); // units 0..7
   a.heartbeat('cam', head(8), body('a', { have }), 1000);
   const b = a.heartbeat('cam', head(16, 10), body('b', { lease: 64 }), 1001);
-  for (const u of b.lease.units) t.true(u >= 10 && u < 16, `unit ${u}: held by a, or dropped by retention`);
-  t.true(b.lease.units.length > 0);
+  for (const u of b.lease!.units) t.true(u >= 10 && u < 16, `unit ${u}: held by a, or dropped by retention`);
+  t.true(b.lease!.units.length > 0);
   // b restarts: its leases go back at once, and another member can take them.
   const again = a.heartbeat('cam', head(16, 10), body('b', { join: true }), 1002);
-  t.deepEqual(again.lease.units, []);
+  t.deepEqual(again.lease!.units, []);
   const c = a.heartbeat('cam', head(16, 10), body('c', { lease: 64 }), 1003);
-  t.true(b.lease.units.some((u) => c.lease.units.includes(u)), 'the restarted member\'s leases were free again');
+  t.true(b.lease!.units.some((u) => c.lease!.units.includes(u)), 'the restarted member\'s leases were free again');
 });
 
 test('groups and wide-area groups get allocators of their own', (t) => {
   const a = new StreamAllocation();
   const g1 = a.heartbeat('cam', head(4), body('a', { lease: 4 }), 1000);
   const g2 = a.heartbeat('cam', head(4), body('b', { group: 'g2', lease: 4 }), 1000);
-  t.deepEqual(g1.lease.units.length > 0 && g2.lease.units.length > 0, true, 'each LAN group leases the stream for itself');
+  t.deepEqual(g1.lease!.units.length > 0 && g2.lease!.units.length > 0, true, 'each LAN group leases the stream for itself');
   t.not(g1.groupKey, g2.groupKey);
   const w1 = a.heartbeat('cam', head(4), body('c', { group: 'g3', wideGroup: 'w', lease: 4 }), 1000);
   const w2 = a.heartbeat('cam', head(4), body('d', { group: 'g4', wideGroup: 'w', lease: 4 }), 1000);
   t.is(w1.groupKey, w2.groupKey, 'one allocator for the wide-area group');
-  for (const u of w1.lease.units) t.false(w2.lease.units.includes(u), 'no overlap across the wide-area group');
+  for (const u of w1.lease!.units) t.false(w2.lease!.units.includes(u), 'no overlap across the wide-area group');
 });
 
 test('bad stream heartbeat bodies get a message naming the field', (t) => {
@@ -134,7 +134,7 @@ test('a receipt riding a beat whose have already shows the unit still scores the
   const a = new StreamAllocation();
   a.heartbeat('cam', head(8), body('b'), 1000); // b joins first: unmeasured members rank by joining
   const first = a.heartbeat('cam', head(8), body('a', { lease: 1 }), 1000);
-  const [u] = first.lease.units;
+  const [u] = first.lease!.units;
   a.sending('cam', 'a', u, 1000);
   // The agent's next beat: the unit in its have, and its receipt, together.
   const have = new Uint8Array(1);
@@ -165,7 +165,7 @@ function share(order: string[], ms: (m: string, k: number) => number, units = 60
       const rs = pending.get(m)!.splice(0);
       const site = sites ? { group: sites[m], wideGroup: 'w' } : {};
       const ans = a.heartbeat('cam', head(n), body(m, { ...site, lease: idle.includes(m) ? 0 : 2, receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => Math.max(0, now - r.at)) }), now);
-      for (const u of ans.lease.units) {
+      for (const u of ans.lease!.units) {
         a.sending('cam', m, u, now);
         pending.get(m)!.push({ u, at: now + ms(m, got.get(m)!.length) });
         got.get(m)!.push(u);

@@ -25,15 +25,15 @@ const body = (member: string, extra: Partial<StreamBeatBody> = {}): StreamBeatBo
 /** Holders by member id (what an index means is the list's business). */
 const holderIds = (a: StreamBeatAnswer) => a.holders.map((h) => (h < 0 ? null : a.members[h].id));
 
-/** Four members of a wide-area group (two LAN groups) beating against a growing stream. */
-function group() {
+/** Four members of a wide-area group (two LAN groups) beating against a growing stream; `lean`: their bodies ask for lean answers. */
+function group(lean = false, at: (n: number) => StreamHead = (n) => head(n)) {
   const alloc = new StreamAllocation();
   let now = 1_000_000;
   const tokens = new Map<string, MapTokens>();
   const beat = (m: string, n: number, extra: Partial<StreamBeatBody> = {}, opt = true) => {
-    const t = tokens.get(m) ?? new MapTokens();
+    const t = tokens.get(m) ?? Object.assign(new MapTokens(), { lean });
     tokens.set(m, t);
-    const reply: StreamBeatReply = alloc.heartbeat('cam', head(n), body(m, { ...extra, ...(opt ? t.field() : {}) }), (now += 7));
+    const reply: StreamBeatReply = alloc.heartbeat('cam', at(n), body(m, { ...extra, ...(opt ? t.field() : {}) }), (now += 7));
     const wire = Buffer.from(JSON.stringify(reply));
     return { reply, wire, whole: opt ? t.parse(wire) : parseStreamBeatAnswer(wire) };
   };
@@ -145,21 +145,105 @@ test('the agent side: an answer without the map needs the token of the answer it
   t.throws(() => parseStreamBeatAnswer(Buffer.from(JSON.stringify(partial)), full), { message: /all be given or all be left out/ });
   // MapTokens: "" first, then the held token; a bad answer forgets it.
   const m = new MapTokens();
-  t.deepEqual(m.field(), { mapToken: '' });
+  t.deepEqual(m.field(), { mapToken: '', lean: true });
   m.parse(Buffer.from(JSON.stringify(full)));
-  t.deepEqual(m.field(), { mapToken: full.mapToken });
+  t.deepEqual(m.field(), { mapToken: full.mapToken, lean: true });
   t.deepEqual(m.parse(wire), full);
   t.throws(() => m.parse(Buffer.from('{"v":1}')));
-  t.deepEqual(m.field(), { mapToken: '' });
+  t.deepEqual(m.field(), { mapToken: '', lean: true });
   t.throws(() => m.parse(wire), { message: /not the one/ });
-  // A server from before refuses the field: off for good.
+  // A server from 2026-12-01 refuses `lean`: the token goes on alone. One from before refuses the token: both off for good.
   t.false(m.refused(new Error('stream cam: POST /v1/streams/cam/heartbeat: BAD_BODY: unknown field "lease"'), silentLogger));
+  t.true(m.refused(new Error('stream cam: POST /v1/streams/cam/heartbeat: BAD_BODY: unknown field "lean"'), silentLogger));
+  t.deepEqual(m.field(), { mapToken: '' });
+  t.false(m.refused(new Error('stream cam: POST /v1/streams/cam/heartbeat: BAD_BODY: unknown field "lean"'), silentLogger), 'refused once: not sent again');
   t.true(m.refused(new Error('stream cam: POST /v1/streams/cam/heartbeat: BAD_BODY: unknown field "mapToken"'), silentLogger));
   t.deepEqual(m.field(), {});
+  const m2 = new MapTokens();
+  t.true(m2.refused(new Error('BAD_BODY: unknown field "mapToken"'), silentLogger), 'a server before map tokens names mapToken first');
+  t.deepEqual(m2.field(), {}, 'and neither field is sent again');
 });
 
-/** A server from before map tokens, as agents meet it: the real server behind a proxy that refuses bodies with mapToken as that server's parser does. */
-async function oldServer(url: string): Promise<{ url: string; refused: () => number; close: () => Promise<void> }> {
+// Lean answers (docs/protocol.md, "Lean answers"): to a body with `lean` the answers also leave out
+// what the agent works out or holds; the whole answer the agent builds is the same.
+test('lean answers leave out what the agent holds or works out, and the answer it builds names the same units, lease and holders', (t) => {
+  const sizes = (lean: boolean) => {
+    const g = group(lean);
+    for (const m of ['a1', 'a2', 'x1', 'x2']) g.beat(m, 4, { lease: 2, join: true });
+    let hits = 0;
+    let bytes = 0;
+    for (let n = 5; n < 60; n++) {
+      for (const m of ['a1', 'a2', 'x1', 'x2']) {
+        const { reply, wire, whole } = g.beat(m, n, { lease: 1, receipts: n > 6 ? [n - 2] : [], receiptAgesMs: n > 6 ? [3] : [] });
+        t.is(whole.nextUnit, n);
+        t.is(whole.firstUnit, 0);
+        t.is(whole.heartbeatMs, 1000);
+        t.false(whole.ended);
+        t.is(whole.members.length, 4);
+        t.is(whole.copyTo.length, 1);
+        t.deepEqual(whole.lease.units, reply.lease?.units ?? [], 'the units leased are the ones sent');
+        t.deepEqual(holderIds(whole), holderIds(g.beat(m, n, {}, false).whole), 'holders name the members an answer without a token names');
+        if (reply.members !== undefined) continue;
+        hits++;
+        bytes += wire.length;
+        if (lean) {
+          t.is(reply.mapToken, undefined, 'the token the member sent is not sent back');
+          t.deepEqual(Object.keys(reply).filter((k) => !['v', 'lease', 'holdersFrom', 'holders'].includes(k)), [], `only what changes: ${wire}`);
+          if (!reply.lease) t.is(whole.lease.units.length, 0);
+        }
+      }
+    }
+    t.true(hits >= 150, `most of the 220 answers left the map out (${hits})`);
+    return bytes / hits;
+  };
+  const token = sizes(false);
+  const lean = sizes(true);
+  t.log(`mean answer without the map: ${token.toFixed(0)} B with the token alone, ${lean.toFixed(0)} B lean`);
+  // What a lean answer leaves out: heartbeatMs, firstUnit 0, nextUnit, ended, retryAfterMs 0 and the token (~106 bytes),
+  // and the whole lease when it leases nothing. Its holders window is the same.
+  t.true(token - lean >= 100, `lean answers (${lean.toFixed(0)} B) are at least 100 bytes shorter than token-only ones (${token.toFixed(0)} B)`);
+});
+
+test('lean answers: firstUnit is sent when not 0, ended and heartbeatMs come with a new token, and the agent needs the answer it holds', (t) => {
+  let ended = false;
+  let first = 0;
+  const g = group(true, (n) => ({ ...head(n, first), ended }));
+  for (const m of ['a1', 'x1']) g.beat(m, 4, { join: true });
+  g.beat('a1', 5);
+  const hit = g.beat('a1', 6);
+  t.is(hit.reply.members, undefined);
+  t.is(hit.reply.firstUnit, undefined, 'firstUnit 0: left out');
+  first = 3; // retention dropped units 0-2
+  const kept = g.beat('a1', 7);
+  t.is(kept.reply.members, undefined, 'retention does not change the token');
+  t.is(kept.reply.firstUnit, 3);
+  t.is(kept.whole.firstUnit, 3);
+  ended = true; // the end marker
+  const end = g.beat('a1', 7);
+  t.truthy(end.reply.mapToken, 'ended changed: a new token and the whole map');
+  t.is(end.reply.ended, true);
+  t.is(end.reply.heartbeatMs, 1000);
+  const after = g.beat('a1', 7);
+  t.is(after.reply.ended, undefined, 'then left out again');
+  t.true(after.whole.ended, 'and taken from the answer held');
+  // The parser: a lean answer that leaves the map out needs the answer whose token was sent.
+  const wire = Buffer.from(JSON.stringify({ v: 1, holdersFrom: 5, holders: [0, -1] }));
+  t.throws(() => parseStreamBeatAnswer(wire), { message: /left out, but the mapToken is not the one/ });
+  t.throws(() => parseStreamBeatAnswer(wire, { ...after.whole, mapToken: undefined }), { message: /not the one/ });
+  const whole = parseStreamBeatAnswer(wire, after.whole);
+  t.like(whole, { firstUnit: 0, nextUnit: 7, ended: true, heartbeatMs: 1000, lease: { units: [], retryAfterMs: 0 }, mapToken: after.whole.mapToken });
+  t.is(parseStreamBeatAnswer(Buffer.from(JSON.stringify({ v: 1, nextUnit: 9, holdersFrom: 5, holders: [0, -1] })), after.whole).nextUnit, 9, 'nextUnit when sent');
+  t.throws(() => parseStreamBeatAnswer(Buffer.from(JSON.stringify({ v: 1, nextUnit: 6, holdersFrom: 5, holders: [0, -1] })), after.whole), { message: /past nextUnit/ });
+  t.throws(() => parseStreamBeatAnswer(Buffer.from(JSON.stringify({ v: 1, groupKey: after.whole.groupKey, members: [], copyTo: [], holdersFrom: 5, holders: [] }))), { message: /ended must be true or false/ }, 'a whole map needs ended and heartbeatMs');
+  // The body: lean only with a token, and only true.
+  const raw = (o: object) => parseStreamBeat(Buffer.from(JSON.stringify({ ...body('a1'), have: '', join: undefined, ...o })));
+  t.regex(raw({ lean: true }) as string, /lean needs mapToken/);
+  t.regex(raw({ lean: false, mapToken: '' }) as string, /lean must be true/);
+  t.like(raw({ lean: true, mapToken: '' }), { lean: true, mapToken: '' });
+});
+
+/** A server from before a field (map tokens, or lean answers), as agents meet it: the real server behind a proxy that refuses bodies with that field as that server's parser does. */
+async function oldServer(url: string, field = 'mapToken'): Promise<{ url: string; refused: () => number; close: () => Promise<void> }> {
   let refused = 0;
   const target = new URL(url);
   const proxy = http.createServer((req, res) => {
@@ -167,9 +251,9 @@ async function oldServer(url: string): Promise<{ url: string; refused: () => num
     req.on('data', (c: Buffer) => parts.push(c));
     req.on('end', () => {
       const data = Buffer.concat(parts);
-      if (req.url?.endsWith('/heartbeat') && data.includes('"mapToken"')) {
+      if (req.url?.endsWith('/heartbeat') && data.includes(`"${field}"`)) {
         refused++;
-        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'BAD_BODY', message: 'unknown field "mapToken"' }));
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'BAD_BODY', message: `unknown field "${field}"` }));
         return;
       }
       const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (r) => {
@@ -185,28 +269,27 @@ async function oldServer(url: string): Promise<{ url: string; refused: () => num
   return { url: `http://127.0.0.1:${port}`, refused: () => refused, close: () => new Promise((r) => (proxy.closeAllConnections(), proxy.close(() => r()))) };
 }
 
-test('on the LAN: agents that opt in take most heartbeat answers without the map, and an agent of a server that refuses the field gets every byte with whole answers', async (t) => {
+test('on the LAN: agents that opt in take most heartbeat answers without the map, and agents of servers that refuse a field get every byte with whole or token-only answers', async (t) => {
   const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
   const key = await loadPrivateKey(keyPath);
   const trusted = [await loadPublicKey(pubPath)];
   const old = await oldServer(url);
   t.teardown(() => old.close());
+  const noLean = await oldServer(url, 'lean');
+  t.teardown(() => noLean.close());
   const UNIT = 64 * 1024;
   const source = randomBytes(2_000_000);
   const pub = await StreamPublisher.open(store, 'cam', key, { unitSize: UNIT, flushMs: 200 });
   await pub.push(source.subarray(0, 10_000));
   await pub.flush();
   const multicast = { address: `239.255.${randomInt(0, 256)}.${randomInt(1, 255)}`, port: randomInt(20000, 60000) };
-  const agents = ['a', 'b', 'c'].map(
-    (id) =>
-      loopbackStreamAgent({ url: id === 'c' ? old.url : url, dir, stream: 'cam', id, multicast, trusted }),
-  );
+  const agents = ['a', 'b', 'c', 'd'].map((id) => loopbackStreamAgent({ url: id === 'c' ? old.url : id === 'd' ? noLean.url : url, dir, stream: 'cam', id, multicast, trusted }));
   t.teardown(async () => {
     for (const a of agents) await a.close();
   });
   const runs = agents.map((a) => a.run());
   const alloc = streamRoutes(store).alloc;
-  while (alloc.memberCount('cam') < 3) await new Promise((r) => setTimeout(r, 10));
+  while (alloc.memberCount('cam') < 4) await new Promise((r) => setTimeout(r, 10));
   for (let off = 10_000; off < source.length; off += 10_000) {
     await pub.push(source.subarray(off, off + 10_000));
     await new Promise((r) => setTimeout(r, 20));
@@ -214,12 +297,16 @@ test('on the LAN: agents that opt in take most heartbeat answers without the map
   await pub.end();
   await pub.close();
   await Promise.all(runs);
-  for (const id of ['a', 'b', 'c']) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
+  for (const id of ['a', 'b', 'c', 'd']) t.true((await fs.readFile(path.join(dir, `${id}.bin`))).equals(source), `agent ${id}: sink equals the source`);
   const beats = alloc.heartbeats.get('cam') ?? 0;
   t.log(`${beats} heartbeats, ${alloc.tokenHits} answered without the map; the old server refused mapToken ${old.refused()} time(s)`);
   t.is(old.refused(), 1, 'the agent of the old server sent mapToken once, then whole-answer bodies');
   t.false(agents[2]['tokens'].on);
-  // a and b beat about as often as c; with two of three opting in, well over half the answers leave the map out.
+  t.is(noLean.refused(), 1, 'the agent of the server from before lean answers sent lean once, then the token alone');
+  t.true(agents[3]['tokens'].on);
+  t.false(agents[3]['tokens'].lean);
+  t.true(agents[0]['tokens'].lean);
+  // a, b and d beat about as often as c; with three of four sending the token, well over half the answers leave the map out.
   t.true(alloc.tokenHits >= 0.5 * beats, `answers without the map ${alloc.tokenHits} >= half of ${beats}`);
 });
 

@@ -42,18 +42,24 @@ export function leaseWaiting(a: StreamBeatAnswer | null, next: number, lacks: (u
 /**
  * The agent's side of map tokens (docs/protocol.md, "Map tokens"): every heartbeat sends
  * the `mapToken` of the last answer applied ("" before the first), and an answer that
- * leaves `members`, `groupKey` and `copyTo` out is completed from that answer. A server
- * from before 2026-12-01 refuses the field (400, unknown field "mapToken"): from then on
- * the agent leaves it out and takes whole answers, as before.
+ * leaves `members`, `groupKey` and `copyTo` out is completed from that answer. With it,
+ * `lean: true` (agents from 2026-12-03; "Lean answers"): the answers also leave out what
+ * parseStreamBeatAnswer fills in. A server from before 2026-12-01 refuses the token (400,
+ * unknown field "mapToken"): from then on the agent leaves both fields out and takes whole
+ * answers, as before; one from before 2026-12-03 refuses `lean`: the agent goes on with
+ * the token alone.
  */
 export class MapTokens {
   /** Whether heartbeats carry `mapToken` (false once the server refused it). */
   on = true;
+  /** Whether they carry `lean` (false once the server refused it, or the token). */
+  lean = true;
   private kept: StreamBeatAnswer | null = null;
 
-  /** The field for the next body. */
-  field(): { mapToken?: string } {
-    return this.on ? { mapToken: this.kept?.mapToken ?? '' } : {};
+  /** The fields for the next body. */
+  field(): { mapToken?: string; lean?: true } {
+    if (!this.on) return {};
+    return { mapToken: this.kept?.mapToken ?? '', ...(this.lean ? { lean: true as const } : {}) };
   }
 
   /** The whole answer; a bad one throws, and the next body asks for everything again. */
@@ -68,10 +74,18 @@ export class MapTokens {
     }
   }
 
-  /** True (and off from now on) when `err` is the server refusing the field: send the beat again without it. */
+  /** True (and that field off from now on) when `err` is the server refusing a field of ours: send the beat again without it. */
   refused(err: unknown, log: Logger): boolean {
-    if (!this.on || !(err instanceof Error) || !/unknown field "mapToken"/.test(err.message)) return false;
+    if (!(err instanceof Error)) return false;
+    const field = /unknown field "(mapToken|lean)"/.exec(err.message)?.[1];
+    if (field === 'lean' && this.lean) {
+      this.lean = false;
+      log.info('the server does not take lean in stream heartbeats (a server before 2026-12-03): answers with every field from now on');
+      return true;
+    }
+    if (field !== 'mapToken' || !this.on) return false;
     this.on = false;
+    this.lean = false;
     this.kept = null;
     log.info('the server does not take mapToken in stream heartbeats (a server before 2026-12-01): whole answers from now on');
     return true;

@@ -107,26 +107,29 @@ export class StreamAllocation {
       holders: g.namedHolders(from, n, members),
       copyTo,
     };
-    return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now);
+    return b.mapToken === undefined ? answer : this.tokened(answer, b.mapToken, now, b.lean === true);
   }
 
   /**
    * The answer to a body with `mapToken` (docs/protocol.md, "Map tokens"): members by id,
    * not ranked (ranks move with every overhead sample; ids only when members come or go),
    * holders indexing that order, and `members`, `groupKey` and `copyTo` left out when the
-   * token the member sent is the one they make now. After HTTP's conditional requests
-   * (RFC 9110 section 13.1.2, If-None-Match): the agent echoes the validator of what it
-   * holds, and the server sends that part again only when it changed.
+   * token the member sent is the one they make now (with `lean`, leanReply's form). After
+   * HTTP's conditional requests (RFC 9110 section 13.1.2, If-None-Match): the agent echoes
+   * the validator of what it holds, and the server sends that part again only when it
+   * changed.
    */
-  private tokened(a: StreamBeatAnswer, sent: string, now: number): StreamBeatReply {
+  private tokened(a: StreamBeatAnswer, sent: string, now: number, lean: boolean): StreamBeatReply {
     const order = a.members.map((_, i) => i).sort((i, j) => (a.members[i].id < a.members[j].id ? -1 : 1));
     const at: number[] = [];
     order.forEach((old, k) => (at[old] = k));
     const members = order.map((i) => a.members[i]);
     const holders = a.holders.map((h) => (h < 0 ? h : at[h]));
-    const mapToken = mapTokenOf(a.groupKey, members, a.copyTo, Math.floor(now / MAP_TOKEN_REFRESH_MS));
-    if (sent !== mapToken) return { ...a, members, holders, mapToken };
-    this.tokenHits++;
+    const mapToken = mapTokenOf(a.groupKey, members, a.copyTo, Math.floor(now / MAP_TOKEN_REFRESH_MS), a.heartbeatMs, a.ended);
+    const hit = sent === mapToken;
+    if (hit) this.tokenHits++;
+    if (lean) return leanReply(a, members, holders, hit ? null : mapToken);
+    if (!hit) return { ...a, members, holders, mapToken };
     const { members: _m, groupKey: _k, copyTo: _c, ...rest } = a;
     return { ...rest, holders, mapToken };
   }
@@ -191,11 +194,37 @@ export class StreamAllocation {
 
 /**
  * A map token: 16 base64url characters of the SHA-256 of what an answer may leave out
- * (the group key, the members in answer order without `verifiedUnits`, `copyTo`) and the
- * refresh period. Opaque to agents: only equality counts.
+ * (the group key, the members in answer order without `verifiedUnits`, `copyTo`; for lean
+ * answers also `heartbeatMs` and `ended`) and the refresh period. Opaque to agents: only
+ * equality counts.
  */
-export function mapTokenOf(groupKey: string, members: StreamBeatMember[], copyTo: StreamBeatAnswer['copyTo'], period: number): string {
+export function mapTokenOf(groupKey: string, members: StreamBeatMember[], copyTo: StreamBeatAnswer['copyTo'], period: number, heartbeatMs: number, ended: boolean): string {
   const m = members.map((x) => [x.id, x.group, x.address, x.dataPort, x.role, x.complete]);
   const c = copyTo.map((x) => [x.group, x.member, x.address, x.port]);
-  return createHash('sha256').update(JSON.stringify([groupKey, m, c, period])).digest('base64url').slice(0, 16);
+  return createHash('sha256').update(JSON.stringify([groupKey, m, c, period, heartbeatMs, ended])).digest('base64url').slice(0, 16);
+}
+
+/**
+ * A lean answer (docs/protocol.md, "Lean answers"): the tokened answer without what the
+ * member can work out or holds already. `newToken` null: the body's token is the current
+ * one, so the map, `heartbeatMs`, `ended` and the token itself are left out (the token
+ * covers them). Always: `nextUnit` when it is `holdersFrom + holders.length`, `firstUnit`
+ * when 0, and a `lease` that leases nothing and asks for no wait. A member beats about once
+ * per batch and most beats lease nothing, so at 64 KiB units those fields were ~130 of an
+ * answer's ~290 bytes (issue 19).
+ */
+function leanReply(a: StreamBeatAnswer, members: StreamBeatMember[], holders: number[], newToken: string | null): StreamBeatReply {
+  const whole = newToken !== null;
+  return {
+    v: 1,
+    ...(whole ? { heartbeatMs: a.heartbeatMs, groupKey: a.groupKey } : {}),
+    ...(a.firstUnit !== 0 ? { firstUnit: a.firstUnit } : {}),
+    ...(a.nextUnit !== a.holdersFrom + holders.length ? { nextUnit: a.nextUnit } : {}),
+    ...(whole ? { ended: a.ended } : {}),
+    ...(a.lease.units.length > 0 || a.lease.retryAfterMs > 0 ? { lease: a.lease.retryAfterMs > 0 ? a.lease : { units: a.lease.units } } : {}),
+    ...(whole ? { members } : {}),
+    holdersFrom: a.holdersFrom,
+    holders,
+    ...(whole ? { copyTo: a.copyTo, mapToken: newToken } : {}),
+  };
 }

@@ -52,6 +52,11 @@ export interface StreamBeatBody {
    * when its own `mapToken` is this one (they did not change); absent: whole answers.
    */
   mapToken?: string;
+  /**
+   * Opt-in (agents from 2026-12-03), only with `mapToken`: lean answers, which also leave
+   * out what the member can work out or holds already (docs/protocol.md, "Lean answers").
+   */
+  lean?: boolean;
 }
 
 export interface StreamBeatMember {
@@ -82,8 +87,13 @@ export interface StreamBeatAnswer {
   mapToken?: string;
 }
 
-/** An answer as the server sends it: to a body whose `mapToken` is the answer's, without the parts that did not change. */
-export type StreamBeatReply = Omit<StreamBeatAnswer, 'members' | 'groupKey' | 'copyTo'> & Partial<Pick<StreamBeatAnswer, 'members' | 'groupKey' | 'copyTo'>>;
+/**
+ * An answer as the server sends it: to a body whose `mapToken` is the answer's, without the
+ * parts that did not change; to a body with `lean`, also without what parseStreamBeatAnswer
+ * fills in (docs/protocol.md, "Lean answers").
+ */
+export type StreamBeatReply = Pick<StreamBeatAnswer, 'v' | 'holdersFrom' | 'holders'> &
+  Partial<Omit<StreamBeatAnswer, 'lease'>> & { lease?: { units: number[]; retryAfterMs?: number } };
 
 class Bad extends Error {}
 const fail = (m: string): never => {
@@ -106,7 +116,7 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
   const o = parseJsonObject(bytes);
   if (typeof o === 'string') return o;
   try {
-    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join', 'mapToken']);
+    only(o, ['v', 'group', 'member', 'wideGroup', 'address', 'dataPort', 'haveFrom', 'have', 'receipts', 'receiptAgesMs', 'fetching', 'fetchingBytes', 'forwarded', 'lanBytes', 'lease', 'join', 'mapToken', 'lean']);
     if (o.v !== STREAM_CONTROL_V) fail(`v must be ${STREAM_CONTROL_V}`);
     if (typeof o.have !== 'string' || o.have.length > Math.ceil(MAX_STREAM_HAVE_BYTES / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.have)) fail(`have must be base64 of at most ${MAX_STREAM_HAVE_BYTES} bytes`);
     if (o.address !== undefined && o.address !== null && (typeof o.address !== 'string' || o.address.length > 64 || !/^[0-9A-Fa-f.:%a-z]+$/.test(o.address))) fail('address must be an IP address');
@@ -127,8 +137,10 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
       forwarded: o.forwarded === undefined ? 0 : int(o.forwarded, 'forwarded'),
       lanBytes: o.lanBytes === undefined ? 0 : int(o.lanBytes, 'lanBytes'),
       join: o.join === undefined ? false : o.join === true ? true : fail('join must be true when present'),
+      lean: o.lean === undefined ? false : o.lean === true ? true : fail('lean must be true when present'),
       ...(o.mapToken !== undefined ? { mapToken: typeof o.mapToken === 'string' && o.mapToken.length <= MAX_MAP_TOKEN_CHARS ? o.mapToken : fail(`mapToken must be a string of at most ${MAX_MAP_TOKEN_CHARS} characters`) } : {}),
     };
+    if (b.lean && b.mapToken === undefined) fail('lean needs mapToken');
     if (o.receiptAgesMs !== undefined && b.receiptAgesMs.length !== b.receipts.length) fail('receiptAgesMs must have one entry per unit in receipts');
     if (o.fetchingBytes !== undefined && b.fetchingBytes.length !== b.fetching.length) fail('fetchingBytes must have one entry per unit in fetching');
     return b;
@@ -141,7 +153,10 @@ export function parseStreamBeat(bytes: Uint8Array): StreamBeatBody | string {
 /**
  * A heartbeat answer from the server; throws an Error naming what is wrong. `kept`: the
  * last answer the agent applied, whose `members`, `groupKey` and `copyTo` an answer that
- * leaves them out (its `mapToken` is the kept one's) stands for; the result is whole.
+ * leaves them out (its `mapToken` is the kept one's, or absent in a lean answer) stands
+ * for, with its `heartbeatMs`, `ended` and `mapToken` when a lean answer leaves those out
+ * too; `firstUnit` absent is 0, `nextUnit` absent is `holdersFrom + holders.length`, and
+ * `lease` absent leases nothing. The result is whole.
  */
 export function parseStreamBeatAnswer(bytes: Uint8Array, kept: StreamBeatAnswer | null = null): StreamBeatAnswer {
   if (bytes.length > MAX_STREAM_ANSWER_BYTES) throw new Error(`stream heartbeat answer larger than ${MAX_STREAM_ANSWER_BYTES} bytes`);
@@ -153,11 +168,18 @@ export function parseStreamBeatAnswer(bytes: Uint8Array, kept: StreamBeatAnswer 
     const left = ['members', 'groupKey', 'copyTo'].filter((k) => o[k] === undefined).length;
     if (left === 3) {
       // Unchanged since the answer we applied: only with its token (and never without one).
-      if (!kept || o.mapToken === undefined || kept.mapToken !== o.mapToken) fail('members, groupKey and copyTo left out, but the mapToken is not the one of the answer we hold');
+      if (!kept || kept.mapToken === undefined || (o.mapToken ?? kept.mapToken) !== kept.mapToken) fail('members, groupKey and copyTo left out, but the mapToken is not the one of the answer we hold');
       o.members = kept!.members;
       o.groupKey = kept!.groupKey;
       o.copyTo = kept!.copyTo;
+      o.mapToken = kept!.mapToken;
+      o.heartbeatMs ??= kept!.heartbeatMs;
+      o.ended ??= kept!.ended;
     } else if (left !== 0) fail('members, groupKey and copyTo must all be given or all be left out');
+    if (!Array.isArray(o.holders) || o.holders.length > MAX_STREAM_HOLDERS) fail(`holders must be a list of at most ${MAX_STREAM_HOLDERS}`);
+    o.firstUnit ??= 0;
+    o.nextUnit ??= int(o.holdersFrom, 'holdersFrom') + (o.holders as unknown[]).length;
+    o.lease ??= { units: [] };
     if (typeof o.groupKey !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(o.groupKey)) fail('groupKey must be base64 of 32 bytes');
     if (typeof o.ended !== 'boolean') fail('ended must be true or false');
     if (!Array.isArray(o.members) || o.members.length > MAX_STREAM_MEMBERS) fail(`members must be a list of at most ${MAX_STREAM_MEMBERS}`);
@@ -177,7 +199,6 @@ export function parseStreamBeatAnswer(bytes: Uint8Array, kept: StreamBeatAnswer 
       };
     });
     const lease = (typeof o.lease === 'object' && o.lease !== null ? o.lease : fail('lease must be an object')) as Record<string, unknown>;
-    if (!Array.isArray(o.holders) || o.holders.length > MAX_STREAM_HOLDERS) fail(`holders must be a list of at most ${MAX_STREAM_HOLDERS}`);
     const holders = (o.holders as unknown[]).map((h) => (Number.isSafeInteger(h) && (h as number) >= -1 && (h as number) < members.length ? (h as number) : fail('holders entries must be −1 or an index into members')));
     if (!Array.isArray(o.copyTo) || o.copyTo.length > MAX_STREAM_MEMBERS) fail('copyTo must be a list');
     const copyTo = (o.copyTo as unknown[]).map((x) => {

@@ -253,12 +253,16 @@ const batchPacket: Target = {
 /** The stream heartbeat's body (server side) and answer (agent side), and an agent's stream position file (docs/protocol.md, "Streams on the LAN"). */
 const streamAlloc = new StreamAllocation();
 const streamHead = { stream: 'cam', id: 'ab'.repeat(16), unitSize: 4096, firstUnit: 2, firstBatch: 1, lastBatch: 3, nextUnit: 40, bytes: 163840, time: '2026-01-01T00:00:00Z', ended: false };
+/** An answer an agent holds, which lean answers (docs/protocol.md, "Lean answers") complete from. */
+const streamKept = parseStreamBeatAnswer(Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, groupKey: Buffer.alloc(32, 7).toString('base64'), firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [] }, members: [{ id: 'm1', group: 'g1', address: '10.0.0.5', dataPort: 4000, role: 'gateway', verifiedUnits: 3, complete: false }], holdersFrom: 38, holders: [0, -1], copyTo: [], mapToken: 'AAAAAAAAAAAAAAAA' })));
 const streamControl: Target = {
   name: 'stream-control',
   seeds: [
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm1', address: '10.0.0.5', dataPort: 4000, haveFrom: 3, have: '/wA=', receipts: [4, 5], receiptAgesMs: [1, 2], fetching: [6], fetchingBytes: [100], lease: 4, join: true })),
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm2', wideGroup: 'w', haveFrom: 0, have: '' })),
     Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm3', wideGroup: 'w', haveFrom: 0, have: '', mapToken: 'AAAAAAAAAAAAAAAA' })),
+    Buffer.from(JSON.stringify({ v: 1, group: 'g1', member: 'm4', wideGroup: 'w', haveFrom: 0, have: '', lease: 2, mapToken: '', lean: true })),
+    Buffer.from(JSON.stringify({ v: 1, lease: { units: [39] }, holdersFrom: 38, holders: [0, -1] })),
     Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [], retryAfterMs: 0 }, holdersFrom: 38, holders: [0, -1], mapToken: 'AAAAAAAAAAAAAAAA' })),
     Buffer.from(JSON.stringify({ v: 1, heartbeatMs: 1000, groupKey: Buffer.alloc(32, 7).toString('base64'), firstUnit: 2, nextUnit: 40, ended: false, lease: { units: [38, 39], retryAfterMs: 0 }, members: [{ id: 'm1', group: 'g1', address: '10.0.0.5', dataPort: 4000, role: 'gateway', verifiedUnits: 3, complete: false }], holdersFrom: 2, holders: [0, -1, 0], copyTo: [{ group: 'g2', member: 'x', address: '10.0.2.1', port: 5000 }] })),
     Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: '{}' })),
@@ -269,14 +273,17 @@ const streamControl: Target = {
       if (b.receipts.length !== b.receiptAgesMs.length && b.receiptAgesMs.length) throw new Error('accepted receipts and ages of different lengths');
       // What the server does with an accepted body: never throws, and leases only published units.
       const a = streamAlloc.heartbeat('cam', streamHead, b, 1_000_000);
-      for (const u of a.lease.units) if (u < streamHead.firstUnit || u >= streamHead.nextUnit) throw new Error(`leased unit ${u} outside the retained units`);
+      for (const u of a.lease?.units ?? []) if (u < streamHead.firstUnit || u >= streamHead.nextUnit) throw new Error(`leased unit ${u} outside the retained units`);
       parseStreamBeatAnswer(Buffer.from(JSON.stringify(a)));
     }
-    try {
-      const a = parseStreamBeatAnswer(input);
-      for (const h of a.holders) if (h >= a.members.length) throw new Error('accepted a holder index out of range');
-    } catch (err) {
-      if (!(err instanceof Error) || !err.message.startsWith('stream heartbeat answer')) throw err;
+    for (const kept of [null, streamKept]) {
+      try {
+        const a = parseStreamBeatAnswer(input, kept);
+        for (const h of a.holders) if (h >= a.members.length) throw new Error('accepted a holder index out of range');
+        if (a.holdersFrom + a.holders.length > a.nextUnit || a.firstUnit > a.nextUnit) throw new Error('accepted a window past nextUnit');
+      } catch (err) {
+        if (!(err instanceof Error) || !err.message.startsWith('stream heartbeat answer')) throw err;
+      }
     }
     try {
       parseStreamPosition(Buffer.from(input).toString('utf8'), 'position');
