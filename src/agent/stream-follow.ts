@@ -1,5 +1,5 @@
 import { createHash, KeyObject } from 'node:crypto';
-import { batchFromObject, parseBatch, parseBatchEnvelope, StreamBatch } from '../release/stream-manifest';
+import { batchFromCompact, batchFromObject, isCompactBatch, parseBatch, parseBatchEnvelope, StreamBatch } from '../release/stream-manifest';
 import type { Logger } from '../util/log';
 import type { StreamBeatAnswer } from '../wire/stream-control';
 import type { BatchPacket } from '../wire/stream-packet';
@@ -54,6 +54,8 @@ export interface FollowCounts {
   fromServer: number;
   /** Batches taken from a LAN peer's BATCH packets. */
   fromLan: number;
+  /** Of fromServer, those the server sent in compact form (docs/protocol.md, "Compact batches"). */
+  compact: number;
   /** Batches this member multicast on its LAN (each sent twice). */
   relayed: number;
   /** Batches this member also sent to the other sites' gateways (each twice; a wide-area group). */
@@ -82,10 +84,12 @@ export interface FollowCounts {
  * request to the server, and the smaller sender id breaks the tie.)
  */
 export class BatchFollower {
-  readonly counts: FollowCounts = { fromServer: 0, fromLan: 0, relayed: 0, across: 0, forwarded: 0, refused: 0, fallbacks: 0, limited: 0 };
+  readonly counts: FollowCounts = { fromServer: 0, compact: 0, fromLan: 0, relayed: 0, across: 0, forwarded: 0, refused: 0, fallbacks: 0, limited: 0 };
   private verifies = { tokens: LAN_BATCH_VERIFIES_PER_S, at: 0 };
   /** A peer with a smaller sender id relays batches: this member does not poll. */
   passive = false;
+  /** Whether polls ask for compact batches (false once the server refused `after`). */
+  compact = true;
   private poll: AbortController | null = null;
   private wake: (() => void) | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -112,17 +116,26 @@ export class BatchFollower {
       const ctrl = new AbortController();
       this.poll = ctrl;
       let got: unknown[];
+      // Compact batches: the answer's first batch may come as what it adds to this one (docs/protocol.md).
+      let prev = this.h.last();
       try {
-        got = await this.h.http.batches(`from=${this.h.last().batch + 1}&waitMs=${BATCH_WAIT_MS}`, ctrl.signal);
+        got = await this.h.http.batches(`from=${prev.batch + 1}&waitMs=${BATCH_WAIT_MS}${this.compact ? `&after=${prev.hash}` : ''}`, ctrl.signal);
       } catch (err) {
         // We aborted it: passive now (the LAN brings them), or closing; the loop's test decides. Never a failure.
         if (ctrl.signal.aborted) continue;
+        if (this.compact && err instanceof Error && /unknown query parameter after/.test(err.message)) {
+          this.compact = false;
+          this.h.log.info('the server does not take after= on stream batches (a server before 2026-12-03): whole batches from now on');
+          continue;
+        }
         throw err;
       } finally {
         this.poll = null;
       }
       for (const o of got) {
-        const b = batchFromObject(o, this.h.trusted);
+        const b = isCompactBatch(o) ? batchFromCompact(prev, o, this.h.trusted) : batchFromObject(o, this.h.trusted);
+        prev = b;
+        if (isCompactBatch(o)) this.counts.compact++;
         this.counts.fromServer++;
         if (b.batch > this.h.last().batch) this.h.take(b);
         // Relayed even when a LAN peer's came first, while it is the newest: else a poller whose

@@ -57,7 +57,7 @@ export async function runStreamAgent(spec: CommandSpec, f: Record<string, unknow
     const st = a.stats;
     log.info(`stream ${a.streamName}: WAN ${st.wanBytes} bytes, LAN ${st.lanBytes} bytes, ${st.nacksSent} NACKs sent, ${st.repairBytesSent} repair bytes sent, ${st.unitsRejected} units rejected`);
     const b = a.follower.counts;
-    log.info(`stream ${a.streamName}: batches ${b.fromServer} from the server, ${b.fromLan} from LAN peers, ${b.relayed} relayed, ${b.across} sent to other sites, ${b.forwarded} forwarded from other sites, ${b.fallbacks} fallbacks, ${b.refused} refused`);
+    log.info(`stream ${a.streamName}: batches ${b.fromServer} from the server (${b.compact} compact), ${b.fromLan} from LAN peers, ${b.relayed} relayed, ${b.across} sent to other sites, ${b.forwarded} forwarded from other sites, ${b.fallbacks} fallbacks, ${b.refused} refused`);
     return ExitCode.OK;
   } finally {
     clearInterval(timer);

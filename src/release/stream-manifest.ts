@@ -4,6 +4,7 @@ import {
   badBatch,
   BatchEnvelope,
   batchBytes,
+  bodyAfter,
   encodeBatchEnvelope,
   envelopeFromObject,
   parseBatchEnvelope,
@@ -61,6 +62,17 @@ export function parseBatch(raw: Uint8Array, trusted: readonly KeyObject[]): Stre
 /** The same for a batch inside an HTTP answer (an already parsed JSON object). */
 export function batchFromObject(o: unknown, trusted: readonly KeyObject[]): StreamBatch {
   const e = envelopeFromObject(o);
+  return verifyEnvelope(e, trusted, encodeBatchEnvelope(e));
+}
+
+/**
+ * A batch in compact form (docs/protocol.md, "Compact batches") after `prev`, which the
+ * receiver verified: its body rebuilt from prev and the compact fields, signed by prev's
+ * key, verified as any batch. The result, `raw` included, is the batch file's.
+ */
+export function batchFromCompact(prev: StreamBatch, o: unknown, trusted: readonly KeyObject[]): StreamBatch {
+  const { bytes, sig } = bodyAfter(prev, o);
+  const e: BatchEnvelope = { body: bytes, key: parseBatchEnvelope(prev.raw).key, sig };
   return verifyEnvelope(e, trusted, encodeBatchEnvelope(e));
 }
 

@@ -1,7 +1,7 @@
 import { createReadStream, FSWatcher, promises as fs, watch } from 'node:fs';
 import * as path from 'node:path';
 import * as http from 'node:http';
-import { checkReleaseName, StreamHead } from '../release/stream-manifest';
+import { BatchEnvelope, checkReleaseName, compactAfter, parseBatchEnvelope, peekBatch, StreamBatch, StreamHead } from '../release/stream-manifest';
 import { StreamStore } from '../release/stream-store';
 import { HttpError } from './http-util';
 import { parseStreamBeat, MAX_STREAM_BODY_BYTES } from '../wire/stream-control';
@@ -18,7 +18,7 @@ export const MAX_BATCH_ANSWER_BYTES = 4 * 1024 * 1024;
 /**
  * The stream read endpoints (docs/protocol.md, "Streams (1.4)"):
  *   GET /v1/streams/{name}                      the head
- *   GET /v1/streams/{name}/batches?from=I|unit=U[&waitMs=N]   batch files, a long poll
+ *   GET /v1/streams/{name}/batches?from=I|unit=U[&waitMs=N][&after=H]   batch files, a long poll
  *   GET /v1/streams/{name}/units/{n}            a unit's bytes
  * They read `<store>/streams/<name>/`, written by `fleetcast stream publish` in another
  * process. Authentication is the server's (every request passed it before it gets here,
@@ -68,7 +68,9 @@ export class StreamRoutes {
   }
 
   private async batches(store: StreamStore, res: http.ServerResponse, q: URLSearchParams): Promise<void> {
-    for (const k of q.keys()) if (!['from', 'unit', 'waitMs'].includes(k)) throw new HttpError(400, 'BAD_QUERY', `unknown query parameter ${k.slice(0, 32)}`);
+    for (const k of q.keys()) if (!['from', 'unit', 'waitMs', 'after'].includes(k)) throw new HttpError(400, 'BAD_QUERY', `unknown query parameter ${k.slice(0, 32)}`);
+    const after = q.get('after');
+    if (after !== null && (!/^[0-9a-f]{64}$/.test(after) || q.get('from') === null)) throw new HttpError(400, 'BAD_QUERY', 'after must be 64 lowercase hex (the hash of batch from - 1), and only with from');
     const num = (k: string): number | null => {
       const v = q.get(k);
       if (v === null) return null;
@@ -108,13 +110,34 @@ export class StreamRoutes {
     }
     const batches: unknown[] = [];
     let bytes = 0;
+    // Compact batches (docs/protocol.md): each after the one before it, the first after the receiver's.
+    let prev = after !== null ? await this.compactBase(store, start - 1, after) : null;
     for (let i = start; batches.length < MAX_BATCHES_PER_ANSWER && bytes < MAX_BATCH_ANSWER_BYTES; i++) {
       const raw = await store.readBatchRaw(i);
       if (!raw) break;
-      batches.push(JSON.parse(raw.toString('utf8')));
+      const whole = JSON.parse(raw.toString('utf8')) as unknown;
+      if (after === null) {
+        batches.push(whole);
+      } else {
+        const next = compactable(raw);
+        const c = prev && next ? compactAfter(prev.batch, prev.key, next.batch, next.e) : null;
+        batches.push(c ?? whole);
+        prev = next;
+        if (c) this.compactBatches++;
+      }
       bytes += raw.length;
     }
     json(res, 200, { batches, firstBatch: h.firstBatch, lastBatch: Math.max(h.lastBatch, start + batches.length - 1), ended: h.ended });
+  }
+
+  /** Batches answered in compact form (tests, bench). */
+  compactBatches = 0;
+
+  /** Batch `i` when its hash is `hash` (what the receiver holds), else null: the answer's first batch goes whole. */
+  private async compactBase(store: StreamStore, i: number, hash: string): Promise<Compactable | null> {
+    const raw = i >= 0 ? await store.readBatchRaw(i) : null;
+    const b = raw ? compactable(raw) : null;
+    return b && b.batch.hash === hash ? b : null;
   }
 
   private async unit(store: StreamStore, res: http.ServerResponse, nStr: string, member: string | null): Promise<void> {
@@ -256,6 +279,22 @@ async function readBody(req: http.IncomingMessage): Promise<Buffer> {
     parts.push(c as Buffer);
   }
   return Buffer.concat(parts);
+}
+
+interface Compactable {
+  batch: StreamBatch;
+  key: Buffer;
+  e: BatchEnvelope;
+}
+
+/** A stored batch file as compactAfter takes it; null when it does not parse (it then goes whole, as it is). */
+function compactable(raw: Buffer): Compactable | null {
+  try {
+    const e = parseBatchEnvelope(raw);
+    return { batch: peekBatch(raw), key: e.key, e };
+  } catch {
+    return null;
+  }
 }
 
 async function exists(p: string): Promise<boolean> {

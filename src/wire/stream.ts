@@ -199,3 +199,81 @@ export function parseStreamHead(raw: Uint8Array | string): StreamHead {
   if (typeof h.ended !== 'boolean') bad('ended is not a boolean');
   return { stream: h.stream as string, id: h.id as string, unitSize: h.unitSize as number, firstUnit: h.firstUnit as number, firstBatch: h.firstBatch as number, lastBatch: h.lastBatch as number, nextUnit: h.nextUnit as number, bytes: h.bytes as number, time: h.time as string, ended: h.ended as boolean };
 }
+
+/**
+ * A batch in compact form (docs/protocol.md, "Compact batches"): only what its body adds
+ * to the batch before it, which the receiver holds. `u`: base64 of the units' SHA-256
+ * hashes, 32 bytes each, in order; `l`: lastLength, absent when it is unitSize (or 0 with
+ * no unit); `t`: the body's `time` as ms since 1970; `s`: the signature, base64; `f`:
+ * final. The key is the batch before's.
+ */
+export interface CompactBatch {
+  u: string;
+  l?: number;
+  t: number;
+  s: string;
+  f?: true;
+}
+
+/** Whether an element of a batches answer is in compact form (a whole batch file has `fleetcast`). */
+export function isCompactBatch(o: unknown): boolean {
+  return typeof o === 'object' && o !== null && !Array.isArray(o) && (o as Record<string, unknown>).fleetcast === undefined;
+}
+
+/**
+ * The body that follows `prev` with what `c` adds, its fields in the order the format's
+ * table gives them: what a receiver rebuilds and verifies the signature over. Throws
+ * BAD_BATCH on a malformed `c`.
+ */
+export function bodyAfter(prev: StreamBatchBody & { hash: string }, c: unknown): { body: StreamBatchBody; bytes: Buffer; sig: Buffer } {
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) badBatch('compact batch is not an object');
+  const o = c as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!['u', 'l', 't', 's', 'f'].includes(k)) badBatch(`compact batch: unknown field "${k.slice(0, 32)}"`);
+  if (typeof o.u !== 'string' || o.u.length > Math.ceil((MAX_BATCH_UNITS * 32) / 3) * 4 || !B64.test(o.u) || o.u.length % 4 !== 0) badBatch('compact batch: u is not base64');
+  const hashes = Buffer.from(o.u, 'base64');
+  if (hashes.length % 32 !== 0) badBatch('compact batch: u is not whole 32-byte hashes');
+  if (typeof o.s !== 'string' || !B64.test(o.s) || o.s.length !== 88) badBatch('compact batch: s is not a base64 64-byte signature');
+  if (!isCount(o.t, 8.64e15)) badBatch('compact batch: t is not ms since 1970');
+  if (o.f !== undefined && o.f !== true) badBatch('compact batch: f must be true when present');
+  const count = hashes.length / 32;
+  const lastLength = o.l === undefined ? (count === 0 ? 0 : prev.unitSize) : o.l;
+  const units: string[] = [];
+  for (let i = 0; i < count; i++) units.push(hashes.subarray(32 * i, 32 * i + 32).toString('hex'));
+  const body = {
+    v: 1,
+    stream: prev.stream,
+    id: prev.id,
+    batch: prev.batch + 1,
+    first: prev.first + prev.count,
+    offset: prev.offset + batchBytes(prev),
+    count,
+    unitSize: prev.unitSize,
+    units,
+    lastLength,
+    prev: prev.hash,
+    time: new Date(o.t as number).toISOString(),
+    ...(o.f === true ? { final: true } : {}),
+  };
+  return { body: validateBatchBody(body), bytes: Buffer.from(JSON.stringify(body), 'utf8'), sig: Buffer.from(o.s, 'base64') };
+}
+
+/**
+ * `next` (its envelope `e`) in compact form after `prev`, or null when the receiver could
+ * not rebuild its exact body bytes from it (a publisher that orders or spells its fields
+ * otherwise) or it is signed by another key than `prevKey`: then it goes whole.
+ */
+export function compactAfter(prev: StreamBatchBody & { hash: string }, prevKey: Buffer, next: StreamBatchBody, e: BatchEnvelope): CompactBatch | null {
+  if (!e.key.equals(prevKey) || !Array.isArray(next.units)) return null;
+  const c: CompactBatch = {
+    u: Buffer.from(next.units.join(''), 'hex').toString('base64'),
+    ...(next.lastLength !== (next.count === 0 ? 0 : next.unitSize) ? { l: next.lastLength } : {}),
+    t: Date.parse(next.time),
+    s: e.sig.toString('base64'),
+    ...(next.final === true ? { f: true as const } : {}),
+  };
+  try {
+    return bodyAfter(prev, c).bytes.equals(e.body) ? c : null;
+  } catch {
+    return null;
+  }
+}

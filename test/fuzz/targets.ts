@@ -8,7 +8,7 @@ import { parseFleetMemory } from '../../src/server/fleet-memory';
 import { buildGeneralQuery, parseIgmpPacket } from '../../src/net/igmp';
 import { parseManifest, signManifest } from '../../src/release/manifest';
 import { parseFetchState } from '../../src/cli/stream-fetch';
-import { checkChain, parseBatch, parseStreamHead, signBatch, StreamBatch, StreamBatchBody, validateBatchBody, ZERO_HASH } from '../../src/release/stream-manifest';
+import { batchFromCompact, checkChain, parseBatch, parseStreamHead, signBatch, StreamBatch, StreamBatchBody, validateBatchBody, ZERO_HASH } from '../../src/release/stream-manifest';
 import { decodeBitmapFile, decodeJournal, encodeBitmapFile, encodeJournalHeader, encodeJournalRecords } from '../../src/storage/bitmap-file';
 import { FleetcastError } from '../../src/util/errors';
 import { parseBody, SCHEMAS } from '../../src/wire/http-bodies';
@@ -162,6 +162,8 @@ const streamBatch: Target = {
     Buffer.from(JSON.stringify(batchBody)),
     Buffer.from(JSON.stringify({ ...batchBody, batch: 1, first: 2, offset: 8292, prev: hex('e'), final: true })),
     Buffer.from(JSON.stringify({ v: 1, stream: 'cam', id: 'ab'.repeat(16), nextUnit: 2, sinkBytes: 8192, batch: batchSeed.raw.toString() })),
+    Buffer.from(JSON.stringify({ u: Buffer.alloc(32, 9).toString('base64'), l: 100, t: 1_767_225_600_000, s: Buffer.alloc(64, 1).toString('base64') })),
+    Buffer.from(JSON.stringify({ u: '', t: 1_767_225_600_000, s: Buffer.alloc(64, 1).toString('base64'), f: true })),
     Buffer.from(JSON.stringify({ stream: 'cam', id: 'ab'.repeat(16), unitSize: 4096, firstUnit: 0, firstBatch: 0, lastBatch: 3, nextUnit: 8, bytes: 32768, time: '2026-01-01T00:00:00Z', ended: false })),
   ],
   run(input) {
@@ -189,6 +191,13 @@ const streamBatch: Target = {
     }
     try {
       parseStreamHead(Buffer.from(input));
+    } catch (err) {
+      expected(err);
+    }
+    // A compact batch after batch 0 (docs/protocol.md, "Compact batches"): rebuilt, then verified.
+    try {
+      const b = batchFromCompact(batchSeed, json, [keys.publicKey]);
+      if (b.batch !== 1 || b.prev !== batchSeed.hash) throw new Error('a compact batch rebuilt out of the chain');
     } catch (err) {
       expected(err);
     }
