@@ -12,6 +12,7 @@ import { StreamPublisher } from '../src/release/stream-publish';
 import { StreamStore } from '../src/release/stream-store';
 import { checkChain, StreamBatch, unitHash } from '../src/release/stream-manifest';
 import { FleetcastServer } from '../src/server/server';
+import { streamRoutes } from '../src/server/stream-routes';
 
 /*
  * Streams end to end on loopback (issue 19, first slice): `stream publish` fed from stdin
@@ -108,6 +109,8 @@ test('a stream published from stdin reaches an early and a late receiver, and a 
   t.true(head.ended);
   t.is(head.bytes, source.length);
   t.true(head.lastBatch >= 3, `${head.lastBatch + 1} batches`);
+  // The receivers' long polls took the batches after their first in compact form (docs/protocol.md, "Compact batches").
+  t.true(streamRoutes(s.store).compactBatches >= head.lastBatch, `${streamRoutes(s.store).compactBatches} compact batches for ${head.lastBatch + 1}`);
 });
 
 test('a forged unit, a forged batch and a reordered batch in the store are refused by the receiver', async (t) => {

@@ -2,7 +2,7 @@ import { KeyObject } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { ServerAccess } from '../net/server-access';
 import { loadPublicKey } from '../release/keys';
-import { batchFromObject, checkChain, coversUnit, parseBatch, parseStreamHead, StreamBatch, streamUnitLength, unitHash } from '../release/stream-manifest';
+import { batchFromCompact, batchFromObject, checkChain, isCompactBatch, coversUnit, parseBatch, parseStreamHead, StreamBatch, streamUnitLength, unitHash } from '../release/stream-manifest';
 import { writeAtomic } from '../storage/files';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { checks, usageError } from './args';
@@ -130,6 +130,8 @@ class Fetcher {
   private reportedAt = Date.now();
   /** The last batches answer said the stream has ended. */
   private lastEnded = false;
+  /** Whether long polls send after= for compact batches (false once the server refused it). */
+  private compact = true;
 
   constructor(private readonly access: ServerAccess, private readonly name: string, private readonly trusted: KeyObject[], private readonly statePath: string | undefined) {}
 
@@ -159,7 +161,16 @@ class Fetcher {
     }
     await this.deliver(sink, base);
     while (!this.cur.final) {
-      const next = await this.batches(`${base}/batches?from=${this.cur.batch + 1}&waitMs=${BATCH_WAIT_MS}`);
+      // Compact batches (docs/protocol.md): each after the one before it, the first after ours.
+      const q = `${base}/batches?from=${this.cur.batch + 1}&waitMs=${BATCH_WAIT_MS}`;
+      let next: unknown[];
+      try {
+        next = await this.batches(this.compact ? `${q}&after=${this.cur.hash}` : q);
+      } catch (err) {
+        if (!this.compact || !/unknown query parameter after/.test((err as Error).message)) throw err;
+        this.compact = false; // a server from before 2026-12-03: whole batches
+        continue;
+      }
       for (const b of next) await this.take(b, sink, base);
     }
     process.stderr.write(`stream ${this.name}: ended; ${formatBytes(sink.bytes)} in the sink\n`);
@@ -174,7 +185,7 @@ class Fetcher {
 
   /** A following batch: verified, and refused unless it extends the chain. */
   private async take(o: unknown, sink: Sink, base: string): Promise<void> {
-    const b = batchFromObject(o, this.trusted);
+    const b = isCompactBatch(o) ? batchFromCompact(this.cur!, o, this.trusted) : batchFromObject(o, this.trusted);
     checkChain(this.cur!, b);
     this.cur = b;
     await this.deliver(sink, base);
