@@ -1,12 +1,14 @@
 import test from 'ava';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import { BatchFollower, FollowerHost } from '../src/agent/stream-follow';
 import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { batchFromCompact, compactAfter, parseBatch, parseBatchEnvelope, signBatch, StreamBatch } from '../src/release/stream-manifest';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { streamRoutes } from '../src/server/stream-routes';
+import { runCli } from './helpers/fleet';
 import { startStreamServer } from './helpers/stream-server';
 
 /*
@@ -143,4 +145,43 @@ test('the follower asks for compact batches, takes them as the files, and asks f
   t.is(g.counts.compact, 0);
   t.is(queries.filter((q) => q.includes('after=')).length, 1, 'after sent once');
   t.is(logs.filter((l) => /does not take after=/.test(l)).length, 1, 'and said once');
+});
+
+test('stream fetch takes compact batches, and whole ones from a server that refuses after', async (t) => {
+  const { dir, keyPath, pubPath, store, url } = await startStreamServer(t);
+  let refused = 0;
+  // A server from before 2026-12-03, as receivers meet it: the real one behind a proxy that refuses after= as its parser does.
+  const proxy = http.createServer(async (req, res) => {
+    if (req.url?.includes('after=')) {
+      refused++;
+      res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'BAD_QUERY', message: 'unknown query parameter after' }));
+      return;
+    }
+    const r = await fetch(`${url}${req.url}`);
+    res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/octet-stream' }).end(Buffer.from(await r.arrayBuffer()));
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => (proxy.closeAllConnections(), proxy.close(() => r()))));
+  const pub = await StreamPublisher.open(store, 'cam', await loadPrivateKey(keyPath), { unitSize: 4096, flushMs: 50 });
+  const source = randomBytes(4096 * 12);
+  await pub.push(source.subarray(0, 4096));
+  // Both start from unit 0 while the stream grows, so their later batches come by long poll.
+  const fetches = [url, `http://127.0.0.1:${(proxy.address() as { port: number }).port}`].map((server, i) =>
+    runCli(['stream', 'fetch', 'cam', '--server', server, '--plain-http', '--trust', pubPath, '--sink', path.join(dir, `${i}.bin`), '--start', '0']),
+  );
+  // Once both have written unit 0, every later batch reaches them by a long poll.
+  const size = (i: number) => fs.stat(path.join(dir, `${i}.bin`)).then((st) => st.size, () => 0);
+  while ((await size(0)) < 4096 || (await size(1)) < 4096) await new Promise((r) => setTimeout(r, 20));
+  for (let off = 4096; off < source.length; off += 4096) {
+    await new Promise((r) => setTimeout(r, 50));
+    await pub.push(source.subarray(off, off + 4096));
+  }
+  await pub.end();
+  await pub.close();
+  for (const [i, r] of (await Promise.all(fetches)).entries()) {
+    t.is(r.code, 0, r.stderr);
+    t.true((await fs.readFile(path.join(dir, `${i}.bin`))).equals(source), `receiver ${i}: the stream's bytes`);
+  }
+  t.true(streamRoutes(store).compactBatches >= 11, `the first took every batch after unit 0's compact (${streamRoutes(store).compactBatches})`);
+  t.is(refused, 1, 'the second sent after once, then whole-batch polls');
 });
