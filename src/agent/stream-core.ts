@@ -1,9 +1,11 @@
 import { DATA_HEADER_BYTES, getBit, PacketType, peekSender, setBit } from '../wire/packet';
+import type { AnnouncePacket } from '../wire/packet';
 import { BATCH_ORIGIN_BYTES, BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../wire/stream-packet';
 import type { Endpoint } from '../transport/transport';
 import type { StreamBatchBody } from '../release/stream-manifest';
 import { streamUnitLength } from '../release/stream-manifest';
 import { LanCore } from './core/lan-core';
+import { AHEAD_UNITS, AheadBuffer } from './stream-ahead';
 import type { CoreConfig, CoreManifest } from './core/types';
 
 /**
@@ -129,10 +131,37 @@ export class StreamCore extends LanCore {
     return this.window.lengths[u] ?? 0;
   }
 
-  /** A verified batch: its units can be assembled, NACKed, fetched. */
-  batchVerified(b: StreamBatchBody): void {
+  /**
+   * A verified batch: its units can be assembled, NACKed, fetched; the copies of them its
+   * LAN brought before it are handled now, and the units a peer announced are NACKable.
+   */
+  batchVerified(b: StreamBatchBody, now = Date.now()): void {
     if (b.first + b.count > STREAM_UNIT_CAPACITY) throw new Error(`unit ${b.first + b.count} is past the ${STREAM_UNIT_CAPACITY} units one run of an agent keeps track of: restart the agent`);
     this.window.add(b);
+    const { datagrams, announced } = this.aheadBuf.release(this.window.unitCount, now);
+    for (const u of announced) if (!this.has(u) && u >= this.skippedTo) this.availableMissing.add(u);
+    this.replaying = true;
+    try {
+      for (const d of datagrams) super.handleDatagram(d.buf, now, d.via);
+    } finally {
+      this.replaying = false;
+    }
+  }
+
+  /** Copies and announces of units past the known ones (stream-ahead.ts). */
+  readonly aheadBuf = new AheadBuffer();
+
+  protected override ahead(buf: Uint8Array, unit: number, via: Endpoint | undefined, now: number): boolean {
+    return this.aheadBuf.hold(buf, unit, this.window.unitCount, via, now);
+  }
+
+  protected override announcedAhead(p: AnnouncePacket, via: Endpoint | undefined, end: number, now: number): number {
+    const last = p.firstUnit + p.unitCount;
+    if (via || last <= end) return end;
+    const units: number[] = [];
+    for (let u = Math.max(end, p.firstUnit); u < last && u < end + AHEAD_UNITS; u++) if (getBit(p.have, u - p.firstUnit)) units.push(u);
+    this.aheadBuf.announce(units, end, now);
+    return end;
   }
 
   /** Units before `u` are not wanted here (before the start, or dropped by retention). */

@@ -58,6 +58,8 @@ export function streamStatus(a: StreamAgent) {
           unitsRejected: a.stats.unitsRejected,
           /** Where batches came from (docs/protocol.md, "Batches on the LAN"); polling: this member long-polls the server. */
           batches: a.follower ? { ...a.follower.counts, polling: !a.follower.passive } : null,
+          /** LAN datagrams for units whose batch was not here yet (stream-ahead.ts): held, handled once it came, dropped. */
+          ahead: a.core ? { ...a.core.aheadBuf.counts, bytes: a.core.aheadBuf.heldBytes } : null,
         }
       : null,
   };
@@ -91,6 +93,17 @@ export function streamMetrics(a: StreamAgent): string {
       r.counter('batch_packets_limited_total', 'BATCH packets dropped unchecked, past the signature checks allowed a second', [[l, b.limited]]);
       r.counter('batch_fallbacks_total', 'times the LAN did not bring a batch the server showed and this member polled the server again', [[l, b.fallbacks]]);
       r.gauge('batch_polling', '1 while this member long-polls the server for batches, 0 while a LAN peer relays them', [[l, b.polling ? 1 : 0]]);
+    }
+    if (s.ahead) {
+      const h = s.ahead;
+      r.counter('ahead_datagrams_total', 'LAN copies of units whose batch was not verified yet: held, handled once it was, or dropped (expired, over the byte cap, too far ahead)', [
+        [{ ...l, outcome: 'held' }, h.held],
+        [{ ...l, outcome: 'handled' }, h.replayed],
+        [{ ...l, outcome: 'expired' }, h.expired],
+        [{ ...l, outcome: 'full' }, h.full],
+        [{ ...l, outcome: 'too_far' }, h.tooFar],
+      ]);
+      r.gauge('ahead_bytes', 'bytes of those copies held now', [[l, h.bytes]]);
     }
   }
   return r.text() + processMetrics('fleetcast');

@@ -1,4 +1,5 @@
 import { bitmapBytes, fragmentCountFor, fragmentSlice, getBit, setBit } from '../../wire/packet';
+import type { AnnouncePacket } from '../../wire/packet';
 import type { Logger } from '../../util/log';
 import type { NackScheduler } from '../nack-scheduler';
 import type { Assembler } from './assembler';
@@ -76,6 +77,19 @@ export abstract class CoreUnits {
   protected unitBytes(u: number): number {
     return Math.max(0, Math.min(this.m.unitSize, this.m.size - u * this.m.unitSize));
   }
+  /** A DATA datagram for a unit past the known ones (a stream's batch not verified yet): true when kept for later (StreamCore). */
+  protected ahead(_buf: Uint8Array, _unit: number, _via: Endpoint | undefined, _now: number): boolean {
+    return false;
+  }
+
+  /** An announce that lists units past `end`, the known ones (StreamCore remembers them); returns `end`. */
+  protected announcedAhead(_p: AnnouncePacket, _via: Endpoint | undefined, end: number, _now: number): number {
+    return end;
+  }
+
+  /** Set while held datagrams are handled again: a cross-group pacer counted their bytes when they came. */
+  protected replaying = false;
+
   protected drop(reason: string): void {
     this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1;
   }

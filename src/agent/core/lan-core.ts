@@ -89,9 +89,9 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     switch (p.type) {
       case PacketType.DATA: {
         // What arrived from another group's member, duplicates too: its pacer counts what it sent.
-        if (via) this.send.cross.received(via, buf.length);
+        if (via && !this.replaying) this.send.cross.received(via, buf.length);
         const u = p.unit;
-        if (u >= this.m.unitCount) return this.drop('unit-range');
+        if (u >= this.m.unitCount) return void (this.ahead(buf, u, via, now) || this.drop('unit-range'));
         if (p.fragmentBytes !== this.fb) return this.drop('fragment-grid');
         const len = this.unitBytes(u);
         const fc = fragmentCountFor(len, this.fb);
@@ -147,7 +147,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   }
 
   private onAnnounce(p: AnnouncePacket, now: number, via?: Endpoint): void {
-    const end = Math.min(this.m.unitCount, p.firstUnit + p.unitCount);
+    const end = this.announcedAhead(p, via, Math.min(this.m.unitCount, p.firstUnit + p.unitCount), now);
     for (let u = p.firstUnit; u < end; u++) {
       if (!getBit(p.have, u - p.firstUnit) || this.has(u)) continue;
       if (via) this.crossAnnounced(u, via, now); // before it is added: first heard from another site?
