@@ -124,6 +124,7 @@ export class StreamRoutes {
         batches.push(c ?? whole);
         prev = next;
         if (c) this.compactBatches++;
+        if (next) this.lastBatch.set(store.dir, { index: i, ...next });
       }
       bytes += raw.length;
     }
@@ -133,8 +134,13 @@ export class StreamRoutes {
   /** Batches answered in compact form (tests, bench). */
   compactBatches = 0;
 
+  /** Per stream, the last batch an answer gave in compact form or could have: the next poll's base, without reading it again. */
+  private readonly lastBatch = new Map<string, Compactable & { index: number }>();
+
   /** Batch `i` when its hash is `hash` (what the receiver holds), else null: the answer's first batch goes whole. */
   private async compactBase(store: StreamStore, i: number, hash: string): Promise<Compactable | null> {
+    const last = this.lastBatch.get(store.dir);
+    if (last && last.index === i && last.batch.hash === hash) return last;
     const raw = i >= 0 ? await store.readBatchRaw(i) : null;
     const b = raw ? compactable(raw) : null;
     return b && b.batch.hash === hash ? b : null;
