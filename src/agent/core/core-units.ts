@@ -77,6 +77,7 @@ export abstract class CoreUnits {
   protected unitBytes(u: number): number {
     return Math.max(0, Math.min(this.m.unitSize, this.m.size - u * this.m.unitSize));
   }
+
   /** A DATA datagram for a unit past the known ones (a stream's batch not verified yet): true when kept for later (StreamCore). */
   protected ahead(_buf: Uint8Array, _unit: number, _via: Endpoint | undefined, _now: number): boolean {
     return false;
