@@ -1,5 +1,5 @@
 import { createHash, KeyObject } from 'node:crypto';
-import { batchFromCompact, batchFromObject, isCompactBatch, parseBatch, parseBatchEnvelope, StreamBatch } from '../release/stream-manifest';
+import { batchFromCompact, batchFromObject, isCompactBatch, parseBatch, parseBatchEnvelope, refusedAfter, StreamBatch } from '../release/stream-manifest';
 import type { Logger } from '../util/log';
 import type { StreamBeatAnswer } from '../wire/stream-control';
 import type { BatchPacket } from '../wire/stream-packet';
@@ -123,7 +123,7 @@ export class BatchFollower {
       } catch (err) {
         // We aborted it: passive now (the LAN brings them), or closing; the loop's test decides. Never a failure.
         if (ctrl.signal.aborted) continue;
-        if (this.compact && err instanceof Error && /unknown query parameter after/.test(err.message)) {
+        if (this.compact && refusedAfter(err)) {
           this.compact = false;
           this.h.log.info('the server does not take after= on stream batches (a server before 2026-12-03): whole batches from now on');
           continue;
@@ -133,9 +133,10 @@ export class BatchFollower {
         this.poll = null;
       }
       for (const o of got) {
-        const b = isCompactBatch(o) ? batchFromCompact(prev, o, this.h.trusted) : batchFromObject(o, this.h.trusted);
+        const compact = isCompactBatch(o);
+        const b = compact ? batchFromCompact(prev, o, this.h.trusted) : batchFromObject(o, this.h.trusted);
         prev = b;
-        if (isCompactBatch(o)) this.counts.compact++;
+        if (compact) this.counts.compact++;
         this.counts.fromServer++;
         if (b.batch > this.h.last().batch) this.h.take(b);
         // Relayed even when a LAN peer's came first, while it is the newest: else a poller whose

@@ -2,7 +2,7 @@ import { KeyObject } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { ServerAccess } from '../net/server-access';
 import { loadPublicKey } from '../release/keys';
-import { batchFromCompact, batchFromObject, checkChain, isCompactBatch, coversUnit, parseBatch, parseStreamHead, StreamBatch, streamUnitLength, unitHash } from '../release/stream-manifest';
+import { batchFromCompact, batchFromObject, checkChain, isCompactBatch, coversUnit, refusedAfter, parseBatch, parseStreamHead, StreamBatch, streamUnitLength, unitHash } from '../release/stream-manifest';
 import { writeAtomic } from '../storage/files';
 import { ExitCode, FleetcastError, fromSystemError } from '../util/errors';
 import { checks, usageError } from './args';
@@ -167,7 +167,7 @@ class Fetcher {
       try {
         next = await this.batches(this.compact ? `${q}&after=${this.cur.hash}` : q);
       } catch (err) {
-        if (!this.compact || !/unknown query parameter after/.test((err as Error).message)) throw err;
+        if (!this.compact || !refusedAfter(err)) throw err;
         this.compact = false; // a server from before 2026-12-03: whole batches
         continue;
       }

@@ -81,6 +81,11 @@ export function batchFromCompact(prev: StreamBatch, o: unknown, trusted: readonl
  * files as they are (receivers verify), and looks inside only to find units.
  */
 export function peekBatch(raw: Uint8Array): StreamBatch {
+  return peekBatchFile(raw).batch;
+}
+
+/** peekBatch, with the envelope it parsed (the server's compact batches need its key and signature). */
+export function peekBatchFile(raw: Uint8Array): { batch: StreamBatch; e: BatchEnvelope } {
   const e = parseBatchEnvelope(raw);
   let body: unknown;
   try {
@@ -88,7 +93,7 @@ export function peekBatch(raw: Uint8Array): StreamBatch {
   } catch {
     badBatch('body is not JSON');
   }
-  return finish(validateBatchBody(body), e.body, Buffer.from(raw));
+  return { batch: finish(validateBatchBody(body), e.body, Buffer.from(raw)), e };
 }
 
 /** The public key a batch names (integrity checks on the server, which trusts the store). */

@@ -1,7 +1,7 @@
 import { createReadStream, FSWatcher, promises as fs, watch } from 'node:fs';
 import * as path from 'node:path';
 import * as http from 'node:http';
-import { BatchEnvelope, checkReleaseName, compactAfter, parseBatchEnvelope, peekBatch, StreamBatch, StreamHead } from '../release/stream-manifest';
+import { BatchEnvelope, checkReleaseName, compactAfter, CompactBatch, peekBatchFile, StreamBatch, StreamHead } from '../release/stream-manifest';
 import { StreamStore } from '../release/stream-store';
 import { HttpError } from './http-util';
 import { parseStreamBeat, MAX_STREAM_BODY_BYTES } from '../wire/stream-control';
@@ -115,19 +115,17 @@ export class StreamRoutes {
     for (let i = start; batches.length < MAX_BATCHES_PER_ANSWER && bytes < MAX_BATCH_ANSWER_BYTES; i++) {
       const raw = await store.readBatchRaw(i);
       if (!raw) break;
-      const whole = JSON.parse(raw.toString('utf8')) as unknown;
-      if (after === null) {
-        batches.push(whole);
-      } else {
+      let c: CompactBatch | null = null;
+      if (after !== null) {
         const next = compactable(raw);
-        const c = prev && next ? compactAfter(prev.batch, prev.key, next.batch, next.e) : null;
-        batches.push(c ?? whole);
-        prev = next;
+        c = prev && next ? compactAfter(prev.batch, prev.e.key, next.batch, next.e) : null;
         if (c) this.compactBatches++;
-        if (next) this.lastBatch.set(store.dir, { index: i, ...next });
+        prev = next;
       }
+      batches.push(c ?? JSON.parse(raw.toString('utf8')));
       bytes += raw.length;
     }
+    if (prev && batches.length > 0) this.lastBatch.set(store.dir, { index: start + batches.length - 1, ...prev });
     json(res, 200, { batches, firstBatch: h.firstBatch, lastBatch: Math.max(h.lastBatch, start + batches.length - 1), ended: h.ended });
   }
 
@@ -289,15 +287,13 @@ async function readBody(req: http.IncomingMessage): Promise<Buffer> {
 
 interface Compactable {
   batch: StreamBatch;
-  key: Buffer;
   e: BatchEnvelope;
 }
 
 /** A stored batch file as compactAfter takes it; null when it does not parse (it then goes whole, as it is). */
 function compactable(raw: Buffer): Compactable | null {
   try {
-    const e = parseBatchEnvelope(raw);
-    return { batch: peekBatch(raw), key: e.key, e };
+    return peekBatchFile(raw);
   } catch {
     return null;
   }

@@ -215,6 +215,11 @@ export interface CompactBatch {
   f?: true;
 }
 
+/** Whether `err` is a server from before compact batches refusing `after=` (400 BAD_QUERY): poll without it. */
+export function refusedAfter(err: unknown): boolean {
+  return err instanceof Error && /unknown query parameter after/.test(err.message);
+}
+
 /** Whether an element of a batches answer is in compact form (a whole batch file has `fleetcast`). */
 export function isCompactBatch(o: unknown): boolean {
   return typeof o === 'object' && o !== null && !Array.isArray(o) && (o as Record<string, unknown>).fleetcast === undefined;
@@ -263,7 +268,7 @@ export function bodyAfter(prev: StreamBatchBody & { hash: string }, c: unknown):
  * otherwise) or it is signed by another key than `prevKey`: then it goes whole.
  */
 export function compactAfter(prev: StreamBatchBody & { hash: string }, prevKey: Buffer, next: StreamBatchBody, e: BatchEnvelope): CompactBatch | null {
-  if (!e.key.equals(prevKey) || !Array.isArray(next.units)) return null;
+  if (!e.key.equals(prevKey)) return null;
   const c: CompactBatch = {
     u: Buffer.from(next.units.join(''), 'hex').toString('base64'),
     ...(next.lastLength !== (next.count === 0 ? 0 : next.unitSize) ? { l: next.lastLength } : {}),
