@@ -2,6 +2,9 @@ import { getBit } from '../../wire/packet';
 import { AGENT_DEFAULTS } from './defaults';
 import type { Endpoint } from './types';
 
+/** Copy sources remembered at most (CrossGroupState.copySource). */
+const COPY_SOURCES_MAX = 1024;
+
 /**
  * What one member remembers about other LAN groups (docs/wide-area.md): when each of
  * their members last sent us anything, which NACKs this gateway forwarded to a unit's
@@ -31,10 +34,29 @@ export class CrossGroupState {
   /** "address:port" of a requester we repair but do not announce to -> when we last announced ourselves to it (1.5 trees). */
   private readonly introducedAt = new Map<string, number>();
 
+  /**
+   * Units whose copies or repairs reached this gateway from another group, not held yet:
+   * from where (bounded: units in flight only; the oldest go first past COPY_SOURCES_MAX).
+   */
+  private readonly copySource = new Map<number, Endpoint>();
+
   /** A unit is held (or no longer wanted): nothing to wait for. */
   forgetUnit(unit: number): void {
     this.announcedSince.delete(unit);
     this.copierAnnounced.delete(unit);
+    this.copySource.delete(unit);
+  }
+
+  /** A copy or repair of `unit` from another group's member at `via`. */
+  copiedFrom(unit: number, via: Endpoint): void {
+    if (this.copySource.has(unit)) return;
+    if (this.copySource.size >= COPY_SOURCES_MAX) this.copySource.delete(this.copySource.keys().next().value as number);
+    this.copySource.set(unit, via);
+  }
+
+  /** Where the unit's copies came from, if any did: who to NACK while the map names no holder yet. */
+  sourceOf(unit: number): Endpoint | undefined {
+    return this.copySource.get(unit);
   }
 
   /** Another group's member sent us something: its path is alive. */

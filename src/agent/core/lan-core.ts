@@ -100,13 +100,11 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         // Repair dedup matters only for units we could repair ourselves.
         if (this.has(u)) this.repairs.sawFragment(u, p.fragment, fc, now);
         if (p.repair) this.unanswered.delete(u);
-        if (this.has(u) || this.fetching.has(u)) {
-          this.stats.lanDuplicateBytes += p.payload.length;
-          return;
-        }
-        const res = this.asm.add(u, len, fc, p.fragment, p.fragment * this.fb, p.payload, now);
+        const res = this.has(u) || this.fetching.has(u) ? 'dup' : this.asm.add(u, len, fc, p.fragment, p.fragment * this.fb, p.payload, now);
         if (res === 'dup') {
           this.stats.lanDuplicateBytes += p.payload.length;
+          // Another group's repair of a fragment we have: a LAN peer's NACK we passed on asked for it (onNack).
+          if (p.forward && p.repair && via) this.send.queueLan(u, p.fragment, fc, p.payload, true);
           return;
         }
         this.lastProgressAt = now; // data of a missing unit: not a stall
@@ -114,6 +112,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         if (via) this.stats.crossGroupBytes += p.payload.length;
         else this.stats.lanBytes += p.payload.length;
         if (p.forward && via) {
+          this.crossGroup.copiedFrom(u, via);
           // A copy's last fragment: its sender got to the unit's end (fragment order), as its
           // ANNOUNCE would say (section 8), which is one datagram: lost, the unit waited up to
           // announceMs for the next (a wide-area stream's p99 at 3% loss). NACKable now.
@@ -133,7 +132,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         return;
       }
       case PacketType.NACK:
-        return this.onNack(p, now, via);
+        return this.onNack(p, now, via, buf);
       case PacketType.FEEDBACK:
         if (via) this.send.cross.feedback(via, p, now);
         return;

@@ -30,7 +30,7 @@ export abstract class RepairFlow extends CoreUnits {
   protected readonly unanswered = new Map<number, number>();
   protected abstract controlSeq: bigint;
 
-  protected onNack(p: NackPacket, now: number, via?: Endpoint): void {
+  protected onNack(p: NackPacket, now: number, via?: Endpoint, raw?: Uint8Array): void {
     this.stats.nacksHeard++;
     const u = p.unit;
     if (u >= this.m.unitCount || p.fragmentBytes !== this.fb) return this.drop('nack-invalid');
@@ -61,7 +61,15 @@ export abstract class RepairFlow extends CoreUnits {
       this.repairUnicast(u, want, to, now);
       return;
     }
-    if (!this.has(u)) return this.nacks.heardNack(u, fc, missing, now);
+    if (!this.has(u)) {
+      // A LAN peer's NACK for a unit held in another group that we, its gateway, lack too:
+      // only our unicast reaches the holder. Counted as asked for (our own NACK leaves
+      // those fragments out), it was never passed on, and the unit waited for our own
+      // NACK of other fragments, or for none (sites testbed: a gateway role that moved
+      // at the stream's start left its first unit, and every unit behind it, 140 ms).
+      if (!via && raw) this.forwardNack(raw, u, now);
+      return this.nacks.heardNack(u, fc, missing, now);
+    }
     if (this.send.lanCopying.has(u)) return; // our LAN copies of it are still on their way
     const role = this.repairRole(u, now);
     if (role === 'none') return;
@@ -156,20 +164,22 @@ export abstract class RepairFlow extends CoreUnits {
 
   /**
    * A gateway whose LAN lacks a unit held only in another group forwards its NACK to
-   * the holder by unicast; if that has not brought the unit within relayAfterMs, it
-   * asks the server for the unit itself (relay).
+   * the holder by unicast (while the map names no holder yet, to the member whose copies
+   * of it reached us: a stream's newest units are copied before the map lists them); if
+   * that has not brought the unit within relayAfterMs, it asks the server for it (relay).
    */
   protected forwardNack(packet: Uint8Array, unit: number, now: number): void {
     if (this.view.role !== 'gateway') return;
     const h = this.view.holderOf(unit);
-    if (!h || h.group === this.cfg.group || !h.address || !h.dataPort || h.id === this.cfg.member) return;
-    const holder = { address: h.address, port: h.dataPort };
+    if (h && (h.group === this.cfg.group || h.id === this.cfg.member)) return;
+    const holder = h ? (h.address && h.dataPort ? { address: h.address, port: h.dataPort } : undefined) : this.crossGroup.sourceOf(unit);
+    if (!holder) return;
     this.send.queueDirect(packet, holder);
     const first = this.crossGroup.forwardedBefore(unit, now);
-    if (first === undefined) return this.log.debug(`NACK for unit ${unit}: holder ${h.id} in ${h.group}`);
+    if (first === undefined) return this.log.debug(`NACK for unit ${unit}: holder ${h ? `${h.id} in ${h.group}` : `unknown, copies from ${holder.address}:${holder.port}`}`);
     const q = this.crossGroup.shouldRelay(unit, first, this.asm.get(unit)?.lastData ?? 0, holder, now);
     if (!q) return;
-    this.log.info(`unit ${unit}: no answer from ${h.id} in group ${h.group} (unit quiet ${Math.round(q.unitQuiet / 1000)} s, holder ${Math.round(q.holderQuiet / 1000)} s); asking the server for it`);
+    this.log.info(`unit ${unit}: no answer from ${h ? `${h.id} in group ${h.group}` : `${holder.address}:${holder.port}`} (unit quiet ${Math.round(q.unitQuiet / 1000)} s, holder ${Math.round(q.holderQuiet / 1000)} s); asking the server for it`);
     this.events.push({ type: 'relay', units: [unit], reason: 'relayed' });
   }
 
