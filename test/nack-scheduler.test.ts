@@ -171,3 +171,34 @@ test('a NACK that brings no data doubles the unit\'s next holdoff up to 4 x the 
   for (let now = last + 6; now <= last + 800; now++) if (poll(now, 1).length) next.push(now);
   t.deepEqual(next.slice(1, 3).map((a, i) => a - next[i]), [21, 41], `asked at ${next.join(', ')}`);
 });
+
+test('echoMs: a NACK that brought nothing is asked once more, for what of it is still missing, before the holdoff ends', (t) => {
+  const s = new NackScheduler({ backoffMs: 10, holdoffMs: 80, groupSize: 1, maxUnitsInFlight: 4, random: () => 0, echoMs: 15 });
+  const gaps = new Map<number, NackRequest>([[1, { unit: 1, fragmentCount: 16, missing: new Uint8Array([0xf0, 0x01]) }]]);
+  const poll = (now: number) => s.poll(now, gaps.keys(), (u) => gaps.get(u) ?? null);
+  t.deepEqual(poll(0), []); // ripe: the backoff starts (0 ms with random 0)
+  const [nack] = poll(0);
+  t.deepEqual([...nack.missing], [0xf0, 0x01]);
+  t.deepEqual(poll(14), [], 'nothing before echoMs');
+  // Two of the asked fragments came some other way (not data after our NACK: progress() is not called).
+  gaps.set(1, { unit: 1, fragmentCount: 16, missing: new Uint8Array([0x30, 0x01]) });
+  const echo = poll(15);
+  t.is(echo.length, 1, 'echoed at echoMs');
+  t.deepEqual([...echo[0].missing], [0x30, 0x01], 'only what is still missing');
+  t.deepEqual(poll(40), [], 'once');
+  t.is(s.sent, 2);
+  t.is(s.echoed, 1);
+});
+
+test('echoMs: data of the unit after our NACK (a repair on its way) cancels the echo; without echoMs there is none', (t) => {
+  for (const echoMs of [15, undefined]) {
+    const s = new NackScheduler({ backoffMs: 10, holdoffMs: 80, groupSize: 1, maxUnitsInFlight: 4, random: () => 0, ...(echoMs ? { echoMs } : {}) });
+    const gap: NackRequest = { unit: 2, fragmentCount: 8, missing: new Uint8Array([0x81]) };
+    const poll = (now: number) => s.poll(now, [2], () => gap);
+    poll(0);
+    t.is(poll(0).length, 1, 'the NACK');
+    if (echoMs) s.progress(2, 5);
+    t.deepEqual(poll(20), [], `no echo (echoMs ${echoMs})`);
+    t.is(s.echoed, 0);
+  }
+});

@@ -35,8 +35,16 @@ export interface NackSchedulerOptions {
   /** Units NACKed at once at most (bounds what a late joiner asks for in one go). */
   maxUnitsInFlight: number;
   random: () => number;
+  /**
+   * Ask once more this long after our NACK, for what is still missing of what it asked,
+   * while no data of the unit came since (a lost NACK or a lost repair: at 3% loss each, one
+   * NACK round in fifteen; the holdoff and a new backoff came 20-35 ms after the NACK, and
+   * twice that after a second miss). Past the repairers' dedup window (repairDedupMs and
+   * repairAggregateMs), so a lost repair is sent again. Unset: no echo.
+   */
+  echoMs?: number;
   /** Told of each decision, for tracing (stream-stages.ts); n: fragments missing or asked for. */
-  trace?: (unit: number, ev: 'ripe' | 'heard' | 'again' | 'nack' | 'suppressed', now: number, n: number) => void;
+  trace?: (unit: number, ev: 'ripe' | 'heard' | 'again' | 'nack' | 'suppressed' | 'echo', now: number, n: number) => void;
 }
 
 interface Pending {
@@ -48,6 +56,9 @@ interface Pending {
   askedAt?: number;
   /** Our NACKs for the unit in a row that brought no data by the end of their holdoff. */
   misses?: number;
+  /** When to echo our NACK (echoMs), and what it asked for; cleared by the unit's data. */
+  echoAt?: number;
+  asked?: Uint8Array;
 }
 
 export interface NackRequest {
@@ -67,6 +78,8 @@ export class NackScheduler {
   /** Stats. */
   sent = 0;
   suppressed = 0;
+  /** Of `sent`, echoes (echoMs). */
+  echoed = 0;
   /** Repair round trip (our NACK -> the unit's next data), smoothed, and its mean deviation; ms. */
   srttMs: number | null = null;
   rttvarMs = 0;
@@ -110,6 +123,7 @@ export class NackScheduler {
       p.askedAt = undefined;
     }
     p.misses = 0;
+    p.echoAt = undefined;
     p.until = Math.max(p.until, now + this.holdoffMs / 2);
   }
 
@@ -153,7 +167,10 @@ export class NackScheduler {
         this.startBackoff(g, now);
         continue;
       }
-      if (now < p.until) continue;
+      if (now < p.until) {
+        if (p.echoAt !== undefined && now >= p.echoAt) this.echo(unit, p, now, gapOf, out);
+        continue;
+      }
       const g = gapOf(unit);
       if (!g) {
         this.pending.delete(unit);
@@ -183,9 +200,24 @@ export class NackScheduler {
       }
       const misses = p.misses ?? 0;
       const holdoff = Math.min(4 * this.opts.holdoffMs, this.holdoffMs * 2 ** Math.min(misses, 8));
-      this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses });
+      const echoAt = any && this.opts.echoMs !== undefined ? now + this.opts.echoMs : undefined;
+      this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses, echoAt, asked: echoAt !== undefined ? rest : undefined });
     }
     return out;
+  }
+
+  /** Our NACK brought nothing in echoMs: ask again for what of it is still missing (once). */
+  private echo(unit: number, p: Pending, now: number, gapOf: (unit: number) => NackRequest | null, out: NackRequest[]): void {
+    p.echoAt = undefined;
+    const g = gapOf(unit);
+    if (!g || !p.asked || p.asked.length !== g.missing.length) return;
+    const again = g.missing.map((b, i) => b & p.asked![i]);
+    if (!again.some((b) => b !== 0)) return;
+    out.push({ unit, fragmentCount: g.fragmentCount, missing: again });
+    this.sent++;
+    this.echoed++;
+    p.askedAt = now; // the round trip is timed from the echo
+    this.opts.trace?.(unit, 'echo', now, missingCount(again, g.fragmentCount));
   }
 
   private startBackoff(g: NackRequest, now: number, misses = 0): void {

@@ -4,6 +4,7 @@ import { BATCH_ORIGIN_BYTES, BATCH_OVERHEAD_BYTES, BatchPacket, decodeBatchPacke
 import type { Endpoint } from '../transport/transport';
 import type { StreamBatchBody } from '../release/stream-manifest';
 import { streamUnitLength } from '../release/stream-manifest';
+import { AGENT_DEFAULTS } from './core/defaults';
 import { LanCore } from './core/lan-core';
 import { AHEAD_UNITS, AheadBuffer } from './stream-ahead';
 import type { CoreConfig, CoreManifest } from './core/types';
@@ -78,7 +79,7 @@ export class StreamCore extends LanCore {
     readonly window: StreamWindow,
     now: number,
   ) {
-    super({ ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
+    super({ nackEchoMs: AGENT_DEFAULTS.streamNackEchoMs, ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
   }
 
   override handleDatagram(buf: Uint8Array, now: number, via?: Endpoint): void {

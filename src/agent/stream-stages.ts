@@ -45,6 +45,7 @@ export interface UnitStages {
  *   heard     another receiver's NACK for it was heard (n: fragments it asked for)
  *   again     a holdoff ended with fragments still missing: a new backoff (n: missing)
  *   nack      our NACK went out (n: fragments asked for)
+ *   echo      our NACK went out once more, echoMs after it, nothing of the unit having come (n: fragments)
  *   suppressed our backoff ended with every missing fragment asked for by others
  *   repair    the first repair fragment after a NACK (ours or heard) arrived
  * As a repairer (lines of their own in the file):
@@ -52,7 +53,7 @@ export interface UnitStages {
  *   dedup     fragments of that NACK dropped as repaired within dedupMs (n)
  *   sent      a repair of n fragments queued
  */
-export type RepairEvent = 'copy' | 'copyEnd' | 'last' | 'ripe' | 'heard' | 'again' | 'nack' | 'suppressed' | 'repair' | 'nackIn' | 'dedup' | 'sent';
+export type RepairEvent = 'copy' | 'copyEnd' | 'last' | 'ripe' | 'heard' | 'again' | 'nack' | 'echo' | 'suppressed' | 'repair' | 'nackIn' | 'dedup' | 'sent';
 
 /** Repair events kept per unit at most. */
 const MAX_EVENTS = 64;

@@ -46,6 +46,12 @@ export const AGENT_DEFAULTS = {
   /** ...and its floor: it follows the measured repair round trip in between (NackScheduler). */
   nackHoldoffMinMs: 20,
   nackMaxUnitsInFlight: 16,
+  /**
+   * A stream's NACK is echoed once this long after it while no data of its unit came
+   * (NackScheduler echoMs): past a repairer's dedup window after its answer (repairDedupMs
+   * after repairAggregateMs and a tick), under the holdoff's floor. Releases do not echo.
+   */
+  streamNackEchoMs: 15,
   repairAggregateMs: 3,
   repairBackoffMs: 40,
   /**

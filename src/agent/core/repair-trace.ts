@@ -18,7 +18,7 @@ export class RepairTrace {
   /** A scheduler's decision (NackScheduler, RepairScheduler trace option). */
   readonly event = (u: number, ev: RepairEvent, t: number, n: number): void => {
     if (!this.sink) return;
-    if (ev === 'nack' || ev === 'heard' || ev === 'suppressed') this.repaired.delete(u);
+    if (ev === 'nack' || ev === 'echo' || ev === 'heard' || ev === 'suppressed') this.repaired.delete(u);
     if (ev === 'ripe') {
       const a = this.asm.get(u);
       if (a) this.sink(u, 'last', a.lastData, a.count);

@@ -98,6 +98,8 @@ export interface CoreConfig {
    * being held whole in memory for a 'store' event (issue 16). Default off (streams).
    */
   assembleInPlace?: boolean;
+  /** Echo each NACK once this long after it while no data of its unit came (NackScheduler echoMs; streams). Default none. */
+  nackEchoMs?: number;
 }
 
 /** The counters the core keeps (a subset of AgentStats; the driver passes its own object). */
