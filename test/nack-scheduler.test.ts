@@ -202,3 +202,25 @@ test('echoMs: data of the unit after our NACK (a repair on its way) cancels the 
     t.is(s.echoed, 0);
   }
 });
+
+test('echoMs: on a path whose repairs take longer, the echo waits for srtt + 2 rttvar of them', (t) => {
+  const s = new NackScheduler({ backoffMs: 10, holdoffMs: 200, minHoldoffMs: 20, groupSize: 1, maxUnitsInFlight: 4, random: () => 0, echoMs: 15 });
+  const gap: NackRequest = { unit: 1, fragmentCount: 8, missing: new Uint8Array([0x80]) };
+  const poll = (now: number, u = 1) => s.poll(now, [u], () => ({ ...gap, unit: u }));
+  // Two rounds whose repairs came 40 ms after the NACK: srtt 40, rttvar 15 (RFC 6298), so the echo waits 70 ms.
+  poll(0);
+  poll(0);
+  s.progress(1, 40);
+  s.done(1);
+  poll(100, 2);
+  poll(100, 2);
+  s.progress(2, 140);
+  s.done(2);
+  t.is(s.srttMs, 40);
+  poll(200, 3);
+  t.is(poll(200, 3).length, 1, 'the NACK');
+  t.deepEqual(poll(215, 3), [], 'not at echoMs');
+  t.deepEqual(poll(269, 3), [], 'not before srtt + 2 rttvar');
+  t.is(poll(270, 3).length, 1, 'then the echo');
+  t.is(s.echoed, 1);
+});

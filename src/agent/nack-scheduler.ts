@@ -36,11 +36,12 @@ export interface NackSchedulerOptions {
   maxUnitsInFlight: number;
   random: () => number;
   /**
-   * Ask once more this long after our NACK, for what is still missing of what it asked,
-   * while no data of the unit came since (a lost NACK or a lost repair: at 3% loss each, one
-   * NACK round in fifteen; the holdoff and a new backoff came 20-35 ms after the NACK, and
-   * twice that after a second miss). Past the repairers' dedup window (repairDedupMs and
-   * repairAggregateMs), so a lost repair is sent again. Unset: no echo.
+   * Ask once more this long after our NACK (or srtt + 2 rttvar of the repair round trips,
+   * when longer), for what is still missing of what it asked, while no data of the unit
+   * came since (a lost NACK or a lost repair: at 3% loss each, one NACK round in fifteen;
+   * the holdoff and a new backoff came 20-35 ms after the NACK, and twice that after a
+   * second miss). Past the repairers' dedup window (repairDedupMs and repairAggregateMs),
+   * so a lost repair is sent again. Unset: no echo.
    */
   echoMs?: number;
   /** Told of each decision, for tracing (stream-stages.ts); n: fragments missing or asked for. */
@@ -200,13 +201,22 @@ export class NackScheduler {
       }
       const misses = p.misses ?? 0;
       const holdoff = Math.min(4 * this.opts.holdoffMs, this.holdoffMs * 2 ** Math.min(misses, 8));
-      const echoAt = any && this.opts.echoMs !== undefined ? now + this.opts.echoMs : undefined;
+      const echoAt = any && this.opts.echoMs !== undefined ? now + this.echoDelayMs(this.opts.echoMs) : undefined;
       this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses, echoAt, asked: echoAt !== undefined ? rest : undefined });
     }
     return out;
   }
 
-  /** Our NACK brought nothing in echoMs: ask again for what of it is still missing (once). */
+  /**
+   * When a NACK's answer is overdue: echoMs, or srtt + 2 rttvar of the repair round trips
+   * when that is longer (a slow LAN or path would otherwise have every NACK echoed before
+   * its repair could come; at or past the holdoff there is no echo, the holdoff asks again).
+   */
+  private echoDelayMs(echoMs: number): number {
+    return this.srttMs === null ? echoMs : Math.max(echoMs, this.srttMs + 2 * this.rttvarMs);
+  }
+
+  /** Our NACK brought nothing in echoDelayMs: ask again for what of it is still missing (once). */
   private echo(unit: number, p: Pending, now: number, gapOf: (unit: number) => NackRequest | null, out: NackRequest[]): void {
     p.echoAt = undefined;
     const g = gapOf(unit);
