@@ -3,7 +3,11 @@ import { spawnSync } from './helpers/sync';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { newAgentStats } from '../src/agent/agent-types';
 import { AgentDaemon } from '../src/agent/daemon';
+import type { StreamAgent } from '../src/agent/stream-agent';
+import { StreamCore, StreamWindow } from '../src/agent/stream-core';
+import { streamMetrics, streamStatus } from '../src/agent/stream-status';
 import { splitHostPort } from '../src/cli/args';
 import { ServerAccess } from '../src/net/server-access';
 import { setChannel } from '../src/release/channels';
@@ -157,4 +161,32 @@ test('server request latency by kind and event-loop delay are Prometheus histogr
   const lv = (suffix: string, le?: string) => loop!.samples.find((s) => s.name === `fleetcast_server_event_loop_delay_seconds${suffix}` && (le === undefined || s.labels.le === le))?.value ?? NaN;
   t.true(lv('_count') > 0, 'the loop delay was sampled');
   t.true(lv('_bucket', '0.1') < lv('_count'), `a sample above 100 ms: the loop was blocked for 300 ms (${lv('_bucket', '0.1')} of ${lv('_count')} at or below)`);
+});
+
+test("a stream agent's metrics parse with the Prometheus client, and carry its NACK and echo counts", (t) => {
+  if (spawnSync(PYTHON, ['-c', 'import prometheus_client']).status !== 0) return t.fail('needs python3-prometheus-client (apt-get install python3-prometheus-client)');
+  const window = new StreamWindow('ab'.repeat(16), 65536);
+  const core = new StreamCore({ member: 'm1', group: 'g', senderId: 7, fragmentBytes: 1200, rateBytesPerSec: 50e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: Math.random }, window, Date.now());
+  // The echo count is the core's NACK scheduler's (test/stream-ahead drives a real echo).
+  (core as unknown as { nacks: { echoed: number } }).nacks.echoed = 3;
+  const stats = { ...newAgentStats(), nacksSent: 11, transport: 'dgram' };
+  const agent = {
+    delivery: { latenciesMs: [12, 30, 95], next: 42, sink: { kind: 'file', bytes: 42 * 65536 }, pendingBytes: () => 65536, bufferMax: 1 << 26, gaps: 1, gapUnits: 2 },
+    lastAnswer: { nextUnit: 44, firstUnit: 0, ended: false, members: [] },
+    member: 'm1',
+    group: 'g',
+    core,
+    serverUrl: 'http://127.0.0.1:1',
+    stats,
+    streamName: 'live',
+    follower: null,
+  } as unknown as StreamAgent;
+  const families = parse(streamMetrics(agent));
+  const value = (name: string) => families.flatMap((f) => f.samples).find((s) => s.name === name && s.labels.stream === 'live')?.value;
+  t.is(families.find((f) => f.name === 'fleetcast_stream_nack_echoes')?.type, 'counter');
+  t.is(value('fleetcast_stream_nack_echoes_total'), 3);
+  t.is(value('fleetcast_stream_nacks_sent_total'), 11);
+  t.is(value('fleetcast_stream_next_unit'), 42);
+  t.is(value('fleetcast_stream_gap_units_total'), 2);
+  t.is(streamStatus(agent).stream?.nackEchoes, 3, 'and the status JSON has it');
 });

@@ -1,5 +1,7 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
+import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
+import { decodePacket, PacketType } from '../src/wire/packet';
 import { AHEAD_MAX_BYTES, AHEAD_MAX_MS, AHEAD_UNITS, AheadBuffer } from '../src/agent/stream-ahead';
 import { StreamCore, StreamWindow } from '../src/agent/stream-core';
 import type { StreamBatchBody } from '../src/release/stream-manifest';
@@ -69,14 +71,15 @@ function pair() {
       }
     }
   };
-  const tick = (ms: number) => {
+  /** `keepBA`: which of b's datagrams reach a. */
+  const tick = (ms: number, keepBA?: (d: Uint8Array) => boolean) => {
     now += ms;
     for (const c of [a, b]) {
       const at = c.pollTimeout();
       if (at !== null && at <= now) c.handleTimeout(now);
     }
     drain(a, b);
-    drain(b, a);
+    drain(b, a, keepBA);
   };
   for (const c of [a, b]) {
     c.batchVerified(batch(0), now);
@@ -120,4 +123,35 @@ test('copies of a unit ahead of its batch, some lost: the announce that came wit
   for (let k = 0; k < 200 && !p.stored.has(1); k++) p.tick(5);
   t.true(p.stored.get(1)?.equals(p.bytes[1]), 'unit 1 complete after a repair');
   t.true(p.b.stats.nacksSent >= 1, 'NACKed for what was lost');
+});
+
+test('a stream member echoes a NACK that brought nothing, 15 ms on, and has the unit long before its holdoff would have asked again', (t) => {
+  // Streams only (releases do not echo). Here b's first NACK is lost: before, b asked again
+  // only once its holdoff ended (80 ms until a repair round trip is timed, 20 ms at least)
+  // and a new backoff.
+  const p = pair();
+  p.b.batchVerified(p.batch(1), p.now());
+  p.drain(p.a, p.b, (d) => {
+    const q = decodePacket(d);
+    return !(q.ok && q.packet.type === PacketType.DATA && q.packet.unit === 1 && q.packet.fragment === 5);
+  }); // fragment 5 of the copy lost
+  let lost = 0;
+  const firstNackLost = (d: Uint8Array) => {
+    const q = decodePacket(d);
+    if (!(q.ok && q.packet.type === PacketType.NACK) || lost > 0) return true;
+    lost++;
+    return false;
+  };
+  let nackAt: number | null = null;
+  for (let k = 0; k < 300 && !p.stored.has(1); k++) {
+    p.tick(1, firstNackLost);
+    if (nackAt === null && p.b.stats.nacksSent > 0) nackAt = p.now();
+  }
+  t.true(p.stored.get(1)?.equals(p.bytes[1]), 'unit 1 complete');
+  t.is(lost, 1, 'the first NACK was lost');
+  t.is(p.b.nackEchoes, 1, 'one echo');
+  t.is(p.b.stats.nacksSent, 2, 'the NACK and its echo');
+  const took = p.now() - nackAt!;
+  t.log(`unit 1 held ${took} ms after the NACK (echo ${AGENT_DEFAULTS.streamNackEchoMs} ms, holdoff ${AGENT_DEFAULTS.nackHoldoffMs} ms until a round trip is timed)`);
+  t.true(took < AGENT_DEFAULTS.nackHoldoffMs / 2, `${took} ms`);
 });

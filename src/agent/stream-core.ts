@@ -82,6 +82,11 @@ export class StreamCore extends LanCore {
     super({ nackEchoMs: AGENT_DEFAULTS.streamNackEchoMs, ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
   }
 
+  /** NACKs this member echoed (NackScheduler echoMs): each was a NACK that had brought nothing in its echo delay. */
+  get nackEchoes(): number {
+    return this.nacks.echoed;
+  }
+
   override handleDatagram(buf: Uint8Array, now: number, via?: Endpoint): void {
     if (buf.length < 4 || buf[3] !== PacketType.BATCH) return super.handleDatagram(buf, now, via);
     if (peekSender(buf) === this.cfg.senderId) return;

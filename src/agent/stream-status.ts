@@ -55,6 +55,8 @@ export function streamStatus(a: StreamAgent) {
           wanBytes: a.stats.wanBytes,
           lanBytes: a.stats.lanBytes,
           nacksSent: a.stats.nacksSent,
+          /** Of those, echoes: a NACK asked again once because nothing of its unit came within its echo delay (protocol.md section 5). */
+          nackEchoes: a.core?.nackEchoes ?? 0,
           unitsRejected: a.stats.unitsRejected,
           /** Where batches came from (docs/protocol.md, "Batches on the LAN"); polling: this member long-polls the server. */
           batches: a.follower ? { ...a.follower.counts, polling: !a.follower.passive } : null,
@@ -82,6 +84,8 @@ export function streamMetrics(a: StreamAgent): string {
     r.counter('gap_units_total', 'units not delivered', [[l, s.gapUnits]]);
     r.counter('wan_bytes_total', 'unit bytes downloaded from the server', [[l, s.wanBytes]]);
     r.counter('lan_bytes_total', 'unit bytes taken from LAN peers', [[l, s.lanBytes]]);
+    r.counter('nacks_sent_total', 'NACK packets sent, echoes included', [[l, s.nacksSent]]);
+    r.counter('nack_echoes_total', 'NACKs asked again once, nothing of their unit having come within the echo delay (a lost NACK or repair)', [[l, s.nackEchoes]]);
     r.counter('units_rejected_total', 'units that failed their signed hash', [[l, s.unitsRejected]]);
     if (s.batches) {
       const b = s.batches;
