@@ -6,6 +6,7 @@ import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
 import { LanCore } from '../src/agent/core/lan-core';
 import type { CoreSplitMap } from '../src/agent/core/types';
 import { bitmapBytes, setBit } from '../src/util/bits';
+import { decodePacket, PacketType } from '../src/wire/packet';
 
 /**
  * The LAN protocol core on its own (issue 16): no sockets, no timers, a fake clock. Two
@@ -127,5 +128,74 @@ test('the core does no I/O: its files use no clock, timers, sockets or files', (
       t.false(src.includes(banned), `${f} uses ${banned}`);
     }
     t.true(src.split('\n').length <= 400, `${f} is over 400 lines`);
+  }
+});
+
+test("a gateway whose map names no holder NACKs the copies' source only at an endpoint a member registered", (t) => {
+  // Another site's member h (registered at 10.0.1.1:5000) copies unit 0 to this site's gateway g, whose map does not
+  // name unit 0's holder yet; fragment 5 of the copy is lost. g NACKs by unicast to where the copies came from, but
+  // only to a registered endpoint: copies arriving from any other source address get no NACK sent there.
+  const r = release(1);
+  const key = randomBytes(32).toString('base64');
+  const hEnd = { address: '10.0.1.1', port: 5000 };
+  const map: CoreSplitMap = {
+    members: [
+      { id: 'g', verifiedUnits: 0, complete: false, address: '10.0.0.1', dataPort: 4000, group: 'g0', role: 'gateway' },
+      { id: 'h', verifiedUnits: 1, complete: false, address: hEnd.address, dataPort: hEnd.port, group: 'g1', role: 'gateway' },
+    ],
+    holders: [-1],
+    groupComplete: false,
+    groupKey: key,
+  };
+  for (const [source, nacked] of [[hEnd, true], [{ address: '10.9.9.9', port: 1 }, false]] as const) {
+    let now = 1_000_000;
+    const mk = (member: string, group: string, senderId: number) =>
+      new LanCore({ manifest: r.manifest, member, group, wideGroup: 'w', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(7) }, now);
+    const g = mk('g', 'g0', 1);
+    const h = mk('h', 'g1', 2);
+    g.setSplitMap(map, now);
+    h.setSplitMap(map, now);
+    h.leaseGranted({ units: [0], copyTo: [{ member: 'g', address: '10.0.0.1', port: 4000 }] }, now);
+    const buf = h.takeBuffer(r.bytes.length);
+    buf.set(r.bytes);
+    h.fetchStarted(0, now);
+    h.fetchProgress(0, buf, r.bytes.length, now);
+    h.fetchEnded(0, now);
+    h.unitFetched(0, buf, now);
+    const nacksTo: string[] = [];
+    for (let step = 0; step < 200 && !g.holdsAll; step++) {
+      for (let tr = h.pollTransmit(now); tr; tr = h.pollTransmit(now)) {
+        h.transmitted(tr, tr.datagrams.length, now);
+        if (tr.to === null) continue; // h's own LAN
+        for (const d of tr.datagrams) {
+          const p = decodePacket(d);
+          if (p.ok && p.packet.type === PacketType.DATA && p.packet.fragment === 5 && !p.packet.repair) continue;
+          g.handleDatagram(Uint8Array.from(d), now, { ...source });
+        }
+      }
+      for (let tr = g.pollTransmit(now); tr; tr = g.pollTransmit(now)) {
+        g.transmitted(tr, tr.datagrams.length, now);
+        for (const d of tr.datagrams) {
+          const p = decodePacket(d);
+          if (tr.to && p.ok && p.packet.type === PacketType.NACK) {
+            nacksTo.push(`${tr.to.address}:${tr.to.port}`);
+            h.handleDatagram(Uint8Array.from(d), now, { address: '10.0.0.1', port: 4000 });
+          }
+        }
+      }
+      for (const c of [g, h]) {
+        for (let e = c.pollEvent(); e; e = c.pollEvent()) {
+          if (e.type === 'read') c.unitRead(e.unit, Buffer.from(r.bytes), now);
+          else if (e.type === 'store') c.unitStored(e.unit, now);
+        }
+      }
+      now += 5;
+      for (const c of [g, h]) if ((c.pollTimeout() ?? Infinity) <= now) c.handleTimeout(now);
+    }
+    t.log(`copies from ${source.address}:${source.port}: g's unicast NACKs went to ${[...new Set(nacksTo)].join(', ') || 'nowhere'}`);
+    if (nacked) {
+      t.true(nacksTo.length > 0 && nacksTo.every((x) => x === `${hEnd.address}:${hEnd.port}`), 'NACKed at the registered endpoint the copies came from');
+      t.true(g.holdsAll, 'and repaired');
+    } else t.deepEqual(nacksTo, [], 'no NACK to an unregistered source');
   }
 });

@@ -172,7 +172,9 @@ export abstract class RepairFlow extends CoreUnits {
     if (this.view.role !== 'gateway') return;
     const h = this.view.holderOf(unit);
     if (h && (h.group === this.cfg.group || h.id === this.cfg.member)) return;
-    const holder = h ? (h.address && h.dataPort ? { address: h.address, port: h.dataPort } : undefined) : this.crossGroup.sourceOf(unit);
+    const src = h ? undefined : this.crossGroup.sourceOf(unit);
+    // The copies' source only as a member registered it: a spoofed source address gets nothing from us.
+    const holder = h ? (h.address && h.dataPort ? { address: h.address, port: h.dataPort } : null) : src && this.view.registeredEndpoint(src);
     if (!holder) return;
     this.send.queueDirect(packet, holder);
     const first = this.crossGroup.forwardedBefore(unit, now);
