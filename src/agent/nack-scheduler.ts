@@ -40,8 +40,8 @@ export interface NackSchedulerOptions {
    * when longer), for what is still missing of what it asked, while no data of the unit
    * came since (a lost NACK or a lost repair: at 3% loss each, one NACK round in fifteen;
    * the holdoff and a new backoff came 20-35 ms after the NACK, and twice that after a
-   * second miss). Past the repairers' dedup window (repairDedupMs and repairAggregateMs),
-   * so a lost repair is sent again. Unset: no echo.
+   * second miss). A repairer drops it as a duplicate when the lost repair left it less than
+   * its dedup window before (AGENT_DEFAULTS.streamNackEchoMs says when). Unset: no echo.
    */
   echoMs?: number;
   /** Told of each decision, for tracing (stream-stages.ts); n: fragments missing or asked for. */

@@ -45,7 +45,7 @@ export interface UnitStages {
  *   heard     another receiver's NACK for it was heard (n: fragments it asked for)
  *   again     a holdoff ended with fragments still missing: a new backoff (n: missing)
  *   nack      our NACK went out (n: fragments asked for)
- *   echo      our NACK went out once more, echoMs after it, nothing of the unit having come (n: fragments)
+ *   echo      our NACK went out once more, its echo delay after it, nothing of the unit having come (n: fragments)
  *   suppressed our backoff ended with every missing fragment asked for by others
  *   repair    the first repair fragment after a NACK (ours or heard) arrived
  * As a repairer (lines of their own in the file):
