@@ -258,7 +258,7 @@ export async function benchStreamSites(shape: SitesShape, policies: SitesPolicy[
           continue;
         }
         const http = r.bodyBytes.map((b, k) => BODY_KINDS.reduce((n, x) => n + b[x] + r.headerBytes[k][x], 0) / r.streamBytes);
-        process.stderr.write(`  unit bytes per site / stream: ${r.unitBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; HTTP bytes ${http.map((x) => x.toFixed(3)).join(', ')} (sum ${http.reduce((n, x) => n + x, 0).toFixed(4)}); link bytes ${r.linkBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; heartbeats per agent ${r.heartbeats.map((b) => (b / r.agents).toFixed(0)).join(', ')}; p99 per agent ${r.ends.map((e) => e.p99Ms).join(', ')} ms; batches from the server per agent ${r.ends.map((e) => e.batchesFromServer).join(', ')} (fallbacks ${r.ends.map((e) => e.batchFallbacks).join(', ')}; forwarded from the other site ${r.ends.map((e) => e.batchesForwarded).join(', ')}); sinks equal: ${r.ends.every((e) => e.equal)}; load ${r.load.toFixed(1)}\n`);
+        process.stderr.write(`  unit bytes per site / stream: ${r.unitBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; HTTP bytes ${http.map((x) => x.toFixed(3)).join(', ')} (sum ${http.reduce((n, x) => n + x, 0).toFixed(4)}); link bytes ${r.linkBytes.map((b) => (b / r.streamBytes).toFixed(3)).join(', ')}; heartbeats per agent ${r.heartbeats.map((b) => (b / r.agents).toFixed(0)).join(', ')}; p99 per agent ${r.ends.map((e) => e.p99Ms).join(', ')} ms; batches from the server per agent ${r.ends.map((e) => e.batchesFromServer).join(', ')} (fallbacks ${r.ends.map((e) => e.batchFallbacks).join(', ')}; forwarded from the other site ${r.ends.map((e) => e.batchesForwarded).join(', ')}); sinks equal: ${r.ends.every((e) => e.equal)}; dropped ${dropSummary(r.ends)}; load ${r.load.toFixed(1)}\n`);
         out[i].runs.push(r);
       }
     return out;
@@ -421,6 +421,14 @@ export async function streamSitesMain(args: string[]): Promise<void> {
   const out = path.join(__dirname, '..', '..', 'bench', 'results', 'stream.md');
   await fs.writeFile(out, placeSection(await fs.readFile(out, 'utf8').catch(() => ''), section));
   process.stdout.write(section.join('\n') + '\n');
+}
+
+/** Every agent's dropped datagrams of a run, summed by reason, most first. */
+function dropSummary(ends: AgentEnd[]): string {
+  const sum: Record<string, number> = {};
+  for (const e of ends) for (const [r, n] of Object.entries(e.drops)) sum[r] = (sum[r] ?? 0) + n;
+  const xs = Object.entries(sum).sort((a, b) => b[1] - a[1]);
+  return xs.length ? xs.map(([r, n]) => `${r} ${n}`).join(', ') : 'none';
 }
 
 /** The kinds of stream request whose answer bytes the publisher's server counts. */

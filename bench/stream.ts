@@ -213,11 +213,23 @@ export interface AgentEnd {
   p50Ms: number;
   p99Ms: number;
   gaps: number;
+  /** Datagrams the agent dropped, by reason (its end line; empty from an agent before 2026-12-03). */
+  drops: Record<string, number>;
 }
 
 export function agentEnd(stderr: string): AgentEnd {
   const num = (re: RegExp) => Number(re.exec(stderr)?.[1] ?? NaN);
-  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/), batchesFromServer: num(/batches (\d+) from the server/), batchFallbacks: num(/(\d+) fallbacks/), batchesForwarded: num(/(\d+) forwarded from other sites/) };
+  return { wanBytes: num(/WAN (\d+) bytes/), lanBytes: num(/LAN (\d+) bytes/), nacks: num(/(\d+) NACKs sent/), p50Ms: num(/latency p50 (\d+) ms/), p99Ms: num(/p99 (\d+) ms/), gaps: num(/gaps (\d+)/), batchesFromServer: num(/batches (\d+) from the server/), batchFallbacks: num(/(\d+) fallbacks/), batchesForwarded: num(/(\d+) forwarded from other sites/), drops: dropsOf(stderr) };
+}
+
+/** `datagrams dropped: REASON N, ...` from an agent's end line. */
+function dropsOf(stderr: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of /datagrams dropped: ([^\n]*)/.exec(stderr)?.[1].split(', ') ?? []) {
+    const m = /^(\S+) (\d+)$/.exec(part.trim());
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
 }
 
 /**
