@@ -4,6 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
 import { LanCore } from '../src/agent/core/lan-core';
+import { PRE_KEY_MAX_DATAGRAMS, PRE_KEY_MAX_MS } from '../src/agent/core/peers';
 import type { CoreSplitMap } from '../src/agent/core/types';
 import { bitmapBytes, setBit } from '../src/util/bits';
 import { decodePacket, PacketType } from '../src/wire/packet';
@@ -198,4 +199,137 @@ test("a gateway whose map names no holder NACKs the copies' source only at an en
       t.true(g.holdsAll, 'and repaired');
     } else t.deepEqual(nacksTo, [], 'no NACK to an unregistered source');
   }
+});
+
+test("a member that hears a newcomer's first ANNOUNCE, lacking units it holds, announces within the debounce, once per peer", (t) => {
+  // a holds the release and announced before b was up (that announce is lost to b). Without this, b learns what a
+  // holds at a's next timer announce, up to announceMs later: a stream's units behind that one waited in b's sink.
+  const r = release(4);
+  const key = randomBytes(32).toString('base64');
+  const map: CoreSplitMap = {
+    members: [
+      { id: 'a', verifiedUnits: 4, complete: true, address: '10.0.0.1' },
+      { id: 'b', verifiedUnits: 0, complete: false, address: '10.0.0.2' },
+      { id: 'c', verifiedUnits: 0, complete: false, address: '10.0.0.3' },
+    ],
+    holders: [0, 0, 0, 0],
+    groupComplete: false,
+    groupKey: key,
+  };
+  let now = 1_000_000;
+  const all = new Uint8Array(bitmapBytes(4));
+  for (let u = 0; u < 4; u++) setBit(all, u);
+  const mk = (member: string, senderId: number, have: Uint8Array) =>
+    new LanCore({ manifest: r.manifest, member, group: 'g', senderId, fragmentBytes: FB, have, rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(3) }, now);
+  const a = mk('a', 1, all);
+  /** What `c` sends now, as decoded packets (and handed to `to` when given). */
+  const sent = (c: LanCore, to?: LanCore) => {
+    const out: number[] = [];
+    for (let tr = c.pollTransmit(now); tr; tr = c.pollTransmit(now)) {
+      c.transmitted(tr, tr.datagrams.length, now);
+      for (const d of tr.datagrams) {
+        const p = decodePacket(d);
+        if (p.ok) out.push(p.packet.type);
+        to?.handleDatagram(Uint8Array.from(d), now);
+      }
+    }
+    return out;
+  };
+  const step = (ms: number) => {
+    now += ms;
+    if ((a.pollTimeout() ?? Infinity) <= now) a.handleTimeout(now);
+  };
+  a.setSplitMap(map, now);
+  sent(a); // nobody hears it
+  step(50);
+  t.deepEqual(sent(a), [], 'a is quiet until its timer');
+  /** A newcomer's first datagrams reach a; what a sends in the next `ms` ms. */
+  const newcomer = (id: string, senderId: number, have: Uint8Array, ms: number) => {
+    const n = mk(id, senderId, have);
+    n.setSplitMap(map, now);
+    const told = sent(n, a);
+    const back: number[] = [];
+    for (let i = 0; i < ms; i++) {
+      step(1);
+      back.push(...sent(a));
+    }
+    return { n, told, back };
+  };
+  const b = newcomer('b', 2, new Uint8Array(bitmapBytes(4)), AGENT_DEFAULTS.announceDebounceMs + 2);
+  t.true(b.told.includes(PacketType.ANNOUNCE), 'b announces as it starts');
+  t.true(b.back.includes(PacketType.ANNOUNCE), `a announced within ${AGENT_DEFAULTS.announceDebounceMs + 2} ms of hearing b (sent ${b.back.join(',') || 'nothing'})`);
+  // b's next announce: b is no longer new to a, so nothing early.
+  b.n.handleTimeout(now + AGENT_DEFAULTS.announceMs);
+  now += 1;
+  const again = sent(b.n, a);
+  t.true(again.includes(PacketType.ANNOUNCE));
+  let early = 0;
+  for (let i = 0; i < AGENT_DEFAULTS.announceDebounceMs + 2; i++) {
+    step(1);
+    early += sent(a).filter((x) => x === PacketType.ANNOUNCE).length;
+  }
+  t.is(early, 0, "b's second announce brought no early one");
+  // A newcomer that lacks nothing a holds (it holds everything) brings none either.
+  const c = newcomer('c', 3, all, AGENT_DEFAULTS.announceDebounceMs + 2);
+  t.true(c.told.includes(PacketType.ANNOUNCE));
+  t.false(c.back.includes(PacketType.ANNOUNCE), 'no early announce for a newcomer that lacks nothing we hold');
+});
+
+test('datagrams that come before the group key are kept, bounded, and taken once the first map brings it', (t) => {
+  // b's LAN socket is open before its join answer: a's ANNOUNCE and copies reach it first. They were dropped
+  // (no-key, then unknown-sender for every copy until a's next announce); now b takes them when its map comes.
+  const r = release(2);
+  const map: CoreSplitMap = {
+    members: [
+      { id: 'a', verifiedUnits: 0, complete: false, address: '10.0.0.1' },
+      { id: 'b', verifiedUnits: 0, complete: false, address: '10.0.0.2' },
+    ],
+    holders: [-1, -1],
+    groupComplete: false,
+    groupKey: randomBytes(32).toString('base64'),
+  };
+  let now = 1_000_000;
+  const mk = (member: string, senderId: number) =>
+    new LanCore({ manifest: r.manifest, member, group: 'g', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(5) }, now);
+  const a = mk('a', 1);
+  const b = mk('b', 2);
+  a.setSplitMap(map, now);
+  a.leaseGranted({ units: [0] }, now);
+  const unit0 = r.bytes.subarray(0, UNIT);
+  const buf = a.takeBuffer(unit0.length);
+  buf.set(unit0);
+  a.fetchStarted(0, now);
+  a.fetchProgress(0, buf, unit0.length, now);
+  a.fetchEnded(0, now);
+  a.unitFetched(0, buf, now);
+  const lan: Uint8Array[] = [];
+  for (let i = 0; i < 50; i++) {
+    for (let tr = a.pollTransmit(now); tr; tr = a.pollTransmit(now)) {
+      a.transmitted(tr, tr.datagrams.length, now);
+      if (tr.to === null) lan.push(...tr.datagrams.map((d) => Uint8Array.from(d)));
+    }
+    for (let e = a.pollEvent(); e; e = a.pollEvent()) if (e.type === 'store') a.unitStored(e.unit, now);
+    now += 2;
+    if ((a.pollTimeout() ?? Infinity) <= now) a.handleTimeout(now);
+  }
+  const types = lan.map((d) => (decodePacket(d) as { ok: true; packet: { type: number } }).packet.type);
+  t.true(types.includes(PacketType.ANNOUNCE) && types.filter((x) => x === PacketType.DATA).length >= Math.ceil(UNIT / FB), `a sent its announce and unit 0's copies (${lan.length} datagrams)`);
+  for (const d of lan) b.handleDatagram(d, now);
+  t.is(b.stats.lanBytes, 0, 'nothing taken before the key');
+  t.deepEqual(b.stats.drops, {}, 'and nothing dropped');
+  now += 20;
+  b.setSplitMap(map, now);
+  const stored: number[] = [];
+  for (let e = b.pollEvent(); e; e = b.pollEvent()) if (e.type === 'store') stored.push(e.unit);
+  t.true(b.stats.lanBytes >= UNIT, `the copies were taken once the key came (${b.stats.lanBytes} bytes)`);
+  t.deepEqual(stored, [0], 'and unit 0 verified from them');
+  t.false('unknown-sender' in b.stats.drops, 'no copy dropped as from an unknown sender');
+
+  // Bounds: past PRE_KEY_MAX_DATAGRAMS the rest are dropped (counted); what waited past PRE_KEY_MAX_MS is dropped when the key comes.
+  const c = mk('c', 3);
+  for (let i = 0; i < PRE_KEY_MAX_DATAGRAMS + 10; i++) c.handleDatagram(lan[i % lan.length], now);
+  t.is(c.stats.drops['pre-key-full'], 10);
+  c.setSplitMap(map, now + PRE_KEY_MAX_MS + 1);
+  t.is(c.stats.drops['pre-key-expired'], PRE_KEY_MAX_DATAGRAMS);
+  t.is(c.stats.lanBytes, 0);
 });

@@ -88,7 +88,8 @@ export class StreamCore extends LanCore {
   }
 
   override handleDatagram(buf: Uint8Array, now: number, via?: Endpoint): void {
-    if (buf.length < 4 || buf[3] !== PacketType.BATCH) return super.handleDatagram(buf, now, via);
+    // Before the group key, a BATCH packet too is kept (LanCore's pre-key hold) and comes back here once it is in.
+    if (buf.length < 4 || buf[3] !== PacketType.BATCH || !this.peers.groupKey) return super.handleDatagram(buf, now, via);
     if (peekSender(buf) === this.cfg.senderId) return;
     const r = decodeBatchPacket(buf);
     if (!r.ok) return this.drop(r.reason);

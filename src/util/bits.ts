@@ -26,3 +26,10 @@ export function countBits(bits: Uint8Array, n: number): number {
   for (let i = 0; i < n; i++) if (getBit(bits, i)) c++;
   return c;
 }
+
+/** Whether two byte arrays hold the same bytes. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -15,6 +15,7 @@
  */
 import type { Logger } from '../../util/log';
 import { silentLogger } from '../../util/log';
+import { bytesEqual } from '../../util/bits';
 import { bitmapBytes, decodePacket, encodeAnnounce, encodeNack, fragmentCountFor, fragmentPayloadBytes, getBit, PacketType, peekSender, setBit } from '../../wire/packet';
 import type { AnnouncePacket } from '../../wire/packet';
 import { NackScheduler } from '../nack-scheduler';
@@ -22,7 +23,7 @@ import { RepairScheduler } from '../repair-scheduler';
 import { Assembler } from './assembler';
 import { CopyTreeView } from './copy-tree-view';
 import { AGENT_DEFAULTS } from './defaults';
-import { PeerTable } from './peers';
+import { firstAnnounceLacks, PeerTable, PreKeyHold } from './peers';
 import { RepairTrace } from './repair-trace';
 import { RepairFlow, emptyStats, drop } from './repair-flow';
 import { SendEngine, withoutQueued } from './send-engine';
@@ -53,6 +54,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
   private announceEveryMs = 0;
   private announceSoonAt: number | null = null;
+  private readonly preKey = new PreKeyHold();
   private stallAt: number | null = null;
   /** Each step of a unit's repair rounds, as receiver and repairer, once its sink is set (stream bench). */
   readonly repairTrace: RepairTrace;
@@ -79,6 +81,8 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   handleDatagram(buf: Uint8Array, now: number, via?: Endpoint): void {
     // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip it before decoding.
     if (peekSender(buf) === this.cfg.senderId) return;
+    // Before the first map's group key nothing can be taken: kept until it comes (a peer's lost announce cost announceMs of its copies).
+    if (!this.peers.groupKey) return void (this.preKey.hold(buf, via, now) || this.drop('pre-key-full'));
     const r = decodePacket(buf);
     if (!r.ok) return this.drop(r.reason);
     const p = r.packet;
@@ -141,6 +145,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         peer.complete = p.complete;
         // A peer that lacks units: back to the fast pace (we may be idle).
         if (!p.complete) this.setAnnouncePace(AGENT_DEFAULTS.announceMs, now);
+        if (!via && firstAnnounceLacks(peer, p, this.m.unitCount, (u) => this.has(u))) this.announceSoon(now);
         return this.onAnnounce(p, now, via);
     }
   }
@@ -205,6 +210,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     }
     this.ensureTicking(now); // a new role or copy destinations may need the tick again
     this.events.push({ type: 'wake' });
+    if (this.peers.groupKey) for (const d of this.preKey.take(now, (r) => this.drop(r))) this.handleDatagram(d.buf, now, d.via);
   }
 
   /** New copy destinations (and gateways we forward to): announce ourselves to them first, so they accept our copies; a moved gateway's queued copies follow it. */
@@ -389,10 +395,4 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       first += perPacket;
     } while (first < n);
   }
-}
-
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
