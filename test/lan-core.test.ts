@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
 import { LanCore } from '../src/agent/core/lan-core';
-import { PRE_KEY_MAX_DATAGRAMS, PRE_KEY_MAX_MS } from '../src/agent/core/peers';
+import { HeldDatagrams, HOLD_MAX_BYTES, HOLD_MAX_DATAGRAMS, HOLD_MAX_MS } from '../src/agent/core/held-datagrams';
 import type { CoreSplitMap } from '../src/agent/core/types';
 import { bitmapBytes, setBit } from '../src/util/bits';
 import { decodePacket, PacketType } from '../src/wire/packet';
@@ -325,11 +325,99 @@ test('datagrams that come before the group key are kept, bounded, and taken once
   t.deepEqual(stored, [0], 'and unit 0 verified from them');
   t.false('unknown-sender' in b.stats.drops, 'no copy dropped as from an unknown sender');
 
-  // Bounds: past PRE_KEY_MAX_DATAGRAMS the rest are dropped (counted); what waited past PRE_KEY_MAX_MS is dropped when the key comes.
+  // Bounds: past HOLD_MAX_DATAGRAMS the rest are dropped (counted); what waited past HOLD_MAX_MS is dropped when the key comes.
   const c = mk('c', 3);
-  for (let i = 0; i < PRE_KEY_MAX_DATAGRAMS + 10; i++) c.handleDatagram(lan[i % lan.length], now);
+  for (let i = 0; i < HOLD_MAX_DATAGRAMS + 10; i++) c.handleDatagram(lan[i % lan.length], now);
   t.is(c.stats.drops['pre-key-full'], 10);
-  c.setSplitMap(map, now + PRE_KEY_MAX_MS + 1);
-  t.is(c.stats.drops['pre-key-expired'], PRE_KEY_MAX_DATAGRAMS);
+  c.setSplitMap(map, now + HOLD_MAX_MS + 1);
+  t.is(c.stats.drops['pre-key-expired'], HOLD_MAX_DATAGRAMS);
   t.is(c.stats.lanBytes, 0);
+});
+
+for (const holdUnheard of [true, false]) {
+  test(`copies from a peer not heard yet are ${holdUnheard ? 'held until its next control packet, then taken: no NACK round (holdUnheard, streams)' : 'dropped without holdUnheard (releases)'}`, (t) => {
+    // a's first ANNOUNCE is lost to b, which has its key: a's copies of unit 0 were dropped as unknown-sender and b
+    // NACKed the whole unit after a's next announce. With holdUnheard they are held and taken when that announce comes.
+    const r = release(2);
+    const map: CoreSplitMap = {
+      members: [
+        { id: 'a', verifiedUnits: 0, complete: false, address: '10.0.0.1' },
+        { id: 'b', verifiedUnits: 0, complete: false, address: '10.0.0.2' },
+      ],
+      holders: [-1, -1],
+      groupComplete: false,
+      groupKey: randomBytes(32).toString('base64'),
+    };
+    let now = 1_000_000;
+    const mk = (member: string, senderId: number) =>
+      new LanCore({ manifest: r.manifest, member, group: 'g', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(9), holdUnheard }, now);
+    const a = mk('a', 1);
+    const b = mk('b', 2);
+    b.setSplitMap(map, now);
+    for (let tr = b.pollTransmit(now); tr; tr = b.pollTransmit(now)) b.transmitted(tr, tr.datagrams.length, now); // b's announce: a need not hear it
+    a.setSplitMap(map, now);
+    let firstAnnounceLost = false;
+    a.leaseGranted({ units: [0] }, now);
+    const unit0 = r.bytes.subarray(0, UNIT);
+    const buf = a.takeBuffer(unit0.length);
+    buf.set(unit0);
+    a.fetchStarted(0, now);
+    a.fetchProgress(0, buf, unit0.length, now);
+    a.fetchEnded(0, now);
+    a.unitFetched(0, buf, now);
+    const stored: number[] = [];
+    let copies = 0;
+    for (let i = 0; i < 60 && !stored.length; i++) {
+      for (let tr = a.pollTransmit(now); tr; tr = a.pollTransmit(now)) {
+        a.transmitted(tr, tr.datagrams.length, now);
+        if (tr.to !== null) continue;
+        for (const d of tr.datagrams) {
+          const p = decodePacket(d);
+          if (p.ok && p.packet.type === PacketType.ANNOUNCE && !firstAnnounceLost) {
+            firstAnnounceLost = true;
+            continue;
+          }
+          if (p.ok && p.packet.type === PacketType.DATA) copies++;
+          b.handleDatagram(Uint8Array.from(d), now);
+        }
+      }
+      for (let e = a.pollEvent(); e; e = a.pollEvent()) if (e.type === 'store') a.unitStored(e.unit, now);
+      for (let e = b.pollEvent(); e; e = b.pollEvent()) if (e.type === 'store') stored.push(e.unit);
+      now += 2;
+      for (const c of [a, b]) if ((c.pollTimeout() ?? Infinity) <= now) c.handleTimeout(now);
+    }
+    t.true(firstAnnounceLost && copies >= Math.ceil(UNIT / FB), `a's first announce was lost, ${copies} copies reached b`);
+    if (holdUnheard) {
+      t.deepEqual(stored, [0], 'b verified unit 0 from the held copies');
+      t.is(b.stats.nacksSent, 0, 'without a NACK');
+      t.false('unknown-sender' in b.stats.drops, `nothing dropped as from an unknown sender (${JSON.stringify(b.stats.drops)})`);
+    } else t.true((b.stats.drops['unknown-sender'] ?? 0) >= Math.ceil(UNIT / FB) - 1, `dropped: ${JSON.stringify(b.stats.drops)}`);
+  });
+}
+
+test('the hold is bounded in datagrams and time, and counts what it drops', (t) => {
+  const h = new HeldDatagrams();
+  const drops: string[] = [];
+  const drop = (r: string) => drops.push(r);
+  const d = new Uint8Array(100);
+  let now = 0;
+  for (let i = 0; i < HOLD_MAX_DATAGRAMS; i++) t.true(h.hold(d, i % 2 ? 7 : null, undefined, now, drop));
+  t.false(h.hold(d, 7, undefined, now, drop), 'full');
+  t.true(h.has(7));
+  t.is(h.take(7, now, drop).length, HOLD_MAX_DATAGRAMS / 2, "sender 7's");
+  t.false(h.has(7));
+  now += HOLD_MAX_MS / 2;
+  t.true(h.hold(d, 8, undefined, now, drop));
+  now += HOLD_MAX_MS / 2 + 1;
+  t.is(h.take(null, now, drop).length, 1, 'only the one held within HOLD_MAX_MS');
+  t.is(drops.filter((x) => x === 'pre-key-expired').length, HOLD_MAX_DATAGRAMS / 2);
+  t.deepEqual(drops.filter((x) => x !== 'pre-key-expired'), []);
+  const big = new Uint8Array(HOLD_MAX_BYTES / 2);
+  t.true(h.hold(big, 9, undefined, now, drop) && h.hold(big, 9, undefined, now, drop));
+  t.false(h.hold(new Uint8Array(1), 9, undefined, now, drop), 'bytes bound');
+  now += HOLD_MAX_MS + 1;
+  t.false(h.has(10));
+  h.hold(d, 10, undefined, now, drop);
+  t.is(drops.filter((x) => x === 'unknown-sender').length, 2, "sender 9's copies expired as unknown-sender");
+  t.false(h.has(9));
 });

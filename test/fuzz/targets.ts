@@ -27,6 +27,8 @@ import { StreamAllocation } from '../../src/server/stream-alloc';
 import { BatchPacket, decodeBatchPacket, encodeBatchPacket } from '../../src/wire/stream-packet';
 import { BatchFollower, FollowerHost } from '../../src/agent/stream-follow';
 import { PeerTable } from '../../src/agent/core/peers';
+import { LanCore } from '../../src/agent/core/lan-core';
+import { HeldDatagrams, HOLD_MAX_DATAGRAMS } from '../../src/agent/core/held-datagrams';
 import { sealControl } from '../../src/wire/auth';
 import { silentLogger } from '../../src/util/log';
 import { AUTH_TRAILER_BYTES, decodePacket, encodeAnnounce, encodeData, encodeFeedback, encodeNack, PacketType } from '../../src/wire/packet';
@@ -129,6 +131,43 @@ const packet: Target = {
     // Control packets carry an authentication trailer the codec frames but does not make.
     if (p.type !== PacketType.DATA) again.set(input.subarray(input.length - AUTH_TRAILER_BYTES), again.length - AUTH_TRAILER_BYTES);
     if (Buffer.compare(Buffer.from(again), Buffer.from(input)) !== 0) throw new Error('accepted packet does not round-trip');
+  },
+};
+
+/**
+ * The LAN core fed arbitrary datagrams: one core before its group key (it holds
+ * everything), one with it (copies from senders not heard are held). Never throws, and
+ * the hold stays within its bounds. Seeds: a sender's sealed ANNOUNCE and NACK and its
+ * copies, so that mutations reach the MAC, replay and hold paths.
+ */
+const lanKey = Buffer.alloc(32, 9);
+let lanNow = 1_000_000;
+const lanManifest = { idBytes: rid, size: 3 * 4096 - 10, unitSize: 4096, unitCount: 3, units: ['a'.repeat(64), 'b'.repeat(64), 'c'.repeat(64)] };
+const lanCore = (keyed: boolean) => {
+  const c = new LanCore({ manifest: lanManifest, member: 'f', group: 'g', senderId: 77, fragmentBytes: 1024, have: new Uint8Array(1), rateBytesPerSec: 1e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(3), holdUnheard: true }, lanNow);
+  if (keyed) c.setSplitMap({ members: [{ id: 'f', verifiedUnits: 0, complete: false, address: '10.0.0.1' }], holders: [-1, -1, -1], groupComplete: false, groupKey: lanKey.toString('base64') }, lanNow);
+  return c;
+};
+const lanCores = [lanCore(false), lanCore(true)];
+const lanDatagram: Target = {
+  name: 'lan-datagram',
+  seeds: [
+    encodeData({ sender: 3, releaseId: rid, repair: false, unit: 1, fragment: 0, fragmentCount: 4, fragmentBytes: 1024, payload: new Uint8Array(1024).fill(1) }),
+    encodeData({ sender: 3, releaseId: rid, repair: true, unit: 2, fragment: 3, fragmentCount: 4, fragmentBytes: 1024, payload: new Uint8Array(4096 - 10 - 3 * 1024) }),
+    sealControl(encodeAnnounce({ sender: 3, releaseId: rid, firstUnit: 0, unitCount: 3, complete: false, have: new Uint8Array([0xe0]) }), lanKey, 1n << 40n),
+    sealControl(encodeNack({ sender: 4, releaseId: rid, unit: 1, fragmentCount: 4, fragmentBytes: 1024, missing: new Uint8Array([0xf0]) }), lanKey, 1n << 41n),
+  ],
+  ciShare: 0.5,
+  run(input) {
+    lanNow += 3; // holds expire as cases go by
+    for (const c of lanCores) {
+      c.handleDatagram(input, lanNow);
+      for (let tr = c.pollTransmit(lanNow); tr; tr = c.pollTransmit(lanNow)) c.transmitted(tr, tr.datagrams.length, lanNow);
+      for (let e = c.pollEvent(); e; e = c.pollEvent());
+      if ((c.pollTimeout() ?? Infinity) <= lanNow) c.handleTimeout(lanNow);
+      const held = (c as unknown as { held: HeldDatagrams }).held;
+      if (held.size > HOLD_MAX_DATAGRAMS) throw new Error(`${held.size} datagrams held`);
+    }
   },
 };
 
@@ -560,7 +599,7 @@ const mapAnswer: Target = {
   },
 };
 
-export const TARGETS: Target[] = [keyedBody, rolloutRoute, mapAnswer, packet, batchPacket, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
+export const TARGETS: Target[] = [keyedBody, rolloutRoute, mapAnswer, packet, lanDatagram, batchPacket, manifest, streamBatch, streamControl, httpBodies, rangeHeader, identitiesFile, bitmapFile, bitmapJournal, config, channelHead, distributionFile, igmp, fleetFile, rolloutFile, rolloutPoll, rolloutBodies];
 
 /** Run `cases` inputs through a target; returns the number run. Throws with the replay seed on failure. */
 export function fuzz(t: Target, cases: number, seed: number): number {

@@ -16,14 +16,14 @@
 import type { Logger } from '../../util/log';
 import { silentLogger } from '../../util/log';
 import { bytesEqual } from '../../util/bits';
-import { bitmapBytes, decodePacket, encodeAnnounce, encodeNack, fragmentCountFor, fragmentPayloadBytes, getBit, PacketType, peekSender, setBit } from '../../wire/packet';
-import type { AnnouncePacket } from '../../wire/packet';
+import { type AnnouncePacket, bitmapBytes, decodePacket, encodeAnnounce, encodeNack, fragmentCountFor, fragmentPayloadBytes, getBit, PacketType, peekSender, setBit } from '../../wire/packet';
 import { NackScheduler } from '../nack-scheduler';
 import { RepairScheduler } from '../repair-scheduler';
 import { Assembler } from './assembler';
 import { CopyTreeView } from './copy-tree-view';
 import { AGENT_DEFAULTS } from './defaults';
-import { firstAnnounceLacks, PeerTable, PreKeyHold } from './peers';
+import { HeldDatagrams } from './held-datagrams';
+import { firstAnnounceLacks, PeerTable } from './peers';
 import { RepairTrace } from './repair-trace';
 import { RepairFlow, emptyStats, drop } from './repair-flow';
 import { SendEngine, withoutQueued } from './send-engine';
@@ -54,7 +54,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
   private announceEveryMs = 0;
   private announceSoonAt: number | null = null;
-  private readonly preKey = new PreKeyHold();
+  private readonly held = new HeldDatagrams();
   private stallAt: number | null = null;
   /** Each step of a unit's repair rounds, as receiver and repairer, once its sink is set (stream bench). */
   readonly repairTrace: RepairTrace;
@@ -69,8 +69,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       copiesLeft: (_unit, t) => this.announceSoon(t),
       repairSent: (unit, fragment, fc, t) => this.repairs.sawFragment(unit, fragment, fc, t),
     });
-    this.repairTrace = new RepairTrace(this.asm);
-    const trace = this.repairTrace.event;
+    const trace = (this.repairTrace = new RepairTrace(this.asm)).event;
     this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, minHoldoffMs: AGENT_DEFAULTS.nackHoldoffMinMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random, trace, ...(cfg.nackEchoMs ? { echoMs: cfg.nackEchoMs } : {}) });
     this.repairs = new RepairScheduler({ aggregateMs: AGENT_DEFAULTS.repairAggregateMs, backoffMs: AGENT_DEFAULTS.repairBackoffMs, dedupMs: AGENT_DEFAULTS.repairDedupMs, random: cfg.random, trace });
     this.completeIfAll();
@@ -82,13 +81,15 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip it before decoding.
     if (peekSender(buf) === this.cfg.senderId) return;
     // Before the first map's group key nothing can be taken: kept until it comes (a peer's lost announce cost announceMs of its copies).
-    if (!this.peers.groupKey) return void (this.preKey.hold(buf, via, now) || this.drop('pre-key-full'));
+    if (!this.peers.groupKey) return void (this.held.hold(buf, null, via, now, (r) => this.drop(r)) || this.drop('pre-key-full'));
     const r = decodePacket(buf);
     if (!r.ok) return this.drop(r.reason);
     const p = r.packet;
     if (!bytesEqual(p.releaseId, this.m.idBytes)) return this.drop('other-release');
     const peer = this.peers.admit(p, now);
-    if (typeof peer === 'string') return this.drop(peer);
+    if (typeof peer === 'string') return void ((peer === 'unknown-sender' && this.cfg.holdUnheard && this.held.hold(buf, p.sender, via, now, (r) => this.drop(r))) || this.drop(peer));
+    // A control packet from a sender whose copies are held (held-datagrams.ts): those first.
+    if (p.type !== PacketType.DATA && this.held.has(p.sender)) for (const d of this.held.take(p.sender, now, (r) => this.drop(r))) this.handleDatagram(d.buf, now, d.via);
     if (via) this.crossGroup.heard(via, now);
     switch (p.type) {
       case PacketType.DATA: {
@@ -210,7 +211,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     }
     this.ensureTicking(now); // a new role or copy destinations may need the tick again
     this.events.push({ type: 'wake' });
-    if (this.peers.groupKey) for (const d of this.preKey.take(now, (r) => this.drop(r))) this.handleDatagram(d.buf, now, d.via);
+    if (this.peers.groupKey) for (const d of this.held.take(null, now, (r) => this.drop(r))) this.handleDatagram(d.buf, now, d.via);
   }
 
   /** New copy destinations (and gateways we forward to): announce ourselves to them first, so they accept our copies; a moved gateway's queued copies follow it. */

@@ -2,7 +2,6 @@ import { verifyControl } from '../../wire/auth';
 import type { AnnouncePacket, ControlAuth, Packet } from '../../wire/packet';
 import { getBit, PacketType } from '../../wire/packet';
 import { AGENT_DEFAULTS } from './defaults';
-import type { Endpoint } from './types';
 
 export interface Peer {
   lastSeen: number;
@@ -114,46 +113,3 @@ export class PeerTable {
   }
 }
 
-/** Datagrams kept before the group key, at most: past it the newest are dropped (`pre-key-full`). */
-export const PRE_KEY_MAX_DATAGRAMS = 512;
-export const PRE_KEY_MAX_BYTES = 1024 * 1024;
-/** A datagram kept longer than this before the key came is dropped then (`pre-key-expired`). */
-export const PRE_KEY_MAX_MS = 1000;
-
-/**
- * What the LAN brings before the first split map gives the group key. The LAN socket is
- * open before the join answer: a peer's ANNOUNCE then could not be verified and was
- * dropped, and with it every copy from that peer (DATA is taken only from peers heard)
- * until its next control packet, up to announceMs later: 35-104 fragments per run of the
- * sites bench at 3% loss, each a NACK round. Kept here, bounded in datagrams, bytes and
- * time, and handled in arrival order once the key is there (MAC, replay window and unit
- * hashes decide as for any other datagram).
- */
-export class PreKeyHold {
-  private held: { buf: Uint8Array; via: Endpoint | undefined; at: number }[] = [];
-  private bytes = 0;
-  readonly counts = { held: 0, replayed: 0, full: 0, expired: 0 };
-
-  /** Keep a copy of `buf`; false when the bounds are reached. */
-  hold(buf: Uint8Array, via: Endpoint | undefined, now: number): boolean {
-    if (this.held.length >= PRE_KEY_MAX_DATAGRAMS || this.bytes + buf.length > PRE_KEY_MAX_BYTES) {
-      this.counts.full++;
-      return false;
-    }
-    this.held.push({ buf: Uint8Array.from(buf), via, at: now });
-    this.bytes += buf.length;
-    this.counts.held++;
-    return true;
-  }
-
-  /** Everything kept, oldest first, but what waited past PRE_KEY_MAX_MS (`drop` is told each); empties the hold. */
-  take(now: number, drop: (reason: string) => void): { buf: Uint8Array; via: Endpoint | undefined }[] {
-    const out = this.held.filter((d) => now - d.at <= PRE_KEY_MAX_MS);
-    for (let i = out.length; i < this.held.length; i++) drop('pre-key-expired');
-    this.counts.expired += this.held.length - out.length;
-    this.counts.replayed += out.length;
-    this.held = [];
-    this.bytes = 0;
-    return out;
-  }
-}
