@@ -421,3 +421,80 @@ test('the hold is bounded in datagrams and time, and counts what it drops', (t) 
   t.is(drops.filter((x) => x === 'unknown-sender').length, 2, "sender 9's copies expired as unknown-sender");
   t.false(h.has(9));
 });
+
+test("a gateway learnt of after a unit was fetched gets that unit's copies if it is recent; a moved gateway does not", (t) => {
+  // h (site g1) fetches units 0 and 1 before site g0 has a gateway (copyTo empty); unit 0 long ago. When g0's gateway g
+  // appears in h's copy destinations, h copies unit 1 to it: g verifies it with no NACK. Then g0's gateway moves to
+  // another endpoint: nothing is copied again.
+  const r = release(2);
+  const key = randomBytes(32).toString('base64');
+  const g = { member: 'g', address: '10.0.0.1', port: 4000, group: 'g0' };
+  const map: CoreSplitMap = {
+    members: [
+      { id: 'g', verifiedUnits: 0, complete: false, address: g.address, dataPort: g.port, group: 'g0', role: 'gateway' },
+      { id: 'h', verifiedUnits: 2, complete: false, address: '10.0.1.1', dataPort: 5000, group: 'g1', role: 'gateway' },
+    ],
+    holders: [1, 1],
+    groupComplete: false,
+    groupKey: key,
+  };
+  let now = 1_000_000;
+  const mk = (member: string, group: string, senderId: number) =>
+    new LanCore({ manifest: r.manifest, member, group, wideGroup: 'w', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 20e6, controlSeqStart: 1n, random: prng(11) }, now);
+  const gc = mk('g', 'g0', 1);
+  const h = mk('h', 'g1', 2);
+  gc.setSplitMap(map, now);
+  h.setSplitMap(map, now);
+  const fetch = (u: number) => {
+    h.leaseGranted({ units: [u], copyTo: [] }, now);
+    const bytes = r.bytes.subarray(u * UNIT, Math.min(r.bytes.length, (u + 1) * UNIT));
+    const buf = h.takeBuffer(bytes.length);
+    buf.set(bytes);
+    h.fetchStarted(u, now);
+    h.fetchProgress(u, buf, bytes.length, now);
+    h.fetchEnded(u, now);
+    h.unitFetched(u, buf, now);
+  };
+  const toG: { unit: number; repair: boolean }[] = [];
+  const stored: number[] = [];
+  const run = (ms: number) => {
+    for (let i = 0; i < ms; i++) {
+      for (let tr = h.pollTransmit(now); tr; tr = h.pollTransmit(now)) {
+        h.transmitted(tr, tr.datagrams.length, now);
+        if (tr.to === null) continue;
+        for (const d of tr.datagrams) {
+          const p = decodePacket(d);
+          if (p.ok && p.packet.type === PacketType.DATA) toG.push({ unit: p.packet.unit, repair: p.packet.repair });
+          gc.handleDatagram(Uint8Array.from(d), now, { address: '10.0.1.1', port: 5000 });
+        }
+      }
+      for (let tr = gc.pollTransmit(now); tr; tr = gc.pollTransmit(now)) gc.transmitted(tr, tr.datagrams.length, now);
+      for (const c of [gc, h])
+        for (let e = c.pollEvent(); e; e = c.pollEvent()) {
+          if (e.type === 'read') c.unitRead(e.unit, Buffer.from(r.bytes.subarray(e.unit * UNIT, Math.min(r.bytes.length, (e.unit + 1) * UNIT))), now);
+          else if (e.type === 'store') {
+            c.unitStored(e.unit, now);
+            if (c === gc) stored.push(e.unit);
+          }
+        }
+      now += 1;
+      for (const c of [gc, h]) if ((c.pollTimeout() ?? Infinity) <= now) c.handleTimeout(now);
+    }
+  };
+  fetch(0);
+  run(50);
+  now += AGENT_DEFAULTS.recentCopyMs;
+  fetch(1);
+  run(20);
+  t.deepEqual(toG, [], 'no copies while h knows no gateway of g0');
+  h.leaseGranted({ units: [], copyTo: [g] }, now);
+  run(30);
+  t.true(toG.length > 0 && toG.every((x) => x.unit === 1 && !x.repair), `h copied unit 1 (recent) to g, not unit 0: ${JSON.stringify([...new Set(toG.map((x) => x.unit))])}`);
+  t.deepEqual(stored, [1], 'g verified unit 1 from those copies');
+  t.is(gc.stats.nacksSent, 0, 'without a NACK');
+  t.is(h.stats.recentCopies, 1);
+  const before = toG.length;
+  h.leaseGranted({ units: [], copyTo: [{ ...g, address: '10.0.0.9' }] }, now);
+  run(30);
+  t.is(toG.filter((x) => !x.repair).length, before, 'a moved gateway of a group that had one: nothing copied again');
+});

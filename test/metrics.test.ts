@@ -170,6 +170,9 @@ test("a stream agent's metrics parse with the Prometheus client, and carry its N
   // The echo count is the core's NACK scheduler's (test/stream-ahead drives a real echo).
   (core as unknown as { nacks: { echoed: number } }).nacks.echoed = 3;
   const stats = { ...newAgentStats(), nacksSent: 11, transport: 'dgram' };
+  // Copies held from a sender not heard yet (held-datagrams.ts; test/lan-core drives real ones), and drops.
+  (core as unknown as { held: { counts: { held: number; replayed: number } } }).held.counts.held = 5;
+  stats.drops['unknown-sender'] = 4;
   const agent = {
     delivery: { latenciesMs: [12, 30, 95], next: 42, sink: { kind: 'file', bytes: 42 * 65536 }, pendingBytes: () => 65536, bufferMax: 1 << 26, gaps: 1, gapUnits: 2 },
     lastAnswer: { nextUnit: 44, firstUnit: 0, ended: false, members: [] },
@@ -189,4 +192,9 @@ test("a stream agent's metrics parse with the Prometheus client, and carry its N
   t.is(value('fleetcast_stream_next_unit'), 42);
   t.is(value('fleetcast_stream_gap_units_total'), 2);
   t.is(streamStatus(agent).stream?.nackEchoes, 3, 'and the status JSON has it');
+  const sample = (name: string, labels: Record<string, string>) => families.flatMap((f) => f.samples).find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
+  t.is(sample('fleetcast_stream_held_datagrams_total', { outcome: 'held' }), 5);
+  t.is(sample('fleetcast_stream_held_datagrams_total', { outcome: 'handled' }), 0);
+  t.is(sample('fleetcast_stream_drops_total', { reason: 'unknown-sender' }), 4);
+  t.is(families.find((f) => f.name === 'fleetcast_stream_drops')?.type, 'counter');
 });

@@ -199,6 +199,7 @@ test('agent --stream from the command line: sinks -, unix:PATH and exec:CMD get 
   t.is(st.code, 0, st.stderr);
   t.regex(st.stdout, /stream {3}tv: next unit \d+ of \d+ published/);
   t.regex(st.stdout, /latency {2}publish to delivery p50 \d+ ms/);
+  t.regex(st.stdout, /repairs {2}\d+ NACKs sent \(\d+ echoes\); \d+ datagrams held before they could be taken, \d+ of them taken; dropped (none|[a-z-]+ \d+)/);
   await pub.end();
   await pub.close();
   for (const [name, p] of Object.entries({ std, unix, exec })) t.is(await p.exit, 0, `${name}: ${p.stderr()}`);

@@ -62,6 +62,10 @@ export function streamStatus(a: StreamAgent) {
           batches: a.follower ? { ...a.follower.counts, polling: !a.follower.passive } : null,
           /** LAN datagrams for units whose batch was not here yet (stream-ahead.ts): held, handled once it came, dropped. */
           ahead: a.core ? { ...a.core.aheadBuf.counts, bytes: a.core.aheadBuf.heldBytes } : null,
+          /** Datagrams from before the group key, and copies from a sender not heard yet (held-datagrams.ts): held, handled once they could be. */
+          held: a.core ? { ...a.core.held.counts } : null,
+          /** Datagrams dropped, by reason (what did not parse, verify or fit). */
+          drops: { ...a.stats.drops },
         }
       : null,
   };
@@ -109,6 +113,13 @@ export function streamMetrics(a: StreamAgent): string {
       ]);
       r.gauge('ahead_bytes', 'bytes of those copies held now', [[l, h.bytes]]);
     }
+    if (s.held) {
+      r.counter('held_datagrams_total', 'datagrams from before the group key and copies from a sender not heard yet: held, and handled once they could be (the rest are in drops_total)', [
+        [{ ...l, outcome: 'held' }, s.held.held],
+        [{ ...l, outcome: 'handled' }, s.held.replayed],
+      ]);
+    }
+    r.counter('drops_total', 'datagrams dropped, by reason', Object.entries(s.drops).map(([reason, n]) => [{ ...l, reason }, n]));
   }
   return r.text() + processMetrics('fleetcast');
 }

@@ -73,6 +73,8 @@ export const status: Command = {
       out(`stream   ${st.name}: next unit ${st.nextUnit} of ${st.publishedUnits ?? '?'} published${st.ended ? ' (ended)' : ''}, ${formatBytes(st.sinkBytes)} to the ${st.sinkKind} sink, ${formatBytes(st.bufferBytes)} buffered`);
       out(`latency  publish to delivery p50 ${ms(st.latencyMsP50)}, p99 ${ms(st.latencyMsP99)}; gaps ${st.gaps} (${st.gapUnits} units)`);
       const b = st.batches;
+      const drops = Object.entries(st.drops ?? {}).sort((x, y) => y[1] - x[1]);
+      out(`repairs  ${st.nacksSent ?? 0} NACKs sent (${st.nackEchoes ?? 0} echoes)${st.held ? `; ${st.held.held} datagrams held before they could be taken, ${st.held.replayed} of them taken` : ''}; dropped ${drops.length ? drops.map(([r, n]) => `${r} ${n}`).join(', ') : 'none'}`);
       if (b) out(`batches  ${b.fromServer} from the server, ${b.fromLan} from LAN peers, ${b.relayed} relayed${b.across ? `, ${b.across} sent to other sites` : ''}${b.forwarded ? `, ${b.forwarded} forwarded from other sites` : ''}; ${b.polling ? 'polling the server' : 'a LAN peer relays them'} (${b.fallbacks} fallbacks, ${b.refused} refused, ${b.limited} over the check budget)`);
     } else out('release  none yet');
     out(`rates    WAN ${rate(s.rates.wanBytesPerSec)}, LAN in ${rate(s.rates.lanBytesPerSec)}, sending ${rate(s.rates.sentBytesPerSec)} (limit ${s.rates.limitBytesPerSec ? rate(s.rates.limitBytesPerSec) : '?'})`);
@@ -126,7 +128,7 @@ interface StatusJson {
   transport: { kind: string; features: string[] } | null;
   hook: { release: string; exitCode?: number; signal?: string; error?: string; durationMs: number } | null;
   /** A stream agent (agent --stream): where its sink is, latency, gaps. */
-  stream?: { name: string; nextUnit: number; publishedUnits: number | null; ended: boolean; sinkKind: string; sinkBytes: number; bufferBytes: number; latencyMsP50: number | null; latencyMsP99: number | null; gaps: number; gapUnits: number; batches?: { fromServer: number; fromLan: number; relayed: number; across?: number; forwarded?: number; refused: number; fallbacks: number; limited: number; polling: boolean } | null } | null;
+  stream?: { name: string; nextUnit: number; publishedUnits: number | null; ended: boolean; sinkKind: string; sinkBytes: number; bufferBytes: number; latencyMsP50: number | null; latencyMsP99: number | null; gaps: number; gapUnits: number; nacksSent?: number; nackEchoes?: number; held?: { held: number; replayed: number } | null; drops?: Record<string, number>; batches?: { fromServer: number; fromLan: number; relayed: number; across?: number; forwarded?: number; refused: number; fallbacks: number; limited: number; polling: boolean } | null } | null;
   rollout?: { rollout: string; release: string; state: string; wave: number; waveOpen: boolean; local: string | null; reason: string | null } | null;
   lastErrors: { at: string; message: string }[];
 }

@@ -3,6 +3,7 @@ import type { AnnouncePacket } from '../../wire/packet';
 import type { Logger } from '../../util/log';
 import type { NackScheduler } from '../nack-scheduler';
 import type { Assembler } from './assembler';
+import { AGENT_DEFAULTS } from './defaults';
 import { queuedBits } from './send-engine';
 import type { SendEngine } from './send-engine';
 import type { CoreConfig, CoreEvent, CoreManifest, CoreStats, CopyDestination, Endpoint } from './types';
@@ -29,6 +30,8 @@ export abstract class CoreUnits {
   /** `all-fetched` start policy: false until every unit is held somewhere; copies wait. */
   protected lanStart = true;
   protected readonly deferred: number[] = [];
+  /** The units we fetched lately, oldest first, and when (copyRecent; at most recentCopyUnits). */
+  private readonly fetchedAt = new Map<number, number>();
   private deferredReading = false;
   /** Units some peer announced verified that we lack. */
   protected readonly availableMissing = new Set<number>();
@@ -165,6 +168,9 @@ export abstract class CoreUnits {
 
   unitFetched(unit: number, bytes: Buffer | null, now: number): void {
     this.accept(unit, bytes, 'wan', now);
+    this.fetchedAt.delete(unit);
+    this.fetchedAt.set(unit, now);
+    if (this.fetchedAt.size > AGENT_DEFAULTS.recentCopyUnits) this.fetchedAt.delete(this.fetchedAt.keys().next().value!);
     if (!this.lanStart) {
       this.deferred.push(unit);
       this.stats.unitsDeferred++;
@@ -318,6 +324,27 @@ export abstract class CoreUnits {
   private copyAll(unit: number, buf: Buffer, now: number): void {
     const fc = fragmentCountFor(buf.length, this.fb);
     for (let f = 0; f < fc; f++) this.copyFragment(unit, f, fc, fragmentSlice(buf, f, this.fb), !this.relayed.has(unit), now);
+  }
+
+  /**
+   * Copies of the units we fetched in the last recentCopyMs to gateways of LAN groups
+   * we had none for (`to`: one that joined, or whose first member came, after we copied
+   * them). They went to the groups known then, and the new one would ask for each whole
+   * unit by NACK once our announce named it: at a stream's start (its first unit fetched
+   * before the other site's members were up) that round and its repair's holdoff were
+   * 100-200 ms, and every unit behind it waited in that site's sinks.
+   */
+  protected copyRecent(to: CopyDestination[], now: number): void {
+    if (!to.length || !this.lanStart) return;
+    for (const [unit, at] of this.fetchedAt) {
+      if (now - at > AGENT_DEFAULTS.recentCopyMs || this.relayed.has(unit) || !this.has(unit)) continue;
+      this.withRepairBytes(unit, (buf) => {
+        const fc = fragmentCountFor(buf.length, this.fb);
+        for (const d of to) for (let f = 0; f < fc; f++) this.send.queueUnicast(unit, f, fc, fragmentSlice(buf, f, this.fb), false, d, now, this.copyTreeOrigin);
+        this.stats.recentCopies++;
+      });
+    }
+    this.ensureTicking(now);
   }
 
   /** A copy of one fragment: multicast on the LAN, and unicast to each other group's gateway to be re-multicast there. */

@@ -14,6 +14,12 @@ export const AGENT_DEFAULTS = {
    * more copies on (its uplink is behind); the sites below it NACK the units' holders.
    */
   treeForwardQueueMaxBytes: 4 * 1024 * 1024,
+  /**
+   * A LAN group's gateway that we learn of gets copies of the units we fetched this
+   * recently, at most the last recentCopyUnits of them (copyRecent in core-units.ts).
+   */
+  recentCopyMs: 1000,
+  recentCopyUnits: 16,
   burstBytes: 256 * 1024,
   fetchConcurrency: 2,
   tickMs: 5,

@@ -54,7 +54,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
   private announceEveryMs = 0;
   private announceSoonAt: number | null = null;
-  private readonly held = new HeldDatagrams();
+  readonly held = new HeldDatagrams();
   private stallAt: number | null = null;
   /** Each step of a unit's repair rounds, as receiver and repairer, once its sink is set (stream bench). */
   readonly repairTrace: RepairTrace;
@@ -218,12 +218,14 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   protected setCopyTo(dests: CopyDestination[], now: number, forwardTo: CopyDestination[] = []): void {
     const key = (d: Endpoint) => `${d.address}:${d.port}`;
     const before = new Set(this.announceTo.map(key));
+    const groups = new Set(this.copyTo.map((d) => d.group ?? key(d)));
     this.send.cross.retargetMoved(this.announceTo, [...dests, ...forwardTo], now);
     const to = new Map(dests.map((d) => [key(d), d]));
     for (const d of forwardTo) to.set(key(d), d);
     this.copyTo = dests;
     this.announceTo = [...to.values()];
     if (this.started && this.announceTo.some((d) => !before.has(key(d)))) this.announce(now);
+    this.copyRecent(dests.filter((d) => !groups.has(d.group ?? key(d))), now); // after the announce: it must know us first
   }
 
   leaseGranted(grant: CoreLeaseGrant, now: number, asked?: { units: number[]; reason: 'relayed' | 'stalled' }): void {
@@ -290,12 +292,6 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   }
   peersSeen(now: number) {
     return this.peers.seen(now);
-  }
-  /** Every other member of the group (per the map) announced it holds everything. */
-  lanPeersComplete(now: number): boolean {
-    const others = this.view.memberCount - 1;
-    if (others <= 0) return false; // alone, or no map: the server decides
-    return this.peers.completeCount(now) >= others;
   }
 
   // ---------------------------------------------------------------- timers

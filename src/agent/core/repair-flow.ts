@@ -232,6 +232,13 @@ export abstract class RepairFlow extends CoreUnits {
     }
   }
 
+  /** Every other member of the group (per the map) announced it holds everything. */
+  lanPeersComplete(now: number): boolean {
+    const others = this.view.memberCount - 1;
+    if (others <= 0) return false; // alone, or no map: the server decides
+    return this.peers.completeCount(now) >= others;
+  }
+
   /** MAC a control packet under the group key, with the next sequence number. */
   protected seal(packet: Uint8Array): Uint8Array {
     this.controlSeq++;
@@ -253,6 +260,7 @@ export function emptyStats(): CoreStats {
     crossGroupBytesSent: 0,
     crossGroupBytes: 0,
     fragmentsForwarded: 0,
+    recentCopies: 0,
     unitsDeferred: 0,
     unitsFromWan: 0,
     unitsFromLan: 0,

@@ -129,6 +129,8 @@ export interface CoreStats {
   crossGroupBytes: number;
   /** Fragments this gateway re-multicast on its LAN. */
   fragmentsForwarded: number;
+  /** Units copied to another LAN group's gateway learnt of after they were fetched (copyRecent). */
+  recentCopies: number;
   /** `all-fetched`: units fetched while the LAN exchange waited, copied once it started. */
   unitsDeferred: number;
   unitsFromWan: number;
