@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { AGENT_DEFAULTS } from '../src/agent/core/defaults';
 import { LanCore } from '../src/agent/core/lan-core';
 import { HeldDatagrams, HOLD_MAX_BYTES, HOLD_MAX_DATAGRAMS, HOLD_MAX_MS } from '../src/agent/core/held-datagrams';
-import type { CoreSplitMap } from '../src/agent/core/types';
+import type { CopyDestination, CoreConfig, CoreSplitMap } from '../src/agent/core/types';
 import { bitmapBytes, setBit } from '../src/util/bits';
 import { decodePacket, PacketType } from '../src/wire/packet';
 
@@ -32,6 +32,44 @@ function prng(seed: number): () => number {
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** Members a and b of one LAN group under a fresh group key, and a release of `units` units for them. */
+function pairOf(units: number) {
+  const r = release(units);
+  const map: CoreSplitMap = {
+    members: [
+      { id: 'a', verifiedUnits: 0, complete: false, address: '10.0.0.1' },
+      { id: 'b', verifiedUnits: 0, complete: false, address: '10.0.0.2' },
+    ],
+    holders: Array(units).fill(-1),
+    groupComplete: false,
+    groupKey: randomBytes(32).toString('base64'),
+  };
+  const mk = (member: string, senderId: number, now: number, extra: Partial<CoreConfig> = {}) =>
+    new LanCore({ manifest: r.manifest, member, group: 'g', senderId, fragmentBytes: FB, have: new Uint8Array(bitmapBytes(units)), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(senderId + 4), ...extra }, now);
+  return { r, map, mk };
+}
+
+/** A wide-area group's two gateways, g of LAN group g0 and h of g1, each given `map`. */
+function sitesOf(r: ReturnType<typeof release>, map: CoreSplitMap, now: number, seed: number, crossRateBytesPerSec: number): [LanCore, LanCore] {
+  const mk = (member: string, group: string, senderId: number) =>
+    new LanCore({ manifest: r.manifest, member, group, wideGroup: 'w', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec, controlSeqStart: 1n, random: prng(seed) }, now);
+  const cores: [LanCore, LanCore] = [mk('g', 'g0', 1), mk('h', 'g1', 2)];
+  for (const c of cores) c.setSplitMap(map, now);
+  return cores;
+}
+
+/** Unit u leased to `c` and downloaded, as the driver reports a download. */
+function fetchUnit(c: LanCore, bytes: Buffer, u: number, now: number, copyTo?: CopyDestination[]): void {
+  c.leaseGranted({ units: [u], ...(copyTo ? { copyTo } : {}) }, now);
+  const unit = bytes.subarray(u * UNIT, Math.min(bytes.length, (u + 1) * UNIT));
+  const buf = c.takeBuffer(unit.length);
+  buf.set(unit);
+  c.fetchStarted(u, now);
+  c.fetchProgress(u, buf, unit.length, now);
+  c.fetchEnded(u, now);
+  c.unitFetched(u, buf, now);
 }
 
 test('two cores over an in-memory LAN with 10% loss: the missing member completes, and neither ever asks for a timeout in the past', (t) => {
@@ -150,19 +188,8 @@ test("a gateway whose map names no holder NACKs the copies' source only at an en
   };
   for (const [source, nacked] of [[hEnd, true], [{ address: '10.9.9.9', port: 1 }, false]] as const) {
     let now = 1_000_000;
-    const mk = (member: string, group: string, senderId: number) =>
-      new LanCore({ manifest: r.manifest, member, group, wideGroup: 'w', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(7) }, now);
-    const g = mk('g', 'g0', 1);
-    const h = mk('h', 'g1', 2);
-    g.setSplitMap(map, now);
-    h.setSplitMap(map, now);
-    h.leaseGranted({ units: [0], copyTo: [{ member: 'g', address: '10.0.0.1', port: 4000 }] }, now);
-    const buf = h.takeBuffer(r.bytes.length);
-    buf.set(r.bytes);
-    h.fetchStarted(0, now);
-    h.fetchProgress(0, buf, r.bytes.length, now);
-    h.fetchEnded(0, now);
-    h.unitFetched(0, buf, now);
+    const [g, h] = sitesOf(r, map, now, 7, 1e6);
+    fetchUnit(h, r.bytes, 0, now, [{ member: 'g', address: '10.0.0.1', port: 4000 }]);
     const nacksTo: string[] = [];
     for (let step = 0; step < 200 && !g.holdsAll; step++) {
       for (let tr = h.pollTransmit(now); tr; tr = h.pollTransmit(now)) {
@@ -278,30 +305,12 @@ test("a member that hears a newcomer's first ANNOUNCE, lacking units it holds, a
 test('datagrams that come before the group key are kept, bounded, and taken once the first map brings it', (t) => {
   // b's LAN socket is open before its join answer: a's ANNOUNCE and copies reach it first. They were dropped
   // (no-key, then unknown-sender for every copy until a's next announce); now b takes them when its map comes.
-  const r = release(2);
-  const map: CoreSplitMap = {
-    members: [
-      { id: 'a', verifiedUnits: 0, complete: false, address: '10.0.0.1' },
-      { id: 'b', verifiedUnits: 0, complete: false, address: '10.0.0.2' },
-    ],
-    holders: [-1, -1],
-    groupComplete: false,
-    groupKey: randomBytes(32).toString('base64'),
-  };
   let now = 1_000_000;
-  const mk = (member: string, senderId: number) =>
-    new LanCore({ manifest: r.manifest, member, group: 'g', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(5) }, now);
-  const a = mk('a', 1);
-  const b = mk('b', 2);
+  const { r, map, mk } = pairOf(2);
+  const a = mk('a', 1, now);
+  const b = mk('b', 2, now);
   a.setSplitMap(map, now);
-  a.leaseGranted({ units: [0] }, now);
-  const unit0 = r.bytes.subarray(0, UNIT);
-  const buf = a.takeBuffer(unit0.length);
-  buf.set(unit0);
-  a.fetchStarted(0, now);
-  a.fetchProgress(0, buf, unit0.length, now);
-  a.fetchEnded(0, now);
-  a.unitFetched(0, buf, now);
+  fetchUnit(a, r.bytes, 0, now);
   const lan: Uint8Array[] = [];
   for (let i = 0; i < 50; i++) {
     for (let tr = a.pollTransmit(now); tr; tr = a.pollTransmit(now)) {
@@ -326,7 +335,7 @@ test('datagrams that come before the group key are kept, bounded, and taken once
   t.false('unknown-sender' in b.stats.drops, 'no copy dropped as from an unknown sender');
 
   // Bounds: past HOLD_MAX_DATAGRAMS the rest are dropped (counted); what waited past HOLD_MAX_MS is dropped when the key comes.
-  const c = mk('c', 3);
+  const c = mk('c', 3, now);
   for (let i = 0; i < HOLD_MAX_DATAGRAMS + 10; i++) c.handleDatagram(lan[i % lan.length], now);
   t.is(c.stats.drops['pre-key-full'], 10);
   c.setSplitMap(map, now + HOLD_MAX_MS + 1);
@@ -338,33 +347,15 @@ for (const holdUnheard of [true, false]) {
   test(`copies from a peer not heard yet are ${holdUnheard ? 'held until its next control packet, then taken: no NACK round (holdUnheard, streams)' : 'dropped without holdUnheard (releases)'}`, (t) => {
     // a's first ANNOUNCE is lost to b, which has its key: a's copies of unit 0 were dropped as unknown-sender and b
     // NACKed the whole unit after a's next announce. With holdUnheard they are held and taken when that announce comes.
-    const r = release(2);
-    const map: CoreSplitMap = {
-      members: [
-        { id: 'a', verifiedUnits: 0, complete: false, address: '10.0.0.1' },
-        { id: 'b', verifiedUnits: 0, complete: false, address: '10.0.0.2' },
-      ],
-      holders: [-1, -1],
-      groupComplete: false,
-      groupKey: randomBytes(32).toString('base64'),
-    };
     let now = 1_000_000;
-    const mk = (member: string, senderId: number) =>
-      new LanCore({ manifest: r.manifest, member, group: 'g', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 1e6, controlSeqStart: 1n, random: prng(9), holdUnheard }, now);
-    const a = mk('a', 1);
-    const b = mk('b', 2);
+    const { r, map, mk } = pairOf(2);
+    const a = mk('a', 1, now);
+    const b = mk('b', 2, now, { holdUnheard });
     b.setSplitMap(map, now);
     for (let tr = b.pollTransmit(now); tr; tr = b.pollTransmit(now)) b.transmitted(tr, tr.datagrams.length, now); // b's announce: a need not hear it
     a.setSplitMap(map, now);
     let firstAnnounceLost = false;
-    a.leaseGranted({ units: [0] }, now);
-    const unit0 = r.bytes.subarray(0, UNIT);
-    const buf = a.takeBuffer(unit0.length);
-    buf.set(unit0);
-    a.fetchStarted(0, now);
-    a.fetchProgress(0, buf, unit0.length, now);
-    a.fetchEnded(0, now);
-    a.unitFetched(0, buf, now);
+    fetchUnit(a, r.bytes, 0, now);
     const stored: number[] = [];
     let copies = 0;
     for (let i = 0; i < 60 && !stored.length; i++) {
@@ -439,22 +430,8 @@ test("a gateway learnt of after a unit was fetched gets that unit's copies if it
     groupKey: key,
   };
   let now = 1_000_000;
-  const mk = (member: string, group: string, senderId: number) =>
-    new LanCore({ manifest: r.manifest, member, group, wideGroup: 'w', senderId, fragmentBytes: FB, have: new Uint8Array(1), rateBytesPerSec: 20e6, crossRateBytesPerSec: 20e6, controlSeqStart: 1n, random: prng(11) }, now);
-  const gc = mk('g', 'g0', 1);
-  const h = mk('h', 'g1', 2);
-  gc.setSplitMap(map, now);
-  h.setSplitMap(map, now);
-  const fetch = (u: number) => {
-    h.leaseGranted({ units: [u], copyTo: [] }, now);
-    const bytes = r.bytes.subarray(u * UNIT, Math.min(r.bytes.length, (u + 1) * UNIT));
-    const buf = h.takeBuffer(bytes.length);
-    buf.set(bytes);
-    h.fetchStarted(u, now);
-    h.fetchProgress(u, buf, bytes.length, now);
-    h.fetchEnded(u, now);
-    h.unitFetched(u, buf, now);
-  };
+  const [gc, h] = sitesOf(r, map, now, 11, 20e6);
+  const fetch = (u: number) => fetchUnit(h, r.bytes, u, now, []);
   const toG: { unit: number; repair: boolean }[] = [];
   const stored: number[] = [];
   const run = (ms: number) => {
