@@ -34,6 +34,7 @@ export class HeldDatagrams {
   private bytes = 0;
   /** Sender -> datagrams of it held. */
   private readonly senders = new Map<number, number>();
+  /** Datagrams held (one held before the key and again as a copy of a sender not heard counts twice), and taken back. */
   readonly counts = { held: 0, replayed: 0 };
 
   /** Hold a copy of `buf`; false when the bounds are reached (the caller drops it). */
@@ -57,13 +58,17 @@ export class HeldDatagrams {
     return this.senders.has(sender);
   }
 
-  /** The datagrams held of `sender` (null: every one), oldest first, taken out of the hold. */
+  /**
+   * The datagrams held of `sender`, or (null) those held before the group key, oldest
+   * first, taken out of the hold. (Not the copies of senders not heard: taken again at
+   * every map, each would come back held anew and never reach HOLD_MAX_MS.)
+   */
   take(sender: number | null, now: number, drop: (reason: string) => void): { buf: Uint8Array; via: Endpoint | undefined }[] {
     this.expire(now, drop);
     if (!this.held.length) return [];
     const out: Held[] = [];
     const keep: Held[] = [];
-    for (const d of this.held) (sender === null || d.sender === sender ? out : keep).push(d);
+    for (const d of this.held) (d.sender === sender ? out : keep).push(d);
     this.held = keep;
     for (const d of out) this.forget(d);
     this.counts.replayed += out.length;

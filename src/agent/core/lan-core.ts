@@ -225,7 +225,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     this.copyTo = dests;
     this.announceTo = [...to.values()];
     if (this.started && this.announceTo.some((d) => !before.has(key(d)))) this.announce(now);
-    this.copyRecent(dests.filter((d) => !groups.has(d.group ?? key(d))), now); // after the announce: it must know us first
+    if (!this.tree) this.copyRecent(dests.filter((d) => !groups.has(d.group ?? key(d))), now); // after the announce: it must know us first
   }
 
   leaseGranted(grant: CoreLeaseGrant, now: number, asked?: { units: number[]; reason: 'relayed' | 'stalled' }): void {

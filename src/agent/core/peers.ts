@@ -112,4 +112,3 @@ export class PeerTable {
       .map(([id, p]) => ({ sender: id.toString(16).padStart(8, '0'), lastSeenMsAgo: now - p.lastSeen, complete: p.complete }));
   }
 }
-
