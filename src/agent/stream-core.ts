@@ -79,7 +79,7 @@ export class StreamCore extends LanCore {
     readonly window: StreamWindow,
     now: number,
   ) {
-    super({ nackEchoMs: AGENT_DEFAULTS.streamNackEchoMs, holdUnheard: true, ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
+    super({ nackEchoMs: AGENT_DEFAULTS.streamNackEchoMs, holdUnheard: true, recentCopies: true, ...cfg, manifest: window, have: new Uint8Array(0), unitCapacity: STREAM_UNIT_CAPACITY }, now);
   }
 
   /** NACKs this member echoed (NackScheduler echoMs): each was a NACK that had brought nothing in its echo delay. */

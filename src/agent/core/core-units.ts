@@ -335,9 +335,11 @@ export abstract class CoreUnits {
    * 100-200 ms, and every unit behind it waited in that site's sinks.
    */
   protected copyRecent(to: CopyDestination[], now: number): void {
-    if (!to.length || !this.lanStart) return;
+    if (!to.length || !this.lanStart || !this.cfg.recentCopies) return;
+    let bytes = 0; // oldest first, up to recentCopyMaxBytes
     for (const [unit, at] of this.fetchedAt) {
       if (now - at > AGENT_DEFAULTS.recentCopyMs || this.relayed.has(unit) || !this.has(unit)) continue;
+      if ((bytes += this.unitBytes(unit)) > AGENT_DEFAULTS.recentCopyMaxBytes) break;
       this.withRepairBytes(unit, (buf) => {
         const fc = fragmentCountFor(buf.length, this.fb);
         for (const d of to) for (let f = 0; f < fc; f++) this.send.queueUnicast(unit, f, fc, fragmentSlice(buf, f, this.fb), false, d, now, this.copyTreeOrigin);

@@ -15,11 +15,14 @@ export const AGENT_DEFAULTS = {
    */
   treeForwardQueueMaxBytes: 4 * 1024 * 1024,
   /**
-   * A LAN group's gateway that we learn of gets copies of the units we fetched this
-   * recently, at most the last recentCopyUnits of them (copyRecent in core-units.ts).
+   * A stream member copies to a LAN group's gateway that it learns of the units it fetched
+   * this recently, of its last recentCopyUnits, oldest first, up to recentCopyMaxBytes
+   * (copyRecent in core-units.ts; the bytes as the cross queue's lease pause, so a burst
+   * of them cannot pause downloads).
    */
   recentCopyMs: 1000,
   recentCopyUnits: 16,
+  recentCopyMaxBytes: 256 * 1024,
   burstBytes: 256 * 1024,
   fetchConcurrency: 2,
   tickMs: 5,

@@ -109,6 +109,14 @@ export interface CoreConfig {
    * latency to win.
    */
   holdUnheard?: boolean;
+  /**
+   * Copy the units fetched lately to a LAN group's gateway learnt of after them
+   * (copyRecent in core-units.ts; streams). Default off: a release's units are large,
+   * and a burst of them on a new path (its pace starts at 4 Mbit/s) paused this member's
+   * downloads past the cross-queue bounds, and its overdue leases were hedged
+   * (test/wide.test.ts under load: two units fetched twice from the server).
+   */
+  recentCopies?: boolean;
 }
 
 /** The counters the core keeps (a subset of AgentStats; the driver passes its own object). */
