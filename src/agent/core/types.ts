@@ -112,9 +112,10 @@ export interface CoreConfig {
   /**
    * Copy the units fetched lately to a LAN group's gateway learnt of after them
    * (copyRecent in core-units.ts; streams). Default off: a release's units are large,
-   * and a burst of them on a new path (its pace starts at 4 Mbit/s) paused this member's
-   * downloads past the cross-queue bounds, and its overdue leases were hedged
-   * (test/wide.test.ts under load: two units fetched twice from the server).
+   * and a burst of them on a new path (its pace starts at 4 Mbit/s) can pause this
+   * member's downloads past the cross-queue bounds and get its overdue leases hedged: the
+   * likely cause (not shown) of a test/wide.test.ts failure under load, two units fetched
+   * twice from the server.
    */
   recentCopies?: boolean;
 }
