@@ -21,14 +21,14 @@ interface Held {
  *   lost, every copy from that peer was dropped until its next control packet.
  * - In a stream (CoreConfig.holdUnheard), a copy (DATA) from a sender not heard yet (DATA
  *   is taken only from members heard with authenticated control packets, peers.ts): its
- *   first ANNOUNCE was lost, or it copied a
- *   unit before announcing to us. Handled when a control packet from it is taken; a member
- *   announces shortly after each unit it verifies, so that is usually right after the copies.
+ *   first ANNOUNCE was lost, or it copied a unit before announcing to us. Handled when a
+ *   control packet from it is taken; a member announces shortly after each unit it
+ *   verifies, so that is usually right after the copies.
  * Sites bench at 3% loss, before: 24-104 such copies dropped in most runs (11 of 14 in
- * bench/results/stream.md's A/B), each unit a whole NACK round. As a NORM receiver (RFC 5740) takes up a sender it first hears from
- * its data. Bounded in datagrams, bytes and time, one pool for both; a forger filling it
- * only brings back the drops it replaces. MACs, replay windows and unit hashes decide as
- * for any datagram when they are handled.
+ * bench/results/stream.md's A/B), each unit a whole NACK round. As a NORM receiver (RFC
+ * 5740) takes up a sender it first hears from its data. Bounded in datagrams, bytes and
+ * time, one pool for both; a forger filling it only brings back the drops it replaces.
+ * MACs, replay windows and unit hashes decide as for any datagram when they are handled.
  */
 export class HeldDatagrams {
   private held: Held[] = [];
