@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { dropsText } from '../src/agent/core/repair-flow';
 import { generateKeyPair, loadPrivateKey } from '../src/release/keys';
 import { StreamPublisher } from '../src/release/stream-publish';
 import { FleetcastServer } from '../src/server/server';
@@ -427,8 +428,7 @@ export async function streamSitesMain(args: string[]): Promise<void> {
 function dropSummary(ends: AgentEnd[]): string {
   const sum: Record<string, number> = {};
   for (const e of ends) for (const [r, n] of Object.entries(e.drops)) sum[r] = (sum[r] ?? 0) + n;
-  const xs = Object.entries(sum).sort((a, b) => b[1] - a[1]);
-  return xs.length ? xs.map(([r, n]) => `${r} ${n}`).join(', ') : 'none';
+  return dropsText(sum) || 'none';
 }
 
 /** The kinds of stream request whose answer bytes the publisher's server counts. */

@@ -387,30 +387,29 @@ for (const holdUnheard of [true, false]) {
 }
 
 test('the hold is bounded in datagrams and time, and counts what it drops', (t) => {
-  const h = new HeldDatagrams();
   const drops: string[] = [];
-  const drop = (r: string) => drops.push(r);
+  const h = new HeldDatagrams((r) => drops.push(r));
   const d = new Uint8Array(100);
   let now = 0;
-  for (let i = 0; i < HOLD_MAX_DATAGRAMS; i++) t.true(h.hold(d, i % 2 ? 7 : null, undefined, now, drop));
-  t.false(h.hold(d, 7, undefined, now, drop), 'full');
+  for (let i = 0; i < HOLD_MAX_DATAGRAMS; i++) t.true(h.hold(d, i % 2 ? 7 : null, undefined, now));
+  t.false(h.hold(d, 7, undefined, now), 'full');
   t.true(h.has(7));
-  t.is(h.take(7, now, drop).length, HOLD_MAX_DATAGRAMS / 2, "sender 7's");
+  t.is(h.take(7, now).length, HOLD_MAX_DATAGRAMS / 2, "sender 7's");
   t.false(h.has(7));
   now += HOLD_MAX_MS / 2;
-  t.true(h.hold(d, 8, undefined, now, drop) && h.hold(d, null, undefined, now, drop));
+  t.true(h.hold(d, 8, undefined, now) && h.hold(d, null, undefined, now));
   now += HOLD_MAX_MS / 2 + 1;
-  t.is(h.take(null, now, drop).length, 1, 'of those held before the key, only the one held within HOLD_MAX_MS');
+  t.is(h.take(null, now).length, 1, 'of those held before the key, only the one held within HOLD_MAX_MS');
   t.true(h.has(8), "a sender's copies are not among them");
   t.is(drops.filter((x) => x === 'pre-key-expired').length, HOLD_MAX_DATAGRAMS / 2);
   t.deepEqual(drops.filter((x) => x !== 'pre-key-expired'), []);
-  t.is(h.take(8, now, drop).length, 1);
+  t.is(h.take(8, now).length, 1);
   const big = new Uint8Array(HOLD_MAX_BYTES / 2);
-  t.true(h.hold(big, 9, undefined, now, drop) && h.hold(big, 9, undefined, now, drop));
-  t.false(h.hold(new Uint8Array(1), 9, undefined, now, drop), 'bytes bound');
+  t.true(h.hold(big, 9, undefined, now) && h.hold(big, 9, undefined, now));
+  t.false(h.hold(new Uint8Array(1), 9, undefined, now), 'bytes bound');
   now += HOLD_MAX_MS + 1;
   t.false(h.has(10));
-  h.hold(d, 10, undefined, now, drop);
+  h.hold(d, 10, undefined, now);
   t.is(drops.filter((x) => x === 'unknown-sender').length, 2, "sender 9's copies expired as unknown-sender");
   t.false(h.has(9));
 });

@@ -12,6 +12,7 @@ import { formatBytes, transferLine } from './progress';
 import { checkReferences } from './config-check';
 import { ServerAccess } from '../net/server-access';
 import { describeFetchError, tlsTrustProblem } from '../agent/control-client';
+import { dropsText } from '../agent/core/repair-flow';
 import type { FleetMemberRecord } from '../wire/http-bodies';
 
 const out = (s: string) => process.stdout.write(s + '\n');
@@ -73,8 +74,7 @@ export const status: Command = {
       out(`stream   ${st.name}: next unit ${st.nextUnit} of ${st.publishedUnits ?? '?'} published${st.ended ? ' (ended)' : ''}, ${formatBytes(st.sinkBytes)} to the ${st.sinkKind} sink, ${formatBytes(st.bufferBytes)} buffered`);
       out(`latency  publish to delivery p50 ${ms(st.latencyMsP50)}, p99 ${ms(st.latencyMsP99)}; gaps ${st.gaps} (${st.gapUnits} units)`);
       const b = st.batches;
-      const drops = Object.entries(st.drops ?? {}).sort((x, y) => y[1] - x[1]);
-      out(`repairs  ${st.nacksSent ?? 0} NACKs sent (${st.nackEchoes ?? 0} echoes)${st.held ? `; ${st.held.held} datagrams held before they could be taken, ${st.held.replayed} of them taken` : ''}; dropped ${drops.length ? drops.map(([r, n]) => `${r} ${n}`).join(', ') : 'none'}`);
+      out(`repairs  ${st.nacksSent ?? 0} NACKs sent (${st.nackEchoes ?? 0} echoes)${st.held ? `; ${st.held.held} datagrams held before they could be taken, ${st.held.replayed} of them taken` : ''}; dropped ${dropsText(st.drops ?? {}) || 'none'}`);
       if (b) out(`batches  ${b.fromServer} from the server, ${b.fromLan} from LAN peers, ${b.relayed} relayed${b.across ? `, ${b.across} sent to other sites` : ''}${b.forwarded ? `, ${b.forwarded} forwarded from other sites` : ''}; ${b.polling ? 'polling the server' : 'a LAN peer relays them'} (${b.fallbacks} fallbacks, ${b.refused} refused, ${b.limited} over the check budget)`);
     } else out('release  none yet');
     out(`rates    WAN ${rate(s.rates.wanBytesPerSec)}, LAN in ${rate(s.rates.lanBytesPerSec)}, sending ${rate(s.rates.sentBytesPerSec)} (limit ${s.rates.limitBytesPerSec ? rate(s.rates.limitBytesPerSec) : '?'})`);

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { dropsText } from '../agent/core/repair-flow';
 import { StreamAgent } from '../agent/stream-agent';
 import { streamMetrics, streamStatus } from '../agent/stream-status';
 import { ExitCode } from '../util/errors';
@@ -60,8 +61,8 @@ export async function runStreamAgent(spec: CommandSpec, f: Record<string, unknow
     log.info(`stream ${a.streamName}: batches ${b.fromServer} from the server (${b.compact} compact), ${b.fromLan} from LAN peers, ${b.relayed} relayed, ${b.across} sent to other sites, ${b.forwarded} forwarded from other sites, ${b.fallbacks} fallbacks, ${b.refused} refused`);
     const h = a.core.aheadBuf.counts;
     if (h.held) log.info(`stream ${a.streamName}: ${h.held} LAN datagrams came before their batch: ${h.replayed} handled once it came, ${h.expired + h.full} dropped`);
-    const drops = Object.entries(st.drops).sort((x, y) => y[1] - x[1]);
-    if (drops.length) log.info(`stream ${a.streamName}: datagrams dropped: ${drops.map(([r, n]) => `${r} ${n}`).join(', ')}`);
+    const drops = dropsText(st.drops);
+    if (drops) log.info(`stream ${a.streamName}: datagrams dropped: ${drops}`);
     return ExitCode.OK;
   } finally {
     clearInterval(timer);

@@ -38,9 +38,12 @@ export class HeldDatagrams {
   /** Datagrams held (one held before the key and again as a copy of a sender not heard counts twice), and taken back. */
   readonly counts = { held: 0, replayed: 0 };
 
+  /** `drop` is told of each datagram that waited past HOLD_MAX_MS, with its reason. */
+  constructor(private readonly drop: (reason: string) => void) {}
+
   /** Hold a copy of `buf`; false when the bounds are reached (the caller drops it). */
-  hold(buf: Uint8Array, sender: number | null, via: Endpoint | undefined, now: number, drop: (reason: string) => void): boolean {
-    this.expire(now, drop);
+  hold(buf: Uint8Array, sender: number | null, via: Endpoint | undefined, now: number): boolean {
+    this.expire(now);
     if (this.held.length >= HOLD_MAX_DATAGRAMS || this.bytes + buf.length > HOLD_MAX_BYTES) return false;
     this.held.push({ buf: Uint8Array.from(buf), via, at: now, sender });
     this.bytes += buf.length;
@@ -64,8 +67,8 @@ export class HeldDatagrams {
    * first, taken out of the hold. (Not the copies of senders not heard: taken again at
    * every map, each would come back held anew and never reach HOLD_MAX_MS.)
    */
-  take(sender: number | null, now: number, drop: (reason: string) => void): { buf: Uint8Array; via: Endpoint | undefined }[] {
-    this.expire(now, drop);
+  take(sender: number | null, now: number): { buf: Uint8Array; via: Endpoint | undefined }[] {
+    this.expire(now);
     if (!this.held.length) return [];
     const out: Held[] = [];
     const keep: Held[] = [];
@@ -76,11 +79,11 @@ export class HeldDatagrams {
     return out;
   }
 
-  private expire(now: number, drop: (reason: string) => void): void {
+  private expire(now: number): void {
     while (this.held.length && now - this.held[0].at > HOLD_MAX_MS) {
       const d = this.held.shift()!;
       this.forget(d);
-      drop(d.sender === null ? 'pre-key-expired' : 'unknown-sender');
+      this.drop(d.sender === null ? 'pre-key-expired' : 'unknown-sender');
     }
   }
 

@@ -54,7 +54,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
   /** The announce timer's period: announceMs, or idleAnnounceMs while idle. */
   private announceEveryMs = 0;
   private announceSoonAt: number | null = null;
-  readonly held = new HeldDatagrams();
+  readonly held = new HeldDatagrams((r) => this.drop(r));
   private stallAt: number | null = null;
   /** Each step of a unit's repair rounds, as receiver and repairer, once its sink is set (stream bench). */
   readonly repairTrace: RepairTrace;
@@ -81,15 +81,15 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     // Our own multicast comes back (IP_MULTICAST_LOOP, for peers on this host): skip it before decoding.
     if (peekSender(buf) === this.cfg.senderId) return;
     // Before the first map's group key nothing can be taken: kept until it comes (a peer's lost announce cost announceMs of its copies).
-    if (!this.peers.groupKey) return void (this.held.hold(buf, null, via, now, (r) => this.drop(r)) || this.drop('pre-key-full'));
+    if (!this.peers.groupKey) return void (this.held.hold(buf, null, via, now) || this.drop('pre-key-full'));
     const r = decodePacket(buf);
     if (!r.ok) return this.drop(r.reason);
     const p = r.packet;
     if (!bytesEqual(p.releaseId, this.m.idBytes)) return this.drop('other-release');
     const peer = this.peers.admit(p, now);
-    if (typeof peer === 'string') return void ((peer === 'unknown-sender' && this.cfg.holdUnheard && this.held.hold(buf, p.sender, via, now, (r) => this.drop(r))) || this.drop(peer));
+    if (typeof peer === 'string') return void ((peer === 'unknown-sender' && this.cfg.holdUnheard && this.held.hold(buf, p.sender, via, now)) || this.drop(peer));
     // A control packet from a sender whose copies are held (held-datagrams.ts): those first.
-    if (p.type !== PacketType.DATA && this.held.has(p.sender)) for (const d of this.held.take(p.sender, now, (r) => this.drop(r))) this.handleDatagram(d.buf, now, d.via);
+    if (p.type !== PacketType.DATA && this.held.has(p.sender)) for (const d of this.held.take(p.sender, now)) this.handleDatagram(d.buf, now, d.via);
     if (via) this.crossGroup.heard(via, now);
     switch (p.type) {
       case PacketType.DATA: {
@@ -211,7 +211,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
     }
     this.ensureTicking(now); // a new role or copy destinations may need the tick again
     this.events.push({ type: 'wake' });
-    if (this.peers.groupKey) for (const d of this.held.take(null, now, (r) => this.drop(r))) this.handleDatagram(d.buf, now, d.via);
+    if (this.peers.groupKey) for (const d of this.held.take(null, now)) this.handleDatagram(d.buf, now, d.via);
   }
 
   /** New copy destinations (and gateways we forward to): announce ourselves to them first, so they accept our copies; a moved gateway's queued copies follow it. */

@@ -273,3 +273,11 @@ export function drop(stats: CoreStats, reason: string): void {
   stats.drops[reason] = (stats.drops[reason] ?? 0) + 1;
 }
 
+/** Drop counts as text, most first: `REASON N, REASON N` ('' when none). The agent's end line, `fleetcast status` and the bench read this. */
+export function dropsText(drops: Record<string, number>): string {
+  return Object.entries(drops)
+    .sort((x, y) => y[1] - x[1])
+    .map(([r, n]) => `${r} ${n}`)
+    .join(', ');
+}
+
