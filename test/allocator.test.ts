@@ -220,6 +220,35 @@ test('near the end a much slower member is told to wait so fast members take the
   t.is(g.lease('fast', now).units.length, 1);
 });
 
+test('the tail rule never defers the last units to members it defers too: among equals, whoever asks gets one', (t) => {
+  // Nine equally fast members (as test/wide's), every one measured, none with a lease, two
+  // units left: the others together are 8x one member's rate, but a unit is not split, so
+  // none of them can finish one sooner than the asker. (It once told every asker to wait,
+  // each for the others, until the agents' 15 s stall relay.)
+  const ids = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'];
+  const g = mk(11, { baseDepth: 1, maxDepth: 1, tailSlackFactor: 2 });
+  for (const id of ids) g.heartbeat(id, 0);
+  let now = 0;
+  for (const id of ids) {
+    const { units } = g.lease(id, now);
+    t.is(units.length, 1, `${id} gets one of the first nine`);
+    now = finish(g, id, units, now, 10);
+  }
+  const got = ids.map((id) => g.lease(id, now));
+  t.is(got.filter((r) => r.units.length === 1).length, 2, `the last two units go to the first two askers: ${JSON.stringify(got)}`);
+  t.true(got.slice(2).every((r) => r.units.length === 0 && r.exhausted), 'then nothing is left');
+  // A member much slower than the fastest other is still told to wait (the rule's purpose).
+  const s = mk(4, { baseDepth: 1, maxDepth: 1, tailSlackFactor: 2 });
+  for (const id of ['fast1', 'fast2', 'slow']) s.heartbeat(id, 0);
+  now = finish(s, 'fast1', s.lease('fast1', 0).units, 0, 10);
+  now = finish(s, 'fast2', s.lease('fast2', now).units, now, 10);
+  now = finish(s, 'slow', s.lease('slow', now).units, now, 100);
+  const r = s.lease('slow', now);
+  t.deepEqual(r.units, [], 'the slow member waits for the last unit');
+  t.true(r.retryAfterMs > 0);
+  t.is(s.lease('fast1', now).units.length, 1);
+});
+
 test('a restarted member gets its unfinished leases back in the pool at once', (t) => {
   const g = mk(8, { baseDepth: 3 });
   g.heartbeat('a', 0);

@@ -355,10 +355,14 @@ export abstract class AllocatorState {
   /**
    * Tail rule: a member whose next unit (of `bytes`) would land later than the rest of the
    * group could finish the `remaining` free units (times tailSlackFactor) waits: how long, or null.
+   * The rest cannot finish sooner than its fastest member finishes one unit: a unit is not
+   * split. (Without that floor, with five or more equally fast members and the last units
+   * free, every asker was told to wait for the others, and nobody fetched them until the
+   * agents' stall relay, 15 s later.)
    */
   protected tailWait(m: Member, bytes: number, remaining: number): number | null {
     const mine = this.predictedFinish(m, bytes);
-    const rest = this.othersFinishTime(m, remaining * bytes);
+    const rest = this.othersFinishTime(m, remaining * bytes, bytes);
     return mine !== null && rest !== null && mine > rest * this.opts.tailSlackFactor ? Math.max(50, Math.min(2000, Math.round(rest))) : null;
   }
 
@@ -375,15 +379,20 @@ export abstract class AllocatorState {
   }
 
 
-  /** Time the members other than `m` need for `bytes` plus their own queues, or null if unknown. */
-  protected othersFinishTime(m: Member, bytes: number): number | null {
+  /**
+   * Time the members other than `m` need for `bytes` plus their own queues, or null if
+   * unknown; at least the time the fastest of them needs for its queue and one more `unit`.
+   */
+  protected othersFinishTime(m: Member, bytes: number, unit: number): number | null {
     let rate = 0; // bytes per ms
     let queued = 0;
+    let fastest = Infinity;
     for (const o of this.members.values()) {
       if (o === m || o.overhead === null || o.overhead <= 0) continue;
       rate += 1 / o.overhead;
       for (const u of o.leases) queued += this.opts.unitBytes(u);
+      fastest = Math.min(fastest, o.overhead * unit * (o.leases.size + 1));
     }
-    return rate > 0 ? (bytes + queued) / rate : null;
+    return rate > 0 ? Math.max((bytes + queued) / rate, fastest) : null;
   }
 }
