@@ -224,3 +224,21 @@ test('echoMs: on a path whose repairs take longer, the echo waits for srtt + 2 r
   t.is(poll(270, 3).length, 1, 'then the echo');
   t.is(s.echoed, 1);
 });
+
+test('echoMs: a suppressed NACK is echoed too, for our gaps, when no data of the unit came; data cancels it', (t) => {
+  for (const data of [false, true]) {
+    const s = new NackScheduler({ backoffMs: 10, holdoffMs: 80, groupSize: 1, maxUnitsInFlight: 4, random: () => 0.5, echoMs: 15 });
+    const gap: NackRequest = { unit: 3, fragmentCount: 8, missing: new Uint8Array([0x41]) };
+    const poll = (now: number) => s.poll(now, [3], () => gap);
+    t.deepEqual(poll(0), []); // ripe: the backoff starts
+    s.heardNack(3, 8, new Uint8Array([0xff]), 2); // another receiver's NACK covers our gaps
+    t.deepEqual(poll(20), [], 'suppressed');
+    t.is(s.suppressed, 1);
+    if (data) s.progress(3, 25); // its repair reached us (some of it)
+    t.deepEqual(poll(34), [], 'nothing before echoMs');
+    const echo = poll(35);
+    if (data) t.deepEqual(echo, [], 'data of the unit came: no echo, the holdoff waits');
+    else t.deepEqual(echo.map((n) => [...n.missing]), [[0x41]], 'echoed: the repair was lost to us');
+    t.is(s.echoed, data ? 0 : 1);
+  }
+});

@@ -40,7 +40,8 @@ export interface NackSchedulerOptions {
    * when longer), for what is still missing of what it asked, while no data of the unit
    * came since (a lost NACK or a lost repair: at 3% loss each, one NACK round in fifteen;
    * the holdoff and a new backoff came 20-35 ms after the NACK, and twice that after a
-   * second miss). A repairer drops it as a duplicate when the lost repair left it less than
+   * second miss). A NACK suppressed by others' is echoed too, for our gaps they covered.
+   * A repairer drops it as a duplicate when the lost repair left it less than
    * its dedup window before (AGENT_DEFAULTS.streamNackEchoMs says when). Unset: no echo.
    */
   echoMs?: number;
@@ -201,8 +202,10 @@ export class NackScheduler {
       }
       const misses = p.misses ?? 0;
       const holdoff = Math.min(4 * this.opts.holdoffMs, this.holdoffMs * 2 ** Math.min(misses, 8));
-      const echoAt = any && this.opts.echoMs !== undefined ? now + this.echoDelayMs(this.opts.echoMs) : undefined;
-      this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses, echoAt, asked: echoAt !== undefined ? rest : undefined });
+      // A suppressed NACK is echoed too, for what of ours the other NACKs covered: their
+      // repair may be lost to us alone, and a holdoff and a new backoff were a second round.
+      const echoAt = this.opts.echoMs !== undefined ? now + this.echoDelayMs(this.opts.echoMs) : undefined;
+      this.pending.set(unit, { state: 'holdoff', until: now + holdoff, heard: new Uint8Array(0), askedAt: any ? now : undefined, misses, echoAt, asked: echoAt !== undefined ? (any ? rest : g.missing) : undefined });
     }
     return out;
   }
