@@ -97,7 +97,13 @@ export async function startFleet(
     let err = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
-    const exit = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    // 'exit' can come before the last of stdout is read (a loaded box): wait for both pipes
+    // to close too, but not past 5 s (a child of the agent, as an exec: sink, may hold them).
+    const closed = (s: NodeJS.ReadableStream) => new Promise<void>((r) => s.once('close', () => r()));
+    const pipes = Promise.all([closed(child.stdout!), closed(child.stderr!)]);
+    const exit = new Promise<number | null>((resolve) =>
+      child.on('exit', (c) => void Promise.race([pipes, new Promise((r) => setTimeout(r, 5000).unref())]).then(() => resolve(c))),
+    );
     return { child, stdout: () => out, stderr: () => err, exit };
   };
   return { dir, pubPath, keyPath, manifest, source, server, url, multicast, agentArgs, spawnAgent };
