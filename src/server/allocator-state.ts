@@ -391,7 +391,7 @@ export abstract class AllocatorState {
       if (o === m || o.overhead === null || o.overhead <= 0) continue;
       rate += 1 / o.overhead;
       for (const u of o.leases) queued += this.opts.unitBytes(u);
-      fastest = Math.min(fastest, o.overhead * unit * (o.leases.size + 1));
+      fastest = Math.min(fastest, this.predictedFinish(o, unit) ?? Infinity); // measured: its own overhead
     }
     return rate > 0 ? Math.max((bytes + queued) / rate, fastest) : null;
   }
