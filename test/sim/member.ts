@@ -45,6 +45,8 @@ export interface MemberOptions {
   assembleInPlace?: boolean;
   /** Rewrites each outgoing datagram (a lying member); null drops it. `unicast`: sent to one endpoint, not the LAN. */
   mangle?: (datagram: Uint8Array, unicast: boolean) => Uint8Array | null;
+  /** Whether this member takes a datagram that reached it (false: lost on the way to it alone). `cross`: from another LAN group. */
+  inbound?: (datagram: Uint8Array, cross: boolean) => boolean;
   /** The core's logger (default: silent). */
   logger?: Logger;
 }
@@ -110,7 +112,7 @@ export class SimMember {
     };
     this.core = makeCore(cfg, sim.now);
     this.endpoint.onReceive = (data, from, via, now) => {
-      if (this.dead) return;
+      if (this.dead || (this.opts.inbound && !this.opts.inbound(data, via === 'cross'))) return;
       this.core.handleDatagram(data, now, via === 'cross' ? parseEp(from) : undefined);
       this.drive();
     };

@@ -114,14 +114,14 @@ export class LanCore extends RepairFlow implements ProtocolCore {
         }
         this.lastProgressAt = now; // data of a missing unit: not a stall
         this.repairTrace.data(u, p.fragment, fc, p.repair, res === 'complete', now);
+        // A copy's last fragment, from a LAN peer or another group: its sender got to the unit's
+        // end (fragment order), as its ANNOUNCE would say (sections 5, 8), which is one datagram:
+        // lost, the unit waited for the next (a stream's p99 at 3% loss). NACKable now.
+        if (!p.repair && p.fragment === fc - 1 && res !== 'complete') this.availableMissing.add(u);
         if (via) this.stats.crossGroupBytes += p.payload.length;
         else this.stats.lanBytes += p.payload.length;
         if (p.forward && via) {
           this.crossGroup.copiedFrom(u, via);
-          // A copy's last fragment: its sender got to the unit's end (fragment order), as its
-          // ANNOUNCE would say (section 8), which is one datagram: lost, the unit waited up to
-          // announceMs for the next (a wide-area stream's p99 at 3% loss). NACKable now.
-          if (!p.repair && p.fragment === fc - 1 && res !== 'complete') this.availableMissing.add(u);
           // A copy from another LAN group: we are this group's gateway; send it on as our own,
           // and (1.5) down the origin's copy tree to our children in it, flagged again.
           this.send.queueLan(u, p.fragment, fc, p.payload, false);

@@ -68,6 +68,11 @@ export abstract class RepairFlow extends CoreUnits {
       // NACK of other fragments, or for none (sites testbed: a gateway role that moved
       // at the stream's start left its first unit, and every unit behind it, 140 ms).
       if (!via && raw) this.forwardNack(raw, u, now);
+      // Part of a copy of it came, and a peer NACKs it, which it does only for what some member
+      // has (section 5): NACKable here too, without the ANNOUNCE that says so (lost, our heard
+      // backoff waited for the next one). Not on a NACK alone: a member's NACK of a unit nobody
+      // sent would have every receiver NACK it.
+      if (this.asm.get(u)) this.availableMissing.add(u);
       return this.nacks.heardNack(u, fc, missing, now);
     }
     if (this.send.lanCopying.has(u)) return; // our LAN copies of it are still on their way
