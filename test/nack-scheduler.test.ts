@@ -242,3 +242,33 @@ test('echoMs: a suppressed NACK is echoed too, for our gaps, when no data of the
     t.is(s.echoed, data ? 0 : 1);
   }
 });
+
+test('askAgainAtOnce: a holdoff that ends with gaps after repairs came asks at once; one in which nothing came backs off first', (t) => {
+  // random 0.99: the backoff is nearly its whole 15 ms; the first NACK after it. Holdoff 80 ms (no round trip timed yet).
+  for (const atOnce of [true, false]) {
+    const s = new NackScheduler({ backoffMs: 15, holdoffMs: 80, groupSize: 1, maxUnitsInFlight: 4, random: () => 0.99, ...(atOnce ? { askAgainAtOnce: true } : {}) });
+    const gaps = new Map<number, NackRequest>([
+      [1, { unit: 1, fragmentCount: 16, missing: new Uint8Array([0xf0, 0x01]) }],
+      [2, { unit: 2, fragmentCount: 16, missing: new Uint8Array([0x0f, 0x00]) }],
+    ]);
+    const poll = (now: number) => s.poll(now, gaps.keys(), (u) => gaps.get(u) ?? null);
+    const asked = new Map<number, number[]>([[1, []], [2, []]]);
+    for (let now = 0; now <= 200; now++) {
+      // Unit 1's repair comes 4 ms after its first NACK and leaves one fragment missing (lost to us); unit 2's never comes.
+      const first = asked.get(1)![0];
+      if (first !== undefined && now === first + 4) {
+        s.progress(1, now);
+        gaps.set(1, { unit: 1, fragmentCount: 16, missing: new Uint8Array([0x00, 0x01]) });
+      }
+      for (const n of poll(now)) asked.get(n.unit)!.push(now);
+    }
+    const [a1, b1] = asked.get(1)!;
+    const [a2, b2] = asked.get(2)!;
+    t.log(`askAgainAtOnce ${atOnce}: unit 1 asked at ${a1} and ${b1} ms, unit 2 at ${a2} and ${b2} ms`);
+    // Without minHoldoffMs the holdoff is a constant 80 ms (the data at +4 ms extends it only to +44).
+    const backoff = normBackoff(15, 1, 0.99);
+    if (atOnce) t.is(b1 - a1, 80, 'asked again the moment the holdoff ended');
+    else t.is(b1 - a1, 80 + Math.ceil(backoff), 'asked again one backoff after the holdoff');
+    t.is(b2 - a2, 80 + Math.ceil(backoff), 'a NACK that brought nothing backs off either way');
+  }
+});

@@ -45,6 +45,14 @@ export interface NackSchedulerOptions {
    * its dedup window before (AGENT_DEFAULTS.streamNackEchoMs says when). Unset: no echo.
    */
   echoMs?: number;
+  /**
+   * When a holdoff ends with gaps left although data of the unit came during it (repairs
+   * came, and some of them were lost to us), ask at once rather than after a new backoff:
+   * what is left is most likely lost to us alone, and the backoff, there to hear whether
+   * others ask for the same, cost a second round 15 ms (stream traces, issue 19). A holdoff
+   * in which nothing came still backs off, and from a longer holdoff after it.
+   */
+  askAgainAtOnce?: boolean;
   /** Told of each decision, for tracing (stream-stages.ts); n: fragments missing or asked for. */
   trace?: (unit: number, ev: 'ripe' | 'heard' | 'again' | 'nack' | 'suppressed' | 'echo', now: number, n: number) => void;
 }
@@ -61,6 +69,8 @@ interface Pending {
   /** When to echo our NACK (echoMs), and what it asked for; cleared by the unit's data. */
   echoAt?: number;
   asked?: Uint8Array;
+  /** Data of the unit came during this holdoff. */
+  answered?: boolean;
 }
 
 export interface NackRequest {
@@ -126,6 +136,7 @@ export class NackScheduler {
     }
     p.misses = 0;
     p.echoAt = undefined;
+    p.answered = true;
     p.until = Math.max(p.until, now + this.holdoffMs / 2);
   }
 
@@ -178,18 +189,25 @@ export class NackScheduler {
         this.pending.delete(unit);
         continue;
       }
+      let heard = p.heard;
       if (p.state === 'holdoff') {
         // Repairs did not fill the gaps in time: back off again and ask (and if our NACK
         // brought nothing at all, hold off longer after the next one).
         this.opts.trace?.(unit, 'again', now, missingCount(g.missing, g.fragmentCount));
-        this.startBackoff(g, now, (p.misses ?? 0) + (p.askedAt !== undefined ? 1 : 0));
-        continue;
+        const misses = (p.misses ?? 0) + (p.askedAt !== undefined ? 1 : 0);
+        if (!(this.opts.askAgainAtOnce && p.answered)) {
+          this.startBackoff(g, now, misses);
+          continue;
+        }
+        // Repairs came and left gaps (askAgainAtOnce): ask now, no second backoff.
+        p.misses = misses;
+        heard = new Uint8Array(0);
       }
       // Backoff expired: send what nobody else asked for.
       const rest = new Uint8Array(g.missing.length);
       let any = false;
       for (let i = 0; i < rest.length; i++) {
-        rest[i] = g.missing[i] & ~(p.heard[i] ?? 0);
+        rest[i] = g.missing[i] & ~(heard[i] ?? 0);
         if (rest[i]) any = true;
       }
       if (any) {

@@ -70,7 +70,7 @@ export class LanCore extends RepairFlow implements ProtocolCore {
       repairSent: (unit, fragment, fc, t) => this.repairs.sawFragment(unit, fragment, fc, t),
     });
     const trace = (this.repairTrace = new RepairTrace(this.asm)).event;
-    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, minHoldoffMs: AGENT_DEFAULTS.nackHoldoffMinMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random, trace, ...(cfg.nackEchoMs ? { echoMs: cfg.nackEchoMs } : {}) });
+    this.nacks = new NackScheduler({ backoffMs: AGENT_DEFAULTS.nackBackoffMs, holdoffMs: AGENT_DEFAULTS.nackHoldoffMs, minHoldoffMs: AGENT_DEFAULTS.nackHoldoffMinMs, groupSize: 1, maxUnitsInFlight: AGENT_DEFAULTS.nackMaxUnitsInFlight, random: cfg.random, trace, ...(cfg.nackEchoMs ? { echoMs: cfg.nackEchoMs, askAgainAtOnce: true } : {}) });
     this.repairs = new RepairScheduler({ aggregateMs: AGENT_DEFAULTS.repairAggregateMs, backoffMs: AGENT_DEFAULTS.repairBackoffMs, dedupMs: AGENT_DEFAULTS.repairDedupMs, random: cfg.random, trace });
     this.completeIfAll();
   }
