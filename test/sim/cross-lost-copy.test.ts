@@ -5,6 +5,7 @@ import { makeLanCore } from './core-api';
 import type { MemberOptions } from './member';
 import { SimServer } from './server';
 import { World } from './world';
+import { watchUnit } from './watch-unit';
 import type { Logger } from '../../src/util/log';
 
 /**
@@ -19,25 +20,6 @@ import type { Logger } from '../../src/util/log';
  * the holder's download (simulated time). Before the fix it took crossGapQuietMs and more.
  */
 const LOST = 3; // held by g1-m1 (unit u goes to the u-th member in join order: g0-m0, g0-m1, g1-m0, g1-m1, ...)
-
-/** When each member got `unit`: the holder from the WAN, the others stored from their LAN. */
-function watchUnit(w: World, unit: number): Map<string, number> {
-  const gotAt = new Map<string, number>();
-  for (const m of w.members) {
-    const core = m.core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; unitStored(u: number, now: number): void };
-    const fetched = core.unitFetched.bind(core);
-    const stored = core.unitStored.bind(core);
-    core.unitFetched = (u, b, now) => {
-      if (u === unit && !gotAt.has(m.opts.id)) gotAt.set(m.opts.id, now);
-      fetched(u, b, now);
-    };
-    core.unitStored = (u, now) => {
-      if (u === unit && !gotAt.has(m.opts.id) && m.store.has(u)) gotAt.set(m.opts.id, now);
-      stored(u, now);
-    };
-  }
-  return gotAt;
-}
 
 function run(groups: string[], copyTree?: number, holder: Partial<MemberOptions> = {}, unitCount = 24, site: Partial<MemberOptions> = {}, others: Partial<MemberOptions> = {}) {
   const w = new World({

@@ -4,6 +4,7 @@ import { decodePacket, getBit, PacketType } from '../../src/wire/packet';
 import { makeLanCore } from './core-api';
 import type { MemberOptions } from './member';
 import { World } from './world';
+import { watchUnit } from './watch-unit';
 
 /**
  * Issue 19 (sites testbed, 3% loss): a LAN receiver NACKs a unit only once it knows some
@@ -43,20 +44,7 @@ function run(overrides: (i: number) => Partial<MemberOptions>) {
     member: { wanRateBytesPerSec: 400_000 },
     memberOverrides: (_g, i) => overrides(i),
   });
-  const gotAt = new Map<string, number>();
-  for (const m of w.members) {
-    const core = m.core as unknown as { unitFetched(u: number, b: Buffer | null, now: number): void; unitStored(u: number, now: number): void };
-    const fetched = core.unitFetched.bind(core);
-    const stored = core.unitStored.bind(core);
-    core.unitFetched = (u, b, now) => {
-      if (u === LOST && !gotAt.has(m.opts.id)) gotAt.set(m.opts.id, now);
-      fetched(u, b, now);
-    };
-    core.unitStored = (u, now) => {
-      if (u === LOST && !gotAt.has(m.opts.id) && m.store.has(u)) gotAt.set(m.opts.id, now);
-      stored(u, now);
-    };
-  }
+  const gotAt = watchUnit(w, LOST);
   const done = w.runUntilComplete(60_000);
   return { w, done, gotAt };
 }
