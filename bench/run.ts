@@ -372,7 +372,7 @@ async function main() {
         rows[i].push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
       }
     const previous = await previousResult('stream');
-    return writeResult('stream', (await import('./stream-sites')).keepSitesSection(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
+    return writeResult('stream', (await import('./stream-sites')).keepOtherSections(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
   }
   // npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]: the stream on the sites testbed (root)
   if (what === 'stream-sites') return (await import('./stream-sites')).streamSitesMain(process.argv.slice(3));

@@ -364,21 +364,36 @@ export function placeSection(file: string, section: string[]): string {
 /**
  * The "Sites testbed" section of a results file, as placeSection delimits it (none: empty):
  * up to the next heading of any level, so the hand-written `###` notes that follow the
- * generated tables survive a new run (`withNotes`: those notes too, up to the next `##`).
+ * generated tables survive a new run.
  */
-export function sitesSectionOf(file: string, withNotes = false): string[] {
+export function sitesSectionOf(file: string): string[] {
   const lines = file.split('\n');
   const at = lines.indexOf(SECTION_HEADING);
   if (at < 0) return [];
   let end = at + 1;
-  while (end < lines.length && !lines[end].startsWith('## ') && (withNotes || !lines[end].startsWith('### ')) && !lines[end].startsWith('Generated ')) end++;
+  while (end < lines.length && !lines[end].startsWith('## ') && !lines[end].startsWith('### ') && !lines[end].startsWith('Generated ')) end++;
   return lines.slice(at, end);
 }
 
-/** The loopback report (bench/stream.ts) with the previous file's sites section and its notes kept: that bench does not measure it. */
-export function keepSitesSection(previous: string, report: string[]): string[] {
-  const section = sitesSectionOf(previous, true);
-  return section.length ? placeSection(report.join('\n'), section).split('\n') : report;
+/**
+ * The loopback report (bench/stream.ts) with every `## ` section of the previous file that
+ * the report does not write kept, in their order, before its Generated line: the sites section
+ * and its notes (that bench does not measure it) and hand-written sections such as "Where the
+ * tail went". The previous file's own tables (before its first `## `) and its Generated stamp go.
+ */
+export function keepOtherSections(previous: string, report: string[]): string[] {
+  const written = new Set(report.filter((l) => l.startsWith('## ')));
+  const kept: string[] = [];
+  let keep = false;
+  for (const l of previous.split('\n')) {
+    if (l.startsWith('## ')) keep = !written.has(l);
+    if (keep && !l.startsWith('Generated ')) kept.push(l);
+  }
+  while (kept.length && kept[kept.length - 1] === '') kept.pop();
+  if (!kept.length) return report;
+  let gen = report.length;
+  for (let i = report.length - 1; i >= 0; i--) if (report[i].startsWith('Generated ')) { gen = i; break; }
+  return [...report.slice(0, gen), ...kept, ...(gen < report.length ? [''] : []), ...report.slice(gen)];
 }
 
 export const USAGE = 'bench: usage: npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT] [group|wide[,...]] [UNIT_KIB]  (as root: a live stream of MBIT Mbit/s to SITES network-namespace sites of AGENTS agents each, WAN links shaped to WAN_MBIT, one LAN group per site and/or one wide-area group of all, units of UNIT_KIB KiB; defaults 2 2 20 20 0,3 3 50 group 64)';

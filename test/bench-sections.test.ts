@@ -1,5 +1,5 @@
 import test from 'ava';
-import { keepSitesSection, placeSection, sitesSectionOf } from '../bench/stream-sites';
+import { keepOtherSections, placeSection, sitesSectionOf } from '../bench/stream-sites';
 import { keptNotes, notesAfterGenerated } from '../bench/results-notes';
 
 // bench/results/stream.md holds a generated "Sites testbed" section followed by hand-written
@@ -19,8 +19,15 @@ test('a new sites section replaces the old tables and keeps the hand-written ###
 test('a file without a sites section gets it before the Generated line; the loopback bench keeps the previous one with its notes', (t) => {
   const bare = ['# Stream', 'table', 'Generated 2026'].join('\n');
   t.deepEqual(placeSection(bare, [HEAD, 'x']).split('\n'), ['# Stream', 'table', HEAD, 'x', 'Generated 2026']);
-  const report = keepSitesSection(file, ['# Stream', 'new loopback', 'Generated 2027']);
-  t.deepEqual(report, ['# Stream', 'new loopback', HEAD, '', 'old table', '', '### Notes on a run', '', 'hand-written', '', 'Generated 2027']);
+  const report = keepOtherSections(file, ['# Stream', 'new loopback', 'Generated 2027']);
+  t.deepEqual(report, ['# Stream', 'new loopback', HEAD, '', 'old table', '', '### Notes on a run', '', 'hand-written', '', '## Later', 'more', '', 'Generated 2027']);
+});
+
+test('the loopback bench replaces the sections it writes and keeps the hand-written ## ones between them', (t) => {
+  const previous = ['# Stream', 'old loopback', '## Where the time goes', 'old stages', '', '## Where the tail went (2026-12-01)', 'hand', '', HEAD, 'old table', '### Notes', 'n', 'Generated 2026', ''].join('\n');
+  const report = keepOtherSections(previous, ['# Stream', 'new loopback', '## Where the time goes', 'new stages', '', 'Generated 2027', '']);
+  t.deepEqual(report, ['# Stream', 'new loopback', '## Where the time goes', 'new stages', '', '## Where the tail went (2026-12-01)', 'hand', '', HEAD, 'old table', '### Notes', 'n', '', 'Generated 2027', '']);
+  t.deepEqual(keepOtherSections('# Stream\nold\nGenerated 2026\n', ['# Stream', 'new', 'Generated 2027']), ['# Stream', 'new', 'Generated 2027'], 'nothing hand-written: the report as it is');
 });
 
 test('bench demo keeps the hand-written ### rounds of bench/results/demo.md, without the old Generated stamp', (t) => {
