@@ -7,11 +7,11 @@ import { benchIdleHeld, HeldRow, idleHeldReport } from './idle-held';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
-import { benchScale, scaleReport } from './scale';
+import { benchScale, scaleReport, simNodeArgs } from './scale';
 import { clusterReport } from './scale-cluster';
 import { benchStream, streamReport } from './stream';
 import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
-import { keptNotes, notesAfterGenerated } from './results-notes';
+import { keepOtherSections, keptNotes, notesAfterGenerated } from './results-notes';
 
 /**
  * `npm run bench -- demo [RUNS]`: the loopback demo at 0% and 5% loss, 64 MiB, 4 agents,
@@ -290,6 +290,13 @@ async function memoryLines(runs: number): Promise<string[]> {
   ];
 }
 
+/** This bench again in a child node with `args`, signals passed on; exits as the child did. */
+function runAgain(args: string[]): Promise<void> {
+  const child = spawn(process.execPath, args, { stdio: 'inherit' });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
+  return new Promise(() => child.on('exit', (code, signal) => process.exit(code ?? (signal === 'SIGINT' ? 130 : 143))));
+}
+
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
@@ -327,6 +334,9 @@ async function main() {
     return writeResult('idle-fleet', idleFleetReport(results, machine(), `npm run bench -- idle-fleet ${process.argv.slice(3).join(' ')}`.trim()));
   }
   if (what === 'scale') {
+    // The simulator's young generation is set at node's start: start again with it (simNodeArgs).
+    const again = simNodeArgs(process.execArgv, process.argv[1], process.argv.slice(2));
+    if (again) return runAgain(again);
     // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]] [FORM[,FORM]] [--instances N[,N]]
     const args = process.argv.slice(3);
     const flag = args.indexOf('--instances');
@@ -351,7 +361,7 @@ async function main() {
           }
     const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`;
     const cluster = flag < 0 ? [] : clusterReport(results, command);
-    return writeResult('scale', [...scaleReport(results, machine(), command), ...cluster]);
+    return writeResult('scale', keepOtherSections(await previousResult('scale'), [...scaleReport(results, machine(), command), ...cluster]));
   }
   if (what === 'stream') {
     // npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB] [RUNS]
@@ -372,7 +382,7 @@ async function main() {
         rows[i].push(await benchStream({ agents, mbit, seconds, lossPct, unitBytes, flushMs: 200 }));
       }
     const previous = await previousResult('stream');
-    return writeResult('stream', (await import('./stream-sites')).keepOtherSections(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
+    return writeResult('stream', keepOtherSections(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
   }
   // npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]: the stream on the sites testbed (root)
   if (what === 'stream-sites') return (await import('./stream-sites')).streamSitesMain(process.argv.slice(3));

@@ -457,6 +457,21 @@ export function latencySides(r: ScaleResult): { server: string; serverLoop: stri
   return { server: `${bucketMs(c, 0.5)} / ${bucketMs(c, 0.99)}`, serverLoop: `${bucketMs(loop, 0.5)} / ${bucketMs(loop, 0.99)}`, simLoop: `${f(r.simLoopMs.p50)} / ${f(r.simLoopMs.p99)} / ${f(r.simLoopMs.max)}` };
 }
 
+/**
+ * The simulator's young generation, MiB a semi-space. With V8's default (16) the simulator of
+ * 100,000 agents (about 500 MB of live heap) promoted much of each request's garbage: a full GC
+ * every 4-6 s with 150-240 ms pauses, and scavenges 8% of the window; its own loop ran up to
+ * 0.8-1.1 s late and that set the p99 it saw (bench/results/scale.md, "The simulator's pauses").
+ * V8 reads the size only at start, so `bench -- scale` starts itself again with it (simNodeArgs).
+ */
+export const SIM_SEMI_SPACE_MIB = 64;
+
+/** The node arguments to start the scale simulator again with SIM_SEMI_SPACE_MIB, or null when this process already has a semi-space size. */
+export function simNodeArgs(execArgv: string[], script: string, args: string[]): string[] | null {
+  if (execArgv.some((a) => a.startsWith('--max-semi-space-size'))) return null;
+  return [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, ...execArgv, script, ...args];
+}
+
 export function scaleReport(rs: ScaleResult[], machine: string, command: string): string[] {
   const rows = rs.map((r) => {
     const all = Object.values(r.kinds);
@@ -498,6 +513,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'in its fixed buckets as Prometheus\' histogram_quantile does; "server event-loop delay", its',
     '`fleetcast_server_event_loop_delay_seconds` over the window (how late its 10 ms timer ran: what a request waits in the socket',
     'before the server reads it); "simulator event-loop delay", perf_hooks.monitorEventLoopDelay in the simulator over the window.',
+    `The simulator runs with ${SIM_SEMI_SPACE_MIB} MiB semi-spaces (\`node --max-semi-space-size=${SIM_SEMI_SPACE_MIB}\`; the server keeps Node's default): with the default, its own GC pauses set the p99 it saw at 100,000 agents.`,
     '',
     '| agents | protocol | policy | units | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 seen by the simulator (ms) | server\'s own p50 / p99 (ms) | server event-loop delay p50 / p99 (ms) | simulator event-loop delay p50 / p99 / max (ms) | failed | server peak RSS (MiB) |',
     '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',

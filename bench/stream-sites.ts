@@ -375,27 +375,6 @@ export function sitesSectionOf(file: string): string[] {
   return lines.slice(at, end);
 }
 
-/**
- * The loopback report (bench/stream.ts) with every `## ` section of the previous file that
- * the report does not write kept, in their order, before its Generated line: the sites section
- * and its notes (that bench does not measure it) and hand-written sections such as "Where the
- * tail went". The previous file's own tables (before its first `## `) and its Generated stamp go.
- */
-export function keepOtherSections(previous: string, report: string[]): string[] {
-  const written = new Set(report.filter((l) => l.startsWith('## ')));
-  const kept: string[] = [];
-  let keep = false;
-  for (const l of previous.split('\n')) {
-    if (l.startsWith('## ')) keep = !written.has(l);
-    if (keep && !l.startsWith('Generated ')) kept.push(l);
-  }
-  while (kept.length && kept[kept.length - 1] === '') kept.pop();
-  if (!kept.length) return report;
-  let gen = report.length;
-  for (let i = report.length - 1; i >= 0; i--) if (report[i].startsWith('Generated ')) { gen = i; break; }
-  return [...report.slice(0, gen), ...kept, ...(gen < report.length ? [''] : []), ...report.slice(gen)];
-}
-
 export const USAGE = 'bench: usage: npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT] [group|wide[,...]] [UNIT_KIB]  (as root: a live stream of MBIT Mbit/s to SITES network-namespace sites of AGENTS agents each, WAN links shaped to WAN_MBIT, one LAN group per site and/or one wide-area group of all, units of UNIT_KIB KiB; defaults 2 2 20 20 0,3 3 50 group 64)';
 
 /** `npm run bench -- stream-sites ...` (bench/run.ts dispatches here with the arguments after the name). */

@@ -1,6 +1,6 @@
 import test from 'ava';
-import { keepOtherSections, placeSection, sitesSectionOf } from '../bench/stream-sites';
-import { keptNotes, notesAfterGenerated } from '../bench/results-notes';
+import { placeSection, sitesSectionOf } from '../bench/stream-sites';
+import { keepOtherSections, keptNotes, notesAfterGenerated } from '../bench/results-notes';
 
 // bench/results/stream.md holds a generated "Sites testbed" section followed by hand-written
 // notes under ### headings; a new stream-sites run replaces the tables, never the notes.
@@ -42,4 +42,12 @@ test('the namespace benches keep what follows the previous Generated stamp (lan.
   t.deepEqual(notesAfterGenerated(lan), ['', '## Before and after (issue 16)', 'notes', '', '### Re-check', 'more', '']);
   t.deepEqual(notesAfterGenerated('# x\ntable\nGenerated 2026.\n'), [], 'nothing after the stamp');
   t.deepEqual(notesAfterGenerated('# x\ntable\n'), [], 'no stamp');
+});
+
+test('a scale run keeps the hand-written ## readings of scale.md, and replaces the coordinators section when it writes one', (t) => {
+  const previous = ['# Control-plane scale', 'old table', '', '## 100,000 agents', 'reading', '', '## Two coordinator instances (issue 18)', 'old cluster', '', 'Generated 2026', ''].join('\n');
+  t.deepEqual(keepOtherSections(previous, ['# Control-plane scale', 'new table', '', 'Generated 2027', '']), ['# Control-plane scale', 'new table', '', '## 100,000 agents', 'reading', '', '## Two coordinator instances (issue 18)', 'old cluster', '', 'Generated 2027', '']);
+  const withCluster = keepOtherSections(previous, ['# Control-plane scale', 'new table', 'Generated 2027', '', '## Two coordinator instances (issue 18)', 'new cluster']);
+  t.false(withCluster.includes('old cluster'));
+  t.true(withCluster.includes('reading') && withCluster.includes('new cluster'));
 });

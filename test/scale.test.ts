@@ -1,7 +1,9 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { ExecutionContext } from 'ava';
-import { benchScale, latencySides, serverControl } from '../bench/scale';
+import { benchScale, latencySides, serverControl, simNodeArgs, SIM_SEMI_SPACE_MIB } from '../bench/scale';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { bucketQuantile } from '../bench/scale-cluster';
 import { Client, Route } from '../bench/scale-client';
 import { rootTest } from './helpers/netns';
@@ -112,4 +114,14 @@ test.serial('scale bench, one server: the server\'s own latency by kind and its 
   t.true(Number.isFinite(r.simLoopMs.p99) && r.simLoopMs.max >= r.simLoopMs.p50, JSON.stringify(r.simLoopMs));
   const sides = latencySides(r);
   t.regex(sides.server, /^\d+\.\d \/ \d+\.\d$/);
+});
+
+test('bench scale starts its simulator again with a larger young generation, once, and exits as that run did', (t) => {
+  t.deepEqual(simNodeArgs(['--trace-gc'], 'run.js', ['scale', '1000']), [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, '--trace-gc', 'run.js', 'scale', '1000']);
+  t.is(simNodeArgs([`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`], 'run.js', ['scale']), null, 'the started-again run does not start again');
+  // Through the real entry point: a bad argument is refused by the run started again, with its usage and exit code.
+  const r = spawnSync(process.execPath, [path.join(__dirname, '..', 'bench', 'run.js'), 'scale', '5'], { encoding: 'utf8' });
+  t.is(r.status, 64);
+  t.regex(r.stderr, /usage: npm run bench -- scale/);
+  t.is(r.stderr.match(/usage/g)?.length, 1, 'one usage line: the child printed it, the parent only waited');
 });
