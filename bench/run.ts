@@ -385,6 +385,7 @@ async function main() {
     return writeResult('stream', keepOtherSections(previous, streamReport(rows, machine(), `npm run bench -- ${process.argv.slice(2).join(' ')}`)));
   }
   // npm run bench -- stream-sites [SITES] [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [RUNS] [WAN_MBIT]: the stream on the sites testbed (root)
+  if (what === 'fleet-memory') return (await import('./fleet-memory-save')).fleetMemorySaveMain(process.argv.slice(3));
   if (what === 'stream-sites') return (await import('./stream-sites')).streamSitesMain(process.argv.slice(3));
   // npm run bench -- stream-answer [UNITS[,UNITS...]] [MEMBERS] [RUNS]: the holders of a stream heartbeat answer, two ways (prints a table)
   if (what === 'stream-answer') return (await import('./stream-answer')).streamAnswerMain(process.argv.slice(3));
@@ -394,7 +395,7 @@ async function main() {
     return;
   }
   if (what !== 'demo') {
-    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, stream, stream-sites (the stream on the sites testbed, as root), stream-answer, lan, sites, policies, uplinks
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(what)}; available: demo, memory, transport, idle, scale, fleet-memory, stream, stream-sites (the stream on the sites testbed, as root), stream-answer, lan, sites, policies, uplinks
 `);
     process.exit(64);
   }
