@@ -282,10 +282,11 @@ export async function benchStream(o: StreamBenchOptions): Promise<StreamBenchRes
     const alloc = streamRoutes(path.join(dir, 'store')).alloc;
     // Given up only when no agent joined for 30 s (progress, not the time they all took: on a
     // loaded box the processes start one after another); an agent that exits fails the race.
-    for (let i = 0, joined = 0; alloc.memberCount('bench') < o.agents; i++) {
-      if (alloc.memberCount('bench') > joined) [joined, i] = [alloc.memberCount('bench'), 0];
-      if (i >= 3000) throw new Error(`only ${joined} of ${o.agents} agents joined, none in the last 30 s`);
-      await Promise.race([...runs, new Promise((r) => setTimeout(r, 10))]);
+    for (let joined = 0, quiet = 0; joined < o.agents; quiet++) {
+      const n = alloc.memberCount('bench');
+      if (n > joined) [joined, quiet] = [n, 0];
+      else if (quiet >= 3000) throw new Error(`only ${joined} of ${o.agents} agents joined, none in the last 30 s`);
+      if (joined < o.agents) await Promise.race([...runs, new Promise((r) => setTimeout(r, 10))]);
     }
     await feedStream(pub, source, o.mbit, perTick);
     await pub.end();
