@@ -3,6 +3,7 @@ import { GroupAllocator } from '../src/server/allocator';
 import { Allocators } from '../src/server/allocators';
 import { setChannel } from '../src/release/channels';
 import { startFleet } from './helpers/fleet';
+import { EXPIRE_SLICE } from '../src/server/server-members';
 
 // Issue 17: the server's timer walked every allocator and member twice a second, so idle
 // members cost the server CPU with no request at all. Expiry now visits only the allocators
@@ -141,4 +142,29 @@ test('a server over idle members: ticks walk no member once their deadlines are 
   t.is(w2.members - w1.members, 40, 'each allocator walked once more');
   await ticks(5);
   t.is(f.server.expiryWork().members, w2.members, 'and the poll holders cost no walk after');
+});
+
+test('a tick with more due allocators than one slice expires them over several turns of the loop, none lost', async (t) => {
+  let clock = 1_000_000;
+  const groups = 2 * EXPIRE_SLICE + 1;
+  const f = await startFleet(t, { size: 16384, unitSize: 16384, heartbeatMs: 200, memberTimeoutMs: 2000, server: { now: () => clock, limits: { maxGroupsPerRelease: groups + 8 } } });
+  const have = Buffer.from([0x80]).toString('base64');
+  for (let i = 0; i < groups; i++) {
+    const res = await fetch(`${f.url}/v1/join`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ release: f.manifest.id, group: `site${i}`, member: `m${i}`, have, mapVersion: 0 }) });
+    t.is(res.status, 200);
+    await res.arrayBuffer();
+  }
+  const members = async () => {
+    const v = (await (await fetch(`${f.url}/v1/fleet`)).json()) as { groups: { members: { id: string }[] }[] };
+    return v.groups.flatMap((g) => g.members.map((m) => m.id)).length;
+  };
+  t.is(await members(), groups);
+  const w0 = f.server.expiryWork();
+  clock += 60_000; // past every member's deadline: every allocator is due on the next tick
+  for (let k = 0; k < 500 && (await members()) !== 0; k++) await new Promise((r) => setTimeout(r, 20));
+  t.is(await members(), 0, 'every member timed out');
+  const w1 = f.server.expiryWork();
+  t.true(w1.allocators - w0.allocators >= groups, `${w1.allocators - w0.allocators} allocators visited`);
+  t.is(w1.largestSlice, EXPIRE_SLICE, 'no turn of the loop visited more than one slice');
+  t.true(w1.slices - w0.slices >= 3, `${w1.slices - w0.slices} turns`);
 });

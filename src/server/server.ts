@@ -73,6 +73,8 @@ export class FleetcastServer extends ClusterRoutes {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (this.expiring) clearImmediate(this.expiring);
+    this.expiring = null;
     this.eventLoopDelay.stop();
     if (this.clusterTimer) clearInterval(this.clusterTimer);
     this.clusterTimer = null;
@@ -89,11 +91,11 @@ export class FleetcastServer extends ClusterRoutes {
     await this.stopCluster();
   }
 
-  /** The expiry's work so far, counted (issue 17), never timed: timer ticks, allocators visited, members walked. */
-  expiryWork(): { ticks: number; allocators: number; members: number } {
+  /** The expiry's work so far, counted (issue 17), never timed: timer ticks, allocators visited, members walked, turns and the largest. */
+  expiryWork(): { ticks: number; allocators: number; members: number; slices: number; largestSlice: number } {
     let members = 0;
     for (const g of this.groups.values()) members += g.membersWalked;
-    return { ticks: this.ticks, allocators: this.groups.visited, members };
+    return { ticks: this.ticks, allocators: this.groups.visited, members, slices: this.expirySlices, largestSlice: this.largestExpirySlice };
   }
 
   /** Times `member` of `group` was sent `unit` of `release` (000 claim 8's send registrations). */
