@@ -7,6 +7,7 @@ import { parseManifest } from '../src/release/manifest';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
 import { Client, InstanceCount, Kind, Route } from './scale-client';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Probe, ProbeResult, startProbe } from './scale-probe';
 import { addBuckets, bucketQuantile, Buckets, bucketsSince, instanceCounters, postgresCpuSeconds, ScaleServers, serverHistograms, startScaleServers } from './scale-cluster';
 
 /**
@@ -80,7 +81,12 @@ export interface ScaleOptions {
   teardown?: (f: () => Promise<void>) => void;
   /** Server limits for large fleets (the defaults keep 16,384 members and 2,048 connections). */
   serverArgs?: string[];
+  /** The probe beside the simulator (bench/scale-probe.ts): its members and heartbeats a second; 0 members, none. Default PROBE. */
+  probe?: { members: number; perSecond: number };
 }
+
+/** The probe's default: 10 members of their own heartbeating 50 times a second together, about 1,000 requests in a 20 s window. */
+export const PROBE = { members: 10, perSecond: 50 };
 
 export interface ScaleResult {
   opts: ScaleOptions;
@@ -102,6 +108,8 @@ export interface ScaleResult {
   postgresCpu: number | null;
   /** The simulator's own event-loop delay over the window (ms): how late its timers and answers ran. */
   simLoopMs: { p50: number; p99: number; max: number; mean: number };
+  /** What the probe, a process of its own, saw over the window (null without one). */
+  probe: ProbeResult | null;
 }
 
 /** Request kinds that are control requests (what issue 17's p99 is about): not long polls, unit bytes or the bench's reads. */
@@ -151,6 +159,7 @@ class Site {
 export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-scale-'));
   let started: ScaleServers | null = null;
+  let probe: Probe | null = null;
   const client = { c: null as Client | null };
   try {
     const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
@@ -385,6 +394,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     while (joined < o.agents && Date.now() - t0 < JOIN_DEADLINE_MS) await sleep(200);
     const joinSeconds = (Date.now() - t0) / 1000;
     const joinedAtWindow = joined;
+    const pr = o.probe ?? PROBE;
+    if (pr.members > 0) probe = await startProbe({ port: servers[0].port, release, units, members: pr.members, perSecond: pr.perSecond, wideGroup: o.policy === 'wide' ? 'wide0' : undefined }, 120_000);
     await sleep(3000);
     const joinedByAtWindow = [...joinedBy];
     const hz = clockTicks();
@@ -402,8 +413,10 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const simLoop = monitorEventLoopDelay({ resolution: 10 });
     simLoop.enable();
     c.measuring = true;
+    probe?.measure();
     await sleep(o.seconds * 1000);
     c.measuring = false;
+    const probed = probe ? await probe.report() : null;
     simLoop.disable();
     const [c1, pg1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
@@ -428,12 +441,19 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const serverHwmMiB = Math.max(...instances.map((i) => i.hwmMiB));
     stop = true;
     await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: { p50: late(simLoop.percentile(50)), p99: late(simLoop.percentile(99)), max: late(simLoop.max), mean: late(simLoop.mean) } };
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: { p50: late(simLoop.percentile(50)), p99: late(simLoop.percentile(99)), max: late(simLoop.max), mean: late(simLoop.mean) }, probe: probed };
   } finally {
+    probe?.stop();
     client.c?.close();
     await started?.stop();
     await fs.rm(dir, { recursive: true, force: true });
   }
+}
+
+/** The probe's p50 / p99 / max (count, failures) cell. */
+function probeCell(p: ProbeResult | null): string {
+  if (!p) return '-';
+  return `${p.p50.toFixed(1)} / ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} (${p.count}${p.failed ? `, ${p.failed} failed` : ''})`;
 }
 
 /** Milliseconds from bucketed seconds: '-' without observations, '>' the last bound above it. */
@@ -493,7 +513,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
       `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form}${r.instances.length > 1 ? ` (${r.instances.length} instances: below)` : ''} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
       `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${fullRate} | ${cpuPerRequest.toFixed(0)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% (${r.serverCpu > 0 ? ((r.serverSystemCpu / r.serverCpu) * 100).toFixed(0) : '-'}% kernel) | ` +
       `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
-      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${sides.server} | ${sides.serverLoop} | ${sides.simLoop} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
+      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${probeCell(r.probe)} | ${sides.server} | ${sides.serverLoop} | ${sides.simLoop} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
     );
   });
   return [
@@ -513,10 +533,13 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'in its fixed buckets as Prometheus\' histogram_quantile does; "server event-loop delay", its',
     '`fleetcast_server_event_loop_delay_seconds` over the window (how late its 10 ms timer ran: what a request waits in the socket',
     'before the server reads it); "simulator event-loop delay", perf_hooks.monitorEventLoopDelay in the simulator over the window.',
+    `"Seen by the probe": ${PROBE.members} more members, each a LAN group of its own, in a Node process of their own (bench/scale-probe.ts),`,
+    `heartbeating as 1.4 agents ${PROBE.perSecond} times a second together while the simulator loads the server, timed as the simulator times its`,
+    'requests (the count is in brackets): an agent is a small process, and the probe\'s latency has no 100,000-agent heap\'s pauses in it.',
     `The simulator runs with ${SIM_SEMI_SPACE_MIB} MiB semi-spaces (\`node --max-semi-space-size=${SIM_SEMI_SPACE_MIB}\`; the server keeps Node's default): with the default, its own GC pauses set the p99 it saw at 100,000 agents.`,
     '',
-    '| agents | protocol | policy | units | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 seen by the simulator (ms) | server\'s own p50 / p99 (ms) | server event-loop delay p50 / p99 (ms) | simulator event-loop delay p50 / p99 / max (ms) | failed | server peak RSS (MiB) |',
-    '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| agents | protocol | policy | units | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 seen by the simulator (ms) | p50 / p99 / max seen by the probe (ms) | server\'s own p50 / p99 (ms) | server event-loop delay p50 / p99 (ms) | simulator event-loop delay p50 / p99 / max (ms) | failed | server peak RSS (MiB) |',
+    '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
     'Where the simulator sent fewer than 95% of the heartbeats its agents meant to, "at the full rate" extrapolates: the server CPU',

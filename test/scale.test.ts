@@ -1,7 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { ExecutionContext } from 'ava';
-import { benchScale, latencySides, serverControl, simNodeArgs, SIM_SEMI_SPACE_MIB } from '../bench/scale';
+import { benchScale, latencySides, scaleReport, serverControl, simNodeArgs, SIM_SEMI_SPACE_MIB } from '../bench/scale';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { bucketQuantile } from '../bench/scale-cluster';
@@ -107,8 +107,15 @@ test.serial('scale bench, one server: the server\'s own latency by kind and its 
   const served = serverControl(r, ['heartbeat']);
   const servedCount = served ? served.counts.reduce((a, b) => a + b, 0) : 0;
   const sent = r.kinds.heartbeat.count;
-  // The two counts cover nearly the same seconds (the server's is read just outside the window).
-  t.true(sent > 50 && servedCount >= sent * 0.8 && servedCount <= sent * 1.5, `server counted ${servedCount} heartbeats, the simulator ${sent}`);
+  // The probe, a process of its own, heartbeat beside the simulator over the same window (50 a second).
+  const p = r.probe;
+  if (!p) return t.fail('no probe result');
+  t.true(p.count >= 50 && p.count <= 300, `the probe timed ${p.count} heartbeats in 3 s`);
+  t.is(p.failed, 0);
+  t.true(p.p50 > 0 && p.p50 <= p.p99 && p.p99 <= p.max, JSON.stringify(p));
+  // The counts cover nearly the same seconds (the server's is read just outside the window).
+  t.true(sent > 50 && servedCount >= (sent + p.count) * 0.8 && servedCount <= (sent + p.count) * 1.5, `server counted ${servedCount} heartbeats, the simulator ${sent}, the probe ${p.count}`);
+  t.regex(scaleReport([r], 'test', 'test').join('\n'), new RegExp(`\\| ${p.p50.toFixed(1)} / ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} \\(${p.count}\\) \\|`), 'the row has the probe\'s cell');
   const loop = r.instances[0].serverLoop.counts.reduce((a, b) => a + b, 0);
   t.true(loop > 0, 'the server\'s loop delay was sampled in the window');
   t.true(Number.isFinite(r.simLoopMs.p99) && r.simLoopMs.max >= r.simLoopMs.p50, JSON.stringify(r.simLoopMs));
