@@ -1,7 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { ExecutionContext } from 'ava';
-import { benchScale, latencySides, scaleReport, serverControl, simNodeArgs, SIM_SEMI_SPACE_MIB } from '../bench/scale';
+import { benchScale, latencySides, scaleReport, serverControl, SIM_NICE, simNodeArgs, SIM_SEMI_SPACE_MIB } from '../bench/scale';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { bucketQuantile } from '../bench/scale-cluster';
@@ -115,12 +115,31 @@ test.serial('scale bench, one server: the server\'s own latency by kind and its 
   t.true(p.p50 > 0 && p.p50 <= p.p99 && p.p99 <= p.max, JSON.stringify(p));
   // The counts cover nearly the same seconds (the server's is read just outside the window).
   t.true(sent > 50 && servedCount >= (sent + p.count) * 0.8 && servedCount <= (sent + p.count) * 1.5, `server counted ${servedCount} heartbeats, the simulator ${sent}, the probe ${p.count}`);
-  t.regex(scaleReport([r], 'test', 'test').join('\n'), new RegExp(`\\| ${p.p50.toFixed(1)} / ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} \\(${p.count}\\) \\|`), 'the row has the probe\'s cell');
+  t.is(r.simNice, Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE), 'the simulator ran the window niced');
+  t.regex(scaleReport([r], 'test', 'test').join('\n'), new RegExp(`\\| ${p.p50.toFixed(1)} / ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} \\(${p.count}; its loop ${p.loopP99.toFixed(1)}\\) \\|`), 'the row has the probe\'s cell');
   const loop = r.instances[0].serverLoop.counts.reduce((a, b) => a + b, 0);
   t.true(loop > 0, 'the server\'s loop delay was sampled in the window');
   t.true(Number.isFinite(r.simLoopMs.p99) && r.simLoopMs.max >= r.simLoopMs.p50, JSON.stringify(r.simLoopMs));
   const sides = latencySides(r);
   t.regex(sides.server, /^\d+\.\d \/ \d+\.\d$/);
+});
+
+test('the simulator lowers every thread of its process to a niceness, and back as root', (t) => {
+  const code = `const { niceThreads } = require(${JSON.stringify(path.join(__dirname, '..', 'bench', 'scale.js'))});
+    const fs = require('fs');
+    const nices = () => fs.readdirSync('/proc/self/task').map((tid) => Number(fs.readFileSync('/proc/self/task/' + tid + '/stat', 'utf8').split(') ')[1].split(' ')[16]));
+    const before = nices();
+    const ok = niceThreads(Math.max(before[0], 7));
+    const during = nices();
+    const back = niceThreads(before[0]);
+    console.log(JSON.stringify({ before, ok, during, back, after: nices() }));`;
+  const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { before: number[]; ok: boolean; during: number[]; back: boolean; after: number[] };
+  t.true(j.ok);
+  t.true(j.during.length > 1, 'Node has threads beside the main one');
+  t.deepEqual(j.during, j.during.map(() => Math.max(j.before[0], 7)), 'every thread, not only the main one');
+  if (process.getuid?.() === 0) t.deepEqual(j.after, j.before, 'root restores them');
 });
 
 test('bench scale starts its simulator again with a larger young generation, once, and exits as that run did', (t) => {
