@@ -576,3 +576,50 @@ test('origin leases (bytes from an HTTP range origin): one still queued at its m
     t.deepEqual(g.hedged, [s[0]], 'started 4 s ago and no byte since: hedged');
   }
 });
+
+/** The walk missingInGroup() used to do, as the oracle for the count it now keeps. */
+class Walked extends GroupAllocator {
+  walk(): number {
+    let n = 0;
+    for (let u = 0; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0) n++;
+    return n;
+  }
+}
+
+test('the missing-unit count kept as holders come and go equals a walk over the units, through heartbeats, receipts, leaves, expiry and growth', (t) => {
+  let seed = 17;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >>> 16) % n;
+  const g = new Walked({ unitCount: 40, unitBytes: () => MIB, memberTimeoutMs: 3000, leaseMinMs: 10_000 });
+  let now = 0;
+  let units = 40;
+  for (let step = 0; step < 3000; step++) {
+    now += 10;
+    const id = `m${rand(8)}`;
+    switch (rand(6)) {
+      case 0:
+      case 1: {
+        const have = new Uint8Array(bitmapBytes(units));
+        for (let u = 0; u < units; u++) if (rand(3) === 0) setBit(have, u);
+        g.heartbeat(id, now, { have });
+        break;
+      }
+      case 2: {
+        const { units: got } = g.lease(id, now, 2);
+        finish(g, id, got, now, 5);
+        break;
+      }
+      case 3:
+        g.leave(id);
+        break;
+      case 4:
+        now += rand(5000);
+        g.expire(now);
+        break;
+      default:
+        if (rand(40) === 0) g.growUnits((units += 8), units - 8);
+    }
+    if (g.missingInGroup() !== g.walk()) return t.fail(`step ${step}: kept ${g.missingInGroup()}, walked ${g.walk()}`);
+  }
+  t.is(g.missingInGroup(), g.walk());
+  t.true(units > 40, 'the release grew');
+});
