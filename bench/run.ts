@@ -361,7 +361,10 @@ async function main() {
           }
     const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`;
     const cluster = flag < 0 ? [] : clusterReport(results, command);
-    return writeResult('scale', keepOtherSections(await previousResult('scale'), [...scaleReport(results, machine(), command), ...cluster]));
+    await writeResult('scale', keepOtherSections(await previousResult('scale'), [...scaleReport(results, machine(), command), ...cluster]));
+    // The result is written. After a saturated run (100,000 agents under policy wide) the simulator once stayed up,
+    // idle, on a handle not found: it ends here rather than hold the heavy-test lock.
+    process.exit(0);
   }
   if (what === 'stream') {
     // npm run bench -- stream [AGENTS] [MBIT] [SECONDS] [LOSS%[,LOSS%]] [UNIT_KIB] [RUNS]
