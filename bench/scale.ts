@@ -413,7 +413,8 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     while (joined < o.agents && Date.now() - t0 < JOIN_DEADLINE_MS) await sleep(200);
     const joinSeconds = (Date.now() - t0) / 1000;
     const joinedAtWindow = joined;
-    const pr = o.probe ?? PROBE;
+    // With several instances the probe's groups would be one instance's more to own (its tests count them): none by default.
+    const pr = o.probe ?? (n === 1 ? PROBE : { members: 0, perSecond: 0 });
     // A server still swamped by joins may not let the probe in: the row then has no probe figures, the rest stands.
     if (pr.members > 0) {
       probe = await startProbe({ port: servers[0].port, release, units, members: pr.members, perSecond: pr.perSecond, wideGroup: o.policy === 'wide' ? 'wide0' : undefined }, 120_000).catch((err: Error) => {
@@ -444,7 +445,12 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     probe?.measure();
     await sleep(o.seconds * 1000);
     c.measuring = false;
-    const probed = probe ? await probe.report() : null;
+    const probed = probe
+      ? await probe.report().catch((err: Error) => {
+          process.stderr.write(`scale: ${err.message}; the row has no probe figures\n`);
+          return null;
+        })
+      : null;
     if (niced) niceThreads(baseNice); // as root; elsewhere the next row's joins run niced too
     simLoop.disable();
     const [c1, pg1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
