@@ -37,6 +37,28 @@ export interface Route {
   at: number;
 }
 
+/** The p-th percentile of `a` (nearest rank below; NaN when empty): the scale bench's, its probe's and its cluster report's. */
+export function pct(a: number[], p: number): number {
+  if (a.length === 0) return NaN;
+  const s = [...a].sort((x, y) => x - y);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+/** ms late from monitorEventLoopDelay's nanoseconds (resolution 10 ms): Node records the time between two runs of its timer. */
+export const late = (ns: number) => Math.max(0, ns / 1e6 - 10);
+
+/** A join that fails (the server busy with the whole fleet joining) is tried again with backoff, as an agent would, until `stopped`. */
+export async function joinWithBackoff<T>(join: () => Promise<T>, stopped: () => boolean): Promise<T> {
+  for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
+    try {
+      return await join();
+    } catch (err) {
+      if (stopped()) throw err;
+      await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+    }
+  }
+}
+
 /** 503 codes after which an agent tries the next server (src/agent/control-client.ts, TRY_NEXT). */
 const TRY_NEXT = new Set(['ENGINE_UNAVAILABLE']);
 

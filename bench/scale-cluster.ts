@@ -5,6 +5,7 @@ import type { ExecutionContext } from 'ava';
 import { Postgres, postgresUnsupported, startPostgres } from '../test/helpers/postgres';
 import { freePort } from '../test/helpers/ports';
 import type { ScaleResult } from './scale';
+import { pct } from './scale-client';
 
 /**
  * The scale bench's `fleetcast server` processes (bench/scale.ts): one, as before, or N
@@ -203,11 +204,6 @@ export function bucketQuantile(b: Buckets | null, q: number): number {
   return Infinity;
 }
 
-function pct(a: number[], p: number): number {
-  if (a.length === 0) return NaN;
-  const s = [...a].sort((x, y) => x - y);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-}
 
 /**
  * The section of bench/results/scale.md for several coordinators: per instance and in

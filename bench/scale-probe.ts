@@ -1,7 +1,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
-import { Client } from './scale-client';
+import { Client, joinWithBackoff, late, pct } from './scale-client';
 
 /**
  * The scale bench's probe (issue 17): a few members of their own, in a Node process of
@@ -37,10 +37,6 @@ export interface ProbeResult {
   loopP99: number;
 }
 
-function pct(s: number[], p: number): number {
-  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : NaN;
-}
-
 async function probe(a: ProbeArgs): Promise<void> {
   const c = new Client([a.port]);
   const have = Buffer.alloc(Math.ceil(a.units / 8)).toString('base64');
@@ -60,15 +56,8 @@ async function probe(a: ProbeArgs): Promise<void> {
   type A = { mapEpoch: number; mapVersion: number };
   for (let k = 0; k < a.members; k++) {
     maps.push({ version: 0 });
-    for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
-      try {
-        const j = await c.post<A>(`127.254.0.${k + 1}`, 'join', '/v1/join', body(k));
-        maps[k] = { epoch: j.mapEpoch, version: j.mapVersion };
-        break;
-      } catch {
-        await new Promise((r) => setTimeout(r, delay));
-      }
-    }
+    const j = await joinWithBackoff(() => c.post<A>(`127.254.0.${k + 1}`, 'join', '/v1/join', body(k)), () => false);
+    maps[k] = { epoch: j.mapEpoch, version: j.mapVersion };
   }
   process.stdout.write('joined\n');
   const loop = monitorEventLoopDelay({ resolution: 10 });
@@ -88,8 +77,8 @@ async function probe(a: ProbeArgs): Promise<void> {
       loop.disable();
       clearInterval(beat);
       const ks = Object.values(c.kinds);
-      const lat = ks.flatMap((k) => k.latencies).sort((x, y) => x - y);
-      const r: ProbeResult = { count: lat.length, failed: ks.reduce((n, k) => n + k.failed, 0), p50: pct(lat, 50), p99: pct(lat, 99), max: lat.at(-1) ?? NaN, loopP99: Math.max(0, loop.percentile(99) / 1e6 - 10) };
+      const lat = ks.flatMap((k) => k.latencies);
+      const r: ProbeResult = { count: lat.length, failed: ks.reduce((n, k) => n + k.failed, 0), p50: pct(lat, 50), p99: pct(lat, 99), max: pct(lat, 100), loopP99: late(loop.percentile(99)) };
       process.stdout.write(JSON.stringify(r) + '\n');
       c.close();
       return;

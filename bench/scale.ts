@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseManifest } from '../src/release/manifest';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
-import { Client, InstanceCount, Kind, Route } from './scale-client';
+import { Client, InstanceCount, joinWithBackoff, Kind, late, pct, Route } from './scale-client';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Probe, ProbeResult, startProbe } from './scale-probe';
 import { addBuckets, bucketQuantile, Buckets, bucketsSince, instanceCounters, postgresCpuSeconds, ScaleServers, serverHistograms, startScaleServers } from './scale-cluster';
@@ -35,17 +35,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** The window opens once every agent has joined, or this long after the first was started. */
 const JOIN_DEADLINE_MS = 180_000;
 
-/** A join that fails (the server busy with the whole fleet joining) is tried again with backoff, as an agent would, until `stopped`. */
-async function joinWithBackoff<T>(join: () => Promise<T>, stopped: () => boolean): Promise<T> {
-  for (let delay = 100; ; delay = Math.min(5000, delay * 2)) {
-    try {
-      return await join();
-    } catch (err) {
-      if (stopped()) throw err;
-      await sleep(delay * (0.5 + Math.random()));
-    }
-  }
-}
 
 export interface ScaleOptions {
   agents: number;
@@ -150,14 +139,6 @@ export interface InstanceResult extends InstanceCount {
   serverLoop: Buckets;
 }
 
-function pct(a: number[], p: number): number {
-  if (a.length === 0) return NaN;
-  const s = [...a].sort((x, y) => x - y);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-}
-
-/** ms late from monitorEventLoopDelay's nanoseconds (resolution 10 ms): Node records the time between two runs of its timer. */
-const late = (ns: number) => Math.max(0, ns / 1e6 - 10);
 
 /** A LAN group's shared state: which units its members hold (a unit fetched by one reaches the rest after the LAN delay). */
 class Site {
