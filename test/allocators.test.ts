@@ -39,6 +39,12 @@ function book(allocators: number, perAllocator: number) {
   return { b, ends, tick };
 }
 
+/** Live members in the server's fleet view (GET /v1/fleet), all groups. */
+async function fleetMembers(url: string): Promise<number> {
+  const v = (await (await fetch(`${url}/v1/fleet`)).json()) as { groups: { members: { id: string }[] }[] };
+  return v.groups.flatMap((g) => g.members.map((m) => m.id)).length;
+}
+
 test('expiry visits only allocators whose earliest deadline passed: idle members holding polls cost no walk per tick, however many', (t) => {
   for (const n of [10, 200]) {
     const { b, tick } = book(n, 10);
@@ -116,10 +122,7 @@ test('a server over idle members: ticks walk no member once their deadlines are 
     const t0 = f.server.expiryWork().ticks;
     while (f.server.expiryWork().ticks < t0 + n) await new Promise((r) => setTimeout(r, 50));
   };
-  const members = async () => {
-    const v = (await (await fetch(`${f.url}/v1/fleet`)).json()) as { groups: { members: { id: string }[] }[] };
-    return v.groups.flatMap((g) => g.members.map((m) => m.id)).length;
-  };
+  const members = () => fleetMembers(f.url);
   await ticks(3);
   const w0 = f.server.expiryWork();
   await ticks(5);
@@ -154,10 +157,7 @@ test('a tick with more due allocators than one slice expires them over several t
     t.is(res.status, 200);
     await res.arrayBuffer();
   }
-  const members = async () => {
-    const v = (await (await fetch(`${f.url}/v1/fleet`)).json()) as { groups: { members: { id: string }[] }[] };
-    return v.groups.flatMap((g) => g.members.map((m) => m.id)).length;
-  };
+  const members = () => fleetMembers(f.url);
   t.is(await members(), groups);
   const w0 = f.server.expiryWork();
   clock += 60_000; // past every member's deadline: every allocator is due on the next tick
