@@ -7,7 +7,7 @@ import { benchIdleHeld, HeldRow, idleHeldReport } from './idle-held';
 import { randomInt } from 'node:crypto';
 import { runDemo, DemoResult } from '../src/cli/demo';
 import { benchIdleAll, idleReport } from './idle';
-import { benchScale, scaleReport, simNodeArgs } from './scale';
+import { benchScale, scaleReport } from './scale';
 import { clusterReport } from './scale-cluster';
 import { benchStream, streamReport } from './stream';
 import { AgentMemory, AgentMemorySampler, nodeBaselineKiB } from './proc-memory';
@@ -290,13 +290,6 @@ async function memoryLines(runs: number): Promise<string[]> {
   ];
 }
 
-/** This bench again in a child node with `args`, signals passed on; exits as the child did. */
-function runAgain(args: string[]): Promise<void> {
-  const child = spawn(process.execPath, args, { stdio: 'inherit' });
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
-  return new Promise(() => child.on('exit', (code, signal) => process.exit(code ?? (signal === 'SIGINT' ? 130 : 143))));
-}
-
 async function main() {
   const [what = 'demo', runsArg] = process.argv.slice(2);
   if (what === 'transport') return benchTransport(Number(runsArg ?? 5));
@@ -334,9 +327,6 @@ async function main() {
     return writeResult('idle-fleet', idleFleetReport(results, machine(), `npm run bench -- idle-fleet ${process.argv.slice(3).join(' ')}`.trim()));
   }
   if (what === 'scale') {
-    // The simulator's young generation is set at node's start: start again with it (simNodeArgs).
-    const again = simNodeArgs(process.execArgv, process.argv[1], process.argv.slice(2));
-    if (again) return runAgain(again);
     // npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS] [POLICY[,POLICY]] [FORM[,FORM]] [--instances N[,N]]
     const args = process.argv.slice(3);
     const flag = args.indexOf('--instances');

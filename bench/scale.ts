@@ -1,12 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { createPublicKey } from 'node:crypto';
-import { promises as fs, readdirSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseManifest } from '../src/release/manifest';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
-import { Client, InstanceCount, joinWithBackoff, Kind, late, pct, Route } from './scale-client';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { InstanceCount, Kind, pct } from './scale-client';
+import { mergeSimReports, Sims, SIM_SEMI_SPACE_MIB, simProcesses, startSims } from './scale-sim';
 import { Probe, ProbeResult, startProbe } from './scale-probe';
 import { addBuckets, bucketQuantile, Buckets, bucketsSince, instanceCounters, postgresCpuSeconds, ScaleServers, serverHistograms, startScaleServers } from './scale-cluster';
 
@@ -70,6 +70,8 @@ export interface ScaleOptions {
   teardown?: (f: () => Promise<void>) => void;
   /** Server limits for large fleets (the defaults keep 16,384 members and 2,048 connections). */
   serverArgs?: string[];
+  /** Simulator processes (default simProcesses(agents)). */
+  simProcesses?: number;
   /** The probe beside the simulator (bench/scale-probe.ts): its members and heartbeats a second; 0 members, none. Default PROBE. */
   probe?: { members: number; perSecond: number };
 }
@@ -80,16 +82,6 @@ export interface ScaleOptions {
  * its GC threads and its main thread take CPU the server and the probe then wait for.
  */
 export const SIM_NICE = 10;
-
-/** Set every thread of this process (Linux: /proc/self/task) to niceness `n`; false where that is refused. */
-export function niceThreads(n: number): boolean {
-  try {
-    for (const tid of readdirSync('/proc/self/task')) os.setPriority(Number(tid), n);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The probe's default: 10 members of their own heartbeating 50 times a second together, about 1,000 requests in a 20 s window. */
 export const PROBE = { members: 10, perSecond: 50 };
@@ -118,6 +110,9 @@ export interface ScaleResult {
   probe: ProbeResult | null;
   /** The simulator's niceness over the window (0: not lowered). */
   simNice: number;
+  /** The simulator processes the agents were shared among (bench/scale-sim.ts), and their semi-space size (MiB; 0: V8's default). */
+  simProcesses: number;
+  simSemiSpaceMiB: number;
 }
 
 /** Request kinds that are control requests (what issue 17's p99 is about): not long polls, unit bytes or the bench's reads. */
@@ -140,27 +135,11 @@ export interface InstanceResult extends InstanceCount {
 }
 
 
-/** A LAN group's shared state: which units its members hold (a unit fetched by one reaches the rest after the LAN delay). */
-class Site {
-  readonly held: Uint8Array;
-  heldCount = 0;
-  /** The server instances its agents try, in order (indexes into the servers started): the same for every agent of the site. */
-  order: number[] = [0];
-  constructor(readonly name: string, readonly address: string, readonly wide: string | undefined, units: number) {
-    this.held = new Uint8Array(Math.ceil(units / 8));
-  }
-  hold(u: number): void {
-    if (this.held[u >> 3] & (0x80 >> (u & 7))) return;
-    this.held[u >> 3] |= 0x80 >> (u & 7);
-    this.heldCount++;
-  }
-}
-
 export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleetcast-scale-'));
   let started: ScaleServers | null = null;
   let probe: Probe | null = null;
-  const client = { c: null as Client | null };
+  let sims: Sims | null = null;
   try {
     const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
     let r = run(['keygen', '--out', path.join(dir, 'keys')]);
@@ -186,214 +165,17 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     o.teardown?.(started.stop);
     const servers = started.servers;
 
-    const c = (client.c = new Client(servers.map((x) => x.port)));
-    const sites: Site[] = [];
-    const nSites = Math.ceil(o.agents / o.perGroup);
-    for (let s = 0; s < nSites; s++) {
-      const address = `127.${1 + ((s >> 16) & 0xff)}.${(s >> 8) & 0xff}.${1 + (s & 0xff) === 256 ? 255 : 1 + (s & 0xff)}`;
-      const site = new Site(`site${s}`, address, o.policy === 'wide' ? `wide${Math.floor(s / o.sitesPerWide)}` : undefined, units);
-      // Every agent of an allocation (a LAN group; under policy wide, its wide-area group) lists the instances in the
-      // same order, alternating between allocations, so it mostly reaches its allocation's owner first (docs/scale-out.md).
-      const home = (o.policy === 'wide' ? Math.floor(s / o.sitesPerWide) : s) % n;
-      site.order = servers.map((_, k) => (home + k) % n);
-      sites.push(site);
-    }
-    /** Joined agents per first-listed instance. */
-    const joinedBy = servers.map(() => 0);
-    let completed = 0;
-    /** Agents whose join was answered: the window opens once all have joined. */
-    let joined = 0;
-    /** The interval the server answered last (any agent): what the agents meant to keep. */
-    let answeredMs = 1000;
-    let stop = false;
     // Each agent's share of the origin's egress, at most its own WAN rate (2 fetch workers each).
     const rate = Math.min(o.wanBytesPerSec, o.originBytesPerSec / (o.agents * 2));
-    const unitMs = (unitSize / rate) * 1000;
-
-    /** What every simulated heartbeat says, 1.3 or 1.4: who, where, what its LAN group holds, what it fetches. */
-    const beatBody = (site: { address: string; held: Uint8Array }, ref: Record<string, string>, extra: { wideGroup?: string; copyTree?: boolean }, fetching: Set<number>, i: number) => ({
-      ...ref,
-      ...extra,
-      have: Buffer.from(site.held).toString('base64'),
-      address: site.address,
-      fetching: [...fetching],
-      dataPort: 40000 + (i % o.perGroup),
-    });
-
-    /** An agent's end: its fetch workers done, it waits until its LAN group holds every unit, says complete, and stops beating. */
-    const finish = async (site: { address: string; heldCount: number }, ref: { release: string; group: string; member: string }, route: Route, workers: Promise<void>[], beat: Promise<void>) => {
-      await Promise.all(workers);
-      while (!stop && site.heldCount < units) await sleep(500);
-      if (!stop) {
-        await c.post(site.address, 'complete', '/v1/complete', { ...ref, sha256 }, route).catch(() => undefined);
-        completed++;
-      }
-      await beat;
-    };
-
-    const agent = async (i: number) => {
-      const site = sites[Math.floor(i / o.perGroup)];
-      const route: Route = { order: site.order, at: 0 };
-      const ref = { release, group: site.name, member: `m${i}` };
-      const extra = site.wide ? { wideGroup: site.wide } : {};
-      const fetching = new Set<number>();
-      let heartbeatMs = 1000;
-      const hb = (join: boolean) =>
-        c.post<{ heartbeatMs: number }>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
-          ...beatBody(site, ref, extra, fetching, i),
-        }, route);
-      heartbeatMs = (await joinWithBackoff(() => hb(true), () => stop)).heartbeatMs;
-      joined++;
-      joinedBy[site.order[0]]++;
-      const beat = (async () => {
-        // Spread the first beats over one interval, as agents started at different times would be.
-        await sleep(Math.random() * heartbeatMs);
-        while (!stop) {
-          try {
-            heartbeatMs = (await hb(false)).heartbeatMs || heartbeatMs;
-            answeredMs = heartbeatMs;
-          } catch {
-            /* counted */
-          }
-          await sleep(heartbeatMs);
-        }
-      })();
-      const worker = async () => {
-        while (!stop && site.heldCount < units) {
-          let g: { units: number[]; retryAfterMs: number; exhausted: boolean };
-          try {
-            g = await c.post(site.address, 'lease', '/v1/lease', ref, route); // a member reference, as an agent sends (wideGroup goes on heartbeats only)
-          } catch {
-            await sleep(1000);
-            continue;
-          }
-          if (g.units.length === 0) {
-            if (g.exhausted) break;
-            await sleep(Math.max(100, g.retryAfterMs));
-            continue;
-          }
-          for (const u of g.units) {
-            if (stop) return;
-            fetching.add(u);
-            await sleep(unitMs);
-            fetching.delete(u);
-            await c.post(site.address, 'receipt', '/v1/receipt', { ...ref, unit: u }, route).catch(() => undefined);
-            setTimeout(() => site.hold(u), o.lanDelayMs);
-          }
-        }
-      };
-      await finish(site, ref, route, [worker(), worker()], beat);
-    };
-
-    /**
-     * A 1.4 agent: one heartbeat per interval carrying its receipts and, when its queue
-     * runs dry, a request for more units (sent at once then: a "kick"); the answers are
-     * map deltas since the version it last saw.
-     */
-    const agent14 = async (i: number) => {
-      const site = sites[Math.floor(i / o.perGroup)];
-      const route: Route = { order: site.order, at: 0 };
-      const ref = { release, group: site.name, member: `m${i}` };
-      const extra = site.wide ? { wideGroup: site.wide, ...(o.form === '1.5' ? { copyTree: true } : {}) } : {};
-      const fetching = new Set<number>();
-      const queue: number[] = [];
-      const receipts: { u: number; at: number }[] = [];
-      let epoch: number | undefined;
-      let version: number | undefined;
-      let heartbeatMs = 1000;
-      let exhausted = false;
-      let retryAt = 0;
-      let wakeBeat: (() => void) | null = null;
-      const wakers: (() => void)[] = [];
-      let asking = false;
-      const hb = async (join: boolean) => {
-        const want = !exhausted && Date.now() >= retryAt && queue.length + fetching.size < 2 ? 4 : 0;
-        const rs = receipts.splice(0);
-        const now = Date.now();
-        asking = want > 0;
-        type A = { heartbeatMs: number; mapEpoch: number; mapVersion: number; lease?: { units: number[]; retryAfterMs: number; exhausted: boolean } };
-        let a: A;
-        try {
-          a = await c.post<A>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
-            ...beatBody(site, ref, extra, fetching, i),
-            ...(epoch !== undefined ? { mapEpoch: epoch, mapVersion: version } : { mapVersion: 0 }),
-            ...(rs.length ? { receipts: rs.map((r) => r.u), receiptAgesMs: rs.map((r) => now - r.at) } : {}),
-            ...(want ? { lease: want } : {}),
-          }, route);
-        } catch (err) {
-          receipts.unshift(...rs); // sent again with the next beat
-          throw err;
-        } finally {
-          asking = false;
-        }
-        epoch = a.mapEpoch;
-        version = a.mapVersion;
-        heartbeatMs = a.heartbeatMs || heartbeatMs;
-        answeredMs = heartbeatMs;
-        if (a.lease) {
-          queue.push(...a.lease.units);
-          exhausted = a.lease.exhausted;
-          retryAt = a.lease.units.length ? 0 : Date.now() + Math.max(100, a.lease.retryAfterMs);
-        }
-        for (const w of wakers.splice(0)) w();
-      };
-      await joinWithBackoff(() => hb(true), () => stop);
-      joined++;
-      joinedBy[site.order[0]]++;
-      const beat = (async () => {
-        await sleep(Math.random() * heartbeatMs);
-        while (!stop) {
-          await hb(false).catch(() => undefined);
-          await new Promise<void>((resolve) => {
-            const t = setTimeout(done, heartbeatMs);
-            function done() {
-              clearTimeout(t);
-              wakeBeat = null;
-              resolve();
-            }
-            wakeBeat = done;
-          });
-        }
-      })();
-      const worker = async () => {
-        while (!stop && site.heldCount < units) {
-          const u = queue.shift();
-          if (u === undefined) {
-            if (exhausted) break;
-            // Out of units: beat now with a lease request (unless one is on its way).
-            if (!asking && Date.now() >= retryAt) wakeBeat?.();
-            await new Promise<void>((resolve) => {
-              const t = setTimeout(resolve, Math.max(100, retryAt - Date.now()));
-              wakers.push(() => {
-                clearTimeout(t);
-                resolve();
-              });
-            });
-            continue;
-          }
-          if (site.held[u >> 3] & (0x80 >> (u & 7))) continue;
-          fetching.add(u);
-          await sleep(unitMs);
-          fetching.delete(u);
-          receipts.push({ u, at: Date.now() });
-          setTimeout(() => site.hold(u), o.lanDelayMs);
-        }
-      };
-      await finish(site, ref, route, [worker(), worker()], beat);
-    };
-
-    // Joins ramp over a few seconds, like a fleet's boxes waking up.
+    const procs = o.simProcesses ?? simProcesses(o.agents);
+    // Joins ramp over a few seconds, like a fleet's boxes waking up: 200 agents every 50 ms, all processes together.
+    const sim = (sims = startSims({ ports: servers.map((x) => x.port), release, units, sha256, unitMs: (unitSize / rate) * 1000, lanDelayMs: o.lanDelayMs, perGroup: o.perGroup, policy: o.policy, sitesPerWide: o.sitesPerWide, form: o.form, agents: o.agents, joinDeadlineMs: JOIN_DEADLINE_MS }, procs, 200));
     const t0 = Date.now();
-    const all: Promise<void>[] = [];
-    // Agents not started within the join deadline are left out (a saturated simulator starts them slowly): the rows count those that joined.
-    for (let i = 0; i < o.agents && Date.now() - t0 < JOIN_DEADLINE_MS; i++) {
-      all.push((o.form === '1.3' ? agent : agent14)(i).catch((err) => void process.stderr.write(`scale: agent ${i}: ${(err as Error).message}\n`)));
-      if (i % 200 === 199) await sleep(50);
-    }
     // The window opens once every agent has joined (at most 3 minutes), and a few beats later.
-    while (joined < o.agents && Date.now() - t0 < JOIN_DEADLINE_MS) await sleep(200);
+    while (sim.joined() < o.agents && Date.now() - t0 < JOIN_DEADLINE_MS && !sim.gone()) await sleep(200);
+    if (sim.gone()) throw new Error(`scale: ${sim.gone()}`);
     const joinSeconds = (Date.now() - t0) / 1000;
-    const joinedAtWindow = joined;
+    const joinedAtWindow = sim.joined();
     // With several instances the probe's groups would be one instance's more to own (its tests count them): none by default.
     const pr = o.probe ?? (n === 1 ? PROBE : { members: 0, perSecond: 0 });
     // A server still swamped by joins may not let the probe in: the row then has no probe figures, the rest stands.
@@ -403,11 +185,9 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         return null;
       });
     }
-    const nice = Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE);
-    const baseNice = os.getPriority();
-    const niced = nice > 0 && niceThreads(Math.min(19, baseNice + nice));
+    sim.nice(Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE));
     await sleep(3000);
-    const joinedByAtWindow = [...joinedBy];
+    const joinedByAtWindow = sim.joinedBy();
     const hz = clockTicks();
     const cpuOf = async () => Promise.all(servers.map((x) => cpuSeconds(x.pid, hz)));
     const pgPid = started.postgresPid;
@@ -420,28 +200,26 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const h0 = await hists();
     const [c0, pg0] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const w0 = process.hrtime.bigint();
-    const simLoop = monitorEventLoopDelay({ resolution: 10 });
-    simLoop.enable();
-    c.measuring = true;
+    sim.measure();
     probe?.measure();
     await sleep(o.seconds * 1000);
-    c.measuring = false;
+    const reporting = sim.report();
+    reporting.catch(() => undefined); // awaited below, after the probe's
     const probed = probe
       ? await probe.report().catch((err: Error) => {
           process.stderr.write(`scale: ${err.message}; the row has no probe figures\n`);
           return null;
         })
       : null;
-    if (niced) niceThreads(baseNice); // as root; elsewhere the next row's joins run niced too
-    simLoop.disable();
     const [c1, pg1] = await Promise.all([cpuOf(), pgPid ? postgresCpuSeconds(pgPid, hz) : 0]);
     const window = Number(process.hrtime.bigint() - w0) / 1e9;
     const h1 = await hists();
     const k1 = await counters();
+    const simmed = mergeSimReports(await reporting);
     const instances: InstanceResult[] = [];
     for (let k = 0; k < n; k++) {
       instances.push({
-        ...c.instances[k],
+        ...simmed.instances[k],
         cpu: c1[k].user + c1[k].system - (c0[k].user + c0[k].system),
         systemCpu: c1[k].system - c0[k].system,
         hwmMiB: (await memKiB(servers[k].pid)).hwm / 1024,
@@ -455,12 +233,11 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const serverCpu = instances.reduce((x, i) => x + i.cpu, 0);
     const serverSystemCpu = instances.reduce((x, i) => x + i.systemCpu, 0);
     const serverHwmMiB = Math.max(...instances.map((i) => i.hwmMiB));
-    stop = true;
-    await Promise.race([Promise.all(all), sleep(15_000)]);
-    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: c.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / answeredMs, completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: { p50: late(simLoop.percentile(50)), p99: late(simLoop.percentile(99)), max: late(simLoop.max), mean: late(simLoop.mean) }, probe: probed, simNice: niced ? nice : 0 };
+    await sim.stop();
+    return { opts: o, units, window, serverCpu, serverSystemCpu, serverHwmMiB, kinds: simmed.kinds, intendedHeartbeats: (joinedAtWindow * window * 1000) / simmed.answeredMs, completed: simmed.completed, joinSeconds, joined: joinedAtWindow, instances, postgresCpu: pgPid ? pg1 - pg0 : null, simLoopMs: simmed.loopMs, probe: probed, simNice: simmed.nice, simProcesses: sim.processes, simSemiSpaceMiB: simmed.semiSpaceMiB };
   } finally {
     probe?.stop();
-    client.c?.close();
+    await sims?.stop(0);
     await started?.stop();
     await fs.rm(dir, { recursive: true, force: true });
   }
@@ -493,21 +270,6 @@ export function latencySides(r: ScaleResult): { server: string; serverLoop: stri
   return { server: `${bucketMs(c, 0.5)} / ${bucketMs(c, 0.99)}`, serverLoop: `${bucketMs(loop, 0.5)} / ${bucketMs(loop, 0.99)}`, simLoop: `${f(r.simLoopMs.p50)} / ${f(r.simLoopMs.p99)} / ${f(r.simLoopMs.max)}` };
 }
 
-/**
- * The simulator's young generation, MiB a semi-space. With V8's default (16) the simulator of
- * 100,000 agents (about 500 MB of live heap) promoted much of each request's garbage: a full GC
- * every 4-6 s with 150-240 ms pauses, and scavenges 8% of the window; its own loop ran up to
- * 0.8-1.1 s late and that set the p99 it saw (bench/results/scale.md, "The simulator's pauses").
- * V8 reads the size only at start, so `bench -- scale` starts itself again with it (simNodeArgs).
- */
-export const SIM_SEMI_SPACE_MIB = 64;
-
-/** The node arguments to start the scale simulator again with SIM_SEMI_SPACE_MIB, or null when this process already has a semi-space size. */
-export function simNodeArgs(execArgv: string[], script: string, args: string[]): string[] | null {
-  if (execArgv.some((a) => a.startsWith('--max-semi-space-size'))) return null;
-  return [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, ...execArgv, script, ...args];
-}
-
 export function scaleReport(rs: ScaleResult[], machine: string, command: string): string[] {
   const rows = rs.map((r) => {
     const all = Object.values(r.kinds);
@@ -529,14 +291,15 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
       `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form}${r.instances.length > 1 ? ` (${r.instances.length} instances: below)` : ''} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
       `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${fullRate} | ${cpuPerRequest.toFixed(0)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% (${r.serverCpu > 0 ? ((r.serverSystemCpu / r.serverCpu) * 100).toFixed(0) : '-'}% kernel) | ` +
       `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
-      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${probeCell(r.probe)} | ${sides.server} | ${sides.serverLoop} | ${sides.simLoop} | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
+      `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${probeCell(r.probe)} | ${sides.server} | ${sides.serverLoop} | ${sides.simLoop} (${r.simProcesses}) | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
     );
   });
   return [
     '# Control-plane scale',
     '',
     `Machine: ${machine}.`,
-    `Command: \`${command}\`. A real \`fleetcast server\` process (plain HTTP on loopback) and simulated agents in one Node process:`,
+    `Command: \`${command}\`. A real \`fleetcast server\` process (plain HTTP on loopback) and simulated agents in Node processes of their own`,
+    '(bench/scale-sim.ts; one per 25,000 agents, `FLEETCAST_SCALE_SIM_PROCS` overrides; each runs a contiguous share of the LAN groups):',
     'they join, heartbeat at the heartbeatMs the server answers, lease, hold a leased unit for as long as it takes at the simulated',
     `WAN rate (no unit bytes move; ${(rs[0].opts.wanBytesPerSec * 8 / 1e6).toFixed(0)} Mbit/s per agent, at most an equal share of an origin egress of ${(rs[0].opts.originBytesPerSec * 8 / 1e9).toFixed(0)} Gbit/s), send its receipt, learn their LAN group's units after a LAN delay, and complete. 10 agents per LAN`,
     'group, each group on its own loopback address. Release: 2 GiB in 1 MiB units. Server CPU is utime + stime from /proc over the',
@@ -548,14 +311,15 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'last byte handed to the kernel; control requests: join, heartbeat, lease, receipt, complete and the like), quantiles interpolated',
     'in its fixed buckets as Prometheus\' histogram_quantile does; "server event-loop delay", its',
     '`fleetcast_server_event_loop_delay_seconds` over the window (how late its 10 ms timer ran: what a request waits in the socket',
-    'before the server reads it); "simulator event-loop delay", perf_hooks.monitorEventLoopDelay in the simulator over the window.',
+    'before the server reads it); "simulator event-loop delay", perf_hooks.monitorEventLoopDelay in each simulator process over the',
+    'window, the worst process\'s (how many processes in brackets).',
     `"Seen by the probe": ${PROBE.members} more members, each a LAN group of its own, in a Node process of their own (bench/scale-probe.ts),`,
     `heartbeating as 1.4 agents ${PROBE.perSecond} times a second together while the simulator loads the server, timed as the simulator times its`,
     'requests (in brackets: the count, and the probe\'s own event-loop delay p99): an agent is a small process, and the probe\'s latency has',
     'no 100,000-agent heap\'s pauses in it.',
     `Over the window the simulator's threads run at nice ${rs[0].simNice} (\`FLEETCAST_SCALE_SIM_NICE\`; 0: not lowered): it stands for other machines, and at`,
     'nice 0 its GC threads take CPU the server and the probe would otherwise have.',
-    `The simulator runs with ${SIM_SEMI_SPACE_MIB} MiB semi-spaces (\`node --max-semi-space-size=${SIM_SEMI_SPACE_MIB}\`; the server keeps Node's default): with the default, its own GC pauses set the p99 it saw at 100,000 agents.`,
+    `The simulator processes run with ${rs[0].simSemiSpaceMiB ? `${rs[0].simSemiSpaceMiB} MiB` : 'V8\'s default'} semi-spaces (\`node --max-semi-space-size=${SIM_SEMI_SPACE_MIB}\`; the server keeps Node's default): with the default, the simulator's own GC pauses set the p99 it saw at 100,000 agents.`,
     '',
     '| agents | protocol | policy | units | server CPU per agent-second (µs) | same at the full rate, extrapolated (µs) | server CPU per request (µs) | server CPU (of one core) | requests/s | heartbeats sent | heartbeat answer (KiB) | p50 / p99 seen by the simulator (ms) | p50 / p99 / max seen by the probe (ms) | server\'s own p50 / p99 (ms) | server event-loop delay p50 / p99 (ms) | simulator event-loop delay p50 / p99 / max (ms) | failed | server peak RSS (MiB) |',
     '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',

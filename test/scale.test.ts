@@ -1,7 +1,8 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { ExecutionContext } from 'ava';
-import { benchScale, latencySides, scaleReport, serverControl, SIM_NICE, simNodeArgs, SIM_SEMI_SPACE_MIB } from '../bench/scale';
+import { benchScale, latencySides, scaleReport, serverControl, SIM_NICE } from '../bench/scale';
+import { mergeSimReports, SimReport, SIM_SEMI_SPACE_MIB } from '../bench/scale-sim';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { bucketQuantile } from '../bench/scale-cluster';
@@ -100,10 +101,13 @@ test('bucket quantiles interpolate inside their bucket as histogram_quantile doe
   t.true(Number.isNaN(bucketQuantile({ bounds: [0.1], counts: [0, 0] }, 0.5)));
 });
 
-test.serial('scale bench, one server: the server\'s own latency by kind and its event-loop delay come from its /metrics over the window, beside the simulator\'s', async (t) => {
+test.serial('scale bench, one server, agents in 2 simulator processes: the server\'s own latency by kind and its event-loop delay come from its /metrics over the window, beside the simulator\'s', async (t) => {
   t.timeout(120_000);
-  const r = await benchScale({ agents: 100, perGroup: 10, policy: 'group', sitesPerWide: 20, seconds: 3, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form: '1.4', teardown: (f) => t.teardown(f) });
-  t.is(r.joined, 100);
+  const r = await benchScale({ agents: 100, perGroup: 10, policy: 'group', sitesPerWide: 20, seconds: 3, wanBytesPerSec: 5e6, originBytesPerSec: 10e9 / 8, lanDelayMs: 200, form: '1.4', simProcesses: 2, teardown: (f) => t.teardown(f) });
+  t.is(r.joined, 100, 'both processes\' agents joined');
+  t.is(r.simProcesses, 2);
+  t.is(r.simSemiSpaceMiB, SIM_SEMI_SPACE_MIB, 'the simulator processes were started with the larger young generation');
+  t.is(r.instances[0].joined, 100);
   const served = serverControl(r, ['heartbeat']);
   const servedCount = served ? served.counts.reduce((a, b) => a + b, 0) : 0;
   const sent = r.kinds.heartbeat.count;
@@ -115,7 +119,8 @@ test.serial('scale bench, one server: the server\'s own latency by kind and its 
   t.true(p.p50 > 0 && p.p50 <= p.p99 && p.p99 <= p.max, JSON.stringify(p));
   // The counts cover nearly the same seconds (the server's is read just outside the window).
   t.true(sent > 50 && servedCount >= (sent + p.count) * 0.8 && servedCount <= (sent + p.count) * 1.5, `server counted ${servedCount} heartbeats, the simulator ${sent}, the probe ${p.count}`);
-  t.is(r.simNice, Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE), 'the simulator ran the window niced');
+  t.is(r.simNice, Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE), 'the simulator processes ran the window niced');
+  t.is(r.instances[0].count, Object.values(r.kinds).reduce((s, k) => s + k.count, 0), 'the processes\' counts are added the same way by kind and by instance');
   t.regex(scaleReport([r], 'test', 'test').join('\n'), new RegExp(`\\| ${p.p50.toFixed(1)} / ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} \\(${p.count}; its loop ${p.loopP99.toFixed(1)}\\) \\|`), 'the row has the probe\'s cell');
   const loop = r.instances[0].serverLoop.counts.reduce((a, b) => a + b, 0);
   t.true(loop > 0, 'the server\'s loop delay was sampled in the window');
@@ -125,7 +130,7 @@ test.serial('scale bench, one server: the server\'s own latency by kind and its 
 });
 
 test('the simulator lowers every thread of its process to a niceness, and back as root', (t) => {
-  const code = `const { niceThreads } = require(${JSON.stringify(path.join(__dirname, '..', 'bench', 'scale.js'))});
+  const code = `const { niceThreads } = require(${JSON.stringify(path.join(__dirname, '..', 'bench', 'scale-sim.js'))});
     const fs = require('fs');
     const nices = () => fs.readdirSync('/proc/self/task').map((tid) => Number(fs.readFileSync('/proc/self/task/' + tid + '/stat', 'utf8').split(') ')[1].split(' ')[16]));
     const before = nices();
@@ -142,12 +147,26 @@ test('the simulator lowers every thread of its process to a niceness, and back a
   if (process.getuid?.() === 0) t.deepEqual(j.after, j.before, 'root restores them');
 });
 
-test('bench scale starts its simulator again with a larger young generation, once, and exits as that run did', (t) => {
-  t.deepEqual(simNodeArgs(['--trace-gc'], 'run.js', ['scale', '1000']), [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, '--trace-gc', 'run.js', 'scale', '1000']);
-  t.is(simNodeArgs([`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`], 'run.js', ['scale']), null, 'the started-again run does not start again');
-  // Through the real entry point: a bad argument is refused by the run started again, with its usage and exit code.
+test('bench scale refuses a bad argument with its usage and exit code 64', (t) => {
   const r = spawnSync(process.execPath, [path.join(__dirname, '..', 'bench', 'run.js'), 'scale', '5'], { encoding: 'utf8' });
   t.is(r.status, 64);
   t.regex(r.stderr, /usage: npm run bench -- scale/);
-  t.is(r.stderr.match(/usage/g)?.length, 1, 'one usage line: the child printed it, the parent only waited');
+});
+
+test('the simulator processes\' reports add up: counts and bytes summed, latencies together, by kind and by instance; the worst loop delay', (t) => {
+  const rep = (hb: number[], lease: number[] | null, loopP99: number): SimReport => ({
+    kinds: { heartbeat: { count: hb.length, failed: 1, bytes: 100 * hb.length, latencies: hb, copyAnswers: 1, copyBytes: 40 }, ...(lease ? { lease: { count: lease.length, failed: 0, bytes: 10, latencies: lease } } : {}) },
+    instances: [{ count: hb.length + (lease?.length ?? 0), failed: 1, latencies: [...hb, ...(lease ?? [])], failovers: 0 }],
+    completed: 2,
+    answeredMs: 1000,
+    loopMs: { p50: 1, p99: loopP99, max: loopP99 * 2, mean: 2 },
+    nice: 10,
+    semiSpaceMiB: 64,
+  });
+  const m = mergeSimReports([rep([1, 2, 3], [9], 30), rep([4, 5], null, 70)]);
+  t.deepEqual(m.kinds.heartbeat, { count: 5, failed: 2, bytes: 500, latencies: [1, 2, 3, 4, 5], copyAnswers: 2, copyBytes: 80 });
+  t.deepEqual(m.kinds.lease, { count: 1, failed: 0, bytes: 10, latencies: [9] });
+  t.deepEqual(m.instances, [{ count: 6, failed: 2, latencies: [1, 2, 3, 9, 4, 5], failovers: 0 }]);
+  t.is(m.completed, 4);
+  t.deepEqual(m.loopMs, { p50: 1, p99: 70, max: 140, mean: 2 });
 });
