@@ -80,7 +80,11 @@ export async function startScaleServers(instances: number, store: string, args: 
       // to the file: through a pipe the simulator reads, a busy simulator would block the server's writes (pipes are synchronous).
       const logFile = process.env.FLEETCAST_SCALE_SERVER_LOG ? openSync(`${process.env.FLEETCAST_SCALE_SERVER_LOG}${i ? `.${i}` : ''}`, 'w') : null;
       const proc = spawn(process.execPath, [...prof, BIN, 'server', '--store', dir, '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`, '--plain-http', '--log-level', 'warn', ...engine, ...args], { stdio: logFile === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', logFile, logFile] });
-      if (logFile !== null) closeSync(logFile);
+      if (logFile !== null) {
+        closeSync(logFile);
+        // --trace-gc times are ms since the server started: its start, to line them up with the probe's and the simulator's.
+        process.stderr.write(`scale: server ${i + 1} pid ${proc.pid}, started ${new Date().toISOString()}\n`);
+      }
       const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
       teardowns.push(async () => {
         if (proc.exitCode !== null || proc.signalCode !== null) return;

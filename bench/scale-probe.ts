@@ -62,10 +62,17 @@ async function probe(a: ProbeArgs): Promise<void> {
   process.stdout.write('joined\n');
   const loop = monitorEventLoopDelay({ resolution: 10 });
   let next = 0;
+  // FLEETCAST_SCALE_PROBE_SLOW=MS: every measured request slower than MS goes to stderr with when it was sent (to line up with GC traces).
+  const slow = Number(process.env.FLEETCAST_SCALE_PROBE_SLOW ?? 0);
   const beat = setInterval(() => {
     const k = next++ % a.members;
+    const sent = Date.now();
     c.post<A>(`127.254.0.${k + 1}`, 'heartbeat', '/v1/heartbeat', body(k))
       .then((r) => void (maps[k] = { epoch: r.mapEpoch, version: r.mapVersion }))
+      .finally(() => {
+        const ms = Date.now() - sent;
+        if (slow > 0 && c.measuring && ms > slow) process.stderr.write(`scale probe: slow ${ms} ms, sent ${new Date(sent).toISOString()}\n`);
+      })
       .catch(() => undefined); // counted
   }, 1000 / a.perSecond);
   for await (const line of createInterface({ input: process.stdin })) {

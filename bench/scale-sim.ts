@@ -1,8 +1,9 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { createWriteStream, readdirSync } from 'node:fs';
 import * as os from 'node:os';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import { Client, InstanceCount, joinWithBackoff, Kind, late, Route } from './scale-client';
 
 /**
@@ -15,7 +16,7 @@ import { Client, InstanceCount, joinWithBackoff, Kind, late, Route } from './sca
  * both cores when the server leaves room.
  *
  * A process is started with its SimArgs as JSON (startSims). It writes `{"joined":N,...}`
- * lines as its agents join; on stdin, `nice N` lowers its threads by N, `measure` opens
+ * lines to its file descriptor 3 (stdout stays free for node's own output, --trace-gc's) as its agents join; on stdin, `nice N` lowers its threads by N, `measure` opens
  * the window, `report` closes it (and restores the niceness where allowed) and writes its
  * counts as one JSON line, `stop` ends its agents and the process.
  */
@@ -422,21 +423,30 @@ export interface Sims {
 export function startSims(a: Omit<SimArgs, 'siteFrom' | 'siteTo' | 'startBatch'>, procs: number, startBatch: number): Sims {
   const nSites = Math.ceil(a.agents / a.perGroup);
   const k = Math.max(1, Math.min(procs, nSites));
+  // FLEETCAST_SCALE_SIM_NODE_ARGS: more node flags for the simulator processes (--trace-gc, say: their stderr is the bench's).
+  const simNodeArgs = (process.env.FLEETCAST_SCALE_SIM_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const children: { p: ChildProcess; joined: number; joinedBy: number[]; report: SimReport | null; lines: AsyncIterator<string>; exited: Promise<void> }[] = [];
   for (let j = 0; j < k; j++) {
     const args: SimArgs = { ...a, siteFrom: Math.floor((nSites * j) / k), siteTo: Math.floor((nSites * (j + 1)) / k), startBatch: Math.max(1, Math.ceil(startBatch / k)) };
-    const p = spawn(process.execPath, [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, __filename, JSON.stringify(args)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const p = spawn(process.execPath, [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, ...simNodeArgs, __filename, JSON.stringify(args)], { stdio: ['pipe', 'inherit', 'inherit', 'pipe'] });
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
-    const ch = { p, joined: 0, joinedBy: a.ports.map(() => 0), report: null as SimReport | null, lines: createInterface({ input: p.stdout! })[Symbol.asyncIterator](), exited };
+    const ch = { p, joined: 0, joinedBy: a.ports.map(() => 0), report: null as SimReport | null, lines: createInterface({ input: p.stdio[3] as Readable })[Symbol.asyncIterator](), exited };
     children.push(ch);
     p.stdin!.on('error', () => undefined); // a process gone is reported by report()
   }
   // Join counts arrive until the window opens; the report is the line after `report`.
   const reading = children.map(async (ch) => {
+    // Its end without a report is reported by report(): nothing here may reject unheard.
     for (;;) {
-      const r = await ch.lines.next();
+      const r = await ch.lines.next().catch(() => ({ done: true as const, value: undefined }));
       if (r.done) return;
-      const m = JSON.parse(r.value) as { joined?: number; joinedBy?: number[] } & Partial<SimReport>;
+      let m: { joined?: number; joinedBy?: number[] } & Partial<SimReport>;
+      try {
+        m = JSON.parse(r.value) as typeof m;
+      } catch {
+        process.stderr.write(`scale: simulator process ${ch.p.pid} wrote a line that is not JSON, ignored: ${r.value.slice(0, 100)}\n`);
+        continue;
+      }
       if (m.kinds) {
         ch.report = m as SimReport;
         return;
@@ -479,8 +489,12 @@ export function startSims(a: Omit<SimArgs, 'siteFrom' | 'siteTo' | 'startBatch'>
 }
 
 if (require.main === module) {
-  simulate(JSON.parse(process.argv[2]) as SimArgs, (line) => process.stdout.write(JSON.stringify(line) + '\n'))
-    .then(() => process.exit(0)) // its agents are told to stop; a late timer of theirs need not hold the process
+  // With extra node flags (--trace-gc: times since this process started), when it started, to line its output up with others'.
+  if (process.execArgv.length > 1) process.stderr.write(`scale simulator: pid ${process.pid}, started ${new Date(performance.timeOrigin).toISOString()}\n`);
+  const out = createWriteStream('', { fd: 3 });
+  out.on('error', () => process.exit(1)); // the bench is gone
+  simulate(JSON.parse(process.argv[2]) as SimArgs, (line) => out.write(JSON.stringify(line) + '\n'))
+    .then(() => out.end(() => process.exit(0))) // its agents are told to stop; a late timer of theirs need not hold the process
     .catch((err: Error) => {
       process.stderr.write(`scale simulator: ${err.message}\n`);
       process.exit(1);
