@@ -14,6 +14,7 @@ import { setChannel } from '../src/release/channels';
 import { loadPrivateKey, loadPublicKey } from '../src/release/keys';
 import { publishRelease } from '../src/release/publish';
 import { silentLogger } from '../src/util/log';
+import { MetricsRegistry } from '../src/util/metrics';
 import { startFleet, until } from './helpers/fleet';
 
 /** Debian's python3 with python3-prometheus-client (in .ci/run's apt-get line). */
@@ -197,4 +198,20 @@ test("a stream agent's metrics parse with the Prometheus client, and carry its N
   t.is(sample('fleetcast_stream_held_datagrams_total', { outcome: 'handled' }), 0);
   t.is(sample('fleetcast_stream_drops_total', { reason: 'unknown-sender' }), 4);
   t.is(families.find((f) => f.name === 'fleetcast_stream_drops')?.type, 'counter');
+});
+
+test('label values are escaped as the text format requires, and the Prometheus client reads them back unchanged', (t) => {
+  if (spawnSync(PYTHON, ['-c', 'import prometheus_client']).status !== 0) return t.fail('needs python3-prometheus-client (apt-get install python3-prometheus-client)');
+  const r = new MetricsRegistry('fleetcast');
+  const odd = ['plain', 'back\\slash', 'a "quoted" group', 'two\nlines', '\\"\n\\', ''];
+  r.gauge('group_members', 'Members', odd.map((group, i) => [{ release: 'r1', group }, i]));
+  r.counter('plain_total', 'No labels', [[{}, 3]]);
+  const text = r.text();
+  t.true(text.includes('fleetcast_group_members{release="r1",group="back\\\\slash"} 1'), text);
+  t.true(text.includes('group="a \\"quoted\\" group"'), text);
+  t.true(text.includes('group="two\\nlines"'), text);
+  t.true(text.includes('fleetcast_plain_total 3\n'), text);
+  const fams = parse(text);
+  const members = fams.find((f) => f.name === 'fleetcast_group_members');
+  t.deepEqual(members?.samples.map((s) => [s.labels.group, s.labels.release, s.value]), odd.map((g, i) => [g, 'r1', i]));
 });
