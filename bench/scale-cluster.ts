@@ -89,7 +89,8 @@ export async function startScaleServers(instances: number, store: string, args: 
       teardowns.push(async () => {
         if (proc.exitCode !== null || proc.signalCode !== null) return;
         proc.kill('SIGTERM');
-        await Promise.race([exited, sleep(1000)]);
+        // A profiled server writes its profile as it exits: a busy one needs more than a second to get there.
+        await Promise.race([exited, sleep(prof.includes('--cpu-prof') ? 60_000 : 1000)]);
         if (proc.exitCode === null && proc.signalCode === null) {
           proc.kill('SIGKILL');
           await exited;

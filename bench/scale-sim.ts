@@ -28,6 +28,13 @@ export interface SimArgs {
   sha256: string;
   /** ms a leased unit takes to "fetch" at the simulated WAN rate. */
   unitMs: number;
+  /**
+   * Policy wide: ms from a site holding a unit it fetched to every other site of its wide-area group holding it (its
+   * gateway's copy over the WAN and the receiving gateway's re-multicast), and the fragments each gateway then reports
+   * as `forwarded`.
+   */
+  copyMs: number;
+  fragmentsPerUnit: number;
   lanDelayMs: number;
   perGroup: number;
   policy: 'group' | 'wide';
@@ -87,15 +94,26 @@ function semiSpace(execArgv: string[]): number {
 class Site {
   readonly held: Uint8Array;
   heldCount = 0;
+  /** Policy wide: the sites of its wide-area group (itself included). */
+  wideSites: Site[] = [];
+  /** The member the server last named this site's gateway (from the member's own record in an answer), and what each member re-multicast. */
+  gateway: string | null = null;
+  readonly forwarded = new Map<string, number>();
   /** The server instances its agents try, in order (indexes into the servers started): the same for every agent of the site. */
   order: number[] = [0];
   constructor(readonly name: string, readonly address: string, readonly wide: string | undefined, units: number) {
     this.held = new Uint8Array(Math.ceil(units / 8));
   }
-  hold(u: number): void {
-    if (this.held[u >> 3] & (0x80 >> (u & 7))) return;
+  /** Whether it was new. */
+  hold(u: number): boolean {
+    if (this.held[u >> 3] & (0x80 >> (u & 7))) return false;
     this.held[u >> 3] |= 0x80 >> (u & 7);
     this.heldCount++;
+    return true;
+  }
+  /** Its gateway re-multicast (or sent on) `fragments`. */
+  forward(fragments: number): void {
+    if (this.gateway !== null) this.forwarded.set(this.gateway, (this.forwarded.get(this.gateway) ?? 0) + fragments);
   }
 }
 
@@ -120,6 +138,30 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
     site.order = o.ports.map((_, k) => (home + k) % n);
     sites.set(s, site);
   }
+  // A wide-area group's sites are all in this process (startSims cuts at wide-area group boundaries).
+  if (o.policy === 'wide')
+    for (const site of sites.values()) {
+      const w = Math.floor(Number(site.name.slice(4)) / o.sitesPerWide);
+      for (let t = w * o.sitesPerWide; t < (w + 1) * o.sitesPerWide; t++) {
+        const other = sites.get(t);
+        if (other) site.wideSites.push(other);
+      }
+    }
+
+  /**
+   * A unit a member fetched reaches its LAN group after the LAN delay; under policy wide its gateway then sends it on,
+   * and every other site of the wide-area group holds it after the copy delay, its gateway re-multicasting it there.
+   * Without this a simulated wide-area group's gateways forward nothing while their groups lack units other groups
+   * hold, and the server rightly demotes them every gatewayIdleMs: answers fill with gateway changes no real fleet has.
+   */
+  const landed = (site: Site, u: number) =>
+    setTimeout(() => {
+      if (!site.hold(u) || site.wideSites.length < 2) return;
+      site.forward(o.fragmentsPerUnit);
+      setTimeout(() => {
+        for (const other of site.wideSites) if (other !== site && other.hold(u)) other.forward(o.fragmentsPerUnit);
+      }, o.copyMs);
+    }, o.lanDelayMs);
   /** Joined agents per first-listed instance. */
   const joinedBy = o.ports.map(() => 0);
   let completed = 0;
@@ -135,6 +177,7 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
     address: site.address,
     fetching: [...fetching],
     dataPort: 40000 + (i % o.perGroup),
+    ...(site.wideSites.length > 1 ? { forwarded: site.forwarded.get(ref.member) ?? 0 } : {}),
   });
 
   /** An agent's end: its fetch workers done, it waits until its LAN group holds every unit, says complete, and stops beating. */
@@ -197,7 +240,7 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
           await sleep(unitMs);
           fetching.delete(u);
           await c.post(site.address, 'receipt', '/v1/receipt', { ...ref, unit: u }, route).catch(() => undefined);
-          setTimeout(() => site.hold(u), o.lanDelayMs);
+          landed(site, u);
         }
       }
     };
@@ -230,7 +273,7 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
       const rs = receipts.splice(0);
       const now = Date.now();
       asking = want > 0;
-      type A = { heartbeatMs: number; mapEpoch: number; mapVersion: number; lease?: { units: number[]; retryAfterMs: number; exhausted: boolean } };
+      type A = { heartbeatMs: number; mapEpoch: number; mapVersion: number; members?: { id: string; role: string }[]; lease?: { units: number[]; retryAfterMs: number; exhausted: boolean } };
       let a: A;
       try {
         a = await c.post<A>(site.address, join ? 'join' : 'heartbeat', join ? '/v1/join' : '/v1/heartbeat', {
@@ -247,6 +290,12 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
       }
       epoch = a.mapEpoch;
       version = a.mapVersion;
+      // Its own record says whether it is its site's gateway now (what an agent learns from the map).
+      const own = a.members?.find((m) => m.id === ref.member);
+      if (own) {
+        if (own.role === 'gateway') site.gateway = ref.member;
+        else if (site.gateway === ref.member) site.gateway = null;
+      }
       heartbeatMs = a.heartbeatMs || heartbeatMs;
       answeredMs = heartbeatMs;
       if (a.lease) {
@@ -294,7 +343,7 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
         await sleep(unitMs);
         fetching.delete(u);
         receipts.push({ u, at: Date.now() });
-        setTimeout(() => site.hold(u), o.lanDelayMs);
+        landed(site, u);
       }
     };
     await finish(site, ref, route, [worker(), worker()], beat);
@@ -422,12 +471,15 @@ export interface Sims {
  */
 export function startSims(a: Omit<SimArgs, 'siteFrom' | 'siteTo' | 'startBatch'>, procs: number, startBatch: number): Sims {
   const nSites = Math.ceil(a.agents / a.perGroup);
-  const k = Math.max(1, Math.min(procs, nSites));
+  // Cut at allocation boundaries: a wide-area group's sites copy units to each other, so they share a process.
+  const block = a.policy === 'wide' ? a.sitesPerWide : 1;
+  const blocks = Math.ceil(nSites / block);
+  const k = Math.max(1, Math.min(procs, blocks));
   // FLEETCAST_SCALE_SIM_NODE_ARGS: more node flags for the simulator processes (--trace-gc, say: their stderr is the bench's).
   const simNodeArgs = (process.env.FLEETCAST_SCALE_SIM_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const children: { p: ChildProcess; joined: number; joinedBy: number[]; report: SimReport | null; lines: AsyncIterator<string>; exited: Promise<void> }[] = [];
   for (let j = 0; j < k; j++) {
-    const args: SimArgs = { ...a, siteFrom: Math.floor((nSites * j) / k), siteTo: Math.floor((nSites * (j + 1)) / k), startBatch: Math.max(1, Math.ceil(startBatch / k)) };
+    const args: SimArgs = { ...a, siteFrom: Math.min(nSites, Math.floor((blocks * j) / k) * block), siteTo: Math.min(nSites, Math.floor((blocks * (j + 1)) / k) * block), startBatch: Math.max(1, Math.ceil(startBatch / k)) };
     const p = spawn(process.execPath, [`--max-semi-space-size=${SIM_SEMI_SPACE_MIB}`, ...simNodeArgs, __filename, JSON.stringify(args)], { stdio: ['pipe', 'inherit', 'inherit', 'pipe'] });
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
     const ch = { p, joined: 0, joinedBy: a.ports.map(() => 0), report: null as SimReport | null, lines: createInterface({ input: p.stdio[3] as Readable })[Symbol.asyncIterator](), exited };

@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseManifest } from '../src/release/manifest';
+import { MAX_FRAGMENT_BYTES } from '../src/wire/packet';
 import { clockTicks, cpuSeconds, memKiB } from './idle';
 import { InstanceCount, Kind, pct } from './scale-client';
 import { mergeSimReports, Sims, SIM_SEMI_SPACE_MIB, simProcesses, startSims } from './scale-sim';
@@ -169,7 +170,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const rate = Math.min(o.wanBytesPerSec, o.originBytesPerSec / (o.agents * 2));
     const procs = o.simProcesses ?? simProcesses(o.agents);
     // Joins ramp over a few seconds, like a fleet's boxes waking up: 200 agents every 50 ms, all processes together.
-    const sim = (sims = startSims({ ports: servers.map((x) => x.port), release, units, sha256, unitMs: (unitSize / rate) * 1000, lanDelayMs: o.lanDelayMs, perGroup: o.perGroup, policy: o.policy, sitesPerWide: o.sitesPerWide, form: o.form, agents: o.agents, joinDeadlineMs: JOIN_DEADLINE_MS }, procs, 200));
+    const sim = (sims = startSims({ ports: servers.map((x) => x.port), release, units, sha256, unitMs: (unitSize / rate) * 1000, copyMs: o.lanDelayMs + (unitSize / o.wanBytesPerSec) * 1000, fragmentsPerUnit: Math.ceil(unitSize / MAX_FRAGMENT_BYTES), lanDelayMs: o.lanDelayMs, perGroup: o.perGroup, policy: o.policy, sitesPerWide: o.sitesPerWide, form: o.form, agents: o.agents, joinDeadlineMs: JOIN_DEADLINE_MS }, procs, 200));
     const t0 = Date.now();
     // The window opens once every agent has joined (at most 3 minutes), and a few beats later.
     while (sim.joined() < o.agents && Date.now() - t0 < JOIN_DEADLINE_MS && !sim.gone()) await sleep(200);
