@@ -623,3 +623,42 @@ test('the missing-unit count kept as holders come and go equals a walk over the 
   t.is(g.missingInGroup(), g.walk());
   t.true(units > 40, 'the release grew');
 });
+
+test('a gateway is demoted exactly when its LAN group lacks a unit some other member holds: random groups and bitmaps against a unit-by-unit oracle', (t) => {
+  // forwardsNothing looks at eight units a time (the union of the group's bitmaps); this checks it against the plain
+  // definition over unit counts that end inside a byte, and groups that lack one unit, several, or none.
+  let seed = 7;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x80000000);
+  let demoted = 0;
+  let kept = 0;
+  for (let round = 0; round < 300; round++) {
+    const units = 1 + Math.floor(rnd() * 70);
+    const a = new GroupAllocator({ unitCount: units, unitBytes: () => 1, gatewayIdleMs: 1000, gatewayDemoteMs: 1_000_000 });
+    const groups = 1 + Math.floor(rnd() * 3);
+    const haves = new Map<string, Uint8Array>();
+    for (let k = 0; k < 2 + Math.floor(rnd() * 6); k++) {
+      const id = `m${k}`;
+      const have = new Uint8Array(bitmapBytes(units));
+      const density = rnd();
+      for (let u = 0; u < units; u++) if (rnd() < density) setBit(have, u);
+      haves.set(id, have);
+      a.heartbeat(id, 0, { lanGroup: k === 0 ? 'x' : `g${Math.floor(rnd() * groups)}`, address: `10.0.0.${k + 1}`, dataPort: 4000, have });
+    }
+    const gw = a.gatewayFor('x', 0);
+    if (gw === null) continue;
+    const inX = [...haves.keys()].filter((id) => a.memberViews(0).find((m) => m.id === id)!.group === 'x');
+    let lacks = false;
+    for (let u = 0; u < units; u++) {
+      const anyone = [...haves.values()].some((h) => (h[u >> 3] & (0x80 >> (u & 7))) !== 0);
+      const x = inX.some((id) => (haves.get(id)![u >> 3] & (0x80 >> (u & 7))) !== 0);
+      if (anyone && !x) lacks = true;
+    }
+    const others = inX.length < haves.size;
+    const after = a.gatewayFor('x', 10_000);
+    const wasDemoted = a.memberViews(10_000).find((m) => m.id === gw)!.gatewayDemotions === 1;
+    t.is(wasDemoted, lacks && others, `round ${round}: ${units} units, group x ${inX.join(',')}, gateway ${gw} -> ${after}`);
+    if (wasDemoted) demoted++;
+    else kept++;
+  }
+  t.true(demoted > 20 && kept > 20, `both outcomes covered (${demoted} demoted, ${kept} kept)`);
+});

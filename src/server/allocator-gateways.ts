@@ -1,4 +1,3 @@
-import { getBit } from '../wire/packet';
 import { MAX_COPY_TREE_DEGREE } from '../wire/copy-tree';
 import { Member } from './allocator-state';
 import { MemberTable } from './allocator-members';
@@ -45,16 +44,17 @@ export abstract class GatewayTable extends MemberTable {
    * gatewayIdleMs while its group lacks units that other groups hold (then it may not be
    * gateway for gatewayDemoteMs). Null while no member is eligible.
    */
-  gatewayFor(lanGroup: string, now: number): string | null {
+  gatewayFor(lanGroup: string, now: number, inGroup?: readonly Member[]): string | null {
     const prev = this.gatewayOf.get(lanGroup);
     const cur = prev ? this.members.get(prev.id) : undefined;
-    if (cur && prev && cur.lanGroup === lanGroup && this.forwardsNothing(cur, prev.since, now)) {
+    const mine = inGroup ?? [...this.members.values()].filter((m) => m.lanGroup === lanGroup);
+    if (cur && prev && cur.lanGroup === lanGroup && this.forwardsNothing(cur, prev.since, now, mine)) {
       cur.demotedUntil = now + this.opts.gatewayDemoteMs;
       cur.gatewayDemotions++;
     }
     let best: Member | null = null;
-    for (const m of this.members.values()) {
-      if (m.lanGroup !== lanGroup || !this.eligibleGateway(m, now)) continue;
+    for (const m of mine) {
+      if (!this.eligibleGateway(m, now)) continue;
       if (!best || GatewayTable.faster(m, best)) best = m;
     }
     if (!best) {
@@ -109,22 +109,26 @@ export abstract class GatewayTable extends MemberTable {
    * The gateway has re-multicast nothing for gatewayIdleMs (nor since it took the role)
    * while its LAN group lacks a unit that another group holds verified.
    */
-  protected forwardsNothing(gw: Member, since: number, now: number): boolean {
+  protected forwardsNothing(gw: Member, since: number, now: number, mine: readonly Member[]): boolean {
     if (this.opts.deferredStart && this.allHeldAt === null) {
       // `all-fetched`: nothing crosses until every unit is held; the idle clock starts then.
       if (!this.allHeld()) return false;
       this.allHeldAt = now;
     }
     if (now - Math.max(since, gw.forwardedAt, this.allHeldAt ?? 0) < this.opts.gatewayIdleMs) return false;
-    const groups = new Set<string>();
-    for (const m of this.members.values()) groups.add(m.lanGroup);
-    if (groups.size < 2) return false;
-    const mine = [...this.members.values()].filter((m) => m.lanGroup === gw.lanGroup);
-    for (let u = 0; u < this.opts.unitCount; u++) {
-      if (this.holderCount[u] === 0) continue;
-      let inGroup = 0;
-      for (const m of mine) if (getBit(m.have, u)) inGroup++;
-      if (inGroup === 0) return true;
+    if (mine.length === this.members.size) return false; // one LAN group: no other holds anything
+    // Eight units at a time: the union of the group's bitmaps, and a unit by unit look only where it lacks one. A wide-area
+    // group of 20 LAN groups asks this for every gateway each time its roles are worked out (rolesCached, 4 times a second):
+    // unit by unit, at 100,000 agents in 500 such groups, it was a fifth of the server's CPU.
+    const n = this.opts.unitCount;
+    for (let i = 0; i * 8 < n; i++) {
+      let union = 0;
+      for (const m of mine) union |= m.have[i];
+      if (union === 0xff) continue;
+      for (let b = 0; b < 8; b++) {
+        const u = i * 8 + b;
+        if (u < n && (union & (0x80 >>> b)) === 0 && this.holderCount[u] > 0) return true;
+      }
     }
     return false;
   }
@@ -132,9 +136,16 @@ export abstract class GatewayTable extends MemberTable {
 
   /** Gateways of every LAN group present: group -> member id. */
   gateways(now: number): Map<string, string> {
+    // One pass sorts the members by LAN group: each group's choice then looks at its own members only.
+    const byGroup = new Map<string, Member[]>();
+    for (const m of this.members.values()) {
+      const list = byGroup.get(m.lanGroup);
+      if (list) list.push(m);
+      else byGroup.set(m.lanGroup, [m]);
+    }
     const out = new Map<string, string>();
-    for (const g of new Set([...this.members.values()].map((m) => m.lanGroup))) {
-      const id = this.gatewayFor(g, now);
+    for (const [g, mine] of byGroup) {
+      const id = this.gatewayFor(g, now, mine);
       if (id) out.set(g, id);
     }
     return out;
