@@ -187,7 +187,6 @@ export abstract class GatewayTable extends MemberTable {
 
   /** Every unit is held verified by some live member. */
   allHeld(): boolean {
-    for (let u = 0; u < this.opts.unitCount; u++) if (this.holderCount[u] === 0) return false;
-    return true;
+    return this.missing === 0; // the count of units no live member holds, kept as holders come and go (missingInGroup)
   }
 }
