@@ -140,8 +140,8 @@ async function simulate(o: SimArgs, out: (line: unknown) => void): Promise<void>
   }
   // A wide-area group's sites are all in this process (startSims cuts at wide-area group boundaries).
   if (o.policy === 'wide')
-    for (const site of sites.values()) {
-      const w = Math.floor(Number(site.name.slice(4)) / o.sitesPerWide);
+    for (const [s, site] of sites) {
+      const w = Math.floor(s / o.sitesPerWide);
       for (let t = w * o.sitesPerWide; t < (w + 1) * o.sitesPerWide; t++) {
         const other = sites.get(t);
         if (other) site.wideSites.push(other);
