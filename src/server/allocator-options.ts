@@ -67,6 +67,12 @@ export interface AllocatorOptions {
   mapLogEntries: number;
   memberRefreshMs: number;
   /**
+   * The refresh interval is at least this times the allocator's members: each member's
+   * answers then carry at most about one counters-only record per this many ms, however
+   * large its wide-area group (200 members: every 200 s; issue 17).
+   */
+  memberRefreshPerMemberMs: number;
+  /**
    * Protocol 1.5 copy trees (docs/protocol.md section 17): in a wide-area group whose every
    * member speaks 1.5, each sender has at most this many copy destinations per unit; 0
    * keeps every member sending to every other group's gateway.
@@ -102,5 +108,6 @@ export const DEFAULT_ALLOCATOR_OPTIONS: Omit<AllocatorOptions, 'unitCount' | 'un
   mapLogEntries: 2048,
   copyTreeDegree: 4,
   memberRefreshMs: 30_000,
+  memberRefreshPerMemberMs: 1_000,
   shareWeighted: false,
 };

@@ -251,13 +251,14 @@ export abstract class AllocatorState {
 
   /**
    * A member's record may have changed: log it when its shape did (group, endpoint,
-   * completion), or its counters did and it was last logged memberRefreshMs ago.
+   * completion), or its counters did and it was last logged memberRefreshMs ago, or
+   * memberRefreshPerMemberMs per member of the allocator if longer (section 14).
    */
   protected touch(m: Member, now: number): void {
     const endpoint = `${m.lanGroup}|${m.address}|${m.dataPort}|`;
     const shape = `${endpoint}${m.complete}`;
     const counters = `${m.verified}|${m.leases.size}|${m.overhead}|${m.forwarded}|${m.lanBytes}|${m.gatewayDemotions}|${m.undeliveredClaims}`;
-    if (shape === m.loggedShape && (counters === m.loggedCounters || now - m.loggedAt < this.opts.memberRefreshMs)) return;
+    if (shape === m.loggedShape && (counters === m.loggedCounters || now - m.loggedAt < Math.max(this.opts.memberRefreshMs, this.members.size * this.opts.memberRefreshPerMemberMs))) return;
     // A new endpoint or group may change where copies go (copy destinations).
     if (!m.loggedShape.startsWith(endpoint)) this.copyToVersion = this.mapLog.version + 1;
     m.loggedShape = shape;

@@ -2,6 +2,7 @@ import { bitmapBytes, clearBit, getBit, setBit } from '../wire/packet';
 import type { MapDelta, MemberRecord, MemberRecord14, SplitMap } from '../wire/http-bodies';
 import { Member, MIB, SendReason, LeaseGrant } from './allocator-state';
 import { GatewayTable } from './allocator-gateways';
+import { BuiltRecord, RecordCache } from './allocator-records';
 
 export { RESEND_REASONS } from './allocator-state';
 export { DEFAULT_ALLOCATOR_OPTIONS } from './allocator-options';
@@ -33,6 +34,9 @@ export type MemberView = MemberRecord;
  *   a server restart.
  */
 export class GroupAllocator extends GatewayTable {
+  /** 1.4 member records, built once per logged change (allocator-records.ts). */
+  private readonly records = new RecordCache();
+
   /**
    * The server starts sending unit `u` to `id` (000 claim 8: register the send time).
    * Returns why `id` gets it (its lease, or a re-send), or null when it holds no lease.
@@ -304,44 +308,34 @@ export class GroupAllocator extends GatewayTable {
    * allocator's `epoch`: only what changed after it, or the whole map (`full`) when it saw
    * none, another allocator's, or one older than the change log holds. Costs what changed.
    */
-  mapSince(now: number, epoch: number | undefined, since: number | undefined): MapDelta {
+  mapSince(now: number, epoch: number | undefined, since: number | undefined): MapDelta & { membersJson: string } {
     const roles = this.rolesCached(now);
-    const record = (m: Member): MemberRecord14 => ({
-      slot: m.slot,
-      id: m.id,
-      group: m.lanGroup,
-      address: m.address,
-      dataPort: m.dataPort,
-      role: roles.get(m.lanGroup) === m.id ? 'gateway' : 'member',
-      overheadMsPerMiB: m.overhead === null ? null : m.overhead * MIB,
-      verifiedUnits: m.verified,
-      leases: m.leases.size,
-      complete: m.complete,
-      forwarded: m.forwarded,
-      lanBytes: m.lanBytes,
-      gatewayDemotions: m.gatewayDemotions,
-      undeliveredClaims: m.undeliveredClaims,
-    });
+    const built: BuiltRecord[] = [];
+    const add = (m: Member, live = false): void => {
+      built.push(this.records.get(m, roles.get(m.lanGroup) === m.id ? 'gateway' : 'member', live));
+    };
     let groupComplete = this.members.size > 0;
     for (const m of this.members.values()) if (!m.complete) groupComplete = false;
     const head = { mapEpoch: this.mapEpoch, mapVersion: this.mapLog.version, groupComplete, allHeld: this.missing === 0 };
+    // The records as objects (MapDelta) and as the JSON text an answer splices in (server-routes heartbeat14).
+    const records = (): { members: MemberRecord14[]; membersJson: string } => ({ members: built.map((b) => b.rec), membersJson: built.map((b) => b.json).join(',') });
     if (epoch === this.mapEpoch && since !== undefined) {
       const units = new Set<number>();
       const slots = new Set<number>();
       if (this.mapLog.since(since, (u) => units.add(u), (s) => slots.add(s))) {
-        const members: MemberRecord14[] = [];
         const gone: number[] = [];
         for (const s of slots) {
           const m = this.bySlot.get(s);
-          if (m) members.push(record(m));
+          if (m) add(m);
           else gone.push(s);
         }
         const holderChanges: number[] = [];
         for (const u of units) holderChanges.push(u, this.named[u]);
-        return { ...head, full: false, members, ...(gone.length ? { gone } : {}), ...(holderChanges.length ? { holderChanges } : {}) };
+        return { ...head, full: false, ...records(), ...(gone.length ? { gone } : {}), ...(holderChanges.length ? { holderChanges } : {}) };
       }
     }
-    return { ...head, full: true, members: [...this.members.values()].map(record), holderSlots: Array.from(this.named.subarray(0, this.opts.unitCount)) };
+    for (const m of this.members.values()) add(m, true);
+    return { ...head, full: true, ...records(), holderSlots: Array.from(this.named.subarray(0, this.opts.unitCount)) };
   }
 
 

@@ -222,12 +222,13 @@ export abstract class ServerRoutes extends ChannelRoutes {
       this.stats.foldedLeases++;
     }
     // A new member, or one whose map is from another allocator or server run, gets it all.
-    const map = g.mapSince(now, c.isNew ? undefined : b.mapEpoch, c.isNew ? undefined : b.mapVersion);
+    const { members: _records, membersJson, ...map } = g.mapSince(now, c.isNew ? undefined : b.mapEpoch, c.isNew ? undefined : b.mapVersion);
     const scope = parseAllocatorKey(key);
     const copy = dist.policy === 'wide' && (map.full || g.copyToChangedSince(b.mapEpoch, b.mapVersion)) ? this.copyFields(g, b.member, true, now, true) : undefined;
     if (map.full) this.stats.fullMaps++;
     else this.stats.deltaMaps++;
-    return this.json(res, 200, {
+    // The member records go in as the JSON text the allocator keeps for them (allocator-records.ts).
+    return this.jsonWith(res, 200, `"members":[${membersJson}]`, {
       heartbeatMs: c.heartbeatMs,
       ...(map.full ? { groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'), policy: dist.policy, start: dist.start } : {}),
       lanStart: dist.start === 'immediate' || map.allHeld,
