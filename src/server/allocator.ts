@@ -252,6 +252,7 @@ export class GroupAllocator extends GatewayTable {
       for (let v = 0; v < this.opts.unitCount; v++) {
         if (!getBit(o.have, v) || getBit(requester.have, v)) continue;
         clearBit(o.have, v);
+        this.unionChanged(o.lanGroup);
         o.verified--;
         o.complete = false;
         if (--this.holderCount[v] === 0) this.missing++;
