@@ -263,6 +263,20 @@ export function serverControl(r: ScaleResult, kinds: string[] = CONTROL_KINDS): 
   return addBuckets(r.instances.flatMap((i) => kinds.map((k) => i.serverKinds.get(k)).filter((b): b is Buckets => b !== undefined)));
 }
 
+/**
+ * Control requests the servers answered over the window, by kind (their own histograms'
+ * counts), the probe's heartbeats taken out: what the simulated agents made.
+ */
+export function servedInWindow(r: ScaleResult): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const k of CONTROL_KINDS) {
+    const b = serverControl(r, [k]);
+    const n = b ? b.counts.reduce((x, y) => x + y, 0) - (k === 'heartbeat' ? (r.probe?.count ?? 0) : 0) : 0;
+    if (n > 0) out.set(k, n);
+  }
+  return out;
+}
+
 /** The server's side and the simulator's side of a row's latency: server p50/p99, server loop delay p50/p99, simulator loop delay p50/p99/max (ms). */
 export function latencySides(r: ScaleResult): { server: string; serverLoop: string; simLoop: string } {
   const c = serverControl(r);
@@ -274,24 +288,28 @@ export function latencySides(r: ScaleResult): { server: string; serverLoop: stri
 export function scaleReport(rs: ScaleResult[], machine: string, command: string): string[] {
   const rows = rs.map((r) => {
     const all = Object.values(r.kinds);
-    const reqs = all.reduce((s, k) => s + k.count, 0);
     const failed = all.reduce((s, k) => s + k.failed, 0);
     const hb = r.kinds.heartbeat ?? { count: 0, bytes: 0, latencies: [], failed: 0 };
     const lat = all.flatMap((k) => k.latencies);
+    // Requests by the server's own count (its histograms, less the probe's heartbeats): a simulator that falls behind
+    // counts only what it sent and got answered inside the window, and under policy wide at 100,000 that was far fewer.
+    const served = servedInWindow(r);
+    const reqs = [...served.values()].reduce((x, n) => x + n, 0);
+    const heartbeats = served.get('heartbeat') ?? 0;
     // Agents that had joined when the window opened: the rest were not yet active (a fleet still joining).
     const agentSeconds = r.joined * r.window;
-    const reached = r.intendedHeartbeats ? hb.count / r.intendedHeartbeats : 1;
+    const reached = r.intendedHeartbeats ? heartbeats / r.intendedHeartbeats : 1;
     const cpuPerRequest = reqs ? (r.serverCpu / reqs) * 1e6 : NaN;
     // At the full rate: every request kind scaled up by the share of heartbeats the simulator missed.
     const fullRate = reached < 0.95 ? ((cpuPerRequest * reqs) / r.window / Math.max(reached, 0.01) / Math.max(1, r.joined)).toFixed(1) : '-';
     const sides = latencySides(r);
-    const perKind = Object.entries(r.kinds)
-      .map(([n, k]) => `${n} ${(k.count / r.window).toFixed(0)}/s`)
+    const perKind = [...served]
+      .map(([n, k]) => `${n} ${(k / r.window).toFixed(0)}/s`)
       .join(', ');
     return (
       `| ${r.opts.agents.toLocaleString('en')} | ${r.opts.form}${r.instances.length > 1 ? ` (${r.instances.length} instances: below)` : ''} | ${r.opts.policy}${r.opts.policy === 'wide' ? ` (${r.opts.sitesPerWide} sites)` : ''} | ${r.units} | ` +
       `${((r.serverCpu / agentSeconds) * 1e6).toFixed(1)} | ${fullRate} | ${cpuPerRequest.toFixed(0)} | ${((r.serverCpu / r.window) * 100).toFixed(0)}% (${r.serverCpu > 0 ? ((r.serverSystemCpu / r.serverCpu) * 100).toFixed(0) : '-'}% kernel) | ` +
-      `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((hb.count / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
+      `${(reqs / r.window).toFixed(0)} (${perKind}) | ${r.intendedHeartbeats ? ((heartbeats / r.intendedHeartbeats) * 100).toFixed(0) : '-'}% | ` +
       `${hb.count ? (hb.bytes / hb.count / 1024).toFixed(1) : '-'} | ${pct(lat, 50).toFixed(1)} / ${pct(lat, 99).toFixed(1)} | ${probeCell(r.probe)} | ${sides.server} | ${sides.serverLoop} | ${sides.simLoop} (${r.simProcesses}) | ${failed} | ${r.serverHwmMiB.toFixed(0)} |`
     );
   });
@@ -304,9 +322,10 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     'they join, heartbeat at the heartbeatMs the server answers, lease, hold a leased unit for as long as it takes at the simulated',
     `WAN rate (no unit bytes move; ${(rs[0].opts.wanBytesPerSec * 8 / 1e6).toFixed(0)} Mbit/s per agent, at most an equal share of an origin egress of ${(rs[0].opts.originBytesPerSec * 8 / 1e9).toFixed(0)} Gbit/s), send its receipt, learn their LAN group's units after a LAN delay, and complete. 10 agents per LAN`,
     'group, each group on its own loopback address. Release: 2 GiB in 1 MiB units. Server CPU is utime + stime from /proc over the',
-    'window, so the simulator\'s own CPU (it shares the 2 cores) is not counted. "Heartbeats sent": the heartbeats the simulator managed',
-    'to send over those the agents meant to (below 100%, the simulator, not the server, set the pace: the server\'s figures are then for a',
-    'lighter load). Latency, four ways: "seen by the simulator", from the request\'s socket assignment in the simulator to the last byte',
+    'window, so the simulator\'s own CPU (it shares the 2 cores) is not counted. Requests (requests/s, CPU per request, "heartbeats sent")',
+    'are the server\'s own count over the window (its request histogram, the probe\'s heartbeats taken out). "Heartbeats sent": those',
+    'heartbeats over the ones the agents meant to send (below 100%, the simulator, not the server, set the pace: the server\'s figures',
+    'are then for a lighter load). "Heartbeat answer": the average the simulator read. Latency, four ways: "seen by the simulator", from the request\'s socket assignment in the simulator to the last byte',
     'of the answer there, every request kind together (it includes the simulator\'s own event-loop delay); "server\'s own", the',
     'server\'s `fleetcast_server_request_duration_seconds` histogram over the window (from the request\'s headers parsed to its answer\'s',
     'last byte handed to the kernel; control requests: join, heartbeat, lease, receipt, complete and the like), quantiles interpolated',

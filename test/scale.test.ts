@@ -1,7 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { ExecutionContext } from 'ava';
-import { benchScale, latencySides, scaleReport, serverControl, SIM_NICE } from '../bench/scale';
+import { benchScale, latencySides, scaleReport, servedInWindow, serverControl, SIM_NICE } from '../bench/scale';
 import { mergeSimReports, SimReport, SIM_SEMI_SPACE_MIB } from '../bench/scale-sim';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
@@ -121,6 +121,10 @@ test.serial('scale bench, one server, agents in 2 simulator processes: the serve
   t.true(sent > 50 && servedCount >= (sent + p.count) * 0.8 && servedCount <= (sent + p.count) * 1.5, `server counted ${servedCount} heartbeats, the simulator ${sent}, the probe ${p.count}`);
   t.is(r.simNice, Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE), 'the simulator processes ran the window niced');
   t.is(r.instances[0].count, Object.values(r.kinds).reduce((s, k) => s + k.count, 0), 'the processes\' counts are added the same way by kind and by instance');
+  // The table's requests are the server's count less the probe's: a simulator that falls behind undercounts (issue 17).
+  const byServer = servedInWindow(r);
+  t.is(byServer.get('heartbeat'), servedCount - p.count);
+  t.true(scaleReport([r], 'test', 'test').join('\n').includes(`heartbeat ${(byServer.get('heartbeat')! / r.window).toFixed(0)}/s`), 'the table\'s heartbeat rate is the server\'s');
   t.regex(scaleReport([r], 'test', 'test').join('\n'), new RegExp(`\\| ${p.p50.toFixed(1)} / ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} \\(${p.count}; its loop ${p.loopP99.toFixed(1)}\\) \\|`), 'the row has the probe\'s cell');
   const loop = r.instances[0].serverLoop.counts.reduce((a, b) => a + b, 0);
   t.true(loop > 0, 'the server\'s loop delay was sampled in the window');
