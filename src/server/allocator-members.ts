@@ -161,6 +161,7 @@ export abstract class MemberTable extends AllocatorState {
       }
     }
     this.members.delete(id);
+    this.medianKept = undefined;
     if (this.census) this.census.members--;
     this.overheadsChanged.delete(id);
     this.bySlot.delete(m.slot);

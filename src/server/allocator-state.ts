@@ -176,10 +176,12 @@ export abstract class AllocatorState {
   membersWalked = 0;
   /** Members whose overhead changed since takeOverheads() (the fleet memory notes only those). */
   protected readonly overheadsChanged = new Set<string>();
+  protected medianKept: number | null | undefined;
   /** Told when the first of them changed since takeOverheads(). */
   onOverhead: (() => void) | null = null;
 
   protected overheadChanged(id: string): void {
+    this.medianKept = undefined;
     if (this.overheadsChanged.size === 0) this.onOverhead?.();
     this.overheadsChanged.add(id);
   }
@@ -324,13 +326,12 @@ export abstract class AllocatorState {
   }
 
 
-  /** Reference overhead: the median of members with a sample, or null. */
+  /** Reference overhead: the median of members with a sample, or null; kept (medianKept) until an overhead changes or a member leaves. */
   protected medianOverhead(): number | null {
+    if (this.medianKept !== undefined) return this.medianKept;
     const xs = [...this.members.values()].map((m) => m.overhead).filter((x): x is number => x !== null).sort((a, b) => a - b);
-    if (xs.length === 0) return null;
-    return xs[Math.floor(xs.length / 2)];
+    return (this.medianKept = xs.length === 0 ? null : xs[Math.floor(xs.length / 2)]);
   }
-
 
   protected overheadOf(m: Member): number | null {
     return m.overhead ?? this.medianOverhead();

@@ -3,8 +3,18 @@ import { GroupAllocator } from '../src/server/allocator';
 import { Member } from '../src/server/allocator-state';
 import { bitmapBytes, setBit } from '../src/wire/packet';
 
-/** forwardsNothing's question alone: does LAN group `g` lack a unit some live member holds? */
+// What the allocator keeps instead of working it out per request (issue 17), against working it out.
+
+/** forwardsNothing's question alone: does LAN group `g` lack a unit some live member holds? And the kept median. */
 class Probe extends GroupAllocator {
+  median(): number | null {
+    return this.medianOverhead();
+  }
+  medianNow(): number | null {
+    const xs = [...this.members.values()].map((m) => m.overhead).filter((x): x is number => x !== null).sort((a, b) => a - b);
+    return xs.length ? xs[Math.floor(xs.length / 2)] : null;
+  }
+
   lacks(g: string): boolean {
     const mine = [...this.members.values()].filter((m: Member) => m.lanGroup === g);
     const gw = mine[0];
@@ -81,4 +91,38 @@ test('a gateway asked to beat every 20 s forwards nothing only after two of its 
     t.is(a.gatewayFor('x', grew + window + 1000), null, `every ${interval} ms: demoted ${window + 1000} ms after (no one else in x)`);
     t.is(a.memberViews(grew + window + 1000).find((m) => m.id === 'gx')!.gatewayDemotions, 1);
   }
+});
+
+test('the kept median overhead follows receipts, remembered overheads, joins and leaves: random steps against a fresh sort', (t) => {
+  let seed = 5;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x80000000;
+  const a = new Probe({ unitCount: 4000, unitBytes: () => 1 << 20, memberTimeoutMs: 1e12 });
+  let now = 0;
+  const counts = { receipt: 0, remembered: 0, leave: 0, join: 0 };
+  for (let step = 0; step < 2000; step++) {
+    const id = `m${Math.floor(rnd() * 12)}`;
+    const r = rnd();
+    now += 10;
+    if (r < 0.1) {
+      a.leave(id);
+      counts.leave++;
+    } else if (r < 0.2) {
+      a.heartbeat(id, now);
+      a.rememberOverhead(id, 1 + rnd() * 50);
+      counts.remembered++;
+    } else if (r < 0.3) {
+      a.heartbeat(id, now);
+      counts.join++;
+    } else {
+      a.heartbeat(id, now);
+      const [u] = a.lease(id, now).units;
+      if (u === undefined) continue;
+      a.sending(id, u, now);
+      a.receipt(id, u, now + Math.floor(1 + rnd() * 200));
+      counts.receipt++;
+    }
+    const kept = a.median();
+    if (kept !== a.medianNow()) return t.fail(`step ${step}: kept median ${kept}, sorted ${a.medianNow()}`);
+  }
+  t.true(counts.receipt > 300 && counts.leave > 100 && counts.remembered > 100, JSON.stringify(counts));
 });
