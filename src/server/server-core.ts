@@ -15,6 +15,7 @@ import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, 
 import type { Socket } from 'node:net';
 import { basicPassword, HttpError, tokenDigest, TLS_CIPHERS } from './http-util';
 import { EventLoopDelay, Histogram } from '../util/metrics';
+import { LoadFactor, loopBusy } from './load-factor';
 
 import type { ServerOptions, ServerStats } from './server-options';
 export type { ServerOptions, ServerStats };
@@ -153,7 +154,10 @@ export abstract class ServerCore {
   protected readonly requestSeconds = new Map<RequestKind, Histogram>();
   /** The event-loop delay, in fixed buckets: start() and the server's tick drive it, a scrape folds it. */
   protected readonly eventLoopDelay = new EventLoopDelay();
-  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, badRequestCodes: {}, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0 };
+  readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, badRequestCodes: {}, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0, loadFactor: 1 };
+  /** How much longer than the member count alone says 1.4 agents beat, from how busy the loop was (load-factor.ts). */
+  protected readonly loadFactor = new LoadFactor();
+  private readonly busySince = loopBusy();
   protected readonly limits: typeof LIMIT_DEFAULTS;
   protected readonly connections: ConnectionCounter;
   protected readonly authThrottle: AuthThrottle;
@@ -219,16 +223,17 @@ export abstract class ServerCore {
 
   /**
    * The interval for 1.4 agents by load: heartbeatMs, or as long as it takes for all live
-   * members to beat about heartbeatsPerSec times a second together (rounded up to 100 ms,
-   * at most 60 s). With several coordinators the rate is the fleet's: each of the
-   * `instances` aims at its share. Called from the timer; the count is kept by joins and
+   * members to beat about heartbeatsPerSec times a second together, stretched by the load
+   * factor while the server is busy (load-factor.ts; rounded up to 100 ms, at most 60 s).
+   * With several coordinators the rate is the fleet's: each of the `instances` aims at its share. Called from the timer; the count is kept by joins and
    * leaves (Allocators.members), so a tick costs O(1) here, not O(allocators).
    */
   protected updateLoad(): void {
     const n = this.groups.members;
     this.liveMembers = n;
     const rate = Math.max(1, (this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
-    this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000) / rate / 100) * 100));
+    const f = (this.stats.loadFactor = this.loadFactor.update(this.busySince()));
+    this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000 * f) / rate / 100) * 100));
     // Idle members are counted with the others: an upper bound.
     const idleRate = Math.max(1, (this.opts.idleHeartbeatsPerSec ?? DEFAULT_IDLE_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
     this.idleLoadHeartbeatMs = Math.min(MAX_IDLE_HEARTBEAT_MS, Math.max(this.idleHeartbeatMs, this.loadHeartbeatMs, Math.ceil((n * 1000) / idleRate / 100) * 100));
@@ -368,16 +373,10 @@ export abstract class ServerCore {
     return { value: p.value, bytes: raw.length };
   }
 
-  protected json(res: http.ServerResponse, status: number, v: unknown): void {
-    const body = Buffer.from(JSON.stringify(v));
-    res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
-    res.end(body);
-  }
-
-  /** json(), with `raw` (one or more `"name":value` members, already JSON) added to the object `v`. */
-  protected jsonWith(res: http.ServerResponse, status: number, raw: string, v: Record<string, unknown>): void {
+  /** `v` as JSON; `raw` (`"name":value` members, already JSON) added to the object when given. */
+  protected json(res: http.ServerResponse, status: number, v: unknown, raw?: string): void {
     const s = JSON.stringify(v);
-    const body = Buffer.from(s.length > 2 ? `${s.slice(0, -1)},${raw}}` : `{${raw}}`);
+    const body = Buffer.from(raw === undefined ? s : s.length > 2 ? `${s.slice(0, -1)},${raw}}` : `{${raw}}`);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length });
     res.end(body);
   }

@@ -116,4 +116,6 @@ export interface ServerStats {
   deltaMaps: number;
   /** Units granted with an HTTP range origin to fetch them from (docs/scale-out.md). */
   originGrants: number;
+  /** What the load-chosen heartbeat interval is stretched by now (1 to 3; docs/protocol.md section 14). */
+  loadFactor: number;
 }

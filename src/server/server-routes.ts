@@ -228,14 +228,14 @@ export abstract class ServerRoutes extends ChannelRoutes {
     if (map.full) this.stats.fullMaps++;
     else this.stats.deltaMaps++;
     // The member records go in as the JSON text the allocator keeps for them (allocator-records.ts).
-    return this.jsonWith(res, 200, `"members":[${membersJson}]`, {
+    return this.json(res, 200, {
       heartbeatMs: c.heartbeatMs,
       ...(map.full ? { groupKey: deriveGroupKey(this.secret, b.release, scope.scope).toString('base64'), policy: dist.policy, start: dist.start } : {}),
       lanStart: dist.start === 'immediate' || map.allHeld,
       ...copy,
       ...(lease ? { lease: { units: lease.units, ...(lease.hedged ? { hedged: lease.hedged } : {}), retryAfterMs: lease.retryAfterMs, exhausted: lease.exhausted, ...this.originFor(g, b.member, lease.units, dist, now) } } : {}),
       ...map,
-    });
+    }, `"members":[${membersJson}]`);
   }
 
   /** POST /v1/lease: units for a member to fetch, or a relay of units its LAN group lacks. */
