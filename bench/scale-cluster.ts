@@ -140,9 +140,9 @@ export async function postgresCpuSeconds(postmaster: number, hz: number): Promis
 }
 
 /** An instance's request and proxy counters (GET /v1/stats: `requests` it answered itself, `cluster.proxied` it forwarded to an owner). */
-export async function instanceCounters(url: string): Promise<{ requests: number; proxied: number; owned: number }> {
-  const s = (await (await fetch(`${url}/v1/stats`)).json()) as { requests: number; cluster?: { proxied: number; owned: number } };
-  return { requests: s.requests, proxied: s.cluster?.proxied ?? 0, owned: s.cluster?.owned ?? 0 };
+export async function instanceCounters(url: string): Promise<{ requests: number; proxied: number; owned: number; fullMaps: number; deltaMaps: number; loadFactor: number }> {
+  const s = (await (await fetch(`${url}/v1/stats`)).json()) as { requests: number; cluster?: { proxied: number; owned: number }; fullMaps?: number; deltaMaps?: number; loadFactor?: number };
+  return { requests: s.requests, proxied: s.cluster?.proxied ?? 0, owned: s.cluster?.owned ?? 0, fullMaps: s.fullMaps ?? 0, deltaMaps: s.deltaMaps ?? 0, loadFactor: s.loadFactor ?? 1 };
 }
 
 /** Bucket counts (not cumulative, the last above every bound) of one histogram series, as read from /metrics. */

@@ -130,6 +130,8 @@ export interface InstanceResult extends InstanceCount {
   proxied: number;
   /** Allocations it owned at the window's end. */
   owned: number;
+  /** 1.4 answers with the whole map and with a delta over the window, and its load factor at the end (/v1/stats). */
+  maps: { full: number; delta: number; loadFactor: number };
   /** Its own request latency over the window, by kind (its /metrics histogram's buckets), and its event-loop delay. */
   serverKinds: Map<string, Buckets>;
   serverLoop: Buckets;
@@ -194,7 +196,7 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
     const pgPid = started.postgresPid;
     // The instances' counters are asked over HTTP (slow when they are busy) just outside the window; the CPU readings
     // (/proc, fast) are taken at its edges, so the CPU and the client's counts cover the same seconds.
-    const counters = () => (n > 1 ? Promise.all(servers.map((x) => instanceCounters(x.url))) : null);
+    const counters = () => Promise.all(servers.map((x) => instanceCounters(x.url)));
     const k0 = await counters();
     // The servers' own latency and loop delay (their /metrics histograms) are read at the window's edges, outside the CPU readings.
     const hists = () => Promise.all(servers.map((x) => serverHistograms(x.metricsUrl)));
@@ -225,8 +227,9 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleResult> {
         systemCpu: c1[k].system - c0[k].system,
         hwmMiB: (await memKiB(servers[k].pid)).hwm / 1024,
         joined: joinedByAtWindow[k],
-        proxied: k0 && k1 ? k1[k].proxied - k0[k].proxied : 0,
-        owned: k1 ? k1[k].owned : 0,
+        proxied: k1[k].proxied - k0[k].proxied,
+        maps: { full: k1[k].fullMaps - k0[k].fullMaps, delta: k1[k].deltaMaps - k0[k].deltaMaps, loadFactor: k1[k].loadFactor },
+        owned: k1[k].owned,
         serverKinds: new Map([...h1[k].kinds].map(([kind, b]) => [kind, bucketsSince(b, h0[k].kinds.get(kind))])),
         serverLoop: bucketsSince(h1[k].loop, h0[k].loop),
       });
@@ -361,6 +364,9 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
         const b = serverControl(r, [k]);
         return `${k} ${bucketMs(b, 0.5)} / ${bucketMs(b, 0.99)} (${b ? b.counts.reduce((x, y) => x + y, 0) : 0})`;
       }).join(', ')}`)
+      .join('; ')}.`,
+    `1.4 answers with the whole map and with a delta in the window, and the load factor at its end (the servers' /v1/stats): ${rs
+      .map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${r.instances.map((i) => `${i.maps.full} whole, ${i.maps.delta} delta, ${i.maps.loadFactor.toFixed(2)}x`).join(' / ')}`)
       .join('; ')}.`,
     `Joins before the window opened (joined of agents, in how long): ${rs.map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${r.joined.toLocaleString('en')} in ${r.joinSeconds.toFixed(0)} s`).join('; ')}.`,
     '',

@@ -122,6 +122,8 @@ test.serial('scale bench, one server, agents in 2 simulator processes: the serve
   t.is(r.simNice, Number(process.env.FLEETCAST_SCALE_SIM_NICE ?? SIM_NICE), 'the simulator processes ran the window niced');
   t.is(r.instances[0].count, Object.values(r.kinds).reduce((s, k) => s + k.count, 0), 'the processes\' counts are added the same way by kind and by instance');
   // The table's requests are the server's count less the probe's: a simulator that falls behind undercounts (issue 17).
+  const maps = r.instances[0].maps;
+  t.true(maps.delta > 0 && maps.full >= 0 && maps.loadFactor >= 1, `whole and delta maps over the window from /v1/stats: ${JSON.stringify(maps)}`);
   const byServer = servedInWindow(r);
   t.is(byServer.get('heartbeat'), servedCount - p.count);
   t.true(scaleReport([r], 'test', 'test').join('\n').includes(`heartbeat ${(byServer.get('heartbeat')! / r.window).toFixed(0)}/s`), 'the table\'s heartbeat rate is the server\'s');
