@@ -69,6 +69,7 @@ test.serial('an idle loop is sampled by the owner\'s ticks only; a busy or late 
   eld.start();
   t.is(eld.sampling, 'fine', 'a starting process is watched closely');
   for (let i = 0; i < EventLoopDelay.IDLE_TICKS; i++) step(eld, 5); // 1% busy
+  t.is(eld.busy, 5 / TICK_MS, 'the last tick\'s utilization, which the server\'s load factor reads');
   t.is(eld.sampling, 'coarse', 'quiet for IDLE_TICKS ticks');
   t.is(folds, 1, 'what the fine monitor recorded is folded when it stops');
   const s0 = samples(eld);

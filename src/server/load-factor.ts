@@ -1,5 +1,3 @@
-import { performance } from 'node:perf_hooks';
-
 /** Busy share (of the last few seconds) above which heartbeat intervals grow, and below which they shrink back. */
 export const BUSY_HIGH = 0.8;
 export const BUSY_LOW = 0.6;
@@ -13,7 +11,7 @@ export const MAX_LOAD_FACTOR = 3;
  * mix (policy wide at 100,000 agents: whole maps of 200-member groups, longer deltas)
  * saturated the one core, requests waited in the socket for seconds, members timed out and
  * joined again with whole maps, which made it worse (issue 17). Pure: update() takes the
- * busy share of the tick just past.
+ * busy share of the tick just past (the server's EventLoopDelay measures it on the same tick).
  *
  * The busy share is smoothed (an EWMA over about five ticks). Above BUSY_HIGH the factor
  * grows by 5% a tick, to MAX_LOAD_FACTOR; below BUSY_LOW it shrinks by 2% a tick, to 1.
@@ -31,15 +29,4 @@ export class LoadFactor {
     else if (this.busy < BUSY_LOW) this.factor = Math.max(1, this.factor / 1.02);
     return this.factor;
   }
-}
-
-/** The event loop's busy share since the last call (perf_hooks eventLoopUtilization). */
-export function loopBusy(): () => number {
-  let last = performance.eventLoopUtilization();
-  return () => {
-    const now = performance.eventLoopUtilization();
-    const d = performance.eventLoopUtilization(now, last);
-    last = now;
-    return d.utilization;
-  };
 }

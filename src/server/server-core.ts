@@ -15,7 +15,7 @@ import { AuthThrottle, ConnectionCounter, emptyLimitCounters, IdentityBindings, 
 import type { Socket } from 'node:net';
 import { basicPassword, HttpError, tokenDigest, TLS_CIPHERS } from './http-util';
 import { EventLoopDelay, Histogram } from '../util/metrics';
-import { LoadFactor, loopBusy } from './load-factor';
+import { LoadFactor } from './load-factor';
 
 import type { ServerOptions, ServerStats } from './server-options';
 export type { ServerOptions, ServerStats };
@@ -157,7 +157,6 @@ export abstract class ServerCore {
   readonly stats: ServerStats = { unitBytesSent: 0, unitBytesSentByGroup: {}, unitRequests: 0, requests: 0, badRequests: 0, badRequestCodes: {}, unauthorized: 0, hedgedBytes: 0, relayedUnits: 0, resent: { hedged: { units: 0, bytes: 0 }, relayed: { units: 0, bytes: 0 }, stalled: { units: 0, bytes: 0 } }, limits: emptyLimitCounters(), badUnitReports: 0, foldedReceipts: 0, foldedLeases: 0, fullMaps: 0, deltaMaps: 0, originGrants: 0, loadFactor: 1 };
   /** How much longer than the member count alone says 1.4 agents beat, from how busy the loop was (load-factor.ts). */
   protected readonly loadFactor = new LoadFactor();
-  private readonly busySince = loopBusy();
   protected readonly limits: typeof LIMIT_DEFAULTS;
   protected readonly connections: ConnectionCounter;
   protected readonly authThrottle: AuthThrottle;
@@ -232,7 +231,8 @@ export abstract class ServerCore {
     const n = this.groups.members;
     this.liveMembers = n;
     const rate = Math.max(1, (this.opts.heartbeatsPerSec ?? DEFAULT_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));
-    const f = (this.stats.loadFactor = this.loadFactor.update(this.busySince()));
+    // The loop's busy share over the tick just past, as the event-loop delay's tick (just before this one) measured it.
+    const f = (this.stats.loadFactor = this.loadFactor.update(this.eventLoopDelay.busy));
     this.loadHeartbeatMs = Math.min(60_000, Math.max(this.heartbeatMs, Math.ceil((n * 1000 * f) / rate / 100) * 100));
     // Idle members are counted with the others: an upper bound.
     const idleRate = Math.max(1, (this.opts.idleHeartbeatsPerSec ?? DEFAULT_IDLE_HEARTBEATS_PER_SEC) / Math.max(1, this.instances));

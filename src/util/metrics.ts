@@ -129,6 +129,8 @@ export class EventLoopDelay {
   readonly histogram = new Histogram();
   /** Ticks, and those the fine monitor ran through (tests, and what a scrape cannot show). */
   readonly ticks = { all: 0, fine: 0 };
+  /** The loop's utilization over the last tick (0 before one): the server's load factor reads it (load-factor.ts). */
+  busy = 0;
   private readonly h: IntervalHistogram;
   private readonly perf: LoopClock;
   private fine = false;
@@ -168,7 +170,7 @@ export class EventLoopDelay {
     const late = Math.max(0, now - this.last - intervalMs);
     this.last = now;
     const elu = this.perf.eventLoopUtilization();
-    const busy = this.perf.eventLoopUtilization(elu, this.elu ?? undefined).utilization;
+    const busy = (this.busy = this.perf.eventLoopUtilization(elu, this.elu ?? undefined).utilization);
     this.elu = elu;
     this.ticks.all++;
     if (this.fine) this.ticks.fine++;
