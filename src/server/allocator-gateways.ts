@@ -1,5 +1,5 @@
 import { MAX_COPY_TREE_DEGREE } from '../wire/copy-tree';
-import { bitmapBytes, getBit, setBit } from '../wire/packet';
+import { bitmapBytes, countBits, getBit, setBit } from '../wire/packet';
 import { Member } from './allocator-state';
 import { MemberTable } from './allocator-members';
 
@@ -134,9 +134,9 @@ export abstract class GatewayTable extends MemberTable {
     const bytes = bitmapBytes(this.opts.unitCount);
     let un = this.lanUnion.get(g);
     if (!un || un.bits.length !== bytes) {
-      un = { bits: new Uint8Array(bytes), count: 0 };
-      for (const m of mine) for (let i = 0; i < bytes && i < m.have.length; i++) un.bits[i] |= m.have[i];
-      for (let i = 0; i < bytes; i++) for (let x = un.bits[i]; x; x &= x - 1) un.count++;
+      const bits = new Uint8Array(bytes);
+      for (const m of mine) for (let i = 0; i < bytes && i < m.have.length; i++) bits[i] |= m.have[i];
+      un = { bits, count: countBits(bits, this.opts.unitCount) };
       this.lanUnion.set(g, un);
     }
     return un.count;

@@ -27,8 +27,18 @@ export class RecordCache {
   /** `live`: only a record equal to what would be built now (a whole map shows the counters as they are). */
   get(m: Member, role: 'gateway' | 'member', live = false): BuiltRecord {
     const k = this.kept.get(m);
-    if (k && k.shape === m.loggedShape && k.counters === m.loggedCounters && k.role === role && (!live || RecordCache.current(k.rec, m))) return k;
-    const rec: MemberRecord14 = {
+    const keyed = k !== undefined && k.shape === m.loggedShape && k.counters === m.loggedCounters && k.role === role;
+    if (keyed && !live) return k;
+    const rec = RecordCache.record(m, role);
+    // Equal to the kept one: its JSON text serves (the stringify is the cost, not the object).
+    if (keyed && (Object.keys(rec) as (keyof MemberRecord14)[]).every((f) => rec[f] === k.rec[f])) return k;
+    const built = { rec, json: JSON.stringify(rec), shape: m.loggedShape, counters: m.loggedCounters, role };
+    this.kept.set(m, built);
+    return built;
+  }
+
+  private static record(m: Member, role: 'gateway' | 'member'): MemberRecord14 {
+    return {
       slot: m.slot,
       id: m.id,
       group: m.lanGroup,
@@ -44,24 +54,5 @@ export class RecordCache {
       gatewayDemotions: m.gatewayDemotions,
       undeliveredClaims: m.undeliveredClaims,
     };
-    const built = { rec, json: JSON.stringify(rec), shape: m.loggedShape, counters: m.loggedCounters, role };
-    this.kept.set(m, built);
-    return built;
-  }
-
-  private static current(r: MemberRecord14, m: Member): boolean {
-    return (
-      r.verifiedUnits === m.verified &&
-      r.leases === m.leases.size &&
-      r.overheadMsPerMiB === (m.overhead === null ? null : m.overhead * MIB) &&
-      r.forwarded === m.forwarded &&
-      r.lanBytes === m.lanBytes &&
-      r.gatewayDemotions === m.gatewayDemotions &&
-      r.undeliveredClaims === m.undeliveredClaims &&
-      r.group === m.lanGroup &&
-      r.address === m.address &&
-      r.dataPort === m.dataPort &&
-      r.complete === m.complete
-    );
   }
 }
