@@ -181,6 +181,11 @@ export function bucketsSince(b1: Buckets, b0: Buckets | undefined): Buckets {
   return { bounds: b1.bounds, counts: b1.counts.map((n, i) => n - (b0?.counts[i] ?? 0)) };
 }
 
+/** How many observations, every bucket together (0 for none). */
+export function bucketTotal(b: Buckets | null): number {
+  return b ? b.counts.reduce((x, y) => x + y, 0) : 0;
+}
+
 /** Buckets added up (same bounds). */
 export function addBuckets(all: Buckets[]): Buckets | null {
   if (all.length === 0) return null;
@@ -194,7 +199,7 @@ export function addBuckets(all: Buckets[]): Buckets | null {
  */
 export function bucketQuantile(b: Buckets | null, q: number): number {
   if (!b) return NaN;
-  const total = b.counts.reduce((x, y) => x + y, 0);
+  const total = bucketTotal(b);
   if (total === 0) return NaN;
   const rank = q * total;
   let cum = 0;

@@ -9,7 +9,7 @@ import { clockTicks, cpuSeconds, memKiB } from './idle';
 import { InstanceCount, Kind, pct } from './scale-client';
 import { mergeSimReports, Sims, SIM_SEMI_SPACE_MIB, simProcesses, startSims } from './scale-sim';
 import { Probe, ProbeResult, startProbe } from './scale-probe';
-import { addBuckets, bucketQuantile, Buckets, bucketsSince, instanceCounters, postgresCpuSeconds, ScaleServers, serverHistograms, startScaleServers } from './scale-cluster';
+import { addBuckets, bucketQuantile, Buckets, bucketsSince, bucketTotal, instanceCounters, postgresCpuSeconds, ScaleServers, serverHistograms, startScaleServers } from './scale-cluster';
 
 /**
  * `npm run bench -- scale [AGENTS[,AGENTS...]] [SECONDS]`: what coordination costs the
@@ -273,8 +273,7 @@ export function serverControl(r: ScaleResult, kinds: string[] = CONTROL_KINDS): 
 export function servedInWindow(r: ScaleResult): Map<string, number> {
   const out = new Map<string, number>();
   for (const k of CONTROL_KINDS) {
-    const b = serverControl(r, [k]);
-    const n = b ? b.counts.reduce((x, y) => x + y, 0) - (k === 'heartbeat' ? (r.probe?.count ?? 0) : 0) : 0;
+    const n = bucketTotal(serverControl(r, [k])) - (k === 'heartbeat' ? (r.probe?.count ?? 0) : 0);
     if (n > 0) out.set(k, n);
   }
   return out;
@@ -364,7 +363,7 @@ export function scaleReport(rs: ScaleResult[], machine: string, command: string)
     `Server's own p50 / p99 by request kind (ms, count in the window): ${rs
       .map((r) => `${r.opts.agents.toLocaleString('en')} ${r.opts.form} ${r.opts.policy}: ${[...new Set(r.instances.flatMap((i) => [...i.serverKinds.keys()]))].map((k) => {
         const b = serverControl(r, [k]);
-        return `${k} ${bucketMs(b, 0.5)} / ${bucketMs(b, 0.99)} (${b ? b.counts.reduce((x, y) => x + y, 0) : 0})`;
+        return `${k} ${bucketMs(b, 0.5)} / ${bucketMs(b, 0.99)} (${bucketTotal(b)})`;
       }).join(', ')}`)
       .join('; ')}.`,
     `1.4 answers with the whole map and with a delta in the window, and the load factor at its end (the servers' /v1/stats): ${rs
